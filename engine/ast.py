@@ -1,0 +1,197 @@
+"""The rule AST: frozen, slotted dataclasses; every node carries its span. Nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.diagnostics import Span
+
+
+class Unit(Enum):
+    """The type of a literal or a field. Units are types: a duration is not money."""
+
+    DURATION = "duration"  # value in milliseconds
+    MONEY = "money"  # value in USD
+    PERCENT = "percentage"  # value as a fraction (80% -> 0.8)
+    COUNT = "number"  # a plain number (200k -> 200000)
+    STRING = "string"
+    BOOL = "boolean"
+    DATE = "date"  # value as epoch seconds (UTC)
+    NULL = "null"
+    LIST = "list"
+    ANY = "any"  # metadata values: known only at evaluation time
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    value: object  # normalised: ms, USD, fraction, float, str, bool, None
+    unit: Unit
+    span: Span
+    text: str  # as written, for messages and the formatter
+
+
+@dataclass(frozen=True, slots=True)
+class ListLit:
+    items: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """`request.metadata.team` or `model.regions`: a root name and field names."""
+
+    parts: tuple[str, ...]
+    span: Span
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    op: str  # == != < <= > >= in "not in" contains
+    left: Expr
+    right: Expr
+    span: Span
+    op_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BoolOp:
+    op: str  # and / or
+    operands: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: Expr
+    span: Span
+
+
+Expr = Literal | ListLit | Path | Compare | BoolOp | Not
+
+
+# ---------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """An identifier as written (a provider, model, strategy or route name)."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    provider: Name
+    model: Name | None  # None: every model of the provider
+    span: Span
+
+    @property
+    def text(self) -> str:
+        return (
+            self.provider.text if self.model is None else f"{self.provider.text}/{self.model.text}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    name: Name
+    weight: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class StrategySetting:
+    name: Name
+    factors: tuple[Factor, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSetting:
+    """`min_success_rate 80%`, `min_samples 100`, `window 24h`."""
+
+    key: Name
+    value: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackSetting:
+    refs: tuple[ModelRef, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Prefer:
+    ref: ModelRef
+    weight: Literal | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Exclude:
+    refs: tuple[ModelRef, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Require:
+    condition: Expr
+    span: Span
+
+
+Setting = StrategySetting | ValueSetting | FallbackSetting
+RouteItem = Setting | Prefer | Exclude | Require
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogStmt:
+    path: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    settings: tuple[Setting, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: Name
+    when: Expr | None
+    items: tuple[RouteItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    scope: Name  # global user ip provider model, or a named scope
+    key_expr: Path | None  # `limit team = request.metadata.team ...`
+    key: Literal | None  # `limit user "vip-user" ...`
+    unit: Name | None  # requests (default) / tokens / spend
+    amount: Literal
+    window: Literal
+    burst: Literal | None
+    when: Expr | None
+    until: Literal | None
+    span: Span
+
+
+Statement = CatalogStmt | Defaults | Route | Limit
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    name: str
+    statements: tuple[Statement, ...]
+    span: Span

@@ -1,0 +1,713 @@
+"""Type-check a parsed policy set against the request schema and the catalog.
+
+Ordered passes, each collecting diagnostics (never stopping at the first):
+structure (one `defaults`, unique route names) → settings → routes (conditions, model
+references, `require`) → limits → lint (unreachable routes, prefer lists that the
+capability filter always empties). The compiler runs only on a set with no errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from engine import ast
+from engine.ast import Unit
+from engine.catalog import Catalog
+from engine.diagnostics import Diagnostic, Span, did_you_mean
+from engine.schema import (
+    LIMIT_UNITS,
+    METADATA_FIELD,
+    MODEL_ATTRS,
+    REQUEST_FIELDS,
+    STANDARD_SCOPES,
+    STRATEGIES,
+    WEIGHT_FACTORS,
+    FieldType,
+)
+
+_EXAMPLES = {
+    Unit.DURATION: "`2s` or `250ms`",
+    Unit.MONEY: "`$0.01`",
+    Unit.PERCENT: "`80%`",
+    Unit.COUNT: "`100` or `200k`",
+    Unit.STRING: '`"eu"`',
+    Unit.BOOL: "`true`",
+    Unit.DATE: "`2026-12-31`",
+}
+_ORDERED = {Unit.DURATION, Unit.MONEY, Unit.PERCENT, Unit.COUNT, Unit.DATE, Unit.STRING, Unit.ANY}
+_ANY: FieldType = (Unit.ANY, None)
+_BOOL: FieldType = (Unit.BOOL, None)
+
+_SETTING_UNITS = {
+    "min_success_rate": Unit.PERCENT,
+    "min_samples": Unit.COUNT,
+    "window": Unit.DURATION,
+}
+
+
+def _article(unit: Unit) -> str:
+    name = unit.value
+    if unit in (Unit.MONEY, Unit.NULL):
+        return name
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def describe(t: FieldType) -> str:
+    unit, item = t
+    if unit is Unit.LIST:
+        return f"a list of {item.value}s" if item not in (None, Unit.ANY) else "a list"
+    if unit is Unit.ANY:
+        return "a metadata value"
+    return _article(unit)
+
+
+@dataclass
+class Checker:
+    catalog: Catalog
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    # reporting -------------------------------------------------------------
+
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, message, span, help))
+
+    def warn(self, code: str, message: str, span: Span, help: str | None = None) -> None:
+        self.diagnostics.append(Diagnostic(code, message, span, help, severity="warning"))
+
+    # entry -----------------------------------------------------------------
+
+    def check(self, files: Iterable[ast.PolicyFile]) -> list[Diagnostic]:
+        files = list(files)
+        self._structure(files)
+        for policy in files:
+            for stmt in policy.statements:
+                if isinstance(stmt, ast.Defaults):
+                    self._settings(stmt.settings)
+                elif isinstance(stmt, ast.Route):
+                    self._route(stmt)
+                elif isinstance(stmt, ast.Limit):
+                    self._limit(stmt)
+        self._lint(files)
+        return self.diagnostics
+
+    # structure -------------------------------------------------------------
+
+    def _structure(self, files: list[ast.PolicyFile]) -> None:
+        defaults_at: ast.Defaults | None = None
+        routes: dict[str, ast.Route] = {}
+        for policy in files:
+            for stmt in policy.statements:
+                if isinstance(stmt, ast.Defaults):
+                    if defaults_at is not None:
+                        self.error(
+                            "E0201",
+                            "`defaults` is set more than once",
+                            Span(stmt.span.source, stmt.span.start, stmt.span.start + 8),
+                            f"merge it into the `defaults` at {defaults_at.span.location()}",
+                        )
+                    else:
+                        defaults_at = stmt
+                elif isinstance(stmt, ast.Route):
+                    first = routes.get(stmt.name.text)
+                    if first is not None:
+                        self.error(
+                            "E0202",
+                            f"route `{stmt.name.text}` is defined twice",
+                            stmt.name.span,
+                            f"the first is at {first.name.span.location()}; rename one",
+                        )
+                    else:
+                        routes[stmt.name.text] = stmt
+
+    # settings --------------------------------------------------------------
+
+    def _settings(self, settings: Iterable[ast.RouteItem]) -> None:
+        seen: dict[str, Span] = {}
+        for item in settings:
+            key = _setting_key(item)
+            if key is None:
+                continue
+            if key in seen:
+                self.error(
+                    "E0203",
+                    f"`{key}` is set twice in this block",
+                    item.span,
+                    f"the first is at {seen[key].location()}; keep one",
+                )
+                continue
+            seen[key] = item.span
+            if isinstance(item, ast.StrategySetting):
+                self._strategy(item)
+            elif isinstance(item, ast.ValueSetting):
+                self._value_setting(item)
+            elif isinstance(item, ast.FallbackSetting):
+                for ref in item.refs:
+                    self._model_ref(ref)
+
+    def _strategy(self, item: ast.StrategySetting) -> None:
+        name = item.name.text
+        if name not in STRATEGIES:
+            guess = did_you_mean(name, STRATEGIES)
+            self.error(
+                "E0210",
+                f"unknown strategy `{name}`",
+                item.name.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else "strategies: " + ", ".join(f"`{s}`" for s in STRATEGIES),
+            )
+            return
+        if item.factors and name != "weighted":
+            self.error(
+                "E0211",
+                f"strategy `{name}` takes no factors",
+                item.factors[0].span,
+                "only `weighted(latency: 60%, cost: 40%)` takes factors",
+            )
+            return
+        total = 0.0
+        units: set[Unit] = set()
+        seen: set[str] = set()
+        for factor in item.factors:
+            fname = factor.name.text
+            if fname not in WEIGHT_FACTORS:
+                guess = did_you_mean(fname, WEIGHT_FACTORS)
+                self.error(
+                    "E0212",
+                    f"unknown factor `{fname}`",
+                    factor.name.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "factors: " + ", ".join(f"`{f}`" for f in WEIGHT_FACTORS),
+                )
+            elif fname in seen:
+                self.error("E0213", f"factor `{fname}` is given twice", factor.name.span)
+            seen.add(fname)
+            if factor.weight.unit not in (Unit.PERCENT, Unit.COUNT):
+                self.error(
+                    "E0214",
+                    f"a factor's weight is a percentage, not {_article(factor.weight.unit)}",
+                    factor.weight.span,
+                    "write `latency: 60%`",
+                )
+                continue
+            units.add(factor.weight.unit)
+            total += float(factor.weight.value)  # type: ignore[arg-type]
+        if units == {Unit.PERCENT} and item.factors and abs(total - 1.0) > 1e-9:
+            self.error(
+                "E0215",
+                f"factor weights add up to {total * 100:g}%, not 100%",
+                item.span,
+                "make the percentages add up to 100%",
+            )
+        elif item.factors and total <= 0:
+            self.error("E0216", "factor weights must be greater than zero", item.span)
+
+    def _value_setting(self, item: ast.ValueSetting) -> None:
+        key, value = item.key.text, item.value
+        want = _SETTING_UNITS[key]
+        if value.unit is not want:
+            self.error(
+                "E0220",
+                f"`{key}` is {_article(want)}, not {_article(value.unit)}",
+                value.span,
+                f"write it like {_EXAMPLES[want]}",
+            )
+            return
+        number = float(value.value)  # type: ignore[arg-type]
+        if key == "min_success_rate" and not 0.0 <= number <= 1.0:
+            self.error("E0221", "`min_success_rate` must be between 0% and 100%", value.span)
+        elif key == "min_samples" and number != int(number):
+            self.error("E0222", "`min_samples` must be a whole number", value.span)
+        elif key == "window" and number <= 0:
+            self.error("E0223", "`window` must be longer than zero", value.span)
+
+    # routes ----------------------------------------------------------------
+
+    def _route(self, route: ast.Route) -> None:
+        if route.when is not None:
+            self._condition(route.when, allow_model=False)
+        self._settings(route.items)
+        preferred: dict[str, Span] = {}
+        for item in route.items:
+            if isinstance(item, ast.Prefer):
+                models = self._model_ref(item.ref)
+                for model in models:
+                    if model.key in preferred and item.ref.model is not None:
+                        self.error(
+                            "E0230",
+                            f"`{model.key}` is preferred twice in route `{route.name.text}`",
+                            item.ref.span,
+                            f"the first is at {preferred[model.key].location()}",
+                        )
+                    preferred.setdefault(model.key, item.ref.span)
+                if item.weight is not None:
+                    w = item.weight
+                    if w.unit not in (Unit.COUNT, Unit.PERCENT):
+                        self.error(
+                            "E0231",
+                            f"a weight is a number, not {_article(w.unit)}",
+                            w.span,
+                            "write `weight 40`",
+                        )
+                    elif float(w.value) <= 0:  # type: ignore[arg-type]
+                        self.error("E0232", "a weight must be greater than zero", w.span)
+            elif isinstance(item, ast.Exclude):
+                for ref in item.refs:
+                    self._model_ref(ref)
+            elif isinstance(item, ast.Require):
+                self._condition(item.condition, allow_model=True)
+
+    def _model_ref(self, ref: ast.ModelRef) -> list[object]:
+        provider = ref.provider.text
+        if provider not in self.catalog.providers:
+            # maybe `prefer gemini-1.5-flash-latest` without the provider
+            owners = [p for p in self.catalog.providers if self.catalog.find(p, provider)]
+            if ref.model is None and owners:
+                hint = f"write it as `{owners[0]}/{provider}`"
+            else:
+                guess = did_you_mean(provider, self.catalog.providers)
+                hint = (
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "providers in the catalog: "
+                    + ", ".join(f"`{p}`" for p in self.catalog.providers)
+                )
+            self.error("E0240", f"unknown provider `{provider}`", ref.provider.span, hint)
+            return []
+        if ref.model is None:
+            return list(self.catalog.by_provider(provider))
+        model = self.catalog.find(provider, ref.model.text)
+        if model is None:
+            guess = did_you_mean(ref.model.text, self.catalog.names(provider))
+            hint = (
+                f"did you mean `{provider}/{guess}`?"
+                if guess
+                else f"`{provider}` models: "
+                + ", ".join(f"`{m.id}`" for m in self.catalog.by_provider(provider))
+            )
+            self.error(
+                "E0241",
+                f"unknown model `{ref.model.text}` for provider `{provider}`",
+                ref.model.span,
+                hint,
+            )
+            return []
+        return [model]
+
+    # expressions -----------------------------------------------------------
+
+    def _condition(self, expr: ast.Expr, *, allow_model: bool) -> None:
+        t = self.type_of(expr, allow_model=allow_model)
+        if t is not None and t[0] not in (Unit.BOOL, Unit.ANY):
+            self.error(
+                "E0300",
+                f"a condition must be true or false, but this is {describe(t)}",
+                expr.span,
+                _condition_hint(expr),
+            )
+
+    def type_of(self, expr: ast.Expr, *, allow_model: bool) -> FieldType | None:
+        """The type of an expression, or None after reporting an error inside it."""
+        if isinstance(expr, ast.Literal):
+            return (expr.unit, None)
+        if isinstance(expr, ast.ListLit):
+            return self._list_type(expr, allow_model)
+        if isinstance(expr, ast.Path):
+            return self._path_type(expr, allow_model)
+        if isinstance(expr, ast.Not):
+            self._condition(expr.operand, allow_model=allow_model)
+            return _BOOL
+        if isinstance(expr, ast.BoolOp):
+            for operand in expr.operands:
+                self._condition(operand, allow_model=allow_model)
+            return _BOOL
+        if isinstance(expr, ast.Compare):
+            self._compare(expr, allow_model)
+            return _BOOL
+        raise AssertionError(f"unknown expression {expr!r}")  # pragma: no cover
+
+    def _list_type(self, expr: ast.ListLit, allow_model: bool) -> FieldType | None:
+        item: Unit | None = None
+        for element in expr.items:
+            t = self.type_of(element, allow_model=allow_model)
+            if t is None:
+                return None
+            if t[0] is Unit.LIST:
+                self.error("E0310", "lists cannot hold lists", element.span)
+                return None
+            if t[0] in (Unit.NULL, Unit.ANY):
+                continue
+            if item is None:
+                item = t[0]
+            elif item is not t[0]:
+                self.error(
+                    "E0311",
+                    f"a list holds one kind of value: {_article(item)} and {_article(t[0])}",
+                    element.span,
+                    "split it into two conditions",
+                )
+                return None
+        return (Unit.LIST, item or Unit.ANY)
+
+    def _path_type(self, path: ast.Path, allow_model: bool) -> FieldType | None:
+        root, rest = path.parts[0], path.parts[1:]
+        roots = ("request", "model") if allow_model else ("request",)
+        if root not in roots:
+            if root == "model" and not allow_model:
+                self.error(
+                    "E0320",
+                    "`model` can only be used inside `require`",
+                    path.span,
+                    'write `require model.regions contains "eu"` in a route body;'
+                    " `request.model` is the model the request asked for",
+                )
+                return None
+            guess = did_you_mean(root, roots)
+            self.error(
+                "E0321",
+                f"unknown name `{root}`",
+                path.span,
+                f"did you mean `{guess}`?" if guess else "fields start with `request.`",
+            )
+            return None
+        if not rest:
+            self.error(
+                "E0322",
+                f"`{root}` needs a field",
+                path.span,
+                f"for example `{root}.{'region' if root == 'request' else 'regions'}`",
+            )
+            return None
+        if root == "request":
+            if rest[0] == METADATA_FIELD:
+                if len(rest) == 2:
+                    return _ANY
+                self.error(
+                    "E0323",
+                    "metadata is read one key deep: `request.metadata.<key>`",
+                    path.span,
+                    "metadata values are strings, numbers or booleans",
+                )
+                return None
+            table: dict[str, FieldType] = REQUEST_FIELDS
+            names = [*REQUEST_FIELDS, "metadata"]
+        else:
+            table = MODEL_ATTRS
+            names = list(MODEL_ATTRS)
+        dotted = ".".join(rest)
+        if dotted in table:
+            return table[dotted]
+        guess = did_you_mean(dotted, names)
+        self.error(
+            "E0324",
+            f"unknown field `{path.dotted}`",
+            path.span,
+            f"did you mean `{root}.{guess}`?"
+            if guess
+            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in names),
+        )
+        return None
+
+    def _compare(self, expr: ast.Compare, allow_model: bool) -> None:
+        lt = self.type_of(expr.left, allow_model=allow_model)
+        rt = self.type_of(expr.right, allow_model=allow_model)
+        if lt is None or rt is None:
+            return
+        op = expr.op
+        if op in ("in", "not in"):
+            self._membership(expr, needle=(expr.left, lt), hay=(expr.right, rt))
+        elif op == "contains":
+            self._membership(expr, needle=(expr.right, rt), hay=(expr.left, lt))
+        else:
+            self._binary(expr, lt, rt)
+
+    def _binary(self, expr: ast.Compare, lt: FieldType, rt: FieldType) -> None:
+        op = expr.op
+        if Unit.NULL in (lt[0], rt[0]):
+            if op not in ("==", "!="):
+                self.error(
+                    "E0330",
+                    f"`{op}` with `null` is never true",
+                    expr.op_span,
+                    "use `== null` to test that a field is missing",
+                )
+            return
+        if Unit.ANY in (lt[0], rt[0]):
+            if op not in ("==", "!=") and Unit.LIST in (lt[0], rt[0]):
+                self.error("E0331", f"`{op}` does not order lists", expr.op_span)
+            return
+        if lt[0] is not rt[0] or (lt[0] is Unit.LIST and not _items_match(lt[1], rt[1])):
+            self._mismatch(expr, lt, rt)
+            return
+        if op not in ("==", "!=") and lt[0] not in _ORDERED:
+            self.error(
+                "E0332",
+                f"`{op}` needs values with an order, not {describe(lt)}",
+                expr.op_span,
+                "use `==` or `!=`",
+            )
+
+    def _mismatch(self, expr: ast.Compare, lt: FieldType, rt: FieldType) -> None:
+        left, right = expr.left, expr.right
+        if isinstance(right, ast.Literal) and not isinstance(left, ast.Literal):
+            message = (
+                f"unit mismatch: `{_text(left)}` is {describe(lt)}, "
+                f"`{right.text}` is {describe(rt)}"
+            )
+            span, want = right.span, lt
+        elif isinstance(left, ast.Literal) and not isinstance(right, ast.Literal):
+            message = (
+                f"unit mismatch: `{left.text}` is {describe(lt)}, "
+                f"`{_text(right)}` is {describe(rt)}"
+            )
+            span, want = left.span, rt
+        else:
+            message = (
+                f"unit mismatch: cannot compare {describe(lt)} (`{_text(left)}`) "
+                f"with {describe(rt)} (`{_text(right)}`)"
+            )
+            span, want = expr.span, lt
+        example = _EXAMPLES.get(want[0])
+        if want[0] is Unit.DURATION and rt[0] is Unit.COUNT and isinstance(right, ast.Literal):
+            ms = float(right.value)  # type: ignore[arg-type]
+            seconds = f" or `{ms / 1000:g}s`" if ms >= 1000 else ""
+            help_text = f"durations carry a unit: write `{right.text}ms`{seconds}"
+        elif example:
+            help_text = f"compare {want[0].value} with {want[0].value}, e.g. {example}"
+        else:
+            help_text = "both sides must have the same type"
+        self.error("E0333", message, span, help_text)
+
+    def _membership(
+        self,
+        expr: ast.Compare,
+        *,
+        needle: tuple[ast.Expr, FieldType],
+        hay: tuple[ast.Expr, FieldType],
+    ) -> None:
+        (n_expr, nt), (h_expr, ht) = needle, hay
+        if ht[0] is Unit.STRING and nt[0] in (Unit.STRING, Unit.ANY):
+            return  # substring test
+        if ht[0] is Unit.ANY:
+            return
+        if ht[0] is not Unit.LIST:
+            self.error(
+                "E0340",
+                f"`{expr.op}` needs a list or a string, but `{_text(h_expr)}` is {describe(ht)}",
+                h_expr.span,
+                'for example `request.region in ["eu", "us"]`',
+            )
+            return
+        if nt[0] is Unit.LIST:
+            self.error("E0341", f"`{expr.op}` looks for one value, not a list", n_expr.span)
+            return
+        if not _items_match(ht[1], nt[0]):
+            self.error(
+                "E0342",
+                f"unit mismatch: `{_text(h_expr)}` holds {ht[1].value}s, "  # type: ignore[union-attr]
+                f"`{_text(n_expr)}` is {describe(nt)}",
+                n_expr.span,
+                f"look for {_article(ht[1])}, e.g. {_EXAMPLES.get(ht[1], 'a value')}",  # type: ignore[arg-type]
+            )
+
+    # limits ----------------------------------------------------------------
+
+    def _limit(self, limit: ast.Limit) -> None:
+        scope = limit.scope.text
+        if limit.key_expr is None and scope not in STANDARD_SCOPES:
+            guess = did_you_mean(scope, STANDARD_SCOPES)
+            self.error(
+                "E0400",
+                f"unknown scope `{scope}`",
+                limit.scope.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else "scopes: `global`, `user`, `ip`, `provider`, `model`; a named scope"
+                f" needs a key: `limit {scope} = request.metadata.{scope} …`",
+            )
+        if limit.key_expr is not None:
+            if scope in STANDARD_SCOPES:
+                self.error(
+                    "E0401",
+                    f"scope `{scope}` has its own key; a key expression names a new scope",
+                    limit.key_expr.span,
+                    f"choose a new name: `limit my_{scope} = {limit.key_expr.dotted} …`",
+                )
+            else:
+                t = self._path_type(limit.key_expr, allow_model=False)
+                if t is not None and t[0] not in (Unit.STRING, Unit.ANY):
+                    self.error(
+                        "E0402",
+                        f"a limit key must be a string, but `{limit.key_expr.dotted}` is"
+                        f" {describe(t)}",
+                        limit.key_expr.span,
+                    )
+        if limit.key is not None:
+            if limit.key.unit is not Unit.STRING:
+                self.error("E0403", "a limit key is a string", limit.key.span)
+            elif scope == "global":
+                self.error(
+                    "E0404",
+                    "the `global` scope has no keys",
+                    limit.key.span,
+                    "remove the key, or use `user`, `ip`, `provider` or `model`",
+                )
+            elif not str(limit.key.value).strip():
+                self.error("E0405", "a limit key cannot be empty", limit.key.span)
+        unit = limit.unit.text if limit.unit else "requests"
+        assert unit in LIMIT_UNITS
+        want = Unit.MONEY if unit == "spend" else Unit.COUNT
+        self._amount(limit.amount, want, unit, "limit")
+        if limit.burst is not None:
+            self._amount(limit.burst, want, unit, "burst", allow_zero=True)
+        w = limit.window
+        if w.unit is not Unit.DURATION:
+            self.error(
+                "E0410",
+                f"a limit's window is a duration, not {_article(w.unit)}",
+                w.span,
+                "write `per 1m`, `per 1h` or `per 1d`",
+            )
+        elif float(w.value) <= 0:  # type: ignore[arg-type]
+            self.error("E0411", "a limit's window must be longer than zero", w.span)
+        if limit.when is not None:
+            self._condition(limit.when, allow_model=False)
+
+    def _amount(
+        self, lit: ast.Literal, want: Unit, unit: str, what: str, allow_zero: bool = False
+    ) -> None:
+        if lit.unit is not want:
+            if want is Unit.MONEY:
+                hint = f"a `spend` {what} is money: write `${lit.text.rstrip('kKMB%')}`"
+            elif lit.unit is Unit.MONEY:
+                hint = f"to limit money, write `spend`: `limit … spend {lit.text} per 1d`"
+            else:
+                hint = f"a `{unit}` {what} is a count, e.g. `100` or `200k`"
+            self.error(
+                "E0412",
+                f"a `{unit}` {what} is {_article(want)}, not {_article(lit.unit)}",
+                lit.span,
+                hint,
+            )
+            return
+        value = float(lit.value)  # type: ignore[arg-type]
+        if value < 0 or (value == 0 and not allow_zero):
+            self.error(
+                "E0413",
+                f"a {what} must be greater than zero",
+                lit.span,
+                "to block traffic, write a route that denies it" if what == "limit" else None,
+            )
+
+    # lint ------------------------------------------------------------------
+
+    def _lint(self, files: list[ast.PolicyFile]) -> None:
+        catch_all: ast.Route | None = None
+        for policy in files:
+            for stmt in policy.statements:
+                if not isinstance(stmt, ast.Route):
+                    continue
+                if catch_all is not None:
+                    self.warn(
+                        "W0500",
+                        f"route `{stmt.name.text}` is unreachable",
+                        stmt.name.span,
+                        f"route `{catch_all.name.text}` at {catch_all.span.location()}"
+                        " matches every request first",
+                    )
+                    continue
+                if stmt.when is None or _always_true(stmt.when):
+                    catch_all = stmt
+                self._lint_capabilities(stmt)
+
+    def _lint_capabilities(self, route: ast.Route) -> None:
+        """A route whose `when` needs a capability that none of its preferred models has."""
+        if route.when is None:
+            return
+        needs = _required_capabilities(route.when)
+        prefers = [i for i in route.items if isinstance(i, ast.Prefer)]
+        if not needs or not prefers:
+            return
+        models = [m for p in prefers for m in self._quiet_models(p.ref)]
+        if models and not any(needs <= m.supports for m in models):
+            self.warn(
+                "W0501",
+                f"no model preferred by route `{route.name.text}` supports"
+                f" {', '.join(sorted(needs))}",
+                route.name.span,
+                "every request this route matches will be denied: prefer a model that does",
+            )
+
+    def _quiet_models(self, ref: ast.ModelRef) -> list:  # type: ignore[type-arg]
+        if ref.model is None:
+            return list(self.catalog.by_provider(ref.provider.text))
+        model = self.catalog.find(ref.provider.text, ref.model.text)
+        return [model] if model else []
+
+
+def _setting_key(item: ast.RouteItem) -> str | None:
+    if isinstance(item, ast.StrategySetting):
+        return "strategy"
+    if isinstance(item, ast.ValueSetting):
+        return item.key.text
+    if isinstance(item, ast.FallbackSetting):
+        return "fallback"
+    return None
+
+
+def _items_match(a: Unit | None, b: Unit | None) -> bool:
+    return a is None or b is None or a is b or Unit.ANY in (a, b) or Unit.NULL in (a, b)
+
+
+def _text(expr: ast.Expr) -> str:
+    if isinstance(expr, ast.Path):
+        return expr.dotted
+    if isinstance(expr, ast.Literal):
+        return expr.text
+    return expr.span.text()
+
+
+def _condition_hint(expr: ast.Expr) -> str | None:
+    if isinstance(expr, ast.Path):
+        return f"compare it with a value, e.g. `{expr.dotted} == …`"
+    return None
+
+
+def _always_true(expr: ast.Expr) -> bool:
+    return isinstance(expr, ast.Literal) and expr.value is True
+
+
+_CAPABILITY_FIELDS = {
+    "requires_vision": "vision",
+    "requires_tools": "tools",
+    "requires_json": "json",
+    "stream": "streaming",
+}
+
+
+def _required_capabilities(expr: ast.Expr) -> frozenset[str]:
+    """Capabilities implied by a `when`: `request.requires_vision` as a top-level conjunct."""
+    terms = expr.operands if isinstance(expr, ast.BoolOp) and expr.op == "and" else (expr,)
+    needs: set[str] = set()
+    for term in terms:
+        if (
+            isinstance(term, ast.Compare)
+            and term.op == "=="
+            and isinstance(term.right, ast.Literal)
+        ) and term.right.value is True:
+            term = term.left
+        if (
+            isinstance(term, ast.Path)
+            and len(term.parts) == 2
+            and term.parts[0] == "request"
+            and term.parts[1] in _CAPABILITY_FIELDS
+        ):
+            needs.add(_CAPABILITY_FIELDS[term.parts[1]])
+    return frozenset(needs)
+
+
+def check(files: Iterable[ast.PolicyFile], catalog: Catalog) -> list[Diagnostic]:
+    """Every error and warning in a policy set, sorted by place."""
+    return sorted(Checker(catalog).check(files), key=Diagnostic.sort_key)

@@ -1,0 +1,67 @@
+"""`policyctl`: the command line, thin over the library API. Nothing imports this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from engine import __version__
+from engine.catalog import CatalogError
+from engine.cli import check_cmd, eval_cmd, schema_cmd
+from engine.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, UsageError
+from engine.diagnostics import PolicyError
+
+EXAMPLE = """\
+examples:
+  policyctl eval examples/requests/chat.json
+  policyctl check policies/
+  policyctl schema request
+
+Run `policyctl COMMAND --help` for a command's flags and examples.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="policyctl",
+        description="A declarative policy engine for LLM traffic.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in (eval_cmd, check_cmd, schema_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except PolicyError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CatalogError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UsageError as err:
+        print(f"policyctl: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""What every command shares: exit codes, the policy path default, output formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # an internal failure (a bug): never for bad input
+EXIT_BAD_INPUT = 2
+EXIT_DENIED = 3
+
+STATE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+
+
+class UsageError(Exception):
+    """Bad flags or arguments: printed as `policyctl: error: …`, exit 2."""
+
+
+def default_policy_path() -> Path | None:
+    """`./policies` if it exists, else None (the packaged default set)."""
+    local = Path("policies")
+    return local if local.is_dir() else None
+
+
+def add_format(parser: argparse.ArgumentParser, default: str = "json") -> None:
+    parser.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default=default,
+        help=f"json for scripts, table for people (default: {default})",
+    )
+
+
+def add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="PATH",
+        help="a .policy file or a directory of them (default: ./policies if it exists,"
+        " else the packaged default set)",
+    )
+
+
+def check_state_url(url: str) -> str:
+    """Accept `memory://`, a file path (DuckDB) or `redis://…`; quote anything else."""
+    if "://" in url and not url.startswith(STATE_SCHEMES):
+        scheme = url.split("://", 1)[0]
+        raise UsageError(
+            f"unknown state store `{url}` (scheme `{scheme}`): use `memory://`, a file path,"
+            " or `redis://host:port`"
+        )
+    return url
+
+
+def dump_json(data: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(data, ensure_ascii=False, separators=(", ", ": ")))
+    out.write("\n")
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

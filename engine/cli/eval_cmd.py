@@ -1,0 +1,216 @@
+"""`policyctl eval REQUEST.json|REQUESTS.jsonl|-`: requests in, decisions out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from engine.api import PolicyEngine
+from engine.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_DENIED,
+    EXIT_OK,
+    add_format,
+    add_policy,
+    check_state_url,
+    default_policy_path,
+    dump_json,
+    render_table,
+)
+from engine.decision import Decision
+from engine.diagnostics import Diagnostic, Source, Span
+from engine.request import RequestError
+from engine.strategies import money
+
+MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
+
+EXAMPLE = """\
+examples:
+  policyctl eval examples/requests/chat.json
+  policyctl eval --format table --explain examples/requests/vision.json
+  cat requests.jsonl | policyctl eval - > decisions.jsonl
+
+exit codes: 0 allowed, 3 denied (at least one), 2 bad input
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="route requests: one JSON file, JSONL, or - for stdin",
+        description="Evaluate requests against the policy and print one decision per request.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="REQUEST", help="a .json file, a .jsonl file, or - for stdin")
+    add_policy(p)
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="rate-limit state: memory://, a DuckDB file path, or redis://… (in-memory for now)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="decide without consuming limits")
+    p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
+    add_format(p)
+    p.set_defaults(run=run)
+
+
+class _BadItem:
+    def __init__(self, line: int | None, message: str) -> None:
+        self.line = line
+        self.message = message
+
+
+def _read_input(path: str) -> tuple[str, str]:
+    if path == "-":
+        return "<stdin>", sys.stdin.read()
+    with open(path, encoding="utf-8") as f:
+        return path, f.read()
+
+
+def _json_error(name: str, text: str, err: json.JSONDecodeError, line: int = 1) -> str:
+    """Render a JSON syntax error with its place; `line` numbers a JSONL line in its file."""
+    source = Source(name, "\n" * (line - 1) + text)
+    start = (line - 1) + min(err.pos, len(text))
+    message = f"invalid JSON: {err.msg[:1].lower()}{err.msg[1:]}"
+    return Diagnostic("E0600", message, Span(source, start, start + 1), None).render()
+
+
+def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
+    """(line, parsed JSON) per request, or (line, _BadItem). One JSON document, or JSONL
+    (a `.jsonl` name, or several documents one per line)."""
+    if not name.endswith(".jsonl"):
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES:
+            yield None, _BadItem(None, f"{name}: request is larger than 1 MiB")
+            return
+        try:
+            yield None, json.loads(text)
+            return
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":
+                yield None, _BadItem(None, _json_error(name, text, err))
+                return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_REQUEST_BYTES:
+            yield number, _BadItem(number, f"{name}:{number}: request is larger than 1 MiB")
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, _BadItem(number, _json_error(name, line, err, line=number))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.state is not None:
+        check_state_url(args.state)
+    try:
+        name, text = _read_input(args.input)
+    except OSError as err:
+        print(f"policyctl: error: cannot read `{args.input}`: {err.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UnicodeDecodeError:
+        print(f"policyctl: error: `{args.input}` is not UTF-8 text", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    engine = PolicyEngine(args.policy if args.policy is not None else default_policy_path())
+    decisions: list[tuple[int | None, Decision]] = []
+    bad = denied = False
+    as_json = args.format == "json"
+    for line, item in _items(name, text):
+        if isinstance(item, _BadItem):
+            bad = True
+            print(item.message, file=sys.stderr)
+            if as_json and line is not None:
+                dump_json({"line": line, "error": item.message.splitlines()[0]})
+            continue
+        try:
+            decision = engine.evaluate(item, explain=args.explain)
+        except RequestError as err:
+            bad = True
+            where = f"{name}:{line}" if line is not None else name
+            for field_name, message in err.problems:
+                prefix = f"{field_name}: " if field_name else ""
+                print(f"{where}: {prefix}{message}", file=sys.stderr)
+            if as_json and line is not None:
+                dump_json({"line": line, "error": str(err)})
+            continue
+        denied = denied or not decision.allowed
+        if as_json:
+            dump_json(decision.to_dict())
+        else:
+            decisions.append((line, decision))
+    if not as_json and decisions:
+        print(_table(decisions))
+    if bad:
+        return EXIT_BAD_INPUT
+    return EXIT_DENIED if denied else EXIT_OK
+
+
+def _table(decisions: list[tuple[int | None, Decision]]) -> str:
+    if len(decisions) == 1:
+        return _vertical(decisions[0][1])
+    rows = [
+        (
+            d.request_id if d.request_id is not None else f"line {line}",
+            d.allowed,
+            d.route,
+            f"{d.provider}/{d.model}" if d.allowed else "-",
+            d.strategy,
+            money(d.estimated_cost) if d.estimated_cost is not None else None,
+            f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms is not None else None,
+            f"{d.confidence:.2f}",
+            d.reason,
+        )
+        for line, d in decisions
+    ]
+    headers = ("request", "allowed", "route", "provider/model", "strategy", "est cost",
+               "est p95", "confidence", "reason")  # fmt: skip
+    return render_table(headers, rows)
+
+
+def _vertical(d: Decision) -> str:
+    alternatives = ", ".join(f"{a.provider}/{a.model} ({a.score:.2f})" for a in d.alternatives)
+    fallbacks = " → ".join(f"{f['provider']}/{f['model']}" for f in d.fallbacks)
+    rows: list[tuple[str, Any]] = [
+        ("request", d.request_id),
+        ("allowed", d.allowed),
+        ("route", d.route),
+        ("strategy", d.strategy),
+        ("provider/model", f"{d.provider}/{d.model}" if d.allowed else None),
+        ("reason", d.reason),
+        ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
+        ("est p95", f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms else None),
+        ("confidence", f"{d.confidence:.2f}"),
+        ("alternatives", alternatives or None),
+        ("fallbacks", fallbacks or None),
+        ("policy", d.policy_version),
+    ]
+    if d.denied_by is not None and d.denied_by.get("reason") == "no_eligible_model":
+        for c in d.denied_by["candidates"]:
+            rows.append(("dropped", f"{c['provider']}/{c['model']}: {c['dropped_because']}"))
+    if d.trace is not None:
+        for step in d.trace:
+            if step["step"] == "route":
+                verdict = "matched" if step["matched"] else "no match"
+                when = f" when {step['when']}" if step["when"] else ""
+                rows.append(("trace", f"route {step['route']}{when}: {verdict}"))
+            elif step["step"] == "drop":
+                rows.append(
+                    ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")
+                )
+            else:
+                ranking = ", ".join(
+                    f"{r['provider']}/{r['model']} {r['score']:.2f}" for r in step["ranking"]
+                )
+                rows.append(("trace", f"{step['strategy']} ranking: {ranking}"))
+    width = max(len(k) for k, _ in rows)
+    lines = []
+    for key, value in rows:
+        shown = "-" if value is None else ("yes" if value is True else "no" if value is False
+                                           else str(value))  # fmt: skip
+        lines.append(f"{key.ljust(width)}  {shown}")
+    return "\n".join(lines)

@@ -1,0 +1,480 @@
+"""Checked AST -> an immutable Program: conditions as Python closures, routes with their
+candidate lists resolved against the catalog, limits ready for the limiter.
+
+Closures are built from AST nodes; no user text is ever passed to `eval` or `exec`.
+Every closure has the signature `(request_env, model_attrs) -> value`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import ast
+from engine.ast import Unit
+from engine.catalog import Catalog, Model
+from engine.schema import SCOPE_KEY_FIELD
+
+Env = Mapping[str, Any]
+Fn = Callable[[Env, Mapping[str, Any] | None], Any]
+Pred = Callable[[Env, Mapping[str, Any] | None], bool]
+
+DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    strategy: str = "weighted"
+    factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
+    min_success_rate: float = 0.0
+    min_samples: int = 100
+    window_ms: float = 86_400_000.0
+    fallback: tuple[str, ...] = ()  # provider order
+    fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    location: str  # file:line:col of the route, or "defaults"
+    when: Pred | None
+    when_text: str | None
+    candidates: tuple[Model, ...]  # after prefer, exclude and model-only `require`
+    weights: Mapping[str, float]  # model key -> preference weight (prefer lists)
+    dropped: tuple[tuple[Model, str], ...]  # statically dropped, for --explain
+    requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
+    settings: Settings
+    provider_rank: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    name: str  # e.g. `user`, `user "vip-user"`, `team`
+    scope: str
+    key: str | None  # a keyed limit applies to this key only
+    key_fn: Fn | None  # named scope: how to read the key from the request
+    key_field: str | None  # standard scopes keyed by a request field (user, ip)
+    unit: str  # requests | tokens | spend
+    amount: float
+    window_ms: float
+    burst: float
+    when: Pred | None
+    until: float | None  # epoch seconds
+    location: str
+
+    @property
+    def capacity(self) -> float:
+        return self.amount + self.burst
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    catalog: Catalog
+    routes: tuple[CompiledRoute, ...]
+    default_route: CompiledRoute
+    limits: tuple[CompiledLimit, ...]
+    files: tuple[str, ...]
+    version: str
+    model_attrs: Mapping[str, Mapping[str, Any]] = field(repr=False)  # model key -> attrs
+
+
+# ---------------------------------------------------------------- expressions
+
+
+def model_attributes(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "provider": model.provider,
+        "key": model.key,
+        "aliases": list(model.aliases),
+        "context_window": float(model.context_window),
+        "max_tokens": float(model.max_tokens),
+        "supports": sorted(model.supports),
+        "regions": list(model.regions),
+        "pricing.input": model.input_price,
+        "pricing.output": model.output_price,
+        "latency_p50": model.latency_p50_ms,
+        "latency_p95": model.latency_p95_ms,
+    }
+
+
+_ORDER_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def _path_getter(path: ast.Path) -> Fn:
+    root, rest = path.parts[0], path.parts[1:]
+    if root == "model":
+        key = ".".join(rest)
+        return lambda r, m: m[key] if m is not None else None
+    if rest[0] == "metadata":
+        mkey = rest[1]
+        return lambda r, m: r["metadata"].get(mkey)
+    rkey = rest[0]
+    return lambda r, m: r[rkey]
+
+
+def _literal_value(expr: ast.Expr) -> tuple[bool, Any]:
+    """(True, value) when the expression is a constant."""
+    if isinstance(expr, ast.Literal):
+        return True, expr.value
+    if isinstance(expr, ast.ListLit):
+        values = []
+        for item in expr.items:
+            ok, v = _literal_value(item)
+            if not ok:
+                return False, None
+            values.append(v)
+        return True, values
+    return False, None
+
+
+def compile_expr(expr: ast.Expr) -> Fn:
+    if isinstance(expr, ast.Literal):
+        value = expr.value
+        return lambda r, m: value
+    if isinstance(expr, ast.ListLit):
+        ok, const = _literal_value(expr)
+        if ok:
+            return lambda r, m: const
+        items = [compile_expr(i) for i in expr.items]
+        return lambda r, m: [f(r, m) for f in items]
+    if isinstance(expr, ast.Path):
+        return _path_getter(expr)
+    return compile_condition(expr)
+
+
+def compile_condition(expr: ast.Expr) -> Pred:
+    """A closure that is True only when the condition holds (null compares false)."""
+    if isinstance(expr, ast.Compare):
+        return _compile_compare(expr)
+    if isinstance(expr, ast.Not):
+        inner = compile_condition(expr.operand)
+        return lambda r, m: not inner(r, m)
+    if isinstance(expr, ast.BoolOp):
+        parts = [compile_condition(o) for o in expr.operands]
+        if expr.op == "and":
+            if len(parts) == 2:
+                a, b = parts
+                return lambda r, m: a(r, m) and b(r, m)
+            return lambda r, m: all(p(r, m) for p in parts)
+        if len(parts) == 2:
+            a, b = parts
+            return lambda r, m: a(r, m) or b(r, m)
+        return lambda r, m: any(p(r, m) for p in parts)
+    if isinstance(expr, ast.Path):
+        get = _path_getter(expr)
+        return lambda r, m: get(r, m) is True
+    if isinstance(expr, ast.Literal):
+        truth = expr.value is True
+        return lambda r, m: truth
+    raise AssertionError(f"not a condition: {expr!r}")  # pragma: no cover
+
+
+def _compile_compare(expr: ast.Compare) -> Pred:
+    op = expr.op
+    left, right = expr.left, expr.right
+    # presence tests: `x == null`, `x != null`
+    for a, b in ((left, right), (right, left)):
+        if isinstance(b, ast.Literal) and b.unit is Unit.NULL:
+            get = compile_expr(a)
+            if op == "==":
+                return lambda r, m: get(r, m) is None
+            return lambda r, m: get(r, m) is not None
+    if op in ("in", "not in"):
+        return _compile_membership(compile_expr(left), right, negate=op == "not in")
+    if op == "contains":
+        hay, needle = compile_expr(left), compile_expr(right)
+        return lambda r, m: _contains(hay(r, m), needle(r, m))
+    lconst, lvalue = _literal_value(left)
+    rconst, rvalue = _literal_value(right)
+    get_l, get_r = compile_expr(left), compile_expr(right)
+    if op == "==":
+        if rconst and isinstance(left, ast.Path):
+            return _eq_path_const(left, rvalue)
+        return lambda r, m: _eq(get_l(r, m), get_r(r, m))
+    if op == "!=":
+        return lambda r, m: _ne(get_l(r, m), get_r(r, m))
+    fn = _ORDER_OPS[op]
+    if rconst and isinstance(left, ast.Path) and rvalue is not None:
+        get = _path_getter(left)
+
+        def ordered_const(r: Env, m: Mapping[str, Any] | None) -> bool:
+            v = get(r, m)
+            if v is None:
+                return False
+            try:
+                return fn(v, rvalue)
+            except TypeError:  # a metadata value of another kind
+                return False
+
+        return ordered_const
+    del lconst, lvalue
+
+    def ordered(r: Env, m: Mapping[str, Any] | None) -> bool:
+        a, b = get_l(r, m), get_r(r, m)
+        if a is None or b is None:
+            return False
+        try:
+            return fn(a, b)
+        except TypeError:
+            return False
+
+    return ordered
+
+
+def _eq_path_const(path: ast.Path, value: Any) -> Pred:
+    root, rest = path.parts[0], path.parts[1:]
+    if isinstance(value, bool):  # True == 1 in Python: compare identity for booleans
+        get = _path_getter(path)
+        return lambda r, m: get(r, m) is value
+    if root == "request" and rest[0] != "metadata":
+        key = rest[0]
+        return lambda r, m: r[key] == value
+    get = _path_getter(path)
+    return lambda r, m: _eq(get(r, m), value)
+
+
+def _eq(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
+
+
+def _ne(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return False
+    return not _eq(a, b)
+
+
+def _contains(hay: Any, needle: Any) -> bool:
+    if hay is None or needle is None:
+        return False
+    if isinstance(hay, str):
+        return isinstance(needle, str) and needle in hay
+    if isinstance(hay, list | tuple | frozenset | set):
+        return needle in hay
+    return False
+
+
+def _compile_membership(needle: Fn, hay_expr: ast.Expr, *, negate: bool) -> Pred:
+    const, value = _literal_value(hay_expr)
+    if const and isinstance(value, list) and all(_hashable(v) for v in value):
+        members = frozenset(v for v in value if v is not None)
+        if negate:
+            return lambda r, m: (v := needle(r, m)) is not None and v not in members
+        return lambda r, m: (v := needle(r, m)) is not None and v in members
+    hay = compile_expr(hay_expr)
+    if negate:
+        return lambda r, m: (
+            (v := needle(r, m)) is not None and (h := hay(r, m)) is not None and not _contains(h, v)
+        )
+    return lambda r, m: _contains(hay(r, m), needle(r, m))
+
+
+def _hashable(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool)
+
+
+def references_request(expr: ast.Expr) -> bool:
+    if isinstance(expr, ast.Path):
+        return expr.parts[0] == "request"
+    if isinstance(expr, ast.Compare):
+        return references_request(expr.left) or references_request(expr.right)
+    if isinstance(expr, ast.BoolOp):
+        return any(references_request(o) for o in expr.operands)
+    if isinstance(expr, ast.Not):
+        return references_request(expr.operand)
+    if isinstance(expr, ast.ListLit):
+        return any(references_request(i) for i in expr.items)
+    return False
+
+
+# ---------------------------------------------------------------- statements
+
+
+def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Catalog) -> Settings:
+    values: dict[str, Any] = {}
+    for item in items:
+        if isinstance(item, ast.StrategySetting):
+            values["strategy"] = item.name.text
+            if item.factors:
+                total = sum(float(f.weight.value) for f in item.factors)  # type: ignore[arg-type]
+                values["factors"] = tuple(
+                    (f.name.text, float(f.weight.value) / total)  # type: ignore[arg-type]
+                    for f in item.factors
+                )
+            elif item.name.text == "weighted":
+                values["factors"] = DEFAULT_FACTORS
+        elif isinstance(item, ast.ValueSetting):
+            key = item.key.text
+            number = float(item.value.value)  # type: ignore[arg-type]
+            if key == "min_success_rate":
+                values["min_success_rate"] = number
+            elif key == "min_samples":
+                values["min_samples"] = int(number)
+            else:
+                values["window_ms"] = number
+        elif isinstance(item, ast.FallbackSetting):
+            providers: list[str] = []
+            models: list[str] = []
+            for ref in item.refs:
+                if ref.provider.text not in providers:
+                    providers.append(ref.provider.text)
+                if ref.model is not None:
+                    model = catalog.find(ref.provider.text, ref.model.text)
+                    if model is not None:
+                        models.append(model.key)
+            values["fallback"] = tuple(providers)
+            values["fallback_models"] = tuple(models)
+    if not values:
+        return base
+    merged = {name: values.get(name, getattr(base, name)) for name in Settings.__dataclass_fields__}
+    return Settings(**merged)
+
+
+def _provider_rank(settings: Settings, catalog: Catalog) -> dict[str, int]:
+    order = list(settings.fallback) + [p for p in catalog.providers if p not in settings.fallback]
+    return {p: i for i, p in enumerate(order)}
+
+
+def _resolve(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
+    if ref.model is None:
+        return list(catalog.by_provider(ref.provider.text))
+    model = catalog.find(ref.provider.text, ref.model.text)
+    return [model] if model is not None else []
+
+
+def _compile_route(
+    route: ast.Route, base: Settings, catalog: Catalog, attrs: Mapping[str, Mapping[str, Any]]
+) -> CompiledRoute:
+    settings = _merge_settings(base, route.items, catalog)
+    weights: dict[str, float] = {}
+    ordered: list[Model] = []
+    for item in route.items:
+        if isinstance(item, ast.Prefer):
+            models = [m for m in _resolve(item.ref, catalog) if m.key not in weights]
+            weight = float(item.weight.value) if item.weight is not None else 1.0  # type: ignore[arg-type]
+            for m in models:
+                weights[m.key] = weight / len(models)
+                ordered.append(m)
+    candidates = ordered if ordered else list(catalog.models)
+    dropped: list[tuple[Model, str]] = []
+    excluded: set[str] = set()
+    for item in route.items:
+        if isinstance(item, ast.Exclude):
+            for ref in item.refs:
+                excluded.update(m.key for m in _resolve(ref, catalog))
+    requires: list[tuple[Pred, str]] = []
+    static: list[tuple[Pred, str]] = []
+    for item in route.items:
+        if isinstance(item, ast.Require):
+            pred = compile_condition(item.condition)
+            text = item.condition.span.text()
+            (requires if references_request(item.condition) else static).append((pred, text))
+    kept: list[Model] = []
+    empty: dict[str, Any] = {}
+    for model in candidates:
+        if model.key in excluded:
+            dropped.append((model, f"excluded by route `{route.name.text}`"))
+            continue
+        failed = next((t for p, t in static if not p(empty, attrs[model.key])), None)
+        if failed is not None:
+            dropped.append((model, f"fails `require {failed}`"))
+            continue
+        kept.append(model)
+    return CompiledRoute(
+        name=route.name.text,
+        location=route.span.location(),
+        when=None if route.when is None else compile_condition(route.when),
+        when_text=None if route.when is None else route.when.span.text(),
+        candidates=tuple(kept),
+        weights={k: w for k, w in weights.items() if k not in excluded},
+        dropped=tuple(dropped),
+        requires=tuple(requires),
+        settings=settings,
+        provider_rank=_provider_rank(settings, catalog),
+    )
+
+
+def _compile_limit(limit: ast.Limit) -> CompiledLimit:
+    scope = limit.scope.text
+    key = None if limit.key is None else str(limit.key.value)
+    unit = limit.unit.text if limit.unit is not None else "requests"
+    name = scope if key is None else f'{scope} "{key}"'
+    if unit != "requests":
+        name += f" {unit}"
+    return CompiledLimit(
+        name=name,
+        scope=scope,
+        key=key,
+        key_fn=None if limit.key_expr is None else compile_expr(limit.key_expr),
+        key_field=SCOPE_KEY_FIELD.get(scope),
+        unit=unit,
+        amount=float(limit.amount.value),  # type: ignore[arg-type]
+        window_ms=float(limit.window.value),  # type: ignore[arg-type]
+        burst=0.0 if limit.burst is None else float(limit.burst.value),  # type: ignore[arg-type]
+        when=None if limit.when is None else compile_condition(limit.when),
+        until=None if limit.until is None else float(limit.until.value),  # type: ignore[arg-type]
+        location=limit.span.location(),
+    )
+
+
+def policy_version(texts: Iterable[tuple[str, str]], catalog: Catalog) -> str:
+    digest = hashlib.sha256()
+    for name, text in texts:
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(text.encode())
+        digest.update(b"\0")
+    digest.update(catalog.digest.encode())
+    return digest.hexdigest()[:16]
+
+
+def compile_program(
+    files: list[ast.PolicyFile], catalog: Catalog, texts: list[tuple[str, str]]
+) -> Program:
+    """Compile a policy set that checked clean."""
+    attrs = {m.key: model_attributes(m) for m in catalog.models}
+    base = Settings()
+    for policy in files:
+        for stmt in policy.statements:
+            if isinstance(stmt, ast.Defaults):
+                base = _merge_settings(base, stmt.settings, catalog)
+    routes = tuple(
+        _compile_route(stmt, base, catalog, attrs)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Route)
+    )
+    default_route = CompiledRoute(
+        name="default",
+        location="defaults",
+        when=None,
+        when_text=None,
+        candidates=catalog.models,
+        weights={},
+        dropped=(),
+        requires=(),
+        settings=base,
+        provider_rank=_provider_rank(base, catalog),
+    )
+    limits = tuple(
+        _compile_limit(stmt)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Limit)
+    )
+    return Program(
+        catalog=catalog,
+        routes=routes,
+        default_route=default_route,
+        limits=limits,
+        files=tuple(p.name for p in files),
+        version=policy_version(texts, catalog),
+        model_attrs=attrs,
+    )

@@ -1,0 +1,135 @@
+"""What the engine answers: a Decision (plain slotted dataclasses on the hot path).
+
+`DecisionSchema` is the pydantic mirror used only for `policyctl schema decision` and
+for tests that check every emitted decision against the published schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(slots=True)
+class Alternative:
+    provider: str
+    model: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "model": self.model, "score": self.score}
+
+
+@dataclass(slots=True)
+class LimitStatus:
+    scope: str
+    key: str | None
+    allowed: bool
+    remaining: float
+    limit: float
+    reset_at: float | None  # epoch seconds when the bucket is full again
+    retry_after_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "key": self.key,
+            "allowed": self.allowed,
+            "remaining": self.remaining,
+            "limit": self.limit,
+            "reset_at": self.reset_at,
+            "retry_after_ms": self.retry_after_ms,
+        }
+
+
+@dataclass(slots=True)
+class Decision:
+    request_id: str | None
+    allowed: bool
+    provider: str | None
+    model: str | None
+    route: str
+    strategy: str
+    reason: str
+    estimated_cost: float | None
+    estimated_latency_ms: float | None
+    confidence: float
+    alternatives: list[Alternative] = field(default_factory=list)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    rate_limits: list[LimitStatus] = field(default_factory=list)
+    denied_by: dict[str, Any] | None = None
+    policy_version: str = ""
+    trace: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "allowed": self.allowed,
+            "provider": self.provider,
+            "model": self.model,
+            "route": self.route,
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "estimated_cost": self.estimated_cost,
+            "estimated_latency_ms": self.estimated_latency_ms,
+            "confidence": self.confidence,
+            "alternatives": [a.to_dict() for a in self.alternatives],
+            "fallbacks": list(self.fallbacks),
+            "rate_limits": [r.to_dict() for r in self.rate_limits],
+            "denied_by": self.denied_by,
+            "policy_version": self.policy_version,
+        }
+        if self.trace is not None:
+            out["trace"] = self.trace
+        return out
+
+
+# ---------------------------------------------------------------- JSON schema mirror
+
+
+class _AlternativeSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    model: str
+    score: float
+
+
+class _FallbackSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    model: str
+
+
+class _LimitSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: str
+    key: str | None
+    allowed: bool
+    remaining: float
+    limit: float
+    reset_at: float | None
+    retry_after_ms: float | None
+
+
+class DecisionSchema(BaseModel):
+    """A routing decision, as `policyctl eval` prints it."""
+
+    model_config = ConfigDict(extra="forbid", title="policyctl decision")
+    request_id: str | None
+    allowed: bool
+    provider: str | None
+    model: str | None
+    route: str
+    strategy: str
+    reason: str
+    estimated_cost: float | None
+    estimated_latency_ms: float | None
+    confidence: float
+    alternatives: list[_AlternativeSchema]
+    fallbacks: list[_FallbackSchema]
+    rate_limits: list[_LimitSchema]
+    denied_by: dict[str, Any] | None
+    policy_version: str
+    trace: list[dict[str, Any]] | None = None

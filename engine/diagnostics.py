@@ -1,0 +1,173 @@
+"""Source text, spans and diagnostics: errors a person can act on.
+
+Rendering follows one shape everywhere::
+
+    policies/default.policy:12:26: unit mismatch: `request.max_cost` is money, `2s` is a duration
+       |
+    12 | route fast when request.max_cost <= 2s {
+       |                                     ^^
+       = help: compare money with money, e.g. `$0.01`
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A named text with a line index; offsets are 0-based, lines and columns 1-based."""
+
+    name: str
+    text: str
+    _line_starts: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        starts = [0]
+        starts.extend(i + 1 for i, ch in enumerate(self.text) if ch == "\n")
+        object.__setattr__(self, "_line_starts", tuple(starts))
+
+    def line_col(self, offset: int) -> tuple[int, int]:
+        offset = max(0, min(offset, len(self.text)))
+        line = bisect.bisect_right(self._line_starts, offset) - 1
+        return line + 1, offset - self._line_starts[line] + 1
+
+    def offset(self, line: int, col: int) -> int:
+        line = max(1, min(line, len(self._line_starts)))
+        return min(self._line_starts[line - 1] + col - 1, len(self.text))
+
+    def line_text(self, line: int) -> str:
+        if line < 1 or line > len(self._line_starts):
+            return ""
+        start = self._line_starts[line - 1]
+        end = self.text.find("\n", start)
+        return self.text[start:] if end < 0 else self.text[start:end]
+
+    def span(self, start: int, end: int) -> Span:
+        return Span(self, start, max(start, end))
+
+    def end_span(self) -> Span:
+        """A span at the end of the text (for "unexpected end of file")."""
+        end = len(self.text.rstrip("\n"))
+        return Span(self, end, end)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    source: Source = field(repr=False, compare=False)
+    start: int
+    end: int
+
+    @property
+    def line(self) -> int:
+        return self.source.line_col(self.start)[0]
+
+    @property
+    def col(self) -> int:
+        return self.source.line_col(self.start)[1]
+
+    def text(self) -> str:
+        return self.source.text[self.start : self.end]
+
+    def location(self) -> str:
+        line, col = self.source.line_col(self.start)
+        return f"{self.source.name}:{line}:{col}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One error (or warning) with its place, a message and an optional hint."""
+
+    code: str
+    message: str
+    span: Span | None
+    help: str | None = None
+    severity: str = "error"
+    file: str | None = None  # for diagnostics with no span (a missing file)
+
+    def sort_key(self) -> tuple[str, int, str]:
+        if self.span is None:
+            return (self.file or "", -1, self.message)
+        return (self.span.source.name, self.span.start, self.message)
+
+    def headline(self) -> str:
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        if self.span is None:
+            where = f"{self.file}: " if self.file else ""
+            return f"{where}{prefix}{self.message}"
+        return f"{self.span.location()}: {prefix}{self.message}"
+
+    def render(self) -> str:
+        lines = [self.headline()]
+        if self.span is not None:
+            source = self.span.source
+            line, col = source.line_col(self.span.start)
+            text = source.line_text(line)
+            end_line, end_col = source.line_col(self.span.end)
+            width = (end_col - col) if end_line == line else len(text) - col + 1
+            width = max(1, width)
+            gutter = " " * len(str(line))
+            shown = text.expandtabs(1)
+            if len(shown) > 200:  # keep huge one-line files readable
+                lo = max(0, col - 100)
+                shown = shown[lo : lo + 200]
+                col -= lo
+            lines.append(f"{gutter} |")
+            lines.append(f"{line} | {shown}")
+            lines.append(f"{gutter} | {' ' * (col - 1)}{'^' * min(width, 200)}")
+        if self.help:
+            pad = " " * len(str(self.span.line)) if self.span is not None else ""
+            lines.append(f"{pad} = help: {self.help}" if pad else f"  = help: {self.help}")
+        return "\n".join(lines)
+
+
+def render_all(diagnostics: Iterable[Diagnostic]) -> str:
+    items = sorted(diagnostics, key=Diagnostic.sort_key)
+    errors = sum(1 for d in items if d.severity == "error")
+    body = "\n\n".join(d.render() for d in items)
+    if errors > 1:
+        body += f"\n\n{errors} errors occurred"
+    return body
+
+
+class PolicyError(Exception):
+    """A policy set (or its catalog) that cannot be used; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(
+            sorted(diagnostics, key=Diagnostic.sort_key)
+        )
+        super().__init__(render_all(self.diagnostics))
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance with adjacent transpositions (optimal string alignment)."""
+    if a == b:
+        return 0
+    la, lb = len(a), len(b)
+    prev2: list[int] = []
+    prev = list(range(lb + 1))
+    for i in range(1, la + 1):
+        cur = [i] + [0] * lb
+        for j in range(1, lb + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[lb]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest candidate within a third of the word's length (at least 2 edits), if any."""
+    best: str | None = None
+    best_d = max(2, len(word) // 3) + 1
+    for cand in sorted(set(candidates)):
+        d = edit_distance(word.lower(), cand.lower())
+        if d < best_d:
+            best, best_d = cand, d
+    return best

@@ -1,0 +1,259 @@
+"""evaluate(program, request_env, …) -> Decision. No parsing, no I/O, no concrete store.
+
+Order of work for one request:
+1. the first route whose `when` holds (file order), else `defaults` over the catalog;
+2. the route's candidates (prefer/exclude/require were resolved at compile time);
+3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
+   the request's max_cost and max_latency as hard limits on the estimate, and health
+   (success rate under the threshold with enough samples, or cooldown);
+4. the route's strategy ranks what is left; the first wins;
+5. alternatives, the fallback chain, confidence, and (with `explain`) a trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.catalog import Model
+from engine.compiler import CompiledRoute, Program
+from engine.decision import Alternative, Decision
+from engine.metrics import MetricsView, NoMetrics
+from engine.strategies import STRATEGIES, Candidate, Context, money
+
+DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
+MAX_ALTERNATIVES = 3
+PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
+
+_CAPABILITY_NEEDS = (
+    ("requires_vision", "vision"),
+    ("requires_tools", "tools"),
+    ("requires_json", "json"),
+    ("stream", "streaming"),
+)
+
+
+@dataclass
+class EvalState:
+    """The little mutable state routing keeps between decisions (round-robin turns)."""
+
+    turns: dict[str, int] = field(default_factory=dict)
+
+
+def draw(key: str) -> float:
+    """A number in [0, 1) fixed by the request key: random picks are reproducible."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _capability_problem(model: Model, env: Mapping[str, Any]) -> str | None:
+    for field_name, capability in _CAPABILITY_NEEDS:
+        if env[field_name] and capability not in model.supports:
+            return f"does not support {capability}"
+    input_tokens = env["input_tokens"]
+    max_tokens = env["max_tokens"]
+    if max_tokens is not None and max_tokens > model.max_tokens:
+        return f"max_tokens {max_tokens:.0f} exceeds the model's limit of {model.max_tokens}"
+    needed = input_tokens + (max_tokens or 0)
+    if needed > model.context_window:
+        return (
+            f"needs {needed:.0f} tokens of context (input {input_tokens:.0f} + max_tokens "
+            f"{max_tokens or 0:.0f}), the model has {model.context_window}"
+        )
+    return None
+
+
+def _route_for(program: Program, env: Mapping[str, Any], trace: list[dict[str, Any]] | None):
+    for route in program.routes:
+        matched = route.when is None or route.when(env, None)
+        if trace is not None:
+            trace.append(
+                {"step": "route", "route": route.name, "when": route.when_text, "matched": matched}
+            )
+        if matched:
+            return route
+    if trace is not None:
+        trace.append({"step": "route", "route": "default", "when": None, "matched": True})
+    return program.default_route
+
+
+def evaluate(
+    program: Program,
+    env: Mapping[str, Any],
+    *,
+    metrics: MetricsView | None = None,
+    state: EvalState | None = None,
+    explain: bool = False,
+) -> Decision:
+    metrics = metrics or NoMetrics()
+    trace: list[dict[str, Any]] | None = [] if explain else None
+    route = _route_for(program, env, trace)
+    settings = route.settings
+    if trace is not None:
+        for model, because in route.dropped:
+            trace.append(_drop(model, because))
+
+    input_tokens = env["input_tokens"]
+    max_tokens = env["max_tokens"]
+    max_cost = env["max_cost"]
+    max_latency = env["max_latency"]
+    survivors: list[Candidate] = []
+    dropped: list[tuple[Model, str]] = []
+    for model in route.candidates:
+        problem = _capability_problem(model, env)
+        if problem is None and route.requires:
+            attrs = program.model_attrs[model.key]
+            for pred, text in route.requires:
+                if not pred(env, attrs):
+                    problem = f"fails `require {text}`"
+                    break
+        stats = metrics.stats(model.key) if problem is None else None
+        measured = stats is not None and stats.samples >= settings.min_samples
+        if problem is None and stats is not None:
+            if stats.in_cooldown:
+                problem = "in cooldown after consecutive failures"
+            elif measured and stats.success_rate < settings.min_success_rate:
+                problem = (
+                    f"success rate {stats.success_rate:.0%} is under "
+                    f"{settings.min_success_rate:.0%} over {stats.samples} samples"
+                )
+        if problem is None:
+            output = (
+                max_tokens
+                if max_tokens is not None
+                else min(DEFAULT_OUTPUT_TOKENS, model.max_tokens)
+            )
+            cost = model.cost(input_tokens, output)
+            latency = stats.p95_ms if measured else model.latency_p95_ms  # type: ignore[union-attr]
+            if max_cost is not None and cost > max_cost:
+                problem = f"estimated cost {money(cost)} exceeds max_cost {money(max_cost)}"
+            elif max_latency is not None and latency > max_latency:
+                problem = (
+                    f"estimated latency {latency:.0f}ms exceeds max_latency {max_latency:.0f}ms"
+                )
+            else:
+                survivors.append(
+                    Candidate(
+                        model=model,
+                        cost=cost,
+                        latency_ms=latency,
+                        success_rate=stats.success_rate if measured else 1.0,  # type: ignore[union-attr]
+                        samples=stats.samples if stats is not None else 0,
+                    )
+                )
+                continue
+        dropped.append((model, problem))
+        if trace is not None:
+            trace.append(_drop(model, problem))
+
+    if not survivors:
+        return _no_eligible_model(program, env, route, dropped, trace)
+
+    turn = 0
+    if settings.strategy == "round-robin":
+        turn = state.turns.get(route.name, 0) if state is not None else 0
+        if state is not None:
+            state.turns[route.name] = turn + 1
+    ctx = Context(
+        factors=settings.factors,
+        weights=route.weights,
+        draw=draw(env["key"]) if settings.strategy == "model-specific" else 0.0,
+        turn=turn,
+        provider_rank=route.provider_rank,
+    )
+    ranked, reason = STRATEGIES[settings.strategy](survivors, ctx)
+    chosen = ranked[0][0]
+    if trace is not None:
+        trace.append(
+            {
+                "step": "choose",
+                "strategy": settings.strategy,
+                "ranking": [
+                    {"provider": c.model.provider, "model": c.model.id, "score": s}
+                    for c, s in ranked
+                ],
+            }
+        )
+    samples = chosen.samples if chosen.samples else 0
+    min_samples = settings.min_samples
+    confidence = (
+        1.0
+        if min_samples <= 0
+        else PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, samples / min_samples)
+    )
+    return Decision(
+        request_id=env["id"],
+        allowed=True,
+        provider=chosen.model.provider,
+        model=chosen.model.id,
+        route=route.name,
+        strategy=settings.strategy,
+        reason=reason,
+        estimated_cost=round(chosen.cost, 10),
+        estimated_latency_ms=round(chosen.latency_ms, 3),
+        confidence=round(confidence, 4),
+        alternatives=[
+            Alternative(c.model.provider, c.model.id, s)
+            for c, s in ranked[1 : 1 + MAX_ALTERNATIVES]
+        ],
+        fallbacks=_fallbacks(route, ranked),
+        policy_version=program.version,
+        trace=trace,
+    )
+
+
+def _fallbacks(route: CompiledRoute, ranked: list[tuple[Candidate, float]]) -> list[dict[str, str]]:
+    """Explicit `fallback provider/model` entries first, then for each other provider in
+    fallback order its best-ranked eligible model."""
+    chosen = ranked[0][0].model
+    eligible = {c.model.key: c.model for c, _ in ranked}
+    chain: list[Model] = []
+    for key in route.settings.fallback_models:
+        model = eligible.get(key)
+        if model is not None and model is not chosen and model not in chain:
+            chain.append(model)
+    best_by_provider: dict[str, Model] = {}
+    for c, _ in ranked:
+        best_by_provider.setdefault(c.model.provider, c.model)
+    far = len(route.provider_rank)
+    for provider in sorted(best_by_provider, key=lambda p: route.provider_rank.get(p, far)):
+        model = best_by_provider[provider]
+        if provider == chosen.provider or any(m.provider == provider for m in chain):
+            continue
+        chain.append(model)
+    return [{"provider": m.provider, "model": m.id} for m in chain]
+
+
+def _drop(model: Model, because: str) -> dict[str, Any]:
+    return {"step": "drop", "provider": model.provider, "model": model.id, "because": because}
+
+
+def _no_eligible_model(
+    program: Program,
+    env: Mapping[str, Any],
+    route: CompiledRoute,
+    dropped: list[tuple[Model, str]],
+    trace: list[dict[str, Any]] | None,
+) -> Decision:
+    candidates = [
+        {"provider": m.provider, "model": m.id, "dropped_because": because}
+        for m, because in (*route.dropped, *dropped)
+    ]
+    n = len(candidates)
+    return Decision(
+        request_id=env["id"],
+        allowed=False,
+        provider=None,
+        model=None,
+        route=route.name,
+        strategy=route.settings.strategy,
+        reason=f"No eligible model: all {n} candidates of route `{route.name}` were dropped",
+        estimated_cost=None,
+        estimated_latency_ms=None,
+        confidence=1.0,
+        denied_by={"reason": "no_eligible_model", "candidates": candidates},
+        policy_version=program.version,
+        trace=trace,
+    )

@@ -1,0 +1,160 @@
+"""Read a policy set from disk (or text), parse, check and compile it into a Program.
+
+A policy set is one `.policy` file, or a directory whose `*.policy` files are taken in
+name order. The catalog is the file named by a `catalog "…"` statement (relative to the
+policy file), else the packaged default catalog.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import ast
+from engine.catalog import Catalog, CatalogError, load_catalog
+from engine.checker import check
+from engine.compiler import Program, compile_program
+from engine.diagnostics import Diagnostic, PolicyError
+from engine.parser import MAX_SOURCE_BYTES, parse
+from engine.resources import default_policy_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    program: Program
+    warnings: tuple[Diagnostic, ...]
+
+
+def policy_files(path: str | os.PathLike[str]) -> list[Path]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix == ".policy" and f.is_file())
+        if not files:
+            raise PolicyError(
+                [Diagnostic("E0003", "no `.policy` files in this directory", None, file=str(p))]
+            )
+        return files
+    if not p.exists():
+        raise PolicyError([Diagnostic("E0004", "no such file or directory", None, file=str(p))])
+    return [p]
+
+
+def _read(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_SOURCE_BYTES:
+            raise PolicyError(
+                [
+                    Diagnostic(
+                        "E0001",
+                        f"policy file is too large ({size / (1 << 20):.1f} MiB;"
+                        " the limit is 1 MiB)",
+                        None,
+                        file=str(path),
+                    )
+                ]
+            )
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PolicyError(
+            [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=str(path))]
+        ) from None
+    except OSError as err:
+        raise PolicyError(
+            [Diagnostic("E0006", f"cannot read: {err.strerror}", None, file=str(path))]
+        ) from None
+
+
+def _catalog_for(
+    files: Sequence[ast.PolicyFile], paths: Sequence[Path | None], diagnostics: list[Diagnostic]
+) -> Catalog | None:
+    chosen: tuple[ast.CatalogStmt, Path] | None = None
+    for policy, path in zip(files, paths, strict=True):
+        for stmt in policy.statements:
+            if not isinstance(stmt, ast.CatalogStmt):
+                continue
+            base = path.parent if path is not None else Path.cwd()
+            target = (base / str(stmt.path.value)).resolve()
+            if chosen is None:
+                chosen = (stmt, target)
+            elif chosen[1] != target:
+                diagnostics.append(
+                    Diagnostic(
+                        "E0204",
+                        "a policy set uses one catalog",
+                        stmt.path.span,
+                        f"`catalog` is already set to `{chosen[0].path.value}` at "
+                        f"{chosen[0].span.location()}",
+                    )
+                )
+    if chosen is None:
+        target = default_policy_dir() / "models.yaml"
+        stmt_span = None
+    else:
+        target = chosen[1]
+        stmt_span = chosen[0].path.span
+    try:
+        return load_catalog(target)
+    except CatalogError as err:
+        if stmt_span is not None and not target.exists():
+            diagnostics.append(
+                Diagnostic(
+                    "E0205",
+                    f"catalog file `{chosen[0].path.value}` not found",  # type: ignore[index]
+                    stmt_span,
+                    f"looked for {target}; the path is relative to the policy file",
+                )
+            )
+        else:
+            diagnostics.extend(Diagnostic("E0206", line, None) for line in err.messages)
+        return None
+
+
+def compile_sources(
+    sources: Sequence[tuple[str, str]], paths: Sequence[Path | None] | None = None
+) -> Loaded:
+    """Parse, check and compile named policy texts. Raises PolicyError with every error."""
+    paths = list(paths) if paths is not None else [None] * len(sources)
+    diagnostics: list[Diagnostic] = []
+    parsed: list[ast.PolicyFile] = []
+    parsed_paths: list[Path | None] = []
+    for (name, text), path in zip(sources, paths, strict=True):
+        try:
+            parsed.append(parse(text, name))
+            parsed_paths.append(path)
+        except PolicyError as err:
+            diagnostics.extend(err.diagnostics)
+    catalog = _catalog_for(parsed, parsed_paths, diagnostics)
+    if catalog is not None:
+        diagnostics.extend(check(parsed, catalog))
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors or catalog is None:
+        raise PolicyError(diagnostics)
+    program = compile_program(parsed, catalog, list(sources))
+    return Loaded(program, tuple(d for d in diagnostics if d.severity != "error"))
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Loaded:
+    """Load a policy file or directory; None means the packaged default policy set."""
+    target = Path(path) if path is not None else default_policy_dir()
+    files = policy_files(target)
+    sources: list[tuple[str, str]] = []
+    errors: list[Diagnostic] = []
+    for f in files:
+        try:
+            sources.append((_display(f), _read(f)))
+        except PolicyError as err:
+            errors.extend(err.diagnostics)
+    if errors:
+        raise PolicyError(errors)
+    return compile_sources(sources, files)
+
+
+def _display(path: Path) -> str:
+    """A path as a person typed it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,374 @@
+"""Policy text -> AST. The only module that imports lark.
+
+The LALR parser is built once per process. Syntax errors become labelled diagnostics
+(`unterminated string`, `unexpected end of file`, what was expected); unit typos in literals
+and over-deep nesting are reported with their place, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from engine import ast
+from engine.ast import Unit
+from engine.diagnostics import Diagnostic, PolicyError, Source, Span
+from engine.resources import grammar_path
+from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
+
+MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
+MAX_NESTING = 64  # parentheses, lists and `not` chains
+
+# What a person calls the grammar's terminals, for "expected …" messages.
+_TERMINAL_NAMES = {
+    "WORD": "a name",
+    "IDENT": "a name",
+    "NUMBER": "a number",
+    "MONEY": "an amount like `$0.01`",
+    "STRING": "a string",
+    "DATE": "a date like `2026-12-31`",
+    "COMP_OP": "a comparison",
+    "SETTING_KEY": "a setting",
+    "LIMIT_UNIT": "`requests`, `tokens` or `spend`",
+    "LBRACE": "`{`",
+    "RBRACE": "`}`",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "LSQB": "`[`",
+    "RSQB": "`]`",
+    "COMMA": "`,`",
+    "COLON": "`:`",
+    "SLASH": "`/`",
+    "DOT": "`.`",
+    "EQUAL": "`=`",
+    "IN": "`in`",
+    "NOT_IN": "`not in`",
+    "CONTAINS": "`contains`",
+    "_NOT": "`not`",
+    "_AND": "`and`",
+    "_OR": "`or`",
+    "_WHEN": "`when`",
+    "TRUE": "`true`",
+    "FALSE": "`false`",
+    "NULL": "`null`",
+    "$END": "the end of the file",
+}
+_STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[terminal]
+    try:
+        pattern = _lark().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    if pattern.type == "str":
+        return f"`{pattern.value}`"
+    return terminal.lower()
+
+
+def _expected(expected: set[str]) -> str:
+    names = sorted({_describe(t) for t in expected if not t.startswith("__ANON")})
+    if not names:
+        return ""
+    if len(names) > 8:
+        names = [*names[:8], "…"]
+    return "expected " + ", ".join(names)
+
+
+class _Builder(Transformer[Token, Any]):
+    """Lark tree -> AST nodes. Literal errors are collected, not raised."""
+
+    def __init__(self, source: Source) -> None:
+        super().__init__(visit_tokens=False)
+        self.source = source
+        self.errors: list[Diagnostic] = []
+
+    # helpers ---------------------------------------------------------------
+
+    def _span_tok(self, tok: Token) -> Span:
+        assert tok.start_pos is not None and tok.end_pos is not None
+        return Span(self.source, tok.start_pos, tok.end_pos)
+
+    def _span_meta(self, meta: Any) -> Span:
+        if getattr(meta, "empty", True):
+            return Span(self.source, 0, 0)
+        return Span(self.source, meta.start_pos, meta.end_pos)
+
+    def _name(self, tok: Token) -> ast.Name:
+        return ast.Name(str(tok), self._span_tok(tok))
+
+    def _literal(self, tok: Token | ast.Literal) -> ast.Literal:
+        if isinstance(tok, ast.Literal):
+            return tok
+        span = self._span_tok(tok)
+        text = str(tok)
+        kind = tok.type
+        if kind == "NUMBER":
+            try:
+                value, unit = read_number(text)
+            except UnitError as err:
+                self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
+                return ast.Literal(0.0, Unit.COUNT, span, text)
+            return ast.Literal(value, unit, span, text)
+        if kind == "MONEY":
+            return ast.Literal(read_money(text), Unit.MONEY, span, text)
+        if kind == "STRING":
+            return ast.Literal(_unquote(text), Unit.STRING, span, text)
+        if kind in ("TRUE", "FALSE"):
+            return ast.Literal(kind == "TRUE", Unit.BOOL, span, text)
+        if kind == "NULL":
+            return ast.Literal(None, Unit.NULL, span, text)
+        if kind == "DATE":
+            try:
+                return ast.Literal(read_date(text), Unit.DATE, span, text)
+            except ValueError:
+                self.errors.append(
+                    Diagnostic(
+                        "E0103",
+                        f"`{text}` is not a valid date",
+                        span,
+                        "write a calendar date like `2026-12-31` or `2026-12-31T18:00Z`",
+                    )
+                )
+                return ast.Literal(0.0, Unit.DATE, span, text)
+        raise AssertionError(f"not a literal token: {kind}")  # pragma: no cover
+
+    # statements ------------------------------------------------------------
+
+    @v_args(meta=True)
+    def start(self, meta: Any, children: list[Any]) -> tuple[Any, ...]:
+        return tuple(children)
+
+    @v_args(meta=True)
+    def catalog_stmt(self, meta: Any, children: list[Any]) -> ast.CatalogStmt:
+        return ast.CatalogStmt(self._literal(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def defaults_block(self, meta: Any, children: list[Any]) -> ast.Defaults:
+        return ast.Defaults(tuple(children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def route_block(self, meta: Any, children: list[Any]) -> ast.Route:
+        name, when, *items = children
+        return ast.Route(self._name(name), when, tuple(items), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def strategy_setting(self, meta: Any, children: list[Any]) -> ast.StrategySetting:
+        name, *factors = children
+        factors = [f for f in factors if f is not None]
+        return ast.StrategySetting(self._name(name), tuple(factors), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def factor(self, meta: Any, children: list[Any]) -> ast.Factor:
+        name, weight = children
+        return ast.Factor(self._name(name), self._literal(weight), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def value_setting(self, meta: Any, children: list[Any]) -> ast.ValueSetting:
+        key, value = children
+        return ast.ValueSetting(self._name(key), self._literal(value), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def fallback_setting(self, meta: Any, children: list[Any]) -> ast.FallbackSetting:
+        return ast.FallbackSetting(tuple(children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def prefer(self, meta: Any, children: list[Any]) -> ast.Prefer:
+        ref, weight = children
+        lit = None if weight is None else self._literal(weight)
+        return ast.Prefer(ref, lit, self._span_meta(meta))
+
+    @v_args(meta=True)
+    def exclude(self, meta: Any, children: list[Any]) -> ast.Exclude:
+        return ast.Exclude(tuple(children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def require(self, meta: Any, children: list[Any]) -> ast.Require:
+        return ast.Require(children[0], self._span_meta(meta))
+
+    @v_args(meta=True)
+    def model_ref(self, meta: Any, children: list[Any]) -> ast.ModelRef:
+        provider, model = children
+        return ast.ModelRef(
+            self._name(provider),
+            None if model is None else self._name(model),
+            self._span_meta(meta),
+        )
+
+    @v_args(meta=True)
+    def limit_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
+        scope, key_expr, key, unit, amount, window, burst, when, until = children
+        return ast.Limit(
+            scope=self._name(scope),
+            key_expr=key_expr,
+            key=None if key is None else self._literal(key),
+            unit=None if unit is None else self._name(unit),
+            amount=self._literal(amount),
+            window=self._literal(window),
+            burst=None if burst is None else self._literal(burst),
+            when=when,
+            until=None if until is None else self._literal(until),
+            span=self._span_meta(meta),
+        )
+
+    def key_expr(self, children: list[Any]) -> ast.Path:
+        return children[0]
+
+    # expressions -----------------------------------------------------------
+
+    @v_args(meta=True)
+    def or_expr(self, meta: Any, children: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp("or", tuple(self._expr(c) for c in children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def and_expr(self, meta: Any, children: list[Any]) -> ast.BoolOp:
+        return ast.BoolOp("and", tuple(self._expr(c) for c in children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def not_(self, meta: Any, children: list[Any]) -> ast.Not:
+        return ast.Not(self._expr(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def compare(self, meta: Any, children: list[Any]) -> ast.Compare:
+        left, op, right = children
+        op_text = "not in" if op.type == "NOT_IN" else str(op)
+        return ast.Compare(
+            op_text, self._expr(left), self._expr(right), self._span_meta(meta), self._span_tok(op)
+        )
+
+    @v_args(meta=True)
+    def path(self, meta: Any, children: list[Token]) -> ast.Path:
+        return ast.Path(tuple(str(c) for c in children), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def list(self, meta: Any, children: list[Any]) -> ast.ListLit:
+        items = tuple(self._expr(c) for c in children if c is not None)
+        return ast.ListLit(items, self._span_meta(meta))
+
+    def _expr(self, node: Any) -> ast.Expr:
+        if isinstance(node, Token):
+            return self._literal(node)
+        return node
+
+    def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:  # pragma: no cover
+        raise AssertionError(f"unhandled grammar rule {data}")
+
+
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
+def _unquote(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+
+
+def _check_size(source: Source) -> Diagnostic | None:
+    size = len(source.text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SOURCE_BYTES:
+        return Diagnostic(
+            "E0001",
+            f"policy file is too large ({size / (1 << 20):.1f} MiB; the limit is 1 MiB)",
+            None,
+            None,
+            file=source.name,
+        )
+    return None
+
+
+def _check_depth(tree: Tree[Token], source: Source) -> Diagnostic | None:
+    """Iteratively find nesting deeper than MAX_NESTING (lark trees can be that deep)."""
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    nesting = {"not_", "list", "or_expr", "and_expr", "compare"}
+    while stack:
+        node, depth = stack.pop()
+        if node.data in nesting:
+            depth += 1
+            if depth > MAX_NESTING:
+                start = node.meta.start_pos if not node.meta.empty else 0
+                return Diagnostic(
+                    "E0002",
+                    f"expression is nested too deeply (more than {MAX_NESTING} levels)",
+                    Span(source, start, start + 1),
+                    "split the condition into simpler parts",
+                )
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth))
+    return None
+
+
+def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
+    if isinstance(err, UnexpectedCharacters):
+        pos = err.pos_in_stream
+        ch = source.text[pos] if pos < len(source.text) else ""
+        span = Span(source, pos, pos + 1)
+        if ch == '"':
+            end = source.text.find("\n", pos)
+            end = len(source.text) if end < 0 else end
+            return Diagnostic(
+                "E0010",
+                "unterminated string",
+                Span(source, pos, end),
+                'close the string with `"` on the same line',
+            )
+        if ch == "$":
+            return Diagnostic(
+                "E0011", "expected an amount after `$`", span, "write money like `$0.001`"
+            )
+        shown = ch if ch.isprintable() else repr(ch)
+        expected = _expected(set(err.allowed or ()))
+        return Diagnostic("E0012", f"unexpected character `{shown}`", span, expected or None)
+    if isinstance(err, UnexpectedEOF):
+        return Diagnostic(
+            "E0013", "unexpected end of file", source.end_span(), _expected(set(err.expected))
+        )
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    if tok.type == "$END":
+        return Diagnostic(
+            "E0013", "unexpected end of file", source.end_span(), _expected(set(err.expected))
+        )
+    span = Span(source, tok.start_pos or 0, tok.end_pos or (tok.start_pos or 0) + 1)
+    expected = set(err.expected)
+    hint = _expected(expected)
+    if str(tok) in _STATEMENT_KEYWORDS and "RBRACE" in expected:
+        hint = "a block is missing its closing `}`"
+    elif tok.type == "NUMBER" and any(e in expected for e in ("IDENT", "WORD")):
+        hint = "names start with a letter or `_`"
+    return Diagnostic("E0014", f"unexpected `{tok}`", span, hint or None)
+
+
+def parse(text: str, name: str = "<policy>") -> ast.PolicyFile:
+    """Parse one policy file. Raises PolicyError with every diagnostic found."""
+    source = Source(name, text)
+    too_big = _check_size(source)
+    if too_big is not None:
+        raise PolicyError([too_big])
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as err:
+        raise PolicyError([_syntax_error(err, source)]) from None
+    too_deep = _check_depth(tree, source)
+    if too_deep is not None:
+        raise PolicyError([too_deep])
+    builder = _Builder(source)
+    statements = builder.transform(tree)
+    if builder.errors:
+        raise PolicyError(builder.errors)
+    return ast.PolicyFile(name, statements, Span(source, 0, len(text)))

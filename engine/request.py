@@ -1,0 +1,187 @@
+"""Requests at the edge: pydantic validation once, then a plain dict for the evaluator.
+
+`to_env` returns the evaluation environment: every key of `schema.REQUEST_FIELDS` plus
+`metadata` (a dict), values normalised to the units the language uses (milliseconds for
+durations, USD for money), and `input_tokens` estimated when the request does not say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Scalar = str | int | float | bool
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    role: str = "user"
+    content: str | list[dict[str, Any]] = ""
+
+
+class Request(BaseModel):
+    """A request to route. Unknown fields are an error that names them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        json_schema_extra={"title": "policyctl request"},
+    )
+
+    id: str | None = Field(None, description="request id; random picks are deterministic by id")
+    user: str | None = Field(None, description="the end user, for per-user limits")
+    ip: str | None = Field(None, description="client IP address (IPv4 or IPv6)")
+    model: str | None = Field(None, description="the model the client asked for (a hint)")
+    prompt: str | None = Field(None, description="prompt text, used to estimate input tokens")
+    messages: list[Message] | None = Field(None, description="chat messages, for the estimate")
+    input_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="input tokens; estimated from prompt/messages (4 chars/token) if absent"
+    )
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="maximum output tokens"
+    )
+    requires_vision: bool = False
+    requires_tools: bool = False
+    requires_json: bool = False
+    stream: bool = False
+    max_cost: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="hard limit on the estimated cost, USD"
+    )
+    max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="hard limit on the estimated (p95) latency, milliseconds"
+    )
+    region: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Scalar] = Field(default_factory=dict)
+
+    @field_validator("ip")
+    @classmethod
+    def _valid_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(f"`{value}` is not an IPv4 or IPv6 address") from None
+
+
+class RequestError(ValueError):
+    """A request that cannot be evaluated; `.problems` lists (field, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _explain(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors(include_url=False):
+        name = _field_name(tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            message = f"unknown field `{name}`"
+            from engine.diagnostics import did_you_mean  # stdlib-only module
+
+            guess = did_you_mean(name, Request.model_fields)
+            if guess:
+                message += f" (did you mean `{guess}`?)"
+            problems.append(("", message))
+            continue
+        msg = str(e["msg"])
+        msg = msg.removeprefix("Value error, ")
+        msg = msg[:1].lower() + msg[1:]
+        problems.append((f"field `{name}`", msg))
+    return problems
+
+
+def validate(data: Any) -> Request:
+    if isinstance(data, Request):
+        return data
+    if not isinstance(data, Mapping):
+        raise RequestError([("", f"a request is a JSON object, not {_json_kind(data)}")])
+    try:
+        return Request.model_validate(data)
+    except ValidationError as err:
+        raise RequestError(_explain(err)) from None
+
+
+def _json_kind(data: Any) -> str:
+    if isinstance(data, list):
+        return "an array"
+    if isinstance(data, str):
+        return "a string"
+    if isinstance(data, bool):
+        return "a boolean"
+    if isinstance(data, int | float):
+        return "a number"
+    if data is None:
+        return "null"
+    return type(data).__name__
+
+
+def estimate_tokens(request: Request) -> int:
+    if request.input_tokens is not None:
+        return request.input_tokens
+    chars = 0
+    if request.prompt:
+        chars += len(request.prompt)
+    extra = 0
+    for message in request.messages or ():
+        extra += 4  # role and separators
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        else:
+            for part in content:
+                text = part.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+    return math.ceil(chars / 4) + extra
+
+
+def request_key(request: Request) -> str:
+    """The id, or a content hash when there is none (so random picks stay reproducible)."""
+    if request.id is not None:
+        return request.id
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def to_env(request: Request) -> dict[str, Any]:
+    tokens = estimate_tokens(request)
+    return {
+        "id": request.id,
+        "key": request_key(request),
+        "user": request.user,
+        "ip": request.ip,
+        "model": request.model,
+        "prompt": request.prompt,
+        "input_tokens": float(tokens),
+        "max_tokens": None if request.max_tokens is None else float(request.max_tokens),
+        "requires_vision": request.requires_vision,
+        "requires_tools": request.requires_tools,
+        "requires_json": request.requires_json,
+        "stream": request.stream,
+        "max_cost": request.max_cost,
+        "max_latency": request.max_latency_ms,
+        "max_latency_ms": request.max_latency_ms,
+        "region": request.region,
+        "tags": list(request.tags),
+        "metadata": dict(request.metadata),
+    }

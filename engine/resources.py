@@ -1,0 +1,23 @@
+"""Where the packaged grammar and default policy set live (wheel or source checkout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def data_dir(kind: str) -> Path:
+    """`grammar` or `policies`: inside the wheel (`engine/_data/…`) or at the repository root."""
+    for candidate in (_PACKAGE / "_data" / kind, _PACKAGE.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"policyctl is missing its `{kind}` directory (broken install?)")
+
+
+def grammar_path() -> Path:
+    return data_dir("grammar") / "policy.lark"
+
+
+def default_policy_dir() -> Path:
+    return data_dir("policies")

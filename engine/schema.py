@@ -1,0 +1,55 @@
+"""The names a policy can read, and their types: `request.<field>` and `model.<attr>`.
+
+Standard library only. The checker types expressions with these tables; the request
+validator (`engine.request`) produces evaluation environments with exactly these keys.
+"""
+
+from __future__ import annotations
+
+from engine.ast import Unit
+
+# A field type: a unit, and for lists the unit of the items.
+FieldType = tuple[Unit, Unit | None]
+
+REQUEST_FIELDS: dict[str, FieldType] = {
+    "id": (Unit.STRING, None),
+    "user": (Unit.STRING, None),
+    "ip": (Unit.STRING, None),
+    "model": (Unit.STRING, None),
+    "prompt": (Unit.STRING, None),
+    "input_tokens": (Unit.COUNT, None),
+    "max_tokens": (Unit.COUNT, None),
+    "requires_vision": (Unit.BOOL, None),
+    "requires_tools": (Unit.BOOL, None),
+    "requires_json": (Unit.BOOL, None),
+    "stream": (Unit.BOOL, None),
+    "max_cost": (Unit.MONEY, None),
+    "max_latency": (Unit.DURATION, None),
+    "max_latency_ms": (Unit.DURATION, None),
+    "region": (Unit.STRING, None),
+    "tags": (Unit.LIST, Unit.STRING),
+}
+# `request.metadata.<key>`: any scalar, known only when a request arrives.
+METADATA_FIELD = "metadata"
+
+MODEL_ATTRS: dict[str, FieldType] = {
+    "id": (Unit.STRING, None),
+    "provider": (Unit.STRING, None),
+    "key": (Unit.STRING, None),
+    "aliases": (Unit.LIST, Unit.STRING),
+    "context_window": (Unit.COUNT, None),
+    "max_tokens": (Unit.COUNT, None),
+    "supports": (Unit.LIST, Unit.STRING),
+    "regions": (Unit.LIST, Unit.STRING),
+    "pricing.input": (Unit.MONEY, None),
+    "pricing.output": (Unit.MONEY, None),
+    "latency_p50": (Unit.DURATION, None),
+    "latency_p95": (Unit.DURATION, None),
+}
+
+STRATEGIES = ("latency", "cost", "weighted", "model-specific", "round-robin", "failover")
+WEIGHT_FACTORS = ("latency", "cost", "success")
+STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
+LIMIT_UNITS = ("requests", "tokens", "spend")
+# which request field keys each standard scope (provider/model come from the decision)
+SCOPE_KEY_FIELD = {"user": "user", "ip": "ip"}
