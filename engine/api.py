@@ -21,7 +21,7 @@ from engine.diagnostics import Diagnostic
 from engine.evaluator import EvalState, evaluate
 from engine.loader import compile_sources, load_policy
 from engine.metrics import MetricsView, NoMetrics
-from engine.request import Request, to_env, validate
+from engine.request import Request, env_of
 
 
 class PolicyEngine:
@@ -63,5 +63,5 @@ class PolicyEngine:
     def evaluate(self, request: Mapping[str, Any] | Request, *, explain: bool = False) -> Decision:
         """Route one request. Raises `RequestError` naming the fields of a bad request."""
         program = self._program  # one snapshot per evaluation
-        env = to_env(validate(request))
+        env = env_of(request)
         return evaluate(program, env, metrics=self._metrics, state=self._state, explain=explain)

@@ -147,7 +147,10 @@ def _message(err: dict[str, Any]) -> str:
     if err["type"] == "literal_error":
         msg = "unknown capability; use " + ", ".join(f"`{c}`" for c in CAPABILITIES)
     elif err["type"] == "string_pattern_mismatch":
-        msg = "a name starts with a letter or digit and holds only letters, digits, `.`, `_`, `:`, `-`"
+        msg = (
+            "a name starts with a letter or digit and holds only letters, digits,"
+            " `.`, `_`, `:` and `-`"
+        )
     elif err["type"] == "extra_forbidden":
         msg = "unknown field"
     return msg[:1].lower() + msg[1:]
@@ -158,7 +161,7 @@ def parse_catalog(text: str, source: str) -> Catalog:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CATALOG_BYTES:
         raise CatalogError([f"{source}: catalog is too large (the limit is 8 MiB)"])
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err)

@@ -35,6 +35,48 @@ class Settings:
     fallback: tuple[str, ...] = ()  # provider order
     fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
 
+    @property
+    def factor_weights(self) -> tuple[float, float, float]:
+        w = dict(self.factors)
+        return (w.get("latency", 0.0), w.get("cost", 0.0), w.get("success", 0.0))
+
+
+CAPABILITY_BITS = {"vision": 1, "tools": 2, "json": 4, "streaming": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """What the hot loop reads about one model, precomputed once."""
+
+    model: Model
+    key: str
+    provider: str
+    supports_mask: int
+    max_tokens: int
+    context_window: int
+    input_price: float  # USD per 1M tokens
+    output_price: float  # USD per 1M tokens
+    latency_prior_ms: float
+    index: int
+
+
+def model_row(model: Model) -> ModelRow:
+    mask = 0
+    for capability in model.supports:
+        mask |= CAPABILITY_BITS.get(capability, 0)
+    return ModelRow(
+        model=model,
+        key=model.key,
+        provider=model.provider,
+        supports_mask=mask,
+        max_tokens=model.max_tokens,
+        context_window=model.context_window,
+        input_price=model.input_price,
+        output_price=model.output_price,
+        latency_prior_ms=model.latency_p95_ms,
+        index=model.index,
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
@@ -48,6 +90,15 @@ class CompiledRoute:
     requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
     settings: Settings
     provider_rank: Mapping[str, int]
+    rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
+    provider_order: tuple[str, ...] = ()  # providers by rank
+    factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(model_row(m) for m in self.candidates))
+        order = tuple(sorted(self.provider_rank, key=self.provider_rank.__getitem__))
+        object.__setattr__(self, "provider_order", order)
+        object.__setattr__(self, "factor_weights", self.settings.factor_weights)
 
 
 @dataclass(frozen=True, slots=True)

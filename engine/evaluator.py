@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog import Model
-from engine.compiler import CompiledRoute, Program
+from engine.compiler import CAPABILITY_BITS, CompiledRoute, ModelRow, Program
 from engine.decision import Alternative, Decision
 from engine.metrics import MetricsView, NoMetrics
 from engine.strategies import STRATEGIES, Candidate, Context, money
@@ -26,13 +26,6 @@ from engine.strategies import STRATEGIES, Candidate, Context, money
 DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
-
-_CAPABILITY_NEEDS = (
-    ("requires_vision", "vision"),
-    ("requires_tools", "tools"),
-    ("requires_json", "json"),
-    ("stream", "streaming"),
-)
 
 
 @dataclass
@@ -48,19 +41,33 @@ def draw(key: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def _capability_problem(model: Model, env: Mapping[str, Any]) -> str | None:
-    for field_name, capability in _CAPABILITY_NEEDS:
-        if env[field_name] and capability not in model.supports:
-            return f"does not support {capability}"
+def _needs_mask(env: Mapping[str, Any]) -> int:
+    mask = 0
+    if env["requires_vision"]:
+        mask |= 1
+    if env["requires_tools"]:
+        mask |= 2
+    if env["requires_json"]:
+        mask |= 4
+    if env["stream"]:
+        mask |= 8
+    return mask
+
+
+def _capability_problem(row: ModelRow, needs: int, env: Mapping[str, Any]) -> str | None:
+    if needs & ~row.supports_mask:
+        for capability, bit in CAPABILITY_BITS.items():
+            if needs & bit and not row.supports_mask & bit:
+                return f"does not support {capability}"
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
-    if max_tokens is not None and max_tokens > model.max_tokens:
-        return f"max_tokens {max_tokens:.0f} exceeds the model's limit of {model.max_tokens}"
+    if max_tokens is not None and max_tokens > row.max_tokens:
+        return f"max_tokens {max_tokens:.0f} exceeds the model's limit of {row.max_tokens}"
     needed = input_tokens + (max_tokens or 0)
-    if needed > model.context_window:
+    if needed > row.context_window:
         return (
             f"needs {needed:.0f} tokens of context (input {input_tokens:.0f} + max_tokens "
-            f"{max_tokens or 0:.0f}), the model has {model.context_window}"
+            f"{max_tokens or 0:.0f}), the model has {row.context_window}"
         )
     return None
 
@@ -99,19 +106,30 @@ def evaluate(
     max_tokens = env["max_tokens"]
     max_cost = env["max_cost"]
     max_latency = env["max_latency"]
+    needs = _needs_mask(env)
+    measuring = not isinstance(metrics, NoMetrics)
+    min_samples = settings.min_samples
     survivors: list[Candidate] = []
     dropped: list[tuple[Model, str]] = []
-    for model in route.candidates:
-        problem = _capability_problem(model, env)
+    context_needed = input_tokens + (max_tokens or 0)
+    for row in route.rows:
+        if (
+            needs & ~row.supports_mask
+            or context_needed > row.context_window
+            or (max_tokens is not None and max_tokens > row.max_tokens)
+        ):
+            problem = _capability_problem(row, needs, env)
+        else:
+            problem = None
         if problem is None and route.requires:
-            attrs = program.model_attrs[model.key]
+            attrs = program.model_attrs[row.key]
             for pred, text in route.requires:
                 if not pred(env, attrs):
                     problem = f"fails `require {text}`"
                     break
-        stats = metrics.stats(model.key) if problem is None else None
-        measured = stats is not None and stats.samples >= settings.min_samples
-        if problem is None and stats is not None:
+        stats = metrics.stats(row.key) if measuring and problem is None else None
+        measured = stats is not None and stats.samples >= min_samples
+        if stats is not None and problem is None:
             if stats.in_cooldown:
                 problem = "in cooldown after consecutive failures"
             elif measured and stats.success_rate < settings.min_success_rate:
@@ -120,13 +138,12 @@ def evaluate(
                     f"{settings.min_success_rate:.0%} over {stats.samples} samples"
                 )
         if problem is None:
-            output = (
-                max_tokens
-                if max_tokens is not None
-                else min(DEFAULT_OUTPUT_TOKENS, model.max_tokens)
-            )
-            cost = model.cost(input_tokens, output)
-            latency = stats.p95_ms if measured else model.latency_p95_ms  # type: ignore[union-attr]
+            if max_tokens is not None:
+                output = max_tokens
+            else:
+                output = min(DEFAULT_OUTPUT_TOKENS, row.max_tokens)
+            cost = (input_tokens * row.input_price + output * row.output_price) / 1e6
+            latency = stats.p95_ms if measured else row.latency_prior_ms  # type: ignore[union-attr]
             if max_cost is not None and cost > max_cost:
                 problem = f"estimated cost {money(cost)} exceeds max_cost {money(max_cost)}"
             elif max_latency is not None and latency > max_latency:
@@ -136,17 +153,19 @@ def evaluate(
             else:
                 survivors.append(
                     Candidate(
-                        model=model,
-                        cost=cost,
-                        latency_ms=latency,
-                        success_rate=stats.success_rate if measured else 1.0,  # type: ignore[union-attr]
-                        samples=stats.samples if stats is not None else 0,
+                        row.model,
+                        row.key,
+                        row.index,
+                        cost,
+                        latency,
+                        stats.success_rate if measured else 1.0,  # type: ignore[union-attr]
+                        stats.samples if stats is not None else 0,
                     )
                 )
                 continue
-        dropped.append((model, problem))
+        dropped.append((row.model, problem))
         if trace is not None:
-            trace.append(_drop(model, problem))
+            trace.append(_drop(row.model, problem))
 
     if not survivors:
         return _no_eligible_model(program, env, route, dropped, trace)
@@ -158,6 +177,7 @@ def evaluate(
             state.turns[route.name] = turn + 1
     ctx = Context(
         factors=settings.factors,
+        factor_weights=route.factor_weights,
         weights=route.weights,
         draw=draw(env["key"]) if settings.strategy == "model-specific" else 0.0,
         turn=turn,
@@ -171,13 +191,12 @@ def evaluate(
                 "step": "choose",
                 "strategy": settings.strategy,
                 "ranking": [
-                    {"provider": c.model.provider, "model": c.model.id, "score": s}
+                    {"provider": c.model.provider, "model": c.model.id, "score": round(s, 4)}
                     for c, s in ranked
                 ],
             }
         )
-    samples = chosen.samples if chosen.samples else 0
-    min_samples = settings.min_samples
+    samples = chosen.samples
     confidence = (
         1.0
         if min_samples <= 0
@@ -195,7 +214,7 @@ def evaluate(
         estimated_latency_ms=round(chosen.latency_ms, 3),
         confidence=round(confidence, 4),
         alternatives=[
-            Alternative(c.model.provider, c.model.id, s)
+            Alternative(c.model.provider, c.model.id, round(s, 4))
             for c, s in ranked[1 : 1 + MAX_ALTERNATIVES]
         ],
         fallbacks=_fallbacks(route, ranked),
@@ -208,21 +227,22 @@ def _fallbacks(route: CompiledRoute, ranked: list[tuple[Candidate, float]]) -> l
     """Explicit `fallback provider/model` entries first, then for each other provider in
     fallback order its best-ranked eligible model."""
     chosen = ranked[0][0].model
-    eligible = {c.model.key: c.model for c, _ in ranked}
     chain: list[Model] = []
-    for key in route.settings.fallback_models:
-        model = eligible.get(key)
-        if model is not None and model is not chosen and model not in chain:
-            chain.append(model)
+    if route.settings.fallback_models:
+        eligible = {c.key: c.model for c, _ in ranked}
+        for key in route.settings.fallback_models:
+            model = eligible.get(key)
+            if model is not None and model is not chosen and model not in chain:
+                chain.append(model)
     best_by_provider: dict[str, Model] = {}
     for c, _ in ranked:
-        best_by_provider.setdefault(c.model.provider, c.model)
-    far = len(route.provider_rank)
-    for provider in sorted(best_by_provider, key=lambda p: route.provider_rank.get(p, far)):
-        model = best_by_provider[provider]
-        if provider == chosen.provider or any(m.provider == provider for m in chain):
-            continue
-        chain.append(model)
+        if c.model.provider not in best_by_provider:
+            best_by_provider[c.model.provider] = c.model
+    covered = {m.provider for m in chain}
+    covered.add(chosen.provider)
+    for provider in route.provider_order:
+        if provider not in covered and provider in best_by_provider:
+            chain.append(best_by_provider[provider])
     return [{"provider": m.provider, "model": m.id} for m in chain]
 
 

@@ -7,6 +7,7 @@ durations, USD for money), and `input_tokens` estimated when the request does no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -66,10 +67,10 @@ class Request(BaseModel):
     def _valid_ip(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise ValueError(f"`{value}` is not an IPv4 or IPv6 address") from None
+        normal = _normal_ip(value)
+        if normal is None:
+            raise ValueError(f"`{value}` is not an IPv4 or IPv6 address")
+        return normal
 
 
 class RequestError(ValueError):
@@ -163,6 +164,113 @@ def request_key(request: Request) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+_STR_FIELDS = ("id", "user", "model", "prompt", "region")
+_BOOL_FIELDS = ("requires_vision", "requires_tools", "requires_json", "stream")
+_FIELDS = frozenset(Request.model_fields)
+
+
+@functools.lru_cache(maxsize=8192)
+def _normal_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> bool:
+    return (type(value) is int or type(value) is float) and value == value  # not NaN
+
+
+def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The evaluation environment of a plain request dict without pydantic, or None when the
+    request needs the full validator (anything unusual, and every invalid request).
+
+    For every input it accepts it returns exactly `to_env(validate(data))`; a property test
+    holds it to that. It exists because pydantic costs more than the rest of a decision.
+    """
+    if type(data) is not dict or not _FIELDS.issuperset(data):
+        return None
+    get = data.get
+    for name in _STR_FIELDS:
+        value = get(name)
+        if value is not None and type(value) is not str:
+            return None
+    for name in _BOOL_FIELDS:
+        value = get(name, False)
+        if type(value) is not bool:
+            return None
+    ip = get("ip")
+    if ip is not None:
+        if type(ip) is not str:
+            return None
+        ip = _normal_ip(ip)
+        if ip is None:
+            return None
+    input_tokens = get("input_tokens")
+    if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+        return None
+    max_tokens = get("max_tokens")
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        return None
+    max_cost = get("max_cost")
+    if max_cost is not None and (not _number(max_cost) or not max_cost >= 0):
+        return None
+    max_latency = get("max_latency_ms")
+    if max_latency is not None and (not _number(max_latency) or not max_latency > 0):
+        return None
+    tags = get("tags", ())
+    if tags and (type(tags) is not list or any(type(t) is not str for t in tags)):
+        return None
+    if type(tags) is not list and tags != ():
+        return None
+    metadata = get("metadata", _EMPTY)
+    if type(metadata) is not dict:
+        return None
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) not in (str, int, float, bool):
+            return None
+    if get("messages") is not None:
+        return None  # chat messages: the full validator estimates their tokens
+    prompt = get("prompt")
+    request_id = get("id")
+    if input_tokens is None:
+        input_tokens = math.ceil(len(prompt) / 4) if prompt else 0
+    if request_id is None:
+        return None  # the content-hash key needs the canonical dump
+    return {
+        "id": request_id,
+        "key": request_id,
+        "user": get("user"),
+        "ip": ip,
+        "model": get("model"),
+        "prompt": prompt,
+        "input_tokens": float(input_tokens),
+        "max_tokens": None if max_tokens is None else float(max_tokens),
+        "requires_vision": get("requires_vision", False),
+        "requires_tools": get("requires_tools", False),
+        "requires_json": get("requires_json", False),
+        "stream": get("stream", False),
+        "max_cost": None if max_cost is None else float(max_cost),
+        "max_latency": None if max_latency is None else float(max_latency),
+        "max_latency_ms": None if max_latency is None else float(max_latency),
+        "region": get("region"),
+        "tags": list(tags),
+        "metadata": dict(metadata),
+    }
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def env_of(data: Mapping[str, Any] | Request) -> dict[str, Any]:
+    """Validate a request and return its evaluation environment (raises RequestError)."""
+    if type(data) is dict:
+        env = fast_env(data)
+        if env is not None:
+            return env
+    return to_env(validate(data))
+
+
 def to_env(request: Request) -> dict[str, Any]:
     tokens = estimate_tokens(request)
     return {
@@ -178,9 +286,9 @@ def to_env(request: Request) -> dict[str, Any]:
         "requires_tools": request.requires_tools,
         "requires_json": request.requires_json,
         "stream": request.stream,
-        "max_cost": request.max_cost,
-        "max_latency": request.max_latency_ms,
-        "max_latency_ms": request.max_latency_ms,
+        "max_cost": None if request.max_cost is None else float(request.max_cost),
+        "max_latency": None if request.max_latency_ms is None else float(request.max_latency_ms),
+        "max_latency_ms": None if request.max_latency_ms is None else float(request.max_latency_ms),
         "region": request.region,
         "tags": list(request.tags),
         "metadata": dict(request.metadata),

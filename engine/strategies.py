@@ -1,30 +1,51 @@
 """The six routing strategies, registered by name.
 
 Each is a small pure function of the eligible candidates and a context, returning the
-candidates ranked best first with a score in 0–1, and a sentence saying why the first won.
+candidates ranked best first with an unrounded score in 0–1, and a sentence saying why
+the first won.
 Ties are broken by catalog order, so a ranking is always deterministic.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from engine.catalog import Model
 
 
-@dataclass(slots=True)
 class Candidate:
-    model: Model
-    cost: float  # estimated USD for this request
-    latency_ms: float  # estimated p95: measured once there are enough samples, else the prior
-    success_rate: float  # measured, else 1.0
-    samples: int
+    """One eligible model with its estimates for this request."""
+
+    __slots__ = ("cost", "index", "key", "latency_ms", "model", "samples", "success_rate")
+
+    def __init__(
+        self,
+        model: Model,
+        key: str,
+        index: int,
+        cost: float,
+        latency_ms: float,
+        success_rate: float,
+        samples: int,
+    ) -> None:
+        self.model = model
+        self.key = key  # provider/model
+        self.index = index  # catalog position, for ties
+        self.cost = cost  # estimated USD for this request
+        self.latency_ms = latency_ms  # estimated p95: measured with enough samples, else prior
+        self.success_rate = success_rate  # measured, else 1.0
+        self.samples = samples
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.key}, cost={self.cost:g}, latency_ms={self.latency_ms:g})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per decision, and frozen init is slower
 class Context:
-    factors: tuple[tuple[str, float], ...]  # weighted: normalised weights
+    factors: tuple[tuple[str, float], ...]  # weighted: normalised weights, in policy order
+    factor_weights: tuple[float, float, float]  # weighted: (latency, cost, success)
     weights: Mapping[str, float]  # model-specific: prefer weights by model key
     draw: float  # in [0, 1): deterministic per request id
     turn: int  # round-robin: how many decisions this route has made
@@ -45,11 +66,10 @@ def strategy(name: str) -> Callable[[Strategy], Strategy]:
     return register
 
 
-def _relative(best: float, value: float) -> float:
-    """best/value in 0–1 (1 for the best); 1 when both are zero."""
-    if value <= 0:
-        return 1.0
-    return best / value
+# sort keys: the measure, then the other measure, then catalog order (relative scores are
+# best/x in 0–1, 1 for the best)
+_BY_LATENCY = operator.attrgetter("latency_ms", "cost", "index")
+_BY_COST = operator.attrgetter("cost", "latency_ms", "index")
 
 
 def money(value: float) -> str:
@@ -57,68 +77,75 @@ def money(value: float) -> str:
         return "$0"
     if value >= 0.01:
         return f"${value:.4f}".rstrip("0").rstrip(".")
-    return f"${value:.6f}".rstrip("0")
+    return f"${value:.7f}".rstrip("0")
 
 
 @strategy("latency")
 def latency(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
-    ordered = sorted(cands, key=lambda c: (c.latency_ms, c.cost, c.model.index))
+    ordered = sorted(cands, key=_BY_LATENCY)
     best = ordered[0].latency_ms
-    ranked = [(c, round(_relative(best, c.latency_ms), 4)) for c in ordered]
+    ranked = [(c, best / c.latency_ms if c.latency_ms > 0 else 1.0) for c in ordered]
     return ranked, f"Lowest P95 latency: {best:.0f}ms"
 
 
 @strategy("cost")
 def cost(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
-    ordered = sorted(cands, key=lambda c: (c.cost, c.latency_ms, c.model.index))
+    ordered = sorted(cands, key=_BY_COST)
     best = ordered[0].cost
-    ranked = [(c, round(_relative(best, c.cost), 4)) for c in ordered]
+    ranked = [(c, best / c.cost if c.cost > 0 else 1.0) for c in ordered]
     return ranked, f"Lowest estimated cost: {money(best)}"
 
 
 @strategy("weighted")
 def weighted(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
-    max_latency = max(c.latency_ms for c in cands)
-    max_cost = max(c.cost for c in cands)
-    scored: list[tuple[float, int, Candidate, dict[str, float]]] = []
+    max_latency = max_cost = 0.0
     for c in cands:
-        parts = {
-            "latency": 1.0 - c.latency_ms / max_latency if max_latency > 0 else 1.0,
-            "cost": 1.0 - c.cost / max_cost if max_cost > 0 else 1.0,
-            "success": c.success_rate,
-        }
-        total = sum(w * parts[name] for name, w in ctx.factors)
-        scored.append((-total, c.model.index, c, parts))
-    scored.sort(key=lambda s: (s[0], s[1]))
-    ranked = [(c, round(-neg, 4)) for neg, _, c, _ in scored]
-    neg, _, _, parts = scored[0]
+        if c.latency_ms > max_latency:
+            max_latency = c.latency_ms
+        if c.cost > max_cost:
+            max_cost = c.cost
+    w_latency, w_cost, w_success = ctx.factor_weights
+    scored = []
+    for c in cands:
+        s_latency = 1.0 - c.latency_ms / max_latency if max_latency > 0 else 1.0
+        s_cost = 1.0 - c.cost / max_cost if max_cost > 0 else 1.0
+        total = w_latency * s_latency + w_cost * s_cost + w_success * c.success_rate
+        scored.append((-total, c.index, c))  # indexes are unique: candidates never compared
+    scored.sort()
+    ranked = [(c, -neg) for neg, _, c in scored]
+    best, total = ranked[0]
+    parts = {
+        "latency": 1.0 - best.latency_ms / max_latency if max_latency > 0 else 1.0,
+        "cost": 1.0 - best.cost / max_cost if max_cost > 0 else 1.0,
+        "success": best.success_rate,
+    }
     detail = ", ".join(f"{name} {parts[name]:.2f}" for name, _ in ctx.factors)
-    return ranked, f"Best weighted score: {-neg:.2f} ({detail})"
+    return ranked, f"Best weighted score: {total:.2f} ({detail})"
 
 
 @strategy("model-specific")
 def model_specific(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
-    weights = [(c, ctx.weights.get(c.model.key, 0.0 if ctx.weights else 1.0)) for c in cands]
-    if not any(w > 0 for _, w in weights):  # none of the preferred models is eligible
-        weights = [(c, 1.0) for c in cands]
-    total = sum(w for _, w in weights)
+    preferred = ctx.weights
+    default = 0.0 if preferred else 1.0
+    weights = [preferred.get(c.key, default) for c in cands]
+    total = sum(weights)
+    if total <= 0:  # none of the preferred models is eligible: an even draw
+        weights = [1.0] * len(cands)
+        total = float(len(cands))
     point = ctx.draw * total
-    chosen = weights[-1][0]
+    chosen = len(cands) - 1
     acc = 0.0
-    for c, w in weights:
+    for i, w in enumerate(weights):
         acc += w
         if w > 0 and point < acc:
-            chosen = c
+            chosen = i
             break
-    rest = sorted(
-        ((c, w) for c, w in weights if c is not chosen), key=lambda cw: (-cw[1], cw[0].model.index)
-    )
-    share = dict((c.model.key, w / total) for c, w in weights)
-    ranked = [(chosen, round(share[chosen.model.key], 4))]
-    ranked += [(c, round(w / total, 4)) for c, w in rest]
+    rest = sorted((-w, cands[i].index, cands[i]) for i, w in enumerate(weights) if i != chosen)
+    share = weights[chosen] / total
+    ranked = [(cands[chosen], share)]
+    ranked += [(c, -neg / total) for neg, _, c in rest]
     return ranked, (
-        f"Preferred model drawn by weight: {share[chosen.model.key] * 100:.0f}% share "
-        f"among {len(cands)} eligible"
+        f"Preferred model drawn by weight: {share * 100:.0f}% share among {len(cands)} eligible"
     )
 
 
@@ -127,7 +154,7 @@ def round_robin(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
     n = len(cands)
     start = ctx.turn % n
     ordered = cands[start:] + cands[:start]
-    ranked = [(c, round(1.0 - i / n, 4)) for i, c in enumerate(ordered)]
+    ranked = [(c, 1.0 - i / n) for i, c in enumerate(ordered)]
     return ranked, f"Round-robin: candidate {start + 1} of {n}"
 
 
@@ -138,6 +165,6 @@ def failover(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
         enumerate(cands), key=lambda ic: (ctx.provider_rank.get(ic[1].model.provider, far), ic[0])
     )
     n = len(ordered)
-    ranked = [(c, round(1.0 - i / n, 4)) for i, (_, c) in enumerate(ordered)]
+    ranked = [(c, 1.0 - i / n) for i, (_, c) in enumerate(ordered)]
     first = ranked[0][0].model
     return ranked, f"First healthy in failover order: {first.key}"

@@ -1,0 +1,105 @@
+"""The plain-Python request fast path agrees with the pydantic validator on every input.
+
+`fast_env` may decline (return None) and leave a request to pydantic, but whatever it
+accepts must produce exactly the environment pydantic's path produces, and it must never
+accept a request pydantic rejects.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.request import Request, RequestError, env_of, fast_env, to_env, validate
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=10**7),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+ips = st.one_of(
+    st.sampled_from(["10.0.0.1", " 203.0.113.7 ", "::1", "2001:DB8::1", "1.2.3", "not-an-ip"]),
+    st.ip_addresses().map(str),
+    scalars,
+)
+metadata = st.one_of(
+    st.dictionaries(st.text(max_size=5), st.one_of(st.booleans(), st.integers(), st.text()), max_size=3),
+    st.dictionaries(st.text(max_size=3), scalars, max_size=2),
+    scalars,
+)
+tags = st.one_of(st.lists(st.text(max_size=4), max_size=3), st.lists(scalars, max_size=2), scalars)
+fields: dict[str, Any] = {
+    "id": st.one_of(st.text(max_size=8), scalars),
+    "user": st.one_of(st.text(max_size=8), scalars),
+    "ip": ips,
+    "model": scalars,
+    "prompt": st.one_of(st.text(max_size=40), scalars),
+    "input_tokens": scalars,
+    "max_tokens": scalars,
+    "requires_vision": scalars,
+    "requires_tools": scalars,
+    "requires_json": scalars,
+    "stream": scalars,
+    "max_cost": scalars,
+    "max_latency_ms": scalars,
+    "region": scalars,
+    "tags": tags,
+    "metadata": metadata,
+    "messages": st.one_of(st.none(), st.just([{"role": "user", "content": "hi"}])),
+    "unknown_field": scalars,
+}
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> dict[str, Any]:
+    chosen = draw(st.sets(st.sampled_from(sorted(fields)), max_size=9))
+    return {name: draw(fields[name]) for name in sorted(chosen)}
+
+
+def _pydantic_env(data: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return to_env(validate(data))
+    except RequestError:
+        return None
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            continue
+        if x != y or type(x) is not type(y):
+            return False
+    return True
+
+
+@settings(max_examples=1500, deadline=None)
+@given(requests())
+def test_fast_path_agrees_with_pydantic(data: dict[str, Any]) -> None:
+    fast = fast_env(data)
+    slow = _pydantic_env(data)
+    if fast is not None:
+        assert slow is not None, f"fast path accepted what pydantic rejects: {data!r}"
+        assert _same(fast, slow), (fast, slow)
+
+
+def test_fast_path_takes_the_common_request() -> None:
+    data = {"id": "r1", "user": "u", "ip": "203.0.113.7", "prompt": "hello", "max_tokens": 10}
+    env = fast_env(data)
+    assert env is not None
+    assert env == to_env(Request.model_validate(data))
+    assert env_of(data) == env
+
+
+def test_fast_path_declines_what_it_does_not_handle() -> None:
+    assert fast_env({"prompt": "no id"}) is None  # the content-hash key is pydantic's job
+    assert fast_env({"id": "m", "messages": [{"content": "hi"}]}) is None
+    assert fast_env({"id": "x", "max_tokens": True}) is None
+    assert fast_env({"id": "x", "bogus": 1}) is None
