@@ -12,16 +12,19 @@ reload can swap it with one reference assignment.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.compiler import Program
 from engine.decision import Decision
 from engine.diagnostics import Diagnostic
 from engine.evaluator import EvalState, evaluate
-from engine.loader import compile_sources, load_policy
+from engine.limits import Limiter
+from engine.loader import Loaded, compile_sources, load_policy
 from engine.metrics import MetricsView, NoMetrics
 from engine.request import Request, env_of
+from engine.stores import Store, open_store
 
 
 class PolicyEngine:
@@ -29,28 +32,57 @@ class PolicyEngine:
         self,
         policy: str | os.PathLike[str] | None = None,
         *,
+        state: str | Store = "memory://",
+        clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
+        `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
+        `clock`: epoch seconds; tests pass a fake one.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
-        loaded = load_policy(policy)
+        self._setup(load_policy(policy), state, clock, metrics)
+
+    @classmethod
+    def from_text(
+        cls,
+        text: str,
+        name: str = "<policy>",
+        *,
+        state: str | Store = "memory://",
+        clock: Callable[[], float] = time.time,
+        metrics: MetricsView | None = None,
+    ) -> PolicyEngine:
+        """An engine from policy text (a `catalog` path is relative to the working directory)."""
+        engine = cls.__new__(cls)
+        engine._setup(compile_sources([(name, text)]), state, clock, metrics)
+        return engine
+
+    def _setup(
+        self,
+        loaded: Loaded,
+        state: str | Store,
+        clock: Callable[[], float],
+        metrics: MetricsView | None,
+    ) -> None:
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
         self._metrics: MetricsView = metrics or NoMetrics()
         self._state = EvalState()
+        self.store: Store = open_store(state) if isinstance(state, str) else state
+        self.clock = clock
+        self.limiter = Limiter(self.store, clock)
 
-    @classmethod
-    def from_text(cls, text: str, name: str = "<policy>") -> PolicyEngine:
-        """An engine from policy text (a `catalog` path is relative to the working directory)."""
-        engine = cls.__new__(cls)
-        loaded = compile_sources([(name, text)])
-        engine._program = loaded.program
-        engine.warnings = loaded.warnings
-        engine._metrics = NoMetrics()
-        engine._state = EvalState()
-        return engine
+    def close(self) -> None:
+        """Flush and close the state store."""
+        self.store.close()
+
+    def __enter__(self) -> PolicyEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def program(self) -> Program:
@@ -60,8 +92,25 @@ class PolicyEngine:
     def version(self) -> str:
         return self._program.version
 
-    def evaluate(self, request: Mapping[str, Any] | Request, *, explain: bool = False) -> Decision:
-        """Route one request. Raises `RequestError` naming the fields of a bad request."""
+    def evaluate(
+        self,
+        request: Mapping[str, Any] | Request,
+        *,
+        explain: bool = False,
+        dry_run: bool = False,
+    ) -> Decision:
+        """Route one request and consume its rate limits (none with `dry_run`).
+
+        Raises `RequestError` naming the fields of a bad request.
+        """
         program = self._program  # one snapshot per evaluation
         env = env_of(request)
-        return evaluate(program, env, metrics=self._metrics, state=self._state, explain=explain)
+        return evaluate(
+            program,
+            env,
+            metrics=self._metrics,
+            state=self._state,
+            explain=explain,
+            limiter=self.limiter,
+            consume=not dry_run,
+        )

@@ -19,7 +19,8 @@ from typing import Any
 
 from engine.catalog import Model
 from engine.compiler import CAPABILITY_BITS, CompiledRoute, ModelRow, Program
-from engine.decision import Alternative, Decision
+from engine.decision import Alternative, Decision, LimitStatus
+from engine.limits import Limiter, Verdict
 from engine.metrics import MetricsView, NoMetrics
 from engine.strategies import STRATEGIES, Candidate, Context, money
 
@@ -93,6 +94,8 @@ def evaluate(
     metrics: MetricsView | None = None,
     state: EvalState | None = None,
     explain: bool = False,
+    limiter: Limiter | None = None,
+    consume: bool = True,
 ) -> Decision:
     metrics = metrics or NoMetrics()
     trace: list[dict[str, Any]] | None = [] if explain else None
@@ -184,6 +187,27 @@ def evaluate(
         provider_rank=route.provider_rank,
     )
     ranked, reason = STRATEGIES[settings.strategy](survivors, ctx)
+    statuses: list[LimitStatus] = []
+    if limiter is not None and program.limits:
+        verdict = limiter.check(
+            program.limits,
+            env,
+            ((c.model.provider, c.key, c.cost) for c, _ in ranked),
+            consume=consume,
+        )
+        statuses = verdict.statuses
+        if verdict.option is None:
+            return _rate_limited(program, env, route, verdict, trace)
+        if verdict.option:
+            skipped = ranked[: verdict.option]
+            ranked = ranked[verdict.option :] + skipped
+            reason += (
+                f"; took the next candidate: {len(skipped)} ranked higher"
+                f" {'is' if len(skipped) == 1 else 'are'} at a provider or model limit"
+            )
+            if trace is not None:
+                for c, _ in skipped:
+                    trace.append(_drop(c.model, "at a provider or model rate limit"))
     chosen = ranked[0][0]
     if trace is not None:
         trace.append(
@@ -218,6 +242,7 @@ def evaluate(
             for c, s in ranked[1 : 1 + MAX_ALTERNATIVES]
         ],
         fallbacks=_fallbacks(route, ranked),
+        rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
     )
@@ -248,6 +273,40 @@ def _fallbacks(route: CompiledRoute, ranked: list[tuple[Candidate, float]]) -> l
 
 def _drop(model: Model, because: str) -> dict[str, Any]:
     return {"step": "drop", "provider": model.provider, "model": model.id, "because": because}
+
+
+def _rate_limited(
+    program: Program,
+    env: Mapping[str, Any],
+    route: CompiledRoute,
+    verdict: Verdict,
+    trace: list[dict[str, Any]] | None,
+) -> Decision:
+    denied = verdict.denied_by or {}
+    scope, key = denied.get("scope", "?"), denied.get("key", "")
+    retry = denied.get("retry_after_ms")
+    who = f"{scope} `{key}`" if key else scope
+    when = (
+        f"retry after {retry} ms" if retry is not None else "the request is larger than the limit"
+    )
+    if trace is not None:
+        trace.append({"step": "limit", "denied_by": denied})
+    return Decision(
+        request_id=env["id"],
+        allowed=False,
+        provider=None,
+        model=None,
+        route=route.name,
+        strategy=route.settings.strategy,
+        reason=f"Rate limited by {who} ({denied.get('unit', 'requests')}): {when}",
+        estimated_cost=None,
+        estimated_latency_ms=None,
+        confidence=1.0,
+        rate_limits=verdict.statuses,
+        denied_by=denied,
+        policy_version=program.version,
+        trace=trace,
+    )
 
 
 def _no_eligible_model(

@@ -1,0 +1,663 @@
+"""Decision and condition costs of policyctl, side by side with LiteLLM's Router (SPEC §8).
+
+    python bench/eval_bench.py            # full run, about a minute
+    python bench/eval_bench.py --quick    # about 15 s
+    python bench/eval_bench.py --profile model-specific   # also: top functions by tottime
+
+Everything is measured in one process, one run, because only ratios are comparable across
+these noisy machines. Nothing touches the network: LiteLLM is only asked to *choose* a
+deployment (`Router.get_available_deployment` / `async_get_available_deployment`), never to
+call a provider, and it reads its cost map from the copy in the package.
+
+Method: every operation is calibrated to a fixed time per repeat, run for several repeats
+with the garbage collector off inside each timing window (`time.perf_counter_ns`), and the
+median of the repeats' per-operation times is reported. Decisions run over distinct request
+dicts (a fresh id for every call, fresh for every repeat; users and IPs spread over 1000
+values) so no cache keyed by request hides work. See bench/README.md for how to read it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything can import litellm: use the cost map shipped in the package rather than
+# fetching it over the network at import time.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+import argparse
+import asyncio
+import cProfile
+import datetime
+import gc
+import importlib.metadata
+import logging
+import platform
+import pstats
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from engine import PolicyEngine  # noqa: E402
+from engine import ast as policy_ast  # noqa: E402
+from engine.compiler import compile_condition  # noqa: E402
+from engine.evaluator import EvalState, evaluate  # noqa: E402
+from engine.parser import parse  # noqa: E402
+from engine.request import to_env, validate  # noqa: E402
+
+# The SPEC's reference figures (Python 3.11, 2 cores), printed beside ours for orientation.
+SPEC_REFERENCE_US = {
+    "simple-shuffle": 135.0,
+    "latency-based-routing": 287.0,
+    "cost-based-routing": 419.0,
+    "plain-condition": 0.06,
+}
+DECISION_TARGET = 10.0  # whole decision: at least 10x faster than LiteLLM's Router
+CONDITION_TARGET = 5.0  # compiled condition: at most 5x hand-written Python
+
+# The four limits of the packaged default policy: a "whole decision" includes them.
+LIMITS = """
+limit global    10000 per 1m burst 1000
+limit user      100 per 1m burst 10
+limit provider  1000 per 1m burst 100
+limit ip        50 per 1m burst 5
+"""
+
+# Our strategy name -> (policy `strategy` value, LiteLLM routing_strategy or None).
+STRATEGIES: dict[str, tuple[str, str | None]] = {
+    "model-specific": ("model-specific", "simple-shuffle"),
+    "latency": ("latency", "latency-based-routing"),
+    "cost": ("cost", "cost-based-routing"),
+    "weighted": ("weighted(latency: 60%, cost: 40%)", None),
+    "round-robin": ("round-robin", None),
+    "failover": ("failover", None),
+}
+
+LITELLM_PREFIX = {"claude": "anthropic", "gemini": "gemini", "openai": "openai"}
+
+PROMPTS = (
+    "Summarise this paragraph in one sentence.",
+    "Translate 'good morning' into French, German and Italian, and explain the differences.",
+    "hi",
+    "Write a haiku about rate limits. " * 4,
+    "What is the capital of Australia? Answer with one word.",
+    "Explain token buckets to an on-call engineer at 3 a.m. " * 8,
+)
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclass
+class Mode:
+    name: str
+    target_ns: int  # wall time of one timed repeat
+    repeats: int
+    max_ops: int  # cap on operations per repeat for the per-call (decision) loops
+
+
+QUICK = Mode("quick", target_ns=25_000_000, repeats=5, max_ops=4_000)
+FULL = Mode("full", target_ns=120_000_000, repeats=9, max_ops=20_000)
+
+
+@dataclass
+class Timing:
+    per_op_ns: list[float] = field(default_factory=list)  # one figure per repeat
+    ops: int = 0  # operations per repeat
+    error: str | None = None  # the operation could not run (e.g. unsupported)
+
+    @property
+    def median_us(self) -> float:
+        return statistics.median(self.per_op_ns) / 1000
+
+    @property
+    def min_us(self) -> float:
+        return min(self.per_op_ns) / 1000
+
+    @property
+    def max_us(self) -> float:
+        return max(self.per_op_ns) / 1000
+
+
+def _gc_off_window(run: Callable[[Any], int], items: Any) -> int:
+    """Run one timed window with the collector off; `run` returns elapsed nanoseconds."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return run(items)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def measure(
+    run: Callable[[Any], int],
+    make_items: Callable[[int, int], Any],
+    ops_of: Callable[[Any], int],
+    mode: Mode,
+    *,
+    probe_ops: int,
+    max_ops: int,
+) -> Timing:
+    """Calibrate the number of operations to `mode.target_ns` per repeat, then time repeats.
+
+    `make_items(repeat, n)` builds the inputs of one repeat outside the timing window,
+    `run(items)` performs them and returns the elapsed nanoseconds, `ops_of(items)` counts
+    the operations in `items`.
+    """
+    probe = make_items(-1, probe_ops)
+    run(probe)  # warm-up: first-call costs, lazy imports, caches of code objects
+    elapsed = max(_gc_off_window(run, probe), 1)
+    per_op = elapsed / ops_of(probe)
+    n = int(min(max_ops, max(probe_ops, mode.target_ns / per_op)))
+    timing = Timing()
+    for repeat in range(mode.repeats):
+        items = make_items(repeat, n)
+        elapsed = _gc_off_window(run, items)
+        timing.ops = ops_of(items)
+        timing.per_op_ns.append(elapsed / timing.ops)
+    return timing
+
+
+def call_each(op: Callable[[Any], Any]) -> Callable[[list[Any]], int]:
+    """A timed loop calling `op` once per item."""
+
+    def run(items: list[Any]) -> int:
+        clock = time.perf_counter_ns
+        start = clock()
+        for item in items:
+            op(item)
+        return clock() - start
+
+    return run
+
+
+# ---------------------------------------------------------------- requests
+
+
+def make_requests(tag: int, n: int) -> list[dict[str, Any]]:
+    """`n` distinct request dicts: a fresh id each, users and IPs spread over 1000 values."""
+    out = []
+    for i in range(n):
+        u = (i * 7919 + tag * 31) % 1000
+        request: dict[str, Any] = {
+            "id": f"req-{tag}-{i}",
+            "user": f"user-{u}",
+            "ip": f"10.0.{u // 256}.{u % 256}",
+            "prompt": PROMPTS[i % len(PROMPTS)],
+        }
+        if i % 3 == 0:
+            request["max_tokens"] = 512
+        out.append(request)
+    return out
+
+
+def make_messages(tag: int, n: int) -> list[list[dict[str, str]]]:
+    """The LiteLLM side's inputs: the same prompts as chat messages, one list per call."""
+    return [
+        [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} [{tag}-{i}]"}] for i in range(n)
+    ]
+
+
+# ---------------------------------------------------------------- our decisions
+
+
+def engine_for(strategy_value: str) -> PolicyEngine:
+    """The packaged catalog (no `catalog` line), one strategy, the default policy's limits."""
+    return PolicyEngine.from_text(f"defaults {{ strategy {strategy_value} }}\n{LIMITS}")
+
+
+def bench_ours(mode: Mode) -> tuple[dict[str, Timing], dict[str, Timing], dict[str, Any]]:
+    whole: dict[str, Timing] = {}
+    only: dict[str, Timing] = {}
+    facts: dict[str, Any] = {}
+    for name, (value, _) in STRATEGIES.items():
+        engine = engine_for(value)
+        first = engine.evaluate(make_requests(0, 1)[0])
+        facts[f"pick:{name}"] = f"{first.provider}/{first.model}"
+        facts.setdefault("rate_limits_per_decision", len(first.rate_limits))
+        whole[name] = measure(
+            call_each(engine.evaluate),
+            make_requests,
+            len,
+            mode,
+            probe_ops=200,
+            max_ops=mode.max_ops,
+        )
+
+        program, state = engine.program, EvalState()
+
+        def evaluate_env(env: Mapping[str, Any], program: Any = program, state: Any = state) -> Any:
+            return evaluate(program, env, state=state)
+
+        only[name] = measure(
+            call_each(evaluate_env),
+            lambda tag, n: [to_env(validate(r)) for r in make_requests(tag, n)],
+            len,
+            mode,
+            probe_ops=200,
+            max_ops=mode.max_ops,
+        )
+    return whole, only, facts
+
+
+def bench_validation(mode: Mode) -> dict[str, Timing]:
+    rows = {
+        "validate + to_env (pydantic)": measure(
+            call_each(lambda r: to_env(validate(r))),
+            make_requests,
+            len,
+            mode,
+            probe_ops=200,
+            max_ops=mode.max_ops,
+        )
+    }
+    try:
+        from engine.request import env_of
+    except ImportError:  # older engine: no fast path
+        return rows
+    rows["env_of (fast path, as evaluate)"] = measure(
+        call_each(env_of), make_requests, len, mode, probe_ops=200, max_ops=mode.max_ops
+    )
+    return rows
+
+
+# ---------------------------------------------------------------- conditions
+
+_TEAMS = frozenset(("a", "b", "c"))
+
+
+def plain_eq(r: Mapping[str, Any], m: Any) -> bool:
+    return r["region"] == "eu"
+
+
+def plain_and_or(r: Mapping[str, Any], m: Any) -> bool:
+    max_tokens = r["max_tokens"]
+    max_cost = r["max_cost"]
+    return (r["region"] == "eu" and max_tokens is not None and max_tokens <= 4096) or (
+        max_cost is not None and max_cost <= 0.001
+    )
+
+
+def plain_membership(r: Mapping[str, Any], m: Any) -> bool:
+    team = r["metadata"].get("team")
+    return team is not None and team in _TEAMS and not r["requires_vision"]
+
+
+CONDITIONS: list[tuple[str, str, Callable[[Mapping[str, Any], Any], bool]]] = [
+    ("cond 1: equality", 'request.region == "eu"', plain_eq),
+    (
+        "cond 2: and/or, number, money",
+        '(request.region == "eu" and request.max_tokens <= 4096) or request.max_cost <= $0.001',
+        plain_and_or,
+    ),
+    (
+        "cond 3: metadata in list, not",
+        'request.metadata.team in ["a", "b", "c"] and not request.requires_vision',
+        plain_membership,
+    ),
+]
+
+
+def compiled(condition: str) -> Callable[[Mapping[str, Any], Any], bool]:
+    policy = parse(f"route r when {condition} {{ }}")
+    (route,) = [s for s in policy.statements if isinstance(s, policy_ast.Route)]
+    assert route.when is not None
+    return compile_condition(route.when)
+
+
+def condition_envs(count: int = 1024) -> list[dict[str, Any]]:
+    """Requests that make each condition true and false at different points."""
+    rng = random.Random(8)
+    envs = []
+    for i in range(count):
+        request: dict[str, Any] = {"id": f"c-{i}", "user": f"user-{i % 100}", "prompt": "hi"}
+        region = rng.choice(["eu", "us", "ap", None])
+        if region is not None:
+            request["region"] = region
+        max_tokens = rng.choice([None, 256, 4096, 8000])
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        max_cost = rng.choice([None, 0.0005, 0.001, 0.05])
+        if max_cost is not None:
+            request["max_cost"] = max_cost
+        team = rng.choice(["a", "b", "c", "d", None])
+        if team is not None:
+            request["metadata"] = {"team": team, "tier": "free"}
+        request["requires_vision"] = rng.random() < 0.3
+        envs.append(to_env(validate(request)))
+    return envs
+
+
+def cycle_pool(pool: list[Any]) -> Callable[[int, int], tuple[list[Any], int]]:
+    """Items for very cheap operations: the pool, `rounds` times (ops rounded up)."""
+
+    def make(tag: int, n: int) -> tuple[list[Any], int]:
+        return pool, max(1, -(-n // len(pool)))
+
+    return make
+
+
+def pool_ops(items: tuple[list[Any], int]) -> int:
+    return len(items[0]) * items[1]
+
+
+def call_pool(fn: Callable[[Any, Any], Any]) -> Callable[[tuple[list[Any], int]], int]:
+    def run(items: tuple[list[Any], int]) -> int:
+        pool, rounds = items
+        clock = time.perf_counter_ns
+        start = clock()
+        for _ in range(rounds):
+            for env in pool:
+                fn(env, None)
+        return clock() - start
+
+    return run
+
+
+def empty_pool_loop(items: tuple[list[Any], int]) -> int:
+    pool, rounds = items
+    clock = time.perf_counter_ns
+    start = clock()
+    for _ in range(rounds):
+        for _env in pool:
+            pass
+    return clock() - start
+
+
+def bench_conditions(mode: Mode) -> tuple[list[tuple[str, str, Timing, Timing]], Timing]:
+    envs = condition_envs()
+    make = cycle_pool(envs)
+    cheap_max = 50_000_000  # the per-op cap only matters for decisions
+    loop = measure(empty_pool_loop, make, pool_ops, mode, probe_ops=len(envs), max_ops=cheap_max)
+    overhead = statistics.median(loop.per_op_ns)
+    rows = []
+    for label, text, plain in CONDITIONS:
+        fn = compiled(text)
+        for env in envs:  # same semantics, or the comparison means nothing
+            if fn(env, None) != plain(env, None):
+                raise SystemExit(f"{label}: compiled and plain Python disagree on {env!r}")
+        ours = measure(call_pool(fn), make, pool_ops, mode, probe_ops=len(envs), max_ops=cheap_max)
+        peer = measure(
+            call_pool(plain), make, pool_ops, mode, probe_ops=len(envs), max_ops=cheap_max
+        )
+        for t in (ours, peer):  # the bare loop is the same on both sides: take it out
+            t.per_op_ns = [max(x - overhead, 0.001) for x in t.per_op_ns]
+        rows.append((label, text, ours, peer))
+    return rows, loop
+
+
+# ---------------------------------------------------------------- LiteLLM
+
+
+def litellm_version() -> str | None:
+    try:
+        return importlib.metadata.version("litellm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def bench_litellm(mode: Mode) -> tuple[dict[str, Timing], dict[str, str]]:
+    """(`"<strategy> sync|async"` -> Timing, facts). Raises ImportError without litellm."""
+    warnings.simplefilter("ignore")  # async_get_available_deployment is deprecated in 1.110
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+    logging.getLogger("LiteLLM Router").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    from litellm import Router
+
+    facts = {"import_s": f"{time.perf_counter() - t0:.2f}"}
+    model_list = []
+    for m in PolicyEngine().program.catalog.models:  # the same 11 models, the same prices
+        params = {
+            "model": f"{LITELLM_PREFIX.get(m.provider, m.provider)}/{m.id}",
+            "api_key": "sk-fake",
+            "input_cost_per_token": m.input_price / 1e6,
+            "output_cost_per_token": m.output_price / 1e6,
+        }
+        model_list.append({"model_name": "llm", "litellm_params": params})
+    facts["deployments"] = str(len(model_list))
+
+    results: dict[str, Timing] = {}
+    loop = asyncio.new_event_loop()
+    try:
+        for _, peer in STRATEGIES.values():
+            if peer is None:
+                continue
+            router = Router(model_list=model_list, routing_strategy=peer)
+
+            def pick(messages: list[dict[str, str]], router: Any = router) -> Any:
+                return router.get_available_deployment(model="llm", messages=messages)
+
+            async def apick(messages: list[dict[str, str]], router: Any = router) -> Any:
+                return await router.async_get_available_deployment(
+                    model="llm", messages=messages, request_kwargs={}
+                )
+
+            async def many(items: list[Any], apick: Any = apick) -> int:
+                clock = time.perf_counter_ns
+                start = clock()
+                for messages in items:
+                    await apick(messages)
+                return clock() - start
+
+            def run_async(items: list[Any], many: Any = many) -> int:
+                return loop.run_until_complete(many(items))
+
+            for kind, run, one in (
+                ("sync", call_each(pick), pick),
+                ("async", run_async, lambda msgs, a=apick: loop.run_until_complete(a(msgs))),
+            ):
+                key = f"{peer} {kind}"
+                try:
+                    chosen = one(make_messages(0, 1)[0])
+                except Exception as err:  # an unsupported pick: report it, time nothing
+                    results[key] = Timing(error=f"{type(err).__name__}: {str(err)[:60]}")
+                    continue
+                facts[f"pick:{key}"] = str(chosen.get("litellm_params", {}).get("model"))
+                results[key] = measure(
+                    run, make_messages, len, mode, probe_ops=50, max_ops=mode.max_ops
+                )
+    finally:
+        loop.close()
+    return results, facts
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_us(us: float) -> str:
+    if us < 1:
+        return f"{us:.3f}"
+    if us < 100:
+        return f"{us:.2f}"
+    return f"{us:.1f}"
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    header = ("operation", "ours µs", "peer", "peer µs", "ratio", "target", "met?")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 3, 4}
+
+    def line(r: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        return " | ".join(cells).rstrip()
+
+    print(line(header))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(line(r) if r[0] else "")
+
+
+def decision_row(name: str, ours: Timing, peer_key: str | None, peers: Mapping[str, Timing]):
+    label = f"evaluate {name}"
+    if peer_key is None:
+        return (label, fmt_us(ours.median_us), "—", "", "", "", "")
+    peer = peers.get(peer_key)
+    if peer is None:
+        return (label, fmt_us(ours.median_us), f"litellm {peer_key}", "—", "", "≥10×", "skip")
+    if peer.error:
+        return (label, fmt_us(ours.median_us), f"litellm {peer_key}", "n/a", "", "≥10×", "n/a")
+    ratio = peer.median_us / ours.median_us
+    met = "yes" if ratio >= DECISION_TARGET else "NO"
+    return (
+        label,
+        fmt_us(ours.median_us),
+        f"litellm {peer_key}",
+        fmt_us(peer.median_us),
+        f"{ratio:.1f}×",
+        "≥10×",
+        met,
+    )
+
+
+def environment(litellm: str | None) -> list[str]:
+    return [
+        f"date      {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
+        f"python    {platform.python_version()} ({platform.python_implementation()})",
+        f"machine   {platform.platform()} {platform.machine()}, {os.cpu_count()} CPUs",
+        f"litellm   {litellm or 'not installed'}",
+    ]
+
+
+def profile(strategy_name: str, count: int = 20_000) -> None:
+    engine = engine_for(STRATEGIES[strategy_name][0])
+    requests = make_requests(99, count)
+    for r in requests[:200]:
+        engine.evaluate(r)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for r in requests:
+        engine.evaluate(r)
+    profiler.disable()
+    print(f"\ncProfile: {count} × PolicyEngine.evaluate, strategy {strategy_name}, by tottime")
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats (~15 s)")
+    parser.add_argument(
+        "--profile",
+        metavar="STRATEGY",
+        choices=sorted(STRATEGIES),
+        help="after the table, cProfile PolicyEngine.evaluate for this strategy",
+    )
+    parser.add_argument("--spread", action="store_true", help="also print min/max per row")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    started = time.perf_counter()
+
+    version = litellm_version()
+    print("policyctl eval bench —", mode.name, f"({mode.repeats} repeats, median per op)")
+    for line in environment(version):
+        print(line)
+    print()
+
+    whole, only, facts = bench_ours(mode)
+    validation = bench_validation(mode)
+    conditions, loop = bench_conditions(mode)
+    peers: dict[str, Timing] = {}
+    peer_facts: dict[str, str] = {}
+    if version is None:
+        print("litellm not installed: pip install '.[bench]'\n")
+    else:
+        try:
+            peers, peer_facts = bench_litellm(mode)
+        except ImportError as err:
+            print(f"litellm not importable ({err}): pip install '.[bench]'\n")
+
+    rows: list[tuple[str, ...]] = []
+    for name, (_, peer) in STRATEGIES.items():
+        if peer is None:
+            rows.append(decision_row(name, whole[name], None, peers))
+            continue
+        for kind in ("async", "sync"):
+            rows.append(decision_row(name, whole[name], f"{peer} {kind}", peers))
+    rows.append(("",) * 7)
+    for name, t in only.items():
+        rows.append(
+            (f"evaluate-only {name} (env prebuilt)", fmt_us(t.median_us), "—", "", "", "", "")
+        )
+    for name, t in validation.items():
+        rows.append((name, fmt_us(t.median_us), "—", "", "", "", ""))
+    rows.append(("",) * 7)
+    for label, _, ours, peer in conditions:
+        ratio = ours.median_us / peer.median_us
+        met = "yes" if ratio <= CONDITION_TARGET else "NO"
+        rows.append(
+            (
+                label,
+                fmt_us(ours.median_us),
+                "plain Python",
+                fmt_us(peer.median_us),
+                f"{ratio:.2f}×",
+                "≤5×",
+                met,
+            )
+        )
+    print_table(rows)
+
+    print()
+    print("ratio: decisions peer/ours (higher is better, target ≥10×); conditions ours/plain")
+    print("(lower is better, target ≤5×). Condition times exclude the bare loop, which was")
+    print(f"{fmt_us(loop.median_us)} µs per iteration on both sides.")
+    print(
+        "SPEC §8 reference (LiteLLM 1.110, Py 3.11, 2 cores): simple-shuffle 135 µs (async), "
+        "latency-based 287 µs, cost-based 419 µs; plain condition 0.06 µs. Its simple-shuffle "
+        "figure is the async pick; the async rows are the like-for-like ones."
+    )
+    for key, t in peers.items():
+        if t.error:
+            print(f"litellm {key}: not timed, the pick raised {t.error}")
+    n_limits = facts.get("rate_limits_per_decision", 0)
+    if n_limits < 4:
+        print(
+            f"NOTE: decisions report {n_limits} rate-limit checks (the policy has 4): the limiter "
+            "is not part of PolicyEngine.evaluate yet, so 'whole decision' rows lack the four "
+            "limits SPEC §8 counts."
+        )
+    for name in ("model-specific", "latency", "cost"):
+        peer = STRATEGIES[name][1]
+        print(
+            f"first pick, {name}: ours {facts[f'pick:{name}']}; litellm {peer} "
+            f"{peer_facts.get(f'pick:{peer} async', '—')}"
+        )
+    if "import_s" in peer_facts:
+        print(f"import litellm: {peer_facts['import_s']} s")
+
+    if args.spread:
+        print("\nspread (min .. median .. max µs per op, ops per repeat):")
+        spread = [*(("evaluate " + k, t) for k, t in whole.items())]
+        spread += [("evaluate-only " + k, t) for k, t in only.items()]
+        spread += list(validation.items())
+        spread += [(f"{label} compiled", o) for label, _, o, _ in conditions]
+        spread += [(f"{label} plain", p) for label, _, _, p in conditions]
+        spread += [(f"litellm {k}", t) for k, t in peers.items() if not t.error]
+        for label, t in spread:
+            print(
+                f"  {label:48} {fmt_us(t.min_us):>8} .. {fmt_us(t.median_us):>8} .. "
+                f"{fmt_us(t.max_us):>8}  ({t.ops} ops)"
+            )
+
+    print(f"\nbench time: {time.perf_counter() - started:.1f} s")
+    if args.profile:
+        profile(args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

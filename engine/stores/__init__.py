@@ -1,0 +1,43 @@
+"""Rate-limit state stores, chosen by URL: `memory://`, a DuckDB file path, `redis://…`.
+
+Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `redis://`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.stores.base import ConfigurationError, Store
+
+__all__ = ["ConfigurationError", "Store", "default_state_url", "open_store"]
+
+
+def default_state_url() -> str:
+    """`$POLICYCTL_STATE`, else `$XDG_STATE_HOME/policyctl/state.duckdb` (~/.local/state)."""
+    env = os.environ.get("POLICYCTL_STATE")
+    if env:
+        return env
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "policyctl" / "state.duckdb")
+
+
+def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
+    """A store for a URL. An unknown scheme is a ConfigurationError that quotes the URL."""
+    if url in ("memory://", "memory:", "memory"):
+        from engine.stores.memory import MemoryStore
+
+        return MemoryStore(url)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(f"state store `{url}`: the Redis store is not available yet")
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise ConfigurationError(
+            f"unknown state store `{url}` (scheme `{scheme}`): use `memory://`, a file path,"
+            " or `redis://host:port`"
+        )
+    if not url.strip():
+        raise ConfigurationError("the state store URL is empty")
+    from engine.stores.duckdb_store import DuckDBStore
+
+    return DuckDBStore(url, lock_timeout_s=lock_timeout_s)

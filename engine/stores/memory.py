@@ -1,0 +1,147 @@
+"""`memory://`: per-process rate-limit state, the reference every other store agrees with.
+
+A bucket is one dict entry: key -> `full_at` (a float). Full buckets are evicted as the
+store is used (a slice of the table per `EVICT_EVERY` acquires), so idle keys cost nothing
+for long. One lock makes each `acquire` atomic across threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+from engine.stores.base import (
+    EPSILON,
+    AcquireResult,
+    Outcome,
+    Quota,
+    Spec,
+)
+
+EVICT_EVERY = 1024  # acquires between eviction slices
+EVICT_SLICE = 256  # keys examined per slice
+
+
+class MemoryStore:
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._full_at: dict[str, float] = {}
+        self._quotas: dict[tuple[str, str], Quota] = {}
+        self._lock = threading.Lock()
+        self._since_evict = 0
+        self._evict_cursor: list[str] = []
+
+    def acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+    ) -> AcquireResult:
+        table = self._full_at
+        with self._lock:
+            shared_out: list[Outcome] = []
+            failed: Outcome | None = None
+            for spec in shared:
+                full_at = table.get(spec.key)
+                have = spec.capacity
+                if full_at is not None and full_at > now:
+                    have -= (full_at - now) * spec.rate
+                ok = have + EPSILON >= spec.cost
+                outcome = Outcome(spec, have, ok, full_at if full_at is not None else now)
+                shared_out.append(outcome)
+                if not ok and failed is None:
+                    failed = outcome
+            if failed is not None:
+                return AcquireResult(None, tuple(shared_out), failed)
+            last: list[Outcome] = []
+            tried = False
+            for index, option in enumerate(options):
+                tried = True
+                last = []
+                failed = None
+                for spec in option:
+                    full_at = table.get(spec.key)
+                    have = spec.capacity
+                    if full_at is not None and full_at > now:
+                        have -= (full_at - now) * spec.rate
+                    ok = have + EPSILON >= spec.cost
+                    outcome = Outcome(spec, have, ok, full_at if full_at is not None else now)
+                    last.append(outcome)
+                    if not ok:
+                        failed = outcome
+                        break
+                if failed is None:
+                    taken = shared_out + last
+                    if consume:
+                        taken = [self._take(o, now) for o in taken]
+                    self._maybe_evict(now)
+                    return AcquireResult(index, tuple(taken), None)
+            if not tried:  # no per-candidate buckets at all: the shared ones decide
+                taken = [self._take(o, now) for o in shared_out] if consume else shared_out
+                return AcquireResult(0, tuple(taken), None)
+            return AcquireResult(None, tuple(shared_out + last), failed)
+
+    def _take(self, outcome: Outcome, now: float) -> Outcome:
+        spec = outcome.spec
+        full_at = self._full_at.get(spec.key)
+        start = now if full_at is None or full_at < now else full_at
+        new = start + spec.cost / spec.rate
+        self._full_at[spec.key] = new
+        return outcome._replace(full_at=new)
+
+    def _maybe_evict(self, now: float) -> None:
+        self._since_evict += 1
+        if self._since_evict < EVICT_EVERY:
+            return
+        self._since_evict = 0
+        if not self._evict_cursor:
+            self._evict_cursor = list(self._full_at)
+        batch = self._evict_cursor[-EVICT_SLICE:]
+        del self._evict_cursor[-EVICT_SLICE:]
+        table = self._full_at
+        for key in batch:
+            full_at = table.get(key)
+            if full_at is not None and full_at <= now:
+                del table[key]
+
+    def peek(self, key: str) -> float | None:
+        return self._full_at.get(key)
+
+    def buckets(self, prefix: str = "") -> list[tuple[str, float]]:
+        with self._lock:
+            return sorted((k, v) for k, v in self._full_at.items() if k.startswith(prefix))
+
+    def reset(self, prefix: str) -> int:
+        with self._lock:
+            keys = [k for k in self._full_at if k.startswith(prefix)]
+            for k in keys:
+                del self._full_at[k]
+            return len(keys)
+
+    def evict(self, now: float) -> int:
+        with self._lock:
+            keys = [k for k, v in self._full_at.items() if v <= now]
+            for k in keys:
+                del self._full_at[k]
+            self._evict_cursor = []
+            return len(keys)
+
+    def __len__(self) -> int:
+        return len(self._full_at)
+
+    def quotas(self) -> list[Quota]:
+        with self._lock:
+            return sorted(self._quotas.values(), key=lambda q: (q.scope, q.key))
+
+    def set_quota(self, quota: Quota) -> None:
+        with self._lock:
+            self._quotas[(quota.scope, quota.key)] = quota
+
+    def remove_quota(self, scope: str, key: str) -> bool:
+        with self._lock:
+            return self._quotas.pop((scope, key), None) is not None
+
+    def close(self) -> None:
+        pass
