@@ -22,15 +22,36 @@ class Alternative:
         return {"provider": self.provider, "model": self.model, "score": self.score}
 
 
-@dataclass(slots=True)
 class LimitStatus:
-    scope: str
-    key: str | None
-    allowed: bool
-    remaining: float
-    limit: float
-    reset_at: float | None  # epoch seconds when the bucket is full again
-    retry_after_ms: float | None
+    """One bucket's state after a decision (a plain slotted class: made on the hot path)."""
+
+    __slots__ = ("allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope")
+
+    def __init__(
+        self,
+        scope: str,
+        key: str | None,
+        allowed: bool,
+        remaining: float,
+        limit: float,
+        reset_at: float | None,  # epoch seconds when the bucket is full again
+        retry_after_ms: float | None,
+    ) -> None:
+        self.scope = scope
+        self.key = key
+        self.allowed = allowed
+        self.remaining = remaining
+        self.limit = limit
+        self.reset_at = reset_at
+        self.retry_after_ms = retry_after_ms
+
+    def __repr__(self) -> str:
+        return f"LimitStatus({self.to_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LimitStatus) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,7 +60,7 @@ class LimitStatus:
             "allowed": self.allowed,
             "remaining": self.remaining,
             "limit": self.limit,
-            "reset_at": self.reset_at,
+            "reset_at": None if self.reset_at is None else round(self.reset_at, 3),
             "retry_after_ms": self.retry_after_ms,
         }
 

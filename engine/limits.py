@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,25 +36,57 @@ def bucket_key(scope: str, unit: str, window_ms: float, key: str) -> str:
     return f"{scope}/{unit}/{window_ms:g}/{key}"
 
 
-@dataclass(frozen=True, slots=True)
 class Applied:
-    """One limit as applied to one request: what to report about its bucket."""
+    """One limit as it applies to requests: what to report about its buckets."""
 
-    scope: str
-    key: str
-    unit: str
-    limit: float
-    window_ms: float
-    burst: float
-    source: str  # the policy location, or `quota`
+    __slots__ = ("burst", "capacity", "limit", "prefix", "rate", "scope", "source", "unit",
+                 "until", "when", "window_ms")  # fmt: skip
+
+    def __init__(
+        self,
+        scope: str,
+        unit: str,
+        limit: float,
+        window_ms: float,
+        burst: float,
+        source: str,
+        when: Any = None,
+        until: float | None = None,
+    ) -> None:
+        self.scope = scope
+        self.unit = unit
+        self.limit = limit
+        self.window_ms = window_ms
+        self.burst = burst
+        self.source = source  # the policy location, or `quota`
+        self.when = when
+        self.until = until
+        self.capacity = limit + burst
+        self.rate = limit / window_ms  # tokens per millisecond
+        self.prefix = f"{scope}/{unit}/{window_ms:g}/"
+
+    def active(self, env: Mapping[str, Any], now_s: float) -> bool:
+        if self.until is not None and self.until <= now_s:
+            return False
+        return self.when is None or bool(self.when(env, None))
+
+
+def _applied_from(limit: CompiledLimit) -> Applied:
+    return Applied(
+        limit.scope, limit.unit, limit.amount, limit.window_ms, limit.burst, limit.location,
+        limit.when, limit.until,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class _Group:
     scope: str
     unit: str
-    defaults: tuple[CompiledLimit, ...]
-    keyed: Mapping[str, tuple[CompiledLimit, ...]]
+    defaults: tuple[Applied, ...]
+    keyed: Mapping[str, tuple[Applied, ...]]
+    key_field: str | None  # user / ip: read this request field
+    key_fn: Any  # named scopes: the compiled key expression
+    conditional: bool  # some default has `when` or `until`
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,51 +109,54 @@ class Violation:
 
 def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
     order: list[tuple[str, str]] = []
-    defaults: dict[tuple[str, str], list[CompiledLimit]] = {}
-    keyed: dict[tuple[str, str], dict[str, list[CompiledLimit]]] = {}
+    members: dict[tuple[str, str], list[CompiledLimit]] = {}
     for limit in limits:
         ident = (limit.scope, limit.unit)
-        if ident not in defaults:
+        if ident not in members:
             order.append(ident)
-            defaults[ident] = []
-            keyed[ident] = {}
-        if limit.key is None:
-            defaults[ident].append(limit)
-        else:
-            keyed[ident].setdefault(limit.key, []).append(limit)
-    return tuple(
-        _Group(
-            scope,
-            unit,
-            tuple(defaults[(scope, unit)]),
-            {k: tuple(v) for k, v in keyed[(scope, unit)].items()},
+            members[ident] = []
+        members[ident].append(limit)
+    groups = []
+    for ident in order:
+        found = members[ident]
+        defaults = tuple(_applied_from(lim) for lim in found if lim.key is None)
+        keyed: dict[str, list[Applied]] = {}
+        for lim in found:
+            if lim.key is not None:
+                keyed.setdefault(lim.key, []).append(_applied_from(lim))
+        first = found[0]
+        groups.append(
+            _Group(
+                scope=ident[0],
+                unit=ident[1],
+                defaults=defaults,
+                keyed={k: tuple(v) for k, v in keyed.items()},
+                key_field=first.key_field,
+                key_fn=first.key_fn,
+                conditional=any(a.when is not None or a.until is not None for a in defaults),
+            )
         )
-        for scope, unit in order
-    )
+    return tuple(groups)
 
 
-def _scope_key(limit: CompiledLimit, env: Mapping[str, Any]) -> str | None:
-    if limit.scope == "global":
+def _scope_key(group: _Group, env: Mapping[str, Any]) -> str | None:
+    if group.scope == "global":
         return ""
-    if limit.key_field is not None:
-        value = env[limit.key_field]
-    elif limit.key_fn is not None:
-        value = limit.key_fn(env, None)
+    if group.key_field is not None:
+        value = env[group.key_field]
+    elif group.key_fn is not None:
+        value = group.key_fn(env, None)
     else:
         return None
     if value is None or value == "":
         return None
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def _active(limit: CompiledLimit, env: Mapping[str, Any], now_s: float) -> bool:
-    if limit.until is not None and limit.until <= now_s:
-        return False
-    return limit.when is None or bool(limit.when(env, None))
 
 
 @dataclass
@@ -131,10 +166,14 @@ class Limiter:
     store: Store
     clock: Callable[[], float] = time.time  # epoch seconds
     violations: deque[Violation] = field(default_factory=lambda: deque(maxlen=MAX_VIOLATIONS_KEPT))
-    tallies: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (day, scope, verdict)
+    # (day, scopes that applied) -> allowed decisions; (day, scope) -> denials by that scope
+    allowed_tallies: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
+    denied_tallies: Counter[tuple[str, str]] = field(default_factory=Counter)
     _groups: dict[int, tuple[_Group, ...]] = field(default_factory=dict)
     _quota_cache: tuple[float, dict[tuple[str, str], Quota]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _day_number: int = -1
+    _day_text: str = ""
 
     def groups(self, limits: tuple[CompiledLimit, ...]) -> tuple[_Group, ...]:
         cached = self._groups.get(id(limits))
@@ -155,29 +194,23 @@ class Limiter:
 
     def _applied(
         self, group: _Group, key: str, env: Mapping[str, Any], now_s: float
-    ) -> list[tuple[Applied, float]]:
-        """(what applies, tokens per ms) for one scope key."""
-        quota = self._quotas(now_s).get((group.scope, key)) if group.unit == "requests" else None
-        if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
-            return [
-                (
-                    Applied(
-                        group.scope, key, group.unit, quota.limit, quota.window_ms, quota.burst,
-                        "quota",
-                    ),
-                    quota.limit / quota.window_ms,
-                )
-            ]  # fmt: skip
-        keyed = [lim for lim in group.keyed.get(key, ()) if _active(lim, env, now_s)]
-        chosen = keyed if keyed else [lim for lim in group.defaults if _active(lim, env, now_s)]
-        return [
-            (
-                Applied(group.scope, key, lim.unit, lim.amount, lim.window_ms, lim.burst,
-                        lim.location),
-                lim.amount / lim.window_ms,
-            )
-            for lim in chosen
-        ]  # fmt: skip
+    ) -> tuple[Applied, ...] | list[Applied]:
+        """The limits that apply to one scope key: a quota, else keyed limits, else defaults."""
+        quotas = self._quotas(now_s)
+        if quotas and group.unit == "requests":
+            quota = quotas.get((group.scope, key))
+            if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
+                return [
+                    Applied(group.scope, "requests", quota.limit, quota.window_ms, quota.burst,
+                            "quota")
+                ]  # fmt: skip
+        if group.keyed:
+            keyed = [a for a in group.keyed.get(key, ()) if a.active(env, now_s)]
+            if keyed:
+                return keyed
+        if group.conditional:
+            return [a for a in group.defaults if a.active(env, now_s)]
+        return group.defaults
 
     def check(
         self,
@@ -193,78 +226,57 @@ class Limiter:
             env["max_tokens"] if env["max_tokens"] is not None else DEFAULT_OUTPUT_TOKENS
         )
         shared: list[Spec] = []
-        shared_info: list[Applied] = []
+        shared_info: list[tuple[Applied, str]] = []
         per_candidate: list[_Group] = []
-        spend: list[tuple[Applied, float]] = []
+        spend: list[tuple[Applied, str]] = []
         for group in self.groups(limits):
             if group.scope in PER_CANDIDATE_SCOPES:
                 per_candidate.append(group)
                 continue
-            key = _scope_key((group.defaults or next(iter(group.keyed.values())))[0], env)
+            key = _scope_key(group, env)
             if key is None:
                 continue
-            for applied, rate in self._applied(group, key, env, now_s):
+            for applied in self._applied(group, key, env, now_s):
                 if group.unit == "spend":
-                    spend.append((applied, rate))
+                    spend.append((applied, key))
                     continue
                 cost = 1.0 if group.unit == "requests" else tokens
-                shared.append(
-                    Spec(
-                        bucket_key(applied.scope, applied.unit, applied.window_ms, key),
-                        applied.limit + applied.burst,
-                        rate,
-                        cost,
-                    )
-                )
-                shared_info.append(applied)
-        option_info: list[list[Applied]] = []
+                shared.append(Spec(applied.prefix + key, applied.capacity, applied.rate, cost))
+                shared_info.append((applied, key))
+        if not per_candidate and not spend:
+            if not shared:
+                return Verdict(0, [], None)
+            result = self.store.acquire(shared, (), now, consume=consume)
+            return self._verdict(result, shared_info, [], env, now_s)
+        option_info: list[list[tuple[Applied, str]]] = []
 
-        def options() -> Any:
+        def options() -> Iterator[list[Spec]]:
             for provider, model_key, cost in candidates:
                 specs: list[Spec] = []
-                info: list[Applied] = []
+                info: list[tuple[Applied, str]] = []
                 for group in per_candidate:
                     key = provider if group.scope == "provider" else model_key
-                    for applied, rate in self._applied(group, key, env, now_s):
-                        unit_cost = (
-                            1.0
-                            if group.unit == "requests"
-                            else tokens
-                            if group.unit == "tokens"
-                            else cost
-                        )
+                    unit = group.unit
+                    unit_cost = 1.0 if unit == "requests" else tokens if unit == "tokens" else cost
+                    for applied in self._applied(group, key, env, now_s):
                         specs.append(
-                            Spec(
-                                bucket_key(applied.scope, applied.unit, applied.window_ms, key),
-                                applied.limit + applied.burst,
-                                rate,
-                                unit_cost,
-                            )
+                            Spec(applied.prefix + key, applied.capacity, applied.rate, unit_cost)
                         )
-                        info.append(applied)
-                for applied, rate in spend:
-                    specs.append(
-                        Spec(
-                            bucket_key(applied.scope, applied.unit, applied.window_ms, applied.key),
-                            applied.limit + applied.burst,
-                            rate,
-                            cost,
-                        )
-                    )
-                    info.append(applied)
+                        info.append((applied, key))
+                for applied, key in spend:
+                    specs.append(Spec(applied.prefix + key, applied.capacity, applied.rate, cost))
+                    info.append((applied, key))
                 option_info.append(info)
                 yield specs
 
-        if not shared and not per_candidate and not spend:
-            return Verdict(0, [], None)
         result = self.store.acquire(shared, options(), now, consume=consume)
         return self._verdict(result, shared_info, option_info, env, now_s)
 
     def _verdict(
         self,
         result: AcquireResult,
-        shared_info: list[Applied],
-        option_info: list[list[Applied]],
+        shared_info: list[tuple[Applied, str]],
+        option_info: list[list[tuple[Applied, str]]],
         env: Mapping[str, Any],
         now_s: float,
     ) -> Verdict:
@@ -274,40 +286,58 @@ class Limiter:
         elif len(result.outcomes) > len(shared_info) and option_info:
             info += option_info[-1]
         statuses = [
-            _status(applied, outcome)
-            for applied, outcome in zip(info, result.outcomes, strict=False)
+            _status(applied, key, outcome)
+            for (applied, key), outcome in zip(info, result.outcomes, strict=False)
         ]
-        day = time.strftime("%Y-%m-%d", time.gmtime(now_s))
-        denied_by = None
+        day = self._day(now_s)
+        if result.option is not None:
+            scopes = tuple(applied.scope for applied, _ in info)
+            with self._lock:
+                self.allowed_tallies[(day, scopes)] += 1
+            return Verdict(result.option, statuses, None)
+        failed = result.failed
+        index = next((i for i, o in enumerate(result.outcomes) if o is failed), len(info) - 1)
+        if index < 0 or failed is None:  # nothing to blame: cannot happen with a real store
+            return Verdict(
+                None, statuses, {"scope": "unknown", "key": None, "retry_after_ms": None}
+            )
+        applied, key = info[index]
+        denied_by = {
+            "scope": applied.scope,
+            "key": key or None,
+            "unit": applied.unit,
+            "retry_after_ms": statuses[index].retry_after_ms,
+        }
         with self._lock:
-            if result.option is None:
-                failed = result.failed
-                index = next(
-                    (i for i, o in enumerate(result.outcomes) if o is failed), len(statuses) - 1
+            self.violations.append(
+                Violation(
+                    now_s, applied.scope, key, applied.unit, failed.spec.cost,
+                    max(0.0, failed.available), env["id"],
                 )
-                applied = info[index] if info else None
-                status = statuses[index] if statuses else None
-                if applied is not None and failed is not None and status is not None:
-                    denied_by = {
-                        "scope": applied.scope,
-                        "key": applied.key,
-                        "unit": applied.unit,
-                        "retry_after_ms": status.retry_after_ms,
-                    }
-                    self.violations.append(
-                        Violation(
-                            now_s, applied.scope, applied.key, applied.unit,
-                            failed.spec.cost, max(0.0, failed.available), env["id"],
-                        )
-                    )  # fmt: skip
-                    self.tallies[(day, applied.scope, "denied")] += 1
-            else:
-                for applied in info:
-                    self.tallies[(day, applied.scope, "allowed")] += 1
-        return Verdict(result.option, statuses, denied_by)
+            )  # fmt: skip
+            self.denied_tallies[(day, applied.scope)] += 1
+        return Verdict(None, statuses, denied_by)
+
+    def daily_stats(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(day, scope) -> (allowed, denied): what `rate_limit_stats` holds."""
+        out: dict[tuple[str, str], list[int]] = {}
+        with self._lock:
+            for (day, scopes), count in self.allowed_tallies.items():
+                for scope in scopes:
+                    out.setdefault((day, scope), [0, 0])[0] += count
+            for (day, scope), count in self.denied_tallies.items():
+                out.setdefault((day, scope), [0, 0])[1] += count
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def _day(self, now_s: float) -> str:
+        number = int(now_s // 86_400)
+        if number != self._day_number:
+            self._day_number = number
+            self._day_text = time.strftime("%Y-%m-%d", time.gmtime(now_s))
+        return self._day_text
 
 
-def _status(applied: Applied, outcome: Outcome) -> LimitStatus:
+def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
     spec = outcome.spec
     if outcome.allowed:
         remaining = outcome.available - spec.cost
@@ -317,16 +347,16 @@ def _status(applied: Applied, outcome: Outcome) -> LimitStatus:
         retry = (
             None
             if spec.cost > spec.capacity
-            else math.ceil((spec.cost - outcome.available) / spec.rate)
+            else math.ceil((spec.cost - outcome.available) / spec.rate - 1e-9)
         )
     if applied.unit == "requests":
         remaining = math.floor(remaining + 1e-9)
     return LimitStatus(
-        scope=applied.scope,
-        key=applied.key or None,
-        allowed=outcome.allowed,
-        remaining=max(0.0, remaining),
-        limit=applied.limit,
-        reset_at=round(max(outcome.full_at, 0.0) / 1000.0, 3),
-        retry_after_ms=retry,
+        applied.scope,
+        key or None,
+        outcome.allowed,
+        remaining if remaining > 0 else 0,
+        applied.limit,
+        outcome.full_at / 1000.0,
+        retry,
     )
