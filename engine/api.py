@@ -73,10 +73,33 @@ class PolicyEngine:
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
+        self._decision_log: list[tuple[Any, ...]] = []
+        write_configs = getattr(self.store, "write_configs", None)
+        if write_configs is not None:
+            write_configs(limit_config_rows(self._program))
+
+    def flush(self) -> None:
+        """Hand the batched logs (violations, daily stats, decisions) to a persistent store."""
+        if not self.store.persistent:
+            return
+        limiter = self.limiter
+        violations = [
+            (v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
+            for v in limiter.violations
+        ]
+        stats = limiter.daily_stats()
+        decisions, self._decision_log = self._decision_log, []
+        limiter.violations.clear()
+        limiter.allowed_tallies.clear()
+        limiter.denied_tallies.clear()
+        self.store.flush(violations=violations, stats=stats, decisions=decisions)
 
     def close(self) -> None:
-        """Flush and close the state store."""
-        self.store.close()
+        """Flush the logs and close the state store."""
+        try:
+            self.flush()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> PolicyEngine:
         return self
@@ -105,7 +128,7 @@ class PolicyEngine:
         """
         program = self._program  # one snapshot per evaluation
         env = env_of(request)
-        return evaluate(
+        decision = evaluate(
             program,
             env,
             metrics=self._metrics,
@@ -114,3 +137,29 @@ class PolicyEngine:
             limiter=self.limiter,
             consume=not dry_run,
         )
+        if self.store.persistent and not dry_run:
+            denied = decision.denied_by or {}
+            self._decision_log.append(
+                (
+                    self.clock(), decision.request_id, decision.allowed, decision.route,
+                    decision.strategy, decision.provider, decision.model,
+                    decision.estimated_cost, decision.estimated_latency_ms,
+                    denied.get("scope") or denied.get("reason"), denied.get("key"),
+                    decision.policy_version,
+                )
+            )  # fmt: skip
+        return decision
+
+
+def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:
+    """The policy's limits as `rate_limit_configs` rows."""
+    rows = []
+    for limit in program.limits:
+        ident = f"{limit.scope}/{limit.unit}/{limit.window_ms:g}/{limit.key or '*'}"
+        rows.append(
+            (
+                ident, limit.scope, limit.key, limit.unit, limit.amount, limit.window_ms,
+                limit.burst, limit.until, limit.location,
+            )
+        )  # fmt: skip
+    return list({r[0]: r for r in rows}.values())

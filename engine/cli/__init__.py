@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from engine import __version__
 from engine.catalog import CatalogError
 from engine.cli import check_cmd, eval_cmd, schema_cmd
-from engine.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, UsageError
+from engine.cli.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ERROR, UsageError
 from engine.diagnostics import PolicyError
+from engine.stores.base import ConfigurationError, StoreBusyError
 
 EXAMPLE = """\
 examples:
@@ -54,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CatalogError as err:
         print(str(err), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UsageError as err:
+    except (UsageError, ConfigurationError) as err:
         print(f"policyctl: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreBusyError as err:
+        print(f"policyctl: error: {err}", file=sys.stderr)
+        return EXIT_BUSY
     except BrokenPipeError:
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # an internal failure (a bug): never for bad input
 EXIT_BAD_INPUT = 2
 EXIT_DENIED = 3
+EXIT_BUSY = 4  # the state store is locked by another process (waited, timed out)
 
 STATE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 

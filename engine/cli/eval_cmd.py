@@ -23,6 +23,7 @@ from engine.cli.common import (
 from engine.decision import Decision
 from engine.diagnostics import Diagnostic, Source, Span
 from engine.request import RequestError
+from engine.stores import default_state_url
 from engine.strategies import money
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
@@ -33,7 +34,7 @@ examples:
   policyctl eval --format table --explain examples/requests/vision.json
   cat requests.jsonl | policyctl eval - > decisions.jsonl
 
-exit codes: 0 allowed, 3 denied (at least one), 2 bad input
+exit codes: 0 allowed, 3 denied (at least one), 2 bad input, 4 state store busy
 """
 
 
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--state",
         metavar="URL",
-        help="rate-limit state: memory://, a DuckDB file path, or redis://… (in-memory for now)",
+        help="rate-limit state: memory://, a DuckDB file path (default: $POLICYCTL_STATE, else"
+        " ~/.local/state/policyctl/state.duckdb)",
     )
     p.add_argument("--dry-run", action="store_true", help="decide without consuming limits")
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
@@ -116,7 +118,17 @@ def run(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         print(f"policyctl: error: `{args.input}` is not UTF-8 text", file=sys.stderr)
         return EXIT_BAD_INPUT
-    engine = PolicyEngine(args.policy if args.policy is not None else default_policy_path())
+    engine = PolicyEngine(
+        args.policy if args.policy is not None else default_policy_path(),
+        state=args.state if args.state is not None else default_state_url(),
+    )
+    try:
+        return _evaluate_all(engine, args, name, text)
+    finally:
+        engine.close()
+
+
+def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, text: str) -> int:
     decisions: list[tuple[int | None, Decision]] = []
     bad = denied = False
     as_json = args.format == "json"
@@ -128,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 dump_json({"line": line, "error": item.message.splitlines()[0]})
             continue
         try:
-            decision = engine.evaluate(item, explain=args.explain)
+            decision = engine.evaluate(item, explain=args.explain, dry_run=args.dry_run)
         except RequestError as err:
             bad = True
             where = f"{name}:{line}" if line is not None else name
@@ -189,6 +201,12 @@ def _vertical(d: Decision) -> str:
         ("fallbacks", fallbacks or None),
         ("policy", d.policy_version),
     ]
+    for status in d.rate_limits:
+        who = f"{status.scope} {status.key}" if status.key else status.scope
+        if status.allowed:
+            rows.append(("limit", f"{who}: {status.remaining:g} left (limit {status.limit:g})"))
+        else:
+            rows.append(("limit", f"{who}: exhausted, retry after {status.retry_after_ms} ms"))
     if d.denied_by is not None and d.denied_by.get("reason") == "no_eligible_model":
         for c in d.denied_by["candidates"]:
             rows.append(("dropped", f"{c['provider']}/{c['model']}: {c['dropped_because']}"))

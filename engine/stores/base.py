@@ -90,6 +90,7 @@ class Store(Protocol):
     """Rate-limit state. Times are milliseconds since the epoch, from an injected clock."""
 
     url: str
+    persistent: bool  # whether `flush` writes logs somewhere (the engine then hands them over)
 
     def acquire(
         self,
@@ -121,5 +122,15 @@ class Store(Protocol):
     def set_quota(self, quota: Quota) -> None: ...
 
     def remove_quota(self, scope: str, key: str) -> bool: ...
+
+    def flush(
+        self,
+        *,
+        violations: Sequence[Sequence[object]] = (),
+        stats: dict[tuple[str, str], tuple[int, int]] | None = None,
+        decisions: Sequence[Sequence[object]] = (),
+    ) -> None:
+        """Write state and a batch of logs (persistent stores); a no-op in memory."""
+        ...
 
     def close(self) -> None: ...

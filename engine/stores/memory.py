@@ -23,11 +23,13 @@ EVICT_SLICE = 256  # keys examined per slice
 
 
 class MemoryStore:
+    persistent = False  # nothing to write back: logs stay with the limiter
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._full_at: dict[str, float] = {}
         self._quotas: dict[tuple[str, str], Quota] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._since_evict = 0
         self._evict_cursor: list[str] = []
 
@@ -142,6 +144,9 @@ class MemoryStore:
     def remove_quota(self, scope: str, key: str) -> bool:
         with self._lock:
             return self._quotas.pop((scope, key), None) is not None
+
+    def flush(self, **logs: object) -> None:
+        """Nothing to write: memory state lives and dies with the process."""
 
     def close(self) -> None:
         pass

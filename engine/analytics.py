@@ -1,0 +1,150 @@
+"""The DuckDB schema (the design's table and view names) and the queries behind the CLI.
+
+Tables: rate_limit_configs, rate_limit_buckets, rate_limit_violations, user_quotas,
+rate_limit_stats, decisions. Views: rate_limit_summary, active_buckets, recent_violations.
+Writers batch: a process collects violations, daily tallies and decisions in memory and
+writes them in one transaction (`write_batch`), never one row per decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_limit_configs (
+    id VARCHAR PRIMARY KEY,          -- scope/unit/window_ms/key
+    scope VARCHAR NOT NULL,
+    key VARCHAR,                     -- NULL: the scope's default
+    unit VARCHAR NOT NULL,           -- requests | tokens | spend
+    max_requests DOUBLE NOT NULL,    -- the limit per window
+    window_ms DOUBLE NOT NULL,
+    burst DOUBLE NOT NULL,
+    until TIMESTAMP,
+    source VARCHAR NOT NULL,         -- policy file:line:col
+    enabled BOOLEAN NOT NULL DEFAULT TRUE
+);
+CREATE TABLE IF NOT EXISTS rate_limit_buckets (
+    bucket_key VARCHAR PRIMARY KEY,  -- scope/unit/window_ms/key
+    scope VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    capacity DOUBLE NOT NULL,
+    rate_per_ms DOUBLE NOT NULL,
+    full_at_ms DOUBLE NOT NULL,      -- GCRA: when the bucket is full again
+    last_used_ms DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rate_limit_violations (
+    violated_at TIMESTAMP NOT NULL,
+    scope VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL,
+    tokens_requested DOUBLE NOT NULL,
+    tokens_available DOUBLE NOT NULL,
+    request_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS user_quotas (
+    scope VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    max_requests DOUBLE NOT NULL,
+    window_ms DOUBLE NOT NULL,
+    burst DOUBLE NOT NULL,
+    expires_at DOUBLE,               -- epoch seconds, NULL: never
+    created_at TIMESTAMP NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS rate_limit_stats (
+    day DATE NOT NULL,
+    scope VARCHAR NOT NULL,
+    total_requests BIGINT NOT NULL,
+    allowed_requests BIGINT NOT NULL,
+    denied_requests BIGINT NOT NULL,
+    PRIMARY KEY (day, scope)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    decided_at TIMESTAMP NOT NULL,
+    request_id VARCHAR,
+    allowed BOOLEAN NOT NULL,
+    route VARCHAR NOT NULL,
+    strategy VARCHAR NOT NULL,
+    provider VARCHAR,
+    model VARCHAR,
+    estimated_cost DOUBLE,
+    estimated_latency_ms DOUBLE,
+    denied_scope VARCHAR,
+    denied_key VARCHAR,
+    policy_version VARCHAR NOT NULL
+);
+CREATE OR REPLACE VIEW rate_limit_summary AS
+    SELECT scope,
+           sum(total_requests) AS total_requests,
+           sum(allowed_requests) AS allowed_requests,
+           sum(denied_requests) AS denied_requests,
+           CASE WHEN sum(total_requests) = 0 THEN NULL
+                ELSE round(100.0 * sum(allowed_requests) / sum(total_requests), 2) END
+               AS approval_rate
+    FROM rate_limit_stats GROUP BY scope;
+CREATE OR REPLACE VIEW active_buckets AS
+    SELECT bucket_key, scope, unit, key, capacity,
+           greatest(0.0, capacity - greatest(0.0, full_at_ms - epoch_ms(now())) * rate_per_ms)
+               AS tokens,
+           round(100.0 * greatest(0.0, capacity - greatest(0.0, full_at_ms - epoch_ms(now()))
+               * rate_per_ms) / capacity, 1) AS fill_percent,
+           make_timestamp(CAST(last_used_ms * 1000 AS BIGINT)) AS last_used
+    FROM rate_limit_buckets WHERE full_at_ms > epoch_ms(now());
+CREATE OR REPLACE VIEW recent_violations AS
+    SELECT * FROM rate_limit_violations
+    WHERE violated_at >= now()::TIMESTAMP - INTERVAL 24 HOUR ORDER BY violated_at DESC;
+"""
+
+
+def ensure_schema(con: Any) -> None:
+    con.execute(SCHEMA)
+
+
+def write_configs(con: Any, rows: Iterable[Sequence[Any]]) -> None:
+    """Replace the policy's limits: (id, scope, key, unit, limit, window_ms, burst, until_s,
+    source)."""
+    con.execute("DELETE FROM rate_limit_configs")
+    con.executemany(
+        "INSERT OR REPLACE INTO rate_limit_configs "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, to_timestamp(?)::TIMESTAMP, ?, TRUE)",
+        [tuple(r) for r in rows],
+    )
+
+
+def write_batch(
+    con: Any,
+    *,
+    violations: Sequence[Sequence[Any]] = (),
+    stats: dict[tuple[str, str], tuple[int, int]] | None = None,
+    decisions: Sequence[Sequence[Any]] = (),
+) -> None:
+    """Append a batch of log rows (inside the caller's transaction).
+
+    violations: (at_epoch_s, scope, key, unit, requested, available, request_id)
+    stats: (day, scope) -> (allowed, denied), added to the day's totals
+    decisions: (at_epoch_s, request_id, allowed, route, strategy, provider, model,
+                estimated_cost, estimated_latency_ms, denied_scope, denied_key, policy_version)
+    """
+    if violations:
+        con.executemany(
+            "INSERT INTO rate_limit_violations"
+            " VALUES (to_timestamp(?)::TIMESTAMP, ?, ?, ?, ?, ?, ?)",
+            [tuple(v) for v in violations],
+        )
+    for (day, scope), (allowed, denied) in (stats or {}).items():
+        con.execute(
+            "INSERT INTO rate_limit_stats VALUES (?::DATE, ?, ?, ?, ?) "
+            "ON CONFLICT (day, scope) DO UPDATE SET "
+            "total_requests = total_requests + excluded.total_requests, "
+            "allowed_requests = allowed_requests + excluded.allowed_requests, "
+            "denied_requests = denied_requests + excluded.denied_requests",
+            (day, scope, allowed + denied, allowed, denied),
+        )
+    if decisions:
+        con.executemany(
+            "INSERT INTO decisions VALUES (to_timestamp(?)::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?)",
+            [tuple(d) for d in decisions],
+        )

@@ -1,0 +1,220 @@
+"""A DuckDB file: the CLI's state, shared by successive `policyctl` runs.
+
+A process holds DuckDB's file lock for as long as it has the store open (DuckDB allows one
+writing process per file), so other processes wait for it — up to `lock_timeout_s`, then a
+clear error — and can never over-admit. While it holds the lock, the buckets live in memory
+(the memory store's algorithm, so both agree decision by decision) and are written back in
+one transaction with the batched logs on `flush`/`close`: nothing is half-written, and a
+failed command leaves the file as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine import analytics
+from engine.stores.base import Outcome, Quota, StoreBusyError
+from engine.stores.memory import MemoryStore
+
+FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
+
+
+def _connect(path: str, timeout_s: float) -> Any:
+    import duckdb  # imported lazily: only file-backed state needs it
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise StoreBusyError(f"cannot open state file `{path}`: {err}") from None
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(
+                    f"state file `{path}` is in use by another process; waited {timeout_s:g} s"
+                    " (set a longer wait, or use another --state)"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+class DuckDBStore(MemoryStore):
+    persistent = True
+
+    def __init__(self, path: str, *, lock_timeout_s: float = 10.0) -> None:
+        super().__init__(path)
+        file = Path(path).expanduser()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(file)
+        self._con = _connect(self.path, lock_timeout_s)
+        self._con.execute("BEGIN")
+        try:
+            analytics.ensure_schema(self._con)
+            self._con.execute("COMMIT")
+        except Exception:
+            self._con.execute("ROLLBACK")
+            raise
+        self._meta: dict[str, tuple[float, float, float]] = {}  # key -> capacity, rate, used
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._acquires = 0
+        self._load()
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        rows = self._con.execute(
+            "SELECT bucket_key, capacity, rate_per_ms, full_at_ms, last_used_ms"
+            " FROM rate_limit_buckets"
+        ).fetchall()
+        for key, capacity, rate, full_at, used in rows:
+            self._full_at[key] = full_at
+            self._meta[key] = (capacity, rate, used)
+        for scope, key, limit, window, burst, expires in self._con.execute(
+            "SELECT scope, key, max_requests, window_ms, burst, expires_at FROM user_quotas"
+        ).fetchall():
+            self._quotas[(scope, key)] = Quota(scope, key, limit, window, burst, expires)
+
+    # ------------------------------------------------------------------ buckets
+
+    def _take(self, outcome: Outcome, now: float) -> Outcome:
+        taken = super()._take(outcome, now)
+        spec = outcome.spec
+        self._meta[spec.key] = (spec.capacity, spec.rate, now)
+        self._dirty.add(spec.key)
+        self._deleted.discard(spec.key)
+        self._acquires += 1
+        return taken
+
+    def _maybe_evict(self, now: float) -> None:
+        if self._acquires >= FLUSH_EVERY:
+            self.flush()
+
+    def reset(self, prefix: str) -> int:
+        with self._lock:
+            keys = [k for k in self._full_at if k.startswith(prefix)]
+            for k in keys:
+                del self._full_at[k]
+                self._dirty.discard(k)
+                self._deleted.add(k)
+            return len(keys)
+
+    def evict(self, now: float) -> int:
+        return self.cleanup(now, idle_ms=0.0)
+
+    def cleanup(self, now: float, idle_ms: float) -> int:
+        """Delete buckets that are full and unused for `idle_ms`."""
+        with self._lock:
+            keys = [
+                k
+                for k, full_at in self._full_at.items()
+                if full_at <= now and now - self._meta.get(k, (0, 0, 0))[2] >= idle_ms
+            ]
+            for k in keys:
+                del self._full_at[k]
+                self._dirty.discard(k)
+                self._deleted.add(k)
+            return len(keys)
+
+    def bucket_details(self) -> list[tuple[str, float, float, float, float]]:
+        """(key, full_at_ms, capacity, rate_per_ms, last_used_ms) of every stored bucket."""
+        with self._lock:
+            return sorted(
+                (k, v, *self._meta.get(k, (0.0, 0.0, 0.0))) for k, v in self._full_at.items()
+            )
+
+    # ------------------------------------------------------------------ quotas
+
+    def set_quota(self, quota: Quota) -> None:
+        super().set_quota(quota)
+        self._write(
+            lambda con: con.execute(
+                "INSERT OR REPLACE INTO user_quotas VALUES (?, ?, ?, ?, ?, ?, now())",
+                (
+                    quota.scope,
+                    quota.key,
+                    quota.limit,
+                    quota.window_ms,
+                    quota.burst,
+                    quota.expires_at,
+                ),
+            )
+        )
+
+    def remove_quota(self, scope: str, key: str) -> bool:
+        removed = super().remove_quota(scope, key)
+        self._write(
+            lambda con: con.execute(
+                "DELETE FROM user_quotas WHERE scope = ? AND key = ?", (scope, key)
+            )
+        )
+        return removed
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def connection(self) -> Any:
+        return self._con
+
+    def _write(self, action: Any) -> None:
+        con = self._con
+        con.execute("BEGIN")
+        try:
+            action(con)
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+
+    def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
+        self._write(lambda con: analytics.write_configs(con, rows))
+
+    def flush(
+        self,
+        *,
+        violations: Sequence[Sequence[Any]] = (),
+        stats: dict[tuple[str, str], tuple[int, int]] | None = None,
+        decisions: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        """Write dirty buckets and a batch of logs in one transaction."""
+        with self._lock:
+            rows = []
+            for key in self._dirty:
+                full_at = self._full_at.get(key)
+                if full_at is None:
+                    continue
+                capacity, rate, used = self._meta[key]
+                scope, unit, _window, name = [*key.split("/", 3), "", "", ""][:4]
+                rows.append((key, scope, unit, name, capacity, rate, full_at, used))
+            deleted = list(self._deleted)
+
+            def action(con: Any) -> None:
+                if deleted:
+                    con.executemany(
+                        "DELETE FROM rate_limit_buckets WHERE bucket_key = ?",
+                        [(k,) for k in deleted],
+                    )
+                if rows:
+                    con.executemany(
+                        "INSERT OR REPLACE INTO rate_limit_buckets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                analytics.write_batch(con, violations=violations, stats=stats, decisions=decisions)
+
+            self._write(action)
+            self._dirty.clear()
+            self._deleted.clear()
+            self._acquires = 0
+
+    def close(self) -> None:
+        if self._con is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._con.close()
+            self._con = None
