@@ -28,7 +28,9 @@ ips = st.one_of(
     scalars,
 )
 metadata = st.one_of(
-    st.dictionaries(st.text(max_size=5), st.one_of(st.booleans(), st.integers(), st.text()), max_size=3),
+    st.dictionaries(
+        st.text(max_size=5), st.one_of(st.booleans(), st.integers(), st.text()), max_size=3
+    ),
     st.dictionaries(st.text(max_size=3), scalars, max_size=2),
     scalars,
 )

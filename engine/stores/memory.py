@@ -82,6 +82,7 @@ class MemoryStore:
                     return AcquireResult(index, tuple(taken), None)
             if not tried:  # no per-candidate buckets at all: the shared ones decide
                 taken = [self._take(o, now) for o in shared_out] if consume else shared_out
+                self._maybe_evict(now)
                 return AcquireResult(0, tuple(taken), None)
             return AcquireResult(None, tuple(shared_out + last), failed)
 
@@ -99,7 +100,7 @@ class MemoryStore:
             return
         self._since_evict = 0
         if not self._evict_cursor:
-            self._evict_cursor = list(self._full_at)
+            self._evict_cursor = list(reversed(self._full_at))  # oldest entries last
         batch = self._evict_cursor[-EVICT_SLICE:]
         del self._evict_cursor[-EVICT_SLICE:]
         table = self._full_at

@@ -1,0 +1,348 @@
+"""Token buckets and the limiter: one contract suite over every store, properties, threads.
+
+The memory store is the reference: every other store must agree with it decision by
+decision. Clocks are fake and stepped; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import PolicyEngine
+from engine.stores import ConfigurationError, open_store
+from engine.stores.base import Spec, Store
+from engine.stores.duckdb_store import DuckDBStore
+from engine.stores.memory import MemoryStore
+
+START = 1_800_000_000.0  # a fixed epoch second for the fake clock
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["memory", "duckdb"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+
+    def factory() -> Store:
+        if request.param == "memory":
+            store: Store = MemoryStore()
+        else:
+            store = DuckDBStore(str(tmp_path / f"state{len(opened)}.duckdb"))
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+def engine_with(policy: str, store: Store, clock: FakeClock) -> PolicyEngine:
+    return PolicyEngine.from_text(policy, state=store, clock=clock)
+
+
+USER_LIMIT = "limit user 100 per 1m burst 10\n"
+
+
+# ---------------------------------------------------------------- the design's example
+
+
+def test_design_example_110_at_once_then_one_every_600ms(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    engine = engine_with(USER_LIMIT, make_store(), clock)
+    allowed = [engine.evaluate({"id": f"r{i}", "user": "u"}).allowed for i in range(115)]
+    assert allowed.count(True) == 110
+    assert allowed[:110] == [True] * 110
+    denied = engine.evaluate({"id": "x", "user": "u"})
+    assert denied.denied_by == {
+        "scope": "user",
+        "key": "u",
+        "unit": "requests",
+        "retry_after_ms": 600,
+    }
+    clock.step(0.599)
+    assert not engine.evaluate({"id": "y", "user": "u"}).allowed
+    clock.step(0.001)
+    assert engine.evaluate({"id": "z", "user": "u"}).allowed
+    assert not engine.evaluate({"id": "z2", "user": "u"}).allowed
+    clock.step(60)  # a full window refills 100, capped at capacity 110
+    allowed = [engine.evaluate({"id": f"s{i}", "user": "u"}).allowed for i in range(120)]
+    assert allowed.count(True) == 100
+
+
+def test_denial_consumes_nothing_all_or_nothing(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    policy = "limit user 5 per 1m\nlimit ip 3 per 1m\n"
+    engine = engine_with(policy, make_store(), clock)
+    for i in range(3):
+        assert engine.evaluate({"id": f"a{i}", "user": "u", "ip": "10.0.0.1"}).allowed
+    denied = engine.evaluate({"id": "a3", "user": "u", "ip": "10.0.0.1"})
+    assert not denied.allowed
+    assert denied.denied_by["scope"] == "ip"
+    # the user bucket was not charged for the denied request: 2 left, from another ip
+    assert engine.evaluate({"id": "b1", "user": "u", "ip": "10.0.0.2"}).allowed
+    assert engine.evaluate({"id": "b2", "user": "u", "ip": "10.0.0.2"}).allowed
+    third = engine.evaluate({"id": "b3", "user": "u", "ip": "10.0.0.2"})
+    assert not third.allowed and third.denied_by["scope"] == "user"
+
+
+def test_dry_run_consumes_nothing(make_store: StoreFactory) -> None:
+    engine = engine_with("limit user 2 per 1m\n", make_store(), FakeClock())
+    for _ in range(10):
+        assert engine.evaluate({"id": "d", "user": "u"}, dry_run=True).allowed
+    assert [engine.evaluate({"id": "d", "user": "u"}).allowed for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_allowed_decision_reports_remaining_and_reset(make_store: StoreFactory) -> None:
+    clock = FakeClock()
+    engine = engine_with(USER_LIMIT, make_store(), clock)
+    decision = engine.evaluate({"id": "r", "user": "u"})
+    (status,) = decision.rate_limits
+    assert (status.scope, status.key, status.allowed) == ("user", "u", True)
+    assert status.remaining == 109
+    assert status.limit == 100
+    # one token at 100 per minute refills in 600 ms
+    assert status.reset_at == pytest.approx(START + 0.6)
+    assert status.retry_after_ms is None
+
+
+# ---------------------------------------------------------------- provider exhaustion
+
+
+def test_exhausted_provider_reroutes_then_denies(make_store: StoreFactory) -> None:
+    policy = """
+    defaults { strategy latency }
+    route r {
+        prefer gemini/gemini-1.5-flash-latest
+        prefer claude/claude-3-haiku-20240307
+    }
+    limit provider 2 per 1h
+    """
+    engine = engine_with(policy, make_store(), FakeClock())
+    picks = []
+    for i in range(5):
+        d = engine.evaluate({"id": f"p{i}", "user": "u"})
+        picks.append(d.provider if d.allowed else None)
+    assert picks == ["gemini", "gemini", "claude", "claude", None]
+    last = engine.evaluate({"id": "p5"})
+    assert last.denied_by["scope"] == "provider"
+    rerouted = engine_with(policy, make_store(), FakeClock())
+    for i in range(2):
+        rerouted.evaluate({"id": f"q{i}"})
+    third = rerouted.evaluate({"id": "q2"})
+    assert third.provider == "claude"
+    assert "provider or model limit" in third.reason
+
+
+# ---------------------------------------------------------------- keyed limits and quotas
+
+
+def test_keyed_limit_replaces_default_and_expires(make_store: StoreFactory) -> None:
+    clock = FakeClock()  # 2027-01-15
+    policy = (
+        "limit user 2 per 1m\n"
+        'limit user "vip" 5 per 1m until 2027-02-01\n'
+        'limit user "old" 5 per 1m until 2026-01-01\n'
+    )
+    engine = engine_with(policy, make_store(), clock)
+    vip = [engine.evaluate({"id": "v", "user": "vip"}).allowed for _ in range(7)]
+    assert vip.count(True) == 5
+    old = [engine.evaluate({"id": "o", "user": "old"}).allowed for _ in range(4)]
+    assert old.count(True) == 2  # expired keyed limit: the default applies
+
+
+def test_runtime_quota_overrides_policy(make_store: StoreFactory) -> None:
+    from engine.stores.base import Quota
+
+    clock = FakeClock()
+    store = make_store()
+    engine = engine_with("limit user 2 per 1m\n", store, clock)
+    store.set_quota(Quota("user", "big", 4, 60_000, 0, START + 3600))
+    engine.limiter.refresh_quotas()
+    assert [engine.evaluate({"id": "q", "user": "big"}).allowed for _ in range(5)].count(True) == 4
+    clock.step(7200)  # the quota expired; the policy's 2 per minute is back
+    engine.limiter.refresh_quotas()
+    assert [engine.evaluate({"id": "q", "user": "big"}).allowed for _ in range(5)].count(True) == 2
+
+
+def test_named_scope_with_when(make_store: StoreFactory) -> None:
+    policy = 'limit team = request.metadata.team 3 per 1m when request.metadata.tier == "free"\n'
+    engine = engine_with(policy, make_store(), FakeClock())
+    free = {"metadata": {"team": "a", "tier": "free"}}
+    paid = {"metadata": {"team": "a", "tier": "paid"}}
+    assert [engine.evaluate({"id": "f", **free}).allowed for _ in range(5)].count(True) == 3
+    assert all(engine.evaluate({"id": "p", **paid}).allowed for _ in range(5))
+
+
+def test_token_and_spend_units(make_store: StoreFactory) -> None:
+    policy = (
+        "defaults { strategy cost }\n"
+        "limit user tokens 1000 per 1m\n"
+        "limit user spend $0.001 per 1d\n"
+    )
+    engine = engine_with(policy, make_store(), FakeClock())
+    # 300 input + 100 output = 400 tokens each: two fit in 1000, the third does not
+    request = {"id": "t", "user": "u", "input_tokens": 300, "max_tokens": 100}
+    results = [engine.evaluate(request) for _ in range(3)]
+    assert [d.allowed for d in results] == [True, True, False]
+    assert results[2].denied_by["unit"] == "tokens"
+    # spend: gemini flash costs (1000*0.075 + 1000*0.30)/1e6 = $0.000375 per request
+    spender = {"id": "s", "user": "w", "input_tokens": 1000, "max_tokens": 1000}
+    policy_spend = "defaults { strategy cost }\nlimit user spend $0.001 per 1d\n"
+    engine2 = engine_with(policy_spend, make_store(), FakeClock())
+    allowed = [engine2.evaluate(spender).allowed for _ in range(4)]
+    assert allowed == [True, True, False, False]  # 2 × $0.000375 fit in $0.001, a third not
+    decisions = [engine2.evaluate(spender) for _ in range(3)]
+    # once the cheapest model no longer fits, a cheaper one cannot exist: denied by spend
+    assert all(not d.allowed for d in decisions)
+    assert decisions[0].denied_by["unit"] == "spend"
+
+
+# ---------------------------------------------------------------- stores agree
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=5.0),  # seconds to step
+            st.sampled_from(["a", "b", "c"]),  # user
+            st.sampled_from(["10.0.0.1", "10.0.0.2"]),  # ip
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_duckdb_agrees_with_memory(tmp_path_factory: pytest.TempPathFactory, steps: Any) -> None:
+    policy = "limit user 5 per 10s burst 2\nlimit ip 8 per 10s\nlimit provider 6 per 10s\n"
+    path = tmp_path_factory.mktemp("agree") / "state.duckdb"
+    mem_clock, db_clock = FakeClock(), FakeClock()
+    memory = engine_with(policy, MemoryStore(), mem_clock)
+    durable = engine_with(policy, DuckDBStore(str(path)), db_clock)
+    try:
+        for i, (step, user, ip) in enumerate(steps):
+            mem_clock.step(step)
+            db_clock.step(step)
+            request = {"id": f"r{i}", "user": user, "ip": ip}
+            a, b = memory.evaluate(request), durable.evaluate(request)
+            assert a.to_dict() == b.to_dict()
+    finally:
+        durable.close()
+
+
+def test_duckdb_state_survives_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.duckdb")
+    clock = FakeClock()
+    with engine_with("limit user 3 per 1h\n", DuckDBStore(path), clock) as engine:
+        assert [engine.evaluate({"id": "x", "user": "u"}).allowed for _ in range(2)] == [True] * 2
+    with engine_with("limit user 3 per 1h\n", DuckDBStore(path), clock) as engine:
+        assert [engine.evaluate({"id": "x", "user": "u"}).allowed for _ in range(2)] == [
+            True,
+            False,
+        ]
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2000), st.floats(min_value=0.1, max_value=30)),
+        min_size=1,
+        max_size=80,
+    ),
+    st.floats(min_value=1, max_value=100),
+    st.floats(min_value=0, max_value=50),
+)
+def test_never_more_than_capacity_plus_rate_times_elapsed(
+    steps: list[tuple[float, float]], limit: float, burst: float
+) -> None:
+    """Over any sequence of (time step ms, cost): admitted ≤ capacity + rate × elapsed, and
+    no bucket ever shows negative tokens."""
+    store = MemoryStore()
+    window_ms = 1000.0
+    capacity, rate = limit + burst, limit / window_ms
+    now = 0.0
+    admitted = 0.0
+    for step, cost in steps:
+        now += step
+        result = store.acquire([Spec("k", capacity, rate, cost)], (), now)
+        outcome = result.outcomes[0]
+        assert outcome.available >= -1e-6
+        if result.option is not None:
+            admitted += cost
+            assert outcome.available + 1e-6 >= cost
+        assert admitted <= capacity + rate * now + 1e-6
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_threads_never_over_admit() -> None:
+    clock = FakeClock()
+    engine = engine_with("limit user 100 per 1h burst 10\n", MemoryStore(), clock)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        local = [engine.evaluate({"id": f"t{n}-{i}", "user": "shared"}).allowed for i in range(50)]
+        with lock:
+            results.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 400
+    assert results.count(True) == 110
+
+
+# ---------------------------------------------------------------- eviction and URLs
+
+
+def test_idle_full_buckets_are_evicted() -> None:
+    store = MemoryStore()
+    for i in range(5000):
+        store.acquire([Spec(f"user/requests/1000/u{i}", 10, 0.01, 1)], (), 0.0)
+    assert len(store) == 5000
+    assert store.evict(now=50.0) == 0  # still refilling: 1 token takes 100 ms
+    assert store.evict(now=100.0) == 5000
+    assert len(store) == 0
+
+
+def test_eviction_runs_as_the_store_is_used() -> None:
+    store = MemoryStore()
+    for i in range(3000):
+        store.acquire([Spec(f"k{i}", 10, 1.0, 1)], (), float(i) * 10)
+    # keys touched long ago are full again and get swept in slices as acquires go on
+    assert len(store) < 3000
+
+
+def test_unknown_store_scheme_quotes_the_url() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown state store `ftp://x` \(scheme `ftp`\)"):
+        open_store("ftp://x")
+    assert isinstance(open_store("memory://"), MemoryStore)
