@@ -48,8 +48,7 @@ class Outcome(NamedTuple):
     full_at: float  # when the bucket is full again, after consuming (if consumed)
 
 
-@dataclass(frozen=True, slots=True)
-class AcquireResult:
+class AcquireResult(NamedTuple):
     option: int | None  # the option consumed, or None when denied
     outcomes: tuple[Outcome, ...]  # shared buckets, then the chosen (or last tried) option's
     failed: Outcome | None  # the first bucket without room, when denied

@@ -7,6 +7,7 @@ for long. One lock makes each `acquire` atomic across threads.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -17,6 +18,10 @@ from engine.stores.base import (
     Quota,
     Spec,
 )
+
+# tuple.__new__ makes these named tuples without a Python-level __new__ call (hot path)
+_outcome = functools.partial(tuple.__new__, Outcome)
+_result = functools.partial(tuple.__new__, AcquireResult)
 
 EVICT_EVERY = 1024  # acquires between eviction slices
 EVICT_SLICE = 256  # keys examined per slice
@@ -41,58 +46,54 @@ class MemoryStore:
         *,
         consume: bool = True,
     ) -> AcquireResult:
-        table = self._full_at
         with self._lock:
-            shared_out: list[Outcome] = []
-            failed: Outcome | None = None
-            for spec in shared:
-                full_at = table.get(spec.key)
-                have = spec.capacity
-                if full_at is not None and full_at > now:
-                    have -= (full_at - now) * spec.rate
-                ok = have + EPSILON >= spec.cost
-                outcome = Outcome(spec, have, ok, full_at if full_at is not None else now)
-                shared_out.append(outcome)
-                if not ok and failed is None:
-                    failed = outcome
+            shared_out, failed = self._check(shared, now)
             if failed is not None:
-                return AcquireResult(None, tuple(shared_out), failed)
+                return _result((None, tuple(shared_out), failed))
             last: list[Outcome] = []
             tried = False
             for index, option in enumerate(options):
                 tried = True
-                last = []
-                failed = None
-                for spec in option:
-                    full_at = table.get(spec.key)
-                    have = spec.capacity
-                    if full_at is not None and full_at > now:
-                        have -= (full_at - now) * spec.rate
-                    ok = have + EPSILON >= spec.cost
-                    outcome = Outcome(spec, have, ok, full_at if full_at is not None else now)
-                    last.append(outcome)
-                    if not ok:
-                        failed = outcome
-                        break
+                last, failed = self._check(option, now)
                 if failed is None:
                     taken = shared_out + last
                     if consume:
-                        taken = [self._take(o, now) for o in taken]
+                        taken = self._take_all(taken, now)
                     self._maybe_evict(now)
-                    return AcquireResult(index, tuple(taken), None)
+                    return _result((index, tuple(taken), None))
             if not tried:  # no per-candidate buckets at all: the shared ones decide
-                taken = [self._take(o, now) for o in shared_out] if consume else shared_out
+                taken = self._take_all(shared_out, now) if consume else shared_out
                 self._maybe_evict(now)
-                return AcquireResult(0, tuple(taken), None)
-            return AcquireResult(None, tuple(shared_out + last), failed)
+                return _result((0, tuple(taken), None))
+            return _result((None, tuple(shared_out + last), failed))
+
+    def _check(self, specs: Sequence[Spec], now: float) -> tuple[list[Outcome], Outcome | None]:
+        """Each bucket's tokens at `now`; stops at the first without room."""
+        table = self._full_at
+        out: list[Outcome] = []
+        for spec in specs:
+            full_at = table.get(spec[0])
+            have = spec[1]
+            if full_at is None:
+                full_at = now
+            elif full_at > now:
+                have -= (full_at - now) * spec[2]
+            outcome = _outcome((spec, have, have + EPSILON >= spec[3], full_at))
+            out.append(outcome)
+            if not outcome[2]:
+                return out, outcome
+        return out, None
+
+    def _take_all(self, outcomes: list[Outcome], now: float) -> list[Outcome]:
+        return [self._take(o, now) for o in outcomes]
 
     def _take(self, outcome: Outcome, now: float) -> Outcome:
-        spec = outcome.spec
-        full_at = self._full_at.get(spec.key)
+        spec = outcome[0]
+        full_at = self._full_at.get(spec[0])
         start = now if full_at is None or full_at < now else full_at
-        new = start + spec.cost / spec.rate
-        self._full_at[spec.key] = new
-        return outcome._replace(full_at=new)
+        new = start + spec[3] / spec[2]
+        self._full_at[spec[0]] = new
+        return _outcome((spec, outcome[1], outcome[2], new))
 
     def _maybe_evict(self, now: float) -> None:
         self._since_evict += 1
