@@ -15,6 +15,7 @@ checked per candidate: an exhausted one makes routing take the next candidate.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -26,6 +27,9 @@ from typing import Any
 from engine.compiler import CompiledLimit
 from engine.decision import LimitStatus
 from engine.stores.base import AcquireResult, Outcome, Quota, Spec, Store
+
+# tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
+_spec = functools.partial(tuple.__new__, Spec)
 
 DEFAULT_OUTPUT_TOKENS = 256  # the same output estimate routing uses
 PER_CANDIDATE_SCOPES = frozenset({"provider", "model"})
@@ -196,7 +200,9 @@ class Limiter:
         self, group: _Group, key: str, env: Mapping[str, Any], now_s: float
     ) -> tuple[Applied, ...] | list[Applied]:
         """The limits that apply to one scope key: a quota, else keyed limits, else defaults."""
-        quotas = self._quotas(now_s)
+        quotas = self._quota_cache[1] if now_s - self._quota_cache[0] <= 1.0 else None
+        if quotas is None:
+            quotas = self._quotas(now_s)
         if quotas and group.unit == "requests":
             quota = quotas.get((group.scope, key))
             if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
@@ -241,7 +247,7 @@ class Limiter:
                     spend.append((applied, key))
                     continue
                 cost = 1.0 if group.unit == "requests" else tokens
-                shared.append(Spec(applied.prefix + key, applied.capacity, applied.rate, cost))
+                shared.append(_spec((applied.prefix + key, applied.capacity, applied.rate, cost)))
                 shared_info.append((applied, key))
         if not per_candidate and not spend:
             if not shared:
@@ -260,11 +266,13 @@ class Limiter:
                     unit_cost = 1.0 if unit == "requests" else tokens if unit == "tokens" else cost
                     for applied in self._applied(group, key, env, now_s):
                         specs.append(
-                            Spec(applied.prefix + key, applied.capacity, applied.rate, unit_cost)
+                            _spec((applied.prefix + key, applied.capacity, applied.rate, unit_cost))
                         )
                         info.append((applied, key))
                 for applied, key in spend:
-                    specs.append(Spec(applied.prefix + key, applied.capacity, applied.rate, cost))
+                    specs.append(
+                        _spec((applied.prefix + key, applied.capacity, applied.rate, cost))
+                    )
                     info.append((applied, key))
                 option_info.append(info)
                 yield specs
