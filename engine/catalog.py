@@ -221,15 +221,17 @@ def parse_catalog(text: str, source: str) -> Catalog:
     return Catalog(models=tuple(models), source=source, digest=digest)
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+def load_catalog(path: str | os.PathLike[str], name: str | None = None) -> Catalog:
+    """Read and validate a catalog file; `name` is how messages show its path."""
     p = Path(path)
+    shown = name if name is not None else str(p)
     try:
         size = p.stat().st_size
         if size > MAX_CATALOG_BYTES:
-            raise CatalogError([f"{p}: catalog is too large (the limit is 8 MiB)"])
+            raise CatalogError([f"{shown}: catalog is too large (the limit is 8 MiB)"])
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise CatalogError([f"{p}: cannot read catalog: not UTF-8 text"]) from None
+        raise CatalogError([f"{shown}: cannot read catalog: not UTF-8 text"]) from None
     except OSError as err:
-        raise CatalogError([f"{p}: cannot read catalog: {err.strerror}"]) from None
-    return parse_catalog(text, str(p))
+        raise CatalogError([f"{shown}: cannot read catalog: {err.strerror}"]) from None
+    return parse_catalog(text, shown)

@@ -169,6 +169,7 @@ class Checker:
         total = 0.0
         units: set[Unit] = set()
         seen: set[str] = set()
+        bad_weight = False
         for factor in item.factors:
             fname = factor.name.text
             if fname not in WEIGHT_FACTORS:
@@ -182,7 +183,12 @@ class Checker:
                     else "factors: " + ", ".join(f"`{f}`" for f in WEIGHT_FACTORS),
                 )
             elif fname in seen:
-                self.error("E0213", f"factor `{fname}` is given twice", factor.name.span)
+                self.error(
+                    "E0213",
+                    f"factor `{fname}` is given twice",
+                    factor.name.span,
+                    "give each factor once",
+                )
             seen.add(fname)
             if factor.weight.unit not in (Unit.PERCENT, Unit.COUNT):
                 self.error(
@@ -191,10 +197,20 @@ class Checker:
                     factor.weight.span,
                     "write `latency: 60%`",
                 )
+                bad_weight = True
                 continue
             units.add(factor.weight.unit)
             total += float(factor.weight.value)  # type: ignore[arg-type]
-        if units == {Unit.PERCENT} and item.factors and abs(total - 1.0) > 1e-9:
+        if bad_weight:
+            return
+        if len(units) > 1:
+            self.error(
+                "E0217",
+                "factor weights mix percentages and plain numbers",
+                item.span,
+                "write every weight as a percentage: `weighted(latency: 60%, cost: 40%)`",
+            )
+        elif units == {Unit.PERCENT} and item.factors and abs(total - 1.0) > 1e-9:
             self.error(
                 "E0215",
                 f"factor weights add up to {total * 100:g}%, not 100%",
@@ -202,7 +218,12 @@ class Checker:
                 "make the percentages add up to 100%",
             )
         elif item.factors and total <= 0:
-            self.error("E0216", "factor weights must be greater than zero", item.span)
+            self.error(
+                "E0216",
+                "factor weights must be greater than zero",
+                item.span,
+                "give at least one factor a positive weight",
+            )
 
     def _value_setting(self, item: ast.ValueSetting) -> None:
         key, value = item.key.text, item.value
@@ -212,16 +233,28 @@ class Checker:
                 "E0220",
                 f"`{key}` is {_article(want)}, not {_article(value.unit)}",
                 value.span,
-                f"write it like {_EXAMPLES[want]}",
+                _setting_hint(want, value),
             )
             return
         number = float(value.value)  # type: ignore[arg-type]
         if key == "min_success_rate" and not 0.0 <= number <= 1.0:
-            self.error("E0221", "`min_success_rate` must be between 0% and 100%", value.span)
+            self.error(
+                "E0221",
+                "`min_success_rate` must be between 0% and 100%",
+                value.span,
+                "for example `min_success_rate 80%`",
+            )
         elif key == "min_samples" and number != int(number):
-            self.error("E0222", "`min_samples` must be a whole number", value.span)
+            self.error(
+                "E0222",
+                "`min_samples` must be a whole number",
+                value.span,
+                "for example `min_samples 100`",
+            )
         elif key == "window" and number <= 0:
-            self.error("E0223", "`window` must be longer than zero", value.span)
+            self.error(
+                "E0223", "`window` must be longer than zero", value.span, "for example `window 24h`"
+            )
 
     # routes ----------------------------------------------------------------
 
@@ -252,7 +285,12 @@ class Checker:
                             "write `weight 40`",
                         )
                     elif float(w.value) <= 0:  # type: ignore[arg-type]
-                        self.error("E0232", "a weight must be greater than zero", w.span)
+                        self.error(
+                            "E0232",
+                            "a weight must be greater than zero",
+                            w.span,
+                            "leave the model out, or `exclude` it",
+                        )
             elif isinstance(item, ast.Exclude):
                 for ref in item.refs:
                     self._model_ref(ref)
@@ -335,7 +373,12 @@ class Checker:
             if t is None:
                 return None
             if t[0] is Unit.LIST:
-                self.error("E0310", "lists cannot hold lists", element.span)
+                self.error(
+                    "E0310",
+                    "lists cannot hold lists",
+                    element.span,
+                    'write one flat list, e.g. `["eu", "us"]`',
+                )
                 return None
             if t[0] in (Unit.NULL, Unit.ANY):
                 continue
@@ -368,7 +411,7 @@ class Checker:
             self.error(
                 "E0321",
                 f"unknown name `{root}`",
-                path.span,
+                Span(path.span.source, path.span.start, path.span.start + len(root)),
                 f"did you mean `{guess}`?" if guess else "fields start with `request.`",
             )
             return None
@@ -436,7 +479,9 @@ class Checker:
             return
         if Unit.ANY in (lt[0], rt[0]):
             if op not in ("==", "!=") and Unit.LIST in (lt[0], rt[0]):
-                self.error("E0331", f"`{op}` does not order lists", expr.op_span)
+                self.error(
+                    "E0331", f"`{op}` does not order lists", expr.op_span, "use `==` or `!=`"
+                )
             return
         if lt[0] is not rt[0] or (lt[0] is Unit.LIST and not _items_match(lt[1], rt[1])):
             self._mismatch(expr, lt, rt)
@@ -488,8 +533,17 @@ class Checker:
         hay: tuple[ast.Expr, FieldType],
     ) -> None:
         (n_expr, nt), (h_expr, ht) = needle, hay
-        if ht[0] is Unit.STRING and nt[0] in (Unit.STRING, Unit.ANY):
-            return  # substring test
+        if ht[0] is Unit.STRING:
+            if nt[0] in (Unit.STRING, Unit.ANY, Unit.NULL):
+                return  # substring test
+            self.error(
+                "E0342",
+                f"unit mismatch: `{_text(h_expr)}` is a string, `{_text(n_expr)}` is"
+                f" {describe(nt)}",
+                n_expr.span,
+                'look for a string, e.g. `"eu"`',
+            )
+            return
         if ht[0] is Unit.ANY:
             return
         if ht[0] is not Unit.LIST:
@@ -501,7 +555,12 @@ class Checker:
             )
             return
         if nt[0] is Unit.LIST:
-            self.error("E0341", f"`{expr.op}` looks for one value, not a list", n_expr.span)
+            self.error(
+                "E0341",
+                f"`{expr.op}` looks for one value, not a list",
+                n_expr.span,
+                "split it: `a in list and b in list`",
+            )
             return
         if not _items_match(ht[1], nt[0]):
             self.error(
@@ -525,7 +584,7 @@ class Checker:
                 f"did you mean `{guess}`?"
                 if guess
                 else "scopes: `global`, `user`, `ip`, `provider`, `model`; a named scope"
-                f" needs a key: `limit {scope} = request.metadata.{scope} …`",
+                f" needs a key: `limit {scope} = {_key_example(scope)} …`",
             )
         if limit.key_expr is not None:
             if scope in STANDARD_SCOPES:
@@ -543,6 +602,7 @@ class Checker:
                         f"a limit key must be a string, but `{limit.key_expr.dotted}` is"
                         f" {describe(t)}",
                         limit.key_expr.span,
+                        "key a scope by a string field, e.g. `request.metadata.team`",
                     )
         if limit.key is not None:
             if limit.key.unit is not Unit.STRING:
@@ -554,8 +614,38 @@ class Checker:
                     limit.key.span,
                     "remove the key, or use `user`, `ip`, `provider` or `model`",
                 )
+            elif scope == "provider" and str(limit.key.value) not in self.catalog.providers:
+                guess = did_you_mean(str(limit.key.value), self.catalog.providers)
+                self.error(
+                    "E0406",
+                    f"unknown provider `{limit.key.value}`",
+                    limit.key.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "providers in the catalog: "
+                    + ", ".join(f"`{p}`" for p in self.catalog.providers),
+                )
+            elif scope == "model" and self._limit_model(str(limit.key.value)) is None:
+                key = str(limit.key.value)
+                names = [
+                    f"{m.provider}/{n}" for m in self.catalog.models for n in (m.id, *m.aliases)
+                ]
+                guess = did_you_mean(key, names)
+                self.error(
+                    "E0407",
+                    f"unknown model `{key}`",
+                    limit.key.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "a model limit's key is `provider/model`, e.g. `openai/gpt-4o`",
+                )
             elif not str(limit.key.value).strip():
-                self.error("E0405", "a limit key cannot be empty", limit.key.span)
+                self.error(
+                    "E0405",
+                    "a limit key cannot be empty",
+                    limit.key.span,
+                    f'name the key, e.g. `limit {scope} "vip-user" …`',
+                )
         unit = limit.unit.text if limit.unit else "requests"
         assert unit in LIMIT_UNITS
         want = Unit.MONEY if unit == "spend" else Unit.COUNT
@@ -571,7 +661,12 @@ class Checker:
                 "write `per 1m`, `per 1h` or `per 1d`",
             )
         elif float(w.value) <= 0:  # type: ignore[arg-type]
-            self.error("E0411", "a limit's window must be longer than zero", w.span)
+            self.error(
+                "E0411",
+                "a limit's window must be longer than zero",
+                w.span,
+                "write `per 1m`, `per 1h` or `per 1d`",
+            )
         if limit.when is not None:
             self._condition(limit.when, allow_model=False)
 
@@ -580,7 +675,10 @@ class Checker:
     ) -> None:
         if lit.unit is not want:
             if want is Unit.MONEY:
-                hint = f"a `spend` {what} is money: write `${lit.text.rstrip('kKMB%')}`"
+                if lit.unit is Unit.COUNT:
+                    hint = f"a `spend` {what} is money: write `${_plain(float(lit.value))}`"  # type: ignore[arg-type]
+                else:
+                    hint = f"a `spend` {what} is money, e.g. `$5`"
             elif lit.unit is Unit.MONEY:
                 hint = f"to limit money, write `spend`: `limit … spend {lit.text} per 1d`"
             else:
@@ -600,6 +698,10 @@ class Checker:
                 lit.span,
                 "to block traffic, write a route that denies it" if what == "limit" else None,
             )
+
+    def _limit_model(self, key: str) -> object | None:
+        provider, _, name = key.partition("/")
+        return self.catalog.find(provider, name) if name else None
 
     # lint ------------------------------------------------------------------
 
@@ -645,6 +747,20 @@ class Checker:
             return list(self.catalog.by_provider(ref.provider.text))
         model = self.catalog.find(ref.provider.text, ref.model.text)
         return [model] if model else []
+
+
+def _key_example(scope: str) -> str:
+    return f"request.{scope}" if scope in REQUEST_FIELDS else f"request.metadata.{scope}"
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def _setting_hint(want: Unit, value: ast.Literal) -> str:
+    if want is Unit.DURATION and value.unit is Unit.COUNT:
+        return f"durations carry a unit: write `{value.text}h`, `{value.text}m` or `{value.text}s`"
+    return f"write it like {_EXAMPLES[want]}"
 
 
 def _setting_key(item: ast.RouteItem) -> str | None:

@@ -254,7 +254,7 @@ def _compile_compare(expr: ast.Compare) -> Pred:
 
         def ordered_const(r: Env, m: Mapping[str, Any] | None) -> bool:
             v = get(r, m)
-            if v is None:
+            if v is None or isinstance(v, bool):
                 return False
             try:
                 return fn(v, rvalue)
@@ -266,7 +266,7 @@ def _compile_compare(expr: ast.Compare) -> Pred:
 
     def ordered(r: Env, m: Mapping[str, Any] | None) -> bool:
         a, b = get_l(r, m), get_r(r, m)
-        if a is None or b is None:
+        if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
             return False
         try:
             return fn(a, b)
@@ -308,17 +308,25 @@ def _contains(hay: Any, needle: Any) -> bool:
     if isinstance(hay, str):
         return isinstance(needle, str) and needle in hay
     if isinstance(hay, list | tuple | frozenset | set):
-        return needle in hay
+        if isinstance(needle, bool):
+            return any(item is needle for item in hay)
+        return any(item == needle and not isinstance(item, bool) for item in hay)
     return False
 
 
 def _compile_membership(needle: Fn, hay_expr: ast.Expr, *, negate: bool) -> Pred:
     const, value = _literal_value(hay_expr)
     if const and isinstance(value, list) and all(_hashable(v) for v in value):
-        members = frozenset(v for v in value if v is not None)
+        # booleans are not numbers: keep them apart (`True in {1}` is true in Python)
+        members = frozenset(v for v in value if v is not None and not isinstance(v, bool))
+        flags = frozenset(v for v in value if isinstance(v, bool))
+
+        def member(v: Any) -> bool:
+            return v in flags if isinstance(v, bool) else v in members
+
         if negate:
-            return lambda r, m: (v := needle(r, m)) is not None and v not in members
-        return lambda r, m: (v := needle(r, m)) is not None and v in members
+            return lambda r, m: (v := needle(r, m)) is not None and not member(v)
+        return lambda r, m: (v := needle(r, m)) is not None and member(v)
     hay = compile_expr(hay_expr)
     if negate:
         return lambda r, m: (
@@ -452,9 +460,13 @@ def _compile_route(
     )
 
 
-def _compile_limit(limit: ast.Limit) -> CompiledLimit:
+def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
     scope = limit.scope.text
     key = None if limit.key is None else str(limit.key.value)
+    if scope == "model" and key is not None:  # an alias names its model's canonical key
+        provider, _, name = key.partition("/")
+        model = catalog.find(provider, name)
+        key = model.key if model is not None else key
     unit = limit.unit.text if limit.unit is not None else "requests"
     name = scope if key is None else f'{scope} "{key}"'
     if unit != "requests":
@@ -476,9 +488,10 @@ def _compile_limit(limit: ast.Limit) -> CompiledLimit:
 
 
 def policy_version(texts: Iterable[tuple[str, str]], catalog: Catalog) -> str:
+    """A content hash: file base names (not where they were loaded from), texts, catalog."""
     digest = hashlib.sha256()
     for name, text in texts:
-        digest.update(name.encode())
+        digest.update(name.replace("\\", "/").rsplit("/", 1)[-1].encode())
         digest.update(b"\0")
         digest.update(text.encode())
         digest.update(b"\0")
@@ -515,7 +528,7 @@ def compile_program(
         provider_rank=_provider_rank(base, catalog),
     )
     limits = tuple(
-        _compile_limit(stmt)
+        _compile_limit(stmt, catalog)
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Limit)

@@ -25,12 +25,15 @@ class Alternative:
 class LimitStatus:
     """One bucket's state after a decision (a plain slotted class: made on the hot path)."""
 
-    __slots__ = ("allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope")
+    __slots__ = (
+        "allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope", "unit",
+    )  # fmt: skip
 
     def __init__(
         self,
         scope: str,
         key: str | None,
+        unit: str,
         allowed: bool,
         remaining: float,
         limit: float,
@@ -39,6 +42,7 @@ class LimitStatus:
     ) -> None:
         self.scope = scope
         self.key = key
+        self.unit = unit  # requests | tokens | spend
         self.allowed = allowed
         self.remaining = remaining
         self.limit = limit
@@ -57,6 +61,7 @@ class LimitStatus:
         return {
             "scope": self.scope,
             "key": self.key,
+            "unit": self.unit,
             "allowed": self.allowed,
             "remaining": self.remaining,
             "limit": self.limit,
@@ -127,6 +132,7 @@ class _LimitSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scope: str
     key: str | None
+    unit: str
     allowed: bool
     remaining: float
     limit: float

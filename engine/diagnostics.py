@@ -45,7 +45,8 @@ class Source:
             return ""
         start = self._line_starts[line - 1]
         end = self.text.find("\n", start)
-        return self.text[start:] if end < 0 else self.text[start:end]
+        line_text = self.text[start:] if end < 0 else self.text[start:end]
+        return line_text.rstrip("\r")
 
     def span(self, start: int, end: int) -> Span:
         return Span(self, start, max(start, end))
@@ -90,8 +91,8 @@ class Diagnostic:
     file: str | None = None  # for diagnostics with no span (a missing file)
 
     def sort_key(self) -> tuple[str, int, str]:
-        if self.span is None:
-            return (self.file or "", -1, self.message)
+        if self.span is None:  # no place: keep the order they were found in (sort is stable)
+            return (self.file or "", -1, "")
         return (self.span.source.name, self.span.start, self.message)
 
     def headline(self) -> str:

@@ -22,7 +22,7 @@ from engine.compiler import CAPABILITY_BITS, CompiledRoute, ModelRow, Program
 from engine.decision import Alternative, Decision, LimitStatus
 from engine.limits import Limiter, Verdict
 from engine.metrics import MetricsView, NoMetrics
-from engine.strategies import STRATEGIES, Candidate, Context, money
+from engine.strategies import STRATEGIES, Candidate, Context, exact_money, money
 
 DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
 MAX_ALTERNATIVES = 3
@@ -148,11 +148,9 @@ def evaluate(
             cost = (input_tokens * row.input_price + output * row.output_price) / 1e6
             latency = stats.p95_ms if measured else row.latency_prior_ms  # type: ignore[union-attr]
             if max_cost is not None and cost > max_cost:
-                problem = f"estimated cost {money(cost)} exceeds max_cost {money(max_cost)}"
+                problem = f"estimated cost {money(cost)} exceeds max_cost {exact_money(max_cost)}"
             elif max_latency is not None and latency > max_latency:
-                problem = (
-                    f"estimated latency {latency:.0f}ms exceeds max_latency {max_latency:.0f}ms"
-                )
+                problem = f"estimated latency {latency:.0f}ms exceeds max_latency {max_latency:g}ms"
             else:
                 survivors.append(
                     Candidate(
@@ -221,11 +219,12 @@ def evaluate(
             }
         )
     samples = chosen.samples
-    confidence = (
-        1.0
-        if min_samples <= 0
-        else PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, samples / min_samples)
-    )
+    if samples <= 0:  # catalog priors only
+        confidence = PRIOR_CONFIDENCE
+    elif min_samples <= 0:
+        confidence = 1.0
+    else:
+        confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, samples / min_samples)
     return Decision(
         request_id=env["id"],
         allowed=True,

@@ -75,11 +75,14 @@ class Applied:
         return self.when is None or bool(self.when(env, None))
 
 
-def _applied_from(limit: CompiledLimit) -> Applied:
-    return Applied(
+def _applied_from(limit: CompiledLimit, ordinal: int) -> Applied:
+    applied = Applied(
         limit.scope, limit.unit, limit.amount, limit.window_ms, limit.burst, limit.location,
         limit.when, limit.until,
     )  # fmt: skip
+    if ordinal:  # a second limit with the same scope, unit and window gets its own bucket
+        applied.prefix = f"{limit.scope}/{limit.unit}/{limit.window_ms:g}#{ordinal + 1}/"
+    return applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +123,20 @@ def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
             order.append(ident)
             members[ident] = []
         members[ident].append(limit)
+    seen: Counter[tuple[str, str, float, str | None]] = Counter()
+    ordinals: dict[int, int] = {}
+    for limit in limits:
+        ident4 = (limit.scope, limit.unit, limit.window_ms, limit.key)
+        ordinals[id(limit)] = seen[ident4]
+        seen[ident4] += 1
     groups = []
     for ident in order:
         found = members[ident]
-        defaults = tuple(_applied_from(lim) for lim in found if lim.key is None)
+        defaults = tuple(_applied_from(lim, ordinals[id(lim)]) for lim in found if lim.key is None)
         keyed: dict[str, list[Applied]] = {}
         for lim in found:
             if lim.key is not None:
-                keyed.setdefault(lim.key, []).append(_applied_from(lim))
+                keyed.setdefault(lim.key, []).append(_applied_from(lim, ordinals[id(lim)]))
         first = found[0]
         groups.append(
             _Group(
@@ -362,6 +371,7 @@ def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
     return LimitStatus(
         applied.scope,
         key or None,
+        applied.unit,
         outcome.allowed,
         remaining if remaining > 0 else 0,
         applied.limit,

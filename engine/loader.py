@@ -17,7 +17,7 @@ from engine.catalog import Catalog, CatalogError, load_catalog
 from engine.checker import check
 from engine.compiler import Program, compile_program
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.parser import MAX_SOURCE_BYTES, parse
+from engine.parser import MAX_SOURCE_BYTES, describe_size, parse
 from engine.resources import default_policy_dir
 
 
@@ -49,21 +49,20 @@ def _read(path: Path) -> str:
                 [
                     Diagnostic(
                         "E0001",
-                        f"policy file is too large ({size / (1 << 20):.1f} MiB;"
-                        " the limit is 1 MiB)",
+                        f"policy file is too large ({describe_size(size)}; the limit is 1 MiB)",
                         None,
-                        file=str(path),
+                        file=_display(path),
                     )
                 ]
             )
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise PolicyError(
-            [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=str(path))]
+            [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=_display(path))]
         ) from None
     except OSError as err:
         raise PolicyError(
-            [Diagnostic("E0006", f"cannot read: {err.strerror}", None, file=str(path))]
+            [Diagnostic("E0006", f"cannot read: {err.strerror}", None, file=_display(path))]
         ) from None
 
 
@@ -96,7 +95,7 @@ def _catalog_for(
         target = chosen[1]
         stmt_span = chosen[0].path.span
     try:
-        return load_catalog(target)
+        return load_catalog(target, _display(target))
     except CatalogError as err:
         if stmt_span is not None and not target.exists():
             diagnostics.append(
@@ -104,7 +103,7 @@ def _catalog_for(
                     "E0205",
                     f"catalog file `{chosen[0].path.value}` not found",  # type: ignore[index]
                     stmt_span,
-                    f"looked for {target}; the path is relative to the policy file",
+                    f"looked for {_display(target)}; the path is relative to the policy file",
                 )
             )
         else:

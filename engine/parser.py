@@ -21,7 +21,8 @@ from engine.resources import grammar_path
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
 MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
-MAX_NESTING = 64  # parentheses, lists and `not` chains
+MAX_NESTING = 64  # nested `not`, lists, `and`/`or` groups and comparisons (parentheses alone
+# build no nodes, so any depth of them is fine)
 
 # What a person calls the grammar's terminals, for "expected …" messages.
 _TERMINAL_NAMES = {
@@ -124,11 +125,16 @@ class _Builder(Transformer[Token, Any]):
             try:
                 value, unit = read_number(text)
             except UnitError as err:
-                self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
+                help_text = "numbers have at most 18 digits" if "large" in str(err) else UNIT_HELP
+                self.errors.append(Diagnostic("E0102", str(err), span, help_text))
                 return ast.Literal(0.0, Unit.COUNT, span, text)
             return ast.Literal(value, unit, span, text)
         if kind == "MONEY":
-            return ast.Literal(read_money(text), Unit.MONEY, span, text)
+            try:
+                return ast.Literal(read_money(text), Unit.MONEY, span, text)
+            except UnitError as err:
+                self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
+                return ast.Literal(0.0, Unit.MONEY, span, text)
         if kind == "STRING":
             return ast.Literal(_unquote(text), Unit.STRING, span, text)
         if kind in ("TRUE", "FALSE"):
@@ -167,6 +173,7 @@ class _Builder(Transformer[Token, Any]):
     @v_args(meta=True)
     def route_block(self, meta: Any, children: list[Any]) -> ast.Route:
         name, when, *items = children
+        when = None if when is None else self._expr(when)
         return ast.Route(self._name(name), when, tuple(items), self._span_meta(meta))
 
     @v_args(meta=True)
@@ -201,7 +208,7 @@ class _Builder(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def require(self, meta: Any, children: list[Any]) -> ast.Require:
-        return ast.Require(children[0], self._span_meta(meta))
+        return ast.Require(self._expr(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
     def model_ref(self, meta: Any, children: list[Any]) -> ast.ModelRef:
@@ -223,7 +230,7 @@ class _Builder(Transformer[Token, Any]):
             amount=self._literal(amount),
             window=self._literal(window),
             burst=None if burst is None else self._literal(burst),
-            when=when,
+            when=None if when is None else self._expr(when),
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
         )
@@ -278,12 +285,17 @@ def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
+def describe_size(size: int) -> str:
+    mib = size / (1 << 20)
+    return f"{mib:.1f} MiB" if mib >= 1.05 else f"{size:,} bytes"
+
+
 def _check_size(source: Source) -> Diagnostic | None:
     size = len(source.text.encode("utf-8", "surrogatepass"))
     if size > MAX_SOURCE_BYTES:
         return Diagnostic(
             "E0001",
-            f"policy file is too large ({size / (1 << 20):.1f} MiB; the limit is 1 MiB)",
+            f"policy file is too large ({describe_size(size)}; the limit is 1 MiB)",
             None,
             None,
             file=source.name,

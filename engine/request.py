@@ -92,9 +92,25 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 
 def _explain(err: ValidationError) -> list[tuple[str, str]]:
-    problems = []
+    problems: list[tuple[str, str]] = []
+    reported: set[str] = set()
     for e in err.errors(include_url=False):
-        name = _field_name(tuple(e["loc"]))
+        loc = tuple(e["loc"])
+        if len(loc) >= 3 and loc[0] == "metadata":  # one problem per key, not per type tried
+            name = _field_name(loc[:2])
+            if name not in reported:
+                reported.add(name)
+                problems.append(
+                    (f"field `{name}`", "metadata values are strings, numbers or booleans")
+                )
+            continue
+        if len(loc) >= 4 and loc[0] == "messages" and loc[2] == "content":
+            name = _field_name(loc[:3])
+            if name not in reported:
+                reported.add(name)
+                problems.append((f"field `{name}`", "content is a string or a list of parts"))
+            continue
+        name = _field_name(loc)
         if e["type"] == "extra_forbidden":
             message = f"unknown field `{name}`"
             from engine.diagnostics import did_you_mean  # stdlib-only module

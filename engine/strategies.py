@@ -8,6 +8,7 @@ Ties are broken by catalog order, so a ranking is always deterministic.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ def strategy(name: str) -> Callable[[Strategy], Strategy]:
     return register
 
 
+def exact_money(value: float) -> str:
+    """USD as given (a limit someone wrote), without rounding it into something else."""
+    return "$0" if value <= 0 else "$" + f"{value:.12f}".rstrip("0").rstrip(".")
+
+
 # sort keys: the measure, then the other measure, then catalog order (relative scores are
 # best/x in 0–1, 1 for the best)
 _BY_LATENCY = operator.attrgetter("latency_ms", "cost", "index")
@@ -73,11 +79,13 @@ _BY_COST = operator.attrgetter("cost", "latency_ms", "index")
 
 
 def money(value: float) -> str:
-    if value == 0:
+    """USD for people: 4 decimals from a cent up, else two significant digits."""
+    if value <= 0:
         return "$0"
     if value >= 0.01:
         return f"${value:.4f}".rstrip("0").rstrip(".")
-    return f"${value:.7f}".rstrip("0")
+    digits = max(7, 1 - math.floor(math.log10(value)))
+    return f"${value:.{digits}f}".rstrip("0").rstrip(".")
 
 
 @strategy("latency")

@@ -29,6 +29,8 @@ def read_number(text: str) -> tuple[float, Unit]:
         i += 1
     digits, suffix = text[:i].replace("_", ""), text[i:]
     value = float(digits)
+    if len(digits) > 18 or value > 1e18:
+        raise UnitError(f"number `{text}` is too large")
     if suffix in DURATION_MS:
         return value * DURATION_MS[suffix], Unit.DURATION
     if suffix == "%":
@@ -39,7 +41,10 @@ def read_number(text: str) -> tuple[float, Unit]:
 
 
 def read_money(text: str) -> float:
-    return float(text.lstrip("$").replace("_", ""))
+    digits = text.lstrip("$").replace("_", "")
+    if len(digits) > 18:
+        raise UnitError(f"amount `{text}` is too large")
+    return float(digits)
 
 
 def read_date(text: str) -> float:
