@@ -93,12 +93,15 @@ class CompiledRoute:
     rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
     provider_order: tuple[str, ...] = ()  # providers by rank
     factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(model_row(m) for m in self.candidates))
         order = tuple(sorted(self.provider_rank, key=self.provider_rank.__getitem__))
         object.__setattr__(self, "provider_order", order)
         object.__setattr__(self, "factor_weights", self.settings.factor_weights)
+        order = {key: i for i, key in enumerate(self.settings.fallback_models)}
+        object.__setattr__(self, "fallback_order", order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +370,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                     (f.name.text, float(f.weight.value) / total)  # type: ignore[arg-type]
                     for f in item.factors
                 )
-            elif item.name.text == "weighted":
-                values["factors"] = DEFAULT_FACTORS
+            elif item.name.text == "weighted" and base.strategy != "weighted":
+                values["factors"] = DEFAULT_FACTORS  # a bare `weighted` inherits defaults' factors
         elif isinstance(item, ast.ValueSetting):
             key = item.key.text
             number = float(item.value.value)  # type: ignore[arg-type]

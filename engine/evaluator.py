@@ -183,9 +183,11 @@ def evaluate(
         draw=draw(env["key"]) if settings.strategy == "model-specific" else 0.0,
         turn=turn,
         provider_rank=route.provider_rank,
+        fallback_models=route.fallback_order,
     )
     ranked, reason = STRATEGIES[settings.strategy](survivors, ctx)
     statuses: list[LimitStatus] = []
+    limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     if limiter is not None and program.limits:
         verdict = limiter.check(
             program.limits,
@@ -198,10 +200,13 @@ def evaluate(
             return _rate_limited(program, env, route, verdict, trace)
         if verdict.option:
             skipped = ranked[: verdict.option]
-            ranked = ranked[verdict.option :] + skipped
-            reason += (
-                f"; took the next candidate: {len(skipped)} ranked higher"
-                f" {'is' if len(skipped) == 1 else 'are'} at a provider or model limit"
+            ranked = ranked[verdict.option :]  # the skipped are neither alternatives nor fallbacks
+            limited = {c.model.provider for c, _ in skipped}
+            n = len(skipped)
+            reason = (
+                f"Ranked #{n + 1} by {settings.strategy}: the {n} ranked above"
+                f" {'it is' if n == 1 else 'it are'} at a provider or model rate limit"
+                f" ({', '.join(c.key for c, _ in skipped[:3])}{', …' if n > 3 else ''})"
             )
             if trace is not None:
                 for c, _ in skipped:
@@ -240,16 +245,18 @@ def evaluate(
             Alternative(c.model.provider, c.model.id, round(s, 4))
             for c, s in ranked[1 : 1 + MAX_ALTERNATIVES]
         ],
-        fallbacks=_fallbacks(route, ranked),
+        fallbacks=_fallbacks(route, ranked, limited),
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
     )
 
 
-def _fallbacks(route: CompiledRoute, ranked: list[tuple[Candidate, float]]) -> list[dict[str, str]]:
+def _fallbacks(
+    route: CompiledRoute, ranked: list[tuple[Candidate, float]], limited: set[str]
+) -> list[dict[str, str]]:
     """Explicit `fallback provider/model` entries first, then for each other provider in
-    fallback order its best-ranked eligible model."""
+    fallback order its best-ranked eligible model; none from a provider skipped at a limit."""
     chosen = ranked[0][0].model
     chain: list[Model] = []
     if route.settings.fallback_models:
@@ -262,7 +269,8 @@ def _fallbacks(route: CompiledRoute, ranked: list[tuple[Candidate, float]]) -> l
     for c, _ in ranked:
         if c.model.provider not in best_by_provider:
             best_by_provider[c.model.provider] = c.model
-    covered = {m.provider for m in chain}
+    chain = [m for m in chain if m.provider not in limited]
+    covered = {m.provider for m in chain} | limited
     covered.add(chosen.provider)
     for provider in route.provider_order:
         if provider not in covered and provider in best_by_provider:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.catalog import Model
 
@@ -51,6 +51,7 @@ class Context:
     draw: float  # in [0, 1): deterministic per request id
     turn: int  # round-robin: how many decisions this route has made
     provider_rank: Mapping[str, int]  # failover: provider order
+    fallback_models: Mapping[str, int] = field(default_factory=dict)  # failover: explicit order
 
 
 Ranked = list[tuple[Candidate, float]]
@@ -169,8 +170,15 @@ def round_robin(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
 @strategy("failover")
 def failover(cands: list[Candidate], ctx: Context) -> tuple[Ranked, str]:
     far = len(ctx.provider_rank)
+    explicit = ctx.fallback_models
+    last = len(explicit)
     ordered = sorted(
-        enumerate(cands), key=lambda ic: (ctx.provider_rank.get(ic[1].model.provider, far), ic[0])
+        enumerate(cands),
+        key=lambda ic: (
+            explicit.get(ic[1].key, last),  # `fallback provider/model` entries come first
+            ctx.provider_rank.get(ic[1].model.provider, far),
+            ic[0],
+        ),
     )
     n = len(ordered)
     ranked = [(c, 1.0 - i / n) for i, (_, c) in enumerate(ordered)]

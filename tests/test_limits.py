@@ -153,7 +153,12 @@ def test_exhausted_provider_reroutes_then_denies(make_store: StoreFactory) -> No
         rerouted.evaluate({"id": f"q{i}"})
     third = rerouted.evaluate({"id": "q2"})
     assert third.provider == "claude"
-    assert "provider or model limit" in third.reason
+    assert third.reason == (
+        "Ranked #2 by latency: the 1 ranked above it is at a provider or model rate limit"
+        " (gemini/gemini-1.5-flash-latest)"
+    )
+    assert third.alternatives == []  # the limited candidate is not offered again
+    assert third.fallbacks == []
 
 
 # ---------------------------------------------------------------- keyed limits and quotas
