@@ -184,6 +184,10 @@ def _table(decisions: list[tuple[int | None, Decision]]) -> str:
     return render_table(headers, rows)
 
 
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
 def _vertical(d: Decision) -> str:
     alternatives = ", ".join(f"{a.provider}/{a.model} ({a.score:.2f})" for a in d.alternatives)
     fallbacks = " → ".join(f"{f['provider']}/{f['model']}" for f in d.fallbacks)
@@ -203,8 +207,14 @@ def _vertical(d: Decision) -> str:
     ]
     for status in d.rate_limits:
         who = f"{status.scope} {status.key}" if status.key else status.scope
+        if status.unit != "requests":
+            who += f" ({status.unit})"
+        amount = money if status.unit == "spend" else _count
         if status.allowed:
-            rows.append(("limit", f"{who}: {status.remaining:g} left (limit {status.limit:g})"))
+            left = f"{amount(status.remaining)} left (limit {amount(status.limit)}, plus burst)"
+            rows.append(("limit", f"{who}: {left}"))
+        elif status.retry_after_ms is None:
+            rows.append(("limit", f"{who}: the request is larger than the limit"))
         else:
             rows.append(("limit", f"{who}: exhausted, retry after {status.retry_after_ms} ms"))
     if d.denied_by is not None and d.denied_by.get("reason") == "no_eligible_model":
