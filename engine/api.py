@@ -22,7 +22,7 @@ from engine.diagnostics import Diagnostic
 from engine.evaluator import EvalState, evaluate
 from engine.limits import Limiter
 from engine.loader import Loaded, compile_sources, load_policy
-from engine.metrics import MetricsView, NoMetrics
+from engine.metrics import LiveMetrics, MetricsView
 from engine.request import Request, env_of
 from engine.stores import Store, open_store
 
@@ -68,7 +68,8 @@ class PolicyEngine:
     ) -> None:
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
-        self._metrics: MetricsView = metrics or NoMetrics()
+        window_s = self._program.default_route.settings.window_ms / 1000.0
+        self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
         self._state = EvalState()
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
@@ -131,11 +132,12 @@ class PolicyEngine:
         decision = evaluate(
             program,
             env,
-            metrics=self._metrics,
+            metrics=self.metrics,
             state=self._state,
             explain=explain,
             limiter=self.limiter,
             consume=not dry_run,
+            now=self.clock(),
         )
         if self.store.persistent and not dry_run:
             denied = decision.denied_by or {}
@@ -149,6 +151,67 @@ class PolicyEngine:
                 )
             )  # fmt: skip
         return decision
+
+    def record(
+        self,
+        decision: Decision,
+        *,
+        latency_ms: float,
+        success: bool,
+        output_tokens: int | None = None,
+        input_tokens: int | None = None,
+        cost: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Feed an outcome back: what happened when `decision` was carried out.
+
+        Cost is `cost` if given, else computed from the tokens when both are given, else the
+        decision's estimate. `at` is epoch seconds (default: now). O(1) in memory.
+        """
+        if not decision.allowed or decision.provider is None or decision.model is None:
+            raise ValueError("only an allowed decision has an outcome to record")
+        self.record_outcome(
+            decision.provider,
+            decision.model,
+            latency_ms=latency_ms,
+            success=success,
+            output_tokens=output_tokens,
+            input_tokens=input_tokens,
+            cost=cost if cost is not None or output_tokens is not None else decision.estimated_cost,
+            at=at,
+        )
+
+    def record_outcome(
+        self,
+        provider: str,
+        model: str,
+        *,
+        latency_ms: float,
+        success: bool,
+        output_tokens: int | None = None,
+        input_tokens: int | None = None,
+        cost: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Record an outcome for `provider`/`model` (an id or an alias in the catalog)."""
+        found = self._program.catalog.find(provider, model)
+        if found is None:
+            raise ValueError(f"unknown model `{provider}/{model}`")
+        if not isinstance(latency_ms, int | float) or not latency_ms >= 0 or latency_ms == INF:
+            raise ValueError(
+                f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
+            )
+        if not isinstance(success, bool):
+            raise ValueError(f"success must be true or false, got {success!r}")
+        if cost is None:
+            cost = found.cost(input_tokens or 0, output_tokens or 0)
+        record = getattr(self.metrics, "record", None)
+        if record is None:
+            raise TypeError("this engine's metrics source does not take outcomes")
+        record(found.key, float(latency_ms), success, float(cost), at)
+
+
+INF = float("inf")
 
 
 def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:

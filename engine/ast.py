@@ -131,6 +131,15 @@ class FallbackSetting:
 
 
 @dataclass(frozen=True, slots=True)
+class CooldownSetting:
+    """`cooldown after 3 failures for 30s`."""
+
+    failures: Literal
+    duration: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -149,7 +158,7 @@ class Require:
     span: Span
 
 
-Setting = StrategySetting | ValueSetting | FallbackSetting
+Setting = StrategySetting | ValueSetting | FallbackSetting | CooldownSetting
 RouteItem = Setting | Prefer | Exclude | Require
 
 

@@ -144,6 +144,31 @@ class Checker:
             elif isinstance(item, ast.FallbackSetting):
                 for ref in item.refs:
                     self._model_ref(ref)
+            elif isinstance(item, ast.CooldownSetting):
+                self._cooldown(item)
+
+    def _cooldown(self, item: ast.CooldownSetting) -> None:
+        failures, duration = item.failures, item.duration
+        if (
+            failures.unit is not Unit.COUNT
+            or float(failures.value) < 1
+            or (  # type: ignore[arg-type]
+                float(failures.value) != int(float(failures.value))  # type: ignore[arg-type]
+            )
+        ):
+            self.error(
+                "E0224",
+                "a cooldown counts consecutive failures: a whole number from 1",
+                failures.span,
+                "for example `cooldown after 3 failures for 30s`",
+            )
+        if duration.unit is not Unit.DURATION or float(duration.value) <= 0:  # type: ignore[arg-type]
+            self.error(
+                "E0225",
+                "a cooldown lasts a duration longer than zero",
+                duration.span,
+                "for example `cooldown after 3 failures for 30s`",
+            )
 
     def _strategy(self, item: ast.StrategySetting) -> None:
         name = item.name.text
@@ -770,6 +795,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return item.key.text
     if isinstance(item, ast.FallbackSetting):
         return "fallback"
+    if isinstance(item, ast.CooldownSetting):
+        return "cooldown"
     return None
 
 

@@ -34,6 +34,8 @@ class Settings:
     window_ms: float = 86_400_000.0
     fallback: tuple[str, ...] = ()  # provider order
     fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
+    cooldown_failures: int = 0  # 0: no cooldown
+    cooldown_ms: float = 0.0
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -393,6 +395,9 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                         models.append(model.key)
             values["fallback"] = tuple(providers)
             values["fallback_models"] = tuple(models)
+        elif isinstance(item, ast.CooldownSetting):
+            values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]
+            values["cooldown_ms"] = float(item.duration.value)  # type: ignore[arg-type]
     if not values:
         return base
     merged = {name: values.get(name, getattr(base, name)) for name in Settings.__dataclass_fields__}

@@ -96,6 +96,7 @@ def evaluate(
     explain: bool = False,
     limiter: Limiter | None = None,
     consume: bool = True,
+    now: float = 0.0,
 ) -> Decision:
     metrics = metrics or NoMetrics()
     trace: list[dict[str, Any]] | None = [] if explain else None
@@ -110,7 +111,7 @@ def evaluate(
     max_cost = env["max_cost"]
     max_latency = env["max_latency"]
     needs = _needs_mask(env)
-    measuring = not isinstance(metrics, NoMetrics)
+    measuring = metrics.has_data
     min_samples = settings.min_samples
     survivors: list[Candidate] = []
     dropped: list[tuple[Model, str]] = []
@@ -133,8 +134,16 @@ def evaluate(
         stats = metrics.stats(row.key) if measuring and problem is None else None
         measured = stats is not None and stats.samples >= min_samples
         if stats is not None and problem is None:
-            if stats.in_cooldown:
-                problem = "in cooldown after consecutive failures"
+            if (
+                settings.cooldown_failures
+                and stats.consecutive_failures >= settings.cooldown_failures
+                and (now - stats.last_failure_at) * 1000.0 < settings.cooldown_ms
+            ):
+                left = settings.cooldown_ms - (now - stats.last_failure_at) * 1000.0
+                problem = (
+                    f"in cooldown after {stats.consecutive_failures} consecutive failures"
+                    f" ({left / 1000:.1f}s left)"
+                )
             elif measured and stats.success_rate < settings.min_success_rate:
                 problem = (
                     f"success rate {stats.success_rate:.0%} is under "

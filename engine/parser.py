@@ -197,6 +197,13 @@ class _Builder(Transformer[Token, Any]):
         return ast.FallbackSetting(tuple(children), self._span_meta(meta))
 
     @v_args(meta=True)
+    def cooldown_setting(self, meta: Any, children: list[Any]) -> ast.CooldownSetting:
+        failures, _word, duration = children
+        return ast.CooldownSetting(
+            self._literal(failures), self._literal(duration), self._span_meta(meta)
+        )
+
+    @v_args(meta=True)
     def prefer(self, meta: Any, children: list[Any]) -> ast.Prefer:
         ref, weight = children
         lit = None if weight is None else self._literal(weight)
