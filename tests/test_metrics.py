@@ -121,7 +121,7 @@ def test_unhealthy_success_rate_is_skipped_and_confidence_grows() -> None:
     engine = PolicyEngine.from_text(POLICY, clock=clock)
     decision = engine.evaluate({"id": "a"})
     assert decision.confidence == 0.25
-    for i in range(10):
+    for _ in range(10):
         engine.record(decision, latency_ms=500.0, success=True)
     half = engine.evaluate({"id": "b"})
     assert half.confidence == pytest.approx(0.25 + 0.75 * 10 / 20)
