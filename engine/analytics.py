@@ -1,7 +1,8 @@
 """The DuckDB schema (the design's table and view names) and the queries behind the CLI.
 
 Tables: rate_limit_configs, rate_limit_buckets, rate_limit_violations, user_quotas,
-rate_limit_stats, decisions. Views: rate_limit_summary, active_buckets, recent_violations.
+rate_limit_stats, decisions, outcomes. Views: rate_limit_summary, active_buckets,
+recent_violations, provider_metrics (exact `quantile_cont` percentiles over 24 h).
 Writers batch: a process collects violations, daily tallies and decisions in memory and
 writes them in one transaction (`write_batch`), never one row per decision.
 """
@@ -75,6 +76,30 @@ CREATE TABLE IF NOT EXISTS decisions (
     denied_key VARCHAR,
     policy_version VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    recorded_at TIMESTAMP NOT NULL,
+    provider VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    latency_ms DOUBLE NOT NULL,
+    success BOOLEAN NOT NULL,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cost DOUBLE,
+    request_id VARCHAR,
+    route VARCHAR,
+    user_id VARCHAR
+);
+CREATE OR REPLACE VIEW provider_metrics AS
+    SELECT provider, model,
+           quantile_cont(latency_ms, 0.50) AS p50_ms,
+           quantile_cont(latency_ms, 0.95) AS p95_ms,
+           quantile_cont(latency_ms, 0.99) AS p99_ms,
+           avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS success_rate,
+           avg(cost) AS avg_cost,
+           count(*) AS samples
+    FROM outcomes
+    WHERE recorded_at >= now()::TIMESTAMP - INTERVAL 24 HOUR
+    GROUP BY provider, model;
 CREATE OR REPLACE VIEW rate_limit_summary AS
     SELECT scope,
            sum(total_requests) AS total_requests,
@@ -99,6 +124,8 @@ CREATE OR REPLACE VIEW recent_violations AS
 
 
 def ensure_schema(con: Any) -> None:
+    """Create what is missing. Timestamps are UTC (naive TIMESTAMP columns hold UTC)."""
+    con.execute("SET TimeZone = 'UTC'")
     con.execute(SCHEMA)
 
 
@@ -148,3 +175,27 @@ def write_batch(
             " ?, ?)",
             [tuple(d) for d in decisions],
         )
+
+
+OUTCOME_COLUMNS = (
+    "recorded_at", "provider", "model", "latency_ms", "success", "input_tokens",
+    "output_tokens", "cost", "request_id", "route", "user_id",
+)  # fmt: skip
+
+
+def write_outcomes(con: Any, rows: Sequence[Sequence[Any]]) -> None:
+    """Append outcome rows: (epoch_s, provider, model, latency_ms, success, input_tokens,
+    output_tokens, cost, request_id, route, user_id)."""
+    con.executemany(
+        "INSERT INTO outcomes VALUES (to_timestamp(?)::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [tuple(r) for r in rows],
+    )
+
+
+def recent_outcomes(con: Any, since_epoch_s: float) -> list[tuple[Any, ...]]:
+    """(epoch_s, provider, model, latency_ms, success, cost) since a time, oldest first."""
+    return con.execute(
+        "SELECT epoch(recorded_at), provider, model, latency_ms, success, coalesce(cost, 0)"
+        " FROM outcomes WHERE recorded_at >= to_timestamp(?)::TIMESTAMP ORDER BY recorded_at",
+        (since_epoch_s,),
+    ).fetchall()

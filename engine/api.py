@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from engine.analytics import recent_outcomes
 from engine.compiler import Program
 from engine.decision import Decision
 from engine.diagnostics import Diagnostic
@@ -23,8 +24,9 @@ from engine.evaluator import EvalState, evaluate
 from engine.limits import Limiter
 from engine.loader import Loaded, compile_sources, load_policy
 from engine.metrics import LiveMetrics, MetricsView
+from engine.outcome_log import OutcomeWriter
 from engine.request import Request, env_of
-from engine.stores import Store, open_store
+from engine.stores import Store, open_analytics, open_store
 
 
 class PolicyEngine:
@@ -35,14 +37,17 @@ class PolicyEngine:
         state: str | Store = "memory://",
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
+        outcomes: str | None = None,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
         `clock`: epoch seconds; tests pass a fake one.
+        `outcomes`: a DuckDB file for the outcome log (default: the state file, if it is one);
+        the live metrics window is warmed from it at start.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
-        self._setup(load_policy(policy), state, clock, metrics)
+        self._setup(load_policy(policy), state, clock, metrics, outcomes)
 
     @classmethod
     def from_text(
@@ -53,10 +58,11 @@ class PolicyEngine:
         state: str | Store = "memory://",
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
+        outcomes: str | None = None,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
-        engine._setup(compile_sources([(name, text)]), state, clock, metrics)
+        engine._setup(compile_sources([(name, text)]), state, clock, metrics, outcomes)
         return engine
 
     def _setup(
@@ -65,6 +71,7 @@ class PolicyEngine:
         state: str | Store,
         clock: Callable[[], float],
         metrics: MetricsView | None,
+        outcomes: str | None = None,
     ) -> None:
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
@@ -78,6 +85,27 @@ class PolicyEngine:
         write_configs = getattr(self.store, "write_configs", None)
         if write_configs is not None:
             write_configs(limit_config_rows(self._program))
+        self._own_connection: Any = None
+        self.outcome_log: OutcomeWriter | None = None
+        connection = getattr(self.store, "connection", None)
+        if outcomes is not None:
+            self._own_connection = connection = open_analytics(outcomes)
+        if connection is not None:
+            self._warm_start(connection, window_s)
+            self.outcome_log = OutcomeWriter(connection)
+
+    def _warm_start(self, connection: Any, window_s: float) -> None:
+        """Fill the live window from the outcome log (what happened in the last window)."""
+        record = getattr(self.metrics, "record", None)
+        if record is None:
+            return
+        catalog = self._program.catalog
+        for at, provider, model, latency, success, cost in recent_outcomes(
+            connection, self.clock() - window_s
+        ):
+            found = catalog.find(provider, model)
+            if found is not None:
+                record(found.key, latency, bool(success), cost, at)
 
     def flush(self) -> None:
         """Hand the batched logs (violations, daily stats, decisions) to a persistent store."""
@@ -96,11 +124,16 @@ class PolicyEngine:
         self.store.flush(violations=violations, stats=stats, decisions=decisions)
 
     def close(self) -> None:
-        """Flush the logs and close the state store."""
+        """Flush the logs (outcomes included) and close the state store."""
         try:
+            if self.outcome_log is not None:
+                self.outcome_log.close()
             self.flush()
         finally:
             self.store.close()
+            if self._own_connection is not None:
+                self._own_connection.close()
+                self._own_connection = None
 
     def __enter__(self) -> PolicyEngine:
         return self
@@ -179,6 +212,8 @@ class PolicyEngine:
             input_tokens=input_tokens,
             cost=cost if cost is not None or output_tokens is not None else decision.estimated_cost,
             at=at,
+            request_id=decision.request_id,
+            route=decision.route,
         )
 
     def record_outcome(
@@ -192,6 +227,9 @@ class PolicyEngine:
         input_tokens: int | None = None,
         cost: float | None = None,
         at: float | None = None,
+        request_id: str | None = None,
+        route: str | None = None,
+        user: str | None = None,
     ) -> None:
         """Record an outcome for `provider`/`model` (an id or an alias in the catalog)."""
         found = self._program.catalog.find(provider, model)
@@ -209,6 +247,14 @@ class PolicyEngine:
         if record is None:
             raise TypeError("this engine's metrics source does not take outcomes")
         record(found.key, float(latency_ms), success, float(cost), at)
+        if self.outcome_log is not None:
+            self.outcome_log.submit(
+                (
+                    self.clock() if at is None else at, found.provider, found.id,
+                    float(latency_ms), success, input_tokens, output_tokens, float(cost),
+                    request_id, route, user,
+                )
+            )  # fmt: skip
 
 
 INF = float("inf")

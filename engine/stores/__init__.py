@@ -10,7 +10,7 @@ from pathlib import Path
 
 from engine.stores.base import ConfigurationError, Store
 
-__all__ = ["ConfigurationError", "Store", "default_state_url", "open_store"]
+__all__ = ["ConfigurationError", "Store", "default_state_url", "open_analytics", "open_store"]
 
 
 def default_state_url() -> str:
@@ -41,3 +41,15 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
     from engine.stores.duckdb_store import DuckDBStore
 
     return DuckDBStore(url, lock_timeout_s=lock_timeout_s)
+
+
+def open_analytics(path: str, *, lock_timeout_s: float = 10.0) -> object:
+    """A DuckDB connection with the analytics schema (for an outcome log beside memory state)."""
+    from engine import analytics
+    from engine.stores.duckdb_store import _connect
+
+    file = Path(path).expanduser()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(str(file), lock_timeout_s)
+    analytics.ensure_schema(con)
+    return con
