@@ -11,22 +11,32 @@ reload can swap it with one reference assignment.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.analytics import recent_outcomes
+from engine.catalog import CatalogError
 from engine.compiler import Program
 from engine.decision import Decision
-from engine.diagnostics import Diagnostic
+from engine.diagnostics import Diagnostic, PolicyError
 from engine.evaluator import EvalState, evaluate
 from engine.limits import Limiter
 from engine.loader import Loaded, compile_sources, load_policy
 from engine.metrics import LiveMetrics, MetricsView
 from engine.outcome_log import OutcomeWriter
 from engine.request import Request, env_of
+from engine.resources import default_policy_dir
 from engine.stores import Store, open_analytics, open_store
+
+if TYPE_CHECKING:
+    from engine.watch import PolicyWatcher
+
+log = logging.getLogger("policyctl")
 
 
 class PolicyEngine:
@@ -47,6 +57,7 @@ class PolicyEngine:
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
+        self._policy_path = None if policy is None else Path(policy)
         self._setup(load_policy(policy), state, clock, metrics, outcomes)
 
     @classmethod
@@ -62,6 +73,8 @@ class PolicyEngine:
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
+        engine._policy_path = None
+        engine._from_text = True
         engine._setup(compile_sources([(name, text)]), state, clock, metrics, outcomes)
         return engine
 
@@ -75,6 +88,14 @@ class PolicyEngine:
     ) -> None:
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
+        self.loaded_at = clock()
+        self.last_reload_error: str | None = None
+        self.reloads = 0
+        self.reload_errors = 0
+        self._reload_lock = threading.Lock()
+        self._watcher: PolicyWatcher | None = None
+        if not hasattr(self, "_from_text"):
+            self._from_text = False
         window_s = self._program.default_route.settings.window_ms / 1000.0
         self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
         self._state = EvalState()
@@ -107,6 +128,72 @@ class PolicyEngine:
             if found is not None:
                 record(found.key, latency, bool(success), cost, at)
 
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> bool:
+        """Compile the policy set again, aside; swap it in only if it checks.
+
+        A broken edit keeps the last good policy serving: the error (file:line:col and
+        message) is kept in `last_reload_error`, logged, and counted. Returns True on a swap.
+        """
+        if self._from_text:
+            raise RuntimeError("an engine built from text has no files to reload")
+        with self._reload_lock:
+            try:
+                loaded = load_policy(self._policy_path)
+            except (PolicyError, CatalogError) as err:
+                self.reload_errors += 1
+                self.last_reload_error = str(err)
+                log.warning("policy reload failed; keeping version %s:\n%s", self.version, err)
+                return False
+            changed = loaded.program.version != self._program.version
+            self._program = loaded.program  # one reference: evaluations read one snapshot
+            self.warnings = loaded.warnings
+            self.last_reload_error = None
+            self.loaded_at = self.clock()
+            self.reloads += 1
+            if changed:
+                write_configs = getattr(self.store, "write_configs", None)
+                if write_configs is not None:
+                    write_configs(limit_config_rows(loaded.program))
+                log.info("policy reloaded: version %s", loaded.program.version)
+            return True
+
+    def policy_status(self) -> dict[str, Any]:
+        """What `GET /v1/policy` shows: the serving version, its files, the last error."""
+        program = self._program
+        return {
+            "version": program.version,
+            "files": list(program.files),
+            "catalog": program.catalog.source,
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "reload_errors": self.reload_errors,
+            "last_error": self.last_reload_error,
+            "watching": self._watcher is not None,
+        }
+
+    def watch(self, *, debounce_s: float = 0.05) -> None:
+        """Reload on changes to the policy files or the catalog (a watchdog observer)."""
+        if self._from_text:
+            raise RuntimeError("an engine built from text has no files to watch")
+        if self._watcher is not None:
+            return
+        from engine.watch import PolicyWatcher  # the only path that imports watchdog
+
+        policy = self._policy_path if self._policy_path is not None else default_policy_dir()
+        directories = {policy if policy.is_dir() else policy.parent}
+        catalog = Path(self._program.catalog.source)
+        directories.add(catalog.resolve().parent)
+        self._watcher = PolicyWatcher(sorted(directories), self.reload, debounce_s=debounce_s)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop watching (the observer thread ends cleanly)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+
     def flush(self) -> None:
         """Hand the batched logs (violations, daily stats, decisions) to a persistent store."""
         if not self.store.persistent:
@@ -124,7 +211,8 @@ class PolicyEngine:
         self.store.flush(violations=violations, stats=stats, decisions=decisions)
 
     def close(self) -> None:
-        """Flush the logs (outcomes included) and close the state store."""
+        """Stop watching, flush the logs (outcomes included) and close the state store."""
+        self.stop()
         try:
             if self.outcome_log is not None:
                 self.outcome_log.close()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from engine import __version__
 from engine.catalog import CatalogError
-from engine.cli import check_cmd, eval_cmd, schema_cmd
+from engine.cli import check_cmd, eval_cmd, schema_cmd, serve_cmd
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ERROR, UsageError
 from engine.diagnostics import PolicyError
 from engine.stores.base import ConfigurationError, StoreBusyError
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (eval_cmd, check_cmd, schema_cmd):
+    for module in (eval_cmd, check_cmd, schema_cmd, serve_cmd):
         module.register(sub)
     return parser
 

@@ -1,0 +1,72 @@
+"""`policyctl serve`: the HTTP decision service with hot reload."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from engine.api import PolicyEngine
+from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
+from engine.stores import default_state_url
+
+EXAMPLE = """\
+examples:
+  policyctl serve                                   # 127.0.0.1:8181, ./policies or defaults
+  policyctl serve --port 9000 --state memory://
+  curl -s localhost:8181/v1/eval -d '{"id": "r1", "user": "alice", "prompt": "hi"}'
+
+Policies are watched and hot-reloaded; a broken edit keeps the last good policy serving
+(see GET /v1/policy). Admin calls under /v1/ratelimit/ that change state need
+`Authorization: Bearer TOKEN` when --admin-token (or $POLICYCTL_ADMIN_TOKEN) is set, and
+are refused without one unless --open-admin is given. SIGTERM finishes in-flight requests
+and flushes the logs.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP decision service (hot reload)",
+        description="Serve decisions over HTTP: POST /v1/eval, POST /v1/outcomes, and more.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8181, help="port (default 8181; 0 picks one)")
+    add_policy(p)
+    p.add_argument("--state", metavar="URL", help="rate-limit state (default: $POLICYCTL_STATE)")
+    p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for admin calls")
+    p.add_argument(
+        "--open-admin", action="store_true", help="allow admin calls without a token (unsafe)"
+    )
+    p.add_argument("--no-watch", action="store_true", help="do not hot-reload policies")
+    p.add_argument("--format", choices=("json", "table"), default="table", help=argparse.SUPPRESS)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
+    import uvicorn  # imported here: eval and check never pay for it
+
+    from engine.service import create_app
+
+    token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
+    policy = args.policy if args.policy is not None else default_policy_path()
+    engine = PolicyEngine(
+        policy, state=args.state if args.state is not None else default_state_url()
+    )
+    try:
+        if not args.no_watch:
+            engine.watch()
+        app = create_app(engine, admin_token=token, open_admin=args.open_admin)
+        config = uvicorn.Config(
+            app, host=args.host, port=args.port, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        print(f"policyctl serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        server.run()
+    finally:
+        engine.close()
+    return EXIT_OK

@@ -1,0 +1,410 @@
+"""The HTTP decision service (Starlette), thin over `PolicyEngine`. Nothing imports this.
+
+    POST /v1/eval          a request -> a decision (?explain=true, ?dry_run=true)
+    POST /v1/outcomes      one outcome or a list -> {"recorded": n}
+    GET  /v1/policy        serving version, files, last reload error
+    GET  /healthz          liveness
+    GET  /metrics          Prometheus text
+    GET  /openapi.json     the OpenAPI document
+
+Bodies over 1 MiB get 413, malformed JSON 400, invalid fields 422 naming them; nothing a
+client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from engine.api import PolicyEngine
+from engine.decision import DecisionSchema
+from engine.request import Request, RequestError
+
+MAX_BODY_BYTES = 1 << 20
+LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+async def _json_body(request: HttpRequest) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyError(413, "request body is larger than 1 MiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyError(413, "request body is larger than 1 MiB")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise BodyError(400, "request body is not UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise BodyError(
+            400,
+            f"malformed JSON: {err.msg[:1].lower()}{err.msg[1:]}",
+            {"line": err.lineno, "column": err.colno},
+        ) from None
+
+
+def _flag(request: HttpRequest, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+class Telemetry:
+    """Counters behind /metrics (Prometheus text format)."""
+
+    def __init__(self) -> None:
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # route, provider, outcome
+        self.denials: Counter[str] = Counter()  # scope (or no_eligible_model)
+        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+        self.bad_requests: Counter[int] = Counter()
+
+    def observe(
+        self, route: str, provider: str | None, allowed: bool, denied: Any, s: float
+    ) -> None:
+        self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1
+        if not allowed and isinstance(denied, Mapping):
+            self.denials[str(denied.get("scope") or denied.get("reason") or "unknown")] += 1
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if s <= bound:
+                self.buckets[i] += 1
+                break
+        else:
+            self.buckets[-1] += 1
+        self.latency_sum += s
+        self.latency_count += 1
+
+    def render(self, engine: PolicyEngine) -> str:
+        lines = [
+            "# HELP policyctl_decisions_total Decisions by route, provider and outcome.",
+            "# TYPE policyctl_decisions_total counter",
+        ]
+        for (route, provider, outcome), n in sorted(self.decisions.items()):
+            lines.append(
+                f'policyctl_decisions_total{{route="{_esc(route)}",provider="{_esc(provider)}",'
+                f'outcome="{outcome}"}} {n}'
+            )
+        lines += [
+            "# HELP policyctl_denials_total Denied decisions by the scope that denied them.",
+            "# TYPE policyctl_denials_total counter",
+        ]
+        for scope, n in sorted(self.denials.items()):
+            lines.append(f'policyctl_denials_total{{scope="{_esc(scope)}"}} {n}')
+        lines += [
+            "# HELP policyctl_decision_seconds Time to decide, in the service.",
+            "# TYPE policyctl_decision_seconds histogram",
+        ]
+        running = 0
+        for bound, n in zip(LATENCY_BUCKETS_S, self.buckets, strict=False):
+            running += n
+            lines.append(f'policyctl_decision_seconds_bucket{{le="{bound:g}"}} {running}')
+        lines.append(f'policyctl_decision_seconds_bucket{{le="+Inf"}} {self.latency_count}')
+        lines.append(f"policyctl_decision_seconds_sum {self.latency_sum:.9f}")
+        lines.append(f"policyctl_decision_seconds_count {self.latency_count}")
+        lines += [
+            "# HELP policyctl_policy_reloads_total Policy reloads that swapped a new version in.",
+            "# TYPE policyctl_policy_reloads_total counter",
+            f"policyctl_policy_reloads_total {engine.reloads}",
+            "# HELP policyctl_policy_reload_errors_total Reloads refused (last good kept).",
+            "# TYPE policyctl_policy_reload_errors_total counter",
+            f"policyctl_policy_reload_errors_total {engine.reload_errors}",
+            "# HELP policyctl_bad_requests_total Client errors by HTTP status.",
+            "# TYPE policyctl_bad_requests_total counter",
+        ]
+        for status, n in sorted(self.bad_requests.items()):
+            lines.append(f'policyctl_bad_requests_total{{status="{status}"}} {n}')
+        dropped = engine.outcome_log.dropped if engine.outcome_log is not None else 0
+        lines += [
+            "# HELP policyctl_outcomes_dropped_total Outcomes the full log queue dropped.",
+            "# TYPE policyctl_outcomes_dropped_total counter",
+            f"policyctl_outcomes_dropped_total {dropped}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+OUTCOME_FIELDS = {
+    "provider": str,
+    "model": str,
+    "latency_ms": (int, float),
+    "success": bool,
+    "input_tokens": int,
+    "output_tokens": int,
+    "cost": (int, float),
+    "timestamp": (int, float, str),
+    "request_id": str,
+    "route": str,
+    "user": str,
+}
+REQUIRED_OUTCOME = ("provider", "model", "latency_ms", "success")
+
+
+def _outcome_problems(item: Any) -> list[dict[str, str]]:
+    if not isinstance(item, dict):
+        return [{"field": "", "message": "an outcome is a JSON object"}]
+    problems = [
+        {"field": name, "message": "unknown field"} for name in item if name not in OUTCOME_FIELDS
+    ]
+    for name in REQUIRED_OUTCOME:
+        if item.get(name) is None:
+            problems.append({"field": name, "message": "required"})
+    for name, kinds in OUTCOME_FIELDS.items():
+        value = item.get(name)
+        if value is None:
+            continue
+        if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
+            problems.append({"field": name, "message": "wrong type"})
+    latency = item.get("latency_ms")
+    numeric = isinstance(latency, int | float) and not isinstance(latency, bool)
+    if numeric and not (latency >= 0 and math.isfinite(latency)):
+        problems.append({"field": "latency_ms", "message": "must be >= 0"})
+    return problems
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    from datetime import UTC, datetime
+
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def openapi_document() -> dict[str, Any]:
+    request_schema = Request.model_json_schema(ref_template="#/components/schemas/{model}")
+    decision_schema = DecisionSchema.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = {}
+    for schema in (request_schema, decision_schema):
+        components.update(schema.pop("$defs", {}))
+    components["Request"] = request_schema
+    components["Decision"] = decision_schema
+    error = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "detail": {}},
+        "required": ["error"],
+    }
+    components["Error"] = error
+
+    def errors(*codes: int) -> dict[str, Any]:
+        return {
+            str(c): {
+                "description": "error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            for c in codes
+        }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "policyctl", "version": "1"},
+        "paths": {
+            "/v1/eval": {
+                "post": {
+                    "summary": "Route one request",
+                    "parameters": [
+                        {"name": "explain", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Request"}}
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the decision (allowed or denied)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Decision"}
+                                }
+                            },
+                        },
+                        **errors(400, 413, 422),
+                    },
+                }
+            },
+            "/v1/outcomes": {
+                "post": {
+                    "summary": "Record outcomes",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {}}},
+                    },
+                    "responses": {
+                        "202": {"description": "recorded"},
+                        **errors(400, 413, 422),
+                    },
+                }
+            },
+            "/v1/policy": {
+                "get": {
+                    "summary": "Serving policy",
+                    "responses": {"200": {"description": "status"}},
+                }
+            },
+            "/healthz": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }
+
+
+Handler = Callable[[HttpRequest], Awaitable[Response]]
+
+
+def create_app(
+    engine: PolicyEngine,
+    *,
+    admin_token: str | None = None,
+    open_admin: bool = False,
+    extra_routes: list[Route] | None = None,
+) -> Starlette:
+    """The app. Admin calls that change state need `Bearer admin_token`; with no token they
+    are refused unless `open_admin`."""
+    telemetry = Telemetry()
+
+    def guarded(handler: Handler) -> Handler:
+        async def run(request: HttpRequest) -> Response:
+            try:
+                return await handler(request)
+            except BodyError as err:
+                telemetry.bad_requests[err.status] += 1
+                return _problem(err.status, err.error, err.detail)
+            except RequestError as err:
+                telemetry.bad_requests[422] += 1
+                detail = [{"field": f.strip("`").removeprefix("field `"), "message": m}
+                          for f, m in err.problems]  # fmt: skip
+                return _problem(422, "invalid request", detail)
+
+        return run
+
+    async def evaluate(request: HttpRequest) -> Response:
+        body = await _json_body(request)
+        start = time.perf_counter()
+        decision = engine.evaluate(
+            body, explain=_flag(request, "explain"), dry_run=_flag(request, "dry_run")
+        )
+        telemetry.observe(
+            decision.route,
+            decision.provider,
+            decision.allowed,
+            decision.denied_by,
+            time.perf_counter() - start,
+        )
+        return JSONResponse(decision.to_dict())
+
+    async def outcomes(request: HttpRequest) -> Response:
+        body = await _json_body(request)
+        items = body if isinstance(body, list) else [body]
+        problems = []
+        for index, item in enumerate(items):
+            for problem in _outcome_problems(item):
+                problems.append({"index": index, **problem})
+            if isinstance(item, dict) and not _outcome_problems(item):
+                try:
+                    _timestamp(item.get("timestamp"))
+                except ValueError:
+                    problems.append(
+                        {"index": index, "field": "timestamp", "message": "not a timestamp"}
+                    )
+                if engine.program.catalog.find(item["provider"], item["model"]) is None:
+                    problems.append(
+                        {
+                            "index": index,
+                            "field": "model",
+                            "message": f"unknown model `{item['provider']}/{item['model']}`",
+                        }
+                    )
+        if problems:  # all or nothing: a batch with a bad item records none of it
+            raise BodyError(422, "invalid outcome", problems)
+        for item in items:
+            engine.record_outcome(
+                item["provider"],
+                item["model"],
+                latency_ms=item["latency_ms"],
+                success=item["success"],
+                input_tokens=item.get("input_tokens"),
+                output_tokens=item.get("output_tokens"),
+                cost=item.get("cost"),
+                at=_timestamp(item.get("timestamp")),
+                request_id=item.get("request_id"),
+                route=item.get("route"),
+                user=item.get("user"),
+            )
+        return JSONResponse({"recorded": len(items)}, status_code=202)
+
+    async def policy(request: HttpRequest) -> Response:
+        return JSONResponse(engine.policy_status())
+
+    async def healthz(request: HttpRequest) -> Response:
+        return JSONResponse({"status": "ok", "version": engine.version})
+
+    async def metrics(request: HttpRequest) -> Response:
+        return PlainTextResponse(telemetry.render(engine), media_type="text/plain; version=0.0.4")
+
+    document = openapi_document()
+
+    async def openapi(request: HttpRequest) -> Response:
+        return JSONResponse(document)
+
+    routes = [
+        Route("/v1/eval", guarded(evaluate), methods=["POST"]),
+        Route("/v1/outcomes", guarded(outcomes), methods=["POST"]),
+        Route("/v1/policy", policy, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+
+    async def internal_error(request: HttpRequest, exc: Exception) -> Response:
+        return _problem(500, "internal error")
+
+    app = Starlette(routes=routes, exception_handlers={Exception: internal_error})
+    app.state.engine = engine
+    app.state.telemetry = telemetry
+    app.state.admin_token = admin_token
+    app.state.open_admin = open_admin
+    return app
