@@ -140,6 +140,14 @@ class CooldownSetting:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreErrorSetting:
+    """`on_store_error open` or `on_store_error closed`."""
+
+    mode: Name
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -158,7 +166,7 @@ class Require:
     span: Span
 
 
-Setting = StrategySetting | ValueSetting | FallbackSetting | CooldownSetting
+Setting = StrategySetting | ValueSetting | FallbackSetting | CooldownSetting | StoreErrorSetting
 RouteItem = Setting | Prefer | Exclude | Require
 
 

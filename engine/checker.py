@@ -146,6 +146,19 @@ class Checker:
                     self._model_ref(ref)
             elif isinstance(item, ast.CooldownSetting):
                 self._cooldown(item)
+            elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
+                "open",
+                "closed",
+            ):
+                guess = did_you_mean(item.mode.text, ("open", "closed"))
+                self.error(
+                    "E0226",
+                    f"`on_store_error` is `open` or `closed`, not `{item.mode.text}`",
+                    item.mode.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "`open` allows requests while the store is down, `closed` denies them",
+                )
 
     def _cooldown(self, item: ast.CooldownSetting) -> None:
         failures, duration = item.failures, item.duration
@@ -797,6 +810,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "fallback"
     if isinstance(item, ast.CooldownSetting):
         return "cooldown"
+    if isinstance(item, ast.StoreErrorSetting):
+        return "on_store_error"
     return None
 
 

@@ -36,6 +36,7 @@ class Settings:
     fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
     cooldown_failures: int = 0  # 0: no cooldown
     cooldown_ms: float = 0.0
+    on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -395,6 +396,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                         models.append(model.key)
             values["fallback"] = tuple(providers)
             values["fallback_models"] = tuple(models)
+        elif isinstance(item, ast.StoreErrorSetting):
+            values["on_store_error"] = item.mode.text
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]
             values["cooldown_ms"] = float(item.duration.value)  # type: ignore[arg-type]

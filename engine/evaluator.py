@@ -203,6 +203,7 @@ def evaluate(
             env,
             ((c.model.provider, c.key, c.cost) for c, _ in ranked),
             consume=consume,
+            on_store_error=settings.on_store_error,
         )
         statuses = verdict.statuses
         if verdict.option is None:

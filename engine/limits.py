@@ -16,6 +16,7 @@ checked per candidate: an exhausted one makes routing take the next candidate.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -26,7 +27,9 @@ from typing import Any
 
 from engine.compiler import CompiledLimit
 from engine.decision import LimitStatus
-from engine.stores.base import AcquireResult, Outcome, Quota, Spec, Store
+from engine.stores.base import AcquireResult, Outcome, Quota, Spec, Store, StoreUnavailableError
+
+log = logging.getLogger("policyctl.limits")
 
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
 _spec = functools.partial(tuple.__new__, Spec)
@@ -187,6 +190,8 @@ class Limiter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _day_number: int = -1
     _day_text: str = ""
+    store_errors: int = 0
+    _last_store_log: float = float("-inf")
 
     def groups(self, limits: tuple[CompiledLimit, ...]) -> tuple[_Group, ...]:
         cached = self._groups.get(id(limits))
@@ -234,6 +239,7 @@ class Limiter:
         candidates: Iterable[tuple[str, str, float]],  # (provider, provider/model, cost), ranked
         *,
         consume: bool = True,
+        on_store_error: str = "open",
     ) -> Verdict:
         now_s = self.clock()
         now = now_s * 1000.0
@@ -261,7 +267,10 @@ class Limiter:
         if not per_candidate and not spend:
             if not shared:
                 return Verdict(0, [], None)
-            result = self.store.acquire(shared, (), now, consume=consume)
+            try:
+                result = self.store.acquire(shared, (), now, consume=consume)
+            except StoreUnavailableError as err:
+                return self._store_down(err, on_store_error, now_s)
             return self._verdict(result, shared_info, [], env, now_s)
         option_info: list[list[tuple[Applied, str]]] = []
 
@@ -286,8 +295,29 @@ class Limiter:
                 option_info.append(info)
                 yield specs
 
-        result = self.store.acquire(shared, options(), now, consume=consume)
+        try:
+            result = self.store.acquire(shared, options(), now, consume=consume)
+        except StoreUnavailableError as err:
+            return self._store_down(err, on_store_error, now_s)
         return self._verdict(result, shared_info, option_info, env, now_s)
+
+    def _store_down(self, err: Exception, mode: str, now_s: float) -> Verdict:
+        """The store is down or slow: count it, log it (at most every 10 s), apply the mode."""
+        with self._lock:
+            self.store_errors += 1
+            if now_s - self._last_store_log >= 10.0:
+                self._last_store_log = now_s
+                log.warning(
+                    "rate-limit store unavailable (%d so far), failing %s: %s",
+                    self.store_errors, mode, err,
+                )  # fmt: skip
+        if mode == "closed":
+            return Verdict(
+                None,
+                [],
+                {"scope": "store", "key": None, "unit": None, "retry_after_ms": None},
+            )
+        return Verdict(0, [], None)
 
     def _verdict(
         self,

@@ -88,8 +88,8 @@ def _expected(expected: set[str]) -> str:
     names = sorted({_describe(t) for t in expected if not t.startswith("__ANON")})
     if not names:
         return ""
-    if len(names) > 8:
-        names = [*names[:8], "…"]
+    if len(names) > 10:
+        names = [*names[:10], "…"]
     return "expected " + ", ".join(names)
 
 
@@ -202,6 +202,10 @@ class _Builder(Transformer[Token, Any]):
         return ast.CooldownSetting(
             self._literal(failures), self._literal(duration), self._span_meta(meta)
         )
+
+    @v_args(meta=True)
+    def store_error_setting(self, meta: Any, children: list[Any]) -> ast.StoreErrorSetting:
+        return ast.StoreErrorSetting(self._name(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
     def prefer(self, meta: Any, children: list[Any]) -> ast.Prefer:

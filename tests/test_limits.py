@@ -20,6 +20,9 @@ from engine.stores import ConfigurationError, open_store
 from engine.stores.base import Spec, Store
 from engine.stores.duckdb_store import DuckDBStore
 from engine.stores.memory import MemoryStore
+from engine.stores.redis_store import RedisStore
+
+pytest_plugins = ["_redis"]
 
 START = 1_800_000_000.0  # a fixed epoch second for the fake clock
 
@@ -38,15 +41,20 @@ class FakeClock:
 StoreFactory = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "duckdb"])
+@pytest.fixture(params=["memory", "duckdb", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[Store] = []
 
     def factory() -> Store:
         if request.param == "memory":
             store: Store = MemoryStore()
-        else:
+        elif request.param == "duckdb":
             store = DuckDBStore(str(tmp_path / f"state{len(opened)}.duckdb"))
+        else:
+            server = request.getfixturevalue("redis_server")
+            db = len(opened) + 1  # a fresh database per store in this test
+            store = RedisStore(server.url.rsplit("/", 1)[0] + f"/{db}?timeout=2")
+            store._redis.flushdb()
         opened.append(store)
         return store
 
@@ -240,21 +248,28 @@ def test_token_and_spend_units(make_store: StoreFactory) -> None:
         max_size=60,
     )
 )
-def test_duckdb_agrees_with_memory(tmp_path_factory: pytest.TempPathFactory, steps: Any) -> None:
+def test_duckdb_and_redis_agree_with_memory(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, steps: Any
+) -> None:
     policy = "limit user 5 per 10s burst 2\nlimit ip 8 per 10s\nlimit provider 6 per 10s\n"
     path = tmp_path_factory.mktemp("agree") / "state.duckdb"
-    mem_clock, db_clock = FakeClock(), FakeClock()
-    memory = engine_with(policy, MemoryStore(), mem_clock)
-    durable = engine_with(policy, DuckDBStore(str(path)), db_clock)
+    redis_store = RedisStore(redis_server.url.rsplit("/", 1)[0] + "/9?timeout=2")
+    redis_store._redis.flushdb()
+    clocks = [FakeClock(), FakeClock(), FakeClock()]
+    memory = engine_with(policy, MemoryStore(), clocks[0])
+    durable = engine_with(policy, DuckDBStore(str(path)), clocks[1])
+    shared = engine_with(policy, redis_store, clocks[2])
     try:
         for i, (step, user, ip) in enumerate(steps):
-            mem_clock.step(step)
-            db_clock.step(step)
+            for clock in clocks:
+                clock.step(step)
             request = {"id": f"r{i}", "user": user, "ip": ip}
-            a, b = memory.evaluate(request), durable.evaluate(request)
-            assert a.to_dict() == b.to_dict()
+            reference = memory.evaluate(request).to_dict()
+            assert durable.evaluate(request).to_dict() == reference
+            assert shared.evaluate(request).to_dict() == reference
     finally:
         durable.close()
+        shared.close()
 
 
 def test_duckdb_state_survives_reopen(tmp_path: Path) -> None:

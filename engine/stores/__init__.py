@@ -29,7 +29,9 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
 
         return MemoryStore(url)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"state store `{url}`: the Redis store is not available yet")
+        from engine.stores.redis_store import RedisStore
+
+        return RedisStore(url)
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise ConfigurationError(

@@ -30,6 +30,10 @@ class StoreBusyError(RuntimeError):
     """The state is locked by another process and the wait timed out."""
 
 
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be reached or did not answer in time (Redis down or slow)."""
+
+
 class Spec(NamedTuple):
     """One bucket to check for one request."""
 

@@ -1,0 +1,184 @@
+"""`redis://host:port/db` (also `rediss://`, `unix:///path.sock`): limits shared by many
+app instances.
+
+One server-side Lua script per decision checks and consumes every applicable bucket
+atomically, all-or-nothing (`redis_gcra.lua`, shipped as package data, registered once:
+EVALSHA, reloaded on NOSCRIPT). Buckets are GCRA timestamps with a TTL, so idle buckets
+expire by themselves. Every key carries one hash tag, `{policyctl}`, so the script's keys
+live in one slot and a Redis Cluster can run it.
+
+A Redis that is down or slow (the socket timeout, default 50 ms, `?timeout=0.2` to change)
+raises `StoreUnavailableError`; the limiter then applies the policy's `on_store_error`.
+redis-py reconnects on the next call, so the store recovers on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from engine.stores.base import (
+    AcquireResult,
+    ConfigurationError,
+    Outcome,
+    Quota,
+    Spec,
+    StoreUnavailableError,
+)
+
+PREFIX = "{policyctl}:"
+BUCKETS = PREFIX + "b:"
+QUOTAS = PREFIX + "quotas"
+SCRIPT = (Path(__file__).with_name("redis_gcra.lua")).read_text(encoding="utf-8")
+
+
+class RedisStore:
+    persistent = False
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - redis is a dependency of the redis extra
+            raise ConfigurationError(
+                f"state store `{url}` needs the redis client: pip install 'policyctl[redis]'"
+            ) from None
+        self.url = url
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            timeout = float(query.pop("timeout", ["0.05"])[0])
+        except ValueError:
+            raise ConfigurationError(f"state store `{url}`: `timeout` must be seconds") from None
+        clean = url.split("?", 1)[0]
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+        }
+        try:
+            if clean.startswith("unix://"):
+                self._redis = redis.Redis(unix_socket_path=clean[len("unix://") :], **options)
+            else:
+                self._redis = redis.Redis.from_url(clean, **options)
+        except ValueError as err:
+            raise ConfigurationError(f"state store `{url}`: {err}") from None
+        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._response_error = redis.ResponseError
+        self._script = self._redis.register_script(SCRIPT)
+        self.round_trips = 0
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as err:
+            raise StoreUnavailableError(f"redis at `{self.url}`: {err}") from None
+
+    # ------------------------------------------------------------------ buckets
+
+    def acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+    ) -> AcquireResult:
+        option_list = [list(option) for option in options]
+        specs: list[Spec] = list(shared)
+        for option in option_list:
+            specs.extend(option)
+        keys = [BUCKETS + s[0] for s in specs]
+        argv: list[Any] = [repr(float(now)), "1" if consume else "0", len(shared), len(option_list)]
+        argv.extend(len(option) for option in option_list)
+        for spec in specs:
+            argv.extend((repr(float(spec[1])), repr(float(spec[2])), repr(float(spec[3]))))
+        reply = self._call(self._script, keys=keys, args=argv)
+        option = int(reply[0])
+        failed_at = int(reply[1])
+        values = reply[2:]
+        count = len(values) // 3
+        # which specs the outcomes belong to: shared, then the chosen (or last tried) option
+        if option >= 0:
+            chosen = list(shared) + (option_list[option] if option_list else [])
+        else:
+            chosen = list(shared)
+            if count > len(shared) and option_list:
+                chosen += option_list[-1]
+        outcomes = tuple(
+            Outcome(
+                chosen[i],
+                float(values[3 * i]),
+                values[3 * i + 1] in (b"1", "1"),
+                float(values[3 * i + 2]),
+            )
+            for i in range(count)
+        )
+        failed = outcomes[failed_at - 1] if failed_at > 0 else None
+        return AcquireResult(option if option >= 0 else None, outcomes, failed)
+
+    def peek(self, key: str) -> float | None:
+        value = self._call(self._redis.get, BUCKETS + key)
+        return None if value is None else float(value)
+
+    def buckets(self, prefix: str = "") -> list[tuple[str, float]]:
+        keys = [k for k in self._scan(BUCKETS + prefix) if k]
+        if not keys:
+            return []
+        values = self._call(self._redis.mget, keys)
+        found = []
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                name = key.decode() if isinstance(key, bytes) else key
+                found.append((name[len(BUCKETS) :], float(value)))
+        return sorted(found)
+
+    def _scan(self, prefix: str) -> list[Any]:
+        pattern = prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*") + "*"
+        return list(self._call(lambda: list(self._redis.scan_iter(match=pattern, count=1000))))
+
+    def reset(self, prefix: str) -> int:
+        keys = self._scan(BUCKETS + prefix)
+        if not keys:
+            return 0
+        return int(self._call(self._redis.delete, *keys))
+
+    def evict(self, now: float) -> int:
+        return 0  # idle buckets expire by their TTL
+
+    # ------------------------------------------------------------------ quotas
+
+    def quotas(self) -> list[Quota]:
+        raw = self._call(self._redis.hgetall, QUOTAS)
+        found = []
+        for value in raw.values():
+            data = json.loads(value)
+            found.append(Quota(**data))
+        return sorted(found, key=lambda q: (q.scope, q.key))
+
+    def set_quota(self, quota: Quota) -> None:
+        field = f"{quota.scope}\0{quota.key}"
+        value = json.dumps(
+            {
+                "scope": quota.scope,
+                "key": quota.key,
+                "limit": quota.limit,
+                "window_ms": quota.window_ms,
+                "burst": quota.burst,
+                "expires_at": quota.expires_at,
+            }
+        )
+        self._call(self._redis.hset, QUOTAS, field, value)
+
+    def remove_quota(self, scope: str, key: str) -> bool:
+        return bool(self._call(self._redis.hdel, QUOTAS, f"{scope}\0{key}"))
+
+    def flush(self, **logs: object) -> None:
+        """Nothing to write: every acquire already is."""
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,170 @@
+"""The Redis store against a real redis-server: many processes, failure, atomicity, trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from engine import PolicyEngine
+from engine.stores import open_store
+from engine.stores.base import Spec, StoreUnavailableError
+from engine.stores.redis_store import BUCKETS, RedisStore
+
+pytest_plugins = ["_redis"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fresh(server: Any, db: int, timeout: float = 2.0) -> RedisStore:
+    store = RedisStore(server.url.rsplit("/", 1)[0] + f"/{db}?timeout={timeout}")
+    store._redis.flushdb()
+    return store
+
+
+def test_open_store_picks_redis_by_scheme(redis_server: Any) -> None:
+    store = open_store(redis_server.url)
+    assert isinstance(store, RedisStore)
+    store.close()
+
+
+def test_three_processes_sharing_ten_per_hour_admit_exactly_ten(redis_server: Any) -> None:
+    store = fresh(redis_server, 3)
+    store.close()
+    url = redis_server.url.rsplit("/", 1)[0] + "/3?timeout=2"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from engine import PolicyEngine
+        engine = PolicyEngine.from_text("limit user 10 per 1h\\n", state={url!r})
+        allowed = sum(engine.evaluate({{"id": str(i), "user": "shared"}}).allowed
+                      for i in range(25))
+        print(allowed)
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    counts = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        counts.append(int(out.strip()))
+    assert sum(counts) == 10
+
+
+def test_script_is_atomic_under_eight_concurrent_clients(redis_server: Any) -> None:
+    store = fresh(redis_server, 4)
+    url = redis_server.url.rsplit("/", 1)[0] + "/4?timeout=5"
+    admitted = []
+    lock = threading.Lock()
+    spec = Spec("global/requests/3600000/", 100.0, 100 / 3_600_000, 1.0)
+
+    def hammer() -> None:
+        mine = RedisStore(url)
+        count = 0
+        for _ in range(60):
+            if mine.acquire([spec], (), 1_800_000_000_000.0).option is not None:
+                count += 1
+        mine.close()
+        with lock:
+            admitted.append(count)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 100  # 480 tries, capacity 100, no refill at a fixed time
+    store.close()
+
+
+def test_one_round_trip_per_decision(redis_server: Any) -> None:
+    store = fresh(redis_server, 5)
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/5")
+    engine = PolicyEngine.from_text(
+        "limit global 1000 per 1m\nlimit user 100 per 1m\nlimit ip 100 per 1m\n"
+        "limit provider 1000 per 1m\n",
+        state=store,
+    )
+    engine.evaluate({"id": "warm", "user": "u", "ip": "10.0.0.1"})  # loads the script
+    client.config_resetstat()
+    trips_before = store.round_trips
+    for i in range(50):
+        assert engine.evaluate({"id": str(i), "user": "u", "ip": "10.0.0.1"}).allowed
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 50  # Redis' own count: one script per decision
+    # nothing else reached the server but the script's own GET/SET and this test's calls
+    assert set(stats) <= {"cmdstat_evalsha", "cmdstat_get", "cmdstat_set",
+                          "cmdstat_config|resetstat", "cmdstat_info"}  # fmt: skip
+    assert store.round_trips - trips_before == 50
+    client.close()
+
+
+def test_buckets_get_a_ttl_and_quotas_live_in_redis(redis_server: Any) -> None:
+    store = fresh(redis_server, 6)
+    engine = PolicyEngine.from_text("limit user 100 per 1m burst 10\n", state=store)
+    engine.evaluate({"id": "a", "user": "u"})
+    key = BUCKETS + "user/requests/60000/u"
+    ttl = store._redis.pttl(key)
+    assert 0 < ttl <= 600 + 1000  # one token refills in 600 ms, plus a second of slack
+    assert [k for k, _ in store.buckets()] == ["user/requests/60000/u"]
+    assert store.reset("user/") == 1
+    assert store.buckets() == []
+    from engine.stores.base import Quota
+
+    store.set_quota(Quota("user", "vip", 5, 60_000, 0, None))
+    assert store.quotas() == [Quota("user", "vip", 5.0, 60_000.0, 0.0, None)]
+    assert store.remove_quota("user", "vip")
+    assert store.quotas() == []
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_gives_the_fail_mode_then_recovers(tmp_path: Path, mode: str) -> None:
+    from _redis import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
+        engine = PolicyEngine.from_text(policy, state=server.url + "?timeout=0.2")
+        assert engine.evaluate({"id": "1", "user": "u"}).allowed
+        server.stop()  # killed mid-run
+        down = engine.evaluate({"id": "2", "user": "u"})
+        assert down.allowed is (mode == "open")
+        if mode == "closed":
+            assert down.denied_by == {
+                "scope": "store",
+                "key": None,
+                "unit": None,
+                "retry_after_ms": None,
+            }
+        assert engine.limiter.store_errors == 1
+        server.start()  # back, empty (no persistence): the store reconnects by itself
+        results = [engine.evaluate({"id": str(i), "user": "u"}).allowed for i in range(5)]
+        assert results == [True, True, True, False, False]
+    finally:
+        server.stop()
+
+
+def test_unreachable_redis_raises_unavailable_not_a_hang() -> None:
+    from _redis import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0?timeout=0.2")
+    with pytest.raises(StoreUnavailableError, match=r"redis at `redis://127\.0\.0\.1:"):
+        store.acquire([Spec("k", 1, 1, 1)], (), 0.0)
+
+
+def test_bad_redis_url_is_a_configuration_error() -> None:
+    from engine.stores import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="`timeout` must be seconds"):
+        RedisStore("redis://127.0.0.1:1/0?timeout=soon")
