@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from engine.watch import PolicyWatcher
 
 log = logging.getLogger("policyctl")
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 class PolicyEngine:
@@ -97,6 +98,15 @@ class PolicyEngine:
         if not hasattr(self, "_from_text"):
             self._from_text = False
         window_s = self._program.default_route.settings.window_ms / 1000.0
+        if metrics is None and isinstance(state, str) and state.startswith(REDIS_SCHEMES):
+            from engine.shared_metrics import SharedMetrics  # health shared through Redis
+
+            metrics = SharedMetrics(
+                state,
+                [m.key for m in self._program.catalog.models],
+                window_s=window_s,
+                clock=clock,
+            )
         self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
         self._state = EvalState()
         self.store: Store = open_store(state) if isinstance(state, str) else state
@@ -218,6 +228,9 @@ class PolicyEngine:
                 self.outcome_log.close()
             self.flush()
         finally:
+            close_metrics = getattr(self.metrics, "close", None)
+            if close_metrics is not None:
+                close_metrics()
             self.store.close()
             if self._own_connection is not None:
                 self._own_connection.close()

@@ -168,3 +168,44 @@ def test_bad_redis_url_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match="`timeout` must be seconds"):
         RedisStore("redis://127.0.0.1:1/0?timeout=soon")
+
+
+def test_provider_health_is_shared_between_instances(redis_server: Any) -> None:
+    from engine.shared_metrics import SharedMetrics
+
+    fresh(redis_server, 7).close()
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    now = [1_800_000_000.0]
+    policy = (
+        "defaults {\n strategy latency\n min_samples 10\n cooldown after 3 failures for 30s\n}\n"
+        "route r {\n prefer gemini/gemini-1.5-flash-latest\n"
+        " prefer claude/claude-3-haiku-20240307\n}\n"
+    )
+    models = ["gemini/gemini-1.5-flash-latest", "claude/claude-3-haiku-20240307"]
+    one = SharedMetrics(url, models, clock=lambda: now[0], background=False)
+    two = SharedMetrics(url, models, clock=lambda: now[0], background=False)
+    a = PolicyEngine.from_text(policy, metrics=one, clock=lambda: now[0])
+    b = PolicyEngine.from_text(policy, metrics=two, clock=lambda: now[0])
+    decision = a.evaluate({"id": "x"})
+    assert decision.model == "gemini-1.5-flash-latest"
+    for _ in range(12):  # instance A sees flash get slow
+        a.record(decision, latency_ms=5000.0, success=True)
+    one.refresh()  # A writes
+    assert b.evaluate({"id": "y"}).model == "gemini-1.5-flash-latest"  # B has not read yet
+    two.refresh()  # B reads the shared view: no round trip per decision after this
+    stats = two.stats("gemini/gemini-1.5-flash-latest")
+    assert stats is not None and stats.samples == 12
+    assert stats.p95_ms == pytest.approx(5000.0, rel=0.01)
+    assert b.evaluate({"id": "z"}).model == "claude-3-haiku-20240307"
+    # failures on B put haiku in cooldown for A too
+    haiku = b.evaluate({"id": "w"})
+    for _ in range(3):
+        b.record(haiku, latency_ms=100.0, success=False)
+    two.refresh()
+    one.refresh()
+    cooled = a.evaluate({"id": "v"}, explain=True)
+    assert [s["because"] for s in cooled.trace if s["step"] == "drop"][-1].startswith(
+        "in cooldown after 3 consecutive failures"
+    )
+    one.close()
+    two.close()
