@@ -242,6 +242,9 @@ def _yaml_error(err: yaml.YAMLError, text: str, source: str) -> str:
     problem = getattr(err, "problem", None) or getattr(err, "context", None)
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = _lower(str(problem or err).strip())
+    if "maximum nesting depth" in problem:  # newer libyaml stops at 1000 levels itself
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        return f"{where}: nested too deeply (a catalog may nest at most {MAX_NESTING} levels)"
     if mark is not None:
         return f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
     return f"{source}: invalid YAML: {problem}"
