@@ -81,6 +81,16 @@ def _json_error(name: str, text: str, err: json.JSONDecodeError, line: int = 1) 
     return Diagnostic("E0600", message, Span(source, start, start + 1), None).render()
 
 
+def _first_line_is_json(text: str) -> bool:
+    """Several documents one per line (JSONL), not one document with junk after it."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
     """(line, parsed JSON) per request, or (line, _BadItem). One JSON document, or JSONL
     (a `.jsonl` name, or several documents one per line)."""
@@ -92,7 +102,7 @@ def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
             yield None, json.loads(text)
             return
         except json.JSONDecodeError as err:
-            if err.msg != "Extra data":
+            if err.msg != "Extra data" or not _first_line_is_json(text):
                 yield None, _BadItem(None, _json_error(name, text, err))
                 return
     for number, line in enumerate(text.splitlines(), start=1):
