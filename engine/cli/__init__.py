@@ -8,7 +8,15 @@ from collections.abc import Sequence
 
 from engine import __version__
 from engine.catalog import CatalogError
-from engine.cli import check_cmd, eval_cmd, schema_cmd, serve_cmd
+from engine.cli import (
+    check_cmd,
+    eval_cmd,
+    metrics_cmd,
+    ratelimit_cmd,
+    schema_cmd,
+    serve_cmd,
+    simulate_cmd,
+)
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ERROR, UsageError
 from engine.diagnostics import PolicyError
 from engine.stores.base import ConfigurationError, StoreBusyError
@@ -40,7 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (eval_cmd, check_cmd, schema_cmd, serve_cmd):
+    for module in (
+        eval_cmd,
+        check_cmd,
+        schema_cmd,
+        serve_cmd,
+        simulate_cmd,
+        metrics_cmd,
+        ratelimit_cmd,
+    ):
         module.register(sub)
     return parser
 
