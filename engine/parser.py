@@ -16,7 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from engine import ast
 from engine.ast import Unit
-from engine.diagnostics import Diagnostic, PolicyError, Source, Span
+from engine.diagnostics import Diagnostic, PolicyError, Source, Span, did_you_mean
 from engine.resources import grammar_path
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
@@ -59,6 +59,12 @@ _TERMINAL_NAMES = {
     "$END": "the end of the file",
 }
 _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
+# words a misspelling of which is most likely meant (statements, settings, route items)
+_KEYWORDS = (
+    *_STATEMENT_KEYWORDS, "strategy", "min_success_rate", "min_samples", "window",
+    "fallback", "cooldown", "on_store_error", "prefer", "exclude", "require", "when",
+    "burst", "until", "per", "weight",
+)  # fmt: skip
 
 
 @functools.cache
@@ -374,6 +380,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = "a block is missing its closing `}`"
     elif tok.type == "NUMBER" and any(e in expected for e in ("IDENT", "WORD")):
         hint = "names start with a letter or `_`"
+    elif tok.type in ("IDENT", "WORD") and (guess := did_you_mean(str(tok), _KEYWORDS)):
+        hint = f"did you mean `{guess}`?"
     return Diagnostic("E0014", f"unexpected `{tok}`", span, hint or None)
 
 
