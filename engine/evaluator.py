@@ -27,6 +27,7 @@ from engine.strategies import STRATEGIES, Candidate, Context, exact_money, money
 DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
+HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
 
 
 @dataclass
@@ -144,7 +145,12 @@ def evaluate(
                     f"in cooldown after {stats.consecutive_failures} consecutive failures"
                     f" ({left / 1000:.1f}s left)"
                 )
-            elif measured and stats.success_rate < settings.min_success_rate:
+            elif (
+                measured
+                and stats.success_rate < settings.min_success_rate
+                and (now - stats.last_outcome_at) * 1000.0
+                < (settings.cooldown_ms or HEALTH_PROBE_MS)
+            ):  # unhealthy; once quiet for a probe interval it gets one request again
                 problem = (
                     f"success rate {stats.success_rate:.0%} is under "
                     f"{settings.min_success_rate:.0%} over {stats.samples} samples"

@@ -42,6 +42,7 @@ class ModelStats:
     avg_cost: float
     consecutive_failures: int = 0
     last_failure_at: float = 0.0  # epoch seconds
+    last_outcome_at: float = 0.0  # epoch seconds: an unhealthy model is probed again later
 
 
 class MetricsView(Protocol):
@@ -90,6 +91,7 @@ class _Series:
     cost: float = 0.0
     consecutive_failures: int = 0
     last_failure_at: float = 0.0
+    last_outcome_at: float = 0.0
     cached: ModelStats | None = None
     cached_n: int = -1
     cached_at: float = 0.0
@@ -159,6 +161,7 @@ class LiveMetrics:
                 series.consecutive_failures += 1
                 series.last_failure_at = max(series.last_failure_at, now)
             series.changes += 1
+            series.last_outcome_at = max(series.last_outcome_at, now)
 
     def _slice_for(self, series: _Series, start: float) -> _Slice:
         for item in series.slices:
@@ -196,6 +199,7 @@ class LiveMetrics:
             and series.changes * 100 < max(series.n, 1)
             and now - series.cached_at < 1.0
             and cached.consecutive_failures == series.consecutive_failures
+            and cached.last_outcome_at == series.last_outcome_at
         ):
             return cached
         with self._lock:
@@ -205,7 +209,7 @@ class LiveMetrics:
             if n <= 0:
                 stats = ModelStats(
                     0, 0.0, 0.0, 0.0, 1.0, 0.0,
-                    series.consecutive_failures, series.last_failure_at,
+                    series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
                 )  # fmt: skip
             else:
                 stats = ModelStats(
@@ -217,6 +221,7 @@ class LiveMetrics:
                     avg_cost=series.cost / n,
                     consecutive_failures=series.consecutive_failures,
                     last_failure_at=series.last_failure_at,
+                    last_outcome_at=series.last_outcome_at,
                 )
             series.cached = stats
             series.cached_at = now

@@ -120,6 +120,7 @@ class SharedMetrics:
             if cost:
                 pipe.hincrbyfloat(slice_key, "cost", cost)
             health = f"{PREFIX}{key}:health"
+            pipe.hset(health, "la", repr(at))
             if success:
                 pipe.hincrby(slice_key, "ok", 1)
                 pipe.hset(health, "cf", 0)
@@ -166,6 +167,7 @@ class SharedMetrics:
             health = {(k.decode() if isinstance(k, bytes) else k): v for k, v in chunk[-1].items()}
             failures = int(health.get("cf", 0))
             last_failure = float(health.get("lf", 0.0))
+            last_outcome = float(health.get("la", 0.0))
             if n == 0 and failures == 0:
                 continue
             snapshot[key] = ModelStats(
@@ -177,6 +179,7 @@ class SharedMetrics:
                 avg_cost=cost / n if n else 0.0,
                 consecutive_failures=failures,
                 last_failure_at=last_failure,
+                last_outcome_at=last_outcome,
             )
         self._snapshot = snapshot
 

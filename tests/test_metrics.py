@@ -131,11 +131,16 @@ def test_unhealthy_success_rate_is_skipped_and_confidence_grows() -> None:
     stats = engine.metrics.stats("gemini/gemini-1.5-flash-latest")
     assert stats is not None and stats.success_rate == pytest.approx(24 / 30)
     engine.record(decision, latency_ms=500.0, success=False)
-    clock.now += 31
+    clock.now += 1
     after = engine.evaluate({"id": "c"}, explain=True)
     assert after.model == "claude-3-haiku-20240307"
     drops = [s["because"] for s in after.trace if s["step"] == "drop"]
     assert drops == ["success rate 77% is under 80% over 31 samples"]
+    # quiet for the probe interval (the cooldown's 30 s here): flash gets a request again
+    clock.now += 29.5
+    assert engine.evaluate({"id": "d"}).model == "gemini-1.5-flash-latest"
+    engine.record(decision, latency_ms=500.0, success=False)  # the probe failed
+    assert engine.evaluate({"id": "e"}).model == "claude-3-haiku-20240307"
 
 
 def test_cooldown_after_consecutive_failures_and_half_open_recovery() -> None:

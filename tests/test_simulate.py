@@ -453,7 +453,7 @@ def test_policy_errors_point_at_the_scenario_lines(
           |
         5 |   min_sucess_rate 80%
           |   ^^^^^^^^^^^^^^^
-          = help: expected `cooldown`, `fallback`, `on_store_error`, `strategy`, `}`, a setting"""
+          = help: did you mean `min_success_rate`?"""
     )
     write(
         tmp_path,
