@@ -365,7 +365,9 @@ def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:
     """The policy's limits as `rate_limit_configs` rows."""
     rows = []
     for limit in program.limits:
-        ident = f"{limit.scope}/{limit.unit}/{limit.window_ms:g}/{limit.key or '*'}"
+        ident = (
+            f"{limit.scope}/{limit.unit}/{limit.window_ms:.0f}/{limit.key or '*'}@{limit.location}"
+        )
         rows.append(
             (
                 ident, limit.scope, limit.key, limit.unit, limit.amount, limit.window_ms,

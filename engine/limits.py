@@ -39,8 +39,13 @@ PER_CANDIDATE_SCOPES = frozenset({"provider", "model"})
 MAX_VIOLATIONS_KEPT = 10_000
 
 
+def window_text(window_ms: float) -> str:
+    """Milliseconds, spelled out in full (never `8.64e+07`)."""
+    return str(int(window_ms)) if float(window_ms).is_integer() else repr(float(window_ms))
+
+
 def bucket_key(scope: str, unit: str, window_ms: float, key: str) -> str:
-    return f"{scope}/{unit}/{window_ms:g}/{key}"
+    return f"{scope}/{unit}/{window_text(window_ms)}/{key}"
 
 
 class Applied:
@@ -70,7 +75,7 @@ class Applied:
         self.until = until
         self.capacity = limit + burst
         self.rate = limit / window_ms  # tokens per millisecond
-        self.prefix = f"{scope}/{unit}/{window_ms:g}/"
+        self.prefix = f"{scope}/{unit}/{window_text(window_ms)}/"
 
     def active(self, env: Mapping[str, Any], now_s: float) -> bool:
         if self.until is not None and self.until <= now_s:
@@ -84,7 +89,7 @@ def _applied_from(limit: CompiledLimit, ordinal: int) -> Applied:
         limit.when, limit.until,
     )  # fmt: skip
     if ordinal:  # a second limit with the same scope, unit and window gets its own bucket
-        applied.prefix = f"{limit.scope}/{limit.unit}/{limit.window_ms:g}#{ordinal + 1}/"
+        applied.prefix = f"{limit.scope}/{limit.unit}/{window_text(limit.window_ms)}#{ordinal + 1}/"
     return applied
 
 
@@ -338,7 +343,7 @@ class Limiter:
         ]
         day = self._day(now_s)
         if result.option is not None:
-            scopes = tuple(applied.scope for applied, _ in info)
+            scopes = tuple(dict.fromkeys(applied.scope for applied, _ in info))
             with self._lock:
                 self.allowed_tallies[(day, scopes)] += 1
             return Verdict(result.option, statuses, None)

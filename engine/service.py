@@ -40,11 +40,18 @@ class BodyError(Exception):
         self.detail = detail
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate a client sent cannot break encoding."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
 def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
     body: dict[str, Any] = {"error": error}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+    return SafeJSONResponse(body, status_code=status)
 
 
 async def _json_body(request: HttpRequest) -> Any:
@@ -63,6 +70,16 @@ async def _json_body(request: HttpRequest) -> Any:
         return json.loads(raw)
     except UnicodeDecodeError:
         raise BodyError(400, "request body is not UTF-8") from None
+    except RecursionError:
+        raise BodyError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as err:
+        if not isinstance(err, json.JSONDecodeError):
+            raise BodyError(400, f"malformed JSON: {err}") from None
+        raise BodyError(
+            400,
+            f"malformed JSON: {err.msg[:1].lower()}{err.msg[1:]}",
+            {"line": err.lineno, "column": err.colno},
+        ) from None
     except json.JSONDecodeError as err:
         raise BodyError(
             400,
@@ -184,10 +201,25 @@ def _outcome_problems(item: Any) -> list[dict[str, str]]:
             continue
         if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
             problems.append({"field": name, "message": "wrong type"})
-    latency = item.get("latency_ms")
-    numeric = isinstance(latency, int | float) and not isinstance(latency, bool)
-    if numeric and not (latency >= 0 and math.isfinite(latency)):
-        problems.append({"field": "latency_ms", "message": "must be >= 0"})
+    item.get("latency_ms")
+    for name in ("latency_ms", "cost", "input_tokens", "output_tokens"):
+        value = item.get(name)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and not (0 <= value < 2**62 and math.isfinite(value)):
+            problems.append({"field": name, "message": "must be a number >= 0"})
+    for name in ("provider", "model", "request_id", "route", "user"):
+        value = item.get(name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append({"field": name, "message": "not valid UTF-8 text"})
+    for name in item:
+        if isinstance(name, str):
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append({"field": "", "message": "a field name is not valid UTF-8"})
     return problems
 
 
@@ -312,6 +344,9 @@ def create_app(
             except BodyError as err:
                 telemetry.bad_requests[err.status] += 1
                 return _problem(err.status, err.error, err.detail)
+            except RecursionError:
+                telemetry.bad_requests[400] += 1
+                return _problem(400, "malformed JSON: nested too deeply")
             except RequestError as err:
                 telemetry.bad_requests[422] += 1
                 detail = [{"field": f.strip("`").removeprefix("field `"), "message": m}
@@ -333,7 +368,7 @@ def create_app(
             decision.denied_by,
             time.perf_counter() - start,
         )
-        return JSONResponse(decision.to_dict())
+        return SafeJSONResponse(decision.to_dict())
 
     async def outcomes(request: HttpRequest) -> Response:
         body = await _json_body(request)
@@ -344,8 +379,10 @@ def create_app(
                 problems.append({"index": index, **problem})
             if isinstance(item, dict) and not _outcome_problems(item):
                 try:
-                    _timestamp(item.get("timestamp"))
-                except ValueError:
+                    at = _timestamp(item.get("timestamp"))
+                    if at is not None and not (0 <= at <= engine.clock() + 300):
+                        raise ValueError("out of range")
+                except (ValueError, OverflowError):
                     problems.append(
                         {"index": index, "field": "timestamp", "message": "not a timestamp"}
                     )

@@ -11,6 +11,8 @@ from engine.catalog import CatalogError
 from engine.cli import (
     check_cmd,
     eval_cmd,
+    metrics_cmd,
+    ratelimit_cmd,
     schema_cmd,
     serve_cmd,
     simulate_cmd,
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         schema_cmd,
         serve_cmd,
         simulate_cmd,
+        metrics_cmd,
+        ratelimit_cmd,
     ):
         module.register(sub)
     return parser

@@ -1,0 +1,443 @@
+"""The HTTP decision service: decisions per second and latency of POST /v1/eval over
+loopback, and how long a policy edit takes to go live (SPEC §8: within 250 ms).
+
+    python bench/service_bench.py             # 20,000 requests, 20 timed reloads
+    python bench/service_bench.py --quick     # 3,000 requests, 10 timed reloads
+    python bench/service_bench.py --generator python   # even when wrk is installed
+
+It starts `policyctl serve` in a subprocess on a free 127.0.0.1 port (memory state; a
+temporary copy of the packaged default policy with its limit amounts multiplied by a
+million, so every request runs the four limits but none binds), then:
+
+1. load: a fixed number of POST /v1/eval requests (distinct ids, 1,000 users) from a
+   second process — `wrk` with a Lua script that stops each thread after its share, when
+   `wrk` is installed (`apt-get install wrk`), else this script's own generator (Python
+   `http.client`, one keep-alive connection per thread). It reports decisions per second
+   and latency percentiles as the client saw them, and the server's own time to decide
+   (from `policyctl_decision_seconds` on GET /metrics);
+2. hot reload: write the policy file (a changed limit), then poll POST /v1/eval?dry_run
+   until a decision names the new version; repeated, median and max reported;
+3. reload under load: edits while the generator runs; every response must be a 200.
+
+Only 127.0.0.1 is used. The service has no throughput target in SPEC §8; the figures
+are for reference (both processes share this machine's cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+RELOAD_TARGET_MS = 250.0
+PROMPT = "Summarise the attached meeting notes in two sentences for the weekly report."
+HEADERS = {"Content-Type": "application/json"}
+
+WRK_SCRIPT = r"""
+local prompt = os.getenv("BENCH_PROMPT")
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("tid", counter)
+end
+function init(args)
+  n = 0
+end
+function request()
+  n = n + 1
+  local body = string.format('{"id":"w%d-%d","user":"u%d","prompt":"%s"}',
+                             tid, n, (tid * 7919 + n) % 1000, prompt)
+  return wrk.format("POST", "/v1/eval", {["Content-Type"] = "application/json"}, body)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\nBENCH_RESULT {"requests":%d,"duration_s":%.6f,"p50_ms":%.4f,"p90_ms":%.4f,' ..
+    '"p99_ms":%.4f,"max_ms":%.4f,"errors":%d,"non_200":%d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(90) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3,
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def python_loadgen(port: int, requests: int, threads: int, tag: str) -> dict[str, Any]:
+    """Runs in the second process: `threads` keep-alive connections, `requests` in all."""
+    per_thread = [requests // threads + (i < requests % threads) for i in range(threads)]
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    statuses: list[dict[int, int]] = [{} for _ in range(threads)]
+    errors = [0] * threads
+    start_gate = threading.Barrier(threads + 1)
+
+    def worker(t: int) -> None:
+        bodies = [
+            json.dumps(
+                {"id": f"{tag}{t}-{i}", "user": f"u{(t * 7919 + i) % 1000}", "prompt": PROMPT}
+            ).encode()
+            for i in range(per_thread[t])
+        ]
+        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start_gate.wait()
+        mine, counts = latencies[t], statuses[t]
+        for body in bodies:
+            began = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/eval", body, HEADERS)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                errors[t] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=30)
+                continue
+            mine.append(time.perf_counter() - began)
+            counts[response.status] = counts.get(response.status, 0) + 1
+        conn.close()
+
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    start_gate.wait()
+    began = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - began
+    merged = sorted(x * 1000 for xs in latencies for x in xs)
+    status_counts: dict[str, int] = {}
+    for counts in statuses:
+        for status, n in counts.items():
+            status_counts[str(status)] = status_counts.get(str(status), 0) + n
+    return {
+        "requests": len(merged),
+        "duration_s": elapsed,
+        "p50_ms": percentile(merged, 50),
+        "p90_ms": percentile(merged, 90),
+        "p99_ms": percentile(merged, 99),
+        "max_ms": merged[-1] if merged else float("nan"),
+        "errors": sum(errors),
+        "non_200": sum(n for s, n in status_counts.items() if s != "200"),
+    }
+
+
+def run_generator(
+    generator: str, port: int, requests: int, threads: int, tag: str, rate: float = 0.0
+) -> dict[str, Any]:
+    """Run the load from a second process and parse its one-line result.
+
+    The Python generator sends exactly `requests`. wrk runs for a duration (it cannot stop
+    at a count): `requests / rate` seconds at the `rate` a warm-up measured, 1 to 60 s, so
+    the count is close to `requests`; with no rate yet, one second."""
+    if generator == "wrk":
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(WRK_SCRIPT)
+            script = f.name
+        try:
+            connections = threads * 2
+            env = {**os.environ, "BENCH_PROMPT": PROMPT}
+            seconds = min(60, max(1, round(requests / rate))) if rate > 0 else 1
+            command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
+            command += ["--timeout", "10s", "-s", script, f"http://{HOST}:{port}/v1/eval"]
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        finally:
+            os.unlink(script)
+    else:
+        command = [sys.executable, __file__, "--_loadgen", str(port), str(requests)]
+        command += [str(threads), tag]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
+            result["generator"] = generator
+            return result
+    raise RuntimeError(f"the {generator} load generator failed:\n{done.stdout}\n{done.stderr}")
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def bench_policies(directory: Path) -> Path:
+    """The packaged default policy set, limit amounts ×1,000,000 (checked, never binding)."""
+    from engine.resources import default_policy_dir
+
+    shutil.copytree(default_policy_dir(), directory)
+    path = directory / "default.policy"
+    text = path.read_text(encoding="utf-8")
+    raised, n = re.subn(
+        r"^(limit\s+\w+\s+)(\d+)(\s+per)",
+        lambda m: f"{m.group(1)}{int(m.group(2)) * 1_000_000}{m.group(3)}",
+        text,
+        flags=re.M,
+    )
+    if n == 0:
+        raise SystemExit(f"{path}: no `limit` lines to raise")
+    path.write_text(raised, encoding="utf-8")
+    return path
+
+
+class Client:
+    """One keep-alive connection from this process (for control calls and reload polls)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=10)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        payload = None if body is None else json.dumps(body).encode()
+        self.conn.request(method, path, payload, HEADERS if payload else {})
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def json(self, method: str, path: str, body: Any = None) -> Any:
+        status, data = self.call(method, path, body)
+        if status != 200:
+            raise RuntimeError(f"{method} {path}: {status} {data[:200]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def start_server(policy_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "engine", "serve", "--host", HOST, "--port", str(port)]
+    command += ["--policy", str(policy_dir), "--state", "memory://"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                pass
+            client = Client(port)
+            client.json("GET", "/healthz")
+            client.close()
+            return proc
+        except (OSError, RuntimeError, http.client.HTTPException):
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("the server did not answer /healthz within 30 s")
+
+
+def server_decide_us(port: int) -> tuple[float, int]:
+    client = Client(port)
+    status, data = client.call("GET", "/metrics")
+    client.close()
+    text = data.decode()
+    total = re.search(r"^policyctl_decision_seconds_sum (\S+)$", text, re.M)
+    count = re.search(r"^policyctl_decision_seconds_count (\d+)$", text, re.M)
+    if status != 200 or total is None or count is None or int(count.group(1)) == 0:
+        return float("nan"), 0
+    return float(total.group(1)) / int(count.group(1)) * 1e6, int(count.group(1))
+
+
+# --------------------------------------------------------------------------- hot reload
+
+
+def time_reloads(port: int, policy_file: Path, edits: int) -> list[float]:
+    """Milliseconds from the end of a file write to the first decision of the new version."""
+    client = Client(port)
+    original = policy_file.read_text(encoding="utf-8")
+    probe = {"id": "reload-probe", "user": "probe", "prompt": "hi"}
+    times = []
+    try:
+        for i in range(edits):
+            before = client.json("POST", "/v1/eval?dry_run=true", probe)["policy_version"]
+            text = original.replace("burst 1000\n", f"burst {1001 + i}\n", 1)
+            assert text != original, "the global limit's `burst 1000` is not in the policy"
+            with open(policy_file, "w", encoding="utf-8") as f:
+                f.write(text)
+            written = time.perf_counter()
+            while True:
+                decision = client.json("POST", "/v1/eval?dry_run=true", probe)
+                if decision["policy_version"] != before:
+                    times.append((time.perf_counter() - written) * 1000)
+                    break
+                if time.perf_counter() - written > 10:
+                    raise RuntimeError(f"edit {i} was not live after 10 s")
+    finally:
+        policy_file.write_text(original, encoding="utf-8")
+        client.close()
+    return times
+
+
+def reload_under_load(
+    generator: str, port: int, policy_file: Path, requests: int, threads: int, rate: float
+) -> tuple[dict[str, Any], int]:
+    """Edit the policy every ~50 ms while the generator runs; count the reloads."""
+    original = policy_file.read_text(encoding="utf-8")
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            result.update(run_generator(generator, port, requests, threads, "r", rate))
+        except BaseException as err:  # reported by the caller
+            failure.append(err)
+
+    control = Client(port)
+    before = control.json("GET", "/v1/policy")["reloads"]
+    runner = threading.Thread(target=load)
+    runner.start()
+    i = 0
+    try:
+        while runner.is_alive():
+            i += 1
+            text = original.replace("burst 1000\n", f"burst {2000 + i}\n", 1)
+            policy_file.write_text(text, encoding="utf-8")
+            runner.join(timeout=0.05 + 0.1 * (i % 2))  # 50 or 150 ms: some edits coalesce
+    finally:
+        runner.join()
+        policy_file.write_text(original, encoding="utf-8")
+    deadline = time.monotonic() + 5
+    reloads = control.json("GET", "/v1/policy")["reloads"] - before
+    while time.monotonic() < deadline and control.json("GET", "/v1/policy")["last_error"]:
+        time.sleep(0.01)
+    control.close()
+    if failure:
+        raise failure[0]
+    return result, reloads
+
+
+# --------------------------------------------------------------------------- main
+
+
+def report_load(title: str, r: dict[str, Any]) -> list[str]:
+    rate = r["requests"] / r["duration_s"] if r["duration_s"] else float("nan")
+    return [
+        title,
+        f"  decisions/s       {rate:10,.0f}   (no SPEC target; for reference)",
+        f"  latency p50       {r['p50_ms']:10.2f} ms",
+        f"  latency p90       {r['p90_ms']:10.2f} ms",
+        f"  latency p99       {r['p99_ms']:10.2f} ms",
+        f"  latency max       {r['max_ms']:10.2f} ms",
+        f"  non-200 / errors  {r['non_200']:10d} / {r['errors']}",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3,000 requests, 10 reloads")
+    parser.add_argument("--requests", type=int, help="load requests (default 20,000)")
+    parser.add_argument("--threads", type=int, default=4, help="client threads (4)")
+    parser.add_argument("--reloads", type=int, help="timed reloads (default 20)")
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when installed (auto), or python",
+    )
+    parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._loadgen:  # the second process
+        port, requests, threads, tag = args._loadgen
+        result = python_loadgen(int(port), int(requests), int(threads), tag)
+        print("BENCH_RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    requests = args.requests or (3_000 if args.quick else 20_000)
+    reloads = args.reloads or (10 if args.quick else 20)
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "python"
+    elif generator == "wrk" and not shutil.which("wrk"):
+        parser.error("wrk is not installed (apt-get install wrk), use --generator python")
+    warmup = min(1_000, requests // 5)
+
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="policyctl-bench-") as tmp:
+        policy_dir = Path(tmp) / "policies"
+        policy_file = bench_policies(policy_dir)
+        port = free_port()
+        proc = start_server(policy_dir, port)
+        try:
+            lines = [
+                f"policyctl serve on {HOST}:{port}: memory state; packaged default policy, "
+                "limit amounts x1,000,000 (4 limits checked, none binds)",
+            ]
+            warm = run_generator(generator, port, warmup, args.threads, "warm")
+            rate = warm["requests"] / warm["duration_s"]
+            decided_before = server_decide_us(port)[1]
+            load = run_generator(generator, port, requests, args.threads, "b", rate)
+            decide_us, decided = server_decide_us(port)
+            how = (
+                f"wrk, {args.threads} threads, {args.threads * 2} keep-alive connections"
+                if generator == "wrk"
+                else f"python http.client, {args.threads} threads, one keep-alive connection each"
+            )
+            lines += report_load(
+                f"load: {load['requests']:,} POST /v1/eval from a second process ({how}),"
+                f" after {warm['requests']:,} warm-up requests",
+                load,
+            )
+            lines.append(
+                f"  server decide     {decide_us:10.1f} µs mean inside the service"
+                f" ({decided - decided_before:,} decisions, policyctl_decision_seconds)"
+            )
+            failed |= load["non_200"] > 0 or load["errors"] > 0
+
+            times = time_reloads(port, policy_file, reloads)
+            worst = max(times)
+            verdict = "met" if worst <= RELOAD_TARGET_MS else "NOT met"
+            lines += [
+                f"hot reload: file write -> first POST /v1/eval answered by the new version"
+                f" ({len(times)} edits, watcher debounce 50 ms)",
+                f"  median {statistics.median(times):.0f} ms, min {min(times):.0f} ms,"
+                f" max {worst:.0f} ms (target ≤ {RELOAD_TARGET_MS:.0f} ms: {verdict})",
+            ]
+
+            during, swapped = reload_under_load(
+                generator, port, policy_file, max(requests // 4, 1_000), args.threads, rate
+            )
+            bad = during["non_200"] + during["errors"]
+            lines.append(
+                f"reload under load: {swapped} reloads during {during['requests']:,} requests:"
+                f" {bad} failed (target 0: {'met' if bad == 0 else 'NOT met'})"
+            )
+            failed |= bad > 0
+            print("\n".join(lines), flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""`policyctl metrics import|show|export`: the outcome log in the DuckDB state file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    UsageError,
+    add_format,
+    add_policy,
+    check_state_url,
+    default_policy_path,
+    dump_json,
+    render_table,
+)
+from engine.stores import default_state_url
+from engine.strategies import money
+from engine.units import DURATION_MS
+
+MAX_SHOWN_REJECTS = 50
+DEFAULT_WINDOW = "24h"
+EXPORT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+EXAMPLE = """\
+examples:
+  policyctl metrics import outcomes.jsonl
+  policyctl metrics show --window 1h --provider claude
+  policyctl metrics export --output outcomes.parquet --window 7d
+
+Outcomes live in the DuckDB state file (--state; default $POLICYCTL_STATE, else
+~/.local/state/policyctl/state.duckdb); `policyctl eval --state FILE` routes on them.
+"""
+
+IMPORT_EXAMPLE = """\
+examples:
+  policyctl metrics import outcomes.jsonl
+  policyctl metrics import --state ./state.duckdb outcomes.csv
+  gzip -dc outcomes.csv.gz | policyctl metrics import --input-format csv -
+
+A record: provider, model, latency_ms, success (true/false, 1/0) and optionally
+input_tokens, output_tokens, cost, timestamp (ISO 8601 or epoch seconds; default now),
+request_id, route, user. A CSV file starts with a header naming its columns.
+
+  {"provider": "claude", "model": "claude-3-haiku", "latency_ms": 840, "success": true}
+
+Bad rows are reported as FILE:LINE: reason (the first 50) and skipped; the good rows are
+imported in one transaction. exit codes: 0 all imported, 2 some rejected or bad input,
+4 state file busy
+"""
+
+SHOW_EXAMPLE = """\
+examples:
+  policyctl metrics show
+  policyctl metrics show --window 1h --provider gemini --format json
+
+Per provider and model over the window: exact p50/p95/p99 latency (DuckDB quantile_cont,
+linear interpolation), success rate, average cost and the number of outcomes.
+"""
+
+EXPORT_EXAMPLE = """\
+examples:
+  policyctl metrics export --output outcomes.parquet
+  policyctl metrics export --output last-day.csv --window 24h --provider openai
+
+The format comes from --format, else the extension (.parquet, .pq, .csv, .csv.gz).
+A CSV export can be imported again with `policyctl metrics import`.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "metrics",
+        help="import, show and export outcomes (latency, success, cost)",
+        description="The outcome log that routing measures: import records, show per-model "
+        "percentiles, export for analysis.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    imp = actions.add_parser(
+        "import",
+        help="import outcomes from JSONL or CSV (or - for stdin)",
+        description="Import outcome records into the state file's outcome log.",
+        epilog=IMPORT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("input", metavar="FILE", help="a .jsonl or .csv file (.gz too), or -")
+    imp.add_argument(
+        "--input-format",
+        choices=("jsonl", "csv"),
+        help="the file's format (default: from its extension, else from its first line)",
+    )
+    _add_state(imp)
+    add_policy(imp)
+    add_format(imp, default="table")
+    imp.set_defaults(run=run_import)
+
+    show = actions.add_parser(
+        "show",
+        help="p50/p95/p99, success rate, average cost and count per provider and model",
+        description="Per provider and model over a window: exact latency percentiles, success "
+        "rate, average cost, count.",
+        epilog=SHOW_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_window(show, DEFAULT_WINDOW)
+    show.add_argument("--provider", help="only this provider")
+    _add_state(show)
+    add_format(show, default="table")
+    show.set_defaults(run=run_show)
+
+    export = actions.add_parser(
+        "export",
+        help="write outcomes to a Parquet or CSV file",
+        description="Write the outcome log (or a window of it) to a Parquet or CSV file.",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("--output", "-o", metavar="FILE", required=True, help="the file to write")
+    export.add_argument(
+        "--format",
+        choices=("parquet", "csv"),
+        help="the file format (default: from the --output extension)",
+    )
+    _add_window(export, None)
+    export.add_argument("--provider", help="only this provider")
+    _add_state(export)
+    export.set_defaults(run=run_export)
+
+
+def _add_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        metavar="URL",
+        help="the DuckDB state file holding the outcome log (default: $POLICYCTL_STATE, else"
+        " ~/.local/state/policyctl/state.duckdb)",
+    )
+
+
+def _add_window(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--window",
+        metavar="DURATION",
+        default=default,
+        help="only outcomes recorded within this duration of now: 30m, 1h, 24h, 7d"
+        + (f" (default: {default})" if default else " (default: all)"),
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_window(text: str) -> float:
+    """`30m` -> 1800.0 seconds. A bad or zero duration is a UsageError."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise UsageError(f"invalid --window `{text}`: use a duration such as 30m, 1h, 24h or 7d")
+    seconds = float(match.group(1)) * DURATION_MS[match.group(2)] / 1000.0
+    if seconds <= 0:
+        raise UsageError(f"invalid --window `{text}`: a window is longer than zero")
+    return seconds
+
+
+def _state_path(url: str | None) -> str:
+    state = url if url is not None else default_state_url()
+    check_state_url(state)
+    if state in ("memory://", "memory:", "memory") or "://" in state:
+        raise UsageError(
+            f"the outcome log lives in a DuckDB state file; `{state}` is not one"
+            " (use --state PATH, e.g. --state ./state.duckdb)"
+        )
+    if not state.strip():
+        raise UsageError("the state file path is empty")
+    return state
+
+
+def _open(state: str, *, create: bool) -> Any:
+    """The state file's connection (waiting for its lock); for a file that does not exist yet
+    and `create` false, an empty in-memory database with the same schema."""
+    from engine import analytics
+    from engine.stores import open_analytics
+
+    path = Path(state).expanduser()
+    if path.is_dir():
+        raise UsageError(f"the state file `{state}` is a directory")
+    if create or path.exists():
+        con: Any = open_analytics(state)
+    else:
+        import duckdb
+
+        con = duckdb.connect()
+        analytics.ensure_schema(con)
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _since(window_s: float | None, now: float) -> int | None:
+    """The window's start in epoch microseconds (None: everything)."""
+    return None if window_s is None else round((now - window_s) * 1e6)
+
+
+def _where(
+    since_us: int | None, provider: str | None, *, inline: bool = False
+) -> tuple[str, list[Any]]:
+    """The WHERE clause and its parameters (`inline`: as quoted literals, for COPY)."""
+    clauses, params = [], []
+    if since_us is not None:
+        clauses.append(f"recorded_at >= make_timestamp({int(since_us) if inline else '?'}::BIGINT)")
+        params.append(since_us)
+    if provider is not None:
+        clauses.append(f"provider = {_literal(provider) if inline else '?'}")
+        params.append(provider)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), [] if inline else params
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ---------------------------------------------------------------- import
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from engine.loader import load_policy
+    from engine.outcome_import import OutcomeImportError, import_outcomes
+
+    state = _state_path(args.state)
+    name = "<stdin>" if args.input == "-" else args.input
+    if args.input != "-" and not Path(args.input).exists():
+        raise UsageError(f"cannot read `{args.input}`: no such file")
+    policy = args.policy if args.policy is not None else default_policy_path()
+    catalog = load_policy(policy).program.catalog
+    con = _open(state, create=True)
+    try:
+        report = import_outcomes(
+            con, args.input, catalog, now_s=time.time(), format=args.input_format, name=name
+        )
+    except OutcomeImportError as err:
+        raise UsageError(str(err)) from None
+    finally:
+        con.close()
+    more = report.rejected - MAX_SHOWN_REJECTS
+    if args.format == "json":
+        dump_json(
+            {
+                "file": name,
+                "format": report.format,
+                "state": state,
+                "imported": report.imported,
+                "rejected": report.rejected,
+                "rejects": [
+                    {"line": line, "reason": reason}
+                    for line, reason in report.reasons[:MAX_SHOWN_REJECTS]
+                ],
+                "rejects_not_shown": max(0, more),
+            }
+        )
+    else:
+        print(f"imported {report.imported} outcomes, rejected {report.rejected}")
+    sys.stdout.flush()  # the summary first, then what was wrong with which line
+    for warning in report.warnings:
+        print(warning, file=sys.stderr)
+    for line, reason in report.reasons[:MAX_SHOWN_REJECTS]:
+        print(f"{name}:{line}: {reason}", file=sys.stderr)
+    if more > 0:
+        print(f"… and {more} more", file=sys.stderr)
+    return EXIT_BAD_INPUT if report.rejected else EXIT_OK
+
+
+# ---------------------------------------------------------------- show
+
+SHOW_SQL = """
+    SELECT provider, model, count(*) AS samples,
+           quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
+           avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS success_rate,
+           avg(cost) AS avg_cost
+    FROM outcomes{where}
+    GROUP BY provider, model
+    ORDER BY provider, model
+"""
+
+
+def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict[str, Any]]:
+    """Per provider/model: samples, exact p50/p95/p99 (quantile_cont), success rate, cost."""
+    where, params = _where(since_us, provider)
+    rows = []
+    for prov, model, samples, q, success_rate, avg_cost in con.execute(
+        SHOW_SQL.format(where=where), params
+    ).fetchall():
+        rows.append(
+            {
+                "provider": prov,
+                "model": model,
+                "samples": int(samples),
+                "p50_ms": q[0],
+                "p95_ms": q[1],
+                "p99_ms": q[2],
+                "success_rate": float(success_rate),
+                "avg_cost": None if avg_cost is None else float(avg_cost),
+            }
+        )
+    return rows
+
+
+def run_show(args: argparse.Namespace) -> int:
+    state = _state_path(args.state)
+    window_s = parse_window(args.window)
+    now = time.time()
+    con = _open(state, create=False)
+    try:
+        rows = show_rows(con, _since(window_s, now), args.provider)
+    finally:
+        con.close()
+    since = dt.datetime.fromtimestamp(now - window_s, dt.UTC).isoformat(timespec="seconds")
+    if args.format == "json":
+        dump_json(
+            {
+                "state": state,
+                "window": args.window.strip(),
+                "since": since.replace("+00:00", "Z"),
+                "provider": args.provider,
+                "models": rows,
+            }
+        )
+        return EXIT_OK
+    window = args.window.strip()
+    if not rows:
+        who = f" for provider `{args.provider}`" if args.provider else ""
+        print(f"no outcomes{who} in the last {window} (state: {state})")
+        return EXIT_OK
+    table = [
+        (
+            r["provider"], r["model"], r["samples"], _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+            _ms(r["p99_ms"]), f"{100 * r['success_rate']:.1f}%",
+            None if r["avg_cost"] is None else money(r["avg_cost"]),
+        )
+        for r in rows
+    ]  # fmt: skip
+    headers = ("provider", "model", "samples", "p50", "p95", "p99", "success", "avg cost")
+    print(render_table(headers, table))
+    print(f"(last {window}, since {since.replace('+00:00', 'Z')})")
+    return EXIT_OK
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}ms"
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_format(output: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    name = output.lower()
+    for suffix in (".gz", ".zst"):
+        name = name.removesuffix(suffix)
+    fmt = EXPORT_FORMATS.get(Path(name).suffix)
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of `{output}` from its extension: use --format parquet"
+            " or --format csv (or name it .parquet or .csv)"
+        )
+    return fmt
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import duckdb
+
+    state = _state_path(args.state)
+    fmt = export_format(args.output, args.format)
+    window_s = None if args.window is None else parse_window(args.window)
+    out = Path(args.output).expanduser()
+    if out.is_dir():
+        raise UsageError(f"cannot write `{args.output}`: it is a directory")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write `{args.output}`: no such directory `{out.parent}`")
+    con = _open(state, create=False)
+    try:
+        where, _ = _where(_since(window_s, time.time()), args.provider, inline=True)
+        options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
+        try:
+            result = con.execute(
+                f"COPY (SELECT * FROM outcomes{where}) TO {_literal(str(out))} ({options})"
+            ).fetchone()
+        except duckdb.Error as err:
+            first = str(err).splitlines()[0]
+            raise UsageError(f"cannot write `{args.output}`: {first}") from None
+    finally:
+        con.close()
+    count = int(result[0]) if result else 0
+    print(f"exported {count} outcomes to {args.output} ({fmt})")
+    return EXIT_OK

@@ -1,0 +1,525 @@
+"""`policyctl ratelimit status|set|reset|remove|config|stats|violations|buckets|cleanup`.
+
+Operator commands over the rate-limit state (thin over `engine.admin.RateLimitAdmin`).
+Each one checks every flag first, then opens the engine on the state, does its one thing
+and closes it (which writes back): a command that fails on its input never touches the
+state. Output is a table by default (these are commands for people); `--format json` gives
+one JSON document for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.admin import (
+    DEFAULT_VIOLATIONS,
+    AdminError,
+    RateLimitAdmin,
+    check_key,
+    check_quota,
+    check_scope,
+    iso,
+    parse_count,
+    parse_date,
+    parse_datetime,
+    parse_window,
+)
+from engine.api import PolicyEngine
+from engine.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_format,
+    add_policy,
+    check_state_url,
+    default_policy_path,
+    dump_json,
+    render_table,
+)
+from engine.compiler import Program
+from engine.stores import default_state_url
+
+EXAMPLE = """\
+examples:
+  policyctl ratelimit status --user alice
+  policyctl ratelimit set --user vip --limit 1000 --window 1m --burst 100 --expires 2026-12-31
+  policyctl ratelimit reset --ip 203.0.113.7
+  policyctl ratelimit violations --key alice --limit 10 --format json
+
+Windows are durations (`250ms`, `30s`, `1m`, `1h`, `1d`) or plain milliseconds (`60000`).
+Every action takes --state URL, --policy PATH and --format table|json (default: table).
+"""
+
+SCOPE_FLAGS = (("user", "ID"), ("provider", "NAME"), ("ip", "ADDRESS"))
+
+Action = Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "ratelimit",
+        help="inspect and manage rate limits: status, quotas, resets, logs",
+        description=textwrap.fill(
+            "Inspect and manage the rate-limit state shared by `policyctl eval` runs (or any"
+            " state store): bucket status, runtime quotas, resets, statistics, violations and"
+            " cleanup.",
+            80,
+        ),
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    actions.required = True
+
+    status = _action(
+        actions, "status", run_status,
+        "show the limits that apply to a key and the tokens left",
+        "Show each limit that applies (a quota, else the key's own limit, else the scope's"
+        " default) with its bucket right now: capacity, tokens available and when it is full"
+        " again. Without a scope flag: the global bucket and every key that has a bucket, a"
+        " keyed limit or a quota.",
+        "policyctl ratelimit status\n  policyctl ratelimit status --user alice\n"
+        "  policyctl ratelimit status --ip 203.0.113.7 --verbose --format json",
+    )  # fmt: skip
+    _scope_flags(status, required=False)
+    status.add_argument(
+        "--verbose", action="store_true", help="add bucket keys, refill rates, retry times"
+    )
+
+    set_ = _action(
+        actions, "set", run_set,
+        "set a runtime quota for a user (overrides the policy until it expires)",
+        "Give one user their own limit. It replaces the policy's user limits for that key"
+        " (requests) until --expires, or until `ratelimit remove`.",
+        "policyctl ratelimit set --user vip --limit 1000 --window 1m --burst 100\n"
+        "  policyctl ratelimit set --user trial-42 --limit 10 --window 1h --expires 2026-12-31",
+    )  # fmt: skip
+    set_.add_argument("--user", metavar="ID", required=True, help="the user to give a quota")
+    set_.add_argument(
+        "--limit", metavar="N", required=True, help="requests per window (> 0; `1.5k` is fine)"
+    )
+    set_.add_argument(
+        "--window", metavar="DURATION", required=True,
+        help="refill window: `1m`, `1h`, `30s`, `250ms`, `1d`, or milliseconds (`60000`)",
+    )  # fmt: skip
+    set_.add_argument("--burst", metavar="N", default="0", help="extra capacity (default: 0)")
+    set_.add_argument(
+        "--expires", metavar="DATE",
+        help="when the quota ends: `2026-12-31` (midnight UTC) or `2026-12-31T18:00:00Z`",
+    )  # fmt: skip
+
+    reset = _action(
+        actions, "reset", run_reset,
+        "refill the buckets of a key (or the global bucket)",
+        "Refill every bucket of one key: all its units and windows. --global refills the"
+        " global buckets.",
+        "policyctl ratelimit reset --user alice\n  policyctl ratelimit reset --global",
+    )  # fmt: skip
+    _scope_flags(reset, required=True)
+
+    remove = _action(
+        actions, "remove", run_remove,
+        "remove a user's runtime quota (the policy applies again)",
+        "Remove a quota set with `ratelimit set`; the user's policy limits apply again.",
+        "policyctl ratelimit remove --user vip",
+    )  # fmt: skip
+    remove.add_argument("--user", metavar="ID", required=True, help="whose quota to remove")
+
+    config = _action(
+        actions, "config", run_config,
+        "show the policy's limits and the runtime quotas",
+        "List the limits of the policy (in file order) and the quotas set at run time.",
+        "policyctl ratelimit config\n  policyctl ratelimit config --verbose --format json",
+    )  # fmt: skip
+    config.add_argument(
+        "--verbose", action="store_true", help="add refill rates and each limit's statement"
+    )
+
+    stats = _action(
+        actions, "stats", run_stats,
+        "daily allowed and denied counts per scope",
+        "Requests allowed and denied per day and scope, with the approval rate. A request"
+        " counts as allowed for every scope that applied to it, and as denied for the scope"
+        " that denied it.",
+        "policyctl ratelimit stats\n  policyctl ratelimit stats --start 2026-01-01 --type user",
+    )  # fmt: skip
+    stats.add_argument("--start", metavar="DATE", help="first day (UTC), e.g. 2026-01-01")
+    stats.add_argument("--end", metavar="DATE", help="last day (UTC), inclusive")
+    stats.add_argument("--type", metavar="SCOPE", help="one scope: global, user, ip, …")
+
+    violations = _action(
+        actions, "violations", run_violations,
+        "requests denied by a limit, newest first",
+        "List rate-limit violations (denied requests), newest first.",
+        "policyctl ratelimit violations\n  policyctl ratelimit violations --key alice --limit 10",
+    )  # fmt: skip
+    violations.add_argument("--key", metavar="KEY", help="only this key (a user, an IP, …)")
+    violations.add_argument(
+        "--limit", metavar="N", default=str(DEFAULT_VIOLATIONS),
+        help=f"at most N rows (default: {DEFAULT_VIOLATIONS})",
+    )  # fmt: skip
+
+    buckets = _action(
+        actions, "buckets", run_buckets,
+        "buckets that are not full, with tokens and fill percentage",
+        "List the active buckets (those not full right now) with their tokens and fill.",
+        "policyctl ratelimit buckets\n  policyctl ratelimit buckets --type user --format json",
+    )  # fmt: skip
+    buckets.add_argument("--type", metavar="SCOPE", help="one scope: global, user, ip, …")
+
+    cleanup = _action(
+        actions, "cleanup", run_cleanup,
+        "delete full buckets idle for 24 hours",
+        "Delete buckets that are full again and unused for --idle (default 24h); a full"
+        " bucket is the same as no bucket, so this changes no decision.",
+        "policyctl ratelimit cleanup\n  policyctl ratelimit cleanup --idle 1h",
+    )  # fmt: skip
+    cleanup.add_argument(
+        "--idle", metavar="DURATION", default="24h",
+        help="only buckets unused this long (default: 24h)",
+    )  # fmt: skip
+
+
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Action,
+    summary: str,
+    description: str,
+    examples: str,
+) -> argparse.ArgumentParser:
+    p = actions.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 80),
+        epilog=f"examples:\n  {examples}\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_policy(p)
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="rate-limit state: memory://, a DuckDB file path, redis://… (default:"
+        " $POLICYCTL_STATE, else ~/.local/state/policyctl/state.duckdb)",
+    )
+    add_format(p, default="table")
+    p.set_defaults(run=_usage_errors(run))
+    return p
+
+
+def _scope_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    for scope, metavar in SCOPE_FLAGS:
+        group.add_argument(f"--{scope}", metavar=metavar, help=f"one {scope}")
+    group.add_argument("--global", dest="global_", action="store_true", help="the global limit")
+
+
+def _usage_errors(run: Action) -> Action:
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except AdminError as err:
+            raise UsageError(str(err)) from None
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    return args.policy if args.policy is not None else default_policy_path()
+
+
+def _program(args: argparse.Namespace) -> Program:
+    """The policy alone (no state opened), for checks that need it."""
+    from engine.loader import load_policy
+
+    return load_policy(_policy(args)).program
+
+
+def _run(args: argparse.Namespace, action: Callable[[RateLimitAdmin], int]) -> int:
+    """Open the engine on the state, do one thing, close (which writes back)."""
+    if args.state is not None:
+        check_state_url(args.state)
+    engine = PolicyEngine(
+        _policy(args), state=args.state if args.state is not None else default_state_url()
+    )
+    try:
+        return action(RateLimitAdmin(engine))
+    finally:
+        engine.close()
+
+
+def _chosen_scope(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(scope, key) from --user/--provider/--ip/--global, keys checked."""
+    if getattr(args, "global_", False):
+        return "global", ""
+    for scope, _ in SCOPE_FLAGS:
+        value = getattr(args, scope, None)
+        if value is not None:
+            return scope, check_key(scope, value)
+    return None, None
+
+
+def _n(value: Any) -> str | None:
+    """A number for a table: whole numbers plain, others to 3 decimals."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        if float(value).is_integer():
+            return f"{int(value)}"
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _who(scope: str, key: str | None) -> str:
+    return scope if not key else f"{scope} {key}"
+
+
+# ----------------------------------------------------------------------------- actions
+
+
+def run_status(args: argparse.Namespace) -> int:
+    scope, key = _chosen_scope(args)
+
+    def action(admin: RateLimitAdmin) -> int:
+        rows = admin.status(scope, key, verbose=args.verbose)
+        if args.format == "json":
+            dump_json(rows)
+        elif not rows:
+            _print(f"no rate limits apply to {_who(scope, key)}" if scope else "no rate limits")
+        else:
+            _print(_status_table(rows, args.verbose))
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def _status_table(rows: Sequence[dict[str, Any]], verbose: bool) -> str:
+    headers = ["scope", "key", "unit", "limit", "window", "burst", "capacity", "tokens",
+               "full at", "source"]  # fmt: skip
+    if verbose:
+        headers += ["fill %", "retry ms", "rate/s", "bucket"]
+    table = []
+    for r in rows:
+        line = [r["scope"], r["key"], r["unit"], _n(r["limit"]), r["window"], _n(r["burst"]),
+                _n(r["capacity"]), _n(r["tokens"]), iso(r["reset_at"]) or "full",
+                r["source"]]  # fmt: skip
+        if verbose:
+            line += [_n(r["fill_percent"]), _n(r["retry_after_ms"]), _n(r["rate_per_s"]),
+                     r["bucket"]]  # fmt: skip
+        table.append(line)
+    return render_table(headers, table)
+
+
+def run_set(args: argparse.Namespace) -> int:
+    fields = {
+        "scope": "user",
+        "key": args.user,
+        "limit": args.limit,
+        "window_ms": args.window,
+        "burst": args.burst,
+        "expires_at": args.expires,
+    }
+    # check every flag before the state is opened: a bad one leaves it untouched
+    check_key("user", args.user)
+    parse_count(args.limit, "--limit")
+    parse_window(args.window)
+    parse_count(args.burst, "--burst", allow_zero=True)
+    if args.expires is not None:
+        parse_datetime(args.expires, "--expires")
+    check_quota(_program(args), now_s=time.time(), **fields)
+
+    def action(admin: RateLimitAdmin) -> int:
+        quota = admin.set_quota(**fields)
+        if args.format == "json":
+            dump_json(quota)
+        else:
+            expires = iso(quota["expires_at"])
+            _print(
+                f"quota set for {_who('user', quota['key'])}: {_n(quota['limit'])} per"
+                f" {quota['window']} burst {_n(quota['burst'])} (capacity"
+                f" {_n(quota['capacity'])}), " + (f"expires {expires}" if expires else "no expiry")
+            )
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    scope, key = _chosen_scope(args)
+    assert scope is not None  # the flag group is required
+
+    def action(admin: RateLimitAdmin) -> int:
+        count = admin.reset(scope, key or None)
+        if args.format == "json":
+            dump_json({"scope": scope, "key": key or None, "reset": count})
+        else:
+            plural = "bucket" if count == 1 else "buckets"
+            _print(f"reset {count} {plural} of {_who(scope, key)}")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    key = check_key("user", args.user)
+
+    def action(admin: RateLimitAdmin) -> int:
+        removed = admin.remove_quota("user", key)
+        if args.format == "json":
+            dump_json({"scope": "user", "key": key, "removed": removed})
+        elif removed:
+            _print(f"removed the quota of user {key}; the policy's user limits apply")
+        else:
+            _print(f"user {key} has no quota; nothing removed")
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    def action(admin: RateLimitAdmin) -> int:
+        data = admin.config(verbose=args.verbose)
+        if args.format == "json":
+            dump_json(data)
+            return EXIT_OK
+        headers = ["scope", "key", "unit", "limit", "window", "burst", "capacity", "when",
+                   "until", "source"]  # fmt: skip
+        if args.verbose:
+            headers += ["rate/s", "statement"]
+        rows = []
+        for r in data["limits"]:
+            until = iso(r["until"])
+            if until is not None and r["expired"]:
+                until += " (expired)"
+            row = [r["scope"], r["key"], r["unit"], _n(r["limit"]), r["window"],
+                   _n(r["burst"]), _n(r["capacity"]), r["when"], until, r["source"]]  # fmt: skip
+            if args.verbose:
+                row += [_n(r["rate_per_s"]), r["statement"]]
+            rows.append(row)
+        _print(render_table(headers, rows) if rows else "the policy has no limits")
+        _print("")
+        if not data["quotas"]:
+            _print("no runtime quotas")
+            return EXIT_OK
+        quota_rows = []
+        for q in data["quotas"]:
+            expires = iso(q["expires_at"]) or "never"
+            if q["expired"]:
+                expires += " (expired)"
+            quota_rows.append(
+                [q["scope"], q["key"], _n(q["limit"]), q["window"], _n(q["burst"]),
+                 _n(q["capacity"]), expires]
+            )  # fmt: skip
+        headers = ["quota scope", "key", "limit", "window", "burst", "capacity", "expires"]
+        _print(render_table(headers, quota_rows))
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    start = parse_date(args.start, "--start")
+    end = parse_date(args.end, "--end")
+    if start is not None and end is not None and start > end:
+        raise AdminError(f"`--start` {start} is after `--end` {end}")
+    if args.type is not None:
+        check_scope(_program(args), args.type)
+
+    def action(admin: RateLimitAdmin) -> int:
+        rows = admin.stats(start, end, args.type)
+        if args.format == "json":
+            dump_json(rows)
+        elif not rows:
+            _print("no statistics yet")
+        else:
+            table = [
+                [r["day"], r["scope"], r["total"], r["allowed"], r["denied"],
+                 None if r["approval_rate"] is None else f"{r['approval_rate']:.2f}%"]
+                for r in rows
+            ]  # fmt: skip
+            _print(render_table(["day", "scope", "total", "allowed", "denied", "approval"], table))
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_violations(args: argparse.Namespace) -> int:
+    count = int(parse_count(args.limit, "--limit", integer=True))
+    if args.key is not None and not args.key.strip():
+        raise AdminError("`--key` must not be empty")
+
+    def action(admin: RateLimitAdmin) -> int:
+        rows = admin.violations(args.key, count)
+        if args.format == "json":
+            dump_json(rows)
+        elif not rows:
+            _print("no violations" + (f" for {args.key}" if args.key else ""))
+        else:
+            table = [
+                [iso(r["at"]), r["scope"], r["key"], r["unit"], _n(r["requested"]),
+                 _n(r["available"]), r["request_id"]]
+                for r in rows
+            ]  # fmt: skip
+            headers = ["at", "scope", "key", "unit", "requested", "available", "request"]
+            _print(render_table(headers, table))
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_buckets(args: argparse.Namespace) -> int:
+    if args.type is not None:
+        check_scope(_program(args), args.type)
+
+    def action(admin: RateLimitAdmin) -> int:
+        rows = admin.buckets(args.type)
+        if args.format == "json":
+            dump_json(rows)
+        elif not rows:
+            _print("no active buckets (every bucket is full)")
+        else:
+            table = [
+                [r["scope"], r["key"], r["unit"], _n(r["capacity"]), _n(r["tokens"]),
+                 None if r["fill_percent"] is None else f"{r['fill_percent']:.1f}%",
+                 iso(r["reset_at"]), iso(r["last_used"])]
+                for r in rows
+            ]  # fmt: skip
+            headers = ["scope", "key", "unit", "capacity", "tokens", "fill", "full at",
+                       "last used"]  # fmt: skip
+            _print(render_table(headers, table))
+        return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    idle = parse_window(args.idle, "--idle", allow_zero=True)
+
+    def action(admin: RateLimitAdmin) -> int:
+        deleted = admin.cleanup(idle)
+        if args.format == "json":
+            dump_json({"deleted": deleted, "idle_ms": int(idle) if idle.is_integer() else idle})
+        else:
+            plural = "bucket" if deleted == 1 else "buckets"
+            _print(f"deleted {deleted} {plural} (full and idle for {args.idle.strip()})")
+        return EXIT_OK
+
+    return _run(args, action)

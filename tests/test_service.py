@@ -1,0 +1,823 @@
+"""The HTTP decision service end to end: a real `policyctl serve` process on a free
+127.0.0.1 port, driven by a real HTTP client (httpx), with real file edits for hot reload.
+
+One server serves the module (state in a temporary DuckDB file, policies in a temporary
+copy); the shutdown tests start their own. Waits poll a condition up to a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from engine.loader import load_policy
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "policies"
+DEADLINE_S = 20.0
+MIB = 1 << 20
+# The served copy refills per-user buckets per day, so "remaining" cannot move by refill
+# while a test compares it.
+USER_LIMIT_LINE = "limit user      100 per 1m burst 10"
+SERVED_USER_LIMIT = "limit user      100 per 1d burst 10"
+FLASH = {"provider": "gemini", "model": "gemini-1.5-flash"}
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_policies(directory: Path, *, user_limit: str = SERVED_USER_LIMIT) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(POLICIES / "models.yaml", directory / "models.yaml")
+    text = (POLICIES / "default.policy").read_text(encoding="utf-8")
+    assert USER_LIMIT_LINE in text
+    (directory / "default.policy").write_text(
+        text.replace(USER_LIMIT_LINE, user_limit), encoding="utf-8"
+    )
+    return directory
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    policy_dir: Path
+    state: Path
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=DEADLINE_S)
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+@contextmanager
+def serving(workdir: Path, *extra: str, state: str | None = None) -> Iterator[Server]:
+    """`policyctl serve` in a subprocess; stopped (and reaped) on the way out. State is a
+    DuckDB file in `workdir` unless `state` says otherwise."""
+    policy_dir = copy_policies(workdir / "policies")
+    state_file = workdir / "state.duckdb"
+    log = workdir / "serve.log"
+    port = free_port()
+    command = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port"]
+    command += [str(port), "--policy", str(policy_dir), "--state", state or str(state_file)]
+    command += extra
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", policy_dir, state_file, log)
+    try:
+        with server.client() as client:
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited with {proc.returncode}:\n{server.output()}")
+                try:
+                    return client.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, "the server to answer /healthz")
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("served")) as server:
+        yield server
+
+
+@pytest.fixture
+def client(served: Server) -> Iterator[httpx.Client]:
+    with served.client() as client:
+        yield client
+
+
+_serial = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    """A fresh key (user names): a new rate-limit bucket for every test."""
+    return f"{prefix}-{next(_serial)}"
+
+
+def remaining(decision: dict[str, Any], scope: str) -> float:
+    return next(r["remaining"] for r in decision["rate_limits"] if r["scope"] == scope)
+
+
+# --------------------------------------------------------------------------- /v1/eval
+
+
+def test_healthz_and_policy(client: httpx.Client, served: Server) -> None:
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    policy = client.get("/v1/policy").json()
+    assert health.json() == {"status": "ok", "version": policy["version"]}
+    assert policy["version"] == load_policy(served.policy_dir).program.version
+    assert policy["watching"] is True
+    assert [Path(f).name for f in policy["files"]] == ["default.policy"]
+    assert Path(policy["catalog"]).name == "models.yaml"
+
+
+def test_eval_happy_path(client: httpx.Client) -> None:
+    response = client.post("/v1/eval", json={"id": "r1", "user": unique("u"), "prompt": "hi"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    decision = response.json()
+    assert decision["request_id"] == "r1"
+    assert decision["allowed"] is True
+    assert decision["route"] == "default"
+    assert decision["strategy"] == "weighted"
+    assert (decision["provider"], decision["model"]) == ("gemini", "gemini-1.5-flash-latest")
+    assert decision["reason"]
+    assert decision["estimated_cost"] > 0
+    assert decision["estimated_latency_ms"] > 0
+    assert decision["denied_by"] is None
+    assert decision["policy_version"] == client.get("/v1/policy").json()["version"]
+    assert {r["scope"] for r in decision["rate_limits"]} == {"global", "user", "provider"}
+    assert "trace" not in decision
+
+
+def test_explain_adds_a_trace(client: httpx.Client) -> None:
+    body = {"id": "r2", "user": unique("u"), "prompt": "hi"}
+    decision = client.post("/v1/eval", params={"explain": "true"}, json=body).json()
+    steps = [step["step"] for step in decision["trace"]]
+    assert "route" in steps and "choose" in steps
+    matched = [s for s in decision["trace"] if s["step"] == "route" and s["matched"]]
+    assert [s["route"] for s in matched] == ["default"]
+
+
+def test_dry_run_consumes_nothing(client: httpx.Client) -> None:
+    user = unique("dry")
+    body = {"id": "d", "user": user, "prompt": "hi"}
+
+    def user_remaining(**params: str) -> float:
+        response = client.post("/v1/eval", params=params, json=body)
+        assert response.status_code == 200
+        return remaining(response.json(), "user")
+
+    first = user_remaining(dry_run="true")
+    assert first == 109  # 100 + burst 10, less this request
+    for _ in range(5):
+        assert user_remaining(dry_run="true") == first
+    assert user_remaining() == first  # the real one consumes what the dry runs showed
+    assert user_remaining(dry_run="1") == first - 1
+    assert user_remaining(dry_run="yes") == first - 1
+
+
+def test_a_denial_is_a_200(client: httpx.Client) -> None:
+    body = {"id": "cheap", "user": unique("u"), "prompt": "hi", "max_cost": 0}
+    response = client.post("/v1/eval", json=body)
+    assert response.status_code == 200
+    decision = response.json()
+    assert decision["allowed"] is False
+    assert decision["provider"] is None and decision["model"] is None
+    assert decision["denied_by"]["reason"] == "no_eligible_model"
+    assert decision["route"] == "budget"
+
+
+def test_rate_limited_is_a_200_denial(client: httpx.Client) -> None:
+    ip = "203.0.113.7"  # limit ip 50 per 1m burst 5
+    statuses, decisions = set(), []
+    for i in range(60):
+        response = client.post("/v1/eval", json={"id": f"ip{i}", "ip": ip, "user": unique("u")})
+        statuses.add(response.status_code)
+        decisions.append(response.json())
+    assert statuses == {200}
+    denied = [d for d in decisions if not d["allowed"]]
+    assert denied, "55 requests from one IP in a minute exceed 50 + burst 5"
+    assert denied[-1]["denied_by"]["scope"] == "ip"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_malformed_json_is_a_400(client: httpx.Client) -> None:
+    response = client.post("/v1/eval", content=b"{bad")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "malformed JSON: expecting property name enclosed in double quotes",
+        "detail": {"line": 1, "column": 2},
+    }
+
+
+def test_invalid_utf8_is_a_400(client: httpx.Client) -> None:
+    response = client.post("/v1/eval", content=b'{"id": "\xff\xfe"}')
+    assert response.status_code == 400
+    assert response.json() == {"error": "request body is not UTF-8"}
+
+
+def test_a_2mib_body_with_content_length_is_a_413(client: httpx.Client) -> None:
+    body = json.dumps({"prompt": "a" * (2 * MIB)}).encode()
+    response = client.post("/v1/eval", content=body)
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body is larger than 1 MiB"}
+
+
+def test_a_2mib_chunked_body_is_a_413(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(32):
+            yield b"a" * (64 * 1024)
+        yield b'"}'
+
+    response = client.post("/v1/eval", content=chunks())
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body is larger than 1 MiB"}
+
+
+def test_just_under_1mib_is_accepted(client: httpx.Client) -> None:
+    overhead = len(json.dumps({"prompt": ""}))
+    body = json.dumps({"prompt": "a" * (MIB - overhead)}).encode()
+    assert len(body) == MIB
+    assert client.post("/v1/eval", content=body).status_code == 200
+
+
+def test_unknown_and_mistyped_fields_are_422_naming_them(client: httpx.Client) -> None:
+    response = client.post("/v1/eval", json={"id": "x", "usr": "a", "max_tokens": "5"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "invalid request"
+    assert {"field": "max_tokens", "message": "input should be a valid integer"} in body["detail"]
+    messages = [p["message"] for p in body["detail"]]
+    assert "unknown field `usr` (did you mean `user`?)" in messages
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"ip": "999.1.1.1"}, "ip"),
+        ({"tags": [1]}, "tags[0]"),
+        ({"metadata": {"a": [1]}}, "metadata.a"),
+        ({"messages": [{"content": 5}]}, "messages[0].content"),
+        ({"requires_vision": "yes"}, "requires_vision"),
+        ({"max_cost": -1}, "max_cost"),
+    ],
+)
+def test_field_problems_name_the_field(client: httpx.Client, body: Any, field: str) -> None:
+    response = client.post("/v1/eval", json=body)
+    assert response.status_code == 422
+    assert field in [p["field"] for p in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"[1, 2]", "an array"), (b'"hello"', "a string"), (b"null", "null"), (b"7", "a number")],
+)
+def test_a_non_object_body_is_a_422(client: httpx.Client, body: bytes, kind: str) -> None:
+    response = client.post("/v1/eval", content=body)
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid request",
+        "detail": [{"field": "", "message": f"a request is a JSON object, not {kind}"}],
+    }
+
+
+NASTY_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
+    "empty": (b"", {}),
+    "whitespace": (b" \n\t ", {}),
+    "null": (b"null", {}),
+    "nested 10k arrays": (b"[" * 10_000 + b"]" * 10_000, {}),
+    "nested 10k objects": (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, {}),
+    "nested 10k in a field": (b'{"metadata": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", {}),
+    "5000-digit integer": (b"1" * 5000, {}),
+    "5000-digit integer field": (b'{"max_tokens": ' + b"9" * 5000 + b"}", {}),
+    "huge float": (b'{"max_cost": 1e999999}', {}),
+    "huge int field": (b'{"input_tokens": 99999999999999999999999999}', {}),
+    "NaN": (b'{"max_cost": NaN}', {}),
+    "invalid UTF-8": (b'{"prompt": "\xc3\x28\xa0\xa1"}', {}),
+    "UTF-16 BOM": (b"\xff\xfe{\x00}\x00", {}),
+    "lone surrogate value": (b'{"id": "\\ud800"}', {}),
+    "lone surrogate key": (b'{"\\udfff": 1}', {}),
+    "NUL in a string": (b'{"prompt": "a\\u0000b"}', {}),
+    "trailing garbage": (b'{"id": "a"} {"id": "b"}', {}),
+    "text/plain": (b'{"id": "a"}', {"content-type": "text/plain"}),
+    "form": (b"id=a&user=b", {"content-type": "application/x-www-form-urlencoded"}),
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/eval", "/v1/outcomes"])
+@pytest.mark.parametrize("case", list(NASTY_BODIES))
+def test_nasty_bodies_never_500(client: httpx.Client, path: str, case: str) -> None:
+    body, headers = NASTY_BODIES[case]
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code in (200, 202, 400, 413, 422), (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert "error" in response.json()
+
+
+def raw_request(server: Server, head: bytes, body: bytes) -> bytes:
+    """Send bytes no well-behaved client would; return the status line."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as s:
+        s.sendall(head + b"\r\n\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while b"\r\n" not in received:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Content-Length: not-a-number",
+        b"Content-Length: 5",  # shorter than the body
+        b"Content-Length: 99999999999999999999999",
+        b"Transfer-Encoding: chunked",  # and then a body that is not chunked
+    ],
+)
+def test_broken_framing_is_no_500(served: Server, headers: bytes) -> None:
+    head = b"POST /v1/eval HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + headers
+    status = raw_request(served, head, b'{"id": "framing", "prompt": "hi"}')
+    # a 4xx, or the HTTP layer hanging up on a request it cannot frame; never a 5xx
+    assert status == b"" or re.fullmatch(rb"HTTP/1\.1 [24]\d\d .*", status), status
+
+
+# --------------------------------------------------------------------------- /v1/outcomes
+
+
+def outcome(**fields: Any) -> dict[str, Any]:
+    return {**FLASH, "latency_ms": 420.5, "success": True, **fields}
+
+
+def test_outcomes_one_or_a_list(client: httpx.Client) -> None:
+    one = client.post("/v1/outcomes", json=outcome(request_id="o1"))
+    assert (one.status_code, one.json()) == (202, {"recorded": 1})
+    full = outcome(
+        request_id="o2",
+        input_tokens=12,
+        output_tokens=30,
+        cost=0.0001,
+        timestamp="2024-05-01T12:00:00Z",
+        route="default",
+        user="alice",
+    )
+    many = client.post("/v1/outcomes", json=[full, outcome(timestamp=time.time(), success=False)])
+    assert (many.status_code, many.json()) == (202, {"recorded": 2})
+    alias = client.post("/v1/outcomes", json=outcome(model="gemini-1.5-flash-latest"))
+    assert alias.status_code == 202
+    empty = client.post("/v1/outcomes", json=[])
+    assert (empty.status_code, empty.json()) == (202, {"recorded": 0})
+
+
+def test_bad_outcomes_are_422_with_index_and_field(client: httpx.Client) -> None:
+    batch = [
+        outcome(),
+        {"provider": "gemini", "latency_ms": -1, "success": 1, "colour": "red"},
+        outcome(model="no-such-model"),
+        outcome(timestamp="yesterday"),
+        "not an object",
+    ]
+    response = client.post("/v1/outcomes", json=batch)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "invalid outcome"
+    problems = {(p["index"], p["field"]) for p in body["detail"]}
+    assert problems == {
+        (1, "colour"),
+        (1, "model"),
+        (1, "success"),
+        (1, "latency_ms"),
+        (2, "model"),
+        (3, "timestamp"),
+        (4, ""),
+    }
+    assert 0 not in {p["index"] for p in body["detail"]}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"input_tokens": 2**70},  # a BIGINT column cannot hold it
+        {"output_tokens": 2**63},
+        {"input_tokens": -3},
+        {"output_tokens": -1},
+        {"cost": -5.0},
+        {"request_id": "\ud800"},  # not encodable as UTF-8: the log cannot store it
+        {"user": "\udfff"},
+    ],
+    ids=[
+        "input_tokens=2**70",
+        "output_tokens=2**63",
+        "input_tokens=-3",
+        "output_tokens=-1",
+        "cost=-5",
+        "request_id=lone surrogate",
+        "user=lone surrogate",
+    ],
+)
+def test_outcomes_the_log_cannot_store_are_refused(
+    client: httpx.Client, fields: dict[str, Any]
+) -> None:
+    """Accepted means recorded: a value the outcome log cannot store (or that makes no
+    sense) must be refused up front, not answered 202 and then lost — with every other
+    outcome in the same write batch — when the writer's insert fails."""
+    body = json.dumps(outcome(**fields)).encode()  # ensure_ascii: a lone surrogate as \\udXXX
+    response = client.post("/v1/outcomes", content=body)
+    assert response.status_code in (400, 422), (response.status_code, response.text)
+
+
+@pytest.mark.parametrize("ahead_s", [3 * 86_400, 1e300], ids=["3 days", "1e300 s"])
+def test_a_far_future_timestamp_is_no_500(client: httpx.Client, ahead_s: float) -> None:
+    future = time.time() + ahead_s
+    response = client.post("/v1/outcomes", json=[outcome(), outcome(timestamp=future)])
+    assert response.status_code in (202, 422), (response.status_code, response.text)
+
+
+def test_a_future_outcome_does_not_erase_health(tmp_path: Path) -> None:
+    """An outcome stamped days ahead must not push the live window forward and expire
+    what was measured: it is refused (422), or recorded without erasing the window."""
+    dry = {"params": {"dry_run": "true"}, "json": {"id": "h", "prompt": "hi"}}
+    with serving(tmp_path, "--no-watch", state="memory://") as server, server.client() as c:
+        failures = [outcome(success=False) for _ in range(150)]
+        assert c.post("/v1/outcomes", json=failures).status_code == 202
+        assert c.post("/v1/eval", **dry).json()["model"] != "gemini-1.5-flash-latest"
+        future = outcome(success=True, timestamp=time.time() + 3 * 86_400)
+        assert c.post("/v1/outcomes", json=future).status_code in (202, 422)
+        # flash failed 150 times in the last minute: it is still below min_success_rate
+        assert c.post("/v1/eval", **dry).json()["model"] != "gemini-1.5-flash-latest"
+
+
+# --------------------------------------------------------------------------- hot reload
+
+
+def test_a_broken_edit_keeps_serving_the_last_good_policy(
+    client: httpx.Client, served: Server
+) -> None:
+    path = served.policy_dir / "default.policy"
+    original = path.read_text(encoding="utf-8")
+    before = client.get("/v1/policy").json()
+    broken_line = "route broken when request.nope {"
+    broken = original + f"\n{broken_line}\n    strategy cost\n}}\n"
+    line = broken.splitlines().index(broken_line) + 1
+    col = broken_line.index("request.nope") + 1
+    try:
+        path.write_text(broken, encoding="utf-8")
+        status: dict[str, Any] = {}
+
+        def refused() -> bool:
+            status.update(client.get("/v1/policy").json())
+            return status["reload_errors"] > before["reload_errors"] and bool(status["last_error"])
+
+        wait_for(refused, "the broken edit to be refused")
+        assert status["version"] == before["version"]
+        location, message = status["last_error"].split(": ", 1)
+        file, at_line, at_col = location.rsplit(":", 2)
+        assert Path(file).name == "default.policy"
+        assert (int(at_line), int(at_col)) == (line, col)
+        assert message.startswith("unknown field `request.nope`")
+        # ... and the server's log says so too
+        wait_for(
+            lambda: f"{location}: unknown field `request.nope`" in served.output(),
+            "the refused reload in the server log",
+        )
+        assert f"policy reload failed; keeping version {before['version']}" in served.output()
+
+        decision = client.post("/v1/eval", json={"id": "b", "user": unique("u")})
+        assert decision.status_code == 200
+        assert decision.json()["allowed"] is True
+        assert decision.json()["policy_version"] == before["version"]
+        metrics = client.get("/metrics").text
+        errors = re.search(r"^policyctl_policy_reload_errors_total (\d+)$", metrics, re.M)
+        assert errors is not None and int(errors.group(1)) >= 1
+    finally:
+        path.write_text(original, encoding="utf-8")
+    wait_for(lambda: client.get("/v1/policy").json()["last_error"] is None, "the fix to load")
+    assert client.get("/v1/policy").json()["version"] == before["version"]
+
+
+def test_reload_under_concurrent_load(served: Server) -> None:
+    """4 client threads fire /v1/eval while the served policy is edited 5 times: every
+    response is a 200, and every decision names a version that was live."""
+    path = served.policy_dir / "default.policy"
+    original = path.read_text(encoding="utf-8")
+    with served.client() as control:
+        live = {control.get("/v1/policy").json()["version"]}
+    stop = threading.Event()
+    failures: list[str] = []
+    versions: list[str] = []
+    counts: list[int] = []
+
+    def fire(n: int) -> None:
+        sent = 0
+        with served.client() as c:
+            try:
+                while not stop.is_set():
+                    sent += 1
+                    body = {"id": f"load-{n}-{sent}", "user": f"load-{n}-{sent % 50}"}
+                    response = c.post("/v1/eval", json=body)
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+                    else:
+                        versions.append(response.json()["policy_version"])
+            except Exception as err:  # a transport error is a failure too
+                failures.append(repr(err))
+        counts.append(sent)
+
+    threads = [threading.Thread(target=fire, args=(n,), daemon=True) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        with served.client() as control:
+            for edit in range(5):
+                text = original.replace("burst 1000", f"burst {1000 + edit + 1}")
+                assert text != original
+                if edit % 2:
+                    tmp = path.with_name(".default.policy.tmp")
+                    tmp.write_text(text, encoding="utf-8")
+                    os.replace(tmp, path)
+                else:
+                    path.write_text(text, encoding="utf-8")
+                expected = load_policy(served.policy_dir).program.version
+                live.add(expected)
+                wait_for(
+                    lambda v=expected: control.get("/v1/policy").json()["version"] == v,
+                    f"edit {edit} to be served",
+                )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=DEADLINE_S)
+        path.write_text(original, encoding="utf-8")
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert sum(counts) > 0 and len(versions) == sum(counts)
+    assert set(versions) <= live
+    with served.client() as control:
+        version = load_policy(served.policy_dir).program.version
+        wait_for(lambda: control.get("/v1/policy").json()["version"] == version, "the restore")
+
+
+# --------------------------------------------------------------------------- /metrics etc
+
+
+def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
+    client.post("/v1/eval", json={"id": "m1", "user": unique("u"), "prompt": "hi"})
+    client.post("/v1/eval", json={"id": "m2", "user": unique("u"), "max_cost": 0})
+    client.post("/v1/eval", content=b"{bad")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    decisions = re.findall(
+        r'^policyctl_decisions_total\{route="([^"]*)",provider="([^"]*)",'
+        r'outcome="(allowed|denied)"\} (\d+)$',
+        text,
+        re.M,
+    )
+    labels = {(route, provider, outcome) for route, provider, outcome, _ in decisions}
+    assert ("default", "gemini", "allowed") in labels
+    assert ("budget", "", "denied") in labels
+    assert "# TYPE policyctl_decisions_total counter" in text
+    assert "# TYPE policyctl_decision_seconds histogram" in text
+    buckets = re.findall(r'^policyctl_decision_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)
+    assert buckets[-1][0] == "+Inf"
+    counts = [int(n) for _, n in buckets]
+    assert counts == sorted(counts), "histogram buckets are cumulative"
+    count = re.search(r"^policyctl_decision_seconds_count (\d+)$", text, re.M)
+    assert count is not None and int(count.group(1)) == counts[-1]
+    assert counts[-1] >= sum(int(n) for *_, n in decisions) > 0
+    assert re.search(r"^policyctl_decision_seconds_sum [0-9.]+$", text, re.M)
+    assert re.search(r"^policyctl_policy_reloads_total \d+$", text, re.M)
+    assert re.search(r'^policyctl_bad_requests_total\{status="400"\} [1-9]\d*$', text, re.M)
+    assert re.search(r"^policyctl_denials_total\{scope=", text, re.M)
+    for line in text.splitlines():  # every sample line is `name{labels} value`
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+', line)
+
+
+def test_openapi_document(client: httpx.Client) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    assert {"/v1/eval", "/v1/outcomes", "/v1/policy", "/healthz", "/metrics"} <= set(
+        document["paths"]
+    )
+    schemas = document["components"]["schemas"]
+    assert "max_tokens" in schemas["Request"]["properties"]
+    assert "policy_version" in schemas["Decision"]["properties"]
+    assert set(document["paths"]["/v1/eval"]["post"]["responses"]) >= {"200", "400", "413", "422"}
+
+
+def test_unknown_paths_and_methods(client: httpx.Client) -> None:
+    assert client.get("/nope").status_code == 404
+    assert client.get("/v1/eval").status_code == 405
+    assert client.post("/v1/policy").status_code == 405
+
+
+# --------------------------------------------------------------------------- property test
+
+
+def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    return schemas[ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _typed(
+    schema: dict[str, Any], schemas: dict[str, Any], depth: int = 0
+) -> st.SearchStrategy[Any]:
+    """Values shaped like `schema` (so many requests pass validation), or anything at all."""
+    schema = _resolve(schema, schemas)
+    if depth > 3:
+        return JSON_VALUES
+    if "anyOf" in schema:
+        return st.one_of([_typed(s, schemas, depth + 1) for s in schema["anyOf"]])
+    kind = schema.get("type")
+    if kind == "string":
+        return st.text(max_size=30) | st.sampled_from(["10.0.0.1", "::1", "alice", "us", "gpt-4"])
+    if kind == "integer":
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -10))
+        return st.integers(min_value=int(low), max_value=10**7) | st.integers()
+    if kind == "number":
+        return st.floats(min_value=0, max_value=1e6) | st.floats()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    if kind == "array":
+        return st.lists(_typed(schema.get("items", {}), schemas, depth + 1), max_size=3)
+    if kind == "object":
+        properties = schema.get("properties", {})
+        if properties:
+            return st.fixed_dictionaries(
+                {},
+                optional={k: _typed(v, schemas, depth + 1) for k, v in properties.items()},
+            )
+        extra = schema.get("additionalProperties")
+        values = _typed(extra, schemas, depth + 1) if isinstance(extra, dict) else JSON_VALUES
+        return st.dictionaries(st.text(max_size=8), values, max_size=3)
+    return JSON_VALUES
+
+
+@pytest.fixture(scope="module")
+def shared_client(served: Server) -> Iterator[httpx.Client]:
+    with served.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def request_bodies(served: Server) -> st.SearchStrategy[Any]:
+    """Request bodies built from the served OpenAPI document's Request schema."""
+    with served.client() as c:
+        schemas = c.get("/openapi.json").json()["components"]["schemas"]
+    properties = schemas["Request"]["properties"]
+    names = sorted(properties)
+    well_typed = st.fixed_dictionaries(
+        {}, optional={k: _typed(v, schemas) for k, v in properties.items()}
+    )
+    any_values = st.dictionaries(
+        st.sampled_from(names) | st.text(max_size=10), JSON_VALUES, max_size=len(names)
+    )
+    return well_typed | any_values | JSON_VALUES
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_property_eval_never_500(
+    shared_client: httpx.Client, request_bodies: st.SearchStrategy[Any], data: st.DataObject
+) -> None:
+    body = data.draw(request_bodies, label="body")
+    params = data.draw(
+        st.fixed_dictionaries(
+            {}, optional={"explain": st.just("true"), "dry_run": st.just("true")}
+        ),
+        label="params",
+    )
+    response = shared_client.post("/v1/eval", params=params, content=json.dumps(body).encode())
+    event(f"status {response.status_code}")  # see: pytest --hypothesis-show-statistics
+    assert response.status_code in (200, 400, 413, 422), (response.status_code, response.text)
+    payload = response.json()
+    if response.status_code == 200:
+        assert isinstance(payload["allowed"], bool)
+        assert payload["policy_version"]
+        assert ("trace" in payload) == ("explain" in params)
+        for number in (payload["estimated_cost"], payload["estimated_latency_ms"]):
+            assert number is None or math.isfinite(number)
+    else:
+        assert isinstance(payload["error"], str)
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+def outcome_rows(state: Path) -> dict[str, tuple[Any, ...]]:
+    with duckdb.connect(str(state), read_only=True) as con:
+        rows = con.execute(
+            "SELECT request_id, provider, model, latency_ms, success FROM outcomes"
+        ).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def decision_count(state: Path) -> int:
+    with duckdb.connect(str(state), read_only=True) as con:
+        return con.execute("SELECT count(*) FROM decisions").fetchone()[0]  # type: ignore[index]
+
+
+def test_sigterm_finishes_and_flushes(tmp_path: Path) -> None:
+    with serving(tmp_path, "--no-watch") as server, server.client() as c:
+        for i in range(3):
+            assert c.post("/v1/eval", json={"id": f"t{i}", "user": "bob"}).status_code == 200
+        batch = [outcome(request_id=f"term-{i}", latency_ms=100 + i) for i in range(5)]
+        assert c.post("/v1/outcomes", json=batch).json() == {"recorded": 5}
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=DEADLINE_S)
+        assert code == 0, server.output()
+    rows = outcome_rows(server.state)
+    for i in range(5):
+        assert rows.get(f"term-{i}") == ("gemini", "gemini-1.5-flash-latest", 100.0 + i, True)
+    assert decision_count(server.state) == 3
+
+
+def test_a_rejected_batch_records_nothing(tmp_path: Path) -> None:
+    """All or nothing: a batch with one bad item changes nothing — neither the live health
+    the router uses nor the outcome log — while the same batch without it does both.
+
+    Stopped with SIGINT (which runs the same `engine.close()` path), so that this test
+    does not depend on the SIGTERM one."""
+    dry = {"params": {"dry_run": "true"}, "json": {"id": "h", "prompt": "hi"}}
+    failures = [outcome(success=False, request_id=f"rejected-{i}") for i in range(150)]
+    with serving(tmp_path, "--no-watch") as server, server.client() as c:
+        assert c.post("/v1/eval", **dry).json()["model"] == "gemini-1.5-flash-latest"
+
+        refused = c.post("/v1/outcomes", json=[*failures, {"provider": "gemini"}])
+        assert refused.status_code == 422
+        assert {p["index"] for p in refused.json()["detail"]} == {150}
+        # 150 failures (>= min_samples 100) would take flash below min_success_rate 80%
+        assert c.post("/v1/eval", **dry).json()["model"] == "gemini-1.5-flash-latest"
+
+        accepted = [outcome(success=False, request_id=f"accepted-{i}") for i in range(150)]
+        assert c.post("/v1/outcomes", json=accepted).json() == {"recorded": 150}
+        assert c.post("/v1/eval", **dry).json()["model"] != "gemini-1.5-flash-latest"
+
+        server.proc.send_signal(signal.SIGINT)
+        server.proc.wait(timeout=DEADLINE_S)
+    rows = outcome_rows(server.state)
+    assert sorted(rows) == sorted(f"accepted-{i}" for i in range(150))
