@@ -6,6 +6,7 @@
     GET  /healthz          liveness
     GET  /metrics          Prometheus text
     GET  /openapi.json     the OpenAPI document
+    /v1/ratelimit/…        the `policyctl ratelimit` calls (see `engine.service_admin`)
 
 Bodies over 1 MiB get 413, malformed JSON 400, invalid fields 422 naming them; nothing a
 client sends produces a 500.
@@ -13,7 +14,6 @@ client sends produces a 500.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -25,71 +25,14 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from engine.admin import RateLimitAdmin
 from engine.api import PolicyEngine
 from engine.decision import DecisionSchema
+from engine.http_body import BodyError, SafeJSONResponse, flag, json_body, problem
 from engine.request import Request, RequestError
+from engine.service_admin import admin_openapi_paths, admin_routes
 
-MAX_BODY_BYTES = 1 << 20
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
-
-
-class BodyError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped: a lone surrogate a client sent cannot break encoding."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
-
-
-def _problem(status: int, error: str, detail: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": error}
-    if detail is not None:
-        body["detail"] = detail
-    return SafeJSONResponse(body, status_code=status)
-
-
-async def _json_body(request: HttpRequest) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BodyError(413, "request body is larger than 1 MiB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyError(413, "request body is larger than 1 MiB")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError:
-        raise BodyError(400, "request body is not UTF-8") from None
-    except RecursionError:
-        raise BodyError(400, "malformed JSON: nested too deeply") from None
-    except ValueError as err:
-        if not isinstance(err, json.JSONDecodeError):
-            raise BodyError(400, f"malformed JSON: {err}") from None
-        raise BodyError(
-            400,
-            f"malformed JSON: {err.msg[:1].lower()}{err.msg[1:]}",
-            {"line": err.lineno, "column": err.colno},
-        ) from None
-    except json.JSONDecodeError as err:
-        raise BodyError(
-            400,
-            f"malformed JSON: {err.msg[:1].lower()}{err.msg[1:]}",
-            {"line": err.lineno, "column": err.colno},
-        ) from None
-
-
-def _flag(request: HttpRequest, name: str) -> bool:
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
 
 class Telemetry:
@@ -318,8 +261,12 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "text"}},
                 }
             },
+            **admin_openapi_paths(),
         },
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 
@@ -343,23 +290,23 @@ def create_app(
                 return await handler(request)
             except BodyError as err:
                 telemetry.bad_requests[err.status] += 1
-                return _problem(err.status, err.error, err.detail)
+                return problem(err.status, err.error, err.detail)
             except RecursionError:
                 telemetry.bad_requests[400] += 1
-                return _problem(400, "malformed JSON: nested too deeply")
+                return problem(400, "malformed JSON: nested too deeply")
             except RequestError as err:
                 telemetry.bad_requests[422] += 1
                 detail = [{"field": f.strip("`").removeprefix("field `"), "message": m}
                           for f, m in err.problems]  # fmt: skip
-                return _problem(422, "invalid request", detail)
+                return problem(422, "invalid request", detail)
 
         return run
 
     async def evaluate(request: HttpRequest) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         start = time.perf_counter()
         decision = engine.evaluate(
-            body, explain=_flag(request, "explain"), dry_run=_flag(request, "dry_run")
+            body, explain=flag(request, "explain"), dry_run=flag(request, "dry_run")
         )
         telemetry.observe(
             decision.route,
@@ -371,12 +318,12 @@ def create_app(
         return SafeJSONResponse(decision.to_dict())
 
     async def outcomes(request: HttpRequest) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         items = body if isinstance(body, list) else [body]
         problems = []
         for index, item in enumerate(items):
-            for problem in _outcome_problems(item):
-                problems.append({"index": index, **problem})
+            for found in _outcome_problems(item):
+                problems.append({"index": index, **found})
             if isinstance(item, dict) and not _outcome_problems(item):
                 try:
                     at = _timestamp(item.get("timestamp"))
@@ -423,6 +370,9 @@ def create_app(
 
     document = openapi_document()
 
+    def count_error(status: int) -> None:
+        telemetry.bad_requests[status] += 1
+
     async def openapi(request: HttpRequest) -> Response:
         return JSONResponse(document)
 
@@ -433,11 +383,17 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *admin_routes(
+            RateLimitAdmin(engine),
+            admin_token=admin_token,
+            open_admin=open_admin,
+            count_error=count_error,
+        ),
         *(extra_routes or []),
     ]
 
     async def internal_error(request: HttpRequest, exc: Exception) -> Response:
-        return _problem(500, "internal error")
+        return problem(500, "internal error")
 
     app = Starlette(routes=routes, exception_handlers={Exception: internal_error})
     app.state.engine = engine

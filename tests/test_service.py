@@ -85,9 +85,11 @@ class Server:
 
 
 @contextmanager
-def serving(workdir: Path, *extra: str, state: str | None = None) -> Iterator[Server]:
+def serving(
+    workdir: Path, *extra: str, state: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
     """`policyctl serve` in a subprocess; stopped (and reaped) on the way out. State is a
-    DuckDB file in `workdir` unless `state` says otherwise."""
+    DuckDB file in `workdir` unless `state` says otherwise; `env` adds variables."""
     policy_dir = copy_policies(workdir / "policies")
     state_file = workdir / "state.duckdb"
     log = workdir / "serve.log"
@@ -96,7 +98,13 @@ def serving(workdir: Path, *extra: str, state: str | None = None) -> Iterator[Se
     command += [str(port), "--policy", str(policy_dir), "--state", state or str(state_file)]
     command += extra
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     server = Server(proc, f"http://127.0.0.1:{port}", policy_dir, state_file, log)
     try:
         with server.client() as client:
