@@ -152,8 +152,8 @@ class PolicyEngine:
             try:
                 loaded = load_policy(self._policy_path)
             except (PolicyError, CatalogError) as err:
-                self.reload_errors += 1
-                self.last_reload_error = str(err)
+                self.last_reload_error = str(err)  # before the count: a poller that sees
+                self.reload_errors += 1  # the count move reads this error
                 log.warning("policy reload failed; keeping version %s:\n%s", self.version, err)
                 return False
             changed = loaded.program.version != self._program.version

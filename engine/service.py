@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -395,7 +396,26 @@ def create_app(
     async def internal_error(request: HttpRequest, exc: Exception) -> Response:
         return problem(500, "internal error")
 
-    app = Starlette(routes=routes, exception_handlers={Exception: internal_error})
+    async def http_error(request: HttpRequest, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        telemetry.bad_requests[status] += 1
+        if status == 404:
+            return problem(404, f"no such path `{request.url.path}`", {"paths": known_paths})
+        if status == 405:
+            allowed = getattr(exc, "headers", None) or {}
+            response = problem(
+                405, f"`{request.method}` is not allowed on `{request.url.path}`",
+                {"allow": allowed.get("Allow", "")},
+            )  # fmt: skip
+            response.headers.update(allowed)
+            return response
+        return problem(status, str(getattr(exc, "detail", "error")))
+
+    known_paths = sorted({route.path for route in routes})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={Exception: internal_error, HTTPException: http_error},
+    )
     app.state.engine = engine
     app.state.telemetry = telemetry
     app.state.admin_token = admin_token

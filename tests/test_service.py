@@ -656,8 +656,14 @@ def test_openapi_document(client: httpx.Client) -> None:
 
 
 def test_unknown_paths_and_methods(client: httpx.Client) -> None:
-    assert client.get("/nope").status_code == 404
-    assert client.get("/v1/eval").status_code == 405
+    missing = client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "no such path `/nope`"
+    assert "/v1/eval" in missing.json()["detail"]["paths"]
+    wrong = client.get("/v1/eval")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == "`GET` is not allowed on `/v1/eval`"
+    assert wrong.headers["allow"] == "POST"
     assert client.post("/v1/policy").status_code == 405
 
 
