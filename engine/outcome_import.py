@@ -8,19 +8,23 @@ An outcome record (SPEC §5) has `provider, model, latency_ms, success` and opti
 `request_id, route, user`. `recorded_at` and `user_id` (the table's column names, as
 `policyctl metrics export` writes them) are accepted for `timestamp` and `user`.
 
-How it works, and why it is fast (SPEC §8: 1M rows/s) — no Python loop touches a row:
+How it works, and why it is fast (SPEC §8: 1M rows/s) — no good row ever enters Python:
 - DuckDB reads the file as raw lines (one VARCHAR per line; blank lines kept as NULL, so
   line numbers stay exact);
 - a CSV line is split on the header's delimiter (a line with quotes goes through a quote-aware
   split); a JSONL line is checked with `json_valid` and its fields extracted in one call;
-- every field is read as text and typed with TRY_CAST; the model is resolved by a join against
-  a small temp table of the catalog's (provider, id or alias) -> canonical id;
-- pass 1, on every core: `INSERT INTO outcomes SELECT … WHERE ok`; then a parallel count of
-  the data lines says whether any row was left out. Only then, pass 2 collects the distinct
-  bad lines with their reasons, and one numbered scan (WITH ORDINALITY, under
-  `preserve_insertion_order`) finds their line numbers — a row's verdict depends on its
-  text alone, so equal lines share it. All in one transaction: good rows are imported even
-  when others are bad; a file that cannot be read imports nothing.
+- every field is read as text and typed with TRY_CAST; the model is resolved without a join:
+  the row's provider and model names are cast to ENUMs of the catalog's names, whose codes
+  index a constant list of the catalog's (provider, id or alias) -> canonical model;
+- pass 1, on every core and without `preserve_insertion_order`: `INSERT INTO outcomes
+  SELECT … WHERE ok OR _oi_reject(t)`, where `_oi_reject` is a Python function that DuckDB
+  calls only for the rows that are not ok: it keeps their text and returns false. A file with
+  no bad row is read once, and no row enters Python;
+- only when some line was kept, pass 2 judges those distinct lines again (a small table, not
+  the file) to say why, and one numbered scan (WITH ORDINALITY, under
+  `preserve_insertion_order`) finds their line numbers — a row's verdict depends on its text
+  alone, so equal lines share it. All in one transaction: good rows are imported even when
+  others are bad; a file that cannot be read imports nothing.
 """
 
 from __future__ import annotations
@@ -253,25 +257,18 @@ def _raw(name: str) -> str:
 # ---------------------------------------------------------------- typing and validation
 
 
-def _quoted(column: str) -> str:
-    """A bad value as a message shows it: in backticks, cut at 40 characters."""
-    return (
-        f"'`' || CASE WHEN strlen({column}) > {_SHOWN} THEN left({column}, {_SHOWN}) || '…'"
-        f" ELSE {column} END || '`'"
-    )
-
-
-def _typed_sql(fields_sql: str, now_s: float) -> str:
+def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
     """Every row typed (TRY_CAST), its model resolved, and `ok`: whether it can be imported.
 
-    Only cheap predicates here: messages are built for the bad rows alone (`_REJECT_SQL`).
+    Only cheap predicates here: messages are built for the bad rows alone (`_problems_sql`).
     An epoch-seconds timestamp is told from an ISO 8601 one by its fifth character (`-` in
     `2024-…`), so good rows never pay for a failed cast.
     """
     now_us = round(now_s * 1e6)
+    lookup = _CatalogLookup(_catalog_rows(catalog))
     return f"""
-        SELECT s.*, c.provider, c.id AS model,
-               structural IS NULL AND c.id IS NOT NULL
+        SELECT s.*, {lookup.column("provider")} AS provider, {lookup.column("id")} AS model,
+               structural IS NULL AND _k IS NOT NULL
                AND coalesce(isfinite(latency_d) AND latency_d >= 0, false)
                AND success_b IS NOT NULL
                AND (raw_input_tokens IS NULL OR {_whole_ok("input_tokens_d")})
@@ -280,10 +277,11 @@ def _typed_sql(fields_sql: str, now_s: float) -> str:
                AND recorded_at IS NOT NULL AS ok,
                coalesce(cost_d, CASE WHEN input_tokens_d IS NOT NULL
                                        OR output_tokens_d IS NOT NULL
-                   THEN (coalesce(input_tokens_d, 0) * c.input_price
-                         + coalesce(output_tokens_d, 0) * c.output_price) / 1e6 END) AS cost
+                   THEN (coalesce(input_tokens_d, 0) * {lookup.column("input_price")}
+                         + coalesce(output_tokens_d, 0) * {lookup.column("output_price")})
+                        / 1e6 END) AS cost
         FROM (
-            SELECT *,
+            SELECT *, {lookup.index("raw_provider", "raw_model")} AS _k,
                    CASE WHEN raw_timestamp IS NULL THEN make_timestamp({now_us}::BIGINT)
                         WHEN iso THEN CASE WHEN isfinite(ts_tz)
                                            THEN make_timestamp(epoch_us(ts_tz)) END
@@ -308,14 +306,7 @@ def _typed_sql(fields_sql: str, now_s: float) -> str:
                 FROM ({fields_sql})
             )
         ) AS s
-        LEFT JOIN _oi_catalog AS c ON c.name = s.raw_model AND c.given_provider = s.raw_provider
     """
-
-
-# `WHERE ok` alone would be pushed down through the projections, each of its conjuncts
-# inlining the typed columns' expressions (the split and the casts computed many times over:
-# 25x slower). A volatile term keeps the filter where it is; it never changes the result.
-_KEEP_FILTER = "({} OR random() < 0.0)"
 
 
 def _whole_ok(column: str) -> str:
@@ -375,6 +366,58 @@ def _catalog_rows(catalog: Catalog) -> list[tuple[str, str, str, str, float, flo
     return rows
 
 
+class _CatalogLookup:
+    """The catalog as SQL expressions, for a join-free model lookup.
+
+    A row's (provider, model) names are cast to two ENUMs of the catalog's provider names and
+    model names (ids and aliases); their codes index a constant list that gives the catalog
+    row, 1-based, or NULL when no model has that name under that provider. A join against a
+    table would do the same, but DuckDB may build its hash table on the file's side (a
+    pipeline breaker holding every row); a cast is a hash lookup per row, streamed.
+    """
+
+    def __init__(self, rows: list[tuple[str, str, str, str, float, float]]) -> None:
+        self.rows = rows
+        self.providers = sorted({r[0] for r in rows})
+        self.names = sorted({r[1] for r in rows})
+        cells: list[int | None] = [None] * (len(self.names) * len(self.providers))
+        for k, (given, name, *_rest) in enumerate(rows, start=1):
+            cells[self.names.index(name) * len(self.providers) + self.providers.index(given)] = k
+        self.cells = cells
+
+    @staticmethod
+    def _list(values: list[Any]) -> str:
+        def one(v: Any) -> str:
+            if v is None:
+                return "NULL"
+            if isinstance(v, str):
+                return _sql_text(v)
+            if isinstance(v, int):
+                return str(v)
+            return f"{float(v)!r}::DOUBLE"
+
+        return "[" + ", ".join(one(v) for v in values) + "]"
+
+    def index(self, provider: str, model: str) -> str:
+        """The catalog row (1-based) of the named model, else NULL."""
+        if not self.rows:
+            return "NULL::INTEGER"
+        providers = "ENUM(" + ", ".join(_sql_text(p) for p in self.providers) + ")"
+        names = "ENUM(" + ", ".join(_sql_text(n) for n in self.names) + ")"
+        return (
+            f"{self._list(self.cells)}[enum_code(TRY_CAST({model} AS {names}))::INTEGER"
+            f" * {len(self.providers)} + enum_code(TRY_CAST({provider} AS {providers}))::INTEGER"
+            " + 1]"
+        )
+
+    def column(self, what: str) -> str:
+        """The catalog row's `provider`, `id`, `input_price` or `output_price`, by `_k`."""
+        at = {"provider": 2, "id": 3, "input_price": 4, "output_price": 5}[what]
+        if not self.rows:
+            return "NULL::DOUBLE" if "price" in what else "NULL::VARCHAR"
+        return f"{self._list([r[at] for r in self.rows])}[_k]"
+
+
 def _model_hint(catalog: Catalog, provider: str | None, model: str | None) -> str:
     """`unknown model `p/m` (did you mean `p/x`?)`, or `unknown provider `p``."""
     if provider is None or model is None:
@@ -389,6 +432,74 @@ def _model_hint(catalog: Catalog, provider: str | None, model: str | None) -> st
 
 
 # ---------------------------------------------------------------- the import
+
+_IN_LIST_MAX = 1000  # distinct bad lines up to which the numbered scan filters by a list
+
+
+class _Rejects:
+    """The bad lines of pass 1, collected as it runs, by a Python scalar function in its
+    filter: `WHERE ok OR _oi_reject(t)`. DuckDB evaluates the right side of an OR only for the
+    rows the left side did not select, so the function sees the bad lines alone (few, as a
+    rule) and returns false for them; good rows never leave DuckDB. The function has side
+    effects, so DuckDB neither caches it nor pushes the filter's conjuncts down into the
+    projections (which would compute the split and the casts many times over: 25x slower).
+    Should DuckDB ever call it for a good row too, pass 2 judges every collected line again,
+    so the report stays exact.
+    """
+
+    NAME = "_oi_reject"
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str) -> bool:
+        self.lines.append(text)
+        return False
+
+    def register(self, con: Any) -> None:
+        with contextlib.suppress(Exception):
+            con.remove_function(self.NAME)
+        con.create_function(self.NAME, self, ["VARCHAR"], "BOOLEAN", side_effects=True)
+
+    def unregister(self, con: Any) -> None:
+        with contextlib.suppress(Exception):
+            con.remove_function(self.NAME)
+
+
+def _find_rejects(
+    con: Any, path: str, skip: int, lines: list[str], typed_of: Any
+) -> list[tuple[Any, ...]]:
+    """(line, unknown model?, provider, model, problems) of every bad line, by line.
+
+    Pass 2 judges the distinct collected lines (a small table, not the file) and builds their
+    reasons; one numbered scan of the file (serial: a line number is a running count) finds
+    where they are. When they are few it keeps only the lines whose hash is one of theirs;
+    else a semi-join on the hash does; then the texts are joined.
+    """
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _oi_lines AS SELECT DISTINCT unnest(?::VARCHAR[]) AS t",
+        [lines],
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _oi_bad AS SELECT t, hash(t) AS h,"
+        " model IS NULL AND structural IS NULL AS unknown, raw_provider, raw_model,"
+        f" {_problems_sql()} AS problems FROM ({typed_of('(SELECT t FROM _oi_lines)')})"
+        " WHERE NOT ok"
+    )
+    hashes = [h for (h,) in con.execute("SELECT DISTINCT h FROM _oi_bad").fetchall()]
+    if not hashes:
+        return []
+    numbered = _lines_source(path, skip=skip, numbered=True)
+    if len(hashes) <= _IN_LIST_MAX:
+        listed = ", ".join(f"{int(h)}::UBIGINT" for h in hashes)
+        candidates = f"(SELECT line, t FROM {numbered} WHERE hash(t) IN ({listed}))"
+    else:
+        candidates = f"(SELECT line, t FROM {numbered} WHERE hash(t) IN (SELECT h FROM _oi_bad))"
+    con.execute("SET preserve_insertion_order = true")
+    return con.execute(
+        "SELECT n.line, b.unknown, b.raw_provider, b.raw_model, b.problems"
+        f" FROM {candidates} AS n JOIN _oi_bad AS b ON b.t = n.t ORDER BY n.line"
+    ).fetchall()
 
 
 def import_outcomes(
@@ -430,9 +541,9 @@ def import_outcomes(
 def _import_file(
     con: Any, path: str, catalog: Catalog, now_s: float, fmt: str | None, shown: str
 ) -> ImportReport:
-    """Pass 1 imports the good rows (on every core); a parallel count of the data lines tells
-    whether any row was left out; only then pass 2 finds the bad lines' texts and reasons,
-    and one numbered scan puts line numbers on them (a verdict depends on the text alone)."""
+    """Pass 1 imports the good rows (on every core) and hands the bad lines' texts to Python;
+    only when there are some, pass 2 finds their reasons and one numbered scan puts line
+    numbers on them (a verdict depends on the text alone)."""
     import duckdb
 
     from engine import analytics
@@ -454,43 +565,34 @@ def _import_file(
         skip = first_line  # the header and any blank lines before it
         delimiter, positions, warnings = _csv_header(first_text, shown, first_line)
         width = len(next(csv.reader([first_text], delimiter=delimiter)))
-        lines = _lines_source(path, skip=skip)
-        fields_sql = _csv_fields(lines, delimiter, positions, width)
+
+        def fields_of(lines: str) -> str:
+            return _csv_fields(lines, delimiter, positions, width)
+
     else:
         skip = first_line - 1
-        lines = _lines_source(path, skip=skip)
-        fields_sql = _json_fields(lines)
-    typed = _typed_sql(fields_sql, float(now_s))
+        fields_of = _json_fields
 
-    # The numbered scan counts lines in file order; a global setting: put back afterwards.
+    def typed_of(lines: str) -> str:
+        return _typed_sql(fields_of(lines), float(now_s), catalog)
+
+    collected = _Rejects()
+    # Only the numbered scan needs rows in file order (`preserve_insertion_order`, a global
+    # setting: put back afterwards); the import itself runs without it, on every core.
     (preserving,) = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()
-    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET preserve_insertion_order = false")
     con.execute("BEGIN")
     rejects: list[tuple[Any, ...]] = []
     try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _oi_catalog (given_provider VARCHAR, name VARCHAR,"
-            " provider VARCHAR, id VARCHAR, input_price DOUBLE, output_price DOUBLE)"
-        )
-        con.executemany("INSERT INTO _oi_catalog VALUES (?, ?, ?, ?, ?, ?)", _catalog_rows(catalog))
+        collected.register(con)
         (imported,) = con.execute(
             "INSERT INTO outcomes SELECT recorded_at, provider, model, latency_d, success_b,"
             " input_tokens_d::BIGINT, output_tokens_d::BIGINT, cost, raw_request_id, raw_route,"
-            f" raw_user FROM ({typed}) WHERE {_KEEP_FILTER.format('ok')}"
+            f" raw_user FROM ({typed_of(_lines_source(path, skip=skip))})"
+            f" WHERE ok OR {_Rejects.NAME}(t)"
         ).fetchone()
-        (rows,) = con.execute(f"SELECT count(*) FROM {lines} WHERE {_NOT_BLANK}").fetchone()
-        if rows != imported:
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE _oi_bad AS SELECT DISTINCT t,"
-                " model IS NULL AND structural IS NULL AS unknown, raw_provider, raw_model,"
-                f" {_problems_sql()} AS problems FROM ({typed})"
-                f" WHERE {_KEEP_FILTER.format('NOT ok')}"
-            )
-            numbered = _lines_source(path, skip=skip, numbered=True)
-            rejects = con.execute(
-                "SELECT n.line, b.unknown, b.raw_provider, b.raw_model, b.problems"
-                f" FROM {numbered} AS n JOIN _oi_bad AS b ON b.t = n.t ORDER BY n.line"
-            ).fetchall()
+        if collected.lines:
+            rejects = _find_rejects(con, path, skip, collected.lines, typed_of)
         con.execute("COMMIT")
     except duckdb.Error as err:
         with contextlib.suppress(Exception):
@@ -501,7 +603,8 @@ def _import_file(
             con.execute("ROLLBACK")
         raise
     finally:
-        for table in ("_oi_catalog", "_oi_bad"):
+        collected.unregister(con)
+        for table in ("_oi_bad", "_oi_lines"):
             with contextlib.suppress(Exception):
                 con.execute(f"DROP TABLE IF EXISTS {table}")
         with contextlib.suppress(Exception):

@@ -272,6 +272,54 @@ def test_bad_rows_in_the_middle_of_a_large_file_keep_their_line_numbers(
     con.close()
 
 
+def test_many_distinct_bad_lines_are_all_reported_at_their_lines(tmp_path: Path) -> None:
+    """More distinct bad lines than the numbered scan lists by hash (it joins them then)."""
+    n = 6_000
+    bad_lines = set(range(3, n + 2, 4))  # 1,500 bad lines, each different (its request id)
+    chunks = ["provider,model,latency_ms,success,request_id\n"]
+    for line in range(2, n + 2):
+        model = "gpt-5" if line in bad_lines else "gpt-4o"
+        chunks.append(f"openai,{model},{line},true,req-{line}\n")
+    path = tmp_path / "many-bad.csv"
+    path.write_text("".join(chunks), encoding="utf-8")
+    con = duckdb.connect()
+    ensure_schema(con)
+    report = import_outcomes(con, str(path), load_policy(None).program.catalog, now_s=NOW)
+    assert report.rejected == len(bad_lines) == 1_500
+    assert [line for line, _ in report.reasons] == sorted(bad_lines)
+    assert {reason for _, reason in report.reasons} == {
+        "unknown model `openai/gpt-5` (did you mean `openai/gpt-4`?)"
+    }
+    assert report.imported == n - len(bad_lines)
+    ids = {r for (r,) in con.execute("SELECT request_id FROM outcomes").fetchall()}
+    assert {f"req-{line}" for line in range(2, n + 2)} - ids == {f"req-{b}" for b in bad_lines}
+    con.close()
+
+
+def test_an_import_leaves_the_connection_as_it_found_it(tmp_path: Path) -> None:
+    """Settings put back, no helper function or temp table left; a second import works."""
+    catalog = load_policy(None).program.catalog
+    con = duckdb.connect()
+    ensure_schema(con)
+    con.execute("SET preserve_insertion_order = true")
+    tables_before = con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+    first = write_jsonl(tmp_path / "one.jsonl", [good(1), good(2, latency_ms=-1)])
+    second = write_jsonl(tmp_path / "two.jsonl", [good(3, success="no"), good(4)])
+    report = import_outcomes(con, str(first), catalog, now_s=NOW)
+    assert report.reasons == [(2, "latency_ms must be a number >= 0, got `-1`")]
+    report = import_outcomes(con, str(second), catalog, now_s=NOW)
+    assert (report.imported, report.rejected) == (1, 1)
+    assert report.reasons == [(1, "success must be true or false (or 1 or 0), got `no`")]
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+    assert con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall() == (
+        tables_before
+    )
+    with pytest.raises(duckdb.Error):
+        con.execute("SELECT _oi_reject('x')")
+    assert con.execute("SELECT count(*) FROM outcomes").fetchone() == (2,)
+    con.close()
+
+
 # ---------------------------------------------------------------- show
 
 
@@ -427,6 +475,17 @@ def test_export_parquet_and_csv_read_back_and_reimport(cli: CLI, tmp_path: Path)
     mine = cli.query("SELECT * FROM outcomes ORDER BY recorded_at, latency_ms")
     theirs = other.query("SELECT * FROM outcomes ORDER BY recorded_at, latency_ms")
     assert theirs == mine
+
+
+def test_export_writes_outcomes_oldest_first(cli: CLI, tmp_path: Path) -> None:
+    records, _ = _mixed_outcomes(random.Random(5))  # shuffled: not in time order
+    path = write_jsonl(tmp_path / "shuffled.jsonl", records)
+    assert cli.run("metrics", "import", str(path)).returncode == 0
+    out = tmp_path / "out.csv"
+    assert cli.run("metrics", "export", "-o", str(out)).returncode == 0
+    times = [t for (t,) in duckdb.sql(f"SELECT recorded_at FROM read_csv('{out}')").fetchall()]
+    assert len(times) == len(records)
+    assert times == sorted(times)
 
 
 # ---------------------------------------------------------------- routing sees imports

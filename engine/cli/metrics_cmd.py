@@ -71,7 +71,8 @@ examples:
   policyctl metrics export --output last-day.csv --window 24h --provider openai
 
 The format comes from --format, else the extension (.parquet, .pq, .csv, .csv.gz).
-A CSV export can be imported again with `policyctl metrics import`.
+Rows are written oldest first. A CSV export can be imported again with
+`policyctl metrics import`.
 """
 
 
@@ -393,7 +394,8 @@ def run_export(args: argparse.Namespace) -> int:
         options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
         try:
             result = con.execute(
-                f"COPY (SELECT * FROM outcomes{where}) TO {_literal(str(out))} ({options})"
+                f"COPY (SELECT * FROM outcomes{where} ORDER BY recorded_at)"
+                f" TO {_literal(str(out))} ({options})"
             ).fetchone()
         except duckdb.Error as err:
             first = str(err).splitlines()[0]
