@@ -1,6 +1,6 @@
 """How decision cost grows with the catalog and the policy, and bucket memory with keys.
 
-    python bench/scaling_bench.py [--quick]
+    python bench/scaling_bench.py [--quick] [--strategies weighted,latency,cost,...]
 
 Rows: one decision at 10, 100 and 1,000 models (SPEC §8: 1,000 models at most 20× the
 cost of 10); at 10, 100 and 1,000 routes (the request matches the last one, the worst
@@ -55,12 +55,14 @@ def catalog_of(size: int, directory: Path) -> Path:
     return path
 
 
-def models_rows(n: int, repeats: int, directory: Path) -> list[tuple[str, float]]:
+def models_rows(
+    n: int, repeats: int, directory: Path, strategies: tuple[str, ...]
+) -> list[tuple[str, float]]:
     rows = []
     requests = [{"id": f"r{i}", "user": f"u{i % 100}", "input_tokens": 100} for i in range(1000)]
     for size in (10, 100, 1000):
         path = catalog_of(size, directory)
-        for strategy in ("weighted", "latency"):
+        for strategy in strategies:
             text = f'catalog "{path}"\ndefaults {{ strategy {strategy} }}'
             engine = PolicyEngine.from_text(text)
             us = per_call_us(lambda i, e=engine: e.evaluate(requests[i % 1000]), n, repeats)
@@ -102,15 +104,21 @@ def memory_rows(sizes: tuple[int, ...]) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--strategies",
+        default="weighted,latency",
+        help="comma-separated strategies for the model-count rows (default: weighted,latency)",
+    )
     args = parser.parse_args()
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     n, repeats = (500, 3) if args.quick else (3000, 5)
     sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
     print(f"policyctl scaling bench — {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as tmp:
-        model_rows = models_rows(n, repeats, Path(tmp))
+        model_rows = models_rows(n, repeats, Path(tmp), strategies)
     print(f"\n{'decision':34} {'µs':>9} {'vs 10':>7}")
-    for strategy in ("weighted", "latency"):
-        mine = [(name, us) for name, us in model_rows if name.startswith(strategy)]
+    for strategy in strategies:
+        mine = [(name, us) for name, us in model_rows if name.startswith(f"{strategy},")]
         base = mine[0][1]
         for name, us in mine:
             print(f"{name:34} {us:9.1f} {us / base:6.1f}×")

@@ -8,6 +8,7 @@ Every closure has the signature `(request_env, model_attrs) -> value`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from engine import ast
 from engine.ast import Unit
 from engine.catalog import Catalog, Model
 from engine.schema import SCOPE_KEY_FIELD
+from engine.strategies import RouteView, latency_terms
 
 Env = Mapping[str, Any]
 Fn = Callable[[Env, Mapping[str, Any] | None], Any]
@@ -81,6 +83,89 @@ def model_row(model: Model) -> ModelRow:
     )
 
 
+DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """A route's candidates as flat tuples (position i is `rows[i]`) for the hot loop, with
+    the aggregates that let a request skip the per-model capability checks entirely."""
+
+    models: tuple[Model, ...]
+    keys: tuple[str, ...]
+    providers: tuple[str, ...]
+    masks: tuple[int, ...]
+    max_tokens: tuple[int, ...]
+    context_windows: tuple[int, ...]
+    input_prices: tuple[float, ...]  # USD per 1M tokens
+    output_prices: tuple[float, ...]  # USD per 1M tokens
+    default_output_costs: tuple[float, ...]  # min(DEFAULT_OUTPUT_TOKENS, max_tokens) * price
+    latency_priors: tuple[float, ...]
+    common_mask: int  # capabilities every candidate supports
+    min_context_window: int  # smallest over the candidates (0 when there are none)
+    min_max_tokens: int
+    position_of: Mapping[str, int]  # model key -> position
+    # chosen provider -> the other providers in fallback order (the chain when no explicit
+    # `fallback provider/model` entry or rate limit takes a hand)
+    fallback_providers: Mapping[str, tuple[str, ...]]
+    view: RouteView  # what the strategies read
+
+
+def route_table(route: CompiledRoute) -> RouteTable:
+    rows = route.rows
+    common = 15
+    for row in rows:
+        common &= row.supports_mask
+    default = 0.0 if route.weights else 1.0  # model-specific: weight of a model not preferred
+    weights = tuple(route.weights.get(row.key, default) for row in rows)
+    explicit, last = route.fallback_order, len(route.fallback_order)
+    far = len(route.provider_rank)
+    failover = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            explicit.get(rows[i].key, last),  # `fallback provider/model` entries come first
+            route.provider_rank.get(rows[i].provider, far),
+            i,
+        ),
+    )
+    indexes = tuple(row.index for row in rows)
+    priors = tuple(row.latency_prior_ms for row in rows)
+    view = RouteView(
+        factors=route.settings.factors,
+        factor_weights=route.factor_weights,
+        keys=tuple(row.key for row in rows),
+        indexes=indexes,
+        index_sorted=all(a < b for a, b in itertools.pairwise(indexes)),
+        weights=weights,
+        weights_nonnegative=all(w >= 0 for w in weights),
+        weights_uniform=len(set(weights)) <= 1,
+        failover_order=tuple(failover),
+        latency_priors=priors,
+        latency_terms=latency_terms(priors, route.factor_weights[0]),
+    )
+    order = route.provider_order
+    return RouteTable(
+        models=tuple(row.model for row in rows),
+        keys=view.keys,
+        providers=tuple(row.provider for row in rows),
+        masks=tuple(row.supports_mask for row in rows),
+        max_tokens=tuple(row.max_tokens for row in rows),
+        context_windows=tuple(row.context_window for row in rows),
+        input_prices=tuple(row.input_price for row in rows),
+        output_prices=tuple(row.output_price for row in rows),
+        default_output_costs=tuple(
+            min(DEFAULT_OUTPUT_TOKENS, row.max_tokens) * row.output_price for row in rows
+        ),
+        latency_priors=priors,
+        common_mask=common,
+        min_context_window=min((row.context_window for row in rows), default=0),
+        min_max_tokens=min((row.max_tokens for row in rows), default=0),
+        position_of={row.key: i for i, row in enumerate(rows)},
+        fallback_providers={p: tuple(q for q in order if q != p) for p in order},
+        view=view,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
@@ -97,6 +182,7 @@ class CompiledRoute:
     provider_order: tuple[str, ...] = ()  # providers by rank
     factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
+    table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(model_row(m) for m in self.candidates))
@@ -105,6 +191,7 @@ class CompiledRoute:
         object.__setattr__(self, "factor_weights", self.settings.factor_weights)
         order = {key: i for i, key in enumerate(self.settings.fallback_models)}
         object.__setattr__(self, "fallback_order", order)
+        object.__setattr__(self, "table", route_table(self))
 
 
 @dataclass(frozen=True, slots=True)

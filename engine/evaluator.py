@@ -8,26 +8,40 @@ Order of work for one request:
    (success rate under the threshold with enough samples, or cooldown);
 4. the route's strategy ranks what is left; the first wins;
 5. alternatives, the fallback chain, confidence, and (with `explain`) a trace.
+
+Steps 3 and 4 work on the route's flat per-model columns (`RouteTable`, built at compile
+time) and on parallel lists, one slot per eligible model; only the models a decision shows
+become objects. When nothing is measured, no `require` reads the request and no trace is
+asked for, step 3 takes a shortcut (`_eligible_fast`) that builds no drop reasons; a
+request nothing can serve then goes through the general path to say why.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog import Model
-from engine.compiler import CAPABILITY_BITS, CompiledRoute, ModelRow, Program
+from engine.compiler import (
+    CAPABILITY_BITS,
+    DEFAULT_OUTPUT_TOKENS,
+    CompiledRoute,
+    ModelRow,
+    Program,
+    RouteTable,
+)
 from engine.decision import Alternative, Decision, LimitStatus
 from engine.limits import Limiter, Verdict
 from engine.metrics import MetricsView, NoMetrics
-from engine.strategies import STRATEGIES, Candidate, Context, exact_money, money
+from engine.strategies import STRATEGIES, Pool, exact_money, money
 
-DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
 HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
+_NO_METRICS = NoMetrics()
 
 
 @dataclass
@@ -88,36 +102,33 @@ def _route_for(program: Program, env: Mapping[str, Any], trace: list[dict[str, A
     return program.default_route
 
 
-def evaluate(
+def _eligible(
     program: Program,
+    route: CompiledRoute,
     env: Mapping[str, Any],
-    *,
-    metrics: MetricsView | None = None,
-    state: EvalState | None = None,
-    explain: bool = False,
-    limiter: Limiter | None = None,
-    consume: bool = True,
-    now: float = 0.0,
-) -> Decision:
-    metrics = metrics or NoMetrics()
-    trace: list[dict[str, Any]] | None = [] if explain else None
-    route = _route_for(program, env, trace)
+    metrics: MetricsView,
+    measuring: bool,
+    now: float,
+    trace: list[dict[str, Any]] | None,
+) -> tuple[list[int], list[float], list[float], list[float] | None, list[int] | None, list[Any]]:
+    """Every model of the route checked one by one, with the reason each dropped one was
+    dropped: (positions, costs, latencies, success rates, samples, dropped). The general
+    path: metrics, `require` clauses, explain traces and empty results come here."""
     settings = route.settings
-    if trace is not None:
-        for model, because in route.dropped:
-            trace.append(_drop(model, because))
-
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     max_cost = env["max_cost"]
     max_latency = env["max_latency"]
     needs = _needs_mask(env)
-    measuring = metrics.has_data
     min_samples = settings.min_samples
-    survivors: list[Candidate] = []
+    pos: list[int] = []
+    costs: list[float] = []
+    lats: list[float] = []
+    rates: list[float] = []
+    samples: list[int] = []
     dropped: list[tuple[Model, str]] = []
     context_needed = input_tokens + (max_tokens or 0)
-    for row in route.rows:
+    for position, row in enumerate(route.rows):
         if (
             needs & ~row.supports_mask
             or context_needed > row.context_window
@@ -167,47 +178,147 @@ def evaluate(
             elif max_latency is not None and latency > max_latency:
                 problem = f"estimated latency {latency:.0f}ms exceeds max_latency {max_latency:g}ms"
             else:
-                survivors.append(
-                    Candidate(
-                        row.model,
-                        row.key,
-                        row.index,
-                        cost,
-                        latency,
-                        stats.success_rate if measured else 1.0,  # type: ignore[union-attr]
-                        stats.samples if stats is not None else 0,
-                    )
-                )
+                pos.append(position)
+                costs.append(cost)
+                lats.append(latency)
+                rates.append(stats.success_rate if measured else 1.0)  # type: ignore[union-attr]
+                samples.append(stats.samples if stats is not None else 0)
                 continue
         dropped.append((row.model, problem))
         if trace is not None:
             trace.append(_drop(row.model, problem))
+    return pos, costs, lats, rates, samples, dropped
 
-    if not survivors:
-        return _no_eligible_model(program, env, route, dropped, trace)
+
+def _eligible_fast(
+    table: RouteTable, env: Mapping[str, Any]
+) -> tuple[Sequence[int], Sequence[float], Sequence[float]]:
+    """(positions, costs, latencies) of the models that can serve the request, when nothing
+    is measured and no `require` reads the request: no reasons, no per-model objects. The
+    same tests as `_eligible`, on the route's flat columns."""
+    input_tokens = env["input_tokens"]
+    max_tokens = env["max_tokens"]
+    needs = _needs_mask(env)
+    context_needed = input_tokens + (max_tokens or 0)
+    pos: Sequence[int]
+    if (
+        not needs & ~table.common_mask
+        and not context_needed > table.min_context_window
+        and (max_tokens is None or not max_tokens > table.min_max_tokens)
+    ):  # every candidate can serve it
+        pos = range(len(table.keys))
+        prices = table.input_prices
+        if max_tokens is None:
+            costs = [
+                (input_tokens * a + b) / 1e6
+                for a, b in zip(prices, table.default_output_costs, strict=True)
+            ]
+        else:
+            costs = [
+                (input_tokens * a + max_tokens * b) / 1e6
+                for a, b in zip(prices, table.output_prices, strict=True)
+            ]
+        lats: Sequence[float] = table.latency_priors
+    else:
+        masks, windows = table.masks, table.context_windows
+        if max_tokens is None:
+            pos = [
+                i
+                for i, (m, w) in enumerate(zip(masks, windows, strict=True))
+                if not needs & ~m and not context_needed > w
+            ]
+            defaults = table.default_output_costs
+            prices = table.input_prices
+            costs = [(input_tokens * prices[i] + defaults[i]) / 1e6 for i in pos]
+        else:
+            limits = table.max_tokens
+            pos = [
+                i
+                for i, (m, w, t) in enumerate(zip(masks, windows, limits, strict=True))
+                if not needs & ~m and not context_needed > w and not max_tokens > t
+            ]
+            prices, outputs = table.input_prices, table.output_prices
+            costs = [(input_tokens * prices[i] + max_tokens * outputs[i]) / 1e6 for i in pos]
+        priors = table.latency_priors
+        lats = [priors[i] for i in pos]
+    max_cost = env["max_cost"]
+    max_latency = env["max_latency"]
+    if max_cost is not None or max_latency is not None:
+        if max_latency is None:
+            keep = [s for s, c in enumerate(costs) if not c > max_cost]
+        elif max_cost is None:
+            keep = [s for s, x in enumerate(lats) if not x > max_latency]
+        else:
+            keep = [
+                s
+                for s, (c, x) in enumerate(zip(costs, lats, strict=True))
+                if not c > max_cost and not x > max_latency
+            ]
+        if len(keep) < len(costs):
+            pos = [pos[s] for s in keep]
+            costs = [costs[s] for s in keep]
+            lats = [lats[s] for s in keep]
+    return pos, costs, lats
+
+
+def evaluate(
+    program: Program,
+    env: Mapping[str, Any],
+    *,
+    metrics: MetricsView | None = None,
+    state: EvalState | None = None,
+    explain: bool = False,
+    limiter: Limiter | None = None,
+    consume: bool = True,
+    now: float = 0.0,
+) -> Decision:
+    metrics = metrics or _NO_METRICS
+    trace: list[dict[str, Any]] | None = [] if explain else None
+    route = _route_for(program, env, trace)
+    settings = route.settings
+    if trace is not None:
+        for model, because in route.dropped:
+            trace.append(_drop(model, because))
+
+    table = route.table
+    pos: Sequence[int] = ()
+    rates: list[float] | None = None
+    samples: list[int] | None = None
+    measuring = metrics.has_data
+    if trace is None and not route.requires and not measuring:
+        pos, costs, lats = _eligible_fast(table, env)
+    if not pos:  # the general path, also to say why each model was dropped
+        pos, costs, lats, rates, samples, dropped = _eligible(
+            program, route, env, metrics, measuring, now, trace
+        )
+        if not pos:
+            return _no_eligible_model(program, env, route, dropped, trace)
 
     turn = 0
-    if settings.strategy == "round-robin":
+    strategy = settings.strategy
+    if strategy == "round-robin":
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None:
             state.turns[route.name] = turn + 1
-    ctx = Context(
-        factors=settings.factors,
-        factor_weights=route.factor_weights,
-        weights=route.weights,
-        draw=draw(env["key"]) if settings.strategy == "model-specific" else 0.0,
-        turn=turn,
-        provider_rank=route.provider_rank,
-        fallback_models=route.fallback_order,
+    pool = Pool(
+        table.view,
+        pos,
+        costs,
+        lats,
+        rates,
+        draw(env["key"]) if strategy == "model-specific" else 0.0,
+        turn,
     )
-    ranked, reason = STRATEGIES[settings.strategy](survivors, ctx)
+    order, score, reason = STRATEGIES[strategy](pool)
+    models, keys, providers = table.models, table.keys, table.providers
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
+    skip = 0
     if limiter is not None and program.limits:
         verdict = limiter.check(
             program.limits,
             env,
-            ((c.model.provider, c.key, c.cost) for c, _ in ranked),
+            ((providers[p], keys[p], costs[s]) for s in order for p in (pos[s],)),
             consume=consume,
             on_store_error=settings.on_store_error,
         )
@@ -215,53 +326,61 @@ def evaluate(
         if verdict.option is None:
             return _rate_limited(program, env, route, verdict, trace)
         if verdict.option:
-            skipped = ranked[: verdict.option]
-            ranked = ranked[verdict.option :]  # the skipped are neither alternatives nor fallbacks
-            limited = {c.model.provider for c, _ in skipped}
+            skip = verdict.option
+            skipped = [pos[s] for s in order[:skip]]
+            limited = {providers[p] for p in skipped}
             n = len(skipped)
             reason = (
-                f"Ranked #{n + 1} by {settings.strategy}: the {n} ranked above"
+                f"Ranked #{n + 1} by {strategy}: the {n} ranked above"
                 f" {'it is' if n == 1 else 'it are'} at a provider or model rate limit"
-                f" ({', '.join(c.key for c, _ in skipped[:3])}{', …' if n > 3 else ''})"
+                f" ({', '.join(keys[p] for p in skipped[:3])}{', …' if n > 3 else ''})"
             )
             if trace is not None:
-                for c, _ in skipped:
-                    trace.append(_drop(c.model, "at a provider or model rate limit"))
-    chosen = ranked[0][0]
+                for p in skipped:
+                    trace.append(_drop(models[p], "at a provider or model rate limit"))
+            order = order[skip:]  # the skipped are neither alternatives nor fallbacks
+    best = order[0]
+    chosen = models[pos[best]]
     if trace is not None:
         trace.append(
             {
                 "step": "choose",
-                "strategy": settings.strategy,
+                "strategy": strategy,
                 "ranking": [
-                    {"provider": c.model.provider, "model": c.model.id, "score": round(s, 4)}
-                    for c, s in ranked
+                    {
+                        "provider": models[pos[s]].provider,
+                        "model": models[pos[s]].id,
+                        "score": round(score(skip + i, s), 4),
+                    }
+                    for i, s in enumerate(order)
                 ],
             }
         )
-    samples = chosen.samples
-    if samples <= 0:  # catalog priors only
+    taken = samples[best] if samples is not None else 0
+    min_samples = settings.min_samples
+    if taken <= 0:  # catalog priors only
         confidence = PRIOR_CONFIDENCE
     elif min_samples <= 0:
         confidence = 1.0
     else:
-        confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, samples / min_samples)
+        confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
+    alternatives = [
+        Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
+        for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
+    ]
     return Decision(
         request_id=env["id"],
         allowed=True,
-        provider=chosen.model.provider,
-        model=chosen.model.id,
+        provider=chosen.provider,
+        model=chosen.id,
         route=route.name,
-        strategy=settings.strategy,
+        strategy=strategy,
         reason=reason,
-        estimated_cost=round(chosen.cost, 10),
-        estimated_latency_ms=round(chosen.latency_ms, 3),
+        estimated_cost=round(costs[best], 10),
+        estimated_latency_ms=round(lats[best], 3),
         confidence=round(confidence, 4),
-        alternatives=[
-            Alternative(c.model.provider, c.model.id, round(s, 4))
-            for c, s in ranked[1 : 1 + MAX_ALTERNATIVES]
-        ],
-        fallbacks=_fallbacks(route, ranked, limited),
+        alternatives=alternatives,
+        fallbacks=_fallbacks(route, order, pos, limited),
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
@@ -269,28 +388,48 @@ def evaluate(
 
 
 def _fallbacks(
-    route: CompiledRoute, ranked: list[tuple[Candidate, float]], limited: set[str]
+    route: CompiledRoute, order: list[int], pos: Sequence[int], limited: set[str]
 ) -> list[dict[str, str]]:
     """Explicit `fallback provider/model` entries first, then for each other provider in
     fallback order its best-ranked eligible model; none from a provider skipped at a limit."""
-    chosen = ranked[0][0].model
+    table = route.table
+    models, providers = table.models, table.providers
+    chosen = models[pos[order[0]]]
     chain: list[Model] = []
     if route.settings.fallback_models:
-        eligible = {c.key: c.model for c, _ in ranked}
+        eligible = {pos[s] for s in order}
         for key in route.settings.fallback_models:
-            model = eligible.get(key)
-            if model is not None and model is not chosen and model not in chain:
+            p = table.position_of.get(key)
+            if p is None or p not in eligible:
+                continue
+            model = models[p]
+            if model is not chosen and model not in chain:
                 chain.append(model)
-    best_by_provider: dict[str, Model] = {}
-    for c, _ in ranked:
-        if c.model.provider not in best_by_provider:
-            best_by_provider[c.model.provider] = c.model
-    chain = [m for m in chain if m.provider not in limited]
-    covered = {m.provider for m in chain} | limited
-    covered.add(chosen.provider)
-    for provider in route.provider_order:
-        if provider not in covered and provider in best_by_provider:
-            chain.append(best_by_provider[provider])
+        chain = [m for m in chain if m.provider not in limited]
+    wanted = None if chain or limited else table.fallback_providers.get(chosen.provider)
+    if wanted is None:
+        covered = {m.provider for m in chain} | limited
+        covered.add(chosen.provider)
+        wanted = tuple(p for p in route.provider_order if p not in covered)
+    if wanted:
+        best: dict[str, Model] = {}
+        if len(order) <= 32:
+            left = set(wanted)
+            for s in order:  # the best-ranked model of each wanted provider
+                p = pos[s]
+                provider = providers[p]
+                if provider in left:
+                    left.discard(provider)
+                    best[provider] = models[p]
+                    if not left:
+                        break
+        else:  # a long ranking: look each provider up in C rather than walk it
+            ranked = order if type(pos) is range else operator.itemgetter(*order)(pos)
+            in_order = operator.itemgetter(*ranked)(providers)
+            for provider in wanted:
+                if provider in in_order:  # else no eligible model of that provider
+                    best[provider] = models[ranked[in_order.index(provider)]]
+        chain += [best[p] for p in wanted if p in best]
     return [{"provider": m.provider, "model": m.id} for m in chain]
 
 

@@ -1,0 +1,245 @@
+"""The routing fast path against the general path and against a plain reference ranking.
+
+`evaluate` takes a shortcut when nothing is measured, no `require` reads the request and no
+trace is asked for: it filters and ranks over the route's flat columns and builds nothing
+for the models a decision does not show. These properties keep it honest:
+
+- the shortcut and the general path (the one `--explain` and measured metrics take) give
+  the same decision, field for field;
+- the explain trace's full ranking is what a plain, obviously correct implementation of
+  each strategy gives (sort by the measure, then the other measure, then catalog order),
+  also over a catalog of copies where nearly everything ties.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import PolicyEngine
+from engine.compiler import CompiledRoute, Program
+from engine.evaluator import DEFAULT_OUTPUT_TOKENS, EvalState, draw, evaluate
+from engine.metrics import ModelStats
+from engine.request import env_of
+
+REPO = Path(__file__).resolve().parent.parent
+CATALOG = REPO / "policies" / "models.yaml"
+STRATEGY_VALUES = (
+    "latency",
+    "cost",
+    "weighted(latency: 60%, cost: 40%)",
+    "weighted(success: 50%, cost: 50%)",
+    "model-specific",
+    "round-robin",
+    "failover",
+)
+CAPABILITY_BITS = {"vision": 1, "tools": 2, "json": 4, "streaming": 8}
+
+
+class MeasuredNothing:
+    """Says it has data, then has none for any model: forces the general path with results
+    that must equal the shortcut's."""
+
+    has_data = True
+
+    def stats(self, model_key: str) -> ModelStats | None:
+        return None
+
+
+def copies_catalog(directory: Path, size: int) -> Path:
+    """The packaged catalog's models repeated under new ids: ties everywhere."""
+    base = yaml.safe_load(CATALOG.read_text())["models"]
+    models = []
+    for i in range(size):
+        model = dict(base[i % len(base)])
+        model["id"] = f"{model['id']}-x{i}"
+        model["aliases"] = []
+        models.append(model)
+    path = directory / f"copies{size}.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def policy_text(catalog: Path, strategy: str) -> str:
+    return f"""
+catalog "{catalog}"
+defaults {{
+    strategy {strategy}
+    fallback gemini, openai, claude
+}}
+route picky when request.metadata.tier == "pro" {{
+    strategy {strategy}
+    prefer openai weight 30
+    prefer claude weight 70
+    exclude claude/claude-3-opus-20240229-x1
+}}
+"""
+
+
+class Programs(list[Program]):
+    def __repr__(self) -> str:  # hypothesis prints the arguments of a failing example
+        return f"<{len(self)} programs>"
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
+    directory = tmp_path_factory.mktemp("catalogs")
+    out = Programs([PolicyEngine().program])
+    for size in (11, 40):
+        path = copies_catalog(directory, size)
+        out += [PolicyEngine.from_text(policy_text(path, s)).program for s in STRATEGY_VALUES]
+    return out
+
+
+requests = st.fixed_dictionaries(
+    {"id": st.text(alphabet="abcxyz0123456789", min_size=1, max_size=8)},
+    optional={
+        "input_tokens": st.sampled_from([0, 1, 100, 2000, 40_000, 150_000, 3_000_000]),
+        "max_tokens": st.sampled_from([1, 256, 500, 4096, 8192, 9000, 20_000]),
+        "requires_vision": st.booleans(),
+        "requires_tools": st.booleans(),
+        "requires_json": st.booleans(),
+        "stream": st.booleans(),
+        "max_cost": st.sampled_from([0.0, 1e-6, 0.0001, 0.0005, 0.001, 0.01, 1.0]),
+        "max_latency_ms": st.sampled_from([500, 900, 1000, 1800, 2400, 5000]),
+        "metadata": st.fixed_dictionaries({"tier": st.sampled_from(["pro", "free"])}),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, which=st.integers(min_value=0, max_value=100), turn=st.integers(0, 50))
+def test_the_shortcut_and_the_general_path_decide_alike(
+    programs: Programs, request: dict[str, Any], which: int, turn: int
+) -> None:
+    program = programs[which % len(programs)]
+    env = env_of(request)
+    decisions = []
+    for explain, metrics in ((False, None), (True, None), (False, MeasuredNothing())):
+        state = EvalState()
+        state.turns = {r.name: turn for r in (*program.routes, program.default_route)}
+        decision = evaluate(program, env, metrics=metrics, state=state, explain=explain)
+        out = decision.to_dict()
+        out.pop("trace", None)
+        decisions.append(out)
+    assert decisions[0] == decisions[1] == decisions[2]
+
+
+# ------------------------------------------------------------------ the reference ranking
+
+
+def reference_ranking(
+    route: CompiledRoute, env: dict[str, Any], turn: int
+) -> list[tuple[str, str, float]]:
+    """Filter and rank the plain way: one tuple per model, sorts with whole keys."""
+    needs = sum(
+        bit
+        for name, bit in CAPABILITY_BITS.items()
+        if env[{"streaming": "stream"}.get(name, f"requires_{name}")]
+    )
+    max_tokens = env["max_tokens"]
+    cands = []
+    for row in route.rows:
+        model = row.model
+        supports = sum(CAPABILITY_BITS[c] for c in model.supports if c in CAPABILITY_BITS)
+        if needs & ~supports:
+            continue
+        if max_tokens is not None and max_tokens > model.max_tokens:
+            continue
+        if env["input_tokens"] + (max_tokens or 0) > model.context_window:
+            continue
+        output = (
+            max_tokens if max_tokens is not None else min(DEFAULT_OUTPUT_TOKENS, model.max_tokens)
+        )
+        cost = model.cost(env["input_tokens"], output)
+        latency = model.latency_p95_ms
+        if env["max_cost"] is not None and cost > env["max_cost"]:
+            continue
+        if env["max_latency"] is not None and latency > env["max_latency"]:
+            continue
+        cands.append((model, cost, latency))
+    strategy = route.settings.strategy
+    n = len(cands)
+    if not n:
+        return []
+    ranked: list[tuple[Any, float]]
+    if strategy in ("latency", "cost"):
+        which = 2 if strategy == "latency" else 1
+        other = 3 - which
+        ordered = sorted(cands, key=lambda c: (c[which], c[other], c[0].index))
+        best = ordered[0][which]
+        ranked = [(c, best / c[which] if c[which] > 0 else 1.0) for c in ordered]
+    elif strategy == "weighted":
+        w_lat, w_cost, w_succ = route.factor_weights
+        top_lat = max([0.0] + [c[2] for c in cands])
+        top_cost = max([0.0] + [c[1] for c in cands])
+        totals = [
+            (
+                w_lat * (1.0 - c[2] / top_lat if top_lat > 0 else 1.0)
+                + w_cost * (1.0 - c[1] / top_cost if top_cost > 0 else 1.0)
+                + w_succ * 1.0,
+                c,
+            )
+            for c in cands
+        ]
+        ranked = [(c, t) for t, c in sorted(totals, key=lambda tc: (-tc[0], tc[1][0].index))]
+    elif strategy == "model-specific":
+        default = 0.0 if route.weights else 1.0
+        weights = [route.weights.get(c[0].key, default) for c in cands]
+        total = sum(weights)
+        if total <= 0:
+            weights, total = [1.0] * n, float(n)
+        point, acc, chosen = draw(env["key"]) * total, 0.0, n - 1
+        for i, w in enumerate(weights):
+            acc += w
+            if w > 0 and point < acc:
+                chosen = i
+                break
+        rest = sorted(
+            (i for i in range(n) if i != chosen), key=lambda i: (-weights[i], cands[i][0].index)
+        )
+        ranked = [(cands[i], weights[i] / total) for i in [chosen, *rest]]
+    elif strategy == "round-robin":
+        start = turn % n
+        ranked = [(c, 1.0 - i / n) for i, c in enumerate(cands[start:] + cands[:start])]
+    else:
+        explicit = route.fallback_order
+        far = len(route.provider_rank)
+        ordered = sorted(
+            enumerate(cands),
+            key=lambda ic: (
+                explicit.get(ic[1][0].key, len(explicit)),
+                route.provider_rank.get(ic[1][0].provider, far),
+                ic[0],
+            ),
+        )
+        ranked = [(c, 1.0 - i / n) for i, (_, c) in enumerate(ordered)]
+    return [(c[0].provider, c[0].id, round(s, 4)) for c, s in ranked]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, which=st.integers(min_value=0, max_value=100), turn=st.integers(0, 50))
+def test_the_ranking_is_the_plain_reference_ranking(
+    programs: Programs, request: dict[str, Any], which: int, turn: int
+) -> None:
+    program = programs[which % len(programs)]
+    env = env_of(request)
+    state = EvalState()
+    state.turns = {r.name: turn for r in (*program.routes, program.default_route)}
+    decision = evaluate(program, env, state=state, explain=True)
+    route = next(r for r in (*program.routes, program.default_route) if r.name == decision.route)
+    expected = reference_ranking(route, dict(env), turn)
+    assert decision.trace is not None
+    chosen = [s for s in decision.trace if s["step"] == "choose"]
+    if not expected:
+        assert not decision.allowed and chosen == []
+        return
+    (step,) = chosen
+    assert [(r["provider"], r["model"], r["score"]) for r in step["ranking"]] == expected
+    assert (decision.provider, decision.model) == expected[0][:2]
+    assert [(a.provider, a.model, a.score) for a in decision.alternatives] == expected[1:4]
