@@ -23,7 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.compiler import CompiledLimit
 from engine.decision import LimitStatus
@@ -104,11 +104,14 @@ class _Group:
     conditional: bool  # some default has `when` or `until`
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     option: int | None  # the candidate consumed (index into the ranking), None if denied
     statuses: list[LimitStatus]
     denied_by: dict[str, Any] | None
+
+
+# tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
+_new_verdict = functools.partial(tuple.__new__, Verdict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,24 +163,86 @@ def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
     return tuple(groups)
 
 
-def _scope_key(group: _Group, env: Mapping[str, Any]) -> str | None:
-    if group.scope == "global":
-        return ""
-    if group.key_field is not None:
-        value = env[group.key_field]
-    elif group.key_fn is not None:
-        value = group.key_fn(env, None)
-    else:
-        return None
-    if value is None or value == "":
-        return None
-    if type(value) is str:
-        return value
+Bucket = tuple[str, float, float, float]  # a `Spec` as a plain tuple: key, capacity, rate, cost
+
+
+class _Part:
+    """One group of limits, ready for the hot path (built once per policy)."""
+
+    __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "key_field",
+                 "key_fn", "keyed", "plain", "requests", "scope", "spend", "static",
+                 "unit")  # fmt: skip
+
+    def __init__(self, group: _Group) -> None:
+        self.scope = group.scope
+        self.unit = group.unit
+        self.requests = group.unit == "requests"
+        self.spend = group.unit == "spend"
+        self.defaults = group.defaults
+        self.keyed = group.keyed
+        self.key_field = group.key_field
+        self.key_fn = group.key_fn
+        self.conditional = group.conditional
+        self.is_global = group.scope == "global"
+        self.is_provider = group.scope == "provider"
+        # requests limits without `when`/`until` whose keys are few (global, and the
+        # catalog's providers and models): a key's buckets are the same every time, so cached
+        everything = [*group.defaults, *(a for k in group.keyed.values() for a in k)]
+        self.static = (
+            self.requests
+            and (self.is_global or group.scope in PER_CANDIDATE_SCOPES)
+            and all(a.when is None and a.until is None for a in everything)
+        )
+        # no keyed limits, no `when`/`until`: the defaults apply to every key (unless a quota)
+        self.plain = not group.keyed and not group.conditional
+        # static parts: key -> its buckets and their owners
+        self.cache: dict[str, tuple[list[Bucket], list[tuple[Applied, str]]]] = {}
+
+    def static_buckets(self, key: str) -> tuple[list[Bucket], list[tuple[Applied, str]]]:
+        """A static part's buckets and their owners for one key (built once, then cached)."""
+        found = self.cache.get(key)
+        if found is None:
+            applied = self.keyed.get(key) or self.defaults  # static: every limit is active
+            found = (
+                [_spec((a.prefix + key, a.capacity, a.rate, 1.0)) for a in applied],
+                [(a, key) for a in applied],
+            )
+            if len(self.cache) >= _CACHE_MAX:
+                self.cache.clear()
+            self.cache[key] = found
+        return found
+
+
+class _Plan:
+    """A policy's limits, grouped and split: the shared ones, the per-candidate ones."""
+
+    __slots__ = ("per_candidate", "shared")
+
+    def __init__(self, groups: tuple[_Group, ...]) -> None:
+        parts = [_Part(group) for group in groups]
+        self.shared = tuple(p for p in parts if p.scope not in PER_CANDIDATE_SCOPES)
+        self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
+
+
+_CACHE_MAX = 4096  # keys per cache: candidates come from the catalog, so this is generous
+
+
+def _key_text(value: Any) -> str:
+    """A scope key read from the request that is not a string (a metadata value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _specs(buckets: Sequence[Bucket]) -> list[Spec]:
+    """Buckets as the store interface's `Spec`s."""
+    return [b if type(b) is Spec else _spec(b) for b in buckets]
+
+
+def _as_is(buckets: list[Bucket]) -> list[Bucket]:
+    return buckets
 
 
 @dataclass
@@ -197,6 +262,23 @@ class Limiter:
     _day_text: str = ""
     store_errors: int = 0
     _last_store_log: float = float("-inf")
+    # the policy's limits tuple (kept alive, so its identity stays unique) and its plan
+    _plan: tuple[object, _Plan | None] = (None, None)
+    # scopes in order of appearance -> the same without repeats (the allowed tallies' key)
+    _scope_sets: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+
+    # a plain memory store's check-and-consume-all, for when every bucket has room
+    _consume_all: (
+        Callable[[Sequence[Bucket], float], tuple[list[float], list[float]] | None] | None
+    ) = None
+
+    # ... and its `acquire` without the one-pass attempt, for when `_consume_all` failed
+    _acquire_stepwise: Callable[..., AcquireResult] | None = None
+
+    def __post_init__(self) -> None:
+        if getattr(self.store, "one_pass", False):
+            self._consume_all = self.store.consume_all  # type: ignore[attr-defined]
+            self._acquire_stepwise = self.store.acquire_stepwise  # type: ignore[attr-defined]
 
     def groups(self, limits: tuple[CompiledLimit, ...]) -> tuple[_Group, ...]:
         cached = self._groups.get(id(limits))
@@ -204,6 +286,11 @@ class Limiter:
             cached = group_limits(limits)
             self._groups = {id(limits): cached}  # one policy at a time
         return cached
+
+    def _plan_for(self, limits: tuple[CompiledLimit, ...]) -> _Plan:
+        plan = _Plan(group_limits(limits))
+        self._plan = (limits, plan)  # one policy at a time
+        return plan
 
     def _quotas(self, now_s: float) -> dict[tuple[str, str], Quota]:
         loaded_at, quotas = self._quota_cache
@@ -216,7 +303,7 @@ class Limiter:
         self._quota_cache = (0.0, {})
 
     def _applied(
-        self, group: _Group, key: str, env: Mapping[str, Any], now_s: float
+        self, group: _Group | _Part, key: str, env: Mapping[str, Any], now_s: float
     ) -> tuple[Applied, ...] | list[Applied]:
         """The limits that apply to one scope key: a quota, else keyed limits, else defaults."""
         quotas = self._quota_cache[1] if now_s - self._quota_cache[0] <= 1.0 else None
@@ -246,65 +333,165 @@ class Limiter:
         consume: bool = True,
         on_store_error: str = "open",
     ) -> Verdict:
+        known, plan = self._plan
+        if known is not limits or plan is None:
+            plan = self._plan_for(limits)
         now_s = self.clock()
         now = now_s * 1000.0
+        max_tokens = env["max_tokens"]
         tokens = env["input_tokens"] + (
-            env["max_tokens"] if env["max_tokens"] is not None else DEFAULT_OUTPUT_TOKENS
+            max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
         )
-        shared: list[Spec] = []
+        shared: list[Bucket] = []
         shared_info: list[tuple[Applied, str]] = []
-        per_candidate: list[_Group] = []
         spend: list[tuple[Applied, str]] = []
-        for group in self.groups(limits):
-            if group.scope in PER_CANDIDATE_SCOPES:
-                per_candidate.append(group)
-                continue
-            key = _scope_key(group, env)
-            if key is None:
-                continue
-            for applied in self._applied(group, key, env, now_s):
-                if group.unit == "spend":
-                    spend.append((applied, key))
+        # the quotas, read when the first key is known (where `_applied` would read them)
+        quotas: dict[tuple[str, str], Quota] | None = None
+        applied: Sequence[Applied]
+        for part in plan.shared:
+            if part.is_global:
+                key = ""
+            else:
+                if part.key_field is not None:
+                    value = env[part.key_field]
+                elif part.key_fn is not None:
+                    value = part.key_fn(env, None)
+                else:
                     continue
-                cost = 1.0 if group.unit == "requests" else tokens
-                shared.append(_spec((applied.prefix + key, applied.capacity, applied.rate, cost)))
-                shared_info.append((applied, key))
+                if value is None or value == "":
+                    continue
+                key = value if type(value) is str else _key_text(value)
+            if quotas is None:
+                loaded_at, quotas = self._quota_cache
+                if now_s - loaded_at > 1.0:
+                    quotas = self._quotas(now_s)
+            if quotas and part.requests and (part.scope, key) in quotas:
+                applied = self._applied(part, key, env, now_s)  # the quota, unless expired
+            elif part.static:
+                found = part.cache.get(key)
+                if found is None:
+                    found = part.static_buckets(key)
+                shared += found[0]
+                shared_info += found[1]
+                continue
+            elif part.plain:
+                applied = part.defaults
+            elif part.keyed:
+                applied = [a for a in part.keyed.get(key, ()) if a.active(env, now_s)]
+                if not applied:
+                    applied = (
+                        [a for a in part.defaults if a.active(env, now_s)]
+                        if part.conditional
+                        else part.defaults
+                    )
+            else:
+                applied = [a for a in part.defaults if a.active(env, now_s)]
+            if part.spend:
+                for a in applied:
+                    spend.append((a, key))
+                continue
+            cost = 1.0 if part.requests else tokens
+            for a in applied:
+                shared.append((a.prefix + key, a.capacity, a.rate, cost))
+                shared_info.append((a, key))
+        per_candidate = plan.per_candidate
+        consume_all = self._consume_all if consume else None
         if not per_candidate and not spend:
             if not shared:
-                return Verdict(0, [], None)
+                return _new_verdict((0, [], None))
+            acquire = self.store.acquire
+            if consume_all is not None:
+                taken = consume_all(shared, now)
+                if taken is not None:
+                    return self._allowed(shared, shared_info, taken, now_s)
+                acquire = self._acquire_stepwise  # type: ignore[assignment]
             try:
-                result = self.store.acquire(shared, (), now, consume=consume)
+                result = acquire(
+                    shared if consume_all is not None else _specs(shared), (), now, consume=consume
+                )
             except StoreUnavailableError as err:
                 return self._store_down(err, on_store_error, now_s)
-            return self._verdict(result, shared_info, [], env, now_s)
+            return self._verdict(result, shared_info, None, env, now_s)
+        # One option per candidate, in ranking order, built as the store asks for them.
         option_info: list[list[tuple[Applied, str]]] = []
-
-        def options() -> Iterator[list[Spec]]:
-            for provider, model_key, cost in candidates:
-                specs: list[Spec] = []
-                info: list[tuple[Applied, str]] = []
-                for group in per_candidate:
-                    key = provider if group.scope == "provider" else model_key
-                    unit = group.unit
-                    unit_cost = 1.0 if unit == "requests" else tokens if unit == "tokens" else cost
-                    for applied in self._applied(group, key, env, now_s):
-                        specs.append(
-                            _spec((applied.prefix + key, applied.capacity, applied.rate, unit_cost))
-                        )
-                        info.append((applied, key))
-                for applied, key in spend:
-                    specs.append(
-                        _spec((applied.prefix + key, applied.capacity, applied.rate, cost))
-                    )
-                    info.append((applied, key))
+        ranked = iter(candidates)
+        first: list[Bucket] | None = None
+        if consume_all is not None:  # the first option now: it usually has room
+            candidate = next(ranked, None)
+            if candidate is not None:
+                if quotas is None and per_candidate:
+                    loaded_at, quotas = self._quota_cache
+                    if now_s - loaded_at > 1.0:
+                        quotas = self._quotas(now_s)
+                first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
                 option_info.append(info)
-                yield specs
+                buckets = shared + first
+                taken = consume_all(buckets, now)
+                if taken is not None:
+                    return self._allowed(buckets, shared_info + info, taken, now_s)
+            else:
+                taken = consume_all(shared, now)
+                if taken is not None:
+                    return self._allowed(shared, shared_info, taken, now_s)
 
+        # A memory store reads specs by position: plain tuples do; other stores get `Spec`s.
+        as_specs: Callable[[list[Bucket]], Sequence[Bucket]] = (
+            _as_is if consume_all is not None else _specs
+        )
+
+        def options() -> Iterator[Sequence[Bucket]]:
+            nonlocal quotas
+            if first is not None:
+                yield as_specs(first)
+            for candidate in ranked:
+                if quotas is None and per_candidate:
+                    loaded_at, quotas = self._quota_cache
+                    if now_s - loaded_at > 1.0:
+                        quotas = self._quotas(now_s)
+                buckets, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
+                option_info.append(info)
+                yield as_specs(buckets)
+
+        # the stores' own `acquire`; a one-pass store's without the pass that just failed
+        acquire = self._acquire_stepwise if consume_all is not None else self.store.acquire
         try:
-            result = self.store.acquire(shared, options(), now, consume=consume)
+            result = acquire(as_specs(shared), options(), now, consume=consume)
         except StoreUnavailableError as err:
             return self._store_down(err, on_store_error, now_s)
         return self._verdict(result, shared_info, option_info, env, now_s)
+
+    def _option(
+        self,
+        plan: _Plan,
+        spend: list[tuple[Applied, str]],
+        candidate: tuple[str, str, float],
+        tokens: float,
+        env: Mapping[str, Any],
+        now_s: float,
+        quotas: dict[tuple[str, str], Quota] | None,
+    ) -> tuple[list[Bucket], list[tuple[Applied, str]]]:
+        """One candidate's buckets (its provider and model limits, and the spend limits)."""
+        provider, model_key, cost = candidate
+        buckets: list[Bucket] = []
+        info: list[tuple[Applied, str]] = []
+        for part in plan.per_candidate:
+            key = provider if part.is_provider else model_key
+            if part.static and not (quotas and (part.scope, key) in quotas):
+                found = part.cache.get(key)
+                if found is None:
+                    found = part.static_buckets(key)
+                buckets += found[0]
+                info += found[1]
+                continue
+            unit = part.unit
+            unit_cost = 1.0 if unit == "requests" else tokens if unit == "tokens" else cost
+            for a in self._applied(part, key, env, now_s):
+                buckets.append((a.prefix + key, a.capacity, a.rate, unit_cost))
+                info.append((a, key))
+        for a, key in spend:
+            buckets.append((a.prefix + key, a.capacity, a.rate, cost))
+            info.append((a, key))
+        return buckets, info
 
     def _store_down(self, err: Exception, mode: str, now_s: float) -> Verdict:
         """The store is down or slow: count it, log it (at most every 10 s), apply the mode."""
@@ -324,31 +511,74 @@ class Limiter:
             )
         return Verdict(0, [], None)
 
+    def _allowed(
+        self,
+        buckets: Sequence[Bucket],
+        info: list[tuple[Applied, str]],
+        taken: tuple[list[float], list[float]],
+        now_s: float,
+    ) -> Verdict:
+        """The verdict when the first option (or the shared buckets alone) had room:
+        what `_verdict` makes of an all-allowed result, without the outcomes."""
+        haves, fulls = taken
+        statuses: list[LimitStatus] = []
+        append = statuses.append
+        floor = math.floor
+        for (applied, key), bucket, have, full_at in zip(info, buckets, haves, fulls):  # noqa: B905
+            remaining = have - bucket[3]
+            if applied.unit == "requests":
+                remaining = floor(remaining + 1e-9)
+            append(
+                LimitStatus(
+                    applied.scope, key or None, applied.unit, True,
+                    remaining if remaining > 0 else 0, applied.limit, full_at / 1000.0, None,
+                )
+            )  # fmt: skip
+        self._tally(info, now_s)
+        return _new_verdict((0, statuses, None))
+
+    def _tally(self, info: list[tuple[Applied, str]], now_s: float) -> None:
+        """Count an allowed decision for every scope that applied to it."""
+        if int(now_s // 86_400) != self._day_number:
+            self._day(now_s)
+        seen = tuple([applied.scope for applied, _ in info])
+        scopes = self._scope_sets.get(seen)
+        if scopes is None:
+            scopes = tuple(dict.fromkeys(seen))
+            if len(self._scope_sets) >= _CACHE_MAX:
+                self._scope_sets.clear()
+            self._scope_sets[seen] = scopes
+        key = (self._day_text, scopes)
+        with self._lock:
+            self.allowed_tallies[key] += 1
+
     def _verdict(
         self,
         result: AcquireResult,
         shared_info: list[tuple[Applied, str]],
-        option_info: list[list[tuple[Applied, str]]],
+        option_info: list[list[tuple[Applied, str]]] | None,
         env: Mapping[str, Any],
         now_s: float,
     ) -> Verdict:
-        info = list(shared_info)
-        if result.option is not None and option_info:
-            info += option_info[result.option]
-        elif len(result.outcomes) > len(shared_info) and option_info:
-            info += option_info[-1]
+        option, outcomes, failed = result
+        if option_info:
+            if option is not None:
+                info = shared_info + option_info[option]
+            elif len(outcomes) > len(shared_info):
+                info = shared_info + option_info[-1]
+            else:
+                info = shared_info
+        else:
+            info = shared_info
         statuses = [
             _status(applied, key, outcome)
-            for (applied, key), outcome in zip(info, result.outcomes, strict=False)
+            for (applied, key), outcome in zip(info, outcomes, strict=False)
         ]
+        if option is not None:
+            self._tally(info, now_s)
+            return _new_verdict((option, statuses, None))
         day = self._day(now_s)
-        if result.option is not None:
-            scopes = tuple(dict.fromkeys(applied.scope for applied, _ in info))
-            with self._lock:
-                self.allowed_tallies[(day, scopes)] += 1
-            return Verdict(result.option, statuses, None)
-        failed = result.failed
-        index = next((i for i, o in enumerate(result.outcomes) if o is failed), len(info) - 1)
+        index = next((i for i, o in enumerate(outcomes) if o is failed), len(info) - 1)
         if index < 0 or failed is None:  # nothing to blame: cannot happen with a real store
             return Verdict(
                 None, statuses, {"scope": "unknown", "key": None, "retry_after_ms": None}
@@ -363,12 +593,12 @@ class Limiter:
         with self._lock:
             self.violations.append(
                 Violation(
-                    now_s, applied.scope, key, applied.unit, failed.spec.cost,
+                    now_s, applied.scope, key, applied.unit, failed[0][3],
                     max(0.0, failed.available), env["id"],
                 )
             )  # fmt: skip
             self.denied_tallies[(day, applied.scope)] += 1
-        return Verdict(None, statuses, denied_by)
+        return _new_verdict((None, statuses, denied_by))
 
     def daily_stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(day, scope) -> (allowed, denied): what `rate_limit_stats` holds."""
@@ -390,26 +620,24 @@ class Limiter:
 
 
 def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
-    spec = outcome.spec
-    if outcome.allowed:
-        remaining = outcome.available - spec.cost
+    # the spec by position: a memory store's outcomes may hold plain tuples
+    spec, available, allowed, full_at = outcome
+    cost = spec[3]
+    if allowed:
+        remaining = available - cost
         retry = None
     else:
-        remaining = outcome.available
-        retry = (
-            None
-            if spec.cost > spec.capacity
-            else math.ceil((spec.cost - outcome.available) / spec.rate - 1e-9)
-        )
+        remaining = available
+        retry = None if cost > spec[1] else math.ceil((cost - available) / spec[2] - 1e-9)
     if applied.unit == "requests":
         remaining = math.floor(remaining + 1e-9)
     return LimitStatus(
         applied.scope,
         key or None,
         applied.unit,
-        outcome.allowed,
+        allowed,
         remaining if remaining > 0 else 0,
         applied.limit,
-        outcome.full_at / 1000.0,
+        full_at / 1000.0,
         retry,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 from engine.stores.base import (
     EPSILON,
@@ -37,6 +38,22 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._since_evict = 0
         self._evict_cursor: list[str] = []
+        # The one-pass `acquire` applies unless a subclass changes a step of `acquire_stepwise`
+        # (DuckDB does: it tracks the buckets it must write back). Callers may use
+        # `consume_all` in place of `acquire` (the limiter does) only when `one_pass`:
+        # neither is changed either.
+        cls = type(self)
+        self._plain_steps = (
+            cls._check is MemoryStore._check
+            and cls._take is MemoryStore._take
+            and cls._take_all is MemoryStore._take_all
+            and cls._maybe_evict is MemoryStore._maybe_evict
+        )
+        self.one_pass = (
+            self._plain_steps
+            and cls.acquire is MemoryStore.acquire
+            and cls.consume_all is MemoryStore.consume_all
+        )
 
     def acquire(
         self,
@@ -46,6 +63,91 @@ class MemoryStore:
         *,
         consume: bool = True,
     ) -> AcquireResult:
+        if not consume or not self._plain_steps:
+            return self.acquire_stepwise(shared, options, now, consume=consume)
+        # The common case in one pass: the shared buckets and the first option all have
+        # room. Otherwise nothing has changed, and `acquire_stepwise` decides.
+        if options == ():  # no per-candidate buckets (a tuple: not an iterator to advance)
+            if len(shared) == 1:  # one bucket: `consume_all` inlined
+                spec = shared[0]
+                key = spec[0]
+                with self._lock:
+                    full_at = self._full_at.get(key)
+                    have = spec[1]
+                    if full_at is not None and full_at > now:
+                        have -= (full_at - now) * spec[2]
+                        start = full_at
+                    else:
+                        start = now
+                    if have + EPSILON >= spec[3]:
+                        self._full_at[key] = new = start + spec[3] / spec[2]
+                        self._since_evict += 1
+                        if self._since_evict >= EVICT_EVERY:
+                            self._evict_slice(now)
+                        return _result((0, (_outcome((spec, have, True, new)),), None))
+                    return self.acquire_stepwise(shared, options, now, consume=consume)
+            specs = shared
+        else:
+            rest = iter(options)
+            first = next(rest, None)
+            if first is None:
+                specs, options = shared, ()
+            else:
+                specs, options = [*shared, *first], chain((first,), rest)
+        taken = self.consume_all(specs, now)
+        if taken is None:
+            return self.acquire_stepwise(shared, options, now, consume=consume)
+        haves, fulls = taken
+        outcomes: list[Outcome] = []
+        i = 0
+        for spec in specs:
+            outcomes.append(_outcome((spec, haves[i], True, fulls[i])))
+            i += 1  # noqa: SIM113
+        return _result((0, tuple(outcomes), None))
+
+    def consume_all(
+        self, specs: Sequence[tuple[str, float, float, float]], now: float
+    ) -> tuple[list[float], list[float]] | None:
+        """Consume every bucket if all have room: (tokens available before, `full_at`
+        after) per spec. None when one lacks room, and then nothing has changed.
+
+        What `acquire` does for one option, without building outcomes; the limiter calls
+        it directly on a plain memory store (`one_pass`), with plain tuples as specs."""
+        table = self._full_at
+        get = table.get
+        with self._lock:
+            haves: list[float] = []
+            for spec in specs:
+                full_at = get(spec[0])
+                have = spec[1]
+                if full_at is not None and full_at > now:
+                    have -= (full_at - now) * spec[2]
+                if not have + EPSILON >= spec[3]:
+                    return None
+                haves.append(have)
+            fulls: list[float] = []
+            for spec in specs:
+                key = spec[0]
+                full_at = get(key)  # read again: the same bucket may come twice
+                new = (now if full_at is None or full_at < now else full_at) + spec[3] / spec[2]
+                table[key] = new
+                fulls.append(new)
+            self._since_evict += 1
+            if self._since_evict >= EVICT_EVERY:
+                self._evict_slice(now)
+            return haves, fulls
+
+    def acquire_stepwise(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+    ) -> AcquireResult:
+        """`acquire` through the overridable steps (`_check`, `_take`, `_maybe_evict`),
+        without the one-pass attempt: for a caller whose `consume_all` just found a bucket
+        without room (the limiter, on a `one_pass` store)."""
         with self._lock:
             shared_out, failed = self._check(shared, now)
             if failed is not None:
@@ -97,8 +199,11 @@ class MemoryStore:
 
     def _maybe_evict(self, now: float) -> None:
         self._since_evict += 1
-        if self._since_evict < EVICT_EVERY:
-            return
+        if self._since_evict >= EVICT_EVERY:
+            self._evict_slice(now)
+
+    def _evict_slice(self, now: float) -> None:
+        """Delete the full buckets among the next `EVICT_SLICE` keys (oldest first)."""
         self._since_evict = 0
         if not self._evict_cursor:
             self._evict_cursor = list(reversed(self._full_at))  # oldest entries last
