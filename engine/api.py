@@ -25,7 +25,7 @@ from engine.compiler import Program
 from engine.decision import Decision
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.evaluator import EvalState, evaluate
-from engine.limits import Limiter
+from engine.limits import MAX_VIOLATIONS_KEPT, Limiter
 from engine.loader import Loaded, compile_sources, load_policy
 from engine.metrics import LiveMetrics, MetricsView
 from engine.outcome_log import OutcomeWriter
@@ -108,11 +108,13 @@ class PolicyEngine:
                 clock=clock,
             )
         self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
+        self._record_metric = getattr(self.metrics, "record", None)
         self._state = EvalState()
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
         self._decision_log: list[tuple[Any, ...]] = []
+        self._unflushed = 0  # persistent decisions since the last flush
         write_configs = getattr(self.store, "write_configs", None)
         if write_configs is not None:
             write_configs(limit_config_rows(self._program))
@@ -205,7 +207,14 @@ class PolicyEngine:
             watcher.stop()
 
     def flush(self) -> None:
-        """Hand the batched logs (violations, daily stats, decisions) to a persistent store."""
+        """Write the batched logs (decisions, outcomes, violations, daily stats) and the
+        buckets to a persistent store; returns when they are committed."""
+        if self.outcome_log is not None:
+            self.outcome_log.flush()
+        self._flush_logs()
+
+    def _flush_logs(self) -> None:
+        """Hand violations, daily stats (and decisions kept here) to a persistent store."""
         if not self.store.persistent:
             return
         limiter = self.limiter
@@ -215,6 +224,7 @@ class PolicyEngine:
         ]
         stats = limiter.daily_stats()
         decisions, self._decision_log = self._decision_log, []
+        self._unflushed = 0
         limiter.violations.clear()
         limiter.allowed_tallies.clear()
         limiter.denied_tallies.clear()
@@ -226,7 +236,7 @@ class PolicyEngine:
         try:
             if self.outcome_log is not None:
                 self.outcome_log.close()
-            self.flush()
+            self._flush_logs()
         finally:
             close_metrics = getattr(self.metrics, "close", None)
             if close_metrics is not None:
@@ -275,15 +285,23 @@ class PolicyEngine:
         )
         if self.store.persistent and not dry_run:
             denied = decision.denied_by or {}
-            self._decision_log.append(
-                (
-                    self.clock(), decision.request_id, decision.allowed, decision.route,
-                    decision.strategy, decision.provider, decision.model,
-                    decision.estimated_cost, decision.estimated_latency_ms,
-                    denied.get("scope") or denied.get("reason"), denied.get("key"),
-                    decision.policy_version,
-                )
+            row = (
+                self.clock(), decision.request_id, decision.allowed, decision.route,
+                decision.strategy, decision.provider, decision.model,
+                decision.estimated_cost, decision.estimated_latency_ms,
+                denied.get("scope") or denied.get("reason"), denied.get("key"),
+                decision.policy_version,
             )  # fmt: skip
+            if self.outcome_log is not None:  # written in the background, in batches
+                self.outcome_log.submit_decision(row)
+            else:
+                self._decision_log.append(row)
+            self._unflushed += 1
+            if (
+                self._unflushed >= LOG_FLUSH_EVERY
+                or len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT
+            ):  # daily stats, violations and buckets: before the bounded queue drops any
+                self._flush_logs()
         return decision
 
     def record(
@@ -304,18 +322,11 @@ class PolicyEngine:
         """
         if not decision.allowed or decision.provider is None or decision.model is None:
             raise ValueError("only an allowed decision has an outcome to record")
-        self.record_outcome(
-            decision.provider,
-            decision.model,
-            latency_ms=latency_ms,
-            success=success,
-            output_tokens=output_tokens,
-            input_tokens=input_tokens,
-            cost=cost if cost is not None or output_tokens is not None else decision.estimated_cost,
-            at=at,
-            request_id=decision.request_id,
-            route=decision.route,
-        )
+        self._record(
+            decision.provider, decision.model, latency_ms, success, output_tokens, input_tokens,
+            cost if cost is not None or output_tokens is not None else decision.estimated_cost,
+            at, decision.request_id, decision.route, None,
+        )  # fmt: skip
 
     def record_outcome(
         self,
@@ -333,32 +344,62 @@ class PolicyEngine:
         user: str | None = None,
     ) -> None:
         """Record an outcome for `provider`/`model` (an id or an alias in the catalog)."""
+        self._record(
+            provider, model, latency_ms, success, output_tokens, input_tokens, cost, at,
+            request_id, route, user,
+        )  # fmt: skip
+
+    def _record(
+        self,
+        provider: str,
+        model: str,
+        latency_ms: float,
+        success: bool,
+        output_tokens: int | None,
+        input_tokens: int | None,
+        cost: float | None,
+        at: float | None,
+        request_id: str | None,
+        route: str | None,
+        user: str | None,
+    ) -> None:
+        """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
+        window's)."""
         found = self._program.catalog.find(provider, model)
         if found is None:
             raise ValueError(f"unknown model `{provider}/{model}`")
-        if not isinstance(latency_ms, int | float) or not latency_ms >= 0 or latency_ms == INF:
+        if latency_ms.__class__ is not float:
+            if isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float):
+                raise ValueError(
+                    f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
+                )
+            latency_ms = float(latency_ms)
+        if not latency_ms >= 0 or latency_ms == INF:
             raise ValueError(
                 f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
             )
-        if not isinstance(success, bool):
+        if success is not True and success is not False:
             raise ValueError(f"success must be true or false, got {success!r}")
         if cost is None:
             cost = found.cost(input_tokens or 0, output_tokens or 0)
-        record = getattr(self.metrics, "record", None)
+        record = self._record_metric
         if record is None:
             raise TypeError("this engine's metrics source does not take outcomes")
-        record(found.key, float(latency_ms), success, float(cost), at)
+        cost = float(cost)
+        record(found.key, latency_ms, success, cost, at)
         if self.outcome_log is not None:
             self.outcome_log.submit(
                 (
                     self.clock() if at is None else at, found.provider, found.id,
-                    float(latency_ms), success, input_tokens, output_tokens, float(cost),
+                    latency_ms, success, input_tokens, output_tokens, cost,
                     request_id, route, user,
                 )
             )  # fmt: skip
 
 
 INF = float("inf")
+LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
+VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
 
 
 def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:

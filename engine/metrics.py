@@ -28,6 +28,8 @@ from typing import Protocol
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 _LOG_GAMMA = math.log(GAMMA)
+_ceil = math.ceil
+_log = math.log
 MIN_LATENCY_MS = 0.01  # smaller values share the lowest bucket
 SLICES = 24
 
@@ -131,7 +133,8 @@ class LiveMetrics:
     ) -> None:
         now = self.clock() if at is None else at
         start = now - now % self.slice_s
-        bucket = bucket_of(latency_ms)
+        floor = latency_ms if latency_ms > MIN_LATENCY_MS else MIN_LATENCY_MS
+        bucket = _ceil(_log(floor) / _LOG_GAMMA)  # bucket_of, inlined: the hot path
         with self._lock:
             series = self._series.get(model_key)
             if series is None:

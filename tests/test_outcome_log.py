@@ -104,3 +104,55 @@ def test_sigkill_mid_stream_keeps_every_committed_batch(tmp_path: Path) -> None:
     # batches commit in order and whole: what is there is a gapless prefix of the stream
     ids = [int(r[0]) for r in con.execute("SELECT request_id FROM outcomes").fetchall()]
     assert sorted(ids) == list(range(count))
+
+
+def test_decisions_are_written_in_the_background_and_flush_waits_for_them(
+    tmp_path: Path,
+) -> None:
+    state = str(tmp_path / "state.duckdb")
+    with PolicyEngine(state=state) as engine:
+        for i in range(300):
+            engine.evaluate({"id": f"d{i}", "user": f"u{i % 7}"})
+        engine.evaluate({"id": "dry"}, dry_run=True)  # consumes nothing, logs nothing
+        engine.flush()  # committed now, with the engine still open
+        reader = engine.store.connection.cursor()
+        (count, first, last) = reader.execute(
+            "SELECT count(*), min(request_id), max(request_id) FROM decisions"
+        ).fetchone()
+        reader.close()
+        assert count == 300
+        assert engine.outcome_log is not None
+        assert engine.outcome_log.written_decisions == 300
+        assert engine.outcome_log.dropped_decisions == 0
+    con = duckdb.connect(state, read_only=True)
+    rows = con.execute("SELECT allowed, route, policy_version FROM decisions").fetchall()
+    assert len(rows) == 300 and all(allowed for allowed, _, _ in rows)
+    con.close()
+
+
+def test_a_long_run_loses_no_violation_to_the_bounded_queue(tmp_path: Path) -> None:
+    """Violations are kept in a bounded queue between writes; a long run writes them out
+    before it fills, so 12,000 denials are 12,000 rows."""
+    state = str(tmp_path / "state.duckdb")
+    policy = (ROOT / "policies" / "default.policy").read_text(encoding="utf-8")
+    policy = policy.replace("limit user      100 per 1m burst 10", "limit user 1 per 1d")
+    assert "limit user 1 per 1d" in policy
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "default.policy").write_text(policy, encoding="utf-8")
+    (policy_dir / "models.yaml").write_text(
+        (ROOT / "policies" / "models.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    with PolicyEngine(policy_dir, state=state) as engine:
+        decisions = [engine.evaluate({"id": f"v{i}", "user": "greedy"}) for i in range(12_001)]
+    assert decisions[0].allowed and not any(d.allowed for d in decisions[1:])
+    con = duckdb.connect(state, read_only=True)
+    (violations,) = con.execute(
+        "SELECT count(*) FROM rate_limit_violations WHERE key = 'greedy'"
+    ).fetchone()
+    (denied,) = con.execute(
+        "SELECT sum(denied_requests) FROM rate_limit_stats WHERE scope = 'user'"
+    ).fetchone()
+    (logged,) = con.execute("SELECT count(*) FROM decisions").fetchone()
+    con.close()
+    assert (violations, denied, logged) == (12_000, 12_000, 12_001)

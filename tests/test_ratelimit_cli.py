@@ -152,8 +152,9 @@ def parallel(*thunks: Any) -> list[Any]:
 
 
 def refill_bound(rate_per_ms: float, since_s: float) -> float:
-    """The most tokens a bucket can have regained since `since_s` (epoch seconds)."""
-    return (time.time() - since_s) * 1000.0 * rate_per_ms + 1e-6
+    """The most tokens a bucket can have regained since `since_s` (epoch seconds), as the
+    commands report them: rounded to 3 decimals (so up to 0.0005 above the true figure)."""
+    return (time.time() - since_s) * 1000.0 * rate_per_ms + 0.0005 + 1e-9
 
 
 def daily_policy(env: Env, *scopes: str) -> list[str]:

@@ -194,15 +194,19 @@ class DuckDBStore(MemoryStore):
 
             def action(con: Any) -> None:
                 if deleted:
-                    con.executemany(
-                        "DELETE FROM rate_limit_buckets WHERE bucket_key = ?",
-                        [(k,) for k in deleted],
+                    con.execute(
+                        "DELETE FROM rate_limit_buckets"
+                        " WHERE bucket_key IN (SELECT unnest(?::VARCHAR[]))",
+                        [deleted],
                     )
-                if rows:
-                    con.executemany(
-                        "INSERT OR REPLACE INTO rate_limit_buckets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
+                analytics.insert_rows(
+                    con,
+                    "INSERT OR REPLACE INTO rate_limit_buckets",
+                    ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE", "DOUBLE",
+                     "DOUBLE"),
+                    rows,
+                    "c0, c1, c2, c3, c4, c5, c6, c7",
+                )  # fmt: skip
                 analytics.write_batch(con, violations=violations, stats=stats, decisions=decisions)
 
             self._write(action)
