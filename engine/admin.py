@@ -530,7 +530,9 @@ class RateLimitAdmin:
     # ------------------------------------------------------------------ logs
 
     def _connection(self) -> Any:
-        return getattr(self.engine.store, "connection", None)
+        """The store's locked read (`query(sql, params) -> rows`), or None without a
+        database."""
+        return getattr(self.engine.store, "query", None)
 
     def stats(
         self,
@@ -548,10 +550,10 @@ class RateLimitAdmin:
         totals: dict[tuple[str, str], list[int]] = {}
         con = self._connection()
         if con is not None:
-            for day, name, allowed, denied in con.execute(
+            for day, name, allowed, denied in con(
                 "SELECT CAST(day AS VARCHAR), scope, allowed_requests, denied_requests"
                 " FROM rate_limit_stats"
-            ).fetchall():
+            ):
                 entry = totals.setdefault((day, name), [0, 0])
                 entry[0] += int(allowed)
                 entry[1] += int(denied)
@@ -603,7 +605,7 @@ class RateLimitAdmin:
                 + (" WHERE " + " AND ".join(where) if where else "")
                 + " ORDER BY violated_at DESC, rowid DESC LIMIT ?"
             )
-            rows = con.execute(sql, [*params, count]).fetchall()
+            rows = con(sql, [*params, count])
             for order, (at_us, name, k, unit, requested, left, request_id) in enumerate(rows):
                 found.append(
                     (at_us / 1e6, -order, _violation(at_us / 1e6, name, k, unit, requested,

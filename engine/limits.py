@@ -15,6 +15,7 @@ checked per candidate: an exhausted one makes routing take the next candidate.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -295,7 +296,10 @@ class Limiter:
     def _quotas(self, now_s: float) -> dict[tuple[str, str], Quota]:
         loaded_at, quotas = self._quota_cache
         if now_s - loaded_at > 1.0 or loaded_at == 0.0:
-            quotas = {(q.scope, q.key): q for q in self.store.quotas()}
+            # Store down: keep the last known quotas; the bucket call meets the outage and
+            # applies `on_store_error` (and the quotas are read again in a second).
+            with contextlib.suppress(StoreUnavailableError):
+                quotas = {(q.scope, q.key): q for q in self.store.quotas()}
             self._quota_cache = (now_s, quotas)
         return quotas
 

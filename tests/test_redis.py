@@ -155,6 +155,30 @@ def test_redis_down_gives_the_fail_mode_then_recovers(tmp_path: Path, mode: str)
         server.stop()
 
 
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_down_when_quotas_are_due_for_a_refresh(tmp_path: Path, mode: str) -> None:
+    """Runtime quotas are re-read from the store once a second; an outage at that moment is
+    the policy's `on_store_error` too, not an exception out of `evaluate`."""
+    from _redis import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    now = [1_800_000_000.0]
+    try:
+        policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
+        engine = PolicyEngine.from_text(
+            policy, state=server.url + "?timeout=0.2", clock=lambda: now[0]
+        )
+        assert engine.evaluate({"id": "1", "user": "u"}).allowed
+        server.stop()
+        now[0] += 5.0  # the quota cache is stale: the next check reads quotas first
+        down = engine.evaluate({"id": "2", "user": "u"})
+        assert down.allowed is (mode == "open")
+        assert engine.limiter.store_errors == 1
+    finally:
+        server.stop()
+
+
 def test_unreachable_redis_raises_unavailable_not_a_hang() -> None:
     from _redis import free_port
 

@@ -161,14 +161,22 @@ class DuckDBStore(MemoryStore):
         return self._con
 
     def _write(self, action: Any) -> None:
-        con = self._con
-        con.execute("BEGIN")
-        try:
-            action(con)
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+        """One transaction on the store's connection. Under the store's lock: a reload on
+        the watcher thread and a flush on the serving thread never share it at once."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN")
+            try:
+                action(con)
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read on the store's connection, under the store's lock."""
+        with self._lock:
+            return list(self._con.execute(sql, params).fetchall())
 
     def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
         self._write(lambda con: analytics.write_configs(con, rows))
