@@ -366,9 +366,7 @@ class Limiter:
                     continue
                 key = value if type(value) is str else _key_text(value)
             if quotas is None:
-                loaded_at, quotas = self._quota_cache
-                if now_s - loaded_at > 1.0:
-                    quotas = self._quotas(now_s)
+                quotas = self._quotas(now_s)  # cached for a second
             if quotas and part.requests and (part.scope, key) in quotas:
                 applied = self._applied(part, key, env, now_s)  # the quota, unless expired
             elif part.static:
@@ -424,9 +422,7 @@ class Limiter:
             candidate = next(ranked, None)
             if candidate is not None:
                 if quotas is None and per_candidate:
-                    loaded_at, quotas = self._quota_cache
-                    if now_s - loaded_at > 1.0:
-                        quotas = self._quotas(now_s)
+                    quotas = self._quotas(now_s)  # cached for a second
                 first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
                 option_info.append(info)
                 buckets = shared + first
@@ -449,9 +445,7 @@ class Limiter:
                 yield as_specs(first)
             for candidate in ranked:
                 if quotas is None and per_candidate:
-                    loaded_at, quotas = self._quota_cache
-                    if now_s - loaded_at > 1.0:
-                        quotas = self._quotas(now_s)
+                    quotas = self._quotas(now_s)  # cached for a second
                 buckets, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
                 option_info.append(info)
                 yield as_specs(buckets)
