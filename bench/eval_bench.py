@@ -48,11 +48,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from engine import PolicyEngine  # noqa: E402
-from engine import ast as policy_ast  # noqa: E402
-from engine.compiler import compile_condition  # noqa: E402
-from engine.evaluator import EvalState, evaluate  # noqa: E402
-from engine.parser import parse  # noqa: E402
-from engine.request import to_env, validate  # noqa: E402
+from engine.language import ast as policy_ast  # noqa: E402
+from engine.language.compiler import compile_condition  # noqa: E402
+from engine.language.parser import parse  # noqa: E402
+from engine.routing.evaluator import EvalState, evaluate  # noqa: E402
+from engine.routing.request import to_env, validate  # noqa: E402
 
 # The SPEC's reference figures (Python 3.11, 2 cores), printed beside ours for orientation.
 SPEC_REFERENCE_US = {
@@ -304,7 +304,7 @@ def bench_validation(mode: Mode) -> dict[str, Timing]:
         )
     }
     try:
-        from engine.request import env_of
+        from engine.routing.request import env_of
     except ImportError:  # older engine: no fast path
         return rows
     rows["env_of (fast path, as evaluate)"] = measure(

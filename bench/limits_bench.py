@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import PolicyEngine
-from engine.stores.base import Spec
-from engine.stores.memory import MemoryStore
+from engine.limits.stores.base import Spec
+from engine.limits.stores.memory import MemoryStore
 
 
 def per_call_us(fn: Callable[[int], object], n: int, repeats: int) -> float:

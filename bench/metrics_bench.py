@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import duckdb
 
 from engine import PolicyEngine
-from engine.analytics import ensure_schema
+from engine.analytics.importer import import_outcomes
+from engine.analytics.schema import ensure_schema
 from engine.cli.metrics_cmd import show_rows
-from engine.loader import load_policy
-from engine.outcome_import import import_outcomes
+from engine.language.loader import load_policy
 
 BARE_QUANTILES = """
     SELECT provider, model, quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q

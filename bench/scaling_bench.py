@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import PolicyEngine  # noqa: E402
-from engine.stores.base import Spec  # noqa: E402
-from engine.stores.memory import MemoryStore  # noqa: E402
+from engine.limits.stores.base import Spec  # noqa: E402
+from engine.limits.stores.memory import MemoryStore  # noqa: E402
 
 
 def per_call_us(fn, n: int, repeats: int) -> float:  # type: ignore[no-untyped-def]

@@ -1,10 +1,10 @@
 """policyctl: a declarative policy engine for LLM traffic. The public API."""
 
-from engine.api import PolicyEngine
-from engine.catalog import CatalogError
-from engine.decision import Decision
+from engine.api.policy_engine import PolicyEngine
+from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.request import Request, RequestError
+from engine.routing.decision import Decision
+from engine.routing.request import Request, RequestError
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from engine.ast import Unit
+from engine.language.ast import Unit
 
 DURATION_MS = {"ms": 1.0, "s": 1_000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
 COUNT_SCALE = {"": 1.0, "k": 1_000.0, "K": 1_000.0, "M": 1_000_000.0, "B": 1_000_000_000.0}

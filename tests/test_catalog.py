@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import CatalogError, load_catalog, parse_catalog
+from engine.catalog.model import CatalogError, load_catalog, parse_catalog
 from engine.resources import default_policy_dir
 
 PRICES = {  # USD per 1M tokens, input/output: the design's, and three more list prices

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.compiler import Program
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.loader import Loaded, compile_sources
+from engine.language.compiler import Program
+from engine.language.loader import Loaded, compile_sources
 
 PACKAGED_CATALOG = Path(__file__).parents[1] / "policies" / "models.yaml"
 

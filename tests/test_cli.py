@@ -28,8 +28,8 @@ import yaml
 import engine
 from engine import PolicyEngine
 from engine.cli import build_parser
-from engine.decision import DecisionSchema
-from engine.request import Request
+from engine.routing.decision import DecisionSchema
+from engine.routing.request import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "requests"

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import PolicyEngine
-from engine.compiler import CompiledRoute, Program
-from engine.evaluator import DEFAULT_OUTPUT_TOKENS, EvalState, draw, evaluate
-from engine.metrics import ModelStats
-from engine.request import env_of
+from engine.language.compiler import CompiledRoute, Program
+from engine.routing.evaluator import DEFAULT_OUTPUT_TOKENS, EvalState, draw, evaluate
+from engine.routing.metrics import ModelStats
+from engine.routing.request import env_of
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "policies" / "models.yaml"

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from engine.diagnostics import PolicyError
-from engine.loader import compile_sources, load_policy
+from engine.language.loader import compile_sources, load_policy
 
 GOLDEN = Path(__file__).parent / "golden" / "check"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

@@ -4,7 +4,7 @@ Statically: every `import`/`from … import` in each module's source (also those
 functions and `if TYPE_CHECKING:` blocks), resolved to module names.
 
 Dynamically: each module imported alone in a fresh interpreter, then `sys.modules` read.
-`engine/__init__.py` is the public API and imports `engine.api` (and so the whole
+`engine/__init__.py` is the public API and imports `engine.api.policy_engine` (and so the whole
 pipeline), so importing any `engine.X` the ordinary way would load everything; to see what
 a module itself pulls in, the subprocess first installs a bare `engine` package object
 whose `__path__` is the source directory, so `engine/__init__.py` does not run.
@@ -41,15 +41,15 @@ MODULES: dict[str, Path] = {
 # STYLE.md: these use the standard library only, and each other as listed here.
 FOUNDATION: dict[str, set[str]] = {
     "engine.diagnostics": set(),
-    "engine.ast": {"engine.diagnostics"},  # every node carries a diagnostics.Span
-    "engine.units": {"engine.ast", "engine.diagnostics"},
-    "engine.schema": {"engine.ast", "engine.diagnostics", "engine.units"},
-    "engine.metrics": set(),
+    "engine.language.ast": {"engine.diagnostics"},  # every node carries a diagnostics.Span
+    "engine.units": {"engine.language.ast", "engine.diagnostics"},
+    "engine.language.schema": {"engine.language.ast", "engine.diagnostics", "engine.units"},
+    "engine.routing.metrics": set(),
 }
 CONCRETE_STORES = {
-    "engine.stores.memory",
-    "engine.stores.duckdb_store",
-    "engine.stores.redis_store",
+    "engine.limits.stores.memory",
+    "engine.limits.stores.duckdb_store",
+    "engine.limits.stores.redis_store",
 }
 
 
@@ -66,8 +66,9 @@ def _is_stdlib(name: str) -> bool:
 
 
 def imports_of(name: str) -> set[str]:
-    """The modules `name` imports anywhere in its source. `from engine import ast` is the
-    module `engine.ast`; `from engine import PolicyEngine` is the package `engine` itself."""
+    """The modules `name` imports anywhere in its source. `from engine.language import ast`
+    is the module `engine.language.ast`; `from engine import PolicyEngine` is the package
+    `engine` itself."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets: set[str] = set()
@@ -97,8 +98,11 @@ def importers_of(wanted: str) -> set[str]:
 
 
 def test_the_package_has_the_modules_style_md_names() -> None:
-    expected = {"engine.ast", "engine.diagnostics", "engine.parser", "engine.evaluator",
-                "engine.api", "engine.cli", "engine.service", "engine.stores"}  # fmt: skip
+    expected = {
+        "engine.language.ast", "engine.diagnostics", "engine.language.parser",
+        "engine.routing.evaluator", "engine.api.policy_engine", "engine.cli",
+        "engine.service.app", "engine.limits.stores",
+    }  # fmt: skip
     assert expected <= set(MODULES)
     assert set(FOUNDATION) <= set(MODULES)
 
@@ -110,23 +114,23 @@ def test_foundation_modules_import_only_the_standard_library(name: str) -> None:
 
 
 def test_only_the_parser_imports_lark() -> None:
-    assert importers_of("lark") == {"engine.parser"}
+    assert importers_of("lark") == {"engine.language.parser"}
 
 
 def test_the_evaluator_imports_no_parser_loader_or_store() -> None:
-    targets = IMPORTS["engine.evaluator"]
+    targets = IMPORTS["engine.routing.evaluator"]
     forbidden = {
         t
         for t in targets
-        if t in ("engine", "engine.parser", "engine.loader", "lark")
-        or _within(t, "engine.stores")
+        if t in ("engine", "engine.language.parser", "engine.language.loader", "lark")
+        or _within(t, "engine.limits.stores")
         or _within(t, "duckdb")
         or _within(t, "redis")
     }
-    assert forbidden == set(), f"engine.evaluator imports {sorted(forbidden)}"
+    assert forbidden == set(), f"engine.routing.evaluator imports {sorted(forbidden)}"
 
 
-@pytest.mark.parametrize("target", ["engine.cli", "engine.service"])
+@pytest.mark.parametrize("target", ["engine.cli", "engine.service.app"])
 def test_nothing_imports_the_cli_or_the_service(target: str) -> None:
     offenders = {name for name in importers_of(target) if not _is_cli(name)}
     offenders.discard(target)
@@ -135,9 +139,9 @@ def test_nothing_imports_the_cli_or_the_service(target: str) -> None:
 
 def test_only_the_api_watch_path_imports_watchdog() -> None:
     """STYLE.md: "only `api.watch` imports watchdog". `PolicyEngine.watch` (in engine.api)
-    imports `engine.watch`, the watchdog observer wrapper; nothing else may reach it."""
-    assert importers_of("watchdog") <= {"engine.api", "engine.watch"}
-    assert importers_of("engine.watch") <= {"engine.api"}
+    imports `engine.api.watch`, the watchdog observer wrapper; nothing else may reach it."""
+    assert importers_of("watchdog") <= {"engine.api.policy_engine", "engine.api.watch"}
+    assert importers_of("engine.api.watch") <= {"engine.api.policy_engine"}
 
 
 # ----------------------------------------------------------------------------- dynamic
@@ -239,38 +243,47 @@ def test_foundation_modules_load_only_the_standard_library(
 def test_importing_the_evaluator_loads_no_parser_loader_or_concrete_store(
     loaded: dict[str, set[str]],
 ) -> None:
-    forbidden = {"lark", "engine.parser", "engine.loader", "duckdb", "redis", *CONCRETE_STORES}
-    assert loaded["engine.evaluator"] & forbidden == set()
-    assert "engine.evaluator" in loaded["engine.evaluator"]
+    forbidden = {
+        "lark",
+        "engine.language.parser",
+        "engine.language.loader",
+        "duckdb",
+        "redis",
+        *CONCRETE_STORES,
+    }
+    assert loaded["engine.routing.evaluator"] & forbidden == set()
+    assert "engine.routing.evaluator" in loaded["engine.routing.evaluator"]
 
 
 def test_lark_is_loaded_only_through_the_parser(loaded: dict[str, set[str]]) -> None:
-    assert "lark" in loaded["engine.parser"]
+    assert "lark" in loaded["engine.language.parser"]
     offenders = sorted(
-        name for name, mods in loaded.items() if "lark" in mods and "engine.parser" not in mods
+        name
+        for name, mods in loaded.items()
+        if "lark" in mods and "engine.language.parser" not in mods
     )
     assert offenders == []
 
 
 def test_no_module_loads_the_cli_or_the_service(loaded: dict[str, set[str]]) -> None:
     offenders = {
-        name: sorted(mods & {"engine.cli", "engine.service"})
+        name: sorted(mods & {"engine.cli", "engine.service.app"})
         for name, mods in loaded.items()
-        if name != "engine.service" and mods & {"engine.cli", "engine.service"}
+        if name != "engine.service.app" and mods & {"engine.cli", "engine.service.app"}
     }
     assert offenders == {}
-    assert "engine.cli" not in loaded["engine.service"]
+    assert "engine.cli" not in loaded["engine.service.app"]
 
 
 def test_watchdog_is_loaded_only_by_the_watcher(loaded: dict[str, set[str]]) -> None:
     offenders = sorted(
-        name for name, mods in loaded.items() if "watchdog" in mods and name != "engine.watch"
+        name for name, mods in loaded.items() if "watchdog" in mods and name != "engine.api.watch"
     )
     assert offenders == [], "watchdog must wait until PolicyEngine.watch() is called"
 
 
 def test_the_public_api_and_the_cli_stay_light(loaded_whole: dict[str, set[str]]) -> None:
     """`import engine` and `policyctl eval/check` never pay for the server or the watcher."""
-    heavy = {"engine.service", "watchdog", "uvicorn", "starlette"}
+    heavy = {"engine.service.app", "watchdog", "uvicorn", "starlette"}
     assert loaded_whole["engine"] & (heavy | {"engine.cli"}) == set()
     assert loaded_whole["engine.cli"] & heavy == set()

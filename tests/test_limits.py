@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import PolicyEngine
-from engine.stores import ConfigurationError, open_store
-from engine.stores.base import Spec, Store
-from engine.stores.duckdb_store import DuckDBStore
-from engine.stores.memory import MemoryStore
-from engine.stores.redis_store import RedisStore
+from engine.limits.stores import ConfigurationError, open_store
+from engine.limits.stores.base import Spec, Store
+from engine.limits.stores.duckdb_store import DuckDBStore
+from engine.limits.stores.memory import MemoryStore
+from engine.limits.stores.redis_store import RedisStore
 
 pytest_plugins = ["_redis"]
 
@@ -187,7 +187,7 @@ def test_keyed_limit_replaces_default_and_expires(make_store: StoreFactory) -> N
 
 
 def test_runtime_quota_overrides_policy(make_store: StoreFactory) -> None:
-    from engine.stores.base import Quota
+    from engine.limits.stores.base import Quota
 
     clock = FakeClock()
     store = make_store()

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import PolicyEngine
-from engine.stores.base import AcquireResult, Spec
-from engine.stores.duckdb_store import DuckDBStore
-from engine.stores.memory import MemoryStore
+from engine.limits.stores.base import AcquireResult, Spec
+from engine.limits.stores.duckdb_store import DuckDBStore
+from engine.limits.stores.memory import MemoryStore
 
 START = 1_800_000_000.0
 POLICY = (

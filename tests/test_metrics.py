@@ -8,7 +8,7 @@ import random
 import pytest
 
 from engine import PolicyEngine
-from engine.metrics import RELATIVE_ACCURACY, LiveMetrics
+from engine.routing.metrics import RELATIVE_ACCURACY, LiveMetrics
 
 START = 1_800_000_000.0
 

@@ -16,9 +16,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from engine.analytics import ensure_schema
-from engine.loader import load_policy
-from engine.outcome_import import import_outcomes
+from engine.analytics.importer import import_outcomes
+from engine.analytics.schema import ensure_schema
+from engine.language.loader import load_policy
 
 NOW = time.time()
 

@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from engine import PolicyEngine
-from engine.analytics import ensure_schema
-from engine.outcome_log import OutcomeWriter
+from engine.analytics.schema import ensure_schema
+from engine.analytics.writer import OutcomeWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,8 +71,8 @@ def test_sigkill_mid_stream_keeps_every_committed_batch(tmp_path: Path) -> None:
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         import duckdb
-        from engine.analytics import ensure_schema
-        from engine.outcome_log import OutcomeWriter
+        from engine.analytics.schema import ensure_schema
+        from engine.analytics.writer import OutcomeWriter
         con = duckdb.connect({str(path)!r})
         ensure_schema(con)
         writer = OutcomeWriter(con, batch=500, interval_s=0.05)

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ast
-from engine.ast import Unit
 from engine.diagnostics import PolicyError, Source, Span
-from engine.parser import MAX_NESTING, MAX_SOURCE_BYTES, parse
+from engine.language import ast
+from engine.language.ast import Unit
+from engine.language.parser import MAX_NESTING, MAX_SOURCE_BYTES, parse
 
 _NOWHERE = Source("<test>", "")
 S = Span(_NOWHERE, 0, 0)  # every span, after `strip`

@@ -641,7 +641,7 @@ def test_admin_on_the_memory_store_with_a_fake_clock() -> None:
     """The same calls the CLI makes, on `memory://` (no stored capacities: they come from
     the policy) and a fake clock, so every number is exact."""
     from engine import PolicyEngine
-    from engine.admin import AdminError, RateLimitAdmin
+    from engine.limits.admin import AdminError, RateLimitAdmin
 
     clock = FakeClock()
     engine = PolicyEngine(state="memory://", clock=clock)

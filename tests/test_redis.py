@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from engine import PolicyEngine
-from engine.stores import open_store
-from engine.stores.base import Spec, StoreUnavailableError
-from engine.stores.redis_store import BUCKETS, RedisStore
+from engine.limits.stores import open_store
+from engine.limits.stores.base import Spec, StoreUnavailableError
+from engine.limits.stores.redis_store import BUCKETS, RedisStore
 
 pytest_plugins = ["_redis"]
 
@@ -119,7 +119,7 @@ def test_buckets_get_a_ttl_and_quotas_live_in_redis(redis_server: Any) -> None:
     assert [k for k, _ in store.buckets()] == ["user/requests/60000/u"]
     assert store.reset("user/") == 1
     assert store.buckets() == []
-    from engine.stores.base import Quota
+    from engine.limits.stores.base import Quota
 
     store.set_quota(Quota("user", "vip", 5, 60_000, 0, None))
     assert store.quotas() == [Quota("user", "vip", 5.0, 60_000.0, 0.0, None)]
@@ -188,14 +188,14 @@ def test_unreachable_redis_raises_unavailable_not_a_hang() -> None:
 
 
 def test_bad_redis_url_is_a_configuration_error() -> None:
-    from engine.stores import ConfigurationError
+    from engine.limits.stores import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="`timeout` must be seconds"):
         RedisStore("redis://127.0.0.1:1/0?timeout=soon")
 
 
 def test_provider_health_is_shared_between_instances(redis_server: Any) -> None:
-    from engine.shared_metrics import SharedMetrics
+    from engine.routing.shared_health import SharedMetrics
 
     fresh(redis_server, 7).close()
     url = redis_server.url.rsplit("/", 1)[0] + "/7"

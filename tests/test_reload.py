@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import PolicyEngine
-from engine.loader import load_policy
+from engine.api.policy_engine import PolicyEngine
+from engine.language.loader import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"

@@ -1,7 +1,7 @@
 """Requests at the edge: validation problems pinned exactly, IP normalisation, the input
 token estimate (4 characters a token, + 4 per chat message) and the content key.
 
-Every case goes through both `engine.request.validate` and `PolicyEngine.evaluate` (which
+Every case goes through both `engine.routing.request.validate` and `PolicyEngine.evaluate` (which
 takes the plain-dict fast path when it can), and the two must agree.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine import PolicyEngine, Request, RequestError
-from engine.request import estimate_tokens, request_key, validate
+from engine.routing.request import estimate_tokens, request_key, validate
 
 FIXED_CLOCK = 1_800_000_000.0
 

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.request import Request, RequestError, env_of, fast_env, to_env, validate
+from engine.routing.request import Request, RequestError, env_of, fast_env, to_env, validate
 
 scalars = st.one_of(
     st.none(),

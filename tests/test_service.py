@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine.loader import load_policy
+from engine.language.loader import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"

@@ -13,7 +13,7 @@ import pytest
 
 from engine.cli import main
 from engine.diagnostics import PolicyError
-from engine.simulate import (
+from engine.simulate.simulation import (
     DEFAULT_STRATEGIES,
     SONNET,
     Provider,

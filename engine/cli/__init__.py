@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from engine import __version__
-from engine.catalog import CatalogError
+from engine.catalog.model import CatalogError
 from engine.cli import (
     check_cmd,
     eval_cmd,
@@ -19,7 +19,7 @@ from engine.cli import (
 )
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ERROR, UsageError
 from engine.diagnostics import PolicyError
-from engine.stores.base import ConfigurationError, StoreBusyError
+from engine.limits.stores.base import ConfigurationError, StoreBusyError
 
 EXAMPLE = """\
 examples:

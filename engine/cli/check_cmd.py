@@ -7,7 +7,7 @@ import sys
 
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_format, default_policy_path, dump_json
 from engine.diagnostics import Diagnostic, PolicyError, render_all
-from engine.loader import load_policy
+from engine.language.loader import load_policy
 
 EXAMPLE = """\
 examples:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from engine.api import PolicyEngine
+from engine.api.policy_engine import PolicyEngine
 from engine.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_DENIED,
@@ -20,11 +20,11 @@ from engine.cli.common import (
     dump_json,
     render_table,
 )
-from engine.decision import Decision
 from engine.diagnostics import Diagnostic, Source, Span
-from engine.request import RequestError
-from engine.stores import default_state_url
-from engine.strategies import money
+from engine.limits.stores import default_state_url
+from engine.routing.decision import Decision
+from engine.routing.request import RequestError
+from engine.strategies.registry import money
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
 

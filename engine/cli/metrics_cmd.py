@@ -21,8 +21,8 @@ from engine.cli.common import (
     dump_json,
     render_table,
 )
-from engine.stores import default_state_url
-from engine.strategies import money
+from engine.limits.stores import default_state_url
+from engine.strategies.registry import money
 from engine.units import DURATION_MS
 
 MAX_SHOWN_REJECTS = 50
@@ -190,8 +190,8 @@ def _state_path(url: str | None) -> str:
 def _open(state: str, *, create: bool) -> Any:
     """The state file's connection (waiting for its lock); for a file that does not exist yet
     and `create` false, an empty in-memory database with the same schema."""
-    from engine import analytics
-    from engine.stores import open_analytics
+    from engine.analytics import schema as analytics
+    from engine.limits.stores import open_analytics
 
     path = Path(state).expanduser()
     if path.is_dir():
@@ -234,8 +234,8 @@ def _literal(value: str) -> str:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from engine.loader import load_policy
-    from engine.outcome_import import OutcomeImportError, import_outcomes
+    from engine.analytics.importer import OutcomeImportError, import_outcomes
+    from engine.language.loader import load_policy
 
     state = _state_path(args.state)
     name = "<stdin>" if args.input == "-" else args.input

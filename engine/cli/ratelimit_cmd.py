@@ -1,6 +1,6 @@
 """`policyctl ratelimit status|set|reset|remove|config|stats|violations|buckets|cleanup`.
 
-Operator commands over the rate-limit state (thin over `engine.admin.RateLimitAdmin`).
+Operator commands over the rate-limit state (thin over `engine.limits.admin.RateLimitAdmin`).
 Each one checks every flag first, then opens the engine on the state, does its one thing
 and closes it (which writes back): a command that fails on its input never touches the
 state. Output is a table by default (these are commands for people); `--format json` gives
@@ -17,7 +17,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.admin import (
+from engine.api.policy_engine import PolicyEngine
+from engine.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_format,
+    add_policy,
+    check_state_url,
+    default_policy_path,
+    dump_json,
+    render_table,
+)
+from engine.language.compiler import Program
+from engine.limits.admin import (
     DEFAULT_VIOLATIONS,
     AdminError,
     RateLimitAdmin,
@@ -30,19 +42,7 @@ from engine.admin import (
     parse_datetime,
     parse_window,
 )
-from engine.api import PolicyEngine
-from engine.cli.common import (
-    EXIT_OK,
-    UsageError,
-    add_format,
-    add_policy,
-    check_state_url,
-    default_policy_path,
-    dump_json,
-    render_table,
-)
-from engine.compiler import Program
-from engine.stores import default_state_url
+from engine.limits.stores import default_state_url
 
 EXAMPLE = """\
 examples:
@@ -242,7 +242,7 @@ def _policy(args: argparse.Namespace) -> Any:
 
 def _program(args: argparse.Namespace) -> Program:
     """The policy alone (no state opened), for checks that need it."""
-    from engine.loader import load_policy
+    from engine.language.loader import load_policy
 
     return load_policy(_policy(args)).program
 

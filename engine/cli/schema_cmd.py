@@ -6,8 +6,8 @@ import argparse
 import json
 
 from engine.cli.common import EXIT_OK
-from engine.decision import DecisionSchema
-from engine.request import Request
+from engine.routing.decision import DecisionSchema
+from engine.routing.request import Request
 
 EXAMPLE = """\
 examples:

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from engine.api import PolicyEngine
+from engine.api.policy_engine import PolicyEngine
 from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
-from engine.stores import default_state_url
+from engine.limits.stores import default_state_url
 
 EXAMPLE = """\
 examples:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
     import uvicorn  # imported here: eval and check never pay for it
 
-    from engine.service import create_app
+    from engine.service.app import create_app
 
     _Server = _server_class()
 

@@ -15,7 +15,7 @@ from engine.cli.common import (
     dump_json,
     render_table,
 )
-from engine.simulate import (
+from engine.simulate.simulation import (
     MAX_REQUESTS,
     PlotUnavailable,
     ScenarioError,
@@ -25,7 +25,7 @@ from engine.simulate import (
     simulate,
     split_strategies,
 )
-from engine.strategies import money
+from engine.strategies.registry import money
 
 EXAMPLE = """\
 examples:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from itertools import chain
 
-from engine.stores.base import (
+from engine.limits.stores.base import (
     EPSILON,
     AcquireResult,
     Outcome,

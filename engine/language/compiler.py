@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ast
-from engine.ast import Unit
-from engine.catalog import Catalog, Model
-from engine.schema import SCOPE_KEY_FIELD
-from engine.strategies import RouteView, latency_terms
+from engine.catalog.model import Catalog, Model
+from engine.language import ast
+from engine.language.ast import Unit
+from engine.language.schema import SCOPE_KEY_FIELD
+from engine.strategies.registry import RouteView, latency_terms
 
 Env = Mapping[str, Any]
 Fn = Callable[[Env, Mapping[str, Any] | None], Any]

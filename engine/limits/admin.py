@@ -19,9 +19,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from engine.compiler import CompiledLimit, Program
-from engine.limits import Applied, group_limits
-from engine.stores.base import Quota, Spec, available
+from engine.language.compiler import CompiledLimit, Program
+from engine.limits.limiter import Applied, group_limits
+from engine.limits.stores.base import Quota, Spec, available
 from engine.units import DURATION_MS, format_duration
 
 STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")

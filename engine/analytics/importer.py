@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.catalog import Catalog
+from engine.catalog.model import Catalog
 
 REQUIRED = ("provider", "model", "latency_ms", "success")
 OPTIONAL = ("input_tokens", "output_tokens", "cost", "timestamp", "request_id", "route", "user")
@@ -546,7 +546,7 @@ def _import_file(
     numbers on them (a verdict depends on the text alone)."""
     import duckdb
 
-    from engine import analytics
+    from engine.analytics import schema as analytics
 
     analytics.ensure_schema(con)  # outcomes exists; timestamps are UTC
     try:

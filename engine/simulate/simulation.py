@@ -18,7 +18,7 @@ and every run draws its outcomes from its own generator seeded the same way, one
 and one failure draw per request whatever the route — so runs are independent of each
 other (a subset of strategies gives the same rows) and compare on common random numbers.
 
-    from engine.simulate import load_scenario, simulate
+    from engine.simulate.simulation import load_scenario, simulate
     report = simulate(load_scenario("examples/simulations/design.yaml"))
     report.to_dict()["rows"]
 """
@@ -43,12 +43,12 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.api import PolicyEngine
-from engine.catalog import Catalog, Model, load_catalog
+from engine.api.policy_engine import PolicyEngine
+from engine.catalog.model import Catalog, Model, load_catalog
 from engine.diagnostics import PolicyError, did_you_mean
-from engine.request import Request, RequestError, env_of
 from engine.resources import default_policy_dir
-from engine.strategies import STRATEGIES
+from engine.routing.request import Request, RequestError, env_of
+from engine.strategies.registry import STRATEGIES
 
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
 SONNET = "claude/claude-3-5-sonnet-20241022"

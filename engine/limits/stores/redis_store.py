@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from engine.stores.base import (
+from engine.limits.stores.base import (
     AcquireResult,
     ConfigurationError,
     Outcome,

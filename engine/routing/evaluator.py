@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.catalog import Model
-from engine.compiler import (
+from engine.catalog.model import Model
+from engine.language.compiler import (
     CAPABILITY_BITS,
     DEFAULT_OUTPUT_TOKENS,
     CompiledRoute,
@@ -33,10 +33,10 @@ from engine.compiler import (
     Program,
     RouteTable,
 )
-from engine.decision import Alternative, Decision, LimitStatus
-from engine.limits import Limiter, Verdict
-from engine.metrics import MetricsView, NoMetrics
-from engine.strategies import STRATEGIES, Pool, exact_money, money
+from engine.limits.limiter import Limiter, Verdict
+from engine.routing.decision import Alternative, Decision, LimitStatus
+from engine.routing.metrics import MetricsView, NoMetrics
+from engine.strategies.registry import STRATEGIES, Pool, exact_money, money
 
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand

@@ -19,22 +19,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.analytics import recent_outcomes
-from engine.catalog import CatalogError
-from engine.compiler import Program
-from engine.decision import Decision
+from engine.analytics.schema import recent_outcomes
+from engine.analytics.writer import OutcomeWriter
+from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.evaluator import EvalState, evaluate
-from engine.limits import MAX_VIOLATIONS_KEPT, Limiter
-from engine.loader import Loaded, compile_sources, load_policy
-from engine.metrics import LiveMetrics, MetricsView
-from engine.outcome_log import OutcomeWriter
-from engine.request import Request, env_of
+from engine.language.compiler import Program
+from engine.language.loader import Loaded, compile_sources, load_policy
+from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
+from engine.limits.stores import Store, open_analytics, open_store
 from engine.resources import default_policy_dir
-from engine.stores import Store, open_analytics, open_store
+from engine.routing.decision import Decision
+from engine.routing.evaluator import EvalState, evaluate
+from engine.routing.metrics import LiveMetrics, MetricsView
+from engine.routing.request import Request, env_of
 
 if TYPE_CHECKING:
-    from engine.watch import PolicyWatcher
+    from engine.api.watch import PolicyWatcher
 
 log = logging.getLogger("policyctl")
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -99,7 +99,7 @@ class PolicyEngine:
             self._from_text = False
         window_s = self._program.default_route.settings.window_ms / 1000.0
         if metrics is None and isinstance(state, str) and state.startswith(REDIS_SCHEMES):
-            from engine.shared_metrics import SharedMetrics  # health shared through Redis
+            from engine.routing.shared_health import SharedMetrics  # health shared through Redis
 
             metrics = SharedMetrics(
                 state,
@@ -191,7 +191,7 @@ class PolicyEngine:
             raise RuntimeError("an engine built from text has no files to watch")
         if self._watcher is not None:
             return
-        from engine.watch import PolicyWatcher  # the only path that imports watchdog
+        from engine.api.watch import PolicyWatcher  # the only path that imports watchdog
 
         policy = self._policy_path if self._policy_path is not None else default_policy_dir()
         directories = {policy if policy.is_dir() else policy.parent}

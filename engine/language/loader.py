@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import ast
-from engine.catalog import Catalog, CatalogError, load_catalog
-from engine.checker import check
-from engine.compiler import Program, compile_program
+from engine.catalog.model import Catalog, CatalogError, load_catalog
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.parser import MAX_SOURCE_BYTES, describe_size, parse
+from engine.language import ast
+from engine.language.checker import check
+from engine.language.compiler import Program, compile_program
+from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
 from engine.resources import default_policy_dir
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.stores.base import ConfigurationError, Store
+from engine.limits.stores.base import ConfigurationError, Store
 
 __all__ = ["ConfigurationError", "Store", "default_state_url", "open_analytics", "open_store"]
 
@@ -25,11 +25,11 @@ def default_state_url() -> str:
 def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
     """A store for a URL. An unknown scheme is a ConfigurationError that quotes the URL."""
     if url in ("memory://", "memory:", "memory"):
-        from engine.stores.memory import MemoryStore
+        from engine.limits.stores.memory import MemoryStore
 
         return MemoryStore(url)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from engine.stores.redis_store import RedisStore
+        from engine.limits.stores.redis_store import RedisStore
 
         return RedisStore(url)
     if "://" in url:
@@ -40,15 +40,15 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
         )
     if not url.strip():
         raise ConfigurationError("the state store URL is empty")
-    from engine.stores.duckdb_store import DuckDBStore
+    from engine.limits.stores.duckdb_store import DuckDBStore
 
     return DuckDBStore(url, lock_timeout_s=lock_timeout_s)
 
 
 def open_analytics(path: str, *, lock_timeout_s: float = 10.0) -> object:
     """A DuckDB connection with the analytics schema (for an outcome log beside memory state)."""
-    from engine import analytics
-    from engine.stores.duckdb_store import _connect
+    from engine.analytics import schema as analytics
+    from engine.limits.stores.duckdb_store import _connect
 
     file = Path(path).expanduser()
     file.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from engine import ast
-from engine.ast import Unit
-from engine.catalog import Catalog
+from engine.catalog.model import Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
-from engine.schema import (
+from engine.language import ast
+from engine.language.ast import Unit
+from engine.language.schema import (
     LIMIT_UNITS,
     METADATA_FIELD,
     MODEL_ATTRS,

@@ -1,7 +1,7 @@
 """Rate limits: which `limit` statements apply to a request, and the check-and-consume.
 
 The arithmetic (token buckets in GCRA form) lives with the store interface in
-`engine.stores.base`; this module turns a request and its ranked routing candidates into
+`engine.limits.stores.base`; this module turns a request and its ranked routing candidates into
 bucket specs, asks the store once (all-or-nothing), and reports per bucket.
 
 Semantics (SPEC §2): capacity = limit + burst, refill = limit per window, continuous;
@@ -26,9 +26,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from engine.compiler import CompiledLimit
-from engine.decision import LimitStatus
-from engine.stores.base import AcquireResult, Outcome, Quota, Spec, Store, StoreUnavailableError
+from engine.language.compiler import CompiledLimit
+from engine.limits.stores.base import (
+    AcquireResult,
+    Outcome,
+    Quota,
+    Spec,
+    Store,
+    StoreUnavailableError,
+)
+from engine.routing.decision import LimitStatus
 
 log = logging.getLogger("policyctl.limits")
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from engine.metrics import ModelStats, bucket_of, quantile
+from engine.routing.metrics import ModelStats, bucket_of, quantile
 
 log = logging.getLogger("policyctl.shared_metrics")
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import analytics
-from engine.stores.base import Outcome, Quota, StoreBusyError
-from engine.stores.memory import MemoryStore
+from engine.analytics import schema as analytics
+from engine.limits.stores.base import Outcome, Quota, StoreBusyError
+from engine.limits.stores.memory import MemoryStore
 
 FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
 

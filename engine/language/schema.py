@@ -1,12 +1,12 @@
 """The names a policy can read, and their types: `request.<field>` and `model.<attr>`.
 
 Standard library only. The checker types expressions with these tables; the request
-validator (`engine.request`) produces evaluation environments with exactly these keys.
+validator (`engine.routing.request`) produces evaluation environments with exactly these keys.
 """
 
 from __future__ import annotations
 
-from engine.ast import Unit
+from engine.language.ast import Unit
 
 # A field type: a unit, and for lists the unit of the items.
 FieldType = tuple[Unit, Unit | None]

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from engine import analytics
+from engine.analytics import schema as analytics
 
 log = logging.getLogger("policyctl.outcomes")
 

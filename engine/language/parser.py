@@ -14,9 +14,9 @@ from typing import Any
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from engine import ast
-from engine.ast import Unit
 from engine.diagnostics import Diagnostic, PolicyError, Source, Span, did_you_mean
+from engine.language import ast
+from engine.language.ast import Unit
 from engine.resources import grammar_path
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 

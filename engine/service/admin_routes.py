@@ -28,8 +28,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.admin import AdminError, RateLimitAdmin, parse_window
-from engine.http_body import BodyError, SafeJSONResponse, json_body, problem
+from engine.limits.admin import AdminError, RateLimitAdmin, parse_window
+from engine.service.body import BodyError, SafeJSONResponse, json_body, problem
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
 Guard = Callable[[Handler], Handler]

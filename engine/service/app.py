@@ -6,7 +6,7 @@
     GET  /healthz          liveness
     GET  /metrics          Prometheus text
     GET  /openapi.json     the OpenAPI document
-    /v1/ratelimit/…        the `policyctl ratelimit` calls (see `engine.service_admin`)
+    /v1/ratelimit/…        the `policyctl ratelimit` calls (see `engine.service.admin_routes`)
 
 Bodies over 1 MiB get 413, malformed JSON 400, invalid fields 422 naming them; nothing a
 client sends produces a 500.
@@ -26,12 +26,12 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from engine.admin import RateLimitAdmin
-from engine.api import PolicyEngine
-from engine.decision import DecisionSchema
-from engine.http_body import BodyError, SafeJSONResponse, flag, json_body, problem
-from engine.request import Request, RequestError
-from engine.service_admin import admin_openapi_paths, admin_routes
+from engine.api.policy_engine import PolicyEngine
+from engine.limits.admin import RateLimitAdmin
+from engine.routing.decision import DecisionSchema
+from engine.routing.request import Request, RequestError
+from engine.service.admin_routes import admin_openapi_paths, admin_routes
+from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
 
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
 
