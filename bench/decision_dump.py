@@ -186,8 +186,9 @@ def _line(obj: Any) -> str:
 
 
 def dump_engine(out: list[str], work: Path) -> None:
-    catalog = ROOT / "policies" / "models.yaml"
-    text = POLICY.format(catalog=catalog)
+    # relative to the working directory (main() runs from ROOT), so that `policy_version`,
+    # a hash of the policy text, does not depend on where the checkout lives
+    text = POLICY.format(catalog="policies/models.yaml")
     clock = Clock()
     state = str(work / "state.duckdb")
     engine = PolicyEngine.from_text(text, "dump.policy", state=state, clock=clock)
@@ -365,6 +366,7 @@ def dump_cli(out: list[str], work: Path) -> None:
 
 
 def main() -> None:
+    os.chdir(ROOT)
     out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
