@@ -1,13 +1,21 @@
-"""Literal syntax for units: `250ms 2s 1m 24h 1d`, `$0.001`, `80%`, `200k 1.5M`, dates.
+"""Every spelling of a quantity, read and written in one place: policy literals (`250ms 2s
+1m 24h 1d`, `$0.001`, `80%`, `200k 1.5M`, dates), the windows and durations that flags and
+admin fields take, ISO timestamps, and money for people.
 
-Standard library only; shared by the parser (to read literals) and the formatter.
+Standard library only; shared by the parser (to read literals), the CLI, the admin and the
+service. A function's name says what it returns: `parse_window_ms` milliseconds,
+`parse_duration_s` seconds, `parse_timestamp_s` epoch seconds. The `parse_*` functions for
+flags raise `error` (default `UnitError`) with a message that names the flag and quotes the
+value, so each caller keeps its own exception type.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 
-from engine.language.ast import Unit
+from engine.vocabulary import Unit
 
 DURATION_MS = {"ms": 1.0, "s": 1_000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
 COUNT_SCALE = {"": 1.0, "k": 1_000.0, "K": 1_000.0, "M": 1_000_000.0, "B": 1_000_000_000.0}
@@ -49,6 +57,12 @@ def read_money(text: str) -> float:
 
 def read_date(text: str) -> float:
     """A date or date-time (UTC unless an offset is given) as epoch seconds."""
+    return iso_timestamp_s(text)
+
+
+def iso_timestamp_s(text: str) -> float:
+    """An ISO 8601 date or date-time (`Z` allowed; UTC unless an offset is given) as epoch
+    seconds. Raises ValueError for anything else."""
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
@@ -61,3 +75,110 @@ def format_duration(ms: float) -> str:
         if ms >= scale and ms % scale == 0:
             return f"{int(ms // scale)}{suffix}"
     return f"{ms:g}ms"
+
+
+# ---------------------------------------------------------------- flags and fields
+
+_WINDOW = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)?$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_MAX = 1e15
+
+
+def parse_window_ms(
+    value: str | float,
+    flag: str = "--window",
+    *,
+    allow_zero: bool = False,
+    error: type[Exception] = UnitError,
+) -> float:
+    """`1m`, `1h`, `30s`, `250ms`, `1d`, or plain milliseconds (`60000`) -> milliseconds.
+    A limit's window, a quota's, the admin's idle time."""
+    if isinstance(value, bool):
+        raise error(f"`{flag}` must be a duration such as `1m`, got `{value}`")
+    if isinstance(value, int | float):
+        ms = float(value)
+        text = f"{value:g}"
+    else:
+        text = str(value).strip()
+        match = _WINDOW.match(text)
+        if match is None:
+            raise error(
+                f"`{flag}` must be a duration such as `1m`, `30s`, `250ms`, `1h`, `1d` or"
+                f" milliseconds such as `60000`, got `{value}`"
+            )
+        sign, digits, suffix = match.groups()
+        ms = float(digits) * DURATION_MS[suffix or "ms"] * (-1.0 if sign == "-" else 1.0)
+    if not math.isfinite(ms) or ms > _MAX:
+        raise error(f"`{flag}` is too large, got `{text}`")
+    if allow_zero and ms < 0:
+        raise error(f"`{flag}` must be zero or more, got `{text}`")
+    if not allow_zero and ms <= 0:
+        raise error(f"`{flag}` must be greater than zero, got `{text}`")
+    return ms
+
+
+def parse_duration_s(text: str, *, error: type[Exception] = UnitError) -> float:
+    """`30m` -> 1800.0 seconds: a look-back `--window`, which always carries a unit."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise error(f"invalid --window `{text}`: use a duration such as 30m, 1h, 24h or 7d")
+    seconds = float(match.group(1)) * DURATION_MS[match.group(2)] / 1000.0
+    if seconds <= 0:
+        raise error(f"invalid --window `{text}`: a window is longer than zero")
+    return seconds
+
+
+def parse_timestamp_s(
+    value: str | float | dt.date, flag: str, *, error: type[Exception] = UnitError
+) -> float:
+    """A date (`2026-12-31`, midnight UTC) or date-time (UTC unless an offset is given),
+    or epoch seconds -> epoch seconds."""
+    if isinstance(value, bool):
+        raise error(f"`{flag}` must be a date such as `2026-12-31`, got `{value}`")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return moment.timestamp()
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
+    text = str(value).strip()
+    try:
+        if not _DATE_PREFIX.match(text):
+            raise ValueError(text)
+        return iso_timestamp_s(text)
+    except ValueError:
+        raise error(
+            f"`{flag}` must be a date such as `2026-12-31` or `2026-12-31T18:00:00Z`, got `{value}`"
+        ) from None
+
+
+def parse_day(
+    value: str | dt.date | None, flag: str, *, error: type[Exception] = UnitError
+) -> dt.date | None:
+    """A calendar day (`2026-01-31`) for the stats filters."""
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise error(f"`{flag}` must be a date such as `2026-01-31`, got `{value}`") from None
+
+
+# ---------------------------------------------------------------- money
+
+
+def format_exact_money(value: float) -> str:
+    """USD as given (a limit someone wrote), without rounding it into something else."""
+    return "$0" if value <= 0 else "$" + f"{value:.12f}".rstrip("0").rstrip(".")
+
+
+def format_money(value: float) -> str:
+    """USD for people: 4 decimals from a cent up, else two significant digits."""
+    if value <= 0:
+        return "$0"
+    if value >= 0.01:
+        return f"${value:.4f}".rstrip("0").rstrip(".")
+    digits = max(7, 1 - math.floor(math.log10(value)))
+    return f"${value:.{digits}f}".rstrip("0").rstrip(".")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.language.compiler import Program
 from engine.language.loader import Loaded, compile_sources
+from engine.language.program import Program
 
 PACKAGED_CATALOG = Path(__file__).parents[1] / "policies" / "models.yaml"
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import PolicyEngine
-from engine.language.compiler import CompiledRoute, Program
+from engine.language.program import CompiledRoute, Program
 from engine.routing.evaluator import DEFAULT_OUTPUT_TOKENS, EvalState, draw, evaluate
 from engine.routing.metrics import ModelStats
 from engine.routing.request import env_of

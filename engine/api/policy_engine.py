@@ -23,8 +23,8 @@ from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.language.compiler import Program
 from engine.language.loader import Loaded, compile_sources, load_policy
+from engine.language.program import Program
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
 from engine.limits.stores import Store, open_analytics, open_store
 from engine.resources import default_policy_dir
@@ -32,12 +32,13 @@ from engine.routing.decision import Decision
 from engine.routing.evaluator import EvalState, evaluate
 from engine.routing.metrics import LiveMetrics, MetricsView
 from engine.routing.request import Request, env_of
+from engine.vocabulary import SHARED_HEALTH_URL_PREFIXES
 
 if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
 
 log = logging.getLogger("policyctl")
-REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_SCHEMES = SHARED_HEALTH_URL_PREFIXES  # health shared through Redis
 
 
 class PolicyEngine:

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.vocabulary import STORE_URL_PREFIXES, unknown_store_message
+
 EXIT_OK = 0
 EXIT_ERROR = 1  # an internal failure (a bug): never for bad input
 EXIT_BAD_INPUT = 2
 EXIT_DENIED = 3
 EXIT_BUSY = 4  # the state store is locked by another process (waited, timed out)
-
-STATE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
 
 class UsageError(Exception):
@@ -48,12 +48,8 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
 
 def check_state_url(url: str) -> str:
     """Accept `memory://`, a file path (DuckDB) or `redis://…`; quote anything else."""
-    if "://" in url and not url.startswith(STATE_SCHEMES):
-        scheme = url.split("://", 1)[0]
-        raise UsageError(
-            f"unknown state store `{url}` (scheme `{scheme}`): use `memory://`, a file path,"
-            " or `redis://host:port`"
-        )
+    if "://" in url and not url.startswith(STORE_URL_PREFIXES):
+        raise UsageError(unknown_store_message(url))
     return url
 
 

@@ -24,7 +24,7 @@ from engine.diagnostics import Diagnostic, Source, Span
 from engine.limits.stores import default_state_url
 from engine.routing.decision import Decision
 from engine.routing.request import RequestError
-from engine.strategies.registry import money
+from engine.units import format_money as money
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
 

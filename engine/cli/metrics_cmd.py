@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,9 @@ from engine.cli.common import (
     render_table,
 )
 from engine.limits.stores import default_state_url
-from engine.strategies.registry import money
-from engine.units import DURATION_MS
+from engine.units import format_money as money
+from engine.units import parse_duration_s
+from engine.vocabulary import MEMORY_URLS
 
 MAX_SHOWN_REJECTS = 50
 DEFAULT_WINDOW = "24h"
@@ -160,24 +160,11 @@ def _add_window(parser: argparse.ArgumentParser, default: str | None) -> None:
 
 # ---------------------------------------------------------------- helpers
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-
-
-def parse_window(text: str) -> float:
-    """`30m` -> 1800.0 seconds. A bad or zero duration is a UsageError."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise UsageError(f"invalid --window `{text}`: use a duration such as 30m, 1h, 24h or 7d")
-    seconds = float(match.group(1)) * DURATION_MS[match.group(2)] / 1000.0
-    if seconds <= 0:
-        raise UsageError(f"invalid --window `{text}`: a window is longer than zero")
-    return seconds
-
 
 def _state_path(url: str | None) -> str:
     state = url if url is not None else default_state_url()
     check_state_url(state)
-    if state in ("memory://", "memory:", "memory") or "://" in state:
+    if state in MEMORY_URLS or "://" in state:
         raise UsageError(
             f"the outcome log lives in a DuckDB state file; `{state}` is not one"
             " (use --state PATH, e.g. --state ./state.duckdb)"
@@ -317,7 +304,7 @@ def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict
 
 def run_show(args: argparse.Namespace) -> int:
     state = _state_path(args.state)
-    window_s = parse_window(args.window)
+    window_s = parse_duration_s(args.window, error=UsageError)
     now = time.time()
     con = _open(state, create=False)
     try:
@@ -382,7 +369,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     state = _state_path(args.state)
     fmt = export_format(args.output, args.format)
-    window_s = None if args.window is None else parse_window(args.window)
+    window_s = None if args.window is None else parse_duration_s(args.window, error=UsageError)
     out = Path(args.output).expanduser()
     if out.is_dir():
         raise UsageError(f"cannot write `{args.output}`: it is a directory")

@@ -28,7 +28,7 @@ from engine.cli.common import (
     dump_json,
     render_table,
 )
-from engine.language.compiler import Program
+from engine.language.program import Program
 from engine.limits.admin import (
     DEFAULT_VIOLATIONS,
     AdminError,
@@ -38,11 +38,9 @@ from engine.limits.admin import (
     check_scope,
     iso,
     parse_count,
-    parse_date,
-    parse_datetime,
-    parse_window,
 )
 from engine.limits.stores import default_state_url
+from engine.units import parse_day, parse_timestamp_s, parse_window_ms
 
 EXAMPLE = """\
 examples:
@@ -340,10 +338,10 @@ def run_set(args: argparse.Namespace) -> int:
     # check every flag before the state is opened: a bad one leaves it untouched
     check_key("user", args.user)
     parse_count(args.limit, "--limit")
-    parse_window(args.window)
+    parse_window_ms(args.window, error=AdminError)
     parse_count(args.burst, "--burst", allow_zero=True)
     if args.expires is not None:
-        parse_datetime(args.expires, "--expires")
+        parse_timestamp_s(args.expires, "--expires", error=AdminError)
     check_quota(_program(args), now_s=time.time(), **fields)
 
     def action(admin: RateLimitAdmin) -> int:
@@ -436,8 +434,8 @@ def run_config(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    start = parse_date(args.start, "--start")
-    end = parse_date(args.end, "--end")
+    start = parse_day(args.start, "--start", error=AdminError)
+    end = parse_day(args.end, "--end", error=AdminError)
     if start is not None and end is not None and start > end:
         raise AdminError(f"`--start` {start} is after `--end` {end}")
     if args.type is not None:
@@ -511,7 +509,7 @@ def run_buckets(args: argparse.Namespace) -> int:
 
 
 def run_cleanup(args: argparse.Namespace) -> int:
-    idle = parse_window(args.idle, "--idle", allow_zero=True)
+    idle = parse_window_ms(args.idle, "--idle", allow_zero=True, error=AdminError)
 
     def action(admin: RateLimitAdmin) -> int:
         deleted = admin.cleanup(idle)

@@ -25,7 +25,7 @@ from engine.simulate.simulation import (
     simulate,
     split_strategies,
 )
-from engine.strategies.registry import money
+from engine.units import format_money as money
 
 EXAMPLE = """\
 examples:

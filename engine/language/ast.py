@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 from engine.diagnostics import Span
-
-
-class Unit(Enum):
-    """The type of a literal or a field. Units are types: a duration is not money."""
-
-    DURATION = "duration"  # value in milliseconds
-    MONEY = "money"  # value in USD
-    PERCENT = "percentage"  # value as a fraction (80% -> 0.8)
-    COUNT = "number"  # a plain number (200k -> 200000)
-    STRING = "string"
-    BOOL = "boolean"
-    DATE = "date"  # value as epoch seconds (UTC)
-    NULL = "null"
-    LIST = "list"
-    ANY = "any"  # metadata values: known only at evaluation time
-
+from engine.vocabulary import Unit  # the value types; importable from here for AST code
 
 # ---------------------------------------------------------------- expressions
 

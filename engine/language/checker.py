@@ -14,17 +14,9 @@ from dataclasses import dataclass, field
 from engine.catalog.model import Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
-from engine.language.ast import Unit
-from engine.language.schema import (
-    LIMIT_UNITS,
-    METADATA_FIELD,
-    MODEL_ATTRS,
-    REQUEST_FIELDS,
-    STANDARD_SCOPES,
-    STRATEGIES,
-    WEIGHT_FACTORS,
-    FieldType,
-)
+from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, REQUEST_FIELDS, FieldType
+from engine.strategies import STRATEGIES
+from engine.vocabulary import LIMIT_UNITS, STANDARD_SCOPES, Unit
 
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
@@ -185,7 +177,8 @@ class Checker:
 
     def _strategy(self, item: ast.StrategySetting) -> None:
         name = item.name.text
-        if name not in STRATEGIES:
+        spec = STRATEGIES.get(name)
+        if spec is None:
             guess = did_you_mean(name, STRATEGIES)
             self.error(
                 "E0210",
@@ -196,29 +189,31 @@ class Checker:
                 else "strategies: " + ", ".join(f"`{s}`" for s in STRATEGIES),
             )
             return
-        if item.factors and name != "weighted":
+        if item.factors and not spec.factors:
+            takers = " or ".join(f"`{s.example}`" for s in STRATEGIES.values() if s.factors)
             self.error(
                 "E0211",
                 f"strategy `{name}` takes no factors",
                 item.factors[0].span,
-                "only `weighted(latency: 60%, cost: 40%)` takes factors",
+                f"only {takers} takes factors",
             )
             return
+        factors = spec.factors
         total = 0.0
         units: set[Unit] = set()
         seen: set[str] = set()
         bad_weight = False
         for factor in item.factors:
             fname = factor.name.text
-            if fname not in WEIGHT_FACTORS:
-                guess = did_you_mean(fname, WEIGHT_FACTORS)
+            if fname not in factors:
+                guess = did_you_mean(fname, factors)
                 self.error(
                     "E0212",
                     f"unknown factor `{fname}`",
                     factor.name.span,
                     f"did you mean `{guess}`?"
                     if guess
-                    else "factors: " + ", ".join(f"`{f}`" for f in WEIGHT_FACTORS),
+                    else "factors: " + ", ".join(f"`{f}`" for f in factors),
                 )
             elif fname in seen:
                 self.error(
@@ -246,7 +241,7 @@ class Checker:
                 "E0217",
                 "factor weights mix percentages and plain numbers",
                 item.span,
-                "write every weight as a percentage: `weighted(latency: 60%, cost: 40%)`",
+                f"write every weight as a percentage: `{spec.example}`",
             )
         elif units == {Unit.PERCENT} and item.factors and abs(total - 1.0) > 1e-9:
             self.error(

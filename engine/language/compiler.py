@@ -1,5 +1,6 @@
-"""Checked AST -> an immutable Program: conditions as Python closures, routes with their
-candidate lists resolved against the catalog, limits ready for the limiter.
+"""Checked AST -> an immutable Program (its types are in `engine.language.program`):
+conditions as Python closures, routes with their candidate lists resolved against the
+catalog, limits ready for the limiter.
 
 Closures are built from AST nodes; no user text is ever passed to `eval` or `exec`.
 Every closure has the signature `(request_env, model_attrs) -> value`.
@@ -8,222 +9,23 @@ Every closure has the signature `(request_env, model_attrs) -> value`.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import operator
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.catalog.model import Catalog, Model
 from engine.language import ast
-from engine.language.ast import Unit
-from engine.language.schema import SCOPE_KEY_FIELD
-from engine.strategies.registry import RouteView, latency_terms
-
-Env = Mapping[str, Any]
-Fn = Callable[[Env, Mapping[str, Any] | None], Any]
-Pred = Callable[[Env, Mapping[str, Any] | None], bool]
-
-DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    strategy: str = "weighted"
-    factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
-    min_success_rate: float = 0.0
-    min_samples: int = 100
-    window_ms: float = 86_400_000.0
-    fallback: tuple[str, ...] = ()  # provider order
-    fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
-    cooldown_failures: int = 0  # 0: no cooldown
-    cooldown_ms: float = 0.0
-    on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
-
-    @property
-    def factor_weights(self) -> tuple[float, float, float]:
-        w = dict(self.factors)
-        return (w.get("latency", 0.0), w.get("cost", 0.0), w.get("success", 0.0))
-
-
-CAPABILITY_BITS = {"vision": 1, "tools": 2, "json": 4, "streaming": 8}
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRow:
-    """What the hot loop reads about one model, precomputed once."""
-
-    model: Model
-    key: str
-    provider: str
-    supports_mask: int
-    max_tokens: int
-    context_window: int
-    input_price: float  # USD per 1M tokens
-    output_price: float  # USD per 1M tokens
-    latency_prior_ms: float
-    index: int
-
-
-def model_row(model: Model) -> ModelRow:
-    mask = 0
-    for capability in model.supports:
-        mask |= CAPABILITY_BITS.get(capability, 0)
-    return ModelRow(
-        model=model,
-        key=model.key,
-        provider=model.provider,
-        supports_mask=mask,
-        max_tokens=model.max_tokens,
-        context_window=model.context_window,
-        input_price=model.input_price,
-        output_price=model.output_price,
-        latency_prior_ms=model.latency_p95_ms,
-        index=model.index,
-    )
-
-
-DEFAULT_OUTPUT_TOKENS = 256  # output estimate when a request gives no max_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTable:
-    """A route's candidates as flat tuples (position i is `rows[i]`) for the hot loop, with
-    the aggregates that let a request skip the per-model capability checks entirely."""
-
-    models: tuple[Model, ...]
-    keys: tuple[str, ...]
-    providers: tuple[str, ...]
-    masks: tuple[int, ...]
-    max_tokens: tuple[int, ...]
-    context_windows: tuple[int, ...]
-    input_prices: tuple[float, ...]  # USD per 1M tokens
-    output_prices: tuple[float, ...]  # USD per 1M tokens
-    default_output_costs: tuple[float, ...]  # min(DEFAULT_OUTPUT_TOKENS, max_tokens) * price
-    latency_priors: tuple[float, ...]
-    common_mask: int  # capabilities every candidate supports
-    min_context_window: int  # smallest over the candidates (0 when there are none)
-    min_max_tokens: int
-    position_of: Mapping[str, int]  # model key -> position
-    # chosen provider -> the other providers in fallback order (the chain when no explicit
-    # `fallback provider/model` entry or rate limit takes a hand)
-    fallback_providers: Mapping[str, tuple[str, ...]]
-    view: RouteView  # what the strategies read
-
-
-def route_table(route: CompiledRoute) -> RouteTable:
-    rows = route.rows
-    common = 15
-    for row in rows:
-        common &= row.supports_mask
-    default = 0.0 if route.weights else 1.0  # model-specific: weight of a model not preferred
-    weights = tuple(route.weights.get(row.key, default) for row in rows)
-    explicit, last = route.fallback_order, len(route.fallback_order)
-    far = len(route.provider_rank)
-    failover = sorted(
-        range(len(rows)),
-        key=lambda i: (
-            explicit.get(rows[i].key, last),  # `fallback provider/model` entries come first
-            route.provider_rank.get(rows[i].provider, far),
-            i,
-        ),
-    )
-    indexes = tuple(row.index for row in rows)
-    priors = tuple(row.latency_prior_ms for row in rows)
-    view = RouteView(
-        factors=route.settings.factors,
-        factor_weights=route.factor_weights,
-        keys=tuple(row.key for row in rows),
-        indexes=indexes,
-        index_sorted=all(a < b for a, b in itertools.pairwise(indexes)),
-        weights=weights,
-        weights_nonnegative=all(w >= 0 for w in weights),
-        weights_uniform=len(set(weights)) <= 1,
-        failover_order=tuple(failover),
-        latency_priors=priors,
-        latency_terms=latency_terms(priors, route.factor_weights[0]),
-    )
-    order = route.provider_order
-    return RouteTable(
-        models=tuple(row.model for row in rows),
-        keys=view.keys,
-        providers=tuple(row.provider for row in rows),
-        masks=tuple(row.supports_mask for row in rows),
-        max_tokens=tuple(row.max_tokens for row in rows),
-        context_windows=tuple(row.context_window for row in rows),
-        input_prices=tuple(row.input_price for row in rows),
-        output_prices=tuple(row.output_price for row in rows),
-        default_output_costs=tuple(
-            min(DEFAULT_OUTPUT_TOKENS, row.max_tokens) * row.output_price for row in rows
-        ),
-        latency_priors=priors,
-        common_mask=common,
-        min_context_window=min((row.context_window for row in rows), default=0),
-        min_max_tokens=min((row.max_tokens for row in rows), default=0),
-        position_of={row.key: i for i, row in enumerate(rows)},
-        fallback_providers={p: tuple(q for q in order if q != p) for p in order},
-        view=view,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRoute:
-    name: str
-    location: str  # file:line:col of the route, or "defaults"
-    when: Pred | None
-    when_text: str | None
-    candidates: tuple[Model, ...]  # after prefer, exclude and model-only `require`
-    weights: Mapping[str, float]  # model key -> preference weight (prefer lists)
-    dropped: tuple[tuple[Model, str], ...]  # statically dropped, for --explain
-    requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
-    settings: Settings
-    provider_rank: Mapping[str, int]
-    rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
-    provider_order: tuple[str, ...] = ()  # providers by rank
-    factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
-    table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rows", tuple(model_row(m) for m in self.candidates))
-        order = tuple(sorted(self.provider_rank, key=self.provider_rank.__getitem__))
-        object.__setattr__(self, "provider_order", order)
-        object.__setattr__(self, "factor_weights", self.settings.factor_weights)
-        order = {key: i for i, key in enumerate(self.settings.fallback_models)}
-        object.__setattr__(self, "fallback_order", order)
-        object.__setattr__(self, "table", route_table(self))
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledLimit:
-    name: str  # e.g. `user`, `user "vip-user"`, `team`
-    scope: str
-    key: str | None  # a keyed limit applies to this key only
-    key_fn: Fn | None  # named scope: how to read the key from the request
-    key_field: str | None  # standard scopes keyed by a request field (user, ip)
-    unit: str  # requests | tokens | spend
-    amount: float
-    window_ms: float
-    burst: float
-    when: Pred | None
-    until: float | None  # epoch seconds
-    location: str
-
-    @property
-    def capacity(self) -> float:
-        return self.amount + self.burst
-
-
-@dataclass(frozen=True, slots=True)
-class Program:
-    catalog: Catalog
-    routes: tuple[CompiledRoute, ...]
-    default_route: CompiledRoute
-    limits: tuple[CompiledLimit, ...]
-    files: tuple[str, ...]
-    version: str
-    model_attrs: Mapping[str, Mapping[str, Any]] = field(repr=False)  # model key -> attrs
-
+from engine.language.program import (
+    CompiledLimit,
+    CompiledRoute,
+    Env,
+    Fn,
+    Pred,
+    Program,
+    Settings,
+)
+from engine.strategies import STRATEGIES
+from engine.vocabulary import SCOPE_KEY_FIELD, Unit
 
 # ---------------------------------------------------------------- expressions
 
@@ -460,8 +262,11 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                     (f.name.text, float(f.weight.value) / total)  # type: ignore[arg-type]
                     for f in item.factors
                 )
-            elif item.name.text == "weighted" and base.strategy != "weighted":
-                values["factors"] = DEFAULT_FACTORS  # a bare `weighted` inherits defaults' factors
+            else:  # a bare `weighted` inherits the factors of a `defaults` that is weighted
+                name = item.name.text
+                default = STRATEGIES[name].default_factors
+                if default and base.strategy != name:
+                    values["factors"] = default
         elif isinstance(item, ast.ValueSetting):
             key = item.key.text
             number = float(item.value.value)  # type: ignore[arg-type]

@@ -16,8 +16,9 @@ from engine.catalog.model import Catalog, CatalogError, load_catalog
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import ast
 from engine.language.checker import check
-from engine.language.compiler import Program, compile_program
+from engine.language.compiler import compile_program
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
+from engine.language.program import Program
 from engine.resources import default_policy_dir
 
 

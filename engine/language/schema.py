@@ -2,11 +2,13 @@
 
 Standard library only. The checker types expressions with these tables; the request
 validator (`engine.routing.request`) produces evaluation environments with exactly these keys.
+Scopes and limit units are in `engine.vocabulary`; strategy names and their factors are
+the strategy registry's (`engine.strategies`).
 """
 
 from __future__ import annotations
 
-from engine.language.ast import Unit
+from engine.vocabulary import Unit
 
 # A field type: a unit, and for lists the unit of the items.
 FieldType = tuple[Unit, Unit | None]
@@ -46,10 +48,3 @@ MODEL_ATTRS: dict[str, FieldType] = {
     "latency_p50": (Unit.DURATION, None),
     "latency_p95": (Unit.DURATION, None),
 }
-
-STRATEGIES = ("latency", "cost", "weighted", "model-specific", "round-robin", "failover")
-WEIGHT_FACTORS = ("latency", "cost", "success")
-STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
-LIMIT_UNITS = ("requests", "tokens", "spend")
-# which request field keys each standard scope (provider/model come from the decision)
-SCOPE_KEY_FIELD = {"user": "user", "ip": "ip"}

@@ -19,17 +19,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from engine.language.compiler import CompiledLimit, Program
+from engine.language.program import CompiledLimit, Program
 from engine.limits.limiter import Applied, group_limits
 from engine.limits.stores.base import Quota, Spec, available
-from engine.units import DURATION_MS, format_duration
+from engine.units import (
+    format_duration,
+    parse_day,
+    parse_timestamp_s,
+    parse_window_ms,
+)
+from engine.vocabulary import STANDARD_SCOPES
 
-STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
 DAY_MS = 86_400_000.0
 DEFAULT_IDLE_MS = DAY_MS  # `cleanup`: full buckets unused for 24 h
 DEFAULT_VIOLATIONS = 50
 
-_WINDOW = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)?$")
 _COUNT = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)([kKMB]?)$")
 _COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9}
 _MAX = 1e15
@@ -40,32 +44,6 @@ class AdminError(ValueError):
 
 
 # ----------------------------------------------------------------------------- parsing
-
-
-def parse_window(value: str | float, flag: str = "--window", *, allow_zero: bool = False) -> float:
-    """`1m`, `1h`, `30s`, `250ms`, `1d`, or plain milliseconds (`60000`) -> milliseconds."""
-    if isinstance(value, bool):
-        raise AdminError(f"`{flag}` must be a duration such as `1m`, got `{value}`")
-    if isinstance(value, int | float):
-        ms = float(value)
-        text = f"{value:g}"
-    else:
-        text = str(value).strip()
-        match = _WINDOW.match(text)
-        if match is None:
-            raise AdminError(
-                f"`{flag}` must be a duration such as `1m`, `30s`, `250ms`, `1h`, `1d` or"
-                f" milliseconds such as `60000`, got `{value}`"
-            )
-        sign, digits, suffix = match.groups()
-        ms = float(digits) * DURATION_MS[suffix or "ms"] * (-1.0 if sign == "-" else 1.0)
-    if not math.isfinite(ms) or ms > _MAX:
-        raise AdminError(f"`{flag}` is too large, got `{text}`")
-    if allow_zero and ms < 0:
-        raise AdminError(f"`{flag}` must be zero or more, got `{text}`")
-    if not allow_zero and ms <= 0:
-        raise AdminError(f"`{flag}` must be greater than zero, got `{text}`")
-    return ms
 
 
 def parse_count(
@@ -96,42 +74,6 @@ def parse_count(
     if integer and not number.is_integer():
         raise AdminError(f"`{flag}` must be a whole number such as `100`, got `{text}`")
     return number
-
-
-def parse_datetime(value: str | float | dt.date, flag: str) -> float:
-    """A date (`2026-12-31`, midnight UTC) or date-time (UTC unless an offset is given),
-    or epoch seconds -> epoch seconds."""
-    if isinstance(value, bool):
-        raise AdminError(f"`{flag}` must be a date such as `2026-12-31`, got `{value}`")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return moment.timestamp()
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
-    text = str(value).strip()
-    try:
-        if not re.match(r"^\d{4}-\d{2}-\d{2}", text):
-            raise ValueError(text)
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise AdminError(
-            f"`{flag}` must be a date such as `2026-12-31` or `2026-12-31T18:00:00Z`, got `{value}`"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
-
-
-def parse_date(value: str | dt.date | None, flag: str) -> dt.date | None:
-    """A calendar day (`2026-01-31`) for the stats filters."""
-    if value is None or isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise AdminError(f"`{flag}` must be a date such as `2026-01-31`, got `{value}`") from None
 
 
 def check_key(scope: str, key: str | None, flag: str | None = None) -> str:
@@ -181,9 +123,11 @@ def check_quota(
     check_scope(program, scope, "--scope")
     key = check_key(scope, key)
     amount = parse_count(limit, "--limit")
-    window = parse_window(window_ms)
+    window = parse_window_ms(window_ms, error=AdminError)
     extra = parse_count(burst, "--burst", allow_zero=True)
-    expires = None if expires_at is None else parse_datetime(expires_at, "--expires")
+    expires = (
+        None if expires_at is None else parse_timestamp_s(expires_at, "--expires", error=AdminError)
+    )
     if expires is not None and expires <= now_s:
         raise AdminError(f"`--expires` must be in the future, got `{expires_at}`")
     if not any(lim.scope == scope and lim.unit == "requests" for lim in program.limits):
@@ -542,8 +486,8 @@ class RateLimitAdmin:
     ) -> list[dict[str, Any]]:
         """Daily allowed/denied counts per scope (`rate_limit_stats`, plus what this process
         has not written yet), oldest day first, with the approval rate in percent."""
-        first = parse_date(start, "--start")
-        last = parse_date(end, "--end")
+        first = parse_day(start, "--start", error=AdminError)
+        last = parse_day(end, "--end", error=AdminError)
         if first is not None and last is not None and first > last:
             raise AdminError(f"`--start` {first} is after `--end` {last}")
         self._check_scope(scope)
@@ -664,7 +608,7 @@ class RateLimitAdmin:
         """Delete buckets that are full and unused for `idle_ms` (default 24 h): how many.
         A store without usage times (memory) deletes every full bucket; Redis expires
         buckets itself (0)."""
-        idle = parse_window(idle_ms, "--idle", allow_zero=True)
+        idle = parse_window_ms(idle_ms, "--idle", allow_zero=True, error=AdminError)
         now = self.now_s() * 1000.0
         store = self.engine.store
         cleanup = getattr(store, "cleanup", None)

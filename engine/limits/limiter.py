@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from engine.language.compiler import CompiledLimit
+from engine.language.program import CompiledLimit
 from engine.limits.stores.base import (
     AcquireResult,
     Outcome,
@@ -36,13 +36,13 @@ from engine.limits.stores.base import (
     StoreUnavailableError,
 )
 from engine.routing.decision import LimitStatus
+from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
 log = logging.getLogger("policyctl.limits")
 
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
 _spec = functools.partial(tuple.__new__, Spec)
 
-DEFAULT_OUTPUT_TOKENS = 256  # the same output estimate routing uses
 PER_CANDIDATE_SCOPES = frozenset({"provider", "model"})
 MAX_VIOLATIONS_KEPT = 10_000
 

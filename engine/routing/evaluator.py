@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog.model import Model
-from engine.language.compiler import (
+from engine.language.program import (
     CAPABILITY_BITS,
-    DEFAULT_OUTPUT_TOKENS,
     CompiledRoute,
     ModelRow,
     Program,
@@ -36,7 +35,9 @@ from engine.language.compiler import (
 from engine.limits.limiter import Limiter, Verdict
 from engine.routing.decision import Alternative, Decision, LimitStatus
 from engine.routing.metrics import MetricsView, NoMetrics
-from engine.strategies.registry import STRATEGIES, Pool, exact_money, money
+from engine.strategies import Pool
+from engine.units import format_exact_money, format_money
+from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
@@ -174,7 +175,10 @@ def _eligible(
             cost = (input_tokens * row.input_price + output * row.output_price) / 1e6
             latency = stats.p95_ms if measured else row.latency_prior_ms  # type: ignore[union-attr]
             if max_cost is not None and cost > max_cost:
-                problem = f"estimated cost {money(cost)} exceeds max_cost {exact_money(max_cost)}"
+                problem = (
+                    f"estimated cost {format_money(cost)} exceeds max_cost"
+                    f" {format_exact_money(max_cost)}"
+                )
             elif max_latency is not None and latency > max_latency:
                 problem = f"estimated latency {latency:.0f}ms exceeds max_latency {max_latency:g}ms"
             else:
@@ -296,7 +300,7 @@ def evaluate(
 
     turn = 0
     strategy = settings.strategy
-    if strategy == "round-robin":
+    if table.takes_turns:
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None:
             state.turns[route.name] = turn + 1
@@ -306,10 +310,10 @@ def evaluate(
         costs,
         lats,
         rates,
-        draw(env["key"]) if strategy == "model-specific" else 0.0,
+        draw(env["key"]) if table.draws else 0.0,
         turn,
     )
-    order, score, reason = STRATEGIES[strategy](pool)
+    order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either

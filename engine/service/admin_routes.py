@@ -28,8 +28,9 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.limits.admin import AdminError, RateLimitAdmin, parse_window
+from engine.limits.admin import AdminError, RateLimitAdmin
 from engine.service.body import BodyError, SafeJSONResponse, json_body, problem
+from engine.units import parse_window_ms
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
 Guard = Callable[[Handler], Handler]
@@ -252,7 +253,9 @@ def admin_routes(
         _query(request, ())
         fields = _body_fields(await json_body(request, allow_empty=True), ("idle",))
         idle = _amount(fields, "idle")
-        idle_ms = parse_window("24h" if idle is None else idle, "--idle", allow_zero=True)
+        idle_ms = parse_window_ms(
+            "24h" if idle is None else idle, "--idle", allow_zero=True, error=AdminError
+        )
         deleted = admin.cleanup(idle_ms)
         return {"deleted": deleted, "idle_ms": int(idle_ms) if idle_ms.is_integer() else idle_ms}
 

@@ -32,6 +32,7 @@ from engine.routing.decision import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
+from engine.units import iso_timestamp_s
 
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
 
@@ -172,12 +173,7 @@ def _timestamp(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    from datetime import UTC, datetime
-
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return iso_timestamp_s(str(value))
 
 
 def openapi_document() -> dict[str, Any]:

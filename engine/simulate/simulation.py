@@ -48,7 +48,8 @@ from engine.catalog.model import Catalog, Model, load_catalog
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.resources import default_policy_dir
 from engine.routing.request import Request, RequestError, env_of
-from engine.strategies.registry import STRATEGIES
+from engine.strategies import STRATEGIES
+from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
 SONNET = "claude/claude-3-5-sonnet-20241022"
@@ -65,7 +66,6 @@ DEFAULT_STRATEGIES = (
 MAX_REQUESTS = 1_000_000
 MAX_SCENARIO_BYTES = 1 << 20
 START = 1_750_000_000.0  # the fake clock's epoch: fixed, so runs never depend on today
-DEFAULT_OUTPUT_TOKENS = 256  # a template's output when it gives neither output nor max tokens
 _STRATEGY_TEXT = re.compile(r"^[A-Za-z][A-Za-z-]*(\s*\([^(){}\n#]*\))?$")
 _STRATEGY_LINE = re.compile(r"^\s*strategy\b")
 _HEALTH_DROPS = ("in cooldown", "success rate")  # the evaluator's health reasons

@@ -1,4 +1,5 @@
-"""Rate-limit state stores, chosen by URL: `memory://`, a DuckDB file path, `redis://…`.
+"""Rate-limit state stores, chosen by URL: `memory://`, a DuckDB file path, `redis://…`
+(the schemes are declared in `engine.vocabulary.STORE_SCHEMES`).
 
 Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `redis://`.
 """
@@ -9,6 +10,7 @@ import os
 from pathlib import Path
 
 from engine.limits.stores.base import ConfigurationError, Store
+from engine.vocabulary import MEMORY_URLS, REDIS_URL_PREFIXES, unknown_store_message
 
 __all__ = ["ConfigurationError", "Store", "default_state_url", "open_analytics", "open_store"]
 
@@ -24,20 +26,16 @@ def default_state_url() -> str:
 
 def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
     """A store for a URL. An unknown scheme is a ConfigurationError that quotes the URL."""
-    if url in ("memory://", "memory:", "memory"):
+    if url in MEMORY_URLS:
         from engine.limits.stores.memory import MemoryStore
 
         return MemoryStore(url)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_URL_PREFIXES):
         from engine.limits.stores.redis_store import RedisStore
 
         return RedisStore(url)
     if "://" in url:
-        scheme = url.split("://", 1)[0]
-        raise ConfigurationError(
-            f"unknown state store `{url}` (scheme `{scheme}`): use `memory://`, a file path,"
-            " or `redis://host:port`"
-        )
+        raise ConfigurationError(unknown_store_message(url))
     if not url.strip():
         raise ConfigurationError("the state store URL is empty")
     from engine.limits.stores.duckdb_store import DuckDBStore

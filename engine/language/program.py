@@ -1,0 +1,208 @@
+"""The compiled program: the immutable, indexed types the compiler produces and the
+evaluator, the limiter, the admin and the API read. Types only (and how each builds its
+precomputed columns); the compile logic is `engine.language.compiler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.catalog.model import Catalog, Model
+from engine.strategies import DEFAULT_STRATEGY, STRATEGIES, Rank, RouteFacts, RouteView
+from engine.strategies.weighted import DEFAULT_FACTORS, factor_weights
+from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+
+Env = Mapping[str, Any]
+Fn = Callable[[Env, Mapping[str, Any] | None], Any]
+Pred = Callable[[Env, Mapping[str, Any] | None], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    strategy: str = DEFAULT_STRATEGY
+    factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
+    min_success_rate: float = 0.0
+    min_samples: int = 100
+    window_ms: float = 86_400_000.0
+    fallback: tuple[str, ...] = ()  # provider order
+    fallback_models: tuple[str, ...] = ()  # explicit provider/model entries, in order
+    cooldown_failures: int = 0  # 0: no cooldown
+    cooldown_ms: float = 0.0
+    on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
+
+    @property
+    def factor_weights(self) -> tuple[float, float, float]:
+        """`weighted`: the (latency, cost, success) weights."""
+        return factor_weights(self.factors)
+
+
+CAPABILITY_BITS = {"vision": 1, "tools": 2, "json": 4, "streaming": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """What the hot loop reads about one model, precomputed once."""
+
+    model: Model
+    key: str
+    provider: str
+    supports_mask: int
+    max_tokens: int
+    context_window: int
+    input_price: float  # USD per 1M tokens
+    output_price: float  # USD per 1M tokens
+    latency_prior_ms: float
+    index: int
+
+
+def model_row(model: Model) -> ModelRow:
+    mask = 0
+    for capability in model.supports:
+        mask |= CAPABILITY_BITS.get(capability, 0)
+    return ModelRow(
+        model=model,
+        key=model.key,
+        provider=model.provider,
+        supports_mask=mask,
+        max_tokens=model.max_tokens,
+        context_window=model.context_window,
+        input_price=model.input_price,
+        output_price=model.output_price,
+        latency_prior_ms=model.latency_p95_ms,
+        index=model.index,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """A route's candidates as flat tuples (position i is `rows[i]`) for the hot loop, with
+    the aggregates that let a request skip the per-model capability checks entirely."""
+
+    models: tuple[Model, ...]
+    keys: tuple[str, ...]
+    providers: tuple[str, ...]
+    masks: tuple[int, ...]
+    max_tokens: tuple[int, ...]
+    context_windows: tuple[int, ...]
+    input_prices: tuple[float, ...]  # USD per 1M tokens
+    output_prices: tuple[float, ...]  # USD per 1M tokens
+    default_output_costs: tuple[float, ...]  # min(DEFAULT_OUTPUT_TOKENS, max_tokens) * price
+    latency_priors: tuple[float, ...]
+    common_mask: int  # capabilities every candidate supports
+    min_context_window: int  # smallest over the candidates (0 when there are none)
+    min_max_tokens: int
+    position_of: Mapping[str, int]  # model key -> position
+    # chosen provider -> the other providers in fallback order (the chain when no explicit
+    # `fallback provider/model` entry or rate limit takes a hand)
+    fallback_providers: Mapping[str, tuple[str, ...]]
+    view: RouteView  # what the route's strategy reads, built by the strategy
+    rank: Rank  # the route's strategy
+    draws: bool  # the strategy reads a number drawn from the request key
+    takes_turns: bool  # the strategy reads the route's turn
+
+
+def route_table(route: CompiledRoute) -> RouteTable:
+    rows = route.rows
+    common = 15
+    for row in rows:
+        common &= row.supports_mask
+    keys = tuple(row.key for row in rows)
+    priors = tuple(row.latency_prior_ms for row in rows)
+    chosen = STRATEGIES[route.settings.strategy]
+    view = chosen.view(
+        RouteFacts(
+            keys=keys,
+            providers=tuple(row.provider for row in rows),
+            indexes=tuple(row.index for row in rows),
+            latency_priors=priors,
+            factors=route.settings.factors,
+            preferred=route.weights,
+            fallback_order=route.fallback_order,
+            provider_rank=route.provider_rank,
+        )
+    )
+    order = route.provider_order
+    return RouteTable(
+        models=tuple(row.model for row in rows),
+        keys=keys,
+        providers=tuple(row.provider for row in rows),
+        masks=tuple(row.supports_mask for row in rows),
+        max_tokens=tuple(row.max_tokens for row in rows),
+        context_windows=tuple(row.context_window for row in rows),
+        input_prices=tuple(row.input_price for row in rows),
+        output_prices=tuple(row.output_price for row in rows),
+        default_output_costs=tuple(
+            min(DEFAULT_OUTPUT_TOKENS, row.max_tokens) * row.output_price for row in rows
+        ),
+        latency_priors=priors,
+        common_mask=common,
+        min_context_window=min((row.context_window for row in rows), default=0),
+        min_max_tokens=min((row.max_tokens for row in rows), default=0),
+        position_of={row.key: i for i, row in enumerate(rows)},
+        fallback_providers={p: tuple(q for q in order if q != p) for p in order},
+        view=view,
+        rank=chosen.rank,
+        draws=chosen.draws,
+        takes_turns=chosen.takes_turns,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    location: str  # file:line:col of the route, or "defaults"
+    when: Pred | None
+    when_text: str | None
+    candidates: tuple[Model, ...]  # after prefer, exclude and model-only `require`
+    weights: Mapping[str, float]  # model key -> preference weight (prefer lists)
+    dropped: tuple[tuple[Model, str], ...]  # statically dropped, for --explain
+    requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
+    settings: Settings
+    provider_rank: Mapping[str, int]
+    rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
+    provider_order: tuple[str, ...] = ()  # providers by rank
+    factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
+    table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(model_row(m) for m in self.candidates))
+        order = tuple(sorted(self.provider_rank, key=self.provider_rank.__getitem__))
+        object.__setattr__(self, "provider_order", order)
+        object.__setattr__(self, "factor_weights", self.settings.factor_weights)
+        order = {key: i for i, key in enumerate(self.settings.fallback_models)}
+        object.__setattr__(self, "fallback_order", order)
+        object.__setattr__(self, "table", route_table(self))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    name: str  # e.g. `user`, `user "vip-user"`, `team`
+    scope: str
+    key: str | None  # a keyed limit applies to this key only
+    key_fn: Fn | None  # named scope: how to read the key from the request
+    key_field: str | None  # standard scopes keyed by a request field (user, ip)
+    unit: str  # requests | tokens | spend
+    amount: float
+    window_ms: float
+    burst: float
+    when: Pred | None
+    until: float | None  # epoch seconds
+    location: str
+
+    @property
+    def capacity(self) -> float:
+        return self.amount + self.burst
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    catalog: Catalog
+    routes: tuple[CompiledRoute, ...]
+    default_route: CompiledRoute
+    limits: tuple[CompiledLimit, ...]
+    files: tuple[str, ...]
+    version: str
+    model_attrs: Mapping[str, Mapping[str, Any]] = field(repr=False)  # model key -> attrs
