@@ -19,9 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from engine.analytics import queries
 from engine.language.compiler import CompiledLimit, Program
 from engine.limits.limiter import Applied, group_limits
-from engine.limits.stores.base import Quota, Spec, available
+from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import DURATION_MS, format_duration
 
 STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
@@ -273,10 +274,10 @@ class RateLimitAdmin:
     def _details(self) -> dict[str, tuple[float, float, float, float | None]] | None:
         """bucket -> (full_at_ms, capacity, rate_per_ms, last_used_ms) when the store
         keeps them (DuckDB), else None."""
-        details = getattr(self.engine.store, "bucket_details", None)
-        if details is None:
+        store = self.engine.store
+        if not isinstance(store, BucketInspection):
             return None
-        return {k: (f, c, r, u) for k, f, c, r, u in details()}
+        return {k: (f, c, r, u) for k, f, c, r, u in store.bucket_details()}
 
     def applied(self, scope: str, key: str, now_s: float | None = None) -> list[Applied]:
         """The limits that apply to one scope key, as the limiter picks them: a live quota
@@ -529,10 +530,10 @@ class RateLimitAdmin:
 
     # ------------------------------------------------------------------ logs
 
-    def _connection(self) -> Any:
-        """The store's locked read (`query(sql, params) -> rows`), or None without a
-        database."""
-        return getattr(self.engine.store, "query", None)
+    def _logs(self) -> SQLQueries | None:
+        """The store whose log tables the queries read, or None without a database."""
+        store = self.engine.store
+        return store if isinstance(store, SQLQueries) else None
 
     def stats(
         self,
@@ -548,12 +549,9 @@ class RateLimitAdmin:
             raise AdminError(f"`--start` {first} is after `--end` {last}")
         self._check_scope(scope)
         totals: dict[tuple[str, str], list[int]] = {}
-        con = self._connection()
-        if con is not None:
-            for day, name, allowed, denied in con(
-                "SELECT CAST(day AS VARCHAR), scope, allowed_requests, denied_requests"
-                " FROM rate_limit_stats"
-            ):
+        logs = self._logs()
+        if logs is not None:
+            for day, name, allowed, denied in logs.read(queries.limit_stats):
                 entry = totals.setdefault((day, name), [0, 0])
                 entry[0] += int(allowed)
                 entry[1] += int(denied)
@@ -590,22 +588,9 @@ class RateLimitAdmin:
             raise AdminError("`--key` must not be empty")
         self._check_scope(scope)
         found: list[tuple[float, int, dict[str, Any]]] = []
-        con = self._connection()
-        if con is not None:
-            where, params = [], []
-            if key is not None:
-                where.append("key = ?")
-                params.append(key)
-            if scope is not None:
-                where.append("scope = ?")
-                params.append(scope)
-            sql = (
-                "SELECT epoch_us(violated_at), scope, key, unit, tokens_requested,"
-                " tokens_available, request_id FROM rate_limit_violations"
-                + (" WHERE " + " AND ".join(where) if where else "")
-                + " ORDER BY violated_at DESC, rowid DESC LIMIT ?"
-            )
-            rows = con(sql, [*params, count])
+        logs = self._logs()
+        if logs is not None:
+            rows = logs.read(lambda con: queries.violations(con, key, scope, count))
             for order, (at_us, name, k, unit, requested, left, request_id) in enumerate(rows):
                 found.append(
                     (at_us / 1e6, -order, _violation(at_us / 1e6, name, k, unit, requested,
@@ -667,9 +652,8 @@ class RateLimitAdmin:
         idle = parse_window(idle_ms, "--idle", allow_zero=True)
         now = self.now_s() * 1000.0
         store = self.engine.store
-        cleanup = getattr(store, "cleanup", None)
-        if cleanup is not None:
-            return int(cleanup(now, idle))
+        if isinstance(store, BucketInspection):
+            return int(store.cleanup(now, idle))
         return int(store.evict(now))
 
 

@@ -34,6 +34,7 @@ from engine.limits.stores.base import (
     Spec,
     Store,
     StoreUnavailableError,
+    uses_one_pass,
 )
 from engine.routing.decision import LimitStatus
 
@@ -284,9 +285,10 @@ class Limiter:
     _acquire_stepwise: Callable[..., AcquireResult] | None = None
 
     def __post_init__(self) -> None:
-        if getattr(self.store, "one_pass", False):
-            self._consume_all = self.store.consume_all  # type: ignore[attr-defined]
-            self._acquire_stepwise = self.store.acquire_stepwise  # type: ignore[attr-defined]
+        store = self.store
+        if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
+            self._consume_all = store.consume_all
+            self._acquire_stepwise = store.acquire_stepwise
 
     def groups(self, limits: tuple[CompiledLimit, ...]) -> tuple[_Group, ...]:
         cached = self._groups.get(id(limits))
