@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.analytics import queries
 from engine.language.compiler import CompiledLimit, Program
-from engine.limits.limiter import Applied, group_limits
+from engine.limits.limiter import Applied, applicable, group_limits, quota_applied
 from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import DURATION_MS, format_duration
 
@@ -223,17 +223,6 @@ def split_bucket(bucket: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def _quota_applied(quota: Quota) -> Applied:
-    return Applied(
-        quota.scope, "requests", quota.limit, quota.window_ms, quota.burst, "quota",
-        until=quota.expires_at,
-    )  # fmt: skip
-
-
-def _live(applied: Applied, now_s: float) -> bool:
-    return applied.until is None or applied.until > now_s
-
-
 def _statement(location: str) -> str | None:
     """The source line of a `file:line:col` location, if the file can be read."""
     path, _, _col = location.rpartition(":")
@@ -287,17 +276,8 @@ class RateLimitAdmin:
         quotas = self._quotas()
         out: list[Applied] = []
         for group in group_limits(self.program.limits):
-            if group.scope != scope:
-                continue
-            quota = quotas.get((scope, key)) if group.unit == "requests" else None
-            if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
-                out.append(_quota_applied(quota))
-                continue
-            keyed = [a for a in group.keyed.get(key, ()) if _live(a, now_s)]
-            if keyed:
-                out.extend(keyed)
-                continue
-            out.extend(a for a in group.defaults if _live(a, now_s))
+            if group.scope == scope:
+                out.extend(applicable(group, key, quotas.get((scope, key)), None, now_s))
         return out
 
     def _all_applied(self) -> list[tuple[Applied, str | None]]:
@@ -307,7 +287,7 @@ class RateLimitAdmin:
             out.extend((a, None) for a in group.defaults)
             for key, keyed in group.keyed.items():
                 out.extend((a, key) for a in keyed)
-        out.extend((_quota_applied(q), q.key) for q in self._quotas().values())
+        out.extend((quota_applied(q), q.key) for q in self._quotas().values())
         return out
 
     def _params(
