@@ -1,5 +1,6 @@
-"""The memory store's one-pass path and the limiter's use of it agree with the step-by-step
-path, and are never taken where a store changes a step (DuckDB, a wrapping subclass)."""
+"""The limiter's use of the memory store's one-pass path agrees with the step-by-step path,
+and is never taken where a store changes a step (DuckDB, a wrapping subclass). The store's
+own one-pass contract is `TestOnePassCheck` in test_store_contracts.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import PolicyEngine
-from engine.limits.stores.base import AcquireResult, Spec
+from engine.limits.stores.base import AcquireResult
 from engine.limits.stores.duckdb_store import DuckDBStore
 from engine.limits.stores.memory import MemoryStore
 
@@ -20,43 +21,6 @@ POLICY = (
     "limit provider 6 per 10s\n"
     'limit provider "gemini" 2 per 10s\n'
 )
-
-
-def _random_spec(rng: random.Random) -> Spec:
-    return Spec(
-        rng.choice(["a", "b", "c", "user/requests/60000/u"]),
-        rng.choice([1.0, 3.0, 10.0]),
-        rng.choice([0.001, 0.01, 0.1]),
-        rng.choice([1.0, 2.0, 11.0]),
-    )
-
-
-def test_one_pass_acquire_agrees_with_the_step_by_step_path() -> None:
-    rng = random.Random(5)
-    fast, slow = MemoryStore(), MemoryStore()
-    now = START * 1000
-    for _ in range(3000):
-        now += rng.random() * rng.choice([1, 100, 2000])
-        shared = [_random_spec(rng) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
-        options = [[_random_spec(rng) for _ in range(rng.randint(0, 2))] for _ in range(3)]
-        options = options[: rng.randint(0, 3)]
-        consume = rng.random() > 0.2
-        no_options = rng.random() < 0.5
-        got = fast.acquire(shared, () if no_options else iter(options), now, consume=consume)
-        want = slow.acquire_stepwise(
-            shared, () if no_options else iter(options), now, consume=consume
-        )
-        assert got == want
-    assert fast.buckets() == slow.buckets()
-
-
-def test_consume_all_takes_a_repeated_bucket_twice_and_a_denial_changes_nothing() -> None:
-    store = MemoryStore()
-    spec = ("k", 3.0, 0.001, 1.0)
-    taken = store.consume_all([spec, spec], 0.0)
-    assert taken == ([3.0, 3.0], [1000.0, 2000.0])
-    assert store.consume_all([spec, ("k2", 1.0, 0.001, 2.0)], 0.0) is None
-    assert store.buckets() == [("k", 2000.0)]
 
 
 class CountingStore(MemoryStore):

@@ -27,10 +27,11 @@ from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
 from engine.limits.stores import Store, open_analytics, open_store
+from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
 from engine.routing.evaluator import EvalState, evaluate
-from engine.routing.metrics import LiveMetrics, MetricsView
+from engine.routing.metrics import ClosableMetrics, LiveMetrics, MetricsView, RecordingMetrics
 from engine.routing.request import Request, env_of
 from engine.vocabulary import SHARED_HEALTH_URL_PREFIXES
 
@@ -109,19 +110,20 @@ class PolicyEngine:
                 clock=clock,
             )
         self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
-        self._record_metric = getattr(self.metrics, "record", None)
+        self._record_metric = (
+            self.metrics.record if isinstance(self.metrics, RecordingMetrics) else None
+        )
         self._state = EvalState()
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
         self._decision_log: list[tuple[Any, ...]] = []
         self._unflushed = 0  # persistent decisions since the last flush
-        write_configs = getattr(self.store, "write_configs", None)
-        if write_configs is not None:
-            write_configs(limit_config_rows(self._program))
+        if isinstance(self.store, Persistence):
+            self.store.write_configs(limit_config_rows(self._program))
         self._own_connection: Any = None
         self.outcome_log: OutcomeWriter | None = None
-        connection = getattr(self.store, "connection", None)
+        connection = self.store.connection if isinstance(self.store, Persistence) else None
         if outcomes is not None:
             self._own_connection = connection = open_analytics(outcomes)
         if connection is not None:
@@ -130,9 +132,9 @@ class PolicyEngine:
 
     def _warm_start(self, connection: Any, window_s: float) -> None:
         """Fill the live window from the outcome log (what happened in the last window)."""
-        record = getattr(self.metrics, "record", None)
-        if record is None:
+        if not isinstance(self.metrics, RecordingMetrics):
             return
+        record = self.metrics.record
         catalog = self._program.catalog
         for at, provider, model, latency, success, cost in recent_outcomes(
             connection, self.clock() - window_s
@@ -166,9 +168,8 @@ class PolicyEngine:
             self.loaded_at = self.clock()
             self.reloads += 1
             if changed:
-                write_configs = getattr(self.store, "write_configs", None)
-                if write_configs is not None:
-                    write_configs(limit_config_rows(loaded.program))
+                if isinstance(self.store, Persistence):
+                    self.store.write_configs(limit_config_rows(loaded.program))
                 log.info("policy reloaded: version %s", loaded.program.version)
             return True
 
@@ -239,9 +240,8 @@ class PolicyEngine:
                 self.outcome_log.close()
             self._flush_logs()
         finally:
-            close_metrics = getattr(self.metrics, "close", None)
-            if close_metrics is not None:
-                close_metrics()
+            if isinstance(self.metrics, ClosableMetrics):
+                self.metrics.close()
             self.store.close()
             if self._own_connection is not None:
                 self._own_connection.close()

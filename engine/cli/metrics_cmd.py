@@ -177,44 +177,20 @@ def _state_path(url: str | None) -> str:
 def _open(state: str, *, create: bool) -> Any:
     """The state file's connection (waiting for its lock); for a file that does not exist yet
     and `create` false, an empty in-memory database with the same schema."""
-    from engine.analytics import schema as analytics
+    from engine.analytics import queries
     from engine.limits.stores import open_analytics
 
     path = Path(state).expanduser()
     if path.is_dir():
         raise UsageError(f"the state file `{state}` is a directory")
-    if create or path.exists():
-        con: Any = open_analytics(state)
-    else:
-        import duckdb
-
-        con = duckdb.connect()
-        analytics.ensure_schema(con)
-    con.execute("SET enable_progress_bar = false")
+    con: Any = open_analytics(state) if create or path.exists() else queries.empty_log()
+    queries.quiet(con)
     return con
 
 
 def _since(window_s: float | None, now: float) -> int | None:
     """The window's start in epoch microseconds (None: everything)."""
     return None if window_s is None else round((now - window_s) * 1e6)
-
-
-def _where(
-    since_us: int | None, provider: str | None, *, inline: bool = False
-) -> tuple[str, list[Any]]:
-    """The WHERE clause and its parameters (`inline`: as quoted literals, for COPY)."""
-    clauses, params = [], []
-    if since_us is not None:
-        clauses.append(f"recorded_at >= make_timestamp({int(since_us) if inline else '?'}::BIGINT)")
-        params.append(since_us)
-    if provider is not None:
-        clauses.append(f"provider = {_literal(provider) if inline else '?'}")
-        params.append(provider)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), [] if inline else params
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 # ---------------------------------------------------------------- import
@@ -269,24 +245,15 @@ def run_import(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- show
 
-SHOW_SQL = """
-    SELECT provider, model, count(*) AS samples,
-           quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
-           avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS success_rate,
-           avg(cost) AS avg_cost
-    FROM outcomes{where}
-    GROUP BY provider, model
-    ORDER BY provider, model
-"""
-
 
 def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict[str, Any]]:
     """Per provider/model: samples, exact p50/p95/p99 (quantile_cont), success rate, cost."""
-    where, params = _where(since_us, provider)
+    from engine.analytics import queries
+
     rows = []
-    for prov, model, samples, q, success_rate, avg_cost in con.execute(
-        SHOW_SQL.format(where=where), params
-    ).fetchall():
+    for prov, model, samples, q, success_rate, avg_cost in queries.model_summary(
+        con, since_us, provider
+    ):
         rows.append(
             {
                 "provider": prov,
@@ -365,7 +332,7 @@ def export_format(output: str, given: str | None) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import duckdb
+    from engine.analytics import queries
 
     state = _state_path(args.state)
     fmt = export_format(args.output, args.format)
@@ -377,18 +344,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write `{args.output}`: no such directory `{out.parent}`")
     con = _open(state, create=False)
     try:
-        where, _ = _where(_since(window_s, time.time()), args.provider, inline=True)
-        options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
-        try:
-            result = con.execute(
-                f"COPY (SELECT * FROM outcomes{where} ORDER BY recorded_at)"
-                f" TO {_literal(str(out))} ({options})"
-            ).fetchone()
-        except duckdb.Error as err:
-            first = str(err).splitlines()[0]
-            raise UsageError(f"cannot write `{args.output}`: {first}") from None
+        count = queries.export_outcomes(con, out, fmt, _since(window_s, time.time()), args.provider)
+    except queries.ExportError as err:
+        raise UsageError(f"cannot write `{args.output}`: {err}") from None
     finally:
         con.close()
-    count = int(result[0]) if result else 0
     print(f"exported {count} outcomes to {args.output} ({fmt})")
     return EXIT_OK

@@ -19,9 +19,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from engine.analytics import queries
 from engine.language.program import CompiledLimit, Program
-from engine.limits.limiter import Applied, group_limits
-from engine.limits.stores.base import Quota, Spec, available
+from engine.limits.limiter import Applied, applicable, group_limits, quota_applied
+from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import (
     format_duration,
     parse_day,
@@ -166,17 +167,6 @@ def split_bucket(bucket: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
-def _quota_applied(quota: Quota) -> Applied:
-    return Applied(
-        quota.scope, "requests", quota.limit, quota.window_ms, quota.burst, "quota",
-        until=quota.expires_at,
-    )  # fmt: skip
-
-
-def _live(applied: Applied, now_s: float) -> bool:
-    return applied.until is None or applied.until > now_s
-
-
 def _statement(location: str) -> str | None:
     """The source line of a `file:line:col` location, if the file can be read."""
     path, _, _col = location.rpartition(":")
@@ -217,10 +207,10 @@ class RateLimitAdmin:
     def _details(self) -> dict[str, tuple[float, float, float, float | None]] | None:
         """bucket -> (full_at_ms, capacity, rate_per_ms, last_used_ms) when the store
         keeps them (DuckDB), else None."""
-        details = getattr(self.engine.store, "bucket_details", None)
-        if details is None:
+        store = self.engine.store
+        if not isinstance(store, BucketInspection):
             return None
-        return {k: (f, c, r, u) for k, f, c, r, u in details()}
+        return {k: (f, c, r, u) for k, f, c, r, u in store.bucket_details()}
 
     def applied(self, scope: str, key: str, now_s: float | None = None) -> list[Applied]:
         """The limits that apply to one scope key, as the limiter picks them: a live quota
@@ -230,17 +220,8 @@ class RateLimitAdmin:
         quotas = self._quotas()
         out: list[Applied] = []
         for group in group_limits(self.program.limits):
-            if group.scope != scope:
-                continue
-            quota = quotas.get((scope, key)) if group.unit == "requests" else None
-            if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
-                out.append(_quota_applied(quota))
-                continue
-            keyed = [a for a in group.keyed.get(key, ()) if _live(a, now_s)]
-            if keyed:
-                out.extend(keyed)
-                continue
-            out.extend(a for a in group.defaults if _live(a, now_s))
+            if group.scope == scope:
+                out.extend(applicable(group, key, quotas.get((scope, key)), None, now_s))
         return out
 
     def _all_applied(self) -> list[tuple[Applied, str | None]]:
@@ -250,7 +231,7 @@ class RateLimitAdmin:
             out.extend((a, None) for a in group.defaults)
             for key, keyed in group.keyed.items():
                 out.extend((a, key) for a in keyed)
-        out.extend((_quota_applied(q), q.key) for q in self._quotas().values())
+        out.extend((quota_applied(q), q.key) for q in self._quotas().values())
         return out
 
     def _params(
@@ -473,10 +454,10 @@ class RateLimitAdmin:
 
     # ------------------------------------------------------------------ logs
 
-    def _connection(self) -> Any:
-        """The store's locked read (`query(sql, params) -> rows`), or None without a
-        database."""
-        return getattr(self.engine.store, "query", None)
+    def _logs(self) -> SQLQueries | None:
+        """The store whose log tables the queries read, or None without a database."""
+        store = self.engine.store
+        return store if isinstance(store, SQLQueries) else None
 
     def stats(
         self,
@@ -492,12 +473,9 @@ class RateLimitAdmin:
             raise AdminError(f"`--start` {first} is after `--end` {last}")
         self._check_scope(scope)
         totals: dict[tuple[str, str], list[int]] = {}
-        con = self._connection()
-        if con is not None:
-            for day, name, allowed, denied in con(
-                "SELECT CAST(day AS VARCHAR), scope, allowed_requests, denied_requests"
-                " FROM rate_limit_stats"
-            ):
+        logs = self._logs()
+        if logs is not None:
+            for day, name, allowed, denied in logs.read(queries.limit_stats):
                 entry = totals.setdefault((day, name), [0, 0])
                 entry[0] += int(allowed)
                 entry[1] += int(denied)
@@ -534,22 +512,9 @@ class RateLimitAdmin:
             raise AdminError("`--key` must not be empty")
         self._check_scope(scope)
         found: list[tuple[float, int, dict[str, Any]]] = []
-        con = self._connection()
-        if con is not None:
-            where, params = [], []
-            if key is not None:
-                where.append("key = ?")
-                params.append(key)
-            if scope is not None:
-                where.append("scope = ?")
-                params.append(scope)
-            sql = (
-                "SELECT epoch_us(violated_at), scope, key, unit, tokens_requested,"
-                " tokens_available, request_id FROM rate_limit_violations"
-                + (" WHERE " + " AND ".join(where) if where else "")
-                + " ORDER BY violated_at DESC, rowid DESC LIMIT ?"
-            )
-            rows = con(sql, [*params, count])
+        logs = self._logs()
+        if logs is not None:
+            rows = logs.read(lambda con: queries.violations(con, key, scope, count))
             for order, (at_us, name, k, unit, requested, left, request_id) in enumerate(rows):
                 found.append(
                     (at_us / 1e6, -order, _violation(at_us / 1e6, name, k, unit, requested,
@@ -611,9 +576,8 @@ class RateLimitAdmin:
         idle = parse_window_ms(idle_ms, "--idle", allow_zero=True, error=AdminError)
         now = self.now_s() * 1000.0
         store = self.engine.store
-        cleanup = getattr(store, "cleanup", None)
-        if cleanup is not None:
-            return int(cleanup(now, idle))
+        if isinstance(store, BucketInspection):
+            return int(store.cleanup(now, idle))
         return int(store.evict(now))
 
 

@@ -34,6 +34,7 @@ from engine.limits.stores.base import (
     Spec,
     Store,
     StoreUnavailableError,
+    uses_one_pass,
 )
 from engine.routing.decision import LimitStatus
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -85,10 +86,20 @@ class Applied:
         self.rate = limit / window_ms  # tokens per millisecond
         self.prefix = f"{scope}/{unit}/{window_text(window_ms)}/"
 
-    def active(self, env: Mapping[str, Any], now_s: float) -> bool:
+    def active(self, env: Mapping[str, Any] | None, now_s: float) -> bool:
+        """Not expired, and its `when` holds for the request (without one, `env` None: a
+        `when` counts as met, so the admin lists conditional limits)."""
         if self.until is not None and self.until <= now_s:
             return False
-        return self.when is None or bool(self.when(env, None))
+        return self.when is None or env is None or bool(self.when(env, None))
+
+
+def quota_applied(quota: Quota) -> Applied:
+    """A runtime quota as the limit it stands for (on requests, until it expires)."""
+    return Applied(
+        quota.scope, "requests", quota.limit, quota.window_ms, quota.burst, "quota",
+        until=quota.expires_at,
+    )  # fmt: skip
 
 
 def _applied_from(limit: CompiledLimit, ordinal: int) -> Applied:
@@ -110,6 +121,7 @@ class _Group:
     key_field: str | None  # user / ip: read this request field
     key_fn: Any  # named scopes: the compiled key expression
     conditional: bool  # some default has `when` or `until`
+    keyed_fixed: bool  # no keyed limit has `when` or `until`: a key's list is all active
 
 
 class Verdict(NamedTuple):
@@ -166,9 +178,46 @@ def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
                 key_field=first.key_field,
                 key_fn=first.key_fn,
                 conditional=any(a.when is not None or a.until is not None for a in defaults),
+                keyed_fixed=all(
+                    a.when is None and a.until is None for k in keyed.values() for a in k
+                ),
             )
         )
     return tuple(groups)
+
+
+def applicable(
+    group: _Group | _Part,
+    key: str,
+    quota: Quota | None,
+    env: Mapping[str, Any] | None,
+    now_s: float,
+) -> Sequence[Applied]:
+    """The limits of one scope and unit that apply to one key: the key's runtime `quota`
+    (requests only, unless expired), else the key's active keyed limits, else the scope's
+    active defaults. `env` is the request (None: the admin asks without one, and a `when`
+    counts as met).
+
+    The one statement of the rule: the limiter's hot path and the admin both ask here; the
+    hot path's shortcuts (`_Part.static`, `_Part.plain`) are its cases with no quota, fixed
+    per policy."""
+    if (
+        quota is not None
+        and group.unit == "requests"
+        and (quota.expires_at is None or quota.expires_at > now_s)
+    ):
+        return [quota_applied(quota)]
+    if group.keyed:
+        found = group.keyed.get(key)
+        if found:
+            if group.keyed_fixed:
+                return found
+            keyed = [a for a in found if a.active(env, now_s)]
+            if keyed:
+                return keyed
+    if group.conditional:
+        return [a for a in group.defaults if a.active(env, now_s)]
+    return group.defaults
 
 
 Bucket = tuple[str, float, float, float]  # a `Spec` as a plain tuple: key, capacity, rate, cost
@@ -178,8 +227,8 @@ class _Part:
     """One group of limits, ready for the hot path (built once per policy)."""
 
     __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "key_field",
-                 "key_fn", "keyed", "plain", "requests", "scope", "spend", "static",
-                 "unit")  # fmt: skip
+                 "key_fn", "keyed", "keyed_fixed", "plain", "requests", "scope", "spend",
+                 "static", "unit")  # fmt: skip
 
     def __init__(self, group: _Group) -> None:
         self.scope = group.scope
@@ -191,6 +240,7 @@ class _Part:
         self.key_field = group.key_field
         self.key_fn = group.key_fn
         self.conditional = group.conditional
+        self.keyed_fixed = group.keyed_fixed
         self.is_global = group.scope == "global"
         self.is_provider = group.scope == "provider"
         # requests limits without `when`/`until` whose keys are few (global, and the
@@ -210,7 +260,7 @@ class _Part:
         """A static part's buckets and their owners for one key (built once, then cached)."""
         found = self.cache.get(key)
         if found is None:
-            applied = self.keyed.get(key) or self.defaults  # static: every limit is active
+            applied = applicable(self, key, None, None, 0.0)  # static: no `when`, no `until`
             found = (
                 [_spec((a.prefix + key, a.capacity, a.rate, 1.0)) for a in applied],
                 [(a, key) for a in applied],
@@ -284,9 +334,10 @@ class Limiter:
     _acquire_stepwise: Callable[..., AcquireResult] | None = None
 
     def __post_init__(self) -> None:
-        if getattr(self.store, "one_pass", False):
-            self._consume_all = self.store.consume_all  # type: ignore[attr-defined]
-            self._acquire_stepwise = self.store.acquire_stepwise  # type: ignore[attr-defined]
+        store = self.store
+        if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
+            self._consume_all = store.consume_all
+            self._acquire_stepwise = store.acquire_stepwise
 
     def groups(self, limits: tuple[CompiledLimit, ...]) -> tuple[_Group, ...]:
         cached = self._groups.get(id(limits))
@@ -312,28 +363,6 @@ class Limiter:
 
     def refresh_quotas(self) -> None:
         self._quota_cache = (0.0, {})
-
-    def _applied(
-        self, group: _Group | _Part, key: str, env: Mapping[str, Any], now_s: float
-    ) -> tuple[Applied, ...] | list[Applied]:
-        """The limits that apply to one scope key: a quota, else keyed limits, else defaults."""
-        quotas = self._quota_cache[1] if now_s - self._quota_cache[0] <= 1.0 else None
-        if quotas is None:
-            quotas = self._quotas(now_s)
-        if quotas and group.unit == "requests":
-            quota = quotas.get((group.scope, key))
-            if quota is not None and (quota.expires_at is None or quota.expires_at > now_s):
-                return [
-                    Applied(group.scope, "requests", quota.limit, quota.window_ms, quota.burst,
-                            "quota")
-                ]  # fmt: skip
-        if group.keyed:
-            keyed = [a for a in group.keyed.get(key, ()) if a.active(env, now_s)]
-            if keyed:
-                return keyed
-        if group.conditional:
-            return [a for a in group.defaults if a.active(env, now_s)]
-        return group.defaults
 
     def check(
         self,
@@ -375,7 +404,7 @@ class Limiter:
             if quotas is None:
                 quotas = self._quotas(now_s)  # cached for a second
             if quotas and part.requests and (part.scope, key) in quotas:
-                applied = self._applied(part, key, env, now_s)  # the quota, unless expired
+                applied = applicable(part, key, quotas[part.scope, key], env, now_s)
             elif part.static:
                 found = part.cache.get(key)
                 if found is None:
@@ -385,16 +414,8 @@ class Limiter:
                 continue
             elif part.plain:
                 applied = part.defaults
-            elif part.keyed:
-                applied = [a for a in part.keyed.get(key, ()) if a.active(env, now_s)]
-                if not applied:
-                    applied = (
-                        [a for a in part.defaults if a.active(env, now_s)]
-                        if part.conditional
-                        else part.defaults
-                    )
-            else:
-                applied = [a for a in part.defaults if a.active(env, now_s)]
+            else:  # keyed limits, or `when`/`until`
+                applied = applicable(part, key, None, env, now_s)
             if part.spend:
                 for a in applied:
                     spend.append((a, key))
@@ -479,6 +500,8 @@ class Limiter:
         provider, model_key, cost = candidate
         buckets: list[Bucket] = []
         info: list[tuple[Applied, str]] = []
+        if quotas is None and plan.per_candidate:
+            quotas = self._quotas(now_s)  # cached for a second
         for part in plan.per_candidate:
             key = provider if part.is_provider else model_key
             if part.static and not (quotas and (part.scope, key) in quotas):
@@ -490,7 +513,8 @@ class Limiter:
                 continue
             unit = part.unit
             unit_cost = 1.0 if unit == "requests" else tokens if unit == "tokens" else cost
-            for a in self._applied(part, key, env, now_s):
+            quota = quotas.get((part.scope, key)) if quotas else None
+            for a in applicable(part, key, quota, env, now_s):
                 buckets.append((a.prefix + key, a.capacity, a.rate, unit_cost))
                 info.append((a, key))
         for a, key in spend:

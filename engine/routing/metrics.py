@@ -23,7 +23,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -56,6 +56,28 @@ class MetricsView(Protocol):
     def stats(self, model_key: str) -> ModelStats | None:
         """Measurements for `provider/model` over the window, or None if there are none."""
         ...
+
+
+@runtime_checkable
+class RecordingMetrics(MetricsView, Protocol):
+    """A view that takes outcomes (`PolicyEngine.record`, the warm start): `LiveMetrics`,
+    `SharedMetrics`. Checked with `isinstance` once, when an engine is made."""
+
+    def record(
+        self,
+        model_key: str,
+        latency_ms: float,
+        success: bool,
+        cost: float = 0.0,
+        at: float | None = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class ClosableMetrics(MetricsView, Protocol):
+    """A view holding a connection or a thread to close with the engine: `SharedMetrics`."""
+
+    def close(self) -> None: ...
 
 
 class NoMetrics:

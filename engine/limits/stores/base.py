@@ -11,15 +11,45 @@ shared buckets (global, user, ip, named scopes, tokens, spend) and, in ranked or
 option per routing candidate (its provider and model buckets). The first option whose
 buckets, together with the shared ones, all have room is consumed; a Redis store does
 this in one server-side script, so one round trip per decision.
+
+Capabilities beyond `Store` are named protocols, checked with `isinstance` (once, where a
+store is taken in: never per decision), never discovered with `getattr`. A new store
+implements `Store` and claims any of the others by having their members:
+
+| protocol           | members                                     | claimed by            |
+|--------------------|---------------------------------------------|-----------------------|
+| `Store`            | url, persistent, acquire, peek, buckets,    | memory, DuckDB, Redis |
+|                    | reset, evict, quotas, set_quota,            |                       |
+|                    | remove_quota, flush, close                  |                       |
+| `OnePassCheck`     | one_pass, consume_all, acquire_stepwise     | memory (`one_pass`)   |
+| `Persistence`      | write_configs, connection                   | DuckDB                |
+| `BucketInspection` | bucket_details, cleanup                     | DuckDB                |
+| `SQLQueries`       | read                                        | DuckDB                |
+
+- `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
+  `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
+  `uses_one_pass(store)`: the members *and* `one_pass` true, which a class that changes a
+  step of `acquire` (DuckDB, a wrapping subclass) inherits the methods of but turns off.
+- `Persistence`: state and logs outlive the process; `persistent` is true, `flush` writes,
+  the engine records the policy's limits (`write_configs`) and keeps its outcome log on
+  `connection` (warming the live metrics from it).
+- `BucketInspection`: per bucket its capacity, rate and last use (`policyctl ratelimit
+  buckets` shows them, `reset` restores exactly), and `cleanup` by idle time (a store
+  without it evicts every full bucket; Redis buckets expire by their TTL).
+- `SQLQueries`: `read(fn)` runs `fn(connection)` under the store's lock, so the admin's
+  stats and violations queries (`engine.analytics.queries`) never meet a write on another
+  thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
+
+T = TypeVar("T")
 
 
 class ConfigurationError(ValueError):
@@ -89,6 +119,7 @@ def consumed(full_at: float | None, rate: float, cost: float, now: float) -> flo
     return start + cost / rate
 
 
+@runtime_checkable
 class Store(Protocol):
     """Rate-limit state. Times are milliseconds since the epoch, from an injected clock."""
 
@@ -137,3 +168,69 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class OnePassCheck(Store, Protocol):
+    """A store whose check-and-consume the limiter may call in one pass (memory)."""
+
+    one_pass: bool  # false when a subclass changes a step: then only `acquire` is right
+
+    def consume_all(
+        self, specs: Sequence[tuple[str, float, float, float]], now: float
+    ) -> tuple[list[float], list[float]] | None:
+        """Consume every bucket if all have room: (tokens available before, `full_at`
+        after) per spec; None when one lacks room, and then nothing has changed."""
+        ...
+
+    def acquire_stepwise(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+    ) -> AcquireResult:
+        """`acquire` without the one-pass attempt (after `consume_all` found no room)."""
+        ...
+
+
+@runtime_checkable
+class Persistence(Store, Protocol):
+    """A store whose state and logs outlive the process (DuckDB)."""
+
+    def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Record the policy's limits (`rate_limit_configs`)."""
+        ...
+
+    @property
+    def connection(self) -> Any:
+        """The database connection the outcome log shares."""
+        ...
+
+
+@runtime_checkable
+class BucketInspection(Store, Protocol):
+    """A store that keeps each bucket's parameters and last use (DuckDB)."""
+
+    def bucket_details(self) -> list[tuple[str, float, float, float, float]]:
+        """(key, full_at_ms, capacity, rate_per_ms, last_used_ms) of every stored bucket."""
+        ...
+
+    def cleanup(self, now: float, idle_ms: float) -> int:
+        """Delete buckets that are full and unused for `idle_ms`; how many."""
+        ...
+
+
+@runtime_checkable
+class SQLQueries(Store, Protocol):
+    """A store on a SQL database the log queries can read (DuckDB)."""
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """`fn(connection)` under the store's lock."""
+        ...
+
+
+def uses_one_pass(store: Store) -> TypeGuard[OnePassCheck]:
+    """Whether the limiter may use `store`'s one-pass check (decided once per store)."""
+    return isinstance(store, OnePassCheck) and store.one_pass

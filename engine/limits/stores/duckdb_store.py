@@ -11,15 +11,17 @@ failed command leaves the file as it was.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.limits.stores.base import Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
 FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
+
+T = TypeVar("T")
 
 
 def _connect(path: str, timeout_s: float) -> Any:
@@ -173,10 +175,10 @@ class DuckDBStore(MemoryStore):
                 con.execute("ROLLBACK")
                 raise
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read on the store's connection, under the store's lock."""
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """`fn(connection)` under the store's lock: a read never meets a write-back."""
         with self._lock:
-            return list(self._con.execute(sql, params).fetchall())
+            return fn(self._con)
 
     def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
         self._write(lambda con: analytics.write_configs(con, rows))

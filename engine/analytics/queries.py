@@ -1,0 +1,130 @@
+"""The queries behind what `policyctl ratelimit` and `policyctl metrics` show.
+
+Each function takes a DuckDB connection (with the analytics schema) and typed parameters,
+and returns rows; the commands and the rate-limit admin format them. `duckdb` is imported
+lazily, only where a database is made here, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.analytics import schema as analytics
+
+# (provider, model, samples, [p50, p95, p99] ms, success rate, average cost or None)
+ModelSummary = tuple[str, str, int, list[float], float, float | None]
+# (day as `YYYY-MM-DD`, scope, allowed, denied)
+DailyStats = tuple[str, str, int, int]
+# (violated_at in epoch µs, scope, key, unit, requested, available, request id)
+ViolationRow = tuple[int, str, str, str, float, float, str | None]
+
+
+class ExportError(Exception):
+    """DuckDB could not write an export; the message is its first line."""
+
+
+def empty_log() -> Any:
+    """An in-memory database with the analytics schema: what a state file that does not
+    exist yet would hold."""
+    import duckdb
+
+    con = duckdb.connect()
+    analytics.ensure_schema(con)
+    return con
+
+
+def quiet(con: Any) -> None:
+    """No progress bar on long queries: the CLI's output stays what it prints."""
+    con.execute("SET enable_progress_bar = false")
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+
+def _where(
+    since_us: int | None, provider: str | None, *, inline: bool = False
+) -> tuple[str, list[Any]]:
+    """The WHERE clause and its parameters (`inline`: as quoted literals, for COPY)."""
+    clauses, params = [], []
+    if since_us is not None:
+        clauses.append(f"recorded_at >= make_timestamp({int(since_us) if inline else '?'}::BIGINT)")
+        params.append(since_us)
+    if provider is not None:
+        clauses.append(f"provider = {_literal(provider) if inline else '?'}")
+        params.append(provider)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), [] if inline else params
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+SUMMARY_SQL = """
+    SELECT provider, model, count(*) AS samples,
+           quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS q,
+           avg(CASE WHEN success THEN 1.0 ELSE 0.0 END) AS success_rate,
+           avg(cost) AS avg_cost
+    FROM outcomes{where}
+    GROUP BY provider, model
+    ORDER BY provider, model
+"""
+
+
+def model_summary(con: Any, since_us: int | None, provider: str | None) -> list[ModelSummary]:
+    """Per provider/model since `since_us` (epoch µs; None: all): samples, exact
+    p50/p95/p99 (quantile_cont), success rate and average cost (`metrics show`)."""
+    where, params = _where(since_us, provider)
+    return list(con.execute(SUMMARY_SQL.format(where=where), params).fetchall())
+
+
+def export_outcomes(
+    con: Any, out: Path, fmt: str, since_us: int | None, provider: str | None
+) -> int:
+    """Write the outcomes (oldest first) to `out` as `parquet` or `csv` (`metrics export`);
+    how many. A file DuckDB cannot write raises ExportError."""
+    import duckdb
+
+    where, _ = _where(since_us, provider, inline=True)
+    options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    try:
+        result = con.execute(
+            f"COPY (SELECT * FROM outcomes{where} ORDER BY recorded_at)"
+            f" TO {_literal(str(out))} ({options})"
+        ).fetchone()
+    except duckdb.Error as err:
+        raise ExportError(str(err).splitlines()[0]) from None
+    return int(result[0]) if result else 0
+
+
+# ----------------------------------------------------------------------------- rate limits
+
+
+def limit_stats(con: Any) -> list[DailyStats]:
+    """Every written day's allowed/denied counts per scope (`ratelimit stats`)."""
+    return list(
+        con.execute(
+            "SELECT CAST(day AS VARCHAR), scope, allowed_requests, denied_requests"
+            " FROM rate_limit_stats"
+        ).fetchall()
+    )
+
+
+def violations(con: Any, key: str | None, scope: str | None, count: int) -> list[ViolationRow]:
+    """The `count` newest written violations, of one key and/or scope if given
+    (`ratelimit violations`)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if key is not None:
+        where.append("key = ?")
+        params.append(key)
+    if scope is not None:
+        where.append("scope = ?")
+        params.append(scope)
+    sql = (
+        "SELECT epoch_us(violated_at), scope, key, unit, tokens_requested,"
+        " tokens_available, request_id FROM rate_limit_violations"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY violated_at DESC, rowid DESC LIMIT ?"
+    )
+    return list(con.execute(sql, [*params, count]).fetchall())
