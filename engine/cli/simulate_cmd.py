@@ -15,7 +15,7 @@ from engine.cli.common import (
     dump_json,
     render_table,
 )
-from engine.simulate.simulation import (
+from engine.simulate import (
     MAX_REQUESTS,
     PlotUnavailable,
     ScenarioError,
