@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from engine.errors import PolicyctlError
 from engine.language.ast import Unit
 
 DURATION_MS = {"ms": 1.0, "s": 1_000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
@@ -18,7 +19,7 @@ UNIT_HELP = (
 )
 
 
-class UnitError(ValueError):
+class UnitError(PolicyctlError, ValueError):
     """A number with a suffix that is not a unit."""
 
 

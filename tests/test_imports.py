@@ -40,9 +40,10 @@ MODULES: dict[str, Path] = {
 
 # STYLE.md: these use the standard library only, and each other as listed here.
 FOUNDATION: dict[str, set[str]] = {
-    "engine.diagnostics": set(),
+    "engine.errors": set(),
+    "engine.diagnostics": {"engine.errors"},  # PolicyError derives from PolicyctlError
     "engine.language.ast": {"engine.diagnostics"},  # every node carries a diagnostics.Span
-    "engine.units": {"engine.language.ast", "engine.diagnostics"},
+    "engine.units": {"engine.language.ast", "engine.diagnostics", "engine.errors"},
     "engine.language.schema": {"engine.language.ast", "engine.diagnostics", "engine.units"},
     "engine.routing.metrics": set(),
 }

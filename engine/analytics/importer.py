@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog.model import Catalog
+from engine.errors import PolicyctlError
 
 REQUIRED = ("provider", "model", "latency_ms", "success")
 OPTIONAL = ("input_tokens", "output_tokens", "cost", "timestamp", "request_id", "route", "user")
@@ -57,7 +58,7 @@ _LINE_DELIM = "\x1f\x1e\x1d\x1c"
 _SHOWN = 40  # characters of a bad value quoted in a message
 
 
-class OutcomeImportError(Exception):
+class OutcomeImportError(PolicyctlError):
     """The file cannot be imported at all (nothing was imported)."""
 
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from engine.errors import PolicyctlError
 from engine.language.compiler import CompiledLimit, Program
 from engine.limits.limiter import Applied, group_limits
 from engine.limits.stores.base import Quota, Spec, available
@@ -35,7 +36,7 @@ _COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9}
 _MAX = 1e15
 
 
-class AdminError(ValueError):
+class AdminError(PolicyctlError, ValueError):
     """Bad admin input; the message names the flag and quotes the value."""
 
 

@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import PolicyctlError
 from engine.simulate.run import RANDOM_ROW, SONNET_ROW, Run, run_always, run_random, run_strategy
 from engine.simulate.scenario import Scenario
 from engine.simulate.world import START, Arrival, draw_arrivals
 
 
-class PlotUnavailable(Exception):
+class PlotUnavailable(PolicyctlError):
     """`--plot` without matplotlib installed."""
 
 

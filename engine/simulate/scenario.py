@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engine.api.policy_engine import PolicyEngine
 from engine.catalog.model import Catalog, load_catalog
 from engine.diagnostics import PolicyError, did_you_mean
+from engine.errors import PolicyctlError
 from engine.resources import default_policy_dir
 from engine.routing.request import Request, RequestError, env_of
 from engine.simulate.world import Provider, ProviderSpec, Template
@@ -50,12 +51,15 @@ except AttributeError:  # pragma: no cover
     _Loader = yaml.SafeLoader
 
 
-class ScenarioError(Exception):
+class ScenarioError(PolicyctlError):
     """A scenario that cannot be run; `messages` holds one complete line per problem."""
 
     def __init__(self, messages: list[str]) -> None:
         self.messages = list(messages)
         super().__init__("\n".join(self.messages))
+
+    def cli_text(self) -> str:
+        return "\n".join(f"policyctl: error: {message}" for message in self.messages)
 
 
 # ---------------------------------------------------------------- the YAML schema

@@ -19,14 +19,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from engine.errors import EXIT_BUSY, PolicyctlError
+
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(PolicyctlError, ValueError):
     """A state store URL or setting that cannot be used."""
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(PolicyctlError, RuntimeError, exit_code=EXIT_BUSY):
     """The state is locked by another process and the wait timed out."""
 
 
