@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 EXIT_OK = 0
-EXIT_ERROR = 1  # an internal failure (a bug): never for bad input
+EXIT_ERROR = 1  # not the input's fault: a bug, or a state store that cannot be reached
 EXIT_BAD_INPUT = 2
 EXIT_DENIED = 3
 EXIT_BUSY = 4  # the state store is locked by another process (waited, timed out)

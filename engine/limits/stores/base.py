@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from engine.errors import EXIT_BUSY, PolicyctlError
+from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 
@@ -32,7 +32,7 @@ class StoreBusyError(PolicyctlError, RuntimeError, exit_code=EXIT_BUSY):
     """The state is locked by another process and the wait timed out."""
 
 
-class StoreUnavailableError(RuntimeError):
+class StoreUnavailableError(PolicyctlError, RuntimeError, exit_code=EXIT_ERROR):
     """The store cannot be reached or did not answer in time (Redis down or slow)."""
 
 
