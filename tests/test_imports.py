@@ -138,6 +138,13 @@ def test_nothing_imports_the_cli_or_the_service(target: str) -> None:
     assert offenders == set(), f"{sorted(offenders)} import {target}"
 
 
+def test_only_the_service_imports_starlette_and_uvicorn() -> None:
+    for driver in ("starlette", "uvicorn"):
+        offenders = {name for name in importers_of(driver) if not _within(name, "engine.service")}
+        assert offenders == set(), f"{sorted(offenders)} import {driver}"
+    assert importers_of("uvicorn") == {"engine.service.server"}
+
+
 def test_only_the_api_watch_path_imports_watchdog() -> None:
     """STYLE.md: "only `api.watch` imports watchdog". `PolicyEngine.watch` (in engine.api)
     imports `engine.api.watch`, the watchdog observer wrapper; nothing else may reach it."""
