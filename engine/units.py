@@ -1,6 +1,6 @@
 """Literal syntax for units: `250ms 2s 1m 24h 1d`, `$0.001`, `80%`, `200k 1.5M`, dates.
 
-Standard library only; shared by the parser (to read literals) and the formatter.
+Standard library only; the parser reads literals with it, the admin and the CLI durations.
 """
 
 from __future__ import annotations
