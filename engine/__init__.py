@@ -3,6 +3,7 @@
 from engine.api.policy_engine import PolicyEngine
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
+from engine.errors import PolicyctlError
 from engine.routing.decision import Decision
 from engine.routing.request import Request, RequestError
 
@@ -14,6 +15,7 @@ __all__ = [
     "Diagnostic",
     "PolicyEngine",
     "PolicyError",
+    "PolicyctlError",
     "Request",
     "RequestError",
     "__version__",

@@ -17,6 +17,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from engine.errors import PolicyctlError
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -135,7 +137,7 @@ def render_all(diagnostics: Iterable[Diagnostic]) -> str:
     return body
 
 
-class PolicyError(Exception):
+class PolicyError(PolicyctlError, located=True):
     """A policy set (or its catalog) that cannot be used; carries every diagnostic found."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:

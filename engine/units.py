@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import re
 
+from engine.errors import PolicyctlError
 from engine.vocabulary import Unit
 
 DURATION_MS = {"ms": 1.0, "s": 1_000.0, "m": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
@@ -26,7 +27,7 @@ UNIT_HELP = (
 )
 
 
-class UnitError(ValueError):
+class UnitError(PolicyctlError, ValueError):
     """A number with a suffix that is not a unit."""
 
 

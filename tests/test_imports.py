@@ -42,11 +42,12 @@ PACKAGES = {name for name, path in MODULES.items() if path.name == "__init__.py"
 
 # STYLE.md: these use the standard library only, and each other as listed here.
 FOUNDATION: dict[str, set[str]] = {
-    "engine.diagnostics": set(),
+    "engine.errors": set(),
+    "engine.diagnostics": {"engine.errors"},  # PolicyError derives from PolicyctlError
     "engine.vocabulary": set(),
     # every node carries a diagnostics.Span and a vocabulary.Unit
-    "engine.language.ast": {"engine.diagnostics", "engine.vocabulary"},
-    "engine.units": {"engine.vocabulary"},
+    "engine.language.ast": {"engine.diagnostics", "engine.errors", "engine.vocabulary"},
+    "engine.units": {"engine.vocabulary", "engine.errors"},
     "engine.language.schema": {"engine.vocabulary"},
     "engine.routing.metrics": set(),
 }
@@ -141,6 +142,13 @@ def test_nothing_imports_the_cli_or_the_service(target: str) -> None:
     assert offenders == set(), f"{sorted(offenders)} import {target}"
 
 
+def test_only_the_service_imports_starlette_and_uvicorn() -> None:
+    for driver in ("starlette", "uvicorn"):
+        offenders = {name for name in importers_of(driver) if not _within(name, "engine.service")}
+        assert offenders == set(), f"{sorted(offenders)} import {driver}"
+    assert importers_of("uvicorn") == {"engine.service.server"}
+
+
 def test_only_the_api_watch_path_imports_watchdog() -> None:
     """STYLE.md: "only `api.watch` imports watchdog". `PolicyEngine.watch` (in engine.api)
     imports `engine.api.watch`, the watchdog observer wrapper; nothing else may reach it."""
@@ -224,11 +232,7 @@ def test_every_module_imports_on_its_own(results: dict[str, set[str] | str]) -> 
 def _outside_stdlib(modules: set[str]) -> set[str]:
     """Non-standard modules, less the `engine` subpackages themselves (a subpackage's
     `__init__` that pulls in more shows up as those modules)."""
-    return {
-        m
-        for m in modules
-        if (not _is_stdlib(m) or _within(m, "engine")) and m not in PACKAGES
-    }
+    return {m for m in modules if (not _is_stdlib(m) or _within(m, "engine")) and m not in PACKAGES}
 
 
 def _closure(name: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""The parser: policy text -> AST (engine/ast.py dataclasses), nothing else.
+"""The parser: policy text -> AST (engine/language/ast.py dataclasses), nothing else.
 
 Shape tests compare whole nodes with spans stripped (`strip`), so a test says exactly which
 nodes a statement becomes; span tests look at lines and columns separately. A property test

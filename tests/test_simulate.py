@@ -13,19 +13,19 @@ import pytest
 
 from engine.cli import main
 from engine.diagnostics import PolicyError
-from engine.simulate.simulation import (
+from engine.simulate import (
     DEFAULT_STRATEGIES,
     SONNET,
     Provider,
     ScenarioError,
-    _Drift,
-    _Outage,
-    _ProviderSpec,
     load_scenario,
     plot,
     simulate,
     split_strategies,
 )
+from engine.simulate.world import Drift as _Drift
+from engine.simulate.world import Outage as _Outage
+from engine.simulate.world import ProviderSpec as _ProviderSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT / "examples" / "simulations" / "design.yaml"

@@ -3,12 +3,12 @@
     report = import_outcomes(con, "outcomes.csv", catalog, now_s=time.time())
     report.imported, report.rejected, report.reasons  # [(line, message), ...]
 
-An outcome record (SPEC §5) has `provider, model, latency_ms, success` and optionally
+An outcome record (docs/metrics.md) has `provider, model, latency_ms, success` and optionally
 `input_tokens, output_tokens, cost, timestamp` (ISO 8601 or epoch seconds; default: now),
 `request_id, route, user`. `recorded_at` and `user_id` (the table's column names, as
 `policyctl metrics export` writes them) are accepted for `timestamp` and `user`.
 
-How it works, and why it is fast (SPEC §8: 1M rows/s) — no good row ever enters Python:
+How it works, and why it is fast (1M rows/s, docs/metrics.md) — no good row ever enters Python:
 - DuckDB reads the file as raw lines (one VARCHAR per line; blank lines kept as NULL, so
   line numbers stay exact);
 - a CSV line is split on the header's delimiter (a line with quotes goes through a quote-aware
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog.model import Catalog
+from engine.errors import PolicyctlError
 
 REQUIRED = ("provider", "model", "latency_ms", "success")
 OPTIONAL = ("input_tokens", "output_tokens", "cost", "timestamp", "request_id", "route", "user")
@@ -57,7 +58,7 @@ _LINE_DELIM = "\x1f\x1e\x1d\x1c"
 _SHOWN = 40  # characters of a bad value quoted in a message
 
 
-class OutcomeImportError(Exception):
+class OutcomeImportError(PolicyctlError):
     """The file cannot be imported at all (nothing was imported)."""
 
 

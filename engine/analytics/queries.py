@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.analytics import schema as analytics
+from engine.errors import PolicyctlError
 
 # (provider, model, samples, [p50, p95, p99] ms, success rate, average cost or None)
 ModelSummary = tuple[str, str, int, list[float], float, float | None]
@@ -20,7 +21,7 @@ DailyStats = tuple[str, str, int, int]
 ViolationRow = tuple[int, str, str, str, float, float, str | None]
 
 
-class ExportError(Exception):
+class ExportError(PolicyctlError):
     """DuckDB could not write an export; the message is its first line."""
 
 

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.diagnostics import did_you_mean
+from engine.errors import PolicyctlError
 
 MAX_CATALOG_BYTES = 8 << 20  # 8 MiB
 MAX_NESTING = 64  # a catalog needs 4 levels
@@ -38,7 +39,7 @@ except AttributeError:  # pragma: no cover
     _Loader = yaml.SafeLoader
 
 
-class CatalogError(Exception):
+class CatalogError(PolicyctlError, located=True):
     """A catalog that cannot be used; `messages` holds one complete line per problem."""
 
     messages: list[str]

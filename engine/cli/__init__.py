@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from engine import __version__
-from engine.catalog.model import CatalogError
 from engine.cli import (
     check_cmd,
     eval_cmd,
@@ -17,9 +16,7 @@ from engine.cli import (
     serve_cmd,
     simulate_cmd,
 )
-from engine.cli.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ERROR, UsageError
-from engine.diagnostics import PolicyError
-from engine.limits.stores.base import ConfigurationError, StoreBusyError
+from engine.errors import EXIT_BAD_INPUT, EXIT_ERROR, PolicyctlError
 
 EXAMPLE = """\
 examples:
@@ -65,18 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except PolicyError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CatalogError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (UsageError, ConfigurationError) as err:
-        print(f"policyctl: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StoreBusyError as err:
-        print(f"policyctl: error: {err}", file=sys.stderr)
-        return EXIT_BUSY
+    except PolicyctlError as err:
+        print(err.cli_text(), file=sys.stderr)
+        return err.exit_code
     except BrokenPipeError:
         return EXIT_ERROR
     except KeyboardInterrupt:

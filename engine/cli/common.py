@@ -1,4 +1,5 @@
-"""What every command shares: exit codes, the policy path default, output formats."""
+"""What every command shares: exit codes (from engine.errors), the policy path default,
+output formats."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.errors import EXIT_BAD_INPUT as EXIT_BAD_INPUT
+from engine.errors import EXIT_BUSY as EXIT_BUSY
+from engine.errors import EXIT_DENIED as EXIT_DENIED
+from engine.errors import EXIT_ERROR as EXIT_ERROR
+from engine.errors import EXIT_OK as EXIT_OK
+from engine.errors import PolicyctlError
 from engine.vocabulary import STORE_URL_PREFIXES, unknown_store_message
 
-EXIT_OK = 0
-EXIT_ERROR = 1  # an internal failure (a bug): never for bad input
-EXIT_BAD_INPUT = 2
-EXIT_DENIED = 3
-EXIT_BUSY = 4  # the state store is locked by another process (waited, timed out)
 
-
-class UsageError(Exception):
+class UsageError(PolicyctlError):
     """Bad flags or arguments: printed as `policyctl: error: …`, exit 2."""
 
 

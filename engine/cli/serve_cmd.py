@@ -45,33 +45,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
-def _server_class() -> type:
-    import contextlib
-    import signal
-
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn, but SIGTERM ends `run()` normally (uvicorn re-raises the signal, which
-        would skip flushing the logs)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self.handle_exit)
-            yield
-
-    return Server
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
-    import uvicorn  # imported here: eval and check never pay for it
-
+    # imported here: eval and check never pay for the server
     from engine.service.app import create_app
-
-    _Server = _server_class()
+    from engine.service.server import serve
 
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
@@ -82,12 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_watch:
             engine.watch()
         app = create_app(engine, admin_token=token, open_admin=args.open_admin)
-        config = uvicorn.Config(
-            app, host=args.host, port=args.port, log_level="warning", lifespan="off"
-        )
-        server = _Server(config)
         print(f"policyctl serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        server.run()
+        serve(app, host=args.host, port=args.port)
     finally:
         engine.close()
     return EXIT_OK

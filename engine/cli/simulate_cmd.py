@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from engine.cli.common import (
-    EXIT_BAD_INPUT,
     EXIT_OK,
     UsageError,
     add_format,
     dump_json,
     render_table,
 )
-from engine.simulate.simulation import (
+from engine.simulate import (
     MAX_REQUESTS,
-    PlotUnavailable,
-    ScenarioError,
     load_scenario,
     plot,
     require_matplotlib,
@@ -81,18 +77,10 @@ def run(args: argparse.Namespace) -> int:
         if not strategies:
             raise UsageError("--strategies needs at least one strategy")
     if args.plot is not None:
-        try:
-            require_matplotlib()
-        except PlotUnavailable as err:
-            raise UsageError(str(err)) from None
-    try:
-        scenario = load_scenario(
-            args.scenario, strategies=strategies, seed=args.seed, requests=args.requests
-        )
-    except ScenarioError as err:
-        for message in err.messages:
-            print(f"policyctl: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        require_matplotlib()  # PlotUnavailable: a usage error
+    scenario = load_scenario(  # ScenarioError: every problem, one line each
+        args.scenario, strategies=strategies, seed=args.seed, requests=args.requests
+    )
     report = simulate(scenario)
     data = report.to_dict()
     if args.format == "json":

@@ -15,7 +15,7 @@ class Literal:
     value: object  # normalised: ms, USD, fraction, float, str, bool, None
     unit: Unit
     span: Span
-    text: str  # as written, for messages and the formatter
+    text: str  # as written, for messages
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.analytics import queries
+from engine.errors import PolicyctlError
 from engine.language.program import CompiledLimit, Program
 from engine.limits.limiter import Applied, applicable, group_limits, quota_applied
 from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
@@ -40,7 +41,7 @@ _COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9}
 _MAX = 1e15
 
 
-class AdminError(ValueError):
+class AdminError(PolicyctlError, ValueError):
     """Bad admin input; the message names the flag and quotes the value."""
 
 

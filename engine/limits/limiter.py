@@ -4,7 +4,7 @@ The arithmetic (token buckets in GCRA form) lives with the store interface in
 `engine.limits.stores.base`; this module turns a request and its ranked routing candidates into
 bucket specs, asks the store once (all-or-nothing), and reports per bucket.
 
-Semantics (SPEC §2): capacity = limit + burst, refill = limit per window, continuous;
+Semantics (docs/ratelimits.md): capacity = limit + burst, refill = limit per window, continuous;
 scopes global, user, ip, provider, model and named scopes with a key expression; units
 requests (1 per request), tokens (the request's token estimate) and spend (the candidate's
 estimated cost); `when` and `until`; a keyed limit replaces the scope's default limits for

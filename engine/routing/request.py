@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.errors import PolicyctlError
+
 Scalar = str | int | float | bool
 
 
@@ -73,7 +75,7 @@ class Request(BaseModel):
         return normal
 
 
-class RequestError(ValueError):
+class RequestError(PolicyctlError, ValueError):
     """A request that cannot be evaluated; `.problems` lists (field, message)."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:

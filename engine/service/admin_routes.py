@@ -28,6 +28,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.errors import PolicyctlError
 from engine.limits.admin import AdminError, RateLimitAdmin
 from engine.service.body import BodyError, SafeJSONResponse, json_body, problem
 from engine.units import parse_window_ms
@@ -46,7 +47,7 @@ NOT_OPEN = (
 )
 
 
-class AdminCallError(Exception):
+class AdminCallError(PolicyctlError):
     """A parameter problem: 422 with the field it concerns."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -146,7 +146,6 @@ def _outcome_problems(item: Any) -> list[dict[str, str]]:
             continue
         if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
             problems.append({"field": name, "message": "wrong type"})
-    item.get("latency_ms")
     for name in ("latency_ms", "cost", "input_tokens", "output_tokens"):
         value = item.get(name)
         numeric = isinstance(value, int | float) and not isinstance(value, bool)

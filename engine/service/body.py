@@ -13,10 +13,12 @@ from typing import Any
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
+from engine.errors import PolicyctlError
+
 MAX_BODY_BYTES = 1 << 20
 
 
-class BodyError(Exception):
+class BodyError(PolicyctlError):
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
         self.status = status
         self.error = error

@@ -1,0 +1,57 @@
+"""Replay synthetic traffic against the engine: `policyctl simulate SCENARIO.yaml`.
+
+A scenario (YAML, validated with pydantic) gives a synthetic provider per catalog model
+(latency lognormal from a mean and a p95 or a sigma, a failure rate, and optionally a
+`drift` or an `outage` starting at a request number), a traffic mix (request templates
+with weights), an arrival rate, a seed, and the strategies to compare. For each strategy a
+fresh engine runs with `defaults { strategy X … }` plus the scenario's `policy` settings and
+`limits`, on a fake clock that the arrivals advance (nothing sleeps). Each allowed request
+draws its outcome from the chosen model's provider, and the outcome is fed back with
+`engine.record` when the call completes in simulated time (calls overlap, as they do in
+production: a failing provider keeps receiving requests until its failures come back).
+
+Two baselines run on the same traffic and providers without the engine: uniform random
+over the models that can serve each request, and always Claude 3.5 Sonnet.
+
+Reproducible: the traffic (templates and arrival times) comes from one seeded generator,
+and every run draws its outcomes from its own generator seeded the same way, one latency
+and one failure draw per request whatever the route — so runs are independent of each
+other (a subset of strategies gives the same rows) and compare on common random numbers.
+
+    from engine.simulate import load_scenario, simulate
+    report = simulate(load_scenario("examples/simulations/design.yaml"))
+    report.to_dict()["rows"]
+
+The rooms, in import order: `world` (synthetic providers, their draws, the traffic),
+`scenario` (the YAML file, validated), `run` (strategies against the engine, baselines),
+`report` (`simulate`, the report's rows and the plot).
+"""
+
+from engine.simulate.report import PlotUnavailable, Report, plot, require_matplotlib, simulate
+from engine.simulate.run import SONNET, Run
+from engine.simulate.scenario import (
+    DEFAULT_STRATEGIES,
+    MAX_REQUESTS,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    split_strategies,
+)
+from engine.simulate.world import Provider
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "MAX_REQUESTS",
+    "SONNET",
+    "PlotUnavailable",
+    "Provider",
+    "Report",
+    "Run",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "plot",
+    "require_matplotlib",
+    "simulate",
+    "split_strategies",
+]

@@ -47,20 +47,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checkable
 
+from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
+
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 
 T = TypeVar("T")
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(PolicyctlError, ValueError):
     """A state store URL or setting that cannot be used."""
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(PolicyctlError, RuntimeError, exit_code=EXIT_BUSY):
     """The state is locked by another process and the wait timed out."""
 
 
-class StoreUnavailableError(RuntimeError):
+class StoreUnavailableError(PolicyctlError, RuntimeError, exit_code=EXIT_ERROR):
     """The store cannot be reached or did not answer in time (Redis down or slow)."""
 
 

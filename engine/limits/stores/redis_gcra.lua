@@ -1,5 +1,5 @@
 -- policyctl: one decision's check-and-consume, atomically (all-or-nothing).
--- The same algorithm as engine/stores/memory.py (the reference), in GCRA form: a bucket
+-- The same algorithm as engine/limits/stores/memory.py (the reference), in GCRA form: a bucket
 -- is one number, the time (ms) at which it is full again; absent means full.
 --
 -- KEYS: every bucket key, shared ones first, then each option's in order.

@@ -1,0 +1,197 @@
+"""The report: `simulate(scenario) -> Report`, its rows and outage tables, and the plot.
+
+Each row summarises one run (served, mean and p95 latency, cost per request, failures,
+denials, the model picked most), next to the baselines: latency against uniform random,
+cost against always Sonnet. For each provider outage, how each run met it: calls during
+the outage, how soon it routed away, how soon it came back. `--plot` draws latency and
+cost over simulated time (matplotlib, the `policyctl[plot]` extra).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import PolicyctlError
+from engine.simulate.run import RANDOM_ROW, SONNET_ROW, Run, run_always, run_random, run_strategy
+from engine.simulate.scenario import Scenario
+from engine.simulate.world import START, Arrival, draw_arrivals
+
+
+class PlotUnavailable(PolicyctlError):
+    """`--plot` without matplotlib installed."""
+
+
+@dataclass
+class Report:
+    scenario: Scenario
+    arrivals: list[Arrival]
+    runs: list[Run]
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.scenario
+        rows = [run.summary() for run in self.runs]
+        by_name = {row["name"]: row for row in rows}
+        base_latency = by_name[RANDOM_ROW]["mean_ms"]
+        base_cost = by_name[SONNET_ROW]["cost_per_request"]
+        for row in rows:
+            row["latency_vs_random"] = _ratio(row["mean_ms"], base_latency)
+            row["cost_vs_sonnet"] = _ratio(row["cost_per_request"], base_cost)
+        duration = self.arrivals[-1].at - START if self.arrivals else 0.0
+        n = max(len(self.arrivals), 1)
+        mix = Counter(a.template.name for a in self.arrivals)
+        return {
+            "scenario": s.path,
+            "name": s.name,
+            "seed": s.seed,
+            "requests": s.requests,
+            "rate_per_s": s.rate_per_s,
+            "duration_s": round(duration, 3),
+            "strategies": list(s.strategies),
+            "traffic": {
+                "templates": {t.name: mix.get(t.name, 0) for t in s.traffic},
+                "mean_input_tokens": round(
+                    math.fsum(a.template.input_tokens for a in self.arrivals) / n, 3
+                ),
+                "mean_output_tokens": round(
+                    math.fsum(a.template.output_tokens for a in self.arrivals) / n, 3
+                ),
+            },
+            "rows": rows,
+            "outages": self.outages(),
+        }
+
+    def outages(self) -> list[dict[str, Any]]:
+        out = []
+        at = [a.at for a in self.arrivals]
+        for key, provider in self.scenario.providers.items():
+            outage = provider.outage
+            if outage is None:
+                continue
+            start, end = outage.from_request, outage.to_request
+            rows = []
+            for run in self.runs:
+                rows.append(_outage_row(run, key, start, end, at))
+            out.append({"provider": key, "from_request": start, "to_request": end, "rows": rows})
+        return out
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return round(value / base - 1.0, 4)
+
+
+def _outage_row(run: Run, key: str, start: int, end: int, at: list[float]) -> dict[str, Any]:
+    """How a run met an outage of `key` over requests [start, end)."""
+    n = len(run.chosen)
+    index = run.keys.index(key)
+    chosen = run.chosen
+    calls = sum(1 for i in range(start, min(end, n)) if chosen[i] == index)
+    row: dict[str, Any] = {
+        "name": run.name,
+        "kind": run.kind,
+        "calls_during_outage": calls,
+        "routed_away_after": None,
+        "routed_away_after_s": None,
+        "calls_before_away": None,
+        "back_after": None,
+        "back_after_s": None,
+    }
+    drops = [i for i in run.health_drops.get(key, ()) if i >= start]
+    if not drops or start >= n:
+        return row
+    away = drops[0]
+    row["routed_away_after"] = away - start
+    row["routed_away_after_s"] = round(at[away] - at[start], 3)
+    row["calls_before_away"] = sum(1 for i in range(start, away) if chosen[i] == index)
+    for i in range(max(end, away), n):
+        if chosen[i] == index:
+            row["back_after"] = i - end
+            row["back_after_s"] = round(at[i] - at[end], 3) if end < n else None
+            break
+    return row
+
+
+def simulate(scenario: Scenario) -> Report:
+    """Run the baselines and every strategy of the scenario on the same traffic."""
+    arrivals = draw_arrivals(
+        scenario.seed, scenario.requests, scenario.rate_per_s, scenario.traffic
+    )
+    runs = [run_random(scenario, arrivals), run_always(scenario, arrivals)]
+    runs += [run_strategy(scenario, arrivals, s) for s in scenario.strategies]
+    return Report(scenario, arrivals, runs)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotUnavailable(
+            "--plot needs matplotlib, which is not installed: pip install 'policyctl[plot]'"
+        ) from None
+
+
+def plot(report: Report, path: str | os.PathLike[str]) -> None:
+    """Latency and cost per request over simulated time, one line per row (rolling means)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    at = [a.at - START for a in report.arrivals]
+    n = len(at)
+    window = max(1, n // 60)
+    fig, (ax_latency, ax_cost) = plt.subplots(2, 1, sharex=True, figsize=(12, 7))
+    for run in report.runs:
+        xs, lat, cost = _rolling(at, run, window)
+        style = "--" if run.kind == "baseline" else "-"
+        label = f"{run.name} (baseline)" if run.kind == "baseline" else run.name
+        ax_latency.plot(xs, lat, style, label=label, linewidth=1.2)
+        ax_cost.plot(xs, cost, style, label=label, linewidth=1.2)
+    for key, provider in report.scenario.providers.items():
+        if provider.outage is not None and provider.outage.from_request < n:
+            lo = at[provider.outage.from_request]
+            hi = at[min(provider.outage.to_request, n) - 1]
+            for ax in (ax_latency, ax_cost):
+                ax.axvspan(lo, hi, color="red", alpha=0.08)
+            ax_latency.annotate(f"outage {key}", (lo, 0.97), xycoords=("data", "axes fraction"),
+                                fontsize=8, va="top")  # fmt: skip
+        if provider.drift is not None and provider.drift.at_request < n:
+            x = at[provider.drift.at_request]
+            for ax in (ax_latency, ax_cost):
+                ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+    ax_latency.set_ylabel(f"latency, ms (mean of {window})")
+    ax_cost.set_ylabel(f"cost per request, USD (mean of {window})")
+    ax_cost.set_xlabel("simulated time, s")
+    ax_cost.set_yscale("log")
+    ax_latency.set_title(f"{report.scenario.name}: {n:,} requests, seed {report.scenario.seed}")
+    ax_latency.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=120)
+    plt.close(fig)
+
+
+def _rolling(
+    at: list[float], run: Run, window: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Means over consecutive blocks of `window` requests (served ones only)."""
+    xs: list[float] = []
+    lat: list[float] = []
+    cost: list[float] = []
+    for lo in range(0, len(at), window):
+        hi = min(lo + window, len(at))
+        served = [i for i in range(lo, hi) if run.chosen[i] >= 0]
+        if not served:
+            continue
+        xs.append(at[(lo + hi - 1) // 2])
+        lat.append(math.fsum(run.latency_ms[i] for i in served) / len(served))
+        cost.append(max(math.fsum(run.cost[i] for i in served) / len(served), 1e-9))
+    return xs, lat, cost

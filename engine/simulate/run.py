@@ -1,0 +1,219 @@
+"""The runs: each strategy against a fresh engine, and the two baselines, on the same traffic.
+
+For each strategy a fresh engine runs with `defaults { strategy X … }` plus the scenario's
+`policy` settings and `limits`, on a fake clock that the arrivals advance (nothing sleeps).
+Each allowed request draws its outcome from the chosen model's provider, and the outcome is
+fed back with `engine.record` when the call completes in simulated time (calls overlap, as
+they do in production: a failing provider keeps receiving requests until its failures come
+back). Two baselines run on the same traffic and providers without the engine: uniform
+random over the models that can serve each request, and always Claude 3.5 Sonnet.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api.policy_engine import PolicyEngine
+from engine.catalog.model import Model
+from engine.simulate.scenario import Scenario
+from engine.simulate.world import START, Arrival, Template, outcome_rng
+
+SONNET = "claude/claude-3-5-sonnet-20241022"
+RANDOM_ROW = "random"
+SONNET_ROW = "always sonnet"
+_HEALTH_DROPS = ("in cooldown", "success rate")  # the evaluator's health reasons
+
+
+class _Clock:
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Run:
+    """One row's per-request record (index -1: denied)."""
+
+    name: str
+    kind: str  # "baseline" | "strategy"
+    keys: tuple[str, ...]  # model index -> provider/model
+    chosen: array[int]
+    latency_ms: array[float]  # nan when denied
+    cost: array[float]
+    ok: bytearray
+    health_drops: dict[str, list[int]] = field(default_factory=dict)  # key -> request numbers
+
+    def summary(self) -> dict[str, Any]:
+        served = [lat for lat in self.latency_ms if lat == lat]
+        n = len(served)
+        denials = len(self.chosen) - n
+        failures = sum(1 for c, ok in zip(self.chosen, self.ok, strict=True) if c >= 0 and not ok)
+        total_cost = math.fsum(self.cost)
+        picks = Counter(self.keys[c] for c in self.chosen if c >= 0)
+        ordered = sorted(served)
+        top = picks.most_common(1)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "served": n,
+            "mean_ms": round(math.fsum(served) / n, 3) if n else None,
+            "p95_ms": round(ordered[max(1, math.ceil(0.95 * n)) - 1], 3) if n else None,
+            "cost_per_request": round(total_cost / n, 12) if n else None,
+            "total_cost": round(total_cost, 10),
+            "failures": failures,
+            "denials": denials,
+            "top_model": top[0][0] if top else None,
+            "top_share": round(top[0][1] / n, 4) if top else None,
+            "models": dict(sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+
+
+def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
+    n = scenario.requests
+    return Run(
+        name=name,
+        kind=kind,
+        keys=tuple(scenario.providers),
+        chosen=array("i", [-1]) * n,
+        latency_ms=array("d", [math.nan]) * n,
+        cost=array("d", [0.0]) * n,
+        ok=bytearray(n),
+    )
+
+
+def _run_baseline(
+    scenario: Scenario, arrivals: list[Arrival], name: str, pick: Callable[[Arrival], int]
+) -> Run:
+    run = _new_run(name, "baseline", scenario)
+    rng = outcome_rng(scenario.seed)
+    providers = list(scenario.providers.values())
+    models = scenario.catalog.models
+    for a in arrivals:
+        z, u = rng.gauss(0.0, 1.0), rng.random()
+        index = pick(a)
+        if index < 0:
+            continue
+        latency, ok = providers[index].outcome(a.index, z, u)
+        t = a.template
+        run.chosen[a.index] = index
+        run.latency_ms[a.index] = latency
+        run.ok[a.index] = ok
+        run.cost[a.index] = models[index].cost(t.input_tokens, t.output_tokens) if ok else 0.0
+    return run
+
+
+def _capable(model: Model, needs: frozenset[str], tokens: int, max_tokens: int | None) -> bool:
+    """What a capability filter checks: features, context window and max_tokens."""
+    if not needs <= model.supports:
+        return False
+    if max_tokens is not None and max_tokens > model.max_tokens:
+        return False
+    return tokens + (max_tokens or 0) <= model.context_window
+
+
+def _capable_sets(scenario: Scenario) -> dict[Template, list[int]]:
+    return {
+        t: [
+            i
+            for i, m in enumerate(scenario.catalog.models)
+            if _capable(m, t.needs, t.input_tokens, t.max_tokens)
+        ]
+        for t in scenario.traffic
+    }
+
+
+def run_random(scenario: Scenario, arrivals: list[Arrival]) -> Run:
+    """Uniform random over the models that can serve each request."""
+    capable = _capable_sets(scenario)
+    rng = random.Random(f"{scenario.seed}:random")
+
+    def pick(a: Arrival) -> int:
+        options = capable[a.template]
+        return options[int(rng.random() * len(options))] if options else -1
+
+    return _run_baseline(scenario, arrivals, RANDOM_ROW, pick)
+
+
+def run_always(scenario: Scenario, arrivals: list[Arrival], key: str = SONNET) -> Run:
+    """Always one model (a denial when it cannot serve the request)."""
+    index = list(scenario.providers).index(key)
+    capable = _capable_sets(scenario)
+
+    def pick(a: Arrival) -> int:
+        return index if index in capable[a.template] else -1
+
+    return _run_baseline(scenario, arrivals, SONNET_ROW, pick)
+
+
+def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> Run:
+    """A fresh engine on a fake clock; outcomes are recorded when each call completes."""
+    run = _new_run(strategy, "strategy", scenario)
+    clock = _Clock(START)
+    name, text = scenario.policy_text(strategy)
+    engine = PolicyEngine.from_text(text, name, clock=clock, state="memory://")
+    index_of = {key: i for i, key in enumerate(scenario.providers)}
+    providers = list(scenario.providers.values())
+    models = scenario.catalog.models
+    watched = {p.key for p in providers if p.outage is not None}
+    explain = bool(watched)
+    rng = outcome_rng(scenario.seed)
+    pending: list[tuple[float, int, Any, float, bool, float, int, int]] = []
+    record = engine.record
+    evaluate = engine.evaluate
+    seed = scenario.seed
+    try:
+        for a in arrivals:
+            while pending and pending[0][0] <= a.at:
+                done, _, decision, latency, ok, cost, tokens_in, tokens_out = heapq.heappop(pending)
+                clock.now = done
+                record(
+                    decision,
+                    latency_ms=latency,
+                    success=ok,
+                    input_tokens=tokens_in,
+                    output_tokens=tokens_out,
+                    cost=cost,
+                )
+            clock.now = a.at
+            z, u = rng.gauss(0.0, 1.0), rng.random()
+            t = a.template
+            request = dict(t.fields)
+            request["id"] = f"sim-{seed}-{a.index}"
+            decision = evaluate(request, explain=explain)
+            if explain and decision.trace:
+                for step in decision.trace:
+                    if (
+                        step["step"] == "drop"
+                        and step["because"].startswith(_HEALTH_DROPS)
+                        and f"{step['provider']}/{step['model']}" in watched
+                    ):
+                        key = f"{step['provider']}/{step['model']}"
+                        run.health_drops.setdefault(key, []).append(a.index)
+            if not decision.allowed:
+                continue
+            index = index_of[f"{decision.provider}/{decision.model}"]
+            latency, ok = providers[index].outcome(a.index, z, u)
+            out_tokens = t.output_tokens if ok else 0
+            cost = models[index].cost(t.input_tokens, out_tokens) if ok else 0.0
+            run.chosen[a.index] = index
+            run.latency_ms[a.index] = latency
+            run.ok[a.index] = ok
+            run.cost[a.index] = cost
+            done = a.at + latency / 1000.0
+            heapq.heappush(
+                pending, (done, a.index, decision, latency, ok, cost, t.input_tokens, out_tokens)
+            )
+    finally:
+        engine.close()
+    return run

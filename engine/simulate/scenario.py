@@ -1,0 +1,492 @@
+"""A scenario file, read and validated: `load_scenario(path) -> Scenario`, or ScenarioError.
+
+A scenario (YAML, validated with pydantic) gives a synthetic provider per catalog model,
+a traffic mix (request templates with weights, each checked as a request), an arrival
+rate, a seed, the strategies to compare, and the `policy` settings and `limits` every run
+shares. Every problem is reported at once, each naming the file and the field; the policy
+text is checked by compiling it, with diagnostics that point at the scenario's own lines
+when it is written as `policy: |` and `limits: |` blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.api.policy_engine import PolicyEngine
+from engine.catalog.model import Catalog, load_catalog
+from engine.diagnostics import PolicyError, did_you_mean
+from engine.errors import PolicyctlError
+from engine.resources import default_policy_dir
+from engine.routing.request import Request, RequestError, env_of
+from engine.simulate.world import Provider, ProviderSpec, Template
+from engine.strategies import STRATEGIES
+from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+
+DEFAULT_STRATEGIES = (
+    "latency",
+    "cost",
+    "weighted(latency: 60%, cost: 40%)",
+    "model-specific",
+    "round-robin",
+    "failover",
+)
+MAX_REQUESTS = 1_000_000
+MAX_SCENARIO_BYTES = 1 << 20
+_STRATEGY_TEXT = re.compile(r"^[A-Za-z][A-Za-z-]*(\s*\([^(){}\n#]*\))?$")
+_STRATEGY_LINE = re.compile(r"^\s*strategy\b")
+
+try:  # the C loader when PyYAML was built with libyaml
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _Loader = yaml.SafeLoader
+
+
+class ScenarioError(PolicyctlError):
+    """A scenario that cannot be run; `messages` holds one complete line per problem."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+    def cli_text(self) -> str:
+        return "\n".join(f"policyctl: error: {message}" for message in self.messages)
+
+
+# ---------------------------------------------------------------- the YAML schema
+
+
+class _TrafficSpec(BaseModel):
+    """Simulator fields; every other field is a request field, validated as a request."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    output_tokens: Annotated[int, Field(ge=0)] | None = None  # what the model writes
+
+
+class _ScenarioSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    description: str | None = None
+    seed: int = 0
+    requests: Annotated[int, Field(ge=1, le=MAX_REQUESTS)]
+    rate_per_s: Annotated[float, Field(gt=0, le=1_000_000)]
+    traffic: Annotated[list[Any], Field(min_length=1)]  # each checked as a _TrafficSpec
+    providers: dict[str, Any] = {}  # each checked as a ProviderSpec
+    strategies: list[Any] | None = None
+    policy: str = ""
+    limits: str = ""
+
+
+# ---------------------------------------------------------------- the validated scenario
+
+
+@dataclass(frozen=True, slots=True)
+class _Embedded:
+    """Where the scenario's policy text sits in its file, to build policy text whose
+    diagnostics point at the scenario's own lines."""
+
+    lines: tuple[str, ...]  # the scenario file's lines
+    policy: tuple[int, int] | None  # 0-based [key line, end line) of a `policy: |` block
+    limits: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    name: str
+    seed: int
+    requests: int
+    rate_per_s: float
+    traffic: tuple[Template, ...]
+    providers: Mapping[str, Provider]  # every catalog model, by provider/model key
+    strategies: tuple[str, ...]
+    policy: str
+    limits: str
+    catalog: Catalog
+    catalog_path: Path
+    embedded: _Embedded | None = field(default=None, repr=False)
+
+    def policy_text(self, strategy: str) -> tuple[str, str]:
+        """(source name, policy text) for one strategy's run."""
+        catalog = f"catalog {json.dumps(self.catalog_path.as_posix())}"
+        emb = self.embedded
+        if (
+            emb is not None
+            and (emb.policy is not None or not self.policy.strip())
+            and (emb.limits is not None or not self.limits.strip())
+        ):
+            n = len(emb.lines)
+            lines = [""] * (n + 3)
+            used: set[int] = set()
+
+            def put(i: int, line: str) -> None:
+                lines[i] = line
+                used.add(i)
+
+            if emb.policy is not None:
+                key, end = emb.policy
+                put(key, "defaults {")
+                for i in range(key + 1, end):
+                    put(i, emb.lines[i])
+                put(end, f"strategy {strategy} }}")
+            if emb.limits is not None:
+                key, end = emb.limits
+                for i in range(key + 1, end):
+                    put(i, emb.lines[i])
+            free = (i for i in range(n + 3) if i not in used)
+            if emb.policy is None:
+                put(next(free), f"defaults {{ strategy {strategy} }}")
+            put(next(free), catalog)
+            return self.path, "\n".join(lines) + "\n"
+        text = f"{catalog}\ndefaults {{\n{self.policy}\nstrategy {strategy}\n}}\n{self.limits}\n"
+        return f"{self.path} (policy)", text
+
+
+def _field(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return msg[:1].lower() + msg[1:]
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The field names of the (nested) model that `loc` (without its last part) points into."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return []
+        nested = [
+            t
+            for t in (info.annotation, *typing.get_args(info.annotation))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _pydantic_errors(
+    source: str, err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()
+) -> list[str]:
+    out: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        message = _message(e)
+        if e["type"] == "extra_forbidden" and loc:
+            guess = did_you_mean(str(loc[-1]), _fields_at(model, loc))
+            if guess:
+                message += f" (did you mean `{guess}`?)"
+        elif e["type"] == "missing":
+            message = "missing"
+        elif e["type"] == "model_type":
+            message = "expected a mapping of fields"
+        loc = prefix + loc
+        out.append(f"{source}: field `{_field(loc)}`: {message}" if loc else f"{source}: {message}")
+    return out
+
+
+def _read(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_SCENARIO_BYTES:
+            raise ScenarioError([f"{path}: scenario is too large (the limit is 1 MiB)"])
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError([f"{path}: cannot read scenario: not UTF-8 text"]) from None
+    except OSError as err:
+        raise ScenarioError([f"{path}: cannot read scenario: {err.strerror}"]) from None
+
+
+def _embedded(text: str) -> _Embedded | None:
+    """The line ranges of top-level `policy: |` and `limits: |` blocks, if that is how they
+    are written (any other style: None, and the policy text is generated apart)."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError:  # pragma: no cover - the data load reported it
+        return None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    found: dict[str, tuple[int, int] | None] = {"policy": None, "limits": None}
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value in found:
+            if not isinstance(value, yaml.ScalarNode) or value.style != "|":
+                if isinstance(value, yaml.ScalarNode) and not value.value.strip():
+                    continue
+                return None
+            found[key.value] = (value.start_mark.line, value.end_mark.line)
+    return _Embedded(tuple(text.splitlines()), found["policy"], found["limits"])
+
+
+def _parse_strategies(
+    items: Sequence[Any], catalog_path: Path, where: Callable[[int], str]
+) -> tuple[list[str], list[str]]:
+    """Validated strategy strings, and error lines (`where(i)` names entry i)."""
+    out: list[str] = []
+    errors: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            errors.append(
+                f"{where(i)}: a strategy is a string; quote one with factors:"
+                ' "weighted(latency: 60%, cost: 40%)"'
+            )
+            continue
+        if not isinstance(item, str) or not _STRATEGY_TEXT.match(item.strip()):
+            errors.append(f"{where(i)}: not a strategy: {item!r}")
+            continue
+        text = item.strip()
+        name = text.split("(", 1)[0].strip()
+        if name not in STRATEGIES:
+            guess = did_you_mean(name, STRATEGIES)
+            hint = (
+                f"did you mean `{guess}`?"
+                if guess
+                else "strategies: " + ", ".join(f"`{s}`" for s in STRATEGIES)
+            )
+            errors.append(f"{where(i)}: unknown strategy `{name}` ({hint})")
+            continue
+        policy = f"defaults {{ strategy {text} }}\ncatalog {json.dumps(catalog_path.as_posix())}"
+        try:
+            PolicyEngine.from_text(policy, "<strategy>").close()
+        except PolicyError as err:
+            first = err.diagnostics[0]
+            hint = f" ({first.help})" if first.help else ""
+            errors.append(f"{where(i)}: {first.message}{hint}")
+            continue
+        if text in out:
+            errors.append(f"{where(i)}: `{text}` is listed twice")
+            continue
+        out.append(text)
+    return out, errors
+
+
+def split_strategies(text: str) -> list[str]:
+    """`latency,weighted(latency: 60%, cost: 40%)` → two entries (commas in parentheses stay)."""
+    items: list[str] = []
+    depth = 0
+    current = ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    items.append(current.strip())
+    return [item for item in items if item]
+
+
+def _unknown_model(key: str, catalog: Catalog) -> str:
+    provider, _, name = key.partition("/")
+    guess = did_you_mean(key, [m.key for m in catalog.models])
+    if guess:
+        return f"unknown model (did you mean `{guess}`?)"
+    if not name:
+        return "unknown model: write `provider/model`, e.g. `gemini/gemini-1.5-flash-latest`"
+    models = catalog.by_provider(provider)
+    if not models:
+        return "unknown provider; providers: " + ", ".join(f"`{p}`" for p in catalog.providers)
+    return f"unknown model; {provider} models: " + ", ".join(f"`{m.id}`" for m in models)
+
+
+def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str]]:
+    """A traffic entry: the simulator's fields, and request fields checked as a request."""
+    where = f"{source}: field `traffic[{i}]"
+    if not isinstance(item, dict):
+        return None, [f"{where}`: expected a mapping of fields"]
+    own = {k: v for k, v in item.items() if k in _TrafficSpec.model_fields}
+    fields = {str(k): v for k, v in item.items() if k not in _TrafficSpec.model_fields}
+    errors: list[str] = []
+    try:
+        spec = _TrafficSpec.model_validate(own)
+    except ValidationError as err:
+        errors += _pydantic_errors(source, err, _TrafficSpec, ("traffic", i))
+    if "id" in fields:
+        errors.append(f"{where}.id`: ids are given per simulated request; remove it")
+        return None, errors
+    try:
+        env = env_of({**fields, "id": "template"})
+    except RequestError as err:
+        for name, message in err.problems:
+            found = re.fullmatch(r"field `(.+)`", name)
+            if found:
+                errors.append(f"{where}.{found.group(1)}`: {message}")
+            else:
+                unknown = re.fullmatch(r"unknown field `([^`]+)`(.*)", message)
+                if unknown:  # the closest of the request's fields and the simulator's own
+                    alt = did_you_mean(
+                        unknown.group(1), [*Request.model_fields, *_TrafficSpec.model_fields]
+                    )
+                    guess = f" (did you mean `{alt}`?)" if alt else ""
+                    errors.append(f"{where}.{unknown.group(1)}`: unknown field{guess}")
+                else:
+                    errors.append(f"{where}`: {message}")
+        return None, errors
+    if errors:
+        return None, errors
+    needs = {
+        name
+        for name, flag in (
+            ("vision", "requires_vision"),
+            ("tools", "requires_tools"),
+            ("json", "requires_json"),
+            ("streaming", "stream"),
+        )
+        if env[flag]
+    }
+    max_tokens = None if env["max_tokens"] is None else int(env["max_tokens"])
+    output = spec.output_tokens
+    if output is None:
+        output = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+    if max_tokens is not None:
+        output = min(output, max_tokens)
+    return (
+        Template(
+            name=spec.name or f"traffic[{i}]",
+            weight=spec.weight,
+            fields=fields,
+            input_tokens=int(env["input_tokens"]),
+            output_tokens=output,
+            needs=frozenset(needs),
+            max_tokens=max_tokens,
+        ),
+        [],
+    )
+
+
+def load_scenario(
+    path: str | os.PathLike[str],
+    *,
+    strategies: Sequence[str] | None = None,
+    seed: int | None = None,
+    requests: int | None = None,
+) -> Scenario:
+    """Read and validate a scenario file; keyword arguments override its fields.
+
+    Raises ScenarioError (every problem, each naming the file and the field), or PolicyError
+    when the scenario's `policy`/`limits` text does not check.
+    """
+    p = Path(path)
+    source = str(path)
+    text = _read(p)
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err)
+        if mark is not None:
+            raise ScenarioError(
+                [f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"]
+            ) from None
+        raise ScenarioError([f"{source}: invalid YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        raise ScenarioError([f"{source}: not a scenario: expected a mapping of fields"])
+    raw = {str(k): v for k, v in raw.items()}
+    if seed is not None:
+        raw["seed"] = seed
+    if requests is not None:
+        raw["requests"] = requests
+    errors: list[str] = []
+    spec: _ScenarioSpec | None = None
+    try:
+        spec = _ScenarioSpec.model_validate(raw)
+    except ValidationError as err:
+        errors += _pydantic_errors(source, err, _ScenarioSpec)
+
+    catalog_path = default_policy_dir() / "models.yaml"
+    catalog = load_catalog(catalog_path)
+    # each section is checked on its own, so one pass reports every problem
+    templates: list[Template] = []
+    raw_traffic = raw.get("traffic")
+    for i, item in enumerate(raw_traffic if isinstance(raw_traffic, list) else ()):
+        template, problems = _template(source, i, item)
+        errors += problems
+        if template is not None:
+            templates.append(template)
+
+    providers: dict[str, Provider] = {}
+    raw_providers = raw.get("providers")
+    for key, item in (raw_providers if isinstance(raw_providers, dict) else {}).items():
+        key = str(key)
+        provider_name, _, model_name = key.partition("/")
+        model = catalog.find(provider_name, model_name) if model_name else None
+        if model is None:
+            errors.append(f"{source}: field `providers.{key}`: {_unknown_model(key, catalog)}")
+            continue
+        if model.key in providers:
+            errors.append(f"{source}: field `providers.{key}`: `{model.key}` is given twice")
+            continue
+        try:
+            pspec = ProviderSpec.model_validate(item)
+        except ValidationError as err:
+            errors += _pydantic_errors(source, err, ProviderSpec, ("providers", key))
+            continue
+        providers[model.key] = Provider.from_mean(model.key, pspec)
+    for model in catalog.models:
+        providers.setdefault(model.key, Provider.from_prior(model))
+    providers = {m.key: providers[m.key] for m in catalog.models}  # catalog order
+
+    raw_strategies = raw.get("strategies")
+    if strategies is not None:
+        chosen, problems = _parse_strategies(strategies, catalog_path, lambda i: "--strategies")
+    elif isinstance(raw_strategies, list) or raw_strategies is None:
+        chosen, problems = _parse_strategies(
+            raw_strategies if raw_strategies is not None else DEFAULT_STRATEGIES,
+            catalog_path,
+            lambda i: f"{source}: field `strategies[{i}]`",
+        )
+        if not chosen and not problems:
+            problems = [f"{source}: field `strategies`: list at least one strategy"]
+    else:
+        chosen, problems = [], []  # the top-level check reported it
+    errors += problems
+    raw_policy = raw.get("policy")
+    for number, line in enumerate(str(raw_policy or "").splitlines(), start=1):
+        if _STRATEGY_LINE.match(line):
+            errors.append(
+                f"{source}: field `policy` (line {number}): `strategy` is set per run from"
+                " `strategies`; remove it here"
+            )
+    if errors or spec is None:
+        raise ScenarioError(errors)
+
+    scenario = Scenario(
+        path=source,
+        name=spec.name or p.stem,
+        seed=spec.seed,
+        requests=spec.requests,
+        rate_per_s=spec.rate_per_s,
+        traffic=tuple(templates),
+        providers=providers,
+        strategies=tuple(chosen),
+        policy=spec.policy,
+        limits=spec.limits,
+        catalog=catalog,
+        catalog_path=catalog_path,
+        embedded=_embedded(text),
+    )
+    name, policy = scenario.policy_text(chosen[0])
+    PolicyEngine.from_text(policy, name).close()  # a policy that does not check fails here
+    return scenario
