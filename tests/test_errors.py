@@ -30,6 +30,7 @@ from engine.simulate import ScenarioError
 # every error class a user can meet, and the exit code `policyctl` ends with when it does
 EXIT_CODES: dict[str, int] = {
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
+    "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,

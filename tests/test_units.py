@@ -130,8 +130,8 @@ def test_the_default_output_estimate_is_one_fact() -> None:
     from engine.language import program
     from engine.limits import limiter
     from engine.routing import evaluator
-    from engine.simulate import simulation
+    from engine.simulate import scenario
 
     assert DEFAULT_OUTPUT_TOKENS == 256
-    for module in (program, limiter, evaluator, simulation):
+    for module in (program, limiter, evaluator, scenario):
         assert module.DEFAULT_OUTPUT_TOKENS is DEFAULT_OUTPUT_TOKENS
