@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.analytics.records import OutcomeRow
 from engine.catalog.model import Catalog
 
 REQUIRED = ("provider", "model", "latency_ms", "success")
@@ -433,6 +434,21 @@ def _model_hint(catalog: Catalog, provider: str | None, model: str | None) -> st
 
 # ---------------------------------------------------------------- the import
 
+# Each column of `outcomes` (an `OutcomeRow` field) and what a typed row puts in it.
+_OUTCOME_SELECT = {
+    "recorded_at": "recorded_at",
+    "provider": "provider",
+    "model": "model",
+    "latency_ms": "latency_d",
+    "success": "success_b",
+    "input_tokens": "input_tokens_d::BIGINT",
+    "output_tokens": "output_tokens_d::BIGINT",
+    "cost": "cost",
+    "request_id": "raw_request_id",
+    "route": "raw_route",
+    "user_id": "raw_user",
+}
+
 _IN_LIST_MAX = 1000  # distinct bad lines up to which the numbered scan filters by a list
 
 
@@ -586,9 +602,9 @@ def _import_file(
     try:
         collected.register(con)
         (imported,) = con.execute(
-            "INSERT INTO outcomes SELECT recorded_at, provider, model, latency_d, success_b,"
-            " input_tokens_d::BIGINT, output_tokens_d::BIGINT, cost, raw_request_id, raw_route,"
-            f" raw_user FROM ({typed_of(_lines_source(path, skip=skip))})"
+            f"INSERT INTO outcomes ({', '.join(OutcomeRow._fields)})"
+            f" SELECT {', '.join(_OUTCOME_SELECT[name] for name in OutcomeRow._fields)}"
+            f" FROM ({typed_of(_lines_source(path, skip=skip))})"
             f" WHERE ok OR {_Rejects.NAME}(t)"
         ).fetchone()
         if collected.lines:

@@ -19,6 +19,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.analytics.records import (
+    DecisionRow,
+    ViolationRow,
+    new_decision_row,
+    new_outcome_row,
+)
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.catalog.model import CatalogError
@@ -113,7 +119,7 @@ class PolicyEngine:
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
-        self._decision_log: list[tuple[Any, ...]] = []
+        self._decision_log: list[DecisionRow] = []
         self._unflushed = 0  # persistent decisions since the last flush
         write_configs = getattr(self.store, "write_configs", None)
         if write_configs is not None:
@@ -219,7 +225,7 @@ class PolicyEngine:
             return
         limiter = self.limiter
         violations = [
-            (v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
+            ViolationRow(v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
             for v in limiter.violations
         ]
         stats = limiter.daily_stats()
@@ -285,13 +291,13 @@ class PolicyEngine:
         )
         if self.store.persistent and not dry_run:
             denied = decision.denied_by or {}
-            row = (
+            row = new_decision_row((
                 self.clock(), decision.request_id, decision.allowed, decision.route,
                 decision.strategy, decision.provider, decision.model,
                 decision.estimated_cost, decision.estimated_latency_ms,
                 denied.get("scope") or denied.get("reason"), denied.get("key"),
                 decision.policy_version,
-            )  # fmt: skip
+            ))  # fmt: skip
             if self.outcome_log is not None:  # written in the background, in batches
                 self.outcome_log.submit_decision(row)
             else:
@@ -389,11 +395,11 @@ class PolicyEngine:
         record(found.key, latency_ms, success, cost, at)
         if self.outcome_log is not None:
             self.outcome_log.submit(
-                (
+                new_outcome_row((
                     self.clock() if at is None else at, found.provider, found.id,
                     latency_ms, success, input_tokens, output_tokens, cost,
                     request_id, route, user,
-                )
+                ))
             )  # fmt: skip
 
 

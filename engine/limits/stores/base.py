@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from engine.analytics.records import DecisionRow, ViolationRow
+
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 
 
@@ -129,9 +131,9 @@ class Store(Protocol):
     def flush(
         self,
         *,
-        violations: Sequence[Sequence[object]] = (),
+        violations: Sequence[ViolationRow] = (),
         stats: dict[tuple[str, str], tuple[int, int]] | None = None,
-        decisions: Sequence[Sequence[object]] = (),
+        decisions: Sequence[DecisionRow] = (),
     ) -> None:
         """Write state and a batch of logs (persistent stores); a no-op in memory."""
         ...
