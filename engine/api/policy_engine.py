@@ -32,6 +32,7 @@ from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.compiler import Program
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
+from engine.limits.records import LimitDenial
 from engine.limits.stores import Store, open_analytics, open_store
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
@@ -290,12 +291,18 @@ class PolicyEngine:
             now=self.clock(),
         )
         if self.store.persistent and not dry_run:
-            denied = decision.denied_by or {}
+            denied = decision.denied_by
+            if denied is None:
+                denied_scope = denied_key = None
+            elif isinstance(denied, LimitDenial):
+                denied_scope, denied_key = denied.scope, denied.key
+            else:
+                denied_scope, denied_key = denied.reason, None
             row = new_decision_row((
                 self.clock(), decision.request_id, decision.allowed, decision.route,
                 decision.strategy, decision.provider, decision.model,
                 decision.estimated_cost, decision.estimated_latency_ms,
-                denied.get("scope") or denied.get("reason"), denied.get("key"),
+                denied_scope, denied_key,
                 decision.policy_version,
             ))  # fmt: skip
             if self.outcome_log is not None:  # written in the background, in batches

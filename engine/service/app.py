@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,7 +28,8 @@ from starlette.routing import Route
 
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
-from engine.routing.decision import DecisionSchema
+from engine.limits.records import LimitDenial
+from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
@@ -48,11 +49,16 @@ class Telemetry:
         self.bad_requests: Counter[int] = Counter()
 
     def observe(
-        self, route: str, provider: str | None, allowed: bool, denied: Any, s: float
+        self,
+        route: str,
+        provider: str | None,
+        allowed: bool,
+        denied: LimitDenial | NoEligibleModel | None,
+        s: float,
     ) -> None:
         self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1
-        if not allowed and isinstance(denied, Mapping):
-            self.denials[str(denied.get("scope") or denied.get("reason") or "unknown")] += 1
+        if not allowed and denied is not None:
+            self.denials[denied.scope if isinstance(denied, LimitDenial) else denied.reason] += 1
         for i, bound in enumerate(LATENCY_BUCKETS_S):
             if s <= bound:
                 self.buckets[i] += 1
