@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.analytics.records import new_outcome_row
+from engine.analytics.records import bad_value, new_outcome_row, unknown_model
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.api.logs import EngineLogs, limit_config_rows
@@ -336,21 +336,22 @@ class PolicyEngine:
     ) -> None:
         """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
         window's)."""
-        found = self._program.catalog.find(provider, model)
+        catalog = self._program.catalog
+        found = catalog.find(provider, model)
         if found is None:
-            raise ValueError(f"unknown model `{provider}/{model}`")
+            raise ValueError(unknown_model(catalog, provider, model))
         if latency_ms.__class__ is not float:
-            if isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float):
-                raise ValueError(
-                    f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
-                )
+            if (
+                isinstance(latency_ms, bool)
+                or not isinstance(latency_ms, int | float)
+                or not latency_ms >= 0
+            ):
+                raise ValueError(bad_value("latency_ms", latency_ms))
             latency_ms = float(latency_ms)
         if not latency_ms >= 0 or latency_ms == INF:
-            raise ValueError(
-                f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
-            )
+            raise ValueError(bad_value("latency_ms", latency_ms))
         if success is not True and success is not False:
-            raise ValueError(f"success must be true or false, got {success!r}")
+            raise ValueError(bad_value("success", success))
         if cost is None:
             cost = found.cost(input_tokens or 0, output_tokens or 0)
         record = self._record_metric
