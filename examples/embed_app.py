@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import PolicyEngine
+from engine.limits.records import LimitDenial
 from engine.resources import default_policy_dir
+from engine.routing.decision import NoEligibleModel
 
 FAILURE_RATE = {"claude": 0.02, "gemini": 0.05, "openai": 0.03}  # per call, simulated
 RELOAD_DEADLINE_S = 10.0
@@ -141,8 +143,11 @@ def run(requests: int, policy_dir: Path, seed: int, out: list[str]) -> dict[str,
                         f"{decision.strategy} -> {decision.provider}/{decision.model}"
                     )
                 if not decision.allowed:
-                    why = decision.denied_by or {}
-                    denied[str(why.get("scope") or why.get("reason") or "unknown")] += 1
+                    why = decision.denied_by  # a typed record: read its attributes
+                    if isinstance(why, LimitDenial):
+                        denied[why.scope] += 1  # user, ip, team…, or store
+                    elif isinstance(why, NoEligibleModel):
+                        denied[why.reason] += 1  # no_eligible_model
                     continue
                 assert decision.provider is not None and decision.model is not None
                 by_model[f"{decision.provider}/{decision.model}"] += 1

@@ -172,11 +172,11 @@ def test_cooldown_after_consecutive_failures_and_half_open_recovery() -> None:
 def test_record_rejects_bad_outcomes() -> None:
     engine = PolicyEngine.from_text("defaults { strategy cost }")
     decision = engine.evaluate({"id": "a"})
-    with pytest.raises(ValueError, match="latency_ms must be a number of milliseconds >= 0"):
+    with pytest.raises(ValueError, match="latency_ms must be a number >= 0, got `-1`"):
         engine.record(decision, latency_ms=-1, success=True)
     with pytest.raises(ValueError, match="success must be true or false"):
         engine.record(decision, latency_ms=1, success="yes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown model `acme/nope`"):
+    with pytest.raises(ValueError, match="unknown provider `acme`"):
         engine.record_outcome("acme", "nope", latency_ms=1, success=True)
     denied = PolicyEngine.from_text("defaults { strategy cost }").evaluate(
         {"id": "d", "max_cost": 0.0}

@@ -128,7 +128,7 @@ def test_jsonl_import_reports_every_bad_row_by_line_and_keeps_the_good(
         f"{path}:5: missing field `success`",
         f"{path}:6: timestamp must be ISO 8601 (2024-05-01T12:00:00Z) or epoch seconds,"
         " got `yesterday`",
-        f"{path}:7: success must be true or false (or 1 or 0), got `yes`",
+        f"{path}:7: success must be true or false, got `yes`",
         f"{path}:9: invalid JSON",
         f"{path}:11: latency_ms must be a number >= 0, got `fast`",
     ]
@@ -173,7 +173,7 @@ def test_csv_import_counts_the_header_as_line_1(cli: CLI, tmp_path: Path) -> Non
         f"{path}:8: missing field `latency_ms`",
         f"{path}:9: timestamp must be ISO 8601 (2024-05-01T12:00:00Z) or epoch seconds,"
         " got `31/12/2024`",
-        f"{path}:10: success must be true or false (or 1 or 0), got `maybe`",
+        f"{path}:10: success must be true or false, got `maybe`",
         f"{path}:11: expected 7 values (as in the header), found 3",
     ]
     rows = cli.query("SELECT model, latency_ms, success, cost, user_id FROM outcomes ORDER BY 2")
@@ -309,7 +309,7 @@ def test_an_import_leaves_the_connection_as_it_found_it(tmp_path: Path) -> None:
     assert report.reasons == [(2, "latency_ms must be a number >= 0, got `-1`")]
     report = import_outcomes(con, str(second), catalog, now_s=NOW)
     assert (report.imported, report.rejected) == (1, 1)
-    assert report.reasons == [(1, "success must be true or false (or 1 or 0), got `no`")]
+    assert report.reasons == [(1, "success must be true or false, got `no`")]
     assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
     assert con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall() == (
         tables_before

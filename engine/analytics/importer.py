@@ -40,13 +40,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.analytics.records import (
+    MISSING,
+    NOT_AN_OBJECT,
+    OUTCOME_ALIASES,
+    OUTCOME_FIELDS,
+    OUTCOME_REQUIRED,
+    SHOWN,
+    OutcomeRow,
+    must_prefix,
+    unknown_model,
+)
 from engine.catalog.model import Catalog
 from engine.errors import PolicyctlError
 
-REQUIRED = ("provider", "model", "latency_ms", "success")
-OPTIONAL = ("input_tokens", "output_tokens", "cost", "timestamp", "request_id", "route", "user")
-FIELDS = REQUIRED + OPTIONAL
-ALIASES = {"recorded_at": "timestamp", "user_id": "user"}  # as `metrics export` writes them
+REQUIRED = OUTCOME_REQUIRED  # the outcome record's fields: engine.analytics.records
+FIELDS = OUTCOME_FIELDS
+ALIASES = OUTCOME_ALIASES
 
 CSV_SUFFIXES = (".csv", ".tsv")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -55,7 +65,6 @@ DELIMITERS = (",", "\t", ";", "|")
 
 # Read each line whole: a delimiter no text file holds, no quoting.
 _LINE_DELIM = "\x1f\x1e\x1d\x1c"
-_SHOWN = 40  # characters of a bad value quoted in a message
 
 
 class OutcomeImportError(PolicyctlError):
@@ -237,7 +246,7 @@ def _json_fields(lines: str) -> str:
     return f"""
         SELECT t,
                CASE WHEN NOT valid THEN 'invalid JSON'
-                    WHEN NOT is_object THEN 'expected a JSON object'
+                    WHEN NOT is_object THEN {_sql_text(NOT_AN_OBJECT)}
                END AS structural,
                {columns}
         FROM (
@@ -315,9 +324,10 @@ def _whole_ok(column: str) -> str:
 
 
 def _quoted(column: str) -> str:
-    """A bad value as a message shows it: in backticks, cut at 40 characters."""
+    """A bad value as a message shows it (`records.shown`): in backticks, cut at 40
+    characters."""
     return (
-        f"'`' || CASE WHEN strlen({column}) > {_SHOWN} THEN left({column}, {_SHOWN}) || '…'"
+        f"'`' || CASE WHEN strlen({column}) > {SHOWN} THEN left({column}, {SHOWN}) || '…'"
         f" ELSE {column} END || '`'"
     )
 
@@ -330,26 +340,24 @@ def _problems_sql() -> str:
     def whole(column: str) -> str:
         return (
             f"CASE WHEN {_raw(column)} IS NOT NULL AND NOT {_whole_ok(column + '_d')}"
-            f" THEN '{column} must be a whole number >= 0, got ' || {_quoted(_raw(column))} END"
+            f" THEN {_sql_text(must_prefix(column))} || {_quoted(_raw(column))} END"
         )
 
     checks = [
-        f"CASE WHEN {n_missing} > 0 THEN 'missing field' || CASE WHEN {n_missing} > 1"
+        f"CASE WHEN {n_missing} > 0 THEN {_sql_text(MISSING)} || CASE WHEN {n_missing} > 1"
         f" THEN 's' ELSE '' END || ' ' || concat_ws(', ', {missing}) END",
         "CASE WHEN raw_latency_ms IS NOT NULL AND NOT coalesce(isfinite(latency_d)"
-        " AND latency_d >= 0, false) THEN 'latency_ms must be a number >= 0, got ' || "
+        f" AND latency_d >= 0, false) THEN {_sql_text(must_prefix('latency_ms'))} || "
         + _quoted("raw_latency_ms")
         + " END",
-        "CASE WHEN raw_success IS NOT NULL AND success_b IS NULL THEN 'success must be"
-        " true or false (or 1 or 0), got ' || " + _quoted("raw_success") + " END",
+        "CASE WHEN raw_success IS NOT NULL AND success_b IS NULL THEN"
+        f" {_sql_text(must_prefix('success'))} || " + _quoted("raw_success") + " END",
         whole("input_tokens"),
         whole("output_tokens"),
         "CASE WHEN raw_cost IS NOT NULL AND NOT coalesce(isfinite(cost_d) AND cost_d >= 0,"
-        " false) THEN 'cost must be a number >= 0, got ' || " + _quoted("raw_cost") + " END",
-        "CASE WHEN raw_timestamp IS NOT NULL AND recorded_at IS NULL THEN 'timestamp must"
-        " be ISO 8601 (2024-05-01T12:00:00Z) or epoch seconds, got ' || "
-        + _quoted("raw_timestamp")
-        + " END",
+        f" false) THEN {_sql_text(must_prefix('cost'))} || " + _quoted("raw_cost") + " END",
+        "CASE WHEN raw_timestamp IS NOT NULL AND recorded_at IS NULL THEN"
+        f" {_sql_text(must_prefix('timestamp'))} || " + _quoted("raw_timestamp") + " END",
     ]
     return f"coalesce(structural, nullif(concat_ws('; ', {', '.join(checks)}), ''))"
 
@@ -423,16 +431,25 @@ def _model_hint(catalog: Catalog, provider: str | None, model: str | None) -> st
     """`unknown model `p/m` (did you mean `p/x`?)`, or `unknown provider `p``."""
     if provider is None or model is None:
         return ""  # reported as a missing field
-    if provider not in catalog.providers:
-        close = difflib.get_close_matches(provider, catalog.providers, n=1)
-        hint = f" (did you mean `{close[0]}`?)" if close else ""
-        return f"unknown provider `{provider}`{hint}"
-    close = difflib.get_close_matches(model, catalog.names(provider), n=1, cutoff=0.6)
-    hint = f" (did you mean `{provider}/{close[0]}`?)" if close else ""
-    return f"unknown model `{provider}/{model}`{hint}"
+    return unknown_model(catalog, provider, model)
 
 
 # ---------------------------------------------------------------- the import
+
+# Each column of `outcomes` (an `OutcomeRow` field) and what a typed row puts in it.
+_OUTCOME_SELECT = {
+    "recorded_at": "recorded_at",
+    "provider": "provider",
+    "model": "model",
+    "latency_ms": "latency_d",
+    "success": "success_b",
+    "input_tokens": "input_tokens_d::BIGINT",
+    "output_tokens": "output_tokens_d::BIGINT",
+    "cost": "cost",
+    "request_id": "raw_request_id",
+    "route": "raw_route",
+    "user_id": "raw_user",
+}
 
 _IN_LIST_MAX = 1000  # distinct bad lines up to which the numbered scan filters by a list
 
@@ -587,9 +604,9 @@ def _import_file(
     try:
         collected.register(con)
         (imported,) = con.execute(
-            "INSERT INTO outcomes SELECT recorded_at, provider, model, latency_d, success_b,"
-            " input_tokens_d::BIGINT, output_tokens_d::BIGINT, cost, raw_request_id, raw_route,"
-            f" raw_user FROM ({typed_of(_lines_source(path, skip=skip))})"
+            f"INSERT INTO outcomes ({', '.join(OutcomeRow._fields)})"
+            f" SELECT {', '.join(_OUTCOME_SELECT[name] for name in OutcomeRow._fields)}"
+            f" FROM ({typed_of(_lines_source(path, skip=skip))})"
             f" WHERE ok OR {_Rejects.NAME}(t)"
         ).fetchone()
         if collected.lines:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from engine.analytics.records import DecisionRow, OutcomeRow, ViolationRow, sql_types
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rate_limit_configs (
     id VARCHAR PRIMARY KEY,          -- scope/unit/window_ms/key
@@ -147,25 +149,17 @@ def write_configs(con: Any, rows: Iterable[Sequence[Any]]) -> None:
 def write_batch(
     con: Any,
     *,
-    violations: Sequence[Sequence[Any]] = (),
+    violations: Sequence[ViolationRow] = (),
     stats: dict[tuple[str, str], tuple[int, int]] | None = None,
-    decisions: Sequence[Sequence[Any]] = (),
+    decisions: Sequence[DecisionRow] = (),
 ) -> None:
     """Append a batch of log rows (inside the caller's transaction).
 
-    violations: (at_epoch_s, scope, key, unit, requested, available, request_id)
+    violations: `ViolationRow`s; decisions: `DecisionRow`s
     stats: (day, scope) -> (allowed, denied), added to the day's totals
-    decisions: (at_epoch_s, request_id, allowed, route, strategy, provider, model,
-                estimated_cost, estimated_latency_ms, denied_scope, denied_key, policy_version)
     """
     if violations:
-        insert_rows(
-            con,
-            "INSERT INTO rate_limit_violations",
-            ("DOUBLE", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE", "VARCHAR"),
-            violations,
-            "to_timestamp(c0)::TIMESTAMP, c1, c2, c3, c4, c5, c6",
-        )
+        insert_records(con, "rate_limit_violations", ViolationRow, violations)
     for (day, scope), (allowed, denied) in (stats or {}).items():
         con.execute(
             "INSERT INTO rate_limit_stats VALUES (?::DATE, ?, ?, ?, ?) "
@@ -179,35 +173,34 @@ def write_batch(
         write_decisions(con, decisions)
 
 
-DECISION_TYPES = ("DOUBLE", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR",
-                  "DOUBLE", "DOUBLE", "VARCHAR", "VARCHAR", "VARCHAR")  # fmt: skip
+DECISION_COLUMNS = DecisionRow._fields
+DECISION_TYPES = sql_types(DecisionRow)
+OUTCOME_COLUMNS = OutcomeRow._fields
+OUTCOME_TYPES = sql_types(OutcomeRow)
 
 
-def write_decisions(con: Any, rows: Sequence[Sequence[Any]]) -> None:
-    """Append decision rows (see `write_batch`)."""
-    insert_rows(
-        con, "INSERT INTO decisions", DECISION_TYPES, rows,
-        "to_timestamp(c0)::TIMESTAMP, " + ", ".join(f"c{i}" for i in range(1, 12)),
-    )  # fmt: skip
+def write_decisions(con: Any, rows: Sequence[DecisionRow]) -> None:
+    """Append decision rows."""
+    insert_records(con, "decisions", DecisionRow, rows)
 
 
-OUTCOME_COLUMNS = (
-    "recorded_at", "provider", "model", "latency_ms", "success", "input_tokens",
-    "output_tokens", "cost", "request_id", "route", "user_id",
-)  # fmt: skip
+def write_outcomes(con: Any, rows: Sequence[OutcomeRow]) -> None:
+    """Append outcome rows."""
+    insert_records(con, "outcomes", OutcomeRow, rows)
 
 
-def write_outcomes(con: Any, rows: Sequence[Sequence[Any]]) -> None:
-    """Append outcome rows: (epoch_s, provider, model, latency_ms, success, input_tokens,
-    output_tokens, cost, request_id, route, user_id)."""
-    insert_rows(
-        con, "INSERT INTO outcomes", OUTCOME_TYPES, rows,
-        "to_timestamp(c0)::TIMESTAMP, " + ", ".join(f"c{i}" for i in range(1, 11)),
-    )  # fmt: skip
-
-
-OUTCOME_TYPES = ("DOUBLE", "VARCHAR", "VARCHAR", "DOUBLE", "BOOLEAN", "BIGINT", "BIGINT",
-                 "DOUBLE", "VARCHAR", "VARCHAR", "VARCHAR")  # fmt: skip
+def insert_records(
+    con: Any, table: str, row: type[tuple[Any, ...]], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Append rows of a record class (`engine.analytics.records`) to `table`: its fields
+    name the columns and give their types; a `…_at` field (epoch seconds) becomes a
+    TIMESTAMP."""
+    fields: tuple[str, ...] = row._fields  # type: ignore[attr-defined]
+    select = ", ".join(
+        f"to_timestamp(c{i})::TIMESTAMP" if name.endswith("_at") else f"c{i}"
+        for i, name in enumerate(fields)
+    )
+    insert_rows(con, f"INSERT INTO {table} ({', '.join(fields)})", sql_types(row), rows, select)
 
 
 def insert_rows(

@@ -18,12 +18,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
+from engine.analytics.records import DecisionRow, OutcomeRow
 
 log = logging.getLogger("policyctl.outcomes")
+Row = TypeVar("Row", OutcomeRow, DecisionRow)
 
 
 class OutcomeWriter:
@@ -37,8 +38,8 @@ class OutcomeWriter:
         poll_s: float = 0.05,
     ) -> None:
         self._cursor = connection.cursor()  # its own connection to the same database
-        self._outcomes: deque[Sequence[Any]] = deque()
-        self._decisions: deque[Sequence[Any]] = deque()
+        self._outcomes: deque[OutcomeRow] = deque()
+        self._decisions: deque[DecisionRow] = deque()
         self._max = max_queue
         self._batch = batch
         self._interval_s = interval_s
@@ -56,8 +57,8 @@ class OutcomeWriter:
 
     # ------------------------------------------------------------------ callers
 
-    def submit(self, row: Sequence[Any]) -> None:
-        """One outcome row (see `analytics.write_outcomes`)."""
+    def submit(self, row: OutcomeRow) -> None:
+        """One outcome row."""
         queued = self._outcomes
         if len(queued) >= self._max:
             self.dropped += 1
@@ -66,8 +67,8 @@ class OutcomeWriter:
         if len(queued) == self._batch:
             self._wake.set()
 
-    def submit_decision(self, row: Sequence[Any]) -> None:
-        """One decision row (see `analytics.write_batch`)."""
+    def submit_decision(self, row: DecisionRow) -> None:
+        """One decision row."""
         queued = self._decisions
         if len(queued) >= self._max:
             self.dropped_decisions += 1
@@ -101,8 +102,8 @@ class OutcomeWriter:
     # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        outcomes: list[Sequence[Any]] = []
-        decisions: list[Sequence[Any]] = []
+        outcomes: list[OutcomeRow] = []
+        decisions: list[DecisionRow] = []
         last_new = time.monotonic()
         while True:
             self._wake.wait(self._poll_s)
@@ -129,7 +130,7 @@ class OutcomeWriter:
             if stopping:
                 return
 
-    def _write(self, outcomes: list[Sequence[Any]], decisions: list[Sequence[Any]]) -> None:
+    def _write(self, outcomes: list[OutcomeRow], decisions: list[DecisionRow]) -> None:
         if not outcomes and not decisions:
             return
         cursor = self._cursor
@@ -150,7 +151,7 @@ class OutcomeWriter:
                 cursor.execute("ROLLBACK")
 
 
-def _drain(source: deque[Sequence[Any]], into: list[Sequence[Any]]) -> int:
+def _drain(source: deque[Row], into: list[Row]) -> int:
     """Move what `source` holds now into `into`; how many rows."""
     count = len(source)
     popleft = source.popleft

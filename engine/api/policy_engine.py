@@ -19,13 +19,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.analytics.records import bad_value, new_outcome_row, unknown_model
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
+from engine.api.logs import EngineLogs, limit_config_rows
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
-from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
+from engine.limits.limiter import Limiter
 from engine.limits.stores import Store, open_analytics, open_store
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
@@ -117,8 +119,7 @@ class PolicyEngine:
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
-        self._decision_log: list[tuple[Any, ...]] = []
-        self._unflushed = 0  # persistent decisions since the last flush
+        self._logs = EngineLogs(self.store, self.limiter) if self.store.persistent else None
         if isinstance(self.store, Persistence):
             self.store.write_configs(limit_config_rows(self._program))
         self._own_connection: Any = None
@@ -129,6 +130,8 @@ class PolicyEngine:
         if connection is not None:
             self._warm_start(connection, window_s)
             self.outcome_log = OutcomeWriter(connection)
+            if self._logs is not None:
+                self._logs.writer = self.outcome_log
 
     def _warm_start(self, connection: Any, window_s: float) -> None:
         """Fill the live window from the outcome log (what happened in the last window)."""
@@ -213,24 +216,8 @@ class PolicyEngine:
         buckets to a persistent store; returns when they are committed."""
         if self.outcome_log is not None:
             self.outcome_log.flush()
-        self._flush_logs()
-
-    def _flush_logs(self) -> None:
-        """Hand violations, daily stats (and decisions kept here) to a persistent store."""
-        if not self.store.persistent:
-            return
-        limiter = self.limiter
-        violations = [
-            (v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
-            for v in limiter.violations
-        ]
-        stats = limiter.daily_stats()
-        decisions, self._decision_log = self._decision_log, []
-        self._unflushed = 0
-        limiter.violations.clear()
-        limiter.allowed_tallies.clear()
-        limiter.denied_tallies.clear()
-        self.store.flush(violations=violations, stats=stats, decisions=decisions)
+        if self._logs is not None:
+            self._logs.flush()
 
     def close(self) -> None:
         """Stop watching, flush the logs (outcomes included) and close the state store."""
@@ -238,7 +225,8 @@ class PolicyEngine:
         try:
             if self.outcome_log is not None:
                 self.outcome_log.close()
-            self._flush_logs()
+            if self._logs is not None:
+                self._logs.flush()
         finally:
             if isinstance(self.metrics, ClosableMetrics):
                 self.metrics.close()
@@ -284,25 +272,8 @@ class PolicyEngine:
             consume=not dry_run,
             now=self.clock(),
         )
-        if self.store.persistent and not dry_run:
-            denied = decision.denied_by or {}
-            row = (
-                self.clock(), decision.request_id, decision.allowed, decision.route,
-                decision.strategy, decision.provider, decision.model,
-                decision.estimated_cost, decision.estimated_latency_ms,
-                denied.get("scope") or denied.get("reason"), denied.get("key"),
-                decision.policy_version,
-            )  # fmt: skip
-            if self.outcome_log is not None:  # written in the background, in batches
-                self.outcome_log.submit_decision(row)
-            else:
-                self._decision_log.append(row)
-            self._unflushed += 1
-            if (
-                self._unflushed >= LOG_FLUSH_EVERY
-                or len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT
-            ):  # daily stats, violations and buckets: before the bounded queue drops any
-                self._flush_logs()
+        if self._logs is not None and not dry_run:
+            self._logs.decision(decision, self.clock())
         return decision
 
     def record(
@@ -366,21 +337,22 @@ class PolicyEngine:
     ) -> None:
         """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
         window's)."""
-        found = self._program.catalog.find(provider, model)
+        catalog = self._program.catalog
+        found = catalog.find(provider, model)
         if found is None:
-            raise ValueError(f"unknown model `{provider}/{model}`")
+            raise ValueError(unknown_model(catalog, provider, model))
         if latency_ms.__class__ is not float:
-            if isinstance(latency_ms, bool) or not isinstance(latency_ms, int | float):
-                raise ValueError(
-                    f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
-                )
+            if (
+                isinstance(latency_ms, bool)
+                or not isinstance(latency_ms, int | float)
+                or not latency_ms >= 0
+            ):
+                raise ValueError(bad_value("latency_ms", latency_ms))
             latency_ms = float(latency_ms)
         if not latency_ms >= 0 or latency_ms == INF:
-            raise ValueError(
-                f"latency_ms must be a number of milliseconds >= 0, got {latency_ms!r}"
-            )
+            raise ValueError(bad_value("latency_ms", latency_ms))
         if success is not True and success is not False:
-            raise ValueError(f"success must be true or false, got {success!r}")
+            raise ValueError(bad_value("success", success))
         if cost is None:
             cost = found.cost(input_tokens or 0, output_tokens or 0)
         record = self._record_metric
@@ -390,30 +362,12 @@ class PolicyEngine:
         record(found.key, latency_ms, success, cost, at)
         if self.outcome_log is not None:
             self.outcome_log.submit(
-                (
+                new_outcome_row((
                     self.clock() if at is None else at, found.provider, found.id,
                     latency_ms, success, input_tokens, output_tokens, cost,
                     request_id, route, user,
-                )
+                ))
             )  # fmt: skip
 
 
 INF = float("inf")
-LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
-VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
-
-
-def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:
-    """The policy's limits as `rate_limit_configs` rows."""
-    rows = []
-    for limit in program.limits:
-        ident = (
-            f"{limit.scope}/{limit.unit}/{limit.window_ms:.0f}/{limit.key or '*'}@{limit.location}"
-        )
-        rows.append(
-            (
-                ident, limit.scope, limit.key, limit.unit, limit.amount, limit.window_ms,
-                limit.burst, limit.until, limit.location,
-            )
-        )  # fmt: skip
-    return list({r[0]: r for r in rows}.values())

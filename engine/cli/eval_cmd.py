@@ -22,7 +22,7 @@ from engine.cli.common import (
 )
 from engine.diagnostics import Diagnostic, Source, Span
 from engine.limits.stores import default_state_url
-from engine.routing.decision import Decision
+from engine.routing.decision import Decision, NoEligibleModel
 from engine.routing.request import RequestError
 from engine.units import format_money as money
 
@@ -229,9 +229,9 @@ def _vertical(d: Decision) -> str:
             rows.append(("limit", f"{who}: the request is larger than the limit"))
         else:
             rows.append(("limit", f"{who}: exhausted, retry after {status.retry_after_ms} ms"))
-    if d.denied_by is not None and d.denied_by.get("reason") == "no_eligible_model":
-        for c in d.denied_by["candidates"]:
-            rows.append(("dropped", f"{c['provider']}/{c['model']}: {c['dropped_because']}"))
+    if isinstance(d.denied_by, NoEligibleModel):
+        for c in d.denied_by.candidates:
+            rows.append(("dropped", f"{c.provider}/{c.model}: {c.dropped_because}"))
     if d.trace is not None:
         for step in d.trace:
             if step["step"] == "route":

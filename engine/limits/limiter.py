@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.language.program import CompiledLimit
+from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial
 from engine.limits.stores.base import (
     AcquireResult,
     Outcome,
@@ -127,7 +128,7 @@ class _Group:
 class Verdict(NamedTuple):
     option: int | None  # the candidate consumed (index into the ranking), None if denied
     statuses: list[LimitStatus]
-    denied_by: dict[str, Any] | None
+    denied_by: LimitDenial | None
 
 
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
@@ -533,11 +534,7 @@ class Limiter:
                     self.store_errors, mode, err,
                 )  # fmt: skip
         if mode == "closed":
-            return Verdict(
-                None,
-                [],
-                {"scope": "store", "key": None, "unit": None, "retry_after_ms": None},
-            )
+            return Verdict(None, [], STORE_DOWN)
         return Verdict(0, [], None)
 
     def _allowed(
@@ -609,16 +606,11 @@ class Limiter:
         day = self._day(now_s)
         index = next((i for i, o in enumerate(outcomes) if o is failed), len(info) - 1)
         if index < 0 or failed is None:  # nothing to blame: cannot happen with a real store
-            return Verdict(
-                None, statuses, {"scope": "unknown", "key": None, "retry_after_ms": None}
-            )
+            return Verdict(None, statuses, UNATTRIBUTED)
         applied, key = info[index]
-        denied_by = {
-            "scope": applied.scope,
-            "key": key or None,
-            "unit": applied.unit,
-            "retry_after_ms": statuses[index].retry_after_ms,
-        }
+        denied_by = LimitDenial(
+            applied.scope, key or None, applied.unit, statuses[index].retry_after_ms
+        )
         with self._lock:
             self.violations.append(
                 Violation(

@@ -7,9 +7,11 @@ for tests that check every emitted decision against the published schema.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from engine.limits.records import DenialRecord, LimitDenial
 
 
 @dataclass(slots=True)
@@ -70,6 +72,33 @@ class LimitStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedCandidate:
+    """A model of the route that the request could not use, and why."""
+
+    provider: str
+    model: str
+    dropped_because: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "dropped_because": self.dropped_because,
+        }
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class NoEligibleModel(DenialRecord):
+    """Every candidate of the route was dropped (by `require`, a hard limit, health…)."""
+
+    candidates: tuple[DroppedCandidate, ...]
+    reason: ClassVar[str] = "no_eligible_model"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "candidates": [c.to_dict() for c in self.candidates]}
+
+
 @dataclass(slots=True)
 class Decision:
     request_id: str | None
@@ -85,7 +114,7 @@ class Decision:
     alternatives: list[Alternative] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     rate_limits: list[LimitStatus] = field(default_factory=list)
-    denied_by: dict[str, Any] | None = None
+    denied_by: LimitDenial | NoEligibleModel | None = None
     policy_version: str = ""
     trace: list[dict[str, Any]] | None = None
 
@@ -104,7 +133,7 @@ class Decision:
             "alternatives": [a.to_dict() for a in self.alternatives],
             "fallbacks": list(self.fallbacks),
             "rate_limits": [r.to_dict() for r in self.rate_limits],
-            "denied_by": self.denied_by,
+            "denied_by": None if self.denied_by is None else self.denied_by.to_dict(),
             "policy_version": self.policy_version,
         }
         if self.trace is not None:

@@ -33,7 +33,14 @@ from engine.language.program import (
     RouteTable,
 )
 from engine.limits.limiter import Limiter, Verdict
-from engine.routing.decision import Alternative, Decision, LimitStatus
+from engine.limits.records import UNATTRIBUTED
+from engine.routing.decision import (
+    Alternative,
+    Decision,
+    DroppedCandidate,
+    LimitStatus,
+    NoEligibleModel,
+)
 from engine.routing.metrics import MetricsView, NoMetrics
 from engine.strategies import Pool
 from engine.units import format_exact_money, format_money
@@ -448,15 +455,16 @@ def _rate_limited(
     verdict: Verdict,
     trace: list[dict[str, Any]] | None,
 ) -> Decision:
-    denied = verdict.denied_by or {}
-    scope, key = denied.get("scope", "?"), denied.get("key", "")
-    retry = denied.get("retry_after_ms")
-    who = f"{scope} `{key}`" if key else scope
+    denied = verdict.denied_by
+    if denied is None:  # cannot happen: a verdict without an option names its denial
+        denied = UNATTRIBUTED
+    key, retry = denied.key, denied.retry_after_ms
+    who = f"{denied.scope} `{key}`" if key else denied.scope
     when = (
         f"retry after {retry} ms" if retry is not None else "the request is larger than the limit"
     )
     if trace is not None:
-        trace.append({"step": "limit", "denied_by": denied})
+        trace.append({"step": "limit", "denied_by": denied.to_dict()})
     return Decision(
         request_id=env["id"],
         allowed=False,
@@ -464,7 +472,7 @@ def _rate_limited(
         model=None,
         route=route.name,
         strategy=route.settings.strategy,
-        reason=f"Rate limited by {who} ({denied.get('unit', 'requests')}): {when}",
+        reason=f"Rate limited by {who} ({denied.unit}): {when}",
         estimated_cost=None,
         estimated_latency_ms=None,
         confidence=1.0,
@@ -482,10 +490,9 @@ def _no_eligible_model(
     dropped: list[tuple[Model, str]],
     trace: list[dict[str, Any]] | None,
 ) -> Decision:
-    candidates = [
-        {"provider": m.provider, "model": m.id, "dropped_because": because}
-        for m, because in (*route.dropped, *dropped)
-    ]
+    candidates = tuple(
+        [DroppedCandidate(m.provider, m.id, because) for m, because in (*route.dropped, *dropped)]
+    )
     n = len(candidates)
     return Decision(
         request_id=env["id"],
@@ -498,7 +505,7 @@ def _no_eligible_model(
         estimated_cost=None,
         estimated_latency_ms=None,
         confidence=1.0,
-        denied_by={"reason": "no_eligible_model", "candidates": candidates},
+        denied_by=NoEligibleModel(candidates),
         policy_version=program.version,
         trace=trace,
     )

@@ -14,10 +14,9 @@ client sends produces a 500.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,13 +25,14 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from engine.analytics.records import check_outcome, outcome_problems, parse_timestamp
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
-from engine.routing.decision import DecisionSchema
+from engine.limits.records import LimitDenial
+from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
-from engine.units import iso_timestamp_s
 
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
 
@@ -49,11 +49,16 @@ class Telemetry:
         self.bad_requests: Counter[int] = Counter()
 
     def observe(
-        self, route: str, provider: str | None, allowed: bool, denied: Any, s: float
+        self,
+        route: str,
+        provider: str | None,
+        allowed: bool,
+        denied: LimitDenial | NoEligibleModel | None,
+        s: float,
     ) -> None:
         self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1
-        if not allowed and isinstance(denied, Mapping):
-            self.denials[str(denied.get("scope") or denied.get("reason") or "unknown")] += 1
+        if not allowed and denied is not None:
+            self.denials[denied.scope if isinstance(denied, LimitDenial) else denied.reason] += 1
         for i, bound in enumerate(LATENCY_BUCKETS_S):
             if s <= bound:
                 self.buckets[i] += 1
@@ -113,66 +118,6 @@ class Telemetry:
 
 def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-OUTCOME_FIELDS = {
-    "provider": str,
-    "model": str,
-    "latency_ms": (int, float),
-    "success": bool,
-    "input_tokens": int,
-    "output_tokens": int,
-    "cost": (int, float),
-    "timestamp": (int, float, str),
-    "request_id": str,
-    "route": str,
-    "user": str,
-}
-REQUIRED_OUTCOME = ("provider", "model", "latency_ms", "success")
-
-
-def _outcome_problems(item: Any) -> list[dict[str, str]]:
-    if not isinstance(item, dict):
-        return [{"field": "", "message": "an outcome is a JSON object"}]
-    problems = [
-        {"field": name, "message": "unknown field"} for name in item if name not in OUTCOME_FIELDS
-    ]
-    for name in REQUIRED_OUTCOME:
-        if item.get(name) is None:
-            problems.append({"field": name, "message": "required"})
-    for name, kinds in OUTCOME_FIELDS.items():
-        value = item.get(name)
-        if value is None:
-            continue
-        if (isinstance(value, bool) and kinds is not bool) or not isinstance(value, kinds):
-            problems.append({"field": name, "message": "wrong type"})
-    for name in ("latency_ms", "cost", "input_tokens", "output_tokens"):
-        value = item.get(name)
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if numeric and not (0 <= value < 2**62 and math.isfinite(value)):
-            problems.append({"field": name, "message": "must be a number >= 0"})
-    for name in ("provider", "model", "request_id", "route", "user"):
-        value = item.get(name)
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append({"field": name, "message": "not valid UTF-8 text"})
-    for name in item:
-        if isinstance(name, str):
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append({"field": "", "message": "a field name is not valid UTF-8"})
-    return problems
-
-
-def _timestamp(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    return iso_timestamp_s(str(value))
 
 
 def openapi_document() -> dict[str, Any]:
@@ -318,25 +263,10 @@ def create_app(
         items = body if isinstance(body, list) else [body]
         problems = []
         for index, item in enumerate(items):
-            for found in _outcome_problems(item):
-                problems.append({"index": index, **found})
-            if isinstance(item, dict) and not _outcome_problems(item):
-                try:
-                    at = _timestamp(item.get("timestamp"))
-                    if at is not None and not (0 <= at <= engine.clock() + 300):
-                        raise ValueError("out of range")
-                except (ValueError, OverflowError):
-                    problems.append(
-                        {"index": index, "field": "timestamp", "message": "not a timestamp"}
-                    )
-                if engine.program.catalog.find(item["provider"], item["model"]) is None:
-                    problems.append(
-                        {
-                            "index": index,
-                            "field": "model",
-                            "message": f"unknown model `{item['provider']}/{item['model']}`",
-                        }
-                    )
+            found = outcome_problems(item)
+            if not found and isinstance(item, dict):
+                found = check_outcome(item, engine.program.catalog, engine.clock())
+            problems += [{"index": index, "field": f, "message": m} for f, m in found]
         if problems:  # all or nothing: a batch with a bad item records none of it
             raise BodyError(422, "invalid outcome", problems)
         for item in items:
@@ -348,7 +278,7 @@ def create_app(
                 input_tokens=item.get("input_tokens"),
                 output_tokens=item.get("output_tokens"),
                 cost=item.get("cost"),
-                at=_timestamp(item.get("timestamp")),
+                at=parse_timestamp(item.get("timestamp")),
                 request_id=item.get("request_id"),
                 route=item.get("route"),
                 user=item.get("user"),

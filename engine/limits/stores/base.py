@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checkable
 
+from engine.analytics.records import DecisionRow, ViolationRow
 from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
@@ -162,9 +163,9 @@ class Store(Protocol):
     def flush(
         self,
         *,
-        violations: Sequence[Sequence[object]] = (),
+        violations: Sequence[ViolationRow] = (),
         stats: dict[tuple[str, str], tuple[int, int]] | None = None,
-        decisions: Sequence[Sequence[object]] = (),
+        decisions: Sequence[DecisionRow] = (),
     ) -> None:
         """Write state and a batch of logs (persistent stores); a no-op in memory."""
         ...

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
+from engine.analytics.records import DecisionRow, ViolationRow
 from engine.limits.stores.base import Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
@@ -186,9 +187,9 @@ class DuckDBStore(MemoryStore):
     def flush(
         self,
         *,
-        violations: Sequence[Sequence[Any]] = (),
+        violations: Sequence[ViolationRow] = (),
         stats: dict[tuple[str, str], tuple[int, int]] | None = None,
-        decisions: Sequence[Sequence[Any]] = (),
+        decisions: Sequence[DecisionRow] = (),
     ) -> None:
         """Write dirty buckets and a batch of logs in one transaction."""
         with self._lock:

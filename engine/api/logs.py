@@ -1,0 +1,90 @@
+"""What an engine logs to a persistent state store, batched: one job.
+
+`EngineLogs` exists only for a persistent store. Each decision becomes a `DecisionRow`,
+handed to the background writer when there is one (it writes decisions with the outcomes)
+or kept here until the next flush. Every `LOG_FLUSH_EVERY` decisions, or when the limiter
+holds `VIOLATIONS_FLUSH_AT` violations (before its bounded queue drops any), the violations,
+the daily allowed/denied tallies, the kept decisions and the buckets go to the store in one
+transaction (`flush`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.analytics.records import DecisionRow, ViolationRow, new_decision_row
+from engine.analytics.writer import OutcomeWriter
+from engine.language.compiler import Program
+from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
+from engine.limits.records import LimitDenial
+from engine.limits.stores import Store
+from engine.routing.decision import Decision
+
+LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
+VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
+
+
+class EngineLogs:
+    def __init__(self, store: Store, limiter: Limiter) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.writer: OutcomeWriter | None = None  # set when the engine has an outcome log
+        self._decisions: list[DecisionRow] = []  # kept here when there is no writer
+        self._unflushed = 0  # decisions since the last flush
+
+    def decision(self, decision: Decision, at: float) -> None:
+        """Log one decision (the hot path: one row, no I/O but a flush every so often)."""
+        denied = decision.denied_by
+        if denied is None:
+            denied_scope = denied_key = None
+        elif isinstance(denied, LimitDenial):
+            denied_scope, denied_key = denied.scope, denied.key
+        else:
+            denied_scope, denied_key = denied.reason, None
+        row = new_decision_row((
+            at, decision.request_id, decision.allowed, decision.route,
+            decision.strategy, decision.provider, decision.model,
+            decision.estimated_cost, decision.estimated_latency_ms,
+            denied_scope, denied_key, decision.policy_version,
+        ))  # fmt: skip
+        if self.writer is not None:  # written in the background, in batches
+            self.writer.submit_decision(row)
+        else:
+            self._decisions.append(row)
+        self._unflushed += 1
+        if (
+            self._unflushed >= LOG_FLUSH_EVERY
+            or len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT
+        ):  # daily stats, violations and buckets: before the bounded queue drops any
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand violations, daily stats (and decisions kept here) to the store."""
+        limiter = self.limiter
+        violations = [
+            ViolationRow(v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
+            for v in limiter.violations
+        ]
+        stats = limiter.daily_stats()
+        decisions, self._decisions = self._decisions, []
+        self._unflushed = 0
+        limiter.violations.clear()
+        limiter.allowed_tallies.clear()
+        limiter.denied_tallies.clear()
+        self.store.flush(violations=violations, stats=stats, decisions=decisions)
+
+
+def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:
+    """The policy's limits as `rate_limit_configs` rows."""
+    rows = []
+    for limit in program.limits:
+        ident = (
+            f"{limit.scope}/{limit.unit}/{limit.window_ms:.0f}/{limit.key or '*'}@{limit.location}"
+        )
+        rows.append(
+            (
+                ident, limit.scope, limit.key, limit.unit, limit.amount, limit.window_ms,
+                limit.burst, limit.until, limit.location,
+            )
+        )  # fmt: skip
+    return list({r[0]: r for r in rows}.values())
