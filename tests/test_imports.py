@@ -50,6 +50,7 @@ FOUNDATION: dict[str, set[str]] = {
     "engine.units": {"engine.vocabulary", "engine.errors"},
     "engine.language.schema": {"engine.vocabulary"},
     "engine.routing.metrics": set(),
+    "engine.resources": set(),
 }
 CONCRETE_STORES = {
     "engine.limits.stores.memory",
@@ -118,10 +119,6 @@ def test_foundation_modules_import_only_the_standard_library(name: str) -> None:
     assert foreign == set(), f"{name} imports {sorted(foreign)}"
 
 
-def test_only_the_parser_imports_lark() -> None:
-    assert importers_of("lark") == {"engine.language.parser"}
-
-
 def test_the_evaluator_imports_no_parser_loader_or_store() -> None:
     targets = IMPORTS["engine.routing.evaluator"]
     forbidden = {
@@ -135,18 +132,12 @@ def test_the_evaluator_imports_no_parser_loader_or_store() -> None:
     assert forbidden == set(), f"engine.routing.evaluator imports {sorted(forbidden)}"
 
 
-@pytest.mark.parametrize("target", ["engine.cli", "engine.service.app"])
+@pytest.mark.parametrize("target", ["engine.cli", "engine.service"])
 def test_nothing_imports_the_cli_or_the_service(target: str) -> None:
-    offenders = {name for name in importers_of(target) if not _is_cli(name)}
-    offenders.discard(target)
+    offenders = {
+        name for name in importers_of(target) if not _is_cli(name) and not _within(name, target)
+    }
     assert offenders == set(), f"{sorted(offenders)} import {target}"
-
-
-def test_only_the_service_imports_starlette_and_uvicorn() -> None:
-    for driver in ("starlette", "uvicorn"):
-        offenders = {name for name in importers_of(driver) if not _within(name, "engine.service")}
-        assert offenders == set(), f"{sorted(offenders)} import {driver}"
-    assert importers_of("uvicorn") == {"engine.service.server"}
 
 
 def test_only_the_api_watch_path_imports_watchdog() -> None:
@@ -283,10 +274,11 @@ def test_lark_is_loaded_only_through_the_parser(loaded: dict[str, set[str]]) -> 
 
 
 def test_no_module_loads_the_cli_or_the_service(loaded: dict[str, set[str]]) -> None:
+    top = {"engine.cli", "engine.service.app"}
     offenders = {
-        name: sorted(mods & {"engine.cli", "engine.service.app"})
+        name: sorted(mods & top)
         for name, mods in loaded.items()
-        if name != "engine.service.app" and mods & {"engine.cli", "engine.service.app"}
+        if not _within(name, "engine.service") and mods & top
     }
     assert offenders == {}
     assert "engine.cli" not in loaded["engine.service.app"]
@@ -304,3 +296,81 @@ def test_the_public_api_and_the_cli_stay_light(loaded_whole: dict[str, set[str]]
     heavy = {"engine.service.app", "watchdog", "uvicorn", "starlette"}
     assert loaded_whole["engine"] & (heavy | {"engine.cli"}) == set()
     assert loaded_whole["engine.cli"] & heavy == set()
+
+
+# ----------------------------------------------------------------------------- layers
+
+# docs/architecture.md: the rooms, lowest first. A module may import its own package and
+# any package of a LOWER layer, never one of its own layer or above.
+LAYERS: list[set[str]] = [
+    {"engine.errors", "engine.vocabulary", "engine.diagnostics", "engine.units",
+     "engine.resources"},
+    {"engine.catalog", "engine.strategies"},
+    {"engine.language"},
+    {"engine.analytics"},
+    {"engine.limits"},
+    {"engine.routing"},
+    {"engine.api"},
+    {"engine.service", "engine.simulate"},
+    {"engine.cli", "engine.__main__", "engine"},
+]  # fmt: skip
+# what a top room may also use beside it: the command line drives the service and simulator
+ALSO_ALLOWED = {
+    "engine.cli": {"engine.service", "engine.simulate", "engine"},
+    "engine.__main__": {"engine.cli"},
+}
+
+
+def _room(name: str) -> str | None:
+    """The package or foundation module (a room of `LAYERS`) that `name` belongs to."""
+    best: str | None = None
+    for layer in LAYERS:
+        for room in layer:
+            inside = (_within(name, room) and room != "engine") or name == room
+            if inside and (best is None or len(room) > len(best)):
+                best = room
+    return best
+
+
+def _layer(room: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if room in layer)
+
+
+def test_every_module_is_in_a_room_of_the_map() -> None:
+    assert [name for name in MODULES if _room(name) is None] == []
+
+
+def test_rooms_import_only_lower_layers() -> None:
+    upward: list[str] = []
+    for name, targets in IMPORTS.items():
+        room = _room(name)
+        assert room is not None
+        for target in targets:
+            if not _within(target, "engine"):
+                continue
+            other = _room(target)
+            if other is None or other == room or other in ALSO_ALLOWED.get(room, set()):
+                continue
+            if _layer(room) == _layer(other) == 0 and target in FOUNDATION.get(name, set()):
+                continue  # the foundation's own edges, listed in FOUNDATION
+            if _layer(other) >= _layer(room):
+                upward.append(f"{name} -> {target}")
+    assert upward == [], "imports up or across the map:\n" + "\n".join(sorted(upward))
+
+
+@pytest.mark.parametrize(
+    ("driver", "allowed"),
+    [
+        ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
+        ("lark", {"engine.language.parser"}),
+        ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
+        ("starlette", {"engine.service"}),
+        ("uvicorn", {"engine.service"}),
+        ("watchdog", {"engine.api.watch"}),
+    ],
+)
+def test_drivers_stay_in_their_rooms(driver: str, allowed: set[str]) -> None:
+    offenders = {
+        name for name in importers_of(driver) if not any(_within(name, a) for a in allowed)
+    }
+    assert offenders == set(), f"{sorted(offenders)} import {driver}"

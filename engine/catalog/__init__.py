@@ -1,0 +1,2 @@
+"""The model catalog: YAML validated with pydantic into frozen `Model`s, prices and cost
+arithmetic (`engine.catalog.model`)."""

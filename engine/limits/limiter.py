@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.language.program import CompiledLimit
-from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial
+from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial, LimitStatus
 from engine.limits.stores.base import (
     AcquireResult,
     Outcome,
@@ -37,7 +37,6 @@ from engine.limits.stores.base import (
     StoreUnavailableError,
     uses_one_pass,
 )
-from engine.routing.decision import LimitStatus
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
 log = logging.getLogger("policyctl.limits")

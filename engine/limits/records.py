@@ -1,6 +1,8 @@
-"""Why a request was denied, as typed records (`Decision.denied_by`); standard library only.
+"""What the limiter reports, as typed records; standard library only.
 
-`LimitDenial` is made here, by the limiter; the routing denial (`NoEligibleModel`) lives in
+`LimitStatus` is one bucket's state after a decision (`Decision.rate_limits`). The denial
+records say why a request was denied (`Decision.denied_by`): `LimitDenial` is made here, by
+the limiter; the routing denial (`NoEligibleModel`) lives in
 `engine.routing.decision` on the same base. Read a record's attributes; `to_dict()` is its
 JSON, as `Decision.to_dict()` shows it.
 """
@@ -64,3 +66,51 @@ class UnattributedDenial(LimitDenial):
 
 STORE_DOWN = LimitDenial("store", None, None, None)  # the store failed and fails closed
 UNATTRIBUTED = UnattributedDenial("unknown", None, "requests", None)
+
+
+class LimitStatus:
+    """One bucket's state after a decision (a plain slotted class: made on the hot path)."""
+
+    __slots__ = (
+        "allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope", "unit",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        scope: str,
+        key: str | None,
+        unit: str,
+        allowed: bool,
+        remaining: float,
+        limit: float,
+        reset_at: float | None,  # epoch seconds when the bucket is full again
+        retry_after_ms: float | None,
+    ) -> None:
+        self.scope = scope
+        self.key = key
+        self.unit = unit  # requests | tokens | spend
+        self.allowed = allowed
+        self.remaining = remaining
+        self.limit = limit
+        self.reset_at = reset_at
+        self.retry_after_ms = retry_after_ms
+
+    def __repr__(self) -> str:
+        return f"LimitStatus({self.to_dict()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LimitStatus) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "key": self.key,
+            "unit": self.unit,
+            "allowed": self.allowed,
+            "remaining": self.remaining,
+            "limit": self.limit,
+            "reset_at": None if self.reset_at is None else round(self.reset_at, 3),
+            "retry_after_ms": self.retry_after_ms,
+        }

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.limits.records import DenialRecord, LimitDenial
+from engine.limits.records import DenialRecord, LimitDenial, LimitStatus
 
 
 @dataclass(slots=True)
@@ -22,54 +22,6 @@ class Alternative:
 
     def to_dict(self) -> dict[str, Any]:
         return {"provider": self.provider, "model": self.model, "score": self.score}
-
-
-class LimitStatus:
-    """One bucket's state after a decision (a plain slotted class: made on the hot path)."""
-
-    __slots__ = (
-        "allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope", "unit",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        scope: str,
-        key: str | None,
-        unit: str,
-        allowed: bool,
-        remaining: float,
-        limit: float,
-        reset_at: float | None,  # epoch seconds when the bucket is full again
-        retry_after_ms: float | None,
-    ) -> None:
-        self.scope = scope
-        self.key = key
-        self.unit = unit  # requests | tokens | spend
-        self.allowed = allowed
-        self.remaining = remaining
-        self.limit = limit
-        self.reset_at = reset_at
-        self.retry_after_ms = retry_after_ms
-
-    def __repr__(self) -> str:
-        return f"LimitStatus({self.to_dict()!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LimitStatus) and self.to_dict() == other.to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scope": self.scope,
-            "key": self.key,
-            "unit": self.unit,
-            "allowed": self.allowed,
-            "remaining": self.remaining,
-            "limit": self.limit,
-            "reset_at": None if self.reset_at is None else round(self.reset_at, 3),
-            "retry_after_ms": self.retry_after_ms,
-        }
 
 
 @dataclass(frozen=True, slots=True)
