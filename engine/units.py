@@ -70,6 +70,15 @@ def iso_timestamp_s(text: str) -> float:
     return value.timestamp()
 
 
+def format_timestamp(epoch_s: float | None, timespec: str = "milliseconds") -> str | None:
+    """Epoch seconds as ISO 8601 UTC with a `Z` (`2026-12-01T00:41:37.557Z`); None for None.
+    `timespec` as `datetime.isoformat` takes it (`seconds` for a `since` line)."""
+    if epoch_s is None:
+        return None
+    moment = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
 def format_duration(ms: float) -> str:
     for suffix in ("d", "h", "m", "s"):
         scale = DURATION_MS[suffix]
@@ -84,6 +93,7 @@ _WINDOW = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _MAX = 1e15
+_COUNT = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)([kKMB]?)$")
 
 
 def parse_window_ms(
@@ -117,6 +127,42 @@ def parse_window_ms(
     if not allow_zero and ms <= 0:
         raise error(f"`{flag}` must be greater than zero, got `{text}`")
     return ms
+
+
+def parse_count(
+    value: str | float,
+    flag: str,
+    *,
+    allow_zero: bool = False,
+    integer: bool = False,
+    error: type[Exception] = UnitError,
+) -> float:
+    """A positive number (`1000`, `1.5k`, `2M`); with `allow_zero`, zero or more. A quota's
+    limit and burst, the violations listing's length."""
+    if isinstance(value, bool):
+        raise error(f"`{flag}` must be a number, got `{value}`")
+    if isinstance(value, int | float):
+        number = float(value)
+        text = f"{value:g}"
+    else:
+        text = str(value).strip()
+        match = _COUNT.match(text)
+        if match is None:
+            example = "`100`" if integer else "`100`, `1.5k` or `2M`"
+            raise error(f"`{flag}` must be a number such as {example}, got `{value}`")
+        sign, digits, suffix = match.groups()
+        if integer and suffix:
+            raise error(f"`{flag}` must be a whole number such as `100`, got `{value}`")
+        number = float(digits) * COUNT_SCALE[suffix] * (-1.0 if sign == "-" else 1.0)
+    if not math.isfinite(number) or number > _MAX:
+        raise error(f"`{flag}` is too large, got `{text}`")
+    if allow_zero and number < 0:
+        raise error(f"`{flag}` must be zero or more, got `{text}`")
+    if not allow_zero and number <= 0:
+        raise error(f"`{flag}` must be greater than zero, got `{text}`")
+    if integer and not number.is_integer():
+        raise error(f"`{flag}` must be a whole number such as `100`, got `{text}`")
+    return number
 
 
 def parse_duration_s(text: str, *, error: type[Exception] = UnitError) -> float:

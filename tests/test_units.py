@@ -17,6 +17,7 @@ from engine.units import (
     format_exact_money,
     format_money,
     iso_timestamp_s,
+    parse_count,
     parse_day,
     parse_duration_s,
     parse_timestamp_s,
@@ -135,3 +136,21 @@ def test_the_default_output_estimate_is_one_fact() -> None:
     assert DEFAULT_OUTPUT_TOKENS == 256
     for module in (program, limiter, evaluator, scenario):
         assert module.DEFAULT_OUTPUT_TOKENS is DEFAULT_OUTPUT_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("spelling", "count"), [("100", 100.0), ("1.5k", 1500.0), ("2M", 2e6), ("1B", 1e9)]
+)
+def test_a_count_reads_as_the_language_reads_it(spelling: str, count: float) -> None:
+    """`ratelimit set --limit 1.5k` and `limit user 1.5k per 1m` mean the same number."""
+    assert parse_count(spelling, "--limit") == count
+    assert read_number(spelling)[0] == count
+
+
+def test_a_bad_count_says_which_flag_in_the_callers_error() -> None:
+    with pytest.raises(AdminError, match=r"^`--limit` must be a number such as `100`, `1.5k`"):
+        parse_count("lots", "--limit", error=AdminError)
+    with pytest.raises(UnitError, match=r"^`--limit` must be a whole number such as `100`"):
+        parse_count("1.5k", "--limit", integer=True)
+    with pytest.raises(UnitError, match=r"^`--burst` must be zero or more, got `-1`"):
+        parse_count("-1", "--burst", allow_zero=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from engine.cli.common import (
 )
 from engine.limits.stores import default_state_url
 from engine.units import format_money as money
-from engine.units import parse_duration_s
+from engine.units import format_timestamp, parse_duration_s
 from engine.vocabulary import MEMORY_URLS
 
 MAX_SHOWN_REJECTS = 50
@@ -197,7 +196,7 @@ def _since(window_s: float | None, now: float) -> int | None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from engine.analytics.importer import OutcomeImportError, import_outcomes
+    from engine.analytics.importer import import_outcomes
     from engine.language.loader import load_policy
 
     state = _state_path(args.state)
@@ -207,12 +206,10 @@ def run_import(args: argparse.Namespace) -> int:
     policy = args.policy if args.policy is not None else default_policy_path()
     catalog = load_policy(policy).program.catalog
     con = _open(state, create=True)
-    try:
+    try:  # an OutcomeImportError is a PolicyctlError: `main` prints it, exit 2
         report = import_outcomes(
             con, args.input, catalog, now_s=time.time(), format=args.input_format, name=name
         )
-    except OutcomeImportError as err:
-        raise UsageError(str(err)) from None
     finally:
         con.close()
     more = report.rejected - MAX_SHOWN_REJECTS
@@ -278,13 +275,13 @@ def run_show(args: argparse.Namespace) -> int:
         rows = show_rows(con, _since(window_s, now), args.provider)
     finally:
         con.close()
-    since = dt.datetime.fromtimestamp(now - window_s, dt.UTC).isoformat(timespec="seconds")
+    since = format_timestamp(now - window_s, timespec="seconds")
     if args.format == "json":
         dump_json(
             {
                 "state": state,
                 "window": args.window.strip(),
-                "since": since.replace("+00:00", "Z"),
+                "since": since,
                 "provider": args.provider,
                 "models": rows,
             }
@@ -305,7 +302,7 @@ def run_show(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     headers = ("provider", "model", "samples", "p50", "p95", "p99", "success", "avg cost")
     print(render_table(headers, table))
-    print(f"(last {window}, since {since.replace('+00:00', 'Z')})")
+    print(f"(last {window}, since {since})")
     return EXIT_OK
 
 

@@ -10,7 +10,6 @@ one JSON document for scripts.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import textwrap
 import time
@@ -20,7 +19,6 @@ from typing import Any
 from engine.api.policy_engine import PolicyEngine
 from engine.cli.common import (
     EXIT_OK,
-    UsageError,
     add_format,
     add_policy,
     check_state_url,
@@ -36,11 +34,10 @@ from engine.limits.admin import (
     check_key,
     check_quota,
     check_scope,
-    iso,
-    parse_count,
 )
 from engine.limits.stores import default_state_url
-from engine.units import parse_day, parse_timestamp_s, parse_window_ms
+from engine.units import format_timestamp as iso
+from engine.units import parse_count, parse_day, parse_timestamp_s, parse_window_ms
 
 EXAMPLE = """\
 examples:
@@ -209,7 +206,7 @@ def _action(
         " $POLICYCTL_STATE, else ~/.local/state/policyctl/state.duckdb)",
     )
     add_format(p, default="table")
-    p.set_defaults(run=_usage_errors(run))
+    p.set_defaults(run=run)
     return p
 
 
@@ -218,17 +215,6 @@ def _scope_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
     for scope, metavar in SCOPE_FLAGS:
         group.add_argument(f"--{scope}", metavar=metavar, help=f"one {scope}")
     group.add_argument("--global", dest="global_", action="store_true", help="the global limit")
-
-
-def _usage_errors(run: Action) -> Action:
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except AdminError as err:
-            raise UsageError(str(err)) from None
-
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -337,9 +323,9 @@ def run_set(args: argparse.Namespace) -> int:
     }
     # check every flag before the state is opened: a bad one leaves it untouched
     check_key("user", args.user)
-    parse_count(args.limit, "--limit")
+    parse_count(args.limit, "--limit", error=AdminError)
     parse_window_ms(args.window, error=AdminError)
-    parse_count(args.burst, "--burst", allow_zero=True)
+    parse_count(args.burst, "--burst", allow_zero=True, error=AdminError)
     if args.expires is not None:
         parse_timestamp_s(args.expires, "--expires", error=AdminError)
     check_quota(_program(args), now_s=time.time(), **fields)
@@ -460,7 +446,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_violations(args: argparse.Namespace) -> int:
-    count = int(parse_count(args.limit, "--limit", integer=True))
+    count = int(parse_count(args.limit, "--limit", integer=True, error=AdminError))
     if args.key is not None and not args.key.strip():
         raise AdminError("`--key` must not be empty")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from engine.limits.limiter import Applied, applicable, group_limits, quota_appli
 from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import (
     format_duration,
+    parse_count,
     parse_day,
     parse_timestamp_s,
     parse_window_ms,
@@ -36,46 +36,12 @@ DAY_MS = 86_400_000.0
 DEFAULT_IDLE_MS = DAY_MS  # `cleanup`: full buckets unused for 24 h
 DEFAULT_VIOLATIONS = 50
 
-_COUNT = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)([kKMB]?)$")
-_COUNT_SCALE = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9}
-_MAX = 1e15
-
 
 class AdminError(PolicyctlError, ValueError):
     """Bad admin input; the message names the flag and quotes the value."""
 
 
 # ----------------------------------------------------------------------------- parsing
-
-
-def parse_count(
-    value: str | float, flag: str, *, allow_zero: bool = False, integer: bool = False
-) -> float:
-    """A positive number (`1000`, `1.5k`, `2M`); with `allow_zero`, zero or more."""
-    if isinstance(value, bool):
-        raise AdminError(f"`{flag}` must be a number, got `{value}`")
-    if isinstance(value, int | float):
-        number = float(value)
-        text = f"{value:g}"
-    else:
-        text = str(value).strip()
-        match = _COUNT.match(text)
-        if match is None:
-            example = "`100`" if integer else "`100`, `1.5k` or `2M`"
-            raise AdminError(f"`{flag}` must be a number such as {example}, got `{value}`")
-        sign, digits, suffix = match.groups()
-        if integer and suffix:
-            raise AdminError(f"`{flag}` must be a whole number such as `100`, got `{value}`")
-        number = float(digits) * _COUNT_SCALE[suffix] * (-1.0 if sign == "-" else 1.0)
-    if not math.isfinite(number) or number > _MAX:
-        raise AdminError(f"`{flag}` is too large, got `{text}`")
-    if allow_zero and number < 0:
-        raise AdminError(f"`{flag}` must be zero or more, got `{text}`")
-    if not allow_zero and number <= 0:
-        raise AdminError(f"`{flag}` must be greater than zero, got `{text}`")
-    if integer and not number.is_integer():
-        raise AdminError(f"`{flag}` must be a whole number such as `100`, got `{text}`")
-    return number
 
 
 def check_key(scope: str, key: str | None, flag: str | None = None) -> str:
@@ -124,9 +90,9 @@ def check_quota(
     """Validate a quota completely (nothing is written); the Quota to store."""
     check_scope(program, scope, "--scope")
     key = check_key(scope, key)
-    amount = parse_count(limit, "--limit")
+    amount = parse_count(limit, "--limit", error=AdminError)
     window = parse_window_ms(window_ms, error=AdminError)
-    extra = parse_count(burst, "--burst", allow_zero=True)
+    extra = parse_count(burst, "--burst", allow_zero=True, error=AdminError)
     expires = (
         None if expires_at is None else parse_timestamp_s(expires_at, "--expires", error=AdminError)
     )
@@ -508,7 +474,7 @@ class RateLimitAdmin:
         self, key: str | None = None, limit: int = DEFAULT_VIOLATIONS, scope: str | None = None
     ) -> list[dict[str, Any]]:
         """Denials by a limit, newest first (`rate_limit_violations`, plus unwritten ones)."""
-        count = int(parse_count(limit, "--limit", integer=True))
+        count = int(parse_count(limit, "--limit", integer=True, error=AdminError))
         if key is not None and not str(key).strip():
             raise AdminError("`--key` must not be empty")
         self._check_scope(scope)
@@ -616,11 +582,3 @@ def _violation(
         "available": _num(round(left, 3)),
         "request_id": request_id,
     }
-
-
-def iso(epoch_s: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds (for tables)."""
-    if epoch_s is None:
-        return None
-    moment = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
