@@ -68,6 +68,21 @@ class ViolationRow(NamedTuple):
     request_id: str | None
 
 
+class ConfigRow(NamedTuple):
+    """One limit of the serving policy, as `rate_limit_configs` holds it (not on the hot
+    path: written at start and on each reload that changes the policy)."""
+
+    id: str  # scope/unit/window_ms/key@location
+    scope: str
+    key: str | None  # None: the scope's default
+    unit: str
+    max_requests: float  # the limit per window
+    window_ms: float
+    burst: float
+    until: float | None  # epoch seconds; a TIMESTAMP column
+    source: str  # policy file:line:col
+
+
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
 new_decision_row = functools.partial(tuple.__new__, DecisionRow)
 new_outcome_row = functools.partial(tuple.__new__, OutcomeRow)

@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from engine.analytics.records import DecisionRow, OutcomeRow, ViolationRow, sql_types
+from engine.analytics.records import (
+    ConfigRow,
+    DecisionRow,
+    OutcomeRow,
+    ViolationRow,
+    sql_types,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rate_limit_configs (
@@ -131,19 +137,22 @@ def ensure_schema(con: Any) -> None:
     con.execute(SCHEMA)
 
 
-def write_configs(con: Any, rows: Iterable[Sequence[Any]]) -> None:
-    """Replace the policy's limits: (id, scope, key, unit, limit, window_ms, burst, until_s,
-    source)."""
+def write_configs(con: Any, rows: Iterable[ConfigRow]) -> None:
+    """Replace the policy's limits with `rows` (one per id: the last wins), all enabled."""
     con.execute("DELETE FROM rate_limit_configs")
-    rows = list({r[0]: r for r in rows}.values())  # one row per id: the last wins
+    unique = list({r.id: r for r in rows}.values())
+    fields = ConfigRow._fields
+    select = ", ".join(
+        f"to_timestamp(c{i})::TIMESTAMP" if name == "until" else f"c{i}"
+        for i, name in enumerate(fields)
+    )
     insert_rows(
         con,
-        "INSERT INTO rate_limit_configs",
-        ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE",
-         "VARCHAR"),
-        rows,
-        "c0, c1, c2, c3, c4, c5, c6, to_timestamp(c7)::TIMESTAMP, c8, TRUE",
-    )  # fmt: skip
+        f"INSERT INTO rate_limit_configs ({', '.join(fields)}, enabled)",
+        sql_types(ConfigRow),
+        unique,
+        select + ", TRUE",
+    )
 
 
 def write_batch(

@@ -10,11 +10,9 @@ transaction (`flush`).
 
 from __future__ import annotations
 
-from typing import Any
-
-from engine.analytics.records import DecisionRow, ViolationRow, new_decision_row
+from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow, new_decision_row
 from engine.analytics.writer import OutcomeWriter
-from engine.language.compiler import Program
+from engine.language.program import Program
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
 from engine.limits.records import LimitDenial
 from engine.limits.stores import Store
@@ -74,17 +72,21 @@ class EngineLogs:
         self.store.flush(violations=violations, stats=stats, decisions=decisions)
 
 
-def limit_config_rows(program: Program) -> list[tuple[Any, ...]]:
-    """The policy's limits as `rate_limit_configs` rows."""
-    rows = []
-    for limit in program.limits:
-        ident = (
-            f"{limit.scope}/{limit.unit}/{limit.window_ms:.0f}/{limit.key or '*'}@{limit.location}"
+def limit_config_rows(program: Program) -> list[ConfigRow]:
+    """The policy's limits as `rate_limit_configs` rows (one per id)."""
+    rows = [
+        ConfigRow(
+            id=f"{limit.scope}/{limit.unit}/{limit.window_ms:.0f}/{limit.key or '*'}"
+            f"@{limit.location}",
+            scope=limit.scope,
+            key=limit.key,
+            unit=limit.unit,
+            max_requests=limit.amount,
+            window_ms=limit.window_ms,
+            burst=limit.burst,
+            until=limit.until,
+            source=limit.location,
         )
-        rows.append(
-            (
-                ident, limit.scope, limit.key, limit.unit, limit.amount, limit.window_ms,
-                limit.burst, limit.until, limit.location,
-            )
-        )  # fmt: skip
-    return list({r[0]: r for r in rows}.values())
+        for limit in program.limits
+    ]
+    return list({r.id: r for r in rows}.values())

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checkable
 
-from engine.analytics.records import DecisionRow, ViolationRow
+from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
@@ -202,7 +202,7 @@ class OnePassCheck(Store, Protocol):
 class Persistence(Store, Protocol):
     """A store whose state and logs outlive the process (DuckDB)."""
 
-    def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
+    def write_configs(self, rows: Iterable[ConfigRow]) -> None:
         """Record the policy's limits (`rate_limit_configs`)."""
         ...
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
-from engine.analytics.records import DecisionRow, ViolationRow
+from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.limits.stores.base import Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
@@ -181,7 +181,7 @@ class DuckDBStore(MemoryStore):
         with self._lock:
             return fn(self._con)
 
-    def write_configs(self, rows: Iterable[Sequence[Any]]) -> None:
+    def write_configs(self, rows: Iterable[ConfigRow]) -> None:
         self._write(lambda con: analytics.write_configs(con, rows))
 
     def flush(
