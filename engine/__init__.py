@@ -4,7 +4,8 @@ from engine.api.policy_engine import PolicyEngine
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.errors import PolicyctlError
-from engine.routing.decision import Decision
+from engine.limits.records import LimitDenial
+from engine.routing.decision import Decision, DroppedCandidate, NoEligibleModel
 from engine.routing.request import Request, RequestError
 
 __version__ = "0.1.0"
@@ -13,6 +14,9 @@ __all__ = [
     "CatalogError",
     "Decision",
     "Diagnostic",
+    "DroppedCandidate",
+    "LimitDenial",
+    "NoEligibleModel",
     "PolicyEngine",
     "PolicyError",
     "PolicyctlError",

@@ -37,10 +37,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from engine import PolicyEngine
-from engine.limits.records import LimitDenial
+from engine import LimitDenial, NoEligibleModel, PolicyEngine
 from engine.resources import default_policy_dir
-from engine.routing.decision import NoEligibleModel
 
 FAILURE_RATE = {"claude": 0.02, "gemini": 0.05, "openai": 0.03}  # per call, simulated
 RELOAD_DEADLINE_S = 10.0
