@@ -5,12 +5,12 @@ handed to the background writer when there is one (it writes decisions with the 
 or kept here until the next flush. `flush` hands the violations, the daily allowed/denied
 tallies, the kept decisions and the buckets to the store in one transaction.
 
-A serving engine starts a flush timer (`start(interval_s)`, a thread of its own): every
+The engine starts a flush timer (`start(interval_s)`, a thread of its own): every
 `interval_s` it flushes, so a killed process loses at most that much state, and a decision
 never waits for the disk. When the limiter holds `VIOLATIONS_FLUSH_AT` violations (before
-its bounded queue drops any), a decision wakes the timer early. Without a timer (a
-one-shot `policyctl eval`), a decision flushes inline every `LOG_FLUSH_EVERY` decisions or
-at `VIOLATIONS_FLUSH_AT` violations, and `close` writes the rest.
+its bounded queue drops any), a decision wakes the timer early. Without a running timer
+(before `start`, after `stop`), a decision flushes inline every `LOG_FLUSH_EVERY`
+decisions or at `VIOLATIONS_FLUSH_AT` violations.
 """
 
 from __future__ import annotations
