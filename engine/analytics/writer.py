@@ -2,18 +2,22 @@
 thread in batches.
 
 `submit` (an outcome row) and `submit_decision` (a decision row) never block the caller and
-take no lock: they append to a bounded deque, and when it is full the row is dropped and
-counted (`dropped`, `dropped_decisions`). The writer thread wakes every `poll_s` (or at once
-when a deque reaches `batch` rows, or on `flush`/`close`), and commits what it holds when it
-has `batch` rows or has seen nothing new for `interval_s`: each batch is one transaction
-and one columnar INSERT per table, so a process killed mid-stream leaves every committed
-batch intact. `flush` blocks until everything submitted before it is written; `close`
-drains everything and joins the thread.
+take no lock: they append to a bounded deque. When it is full the row is not taken:
+`submit` returns False (the caller says so: `record()` returns False, `POST /v1/outcomes`
+answers 503) and the row is counted (`dropped`, `dropped_decisions`). The writer thread
+wakes every `poll_s` (or at once when a deque reaches `batch` rows, or on `flush`/`close`),
+and commits what it holds when it has `batch` rows or its oldest row has waited
+`interval_s`: a row submitted at t is committed by about t + interval_s + poll_s, however
+steady the traffic. Each batch is one transaction and one columnar INSERT per table, so a
+process killed mid-stream leaves every committed batch intact. A batch DuckDB refuses is
+retried in halves down to single rows (`engine.analytics.salvage`): only the rows it
+refuses are lost, counted in `refused` and `refused_decisions` and logged. `flush` blocks
+until everything submitted before it is written; `close` drains everything and joins the
+thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -22,6 +26,7 @@ from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.analytics.records import DecisionRow, OutcomeRow
+from engine.analytics.salvage import in_transaction, write_salvaging
 
 log = logging.getLogger("policyctl.outcomes")
 Row = TypeVar("Row", OutcomeRow, DecisionRow)
@@ -51,21 +56,32 @@ class OutcomeWriter:
         self.dropped_decisions = 0
         self.written = 0
         self.written_decisions = 0
-        self.failed_batches = 0
+        self.failed_batches = 0  # batches DuckDB refused whole (then salvaged row by row)
+        self.refused = 0  # outcome rows DuckDB refused
+        self.refused_decisions = 0
         self._thread = threading.Thread(target=self._run, name="policyctl-logs", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ callers
 
-    def submit(self, row: OutcomeRow) -> None:
-        """One outcome row."""
+    def submit(self, row: OutcomeRow) -> bool:
+        """One outcome row: True when queued, False when the queue is full (not taken)."""
         queued = self._outcomes
         if len(queued) >= self._max:
             self.dropped += 1
-            return
+            return False
         queued.append(row)
         if len(queued) == self._batch:
             self._wake.set()
+        return True
+
+    def reserve(self, rows: int) -> bool:
+        """Whether `rows` more outcome rows would be queued now (a caller that must take a
+        whole batch or none of it asks first); when not, they count as dropped."""
+        if len(self._outcomes) + rows <= self._max:
+            return True
+        self.dropped += rows
+        return False
 
     def submit_decision(self, row: DecisionRow) -> None:
         """One decision row."""
@@ -104,7 +120,7 @@ class OutcomeWriter:
     def _run(self) -> None:
         outcomes: list[OutcomeRow] = []
         decisions: list[DecisionRow] = []
-        last_new = time.monotonic()
+        oldest = 0.0  # when the oldest row held now was taken
         while True:
             self._wake.wait(self._poll_s)
             self._wake.clear()
@@ -114,14 +130,14 @@ class OutcomeWriter:
                 flushes.append(self._flushes.popleft())
             moved = _drain(self._outcomes, outcomes) + _drain(self._decisions, decisions)
             now = time.monotonic()
-            if moved:
-                last_new = now
             held = len(outcomes) + len(decisions)
+            if moved and held == moved:
+                oldest = now
             if (
                 stopping
                 or flushes
                 or held >= self._batch
-                or (held and now - last_new >= self._interval_s)
+                or (held and now - oldest >= self._interval_s)
             ):
                 self._write(outcomes, decisions)
                 outcomes, decisions = [], []
@@ -133,22 +149,30 @@ class OutcomeWriter:
     def _write(self, outcomes: list[OutcomeRow], decisions: list[DecisionRow]) -> None:
         if not outcomes and not decisions:
             return
-        cursor = self._cursor
-        try:
-            cursor.execute("BEGIN")
+
+        def both(cursor: Any) -> None:
             analytics.write_outcomes(cursor, outcomes)
             analytics.write_decisions(cursor, decisions)
-            cursor.execute("COMMIT")
-            self.written += len(outcomes)
-            self.written_decisions += len(decisions)
-        except Exception as err:  # a failed batch is counted and logged, never raised here
+
+        if in_transaction(self._cursor, both) is not None:  # salvage what DuckDB accepts
             self.failed_batches += 1
-            log.warning(
-                "could not write %d outcomes and %d decisions: %s",
-                len(outcomes), len(decisions), err,
-            )  # fmt: skip
-            with contextlib.suppress(Exception):
-                cursor.execute("ROLLBACK")
+            bad_outcomes, err = write_salvaging(self._cursor, analytics.write_outcomes, outcomes)
+            bad_decisions, err2 = write_salvaging(
+                self._cursor, analytics.write_decisions, decisions
+            )
+            self.refused += len(bad_outcomes)
+            self.refused_decisions += len(bad_decisions)
+            if bad_outcomes or bad_decisions:  # a failed batch is counted, never raised here
+                log.warning(
+                    "could not write %d of %d outcomes and %d of %d decisions: %s",
+                    len(bad_outcomes), len(outcomes), len(bad_decisions), len(decisions),
+                    err or err2,
+                )  # fmt: skip
+            self.written += len(outcomes) - len(bad_outcomes)
+            self.written_decisions += len(decisions) - len(bad_decisions)
+            return
+        self.written += len(outcomes)
+        self.written_decisions += len(decisions)
 
 
 def _drain(source: deque[Row], into: list[Row]) -> int:

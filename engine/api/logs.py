@@ -2,13 +2,21 @@
 
 `EngineLogs` exists only for a persistent store. Each decision becomes a `DecisionRow`,
 handed to the background writer when there is one (it writes decisions with the outcomes)
-or kept here until the next flush. Every `LOG_FLUSH_EVERY` decisions, or when the limiter
-holds `VIOLATIONS_FLUSH_AT` violations (before its bounded queue drops any), the violations,
-the daily allowed/denied tallies, the kept decisions and the buckets go to the store in one
-transaction (`flush`).
+or kept here until the next flush. `flush` hands the violations, the daily allowed/denied
+tallies, the kept decisions and the buckets to the store in one transaction.
+
+The engine starts a flush timer (`start(interval_s)`, a thread of its own): every
+`interval_s` it flushes, so a killed process loses at most that much state, and a decision
+never waits for the disk. When the limiter holds `VIOLATIONS_FLUSH_AT` violations (before
+its bounded queue drops any), a decision wakes the timer early. Without a running timer
+(before `start`, after `stop`), a decision flushes inline every `LOG_FLUSH_EVERY`
+decisions or at `VIOLATIONS_FLUSH_AT` violations.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
 
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow, new_decision_row
 from engine.analytics.writer import OutcomeWriter
@@ -20,6 +28,7 @@ from engine.routing.decision import Decision
 
 LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
 VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
+log = logging.getLogger("policyctl")
 
 
 class EngineLogs:
@@ -29,6 +38,10 @@ class EngineLogs:
         self.writer: OutcomeWriter | None = None  # set when the engine has an outcome log
         self._decisions: list[DecisionRow] = []  # kept here when there is no writer
         self._unflushed = 0  # decisions since the last flush
+        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self.timer_flushes = 0  # flushes the timer ran
 
     def decision(self, decision: Decision, at: float) -> None:
         """Log one decision (the hot path: one row, no I/O but a flush every so often)."""
@@ -49,6 +62,10 @@ class EngineLogs:
             self.writer.submit_decision(row)
         else:
             self._decisions.append(row)
+        if self._timer is not None:  # the timer writes; wake it before violations drop
+            if len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT:
+                self._wake.set()
+            return
         self._unflushed += 1
         if (
             self._unflushed >= LOG_FLUSH_EVERY
@@ -58,18 +75,46 @@ class EngineLogs:
 
     def flush(self) -> None:
         """Hand violations, daily stats (and decisions kept here) to the store."""
-        limiter = self.limiter
+        taken, stats = self.limiter.take_logs()
         violations = [
             ViolationRow(v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
-            for v in limiter.violations
+            for v in taken
         ]
-        stats = limiter.daily_stats()
         decisions, self._decisions = self._decisions, []
         self._unflushed = 0
-        limiter.violations.clear()
-        limiter.allowed_tallies.clear()
-        limiter.denied_tallies.clear()
         self.store.flush(violations=violations, stats=stats, decisions=decisions)
+
+    # ------------------------------------------------------------------ the flush timer
+
+    def start(self, interval_s: float) -> None:
+        """Flush every `interval_s` seconds on a thread of its own, until `stop`."""
+        if self._timer is not None:
+            return
+        self._stopping = False
+        self._timer = threading.Thread(
+            target=self._every, args=(interval_s,), name="policyctl-flush", daemon=True
+        )
+        self._timer.start()
+
+    def _every(self, interval_s: float) -> None:
+        while True:
+            self._wake.wait(interval_s)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self.flush()
+                self.timer_flushes += 1
+            except Exception:  # a failed flush must never end the timer: the next one retries
+                log.exception("could not write the rate-limit state")
+
+    def stop(self) -> None:
+        """End the timer (a flush in progress finishes first)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            self._stopping = True
+            self._wake.set()
+            timer.join()
 
 
 def limit_config_rows(program: Program) -> list[ConfigRow]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from engine.analytics.records import bad_value, new_outcome_row, unknown_model
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
+from engine.api.files import file_state
 from engine.api.logs import EngineLogs, limit_config_rows
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
 
 log = logging.getLogger("policyctl")
+DEFAULT_FLUSH_INTERVAL_S = 1.0  # state, violations and stats reach the file this often
+DEFAULT_OUTCOME_QUEUE = 100_000  # outcomes waiting to be written, at most
+DEFAULT_QUIET_MS = 100.0  # a changed policy file must keep still this long before a reload
 REDIS_SCHEMES = SHARED_HEALTH_URL_PREFIXES  # health shared through Redis
 
 
@@ -53,17 +57,26 @@ class PolicyEngine:
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
         outcomes: str | None = None,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
         `clock`: epoch seconds; tests pass a fake one.
         `outcomes`: a DuckDB file for the outcome log (default: the state file, if it is one);
         the live metrics window is warmed from it at start.
+        `flush_interval_s`: with a DuckDB state file, a timer thread writes the buckets,
+        violations and daily stats this often (a killed process loses at most this much);
+        queued outcomes and decisions reach the file within about the same time.
+        `outcome_queue`: outcomes waiting to be written, at most; past it `record()` returns
+        False and `POST /v1/outcomes` answers 503.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
-        self._setup(load_policy(policy), state, clock, metrics, outcomes)
+        self._setup(
+            load_policy(policy), state, clock, metrics, outcomes, flush_interval_s, outcome_queue
+        )
 
     @classmethod
     def from_text(
@@ -75,12 +88,17 @@ class PolicyEngine:
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
         outcomes: str | None = None,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
         engine._policy_path = None
         engine._from_text = True
-        engine._setup(compile_sources([(name, text)]), state, clock, metrics, outcomes)
+        engine._setup(
+            compile_sources([(name, text)]),
+            state, clock, metrics, outcomes, flush_interval_s, outcome_queue,
+        )  # fmt: skip
         return engine
 
     def _setup(
@@ -90,7 +108,11 @@ class PolicyEngine:
         clock: Callable[[], float],
         metrics: MetricsView | None,
         outcomes: str | None = None,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
     ) -> None:
+        if not (isinstance(flush_interval_s, int | float) and 0 < flush_interval_s < INF):
+            raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s!r}")
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
         self.loaded_at = clock()
@@ -129,9 +151,13 @@ class PolicyEngine:
             self._own_connection = connection = open_analytics(outcomes)
         if connection is not None:
             self._warm_start(connection, window_s)
-            self.outcome_log = OutcomeWriter(connection)
+            self.outcome_log = OutcomeWriter(
+                connection, max_queue=outcome_queue, interval_s=flush_interval_s / 2
+            )
             if self._logs is not None:
                 self._logs.writer = self.outcome_log
+        if self._logs is not None:
+            self._logs.start(flush_interval_s)
 
     def _warm_start(self, connection: Any, window_s: float) -> None:
         """Fill the live window from the outcome log (what happened in the last window)."""
@@ -157,13 +183,19 @@ class PolicyEngine:
         if self._from_text:
             raise RuntimeError("an engine built from text has no files to reload")
         with self._reload_lock:
+            directories = self._policy_directories()
+            before = file_state(directories)
             try:
                 loaded = load_policy(self._policy_path)
             except (PolicyError, CatalogError) as err:
+                if file_state(directories) != before:
+                    return self._changed_while_reading()
                 self.last_reload_error = str(err)  # before the count: a poller that sees
                 self.reload_errors += 1  # the count move reads this error
                 log.warning("policy reload failed; keeping version %s:\n%s", self.version, err)
                 return False
+            if file_state(directories) != before:  # read mid-write: not a version to serve
+                return self._changed_while_reading()
             changed = loaded.program.version != self._program.version
             self._program = loaded.program  # one reference: evaluations read one snapshot
             self.warnings = loaded.warnings
@@ -175,6 +207,17 @@ class PolicyEngine:
                     self.store.write_configs(limit_config_rows(loaded.program))
                 log.info("policy reloaded: version %s", loaded.program.version)
             return True
+
+    def _changed_while_reading(self) -> bool:
+        log.info("policy files changed while being read; keeping version %s", self.version)
+        return False  # the watcher sees the change and reloads once the files are quiet
+
+    def _policy_directories(self) -> list[Path]:
+        """The directories whose `.policy`/`.yaml` files make the policy set."""
+        policy = self._policy_path if self._policy_path is not None else default_policy_dir()
+        directories = {policy if policy.is_dir() else policy.parent}
+        directories.add(Path(self._program.catalog.source).resolve().parent)
+        return sorted(directories)
 
     def policy_status(self) -> dict[str, Any]:
         """What `GET /v1/policy` shows: the serving version, its files, the last error."""
@@ -190,19 +233,23 @@ class PolicyEngine:
             "watching": self._watcher is not None,
         }
 
-    def watch(self, *, debounce_s: float = 0.05) -> None:
-        """Reload on changes to the policy files or the catalog (a watchdog observer)."""
+    def watch(self, *, quiet_ms: float = DEFAULT_QUIET_MS) -> None:
+        """Reload on changes to the policy files or the catalog (a watchdog observer), once
+        every changed file has kept its size and modification time for `quiet_ms`
+        milliseconds. Save by renaming a complete file over the old one (what most editors
+        and `mv` do) to be fully safe: a writer that pauses longer than `quiet_ms` in the
+        middle of a file can still show a prefix that parses."""
         if self._from_text:
             raise RuntimeError("an engine built from text has no files to watch")
+        if not (isinstance(quiet_ms, int | float) and 0 <= quiet_ms < INF):
+            raise ValueError(f"quiet_ms must be a number >= 0, got {quiet_ms!r}")
         if self._watcher is not None:
             return
         from engine.api.watch import PolicyWatcher  # the only path that imports watchdog
 
-        policy = self._policy_path if self._policy_path is not None else default_policy_dir()
-        directories = {policy if policy.is_dir() else policy.parent}
-        catalog = Path(self._program.catalog.source)
-        directories.add(catalog.resolve().parent)
-        self._watcher = PolicyWatcher(sorted(directories), self.reload, debounce_s=debounce_s)
+        self._watcher = PolicyWatcher(
+            self._policy_directories(), self.reload, quiet_s=quiet_ms / 1000.0
+        )
         self._watcher.start()
 
     def stop(self) -> None:
@@ -222,6 +269,8 @@ class PolicyEngine:
     def close(self) -> None:
         """Stop watching, flush the logs (outcomes included) and close the state store."""
         self.stop()
+        if self._logs is not None:
+            self._logs.stop()
         try:
             if self.outcome_log is not None:
                 self.outcome_log.close()
@@ -286,15 +335,20 @@ class PolicyEngine:
         input_tokens: int | None = None,
         cost: float | None = None,
         at: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Feed an outcome back: what happened when `decision` was carried out.
 
         Cost is `cost` if given, else computed from the tokens when both are given, else the
         decision's estimate. `at` is epoch seconds (default: now). O(1) in memory.
+
+        Returns True when the outcome is recorded (and, with an outcome log, queued: it
+        will be on disk). False when the outcome log's queue is full: nothing is recorded,
+        the outcome is counted in `policyctl_outcomes_dropped_total`, and the caller may
+        retry it later.
         """
         if not decision.allowed or decision.provider is None or decision.model is None:
             raise ValueError("only an allowed decision has an outcome to record")
-        self._record(
+        return self._record(
             decision.provider, decision.model, latency_ms, success, output_tokens, input_tokens,
             cost if cost is not None or output_tokens is not None else decision.estimated_cost,
             at, decision.request_id, decision.route, None,
@@ -314,9 +368,10 @@ class PolicyEngine:
         request_id: str | None = None,
         route: str | None = None,
         user: str | None = None,
-    ) -> None:
-        """Record an outcome for `provider`/`model` (an id or an alias in the catalog)."""
-        self._record(
+    ) -> bool:
+        """Record an outcome for `provider`/`model` (an id or an alias in the catalog).
+        Returns what `record` returns: False when the outcome log's queue is full."""
+        return self._record(
             provider, model, latency_ms, success, output_tokens, input_tokens, cost, at,
             request_id, route, user,
         )  # fmt: skip
@@ -334,7 +389,7 @@ class PolicyEngine:
         request_id: str | None,
         route: str | None,
         user: str | None,
-    ) -> None:
+    ) -> bool:
         """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
         window's)."""
         catalog = self._program.catalog
@@ -359,15 +414,22 @@ class PolicyEngine:
         if record is None:
             raise TypeError("this engine's metrics source does not take outcomes")
         cost = float(cost)
+        if self.outcome_log is not None and not self.outcome_log.submit(
+            new_outcome_row((
+                self.clock() if at is None else at, found.provider, found.id,
+                latency_ms, success, input_tokens, output_tokens, cost,
+                request_id, route, user,
+            ))
+        ):  # fmt: skip
+            return False  # the queue is full: counted, and nothing recorded
         record(found.key, latency_ms, success, cost, at)
-        if self.outcome_log is not None:
-            self.outcome_log.submit(
-                new_outcome_row((
-                    self.clock() if at is None else at, found.provider, found.id,
-                    latency_ms, success, input_tokens, output_tokens, cost,
-                    request_id, route, user,
-                ))
-            )  # fmt: skip
+        return True
+
+    def outcome_room(self, count: int) -> bool:
+        """Whether `count` outcomes would all be recorded now (the outcome log's queue has
+        room); when not, they are counted as dropped. `POST /v1/outcomes` asks first, so a
+        request is recorded whole or answered 503."""
+        return self.outcome_log is None or self.outcome_log.reserve(count)
 
 
 INF = float("inf")

@@ -1,9 +1,13 @@
-"""Watch policy directories with watchdog and call back, debounced. Imported only by
-`PolicyEngine.watch`.
+"""Watch policy directories with watchdog and reload once the files are quiet. Imported only
+by `PolicyEngine.watch`.
 
 Editors save in different ways — write in place, write a temp file and rename it over,
-delete and re-create — and often several times in a burst; every such event on a
-`.policy` or `.yaml` file (re)starts a short timer, and the callback runs once it expires.
+delete and re-create — often several times in a burst, and a slow writer (a `cp` over a
+slow disk) writes one file in many pieces. Every event on a `.policy` or `.yaml` file
+notes the files' sizes and modification times and (re)starts a `quiet_s` timer. When it
+expires, the callback runs only if no file has changed since the last event; otherwise the
+timer starts again. So a reload begins `quiet_s` after the last change, never while a
+writer that pauses for less than `quiet_s` is still writing.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from engine.api.files import WATCHED_SUFFIXES, FileState, file_state
+
 log = logging.getLogger("policyctl.watch")
 
-WATCHED_SUFFIXES = (".policy", ".yaml", ".yml")
+DEFAULT_QUIET_S = 0.1
 
 
 class _Handler(FileSystemEventHandler):
@@ -39,15 +45,17 @@ class PolicyWatcher:
         directories: Sequence[Path],
         on_change: Callable[[], object],
         *,
-        debounce_s: float = 0.05,
+        quiet_s: float = DEFAULT_QUIET_S,
     ) -> None:
         self._directories = list(directories)
         self._on_change = on_change
-        self._debounce_s = debounce_s
+        self._quiet_s = quiet_s
         self._timer: threading.Timer | None = None
+        self._seen: FileState | None = None  # the files at the last event
         self._lock = threading.Lock()
         self._observer = Observer()
         self.events = 0  # changes seen (for tests and /metrics)
+        self.waits = 0  # quiet windows restarted because a file was still changing
 
     def start(self) -> None:
         handler = _Handler(self._poke)
@@ -57,15 +65,30 @@ class PolicyWatcher:
         self._observer.start()
 
     def _poke(self) -> None:
+        seen = file_state(self._directories)
         with self._lock:
             self.events += 1
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self._debounce_s, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+            self._seen = seen
+            self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the quiet window (under the lock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(self._quiet_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _fire(self) -> None:
+        now = file_state(self._directories)
+        with self._lock:
+            if threading.current_thread() is not self._timer:  # stopped, or a newer window
+                return
+            if now != self._seen:  # still changing: wait for a whole quiet window
+                self._seen = now
+                self.waits += 1
+                self._arm()
+                return
         try:
             self._on_change()
         except Exception:  # a reload must never kill the watcher

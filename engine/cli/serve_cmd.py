@@ -6,9 +6,20 @@ import argparse
 import os
 import sys
 
-from engine.api.policy_engine import PolicyEngine
+from engine.api.policy_engine import (
+    DEFAULT_FLUSH_INTERVAL_S,
+    DEFAULT_OUTCOME_QUEUE,
+    DEFAULT_QUIET_MS,
+    PolicyEngine,
+)
 from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
 from engine.limits.stores import default_state_url
+
+# the server's limits by default (docs/service.md, "Slow and idle clients")
+READ_TIMEOUT_S = 10.0  # a request's headers and body, from its first byte
+KEEP_ALIVE_S = 5.0  # an idle kept-alive connection
+LIMIT_CONCURRENCY = 512  # open connections or requests in progress; past it, 503
+BACKLOG = 2048  # connections the kernel queues before they are accepted
 
 EXAMPLE = """\
 examples:
@@ -41,28 +52,75 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--open-admin", action="store_true", help="allow admin calls without a token (unsafe)"
     )
     p.add_argument("--no-watch", action="store_true", help="do not hot-reload policies")
+    p.add_argument(
+        "--reload-quiet", type=float, metavar="MS", default=DEFAULT_QUIET_MS,
+        help="reload once changed policy files have kept still this long (default %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flush-interval", type=float, metavar="SECONDS", default=DEFAULT_FLUSH_INTERVAL_S,
+        help="write rate-limit state, violations and stats to a DuckDB state file this often"
+        " (default %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--outcome-queue", type=int, metavar="N", default=DEFAULT_OUTCOME_QUEUE,
+        help="outcomes waiting to be written, at most; past it POST /v1/outcomes answers 503"
+        " (default %(default)d)",
+    )  # fmt: skip
+    p.add_argument(
+        "--read-timeout", type=float, metavar="SECONDS", default=READ_TIMEOUT_S,
+        help="close a connection whose request has not arrived whole in this time"
+        " (default %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-alive", type=float, metavar="SECONDS", default=KEEP_ALIVE_S,
+        help="close an idle kept-alive connection after this long (default %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit-concurrency", type=int, metavar="N", default=LIMIT_CONCURRENCY,
+        help="answer 503 past this many open connections or requests (default %(default)d)",
+    )  # fmt: skip
+    p.add_argument(
+        "--backlog", type=int, metavar="N", default=BACKLOG,
+        help="connections the kernel may queue before they are accepted (default %(default)d)",
+    )  # fmt: skip
     p.add_argument("--format", choices=("json", "table"), default="table", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if not 0 < value < float("inf"):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"`{flag}` must be a positive number, got `{value}`")
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
+    _positive(args, "flush_interval", "outcome_queue", "read_timeout", "keep_alive")
+    _positive(args, "limit_concurrency", "backlog")
+    if not 0 <= args.reload_quiet < float("inf"):
+        raise UsageError(f"`--reload-quiet` must be 0 or more, got `{args.reload_quiet}`")
     # imported here: eval and check never pay for the server
     from engine.service.app import create_app
-    from engine.service.server import serve
+    from engine.service.server import Limits, serve
 
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
     engine = PolicyEngine(
-        policy, state=args.state if args.state is not None else default_state_url()
+        policy,
+        state=args.state if args.state is not None else default_state_url(),
+        flush_interval_s=args.flush_interval,
+        outcome_queue=args.outcome_queue,
     )
+    limits = Limits(args.read_timeout, args.keep_alive, args.limit_concurrency, args.backlog)
     try:
         if not args.no_watch:
-            engine.watch()
+            engine.watch(quiet_ms=args.reload_quiet)
         app = create_app(engine, admin_token=token, open_admin=args.open_admin)
         print(f"policyctl serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        serve(app, host=args.host, port=args.port)
+        serve(app, host=args.host, port=args.port, limits=limits)
     finally:
         engine.close()
     return EXIT_OK

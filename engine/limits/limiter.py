@@ -622,14 +622,19 @@ class Limiter:
 
     def daily_stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(day, scope) -> (allowed, denied): what `rate_limit_stats` holds."""
-        out: dict[tuple[str, str], list[int]] = {}
         with self._lock:
-            for (day, scopes), count in self.allowed_tallies.items():
-                for scope in scopes:
-                    out.setdefault((day, scope), [0, 0])[0] += count
-            for (day, scope), count in self.denied_tallies.items():
-                out.setdefault((day, scope), [0, 0])[1] += count
-        return {k: (v[0], v[1]) for k, v in out.items()}
+            return _daily_stats(self.allowed_tallies, self.denied_tallies)
+
+    def take_logs(self) -> tuple[list[Violation], dict[tuple[str, str], tuple[int, int]]]:
+        """The violations and daily stats kept so far, emptied in one step (for a flush on
+        another thread: nothing added meanwhile is lost)."""
+        with self._lock:
+            violations = list(self.violations)
+            stats = _daily_stats(self.allowed_tallies, self.denied_tallies)
+            self.violations.clear()
+            self.allowed_tallies.clear()
+            self.denied_tallies.clear()
+        return violations, stats
 
     def _day(self, now_s: float) -> str:
         number = int(now_s // 86_400)
@@ -637,6 +642,18 @@ class Limiter:
             self._day_number = number
             self._day_text = time.strftime("%Y-%m-%d", time.gmtime(now_s))
         return self._day_text
+
+
+def _daily_stats(
+    allowed: Counter[tuple[str, tuple[str, ...]]], denied: Counter[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    out: dict[tuple[str, str], list[int]] = {}
+    for (day, scopes), count in allowed.items():
+        for scope in scopes:
+            out.setdefault((day, scope), [0, 0])[0] += count
+    for (day, scope), count in denied.items():
+        out.setdefault((day, scope), [0, 0])[1] += count
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:

@@ -34,6 +34,7 @@ from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
 
+OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
 
 
@@ -183,7 +184,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": {"description": "recorded"},
-                        **errors(400, 413, 422),
+                        **errors(400, 413, 422, 503),
                     },
                 }
             },
@@ -269,6 +270,10 @@ def create_app(
             problems += [{"index": index, "field": f, "message": m} for f, m in found]
         if problems:  # all or nothing: a batch with a bad item records none of it
             raise BodyError(422, "invalid outcome", problems)
+        if not engine.outcome_room(len(items)):  # all or nothing: "recorded" means on disk
+            response = problem(503, "the outcome log is full; retry later")
+            response.headers["Retry-After"] = OUTCOMES_RETRY_AFTER_S
+            return response
         for item in items:
             engine.record_outcome(
                 item["provider"],

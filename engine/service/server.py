@@ -1,15 +1,75 @@
 """Run the HTTP app under uvicorn: `serve(app, host=…, port=…)`. The one module that
 imports uvicorn; `policyctl serve` imports it only when it serves.
+
+A client cannot hold a connection open for nothing: each request must arrive whole (its
+headers and body) within `read_timeout_s` of its first byte (or of the connection, for the
+first one), an idle kept-alive connection is closed after `keep_alive_s`, and past
+`limit_concurrency` open connections or requests in progress a new request is answered
+503 at once. `backlog` bounds the connections the kernel queues before they are accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 from collections.abc import Generator
+from dataclasses import dataclass
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how many: `policyctl serve --read-timeout … --keep-alive …
+    --limit-concurrency … --backlog …` (the defaults are the command's)."""
+
+    read_timeout_s: float
+    keep_alive_s: float
+    limit_concurrency: int
+    backlog: int
+
+
+READ_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+
+class _ReadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on reading each request."""
+
+    read_timeout_s = 10.0  # set by `_protocol`
+    _reading: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._reading = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state in READ_DONE:  # the request is in: the handler takes over
+            self._stop_reading()
+        elif self._reading is None:  # the first bytes of the next request
+            self._reading = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_reading()
+        super().connection_lost(exc)
+
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def _read_timed_out(self) -> None:
+        self._reading = None
+        if not self.transport.is_closing():
+            self.transport.close()  # a handler waiting for the body sees a disconnect
+
+
+def _protocol(read_timeout_s: float) -> type[H11Protocol]:
+    return type("ReadTimeoutProtocol", (_ReadTimeoutProtocol,), {"read_timeout_s": read_timeout_s})
 
 
 class _Server(uvicorn.Server):
@@ -23,7 +83,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def serve(app: ASGIApp, *, host: str, port: int) -> None:
+def serve(app: ASGIApp, *, host: str, port: int, limits: Limits) -> None:
     """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        http=_protocol(limits.read_timeout_s),
+        timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
+        limit_concurrency=limits.limit_concurrency,
+        backlog=limits.backlog,
+    )
     _Server(config).run()

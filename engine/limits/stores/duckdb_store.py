@@ -5,11 +5,20 @@ writing process per file), so other processes wait for it — up to `lock_timeou
 clear error — and can never over-admit. While it holds the lock, the buckets live in memory
 (the memory store's algorithm, so both agree decision by decision) and are written back in
 one transaction with the batched logs on `flush`/`close`: nothing is half-written, and a
-failed command leaves the file as it was.
+failed command leaves the file as it was. A running engine calls `flush` on a timer (its
+`flush_interval_s`), so a killed process loses at most that much state.
+
+`flush` copies the dirty buckets under the buckets' lock (a few microseconds: deciding
+threads wait no longer than that) and writes them under a separate I/O lock, so a decision
+never waits for the disk. If DuckDB refuses the batch (a key it cannot encode), the rows
+are written again in halves (`engine.analytics.salvage`): only the refused rows are lost,
+counted in `refused_rows` and logged.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,10 +26,13 @@ from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
+from engine.analytics.salvage import in_transaction, write_salvaging
 from engine.limits.stores.base import Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
 FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
+BUCKET_TYPES = ("VARCHAR",) * 4 + ("DOUBLE",) * 4
+log = logging.getLogger("policyctl.state")
 
 T = TypeVar("T")
 
@@ -65,6 +77,8 @@ class DuckDBStore(MemoryStore):
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._acquires = 0
+        self._io = threading.RLock()  # the connection: one transaction at a time
+        self.refused_rows = 0  # rows DuckDB refused on a flush (logged)
         self._load()
 
     # ------------------------------------------------------------------ loading
@@ -94,8 +108,14 @@ class DuckDBStore(MemoryStore):
         return taken
 
     def _maybe_evict(self, now: float) -> None:
-        if self._acquires >= FLUSH_EVERY:
-            self.flush()
+        # under the buckets' lock: flush only if no other thread is writing (never wait for
+        # the I/O lock while holding the buckets' lock: the timer's flush takes them the
+        # other way round)
+        if self._acquires >= FLUSH_EVERY and self._io.acquire(blocking=False):
+            try:
+                self.flush()
+            finally:
+                self._io.release()
 
     def reset(self, prefix: str) -> int:
         with self._lock:
@@ -164,9 +184,9 @@ class DuckDBStore(MemoryStore):
         return self._con
 
     def _write(self, action: Any) -> None:
-        """One transaction on the store's connection. Under the store's lock: a reload on
-        the watcher thread and a flush on the serving thread never share it at once."""
-        with self._lock:
+        """One transaction on the store's connection. Under the I/O lock: a reload on the
+        watcher thread and a flush on the timer thread never share it at once."""
+        with self._io:
             con = self._con
             con.execute("BEGIN")
             try:
@@ -177,8 +197,8 @@ class DuckDBStore(MemoryStore):
                 raise
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        """`fn(connection)` under the store's lock: a read never meets a write-back."""
-        with self._lock:
+        """`fn(connection)` under the I/O lock: a read never meets a write-back."""
+        with self._io:
             return fn(self._con)
 
     def write_configs(self, rows: Iterable[ConfigRow]) -> None:
@@ -191,45 +211,80 @@ class DuckDBStore(MemoryStore):
         stats: dict[tuple[str, str], tuple[int, int]] | None = None,
         decisions: Sequence[DecisionRow] = (),
     ) -> None:
-        """Write dirty buckets and a batch of logs in one transaction."""
-        with self._lock:
-            rows = []
-            for key in self._dirty:
-                full_at = self._full_at.get(key)
-                if full_at is None:
-                    continue
-                capacity, rate, used = self._meta[key]
-                scope, unit, _window, name = [*key.split("/", 3), "", "", ""][:4]
-                rows.append((key, scope, unit, name, capacity, rate, full_at, used))
-            deleted = list(self._deleted)
+        """Write dirty buckets and a batch of logs in one transaction (rows DuckDB refuses
+        are isolated, counted and logged; the rest is written)."""
+        with self._io:
+            if self._con is None:
+                return
+            with self._lock:  # a copy of what changed: decisions wait only for this
+                rows = []
+                for key in self._dirty:
+                    full_at = self._full_at.get(key)
+                    if full_at is None:
+                        continue
+                    capacity, rate, used = self._meta[key]
+                    scope, unit, _window, name = [*key.split("/", 3), "", "", ""][:4]
+                    rows.append((key, scope, unit, name, capacity, rate, full_at, used))
+                deleted = list(self._deleted)
+                self._dirty.clear()
+                self._deleted.clear()
+                self._acquires = 0
+            if rows or deleted or violations or stats or decisions:
+                self._write_back(rows, deleted, violations, stats or {}, decisions)
 
-            def action(con: Any) -> None:
-                if deleted:
-                    con.execute(
-                        "DELETE FROM rate_limit_buckets"
-                        " WHERE bucket_key IN (SELECT unnest(?::VARCHAR[]))",
-                        [deleted],
-                    )
-                analytics.insert_rows(
-                    con,
-                    "INSERT OR REPLACE INTO rate_limit_buckets",
-                    ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "DOUBLE", "DOUBLE",
-                     "DOUBLE"),
-                    rows,
-                    "c0, c1, c2, c3, c4, c5, c6, c7",
-                )  # fmt: skip
-                analytics.write_batch(con, violations=violations, stats=stats, decisions=decisions)
+    def _write_back(
+        self,
+        buckets: list[tuple[Any, ...]],
+        deleted: list[str],
+        violations: Sequence[ViolationRow],
+        stats: dict[tuple[str, str], tuple[int, int]],
+        decisions: Sequence[DecisionRow],
+    ) -> None:
+        def all_of_it(con: Any) -> None:
+            _delete_buckets(con, deleted)
+            _write_buckets(con, buckets)
+            analytics.write_batch(con, violations=violations, stats=stats, decisions=decisions)
 
-            self._write(action)
-            self._dirty.clear()
-            self._deleted.clear()
-            self._acquires = 0
+        con = self._con
+        if in_transaction(con, all_of_it) is None:
+            return
+        parts: list[tuple[str, Any, Sequence[Any]]] = [
+            ("deleted buckets", _delete_buckets, deleted),
+            ("buckets", _write_buckets, buckets),
+            ("violations", lambda c, r: analytics.write_batch(c, violations=r), violations),
+            ("daily stats", lambda c, r: analytics.write_batch(c, stats=dict(r)), [*stats.items()]),
+            ("decisions", analytics.write_decisions, decisions),
+        ]  # fmt: skip
+        for what, write, rows in parts:
+            refused, err = write_salvaging(con, write, rows)
+            if refused:
+                self.refused_rows += len(refused)
+                log.warning("could not write %d of %d %s: %s", len(refused), len(rows), what, err)
 
     def close(self) -> None:
-        if self._con is None:
-            return
-        try:
-            self.flush()
-        finally:
-            self._con.close()
-            self._con = None
+        with self._io:
+            if self._con is None:
+                return
+            try:
+                self.flush()
+            finally:
+                self._con.close()
+                self._con = None
+
+
+def _delete_buckets(con: Any, keys: Sequence[str]) -> None:
+    if keys:
+        con.execute(
+            "DELETE FROM rate_limit_buckets WHERE bucket_key IN (SELECT unnest(?::VARCHAR[]))",
+            [list(keys)],
+        )
+
+
+def _write_buckets(con: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+    analytics.insert_rows(
+        con,
+        "INSERT OR REPLACE INTO rate_limit_buckets",
+        BUCKET_TYPES,
+        rows,
+        "c0, c1, c2, c3, c4, c5, c6, c7",
+    )
