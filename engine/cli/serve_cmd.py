@@ -7,7 +7,7 @@ import os
 import sys
 
 from engine.api.policy_engine import PolicyEngine
-from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
+from engine.cli.common import EXIT_OK, UsageError, add_policy, cli_clock, default_policy_path
 from engine.limits.stores import default_state_url
 
 EXAMPLE = """\
@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
     engine = PolicyEngine(
-        policy, state=args.state if args.state is not None else default_state_url()
+        policy,
+        state=args.state if args.state is not None else default_state_url(),
+        clock=cli_clock(),
     )
     try:
         if not args.no_watch:
