@@ -17,6 +17,7 @@ the first leaves is what the next shows).
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import shutil
@@ -225,3 +226,33 @@ def test_the_readme_embedding_example_is_the_shipped_file() -> None:
     shown = re.search(r"```python\n(from engine import PolicyEngine\n.*?)```", readme, re.S)
     assert shown is not None
     assert shown.group(1) == (ROOT / "examples" / "embed.py").read_text(encoding="utf-8")
+
+
+def _policyctl(tmp: Path, now: str, *args: str) -> subprocess.CompletedProcess[str]:
+    work, env = _workdir(tmp)
+    env["POLICYCTL_NOW"] = now
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("now", ["2026-11-28T17:46:05Z", "1795887965", "1795887965.0"])
+def test_policyctl_now_fixes_the_clock_of_a_command(now: str, tmp_path: Path) -> None:
+    ran = _policyctl(tmp_path, now, "eval", "--state", "memory://", "examples/requests/chat.json")
+    assert ran.returncode == 0, ran.stderr
+    user = next(s for s in json.loads(ran.stdout)["rate_limits"] if s["scope"] == "user")
+    # one request of `limit user 100 per 1m burst 10` at 17:46:05: full again 0.6 s later
+    assert user["reset_at"] == 1795887965.6
+
+
+@pytest.mark.parametrize("now", ["yesterday", "nan", "inf"])
+def test_a_bad_policyctl_now_is_a_usage_error(now: str, tmp_path: Path) -> None:
+    ran = _policyctl(tmp_path, now, "eval", "--state", "memory://", "examples/requests/chat.json")
+    assert (ran.returncode, ran.stdout) == (2, "")
+    assert ran.stderr.startswith("policyctl: error: `POLICYCTL_NOW` must be"), ran.stderr
