@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -133,3 +136,86 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         assert path.is_relative_to(site), f"{path} is not inside the venv {site}"
         assert not path.is_relative_to(ROOT.resolve())
     assert sorted(p.name for p in empty.iterdir()) == ["request.json"]
+
+    _every_command_the_docs_show(policyctl, tmp_path, env)
+
+
+def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]) -> None:
+    """The user's install (the wheel, no extras) runs each command README.md and docs/
+    show: check, eval, ratelimit, metrics import|show|export, simulate, serve."""
+    work = tmp / "docs"
+    shutil.copytree(ROOT / "examples", work / "examples", symlinks=False)
+    env = {**env, "POLICYCTL_NOW": "2026-11-28T17:46:05Z", "POLICYCTL_STATE": str(tmp / "s.db")}
+
+    def run(*args: str, code: int = 0) -> str:
+        done = _run([str(policyctl), *args], cwd=work, env=env, timeout=300)
+        assert (done.returncode, "Traceback" in done.stderr) == (code, False), (
+            f"policyctl {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+        return done.stdout
+
+    run("check", "examples/policies/tour.policy")
+    run("check", "examples/policies/fast.policy", code=2)
+    table = run(
+        "eval", "--state", "memory://", "--format", "table", "examples/requests/vision.json"
+    )
+    assert "provider/model  gemini/gemini-1.5-pro-latest" in table
+    decisions = run("eval", "examples/requests/ip.jsonl", code=3).splitlines()
+    assert sum(json.loads(line)["allowed"] for line in decisions) == 55
+    assert "default.policy:50:1" in run("ratelimit", "status", "--ip", "203.0.113.7")
+    run("ratelimit", "set", "--user", "vip", "--limit", "1000", "--window", "1m",
+        "--expires", "2026-12-31")  # fmt: skip
+    assert "vip" in run("ratelimit", "config")
+    run("ratelimit", "remove", "--user", "vip")
+    assert "91.67%" in run("ratelimit", "stats")
+    assert "r59" in run("ratelimit", "violations", "--limit", "1")
+    run("ratelimit", "buckets")
+    run("ratelimit", "reset", "--ip", "203.0.113.7")
+    run("ratelimit", "cleanup")
+    # metrics import runs DuckDB Python UDFs, which need numpy (a dependency, not an extra)
+    imported = run("metrics", "import", "--state", "m.duckdb", "examples/outcomes.jsonl", code=2)
+    assert imported.startswith("imported 600 outcomes, rejected 3"), imported
+    assert "gemini-1.5-flash-latest  200" in run("metrics", "show", "--state", "m.duckdb")
+    for out in ("o.parquet", "o.csv"):
+        run("metrics", "export", "--state", "m.duckdb", "--output", out)
+        assert (work / out).stat().st_size > 0
+    report = run("simulate", "examples/simulations/outage.yaml", "--requests", "300")
+    assert "STRATEGY" in report
+    _serve_answers_one_request(policyctl, work, env)
+
+
+def _serve_answers_one_request(policyctl: Path, work: Path, env: dict[str, str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [str(policyctl), "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--state", "memory://", "--no-watch"]  # fmt: skip
+    server = subprocess.Popen(
+        argv,
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/eval",
+            data=(work / "examples" / "requests" / "chat.json").read_bytes(),
+            method="POST",
+        )
+        for _ in range(600):  # bounded: up to 60 s for the server to listen
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    decision = json.loads(answer.read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.1)
+        else:
+            pytest.fail("`policyctl serve` did not answer within 60 s")
+        assert (decision["request_id"], decision["allowed"]) == ("req-chat-001", True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if server.stderr is not None:
+            server.stderr.close()

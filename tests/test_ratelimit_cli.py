@@ -693,3 +693,18 @@ def test_rate_limit_configs_keeps_every_limit(env: Env) -> None:
     assert [r["limit"] for r in data["limits"]] == [500, 5000]
     stored = env.query("SELECT max_requests FROM rate_limit_configs ORDER BY max_requests")
     assert stored == [(500.0,), (5000.0,)]
+
+
+def test_source_is_the_policy_files_own_name_not_where_it_was_installed(env: Env) -> None:
+    """The packaged policy lives under site-packages: SOURCE names the file, not its path."""
+    rows = env.rl("config")
+    assert [row["source"] for row in rows["limits"]] == [
+        "default.policy:47:1", "default.policy:48:1", "default.policy:49:1", "default.policy:50:1",
+    ]  # fmt: skip
+    env.run("eval", env.requests("one.jsonl", from_ip(IP, 1)))
+    (row,) = env.rl("status", "--ip", IP)
+    assert row["source"] == "default.policy:50:1"
+    table = env.run("ratelimit", "config")
+    assert table.code == 0 and str(default_policy_dir()) not in table.out
+    verbose = env.rl("config", "--verbose")
+    assert verbose["limits"][1]["statement"] == "limit user      100 per 1m burst 10"

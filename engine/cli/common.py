@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +19,7 @@ from engine.errors import EXIT_DENIED as EXIT_DENIED
 from engine.errors import EXIT_ERROR as EXIT_ERROR
 from engine.errors import EXIT_OK as EXIT_OK
 from engine.errors import PolicyctlError
+from engine.units import iso_timestamp_s
 from engine.vocabulary import STORE_URL_PREFIXES, unknown_store_message
 
 
@@ -79,3 +83,26 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def cli_clock() -> Callable[[], float]:
+    """The clock every command gives its engine: epoch seconds from `$POLICYCTL_NOW`
+    (epoch seconds or an ISO 8601 date or date-time, UTC unless an offset is given) when it
+    is set, a fixed instant that makes runs reproducible (the docs' examples use it);
+    else the system clock. The variable is read here only, once per command."""
+    text = os.environ.get("POLICYCTL_NOW", "").strip()
+    if not text:
+        return time.time
+    try:
+        fixed = float(text)
+    except ValueError:
+        try:
+            fixed = iso_timestamp_s(text)
+        except ValueError:
+            raise UsageError(
+                "`POLICYCTL_NOW` must be epoch seconds or a date such as"
+                f" `2026-11-28T17:46:05Z`, got `{text}`"
+            ) from None
+    if not math.isfinite(fixed):
+        raise UsageError(f"`POLICYCTL_NOW` must be a finite number of seconds, got `{text}`")
+    return lambda: fixed

@@ -16,6 +16,7 @@ from engine.cli.common import (
     add_format,
     add_policy,
     check_state_url,
+    cli_clock,
     default_policy_path,
     dump_json,
     render_table,
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     engine = PolicyEngine(
         args.policy if args.policy is not None else default_policy_path(),
         state=args.state if args.state is not None else default_state_url(),
+        clock=cli_clock(),
     )
     try:
         return _evaluate_all(engine, args, name, text)
@@ -223,7 +225,7 @@ def _vertical(d: Decision) -> str:
             who += f" ({status.unit})"
         amount = money if status.unit == "spend" else _count
         if status.allowed:
-            left = f"{amount(status.remaining)} left (limit {amount(status.limit)}, plus burst)"
+            left = f"{amount(status.remaining)} left (limit {amount(status.limit)})"
             rows.append(("limit", f"{who}: {left}"))
         elif status.retry_after_ms is None:
             rows.append(("limit", f"{who}: the request is larger than the limit"))

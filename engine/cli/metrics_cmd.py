@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from engine.cli.common import (
     add_format,
     add_policy,
     check_state_url,
+    cli_clock,
     default_policy_path,
     dump_json,
     render_table,
@@ -208,7 +208,7 @@ def run_import(args: argparse.Namespace) -> int:
     con = _open(state, create=True)
     try:  # an OutcomeImportError is a PolicyctlError: `main` prints it, exit 2
         report = import_outcomes(
-            con, args.input, catalog, now_s=time.time(), format=args.input_format, name=name
+            con, args.input, catalog, now_s=cli_clock()(), format=args.input_format, name=name
         )
     finally:
         con.close()
@@ -269,7 +269,7 @@ def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict
 def run_show(args: argparse.Namespace) -> int:
     state = _state_path(args.state)
     window_s = parse_duration_s(args.window, error=UsageError)
-    now = time.time()
+    now = cli_clock()()
     con = _open(state, create=False)
     try:
         rows = show_rows(con, _since(window_s, now), args.provider)
@@ -339,9 +339,10 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write `{args.output}`: it is a directory")
     if not out.parent.is_dir():
         raise UsageError(f"cannot write `{args.output}`: no such directory `{out.parent}`")
+    since = _since(window_s, cli_clock()())
     con = _open(state, create=False)
     try:
-        count = queries.export_outcomes(con, out, fmt, _since(window_s, time.time()), args.provider)
+        count = queries.export_outcomes(con, out, fmt, since, args.provider)
     except queries.ExportError as err:
         raise UsageError(f"cannot write `{args.output}`: {err}") from None
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from engine.cli.common import (
     add_format,
     add_policy,
     check_state_url,
+    cli_clock,
     default_policy_path,
     dump_json,
     render_table,
@@ -236,7 +236,9 @@ def _run(args: argparse.Namespace, action: Callable[[RateLimitAdmin], int]) -> i
     if args.state is not None:
         check_state_url(args.state)
     engine = PolicyEngine(
-        _policy(args), state=args.state if args.state is not None else default_state_url()
+        _policy(args),
+        state=args.state if args.state is not None else default_state_url(),
+        clock=cli_clock(),
     )
     try:
         return action(RateLimitAdmin(engine))
@@ -328,7 +330,7 @@ def run_set(args: argparse.Namespace) -> int:
     parse_count(args.burst, "--burst", allow_zero=True, error=AdminError)
     if args.expires is not None:
         parse_timestamp_s(args.expires, "--expires", error=AdminError)
-    check_quota(_program(args), now_s=time.time(), **fields)
+    check_quota(_program(args), now_s=cli_clock()(), **fields)
 
     def action(admin: RateLimitAdmin) -> int:
         quota = admin.set_quota(**fields)

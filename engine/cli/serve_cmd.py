@@ -12,7 +12,7 @@ from engine.api.policy_engine import (
     DEFAULT_QUIET_MS,
     PolicyEngine,
 )
-from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
+from engine.cli.common import EXIT_OK, UsageError, add_policy, cli_clock, default_policy_path
 from engine.limits.stores import default_state_url
 
 # the server's limits by default (docs/service.md, "Slow and idle clients")
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         state=args.state if args.state is not None else default_state_url(),
         flush_interval_s=args.flush_interval,
         outcome_queue=args.outcome_queue,
+        clock=cli_clock(),
     )
     limits = Limits(args.read_timeout, args.keep_alive, args.limit_concurrency, args.backlog)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,6 +133,13 @@ def split_bucket(bucket: str) -> tuple[str, str, str, str]:
     """`scope/unit/window_ms[#n]/key` -> its four parts (a model key keeps its `/`)."""
     parts = [*bucket.split("/", 3), "", "", ""]
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def own_name(source: str) -> str:
+    """A limit's source as the policy file's own name and place (`default.policy:48:1`),
+    not the directory it was loaded from (site-packages for the packaged set); `quota`
+    stays `quota`. File names are unique within a policy set."""
+    return os.path.basename(source)
 
 
 def _statement(location: str) -> str | None:
@@ -291,7 +299,7 @@ class RateLimitAdmin:
             "capacity": _num(applied.capacity),
             "tokens": _num(round(tokens, 3)),
             "reset_at": _seconds(full_at) if full_at is not None and full_at > now else None,
-            "source": applied.source,
+            "source": own_name(applied.source),
         }
         if verbose:
             cost = 1.0 if applied.unit == "requests" else None
@@ -409,7 +417,7 @@ class RateLimitAdmin:
             "when": limit.when is not None,
             "until": limit.until,
             "expired": limit.until is not None and limit.until <= now_s,
-            "source": limit.location,
+            "source": own_name(limit.location),
         }
         if verbose:
             row["rate_per_s"] = _sig(limit.amount / limit.window_ms * 1000.0)
