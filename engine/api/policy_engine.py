@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from engine.analytics.records import bad_value, new_outcome_row, unknown_model
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
-from engine.api.logs import EngineLogs, limit_config_rows
+from engine.api.logs import AnalyticsLogs, EngineLogs, limit_config_rows
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
 from engine.limits.limiter import Limiter
-from engine.limits.stores import Store, open_analytics, open_store
+from engine.limits.stores import ConfigurationError, Store, open_analytics, open_store
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
@@ -53,17 +53,20 @@ class PolicyEngine:
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
         outcomes: str | None = None,
+        analytics: str | None = None,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
         `clock`: epoch seconds; tests pass a fake one.
         `outcomes`: a DuckDB file for the outcome log (default: the state file, if it is one);
         the live metrics window is warmed from it at start.
+        `analytics`: a DuckDB file for the rate-limit violations and daily stats when
+        `state` keeps no logs (memory, Redis); a DuckDB state file keeps its own.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
-        self._setup(load_policy(policy), state, clock, metrics, outcomes)
+        self._setup(load_policy(policy), state, clock, metrics, outcomes, analytics)
 
     @classmethod
     def from_text(
@@ -75,12 +78,13 @@ class PolicyEngine:
         clock: Callable[[], float] = time.time,
         metrics: MetricsView | None = None,
         outcomes: str | None = None,
+        analytics: str | None = None,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
         engine._policy_path = None
         engine._from_text = True
-        engine._setup(compile_sources([(name, text)]), state, clock, metrics, outcomes)
+        engine._setup(compile_sources([(name, text)]), state, clock, metrics, outcomes, analytics)
         return engine
 
     def _setup(
@@ -90,6 +94,7 @@ class PolicyEngine:
         clock: Callable[[], float],
         metrics: MetricsView | None,
         outcomes: str | None = None,
+        analytics: str | None = None,
     ) -> None:
         self._program = loaded.program
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
@@ -120,6 +125,13 @@ class PolicyEngine:
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
         self._logs = EngineLogs(self.store, self.limiter) if self.store.persistent else None
+        self.analytics: AnalyticsLogs | None = None  # where violations and stats go instead
+        if analytics is not None and self.store.persistent:
+            self._close_state()
+            raise ConfigurationError(
+                f"an analytics file (`{analytics}`) is for a memory or Redis state store;"
+                f" the DuckDB state file `{self.store.url}` keeps its own logs"
+            )
         if isinstance(self.store, Persistence):
             self.store.write_configs(limit_config_rows(self._program))
         self._own_connection: Any = None
@@ -127,6 +139,18 @@ class PolicyEngine:
         connection = self.store.connection if isinstance(self.store, Persistence) else None
         if outcomes is not None:
             self._own_connection = connection = open_analytics(outcomes)
+        self._analytics_connection: Any = None
+        if analytics is not None:
+            if analytics != outcomes:
+                try:
+                    self._analytics_connection = open_analytics(analytics)
+                except BaseException:  # busy or unreadable: nothing stays open
+                    self._close_state()
+                    if self._own_connection is not None:
+                        self._own_connection.close()
+                    raise
+            log_connection = self._analytics_connection or connection  # one file: shared
+            self._logs = self.analytics = AnalyticsLogs(self.store, self.limiter, log_connection)
         if connection is not None:
             self._warm_start(connection, window_s)
             self.outcome_log = OutcomeWriter(connection)
@@ -228,12 +252,16 @@ class PolicyEngine:
             if self._logs is not None:
                 self._logs.flush()
         finally:
-            if isinstance(self.metrics, ClosableMetrics):
-                self.metrics.close()
-            self.store.close()
-            if self._own_connection is not None:
-                self._own_connection.close()
-                self._own_connection = None
+            self._close_state()
+            for owned in (self._own_connection, self._analytics_connection):
+                if owned is not None:
+                    owned.close()
+            self._own_connection = self._analytics_connection = None
+
+    def _close_state(self) -> None:
+        if isinstance(self.metrics, ClosableMetrics):
+            self.metrics.close()
+        self.store.close()
 
     def __enter__(self) -> PolicyEngine:
         return self

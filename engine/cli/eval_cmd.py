@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="rate-limit state: memory://, a DuckDB file path (default: $POLICYCTL_STATE, else"
         " ~/.local/state/policyctl/state.duckdb)",
     )
+    p.add_argument(
+        "--analytics",
+        metavar="PATH",
+        help="DuckDB file for violations and daily stats when --state is memory or Redis",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide without consuming limits")
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
     add_format(p)
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     engine = PolicyEngine(
         args.policy if args.policy is not None else default_policy_path(),
         state=args.state if args.state is not None else default_state_url(),
+        analytics=args.analytics,
     )
     try:
         return _evaluate_all(engine, args, name, text)

@@ -8,7 +8,8 @@ import sys
 
 from engine.api.policy_engine import PolicyEngine
 from engine.cli.common import EXIT_OK, UsageError, add_policy, default_policy_path
-from engine.limits.stores import default_state_url
+from engine.limits.stores import default_analytics, default_state_url
+from engine.limits.stores.base import StoreBusyError
 
 EXAMPLE = """\
 examples:
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8181, help="port (default 8181; 0 picks one)")
     add_policy(p)
     p.add_argument("--state", metavar="URL", help="rate-limit state (default: $POLICYCTL_STATE)")
+    p.add_argument(
+        "--analytics",
+        metavar="PATH",
+        help="DuckDB file for violations and daily stats when --state is memory or Redis"
+        " (default for Redis: ~/.local/state/policyctl/state.duckdb)",
+    )
     p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for admin calls")
     p.add_argument(
         "--open-admin", action="store_true", help="allow admin calls without a token (unsafe)"
@@ -54,9 +61,19 @@ def run(args: argparse.Namespace) -> int:
 
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
-    engine = PolicyEngine(
-        policy, state=args.state if args.state is not None else default_state_url()
-    )
+    state = args.state if args.state is not None else default_state_url()
+    analytics = args.analytics if args.analytics is not None else default_analytics(state)
+    try:
+        engine = PolicyEngine(policy, state=state, analytics=analytics)
+    except StoreBusyError:
+        if args.analytics is not None:
+            raise
+        print(  # another server on this host has the default file: run without one
+            f"policyctl: warning: `{analytics}` is in use by another process; this server"
+            " records no violations or stats (give it its own --analytics PATH)",
+            file=sys.stderr,
+        )
+        engine = PolicyEngine(policy, state=state)
     try:
         if not args.no_watch:
             engine.watch()
