@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
+from _golden import update_requested
 
 from engine.catalog.model import CatalogError, load_catalog, parse_catalog
 from engine.resources import default_policy_dir
@@ -420,7 +420,7 @@ def test_golden_catalog_errors(case: str) -> None:
         load_catalog(GOLDEN / f"{case}.yaml", f"{case}.yaml")
     got = str(err.value) + "\n"
     expected = GOLDEN / f"{case}.expected"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
+    if update_requested():
         expected.write_text(got, encoding="utf-8")
         return
     assert got == expected.read_text(encoding="utf-8")

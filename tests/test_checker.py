@@ -106,6 +106,30 @@ def test_membership(cond: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("cond", "message"),
+    [
+        (
+            "request.tags == [1]",
+            "unit mismatch: cannot compare a list of strings (`request.tags`)"
+            " with a list of numbers (`[1]`)",
+        ),
+        (
+            "[1, 2] != request.tags",
+            "unit mismatch: cannot compare a list of numbers (`[1, 2]`)"
+            " with a list of strings (`request.tags`)",
+        ),
+    ],
+)
+def test_list_equality_compares_the_element_types(cond: str, message: str) -> None:
+    (found,) = diagnostics(("t.policy", route(cond)))
+    assert (found.code, found.message, found.help) == (
+        "E0333",
+        message,
+        "both sides must have the same type",
+    )
+
+
+@pytest.mark.parametrize(
     "cond",
     [
         "request.max_cost <= $0.01",
@@ -222,6 +246,24 @@ def test_factor_percentages_must_add_up_to_100() -> None:
     program("defaults {\n  strategy weighted(latency: 60%, cost: 40%)\n}")
     program("defaults {\n  strategy weighted(latency: 50%, cost: 30%, success: 20%)\n}")
     assert codes(route("request.stream", "strategy weighted(latency: 70%, cost: 40%)")) == ["E0215"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "total"),
+    [
+        ("latency: 60%, cost: 39%", "99%"),
+        ("latency: 60%, cost: 41%", "101%"),
+        ("latency: 60.5%, cost: 39.4%", "99.9%"),
+    ],
+)
+def test_factor_percentages_close_to_100_are_not_100(weights: str, total: str) -> None:
+    """The sum must be 100% exactly (to float rounding), not within a tolerance."""
+    (found,) = diagnostics(("t.policy", f"defaults {{\n  strategy weighted({weights})\n}}"))
+    assert (found.code, found.message, found.help) == (
+        "E0215",
+        f"factor weights add up to {total}, not 100%",
+        "make the percentages add up to 100%",
+    )
 
 
 def test_factor_weights_as_counts_are_normalised() -> None:

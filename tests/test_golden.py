@@ -17,22 +17,21 @@ To regenerate the expected files after an intended change of wording, run
 
 and read every changed `.expected` before committing it: the caret must sit under the
 offending text, the message must be lowercase with user input in backticks, and the help
-must be right.
+must be right. With `CI` set, `UPDATE_GOLDEN=1` fails every case instead (tests/_golden.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _golden import REFUSED_IN_CI, update_requested
 
 from engine.diagnostics import PolicyError
 from engine.language.loader import compile_sources, load_policy
 
 GOLDEN = Path(__file__).parent / "golden" / "check"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 
 def _too_large() -> str:
@@ -100,11 +99,32 @@ def test_golden(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.chdir(GOLDEN)
         got = render(GOLDEN / f"{case}.policy")
     expected_path = GOLDEN / f"{case}.expected"
-    if UPDATE:
+    if update_requested():
         expected_path.write_text(got, encoding="utf-8")
         return
     assert expected_path.exists(), f"missing {expected_path.name}: run with UPDATE_GOLDEN=1"
     assert got == expected_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("env", "update"),
+    [
+        ({}, False),
+        ({"CI": "true"}, False),
+        ({"UPDATE_GOLDEN": "0", "CI": "true"}, False),
+        ({"UPDATE_GOLDEN": "1"}, True),
+        ({"UPDATE_GOLDEN": "1", "CI": ""}, True),
+    ],
+)
+def test_update_golden_outside_ci(env: dict[str, str], update: bool) -> None:
+    assert update_requested(env) is update
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "yes"])
+def test_update_golden_is_refused_in_ci(ci: str) -> None:
+    with pytest.raises(pytest.fail.Exception) as refused:
+        update_requested({"UPDATE_GOLDEN": "1", "CI": ci})
+    assert str(refused.value) == REFUSED_IN_CI
 
 
 def test_every_expected_file_has_a_case() -> None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import PolicyEngine
+from engine.limits.records import LimitDenial
 from engine.limits.stores import ConfigurationError, open_store
 from engine.limits.stores.base import Spec, Store
 from engine.limits.stores.duckdb_store import DuckDBStore
@@ -231,6 +232,57 @@ def test_token_and_spend_units(make_store: StoreFactory) -> None:
     # once the cheapest model no longer fits, a cheaper one cannot exist: denied by spend
     assert all(not d.allowed for d in decisions)
     assert decisions[0].denied_by["unit"] == "spend"
+
+
+# spend under `strategy cost`, 1000 input + 1000 output tokens: gemini flash, the cheapest
+# candidate, costs (1000*0.075 + 1000*0.30)/1e6 = $0.000375; every other model costs more
+SPENDER = {"id": "s", "user": "w", "input_tokens": 1000, "max_tokens": 1000}
+FLASH_COST = 0.000375
+
+
+def test_spend_denial_waits_for_the_first_candidate_that_fits(make_store: StoreFactory) -> None:
+    """$0.001 per 1h: two flash requests leave $0.00025. The pricier candidates never fit
+    in $0.001, flash fits again after $0.000125 refills (0.000125 / 0.001 × 1 h = 450 s):
+    the denial says so, and logs flash's cost, not the last candidate's."""
+    clock = FakeClock()
+    policy = "defaults { strategy cost }\nlimit user spend $0.001 per 1h\n"
+    engine = engine_with(policy, make_store(), clock)
+    assert [engine.evaluate(SPENDER).model for _ in range(2)] == ["gemini-1.5-flash-latest"] * 2
+    denied = engine.evaluate(SPENDER)
+    assert denied.reason == "Rate limited by user `w` (spend): retry after 450000 ms"
+    assert denied.denied_by == LimitDenial("user", "w", "spend", 450_000)
+    (violation,) = engine.limiter.violations
+    assert (violation.unit, violation.requested) == ("spend", FLASH_COST)
+    assert violation.available == pytest.approx(0.00025, abs=1e-12)
+    clock.step(449)
+    assert engine.evaluate(SPENDER).denied_by == LimitDenial("user", "w", "spend", 1000)
+    clock.step(1)
+    assert engine.evaluate(SPENDER).model == "gemini-1.5-flash-latest"
+
+
+def test_spend_larger_than_the_limit_for_every_candidate(make_store: StoreFactory) -> None:
+    """$0.0003 per 1h is less than any candidate costs: no retry, and the violation logs the
+    cost of the first ranked candidate (flash, under `cost`)."""
+    policy = "defaults { strategy cost }\nlimit user spend $0.0003 per 1h\n"
+    engine = engine_with(policy, make_store(), FakeClock())
+    denied = engine.evaluate(SPENDER)
+    assert denied.reason == "Rate limited by user `w` (spend): the request is larger than the limit"
+    assert denied.denied_by == LimitDenial("user", "w", "spend", None)
+    (violation,) = engine.limiter.violations
+    assert (violation.requested, violation.available) == (FLASH_COST, 0.0003)
+
+
+def test_spend_limit_reroutes_to_a_candidate_that_fits(make_store: StoreFactory) -> None:
+    """gpt-4o ($0.0125 for this request) is ranked first but does not fit in $0.01: the
+    cheaper candidate that fits is chosen, as for a provider or model limit."""
+    policy = (
+        "route r {\n    strategy model-specific\n    prefer openai/gpt-4o weight 9\n"
+        "    prefer gemini/gemini-1.5-flash-latest weight 1\n}\n"
+        "limit user spend $0.01 per 1h\n"
+    )
+    engine = engine_with(policy, make_store(), FakeClock())
+    chosen = engine.evaluate(SPENDER)
+    assert (chosen.allowed, chosen.model) == (True, "gemini-1.5-flash-latest")
 
 
 # ---------------------------------------------------------------- stores agree

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -541,6 +543,47 @@ def test_not_in_across_a_line_break() -> None:
     expected = cmp("not in", path("request.region"), ast.ListLit((string_("eu"),), S))
     assert when('request.region not\n    in ["eu"]') == expected
     assert when('request.region not # why\n    in ["eu"]') == expected
+
+
+# comments between `not` and `in` in every shape the `NOT_IN` terminal must walk through:
+# several `#` on a line, `#` separated by spaces, blank comment lines, comments with words
+_COMMENT_SHAPES = ("#" * 200 + "\n", "# " * 200 + "\n", "#\n" * 200, "# # why\n  \n" * 200)
+
+
+@pytest.mark.parametrize("comments", _COMMENT_SHAPES)
+def test_many_comments_between_not_and_in(comments: str) -> None:
+    expected = cmp("not in", path("request.region"), ast.ListLit((string_("eu"),), S))
+    assert when(f'request.region not {comments}  in ["eu"]') == expected
+
+
+def test_in_inside_a_comment_is_not_the_operator() -> None:
+    """A comment runs to the end of its line, also after `not`: `in` there is comment text."""
+    expected = cmp("not in", path("request.region"), ast.ListLit((string_("eu"),), S))
+    assert when('request.region not # in or not in\n  in ["eu"]') == expected
+    with pytest.raises(PolicyError) as err:
+        parse('route r when request.region not # in ["eu"]\n{}\n', "t.policy")
+    assert str(err.value).splitlines()[0] == "t.policy:1:29: unexpected `not`"
+
+
+def test_a_failed_not_in_after_many_comments_is_linear(tmp_path: Path) -> None:
+    """`not` and 400 comments not followed by `in`: the lexer tries `NOT_IN` and fails.
+
+    A terminal that can split `# # #` several ways tries 2^200 splits before failing (26
+    were 13 s). Run in a subprocess so that such a regression fails on the timeout instead
+    of hanging the suite; the timeout is only a guard, nothing here measures time.
+    """
+    text = "route r when request.user not " + "# " * 200 + "\n" + "#\n" * 200 + "  inx {}\n"
+    (tmp_path / "t.policy").write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "check", "t.policy"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == "t.policy:1:27: unexpected `not`"
 
 
 def test_several_statements_in_file_order() -> None:

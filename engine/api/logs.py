@@ -11,13 +11,20 @@ never waits for the disk. When the limiter holds `VIOLATIONS_FLUSH_AT` violation
 its bounded queue drops any), a decision wakes the timer early. Without a running timer
 (before `start`, after `stop`), a decision flushes inline every `LOG_FLUSH_EVERY`
 decisions or at `VIOLATIONS_FLUSH_AT` violations.
+
+`AnalyticsLogs` does the same for a store that keeps no logs (memory, Redis): violations
+and daily stats go to a DuckDB analytics file instead, where `policyctl ratelimit stats`
+and `violations` read them (no decision rows: that would add to every decision's work).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow, new_decision_row
 from engine.analytics.writer import OutcomeWriter
 from engine.language.program import Program
@@ -29,6 +36,7 @@ from engine.routing.decision import Decision
 LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
 VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
 log = logging.getLogger("policyctl")
+T = TypeVar("T")
 
 
 class EngineLogs:
@@ -82,6 +90,14 @@ class EngineLogs:
         ]
         decisions, self._decisions = self._decisions, []
         self._unflushed = 0
+        self._write(violations, stats, decisions)
+
+    def _write(
+        self,
+        violations: list[ViolationRow],
+        stats: dict[tuple[str, str], tuple[int, int]],
+        decisions: list[DecisionRow],
+    ) -> None:
         self.store.flush(violations=violations, stats=stats, decisions=decisions)
 
     # ------------------------------------------------------------------ the flush timer
@@ -115,6 +131,53 @@ class EngineLogs:
             self._stopping = True
             self._wake.set()
             timer.join()
+
+
+class AnalyticsLogs(EngineLogs):
+    """Violations and daily stats into a DuckDB analytics file, for a store without logs."""
+
+    def __init__(self, store: Store, limiter: Limiter, connection: Any) -> None:
+        super().__init__(store, limiter)
+        self._cursor = connection.cursor()  # its own connection to the analytics database
+        self._lock = threading.Lock()
+
+    def decision(self, decision: Decision, at: float) -> None:
+        """Count one decision (no row): a flush every so often, as `EngineLogs` does."""
+        if self._timer is not None:  # the timer writes; wake it before violations drop
+            if len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT:
+                self._wake.set()
+            return
+        self._unflushed += 1
+        if (
+            self._unflushed >= LOG_FLUSH_EVERY
+            or len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT
+        ):
+            self.flush()
+
+    def _write(
+        self,
+        violations: list[ViolationRow],
+        stats: dict[tuple[str, str], tuple[int, int]],
+        decisions: list[DecisionRow],
+    ) -> None:
+        if not violations and not stats and not decisions:
+            return
+        with self._lock:
+            cursor = self._cursor
+            cursor.execute("BEGIN")
+            try:
+                analytics.write_batch(
+                    cursor, violations=violations, stats=stats, decisions=decisions
+                )
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """`fn(connection)` on the analytics file (what the `ratelimit` queries call)."""
+        with self._lock:
+            return fn(self._cursor)
 
 
 def limit_config_rows(program: Program) -> list[ConfigRow]:

@@ -23,13 +23,13 @@ from engine.analytics.records import bad_value, new_outcome_row, unknown_model
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.api.files import file_state
-from engine.api.logs import EngineLogs, limit_config_rows
+from engine.api.logs import AnalyticsLogs, EngineLogs, limit_config_rows
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
 from engine.limits.limiter import Limiter
-from engine.limits.stores import Store, open_analytics, open_store
+from engine.limits.stores import ConfigurationError, Store, open_analytics, open_store
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
@@ -59,6 +59,7 @@ class PolicyEngine:
         outcomes: str | None = None,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
+        analytics: str | None = None,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -70,13 +71,16 @@ class PolicyEngine:
         queued outcomes and decisions reach the file within about the same time.
         `outcome_queue`: outcomes waiting to be written, at most; past it `record()` returns
         False and `POST /v1/outcomes` answers 503.
+        `analytics`: a DuckDB file for the rate-limit violations and daily stats when
+        `state` keeps no logs (memory, Redis); a DuckDB state file keeps its own.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
-            load_policy(policy), state, clock, metrics, outcomes, flush_interval_s, outcome_queue
-        )
+            load_policy(policy), state, clock, metrics, outcomes, flush_interval_s, outcome_queue,
+            analytics,
+        )  # fmt: skip
 
     @classmethod
     def from_text(
@@ -90,6 +94,7 @@ class PolicyEngine:
         outcomes: str | None = None,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
+        analytics: str | None = None,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
@@ -97,7 +102,7 @@ class PolicyEngine:
         engine._from_text = True
         engine._setup(
             compile_sources([(name, text)]),
-            state, clock, metrics, outcomes, flush_interval_s, outcome_queue,
+            state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
         )  # fmt: skip
         return engine
 
@@ -110,6 +115,7 @@ class PolicyEngine:
         outcomes: str | None = None,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
+        analytics: str | None = None,
     ) -> None:
         if not (isinstance(flush_interval_s, int | float) and 0 < flush_interval_s < INF):
             raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s!r}")
@@ -142,6 +148,13 @@ class PolicyEngine:
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
         self._logs = EngineLogs(self.store, self.limiter) if self.store.persistent else None
+        self.analytics: AnalyticsLogs | None = None  # where violations and stats go instead
+        if analytics is not None and self.store.persistent:
+            self._close_state()
+            raise ConfigurationError(
+                f"an analytics file (`{analytics}`) is for a memory or Redis state store;"
+                f" the DuckDB state file `{self.store.url}` keeps its own logs"
+            )
         if isinstance(self.store, Persistence):
             self.store.write_configs(limit_config_rows(self._program))
         self._own_connection: Any = None
@@ -149,6 +162,18 @@ class PolicyEngine:
         connection = self.store.connection if isinstance(self.store, Persistence) else None
         if outcomes is not None:
             self._own_connection = connection = open_analytics(outcomes)
+        self._analytics_connection: Any = None
+        if analytics is not None:
+            if analytics != outcomes:
+                try:
+                    self._analytics_connection = open_analytics(analytics)
+                except BaseException:  # busy or unreadable: nothing stays open
+                    self._close_state()
+                    if self._own_connection is not None:
+                        self._own_connection.close()
+                    raise
+            log_connection = self._analytics_connection or connection  # one file: shared
+            self._logs = self.analytics = AnalyticsLogs(self.store, self.limiter, log_connection)
         if connection is not None:
             self._warm_start(connection, window_s)
             self.outcome_log = OutcomeWriter(
@@ -277,12 +302,16 @@ class PolicyEngine:
             if self._logs is not None:
                 self._logs.flush()
         finally:
-            if isinstance(self.metrics, ClosableMetrics):
-                self.metrics.close()
-            self.store.close()
-            if self._own_connection is not None:
-                self._own_connection.close()
-                self._own_connection = None
+            self._close_state()
+            for owned in (self._own_connection, self._analytics_connection):
+                if owned is not None:
+                    owned.close()
+            self._own_connection = self._analytics_connection = None
+
+    def _close_state(self) -> None:
+        if isinstance(self.metrics, ClosableMetrics):
+            self.metrics.close()
+        self.store.close()
 
     def __enter__(self) -> PolicyEngine:
         return self

@@ -55,6 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="rate-limit state: memory://, a DuckDB file path (default: $POLICYCTL_STATE, else"
         " ~/.local/state/policyctl/state.duckdb)",
     )
+    p.add_argument(
+        "--analytics",
+        metavar="PATH",
+        help="DuckDB file for violations and daily stats when --state is memory or Redis",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide without consuming limits")
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
     add_format(p)
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         args.policy if args.policy is not None else default_policy_path(),
         state=args.state if args.state is not None else default_state_url(),
         clock=cli_clock(),
+        analytics=args.analytics,
     )
     try:
         return _evaluate_all(engine, args, name, text)

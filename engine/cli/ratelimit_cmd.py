@@ -35,7 +35,7 @@ from engine.limits.admin import (
     check_quota,
     check_scope,
 )
-from engine.limits.stores import default_state_url
+from engine.limits.stores import default_analytics, default_state_url
 from engine.units import format_timestamp as iso
 from engine.units import parse_count, parse_day, parse_timestamp_s, parse_window_ms
 
@@ -149,6 +149,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stats.add_argument("--start", metavar="DATE", help="first day (UTC), e.g. 2026-01-01")
     stats.add_argument("--end", metavar="DATE", help="last day (UTC), inclusive")
     stats.add_argument("--type", metavar="SCOPE", help="one scope: global, user, ip, …")
+    _analytics_flag(stats)
 
     violations = _action(
         actions, "violations", run_violations,
@@ -161,6 +162,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--limit", metavar="N", default=str(DEFAULT_VIOLATIONS),
         help=f"at most N rows (default: {DEFAULT_VIOLATIONS})",
     )  # fmt: skip
+    _analytics_flag(violations)
 
     buckets = _action(
         actions, "buckets", run_buckets,
@@ -206,8 +208,18 @@ def _action(
         " $POLICYCTL_STATE, else ~/.local/state/policyctl/state.duckdb)",
     )
     add_format(p, default="table")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, analytics=None, reads_logs=False)
     return p
+
+
+def _analytics_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--analytics",
+        metavar="PATH",
+        help="the DuckDB file a server or `eval` on memory or Redis state records violations"
+        " and stats in (default for Redis: ~/.local/state/policyctl/state.duckdb)",
+    )
+    p.set_defaults(reads_logs=True)
 
 
 def _scope_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -235,11 +247,11 @@ def _run(args: argparse.Namespace, action: Callable[[RateLimitAdmin], int]) -> i
     """Open the engine on the state, do one thing, close (which writes back)."""
     if args.state is not None:
         check_state_url(args.state)
-    engine = PolicyEngine(
-        _policy(args),
-        state=args.state if args.state is not None else default_state_url(),
-        clock=cli_clock(),
-    )
+    state = args.state if args.state is not None else default_state_url()
+    analytics = args.analytics  # stats and violations: where memory or Redis state logs
+    if analytics is None and args.reads_logs:
+        analytics = default_analytics(state)
+    engine = PolicyEngine(_policy(args), state=state, analytics=analytics, clock=cli_clock())
     try:
         return action(RateLimitAdmin(engine))
     finally:

@@ -13,7 +13,8 @@ from engine.api.policy_engine import (
     PolicyEngine,
 )
 from engine.cli.common import EXIT_OK, UsageError, add_policy, cli_clock, default_policy_path
-from engine.limits.stores import default_state_url
+from engine.limits.stores import default_analytics, default_state_url
+from engine.limits.stores.base import StoreBusyError
 
 # the server's limits by default (docs/service.md, "Slow and idle clients")
 READ_TIMEOUT_S = 10.0  # a request's headers and body, from its first byte
@@ -47,6 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--port", type=int, default=8181, help="port (default 8181; 0 picks one)")
     add_policy(p)
     p.add_argument("--state", metavar="URL", help="rate-limit state (default: $POLICYCTL_STATE)")
+    p.add_argument(
+        "--analytics",
+        metavar="PATH",
+        help="DuckDB file for violations and daily stats when --state is memory or Redis"
+        " (default for Redis: ~/.local/state/policyctl/state.duckdb)",
+    )
     p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for admin calls")
     p.add_argument(
         "--open-admin", action="store_true", help="allow admin calls without a token (unsafe)"
@@ -108,13 +115,24 @@ def run(args: argparse.Namespace) -> int:
 
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
-    engine = PolicyEngine(
-        policy,
-        state=args.state if args.state is not None else default_state_url(),
-        flush_interval_s=args.flush_interval,
-        outcome_queue=args.outcome_queue,
-        clock=cli_clock(),
-    )
+    state = args.state if args.state is not None else default_state_url()
+    analytics = args.analytics if args.analytics is not None else default_analytics(state)
+    options = {
+        "flush_interval_s": args.flush_interval,
+        "outcome_queue": args.outcome_queue,
+        "clock": cli_clock(),
+    }
+    try:
+        engine = PolicyEngine(policy, state=state, analytics=analytics, **options)
+    except StoreBusyError:
+        if args.analytics is not None:
+            raise
+        print(  # another server on this host has the default file: run without one
+            f"policyctl: warning: `{analytics}` is in use by another process; this server"
+            " records no violations or stats (give it its own --analytics PATH)",
+            file=sys.stderr,
+        )
+        engine = PolicyEngine(policy, state=state, **options)
     limits = Limits(args.read_timeout, args.keep_alive, args.limit_concurrency, args.backlog)
     try:
         if not args.no_watch:

@@ -16,8 +16,8 @@ import datetime as dt
 import ipaddress
 import math
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from engine.analytics import queries
 from engine.errors import PolicyctlError
@@ -152,6 +152,16 @@ def _statement(location: str) -> str | None:
         return lines[int(line) - 1].strip()
     except (OSError, ValueError, IndexError):
         return None
+
+
+T = TypeVar("T")
+
+
+class LogTables(Protocol):
+    """Where the log queries read: a DuckDB state store, or the analytics file an engine on
+    memory or Redis state writes its violations and daily stats to."""
+
+    def read(self, fn: Callable[[Any], T]) -> T: ...
 
 
 class RateLimitAdmin:
@@ -429,10 +439,14 @@ class RateLimitAdmin:
 
     # ------------------------------------------------------------------ logs
 
-    def _logs(self) -> SQLQueries | None:
-        """The store whose log tables the queries read, or None without a database."""
+    def _logs(self) -> LogTables | None:
+        """Where the log tables are: the DuckDB state store, else the engine's analytics
+        file (memory or Redis state), else None."""
         store = self.engine.store
-        return store if isinstance(store, SQLQueries) else None
+        if isinstance(store, SQLQueries):
+            return store
+        tables: LogTables | None = self.engine.analytics
+        return tables
 
     def stats(
         self,

@@ -29,12 +29,14 @@ from typing import Any, NamedTuple
 from engine.language.program import CompiledLimit
 from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial, LimitStatus
 from engine.limits.stores.base import (
+    EPSILON,
     AcquireResult,
     Outcome,
     Quota,
     Spec,
     Store,
     StoreUnavailableError,
+    available,
     uses_one_pass,
 )
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -444,6 +446,7 @@ class Limiter:
             return self._verdict(result, shared_info, None, env, now_s)
         # One option per candidate, in ranking order, built as the store asks for them.
         option_info: list[list[tuple[Applied, str]]] = []
+        option_buckets: list[list[Bucket]] = []  # for a denial: which option fits first
         ranked = iter(candidates)
         first: list[Bucket] | None = None
         if consume_all is not None:  # the first option now: it usually has room
@@ -453,6 +456,7 @@ class Limiter:
                     quotas = self._quotas(now_s)  # cached for a second
                 first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
                 option_info.append(info)
+                option_buckets.append(first)
                 buckets = shared + first
                 taken = consume_all(buckets, now)
                 if taken is not None:
@@ -476,6 +480,7 @@ class Limiter:
                     quotas = self._quotas(now_s)  # cached for a second
                 buckets, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
                 option_info.append(info)
+                option_buckets.append(buckets)
                 yield as_specs(buckets)
 
         # the stores' own `acquire`; a one-pass store's without the pass that just failed
@@ -484,7 +489,63 @@ class Limiter:
             result = acquire(as_specs(shared), options(), now, consume=consume)
         except StoreUnavailableError as err:
             return self._store_down(err, on_store_error, now_s)
+        if result[0] is None and len(option_buckets) > 1 and len(result[1]) > len(shared):
+            result, option_info = self._first_to_fit(
+                result, len(shared), option_info, option_buckets, now
+            )
         return self._verdict(result, shared_info, option_info, env, now_s)
+
+    def _first_to_fit(
+        self,
+        result: AcquireResult,
+        shared: int,
+        option_info: list[list[tuple[Applied, str]]],
+        option_buckets: list[list[Bucket]],
+        now: float,
+    ) -> tuple[AcquireResult, list[list[tuple[Applied, str]]]]:
+        """Every candidate was denied by its own buckets (the shared ones had room): report
+        the candidate that fits first (the first ranked of those that fit as soon), else,
+        when none ever fits (a bucket smaller than the cost), the first ranked. The store
+        reports the last candidate it tried, whose cost (under a spend limit, its price) may
+        never fit while a cheaper candidate's fits in a moment. A denial path only: reads
+        each bucket's level once (`peek`), and keeps the store's answer if that fails."""
+        levels: dict[str, float | None] = {}
+        best: tuple[int, list[Outcome], Outcome] | None = None
+        best_retry = math.inf
+        try:
+            for index, buckets in enumerate(option_buckets):
+                outcomes: list[Outcome] = []
+                blamed: Outcome | None = None
+                retry = 0.0  # the option fits when its slowest bucket does
+                for bucket in buckets:
+                    key, capacity, rate, cost = bucket
+                    if key not in levels:
+                        levels[key] = self.store.peek(key)
+                    full_at = levels[key]
+                    have = available(full_at, capacity, rate, now)
+                    fits = have + EPSILON >= cost
+                    outcome = Outcome(
+                        Spec(*bucket), have, fits, now if full_at is None else full_at
+                    )
+                    outcomes.append(outcome)
+                    if fits or retry == math.inf:
+                        continue
+                    wait = math.inf if cost > capacity else math.ceil((cost - have) / rate - 1e-9)
+                    if blamed is None or wait > retry:
+                        blamed, retry = outcome, wait
+                if blamed is None:  # it fits now (the state moved since the store's answer)
+                    return result, option_info
+                if best is None or retry < best_retry:
+                    best, best_retry = (index, outcomes, blamed), retry
+        except StoreUnavailableError:
+            return result, option_info
+        assert best is not None
+        index, outcomes, blamed = best
+        store_failed = result[2]
+        if index == len(option_buckets) - 1 and store_failed and store_failed[0][0] == blamed[0][0]:
+            return result, option_info  # the store's own answer (its statuses as it gave them)
+        chosen = AcquireResult(None, (*result[1][:shared], *outcomes), blamed)
+        return chosen, option_info[: index + 1]  # `_verdict` reports the last option given
 
     def _option(
         self,

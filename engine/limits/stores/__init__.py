@@ -12,7 +12,15 @@ from pathlib import Path
 from engine.limits.stores.base import ConfigurationError, Store
 from engine.vocabulary import MEMORY_URLS, REDIS_URL_PREFIXES, unknown_store_message
 
-__all__ = ["ConfigurationError", "Store", "default_state_url", "open_analytics", "open_store"]
+__all__ = [
+    "ConfigurationError",
+    "Store",
+    "default_analytics",
+    "default_state_file",
+    "default_state_url",
+    "open_analytics",
+    "open_store",
+]
 
 
 def default_state_url() -> str:
@@ -20,6 +28,12 @@ def default_state_url() -> str:
     env = os.environ.get("POLICYCTL_STATE")
     if env:
         return env
+    return default_state_file()
+
+
+def default_state_file() -> str:
+    """`$XDG_STATE_HOME/policyctl/state.duckdb` (~/.local/state): the default DuckDB file,
+    also where a server on memory or Redis state writes its violations and stats."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "policyctl" / "state.duckdb")
 
@@ -41,6 +55,13 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
     from engine.limits.stores.duckdb_store import DuckDBStore
 
     return DuckDBStore(url, lock_timeout_s=lock_timeout_s)
+
+
+def default_analytics(state_url: str) -> str | None:
+    """Where `serve` on Redis state records violations and daily stats, and `ratelimit
+    stats|violations` read them, when no `--analytics` is given: the default state file.
+    None for memory (which forgets at exit) and for a DuckDB file (which keeps its own)."""
+    return default_state_file() if state_url.startswith(REDIS_URL_PREFIXES) else None
 
 
 def open_analytics(path: str, *, lock_timeout_s: float = 10.0) -> object:
