@@ -346,3 +346,38 @@ def test_from_text_with_a_lone_surrogate_is_a_policy_error() -> None:
     assert str(caught.value) == (
         "<policy>: not UTF-8 text: a lone surrogate `\\udce9` at line 1, column 6"
     )
+
+
+def test_ratelimit_tables_escape_what_a_client_chose(tmp_path: Path) -> None:
+    """Item 6: a user and an id with ESC and a newline, denied by a user limit, are printed
+    escaped by `ratelimit violations`, `status` and `buckets` (render_table's cells)."""
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    text = (policies / "default.policy").read_text(encoding="utf-8")
+    limit = "limit user      100 per 1m burst 10"
+    assert limit in text
+    (policies / "default.policy").write_text(
+        text.replace(limit, "limit user 1 per 1d"), encoding="utf-8"
+    )
+    user = "eve\x1b[31m\n"
+    lines = [json.dumps({"id": f"v{i}\x1b[2J", "user": user}) for i in (1, 2)]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    common = ["--policy", str(policies), "--state", str(tmp_path / "s.duckdb")]
+
+    def policyctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine", *args, *common],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+
+    assert policyctl("eval", "r.jsonl").returncode == 3
+    for args in (("ratelimit", "violations"), ("ratelimit", "status", "--user", user),
+                 ("ratelimit", "buckets")):  # fmt: skip
+        ran = policyctl(*args)
+        assert ran.returncode == 0, ran.stderr
+        assert "\x1b" not in ran.stdout
+        assert "user   eve\\x1b[31m\\n  requests  " in ran.stdout
+    assert "  v2\\x1b[2J\n" in policyctl("ratelimit", "violations").stdout
