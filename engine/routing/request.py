@@ -310,10 +310,12 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     if max_latency is not None and (not _number(max_latency) or not max_latency > 0):
         return None
     tags = get("tags", ())
-    if tags and (
-        type(tags) is not list or any(type(t) is not str or not storable(t) for t in tags)
-    ):
-        return None
+    if tags:
+        if type(tags) is not list:
+            return None
+        for tag in tags:
+            if type(tag) is not str or (not tag.isascii() and _SURROGATE.search(tag)):
+                return None
     if type(tags) is not list and tags != ():
         return None
     metadata = get("metadata", _EMPTY)
@@ -322,7 +324,9 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     for key, value in metadata.items():
         if type(key) is not str or type(value) not in (str, int, float, bool):
             return None
-        if not storable(key) or (type(value) is str and not storable(value)):
+        if not key.isascii() and _SURROGATE.search(key):
+            return None
+        if type(value) is str and not value.isascii() and _SURROGATE.search(value):
             return None
     if get("messages") is not None:
         return None  # chat messages: the full validator estimates their tokens
