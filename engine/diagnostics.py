@@ -165,11 +165,21 @@ def edit_distance(a: str, b: str) -> int:
     return prev[lb]
 
 
+GUESS_MAX_CHARS = 64  # names longer than this get no guess: edit distance is quadratic
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """The closest candidate within a third of the word's length (at least 2 edits), if any."""
+    """The closest candidate within a third of the word's length (at least 2 edits), if any.
+
+    Bounded: a word or candidate over `GUESS_MAX_CHARS` is not compared, nor a candidate
+    whose length alone puts it out of reach (the distance is at least the difference)."""
+    if len(word) > GUESS_MAX_CHARS:
+        return None
     best: str | None = None
     best_d = max(2, len(word) // 3) + 1
     for cand in sorted(set(candidates)):
+        if len(cand) > GUESS_MAX_CHARS or abs(len(cand) - len(word)) >= best_d:
+            continue
         d = edit_distance(word.lower(), cand.lower())
         if d < best_d:
             best, best_d = cand, d

@@ -92,8 +92,30 @@ def format_duration(ms: float) -> str:
 _WINDOW = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DATE_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}")
-_MAX = 1e15
+MAX_QUANTITY = 1e15  # the largest count, window (ms) or token count a flag or field may give
+MAX_TOKENS = 10**15  # the largest token count a request or a catalog may give (a float holds it)
+_MAX_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last moment a timestamp can show
 _COUNT = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)([kKMB]?)$")
+
+
+def _as_float(value: float) -> tuple[float, str]:
+    """A JSON number as a float and as shown in a message: an integer too large for a float
+    (`10**400`) is infinity, shown by its first digits, instead of an OverflowError."""
+    if isinstance(value, int) and not -MAX_INT_FLOAT <= value <= MAX_INT_FLOAT:
+        sign = "-" if value < 0 else ""
+        return (-math.inf if sign else math.inf), f"{sign}{_long_int(abs(value))}"
+    return float(value), f"{value:g}"
+
+
+def _long_int(value: int) -> str:
+    """A huge integer shown by its first digits and its length (str() fails past 4,300)."""
+    digits = value.bit_length() * 30103 // 100000 + 1  # log10(2) per bit: exact or one over
+    if value < 10 ** (digits - 1):
+        digits -= 1
+    return f"{value // 10 ** max(0, digits - 12)}… ({digits} digits)"
+
+
+MAX_INT_FLOAT = 2**1023  # past this, float(int) raises OverflowError
 
 
 def parse_window_ms(
@@ -108,8 +130,7 @@ def parse_window_ms(
     if isinstance(value, bool):
         raise error(f"`{flag}` must be a duration such as `1m`, got `{value}`")
     if isinstance(value, int | float):
-        ms = float(value)
-        text = f"{value:g}"
+        ms, text = _as_float(value)
     else:
         text = str(value).strip()
         match = _WINDOW.match(text)
@@ -120,7 +141,7 @@ def parse_window_ms(
             )
         sign, digits, suffix = match.groups()
         ms = float(digits) * DURATION_MS[suffix or "ms"] * (-1.0 if sign == "-" else 1.0)
-    if not math.isfinite(ms) or ms > _MAX:
+    if not math.isfinite(ms) or ms > MAX_QUANTITY:
         raise error(f"`{flag}` is too large, got `{text}`")
     if allow_zero and ms < 0:
         raise error(f"`{flag}` must be zero or more, got `{text}`")
@@ -142,8 +163,7 @@ def parse_count(
     if isinstance(value, bool):
         raise error(f"`{flag}` must be a number, got `{value}`")
     if isinstance(value, int | float):
-        number = float(value)
-        text = f"{value:g}"
+        number, text = _as_float(value)
     else:
         text = str(value).strip()
         match = _COUNT.match(text)
@@ -154,7 +174,7 @@ def parse_count(
         if integer and suffix:
             raise error(f"`{flag}` must be a whole number such as `100`, got `{value}`")
         number = float(digits) * COUNT_SCALE[suffix] * (-1.0 if sign == "-" else 1.0)
-    if not math.isfinite(number) or number > _MAX:
+    if not math.isfinite(number) or number > MAX_QUANTITY:
         raise error(f"`{flag}` is too large, got `{text}`")
     if allow_zero and number < 0:
         raise error(f"`{flag}` must be zero or more, got `{text}`")
@@ -184,7 +204,10 @@ def parse_timestamp_s(
     if isinstance(value, bool):
         raise error(f"`{flag}` must be a date such as `2026-12-31`, got `{value}`")
     if isinstance(value, int | float):
-        return float(value)
+        seconds, text = _as_float(value)
+        if not -_MAX_EPOCH_S <= seconds <= _MAX_EPOCH_S:  # also NaN and the infinities
+            raise error(f"`{flag}` is out of range (epoch seconds up to year 9999), got `{text}`")
+        return seconds
     if isinstance(value, dt.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
         return moment.timestamp()

@@ -128,7 +128,7 @@ class Env:
 
 
 def make_env(root: Path) -> Env:
-    for sub in ("work", "home", "xdg-state"):
+    for sub in ("work", "home", "xdg-state", "state"):  # an explicit --state needs its directory
         (root / sub).mkdir(parents=True, exist_ok=True)
     return Env(root, root / "state" / "state.duckdb")
 

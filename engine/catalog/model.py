@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from engine.diagnostics import did_you_mean
 from engine.errors import PolicyctlError
+from engine.units import MAX_TOKENS
 
 MAX_CATALOG_BYTES = 8 << 20  # 8 MiB
 MAX_NESTING = 64  # a catalog needs 4 levels
@@ -126,14 +128,14 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 class _Pricing(BaseModel):
     model_config = _STRICT
-    input: Annotated[float, Field(ge=0)]
-    output: Annotated[float, Field(ge=0)]
+    input: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    output: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class _LatencyPrior(BaseModel):
     model_config = _STRICT
-    p50: Annotated[float, Field(gt=0)]
-    p95: Annotated[float, Field(gt=0)]
+    p50: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    p95: Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
     @model_validator(mode="after")
     def _ordered(self) -> _LatencyPrior:
@@ -147,8 +149,8 @@ class _ModelSpec(BaseModel):
     id: Name
     provider: Name
     aliases: list[Name] = []
-    context_window: Annotated[int, Field(gt=0)]
-    max_tokens: Annotated[int, Field(gt=0)]
+    context_window: Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)]
     supports: list[Capability] = []
     pricing: _Pricing
     latency_prior_ms: _LatencyPrior
@@ -396,7 +398,12 @@ def load_catalog(path: str | os.PathLike[str], name: str | None = None) -> Catal
     p = Path(path)
     shown = name if name is not None else str(p)
     try:
-        with p.open("rb") as f:  # read at most one byte over the limit (pipes report no size)
+        if "\0" in str(p):
+            raise OSError(0, "the path contains a NUL character")
+        mode = p.stat().st_mode  # a FIFO would hang the read, a device never end
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # (open says "Is a directory")
+            raise OSError(0, "not a regular file")
+        with p.open("rb") as f:  # read at most one byte over the limit
             data = f.read(MAX_CATALOG_BYTES + 1)
             if len(data) > MAX_CATALOG_BYTES:
                 size = os.fstat(f.fileno()).st_size

@@ -19,12 +19,13 @@ from engine.cli.common import (
     cli_clock,
     default_policy_path,
     dump_json,
+    printable,
     render_table,
 )
 from engine.diagnostics import Diagnostic, Source, Span
 from engine.limits.stores import default_state_url
 from engine.routing.decision import Decision, NoEligibleModel
-from engine.routing.request import RequestError
+from engine.routing.request import RequestError, json_limit
 from engine.units import format_money as money
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
@@ -73,10 +74,19 @@ class _BadItem:
 
 
 def _read_input(path: str) -> tuple[str, str]:
+    """The input's name and text; raises UnicodeDecodeError for bytes that are not UTF-8
+    (standard input is read as bytes: its text layer would turn them into lone surrogates)."""
     if path == "-":
-        return "<stdin>", sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return path, f.read()
+        return "<stdin>", sys.stdin.buffer.read().decode("utf-8")
+    with open(path, "rb") as f:
+        return path, f.read().decode("utf-8")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """JSONL lines, numbered: split on `\\n` only (a `\\r` before it dropped), so U+2028,
+    U+0085 and the other characters `str.splitlines` breaks on stay inside their line."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.removesuffix("\r")
 
 
 def _json_error(name: str, text: str, err: json.JSONDecodeError, line: int = 1) -> str:
@@ -89,10 +99,10 @@ def _json_error(name: str, text: str, err: json.JSONDecodeError, line: int = 1) 
 
 def _first_line_is_json(text: str) -> bool:
     """Several documents one per line (JSONL), not one document with junk after it."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for _, line in _lines(text) if line.strip()), "")
     try:
         json.loads(first)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -111,16 +121,21 @@ def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
             if err.msg != "Extra data" or not _first_line_is_json(text):
                 yield None, _BadItem(None, _json_error(name, text, err))
                 return
-    for number, line in enumerate(text.splitlines(), start=1):
+        except (ValueError, RecursionError) as err:
+            yield None, _BadItem(None, f"{name}: invalid JSON: {json_limit(err)}")
+            return
+    for number, line in _lines(text):
         if not line.strip():
             continue
-        if len(line) > MAX_REQUEST_BYTES:
+        if len(line) > MAX_REQUEST_BYTES // 4 and len(line.encode("utf-8")) > MAX_REQUEST_BYTES:
             yield number, _BadItem(number, f"{name}:{number}: request is larger than 1 MiB")
             continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             yield number, _BadItem(number, _json_error(name, line, err, line=number))
+        except (ValueError, RecursionError) as err:
+            yield number, _BadItem(number, f"{name}:{number}: invalid JSON: {json_limit(err)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"policyctl: error: cannot read `{args.input}`: {err.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except UnicodeDecodeError:
-        print(f"policyctl: error: `{args.input}` is not UTF-8 text", file=sys.stderr)
+    except UnicodeDecodeError as err:
+        print(
+            f"policyctl: error: `{args.input}` is not UTF-8 text (byte {err.start})",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     engine = PolicyEngine(
         args.policy if args.policy is not None else default_policy_path(),
@@ -260,5 +278,5 @@ def _vertical(d: Decision) -> str:
     for key, value in rows:
         shown = "-" if value is None else ("yes" if value is True else "no" if value is False
                                            else str(value))  # fmt: skip
-        lines.append(f"{key.ljust(width)}  {shown}")
+        lines.append(f"{key.ljust(width)}  {printable(shown)}")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ policy file), else the packaged default catalog.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,10 @@ def policy_files(path: str | os.PathLike[str]) -> list[Path]:
 
 def _read(path: Path) -> str:
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would hang the read, a device never end
+            raise OSError(0, "not a regular file")
+        size = info.st_size
         if size > MAX_SOURCE_BYTES:
             raise PolicyError(
                 [
@@ -76,6 +81,12 @@ def _catalog_for(
             if not isinstance(stmt, ast.CatalogStmt):
                 continue
             base = path.parent if path is not None else Path.cwd()
+            if "\0" in str(stmt.path.value):
+                diagnostics.append(
+                    Diagnostic("E0207", "a catalog path cannot contain a NUL character",
+                               stmt.path.span, None)
+                )  # fmt: skip
+                return None
             target = (base / str(stmt.path.value)).resolve()
             if chosen is None:
                 chosen = (stmt, target)
@@ -117,6 +128,9 @@ def compile_sources(
 ) -> Loaded:
     """Parse, check and compile named policy texts. Raises PolicyError with every error."""
     paths = list(paths) if paths is not None else [None] * len(sources)
+    unreadable = [d for name, text in sources if (d := _surrogate(name, text)) is not None]
+    if unreadable:
+        raise PolicyError(unreadable)
     diagnostics: list[Diagnostic] = []
     parsed: list[ast.PolicyFile] = []
     parsed_paths: list[Path | None] = []
@@ -150,6 +164,23 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Loaded:
     if errors:
         raise PolicyError(errors)
     return compile_sources(sources, files)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate(name: str, text: str) -> Diagnostic | None:
+    """A policy text (from `from_text`) with a lone surrogate: no UTF-8 form, so no file."""
+    found = None if text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    line = text.count("\n", 0, found.start()) + 1
+    col = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+    message = (
+        f"not UTF-8 text: a lone surrogate `\\u{ord(found.group()):04x}` at line {line},"
+        f" column {col}"
+    )
+    return Diagnostic("E0005", message, None, file=name)
 
 
 def _display(path: Path) -> str:

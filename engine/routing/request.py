@@ -12,12 +12,14 @@ import hashlib
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import PolicyctlError
+from engine.units import MAX_TOKENS
 
 Scalar = str | int | float | bool
 
@@ -44,10 +46,10 @@ class Request(BaseModel):
     model: str | None = Field(None, description="the model the client asked for (a hint)")
     prompt: str | None = Field(None, description="prompt text, used to estimate input tokens")
     messages: list[Message] | None = Field(None, description="chat messages, for the estimate")
-    input_tokens: Annotated[int, Field(ge=0)] | None = Field(
+    input_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(
         None, description="input tokens; estimated from prompt/messages (4 chars/token) if absent"
     )
-    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = Field(
         None, description="maximum output tokens"
     )
     requires_vision: bool = False
@@ -114,7 +116,7 @@ def _explain(err: ValidationError) -> list[tuple[str, str]]:
             continue
         name = _field_name(loc)
         if e["type"] == "extra_forbidden":
-            message = f"unknown field `{name}`"
+            message = f"unknown field `{_short(name)}`"
             from engine.diagnostics import did_you_mean  # stdlib-only module
 
             guess = did_you_mean(name, Request.model_fields)
@@ -129,15 +131,80 @@ def _explain(err: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
+def _short(name: str, limit: int = 80) -> str:
+    """A field name a client made up, cut for a message (it may be 100,000 characters)."""
+    return name if len(name) <= limit else f"{name[:limit]}… ({len(name):,} characters)"
+
+
 def validate(data: Any) -> Request:
     if isinstance(data, Request):
         return data
     if not isinstance(data, Mapping):
         raise RequestError([("", f"a request is a JSON object, not {_json_kind(data)}")])
+    bad_strings = unstorable(data)
+    if bad_strings:
+        raise RequestError([(f"field `{path}`", message) for path, message in bad_strings])
     try:
         return Request.model_validate(data)
     except ValidationError as err:
         raise RequestError(_explain(err)) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> bool:
+    """False for a string with a lone surrogate (`"\\ud800"` is legal JSON, and what Python
+    reads undecodable bytes as): it has no UTF-8 form, so no file, log or store can keep it."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def shown(text: str) -> str:
+    """A string for a message, its lone surrogates written as `\\udXXX`."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def unstorable(data: Any) -> list[tuple[str, str]]:
+    """(field path, message) for each string, key or value at any depth, with a lone
+    surrogate. The one check at the edge: requests here, every HTTP body in the service."""
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:  # iterative: an embedding app's dict may be nested deeper than the stack
+        path, value = stack.pop()
+        if isinstance(value, str):
+            found = None if value.isascii() else _SURROGATE.search(value)
+            if found is not None:
+                where = f"character {found.start() + 1}"
+                problems.append((path, _SURROGATE_MESSAGE.format(shown(found.group()), where)))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                name = f"{path}.{shown(str(key))}" if path else shown(str(key))
+                if isinstance(key, str) and not storable(key):
+                    problems.append((name, _SURROGATE_KEY_MESSAGE))
+                else:
+                    stack.append((name, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return sorted(problems)
+
+
+_SURROGATE_KEY_MESSAGE = (
+    "a field name with a lone surrogate cannot be stored (it is not a character: it has no"
+    " UTF-8 form)"
+)
+_SURROGATE_MESSAGE = (
+    "a lone surrogate `{}` at {} cannot be stored (it is not a character: it has no UTF-8 form)"
+)
+
+
+def json_limit(err: ValueError | RecursionError) -> str:
+    """What a JSON parser limit (not a syntax error) means: nesting past the stack, or an
+    integer past Python's 4,300 digits. For the CLI's and the service's messages."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    if "digits" in str(err):
+        return "a number has too many digits (the limit is 4,300)"
+    return str(err)
 
 
 def _json_kind(data: Any) -> str:
@@ -211,7 +278,9 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     get = data.get
     for name in _STR_FIELDS:
         value = get(name)
-        if value is not None and type(value) is not str:
+        if value is not None and (
+            type(value) is not str or (not value.isascii() and _SURROGATE.search(value))
+        ):
             return None
     for name in _BOOL_FIELDS:
         value = get(name, False)
@@ -225,10 +294,14 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         if ip is None:
             return None
     input_tokens = get("input_tokens")
-    if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+    if input_tokens is not None and (
+        type(input_tokens) is not int or not 0 <= input_tokens <= MAX_TOKENS
+    ):
         return None
     max_tokens = get("max_tokens")
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+    if max_tokens is not None and (
+        type(max_tokens) is not int or not 1 <= max_tokens <= MAX_TOKENS
+    ):
         return None
     max_cost = get("max_cost")
     if max_cost is not None and (not _number(max_cost) or not max_cost >= 0):
@@ -237,8 +310,12 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     if max_latency is not None and (not _number(max_latency) or not max_latency > 0):
         return None
     tags = get("tags", ())
-    if tags and (type(tags) is not list or any(type(t) is not str for t in tags)):
-        return None
+    if tags:
+        if type(tags) is not list:
+            return None
+        for tag in tags:
+            if type(tag) is not str or (not tag.isascii() and _SURROGATE.search(tag)):
+                return None
     if type(tags) is not list and tags != ():
         return None
     metadata = get("metadata", _EMPTY)
@@ -246,6 +323,10 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     for key, value in metadata.items():
         if type(key) is not str or type(value) not in (str, int, float, bool):
+            return None
+        if not key.isascii() and _SURROGATE.search(key):
+            return None
+        if type(value) is str and not value.isascii() and _SURROGATE.search(value):
             return None
     if get("messages") is not None:
         return None  # chat messages: the full validator estimates their tokens

@@ -2,20 +2,27 @@
 
 Every client error is a JSON object `{"error": sentence, "detail": …}`; a body over 1 MiB
 is a 413 (by `Content-Length`, or counted while a chunked body streams), malformed JSON a
-400 with the line and column.
+400 with the line and column, a body that is not UTF-8 (UTF-16 included) a 400. A client
+that disconnects mid-body is one warning line in the log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
 from engine.errors import PolicyctlError
+from engine.routing.request import json_limit, unstorable
 
 MAX_BODY_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark is allowed, as json.loads(bytes) allows it
+
+log = logging.getLogger("policyctl.service")
 
 
 class BodyError(PolicyctlError):
@@ -41,30 +48,58 @@ def problem(status: int, error: str, detail: Any = None) -> JSONResponse:
     return SafeJSONResponse(body, status_code=status)
 
 
-async def json_body(request: HttpRequest, *, allow_empty: bool = False) -> Any:
-    """The body as JSON; with `allow_empty`, an empty body is `{}`."""
+async def json_body(
+    request: HttpRequest, *, allow_empty: bool = False, check_strings: bool = True
+) -> Any:
+    """The body as JSON; with `allow_empty`, an empty body is `{}`. A string that cannot be
+    stored (a lone surrogate, `"\\ud800"`, is legal JSON) is a 422 naming its field, unless
+    `check_strings` is off because the caller's validator runs the same check."""
+    body = _parse(await _read(request), allow_empty)
+    if check_strings:
+        problems = unstorable(body)
+        if problems:
+            detail = [{"field": path, "message": message} for path, message in problems]
+            raise BodyError(422, "a string in the body cannot be stored", detail)
+    return body
+
+
+async def _read(request: HttpRequest) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BodyError(413, "request body is larger than 1 MiB")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyError(413, "request body is larger than 1 MiB")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyError(413, "request body is larger than 1 MiB")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.warning(
+            "client %s disconnected before sending the whole body of %s %s (%d bytes read)",
+            request.client.host if request.client else "?",
+            request.method,
+            request.url.path,
+            size,
+        )
+        raise BodyError(400, "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _parse(raw: bytes, allow_empty: bool) -> Any:
     if allow_empty and not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        # decoded here, strictly: json.loads(bytes) would also take UTF-16 and UTF-32
+        return json.loads(raw.decode("utf-8-sig" if raw.startswith(_BOM) else "utf-8"))
     except UnicodeDecodeError:
         raise BodyError(400, "request body is not UTF-8") from None
-    except RecursionError:
-        raise BodyError(400, "malformed JSON: nested too deeply") from None
+    except RecursionError as err:
+        raise BodyError(400, f"malformed JSON: {json_limit(err)}") from None
     except ValueError as err:
         if not isinstance(err, json.JSONDecodeError):
-            raise BodyError(400, f"malformed JSON: {err}") from None
+            raise BodyError(400, f"malformed JSON: {json_limit(err)}") from None
         raise BodyError(
             400,
             f"malformed JSON: {err.msg[:1].lower()}{err.msg[1:]}",

@@ -7,6 +7,7 @@ Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `re
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from engine.limits.stores.base import ConfigurationError, Store
@@ -20,6 +21,7 @@ __all__ = [
     "default_state_url",
     "open_analytics",
     "open_store",
+    "state_file",
 ]
 
 
@@ -54,7 +56,33 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
         raise ConfigurationError("the state store URL is empty")
     from engine.limits.stores.duckdb_store import DuckDBStore
 
-    return DuckDBStore(url, lock_timeout_s=lock_timeout_s)
+    return DuckDBStore(str(state_file(url)), lock_timeout_s=lock_timeout_s)
+
+
+def state_file(path: str) -> Path:
+    """A DuckDB state file's path, checked before DuckDB opens it: a regular file or none
+    yet (a FIFO would hang the open), in a directory that exists. Only the default state
+    directory (`$XDG_STATE_HOME/policyctl`) is created; a path someone gave (`--state`,
+    `$POLICYCTL_STATE`) whose directory is missing is a ConfigurationError naming it."""
+    if "\0" in path:
+        raise ConfigurationError("the state file path contains a NUL character")
+    file = Path(path).expanduser()
+    if not file.parent.is_dir():
+        if file != Path(default_state_file()).expanduser():
+            raise ConfigurationError(
+                f"the state file's directory `{file.parent}` does not exist (create it, or"
+                " leave --state out to use the default state directory)"
+            )
+        file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        return file
+    except OSError as err:
+        raise ConfigurationError(f"cannot use the state file `{file}`: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigurationError(f"the state file `{file}` is not a regular file")
+    return file
 
 
 def default_analytics(state_url: str) -> str | None:
@@ -69,8 +97,7 @@ def open_analytics(path: str, *, lock_timeout_s: float = 10.0) -> object:
     from engine.analytics import schema as analytics
     from engine.limits.stores.duckdb_store import _connect
 
-    file = Path(path).expanduser()
-    file.parent.mkdir(parents=True, exist_ok=True)
+    file = state_file(path)
     con = _connect(str(file), lock_timeout_s)
     analytics.ensure_schema(con)
     return con
