@@ -40,6 +40,11 @@ exit codes: 0 allowed, 3 denied (at least one), 2 bad input, 4 state store busy
 """
 
 
+class PolicyLines(str):
+    """A table value written by the policy's author (a route's `when` text): its line
+    breaks are the author's and are kept; each line is still escaped."""
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "eval",
@@ -263,7 +268,9 @@ def _vertical(d: Decision) -> str:
             if step["step"] == "route":
                 verdict = "matched" if step["matched"] else "no match"
                 when = f" when {step['when']}" if step["when"] else ""
-                rows.append(("trace", f"route {step['route']}{when}: {verdict}"))
+                # the condition is the policy's own text: its line breaks are kept (each line
+                # escaped below); everything else a row shows is printed on one line
+                rows.append(("trace", PolicyLines(f"route {step['route']}{when}: {verdict}")))
             elif step["step"] == "drop":
                 rows.append(
                     ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")
@@ -278,5 +285,9 @@ def _vertical(d: Decision) -> str:
     for key, value in rows:
         shown = "-" if value is None else ("yes" if value is True else "no" if value is False
                                            else str(value))  # fmt: skip
-        lines.append(f"{key.ljust(width)}  {printable(shown)}")
+        if isinstance(value, PolicyLines):
+            shown = "\n".join(printable(line) for line in value.split("\n"))
+        else:
+            shown = printable(shown)
+        lines.append(f"{key.ljust(width)}  {shown}")
     return "\n".join(lines)
