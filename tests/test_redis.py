@@ -155,6 +155,57 @@ def test_redis_down_gives_the_fail_mode_then_recovers(tmp_path: Path, mode: str)
         server.stop()
 
 
+def test_a_policy_that_names_no_fail_mode_fails_open(tmp_path: Path) -> None:
+    """`on_store_error` defaults to `open` (docs/language.md §3): with Redis gone, a policy
+    that never sets it keeps allowing, and counts the error."""
+    from _redis import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        engine = PolicyEngine.from_text("limit user 3 per 1h\n", state=server.url + "?timeout=0.2")
+        assert engine.program.default_route.settings.on_store_error == "open"
+        assert engine.evaluate({"id": "1", "user": "u"}).allowed
+        server.stop()
+        down = engine.evaluate({"id": "2", "user": "u"})
+        assert down.allowed is True and down.denied_by is None
+        assert engine.limiter.store_errors == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_a_stalled_redis_is_bounded_by_its_timeout(tmp_path: Path, mode: str) -> None:
+    """A Redis that stops answering (SIGSTOP: the socket stays open, nothing replies) is a
+    store error after the URL's timeout, not a decision that waits forever."""
+    import signal
+
+    from _redis import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    assert server.process is not None
+    try:
+        policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
+        engine = PolicyEngine.from_text(policy, state=server.url + "?timeout=0.2")
+        assert engine.evaluate({"id": "1", "user": "u"}).allowed
+        server.process.send_signal(signal.SIGSTOP)
+        answers: list[Any] = []
+        worker = threading.Thread(
+            target=lambda: answers.append(engine.evaluate({"id": "2", "user": "u"})), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=60)  # a guard against a hang, not a timing assertion
+        assert not worker.is_alive(), "evaluate waited on a stalled Redis"
+        (stalled,) = answers
+        assert stalled.allowed is (mode == "open")
+        assert engine.limiter.store_errors == 1
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
 @pytest.mark.parametrize("mode", ["open", "closed"])
 def test_redis_down_when_quotas_are_due_for_a_refresh(tmp_path: Path, mode: str) -> None:
     """Runtime quotas are re-read from the store once a second; an outage at that moment is
