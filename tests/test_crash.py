@@ -23,8 +23,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
-import pytest
-from test_service import FLASH, POLICIES, free_port, wait_for
+from test_service import FLASH, POLICIES, free_port, wait_for, wait_until_serving
 
 from engine.language.loader import load_policy
 
@@ -64,17 +63,7 @@ def serve(workdir: Path, policies: Path, state: Path, *flags: str) -> Iterator[P
         proc = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     served = Proc(proc, f"http://127.0.0.1:{port}", log)
     try:
-        with httpx.Client(base_url=served.url, timeout=10) as client:
-
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode}:\n{served.output()}")
-                try:
-                    return client.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(ready, "the server to answer /healthz")
+        wait_until_serving(proc, served.url, served.output)
         yield served
     finally:
         if proc.poll() is None:

@@ -84,6 +84,21 @@ class Server:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
 
+def wait_until_serving(proc: subprocess.Popen[bytes], url: str, output: Callable[[], str]) -> None:
+    """Until `GET /healthz` answers 200; fails with the server's output if it exits first."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{output()}")
+            try:
+                return client.get("/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, "the server to answer /healthz")
+
+
 @contextmanager
 def serving(
     workdir: Path, *extra: str, state: str | None = None, env: dict[str, str] | None = None
@@ -107,17 +122,7 @@ def serving(
         )
     server = Server(proc, f"http://127.0.0.1:{port}", policy_dir, state_file, log)
     try:
-        with server.client() as client:
-
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    pytest.fail(f"server exited with {proc.returncode}:\n{server.output()}")
-                try:
-                    return client.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(ready, "the server to answer /healthz")
+        wait_until_serving(proc, server.url, server.output)
         yield server
     finally:
         if proc.poll() is None:
