@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from _golden import update_requested
 
-from engine.catalog.model import CatalogError, load_catalog, parse_catalog
+from engine.catalog.load import load_catalog, parse_catalog
+from engine.catalog.model import CatalogError
 from engine.resources import default_policy_dir
 
 PRICES = {  # USD per 1M tokens, input/output: the design's, and three more list prices
@@ -94,7 +95,8 @@ def test_digest_changes_with_the_text() -> None:
         (
             GOOD.replace("supports: [streaming]", "supports: [streaming, telepathy]"),
             "c.yaml: model `m1` (models[0]): field `supports[1]`: unknown capability;"
-            " use `streaming`, `tools`, `vision`, `json`",
+            " use `streaming`, `tools`, `vision`, `json`, `json_schema`, `pdf`, `audio`,"
+            " `reasoning`, `prompt_caching`",
         ),
         (
             GOOD.replace("input: 1.0", "input: -1"),
@@ -295,7 +297,8 @@ NOT_A_CATALOG = "<dir>/c.yaml: not a catalog: expected a mapping with a `models:
         pytest.param(
             ONE.replace("[streaming]", "[streaming, vison]"),
             "<dir>/c.yaml: model `m1` (models[0]): field `supports[1]`: unknown capability;"
-            " use `streaming`, `tools`, `vision`, `json`",
+            " did you mean `vision`? use `streaming`, `tools`, `vision`, `json`, `json_schema`,"
+            " `pdf`, `audio`, `reasoning`, `prompt_caching`",
             id="unknown-capability",
         ),
         pytest.param(
@@ -317,9 +320,9 @@ NOT_A_CATALOG = "<dir>/c.yaml: not a catalog: expected a mapping with a `models:
         ),
         pytest.param(
             ONE.replace("id: m1", "id: m 1").replace("pricing: {input: 1.0, output: 2.0}", ""),
-            "<dir>/c.yaml: model `m 1` (models[0]): field `id`: `m 1` is not a valid name: a"
-            " name starts with a letter or digit and holds only letters, digits, `.`, `_`, `:`"
-            " and `-`\n"
+            "<dir>/c.yaml: model `m 1` (models[0]): field `id`: `m 1` is not a valid model id:"
+            " an id starts with a letter or digit and holds only letters, digits, `.`, `_`,"
+            " `:`, `/`, `@`, `+` and `-`\n"
             "<dir>/c.yaml: model `m 1` (models[0]): field `pricing`: field required",
             id="bad-name-and-missing-field",
         ),

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog.model import Catalog, CatalogError, load_catalog
+from engine.catalog.load import load_catalog
+from engine.catalog.model import Catalog, CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import ast
 from engine.language.checker import check

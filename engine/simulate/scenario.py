@@ -23,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.api.policy_engine import PolicyEngine
-from engine.catalog.model import Catalog, load_catalog
+from engine.catalog.load import load_catalog
+from engine.catalog.model import Catalog
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
 from engine.resources import default_policy_dir
