@@ -79,6 +79,11 @@ def format_timestamp(epoch_s: float | None, timespec: str = "milliseconds") -> s
     return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
+def format_day(epoch_s: float) -> str:
+    """The UTC calendar day of an instant: `2026-12-01`."""
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).date().isoformat()
+
+
 def format_duration(ms: float) -> str:
     for suffix in ("d", "h", "m", "s"):
         scale = DURATION_MS[suffix]

@@ -78,8 +78,8 @@ class PolicyEngine:
         """
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
-            load_policy(policy), state, clock, metrics, outcomes, flush_interval_s, outcome_queue,
-            analytics,
+            load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
+            outcome_queue, analytics,
         )  # fmt: skip
 
     @classmethod
@@ -101,7 +101,7 @@ class PolicyEngine:
         engine._policy_path = None
         engine._from_text = True
         engine._setup(
-            compile_sources([(name, text)]),
+            compile_sources([(name, text)], now=clock()),
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
         )  # fmt: skip
         return engine
@@ -211,7 +211,7 @@ class PolicyEngine:
             directories = self._policy_directories()
             before = file_state(directories)
             try:
-                loaded = load_policy(self._policy_path)
+                loaded = load_policy(self._policy_path, self.clock())
             except (PolicyError, CatalogError) as err:
                 if file_state(directories) != before:
                     return self._changed_while_reading()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.common import EXIT_BAD_INPUT, EXIT_OK, add_format, default_policy_path, dump_json
+from engine.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    add_format,
+    cli_clock,
+    default_policy_path,
+    dump_json,
+)
 from engine.diagnostics import Diagnostic, PolicyError, render_all
 from engine.language.loader import load_policy
 
@@ -49,7 +56,7 @@ def _as_json(d: Diagnostic) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     path = args.path if args.path is not None else default_policy_path()
     try:
-        loaded = load_policy(path)
+        loaded = load_policy(path, now=cli_clock()())
     except PolicyError as err:
         diagnostics = list(err.diagnostics)
         code = EXIT_BAD_INPUT

@@ -240,6 +240,7 @@ def _vertical(d: Decision) -> str:
         ("route", d.route),
         ("strategy", d.strategy),
         ("provider/model", f"{d.provider}/{d.model}" if d.allowed else None),
+        *([("deployment of", d.deployment_of)] if d.deployment_of else []),
         ("reason", d.reason),
         ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
         ("est p95", f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms else None),

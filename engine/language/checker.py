@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from engine.catalog.model import Catalog
+from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
 from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, REQUEST_FIELDS, FieldType
 from engine.strategies import STRATEGIES
+from engine.units import format_day
 from engine.vocabulary import LIMIT_UNITS, STANDARD_SCOPES, Unit
 
 _EXAMPLES = {
@@ -57,6 +58,7 @@ def describe(t: FieldType) -> str:
 @dataclass
 class Checker:
     catalog: Catalog
+    now: float | None = None  # epoch seconds: the clock retirement warnings are judged by
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     # reporting -------------------------------------------------------------
@@ -349,8 +351,8 @@ class Checker:
             return []
         if ref.model is None:
             return list(self.catalog.by_provider(provider))
-        model = self.catalog.find(provider, ref.model.text)
-        if model is None:
+        models = self.catalog.resolve(provider, ref.model.text)
+        if not models:
             guess = did_you_mean(ref.model.text, self.catalog.names(provider))
             hint = (
                 f"did you mean `{provider}/{guess}`?"
@@ -365,7 +367,7 @@ class Checker:
                 hint,
             )
             return []
-        return [model]
+        return list(models)
 
     # expressions -----------------------------------------------------------
 
@@ -498,6 +500,28 @@ class Checker:
             self._membership(expr, needle=(expr.right, rt), hay=(expr.left, lt))
         else:
             self._binary(expr, lt, rt)
+        self._capability_names(expr)
+
+    def _capability_names(self, expr: ast.Compare) -> None:
+        """`model.supports contains "vison"`: a capability no catalog can have."""
+        for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
+            if not (isinstance(side, ast.Path) and side.dotted == "model.supports"):
+                continue
+            items = other.items if isinstance(other, ast.ListLit) else (other,)
+            for item in items:
+                if not isinstance(item, ast.Literal) or not isinstance(item.value, str):
+                    continue
+                if item.value in CAPABILITIES:
+                    continue
+                guess = did_you_mean(item.value, CAPABILITIES)
+                self.error(
+                    "E0343",
+                    f"unknown capability `{item.value}`",
+                    item.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "capabilities: " + ", ".join(f"`{c}`" for c in CAPABILITIES),
+                )
 
     def _binary(self, expr: ast.Compare, lt: FieldType, rt: FieldType) -> None:
         op = expr.op
@@ -734,7 +758,8 @@ class Checker:
 
     def _limit_model(self, key: str) -> object | None:
         provider, _, name = key.partition("/")
-        return self.catalog.find(provider, name) if name else None
+        found = self.catalog.resolve(provider, name) if name else ()
+        return found[0] if found else None
 
     # lint ------------------------------------------------------------------
 
@@ -756,6 +781,26 @@ class Checker:
                 if stmt.when is None or _always_true(stmt.when):
                     catch_all = stmt
                 self._lint_capabilities(stmt)
+                self._lint_retired(stmt)
+
+    def _lint_retired(self, route: ast.Route) -> None:
+        """A route whose models are all retired (by `retires` in the catalog) at `now`."""
+        if self.now is None:
+            return
+        now = self.now
+        prefers = [i for i in route.items if isinstance(i, ast.Prefer)]
+        models = [m for p in prefers for m in self._quiet_models(p.ref)] or list(
+            self.catalog.models
+        )
+        if models and all(m.retired(now) for m in models):
+            last = max(m.retires_at for m in models if m.retires_at is not None)
+            self.warn(
+                "W0502",
+                f"every model route `{route.name.text}` can reach is retired"
+                f" (the last on {format_day(last)})",
+                route.name.span,
+                "every request this route matches will be denied: prefer a current model",
+            )
 
     def _lint_capabilities(self, route: ast.Route) -> None:
         """A route whose `when` needs a capability that none of its preferred models has."""
@@ -778,8 +823,7 @@ class Checker:
     def _quiet_models(self, ref: ast.ModelRef) -> list:  # type: ignore[type-arg]
         if ref.model is None:
             return list(self.catalog.by_provider(ref.provider.text))
-        model = self.catalog.find(ref.provider.text, ref.model.text)
-        return [model] if model else []
+        return list(self.catalog.resolve(ref.provider.text, ref.model.text))
 
 
 def _key_example(scope: str) -> str:
@@ -861,6 +905,9 @@ def _required_capabilities(expr: ast.Expr) -> frozenset[str]:
     return frozenset(needs)
 
 
-def check(files: Iterable[ast.PolicyFile], catalog: Catalog) -> list[Diagnostic]:
-    """Every error and warning in a policy set, sorted by place."""
-    return sorted(Checker(catalog).check(files), key=Diagnostic.sort_key)
+def check(
+    files: Iterable[ast.PolicyFile], catalog: Catalog, now: float | None = None
+) -> list[Diagnostic]:
+    """Every error and warning in a policy set, sorted by place; `now` (epoch seconds)
+    also warns of routes that can only reach retired models."""
+    return sorted(Checker(catalog, now).check(files), key=Diagnostic.sort_key)

@@ -42,8 +42,13 @@ def model_attributes(model: Model) -> dict[str, Any]:
         "regions": list(model.regions),
         "pricing.input": model.input_price,
         "pricing.output": model.output_price,
+        "pricing.cached_input": model.cached_input_price,
+        "pricing.image": model.image_price,
         "latency_p50": model.latency_p50_ms,
         "latency_p95": model.latency_p95_ms,
+        "quality": None if model.quality is None else model.quality.overall,
+        "deprecated": model.deprecated_at,
+        "retires": model.retires_at,
     }
 
 
@@ -282,10 +287,10 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
             for ref in item.refs:
                 if ref.provider.text not in providers:
                     providers.append(ref.provider.text)
-                if ref.model is not None:
-                    model = catalog.find(ref.provider.text, ref.model.text)
-                    if model is not None:
-                        models.append(model.key)
+                if ref.model is not None:  # a model, one of its deployments, or all of them
+                    for model in catalog.resolve(ref.provider.text, ref.model.text):
+                        if model.key not in models:
+                            models.append(model.key)
             values["fallback"] = tuple(providers)
             values["fallback_models"] = tuple(models)
         elif isinstance(item, ast.StoreErrorSetting):
@@ -307,8 +312,7 @@ def _provider_rank(settings: Settings, catalog: Catalog) -> dict[str, int]:
 def _resolve(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
     if ref.model is None:
         return list(catalog.by_provider(ref.provider.text))
-    model = catalog.find(ref.provider.text, ref.model.text)
-    return [model] if model is not None else []
+    return list(catalog.resolve(ref.provider.text, ref.model.text))
 
 
 def _compile_route(
@@ -366,10 +370,10 @@ def _compile_route(
 def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
     scope = limit.scope.text
     key = None if limit.key is None else str(limit.key.value)
-    if scope == "model" and key is not None:  # an alias names its model's canonical key
-        provider, _, name = key.partition("/")
-        model = catalog.find(provider, name)
-        key = model.key if model is not None else key
+    if scope == "model" and key is not None:  # the catalog model's key (a model limit
+        provider, _, name = key.partition("/")  # counts every deployment of the model)
+        found = catalog.resolve(provider, name)
+        key = found[0].model_key if found else key
     unit = limit.unit.text if limit.unit is not None else "requests"
     name = scope if key is None else f'{scope} "{key}"'
     if unit != "requests":

@@ -125,9 +125,12 @@ def _catalog_for(
 
 
 def compile_sources(
-    sources: Sequence[tuple[str, str]], paths: Sequence[Path | None] | None = None
+    sources: Sequence[tuple[str, str]],
+    paths: Sequence[Path | None] | None = None,
+    now: float | None = None,
 ) -> Loaded:
-    """Parse, check and compile named policy texts. Raises PolicyError with every error."""
+    """Parse, check and compile named policy texts. Raises PolicyError with every error.
+    `now` (epoch seconds) also warns of routes that can only reach retired models."""
     paths = list(paths) if paths is not None else [None] * len(sources)
     unreadable = [d for name, text in sources if (d := _surrogate(name, text)) is not None]
     if unreadable:
@@ -143,7 +146,7 @@ def compile_sources(
             diagnostics.extend(err.diagnostics)
     catalog = _catalog_for(parsed, parsed_paths, diagnostics)
     if catalog is not None:
-        diagnostics.extend(check(parsed, catalog))
+        diagnostics.extend(check(parsed, catalog, now))
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors or catalog is None:
         raise PolicyError(diagnostics)
@@ -151,8 +154,9 @@ def compile_sources(
     return Loaded(program, tuple(d for d in diagnostics if d.severity != "error"))
 
 
-def load_policy(path: str | os.PathLike[str] | None = None) -> Loaded:
-    """Load a policy file or directory; None means the packaged default policy set."""
+def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = None) -> Loaded:
+    """Load a policy file or directory; None means the packaged default policy set. `now`:
+    as `compile_sources` takes it."""
     target = Path(path) if path is not None else default_policy_dir()
     files = policy_files(target)
     sources: list[tuple[str, str]] = []
@@ -164,7 +168,7 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Loaded:
             errors.extend(err.diagnostics)
     if errors:
         raise PolicyError(errors)
-    return compile_sources(sources, files)
+    return compile_sources(sources, files, now)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -119,6 +119,8 @@ class _Builder(Transformer[Token, Any]):
         return Span(self.source, meta.start_pos, meta.end_pos)
 
     def _name(self, tok: Token) -> ast.Name:
+        if tok.type == "STRING":  # a quoted model id: `bedrock/"…-v1:0"`
+            return ast.Name(_unquote(str(tok)), self._span_tok(tok))
         return ast.Name(str(tok), self._span_tok(tok))
 
     def _literal(self, tok: Token | ast.Literal) -> ast.Literal:

@@ -5,6 +5,7 @@ precomputed columns); the compile logic is `engine.language.compiler`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,9 @@ class RouteTable:
     output_prices: tuple[float, ...]  # USD per 1M tokens
     default_output_costs: tuple[float, ...]  # min(DEFAULT_OUTPUT_TOKENS, max_tokens) * price
     latency_priors: tuple[float, ...]
+    model_keys: tuple[str, ...]  # the catalog model each serves (a deployment's model)
+    min_tier_above: float  # smallest price-tier threshold over the candidates (inf: none)
+    next_retirement: float  # earliest `retires` over the candidates (inf: none)
     common_mask: int  # capabilities every candidate supports
     min_context_window: int  # smallest over the candidates (0 when there are none)
     min_max_tokens: int
@@ -137,6 +141,14 @@ def route_table(route: CompiledRoute) -> RouteTable:
             min(DEFAULT_OUTPUT_TOKENS, row.max_tokens) * row.output_price for row in rows
         ),
         latency_priors=priors,
+        model_keys=tuple(row.model.model_key for row in rows),
+        min_tier_above=min(
+            (row.model.tiers[0].above for row in rows if row.model.tiers), default=math.inf
+        ),
+        next_retirement=min(
+            (row.model.retires_at for row in rows if row.model.retires_at is not None),
+            default=math.inf,
+        ),
         common_mask=common,
         min_context_window=min((row.context_window for row in rows), default=0),
         min_max_tokens=min((row.max_tokens for row in rows), default=0),

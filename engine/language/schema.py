@@ -21,6 +21,8 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "prompt": (Unit.STRING, None),
     "input_tokens": (Unit.COUNT, None),
     "max_tokens": (Unit.COUNT, None),
+    "cached_tokens": (Unit.COUNT, None),
+    "images": (Unit.COUNT, None),
     "requires_vision": (Unit.BOOL, None),
     "requires_tools": (Unit.BOOL, None),
     "requires_json": (Unit.BOOL, None),
@@ -45,6 +47,11 @@ MODEL_ATTRS: dict[str, FieldType] = {
     "regions": (Unit.LIST, Unit.STRING),
     "pricing.input": (Unit.MONEY, None),
     "pricing.output": (Unit.MONEY, None),
+    "pricing.cached_input": (Unit.MONEY, None),  # null when the catalog gives none
+    "pricing.image": (Unit.MONEY, None),
     "latency_p50": (Unit.DURATION, None),
     "latency_p95": (Unit.DURATION, None),
+    "quality": (Unit.COUNT, None),  # the catalog's overall score (0-1), or null
+    "deprecated": (Unit.DATE, None),  # or null
+    "retires": (Unit.DATE, None),  # or null
 }

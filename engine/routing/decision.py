@@ -69,6 +69,7 @@ class Decision:
     denied_by: LimitDenial | NoEligibleModel | None = None
     policy_version: str = ""
     trace: list[dict[str, Any]] | None = None
+    deployment_of: str | None = None  # the catalog model, when `model` is one of its deployments
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,6 +89,8 @@ class Decision:
             "denied_by": None if self.denied_by is None else self.denied_by.to_dict(),
             "policy_version": self.policy_version,
         }
+        if self.deployment_of is not None:
+            out["deployment_of"] = self.deployment_of
         if self.trace is not None:
             out["trace"] = self.trace
         return out
@@ -138,6 +141,7 @@ class DecisionSchema(BaseModel):
     alternatives: list[_AlternativeSchema]
     fallbacks: list[_FallbackSchema]
     rate_limits: list[_LimitSchema]
+    deployment_of: str | None = None
     denied_by: dict[str, Any] | None
     policy_version: str
     trace: list[dict[str, Any]] | None = None

@@ -43,7 +43,7 @@ from engine.routing.decision import (
 )
 from engine.routing.metrics import MetricsView, NoMetrics
 from engine.strategies import Pool
-from engine.units import format_exact_money, format_money
+from engine.units import format_day, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
 MAX_ALTERNATIVES = 3
@@ -128,6 +128,10 @@ def _eligible(
     max_cost = env["max_cost"]
     max_latency = env["max_latency"]
     needs = _needs_mask(env)
+    cached, images = env["cached_tokens"], env["images"]
+    table = route.table
+    priced_simply = not images and not input_tokens > table.min_tier_above
+    retiring = now >= table.next_retirement
     min_samples = settings.min_samples
     pos: list[int] = []
     costs: list[float] = []
@@ -145,6 +149,8 @@ def _eligible(
             problem = _capability_problem(row, needs, env)
         else:
             problem = None
+        if problem is None and retiring and row.model.retired(now):
+            problem = f"retired on {format_day(row.model.retires_at)}"  # type: ignore[arg-type]
         if problem is None and route.requires:
             attrs = program.model_attrs[row.key]
             for pred, text in route.requires:
@@ -179,7 +185,10 @@ def _eligible(
                 output = max_tokens
             else:
                 output = min(DEFAULT_OUTPUT_TOKENS, row.max_tokens)
-            cost = (input_tokens * row.input_price + output * row.output_price) / 1e6
+            if not cached and (priced_simply or not (row.model.tiers or row.model.image_price)):
+                cost = (input_tokens * row.input_price + output * row.output_price) / 1e6
+            else:
+                cost = row.model.cost(input_tokens, output, cached, 0.0, images)
             latency = stats.p95_ms if measured else row.latency_prior_ms  # type: ignore[union-attr]
             if max_cost is not None and cost > max_cost:
                 problem = (
@@ -202,13 +211,20 @@ def _eligible(
 
 
 def _eligible_fast(
-    table: RouteTable, env: Mapping[str, Any]
+    table: RouteTable, env: Mapping[str, Any], now: float
 ) -> tuple[Sequence[int], Sequence[float], Sequence[float]]:
     """(positions, costs, latencies) of the models that can serve the request, when nothing
     is measured and no `require` reads the request: no reasons, no per-model objects. The
     same tests as `_eligible`, on the route's flat columns."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
+    if (
+        env["cached_tokens"]
+        or env["images"]
+        or input_tokens > table.min_tier_above
+        or now >= table.next_retirement
+    ):
+        return (), (), ()  # cache, image or tier prices, or a retirement: the general path
     needs = _needs_mask(env)
     context_needed = input_tokens + (max_tokens or 0)
     pos: Sequence[int]
@@ -297,7 +313,7 @@ def evaluate(
     samples: list[int] | None = None
     measuring = metrics.has_data
     if trace is None and not route.requires and not measuring:
-        pos, costs, lats = _eligible_fast(table, env)
+        pos, costs, lats = _eligible_fast(table, env, now)
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
             program, route, env, metrics, measuring, now, trace
@@ -322,6 +338,7 @@ def evaluate(
     )
     order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
+    model_keys = table.model_keys
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     skip = 0
@@ -329,7 +346,7 @@ def evaluate(
         verdict = limiter.check(
             program.limits,
             env,
-            ((providers[p], keys[p], costs[s]) for s in order for p in (pos[s],)),
+            ((providers[p], model_keys[p], costs[s]) for s in order for p in (pos[s],)),
             consume=consume,
             on_store_error=settings.on_store_error,
         )
@@ -384,6 +401,7 @@ def evaluate(
         allowed=True,
         provider=chosen.provider,
         model=chosen.id,
+        deployment_of=chosen.family,
         route=route.name,
         strategy=strategy,
         reason=reason,

@@ -52,6 +52,14 @@ class Request(BaseModel):
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = Field(
         None, description="maximum output tokens"
     )
+    cached_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = Field(
+        0,
+        description="input tokens expected from the provider's prompt cache (part of the"
+        " input; priced at the model's cached-input price)",
+    )
+    images: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = Field(
+        0, description="input images (priced at the model's per-image price)"
+    )
     requires_vision: bool = False
     requires_tools: bool = False
     requires_json: bool = False
@@ -330,6 +338,8 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
             return None
     if get("messages") is not None:
         return None  # chat messages: the full validator estimates their tokens
+    if get("cached_tokens") is not None or get("images") is not None:
+        return None  # rare: the full validator checks them
     prompt = get("prompt")
     request_id = get("id")
     if input_tokens is None:
@@ -345,6 +355,8 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "prompt": prompt,
         "input_tokens": float(input_tokens),
         "max_tokens": None if max_tokens is None else float(max_tokens),
+        "cached_tokens": 0.0,
+        "images": 0.0,
         "requires_vision": get("requires_vision", False),
         "requires_tools": get("requires_tools", False),
         "requires_json": get("requires_json", False),
@@ -381,6 +393,9 @@ def to_env(request: Request) -> dict[str, Any]:
         "prompt": request.prompt,
         "input_tokens": float(tokens),
         "max_tokens": None if request.max_tokens is None else float(request.max_tokens),
+        # cached tokens are part of the input: never more than it
+        "cached_tokens": float(min(request.cached_tokens, tokens)),
+        "images": float(request.images),
         "requires_vision": request.requires_vision,
         "requires_tools": request.requires_tools,
         "requires_json": request.requires_json,

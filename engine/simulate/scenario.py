@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.api.policy_engine import PolicyEngine
 from engine.catalog.load import load_catalog
-from engine.catalog.model import Catalog
+from engine.catalog.model import Catalog, CatalogError
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
 from engine.resources import default_policy_dir
@@ -87,6 +87,7 @@ class _ScenarioSpec(BaseModel):
     strategies: list[Any] | None = None
     policy: str = ""
     limits: str = ""
+    catalog: str | None = None  # relative to the scenario file; default: the packaged one
 
 
 # ---------------------------------------------------------------- the validated scenario
@@ -416,8 +417,18 @@ def load_scenario(
     except ValidationError as err:
         errors += _pydantic_errors(source, err, _ScenarioSpec)
 
-    catalog_path = default_policy_dir() / "models.yaml"
-    catalog = load_catalog(catalog_path)
+    named = raw.get("catalog")
+    if isinstance(named, str) and named:
+        catalog_path = (p.parent / named).resolve()
+        try:
+            catalog = load_catalog(catalog_path, name=named)
+        except CatalogError as err:
+            raise ScenarioError(
+                [f"{source}: field `catalog`: {line}" for line in err.messages]
+            ) from None
+    else:
+        catalog_path = default_policy_dir() / "models.yaml"
+        catalog = load_catalog(catalog_path)
     # each section is checked on its own, so one pass reports every problem
     templates: list[Template] = []
     raw_traffic = raw.get("traffic")
