@@ -6,28 +6,50 @@ and `policies/`, with its own state (`POLICYCTL_STATE`, `XDG_STATE_HOME` and `HO
 into that directory) and a fixed clock (`POLICYCTL_NOW`, below), in one `bash` process:
 `policyctl` is `python -m engine` of this checkout and `python`/`python3` the interpreter
 running the tests. Each command's stdout and stderr (interleaved) are compared with the
-lines the block shows after it; only hashes (a `policy_version`) are normalised.
+lines the block shows after it; hashes (a `policy_version`) are normalised, and the two
+timings named below.
 
 A block that cannot run here says so in its info string, with the reason:
-```` ```console skip-test: needs a running server ````. Blocks of one page with the same
-`session=NAME` run one after the other in the same directory (a walkthrough: the state
-the first leaves is what the next shows).
+```` ```console skip-test: why ````. Blocks of one page with the same `session=NAME` run one
+after the other in the same directory (a walkthrough: the state the first leaves is what
+the next shows).
+
+A block that talks to a server says so in its info string (words split as a shell does):
+- `serve` or `serve="ARGS"`: before the commands the test starts `python -m engine serve
+  --host 127.0.0.1 --port PORT ARGS` in the block's directory, with the block's environment
+  (the fixed clock, its own state), on a free port, and waits until it answers
+  `GET /healthz`; after the commands it stops it with SIGTERM and requires exit status 0.
+  Every block of a session names the same `serve` and shares one server.
+- `port=N` (default 8181): the port the block's text uses. Every `localhost:N`,
+  `127.0.0.1:N` and `--port N` in its commands is replaced by the free port, so the docs
+  show the default port. A block with `port=N` but no `serve` starts its own server.
+`curl` must be installed (`.ci/run` installs it); without it these blocks fail saying so.
+
+Besides hashes, two timings are normalised (`TIMINGS`), and nothing else: the value of each
+`policyctl_decision_seconds_bucket` and `policyctl_decision_seconds_sum` line of
+`GET /metrics` (its `_count` line is compared), and the `live after N ms` reload time that
+`examples/embed_app.py` prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_service import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -35,6 +57,15 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOCS_NOW = "2026-11-28T17:46:05Z"
 HASH = re.compile(r"\b[0-9a-f]{16}\b")
 FENCE = re.compile(r"^```(\S*)\s*(.*)$")
+# The timings a block's output may show, normalised as hashes are: the decision-time
+# histogram of `GET /metrics`, and the reload time `examples/embed_app.py` measures.
+TIMINGS = [
+    (re.compile(r"^(policyctl_decision_seconds_(?:bucket\{[^}]*\}|sum)) \S+$", re.M), r"\1 <s>"),
+    (re.compile(r"\b(live after) \d+ ms\b"), r"\1 <n> ms"),
+]
+DOCS_PORT = 8181
+STOP_TIMEOUT_S = 30.0
+SCRIPT_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -60,26 +91,61 @@ class Block:
             return self.options.removeprefix("skip-test").lstrip(":").strip() or "?"
         return None
 
+    def _option(self, name: str) -> str | None:
+        """`name=VALUE` (shell words) in the info string; `name` alone is ``""``."""
+        if self.skip_reason is not None:
+            return None
+        for word in shlex.split(self.options):
+            key, _, value = word.partition("=")
+            if key == name:
+                return value
+        return None
+
     @property
     def session(self) -> str | None:
-        found = re.search(r"\bsession=(\S+)", self.options)
-        return found.group(1) if found else None
+        return self._option("session")
+
+    @property
+    def serve(self) -> list[str] | None:
+        """The arguments the test gives `policyctl serve` for this block, if it serves."""
+        args = self._option("serve")
+        return None if args is None else shlex.split(args)
+
+    @property
+    def port(self) -> int | None:
+        """The port the block's text uses, when it talks to a server."""
+        text = self._option("port")
+        if text is not None:
+            return int(text)
+        return DOCS_PORT if self.serve is not None else None
+
+
+def _complete(command: str) -> bool:
+    """Whether a command's text is whole: not continued by a trailing backslash, and no
+    quote left open (a JSON body over several lines)."""
+    if command.endswith("\\"):
+        return False
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_commands(lines: list[str]) -> list[Command]:
     commands: list[Command] = []
-    pending = ""  # a command continued with a trailing backslash
+    pending = ""  # a command continued on the next line
     for line in lines:
         if pending:
             pending += "\n" + line
-            if not line.endswith("\\"):
+            if _complete(pending):
                 commands.append(Command(pending))
                 pending = ""
         elif line.startswith("$ "):
-            if line.endswith("\\"):
-                pending = line[2:]
-            else:
+            if _complete(line[2:]):
                 commands.append(Command(line[2:]))
+            else:
+                pending = line[2:]
         else:
             assert commands, f"output before the first `$ ` command: {line!r}"
             commands[-1].expected.append(line)
@@ -172,7 +238,64 @@ def _script(commands: list[Command], outputs: Path) -> str:
 def _normal(lines: list[str]) -> list[str]:
     text = "\n".join(lines).strip("\n")
     text = HASH.sub("<hash>", text)
+    for timing, shown in TIMINGS:
+        text = timing.sub(shown, text)
     return [line.rstrip() for line in text.split("\n")] if text else []
+
+
+def _on_port(text: str, shown: int, port: int) -> str:
+    """The command with the port the docs show replaced by the one the test serves on."""
+    text = re.sub(rf"\b(localhost|127\.0\.0\.1):{shown}\b", rf"\g<1>:{port}", text)
+    return re.sub(rf"--port {shown}\b", f"--port {port}", text)
+
+
+def _run_script(script: str, work: Path, env: dict[str, str]) -> str:
+    """Run the block's script with bash, in a process group of its own: whatever it left
+    running (a server it started in the background) is killed once it is done. Returns
+    what bash itself wrote to stderr."""
+    bash = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = bash.communicate(timeout=SCRIPT_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bash.pid, signal.SIGKILL)
+        bash.wait()
+    return stderr
+
+
+@contextlib.contextmanager
+def _serving(work: Path, env: dict[str, str], port: int, args: list[str]) -> Iterator[None]:
+    """`policyctl serve ARGS` on `port` in `work`, until it answers; then SIGTERM, and it
+    must stop cleanly (exit status 0) once the block's commands are done."""
+    log = work.parent / "serve.log"
+    command = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        return log.read_text(encoding="utf-8", errors="replace")
+
+    try:
+        wait_until_serving(proc, f"http://127.0.0.1:{port}", output)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, f"`policyctl serve` exited with {proc.returncode}:\n{output()}"
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u[0].where for u in UNITS])
@@ -180,20 +303,26 @@ def test_console_example(unit: list[Block], tmp_path: Path) -> None:
     reason = unit[0].skip_reason
     if reason is not None:
         pytest.skip(f"{unit[0].where}: {reason}")
+    first = unit[0]
+    for block in unit[1:]:
+        assert (block.serve, block.port) == (first.serve, first.port), (
+            f"{block.where}: the blocks of session `{first.session}` serve differently"
+        )
     work, env = _workdir(tmp_path)
     outputs = tmp_path / "out"
     outputs.mkdir()
     commands = [(block, command) for block in unit for command in block.commands]
-    ran = subprocess.run(
-        ["bash", "-c", _script([c for _, c in commands], outputs)],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert ran.stderr == "", ran.stderr
+    script = _script([c for _, c in commands], outputs)
+    with contextlib.ExitStack() as stack:
+        if first.port is not None:
+            if shutil.which("curl") is None:
+                pytest.fail(f"{first.where} talks to a server with `curl`: install curl")
+            port = free_port()
+            script = _on_port(script, first.port, port)
+            if first.serve is not None:
+                stack.enter_context(_serving(work, env, port, first.serve))
+        stderr = _run_script(script, work, env)
+    assert stderr == "", stderr
     failures = []
     for i, (block, command) in enumerate(commands):
         actual = (outputs / str(i)).read_text(encoding="utf-8", errors="replace").splitlines()

@@ -31,6 +31,7 @@ from engine.simulate import ScenarioError
 EXIT_CODES: dict[str, int] = {
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
     "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
+    "engine.analytics.salvage.StateWriteError": EXIT_ERROR,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,
@@ -49,6 +50,7 @@ EXIT_CODES: dict[str, int] = {
 LOCATED = {"engine.diagnostics.PolicyError", "engine.catalog.model.CatalogError"}
 # the errors that existing `except ValueError` / `except RuntimeError` callers rely on
 OTHER_BASES: dict[str, type[Exception]] = {
+    "engine.analytics.salvage.StateWriteError": RuntimeError,
     "engine.limits.admin.AdminError": ValueError,
     "engine.limits.stores.base.ConfigurationError": ValueError,
     "engine.limits.stores.base.StoreBusyError": RuntimeError,

@@ -23,11 +23,14 @@ from hypothesis import strategies as st
 
 from engine import PolicyEngine
 from engine.language.program import CompiledRoute, Program
-from engine.routing.evaluator import DEFAULT_OUTPUT_TOKENS, EvalState, draw, evaluate
+from engine.routing.evaluator import EvalState, draw, evaluate
 from engine.routing.metrics import ModelStats
 from engine.routing.request import env_of
 
 REPO = Path(__file__).resolve().parent.parent
+# docs/language.md: "output is the request's `max_tokens`, else min(256, the model's
+# `max_tokens`)" — the reference computes costs from that text, not the engine's helpers
+DOCS_DEFAULT_OUTPUT_TOKENS = 256
 CATALOG = REPO / "policies" / "models.yaml"
 STRATEGY_VALUES = (
     "latency",
@@ -154,9 +157,12 @@ def reference_ranking(
         if env["input_tokens"] + (max_tokens or 0) > model.context_window:
             continue
         output = (
-            max_tokens if max_tokens is not None else min(DEFAULT_OUTPUT_TOKENS, model.max_tokens)
+            max_tokens
+            if max_tokens is not None
+            else min(DOCS_DEFAULT_OUTPUT_TOKENS, model.max_tokens)
         )
-        cost = model.cost(env["input_tokens"], output)
+        # USD: tokens × price per 1M tokens (the catalog's prices), written out
+        cost = (env["input_tokens"] * model.input_price + output * model.output_price) / 1e6
         latency = model.latency_p95_ms
         if env["max_cost"] is not None and cost > env["max_cost"]:
             continue

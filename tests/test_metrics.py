@@ -8,9 +8,12 @@ import random
 import pytest
 
 from engine import PolicyEngine
-from engine.routing.metrics import RELATIVE_ACCURACY, LiveMetrics
+from engine.routing.metrics import LiveMetrics
 
 START = 1_800_000_000.0
+# docs/metrics.md §2: "Every reported percentile is within 1% relative error". The bound the
+# docs state, written here (not the engine's own constant, which a change could loosen)
+STATED_RELATIVE_ERROR = 0.01
 
 
 class FakeClock:
@@ -50,7 +53,7 @@ def test_percentiles_within_the_stated_relative_error(name: str) -> None:
     assert stats is not None and stats.samples == len(values)
     for q, got in ((0.50, stats.p50_ms), (0.95, stats.p95_ms), (0.99, stats.p99_ms)):
         want = exact(values, q)
-        assert abs(got - want) <= RELATIVE_ACCURACY * want + 1e-9, (name, q, got, want)
+        assert abs(got - want) <= STATED_RELATIVE_ERROR * want + 1e-9, (name, q, got, want)
 
 
 def test_success_rate_cost_and_count() -> None:
@@ -81,7 +84,7 @@ def test_old_slices_leave_the_window() -> None:
     assert stats is not None
     assert stats.samples == 101
     assert stats.success_rate == 1.0
-    assert stats.p99_ms == pytest.approx(100.0, rel=RELATIVE_ACCURACY)
+    assert stats.p99_ms == pytest.approx(100.0, rel=STATED_RELATIVE_ERROR)
 
 
 POLICY = """

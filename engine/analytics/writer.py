@@ -11,9 +11,13 @@ and commits what it holds when it has `batch` rows or its oldest row has waited
 steady the traffic. Each batch is one transaction and one columnar INSERT per table, so a
 process killed mid-stream leaves every committed batch intact. A batch DuckDB refuses is
 retried in halves down to single rows (`engine.analytics.salvage`): only the rows it
-refuses are lost, counted in `refused` and `refused_decisions` and logged. `flush` blocks
-until everything submitted before it is written; `close` drains everything and joins the
-thread.
+refuses are lost, counted in `refused` and `refused_decisions` and logged. A batch the
+disk refuses (no row's fault: `salvage` says `StateWriteError`) goes back to the front of
+the queue, whole, and is tried again an `interval_s` later (counted in `failed_writes`,
+logged at most every 10 s): while it cannot be written the queue fills, and `submit`
+refuses rows past `max_queue` as always. `flush` blocks until everything submitted before it is
+written, and raises `StateWriteError` if the disk refused it; `close` drains everything,
+joins the thread, and raises `StateWriteError` if rows are left unwritten.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.analytics.records import DecisionRow, OutcomeRow
-from engine.analytics.salvage import in_transaction, write_salvaging
+from engine.analytics.salvage import StateWriteError, in_transaction, write_salvaging
 
 log = logging.getLogger("policyctl.outcomes")
+LOG_FAILURES_EVERY_S = 10.0
 Row = TypeVar("Row", OutcomeRow, DecisionRow)
 
 
@@ -41,8 +46,10 @@ class OutcomeWriter:
         batch: int = 5_000,
         interval_s: float = 0.5,
         poll_s: float = 0.05,
+        label: str = "the outcome log",
     ) -> None:
         self._cursor = connection.cursor()  # its own connection to the same database
+        self._label = label  # the file, in errors: "the state file `…`"
         self._outcomes: deque[OutcomeRow] = deque()
         self._decisions: deque[DecisionRow] = deque()
         self._max = max_queue
@@ -59,6 +66,9 @@ class OutcomeWriter:
         self.failed_batches = 0  # batches DuckDB refused whole (then salvaged row by row)
         self.refused = 0  # outcome rows DuckDB refused
         self.refused_decisions = 0
+        self.failed_writes = 0  # batches the disk refused (kept, tried again)
+        self._failure: StateWriteError | None = None  # of the last write, if it failed
+        self._failure_logged = -LOG_FAILURES_EVERY_S
         self._thread = threading.Thread(target=self._run, name="policyctl-logs", daemon=True)
         self._thread.start()
 
@@ -106,6 +116,8 @@ class OutcomeWriter:
         self._flushes.append(done)
         self._wake.set()
         done.wait()
+        if self._failure is not None:
+            raise self._error(self._failure)
 
     def close(self) -> None:
         if not self._thread.is_alive():
@@ -114,6 +126,11 @@ class OutcomeWriter:
         self._wake.set()
         self._thread.join()
         self._cursor.close()
+        if self._failure is not None:  # the last write failed: what it held is lost
+            raise self._error(self._failure)
+
+    def _error(self, failure: StateWriteError) -> StateWriteError:
+        return StateWriteError(f"could not write {self._label}: {failure}")
 
     # ------------------------------------------------------------------ the writer thread
 
@@ -121,6 +138,7 @@ class OutcomeWriter:
         outcomes: list[OutcomeRow] = []
         decisions: list[DecisionRow] = []
         oldest = 0.0  # when the oldest row held now was taken
+        retry_at = 0.0  # after a write the disk refused: not before (but for flush/close)
         while True:
             self._wake.wait(self._poll_s)
             self._wake.clear()
@@ -136,11 +154,13 @@ class OutcomeWriter:
             if (
                 stopping
                 or flushes
-                or held >= self._batch
+                or (now >= retry_at and held >= self._batch)
                 or (held and now - oldest >= self._interval_s)
             ):
                 self._write(outcomes, decisions)
                 outcomes, decisions = [], []
+                if self._failure is not None:
+                    retry_at = now + self._interval_s
             for done in flushes:
                 done.set()
             if stopping:
@@ -154,7 +174,22 @@ class OutcomeWriter:
             analytics.write_outcomes(cursor, outcomes)
             analytics.write_decisions(cursor, decisions)
 
-        if in_transaction(self._cursor, both) is not None:  # salvage what DuckDB accepts
+        failed = in_transaction(self._cursor, both)
+        if isinstance(failed, StateWriteError):  # kept whole, at the front: tried again
+            self._failure = failed
+            self.failed_writes += 1
+            self._outcomes.extendleft(reversed(outcomes))
+            self._decisions.extendleft(reversed(decisions))
+            now = time.monotonic()
+            if now - self._failure_logged >= LOG_FAILURES_EVERY_S:
+                self._failure_logged = now
+                log.warning(
+                    "%s; %d outcomes and %d decisions kept to try again (%d failed writes)",
+                    self._error(failed), len(outcomes), len(decisions), self.failed_writes,
+                )  # fmt: skip
+            return
+        self._failure = None
+        if failed is not None:  # salvage what DuckDB accepts
             self.failed_batches += 1
             bad_outcomes, err = write_salvaging(self._cursor, analytics.write_outcomes, outcomes)
             bad_decisions, err2 = write_salvaging(

@@ -12,6 +12,11 @@ its bounded queue drops any), a decision wakes the timer early. Without a runnin
 (before `start`, after `stop`), a decision flushes inline every `LOG_FLUSH_EVERY`
 decisions or at `VIOLATIONS_FLUSH_AT` violations.
 
+A flush the disk refuses (`StateWriteError`) keeps what it held — violations (the newest
+`MAX_VIOLATIONS_KEPT`), daily stats, decisions — and the next flush writes it with what
+came since; the store keeps its buckets dirty likewise. The timer logs the failure (at
+most every 10 s) and goes on; `flush` raises it.
+
 `AnalyticsLogs` does the same for a store that keeps no logs (memory, Redis): violations
 and daily stats go to a DuckDB analytics file instead, where `policyctl ratelimit stats`
 and `violations` read them (no decision rows: that would add to every decision's work).
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow, new_decision_row
+from engine.analytics.salvage import StateWriteError
 from engine.analytics.writer import OutcomeWriter
 from engine.language.program import Program
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
@@ -35,6 +42,7 @@ from engine.routing.decision import Decision
 
 LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
 VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
+LOG_FAILURES_EVERY_S = 10.0
 log = logging.getLogger("policyctl")
 T = TypeVar("T")
 
@@ -50,6 +58,11 @@ class EngineLogs:
         self._wake = threading.Event()
         self._stopping = False
         self.timer_flushes = 0  # flushes the timer ran
+        self._flushing = threading.Lock()  # the timer's flush and a caller's, one at a time
+        # what a flush the disk refused held, for the next one
+        self._held: tuple[list[ViolationRow], dict[tuple[str, str], tuple[int, int]]] = ([], {})
+        self._held_decisions: list[DecisionRow] = []
+        self._failure_logged = -LOG_FAILURES_EVERY_S
 
     def decision(self, decision: Decision, at: float) -> None:
         """Log one decision (the hot path: one row, no I/O but a flush every so often)."""
@@ -82,15 +95,28 @@ class EngineLogs:
             self.flush()
 
     def flush(self) -> None:
-        """Hand violations, daily stats (and decisions kept here) to the store."""
-        taken, stats = self.limiter.take_logs()
-        violations = [
-            ViolationRow(v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
-            for v in taken
-        ]
-        decisions, self._decisions = self._decisions, []
-        self._unflushed = 0
-        self._write(violations, stats, decisions)
+        """Hand violations, daily stats (and decisions kept here) to the store; when the
+        disk refuses them (`StateWriteError`, raised), keep them for the next flush."""
+        with self._flushing:
+            taken, stats = self.limiter.take_logs()
+            held_violations, held_stats = self._held
+            violations = held_violations + [
+                ViolationRow(v.at, v.scope, v.key, v.unit, v.requested, v.available, v.request_id)
+                for v in taken
+            ]
+            for day_scope, (allowed, denied) in held_stats.items():
+                more_allowed, more_denied = stats.get(day_scope, (0, 0))
+                stats[day_scope] = (allowed + more_allowed, denied + more_denied)
+            fresh, self._decisions = self._decisions, []
+            decisions = self._held_decisions + fresh
+            self._unflushed = 0
+            try:
+                self._write(violations, stats, decisions)
+            except StateWriteError:
+                self._held = (violations[-MAX_VIOLATIONS_KEPT:], stats)
+                self._held_decisions = decisions[-LOG_FLUSH_EVERY:]
+                raise
+            self._held, self._held_decisions = ([], {}), []
 
     def _write(
         self,
@@ -121,7 +147,12 @@ class EngineLogs:
             try:
                 self.flush()
                 self.timer_flushes += 1
-            except Exception:  # a failed flush must never end the timer: the next one retries
+            except StateWriteError as err:  # kept: the next flush writes it
+                now = time.monotonic()
+                if now - self._failure_logged >= LOG_FAILURES_EVERY_S:
+                    self._failure_logged = now
+                    log.warning("%s; kept for the next flush", err)
+            except Exception:  # a failed flush must never end the timer
                 log.exception("could not write the rate-limit state")
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.analytics.records import bad_value, new_outcome_row, unknown_model
+from engine.analytics.salvage import StateWriteError
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.api.files import file_state
@@ -160,8 +161,10 @@ class PolicyEngine:
         self._own_connection: Any = None
         self.outcome_log: OutcomeWriter | None = None
         connection = self.store.connection if isinstance(self.store, Persistence) else None
+        label = f"the state file `{self.store.url}`"
         if outcomes is not None:
             self._own_connection = connection = open_analytics(outcomes)
+            label = f"the outcome log `{outcomes}`"
         self._analytics_connection: Any = None
         if analytics is not None:
             if analytics != outcomes:
@@ -177,7 +180,7 @@ class PolicyEngine:
         if connection is not None:
             self._warm_start(connection, window_s)
             self.outcome_log = OutcomeWriter(
-                connection, max_queue=outcome_queue, interval_s=flush_interval_s / 2
+                connection, max_queue=outcome_queue, interval_s=flush_interval_s / 2, label=label
             )
             if self._logs is not None:
                 self._logs.writer = self.outcome_log
@@ -292,21 +295,36 @@ class PolicyEngine:
             self._logs.flush()
 
     def close(self) -> None:
-        """Stop watching, flush the logs (outcomes included) and close the state store."""
+        """Stop watching, flush the logs (outcomes included) and close the state store.
+        Everything is closed even when a write fails; then the first `StateWriteError`
+        is raised (what could not be written is lost)."""
         self.stop()
         if self._logs is not None:
             self._logs.stop()
+        writes: list[Callable[[], None]] = []
+        if self.outcome_log is not None:
+            writes.append(self.outcome_log.close)
+        if self._logs is not None:
+            writes.append(self._logs.flush)
+        failed: list[StateWriteError] = []
         try:
-            if self.outcome_log is not None:
-                self.outcome_log.close()
-            if self._logs is not None:
-                self._logs.flush()
+            for write in writes:
+                try:
+                    write()
+                except StateWriteError as err:
+                    failed.append(err)
         finally:
-            self._close_state()
-            for owned in (self._own_connection, self._analytics_connection):
-                if owned is not None:
-                    owned.close()
-            self._own_connection = self._analytics_connection = None
+            try:
+                self._close_state()
+            except StateWriteError as err:
+                failed.append(err)
+            finally:
+                for owned in (self._own_connection, self._analytics_connection):
+                    if owned is not None:
+                        owned.close()
+                self._own_connection = self._analytics_connection = None
+        if failed:
+            raise failed[0]
 
     def _close_state(self) -> None:
         if isinstance(self.metrics, ClosableMetrics):

@@ -12,7 +12,9 @@ failed command leaves the file as it was. A running engine calls `flush` on a ti
 threads wait no longer than that) and writes them under a separate I/O lock, so a decision
 never waits for the disk. If DuckDB refuses the batch (a key it cannot encode), the rows
 are written again in halves (`engine.analytics.salvage`): only the refused rows are lost,
-counted in `refused_rows` and logged.
+counted in `refused_rows` and logged. If the disk refuses the commit (no row's fault),
+`flush` raises `StateWriteError` (counted in `write_errors`) and the buckets it held are
+dirty again: the next flush writes them. Decisions never wait for, nor depend on, a write.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
-from engine.analytics.salvage import in_transaction, write_salvaging
+from engine.analytics.salvage import StateWriteError, in_transaction, write_salvaging
 from engine.limits.stores.base import Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
@@ -79,6 +81,7 @@ class DuckDBStore(MemoryStore):
         self._acquires = 0
         self._io = threading.RLock()  # the connection: one transaction at a time
         self.refused_rows = 0  # rows DuckDB refused on a flush (logged)
+        self.write_errors = 0  # flushes the disk refused (raised; their rows kept)
         self._load()
 
     # ------------------------------------------------------------------ loading
@@ -212,7 +215,8 @@ class DuckDBStore(MemoryStore):
         decisions: Sequence[DecisionRow] = (),
     ) -> None:
         """Write dirty buckets and a batch of logs in one transaction (rows DuckDB refuses
-        are isolated, counted and logged; the rest is written)."""
+        are isolated, counted and logged; the rest is written). `StateWriteError` when the
+        disk refuses the commit: nothing of it is written, and the buckets stay dirty."""
         with self._io:
             if self._con is None:
                 return
@@ -230,7 +234,18 @@ class DuckDBStore(MemoryStore):
                 self._deleted.clear()
                 self._acquires = 0
             if rows or deleted or violations or stats or decisions:
-                self._write_back(rows, deleted, violations, stats or {}, decisions)
+                try:
+                    self._write_back(rows, deleted, violations, stats or {}, decisions)
+                except StateWriteError:
+                    self._keep_dirty([row[0] for row in rows], deleted)
+                    raise
+
+    def _keep_dirty(self, written: list[str], deleted: list[str]) -> None:
+        """A write that failed: its buckets are dirty again (as they are now, if a
+        decision changed them meanwhile); a deleted one, unless it was taken again."""
+        with self._lock:
+            self._dirty.update(written)
+            self._deleted.update(k for k in deleted if k not in self._full_at)
 
     def _write_back(
         self,
@@ -246,8 +261,12 @@ class DuckDBStore(MemoryStore):
             analytics.write_batch(con, violations=violations, stats=stats, decisions=decisions)
 
         con = self._con
-        if in_transaction(con, all_of_it) is None:
+        failed = in_transaction(con, all_of_it)
+        if failed is None:
             return
+        if isinstance(failed, StateWriteError):
+            self.write_errors += 1
+            raise StateWriteError(f"could not write the state file `{self.path}`: {failed}")
         parts: list[tuple[str, Any, Sequence[Any]]] = [
             ("deleted buckets", _delete_buckets, deleted),
             ("buckets", _write_buckets, buckets),
@@ -266,7 +285,7 @@ class DuckDBStore(MemoryStore):
             if self._con is None:
                 return
             try:
-                self.flush()
+                self.flush()  # a StateWriteError here is raised: what it held is lost
             finally:
                 self._con.close()
                 self._con = None
