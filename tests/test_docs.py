@@ -298,11 +298,8 @@ def _serving(work: Path, env: dict[str, str], port: int, args: list[str]) -> Ite
     assert proc.returncode == 0, f"`policyctl serve` exited with {proc.returncode}:\n{output()}"
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=[u[0].where for u in UNITS])
-def test_console_example(unit: list[Block], tmp_path: Path) -> None:
-    reason = unit[0].skip_reason
-    if reason is not None:
-        pytest.skip(f"{unit[0].where}: {reason}")
+def run_unit(unit: list[Block], tmp_path: Path) -> list[tuple[Block, Command, list[str]]]:
+    """Run a unit's commands as the docs say; each command with the lines it printed."""
     first = unit[0]
     for block in unit[1:]:
         assert (block.serve, block.port) == (first.serve, first.port), (
@@ -323,15 +320,60 @@ def test_console_example(unit: list[Block], tmp_path: Path) -> None:
                 stack.enter_context(_serving(work, env, port, first.serve))
         stderr = _run_script(script, work, env)
     assert stderr == "", stderr
+    return [
+        (
+            block,
+            command,
+            (outputs / str(i)).read_text(encoding="utf-8", errors="replace").splitlines(),
+        )
+        for i, (block, command) in enumerate(commands)
+    ]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u[0].where for u in UNITS])
+def test_console_example(unit: list[Block], tmp_path: Path) -> None:
+    reason = unit[0].skip_reason
+    if reason is not None:
+        pytest.skip(f"{unit[0].where}: {reason}")
     failures = []
-    for i, (block, command) in enumerate(commands):
-        actual = (outputs / str(i)).read_text(encoding="utf-8", errors="replace").splitlines()
+    for block, command, actual in run_unit(unit, tmp_path):
         want, got = _normal(command.expected), _normal(actual)
         if want != got:
             diff = difflib.unified_diff(want, got, "the docs", "the tool", lineterm="", n=2)
             failures.append(f"{block.where}: $ {command.text}\n" + "\n".join(diff))
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+def update_pages(pages: list[Path]) -> None:
+    """Rewrite the output lines of every console block of `pages` with what the tool prints
+    now (`python tests/test_docs.py --update PAGE…`; refused when CI is set). Review the
+    diff: the prose around an example is not rewritten."""
+    import tempfile
+
+    from _golden import update_requested
+
+    os.environ.setdefault("UPDATE_GOLDEN", "1")
+    update_requested()  # raises under CI
+    for page in pages:
+        name = str(page.resolve().relative_to(ROOT))
+        runs: dict[int, list[tuple[Command, list[str]]]] = {}
+        for unit in UNITS:
+            if unit[0].page != name or unit[0].skip_reason is not None:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                for block, command, actual in run_unit(unit, Path(tmp)):
+                    runs.setdefault(block.line, []).append((command, actual))
+        lines = page.read_text(encoding="utf-8").split("\n")
+        for start in sorted(runs, reverse=True):  # bottom up: earlier line numbers hold
+            end = next(i for i in range(start, len(lines)) if lines[i].startswith("```"))
+            body: list[str] = []
+            for command, actual in runs[start]:
+                body.append("$ " + command.text)
+                body.extend(line.rstrip() for line in actual)
+            lines[start:end] = body
+        page.write_text("\n".join(lines), encoding="utf-8")
+        print(f"{name}: {len(runs)} blocks rewritten")
 
 
 def test_every_page_has_its_examples_found() -> None:
@@ -385,3 +427,9 @@ def test_a_bad_policyctl_now_is_a_usage_error(now: str, tmp_path: Path) -> None:
     ran = _policyctl(tmp_path, now, "eval", "--state", "memory://", "examples/requests/chat.json")
     assert (ran.returncode, ran.stdout) == (2, "")
     assert ran.stderr.startswith("policyctl: error: `POLICYCTL_NOW` must be"), ran.stderr
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--update"]:
+        sys.exit("usage: python tests/test_docs.py --update [PAGE…]  (rewrites doc outputs)")
+    update_pages([Path(p) for p in sys.argv[2:]] or PAGES)
