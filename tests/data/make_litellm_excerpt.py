@@ -33,6 +33,7 @@ def _chat(e: Entry) -> bool:
 
 
 # (what the rule covers, how many entries, the rule)
+# fmt: off
 RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
     ("every mode that is skipped", 2, lambda k, e: False),  # handled by mode below
     ("wildcard keys", 2, lambda k, e: "*" in k),
@@ -47,12 +48,12 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
         "no token price",
         3,
         lambda k, e: _chat(e) and "input_cost_per_token" not in e and "tiered_pricing" not in e,
-    ),  # fmt: skip
+    ),
     (
         "no max_input_tokens",
         3,
         lambda k, e: _chat(e) and "input_cost_per_token" in e and "max_input_tokens" not in e,
-    ),  # fmt: skip
+    ),
     (
         "no output limit",
         3,
@@ -62,7 +63,7 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
             and "max_output_tokens" not in e
             and "max_tokens" not in e
         ),
-    ),  # fmt: skip
+    ),
     ("a zero limit", 1, lambda k, e: _chat(e) and e.get("max_input_tokens") == 0),
     ("ids starting with @", 3, lambda k, e: _chat(e) and k.split("/", 1)[-1].startswith("@")),
     ("ids with @", 4, lambda k, e: _chat(e) and "@" in k.split("/", 1)[-1][1:]),
@@ -74,14 +75,14 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
         lambda k, e: (
             _chat(e) and e.get("litellm_provider") == "xai" and any(TIER.search(f) for f in e)
         ),
-    ),  # fmt: skip
+    ),
     (
         "other _above_ tiers",
         30,
         lambda k, e: (
             _chat(e) and e.get("litellm_provider") != "xai" and any(TIER.search(f) for f in e)
         ),
-    ),  # fmt: skip
+    ),
     (
         "tier with its own cache write",
         4,
@@ -94,12 +95,12 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
                 for f in e
             )
         ),
-    ),  # fmt: skip
+    ),
     (
         "several tiers",
         4,
         lambda k, e: _chat(e) and len({TIER.search(f).group(0) for f in e if TIER.search(f)}) >= 2,
-    ),  # fmt: skip
+    ),
     ("tiered_pricing ranges", 6, lambda k, e: _chat(e) and "tiered_pricing" in e),
     (
         "cache read and write prices",
@@ -109,7 +110,7 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
             and "cache_creation_input_token_cost" in e
             and "cache_read_input_token_cost" in e
         ),
-    ),  # fmt: skip
+    ),
     (
         "fireworks without a cache price",
         5,
@@ -118,7 +119,7 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
             and e.get("litellm_provider") == "fireworks_ai"
             and "cache_read_input_token_cost" not in e
         ),
-    ),  # fmt: skip
+    ),
     ("per-image input price", 6, lambda k, e: _chat(e) and "input_cost_per_image" in e),
     ("deprecation dates", 12, lambda k, e: _chat(e) and "deprecation_date" in e),
     ("supported_regions", 3, lambda k, e: _chat(e) and "supported_regions" in e),
@@ -126,20 +127,23 @@ RULES: list[tuple[str, int, Callable[[str, Entry], bool]]] = [
         "not natively streaming",
         4,
         lambda k, e: _chat(e) and e.get("supports_native_streaming") is False,
-    ),  # fmt: skip
+    ),
     ("off-peak prices", 2, lambda k, e: _chat(e) and "off_peak_pricing" in e),
     ("batch/priority/flex prices", 6, lambda k, e: _chat(e) and "input_cost_per_token_flex" in e),
     ("responses mode", 6, lambda k, e: e.get("mode") == "responses"),
     ("free models", 3, lambda k, e: _chat(e) and e.get("input_cost_per_token") == 0),
 ]
+# fmt: on
 # the major providers' models, the most of the excerpt
+# fmt: off
 PROVIDERS = {
     "anthropic": 14, "openai": 24, "gemini": 14, "vertex_ai-language-models": 6,
     "vertex_ai-anthropic_models": 6, "bedrock": 8, "bedrock_converse": 8, "azure": 10,
     "mistral": 8, "groq": 6, "deepseek": 16, "xai": 6, "together_ai": 6, "fireworks_ai": 6,
     "dashscope": 4, "cohere_chat": 3, "perplexity": 4, "ollama": 3, "github_copilot": 3,
     "openrouter": 4, "cerebras": 3, "ai21": 2, "amazon_nova": 2, "anyscale": 2,
-}  # fmt: skip
+}
+# fmt: on
 
 
 def excerpt(table: dict[str, Any]) -> dict[str, Any]:
