@@ -123,6 +123,7 @@ _MAPPED = frozenset(
         "deprecation_date",
         "supported_regions",
         "tiered_pricing",
+        "aliases",
     }
 )
 
@@ -165,6 +166,7 @@ SKIP_REASONS: dict[str, str] = {
     "no-price": "no per-token input or output price",
     "no-limits": "no max_input_tokens or no output limit",
     "tiers": "price tiers the catalog cannot express",
+    "alias": "an alias (`alias_of`) of an entry that is not imported",
     "bad-value": "a price, limit or flag that is not a valid number or boolean",
     "bad-provider": "litellm_provider is not a valid catalog provider name",
     "bad-id": "the id is not a valid catalog model id",
@@ -195,6 +197,7 @@ class ImportReport:
     entries: int  # entries in the table
     selected: int  # entries of the selected providers (all, without `--providers`)
     imported: tuple[Imported, ...]  # in the document's order
+    aliases: tuple[Imported, ...]  # LiteLLM's aliases, now aliases of an imported model
     skipped: tuple[Skipped, ...]  # in the table's key order
     unmapped: tuple[tuple[str, int], ...]  # (LiteLLM field, imported entries with it)
 
@@ -205,7 +208,8 @@ class ImportReport:
 
     def lines(self) -> list[str]:
         """The report as people read it (what `policyctl catalog import` prints)."""
-        out = [f"imported {len(self.imported):,} models from {self.entries:,} entries"]
+        aliases = f" (and {len(self.aliases):,} aliases of them)" if self.aliases else ""
+        out = [f"imported {len(self.imported):,} models{aliases} from {self.entries:,} entries"]
         if self.selected != self.entries:
             out[0] += f" ({self.entries - self.selected:,} of other providers left out)"
         if self.skipped:
@@ -496,6 +500,49 @@ def _unmapped(raw: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- the table
 
 
+def _add_aliases(
+    table: Mapping[str, Any],
+    chosen: dict[tuple[str, str], tuple[str, dict[str, Any]]],
+    pointers: list[tuple[str, str]],
+    skipped: list[Skipped],
+) -> list[Imported]:
+    """LiteLLM's other names of an entry (`alias_of` rows, `aliases` lists) as `aliases` of
+    the imported model, spelled as ids are (minus a leading `<provider>/`). An alias of an
+    entry that is not imported is skipped (`alias`), one that is already a name of the
+    provider is a `duplicate`. Returns the aliases added, in key order."""
+    by_key = {key: name for name, (key, _) in chosen.items()}
+    why = {s.key: s for s in skipped}
+    taken = set(chosen)
+    added: list[Imported] = []
+    for alias_key, target in sorted(pointers):
+        name = by_key.get(target)
+        if name is None:
+            if target in why:
+                detail = f"alias of {target}, which is skipped ({why[target].reason})"
+            else:
+                detail = f"alias of {target}, which is not a model entry"
+            skipped.append(Skipped(alias_key, "alias", detail))
+            continue
+        provider, model = name[0], chosen[name][1]
+        alias = alias_key.removeprefix(f"{provider}/")
+        if not _MODEL_ID.fullmatch(alias):
+            skipped.append(Skipped(alias_key, "bad-id", alias))
+            continue
+        if (provider, alias) in taken:
+            detail = f"alias of {target}: `{provider}/{alias}` already names a model"
+            skipped.append(Skipped(alias_key, "duplicate", detail))
+            continue
+        taken.add((provider, alias))
+        model.setdefault("aliases", []).append(alias)
+        added.append(Imported(provider, alias, alias_key))
+    for _, model in chosen.values():  # `aliases` after `provider`, as a catalog writes it
+        if "aliases" in model:
+            names = model.pop("aliases")
+            rest = {k: model.pop(k) for k in list(model) if k not in ("id", "provider")}
+            model.update({"aliases": names, **rest})
+    return added
+
+
 def convert(
     table: Mapping[str, Any],
     providers: Collection[str] | None = None,
@@ -534,10 +581,14 @@ def convert(
 
     skipped: list[Skipped] = []
     chosen: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    pointers: list[tuple[str, str]] = []  # (alias key, the key it is an alias of)
     for key in keys:
         raw = table[key]
         if not isinstance(raw, Mapping):
             skipped.append(Skipped(key, "mode", "none"))
+            continue
+        if isinstance(raw.get("alias_of"), str):  # another name of another entry
+            pointers.append((key, raw["alias_of"]))
             continue
         found = _model(key, raw, prior)
         if isinstance(found, Skipped):
@@ -554,6 +605,11 @@ def convert(
             kept_key, kept, key, found = key, found, kept_key, kept
         same = "same prices and limits" if kept == found else "different prices or limits"
         skipped.append(Skipped(key, "duplicate", f"{kept_key} is kept ({same})"))
+    for key in keys:  # an `aliases` list on an entry names it too, as `alias_of` does
+        names = table[key].get("aliases") if isinstance(table[key], Mapping) else None
+        if isinstance(names, list):
+            pointers.extend((alias, key) for alias in names if isinstance(alias, str))
+    aliased = _add_aliases(table, chosen, pointers, skipped)
     skipped.sort(key=lambda s: s.key)
 
     models: list[dict[str, Any]] = []
@@ -568,6 +624,7 @@ def convert(
         entries=len(table),
         selected=len(keys),
         imported=tuple(imported),
+        aliases=tuple(aliased),
         skipped=tuple(skipped),
         unmapped=tuple(sorted(unmapped.items(), key=_by_count)),
     )

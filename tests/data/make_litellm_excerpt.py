@@ -161,6 +161,9 @@ def excerpt(table: dict[str, Any]) -> dict[str, Any]:
         take(n, rule)
     for provider, n in PROVIDERS.items():
         take(n, lambda k, e, p=provider: _chat(e) and e.get("litellm_provider") == p)
+    # alias rows (`alias_of`), with the entries they name
+    for k in [k for k in keys if "alias_of" in table[k]][:6]:
+        chosen.update((k, table[k]["alias_of"]))
     # both keys of a duplicate pair (`<provider>/<id>` and `<id>`)
     for k in keys:
         e = table[k]
