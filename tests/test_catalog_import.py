@@ -172,7 +172,9 @@ def test_report_lines(imported: ImportResult) -> None:
     ]
     assert "   3  per-second: priced per second (not per token)" in lines
     assert "unmapped fields (113; imported entries carrying each):" in lines
-    assert "  206  supports_tool_choice" in lines
+    assert lines[lines.index("unmapped fields (113; imported entries carrying each):") + 1] == (
+        "  supports_tool_choice 206, source 196, supports_system_messages 103,"
+    )
 
 
 # ---------------------------------------------------------------- the mapping
@@ -752,3 +754,12 @@ def test_the_installed_litellm_table(litellm: ModuleType, no_network: _NoNetwork
     assert wrong == []
     assert count >= 10_000 and tiered >= 1_000 and len(providers) >= 90
     assert no_network.attempts == []
+
+
+def test_the_docs_latency_prior_table_is_the_modules() -> None:
+    """docs/catalog.md shows the latency priors; they must be the ones the importer uses."""
+    text = (ROOT / "docs" / "catalog.md").read_text()
+    section = text.split("## Latency priors", 1)[1].split("\n\n", 3)[2]
+    rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
+    shown = {name.strip().strip("`"): (float(p50), float(p95)) for name, p50, p95 in rows}
+    assert shown == {**LATENCY_PRIORS, "any other": DEFAULT_LATENCY_PRIOR}

@@ -52,6 +52,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -224,8 +225,11 @@ class ImportReport:
                 out.append(line)
         if self.unmapped:
             out.append(f"unmapped fields ({len(self.unmapped):,}; imported entries carrying each):")
-            width = len(f"{self.unmapped[0][1]:,}")
-            out.extend(f"  {count:>{width},}  {name}" for name, count in self.unmapped)
+            # a no-break space holds each name to its count; wrapped, it is a space again
+            items = ", ".join(f"{name}\xa0{count:,}" for name, count in self.unmapped)
+            wrapped = textwrap.wrap(items, 96, initial_indent="  ", subsequent_indent="  ",
+                                    break_long_words=False, break_on_hyphens=False)  # fmt: skip
+            out.extend(line.replace("\xa0", " ") for line in wrapped)
         return out
 
 

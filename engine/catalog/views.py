@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.catalog.model import Catalog, Model, PriceTier
+from engine.catalog.model import CAPABILITIES, Catalog, Model, PriceTier
 
 # the fields `diff` compares (keys of `describe`), in the order it reports them
 _PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "image", "tiers")
@@ -58,7 +58,7 @@ def describe(model: Model) -> dict[str, Any]:
         "cache_write": model.cache_write_price,
         "image": model.image_price,
         "tiers": _tiers(model.tiers),
-        "supports": sorted(model.supports),
+        "supports": [c for c in CAPABILITIES if c in model.supports],
         "retires": day(model.retires_at),
     }
 
