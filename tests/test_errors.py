@@ -31,6 +31,7 @@ from engine.simulate import ScenarioError
 EXIT_CODES: dict[str, int] = {
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
     "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
+    "engine.catalog.litellm.LiteLLMMissing": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,

@@ -246,8 +246,14 @@ def _by_count(item: tuple[str, int]) -> tuple[int, str]:
 # ---------------------------------------------------------------- numbers
 
 
-class _Bad(Exception):
+def _bad(detail: str) -> ValueError:
     """An entry with a value of the wrong kind: skipped as `bad-value`."""
+    return ValueError("bad-value", detail)
+
+
+def _tiers_error(detail: str) -> ValueError:
+    """Price tiers the catalog cannot express: skipped as `tiers`."""
+    return ValueError("tiers", detail)
 
 
 def _price(raw: Mapping[str, Any], field: str) -> float | None:
@@ -260,9 +266,9 @@ def _price(raw: Mapping[str, Any], field: str) -> float | None:
 
 def _per_million(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"`{field}` is {value!r}")
+        raise _bad(f"`{field}` is {value!r}")
     if not math.isfinite(value) or value < 0:
-        raise _Bad(f"`{field}` is {value!r}")
+        raise _bad(f"`{field}` is {value!r}")
     # 12 significant digits: 2.5e-06 is 2.5, not 2.4999999999999996 (the error is < 1e-11)
     return float(f"{value * PER_MILLION:.12g}")
 
@@ -272,9 +278,9 @@ def _per_image(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"`input_cost_per_image` is {value!r}")
+        raise _bad(f"`input_cost_per_image` is {value!r}")
     if not math.isfinite(value) or value < 0:
-        raise _Bad(f"`input_cost_per_image` is {value!r}")
+        raise _bad(f"`input_cost_per_image` is {value!r}")
     return float(value)
 
 
@@ -283,16 +289,16 @@ def _count(raw: Mapping[str, Any], field: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"`{field}` is {value!r}")
+        raise _bad(f"`{field}` is {value!r}")
     if not (math.isfinite(value) and value == int(value) and 0 < value <= MAX_TOKENS):
-        raise _Bad(f"`{field}` is {value!r}")
+        raise _bad(f"`{field}` is {value!r}")
     return int(value)
 
 
 def _threshold(number: str, k: str) -> int:
     value = float(number) * (1000 if k else 1)
     if value != int(value) or value <= 1:
-        raise _Bad(f"price tier threshold {number}{k}")
+        raise _bad(f"price tier threshold {number}{k}")
     return int(value)
 
 
@@ -353,35 +359,31 @@ def _ranged_tiers(raw: Mapping[str, Any]) -> tuple[_Prices, list[dict[str, Any]]
             or len(bounds) != 2
             or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
         ):
-            raise _Tiers("a `tiered_pricing` item without a `range: [start, end]`")
+            raise _tiers_error("a `tiered_pricing` item without a `range: [start, end]`")
         ranges.append((float(bounds[0]), float(bounds[1]), item))
     ranges.sort(key=lambda r: r[0])
     if not ranges or ranges[0][0] != 0:
-        raise _Tiers("`tiered_pricing` does not start at 0 tokens")
+        raise _tiers_error("`tiered_pricing` does not start at 0 tokens")
     for (_, end, _), (start, _, _) in itertools.pairwise(ranges):
         if start != end:
-            raise _Tiers(f"`tiered_pricing` ranges leave a gap or overlap at {end:g} tokens")
+            raise _tiers_error(f"`tiered_pricing` ranges leave a gap or overlap at {end:g} tokens")
     fallback_output = _price(raw, "output_cost_per_token")
     levels: list[tuple[int, _Prices]] = []
     for start, _, item in ranges:
         if start != int(start):
-            raise _Tiers(f"`tiered_pricing` range starts at {start:g} tokens")
+            raise _tiers_error(f"`tiered_pricing` range starts at {start:g} tokens")
         inp = _price(item, "input_cost_per_token")
         out = _price(item, "output_cost_per_token")
         if out is None:
             out = fallback_output
         if inp is None or out is None:
-            raise _Tiers("a `tiered_pricing` range without input or output prices")
+            raise _tiers_error("a `tiered_pricing` range without input or output prices")
         read = _price(item, "cache_read_input_token_cost")
         write = _price(item, "cache_creation_input_token_cost")
         levels.append((int(start), _Prices(inp, out, inp if read is None else read,
                                             inp if write is None else write)))  # fmt: skip
     tiers = [{"above": at, **_price_fields(p)} for at, p in levels[1:]]
     return levels[0][1], tiers
-
-
-class _Tiers(Exception):
-    """Price tiers the catalog cannot express: skipped as `tiers`."""
 
 
 def _ignored_fields(raw: Mapping[str, Any]) -> Iterable[str]:
@@ -417,7 +419,7 @@ def _model(
     try:
         if raw.get("tiered_pricing") is not None:
             if not isinstance(raw["tiered_pricing"], list):
-                raise _Tiers("`tiered_pricing` is not a list")
+                raise _tiers_error("`tiered_pricing` is not a list")
             base, tiers = _ranged_tiers(raw)
         else:
             inp, out = _price(raw, "input_cost_per_token"), _price(raw, "output_cost_per_token")
@@ -437,11 +439,10 @@ def _model(
         flags = {f: raw.get(f) for f in (*CAPABILITY_FLAGS, "supports_native_streaming")}
         bad = [f for f, v in flags.items() if v is not None and not isinstance(v, bool)]
         if bad:
-            raise _Bad(f"`{bad[0]}` is {flags[bad[0]]!r}")
-    except _Bad as err:
-        return Skipped(key, "bad-value", str(err))
-    except _Tiers as err:
-        return Skipped(key, "tiers", str(err))
+            raise _bad(f"`{bad[0]}` is {flags[bad[0]]!r}")
+    except ValueError as err:  # from `_bad` or `_tiers_error`: (reason, detail)
+        reason, detail = err.args
+        return Skipped(key, reason, detail)
     if context is None or output is None:
         missing = "max_input_tokens" if context is None else "max_output_tokens or max_tokens"
         return Skipped(key, "no-limits", f"no {missing}")
