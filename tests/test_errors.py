@@ -32,6 +32,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
     "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
     "engine.analytics.salvage.StateWriteError": EXIT_ERROR,
+    "engine.catalog.litellm.LiteLLMMissing": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,

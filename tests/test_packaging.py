@@ -142,7 +142,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
 def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]) -> None:
     """The user's install (the wheel, no extras) runs each command README.md and docs/
-    show: check, eval, ratelimit, metrics import|show|export, simulate, serve."""
+    show: check, eval, ratelimit, metrics import|show|export, catalog, simulate, serve."""
     work = tmp / "docs"
     shutil.copytree(ROOT / "examples", work / "examples", symlinks=False)
     env = {**env, "POLICYCTL_NOW": "2026-11-28T17:46:05Z", "POLICYCTL_STATE": str(tmp / "s.db")}
@@ -179,6 +179,9 @@ def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]
     for out in ("o.parquet", "o.csv"):
         run("metrics", "export", "--state", "m.duckdb", "--output", out)
         assert (work / out).stat().st_size > 0
+    run("catalog", "import", "litellm", "examples/litellm/prices.json", "--output", "c.yaml")
+    assert "gemini-2.5-pro" in run("catalog", "show", "c.yaml", "--supports", "vision")
+    assert run("catalog", "diff", "c.yaml", "c.yaml").startswith("0 added")
     report = run("simulate", "examples/simulations/outage.yaml", "--requests", "300")
     assert "STRATEGY" in report
     _serve_answers_one_request(policyctl, work, env)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from engine import __version__
 from engine.cli import (
+    catalog_cmd,
     check_cmd,
     eval_cmd,
     metrics_cmd,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         simulate_cmd,
         metrics_cmd,
         ratelimit_cmd,
+        catalog_cmd,
     ):
         module.register(sub)
     return parser
