@@ -321,8 +321,8 @@ NOT_A_CATALOG = "<dir>/c.yaml: not a catalog: expected a mapping with a `models:
         pytest.param(
             ONE.replace("id: m1", "id: m 1").replace("pricing: {input: 1.0, output: 2.0}", ""),
             "<dir>/c.yaml: model `m 1` (models[0]): field `id`: `m 1` is not a valid model id:"
-            " an id starts with a letter or digit and holds only letters, digits, `.`, `_`,"
-            " `:`, `/`, `@`, `+` and `-`\n"
+            " an id starts with a letter, a digit or `@` and holds only letters, digits, `.`,"
+            " `_`, `:`, `/`, `@`, `+` and `-`\n"
             "<dir>/c.yaml: model `m 1` (models[0]): field `pricing`: field required",
             id="bad-name-and-missing-field",
         ),

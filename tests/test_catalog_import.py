@@ -79,7 +79,7 @@ def _model(result: ImportResult, provider: str, model_id: str) -> dict[str, Any]
 
 def test_excerpt_report(imported: ImportResult) -> None:
     report = imported.report
-    assert (report.entries, report.selected, len(report.imported)) == (361, 361, 261)
+    assert (report.entries, report.selected, len(report.imported)) == (361, 361, 267)
     assert report.by_reason() == [
         ("mode", 33),
         ("wildcard", 4),
@@ -89,7 +89,6 @@ def test_excerpt_report(imported: ImportResult) -> None:
         ("no-price", 2),
         ("no-limits", 26),
         ("bad-value", 1),
-        ("bad-id", 6),
         ("duplicate", 11),
     ]
     skipped = {s.key: (s.reason, s.detail) for s in report.skipped}
@@ -113,9 +112,9 @@ def test_excerpt_report(imported: ImportResult) -> None:
         "bad-value",
         "`max_input_tokens` is 0",
     )
-    assert skipped["cloudflare/@cf/google/gemma-7b-it-lora"] == (
-        "bad-id",
-        "@cf/google/gemma-7b-it-lora",
+    assert "cloudflare/@cf/google/gemma-7b-it-lora" not in skipped  # `@cf/…` ids are ids
+    assert _model(imported, "cloudflare", "@cf/google/gemma-7b-it-lora")["id"] == (
+        "@cf/google/gemma-7b-it-lora"
     )
     # the `<provider>/<id>` key wins over the bare id
     assert skipped["deepseek-chat"] == (
@@ -163,8 +162,8 @@ def test_excerpt_report(imported: ImportResult) -> None:
 def test_report_lines(imported: ImportResult) -> None:
     lines = imported.report.lines()
     assert lines[:3] == [
-        "imported 261 models (and 6 aliases of them) from 361 entries",
-        "skipped 94:",
+        "imported 267 models (and 6 aliases of them) from 361 entries",
+        "skipped 88:",
         "  33  mode: not a chat or responses model (audio_speech 2, audio_transcription 2,"
         " completion 2, decisions 2, embedding 2, evaluation 2, extraction 2, image_edit 2,"
         " image_generation 2, moderation 2, ocr 2, realtime 2, rerank 2, search 2,"
@@ -276,13 +275,16 @@ def test_odd_ids_are_kept_as_providers_spell_them(imported: ImportResult) -> Non
 def test_the_document_loads_and_yaml_equals_json(imported: ImportResult, tmp_path: Path) -> None:
     header = ["a header line"]
     (tmp_path / "c.yaml").write_text(render_yaml(imported.document, header))
-    (tmp_path / "c.json").write_text(render_json(imported.document))
+    (tmp_path / "c.json").write_text(render_json(imported.document, header))
     from_yaml = load_catalog(tmp_path / "c.yaml")
     from_json = load_catalog(tmp_path / "c.json")
-    assert len(from_yaml.models) == 261
+    assert len(from_yaml.models) == 267
     assert from_yaml.models == from_json.models
     assert (tmp_path / "c.yaml").read_text().startswith("# a header line\nversion: 2\nmodels:\n")
-    assert json.loads((tmp_path / "c.json").read_text()) == imported.document
+    assert json.loads((tmp_path / "c.json").read_text()) == {
+        **imported.document,
+        "generated": "a header line",
+    }
     keys = [(m.provider, m.id) for m in from_json.models]
     assert keys == sorted(keys)
 
@@ -435,6 +437,8 @@ def test_latency_priors_errors(tmp_path: Path) -> None:
         read_latency_priors(path)
     assert err.value.messages == [
         f"{path}: field `providers.xai`: p50 (300) is greater than p95 (200)",
+        f"{path}: field `providers`: `b c` is not a valid provider name: a name starts with"
+        " a letter or digit and holds only letters, digits, `.`, `_`, `:` and `-`",
         f"{path}: field `providers.b c.p95`: field required",
         f"{path}: field `x`: extra inputs are not permitted",
     ]
@@ -494,12 +498,12 @@ def test_cli_import_writes_yaml_with_a_header_and_reports(tmp_path: Path) -> Non
 def test_cli_import_json_and_stdout(tmp_path: Path) -> None:
     done = _policyctl(tmp_path, "catalog", "import", "litellm", str(EXCERPT), "--output", "c.json")
     assert done.returncode == 0, done.stderr
-    assert len(load_catalog(tmp_path / "c.json").models) == 261
+    assert len(load_catalog(tmp_path / "c.json").models) == 267
     to_stdout = _policyctl(tmp_path, "catalog", "import", "litellm", str(EXCERPT))
     assert to_stdout.returncode == 0
     assert to_stdout.stdout.startswith("# policyctl model catalog")
     doc = yaml.safe_load(to_stdout.stdout)
-    assert doc["version"] == 2 and len(doc["models"]) == 261
+    assert doc["version"] == 2 and len(doc["models"]) == 267
 
 
 def test_cli_import_errors(tmp_path: Path) -> None:
@@ -606,7 +610,7 @@ def test_cli_diff(tmp_path: Path, excerpt: dict[str, Any]) -> None:
         "- xai/grok-4.20",
         "~ anthropic/claude-haiku-5-5  max_tokens 128,000 -> 32,768",
         "~ gemini/gemini-2.5-pro  input $1.25 -> $1.5; retires 2026-12-01 -> 2027-01-31",
-        "1 added, 1 removed, 1 repriced, 1 otherwise changed (261 models before, 261 after)",
+        "1 added, 1 removed, 1 repriced, 1 otherwise changed (267 models before, 267 after)",
     ]
     as_json = json.loads(_policyctl(tmp_path, "catalog", "diff", "old.yaml", "new.yaml",
                                     "--format", "json").stdout)  # fmt: skip
@@ -621,7 +625,7 @@ def test_cli_diff(tmp_path: Path, excerpt: dict[str, Any]) -> None:
     same = _policyctl(tmp_path, "catalog", "diff", "old.yaml", "old.yaml")
     assert (same.returncode, same.stdout) == (
         0,
-        "0 added, 0 removed, 0 repriced, 0 otherwise changed (261 models before, 261 after)\n",
+        "0 added, 0 removed, 0 repriced, 0 otherwise changed (267 models before, 267 after)\n",
     )
     (tmp_path / "broken.yaml").write_text("models: []\n")
     broken = _policyctl(tmp_path, "catalog", "diff", "broken.yaml", "nope.yaml")
@@ -749,11 +753,11 @@ def test_the_installed_litellm_table(litellm: ModuleType, no_network: _NoNetwork
     assert all(served[k] == v for k, v in table.data.items() if "alias_of" not in v and k in served)
     result = convert(table.data)
     report = result.report
-    assert (report.entries, len(report.imported), len(report.aliases)) == (4878, 3176, 98)
+    assert (report.entries, len(report.imported), len(report.aliases)) == (4878, 3209, 98)
     assert report.by_reason() == [
         ("mode", 1104), ("wildcard", 4), ("per-second", 24), ("per-request", 4),
         ("per-character", 6), ("no-price", 92), ("no-limits", 322), ("bad-value", 4),
-        ("bad-id", 33), ("duplicate", 11),
+        ("duplicate", 11),
     ]  # fmt: skip
     assert len(report.unmapped) == 168
     count, tiered, providers, wrong = _agreement(litellm, table.data, result)

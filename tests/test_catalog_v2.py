@@ -220,8 +220,8 @@ def test_a_json_catalog_loads_like_its_yaml(catalog_dir: Path) -> None:
         (
             ("id: gemini-2.5-pro", "id: gemini 2.5 pro"),
             "c.yaml: model `gemini 2.5 pro` (models[0]): field `id`: `gemini 2.5 pro` is not a"
-            " valid model id: an id starts with a letter or digit and holds only letters,"
-            " digits, `.`, `_`, `:`, `/`, `@`, `+` and `-`",
+            " valid model id: an id starts with a letter, a digit or `@` and holds only"
+            " letters, digits, `.`, `_`, `:`, `/`, `@`, `+` and `-`",
         ),
     ],
 )

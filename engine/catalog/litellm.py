@@ -63,6 +63,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.catalog.load import MODEL_ID_PATTERN, NAME_PATTERN
 from engine.catalog.model import CatalogError
 from engine.diagnostics import did_you_mean
 from engine.errors import PolicyctlError
@@ -74,9 +75,9 @@ PER_MILLION = 1_000_000
 FIREWORKS_CACHE_READ_RATIO = 0.5  # litellm.constants.FIREWORKS_AI_DEFAULT_CACHE_READ_RATE_RATIO
 INCLUSIVE_THRESHOLD_PROVIDERS = frozenset({"xai"})  # litellm: _uses_inclusive_token_thresholds
 
-# the catalog's name and id patterns (engine.catalog.load's `_NAME` and `_MODEL_ID`)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+# the catalog's name and id patterns
+_NAME = re.compile(NAME_PATTERN)
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
 _PRICES = (
     "input_cost_per_token",
     "output_cost_per_token",
@@ -751,9 +752,16 @@ def read_latency_priors(
     except ValidationError as err:
         lines = []
         for e in err.errors(include_url=False):
-            path_text = ".".join(str(p) for p in e["loc"])
+            loc = [str(p) for p in e["loc"] if p != "[key]"]
+            path_text = ".".join(loc)
             message = str(e["msg"]).removeprefix("Value error, ")
             message = message[:1].lower() + message[1:]
+            if e["type"] == "string_pattern_mismatch":  # a provider name (a key)
+                path_text = ".".join(loc[:-1])
+                message = (
+                    f"`{e['input']}` is not a valid provider name: a name starts with a letter"
+                    " or digit and holds only letters, digits, `.`, `_`, `:` and `-`"
+                )
             lines.append(f"{shown}: field `{path_text}`: {message}" if path_text else
                          f"{shown}: {message}")  # fmt: skip
         raise CatalogError(lines) from None
@@ -786,7 +794,12 @@ def render_yaml(document: Mapping[str, Any], header: Iterable[str] = ()) -> str:
     return "\n".join(top) + "\n" + "\n".join(models)
 
 
-def render_json(document: Mapping[str, Any]) -> str:
-    """The document as JSON, one model per line (what a `.json` catalog holds)."""
+def render_json(document: Mapping[str, Any], header: Iterable[str] = ()) -> str:
+    """The document as JSON, one model per line (what a `.json` catalog holds), with
+    `header` lines as its `generated` text."""
     models = ",\n".join("    " + json.dumps(m, ensure_ascii=False) for m in document["models"])
-    return f'{{\n  "version": {document["version"]},\n  "models": [\n{models}\n  ]\n}}\n'
+    generated = json.dumps(" ".join(header), ensure_ascii=False)
+    return (
+        f'{{\n  "version": {document["version"]},\n  "generated": {generated},\n'
+        f'  "models": [\n{models}\n  ]\n}}\n'
+    )

@@ -39,10 +39,13 @@ from engine.units import MAX_TOKENS
 MAX_CATALOG_BYTES = 8 << 20  # 8 MiB
 MAX_NESTING = 64  # a catalog needs 6 levels
 VERSIONS = (1, 2)
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+# `generated`: free text saying where a catalog came from (what `catalog import` writes)
+TOP_LEVEL = ("models", "version", "generated")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"  # a provider, alias-free name, region
 # a model id as its provider spells it: `ft:gpt-4o:acme:1`, `claude-sonnet-4-5@20250929`,
 # `us.anthropic.claude-3-haiku-20240307-v1:0`, `meta-llama/Llama-3.3-70B-Instruct-Turbo`
-_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+# `@cf/meta/llama-3.1-8b-instruct`
+MODEL_ID_PATTERN = r"^[A-Za-z0-9@][A-Za-z0-9._:/@+-]*$"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 try:  # the C loader when PyYAML was built with libyaml
@@ -63,8 +66,8 @@ Capability = Literal[
     "reasoning",
     "prompt_caching",
 ]
-Name = Annotated[str, Field(pattern=_NAME)]
-ModelId = Annotated[str, Field(pattern=_MODEL_ID)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Day = Annotated[date, Field(strict=False)]  # a YAML date, or "YYYY-MM-DD" in JSON
@@ -87,7 +90,7 @@ class _Pricing(BaseModel):
     cached_input: Price | None = None  # USD per 1M tokens read from the prompt cache
     cache_write: Price | None = None  # USD per 1M tokens written to it
     image: Price = 0.0  # USD per input image
-    tiers: list[_Tier] = []
+    tiers: list[_Tier] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ascending(self) -> _Pricing:
@@ -114,7 +117,7 @@ class _LatencyPrior(BaseModel):
 class _Quality(BaseModel):
     model_config = _STRICT
     overall: Score | None = None
-    tasks: dict[Name, Score] = {}
+    tasks: dict[Name, Score] = Field(default_factory=dict)
     source: Annotated[str, Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -135,7 +138,7 @@ class _Deployment(BaseModel):
     model_config = _STRICT
     id: ModelId
     provider: Name
-    aliases: list[ModelId] = []
+    aliases: list[ModelId] = Field(default_factory=list)
     context_window: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     supports: list[Capability] | None = None
@@ -155,17 +158,17 @@ class _ModelSpec(BaseModel):
     model_config = _STRICT
     id: ModelId
     provider: Name
-    aliases: list[ModelId] = []
+    aliases: list[ModelId] = Field(default_factory=list)
     context_window: Annotated[int, Field(gt=0, le=MAX_TOKENS)]
     max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)]
-    supports: list[Capability] = []
+    supports: list[Capability] = Field(default_factory=list)
     pricing: _Pricing
     latency_prior_ms: _LatencyPrior
-    regions: list[Name] = []
+    regions: list[Name] = Field(default_factory=list)
     quality: _Quality | None = None
     deprecated: Day | None = None
     retires: Day | None = None
-    deployments: list[_Deployment] = []
+    deployments: list[_Deployment] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _dates(self) -> _ModelSpec:
@@ -252,8 +255,8 @@ def _problem(err: dict[str, Any]) -> tuple[str, str]:
         last = next((p for p in reversed(loc) if isinstance(p, str)), "")
         if last in ("id", "aliases"):
             return path, (
-                f"{_code(value)} is not a valid model id: an id starts with a letter or digit"
-                " and holds only letters, digits, `.`, `_`, `:`, `/`, `@`, `+` and `-`"
+                f"{_code(value)} is not a valid model id: an id starts with a letter, a digit"
+                " or `@` and holds only letters, digits, `.`, `_`, `:`, `/`, `@`, `+` and `-`"
             )
         return path, (
             f"{_code(value)} is not a valid name: a name starts with a letter or digit and"
@@ -486,10 +489,12 @@ def parse_catalog(text: str, source: str) -> Catalog:
         raise CatalogError([message])
 
     errors: list[str] = []
-    for key in sorted(str(k) for k in doc if k not in ("models", "version")):
-        guess = did_you_mean(key, ["models", "version"])
+    for key in sorted(str(k) for k in doc if k not in TOP_LEVEL):
+        guess = did_you_mean(key, TOP_LEVEL)
         hint = f"; did you mean `{guess}`?" if guess else ""
         errors.append(f"{source}: unknown top-level field {_code(key)}{hint}")
+    if "generated" in doc and not isinstance(doc["generated"], str):
+        errors.append(f"{source}: field `generated`: expected text")
     version = doc.get("version", 1)
     if isinstance(version, bool) or version not in VERSIONS:
         errors.append(

@@ -152,11 +152,13 @@ class Catalog:
         by_family: dict[tuple[str, str], list[Model]] = {}
         by_provider: dict[str, list[Model]] = {}
         names: dict[str | None, list[str]] = {None: []}
+        seen: set[tuple[str | None, str]] = set()
 
         def named(provider: str, name: str) -> None:
-            for group in (names.setdefault(provider, []), names[None]):
-                if name not in group:
-                    group.append(name)
+            for group in (provider, None):
+                if (group, name) not in seen:
+                    seen.add((group, name))
+                    names.setdefault(group, []).append(name)
 
         for m in self.models:  # ids first, so an id always wins over another model's alias
             by_name.setdefault((m.provider, m.id), m)

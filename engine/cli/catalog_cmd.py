@@ -194,7 +194,7 @@ def run_import(args: argparse.Namespace) -> int:
     table = read_table(args.file) if args.file is not None else bundled_table()
     result = convert(table.data, providers, priors, default_prior)
     if args.output is not None and args.output.endswith(".json"):
-        text = render_json(result.document)
+        text = render_json(result.document, _header(table, result, providers))
     else:
         text = render_yaml(result.document, _header(table, result, providers))
     if args.output is None:
