@@ -20,6 +20,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -79,7 +80,7 @@ def _model(result: ImportResult, provider: str, model_id: str) -> dict[str, Any]
 
 def test_excerpt_report(imported: ImportResult) -> None:
     report = imported.report
-    assert (report.entries, report.selected, len(report.imported)) == (361, 361, 267)
+    assert (report.entries, report.selected, len(report.imported)) == (361, 361, 259)
     assert report.by_reason() == [
         ("mode", 33),
         ("wildcard", 4),
@@ -87,6 +88,7 @@ def test_excerpt_report(imported: ImportResult) -> None:
         ("per-request", 2),
         ("per-character", 6),
         ("no-price", 2),
+        ("free", 8),
         ("no-limits", 26),
         ("bad-value", 1),
         ("duplicate", 11),
@@ -112,10 +114,9 @@ def test_excerpt_report(imported: ImportResult) -> None:
         "bad-value",
         "`max_input_tokens` is 0",
     )
-    assert "cloudflare/@cf/google/gemma-7b-it-lora" not in skipped  # `@cf/…` ids are ids
-    assert _model(imported, "cloudflare", "@cf/google/gemma-7b-it-lora")["id"] == (
-        "@cf/google/gemma-7b-it-lora"
-    )
+    # `@cf/…` ids are ids; a model priced $0 per token is left out
+    assert skipped["cloudflare/@cf/google/gemma-7b-it-lora"] == ("free", "$0 per token")
+    assert _model(imported, "cloudflare", "@cf/deepseek-ai/deepseek-r1-distill-qwen-32b")
     # the `<provider>/<id>` key wins over the bare id
     assert skipped["deepseek-chat"] == (
         "duplicate",
@@ -136,8 +137,8 @@ def test_excerpt_report(imported: ImportResult) -> None:
     names = {(i.provider, i.id) for i in report.imported}
     assert ("bedrock", "ap-northeast-1/1-month-commitment/anthropic.claude-v1") not in names
     assert report.unmapped[:6] == (
-        ("supports_tool_choice", 206),
-        ("source", 196),
+        ("supports_tool_choice", 205),
+        ("source", 195),
         ("supports_system_messages", 103),
         ("supports_parallel_function_calling", 91),
         ("input_cost_per_token_batches", 86),
@@ -162,8 +163,8 @@ def test_excerpt_report(imported: ImportResult) -> None:
 def test_report_lines(imported: ImportResult) -> None:
     lines = imported.report.lines()
     assert lines[:3] == [
-        "imported 267 models (and 6 aliases of them) from 361 entries",
-        "skipped 88:",
+        "imported 259 models (and 6 aliases of them) from 361 entries",
+        "skipped 96:",
         "  33  mode: not a chat or responses model (audio_speech 2, audio_transcription 2,"
         " completion 2, decisions 2, embedding 2, evaluation 2, extraction 2, image_edit 2,"
         " image_generation 2, moderation 2, ocr 2, realtime 2, rerank 2, search 2,"
@@ -172,7 +173,7 @@ def test_report_lines(imported: ImportResult) -> None:
     assert "   3  per-second: priced per second (not per token)" in lines
     assert "unmapped fields (113; imported entries carrying each):" in lines
     assert lines[lines.index("unmapped fields (113; imported entries carrying each):") + 1] == (
-        "  supports_tool_choice 206, source 196, supports_system_messages 103,"
+        "  supports_tool_choice 205, source 195, supports_system_messages 103,"
     )
 
 
@@ -278,7 +279,7 @@ def test_the_document_loads_and_yaml_equals_json(imported: ImportResult, tmp_pat
     (tmp_path / "c.json").write_text(render_json(imported.document, header))
     from_yaml = load_catalog(tmp_path / "c.yaml")
     from_json = load_catalog(tmp_path / "c.json")
-    assert len(from_yaml.models) == 267
+    assert len(from_yaml.models) == 259
     assert from_yaml.models == from_json.models
     assert (tmp_path / "c.yaml").read_text().startswith("# a header line\nversion: 2\nmodels:\n")
     assert json.loads((tmp_path / "c.json").read_text()) == {
@@ -498,12 +499,12 @@ def test_cli_import_writes_yaml_with_a_header_and_reports(tmp_path: Path) -> Non
 def test_cli_import_json_and_stdout(tmp_path: Path) -> None:
     done = _policyctl(tmp_path, "catalog", "import", "litellm", str(EXCERPT), "--output", "c.json")
     assert done.returncode == 0, done.stderr
-    assert len(load_catalog(tmp_path / "c.json").models) == 267
+    assert len(load_catalog(tmp_path / "c.json").models) == 259
     to_stdout = _policyctl(tmp_path, "catalog", "import", "litellm", str(EXCERPT))
     assert to_stdout.returncode == 0
     assert to_stdout.stdout.startswith("# policyctl model catalog")
     doc = yaml.safe_load(to_stdout.stdout)
-    assert doc["version"] == 2 and len(doc["models"]) == 267
+    assert doc["version"] == 2 and len(doc["models"]) == 259
 
 
 def test_cli_import_errors(tmp_path: Path) -> None:
@@ -610,7 +611,7 @@ def test_cli_diff(tmp_path: Path, excerpt: dict[str, Any]) -> None:
         "- xai/grok-4.20",
         "~ anthropic/claude-haiku-5-5  max_tokens 128,000 -> 32,768",
         "~ gemini/gemini-2.5-pro  input $1.25 -> $1.5; retires 2026-12-01 -> 2027-01-31",
-        "1 added, 1 removed, 1 repriced, 1 otherwise changed (267 models before, 267 after)",
+        "1 added, 1 removed, 1 repriced, 1 otherwise changed (259 models before, 259 after)",
     ]
     as_json = json.loads(_policyctl(tmp_path, "catalog", "diff", "old.yaml", "new.yaml",
                                     "--format", "json").stdout)  # fmt: skip
@@ -625,7 +626,7 @@ def test_cli_diff(tmp_path: Path, excerpt: dict[str, Any]) -> None:
     same = _policyctl(tmp_path, "catalog", "diff", "old.yaml", "old.yaml")
     assert (same.returncode, same.stdout) == (
         0,
-        "0 added, 0 removed, 0 repriced, 0 otherwise changed (267 models before, 267 after)\n",
+        "0 added, 0 removed, 0 repriced, 0 otherwise changed (259 models before, 259 after)\n",
     )
     (tmp_path / "broken.yaml").write_text("models: []\n")
     broken = _policyctl(tmp_path, "catalog", "diff", "broken.yaml", "nope.yaml")
@@ -753,11 +754,11 @@ def test_the_installed_litellm_table(litellm: ModuleType, no_network: _NoNetwork
     assert all(served[k] == v for k, v in table.data.items() if "alias_of" not in v and k in served)
     result = convert(table.data)
     report = result.report
-    assert (report.entries, len(report.imported), len(report.aliases)) == (4878, 3209, 98)
+    assert (report.entries, len(report.imported), len(report.aliases)) == (4878, 3136, 98)
     assert report.by_reason() == [
         ("mode", 1104), ("wildcard", 4), ("per-second", 24), ("per-request", 4),
-        ("per-character", 6), ("no-price", 92), ("no-limits", 322), ("bad-value", 4),
-        ("duplicate", 11),
+        ("per-character", 6), ("no-price", 92), ("free", 73), ("no-limits", 322),
+        ("bad-value", 4), ("duplicate", 11),
     ]  # fmt: skip
     assert len(report.unmapped) == 168
     count, tiered, providers, wrong = _agreement(litellm, table.data, result)
@@ -773,3 +774,46 @@ def test_the_docs_latency_prior_table_is_the_modules() -> None:
     rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
     shown = {name.strip().strip("`"): (float(p50), float(p95)) for name, p50, p95 in rows}
     assert shown == {**LATENCY_PRIORS, "any other": DEFAULT_LATENCY_PRIOR}
+
+
+def test_current_leaves_out_retired_models(excerpt: dict[str, Any]) -> None:
+    everything = convert(excerpt)
+    retiring = {
+        (m["provider"], m["id"]): m["retires"]
+        for m in everything.document["models"]
+        if "retires" in m
+    }
+    today = date(2026, 12, 1)
+    current = convert(excerpt, current_on=today)
+    kept = {(m["provider"], m["id"]) for m in current.document["models"]}
+    gone = {name for name, day in retiring.items() if day <= today.isoformat()}
+    assert gone and not gone & kept  # the excerpt has retired models, and they are left out
+    assert {name for name, day in retiring.items() if day > today.isoformat()} <= kept
+    assert len(kept) == len(everything.document["models"]) - len(gone)
+    retired = [s for s in current.report.skipped if s.reason == "retired"]
+    assert (len(retired), len(gone)) == (50, 48)  # two of the keys name a model twice
+    assert ("gemini", "gemini-2.5-pro") in gone  # its deprecation_date is 2026-12-01
+
+
+def test_a_models_own_latency_prior_wins(excerpt: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "priors.yaml"
+    path.write_text(
+        "providers: {gemini: {p50: 800, p95: 2000}}\n"
+        "models: {gemini/gemini-2.5-flash-lite: {p50: 300, p95: 900}}\n"
+    )
+    priors, default = read_latency_priors(path)
+    result = convert(excerpt, latency_priors=priors, default_prior=default)
+    assert _model(result, "gemini", "gemini-2.5-flash-lite")["latency_prior_ms"] == {
+        "p50": 300,
+        "p95": 900,
+    }
+    assert _model(result, "gemini", "gemini-2.5-pro")["latency_prior_ms"] == {
+        "p50": 800,
+        "p95": 2000,
+    }
+    path.write_text("models: {gemini-2.5-pro: {p50: 1, p95: 2}}\n")
+    with pytest.raises(CatalogError) as err:
+        read_latency_priors(path)
+    assert err.value.messages == [
+        f"{path}: field `models`: `gemini-2.5-pro` is not a `provider/id`"
+    ]

@@ -166,6 +166,8 @@ SKIP_REASONS: dict[str, str] = {
     "per-request": "priced per request as well as per token",
     "per-character": "priced per character",
     "no-price": "no per-token input or output price",
+    "free": "priced $0 per input and output token (a free preview, or not billed by the"
+    " token): cost routing would always pick it; add it by hand to route to it",
     "no-limits": "no max_input_tokens or no output limit",
     "tiers": "price tiers the catalog cannot express",
     "alias": "an alias (`alias_of`) of an entry that is not imported",
@@ -173,6 +175,7 @@ SKIP_REASONS: dict[str, str] = {
     "bad-provider": "litellm_provider is not a valid catalog provider name",
     "bad-id": "the id is not a valid catalog model id",
     "duplicate": "names the same provider and id as another entry",
+    "retired": "its deprecation_date has passed (`--current`)",
 }
 
 
@@ -395,7 +398,7 @@ def _ignored_fields(raw: Mapping[str, Any]) -> Iterable[str]:
 
 
 def _model(
-    key: str, raw: Mapping[str, Any], priors: Callable[[str], tuple[float, float]]
+    key: str, raw: Mapping[str, Any], priors: Callable[[str, str], tuple[float, float]]
 ) -> dict[str, Any] | Skipped:
     """One table entry as a catalog model, or why it is skipped."""
     mode = raw.get("mode")
@@ -457,7 +460,7 @@ def _model(
         pricing["image"] = image
     if tiers:
         pricing["tiers"] = tiers
-    p50, p95 = priors(provider)
+    p50, p95 = priors(provider, model_id)
     model: dict[str, Any] = {
         "id": model_id,
         "provider": provider,
@@ -554,8 +557,12 @@ def convert(
     providers: Collection[str] | None = None,
     latency_priors: Mapping[str, tuple[float, float]] | None = None,
     default_prior: tuple[float, float] | None = None,
+    current_on: date | None = None,
 ) -> ImportResult:
     """A LiteLLM price table as a version-2 catalog document and the import report.
+
+    `current_on`: leave out the models retired by that day (`deprecation_date` on or
+    before it).
 
     `providers`: only entries whose `litellm_provider` is one of these (a name no entry has
     raises CatalogError, with did-you-mean). `latency_priors`/`default_prior` replace
@@ -582,8 +589,9 @@ def convert(
     table_priors = {**LATENCY_PRIORS, **(latency_priors or {})}
     fallback = default_prior or DEFAULT_LATENCY_PRIOR
 
-    def prior(provider: str) -> tuple[float, float]:
-        return table_priors.get(provider, fallback)
+    def prior(provider: str, model_id: str) -> tuple[float, float]:
+        found = table_priors.get(f"{provider}/{model_id}")  # a model's own, from a file
+        return found if found is not None else table_priors.get(provider, fallback)
 
     skipped: list[Skipped] = []
     chosen: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
@@ -600,6 +608,10 @@ def convert(
         if isinstance(found, Skipped):
             skipped.append(found)
             continue
+        retires = found.get("retires")
+        if current_on is not None and retires is not None and retires <= current_on.isoformat():
+            skipped.append(Skipped(key, "retired", retires))
+            continue
         name = (found["provider"], found["id"])
         if name not in chosen:
             chosen[name] = (key, found)
@@ -611,6 +623,11 @@ def convert(
             kept_key, kept, key, found = key, found, kept_key, kept
         same = "same prices and limits" if kept == found else "different prices or limits"
         skipped.append(Skipped(key, "duplicate", f"{kept_key} is kept ({same})"))
+    for name, (key, found) in list(chosen.items()):  # after duplicates: the key kept decides
+        pricing = found["pricing"]
+        if pricing["input"] == 0 and pricing["output"] == 0 and "tiers" not in pricing:
+            del chosen[name]
+            skipped.append(Skipped(key, "free", "$0 per token"))
     for key in keys:  # an `aliases` list on an entry names it too, as `alias_of` does
         names = table[key].get("aliases") if isinstance(table[key], Mapping) else None
         if isinstance(names, list):
@@ -728,13 +745,15 @@ class _Priors(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     default: _Prior | None = None
     providers: dict[Annotated[str, Field(pattern=_NAME.pattern)], _Prior] = {}
+    models: dict[str, _Prior] = {}  # by `provider/id`
 
 
 def read_latency_priors(
     path: str | os.PathLike[str],
 ) -> tuple[dict[str, tuple[float, float]], tuple[float, float] | None]:
-    """A user's latency priors (YAML or JSON): `default: {p50, p95}` and
-    `providers: {NAME: {p50, p95}}`, both optional. Returns (by provider, default)."""
+    """A user's latency priors (YAML or JSON): `default: {p50, p95}`,
+    `providers: {NAME: {p50, p95}}` and `models: {PROVIDER/ID: {p50, p95}}`, all optional.
+    Returns (by provider, and by `provider/id` for models, default)."""
     shown = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -766,6 +785,11 @@ def read_latency_priors(
                          f"{shown}: {message}")  # fmt: skip
         raise CatalogError(lines) from None
     by_provider = {name: (p.p50, p.p95) for name, p in priors.providers.items()}
+    for key, p in priors.models.items():  # a model's own prior, by `provider/id`
+        provider, _, model_id = key.partition("/")
+        if not (_NAME.fullmatch(provider) and _MODEL_ID.fullmatch(model_id)):
+            raise CatalogError([f"{shown}: field `models`: `{key}` is not a `provider/id`"])
+        by_provider[key] = (p.p50, p.p95)
     default = (priors.default.p50, priors.default.p95) if priors.default is not None else None
     return by_provider, default
 

@@ -110,6 +110,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp.add_argument("--providers", metavar="A,B", help="only these litellm_provider names")
     imp.add_argument("--output", metavar="PATH", help="write here (default: standard output)")
     imp.add_argument(
+        "--current",
+        action="store_true",
+        help="leave out models already retired (deprecation_date on or before today, by the"
+        " engine clock: POLICYCTL_NOW when set)",
+    )
+    imp.add_argument(
         "--latency-priors", metavar="FILE", help="per-provider latency priors (YAML or JSON)"
     )
     imp.set_defaults(run=run_import)
@@ -192,7 +198,8 @@ def run_import(args: argparse.Namespace) -> int:
         read_latency_priors(args.latency_priors) if args.latency_priors else ({}, None)
     )
     table = read_table(args.file) if args.file is not None else bundled_table()
-    result = convert(table.data, providers, priors, default_prior)
+    today = datetime.fromtimestamp(cli_clock()(), UTC).date() if args.current else None
+    result = convert(table.data, providers, priors, default_prior, today)
     if args.output is not None and args.output.endswith(".json"):
         text = render_json(result.document, _header(table, result, providers))
     else:
