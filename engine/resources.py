@@ -21,3 +21,12 @@ def grammar_path() -> Path:
 
 def default_policy_dir() -> Path:
     return data_dir("policies")
+
+
+# the packaged catalog (generated from LiteLLM's table; see docs/catalog.md), which a policy
+# set without a `catalog` statement uses
+DEFAULT_CATALOG = "models.json"
+
+
+def default_catalog_path() -> Path:
+    return default_policy_dir() / DEFAULT_CATALOG

@@ -822,7 +822,7 @@ def render_json(document: Mapping[str, Any], header: Iterable[str] = ()) -> str:
     """The document as JSON, one model per line (what a `.json` catalog holds), with
     `header` lines as its `generated` text."""
     models = ",\n".join("    " + json.dumps(m, ensure_ascii=False) for m in document["models"])
-    generated = json.dumps(" ".join(header), ensure_ascii=False)
+    generated = json.dumps("\n".join(header), ensure_ascii=False)
     return (
         f'{{\n  "version": {document["version"]},\n  "generated": {generated},\n'
         f'  "models": [\n{models}\n  ]\n}}\n'

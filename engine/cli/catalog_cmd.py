@@ -187,6 +187,9 @@ def _write(path: str, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as `open` would have made it (mkstemp makes 0600)
         os.replace(tmp, target)
     except OSError as err:
         raise UsageError(f"cannot write `{path}`: {err.strerror or err}") from None

@@ -48,7 +48,7 @@ A record: provider, model, latency_ms, success (true/false, 1/0) and optionally
 input_tokens, output_tokens, cost, timestamp (ISO 8601 or epoch seconds; default now),
 request_id, route, user. A CSV file starts with a header naming its columns.
 
-  {"provider": "claude", "model": "claude-3-haiku", "latency_ms": 840, "success": true}
+  {"provider": "anthropic", "model": "claude-haiku-4-5", "latency_ms": 840, "success": true}
 
 Bad rows are reported as FILE:LINE: reason (the first 50) and skipped; the good rows are
 imported in one transaction. exit codes: 0 all imported, 2 some rejected or bad input,

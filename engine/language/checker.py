@@ -335,7 +335,7 @@ class Checker:
     def _model_ref(self, ref: ast.ModelRef) -> list[object]:
         provider = ref.provider.text
         if provider not in self.catalog.providers:
-            # maybe `prefer gemini-1.5-flash-latest` without the provider
+            # maybe `prefer gemini-2.5-flash-lite` without the provider
             owners = [p for p in self.catalog.providers if self.catalog.find(p, provider)]
             if ref.model is None and owners:
                 hint = f"write it as `{owners[0]}/{provider}`"

@@ -22,7 +22,7 @@ from engine.language.checker import check
 from engine.language.compiler import compile_program
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
 from engine.language.program import Program
-from engine.resources import default_policy_dir
+from engine.resources import default_catalog_path, default_policy_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ def _catalog_for(
                     )
                 )
     if chosen is None:
-        target = default_policy_dir() / "models.yaml"
+        target = default_catalog_path()
         stmt_span = None
     else:
         target = chosen[1]

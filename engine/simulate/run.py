@@ -25,7 +25,9 @@ from engine.catalog.model import Model
 from engine.simulate.scenario import Scenario
 from engine.simulate.world import START, Arrival, Template, outcome_rng
 
+# the "always sonnet" baseline: the design's Claude 3.5 Sonnet, else today's Sonnet
 SONNET = "claude/claude-3-5-sonnet-20241022"
+SONNETS = (SONNET, "anthropic/claude-sonnet-4-6")
 RANDOM_ROW = "random"
 SONNET_ROW = "always sonnet"
 _HEALTH_DROPS = ("in cooldown", "success rate")  # the evaluator's health reasons
@@ -145,9 +147,19 @@ def run_random(scenario: Scenario, arrivals: list[Arrival]) -> Run:
     return _run_baseline(scenario, arrivals, RANDOM_ROW, pick)
 
 
-def run_always(scenario: Scenario, arrivals: list[Arrival], key: str = SONNET) -> Run:
-    """Always one model (a denial when it cannot serve the request)."""
-    index = list(scenario.providers).index(key)
+def baseline_key(scenario: Scenario) -> str:
+    """The model of the `always sonnet` row: the first of `SONNETS` in the scenario's
+    catalog, else its first model with `sonnet` in its id, else its first model."""
+    keys = list(scenario.providers)
+    found = [k for k in SONNETS if k in scenario.providers]
+    found += [k for k in keys if "sonnet" in k.partition("/")[2]] + keys
+    return found[0]
+
+
+def run_always(scenario: Scenario, arrivals: list[Arrival], key: str | None = None) -> Run:
+    """Always one model (a denial when it cannot serve the request); by default the
+    `baseline_key`."""
+    index = list(scenario.providers).index(key or baseline_key(scenario))
     capable = _capable_sets(scenario)
 
     def pick(a: Arrival) -> int:

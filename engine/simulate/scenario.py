@@ -27,7 +27,7 @@ from engine.catalog.load import load_catalog
 from engine.catalog.model import Catalog, CatalogError
 from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
-from engine.resources import default_policy_dir
+from engine.resources import default_catalog_path
 from engine.routing.request import Request, RequestError, env_of
 from engine.simulate.world import Provider, ProviderSpec, Template
 from engine.strategies import STRATEGIES
@@ -306,7 +306,7 @@ def _unknown_model(key: str, catalog: Catalog) -> str:
     if guess:
         return f"unknown model (did you mean `{guess}`?)"
     if not name:
-        return "unknown model: write `provider/model`, e.g. `gemini/gemini-1.5-flash-latest`"
+        return f"unknown model: write `provider/model`, e.g. `{catalog.models[0].key}`"
     models = catalog.by_provider(provider)
     if not models:
         return "unknown provider; providers: " + ", ".join(f"`{p}`" for p in catalog.providers)
@@ -427,7 +427,7 @@ def load_scenario(
                 [f"{source}: field `catalog`: {line}" for line in err.messages]
             ) from None
     else:
-        catalog_path = default_policy_dir() / "models.yaml"
+        catalog_path = default_catalog_path()
         catalog = load_catalog(catalog_path)
     # each section is checked on its own, so one pass reports every problem
     templates: list[Template] = []
