@@ -300,7 +300,7 @@ def dump_cli(out: list[str], work: Path) -> None:
     out.append("== cli")
     bad = work / "bad.policy"
     bad.write_text(
-        'catalog "' + str(ROOT / "policies" / "models.yaml") + '"\n'
+        'catalog "' + str(ROOT / "examples" / "policies" / "models.yaml") + '"\n'
         "route fast when request.max_cost <= 2s {\n    strategy latncy\n}\n"
         "limit user 10 per 1x\n",
         encoding="utf-8",

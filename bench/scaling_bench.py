@@ -44,7 +44,7 @@ def per_call_us(fn, n: int, repeats: int) -> float:  # type: ignore[no-untyped-d
 
 
 def catalog_of(size: int, directory: Path) -> Path:
-    base = yaml.safe_load((ROOT / "policies" / "models.yaml").read_text())["models"]
+    base = yaml.safe_load((ROOT / "examples" / "policies" / "models.yaml").read_text())["models"]
     models = []
     for i in range(size):
         model = dict(base[i % len(base)])

@@ -8,11 +8,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from _design import DESIGN_CATALOG
 from _golden import update_requested
 
 from engine.catalog.load import load_catalog, parse_catalog
 from engine.catalog.model import CatalogError
-from engine.resources import default_policy_dir
 
 PRICES = {  # USD per 1M tokens, input/output: the design's, and three more list prices
     ("claude", "claude-3-5-sonnet-20241022"): (3.00, 15.00),
@@ -41,8 +41,8 @@ models:
 """
 
 
-def test_shipped_catalog_has_the_designs_models_and_prices() -> None:
-    catalog = load_catalog(default_policy_dir() / "models.yaml")
+def test_the_design_catalog_has_the_designs_models_and_prices() -> None:
+    catalog = load_catalog(DESIGN_CATALOG)
     assert len(catalog.models) == 11
     assert catalog.providers == ("claude", "gemini", "openai")
     got = {(m.provider, m.id): (m.input_price, m.output_price) for m in catalog.models}
@@ -54,7 +54,7 @@ def test_shipped_catalog_has_the_designs_models_and_prices() -> None:
 
 
 def test_find_by_id_and_alias_within_a_provider() -> None:
-    catalog = load_catalog(default_policy_dir() / "models.yaml")
+    catalog = load_catalog(DESIGN_CATALOG)
     haiku = catalog.find("claude", "claude-3-haiku")
     assert haiku is not None and haiku.id == "claude-3-haiku-20240307"
     assert catalog.find("claude", "claude-3-haiku-20240307") is haiku
@@ -72,9 +72,7 @@ def test_cost_is_tokens_times_price_per_million() -> None:
     catalog = parse_catalog(GOOD, "good.yaml")
     (model,) = catalog.models
     assert model.cost(1_000, 500) == pytest.approx((1_000 * 1.0 + 500 * 2.0) / 1e6)
-    sonnet = load_catalog(default_policy_dir() / "models.yaml").find(
-        "claude", "claude-3-5-sonnet-20241022"
-    )
+    sonnet = load_catalog(DESIGN_CATALOG).find("claude", "claude-3-5-sonnet-20241022")
     assert sonnet is not None
     assert sonnet.cost(50, 50) == pytest.approx(0.0009)  # the design's $0.0009 per request
 
@@ -148,8 +146,8 @@ VISION = {
 }
 
 
-def test_shipped_catalog_capabilities_windows_latencies_and_regions() -> None:
-    catalog = load_catalog(default_policy_dir() / "models.yaml")
+def test_design_catalog_capabilities_windows_latencies_and_regions() -> None:
+    catalog = load_catalog(DESIGN_CATALOG)
     by_id = {m.id: m for m in catalog.models}
     assert {m.id for m in catalog.models if "vision" in m.supports} == VISION
     assert all("streaming" in m.supports and "tools" in m.supports for m in catalog.models)
@@ -182,8 +180,8 @@ def test_shipped_catalog_capabilities_windows_latencies_and_regions() -> None:
         assert model.aliases, model.id
 
 
-def test_every_alias_of_the_shipped_catalog_finds_its_model() -> None:
-    catalog = load_catalog(default_policy_dir() / "models.yaml")
+def test_every_alias_of_the_design_catalog_finds_its_model() -> None:
+    catalog = load_catalog(DESIGN_CATALOG)
     for model in catalog.models:
         for name in (model.id, *model.aliases):
             assert catalog.find(model.provider, name) is model
@@ -205,8 +203,8 @@ def test_every_alias_of_the_shipped_catalog_finds_its_model() -> None:
     assert catalog.names("mistral") == []
 
 
-def test_cost_of_shipped_models_by_hand() -> None:
-    catalog = load_catalog(default_policy_dir() / "models.yaml")
+def test_cost_of_design_models_by_hand() -> None:
+    catalog = load_catalog(DESIGN_CATALOG)
     flash = catalog.find("gemini", "gemini-1.5-flash")
     opus = catalog.find("claude", "claude-3-opus")
     gpt4 = catalog.find("openai", "gpt-4")

@@ -15,7 +15,7 @@ from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources
 from engine.language.program import Program
 
-PACKAGED_CATALOG = Path(__file__).parents[1] / "policies" / "models.yaml"
+PACKAGED_CATALOG = Path(__file__).parents[1] / "examples" / "policies" / "models.yaml"
 
 
 def ok(*texts: str) -> Loaded:

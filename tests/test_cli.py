@@ -33,7 +33,7 @@ from engine.routing.request import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "requests"
-CATALOG = ROOT / "policies" / "models.yaml"
+CATALOG = ROOT / "examples" / "policies" / "models.yaml"
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".json", ".jsonl"))
 USAGE = "usage: policyctl [-h] [--version] COMMAND ...\n"
 
@@ -392,7 +392,7 @@ def test_eval_with_a_policy_file(workdir: Path) -> None:
 def test_eval_uses_policies_in_the_working_directory(workdir: Path) -> None:
     (workdir / "policies").mkdir()
     (workdir / "policies" / "custom.policy").write_text(CUSTOM_POLICY)
-    (workdir / "policies" / "models.yaml").write_text(CATALOG.read_text())
+    (workdir / "examples" / "policies" / "models.yaml").write_text(CATALOG.read_text())
     run = policyctl(workdir, "eval", "--state", "memory://", "-", stdin='{"user": "zed"}')
     assert run.code == 0, run.err
     assert run.decision()["route"] == "pinned"
@@ -683,7 +683,7 @@ def test_check_warnings_exit_zero(workdir: Path) -> None:
 
 def test_check_defaults_to_policies_in_the_working_directory(workdir: Path) -> None:
     (workdir / "policies").mkdir()
-    (workdir / "policies" / "models.yaml").write_text(CATALOG.read_text())
+    (workdir / "examples" / "policies" / "models.yaml").write_text(CATALOG.read_text())
     (workdir / "policies" / "bad.policy").write_text(BAD_POLICY)
     run = policyctl(workdir, "check")
     assert run.code == 2

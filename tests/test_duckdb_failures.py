@@ -31,6 +31,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from _design import from_design
 
 from engine import Decision, PolicyEngine
 from engine.analytics.salvage import StateWriteError
@@ -49,9 +50,7 @@ def policy(mode: str) -> str:
 def engine_on(path: Path, mode: str) -> PolicyEngine:
     """A fixed clock, and a flush timer that never fires during a test: writes happen when
     the test flushes or closes."""
-    return PolicyEngine.from_text(
-        policy(mode), state=str(path), clock=lambda: NOW, flush_interval_s=3600.0
-    )
+    return from_design(policy(mode), state=str(path), clock=lambda: NOW, flush_interval_s=3600.0)
 
 
 def store_of(engine: PolicyEngine) -> DuckDBStore:
@@ -132,9 +131,7 @@ def test_the_flush_timer_logs_a_refused_write_and_writes_it_once_it_can(
 ) -> None:
     state = tmp_path / "state.duckdb"
     wal = tmp_path / "state.duckdb.wal"
-    engine = PolicyEngine.from_text(
-        policy(mode), state=str(state), clock=lambda: NOW, flush_interval_s=0.05
-    )
+    engine = from_design(policy(mode), state=str(state), clock=lambda: NOW, flush_interval_s=0.05)
     store = store_of(engine)
 
     def violations_written() -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _design import from_design
 
 from engine import Decision, PolicyEngine
 
@@ -62,7 +63,7 @@ def clock() -> float:
 
 
 def engine(text: str) -> PolicyEngine:
-    return PolicyEngine.from_text(text, clock=clock)
+    return from_design(text, clock=clock)
 
 
 def ranking(d: Decision) -> list[tuple[str, str]]:
@@ -727,7 +728,7 @@ limit team = request.metadata.team  500 per 1m when request.metadata.tier == "fr
 
 @pytest.fixture
 def spec_engine(tmp_path: Path) -> PolicyEngine:
-    shutil.copyfile(REPO / "policies" / "models.yaml", tmp_path / "models.yaml")
+    shutil.copyfile(REPO / "examples" / "policies" / "models.yaml", tmp_path / "models.yaml")
     path = tmp_path / "example.policy"
     path.write_text(SPEC_EXAMPLE, encoding="utf-8")
     return PolicyEngine(path, clock=clock)

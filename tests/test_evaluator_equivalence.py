@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from _design import design_engine, from_design
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import PolicyEngine
 from engine.language.program import CompiledRoute, Program
 from engine.routing.evaluator import EvalState, draw, evaluate
 from engine.routing.metrics import ModelStats
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # docs/language.md: "output is the request's `max_tokens`, else min(256, the model's
 # `max_tokens`)" — the reference computes costs from that text, not the engine's helpers
 DOCS_DEFAULT_OUTPUT_TOKENS = 256
-CATALOG = REPO / "policies" / "models.yaml"
+CATALOG = REPO / "examples" / "policies" / "models.yaml"
 STRATEGY_VALUES = (
     "latency",
     "cost",
@@ -92,10 +92,10 @@ class Programs(list[Program]):
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
     directory = tmp_path_factory.mktemp("catalogs")
-    out = Programs([PolicyEngine().program])
+    out = Programs([design_engine().program])
     for size in (11, 40):
         path = copies_catalog(directory, size)
-        out += [PolicyEngine.from_text(policy_text(path, s)).program for s in STRATEGY_VALUES]
+        out += [from_design(policy_text(path, s)).program for s in STRATEGY_VALUES]
     return out
 
 

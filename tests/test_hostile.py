@@ -27,12 +27,12 @@ from typing import Any
 
 import duckdb
 import pytest
+from _design import from_design
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request as HttpRequest
 from test_service import DEADLINE_S, REPO, Server, serving, wait_for
 
-from engine import PolicyEngine
 from engine.cli.eval_cmd import _BadItem, _items
 from engine.diagnostics import PolicyError
 from engine.errors import PolicyctlError
@@ -339,10 +339,10 @@ def test_http_body_reader_raises_only_policyctl_errors(chunks: list[bytes]) -> N
 
 
 def test_from_text_with_a_lone_surrogate_is_a_policy_error() -> None:
-    text = (REPO / "policies" / "default.policy").read_text(encoding="utf-8")
-    text = text.replace('catalog "models.yaml"', f'catalog "{REPO / "policies" / "models.yaml"}"')
+    text = (REPO / "examples" / "policies" / "design.policy").read_text(encoding="utf-8")
+    text = text.replace('catalog "models.yaml"', f'catalog "{DESIGN_CATALOG}"')
     with pytest.raises(PolicyError) as caught:
-        PolicyEngine.from_text("# caf\udce9\n" + text)  # a comment: the parser keeps it
+        from_design("# caf\udce9\n" + text)  # a comment: the parser keeps it
     assert str(caught.value) == (
         "<policy>: not UTF-8 text: a lone surrogate `\\udce9` at line 1, column 6"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _design import from_design
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,7 +66,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 
 
 def engine_with(policy: str, store: Store, clock: FakeClock) -> PolicyEngine:
-    return PolicyEngine.from_text(policy, state=store, clock=clock)
+    return from_design(policy, state=store, clock=clock)
 
 
 USER_LIMIT = "limit user 100 per 1m burst 10\n"

@@ -8,7 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from engine import PolicyEngine
+from _design import from_design
+
 from engine.limits.stores.base import AcquireResult
 from engine.limits.stores.duckdb_store import DuckDBStore
 from engine.limits.stores.memory import MemoryStore
@@ -39,7 +40,7 @@ def test_the_limiter_goes_through_acquire_of_a_store_that_wraps_it() -> None:
     assert MemoryStore().one_pass
     store = CountingStore()
     assert not store.one_pass
-    engine = PolicyEngine.from_text(POLICY, state=store, clock=lambda: START)
+    engine = from_design(POLICY, state=store, clock=lambda: START)
     for i in range(20):
         engine.evaluate({"id": f"r{i}", "user": "u", "ip": "10.0.0.1"})
     assert store.calls == 20
@@ -48,7 +49,7 @@ def test_the_limiter_goes_through_acquire_of_a_store_that_wraps_it() -> None:
 def test_duckdb_store_keeps_its_write_back_bookkeeping(tmp_path: Path) -> None:
     store = DuckDBStore(str(tmp_path / "state.duckdb"))
     assert not store.one_pass
-    engine = PolicyEngine.from_text(POLICY, state=store, clock=lambda: START)
+    engine = from_design(POLICY, state=store, clock=lambda: START)
     engine.evaluate({"id": "r1", "user": "u", "ip": "10.0.0.1"})
     keys = [row[0] for row in store.bucket_details()]
     assert keys == [
@@ -65,10 +66,8 @@ def test_duckdb_store_keeps_its_write_back_bookkeeping(tmp_path: Path) -> None:
 
 def test_memory_and_duckdb_engines_decide_alike(tmp_path: Path) -> None:
     t = [START]
-    memory = PolicyEngine.from_text(POLICY, clock=lambda: t[0])
-    duck = PolicyEngine.from_text(
-        POLICY, state=DuckDBStore(str(tmp_path / "s.duckdb")), clock=lambda: t[0]
-    )
+    memory = from_design(POLICY, clock=lambda: t[0])
+    duck = from_design(POLICY, state=DuckDBStore(str(tmp_path / "s.duckdb")), clock=lambda: t[0])
     rng = random.Random(3)
     for i in range(300):
         t[0] += rng.random() * 2
@@ -84,8 +83,8 @@ def test_memory_and_duckdb_engines_decide_alike(tmp_path: Path) -> None:
 
 def test_a_new_policy_gets_a_new_plan() -> None:
     t = [START]
-    engine = PolicyEngine.from_text("limit user 2 per 1m\n", clock=lambda: t[0])
-    other = PolicyEngine.from_text("limit user 5 per 1m\n", clock=lambda: t[0])
+    engine = from_design("limit user 2 per 1m\n", clock=lambda: t[0])
+    other = from_design("limit user 5 per 1m\n", clock=lambda: t[0])
     limiter = engine.limiter
     for program, expected in ((engine.program, 2.0), (other.program, 5.0), (engine.program, 2.0)):
         env = {"id": "x", "user": "u", "input_tokens": 1.0, "max_tokens": None}

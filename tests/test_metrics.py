@@ -6,8 +6,8 @@ import math
 import random
 
 import pytest
+from _design import from_design
 
-from engine import PolicyEngine
 from engine.routing.metrics import LiveMetrics
 
 START = 1_800_000_000.0
@@ -103,7 +103,7 @@ route r {
 
 def test_routing_moves_away_from_a_degrading_provider_within_min_samples() -> None:
     clock = FakeClock()
-    engine = PolicyEngine.from_text(POLICY, clock=clock)
+    engine = from_design(POLICY, clock=clock)
     first = engine.evaluate({"id": "0"})
     assert first.model == "gemini-1.5-flash-latest"  # prior p95 850 ms beats 1000 ms
     moved_after = None
@@ -121,7 +121,7 @@ def test_routing_moves_away_from_a_degrading_provider_within_min_samples() -> No
 
 def test_unhealthy_success_rate_is_skipped_and_confidence_grows() -> None:
     clock = FakeClock()
-    engine = PolicyEngine.from_text(POLICY, clock=clock)
+    engine = from_design(POLICY, clock=clock)
     decision = engine.evaluate({"id": "a"})
     assert decision.confidence == 0.25
     for _ in range(10):
@@ -148,7 +148,7 @@ def test_unhealthy_success_rate_is_skipped_and_confidence_grows() -> None:
 
 def test_cooldown_after_consecutive_failures_and_half_open_recovery() -> None:
     clock = FakeClock()
-    engine = PolicyEngine.from_text(POLICY, clock=clock)
+    engine = from_design(POLICY, clock=clock)
     flash = engine.evaluate({"id": "a"})
     for _ in range(3):
         engine.record(flash, latency_ms=200.0, success=False)
@@ -173,7 +173,7 @@ def test_cooldown_after_consecutive_failures_and_half_open_recovery() -> None:
 
 
 def test_record_rejects_bad_outcomes() -> None:
-    engine = PolicyEngine.from_text("defaults { strategy cost }")
+    engine = from_design("defaults { strategy cost }")
     decision = engine.evaluate({"id": "a"})
     with pytest.raises(ValueError, match="latency_ms must be a number >= 0, got `-1`"):
         engine.record(decision, latency_ms=-1, success=True)
@@ -181,8 +181,6 @@ def test_record_rejects_bad_outcomes() -> None:
         engine.record(decision, latency_ms=1, success="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown provider `acme`"):
         engine.record_outcome("acme", "nope", latency_ms=1, success=True)
-    denied = PolicyEngine.from_text("defaults { strategy cost }").evaluate(
-        {"id": "d", "max_cost": 0.0}
-    )
+    denied = from_design("defaults { strategy cost }").evaluate({"id": "d", "max_cost": 0.0})
     with pytest.raises(ValueError, match="only an allowed decision"):
         engine.record(denied, latency_ms=1, success=True)

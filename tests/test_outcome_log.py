@@ -134,14 +134,15 @@ def test_a_long_run_loses_no_violation_to_the_bounded_queue(tmp_path: Path) -> N
     """Violations are kept in a bounded queue between writes; a long run writes them out
     before it fills, so 12,000 denials are 12,000 rows."""
     state = str(tmp_path / "state.duckdb")
-    policy = (ROOT / "policies" / "default.policy").read_text(encoding="utf-8")
+    policy = (ROOT / "examples" / "policies" / "design.policy").read_text(encoding="utf-8")
     policy = policy.replace("limit user      100 per 1m burst 10", "limit user 1 per 1d")
     assert "limit user 1 per 1d" in policy
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir()
     (policy_dir / "default.policy").write_text(policy, encoding="utf-8")
     (policy_dir / "models.yaml").write_text(
-        (ROOT / "policies" / "models.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+        (ROOT / "examples" / "policies" / "models.yaml").read_text(encoding="utf-8"),
+        encoding="utf-8",
     )
     with PolicyEngine(policy_dir, state=state) as engine:
         decisions = [engine.evaluate({"id": f"v{i}", "user": "greedy"}) for i in range(12_001)]

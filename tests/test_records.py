@@ -17,8 +17,8 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
+from _design import design_engine, from_design
 
-from engine import PolicyEngine
 from engine.analytics import schema
 from engine.analytics.importer import import_outcomes
 from engine.analytics.records import (
@@ -87,7 +87,7 @@ def _http(url: str, item: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _record(item: dict[str, Any]) -> str:
-    engine = PolicyEngine()
+    engine = design_engine()
     with pytest.raises(ValueError) as caught:
         engine.record_outcome(
             item["provider"], item["model"], latency_ms=item["latency_ms"], success=item["success"]
@@ -186,7 +186,7 @@ def test_denial_records_give_the_json_of_the_dict_they_replace() -> None:
 
 
 def test_a_decision_holds_a_typed_denial_and_its_json() -> None:
-    engine = PolicyEngine.from_text("limit user 1 per 1d\n")
+    engine = from_design("limit user 1 per 1d\n")
     assert engine.evaluate({"id": "a", "user": "u"}).allowed
     denied = engine.evaluate({"id": "b", "user": "u"})
     assert isinstance(denied.denied_by, LimitDenial)

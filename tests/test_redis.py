@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from _design import from_design
 
-from engine import PolicyEngine
 from engine.limits.stores import open_store
 from engine.limits.stores.base import Spec, StoreUnavailableError
 from engine.limits.stores.redis_store import BUCKETS, RedisStore
@@ -43,7 +43,7 @@ def test_three_processes_sharing_ten_per_hour_admit_exactly_ten(redis_server: An
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from engine import PolicyEngine
-        engine = PolicyEngine.from_text("limit user 10 per 1h\\n", state={url!r})
+        engine = from_design("limit user 10 per 1h\\n", state={url!r})
         allowed = sum(engine.evaluate({{"id": str(i), "user": "shared"}}).allowed
                       for i in range(25))
         print(allowed)
@@ -90,7 +90,7 @@ def test_script_is_atomic_under_eight_concurrent_clients(redis_server: Any) -> N
 def test_one_round_trip_per_decision(redis_server: Any) -> None:
     store = fresh(redis_server, 5)
     client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/5")
-    engine = PolicyEngine.from_text(
+    engine = from_design(
         "limit global 1000 per 1m\nlimit user 100 per 1m\nlimit ip 100 per 1m\n"
         "limit provider 1000 per 1m\n",
         state=store,
@@ -111,7 +111,7 @@ def test_one_round_trip_per_decision(redis_server: Any) -> None:
 
 def test_buckets_get_a_ttl_and_quotas_live_in_redis(redis_server: Any) -> None:
     store = fresh(redis_server, 6)
-    engine = PolicyEngine.from_text("limit user 100 per 1m burst 10\n", state=store)
+    engine = from_design("limit user 100 per 1m burst 10\n", state=store)
     engine.evaluate({"id": "a", "user": "u"})
     key = BUCKETS + "user/requests/60000/u"
     ttl = store._redis.pttl(key)
@@ -135,7 +135,7 @@ def test_redis_down_gives_the_fail_mode_then_recovers(tmp_path: Path, mode: str)
     server.start()
     try:
         policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
-        engine = PolicyEngine.from_text(policy, state=server.url + "?timeout=0.2")
+        engine = from_design(policy, state=server.url + "?timeout=0.2")
         assert engine.evaluate({"id": "1", "user": "u"}).allowed
         server.stop()  # killed mid-run
         down = engine.evaluate({"id": "2", "user": "u"})
@@ -163,7 +163,7 @@ def test_a_policy_that_names_no_fail_mode_fails_open(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
     try:
-        engine = PolicyEngine.from_text("limit user 3 per 1h\n", state=server.url + "?timeout=0.2")
+        engine = from_design("limit user 3 per 1h\n", state=server.url + "?timeout=0.2")
         assert engine.program.default_route.settings.on_store_error == "open"
         assert engine.evaluate({"id": "1", "user": "u"}).allowed
         server.stop()
@@ -187,7 +187,7 @@ def test_a_stalled_redis_is_bounded_by_its_timeout(tmp_path: Path, mode: str) ->
     assert server.process is not None
     try:
         policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
-        engine = PolicyEngine.from_text(policy, state=server.url + "?timeout=0.2")
+        engine = from_design(policy, state=server.url + "?timeout=0.2")
         assert engine.evaluate({"id": "1", "user": "u"}).allowed
         server.process.send_signal(signal.SIGSTOP)
         answers: list[Any] = []
@@ -217,9 +217,7 @@ def test_redis_down_when_quotas_are_due_for_a_refresh(tmp_path: Path, mode: str)
     now = [1_800_000_000.0]
     try:
         policy = f"defaults {{ on_store_error {mode} }}\nlimit user 3 per 1h\n"
-        engine = PolicyEngine.from_text(
-            policy, state=server.url + "?timeout=0.2", clock=lambda: now[0]
-        )
+        engine = from_design(policy, state=server.url + "?timeout=0.2", clock=lambda: now[0])
         assert engine.evaluate({"id": "1", "user": "u"}).allowed
         server.stop()
         now[0] += 5.0  # the quota cache is stale: the next check reads quotas first
@@ -259,8 +257,8 @@ def test_provider_health_is_shared_between_instances(redis_server: Any) -> None:
     models = ["gemini/gemini-1.5-flash-latest", "claude/claude-3-haiku-20240307"]
     one = SharedMetrics(url, models, clock=lambda: now[0], background=False)
     two = SharedMetrics(url, models, clock=lambda: now[0], background=False)
-    a = PolicyEngine.from_text(policy, metrics=one, clock=lambda: now[0])
-    b = PolicyEngine.from_text(policy, metrics=two, clock=lambda: now[0])
+    a = from_design(policy, metrics=one, clock=lambda: now[0])
+    b = from_design(policy, metrics=two, clock=lambda: now[0])
     decision = a.evaluate({"id": "x"})
     assert decision.model == "gemini-1.5-flash-latest"
     for _ in range(12):  # instance A sees flash get slow

@@ -23,8 +23,8 @@ import duckdb
 import httpx
 import pytest
 import redis
+from _design import from_design
 
-from engine import PolicyEngine
 from engine.limits.stores import ConfigurationError
 
 pytest_plugins = ["_redis"]
@@ -183,9 +183,7 @@ def test_serve_on_redis_records_in_the_default_state_file(setup: Setup) -> None:
 def test_analytics_beside_a_duckdb_state_file_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state.duckdb"
     with pytest.raises(ConfigurationError) as refused:
-        PolicyEngine.from_text(
-            "limit user 2 per 1h\n", state=str(state), analytics=str(tmp_path / "a.duckdb")
-        )
+        from_design("limit user 2 per 1h\n", state=str(state), analytics=str(tmp_path / "a.duckdb"))
     assert str(refused.value) == (
         f"an analytics file (`{tmp_path / 'a.duckdb'}`) is for a memory or Redis state store;"
         f" the DuckDB state file `{state}` keeps its own logs"

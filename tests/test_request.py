@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import pytest
+from _design import from_design
 
 from engine import PolicyEngine, Request, RequestError
 from engine.routing.request import estimate_tokens, request_key, validate
@@ -156,7 +157,7 @@ def test_ipv6_spellings_share_one_ip_bucket_and_condition() -> None:
     route home when request.ip == "2001:db8::1" { strategy latency }
     limit ip 50 per 1m
     """
-    e = PolicyEngine.from_text(policy, clock=clock)
+    e = from_design(policy, clock=clock)
     spellings = ["2001:DB8:0:0:0:0:0:1", "2001:db8::1", "2001:0db8::0001"]
     decisions = [e.evaluate({"id": f"ip-{i}", "ip": ip}) for i, ip in enumerate(spellings)]
     assert [d.route for d in decisions] == ["home", "home", "home"]
@@ -242,7 +243,7 @@ route only {
     ],
 )
 def test_token_estimate_prices_the_decision(data: dict[str, Any], input_tokens: int) -> None:
-    e = PolicyEngine.from_text(FLASH_ONLY, clock=clock)
+    e = from_design(FLASH_ONLY, clock=clock)
     for request in ({"id": "est", "max_tokens": 10, **data}, {"max_tokens": 10, **data}):
         d = e.evaluate(request)
         assert d.model == "gemini-1.5-flash-latest"
@@ -251,7 +252,7 @@ def test_token_estimate_prices_the_decision(data: dict[str, Any], input_tokens: 
 
 
 def test_no_max_tokens_estimates_256_output_tokens() -> None:
-    e = PolicyEngine.from_text(FLASH_ONLY, clock=clock)
+    e = from_design(FLASH_ONLY, clock=clock)
     d = e.evaluate({"id": "out", "prompt": "x" * 400})
     assert d.estimated_cost == pytest.approx((100 * 0.075 + 256 * 0.30) / 1e6)
 
@@ -288,8 +289,8 @@ def test_model_specific_pick_without_id_is_reproducible() -> None:
     }
     """
     requests = [{"prompt": f"question {i}"} for i in range(40)]
-    first = PolicyEngine.from_text(policy, clock=clock)
-    second = PolicyEngine.from_text(policy, clock=clock)
+    first = from_design(policy, clock=clock)
+    second = from_design(policy, clock=clock)
     picks = [first.evaluate(r).model for r in requests]
     assert picks == [second.evaluate(dict(r)).model for r in requests]
     assert picks == [first.evaluate(r).model for r in requests]

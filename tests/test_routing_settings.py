@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import PolicyEngine
+from _design import from_design
 
 
 def test_bare_weighted_in_a_route_inherits_the_defaults_factors() -> None:
@@ -10,7 +10,7 @@ def test_bare_weighted_in_a_route_inherits_the_defaults_factors() -> None:
     defaults { strategy weighted(latency: 10%, cost: 90%) }
     route r when request.user == "u" { strategy weighted }
     """
-    engine = PolicyEngine.from_text(policy)
+    engine = from_design(policy)
     routed = engine.evaluate({"id": "a", "user": "u", "input_tokens": 100, "max_tokens": 100})
     default = engine.evaluate({"id": "b", "input_tokens": 100, "max_tokens": 100})
     assert routed.route == "r" and default.route == "default"
@@ -20,7 +20,7 @@ def test_bare_weighted_in_a_route_inherits_the_defaults_factors() -> None:
 
 def test_bare_weighted_over_another_default_strategy_is_60_40() -> None:
     policy = "defaults { strategy cost }\nroute r { strategy weighted }"
-    decision = PolicyEngine.from_text(policy).evaluate({"id": "c", "input_tokens": 10})
+    decision = from_design(policy).evaluate({"id": "c", "input_tokens": 10})
     assert decision.strategy == "weighted"
     assert decision.reason.startswith("Best weighted score: ")
     assert "(latency " in decision.reason and ", cost " in decision.reason
@@ -33,7 +33,7 @@ def test_failover_tries_explicit_fallback_models_first() -> None:
         fallback openai/gpt-4o, claude, gemini
     }
     """
-    decision = PolicyEngine.from_text(policy).evaluate({"id": "f", "input_tokens": 10})
+    decision = from_design(policy).evaluate({"id": "f", "input_tokens": 10})
     assert (decision.provider, decision.model) == ("openai", "gpt-4o")
     assert decision.reason == "First healthy in failover order: openai/gpt-4o"
     # then by provider order (openai is first, named by the explicit entry), catalog order
@@ -46,5 +46,5 @@ def test_failover_tries_explicit_fallback_models_first() -> None:
 
 def test_failover_without_explicit_models_goes_by_provider_order() -> None:
     policy = "defaults {\n strategy failover\n fallback gemini, openai, claude\n}"
-    decision = PolicyEngine.from_text(policy).evaluate({"id": "g", "input_tokens": 10})
+    decision = from_design(policy).evaluate({"id": "g", "input_tokens": 10})
     assert (decision.provider, decision.model) == ("gemini", "gemini-1.5-pro-latest")

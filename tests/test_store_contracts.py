@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _design import from_design
 
 from engine import PolicyEngine
 from engine.analytics import queries
@@ -313,7 +314,7 @@ def _reopen(store: Any) -> Any:
 def _log_through_an_engine(store: Any) -> PolicyEngine:
     """An engine over `store` that decided five requests (two allowed, three denied by
     `limit user 1 per 1h`, all at NOW) and flushed its logs; close it when done."""
-    engine = PolicyEngine.from_text("limit user 1 per 1h\n", state=store, clock=lambda: NOW / 1e3)
+    engine = from_design("limit user 1 per 1h\n", state=store, clock=lambda: NOW / 1e3)
     for i, user in enumerate(["a", "a", "b", "b", "b"]):
         engine.evaluate({"id": f"r{i}", "user": user})
     engine.flush()

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _design import design_engine, from_design
 
-from engine import Decision, PolicyEngine
+from engine import Decision
 
 SONNET = "claude-3-5-sonnet-20241022"
 OPUS = "claude-3-opus-20240229"
@@ -73,7 +74,7 @@ route fast {
 
 
 def test_latency_picks_lowest_p95_and_scores_best_over_x() -> None:
-    d = PolicyEngine.from_text(LATENCY_POLICY).evaluate(request("lat-1"))
+    d = from_design(LATENCY_POLICY).evaluate(request("lat-1"))
     assert d.allowed
     assert (d.route, d.strategy) == ("fast", "latency")
     assert (d.provider, d.model) == ("gemini", FLASH)
@@ -94,7 +95,7 @@ def test_latency_picks_lowest_p95_and_scores_best_over_x() -> None:
 
 def test_latency_ranks_only_what_capability_filtering_left() -> None:
     # gpt-3.5-turbo has no vision: it is dropped before ranking
-    d = PolicyEngine.from_text(LATENCY_POLICY).evaluate(request("lat-2", requires_vision=True))
+    d = from_design(LATENCY_POLICY).evaluate(request("lat-2", requires_vision=True))
     assert d.model == FLASH
     assert alternatives(d) == [
         ("claude", HAIKU, round(850 / 1000, 4)),
@@ -104,7 +105,7 @@ def test_latency_ranks_only_what_capability_filtering_left() -> None:
 
 
 def test_latency_hard_cost_limit_filters_before_ranking() -> None:
-    engine = PolicyEngine.from_text(LATENCY_POLICY)
+    engine = from_design(LATENCY_POLICY)
     d = engine.evaluate(request("lat-3", max_cost=0.0002))
     # flash 0.000225 > 0.0002, and every other candidate costs more: nothing is left
     assert not d.allowed
@@ -132,7 +133,7 @@ route cheap {
 
 
 def test_cost_picks_lowest_estimate_and_scores_best_over_x() -> None:
-    d = PolicyEngine.from_text(COST_POLICY).evaluate(request("cost-1"))
+    d = from_design(COST_POLICY).evaluate(request("cost-1"))
     haiku = (1000 * 0.25 + 500 * 1.25) / 1e6  # 0.000875
     pro = (1000 * 1.25 + 500 * 5.00) / 1e6  # 0.00375
     gpt4o = (1000 * 2.50 + 500 * 10.00) / 1e6  # 0.0075
@@ -161,9 +162,7 @@ def test_cost_reason_formats_cents_with_four_places_at_most() -> None:
         prefer openai/gpt-4-turbo-preview
     }
     """
-    d = PolicyEngine.from_text(policy).evaluate(
-        request("cost-2", input_tokens=5000, max_tokens=1000)
-    )
+    d = from_design(policy).evaluate(request("cost-2", input_tokens=5000, max_tokens=1000))
     turbo = (5000 * 10.00 + 1000 * 30.00) / 1e6  # 0.08
     opus = (5000 * 15.00 + 1000 * 75.00) / 1e6  # 0.15
     gpt4 = (5000 * 30.00 + 1000 * 60.00) / 1e6  # 0.21 (context 6000 <= 8192: eligible)
@@ -189,7 +188,7 @@ def test_cost_tie_is_broken_by_latency_then_catalog_order() -> None:
         prefer openai/gpt-3.5-turbo
     }
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("cost-3"))
+    d = from_design(policy).evaluate(request("cost-3"))
     assert d.model == GPT35
     assert d.reason == "Lowest estimated cost: $0.00125"
     assert d.estimated_cost == pytest.approx((1000 * 0.50 + 500 * 1.50) / 1e6)
@@ -219,7 +218,7 @@ HAIKU_L, HAIKU_C = 1 - 1000 / 1900, 1 - HAIKU_COST / GPT4O_COST  # 0.4737, 0.883
 
 
 def test_weighted_three_models_by_hand() -> None:
-    d = PolicyEngine.from_text(WEIGHTED_3.format(strategy="weighted(latency: 60%, cost: 40%)"))
+    d = from_design(WEIGHTED_3.format(strategy="weighted(latency: 60%, cost: 40%)"))
     d = d.evaluate(request("w-1"))
     flash = 0.6 * FLASH_L + 0.4 * FLASH_C  # 0.3316 + 0.388 = 0.7196
     haiku = 0.6 * HAIKU_L + 0.4 * HAIKU_C  # 0.2842 + 0.3533 = 0.6375
@@ -239,7 +238,7 @@ def test_weighted_three_models_by_hand() -> None:
 
 
 def test_weighted_reason_lists_factors_in_policy_order() -> None:
-    d = PolicyEngine.from_text(WEIGHTED_3.format(strategy="weighted(cost: 40%, latency: 60%)"))
+    d = from_design(WEIGHTED_3.format(strategy="weighted(cost: 40%, latency: 60%)"))
     d = d.evaluate(request("w-2"))
     assert d.model == FLASH
     assert d.reason == "Best weighted score: 0.72 (cost 0.97, latency 0.55)"
@@ -249,7 +248,7 @@ def test_weighted_reason_lists_factors_in_policy_order() -> None:
 def test_weighted_with_success_factor() -> None:
     # no outcomes: every success rate is 1.0
     text = WEIGHTED_3.format(strategy="weighted(latency: 50%, cost: 30%, success: 20%)")
-    d = PolicyEngine.from_text(text).evaluate(request("w-3"))
+    d = from_design(text).evaluate(request("w-3"))
     flash = 0.5 * FLASH_L + 0.3 * FLASH_C + 0.2 * 1.0  # 0.2763 + 0.291 + 0.2 = 0.7673
     haiku = 0.5 * HAIKU_L + 0.3 * HAIKU_C + 0.2 * 1.0  # 0.2368 + 0.265 + 0.2 = 0.7018
     gpt4o = 0.5 * 0.0 + 0.3 * 0.0 + 0.2 * 1.0  # 0.2
@@ -264,7 +263,7 @@ def test_weighted_with_success_factor() -> None:
 
 def test_weighted_plain_number_weights_are_normalised() -> None:
     # latency 3, cost 1 -> 0.75, 0.25
-    d = PolicyEngine.from_text(WEIGHTED_3.format(strategy="weighted(latency: 3, cost: 1)"))
+    d = from_design(WEIGHTED_3.format(strategy="weighted(latency: 3, cost: 1)"))
     d = d.evaluate(request("w-4"))
     flash = 0.75 * FLASH_L + 0.25 * FLASH_C  # 0.4145 + 0.2425 = 0.6570
     haiku = 0.75 * HAIKU_L + 0.25 * HAIKU_C  # 0.3553 + 0.2208 = 0.5761
@@ -297,7 +296,7 @@ def test_weighted_weights_decide_between_fast_and_cheap(
         prefer openai/gpt-4o
     }}
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("w-5"))
+    d = from_design(policy).evaluate(request("w-5"))
     assert d.model == winner
     assert d.reason == reason
     opus_cost = (1000 * 15.00 + 500 * 75.00) / 1e6
@@ -311,7 +310,7 @@ def test_weighted_weights_decide_between_fast_and_cheap(
 
 def test_default_policy_weighted_over_whole_catalog() -> None:
     """The packaged default: no route matches, `weighted(latency: 60%, cost: 40%)` over all 11."""
-    d = PolicyEngine().evaluate({"id": "default-1", "input_tokens": 1000})
+    d = design_engine().evaluate({"id": "default-1", "input_tokens": 1000})
     # no max_tokens: 256 output tokens for every model (all allow >= 4096)
     # max latency 5500 (gpt-4); max cost gpt-4 = (1000*30 + 256*60)/1e6 = 0.04536
     max_cost = (1000 * 30.00 + 256 * 60.00) / 1e6
@@ -350,7 +349,7 @@ def test_explicit_fallback_models_come_first_then_one_per_other_provider() -> No
         prefer openai/gpt-4o
     }
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("fb-1"))
+    d = from_design(policy).evaluate(request("fb-1"))
     assert d.model == FLASH
     # explicit: pro (even though it is the chosen provider's), haiku; then openai's best
     assert fallbacks(d) == [("gemini", PRO), ("claude", HAIKU), ("openai", GPT4O)]
@@ -369,11 +368,11 @@ def test_ineligible_explicit_fallback_is_skipped_and_its_provider_still_covered(
     """
     # vision drops gpt-3.5-turbo: the explicit entry is skipped; provider order is
     # openai, gemini (the setting), then claude (catalog order); gemini is chosen
-    d = PolicyEngine.from_text(policy).evaluate(request("fb-2", requires_vision=True))
+    d = from_design(policy).evaluate(request("fb-2", requires_vision=True))
     assert d.model == FLASH
     assert fallbacks(d) == [("openai", GPT4O), ("claude", HAIKU)]
     # without vision, gpt-3.5-turbo is eligible and listed explicitly first
-    d = PolicyEngine.from_text(policy).evaluate(request("fb-3"))
+    d = from_design(policy).evaluate(request("fb-3"))
     assert d.model == FLASH
     assert fallbacks(d) == [("openai", GPT35), ("claude", HAIKU)]
 
@@ -387,7 +386,7 @@ def test_explicit_fallback_equal_to_the_choice_is_not_listed() -> None:
         prefer claude/claude-3-haiku-20240307
     }
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("fb-4"))
+    d = from_design(policy).evaluate(request("fb-4"))
     assert d.model == FLASH
     assert fallbacks(d) == [("claude", HAIKU)]
 
@@ -436,7 +435,7 @@ route pick {
 def test_model_specific_pick_is_fixed_by_request_id(
     rid: str, model: str, reason: str, alts: list[tuple[str, str, float]]
 ) -> None:
-    d = PolicyEngine.from_text(MODEL_SPECIFIC).evaluate(request(rid))
+    d = from_design(MODEL_SPECIFIC).evaluate(request(rid))
     assert (d.route, d.strategy) == ("pick", "model-specific")
     assert d.model == model
     assert d.reason == reason
@@ -444,7 +443,7 @@ def test_model_specific_pick_is_fixed_by_request_id(
 
 
 def test_model_specific_estimates_and_fallbacks() -> None:
-    d = PolicyEngine.from_text(MODEL_SPECIFIC).evaluate(request("req-9"))
+    d = from_design(MODEL_SPECIFIC).evaluate(request("req-9"))
     assert (d.provider, d.model) == ("openai", GPT35)
     assert d.estimated_cost == pytest.approx((1000 * 0.50 + 500 * 1.50) / 1e6)  # 0.00125
     assert d.estimated_latency_ms == pytest.approx(1200)
@@ -455,8 +454,8 @@ def test_model_specific_estimates_and_fallbacks() -> None:
 
 def test_model_specific_is_deterministic_across_fresh_engines() -> None:
     ids = [f"det-{i}" for i in range(200)]
-    first = PolicyEngine.from_text(MODEL_SPECIFIC)
-    second = PolicyEngine.from_text(MODEL_SPECIFIC)
+    first = from_design(MODEL_SPECIFIC)
+    second = from_design(MODEL_SPECIFIC)
     picks = [first.evaluate(request(i)).model for i in ids]
     # a different engine, asked in the reverse order, and asked twice
     again = [second.evaluate(request(i)).model for i in reversed(ids)][::-1]
@@ -466,7 +465,7 @@ def test_model_specific_is_deterministic_across_fresh_engines() -> None:
 
 
 def test_model_specific_shares_follow_weights() -> None:
-    engine = PolicyEngine.from_text(MODEL_SPECIFIC)
+    engine = from_design(MODEL_SPECIFIC)
     n = 4000
     counts = {FLASH: 0, GPT35: 0, HAIKU: 0}
     for i in range(n):
@@ -478,7 +477,7 @@ def test_model_specific_shares_follow_weights() -> None:
 
 def test_model_specific_renormalises_when_a_preference_is_filtered_out() -> None:
     # vision drops gpt-3.5-turbo: flash 60/70, haiku 10/70
-    engine = PolicyEngine.from_text(MODEL_SPECIFIC)
+    engine = from_design(MODEL_SPECIFIC)
     d = engine.evaluate(request("req-9", requires_vision=True))
     assert d.model == FLASH
     assert d.reason == "Preferred model drawn by weight: 86% share among 2 eligible"
@@ -506,7 +505,7 @@ def test_model_specific_provider_preference_splits_its_weight() -> None:
         prefer claude/claude-3-haiku-20240307 weight 40
     }
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("req-0"))
+    d = from_design(policy).evaluate(request("req-0"))
     assert d.model == FLASH
     assert d.reason == "Preferred model drawn by weight: 20% share among 4 eligible"
     # the rest by weight, ties in catalog order
@@ -530,7 +529,7 @@ route rr {
 
 
 def test_round_robin_cycles_candidates_in_order() -> None:
-    engine = PolicyEngine.from_text(ROUND_ROBIN)
+    engine = from_design(ROUND_ROBIN)
     got = [engine.evaluate(request(f"rr-{i}")) for i in range(7)]
     assert [d.model for d in got] == [GPT4O, HAIKU, FLASH, GPT4O, HAIKU, FLASH, GPT4O]
     assert [d.reason for d in got[:4]] == [
@@ -568,7 +567,7 @@ def test_round_robin_turns_are_per_engine_and_per_route() -> None:
     """
     )
     policy = policy.replace("route rr {", 'route rr when request.metadata.team == "a" {')
-    engine = PolicyEngine.from_text(policy)
+    engine = from_design(policy)
     a = {"metadata": {"team": "a"}}
     b = {"metadata": {"team": "b"}}
     assert engine.evaluate(request("x1", **a)).model == GPT4O
@@ -577,7 +576,7 @@ def test_round_robin_turns_are_per_engine_and_per_route() -> None:
     assert engine.evaluate(request("x4", **b)).model == SONNET
     assert engine.evaluate(request("x5", **b)).model == PRO
     # a fresh engine starts at the first candidate again
-    assert PolicyEngine.from_text(policy).evaluate(request("x6", **a)).model == GPT4O
+    assert from_design(policy).evaluate(request("x6", **a)).model == GPT4O
 
 
 def test_round_robin_counts_turns_over_the_eligible_candidates() -> None:
@@ -589,7 +588,7 @@ def test_round_robin_counts_turns_over_the_eligible_candidates() -> None:
         prefer gemini/gemini-1.5-flash-latest
     }
     """
-    engine = PolicyEngine.from_text(policy)
+    engine = from_design(policy)
     assert engine.evaluate(request("v1")).model == GPT4O  # turn 0 of 3
     # turn 1; vision leaves [gpt-4o, flash]: 1 % 2 -> flash
     d = engine.evaluate(request("v2", requires_vision=True))
@@ -613,7 +612,7 @@ route fo {
 
 
 def test_failover_follows_fallback_provider_order() -> None:
-    d = PolicyEngine.from_text(FAILOVER).evaluate(request("fo-1"))
+    d = from_design(FAILOVER).evaluate(request("fo-1"))
     assert (d.route, d.strategy) == ("fo", "failover")
     assert (d.provider, d.model) == ("gemini", PRO)
     assert d.reason == "First healthy in failover order: gemini/gemini-1.5-pro-latest"
@@ -630,7 +629,7 @@ def test_failover_follows_fallback_provider_order() -> None:
 
 def test_failover_skips_what_capability_filtering_dropped() -> None:
     # max_latency_ms 2000 drops pro (2800): the next in order wins
-    d = PolicyEngine.from_text(FAILOVER).evaluate(request("fo-2", max_latency_ms=2000))
+    d = from_design(FAILOVER).evaluate(request("fo-2", max_latency_ms=2000))
     assert d.model == FLASH
     assert d.reason == "First healthy in failover order: gemini/gemini-1.5-flash-latest"
     assert alternatives(d) == [
@@ -645,7 +644,7 @@ def test_failover_keeps_preference_order_within_a_provider() -> None:
         "prefer gemini/gemini-1.5-flash-latest\n    prefer gemini/gemini-1.5-pro-latest",
     )
     assert policy != FAILOVER
-    d = PolicyEngine.from_text(policy).evaluate(request("fo-3"))
+    d = from_design(policy).evaluate(request("fo-3"))
     assert d.model == FLASH
     assert [a.model for a in d.alternatives] == [PRO, GPT4O, HAIKU]
 
@@ -653,7 +652,7 @@ def test_failover_keeps_preference_order_within_a_provider() -> None:
 def test_route_fallback_setting_overrides_defaults_for_failover() -> None:
     # route `fallback claude`: claude, then the catalog's remaining order gemini, openai
     policy = FAILOVER.replace("strategy failover", "strategy failover\n    fallback claude")
-    d = PolicyEngine.from_text(policy).evaluate(request("fo-4"))
+    d = from_design(policy).evaluate(request("fo-4"))
     assert d.model == HAIKU
     assert d.reason == "First healthy in failover order: claude/claude-3-haiku-20240307"
     assert [a.model for a in d.alternatives] == [PRO, FLASH, GPT4O]
@@ -713,7 +712,7 @@ def test_ties_are_broken_by_catalog_order(tmp_path: Path, strategy: str, reason:
         prefer acme/twin-a
     }}
     """
-    d = PolicyEngine.from_text(policy).evaluate(request("tie-1"))
+    d = from_design(policy).evaluate(request("tie-1"))
     assert (d.provider, d.model) == ("acme", "twin-a")
     assert d.reason == reason
     assert d.estimated_cost == pytest.approx((1000 * 1.00 + 500 * 2.00) / 1e6)
@@ -727,7 +726,7 @@ def test_cost_reason_for_a_tiny_amount_is_a_valid_amount(tmp_path: Path) -> None
         encoding="utf-8",
     )
     policy = f'catalog "{catalog}"\nroute r {{\n strategy cost\n prefer acme/twin-a\n}}'
-    d = PolicyEngine.from_text(policy).evaluate(request("tiny", input_tokens=1, max_tokens=1))
+    d = from_design(policy).evaluate(request("tiny", input_tokens=1, max_tokens=1))
     assert d.estimated_cost == pytest.approx((1 * 0.01 + 1 * 0.01) / 1e6)  # 2e-08
     # "$0.00000002" (or at worst "$0"), never a dangling "$0."
     assert re.fullmatch(r"Lowest estimated cost: \$0(\.0*[1-9][0-9]*)?", d.reason), d.reason

@@ -625,7 +625,8 @@ def convert(
         skipped.append(Skipped(key, "duplicate", f"{kept_key} is kept ({same})"))
     for name, (key, found) in list(chosen.items()):  # after duplicates: the key kept decides
         pricing = found["pricing"]
-        if pricing["input"] == 0 and pricing["output"] == 0 and "tiers" not in pricing:
+        tiers = pricing.get("tiers", [])
+        if not any(t["input"] or t["output"] for t in [pricing, *tiers]):
             del chosen[name]
             skipped.append(Skipped(key, "free", "$0 per token"))
     for key in keys:  # an `aliases` list on an entry names it too, as `alias_of` does
