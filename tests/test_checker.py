@@ -10,12 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _design import CATALOG_LINE, DESIGN_CATALOG
 
 from engine.diagnostics import Diagnostic, PolicyError
-from engine.language.loader import Loaded, compile_sources
+from engine.language import loader
+from engine.language.loader import Loaded
 from engine.language.program import Program
 
-PACKAGED_CATALOG = Path(__file__).parents[1] / "examples" / "policies" / "models.yaml"
+
+def compile_sources(
+    sources: list[tuple[str, str]], paths: list[Path | None] | None = None
+) -> Loaded:
+    """`loader.compile_sources` on the design's catalog (the models these tests name), given
+    as one more file of the set so that no line moves; a set naming its own catalog keeps it."""
+    if any('catalog "' in text for _, text in sources):
+        return loader.compile_sources(sources, paths)
+    extra: list[Path | None] = [None]
+    return loader.compile_sources(
+        [*sources, ("design-catalog.policy", CATALOG_LINE)],
+        None if paths is None else [*paths, *extra],
+    )
 
 
 def ok(*texts: str) -> Loaded:
@@ -538,12 +552,12 @@ def test_two_defaults_blocks_across_files() -> None:
 def test_routes_keep_file_then_statement_order() -> None:
     p = program("route a1 when request.stream {}\nroute a2 when request.stream {}", "route b1 {}")
     assert [r.name for r in p.routes] == ["a1", "a2", "b1"]
-    assert p.files == ("a.policy", "b.policy")
+    assert p.files == ("a.policy", "b.policy", "design-catalog.policy")
 
 
 def _copy_catalog(directory: Path, name: str) -> Path:
     target = directory / name
-    target.write_bytes(PACKAGED_CATALOG.read_bytes())
+    target.write_bytes(DESIGN_CATALOG.read_bytes())
     return target
 
 
@@ -572,9 +586,11 @@ def test_the_same_catalog_named_twice_is_fine(tmp_path: Path) -> None:
 
 
 def test_the_packaged_catalog_is_the_default() -> None:
-    catalog = program("route r {}").catalog
-    assert len(catalog.models) == 11
-    assert catalog.providers == ("claude", "gemini", "openai")
+    catalog = loader.compile_sources([("a.policy", "route r {}")]).program.catalog
+    assert len(catalog.models) == 117
+    assert catalog.providers == ("anthropic", "gemini", "openai")
+    assert catalog.source.endswith("models.json")
+    assert program("route r {}").catalog.providers == ("claude", "gemini", "openai")  # design
 
 
 def test_a_policy_checks_against_its_own_catalog(tmp_path: Path) -> None:
@@ -663,4 +679,7 @@ def test_warnings_do_not_block_and_errors_keep_them() -> None:
 
 def test_the_packaged_default_policy_checks_clean() -> None:
     default = Path(__file__).parents[1] / "policies" / "default.policy"
-    compile_sources([("default.policy", default.read_text(encoding="utf-8"))], [default])
+    loaded = loader.compile_sources(
+        [("default.policy", default.read_text(encoding="utf-8"))], [default]
+    )
+    assert loaded.warnings == ()

@@ -137,7 +137,8 @@ def test_generated_cases_are_not_committed() -> None:
 
 
 def test_the_spec_example_checks_clean() -> None:
-    """SPEC §2's example, copied verbatim, with the packaged catalog beside it."""
+    """SPEC §2's example, copied verbatim, with the design's catalog beside it (SPEC §2 names
+    its models)."""
     assert (GOLDEN / "spec_example.expected").read_text(encoding="utf-8") == ""
     packaged = Path(__file__).parents[1] / "examples" / "policies" / "models.yaml"
     assert (GOLDEN / "models.yaml").read_bytes() == packaged.read_bytes()

@@ -27,7 +27,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from _design import from_design
+from _design import DESIGN_CATALOG, from_design
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request as HttpRequest

@@ -17,8 +17,9 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-from _design import design_engine, from_design
+from _design import from_design
 
+from engine import PolicyEngine
 from engine.analytics import schema
 from engine.analytics.importer import import_outcomes
 from engine.analytics.records import (
@@ -34,16 +35,22 @@ from engine.limits.records import STORE_DOWN, LimitDenial
 from engine.routing.decision import DroppedCandidate, NoEligibleModel
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOD = {"provider": "gemini", "model": "gemini-1.5-flash", "latency_ms": 420.5, "success": True}
+GOOD = {
+    "provider": "gemini",
+    "model": "gemini-2.5-flash-lite",
+    "latency_ms": 420.5,
+    "success": True,
+}
 
 # (what differs from a good outcome, the field to blame, the one message for it)
 MISTAKES = [
     ({"latency_ms": -1}, "latency_ms", "latency_ms must be a number >= 0, got `-1`"),
     ({"success": "yes"}, "success", "success must be true or false, got `yes`"),
     (
-        {"model": "gemini-1.5-flsh"},
+        {"model": "gemini-2.5-flash-lte"},
         "model",
-        "unknown model `gemini/gemini-1.5-flsh` (did you mean `gemini/gemini-1.5-flash`?)",
+        "unknown model `gemini/gemini-2.5-flash-lte`"
+        " (did you mean `gemini/gemini-2.5-flash-lite`?)",
     ),
     ({"provider": "acme", "model": "x"}, "model", "unknown provider `acme`"),
 ]
@@ -87,7 +94,7 @@ def _http(url: str, item: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _record(item: dict[str, Any]) -> str:
-    engine = design_engine()
+    engine = PolicyEngine()  # the packaged policy set, as the server and the importer use
     with pytest.raises(ValueError) as caught:
         engine.record_outcome(
             item["provider"], item["model"], latency_ms=item["latency_ms"], success=item["success"]

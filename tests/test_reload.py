@@ -22,6 +22,7 @@ from engine.language.loader import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
+DESIGN = REPO / "examples" / "policies"
 DEADLINE_S = 10.0
 USER_LIMIT_LINE = "limit user      100 per 1m burst 10"
 REQUEST = {"id": "r1", "user": "alice", "prompt": "hi"}
@@ -67,8 +68,9 @@ def rename_over(path: Path, text: str) -> None:
 def policy_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "policies"
     directory.mkdir()
-    for name in ("default.policy", "models.yaml"):
-        shutil.copy(POLICIES / name, directory / name)
+    # the design's policy set: the figures below are its catalog's
+    shutil.copy(DESIGN / "design.policy", directory / "default.policy")
+    shutil.copy(DESIGN / "models.yaml", directory / "models.yaml")
     return directory
 
 
@@ -321,3 +323,29 @@ def test_evaluations_under_concurrent_edits(
     mismatched = [(v, lim) for v, lim in seen if limit_of[v] != lim]
     assert mismatched == []
     assert engine.last_reload_error is None
+
+
+def test_a_regenerated_json_catalog_reloads(tmp_path: Path) -> None:
+    """The packaged policy set reads `models.json`: replacing it is a reload too."""
+    directory = tmp_path / "packaged"
+    directory.mkdir()
+    for name in ("default.policy", "models.json"):
+        shutil.copy(POLICIES / name, directory / name)
+    catalog = directory / "models.json"
+    text = catalog.read_text(encoding="utf-8")
+    request = {"id": "j1", "prompt": "hi", "max_cost": 0.001}  # the budget route
+    with PolicyEngine(directory) as engine:
+        engine.watch()
+        before = engine.evaluate(request, dry_run=True)
+        assert (before.provider, before.model) == ("gemini", "gemini-2.5-flash-lite")
+        old = '"id": "gemini-2.5-flash-lite", "provider": "gemini"'
+        assert text.count(old) == 1
+        line = next(x for x in text.splitlines() if old in x)
+        cheaper = line.replace('"input": 0.1, "output": 0.4', '"input": 0.05, "output": 0.2')
+        assert cheaper != line
+        version = engine.version
+        rename_over(catalog, text.replace(line, cheaper))
+        wait_for(lambda: engine.version != version, "the JSON catalog edit to load")
+        after = engine.evaluate(request, dry_run=True)
+        assert after.model == "gemini-2.5-flash-lite"
+        assert after.estimated_cost == pytest.approx(before.estimated_cost / 2)

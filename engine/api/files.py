@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-WATCHED_SUFFIXES = (".policy", ".yaml", ".yml")
+WATCHED_SUFFIXES = (".policy", ".yaml", ".yml", ".json")
 
 FileState = dict[str, tuple[int, int]]
 
