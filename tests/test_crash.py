@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
-from test_service import FLASH, POLICIES, free_port, wait_for, wait_until_serving
+from test_service import DESIGN, FLASH, free_port, wait_for, wait_until_serving
 
 from engine.language.loader import load_policy
 
@@ -43,8 +43,9 @@ class Proc:
 
 def policy_dir(directory: Path, *, user_limit: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "models.yaml").write_bytes((POLICIES / "models.yaml").read_bytes())
-    text = (POLICIES / "default.policy").read_text(encoding="utf-8")
+    # the design's policy set, whose models these tests name
+    (directory / "models.yaml").write_bytes((DESIGN / "models.yaml").read_bytes())
+    text = (DESIGN / "design.policy").read_text(encoding="utf-8")
     assert USER_LIMIT_LINE in text
     (directory / "default.policy").write_text(
         text.replace(USER_LIMIT_LINE, user_limit), encoding="utf-8"

@@ -35,6 +35,7 @@ from engine.language.loader import load_policy
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
+DESIGN = REPO / "examples" / "policies"
 DEADLINE_S = 20.0
 MIB = 1 << 20
 # The served copy refills per-user buckets per day, so "remaining" cannot move by refill
@@ -59,9 +60,10 @@ def free_port() -> int:
 
 
 def copy_policies(directory: Path, *, user_limit: str = SERVED_USER_LIMIT) -> Path:
+    """The design's policy set (its catalog's figures are the ones these tests check)."""
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(POLICIES / "models.yaml", directory / "models.yaml")
-    text = (POLICIES / "default.policy").read_text(encoding="utf-8")
+    shutil.copy(DESIGN / "models.yaml", directory / "models.yaml")
+    text = (DESIGN / "design.policy").read_text(encoding="utf-8")
     assert USER_LIMIT_LINE in text
     (directory / "default.policy").write_text(
         text.replace(USER_LIMIT_LINE, user_limit), encoding="utf-8"
