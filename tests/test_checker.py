@@ -664,3 +664,24 @@ def test_warnings_do_not_block_and_errors_keep_them() -> None:
 def test_the_packaged_default_policy_checks_clean() -> None:
     default = Path(__file__).parents[1] / "policies" / "default.policy"
     compile_sources([("default.policy", default.read_text(encoding="utf-8"))], [default])
+
+
+# ------------------------------------------ boundaries the mutation run found untested
+
+
+@pytest.mark.parametrize("op", ["==", "!="])
+def test_a_list_may_be_tested_for_equality_with_an_any_value(op: str) -> None:
+    # only ordering a list is refused (E0331); `!=` is as fine as `==`
+    program(route(f'request.metadata.team {op} ["a"]'))
+
+
+@pytest.mark.parametrize("weight", ["1", "0.5", "1%"])
+def test_a_small_positive_weight_is_fine(weight: str) -> None:
+    p = program(route("request.stream", f"prefer claude weight {weight}\n    prefer gemini"))
+    assert len(p.routes) == 1
+
+
+@pytest.mark.parametrize("window", ["1ms", "1s"])
+def test_the_shortest_window_is_fine(window: str) -> None:
+    p = program(route("request.stream", f"strategy cost\n    window {window}"))
+    assert p.routes[0].settings.window_ms == {"1ms": 1.0, "1s": 1000.0}[window]
