@@ -685,3 +685,39 @@ def test_a_small_positive_weight_is_fine(weight: str) -> None:
 def test_the_shortest_window_is_fine(window: str) -> None:
     p = program(route("request.stream", f"strategy cost\n    window {window}"))
     assert p.routes[0].settings.window_ms == {"1ms": 1.0, "1s": 1000.0}[window]
+
+
+def test_a_cooldown_compiles_to_its_failures_and_duration() -> None:
+    p = program("defaults {\n  cooldown after 1 failures for 1ms\n}\n")
+    settings = p.default_route.settings
+    assert (settings.cooldown_failures, settings.cooldown_ms) == (1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (
+            "cooldown after 0 failures for 30s",
+            "E0224",
+            "a cooldown counts consecutive failures: a whole number from 1",
+        ),
+        (
+            "cooldown after 2.5 failures for 30s",
+            "E0224",
+            "a cooldown counts consecutive failures: a whole number from 1",
+        ),
+        ("cooldown after 3s failures for 30s", "E0224", None),
+        (
+            "cooldown after 3 failures for 0s",
+            "E0225",
+            "a cooldown lasts a duration longer than zero",
+        ),
+        ("cooldown after 3 failures for 5", "E0225", None),
+    ],
+)
+def test_cooldowns_that_do_not_check(body: str, code: str, message: str | None) -> None:
+    found = diagnostics(("t.policy", f"defaults {{\n  {body}\n}}"))
+    assert [d.code for d in found] == [code]
+    if message is not None:
+        assert found[0].message == message
+        assert found[0].help == "for example `cooldown after 3 failures for 30s`"
