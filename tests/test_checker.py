@@ -721,3 +721,60 @@ def test_cooldowns_that_do_not_check(body: str, code: str, message: str | None) 
     if message is not None:
         assert found[0].message == message
         assert found[0].help == "for example `cooldown after 3 failures for 30s`"
+
+
+def test_an_unknown_provider_key_is_e0406() -> None:
+    assert codes('limit provider "opnai" 100 per 1m') == ["E0406"]
+
+
+@pytest.mark.parametrize(
+    ("text", "help_text"),
+    [
+        ("limit usr 100 per 1m", "did you mean `user`?"),
+        (
+            "limit team 100 per 1m",
+            "scopes: `global`, `user`, `ip`, `provider`, `model`; a named scope needs a key:"
+            " `limit team = request.metadata.team …`",
+        ),
+    ],
+)
+def test_an_unknown_scope_suggests_a_scope_or_a_key(text: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == ("E0400", help_text)
+
+
+@pytest.mark.parametrize(
+    ("mode", "help_text"),
+    [
+        ("opn", "did you mean `open`?"),
+        ("closd", "did you mean `closed`?"),
+        ("maybe", "`open` allows requests while the store is down, `closed` denies them"),
+    ],
+)
+def test_an_unknown_on_store_error_mode(mode: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", f"defaults {{\n  on_store_error {mode}\n}}"))
+    assert (diag.code, diag.message, diag.help) == (
+        "E0226",
+        f"`on_store_error` is `open` or `closed`, not `{mode}`",
+        help_text,
+    )
+
+
+def test_looking_for_a_number_in_a_string_is_e0342() -> None:
+    assert codes(route("5 in request.region")) == ["E0342"]
+
+
+@pytest.mark.parametrize(
+    ("text", "help_text"),
+    [
+        (route("request"), "for example `request.region`"),
+        ("route r when request.stream {\n    require model\n}\n", "for example `model.regions`"),
+    ],
+)
+def test_a_bare_root_needs_a_field(text: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == ("E0322", help_text)
+
+
+def test_factor_weights_may_not_mix_percentages_and_numbers() -> None:
+    assert codes(route("request.stream", "strategy weighted(cost: 50%, latency: 50)")) == ["E0217"]
