@@ -818,3 +818,32 @@ def test_spec_example_route_order(spec_engine: PolicyEngine) -> None:
     )
     assert spec_engine.evaluate({"id": "o3", "max_latency_ms": 2000}).route == "fast"
     assert spec_engine.evaluate({"id": "o4", "region": "us"}).route == "default"
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+# The same limits as above, decided without `explain` (the path most decisions take).
+
+
+def test_max_tokens_and_context_filters_without_explain() -> None:
+    e = engine(COST_ALL)
+    d = e.evaluate({"id": "mt4", "input_tokens": 100, "max_tokens": 4097})
+    over = {OPUS, SONNET_3, HAIKU, TURBO, GPT35}  # max_tokens 4096
+    assert d.model == FLASH
+    assert d.alternatives and not {a.model for a in d.alternatives} & over
+    assert d.estimated_cost == pytest.approx((100 * 0.075 + 4097 * 0.30) / 1e6)
+    # 16000 + 400 tokens of context drop gpt-4 and gpt-3.5-turbo; flash's cost counts both
+    d = e.evaluate({"id": "ctx4", "input_tokens": 16000, "max_tokens": 400})
+    assert d.model == FLASH
+    assert d.alternatives and not {a.model for a in d.alternatives} & {GPT4, GPT35}
+    assert d.estimated_cost == pytest.approx((16000 * 0.075 + 400 * 0.30) / 1e6)
+
+
+def test_a_latency_limit_equal_to_the_estimate_keeps_the_model_with_a_cost_limit() -> None:
+    e = engine(
+        "route r {\n    strategy cost\n    prefer openai/gpt-3.5-turbo\n"
+        "    prefer claude/claude-3-haiku-20240307\n}\n"
+    )
+    request = {"id": "ml3", "input_tokens": 1000, "max_tokens": 500}
+    d = e.evaluate({**request, "max_latency_ms": 1000, "max_cost": 1.0})
+    assert d.model == HAIKU  # 1000 ms == the limit: kept
+    assert [a.model for a in d.alternatives] == []
