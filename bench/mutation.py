@@ -85,6 +85,8 @@ ALSO_COPY = ("grammar", "policies", "examples", "README.md")
 # collected its stats (both kept in mutants/): that is the generation step.
 GENERATE_ONLY = "policyctl-bench-generate-only"
 
+HUNK = re.compile(r"^@@ -(\d+)")
+
 STATUSES = ("killed", "survived", "timeout", "no tests", "other")
 
 NAME = re.compile(
@@ -190,20 +192,36 @@ def source_line(mutant: str, diff: str) -> tuple[str, int]:
         if isinstance(node, ast.ClassDef) and match["cls"] and node.name == match["cls"]:
             for item in node.body:
                 if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == func:
-                    start, end = item.lineno, item.end_lineno or item.lineno
+                    start = min([item.lineno, *(d.lineno for d in item.decorator_list)])
+                    end = item.end_lineno or item.lineno
         elif (
             not match["cls"]
             and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and node.name == func
             and node.col_offset == 0
         ):
-            start, end = node.lineno, node.end_lineno or node.lineno
-    removed = [ln[1:] for ln in diff.splitlines() if ln[:1] == "-" and ln[:3] != "---"]
-    if removed:
-        for number in range(start, end + 1):
-            if lines[number - 1].strip() == removed[0].strip():
-                return path, number
-    return path, start
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            end = node.end_lineno or node.lineno
+    # the diff is of the function's text alone: its first changed line, counted from the
+    # function's first line, says which of several identical lines was mutated
+    first: tuple[str, int] | None = None
+    old_line = 0
+    for ln in diff.splitlines():
+        hunk = HUNK.match(ln)
+        if hunk:
+            old_line = int(hunk[1])
+        elif ln[:3] in ("---", "+++"):
+            continue
+        elif ln[:1] == "-":
+            first = (ln[1:].strip(), old_line)
+            break
+        elif ln[:1] == " ":
+            old_line += 1
+    if first is None:
+        return path, start
+    expected = start + first[1] - 1
+    same = [n for n in range(start, end + 1) if lines[n - 1].strip() == first[0]]
+    return path, min(same, key=lambda n: abs(n - expected)) if same else expected
 
 
 def changed_lines(diff: str) -> str:
@@ -288,7 +306,9 @@ def table(outcomes: list[Outcome]) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [
+        " | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     lines.insert(1, "-|-".join("-" * w for w in widths))
     return "\n".join(lines)
 
