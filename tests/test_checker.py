@@ -778,3 +778,25 @@ def test_a_bare_root_needs_a_field(text: str, help_text: str) -> None:
 
 def test_factor_weights_may_not_mix_percentages_and_numbers() -> None:
     assert codes(route("request.stream", "strategy weighted(cost: 50%, latency: 50)")) == ["E0217"]
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "help_text"),
+    [
+        (
+            'limit provider "zzzz" 100 per 1m',
+            "E0406",
+            "providers in the catalog: `claude`, `gemini`, `openai`",
+        ),
+        (
+            'limit model "zzzz/qqqq" 100 per 1m',
+            "E0407",
+            "a model limit's key is `provider/model`, e.g. `openai/gpt-4o`",
+        ),
+    ],
+)
+def test_an_unknown_key_with_no_close_name_says_what_keys_are(
+    text: str, code: str, help_text: str
+) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == (code, help_text)
