@@ -847,3 +847,13 @@ def test_a_latency_limit_equal_to_the_estimate_keeps_the_model_with_a_cost_limit
     d = e.evaluate({**request, "max_latency_ms": 1000, "max_cost": 1.0})
     assert d.model == HAIKU  # 1000 ms == the limit: kept
     assert [a.model for a in d.alternatives] == []
+
+
+def test_a_latency_limit_equal_to_an_estimate_over_the_whole_catalog() -> None:
+    # haiku's p95 is 1000 ms, flash's 850: with both limits set both are kept, the rest
+    # are slower (an empty result would be decided again on the full path)
+    d = engine(COST_ALL).evaluate(
+        {"id": "ml4", "input_tokens": 100, "max_latency_ms": 1000, "max_cost": 1.0}
+    )
+    assert d.model == FLASH
+    assert [a.model for a in d.alternatives] == [HAIKU]

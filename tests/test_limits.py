@@ -465,3 +465,16 @@ def test_decision_records_in_json() -> None:
     assert UNATTRIBUTED.to_dict() == {"scope": "unknown", "key": None, "retry_after_ms": None}
     status = LimitStatus("user", "u", "requests", True, 9.0, 10.0, 1_800_000_000.12345, None)
     assert status.to_dict()["reset_at"] == 1_800_000_000.123
+
+
+def test_a_later_candidate_is_charged_its_own_tokens() -> None:
+    """The first candidate's provider is out of tokens: the next one, built only when the
+    store asks for it, is charged the request's 2000 tokens in its own provider bucket."""
+    policy = "defaults { strategy cost }\nlimit provider tokens 3000 per 1m\n"
+    engine = engine_with(policy, MemoryStore(), FakeClock())
+    first = engine.evaluate(SPENDER)
+    second = engine.evaluate(SPENDER)
+    assert first.allowed and second.allowed
+    assert first.provider != second.provider
+    assert [s.remaining for s in first.rate_limits] == [1000]
+    assert [s.remaining for s in second.rate_limits] == [1000]

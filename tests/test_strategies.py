@@ -783,3 +783,17 @@ def test_failover_puts_explicit_models_first_then_named_providers_then_the_rest(
     d = PolicyEngine.from_text(policy).evaluate(request("fo-5"))
     assert d.model == GPT4O
     assert [a.model for a in d.alternatives] == [PRO, FLASH, HAIKU]
+
+
+def test_model_specific_lists_the_rest_by_weight_with_two_distinct_weights() -> None:
+    # draws run over catalog order: haiku 0-10, flash 10-55, gpt-3.5 55-100; "req-0" draws
+    # 30.78 (flash); the rest go by weight (gpt-3.5 45 before haiku 10), not catalog order
+    engine = PolicyEngine.from_text(
+        "route pick {\n    strategy model-specific\n"
+        "    prefer claude/claude-3-haiku-20240307 weight 10\n"
+        "    prefer gemini/gemini-1.5-flash-latest weight 45\n"
+        "    prefer openai/gpt-3.5-turbo weight 45\n}\n"
+    )
+    d = engine.evaluate(request("req-0"))
+    assert d.model == FLASH
+    assert alternatives(d) == [("openai", GPT35, 0.45), ("claude", HAIKU, 0.10)]
