@@ -857,3 +857,51 @@ def test_a_latency_limit_equal_to_an_estimate_over_the_whole_catalog() -> None:
     )
     assert d.model == FLASH
     assert [a.model for a in d.alternatives] == [HAIKU]
+
+
+# ------------------------------------------ decisions the evaluator's tests never made
+
+
+def test_a_rate_limited_decision_names_its_route_strategy_version_and_limit() -> None:
+    e = engine(COST_ALL + "\nlimit user 1 per 1m\n")
+    first = e.evaluate({"id": "rl1", "user": "u"})
+    second = e.evaluate({"id": "rl2", "user": "u"})
+    assert first.allowed and not second.allowed
+    assert (second.route, second.strategy, second.model) == ("default", "cost", None)
+    assert second.policy_version == first.policy_version != ""
+    assert second.denied_by is not None
+    assert (second.denied_by["scope"], second.denied_by["key"]) == ("user", "u")
+
+
+def test_a_choice_below_more_than_three_rate_limited_models_names_the_first_three() -> None:
+    e = engine(COST_ALL + "\nlimit model 1 per 1m\n")
+    first_four = [e.evaluate({"id": f"sk{i}"}) for i in range(4)]
+    names = [f"{d.provider}/{d.model}" for d in first_four]
+    assert len(set(names)) == 4
+    fifth = e.evaluate({"id": "sk4"})
+    assert fifth.allowed and f"{fifth.provider}/{fifth.model}" not in names
+    assert fifth.reason == (
+        "Ranked #5 by cost: the 4 ranked above it are at a provider or model rate limit"
+        f" ({names[0]}, {names[1]}, {names[2]}, …)"
+    )
+
+
+def test_confidence_grows_with_the_samples_behind_the_choice() -> None:
+    e = engine("defaults {\n  strategy cost\n  min_samples 10\n}\n")
+    d = e.evaluate({"id": "c0"})
+    assert d.confidence == 0.25  # catalog priors only
+    for _ in range(4):
+        e.record(d, latency_ms=500.0, success=True)
+    again = e.evaluate({"id": "c1"})
+    assert again.model == d.model
+    assert again.confidence == pytest.approx(0.25 + 0.75 * 4 / 10)  # 0.55
+
+
+def test_a_model_in_cooldown_is_dropped_with_the_time_left() -> None:
+    e = engine("defaults {\n  strategy cost\n  cooldown after 3 failures for 30s\n}\n")
+    d = e.evaluate({"id": "cd0"})
+    for _ in range(3):
+        e.record(d, latency_ms=500.0, success=False)
+    again = e.evaluate({"id": "cd1"}, explain=True)
+    assert again.model != d.model
+    assert (d.model, "in cooldown after 3 consecutive failures (30.0s left)") in drops(again)
