@@ -905,3 +905,12 @@ def test_a_model_in_cooldown_is_dropped_with_the_time_left() -> None:
     again = e.evaluate({"id": "cd1"}, explain=True)
     assert again.model != d.model
     assert (d.model, "in cooldown after 3 consecutive failures (30.0s left)") in drops(again)
+
+
+def test_every_need_counts_on_the_fast_path() -> None:
+    # vision, tools, json and streaming together: gemini-1.0-pro (no vision, no json),
+    # gpt-4 and gpt-3.5-turbo (no vision) are out, though each has some of the needs
+    needs = {"requires_vision": True, "requires_tools": True, "requires_json": True}
+    d = engine(COST_ALL).evaluate({"id": "needs", "input_tokens": 10, "stream": True, **needs})
+    assert d.model == FLASH
+    assert [a.model for a in d.alternatives] == [HAIKU, PRO, GPT4O]
