@@ -29,3 +29,40 @@ def test_bench_run_quick_completes(tmp_path: Path) -> None:
     assert text.startswith("# Performance")
     assert "## Decisions and conditions" in text
     assert "## Command line" in text
+
+
+@pytest.mark.slow
+def test_mutation_script_runs_a_tiny_sample(tmp_path: Path) -> None:
+    """`bench/mutation.py` on two mutants of the strategies: mutmut generates, runs and the
+    script classifies every sampled mutant and writes its report (no rate is asserted)."""
+    report = tmp_path / "mutation.md"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "mutation.py"),
+            "--modules",
+            "strategies",
+            "--max-per-module",
+            "2",
+            "--seed",
+            "1",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {line.split("|")[0].strip(): line for line in done.stdout.splitlines() if "|" in line}
+    cells = [c.strip() for c in rows["strategies"].split("|")]
+    generated, sampled = int(cells[1]), int(cells[2])
+    assert generated > 2 and sampled == 2
+    assert sum(int(c) for c in cells[3:8]) == 2  # each sampled mutant got one status
+    text = report.read_text()
+    assert text.startswith("# Mutation testing")
+    assert "## strategies:" in text

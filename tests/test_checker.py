@@ -683,3 +683,139 @@ def test_the_packaged_default_policy_checks_clean() -> None:
         [("default.policy", default.read_text(encoding="utf-8"))], [default]
     )
     assert loaded.warnings == ()
+
+
+# ------------------------------------------ boundaries the mutation run found untested
+
+
+@pytest.mark.parametrize("op", ["==", "!="])
+def test_a_list_may_be_tested_for_equality_with_an_any_value(op: str) -> None:
+    # only ordering a list is refused (E0331); `!=` is as fine as `==`
+    program(route(f'request.metadata.team {op} ["a"]'))
+
+
+@pytest.mark.parametrize("weight", ["1", "0.5", "1%"])
+def test_a_small_positive_weight_is_fine(weight: str) -> None:
+    p = program(route("request.stream", f"prefer claude weight {weight}\n    prefer gemini"))
+    assert len(p.routes) == 1
+
+
+@pytest.mark.parametrize("window", ["1ms", "1s"])
+def test_the_shortest_window_is_fine(window: str) -> None:
+    p = program(route("request.stream", f"strategy cost\n    window {window}"))
+    assert p.routes[0].settings.window_ms == {"1ms": 1.0, "1s": 1000.0}[window]
+
+
+def test_a_cooldown_compiles_to_its_failures_and_duration() -> None:
+    p = program("defaults {\n  cooldown after 1 failures for 1ms\n}\n")
+    settings = p.default_route.settings
+    assert (settings.cooldown_failures, settings.cooldown_ms) == (1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (
+            "cooldown after 0 failures for 30s",
+            "E0224",
+            "a cooldown counts consecutive failures: a whole number from 1",
+        ),
+        (
+            "cooldown after 2.5 failures for 30s",
+            "E0224",
+            "a cooldown counts consecutive failures: a whole number from 1",
+        ),
+        ("cooldown after 3s failures for 30s", "E0224", None),
+        (
+            "cooldown after 3 failures for 0s",
+            "E0225",
+            "a cooldown lasts a duration longer than zero",
+        ),
+        ("cooldown after 3 failures for 5", "E0225", None),
+    ],
+)
+def test_cooldowns_that_do_not_check(body: str, code: str, message: str | None) -> None:
+    found = diagnostics(("t.policy", f"defaults {{\n  {body}\n}}"))
+    assert [d.code for d in found] == [code]
+    if message is not None:
+        assert found[0].message == message
+        assert found[0].help == "for example `cooldown after 3 failures for 30s`"
+
+
+def test_an_unknown_provider_key_is_e0406() -> None:
+    assert codes('limit provider "opnai" 100 per 1m') == ["E0406"]
+
+
+@pytest.mark.parametrize(
+    ("text", "help_text"),
+    [
+        ("limit usr 100 per 1m", "did you mean `user`?"),
+        (
+            "limit team 100 per 1m",
+            "scopes: `global`, `user`, `ip`, `provider`, `model`; a named scope needs a key:"
+            " `limit team = request.metadata.team …`",
+        ),
+    ],
+)
+def test_an_unknown_scope_suggests_a_scope_or_a_key(text: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == ("E0400", help_text)
+
+
+@pytest.mark.parametrize(
+    ("mode", "help_text"),
+    [
+        ("opn", "did you mean `open`?"),
+        ("closd", "did you mean `closed`?"),
+        ("maybe", "`open` allows requests while the store is down, `closed` denies them"),
+    ],
+)
+def test_an_unknown_on_store_error_mode(mode: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", f"defaults {{\n  on_store_error {mode}\n}}"))
+    assert (diag.code, diag.message, diag.help) == (
+        "E0226",
+        f"`on_store_error` is `open` or `closed`, not `{mode}`",
+        help_text,
+    )
+
+
+def test_looking_for_a_number_in_a_string_is_e0342() -> None:
+    assert codes(route("5 in request.region")) == ["E0342"]
+
+
+@pytest.mark.parametrize(
+    ("text", "help_text"),
+    [
+        (route("request"), "for example `request.region`"),
+        ("route r when request.stream {\n    require model\n}\n", "for example `model.regions`"),
+    ],
+)
+def test_a_bare_root_needs_a_field(text: str, help_text: str) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == ("E0322", help_text)
+
+
+def test_factor_weights_may_not_mix_percentages_and_numbers() -> None:
+    assert codes(route("request.stream", "strategy weighted(cost: 50%, latency: 50)")) == ["E0217"]
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "help_text"),
+    [
+        (
+            'limit provider "zzzz" 100 per 1m',
+            "E0406",
+            "providers in the catalog: `claude`, `gemini`, `openai`",
+        ),
+        (
+            'limit model "zzzz/qqqq" 100 per 1m',
+            "E0407",
+            "a model limit's key is `provider/model`, e.g. `openai/gpt-4o`",
+        ),
+    ],
+)
+def test_an_unknown_key_with_no_close_name_says_what_keys_are(
+    text: str, code: str, help_text: str
+) -> None:
+    (diag,) = diagnostics(("t.policy", text))
+    assert (diag.code, diag.help) == (code, help_text)

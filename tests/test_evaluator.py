@@ -819,3 +819,99 @@ def test_spec_example_route_order(spec_engine: PolicyEngine) -> None:
     )
     assert spec_engine.evaluate({"id": "o3", "max_latency_ms": 2000}).route == "fast"
     assert spec_engine.evaluate({"id": "o4", "region": "us"}).route == "default"
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+# The same limits as above, decided without `explain` (the path most decisions take).
+
+
+def test_max_tokens_and_context_filters_without_explain() -> None:
+    e = engine(COST_ALL)
+    d = e.evaluate({"id": "mt4", "input_tokens": 100, "max_tokens": 4097})
+    over = {OPUS, SONNET_3, HAIKU, TURBO, GPT35}  # max_tokens 4096
+    assert d.model == FLASH
+    assert d.alternatives and not {a.model for a in d.alternatives} & over
+    assert d.estimated_cost == pytest.approx((100 * 0.075 + 4097 * 0.30) / 1e6)
+    # 16000 + 400 tokens of context drop gpt-4 and gpt-3.5-turbo; flash's cost counts both
+    d = e.evaluate({"id": "ctx4", "input_tokens": 16000, "max_tokens": 400})
+    assert d.model == FLASH
+    assert d.alternatives and not {a.model for a in d.alternatives} & {GPT4, GPT35}
+    assert d.estimated_cost == pytest.approx((16000 * 0.075 + 400 * 0.30) / 1e6)
+
+
+def test_a_latency_limit_equal_to_the_estimate_keeps_the_model_with_a_cost_limit() -> None:
+    e = engine(
+        "route r {\n    strategy cost\n    prefer openai/gpt-3.5-turbo\n"
+        "    prefer claude/claude-3-haiku-20240307\n}\n"
+    )
+    request = {"id": "ml3", "input_tokens": 1000, "max_tokens": 500}
+    d = e.evaluate({**request, "max_latency_ms": 1000, "max_cost": 1.0})
+    assert d.model == HAIKU  # 1000 ms == the limit: kept
+    assert [a.model for a in d.alternatives] == []
+
+
+def test_a_latency_limit_equal_to_an_estimate_over_the_whole_catalog() -> None:
+    # haiku's p95 is 1000 ms, flash's 850: with both limits set both are kept, the rest
+    # are slower (an empty result would be decided again on the full path)
+    d = engine(COST_ALL).evaluate(
+        {"id": "ml4", "input_tokens": 100, "max_latency_ms": 1000, "max_cost": 1.0}
+    )
+    assert d.model == FLASH
+    assert [a.model for a in d.alternatives] == [HAIKU]
+
+
+# ------------------------------------------ decisions the evaluator's tests never made
+
+
+def test_a_rate_limited_decision_names_its_route_strategy_version_and_limit() -> None:
+    e = engine(COST_ALL + "\nlimit user 1 per 1m\n")
+    first = e.evaluate({"id": "rl1", "user": "u"})
+    second = e.evaluate({"id": "rl2", "user": "u"})
+    assert first.allowed and not second.allowed
+    assert (second.route, second.strategy, second.model) == ("default", "cost", None)
+    assert second.policy_version == first.policy_version != ""
+    assert second.denied_by is not None
+    assert (second.denied_by["scope"], second.denied_by["key"]) == ("user", "u")
+
+
+def test_a_choice_below_more_than_three_rate_limited_models_names_the_first_three() -> None:
+    e = engine(COST_ALL + "\nlimit model 1 per 1m\n")
+    first_four = [e.evaluate({"id": f"sk{i}"}) for i in range(4)]
+    names = [f"{d.provider}/{d.model}" for d in first_four]
+    assert len(set(names)) == 4
+    fifth = e.evaluate({"id": "sk4"})
+    assert fifth.allowed and f"{fifth.provider}/{fifth.model}" not in names
+    assert fifth.reason == (
+        "Ranked #5 by cost: the 4 ranked above it are at a provider or model rate limit"
+        f" ({names[0]}, {names[1]}, {names[2]}, …)"
+    )
+
+
+def test_confidence_grows_with_the_samples_behind_the_choice() -> None:
+    e = engine("defaults {\n  strategy cost\n  min_samples 10\n}\n")
+    d = e.evaluate({"id": "c0"})
+    assert d.confidence == 0.25  # catalog priors only
+    for _ in range(4):
+        e.record(d, latency_ms=500.0, success=True)
+    again = e.evaluate({"id": "c1"})
+    assert again.model == d.model
+    assert again.confidence == pytest.approx(0.25 + 0.75 * 4 / 10)  # 0.55
+
+
+def test_a_model_in_cooldown_is_dropped_with_the_time_left() -> None:
+    e = engine("defaults {\n  strategy cost\n  cooldown after 3 failures for 30s\n}\n")
+    d = e.evaluate({"id": "cd0"})
+    for _ in range(3):
+        e.record(d, latency_ms=500.0, success=False)
+    again = e.evaluate({"id": "cd1"}, explain=True)
+    assert again.model != d.model
+    assert (d.model, "in cooldown after 3 consecutive failures (30.0s left)") in drops(again)
+
+
+def test_every_need_counts_on_the_fast_path() -> None:
+    # vision, tools, json and streaming together: gemini-1.0-pro (no vision, no json),
+    # gpt-4 and gpt-3.5-turbo (no vision) are out, though each has some of the needs
+    needs = {"requires_vision": True, "requires_tools": True, "requires_json": True}
+    d = engine(COST_ALL).evaluate({"id": "needs", "input_tokens": 10, "stream": True, **needs})
+    assert d.model == FLASH
+    assert [a.model for a in d.alternatives] == [HAIKU, PRO, GPT4O]

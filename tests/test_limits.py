@@ -419,3 +419,63 @@ def test_unknown_store_scheme_quotes_the_url() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown state store `ftp://x` \(scheme `ftp`\)"):
         open_store("ftp://x")
     assert isinstance(open_store("memory://"), MemoryStore)
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+
+
+def test_per_candidate_token_and_spend_limits_charge_their_own_unit() -> None:
+    """A provider limit in tokens takes the request's tokens, a model limit in spend its
+    price (flash: $0.000375 for 1000 + 1000 tokens), a provider limit in requests one."""
+    policy = (
+        "defaults { strategy cost }\n"
+        "limit provider tokens 10000 per 1m\n"
+        "limit model spend $0.01 per 1d\n"
+        "limit provider 50 per 1m\n"
+    )
+    engine = engine_with(policy, MemoryStore(), FakeClock())
+    decision = engine.evaluate(SPENDER)
+    assert decision.allowed
+    left = {(s.scope, s.unit): s.remaining for s in decision.rate_limits}
+    assert left[("provider", "tokens")] == 8000
+    assert left[("model", "spend")] == pytest.approx(0.01 - FLASH_COST)
+    assert left[("provider", "requests")] == 49
+
+
+def test_a_quota_set_after_the_first_decision_applies_within_a_second() -> None:
+    """The limiter reads run-time quotas again once a second, without refresh_quotas()."""
+    from engine.limits.stores.base import Quota
+
+    clock = FakeClock()
+    store = MemoryStore()
+    engine = engine_with("defaults { strategy cost }\nlimit provider 100 per 1m\n", store, clock)
+    (status,) = engine.evaluate({"id": "a"}).rate_limits
+    assert (status.scope, status.limit) == ("provider", 100)
+    provider = status.key or ""
+    store.set_quota(Quota("provider", provider, 50, 60_000, 0, None))
+    clock.step(0.5)  # within the second: the quotas read at the first decision still hold
+    assert engine.evaluate({"id": "b"}).rate_limits[0].limit == 100
+    clock.step(1.0)
+    (status,) = engine.evaluate({"id": "c"}).rate_limits
+    assert (status.key, status.limit) == (provider, 50)
+
+
+def test_decision_records_in_json() -> None:
+    from engine.limits.records import UNATTRIBUTED, LimitStatus
+
+    assert UNATTRIBUTED.to_dict() == {"scope": "unknown", "key": None, "retry_after_ms": None}
+    status = LimitStatus("user", "u", "requests", True, 9.0, 10.0, 1_800_000_000.12345, None)
+    assert status.to_dict()["reset_at"] == 1_800_000_000.123
+
+
+def test_a_later_candidate_is_charged_its_own_tokens() -> None:
+    """The first candidate's provider is out of tokens: the next one, built only when the
+    store asks for it, is charged the request's 2000 tokens in its own provider bucket."""
+    policy = "defaults { strategy cost }\nlimit provider tokens 3000 per 1m\n"
+    engine = engine_with(policy, MemoryStore(), FakeClock())
+    first = engine.evaluate(SPENDER)
+    second = engine.evaluate(SPENDER)
+    assert first.allowed and second.allowed
+    assert first.provider != second.provider
+    assert [s.remaining for s in first.rate_limits] == [1000]
+    assert [s.remaining for s in second.rate_limits] == [1000]

@@ -296,3 +296,25 @@ def test_model_specific_pick_without_id_is_reproducible() -> None:
     assert picks == [first.evaluate(r).model for r in requests]
     assert len(set(picks)) == 2  # the content hash does spread the picks
     assert first.evaluate(requests[0]).request_id is None
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+
+
+def test_non_ascii_text_is_storable_and_a_lone_surrogate_is_located() -> None:
+    from engine.routing.request import unstorable
+
+    assert unstorable({"id": "é", "metadata": {"café": "crème"}, "tags": ["ü"]}) == []
+    assert validate({"id": "é", "metadata": {"café": "crème"}}).metadata == {"café": "crème"}
+    assert unstorable({"metadata": {"k": "a\ud800"}}) == [
+        (
+            "metadata.k",
+            "a lone surrogate `\\ud800` at character 2 cannot be stored"
+            " (it is not a character: it has no UTF-8 form)",
+        )
+    ]
+
+
+def test_message_content_of_the_wrong_type_is_one_problem(engine: PolicyEngine) -> None:
+    found = problems(engine, {"messages": [{"role": "user", "content": 5}]})
+    assert found == [("field `messages[0].content`", "content is a string or a list of parts")]

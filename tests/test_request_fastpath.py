@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,3 +106,52 @@ def test_fast_path_declines_what_it_does_not_handle() -> None:
     assert fast_env({"id": "m", "messages": [{"content": "hi"}]}) is None
     assert fast_env({"id": "x", "max_tokens": True}) is None
     assert fast_env({"id": "x", "bogus": 1}) is None
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+
+EVERY_FIELD: dict[str, Any] = {
+    "id": "full-1",
+    "user": "ü",
+    "ip": "203.0.113.7",
+    "model": "gpt-4o",
+    "prompt": "héllo",
+    "input_tokens": 12,
+    "max_tokens": 100,
+    "requires_vision": True,
+    "requires_tools": True,
+    "requires_json": True,
+    "stream": True,
+    "max_cost": 0.5,
+    "max_latency_ms": 2000,
+    "region": "eu",
+    "tags": ["a", "é"],
+    "metadata": {"café": "crème", "n": 3, "b": False},
+}
+
+
+def test_fast_path_takes_a_request_with_every_field_and_agrees() -> None:
+    env = fast_env(EVERY_FIELD)
+    assert env is not None
+    assert _same(env, to_env(validate(EVERY_FIELD)))
+    assert (env["model"], env["stream"], env["max_latency"], env["tags"]) == (
+        "gpt-4o",
+        True,
+        2000.0,
+        ["a", "é"],
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"metadata": {"\ud800": 1}},
+        {"metadata": {"k": "a\udfff"}},
+        {"tags": ["ok", "b\ud800"]},
+    ],
+)
+def test_fast_path_declines_a_lone_surrogate(extra: dict[str, Any]) -> None:
+    data = {"id": "s", **extra}
+    assert fast_env(data) is None
+    with pytest.raises(RequestError):
+        env_of(data)

@@ -730,3 +730,69 @@ def test_cost_reason_for_a_tiny_amount_is_a_valid_amount(tmp_path: Path) -> None
     assert d.estimated_cost == pytest.approx((1 * 0.01 + 1 * 0.01) / 1e6)  # 2e-08
     # "$0.00000002" (or at worst "$0"), never a dangling "$0."
     assert re.fullmatch(r"Lowest estimated cost: \$0(\.0*[1-9][0-9]*)?", d.reason), d.reason
+
+
+# ------------------------------------------ found by the mutation run (bench/mutation.py)
+
+
+@pytest.mark.parametrize(
+    ("factors", "model", "reason", "alts"),
+    [
+        # one factor: the other factors weigh 0, whatever the catalog says about them
+        (
+            "cost: 100%",
+            FLASH,
+            f"Best weighted score: {FLASH_C:.2f} (cost {FLASH_C:.2f})",
+            [("claude", HAIKU, round(HAIKU_C, 4)), ("openai", GPT4O, 0.0)],
+        ),
+        (
+            "latency: 100%",
+            FLASH,
+            f"Best weighted score: {FLASH_L:.2f} (latency {FLASH_L:.2f})",
+            [("claude", HAIKU, round(HAIKU_L, 4)), ("openai", GPT4O, 0.0)],
+        ),
+    ],
+)
+def test_weighted_with_one_factor(
+    factors: str, model: str, reason: str, alts: list[tuple[str, str, float]]
+) -> None:
+    d = from_design(WEIGHTED_3.format(strategy=f"weighted({factors})"))
+    d = d.evaluate(request("w-one"))
+    assert (d.model, d.reason) == (model, reason)
+    assert alternatives(d) == alts
+
+
+def test_model_specific_shares_follow_two_distinct_weights() -> None:
+    engine = from_design(
+        "route pick {\n    strategy model-specific\n"
+        "    prefer gemini/gemini-1.5-flash-latest weight 90\n"
+        "    prefer openai/gpt-3.5-turbo weight 10\n}\n"
+    )
+    n = 2000
+    flash = sum(engine.evaluate(request(f"two-{i}")).model == FLASH for i in range(n))
+    assert flash / n == pytest.approx(0.90, abs=0.03)
+
+
+def test_failover_puts_explicit_models_first_then_named_providers_then_the_rest() -> None:
+    # `fallback openai/gpt-4o, gemini`: gpt-4o (an explicit model), then gemini's models in
+    # preference order, then claude, which the setting does not name
+    policy = FAILOVER.replace(
+        "strategy failover", "strategy failover\n    fallback openai/gpt-4o, gemini"
+    )
+    d = from_design(policy).evaluate(request("fo-5"))
+    assert d.model == GPT4O
+    assert [a.model for a in d.alternatives] == [PRO, FLASH, HAIKU]
+
+
+def test_model_specific_lists_the_rest_by_weight_with_two_distinct_weights() -> None:
+    # draws run over catalog order: haiku 0-10, flash 10-55, gpt-3.5 55-100; "req-0" draws
+    # 30.78 (flash); the rest go by weight (gpt-3.5 45 before haiku 10), not catalog order
+    engine = from_design(
+        "route pick {\n    strategy model-specific\n"
+        "    prefer claude/claude-3-haiku-20240307 weight 10\n"
+        "    prefer gemini/gemini-1.5-flash-latest weight 45\n"
+        "    prefer openai/gpt-3.5-turbo weight 45\n}\n"
+    )
+    d = engine.evaluate(request("req-0"))
+    assert d.model == FLASH
+    assert alternatives(d) == [("openai", GPT35, 0.45), ("claude", HAIKU, 0.10)]
