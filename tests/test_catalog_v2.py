@@ -93,7 +93,13 @@ def v1_catalogs() -> list[Path]:
         for pattern in ("policies/*.yaml", "examples/**/*.yaml", "tests/golden/**/models*.yaml")
         for p in ROOT.glob(pattern)
     ]
-    return sorted(p for p in found if "models:" in p.read_text(encoding="utf-8"))
+    import yaml
+
+    def is_catalog(path: Path) -> bool:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return isinstance(doc, dict) and isinstance(doc.get("models"), list)
+
+    return sorted(p for p in found if is_catalog(p))
 
 
 @pytest.mark.parametrize("path", v1_catalogs(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -9,12 +9,14 @@ picked up and the packaged default set is used) with no `POLICYCTL_*` variables 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import engine
 from engine import PolicyEngine
@@ -33,7 +34,8 @@ from engine.routing.request import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "requests"
-CATALOG = ROOT / "examples" / "policies" / "models.yaml"
+CATALOG = ROOT / "examples" / "policies" / "models.yaml"  # the design's, for custom policies
+PACKAGED_CATALOG = ROOT / "policies" / "models.json"
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".json", ".jsonl"))
 USAGE = "usage: policyctl [-h] [--version] COMMAND ...\n"
 
@@ -141,7 +143,11 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def catalog() -> dict[str, dict[str, Any]]:
-    return {m["id"]: m for m in yaml.safe_load(CATALOG.read_text())["models"]}
+    """The packaged catalog, read as JSON (not with the engine's loader), by model id."""
+    models = json.loads(PACKAGED_CATALOG.read_text())["models"]
+    by_id = {m["id"]: m for m in models}
+    assert len(by_id) == len(models)  # ids are unique across its providers
+    return by_id
 
 
 def estimated_cost(model: dict[str, Any], input_tokens: int, output_tokens: int) -> float:
@@ -235,7 +241,7 @@ def test_eval_each_example_request(workdir: Path) -> None:
         BUDGET_PREFERS,
         key=lambda m: estimated_cost(models[m], request["input_tokens"], request["max_tokens"]),
     )
-    assert cheapest == "gemini-1.5-flash-latest"
+    assert cheapest == "gemini-2.5-flash-lite"
     budget = runs["budget.json"]
     assert budget.code == 0
     d = budget.decision()
@@ -247,7 +253,7 @@ def test_eval_each_example_request(workdir: Path) -> None:
 
     # fast: max_latency 1500ms <= 2s → route `fast`, strategy `latency`: the lowest p95 prior.
     quickest = min(FAST_PREFERS, key=lambda m: models[m]["latency_prior_ms"]["p95"])
-    assert quickest == "gemini-1.5-flash-latest"
+    assert quickest == "gemini-2.5-flash-lite"
     fast = runs["fast.json"]
     assert fast.code == 0
     d = fast.decision()
@@ -255,17 +261,28 @@ def test_eval_each_example_request(workdir: Path) -> None:
     assert (d["provider"], d["model"]) == ("gemini", quickest)
     assert d["estimated_latency_ms"] == models[quickest]["latency_prior_ms"]["p95"]
 
-    # chat: no route matches → defaults, weighted over the whole catalog; one model is both
-    # the cheapest and the quickest, so it wins on every factor.
-    by_p95 = min(models.values(), key=lambda m: m["latency_prior_ms"]["p95"])
-    by_input = min(models.values(), key=lambda m: m["pricing"]["input"])
-    by_output = min(models.values(), key=lambda m: m["pricing"]["output"])
-    assert by_p95 is by_input is by_output
+    # chat: no route matches → defaults, weighted(latency 60%, cost 40%) over the whole
+    # catalog: 0.6·(1 − p95/max p95) + 0.4·(1 − cost/max cost) (docs/language.md §8.2), over
+    # the models still serving today (with a tier above the request's size: none applies).
+    request = read_example("chat.json")
+    tokens = -(-len(request["prompt"]) // 4)
+    today = time.time()
+    serving = [
+        m for m in models.values()
+        if "retires" not in m
+        or dt.datetime.fromisoformat(m["retires"]).replace(tzinfo=dt.UTC).timestamp() > today
+    ]  # fmt: skip
+    costs = {m["id"]: estimated_cost(m, tokens, request["max_tokens"]) for m in serving}
+    p95s = {m["id"]: m["latency_prior_ms"]["p95"] for m in serving}
+    top_cost, top_p95 = max(costs.values()), max(p95s.values())
+    scores = {k: 0.6 * (1 - p95s[k] / top_p95) + 0.4 * (1 - costs[k] / top_cost) for k in costs}
+    best = max(scores.values())
     chat = runs["chat.json"]
     assert chat.code == 0
     d = chat.decision()
     assert (d["route"], d["strategy"], d["allowed"]) == ("default", "weighted", True)
-    assert (d["provider"], d["model"]) == (by_p95["provider"], by_p95["id"])
+    assert scores[d["model"]] == pytest.approx(best)
+    assert [k for k, v in scores.items() if v > best - 1e-9] == [d["model"]]  # no tie
     assert {r["scope"] for r in d["rate_limits"]} == {"global", "user", "ip", "provider"}
 
     # impossible: vision needed, but every vision candidate costs more than max_cost.
@@ -334,7 +351,7 @@ def test_eval_table_format(workdir: Path) -> None:
     assert rows["allowed"] == ["yes"]
     assert rows["route"] == ["default"]
     assert rows["strategy"] == ["weighted"]
-    assert rows["provider/model"] == ["gemini/gemini-1.5-flash-latest"]
+    assert rows["provider/model"] == ["gemini/gemini-2.5-flash-lite"]
     assert len(rows["limit"]) == 4
     assert not single.out.lstrip().startswith("{")
 
@@ -392,7 +409,7 @@ def test_eval_with_a_policy_file(workdir: Path) -> None:
 def test_eval_uses_policies_in_the_working_directory(workdir: Path) -> None:
     (workdir / "policies").mkdir()
     (workdir / "policies" / "custom.policy").write_text(CUSTOM_POLICY)
-    (workdir / "examples" / "policies" / "models.yaml").write_text(CATALOG.read_text())
+    (workdir / "policies" / "models.yaml").write_text(CATALOG.read_text())
     run = policyctl(workdir, "eval", "--state", "memory://", "-", stdin='{"user": "zed"}')
     assert run.code == 0, run.err
     assert run.decision()["route"] == "pinned"
@@ -683,7 +700,7 @@ def test_check_warnings_exit_zero(workdir: Path) -> None:
 
 def test_check_defaults_to_policies_in_the_working_directory(workdir: Path) -> None:
     (workdir / "policies").mkdir()
-    (workdir / "examples" / "policies" / "models.yaml").write_text(CATALOG.read_text())
+    (workdir / "policies" / "models.yaml").write_text(CATALOG.read_text())
     (workdir / "policies" / "bad.policy").write_text(BAD_POLICY)
     run = policyctl(workdir, "check")
     assert run.code == 2

@@ -29,7 +29,7 @@ from engine.limits.stores import ConfigurationError
 
 pytest_plugins = ["_redis"]
 
-POLICIES = Path(__file__).parents[1] / "policies"
+POLICIES = Path(__file__).parents[1] / "examples" / "policies"  # the design catalog
 # one small limit: the third request of a user in an hour is denied
 POLICY = 'catalog "models.yaml"\nlimit user 2 per 1h\n'
 DEADLINE_S = 60.0

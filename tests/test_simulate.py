@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from _design import DESIGN_CATALOG
 
 from engine.cli import main
 from engine.diagnostics import PolicyError
@@ -44,9 +46,22 @@ strategies: [latency, cost]
 """
 
 
+def on_design(text: str) -> str:
+    """A scenario on the design's catalog (whose models these tests name), added last so
+    that no line of it moves."""
+    if "\ncatalog:" in text or text.startswith("catalog:"):
+        return text
+    try:
+        if not isinstance(yaml.safe_load(text), dict):
+            return text  # not a mapping: the test is about that
+    except yaml.YAMLError:
+        return text
+    return text.rstrip("\n") + f"\ncatalog: {json.dumps(str(DESIGN_CATALOG))}\n"
+
+
 def write(tmp_path: Path, text: str, name: str = "scenario.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    path.write_text(on_design(textwrap.dedent(text)), encoding="utf-8")
     return path
 
 
@@ -331,7 +346,7 @@ def test_bad_fields_are_all_reported_with_file_and_field(
         "bad.yaml: field `providers.openai/gpt-4o.outage`: to_request (3) must be greater than"
         " from_request (5)",
         "bad.yaml: field `providers.gpt-4o`: unknown model: write `provider/model`, e.g."
-        " `gemini/gemini-1.5-flash-latest`",
+        " `claude/claude-3-5-sonnet-20241022`",
         "bad.yaml: field `strategies[0]`: unknown strategy `fastest` (strategies: `latency`,"
         " `cost`, `weighted`, `model-specific`, `round-robin`, `failover`)",
         "bad.yaml: field `strategies[1]`: factor weights add up to 110%, not 100% (make the"
@@ -420,7 +435,7 @@ def test_outage_and_policy_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_one_bad_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
 ) -> None:
-    (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "bad.yaml").write_text(on_design(text), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ScenarioError) as err:
         load_scenario("bad.yaml")
