@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from _design import DESIGN_CATALOG
 
 from engine.analytics.importer import import_outcomes
 from engine.analytics.schema import ensure_schema
@@ -38,9 +40,17 @@ def quantile_cont(values: list[float], q: float) -> float:
     return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
 
 
+DESIGN_SET = load_policy(DESIGN_CATALOG.parent / "design.policy")
+
+
 class CLI:
     def __init__(self, tmp_path: Path) -> None:
         self.cwd = tmp_path
+        # ./policies: the design's policy set, whose models these tests name
+        design = tmp_path / "policies"
+        design.mkdir(parents=True, exist_ok=True)
+        shutil.copy(DESIGN_CATALOG, design / "models.yaml")
+        shutil.copy(DESIGN_CATALOG.parent / "design.policy", design / "default.policy")
         self.state = str(tmp_path / "state.duckdb")
         env = {k: v for k, v in os.environ.items() if k != "POLICYCTL_STATE"}
         env["HOME"] = str(tmp_path / "home")
@@ -260,7 +270,7 @@ def test_bad_rows_in_the_middle_of_a_large_file_keep_their_line_numbers(
     path.write_text("".join(chunks), encoding="utf-8")
     con = duckdb.connect(str(tmp_path / "large.duckdb"))
     ensure_schema(con)
-    catalog = load_policy(None).program.catalog
+    catalog = load_policy(DESIGN_CATALOG.parent / "design.policy").program.catalog
     report = import_outcomes(con, str(path), catalog, now_s=NOW)
     assert report.rejected == len(bad_lines)
     assert [line for line, _ in report.reasons] == sorted(bad_lines)
@@ -284,7 +294,12 @@ def test_many_distinct_bad_lines_are_all_reported_at_their_lines(tmp_path: Path)
     path.write_text("".join(chunks), encoding="utf-8")
     con = duckdb.connect()
     ensure_schema(con)
-    report = import_outcomes(con, str(path), load_policy(None).program.catalog, now_s=NOW)
+    report = import_outcomes(
+        con,
+        str(path),
+        load_policy(DESIGN_CATALOG.parent / "design.policy").program.catalog,
+        now_s=NOW,
+    )
     assert report.rejected == len(bad_lines) == 1_500
     assert [line for line, _ in report.reasons] == sorted(bad_lines)
     assert {reason for _, reason in report.reasons} == {
@@ -298,7 +313,7 @@ def test_many_distinct_bad_lines_are_all_reported_at_their_lines(tmp_path: Path)
 
 def test_an_import_leaves_the_connection_as_it_found_it(tmp_path: Path) -> None:
     """Settings put back, no helper function or temp table left; a second import works."""
-    catalog = load_policy(None).program.catalog
+    catalog = load_policy(DESIGN_CATALOG.parent / "design.policy").program.catalog
     con = duckdb.connect()
     ensure_schema(con)
     con.execute("SET preserve_insertion_order = true")
@@ -465,7 +480,6 @@ def test_export_parquet_and_csv_read_back_and_reimport(cli: CLI, tmp_path: Path)
 
     # what `export` writes, `import` reads (recorded_at and user_id are accepted)
     other = CLI(tmp_path / "other")
-    (tmp_path / "other").mkdir()
     proc = other.run("metrics", "import", str(parquet.with_suffix(".csv")), state=True)
     assert proc.returncode == 2  # not written yet: a clear error
     assert cli.run("metrics", "export", "-o", str(parquet.with_suffix(".csv"))).returncode == 0
@@ -496,6 +510,7 @@ def test_eval_routes_away_from_a_model_made_slow_by_imported_outcomes(
 ) -> None:
     policy = tmp_path / "latency.policy"
     policy.write_text(
+        f"catalog {json.dumps(str(DESIGN_CATALOG))}\n"
         "defaults {\n    strategy latency\n    min_samples 100\n}\n\nlimit global 1M per 1m\n",
         encoding="utf-8",
     )
