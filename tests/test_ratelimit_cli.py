@@ -38,6 +38,15 @@ USER_RATE = 100 / MINUTE_MS  # tokens per ms of the default `limit user`
 IP_RATE = 50 / MINUTE_MS
 ACTIONS = ("status", "set", "reset", "remove", "config", "stats", "violations", "buckets",
            "cleanup")  # fmt: skip
+
+
+def _limit_line(scope: str) -> int:
+    """The line of `limit SCOPE` in the packaged default.policy (read as text)."""
+    lines = (default_policy_dir() / "default.policy").read_text(encoding="utf-8").splitlines()
+    (found,) = [i for i, line in enumerate(lines, 1) if line.startswith(f"limit {scope} ")]
+    return found
+
+
 DEFAULT_LIMITS = [  # policies/default.policy, in file order
     ("global", 10000, 1000),
     ("user", 100, 10),
@@ -242,7 +251,7 @@ def test_status_of_an_exhausted_ip(ip_state: IpState) -> None:
         "window_ms": 60000, "burst": 5, "capacity": 55,
     }  # fmt: skip
     assert {k: row[k] for k in expected} == expected
-    assert row["source"].endswith("default.policy:50:1")
+    assert row["source"].endswith(f"default.policy:{_limit_line('ip')}:1")
     # the 55 allowed requests emptied the bucket, full again 55 / rate = 66 s later
     assert (row["tokens"], row["reset_at"]) == (0, FROZEN + 66.0)
 
@@ -431,7 +440,7 @@ def test_set_status_and_remove_a_quota(env: Env) -> None:
     assert env.rl("remove", "--user", "vip") == {"scope": "user", "key": "vip", "removed": True}
     (row,) = env.rl("status", "--user", "vip")
     assert (row["limit"], row["capacity"]) == (100, 110)
-    assert row["source"].endswith("default.policy:48:1")
+    assert row["source"].endswith(f"default.policy:{_limit_line('user')}:1")
     assert env.query("SELECT * FROM user_quotas") == []
     limited = env.run("eval", env.requests("again.jsonl", for_user("vip", 120, "w")))
     assert limited.code == 3 and limited.allowed() <= 110
@@ -609,7 +618,7 @@ def test_bucket_keys_spell_the_window_in_milliseconds(daily_ip_state: IpState) -
 
 def test_stats_count_a_request_once_per_scope(env: Env) -> None:
     policy = env.root / "two.policy"
-    catalog = default_policy_dir() / "models.yaml"
+    catalog = default_policy_dir() / "models.json"
     policy.write_text(
         f'catalog "{catalog}"\nlimit user 100 per 1m burst 10\nlimit user tokens 200k per 1m\n'
     )
@@ -678,7 +687,7 @@ def test_admin_on_the_memory_store_with_a_fake_clock() -> None:
 
 def test_rate_limit_configs_keeps_every_limit(env: Env) -> None:
     policy = env.root / "team.policy"
-    catalog = default_policy_dir() / "models.yaml"
+    catalog = default_policy_dir() / "models.json"
     policy.write_text(
         f'catalog "{catalog}"\n'
         'limit team = request.metadata.team  500 per 1m when request.metadata.tier == "free"\n'
@@ -693,12 +702,13 @@ def test_rate_limit_configs_keeps_every_limit(env: Env) -> None:
 def test_source_is_the_policy_files_own_name_not_where_it_was_installed(env: Env) -> None:
     """The packaged policy lives under site-packages: SOURCE names the file, not its path."""
     rows = env.rl("config")
+    scopes = ("global", "user", "provider", "ip")
     assert [row["source"] for row in rows["limits"]] == [
-        "default.policy:47:1", "default.policy:48:1", "default.policy:49:1", "default.policy:50:1",
-    ]  # fmt: skip
+        f"default.policy:{_limit_line(scope)}:1" for scope in scopes
+    ]
     env.run("eval", env.requests("one.jsonl", from_ip(IP, 1)))
     (row,) = env.rl("status", "--ip", IP)
-    assert row["source"] == "default.policy:50:1"
+    assert row["source"] == f"default.policy:{_limit_line('ip')}:1"
     table = env.run("ratelimit", "config")
     assert table.code == 0 and str(default_policy_dir()) not in table.out
     verbose = env.rl("config", "--verbose")

@@ -43,7 +43,7 @@ def test_three_processes_sharing_ten_per_hour_admit_exactly_ten(redis_server: An
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from engine import PolicyEngine
-        engine = from_design("limit user 10 per 1h\\n", state={url!r})
+        engine = PolicyEngine.from_text("limit user 10 per 1h\\n", state={url!r})
         allowed = sum(engine.evaluate({{"id": str(i), "user": "shared"}}).allowed
                       for i in range(25))
         print(allowed)

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-from test_service import Server, serving, unique
+from test_service import DESIGN, Server, serving, unique
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -98,7 +98,9 @@ def test_a_quota_through_its_whole_life(client: httpx.Client, guarded: Server) -
     user = unique("vip")
     before = user_rows(client, user)
     assert [(r["source"], r["capacity"]) for r in before] == [(before[0]["source"], 110)]
-    assert before[0]["source"].endswith("default.policy:48:1")
+    lines = (DESIGN / "design.policy").read_text(encoding="utf-8").splitlines()
+    (user_line,) = [i for i, text in enumerate(lines, 1) if text.startswith("limit user ")]
+    assert before[0]["source"].endswith(f"default.policy:{user_line}:1")
 
     set_ = client.post(
         "/v1/ratelimit/set",
