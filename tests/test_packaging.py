@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGED_DATA = (
     "engine/_data/grammar/policy.lark",
     "engine/_data/policies/default.policy",
-    "engine/_data/policies/models.yaml",
+    "engine/_data/policies/models.json",
+    "engine/_data/policies/latency-priors.yaml",
 )
 
 
@@ -159,10 +160,12 @@ def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]
     table = run(
         "eval", "--state", "memory://", "--format", "table", "examples/requests/vision.json"
     )
-    assert "provider/model  gemini/gemini-1.5-pro-latest" in table
+    assert "provider/model  gemini/gemini-3.1-pro-preview" in table
     decisions = run("eval", "examples/requests/ip.jsonl", code=3).splitlines()
     assert sum(json.loads(line)["allowed"] for line in decisions) == 55
-    assert "default.policy:50:1" in run("ratelimit", "status", "--ip", "203.0.113.7")
+    policy_lines = (ROOT / "policies" / "default.policy").read_text().splitlines()
+    (ip_line,) = [i for i, x in enumerate(policy_lines, 1) if x.startswith("limit ip ")]
+    assert f"default.policy:{ip_line}:1" in run("ratelimit", "status", "--ip", "203.0.113.7")
     run("ratelimit", "set", "--user", "vip", "--limit", "1000", "--window", "1m",
         "--expires", "2026-12-31")  # fmt: skip
     assert "vip" in run("ratelimit", "config")
@@ -175,7 +178,7 @@ def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]
     # metrics import runs DuckDB Python UDFs, which need numpy (a dependency, not an extra)
     imported = run("metrics", "import", "--state", "m.duckdb", "examples/outcomes.jsonl", code=2)
     assert imported.startswith("imported 600 outcomes, rejected 3"), imported
-    assert "gemini-1.5-flash-latest  200" in run("metrics", "show", "--state", "m.duckdb")
+    assert "gemini-2.5-flash-lite  200" in run("metrics", "show", "--state", "m.duckdb")
     for out in ("o.parquet", "o.csv"):
         run("metrics", "export", "--state", "m.duckdb", "--output", out)
         assert (work / out).stat().st_size > 0
