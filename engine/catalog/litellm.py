@@ -64,7 +64,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.catalog.load import MODEL_ID_PATTERN, NAME_PATTERN
-from engine.catalog.model import CatalogError
+from engine.catalog.model import CAPABILITIES, CatalogError
 from engine.diagnostics import did_you_mean
 from engine.errors import PolicyctlError
 from engine.units import MAX_TOKENS
@@ -99,17 +99,6 @@ CAPABILITY_FLAGS: dict[str, tuple[str, ...]] = {
     "supports_reasoning": ("reasoning",),
     "supports_prompt_caching": ("prompt_caching",),
 }
-_CAPABILITY_ORDER = (
-    "streaming",
-    "tools",
-    "vision",
-    "json",
-    "json_schema",
-    "pdf",
-    "audio",
-    "reasoning",
-    "prompt_caching",
-)
 # fields an imported entry's values are taken from (or that only say what `convert` reads)
 _MAPPED = frozenset(
     {
@@ -466,7 +455,7 @@ def _model(
         "provider": provider,
         "context_window": context,
         "max_tokens": output,
-        "supports": [c for c in _CAPABILITY_ORDER if c in supports],
+        "supports": [c for c in CAPABILITIES if c in supports],
         "pricing": pricing,
         "latency_prior_ms": {"p50": p50, "p95": p95},
     }

@@ -55,17 +55,7 @@ except AttributeError:  # pragma: no cover
 
 # ---------------------------------------------------------------- the schema
 
-Capability = Literal[
-    "streaming",
-    "tools",
-    "vision",
-    "json",
-    "json_schema",
-    "pdf",
-    "audio",
-    "reasoning",
-    "prompt_caching",
-]
+Capability = Literal[CAPABILITIES]  # the names in engine.catalog.model
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
