@@ -45,6 +45,7 @@ from engine.routing.metrics import MetricsView, NoMetrics
 from engine.strategies import Pool
 from engine.units import format_day, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+from engine.wire import NATIVE
 
 MAX_ALTERNATIVES = 3
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
@@ -75,6 +76,12 @@ def _needs_mask(env: Mapping[str, Any]) -> int:
         mask |= 4
     if env["stream"]:
         mask |= 8
+    if env["requires_json_schema"]:
+        mask |= 16
+    if env["requires_pdf"]:
+        mask |= 32
+    if env["requires_audio"]:
+        mask |= 64
     return mask
 
 
@@ -301,6 +308,14 @@ def evaluate(
 ) -> Decision:
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
+    if trace is not None and env.get("derived"):
+        trace.append(
+            {
+                "step": "request",
+                "format": env["format"],
+                "derived": [d.to_dict() for d in env["derived"]],
+            }
+        )
     route = _route_for(program, env, trace)
     settings = route.settings
     if trace is not None:
@@ -413,6 +428,7 @@ def evaluate(
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )
 
 
@@ -498,6 +514,7 @@ def _rate_limited(
         denied_by=denied,
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )
 
 
@@ -526,4 +543,5 @@ def _no_eligible_model(
         denied_by=NoEligibleModel(candidates),
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )
