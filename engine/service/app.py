@@ -32,7 +32,14 @@ from engine.limits.records import LimitDenial
 from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
-from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
+from engine.service.body import (
+    BodyError,
+    SafeJSONResponse,
+    flag,
+    json_body,
+    problem,
+    wire_options,
+)
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
@@ -247,8 +254,15 @@ def create_app(
     async def evaluate(request: HttpRequest) -> Response:
         body = await json_body(request, check_strings=False)  # the request validator checks
         start = time.perf_counter()
+        options = wire_options(request)
         decision = engine.evaluate(
-            body, explain=flag(request, "explain"), dry_run=flag(request, "dry_run")
+            body,
+            explain=flag(request, "explain"),
+            dry_run=flag(request, "dry_run"),
+            input_format=options.input_format,
+            request_id=options.request_id,
+            model=options.model,
+            stream=options.stream,
         )
         telemetry.observe(
             decision.route,
