@@ -23,7 +23,7 @@ def capture_server() -> Iterator[tuple[str, list[Captured]]]:
     seen: list[Captured] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", 0))
             seen.append(Captured(self.path, json.loads(self.rfile.read(length))))
             payload = b'{"error": {"message": "captured", "type": "invalid_request_error"}}'

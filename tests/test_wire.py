@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the tables of SDK calls read best one call per row)
 """Wire formats: bodies built by the OpenAI, Anthropic and Google GenAI SDKs themselves
 (captured on 127.0.0.1, tests/_sdk_bodies.py) are read as-is, and what routing needs is
 derived from them (docs/requests.md)."""
