@@ -600,3 +600,42 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "engine", *args, "--state", "memory://"],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------ the HTTP service, for real
+
+
+def test_http_service_reads_wire_bodies(tmp_path: Path) -> None:
+    from test_service import serving
+
+    chat = chat_parts(TEXT, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}})
+    gemini = gemini_body(["hi"])
+    with serving(tmp_path) as server, server.client() as client:
+        answer = client.post("/v1/eval?dry_run=true", json=chat, headers={"X-Request-Id": "h-1"})
+        assert answer.status_code == 200, answer.text
+        decision = answer.json()
+        assert (decision["request_id"], decision["input_format"]) == ("h-1", "openai-chat")
+        catalog = PolicyEngine(server.policy_dir, state="memory://").program.catalog
+        assert "vision" in catalog.find(decision["provider"], decision["model"]).supports
+        answer = client.post(
+            "/v1/eval?dry_run=true&model=gemini-1.5-flash-latest&stream=true&explain=true",
+            json=gemini,
+        )
+        assert answer.status_code == 200, answer.text
+        step = answer.json()["trace"][0]
+        assert step["format"] == "gemini"
+        assert {"field": "model", "value": "gemini-1.5-flash-latest", "from": "option"} in step[
+            "derived"
+        ]
+        # the format named explicitly, by query or header; an unknown one is a 422
+        native = client.post("/v1/eval?dry_run=true&format=native", json=chat)
+        assert native.status_code == 200 and "input_format" not in native.json()
+        named = client.post(
+            "/v1/eval?dry_run=true", json=chat, headers={"X-Input-Format": "openai-chat"}
+        )
+        assert named.status_code == 200
+        bad = client.post("/v1/eval?format=openai", json=chat)
+        assert bad.status_code == 422 and "unknown input format" in bad.text
+        broken = client.post("/v1/eval", json={"contents": [{"parts": 5}]})
+        assert broken.status_code == 422
+        assert broken.json()["detail"][0]["field"] == "contents[0].parts"

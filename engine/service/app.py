@@ -1,6 +1,7 @@
 """The HTTP decision service (Starlette), thin over `PolicyEngine`. Nothing imports this.
 
-    POST /v1/eval          a request -> a decision (?explain=true, ?dry_run=true)
+    POST /v1/eval          a request (native or a wire body) -> a decision (?explain=true,
+                           ?dry_run=true, ?format=, ?request_id=, ?model=, ?stream=)
     POST /v1/outcomes      one outcome or a list -> {"recorded": n}
     GET  /v1/policy        serving version, files, last reload error
     GET  /healthz          liveness
@@ -31,6 +32,7 @@ from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
+from engine.wire import FORMATS
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
@@ -162,8 +164,41 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "explain", "in": "query", "schema": {"type": "boolean"}},
                         {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "description": "the body's format (default: detected from its"
+                            " shape); also the X-Input-Format header",
+                            "schema": {"type": "string", "enum": list(FORMATS)},
+                        },
+                        {
+                            "name": "request_id",
+                            "in": "query",
+                            "description": "the request id for a body without one; also the"
+                            " X-Request-Id header",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "model",
+                            "in": "query",
+                            "description": "the requested model, for a format that keeps it"
+                            " in the URL (Gemini)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "stream",
+                            "in": "query",
+                            "description": "whether the request streams, for a format that"
+                            " keeps it in the URL (Gemini)",
+                            "schema": {"type": "boolean"},
+                        },
+                        {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
+                        {"name": "X-Input-Format", "in": "header", "schema": {"type": "string"}},
                     ],
                     "requestBody": {
+                        "description": "a native request (this schema), or the body of an"
+                        " OpenAI Chat Completions, OpenAI Responses, Anthropic Messages or Gemini"
+                        " generateContent request as clients send it (docs/requests.md)",
                         "required": True,
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Request"}}
