@@ -32,7 +32,6 @@ from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
-from engine.wire import FORMATS
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
@@ -42,6 +41,7 @@ from engine.service.body import (
     problem,
     wire_options,
 )
+from engine.wire import FORMATS
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
