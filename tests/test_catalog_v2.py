@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -412,9 +413,38 @@ def test_an_unknown_quoted_model_is_an_error_with_did_you_mean(catalog_dir: Path
     assert diagnostic.message == (
         "unknown model `us.anthropic.claude-sonnet-4-5-v1:0` for provider `bedrock`"
     )
-    assert diagnostic.help == (
-        "did you mean `bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0`?"
+    assert diagnostic.help == (  # as a policy writes it: quoted
+        'did you mean `bedrock/"us.anthropic.claude-sonnet-4-5-20250929-v1:0"`?'
     )
+
+
+def test_a_provider_name_that_is_not_a_word_is_quoted(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "tests" / "golden" / "check" / "providers.yaml", tmp_path / "models.yaml")
+    engine = engine_for(
+        tmp_path,
+        """
+route eu when request.region == "eu" {
+    strategy model-specific
+    prefer "azure:eu"/gpt-4o
+}
+route ap when request.region == "ap" { strategy cost  fallback "azure:eu"/gpt-4o }
+route not_azure when request.region == "us" { exclude "azure:eu", "01-ai"/"yi:large" }
+route digit { prefer "01-ai" }
+limit provider "azure:eu" 1 per 1d
+""",
+    )
+    eu = engine.evaluate({"id": "a", "region": "eu"})
+    assert (eu.provider, eu.model) == ("azure:eu", "gpt-4o")
+    ap = engine.evaluate({"id": "f", "region": "ap"}, dry_run=True)
+    assert (ap.provider, ap.model) == ("01-ai", "yi:large")  # the cheapest
+    assert (ap.fallbacks[0]["provider"], ap.fallbacks[0]["model"]) == ("azure:eu", "gpt-4o")
+    # the provider limit counts under the quoted name: the second request goes elsewhere
+    again = engine.evaluate({"id": "b", "region": "eu"})
+    assert (again.provider, again.model) != ("azure:eu", "gpt-4o")
+    us = engine.evaluate({"id": "c", "region": "us"})
+    assert (us.provider, us.model) == ("openai", "gpt-4o")
+    digit = engine.evaluate({"id": "d"})
+    assert (digit.provider, digit.model) == ("01-ai", "yi:large")
 
 
 # ---------------------------------------------------------------- capabilities and attributes

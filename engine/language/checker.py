@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
+from engine.language.parser import reference
 from engine.language.schema import (
     METADATA_FIELD,
     MODEL_ATTRS,
@@ -345,11 +346,11 @@ class Checker:
             # maybe `prefer gemini-2.5-flash-lite` without the provider
             owners = [p for p in self.catalog.providers if self.catalog.find(p, provider)]
             if ref.model is None and owners:
-                hint = f"write it as `{owners[0]}/{provider}`"
+                hint = f"write it as `{reference(owners[0], provider)}`"
             else:
                 guess = did_you_mean(provider, self.catalog.providers)
                 hint = (
-                    f"did you mean `{guess}`?"
+                    f"did you mean `{reference(guess)}`?"
                     if guess
                     else "providers in the catalog: "
                     + ", ".join(f"`{p}`" for p in self.catalog.providers)
@@ -362,7 +363,7 @@ class Checker:
         if not models:
             guess = did_you_mean(ref.model.text, self.catalog.names(provider))
             hint = (
-                f"did you mean `{provider}/{guess}`?"
+                f"did you mean `{reference(provider, guess)}`?"
                 if guess
                 else f"`{provider}` models: "
                 + ", ".join(f"`{m.id}`" for m in self.catalog.by_provider(provider))
