@@ -46,6 +46,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.simulate.report.PlotUnavailable": EXIT_BAD_INPUT,
     "engine.simulate.scenario.ScenarioError": EXIT_BAD_INPUT,
     "engine.units.UnitError": EXIT_BAD_INPUT,
+    "engine.wire.record.WireError": EXIT_BAD_INPUT,
 }
 # printed as they are: their text starts with the file (and line) it is about
 LOCATED = {"engine.diagnostics.PolicyError", "engine.catalog.model.CatalogError"}
@@ -58,6 +59,7 @@ OTHER_BASES: dict[str, type[Exception]] = {
     "engine.limits.stores.base.StoreUnavailableError": RuntimeError,
     "engine.routing.request.RequestError": ValueError,
     "engine.units.UnitError": ValueError,
+    "engine.wire.record.WireError": ValueError,
 }
 
 
