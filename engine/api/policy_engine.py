@@ -351,8 +351,13 @@ class PolicyEngine:
         *,
         explain: bool = False,
         dry_run: bool = False,
+        only: frozenset[str] | None = None,
     ) -> Decision:
         """Route one request and consume its rate limits (none with `dry_run`).
+
+        `only`: the catalog entries (`provider/id` keys) the caller can send the request
+        to, such as a gateway's own deployments; the others are dropped as "not offered by
+        the caller". None: every model of the route.
 
         Raises `RequestError` naming the fields of a bad request.
         """
@@ -367,6 +372,7 @@ class PolicyEngine:
             limiter=self.limiter,
             consume=not dry_run,
             now=self.clock(),
+            only=only,
         )
         if self._logs is not None and not dry_run:
             self._logs.decision(decision, self.clock())
