@@ -450,3 +450,27 @@ def test_only_with_nothing_eligible_says_why(tmp_path: Path) -> None:
     assert not decision.allowed and decision.denied_by is not None
     reasons = {c.dropped_because for c in decision.denied_by.candidates}  # type: ignore[union-attr]
     assert reasons == {"not offered by the caller"}
+
+
+# ----------------------------------------------------------------------------- the doc
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.S | re.M)
+
+
+def test_the_docs_switch_over_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/litellm.md's example, as written, against the packaged default policy: it
+    prints the chosen deployment's answer, and the callback records the call."""
+    (block,) = _python_blocks(ROOT / "docs" / "litellm.md")
+    assert sum(line.endswith("# new") or "# new:" in line for line in block.splitlines()) == 3
+    scope: dict[str, Any] = {}
+    exec(compile(block, "docs/litellm.md", "exec"), scope)
+    router = scope["router"]
+    (strategy,) = [c.strategy for c in litellm.callbacks if getattr(c, "strategy", None)
+                   and c.strategy.router is router]  # fmt: skip
+    try:
+        assert capsys.readouterr().out in ("Paris.\n", "Paris!\n")
+        _wait(lambda: strategy.callback.recorded == 1)
+    finally:
+        strategy.uninstall()
