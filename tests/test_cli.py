@@ -731,10 +731,11 @@ def test_schema_request_and_decision(workdir: Path) -> None:
     spec_fields = {"request_id", "allowed", "provider", "model", "route", "strategy", "reason",
                    "estimated_cost", "estimated_latency_ms", "confidence", "alternatives",
                    "fallbacks", "rate_limits", "denied_by", "policy_version", "trace",
-                   "deployment_of"}  # fmt: skip
+                   "deployment_of", "input_format"}  # fmt: skip
     assert set(decision["properties"]) == spec_fields
     assert "trace" not in decision["required"]
     assert "deployment_of" not in decision["required"]  # present for a deployment only
+    assert "input_format" not in decision["required"]  # present for a wire body only
 
 
 def test_schema_needs_a_known_name(workdir: Path) -> None:

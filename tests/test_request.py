@@ -245,7 +245,9 @@ route only {
 def test_token_estimate_prices_the_decision(data: dict[str, Any], input_tokens: int) -> None:
     e = from_design(FLASH_ONLY, clock=clock)
     for request in ({"id": "est", "max_tokens": 10, **data}, {"max_tokens": 10, **data}):
-        d = e.evaluate(request)
+        # without an id, a body of only `messages` and `max_tokens` is also an OpenAI chat
+        # body (read as one by default: tests/test_wire.py); here it is asked for as native
+        d = e.evaluate(request, input_format="native")
         assert d.model == "gemini-1.5-flash-latest"
         # flash: 0.075 in, 0.30 out per 1M
         assert d.estimated_cost == pytest.approx((input_tokens * 0.075 + 10 * 0.30) / 1e6)

@@ -351,18 +351,26 @@ class PolicyEngine:
         *,
         explain: bool = False,
         dry_run: bool = False,
+        input_format: str | None = None,
+        request_id: str | None = None,
+        model: str | None = None,
+        stream: bool | None = None,
         only: frozenset[str] | None = None,
     ) -> Decision:
         """Route one request and consume its rate limits (none with `dry_run`).
 
-        `only`: the catalog entries (`provider/id` keys) the caller can send the request
-        to, such as a gateway's own deployments; the others are dropped as "not offered by
-        the caller". None: every model of the route.
-
-        Raises `RequestError` naming the fields of a bad request.
+        `request` is a native request or the body of a wire format (OpenAI Chat Completions
+        or Responses, Anthropic Messages, Gemini generateContent), detected from its shape
+        unless `input_format` names it. `request_id`, `model` and `stream` are what a wire
+        format keeps outside its body (a header, Gemini's URL). `only`: the catalog entries
+        (`provider/id` keys) the caller can send the request to, such as a gateway's own
+        deployments; the others are dropped as "not offered by the caller" (None: every
+        model of the route). Raises `RequestError` naming the fields of a bad request.
         """
         program = self._program  # one snapshot per evaluation
-        env = env_of(request)
+        env = env_of(
+            request, input_format=input_format, request_id=request_id, model=model, stream=stream
+        )
         decision = evaluate(
             program,
             env,

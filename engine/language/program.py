@@ -39,7 +39,16 @@ class Settings:
         return factor_weights(self.factors)
 
 
-CAPABILITY_BITS = {"vision": 1, "tools": 2, "json": 4, "streaming": 8}
+# what a request can require, and its bit in a model row's `supports_mask`
+CAPABILITY_BITS = {
+    "vision": 1,
+    "tools": 2,
+    "json": 4,
+    "streaming": 8,
+    "json_schema": 16,
+    "pdf": 32,
+    "audio": 64,
+}
 
 
 @dataclass(frozen=True, slots=True)

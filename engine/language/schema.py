@@ -26,12 +26,16 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "requires_vision": (Unit.BOOL, None),
     "requires_tools": (Unit.BOOL, None),
     "requires_json": (Unit.BOOL, None),
+    "requires_json_schema": (Unit.BOOL, None),
+    "requires_pdf": (Unit.BOOL, None),
+    "requires_audio": (Unit.BOOL, None),
     "stream": (Unit.BOOL, None),
     "max_cost": (Unit.MONEY, None),
     "max_latency": (Unit.DURATION, None),
     "max_latency_ms": (Unit.DURATION, None),
     "region": (Unit.STRING, None),
     "tags": (Unit.LIST, Unit.STRING),
+    "format": (Unit.STRING, None),  # "native", "openai-chat", … (engine.wire.FORMATS)
 }
 # `request.metadata.<key>`: any scalar, known only when a request arrives.
 METADATA_FIELD = "metadata"

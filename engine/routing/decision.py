@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.limits.records import DenialRecord, LimitDenial, LimitStatus
 
@@ -70,6 +70,7 @@ class Decision:
     policy_version: str = ""
     trace: list[dict[str, Any]] | None = None
     deployment_of: str | None = None  # the catalog model, when `model` is one of its deployments
+    input_format: str = "native"  # the request's format (engine.wire.FORMATS)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -91,6 +92,8 @@ class Decision:
         }
         if self.deployment_of is not None:
             out["deployment_of"] = self.deployment_of
+        if self.input_format != "native":
+            out["input_format"] = self.input_format
         if self.trace is not None:
             out["trace"] = self.trace
         return out
@@ -142,6 +145,9 @@ class DecisionSchema(BaseModel):
     fallbacks: list[_FallbackSchema]
     rate_limits: list[_LimitSchema]
     deployment_of: str | None = None
+    input_format: str | None = Field(
+        None, description="the request's wire format, when it was not a native request"
+    )
     denied_by: dict[str, Any] | None
     policy_version: str
     trace: list[dict[str, Any]] | None = None

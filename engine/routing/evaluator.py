@@ -45,6 +45,7 @@ from engine.routing.metrics import MetricsView, NoMetrics
 from engine.strategies import Pool
 from engine.units import format_day, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+from engine.wire import NATIVE
 
 MAX_ALTERNATIVES = 3
 NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
@@ -76,6 +77,12 @@ def _needs_mask(env: Mapping[str, Any]) -> int:
         mask |= 4
     if env["stream"]:
         mask |= 8
+    if env["requires_json_schema"]:
+        mask |= 16
+    if env["requires_pdf"]:
+        mask |= 32
+    if env["requires_audio"]:
+        mask |= 64
     return mask
 
 
@@ -309,6 +316,14 @@ def evaluate(
     None: the whole route."""
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
+    if trace is not None and env.get("derived"):
+        trace.append(
+            {
+                "step": "request",
+                "format": env["format"],
+                "derived": [d.to_dict() for d in env["derived"]],
+            }
+        )
     route = _route_for(program, env, trace)
     settings = route.settings
     if trace is not None:
@@ -428,6 +443,7 @@ def evaluate(
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )
 
 
@@ -513,6 +529,7 @@ def _rate_limited(
         denied_by=denied,
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )
 
 
@@ -541,4 +558,5 @@ def _no_eligible_model(
         denied_by=NoEligibleModel(candidates),
         policy_version=program.version,
         trace=trace,
+        input_format=env.get("format", NATIVE),
     )

@@ -18,8 +18,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine import wire
 from engine.errors import PolicyctlError
 from engine.units import MAX_TOKENS
+from engine.wire import NATIVE
 
 Scalar = str | int | float | bool
 
@@ -62,7 +64,12 @@ class Request(BaseModel):
     )
     requires_vision: bool = False
     requires_tools: bool = False
-    requires_json: bool = False
+    requires_json: bool = Field(False, description="JSON mode (any JSON object)")
+    requires_json_schema: bool = Field(
+        False, description="structured output: JSON that follows a given schema"
+    )
+    requires_pdf: bool = Field(False, description="PDF or other document input")
+    requires_audio: bool = Field(False, description="audio input or output")
     stream: bool = False
     max_cost: Annotated[float, Field(ge=0)] | None = Field(
         None, description="hard limit on the estimated cost, USD"
@@ -258,7 +265,15 @@ def request_key(request: Request) -> str:
 
 
 _STR_FIELDS = ("id", "user", "model", "prompt", "region")
-_BOOL_FIELDS = ("requires_vision", "requires_tools", "requires_json", "stream")
+_BOOL_FIELDS = (
+    "requires_vision",
+    "requires_tools",
+    "requires_json",
+    "requires_json_schema",
+    "requires_pdf",
+    "requires_audio",
+    "stream",
+)
 _FIELDS = frozenset(Request.model_fields)
 
 
@@ -360,6 +375,9 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "requires_vision": get("requires_vision", False),
         "requires_tools": get("requires_tools", False),
         "requires_json": get("requires_json", False),
+        "requires_json_schema": get("requires_json_schema", False),
+        "requires_pdf": get("requires_pdf", False),
+        "requires_audio": get("requires_audio", False),
         "stream": get("stream", False),
         "max_cost": None if max_cost is None else float(max_cost),
         "max_latency": None if max_latency is None else float(max_latency),
@@ -367,19 +385,125 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "region": get("region"),
         "tags": list(tags),
         "metadata": dict(metadata),
+        "format": NATIVE,
     }
 
 
 _EMPTY: dict[str, Any] = {}
 
 
-def env_of(data: Mapping[str, Any] | Request) -> dict[str, Any]:
-    """Validate a request and return its evaluation environment (raises RequestError)."""
+def env_of(
+    data: Mapping[str, Any] | Request,
+    *,
+    input_format: str | None = None,
+    request_id: str | None = None,
+    model: str | None = None,
+    stream: bool | None = None,
+) -> dict[str, Any]:
+    """Validate a request, native or wire, and return its evaluation environment (raises
+    RequestError). `input_format` overrides detection (`format_of`); `request_id`, `model`
+    and `stream` are what a wire format keeps outside its body (for a native request,
+    `request_id` is its id when it has none)."""
+    if input_format is None and type(data) is dict and _FIELDS.issuperset(data):
+        fmt = format_of(data)
+    elif isinstance(data, Request):
+        fmt = NATIVE
+    else:
+        fmt = _chosen_format(data, input_format)
+    if fmt != NATIVE:
+        return _wire_env(data, fmt, request_id, model, stream)
+    if request_id is not None and isinstance(data, Mapping) and data.get("id") is None:
+        data = {**data, "id": request_id}
     if type(data) is dict:
         env = fast_env(data)
         if env is not None:
             return env
     return to_env(validate(data))
+
+
+# the fields a native request shares with the wire formats; any other native field in a
+# body makes it native (strict: an unknown field is an error)
+SHARED_FIELDS = frozenset({"model", "messages", "user", "max_tokens", "stream", "metadata"})
+NATIVE_ONLY = _FIELDS - SHARED_FIELDS
+
+
+def format_of(data: Mapping[str, Any]) -> str:
+    """The format of a body: native when it carries a native-only field (or a string
+    `prompt`), else the wire format its shape says (`engine.wire.detect`), else native."""
+    if not NATIVE_ONLY.isdisjoint(data):
+        native = NATIVE_ONLY.intersection(data)
+        if native != {"prompt"} or type(data["prompt"]) is str:
+            return NATIVE  # (a Responses body's `prompt` is a template reference, an object)
+    return wire.detect(data)
+
+
+def _chosen_format(data: Any, input_format: str | None) -> str:
+    if input_format is None:
+        return format_of(data) if isinstance(data, Mapping) else NATIVE
+    if input_format not in wire.FORMATS:
+        from engine.diagnostics import did_you_mean  # stdlib-only module
+
+        guess = did_you_mean(input_format, wire.FORMATS)
+        hint = f" (did you mean `{guess}`?)" if guess else ""
+        raise RequestError(
+            [("", f"unknown input format `{_short(input_format)}`{hint}; the formats are "
+              + ", ".join(wire.FORMATS))]
+        )  # fmt: skip
+    return input_format
+
+
+def _wire_env(
+    data: Any, fmt: str, request_id: str | None, model: str | None, stream: bool | None
+) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise RequestError([("", f"a {fmt} request is a JSON object, not {_json_kind(data)}")])
+    try:
+        read = wire.read(data, fmt, model=model, stream=stream)
+    except wire.WireError as err:
+        raise RequestError(err.problems) from None
+    except RecursionError:
+        raise RequestError([("", "the body is nested too deeply")]) from None
+    strings = [*read.digest, read.model or "", read.user or "", *map(str, read.metadata)]
+    strings.extend(v for v in read.metadata.values() if type(v) is str)
+    if not "".join(strings).isascii():
+        bad = unstorable(data)
+        if bad:
+            raise RequestError([(f"field `{path}`", message) for path, message in bad])
+    if request_id is None:
+        digest = hashlib.sha256(f"{fmt}\x1f{read.model}\x1f{read.user}".encode())
+        for piece in read.digest:
+            digest.update(b"\x1f")
+            digest.update(piece.encode())
+        key = "sha256:" + digest.hexdigest()[:16]
+    else:
+        key = request_id
+    return {
+        "id": request_id,
+        "key": key,
+        "user": read.user,
+        "ip": None,
+        "model": read.model,
+        "prompt": None,
+        "input_tokens": float(read.input_tokens),
+        "max_tokens": None if read.max_tokens is None else float(read.max_tokens),
+        "cached_tokens": 0.0,
+        "images": float(read.images),
+        "requires_vision": read.requires_vision,
+        "requires_tools": read.requires_tools,
+        "requires_json": read.requires_json,
+        "requires_json_schema": read.requires_json_schema,
+        "requires_pdf": read.requires_pdf,
+        "requires_audio": read.requires_audio,
+        "stream": read.stream,
+        "max_cost": None,
+        "max_latency": None,
+        "max_latency_ms": None,
+        "region": None,
+        "tags": [],
+        "metadata": read.metadata,
+        "format": fmt,
+        "derived": read.derived,
+    }
 
 
 def to_env(request: Request) -> dict[str, Any]:
@@ -399,6 +523,9 @@ def to_env(request: Request) -> dict[str, Any]:
         "requires_vision": request.requires_vision,
         "requires_tools": request.requires_tools,
         "requires_json": request.requires_json,
+        "requires_json_schema": request.requires_json_schema,
+        "requires_pdf": request.requires_pdf,
+        "requires_audio": request.requires_audio,
         "stream": request.stream,
         "max_cost": None if request.max_cost is None else float(request.max_cost),
         "max_latency": None if request.max_latency_ms is None else float(request.max_latency_ms),
@@ -406,4 +533,5 @@ def to_env(request: Request) -> dict[str, Any]:
         "region": request.region,
         "tags": list(request.tags),
         "metadata": dict(request.metadata),
+        "format": NATIVE,
     }

@@ -1,0 +1,68 @@
+"""Which wire format a body is, from its shape (the native request is decided by the
+caller, which knows the native fields: `engine.routing.request`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.wire.record import ANTHROPIC, GEMINI, NATIVE, OPENAI_CHAT, OPENAI_RESPONSES
+
+# top-level fields only Anthropic's Messages API has
+ANTHROPIC_FIELDS = frozenset(
+    {
+        "system",
+        "stop_sequences",
+        "top_k",
+        "thinking",
+        "anthropic_version",
+        "anthropic_beta",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "output_format",
+        "output_config",
+    }
+)
+# content blocks only Anthropic has (OpenAI's parts are text, image_url, input_audio, file)
+ANTHROPIC_BLOCKS = frozenset(
+    {"image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
+     "server_tool_use", "search_result", "container_upload"}
+)  # fmt: skip
+# top-level fields of OpenAI's Responses API (a body with `input` or `instructions`)
+RESPONSES_FIELDS = frozenset({"input", "instructions", "previous_response_id", "conversation"})
+
+
+def detect(body: Mapping[str, Any]) -> str:
+    """The wire format of `body` by its shape; NATIVE when it has none of theirs."""
+    if "contents" in body:
+        return GEMINI
+    if "messages" in body:
+        return ANTHROPIC if _anthropic(body) else OPENAI_CHAT
+    if not RESPONSES_FIELDS.isdisjoint(body):
+        return OPENAI_RESPONSES
+    return NATIVE
+
+
+def _anthropic(body: Mapping[str, Any]) -> bool:
+    if not ANTHROPIC_FIELDS.isdisjoint(body):
+        return True
+    tools = body.get("tools")
+    if type(tools) is list and tools and isinstance(tools[0], Mapping):
+        first = tools[0]
+        if "input_schema" in first:
+            return True
+        if first.get("type") not in (None, "function") and not {"function", "custom"} & first.keys():
+            return True  # a server tool (web_search_…, bash_…): OpenAI's chat tools have none
+    choice = body.get("tool_choice")
+    if isinstance(choice, Mapping) and choice.get("type") in ("auto", "any", "tool"):
+        return True
+    messages = body.get("messages")
+    if type(messages) is list:
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if type(content) is list:
+                for block in content:
+                    if isinstance(block, Mapping) and block.get("type") in ANTHROPIC_BLOCKS:
+                        return True
+    return False

@@ -1,0 +1,118 @@
+"""Gemini `generateContent` request bodies, read for routing.
+
+The REST API spells fields in camelCase and the Python SDK in snake_case; both are read.
+The model and streaming are in the URL, not the body: they come as options. Only the fields
+routing uses are read (and checked); every other field is ignored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.wire import images
+from engine.wire.common import fail, image, items, mapping, media, structure, text
+from engine.wire.record import GEMINI, WireError, WireRequest
+
+RULE = images.gemini_tokens
+
+
+def _get(body: Mapping[str, Any], snake: str, camel: str) -> Any:
+    value = body.get(camel)
+    return body.get(snake) if value is None else value
+
+
+def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None:
+    request.format = GEMINI
+    tools = body.get("tools")
+    if tools:
+        items(tools, "tools", "tools")
+        request.need("tools", "tools")
+        structure(request, tools)
+    config = _get(body, "generation_config", "generationConfig")
+    if isinstance(config, Mapping):
+        _generation_config(request, config)
+    system = _get(body, "system_instruction", "systemInstruction")
+    if system is not None:
+        if type(system) is str:
+            text(request, system)
+        else:
+            _content(request, mapping(system, "systemInstruction"), "systemInstruction")
+    contents = body.get("contents")
+    if isinstance(contents, Mapping):  # one Content instead of a list
+        contents = [contents]
+    for i, content in enumerate(items(contents, "contents", "contents")):
+        request.messages += 1
+        if type(content) is str:
+            text(request, content)
+        else:
+            _content(request, mapping(content, f"contents[{i}]"), f"contents[{i}]")
+
+
+def _generation_config(request: WireRequest, config: Mapping[str, Any]) -> None:
+    where = "generationConfig."
+    budget = _get(config, "max_output_tokens", "maxOutputTokens")
+    if budget is not None:
+        if type(budget) is not int or budget < 1:
+            raise fail(where + "maxOutputTokens", "expected a whole number from 1")
+        request.max_tokens = budget
+        request.note("max_tokens", budget, where + "maxOutputTokens")
+    schema = None
+    for snake, camel in (
+        ("response_schema", "responseSchema"),
+        ("response_json_schema", "responseJsonSchema"),
+    ):
+        schema = _get(config, snake, camel)
+        if schema is not None:
+            request.need("json_schema", where + camel)
+            structure(request, schema)
+            break
+    mime = _get(config, "response_mime_type", "responseMimeType")
+    if schema is None and mime == "application/json":
+        request.need("json", where + "responseMimeType")
+    modalities = _get(config, "response_modalities", "responseModalities")
+    if type(modalities) is list and any(str(m).upper() == "AUDIO" for m in modalities):
+        request.need("audio", where + "responseModalities")
+
+
+def _content(request: WireRequest, content: Mapping[str, Any], where: str) -> None:
+    parts = content.get("parts")
+    if parts is None:
+        return
+    if isinstance(parts, Mapping):
+        parts = [parts]
+    for j, part in enumerate(items(parts, f"{where}.parts", "parts")):
+        _part(request, part, f"{where}.parts[{j}]")
+
+
+def _part(request: WireRequest, part: Any, where: str) -> None:
+    if type(part) is str:
+        text(request, part)
+        return
+    part = mapping(part, where)
+    value = part.get("text")
+    if type(value) is str:
+        text(request, value)
+    inline = _get(part, "inline_data", "inlineData")
+    if isinstance(inline, Mapping):
+        mime = _get(inline, "mime_type", "mimeType")
+        data = inline.get("data")
+        source = f"{where}.inlineData"
+        if type(data) is str and str(mime or "").lower().startswith("image/"):
+            image(request, RULE, source, payload=data)
+        else:
+            media(request, RULE, _mime(mime, source), source)
+    file_data = _get(part, "file_data", "fileData")
+    if isinstance(file_data, Mapping):
+        source = f"{where}.fileData"
+        media(request, RULE, _mime(_get(file_data, "mime_type", "mimeType"), source), source)
+    for snake, camel in (("function_call", "functionCall"), ("function_response", "functionResponse")):  # fmt: skip
+        call = _get(part, snake, camel)
+        if call is not None:
+            request.need("tools", f"{where}.{camel}")
+            structure(request, call)
+
+
+def _mime(value: Any, where: str) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise WireError([(f"field `{where}.mimeType`", "expected a string")])
