@@ -25,8 +25,8 @@ from engine import PolicyEngine
 from engine.integrations.litellm import (
     UnmappedDeployment,
     install,
-    native_request,
     policyctl_router,
+    wire_body,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,50 +378,57 @@ def test_set_custom_routing_strategy_takes_the_strategy(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the request
 
 
-def test_the_request_carries_what_routing_needs_and_not_litellms_metadata() -> None:
+def test_the_call_reaches_the_engine_as_an_openai_chat_body(tmp_path: Path) -> None:
+    """What routing needs is derived from the call by the engine's wire reader; LiteLLM's
+    own metadata keys are left out."""
     kwargs = {
-        "tools": [{"type": "function"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
         "response_format": {"type": "json_object"},
         "max_completion_tokens": 300,
         "user": "ann",
         "stream": True,
+        "temperature": 0.2,
         "metadata": {
             "team": "search", "tags": ["beta"], "model_group": "chat", "attempted_retries": 1,
             "previous_models": [{}], "user_api_key_hash": "h", "_routing_request_tags": (),
+            "policyctl": {"token": "x"},
         },
     }  # fmt: skip
     messages = [
         {"role": "system", "content": "be brief"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function"}]},
         {"role": "user", "content": [
             {"type": "text", "text": "what is this"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
         ]},
     ]  # fmt: skip
-    request = native_request("chat", messages, None, kwargs, "r1")
-    assert request == {
-        "id": "r1",
+    body, fmt = wire_body("chat", messages, None, kwargs)
+    assert fmt == "openai-chat"
+    assert body == {
         "model": "chat",
-        "messages": [
-            {"role": "system", "content": "be brief"},
-            {"role": "assistant", "content": ""},
-            {"role": "user", "content": messages[2]["content"]},
-        ],
-        "requires_vision": True,
-        "images": 1,
-        "requires_tools": True,
-        "requires_json": True,
-        "max_tokens": 300,
+        "messages": messages,
+        "tools": kwargs["tools"],
+        "response_format": {"type": "json_object"},
+        "max_completion_tokens": 300,
         "user": "ann",
         "stream": True,
-        "tags": ["beta"],
         "metadata": {"team": "search"},
     }
-    assert native_request("g", None, "text", {}, "r2") == {
-        "id": "r2",
-        "model": "g",
-        "prompt": "text",
-    }
+    assert body["messages"] is messages  # not copied
+    decision = _engine(tmp_path).evaluate(body, input_format=fmt, request_id="r1", explain=True)
+    assert decision.request_id == "r1"
+    assert decision.trace is not None
+    (step,) = [s for s in decision.trace if s["step"] == "request"]
+    derived = {d["field"]: d["value"] for d in step["derived"]}
+    assert step["format"] == "openai-chat"
+    for name in ("requires_vision", "requires_tools", "requires_json", "stream"):
+        assert derived[name] is True, name
+    assert (derived["user"], derived["max_tokens"], derived["model"]) == ("ann", 300, "chat")
+    assert decision.model == "gpt-4o-mini"  # o1-text has no vision, tools or json
+    assert wire_body("g", None, "text", {"max_tokens": 5}) == (
+        {"model": "g", "input": "text", "max_output_tokens": 5},
+        "openai-responses",
+    )
 
 
 # ----------------------------------------------------------------------------- only

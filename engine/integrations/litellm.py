@@ -33,6 +33,7 @@ from engine.errors import PolicyctlError
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
 from engine.routing.evaluator import draw
+from engine.wire import OPENAI_CHAT, OPENAI_RESPONSES
 
 STAMP = "policyctl"  # the request-metadata key the strategy writes for the callback
 MAPPING_KEY = "policyctl_model"  # model_info key naming a deployment's catalog entry
@@ -42,13 +43,17 @@ INJECTED_METADATA = frozenset(
         STAMP, "model_group", "model_group_alias", "model_group_size", "original_model_group",
         "attempted_fallbacks", "attempted_retries", "max_retries", "request_retry_count",
         "deployment", "deployment_model_name", "model_info", "api_base", "caching_groups",
-        "previous_models", "kubernetes_pod_routing", "fallback_depth", "tags", "headers",
+        "previous_models", "kubernetes_pod_routing", "fallback_depth", "headers",
         "endpoint", "hidden_params", "model_region", "mock_testing_fallbacks",
         "requester_ip_address", "requester_metadata", "global_max_parallel_requests",
     }
 )  # fmt: skip
 INJECTED_PREFIXES = ("_", "litellm_", "user_api_key")
-IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+# what the engine reads from a call's keywords (the wire readers take these fields)
+CALL_KEYS = (
+    "tools", "functions", "response_format", "max_tokens", "max_completion_tokens", "user",
+    "stream", "modalities", "audio",
+)  # fmt: skip
 
 
 class UnmappedDeployment(PolicyctlError, LookupError):
@@ -150,62 +155,58 @@ def _scalar_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def native_request(
-    group: str,
-    messages: Sequence[Any] | None,
-    input: Any,
-    kwargs: Mapping[str, Any],
-    request_id: str,
-) -> dict[str, Any]:
-    """The native policyctl request for one LiteLLM call: the model group as `model`, the
-    messages (role and content) for the token estimate, and what routing needs from the
-    call's keywords (tools, response_format, max_tokens, user, stream, metadata, tags)."""
-    request: dict[str, Any] = {"id": request_id, "model": group}
-    turns: list[dict[str, Any]] = []
-    images = 0
-    for message in messages or ():
-        if not isinstance(message, Mapping):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = [p for p in content if isinstance(p, Mapping)]
-            images += sum(1 for p in parts if p.get("type") in IMAGE_PARTS)
-            content = [dict(p) for p in parts]
-        elif not isinstance(content, str):
-            content = ""
-        role = message.get("role")
-        turns.append({"role": role if isinstance(role, str) else "user", "content": content})
-    if turns:
-        request["messages"] = turns
+def _as_dict(item: Any) -> Any:
+    """A message or part as a dict (LiteLLM accepts its own pydantic `Message` objects)."""
+    if isinstance(item, Mapping):
+        return item
+    dump = getattr(item, "model_dump", None)
+    return dump() if callable(dump) else item
+
+
+def _response_format(value: Any) -> Any:
+    """A pydantic class (LiteLLM accepts one for structured output) as a json_schema."""
+    if isinstance(value, type):
+        return {"type": "json_schema", "json_schema": {"name": value.__name__}}
+    return value
+
+
+def wire_body(
+    group: str, messages: Sequence[Any] | None, input: Any, kwargs: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """The body of one LiteLLM call as the engine reads it, and its wire format: an OpenAI
+    Chat Completions body (`openai-chat`) built from the model group, the messages and
+    the call's keywords (tools, functions, response_format, max_tokens,
+    max_completion_tokens, user, stream, and the scalar values of `metadata` less the
+    keys LiteLLM's Router adds); a call with `input` and no messages (responses,
+    embeddings) is an OpenAI Responses body (`openai-responses`). Nothing is copied but
+    the metadata."""
+    body: dict[str, Any] = {"model": group}
+    fmt = OPENAI_CHAT
+    if messages is not None:
+        body["messages"] = (
+            messages
+            if all(isinstance(m, Mapping) for m in messages)
+            else [_as_dict(m) for m in messages]
+        )
     elif isinstance(input, str):
-        request["prompt"] = input
-    if images:
-        request["requires_vision"] = True
-        request["images"] = images
-    if kwargs.get("tools") or kwargs.get("functions"):
-        request["requires_tools"] = True
-    response_format = kwargs.get("response_format")
-    if response_format is not None and not (
-        isinstance(response_format, Mapping) and response_format.get("type") == "text"
-    ):
-        request["requires_json"] = True
-    max_tokens = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens")
-    if type(max_tokens) is int and max_tokens >= 1:
-        request["max_tokens"] = max_tokens
-    user = kwargs.get("user")
-    if isinstance(user, str):
-        request["user"] = user
-    if kwargs.get("stream") is True:
-        request["stream"] = True
+        body["input"], fmt = input, OPENAI_RESPONSES
+    elif isinstance(input, list):
+        texts = all(isinstance(i, str) for i in input)
+        body["input"], fmt = ("\n".join(input) if texts else input), OPENAI_RESPONSES
+    else:
+        body["messages"] = []
+    for key in CALL_KEYS:
+        value = kwargs.get(key)
+        if value is not None:
+            body[key] = _response_format(value) if key == "response_format" else value
+    if fmt == OPENAI_RESPONSES and "max_tokens" in body:
+        body["max_output_tokens"] = body.pop("max_tokens")
     metadata = kwargs.get("metadata")
     if isinstance(metadata, Mapping):
-        tags = metadata.get("tags")
-        if isinstance(tags, list) and all(type(t) is str for t in tags):
-            request["tags"] = list(tags)
         scalars = _scalar_metadata(metadata)
         if scalars:
-            request["metadata"] = scalars
-    return request
+            body["metadata"] = scalars
+    return body, fmt
 
 
 def _metadata_of(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -337,8 +338,10 @@ class _Strategy:
             kwargs["litellm_trace_id"] = trace
         attempt = len(metadata.get("previous_models") or ())  # retries and fallbacks so far
         request_id = trace if attempt == 0 else f"{trace}#{attempt}"
-        request = native_request(model, messages, input, kwargs, request_id)
-        decision = self.engine.evaluate(request, only=group.only)
+        body, fmt = wire_body(model, messages, input, kwargs)
+        decision = self.engine.evaluate(
+            body, input_format=fmt, request_id=request_id, only=group.only
+        )
         if not decision.allowed:
             raise _classes()[2](decision, model)
         key = f"{decision.provider}/{decision.model}"
@@ -354,7 +357,7 @@ class _Strategy:
             "route": decision.route,
             "entry": key,
             "deployment": (chosen.get("model_info") or {}).get("id"),
-            "user": request.get("user"),
+            "user": body.get("user"),
         }
         return chosen
 
