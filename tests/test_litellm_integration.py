@@ -127,6 +127,14 @@ def _wait(condition: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
+async def _recorded(strategy: Any, count: int) -> None:
+    """Until LiteLLM's logging tasks on this event loop have recorded `count` outcomes."""
+    deadline = time.monotonic() + 30
+    while strategy.callback.recorded < count:
+        assert time.monotonic() < deadline, "the callback did not record in 30 s"
+        await asyncio.sleep(0.01)
+
+
 def _answer(response: Any) -> str:
     return str(response.choices[0].message.content)
 
@@ -167,10 +175,10 @@ def test_async_routes_like_sync(tmp_path: Path, installed: list[Any]) -> None:
     async def calls() -> list[str]:
         first = await router.acompletion(model="chat", messages=HELLO)
         second = await router.acompletion(model="claude", messages=HELLO)
+        await _recorded(strategy, 2)  # LiteLLM logs on tasks of this loop
         return [_answer(first), _answer(second)]
 
     assert asyncio.run(calls()) == ["from gpt-4o-mini", "from bedrock"]
-    _wait(lambda: strategy.callback.recorded == 2)
 
 
 def test_deployments_of_one_catalog_entry_share_the_picks_deterministically(
@@ -237,9 +245,7 @@ def test_async_outcomes_are_recorded_too(tmp_path: Path, installed: list[Any]) -
                 answers.append(_answer(await router.acompletion(model="chat", messages=HELLO)))
             except litellm.InternalServerError:
                 answers.append("error")
-            await asyncio.sleep(0)  # let the logging task run
-            while strategy.callback.recorded < len(answers):
-                await asyncio.sleep(0.01)
+            await _recorded(strategy, len(answers))
         return answers
 
     assert asyncio.run(calls()) == ["error", "error", "from gpt-4o", "from gpt-4o"]

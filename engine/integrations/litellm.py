@@ -225,12 +225,15 @@ def _metadata_of(kwargs: dict[str, Any]) -> dict[str, Any]:
 class _Group:
     """A model group's deployments, mapped: by catalog entry key, and the keys as `only`."""
 
-    __slots__ = ("by_key", "ids", "only")
+    __slots__ = ("by_key", "ids", "only", "version")
 
-    def __init__(self, ids: tuple[Any, ...], by_key: dict[str, list[dict[str, Any]]]) -> None:
+    def __init__(
+        self, ids: tuple[Any, ...], by_key: dict[str, list[dict[str, Any]]], version: Any
+    ) -> None:
         self.ids = ids
         self.by_key = by_key
         self.only = frozenset(by_key)
+        self.version = version  # the Router registry's version it was read at (None: unknown)
 
 
 class _Strategy:
@@ -293,7 +296,21 @@ class _Strategy:
                 self._entries[ident] = found
         return found
 
+    def _version(self) -> Any:
+        """The Router registry's version (it changes with the deployments), if it has one."""
+        registry = getattr(self.router, "registry", None)
+        return None if registry is None else getattr(registry(), "version", None)
+
     def _group(self, model: str, specific: bool | None) -> _Group:
+        version = self._version()
+        cached = self._groups.get(model)
+        if (
+            cached is not None
+            and version is not None
+            and cached.version == version
+            and self._catalog is self.engine.program.catalog
+        ):
+            return cached  # the same deployments, the same catalog
         deployments = self.deployments(model)
         if not deployments and specific:
             one = self._by_id(model)
@@ -301,7 +318,6 @@ class _Strategy:
         if not deployments:
             raise UnmappedDeployment(f"the LiteLLM Router has no deployment for model `{model}`")
         ids = tuple((d.get("model_info") or {}).get("id") for d in deployments)
-        cached = self._groups.get(model)
         if (
             cached is not None
             and cached.ids == ids
@@ -312,7 +328,7 @@ class _Strategy:
         by_key: dict[str, list[dict[str, Any]]] = {}
         for deployment in deployments:
             by_key.setdefault(self.entry(deployment).key, []).append(deployment)
-        group = self._groups[model] = _Group(ids, by_key)
+        group = self._groups[model] = _Group(ids, by_key, version)
         return group
 
     def _by_id(self, ident: str) -> dict[str, Any] | None:

@@ -338,8 +338,12 @@ def evaluate(
     if trace is None and not route.requires and not measuring:
         pos, costs, lats = _eligible_fast(table, env, now)
         if only is not None and pos:
-            keys = table.keys
-            keep = [s for s, p in enumerate(pos) if keys[p] in only]
+            if type(pos) is range:  # every model eligible: slots are positions
+                position_of = table.position_of
+                keep = sorted(p for k in only if (p := position_of.get(k)) is not None)
+            else:
+                keys = table.keys
+                keep = [s for s, p in enumerate(pos) if keys[p] in only]
             if len(keep) < len(pos):
                 pos = [pos[s] for s in keep]
                 costs = [costs[s] for s in keep]
