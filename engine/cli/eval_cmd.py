@@ -27,6 +27,7 @@ from engine.limits.stores import default_state_url
 from engine.routing.decision import Decision, NoEligibleModel
 from engine.routing.request import RequestError, json_limit
 from engine.units import format_money as money
+from engine.wire import FORMATS, NATIVE
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
 
@@ -34,6 +35,8 @@ EXAMPLE = """\
 examples:
   policyctl eval examples/requests/chat.json
   policyctl eval --format table --explain examples/requests/vision.json
+  policyctl eval examples/requests/openai-chat.json   (OpenAI, Anthropic, Gemini bodies as-is)
+  policyctl eval --input gemini --model gemini-2.5-flash examples/requests/gemini.json
   cat requests.jsonl | policyctl eval - > decisions.jsonl
 
 exit codes: 0 allowed, 3 denied (at least one), 2 bad input, 4 state store busy
@@ -67,6 +70,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="DuckDB file for violations and daily stats when --state is memory or Redis",
     )
     p.add_argument("--dry-run", action="store_true", help="decide without consuming limits")
+    p.add_argument(
+        "--input",
+        dest="input_format",
+        metavar="FORMAT",
+        choices=FORMATS,
+        help="the request format (default: detected from its shape): " + ", ".join(FORMATS),
+    )
+    p.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="the request id for a body that carries none (wire bodies never do); without it"
+        " the id is a hash of the body",
+    )
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="the requested model, for a format that keeps it outside the body (Gemini)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        default=None,
+        help="the request streams, for a format that says so outside the body (Gemini)",
+    )
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
     add_format(p)
     p.set_defaults(run=run)
@@ -183,7 +210,15 @@ def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, tex
                 dump_json({"line": line, "error": item.message.splitlines()[0]})
             continue
         try:
-            decision = engine.evaluate(item, explain=args.explain, dry_run=args.dry_run)
+            decision = engine.evaluate(
+                item,
+                explain=args.explain,
+                dry_run=args.dry_run,
+                input_format=args.input_format,
+                request_id=args.request_id,
+                model=args.model,
+                stream=args.stream,
+            )
         except RequestError as err:
             bad = True
             where = f"{name}:{line}" if line is not None else name
@@ -240,6 +275,7 @@ def _vertical(d: Decision) -> str:
         ("route", d.route),
         ("strategy", d.strategy),
         ("provider/model", f"{d.provider}/{d.model}" if d.allowed else None),
+        *([("format", d.input_format)] if d.input_format != NATIVE else []),
         *([("deployment of", d.deployment_of)] if d.deployment_of else []),
         ("reason", d.reason),
         ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
@@ -266,7 +302,12 @@ def _vertical(d: Decision) -> str:
             rows.append(("dropped", f"{c.provider}/{c.model}: {c.dropped_because}"))
     if d.trace is not None:
         for step in d.trace:
-            if step["step"] == "route":
+            if step["step"] == "request":
+                for derived in step["derived"]:
+                    value = derived["value"]
+                    shown = "yes" if value is True else str(value)
+                    rows.append(("derived", f"{derived['field']} = {shown} ← {derived['from']}"))
+            elif step["step"] == "route":
                 verdict = "matched" if step["matched"] else "no match"
                 when = f" when {step['when']}" if step["when"] else ""
                 # the condition is the policy's own text: its line breaks are kept (each line

@@ -478,7 +478,7 @@ def _wire_env(
     else:
         key = request_id
     return {
-        "id": request_id,
+        "id": key,  # a wire body carries no id: the option's, else the body's hash
         "key": key,
         "user": read.user,
         "ip": None,

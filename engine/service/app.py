@@ -1,6 +1,7 @@
 """The HTTP decision service (Starlette), thin over `PolicyEngine`. Nothing imports this.
 
-    POST /v1/eval          a request -> a decision (?explain=true, ?dry_run=true)
+    POST /v1/eval          a request (native or a wire body) -> a decision (?explain=true,
+                           ?dry_run=true, ?format=, ?request_id=, ?model=, ?stream=)
     POST /v1/outcomes      one outcome or a list -> {"recorded": n}
     GET  /v1/policy        serving version, files, last reload error
     GET  /healthz          liveness
@@ -31,8 +32,16 @@ from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
+from engine.wire import FORMATS
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
-from engine.service.body import BodyError, SafeJSONResponse, flag, json_body, problem
+from engine.service.body import (
+    BodyError,
+    SafeJSONResponse,
+    flag,
+    json_body,
+    problem,
+    wire_options,
+)
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
@@ -155,8 +164,41 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "explain", "in": "query", "schema": {"type": "boolean"}},
                         {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "description": "the body's format (default: detected from its"
+                            " shape); also the X-Input-Format header",
+                            "schema": {"type": "string", "enum": list(FORMATS)},
+                        },
+                        {
+                            "name": "request_id",
+                            "in": "query",
+                            "description": "the request id for a body without one; also the"
+                            " X-Request-Id header",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "model",
+                            "in": "query",
+                            "description": "the requested model, for a format that keeps it"
+                            " in the URL (Gemini)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "stream",
+                            "in": "query",
+                            "description": "whether the request streams, for a format that"
+                            " keeps it in the URL (Gemini)",
+                            "schema": {"type": "boolean"},
+                        },
+                        {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
+                        {"name": "X-Input-Format", "in": "header", "schema": {"type": "string"}},
                     ],
                     "requestBody": {
+                        "description": "a native request (this schema), or the body of an"
+                        " OpenAI Chat Completions, OpenAI Responses, Anthropic Messages or Gemini"
+                        " generateContent request as clients send it (docs/requests.md)",
                         "required": True,
                         "content": {
                             "application/json": {"schema": {"$ref": "#/components/schemas/Request"}}
@@ -247,8 +289,15 @@ def create_app(
     async def evaluate(request: HttpRequest) -> Response:
         body = await json_body(request, check_strings=False)  # the request validator checks
         start = time.perf_counter()
+        options = wire_options(request)
         decision = engine.evaluate(
-            body, explain=flag(request, "explain"), dry_run=flag(request, "dry_run")
+            body,
+            explain=flag(request, "explain"),
+            dry_run=flag(request, "dry_run"),
+            input_format=options.input_format,
+            request_id=options.request_id,
+            model=options.model,
+            stream=options.stream,
         )
         telemetry.observe(
             decision.route,

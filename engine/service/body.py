@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from engine.errors import PolicyctlError
 from engine.routing.request import json_limit, unstorable
+from engine.wire import FORMATS
 
 MAX_BODY_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark is allowed, as json.loads(bytes) allows it
@@ -115,3 +117,34 @@ def _parse(raw: bytes, allow_empty: bool) -> Any:
 
 def flag(request: HttpRequest, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True, slots=True)
+class WireOptions:
+    """What `POST /v1/eval` takes beside the body: the format (`?format=` or the
+    `X-Input-Format` header), the request id (`?request_id=` or `X-Request-Id`), and the
+    model and streaming a format keeps in its URL (`?model=`, `?stream=`: Gemini)."""
+
+    input_format: str | None
+    request_id: str | None
+    model: str | None
+    stream: bool | None
+
+
+def wire_options(request: HttpRequest) -> WireOptions:
+    query, headers = request.query_params, request.headers
+    fmt = query.get("format") or headers.get("x-input-format")
+    if fmt is not None and fmt not in FORMATS:
+        raise BodyError(
+            422,
+            "invalid request",
+            [{"field": "format", "message": "unknown input format; the formats are "
+              + ", ".join(FORMATS)}],
+        )  # fmt: skip
+    stream = query.get("stream")
+    return WireOptions(
+        input_format=fmt,
+        request_id=query.get("request_id") or headers.get("x-request-id"),
+        model=query.get("model"),
+        stream=None if stream is None else stream.lower() in ("1", "true", "yes"),
+    )

@@ -52,7 +52,8 @@ def _anthropic(body: Mapping[str, Any]) -> bool:
         first = tools[0]
         if "input_schema" in first:
             return True
-        if first.get("type") not in (None, "function") and not {"function", "custom"} & first.keys():
+        kind = first.get("type")
+        if kind not in (None, "function") and not {"function", "custom"} & first.keys():
             return True  # a server tool (web_search_…, bash_…): OpenAI's chat tools have none
     choice = body.get("tool_choice")
     if isinstance(choice, Mapping) and choice.get("type") in ("auto", "any", "tool"):

@@ -105,11 +105,14 @@ def _part(request: WireRequest, part: Any, where: str) -> None:
     if isinstance(file_data, Mapping):
         source = f"{where}.fileData"
         media(request, RULE, _mime(_get(file_data, "mime_type", "mimeType"), source), source)
-    for snake, camel in (("function_call", "functionCall"), ("function_response", "functionResponse")):  # fmt: skip
+    for snake, camel in _CALLS:
         call = _get(part, snake, camel)
         if call is not None:
             request.need("tools", f"{where}.{camel}")
             structure(request, call)
+
+
+_CALLS = (("function_call", "functionCall"), ("function_response", "functionResponse"))
 
 
 def _mime(value: Any, where: str) -> str | None:

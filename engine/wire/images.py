@@ -52,10 +52,15 @@ def gemini_tokens(size: tuple[int, int] | None) -> int:
     return math.ceil(width / 768) * math.ceil(height / 768) * 258
 
 
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
 def base64_size(payload: str, start: int = 0) -> tuple[int, int] | None:
     """The (width, height) of a PNG, GIF, WebP or JPEG image from the base64 text
     `payload[start:]`, reading only its first `HEADER_BYTES` bytes; None when not found."""
     chunk = payload[start : start + HEADER_BYTES // 3 * 4]
+    if "-" in chunk or "_" in chunk:  # the URL-safe alphabet (Google's SDK sends it)
+        chunk = chunk.translate(_URL_SAFE)
     try:
         head = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=False)
     except (binascii.Error, ValueError):

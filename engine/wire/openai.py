@@ -124,7 +124,7 @@ def _image_url(request: WireRequest, url: str | None, detail: Any, source: str) 
     if detail == "low":
         image(request, RULE, source, tokens=RULE(None, "low"))
         return
-    mime, start = data_url(url or "")
+    _, start = data_url(url or "")
     if start:
         image(request, RULE, source, payload=url, start=start)
     else:
@@ -205,7 +205,8 @@ def _responses_item(request: WireRequest, item: Mapping[str, Any], where: str) -
             text(request, content)
         elif type(content) is list:
             for j, part in enumerate(content):
-                _responses_part(request, mapping(part, f"{where}.content[{j}]"), f"{where}.content[{j}]")  # fmt: skip
+                at = f"{where}.content[{j}]"
+                _responses_part(request, mapping(part, at), at)
         elif content is not None:
             raise fail(f"{where}.content", "content is a string or a list of parts")
     elif kind in ("function_call", "custom_tool_call"):
