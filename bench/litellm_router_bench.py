@@ -10,7 +10,8 @@ Router runs `engine.integrations.litellm.install` (the strategy decides by a cos
 with a per-user limit over the packaged catalog, and the callback records every outcome).
 A and B are interleaved in pairs (alternating which goes first); per pair, the µs per
 call of each side; printed: each side's median and min–max over the pairs, and the ratio
-policyctl / simple-shuffle (median and min–max of the per-pair ratios).
+policyctl / simple-shuffle (median and min–max of the per-pair ratios); then the policyctl
+strategy's pick alone (reading the call, the decision, the deployment; no LiteLLM call).
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ def per_call_us(router: Router, calls: int) -> float:
     return elapsed / calls / 1000
 
 
+def pick_us(strategy: Any, calls: int, start: int) -> float:
+    """µs per pick of the policyctl strategy alone (no LiteLLM call around it)."""
+    requests = [
+        {"messages": MESSAGES, "user": f"u{i % 50}", "metadata": {}, "litellm_trace_id": f"p{i}"}
+        for i in range(start, start + calls)
+    ]
+    gc.collect()
+    gc.disable()
+    begin = time.perf_counter_ns()
+    for kwargs in requests:
+        strategy.get_available_deployment("chat", messages=MESSAGES, request_kwargs=kwargs)
+    elapsed = time.perf_counter_ns() - begin
+    gc.enable()
+    return elapsed / calls / 1000
+
+
 def spread(values: list[float], digits: int = 0) -> str:
     def show(x: float) -> str:
         return f"{x:,.{digits}f}"
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             a_side.append(a)
             b_side.append(b)
         ratios = [b / a for a, b in zip(a_side, b_side, strict=True)]
+        picks = [pick_us(strategy, calls * 10, i * calls * 10) for i in range(pairs)]
         deadline = time.monotonic() + 30  # LiteLLM's logging threads finish the last outcomes
         while strategy.callback.recorded < warm + pairs * calls and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simple-shuffle            µs/call  {spread(a_side)}")
     print(f"policyctl (strategy+log)  µs/call  {spread(b_side)}")
     print(f"ratio policyctl / simple-shuffle   {spread(ratios, 2)}")
+    print(f"policyctl pick alone      µs/pick  {spread(picks, 1)}")
     print(f"outcomes recorded by the callback: {strategy.callback.recorded}")
     return 0
 

@@ -39,5 +39,6 @@ def test_litellm_router_bench_quick_completes() -> None:
     assert lines[1].startswith("simple-shuffle ")
     assert lines[2].startswith("policyctl (strategy+log) ")
     assert lines[3].startswith("ratio policyctl / simple-shuffle ")
+    assert lines[4].startswith("policyctl pick alone ")
     # every policyctl call (warm-up 5, then 3 pairs of 3) was recorded by the callback
-    assert lines[4] == "outcomes recorded by the callback: 14"
+    assert lines[5] == "outcomes recorded by the callback: 14"
