@@ -251,6 +251,17 @@ def test_async_outcomes_are_recorded_too(tmp_path: Path, installed: list[Any]) -
     assert asyncio.run(calls()) == ["error", "error", "from gpt-4o", "from gpt-4o"]
 
 
+def test_a_streamed_call_is_recorded_once_it_is_read(tmp_path: Path, installed: list[Any]) -> None:
+    engine = _engine(tmp_path)
+    router, strategy = _router(engine, CHAT, installed)
+    chunks = router.completion(model="chat", messages=HELLO, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == "from gpt-4o-mini"
+    _wait(lambda: strategy.callback.recorded == 1)
+    stats = engine.metrics.stats("openai/gpt-4o-mini")
+    assert stats is not None and stats.samples == 1 and stats.success_rate == 1.0
+
+
 def test_tokens_and_the_request_id_reach_the_outcome_log(
     tmp_path: Path, installed: list[Any]
 ) -> None:
