@@ -322,6 +322,12 @@ def test_a_denial_is_litellms_429_with_the_retry_time(tmp_path: Path, installed:
     assert 3_500_000 < retry_ms <= 3_600_000
     assert err.response.headers["retry-after"] == str(-(-retry_ms // 1000))
     assert err.response.headers["retry-after-ms"] == str(retry_ms)
+    # what LiteLLM's proxy forwards to its client, and who limited the call
+    assert err.headers == {
+        "retry-after": str(-(-retry_ms // 1000)),
+        "retry-after-ms": str(retry_ms),
+    }
+    assert err.category == "litellm_rate_limit"
     assert "policyctl denied the request for model group `chat`: Rate limited by user" in str(err)
     # another user is not limited, and the denial consumed nothing
     assert _answer(router.completion(model="chat", messages=HELLO, user="bob"))

@@ -513,32 +513,28 @@ def retry_after_ms(decision: Decision) -> int | None:
 
 
 def _denied_init(self: Any, decision: Decision, group: str) -> None:
-    litellm = _litellm()
     retry = retry_after_ms(decision)
-    headers = {}
+    headers: dict[str, str] = {}
     if retry is not None:
         headers = {
             "retry-after": str(max(1, math.ceil(retry / 1000))),
             "retry-after-ms": str(retry),
         }
-    import httpx  # litellm's own HTTP client, installed with it
-
-    response = httpx.Response(
-        429, headers=headers, request=httpx.Request("POST", "https://policyctl.invalid/")
-    )
     self.decision = decision
     self.retry_after_ms = retry
-    litellm.RateLimitError.__init__(
+    _litellm().RateLimitError.__init__(
         self,
         f"policyctl denied the request for model group `{group}`: {decision.reason}",
         llm_provider="policyctl",
         model=group,
-        response=response,
-        **_CATEGORY,
+        **_ERROR_OPTIONS,
+        **({"headers": headers} if headers and "headers" in _ERROR_PARAMETERS else {}),
     )
+    self.response.headers.update(headers)  # the 429 response LiteLLM made for it
 
 
-_CATEGORY: dict[str, Any] = {}
+_ERROR_OPTIONS: dict[str, Any] = {}  # what this litellm's RateLimitError takes besides
+_ERROR_PARAMETERS: set[str] = set()
 
 
 @functools.cache
@@ -551,8 +547,9 @@ def _classes() -> tuple[type, type, type]:
     from litellm.integrations.custom_logger import CustomLogger
     from litellm.types.router import CustomRoutingStrategyBase
 
-    if "category" in inspect.signature(litellm.RateLimitError.__init__).parameters:
-        _CATEGORY["category"] = "litellm_rate_limit"  # a limit on this side, not the vendor's
+    _ERROR_PARAMETERS.update(inspect.signature(litellm.RateLimitError.__init__).parameters)
+    if "category" in _ERROR_PARAMETERS:
+        _ERROR_OPTIONS["category"] = "litellm_rate_limit"  # a limit on this side, not the vendor's
     strategy = type(
         "PolicyctlStrategy",
         (_Strategy, CustomRoutingStrategyBase),
