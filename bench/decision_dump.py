@@ -188,7 +188,7 @@ def _line(obj: Any) -> str:
 def dump_engine(out: list[str], work: Path) -> None:
     # relative to the working directory (main() runs from ROOT), so that `policy_version`,
     # a hash of the policy text, does not depend on where the checkout lives
-    text = POLICY.format(catalog="policies/models.yaml")
+    text = POLICY.format(catalog="examples/policies/models.yaml")  # the design catalog
     clock = Clock()
     state = str(work / "state.duckdb")
     engine = PolicyEngine.from_text(text, "dump.policy", state=state, clock=clock)

@@ -115,7 +115,7 @@ def time_bare_load(db: Path, csv_path: Path) -> float:
     con.execute(
         "INSERT INTO outcomes SELECT make_timestamp(epoch_us(CAST(timestamp AS TIMESTAMPTZ))),"
         " provider, model, latency_ms, success, input_tokens, output_tokens, cost, request_id,"
-        f" route, user FROM read_csv('{csv_path}', header = true)"
+        f" route, user, NULL FROM read_csv('{csv_path}', header = true)"  # no cached_tokens
     )
     elapsed = time.perf_counter() - start
     con.close()

@@ -66,3 +66,13 @@ def test_mutation_script_runs_a_tiny_sample(tmp_path: Path) -> None:
     text = report.read_text()
     assert text.startswith("# Mutation testing")
     assert "## strategies:" in text
+
+
+def test_wire_bench_quick_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "wire_bench.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "read: 4-message chat (openai-chat)" in out.stdout
+    assert "read: 200 KB base64 image (anthropic)" in out.stdout

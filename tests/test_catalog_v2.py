@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,11 @@ def test_a_json_catalog_loads_like_its_yaml(catalog_dir: Path) -> None:
             ("overall: 0.9", "overall: 1.5"),
             "c.yaml: model `gemini-2.5-pro` (models[0]): field `quality.overall`: input should"
             " be less than or equal to 1",
+        ),
+        (
+            ("tasks: {code: 0.92}", "tasks: {overall: 0.92}"),
+            "c.yaml: model `gemini-2.5-pro` (models[0]): field `quality`: `overall` is not a"
+            " task: give it as `quality.overall`",
         ),
         (
             (', source: "example scores"', ""),
@@ -407,9 +413,38 @@ def test_an_unknown_quoted_model_is_an_error_with_did_you_mean(catalog_dir: Path
     assert diagnostic.message == (
         "unknown model `us.anthropic.claude-sonnet-4-5-v1:0` for provider `bedrock`"
     )
-    assert diagnostic.help == (
-        "did you mean `bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0`?"
+    assert diagnostic.help == (  # as a policy writes it: quoted
+        'did you mean `bedrock/"us.anthropic.claude-sonnet-4-5-20250929-v1:0"`?'
     )
+
+
+def test_a_provider_name_that_is_not_a_word_is_quoted(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "tests" / "golden" / "check" / "providers.yaml", tmp_path / "models.yaml")
+    engine = engine_for(
+        tmp_path,
+        """
+route eu when request.region == "eu" {
+    strategy model-specific
+    prefer "azure:eu"/gpt-4o
+}
+route ap when request.region == "ap" { strategy cost  fallback "azure:eu"/gpt-4o }
+route not_azure when request.region == "us" { exclude "azure:eu", "01-ai"/"yi:large" }
+route digit { prefer "01-ai" }
+limit provider "azure:eu" 1 per 1d
+""",
+    )
+    eu = engine.evaluate({"id": "a", "region": "eu"})
+    assert (eu.provider, eu.model) == ("azure:eu", "gpt-4o")
+    ap = engine.evaluate({"id": "f", "region": "ap"}, dry_run=True)
+    assert (ap.provider, ap.model) == ("01-ai", "yi:large")  # the cheapest
+    assert (ap.fallbacks[0]["provider"], ap.fallbacks[0]["model"]) == ("azure:eu", "gpt-4o")
+    # the provider limit counts under the quoted name: the second request goes elsewhere
+    again = engine.evaluate({"id": "b", "region": "eu"})
+    assert (again.provider, again.model) != ("azure:eu", "gpt-4o")
+    us = engine.evaluate({"id": "c", "region": "us"})
+    assert (us.provider, us.model) == ("openai", "gpt-4o")
+    digit = engine.evaluate({"id": "d"})
+    assert (digit.provider, digit.model) == ("01-ai", "yi:large")
 
 
 # ---------------------------------------------------------------- capabilities and attributes
@@ -440,6 +475,44 @@ route cached when request.tags contains "cache" {
     assert engine.evaluate({"id": "a", "tags": ["pdf"]}).model == "gemini-2.5-pro"
     assert engine.evaluate({"id": "b", "tags": ["best"]}).model == "gemini-2.5-pro"
     assert engine.evaluate({"id": "c", "tags": ["cache"]}).model == "gemini-2.5-pro"
+
+
+def test_require_reads_per_task_quality(catalog_dir: Path) -> None:
+    # only gemini-2.5-pro scores `code`: on the others `model.quality.code` is null, and a
+    # comparison with null is false, as for every nullable attribute
+    engine = engine_for(
+        catalog_dir,
+        """
+route code when request.tags contains "code" { require model.quality.code >= 0.9 }
+route high when request.tags contains "high" { require model.quality.code >= 0.95 }
+route unscored when request.tags contains "unscored" {
+    require model.quality.code == null and model.provider == "together_ai"
+}
+route overall when request.tags contains "overall" { require model.quality.overall >= 0.85 }
+route scored when request.tags contains "scored" { require model.quality.code != null }
+""",
+    )
+    assert engine.evaluate({"id": "a", "tags": ["code"]}).model == "gemini-2.5-pro"
+    assert engine.evaluate({"id": "s", "tags": ["scored"]}).model == "gemini-2.5-pro"
+    high = engine.evaluate({"id": "b", "tags": ["high"]})
+    assert not high.allowed and high.reason.startswith("No eligible model")
+    unscored = engine.evaluate({"id": "c", "tags": ["unscored"]})
+    assert unscored.model == "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    assert engine.evaluate({"id": "d", "tags": ["overall"]}).model == "gemini-2.5-pro"
+
+
+def test_an_unscored_quality_task_is_an_error_with_did_you_mean(catalog_dir: Path) -> None:
+    with pytest.raises(PolicyError) as err:
+        engine_for(catalog_dir, "route r { require model.quality.cod >= 0.5 }\n")
+    (diagnostic,) = err.value.diagnostics
+    assert (diagnostic.code, diagnostic.message, diagnostic.help) == (
+        "E0325",
+        "no model of the catalog has a quality score for task `cod`",
+        "did you mean `model.quality.code`?",
+    )
+    with pytest.raises(PolicyError) as err:  # deeper than one task: an unknown field
+        engine_for(catalog_dir, "route r { require model.quality.code.x >= 0.5 }\n")
+    assert [d.code for d in err.value.diagnostics] == ["E0324"]
 
 
 # ---------------------------------------------------------------- lifecycle

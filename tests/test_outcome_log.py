@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from engine import PolicyEngine
+from engine.analytics.records import OutcomeRow
 from engine.analytics.schema import ensure_schema
 from engine.analytics.writer import OutcomeWriter
 
@@ -55,7 +56,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> No
     con = duckdb.connect(str(tmp_path / "q.duckdb"))
     ensure_schema(con)
     writer = OutcomeWriter(con, max_queue=10, batch=1_000_000, interval_s=3600)
-    row = (1_800_000_000.0, "p", "m", 1.0, True, None, None, 0.0, None, None, None)
+    row = OutcomeRow(1_800_000_000.0, "p", "m", 1.0, True, None, None, 0.0, None, None, None)
     for _ in range(25):
         writer.submit(row)
     assert writer.dropped >= 15 - 1  # the writer thread may already hold one row
@@ -72,14 +73,15 @@ def test_sigkill_mid_stream_keeps_every_committed_batch(tmp_path: Path) -> None:
         sys.path.insert(0, {str(ROOT)!r})
         import duckdb
         from engine.analytics.schema import ensure_schema
+        from engine.analytics.records import OutcomeRow
         from engine.analytics.writer import OutcomeWriter
         con = duckdb.connect({str(path)!r})
         ensure_schema(con)
         writer = OutcomeWriter(con, batch=500, interval_s=0.05)
         i = 0
         while True:
-            writer.submit((1_800_000_000.0 + i, "p", "m", float(i), True, None, None, 0.0,
-                           str(i), None, None))
+            writer.submit(OutcomeRow(1_800_000_000.0 + i, "p", "m", float(i), True, None,
+                                     None, 0.0, str(i), None, None))
             i += 1
             if i % 500 == 0:
                 writer.flush()

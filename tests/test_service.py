@@ -452,6 +452,44 @@ def test_bad_outcomes_are_422_with_index_and_field(client: httpx.Client) -> None
     assert 0 not in {p["index"] for p in body["detail"]}
 
 
+def test_outcomes_report_cached_tokens_within_the_input(client: httpx.Client) -> None:
+    good = outcome(input_tokens=1000, cached_tokens=800, output_tokens=5, request_id="c1")
+    response = client.post("/v1/outcomes", json=good)
+    assert (response.status_code, response.json()) == (202, {"recorded": 1})
+    batch = [
+        good,
+        outcome(input_tokens=10, cached_tokens=11),
+        outcome(cached_tokens=5),
+        outcome(input_tokens=10, cached_tokens=-1),
+        outcome(input_tokens=10, cached_tokens="3"),
+    ]
+    response = client.post("/v1/outcomes", json=batch)
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "index": 1,
+            "field": "cached_tokens",
+            "message": "cached_tokens (`11`) must be at most input_tokens (`10`): cached tokens"
+            " are part of the input",
+        },
+        {
+            "index": 2,
+            "field": "cached_tokens",
+            "message": "cached_tokens needs input_tokens (cached tokens are part of the input)",
+        },
+        {
+            "index": 3,
+            "field": "cached_tokens",
+            "message": "cached_tokens must be a whole number >= 0, got `-1`",
+        },
+        {
+            "index": 4,
+            "field": "cached_tokens",
+            "message": "cached_tokens must be a whole number >= 0, got `3`",
+        },
+    ]
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -664,6 +702,14 @@ def test_openapi_document(client: httpx.Client) -> None:
     schemas = document["components"]["schemas"]
     assert "max_tokens" in schemas["Request"]["properties"]
     assert "policy_version" in schemas["Decision"]["properties"]
+    outcome_body = document["paths"]["/v1/outcomes"]["post"]["requestBody"]["content"]
+    assert {"$ref": "#/components/schemas/Outcome"} in outcome_body["application/json"]["schema"][
+        "oneOf"
+    ]
+    fields = schemas["Outcome"]["properties"]
+    assert fields["cached_tokens"]["type"] == "integer"
+    assert {"provider", "latency_ms", "input_tokens", "cost", "timestamp"} <= set(fields)
+    assert schemas["Outcome"]["required"] == ["provider", "model", "latency_ms", "success"]
     assert set(document["paths"]["/v1/eval"]["post"]["responses"]) >= {"200", "400", "413", "422"}
 
 

@@ -57,7 +57,7 @@ WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
 def derived(env: dict[str, Any]) -> dict[str, Any]:
     """field -> (value, source) of the first derivation of each field."""
     out: dict[str, Any] = {}
-    for d in env["derived"]:
+    for d in env["wire"].derivations():
         out.setdefault(d.field, (d.value, d.source))
     return out
 
@@ -639,3 +639,12 @@ def test_http_service_reads_wire_bodies(tmp_path: Path) -> None:
         broken = client.post("/v1/eval", json={"contents": [{"parts": 5}]})
         assert broken.status_code == 422
         assert broken.json()["detail"][0]["field"] == "contents[0].parts"
+
+
+def test_lone_surrogates_in_read_text_are_refused_and_ignored_fields_are_not_read() -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi \ud800"}]}
+    with pytest.raises(RequestError) as err:
+        env_of(body)
+    assert err.value.problems[0][0] == "field `messages[0].content`"
+    ignored = {**body, "messages": [{"role": "user", "content": "hi"}], "stop": ["\ud800"]}
+    assert env_of(ignored)["format"] == "openai-chat"

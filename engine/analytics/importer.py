@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.analytics.records import (
+    CACHED_OVER_INPUT,
+    CACHED_WITHOUT_INPUT,
     MISSING,
     NOT_AN_OBJECT,
     OUTCOME_ALIASES,
@@ -51,7 +53,7 @@ from engine.analytics.records import (
     must_prefix,
     unknown_model,
 )
-from engine.catalog.model import Catalog
+from engine.catalog.model import Catalog, Model
 from engine.errors import PolicyctlError
 
 REQUIRED = OUTCOME_REQUIRED  # the outcome record's fields: engine.analytics.records
@@ -276,6 +278,8 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
     """
     now_us = round(now_s * 1e6)
     lookup = _CatalogLookup(_catalog_rows(catalog))
+    tokens = ("input_tokens_d", "output_tokens_d", "cached_tokens_d")
+    cost = lookup.cost(*(f"coalesce({column}, 0)" for column in tokens))
     return f"""
         SELECT s.*, {lookup.column("provider")} AS provider, {lookup.column("id")} AS model,
                structural IS NULL AND _k IS NOT NULL
@@ -283,13 +287,13 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
                AND success_b IS NOT NULL
                AND (raw_input_tokens IS NULL OR {_whole_ok("input_tokens_d")})
                AND (raw_output_tokens IS NULL OR {_whole_ok("output_tokens_d")})
+               AND (raw_cached_tokens IS NULL OR {_whole_ok("cached_tokens_d")}
+                    AND input_tokens_d IS NOT NULL AND cached_tokens_d <= input_tokens_d)
                AND (raw_cost IS NULL OR coalesce(isfinite(cost_d) AND cost_d >= 0, false))
                AND recorded_at IS NOT NULL AS ok,
                coalesce(cost_d, CASE WHEN input_tokens_d IS NOT NULL
                                        OR output_tokens_d IS NOT NULL
-                   THEN (coalesce(input_tokens_d, 0) * {lookup.column("input_price")}
-                         + coalesce(output_tokens_d, 0) * {lookup.column("output_price")})
-                        / 1e6 END) AS cost
+                   THEN {cost} END) AS cost
         FROM (
             SELECT *, {lookup.index("raw_provider", "raw_model")} AS _k,
                    CASE WHEN raw_timestamp IS NULL THEN make_timestamp({now_us}::BIGINT)
@@ -307,6 +311,7 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
                             WHEN 'TRUE' THEN true WHEN 'FALSE' THEN false END AS success_b,
                        TRY_CAST(raw_input_tokens AS DOUBLE) AS input_tokens_d,
                        TRY_CAST(raw_output_tokens AS DOUBLE) AS output_tokens_d,
+                       TRY_CAST(raw_cached_tokens AS DOUBLE) AS cached_tokens_d,
                        TRY_CAST(raw_cost AS DOUBLE) AS cost_d,
                        substr(raw_timestamp, 5, 1) = '-' AS iso,
                        CASE WHEN substr(raw_timestamp, 5, 1) = '-'
@@ -354,6 +359,13 @@ def _problems_sql() -> str:
         f" {_sql_text(must_prefix('success'))} || " + _quoted("raw_success") + " END",
         whole("input_tokens"),
         whole("output_tokens"),
+        whole("cached_tokens"),
+        f"CASE WHEN raw_cached_tokens IS NOT NULL AND {_whole_ok('cached_tokens_d')} THEN"
+        f" CASE WHEN raw_input_tokens IS NULL THEN {_sql_text(CACHED_WITHOUT_INPUT)}"
+        f" WHEN {_whole_ok('input_tokens_d')} AND cached_tokens_d > input_tokens_d THEN"
+        f" 'cached_tokens (' || {_quoted('raw_cached_tokens')} || ') must be at most"
+        f" input_tokens (' || {_quoted('raw_input_tokens')} || ')'"
+        f" || {_sql_text(CACHED_OVER_INPUT)} END END",
         "CASE WHEN raw_cost IS NOT NULL AND NOT coalesce(isfinite(cost_d) AND cost_d >= 0,"
         f" false) THEN {_sql_text(must_prefix('cost'))} || " + _quoted("raw_cost") + " END",
         "CASE WHEN raw_timestamp IS NOT NULL AND recorded_at IS NULL THEN"
@@ -362,17 +374,28 @@ def _problems_sql() -> str:
     return f"coalesce(structural, nullif(concat_ws('; ', {', '.join(checks)}), ''))"
 
 
-def _catalog_rows(catalog: Catalog) -> list[tuple[str, str, str, str, float, float]]:
+def _catalog_rows(catalog: Catalog) -> list[tuple[str, str, Model]]:
+    """(provider, name, the entry it names) for every id and alias of the catalog."""
     rows = []
     for m in catalog.models:
         for name in (m.id, *m.aliases):
             found = catalog.find(m.provider, name)
             if found is not None:
-                rows.append(
-                    (m.provider, name, found.provider, found.id, found.input_price,
-                     found.output_price)
-                )  # fmt: skip
+                rows.append((m.provider, name, found))
     return rows
+
+
+def _price_levels(model: Model) -> list[tuple[float, float, float]]:
+    """(input, output, cached input) USD per 1M tokens below the first tier, then above each
+    tier's `above`: the prices `Model.cost` uses for an input of that size (a tier without
+    a cache price keeps the lower one's; a model without one bills cached tokens as input)."""
+    read = model.cached_input_price
+    levels = [(model.input_price, model.output_price, read)]
+    for tier in model.tiers:
+        if tier.cached_input is not None:
+            read = tier.cached_input
+        levels.append((tier.input, tier.output, read))
+    return [(inp, out, inp if cached is None else cached) for inp, out, cached in levels]
 
 
 class _CatalogLookup:
@@ -385,14 +408,15 @@ class _CatalogLookup:
     pipeline breaker holding every row); a cast is a hash lookup per row, streamed.
     """
 
-    def __init__(self, rows: list[tuple[str, str, str, str, float, float]]) -> None:
+    def __init__(self, rows: list[tuple[str, str, Model]]) -> None:
         self.rows = rows
         self.providers = sorted({r[0] for r in rows})
         self.names = sorted({r[1] for r in rows})
         cells: list[int | None] = [None] * (len(self.names) * len(self.providers))
-        for k, (given, name, *_rest) in enumerate(rows, start=1):
+        for k, (given, name, _model) in enumerate(rows, start=1):
             cells[self.names.index(name) * len(self.providers) + self.providers.index(given)] = k
         self.cells = cells
+        self.tiered = any(model.tiers for _, _, model in rows)
 
     @staticmethod
     def _list(values: list[Any]) -> str:
@@ -403,6 +427,8 @@ class _CatalogLookup:
                 return _sql_text(v)
             if isinstance(v, int):
                 return str(v)
+            if isinstance(v, list):
+                return _CatalogLookup._list(v)
             return f"{float(v)!r}::DOUBLE"
 
         return "[" + ", ".join(one(v) for v in values) + "]"
@@ -420,11 +446,34 @@ class _CatalogLookup:
         )
 
     def column(self, what: str) -> str:
-        """The catalog row's `provider`, `id`, `input_price` or `output_price`, by `_k`."""
-        at = {"provider": 2, "id": 3, "input_price": 4, "output_price": 5}[what]
+        """The catalog row's `provider` or `id`, by `_k`."""
         if not self.rows:
-            return "NULL::DOUBLE" if "price" in what else "NULL::VARCHAR"
-        return f"{self._list([r[at] for r in self.rows])}[_k]"
+            return "NULL::VARCHAR"
+        return f"{self._list([getattr(r[2], what) for r in self.rows])}[_k]"
+
+    def cost(self, input_tokens: str, output_tokens: str, cached_tokens: str) -> str:
+        """USD for these token counts on the catalog row `_k`, as `Model.cost` computes it
+        (the same operations in the same order, so the same double): the prices of the
+        highest tier the input exceeds, cached tokens (part of the input) at the cached-input
+        price."""
+        if not self.rows:
+            return "NULL::DOUBLE"
+        levels = [_price_levels(r[2]) for r in self.rows]
+
+        def price(at: int, level: str) -> str:
+            return f"{self._list([[lv[at] for lv in row] for row in levels])}[_k][{level}]"
+
+        if self.tiered:
+            thresholds = self._list([[float(t.above) for t in r[2].tiers] for r in self.rows])
+            over = _lambda("a", f"{input_tokens} > a")
+            level = f"(len(list_filter({thresholds}[_k], {over})) + 1)"
+        else:
+            level = "1"
+        return (
+            f"(({input_tokens} - {cached_tokens}) * {price(0, level)}"
+            f" + {cached_tokens} * {price(2, level)}"
+            f" + {output_tokens} * {price(1, level)}) / 1e6"
+        )
 
 
 def _model_hint(catalog: Catalog, provider: str | None, model: str | None) -> str:
@@ -445,6 +494,7 @@ _OUTCOME_SELECT = {
     "success": "success_b",
     "input_tokens": "input_tokens_d::BIGINT",
     "output_tokens": "output_tokens_d::BIGINT",
+    "cached_tokens": "cached_tokens_d::BIGINT",
     "cost": "cost",
     "request_id": "raw_request_id",
     "route": "raw_route",

@@ -54,6 +54,7 @@ class OutcomeRow(NamedTuple):
     request_id: str | None
     route: str | None
     user_id: str | None
+    cached_tokens: int | None = None  # of input_tokens, read from the prompt cache
 
 
 class ViolationRow(NamedTuple):
@@ -116,7 +117,8 @@ def sql_types(row: type[tuple[object, ...]]) -> tuple[str, ...]:
 
 OUTCOME_REQUIRED = ("provider", "model", "latency_ms", "success")
 OUTCOME_OPTIONAL = (
-    "input_tokens", "output_tokens", "cost", "timestamp", "request_id", "route", "user",
+    "input_tokens", "output_tokens", "cached_tokens", "cost", "timestamp", "request_id",
+    "route", "user",
 )  # fmt: skip
 OUTCOME_FIELDS = OUTCOME_REQUIRED + OUTCOME_OPTIONAL
 OUTCOME_ALIASES = {"recorded_at": "timestamp", "user_id": "user"}  # as `metrics export` writes
@@ -129,6 +131,7 @@ OUTCOME_TYPES: dict[str, tuple[type, ...]] = {
     "success": (bool,),
     "input_tokens": (int,),
     "output_tokens": (int,),
+    "cached_tokens": (int,),
     "cost": (int, float),
     "timestamp": (int, float, str),
     "request_id": (str,),
@@ -145,6 +148,7 @@ MUST = {
     "success": "must be true or false",
     "input_tokens": "must be a whole number >= 0",
     "output_tokens": "must be a whole number >= 0",
+    "cached_tokens": "must be a whole number >= 0",
     "cost": "must be a number >= 0",
     "timestamp": "must be ISO 8601 (2024-05-01T12:00:00Z) or epoch seconds",
     "request_id": "must be text",
@@ -184,6 +188,32 @@ def bad_value(name: str, value: object) -> str:
 def missing(names: Sequence[str]) -> str:
     listed = ", ".join(f"`{name}`" for name in names)
     return f"{MISSING}{'s' if len(names) > 1 else ''} {listed}"
+
+
+CACHED_WITHOUT_INPUT = "cached_tokens needs input_tokens (cached tokens are part of the input)"
+CACHED_OVER_INPUT = ": cached tokens are part of the input"  # after "cached_tokens (`c`) …"
+
+
+def cached_over_input(cached: object, input_tokens: object) -> str:
+    """`cached_tokens (`1000`) must be at most input_tokens (`50`): cached tokens are part
+    of the input`."""
+    return (
+        f"cached_tokens ({shown(cached)}) must be at most input_tokens ({shown(input_tokens)})"
+        + CACHED_OVER_INPUT
+    )
+
+
+def cached_problem(input_tokens: int | None, cached_tokens: int | None) -> str | None:
+    """What is wrong with an outcome's cached tokens given its input tokens (numbers already
+    checked), or None: cached tokens are counted inside the input tokens (as OpenAI's
+    `prompt_tokens` counts them), so they need input tokens and are at most as many."""
+    if cached_tokens is None:
+        return None
+    if input_tokens is None:
+        return CACHED_WITHOUT_INPUT
+    if cached_tokens > input_tokens:
+        return cached_over_input(cached_tokens, input_tokens)
+    return None
 
 
 def unknown_field(name: str) -> str:
@@ -241,11 +271,17 @@ def outcome_problems(item: object) -> list[tuple[str, str]]:
         if (isinstance(value, bool) and kinds != (bool,)) or not isinstance(value, kinds):
             problems.append((name, bad_value(name, value)))
             bad.add(name)
-    for name in ("latency_ms", "cost", "input_tokens", "output_tokens"):
+    for name in ("latency_ms", "cost", "input_tokens", "output_tokens", "cached_tokens"):
         value = item.get(name)
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         if numeric and name not in bad and not (0 <= value < 2**62 and math.isfinite(value)):
             problems.append((name, bad_value(name, value)))
+    if not {field for field, _ in problems} & {"input_tokens", "cached_tokens"}:
+        input_tokens, cached_tokens = item.get("input_tokens"), item.get("cached_tokens")
+        if isinstance(cached_tokens, int) and isinstance(input_tokens, int | None):
+            cached = cached_problem(input_tokens, cached_tokens)
+            if cached is not None:
+                problems.append(("cached_tokens", cached))
     for name in TEXT_FIELDS:
         value = item.get(name)
         if isinstance(value, str):

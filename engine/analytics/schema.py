@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     cost DOUBLE,
     request_id VARCHAR,
     route VARCHAR,
-    user_id VARCHAR
+    user_id VARCHAR,
+    cached_tokens BIGINT             -- added after 0.x: `ADDED_COLUMNS`
 );
 CREATE OR REPLACE VIEW provider_metrics AS
     SELECT provider, model,
@@ -131,10 +132,19 @@ CREATE OR REPLACE VIEW recent_violations AS
 """
 
 
+# Columns added to a table after files were written without them: `ensure_schema` adds
+# them to an older file (at the end, where a new file has them too), so old state and
+# analytics files stay readable and writable. Their rows hold NULL there.
+ADDED_COLUMNS = (("outcomes", "cached_tokens", "BIGINT"),)
+
+
 def ensure_schema(con: Any) -> None:
-    """Create what is missing. Timestamps are UTC (naive TIMESTAMP columns hold UTC)."""
+    """Create what is missing, and add the `ADDED_COLUMNS` an older file lacks. Timestamps
+    are UTC (naive TIMESTAMP columns hold UTC)."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(SCHEMA)
+    for table, column, kind in ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def write_configs(con: Any, rows: Iterable[ConfigRow]) -> None:

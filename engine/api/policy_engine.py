@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.analytics.records import bad_value, new_outcome_row, unknown_model
+from engine.analytics.records import bad_value, cached_problem, new_outcome_row, unknown_model
 from engine.analytics.salvage import StateWriteError
 from engine.analytics.schema import recent_outcomes
 from engine.analytics.writer import OutcomeWriter
@@ -396,11 +396,14 @@ class PolicyEngine:
         input_tokens: int | None = None,
         cost: float | None = None,
         at: float | None = None,
+        cached_tokens: int | None = None,
     ) -> bool:
         """Feed an outcome back: what happened when `decision` was carried out.
 
-        Cost is `cost` if given, else computed from the tokens when both are given, else the
-        decision's estimate. `at` is epoch seconds (default: now). O(1) in memory.
+        Cost is `cost` if given, else computed from the tokens when `output_tokens` is given
+        (the catalog's `Model.cost`: price tiers, and `cached_tokens` of the `input_tokens`
+        at the cached-input price), else the decision's estimate. `at` is epoch seconds
+        (default: now). O(1) in memory.
 
         Returns True when the outcome is recorded (and, with an outcome log, queued: it
         will be on disk). False when the outcome log's queue is full: nothing is recorded,
@@ -412,7 +415,7 @@ class PolicyEngine:
         return self._record(
             decision.provider, decision.model, latency_ms, success, output_tokens, input_tokens,
             cost if cost is not None or output_tokens is not None else decision.estimated_cost,
-            at, decision.request_id, decision.route, None,
+            at, decision.request_id, decision.route, None, cached_tokens,
         )  # fmt: skip
 
     def record_outcome(
@@ -429,12 +432,15 @@ class PolicyEngine:
         request_id: str | None = None,
         route: str | None = None,
         user: str | None = None,
+        cached_tokens: int | None = None,
     ) -> bool:
         """Record an outcome for `provider`/`model` (an id or an alias in the catalog).
+        Without `cost`, the cost is the catalog's `Model.cost` of the tokens given (tiers,
+        and `cached_tokens` of the `input_tokens` at the cached-input price).
         Returns what `record` returns: False when the outcome log's queue is full."""
         return self._record(
             provider, model, latency_ms, success, output_tokens, input_tokens, cost, at,
-            request_id, route, user,
+            request_id, route, user, cached_tokens,
         )  # fmt: skip
 
     def _record(
@@ -450,6 +456,7 @@ class PolicyEngine:
         request_id: str | None,
         route: str | None,
         user: str | None,
+        cached_tokens: int | None = None,
     ) -> bool:
         """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
         window's)."""
@@ -469,8 +476,18 @@ class PolicyEngine:
             raise ValueError(bad_value("latency_ms", latency_ms))
         if success is not True and success is not False:
             raise ValueError(bad_value("success", success))
+        if cached_tokens is not None:
+            if (
+                isinstance(cached_tokens, bool)
+                or not isinstance(cached_tokens, int)
+                or not 0 <= cached_tokens < 2**62
+            ):
+                raise ValueError(bad_value("cached_tokens", cached_tokens))
+            problem = cached_problem(input_tokens, cached_tokens)
+            if problem is not None:
+                raise ValueError(problem)
         if cost is None:
-            cost = found.cost(input_tokens or 0, output_tokens or 0)
+            cost = found.cost(input_tokens or 0, output_tokens or 0, cached_tokens or 0)
         record = self._record_metric
         if record is None:
             raise TypeError("this engine's metrics source does not take outcomes")
@@ -479,7 +496,7 @@ class PolicyEngine:
             new_outcome_row((
                 self.clock() if at is None else at, found.provider, found.id,
                 latency_ms, success, input_tokens, output_tokens, cost,
-                request_id, route, user,
+                request_id, route, user, cached_tokens,
             ))
         ):  # fmt: skip
             return False  # the queue is full: counted, and nothing recorded

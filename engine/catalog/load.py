@@ -114,6 +114,8 @@ class _Quality(BaseModel):
     def _some(self) -> _Quality:
         if self.overall is None and not self.tasks:
             raise ValueError("give `overall`, `tasks` or both")
+        if "overall" in self.tasks:
+            raise ValueError("`overall` is not a task: give it as `quality.overall`")
         return self
 
 

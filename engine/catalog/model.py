@@ -200,6 +200,15 @@ class Catalog:
             return (found,)
         return self._by_family.get((provider, name), ())
 
+    def quality_tasks(self) -> tuple[str, ...]:
+        """The tasks some entry has a `quality` score for, in catalog order: what
+        `model.quality.<task>` may name in a policy."""
+        tasks: dict[str, None] = {}
+        for m in self.models:
+            if m.quality is not None:
+                tasks.update(dict.fromkeys(task for task, _ in m.quality.tasks))
+        return tuple(tasks)
+
     def names(self, provider: str | None = None) -> list[str]:
         """Ids and aliases (of one provider, or of all), in catalog order, for did-you-mean."""
         return list(self._names.get(provider, ()))

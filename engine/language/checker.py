@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
-from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, REQUEST_FIELDS, FieldType
+from engine.language.parser import reference
+from engine.language.schema import (
+    METADATA_FIELD,
+    MODEL_ATTRS,
+    QUALITY,
+    QUALITY_TASK,
+    REQUEST_FIELDS,
+    FieldType,
+)
 from engine.strategies import STRATEGIES
 from engine.units import format_day
 from engine.vocabulary import LIMIT_UNITS, STANDARD_SCOPES, Unit
@@ -338,11 +346,11 @@ class Checker:
             # maybe `prefer gemini-2.5-flash-lite` without the provider
             owners = [p for p in self.catalog.providers if self.catalog.find(p, provider)]
             if ref.model is None and owners:
-                hint = f"write it as `{owners[0]}/{provider}`"
+                hint = f"write it as `{reference(owners[0], provider)}`"
             else:
                 guess = did_you_mean(provider, self.catalog.providers)
                 hint = (
-                    f"did you mean `{guess}`?"
+                    f"did you mean `{reference(guess)}`?"
                     if guess
                     else "providers in the catalog: "
                     + ", ".join(f"`{p}`" for p in self.catalog.providers)
@@ -355,7 +363,7 @@ class Checker:
         if not models:
             guess = did_you_mean(ref.model.text, self.catalog.names(provider))
             hint = (
-                f"did you mean `{provider}/{guess}`?"
+                f"did you mean `{reference(provider, guess)}`?"
                 if guess
                 else f"`{provider}` models: "
                 + ", ".join(f"`{m.id}`" for m in self.catalog.by_provider(provider))
@@ -472,6 +480,8 @@ class Checker:
             table: dict[str, FieldType] = REQUEST_FIELDS
             names = [*REQUEST_FIELDS, "metadata"]
         else:
+            if len(rest) == 2 and rest[0] == QUALITY:
+                return self._quality_task(path, rest[1])
             table = MODEL_ATTRS
             names = list(MODEL_ATTRS)
         dotted = ".".join(rest)
@@ -485,6 +495,30 @@ class Checker:
             f"did you mean `{root}.{guess}`?"
             if guess
             else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in names),
+        )
+        return None
+
+    def _quality_task(self, path: ast.Path, task: str) -> FieldType | None:
+        """`model.quality.<task>`: a task some catalog model has a score for (null on the
+        models without one), or `overall` (`model.quality`)."""
+        tasks = self.catalog.quality_tasks()
+        if task == "overall" or task in tasks:
+            return QUALITY_TASK
+        guess = did_you_mean(task, [*tasks, "overall"])
+        if guess:
+            hint = f"did you mean `model.{QUALITY}.{guess}`?"
+        elif tasks:
+            hint = "tasks the catalog scores: " + ", ".join(f"`{t}`" for t in tasks)
+        else:
+            hint = (
+                "the catalog scores no tasks (`quality.tasks`);"
+                " `model.quality` is the overall score"
+            )
+        self.error(
+            "E0325",
+            f"no model of the catalog has a quality score for task `{task}`",
+            path.span,
+            hint,
         )
         return None
 

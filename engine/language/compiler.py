@@ -24,14 +24,17 @@ from engine.language.program import (
     Program,
     Settings,
 )
+from engine.language.schema import QUALITY
 from engine.strategies import STRATEGIES
 from engine.vocabulary import SCOPE_KEY_FIELD, Unit
 
 # ---------------------------------------------------------------- expressions
 
 
-def model_attributes(model: Model) -> dict[str, Any]:
-    return {
+def model_attributes(model: Model, tasks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What `model.<attr>` reads; `tasks` are the catalog's quality tasks (`quality.<task>`:
+    the model's score, or None when it has none for that task)."""
+    attrs = {
         "id": model.id,
         "provider": model.provider,
         "key": model.key,
@@ -50,6 +53,10 @@ def model_attributes(model: Model) -> dict[str, Any]:
         "deprecated": model.deprecated_at,
         "retires": model.retires_at,
     }
+    quality = model.quality
+    for task in tasks:
+        attrs[f"{QUALITY}.{task}"] = None if quality is None else quality.score(task)
+    return attrs
 
 
 _ORDER_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -59,6 +66,8 @@ def _path_getter(path: ast.Path) -> Fn:
     root, rest = path.parts[0], path.parts[1:]
     if root == "model":
         key = ".".join(rest)
+        if key == f"{QUALITY}.overall":
+            key = QUALITY
         return lambda r, m: m[key] if m is not None else None
     if rest[0] == "metadata":
         mkey = rest[1]
@@ -410,7 +419,8 @@ def compile_program(
     files: list[ast.PolicyFile], catalog: Catalog, texts: list[tuple[str, str]]
 ) -> Program:
     """Compile a policy set that checked clean."""
-    attrs = {m.key: model_attributes(m) for m in catalog.models}
+    tasks = catalog.quality_tasks()
+    attrs = {m.key: model_attributes(m, tasks) for m in catalog.models}
     base = Settings()
     for policy in files:
         for stmt in policy.statements:

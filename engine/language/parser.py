@@ -344,6 +344,32 @@ def _check_depth(tree: Tree[Token], source: Source) -> Diagnostic | None:
     return None
 
 
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
+_QUOTE_NAME = (
+    "a provider or model name with `:` or `@` is quoted, as the catalog spells it:"
+    ' `"azure:eu"/gpt-4o`, `vertex_ai/"claude-sonnet-4-5@20250929"`'
+)
+
+
+@functools.cache
+def _word() -> re.Pattern[str]:
+    """The grammar's WORD: a provider or model name written bare in a model reference."""
+    return re.compile(_lark().get_terminal("WORD").pattern.to_regexp())
+
+
+def written(name: str) -> str:
+    """A provider or model name as a policy writes it in a model reference: bare when it is
+    a WORD, else quoted (`"azure:eu"`, `"us.anthropic.claude-3-haiku-20240307-v1:0"`)."""
+    if _word().fullmatch(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def reference(provider: str, model: str | None = None) -> str:
+    """`provider/model` as a policy writes it (each part bare or quoted)."""
+    return written(provider) if model is None else f"{written(provider)}/{written(model)}"
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -364,6 +390,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
             )
         shown = ch if ch.isprintable() else repr(ch)
         expected = _expected(set(err.allowed or ()))
+        if ch == "@" and pos > 0 and _NAME_CHAR.match(source.text[pos - 1]):
+            expected = _QUOTE_NAME
         return Diagnostic("E0012", f"unexpected character `{shown}`", span, expected or None)
     if isinstance(err, UnexpectedEOF):
         return Diagnostic(
@@ -382,6 +410,10 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = "a block is missing its closing `}`"
     elif tok.type == "NUMBER" and any(e in expected for e in ("IDENT", "WORD")):
         hint = "names start with a letter or `_`"
+        if "STRING" in expected and "WORD" in expected:  # a model reference
+            hint += '; quote a provider or model name that does not: `"01-ai"/yi-large`'
+    elif tok.type == "COLON" and "COLON" not in expected:
+        hint = _QUOTE_NAME
     elif tok.type in ("IDENT", "WORD") and (guess := did_you_mean(str(tok), _KEYWORDS)):
         hint = f"did you mean `{guess}`?"
     return Diagnostic("E0014", f"unexpected `{tok}`", span, hint or None)

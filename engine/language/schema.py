@@ -59,3 +59,7 @@ MODEL_ATTRS: dict[str, FieldType] = {
     "deprecated": (Unit.DATE, None),  # or null
     "retires": (Unit.DATE, None),  # or null
 }
+# `model.quality.<task>`: a per-task score (0-1) or null, for any task some catalog model
+# scores (the checker asks the catalog); `model.quality.overall` is `model.quality`
+QUALITY = "quality"
+QUALITY_TASK: FieldType = (Unit.COUNT, None)

@@ -316,12 +316,12 @@ def evaluate(
     None: the whole route."""
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
-    if trace is not None and env.get("derived"):
+    if trace is not None and env.get("wire") is not None:
         trace.append(
             {
                 "step": "request",
                 "format": env["format"],
-                "derived": [d.to_dict() for d in env["derived"]],
+                "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
     route = _route_for(program, env, trace)

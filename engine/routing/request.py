@@ -404,7 +404,7 @@ def env_of(
     RequestError). `input_format` overrides detection (`format_of`); `request_id`, `model`
     and `stream` are what a wire format keeps outside its body (for a native request,
     `request_id` is its id when it has none)."""
-    if input_format is None and type(data) is dict and _FIELDS.issuperset(data):
+    if input_format is None and type(data) is dict:
         fmt = format_of(data)
     elif isinstance(data, Request):
         fmt = NATIVE
@@ -455,7 +455,7 @@ def _chosen_format(data: Any, input_format: str | None) -> str:
 def _wire_env(
     data: Any, fmt: str, request_id: str | None, model: str | None, stream: bool | None
 ) -> dict[str, Any]:
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise RequestError([("", f"a {fmt} request is a JSON object, not {_json_kind(data)}")])
     try:
         read = wire.read(data, fmt, model=model, stream=stream)
@@ -463,18 +463,16 @@ def _wire_env(
         raise RequestError(err.problems) from None
     except RecursionError:
         raise RequestError([("", "the body is nested too deeply")]) from None
-    strings = [*read.digest, read.model or "", read.user or "", *map(str, read.metadata)]
-    strings.extend(v for v in read.metadata.values() if type(v) is str)
-    if not "".join(strings).isascii():
-        bad = unstorable(data)
-        if bad:
-            raise RequestError([(f"field `{path}`", message) for path, message in bad])
+    # every string read (text, model, user, metadata), once: what the id hashes, and the
+    # check for lone surrogates (which no log or store can keep)
+    read.digest.extend((fmt, read.model or "", read.user or ""))
+    if read.metadata:
+        read.digest.extend(f"{key}={value}" for key, value in read.metadata.items())
+    joined = "\x1f".join(read.digest)
+    if not joined.isascii() and _SURROGATE.search(joined):
+        raise RequestError([(f"field `{path}`", message) for path, message in unstorable(data)])
     if request_id is None:
-        digest = hashlib.sha256(f"{fmt}\x1f{read.model}\x1f{read.user}".encode())
-        for piece in read.digest:
-            digest.update(b"\x1f")
-            digest.update(piece.encode())
-        key = "sha256:" + digest.hexdigest()[:16]
+        key = "sha256:" + hashlib.sha256(joined.encode()).hexdigest()[:16]
     else:
         key = request_id
     return {
@@ -502,7 +500,7 @@ def _wire_env(
         "tags": [],
         "metadata": read.metadata,
         "format": fmt,
-        "derived": read.derived,
+        "wire": read,  # what was read, for the explain trace (`WireRequest.derivations`)
     }
 
 

@@ -26,13 +26,18 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from engine.analytics.records import check_outcome, outcome_problems, parse_timestamp
+from engine.analytics.records import (
+    OUTCOME_REQUIRED,
+    OUTCOME_TYPES,
+    check_outcome,
+    outcome_problems,
+    parse_timestamp,
+)
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.routing.decision import DecisionSchema, NoEligibleModel
 from engine.routing.request import Request, RequestError
-from engine.wire import FORMATS
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
@@ -42,6 +47,7 @@ from engine.service.body import (
     problem,
     wire_options,
 )
+from engine.wire import FORMATS
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
@@ -130,6 +136,38 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number"}
+_OUTCOME_NOTES = {
+    "latency_ms": "milliseconds",
+    "input_tokens": "every input token, the cached ones included",
+    "cached_tokens": (
+        "of input_tokens, read from the provider's prompt cache (at most input_tokens; needs"
+        " it): priced at the model's cached-input price"
+    ),
+    "cost": "USD; without it, the catalog's price of the tokens given (tiers and cache prices)",
+    "timestamp": "ISO 8601 or epoch seconds; default: now",
+}
+
+
+def outcome_schema() -> dict[str, Any]:
+    """The JSON Schema of one outcome, from the outcome record's fields (`records`)."""
+    properties: dict[str, Any] = {}
+    for name, kinds in OUTCOME_TYPES.items():
+        names = sorted({_JSON_TYPES[k] for k in kinds} - ({"integer"} if float in kinds else set()))
+        schema: dict[str, Any] = {"type": names[0] if len(names) == 1 else names}
+        if int in kinds or float in kinds:
+            schema["minimum"] = 0
+        if name in _OUTCOME_NOTES:
+            schema["description"] = _OUTCOME_NOTES[name]
+        properties[name] = schema
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(OUTCOME_REQUIRED),
+        "additionalProperties": False,
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     request_schema = Request.model_json_schema(ref_template="#/components/schemas/{model}")
     decision_schema = DecisionSchema.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -144,6 +182,7 @@ def openapi_document() -> dict[str, Any]:
         "required": ["error"],
     }
     components["Error"] = error
+    components["Outcome"] = outcome_schema()
 
     def errors(*codes: int) -> dict[str, Any]:
         return {
@@ -222,7 +261,19 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Record outcomes",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Outcome"},
+                                        {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Outcome"},
+                                        },
+                                    ]
+                                }
+                            }
+                        },
                     },
                     "responses": {
                         "202": {"description": "recorded"},
@@ -331,6 +382,7 @@ def create_app(
                 success=item["success"],
                 input_tokens=item.get("input_tokens"),
                 output_tokens=item.get("output_tokens"),
+                cached_tokens=item.get("cached_tokens"),
                 cost=item.get("cost"),
                 at=parse_timestamp(item.get("timestamp")),
                 request_id=item.get("request_id"),

@@ -78,10 +78,4 @@ def read(
         request.note("stream", True, "stream")
     if request.messages:
         request.text_tokens += TOKENS_PER_MESSAGE * request.messages + REPLY_PRIMING_TOKENS
-    request.note(
-        "input_tokens",
-        request.input_tokens,
-        f"{request.text_tokens} estimated from the text of {request.messages} message(s)"
-        + (f" + {request.image_tokens} for {request.images} image(s)" if request.images else ""),
-    )
     return request

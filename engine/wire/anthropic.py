@@ -12,6 +12,7 @@ from engine.wire.common import (
     fail,
     flag,
     image,
+    is_map,
     items,
     mapping,
     output_budget,
@@ -30,7 +31,7 @@ def read_messages(body: Mapping[str, Any], request: WireRequest) -> None:
     request.stream = flag(body, "stream")
     output_budget(request, body, ("max_tokens",))
     metadata = body.get("metadata")
-    if isinstance(metadata, Mapping):
+    if is_map(metadata):
         user = metadata.get("user_id")
         if type(user) is str and user:
             request.user = user
@@ -42,8 +43,8 @@ def read_messages(body: Mapping[str, Any], request: WireRequest) -> None:
         structure(request, tools)
     for key in ("output_format", "output_config"):
         config = body.get(key)
-        fmt = config.get("format", config) if isinstance(config, Mapping) else None
-        if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+        fmt = config.get("format", config) if is_map(config) else None
+        if is_map(fmt) and fmt.get("type") == "json_schema":
             request.need("json_schema", f"{key}.type" if fmt is config else f"{key}.format.type")
             structure(request, fmt.get("schema"))
     system = body.get("system")
@@ -75,7 +76,7 @@ def _block(request: WireRequest, block: Mapping[str, Any], where: str) -> None:
         text(request, string(block, "text", where + ".") or "")
     elif kind == "image":
         source = block.get("source")
-        source = source if isinstance(source, Mapping) else {}
+        source = source if is_map(source) else {}
         data = source.get("data")
         if source.get("type") == "base64" and type(data) is str:
             image(request, RULE, where, payload=data)
@@ -83,12 +84,12 @@ def _block(request: WireRequest, block: Mapping[str, Any], where: str) -> None:
             image(request, RULE, where)
     elif kind == "document":
         source = block.get("source")
-        source = source if isinstance(source, Mapping) else {}
+        source = source if is_map(source) else {}
         if source.get("type") == "text" and type(source.get("data")) is str:
             text(request, source["data"])
         elif source.get("type") == "content":
             for j, inner in enumerate(source.get("content") or ()):
-                if isinstance(inner, Mapping):
+                if is_map(inner):
                     _block(request, inner, f"{where}.source.content[{j}]")
         else:
             request.need("pdf", where)
@@ -102,11 +103,11 @@ def _block(request: WireRequest, block: Mapping[str, Any], where: str) -> None:
             text(request, content)
         elif type(content) is list:
             for j, inner in enumerate(content):
-                if isinstance(inner, Mapping):
+                if is_map(inner):
                     _block(request, inner, f"{where}.content[{j}]")
     elif kind == "thinking":
         text(request, string(block, "thinking", where + ".") or "")
     elif kind == "search_result":
         for j, inner in enumerate(block.get("content") or ()):
-            if isinstance(inner, Mapping):
+            if is_map(inner):
                 _block(request, inner, f"{where}.content[{j}]")

@@ -70,8 +70,13 @@ def items(value: Any, where: str, what: str) -> list[Any]:
     raise fail(where, f"expected a list of {what}, got {_kind(value)}")
 
 
+def is_map(value: Any) -> bool:
+    """A JSON object (a dict, the common case, checked first: the ABC check is slow)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         return value
     raise fail(where, f"expected an object, got {_kind(value)}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from engine.wire.common import is_map
 from engine.wire.record import ANTHROPIC, GEMINI, NATIVE, OPENAI_CHAT, OPENAI_RESPONSES
 
 # top-level fields only Anthropic's Messages API has
@@ -48,7 +49,7 @@ def _anthropic(body: Mapping[str, Any]) -> bool:
     if not ANTHROPIC_FIELDS.isdisjoint(body):
         return True
     tools = body.get("tools")
-    if type(tools) is list and tools and isinstance(tools[0], Mapping):
+    if type(tools) is list and tools and is_map(tools[0]):
         first = tools[0]
         if "input_schema" in first:
             return True
@@ -56,14 +57,14 @@ def _anthropic(body: Mapping[str, Any]) -> bool:
         if kind not in (None, "function") and not {"function", "custom"} & first.keys():
             return True  # a server tool (web_search_…, bash_…): OpenAI's chat tools have none
     choice = body.get("tool_choice")
-    if isinstance(choice, Mapping) and choice.get("type") in ("auto", "any", "tool"):
+    if is_map(choice) and choice.get("type") in ("auto", "any", "tool"):
         return True
     messages = body.get("messages")
     if type(messages) is list:
         for message in messages:
-            content = message.get("content") if isinstance(message, Mapping) else None
+            content = message.get("content") if is_map(message) else None
             if type(content) is list:
                 for block in content:
-                    if isinstance(block, Mapping) and block.get("type") in ANTHROPIC_BLOCKS:
+                    if is_map(block) and block.get("type") in ANTHROPIC_BLOCKS:
                         return True
     return False

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.wire import images
-from engine.wire.common import fail, image, items, mapping, media, structure, text
+from engine.wire.common import fail, image, is_map, items, mapping, media, structure, text
 from engine.wire.record import GEMINI, WireError, WireRequest
 
 RULE = images.gemini_tokens
@@ -29,7 +29,7 @@ def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None
         request.need("tools", "tools")
         structure(request, tools)
     config = _get(body, "generation_config", "generationConfig")
-    if isinstance(config, Mapping):
+    if is_map(config):
         _generation_config(request, config)
     system = _get(body, "system_instruction", "systemInstruction")
     if system is not None:
@@ -38,7 +38,7 @@ def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None
         else:
             _content(request, mapping(system, "systemInstruction"), "systemInstruction")
     contents = body.get("contents")
-    if isinstance(contents, Mapping):  # one Content instead of a list
+    if is_map(contents):  # one Content instead of a list
         contents = [contents]
     for i, content in enumerate(items(contents, "contents", "contents")):
         request.messages += 1
@@ -78,7 +78,7 @@ def _content(request: WireRequest, content: Mapping[str, Any], where: str) -> No
     parts = content.get("parts")
     if parts is None:
         return
-    if isinstance(parts, Mapping):
+    if is_map(parts):
         parts = [parts]
     for j, part in enumerate(items(parts, f"{where}.parts", "parts")):
         _part(request, part, f"{where}.parts[{j}]")
@@ -93,7 +93,7 @@ def _part(request: WireRequest, part: Any, where: str) -> None:
     if type(value) is str:
         text(request, value)
     inline = _get(part, "inline_data", "inlineData")
-    if isinstance(inline, Mapping):
+    if is_map(inline):
         mime = _get(inline, "mime_type", "mimeType")
         data = inline.get("data")
         source = f"{where}.inlineData"
@@ -102,7 +102,7 @@ def _part(request: WireRequest, part: Any, where: str) -> None:
         else:
             media(request, RULE, _mime(mime, source), source)
     file_data = _get(part, "file_data", "fileData")
-    if isinstance(file_data, Mapping):
+    if is_map(file_data):
         source = f"{where}.fileData"
         media(request, RULE, _mime(_get(file_data, "mime_type", "mimeType"), source), source)
     for snake, camel in _CALLS:

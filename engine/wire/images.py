@@ -58,14 +58,19 @@ _URL_SAFE = str.maketrans("-_", "+/")
 def base64_size(payload: str, start: int = 0) -> tuple[int, int] | None:
     """The (width, height) of a PNG, GIF, WebP or JPEG image from the base64 text
     `payload[start:]`, reading only its first `HEADER_BYTES` bytes; None when not found."""
-    chunk = payload[start : start + HEADER_BYTES // 3 * 4]
+    head = _decode(payload[start : start + 64])  # PNG, GIF and WebP say it in 48 bytes
+    if head[:2] == b"\xff\xd8":  # a JPEG's size comes after its other segments
+        head = _decode(payload[start : start + HEADER_BYTES // 3 * 4])
+    return image_size(head)
+
+
+def _decode(chunk: str) -> bytes:
     if "-" in chunk or "_" in chunk:  # the URL-safe alphabet (Google's SDK sends it)
         chunk = chunk.translate(_URL_SAFE)
     try:
-        head = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=False)
+        return base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=False)
     except (binascii.Error, ValueError):
-        return None
-    return image_size(head)
+        return b""
 
 
 def image_size(head: bytes) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ from engine.wire.common import (
     fail,
     flag,
     image,
+    is_map,
     items,
     mapping,
     media,
@@ -36,7 +37,7 @@ def _common(request: WireRequest, body: Mapping[str, Any]) -> None:
             request.note("user", user, key)
             break
     metadata = body.get("metadata")
-    if isinstance(metadata, Mapping):
+    if metadata and is_map(metadata):
         for key, value in metadata.items():
             if type(key) is str and type(value) in (str, int, float, bool):
                 request.metadata[key] = value
@@ -64,7 +65,7 @@ def read_chat(body: Mapping[str, Any], request: WireRequest) -> None:
     _common(request, body)
     output_budget(request, body, ("max_completion_tokens", "max_tokens"))
     response_format = body.get("response_format")
-    if isinstance(response_format, Mapping):
+    if is_map(response_format):
         kind = response_format.get("type")
         if kind == "json_object":
             request.need("json", "response_format.type")
@@ -72,28 +73,29 @@ def read_chat(body: Mapping[str, Any], request: WireRequest) -> None:
             request.need("json_schema", "response_format.type")
             structure(request, response_format.get("json_schema"))
     messages = items(body.get("messages"), "messages", "messages")
+    request.messages += len(messages)
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        message = mapping(message, where)
-        request.messages += 1
-        role = message.get("role")
-        if role in ("tool", "function"):
-            request.need("tools", f"{where}.role ({role})")
+        if type(message) is not dict:
+            message = mapping(message, f"messages[{i}]")
         content = message.get("content")
         if type(content) is str:
             text(request, content)
         elif type(content) is list:
             for j, part in enumerate(content):
-                _chat_part(request, part, f"{where}.content[{j}]")
+                _chat_part(request, part, f"messages[{i}].content[{j}]")
         elif content is not None:
-            raise fail(f"{where}.content", "content is a string or a list of parts")
-        calls = message.get("tool_calls")
-        if calls:
-            request.need("tools", f"{where}.tool_calls")
-            structure(request, calls)
-        if message.get("function_call"):
-            request.need("tools", f"{where}.function_call")
-            structure(request, message["function_call"])
+            raise fail(f"messages[{i}].content", "content is a string or a list of parts")
+        role = message.get("role")
+        if role == "tool" or role == "function":
+            request.need("tools", f"messages[{i}].role ({role})")
+        if "tool_calls" in message or "function_call" in message:
+            calls = message.get("tool_calls")
+            if calls:
+                request.need("tools", f"messages[{i}].tool_calls")
+                structure(request, calls)
+            if message.get("function_call"):
+                request.need("tools", f"messages[{i}].function_call")
+                structure(request, message["function_call"])
 
 
 def _chat_part(request: WireRequest, part: Any, where: str) -> None:
@@ -109,7 +111,7 @@ def _chat_part(request: WireRequest, part: Any, where: str) -> None:
         request.need("audio", f"{where}.input_audio")
     elif kind == "file":
         ref = part.get("file")
-        ref = ref if isinstance(ref, Mapping) else {}
+        ref = ref if is_map(ref) else {}
         _file(request, ref.get("file_data"), ref.get("filename"), f"{where}.file")
     elif kind == "refusal":
         text(request, string(part, "refusal", where + ".") or "")
@@ -173,9 +175,9 @@ def read_responses(body: Mapping[str, Any], request: WireRequest) -> None:
     _common(request, body)
     output_budget(request, body, ("max_output_tokens",))
     text_config = body.get("text")
-    if isinstance(text_config, Mapping):
+    if is_map(text_config):
         fmt = text_config.get("format")
-        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        kind = fmt.get("type") if is_map(fmt) else None
         if kind == "json_object":
             request.need("json", "text.format.type")
         elif kind == "json_schema":
@@ -217,7 +219,7 @@ def _responses_item(request: WireRequest, item: Mapping[str, Any], where: str) -
         structure(request, item.get("output"))
     elif kind == "reasoning":
         for part in item.get("summary") or ():
-            if isinstance(part, Mapping) and type(part.get("text")) is str:
+            if is_map(part) and type(part.get("text")) is str:
                 text(request, part["text"])
 
 

@@ -59,7 +59,8 @@ class WireRequest:
     requires_pdf: bool = False
     requires_audio: bool = False
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
-    derived: list[Derivation] = field(default_factory=list)
+    # (field, value, source) as read; `derivations()` makes the records (explain only)
+    derived: list[tuple[str, Any, str]] = field(default_factory=list)
     # what the request key hashes: the text read and each image's size and ends
     digest: list[str] = field(default_factory=list)
 
@@ -72,7 +73,21 @@ class WireRequest:
         name = "requires_" + requirement
         if not getattr(self, name):
             setattr(self, name, True)
-            self.derived.append(Derivation(name, True, source))
+            self.derived.append((name, True, source))
 
     def note(self, name: str, value: Any, source: str) -> None:
-        self.derived.append(Derivation(name, value, source))
+        self.derived.append((name, value, source))
+
+    def derivations(self) -> list[Derivation]:
+        """Each derived value and the field it came from, the input-token estimate last."""
+        found = [Derivation(name, value, source) for name, value, source in self.derived]
+        images = f" + {self.image_tokens} for {self.images} image(s)" if self.images else ""
+        found.append(
+            Derivation(
+                "input_tokens",
+                self.input_tokens,
+                f"{self.text_tokens} estimated from the text of {self.messages} message(s)"
+                + images,
+            )
+        )
+        return found
