@@ -36,6 +36,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,
+    "engine.integrations.litellm.UnmappedDeployment": EXIT_BAD_INPUT,
     "engine.limits.admin.AdminError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.ConfigurationError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.StoreBusyError": EXIT_BUSY,
@@ -53,6 +54,7 @@ LOCATED = {"engine.diagnostics.PolicyError", "engine.catalog.model.CatalogError"
 # the errors that existing `except ValueError` / `except RuntimeError` callers rely on
 OTHER_BASES: dict[str, type[Exception]] = {
     "engine.analytics.salvage.StateWriteError": RuntimeError,
+    "engine.integrations.litellm.UnmappedDeployment": LookupError,
     "engine.limits.admin.AdminError": ValueError,
     "engine.limits.stores.base.ConfigurationError": ValueError,
     "engine.limits.stores.base.StoreBusyError": RuntimeError,

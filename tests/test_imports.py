@@ -291,6 +291,14 @@ def test_watchdog_is_loaded_only_by_the_watcher(loaded: dict[str, set[str]]) -> 
     assert offenders == [], "watchdog must wait until PolicyEngine.watch() is called"
 
 
+def test_litellm_waits_until_the_integration_is_used(loaded: dict[str, set[str]]) -> None:
+    """`engine.integrations.litellm` imports litellm on first use (install, the classes),
+    not when the module is imported: no module loads it by being imported."""
+    assert "engine.integrations.litellm" in loaded
+    offenders = sorted(name for name, mods in loaded.items() if "litellm" in mods)
+    assert offenders == []
+
+
 def test_the_public_api_and_the_cli_stay_light(loaded_whole: dict[str, set[str]]) -> None:
     """`import engine` and `policyctl eval/check` never pay for the server or the watcher."""
     heavy = {"engine.service.app", "watchdog", "uvicorn", "starlette"}
@@ -311,7 +319,7 @@ LAYERS: list[set[str]] = [
     {"engine.limits"},
     {"engine.routing"},
     {"engine.api"},
-    {"engine.service", "engine.simulate"},
+    {"engine.service", "engine.simulate", "engine.integrations"},
     {"engine.cli", "engine.__main__", "engine"},
 ]  # fmt: skip
 # what a top room may also use beside it: the command line drives the service and simulator
@@ -363,6 +371,7 @@ def test_rooms_import_only_lower_layers() -> None:
     [
         ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
         ("lark", {"engine.language.parser"}),
+        ("litellm", {"engine.integrations", "engine.catalog.litellm"}),
         ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
         ("starlette", {"engine.service"}),
         ("uvicorn", {"engine.service"}),

@@ -355,14 +355,17 @@ class PolicyEngine:
         request_id: str | None = None,
         model: str | None = None,
         stream: bool | None = None,
+        only: frozenset[str] | None = None,
     ) -> Decision:
         """Route one request and consume its rate limits (none with `dry_run`).
 
         `request` is a native request or the body of a wire format (OpenAI Chat Completions
         or Responses, Anthropic Messages, Gemini generateContent), detected from its shape
         unless `input_format` names it. `request_id`, `model` and `stream` are what a wire
-        format keeps outside its body (a header, Gemini's URL). Raises `RequestError`
-        naming the fields of a bad request.
+        format keeps outside its body (a header, Gemini's URL). `only`: the catalog entries
+        (`provider/id` keys) the caller can send the request to, such as a gateway's own
+        deployments; the others are dropped as "not offered by the caller" (None: every
+        model of the route). Raises `RequestError` naming the fields of a bad request.
         """
         program = self._program  # one snapshot per evaluation
         env = env_of(
@@ -377,6 +380,7 @@ class PolicyEngine:
             limiter=self.limiter,
             consume=not dry_run,
             now=self.clock(),
+            only=only,
         )
         if self._logs is not None and not dry_run:
             self._logs.decision(decision, self.clock())

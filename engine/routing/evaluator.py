@@ -48,6 +48,7 @@ from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
 
 MAX_ALTERNATIVES = 3
+NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
 HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
 _NO_METRICS = NoMetrics()
@@ -125,6 +126,7 @@ def _eligible(
     measuring: bool,
     now: float,
     trace: list[dict[str, Any]] | None,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[int], list[float], list[float], list[float] | None, list[int] | None, list[Any]]:
     """Every model of the route checked one by one, with the reason each dropped one was
     dropped: (positions, costs, latencies, success rates, samples, dropped). The general
@@ -148,7 +150,9 @@ def _eligible(
     dropped: list[tuple[Model, str]] = []
     context_needed = input_tokens + (max_tokens or 0)
     for position, row in enumerate(route.rows):
-        if (
+        if only is not None and row.key not in only:
+            problem: str | None = NOT_OFFERED
+        elif (
             needs & ~row.supports_mask
             or context_needed > row.context_window
             or (max_tokens is not None and max_tokens > row.max_tokens)
@@ -305,7 +309,11 @@ def evaluate(
     limiter: Limiter | None = None,
     consume: bool = True,
     now: float = 0.0,
+    only: frozenset[str] | None = None,
 ) -> Decision:
+    """`only`: the keys (`provider/id`) of the catalog entries the caller can send this
+    request to (a gateway's own deployments); every other model is dropped as not offered.
+    None: the whole route."""
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -329,9 +337,20 @@ def evaluate(
     measuring = metrics.has_data
     if trace is None and not route.requires and not measuring:
         pos, costs, lats = _eligible_fast(table, env, now)
+        if only is not None and pos:
+            if type(pos) is range:  # every model eligible: slots are positions
+                position_of = table.position_of
+                keep = sorted(p for k in only if (p := position_of.get(k)) is not None)
+            else:
+                keys = table.keys
+                keep = [s for s, p in enumerate(pos) if keys[p] in only]
+            if len(keep) < len(pos):
+                pos = [pos[s] for s in keep]
+                costs = [costs[s] for s in keep]
+                lats = [lats[s] for s in keep]
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
-            program, route, env, metrics, measuring, now, trace
+            program, route, env, metrics, measuring, now, trace, only
         )
         if not pos:
             return _no_eligible_model(program, env, route, dropped, trace)

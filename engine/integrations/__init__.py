@@ -1,0 +1,1 @@
+"""Integrations with the gateways apps already run (`litellm`: LiteLLM's Router)."""
