@@ -134,8 +134,8 @@ ASCII_FEATURES: Final = (
     "one",  # the constant
     "chars",  # characters
     "newlines",
-    "punctuation",  # punctuation and symbols among the first three of their run
-    "punct_tail",  # punctuation and symbols past the third of their run (---- ####)
+    "punctuation",  # punctuation and symbols among the first five of their run
+    "punct_tail",  # punctuation and symbols past the fifth of their run (------ ######)
     "digits",
     "upper",  # ASCII capitals
     "words",  # runs of letters (any script)
