@@ -51,6 +51,7 @@ FOUNDATION: dict[str, set[str]] = {
     "engine.language.schema": {"engine.vocabulary"},
     "engine.routing.metrics": set(),
     "engine.resources": set(),
+    "engine.tokens": set(),
 }
 CONCRETE_STORES = {
     "engine.limits.stores.memory",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.tokens import TOKENS_PER_MESSAGE
+from engine.tokens import estimate_message_overhead
 from engine.wire.anthropic import read_messages
 from engine.wire.detect import detect
 from engine.wire.gemini import read_generate_content
@@ -36,7 +36,6 @@ __all__ = [
     "NATIVE",
     "OPENAI_CHAT",
     "OPENAI_RESPONSES",
-    "REPLY_PRIMING_TOKENS",
     "WIRE_FORMATS",
     "Derivation",
     "WireError",
@@ -44,8 +43,6 @@ __all__ = [
     "detect",
     "read",
 ]
-
-REPLY_PRIMING_TOKENS = 3  # a chat's reply starts with a few tokens of its own
 
 _READERS: dict[str, Callable[[Mapping[str, Any], WireRequest], None]] = {
     OPENAI_CHAT: read_chat,
@@ -77,5 +74,5 @@ def read(
     elif request.stream:
         request.note("stream", True, "stream")
     if request.messages:
-        request.text_tokens += TOKENS_PER_MESSAGE * request.messages + REPLY_PRIMING_TOKENS
+        request.text_tokens += estimate_message_overhead(request.messages)
     return request
