@@ -465,7 +465,7 @@ def _wire_env(
         raise RequestError([("", "the body is nested too deeply")]) from None
     # every string read (text, model, user, metadata), once: what the id hashes, and the
     # check for lone surrogates (which no log or store can keep)
-    read.digest.extend((fmt, read.model or "", read.user or ""))
+    read.digest.extend((read.text, fmt, read.model or "", read.user or ""))
     if read.metadata:
         read.digest.extend(f"{key}={value}" for key, value in read.metadata.items())
     joined = "\x1f".join(read.digest)

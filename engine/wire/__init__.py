@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.tokens import estimate_message_overhead
+from engine.tokens import estimate_message_overhead, estimate_text_tokens
 from engine.wire.anthropic import read_messages
 from engine.wire.detect import detect
 from engine.wire.gemini import read_generate_content
@@ -73,6 +73,9 @@ def read(
         request.note("stream", stream, "option")
     elif request.stream:
         request.note("stream", True, "stream")
+    # one estimate over all the text: the estimate's cost is mostly per call
+    request.text = "\n".join(request.texts)
+    request.text_tokens = estimate_text_tokens(request.text)
     if request.messages:
         request.text_tokens += estimate_message_overhead(request.messages)
     return request

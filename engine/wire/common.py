@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.tokens import estimate_text_tokens
 from engine.units import MAX_TOKENS
 from engine.wire import images
 from engine.wire.record import WireError, WireRequest
@@ -20,10 +19,9 @@ def fail(field: str, message: str) -> WireError:
 
 
 def text(request: WireRequest, value: str) -> None:
-    """Count a piece of text the model reads."""
+    """Keep a piece of text the model reads (estimated with the rest when reading ends)."""
     if value:
-        request.text_tokens += estimate_text_tokens(value)
-        request.digest.append(value)
+        request.texts.append(value)
 
 
 def structure(request: WireRequest, value: Any) -> None:

@@ -61,7 +61,10 @@ class WireRequest:
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
     # (field, value, source) as read; `derivations()` makes the records (explain only)
     derived: list[tuple[str, Any, str]] = field(default_factory=list)
-    # what the request key hashes: the text read and each image's size and ends
+    # the text the model reads, piece by piece, estimated at once when reading ends
+    texts: list[str] = field(default_factory=list)
+    text: str = ""  # the pieces joined, once they are all read
+    # what the request key hashes besides the text: each image's size and ends
     digest: list[str] = field(default_factory=list)
 
     @property
