@@ -373,6 +373,8 @@ def _deployment(
                 " max_input_tokens, max_output_tokens, input_cost_per_token and"
                 " output_cost_per_token"
             )
+            if provider.startswith("azure") and d.info("base_model") is None:
+                message += " (or, for an Azure deployment, `model_info.base_model: azure/MODEL`)"
             notes.untranslated(d.model, message, "unknown model")
         else:
             detail = f" ({skipped.detail})" if skipped.detail else ""
