@@ -34,7 +34,7 @@ from typing import Any
 
 from engine.catalog.litellm import CAPABILITY_FLAGS, SKIP_REASONS, convert
 from engine.catalog.load import MODEL_ID_PATTERN, NAME_PATTERN
-from engine.migrate.config import Deployment, LiteLLMConfig, Value, Where
+from engine.migrate.config import SETTINGS, Deployment, LiteLLMConfig, Value, Where
 from engine.migrate.report import Migration, Note, NoteKind, Report, Translated
 
 # routing_strategy -> (policyctl strategy, how it differs or None)
@@ -435,9 +435,7 @@ def _weights(group: _Group, notes: _Notes) -> None:
 # ---------------------------------------------------------------- settings
 
 
-def _group_pairs(
-    value: Value, notes: _Notes, groups: Mapping[str, _Group]
-) -> list[tuple[str, list[str]]]:
+def _group_pairs(value: Value, notes: _Notes) -> list[tuple[str, list[str]]]:
     """A LiteLLM fallbacks list (`[{group: [group, …]}, …]`) as pairs; problems noted."""
     pairs: list[tuple[str, list[str]]] = []
     items = value.value if isinstance(value.value, list) else None
@@ -541,8 +539,6 @@ def translate(
         name = d.group.value
         group = groups.setdefault(name, _Group(name, d.group.where))
         group.deployments += 1
-        if "*" in name and d.model is not None and "*" in str(d.model.value):
-            pass  # the model's note says it
         model = _deployment(d, table, notes, today)
         _deployment_keys(d, notes)
         if model is None:
@@ -567,8 +563,7 @@ def translate(
     cooldown = _cooldown(config, notes)
     context = _context_fallbacks(config, groups, notes)
     fallback_comments = _fallback_comments(config, groups, notes)
-    if config.settings.enable_pre_call_checks is not None:
-        pass  # policyctl always filters by context window: nothing to say
+    # enable_pre_call_checks: policyctl always checks context windows, nothing to say
     _settings_notes(config, notes)
     limits = _limits(models, notes)
     notes.items.sort(key=_config_order)
@@ -579,7 +574,7 @@ def translate(
         translated=tuple(
             Translated(
                 m.deployment.index,
-                str(m.deployment.group.value if m.deployment.group else ""),
+                str(m.deployment.group.value) if m.deployment.group is not None else "",
                 m.provider,
                 m.id,
                 m.table_key,
@@ -701,7 +696,7 @@ def _context_fallbacks(
     if setting is None:
         return []
     routes: list[_ContextRoute] = []
-    for source, targets in _group_pairs(setting, notes, groups):
+    for source, targets in _group_pairs(setting, notes):
         g = groups.get(source)
         if g is None or not g.members:
             what = (
@@ -745,7 +740,7 @@ def _fallback_comments(
     setting = config.settings.fallbacks
     if setting is None:
         return []
-    pairs = _group_pairs(setting, notes, groups)
+    pairs = _group_pairs(setting, notes)
     return [_comment(f"{source} -> {', '.join(targets)}") for source, targets in pairs]
 
 
@@ -772,11 +767,12 @@ def _settings_notes(config: LiteLLMConfig, notes: _Notes) -> None:
             notes.left[name] += 1
         elif "." in path:
             section = path.split(".", 1)[0]
-            message = (
-                "not routing policy (LiteLLM's own settings)"
-                if section == "litellm_settings"
-                else "no policyctl equivalent"
-            )
+            if name in SETTINGS:  # given in both sections: the Router takes router_settings'
+                message = f"also set in `router_settings.{name}`, which the Router uses"
+            elif section == "litellm_settings":
+                message = "not routing policy (LiteLLM's own settings)"
+            else:
+                message = "no policyctl equivalent"
             notes.untranslated(value, message, name)
         else:
             notes.untranslated(value, "a proxy section policyctl does not read", name)
