@@ -646,6 +646,20 @@ def test_config_errors_name_the_file_line_and_column(text: str, message: str) ->
     assert str(caught.value) == message
 
 
+def test_aliases_are_read_once_and_deep_nesting_is_an_error() -> None:
+    """`&a [*b, *b, …]` nine levels deep names 10**9 values: read as shared nodes, not walked
+    one by one (that would not finish)."""
+    levels = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        levels.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    text = "\n".join(["model_list: []", "litellm_settings:", *("  " + x for x in levels)])
+    config = parse_config(text + "\n", "laughs.yaml")
+    assert [name for name, _ in config.other] == [f"l{i}" for i in range(10)]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("model_list: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml")
+    assert str(caught.value) == "deep.yaml: invalid YAML: nested too deeply"
+
+
 SECRET_CONFIG = """\
 model_list:
   - model_name: g

@@ -122,8 +122,14 @@ class _Positions:
 
     def __init__(self) -> None:
         self.at: dict[str, tuple[int, int]] = {}
+        self.seen: set[int] = set()
 
     def walk(self, node: yaml.Node, path: str) -> None:
+        # an alias is the node it names: walk each node once (the first path that reaches
+        # it), or `&a [*b, *b, …]` chains would take exponential time
+        if id(node) in self.seen:
+            return
+        self.seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":

@@ -181,6 +181,10 @@ class _Notes:
 
 
 def _code(value: Any, limit: int = 60) -> str:
+    """A config value in backticks, on one line and short. A list or mapping is named, not
+    printed (through YAML aliases it may stand for billions of values)."""
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     if not text.isprintable():
         text = repr(text)[1:-1]
@@ -448,7 +452,10 @@ def _group_pairs(value: Value, notes: _Notes) -> list[tuple[str, list[str]]]:
             continue
         for source, targets in item.items():
             names = targets if isinstance(targets, list) else [targets]
-            pairs.append((str(source), [str(t) for t in names]))
+            if not isinstance(source, str) or not all(isinstance(t, str) for t in names):
+                notes.untranslated(value, "expected model group names", value.where.path)
+                continue
+            pairs.append((source, list(names)))
     return pairs
 
 
