@@ -294,6 +294,8 @@ def test_what_cannot_be_a_chat_model_is_listed(tmp_path: Path) -> None:
           - model_name: bare
             litellm_params: {model: no-such-model-anywhere}
           - litellm_params: {model: gpt-4o}
+          - model_name: 42
+            litellm_params: {model: gpt-4o}
         """,
         tmp_path,
     )
@@ -311,6 +313,9 @@ def test_what_cannot_be_a_chat_model_is_listed(tmp_path: Path) -> None:
         "cannot tell the provider of `no-such-model-anywhere`"
     )
     assert notes["model_list[5]"] == "no `model_name`: clients cannot name this deployment"
+    assert notes["model_list[6].model_name"] == (
+        "`model_name` is not a name: clients cannot name this deployment"
+    )
     assert [t.index for t in migration.report.translated] == [0]
     assert migration.report.outcome == "partial"
 

@@ -36,11 +36,7 @@ Exit 0 when a policy was written (even with keys left out), 2 when nothing could
 """
 
 
-class _Exists(PolicyctlError):
-    """An output file exists and --force was not given."""
-
-
-class _DoesNotCheck(PolicyctlError, exit_code=EXIT_ERROR):
+class TranslationDoesNotCheck(PolicyctlError, exit_code=EXIT_ERROR):
     """The translated policy fails the checker: a bug in the translation (exit 1)."""
 
 
@@ -135,7 +131,7 @@ def _verify_and_move(
                 loaded = load_policy(aside / names[0])
             except PolicyError as err:  # a bug here, not the config's fault
                 print(render_all(list(err.diagnostics)), file=sys.stderr)
-                raise _DoesNotCheck(
+                raise TranslationDoesNotCheck(
                     "the translated policy does not check (a bug in"
                     " `policyctl migrate`; please report it)"
                 ) from None
@@ -156,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.force:
         existing = [str(folder / n) for n in names if (folder / n).exists()]
         if existing:
-            raise _Exists(
+            raise UsageError(
                 " and ".join(f"`{e}`" for e in existing)
                 + (" exists" if len(existing) == 1 else " exist")
                 + "; give --force to overwrite, or --output-dir"

@@ -535,11 +535,9 @@ def translate(
     for d in config.deployments:
         if d.group is None or not isinstance(d.group.value, str) or not d.group.value:
             where = d.group.where if d.group is not None else d.where
+            what = "no `model_name`" if d.group is None else "`model_name` is not a name"
             notes.add(
-                "untranslated",
-                where,
-                "no `model_name`: clients cannot name this deployment",
-                "model_name",
+                "untranslated", where, f"{what}: clients cannot name this deployment", "model_name"
             )
             _deployment_keys(d, notes)
             continue
