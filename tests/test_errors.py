@@ -35,12 +35,14 @@ EXIT_CODES: dict[str, int] = {
     "engine.catalog.litellm.LiteLLMMissing": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
+    "engine.cli.migrate_cmd.TranslationDoesNotCheck": EXIT_ERROR,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,
     "engine.integrations.litellm.UnmappedDeployment": EXIT_BAD_INPUT,
     "engine.limits.admin.AdminError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.ConfigurationError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.StoreBusyError": EXIT_BUSY,
     "engine.limits.stores.base.StoreUnavailableError": EXIT_ERROR,
+    "engine.migrate.config.ConfigError": EXIT_BAD_INPUT,
     "engine.routing.request.RequestError": EXIT_BAD_INPUT,
     "engine.service.admin_routes.AdminCallError": EXIT_BAD_INPUT,
     "engine.service.body.BodyError": EXIT_BAD_INPUT,
@@ -50,7 +52,11 @@ EXIT_CODES: dict[str, int] = {
     "engine.wire.record.WireError": EXIT_BAD_INPUT,
 }
 # printed as they are: their text starts with the file (and line) it is about
-LOCATED = {"engine.diagnostics.PolicyError", "engine.catalog.model.CatalogError"}
+LOCATED = {
+    "engine.diagnostics.PolicyError",
+    "engine.catalog.model.CatalogError",
+    "engine.migrate.config.ConfigError",
+}
 # the errors that existing `except ValueError` / `except RuntimeError` callers rely on
 OTHER_BASES: dict[str, type[Exception]] = {
     "engine.analytics.salvage.StateWriteError": RuntimeError,

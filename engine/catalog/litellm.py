@@ -547,11 +547,13 @@ def convert(
     latency_priors: Mapping[str, tuple[float, float]] | None = None,
     default_prior: tuple[float, float] | None = None,
     current_on: date | None = None,
+    keep_free: bool = False,
 ) -> ImportResult:
     """A LiteLLM price table as a version-2 catalog document and the import report.
 
     `current_on`: leave out the models retired by that day (`deprecation_date` on or
-    before it).
+    before it). `keep_free`: import models priced $0 per token too (a self-hosted model
+    that a LiteLLM config names, `policyctl migrate`), rather than skipping them as `free`.
 
     `providers`: only entries whose `litellm_provider` is one of these (a name no entry has
     raises CatalogError, with did-you-mean). `latency_priors`/`default_prior` replace
@@ -613,6 +615,8 @@ def convert(
         same = "same prices and limits" if kept == found else "different prices or limits"
         skipped.append(Skipped(key, "duplicate", f"{kept_key} is kept ({same})"))
     for name, (key, found) in list(chosen.items()):  # after duplicates: the key kept decides
+        if keep_free:
+            break
         pricing = found["pricing"]
         tiers = pricing.get("tiers", [])
         if not any(t["input"] or t["output"] for t in [pricing, *tiers]):

@@ -12,6 +12,7 @@ from engine.cli import (
     check_cmd,
     eval_cmd,
     metrics_cmd,
+    migrate_cmd,
     ratelimit_cmd,
     schema_cmd,
     serve_cmd,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         metrics_cmd,
         ratelimit_cmd,
         catalog_cmd,
+        migrate_cmd,
     ):
         module.register(sub)
     return parser
