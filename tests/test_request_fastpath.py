@@ -53,7 +53,26 @@ fields: dict[str, Any] = {
     "region": scalars,
     "tags": tags,
     "metadata": metadata,
-    "messages": st.one_of(st.none(), st.just([{"role": "user", "content": "hi"}])),
+    "messages": st.one_of(
+        st.none(),
+        st.just([{"role": "user", "content": "hi"}]),
+        st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "role": st.one_of(st.text(max_size=6), scalars),
+                    "content": st.one_of(
+                        st.text(max_size=30),
+                        scalars,
+                        st.just([{"type": "text", "text": "part"}]),
+                    ),
+                    "name": st.text(max_size=3),
+                },
+            ),
+            max_size=3,
+        ),
+        scalars,
+    ),
     "unknown_field": scalars,
 }
 
@@ -103,7 +122,10 @@ def test_fast_path_takes_the_common_request() -> None:
 
 def test_fast_path_declines_what_it_does_not_handle() -> None:
     assert fast_env({"prompt": "no id"}) is None  # the content-hash key is pydantic's job
-    assert fast_env({"id": "m", "messages": [{"content": "hi"}]}) is None
+    # content given as parts, or a message with more than a role and content: pydantic
+    parts = [{"type": "text", "text": "hi"}]
+    assert fast_env({"id": "m", "messages": [{"content": parts}]}) is None
+    assert fast_env({"id": "m", "messages": [{"role": "user", "content": "hi", "x": 1}]}) is None
     assert fast_env({"id": "x", "max_tokens": True}) is None
     assert fast_env({"id": "x", "bogus": 1}) is None
 
@@ -152,6 +174,29 @@ def test_fast_path_takes_a_request_with_every_field_and_agrees() -> None:
 )
 def test_fast_path_declines_a_lone_surrogate(extra: dict[str, Any]) -> None:
     data = {"id": "s", **extra}
+    assert fast_env(data) is None
+    with pytest.raises(RequestError):
+        env_of(data)
+
+
+def test_fast_path_takes_string_messages_and_agrees() -> None:
+    data = {
+        "id": "chat-1",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Summarise this paragraph, please."},
+            {"content": "héllo"},
+        ],
+        "max_tokens": 10,
+    }
+    env = fast_env(data)
+    assert env is not None
+    assert _same(env, to_env(validate(data)))
+    assert env["input_tokens"] == math.ceil((14 + 33 + 5) / 4) + 3 * 4
+
+
+def test_fast_path_declines_a_lone_surrogate_in_a_message() -> None:
+    data = {"id": "s", "messages": [{"role": "user", "content": "hi \ud800"}]}
     assert fast_env(data) is None
     with pytest.raises(RequestError):
         env_of(data)

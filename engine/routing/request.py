@@ -351,16 +351,33 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
             return None
         if type(value) is str and not value.isascii() and _SURROGATE.search(value):
             return None
-    if get("messages") is not None:
-        return None  # chat messages: the full validator estimates their tokens
     if get("cached_tokens") is not None or get("images") is not None:
         return None  # rare: the full validator checks them
     prompt = get("prompt")
     request_id = get("id")
-    if input_tokens is None:
-        input_tokens = math.ceil(len(prompt) / 4) if prompt else 0
     if request_id is None:
         return None  # the content-hash key needs the canonical dump
+    chars = len(prompt) if prompt else 0
+    per_message = 0
+    messages = get("messages")
+    if messages is not None:  # role and string content only; anything else: pydantic
+        if type(messages) is not list:
+            return None
+        for message in messages:
+            if type(message) is not dict or not _MESSAGE_KEYS.issuperset(message):
+                return None
+            role = message.get("role", "user")
+            content = message.get("content", "")
+            if type(role) is not str or type(content) is not str:
+                return None
+            if not (role.isascii() and content.isascii()) and (
+                _SURROGATE.search(role) or _SURROGATE.search(content)
+            ):
+                return None
+            chars += len(content)
+        per_message = 4 * len(messages)  # estimate_tokens: role and separators
+    if input_tokens is None:
+        input_tokens = math.ceil(chars / 4) + per_message
     return {
         "id": request_id,
         "key": request_id,
@@ -370,7 +387,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "prompt": prompt,
         "input_tokens": float(input_tokens),
         "max_tokens": None if max_tokens is None else float(max_tokens),
-        "cached_tokens": 0.0,
+        "cached_tokens": 0.0,  # (none given: the check above)
         "images": 0.0,
         "requires_vision": get("requires_vision", False),
         "requires_tools": get("requires_tools", False),
@@ -390,6 +407,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 _EMPTY: dict[str, Any] = {}
+_MESSAGE_KEYS = frozenset({"role", "content"})
 
 
 def env_of(
