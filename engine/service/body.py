@@ -127,7 +127,21 @@ def _parse(raw: bytes, allow_empty: bool) -> Any:
 
 
 def flag(request: HttpRequest, name: str) -> bool:
+    if not request.scope.get("query_string"):  # most requests: no query to parse
+        return False
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _wire_headers(request: HttpRequest) -> tuple[str | None, str | None]:
+    """`X-Input-Format` and `X-Request-Id` in one pass over the raw headers (the first of
+    each, Latin-1, as `request.headers.get` reads them; the server lower-cases names)."""
+    fmt = request_id = None
+    for name, value in request.scope["headers"]:
+        if name == b"x-input-format" and fmt is None:
+            fmt = value.decode("latin-1")
+        elif name == b"x-request-id" and request_id is None:
+            request_id = value.decode("latin-1")
+    return fmt, request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +156,13 @@ class WireOptions:
     stream: bool | None
 
 
+_NO_QUERY: dict[str, str] = {}
+
+
 def wire_options(request: HttpRequest) -> WireOptions:
-    query, headers = request.query_params, request.headers
-    fmt = query.get("format") or headers.get("x-input-format")
+    query = request.query_params if request.scope.get("query_string") else _NO_QUERY
+    header_format, header_id = _wire_headers(request)
+    fmt = query.get("format") or header_format
     if fmt is not None and fmt not in FORMATS:
         raise BodyError(
             422,
@@ -155,7 +173,7 @@ def wire_options(request: HttpRequest) -> WireOptions:
     stream = query.get("stream")
     return WireOptions(
         input_format=fmt,
-        request_id=query.get("request_id") or headers.get("x-request-id"),
+        request_id=query.get("request_id") or header_id,
         model=query.get("model"),
         stream=None if stream is None else stream.lower() in ("1", "true", "yes"),
     )
