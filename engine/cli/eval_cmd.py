@@ -290,11 +290,16 @@ class _Output:
 
     def flush(self) -> None:
         if self.pending:
-            sys.stdout.flush()  # anything printed as text before goes first
-            sys.stdout.buffer.write(b"".join(self.pending))
-            sys.stdout.buffer.flush()
+            data = b"".join(self.pending)
             self.pending.clear()
             self.size = 0
+            sys.stdout.flush()  # anything printed as text before goes first
+            raw = getattr(sys.stdout, "buffer", None)
+            if raw is None:  # a text-only stream (an embedding app's StringIO)
+                sys.stdout.write(data.decode("utf-8"))
+            else:
+                raw.write(data)
+                raw.flush()
 
 
 def _table(decisions: list[tuple[int | None, Decision]]) -> str:
