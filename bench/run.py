@@ -32,6 +32,7 @@ SCRIPTS = (
     ("Redis store", "redis_bench.py"),
     ("Metrics", "metrics_bench.py"),
     ("HTTP service and hot reload", "service_bench.py"),
+    ("Encoding and JSONL batches", "encode_bench.py"),
 )
 
 

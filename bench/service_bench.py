@@ -9,6 +9,14 @@ It starts `policyctl serve` in a subprocess on a free 127.0.0.1 port (memory sta
 temporary copy of the packaged default policy with its limit amounts multiplied by a
 million, so every request runs the four limits but none binds), then:
 
+0. near its stack (A/B): `policyctl serve` against a bare Starlette + uvicorn app (same
+   uvicorn, same protocol and loop) that parses the same JSON body and answers a constant
+   body of the same size as a decision, both loaded by `wrk` (8 connections; installed
+   with apt-get when missing and this runs as root) in interleaved pairs of equal
+   duration, the order alternating; the ratio of requests/s and of p99 latency per pair,
+   median and min–max. The same for the DuckDB state file and for decision logs on
+   (`--analytics`), fewer pairs. The bare app's own requests/s is the stack's ceiling here
+   (wrk takes its share of the two cores);
 1. load: a fixed number of POST /v1/eval requests (distinct ids, 1,000 users) from a
    second process — `wrk` with a Lua script that stops each thread after its share, when
    `wrk` is installed (`apt-get install wrk`), else this script's own generator (Python
@@ -60,8 +68,9 @@ function init(args)
 end
 function request()
   n = n + 1
-  local body = string.format('{"id":"w%d-%d","user":"u%d","prompt":"%s"}',
-                             tid, n, (tid * 7919 + n) % 1000, prompt)
+  local body = string.format(
+    '{"id":"w%d-%d","user":"u%d","ip":"10.%d.%d.7","prompt":"%s"}',
+    tid, n, (tid * 7919 + n) % 1000, (tid * 31 + n) % 250, n % 250, prompt)
   return wrk.format("POST", "/v1/eval", {["Content-Type"] = "application/json"}, body)
 end
 function done(summary, latency, requests)
@@ -229,11 +238,19 @@ class Client:
         self.conn.close()
 
 
-def start_server(policy_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    policy_dir: Path, port: int, extra: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "engine", "serve", "--host", HOST, "--port", str(port)]
-    command += ["--policy", str(policy_dir), "--state", "memory://"]
+    command += ["--policy", str(policy_dir)]
+    command += extra if extra and "--state" in extra else ["--state", "memory://", *(extra or [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    wait_healthy(proc, port)
+    return proc
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -244,7 +261,7 @@ def start_server(policy_dir: Path, port: int) -> subprocess.Popen[bytes]:
             client = Client(port)
             client.json("GET", "/healthz")
             client.close()
-            return proc
+            return
         except (OSError, RuntimeError, http.client.HTTPException):
             time.sleep(0.02)
     proc.kill()
@@ -261,6 +278,175 @@ def server_decide_us(port: int) -> tuple[float, int]:
     if status != 200 or total is None or count is None or int(count.group(1)) == 0:
         return float("nan"), 0
     return float(total.group(1)) / int(count.group(1)) * 1e6, int(count.group(1))
+
+
+# --------------------------------------------------------------------------- near its stack
+
+
+def bare_app_main(port: int, size: int) -> None:
+    """The peer: Starlette + uvicorn as `policyctl serve` runs them (h11 as uvicorn picks
+    it here, asyncio, logs at warning), one route that parses the JSON body and answers a
+    constant body of `size` bytes."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    body = b'{"pad":"' + b"x" * max(0, size - 10) + b'"}'
+
+    async def evaluate(request: Request) -> Response:
+        data = json.loads(await request.body())
+        if not isinstance(data, dict):
+            return Response(b'{"error":"not an object"}', status_code=422)
+        return Response(body, media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app = Starlette(
+        routes=[Route("/v1/eval", evaluate, methods=["POST"]), Route("/healthz", healthz)]
+    )
+    uvicorn.run(app, host=HOST, port=port, log_level="warning", lifespan="off")
+
+
+def start_bare(port: int, size: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, __file__, "--_bare", str(port), str(size)]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE)
+    wait_healthy(proc, port)
+    return proc
+
+
+def ensure_wrk() -> bool:
+    """wrk on PATH, installed with apt-get when missing and this runs as root."""
+    if shutil.which("wrk"):
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], capture_output=True, check=False)
+    return shutil.which("wrk") is not None
+
+
+def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
+    """wrk for `seconds` against POST /v1/eval (the script's bodies), one result."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT)
+        script = f.name
+    try:
+        command = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s"]
+        command += ["--timeout", "10s", "-s", script, f"http://{HOST}:{port}/v1/eval"]
+        env = {**os.environ, "BENCH_PROMPT": PROMPT}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    finally:
+        os.unlink(script)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
+            result["rate"] = result["requests"] / result["duration_s"]
+            return result
+    raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
+
+
+def decision_size(port: int) -> int:
+    client = Client(port)
+    body = {"id": "w1-1", "user": "u1", "ip": "10.1.1.7", "prompt": PROMPT}
+    status, data = client.call("POST", "/v1/eval?dry_run=true", body)
+    client.close()
+    if status != 200:
+        raise RuntimeError(f"POST /v1/eval: {status} {data[:200]!r}")
+    return len(data)
+
+
+def ab_pairs(
+    ours: int, bare: int, pairs: int, seconds: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`pairs` interleaved wrk runs on each side, the order alternating pair by pair."""
+    a: list[dict[str, Any]] = []
+    b: list[dict[str, Any]] = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            a.append(wrk_for(ours, seconds))
+            b.append(wrk_for(bare, seconds))
+        else:
+            b.append(wrk_for(bare, seconds))
+            a.append(wrk_for(ours, seconds))
+    return a, b
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return (
+        f"{format(statistics.median(values), fmt)}"
+        f" ({format(min(values), fmt)}–{format(max(values), fmt)})"
+    )
+
+
+def report_ab(title: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[str]:
+    rate = [x["rate"] / y["rate"] for x, y in zip(a, b, strict=True)]
+    p99 = [x["p99_ms"] / y["p99_ms"] for x, y in zip(a, b, strict=True)]
+    bad = sum(x["non_200"] + x["errors"] for x in a)
+    rate_ok = "met" if statistics.median(rate) >= 0.8 else "NOT met"
+    p99_ok = "met" if statistics.median(p99) <= 1.5 else "NOT met"
+    return [
+        title,
+        f"  policyctl requests/s  {spread([x['rate'] for x in a], ',.0f')}",
+        f"  bare app requests/s   {spread([y['rate'] for y in b], ',.0f')}",
+        f"  ratio requests/s      {spread(rate, '.2f')}×  (target ≥ 0.8×: {rate_ok})",
+        f"  policyctl p99         {spread([x['p99_ms'] for x in a], '.2f')} ms",
+        f"  bare app p99          {spread([y['p99_ms'] for y in b], '.2f')} ms",
+        f"  ratio p99             {spread(p99, '.2f')}×  (target ≤ 1.5×: {p99_ok})",
+        f"  non-200 / errors      {bad}",
+    ]
+
+
+def near_its_stack(policy_dir: Path, port: int, pairs: int, seconds: float) -> list[str]:
+    """The A/B rows: memory state with logs off (against the bare app), then the DuckDB
+    state file and decision logs on (--analytics), each against the bare app again."""
+    size = decision_size(port)
+    bare_port = free_port()
+    bare = start_bare(bare_port, size)
+    lines = [
+        f"near its stack: wrk, 2 threads, 8 keep-alive connections, {seconds:g} s runs,"
+        f" interleaved pairs (order alternating); bare Starlette + uvicorn app parsing the"
+        f" same body and answering {size:,} bytes (a decision's size); median (min–max)"
+    ]
+    try:
+        wrk_for(bare_port, 1)  # warm both
+        wrk_for(port, 1)
+        a, b = ab_pairs(port, bare_port, pairs, seconds)
+        lines += report_ab(f"memory state, logs off: {pairs} pairs", a, b)
+        ceiling = statistics.median(r["rate"] for r in b)
+        lines.append(
+            f"  the stack's ceiling here: the bare app at {ceiling:,.0f} requests/s"
+            " (median), wrk on the same 2 cores"
+        )
+        few = max(3, pairs // 3)
+        with tempfile.TemporaryDirectory(prefix="policyctl-bench-state-") as tmp:
+            for label, extra in (
+                ("DuckDB state file", ["--state", str(Path(tmp) / "state.duckdb")]),
+                ("memory state, decision logs on (--analytics)",
+                 ["--analytics", str(Path(tmp) / "analytics.duckdb")]),
+            ):  # fmt: skip
+                other = free_port()
+                proc = start_server(policy_dir, other, extra)
+                try:
+                    wrk_for(other, 1)
+                    a, b = ab_pairs(other, bare_port, few, seconds)
+                    lines += report_ab(f"{label}: {few} pairs", a, b)
+                finally:
+                    stop(proc)
+    finally:
+        stop(bare)
+    return lines
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # --------------------------------------------------------------------------- hot reload
@@ -359,8 +545,14 @@ def main() -> int:
         default="auto",
         help="load generator: wrk when installed (auto), or python",
     )
+    parser.add_argument("--pairs", type=int, help="A/B pairs against the bare app (15)")
+    parser.add_argument("--seconds", type=float, help="seconds per wrk run in a pair (2)")
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_bare", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._bare:
+        bare_app_main(*args._bare)
+        return 0
 
     if args._loadgen:  # the second process
         port, requests, threads, tag = args._loadgen
@@ -371,6 +563,9 @@ def main() -> int:
     requests = args.requests or (3_000 if args.quick else 20_000)
     reloads = args.reloads or (10 if args.quick else 20)
     generator = args.generator
+    have_wrk = generator != "python" and ensure_wrk()
+    pairs = args.pairs or (5 if args.quick else 15)
+    seconds = args.seconds or (1.0 if args.quick else 2.0)
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
     elif generator == "wrk" and not shutil.which("wrk"):
@@ -388,6 +583,12 @@ def main() -> int:
                 f"policyctl serve on {HOST}:{port}: memory state; packaged default policy, "
                 "limit amounts x1,000,000 (4 limits checked, none binds)",
             ]
+            if have_wrk:
+                lines += near_its_stack(policy_dir, port, pairs, seconds)
+            else:
+                lines.append("near its stack: not measured (wrk is not installed)")
+            print("\n".join(lines), flush=True)
+            lines = []
             warm = run_generator(generator, port, warmup, args.threads, "warm")
             rate = warm["requests"] / warm["duration_s"]
             decided_before = server_decide_us(port)[1]

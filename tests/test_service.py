@@ -174,6 +174,9 @@ def test_healthz_and_policy(client: httpx.Client, served: Server) -> None:
     assert Path(policy["catalog"]).name == "models.yaml"
 
 
+HEADERS_JSON = {"content-type": "application/json"}
+
+
 def test_eval_happy_path(client: httpx.Client) -> None:
     response = client.post("/v1/eval", json={"id": "r1", "user": unique("u"), "prompt": "hi"})
     assert response.status_code == 200
@@ -191,6 +194,33 @@ def test_eval_happy_path(client: httpx.Client) -> None:
     assert decision["policy_version"] == client.get("/v1/policy").json()["version"]
     assert {r["scope"] for r in decision["rate_limits"]} == {"global", "user", "provider"}
     assert "trace" not in decision
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("?request_id=%ED%A0%80", {}),  # the UTF-8 form of U+D800: percent-decoded as U+FFFD
+        ("?request_id=%ED%A0%80%FF", {}),
+        ("", {"x-request-id": b"\xed\xa0\x80"}),  # a header's bytes: read as Latin-1
+        ("?request_id=na%C3%AFve-%E2%9C%93", {}),  # non-ASCII text: answered as UTF-8
+    ],
+    ids=["query surrogate bytes", "query bad UTF-8", "header surrogate bytes", "query UTF-8"],
+)
+def test_a_request_id_from_the_url_or_a_header_always_encodes(
+    client: httpx.Client, query: str, headers: dict[str, bytes]
+) -> None:
+    """The decision is encoded by msgspec, which refuses a lone surrogate: none can come
+    from the query or a header, and the answer is JSON whatever bytes the id had."""
+    response = client.post(
+        f"/v1/eval{query}", content=b'{"prompt": "hi"}', headers={**HEADERS_JSON, **headers}
+    )
+    assert response.status_code == 200, response.text
+    decision = json.loads(response.content.decode("utf-8"))
+    assert decision["allowed"] is True
+    assert isinstance(decision["request_id"], str) and decision["request_id"]
+    if "C3%AF" in query:
+        assert decision["request_id"] == "naïve-✓"
+        assert "naïve-✓".encode() in response.content
 
 
 def test_explain_adds_a_trace(client: httpx.Client) -> None:

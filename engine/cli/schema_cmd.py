@@ -6,7 +6,7 @@ import argparse
 import json
 
 from engine.cli.common import EXIT_OK
-from engine.routing.decision import DecisionSchema
+from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request
 
 EXAMPLE = """\

@@ -1,15 +1,21 @@
 """What the engine answers: a Decision (plain slotted dataclasses on the hot path).
 
-`DecisionSchema` is the pydantic mirror used only for `policyctl schema decision` and
-for tests that check every emitted decision against the published schema.
+`Decision.to_json()` is its JSON, as the CLI prints it and the service answers it: the
+fields of `to_dict()` encoded by msgspec (compact, UTF-8), numbers with no fraction
+written as integers (`109`, not `109.0`).
+
+`DecisionSchema` (`decision_schema`, built on first use) is the pydantic mirror used only
+for `policyctl schema decision`, the service's OpenAPI document and for tests that check
+every emitted decision against the published schema.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from engine.limits.records import DenialRecord, LimitDenial, LimitStatus
 
@@ -21,7 +27,10 @@ class Alternative:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "score": self.score}
+        score = self.score
+        if score.__class__ is float and score.is_integer():
+            score = int(score)
+        return {"provider": self.provider, "model": self.model, "score": score}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,8 @@ class Decision:
     input_format: str = "native"  # the request's format (engine.wire.FORMATS)
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision's JSON fields (what `to_json()` encodes), integral numbers as ints."""
+        cost, latency, confidence = self.estimated_cost, self.estimated_latency_ms, self.confidence
         out: dict[str, Any] = {
             "request_id": self.request_id,
             "allowed": self.allowed,
@@ -81,12 +92,18 @@ class Decision:
             "route": self.route,
             "strategy": self.strategy,
             "reason": self.reason,
-            "estimated_cost": self.estimated_cost,
-            "estimated_latency_ms": self.estimated_latency_ms,
-            "confidence": self.confidence,
+            "estimated_cost": int(cost) if cost.__class__ is float and cost.is_integer() else cost,  # type: ignore[union-attr]
+            "estimated_latency_ms": (
+                int(latency) if latency.__class__ is float and latency.is_integer() else latency  # type: ignore[union-attr]
+            ),
+            "confidence": (
+                int(confidence)
+                if confidence.__class__ is float and confidence.is_integer()
+                else confidence
+            ),
             "alternatives": [a.to_dict() for a in self.alternatives],
             "fallbacks": list(self.fallbacks),
-            "rate_limits": [r.to_dict() for r in self.rate_limits],
+            "rate_limits": [_integral_numbers(r.to_dict()) for r in self.rate_limits],
             "denied_by": None if self.denied_by is None else self.denied_by.to_dict(),
             "policy_version": self.policy_version,
         }
@@ -98,56 +115,38 @@ class Decision:
             out["trace"] = self.trace
         return out
 
-
-# ---------------------------------------------------------------- JSON schema mirror
-
-
-class _AlternativeSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider: str
-    model: str
-    score: float
-
-
-class _FallbackSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider: str
-    model: str
+    def to_json(self) -> bytes:
+        """`to_dict()` as compact UTF-8 JSON, in one pass. A string msgspec cannot encode
+        (a lone surrogate has no UTF-8 form: request validation refuses one, but an
+        embedding app builds decisions too) sends the decision through the standard
+        library instead, non-ASCII escaped, so encoding never fails on a string."""
+        fields = self.to_dict()
+        try:
+            return _encode(fields)
+        except (ValueError, TypeError):  # UnicodeEncodeError: a lone surrogate
+            return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-class _LimitSchema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scope: str
-    key: str | None
-    unit: str
-    allowed: bool
-    remaining: float
-    limit: float
-    reset_at: float | None
-    retry_after_ms: float | None
+_encode = msgspec.json.Encoder().encode
 
 
-class DecisionSchema(BaseModel):
-    """A routing decision, as `policyctl eval` prints it."""
+_STATUS_NUMBERS = ("remaining", "limit", "reset_at", "retry_after_ms")
 
-    model_config = ConfigDict(extra="forbid", title="policyctl decision")
-    request_id: str | None
-    allowed: bool
-    provider: str | None
-    model: str | None
-    route: str
-    strategy: str
-    reason: str
-    estimated_cost: float | None
-    estimated_latency_ms: float | None
-    confidence: float
-    alternatives: list[_AlternativeSchema]
-    fallbacks: list[_FallbackSchema]
-    rate_limits: list[_LimitSchema]
-    deployment_of: str | None = None
-    input_format: str | None = Field(
-        None, description="the request's wire format, when it was not a native request"
-    )
-    denied_by: dict[str, Any] | None
-    policy_version: str
-    trace: list[dict[str, Any]] | None = None
+
+def _integral_numbers(status: dict[str, Any]) -> dict[str, Any]:
+    """A rate-limit status's numbers with no fraction as ints (`109`, not `109.0`)."""
+    for name in _STATUS_NUMBERS:
+        value = status[name]
+        if value.__class__ is float and value.is_integer():
+            status[name] = int(value)
+    return status
+
+
+def __getattr__(name: str) -> Any:
+    """`DecisionSchema`, the pydantic mirror, built on first use (`decision_schema`): a
+    `policyctl eval` or a service that never prints the schema does not pay for it."""
+    if name == "DecisionSchema":
+        from engine.routing.decision_schema import DecisionSchema
+
+        return DecisionSchema
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

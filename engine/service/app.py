@@ -36,12 +36,12 @@ from engine.analytics.records import (
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
-from engine.routing.decision import DecisionSchema, NoEligibleModel
+from engine.routing.decision import NoEligibleModel
+from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
-    SafeJSONResponse,
     flag,
     json_body,
     problem,
@@ -357,7 +357,7 @@ def create_app(
             decision.denied_by,
             time.perf_counter() - start,
         )
-        return SafeJSONResponse(decision.to_dict())
+        return Response(decision.to_json(), media_type="application/json")
 
     async def outcomes(request: HttpRequest) -> Response:
         body = await json_body(request)

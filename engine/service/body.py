@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
@@ -89,9 +90,19 @@ async def _read(request: HttpRequest) -> bytes:
     return b"".join(chunks)
 
 
+_decode = msgspec.json.Decoder().decode
+
+
 def _parse(raw: bytes, allow_empty: bool) -> Any:
     if allow_empty and not raw.strip():
         return {}
+    try:
+        # msgspec reads a subset of what `json` reads (strict UTF-8, no BOM, no lone
+        # surrogate, NaN or number past a float) to the same values; the rest, and every
+        # error, is `json`'s below
+        return _decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        pass
     try:
         # decoded here, strictly: json.loads(bytes) would also take UTF-16 and UTF-32
         return json.loads(raw.decode("utf-8-sig" if raw.startswith(_BOM) else "utf-8"))
@@ -116,7 +127,21 @@ def _parse(raw: bytes, allow_empty: bool) -> Any:
 
 
 def flag(request: HttpRequest, name: str) -> bool:
+    if not request.scope.get("query_string"):  # most requests: no query to parse
+        return False
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _wire_headers(request: HttpRequest) -> tuple[str | None, str | None]:
+    """`X-Input-Format` and `X-Request-Id` in one pass over the raw headers (the first of
+    each, Latin-1, as `request.headers.get` reads them; the server lower-cases names)."""
+    fmt = request_id = None
+    for name, value in request.scope["headers"]:
+        if name == b"x-input-format" and fmt is None:
+            fmt = value.decode("latin-1")
+        elif name == b"x-request-id" and request_id is None:
+            request_id = value.decode("latin-1")
+    return fmt, request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +156,13 @@ class WireOptions:
     stream: bool | None
 
 
+_NO_QUERY: dict[str, str] = {}
+
+
 def wire_options(request: HttpRequest) -> WireOptions:
-    query, headers = request.query_params, request.headers
-    fmt = query.get("format") or headers.get("x-input-format")
+    query = request.query_params if request.scope.get("query_string") else _NO_QUERY
+    header_format, header_id = _wire_headers(request)
+    fmt = query.get("format") or header_format
     if fmt is not None and fmt not in FORMATS:
         raise BodyError(
             422,
@@ -144,7 +173,7 @@ def wire_options(request: HttpRequest) -> WireOptions:
     stream = query.get("stream")
     return WireOptions(
         input_format=fmt,
-        request_id=query.get("request_id") or headers.get("x-request-id"),
+        request_id=query.get("request_id") or header_id,
         model=query.get("model"),
         stream=None if stream is None else stream.lower() in ("1", "true", "yes"),
     )

@@ -1,0 +1,60 @@
+"""The JSON Schema mirror of a decision (`Decision.to_dict()`), for `policyctl schema
+decision`, the service's OpenAPI document and the tests that check decisions against it.
+Imported on first use of `engine.routing.decision.DecisionSchema`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _AlternativeSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    model: str
+    score: float
+
+
+class _FallbackSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    model: str
+
+
+class _LimitSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: str
+    key: str | None
+    unit: str
+    allowed: bool
+    remaining: float
+    limit: float
+    reset_at: float | None
+    retry_after_ms: float | None
+
+
+class DecisionSchema(BaseModel):
+    """A routing decision, as `policyctl eval` prints it."""
+
+    model_config = ConfigDict(extra="forbid", title="policyctl decision")
+    request_id: str | None
+    allowed: bool
+    provider: str | None
+    model: str | None
+    route: str
+    strategy: str
+    reason: str
+    estimated_cost: float | None
+    estimated_latency_ms: float | None
+    confidence: float
+    alternatives: list[_AlternativeSchema]
+    fallbacks: list[_FallbackSchema]
+    rate_limits: list[_LimitSchema]
+    deployment_of: str | None = None
+    input_format: str | None = Field(
+        None, description="the request's wire format, when it was not a native request"
+    )
+    denied_by: dict[str, Any] | None
+    policy_version: str
+    trace: list[dict[str, Any]] | None = None

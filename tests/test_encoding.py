@@ -1,0 +1,224 @@
+"""JSON in and out: `Decision.to_json()` is `to_dict()` encoded (integral numbers as
+integers), a string it cannot encode falls back rather than fails, and the msgspec readers
+of `policyctl eval` and the service read what `json.loads` reads, to the same values.
+
+Real engines on the design catalog; no wall-clock assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.cli.eval_cmd import _loads
+from engine.routing.decision import Alternative, Decision
+from engine.service.body import BodyError, _parse
+from tests._design import design_engine, from_design
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUESTS = ROOT / "examples" / "requests"
+
+TIGHT = """
+defaults { strategy weighted(latency: 50%, cost: 50%) fallback claude, gemini, openai }
+route cheap when request.max_cost <= $0.01 { strategy cost }
+route quick when request.max_latency_ms <= 2s { strategy latency }
+limit user 3 per 1m burst 3
+limit ip 2 per 1m
+limit global 1000 per 1h
+limit user tokens 20000 per 1h
+limit user spend $0.5 per 1d
+"""
+
+
+def _requests() -> list[dict[str, Any]]:
+    """Every example request, and a spread of users, IPs, budgets and prompts."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(REQUESTS.iterdir()):
+        if path.suffix == ".json":
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        elif path.suffix == ".jsonl":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            found += [json.loads(line) for line in lines if line.strip()]
+    for i in range(60):
+        request: dict[str, Any] = {"id": f"e{i}", "user": f"u{i % 4}", "ip": f"10.0.0.{i % 3}"}
+        if i % 2:
+            request["messages"] = [{"role": "user", "content": "naïve café ✓ " * (i + 1)}]
+        else:
+            request["prompt"] = "x" * (i * 37)
+        if i % 5 == 0:
+            request["max_cost"] = 0.005
+        if i % 7 == 0:
+            request["max_latency_ms"] = 1500
+        found.append(request)
+    return found
+
+
+def _decisions() -> list[Decision]:
+    decisions = []
+    for engine in (design_engine(state="memory://"), from_design(TIGHT, state="memory://")):
+        try:
+            for explain in (False, True):
+                for request in _requests():
+                    decisions.append(engine.evaluate(dict(request), explain=explain))
+        finally:
+            engine.close()
+    return decisions
+
+
+DECISIONS = _decisions()
+
+
+def _numbers(value: Any) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [value]
+    if isinstance(value, dict):
+        return [n for item in value.values() for n in _numbers(item)]
+    if isinstance(value, list):
+        return [n for item in value for n in _numbers(item)]
+    return []
+
+
+def test_the_decisions_cover_allowed_denied_limits_and_traces() -> None:
+    assert any(d.allowed and d.alternatives and d.fallbacks for d in DECISIONS)
+    assert any(not d.allowed and d.denied_by is not None for d in DECISIONS)
+    assert any(len(d.rate_limits) >= 3 for d in DECISIONS)
+    assert any(d.trace for d in DECISIONS)
+    assert any(d.input_format != "native" for d in DECISIONS)
+
+
+def test_to_json_parses_to_exactly_to_dict() -> None:
+    for decision in DECISIONS:
+        fields = decision.to_dict()
+        assert json.loads(decision.to_json()) == fields
+        # and with the same types: an integral number is an int on both sides
+        again = json.loads(decision.to_json())
+        assert [type(n) for n in _numbers(again)] == [type(n) for n in _numbers(fields)]
+
+
+def test_integral_numbers_are_integers_and_keep_their_values() -> None:
+    integral = 0
+    for decision in DECISIONS:
+        fields = decision.to_dict()
+        shown = [fields["estimated_cost"], fields["estimated_latency_ms"], fields["confidence"]]
+        held = [decision.estimated_cost, decision.estimated_latency_ms, decision.confidence]
+        for status, row in zip(decision.rate_limits, fields["rate_limits"], strict=True):
+            shown += [row["remaining"], row["limit"], row["retry_after_ms"]]
+            held += [status.remaining, status.limit, status.retry_after_ms]
+            if status.reset_at is not None:
+                shown.append(row["reset_at"])
+                held.append(round(status.reset_at, 3))
+        for alternative, row in zip(decision.alternatives, fields["alternatives"], strict=True):
+            shown.append(row["score"])
+            held.append(alternative.score)
+        for value, original in zip(shown, held, strict=True):
+            assert value == original or (value is None and original is None)
+            if isinstance(value, float):
+                assert not value.is_integer() or not math.isfinite(value), value
+            elif isinstance(original, float):
+                integral += 1
+    assert integral > 0  # some float held was integral, and was written as an int
+
+
+def test_a_lone_surrogate_falls_back_to_escaped_json() -> None:
+    decision = Decision(
+        request_id="\ud800",
+        allowed=True,
+        provider="p\udfff",
+        model="m",
+        route="default",
+        strategy="cost",
+        reason="r",
+        estimated_cost=1.0,
+        estimated_latency_ms=None,
+        confidence=0.5,
+        alternatives=[Alternative("p", "m2", 1.0)],
+    )
+    encoded = decision.to_json()
+    assert encoded.isascii()
+    assert b"\\ud800" in encoded
+    assert json.loads(encoded) == decision.to_dict()
+    assert json.loads(encoded)["estimated_cost"] == 1
+    assert isinstance(json.loads(encoded)["alternatives"][0]["score"], int)
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(codec=None), max_size=12)  # lone surrogates included
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_texts = st.one_of(
+    _values.map(json.dumps),  # ASCII: lone surrogates as \\udXXX
+    _values.map(lambda v: json.dumps(v, ensure_ascii=False)),
+    st.sampled_from(["NaN", "1e400", "[1,", "{} x", '"\\ud800"', "[" * 3000 + "]" * 3000, "01"]),
+)
+
+
+def _outcome(read: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "ok", read(text)
+    except (ValueError, RecursionError) as err:
+        return "error", f"{type(err).__name__}: {err}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with the same types at every depth (1 and 1.0 differ; NaN is itself)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts)
+def test_eval_reads_lines_as_json_loads_does(text: str) -> None:
+    ours, theirs = _outcome(_loads, text), _outcome(json.loads, text)
+    assert ours[0] == theirs[0]
+    assert _same(ours[1], theirs[1]) if ours[0] == "ok" else ours[1] == theirs[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts)
+def test_the_service_reads_bodies_as_json_loads_does(text: str) -> None:
+    raw = text.encode("utf-8", "surrogatepass")
+    try:
+        theirs: tuple[str, Any] = ("ok", json.loads(raw.decode("utf-8")))
+    except (ValueError, RecursionError):
+        theirs = ("error", None)
+    try:
+        ours: tuple[str, Any] = ("ok", _parse(raw, allow_empty=False))
+    except BodyError as err:
+        ours = ("error", err.status)
+    assert ours[0] == theirs[0]
+    if ours[0] == "ok":
+        assert _same(ours[1], theirs[1])
+    else:
+        assert ours[1] == 400
+
+
+@pytest.mark.parametrize("digits", [19, 20, 40, 4000])
+def test_integers_past_64_bits_stay_integers(digits: int) -> None:
+    text = '{"n": %s}' % ("9" * digits)
+    assert _loads(text) == {"n": int("9" * digits)}
+    assert _parse(text.encode(), allow_empty=False) == {"n": int("9" * digits)}
