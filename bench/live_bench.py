@@ -1,6 +1,7 @@
 """Decisions while outcomes arrive (live metrics), against decisions with none and LiteLLM.
 
-    python bench/live_bench.py             # 15 pairs per row, about half a minute
+    python bench/live_bench.py             # 15 pairs per row, a few minutes
+    python bench/live_bench.py --quick     # 15 pairs of smaller blocks
     python bench/live_bench.py --pairs 31
 
 The normal state of a running service is a live metrics window that outcomes keep
@@ -166,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--pairs", type=int, default=15, help="A/B pairs per row (≥ 15)")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM rows")
+    parser.add_argument("--quick", action="store_true", help="blocks a fifth of the size")
     args = parser.parse_args(argv)
     pairs = max(args.pairs, 1)
+    global OURS_BLOCK, PEER_BLOCK
+    if args.quick:
+        OURS_BLOCK, PEER_BLOCK = OURS_BLOCK // 5, PEER_BLOCK // 5
     started = time.perf_counter()
     print(f"policyctl live bench — {pairs} A/B pairs per row, alternating order")
     for line in eval_bench.environment(eval_bench.litellm_version()):
