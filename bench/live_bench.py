@@ -5,7 +5,7 @@
     python bench/live_bench.py --pairs 31
 
 The normal state of a running service is a live metrics window that outcomes keep
-updating. Each strategy's engine here is warmed with 10,000 outcomes over every model of
+updating. Each strategy's engine here is warmed with 30,000 outcomes over every model of
 the packaged catalog (log-normal latencies around each model's prior, 2% failures), then
 every timed decision is followed by one `PolicyEngine.record()` of an outcome for the model
 it chose, on the real clock (the window's snapshot refreshes every `DEFAULT_REFRESH_MS`).
@@ -56,7 +56,7 @@ from engine.routing.metrics import DEFAULT_REFRESH_MS  # noqa: E402
 # same text; without measurements they change nothing)
 HEALTH = "min_success_rate 50%\n    cooldown after 5 failures for 30s"
 FAILURE_RATE = 0.02
-WARM_OUTCOMES = 10_000
+WARM_OUTCOMES = 30_000  # about 256 per model of the packaged catalog: all measured
 PEERS = {"latency": "latency-based-routing", "cost": "cost-based-routing"}
 OURS_BLOCK = 1_500  # decisions per side per pair
 PEER_BLOCK = 150  # LiteLLM picks per pair

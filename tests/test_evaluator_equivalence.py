@@ -357,3 +357,27 @@ def test_the_ranking_is_the_plain_reference_ranking(
     assert [(r["provider"], r["model"], r["score"]) for r in step["ranking"]] == expected
     assert (decision.provider, decision.model) == expected[0][:2]
     assert [(a.provider, a.model, a.score) for a in decision.alternatives] == expected[1:4]
+
+
+def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: Programs) -> None:
+    """Every candidate eligible, every model measured with its own success rate: the
+    weighted strategy's per-snapshot terms give the general path's decisions."""
+    from engine.strategies import weighted as weighted_module
+
+    for program in live_programs:
+        if program.default_route.settings.strategy != "weighted":
+            continue
+        keys = [m.key for m in program.catalog.models]
+        clock = Clock()
+        live = LiveMetrics(3600.0, clock, 1e9)
+        for i, key in enumerate(keys):
+            for j in range(8):  # 8 samples, 5 to 8 successes (failures first: no cooldown)
+                live.record(key, 200.0 + 97.0 * i + j, j >= 3 - i % 4)
+        view = program.default_route.table.view
+        weighted_module._MEASURED.pop(id(view), None)
+        for n in range(40):
+            env = env_of({"id": f"w{n}", "input_tokens": 10 * n})
+            fast = evaluate(program, env, metrics=live, now=clock.now).to_dict()
+            general = evaluate(program, env, metrics=SnapshotStats(live), now=clock.now)
+            assert fast == general.to_dict()
+        assert weighted_module._MEASURED[id(view)][0] is view  # the per-snapshot terms ran

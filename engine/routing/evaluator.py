@@ -466,7 +466,9 @@ def evaluate(
             if snapshot.stats:
                 stats_of = snapshot.stats.get
                 if trace is None and not route.requires:
-                    columns = measured_columns(snapshot, route)
+                    columns = snapshot.routes.get(id(route))
+                    if columns is None or columns.route is not route:
+                        columns = measured_columns(snapshot, route)
             else:
                 measuring = False  # nothing in this snapshot yet: the priors stand
     if trace is None and not route.requires and (columns is not None or not measuring):
