@@ -191,7 +191,11 @@ def dump_engine(out: list[str], work: Path) -> None:
     text = POLICY.format(catalog="examples/policies/models.yaml")  # the design catalog
     clock = Clock()
     state = str(work / "state.duckdb")
-    engine = PolicyEngine.from_text(text, "dump.policy", state=state, clock=clock)
+    # metrics_refresh_ms=0: every outcome counts from the next decision on, so the decisions
+    # do not hang on how the fake clock's steps fall against the snapshot refresh interval
+    engine = PolicyEngine.from_text(
+        text, "dump.policy", state=state, clock=clock, metrics_refresh_ms=0
+    )
     admin = _admin_class()(engine)
     out.append("== config")
     out.append(_line(admin.config(verbose=True)))
@@ -270,7 +274,7 @@ def dump_engine(out: list[str], work: Path) -> None:
 def dump_default_engine(out: list[str]) -> None:
     out.append("== default policy")
     clock = Clock()
-    engine = PolicyEngine(clock=clock)
+    engine = PolicyEngine(clock=clock, metrics_refresh_ms=0)  # as dump_engine: always fresh
     for i in range(1500):
         clock.now += 0.05
         req = _request(i)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SCRIPTS = (
     ("Decisions and conditions (vs LiteLLM Router)", "eval_bench.py"),
+    ("Decisions under live outcomes (vs no metrics, vs LiteLLM Router)", "live_bench.py"),
     ("Conditions (vs CEL and Cedar)", "conditions_bench.py"),
     ("Rate limits (vs limits)", "limits_bench.py"),
     ("Scaling", "scaling_bench.py"),

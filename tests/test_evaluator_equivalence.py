@@ -4,8 +4,10 @@
 trace is asked for: it filters and ranks over the route's flat columns and builds nothing
 for the models a decision does not show. These properties keep it honest:
 
-- the shortcut and the general path (the one `--explain` and measured metrics take) give
-  the same decision, field for field;
+- the shortcut and the general path (the one `--explain` takes) give the same decision,
+  field for field, with nothing measured and with live metrics (outcomes arriving between
+  decisions: measured latencies and success rates, unhealthy models, cooldowns; the
+  shortcut reads a snapshot's columns, patched when only failure counts moved);
 - the explain trace's full ranking is what a plain, obviously correct implementation of
   each strategy gives (sort by the measure, then the other measure, then catalog order),
   also over a catalog of copies where nearly everything ties.
@@ -23,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.language.program import CompiledRoute, Program
+from engine.routing import evaluator as evaluator_module
 from engine.routing.evaluator import EvalState, draw, evaluate
-from engine.routing.metrics import ModelStats
+from engine.routing.metrics import LiveMetrics, ModelStats
 from engine.routing.request import env_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,6 +134,111 @@ def test_the_shortcut_and_the_general_path_decide_alike(
         out.pop("trace", None)
         decisions.append(out)
     assert decisions[0] == decisions[1] == decisions[2]
+
+
+# ------------------------------------------------------------------ live metrics
+
+
+class SnapshotStats:
+    """The stats of a `LiveMetrics`' current snapshot, without its `snapshot()`: the general
+    path, reading exactly what the shortcut reads."""
+
+    def __init__(self, live: LiveMetrics) -> None:
+        self.live = live
+
+    @property
+    def has_data(self) -> bool:
+        return self.live.has_data
+
+    def stats(self, model_key: str) -> ModelStats | None:
+        return self.live.snapshot().stats.get(model_key)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+HEALTH = """
+    min_samples 3
+    min_success_rate 60%
+    cooldown after 2 failures for 5s"""
+
+
+@pytest.fixture(scope="module")
+def live_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
+    directory = tmp_path_factory.mktemp("live_catalogs")
+    path = copies_catalog(directory, 11)
+    out = Programs()
+    for s in STRATEGY_VALUES:
+        text = policy_text(path, s).replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n", 1)
+        assert HEALTH in text
+        out.append(from_design(text).program)
+    return out
+
+
+# one event: a decision (None) or an outcome (model slot, latency ms, success, seconds after)
+events = st.lists(
+    st.one_of(
+        st.none(),
+        st.tuples(
+            st.integers(0, 10),
+            st.sampled_from([80.0, 400.0, 900.0, 2000.0, 9000.0]),
+            st.booleans(),
+            st.sampled_from([0.0, 0.1, 0.3, 2.0, 6.0]),
+        ),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request=requests,
+    which=st.integers(min_value=0, max_value=100),
+    history=events,
+    refresh_ms=st.sampled_from([0.0, 250.0, 1e9]),
+)
+def test_the_shortcut_and_the_general_path_decide_alike_with_live_metrics(
+    live_programs: Programs,
+    request: dict[str, Any],
+    which: int,
+    history: list[Any],
+    refresh_ms: float,
+) -> None:
+    program = live_programs[which % len(live_programs)]
+    keys = [m.key for m in program.catalog.models]
+    clock = Clock()
+    live = LiveMetrics(3600.0, clock, refresh_ms)
+    env = env_of(request)
+    compared = 0
+    for event in [*history, None]:
+        if event is not None:
+            slot, latency, success, later = event
+            live.record(keys[slot % len(keys)], latency, success)
+            clock.now += later
+            continue
+        before = evaluator_module.general_path_calls
+        fast = evaluate(program, env, metrics=live, state=EvalState(), now=clock.now)
+        took_general = evaluator_module.general_path_calls - before
+        general = evaluate(
+            program, env, metrics=SnapshotStats(live), state=EvalState(), now=clock.now
+        )
+        traced = evaluate(
+            program, env, metrics=live, state=EvalState(), explain=True, now=clock.now
+        )
+        out = [d.to_dict() for d in (fast, general, traced)]
+        for d in out:
+            d.pop("trace", None)
+        assert out[0] == out[1] == out[2]
+        if fast.allowed:  # a request some model can serve takes the shortcut
+            assert took_general == 0
+        compared += 1
+    assert compared >= 1
 
 
 # ------------------------------------------------------------------ the reference ranking
@@ -249,3 +357,27 @@ def test_the_ranking_is_the_plain_reference_ranking(
     assert [(r["provider"], r["model"], r["score"]) for r in step["ranking"]] == expected
     assert (decision.provider, decision.model) == expected[0][:2]
     assert [(a.provider, a.model, a.score) for a in decision.alternatives] == expected[1:4]
+
+
+def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: Programs) -> None:
+    """Every candidate eligible, every model measured with its own success rate: the
+    weighted strategy's per-snapshot terms give the general path's decisions."""
+    from engine.strategies import weighted as weighted_module
+
+    for program in live_programs:
+        if program.default_route.settings.strategy != "weighted":
+            continue
+        keys = [m.key for m in program.catalog.models]
+        clock = Clock()
+        live = LiveMetrics(3600.0, clock, 1e9)
+        for i, key in enumerate(keys):
+            for j in range(8):  # 8 samples, 5 to 8 successes (failures first: no cooldown)
+                live.record(key, 200.0 + 97.0 * i + j, j >= 3 - i % 4)
+        view = program.default_route.table.view
+        weighted_module._MEASURED.pop(id(view), None)
+        for n in range(40):
+            env = env_of({"id": f"w{n}", "input_tokens": 10 * n})
+            fast = evaluate(program, env, metrics=live, now=clock.now).to_dict()
+            general = evaluate(program, env, metrics=SnapshotStats(live), now=clock.now)
+            assert fast == general.to_dict()
+        assert weighted_module._MEASURED[id(view)][0] is view  # the per-snapshot terms ran

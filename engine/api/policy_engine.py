@@ -35,7 +35,13 @@ from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
 from engine.routing.evaluator import EvalState, evaluate
-from engine.routing.metrics import ClosableMetrics, LiveMetrics, MetricsView, RecordingMetrics
+from engine.routing.metrics import (
+    DEFAULT_REFRESH_MS,
+    ClosableMetrics,
+    LiveMetrics,
+    MetricsView,
+    RecordingMetrics,
+)
 from engine.routing.request import Request, env_of
 from engine.vocabulary import SHARED_HEALTH_URL_PREFIXES
 
@@ -61,6 +67,7 @@ class PolicyEngine:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
+        metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -74,13 +81,15 @@ class PolicyEngine:
         False and `POST /v1/outcomes` answers 503.
         `analytics`: a DuckDB file for the rate-limit violations and daily stats when
         `state` keeps no logs (memory, Redis); a DuckDB state file keeps its own.
+        `metrics_refresh_ms`: a decision routes on live measurements at most this old (the
+        in-memory window's snapshot; 0: every outcome recorded before it, docs/metrics.md).
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
-            outcome_queue, analytics,
+            outcome_queue, analytics, metrics_refresh_ms,
         )  # fmt: skip
 
     @classmethod
@@ -96,6 +105,7 @@ class PolicyEngine:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
+        metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
@@ -104,6 +114,7 @@ class PolicyEngine:
         engine._setup(
             compile_sources([(name, text)], now=clock()),
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
+            metrics_refresh_ms,
         )  # fmt: skip
         return engine
 
@@ -117,6 +128,7 @@ class PolicyEngine:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
+        metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
     ) -> None:
         if not (isinstance(flush_interval_s, int | float) and 0 < flush_interval_s < INF):
             raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s!r}")
@@ -140,7 +152,7 @@ class PolicyEngine:
                 window_s=window_s,
                 clock=clock,
             )
-        self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock)
+        self.metrics: MetricsView = metrics or LiveMetrics(window_s, clock, metrics_refresh_ms)
         self._record_metric = (
             self.metrics.record if isinstance(self.metrics, RecordingMetrics) else None
         )

@@ -11,9 +11,11 @@ Order of work for one request:
 
 Steps 3 and 4 work on the route's flat per-model columns (`RouteTable`, built at compile
 time) and on parallel lists, one slot per eligible model; only the models a decision shows
-become objects. When nothing is measured, no `require` reads the request and no trace is
-asked for, step 3 takes a shortcut (`_eligible_fast`) that builds no drop reasons; a
-request nothing can serve then goes through the general path to say why.
+become objects. When no `require` reads the request and no trace is asked for, step 3 takes
+a shortcut (`_eligible_fast`) that builds no drop reasons; a request nothing can serve then
+goes through the general path to say why. With measurements, the shortcut reads the
+route's measured columns (`Measured`: latency, success rate, samples per position, and the
+few models a health rule may drop), built once per metrics snapshot, not per decision.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from engine.routing.decision import (
     LimitStatus,
     NoEligibleModel,
 )
-from engine.routing.metrics import MetricsView, NoMetrics
+from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
 from engine.strategies import Pool
 from engine.units import format_day, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -52,6 +54,10 @@ NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot s
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
 HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
 _NO_METRICS = NoMetrics()
+MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloaded programs)
+
+# Calls of the general path (`_eligible`), counted so tests can check which path ran.
+general_path_calls = 0
 
 
 @dataclass
@@ -104,6 +110,109 @@ def _capability_problem(row: ModelRow, needs: int, env: Mapping[str, Any]) -> st
     return None
 
 
+class Measured:
+    """A route's view of one metrics snapshot, by route position: the latency estimate
+    (measured p95 with `min_samples`, else the prior), the success rate (measured, else 1.0;
+    None when all are 1.0), the samples (None when none), and the positions a health rule
+    may drop, with their stats (whether it does depends on the decision's time)."""
+
+    __slots__ = ("lats", "rates", "route", "samples", "watch")
+
+    def __init__(self, route: CompiledRoute, stats: Mapping[str, ModelStats]) -> None:
+        settings = route.settings
+        table = route.table
+        min_samples = settings.min_samples
+        failures = settings.cooldown_failures
+        min_rate = settings.min_success_rate
+        priors = table.latency_priors
+        lats = list(priors)
+        rates = [1.0] * len(priors)
+        samples = [0] * len(priors)
+        watch: list[tuple[int, ModelStats, bool]] = []
+        for p, key in enumerate(table.keys):
+            found = stats.get(key)
+            if found is None:
+                continue
+            samples[p] = found.samples
+            measured = found.samples >= min_samples
+            if measured:
+                lats[p] = found.p95_ms
+                rates[p] = found.success_rate
+            if (failures and found.consecutive_failures >= failures) or (
+                measured and found.success_rate < min_rate
+            ):
+                watch.append((p, found, measured))
+        self.route = route
+        # the priors' own tuple when none is measured: strategies spot it (weighted)
+        self.lats: Sequence[float] = priors if lats == list(priors) else tuple(lats)
+        self.rates: tuple[float, ...] | None = (
+            None if all(r == 1.0 for r in rates) else tuple(rates)
+        )
+        self.samples: tuple[int, ...] | None = tuple(samples) if any(samples) else None
+        self.watch = tuple(watch)
+
+    def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
+        """These columns for a snapshot whose only changes are the failure counts and times
+        of `keys` (`MetricsSnapshot.health_keys`): the same columns, the watch list redone
+        for those models."""
+        route = self.route
+        settings = route.settings
+        failures = settings.cooldown_failures
+        min_samples, min_rate = settings.min_samples, settings.min_success_rate
+        position_of, table_keys = route.table.position_of, route.table.keys
+        watch = [w for w in self.watch if table_keys[w[0]] not in keys]
+        for key in keys:
+            p = position_of.get(key)
+            found = stats.get(key)
+            if p is None or found is None:
+                continue
+            measured = found.samples >= min_samples
+            if (failures and found.consecutive_failures >= failures) or (
+                measured and found.success_rate < min_rate
+            ):
+                watch.append((p, found, measured))
+        new = Measured.__new__(Measured)
+        new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
+        new.watch = tuple(watch)
+        return new
+
+    def dropped(self, now: float) -> set[int]:
+        """The positions a health rule drops at `now`: the tests of `_eligible`."""
+        settings = self.route.settings
+        failures = settings.cooldown_failures
+        out = set()
+        for p, stats, measured in self.watch:
+            if (
+                failures
+                and stats.consecutive_failures >= failures
+                and (now - stats.last_failure_at) * 1000.0 < settings.cooldown_ms
+            ) or (
+                measured
+                and stats.success_rate < settings.min_success_rate
+                and (now - stats.last_outcome_at) * 1000.0
+                < (settings.cooldown_ms or HEALTH_PROBE_MS)
+            ):
+                out.add(p)
+        return out
+
+
+def measured_columns(snapshot: MetricsSnapshot, route: CompiledRoute) -> Measured:
+    """The route's columns for this snapshot, built on its first decision."""
+    routes = snapshot.routes
+    found = routes.get(id(route))
+    if found is None or found.route is not route:
+        if len(routes) >= MAX_CACHED_ROUTES:
+            routes.clear()
+        parent = snapshot.parent
+        before = parent.routes.get(id(route)) if parent is not None else None
+        if before is not None and before.route is route:
+            found = before.patched(snapshot.stats, snapshot.health_keys)
+        else:
+            found = Measured(route, snapshot.stats)
+        routes[id(route)] = found
+    return found
+
+
 def _route_for(program: Program, env: Mapping[str, Any], trace: list[dict[str, Any]] | None):
     for route in program.routes:
         matched = route.when is None or route.when(env, None)
@@ -122,7 +231,7 @@ def _eligible(
     program: Program,
     route: CompiledRoute,
     env: Mapping[str, Any],
-    metrics: MetricsView,
+    stats_of: Any,  # model key -> ModelStats | None (a snapshot's, or the view's `stats`)
     measuring: bool,
     now: float,
     trace: list[dict[str, Any]] | None,
@@ -130,7 +239,10 @@ def _eligible(
 ) -> tuple[list[int], list[float], list[float], list[float] | None, list[int] | None, list[Any]]:
     """Every model of the route checked one by one, with the reason each dropped one was
     dropped: (positions, costs, latencies, success rates, samples, dropped). The general
-    path: metrics, `require` clauses, explain traces and empty results come here."""
+    path: `require` clauses, explain traces, metrics without snapshots and empty results
+    come here."""
+    global general_path_calls
+    general_path_calls += 1
     settings = route.settings
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
@@ -168,7 +280,7 @@ def _eligible(
                 if not pred(env, attrs):
                     problem = f"fails `require {text}`"
                     break
-        stats = metrics.stats(row.key) if measuring and problem is None else None
+        stats = stats_of(row.key) if measuring and problem is None else None
         measured = stats is not None and stats.samples >= min_samples
         if stats is not None and problem is None:
             if (
@@ -222,11 +334,16 @@ def _eligible(
 
 
 def _eligible_fast(
-    table: RouteTable, env: Mapping[str, Any], now: float
+    table: RouteTable,
+    env: Mapping[str, Any],
+    now: float,
+    latencies: Sequence[float] | None = None,
+    unhealthy: set[int] | None = None,
 ) -> tuple[Sequence[int], Sequence[float], Sequence[float]]:
-    """(positions, costs, latencies) of the models that can serve the request, when nothing
-    is measured and no `require` reads the request: no reasons, no per-model objects. The
-    same tests as `_eligible`, on the route's flat columns."""
+    """(positions, costs, latencies) of the models that can serve the request, when no
+    `require` reads the request: no reasons, no per-model objects. The same tests as
+    `_eligible`, on the route's flat columns; `latencies` by position (measured, else the
+    priors: `Measured.lats`), `unhealthy` the positions a health rule drops now."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     if (
@@ -256,7 +373,7 @@ def _eligible_fast(
                 (input_tokens * a + max_tokens * b) / 1e6
                 for a, b in zip(prices, table.output_prices, strict=True)
             ]
-        lats: Sequence[float] = table.latency_priors
+        lats: Sequence[float] = table.latency_priors if latencies is None else latencies
     else:
         masks, windows = table.masks, table.context_windows
         if max_tokens is None:
@@ -277,8 +394,13 @@ def _eligible_fast(
             ]
             prices, outputs = table.input_prices, table.output_prices
             costs = [(input_tokens * prices[i] + max_tokens * outputs[i]) / 1e6 for i in pos]
-        priors = table.latency_priors
+        priors = table.latency_priors if latencies is None else latencies
         lats = [priors[i] for i in pos]
+    if unhealthy:
+        keep = [s for s, p in enumerate(pos) if p not in unhealthy]
+        pos = [pos[s] for s in keep]
+        costs = [costs[s] for s in keep]
+        lats = [lats[s] for s in keep]
     max_cost = env["max_cost"]
     max_latency = env["max_latency"]
     if max_cost is not None or max_latency is not None:
@@ -332,11 +454,30 @@ def evaluate(
 
     table = route.table
     pos: Sequence[int] = ()
-    rates: list[float] | None = None
-    samples: list[int] | None = None
+    rates: Sequence[float] | None = None
+    samples: Sequence[int] | None = None
     measuring = metrics.has_data
-    if trace is None and not route.requires and not measuring:
-        pos, costs, lats = _eligible_fast(table, env, now)
+    stats_of = metrics.stats
+    columns: Measured | None = None
+    if measuring:
+        take = getattr(metrics, "snapshot", None)
+        if take is not None:
+            snapshot: MetricsSnapshot = take()
+            if snapshot.stats:
+                stats_of = snapshot.stats.get
+                if trace is None and not route.requires:
+                    columns = snapshot.routes.get(id(route))
+                    if columns is None or columns.route is not route:
+                        columns = measured_columns(snapshot, route)
+            else:
+                measuring = False  # nothing in this snapshot yet: the priors stand
+    if trace is None and not route.requires and (columns is not None or not measuring):
+        if columns is None:
+            pos, costs, lats = _eligible_fast(table, env, now)
+        else:
+            pos, costs, lats = _eligible_fast(
+                table, env, now, columns.lats, columns.dropped(now) if columns.watch else None
+            )
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
                 position_of = table.position_of
@@ -348,9 +489,17 @@ def evaluate(
                 pos = [pos[s] for s in keep]
                 costs = [costs[s] for s in keep]
                 lats = [lats[s] for s in keep]
+        if pos and columns is not None:
+            column = columns.rates
+            if column is not None:
+                rates = column if type(pos) is range else [column[p] for p in pos]
+            if columns.samples is not None:
+                samples = (
+                    columns.samples if type(pos) is range else [columns.samples[p] for p in pos]
+                )
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
-            program, route, env, metrics, measuring, now, trace, only
+            program, route, env, stats_of, measuring, now, trace, only
         )
         if not pos:
             return _no_eligible_model(program, env, route, dropped, trace)

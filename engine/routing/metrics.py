@@ -13,17 +13,26 @@
 - consecutive failures and the time of the last one, for cooldown (the evaluator decides,
   with the route's `cooldown after N failures for D`).
 
-Percentiles are recomputed from the totals lazily: when at least 1% more outcomes arrived
-since the last computation, or a second of the clock has passed.
+Routing reads a `MetricsSnapshot`: every model's `ModelStats` at one time, rebuilt at most
+every `refresh_ms` of the clock (`DEFAULT_REFRESH_MS`, 250 ms), so a decision may see
+measurements up to that old; `refresh_ms=0` rebuilds whenever anything changed (always
+fresh). A rebuild recomputes only the models with outcomes (or expired slices) since the
+last one, each in one walk of its sorted histogram for all three percentiles; `record()`
+only marks its model. Failure counts are the exception: a failure, or a success ending a
+run of failures, reaches the next decision's snapshot at once (cooldown never waits), the
+model's other figures staying as they were. `stats(key)` and `refresh()` are the exact
+reads: they rebuild first if anything changed.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
+from typing import Any, Protocol, runtime_checkable
 
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -32,6 +41,12 @@ _ceil = math.ceil
 _log = math.log
 MIN_LATENCY_MS = 0.01  # smaller values share the lowest bucket
 SLICES = 24
+DEFAULT_REFRESH_MS = 250.0  # a decision reads measurements at most this old (docs/metrics.md)
+PERCENTILES = (0.50, 0.95, 0.99)  # what ModelStats reports, ascending
+
+# Walks of a histogram for percentiles (one per model per rebuild), counted so tests can
+# check that a decision does not sort histograms (`quantiles`).
+percentile_passes = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,29 @@ class ModelStats:
     consecutive_failures: int = 0
     last_failure_at: float = 0.0  # epoch seconds
     last_outcome_at: float = 0.0  # epoch seconds: an unhealthy model is probed again later
+
+
+class MetricsSnapshot:
+    """Every measured model's `ModelStats` at one time (`taken_at`, the metrics' clock): what
+    one decision reads, whole. `routes` is where the evaluator keeps what it derived from
+    these stats per route (its measured columns); a new snapshot starts it empty."""
+
+    __slots__ = ("health_keys", "parent", "routes", "stats", "taken_at")
+
+    def __init__(
+        self,
+        stats: dict[str, ModelStats],
+        taken_at: float,
+        parent: MetricsSnapshot | None = None,
+        health_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        self.stats = stats
+        self.taken_at = taken_at
+        self.routes: dict[int, Any] = {}
+        # a snapshot that differs from `parent` only in the failure counts and times of
+        # `health_keys`: what was derived from the parent can be patched, not rebuilt
+        self.parent = parent
+        self.health_keys = health_keys
 
 
 class MetricsView(Protocol):
@@ -71,6 +109,14 @@ class RecordingMetrics(MetricsView, Protocol):
         cost: float = 0.0,
         at: float | None = None,
     ) -> None: ...
+
+
+@runtime_checkable
+class SnapshotMetrics(MetricsView, Protocol):
+    """A view that hands out whole snapshots (`LiveMetrics`, `SharedMetrics`): the evaluator
+    reads one per decision and routes on columns built once per snapshot."""
+
+    def snapshot(self) -> MetricsSnapshot: ...
 
 
 @runtime_checkable
@@ -116,34 +162,65 @@ class _Series:
     consecutive_failures: int = 0
     last_failure_at: float = 0.0
     last_outcome_at: float = 0.0
-    cached: ModelStats | None = None
-    cached_n: int = -1
-    cached_at: float = 0.0
-    changes: int = 0  # outcomes since the cache was computed
+    dirty: bool = True  # outcomes (or an expired slice) since its stats were computed
+    health_dirty: bool = False  # a failure, or a success ending failures, since then
+
+
+def quantiles(
+    counts: dict[int, int], n: int, qs: tuple[float, ...] = PERCENTILES
+) -> tuple[float, ...]:
+    """The values at ranks ceil(q·n) (1-based) of a histogram for each q of `qs` (ascending),
+    within the relative accuracy: one walk of the sorted buckets for all of them."""
+    global percentile_passes
+    percentile_passes += 1
+    buckets = sorted(counts)
+    running = list(accumulate(map(counts.__getitem__, buckets)))  # outcomes up to each bucket
+    last = len(buckets) - 1
+    # the first bucket whose running count reaches the rank (the last, should rank exceed n)
+    return tuple(
+        value_of(buckets[min(bisect_left(running, max(1, _ceil(q * n))), last)]) for q in qs
+    )
 
 
 def quantile(counts: dict[int, int], n: int, q: float) -> float:
     """The value at rank ceil(q·n) (1-based) of a histogram, within the relative accuracy."""
-    rank = max(1, math.ceil(q * n))
-    seen = 0
-    for bucket in sorted(counts):
-        seen += counts[bucket]
-        if seen >= rank:
-            return value_of(bucket)
-    return value_of(max(counts))  # pragma: no cover - rank <= n
+    return quantiles(counts, n, (q,))[0]
+
+
+_NOTHING_YET = -math.inf  # the time of the empty snapshot a window starts with
 
 
 class LiveMetrics:
-    """The in-memory sliding window per provider/model. Thread-safe; O(1) to record."""
+    """The in-memory sliding window per provider/model. Thread-safe; O(1) to record.
 
-    def __init__(self, window_s: float = 86_400.0, clock: object = None) -> None:
+    `refresh_ms`: how old the snapshot a decision reads may be (`DEFAULT_REFRESH_MS`); 0 makes
+    every read see every outcome recorded before it. `clock`: epoch seconds (tests pass a
+    fake one, which makes the staleness exact: a snapshot is rebuilt when the clock has moved
+    at least `refresh_ms` since it was taken, or went back)."""
+
+    def __init__(
+        self,
+        window_s: float = 86_400.0,
+        clock: object = None,
+        refresh_ms: float = DEFAULT_REFRESH_MS,
+    ) -> None:
         import time
 
+        if not refresh_ms >= 0:
+            raise ValueError(f"refresh_ms must be 0 or more, not {refresh_ms!r}")
         self.window_s = window_s
         self.slice_s = window_s / SLICES
+        self.refresh_ms = refresh_ms
+        self._refresh_s = refresh_ms / 1000.0
         self.clock = clock if callable(clock) else time.time
         self._series: dict[str, _Series] = {}
         self._lock = threading.Lock()
+        self._snapshot = MetricsSnapshot({}, _NOTHING_YET)
+        self._dirty = False  # any outcome since the snapshot was built
+        self._health_dirty = False  # a failure, or a success ending failures, since then
+        self.rebuilds = 0  # snapshots built with something new in them
+        self.recomputed = 0  # models whose stats a rebuild computed again
+        self.health_updates = 0  # snapshots given fresh failure counts between rebuilds
 
     def record(
         self,
@@ -181,12 +258,16 @@ class LiveMetrics:
             if success:
                 current.ok += 1
                 series.ok += 1
-                series.consecutive_failures = 0
+                if series.consecutive_failures:  # the circuit closes: no waiting for it
+                    series.consecutive_failures = 0
+                    series.health_dirty = self._health_dirty = True
             else:
                 series.consecutive_failures += 1
                 series.last_failure_at = max(series.last_failure_at, now)
-            series.changes += 1
+                series.health_dirty = self._health_dirty = True
             series.last_outcome_at = max(series.last_outcome_at, now)
+            series.dirty = True
+            self._dirty = True
 
     def _slice_for(self, series: _Series, start: float) -> _Slice:
         for item in series.slices:
@@ -211,47 +292,106 @@ class LiveMetrics:
             series.n -= old.n
             series.ok -= old.ok
             series.cost -= old.cost
-            series.changes += old.n
+            series.dirty = True
+
+    def snapshot(self) -> MetricsSnapshot:
+        """What a decision reads: the last snapshot while it is less than `refresh_ms` old
+        by the clock, else a rebuilt one (`refresh`)."""
+        snap = self._snapshot
+        now = self.clock()
+        if 0.0 <= now - snap.taken_at < self._refresh_s:
+            if self._health_dirty:
+                return self._health_update()
+            return snap
+        return self.refresh(now)
+
+    def _health_update(self) -> MetricsSnapshot:
+        """The snapshot with the failure counts and times of now (cooldown never waits for a
+        refresh), the rest as it was; a model new since then gets its stats whole."""
+        with self._lock:
+            snap = self._snapshot
+            stats = dict(snap.stats)
+            keys = set()
+            whole = False  # a model's stats computed whole: nothing to patch from
+            for key, series in self._series.items():
+                if series.health_dirty:
+                    series.health_dirty = False
+                    keys.add(key)
+                    old = stats.get(key)
+                    if old is None:
+                        stats[key] = self._stats_of(series)
+                        series.dirty = False
+                        self.recomputed += 1
+                        whole = True
+                    else:
+                        stats[key] = replace(
+                            old,
+                            consecutive_failures=series.consecutive_failures,
+                            last_failure_at=series.last_failure_at,
+                            last_outcome_at=series.last_outcome_at,
+                        )
+            self._health_dirty = False
+            self.health_updates += 1
+            parent = None if whole else snap
+            snap.parent = None  # one generation back at most: no chain of old snapshots
+            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, frozenset(keys))
+            return snap
+
+    def refresh(self, now: float | None = None) -> MetricsSnapshot:
+        """The snapshot as of `now` (default: the clock): slices older than the window leave,
+        the models with anything new get their stats computed again, the others keep theirs.
+        Nothing new: the same snapshot (and what the evaluator built from it) stays."""
+        if now is None:
+            now = self.clock()
+        with self._lock:
+            snap = self._snapshot
+            horizon = now - self.window_s
+            changed = self._dirty
+            for series in self._series.values():
+                slices = series.slices
+                if slices and slices[0].start + self.slice_s <= horizon:
+                    self._expire(series, now)
+                    changed = changed or series.dirty
+            if not changed:
+                snap.taken_at = now
+                return snap
+            stats = dict(snap.stats)
+            for key, series in self._series.items():
+                if series.dirty:
+                    stats[key] = self._stats_of(series)
+                    series.dirty = series.health_dirty = False
+                    self.recomputed += 1
+            self._dirty = self._health_dirty = False
+            self.rebuilds += 1
+            snap = self._snapshot = MetricsSnapshot(stats, now)
+            return snap
+
+    @staticmethod
+    def _stats_of(series: _Series) -> ModelStats:
+        n = series.n
+        if n <= 0:
+            return ModelStats(
+                0, 0.0, 0.0, 0.0, 1.0, 0.0,
+                series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
+            )  # fmt: skip
+        p50, p95, p99 = quantiles(series.counts, n)
+        return ModelStats(
+            samples=n,
+            p50_ms=p50,
+            p95_ms=p95,
+            p99_ms=p99,
+            success_rate=series.ok / n,
+            avg_cost=series.cost / n,
+            consecutive_failures=series.consecutive_failures,
+            last_failure_at=series.last_failure_at,
+            last_outcome_at=series.last_outcome_at,
+        )
 
     def stats(self, model_key: str) -> ModelStats | None:
-        series = self._series.get(model_key)
-        if series is None:
+        """The exact read (not the decision's): every outcome recorded so far counts."""
+        if model_key not in self._series:
             return None
-        now = self.clock()
-        cached = series.cached
-        if (
-            cached is not None
-            and series.changes * 100 < max(series.n, 1)
-            and now - series.cached_at < 1.0
-            and cached.consecutive_failures == series.consecutive_failures
-            and cached.last_outcome_at == series.last_outcome_at
-        ):
-            return cached
-        with self._lock:
-            if series.slices and series.slices[0].start + self.slice_s <= now - self.window_s:
-                self._expire(series, now)
-            n = series.n
-            if n <= 0:
-                stats = ModelStats(
-                    0, 0.0, 0.0, 0.0, 1.0, 0.0,
-                    series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
-                )  # fmt: skip
-            else:
-                stats = ModelStats(
-                    samples=n,
-                    p50_ms=quantile(series.counts, n, 0.50),
-                    p95_ms=quantile(series.counts, n, 0.95),
-                    p99_ms=quantile(series.counts, n, 0.99),
-                    success_rate=series.ok / n,
-                    avg_cost=series.cost / n,
-                    consecutive_failures=series.consecutive_failures,
-                    last_failure_at=series.last_failure_at,
-                    last_outcome_at=series.last_outcome_at,
-                )
-            series.cached = stats
-            series.cached_at = now
-            series.changes = 0
-            return stats
+        return self.refresh().stats.get(model_key)
 
     @property
     def has_data(self) -> bool:

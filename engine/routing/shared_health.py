@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from engine.routing.metrics import ModelStats, bucket_of, quantile
+from engine.routing.metrics import MetricsSnapshot, ModelStats, bucket_of, quantiles
 
 log = logging.getLogger("policyctl.shared_metrics")
 
@@ -51,7 +51,7 @@ class SharedMetrics:
         self.slice_s = max(1, round(window_s / SLICES))  # whole seconds: keys line up
         self.clock = clock
         self._queue: queue.Queue[tuple[str, float, bool, float, float]] = queue.Queue(100_000)
-        self._snapshot: dict[str, ModelStats] = {}
+        self._snapshot = MetricsSnapshot({}, 0.0)
         self.dropped = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -68,10 +68,14 @@ class SharedMetrics:
 
     @property
     def has_data(self) -> bool:
-        return bool(self._snapshot)
+        return bool(self._snapshot.stats)
 
     def stats(self, model_key: str) -> ModelStats | None:
-        return self._snapshot.get(model_key)
+        return self._snapshot.stats.get(model_key)
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The last snapshot read from Redis (a decision reads it whole)."""
+        return self._snapshot
 
     def record(
         self,
@@ -170,18 +174,19 @@ class SharedMetrics:
             last_outcome = float(health.get("la", 0.0))
             if n == 0 and failures == 0:
                 continue
+            p50, p95, p99 = quantiles(counts, n) if n else (0.0, 0.0, 0.0)
             snapshot[key] = ModelStats(
                 samples=n,
-                p50_ms=quantile(counts, n, 0.50) if n else 0.0,
-                p95_ms=quantile(counts, n, 0.95) if n else 0.0,
-                p99_ms=quantile(counts, n, 0.99) if n else 0.0,
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
                 success_rate=ok / n if n else 1.0,
                 avg_cost=cost / n if n else 0.0,
                 consecutive_failures=failures,
                 last_failure_at=last_failure,
                 last_outcome_at=last_outcome,
             )
-        self._snapshot = snapshot
+        self._snapshot = MetricsSnapshot(snapshot, now)
 
     def _run(self) -> None:
         while not self._stop.wait(self._refresh_s):

@@ -173,7 +173,11 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
     run = _new_run(strategy, "strategy", scenario)
     clock = _Clock(START)
     name, text = scenario.policy_text(strategy)
-    engine = PolicyEngine.from_text(text, name, clock=clock, state="memory://")
+    # every outcome counts from the next decision on (no snapshot age): what a simulation
+    # shows does not hang on how the simulated arrivals fall against the refresh interval
+    engine = PolicyEngine.from_text(
+        text, name, clock=clock, state="memory://", metrics_refresh_ms=0
+    )
     index_of = {key: i for i, key in enumerate(scenario.providers)}
     providers = list(scenario.providers.values())
     models = scenario.catalog.models

@@ -4,6 +4,7 @@ success rate, each in 0-1 (1 for the fastest, the cheapest, always successful)."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from engine.strategies.base import (
     Pool,
@@ -17,6 +18,11 @@ from engine.strategies.base import (
 
 FACTORS = ("latency", "cost", "success")
 DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
+
+# id(view) -> (view, latencies, success rates, latency terms, success terms): the terms of
+# a route's measured columns (the evaluator's, one pair of objects per metrics snapshot),
+# computed on the snapshot's first decision that has every candidate eligible
+_MEASURED: dict[int, tuple[Any, Any, Any, tuple[float, ...], tuple[float, ...]]] = {}
 
 
 def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float, float]:
@@ -77,6 +83,28 @@ def weighted(pool: Pool) -> Ranking:
             ]
         else:
             totals = [w_latency * 1.0 + w_cost * (1.0 - c / max_cost) + success for c in costs]
+    elif (
+        max_cost > 0
+        and max_latency > 0
+        and succ is not None
+        and len(lat) == len(view.keys)
+        and type(pool.pos) is range
+    ):  # every candidate, on measured columns: the latency and success terms are per snapshot
+        found = _MEASURED.get(id(view))
+        if found is None or found[0] is not view or found[1] is not lat or found[2] is not succ:
+            if len(_MEASURED) >= 256:
+                _MEASURED.clear()
+            found = _MEASURED[id(view)] = (
+                view,
+                lat,
+                succ,
+                tuple(w_latency * (1.0 - x / max_latency) for x in lat),
+                tuple(w_success * r for r in succ),
+            )
+        totals = [  # the same terms, added in the same order, as the general formula
+            t + w_cost * (1.0 - c / max_cost) + r
+            for t, c, r in zip(found[3], costs, found[4], strict=True)
+        ]
     else:
         rates = succ if succ is not None else [1.0] * len(costs)
         totals = [

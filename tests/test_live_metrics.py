@@ -1,0 +1,174 @@
+"""The live window under traffic: what a decision costs in counted work, and how old the
+measurements it reads may be (docs/metrics.md §2, "Snapshots").
+
+Counts, not times: histogram walks for percentiles, models recomputed per refresh, calls of
+the evaluator's general path. The staleness is made exact with a fake clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+from _design import from_design
+
+from engine.routing import evaluator as evaluator_module
+from engine.routing import metrics as metrics_module
+from engine.routing.metrics import DEFAULT_REFRESH_MS, LiveMetrics
+
+START = 1_800_000_000.0
+MODELS = [f"p/m{i}" for i in range(5)]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def filled(clock: FakeClock, refresh_ms: float = 250.0) -> LiveMetrics:
+    metrics = LiveMetrics(3600.0, clock, refresh_ms)
+    for i in range(500):
+        metrics.record(MODELS[i % len(MODELS)], 100.0 + i, True)
+    return metrics
+
+
+def test_the_default_refresh_interval_is_the_documented_one() -> None:
+    assert DEFAULT_REFRESH_MS == 250.0  # docs/metrics.md §2
+    assert LiveMetrics().refresh_ms == 250.0
+
+
+def test_one_histogram_walk_per_model_per_refresh_for_all_percentiles() -> None:
+    clock = FakeClock()
+    metrics = filled(clock)
+    before = metrics_module.percentile_passes
+    first = metrics.snapshot()
+    assert metrics_module.percentile_passes - before == len(MODELS)  # p50, p95, p99 at once
+    for _ in range(1000):  # decisions within the interval read the same snapshot
+        clock.now += 0.0002
+        assert metrics.snapshot() is first
+    assert metrics_module.percentile_passes - before == len(MODELS)
+
+
+def test_a_record_recomputes_only_its_model() -> None:
+    clock = FakeClock()
+    metrics = filled(clock)
+    old = metrics.refresh()
+    recomputed = metrics.recomputed
+    metrics.record("p/m3", 5000.0, True)
+    new = metrics.refresh()
+    assert metrics.recomputed - recomputed == 1
+    for key in MODELS:
+        if key == "p/m3":
+            assert new.stats[key] is not old.stats[key]
+            assert new.stats[key].samples == old.stats[key].samples + 1
+        else:  # the same objects: nothing thrown away
+            assert new.stats[key] is old.stats[key]
+
+
+def test_nothing_new_keeps_the_snapshot_and_what_was_built_from_it() -> None:
+    clock = FakeClock()
+    metrics = filled(clock)
+    snap = metrics.refresh()
+    snap.routes[1] = "built"
+    clock.now += 10
+    assert metrics.snapshot() is snap and snap.routes[1] == "built"
+    assert snap.taken_at == clock.now
+
+
+def test_a_decision_sees_measurements_at_most_refresh_ms_old() -> None:
+    clock = FakeClock()
+    metrics = LiveMetrics(3600.0, clock, 250.0)
+    metrics.record("p/m", 100.0, True)
+    taken = metrics.snapshot()
+    assert taken.stats["p/m"].samples == 1
+    clock.now += 0.1
+    metrics.record("p/m", 100.0, True)
+    clock.now += 0.149  # 249 ms since the snapshot was taken: still that snapshot
+    assert metrics.snapshot() is taken and taken.stats["p/m"].samples == 1
+    clock.now = START + 0.25
+    metrics.record("p/m", 100.0, True)
+    assert metrics.snapshot().stats["p/m"].samples == 3  # 250 ms: rebuilt
+    clock.now -= 5  # a clock that went back: rebuilt too
+    metrics.record("p/m", 100.0, True)
+    assert metrics.snapshot().stats["p/m"].samples == 4
+    metrics.record("p/m", 100.0, True)
+    assert metrics.snapshot().stats["p/m"].samples == 4  # within the interval
+    exact = metrics.stats("p/m")  # the exact read does not wait (and refreshes)
+    assert exact is not None and exact.samples == 5
+    assert metrics.snapshot().stats["p/m"] is exact
+
+
+def test_refresh_ms_zero_is_always_fresh() -> None:
+    clock = FakeClock()
+    metrics = LiveMetrics(3600.0, clock, 0)
+    for n in range(1, 20):
+        metrics.record("p/m", 100.0, True)
+        assert metrics.snapshot().stats["p/m"].samples == n
+    with pytest.raises(ValueError, match="refresh_ms"):
+        LiveMetrics(3600.0, clock, -1)
+
+
+def test_failure_counts_reach_the_next_snapshot_at_once_and_nothing_else_moves() -> None:
+    clock = FakeClock()
+    metrics = filled(clock)
+    taken = metrics.snapshot()
+    passes = metrics_module.percentile_passes
+    metrics.record("p/m1", 9000.0, False)
+    metrics.record("p/m1", 9000.0, False)
+    patched = metrics.snapshot()
+    assert patched is not taken and patched.parent is taken
+    assert patched.health_keys == {"p/m1"}
+    after, before = patched.stats["p/m1"], taken.stats["p/m1"]
+    assert after.consecutive_failures == 2 and before.consecutive_failures == 0
+    assert (after.samples, after.p95_ms, after.success_rate) == (
+        before.samples,
+        before.p95_ms,
+        before.success_rate,
+    )
+    assert metrics_module.percentile_passes == passes  # no histogram walked
+    assert metrics.snapshot() is patched  # once
+    metrics.record("p/m1", 100.0, True)  # a success ending the run of failures
+    closed = metrics.snapshot()
+    assert closed.stats["p/m1"].consecutive_failures == 0
+    assert taken.parent is None and closed.parent is patched and patched.parent is None
+
+
+POLICY = """
+defaults {
+    strategy latency
+    min_samples 20
+    min_success_rate 50%
+    cooldown after 3 failures for 30s
+}
+route r {
+    prefer gemini/gemini-1.5-flash-latest
+    prefer claude/claude-3-haiku-20240307
+    prefer openai/gpt-3.5-turbo
+}
+"""
+
+
+def test_decisions_with_live_outcomes_take_the_shortcut_and_walk_no_histogram() -> None:
+    clock = FakeClock()
+    engine = from_design(POLICY, clock=clock)
+    decision = engine.evaluate({"id": "warm"})
+    for i in range(300):
+        engine.record(decision, latency_ms=300.0 + i, success=i % 9 != 0)
+    general = evaluator_module.general_path_calls
+    passes = metrics_module.percentile_passes
+    rebuilds = engine.metrics.rebuilds  # type: ignore[attr-defined]
+    decisions = 2000
+    for i in range(decisions):
+        clock.now += 0.001  # 2 s of traffic: 8 refresh intervals
+        decision = engine.evaluate({"id": f"r{i}"})
+        assert decision.allowed
+        engine.record(decision, latency_ms=300.0 + i % 50, success=i % 50 != 0)
+    assert evaluator_module.general_path_calls == general  # the shortcut, every time
+    refreshed = engine.metrics.rebuilds - rebuilds  # type: ignore[attr-defined]
+    assert refreshed <= 2 / (DEFAULT_REFRESH_MS / 1000) + 1
+    # one walk per refreshed model (at most the three of the route) per refresh
+    assert metrics_module.percentile_passes - passes <= 3 * refreshed
+    assert decision.confidence == 1.0  # measured: samples ≥ min_samples
+    engine.evaluate({"id": "traced"}, explain=True)
+    assert evaluator_module.general_path_calls == general + 1  # a trace takes the general path
