@@ -176,9 +176,9 @@ class MemoryStore:
         for spec in specs:
             full_at = table.get(spec[0])
             have = spec[1]
-            if full_at is None:
+            if full_at is None or full_at <= now:  # full: as if evicted (reported full at now)
                 full_at = now
-            elif full_at > now:
+            else:
                 have -= (full_at - now) * spec[2]
             outcome = _outcome((spec, have, have + EPSILON >= spec[3], full_at))
             out.append(outcome)
