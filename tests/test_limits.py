@@ -138,6 +138,25 @@ def test_allowed_decision_reports_remaining_and_reset(make_store: StoreFactory) 
     assert status.retry_after_ms is None
 
 
+def test_a_bucket_full_again_reports_full_at_now_whether_or_not_it_was_evicted(
+    make_store: StoreFactory,
+) -> None:
+    """A full bucket is the same as none: a dry run (nothing consumed) after the bucket has
+    refilled reports it full at the decision's time, on every store, whether the store
+    still holds it (memory before eviction, DuckDB, Redis within its expiry) or not."""
+    clock = FakeClock()
+    store = make_store()
+    engine = engine_with(USER_LIMIT, store, clock)
+    engine.evaluate({"id": "r", "user": "u"})  # full again 600 ms later
+    clock.step(0.9)
+    kept = engine.evaluate({"id": "d1", "user": "u"}, dry_run=True).rate_limits[0]
+    assert kept.reset_at == pytest.approx(START + 0.9, abs=1e-6)
+    assert kept.remaining == 109
+    store.evict(clock.now * 1000)
+    gone = engine.evaluate({"id": "d2", "user": "u"}, dry_run=True).rate_limits[0]
+    assert gone.to_dict() == kept.to_dict()
+
+
 # ---------------------------------------------------------------- provider exhaustion
 
 

@@ -22,6 +22,7 @@ from engine import PolicyEngine
 from engine.analytics import queries
 from engine.limits.stores.base import (
     BucketInspection,
+    HeldBuckets,
     OnePassCheck,
     Persistence,
     Quota,
@@ -42,8 +43,8 @@ pytest_plugins = ["_redis"]
 NOW = 1_800_000_000_000.0  # epoch milliseconds
 KINDS = ("memory", "duckdb", "redis")
 CLAIMS: dict[str, set[str]] = {
-    "memory": {"Store", "OnePassCheck"},
-    "duckdb": {"Store", "Persistence", "BucketInspection", "SQLQueries"},
+    "memory": {"Store", "OnePassCheck", "HeldBuckets"},
+    "duckdb": {"Store", "Persistence", "BucketInspection", "SQLQueries", "HeldBuckets"},
     "redis": {"Store"},
 }
 PROTOCOLS: dict[str, type] = {
@@ -51,6 +52,7 @@ PROTOCOLS: dict[str, type] = {
     "Persistence": Persistence,
     "BucketInspection": BucketInspection,
     "SQLQueries": SQLQueries,
+    "HeldBuckets": HeldBuckets,
 }
 
 
@@ -121,7 +123,7 @@ def test_a_subclass_that_changes_a_step_of_acquire_does_not_claim_one_pass() -> 
 
     store = Wrapping()
     assert isinstance(store, OnePassCheck)  # it inherits the members…
-    assert claims(store) == {"Store"}  # …but not the claim
+    assert claims(store) == {"Store", "HeldBuckets"}  # …but not the claim
 
 
 def test_metrics_views_claim_their_protocols(redis_server: Any) -> None:
@@ -419,3 +421,21 @@ class TestSQLQueries:
             assert store.read(lambda con: queries.violations(con, None, None, 1)) == newest[:1]
         finally:
             engine.close()
+
+
+# ----------------------------------------------------------------------------- HeldBuckets
+
+
+@pytest.mark.parametrize("make_store", claiming("HeldBuckets"), indirect=True)
+class TestHeldBuckets:
+    def test_counts_what_it_holds(self, make_store: StoreFactory) -> None:
+        store = _claimed(make_store, "HeldBuckets")
+        assert store.bucket_counts().held == 0
+        for key in ("a", "b", "c"):
+            store.acquire([_spec(key)], (), NOW)
+        store.acquire([_spec("fast", rate=1.0)], (), NOW)
+        counts = store.bucket_counts()
+        assert counts.held == len(store.buckets()) == 4
+        assert counts.dropped_partial == 0
+        assert store.evict(NOW + 10.0) == 1  # `fast` is full again
+        assert store.bucket_counts().held == 3

@@ -525,7 +525,10 @@ class Limiter:
                     have = available(full_at, capacity, rate, now)
                     fits = have + EPSILON >= cost
                     outcome = Outcome(
-                        Spec(*bucket), have, fits, now if full_at is None else full_at
+                        Spec(*bucket),
+                        have,
+                        fits,
+                        now if full_at is None or full_at < now else full_at,
                     )
                     outcomes.append(outcome)
                     if fits or retry == math.inf:

@@ -36,6 +36,7 @@ from engine.analytics.records import (
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
+from engine.limits.stores.base import HeldBuckets
 from engine.routing.decision import NoEligibleModel
 from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
@@ -129,6 +130,17 @@ class Telemetry:
             "# TYPE policyctl_outcomes_dropped_total counter",
             f"policyctl_outcomes_dropped_total {dropped}",
         ]
+        if isinstance(engine.store, HeldBuckets):  # memory or DuckDB state: buckets held here
+            held = engine.store.bucket_counts()
+            lines += [
+                "# HELP policyctl_buckets_held Rate-limit buckets held in memory.",
+                "# TYPE policyctl_buckets_held gauge",
+                f"policyctl_buckets_held {held.held}",
+                "# HELP policyctl_buckets_dropped_total Buckets not yet full dropped past"
+                " max_keys (their used quota handed back).",
+                "# TYPE policyctl_buckets_dropped_total counter",
+                f"policyctl_buckets_dropped_total {held.dropped_partial}",
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
-"""Rate-limit state stores, chosen by URL: `memory://`, a DuckDB file path, `redis://…`
-(the schemes are declared in `engine.vocabulary.STORE_SCHEMES`).
+"""Rate-limit state stores, chosen by URL: `memory://` (`memory://?max_keys=N` bounds the
+buckets it holds), a DuckDB file path, `redis://…` (the schemes are declared in
+`engine.vocabulary.STORE_SCHEMES`).
 
 Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `redis://`.
 """
@@ -42,7 +43,7 @@ def default_state_file() -> str:
 
 def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
     """A store for a URL. An unknown scheme is a ConfigurationError that quotes the URL."""
-    if url in MEMORY_URLS:
+    if url in MEMORY_URLS or url.startswith(MEMORY_URLS[0] + "?"):  # `memory://?max_keys=N`
         from engine.limits.stores.memory import MemoryStore
 
         return MemoryStore(url)

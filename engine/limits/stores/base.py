@@ -25,6 +25,7 @@ implements `Store` and claims any of the others by having their members:
 | `Persistence`      | write_configs, connection                   | DuckDB                |
 | `BucketInspection` | bucket_details, cleanup                     | DuckDB                |
 | `SQLQueries`       | read                                        | DuckDB                |
+| `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -39,6 +40,9 @@ implements `Store` and claims any of the others by having their members:
 - `SQLQueries`: `read(fn)` runs `fn(connection)` under the store's lock, so the admin's
   stats and violations queries (`engine.analytics.queries`) never meet a write on another
   thread.
+- `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
+  store's `max_keys` bound, and how many were evicted or dropped past it); the service's
+  `/metrics` shows them.
 """
 
 from __future__ import annotations
@@ -101,6 +105,17 @@ class Quota:
     window_ms: float
     burst: float
     expires_at: float | None  # epoch seconds, or None for no expiry
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCounts:
+    """What a store holding buckets in memory holds, and what it let go."""
+
+    held: int  # buckets held now
+    max_keys: int | None  # the bound on `held` (None: none, every bucket is kept)
+    evicted: int  # full buckets deleted as the store was used (as if they had stayed)
+    dropped_full: int  # full buckets dropped past `max_keys` (as if they had stayed)
+    dropped_partial: int  # buckets not full dropped past `max_keys`: quota handed back
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +237,15 @@ class BucketInspection(Store, Protocol):
 
     def cleanup(self, now: float, idle_ms: float) -> int:
         """Delete buckets that are full and unused for `idle_ms`; how many."""
+        ...
+
+
+@runtime_checkable
+class HeldBuckets(Store, Protocol):
+    """A store that holds its buckets in this process's memory (memory, DuckDB)."""
+
+    def bucket_counts(self) -> BucketCounts:
+        """Buckets held, the bound, and the buckets let go (the service's /metrics)."""
         ...
 
 

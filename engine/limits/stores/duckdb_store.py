@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.analytics.salvage import StateWriteError, in_transaction, write_salvaging
-from engine.limits.stores.base import Outcome, Quota, StoreBusyError
+from engine.limits.stores.base import BucketCounts, Outcome, Quota, StoreBusyError
 from engine.limits.stores.memory import MemoryStore
 
 FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
@@ -145,6 +145,11 @@ class DuckDBStore(MemoryStore):
                 self._dirty.discard(k)
                 self._deleted.add(k)
             return len(keys)
+
+    def bucket_counts(self) -> BucketCounts:
+        """Every bucket of the file is held (no bound: `cleanup` deletes idle ones)."""
+        with self._lock:
+            return BucketCounts(len(self._full_at), None, 0, 0, 0)
 
     def bucket_details(self) -> list[tuple[str, float, float, float, float]]:
         """(key, full_at_ms, capacity, rate_per_ms, last_used_ms) of every stored bucket."""

@@ -1,8 +1,22 @@
 """`memory://`: per-process rate-limit state, the reference every other store agrees with.
 
-A bucket is one dict entry: key -> `full_at` (a float). Full buckets are evicted as the
-store is used (a slice of the table per `EVICT_EVERY` acquires), so idle keys cost nothing
-for long. One lock makes each `acquire` atomic across threads.
+A bucket is one dict entry: key -> `full_at` (a float), kept in least-recently-used order
+(a bucket consumed from moves to the end). One lock makes each `acquire` atomic across
+threads.
+
+Memory tracks the keys active within their refill time, not every key ever seen:
+
+- Full buckets are evicted as the store is used, least recently used first, at a pace
+  tied to new keys: an acquire owes 1 unit of eviction work and a new bucket
+  `NEW_KEY_DEBT` more; every `EVICT_EVERY` units, `EVICT_SLICE` keys are examined. So
+  each new key pays for two keys examined, whatever the arrival rate, and a table that
+  only ever sees new keys stays within about twice the keys still refilling, plus a
+  slice. A full bucket is the same as none, so eviction never changes a decision.
+- `max_keys` (`memory://?max_keys=N`, default `DEFAULT_MAX_KEYS`) bounds the table: past
+  it, the least recently used buckets are dropped, full ones first, down to `max_keys`
+  less `1/TRIM_BATCH` of it (in one pass, so a flood of new keys pays for it in batches).
+  A dropped bucket that was not full hands its used quota back; those are counted in
+  `dropped_partial` (`policyctl_buckets_dropped_total` in the service's metrics).
 """
 
 from __future__ import annotations
@@ -10,11 +24,13 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Iterable, Sequence
-from itertools import chain
+from itertools import chain, islice
 
 from engine.limits.stores.base import (
     EPSILON,
     AcquireResult,
+    BucketCounts,
+    ConfigurationError,
     Outcome,
     Quota,
     Spec,
@@ -24,20 +40,58 @@ from engine.limits.stores.base import (
 _outcome = functools.partial(tuple.__new__, Outcome)
 _result = functools.partial(tuple.__new__, AcquireResult)
 
-EVICT_EVERY = 1024  # acquires between eviction slices
-EVICT_SLICE = 256  # keys examined per slice
+EVICT_EVERY = 1024  # units of eviction work (an acquire 1, a new bucket 1 + NEW_KEY_DEBT)
+EVICT_SLICE = 256  # keys examined per slice: 1/4 key per acquire…
+NEW_KEY_DEBT = 8  # …and 2 more per new bucket, so eviction outpaces any arrival of new keys
+# About 200 B a bucket at most (bench/limits_bench.py measures ~170 B: key, float, dict
+# slot): a million keys is ~200 MB, a fair share of a laptop, and more keys refilling at
+# once than one process decides for in a window (~40k decisions/s, all new, for 25 s).
+DEFAULT_MAX_KEYS = 1_000_000
+TRIM_BATCH = 64  # past `max_keys`, drop down to `max_keys - max_keys // TRIM_BATCH`
+
+
+def memory_url_options(url: str) -> int:
+    """`max_keys` of a `memory://?max_keys=N` URL (the default without one). A
+    ConfigurationError names anything else the query holds, or a bad number."""
+    _, _, query = url.partition("?")
+    max_keys = DEFAULT_MAX_KEYS
+    for part in query.split("&") if query else ():
+        name, eq, value = part.partition("=")
+        if name != "max_keys" or not eq:
+            raise ConfigurationError(
+                f"unknown option `{part}` in the state store URL `{url}` (memory takes"
+                " `max_keys=N`)"
+            )
+        try:
+            max_keys = int(value.replace("_", ""))
+        except ValueError:
+            max_keys = 0
+        if max_keys < 1:
+            raise ConfigurationError(
+                f"`max_keys` must be a whole number of keys, 1 or more, got `{value}` in `{url}`"
+            )
+    return max_keys
 
 
 class MemoryStore:
     persistent = False  # nothing to write back: logs stay with the limiter
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, max_keys: int | None = None) -> None:
         self.url = url
+        if max_keys is None:  # from a `memory://?max_keys=N` URL, else the default
+            max_keys = memory_url_options(url) if url.startswith("memory://") else DEFAULT_MAX_KEYS
+        self.max_keys = max_keys
+        if self.max_keys < 1:
+            raise ConfigurationError(f"`max_keys` must be 1 or more, got {self.max_keys}")
+        # key -> full_at, least recently used first (a bucket consumed from moves last)
         self._full_at: dict[str, float] = {}
         self._quotas: dict[tuple[str, str], Quota] = {}
         self._lock = threading.RLock()
-        self._since_evict = 0
-        self._evict_cursor: list[str] = []
+        self._since_evict = 0  # eviction work owed (see EVICT_EVERY)
+        self._evict_cursor: list[str] = []  # keys left to examine, least recent last
+        self.evicted = 0  # full buckets deleted as the store is used
+        self.dropped_full = 0  # full buckets dropped past `max_keys`
+        self.dropped_partial = 0  # buckets not full dropped past `max_keys` (quota given back)
         # The one-pass `acquire` applies unless a subclass changes a step of `acquire_stepwise`
         # (DuckDB does: it tracks the buckets it must write back). Callers may use
         # `consume_all` in place of `acquire` (the limiter does) only when `one_pass`:
@@ -71,8 +125,9 @@ class MemoryStore:
             if len(shared) == 1:  # one bucket: `consume_all` inlined
                 spec = shared[0]
                 key = spec[0]
+                table = self._full_at
                 with self._lock:
-                    full_at = self._full_at.get(key)
+                    full_at = table.get(key)
                     have = spec[1]
                     if full_at is not None and full_at > now:
                         have -= (full_at - now) * spec[2]
@@ -80,10 +135,16 @@ class MemoryStore:
                     else:
                         start = now
                     if have + EPSILON >= spec[3]:
-                        self._full_at[key] = new = start + spec[3] / spec[2]
+                        if full_at is None:
+                            self._since_evict += NEW_KEY_DEBT
+                        else:
+                            del table[key]  # consumed from: moves last (most recent)
+                        table[key] = new = start + spec[3] / spec[2]
                         self._since_evict += 1
                         if self._since_evict >= EVICT_EVERY:
                             self._evict_slice(now)
+                        elif full_at is None and len(table) > self.max_keys:
+                            self._trim(now)
                         return _result((0, (_outcome((spec, have, True, new)),), None))
                     return self.acquire_stepwise(shared, options, now, consume=consume)
             specs = shared
@@ -126,15 +187,24 @@ class MemoryStore:
                     return None
                 haves.append(have)
             fulls: list[float] = []
+            pop = table.pop
+            fresh = 0
             for spec in specs:
                 key = spec[0]
-                full_at = get(key)  # read again: the same bucket may come twice
-                new = (now if full_at is None or full_at < now else full_at) + spec[3] / spec[2]
-                table[key] = new
+                # read again (the same bucket may come twice), and out: it goes back last
+                full_at = pop(key, None)
+                if full_at is None:
+                    fresh += 1
+                    full_at = now
+                elif full_at < now:
+                    full_at = now
+                table[key] = new = full_at + spec[3] / spec[2]
                 fulls.append(new)
-            self._since_evict += 1
+            self._since_evict += 1 + fresh * NEW_KEY_DEBT
             if self._since_evict >= EVICT_EVERY:
                 self._evict_slice(now)
+            elif fresh and len(table) > self.max_keys:
+                self._trim(now)
             return haves, fulls
 
     def acquire_stepwise(
@@ -176,9 +246,9 @@ class MemoryStore:
         for spec in specs:
             full_at = table.get(spec[0])
             have = spec[1]
-            if full_at is None:
+            if full_at is None or full_at <= now:  # full: as if evicted (reported full at now)
                 full_at = now
-            elif full_at > now:
+            else:
                 have -= (full_at - now) * spec[2]
             outcome = _outcome((spec, have, have + EPSILON >= spec[3], full_at))
             out.append(outcome)
@@ -191,7 +261,9 @@ class MemoryStore:
 
     def _take(self, outcome: Outcome, now: float) -> Outcome:
         spec = outcome[0]
-        full_at = self._full_at.get(spec[0])
+        full_at = self._full_at.pop(spec[0], None)  # out: it goes back last (most recent)
+        if full_at is None:
+            self._since_evict += NEW_KEY_DEBT
         start = now if full_at is None or full_at < now else full_at
         new = start + spec[3] / spec[2]
         self._full_at[spec[0]] = new
@@ -201,19 +273,60 @@ class MemoryStore:
         self._since_evict += 1
         if self._since_evict >= EVICT_EVERY:
             self._evict_slice(now)
+        elif len(self._full_at) > self.max_keys:
+            self._trim(now)
 
     def _evict_slice(self, now: float) -> None:
-        """Delete the full buckets among the next `EVICT_SLICE` keys (oldest first)."""
+        """Delete the full buckets among the next `EVICT_SLICE` keys of a pass over the
+        table (least recently used first); past `max_keys`, trim."""
         self._since_evict = 0
-        if not self._evict_cursor:
-            self._evict_cursor = list(reversed(self._full_at))  # oldest entries last
-        batch = self._evict_cursor[-EVICT_SLICE:]
-        del self._evict_cursor[-EVICT_SLICE:]
+        cursor = self._evict_cursor
+        if not cursor:
+            cursor = self._evict_cursor = list(reversed(self._full_at))  # oldest last
+        batch = cursor[-EVICT_SLICE:]
+        del cursor[-EVICT_SLICE:]
         table = self._full_at
+        get = table.get
+        evicted = 0
         for key in batch:
-            full_at = table.get(key)
+            full_at = get(key)
             if full_at is not None and full_at <= now:
                 del table[key]
+                evicted += 1
+        self.evicted += evicted
+        if len(table) > self.max_keys:
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """Past `max_keys`: drop the least recently used buckets, full ones first, down to
+        `max_keys` less a batch. Looks at the oldest twice as many as it must drop: the full
+        ones among them go, then the oldest of the others, counted in `dropped_partial`."""
+        table = self._full_at
+        excess = len(table) - (self.max_keys - self.max_keys // TRIM_BATCH)
+        if excess <= 0:
+            return
+        oldest = list(islice(table.items(), 2 * excess))
+        partial: list[str] = []
+        dropped = 0
+        for key, full_at in oldest:
+            if full_at <= now:
+                del table[key]
+                dropped += 1
+            elif len(partial) < excess:
+                partial.append(key)
+        self.dropped_full += dropped
+        if dropped < excess:
+            for key in partial[: excess - dropped]:
+                del table[key]
+            self.dropped_partial += min(len(partial), excess - dropped)
+
+    def bucket_counts(self) -> BucketCounts:
+        """How many buckets are held, the bound, and what went to keep it."""
+        with self._lock:
+            return BucketCounts(
+                len(self._full_at), self.max_keys, self.evicted, self.dropped_full,
+                self.dropped_partial,
+            )  # fmt: skip
 
     def peek(self, key: str) -> float | None:
         return self._full_at.get(key)

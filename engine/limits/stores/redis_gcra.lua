@@ -26,9 +26,9 @@ local function check(i)
   local key, capacity, rate, cost = spec(i)
   local full_at = tonumber(redis.call("GET", key))
   local have = capacity
-  if full_at == nil then
-    full_at = now
-  elseif full_at > now then
+  if full_at == nil or full_at <= now then
+    full_at = now  -- full: as if absent (the memory store evicts such buckets)
+  else
     have = capacity - (full_at - now) * rate
   end
   return { have, have + 1e-9 >= cost, full_at }
