@@ -878,3 +878,23 @@ def test_cli_prices_file_json_report_and_yaml_catalog(tmp_path: Path) -> None:
     assert load_catalog(tmp_path / "c.models.yaml").models[0].input_price == 0.15
     check = _policyctl(tmp_path, "check", "c.policy")
     assert (check.returncode, check.stderr) == (0, "")
+
+
+def test_without_litellm_and_prices_the_error_names_the_extra(tmp_path: Path) -> None:
+    """A plain `pip install .` has no litellm: the command says which extra it needs."""
+    root = Path(__file__).resolve().parent.parent
+    config = str(root / "examples" / "litellm" / "config.yaml")
+    done = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys; sys.modules['litellm'] = None\n"
+            "from engine.cli import main\n"
+            f"sys.exit(main(['migrate', 'litellm', {config!r}]))",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "pip install 'policyctl[litellm]'" in done.stderr
+    assert "--prices FILE" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.catalog.litellm import Table, bundled_table, read_table, render_json, render_yaml
+from engine.catalog.litellm import (
+    LiteLLMMissing,
+    Table,
+    bundled_table,
+    read_table,
+    render_json,
+    render_yaml,
+)
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_OK, UsageError, add_format, cli_clock, dump_json
 from engine.diagnostics import PolicyError, render_all
 from engine.errors import EXIT_ERROR, PolicyctlError
@@ -33,6 +40,9 @@ cooldown_time a `cooldown` setting. What could not be translated, or only approx
 listed on standard error with its file:line:col and key path. API keys, endpoints and
 `os.environ/` values are never copied. The written policy passes `policyctl check`.
 Exit 0 when a policy was written (even with keys left out), 2 when nothing could be.
+
+Needs LiteLLM's price table: the `litellm` extra (pip install 'policyctl[litellm]'), whose
+table is read from the package and never fetched, or --prices FILE.
 """
 
 
@@ -66,7 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--prices",
         metavar="FILE",
-        help="a LiteLLM price table (default: the one bundled with the installed litellm)",
+        help="a LiteLLM price table (default: the one bundled with the installed litellm, the"
+        " `litellm` extra)",
     )
     add_format(p, default="table")
     p.set_defaults(run=run)
@@ -158,7 +169,17 @@ def run(args: argparse.Namespace) -> int:
                 + "; give --force to overwrite, or --output-dir"
             )
     config = read_config(args.config)
-    table = read_table(args.prices) if args.prices is not None else bundled_table()
+    if args.prices is not None:
+        table = read_table(args.prices)
+    else:
+        try:
+            table = bundled_table()
+        except LiteLLMMissing:
+            raise LiteLLMMissing(
+                "litellm is not installed: `pip install 'policyctl[litellm]'` (its price table"
+                " is read from the package, never fetched), or give the table with"
+                " --prices FILE (a model_prices_and_context_window.json)"
+            ) from None
     today = datetime.fromtimestamp(cli_clock()(), UTC).date()
     migration = translate(config, table.data, names[1], today)
     report = migration.report
