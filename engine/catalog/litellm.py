@@ -117,6 +117,14 @@ _MAPPED = frozenset(
         "aliases",
     }
 )
+# every field of an entry `convert` reads: the mapped ones and the prices it skips an entry for
+READ_FIELDS = _MAPPED | frozenset((*_PER_SECOND, *_PER_REQUEST, *_PER_CHARACTER))
+
+
+def is_tier_field(key: str) -> bool:
+    """A tiered price field (`input_cost_per_token_above_200k_tokens`, …)."""
+    return _TIER_KEY.fullmatch(key) is not None
+
 
 # Latency priors (p50, p95 in ms) by LiteLLM provider: rough figures for a short chat
 # completion (a few hundred tokens out), used only until enough outcomes are measured.

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from engine.catalog.litellm import CAPABILITY_FLAGS, SKIP_REASONS, convert
+from engine.catalog.litellm import READ_FIELDS, SKIP_REASONS, convert, is_tier_field
 from engine.catalog.load import MODEL_ID_PATTERN, NAME_PATTERN
 from engine.migrate.config import SETTINGS, Deployment, LiteLLMConfig, Value, Where
 from engine.migrate.report import Migration, Note, NoteKind, Report, Translated
@@ -112,35 +112,13 @@ _RESERVED = frozenset(
         "null",
     }
 )
-# price-table fields a deployment's model_info may set (as the importer reads them)
-_TABLE_FIELDS = frozenset(
-    {
-        "mode",
-        "input_cost_per_token",
-        "output_cost_per_token",
-        "cache_read_input_token_cost",
-        "cache_creation_input_token_cost",
-        "input_cost_per_image",
-        "max_input_tokens",
-        "max_output_tokens",
-        "max_tokens",
-        *CAPABILITY_FLAGS,
-        "supports_native_streaming",
-        "deprecation_date",
-        "supported_regions",
-        "tiered_pricing",
-        "input_cost_per_second",
-        "output_cost_per_second",
-        "input_cost_per_request",
-        "input_cost_per_character",
-        "output_cost_per_character",
-    }
-)
-_TIER = re.compile(r".+_above_\d+(?:\.\d+)?k?_tokens")
+# price-table fields a deployment's model_info may set: what the importer reads of an entry,
+# but its identity (provider, aliases), which the deployment itself gives
+_TABLE_FIELDS = READ_FIELDS - {"litellm_provider", "aliases"}
 
 
 def _table_field(key: str) -> bool:
-    return key in _TABLE_FIELDS or bool(_TIER.fullmatch(key))
+    return key in _TABLE_FIELDS or is_tier_field(key)
 
 
 @dataclass
