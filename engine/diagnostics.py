@@ -2,7 +2,8 @@
 
 Rendering follows one shape everywhere::
 
-    policies/default.policy:12:26: unit mismatch: `request.max_cost` is money, `2s` is a duration
+    policies/default.policy:12:26: error[E0333]: unit mismatch: `request.max_cost` is money,
+    `2s` is a duration  (one line in the output)
        |
     12 | route fast when request.max_cost <= 2s {
        |                                     ^^
@@ -98,7 +99,7 @@ class Diagnostic:
         return (self.span.source.name, self.span.start, self.message)
 
     def headline(self) -> str:
-        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        prefix = f"{self.severity}[{self.code}]: " if self.code else f"{self.severity}: "
         if self.span is None:
             where = f"{self.file}: " if self.file else ""
             return f"{where}{prefix}{self.message}"

@@ -573,7 +573,7 @@ def test_check_warns_when_a_route_can_only_reach_retired_models(catalog_dir: Pat
     after = run_cli("check", "p.policy", cwd=catalog_dir, now="2026-12-01")
     assert after.returncode == 0
     assert after.stderr == (
-        "p.policy:2:7: warning: every model route `old` can reach is retired (the last on"
+        "p.policy:2:7: warning[W0502]: every model route `old` can reach is retired (the last on"
         " 2026-12-01)\n"
         "  |\n"
         "2 | route old {\n"

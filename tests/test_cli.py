@@ -473,7 +473,7 @@ def test_unknown_state_scheme_quotes_the_url(workdir: Path) -> None:
 BAD_INPUT: dict[str, tuple[str | None, str]] = {
     "malformed.json": (
         '{"id": "a",\n  "user": bob\n}\n',
-        "malformed.json:2:11: invalid JSON: expecting value\n"
+        "malformed.json:2:11: error[E0600]: invalid JSON: expecting value\n"
         "  |\n"
         '2 |   "user": bob\n'
         "  |           ^\n",
@@ -536,7 +536,7 @@ def test_trailing_garbage_after_one_request_is_one_error(workdir: Path) -> None:
     run = policyctl(workdir, "eval", "--state", "memory://", "trail.json")
     assert run.code == 2
     headers = [line for line in run.err.splitlines() if line.startswith("trail.json:")]
-    assert headers == ["trail.json:4:1: invalid JSON: extra data"], run.err
+    assert headers == ["trail.json:4:1: error[E0600]: invalid JSON: extra data"], run.err
 
 
 def test_jsonl_with_one_bad_line(workdir: Path) -> None:
@@ -552,12 +552,15 @@ def test_jsonl_with_one_bad_line(workdir: Path) -> None:
     assert first["request_id"] == "g1" and first["allowed"] is True
     assert second == {"line": 2, "error": "unknown field `max_token` (did you mean `max_tokens`?)"}
     assert third["request_id"] == "g3" and third["allowed"] is True
-    assert fourth == {"line": 4, "error": "mixed.jsonl:4:8: invalid JSON: expecting value"}
+    assert fourth == {
+        "line": 4,
+        "error": "mixed.jsonl:4:8: error[E0600]: invalid JSON: expecting value",
+    }
     assert_schema(first)
     assert_schema(third)
     assert run.err == (
         "mixed.jsonl:2: unknown field `max_token` (did you mean `max_tokens`?)\n"
-        "mixed.jsonl:4:8: invalid JSON: expecting value\n"
+        "mixed.jsonl:4:8: error[E0600]: invalid JSON: expecting value\n"
         "  |\n"
         '4 | {"id": \n'
         "  |        ^\n"
@@ -610,19 +613,19 @@ route x when request.max_tokenz > 5 {
 """
 
 BAD_POLICY_STDERR = """\
-bad.policy:3:39: unit mismatch: `request.max_cost` is money, `2s` is a duration
+bad.policy:3:39: error[E0333]: unit mismatch: `request.max_cost` is money, `2s` is a duration
   |
 3 | route budget when request.max_cost <= 2s {
   |                                       ^^
   = help: compare money with money, e.g. `$0.01`
 
-bad.policy:5:19: unknown model `gemini-1.5-flash-lates` for provider `gemini`
+bad.policy:5:19: error[E0241]: unknown model `gemini-1.5-flash-lates` for provider `gemini`
   |
 5 |     prefer gemini/gemini-1.5-flash-lates
   |                   ^^^^^^^^^^^^^^^^^^^^^^
   = help: did you mean `gemini/gemini-1.5-flash-latest`?
 
-bad.policy:8:14: unknown field `request.max_tokenz`
+bad.policy:8:14: error[E0324]: unknown field `request.max_tokenz`
   |
 8 | route x when request.max_tokenz > 5 {
   |              ^^^^^^^^^^^^^^^^^^
@@ -673,7 +676,7 @@ def test_check_syntax_error(workdir: Path) -> None:
     run = policyctl(workdir, "check", "syn.policy")
     assert run.code == 2
     assert run.err == (
-        "syn.policy:3:30: unexpected `{`\n"
+        "syn.policy:3:30: error[E0014]: unexpected `{`\n"
         "  |\n"
         "3 | route x when request.user == {\n"
         "  |                              ^\n"
@@ -692,7 +695,7 @@ def test_check_warnings_exit_zero(workdir: Path) -> None:
         workdir, [("check", "warn.policy"), ("check", "--format", "json", "warn.policy")]
     )
     assert table.code == 0
-    assert table.err.startswith("warn.policy:7:7: warning: route `never` is unreachable\n")
+    assert table.err.startswith("warn.policy:7:7: warning[W0500]: route `never` is unreachable\n")
     assert as_json.code == 0
     (warning,) = json.loads(as_json.out)
     assert (warning["severity"], warning["line"], warning["col"]) == ("warning", 7, 7)
@@ -704,7 +707,7 @@ def test_check_defaults_to_policies_in_the_working_directory(workdir: Path) -> N
     (workdir / "policies" / "bad.policy").write_text(BAD_POLICY)
     run = policyctl(workdir, "check")
     assert run.code == 2
-    assert run.err.startswith("policies/bad.policy:3:39: unit mismatch")
+    assert run.err.startswith("policies/bad.policy:3:39: error[E0333]: unit mismatch")
 
 
 # ----------------------------------------------------------------------------- schema

@@ -344,7 +344,7 @@ def test_from_text_with_a_lone_surrogate_is_a_policy_error() -> None:
     with pytest.raises(PolicyError) as caught:
         from_design("# caf\udce9\n" + text)  # a comment: the parser keeps it
     assert str(caught.value) == (
-        "<policy>: not UTF-8 text: a lone surrogate `\\udce9` at line 1, column 6"
+        "<policy>: error[E0005]: not UTF-8 text: a lone surrogate `\\udce9` at line 1, column 6"
     )
 
 

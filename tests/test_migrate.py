@@ -832,7 +832,7 @@ def test_shipped_config_through_the_cli(tmp_path: Path) -> None:
     check = _policyctl(tmp_path, "check", "load_balancer.policy")  # warns of what it noted
     assert check.returncode == 0
     assert check.stderr.startswith(
-        "load_balancer.policy:13:7: warning: every model route `gpt-3.5-turbo` can reach is"
+        "load_balancer.policy:13:7: warning[W0502]: every model route `gpt-3.5-turbo` can reach is"
         " retired (the last on 2026-10-23)\n"
     )
 

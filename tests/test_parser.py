@@ -562,7 +562,7 @@ def test_in_inside_a_comment_is_not_the_operator() -> None:
     assert when('request.region not # in or not in\n  in ["eu"]') == expected
     with pytest.raises(PolicyError) as err:
         parse('route r when request.region not # in ["eu"]\n{}\n', "t.policy")
-    assert str(err.value).splitlines()[0] == "t.policy:1:29: unexpected `not`"
+    assert str(err.value).splitlines()[0] == "t.policy:1:29: error[E0014]: unexpected `not`"
 
 
 def test_a_failed_not_in_after_many_comments_is_linear(tmp_path: Path) -> None:
@@ -583,7 +583,7 @@ def test_a_failed_not_in_after_many_comments_is_linear(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.splitlines()[0] == "t.policy:1:27: unexpected `not`"
+    assert done.stderr.splitlines()[0] == "t.policy:1:27: error[E0014]: unexpected `not`"
 
 
 def test_several_statements_in_file_order() -> None:

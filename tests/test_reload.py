@@ -185,12 +185,12 @@ def test_a_broken_edit_keeps_the_last_good_policy(
     assert Path(file).name == "default.policy"
     assert Path(file).resolve() == path.resolve()
     assert (int(at_line), int(at_col)) == (line, col)
-    assert message.startswith("unknown field `request.nope`")
+    assert message.startswith("error[E0324]: unknown field `request.nope`")
     status = engine.policy_status()
     assert status["last_error"] == error
     assert status["version"] == good
     assert status["reload_errors"] == engine.reload_errors
-    logged = f"{location}: unknown field `request.nope`"
+    logged = f"{location}: error[E0324]: unknown field `request.nope`"
     wait_for(  # logged by the reload thread right after the counters are set
         lambda: any(
             r.levelno == logging.WARNING and logged in r.getMessage() for r in caplog.records

@@ -600,10 +600,10 @@ def test_a_broken_edit_keeps_serving_the_last_good_policy(
         file, at_line, at_col = location.rsplit(":", 2)
         assert Path(file).name == "default.policy"
         assert (int(at_line), int(at_col)) == (line, col)
-        assert message.startswith("unknown field `request.nope`")
+        assert message.startswith("error[E0324]: unknown field `request.nope`")
         # ... and the server's log says so too
         wait_for(
-            lambda: f"{location}: unknown field `request.nope`" in served.output(),
+            lambda: f"{location}: error[E0324]: unknown field `request.nope`" in served.output(),
             "the refused reload in the server log",
         )
         assert f"policy reload failed; keeping version {before['version']}" in served.output()

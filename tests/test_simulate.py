@@ -464,7 +464,7 @@ def test_policy_errors_point_at_the_scenario_lines(
         load_scenario("bad.yaml")
     assert str(err.value) == textwrap.dedent(
         """\
-        bad.yaml:5:3: unexpected `min_sucess_rate`
+        bad.yaml:5:3: error[E0014]: unexpected `min_sucess_rate`
           |
         5 |   min_sucess_rate 80%
           |   ^^^^^^^^^^^^^^^

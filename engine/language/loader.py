@@ -120,8 +120,17 @@ def _catalog_for(
                 )
             )
         else:
-            diagnostics.extend(Diagnostic("E0206", line, None) for line in err.messages)
+            diagnostics.extend(_catalog_diagnostic(line, _display(target)) for line in err.messages)
         return None
+
+
+def _catalog_diagnostic(line: str, name: str) -> Diagnostic:
+    """A catalog problem as a diagnostic, its place (`models.yaml:3:5`) before the code."""
+    if line.startswith(name):
+        cut = line.find(": ", len(name))
+        if cut > 0:
+            return Diagnostic("E0206", line[cut + 2 :], None, file=line[:cut])
+    return Diagnostic("E0206", line, None)
 
 
 def compile_sources(
