@@ -127,6 +127,20 @@ def test_integral_numbers_are_integers_and_keep_their_values() -> None:
     assert integral > 0  # some float held was integral, and was written as an int
 
 
+def test_no_number_anywhere_in_a_decision_is_an_integral_float() -> None:
+    """The explain trace too: a ranking's score of 1.0 or a denial's retry_after_ms of
+    60000.0 inside a trace step is written as an integer."""
+    traced = [d for d in DECISIONS if d.trace]
+    assert traced
+    floats_in_traces = 0
+    for decision in DECISIONS:
+        again = json.loads(decision.to_json())
+        for value in _numbers(again):
+            assert not (isinstance(value, float) and value.is_integer()), value
+        floats_in_traces += sum(isinstance(n, float) for n in _numbers(decision.trace or []))
+    assert floats_in_traces > 0  # the traces carry numbers, so the walk had work to do
+
+
 def test_a_lone_surrogate_falls_back_to_escaped_json() -> None:
     decision = Decision(
         request_id="\ud800",

@@ -112,7 +112,7 @@ class Decision:
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:
-            out["trace"] = self.trace
+            out["trace"] = _integral_tree(self.trace)
         return out
 
     def to_json(self) -> bytes:
@@ -140,6 +140,18 @@ def _integral_numbers(status: dict[str, Any]) -> dict[str, Any]:
         if value.__class__ is float and value.is_integer():
             status[name] = int(value)
     return status
+
+
+def _integral_tree(value: Any) -> Any:
+    """The explain trace with integral floats as ints, at any depth (a copy: `--explain`
+    only, off the hot path)."""
+    if value.__class__ is float:
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {k: _integral_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_integral_tree(v) for v in value]
+    return value
 
 
 def __getattr__(name: str) -> Any:
