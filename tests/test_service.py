@@ -923,3 +923,52 @@ def test_a_rejected_batch_records_nothing(tmp_path: Path) -> None:
         server.proc.wait(timeout=DEADLINE_S)
     rows = outcome_rows(server.state)
     assert sorted(rows) == sorted(f"accepted-{i}" for i in range(150))
+
+
+# --------------------------------------------------------------------------- live metrics
+
+
+def _outcomes(decision: dict[str, Any], n: int, latency_ms: int) -> list[dict[str, Any]]:
+    return [
+        {"provider": decision["provider"], "model": decision["model"],
+         "latency_ms": latency_ms, "success": True}
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("refresh", ["0", None])
+def test_metrics_refresh_sets_how_old_a_decisions_measurements_may_be(
+    tmp_path: Path, refresh: str | None
+) -> None:
+    """On a frozen clock a snapshot never ages. The chosen model is measured first (150
+    outcomes at 800 ms: past the design policy's `min_samples 100`; a model new to the
+    snapshot enters it whole at once), then 300 more at 9 s: with `--metrics-refresh 0`
+    the next decision sees them; with the default (250 ms) it keeps routing on the
+    snapshot taken before them."""
+    env = {"POLICYCTL_NOW": "2026-11-28T17:46:05Z"}
+    extra = ("--metrics-refresh", refresh) if refresh is not None else ()
+    body = {"user": "lm", "max_latency_ms": 1500, "prompt": "hi"}
+    with (
+        serving(tmp_path, *extra, state="memory://", env=env) as server,
+        server.client() as client,
+    ):
+        first = client.post("/v1/eval", json={**body, "id": "a"}).json()
+        assert first["route"] == "fast" and first["allowed"] is True
+        assert client.post("/v1/outcomes", json=_outcomes(first, 150, 800)).status_code == 202
+        second = client.post("/v1/eval", json={**body, "id": "b"}).json()
+        assert client.post("/v1/outcomes", json=_outcomes(first, 300, 9000)).status_code == 202
+        third = client.post("/v1/eval", json={**body, "id": "c"}).json()
+    assert (second["provider"], second["model"]) == (first["provider"], first["model"])
+    assert 700 < second["estimated_latency_ms"] < 900  # measured, not the prior
+    moved = (third["provider"], third["model"]) != (second["provider"], second["model"])
+    moved = moved or third["estimated_latency_ms"] != second["estimated_latency_ms"]
+    assert moved is (refresh == "0"), (second, third)
+
+
+def test_metrics_refresh_must_be_zero_or_more(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--metrics-refresh", "-1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "`--metrics-refresh` must be 0 or more, got `-1.0`" in done.stderr

@@ -10,6 +10,7 @@ from engine.api.policy_engine import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_OUTCOME_QUEUE,
     DEFAULT_QUIET_MS,
+    DEFAULT_REFRESH_MS,
     PolicyEngine,
 )
 from engine.cli.common import EXIT_OK, UsageError, add_policy, cli_clock, default_policy_path
@@ -74,6 +75,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " (default %(default)d)",
     )  # fmt: skip
     p.add_argument(
+        "--metrics-refresh", type=float, metavar="MS", default=DEFAULT_REFRESH_MS,
+        help="decisions route on live measurements at most this old; 0 rebuilds them after"
+        " every outcome (default %(default)g)",
+    )  # fmt: skip
+    p.add_argument(
         "--read-timeout", type=float, metavar="SECONDS", default=READ_TIMEOUT_S,
         help="close a connection whose request has not arrived whole in this time"
         " (default %(default)g)",
@@ -107,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
     _positive(args, "flush_interval", "outcome_queue", "read_timeout", "keep_alive")
     _positive(args, "limit_concurrency", "backlog")
-    if not 0 <= args.reload_quiet < float("inf"):
-        raise UsageError(f"`--reload-quiet` must be 0 or more, got `{args.reload_quiet}`")
+    for name in ("reload_quiet", "metrics_refresh"):
+        if not 0 <= getattr(args, name) < float("inf"):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"`{flag}` must be 0 or more, got `{getattr(args, name)}`")
     # imported here: eval and check never pay for the server
     from engine.service.app import create_app
     from engine.service.server import Limits, serve
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "flush_interval_s": args.flush_interval,
         "outcome_queue": args.outcome_queue,
+        "metrics_refresh_ms": args.metrics_refresh,
         "clock": cli_clock(),
     }
     try:
