@@ -3,6 +3,7 @@ success rate, each in 0-1 (1 for the fastest, the cheapest, always successful)."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,10 @@ from engine.strategies.base import (
 FACTORS = ("latency", "cost", "success")
 DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
 
-# id(view) -> (view, latencies, success rates, latency terms, success terms): the terms of
-# a route's measured columns (the evaluator's, one pair of objects per metrics snapshot),
-# computed on the snapshot's first decision that has every candidate eligible
-_MEASURED: dict[int, tuple[Any, Any, Any, tuple[float, ...], tuple[float, ...]]] = {}
+# id(view) -> (view, latencies, success rates, bases): the score bases of a route's
+# measured columns (the evaluator's, one pair of objects per metrics snapshot), computed on
+# the snapshot's first decision that has every candidate eligible
+_MEASURED: dict[int, tuple[Any, Any, Any, list[float]]] = {}
 
 
 def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float, float]:
@@ -31,18 +32,26 @@ def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float
     return (w.get("latency", 0.0), w.get("cost", 0.0), w.get("success", 0.0))
 
 
-def latency_terms(priors: tuple[float, ...], w_latency: float) -> tuple[float, ...]:
-    max_latency = max(priors, default=0.0)
-    return tuple(w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) for x in priors)
+def bases(
+    lat: Sequence[float], succ: Sequence[float] | None, weights: tuple[float, float, float]
+) -> list[float]:
+    """Each candidate's score before its cost: w_latency * (1 - latency / max latency) +
+    w_cost + w_success * success rate (1 when nothing is measured)."""
+    w_latency, w_cost, w_success = weights
+    max_latency = max(lat, default=0.0)
+    rates = succ if succ is not None else [1.0] * len(lat)
+    return [
+        w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r
+        for x, r in zip(lat, rates, strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
 class WeightedView(RouteView):
     factors: tuple[tuple[str, float], ...]  # normalised weights, in policy order
     factor_weights: tuple[float, float, float]  # (latency, cost, success)
-    # the latency term of every position's score when the priors stand for all,
-    # w_latency * (1 - prior / max prior), as the strategy would compute it
-    latency_terms: tuple[float, ...]
+    # every position's score before its cost when the priors stand for all (`bases`)
+    prior_bases: tuple[float, ...]
 
 
 def weighted_view(facts: RouteFacts) -> WeightedView:
@@ -51,7 +60,7 @@ def weighted_view(facts: RouteFacts) -> WeightedView:
         **view_fields(facts),
         factors=facts.factors,
         factor_weights=weights,
-        latency_terms=latency_terms(facts.latency_priors, weights[0]),
+        prior_bases=tuple(bases(facts.latency_priors, None, weights)),
     )
 
 
@@ -67,29 +76,20 @@ def weighted(pool: Pool) -> Ranking:
     view: WeightedView = pool.view
     max_latency = max(lat)
     max_cost = max(costs)
-    w_latency, w_cost, w_success = view.factor_weights
-    if max_cost > 0 and succ is None:
-        success = w_success * 1.0
-        if lat is view.latency_priors:  # every candidate, on priors: latency terms are static
-            terms = view.latency_terms
-            totals = [
-                t + w_cost * (1.0 - c / max_cost) + success
-                for t, c in zip(terms, costs, strict=True)
-            ]
-        elif max_latency > 0:
-            totals = [
-                w_latency * (1.0 - x / max_latency) + w_cost * (1.0 - c / max_cost) + success
-                for x, c in zip(lat, costs, strict=True)
-            ]
-        else:
-            totals = [w_latency * 1.0 + w_cost * (1.0 - c / max_cost) + success for c in costs]
+    w_cost = view.factor_weights[1]
+    # every score is `base - k * cost`: base = the latency term + w_cost + the success term,
+    # k = w_cost / max cost (the cost term w_cost * (1 - cost / max cost), expanded), so the
+    # per-candidate work is one multiply and one subtract; the bases are per route (priors)
+    # or per metrics snapshot (measured), and every branch uses this same arithmetic
+    k = w_cost / max_cost if max_cost > 0 else 0.0  # all free: the cost term is w_cost
+    if succ is None and lat is view.latency_priors:  # every candidate, on priors
+        totals = [b - k * c for b, c in zip(view.prior_bases, costs, strict=True)]
     elif (
-        max_cost > 0
-        and max_latency > 0
+        max_latency > 0
         and succ is not None
         and len(lat) == len(view.keys)
         and type(pool.pos) is range
-    ):  # every candidate, on measured columns: the latency and success terms are per snapshot
+    ):  # every candidate, on measured columns: the bases are per snapshot
         found = _MEASURED.get(id(view))
         if found is None or found[0] is not view or found[1] is not lat or found[2] is not succ:
             if len(_MEASURED) >= 256:
@@ -98,20 +98,12 @@ def weighted(pool: Pool) -> Ranking:
                 view,
                 lat,
                 succ,
-                tuple(w_latency * (1.0 - x / max_latency) for x in lat),
-                tuple(w_success * r for r in succ),
+                bases(lat, succ, view.factor_weights),
             )
-        totals = [  # the same terms, added in the same order, as the general formula
-            t + w_cost * (1.0 - c / max_cost) + r
-            for t, c, r in zip(found[3], costs, found[4], strict=True)
-        ]
+        totals = [b - k * c for b, c in zip(found[3], costs, strict=True)]
     else:
-        rates = succ if succ is not None else [1.0] * len(costs)
         totals = [
-            w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0)
-            + w_cost * (1.0 - c / max_cost if max_cost > 0 else 1.0)
-            + w_success * r
-            for x, c, r in zip(lat, costs, rates, strict=True)
+            b - k * c for b, c in zip(bases(lat, succ, view.factor_weights), costs, strict=True)
         ]
     order = sorted(by_index(pool), key=totals.__getitem__, reverse=True)
     best = order[0]
