@@ -7,13 +7,17 @@ takes the plain-dict fast path when it can), and the two must agree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
 import pytest
 from _design import from_design
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import PolicyEngine, Request, RequestError
+from engine.routing import request as request_module
 from engine.routing.request import estimate_tokens, request_key, validate
 
 FIXED_CLOCK = 1_800_000_000.0
@@ -320,3 +324,20 @@ def test_non_ascii_text_is_storable_and_a_lone_surrogate_is_located() -> None:
 def test_message_content_of_the_wrong_type_is_one_problem(engine: PolicyEngine) -> None:
     found = problems(engine, {"messages": [{"role": "user", "content": 5}]})
     assert found == [("field `messages[0].content`", "content is a string or a list of parts")]
+
+
+_OCTET = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["00", "01", "007", "255", "256", "0x1", "1e2", "٣", "²", " 1", "1 ", ""]),
+)
+
+
+@given(st.lists(_OCTET, min_size=3, max_size=5).map(".".join) | st.text(max_size=20))
+@settings(max_examples=2000)
+def test_ip_normalisation_agrees_with_ipaddress(text: str) -> None:
+    """The dotted-quad shortcut of `_normal_ip` says what `ipaddress` says, for any text."""
+    try:
+        expected: str | None = str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        expected = None
+    assert request_module._normal_ip(text) == expected
