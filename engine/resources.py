@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -30,3 +31,14 @@ DEFAULT_CATALOG = "models.json"
 
 def default_catalog_path() -> Path:
     return default_policy_dir() / DEFAULT_CATALOG
+
+
+def cache_dir() -> Path | None:
+    """Where policyctl keeps what it can rebuild (the policy parser's tables):
+    `$POLICYCTL_CACHE_DIR` (empty: no cache), else `$XDG_CACHE_HOME/policyctl`
+    (~/.cache/policyctl)."""
+    chosen = os.environ.get("POLICYCTL_CACHE_DIR")
+    if chosen is not None:
+        return Path(chosen) if chosen.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "policyctl"

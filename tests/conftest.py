@@ -11,12 +11,15 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point the default state location (`$XDG_STATE_HOME/policyctl/state.duckdb`) at a
-    temporary directory and drop every `POLICYCTL_*` variable for the whole session, so a
-    test (or a CLI it starts) that relies on the default state never touches the real one."""
+    """Point the default state location (`$XDG_STATE_HOME/policyctl/state.duckdb`) and the
+    cache directory at temporary directories and drop every `POLICYCTL_*` variable for the
+    whole session, so a test (or a CLI it starts) that relies on the default state never
+    touches the real one."""
     state_home = tmp_path_factory.mktemp("xdg-state")
+    cache_home = tmp_path_factory.mktemp("xdg-cache")  # the parser cache (resources.cache_dir)
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in os.environ if n.startswith("POLICYCTL_")]:
             mp.delenv(name)
         mp.setenv("XDG_STATE_HOME", str(state_home))
+        mp.setenv("XDG_CACHE_HOME", str(cache_home))
         yield state_home

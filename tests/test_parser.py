@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import string
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from engine.diagnostics import PolicyError, Source, Span
 from engine.language import ast
 from engine.language.ast import Unit
 from engine.language.parser import MAX_NESTING, MAX_SOURCE_BYTES, parse
+
+REPO = Path(__file__).resolve().parent.parent
 
 _NOWHERE = Source("<test>", "")
 S = Span(_NOWHERE, 0, 0)  # every span, after `strip`
@@ -701,3 +704,55 @@ def test_random_printable_text_raises_only_policy_errors(text: str) -> None:
 )
 def test_random_token_soup_raises_only_policy_errors(text: str) -> None:
     _parse_or_policy_error(text)
+
+
+# --------------------------------------------------------------------------- parser cache
+
+CACHE_PROBE = """\
+import sys
+from engine.language import parser
+text = open(sys.argv[1], encoding="utf-8").read()
+print(repr(parser.parse(text, "p.policy")))
+"""
+
+
+def _parse_in_subprocess(tmp_path: Path, cache: str) -> str:
+    policy = REPO / "examples" / "policies" / "tour.policy"
+    done = subprocess.run(
+        [sys.executable, "-c", CACHE_PROBE, str(policy)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "POLICYCTL_CACHE_DIR": cache},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    return done.stdout
+
+
+def test_the_parser_cache_is_written_once_read_after_and_survives_damage(tmp_path: Path) -> None:
+    """The first run writes the parser's tables to the cache directory (0700); the next
+    runs read them and parse exactly as a run with no cache; a damaged or foreign file in
+    its place is rebuilt silently, never an error."""
+    cache = tmp_path / "cache"
+    uncached = _parse_in_subprocess(tmp_path, "")
+    assert not cache.exists()
+    assert _parse_in_subprocess(tmp_path, str(cache)) == uncached
+    (written,) = cache.iterdir()
+    assert written.name.startswith("parser-") and written.stat().st_size > 1000
+    assert cache.stat().st_mode & 0o777 == 0o700
+    first = written.read_bytes()
+    assert _parse_in_subprocess(tmp_path, str(cache)) == uncached  # read, not rewritten
+    assert written.read_bytes() == first
+    for damage in (b"", b"not a pickle\n", first[: len(first) // 2]):
+        written.write_bytes(damage)
+        assert _parse_in_subprocess(tmp_path, str(cache)) == uncached
+        rebuilt = written.read_bytes()  # rebuilt and written again (pickles of sets differ)
+        assert rebuilt.split(b"\n", 1)[0] == first.split(b"\n", 1)[0]
+        assert _parse_in_subprocess(tmp_path, str(cache)) == uncached
+        assert written.read_bytes() == rebuilt  # and that one is read, not rewritten
+
+
+def test_no_cache_when_the_directory_cannot_be_made(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    expected = _parse_in_subprocess(tmp_path, "")
+    assert _parse_in_subprocess(tmp_path, str(blocker / "sub")) == expected

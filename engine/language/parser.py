@@ -8,16 +8,20 @@ and over-deep nesting are reported with their place, never as a traceback.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
+import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from engine.diagnostics import Diagnostic, PolicyError, Source, Span, did_you_mean
 from engine.language import ast
 from engine.language.ast import Unit
-from engine.resources import grammar_path
+from engine.resources import cache_dir, grammar_path
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
 MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
@@ -67,15 +71,38 @@ _KEYWORDS = (
 )  # fmt: skip
 
 
+_LARK_OPTIONS = {
+    "parser": "lalr",
+    "lexer": "contextual",
+    "propagate_positions": True,
+    "maybe_placeholders": True,
+}
+
+
 @functools.cache
 def _lark() -> Lark:
-    return Lark(
-        grammar_path().read_text(encoding="utf-8"),
-        parser="lalr",
-        lexer="contextual",
-        propagate_positions=True,
-        maybe_placeholders=True,
-    )
+    """The parser; its LALR tables come from the cache directory when a run before this one
+    built them (about 50 ms saved on every `policyctl` start)."""
+    grammar = grammar_path().read_text(encoding="utf-8")
+    cache = _parser_cache(grammar)
+    return Lark(grammar, cache=str(cache) if cache else False, **_LARK_OPTIONS)
+
+
+def _parser_cache(grammar: str) -> Path | None:
+    """`cache_dir()/parser-<hash>.pickle`, the hash over the grammar, the options, Lark's
+    and Python's versions (Lark checks its own hash on load and rebuilds on any mismatch
+    or damage); None when there is no cache directory or it cannot be made (0700: the
+    file is a pickle, so only its owner may write there)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    key = repr((grammar, sorted(_LARK_OPTIONS.items()), lark.__version__, sys.version_info[:2]))
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+    return directory / f"parser-{digest}.pickle"
 
 
 def _describe(terminal: str) -> str:
