@@ -71,6 +71,14 @@ CHAT_NATIVE = {
     "max_tokens": 512,
     "stream": True,
 }
+ANTHROPIC_CHAT = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 512,
+    "system": CHAT["messages"][0]["content"],
+    "metadata": {"user_id": "user-1234"},
+    "messages": CHAT["messages"][1:],
+    "stream": True,
+}
 PAYLOAD = base64.b64encode(png_bytes(1600, 900, 150_000)).decode()
 IMAGE = {
     "model": "claude-sonnet-4-6",
@@ -123,6 +131,40 @@ def pairs(a: Callable[[], Any], b: Callable[[], Any], n: int, rounds: int) -> li
     return out
 
 
+def ratio_pairs(a: Callable[[], Any], b: Callable[[], Any], n: int, rounds: int) -> list[float]:
+    """B / A per round, A and B interleaved (which runs first alternates)."""
+    out = []
+    for r in range(rounds):
+        if r % 2:
+            tb, ta = mean_us(b, n), mean_us(a, n)
+        else:
+            ta, tb = mean_us(a, n), mean_us(b, n)
+        out.append(tb / ta)
+    return out
+
+
+def ratio_row(name: str, values: list[float], target: float) -> str:
+    med = statistics.median(values)
+    verdict = "  ok" if med <= target else "  OVER"
+    return (
+        f"{name:<44} {med:8.2f}×   [{min(values):7.2f} – {max(values):7.2f}]"
+        f"  (target ≤ {target:g}×){verdict}"
+    )
+
+
+def same_size_prompt(body: dict[str, Any]) -> dict[str, Any]:
+    """The native request that says what a chat body says: its text as one `prompt` (every
+    message's text joined, the system prompt first), its model, user, output cap, stream."""
+    texts = [body["system"]] if isinstance(body.get("system"), str) else []
+    texts += [m["content"] for m in body["messages"] if isinstance(m["content"], str)]
+    user = body.get("user") or body.get("metadata", {}).get("user_id")
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return {
+        "model": body["model"], "user": user, "prompt": "\n".join(texts),
+        "max_tokens": limit, "stream": bool(body.get("stream")),
+    }  # fmt: skip
+
+
 def row(name: str, values: list[float], target: float | None) -> str:
     med = statistics.median(values)
     verdict = "" if target is None else ("  ok" if med <= target else "  OVER")
@@ -158,6 +200,17 @@ def main() -> None:
             rounds,
         )
         print(row(f"decision: {fmt_name}", whole, None))
+    # issue 15: a wire body against a native `prompt` request carrying the same text (the
+    # same size), whole decisions, as a ratio (target ≤ 1.1×)
+    for fmt_name, body in (("openai-chat", CHAT), ("anthropic", ANTHROPIC_CHAT)):
+        same = same_size_prompt(body)
+        ratios = ratio_pairs(
+            lambda same=same: engine.evaluate(same, dry_run=True),
+            lambda body=body: engine.evaluate(body, dry_run=True),
+            n // 2,
+            rounds,
+        )
+        print(ratio_row(f"decision: {fmt_name} chat / same-size prompt", ratios, 1.1))
     text = json.dumps(IMAGE)
     decode = [mean_us(lambda: json.loads(text), max(1, n // 20)) for _ in range(rounds)]
     print(row("json.loads of the image body (both pay it)", decode, None))
