@@ -320,7 +320,8 @@ LAYERS: list[set[str]] = [
     {"engine.limits"},
     {"engine.routing"},
     {"engine.api"},
-    {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate"},
+    {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate",
+     "engine.lsp"},
     {"engine.cli", "engine.__main__", "engine"},
 ]  # fmt: skip
 # what a top room may also use beside it: the command line drives the service and simulator
@@ -373,6 +374,8 @@ def test_rooms_import_only_lower_layers() -> None:
         ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
         ("lark", {"engine.language.parser"}),
         ("litellm", {"engine.integrations", "engine.catalog.litellm"}),
+        ("lsprotocol", {"engine.lsp.server"}),
+        ("pygls", {"engine.lsp.server"}),
         ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
         ("starlette", {"engine.service"}),
         ("uvicorn", {"engine.service"}),
