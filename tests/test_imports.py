@@ -292,6 +292,15 @@ def test_watchdog_is_loaded_only_by_the_watcher(loaded: dict[str, set[str]]) -> 
     assert offenders == [], "watchdog must wait until PolicyEngine.watch() is called"
 
 
+def test_pygls_is_loaded_only_by_the_language_server(loaded: dict[str, set[str]]) -> None:
+    """pygls is the `lsp` extra: only `engine.lsp.server` may need it to import."""
+    offenders = sorted(
+        name for name, mods in loaded.items() if "pygls" in mods and name != "engine.lsp.server"
+    )
+    assert offenders == []
+    assert "pygls" in loaded["engine.lsp.server"]
+
+
 def test_litellm_waits_until_the_integration_is_used(loaded: dict[str, set[str]]) -> None:
     """`engine.integrations.litellm` imports litellm on first use (install, the classes),
     not when the module is imported: no module loads it by being imported."""

@@ -8,6 +8,7 @@ where it matters, since a document is checked with the other policies of its dir
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -21,10 +22,15 @@ from lsprotocol import types as lsp
 from pygls.uris import from_fs_path
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from engine.catalog.model import CAPABILITIES
+from engine.catalog.load import load_catalog
+from engine.catalog.model import CAPABILITIES, Catalog
+from engine.language import ast
+from engine.language.parser import parse
 from engine.language.schema import REQUEST_FIELDS
+from engine.lsp import knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 60.0  # the longest a test waits for the server's diagnostics
 DESIGN_CATALOG = ROOT / "examples" / "policies" / "models.yaml"
 
 # the async tests share the module's server, so its event loop
@@ -77,10 +83,16 @@ async def _open(client: LanguageClient, path: Path, text: str | None = None) -> 
             lsp.TextDocumentItem(uri=uri, language_id="policy", version=1, text=shown)
         )
     )
-    await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
-    while uri not in client.diagnostics:  # a sibling's list may come first
-        await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+    await _diagnostics_for(client, uri)
     return uri
+
+
+async def _diagnostics_for(client: LanguageClient, uri: str) -> None:
+    """Wait (at most `WAIT_S`) until diagnostics for `uri` arrive; a sibling's may come
+    first."""
+    async with asyncio.timeout(WAIT_S):
+        while uri not in client.diagnostics:
+            await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
 
 
 async def _change(client: LanguageClient, uri: str, text: str, version: int) -> None:
@@ -91,12 +103,12 @@ async def _change(client: LanguageClient, uri: str, text: str, version: int) -> 
             content_changes=[lsp.TextDocumentContentChangeWholeDocument(text=text)],
         )
     )
-    while uri not in client.diagnostics:
-        await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+    await _diagnostics_for(client, uri)
 
 
 def _at(text: str, needle: str, after: int = 0) -> lsp.Position:
-    """The position `after` characters into the first occurrence of `needle` (ASCII)."""
+    """The position `after` characters into the first occurrence of `needle`, counted in
+    code points (UTF-16 code units when the line has no character beyond U+FFFF)."""
     offset = text.index(needle) + after
     line = text.count("\n", 0, offset)
     return lsp.Position(line=line, character=offset - (text.rfind("\n", 0, offset) + 1))
@@ -131,6 +143,17 @@ async def test_diagnostics_on_open_then_cleared_by_a_change(
 
     await _change(client, uri, FIXED, 2)
     assert list(client.diagnostics[uri]) == []
+
+
+@on_server
+async def test_ranges_count_utf16_code_units(client: LanguageClient, workdir: Path) -> None:
+    """The protocol's default position encoding: 😀 is two UTF-16 code units."""
+    text = BROKEN.replace("when request", 'when request.user != "😀" and request')
+    folder = _folder(workdir, "utf16", {"u.policy": text})
+    uri = await _open(client, folder / "u.policy")
+    (found,) = client.diagnostics[uri]
+    start = _at(text, "2s")
+    assert found.range.start == lsp.Position(line=start.line, character=start.character + 1)
 
 
 @on_server
@@ -328,6 +351,73 @@ async def test_document_symbols_list_routes_and_limits(
         ("b", "route"),
         ("user", "limit"),
     ]
+
+
+# ----------------------------------------------------------------------------- knowledge
+# What the server answers, from `engine.lsp.knowledge` directly (no protocol): the cases
+# the protocol tests above do not reach.
+
+
+def _design() -> Catalog:
+    return load_catalog(DESIGN_CATALOG, "models.yaml")
+
+
+def _labels(text: str, catalog: Catalog | None = None) -> list[str]:
+    return [c.label for c in knowledge.completions(text, len(text), catalog)]
+
+
+def test_keywords_are_the_grammars() -> None:
+    words = set(knowledge.keywords())
+    assert {"catalog", "defaults", "route", "limit", "prefer", "exclude", "require"} <= words
+    assert {"fallback", "cooldown", "on_store_error", "per", "burst", "until"} <= words
+    assert {"and", "or", "not", "in", "contains", "when", "true", "false", "null"} <= words
+    grammar = (ROOT / "grammar" / "policy.lark").read_text(encoding="utf-8")
+    assert all(f'"{w}"' in grammar for w in words)
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    ["gpt-4o", "gemini-1.5-flash-latest", "anthropic.claude-3-haiku-20240307-v1:0", "a/b", 'q"x'],
+)
+def test_a_completed_model_id_parses_back_to_itself(model_id: str) -> None:
+    written = knowledge.as_name(model_id)
+    policy = parse(f"route r {{ prefer bedrock/{written} }}", "t.policy")
+    (route,) = policy.statements
+    assert isinstance(route, ast.Route)
+    (prefer,) = route.items
+    assert isinstance(prefer, ast.Prefer) and prefer.ref.model is not None
+    assert prefer.ref.model.text == model_id
+    assert (written == model_id) == (
+        "/" not in model_id and ":" not in model_id and '"' not in model_id
+    )
+
+
+def test_completion_after_a_provider_lists_its_models_only() -> None:
+    catalog = _design()
+    assert _labels("route r { prefer openai/", catalog) == [
+        m.id for m in catalog.by_provider("openai")
+    ]
+    assert _labels("route r { exclude claude, gemini/", catalog) == [
+        m.id for m in catalog.by_provider("gemini")
+    ]
+    # exclude and fallback may name a provider alone: providers first
+    assert _labels("    fallback ", catalog)[:3] == ["claude", "gemini", "openai"]
+
+
+def test_no_completion_inside_a_comment_and_model_paths() -> None:
+    assert _labels("route r {  # prefer ") == []
+    assert "supports" in _labels("    require model.")
+    assert _labels("    require model.pricing.") == ["input", "output", "cached_input", "image"]
+    assert _labels("route r when request.metadata.") == []
+
+
+def test_hover_on_a_quoted_reference_and_a_family() -> None:
+    catalog = _design()
+    text = 'prefer "openai"/"gpt-4"'
+    shown = knowledge.hover(text, text.index("gpt"), catalog)
+    assert shown is not None and shown.markdown.startswith("**openai/gpt-4**")
+    assert (shown.start, shown.end) == (text.index('"openai"'), len(text))
+    assert knowledge.hover("prefer openai/no-such-model", 10, catalog) is None
 
 
 # ----------------------------------------------------------------------------- no extra
