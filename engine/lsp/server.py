@@ -64,20 +64,21 @@ class PolicyServer(LanguageServer):
 
     # ------------------------------------------------------------- conversions
 
-    def position(self, text: str, offset: int) -> lsp.Position:
-        line, col = Source("", text).line_col(offset)
-        lines = text.split("\n")
-        return self.workspace.position_codec.position_to_client_units(
-            lines, lsp.Position(line=line - 1, character=col - 1)
-        )
+    def position(self, source: Source, offset: int) -> lsp.Position:
+        """A code-point offset as the client counts: its line, and the code units (UTF-16
+        unless negotiated otherwise) before it on that line."""
+        line, col = source.line_col(offset)
+        before = source.line_text(line)[: col - 1]
+        units = self.workspace.position_codec.client_num_units(before)
+        return lsp.Position(line=line - 1, character=units)
 
-    def range(self, text: str, start: int, end: int) -> lsp.Range:
-        return lsp.Range(start=self.position(text, start), end=self.position(text, end))
+    def range(self, source: Source, start: int, end: int) -> lsp.Range:
+        return lsp.Range(start=self.position(source, start), end=self.position(source, end))
 
 
 def _diagnostic(ls: PolicyServer, d: Diagnostic) -> lsp.Diagnostic:
     if d.span is not None:
-        where = ls.range(d.span.source.text, d.span.start, d.span.end)
+        where = ls.range(d.span.source, d.span.start, d.span.end)
         message = d.message
     else:  # no place in a policy text (a catalog file's problem): the document's top
         where = lsp.Range(
@@ -181,7 +182,7 @@ def hover(ls: PolicyServer, params: lsp.HoverParams) -> lsp.Hover | None:
         return None
     return lsp.Hover(
         contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=shown.markdown),
-        range=ls.range(doc.source, shown.start, shown.end),
+        range=ls.range(Source(path.name, doc.source), shown.start, shown.end),
     )
 
 
@@ -192,8 +193,9 @@ def definition(ls: PolicyServer, params: lsp.DefinitionParams) -> Sequence[lsp.L
     doc, path = found
     texts = texts_of(path, ls.buffers())
     places = knowledge.definition(doc.source, doc.offset_at_position(params.position), texts)
+    sources = {p.path: Source(p.path.name, texts[p.path]) for p in places}
     return [
-        lsp.Location(uri=uri, range=ls.range(texts[p.path], p.start, p.end))
+        lsp.Location(uri=uri, range=ls.range(sources[p.path], p.start, p.end))
         for p in places
         if (uri := from_fs_path(str(p.path))) is not None
     ] or None
@@ -206,12 +208,13 @@ def document_symbol(
     if found is None:
         return None
     doc, path = found
+    source = Source(path.name, doc.source)
     return [
         lsp.DocumentSymbol(
             name=s.name,
             kind=_SYMBOL_KIND[s.kind],
-            range=ls.range(doc.source, s.start, s.end),
-            selection_range=ls.range(doc.source, s.name_start, s.name_end),
+            range=ls.range(source, s.start, s.end),
+            selection_range=ls.range(source, s.name_start, s.name_end),
             detail=s.kind,
         )
         for s in knowledge.symbols(path, doc.source)
