@@ -229,6 +229,21 @@ async def test_completion_after_prefer_lists_the_catalogs_models(
     assert "openai/gpt-3.5-turbo" in labels
     assert "anthropic/claude-haiku-5-5" not in labels
 
+    # after `provider/` and part of a name: that provider's models, replacing the part
+    typed = text.replace("prefer ", "prefer openai/gpt-3")
+    await _change(client, uri, typed, 2)
+    cursor = _at(typed, "gpt-3", len("gpt-3"))
+    result = await client.text_document_completion_async(
+        lsp.CompletionParams(text_document=lsp.TextDocumentIdentifier(uri=uri), position=cursor)
+    )
+    assert isinstance(result, lsp.CompletionList)
+    by_label = {item.label: item for item in result.items}
+    assert list(by_label) == [m.id for m in _design().by_provider("openai")]
+    edit = by_label["gpt-3.5-turbo"].text_edit
+    assert isinstance(edit, lsp.TextEdit)
+    assert edit.new_text == "gpt-3.5-turbo"
+    assert edit.range == lsp.Range(start=_at(typed, "gpt-3"), end=cursor)
+
 
 @on_server
 async def test_completion_of_keywords_strategies_and_capabilities(
@@ -363,7 +378,7 @@ def _design() -> Catalog:
 
 
 def _labels(text: str, catalog: Catalog | None = None) -> list[str]:
-    return [c.label for c in knowledge.completions(text, len(text), catalog)]
+    return [c.label for c in knowledge.completions(text, len(text), catalog).items]
 
 
 def test_keywords_are_the_grammars() -> None:
@@ -404,9 +419,30 @@ def test_completion_after_a_provider_lists_its_models_only() -> None:
     assert _labels("    fallback ", catalog)[:3] == ["claude", "gemini", "openai"]
 
 
+@pytest.mark.parametrize(
+    ("line", "typed"),
+    [
+        ("route r { prefer openai/gpt-3", "gpt-3"),
+        ("route r { prefer gpt", "gpt"),
+        ('route r { exclude "claude"/claude-3.', "claude-3."),
+        ("route r when request.max_c", "max_c"),
+        ("    strategy model-sp", "model-sp"),
+        ('    require model.supports contains "vi', "vi"),
+        ("rou", "rou"),
+        ("route r {\n    ", ""),
+    ],
+)
+def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str) -> None:
+    """Names with `-`, `.` and `/` are one word to the server, whatever the editor thinks."""
+    found = knowledge.completions(line, len(line), _design())
+    assert line[found.start :] == typed
+    assert found.items
+
+
 def test_no_completion_inside_a_comment_and_model_paths() -> None:
     assert _labels("route r {  # prefer ") == []
-    assert "supports" in _labels("    require model.")
+    attrs = _labels("    require model.")
+    assert {"supports", "regions", "pricing", "quality", "context_window"} <= set(attrs)
     assert _labels("    require model.pricing.") == ["input", "output", "cached_input", "image"]
     assert _labels("route r when request.metadata.") == []
 

@@ -36,6 +36,16 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Completions:
+    """What may be written at a place, replacing the text from `start` up to it (what has
+    been typed of the word: a name with `-` or `.` is one word here, unlike in most
+    editors)."""
+
+    start: int
+    items: tuple[Completion, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Hover:
     markdown: str
     start: int
@@ -107,22 +117,33 @@ def _line_before(text: str, offset: int) -> str:
     return text[text.rfind("\n", 0, offset) + 1 : offset]
 
 
-def completions(text: str, offset: int, catalog: Catalog | None) -> list[Completion]:
+def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
     """What may be written at `offset`, by what comes before it on its line."""
     before = _line_before(text, offset)
+    line_start = offset - len(before)
     if "#" in _outside_strings(before):
-        return []
+        return Completions(offset, ())
     if found := _PATH_AT.search(before):
-        return _path_completions(found.group(1), found.group(2), catalog)
+        items = _path_completions(found.group(1), found.group(2), catalog)
+        return Completions(line_start + found.start(3), tuple(items))
     if found := _MODEL_AT.search(before):
-        return _model_completions(found.group(2), catalog, found.group(1) != "prefer")
-    if _STRATEGY_AT.search(before):
-        return [Completion(name, "strategy", _strategy_detail(name), name) for name in STRATEGIES]
-    if _CAPABILITY_AT.search(before):
-        return [Completion(c, "capability", "capability", c) for c in CAPABILITIES]
-    if _LIMIT_AT.search(before):
-        return [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
-    return [Completion(k, "keyword", "keyword", k) for k in keywords()]
+        typed = found.group(2)
+        provider, slash, _ = typed.partition("/")
+        start = line_start + found.start(2) + (len(provider) + 1 if slash else 0)
+        items = _model_completions(typed, catalog, found.group(1) != "prefer")
+        return Completions(start, tuple(items))
+    if found := _STRATEGY_AT.search(before):
+        items = [Completion(n, "strategy", _strategy_detail(n), n) for n in STRATEGIES]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _CAPABILITY_AT.search(before):
+        items = [Completion(c, "capability", "capability", c) for c in CAPABILITIES]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _LIMIT_AT.search(before):
+        items = [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
+        return Completions(line_start + found.start(1), tuple(items))
+    word = re.search(r"[A-Za-z_]*$", before)
+    start = line_start + (word.start() if word is not None else len(before))
+    return Completions(start, tuple(Completion(k, "keyword", "keyword", k) for k in keywords()))
 
 
 def _outside_strings(line: str) -> str:
@@ -134,7 +155,8 @@ def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[C
         if middle:
             return []  # `request.metadata.<key>`: any key
         fields = [Completion(name, "field", _type(t), name) for name, t in REQUEST_FIELDS.items()]
-        return [*fields, Completion(METADATA_FIELD, "field", "request.metadata.<key>", "")]
+        metadata = Completion(METADATA_FIELD, "field", "request.metadata.<key>", "metadata.")
+        return [*fields, metadata]
     if middle == f"{QUALITY}.":
         tasks = catalog.quality_tasks() if catalog is not None else ()
         return [Completion(t, "field", "number (0-1)", t) for t in tasks]
@@ -143,7 +165,11 @@ def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[C
     elif middle:
         return []
     else:
-        attrs = {k.partition(".")[0]: t for k, t in MODEL_ATTRS.items()}
+        attrs = {k: t for k, t in MODEL_ATTRS.items() if "." not in k}
+        pricing = [k.partition(".")[2] for k in MODEL_ATTRS if k.startswith("pricing.")]
+        group = Completion("pricing", "field", f"pricing.{'|'.join(pricing)}", "pricing.")
+        items = [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
+        return [*items, group]
     return [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
 
 

@@ -159,15 +159,19 @@ def completion(ls: PolicyServer, params: lsp.CompletionParams) -> lsp.Completion
         return None
     doc, path = found
     offset = doc.offset_at_position(params.position)
+    found = knowledge.completions(doc.source, offset, _catalog(ls, path))
+    source = Source(path.name, doc.source)
+    typed = ls.range(source, found.start, offset)
     items = [
         lsp.CompletionItem(
             label=c.label,
             kind=_COMPLETION_KIND[c.kind],
             detail=c.detail,
-            insert_text=c.insert or None,
+            text_edit=lsp.TextEdit(range=typed, new_text=c.insert),
+            filter_text=c.insert,
             sort_text=f"{i:05d}",
         )
-        for i, c in enumerate(knowledge.completions(doc.source, offset, _catalog(ls, path)))
+        for i, c in enumerate(found.items)
     ]
     return lsp.CompletionList(is_incomplete=False, items=items)
 
