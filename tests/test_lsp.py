@@ -179,6 +179,21 @@ async def test_the_unsaved_buffer_is_checked_and_the_siblings_with_it(
 
 
 @on_server
+async def test_closing_an_unsaved_buffer_checks_the_file_again(
+    client: LanguageClient, workdir: Path
+) -> None:
+    folder = _folder(workdir, "close", {"c.policy": FIXED})
+    uri = await _open(client, folder / "c.policy", BROKEN)
+    assert [d.code for d in client.diagnostics[uri]] == ["E0333"]
+    client.diagnostics.pop(uri)
+    client.text_document_did_close(
+        lsp.DidCloseTextDocumentParams(text_document=lsp.TextDocumentIdentifier(uri=uri))
+    )
+    await _diagnostics_for(client, uri)
+    assert list(client.diagnostics[uri]) == []
+
+
+@on_server
 async def test_a_parse_error_has_its_code_and_place(client: LanguageClient, workdir: Path) -> None:
     text = 'catalog "models.yaml"\nroute r { prefer openai/gpt-4o weight }\n'
     folder = _folder(workdir, "parse", {"p.policy": text})
