@@ -73,7 +73,7 @@ def check_document(document: Path, buffers: Mapping[Path, str]) -> Checked:
     diagnostics: dict[Path, list[Diagnostic]] = {p: [] for p in files}
     for d in found:
         where = names.get(d.span.source.name if d.span is not None else d.file or "")
-        diagnostics[where if where is not None else document].append(d)
+        diagnostics.setdefault(where if where is not None else document, []).append(d)
     return Checked(files, {p: tuple(ds) for p, ds in diagnostics.items()}, catalog, texts)
 
 
