@@ -292,6 +292,15 @@ def test_watchdog_is_loaded_only_by_the_watcher(loaded: dict[str, set[str]]) -> 
     assert offenders == [], "watchdog must wait until PolicyEngine.watch() is called"
 
 
+def test_pygls_is_loaded_only_by_the_language_server(loaded: dict[str, set[str]]) -> None:
+    """pygls is the `lsp` extra: only `engine.lsp.server` may need it to import."""
+    offenders = sorted(
+        name for name, mods in loaded.items() if "pygls" in mods and name != "engine.lsp.server"
+    )
+    assert offenders == []
+    assert "pygls" in loaded["engine.lsp.server"]
+
+
 def test_litellm_waits_until_the_integration_is_used(loaded: dict[str, set[str]]) -> None:
     """`engine.integrations.litellm` imports litellm on first use (install, the classes),
     not when the module is imported: no module loads it by being imported."""
@@ -320,7 +329,8 @@ LAYERS: list[set[str]] = [
     {"engine.limits"},
     {"engine.routing"},
     {"engine.api"},
-    {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate"},
+    {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate",
+     "engine.lsp"},
     {"engine.cli", "engine.__main__", "engine"},
 ]  # fmt: skip
 # what a top room may also use beside it: the command line drives the service and simulator
@@ -373,6 +383,8 @@ def test_rooms_import_only_lower_layers() -> None:
         ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
         ("lark", {"engine.language.parser"}),
         ("litellm", {"engine.integrations", "engine.catalog.litellm"}),
+        ("lsprotocol", {"engine.lsp.server"}),
+        ("pygls", {"engine.lsp.server"}),
         ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
         ("starlette", {"engine.service"}),
         ("uvicorn", {"engine.service"}),

@@ -187,6 +187,20 @@ def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]
     assert run("catalog", "diff", "c.yaml", "c.yaml").startswith("0 added")
     report = run("simulate", "examples/simulations/outage.yaml", "--requests", "300")
     assert "STRATEGY" in report
+    # the language server needs the `lsp` extra (pygls), and says so
+    lsp = subprocess.run(
+        [str(policyctl), "lsp"],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    missing = "the language server needs pygls, which is not installed"
+    assert lsp.returncode == 2, lsp.stderr
+    assert lsp.stderr == f"policyctl: error: {missing}: pip install 'policyctl[lsp]'\n"
     _serve_answers_one_request(policyctl, work, env)
 
 

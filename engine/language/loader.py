@@ -203,3 +203,10 @@ def _display(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def catalog_in_use(files: Sequence[ast.PolicyFile], paths: Sequence[Path | None]) -> Catalog | None:
+    """The catalog parsed policy files use, chosen as `compile_sources` chooses it (their
+    `catalog` statement, else the packaged one); None when it cannot be loaded. For tools
+    that need the catalog of a set that does not compile (the language server)."""
+    return _catalog_for(files, paths, [])

@@ -1,0 +1,362 @@
+"""What the language server knows at a place in a policy text: completions, hover, the
+routes it can jump to and the outline. Offsets are code-point offsets into the text.
+
+Every vocabulary is read from its one home: keywords and the shape of a name from the
+grammar (`grammar/policy.lark`), request fields and model attributes from
+`engine.language.schema`, models from the catalog in use, strategies from their registry,
+capabilities from `engine.catalog.model`. No pygls here: plain records.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from engine.catalog.model import CAPABILITIES, Catalog, Model
+from engine.catalog.views import day
+from engine.diagnostics import PolicyError, Span
+from engine.language import ast
+from engine.language.parser import parse
+from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, QUALITY, REQUEST_FIELDS, FieldType
+from engine.resources import grammar_path
+from engine.strategies import STRATEGIES
+from engine.units import format_duration, format_money
+from engine.vocabulary import STANDARD_SCOPES
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    label: str
+    kind: str  # keyword, field, model, provider, strategy, capability, scope
+    detail: str
+    insert: str  # the text inserted (a model id that is not a name is quoted)
+
+
+@dataclass(frozen=True, slots=True)
+class Completions:
+    """What may be written at a place, replacing the text from `start` up to it (what has
+    been typed of the word: a name with `-` or `.` is one word here, unlike in most
+    editors)."""
+
+    start: int
+    items: tuple[Completion, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hover:
+    markdown: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    path: Path
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    name: str
+    kind: str  # route, limit, defaults, catalog
+    start: int  # the whole statement
+    end: int
+    name_start: int  # its name (a route's, a limit's scope)
+    name_end: int
+
+
+# ---------------------------------------------------------------- the grammar's words
+
+
+@cache
+def _grammar() -> str:
+    return grammar_path().read_text(encoding="utf-8")
+
+
+@cache
+def keywords() -> tuple[str, ...]:
+    """Every keyword the grammar spells out (`route`, `prefer`, `per`, `contains`, …)."""
+    return tuple(sorted(set(re.findall(r'"([a-z_]+)"', _grammar()))))
+
+
+@cache
+def _name() -> re.Pattern[str]:
+    """The grammar's WORD: a provider, model, route or strategy name written bare."""
+    found = re.search(r"^WORD:\s*/(.+)/\s*$", _grammar(), re.MULTILINE)
+    assert found is not None, "grammar/policy.lark defines WORD"
+    return re.compile(found.group(1))
+
+
+def as_name(text: str) -> str:
+    """`text` as a policy writes it: bare when it is a name, else a quoted string."""
+    if _name().fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _type(field: FieldType) -> str:
+    unit, item = field
+    return f"list of {item.value}" if item is not None else unit.value
+
+
+# ---------------------------------------------------------------- completion
+
+_PART = r'(?:"(?:[^"\\\n]|\\.)*"|[A-Za-z0-9_][\w.\-]*)'
+_PATH_AT = re.compile(r"\b(request|model)\.((?:\w+\.)*)(\w*)$")
+_MODEL_AT = re.compile(rf"\b(prefer|exclude|fallback)\s+(?:{_PART}(?:/{_PART})?\s*,\s*)*(\S*)$")
+_STRATEGY_AT = re.compile(r"\bstrategy\s+([\w-]*)$")
+_CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
+_LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
+
+
+def _line_before(text: str, offset: int) -> str:
+    return text[text.rfind("\n", 0, offset) + 1 : offset]
+
+
+def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
+    """What may be written at `offset`, by what comes before it on its line."""
+    before = _line_before(text, offset)
+    line_start = offset - len(before)
+    if "#" in _outside_strings(before):
+        return Completions(offset, ())
+    if found := _PATH_AT.search(before):
+        items = _path_completions(found.group(1), found.group(2), catalog)
+        return Completions(line_start + found.start(3), tuple(items))
+    if found := _MODEL_AT.search(before):
+        typed = found.group(2)
+        provider, slash, _ = typed.partition("/")
+        start = line_start + found.start(2) + (len(provider) + 1 if slash else 0)
+        items = _model_completions(typed, catalog, found.group(1) != "prefer")
+        return Completions(start, tuple(items))
+    if found := _STRATEGY_AT.search(before):
+        items = [Completion(n, "strategy", _strategy_detail(n), n) for n in STRATEGIES]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _CAPABILITY_AT.search(before):
+        items = [Completion(c, "capability", "capability", c) for c in CAPABILITIES]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _LIMIT_AT.search(before):
+        items = [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
+        return Completions(line_start + found.start(1), tuple(items))
+    word = re.search(r"[A-Za-z_]*$", before)
+    start = line_start + (word.start() if word is not None else len(before))
+    return Completions(start, tuple(Completion(k, "keyword", "keyword", k) for k in keywords()))
+
+
+def _outside_strings(line: str) -> str:
+    return re.sub(r'"(?:[^"\\\n]|\\.)*"?', '""', line)
+
+
+def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[Completion]:
+    if root == "request":
+        if middle:
+            return []  # `request.metadata.<key>`: any key
+        fields = [Completion(name, "field", _type(t), name) for name, t in REQUEST_FIELDS.items()]
+        metadata = Completion(METADATA_FIELD, "field", "request.metadata.<key>", "metadata.")
+        return [*fields, metadata]
+    if middle == f"{QUALITY}.":
+        tasks = catalog.quality_tasks() if catalog is not None else ()
+        return [Completion(t, "field", "number (0-1)", t) for t in tasks]
+    if middle == "pricing.":
+        attrs = {k.partition(".")[2]: t for k, t in MODEL_ATTRS.items() if k.startswith(middle)}
+    elif middle:
+        return []
+    else:
+        attrs = {k: t for k, t in MODEL_ATTRS.items() if "." not in k}
+        pricing = [k.partition(".")[2] for k in MODEL_ATTRS if k.startswith("pricing.")]
+        group = Completion("pricing", "field", f"pricing.{'|'.join(pricing)}", "pricing.")
+        items = [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
+        return [*items, group]
+    return [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
+
+
+def _model_completions(typed: str, catalog: Catalog | None, bare: bool) -> list[Completion]:
+    """`provider/model` refs; after `provider/`, that provider's models; with `bare`
+    (exclude, fallback), providers alone too."""
+    if catalog is None:
+        return []
+    provider, slash, _ = typed.partition("/")
+    if slash:
+        name = provider.strip('"')
+        return [
+            Completion(m.id, "model", _model_detail(m), as_name(m.id))
+            for m in catalog.by_provider(name)
+        ]
+    refs = [
+        Completion(m.key, "model", _model_detail(m), f"{as_name(m.provider)}/{as_name(m.id)}")
+        for m in catalog.models
+    ]
+    providers = [
+        Completion(p, "provider", f"provider ({len(catalog.by_provider(p))} models)", as_name(p))
+        for p in catalog.providers
+    ]
+    return [*providers, *refs] if bare else [*refs, *providers]
+
+
+def _model_detail(m: Model) -> str:
+    return f"{format_money(m.input_price)} in / {format_money(m.output_price)} out per 1M tokens"
+
+
+def _strategy_detail(name: str) -> str:
+    spec = STRATEGIES[name]
+    return f"strategy, factors: {', '.join(spec.factors)}" if spec.factors else "strategy"
+
+
+# ---------------------------------------------------------------- hover
+
+_REF = re.compile(rf"(?<![\w\"./-]){_PART}/{_PART}")
+_FIELD = re.compile(r"\b(request|model)\.(\w+(?:\.\w+)*)")
+
+
+def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
+    """A model reference's prices and capabilities; a field's type."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    at = offset - line_start
+    for found in _FIELD.finditer(line):
+        if found.start() <= at <= found.end():
+            shown = _field_hover(found.group(1), found.group(2), catalog)
+            if shown is not None:
+                return Hover(shown, line_start + found.start(), line_start + found.end())
+    if catalog is None:
+        return None
+    for found in _REF.finditer(line):
+        if found.start() <= at <= found.end():
+            provider, _, name = found.group().partition("/")
+            models = catalog.resolve(_unquote(provider), _unquote(name))
+            if models:
+                shown = "\n\n---\n\n".join(describe(m) for m in models)
+                return Hover(shown, line_start + found.start(), line_start + found.end())
+    return None
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def _field_hover(root: str, name: str, catalog: Catalog | None) -> str | None:
+    if root == "request":
+        if name.startswith(METADATA_FIELD + "."):
+            return f"`request.{name}`: any scalar, from the request's metadata"
+        field = REQUEST_FIELDS.get(name)
+        return None if field is None else f"`request.{name}`: {_type(field)}"
+    attr = MODEL_ATTRS.get(name)
+    if attr is not None:
+        return f"`model.{name}`: {_type(attr)}"
+    task = name.removeprefix(QUALITY + ".")
+    if task != name and catalog is not None and task in catalog.quality_tasks():
+        return f"`model.{name}`: number (0-1) or null, the catalog's `{task}` score"
+    return None
+
+
+def describe(m: Model) -> str:
+    """A catalog entry for a person: prices, limits and capabilities (Markdown)."""
+    lines = [f"**{m.key}**" + (f" (a deployment of `{m.family}`)" if m.family else "")]
+    if m.aliases:
+        lines.append("aliases: " + ", ".join(f"`{a}`" for a in m.aliases))
+    prices = [f"input {format_money(m.input_price)}", f"output {format_money(m.output_price)}"]
+    if m.cached_input_price is not None:
+        prices.append(f"cached input {format_money(m.cached_input_price)}")
+    lines.append("price per 1M tokens: " + ", ".join(prices))
+    for t in m.tiers:
+        lines.append(
+            f"above {t.above:,} input tokens: input {format_money(t.input)},"
+            f" output {format_money(t.output)}"
+        )
+    if m.image_price:
+        lines.append(f"per image: {format_money(m.image_price)}")
+    lines.append(f"context window {m.context_window:,} tokens, output up to {m.max_tokens:,}")
+    lines.append(
+        f"latency p50 {format_duration(m.latency_p50_ms)}, p95 {format_duration(m.latency_p95_ms)}"
+    )
+    supports = [c for c in CAPABILITIES if c in m.supports]
+    lines.append("supports: " + (", ".join(supports) if supports else "none"))
+    if m.regions:
+        lines.append("regions: " + ", ".join(m.regions))
+    if m.quality is not None and m.quality.overall is not None:
+        lines.append(f"quality: {m.quality.overall:g}")
+    if m.deprecated_at is not None:
+        lines.append(f"deprecated: {day(m.deprecated_at)}")
+    if m.retires_at is not None:
+        lines.append(f"retires: {day(m.retires_at)}")
+    return "  \n".join(lines)
+
+
+# ---------------------------------------------------------------- routes and outline
+
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
+_ROUTE_LINE = re.compile(r"^[ \t]*route[ \t]+([A-Za-z_][\w.\-]*)", re.MULTILINE)
+
+
+def word_at(text: str, offset: int) -> tuple[int, int, str] | None:
+    """The name (the grammar's WORD characters) under or just before `offset`."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line = text[line_start : len(text) if line_end < 0 else line_end]
+    for found in _NAME_CHARS.finditer(line):
+        if found.start() <= offset - line_start <= found.end():
+            return line_start + found.start(), line_start + found.end(), found.group()
+    return None
+
+
+def _parsed(path: Path, text: str) -> ast.PolicyFile | None:
+    try:
+        return parse(text, str(path))
+    except PolicyError:
+        return None
+
+
+def route_places(path: Path, text: str) -> dict[str, Place]:
+    """Where each route of a file is named; a file that does not parse (mid-edit) is read
+    line by line for `route NAME`."""
+    policy = _parsed(path, text)
+    if policy is None:
+        return {m.group(1): Place(path, m.start(1), m.end(1)) for m in _ROUTE_LINE.finditer(text)}
+    return {
+        s.name.text: Place(path, s.name.span.start, s.name.span.end)
+        for s in policy.statements
+        if isinstance(s, ast.Route)
+    }
+
+
+def definition(text: str, offset: int, texts: Mapping[Path, str]) -> list[Place]:
+    """The route declaration a name at `offset` refers to, in any file of the set: route
+    names are not referenced inside a policy, so any occurrence of one (in a comment, a
+    test, the declaration itself) leads to it."""
+    found = word_at(text, offset)
+    if found is None:
+        return []
+    name = found[2]
+    return [places[name] for path, t in texts.items() if name in (places := route_places(path, t))]
+
+
+def symbols(path: Path, text: str) -> list[Symbol]:
+    """The outline: the catalog statement, `defaults`, each route and each limit."""
+    policy = _parsed(path, text)
+    if policy is None:
+        return []
+    out: list[Symbol] = []
+    for s in policy.statements:
+        if isinstance(s, ast.Route):
+            name = s.name
+            out.append(Symbol(name.text, "route", s.span.start, s.span.end, *_ends(name.span)))
+        elif isinstance(s, ast.Limit):
+            label = s.scope.text + (f" {s.key.text}" if s.key is not None else "")
+            out.append(Symbol(label, "limit", s.span.start, s.span.end, *_ends(s.scope.span)))
+        elif isinstance(s, ast.Defaults):
+            out.append(Symbol("defaults", "defaults", s.span.start, s.span.end, *_ends(s.span)))
+        elif isinstance(s, ast.CatalogStmt):
+            out.append(
+                Symbol(str(s.path.value), "catalog", s.span.start, s.span.end, *_ends(s.path.span))
+            )
+    return out
+
+
+def _ends(span: Span) -> tuple[int, int]:
+    return span.start, span.end

@@ -1,0 +1,531 @@
+"""`policyctl lsp`, end to end: a real server subprocess (`python -m engine lsp`) driven
+over stdio by pytest-lsp's client; policies and their catalog are real files in a
+temporary directory. Also the command without pygls, through the real CLI.
+
+One server serves the module; each test opens its own document (in a directory of its own
+where it matters, since a document is checked with the other policies of its directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types as lsp
+from pygls.uris import from_fs_path
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+from engine.catalog.load import load_catalog
+from engine.catalog.model import CAPABILITIES, Catalog
+from engine.language import ast
+from engine.language.parser import parse
+from engine.language.schema import REQUEST_FIELDS
+from engine.lsp import knowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 60.0  # the longest a test waits for the server's diagnostics
+DESIGN_CATALOG = ROOT / "examples" / "policies" / "models.yaml"
+
+# the async tests share the module's server, so its event loop
+on_server = pytest.mark.asyncio(loop_scope="module")
+
+
+def _env() -> dict[str, str]:
+    """The server runs this checkout's code, with no operator state."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest_lsp.fixture(
+    scope="module",
+    config=ClientServerConfig(
+        server_command=[sys.executable, "-m", "engine", "lsp", "--stdio"], server_env=_env()
+    ),
+)
+async def client(lsp_client: LanguageClient):  # type: ignore[no-untyped-def]
+    await lsp_client.initialize_session(
+        lsp.InitializeParams(capabilities=lsp.ClientCapabilities(), process_id=os.getpid())
+    )
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lsp")
+
+
+def _folder(workdir: Path, name: str, files: dict[str, str]) -> Path:
+    """A policy directory with the design's catalog beside its files."""
+    folder = workdir / name
+    folder.mkdir()
+    shutil.copy(DESIGN_CATALOG, folder / "models.yaml")
+    for file, text in files.items():
+        (folder / file).write_text(textwrap.dedent(text), encoding="utf-8")
+    return folder
+
+
+async def _open(client: LanguageClient, path: Path, text: str | None = None) -> str:
+    """Open `path` (with `text` as its unsaved buffer, else its content); its URI."""
+    uri = from_fs_path(str(path))
+    assert uri is not None
+    shown = text if text is not None else path.read_text(encoding="utf-8")
+    client.text_document_did_open(
+        lsp.DidOpenTextDocumentParams(
+            lsp.TextDocumentItem(uri=uri, language_id="policy", version=1, text=shown)
+        )
+    )
+    await _diagnostics_for(client, uri)
+    return uri
+
+
+async def _diagnostics_for(client: LanguageClient, uri: str) -> None:
+    """Wait (at most `WAIT_S`) until diagnostics for `uri` arrive; a sibling's may come
+    first."""
+    async with asyncio.timeout(WAIT_S):
+        while uri not in client.diagnostics:
+            await client.wait_for_notification(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
+
+
+async def _change(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.diagnostics.pop(uri, None)
+    client.text_document_did_change(
+        lsp.DidChangeTextDocumentParams(
+            text_document=lsp.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[lsp.TextDocumentContentChangeWholeDocument(text=text)],
+        )
+    )
+    await _diagnostics_for(client, uri)
+
+
+def _at(text: str, needle: str, after: int = 0) -> lsp.Position:
+    """The position `after` characters into the first occurrence of `needle`, counted in
+    code points (UTF-16 code units when the line has no character beyond U+FFFF)."""
+    offset = text.index(needle) + after
+    line = text.count("\n", 0, offset)
+    return lsp.Position(line=line, character=offset - (text.rfind("\n", 0, offset) + 1))
+
+
+BROKEN = """\
+catalog "models.yaml"
+
+route cheap when request.max_cost <= 2s {
+    prefer openai/gpt-3.5-turbo
+}
+"""
+FIXED = BROKEN.replace("2s", "$0.01")
+
+
+@on_server
+async def test_diagnostics_on_open_then_cleared_by_a_change(
+    client: LanguageClient, workdir: Path
+) -> None:
+    folder = _folder(workdir, "units", {"a.policy": BROKEN})
+    uri = await _open(client, folder / "a.policy")
+    (found,) = client.diagnostics[uri]
+    assert found.code == "E0333"
+    assert found.severity == lsp.DiagnosticSeverity.Error
+    assert found.source == "policyctl"
+    assert found.message.startswith("unit mismatch: `request.max_cost` is money")
+    assert "help:" in found.message
+    start = _at(BROKEN, "2s")
+    assert found.range == lsp.Range(
+        start=start, end=lsp.Position(line=start.line, character=start.character + 2)
+    )
+
+    await _change(client, uri, FIXED, 2)
+    assert list(client.diagnostics[uri]) == []
+
+
+@on_server
+async def test_ranges_count_utf16_code_units(client: LanguageClient, workdir: Path) -> None:
+    """The protocol's default position encoding: 😀 is two UTF-16 code units."""
+    text = BROKEN.replace("when request", 'when request.user != "😀" and request')
+    folder = _folder(workdir, "utf16", {"u.policy": text})
+    uri = await _open(client, folder / "u.policy")
+    (found,) = client.diagnostics[uri]
+    start = _at(text, "2s")
+    assert found.range.start == lsp.Position(line=start.line, character=start.character + 1)
+
+
+@on_server
+async def test_the_unsaved_buffer_is_checked_and_the_siblings_with_it(
+    client: LanguageClient, workdir: Path
+) -> None:
+    """A route defined in a sibling file, and again in the buffer (not on disk): E0202,
+    as `policyctl check DIR` would say once the buffer is saved."""
+    folder = _folder(
+        workdir,
+        "siblings",
+        {
+            "a.policy": 'catalog "models.yaml"\nroute cheap { prefer openai/gpt-3.5-turbo }\n',
+            "b.policy": "limit user 5 per 1m\n",
+        },
+    )
+    buffer = "limit user 5 per 1m\nroute cheap { prefer openai/gpt-4o }\n"
+    uri = await _open(client, folder / "b.policy", buffer)
+    codes = [d.code for d in client.diagnostics[uri]]
+    assert "E0202" in codes
+    sibling = from_fs_path(str(folder / "a.policy"))
+    assert sibling in client.diagnostics  # the sibling's list is published too
+
+
+@on_server
+async def test_closing_an_unsaved_buffer_checks_the_file_again(
+    client: LanguageClient, workdir: Path
+) -> None:
+    folder = _folder(workdir, "close", {"c.policy": FIXED})
+    uri = await _open(client, folder / "c.policy", BROKEN)
+    assert [d.code for d in client.diagnostics[uri]] == ["E0333"]
+    client.diagnostics.pop(uri)
+    client.text_document_did_close(
+        lsp.DidCloseTextDocumentParams(text_document=lsp.TextDocumentIdentifier(uri=uri))
+    )
+    await _diagnostics_for(client, uri)
+    assert list(client.diagnostics[uri]) == []
+
+
+@on_server
+async def test_a_parse_error_has_its_code_and_place(client: LanguageClient, workdir: Path) -> None:
+    text = 'catalog "models.yaml"\nroute r { prefer openai/gpt-4o weight }\n'
+    folder = _folder(workdir, "parse", {"p.policy": text})
+    uri = await _open(client, folder / "p.policy")
+    (found,) = client.diagnostics[uri]
+    assert found.code is not None and found.code.startswith("E0")
+    assert found.range.start.line == 1
+
+
+@on_server
+async def test_completion_after_request_lists_the_request_fields(
+    client: LanguageClient, workdir: Path
+) -> None:
+    text = 'catalog "models.yaml"\nroute r when request. {\n}\n'
+    folder = _folder(workdir, "fields", {"f.policy": text})
+    uri = await _open(client, folder / "f.policy")
+    result = await client.text_document_completion_async(
+        lsp.CompletionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(text, "request.", len("request.")),
+        )
+    )
+    assert isinstance(result, lsp.CompletionList)
+    labels = {item.label for item in result.items}
+    assert set(REQUEST_FIELDS) <= labels
+    assert "route" not in labels  # fields, not keywords
+    by_label = {item.label: item for item in result.items}
+    assert by_label["max_cost"].detail == "money"
+
+
+@on_server
+async def test_completion_after_prefer_lists_the_catalogs_models(
+    client: LanguageClient, workdir: Path
+) -> None:
+    text = 'catalog "models.yaml"\nroute r {\n    prefer \n}\n'
+    folder = _folder(workdir, "models", {"m.policy": text})
+    uri = await _open(client, folder / "m.policy")
+    result = await client.text_document_completion_async(
+        lsp.CompletionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(text, "prefer ", len("prefer ")),
+        )
+    )
+    assert isinstance(result, lsp.CompletionList)
+    labels = [item.label for item in result.items]
+    # the design catalog's models (not the packaged catalog's)
+    assert "claude/claude-3-haiku-20240307" in labels
+    assert "openai/gpt-3.5-turbo" in labels
+    assert "anthropic/claude-haiku-5-5" not in labels
+
+    # after `provider/` and part of a name: that provider's models, replacing the part
+    typed = text.replace("prefer ", "prefer openai/gpt-3")
+    await _change(client, uri, typed, 2)
+    cursor = _at(typed, "gpt-3", len("gpt-3"))
+    result = await client.text_document_completion_async(
+        lsp.CompletionParams(text_document=lsp.TextDocumentIdentifier(uri=uri), position=cursor)
+    )
+    assert isinstance(result, lsp.CompletionList)
+    by_label = {item.label: item for item in result.items}
+    assert list(by_label) == [m.id for m in _design().by_provider("openai")]
+    edit = by_label["gpt-3.5-turbo"].text_edit
+    assert isinstance(edit, lsp.TextEdit)
+    assert edit.new_text == "gpt-3.5-turbo"
+    assert edit.range == lsp.Range(start=_at(typed, "gpt-3"), end=cursor)
+
+
+@on_server
+async def test_completion_of_keywords_strategies_and_capabilities(
+    client: LanguageClient, workdir: Path
+) -> None:
+    text = (
+        'catalog "models.yaml"\nroute r {\n    strategy \n    require model.supports contains "\n'
+    )
+    folder = _folder(workdir, "words", {"w.policy": text + "\n"})
+    uri = await _open(client, folder / "w.policy")
+
+    async def labels(position: lsp.Position) -> list[str]:
+        result = await client.text_document_completion_async(
+            lsp.CompletionParams(
+                text_document=lsp.TextDocumentIdentifier(uri=uri), position=position
+            )
+        )
+        assert isinstance(result, lsp.CompletionList)
+        return [item.label for item in result.items]
+
+    assert "model-specific" in await labels(_at(text, "strategy ", len("strategy ")))
+    assert await labels(_at(text, 'contains "', len('contains "'))) == list(CAPABILITIES)
+    keywords = await labels(lsp.Position(line=1, character=0))
+    assert {"route", "limit", "defaults", "prefer", "require", "when"} <= set(keywords)
+
+
+@on_server
+async def test_hover_on_a_model_shows_its_prices_and_capabilities(
+    client: LanguageClient, workdir: Path
+) -> None:
+    text = (
+        'catalog "models.yaml"\n'
+        "route r when request.max_cost <= $0.01 {\n"
+        "    prefer claude/claude-3-5-sonnet-20241022\n"
+        "}\n"
+    )
+    folder = _folder(workdir, "hover", {"h.policy": text})
+    uri = await _open(client, folder / "h.policy")
+    result = await client.text_document_hover_async(
+        lsp.HoverParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(text, "claude-3-5-sonnet", 3),
+        )
+    )
+    assert result is not None
+    assert isinstance(result.contents, lsp.MarkupContent)
+    shown = result.contents.value
+    assert "claude/claude-3-5-sonnet-20241022" in shown
+    assert "input $3, output $15" in shown  # models.yaml: pricing {input: 3.00, output: 15.00}
+    assert "supports: streaming, tools, vision, json" in shown
+    assert result.range is not None
+    assert result.range.start == _at(text, "claude/claude-3-5")
+
+    field = await client.text_document_hover_async(
+        lsp.HoverParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(text, "max_cost", 2),
+        )
+    )
+    assert field is not None and isinstance(field.contents, lsp.MarkupContent)
+    assert field.contents.value == "`request.max_cost`: money"
+
+
+@on_server
+async def test_definition_of_a_route_from_a_sibling_file(
+    client: LanguageClient, workdir: Path
+) -> None:
+    routes = (
+        'catalog "models.yaml"\n\n'
+        "route  vision when request.requires_vision {\n"
+        "    prefer claude/claude-3-opus\n"
+        "}\n"
+    )
+    notes = "# images go to route vision first\nlimit user 5 per 1m\n"
+    folder = _folder(workdir, "definition", {"routes.policy": routes, "notes.policy": notes})
+    uri = await _open(client, folder / "notes.policy")
+    result = await client.text_document_definition_async(
+        lsp.DefinitionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(notes, "vision", 2),
+        )
+    )
+    assert isinstance(result, list)
+    (place,) = result
+    assert isinstance(place, lsp.Location)
+    assert place.uri == from_fs_path(str(folder / "routes.policy"))
+    start = _at(routes, "vision when")
+    assert place.range == lsp.Range(
+        start=start, end=lsp.Position(line=start.line, character=start.character + 6)
+    )
+
+    none = await client.text_document_definition_async(
+        lsp.DefinitionParams(
+            text_document=lsp.TextDocumentIdentifier(uri=uri),
+            position=_at(notes, "images", 1),
+        )
+    )
+    assert not none
+
+
+@on_server
+async def test_document_symbols_list_routes_and_limits(
+    client: LanguageClient, workdir: Path
+) -> None:
+    text = (
+        'catalog "models.yaml"\n'
+        "route a { prefer openai/gpt-4o }\n"
+        "route b { prefer openai/gpt-4o }\n"
+        "limit user 5 per 1m\n"
+    )
+    folder = _folder(workdir, "symbols", {"s.policy": text})
+    uri = await _open(client, folder / "s.policy")
+    result = await client.text_document_document_symbol_async(
+        lsp.DocumentSymbolParams(text_document=lsp.TextDocumentIdentifier(uri=uri))
+    )
+    assert result is not None
+    assert [(s.name, s.detail) for s in result if isinstance(s, lsp.DocumentSymbol)] == [
+        ("models.yaml", "catalog"),
+        ("a", "route"),
+        ("b", "route"),
+        ("user", "limit"),
+    ]
+
+
+# ----------------------------------------------------------------------------- knowledge
+# What the server answers, from `engine.lsp.knowledge` directly (no protocol): the cases
+# the protocol tests above do not reach.
+
+
+def _design() -> Catalog:
+    return load_catalog(DESIGN_CATALOG, "models.yaml")
+
+
+def _labels(text: str, catalog: Catalog | None = None) -> list[str]:
+    return [c.label for c in knowledge.completions(text, len(text), catalog).items]
+
+
+def test_keywords_are_the_grammars() -> None:
+    words = set(knowledge.keywords())
+    assert {"catalog", "defaults", "route", "limit", "prefer", "exclude", "require"} <= words
+    assert {"fallback", "cooldown", "on_store_error", "per", "burst", "until"} <= words
+    assert {"and", "or", "not", "in", "contains", "when", "true", "false", "null"} <= words
+    grammar = (ROOT / "grammar" / "policy.lark").read_text(encoding="utf-8")
+    assert all(f'"{w}"' in grammar for w in words)
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    ["gpt-4o", "gemini-1.5-flash-latest", "anthropic.claude-3-haiku-20240307-v1:0", "a/b", 'q"x'],
+)
+def test_a_completed_model_id_parses_back_to_itself(model_id: str) -> None:
+    written = knowledge.as_name(model_id)
+    policy = parse(f"route r {{ prefer bedrock/{written} }}", "t.policy")
+    (route,) = policy.statements
+    assert isinstance(route, ast.Route)
+    (prefer,) = route.items
+    assert isinstance(prefer, ast.Prefer) and prefer.ref.model is not None
+    assert prefer.ref.model.text == model_id
+    assert (written == model_id) == (
+        "/" not in model_id and ":" not in model_id and '"' not in model_id
+    )
+
+
+def test_completion_after_a_provider_lists_its_models_only() -> None:
+    catalog = _design()
+    assert _labels("route r { prefer openai/", catalog) == [
+        m.id for m in catalog.by_provider("openai")
+    ]
+    assert _labels("route r { exclude claude, gemini/", catalog) == [
+        m.id for m in catalog.by_provider("gemini")
+    ]
+    # exclude and fallback may name a provider alone: providers first
+    assert _labels("    fallback ", catalog)[:3] == ["claude", "gemini", "openai"]
+
+
+@pytest.mark.parametrize(
+    ("line", "typed"),
+    [
+        ("route r { prefer openai/gpt-3", "gpt-3"),
+        ("route r { prefer gpt", "gpt"),
+        ('route r { exclude "claude"/claude-3.', "claude-3."),
+        ("route r when request.max_c", "max_c"),
+        ("    strategy model-sp", "model-sp"),
+        ('    require model.supports contains "vi', "vi"),
+        ("rou", "rou"),
+        ("route r {\n    ", ""),
+    ],
+)
+def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str) -> None:
+    """Names with `-`, `.` and `/` are one word to the server, whatever the editor thinks."""
+    found = knowledge.completions(line, len(line), _design())
+    assert line[found.start :] == typed
+    assert found.items
+
+
+def test_no_completion_inside_a_comment_and_model_paths() -> None:
+    assert _labels("route r {  # prefer ") == []
+    attrs = _labels("    require model.")
+    assert {"supports", "regions", "pricing", "quality", "context_window"} <= set(attrs)
+    assert _labels("    require model.pricing.") == ["input", "output", "cached_input", "image"]
+    assert _labels("route r when request.metadata.") == []
+
+
+def test_hover_on_a_quoted_reference_and_a_family() -> None:
+    catalog = _design()
+    text = 'prefer "openai"/"gpt-4"'
+    shown = knowledge.hover(text, text.index("gpt"), catalog)
+    assert shown is not None and shown.markdown.startswith("**openai/gpt-4**")
+    assert (shown.start, shown.end) == (text.index('"openai"'), len(text))
+    assert knowledge.hover("prefer openai/no-such-model", 10, catalog) is None
+
+
+# ----------------------------------------------------------------------------- no extra
+
+# Makes `import pygls` fail as it does when pygls is not installed: a finder ahead of all
+# others that reports the module missing.
+_BLOCK = """\
+import sys
+
+
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("pygls", "lsprotocol"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def test_without_pygls_lsp_names_the_extra_and_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(_BLOCK, encoding="utf-8")
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join((str(blocker), env["PYTHONPATH"]))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pygls"], env=env, capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "No module named 'pygls'" in probe.stderr
+
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "lsp"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "policyctl: error: the language server needs pygls, which is not installed:"
+        " pip install 'policyctl[lsp]'"
+    )
+
+    helped = subprocess.run(
+        [sys.executable, "-m", "engine", "lsp", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert helped.returncode == 0
+    assert "pip install 'policyctl[lsp]'" in helped.stdout
