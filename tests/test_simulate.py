@@ -484,7 +484,7 @@ def test_policy_errors_point_at_the_scenario_lines(
     with pytest.raises(PolicyError) as err:
         load_scenario("bad.yaml")
     assert str(err.value).splitlines()[:3] == [
-        "bad.yaml:4:29: unexpected end of file",
+        "bad.yaml:4:29: error[E0013]: unexpected end of file",
         "  |",
         "4 |   limit user 10 per 1m burst",
     ]
