@@ -30,7 +30,7 @@ import math
 import threading
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Protocol, runtime_checkable
 
@@ -163,7 +163,6 @@ class _Series:
     last_failure_at: float = 0.0
     last_outcome_at: float = 0.0
     dirty: bool = True  # outcomes (or an expired slice) since its stats were computed
-    health_dirty: bool = False  # a failure, or a success ending failures, since then
 
 
 def quantiles(
@@ -218,6 +217,7 @@ class LiveMetrics:
         self._snapshot = MetricsSnapshot({}, _NOTHING_YET)
         self._dirty = False  # any outcome since the snapshot was built
         self._health_dirty = False  # a failure, or a success ending failures, since then
+        self._health_keys: set[str] = set()  # the models those outcomes were for
         self.rebuilds = 0  # snapshots built with something new in them
         self.recomputed = 0  # models whose stats a rebuild computed again
         self.health_updates = 0  # snapshots given fresh failure counts between rebuilds
@@ -260,11 +260,13 @@ class LiveMetrics:
                 series.ok += 1
                 if series.consecutive_failures:  # the circuit closes: no waiting for it
                     series.consecutive_failures = 0
-                    series.health_dirty = self._health_dirty = True
+                    self._health_keys.add(model_key)
+                    self._health_dirty = True
             else:
                 series.consecutive_failures += 1
                 series.last_failure_at = max(series.last_failure_at, now)
-                series.health_dirty = self._health_dirty = True
+                self._health_keys.add(model_key)
+                self._health_dirty = True
             series.last_outcome_at = max(series.last_outcome_at, now)
             series.dirty = True
             self._dirty = True
@@ -311,30 +313,30 @@ class LiveMetrics:
         with self._lock:
             snap = self._snapshot
             stats = dict(snap.stats)
-            keys = set()
+            keys = frozenset(self._health_keys)
+            self._health_keys.clear()
             whole = False  # a model's stats computed whole: nothing to patch from
-            for key, series in self._series.items():
-                if series.health_dirty:
-                    series.health_dirty = False
-                    keys.add(key)
-                    old = stats.get(key)
-                    if old is None:
-                        stats[key] = self._stats_of(series)
-                        series.dirty = False
-                        self.recomputed += 1
-                        whole = True
-                    else:
-                        stats[key] = replace(
-                            old,
-                            consecutive_failures=series.consecutive_failures,
-                            last_failure_at=series.last_failure_at,
-                            last_outcome_at=series.last_outcome_at,
-                        )
+            for key in keys:  # only the models whose failure counts moved
+                series = self._series.get(key)
+                if series is None:
+                    continue
+                old = stats.get(key)
+                if old is None:
+                    stats[key] = self._stats_of(series)
+                    series.dirty = False
+                    self.recomputed += 1
+                    whole = True
+                else:
+                    stats[key] = ModelStats(
+                        old.samples, old.p50_ms, old.p95_ms, old.p99_ms, old.success_rate,
+                        old.avg_cost, series.consecutive_failures, series.last_failure_at,
+                        series.last_outcome_at,
+                    )  # fmt: skip
             self._health_dirty = False
             self.health_updates += 1
             parent = None if whole else snap
             snap.parent = None  # one generation back at most: no chain of old snapshots
-            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, frozenset(keys))
+            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, keys)
             return snap
 
     def refresh(self, now: float | None = None) -> MetricsSnapshot:
@@ -359,9 +361,10 @@ class LiveMetrics:
             for key, series in self._series.items():
                 if series.dirty:
                     stats[key] = self._stats_of(series)
-                    series.dirty = series.health_dirty = False
+                    series.dirty = False
                     self.recomputed += 1
             self._dirty = self._health_dirty = False
+            self._health_keys.clear()
             self.rebuilds += 1
             snap = self._snapshot = MetricsSnapshot(stats, now)
             return snap
