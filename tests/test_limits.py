@@ -498,3 +498,43 @@ def test_a_later_candidate_is_charged_its_own_tokens() -> None:
     assert first.provider != second.provider
     assert [s.remaining for s in first.rate_limits] == [1000]
     assert [s.remaining for s in second.rate_limits] == [1000]
+
+
+def test_allowed_tallies_lose_nothing_to_threads_and_flushes() -> None:
+    """Allowed decisions are tallied without a lock (a pending list): four threads deciding
+    while a fifth keeps taking the logs (as the flush does) lose no count and count none
+    twice; more than `_PENDING_MAX` decisions per thread, so the in-line counting runs too."""
+    engine = from_design(
+        "defaults { strategy cost }\nlimit user 1000000 per 1m\nlimit global 1000000 per 1m\n",
+        state="memory://",
+    )
+    limiter = engine.limiter
+    per_thread, threads = 5000, 4
+    taken: list[dict[tuple[str, str], tuple[int, int]]] = []
+    done = threading.Event()
+
+    def decide(t: int) -> None:
+        for i in range(per_thread):
+            assert engine.evaluate({"id": f"t{t}-{i}", "user": f"u{t}"}).allowed
+
+    def flush() -> None:
+        while not done.is_set():
+            taken.append(limiter.take_logs()[1])
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    workers = [threading.Thread(target=decide, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    done.set()
+    flusher.join()
+    taken.append(limiter.take_logs()[1])
+    totals: dict[str, int] = {}
+    for stats in taken:
+        for (_, scope), (allowed, denied) in stats.items():
+            totals[scope] = totals.get(scope, 0) + allowed
+            assert denied == 0
+    assert totals == {"user": per_thread * threads, "global": per_thread * threads}
+    engine.close()

@@ -284,6 +284,7 @@ class _Plan:
         self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
 
 
+_PENDING_MAX = 4096  # allowed decisions kept uncounted, at most
 _CACHE_MAX = 4096  # keys per cache: candidates come from the catalog, so this is generous
 
 
@@ -326,6 +327,8 @@ class Limiter:
     _plan: tuple[object, _Plan | None] = (None, None)
     # scopes in order of appearance -> the same without repeats (the allowed tallies' key)
     _scope_sets: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    # allowed decisions not yet counted into `allowed_tallies`: (day, scopes in order)
+    _pending: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     # a plain memory store's check-and-consume-all, for when every bucket has room
     _consume_all: (
@@ -627,19 +630,35 @@ class Limiter:
         return _new_verdict((0, statuses, None))
 
     def _tally(self, info: list[tuple[Applied, str]], now_s: float) -> None:
-        """Count an allowed decision for every scope that applied to it."""
+        """Count an allowed decision for every scope that applied to it: one append to the
+        pending list, no lock (a list's append is atomic); counted into `allowed_tallies`
+        under the lock by whoever reads them, or here every `_PENDING_MAX` decisions."""
         if int(now_s // 86_400) != self._day_number:
             self._day(now_s)
-        seen = tuple([applied.scope for applied, _ in info])
-        scopes = self._scope_sets.get(seen)
-        if scopes is None:
-            scopes = tuple(dict.fromkeys(seen))
-            if len(self._scope_sets) >= _CACHE_MAX:
-                self._scope_sets.clear()
-            self._scope_sets[seen] = scopes
-        key = (self._day_text, scopes)
-        with self._lock:
-            self.allowed_tallies[key] += 1
+        pending = self._pending
+        pending.append((self._day_text, tuple([applied.scope for applied, _ in info])))
+        if len(pending) >= _PENDING_MAX:
+            with self._lock:
+                self._count_pending()
+
+    def _count_pending(self) -> None:
+        """The pending tallies into `allowed_tallies` (the caller holds the lock). A prefix
+        is taken and deleted in two single steps, so appends racing with this stay pending."""
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        taken = pending[:n]
+        del pending[:n]
+        tallies, sets = self.allowed_tallies, self._scope_sets
+        for day, seen in taken:
+            scopes = sets.get(seen)
+            if scopes is None:
+                scopes = tuple(dict.fromkeys(seen))
+                if len(sets) >= _CACHE_MAX:
+                    sets.clear()
+                sets[seen] = scopes
+            tallies[day, scopes] += 1
 
     def _verdict(
         self,
@@ -687,12 +706,14 @@ class Limiter:
     def daily_stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(day, scope) -> (allowed, denied): what `rate_limit_stats` holds."""
         with self._lock:
+            self._count_pending()
             return _daily_stats(self.allowed_tallies, self.denied_tallies)
 
     def take_logs(self) -> tuple[list[Violation], dict[tuple[str, str], tuple[int, int]]]:
         """The violations and daily stats kept so far, emptied in one step (for a flush on
         another thread: nothing added meanwhile is lost)."""
         with self._lock:
+            self._count_pending()
             violations = list(self.violations)
             stats = _daily_stats(self.allowed_tallies, self.denied_tallies)
             self.violations.clear()
