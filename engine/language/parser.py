@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -67,6 +68,29 @@ _KEYWORDS = (
 )  # fmt: skip
 
 
+# Where the lexer puts the comments it reads, while `parse_with_comments` runs on this
+# thread (None: nobody is collecting, the usual case).
+_comment_sink = threading.local()
+_COMMENT_IN = re.compile(r"#[^\n]*")  # a comment inside a `not # …\n in` token
+
+
+def _on_comment(tok: Token) -> Token:
+    sink: list[Token] | None = getattr(_comment_sink, "tokens", None)
+    if sink is not None:
+        sink.append(tok)
+    return tok
+
+
+def _on_not_in(tok: Token) -> Token:
+    sink: list[Token] | None = getattr(_comment_sink, "tokens", None)
+    if sink is not None and "#" in tok:
+        start = tok.start_pos or 0
+        for found in _COMMENT_IN.finditer(str(tok)):
+            sink.append(Token("COMMENT", found.group(), start_pos=start + found.start(),
+                              end_pos=start + found.end()))  # fmt: skip
+    return tok
+
+
 @functools.cache
 def _lark() -> Lark:
     return Lark(
@@ -75,6 +99,7 @@ def _lark() -> Lark:
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=True,
+        lexer_callbacks={"COMMENT": _on_comment, "NOT_IN": _on_not_in},
     )
 
 
@@ -362,7 +387,13 @@ def written(name: str) -> str:
     a WORD, else quoted (`"azure:eu"`, `"us.anthropic.claude-3-haiku-20240307-v1:0"`)."""
     if _word().fullmatch(name):
         return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    for raw, escaped in _QUOTED:
+        name = name.replace(raw, escaped)
+    return f'"{name}"'
+
+
+# how `written` escapes a name it quotes (what `_unquote` reads back); backslash first
+_QUOTED = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"))
 
 
 def reference(provider: str, model: str | None = None) -> str:
@@ -437,3 +468,21 @@ def parse(text: str, name: str = "<policy>") -> ast.PolicyFile:
     if builder.errors:
         raise PolicyError(builder.errors)
     return ast.PolicyFile(name, statements, Span(source, 0, len(text)))
+
+
+def parse_with_comments(
+    text: str, name: str = "<policy>"
+) -> tuple[ast.PolicyFile, tuple[ast.Comment, ...]]:
+    """`parse`, and the file's comments in source order (for the formatter)."""
+    tokens: list[Token] = []
+    _comment_sink.tokens = tokens
+    try:
+        policy = parse(text, name)
+    finally:
+        _comment_sink.tokens = None
+    source = policy.span.source
+    comments = (
+        ast.Comment(str(t).rstrip(), Span(source, t.start_pos or 0, t.end_pos or 0))
+        for t in tokens
+    )
+    return policy, tuple(sorted(comments, key=lambda c: c.span.start))
