@@ -143,8 +143,7 @@ def unified_diff(item: Formatted) -> str:
         item.name if absolute else f"b/{item.name}",
     )
     return "".join(
-        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-        for line in lines
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
 
 

@@ -76,7 +76,7 @@ def _flat(e: ast.Expr) -> str:
     if isinstance(e, ast.Not):
         inner = _flat(e.operand)
         return f"not ({inner})" if isinstance(e.operand, ast.BoolOp) else f"not {inner}"
-    return f" {e.op} ".join(_boolean_operand(e.op, o) for o in e.operands)
+    return f" {e.op} ".join(_boolean_operand(o) for o in e.operands)
 
 
 def _comparand(e: ast.Expr) -> str:
@@ -84,14 +84,11 @@ def _comparand(e: ast.Expr) -> str:
     return f"({_flat(e)})" if isinstance(e, ast.BoolOp | ast.Not | ast.Compare) else _flat(e)
 
 
-def _needs_parens(op: str, operand: ast.Expr) -> bool:
-    """`a and (b or c)`, `a and (b and c)`, `a or (b or c)` keep their parentheses (the last
-    two so that the output parses to the same tree); `a or b and c` needs none."""
-    return isinstance(operand, ast.BoolOp) and (operand.op == op or op == "and")
-
-
-def _boolean_operand(op: str, operand: ast.Expr) -> str:
-    return f"({_flat(operand)})" if _needs_parens(op, operand) else _flat(operand)
+def _boolean_operand(operand: ast.Expr) -> str:
+    """An `and` / `or` inside another is parenthesised: `a or (b and c)` (where `and` binds
+    tighter anyway: the reader need not know it) and `a and (b and c)` (so that the output
+    parses to the same tree)."""
+    return f"({_flat(operand)})" if isinstance(operand, ast.BoolOp) else _flat(operand)
 
 
 def _fits(depth: int, code: str) -> bool:
@@ -123,9 +120,7 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt) -> _Line:
         return _Line(code=f"fallback {_refs(item.refs)}")
     if isinstance(item, ast.CooldownSetting):
         word = "failure" if item.failures.text == "1" else "failures"
-        return _Line(
-            code=f"cooldown after {item.failures.text} {word} for {item.duration.text}"
-        )
+        return _Line(code=f"cooldown after {item.failures.text} {word} for {item.duration.text}")
     if isinstance(item, ast.StoreErrorSetting):
         return _Line(code=f"on_store_error {item.mode.text}")
     if isinstance(item, ast.Exclude):
@@ -247,9 +242,7 @@ class _Printer:
             pos = c.span.end
         return pos, first, blank_due
 
-    def statement(
-        self, out: list[_Line], item: ast.Statement | ast.RouteItem, depth: int
-    ) -> None:
+    def statement(self, out: list[_Line], item: ast.Statement | ast.RouteItem, depth: int) -> None:
         lines: list[_Line] = []
         if isinstance(item, ast.Route | ast.Defaults):
             self.block(lines, item, depth)
@@ -302,11 +295,15 @@ class _Printer:
         if _fits(depth, flat) and not self.any_in(lo, hi):
             lines.append(_Line(depth, flat))
             return
-        # `require` first, its continuation lines one level in
+        # `require` first (with the group its first operand opens, if it does), the lines
+        # that continue it one level in
         broken = self.condition(item.condition, lo, hi, depth + 1, "require ")
-        first_code = next(i for i, line in enumerate(broken) if line.code)
-        for i in range(first_code + 1):
-            broken[i] = replace(broken[i], depth=depth)
+        last = next(i for i, line in enumerate(broken) if line.code)
+        if broken[last].code.endswith("("):
+            last = next(i for i in range(last + 1, len(broken)) if broken[i].code == ")"
+                        and broken[i].depth == depth + 1)  # fmt: skip
+        for i in range(last + 1):
+            broken[i] = replace(broken[i], depth=broken[i].depth - 1)
         lines.extend(broken)
 
     def limit(self, lines: list[_Line], limit: ast.Limit, depth: int) -> None:
@@ -349,7 +346,7 @@ class _Printer:
                 else:
                     lines.append(_Line(depth, comment=c.text))
             start, end = operand.span.start, operand.span.end
-            code = lead + _boolean_operand(e.op, operand)
+            code = lead + _boolean_operand(operand)
             if _fits(depth, code) and not self.any_in(start, end):
                 lines.append(_Line(depth, code))
             elif isinstance(operand, ast.BoolOp):

@@ -482,7 +482,6 @@ def parse_with_comments(
         _comment_sink.tokens = None
     source = policy.span.source
     comments = (
-        ast.Comment(str(t).rstrip(), Span(source, t.start_pos or 0, t.end_pos or 0))
-        for t in tokens
+        ast.Comment(str(t).rstrip(), Span(source, t.start_pos or 0, t.end_pos or 0)) for t in tokens
     )
     return policy, tuple(sorted(comments, key=lambda c: c.span.start))
