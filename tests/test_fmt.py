@@ -316,6 +316,49 @@ def test_inserted_comments_all_survive_in_order(text: str, data: st.DataObject) 
     assert [int(x) for x in re.findall(r"# note(\d+)", once)] == list(range(n))
 
 
+ATOMS = [
+    "request.stream",
+    "request.max_tokens > 10",
+    '"support" in request.tags',
+    'request.region not in ["eu", "us"]',
+    'request.metadata.team == "a-rather-long-team-name-for-wrapping"',
+    "model.context_window >= 16k",
+    "(request.max_cost <= $0.01) == true",
+]
+
+
+def _combined(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        inner.map(lambda e: f"not {e}"),
+        inner.map(lambda e: f"({e})"),
+        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(" ".join),
+    )
+
+
+CONDITIONS = st.recursive(st.sampled_from(ATOMS), _combined, max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CONDITIONS, CONDITIONS, CONDITIONS, st.data())
+def test_generated_conditions_format_idempotently_to_the_same_tree(
+    when: str, require: str, limit: str, data: st.DataObject
+) -> None:
+    """Random `and` / `or` / `not` / parentheses nests, long enough to be broken over lines,
+    with comments after random words."""
+    text = f"route r when {when} {{\n    require {require}\n}}\nlimit user 1 per 1m when {limit}\n"
+    words = text.split(" ")
+    n = 0
+    for i in range(len(words) - 1):
+        if not words[i].startswith('"') and data.draw(st.integers(0, 9)) == 0:
+            words[i] += f" # note{n}\n"
+            n += 1
+    commented = " ".join(words)
+    once = format_text(commented)
+    assert format_text(once) == once
+    same_tree(text, once)
+    assert [int(x) for x in re.findall(r"# note(\d+)", once)] == list(range(n))
+
+
 # ---------------------------------------------------------------- the command line
 
 MESSY = "route a   when request.stream{strategy cost}\n"

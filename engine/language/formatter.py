@@ -10,6 +10,7 @@ formatting it again changes nothing.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 
 from engine.language import ast
@@ -154,19 +155,21 @@ class _Printer:
 
     def __init__(self, text: str, comments: tuple[ast.Comment, ...]) -> None:
         self.text = text
-        self.pool = list(comments)  # in source order
+        self.pool = list(comments)  # in source order, not yet placed
+        self.starts = [c.span.start for c in self.pool]
 
     # comments ----------------------------------------------------------------
 
     def take(self, lo: int, hi: int) -> list[ast.Comment]:
         """The comments starting in [lo, hi), removed from the pool."""
-        taken = [c for c in self.pool if lo <= c.span.start < hi]
+        i, j = bisect_left(self.starts, lo), bisect_left(self.starts, hi)
+        taken = self.pool[i:j]
         if taken:
-            self.pool = [c for c in self.pool if not lo <= c.span.start < hi]
+            del self.pool[i:j], self.starts[i:j]
         return taken
 
     def any_in(self, lo: int, hi: int) -> bool:
-        return any(lo <= c.span.start < hi for c in self.pool)
+        return bisect_left(self.starts, lo) < bisect_left(self.starts, hi)
 
     def own_line(self, c: ast.Comment) -> bool:
         """Nothing but whitespace before the comment on its line."""
@@ -290,7 +293,9 @@ class _Printer:
         lines.append(_Line(depth, "{"))
 
     def require(self, lines: list[_Line], item: ast.Require, depth: int) -> None:
-        lo, hi = item.span.start + 1, item.span.end
+        # the comments that would come before the condition's first line go above `require`
+        lines.extend(self.hoisted(item.span.start, _first_leaf_end(item.condition), depth))
+        lo, hi = item.condition.span.start, item.span.end
         flat = f"require {_flat(item.condition)}"
         if _fits(depth, flat) and not self.any_in(lo, hi):
             lines.append(_Line(depth, flat))
@@ -346,6 +351,8 @@ class _Printer:
                 else:
                     lines.append(_Line(depth, comment=c.text))
             start, end = operand.span.start, operand.span.end
+            # comments before the operand's first line, wherever it is broken, go above it
+            lines.extend(self.hoisted(start, _first_leaf_end(operand), depth))
             code = lead + _boolean_operand(operand)
             if _fits(depth, code) and not self.any_in(start, end):
                 lines.append(_Line(depth, code))
@@ -354,7 +361,6 @@ class _Printer:
                 lines.extend(self.condition(operand, start, end, depth + 1, ""))
                 lines.append(_Line(depth, ")"))
             else:
-                lines.extend(self.hoisted(start, end, depth))
                 lines.append(_Line(depth, code))
             previous_end = end
         self.after(lines, previous_end, hi, depth)
@@ -375,6 +381,14 @@ def _aligned_limit(depth: int, cells: tuple[str, str], limit: ast.Limit) -> _Lin
     if limit.key_expr is not None:
         return _Line(depth, " ".join(cells), align="limit")
     return _Line(depth, " ".join(cells), cells=cells, align="limit")
+
+
+def _first_leaf_end(e: ast.Expr) -> int:
+    """Where the first operand that is not an `and` / `or` ends: a comment before it is put
+    above the first line of `e`, however `e` is broken."""
+    while isinstance(e, ast.BoolOp):
+        e = e.operands[0]
+    return e.span.end
 
 
 def _is_block(item: ast.Statement | ast.RouteItem) -> bool:
