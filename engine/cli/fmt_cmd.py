@@ -27,7 +27,7 @@ EXAMPLE = """\
 examples:
   policyctl fmt policies/default.policy     # print the formatted file
   policyctl fmt --check                     # ./policies: list files that would change
-  policyctl fmt --diff examples/policies/   # what would change, as a unified diff
+  policyctl fmt --diff my-policies/         # what would change, as a unified diff
   policyctl fmt -w policies/                # rewrite in place
   policyctl fmt - < my.policy               # standard input to standard output
 
