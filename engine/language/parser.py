@@ -1,4 +1,4 @@
-"""Policy text -> AST. The only module that imports lark.
+"""Policy text -> AST (and, for the formatter, its comments). The only module that imports lark.
 
 The LALR parser is built once per process. Syntax errors become labelled diagnostics
 (`unterminated string`, `unexpected end of file`, what was expected); unit typos in literals
@@ -481,7 +481,10 @@ def parse_with_comments(
     finally:
         _comment_sink.tokens = None
     source = policy.span.source
-    comments = (
-        ast.Comment(str(t).rstrip(), Span(source, t.start_pos or 0, t.end_pos or 0)) for t in tokens
+    by_start = {t.start_pos or 0: t for t in tokens}  # each once, should a token be re-read
+    return policy, tuple(
+        ast.Comment(
+            str(by_start[start]).rstrip(), Span(source, start, by_start[start].end_pos or start)
+        )
+        for start in sorted(by_start)
     )
-    return policy, tuple(sorted(comments, key=lambda c: c.span.start))
