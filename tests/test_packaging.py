@@ -143,7 +143,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
 def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]) -> None:
     """The user's install (the wheel, no extras) runs each command README.md and docs/
-    show: check, eval, ratelimit, metrics import|show|export, catalog, simulate, serve."""
+    show: check, fmt, eval, ratelimit, metrics import|show|export, catalog, simulate, serve."""
     work = tmp / "docs"
     shutil.copytree(ROOT / "examples", work / "examples", symlinks=False)
     env = {**env, "POLICYCTL_NOW": "2026-11-28T17:46:05Z", "POLICYCTL_STATE": str(tmp / "s.db")}
@@ -157,6 +157,10 @@ def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]
 
     run("check", "examples/policies/tour.policy")
     run("check", "examples/policies/fast.policy", code=2)
+    assert (
+        run("fmt", "--check", "examples/policies/tour.policy", "examples/policies/lint.policy")
+        == ""
+    )
     table = run(
         "eval", "--state", "memory://", "--format", "table", "examples/requests/vision.json"
     )

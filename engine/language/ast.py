@@ -196,3 +196,11 @@ class PolicyFile:
     name: str
     statements: tuple[Statement, ...]
     span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A `# …` comment: the parser drops them from the AST; the formatter puts them back."""
+
+    text: str  # from `#` to the end of its line, trailing whitespace removed
+    span: Span

@@ -31,10 +31,12 @@ class Loaded:
     warnings: tuple[Diagnostic, ...]
 
 
-def policy_files(path: str | os.PathLike[str]) -> list[Path]:
+def policy_files(path: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """A file, or a directory's `*.policy` files in name order (`recursive`: at any depth)."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix == ".policy" and f.is_file())
+        found = p.rglob("*.policy") if recursive else p.iterdir()
+        files = sorted(f for f in found if f.suffix == ".policy" and f.is_file())
         if not files:
             raise PolicyError(
                 [Diagnostic("E0003", "no `.policy` files in this directory", None, file=str(p))]
@@ -178,6 +180,12 @@ def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = 
     if errors:
         raise PolicyError(errors)
     return compile_sources(sources, files, now)
+
+
+def read_policy_file(path: Path) -> tuple[str, str]:
+    """A policy file's name as a person typed it, and its text; PolicyError if it cannot
+    be read (too large, not UTF-8, not a regular file)."""
+    return _display(path), _read(path)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
