@@ -30,3 +30,9 @@ DEFAULT_CATALOG = "models.json"
 
 def default_catalog_path() -> Path:
     return default_policy_dir() / DEFAULT_CATALOG
+
+
+def codes_dir() -> Path:
+    """The catalogue of diagnostic codes, one `CODE.md` each (`policyctl explain`); it lives
+    inside the package, so the wheel carries it with the code."""
+    return _PACKAGE / "language" / "codes"

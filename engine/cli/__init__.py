@@ -23,6 +23,7 @@ COMMANDS = (
     ("ratelimit", "ratelimit_cmd"),
     ("catalog", "catalog_cmd"),
     ("migrate", "migrate_cmd"),
+    ("explain", "explain_cmd"),
 )
 
 EXAMPLE = """\
