@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.diagnostics import did_you_mean
+from engine.errors import PolicyctlError
 from engine.resources import codes_dir
 
 CODE = re.compile(r"[EW][0-9]{4}")
@@ -54,9 +55,14 @@ class Explanation:
     right: tuple[Block, ...]
 
 
-class UnknownCode(LookupError):
+class UnknownCode(PolicyctlError, LookupError):
+    """A code with no explanation: the nearest code that has one, if any, is suggested."""
+
     def __init__(self, code: str, guess: str | None) -> None:
-        super().__init__(code)
+        hint = f"; did you mean `{guess}`?" if guess else ""
+        super().__init__(
+            f"no explanation for `{code}`{hint} (`policyctl explain` lists every code)"
+        )
         self.code = code
         self.guess = guess
 
