@@ -24,6 +24,7 @@ COMMANDS = (
     ("catalog", "catalog_cmd"),
     ("migrate", "migrate_cmd"),
     ("explain", "explain_cmd"),
+    ("completion", "completion_cmd"),
 )
 
 EXAMPLE = """\
