@@ -314,7 +314,7 @@ def test_the_public_api_and_the_cli_stay_light(loaded_whole: dict[str, set[str]]
 LAYERS: list[set[str]] = [
     {"engine.errors", "engine.vocabulary", "engine.diagnostics", "engine.units",
      "engine.resources", "engine.tokens"},
-    {"engine.catalog", "engine.strategies", "engine.wire"},
+    {"engine.catalog", "engine.strategies", "engine.wire", "engine.editors"},
     {"engine.language"},
     {"engine.analytics"},
     {"engine.limits"},
@@ -372,6 +372,7 @@ def test_rooms_import_only_lower_layers() -> None:
     [
         ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
         ("lark", {"engine.language.parser"}),
+        ("pygments", {"engine.editors.pygments_lexer"}),
         ("litellm", {"engine.integrations", "engine.catalog.litellm"}),
         ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
         ("starlette", {"engine.service"}),
