@@ -504,6 +504,10 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         braces = _open_braces(source.text, span.start)
         if braces and _block_kind(source.text, braces[-1]) == "defaults":
             message = f"unexpected `{tok}` in `defaults`"
+    elif str(tok) in ("if", "where") and "_WHEN" in expected:
+        hint = f"a condition follows `when`, not `{tok}`: `route NAME when … {{`"
+    elif "NUMBER" in expected and _word_before(source, span.start) == "per":
+        hint = "a limit's window is a duration: `per 1m`, `per 1h` or `per 1d`"
     elif tok.type == "COLON" and (key := _word_before(source, span.start)) in _SETTINGS:
         rest = source.text[span.end :].split("\n", 1)[0].split("#", 1)[0].strip() or "…"
         hint = f"write `{key} {rest}`: a setting's value follows it with no `:`"
