@@ -3,18 +3,21 @@
 bash: the script is sourced in a real `bash` and its completion function driven as
 readline would (`COMP_WORDS`, `COMP_CWORD`), and `COMPREPLY` read back. fish: the script
 is sourced in a real `fish` and `complete -C 'LINE'` asks fish itself what it completes.
-zsh: `zsh -n` parses the script, and the function runs in a real `zsh` with the three
-completion-system calls it makes (`compadd`, `_describe`, `_files`) replaced by functions
-that print their arguments (the completion system needs a terminal). `.ci/run` installs
-zsh and fish.
+zsh: `zsh -n` parses the script, and a real interactive zsh in a pseudo-terminal, with
+the script in its $fpath and `compinit` run, is sent `policyctl ch` and a TAB, and must
+show `policyctl check`. `.ci/run` installs zsh and fish.
 """
 
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,35 +122,57 @@ def test_fish_parses_and_completes(tmp_path: Path) -> None:
     assert "completion" in _fish_complete(script, "policyctl ")
 
 
-ZSH_STUBS = """\
-compdef() { : }
-compadd() { [[ $1 == -- ]] && shift; print -rl -- "$@" }
-_describe() { print -rl -- ${(P)4%%:*} }
-_files() { print -r -- '(files)' }
-"""
-
-
-def _zsh_complete(script: Path, *words: str) -> list[str]:
-    line = " ".join(f"'{w}'" for w in words)
-    program = f"{ZSH_STUBS}source '{script}'\nwords=({line}); CURRENT=$#words\n_policyctl\n"
-    out = subprocess.run(
-        [_shell("zsh"), "-f", "-c", program],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+def _zsh_complete(script: Path, typed: str, expect: str) -> str:
+    """Type `typed` and a TAB into a real interactive zsh (in a pseudo-terminal) whose
+    completion system loads the script from $fpath; what the terminal shows once `expect`
+    appears (or after 20 s)."""
+    home = script.parent / "zdotdir"
+    functions = script.parent / "functions"
+    home.mkdir(exist_ok=True)
+    functions.mkdir(exist_ok=True)
+    shutil.copy(script, functions / "_policyctl")
+    (home / ".zshrc").write_text(
+        f"fpath=({functions} $fpath)\n"
+        f"autoload -U compinit && compinit -u -d {home}/.zcompdump\n"
+        "PS1='ready> '\n"
     )
-    return out.stdout.splitlines()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an interactive zsh reading the .zshrc above
+        os.environ.update({"ZDOTDIR": str(home), "TERM": "dumb", "HOME": str(home)})
+        os.execv(_shell("zsh"), ["zsh", "-i"])
+    shown = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal shown
+        deadline = time.monotonic() + 20
+        while text not in shown and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    shown += os.read(fd, 4096)
+                except OSError:
+                    return
+
+    try:
+        read_until(b"ready> ")
+        start = len(shown)
+        os.write(fd, typed.encode() + b"\t")
+        read_until(expect.encode())
+        return shown[start:].decode(errors="replace")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
 
 
 def test_zsh_parses_and_completes(tmp_path: Path) -> None:
     script = _script("zsh", tmp_path)
     subprocess.run([_shell("zsh"), "-n", str(script)], check=True, timeout=30)
     assert script.read_text().startswith("#compdef policyctl\n")
-    assert "check" in _zsh_complete(script, "policyctl", "ch")
-    assert _zsh_complete(script, "policyctl", "") == [name for name, _ in COMMANDS]
-    assert _zsh_complete(script, "policyctl", "check", "--format", "") == ["json", "table"]
-    assert _zsh_complete(script, "policyctl", "check", "") == ["(files)"]
+    assert "policyctl check " in _zsh_complete(script, "policyctl ch", "policyctl check ")
+    shown = _zsh_complete(script, "policyctl check --format ", "table")
+    assert "json" in shown and "table" in shown
+    shown = _zsh_complete(script, "policyctl sch", "policyctl schema ")
+    assert "policyctl schema " in shown
 
 
 def test_an_unknown_shell_exits_2(tmp_path: Path) -> None:

@@ -251,7 +251,12 @@ def _zsh(root: Command, prog: str) -> str:
         _files
     fi
 }}
-compdef {fn} {prog}
+# autoloaded from $fpath, this file is the body of {fn}: run it; sourced, register it
+if [[ "${{zsh_eval_context[-1]}}" == loadautofunc ]]; then
+    {fn} "$@"
+else
+    compdef {fn} {prog}
+fi
 """
 
 
