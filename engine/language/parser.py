@@ -59,11 +59,15 @@ _TERMINAL_NAMES = {
     "$END": "the end of the file",
 }
 _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
+# settings, which `defaults` and routes take, and the items only a route takes
+_SETTINGS = (
+    "strategy", "min_success_rate", "min_samples", "window", "fallback", "cooldown",
+    "on_store_error",
+)  # fmt: skip
+_ROUTE_ONLY = ("prefer", "exclude", "require")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
-    *_STATEMENT_KEYWORDS, "strategy", "min_success_rate", "min_samples", "window",
-    "fallback", "cooldown", "on_store_error", "prefer", "exclude", "require", "when",
-    "burst", "until", "per", "weight",
+    *_STATEMENT_KEYWORDS, *_SETTINGS, *_ROUTE_ONLY, "when", "burst", "until", "per", "weight",
 )  # fmt: skip
 
 
@@ -370,14 +374,9 @@ def reference(provider: str, model: str | None = None) -> str:
     return written(provider) if model is None else f"{written(provider)}/{written(model)}"
 
 
-# Settings, which `defaults` and routes take, and the items only a route takes.
-_SETTINGS = (
-    "strategy", "min_success_rate", "min_samples", "window", "fallback", "cooldown",
-    "on_store_error",
-)  # fmt: skip
-_ROUTE_ONLY = ("prefer", "exclude", "require")
 # Characters other languages use where this one has a word (`&&` for `and`).
 _FOREIGN = {"&": "and", "|": "or", "!": "not"}
+_STRING_REST = re.compile(r'(?:[^"\\\n]|\\.)*"?')  # a string after its opening `"`
 
 
 def _open_braces(text: str, end: int) -> list[int]:
@@ -391,8 +390,7 @@ def _open_braces(text: str, end: int) -> list[int]:
             if i < 0:
                 break
         elif ch == '"':
-            close = re.compile(r'(?:[^"\\\n]|\\.)*"?').match(text, i + 1)
-            i = close.end() - 1 if close else i
+            i = _STRING_REST.match(text, i + 1).end() - 1  # type: ignore[union-attr]
         elif ch == "{":
             opened.append(i)
         elif ch == "}" and opened:
@@ -401,9 +399,12 @@ def _open_braces(text: str, end: int) -> list[int]:
     return opened
 
 
-def _block_kind(text: str, brace: int) -> str:
-    """`defaults` or `route`: the statement a `{` opens."""
-    return "defaults" if text[:brace].rstrip().endswith("defaults") else "route"
+def _enclosing(source: Source, at: int) -> str | None:
+    """The block `at` is inside, `defaults` or `route`, or None outside any block."""
+    braces = _open_braces(source.text, at)
+    if not braces:
+        return None
+    return "defaults" if source.text[: braces[-1]].rstrip().endswith("defaults") else "route"
 
 
 def _unclosed(source: Source, at: int, expected: set[str]) -> tuple[Note, ...]:
@@ -418,10 +419,8 @@ def _unclosed(source: Source, at: int, expected: set[str]) -> tuple[Note, ...]:
     return (Note(Span(source, brace, brace + 1), f"this `{{` at {line}:{col} is not closed"),)
 
 
-def _misplaced(word: str, source: Source, at: int) -> str | None:
+def _misplaced(word: str, inside: str | None) -> str | None:
     """The help for a route item or a setting written where it does not belong."""
-    braces = _open_braces(source.text, at)
-    inside = _block_kind(source.text, braces[-1]) if braces else None
     if word in _ROUTE_ONLY and inside != "route":
         where = "in `defaults`" if inside == "defaults" else "outside a block"
         return (
@@ -499,10 +498,9 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = f"close the block with `}}` before this `{tok}`"
     elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):
         hint = _equals_hint(source, tok)
-    elif (misplaced := _misplaced(str(tok), source, span.start)) is not None:
+    elif (misplaced := _misplaced(str(tok), inside := _enclosing(source, span.start))) is not None:
         hint = misplaced
-        braces = _open_braces(source.text, span.start)
-        if braces and _block_kind(source.text, braces[-1]) == "defaults":
+        if inside == "defaults":
             message = f"unexpected `{tok}` in `defaults`"
     elif str(tok) in ("if", "where") and "_WHEN" in expected:
         hint = f"a condition follows `when`, not `{tok}`: `route NAME when … {{`"
