@@ -280,20 +280,17 @@ def _fish(root: Command, prog: str) -> str:
         else:
             here = "__fish_use_subcommand"
         names = " ".join(s.path[-1] for s in command.subcommands)
-        if command.subcommands:
-            cond = (
-                here if not command.path else f"{here}; and not __fish_seen_subcommand_from {names}"
+        if not command.path:  # `policyctl` itself: before any command is typed
+            offer, cond = here, f"not __fish_seen_subcommand_from {' '.join(all_subs)}"
+        elif command.subcommands:  # `policyctl catalog`: until its subcommand is typed
+            offer = cond = f"{here}; and not __fish_seen_subcommand_from {names}"
+        else:
+            offer = cond = here
+        for sub in command.subcommands:
+            lines.append(
+                f"complete -c {prog} -f -n {_fish_quote(offer)} -a {sub.path[-1]}"
+                f" -d {_fish_quote(sub.help)}"
             )
-            for sub in command.subcommands:
-                lines.append(
-                    f"complete -c {prog} -f -n {_fish_quote(cond)} -a {sub.path[-1]}"
-                    f" -d {_fish_quote(sub.help)}"
-                )
-        cond = here
-        if command.subcommands and command.path:
-            cond = f"{here}; and not __fish_seen_subcommand_from {names}"
-        elif not command.path:
-            cond = f"not __fish_seen_subcommand_from {' '.join(all_subs)}"
         if command.positional_choices:
             lines.append(
                 f"complete -c {prog} -f -n {_fish_quote(cond)}"
