@@ -22,11 +22,20 @@ from pygments.token import (
     Whitespace,
 )
 
-from engine.editors.words import ROOTS
+from engine.editors.words import (
+    COMPARISON,
+    DATE,
+    END,
+    MEMBER,
+    MONEY,
+    NAME,
+    NUMBER,
+    ROOTS,
+    STRING,
+)
 from engine.editors.words import words as language_words
 
 _WORDS = language_words()
-_END = r"(?![A-Za-z0-9_.-])"  # a whole word: not the start of `window-x` or `route.x`
 
 
 class PolicyLexer(RegexLexer):
@@ -40,20 +49,18 @@ class PolicyLexer(RegexLexer):
         "root": [
             (r"[ \t\f\r\n]+", Whitespace),
             (r"#[^\n]*", Comment.Single),
-            (r'"(?:[^"\\\n]|\\.)*"', String.Double),
-            (r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2})?"
-             r"(?:Z|[+-][0-9]{2}:[0-9]{2})?)?", Number.Other),  # a date
-            (r"\$[0-9][0-9_]*(?:\.[0-9]+)?", Number.Float),  # money
-            (r"[0-9][0-9_]*(?:\.[0-9]+)?[A-Za-z%]*", Number),  # with its unit: 2s 80% 200k
-            (words(sorted(_WORDS.statements), suffix=_END), Keyword.Declaration),
-            (words(sorted(_WORDS.constants), suffix=_END), Keyword.Constant),
-            (words(sorted(_WORDS.operators), suffix=_END), Operator.Word),
-            (words(sorted(_WORDS.keywords), suffix=_END), Keyword),
-            (words(ROOTS, suffix=r"(?=\.)"), Name.Builtin),
-            (r"(\.)([A-Za-z_][A-Za-z0-9_]*)", bygroups(Punctuation, Name.Attribute)),
-            # names: routes, scopes, strategies, providers and models (`gemini-2.5-flash`)
-            (r"[A-Za-z_][A-Za-z0-9_]*(?:[.-]+[A-Za-z0-9_]+)*", Name),
-            (r"==|!=|<=|>=|<|>|=", Operator),
+            (STRING, String.Double),
+            (DATE, Number.Other),
+            (MONEY, Number.Float),
+            (NUMBER, Number),
+            (words(sorted(_WORDS.statements), prefix=r"\b", suffix=END), Keyword.Declaration),
+            (words(sorted(_WORDS.constants), prefix=r"\b", suffix=END), Keyword.Constant),
+            (words(sorted(_WORDS.operators), prefix=r"\b", suffix=END), Operator.Word),
+            (words(sorted(_WORDS.keywords), prefix=r"\b", suffix=END), Keyword),
+            (words(ROOTS, prefix=r"\b", suffix=r"(?=\.)"), Name.Builtin),
+            (MEMBER, bygroups(Punctuation, Name.Attribute)),
+            (NAME, Name),
+            (COMPARISON, Operator),
             (r"[{}()\[\],:/]", Punctuation),
         ],
     }  # fmt: skip

@@ -1,4 +1,5 @@
-"""The policy language's reserved words, read from the grammar (`grammar/policy.lark`).
+"""The policy language's reserved words, read from the grammar (`grammar/policy.lark`),
+and the token patterns the editors' highlighters share.
 
 Every quoted word of the grammar is a word of the language; the grammar is their one
 home, so a keyword added there is highlighted by the Pygments lexer without a change here,
@@ -17,6 +18,20 @@ STATEMENTS = frozenset({"catalog", "defaults", "route", "limit"})
 OPERATORS = frozenset({"and", "or", "not", "in", "contains"})
 CONSTANTS = frozenset({"true", "false", "null"})
 ROOTS = ("request", "model")  # the records a condition reads: `request.region`
+
+# The token patterns both highlighters use (the grammar's terminals, as editors match them)
+END = r"(?![A-Za-z0-9_.-])"  # a whole word: not the start of `window-x` or `route.x`
+DATE = (
+    r"\b[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2})?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+MONEY = r"\$[0-9][0-9_]*(?:\.[0-9]+)?"
+NUMBER = r"\b[0-9][0-9_]*(?:\.[0-9]+)?[A-Za-z%]*"  # with its unit: 2s 80% 200k
+STRING = r'"(?:[^"\\\n]|\\.)*"'
+# names: routes, scopes, strategies, providers and models (`gemini-2.5-flash`)
+NAME = r"\b[A-Za-z_][A-Za-z0-9_]*(?:[.-]+[A-Za-z0-9_]+)*"
+MEMBER = r"(\.)([A-Za-z_][A-Za-z0-9_]*)"  # `.region` after `request`
+COMPARISON = "==|!=|<=|>=|<|>|="
 
 
 @dataclass(frozen=True, slots=True)
