@@ -83,8 +83,16 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
+class Note:
+    """A second place a diagnostic points at (`this `{` is not closed`), shown under it."""
+
+    span: Span
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One error (or warning) with its place, a message and an optional hint."""
+    """One error (or warning) with its place, a message, an optional hint and notes."""
 
     code: str
     message: str
@@ -92,6 +100,7 @@ class Diagnostic:
     help: str | None = None
     severity: str = "error"
     file: str | None = None  # for diagnostics with no span (a missing file)
+    notes: tuple[Note, ...] = ()
 
     def sort_key(self) -> tuple[str, int, str]:
         if self.span is None:  # no place: keep the order they were found in (sort is stable)
@@ -107,26 +116,35 @@ class Diagnostic:
 
     def render(self) -> str:
         lines = [self.headline()]
+        pad = ""
         if self.span is not None:
-            source = self.span.source
-            line, col = source.line_col(self.span.start)
-            text = source.line_text(line)
-            end_line, end_col = source.line_col(self.span.end)
-            width = (end_col - col) if end_line == line else len(text) - col + 1
-            width = max(1, width)
-            gutter = " " * len(str(line))
-            shown = text.expandtabs(1)
-            if len(shown) > 200:  # keep huge one-line files readable
-                lo = max(0, col - 100)
-                shown = shown[lo : lo + 200]
-                col -= lo
-            lines.append(f"{gutter} |")
-            lines.append(f"{line} | {shown}")
-            lines.append(f"{gutter} | {' ' * (col - 1)}{'^' * min(width, 200)}")
+            digits = max(len(str(s.line)) for s in (self.span, *(n.span for n in self.notes)))
+            pad = " " * digits
+            lines.append(f"{pad} |")
+            lines.extend(_excerpt(self.span, "^", digits))
+            for note in self.notes:
+                lines.append(f"{pad} |")
+                lines.extend(_excerpt(note.span, "-", digits, note.message))
         if self.help:
-            pad = " " * len(str(self.span.line)) if self.span is not None else ""
             lines.append(f"{pad} = help: {self.help}" if pad else f"  = help: {self.help}")
         return "\n".join(lines)
+
+
+def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
+    """A span's line and the marks under it (`^` for the place, `-` for a note's)."""
+    source = span.source
+    line, col = source.line_col(span.start)
+    text = source.line_text(line)
+    end_line, end_col = source.line_col(span.end)
+    width = (end_col - col) if end_line == line else len(text) - col + 1
+    width = max(1, width)
+    shown = text.expandtabs(1)
+    if len(shown) > 200:  # keep huge one-line files readable
+        lo = max(0, col - 100)
+        shown = shown[lo : lo + 200]
+        col -= lo
+    marks = f"{' ' * (col - 1)}{mark * min(width, 200)}" + (f" {label}" if label else "")
+    return [f"{line:>{digits}} | {shown}", f"{' ' * digits} | {marks}"]
 
 
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:

@@ -42,3 +42,9 @@ def cache_dir() -> Path | None:
         return Path(chosen) if chosen.strip() else None
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "policyctl"
+
+
+def codes_dir() -> Path:
+    """The catalogue of diagnostic codes, one `CODE.md` each (`policyctl explain`); it lives
+    inside the package, so the wheel carries it with the code."""
+    return _PACKAGE / "language" / "codes"

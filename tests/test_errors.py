@@ -38,6 +38,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.cli.migrate_cmd.TranslationDoesNotCheck": EXIT_ERROR,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,
     "engine.integrations.litellm.UnmappedDeployment": EXIT_BAD_INPUT,
+    "engine.language.explain.UnknownCode": EXIT_BAD_INPUT,
     "engine.limits.admin.AdminError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.ConfigurationError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.StoreBusyError": EXIT_BUSY,
@@ -61,6 +62,7 @@ LOCATED = {
 OTHER_BASES: dict[str, type[Exception]] = {
     "engine.analytics.salvage.StateWriteError": RuntimeError,
     "engine.integrations.litellm.UnmappedDeployment": LookupError,
+    "engine.language.explain.UnknownCode": LookupError,
     "engine.limits.admin.AdminError": ValueError,
     "engine.limits.stores.base.ConfigurationError": ValueError,
     "engine.limits.stores.base.StoreBusyError": RuntimeError,

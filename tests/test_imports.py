@@ -323,7 +323,7 @@ def test_the_public_api_and_the_cli_stay_light(loaded_whole: dict[str, set[str]]
 LAYERS: list[set[str]] = [
     {"engine.errors", "engine.vocabulary", "engine.diagnostics", "engine.units",
      "engine.resources", "engine.tokens"},
-    {"engine.catalog", "engine.strategies", "engine.wire"},
+    {"engine.catalog", "engine.strategies", "engine.wire", "engine.editors"},
     {"engine.language"},
     {"engine.analytics"},
     {"engine.limits"},
@@ -382,6 +382,7 @@ def test_rooms_import_only_lower_layers() -> None:
     [
         ("duckdb", {"engine.analytics", "engine.limits.stores.duckdb_store"}),
         ("lark", {"engine.language.parser"}),
+        ("pygments", {"engine.editors.pygments_lexer"}),
         ("litellm", {"engine.integrations", "engine.catalog.litellm"}),
         ("lsprotocol", {"engine.lsp.server"}),
         ("pygls", {"engine.lsp.server"}),

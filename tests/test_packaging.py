@@ -28,6 +28,7 @@ PACKAGED_DATA = (
     "engine/_data/policies/default.policy",
     "engine/_data/policies/models.json",
     "engine/_data/policies/latency-priors.yaml",
+    "engine/language/codes/E0333.md",  # the catalogue `policyctl explain` reads
 )
 
 
@@ -67,6 +68,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         assert not any(n.startswith(("tests/", "bench/", ".ci/")) for n in names)
         (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "policyctl = engine.cli:run" in archive.read(entry_points).decode()
+        assert (
+            "policy = engine.editors.pygments_lexer:PolicyLexer"
+            in archive.read(entry_points).decode()
+        )
 
     venv = tmp_path / "venv"
     created = _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
@@ -105,6 +110,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     checked = _run([str(policyctl), "check"], cwd=empty, env=env, timeout=120)
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+    explained = _run([str(policyctl), "explain", "E0333"], cwd=empty, env=env, timeout=120)
+    assert explained.returncode == 0, explained.stderr
+    assert explained.stdout == (ROOT / "engine/language/codes/E0333.md").read_text()
 
     embedded = _run(
         [

@@ -25,6 +25,8 @@ COMMANDS = (
     ("catalog", "catalog_cmd"),
     ("migrate", "migrate_cmd"),
     ("lsp", "lsp_cmd"),
+    ("explain", "explain_cmd"),
+    ("completion", "completion_cmd"),
 )
 
 EXAMPLE = """\

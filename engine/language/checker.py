@@ -696,9 +696,7 @@ class Checker:
                         "key a scope by a string field, e.g. `request.metadata.team`",
                     )
         if limit.key is not None:
-            if limit.key.unit is not Unit.STRING:
-                self.error("E0403", "a limit key is a string", limit.key.span)
-            elif scope == "global":
+            if scope == "global":  # the grammar takes a key only as a string
                 self.error(
                     "E0404",
                     "the `global` scope has no keys",

@@ -19,7 +19,7 @@ import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from engine.diagnostics import Diagnostic, PolicyError, Source, Span, did_you_mean
+from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
 from engine.language import ast
 from engine.language.ast import Unit
 from engine.resources import cache_dir, grammar_path
@@ -64,11 +64,15 @@ _TERMINAL_NAMES = {
     "$END": "the end of the file",
 }
 _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
+# settings, which `defaults` and routes take, and the items only a route takes
+_SETTINGS = (
+    "strategy", "min_success_rate", "min_samples", "window", "fallback", "cooldown",
+    "on_store_error",
+)  # fmt: skip
+_ROUTE_ONLY = ("prefer", "exclude", "require")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
-    *_STATEMENT_KEYWORDS, "strategy", "min_success_rate", "min_samples", "window",
-    "fallback", "cooldown", "on_store_error", "prefer", "exclude", "require", "when",
-    "burst", "until", "per", "weight",
+    *_STATEMENT_KEYWORDS, *_SETTINGS, *_ROUTE_ONLY, "when", "burst", "until", "per", "weight",
 )  # fmt: skip
 
 
@@ -431,6 +435,90 @@ def reference(provider: str, model: str | None = None) -> str:
     return written(provider) if model is None else f"{written(provider)}/{written(model)}"
 
 
+# Characters other languages use where this one has a word (`&&` for `and`).
+_FOREIGN = {"&": "and", "|": "or", "!": "not"}
+_STRING_REST = re.compile(r'(?:[^"\\\n]|\\.)*"?')  # a string after its opening `"`
+
+
+def _open_braces(text: str, end: int) -> list[int]:
+    """The offsets of the `{` not yet closed at `end` (strings and comments skipped)."""
+    opened: list[int] = []
+    i = 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+        elif ch == '"':
+            i = _STRING_REST.match(text, i + 1).end() - 1  # type: ignore[union-attr]
+        elif ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            opened.pop()
+        i += 1
+    return opened
+
+
+def _enclosing(source: Source, at: int) -> str | None:
+    """The block `at` is inside, `defaults` or `route`, or None outside any block."""
+    braces = _open_braces(source.text, at)
+    if not braces:
+        return None
+    return "defaults" if source.text[: braces[-1]].rstrip().endswith("defaults") else "route"
+
+
+def _unclosed(source: Source, at: int, expected: set[str]) -> tuple[Note, ...]:
+    """A note at the `{` that a block missing its `}` opened, when that is the error."""
+    if "RBRACE" not in expected:
+        return ()
+    braces = _open_braces(source.text, at)
+    if not braces:
+        return ()
+    brace = braces[-1]
+    line, col = source.line_col(brace)
+    return (Note(Span(source, brace, brace + 1), f"this `{{` at {line}:{col} is not closed"),)
+
+
+def _misplaced(word: str, inside: str | None) -> str | None:
+    """The help for a route item or a setting written where it does not belong."""
+    if word in _ROUTE_ONLY and inside != "route":
+        where = "in `defaults`" if inside == "defaults" else "outside a block"
+        return (
+            f"`{word}` belongs in a route, not {where}: `route NAME when … {{ {word} … }}`;"
+            " `defaults` takes settings only"
+        )
+    if word in _SETTINGS and inside is None:
+        return f"`{word}` is a setting: it goes inside `defaults {{ … }}` or a route's block"
+    return None
+
+
+def _character_hint(ch: str, source: Source, pos: int) -> str | None:
+    """What a person who typed this character most likely meant, if it is a known habit."""
+    after = source.text[pos + 1 : pos + 2]
+    if ch in _FOREIGN and not (ch == "!" and after == "="):
+        return f"write `{_FOREIGN[ch]}`: conditions join with `and`, `or` and `not`"
+    if ch == "'":
+        return 'strings take double quotes: `"eu"`'
+    if ch == ";":
+        return "a statement or setting ends at the line break: drop the `;`"
+    return None
+
+
+def _equals_hint(source: Source, tok: Token) -> str:
+    """`=` where a comparison was expected: `=>`, `=<` or `===` or a lone `=`."""
+    pos = tok.start_pos or 0
+    after = source.text[pos + 1 : pos + 2]
+    if after in ("<", ">"):
+        return f"did you mean `{after}=`?"
+    return "use `==` to compare (`=` only names a limit's key: `limit team = request.…`)"
+
+
+def _word_before(source: Source, at: int) -> str:
+    found = re.search(r"([A-Za-z_]+)\s*$", source.text[:at])
+    return found.group(1) if found else ""
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -453,22 +541,35 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         expected = _expected(set(err.allowed or ()))
         if ch == "@" and pos > 0 and _NAME_CHAR.match(source.text[pos - 1]):
             expected = _QUOTE_NAME
+        expected = _character_hint(ch, source, pos) or expected
         return Diagnostic("E0012", f"unexpected character `{shown}`", span, expected or None)
-    if isinstance(err, UnexpectedEOF):
-        return Diagnostic(
-            "E0013", "unexpected end of file", source.end_span(), _expected(set(err.expected))
-        )
+    if isinstance(err, UnexpectedEOF) or (
+        isinstance(err, UnexpectedToken) and err.token.type == "$END"
+    ):
+        return _end_of_file(source, set(err.expected))
     assert isinstance(err, UnexpectedToken)
     tok = err.token
-    if tok.type == "$END":
-        return Diagnostic(
-            "E0013", "unexpected end of file", source.end_span(), _expected(set(err.expected))
-        )
     span = Span(source, tok.start_pos or 0, tok.end_pos or (tok.start_pos or 0) + 1)
     expected = set(err.expected)
     hint = _expected(expected)
+    message = f"unexpected `{tok}`"
+    notes: tuple[Note, ...] = ()
     if str(tok) in _STATEMENT_KEYWORDS and "RBRACE" in expected:
-        hint = "a block is missing its closing `}`"
+        notes = _unclosed(source, span.start, expected)
+        hint = f"close the block with `}}` before this `{tok}`"
+    elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):
+        hint = _equals_hint(source, tok)
+    elif (misplaced := _misplaced(str(tok), inside := _enclosing(source, span.start))) is not None:
+        hint = misplaced
+        if inside == "defaults":
+            message = f"unexpected `{tok}` in `defaults`"
+    elif str(tok) in ("if", "where") and "_WHEN" in expected:
+        hint = f"a condition follows `when`, not `{tok}`: `route NAME when … {{`"
+    elif "NUMBER" in expected and _word_before(source, span.start) == "per":
+        hint = "a limit's window is a duration: `per 1m`, `per 1h` or `per 1d`"
+    elif tok.type == "COLON" and (key := _word_before(source, span.start)) in _SETTINGS:
+        rest = source.text[span.end :].split("\n", 1)[0].split("#", 1)[0].strip() or "…"
+        hint = f"write `{key} {rest}`: a setting's value follows it with no `:`"
     elif tok.type == "NUMBER" and any(e in expected for e in ("IDENT", "WORD")):
         hint = "names start with a letter or `_`"
         if "STRING" in expected and "WORD" in expected:  # a model reference
@@ -477,7 +578,14 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = _QUOTE_NAME
     elif tok.type in ("IDENT", "WORD") and (guess := did_you_mean(str(tok), _KEYWORDS)):
         hint = f"did you mean `{guess}`?"
-    return Diagnostic("E0014", f"unexpected `{tok}`", span, hint or None)
+    return Diagnostic("E0014", message, span, hint or None, notes=notes)
+
+
+def _end_of_file(source: Source, expected: set[str]) -> Diagnostic:
+    span = source.end_span()
+    notes = _unclosed(source, len(source.text), expected)
+    hint = "close the block with `}`" if notes else _expected(expected)
+    return Diagnostic("E0013", "unexpected end of file", span, hint, notes=notes)
 
 
 def parse(text: str, name: str = "<policy>") -> ast.PolicyFile:
