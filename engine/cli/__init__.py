@@ -16,6 +16,7 @@ from engine.errors import EXIT_BAD_INPUT, EXIT_ERROR, PolicyctlError
 COMMANDS = (
     ("eval", "eval_cmd"),
     ("check", "check_cmd"),
+    ("test", "test_cmd"),
     ("schema", "schema_cmd"),
     ("serve", "serve_cmd"),
     ("simulate", "simulate_cmd"),
