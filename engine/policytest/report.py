@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.policytest.coverage import FileCoverage
 from engine.policytest.run import Failure, Outcome, Result
-from engine.units import format_duration, format_money
+from engine.units import format_money
 
 
 def _columns(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
@@ -18,6 +18,10 @@ def _columns(rows: Sequence[Sequence[str]], indent: str) -> list[str]:
         (indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))).rstrip()
         for row in rows
     ]
+
+
+def _seconds(ms: float) -> str:
+    return f"{ms / 1000:g}s"
 
 
 def _where(result: Result) -> str:
@@ -43,7 +47,7 @@ def failure_text(result: Result) -> str:
     lines = [f"FAIL {_where(result)}: {result.case.name}"]
     if failure.steps > 1 or failure.repeat > 1:
         lines.append(
-            f"  step {failure.step} of {failure.steps} (at {format_duration(failure.at_ms)}),"
+            f"  step {failure.step} of {failure.steps} (at {_seconds(failure.at_ms)}),"
             f" request {failure.repetition} of {failure.repeat}"
         )
     rows = [["expectation", "field", "expected", "actual"]]

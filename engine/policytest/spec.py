@@ -122,7 +122,7 @@ class _Test(_Strict):
 class _File(_Strict):
     policy: str | None = Field(default=None, min_length=1)
     start: Annotated[float, BeforeValidator(_start)] | None = None
-    tests: list[_Test] = Field(min_length=1)
+    tests: list[Any] = Field(min_length=1)  # each validated alone: every test's problems
 
 
 # ---------------------------------------------------------------- the records
@@ -245,6 +245,8 @@ def _schema_problem(err: Mapping[str, Any]) -> tuple[str, str, bool]:
 
 def _schema_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     cls: type[BaseModel] = _File
+    if loc[:1] == ("tests",) and len(loc) > 1:
+        cls, loc = _Test, loc[2:]
     for part in loc:
         if isinstance(part, int):
             continue
@@ -341,18 +343,27 @@ def parse_test_file(text: str, path: Path, name: str | None = None) -> TestFile:
             [Diagnostic("E0901", "a test file is a mapping with a `tests:` list", None, file=shown,
                         help="see docs/testing.md for the format")]
         )  # fmt: skip
-    try:
-        spec = _File.model_validate(data)
-    except ValidationError as err:
+
+    def schema_problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> None:
         for e in err.errors(include_url=False):
-            where, message, at_value = _schema_problem(dict(e))
+            where, message, at_value = _schema_problem({**e, "loc": (*prefix, *e["loc"])})
             problems.append(
                 Diagnostic("E0901", message, _span(source, positions, where, value=at_value))
             )
+
+    try:
+        spec = _File.model_validate(data)
+    except ValidationError as err:
+        schema_problems(err)
         raise TestFileError(problems) from None
     cases: list[Case] = []
-    for i, test in enumerate(spec.tests):
+    for i, raw in enumerate(spec.tests):
         here = f"tests[{i}]"
+        try:
+            test = _Test.model_validate(raw)
+        except ValidationError as err:
+            schema_problems(err, ("tests", i))
+            continue
         case_span = _span(source, positions, f"{here}.name", value=False) or source.span(0, 0)
         if test.steps is not None and test.expect is not None:
             problems.append(
@@ -450,22 +461,22 @@ def names_problems(tests: TestFile, program: Program) -> list[Diagnostic]:
         guess = did_you_mean(word, known)
         hint = f"did you mean `{guess}`?" if guess else None
         span = (expect.places or {}).get(field)
-        out.append(Diagnostic("E0903", f"`{word}` is not a {what} of the policy", span, hint))
+        out.append(Diagnostic("E0903", f"`{word}` is not a {what}", span, hint))
 
     for case in tests.cases:
         for step in case.steps:
             e = step.expect
             for name in e.route or ():
                 if name not in routes:
-                    bad(e, "route", name, routes, "route")
+                    bad(e, "route", name, routes, "route of the policy")
             for name in e.provider or ():
                 if name not in providers:
-                    bad(e, "provider", name, providers, "provider")
+                    bad(e, "provider", name, providers, "provider of the catalog")
             for name in e.model or ():
                 provider, _, model = name.partition("/")
                 if not model or catalog.find(provider, model) is None:
-                    bad(e, "model", name, keys, "model (`provider/model`)")
+                    bad(e, "model", name, keys, "model of the catalog (`provider/model`)")
             scope = e.denied_by.scope if e.denied_by is not None else None
             if scope is not None and scope not in scopes:
-                bad(e, "denied_by", scope, scopes, "limit scope")
+                bad(e, "denied_by", scope, scopes, "limit scope of the policy")
     return out
