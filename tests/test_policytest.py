@@ -205,7 +205,7 @@ def test_each_test_has_fresh_state_and_its_own_clock(tmp_path: Path) -> None:
     (tmp_path / "p.tests.yaml").write_text(
         "tests:\n" + "".join(f"  - name: run {i}\n{steps}" for i in range(3))
     )
-    run = policyctl(cwd=tmp_path, *["p.tests.yaml"])
+    run = policyctl("p.tests.yaml", cwd=tmp_path)
     assert run.code == 0, run.out
     assert run.out.splitlines()[-1] == "3 passed, 0 failed"
 
