@@ -48,14 +48,24 @@ class YamlSyntaxError(PolicyctlError, located=True):
 @dataclass
 class Positions:
     """The position of every mapping key and sequence item, by key path: `at` (line and
-    column of the key, or of the item in a list), `keys` and `values` (their spans), and
+    column of the key, or of the item in a list), `key()` and `value()` (their spans), and
     the keys a mapping repeats (YAML keeps only the last one)."""
 
     at: dict[str, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[str, Place] = field(default_factory=dict)
-    values: dict[str, Place] = field(default_factory=dict)
     duplicates: list[tuple[str, Place]] = field(default_factory=list)
+    _keys: dict[str, yaml.Node] = field(default_factory=dict)
+    _values: dict[str, yaml.Node] = field(default_factory=dict)
     _seen: set[int] = field(default_factory=set)
+
+    def key(self, path: str) -> Place | None:
+        """Where the key at `path` (the item, in a list) was written."""
+        node = self._keys.get(path)
+        return None if node is None else _place(node)
+
+    def value(self, path: str) -> Place | None:
+        """Where the value at `path` was written."""
+        node = self._values.get(path)
+        return None if node is None else _place(node)
 
     def walk(self, node: yaml.Node, path: str) -> None:
         # an alias is the node it names: walk each node once (the first path that reaches
@@ -73,22 +83,30 @@ class Positions:
                     self.duplicates.append((child, _place(key)))
                 names.add(key.value)
                 self.at.setdefault(child, (key.start_mark.line + 1, key.start_mark.column + 1))
-                self.keys.setdefault(child, _place(key))
-                self.values.setdefault(child, _place(value))
+                self._keys.setdefault(child, key)
+                self._values.setdefault(child, value)
                 self.walk(value, child)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 child = f"{path}[{i}]"
                 self.at.setdefault(child, (item.start_mark.line + 1, item.start_mark.column + 1))
-                self.keys.setdefault(child, _place(item))
-                self.values.setdefault(child, _place(item))
+                self._keys.setdefault(child, item)
+                self._values.setdefault(child, item)
                 self.walk(item, child)
 
 
-def load_positioned(text: str, source: str) -> tuple[Any, Positions]:
-    """The document in `text` (None when empty) and its positions; raises YamlSyntaxError."""
+try:  # the C loader when PyYAML was built with libyaml
+    _FAST: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _FAST = yaml.SafeLoader
+
+
+def load_positioned(text: str, source: str, *, fast: bool = False) -> tuple[Any, Positions]:
+    """The document in `text` (None when empty) and its positions; raises YamlSyntaxError.
+    `fast`: libyaml's loader when PyYAML has it (its error messages are worded a little
+    differently from the pure-Python loader's)."""
     positions = Positions()
-    loader = yaml.SafeLoader(text)
+    loader = _FAST(text) if fast else yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

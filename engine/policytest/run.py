@@ -230,15 +230,17 @@ def run_case(
     program: Program, case: Case, now: float, coverage: Coverage | None = None
 ) -> Failure | None:
     """One test on fresh state; its first failing request, or None when all pass."""
-    start = case.start if case.start is not None else now
-    clock = _Clock(start)
+    # whole milliseconds from the epoch: `at` offsets then add up exactly (a refill due
+    # after 600 ms is there at 600 ms, not 600 ms and a rounding error later)
+    start_ms = round((case.start if case.start is not None else now) * 1000.0)
+    clock = _Clock(start_ms / 1000.0)
     store = open_store("memory://")
     limiter = Limiter(store, clock)
     state = EvalState()
     try:
         steps = len(case.steps)
         for number, step in enumerate(case.steps, 1):
-            clock.now = at = start + step.at_ms / 1000.0
+            clock.now = at = (start_ms + step.at_ms) / 1000.0
             env, expect = step.env, step.expect
             for repetition in range(1, step.repeat + 1):
                 decision = evaluate(program, env, state=state, limiter=limiter, now=at)

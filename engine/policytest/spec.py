@@ -202,8 +202,7 @@ class TestFileError(Exception):
 def _span(source: Source, positions: Positions, path: str, value: bool = True) -> Span | None:
     """The span of the value (or the key) at `path`, else of the nearest parent."""
     while True:
-        table = positions.values if value else positions.keys
-        place = table.get(path)
+        place = positions.value(path) if value else positions.key(path)
         if place is not None:
             start = source.offset(place.line, place.col)
             end = source.offset(place.end_line, place.end_col)
@@ -318,7 +317,7 @@ def parse_test_file(text: str, path: Path, name: str | None = None) -> TestFile:
     shown = name if name is not None else str(path)
     source = Source(shown, text)
     try:
-        data, positions = load_positioned(text, shown)
+        data, positions = load_positioned(text, shown, fast=True)
     except YamlSyntaxError as err:
         span = None
         if err.line is not None and err.col is not None:
