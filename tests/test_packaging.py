@@ -106,6 +106,11 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     checked = _run([str(policyctl), "check"], cwd=empty, env=env, timeout=120)
     assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
 
+    # the packaged default set's tests ship with it and pass (no state file written)
+    tested = _run([str(policyctl), "test"], cwd=empty, env=env, timeout=120)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert tested.stdout.endswith(" passed, 0 failed\n")
+
     embedded = _run(
         [
             str(python),
