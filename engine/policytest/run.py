@@ -116,7 +116,8 @@ def find_test_files(paths: Iterable[Path]) -> list[Path]:
             files = sorted(
                 p
                 for p in path.rglob(f"*{TEST_SUFFIX}")
-                if p.is_file() and not any(part.startswith(".") for part in p.parts[-4:-1])
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])
             )
             if not files:
                 problems.append(

@@ -9,7 +9,6 @@ once the policy is loaded. docs/testing.md describes the format field by field.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,8 +51,6 @@ def _at(value: Any) -> float:
 
 
 def _start(value: Any) -> float:
-    if isinstance(value, dt.datetime | dt.date) or not isinstance(value, str):
-        return parse_timestamp_s(value, "start", error=ValueError)
     return parse_timestamp_s(value, "start", error=ValueError)
 
 
@@ -237,6 +234,15 @@ def _schema_problem(err: Mapping[str, Any]) -> tuple[str, str, bool]:
         return path, f"unknown field `{loc[-1]}`{hint}", False
     if kind == "missing":
         return _dotted(loc[:-1]), f"missing field `{loc[-1]}`", False
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if loc and loc[-1] == "denied_by":
+            return (
+                path,
+                f"field `{path}`: expected a limit scope or a mapping with `scope`,"
+                " `key` and `unit`",
+                True,
+            )
+        return path, f"field `{path}`: expected a mapping", True
     message = str(err["msg"]).removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
     return path, f"field `{path}`: {message}", True
@@ -351,12 +357,14 @@ def parse_test_file(text: str, path: Path, name: str | None = None) -> TestFile:
             )
 
     try:
-        spec = _File.model_validate(data)
-    except ValidationError as err:
+        spec: _File | None = _File.model_validate(data)
+    except ValidationError as err:  # the tests are still checked, for all problems at once
         schema_problems(err)
-        raise TestFileError(problems) from None
+        spec = None
+    raw_tests = data.get("tests") if isinstance(data.get("tests"), list) else []
+    file_start = spec.start if spec is not None else None
     cases: list[Case] = []
-    for i, raw in enumerate(spec.tests):
+    for i, raw in enumerate(raw_tests):
         here = f"tests[{i}]"
         try:
             test = _Test.model_validate(raw)
@@ -411,8 +419,9 @@ def parse_test_file(text: str, path: Path, name: str | None = None) -> TestFile:
                 Step(step.at, step.repeat, env, _expect(step.expect, source, positions, epath),
                      step_span)
             )  # fmt: skip
-        cases.append(Case(test.name, case_span, test.start or spec.start, tuple(steps)))
-    if problems:
+        start = test.start if test.start is not None else file_start
+        cases.append(Case(test.name, case_span, start, tuple(steps)))
+    if problems or spec is None:
         raise TestFileError(problems)
     if spec.policy is not None:
         policy = path.parent / spec.policy
