@@ -272,3 +272,32 @@ def test_every_test_file_code_is_explained(code: str) -> None:
     assert "## Wrong" in text and "## Right" in text
     used = "".join(p.read_text() for p in (ROOT / "engine" / "policytest").glob("*.py"))
     assert f'"{code}"' in used
+
+
+def test_a_bad_request_is_reported_at_its_field(tmp_path: Path) -> None:
+    (tmp_path / "p.policy").write_text("route a when request.stream {\n}\n")
+    (tmp_path / "p.tests.yaml").write_text(
+        "tests:\n"
+        "  - name: negative tokens\n"
+        "    request: {prompt: hi, max_tokens: -5}\n"
+        "    expect: {route: a}\n"
+        "  - name: a native body read as gemini\n"
+        "    format: gemini\n"
+        "    request: {prompt: hi}\n"
+        "    expect: {route: a}\n"
+    )
+    run = policyctl("p.tests.yaml", cwd=tmp_path)
+    assert run.code == 2
+    assert "p.tests.yaml:3:39: error[E0902]: invalid request: field `max_tokens`" in run.err
+    assert "p.tests.yaml:7:5: error[E0902]: invalid request: field `contents`" in run.err
+    assert run.err.rstrip().endswith("2 errors occurred")
+
+
+def test_verbose_lists_the_passing_tests() -> None:
+    run = policyctl("-v", "examples/policies/weights.policy")
+    assert run.code == 0
+    names = [
+        t["name"] for t in yaml.safe_load((EXAMPLES / "weights.tests.yaml").read_text())["tests"]
+    ]
+    passed = [line.split(": ", 1)[1] for line in run.out.splitlines() if line.startswith("PASS ")]
+    assert passed == names
