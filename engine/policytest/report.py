@@ -85,16 +85,22 @@ def summary(outcome: Outcome) -> str:
 
 
 def text(outcome: Outcome, *, verbose: bool = False) -> str:
+    """Failures (and with `verbose` the passing tests, one line each), the coverage, the
+    summary line; blocks apart by a blank line."""
     parts: list[str] = []
     for result in outcome.results:
         if result.failure is not None:
             parts.append(failure_text(result))
         elif verbose:
-            parts.append(f"PASS {_where(result)}: {result.case.name}")
+            line = f"PASS {_where(result)}: {result.case.name}"
+            if parts and parts[-1].startswith("PASS "):
+                parts[-1] += "\n" + line
+            else:
+                parts.append(line)
     if outcome.coverage is not None:
         parts.append(coverage_text(outcome.coverage))
     parts.append(summary(outcome))
-    return "\n\n".join(parts) if not verbose else "\n".join(parts)
+    return "\n\n".join(parts)
 
 
 def _result_json(result: Result) -> dict[str, Any]:
