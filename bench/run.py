@@ -35,6 +35,7 @@ SCRIPTS = (
     ("Metrics", "metrics_bench.py"),
     ("HTTP service and hot reload", "service_bench.py"),
     ("Encoding and JSONL batches", "encode_bench.py"),
+    ("Policy tests (a thousand tests in under a second)", "policytest_bench.py"),
 )
 
 

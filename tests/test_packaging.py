@@ -114,6 +114,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     explained = _run([str(policyctl), "explain", "E0333"], cwd=empty, env=env, timeout=120)
     assert explained.returncode == 0, explained.stderr
     assert explained.stdout == (ROOT / "engine/language/codes/E0333.md").read_text()
+    # the packaged default set's tests ship with it and pass (no state file written)
+    tested = _run([str(policyctl), "test"], cwd=empty, env=env, timeout=120)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert tested.stdout.endswith(" passed, 0 failed\n")
 
     embedded = _run(
         [

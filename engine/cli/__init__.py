@@ -17,6 +17,7 @@ COMMANDS = (
     ("eval", "eval_cmd"),
     ("check", "check_cmd"),
     ("fmt", "fmt_cmd"),
+    ("test", "test_cmd"),
     ("schema", "schema_cmd"),
     ("serve", "serve_cmd"),
     ("simulate", "simulate_cmd"),

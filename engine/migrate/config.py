@@ -15,9 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from engine.errors import PolicyctlError
+from engine.yaml_positions import Positions, YamlSyntaxError, load_positioned
 
 MAX_CONFIG_BYTES = 8 << 20  # 8 MiB: a config with thousands of deployments is far smaller
 ENV_PREFIX = "os.environ/"  # LiteLLM reads such a value from the environment at start
@@ -117,58 +116,16 @@ class LiteLLMConfig:
 # ---------------------------------------------------------------- YAML with positions
 
 
-class _Positions:
-    """The position of every mapping key and sequence item, by key path."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, tuple[int, int]] = {}
-        self.seen: set[int] = set()
-
-    def walk(self, node: yaml.Node, path: str) -> None:
-        # an alias is the node it names: walk each node once (the first path that reaches
-        # it), or `&a [*b, *b, …]` chains would take exponential time
-        if id(node) in self.seen:
-            return
-        self.seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                    continue
-                child = f"{path}.{key.value}" if path else str(key.value)
-                self.at.setdefault(child, (key.start_mark.line + 1, key.start_mark.column + 1))
-                self.walk(value, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                child = f"{path}[{i}]"
-                self.at.setdefault(child, (item.start_mark.line + 1, item.start_mark.column + 1))
-                self.walk(item, child)
-
-    def where(self, path: str) -> Where:
-        found = self.at.get(path)
-        return Where(path, *found) if found else Where(path)
+def _where(positions: Positions, path: str) -> Where:
+    found = positions.at.get(path)
+    return Where(path, *found) if found else Where(path)
 
 
-def _load(text: str, source: str) -> tuple[Any, _Positions]:
-    positions = _Positions()
-    loader = yaml.SafeLoader(text)
+def _load(text: str, source: str) -> tuple[Any, Positions]:
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, positions
-        data = loader.construct_document(node)
-        positions.walk(node, "")
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = err.problem or err.context or "not YAML"
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{source}: invalid YAML: {err}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{source}: invalid YAML: nested too deeply"]) from None
-    finally:
-        loader.dispose()
-    return data, positions
+        return load_positioned(text, source)
+    except YamlSyntaxError as err:
+        raise ConfigError([str(err)]) from None
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
@@ -203,20 +160,20 @@ def parse_config(text: str, source: str) -> LiteLLMConfig:
         raise ConfigError([f"{source}: not a LiteLLM config: no `model_list`"])
     models = data["model_list"]
     if not isinstance(models, list):
-        where = positions.where("model_list")
+        where = _where(positions, "model_list")
         raise ConfigError(
             [f"{where.located(source)}: expected a list of deployments (`- model_name: …`)"]
         )
     errors: list[str] = []
     for name in SECTIONS:
         if data.get(name) is not None and not isinstance(data[name], dict):
-            where = positions.where(name)
+            where = _where(positions, name)
             errors.append(f"{where.located(source)}: expected a mapping of settings")
     if errors:
         raise ConfigError(errors)
 
     def value(path: str, raw: Any) -> Value:
-        return Value(raw, positions.where(path))
+        return Value(raw, _where(positions, path))
 
     deployments = tuple(_deployment(i, item, value, positions) for i, item in enumerate(models))
     other: list[tuple[str, Value]] = []
@@ -244,7 +201,7 @@ def _is_price(key: str) -> bool:
     )
 
 
-def _deployment(index: int, item: Any, value: Any, positions: _Positions) -> Deployment:
+def _deployment(index: int, item: Any, value: Any, positions: Positions) -> Deployment:
     base = f"model_list[{index}]"
     entry = item if isinstance(item, dict) else {}
     params = entry.get("litellm_params")
@@ -266,7 +223,7 @@ def _deployment(index: int, item: Any, value: Any, positions: _Positions) -> Dep
             other.append((key, value(f"{base}.{key}", entry[key])))
     return Deployment(
         index=index,
-        where=positions.where(base),
+        where=_where(positions, base),
         group=get(entry, base, "model_name"),
         model=get(params, p, "model"),
         provider=get(params, p, "custom_llm_provider"),
