@@ -15,6 +15,7 @@ for the models a decision does not show. These properties keep it honest:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +382,50 @@ def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: 
             general = evaluate(program, env, metrics=SnapshotStats(live), now=clock.now)
             assert fast == general.to_dict()
         assert weighted_module._MEASURED[id(view)][0] is view  # the per-snapshot terms ran
+
+
+# ------------------------------------------------------------------ retirements
+
+
+@functools.cache
+def _packaged() -> Program:
+    """The packaged default set (not a fixture: hypothesis would print its repr)."""
+    from engine import PolicyEngine
+
+    return PolicyEngine(state="memory://").program
+
+
+def _retirement_instants(program: Program) -> list[float]:
+    """Every default-route retirement, and a second before and after it."""
+    times = sorted(set(program.default_route.table.retire_times))
+    assert len(times) >= 2, "the packaged catalog's default route retires models"
+    return sorted({t + d for t in times for d in (-1.0, 0.0, 1.0)})
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, pick=st.integers(min_value=0, max_value=10_000))
+def test_retired_models_leave_the_shortcut_and_it_decides_as_the_general_path(
+    request: dict[str, Any], pick: int
+) -> None:
+    """After a model's `retires` date the shortcut drops it as the general path does (with
+    the reason `retired on …`), rather than handing every decision to the general path."""
+    packaged = _packaged()
+    instants = _retirement_instants(packaged)
+    now = instants[pick % len(instants)]
+    env = env_of(request)
+    before = evaluator_module.general_path_calls
+    fast = evaluate(packaged, env, state=EvalState(), now=now)
+    took_general = evaluator_module.general_path_calls - before
+    traced = evaluate(packaged, env, state=EvalState(), explain=True, now=now)
+    out = [d.to_dict() for d in (fast, traced)]
+    out[1].pop("trace", None)
+    assert out[0] == out[1]
+    table = packaged.default_route.table
+    priced_simply = not env["images"] and not env["input_tokens"] > table.min_tier_above
+    if fast.allowed and fast.route == "default" and priced_simply:  # tiers: the general path
+        assert took_general == 0
+        assert table.position_of[f"{fast.provider}/{fast.model}"] not in table.retired(now)
+        shown = [fast, *fast.alternatives]
+        for model in shown:
+            p = table.position_of[f"{model.provider}/{model.model}"]
+            assert not table.models[p].retired(now)

@@ -5,6 +5,7 @@ precomputed columns); the compile logic is `engine.language.compiler`.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class RouteTable:
     model_keys: tuple[str, ...]  # the catalog model each serves (a deployment's model)
     min_tier_above: float  # smallest price-tier threshold over the candidates (inf: none)
     next_retirement: float  # earliest `retires` over the candidates (inf: none)
+    # the candidates with a `retires` date: the dates in order, and their positions
+    retire_times: tuple[float, ...]
+    retire_positions: tuple[int, ...]
     common_mask: int  # capabilities every candidate supports
     min_context_window: int  # smallest over the candidates (0 when there are none)
     min_max_tokens: int
@@ -114,6 +118,16 @@ class RouteTable:
     rank: Rank  # the route's strategy
     draws: bool  # the strategy reads a number drawn from the request key
     takes_turns: bool  # the strategy reads the route's turn
+    # how many have retired -> their positions (a handful of entries over a catalog's life)
+    _retired: dict[int, frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def retired(self, now: float) -> frozenset[int]:
+        """The positions of the candidates retired at `now` (epoch seconds)."""
+        n = bisect.bisect_right(self.retire_times, now)
+        found = self._retired.get(n)
+        if found is None:
+            found = self._retired[n] = frozenset(self.retire_positions[:n])
+        return found
 
 
 def route_table(route: CompiledRoute) -> RouteTable:
@@ -137,6 +151,9 @@ def route_table(route: CompiledRoute) -> RouteTable:
         )
     )
     order = route.provider_order
+    retiring = sorted(
+        (row.model.retires_at, p) for p, row in enumerate(rows) if row.model.retires_at is not None
+    )
     return RouteTable(
         models=tuple(row.model for row in rows),
         keys=keys,
@@ -158,6 +175,8 @@ def route_table(route: CompiledRoute) -> RouteTable:
             (row.model.retires_at for row in rows if row.model.retires_at is not None),
             default=math.inf,
         ),
+        retire_times=tuple(t for t, _ in retiring),
+        retire_positions=tuple(p for _, p in retiring),
         common_mask=common,
         min_context_window=min((row.context_window for row in rows), default=0),
         min_max_tokens=min((row.max_tokens for row in rows), default=0),

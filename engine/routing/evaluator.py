@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,21 +339,20 @@ def _eligible_fast(
     env: Mapping[str, Any],
     now: float,
     latencies: Sequence[float] | None = None,
-    unhealthy: set[int] | None = None,
+    unhealthy: AbstractSet[int] | None = None,
 ) -> tuple[Sequence[int], Sequence[float], Sequence[float]]:
     """(positions, costs, latencies) of the models that can serve the request, when no
     `require` reads the request: no reasons, no per-model objects. The same tests as
     `_eligible`, on the route's flat columns; `latencies` by position (measured, else the
-    priors: `Measured.lats`), `unhealthy` the positions a health rule drops now."""
+    priors: `Measured.lats`), `unhealthy` the positions a health rule drops now; the
+    retired are dropped the same way."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
-    if (
-        env["cached_tokens"]
-        or env["images"]
-        or input_tokens > table.min_tier_above
-        or now >= table.next_retirement
-    ):
-        return (), (), ()  # cache, image or tier prices, or a retirement: the general path
+    if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
+        return (), (), ()  # cache, image or tier prices: the general path
+    if now >= table.next_retirement:  # the retired go as the unhealthy go
+        retired = table.retired(now)
+        unhealthy = retired if not unhealthy else unhealthy | retired
     needs = _needs_mask(env)
     context_needed = input_tokens + (max_tokens or 0)
     pos: Sequence[int]
