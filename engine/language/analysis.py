@@ -82,13 +82,20 @@ def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnosti
 
 def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
     """W0503: the outermost parts of a condition that no request satisfies."""
-    if isinstance(expr, ast.Literal):
-        return  # `when false` says what it means
+    if not isinstance(expr, ast.BoolOp | ast.Not):
+        return  # one test alone (`x in []`) says what it means; W0503 is about parts
     try:
         empty = not admits(expr, over=True, budget=BUDGET)
     except TooComplex:
         return
     if empty:
+        for part in _parts(expr):
+            try:
+                if not admits(part, over=True, budget=BUDGET):
+                    _contradictions(run, part)  # the smallest part that cannot hold
+                    return
+            except TooComplex:
+                break
         text = " ".join(expr.span.text().split())
         shown = f"`{text}`" if len(text) <= 60 else "this condition"
         run.warn(
@@ -99,11 +106,19 @@ def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
             None,
         )
         return
+    for part in _parts(expr):
+        _contradictions(run, part)
+
+
+def _parts(expr: ast.Expr) -> list[ast.Expr]:
+    """The combined parts of a condition (tests alone are not looked into)."""
     if isinstance(expr, ast.BoolOp):
-        for operand in expr.operands:
-            _contradictions(run, operand)
+        found = list(expr.operands)
     elif isinstance(expr, ast.Not):
-        _contradictions(run, expr.operand)
+        found = [expr.operand]
+    else:
+        found = []
+    return [p for p in found if isinstance(p, ast.BoolOp | ast.Not)]
 
 
 # ---------------------------------------------------------------- routes
@@ -128,7 +143,7 @@ def _example(boxes: Iterable[Box], accept: Callable[[Witness], bool]) -> dict[st
 
 def _routes(run: _Analysis, routes: list[ast.Route]) -> None:
     compiled = run.program.routes
-    routed_on = {d for r in routes for d in dims_of(r.when)}
+    tested = [dims_of(r.when) for r in routes]
     covers: list[Box] = []  # requests an earlier route surely takes
     owners: list[tuple[ast.Route, list[Box]]] = []
     for i, (route, comp) in enumerate(zip(routes, compiled, strict=True)):
@@ -151,7 +166,8 @@ def _routes(run: _Analysis, routes: list[ast.Route]) -> None:
             region = left if left is not None else (over or [])
             reaches = _reaches(compiled, i)
             _unservable(run, route, comp, region, reaches)
-            _needs(run, route, comp, region, reaches, routed_on)
+            others = set().union(*(d for j, d in enumerate(tested) if j != i))
+            _needs(run, route, comp, region, reaches, others)
             _fallbacks(run, route, comp, region, reaches)
         covers.extend(under)
         owners.append((route, under))
@@ -189,8 +205,8 @@ def _shadowed(
     example = _example(under, shows) or _example(over, shows)
     if alone is not None or len(takers) == 1:
         r = alone or takers[0]
-        what = "matches" if r.when is None or _always(r.when) else "takes"
-        help = f"route `{r.name.text}` at {r.span.location()} {what} every request first"
+        what = "every request" if r.when is None or _always(r.when) else "every request it matches"
+        help = f"route `{r.name.text}` at {r.span.location()} takes {what} first"
     else:
         names = ", ".join(f"`{r.name.text}` ({r.span.location()})" for r in takers)
         help = f"earlier routes {names} take every request it matches"
@@ -221,8 +237,10 @@ def _unservable(
     reaches: Callable[[Witness], bool],
 ) -> None:
     """W0504: prefer, exclude and catalog-only `require`s leave no model."""
-    if comp.candidates:
-        return
+    if comp.candidates or any(
+        isinstance(i, ast.Require) and isinstance(i.condition, ast.Literal) for i in route.items
+    ):
+        return  # `require false`: a route that denies on purpose
     example = _example(region, reaches)
     run.warn(
         "W0504",
@@ -241,8 +259,9 @@ def _needs(
     reaches: Callable[[Witness], bool],
     routed_on: set[str],
 ) -> None:
-    """W0505: requests the route takes that need a capability (one the policy routes on)
-    none of its models has, although the catalog has models that do."""
+    """W0505: requests the route takes that need a capability none of its models has,
+    although the catalog has models that do, and another route tests (`routed_on`): the
+    policy has a place for them, and this route takes them first."""
     if not comp.candidates:
         return
     catalog = run.program.catalog

@@ -40,9 +40,9 @@ class Interval:
         if not integer:
             return self.lo, self.hi
         lo, hi = self.lo, self.hi
-        if lo != -INF:
+        if not math.isinf(lo):
             lo = math.floor(lo) + 1 if self.lo_open else math.ceil(lo)
-        if hi != INF:
+        if not math.isinf(hi):
             hi = math.ceil(hi) - 1 if self.hi_open else math.floor(hi)
         return lo, hi
 
