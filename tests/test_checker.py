@@ -550,7 +550,9 @@ def test_two_defaults_blocks_across_files() -> None:
 
 
 def test_routes_keep_file_then_statement_order() -> None:
-    p = program("route a1 when request.stream {}\nroute a2 when request.requires_tools {}", "route b1 {}")
+    p = program(
+        "route a1 when request.stream {}\nroute a2 when request.requires_tools {}", "route b1 {}"
+    )
     assert [r.name for r in p.routes] == ["a1", "a2", "b1"]
     assert p.files == ("a.policy", "b.policy", "design-catalog.policy")
 

@@ -30,6 +30,8 @@ class Interval:
     hi_open: bool = False
 
     def empty(self, integer: bool) -> bool:
+        if self.lo == INF or self.hi == -INF:  # infinity is never a value
+            return True
         lo, hi = self.bounds(integer)
         if integer:
             return lo > hi
