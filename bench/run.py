@@ -34,6 +34,7 @@ SCRIPTS = (
     ("Metrics", "metrics_bench.py"),
     ("HTTP service and hot reload", "service_bench.py"),
     ("Encoding and JSONL batches", "encode_bench.py"),
+    ("Static analysis (`policyctl check`)", "analysis_bench.py"),
 )
 
 
