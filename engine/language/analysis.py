@@ -34,17 +34,19 @@ from engine.language.conditions import (
     environment,
     witness,
 )
-from engine.language.domain import Box, FinSet, TooComplex, box_and, subtract
+from engine.language.domain import Box, Budget, FinSet, TooComplex, box_and, subtract
 from engine.language.program import CompiledLimit, CompiledRoute, Program
 from engine.language.schema import NEEDS
 
-BUDGET = 4000
+BUDGET = 4000  # boxes one question may hold at a time
+WORK = 20_000  # box operations one analysis may spend in all (then it says no more)
 _TRIES = 64  # boxes tried for a counterexample
 
 
 @dataclass
 class _Analysis:
     program: Program
+    work: Budget
     found: list[Diagnostic]
 
     def warn(
@@ -66,7 +68,7 @@ class _Analysis:
 
 def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnostic]:
     """Every analysis warning of a policy set that compiled."""
-    run = _Analysis(program, [])
+    run = _Analysis(program, Budget(WORK), [])
     routes = [s for f in files for s in f.statements if isinstance(s, ast.Route)]
     limits = [s for f in files for s in f.statements if isinstance(s, ast.Limit)]
     for node in [r.when for r in routes] + [lim.when for lim in limits]:
@@ -157,7 +159,7 @@ def _routes(run: _Analysis, routes: list[ast.Route]) -> None:
         left: list[Box] | None = None
         if over is not None:
             try:
-                left = subtract(over, covers, DOMAINS, BUDGET)
+                left = subtract(over, covers, DOMAINS, BUDGET, run.work)
             except TooComplex:
                 left = None
         if left == []:
@@ -191,11 +193,11 @@ def _shadowed(
     alone: ast.Route | None = None
     rest: list[Box] = list(over)
     for r, boxes in owners:
-        if alone is None and not _left(over, boxes):
+        if alone is None and not _left(run, over, boxes):
             alone = r
         if rest and any(box_and(a, b) is not None for a in boxes for b in rest):
             takers.append(r)
-            rest = _left(rest, boxes)
+            rest = _left(run, rest, boxes)
     this = compiled[i]
 
     def shows(w: Witness) -> bool:
@@ -218,9 +220,9 @@ def _shadowed(
     run.warn("W0500", message, route.name.span, help, example, shows)
 
 
-def _left(boxes: list[Box], covers: list[Box]) -> list[Box]:
+def _left(run: _Analysis, boxes: list[Box], covers: list[Box]) -> list[Box]:
     try:
-        return list(subtract(boxes, covers, DOMAINS, BUDGET))
+        return list(subtract(boxes, covers, DOMAINS, BUDGET, run.work))
     except TooComplex:
         return list(boxes)
 

@@ -180,13 +180,20 @@ def box_and(a: Box, b: Box) -> dict[str, ValueSet] | None:
     return out
 
 
-def box_minus(a: Box, b: Box, domains: Mapping[str, ValueSet]) -> list[dict[str, ValueSet]]:
-    """`a` without `b`, as disjoint boxes."""
+def box_minus(
+    a: Box, b: Box, domains: Mapping[str, ValueSet], b_out: Box | None = None
+) -> list[dict[str, ValueSet]]:
+    """`a` without `b`, as disjoint boxes (`b_out`: each of `b`'s sets' complement, when
+    the caller has them)."""
+    if box_and(a, b) is None:
+        return [dict(a)]  # apart: nothing to cut (and no needless pieces)
+    if b_out is None:
+        b_out = {dim: complement(bset, domains[dim]) for dim, bset in b.items()}
     out: list[dict[str, ValueSet]] = []
     rest = dict(a)
     for dim, bset in b.items():
         here = rest.get(dim, domains[dim])
-        outside = intersect(here, complement(bset, domains[dim]))
+        outside = intersect(here, b_out[dim])
         if not outside.is_empty():
             out.append({**rest, dim: outside})
         inside = intersect(here, bset)
@@ -197,18 +204,39 @@ def box_minus(a: Box, b: Box, domains: Mapping[str, ValueSet]) -> list[dict[str,
 
 
 class TooComplex(Exception):
-    """The analysis would need more boxes than its budget: it says nothing."""
+    """The analysis would need more work than its budget: it says nothing."""
+
+
+class Budget:
+    """The box operations one analysis may still spend (shared by all its questions, so a
+    policy of many overlapping routes costs a bounded time, not an exponential one)."""
+
+    def __init__(self, ops: int) -> None:
+        self.ops = ops
+
+    def spend(self, n: int = 1) -> None:
+        self.ops -= n
+        if self.ops < 0:
+            raise TooComplex
 
 
 def subtract(
-    boxes: Iterable[Box], covers: Iterable[Box], domains: Mapping[str, ValueSet], budget: int
+    boxes: Iterable[Box],
+    covers: Iterable[Box],
+    domains: Mapping[str, ValueSet],
+    budget: int,
+    work: Budget | None = None,
 ) -> list[dict[str, ValueSet]]:
-    """The part of the union of `boxes` outside every box of `covers`."""
+    """The part of the union of `boxes` outside every box of `covers` (at most `budget`
+    boxes at a time, and `work` box operations in all)."""
     left = [dict(b) for b in boxes]
     for cover in covers:
         nxt: list[dict[str, ValueSet]] = []
+        cover_out = {dim: complement(s, domains[dim]) for dim, s in cover.items()}
         for box in left:
-            nxt.extend(box_minus(box, cover, domains))
+            if work is not None:
+                work.spend()
+            nxt.extend(box_minus(box, cover, domains, cover_out))
             if len(nxt) > budget:
                 raise TooComplex
         left = nxt
