@@ -258,3 +258,16 @@ def test_every_place_a_capability_is_named_is_checked(require: str) -> None:
         '"vison"',
         "did you mean `vision`?",
     )
+
+
+def test_many_overlapping_routes_stay_within_the_budget_and_claim_nothing_false() -> None:
+    """300 routes over four ranges: the analysis runs out of budget (it would need far more
+    boxes), then says nothing more about shadowing; the one contradiction it finds is real
+    (`request.max_cost < $0` with costs from $0)."""
+    text = "".join(
+        f"route r{i} when request.max_tokens > {i} and request.max_cost < ${i / 1000}"
+        f" and request.input_tokens < {i * 3} and request.images > {i % 7} {{\n}}\n"
+        for i in range(300)
+    )
+    loaded = compile_sources([("t.policy", text)])
+    assert [(d.code, d.span.line) for d in loaded.warnings] == [("W0503", 1)]
