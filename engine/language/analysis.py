@@ -200,18 +200,20 @@ def _shadowed(
             rest = _left(run, rest, boxes)
     this = compiled[i]
 
-    def shows(w: Witness) -> bool:
+    def taken(w: Witness) -> bool:  # it matches this route, and an earlier one takes it
         first = _first(compiled, w.env)
         return (this.when is None or this.when(w.env, None)) and first is not None and first < i
 
-    example = _example(under, shows) or _example(over, shows)
+    example = _example(under, taken) or _example(over, taken)
     if alone is not None or len(takers) == 1:
         r = alone or takers[0]
         what = "every request" if r.when is None or _always(r.when) else "every request it matches"
         help = f"route `{r.name.text}` at {r.span.location()} takes {what} first"
-    else:
+    elif takers:
         names = ", ".join(f"`{r.name.text}` ({r.span.location()})" for r in takers)
         help = f"earlier routes {names} take every request it matches"
+    else:  # the budget ran out naming them
+        help = "the routes before it take every request it matches"
     shows = "for example"
     if example is not None:
         first = _first(compiled, environment(example))
