@@ -36,6 +36,7 @@ SCRIPTS = (
     ("HTTP service and hot reload", "service_bench.py"),
     ("Encoding and JSONL batches", "encode_bench.py"),
     ("Policy tests (a thousand tests in under a second)", "policytest_bench.py"),
+    ("Static analysis (`policyctl check`)", "analysis_bench.py"),
 )
 
 

@@ -101,6 +101,7 @@ class Diagnostic:
     severity: str = "error"
     file: str | None = None  # for diagnostics with no span (a missing file)
     notes: tuple[Note, ...] = ()
+    counterexample: str | None = None  # a request (JSON) that shows a warning, if one does
 
     def sort_key(self) -> tuple[str, int, str]:
         if self.span is None:  # no place: keep the order they were found in (sort is stable)

@@ -234,7 +234,7 @@ def test_literal_conditions_check_and_compile() -> None:
     program("route r when request.stream {\n    require false\n}\n")
     program(
         "limit user 10 per 1m when true\n"
-        'route r when request.stream {\n    require "x" in model.regions\n}'
+        'route r when request.stream {\n    require "eu" in model.regions\n}'
     )
 
 
@@ -550,7 +550,9 @@ def test_two_defaults_blocks_across_files() -> None:
 
 
 def test_routes_keep_file_then_statement_order() -> None:
-    p = program("route a1 when request.stream {}\nroute a2 when request.stream {}", "route b1 {}")
+    p = program(
+        "route a1 when request.stream {}\nroute a2 when request.requires_tools {}", "route b1 {}"
+    )
     assert [r.name for r in p.routes] == ["a1", "a2", "b1"]
     assert p.files == ("a.policy", "b.policy", "design-catalog.policy")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
 from engine.cli.common import (
@@ -21,9 +23,22 @@ examples:
   policyctl check                      # ./policies, or the packaged default set
   policyctl check policies/default.policy
   policyctl check --format json my-policies/
+  policyctl check --strict policies/   # warnings fail the check too (CI)
 
-Prints nothing and exits 0 when the policy is clean; warnings are printed and exit 0;
-errors are printed as file:line:col: message, the line, a caret and a hint, and exit 2.
+Prints nothing and exits 0 when the policy is clean; warnings are printed and exit 0
+(with --strict they are errors and exit 2); errors are printed as file:line:col:
+error[CODE]: message, the line, a caret and a hint, and exit 2.
+
+The analysis warns of shadowed routes (W0500), contradictory conditions (W0503), routes
+no catalog model can serve (W0504), requests a route takes but cannot serve (W0505),
+limits that never apply or never bind (W0506, W0507) and excluded fallbacks (W0508).
+Where a request shows the problem, the help ends with it, as JSON for `policyctl eval`:
+
+  w.policy:5:7: warning[W0500]: route `fast` is unreachable
+    = help: route `all` at w.policy:1:1 matches every request first; this request goes
+      to route `all`: {"max_latency_ms": 2000.0}
+
+and `--format json` gives it as the diagnostic's `counterexample`. See docs/analysis.md.
 """
 
 
@@ -36,6 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("path", nargs="?", metavar="PATH", help="a .policy file or a directory")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2 if any)")
     add_format(p, default="table")
     p.set_defaults(run=run)
 
@@ -50,6 +66,8 @@ def _as_json(d: Diagnostic) -> dict[str, object]:
         "line": d.span.line if d.span is not None else None,
         "col": d.span.col if d.span is not None else None,
     }
+    if d.counterexample is not None:
+        out["counterexample"] = json.loads(d.counterexample)
     return out
 
 
@@ -63,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         diagnostics = list(loaded.warnings)
         code = EXIT_OK
+        if args.strict and diagnostics:
+            diagnostics = [dataclasses.replace(d, severity="error") for d in diagnostics]
+            code = EXIT_BAD_INPUT
     if args.format == "json":
         if diagnostics or code != EXIT_OK:
             dump_json([_as_json(d) for d in diagnostics])

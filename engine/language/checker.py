@@ -2,8 +2,9 @@
 
 Ordered passes, each collecting diagnostics (never stopping at the first):
 structure (one `defaults`, unique route names) → settings → routes (conditions, model
-references, `require`) → limits → lint (unreachable routes, prefer lists that the
-capability filter always empties). The compiler runs only on a set with no errors.
+references, `require`) → limits → lint (prefer lists that the capability filter always
+empties, retired models). The compiler runs only on a set with no errors; the analysis of
+the compiled set (`engine.language.analysis`: shadowed routes, contradictions, …) follows.
 """
 
 from __future__ import annotations
@@ -802,14 +803,7 @@ class Checker:
                 if not isinstance(stmt, ast.Route):
                     continue
                 if catch_all is not None:
-                    self.warn(
-                        "W0500",
-                        f"route `{stmt.name.text}` is unreachable",
-                        stmt.name.span,
-                        f"route `{catch_all.name.text}` at {catch_all.span.location()}"
-                        " matches every request first",
-                    )
-                    continue
+                    continue  # unreachable: the analysis says so (W0500)
                 if stmt.when is None or _always_true(stmt.when):
                     catch_all = stmt
                 self._lint_capabilities(stmt)

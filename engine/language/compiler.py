@@ -318,7 +318,8 @@ def _provider_rank(settings: Settings, catalog: Catalog) -> dict[str, int]:
     return {p: i for i, p in enumerate(order)}
 
 
-def _resolve(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
+def resolve_ref(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
+    """The catalog models a `prefer`, `exclude` or `fallback` reference names."""
     if ref.model is None:
         return list(catalog.by_provider(ref.provider.text))
     return list(catalog.resolve(ref.provider.text, ref.model.text))
@@ -332,7 +333,7 @@ def _compile_route(
     ordered: list[Model] = []
     for item in route.items:
         if isinstance(item, ast.Prefer):
-            models = [m for m in _resolve(item.ref, catalog) if m.key not in weights]
+            models = [m for m in resolve_ref(item.ref, catalog) if m.key not in weights]
             weight = float(item.weight.value) if item.weight is not None else 1.0  # type: ignore[arg-type]
             for m in models:
                 weights[m.key] = weight / len(models)
@@ -343,7 +344,7 @@ def _compile_route(
     for item in route.items:
         if isinstance(item, ast.Exclude):
             for ref in item.refs:
-                excluded.update(m.key for m in _resolve(ref, catalog))
+                excluded.update(m.key for m in resolve_ref(ref, catalog))
     requires: list[tuple[Pred, str]] = []
     static: list[tuple[Pred, str]] = []
     for item in route.items:

@@ -18,6 +18,7 @@ from engine.catalog.load import load_catalog
 from engine.catalog.model import Catalog, CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import ast
+from engine.language.analysis import analyse
 from engine.language.checker import check
 from engine.language.compiler import compile_program
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
@@ -162,7 +163,9 @@ def compile_sources(
     if errors or catalog is None:
         raise PolicyError(diagnostics)
     program = compile_program(parsed, catalog, list(sources))
-    return Loaded(program, tuple(d for d in diagnostics if d.severity != "error"))
+    diagnostics.extend(analyse(parsed, program))
+    warnings = sorted((d for d in diagnostics if d.severity != "error"), key=Diagnostic.sort_key)
+    return Loaded(program, tuple(warnings))
 
 
 def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = None) -> Loaded:

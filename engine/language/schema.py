@@ -37,6 +37,16 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "tags": (Unit.LIST, Unit.STRING),
     "format": (Unit.STRING, None),  # "native", "openai-chat", … (engine.wire.FORMATS)
 }
+# the request fields that ask for a catalog capability (`model.supports`)
+NEEDS: dict[str, str] = {
+    "requires_vision": "vision",
+    "requires_tools": "tools",
+    "requires_json": "json",
+    "requires_json_schema": "json_schema",
+    "requires_pdf": "pdf",
+    "requires_audio": "audio",
+    "stream": "streaming",
+}
 # `request.metadata.<key>`: any scalar, known only when a request arrives.
 METADATA_FIELD = "metadata"
 
