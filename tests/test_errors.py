@@ -35,15 +35,20 @@ EXIT_CODES: dict[str, int] = {
     "engine.catalog.litellm.LiteLLMMissing": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
+    "engine.cli.fmt_cmd.WriteError": EXIT_ERROR,
+    "engine.cli.lsp_cmd.LspMissing": EXIT_BAD_INPUT,
     "engine.cli.migrate_cmd.TranslationDoesNotCheck": EXIT_ERROR,
     "engine.diagnostics.PolicyError": EXIT_BAD_INPUT,
     "engine.integrations.litellm.UnmappedDeployment": EXIT_BAD_INPUT,
+    "engine.language.domain.TooComplex": EXIT_ERROR,
     "engine.language.explain.UnknownCode": EXIT_BAD_INPUT,
     "engine.limits.admin.AdminError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.ConfigurationError": EXIT_BAD_INPUT,
     "engine.limits.stores.base.StoreBusyError": EXIT_BUSY,
     "engine.limits.stores.base.StoreUnavailableError": EXIT_ERROR,
     "engine.migrate.config.ConfigError": EXIT_BAD_INPUT,
+    "engine.policytest.run.TestInputError": EXIT_BAD_INPUT,
+    "engine.policytest.spec.TestFileError": EXIT_BAD_INPUT,
     "engine.routing.request.RequestError": EXIT_BAD_INPUT,
     "engine.service.admin_routes.AdminCallError": EXIT_BAD_INPUT,
     "engine.service.body.BodyError": EXIT_BAD_INPUT,
@@ -51,12 +56,16 @@ EXIT_CODES: dict[str, int] = {
     "engine.simulate.scenario.ScenarioError": EXIT_BAD_INPUT,
     "engine.units.UnitError": EXIT_BAD_INPUT,
     "engine.wire.record.WireError": EXIT_BAD_INPUT,
+    "engine.yaml_positions.YamlSyntaxError": EXIT_BAD_INPUT,
 }
 # printed as they are: their text starts with the file (and line) it is about
 LOCATED = {
     "engine.diagnostics.PolicyError",
     "engine.catalog.model.CatalogError",
     "engine.migrate.config.ConfigError",
+    "engine.policytest.run.TestInputError",
+    "engine.policytest.spec.TestFileError",
+    "engine.yaml_positions.YamlSyntaxError",
 }
 # the errors that existing `except ValueError` / `except RuntimeError` callers rely on
 OTHER_BASES: dict[str, type[Exception]] = {

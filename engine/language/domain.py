@@ -10,7 +10,7 @@ presence) a set of values. Two kinds of set are exact and closed under union's n
 - `FinSet`: a finite set of values, or all values but a finite set (cofinite), with or
   without null; booleans are a finite universe.
 
-Standard library only.
+Standard library (and the error base) only.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from engine.errors import EXIT_ERROR, PolicyctlError
 
 INF = math.inf
 
@@ -203,8 +205,9 @@ def box_minus(
     return out
 
 
-class TooComplex(Exception):
-    """The analysis would need more work than its budget: it says nothing."""
+class TooComplex(PolicyctlError, exit_code=EXIT_ERROR):
+    """The analysis would need more work than its budget: it says nothing (caught inside
+    the analysis; never reaches a user)."""
 
 
 class Budget:

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.diagnostics import Diagnostic, PolicyError
+from engine.diagnostics import Diagnostic, PolicyError, render_all
+from engine.errors import PolicyctlError
 from engine.language.loader import load_policy, policy_files
 from engine.language.parser import parse
 from engine.language.program import Program
@@ -36,12 +37,12 @@ from engine.routing.evaluator import EvalState, evaluate
 from engine.units import format_exact_money, format_money
 
 
-class TestInputError(Exception):
+class TestInputError(PolicyctlError, located=True):
     """Test files or policies that cannot be run: every diagnostic (exit 2)."""
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
-        super().__init__(f"{len(diagnostics)} problems")
+        super().__init__(render_all(diagnostics))
 
 
 @dataclass(frozen=True, slots=True)

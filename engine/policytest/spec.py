@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from engine.diagnostics import Diagnostic, Source, Span, did_you_mean
+from engine.diagnostics import Diagnostic, Source, Span, did_you_mean, render_all
+from engine.errors import PolicyctlError
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size
 from engine.language.program import Program
 from engine.routing.request import RequestError, env_of
@@ -185,12 +186,12 @@ class TestFile:
     cases: tuple[Case, ...]
 
 
-class TestFileError(Exception):
-    """A test file that cannot be run: every problem, as diagnostics."""
+class TestFileError(PolicyctlError, located=True):
+    """A test file that cannot be run: every problem, as diagnostics (exit 2)."""
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
-        super().__init__("; ".join(d.headline() for d in diagnostics))
+        super().__init__(render_all(diagnostics))
 
 
 # ---------------------------------------------------------------- reading
