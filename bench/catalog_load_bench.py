@@ -1,16 +1,18 @@
 """Cold load + compile of a large catalog: each figure from fresh processes.
 
-    python bench/catalog_load_bench.py [TABLE] [--runs 7] [--models 2000] [--profile]
+    python bench/catalog_load_bench.py [TABLE] [--pairs 15] [--models 2000] [--profile]
 
 The catalog is imported from LiteLLM's price table (TABLE, default: the installed
 litellm's, read as a file) with every provider, and `--models` of its models are taken at
 even steps (sorted by provider and id), written as YAML and as JSON; a 10-model catalog is
-taken the same way. For each form, `--runs` fresh processes each import the engine, then
+taken the same way. For each form, `--pairs` A/B pairs (≥ 15) of fresh processes, the large
+catalog's and the small one's, the order alternating, each import the engine, then
 time `load_policy` of a one-file policy naming that catalog (read, parse, validate,
 compile): the figure is that time, without the interpreter's start and the engine's
 import, which are printed apart (`process`). YAML is timed with libyaml's C loader (what
 the engine uses when PyYAML has it) and with the pure-Python loader. The issue's target:
-2,000 models in at most 300 ms cold. `cpu ms` is the load's CPU time (less
+2,000 models in at most 300 ms cold; its ratio to the 10-model load is taken per pair
+(median, min–max). `cpu ms` is the load's CPU time (less
 sensitive than wall time to other work on the machine); the 10-model rows are the policy
 language's own fixed cost (the grammar), which every load pays. `--profile` prints the
 top functions of one in-process load of each 2,000-model form. Nothing leaves the machine.
@@ -32,6 +34,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _pairs import pairs_option, ratio_cell, ratios, rounds  # noqa: E402
 
 from engine.catalog.litellm import bundled_table, convert, read_table, render_json, render_yaml  # noqa: E402
 
@@ -72,23 +78,14 @@ def write(folder: Path, stem: str, models: list[dict[str, Any]]) -> dict[str, Pa
     return paths
 
 
-def cold(
-    policy: Path, count: int, pure: bool, runs: int
-) -> tuple[list[float], list[float], list[float]]:
-    """(load_policy wall ms, its CPU ms, the rest of the process's wall ms) per run"""
+def cold_run(policy: Path, count: int, pure: bool) -> tuple[float, float, float]:
+    """One fresh process: (load_policy wall ms, its CPU ms, the rest of the process's wall ms)"""
     code = CHILD.format(root=str(ROOT), policy=str(policy), count=count, pure=pure)
-    loads, cpus, starts = [], [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        wall = (time.perf_counter() - start) * 1000
-        load_ms, cpu_ms = (float(x) for x in done.stdout.split())
-        loads.append(load_ms)
-        cpus.append(cpu_ms)
-        starts.append(wall - load_ms)
-    return loads, cpus, starts
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = (time.perf_counter() - start) * 1000
+    load_ms, cpu_ms = (float(x) for x in done.stdout.split())
+    return load_ms, cpu_ms, wall - load_ms
 
 
 def profile(policy: Path) -> str:
@@ -106,7 +103,7 @@ def profile(policy: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("table", nargs="?", help="a LiteLLM price table (default: installed)")
-    parser.add_argument("--runs", type=int, default=7, help="fresh processes per figure")
+    pairs_option(parser)
     parser.add_argument("--models", type=int, default=2000, help="the large catalog's size")
     parser.add_argument("--profile", action="store_true", help="cProfile one load of each")
     args = parser.parse_args()
@@ -119,8 +116,8 @@ def main() -> int:
     if len(models) < args.models:
         print(f"the table gives {len(models)} models, fewer than {args.models}", file=sys.stderr)
     print(f"catalog from {table.source}: {len(models):,} models imported; "
-          f"{args.runs} fresh processes per row; load_policy time (read, parse, validate,"
-          " compile)")  # fmt: skip
+          f"{args.pairs} A/B pairs of fresh processes per form (large, then small, the order"
+          " alternating); load_policy time (read, parse, validate, compile)")  # fmt: skip
     print(f"python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -129,32 +126,50 @@ def main() -> int:
             len(big): write(folder, "large", big),
             10: write(folder, "small", pick(models, 10)),
         }
+        summary: list[str] = []
         header = f"{'models':>7}  {'form':<18}  {'median ms':>9}  {'min-max ms':>15}  " + (
             f"{'cpu ms':>7}  {'bytes':>9}  {'process ms':>10}"
         )
         print(header)
-        medians: dict[tuple[int, str], float] = {}
-        for n, policies in sizes.items():
-            for form, pure in (("json", False), ("yaml", False), ("yaml", True)):
-                label = {("json", False): "json", ("yaml", False): "yaml (libyaml C)",
-                         ("yaml", True): "yaml (pure Python)"}[(form, pure)]  # fmt: skip
-                loads, cpus, starts = cold(policies[form], n, pure, args.runs)
-                med = statistics.median(loads)
-                medians[(n, label)] = med
-                catalog = policies[form].with_name(
+        small_n = 10
+        for form, pure in (("json", False), ("yaml", False), ("yaml", True)):
+            label = {("json", False): "json", ("yaml", False): "yaml (libyaml C)",
+                     ("yaml", True): "yaml (pure Python)"}[(form, pure)]  # fmt: skip
+            runs: dict[int, list[tuple[float, float, float]]] = {n: [] for n in sizes}
+
+            def side(n: int, form: str = form, pure: bool = pure, runs: Any = runs) -> Any:
+                def run(_: int) -> float:
+                    result = cold_run(sizes[n][form], n, pure)
+                    runs[n].append(result)
+                    return result[0]
+
+                return run
+
+            figures = rounds(args.pairs, {str(n): side(n) for n in sizes}, int)
+            for n in sizes:
+                loads = figures[str(n)]
+                catalog = sizes[n][form].with_name(
                     ("large" if n == len(big) else "small") + f".{form}"
                 )
                 print(
-                    f"{n:>7,}  {label:<18}  {med:>9.1f}  {min(loads):>6.1f}-{max(loads):<8.1f}"
-                    f"  {statistics.median(cpus):>7.1f}  {catalog.stat().st_size:>9,}"
-                    f"  {statistics.median(starts):>10.0f}"
+                    f"{n:>7,}  {label:<18}  {statistics.median(loads):>9.1f}"
+                    f"  {min(loads):>6.1f}-{max(loads):<8.1f}"
+                    f"  {statistics.median(r[1] for r in runs[n]):>7.1f}"
+                    f"  {catalog.stat().st_size:>9,}"
+                    f"  {statistics.median(r[2] for r in runs[n]):>10.0f}"
                 )
+            if pure:
+                continue
+            n = len(big)
+            med = statistics.median(figures[str(n)])
+            verdict = "meets" if med <= TARGET_MS else "misses"
+            per_pair = ratios(figures[str(n)], figures[str(small_n)])
+            summary.append(
+                f"{n:,} models, {label}: {med:.0f} ms median, {verdict} the {TARGET_MS:.0f} ms"
+                f" target; {ratio_cell(per_pair, 1)} the 10-model load (per pair)"
+            )
+        print("\n".join(summary))
         n = len(big)
-        for label in ("json", "yaml (libyaml C)"):
-            verdict = "meets" if medians[(n, label)] <= TARGET_MS else "misses"
-            print(f"{n:,} models, {label}: {medians[(n, label)]:.0f} ms median, {verdict} the "
-                  f"{TARGET_MS:.0f} ms target; {medians[(n, label)] / medians[(10, label)]:.1f}x"
-                  " the 10-model load")  # fmt: skip
         if args.profile:
             for form in ("json", "yaml"):
                 print(f"\n--- profile: {n:,} models, {form} (one in-process load) ---")

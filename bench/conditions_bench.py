@@ -22,25 +22,22 @@ import argparse
 import importlib.metadata
 import statistics
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _pairs import pairs_option, ratio_cell, ratios, rounds, us
 from eval_bench import (
     CONDITIONS,
     FULL,
     QUICK,
-    Mode,
-    Timing,
+    bare_loop_ns,
     compiled,
     condition_envs,
-    cycle_pool,
-    empty_pool_loop,
-    measure,
-    pool_ops,
+    pool_passes,
+    pool_side,
 )
 
 TARGET = 5.0
@@ -125,33 +122,13 @@ def cedar_rows(envs: list[dict[str, Any]]) -> tuple[list[Callable[[Any], Any]], 
     return calls, requests
 
 
-def timed(fn: Callable[[Any], Any], inputs: list[Any], mode: Mode, overhead: float) -> Timing:
-    def run(items: tuple[list[Any], int]) -> int:
-        pool, rounds = items
-        clock = time.perf_counter_ns
-        start = clock()
-        for _ in range(rounds):
-            for item in pool:
-                fn(item)
-        return clock() - start
-
-    timing = measure(
-        run, cycle_pool(inputs), pool_ops, mode, probe_ops=len(inputs), max_ops=50_000_000
-    )
-    timing.per_op_ns = [max(x - overhead, 0.001) for x in timing.per_op_ns]
-    return timing
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short pass")
+    pairs_option(parser)
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
     envs = condition_envs(256 if args.quick else 1024)
-    loop = measure(
-        empty_pool_loop, cycle_pool(envs), pool_ops, mode, probe_ops=len(envs), max_ops=50_000_000
-    )
-    overhead = statistics.median(loop.per_op_ns)
 
     peers: dict[str, tuple[list[Callable[[Any], Any]], list[Any]] | str] = {}
     for name, package, build in (
@@ -171,39 +148,55 @@ def main() -> None:
         print(f"{package:<9} {version(package) or 'not installed'}")
     print()
     header = (
-        f"{'condition':<31} | {'policyctl µs':>12} | {'plain µs':>8} | {'ratio':>6} | "
+        f"{'condition':<31} | {'policyctl µs':>12} | {'plain µs':>8} | {'ours/plain':>18} | "
         f"{'met ≤5×':>7} | {'cel-python µs':>13} | {'cedarpy µs':>10}"
     )
     print(header)
     print("-" * len(header))
+    overhead = 0.0
     for index, (label, text, plain) in enumerate(CONDITIONS):
         ours_fn = compiled(text)
         for env in envs:
             if ours_fn(env, None) != plain(env, None):
                 raise SystemExit(f"{label}: policyctl and plain Python disagree on {env!r}")
-        figures: dict[str, str] = {}
+        calls: dict[str, tuple[Callable[[Any], Any], list[Any]]] = {
+            "policyctl": (lambda env, f=ours_fn: f(env, None), envs),
+            "plain": (lambda env, f=plain: f(env, None), envs),
+        }
         for name, peer in peers.items():
             if isinstance(peer, str):
-                figures[name] = "n/a"
                 continue
-            calls, inputs = peer
-            fn = calls[index]
+            fn, inputs = peer[0][index], peer[1]
             for env, item in zip(envs, inputs, strict=True):
                 if bool(fn(item)) != plain(env, None):
                     raise SystemExit(f"{label}: {name} and plain Python disagree on {env!r}")
-            figures[name] = f"{timed(fn, inputs, mode, overhead).median_us:.2f}"
-        ours = timed(lambda env, f=ours_fn: f(env, None), envs, mode, overhead)
-        base = timed(lambda env, f=plain: f(env, None), envs, mode, overhead)
-        ratio = ours.median_us / base.median_us
+            calls[name] = (fn, inputs)
+        passes = {name: pool_passes(fn, pool, mode.block_ns) for name, (fn, pool) in calls.items()}
+        if index == 0:  # the bare loop, at policyctl's block size
+            overhead = bare_loop_ns(envs, passes["policyctl"])
+        sides = {
+            name: pool_side(fn, pool, passes[name], overhead) for name, (fn, pool) in calls.items()
+        }
+        figures = rounds(args.pairs, sides, int)
+        per_pair = ratios(figures["policyctl"], figures["plain"])
+        ok = statistics.median(per_pair) <= TARGET
+        cells = {
+            name: f"{us(figures[name]):.2f}" if name in figures else "n/a"
+            for name in ("cel-python", "cedarpy")
+        }
         print(
-            f"{label:<31} | {ours.median_us:>12.3f} | {base.median_us:>8.3f} | {ratio:>5.2f}× |"
-            f" {'yes' if ratio <= TARGET else 'NO':>7} | {figures['cel-python']:>13} |"
-            f" {figures['cedarpy']:>10}"
+            f"{label:<31} | {us(figures['policyctl']):>12.3f} | {us(figures['plain']):>8.3f} |"
+            f" {ratio_cell(per_pair):>18} | {'yes' if ok else 'NO':>7} |"
+            f" {cells['cel-python']:>13} | {cells['cedarpy']:>10}"
         )
     print()
     print(
-        "Every side is called through one Python function call per evaluation (the lambda"
-        "\naround policyctl and plain Python is the same on both), the bare loop"
+        f"{args.pairs} rounds per condition: each runs policyctl, plain Python, cel-python and"
+        "\ncedarpy in turn (the order rotated per round) on the same inputs, one block each of"
+        f"\n~{mode.block_ns // 1_000_000} ms, the collector off inside; ours/plain is the median"
+        " of the per-round ratios,\nmin–max in parentheses; µs columns are medians over the"
+        " rounds. Every side is called\nthrough one Python function call per evaluation (the"
+        " lambda around policyctl and plain\nPython is the same on both), the bare loop"
         f" ({overhead / 1000:.3f} µs) taken out."
     )
     print(

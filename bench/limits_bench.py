@@ -12,9 +12,13 @@ Rows (SPEC §8, issue 15):
   next to its router. `limits`' strategy: the sliding window counter, the closest to a
   token bucket (a rate that refills continuously, O(1) state per key; the fixed window
   resets at once, the moving window keeps a log of hits); the fixed window, the cheapest,
-  beside it. The sides are interleaved (A/B pairs), medians and min–max over the pairs.
+  beside it. The sides are interleaved (rounds of every side, the order rotated per
+  round), medians and min–max over ≥ 15 rounds;
 - the raw calls, cache-warm: the memory store's one-bucket `acquire` and `hit()` alone
-  (what the row above used to time), and a hand-written dict token bucket as the floor;
+  (what the row above used to time), and a hand-written dict token bucket as the floor,
+  in rounds the same way, the ratio limits/ours per round;
+- a whole decision with the 4 limits against one with none (A/B pairs, distinct users and
+  IPs): what the limits cost;
 - bytes per idle bucket with N keys (default 1,000,000; target ≤ 200 B);
 - held buckets after N distinct users, one every 50 µs of a fake clock on
   `100 per 1m burst 10` (each bucket full again 0.6 s after its request): memory tracks
@@ -36,25 +40,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _pairs import pairs_option, ratio_cell, ratios, rounds, us
 
 from engine import PolicyEngine
 from engine.limits.stores.base import Spec
 from engine.limits.stores.memory import MemoryStore
-
-
-def per_call_us(fn: Callable[[int], object], n: int, repeats: int) -> float:
-    """Median µs per call of fn(i) over `repeats` runs of n calls (gc off while timing)."""
-    results = []
-    for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        start = time.perf_counter_ns()
-        for i in range(n):
-            fn(i)
-        elapsed = time.perf_counter_ns() - start
-        gc.enable()
-        results.append(elapsed / n / 1000)
-    return statistics.median(results)
 
 
 def ours_check(keys: int) -> Callable[[int], object]:
@@ -104,7 +96,9 @@ def dict_bucket(keys: int) -> Callable[[int], object]:
     return take
 
 
-def decisions_per_second(n: int, repeats: int) -> tuple[float, float]:
+def decisions_paired(n: int, pairs: int) -> tuple[list[float], list[float]]:
+    """(µs per decision with 4 limits, without), one figure per A/B pair of n decisions,
+    every request from a distinct user and IP."""
     policy = (
         "defaults { strategy model-specific }\n"
         "limit global 1000000000 per 1m burst 1000\n"
@@ -112,15 +106,26 @@ def decisions_per_second(n: int, repeats: int) -> tuple[float, float]:
         "limit provider 1000000000 per 1m burst 100\n"
         "limit ip 1000000000 per 1m burst 5\n"
     )
+    requests = distinct_requests()
     engine = PolicyEngine.from_text(policy)
-    requests = [
-        {"id": f"r{i}", "user": f"u{i % 1000}", "ip": f"10.0.{i % 200}.{i % 250}", "prompt": "hi"}
-        for i in range(4096)
-    ]
     plain = PolicyEngine.from_text("defaults { strategy model-specific }\n")
-    with_limits = per_call_us(lambda i: engine.evaluate(requests[i % 4096]), n, repeats)
-    without = per_call_us(lambda i: plain.evaluate(requests[i % 4096]), n, repeats)
-    return with_limits, without
+    sides = {
+        "with": index_block(lambda i: engine.evaluate(requests[i % USERS]), n),
+        "without": index_block(lambda i: plain.evaluate(requests[i % USERS]), n),
+    }
+    for side in sides.values():
+        side(0)
+    figures = rounds(pairs, sides, lambda i: n * (i + 1))
+    return [ns / 1000 for ns in figures["with"]], [ns / 1000 for ns in figures["without"]]
+
+
+def distinct_requests() -> list[dict[str, Any]]:
+    """USERS requests, each from its own user and IP."""
+    return [
+        {"id": f"r{i}", "user": f"u{i}", "ip": f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}",
+         "prompt": "Summarise the attached meeting notes in three bullet points."}
+        for i in range(USERS)
+    ]  # fmt: skip
 
 
 def bytes_per_idle_bucket(keys: int) -> tuple[float, float, int, float]:
@@ -166,16 +171,17 @@ LIMIT_LINES = (
 USERS = 100_000  # distinct users (and IPs) the requests cycle through
 
 
-def block_us(fn: Callable[[int], object], start: int, n: int) -> float:
-    """µs per call of fn(start..start+n) (gc off while timing)."""
-    gc.collect()
-    gc.disable()
-    t0 = time.perf_counter_ns()
-    for i in range(start, start + n):
-        fn(i)
-    elapsed = time.perf_counter_ns() - t0
-    gc.enable()
-    return elapsed / n / 1000
+def index_block(fn: Callable[[int], object], n: int) -> Callable[[int], float]:
+    """A side of a round: ns per call of fn(start..start+n), `start` the round's input."""
+
+    def side(start: int) -> float:
+        clock = time.perf_counter_ns
+        t0 = clock()
+        for i in range(start, start + n):
+            fn(i)
+        return (clock() - t0) / n
+
+    return side
 
 
 def spread(values: list[float]) -> str:
@@ -194,12 +200,7 @@ def marginal_rows(pairs: int, n: int) -> list[str]:
     catalog = Path(__file__).resolve().parent.parent / "examples" / "policies" / "models.yaml"
     head = f'catalog "{catalog}"\ndefaults {{ strategy model-specific }}\n'
     engines = [PolicyEngine.from_text(head + "".join(LIMIT_LINES[:k])) for k in range(5)]
-    users = [f"u{i}" for i in range(USERS)]
-    requests = [
-        {"id": f"r{i}", "user": users[i], "ip": f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}",
-         "prompt": "Summarise the attached meeting notes in three bullet points."}
-        for i in range(USERS)
-    ]  # fmt: skip
+    requests = distinct_requests()
     item = RateLimitItemPerMinute(1_000_000_000)
     peers = {
         "sliding window": SlidingWindowCounterRateLimiter(MemoryStorage()),
@@ -223,14 +224,13 @@ def marginal_rows(pairs: int, n: int) -> list[str]:
     }
     for name, limiter in peers.items():
         sides[f"0 limits + {name} hit()"] = with_hit(limiter)
-    times: dict[str, list[float]] = {name: [] for name in sides}
     for fn in sides.values():  # warm every side (and fill the buckets) once
-        block_us(fn, 0, n)
-    start = n
-    for _ in range(pairs):  # one pair: every side once, in turn, on the same requests
-        for name, fn in sides.items():
-            times[name].append(block_us(fn, start, n))
-        start += n
+        index_block(fn, n)(0)
+    # one round: every side once, in an order rotated per round, on the same requests
+    times = rounds(
+        pairs, {name: index_block(fn, n) for name, fn in sides.items()}, lambda i: n * (i + 1)
+    )
+    times = {name: [ns / 1000 for ns in values] for name, values in times.items()}
     rows = [
         f"{'decision':34} {'µs per decision: median (min–max) over ' + str(pairs) + ' pairs':>44}"
     ]
@@ -278,11 +278,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations and keys")
     parser.add_argument("--keys", type=int, default=None, help="keys for the memory rows")
-    parser.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 15)")
+    pairs_option(parser)
     args = parser.parse_args()
-    n, repeats = (20_000, 3) if args.quick else (200_000, 5)
+    block = 2_000 if args.quick else 20_000  # raw calls per side per round
     keys = args.keys or (100_000 if args.quick else 1_000_000)
-    pairs = args.pairs or (3 if args.quick else 15)
+    pairs = args.pairs
 
     try:
         import limits
@@ -294,24 +294,43 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.platform()})")
     print(f"limits {limits_version}\n")
 
-    print("\n".join(marginal_rows(pairs, 500 if args.quick else 2_000)))
+    print("\n".join(marginal_rows(pairs, 300 if args.quick else 2_000)))
     print()
-    rows = []
+    header = (
+        f"{'raw call, cache-warm':34} {'ours µs':>9} {'limits µs':>10} {'limits/ours':>20}"
+        f" {'dict-bucket µs':>15}"
+    )
+    print(header)
     for key_count in (1, 100_000):
-        ours = per_call_us(ours_check(key_count), n, repeats)
+        sides = {"ours": index_block(ours_check(key_count), block)}
         hit = limits_hit(key_count)
-        theirs = per_call_us(hit, n, repeats) if hit else float("nan")
-        floor = per_call_us(dict_bucket(key_count), n, repeats)
-        rows.append((f"one limit check, {key_count:,} keys", ours, theirs, floor))
-    header = f"{'raw call, cache-warm':34} {'ours µs':>9} {'limits µs':>10} {'ratio':>7}"
-    print(header + "  dict-bucket µs   (memory store acquire, prebuilt key; fixed-window hit)")
-    for name, ours, theirs, floor in rows:
-        print(f"{name:34} {ours:9.2f} {theirs:10.2f} {theirs / ours:6.2f}× {floor:12.2f}")
-    with_limits, without = decisions_per_second(n // 4, repeats)
+        if hit is not None:
+            sides["limits"] = index_block(hit, block)
+        sides["floor"] = index_block(dict_bucket(key_count), block)
+        for side in sides.values():  # warm: first calls, and every key's bucket made
+            side(0)
+        figures = rounds(pairs, sides, lambda i: block * (i + 1))
+        theirs, ratio = "n/a", "n/a"
+        if "limits" in figures:
+            theirs = f"{us(figures['limits']):.2f}"
+            ratio = ratio_cell(ratios(figures["limits"], figures["ours"]))
+        print(
+            f"{'one limit check, ' + format(key_count, ',') + ' keys':34}"
+            f" {us(figures['ours']):9.2f} {theirs:>10} {ratio:>20} {us(figures['floor']):15.2f}"
+        )
     print(
-        f"\nwhole decision, 11 models, model-specific, 4 limits: {with_limits:.1f} µs "
-        f"= {1e6 / with_limits:,.0f} decisions/s on one core "
-        f"(without limits {without:.1f} µs; the limits cost {with_limits - without:.1f} µs)"
+        f"(memory store acquire with a prebuilt key; limits' fixed-window hit(); a dict token"
+        f" bucket as the floor;\n{pairs} rounds of {block:,} calls per side, the order rotated"
+        " per round; limits/ours: the median of the per-round ratios, min–max)"
+    )
+    with_limits, without = decisions_paired(block // 4, pairs)
+    print(
+        f"\nwhole decision, 11 models, model-specific, 4 limits, distinct users and IPs:"
+        f" {statistics.median(with_limits):.1f} µs = {1e6 / statistics.median(with_limits):,.0f}"
+        f" decisions/s on one core (without limits {statistics.median(without):.1f} µs; the"
+        " limits cost"
+        f" {statistics.median([a - b for a, b in zip(with_limits, without, strict=True)]):.1f} µs,"
+        f" the median over {pairs} pairs)"
     )
     ours_b, theirs_b, evicted, seconds = bytes_per_idle_bucket(keys)
     print(

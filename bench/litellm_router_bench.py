@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 15)")
     parser.add_argument("--calls", type=int, default=None, help="calls per side per pair (50)")
     args = parser.parse_args(argv)
-    pairs = args.pairs or (3 if args.quick else 15)
-    calls = args.calls or (10 if args.quick else 50)
+    pairs = args.pairs or 15  # --quick: fewer calls per pair, still 15 pairs
+    calls = args.calls or (6 if args.quick else 50)
 
     shuffle = Router(model_list=model_list(), routing_strategy="simple-shuffle", num_retries=0)
     routed = Router(model_list=model_list(), num_retries=0)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import eval_bench  # noqa: E402  (sets LITELLM_LOCAL_MODEL_COST_MAP before litellm loads)
+from _pairs import settle  # noqa: E402
 
 from engine import PolicyEngine  # noqa: E402
 from engine.routing.metrics import DEFAULT_REFRESH_MS  # noqa: E402
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for warm in (cold, live):  # first-call costs out of the pairs
             for r in eval_bench.make_requests(-1, 300):
                 warm.evaluate(r)
+        settle()  # litellm, the routers, the warmed engines out of each block's collect
         cold_ns: list[float] = []
         live_ns: list[float] = []
         with_record_ns: list[float] = []

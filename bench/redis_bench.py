@@ -4,6 +4,9 @@
 
 Without --url it starts its own `redis-server` on a free 127.0.0.1 port (and stops it).
 Round trips are counted by Redis itself (INFO commandstats: EVALSHA calls per decision).
+The memory and Redis stores run in A/B pairs (the order alternating, fresh requests from
+distinct users and IPs per pair, `eval_bench.make_requests`); the ratio is per pair,
+median and min–max.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _pairs import pairs_option, per_op_ns, ratio_cell, ratios, rounds, us
+from eval_bench import make_requests
 
 from engine import PolicyEngine
 
@@ -53,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--url", help="an existing Redis (its database is flushed!)")
+    pairs_option(parser)
     args = parser.parse_args()
-    n = 5_000 if args.quick else 50_000
+    block = 300 if args.quick else 3_000  # decisions per side per pair
     proc = None
     url = args.url
     if url is None:
@@ -64,27 +72,34 @@ def main() -> None:
 
         client = redis.Redis.from_url(url)
         client.flushdb()
-        requests = [
-            {"id": f"r{i}", "user": f"u{i % 1000}", "ip": f"10.0.{i % 200}.{i % 250}"}
-            for i in range(n)
-        ]
         memory = PolicyEngine.from_text(POLICY)
         shared = PolicyEngine.from_text(POLICY, state=url + "?timeout=1")
-        shared.evaluate(requests[0])  # loads the script
+        sides = {
+            "memory": lambda items: per_op_ns(memory.evaluate, items),
+            "redis": lambda items: per_op_ns(shared.evaluate, items),
+        }
+        for side in sides.values():  # loads the script; first-call costs out of the pairs
+            side(make_requests(-1, 100))
         client.config_resetstat()
-        results = {}
-        for name, engine in (("memory", memory), ("redis", shared)):
-            start = time.perf_counter()
-            for request in requests:
-                engine.evaluate(request)
-            results[name] = (time.perf_counter() - start) / n * 1e6
+        figures = rounds(args.pairs, sides, lambda i: make_requests(i, block))
         calls = client.info("commandstats")["cmdstat_evalsha"]["calls"]
-        print(f"policyctl redis bench — {time.strftime('%Y-%m-%d %H:%M')}, {n:,} decisions")
+        decided = args.pairs * block
+        print(
+            f"policyctl redis bench — {time.strftime('%Y-%m-%d %H:%M')}, {args.pairs} A/B pairs"
+            f" of {block:,} decisions per side"
+        )
         print(f"redis-server {client.info('server')['redis_version']} on 127.0.0.1 (loopback)")
         print(f"{'store':8} {'µs/decision':>12} {'decisions/s':>12}")
-        for name, us in results.items():
-            print(f"{name:8} {us:12.1f} {1e6 / us:12,.0f}")
-        print(f"round trips per decision (EVALSHA calls / decisions): {calls / n:.3f} (target 1)")
+        for name, values in figures.items():
+            print(f"{name:8} {us(values):12.1f} {1e6 / us(values):12,.0f}")
+        print(
+            f"redis / memory: {ratio_cell(ratios(figures['redis'], figures['memory']))} (per"
+            " pair, the order alternating, fresh requests from distinct users and IPs each)"
+        )
+        print(
+            f"round trips per decision (EVALSHA calls / decisions): {calls / decided:.3f}"
+            " (target 1)"
+        )
         shared.close()
     finally:
         if proc is not None:

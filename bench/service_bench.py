@@ -14,10 +14,11 @@ million, so every request runs the four limits but none binds), then:
    body of the same size as a decision, both loaded by `wrk` (8 connections; installed
    with apt-get when missing and this runs as root) in interleaved pairs of equal
    duration, the order alternating; the ratio of requests/s and of p99 latency per pair,
-   median and min–max. The same for the DuckDB state file and for decision logs on
-   (`--analytics`), fewer pairs. The bare app's own requests/s is the stack's ceiling here
+   median and min–max over ≥ 15 pairs. The same for the DuckDB state file and for decision
+   logs on (`--analytics`), full run only. The bare app's own requests/s is the stack's ceiling here
    (wrk takes its share of the two cores);
-1. load: a fixed number of POST /v1/eval requests (distinct ids, 1,000 users) from a
+1. load: a fixed number of POST /v1/eval requests (chat bodies, each from a distinct user
+   and IP; JSON decisions back, as in every row) from a
    second process — `wrk` with a Lua script that stops each thread after its share, when
    `wrk` is installed (`apt-get install wrk`), else this script's own generator (Python
    `http.client`, one keep-alive connection per thread). It reports decisions per second
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import re
@@ -58,6 +60,7 @@ HEADERS = {"Content-Type": "application/json"}
 
 WRK_SCRIPT = r"""
 local prompt = os.getenv("BENCH_PROMPT")
+local run = tonumber(os.getenv("BENCH_RUN") or "0")
 local counter = 0
 function setup(thread)
   counter = counter + 1
@@ -68,9 +71,13 @@ function init(args)
 end
 function request()
   n = n + 1
+  -- a distinct user and IP for every request of every run (a chat body, as SDKs send)
+  local k = (run * 8 + tid) * 1048576 + n
   local body = string.format(
-    '{"id":"w%d-%d","user":"u%d","ip":"10.%d.%d.7","prompt":"%s"}',
-    tid, n, (tid * 7919 + n) % 1000, (tid * 31 + n) % 250, n % 250, prompt)
+    '{"id":"w%d-%d-%d","user":"u%d-%d-%d","ip":"%d.%d.%d.%d",' ..
+    '"messages":[{"role":"user","content":"%s"}]}',
+    run, tid, n, run, tid, n, 10 + math.floor(k / 16777216) % 200,
+    math.floor(k / 65536) % 256, math.floor(k / 256) % 256, k % 256, prompt)
   return wrk.format("POST", "/v1/eval", {["Content-Type"] = "application/json"}, body)
 end
 function done(summary, latency, requests)
@@ -106,7 +113,12 @@ def python_loadgen(port: int, requests: int, threads: int, tag: str) -> dict[str
     def worker(t: int) -> None:
         bodies = [
             json.dumps(
-                {"id": f"{tag}{t}-{i}", "user": f"u{(t * 7919 + i) % 1000}", "prompt": PROMPT}
+                {
+                    "id": f"{tag}{t}-{i}",
+                    "user": f"u{tag}{t}-{i}",
+                    "ip": f"10.{t % 256}.{(i >> 8) & 255}.{i & 255}",
+                    "messages": [{"role": "user", "content": PROMPT}],
+                }
             ).encode()
             for i in range(per_thread[t])
         ]
@@ -169,7 +181,7 @@ def run_generator(
             script = f.name
         try:
             connections = threads * 2
-            env = {**os.environ, "BENCH_PROMPT": PROMPT}
+            env = wrk_env()
             seconds = min(60, max(1, round(requests / rate))) if rate > 0 else 1
             command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"]
             command += ["--timeout", "10s", "-s", script, f"http://{HOST}:{port}/v1/eval"]
@@ -328,6 +340,15 @@ def ensure_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
+_wrk_runs = itertools.count(1)
+
+
+def wrk_env() -> dict[str, str]:
+    """The environment of one wrk run: the prompt, and the run's number, which keeps every
+    run's users and IPs apart from the others'."""
+    return {**os.environ, "BENCH_PROMPT": PROMPT, "BENCH_RUN": str(next(_wrk_runs))}
+
+
 def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
     """wrk for `seconds` against POST /v1/eval (the script's bodies), one result."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -336,7 +357,7 @@ def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
     try:
         command = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s"]
         command += ["--timeout", "10s", "-s", script, f"http://{HOST}:{port}/v1/eval"]
-        env = {**os.environ, "BENCH_PROMPT": PROMPT}
+        env = wrk_env()
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     finally:
         os.unlink(script)
@@ -350,7 +371,12 @@ def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
 
 def decision_size(port: int) -> int:
     client = Client(port)
-    body = {"id": "w1-1", "user": "u1", "ip": "10.1.1.7", "prompt": PROMPT}
+    body = {
+        "id": "w1-1-1",
+        "user": "u1-1-1",
+        "ip": "10.0.16.1",
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
     status, data = client.call("POST", "/v1/eval?dry_run=true", body)
     client.close()
     if status != 200:
@@ -399,9 +425,12 @@ def report_ab(title: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> l
     ]
 
 
-def near_its_stack(policy_dir: Path, port: int, pairs: int, seconds: float) -> list[str]:
-    """The A/B rows: memory state with logs off (against the bare app), then the DuckDB
-    state file and decision logs on (--analytics), each against the bare app again."""
+def near_its_stack(
+    policy_dir: Path, port: int, pairs: int, seconds: float, others: bool = True
+) -> list[str]:
+    """The A/B rows: memory state with logs off (against the bare app), then (`others`) the
+    DuckDB state file and decision logs on (--analytics), each against the bare app again,
+    every row over `pairs` pairs."""
     size = decision_size(port)
     bare_port = free_port()
     bare = start_bare(bare_port, size)
@@ -420,7 +449,10 @@ def near_its_stack(policy_dir: Path, port: int, pairs: int, seconds: float) -> l
             f"  the stack's ceiling here: the bare app at {ceiling:,.0f} requests/s"
             " (median), wrk on the same 2 cores"
         )
-        few = max(3, pairs // 3)
+        if not others:
+            lines.append("DuckDB state file, decision logs on: not run in --quick (full run only)")
+            return lines
+        few = pairs
         with tempfile.TemporaryDirectory(prefix="policyctl-bench-state-") as tmp:
             for label, extra in (
                 ("DuckDB state file", ["--state", str(Path(tmp) / "state.duckdb")]),
@@ -564,7 +596,7 @@ def main() -> int:
     reloads = args.reloads or (10 if args.quick else 20)
     generator = args.generator
     have_wrk = generator != "python" and ensure_wrk()
-    pairs = args.pairs or (5 if args.quick else 15)
+    pairs = args.pairs or 15  # --quick: 1 s runs, and the state and logs rows left out
     seconds = args.seconds or (1.0 if args.quick else 2.0)
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
@@ -584,7 +616,7 @@ def main() -> int:
                 "limit amounts x1,000,000 (4 limits checked, none binds)",
             ]
             if have_wrk:
-                lines += near_its_stack(policy_dir, port, pairs, seconds)
+                lines += near_its_stack(policy_dir, port, pairs, seconds, others=not args.quick)
             else:
                 lines.append("near its stack: not measured (wrk is not installed)")
             print("\n".join(lines), flush=True)

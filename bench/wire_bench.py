@@ -176,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     args = parser.parse_args()
-    n, rounds = (200, 5) if args.quick else (2000, 21)
+    n, rounds = (100, 15) if args.quick else (2000, 21)  # ≥ 15 pairs either way
     image_bytes = len(json.dumps(IMAGE))
     print(f"bodies: 4-message chat {len(json.dumps(CHAT))} B, image body {image_bytes:,} B")
     print(f"{'extra cost of the wire body (B − A)':<44} {'median':>11}  [min – max]")

@@ -35,10 +35,10 @@ def test_litellm_router_bench_quick_completes() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("litellm ") and "11 deployments, 3 A/B pairs of 3 calls" in lines[0]
+    assert lines[0].startswith("litellm ") and "11 deployments, 15 A/B pairs of 3 calls" in lines[0]
     assert lines[1].startswith("simple-shuffle ")
     assert lines[2].startswith("policyctl (strategy+log) ")
     assert lines[3].startswith("ratio policyctl / simple-shuffle ")
     assert lines[4].startswith("policyctl pick alone ")
-    # every policyctl call (warm-up 5, then 3 pairs of 3) was recorded by the callback
-    assert lines[5] == "outcomes recorded by the callback: 14"
+    # every policyctl call (warm-up 5, then 15 pairs of 3) was recorded by the callback
+    assert lines[5] == "outcomes recorded by the callback: 50"
