@@ -62,9 +62,9 @@ def fallbacks(d: Decision) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- latency
 
 LATENCY_POLICY = """
-defaults { fallback claude, gemini, openai }
 route fast {
     strategy latency
+    fallback claude, gemini, openai
     prefer openai/gpt-4o
     prefer claude/claude-3-haiku-20240307
     prefer gemini/gemini-1.5-flash-latest
@@ -121,9 +121,9 @@ def test_latency_hard_cost_limit_filters_before_ranking() -> None:
 # ---------------------------------------------------------------- cost
 
 COST_POLICY = """
-defaults { fallback openai, gemini, claude }
 route cheap {
     strategy cost
+    fallback openai, gemini, claude
     prefer claude/claude-3-5-sonnet-20241022
     prefer gemini/gemini-1.5-pro-latest
     prefer openai/gpt-4o
@@ -198,9 +198,9 @@ def test_cost_tie_is_broken_by_latency_then_catalog_order() -> None:
 # ---------------------------------------------------------------- weighted
 
 WEIGHTED_3 = """
-defaults {{ fallback openai, claude }}
 route mix {{
     strategy {strategy}
+    fallback openai, claude
     prefer gemini/gemini-1.5-flash-latest
     prefer claude/claude-3-haiku-20240307
     prefer openai/gpt-4o
@@ -394,9 +394,9 @@ def test_explicit_fallback_equal_to_the_choice_is_not_listed() -> None:
 # ---------------------------------------------------------------- model-specific
 
 MODEL_SPECIFIC = """
-defaults { fallback claude, gemini, openai }
 route pick {
     strategy model-specific
+    fallback claude, gemini, openai
     prefer gemini/gemini-1.5-flash-latest weight 60
     prefer openai/gpt-3.5-turbo           weight 30
     prefer claude/claude-3-haiku-20240307 weight 10
@@ -600,9 +600,9 @@ def test_round_robin_counts_turns_over_the_eligible_candidates() -> None:
 # ---------------------------------------------------------------- failover
 
 FAILOVER = """
-defaults { fallback gemini, openai, claude }
 route fo {
     strategy failover
+    fallback gemini, openai, claude
     prefer claude/claude-3-haiku-20240307
     prefer openai/gpt-4o
     prefer gemini/gemini-1.5-pro-latest
@@ -650,8 +650,11 @@ def test_failover_keeps_preference_order_within_a_provider() -> None:
 
 
 def test_route_fallback_setting_overrides_defaults_for_failover() -> None:
-    # route `fallback claude`: claude, then the catalog's remaining order gemini, openai
-    policy = FAILOVER.replace("strategy failover", "strategy failover\n    fallback claude")
+    # route `fallback claude` (over the defaults' `fallback openai`): claude, then the
+    # catalog's remaining order gemini, openai
+    policy = "defaults { fallback openai }\n" + FAILOVER.replace(
+        "fallback gemini, openai, claude", "fallback claude"
+    )
     d = from_design(policy).evaluate(request("fo-4"))
     assert d.model == HAIKU
     assert d.reason == "First healthy in failover order: claude/claude-3-haiku-20240307"
@@ -776,9 +779,7 @@ def test_model_specific_shares_follow_two_distinct_weights() -> None:
 def test_failover_puts_explicit_models_first_then_named_providers_then_the_rest() -> None:
     # `fallback openai/gpt-4o, gemini`: gpt-4o (an explicit model), then gemini's models in
     # preference order, then claude, which the setting does not name
-    policy = FAILOVER.replace(
-        "strategy failover", "strategy failover\n    fallback openai/gpt-4o, gemini"
-    )
+    policy = FAILOVER.replace("fallback gemini, openai, claude", "fallback openai/gpt-4o, gemini")
     d = from_design(policy).evaluate(request("fo-5"))
     assert d.model == GPT4O
     assert [a.model for a in d.alternatives] == [PRO, FLASH, HAIKU]
@@ -796,3 +797,48 @@ def test_model_specific_lists_the_rest_by_weight_with_two_distinct_weights() -> 
     d = engine.evaluate(request("req-0"))
     assert d.model == FLASH
     assert alternatives(d) == [("openai", GPT35, 0.45), ("claude", HAIKU, 0.10)]
+
+
+# ---------------------------------------------------------------- failover order
+
+# the routes above give their own `fallback` line; without one, a route that names models
+# fails over in its `prefer` order (issue 17), whatever the defaults' `fallback` says
+PREFER_ORDER = """
+defaults { fallback gemini, claude, openai }
+route fo {
+    strategy failover
+    prefer openai/gpt-4o
+    prefer claude/claude-3-haiku-20240307
+    prefer gemini/gemini-1.5-flash-latest
+}
+route fast {
+    strategy latency
+    prefer openai/gpt-4o
+    prefer claude/claude-3-haiku-20240307
+    prefer gemini/gemini-1.5-flash-latest
+}
+"""
+
+
+def test_without_its_own_fallback_line_a_route_fails_over_in_prefer_order() -> None:
+    engine = from_design(PREFER_ORDER)
+    d = engine.evaluate(request("po-1"))
+    assert (d.route, d.provider, d.model) == ("fo", "openai", GPT4O)
+    assert d.reason == "First healthy in failover order: openai/gpt-4o"
+    assert [a.model for a in d.alternatives] == [HAIKU, FLASH]
+    assert fallbacks(d) == [("claude", HAIKU), ("gemini", FLASH)]
+    # the defaults' order (gemini, claude, openai) would have put gemini first
+    fast = PREFER_ORDER.replace("route fo {", 'route fo when request.user == "x" {')
+    d = from_design(fast).evaluate(request("po-2"))
+    assert (d.route, d.provider, d.model) == ("fast", "gemini", FLASH)  # lowest p95
+    assert fallbacks(d) == [("openai", GPT4O), ("claude", HAIKU)]  # prefer order, not claude
+
+
+def test_a_routes_own_fallback_line_still_decides_its_order() -> None:
+    own = PREFER_ORDER.replace(
+        "strategy failover\n", "strategy failover\n    fallback claude, gemini, openai\n"
+    )
+    assert own != PREFER_ORDER
+    d = from_design(own).evaluate(request("po-3"))
+    assert (d.provider, d.model) == ("claude", HAIKU)
+    assert fallbacks(d) == [("gemini", FLASH), ("openai", GPT4O)]

@@ -313,8 +313,12 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
     return Settings(**merged)
 
 
-def _provider_rank(settings: Settings, catalog: Catalog) -> dict[str, int]:
-    order = list(settings.fallback) + [p for p in catalog.providers if p not in settings.fallback]
+def _provider_rank(
+    settings: Settings, catalog: Catalog, first: tuple[str, ...] = ()
+) -> dict[str, int]:
+    """Providers in failover order: `first` (a route's `prefer` order), then the `fallback`
+    setting's, then the catalog's."""
+    order = list(dict.fromkeys([*first, *settings.fallback, *catalog.providers]))
     return {p: i for i, p in enumerate(order)}
 
 
@@ -373,8 +377,16 @@ def _compile_route(
         dropped=tuple(dropped),
         requires=tuple(requires),
         settings=settings,
-        provider_rank=_provider_rank(settings, catalog),
+        provider_rank=_provider_rank(settings, catalog, _prefer_order(route, ordered)),
     )
+
+
+def _prefer_order(route: ast.Route, preferred: list[Model]) -> tuple[str, ...]:
+    """The providers of a route's `prefer` lines in their order: the route's failover order,
+    unless the route gives its own `fallback` line (docs/language.md, Failover order)."""
+    if any(isinstance(item, ast.FallbackSetting) for item in route.items):
+        return ()
+    return tuple(dict.fromkeys(m.provider for m in preferred))
 
 
 def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
