@@ -167,6 +167,9 @@ HEALTH = """
     min_samples 3
     min_success_rate 60%
     cooldown after 2 failures for 5s"""
+# the latency health rule (`degraded when`), probed back as the success-rate rule is
+DEGRADED = """
+    degraded when model.p95 > 1500ms or model.p50 > 800ms"""
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +178,10 @@ def live_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
     path = copies_catalog(directory, 11)
     out = Programs()
     for s in STRATEGY_VALUES:
-        text = policy_text(path, s).replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n", 1)
-        assert HEALTH in text
-        out.append(from_design(text).program)
+        for health in (HEALTH, HEALTH + DEGRADED):
+            text = policy_text(path, s).replace(f"strategy {s}\n", f"strategy {s}{health}\n", 1)
+            assert health in text
+            out.append(from_design(text).program)
     return out
 
 
@@ -366,8 +370,9 @@ def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: 
     from engine.strategies import weighted as weighted_module
 
     for program in live_programs:
-        if program.default_route.settings.strategy != "weighted":
-            continue
+        settings = program.default_route.settings
+        if settings.strategy != "weighted" or settings.degraded is not None:
+            continue  # (with `degraded when`, not every candidate stays eligible)
         keys = [m.key for m in program.catalog.models]
         clock = Clock()
         live = LiveMetrics(3600.0, clock, 1e9)

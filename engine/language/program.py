@@ -22,6 +22,16 @@ Pred = Callable[[Env, Mapping[str, Any] | None], bool]
 
 
 @dataclass(frozen=True, slots=True)
+class HealthRule:
+    """`degraded when …`: a condition on a model (its measurements and catalog attributes)
+    that takes a measured model out while it holds, as a failure cooldown does."""
+
+    holds: Pred  # called with an empty request and the model's measured attributes
+    text: str  # the condition as written
+    reads: tuple[str, ...]  # the measured attributes it reads (`p95`, …), for the reason
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     strategy: str = DEFAULT_STRATEGY
     factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
@@ -33,6 +43,7 @@ class Settings:
     cooldown_failures: int = 0  # 0: no cooldown
     cooldown_ms: float = 0.0
     on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
+    degraded: HealthRule | None = None  # `degraded when …`
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -199,12 +210,15 @@ class CompiledRoute:
     weights: Mapping[str, float]  # model key -> preference weight (prefer lists)
     dropped: tuple[tuple[Model, str], ...]  # statically dropped, for --explain
     requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
+    # (or a measurement: `measured` then, and they read the model's measured attributes)
     settings: Settings
     provider_rank: Mapping[str, int]
     rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
     provider_order: tuple[str, ...] = ()  # providers by rank
     factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
+    measured: bool = False  # some `require` reads a measured attribute (`model.p95`, …)
+    attrs: tuple[Mapping[str, Any], ...] = ()  # the candidates' `model.<attr>` tables
     table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from engine.catalog.model import Model
 from engine.language.program import (
     CAPABILITY_BITS,
     CompiledRoute,
+    HealthRule,
     ModelRow,
     Program,
     RouteTable,
@@ -111,11 +112,47 @@ def _capability_problem(row: ModelRow, needs: int, env: Mapping[str, Any]) -> st
     return None
 
 
+def measured_attrs(
+    attrs: Mapping[str, Any], stats: ModelStats | None, min_samples: int
+) -> Mapping[str, Any]:
+    """A model's `model.<attr>` table with its measurements: `samples` counted, and `p50`,
+    `p95` and `success_rate` measured once it has `min_samples` (the priors stand before)."""
+    if stats is None:
+        return attrs
+    out = dict(attrs)
+    out["samples"] = float(stats.samples)
+    if stats.samples >= min_samples:
+        out["p50"] = stats.p50_ms
+        out["p95"] = stats.p95_ms
+        out["success_rate"] = stats.success_rate
+    return out
+
+
+_NO_REQUEST: Mapping[str, Any] = {}  # what a health rule's condition sees of the request
+
+
+def _degraded(rule: HealthRule, route: CompiledRoute, position: int, stats: ModelStats) -> bool:
+    """Whether `degraded when` holds for a measured model (the rule reads no request)."""
+    attrs = measured_attrs(route.attrs[position], stats, route.settings.min_samples)
+    return rule.holds(_NO_REQUEST, attrs)
+
+
+def _degraded_reason(rule: HealthRule, stats: ModelStats) -> str:
+    figures = {
+        "p50": f"p50 {stats.p50_ms:,.0f} ms",
+        "p95": f"p95 {stats.p95_ms:,.0f} ms",
+        "success_rate": f"success rate {stats.success_rate:.0%}",
+    }
+    shown = [figures[a] for a in rule.reads if a in figures]
+    return f"degraded: `{rule.text}` holds ({', '.join([*shown, f'{stats.samples} samples'])})"
+
+
 class Measured:
     """A route's view of one metrics snapshot, by route position: the latency estimate
     (measured p95 with `min_samples`, else the prior), the success rate (measured, else 1.0;
     None when all are 1.0), the samples (None when none), and the positions a health rule
-    may drop, with their stats (whether it does depends on the decision's time)."""
+    may drop, with their stats and whether `degraded when` holds for them (whether a rule
+    drops them depends on the decision's time)."""
 
     __slots__ = ("lats", "rates", "route", "samples", "watch")
 
@@ -129,7 +166,8 @@ class Measured:
         lats = list(priors)
         rates = [1.0] * len(priors)
         samples = [0] * len(priors)
-        watch: list[tuple[int, ModelStats, bool]] = []
+        rule = settings.degraded
+        watch: list[tuple[int, ModelStats, bool, bool]] = []
         for p, key in enumerate(table.keys):
             found = stats.get(key)
             if found is None:
@@ -139,10 +177,13 @@ class Measured:
             if measured:
                 lats[p] = found.p95_ms
                 rates[p] = found.success_rate
-            if (failures and found.consecutive_failures >= failures) or (
-                measured and found.success_rate < min_rate
+            degraded = measured and rule is not None and _degraded(rule, route, p, found)
+            if (
+                (failures and found.consecutive_failures >= failures)
+                or (measured and found.success_rate < min_rate)
+                or degraded
             ):
-                watch.append((p, found, measured))
+                watch.append((p, found, measured, degraded))
         self.route = route
         # the priors' own tuple when none is measured: strategies spot it (weighted)
         self.lats: Sequence[float] = priors if lats == list(priors) else tuple(lats)
@@ -162,16 +203,20 @@ class Measured:
         min_samples, min_rate = settings.min_samples, settings.min_success_rate
         position_of, table_keys = route.table.position_of, route.table.keys
         watch = [w for w in self.watch if table_keys[w[0]] not in keys]
+        rule = settings.degraded
         for key in keys:
             p = position_of.get(key)
             found = stats.get(key)
             if p is None or found is None:
                 continue
             measured = found.samples >= min_samples
-            if (failures and found.consecutive_failures >= failures) or (
-                measured and found.success_rate < min_rate
+            degraded = measured and rule is not None and _degraded(rule, route, p, found)
+            if (
+                (failures and found.consecutive_failures >= failures)
+                or (measured and found.success_rate < min_rate)
+                or degraded
             ):
-                watch.append((p, found, measured))
+                watch.append((p, found, measured, degraded))
         new = Measured.__new__(Measured)
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
         new.watch = tuple(watch)
@@ -182,14 +227,13 @@ class Measured:
         settings = self.route.settings
         failures = settings.cooldown_failures
         out = set()
-        for p, stats, measured in self.watch:
+        for p, stats, measured, degraded in self.watch:
             if (
                 failures
                 and stats.consecutive_failures >= failures
                 and (now - stats.last_failure_at) * 1000.0 < settings.cooldown_ms
             ) or (
-                measured
-                and stats.success_rate < settings.min_success_rate
+                (degraded or (measured and stats.success_rate < settings.min_success_rate))
                 and (now - stats.last_outcome_at) * 1000.0
                 < (settings.cooldown_ms or HEALTH_PROBE_MS)
             ):
@@ -277,6 +321,8 @@ def _eligible(
             problem = f"retired on {format_day(row.model.retires_at)}"  # type: ignore[arg-type]
         if problem is None and route.requires:
             attrs = program.model_attrs[row.key]
+            if route.measured and measuring:
+                attrs = measured_attrs(attrs, stats_of(row.key), min_samples)
             for pred, text in route.requires:
                 if not pred(env, attrs):
                     problem = f"fails `require {text}`"
@@ -304,6 +350,14 @@ def _eligible(
                     f"success rate {stats.success_rate:.0%} is under "
                     f"{settings.min_success_rate:.0%} over {stats.samples} samples"
                 )
+            elif (
+                measured
+                and settings.degraded is not None
+                and (now - stats.last_outcome_at) * 1000.0
+                < (settings.cooldown_ms or HEALTH_PROBE_MS)
+                and _degraded(settings.degraded, route, position, stats)
+            ):  # as the unhealthy: probed once quiet for the cooldown or a probe interval
+                problem = _degraded_reason(settings.degraded, stats)
         if problem is None:
             if max_tokens is not None:
                 output = max_tokens
