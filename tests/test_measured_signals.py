@@ -8,9 +8,11 @@ and openai/gpt-3.5-turbo (p95 1,200 ms).
 
 from __future__ import annotations
 
-from _design import from_design
+from _design import from_design, on_design
 
 from engine import PolicyEngine
+from engine.language.loader import compile_sources
+from engine.lsp import knowledge
 from engine.routing import evaluator as evaluator_module
 from engine.routing.evaluator import HEALTH_PROBE_MS
 
@@ -167,3 +169,27 @@ def test_model_latency_p95_keeps_meaning_the_catalog_prior() -> None:
     engine = engine_for("    require model.latency_p95 < 3s", clock)
     record(engine, clock, 20, 5000.0)
     assert engine.evaluate({"id": "measured"}).model == HAIKU  # the prior is 1,000 ms
+
+
+# ------------------------------------------------------------------ the authoring tools
+
+
+def test_measured_conditions_are_unknown_to_the_analysis() -> None:
+    """No catalog prior passes `model.p95 < 1ms`, yet the route is not unservable: what it
+    keeps is decided by measurements, per request."""
+    text = on_design(
+        "route fast when request.stream {\n    require model.p95 < 1ms\n"
+        "    degraded when model.p95 > 1ms\n}\n"
+        "route slow when request.stream and request.max_tokens > 100 {\n}\n"
+    )
+    loaded = compile_sources([("t.policy", text)])
+    assert [d.code for d in loaded.warnings] == ["W0500"]  # `slow` is shadowed, truly
+
+
+def test_the_language_server_offers_the_measured_attributes_and_the_rule() -> None:
+    text = "route a {\n    require model."
+    labels = [c.label for c in knowledge.completions(text, len(text), None).items]
+    assert {"p50", "p95", "success_rate", "samples", "latency_p95"} <= set(labels)
+    assert "degraded" in knowledge.keywords()
+    hover = knowledge.hover("route a {\n    require model.p95 < 3s\n}", 24, None)
+    assert hover is not None and "duration" in hover.markdown

@@ -336,7 +336,7 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
         elif isinstance(item, ast.DegradedSetting):
             values["degraded"] = HealthRule(
                 compile_condition(item.condition),
-                item.condition.span.text(),
+                " ".join(item.condition.span.text().split()),
                 measured_reads(item.condition),
             )
         elif isinstance(item, ast.CooldownSetting):

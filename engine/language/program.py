@@ -26,9 +26,10 @@ class HealthRule:
     """`degraded when …`: a condition on a model (its measurements and catalog attributes)
     that takes a measured model out while it holds, as a failure cooldown does."""
 
-    holds: Pred  # called with an empty request and the model's measured attributes
-    text: str  # the condition as written
-    reads: tuple[str, ...]  # the measured attributes it reads (`p95`, …), for the reason
+    # (settings compare by what the rule reads; `fmt` checks the answers are the same)
+    holds: Pred = field(compare=False)  # called with an empty request and measured attrs
+    text: str = field(compare=False)  # the condition as written, on one line
+    reads: tuple[str, ...] = ()  # the measured attributes it reads (`p95`, …), for the reason
 
 
 @dataclass(frozen=True, slots=True)
