@@ -159,6 +159,7 @@ def _route_shape(route: CompiledRoute) -> tuple[Any, ...]:
         dict(route.weights),
         tuple(m.key for m, _ in route.dropped),  # the reason quotes the source text
         len(route.requires),
+        len(route.measured_requires),
         route.settings,
         dict(route.provider_rank),
         route.provider_order,
@@ -184,14 +185,17 @@ def _answers(program: Program) -> list[Any]:
         for limit in program.limits:
             out.append(None if limit.when is None else limit.when(env, None))
             out.append(None if limit.key_fn is None else limit.key_fn(env, None))
-    for route in (*program.routes, program.default_route):  # `degraded when`: no request
+    for route in (*program.routes, program.default_route):  # no request: measurements
         rule = route.settings.degraded
+        checks = [pred for pred, _ in route.measured_requires]
         if rule is not None:
-            out.extend(
-                rule.holds({}, {**program.model_attrs[m.key], **measured})
-                for m in route.candidates
-                for measured in MEASUREMENTS
-            )
+            checks.append(rule.holds)
+        out.extend(
+            check({}, {**program.model_attrs[m.key], **measured})
+            for check in checks
+            for m in route.candidates
+            for measured in MEASUREMENTS
+        )
     return out
 
 

@@ -145,7 +145,9 @@ def test_require_on_the_measured_p95_reads_the_measurement_above_min_samples() -
     record(engine, clock, 9, 5000.0)
     assert engine.evaluate({"id": "prior"}).model == HAIKU  # 9 < min_samples: the prior
     record(engine, clock, 1, 5000.0)
+    general = evaluator_module.general_path_calls
     decision = engine.evaluate({"id": "measured"})
+    assert evaluator_module.general_path_calls == general  # decided once per snapshot
     assert decision.model == TURBO  # no probe: a `require` is a constraint, not health
     assert drops(engine, "why") == {HAIKU: "fails `require model.p95 < 3s`"}
     clock.now += HEALTH_PROBE_MS / 1000.0
@@ -162,6 +164,15 @@ def test_require_on_samples_and_success_rate() -> None:
     assert drops(engine, "why") == {
         TURBO: "fails `require model.samples >= 5 and model.success_rate > 50%`"
     }
+
+
+def test_a_require_on_measurements_and_the_request_is_decided_per_request() -> None:
+    clock = FakeClock()
+    engine = engine_for("    require model.p95 < 3s or request.metadata.patient == true", clock)
+    record(engine, clock, 20, 5000.0)
+    assert engine.evaluate({"id": "hurried"}).model == TURBO
+    patient = {"id": "patient", "metadata": {"patient": True}}
+    assert engine.evaluate(patient).model == HAIKU
 
 
 def test_model_latency_p95_keeps_meaning_the_catalog_prior() -> None:

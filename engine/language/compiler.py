@@ -382,16 +382,18 @@ def _compile_route(
                 excluded.update(m.key for m in resolve_ref(ref, catalog))
     requires: list[tuple[Pred, str]] = []
     static: list[tuple[Pred, str]] = []
+    on_measurements: list[tuple[Pred, str]] = []  # known once per metrics snapshot
     measured = False
     for item in route.items:
         if isinstance(item, ast.Require):
             pred = compile_condition(item.condition)
             text = item.condition.span.text()
-            reads = bool(measured_reads(item.condition))  # known when a decision is made
-            measured = measured or reads
-            (requires if reads or references_request(item.condition) else static).append(
-                (pred, text)
-            )
+            reads = bool(measured_reads(item.condition))
+            if references_request(item.condition):
+                measured = measured or reads
+                requires.append((pred, text))
+            else:
+                (on_measurements if reads else static).append((pred, text))
     kept: list[Model] = []
     empty: dict[str, Any] = {}
     for model in candidates:
@@ -415,6 +417,7 @@ def _compile_route(
         settings=settings,
         provider_rank=_provider_rank(settings, catalog),
         measured=measured,
+        measured_requires=tuple(on_measurements),
         attrs=tuple(attrs[m.key] for m in kept),
     )
 

@@ -5,7 +5,7 @@ Order of work for one request:
 2. the route's candidates (prefer/exclude/require were resolved at compile time);
 3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
    the request's max_cost and max_latency as hard limits on the estimate, and health
-   (success rate under the threshold with enough samples, or cooldown);
+   (success rate under the threshold or `degraded when` with enough samples, or cooldown);
 4. the route's strategy ranks what is left; the first wins;
 5. alternatives, the fallback chain, confidence, and (with `explain`) a trace.
 
@@ -14,8 +14,9 @@ time) and on parallel lists, one slot per eligible model; only the models a deci
 become objects. When no `require` reads the request and no trace is asked for, step 3 takes
 a shortcut (`_eligible_fast`) that builds no drop reasons; a request nothing can serve then
 goes through the general path to say why. With measurements, the shortcut reads the
-route's measured columns (`Measured`: latency, success rate, samples per position, and the
-few models a health rule may drop), built once per metrics snapshot, not per decision.
+route's measured columns (`Measured`: latency, success rate, samples per position, the
+few models a health rule may drop, and those a `require` on measurements drops), built
+once per metrics snapshot, not per decision.
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ def _degraded(rule: HealthRule, route: CompiledRoute, position: int, stats: Mode
     return rule.holds(_NO_REQUEST, attrs)
 
 
+def _failing(route: CompiledRoute, stats: Mapping[str, ModelStats]) -> frozenset[int]:
+    """The positions a `require` on measurements (and not the request) drops: the tests of
+    `_eligible`, once per snapshot."""
+    checks = route.measured_requires
+    if not checks:
+        return frozenset()
+    min_samples = route.settings.min_samples
+    return frozenset(
+        p
+        for p, key in enumerate(route.table.keys)
+        if not all(
+            pred(_NO_REQUEST, measured_attrs(route.attrs[p], stats.get(key), min_samples))
+            for pred, _ in checks
+        )
+    )
+
+
 def _degraded_reason(rule: HealthRule, stats: ModelStats) -> str:
     figures = {
         "p50": f"p50 {stats.p50_ms:,.0f} ms",
@@ -154,7 +172,7 @@ class Measured:
     may drop, with their stats and whether `degraded when` holds for them (whether a rule
     drops them depends on the decision's time)."""
 
-    __slots__ = ("lats", "rates", "route", "samples", "watch")
+    __slots__ = ("failing", "lats", "rates", "route", "samples", "watch")
 
     def __init__(self, route: CompiledRoute, stats: Mapping[str, ModelStats]) -> None:
         settings = route.settings
@@ -192,6 +210,7 @@ class Measured:
         )
         self.samples: tuple[int, ...] | None = tuple(samples) if any(samples) else None
         self.watch = tuple(watch)
+        self.failing = _failing(route, stats)
 
     def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
         """These columns for a snapshot whose only changes are the failure counts and times
@@ -219,6 +238,7 @@ class Measured:
                 watch.append((p, found, measured, degraded))
         new = Measured.__new__(Measured)
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
+        new.failing = self.failing  # the measurements a `require` reads did not change
         new.watch = tuple(watch)
         return new
 
@@ -327,6 +347,14 @@ def _eligible(
                 if not pred(env, attrs):
                     problem = f"fails `require {text}`"
                     break
+        if problem is None and route.measured_requires:
+            attrs = program.model_attrs[row.key]
+            if measuring:
+                attrs = measured_attrs(attrs, stats_of(row.key), min_samples)
+            for pred, text in route.measured_requires:
+                if not pred(_NO_REQUEST, attrs):
+                    problem = f"fails `require {text}`"
+                    break
         stats = stats_of(row.key) if measuring and problem is None else None
         measured = stats is not None and stats.samples >= min_samples
         if stats is not None and problem is None:
@@ -398,8 +426,8 @@ def _eligible_fast(
     """(positions, costs, latencies) of the models that can serve the request, when no
     `require` reads the request: no reasons, no per-model objects. The same tests as
     `_eligible`, on the route's flat columns; `latencies` by position (measured, else the
-    priors: `Measured.lats`), `unhealthy` the positions a health rule drops now; the
-    retired are dropped the same way."""
+    priors: `Measured.lats`), `unhealthy` the positions a health rule or a `require` on
+    measurements drops now; the retired are dropped the same way."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
@@ -527,11 +555,12 @@ def evaluate(
                 measuring = False  # nothing in this snapshot yet: the priors stand
     if trace is None and not route.requires and (columns is not None or not measuring):
         if columns is None:
-            pos, costs, lats = _eligible_fast(table, env, now)
+            pos, costs, lats = _eligible_fast(table, env, now, None, route.prior_failing)
         else:
-            pos, costs, lats = _eligible_fast(
-                table, env, now, columns.lats, columns.dropped(now) if columns.watch else None
-            )
+            out = columns.dropped(now) if columns.watch else None
+            if columns.failing:  # a `require` on measurements drops them in this snapshot
+                out = columns.failing if not out else out | columns.failing
+            pos, costs, lats = _eligible_fast(table, env, now, columns.lats, out)
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
                 position_of = table.position_of
