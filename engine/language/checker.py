@@ -461,15 +461,13 @@ class Checker:
         roots = ("request", "model") if allow_model else ("request",)
         if root not in roots:
             if root == "model" and not allow_model:
-                measured = len(rest) == 1 and rest[0] in MEASURED_ATTRS
                 self.error(
                     "E0320",
                     "`model` can only be used inside `require`",
                     path.span,
-                    f"a `when` reads the request; write `require {path.dotted} < 3s` in a"
-                    f" route body, or take a slow model out with `degraded when"
-                    f" {path.dotted} > 3s`"
-                    if measured and rest[0] in ("p50", "p95")
+                    f"a `when` reads the request; read `{path.dotted}` in a route's `require`,"
+                    " or in a health rule: `degraded when model.p95 > 3s`"
+                    if len(rest) == 1 and rest[0] in MEASURED_ATTRS
                     else 'write `require model.regions contains "eu"` in a route body;'
                     " `request.model` is the model the request asked for",
                 )
