@@ -821,3 +821,51 @@ def test_an_unknown_key_with_no_close_name_says_what_keys_are(
 ) -> None:
     (diag,) = diagnostics(("t.policy", text))
     assert (diag.code, diag.help) == (code, help_text)
+
+
+# ---------------------------------------------------------------- measured signals
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "model.p95 > 3s",
+        "model.p50 >= 800ms and model.samples > 20",
+        "model.success_rate < 90% or model.p95 > model.latency_p95",
+        "not (model.success_rate >= 99.5%)",
+    ],
+)
+def test_measured_attributes_type_in_require_and_degraded_when(condition: str) -> None:
+    defaults = f"defaults {{\n    degraded when {condition}\n}}\n"
+    text = defaults + f"route r {{\n    require {condition}\n}}\n"
+    compile_sources([("t.policy", text)])  # no error
+
+
+@pytest.mark.parametrize(
+    ("condition", "path"),
+    [
+        ("model.p95 > request.max_latency", "request.max_latency"),
+        ("model.p95 > 3s and not request.stream", "request.stream"),
+        ('model.provider in [request.metadata.team, "x"]', "request.metadata.team"),
+    ],
+)
+def test_degraded_when_cannot_read_the_request(condition: str, path: str) -> None:
+    (diag,) = diagnostics(("t.policy", f"defaults {{\n    degraded when {condition}\n}}"))
+    assert (diag.code, diag.message, diag.span.text()) == (
+        "E0227",
+        f"`degraded when` cannot read `{path}`",
+        path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("condition", "code"),
+    [
+        ("model.p95 > 80%", "E0333"),
+        ("model.success_rate > 3s", "E0333"),
+        ("model.samples > $1", "E0333"),
+        ("model.p95", "E0300"),
+    ],
+)
+def test_measured_attributes_have_their_units(condition: str, code: str) -> None:
+    assert codes(f"route r {{\n    require {condition}\n}}\n") == [code]

@@ -16,6 +16,7 @@ for the models a decision does not show. These properties keep it honest:
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from engine.language.program import CompiledRoute, Program
 from engine.routing import evaluator as evaluator_module
-from engine.routing.evaluator import EvalState, draw, evaluate
+from engine.routing.evaluator import EvalState, draw, evaluate, measured_columns
 from engine.routing.metrics import LiveMetrics, ModelStats
 from engine.routing.request import env_of
 
@@ -167,6 +168,13 @@ HEALTH = """
     min_samples 3
     min_success_rate 60%
     cooldown after 2 failures for 5s"""
+# the latency health rule (`degraded when`), probed back as the success-rate rule is
+DEGRADED = """
+    degraded when model.p95 > 1500ms or model.p50 > 800ms"""
+# a `require` on measurements only: decided once per snapshot, on the shortcut too
+MEASURED_REQUIRE = (
+    "    require model.p95 < 2500ms and (model.samples < 4 or model.success_rate > 50%)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +183,12 @@ def live_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
     path = copies_catalog(directory, 11)
     out = Programs()
     for s in STRATEGY_VALUES:
-        text = policy_text(path, s).replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n", 1)
-        assert HEALTH in text
+        for health in (HEALTH, HEALTH + DEGRADED):
+            text = policy_text(path, s).replace(f"strategy {s}\n", f"strategy {s}{health}\n", 1)
+            assert health in text
+            out.append(from_design(text).program)
+        text = text.replace("    exclude ", f"{MEASURED_REQUIRE}\n    exclude ", 1)
+        assert MEASURED_REQUIRE in text
         out.append(from_design(text).program)
     return out
 
@@ -366,8 +378,9 @@ def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: 
     from engine.strategies import weighted as weighted_module
 
     for program in live_programs:
-        if program.default_route.settings.strategy != "weighted":
-            continue
+        settings = program.default_route.settings
+        if settings.strategy != "weighted" or settings.degraded is not None:
+            continue  # (with `degraded when`, not every candidate stays eligible)
         keys = [m.key for m in program.catalog.models]
         clock = Clock()
         live = LiveMetrics(3600.0, clock, 1e9)
@@ -382,6 +395,37 @@ def test_weighted_on_measured_columns_scores_as_the_general_path(live_programs: 
             general = evaluate(program, env, metrics=SnapshotStats(live), now=clock.now)
             assert fast == general.to_dict()
         assert weighted_module._MEASURED[id(view)][0] is view  # the per-snapshot terms ran
+
+
+def test_a_require_on_measurements_is_decided_per_snapshot_as_the_general_path(
+    live_programs: Programs,
+) -> None:
+    """Every model measured, every other one slow (the even slots, then the odd ones): the
+    shortcut's per-snapshot `require` drops what the general path drops, and decides alike."""
+    measured = [p for p in live_programs if p.routes[0].measured_requires]
+    assert len(measured) == len(STRATEGY_VALUES)
+    for program, slow in itertools.product(measured, (0, 1)):
+        keys = [m.key for m in program.catalog.models]
+        clock = Clock()
+        live = LiveMetrics(3600.0, clock, 1e9)
+        for i, key in enumerate(keys):
+            for j in range(6):
+                live.record(key, (4000.0 if i % 2 == slow else 300.0) + j, True)
+        clock.now += 61.0  # past the probe interval: `degraded when` lets them be tried
+        route = program.routes[0]
+        dropped = {p for p, k in enumerate(route.table.keys) if keys.index(k) % 2 == slow}
+        assert measured_columns(live.snapshot(), route).failing == dropped != set()
+        for n in range(40):
+            env = env_of({"id": f"m{n}", "input_tokens": 10 * n, "metadata": {"tier": "pro"}})
+            before = evaluator_module.general_path_calls
+            fast = evaluate(program, env, metrics=live, state=EvalState(), now=clock.now)
+            assert evaluator_module.general_path_calls == before
+            general = evaluate(
+                program, env, metrics=SnapshotStats(live), state=EvalState(), now=clock.now
+            )
+            assert fast.to_dict() == general.to_dict()
+            assert fast.route == "picky"
+            assert keys.index(f"{fast.provider}/{fast.model}") % 2 != slow
 
 
 # ------------------------------------------------------------------ retirements

@@ -159,6 +159,7 @@ def _route_shape(route: CompiledRoute) -> tuple[Any, ...]:
         dict(route.weights),
         tuple(m.key for m, _ in route.dropped),  # the reason quotes the source text
         len(route.requires),
+        len(route.measured_requires),
         route.settings,
         dict(route.provider_rank),
         route.provider_order,
@@ -184,7 +185,28 @@ def _answers(program: Program) -> list[Any]:
         for limit in program.limits:
             out.append(None if limit.when is None else limit.when(env, None))
             out.append(None if limit.key_fn is None else limit.key_fn(env, None))
+    for route in (*program.routes, program.default_route):  # no request: measurements
+        rule = route.settings.degraded
+        checks = [pred for pred, _ in route.measured_requires]
+        if rule is not None:
+            checks.append(rule.holds)
+        out.extend(
+            check({}, {**program.model_attrs[m.key], **measured})
+            for check in checks
+            for m in route.candidates
+            for measured in MEASUREMENTS
+        )
     return out
+
+
+# measured attributes a health rule is asked about (`model.p50`, `.p95`, …)
+MEASUREMENTS = [
+    {"p50": p50, "p95": p95, "success_rate": rate, "samples": samples}
+    for p50 in (400.0, 1500.0)
+    for p95 in (900.0, 2600.0, 4000.0)
+    for rate in (0.85, 0.99)
+    for samples in (10.0, 100.0)
+]
 
 
 def same_program(before: Program, after: Program) -> None:

@@ -132,6 +132,14 @@ class StoreErrorSetting:
 
 
 @dataclass(frozen=True, slots=True)
+class DegradedSetting:
+    """`degraded when model.p95 > 3s`: a health rule on a model's measurements."""
+
+    condition: Expr
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -150,7 +158,14 @@ class Require:
     span: Span
 
 
-Setting = StrategySetting | ValueSetting | FallbackSetting | CooldownSetting | StoreErrorSetting
+Setting = (
+    StrategySetting
+    | ValueSetting
+    | FallbackSetting
+    | CooldownSetting
+    | StoreErrorSetting
+    | DegradedSetting
+)
 RouteItem = Setting | Prefer | Exclude | Require
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
+from engine.language.compiler import paths_in
 from engine.language.parser import reference
 from engine.language.schema import (
+    MEASURED_ATTRS,
     METADATA_FIELD,
     MODEL_ATTRS,
     QUALITY,
@@ -149,6 +151,8 @@ class Checker:
                     self._model_ref(ref)
             elif isinstance(item, ast.CooldownSetting):
                 self._cooldown(item)
+            elif isinstance(item, ast.DegradedSetting):
+                self._degraded(item)
             elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
                 "open",
                 "closed",
@@ -162,6 +166,20 @@ class Checker:
                     if guess
                     else "`open` allows requests while the store is down, `closed` denies them",
                 )
+
+    def _degraded(self, item: ast.DegradedSetting) -> None:
+        """`degraded when …`: a condition on the model alone (its health is not a request's)."""
+        reads_request = next((p for p in paths_in(item.condition) if p.parts[0] == "request"), None)
+        if reads_request is not None:
+            self.error(
+                "E0227",
+                f"`degraded when` cannot read `{reads_request.dotted}`",
+                reads_request.span,
+                "a model is degraded or not whatever the request; compare the model's"
+                " measurements, e.g. `degraded when model.p95 > 3s`",
+            )
+            return
+        self._condition(item.condition, allow_model=True)
 
     def _cooldown(self, item: ast.CooldownSetting) -> None:
         failures, duration = item.failures, item.duration
@@ -447,7 +465,10 @@ class Checker:
                     "E0320",
                     "`model` can only be used inside `require`",
                     path.span,
-                    'write `require model.regions contains "eu"` in a route body;'
+                    f"a `when` reads the request; read `{path.dotted}` in a route's `require`,"
+                    " or in a health rule: `degraded when model.p95 > 3s`"
+                    if len(rest) == 1 and rest[0] in MEASURED_ATTRS
+                    else 'write `require model.regions contains "eu"` in a route body;'
                     " `request.model` is the model the request asked for",
                 )
                 return None
@@ -877,6 +898,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "cooldown"
     if isinstance(item, ast.StoreErrorSetting):
         return "on_store_error"
+    if isinstance(item, ast.DegradedSetting):
+        return "degraded"
     return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from engine.catalog.model import Catalog, Model
@@ -20,11 +20,12 @@ from engine.language.program import (
     CompiledRoute,
     Env,
     Fn,
+    HealthRule,
     Pred,
     Program,
     Settings,
 )
-from engine.language.schema import QUALITY
+from engine.language.schema import MEASURED_ATTRS, QUALITY
 from engine.strategies import STRATEGIES
 from engine.vocabulary import SCOPE_KEY_FIELD, Unit
 
@@ -52,6 +53,11 @@ def model_attributes(model: Model, tasks: tuple[str, ...] = ()) -> dict[str, Any
         "quality": None if model.quality is None else model.quality.overall,
         "deprecated": model.deprecated_at,
         "retires": model.retires_at,
+        # the priors; a decision reads the measurements instead (engine.routing.evaluator)
+        "p50": model.latency_p50_ms,
+        "p95": model.latency_p95_ms,
+        "success_rate": 1.0,
+        "samples": 0.0,
     }
     quality = model.quality
     for task in tasks:
@@ -248,6 +254,29 @@ def _hashable(v: Any) -> bool:
     return isinstance(v, str | int | float | bool)
 
 
+def paths_in(expr: ast.Expr) -> Iterator[ast.Path]:
+    """Every `request.…` and `model.…` path an expression reads, in text order."""
+    if isinstance(expr, ast.Path):
+        yield expr
+    elif isinstance(expr, ast.Compare):
+        yield from paths_in(expr.left)
+        yield from paths_in(expr.right)
+    elif isinstance(expr, ast.BoolOp):
+        for operand in expr.operands:
+            yield from paths_in(operand)
+    elif isinstance(expr, ast.Not):
+        yield from paths_in(expr.operand)
+    elif isinstance(expr, ast.ListLit):
+        for item in expr.items:
+            yield from paths_in(item)
+
+
+def measured_reads(expr: ast.Expr) -> tuple[str, ...]:
+    """The measured attributes (`model.p95`, …) an expression reads, each once, in order."""
+    found = [p.parts[1] for p in paths_in(expr) if p.parts[0] == "model" and len(p.parts) == 2]
+    return tuple(dict.fromkeys(a for a in found if a in MEASURED_ATTRS))
+
+
 def references_request(expr: ast.Expr) -> bool:
     if isinstance(expr, ast.Path):
         return expr.parts[0] == "request"
@@ -304,6 +333,12 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
             values["fallback_models"] = tuple(models)
         elif isinstance(item, ast.StoreErrorSetting):
             values["on_store_error"] = item.mode.text
+        elif isinstance(item, ast.DegradedSetting):
+            values["degraded"] = HealthRule(
+                compile_condition(item.condition),
+                " ".join(item.condition.span.text().split()),
+                measured_reads(item.condition),
+            )
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]
             values["cooldown_ms"] = float(item.duration.value)  # type: ignore[arg-type]
@@ -351,11 +386,18 @@ def _compile_route(
                 excluded.update(m.key for m in resolve_ref(ref, catalog))
     requires: list[tuple[Pred, str]] = []
     static: list[tuple[Pred, str]] = []
+    on_measurements: list[tuple[Pred, str]] = []  # known once per metrics snapshot
+    measured = False
     for item in route.items:
         if isinstance(item, ast.Require):
             pred = compile_condition(item.condition)
             text = item.condition.span.text()
-            (requires if references_request(item.condition) else static).append((pred, text))
+            reads = bool(measured_reads(item.condition))
+            if references_request(item.condition):
+                measured = measured or reads
+                requires.append((pred, text))
+            else:
+                (on_measurements if reads else static).append((pred, text))
     kept: list[Model] = []
     empty: dict[str, Any] = {}
     for model in candidates:
@@ -378,6 +420,9 @@ def _compile_route(
         requires=tuple(requires),
         settings=settings,
         provider_rank=_provider_rank(settings, catalog, _prefer_order(route, ordered)),
+        measured=measured,
+        measured_requires=tuple(on_measurements),
+        attrs=tuple(attrs[m.key] for m in kept),
     )
 
 
@@ -456,6 +501,7 @@ def compile_program(
         requires=(),
         settings=base,
         provider_rank=_provider_rank(base, catalog),
+        attrs=tuple(attrs[m.key] for m in catalog.models),
     )
     limits = tuple(
         _compile_limit(stmt, catalog)

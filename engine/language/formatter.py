@@ -251,7 +251,7 @@ class _Printer:
             self.block(lines, item, depth)
         elif isinstance(item, ast.Limit):
             self.limit(lines, item, depth)
-        elif isinstance(item, ast.Require):
+        elif isinstance(item, ast.Require | ast.DegradedSetting):
             self.require(lines, item, depth)
         else:
             lines.append(replace(_one_line(item), depth=depth))
@@ -292,17 +292,21 @@ class _Printer:
         lines.extend(self.condition(route.when, route.name.span.end, brace, depth + 1, "when "))
         lines.append(_Line(depth, "{"))
 
-    def require(self, lines: list[_Line], item: ast.Require, depth: int) -> None:
-        # the comments that would come before the condition's first line go above `require`
+    def require(
+        self, lines: list[_Line], item: ast.Require | ast.DegradedSetting, depth: int
+    ) -> None:
+        """`require …` and `degraded when …`: a keyword and a condition."""
+        lead = "require " if isinstance(item, ast.Require) else "degraded when "
+        # the comments that would come before the condition's first line go above the keyword
         lines.extend(self.hoisted(item.span.start, _first_leaf_end(item.condition), depth))
         lo, hi = item.condition.span.start, item.span.end
-        flat = f"require {_flat(item.condition)}"
+        flat = f"{lead}{_flat(item.condition)}"
         if _fits(depth, flat) and not self.any_in(lo, hi):
             lines.append(_Line(depth, flat))
             return
         # `require` first (with the group its first operand opens, if it does), the lines
         # that continue it one level in
-        broken = self.condition(item.condition, lo, hi, depth + 1, "require ")
+        broken = self.condition(item.condition, lo, hi, depth + 1, lead)
         last = next(i for i, line in enumerate(broken) if line.code)
         if broken[last].code.endswith("("):
             last = next(i for i in range(last + 1, len(broken)) if broken[i].code == ")"

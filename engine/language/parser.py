@@ -67,7 +67,7 @@ _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "fallback", "cooldown",
-    "on_store_error",
+    "on_store_error", "degraded",
 )  # fmt: skip
 _ROUTE_ONLY = ("prefer", "exclude", "require")
 # words a misspelling of which is most likely meant (statements, settings, route items)
@@ -273,6 +273,10 @@ class _Builder(Transformer[Token, Any]):
     @v_args(meta=True)
     def store_error_setting(self, meta: Any, children: list[Any]) -> ast.StoreErrorSetting:
         return ast.StoreErrorSetting(self._name(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def degraded_setting(self, meta: Any, children: list[Any]) -> ast.DegradedSetting:
+        return ast.DegradedSetting(self._expr(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
     def prefer(self, meta: Any, children: list[Any]) -> ast.Prefer:

@@ -22,6 +22,17 @@ Pred = Callable[[Env, Mapping[str, Any] | None], bool]
 
 
 @dataclass(frozen=True, slots=True)
+class HealthRule:
+    """`degraded when …`: a condition on a model (its measurements and catalog attributes)
+    that takes a measured model out while it holds, as a failure cooldown does."""
+
+    # (settings compare by what the rule reads; `fmt` checks the answers are the same)
+    holds: Pred = field(compare=False)  # called with an empty request and measured attrs
+    text: str = field(compare=False)  # the condition as written, on one line
+    reads: tuple[str, ...] = ()  # the measured attributes it reads (`p95`, …), for the reason
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     strategy: str = DEFAULT_STRATEGY
     factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
@@ -33,6 +44,7 @@ class Settings:
     cooldown_failures: int = 0  # 0: no cooldown
     cooldown_ms: float = 0.0
     on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
+    degraded: HealthRule | None = None  # `degraded when …`
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -199,12 +211,19 @@ class CompiledRoute:
     weights: Mapping[str, float]  # model key -> preference weight (prefer lists)
     dropped: tuple[tuple[Model, str], ...]  # statically dropped, for --explain
     requires: tuple[tuple[Pred, str], ...]  # `require` clauses that read the request
+    # (or a measurement too: `measured` then, and they read the model's measured attributes)
     settings: Settings
     provider_rank: Mapping[str, int]
     rows: tuple[ModelRow, ...] = ()  # the candidates, precomputed for the hot loop
     provider_order: tuple[str, ...] = ()  # providers by rank
     factor_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fallback_order: Mapping[str, int] = field(default_factory=dict)  # model key -> position
+    measured: bool = False  # some `require` reads a measured attribute (`model.p95`, …)
+    # the `require`s that read a measurement and not the request: decided once per metrics
+    # snapshot (the evaluator's `Measured.failing`), on the priors without measurements
+    measured_requires: tuple[tuple[Pred, str], ...] = ()
+    attrs: tuple[Mapping[str, Any], ...] = ()  # the candidates' `model.<attr>` tables
+    prior_failing: frozenset[int] = field(init=False, repr=False, compare=False)
     table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
 
     def __post_init__(self) -> None:
@@ -215,6 +234,12 @@ class CompiledRoute:
         order = {key: i for i, key in enumerate(self.settings.fallback_models)}
         object.__setattr__(self, "fallback_order", order)
         object.__setattr__(self, "table", route_table(self))
+        failing = frozenset(
+            p
+            for p, attrs in enumerate(self.attrs)
+            if any(not pred({}, attrs) for pred, _ in self.measured_requires)
+        )  # the positions a measured `require` drops on the catalog's priors
+        object.__setattr__(self, "prior_failing", failing)
 
 
 @dataclass(frozen=True, slots=True)

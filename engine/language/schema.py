@@ -66,9 +66,16 @@ MODEL_ATTRS: dict[str, FieldType] = {
     "latency_p50": (Unit.DURATION, None),
     "latency_p95": (Unit.DURATION, None),
     "quality": (Unit.COUNT, None),  # the catalog's overall score (0-1), or null
+    # measured over the metrics window (the catalog prior below the route's `min_samples`):
+    "p50": (Unit.DURATION, None),
+    "p95": (Unit.DURATION, None),
+    "success_rate": (Unit.PERCENT, None),
+    "samples": (Unit.COUNT, None),
     "deprecated": (Unit.DATE, None),  # or null
     "retires": (Unit.DATE, None),  # or null
 }
+# the attributes read from live measurements, known only when a decision is made
+MEASURED_ATTRS = ("p50", "p95", "success_rate", "samples")
 # `model.quality.<task>`: a per-task score (0-1) or null, for any task some catalog model
 # scores (the checker asks the catalog); `model.quality.overall` is `model.quality`
 QUALITY = "quality"

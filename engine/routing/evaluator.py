@@ -5,7 +5,7 @@ Order of work for one request:
 2. the route's candidates (prefer/exclude/require were resolved at compile time);
 3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
    the request's max_cost and max_latency as hard limits on the estimate, and health
-   (success rate under the threshold with enough samples, or cooldown);
+   (success rate under the threshold or `degraded when` with enough samples, or cooldown);
 4. the route's strategy ranks what is left; the first wins;
 5. alternatives, the fallback chain, confidence, and (with `explain`) a trace.
 
@@ -14,8 +14,9 @@ time) and on parallel lists, one slot per eligible model; only the models a deci
 become objects. When no `require` reads the request and no trace is asked for, step 3 takes
 a shortcut (`_eligible_fast`) that builds no drop reasons; a request nothing can serve then
 goes through the general path to say why. With measurements, the shortcut reads the
-route's measured columns (`Measured`: latency, success rate, samples per position, and the
-few models a health rule may drop), built once per metrics snapshot, not per decision.
+route's measured columns (`Measured`: latency, success rate, samples per position, the
+few models a health rule may drop, and those a `require` on measurements drops), built
+once per metrics snapshot, not per decision.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from engine.catalog.model import Model
 from engine.language.program import (
     CAPABILITY_BITS,
     CompiledRoute,
+    HealthRule,
     ModelRow,
     Program,
     RouteTable,
@@ -111,13 +113,66 @@ def _capability_problem(row: ModelRow, needs: int, env: Mapping[str, Any]) -> st
     return None
 
 
+def measured_attrs(
+    attrs: Mapping[str, Any], stats: ModelStats | None, min_samples: int
+) -> Mapping[str, Any]:
+    """A model's `model.<attr>` table with its measurements: `samples` counted, and `p50`,
+    `p95` and `success_rate` measured once it has `min_samples` (the priors stand before)."""
+    if stats is None:
+        return attrs
+    out = dict(attrs)
+    out["samples"] = float(stats.samples)
+    if stats.samples >= min_samples:
+        out["p50"] = stats.p50_ms
+        out["p95"] = stats.p95_ms
+        out["success_rate"] = stats.success_rate
+    return out
+
+
+_NO_REQUEST: Mapping[str, Any] = {}  # what a health rule's condition sees of the request
+
+
+def _degraded(rule: HealthRule, route: CompiledRoute, position: int, stats: ModelStats) -> bool:
+    """Whether `degraded when` holds for a measured model (the rule reads no request)."""
+    attrs = measured_attrs(route.attrs[position], stats, route.settings.min_samples)
+    return rule.holds(_NO_REQUEST, attrs)
+
+
+def _failing(route: CompiledRoute, stats: Mapping[str, ModelStats]) -> frozenset[int]:
+    """The positions a `require` on measurements (and not the request) drops: the tests of
+    `_eligible`, once per snapshot."""
+    checks = route.measured_requires
+    if not checks:
+        return frozenset()
+    min_samples = route.settings.min_samples
+    return frozenset(
+        p
+        for p, key in enumerate(route.table.keys)
+        if not all(
+            pred(_NO_REQUEST, measured_attrs(route.attrs[p], stats.get(key), min_samples))
+            for pred, _ in checks
+        )
+    )
+
+
+def _degraded_reason(rule: HealthRule, stats: ModelStats) -> str:
+    figures = {
+        "p50": f"p50 {stats.p50_ms:,.0f} ms",
+        "p95": f"p95 {stats.p95_ms:,.0f} ms",
+        "success_rate": f"success rate {stats.success_rate:.0%}",
+    }
+    shown = [figures[a] for a in rule.reads if a in figures]
+    return f"degraded: `{rule.text}` holds ({', '.join([*shown, f'{stats.samples} samples'])})"
+
+
 class Measured:
     """A route's view of one metrics snapshot, by route position: the latency estimate
     (measured p95 with `min_samples`, else the prior), the success rate (measured, else 1.0;
     None when all are 1.0), the samples (None when none), and the positions a health rule
-    may drop, with their stats (whether it does depends on the decision's time)."""
+    may drop, with their stats and whether `degraded when` holds for them (whether a rule
+    drops them depends on the decision's time)."""
 
-    __slots__ = ("lats", "rates", "route", "samples", "watch")
+    __slots__ = ("failing", "lats", "rates", "route", "samples", "watch")
 
     def __init__(self, route: CompiledRoute, stats: Mapping[str, ModelStats]) -> None:
         settings = route.settings
@@ -129,7 +184,8 @@ class Measured:
         lats = list(priors)
         rates = [1.0] * len(priors)
         samples = [0] * len(priors)
-        watch: list[tuple[int, ModelStats, bool]] = []
+        rule = settings.degraded
+        watch: list[tuple[int, ModelStats, bool, bool]] = []
         for p, key in enumerate(table.keys):
             found = stats.get(key)
             if found is None:
@@ -139,10 +195,13 @@ class Measured:
             if measured:
                 lats[p] = found.p95_ms
                 rates[p] = found.success_rate
-            if (failures and found.consecutive_failures >= failures) or (
-                measured and found.success_rate < min_rate
+            degraded = measured and rule is not None and _degraded(rule, route, p, found)
+            if (
+                (failures and found.consecutive_failures >= failures)
+                or (measured and found.success_rate < min_rate)
+                or degraded
             ):
-                watch.append((p, found, measured))
+                watch.append((p, found, measured, degraded))
         self.route = route
         # the priors' own tuple when none is measured: strategies spot it (weighted)
         self.lats: Sequence[float] = priors if lats == list(priors) else tuple(lats)
@@ -151,6 +210,7 @@ class Measured:
         )
         self.samples: tuple[int, ...] | None = tuple(samples) if any(samples) else None
         self.watch = tuple(watch)
+        self.failing = _failing(route, stats)
 
     def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
         """These columns for a snapshot whose only changes are the failure counts and times
@@ -162,18 +222,23 @@ class Measured:
         min_samples, min_rate = settings.min_samples, settings.min_success_rate
         position_of, table_keys = route.table.position_of, route.table.keys
         watch = [w for w in self.watch if table_keys[w[0]] not in keys]
+        rule = settings.degraded
         for key in keys:
             p = position_of.get(key)
             found = stats.get(key)
             if p is None or found is None:
                 continue
             measured = found.samples >= min_samples
-            if (failures and found.consecutive_failures >= failures) or (
-                measured and found.success_rate < min_rate
+            degraded = measured and rule is not None and _degraded(rule, route, p, found)
+            if (
+                (failures and found.consecutive_failures >= failures)
+                or (measured and found.success_rate < min_rate)
+                or degraded
             ):
-                watch.append((p, found, measured))
+                watch.append((p, found, measured, degraded))
         new = Measured.__new__(Measured)
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
+        new.failing = self.failing  # the measurements a `require` reads did not change
         new.watch = tuple(watch)
         return new
 
@@ -182,14 +247,13 @@ class Measured:
         settings = self.route.settings
         failures = settings.cooldown_failures
         out = set()
-        for p, stats, measured in self.watch:
+        for p, stats, measured, degraded in self.watch:
             if (
                 failures
                 and stats.consecutive_failures >= failures
                 and (now - stats.last_failure_at) * 1000.0 < settings.cooldown_ms
             ) or (
-                measured
-                and stats.success_rate < settings.min_success_rate
+                (degraded or (measured and stats.success_rate < settings.min_success_rate))
                 and (now - stats.last_outcome_at) * 1000.0
                 < (settings.cooldown_ms or HEALTH_PROBE_MS)
             ):
@@ -277,8 +341,18 @@ def _eligible(
             problem = f"retired on {format_day(row.model.retires_at)}"  # type: ignore[arg-type]
         if problem is None and route.requires:
             attrs = program.model_attrs[row.key]
+            if route.measured and measuring:
+                attrs = measured_attrs(attrs, stats_of(row.key), min_samples)
             for pred, text in route.requires:
                 if not pred(env, attrs):
+                    problem = f"fails `require {text}`"
+                    break
+        if problem is None and route.measured_requires:
+            attrs = program.model_attrs[row.key]
+            if measuring:
+                attrs = measured_attrs(attrs, stats_of(row.key), min_samples)
+            for pred, text in route.measured_requires:
+                if not pred(_NO_REQUEST, attrs):
                     problem = f"fails `require {text}`"
                     break
         stats = stats_of(row.key) if measuring and problem is None else None
@@ -304,6 +378,14 @@ def _eligible(
                     f"success rate {stats.success_rate:.0%} is under "
                     f"{settings.min_success_rate:.0%} over {stats.samples} samples"
                 )
+            elif (
+                measured
+                and settings.degraded is not None
+                and (now - stats.last_outcome_at) * 1000.0
+                < (settings.cooldown_ms or HEALTH_PROBE_MS)
+                and _degraded(settings.degraded, route, position, stats)
+            ):  # as the unhealthy: probed once quiet for the cooldown or a probe interval
+                problem = _degraded_reason(settings.degraded, stats)
         if problem is None:
             if max_tokens is not None:
                 output = max_tokens
@@ -344,8 +426,8 @@ def _eligible_fast(
     """(positions, costs, latencies) of the models that can serve the request, when no
     `require` reads the request: no reasons, no per-model objects. The same tests as
     `_eligible`, on the route's flat columns; `latencies` by position (measured, else the
-    priors: `Measured.lats`), `unhealthy` the positions a health rule drops now; the
-    retired are dropped the same way."""
+    priors: `Measured.lats`), `unhealthy` the positions a health rule or a `require` on
+    measurements drops now; the retired are dropped the same way."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
@@ -473,11 +555,12 @@ def evaluate(
                 measuring = False  # nothing in this snapshot yet: the priors stand
     if trace is None and not route.requires and (columns is not None or not measuring):
         if columns is None:
-            pos, costs, lats = _eligible_fast(table, env, now)
+            pos, costs, lats = _eligible_fast(table, env, now, None, route.prior_failing)
         else:
-            pos, costs, lats = _eligible_fast(
-                table, env, now, columns.lats, columns.dropped(now) if columns.watch else None
-            )
+            out = columns.dropped(now) if columns.watch else None
+            if columns.failing:  # a `require` on measurements drops them in this snapshot
+                out = columns.failing if not out else out | columns.failing
+            pos, costs, lats = _eligible_fast(table, env, now, columns.lats, out)
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
                 position_of = table.position_of
