@@ -447,11 +447,15 @@ def _unknown_quality(
         if unknown:
             shown = ", ".join(f"`{k}`" for k in unknown[:3])
             more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            models = (
+                "1 model that can serve it has"
+                if len(unknown) == 1
+                else (f"{len(unknown)} models that can serve it have")
+            )
             out.append(
                 f"{source}: field `default_quality`: missing: template `{t.name}` sets"
-                f" `min_quality` and {len(unknown)} model(s) that can serve it have no"
-                f" `quality` for it ({shown}{more}); give them one under `providers`, or"
-                " set `default_quality`"
+                f" `min_quality` and {models} no `quality` for it ({shown}{more}); give"
+                " them one under `providers`, or set `default_quality`"
             )
     return out
 
@@ -517,6 +521,7 @@ def load_scenario(
             templates.append(template)
 
     names = _template_names(raw_traffic)
+    before_providers = len(errors)
     providers: dict[str, Provider] = {}
     raw_providers = raw.get("providers")
     for key, item in (raw_providers if isinstance(raw_providers, dict) else {}).items():
@@ -539,7 +544,7 @@ def load_scenario(
     for model in catalog.models:
         providers.setdefault(model.key, Provider.from_prior(model))
     providers = {m.key: providers[m.key] for m in catalog.models}  # catalog order
-    if spec is not None and spec.default_quality is None:
+    if spec is not None and spec.default_quality is None and len(errors) == before_providers:
         errors += _unknown_quality(source, templates, catalog, providers)
 
     raw_strategies = raw.get("strategies")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.catalog.model import Model
 
@@ -68,9 +68,6 @@ class Degradation(_Window):
     latency_factor: Annotated[float, Field(gt=0)]
 
 
-Score = Annotated[float, Field(ge=0, le=1)]
-
-
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mean_ms: Annotated[float, Field(gt=0)] | None = None  # None: the catalog prior
@@ -82,7 +79,25 @@ class ProviderSpec(BaseModel):
     degradation: Degradation | None = None
     # true quality: one score for every template, or per template name (checked by the
     # scenario against its templates)
-    quality: Score | dict[str, Score] | None = None
+    quality: float | dict[str, float] | None = None
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality(cls, value: Any) -> Any:
+        def score(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+        if value is None or score(value):
+            return value
+        if isinstance(value, dict) and value:
+            for name, v in value.items():
+                if not score(v):
+                    raise ValueError(f"`{name}`: {v!r} is not a score from 0 to 1")
+            return {str(k): v for k, v in value.items()}
+        raise ValueError(
+            "expected a score from 0 to 1, or a mapping of template names to scores"
+            " (`{chat: 0.8, code: 0.6}`)"
+        )
 
     @model_validator(mode="after")
     def _shape(self) -> ProviderSpec:
