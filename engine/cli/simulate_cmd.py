@@ -131,8 +131,9 @@ def _requests(count: int, seconds: float | None) -> str:
     return f"{count:,} requests" + ("" if seconds is None else f" ({seconds:.1f}s)")
 
 
-def _window_rows(rows: list[Mapping[str, Any]], calls: str) -> list[tuple[Any, ...]]:
-    """The rows of an outage or degradation table: calls, routed away, back."""
+def _window_rows(rows: list[Mapping[str, Any]], calls: str, ended: bool) -> list[tuple[Any, ...]]:
+    """The rows of an outage or degradation table: calls, routed away, back (`ended`: the
+    run ended before the window did)."""
     out = []
     for r in rows:
         if r["routed_away_after"] is None:
@@ -143,11 +144,10 @@ def _window_rows(rows: list[Mapping[str, Any]], calls: str) -> list[tuple[Any, .
                 f"{r['routed_away_after']:,} requests ({r['routed_away_after_s']:.1f}s,"
                 f" {r['calls_before_away']} calls)"
             )
-            back = (
-                "never"
-                if r["back_after"] is None
-                else _requests(r["back_after"], r["back_after_s"])
-            )
+            if r["back_after"] is not None:
+                back = _requests(r["back_after"], r["back_after_s"])
+            else:
+                back = "(run ended first)" if ended else "never"
         out.append((_name(r), r[calls], away, back))
     return out
 
@@ -201,7 +201,9 @@ def render(data: Mapping[str, Any]) -> str:
             f"–{outage['to_request']:,}",
             render_table(
                 ("strategy", "failed calls", "routed away after", "back after recovery"),
-                _window_rows(outage["rows"], "calls_during_outage"),
+                _window_rows(
+                    outage["rows"], "calls_during_outage", outage["to_request"] >= data["requests"]
+                ),
             ),
         ]
     for slow in data["degradations"]:
@@ -215,7 +217,7 @@ def render(data: Mapping[str, Any]) -> str:
             f" {slow['from_request']:,}–{slow['to_request']:,}{span}",
             render_table(
                 ("strategy", "slow calls", "routed away after", "back after recovery"),
-                _window_rows(slow["rows"], "calls_during"),
+                _window_rows(slow["rows"], "calls_during", slow["to_s"] is None),
             ),
         ]
     residency = data["residency"]
