@@ -426,3 +426,14 @@ def test_routes_errors_point_at_the_scenario_lines(
     first = str(err.value).splitlines()
     assert first[0].startswith("bad.yaml:8:13: error[E0324]: ")
     assert first[2] == '8 |     require model.regons contains "eu"'
+
+
+def test_oracle_takes_the_best_quality_when_nobody_is_good_enough(tmp_path: Path) -> None:
+    # 0.95 is more than any model has; the best that is up is 0.9 (the default; Sonnet
+    # fails every call), and the cheapest of those is GPT-4o mini
+    text = TINY.replace("min_quality: 0.7", "min_quality: 0.95")
+    by = rows(simulate(load_scenario(write(tmp_path, text))).to_dict())
+    oracle = by["oracle"]
+    assert oracle["models"] == {"openai/gpt-4o-mini": 20}
+    assert oracle["bad_answers"] == 20  # unavoidable: regret counts bad answers beyond these
+    assert by["cost"]["regret"]["bad_answers"] == 0

@@ -26,14 +26,17 @@ from engine.units import format_money as money
 EXAMPLE = """\
 examples:
   policyctl simulate examples/simulations/design.yaml
+  policyctl simulate examples/simulations/calibrated.yaml
   policyctl simulate examples/simulations/outage.yaml --plot outage.png
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
 A scenario gives synthetic providers per catalog model (latency mean and p95, failure
-rate, optional drift or outage), a traffic mix, a seed and the strategies to compare; see
-docs/simulate.md. Each strategy runs a fresh engine on a fake clock with outcomes fed
-back; two baselines (uniform random, always Claude 3.5 Sonnet) run on the same traffic.
+rate, true quality per template, optional drift, outage or degradation), a traffic mix, a
+seed and the strategies to compare; see docs/simulate.md. Each strategy runs a fresh
+engine on a fake clock with outcomes fed back; three baselines (uniform random, always
+Claude 3.5 Sonnet, and an oracle that knows the world) run on the same traffic, and each
+row's regret against the oracle is reported.
 
 exit codes: 0 done, 2 bad scenario or flags
 """
@@ -42,9 +45,10 @@ exit codes: 0 done, 2 bad scenario or flags
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate",
-        help="replay synthetic traffic against each routing strategy and two baselines",
-        description="Simulate routing on synthetic providers: latency, cost, failures and"
-        " denials per strategy, next to uniform random and always-Sonnet baselines.",
+        help="replay synthetic traffic against each routing strategy and three baselines",
+        description="Simulate routing on synthetic providers: latency, cost, failures,"
+        " denials and bad answers per strategy, next to uniform random, always-Sonnet and"
+        " oracle baselines, with each strategy's regret against the oracle.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

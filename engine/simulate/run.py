@@ -1,12 +1,15 @@
-"""The runs: each strategy against a fresh engine, and the two baselines, on the same traffic.
+"""The runs: each strategy against a fresh engine, and the baselines, on the same traffic.
 
 For each strategy a fresh engine runs with `defaults { strategy X … }` plus the scenario's
-`policy` settings and `limits`, on a fake clock that the arrivals advance (nothing sleeps).
-Each allowed request draws its outcome from the chosen model's provider, and the outcome is
-fed back with `engine.record` when the call completes in simulated time (calls overlap, as
-they do in production: a failing provider keeps receiving requests until its failures come
-back). Two baselines run on the same traffic and providers without the engine: uniform
-random over the models that can serve each request, and always Claude 3.5 Sonnet.
+`policy` settings, `routes` and `limits`, on a fake clock that the arrivals advance
+(nothing sleeps). Each allowed request draws its outcome from the chosen model's provider,
+and the outcome is fed back with `engine.record` when the call completes in simulated time
+(calls overlap, as they do in production: a failing provider keeps receiving requests until
+its failures come back). Three baselines run on the same traffic and providers without the
+engine: uniform random over the models that can serve each request, always Claude 3.5
+Sonnet, and the oracle, which knows the world (true latency, quality, outages) and takes
+the cheapest model that serves each request well (`run_oracle`). Every run marks its bad answers:
+successful calls to a model whose true quality is under the template's `min_quality`.
 """
 
 from __future__ import annotations
@@ -183,35 +186,58 @@ def run_always(scenario: Scenario, arrivals: list[Arrival], key: str | None = No
 
 
 def run_oracle(scenario: Scenario, arrivals: list[Arrival]) -> Run:
-    """The cheapest model that serves each request well, knowing the world: see
-    `oracle_pick`."""
-    capable_sets = _capable_sets(scenario)
+    """The oracle: for each request, the cheapest model that serves it and is good enough.
+
+    It serves the request: it passes the capability filter, lists the request's `region`
+    (when the request has one), is up (not failing every call) at this request, and meets
+    the request's `max_cost` and `max_latency_ms` (its true p95 at this request). Good
+    enough: its true quality for the template is at least `min_quality`; when no serving
+    model is, those of the best quality among them. Cheapest by the template's tokens at
+    catalog prices; ties by the lower true mean latency at this request, then catalog
+    order. No model serves: a denial. No draw is made, so it is deterministic."""
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
     bad = bad_answers(scenario)
-    costs = {t: [m.cost(t.input_tokens, t.output_tokens) for m in models] for t in scenario.traffic}
-    quality = {
-        t: [scenario.quality(key, t) for key in scenario.providers] for t in scenario.traffic
-    }
+    # per template, what does not change per request: the candidates (capable, in the
+    # region, within max_cost) in order of cost, then catalog order
+    ordered: dict[Template, list[tuple[float, int]]] = {}
+    for t in scenario.traffic:
+        found = []
+        for i, m in enumerate(models):
+            cost = m.cost(t.input_tokens, t.output_tokens)
+            if not capable(m, t) or (t.region is not None and t.region not in m.regions):
+                continue
+            if t.max_cost is not None and cost > t.max_cost:
+                continue
+            found.append((cost, i))
+        ordered[t] = sorted(found)
+    keys = list(scenario.providers)
 
     def pick(a: Arrival) -> int:
         t = a.template
-        cost = costs[t]
-        serving = [
-            i
-            for i in capable_sets[t]
-            if (t.region is None or t.region in models[i].regions)
-            and providers[i].failure_rate_at(a.index) < 1.0
-            and (t.max_cost is None or cost[i] <= t.max_cost)
-            and (t.max_latency_ms is None or providers[i].p95_ms_at(a.index) <= t.max_latency_ms)
-        ]
+        request = a.index
+        cap = t.max_latency_ms
+
+        def serves(i: int) -> bool:
+            p = providers[i]
+            return p.failure_rate_at(request) < 1.0 and (cap is None or p.p95_ms_at(request) <= cap)
+
+        is_bad = bad[t]
+        for n, (cost, i) in enumerate(ordered[t]):
+            if is_bad[i] or not serves(i):
+                continue
+            ties = [i] + [
+                j for c, j in ordered[t][n + 1 :] if c == cost and not is_bad[j] and serves(j)
+            ]
+            return min(ties, key=lambda j: (providers[j].mean_ms_at(request), j))
+        serving = [(cost, i) for cost, i in ordered[t] if serves(i)]
         if not serving:
             return -1
-        good = [i for i in serving if not bad[t][i]]
-        if not good:  # nobody meets the quality: the best there is
-            best = max(quality[t][i] or 0.0 for i in serving)
-            good = [i for i in serving if (quality[t][i] or 0.0) == best]
-        return min(good, key=lambda i: (cost[i], providers[i].mean_ms_at(a.index), i))
+        # nobody is good enough: the best quality there is, cheapest first
+        quality = {i: scenario.quality(keys[i], t) or 0.0 for _, i in serving}
+        best = max(quality.values())
+        tops = [(c, providers[i].mean_ms_at(request), i) for c, i in serving if quality[i] == best]
+        return min(tops)[2]
 
     return _run_baseline(scenario, arrivals, ORACLE_ROW, pick)
 
