@@ -18,9 +18,11 @@ from engine.language import ast
 from engine.language.program import (
     CompiledLimit,
     CompiledRoute,
+    DenyRule,
     Env,
     Fn,
     HealthRule,
+    PolicyRequire,
     Pred,
     Program,
     Settings,
@@ -364,8 +366,66 @@ def resolve_ref(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
     return list(catalog.resolve(ref.provider.text, ref.model.text))
 
 
+def _one_line(expr: ast.Expr) -> str:
+    return " ".join(expr.span.text().split())
+
+
+def _line(span: ast.Span) -> str:
+    return f"{span.source.name}:{span.line}"
+
+
+def _compile_policy_require(stmt: ast.PolicyRequire) -> PolicyRequire:
+    return PolicyRequire(
+        holds=compile_condition(stmt.condition),
+        text=_one_line(stmt.condition),
+        when=None if stmt.when is None else compile_condition(stmt.when),
+        when_text=None if stmt.when is None else _one_line(stmt.when),
+        location=_line(stmt.span),
+        reads_request=references_request(stmt.condition),
+        measured=bool(measured_reads(stmt.condition)),
+    )
+
+
+def _compile_deny(stmt: ast.Deny) -> DenyRule:
+    assert stmt.when is not None  # the checker refuses a `deny` without one (E0251)
+    return DenyRule(
+        reason=str(stmt.reason.value),
+        when=compile_condition(stmt.when),
+        when_text=_one_line(stmt.when),
+        location=_line(stmt.span),
+    )
+
+
+def folded(requires: tuple[PolicyRequire, ...]) -> tuple[PolicyRequire, ...]:
+    """The policy-wide `require`s that hold for every request and are known per model: the
+    compiler drops the models failing them from every route's candidates."""
+    return tuple(r for r in requires if r.when is None and r.static)
+
+
+def _bind(
+    models: Iterable[Model],
+    requires: tuple[PolicyRequire, ...],
+    attrs: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[Model], list[tuple[Model, PolicyRequire]]]:
+    """`models` split by the folded policy-wide `require`s: those kept, those dropped."""
+    kept: list[Model] = []
+    dropped: list[tuple[Model, PolicyRequire]] = []
+    empty: dict[str, Any] = {}
+    for model in models:
+        failed = next((r for r in requires if not r.holds(empty, attrs[model.key])), None)
+        if failed is None:
+            kept.append(model)
+        else:
+            dropped.append((model, failed))
+    return kept, dropped
+
+
 def _compile_route(
-    route: ast.Route, base: Settings, catalog: Catalog, attrs: Mapping[str, Mapping[str, Any]]
+    route: ast.Route,
+    base: Settings,
+    catalog: Catalog,
+    attrs: Mapping[str, Mapping[str, Any]],
+    policy: tuple[PolicyRequire, ...] = (),
 ) -> CompiledRoute:
     settings = _merge_settings(base, route.items, catalog)
     weights: dict[str, float] = {}
@@ -409,6 +469,8 @@ def _compile_route(
             dropped.append((model, f"fails `require {failed}`"))
             continue
         kept.append(model)
+    kept, policy_dropped = _bind(kept, folded(policy), attrs)
+    dropped += [(m, r.drop_reason) for m, r in policy_dropped]
     return CompiledRoute(
         name=route.name.text,
         location=route.span.location(),
@@ -423,6 +485,8 @@ def _compile_route(
         measured=measured,
         measured_requires=tuple(on_measurements),
         attrs=tuple(attrs[m.key] for m in kept),
+        policy_requires=policy,
+        policy_dropped=tuple(policy_dropped),
     )
 
 
@@ -484,25 +548,41 @@ def compile_program(
         for stmt in policy.statements:
             if isinstance(stmt, ast.Defaults):
                 base = _merge_settings(base, stmt.settings, catalog)
+    requires = tuple(
+        _compile_policy_require(stmt)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.PolicyRequire)
+    )
+    denies = tuple(
+        _compile_deny(stmt)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Deny)
+    )
     routes = tuple(
-        _compile_route(stmt, base, catalog, attrs)
+        _compile_route(stmt, base, catalog, attrs, requires)
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)
     )
+    kept, policy_dropped = _bind(catalog.models, folded(requires), attrs)
     default_route = CompiledRoute(
         name="default",
         location="defaults",
         when=None,
         when_text=None,
-        candidates=catalog.models,
+        candidates=tuple(kept),
         weights={},
-        dropped=(),
+        dropped=tuple((m, r.drop_reason) for m, r in policy_dropped),
         requires=(),
         settings=base,
         provider_rank=_provider_rank(base, catalog),
-        attrs=tuple(attrs[m.key] for m in catalog.models),
+        attrs=tuple(attrs[m.key] for m in kept),
+        policy_requires=requires,
+        policy_dropped=tuple(policy_dropped),
     )
+    static = folded(requires)
     limits = tuple(
         _compile_limit(stmt, catalog)
         for policy in files
@@ -517,4 +597,7 @@ def compile_program(
         files=tuple(p.name for p in files),
         version=policy_version(texts, catalog),
         model_attrs=attrs,
+        requires=requires,
+        denies=denies,
+        live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
     )
