@@ -504,3 +504,57 @@ def test_eval_explains_both_denials_in_a_table(tmp_path: Path) -> None:
                    cwd=tmp_path)  # fmt: skip
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [d["denied_by"]["reason"] for d in lines] == ["deny_rule", "policy_require"]
+
+
+# ------------------------------------------------------------------ editors, LSP, coverage
+
+
+def test_the_editors_and_the_language_server_know_the_policy_wide_words() -> None:
+    from pygments.token import Keyword
+
+    from engine.editors.pygments_lexer import PolicyLexer
+    from engine.lsp import knowledge
+
+    text = f'{RESIDENCY}\ndeny "suspended" when request.user == "mallory"\n'
+    kinds = {value: kind for kind, value in PolicyLexer().get_tokens(text)}
+    assert kinds["deny"] in Keyword.Declaration and kinds["require"] in Keyword
+
+    labels = [c.label for c in knowledge.completions("de", 2, None).items]
+    assert "deny" in labels and "require" in labels
+    shown = knowledge.hover(text, text.index("deny") + 1, None)
+    assert shown is not None and "before routing" in shown.markdown
+    shown = knowledge.hover(text, 2, None)
+    assert shown is not None and "fallback chain" in shown.markdown
+    symbols = knowledge.symbols(Path("eu.policy"), text)
+    assert [(s.kind, s.name) for s in symbols] == [
+        ("require", 'require model.regions contains "eu"'),
+        ("deny", 'deny "suspended"'),
+    ]
+
+
+def test_coverage_counts_policy_wide_requires_and_deny_rules(tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").write_text(DESIGN_CATALOG.read_text())
+    (tmp_path / "p.policy").write_text(
+        f'catalog "models.yaml"\n{RESIDENCY}\nrequire model.p95 < 10s\n'
+        'deny "suspended" when request.user == "mallory"\n'
+        'deny "never" when request.user == "nobody"\n'
+    )
+    (tmp_path / "p.tests.yaml").write_text(
+        "tests:\n"
+        "  - name: eu\n"
+        "    request: {id: a, region: eu}\n"
+        "    expect: {allowed: true}\n"
+        "  - name: mallory\n"
+        "    request: {id: b, user: mallory}\n"
+        "    expect: {allowed: false, denied_by: deny-rule}\n"
+    )
+    done = run_cli("test", "p.policy", "--coverage", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    items = json.loads(done.stdout)["coverage"]["files"][0]["items"]
+    by_line = {(i["line"], i["kind"]): i for i in items}
+    assert by_line[(2, "policy-require")]["hits"] == 1  # the EU request only: mallory was denied
+    assert by_line[(2, "condition")]["true"] == 1
+    assert by_line[(3, "policy-require")]["hits"] == 1
+    assert by_line[(4, "deny")]["hits"] == 1
+    assert by_line[(5, "deny")]["hits"] == 0  # never denied a request
+    assert (by_line[(5, "condition")]["true"], by_line[(5, "condition")]["false"]) == (0, 1)
