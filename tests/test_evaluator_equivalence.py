@@ -488,9 +488,21 @@ POLICY_WIDE = (
 )
 
 
+# more static `require`s with a `when` than routes get compiled variants for
+# (compiler.MAX_VARIANT_REQUIRES): then they are looked up per request, position by position
+MANY_WHENS = (
+    'require model.regions contains "eu" when request.metadata.region == "eu"',
+    'require model.pricing.input <= $5 when request.metadata.tier == "pro"',
+    'require model.supports contains "vision" when request.metadata.region == "us"',
+    'require model.context_window >= 100k when request.metadata.tier == "free"',
+    'require model.provider != "openai" when request.metadata.region == "eu"',
+)
+
+
 def policy_wide_texts(path: Path, strategy: str) -> list[str]:
     base = policy_text(path, strategy)
-    return [base + "\n".join(POLICY_WIDE[: n + 1]) + "\n" for n in range(len(POLICY_WIDE))]
+    texts = [base + "\n".join(POLICY_WIDE[: n + 1]) + "\n" for n in range(len(POLICY_WIDE))]
+    return [*texts, base + "\n".join(MANY_WHENS[:4]) + "\n", base + "\n".join(MANY_WHENS) + "\n"]
 
 
 def _in_region(request: dict[str, Any], region: str | None) -> dict[str, Any]:
@@ -513,6 +525,19 @@ def policy_wide_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
                 from_design(text.replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n", 1)).program
             )
     return out
+
+
+def test_static_requires_with_a_when_are_compiled_into_route_variants(
+    policy_wide_programs: Programs,
+) -> None:
+    by_count = {len(p.requires): p for p in policy_wide_programs if p.requires}
+    four, five = by_count[4], by_count[5]
+    assert len(four.variant_bits) == 4 and len(four.routes[0].variants) == 15
+    assert five.variant_bits == {} and five.routes[0].variants == {}  # too many: per request
+    eu = env_of({"id": "x", "metadata": {"region": "eu"}})
+    for program in (four, five):
+        decision = evaluate(program, eu, state=EvalState())
+        assert decision.allowed and decision.provider != "openai"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from engine.catalog.model import Catalog, Model
@@ -420,6 +421,42 @@ def _bind(
     return kept, dropped
 
 
+MAX_VARIANT_REQUIRES = 4  # each route gets 2**N - 1 variants (more: looked up per request)
+
+
+def _variant_bits(requires: tuple[PolicyRequire, ...]) -> dict[int, int]:
+    """The policy-wide `require`s with a `when` that are known per model, by index, each
+    with its bit: the routes are compiled once per combination of them."""
+    found = [i for i, r in enumerate(requires) if r.when is not None and r.static]
+    if len(found) > MAX_VARIANT_REQUIRES:
+        return {}
+    return {i: 1 << n for n, i in enumerate(found)}
+
+
+def _with_variants(
+    route: CompiledRoute,
+    requires: tuple[PolicyRequire, ...],
+    bits: Mapping[int, int],
+    attrs: Mapping[str, Mapping[str, Any]],
+) -> CompiledRoute:
+    """`route` with a variant per combination of `bits`: its candidates less the models
+    those `require`s drop (a request meeting their `when`s is routed on it)."""
+    if not bits:
+        return route
+    variants: dict[int, CompiledRoute] = {}
+    for mask in range(1, 1 << len(bits)):
+        chosen = tuple(requires[i] for i, bit in bits.items() if mask & bit)
+        kept, dropped = _bind(route.candidates, chosen, attrs)
+        variants[mask] = replace(
+            route,
+            candidates=tuple(kept),
+            dropped=(*route.dropped, *((m, r.drop_reason) for m, r in dropped)),
+            policy_dropped=(*route.policy_dropped, *dropped),
+            attrs=tuple(attrs[m.key] for m in kept),
+        )
+    return replace(route, variants=variants)
+
+
 def _compile_route(
     route: ast.Route,
     base: Settings,
@@ -560,27 +597,33 @@ def compile_program(
         for stmt in policy.statements
         if isinstance(stmt, ast.Deny)
     )
+    bits = _variant_bits(requires)
     routes = tuple(
-        _compile_route(stmt, base, catalog, attrs, requires)
+        _with_variants(_compile_route(stmt, base, catalog, attrs, requires), requires, bits, attrs)
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)
     )
     kept, policy_dropped = _bind(catalog.models, folded(requires), attrs)
-    default_route = CompiledRoute(
-        name="default",
-        location="defaults",
-        when=None,
-        when_text=None,
-        candidates=tuple(kept),
-        weights={},
-        dropped=tuple((m, r.drop_reason) for m, r in policy_dropped),
-        requires=(),
-        settings=base,
-        provider_rank=_provider_rank(base, catalog),
-        attrs=tuple(attrs[m.key] for m in kept),
-        policy_requires=requires,
-        policy_dropped=tuple(policy_dropped),
+    default_route = _with_variants(
+        CompiledRoute(
+            name="default",
+            location="defaults",
+            when=None,
+            when_text=None,
+            candidates=tuple(kept),
+            weights={},
+            dropped=tuple((m, r.drop_reason) for m, r in policy_dropped),
+            requires=(),
+            settings=base,
+            provider_rank=_provider_rank(base, catalog),
+            attrs=tuple(attrs[m.key] for m in kept),
+            policy_requires=requires,
+            policy_dropped=tuple(policy_dropped),
+        ),
+        requires,
+        bits,
+        attrs,
     )
     static = folded(requires)
     limits = tuple(
@@ -600,4 +643,5 @@ def compile_program(
         requires=requires,
         denies=denies,
         live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
+        variant_bits=bits,
     )

@@ -266,6 +266,10 @@ class CompiledRoute:
     # are known per model are folded into `candidates` (their drops in `policy_dropped`)
     policy_requires: tuple[PolicyRequire, ...] = ()
     policy_dropped: tuple[tuple[Model, PolicyRequire], ...] = ()
+    # by the bits (`Program.variant_bits`) of the policy-wide `require`s known per model
+    # that have a `when`: this route with the models they drop folded out, for a request
+    # that meets those `when`s (empty when there are none, or too many to compile)
+    variants: Mapping[int, CompiledRoute] = field(default_factory=dict, repr=False, compare=False)
     prior_failing: frozenset[int] = field(init=False, repr=False, compare=False)
     # by policy-wide `require`: the positions it drops on the catalog (a measured one: on
     # the priors; the evaluator's `Measured` has them per snapshot); none for one that reads
@@ -340,3 +344,5 @@ class Program:
     # the policy-wide `require`s the evaluator checks per request (the rest are folded into
     # every route's candidates at compile time): their indexes in `requires`
     live_requires: tuple[int, ...] = ()
+    # the index of each policy-wide `require` a route has variants for -> its bit
+    variant_bits: Mapping[int, int] = field(default_factory=dict)

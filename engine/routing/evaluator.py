@@ -6,7 +6,10 @@ Order of work for one request:
 2. the route's candidates (prefer/exclude/require were resolved at compile time, and so
    were the policy-wide `require`s with no `when` that read no request or measurement);
    the policy-wide `require`s whose `when` holds drop the models failing them (from the
-   candidates, so from the choice, the alternatives and the fallback chain alike);
+   candidates, so from the choice, the alternatives and the fallback chain alike): a
+   static one through the route's variant compiled without them (`CompiledRoute.variants`),
+   one on measurements through the snapshot's columns, one reading the request model by
+   model;
 3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
    the request's max_cost and max_latency as hard limits on the estimate, and health
    (success rate under the threshold or `degraded when` with enough samples, or cooldown);
@@ -580,24 +583,34 @@ def evaluate(
         if rule.when(env, None):
             return _denied_by_rule(program, env, rule, trace)
     route = _route_for(program, env, trace)
+    # the policy-wide `require`s this request meets and the route has not folded in (a
+    # static one with a `when` is folded into one of the route's variants), and their
+    # indexes in `program.requires`
+    policy: list[PolicyRequire] | tuple[()] = ()
+    applied: list[int] | tuple[()] = ()
+    per_model = False  # one of them reads the request: checked model by model
+    if program.live_requires:
+        requires, bits = program.requires, program.variant_bits
+        policy, applied = [], []
+        mask = 0
+        for i in program.live_requires:
+            require = requires[i]
+            if require.when is None or require.when(env, None):
+                if trace is not None:
+                    trace.append(_policy_step(require))
+                bit = bits.get(i)
+                if bit is not None and route.variants:
+                    mask |= bit
+                    continue
+                policy.append(require)
+                applied.append(i)
+                per_model = per_model or require.reads_request
+        if mask:  # the route's candidates less what those `require`s drop, compiled
+            route = route.variants[mask]
     settings = route.settings
     if trace is not None:
         for model, because in route.dropped:
             trace.append(_drop(model, because))
-    policy: list[PolicyRequire] = []  # the policy-wide `require`s this request meets
-    applied: list[int] = []  # their indexes in `program.requires`
-    per_model = False  # one of them reads the request: checked model by model
-    if program.live_requires:
-        requires = program.requires
-        for i in program.live_requires:
-            require = requires[i]
-            if require.when is None or require.when(env, None):
-                policy.append(require)
-                applied.append(i)
-                per_model = per_model or require.reads_request
-        if trace is not None:
-            for require in policy:
-                trace.append(_policy_step(require))
 
     table = route.table
     pos: Sequence[int] = ()
