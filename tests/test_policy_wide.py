@@ -491,14 +491,18 @@ def test_eval_explains_both_denials_in_a_table(tmp_path: Path) -> None:
             assert "dropped         openai/gpt-4: fails policy-wide require" in done.stdout
             assert 'trace           require model.regions contains "eu" when' in done.stdout
     # a rate-limited decision explained in a table (its `limit` step)
-    twice = tmp_path / "twice.jsonl"
-    twice.write_text('{"id": "a", "user": "bob"}\n{"id": "b", "user": "bob"}\n')
+    (tmp_path / "tokens.policy").write_text(
+        f'catalog "{DESIGN_CATALOG.as_posix()}"\nlimit user tokens 10 per 1m\n'
+    )
+    big = tmp_path / "big.json"
+    big.write_text('{"id": "big", "user": "bob", "input_tokens": 5000}')
     done = run_cli(
-        "eval", "--policy", "eu.policy", "--state", "memory://", "--format", "table",
-        "--explain", twice.name, cwd=tmp_path,
+        "eval", "--policy", "tokens.policy", "--state", "memory://", "--format", "table",
+        "--explain", big.name, cwd=tmp_path,
     )  # fmt: skip
+    assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "Rate limited by user" in done.stdout
+    assert "trace           rate limited by user bob" in done.stdout
     # and as JSON, the denial's fields
     done = run_cli("eval", "--policy", "eu.policy", "--state", "memory://", requests.name,
                    cwd=tmp_path)  # fmt: skip
