@@ -12,7 +12,7 @@ Codes: W0500 shadowed route, W0503 contradictory condition, W0504 a route no cat
 can serve, W0505 requests a route takes and cannot serve, W0506 a limit that never applies
 (a key no request has) or never binds (a tighter limit always denies first), W0507 a
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
-route excludes, W0509 a `deny` rule that denies every request.
+route excludes, W0511 a `deny` rule that denies every request.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
 
 
 def _denies_all(run: _Analysis, rule: ast.Deny) -> None:
-    """W0509: a `deny` rule whose `when` holds for every request."""
+    """W0511: a `deny` rule whose `when` holds for every request."""
     when = rule.when
     if when is None:
         return
@@ -131,7 +131,7 @@ def _denies_all(run: _Analysis, rule: ast.Deny) -> None:
         return
     if always:
         run.warn(
-            "W0509",
+            "W0511",
             f"`deny {rule.reason.text}` denies every request",
             when.span,
             "its `when` holds whatever the request: no request reaches a route",

@@ -579,9 +579,10 @@ def evaluate(
                 "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
-    for rule in program.denies:  # before routing: no route, no limit is consumed
-        if rule.when(env, None):
-            return _denied_by_rule(program, env, rule, trace)
+    if program.denies:
+        for rule in program.denies:  # before routing: no route, no limit is consumed
+            if rule.when(env, None):
+                return _denied_by_rule(program, env, rule, trace)
     route = _route_for(program, env, trace)
     # the policy-wide `require`s this request meets and the route has not folded in (a
     # static one with a `when` is folded into one of the route's variants), and their
@@ -590,23 +591,7 @@ def evaluate(
     applied: list[int] | tuple[()] = ()
     per_model = False  # one of them reads the request: checked model by model
     if program.live_requires:
-        requires, bits = program.requires, program.variant_bits
-        policy, applied = [], []
-        mask = 0
-        for i in program.live_requires:
-            require = requires[i]
-            if require.when is None or require.when(env, None):
-                if trace is not None:
-                    trace.append(_policy_step(require))
-                bit = bits.get(i)
-                if bit is not None and route.variants:
-                    mask |= bit
-                    continue
-                policy.append(require)
-                applied.append(i)
-                per_model = per_model or require.reads_request
-        if mask:  # the route's candidates less what those `require`s drop, compiled
-            route = route.variants[mask]
+        route, policy, applied, per_model = _policy_requires(program, route, env, trace)
     settings = route.settings
     if trace is not None:
         for model, because in route.dropped:
@@ -637,24 +622,17 @@ def evaluate(
         and not per_model
         and (columns is not None or not measuring)
     ):
-        policy_out: AbstractSet[int] | None = None  # the positions those `require`s drop
-        if applied:
-            failing = route.policy_failing if columns is None else columns.policy_failing
-            for i in applied:
-                found = failing[i]
-                if found:
-                    policy_out = found if not policy_out else policy_out | found
         if columns is None:
             out = route.prior_failing
-            if policy_out:
-                out = policy_out if not out else out | policy_out
+            if applied:  # and the positions the policy-wide `require`s that apply drop
+                out = _policy_drops(out, route.policy_failing, applied)
             pos, costs, lats = _eligible_fast(table, env, now, None, out)
         else:
             out = columns.dropped(now) if columns.watch else None
             if columns.failing:  # a `require` on measurements drops them in this snapshot
                 out = columns.failing if not out else out | columns.failing
-            if policy_out:
-                out = policy_out if not out else out | policy_out
+            if applied:
+                out = _policy_drops(out, columns.policy_failing, applied)
             pos, costs, lats = _eligible_fast(table, env, now, columns.lats, out)
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
@@ -862,6 +840,49 @@ def _rate_limited(
         trace=trace,
         input_format=env.get("format", NATIVE),
     )
+
+
+def _policy_requires(
+    program: Program,
+    route: CompiledRoute,
+    env: Mapping[str, Any],
+    trace: list[dict[str, Any]] | None,
+) -> tuple[CompiledRoute, list[PolicyRequire], list[int], bool]:
+    """The policy-wide `require`s checked per request: the route to use (its variant
+    without the models the static ones whose `when` holds drop), the others that apply and
+    their indexes in `program.requires`, and whether one of those reads the request."""
+    requires, bits = program.requires, program.variant_bits
+    policy: list[PolicyRequire] = []
+    applied: list[int] = []
+    per_model = False
+    mask = 0
+    for i in program.live_requires:
+        require = requires[i]
+        if require.when is None or require.when(env, None):
+            if trace is not None:
+                trace.append(_policy_step(require))
+            bit = bits.get(i)
+            if bit is not None and route.variants:
+                mask |= bit
+                continue
+            policy.append(require)
+            applied.append(i)
+            per_model = per_model or require.reads_request
+    if mask:  # the route's candidates less what those `require`s drop, compiled
+        route = route.variants[mask]
+    return route, policy, applied, per_model
+
+
+def _policy_drops(
+    out: AbstractSet[int] | None, failing: Sequence[frozenset[int]], applied: Sequence[int]
+) -> AbstractSet[int] | None:
+    """`out` with the positions the policy-wide `require`s `applied` drop (`failing`: by
+    `require`, the route's on the priors or a snapshot's columns)."""
+    for i in applied:
+        found = failing[i]
+        if found:
+            out = found if not out else out | found
+    return out
 
 
 def _policy_step(require: PolicyRequire) -> dict[str, Any]:
