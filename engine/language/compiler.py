@@ -24,6 +24,7 @@ from engine.language.program import (
     Pred,
     Program,
     Settings,
+    quality_problem,
 )
 from engine.language.schema import MEASURED_ATTRS, QUALITY
 from engine.strategies import STRATEGIES
@@ -317,6 +318,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 values["min_success_rate"] = number
             elif key == "min_samples":
                 values["min_samples"] = int(number)
+            elif key == "min_quality":
+                values["min_quality"] = number
             else:
                 values["window_ms"] = number
         elif isinstance(item, ast.FallbackSetting):
@@ -408,6 +411,10 @@ def _compile_route(
         if failed is not None:
             dropped.append((model, f"fails `require {failed}`"))
             continue
+        short = _below_floor(model, settings, f"route `{route.name.text}`'s")
+        if short is not None:
+            dropped.append((model, short))
+            continue
         kept.append(model)
     return CompiledRoute(
         name=route.name.text,
@@ -424,6 +431,14 @@ def _compile_route(
         measured_requires=tuple(on_measurements),
         attrs=tuple(attrs[m.key] for m in kept),
     )
+
+
+def _below_floor(model: Model, settings: Settings, whose: str) -> str | None:
+    """Why the route's quality floor (`min_quality`, its own or the defaults') drops a model."""
+    if settings.min_quality is None:
+        return None
+    score = None if model.quality is None else model.quality.overall
+    return quality_problem(score, settings.min_quality, whose)
 
 
 def _prefer_order(route: ast.Route, preferred: list[Model]) -> tuple[str, ...]:
@@ -490,18 +505,20 @@ def compile_program(
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)
     )
+    floored = [(m, _below_floor(m, base, "the defaults'")) for m in catalog.models]
+    kept = tuple(m for m, short in floored if short is None)
     default_route = CompiledRoute(
         name="default",
         location="defaults",
         when=None,
         when_text=None,
-        candidates=catalog.models,
+        candidates=kept,
         weights={},
-        dropped=(),
+        dropped=tuple((m, short) for m, short in floored if short is not None),
         requires=(),
         settings=base,
         provider_rank=_provider_rank(base, catalog),
-        attrs=tuple(attrs[m.key] for m in catalog.models),
+        attrs=tuple(attrs[m.key] for m in kept),
     )
     limits = tuple(
         _compile_limit(stmt, catalog)
