@@ -454,6 +454,16 @@ def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str)
     assert found.items
 
 
+def test_completion_inside_weighted_lists_the_factors_not_yet_given() -> None:
+    assert _labels("    strategy weighted(") == ["latency", "cost", "success", "quality"]
+    assert _labels("    strategy weighted(latency: 40%, cost: 30%, q") == ["success", "quality"]
+    found = knowledge.completions("strategy weighted(qu", 20, None)
+    assert (found.start, found.items[-1].insert) == (18, "quality: ")
+    assert _labels("    strategy cost(") == []  # takes no factors (E0211)
+    assert "min_quality" in _labels("    min_q")
+    assert "min_quality" in _labels("route r when request.min_q")
+
+
 def test_no_completion_inside_a_comment_and_model_paths() -> None:
     assert _labels("route r {  # prefer ") == []
     attrs = _labels("    require model.")
