@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from engine.strategies.base import (
@@ -51,13 +52,15 @@ def bases(
     w_latency, w_cost, w_success = weights
     max_latency = max(lat, default=0.0)
     rates = succ if succ is not None else [1.0] * len(lat)
-    out = [
-        w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r
-        for x, r in zip(lat, rates, strict=True)
+    if quality is None:
+        return [
+            w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r
+            for x, r in zip(lat, rates, strict=True)
+        ]
+    return [
+        w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r + q
+        for x, r, q in zip(lat, rates, quality, strict=True)
     ]
-    if quality is not None:
-        out = [b + q for b, q in zip(out, quality, strict=True)]
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +128,9 @@ def weighted(pool: Pool) -> Ranking:
         totals = [b - k * c for b, c in zip(found[3], costs, strict=True)]
     else:
         terms = view.quality_terms
-        if terms is not None and type(pool.pos) is not range:
-            terms = [terms[p] for p in pool.pos]
+        pos = pool.pos
+        if terms is not None and type(pos) is not range:
+            terms = [terms[pos[0]]] if len(pos) == 1 else itemgetter(*pos)(terms)
         totals = [
             b - k * c
             for b, c in zip(bases(lat, succ, view.factor_weights, terms), costs, strict=True)
