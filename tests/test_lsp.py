@@ -266,6 +266,7 @@ async def test_completion_of_keywords_strategies_and_capabilities(
 ) -> None:
     text = (
         'catalog "models.yaml"\nroute r {\n    strategy \n    require model.supports contains "\n'
+        "    strategy weighted(latency: 50%, \n"
     )
     folder = _folder(workdir, "words", {"w.policy": text + "\n"})
     uri = await _open(client, folder / "w.policy")
@@ -281,6 +282,8 @@ async def test_completion_of_keywords_strategies_and_capabilities(
 
     assert "model-specific" in await labels(_at(text, "strategy ", len("strategy ")))
     assert await labels(_at(text, 'contains "', len('contains "'))) == list(CAPABILITIES)
+    factors = await labels(_at(text, "50%, ", len("50%, ")))
+    assert factors == ["cost", "success", "quality"]
     keywords = await labels(lsp.Position(line=1, character=0))
     assert {"route", "limit", "defaults", "prefer", "require", "when"} <= set(keywords)
 

@@ -289,7 +289,7 @@ def test_check_warns_when_the_catalog_has_no_quality_scores(tmp_path: Path) -> N
         " `model.quality` is null for every model"
     )
     assert (
-        "= help: it is null for every model, so a comparison with it is never true"
+        "= help: every comparison with it is false but `== null`"
         " (and 1 more use of quality): give models `quality: {overall: …, source: …}`"
         " in the catalog (docs/catalog.md)"
     ) in out.stderr

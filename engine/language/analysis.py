@@ -369,7 +369,7 @@ def _quality_uses(files: Sequence[ast.PolicyFile]) -> list[tuple[Span, str]]:
 
 
 _QUALITY_EFFECT = {
-    "condition": "it is null for every model, so a comparison with it is never true",
+    "condition": "every comparison with it is false but `== null`",
     "floor": "`min_quality` drops every model",
     "factor": "the `quality` factor scores every model 0",
 }
