@@ -316,7 +316,7 @@ def test_settings_compile_to_their_values() -> None:
     p = program(
         "defaults {\n  strategy latency\n  min_success_rate 90%\n  min_samples 50\n"
         "  window 1h\n  fallback gemini, claude/claude-3-haiku\n}\n"
-        + route("request.stream", "strategy cost\n    window 10m")
+        + route("request.stream", "strategy cost\n    min_success_rate 95%")
     )
     base = p.default_route.settings
     assert (base.strategy, base.min_success_rate, base.min_samples, base.window_ms) == (
@@ -328,7 +328,18 @@ def test_settings_compile_to_their_values() -> None:
     assert base.fallback == ("gemini", "claude")
     assert base.fallback_models == ("claude/claude-3-haiku-20240307",)
     r = p.routes[0].settings
-    assert (r.strategy, r.min_success_rate, r.window_ms) == ("cost", 0.9, 600_000.0)
+    assert (r.strategy, r.min_success_rate, r.window_ms) == ("cost", 0.95, 3_600_000.0)
+
+
+def test_a_route_window_warns_that_it_has_no_effect() -> None:
+    """The live window is the engine's (the `defaults`' one): a route's `window` changes
+    nothing, and the checker says so rather than accepting it silently."""
+    loaded = compile_sources(
+        [("a.policy", "defaults {\n  window 1h\n}\n" + route("request.stream", "window 10m"))]
+    )
+    assert [(d.code, d.span.line) for d in loaded.warnings if d.span] == [("W0510", 5)]
+    in_defaults = compile_sources([("a.policy", "defaults { window 10m }")])
+    assert [d.code for d in in_defaults.warnings] == []
 
 
 @pytest.mark.parametrize(
@@ -355,7 +366,10 @@ def test_settings_compile_to_their_values() -> None:
 )
 def test_settings_that_do_not_check(body: str, code: str) -> None:
     assert codes(f"defaults {{\n  {body}\n}}") == [code]
-    assert codes(route("request.stream", body)) == [code]
+    # a route's `window` has no effect (W0510), whatever its value
+    assert sorted(codes(route("request.stream", body))) == sorted(
+        [code] + ["W0510"] * body.count("window")
+    )
 
 
 def test_an_overlarge_min_samples_is_an_error_not_a_crash() -> None:
@@ -704,8 +718,8 @@ def test_a_small_positive_weight_is_fine(weight: str) -> None:
 
 @pytest.mark.parametrize("window", ["1ms", "1s"])
 def test_the_shortest_window_is_fine(window: str) -> None:
-    p = program(route("request.stream", f"strategy cost\n    window {window}"))
-    assert p.routes[0].settings.window_ms == {"1ms": 1.0, "1s": 1000.0}[window]
+    p = program(f"defaults {{\n    window {window}\n}}\n")
+    assert p.default_route.settings.window_ms == {"1ms": 1.0, "1s": 1000.0}[window]
 
 
 def test_a_cooldown_compiles_to_its_failures_and_duration() -> None:

@@ -349,3 +349,24 @@ def test_a_regenerated_json_catalog_reloads(tmp_path: Path) -> None:
         after = engine.evaluate(request, dry_run=True)
         assert after.model == "gemini-2.5-flash-lite"
         assert after.estimated_cost == pytest.approx(before.estimated_cost / 2)
+
+
+def test_a_changed_window_is_kept_until_restart_and_logged(
+    policy_dir: Path, original: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live window is sized when the engine starts: a reload that changes `window`
+    swaps the policy in, keeps the running window and says so in a warning."""
+    caplog.set_level(logging.WARNING, logger="policyctl")
+    assert "window 24h" in original
+    engine = PolicyEngine(policy_dir)
+    try:
+        before = engine.metrics.window_s  # type: ignore[attr-defined]
+        rename_over(policy_dir / "default.policy", original.replace("window 24h", "window 1h"))
+        assert engine.reload() is True
+        assert engine.version == version_of(policy_dir)
+        assert engine.metrics.window_s == before == 86_400.0  # type: ignore[attr-defined]
+        assert any(
+            "the metrics window changed to 3600000 ms" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        engine.close()

@@ -237,6 +237,13 @@ class PolicyEngine:
             if file_state(directories) != before:  # read mid-write: not a version to serve
                 return self._changed_while_reading()
             changed = loaded.program.version != self._program.version
+            window_ms = loaded.program.default_route.settings.window_ms
+            if window_ms != self._program.default_route.settings.window_ms:
+                log.warning(
+                    "the metrics window changed to %s ms; the running window is kept until"
+                    " a restart",
+                    f"{window_ms:.0f}",
+                )
             self._program = loaded.program  # one reference: evaluations read one snapshot
             self.warnings = loaded.warnings
             self.last_reload_error = None

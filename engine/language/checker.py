@@ -834,12 +834,26 @@ class Checker:
             for stmt in policy.statements:
                 if not isinstance(stmt, ast.Route):
                     continue
+                self._lint_window(stmt)
                 if catch_all is not None:
                     continue  # unreachable: the analysis says so (W0500)
                 if stmt.when is None or _always_true(stmt.when):
                     catch_all = stmt
                 self._lint_capabilities(stmt)
                 self._lint_retired(stmt)
+
+    def _lint_window(self, route: ast.Route) -> None:
+        """`window` in a route: the live metrics window is one for the whole engine (the
+        `defaults`' one), so a route's own has no effect."""
+        for item in route.items:
+            if isinstance(item, ast.ValueSetting) and item.key.text == "window":
+                self.warn(
+                    "W0510",
+                    f"`window` in route `{route.name.text}` has no effect: the metrics window"
+                    " is one for the whole engine",
+                    item.span,
+                    "set it in `defaults`; every route reads the measurements of that window",
+                )
 
     def _lint_retired(self, route: ast.Route) -> None:
         """A route whose models are all retired (by `retires` in the catalog) at `now`."""
