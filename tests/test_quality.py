@@ -1,7 +1,7 @@
 """Quality in routing: the `quality` factor of `weighted(…)`, the `min_quality` floor of a
 route (or the defaults) and of a request, models without a score, and the warnings `check`
 gives when a policy reads quality over a catalog that has none (W0509) or ranks unscored
-models by it (W0511).
+models by it (W0512).
 
 The figures are worked out by hand on a three-model catalog written to `tmp_path`:
 
@@ -322,7 +322,7 @@ def test_check_warns_of_a_quality_factor_over_a_model_without_a_score(
     out = policyctl("check", "quality.policy", cwd=tmp_path)
     assert out.returncode == 0
     assert out.stderr.splitlines()[0] == (
-        "quality.policy:4:37: warning[W0511]: the `quality` factor ranks models without a"
+        "quality.policy:4:37: warning[W0512]: the `quality` factor ranks models without a"
         " quality score"
     )
     assert (

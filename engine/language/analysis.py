@@ -12,7 +12,7 @@ Codes: W0500 shadowed route, W0503 contradictory condition, W0504 a route no cat
 can serve, W0505 requests a route takes and cannot serve, W0506 a limit that never applies
 (a key no request has) or never binds (a tighter limit always denies first), W0507 a
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
-route excludes, W0509 quality read over a catalog with no quality scores, W0511 a quality
+route excludes, W0509 quality read over a catalog with no quality scores, W0512 a quality
 factor over models of which some have no score.
 """
 
@@ -376,7 +376,7 @@ _QUALITY_EFFECT = {
 
 
 def _quality(run: _Analysis, files: Sequence[ast.PolicyFile]) -> None:
-    """W0509: quality read over a catalog that scores no model; W0511: a `quality` factor
+    """W0509: quality read over a catalog that scores no model; W0512: a `quality` factor
     over candidates some of which have no score (they score 0 on it)."""
     catalog = run.program.catalog
     scored = [m for m in catalog.models if m.quality is not None and m.quality.overall is not None]
@@ -418,7 +418,7 @@ def _quality(run: _Analysis, files: Sequence[ast.PolicyFile]) -> None:
         counts = "; ".join(_share(len(missing), n, where) for where, n, missing in found)
         one = len(keys) == 1
         run.warn(
-            "W0511",
+            "W0512",
             "the `quality` factor ranks models without a quality score",
             span,
             f"{shown} ({counts}) {'scores' if one else 'score'} 0 on it: give"

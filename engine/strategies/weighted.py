@@ -1,7 +1,7 @@
 """`strategy weighted(latency: 60%, cost: 40%)`: the best weighted score of latency, cost,
 success rate and quality, each in 0-1 (1 for the fastest, the cheapest, always successful,
 a quality score of 1). Quality is the catalog's score as it is (`quality.overall`, 0-1; a
-model without one scores 0 on it, and `check` says so, W0511)."""
+model without one scores 0 on it, and `check` says so, W0512)."""
 
 from __future__ import annotations
 
