@@ -5,7 +5,13 @@ from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.errors import PolicyctlError
 from engine.limits.records import LimitDenial
-from engine.routing.decision import Decision, DroppedCandidate, NoEligibleModel
+from engine.routing.decision import (
+    Decision,
+    DeniedByPolicyRequire,
+    DeniedByRule,
+    DroppedCandidate,
+    NoEligibleModel,
+)
 from engine.routing.request import Request, RequestError
 
 __version__ = "0.1.0"
@@ -13,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CatalogError",
     "Decision",
+    "DeniedByPolicyRequire",
+    "DeniedByRule",
     "Diagnostic",
     "DroppedCandidate",
     "LimitDenial",

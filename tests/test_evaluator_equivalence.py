@@ -515,3 +515,131 @@ def test_retired_models_leave_the_shortcut_and_it_decides_as_the_general_path(
         for model in shown:
             p = table.position_of[f"{model.provider}/{model.model}"]
             assert not table.models[p].retired(now)
+
+
+# ------------------------------------------------------------------ policy-wide requires
+
+# residency (known per model: folded into per-route columns), a static one with no `when`
+# (folded into the candidates at compile time), one on measurements (per snapshot) and one
+# that reads the request (model by model, on the general path)
+POLICY_WIDE = (
+    'require model.regions contains "eu" when request.metadata.region == "eu"',
+    "require model.pricing.input <= $10",
+    'require model.p95 < 2500ms when request.metadata.tier == "pro"',
+    'require model.context_window >= request.input_tokens when request.metadata.region == "us"',
+)
+
+
+# more static `require`s with a `when` than routes get compiled variants for
+# (compiler.MAX_VARIANT_REQUIRES): then they are looked up per request, position by position
+MANY_WHENS = (
+    'require model.regions contains "eu" when request.metadata.region == "eu"',
+    'require model.pricing.input <= $5 when request.metadata.tier == "pro"',
+    'require model.supports contains "vision" when request.metadata.region == "us"',
+    'require model.context_window >= 100k when request.metadata.tier == "free"',
+    'require model.provider != "openai" when request.metadata.region == "eu"',
+)
+
+
+def policy_wide_texts(path: Path, strategy: str) -> list[str]:
+    base = policy_text(path, strategy)
+    texts = [base + "\n".join(POLICY_WIDE[: n + 1]) + "\n" for n in range(len(POLICY_WIDE))]
+    return [*texts, base + "\n".join(MANY_WHENS[:4]) + "\n", base + "\n".join(MANY_WHENS) + "\n"]
+
+
+def _in_region(request: dict[str, Any], region: str | None) -> dict[str, Any]:
+    if region is None:
+        return request
+    return {**request, "metadata": {**request.get("metadata", {}), "region": region}}
+
+
+policy_wide_requests = st.builds(_in_region, requests, st.sampled_from([None, "eu", "us"]))
+
+
+@pytest.fixture(scope="module")
+def policy_wide_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
+    directory = tmp_path_factory.mktemp("policy_wide_catalogs")
+    path = copies_catalog(directory, 11)
+    out = Programs()
+    for s in STRATEGY_VALUES:
+        for text in policy_wide_texts(path, s):
+            out.append(
+                from_design(text.replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n", 1)).program
+            )
+    return out
+
+
+def test_static_requires_with_a_when_are_compiled_into_route_variants(
+    policy_wide_programs: Programs,
+) -> None:
+    by_count = {len(p.requires): p for p in policy_wide_programs if p.requires}
+    four, five = by_count[4], by_count[5]
+    assert len(four.variant_bits) == 4 and len(four.routes[0].variants) == 15
+    assert five.variant_bits == {} and five.routes[0].variants == {}  # too many: per request
+    eu = env_of({"id": "x", "metadata": {"region": "eu"}})
+    for program in (four, five):
+        decision = evaluate(program, eu, state=EvalState())
+        assert decision.allowed and decision.provider != "openai"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=policy_wide_requests, which=st.integers(min_value=0, max_value=100))
+def test_policy_wide_requires_decide_alike_on_the_shortcut_and_the_general_path(
+    policy_wide_programs: Programs, request: dict[str, Any], which: int
+) -> None:
+    program = policy_wide_programs[which % len(policy_wide_programs)]
+    env = env_of(request)
+    decisions = []
+    for explain, metrics in ((False, None), (True, None), (False, MeasuredNothing())):
+        decision = evaluate(program, env, metrics=metrics, state=EvalState(), explain=explain)
+        out = decision.to_dict()
+        out.pop("trace", None)
+        decisions.append(out)
+    assert decisions[0] == decisions[1] == decisions[2]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request=policy_wide_requests,
+    which=st.integers(min_value=0, max_value=100),
+    history=events,
+    refresh_ms=st.sampled_from([0.0, 250.0, 1e9]),
+)
+def test_policy_wide_requires_decide_alike_with_live_metrics(
+    policy_wide_programs: Programs,
+    request: dict[str, Any],
+    which: int,
+    history: list[Any],
+    refresh_ms: float,
+) -> None:
+    program = policy_wide_programs[which % len(policy_wide_programs)]
+    keys = [m.key for m in program.catalog.models]
+    clock = Clock()
+    live = LiveMetrics(3600.0, clock, refresh_ms)
+    env = env_of(request)
+    reads_request = any(
+        program.requires[i].reads_request
+        and (program.requires[i].when is None or program.requires[i].when(env, None))
+        for i in program.live_requires
+    )
+    for event in [*history, None]:
+        if event is not None:
+            slot, latency, success, later = event
+            live.record(keys[slot % len(keys)], latency, success)
+            clock.now += later
+            continue
+        before = evaluator_module.general_path_calls
+        fast = evaluate(program, env, metrics=live, state=EvalState(), now=clock.now)
+        took_general = evaluator_module.general_path_calls - before
+        general = evaluate(
+            program, env, metrics=SnapshotStats(live), state=EvalState(), now=clock.now
+        )
+        traced = evaluate(
+            program, env, metrics=live, state=EvalState(), explain=True, now=clock.now
+        )
+        out = [d.to_dict() for d in (fast, general, traced)]
+        for d in out:
+            d.pop("trace", None)
+        assert out[0] == out[1] == out[2]
+        if fast.allowed and not reads_request:  # the policy-wide sets keep the shortcut
+            assert took_general == 0

@@ -185,6 +185,17 @@ def _answers(program: Program) -> list[Any]:
         for limit in program.limits:
             out.append(None if limit.when is None else limit.when(env, None))
             out.append(None if limit.key_fn is None else limit.key_fn(env, None))
+    models = program.catalog.models
+    for env in REQUESTS:  # policy-wide `require`s and `deny` rules
+        for rule in program.denies:
+            out.append(rule.when(env, None))
+        for require in program.requires:
+            out.append(None if require.when is None else require.when(env, None))
+            out.extend(
+                require.holds(env, {**program.model_attrs[m.key], **measured})
+                for m in models
+                for measured in MEASUREMENTS[:3]
+            )
     for route in (*program.routes, program.default_route):  # no request: measurements
         rule = route.settings.degraded
         checks = [pred for pred, _ in route.measured_requires]
@@ -214,6 +225,11 @@ def same_program(before: Program, after: Program) -> None:
     assert [_route_shape(r) for r in after.routes] == [_route_shape(r) for r in before.routes]
     assert _route_shape(after.default_route) == _route_shape(before.default_route)
     assert [_limit_shape(x) for x in after.limits] == [_limit_shape(x) for x in before.limits]
+    assert [(r.when is None, r.reads_request, r.measured) for r in after.requires] == [
+        (r.when is None, r.reads_request, r.measured) for r in before.requires
+    ]
+    assert [d.reason for d in after.denies] == [d.reason for d in before.denies]
+    assert after.live_requires == before.live_requires
     assert _answers(after) == _answers(before)
 
 

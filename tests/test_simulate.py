@@ -101,7 +101,7 @@ def test_runs_are_independent_of_which_other_strategies_run() -> None:
     alone = rows(
         simulate(load_scenario(DESIGN, requests=600, strategies=["round-robin"])).to_dict()
     )
-    assert list(alone) == ["random", "always sonnet", "round-robin"]
+    assert list(alone) == ["random", "always sonnet", "oracle", "round-robin"]
     for name in alone:
         assert alone[name] == full[name]
 
@@ -143,7 +143,10 @@ def test_design_reductions_meet_the_design_claims(design: dict) -> None:
     assert by[WEIGHTED]["models"] == {"gemini/gemini-1.5-flash-latest": 3000}
     assert by["failover"]["models"] == {SONNET: 3000}
     assert len(by["round-robin"]["models"]) == 11
-    assert [by[n]["failures"] for n in by] == [17, 11, 25, 25, 25, 17, 26, 11]
+    assert [by[n]["failures"] for n in by] == [17, 11, 25, 25, 25, 25, 17, 26, 11]
+    # the oracle: the cheapest model that serves each request (no quality needs here)
+    assert by["oracle"]["models"] == {"gemini/gemini-1.5-flash-latest": 3000}
+    assert by["cost"]["regret"] == {"cost_per_request": 0.0, "mean_ms": 0.0, "bad_answers": 0}
     # the same model on the same traffic gives the same numbers: common random numbers
     same = ("served", "mean_ms", "p95_ms", "cost_per_request", "failures")
     assert [by["failover"][k] for k in same] == [by["always sonnet"][k] for k in same]
@@ -234,7 +237,8 @@ def test_drift_moves_the_latency_strategy(tmp_path: Path) -> None:
         "failure_rate: 0.0, drift: {at_request: 100, latency_factor: 4}}",
     ).replace("strategies: [latency, cost]", "strategies: [latency]\npolicy: |\n  min_samples 20\n")
     report = simulate(load_scenario(write(tmp_path, text)))
-    run = report.runs[2]
+    run = report.runs[3]
+    assert run.name == "latency"
     flash = run.keys.index("gemini/gemini-1.5-flash-latest")
     before = sum(1 for i in range(100) if run.chosen[i] == flash)
     after = sum(1 for i in range(300, 400) if run.chosen[i] == flash)
@@ -522,8 +526,18 @@ def test_cli_prints_a_table() -> None:
     assert lines[3].split()[:4] == ["STRATEGY", "MEAN", "P95", "COST/REQUEST"]
     assert lines[4].startswith("random (baseline) ")
     assert lines[5].startswith("always sonnet (baseline) ")
-    assert [line.split()[0] for line in lines[6:]] == [
+    assert lines[6].startswith("oracle (baseline) ")
+    assert [line.split()[0] for line in lines[7:13]] == [
         "latency", "cost", "weighted(latency:", "model-specific", "round-robin", "failover",
+    ]  # fmt: skip
+    assert lines[13:15] == [
+        "",
+        "regret against the oracle (the cheapest model that is up and good enough)",
+    ]
+    assert lines[15].split()[:3] == ["STRATEGY", "BAD", "ANSWERS"]
+    assert [line.split()[0] for line in lines[16:]] == [
+        "random", "always", "oracle", "latency", "cost", "weighted(latency:", "model-specific",
+        "round-robin", "failover",
     ]  # fmt: skip
 
 
@@ -544,11 +558,12 @@ def test_cli_json_and_overrides() -> None:
     assert [r["name"] for r in data["rows"]] == [
         "random",
         "always sonnet",
+        "oracle",
         "latency",
         "weighted(latency: 70%, cost: 30%)",
     ]
     assert data["requests"] == 1500
-    assert data["outages"][0]["rows"][2]["routed_away_after"] == 11
+    assert data["outages"][0]["rows"][3]["routed_away_after"] == 11
 
 
 def test_cli_help_has_an_example() -> None:

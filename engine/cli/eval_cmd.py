@@ -25,7 +25,12 @@ from engine.cli.common import (
 )
 from engine.diagnostics import Diagnostic, Source, Span
 from engine.limits.stores import default_state_url
-from engine.routing.decision import Decision, NoEligibleModel
+from engine.routing.decision import (
+    Decision,
+    DeniedByPolicyRequire,
+    DeniedByRule,
+    NoEligibleModel,
+)
 from engine.routing.request import RequestError, json_limit
 from engine.units import format_money as money
 from engine.wire import FORMATS, NATIVE
@@ -359,7 +364,11 @@ def _vertical(d: Decision) -> str:
             rows.append(("limit", f"{who}: the request is larger than the limit"))
         else:
             rows.append(("limit", f"{who}: exhausted, retry after {status.retry_after_ms} ms"))
-    if isinstance(d.denied_by, NoEligibleModel):
+    if isinstance(d.denied_by, DeniedByRule):
+        rows.append(("denied by", f"deny at {d.denied_by.location} (when {d.denied_by.when})"))
+    if isinstance(d.denied_by, DeniedByPolicyRequire):
+        rows.append(("denied by", f"require at {d.denied_by.location}"))
+    if isinstance(d.denied_by, NoEligibleModel | DeniedByPolicyRequire):
         for c in d.denied_by.candidates:
             rows.append(("dropped", f"{c.provider}/{c.model}: {c.dropped_because}"))
     if d.trace is not None:
@@ -379,7 +388,23 @@ def _vertical(d: Decision) -> str:
                 rows.append(
                     ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")
                 )
-            else:
+            elif step["step"] == "policy-require":
+                when = f" when {step['when']}" if step["when"] else ""
+                rows.append(
+                    ("trace", PolicyLines(f"require {step['require']}{when} ({step['location']})"))
+                )
+            elif step["step"] == "deny":
+                rows.append(
+                    (
+                        "trace",
+                        PolicyLines(f"deny at {step['location']} when {step['when']}: matched"),
+                    )
+                )
+            elif step["step"] == "limit":
+                denied = step["denied_by"]
+                who = f"{denied['scope']} {denied['key']}" if denied.get("key") else denied["scope"]
+                rows.append(("trace", f"rate limited by {who}"))
+            elif step["step"] == "choose":
                 ranking = ", ".join(
                     f"{r['provider']}/{r['model']} {r['score']:.2f}" for r in step["ranking"]
                 )

@@ -26,14 +26,17 @@ from engine.units import format_money as money
 EXAMPLE = """\
 examples:
   policyctl simulate examples/simulations/design.yaml
+  policyctl simulate examples/simulations/calibrated.yaml
   policyctl simulate examples/simulations/outage.yaml --plot outage.png
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
 A scenario gives synthetic providers per catalog model (latency mean and p95, failure
-rate, optional drift or outage), a traffic mix, a seed and the strategies to compare; see
-docs/simulate.md. Each strategy runs a fresh engine on a fake clock with outcomes fed
-back; two baselines (uniform random, always Claude 3.5 Sonnet) run on the same traffic.
+rate, true quality per template, optional drift, outage or degradation), a traffic mix, a
+seed and the strategies to compare; see docs/simulate.md. Each strategy runs a fresh
+engine on a fake clock with outcomes fed back; three baselines (uniform random, always
+Claude 3.5 Sonnet, and an oracle that knows the world) run on the same traffic, and each
+row's regret against the oracle is reported.
 
 exit codes: 0 done, 2 bad scenario or flags
 """
@@ -42,9 +45,10 @@ exit codes: 0 done, 2 bad scenario or flags
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate",
-        help="replay synthetic traffic against each routing strategy and two baselines",
-        description="Simulate routing on synthetic providers: latency, cost, failures and"
-        " denials per strategy, next to uniform random and always-Sonnet baselines.",
+        help="replay synthetic traffic against each routing strategy and three baselines",
+        description="Simulate routing on synthetic providers: latency, cost, failures,"
+        " denials and bad answers per strategy, next to uniform random, always-Sonnet and"
+        " oracle baselines, with each strategy's regret against the oracle.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -95,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REGRET_HEADERS = ("strategy", "bad answers", "extra cost/request", "extra mean latency",
+                  "extra bad answers")  # fmt: skip
+RESIDENCY_HEADERS = ("strategy", "served", "denied", "served outside region",
+                     "fallback chains leaving region")  # fmt: skip
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
@@ -103,8 +113,52 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:+.1f}%"
 
 
+def _signed_money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "$0"
+    return ("+" if value > 0 else "-") + money(abs(value))
+
+
+def _signed_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+,.0f} ms" if round(value) else "0 ms"
+
+
+def _name(r: Mapping[str, Any]) -> str:
+    return f"{r['name']} (baseline)" if r["kind"] == "baseline" else r["name"]
+
+
+def _requests(count: int, seconds: float | None) -> str:
+    return f"{count:,} requests" + ("" if seconds is None else f" ({seconds:.1f}s)")
+
+
+def _window_rows(rows: list[Mapping[str, Any]], calls: str, ended: bool) -> list[tuple[Any, ...]]:
+    """The rows of an outage or degradation table: calls, routed away, back (`ended`: the
+    run ended before the window did)."""
+    out = []
+    for r in rows:
+        if r["routed_away_after"] is None:
+            away = "never" if r[calls] else "-"
+            back = "-"
+        else:
+            away = (
+                f"{r['routed_away_after']:,} requests ({r['routed_away_after_s']:.1f}s,"
+                f" {r['calls_before_away']} calls)"
+            )
+            if r["back_after"] is not None:
+                back = _requests(r["back_after"], r["back_after_s"])
+            else:
+                back = "(run ended first)" if ended else "never"
+        out.append((_name(r), r[calls], away, back))
+    return out
+
+
 def render(data: Mapping[str, Any]) -> str:
-    """The report for people: the rows, then one table per outage."""
+    """The report for people: the rows, the regret against the oracle, then one table per
+    outage and per degradation, and the residency table when the traffic has regions."""
     traffic = data["traffic"]
     lines = [
         f"scenario {data['scenario']}: {data['requests']:,} requests at"
@@ -124,39 +178,64 @@ def render(data: Mapping[str, Any]) -> str:
             if r["top_model"]
             else None
         )
-        name = f"{r['name']} (baseline)" if r["kind"] == "baseline" else r["name"]
         cost = money(r["cost_per_request"]) if r["cost_per_request"] is not None else None
-        rows.append((name, _ms(r["mean_ms"]), _ms(r["p95_ms"]), cost, r["failures"],
+        rows.append((_name(r), _ms(r["mean_ms"]), _ms(r["p95_ms"]), cost, r["failures"],
                      r["denials"], _pct(r["latency_vs_random"]), _pct(r["cost_vs_sonnet"]),
                      top))  # fmt: skip
     lines.append(render_table(headers, rows))
+    lines += ["", "regret against the oracle (the cheapest model that is up and good enough)"]
+    rows = []
+    for r in data["rows"]:
+        rate = r["bad_answer_rate"]
+        bad = f"{r['bad_answers']:,}" + ("" if rate is None else f" ({rate * 100:.1f}%)")
+        regret = r["regret"]
+        rows.append((_name(r), bad, _signed_money(regret["cost_per_request"]),
+                     _signed_ms(regret["mean_ms"]), f"{regret['bad_answers']:+,}"
+                     if regret["bad_answers"] else "0"))  # fmt: skip
+    lines.append(
+        render_table(
+            REGRET_HEADERS,
+            rows,
+        )
+    )
     for outage in data["outages"]:
         lines += [
             "",
             f"outage {outage['provider']}: requests {outage['from_request']:,}"
             f"–{outage['to_request']:,}",
+            render_table(
+                ("strategy", "failed calls", "routed away after", "back after recovery"),
+                _window_rows(
+                    outage["rows"], "calls_during_outage", outage["to_request"] >= data["requests"]
+                ),
+            ),
         ]
+    for slow in data["degradations"]:
+        span = ""
+        if slow["from_s"] is not None:
+            end = f"{slow['to_s']:,.0f}s" if slow["to_s"] is not None else "the end"
+            span = f" ({slow['from_s']:,.0f}s–{end})"
+        lines += [
+            "",
+            f"degradation {slow['provider']}: {slow['latency_factor']:g}× slower, requests"
+            f" {slow['from_request']:,}–{slow['to_request']:,}{span}",
+            render_table(
+                ("strategy", "slow calls", "routed away after", "back after recovery"),
+                _window_rows(slow["rows"], "calls_during", slow["to_s"] is None),
+            ),
+        ]
+    residency = data["residency"]
+    if residency is not None:
+        lines += ["", f"residency: {residency['requests']:,} requests with a region"]
         rows = []
-        for r in outage["rows"]:
-            if r["routed_away_after"] is None:
-                away = "never" if r["calls_during_outage"] else "-"
-                back = "-"
-            else:
-                away = (
-                    f"{r['routed_away_after']:,} requests ({r['routed_away_after_s']:.1f}s,"
-                    f" {r['calls_before_away']} calls)"
-                )
-                if r["back_after"] is None:
-                    back = "never"
-                elif r["back_after_s"] is None:
-                    back = f"{r['back_after']:,} requests"
-                else:
-                    back = f"{r['back_after']:,} requests ({r['back_after_s']:.1f}s)"
-            name = f"{r['name']} (baseline)" if r["kind"] == "baseline" else r["name"]
-            rows.append((name, r["calls_during_outage"], away, back))
+        for r in residency["rows"]:
+            chain = "-" if r["fallbacks_outside"] is None else f"{r['fallbacks_outside']:,}"
+            rows.append((_name(r), f"{r['served']:,}", f"{r['denied']:,}",
+                         f"{r['outside']:,}", chain))  # fmt: skip
         lines.append(
             render_table(
-                ("strategy", "failed calls", "routed away after", "back after recovery"), rows
+                RESIDENCY_HEADERS,
+                rows,
             )
         )
     return "\n".join(lines)

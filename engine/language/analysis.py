@@ -12,8 +12,9 @@ Codes: W0500 shadowed route, W0503 contradictory condition, W0504 a route no cat
 can serve, W0505 requests a route takes and cannot serve, W0506 a limit that never applies
 (a key no request has) or never binds (a tighter limit always denies first), W0507 a
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
-route excludes, W0509 quality read over a catalog with no quality scores, W0512 a quality
-factor over models of which some have no score.
+route excludes, W0509 quality read over a catalog with no quality scores, W0511 a `deny`
+rule that denies every request, W0512 a quality factor over models of which some have no
+score.
 """
 
 from __future__ import annotations
@@ -72,9 +73,17 @@ def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnosti
     run = _Analysis(program, Budget(WORK), [])
     routes = [s for f in files for s in f.statements if isinstance(s, ast.Route)]
     limits = [s for f in files for s in f.statements if isinstance(s, ast.Limit)]
+    policy_wide = [
+        s for f in files for s in f.statements if isinstance(s, ast.Deny | ast.PolicyRequire)
+    ]
     for node in [r.when for r in routes] + [lim.when for lim in limits]:
         if node is not None:
             _contradictions(run, node)
+    for rule in policy_wide:
+        if rule.when is not None:
+            _contradictions(run, rule.when)
+        if isinstance(rule, ast.Deny):
+            _denies_all(run, rule)
     _routes(run, routes)
     _limits(run, limits)
     _quality(run, files)
@@ -112,6 +121,25 @@ def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
         return
     for part in _parts(expr):
         _contradictions(run, part)
+
+
+def _denies_all(run: _Analysis, rule: ast.Deny) -> None:
+    """W0511: a `deny` rule whose `when` holds for every request."""
+    when = rule.when
+    if when is None:
+        return
+    try:
+        always = not admits(ast.Not(when, when.span), over=True, budget=BUDGET)
+    except TooComplex:
+        return
+    if always:
+        run.warn(
+            "W0511",
+            f"`deny {rule.reason.text}` denies every request",
+            when.span,
+            "its `when` holds whatever the request: no request reaches a route",
+            None,
+        )
 
 
 def _parts(expr: ast.Expr) -> list[ast.Expr]:
@@ -350,6 +378,8 @@ def _quality_uses(files: Sequence[ast.PolicyFile]) -> list[tuple[Span, str]]:
                 items: tuple[ast.RouteItem, ...] = stmt.settings
             elif isinstance(stmt, ast.Route):
                 items = stmt.items
+            elif isinstance(stmt, ast.PolicyRequire):
+                items = (ast.Require(stmt.condition, stmt.span),)
             else:
                 continue
             for item in items:

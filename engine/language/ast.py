@@ -203,7 +203,25 @@ class Limit:
     span: Span
 
 
-Statement = CatalogStmt | Defaults | Route | Limit
+@dataclass(frozen=True, slots=True)
+class PolicyRequire:
+    """A top-level `require … [when …]`: binds every route, `defaults` and the fallbacks."""
+
+    condition: Expr
+    when: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """`deny "reason" when …`: a request for which `when` holds is denied before routing."""
+
+    reason: Literal  # a string
+    when: Expr | None  # None only in a policy the checker refuses (E0251)
+    span: Span
+
+
+Statement = CatalogStmt | Defaults | Route | Limit | PolicyRequire | Deny
 
 
 @dataclass(frozen=True, slots=True)

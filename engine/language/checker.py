@@ -94,6 +94,10 @@ class Checker:
                     self._route(stmt)
                 elif isinstance(stmt, ast.Limit):
                     self._limit(stmt)
+                elif isinstance(stmt, ast.PolicyRequire):
+                    self._policy_require(stmt)
+                elif isinstance(stmt, ast.Deny):
+                    self._deny(stmt)
         self._lint(files)
         return self.diagnostics
 
@@ -369,6 +373,60 @@ class Checker:
                     self._model_ref(ref)
             elif isinstance(item, ast.Require):
                 self._condition(item.condition, allow_model=True)
+
+    # policy-wide constraints -----------------------------------------------
+
+    def _policy_require(self, stmt: ast.PolicyRequire) -> None:
+        """A top-level `require`: a condition on the model (and maybe the request) and a
+        `when` on the request alone."""
+        if stmt.when is not None:
+            self._policy_when(stmt.when, "require")
+        if not any(p.parts[0] == "model" for p in paths_in(stmt.condition)):
+            self.error(
+                "E0253",
+                "a policy-wide `require` must read a model attribute",
+                stmt.condition.span,
+                'it chooses among models, e.g. `require model.regions contains "eu"`;'
+                ' to refuse requests, write `deny "reason" when …`',
+            )
+            self._condition(stmt.condition, allow_model=False)
+            return
+        self._condition(stmt.condition, allow_model=True)
+
+    def _deny(self, stmt: ast.Deny) -> None:
+        if not str(stmt.reason.value).strip():
+            self.error(
+                "E0252",
+                "a `deny` rule needs a reason",
+                stmt.reason.span,
+                'the reason is what the denied caller reads: `deny "free tier: no images" when …`',
+            )
+        if stmt.when is None:
+            self.error(
+                "E0251",
+                "a `deny` rule needs a `when`",
+                Span(stmt.span.source, stmt.span.start, stmt.reason.span.end),
+                'say which requests it denies: `deny "reason" when request.… == …`',
+            )
+            return
+        self._policy_when(stmt.when, "deny")
+
+    def _policy_when(self, when: ast.Expr, what: str) -> None:
+        """The `when` of a policy-wide `require` or a `deny`: the request only."""
+        reads_model = next((p for p in paths_in(when) if p.parts[0] == "model"), None)
+        if reads_model is not None:
+            self.error(
+                "E0250",
+                f"the `when` of {_RULE_NAMES[what]} cannot read `{reads_model.dotted}`",
+                reads_model.span,
+                "a `when` says which requests the rule applies to and reads the request only;"
+                " a condition on the model goes in the `require` itself"
+                if what == "require"
+                else "a `deny` refuses a request before any model is chosen: its `when`"
+                " reads the request only",
+            )
+            return
+        self._condition(when, allow_model=False)
 
     def _model_ref(self, ref: ast.ModelRef) -> list[object]:
         provider = ref.provider.text
@@ -896,6 +954,9 @@ class Checker:
         if ref.model is None:
             return list(self.catalog.by_provider(ref.provider.text))
         return list(self.catalog.resolve(ref.provider.text, ref.model.text))
+
+
+_RULE_NAMES = {"require": "a policy-wide `require`", "deny": "a `deny` rule"}
 
 
 def _key_example(scope: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from engine.catalog.model import Catalog, Model
@@ -18,9 +19,11 @@ from engine.language import ast
 from engine.language.program import (
     CompiledLimit,
     CompiledRoute,
+    DenyRule,
     Env,
     Fn,
     HealthRule,
+    PolicyRequire,
     Pred,
     Program,
     Settings,
@@ -367,8 +370,102 @@ def resolve_ref(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
     return list(catalog.resolve(ref.provider.text, ref.model.text))
 
 
+def _one_line(expr: ast.Expr) -> str:
+    return " ".join(expr.span.text().split())
+
+
+def _line(span: ast.Span) -> str:
+    return f"{span.source.name}:{span.line}"
+
+
+def _compile_policy_require(stmt: ast.PolicyRequire) -> PolicyRequire:
+    return PolicyRequire(
+        holds=compile_condition(stmt.condition),
+        text=_one_line(stmt.condition),
+        when=None if stmt.when is None else compile_condition(stmt.when),
+        when_text=None if stmt.when is None else _one_line(stmt.when),
+        location=_line(stmt.span),
+        reads_request=references_request(stmt.condition),
+        measured=bool(measured_reads(stmt.condition)),
+    )
+
+
+def _compile_deny(stmt: ast.Deny) -> DenyRule:
+    assert stmt.when is not None  # the checker refuses a `deny` without one (E0251)
+    return DenyRule(
+        reason=str(stmt.reason.value),
+        when=compile_condition(stmt.when),
+        when_text=_one_line(stmt.when),
+        location=_line(stmt.span),
+    )
+
+
+def folded(requires: tuple[PolicyRequire, ...]) -> tuple[PolicyRequire, ...]:
+    """The policy-wide `require`s that hold for every request and are known per model: the
+    compiler drops the models failing them from every route's candidates."""
+    return tuple(r for r in requires if r.when is None and r.static)
+
+
+def _bind(
+    models: Iterable[Model],
+    requires: tuple[PolicyRequire, ...],
+    attrs: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[Model], list[tuple[Model, PolicyRequire]]]:
+    """`models` split by the folded policy-wide `require`s: those kept, those dropped."""
+    kept: list[Model] = []
+    dropped: list[tuple[Model, PolicyRequire]] = []
+    empty: dict[str, Any] = {}
+    for model in models:
+        failed = next((r for r in requires if not r.holds(empty, attrs[model.key])), None)
+        if failed is None:
+            kept.append(model)
+        else:
+            dropped.append((model, failed))
+    return kept, dropped
+
+
+MAX_VARIANT_REQUIRES = 4  # each route gets 2**N - 1 variants (more: looked up per request)
+
+
+def _variant_bits(requires: tuple[PolicyRequire, ...]) -> dict[int, int]:
+    """The policy-wide `require`s with a `when` that are known per model, by index, each
+    with its bit: the routes are compiled once per combination of them."""
+    found = [i for i, r in enumerate(requires) if r.when is not None and r.static]
+    if len(found) > MAX_VARIANT_REQUIRES:
+        return {}
+    return {i: 1 << n for n, i in enumerate(found)}
+
+
+def _with_variants(
+    route: CompiledRoute,
+    requires: tuple[PolicyRequire, ...],
+    bits: Mapping[int, int],
+    attrs: Mapping[str, Mapping[str, Any]],
+) -> CompiledRoute:
+    """`route` with a variant per combination of `bits`: its candidates less the models
+    those `require`s drop (a request meeting their `when`s is routed on it)."""
+    if not bits:
+        return route
+    variants: dict[int, CompiledRoute] = {}
+    for mask in range(1, 1 << len(bits)):
+        chosen = tuple(requires[i] for i, bit in bits.items() if mask & bit)
+        kept, dropped = _bind(route.candidates, chosen, attrs)
+        variants[mask] = replace(
+            route,
+            candidates=tuple(kept),
+            dropped=(*route.dropped, *((m, r.drop_reason) for m, r in dropped)),
+            policy_dropped=(*route.policy_dropped, *dropped),
+            attrs=tuple(attrs[m.key] for m in kept),
+        )
+    return replace(route, variants=variants)
+
+
 def _compile_route(
-    route: ast.Route, base: Settings, catalog: Catalog, attrs: Mapping[str, Mapping[str, Any]]
+    route: ast.Route,
+    base: Settings,
+    catalog: Catalog,
+    attrs: Mapping[str, Mapping[str, Any]],
+    policy: tuple[PolicyRequire, ...] = (),
 ) -> CompiledRoute:
     settings = _merge_settings(base, route.items, catalog)
     weights: dict[str, float] = {}
@@ -416,6 +513,8 @@ def _compile_route(
             dropped.append((model, short))
             continue
         kept.append(model)
+    kept, policy_dropped = _bind(kept, folded(policy), attrs)
+    dropped += [(m, r.drop_reason) for m, r in policy_dropped]
     return CompiledRoute(
         name=route.name.text,
         location=route.span.location(),
@@ -430,6 +529,8 @@ def _compile_route(
         measured=measured,
         measured_requires=tuple(on_measurements),
         attrs=tuple(attrs[m.key] for m in kept),
+        policy_requires=policy,
+        policy_dropped=tuple(policy_dropped),
     )
 
 
@@ -499,27 +600,53 @@ def compile_program(
         for stmt in policy.statements:
             if isinstance(stmt, ast.Defaults):
                 base = _merge_settings(base, stmt.settings, catalog)
+    requires = tuple(
+        _compile_policy_require(stmt)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.PolicyRequire)
+    )
+    denies = tuple(
+        _compile_deny(stmt)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Deny)
+    )
+    bits = _variant_bits(requires)
     routes = tuple(
-        _compile_route(stmt, base, catalog, attrs)
+        _with_variants(_compile_route(stmt, base, catalog, attrs, requires), requires, bits, attrs)
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)
     )
     floored = [(m, _below_floor(m, base, "the defaults'")) for m in catalog.models]
-    kept = tuple(m for m, short in floored if short is None)
-    default_route = CompiledRoute(
-        name="default",
-        location="defaults",
-        when=None,
-        when_text=None,
-        candidates=kept,
-        weights={},
-        dropped=tuple((m, short) for m, short in floored if short is not None),
-        requires=(),
-        settings=base,
-        provider_rank=_provider_rank(base, catalog),
-        attrs=tuple(attrs[m.key] for m in kept),
+    kept, policy_dropped = _bind(
+        [m for m, short in floored if short is None], folded(requires), attrs
     )
+    default_route = _with_variants(
+        CompiledRoute(
+            name="default",
+            location="defaults",
+            when=None,
+            when_text=None,
+            candidates=tuple(kept),
+            weights={},
+            dropped=(
+                *((m, short) for m, short in floored if short is not None),
+                *((m, r.drop_reason) for m, r in policy_dropped),
+            ),
+            requires=(),
+            settings=base,
+            provider_rank=_provider_rank(base, catalog),
+            attrs=tuple(attrs[m.key] for m in kept),
+            policy_requires=requires,
+            policy_dropped=tuple(policy_dropped),
+        ),
+        requires,
+        bits,
+        attrs,
+    )
+    static = folded(requires)
     limits = tuple(
         _compile_limit(stmt, catalog)
         for policy in files
@@ -534,4 +661,8 @@ def compile_program(
         files=tuple(p.name for p in files),
         version=policy_version(texts, catalog),
         model_attrs=attrs,
+        requires=requires,
+        denies=denies,
+        live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
+        variant_bits=bits,
     )

@@ -253,6 +253,8 @@ class _Printer:
             self.limit(lines, item, depth)
         elif isinstance(item, ast.Require | ast.DegradedSetting):
             self.require(lines, item, depth)
+        elif isinstance(item, ast.PolicyRequire | ast.Deny):
+            self.policy_rule(lines, item, depth)
         else:
             lines.append(replace(_one_line(item), depth=depth))
         # comments the statement's parts did not place (inside a one-line part) go before
@@ -297,16 +299,52 @@ class _Printer:
     ) -> None:
         """`require …` and `degraded when …`: a keyword and a condition."""
         lead = "require " if isinstance(item, ast.Require) else "degraded when "
+        self.keyword_condition(lines, lead, item.condition, item.span.start, item.span.end, depth)
+
+    def policy_rule(
+        self, lines: list[_Line], item: ast.PolicyRequire | ast.Deny, depth: int
+    ) -> None:
+        """`require … [when …]` and `deny "…" when …` outside any block: one line when it
+        fits, else the head (a `require`'s condition broken as in a route) and the `when`
+        one level in."""
+        when = item.when
+        if isinstance(item, ast.Deny):
+            head, head_end = f"deny {item.reason.text}", item.reason.span.end
+        else:
+            head, head_end = f"require {_flat(item.condition)}", item.condition.span.end
+        flat = head if when is None else f"{head} when {_flat(when)}"
+        if _fits(depth, flat) and not self.any_in(item.span.start, item.span.end):
+            lines.append(_Line(depth, flat))
+            return
+        if isinstance(item, ast.Deny):
+            lines.extend(self.hoisted(item.span.start, head_end, depth))
+            lines.append(_Line(depth, head))
+        else:
+            self.keyword_condition(
+                lines, "require ", item.condition, item.span.start, head_end, depth
+            )
+        if when is not None:
+            for c in self.take(head_end, when.span.start):  # a comment after the head
+                if self.own_line(c):
+                    lines.append(_Line(depth + 1, comment=c.text))
+                else:
+                    self.attach(lines, c, depth)
+            lines.extend(self.condition(when, when.span.start, item.span.end, depth + 1, "when "))
+
+    def keyword_condition(
+        self, lines: list[_Line], lead: str, condition: ast.Expr, start: int, hi: int, depth: int
+    ) -> None:
+        """A keyword and a condition (`require …`, `degraded when …`) from `start` to `hi`."""
         # the comments that would come before the condition's first line go above the keyword
-        lines.extend(self.hoisted(item.span.start, _first_leaf_end(item.condition), depth))
-        lo, hi = item.condition.span.start, item.span.end
-        flat = f"{lead}{_flat(item.condition)}"
+        lines.extend(self.hoisted(start, _first_leaf_end(condition), depth))
+        lo = condition.span.start
+        flat = f"{lead}{_flat(condition)}"
         if _fits(depth, flat) and not self.any_in(lo, hi):
             lines.append(_Line(depth, flat))
             return
         # `require` first (with the group its first operand opens, if it does), the lines
         # that continue it one level in
-        broken = self.condition(item.condition, lo, hi, depth + 1, lead)
+        broken = self.condition(condition, lo, hi, depth + 1, lead)
         last = next(i for i, line in enumerate(broken) if line.code)
         if broken[last].code.endswith("("):
             last = next(i for i in range(last + 1, len(broken)) if broken[i].code == ")"

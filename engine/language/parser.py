@@ -63,7 +63,7 @@ _TERMINAL_NAMES = {
     "NULL": "`null`",
     "$END": "the end of the file",
 }
-_STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit")
+_STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny")
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
@@ -72,7 +72,8 @@ _SETTINGS = (
 _ROUTE_ONLY = ("prefer", "exclude", "require")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
-    *_STATEMENT_KEYWORDS, *_SETTINGS, *_ROUTE_ONLY, "when", "burst", "until", "per", "weight",
+    *_STATEMENT_KEYWORDS, *_SETTINGS, "prefer", "exclude", "when", "burst", "until", "per",
+    "weight",
 )  # fmt: skip
 
 
@@ -293,6 +294,24 @@ class _Builder(Transformer[Token, Any]):
         return ast.Require(self._expr(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
+    def policy_require(self, meta: Any, children: list[Any]) -> ast.PolicyRequire:
+        condition, when = children
+        return ast.PolicyRequire(
+            self._expr(condition),
+            None if when is None else self._expr(when),
+            self._span_meta(meta),
+        )
+
+    @v_args(meta=True)
+    def deny_stmt(self, meta: Any, children: list[Any]) -> ast.Deny:
+        reason, when = children
+        return ast.Deny(
+            self._literal(reason),
+            None if when is None else self._expr(when),
+            self._span_meta(meta),
+        )
+
+    @v_args(meta=True)
     def model_ref(self, meta: Any, children: list[Any]) -> ast.ModelRef:
         provider, model = children
         return ast.ModelRef(
@@ -486,6 +505,11 @@ def _unclosed(source: Source, at: int, expected: set[str]) -> tuple[Note, ...]:
 
 def _misplaced(word: str, inside: str | None) -> str | None:
     """The help for a route item or a setting written where it does not belong."""
+    if word == "require" and inside == "defaults":
+        return (
+            "`require` belongs in a route (`route NAME when … { require … }`) or outside any"
+            " block, for the whole policy; `defaults` takes settings only"
+        )
     if word in _ROUTE_ONLY and inside != "route":
         where = "in `defaults`" if inside == "defaults" else "outside a block"
         return (
@@ -558,7 +582,11 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     hint = _expected(expected)
     message = f"unexpected `{tok}`"
     notes: tuple[Note, ...] = ()
-    if str(tok) in _STATEMENT_KEYWORDS and "RBRACE" in expected:
+    if (
+        str(tok) in _STATEMENT_KEYWORDS
+        and "RBRACE" in expected
+        and not (str(tok) == "require" and _enclosing(source, span.start) == "defaults")
+    ):
         notes = _unclosed(source, span.start, expected)
         hint = f"close the block with `}}` before this `{tok}`"
     elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):

@@ -33,6 +33,45 @@ class HealthRule:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRequire:
+    """A policy-wide `require … [when …]`: binds every route, `defaults` and the fallback
+    chain (docs/language.md, Policy-wide constraints). `when` reads the request only."""
+
+    holds: Pred = field(compare=False)  # (request env, model attrs) -> bool
+    text: str  # the condition on one line
+    when: Pred | None = field(compare=False)
+    when_text: str | None
+    location: str  # file:line
+    reads_request: bool  # checked request by request, model by model (the general path)
+    measured: bool  # reads a measurement (`model.p95`, …): decided per metrics snapshot
+
+    @property
+    def label(self) -> str:
+        """`policy-wide require at eu.policy:3: … (when …)`, as reasons name it."""
+        when = "" if self.when_text is None else f" (when {self.when_text})"
+        return f"policy-wide require at {self.location}: {self.text}{when}"
+
+    @property
+    def drop_reason(self) -> str:
+        return f"fails {self.label}"
+
+    @property
+    def static(self) -> bool:
+        """Known per model at compile time (reads no request and no measurement)."""
+        return not self.reads_request and not self.measured
+
+
+@dataclass(frozen=True, slots=True)
+class DenyRule:
+    """`deny "reason" when …`, checked before routing (docs/language.md)."""
+
+    reason: str
+    when: Pred = field(compare=False)
+    when_text: str
+    location: str  # file:line
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     strategy: str = DEFAULT_STRATEGY
     factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
@@ -243,7 +282,19 @@ class CompiledRoute:
     # snapshot (the evaluator's `Measured.failing`), on the priors without measurements
     measured_requires: tuple[tuple[Pred, str], ...] = ()
     attrs: tuple[Mapping[str, Any], ...] = ()  # the candidates' `model.<attr>` tables
+    # the policy-wide `require`s (the program's, in file order); those with no `when` that
+    # are known per model are folded into `candidates` (their drops in `policy_dropped`)
+    policy_requires: tuple[PolicyRequire, ...] = ()
+    policy_dropped: tuple[tuple[Model, PolicyRequire], ...] = ()
+    # by the bits (`Program.variant_bits`) of the policy-wide `require`s known per model
+    # that have a `when`: this route with the models they drop folded out, for a request
+    # that meets those `when`s (empty when there are none, or too many to compile)
+    variants: Mapping[int, CompiledRoute] = field(default_factory=dict, repr=False, compare=False)
     prior_failing: frozenset[int] = field(init=False, repr=False, compare=False)
+    # by policy-wide `require`: the positions it drops on the catalog (a measured one: on
+    # the priors; the evaluator's `Measured` has them per snapshot); none for one that reads
+    # the request (checked model by model)
+    policy_failing: tuple[frozenset[int], ...] = field(init=False, repr=False, compare=False)
     table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
 
     def __post_init__(self) -> None:
@@ -260,6 +311,23 @@ class CompiledRoute:
             if any(not pred({}, attrs) for pred, _ in self.measured_requires)
         )  # the positions a measured `require` drops on the catalog's priors
         object.__setattr__(self, "prior_failing", failing)
+        object.__setattr__(
+            self,
+            "policy_failing",
+            tuple(policy_failing(r, self.attrs) for r in self.policy_requires),
+        )
+
+
+_NO_REQUEST: Mapping[str, Any] = {}
+
+
+def policy_failing(require: PolicyRequire, attrs: tuple[Mapping[str, Any], ...]) -> frozenset[int]:
+    """The positions (of `attrs`, a route's candidates) a policy-wide `require` that reads
+    no request drops on these attributes; empty for one that reads the request."""
+    if require.reads_request:
+        return frozenset()
+    holds = require.holds
+    return frozenset(p for p, a in enumerate(attrs) if not holds(_NO_REQUEST, a))
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,3 +359,10 @@ class Program:
     files: tuple[str, ...]
     version: str
     model_attrs: Mapping[str, Mapping[str, Any]] = field(repr=False)  # model key -> attrs
+    requires: tuple[PolicyRequire, ...] = ()  # policy-wide `require`s, in file order
+    denies: tuple[DenyRule, ...] = ()  # `deny` rules, in file order
+    # the policy-wide `require`s the evaluator checks per request (the rest are folded into
+    # every route's candidates at compile time): their indexes in `requires`
+    live_requires: tuple[int, ...] = ()
+    # the index of each policy-wide `require` a route has variants for -> its bit
+    variant_bits: Mapping[int, int] = field(default_factory=dict)

@@ -62,7 +62,7 @@ class Place:
 @dataclass(frozen=True, slots=True)
 class Symbol:
     name: str
-    kind: str  # route, limit, defaults, catalog
+    kind: str  # route, limit, defaults, catalog, require (policy-wide), deny
     start: int  # the whole statement
     end: int
     name_start: int  # its name (a route's, a limit's scope)
@@ -222,12 +222,32 @@ _REF = re.compile(rf"(?<![\w\"./-]){_PART}/{_PART}")
 _FIELD = re.compile(r"\b(request|model)\.(\w+(?:\.\w+)*)")
 
 
+# what the policy-wide words mean (docs/language.md, Policy-wide constraints)
+_KEYWORD_HOVER = {
+    "deny": (
+        '`deny "reason" when CONDITION`: outside any block, a request for which the'
+        " condition holds is denied with this reason, before routing (no limit is"
+        " consumed); the `when` reads the request only"
+    ),
+    "require": (
+        "`require CONDITION`: in a route, its models must meet the condition; outside any"
+        " block (`require CONDITION [when REQUEST-CONDITION]`), every route, `defaults`"
+        " and the whole fallback chain must, and a request it leaves no model for is denied"
+    ),
+}
+
+
 def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
-    """A model reference's prices and capabilities; a field's type."""
+    """A model reference's prices and capabilities; a field's type; what `deny` and
+    `require` mean."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line = text[line_start : len(text) if line_end < 0 else line_end]
     at = offset - line_start
+    for found in re.finditer(r"\b(deny|require)\b", _outside_strings(line)):
+        if found.start() <= at <= found.end():
+            shown = _KEYWORD_HOVER[found.group(1)]
+            return Hover(shown, line_start + found.start(), line_start + found.end())
     for found in _FIELD.finditer(line):
         if found.start() <= at <= found.end():
             shown = _field_hover(found.group(1), found.group(2), catalog)
@@ -348,7 +368,8 @@ def definition(text: str, offset: int, texts: Mapping[Path, str]) -> list[Place]
 
 
 def symbols(path: Path, text: str) -> list[Symbol]:
-    """The outline: the catalog statement, `defaults`, each route and each limit."""
+    """The outline: the catalog statement, `defaults`, each route, each limit, each
+    policy-wide `require` and each `deny` rule."""
     policy = _parsed(path, text)
     if policy is None:
         return []
@@ -360,6 +381,12 @@ def symbols(path: Path, text: str) -> list[Symbol]:
         elif isinstance(s, ast.Limit):
             label = s.scope.text + (f" {s.key.text}" if s.key is not None else "")
             out.append(Symbol(label, "limit", s.span.start, s.span.end, *_ends(s.scope.span)))
+        elif isinstance(s, ast.PolicyRequire):
+            label = f"require {' '.join(s.condition.span.text().split())}"
+            out.append(Symbol(label, "require", s.span.start, s.span.end, *_ends(s.span)))
+        elif isinstance(s, ast.Deny):
+            label = f"deny {s.reason.text}"
+            out.append(Symbol(label, "deny", s.span.start, s.span.end, *_ends(s.reason.span)))
         elif isinstance(s, ast.Defaults):
             out.append(Symbol("defaults", "defaults", s.span.start, s.span.end, *_ends(s.span)))
         elif isinstance(s, ast.CatalogStmt):

@@ -39,6 +39,8 @@ _SYMBOL_KIND = {
     "limit": lsp.SymbolKind.Constant,
     "defaults": lsp.SymbolKind.Namespace,
     "catalog": lsp.SymbolKind.File,
+    "require": lsp.SymbolKind.Property,
+    "deny": lsp.SymbolKind.Event,
 }
 
 

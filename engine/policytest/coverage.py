@@ -15,7 +15,12 @@ Items and what covers them:
 - each `when` condition, and each operand of `and`, `or` and `not` inside it: two
   branches, seen true and seen false;
 - each `require`: its route was taken;
-- each `limit`: it applied to a test's request (its scope had a key, its `when` held).
+- each `limit`: it applied to a test's request (its scope had a key, its `when` held);
+- each policy-wide `require`: it applied to a test's request (no `deny` rule denied it
+  and its `when`, if any, held);
+- each `deny` rule: it denied a test's request.
+The `when` of a policy-wide `require` or a `deny` counts as a condition, branch by
+branch, like a route's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from engine.language.compiler import compile_condition
 from engine.language.program import Pred, Program
 from engine.limits.limiter import applicable, group_limits
 from engine.limits.records import LimitDenial
-from engine.routing.decision import Decision
+from engine.routing.decision import Decision, DeniedByRule
 
 
 @dataclass
@@ -39,7 +44,7 @@ class Item:
     file: str
     line: int
     col: int
-    kind: str  # route | defaults | condition | require | limit
+    kind: str  # route | defaults | condition | require | limit | policy-require | deny
     text: str
     branches: bool = False  # a condition: covered by a true and a false outcome
     hits: int = 0
@@ -71,6 +76,8 @@ class Item:
             "defaults": "never taken",
             "require": "its route never taken",
             "limit": "never applied",
+            "policy-require": "never applied",
+            "deny": "never denied a request",
         }[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +192,9 @@ class Coverage:
     limit_items: dict[str, Item]  # by the limit's location
     default_item: Item | None
     _groups: tuple[Any, ...] = field(default=(), repr=False)
+    # the policy-wide `require`s (their untraced `when`) and `deny` rules (by location)
+    policy_items: list[tuple[Pred | None, Item]] = field(default_factory=list)
+    deny_items: dict[str, Item] = field(default_factory=dict)
 
     @classmethod
     def of(cls, program: Program, files: list[ast.PolicyFile]) -> Coverage:
@@ -226,16 +236,53 @@ class Coverage:
             if node.when is not None and when is not None:
                 when = _checked(when, _traced(node.when, items))
             limits.append(replace(limit, when=when) if when is not limit.when else limit)
-        traced = replace(program, routes=tuple(routes), limits=tuple(limits))
+        ast_requires = [s for f in files for s in f.statements if isinstance(s, ast.PolicyRequire)]
+        ast_denies = [s for f in files for s in f.statements if isinstance(s, ast.Deny)]
+        policy_items: list[tuple[Pred | None, Item]] = []
+        requires = []
+        for node, require in zip(ast_requires, program.requires, strict=True):
+            when_text = "" if node.when is None else f" when {_one_line(node.when.span.text())}"
+            text = f"require {_one_line(node.condition.span.text())}{when_text}"
+            item = _item(node.span, "policy-require", text)
+            items.append(item)
+            policy_items.append((require.when, item))
+            if node.when is not None and require.when is not None:
+                require = replace(require, when=_checked(require.when, _traced(node.when, items)))
+            requires.append(require)
+        deny_items: dict[str, Item] = {}
+        denies = []
+        for node, rule in zip(ast_denies, program.denies, strict=True):
+            item = _item(node.span, "deny", f"deny {node.reason.text}")
+            items.append(item)
+            deny_items[rule.location] = item
+            if node.when is not None:
+                rule = replace(rule, when=_checked(rule.when, _traced(node.when, items)))
+            denies.append(rule)
+        traced = replace(
+            program,
+            routes=tuple(routes),
+            limits=tuple(limits),
+            requires=tuple(requires),
+            denies=tuple(denies),
+        )
         items.sort(key=lambda i: (i.file, i.line, i.col))
         return cls(
             traced, items, route_items, require_items, limit_items, default_item,
-            group_limits(traced.limits),
+            group_limits(traced.limits), policy_items, deny_items,
         )  # fmt: skip
 
     def observe(self, env: Mapping[str, Any], decision: Decision, now: float) -> None:
         """Record what one decision exercised: its route, the route's requires, the limits
         that applied to the request."""
+        denied = decision.denied_by
+        if isinstance(denied, DeniedByRule):  # before routing: nothing else was asked
+            item = self.deny_items.get(denied.location)
+            if item is not None:
+                item.hits += 1
+            return
+        for when, item in self.policy_items:
+            if when is None or when(env, None):
+                item.hits += 1
         route = self.route_items.get(decision.route or "")
         if route is not None:
             route.hits += 1
@@ -243,7 +290,6 @@ class Coverage:
             self.default_item.hits += 1
         for require in self.require_items.get(decision.route or "", ()):
             require.hits += 1
-        denied = decision.denied_by
         if not decision.allowed and not isinstance(denied, LimitDenial):
             return  # no eligible model: the limits were not asked
         for group in self._groups:

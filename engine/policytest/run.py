@@ -23,7 +23,9 @@ from engine.limits.records import LimitDenial
 from engine.limits.stores import open_store
 from engine.policytest.coverage import Coverage, FileCoverage
 from engine.policytest.spec import (
+    DENY_RULE,
     NO_ELIGIBLE_MODEL,
+    POLICY_REQUIRE,
     TEST_SUFFIX,
     Case,
     Expect,
@@ -32,7 +34,12 @@ from engine.policytest.spec import (
     names_problems,
     read_test_file,
 )
-from engine.routing.decision import Decision, NoEligibleModel
+from engine.routing.decision import (
+    Decision,
+    DeniedByPolicyRequire,
+    DeniedByRule,
+    NoEligibleModel,
+)
 from engine.routing.evaluator import EvalState, evaluate
 from engine.units import format_exact_money, format_money
 
@@ -164,6 +171,10 @@ def _denial(decision: Decision) -> str:
         return "not denied"
     if isinstance(denied, NoEligibleModel):
         return NO_ELIGIBLE_MODEL
+    if isinstance(denied, DeniedByRule):
+        return DENY_RULE
+    if isinstance(denied, DeniedByPolicyRequire):
+        return POLICY_REQUIRE
     if isinstance(denied, LimitDenial):
         return " ".join(p for p in (denied.scope, denied.key, denied.unit) if p is not None)
     return "denied"
@@ -208,6 +219,10 @@ def check_expect(expect: Expect, decision: Decision, program: Program) -> list[M
         denied = decision.denied_by
         if wanted.scope == NO_ELIGIBLE_MODEL:
             ok = isinstance(denied, NoEligibleModel)
+        elif wanted.scope == DENY_RULE:
+            ok = isinstance(denied, DeniedByRule)
+        elif wanted.scope == POLICY_REQUIRE:
+            ok = isinstance(denied, DeniedByPolicyRequire)
         else:
             ok = (
                 isinstance(denied, LimitDenial)

@@ -28,6 +28,8 @@ from engine.yaml_positions import Positions, YamlSyntaxError, load_positioned
 
 TEST_SUFFIX = ".tests.yaml"
 NO_ELIGIBLE_MODEL = "no-eligible-model"  # `denied_by`: no model of the route could serve it
+DENY_RULE = "deny-rule"  # `denied_by`: a `deny "reason" when …` rule matched
+POLICY_REQUIRE = "policy-require"  # `denied_by`: a policy-wide `require` left no model
 MAX_REPEAT = 1_000_000
 
 # ---------------------------------------------------------------- the schema
@@ -463,7 +465,11 @@ def names_problems(tests: TestFile, program: Program) -> list[Diagnostic]:
     catalog = program.catalog
     providers = sorted({m.provider for m in catalog.models})
     keys = [m.key for m in catalog.models]
-    scopes = sorted({lim.scope for lim in program.limits} | {"store", NO_ELIGIBLE_MODEL})
+    scopes = sorted(
+        {lim.scope for lim in program.limits} | {"store", NO_ELIGIBLE_MODEL}
+        | ({DENY_RULE} if program.denies else set())
+        | ({POLICY_REQUIRE} if program.requires else set())
+    )  # fmt: skip
     out: list[Diagnostic] = []
 
     def bad(expect: Expect, field: str, word: str, known: list[str], what: str) -> None:

@@ -60,6 +60,50 @@ class NoEligibleModel(DenialRecord):
         return {"reason": self.reason, "candidates": [c.to_dict() for c in self.candidates]}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class DeniedByRule(DenialRecord):
+    """A `deny "reason" when …` rule matched the request (checked before routing)."""
+
+    location: str  # file:line of the rule
+    message: str  # the rule's reason, as written
+    when: str  # its condition, on one line
+    reason: ClassVar[str] = "deny_rule"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "rule": f"deny at {self.location}",
+            "location": self.location,
+            "message": self.message,
+            "when": self.when,
+        }
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DeniedByPolicyRequire(DenialRecord):
+    """A policy-wide `require` left the route no candidate: the request is denied, never
+    served by a model outside it."""
+
+    location: str  # file:line of the `require`
+    require: str  # its condition, on one line
+    when: str | None  # its `when`, on one line
+    candidates: tuple[DroppedCandidate, ...]  # every candidate of the route, and why dropped
+    reason: ClassVar[str] = "policy_require"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "rule": f"require at {self.location}",
+            "location": self.location,
+            "require": self.require,
+            "when": self.when,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+Denial = LimitDenial | NoEligibleModel | DeniedByRule | DeniedByPolicyRequire
+
+
 @dataclass(slots=True)
 class Decision:
     request_id: str | None
@@ -75,7 +119,7 @@ class Decision:
     alternatives: list[Alternative] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     rate_limits: list[LimitStatus] = field(default_factory=list)
-    denied_by: LimitDenial | NoEligibleModel | None = None
+    denied_by: Denial | None = None
     policy_version: str = ""
     trace: list[dict[str, Any]] | None = None
     deployment_of: str | None = None  # the catalog model, when `model` is one of its deployments

@@ -4,7 +4,7 @@ Imported on first use of `engine.routing.decision.DecisionSchema`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,54 @@ class _LimitSchema(BaseModel):
     retry_after_ms: float | None
 
 
+class _DroppedSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    model: str
+    dropped_because: str
+
+
+class _LimitDenialSchema(BaseModel):
+    """A rate limit (or the state store, failing closed) denied the request."""
+
+    model_config = ConfigDict(extra="forbid")
+    scope: str
+    key: str | None
+    unit: str | None = None
+    retry_after_ms: int | None
+
+
+class _NoEligibleModelSchema(BaseModel):
+    """Every candidate of the route was dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: Literal["no_eligible_model"]
+    candidates: list[_DroppedSchema]
+
+
+class _DenyRuleSchema(BaseModel):
+    """A `deny "reason" when …` rule matched (before routing)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: Literal["deny_rule"]
+    rule: str = Field(description="`deny at FILE:LINE`")
+    location: str
+    message: str = Field(description="the rule's reason, as written")
+    when: str
+
+
+class _PolicyRequireSchema(BaseModel):
+    """A policy-wide `require` left the route no candidate."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: Literal["policy_require"]
+    rule: str = Field(description="`require at FILE:LINE`")
+    location: str
+    require: str
+    when: str | None
+    candidates: list[_DroppedSchema]
+
+
 class DecisionSchema(BaseModel):
     """A routing decision, as `policyctl eval` prints it."""
 
@@ -55,6 +103,8 @@ class DecisionSchema(BaseModel):
     input_format: str | None = Field(
         None, description="the request's wire format, when it was not a native request"
     )
-    denied_by: dict[str, Any] | None
+    denied_by: (
+        _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None
+    )
     policy_version: str
     trace: list[dict[str, Any]] | None = None

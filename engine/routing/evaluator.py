@@ -1,8 +1,15 @@
 """evaluate(program, request_env, …) -> Decision. No parsing, no I/O, no concrete store.
 
 Order of work for one request:
+0. the `deny` rules, in file order: the first whose `when` holds denies the request;
 1. the first route whose `when` holds (file order), else `defaults` over the catalog;
-2. the route's candidates (prefer/exclude/require were resolved at compile time);
+2. the route's candidates (prefer/exclude/require were resolved at compile time, and so
+   were the policy-wide `require`s with no `when` that read no request or measurement);
+   the policy-wide `require`s whose `when` holds drop the models failing them (from the
+   candidates, so from the choice, the alternatives and the fallback chain alike): a
+   static one through the route's variant compiled without them (`CompiledRoute.variants`),
+   one on measurements through the snapshot's columns, one reading the request model by
+   model;
 3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
    the request's `min_quality` (the route's own floor dropped its models at compile time),
    the request's max_cost and max_latency as hard limits on the estimate, and health
@@ -33,8 +40,10 @@ from engine.catalog.model import Model
 from engine.language.program import (
     CAPABILITY_BITS,
     CompiledRoute,
+    DenyRule,
     HealthRule,
     ModelRow,
+    PolicyRequire,
     Program,
     RouteTable,
     quality_problem,
@@ -44,6 +53,8 @@ from engine.limits.records import UNATTRIBUTED
 from engine.routing.decision import (
     Alternative,
     Decision,
+    DeniedByPolicyRequire,
+    DeniedByRule,
     DroppedCandidate,
     LimitStatus,
     NoEligibleModel,
@@ -157,6 +168,34 @@ def _failing(route: CompiledRoute, stats: Mapping[str, ModelStats]) -> frozenset
     )
 
 
+def _policy_failing(
+    route: CompiledRoute, stats: Mapping[str, ModelStats]
+) -> tuple[frozenset[int], ...]:
+    """By policy-wide `require`: the positions it drops in this snapshot (a measured one on
+    the measurements, the others as compiled)."""
+    requires = route.policy_requires
+    if not any(r.measured and not r.reads_request for r in requires):
+        return route.policy_failing
+    min_samples = route.settings.min_samples
+    keys = route.table.keys
+    out = []
+    for require, compiled in zip(requires, route.policy_failing, strict=True):
+        if not require.measured or require.reads_request:
+            out.append(compiled)
+            continue
+        holds = require.holds
+        out.append(
+            frozenset(
+                p
+                for p, key in enumerate(keys)
+                if not holds(
+                    _NO_REQUEST, measured_attrs(route.attrs[p], stats.get(key), min_samples)
+                )
+            )
+        )
+    return tuple(out)
+
+
 def _degraded_reason(rule: HealthRule, stats: ModelStats) -> str:
     figures = {
         "p50": f"p50 {stats.p50_ms:,.0f} ms",
@@ -174,7 +213,7 @@ class Measured:
     may drop, with their stats and whether `degraded when` holds for them (whether a rule
     drops them depends on the decision's time)."""
 
-    __slots__ = ("failing", "lats", "rates", "route", "samples", "watch")
+    __slots__ = ("failing", "lats", "policy_failing", "rates", "route", "samples", "watch")
 
     def __init__(self, route: CompiledRoute, stats: Mapping[str, ModelStats]) -> None:
         settings = route.settings
@@ -213,6 +252,7 @@ class Measured:
         self.samples: tuple[int, ...] | None = tuple(samples) if any(samples) else None
         self.watch = tuple(watch)
         self.failing = _failing(route, stats)
+        self.policy_failing = _policy_failing(route, stats)
 
     def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
         """These columns for a snapshot whose only changes are the failure counts and times
@@ -241,6 +281,7 @@ class Measured:
         new = Measured.__new__(Measured)
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
         new.failing = self.failing  # the measurements a `require` reads did not change
+        new.policy_failing = self.policy_failing
         new.watch = tuple(watch)
         return new
 
@@ -303,11 +344,13 @@ def _eligible(
     now: float,
     trace: list[dict[str, Any]] | None,
     only: frozenset[str] | None = None,
+    policy: Sequence[PolicyRequire] = (),
 ) -> tuple[list[int], list[float], list[float], list[float] | None, list[int] | None, list[Any]]:
     """Every model of the route checked one by one, with the reason each dropped one was
     dropped: (positions, costs, latencies, success rates, samples, dropped). The general
     path: `require` clauses, explain traces, metrics without snapshots and empty results
-    come here."""
+    come here. `policy`: the policy-wide `require`s that apply to this request and were not
+    folded into the route at compile time."""
     global general_path_calls
     general_path_calls += 1
     settings = route.settings
@@ -360,6 +403,14 @@ def _eligible(
             for pred, text in route.measured_requires:
                 if not pred(_NO_REQUEST, attrs):
                     problem = f"fails `require {text}`"
+                    break
+        if problem is None and policy:
+            attrs = program.model_attrs[row.key]
+            if measuring:
+                attrs = measured_attrs(attrs, stats_of(row.key), min_samples)
+            for require in policy:
+                if not require.holds(env, attrs):
+                    problem = require.drop_reason
                     break
         stats = stats_of(row.key) if measuring and problem is None else None
         measured = stats is not None and stats.samples >= min_samples
@@ -542,7 +593,19 @@ def evaluate(
                 "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
+    if program.denies:
+        for rule in program.denies:  # before routing: no route, no limit is consumed
+            if rule.when(env, None):
+                return _denied_by_rule(program, env, rule, trace)
     route = _route_for(program, env, trace)
+    # the policy-wide `require`s this request meets and the route has not folded in (a
+    # static one with a `when` is folded into one of the route's variants), and their
+    # indexes in `program.requires`
+    policy: list[PolicyRequire] | tuple[()] = ()
+    applied: list[int] | tuple[()] = ()
+    per_model = False  # one of them reads the request: checked model by model
+    if program.live_requires:
+        route, policy, applied, per_model = _policy_requires(program, route, env, trace)
     settings = route.settings
     if trace is not None:
         for model, because in route.dropped:
@@ -567,13 +630,23 @@ def evaluate(
                         columns = measured_columns(snapshot, route)
             else:
                 measuring = False  # nothing in this snapshot yet: the priors stand
-    if trace is None and not route.requires and (columns is not None or not measuring):
+    if (
+        trace is None
+        and not route.requires
+        and not per_model
+        and (columns is not None or not measuring)
+    ):
         if columns is None:
-            pos, costs, lats = _eligible_fast(table, env, now, None, route.prior_failing)
+            out = route.prior_failing
+            if applied:  # and the positions the policy-wide `require`s that apply drop
+                out = _policy_drops(out, route.policy_failing, applied)
+            pos, costs, lats = _eligible_fast(table, env, now, None, out)
         else:
             out = columns.dropped(now) if columns.watch else None
             if columns.failing:  # a `require` on measurements drops them in this snapshot
                 out = columns.failing if not out else out | columns.failing
+            if applied:
+                out = _policy_drops(out, columns.policy_failing, applied)
             pos, costs, lats = _eligible_fast(table, env, now, columns.lats, out)
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
@@ -596,7 +669,7 @@ def evaluate(
                 )
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
-            program, route, env, stats_of, measuring, now, trace, only
+            program, route, env, stats_of, measuring, now, trace, only, policy
         )
         if not pos:
             return _no_eligible_model(program, env, route, dropped, trace)
@@ -783,6 +856,83 @@ def _rate_limited(
     )
 
 
+def _policy_requires(
+    program: Program,
+    route: CompiledRoute,
+    env: Mapping[str, Any],
+    trace: list[dict[str, Any]] | None,
+) -> tuple[CompiledRoute, list[PolicyRequire], list[int], bool]:
+    """The policy-wide `require`s checked per request: the route to use (its variant
+    without the models the static ones whose `when` holds drop), the others that apply and
+    their indexes in `program.requires`, and whether one of those reads the request."""
+    requires, bits = program.requires, program.variant_bits
+    policy: list[PolicyRequire] = []
+    applied: list[int] = []
+    per_model = False
+    mask = 0
+    for i in program.live_requires:
+        require = requires[i]
+        if require.when is None or require.when(env, None):
+            if trace is not None:
+                trace.append(_policy_step(require))
+            bit = bits.get(i)
+            if bit is not None and route.variants:
+                mask |= bit
+                continue
+            policy.append(require)
+            applied.append(i)
+            per_model = per_model or require.reads_request
+    if mask:  # the route's candidates less what those `require`s drop, compiled
+        route = route.variants[mask]
+    return route, policy, applied, per_model
+
+
+def _policy_drops(
+    out: AbstractSet[int] | None, failing: Sequence[frozenset[int]], applied: Sequence[int]
+) -> AbstractSet[int] | None:
+    """`out` with the positions the policy-wide `require`s `applied` drop (`failing`: by
+    `require`, the route's on the priors or a snapshot's columns)."""
+    for i in applied:
+        found = failing[i]
+        if found:
+            out = found if not out else out | found
+    return out
+
+
+def _policy_step(require: PolicyRequire) -> dict[str, Any]:
+    return {
+        "step": "policy-require",
+        "location": require.location,
+        "require": require.text,
+        "when": require.when_text,
+    }
+
+
+def _denied_by_rule(
+    program: Program, env: Mapping[str, Any], rule: DenyRule, trace: list[dict[str, Any]] | None
+) -> Decision:
+    if trace is not None:
+        trace.append(
+            {"step": "deny", "location": rule.location, "when": rule.when_text, "matched": True}
+        )
+    return Decision(
+        request_id=env["id"],
+        allowed=False,
+        provider=None,
+        model=None,
+        route="",
+        strategy="",
+        reason=f"Denied by the rule at {rule.location}: {rule.reason}",
+        estimated_cost=None,
+        estimated_latency_ms=None,
+        confidence=1.0,
+        denied_by=DeniedByRule(rule.location, rule.reason, rule.when_text),
+        policy_version=program.version,
+        trace=trace,
+        input_format=env.get("format", NATIVE),
+    )
+
+
 def _no_eligible_model(
     program: Program,
     env: Mapping[str, Any],
@@ -793,6 +943,27 @@ def _no_eligible_model(
     candidates = tuple(
         [DroppedCandidate(m.provider, m.id, because) for m, because in (*route.dropped, *dropped)]
     )
+    reasons = {c.dropped_because for c in candidates}
+    blamed = next((r for r in route.policy_requires if r.drop_reason in reasons), None)
+    if blamed is not None:  # a policy-wide `require` left no candidate: denied, not elsewhere
+        return Decision(
+            request_id=env["id"],
+            allowed=False,
+            provider=None,
+            model=None,
+            route=route.name,
+            strategy=route.settings.strategy,
+            reason=f"Denied by {blamed.label}",
+            estimated_cost=None,
+            estimated_latency_ms=None,
+            confidence=1.0,
+            denied_by=DeniedByPolicyRequire(
+                blamed.location, blamed.text, blamed.when_text, candidates
+            ),
+            policy_version=program.version,
+            trace=trace,
+            input_format=env.get("format", NATIVE),
+        )
     n = len(candidates)
     return Decision(
         request_id=env["id"],

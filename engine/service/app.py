@@ -37,7 +37,7 @@ from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets
-from engine.routing.decision import NoEligibleModel
+from engine.routing.decision import Denial
 from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
@@ -59,7 +59,7 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.decisions: Counter[tuple[str, str, str]] = Counter()  # route, provider, outcome
-        self.denials: Counter[str] = Counter()  # scope (or no_eligible_model)
+        self.denials: Counter[str] = Counter()  # scope (or no_eligible_model, deny_rule, …)
         self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -70,7 +70,7 @@ class Telemetry:
         route: str,
         provider: str | None,
         allowed: bool,
-        denied: LimitDenial | NoEligibleModel | None,
+        denied: Denial | None,
         s: float,
     ) -> None:
         self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1

@@ -10,8 +10,10 @@ draws its outcome from the chosen model's provider, and the outcome is fed back 
 `engine.record` when the call completes in simulated time (calls overlap, as they do in
 production: a failing provider keeps receiving requests until its failures come back).
 
-Two baselines run on the same traffic and providers without the engine: uniform random
-over the models that can serve each request, and always Claude 3.5 Sonnet.
+Three baselines run on the same traffic and providers without the engine: uniform random
+over the models that can serve each request, always Claude 3.5 Sonnet, and an oracle that
+knows the world and takes the cheapest model that is up and good enough (a template's
+`min_quality` against the models' true `quality`); every row's regret is against it.
 
 Reproducible: the traffic (templates and arrival times) comes from one seeded generator,
 and every run draws its outcomes from its own generator seeded the same way, one latency

@@ -1,10 +1,13 @@
-"""The report: `simulate(scenario) -> Report`, its rows and outage tables, and the plot.
+"""The report: `simulate(scenario) -> Report`, its rows and event tables, and the plot.
 
 Each row summarises one run (served, mean and p95 latency, cost per request, failures,
-denials, the model picked most), next to the baselines: latency against uniform random,
-cost against always Sonnet. For each provider outage, how each run met it: calls during
-the outage, how soon it routed away, how soon it came back. `--plot` draws latency and
-cost over simulated time (matplotlib, the `policyctl[plot]` extra).
+denials, bad answers, the model picked most), next to the baselines: latency against
+uniform random, cost against always Sonnet, and the regret against the oracle (extra cost
+per request, extra mean latency, extra bad answers). For each provider outage and
+degradation, how each run met it: calls during it, how soon it routed away, how soon it
+came back. For traffic with a `region`, how many requests each run served outside it.
+`--plot` draws latency and cost over simulated time (matplotlib, the `policyctl[plot]`
+extra).
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import PolicyctlError
-from engine.simulate.run import RANDOM_ROW, SONNET_ROW, Run, run_always, run_random, run_strategy
+from engine.simulate.run import (
+    ORACLE_ROW,
+    RANDOM_ROW,
+    SONNET_ROW,
+    Run,
+    run_always,
+    run_oracle,
+    run_random,
+    run_strategy,
+)
 from engine.simulate.scenario import Scenario
 from engine.simulate.world import START, Arrival, draw_arrivals
 
@@ -37,9 +49,15 @@ class Report:
         by_name = {row["name"]: row for row in rows}
         base_latency = by_name[RANDOM_ROW]["mean_ms"]
         base_cost = by_name[SONNET_ROW]["cost_per_request"]
+        oracle = by_name[ORACLE_ROW]
         for row in rows:
             row["latency_vs_random"] = _ratio(row["mean_ms"], base_latency)
             row["cost_vs_sonnet"] = _ratio(row["cost_per_request"], base_cost)
+            row["regret"] = {
+                "cost_per_request": _minus(row["cost_per_request"], oracle["cost_per_request"], 12),
+                "mean_ms": _minus(row["mean_ms"], oracle["mean_ms"], 3),
+                "bad_answers": row["bad_answers"] - oracle["bad_answers"],
+            }
         duration = self.arrivals[-1].at - START if self.arrivals else 0.0
         n = max(len(self.arrivals), 1)
         mix = Counter(a.template.name for a in self.arrivals)
@@ -62,6 +80,8 @@ class Report:
             },
             "rows": rows,
             "outages": self.outages(),
+            "degradations": self.degradations(),
+            "residency": self.residency(),
         }
 
     def outages(self) -> list[dict[str, Any]]:
@@ -74,9 +94,60 @@ class Report:
             start, end = outage.from_request, outage.to_request
             rows = []
             for run in self.runs:
-                rows.append(_outage_row(run, key, start, end, at))
+                rows.append(_window_row(run, key, start, end, at, "calls_during_outage"))
             out.append({"provider": key, "from_request": start, "to_request": end, "rows": rows})
         return out
+
+    def degradations(self) -> list[dict[str, Any]]:
+        """Per degradation: how each run met it, as for an outage (`_window_row`)."""
+        out = []
+        at = [a.at for a in self.arrivals]
+        n = len(at)
+        for key, provider in self.scenario.providers.items():
+            slow = provider.degradation
+            if slow is None:
+                continue
+            start, end = slow.from_request, slow.to_request
+            rows = [_window_row(run, key, start, end, at, "calls_during") for run in self.runs]
+            out.append(
+                {
+                    "provider": key,
+                    "from_request": start,
+                    "to_request": end,
+                    "from_s": round(at[start] - START, 3) if start < n else None,
+                    "to_s": round(at[end] - START, 3) if end < n else None,
+                    "latency_factor": slow.latency_factor,
+                    "rows": rows,
+                }
+            )
+        return out
+
+    def residency(self) -> dict[str, Any] | None:
+        """For requests with a `region`: how many each run served on a model whose catalog
+        `regions` do not include it (None when no template gives a region)."""
+        regional = [a.index for a in self.arrivals if a.template.region is not None]
+        if not any(t.region is not None for t in self.scenario.traffic):
+            return None
+        models = self.scenario.catalog.models
+        region_of = [a.template.region for a in self.arrivals]
+        rows = []
+        for run in self.runs:
+            served = [i for i in regional if run.chosen[i] >= 0]
+            outside = [i for i in served if region_of[i] not in models[run.chosen[i]].regions]
+            rows.append(
+                {
+                    "name": run.name,
+                    "kind": run.kind,
+                    "served": len(served),
+                    "denied": len(regional) - len(served),
+                    "outside": len(outside),
+                    "first_outside": outside[0] if outside else None,
+                    "fallbacks_outside": (
+                        len(run.fallbacks_outside) if run.kind == "strategy" else None
+                    ),
+                }
+            )
+        return {"requests": len(regional), "rows": rows}
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -85,8 +156,16 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     return round(value / base - 1.0, 4)
 
 
-def _outage_row(run: Run, key: str, start: int, end: int, at: list[float]) -> dict[str, Any]:
-    """How a run met an outage of `key` over requests [start, end)."""
+def _minus(value: float | None, base: float | None, digits: int) -> float | None:
+    if value is None or base is None:
+        return None
+    return round(value - base, digits)
+
+
+def _window_row(
+    run: Run, key: str, start: int, end: int, at: list[float], calls_name: str
+) -> dict[str, Any]:
+    """How a run met an outage or a degradation of `key` over requests [start, end)."""
     n = len(run.chosen)
     index = run.keys.index(key)
     chosen = run.chosen
@@ -94,7 +173,7 @@ def _outage_row(run: Run, key: str, start: int, end: int, at: list[float]) -> di
     row: dict[str, Any] = {
         "name": run.name,
         "kind": run.kind,
-        "calls_during_outage": calls,
+        calls_name: calls,
         "routed_away_after": None,
         "routed_away_after_s": None,
         "calls_before_away": None,
@@ -121,7 +200,11 @@ def simulate(scenario: Scenario) -> Report:
     arrivals = draw_arrivals(
         scenario.seed, scenario.requests, scenario.rate_per_s, scenario.traffic
     )
-    runs = [run_random(scenario, arrivals), run_always(scenario, arrivals)]
+    runs = [
+        run_random(scenario, arrivals),
+        run_always(scenario, arrivals),
+        run_oracle(scenario, arrivals),
+    ]
     runs += [run_strategy(scenario, arrivals, s) for s in scenario.strategies]
     return Report(scenario, arrivals, runs)
 
@@ -163,6 +246,14 @@ def plot(report: Report, path: str | os.PathLike[str]) -> None:
             for ax in (ax_latency, ax_cost):
                 ax.axvspan(lo, hi, color="red", alpha=0.08)
             ax_latency.annotate(f"outage {key}", (lo, 0.97), xycoords=("data", "axes fraction"),
+                                fontsize=8, va="top")  # fmt: skip
+        slow = provider.degradation
+        if slow is not None and slow.from_request < n:
+            lo, hi = at[slow.from_request], at[min(slow.to_request, n) - 1]
+            for ax in (ax_latency, ax_cost):
+                ax.axvspan(lo, hi, color="orange", alpha=0.08)
+            label = f"{slow.latency_factor:g}× slower {key}"
+            ax_latency.annotate(label, (lo, 0.92), xycoords=("data", "axes fraction"),
                                 fontsize=8, va="top")  # fmt: skip
         if provider.drift is not None and provider.drift.at_request < n:
             x = at[provider.drift.at_request]

@@ -1,12 +1,15 @@
-"""The runs: each strategy against a fresh engine, and the two baselines, on the same traffic.
+"""The runs: each strategy against a fresh engine, and the baselines, on the same traffic.
 
 For each strategy a fresh engine runs with `defaults { strategy X … }` plus the scenario's
-`policy` settings and `limits`, on a fake clock that the arrivals advance (nothing sleeps).
-Each allowed request draws its outcome from the chosen model's provider, and the outcome is
-fed back with `engine.record` when the call completes in simulated time (calls overlap, as
-they do in production: a failing provider keeps receiving requests until its failures come
-back). Two baselines run on the same traffic and providers without the engine: uniform
-random over the models that can serve each request, and always Claude 3.5 Sonnet.
+`policy` settings, `routes` and `limits`, on a fake clock that the arrivals advance
+(nothing sleeps). Each allowed request draws its outcome from the chosen model's provider,
+and the outcome is fed back with `engine.record` when the call completes in simulated time
+(calls overlap, as they do in production: a failing provider keeps receiving requests until
+its failures come back). Three baselines run on the same traffic and providers without the
+engine: uniform random over the models that can serve each request, always Claude 3.5
+Sonnet, and the oracle, which knows the world (true latency, quality, outages) and takes
+the cheapest model that serves each request well (`run_oracle`). Every run marks its bad answers:
+successful calls to a model whose true quality is under the template's `min_quality`.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.api.policy_engine import PolicyEngine
-from engine.catalog.model import Model
 from engine.simulate.scenario import Scenario
-from engine.simulate.world import START, Arrival, Template, outcome_rng
+from engine.simulate.world import START, Arrival, Template, capable, outcome_rng
 
 # the "always sonnet" baseline: the design's Claude 3.5 Sonnet, else today's Sonnet
 SONNET = "claude/claude-3-5-sonnet-20241022"
 SONNETS = (SONNET, "anthropic/claude-sonnet-4-6")
 RANDOM_ROW = "random"
 SONNET_ROW = "always sonnet"
-_HEALTH_DROPS = ("in cooldown", "success rate")  # the evaluator's health reasons
+ORACLE_ROW = "oracle"
+_HEALTH_DROPS = ("in cooldown", "success rate", "degraded")  # the evaluator's health reasons
 
 
 class _Clock:
@@ -54,13 +57,19 @@ class Run:
     latency_ms: array[float]  # nan when denied
     cost: array[float]
     ok: bytearray
+    bad: bytearray  # 1: a successful call whose answer is under the template's min_quality
     health_drops: dict[str, list[int]] = field(default_factory=dict)  # key -> request numbers
+    # request numbers whose decision's fallback chain held a model outside the request's
+    # region (strategy runs only; baselines have no chain)
+    fallbacks_outside: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         served = [lat for lat in self.latency_ms if lat == lat]
         n = len(served)
         denials = len(self.chosen) - n
         failures = sum(1 for c, ok in zip(self.chosen, self.ok, strict=True) if c >= 0 and not ok)
+        answers = n - failures
+        bad = sum(self.bad)
         total_cost = math.fsum(self.cost)
         picks = Counter(self.keys[c] for c in self.chosen if c >= 0)
         ordered = sorted(served)
@@ -75,6 +84,9 @@ class Run:
             "total_cost": round(total_cost, 10),
             "failures": failures,
             "denials": denials,
+            "answers": answers,
+            "bad_answers": bad,
+            "bad_answer_rate": round(bad / answers, 4) if answers else None,
             "top_model": top[0][0] if top else None,
             "top_share": round(top[0][1] / n, 4) if top else None,
             "models": dict(sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -91,7 +103,23 @@ def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
         latency_ms=array("d", [math.nan]) * n,
         cost=array("d", [0.0]) * n,
         ok=bytearray(n),
+        bad=bytearray(n),
     )
+
+
+def bad_answers(scenario: Scenario) -> dict[Template, bytes]:
+    """Per template, per model index: 1 when the model's true quality is under the
+    template's `min_quality` (its answers are bad), else 0."""
+    keys = list(scenario.providers)
+    out = {}
+    for t in scenario.traffic:
+        row = bytearray(len(keys))
+        if t.min_quality is not None:
+            for i, key in enumerate(keys):
+                q = scenario.quality(key, t)
+                row[i] = q is not None and q < t.min_quality
+        out[t] = bytes(row)
+    return out
 
 
 def _run_baseline(
@@ -101,6 +129,7 @@ def _run_baseline(
     rng = outcome_rng(scenario.seed)
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
+    bad = bad_answers(scenario)
     for a in arrivals:
         z, u = rng.gauss(0.0, 1.0), rng.random()
         index = pick(a)
@@ -111,26 +140,14 @@ def _run_baseline(
         run.chosen[a.index] = index
         run.latency_ms[a.index] = latency
         run.ok[a.index] = ok
+        run.bad[a.index] = ok and bad[t][index]
         run.cost[a.index] = models[index].cost(t.input_tokens, t.output_tokens) if ok else 0.0
     return run
 
 
-def _capable(model: Model, needs: frozenset[str], tokens: int, max_tokens: int | None) -> bool:
-    """What a capability filter checks: features, context window and max_tokens."""
-    if not needs <= model.supports:
-        return False
-    if max_tokens is not None and max_tokens > model.max_tokens:
-        return False
-    return tokens + (max_tokens or 0) <= model.context_window
-
-
 def _capable_sets(scenario: Scenario) -> dict[Template, list[int]]:
     return {
-        t: [
-            i
-            for i, m in enumerate(scenario.catalog.models)
-            if _capable(m, t.needs, t.input_tokens, t.max_tokens)
-        ]
+        t: [i for i, m in enumerate(scenario.catalog.models) if capable(m, t)]
         for t in scenario.traffic
     }
 
@@ -168,6 +185,63 @@ def run_always(scenario: Scenario, arrivals: list[Arrival], key: str | None = No
     return _run_baseline(scenario, arrivals, SONNET_ROW, pick)
 
 
+def run_oracle(scenario: Scenario, arrivals: list[Arrival]) -> Run:
+    """The oracle: for each request, the cheapest model that serves it and is good enough.
+
+    It serves the request: it passes the capability filter, lists the request's `region`
+    (when the request has one), is up (not failing every call) at this request, and meets
+    the request's `max_cost` and `max_latency_ms` (its true p95 at this request). Good
+    enough: its true quality for the template is at least `min_quality`; when no serving
+    model is, those of the best quality among them. Cheapest by the template's tokens at
+    catalog prices; ties by the lower true mean latency at this request, then catalog
+    order. No model serves: a denial. No draw is made, so it is deterministic."""
+    providers = list(scenario.providers.values())
+    models = scenario.catalog.models
+    bad = bad_answers(scenario)
+    # per template, what does not change per request: the candidates (capable, in the
+    # region, within max_cost) in order of cost, then catalog order
+    ordered: dict[Template, list[tuple[float, int]]] = {}
+    for t in scenario.traffic:
+        found = []
+        for i, m in enumerate(models):
+            cost = m.cost(t.input_tokens, t.output_tokens)
+            if not capable(m, t) or (t.region is not None and t.region not in m.regions):
+                continue
+            if t.max_cost is not None and cost > t.max_cost:
+                continue
+            found.append((cost, i))
+        ordered[t] = sorted(found)
+    keys = list(scenario.providers)
+
+    def pick(a: Arrival) -> int:
+        t = a.template
+        request = a.index
+        cap = t.max_latency_ms
+
+        def serves(i: int) -> bool:
+            p = providers[i]
+            return p.failure_rate_at(request) < 1.0 and (cap is None or p.p95_ms_at(request) <= cap)
+
+        is_bad = bad[t]
+        for n, (cost, i) in enumerate(ordered[t]):
+            if is_bad[i] or not serves(i):
+                continue
+            ties = [i] + [
+                j for c, j in ordered[t][n + 1 :] if c == cost and not is_bad[j] and serves(j)
+            ]
+            return min(ties, key=lambda j: (providers[j].mean_ms_at(request), j))
+        serving = [(cost, i) for cost, i in ordered[t] if serves(i)]
+        if not serving:
+            return -1
+        # nobody is good enough: the best quality there is, cheapest first
+        quality = {i: scenario.quality(keys[i], t) or 0.0 for _, i in serving}
+        best = max(quality.values())
+        tops = [(c, providers[i].mean_ms_at(request), i) for c, i in serving if quality[i] == best]
+        return min(tops)[2]
+
+    return _run_baseline(scenario, arrivals, ORACLE_ROW, pick)
+
+
 def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> Run:
     """A fresh engine on a fake clock; outcomes are recorded when each call completes."""
     run = _new_run(strategy, "strategy", scenario)
@@ -181,8 +255,10 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
     index_of = {key: i for i, key in enumerate(scenario.providers)}
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
-    watched = {p.key for p in providers if p.outage is not None}
+    watched = {p.key for p in providers if p.outage is not None or p.degradation is not None}
     explain = bool(watched)
+    bad = bad_answers(scenario)
+    regions = {m.key: m.regions for m in models}
     rng = outcome_rng(scenario.seed)
     pending: list[tuple[float, int, Any, float, bool, float, int, int]] = []
     record = engine.record
@@ -222,9 +298,15 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
             latency, ok = providers[index].outcome(a.index, z, u)
             out_tokens = t.output_tokens if ok else 0
             cost = models[index].cost(t.input_tokens, out_tokens) if ok else 0.0
+            if t.region is not None and any(
+                t.region not in regions.get(f"{f['provider']}/{f['model']}", ())
+                for f in decision.fallbacks
+            ):
+                run.fallbacks_outside.append(a.index)
             run.chosen[a.index] = index
             run.latency_ms[a.index] = latency
             run.ok[a.index] = ok
+            run.bad[a.index] = ok and bad[t][index]
             run.cost[a.index] = cost
             done = a.at + latency / 1000.0
             heapq.heappush(

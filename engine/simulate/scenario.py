@@ -29,7 +29,7 @@ from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
 from engine.resources import default_catalog_path
 from engine.routing.request import Request, RequestError, env_of
-from engine.simulate.world import Provider, ProviderSpec, Template
+from engine.simulate.world import Provider, ProviderSpec, Template, capable
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
@@ -73,6 +73,7 @@ class _TrafficSpec(BaseModel):
     name: str | None = None
     weight: Annotated[float, Field(gt=0)] = 1.0
     output_tokens: Annotated[int, Field(ge=0)] | None = None  # what the model writes
+    min_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # a good answer's quality
 
 
 class _ScenarioSpec(BaseModel):
@@ -86,8 +87,10 @@ class _ScenarioSpec(BaseModel):
     providers: dict[str, Any] = {}  # each checked as a ProviderSpec
     strategies: list[Any] | None = None
     policy: str = ""
+    routes: str = ""  # routes (any top-level statements), after `defaults`
     limits: str = ""
     catalog: str | None = None  # relative to the scenario file; default: the packaged one
+    default_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # models without one
 
 
 # ---------------------------------------------------------------- the validated scenario
@@ -99,8 +102,11 @@ class _Embedded:
     diagnostics point at the scenario's own lines."""
 
     lines: tuple[str, ...]  # the scenario file's lines
-    policy: tuple[int, int] | None  # 0-based [key line, end line) of a `policy: |` block
-    limits: tuple[int, int] | None
+    # 0-based [key line, end line) of each `policy: |`, `routes: |` and `limits: |` block
+    blocks: Mapping[str, tuple[int, int]]
+
+
+_BLOCKS = ("policy", "routes", "limits")
 
 
 @dataclass(frozen=True)
@@ -118,15 +124,20 @@ class Scenario:
     catalog: Catalog
     catalog_path: Path
     embedded: _Embedded | None = field(default=None, repr=False)
+    routes: str = ""
+    default_quality: float | None = None  # the true quality of a model without one
+
+    def quality(self, key: str, template: Template) -> float | None:
+        """The true quality of model `key`'s answers to `template` (None: not known)."""
+        return self.providers[key].quality_for(template.name, self.default_quality)
 
     def policy_text(self, strategy: str) -> tuple[str, str]:
         """(source name, policy text) for one strategy's run."""
         catalog = f"catalog {json.dumps(self.catalog_path.as_posix())}"
         emb = self.embedded
-        if (
-            emb is not None
-            and (emb.policy is not None or not self.policy.strip())
-            and (emb.limits is not None or not self.limits.strip())
+        texts = {"policy": self.policy, "routes": self.routes, "limits": self.limits}
+        if emb is not None and all(
+            name in emb.blocks or not text.strip() for name, text in texts.items()
         ):
             n = len(emb.lines)
             lines = [""] * (n + 3)
@@ -136,22 +147,26 @@ class Scenario:
                 lines[i] = line
                 used.add(i)
 
-            if emb.policy is not None:
-                key, end = emb.policy
+            if "policy" in emb.blocks:
+                key, end = emb.blocks["policy"]
                 put(key, "defaults {")
                 for i in range(key + 1, end):
                     put(i, emb.lines[i])
                 put(end, f"strategy {strategy} }}")
-            if emb.limits is not None:
-                key, end = emb.limits
-                for i in range(key + 1, end):
-                    put(i, emb.lines[i])
+            for name in ("routes", "limits"):
+                if name in emb.blocks:
+                    key, end = emb.blocks[name]
+                    for i in range(key + 1, end):
+                        put(i, emb.lines[i])
             free = (i for i in range(n + 3) if i not in used)
-            if emb.policy is None:
+            if "policy" not in emb.blocks:
                 put(next(free), f"defaults {{ strategy {strategy} }}")
             put(next(free), catalog)
             return self.path, "\n".join(lines) + "\n"
-        text = f"{catalog}\ndefaults {{\n{self.policy}\nstrategy {strategy}\n}}\n{self.limits}\n"
+        text = (
+            f"{catalog}\ndefaults {{\n{self.policy}\nstrategy {strategy}\n}}\n"
+            f"{self.routes}\n{self.limits}\n"
+        )
         return f"{self.path} (policy)", text
 
 
@@ -220,23 +235,23 @@ def _read(path: Path) -> str:
 
 
 def _embedded(text: str) -> _Embedded | None:
-    """The line ranges of top-level `policy: |` and `limits: |` blocks, if that is how they
-    are written (any other style: None, and the policy text is generated apart)."""
+    """The line ranges of top-level `policy: |`, `routes: |` and `limits: |` blocks, if that
+    is how they are written (any other style: None, and the policy text is generated apart)."""
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:  # pragma: no cover - the data load reported it
         return None
     if not isinstance(root, yaml.MappingNode):
         return None
-    found: dict[str, tuple[int, int] | None] = {"policy": None, "limits": None}
+    found: dict[str, tuple[int, int]] = {}
     for key, value in root.value:
-        if isinstance(key, yaml.ScalarNode) and key.value in found:
+        if isinstance(key, yaml.ScalarNode) and key.value in _BLOCKS:
             if not isinstance(value, yaml.ScalarNode) or value.style != "|":
                 if isinstance(value, yaml.ScalarNode) and not value.value.strip():
                     continue
                 return None
             found[key.value] = (value.start_mark.line, value.end_mark.line)
-    return _Embedded(tuple(text.splitlines()), found["policy"], found["limits"])
+    return _Embedded(tuple(text.splitlines()), found)
 
 
 def _parse_strategies(
@@ -373,9 +388,76 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
             output_tokens=output,
             needs=frozenset(needs),
             max_tokens=max_tokens,
+            min_quality=spec.min_quality,
+            region=env["region"],
+            max_cost=env["max_cost"],
+            max_latency_ms=env["max_latency_ms"],
         ),
         [],
     )
+
+
+def _template_names(raw_traffic: Any) -> list[str]:
+    """The templates' names as the file gives them (`traffic[i]` for one without a name)."""
+    names = []
+    for i, item in enumerate(raw_traffic if isinstance(raw_traffic, list) else ()):
+        name = item.get("name") if isinstance(item, dict) else None
+        names.append(name if isinstance(name, str) and name else f"traffic[{i}]")
+    return names
+
+
+def _quality_errors(
+    source: str, key: str, quality: float | Mapping[str, float] | None, names: list[str]
+) -> list[str]:
+    """A per-template `quality` must name the scenario's templates."""
+    if not isinstance(quality, Mapping):
+        return []
+    out = []
+    for name in quality:
+        if name not in names:
+            guess = did_you_mean(name, names)
+            hint = (
+                f"did you mean `{guess}`?"
+                if guess
+                else "templates: " + ", ".join(f"`{n}`" for n in names)
+            )
+            out.append(
+                f"{source}: field `providers.{key}.quality.{name}`: unknown template ({hint})"
+            )
+    return out
+
+
+def _unknown_quality(
+    source: str,
+    templates: Sequence[Template],
+    catalog: Catalog,
+    providers: Mapping[str, Provider],
+) -> list[str]:
+    """A template with `min_quality` needs the true quality of every model that can serve
+    it: from the model's `quality`, else the scenario's `default_quality`."""
+    out = []
+    for t in templates:
+        if t.min_quality is None:
+            continue
+        unknown = [
+            m.key
+            for m in catalog.models
+            if capable(m, t) and providers[m.key].quality_for(t.name, None) is None
+        ]
+        if unknown:
+            shown = ", ".join(f"`{k}`" for k in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            models = (
+                "1 model that can serve it has"
+                if len(unknown) == 1
+                else (f"{len(unknown)} models that can serve it have")
+            )
+            out.append(
+                f"{source}: field `default_quality`: missing: template `{t.name}` sets"
+                f" `min_quality` and {models} no `quality` for it ({shown}{more}); give"
+                " them one under `providers`, or set `default_quality`"
+            )
+    return out
 
 
 def load_scenario(
@@ -438,6 +520,8 @@ def load_scenario(
         if template is not None:
             templates.append(template)
 
+    names = _template_names(raw_traffic)
+    before_providers = len(errors)
     providers: dict[str, Provider] = {}
     raw_providers = raw.get("providers")
     for key, item in (raw_providers if isinstance(raw_providers, dict) else {}).items():
@@ -455,10 +539,13 @@ def load_scenario(
         except ValidationError as err:
             errors += _pydantic_errors(source, err, ProviderSpec, ("providers", key))
             continue
-        providers[model.key] = Provider.from_mean(model.key, pspec)
+        errors += _quality_errors(source, key, pspec.quality, names)
+        providers[model.key] = Provider.from_spec(model, pspec)
     for model in catalog.models:
         providers.setdefault(model.key, Provider.from_prior(model))
     providers = {m.key: providers[m.key] for m in catalog.models}  # catalog order
+    if spec is not None and spec.default_quality is None and len(errors) == before_providers:
+        errors += _unknown_quality(source, templates, catalog, providers)
 
     raw_strategies = raw.get("strategies")
     if strategies is not None:
@@ -474,13 +561,13 @@ def load_scenario(
     else:
         chosen, problems = [], []  # the top-level check reported it
     errors += problems
-    raw_policy = raw.get("policy")
-    for number, line in enumerate(str(raw_policy or "").splitlines(), start=1):
-        if _STRATEGY_LINE.match(line):
-            errors.append(
-                f"{source}: field `policy` (line {number}): `strategy` is set per run from"
-                " `strategies`; remove it here"
-            )
+    for block in ("policy", "routes"):
+        for number, line in enumerate(str(raw.get(block) or "").splitlines(), start=1):
+            if _STRATEGY_LINE.match(line):
+                errors.append(
+                    f"{source}: field `{block}` (line {number}): `strategy` is set per run"
+                    " from `strategies`; remove it here"
+                )
     if errors or spec is None:
         raise ScenarioError(errors)
 
@@ -498,6 +585,8 @@ def load_scenario(
         catalog=catalog,
         catalog_path=catalog_path,
         embedded=_embedded(text),
+        routes=spec.routes,
+        default_quality=spec.default_quality,
     )
     name, policy = scenario.policy_text(chosen[0])
     PolicyEngine.from_text(policy, name).close()  # a policy that does not check fails here

@@ -1,10 +1,13 @@
 """The simulated world: synthetic providers, their latency and failure draws, and the traffic.
 
 A provider's latency is lognormal (from a mean and a p95 or a sigma), it fails at a rate,
-and it may `drift` or have an `outage` from a request number on. The traffic is a list of
-request templates drawn by weight, arriving as a Poisson process on a fake clock that
-starts at `START`. Every draw comes from a generator seeded from the scenario's seed, so a
-run is reproducible and runs compare on common random numbers.
+and it may `drift` from a request number on, or have an `outage` (every call fails) or a
+`degradation` (latencies multiplied, no errors) over a window of request numbers. Its true
+`quality` per request template says whether an answer is good enough for the template's
+`min_quality` (the simulator's world, not the catalog's quality scores a policy reads).
+The traffic is a list of request templates drawn by weight, arriving as a Poisson process
+on a fake clock that starts at `START`. Every draw comes from a generator seeded from the
+scenario's seed, so a run is reproducible and runs compare on common random numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.catalog.model import Model
 
@@ -35,14 +38,15 @@ class Drift(BaseModel):
     failure_rate: Rate | None = None
 
 
-class Outage(BaseModel):
+class _Window(BaseModel):
+    """Requests [from_request, to_request): arrival numbers, the same in every run."""
+
     model_config = ConfigDict(extra="forbid")
     from_request: Annotated[int, Field(ge=0)]
     to_request: Annotated[int, Field(ge=0)]
-    latency_ms: Annotated[float, Field(ge=0)] | None = None  # default: the usual draw
 
     @model_validator(mode="after")
-    def _ordered(self) -> Outage:
+    def _ordered(self) -> _Window:
         if self.to_request <= self.from_request:
             raise ValueError(
                 f"to_request ({self.to_request}) must be greater than from_request"
@@ -50,18 +54,57 @@ class Outage(BaseModel):
             )
         return self
 
+    def covers(self, request: int) -> bool:
+        return self.from_request <= request < self.to_request
+
+
+class Outage(_Window):
+    latency_ms: Annotated[float, Field(ge=0)] | None = None  # default: the usual draw
+
+
+class Degradation(_Window):
+    """Slower without errors: latencies (so the mean and every percentile) times `factor`."""
+
+    latency_factor: Annotated[float, Field(gt=0)]
+
 
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mean_ms: Annotated[float, Field(gt=0)]
+    mean_ms: Annotated[float, Field(gt=0)] | None = None  # None: the catalog prior
     p95_ms: Annotated[float, Field(gt=0)] | None = None
     sigma: Annotated[float, Field(ge=0, le=5)] | None = None
     failure_rate: Rate = 0.0
     drift: Drift | None = None
     outage: Outage | None = None
+    degradation: Degradation | None = None
+    # true quality: one score for every template, or per template name (checked by the
+    # scenario against its templates)
+    quality: float | dict[str, float] | None = None
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality(cls, value: Any) -> Any:
+        def score(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+        if value is None or score(value):
+            return value
+        if isinstance(value, dict) and value:
+            for name, v in value.items():
+                if not score(v):
+                    raise ValueError(f"`{name}`: {v!r} is not a score from 0 to 1")
+            return {str(k): v for k, v in value.items()}
+        raise ValueError(
+            "expected a score from 0 to 1, or a mapping of template names to scores"
+            " (`{chat: 0.8, code: 0.6}`)"
+        )
 
     @model_validator(mode="after")
     def _shape(self) -> ProviderSpec:
+        if self.mean_ms is None:
+            if self.p95_ms is not None or self.sigma is not None:
+                raise ValueError("give `mean_ms` with `p95_ms` or `sigma`")
+            return self  # the latency is the catalog prior's
         if (self.p95_ms is None) == (self.sigma is None):
             raise ValueError("give the latency spread as `p95_ms` or as `sigma`, not both")
         if self.p95_ms is not None:
@@ -83,7 +126,8 @@ class ProviderSpec(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """A synthetic provider: lognormal latency (mu, sigma of the log), failures, events."""
+    """A synthetic provider: lognormal latency (mu, sigma of the log), failures, events,
+    and its true quality (one score, or per template name; None: not given)."""
 
     key: str
     mu: float
@@ -91,16 +135,45 @@ class Provider:
     failure_rate: float
     drift: Drift | None = None
     outage: Outage | None = None
+    degradation: Degradation | None = None
+    quality: float | Mapping[str, float] | None = None
+
+    @classmethod
+    def from_spec(cls, model: Model, spec: ProviderSpec) -> Provider:
+        """A provider from its YAML entry; without `mean_ms`, the catalog prior's latency."""
+        if spec.mean_ms is not None:
+            return cls.from_mean(model.key, spec)
+        prior = cls.from_prior(model)
+        return cls(
+            model.key,
+            prior.mu,
+            prior.sigma,
+            spec.failure_rate,
+            spec.drift,
+            spec.outage,
+            spec.degradation,
+            spec.quality,
+        )
 
     @classmethod
     def from_mean(cls, key: str, spec: ProviderSpec) -> Provider:
+        assert spec.mean_ms is not None
         if spec.sigma is not None:
             sigma = spec.sigma
         else:  # mean = e^(mu + s²/2) and p95 = e^(mu + z·s): the smaller root for s
             assert spec.p95_ms is not None
             sigma = Z95 - math.sqrt(Z95 * Z95 - 2 * math.log(spec.p95_ms / spec.mean_ms))
         mu = math.log(spec.mean_ms) - sigma * sigma / 2
-        return cls(key, mu, sigma, spec.failure_rate, spec.drift, spec.outage)
+        return cls(
+            key,
+            mu,
+            sigma,
+            spec.failure_rate,
+            spec.drift,
+            spec.outage,
+            spec.degradation,
+            spec.quality,
+        )
 
     @classmethod
     def from_prior(cls, model: Model) -> Provider:
@@ -112,19 +185,48 @@ class Provider:
     def mean_ms(self) -> float:
         return math.exp(self.mu + self.sigma * self.sigma / 2)
 
-    def outcome(self, request: int, z: float, u: float) -> tuple[float, bool]:
-        """Latency (ms) and success of request number `request`, given its draws."""
-        latency = math.exp(self.mu + self.sigma * z)
-        failure_rate = self.failure_rate
+    def factor_at(self, request: int) -> float:
+        """What latencies are multiplied by at request number `request` (drift, degradation)."""
+        factor = 1.0
         drift = self.drift
         if drift is not None and request >= drift.at_request:
-            latency *= drift.latency_factor
-            if drift.failure_rate is not None:
-                failure_rate = drift.failure_rate
+            factor *= drift.latency_factor
+        slow = self.degradation
+        if slow is not None and slow.covers(request):
+            factor *= slow.latency_factor
+        return factor
+
+    def failure_rate_at(self, request: int) -> float:
+        """The chance a call fails at request number `request` (1 during an outage)."""
+        if self.outage is not None and self.outage.covers(request):
+            return 1.0
+        drift = self.drift
+        if drift is not None and request >= drift.at_request and drift.failure_rate is not None:
+            return drift.failure_rate
+        return self.failure_rate
+
+    def mean_ms_at(self, request: int) -> float:
+        return self.mean_ms * self.factor_at(request)
+
+    def p95_ms_at(self, request: int) -> float:
+        return math.exp(self.mu + Z95 * self.sigma) * self.factor_at(request)
+
+    def quality_for(self, template: str, default: float | None) -> float | None:
+        """The true quality of this model's answers to `template` (else `default`)."""
+        q = self.quality
+        if q is None:
+            return default
+        if isinstance(q, (int, float)):
+            return float(q)
+        return q.get(template, default)
+
+    def outcome(self, request: int, z: float, u: float) -> tuple[float, bool]:
+        """Latency (ms) and success of request number `request`, given its draws."""
+        latency = math.exp(self.mu + self.sigma * z) * self.factor_at(request)
         outage = self.outage
-        if outage is not None and outage.from_request <= request < outage.to_request:
+        if outage is not None and outage.covers(request):
             return (latency if outage.latency_ms is None else outage.latency_ms), False
-        return latency, u >= failure_rate
+        return latency, u >= self.failure_rate_at(request)
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # hashed by identity
@@ -136,6 +238,20 @@ class Template:
     output_tokens: int  # what the model writes (at most max_tokens)
     needs: frozenset[str]
     max_tokens: int | None
+    min_quality: float | None = None  # the true quality an answer needs (None: any)
+    region: str | None = None  # the request's `region`
+    max_cost: float | None = None  # the request's limits, which the oracle honours too
+    max_latency_ms: float | None = None
+
+
+def capable(model: Model, template: Template) -> bool:
+    """What a capability filter checks: features, context window and max_tokens."""
+    if not template.needs <= model.supports:
+        return False
+    max_tokens = template.max_tokens
+    if max_tokens is not None and max_tokens > model.max_tokens:
+        return False
+    return template.input_tokens + (max_tokens or 0) <= model.context_window
 
 
 @dataclass(frozen=True, slots=True)
