@@ -32,6 +32,7 @@ SCRIPTS = (
     ("Decisions and conditions (vs LiteLLM Router)", "eval_bench.py"),
     ("Decisions under live outcomes (vs no metrics, vs LiteLLM Router)", "live_bench.py"),
     ("Measured signals in the policy (vs none)", "measured_bench.py"),
+    ("Quality in weighted routing (vs none)", "quality_bench.py"),
     ("Policy-wide constraints (vs the same require in every route)", "policy_wide_bench.py"),
     ("A decision against its floor (plain Python), and its profile", "floor_bench.py"),
     ("Conditions (vs CEL and Cedar)", "conditions_bench.py"),

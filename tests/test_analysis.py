@@ -202,6 +202,8 @@ def test_what_the_domain_cannot_decide_never_shadows(earlier: str, later: str) -
         ('"x" in request.tags or request.stream', 'request.tags contains "x"'),
         ("request.max_latency <= 2s", "request.max_latency_ms < 1s"),  # one field, two names
         ("request.max_cost != null", "request.max_cost >= $0"),
+        ("request.min_quality >= 0.5", "request.min_quality > 0.7"),
+        ("request.min_quality <= 1", "request.min_quality >= 0.3"),  # a floor is 0 to 1
     ],
 )
 def test_what_the_domain_decides_does_shadow(earlier: str, later: str) -> None:

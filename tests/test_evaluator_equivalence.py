@@ -10,7 +10,10 @@ for the models a decision does not show. These properties keep it honest:
   shortcut reads a snapshot's columns, patched when only failure counts moved);
 - the explain trace's full ranking is what a plain, obviously correct implementation of
   each strategy gives (sort by the measure, then the other measure, then catalog order),
-  also over a catalog of copies where nearly everything ties.
+  also over a catalog of copies where nearly everything ties;
+- quality: over a catalog of copies with quality scores (some models without one), a
+  route's `min_quality` floor, the request's `min_quality` and a `quality` factor decide
+  on the shortcut as on the general path, and rank as the plain reference does.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ STRATEGY_VALUES = (
     "cost",
     "weighted(latency: 60%, cost: 40%)",
     "weighted(success: 50%, cost: 50%)",
+    "weighted(latency: 40%, cost: 30%, quality: 30%)",
     "model-specific",
     "round-robin",
     "failover",
@@ -73,6 +77,29 @@ def copies_catalog(directory: Path, size: int) -> Path:
     return path
 
 
+QUALITY_SCORES = (0.9, 0.55, None, 0.72, 0.8, None, 0.65, 0.95, 0.72, 0.3, 0.85)
+
+
+def quality_catalog(directory: Path, size: int) -> Path:
+    """`copies_catalog`'s models with overall quality scores; every fourth has none."""
+    path = copies_catalog(directory, size)
+    models = yaml.safe_load(path.read_text())["models"]
+    for i, model in enumerate(models):
+        score = QUALITY_SCORES[i % len(QUALITY_SCORES)]
+        if score is not None:
+            model["quality"] = {"overall": score, "source": "equivalence test"}
+    path = directory / f"quality{size}.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def quality_policy_text(catalog: Path, strategy: str) -> str:
+    """`policy_text` with a quality floor in the `picky` route (the defaults have none)."""
+    return policy_text(catalog, strategy).replace(
+        "    exclude claude", "    min_quality 0.6\n    exclude claude", 1
+    )
+
+
 def policy_text(catalog: Path, strategy: str) -> str:
     return f"""
 catalog "{catalog}"
@@ -101,6 +128,8 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
     for size in (11, 40):
         path = copies_catalog(directory, size)
         out += [from_design(policy_text(path, s)).program for s in STRATEGY_VALUES]
+        path = quality_catalog(directory, size)
+        out += [from_design(quality_policy_text(path, s)).program for s in STRATEGY_VALUES]
     return out
 
 
@@ -116,6 +145,7 @@ requests = st.fixed_dictionaries(
         "max_cost": st.sampled_from([0.0, 1e-6, 0.0001, 0.0005, 0.001, 0.01, 1.0]),
         "max_latency_ms": st.sampled_from([500, 900, 1000, 1800, 2400, 5000]),
         "metadata": st.fixed_dictionaries({"tier": st.sampled_from(["pro", "free"])}),
+        "min_quality": st.sampled_from([0, 0.3, 0.5, 0.6, 0.72, 0.8, 0.95, 1]),
     },
 )
 
@@ -189,6 +219,10 @@ def live_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
             out.append(from_design(text).program)
         text = text.replace("    exclude ", f"{MEASURED_REQUIRE}\n    exclude ", 1)
         assert MEASURED_REQUIRE in text
+        out.append(from_design(text).program)
+    scored = quality_catalog(directory, 11)  # floors and the quality factor, measured
+    for s in STRATEGY_VALUES:
+        text = quality_policy_text(scored, s).replace(f"strategy {s}\n", f"strategy {s}{HEALTH}\n")
         out.append(from_design(text).program)
     return out
 
@@ -289,6 +323,11 @@ def reference_ranking(
             continue
         if env["max_latency"] is not None and latency > env["max_latency"]:
             continue
+        # a floor drops a model under it or without a score; the route's is applied here too
+        score = None if model.quality is None else model.quality.overall
+        floors = [f for f in (env["min_quality"], route.settings.min_quality) if f is not None]
+        if floors and (score is None or score < max(floors)):
+            continue
         cands.append((model, cost, latency))
     strategy = route.settings.strategy
     n = len(cands)
@@ -303,13 +342,16 @@ def reference_ranking(
         ranked = [(c, best / c[which] if c[which] > 0 else 1.0) for c in ordered]
     elif strategy == "weighted":
         w_lat, w_cost, w_succ = route.factor_weights
+        w_quality = dict(route.settings.factors).get("quality", 0.0)
         top_lat = max([0.0] + [c[2] for c in cands])
         top_cost = max([0.0] + [c[1] for c in cands])
         totals = [
             (
                 w_lat * (1.0 - c[2] / top_lat if top_lat > 0 else 1.0)
                 + w_cost * (1.0 - c[1] / top_cost if top_cost > 0 else 1.0)
-                + w_succ * 1.0,
+                + w_succ * 1.0
+                # docs/language.md: the catalog's score as it is, 0 for a model without one
+                + w_quality * (c[0].quality.overall or 0.0 if c[0].quality else 0.0),
                 c,
             )
             for c in cands

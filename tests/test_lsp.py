@@ -266,6 +266,7 @@ async def test_completion_of_keywords_strategies_and_capabilities(
 ) -> None:
     text = (
         'catalog "models.yaml"\nroute r {\n    strategy \n    require model.supports contains "\n'
+        "    strategy weighted(latency: 50%, \n"
     )
     folder = _folder(workdir, "words", {"w.policy": text + "\n"})
     uri = await _open(client, folder / "w.policy")
@@ -281,6 +282,8 @@ async def test_completion_of_keywords_strategies_and_capabilities(
 
     assert "model-specific" in await labels(_at(text, "strategy ", len("strategy ")))
     assert await labels(_at(text, 'contains "', len('contains "'))) == list(CAPABILITIES)
+    factors = await labels(_at(text, "50%, ", len("50%, ")))
+    assert factors == ["cost", "success", "quality"]
     keywords = await labels(lsp.Position(line=1, character=0))
     assert {"route", "limit", "defaults", "prefer", "require", "when"} <= set(keywords)
 
@@ -452,6 +455,16 @@ def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str)
     found = knowledge.completions(line, len(line), _design())
     assert line[found.start :] == typed
     assert found.items
+
+
+def test_completion_inside_weighted_lists_the_factors_not_yet_given() -> None:
+    assert _labels("    strategy weighted(") == ["latency", "cost", "success", "quality"]
+    assert _labels("    strategy weighted(latency: 40%, cost: 30%, q") == ["success", "quality"]
+    found = knowledge.completions("strategy weighted(qu", 20, None)
+    assert (found.start, found.items[-1].insert) == (18, "quality: ")
+    assert _labels("    strategy cost(") == []  # takes no factors (E0211)
+    assert "min_quality" in _labels("    min_q")
+    assert "min_quality" in _labels("route r when request.min_q")
 
 
 def test_no_completion_inside_a_comment_and_model_paths() -> None:

@@ -31,7 +31,8 @@ error[CODE]: message, the line, a caret and a hint, and exit 2.
 
 The analysis warns of shadowed routes (W0500), contradictory conditions (W0503), routes
 no catalog model can serve (W0504), requests a route takes but cannot serve (W0505),
-limits that never apply or never bind (W0506, W0507) and excluded fallbacks (W0508).
+limits that never apply or never bind (W0506, W0507), excluded fallbacks (W0508), and
+quality read over a catalog with no scores (W0509) or ranking unscored models (W0512).
 Where a request shows the problem, the help ends with it, as JSON for `policyctl eval`:
 
   w.policy:5:7: warning[W0500]: route `fast` is unreachable

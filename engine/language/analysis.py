@@ -12,7 +12,9 @@ Codes: W0500 shadowed route, W0503 contradictory condition, W0504 a route no cat
 can serve, W0505 requests a route takes and cannot serve, W0506 a limit that never applies
 (a key no request has) or never binds (a tighter limit always denies first), W0507 a
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
-route excludes, W0511 a `deny` rule that denies every request.
+route excludes, W0509 quality read over a catalog with no quality scores, W0511 a `deny`
+rule that denies every request, W0512 a quality factor over models of which some have no
+score.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from engine.diagnostics import Diagnostic, Span
 from engine.language import ast
-from engine.language.compiler import resolve_ref
+from engine.language.compiler import paths_in, resolve_ref
 from engine.language.conditions import (
     DOMAINS,
     Witness,
@@ -84,6 +86,7 @@ def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnosti
             _denies_all(run, rule)
     _routes(run, routes)
     _limits(run, limits)
+    _quality(run, files)
     return run.found
 
 
@@ -277,7 +280,12 @@ def _unservable(
         "W0504",
         f"no catalog model can serve route `{route.name.text}`",
         route.name.span,
-        "its `prefer`, `exclude` and `require` leave no model, so every request it takes is denied",
+        (
+            "its `prefer`, `exclude`, `require` and `min_quality` leave no model"
+            if comp.settings.min_quality is not None
+            else "its `prefer`, `exclude` and `require` leave no model"
+        )
+        + ", so every request it takes is denied",
         example,
     )
 
@@ -355,6 +363,119 @@ def _fallbacks(
                 " `fallback` or stop excluding it",
                 _example(region, reaches),
             )
+
+
+# ---------------------------------------------------------------- quality
+
+
+def _quality_uses(files: Sequence[ast.PolicyFile]) -> list[tuple[Span, str]]:
+    """Where a policy reads the catalog's overall quality score, with what reads it: a
+    `model.quality` in a condition, a `quality` factor, a `min_quality` floor."""
+    uses: list[tuple[Span, str]] = []
+    for policy in files:
+        for stmt in policy.statements:
+            if isinstance(stmt, ast.Defaults):
+                items: tuple[ast.RouteItem, ...] = stmt.settings
+            elif isinstance(stmt, ast.Route):
+                items = stmt.items
+            elif isinstance(stmt, ast.PolicyRequire):
+                items = (ast.Require(stmt.condition, stmt.span),)
+            else:
+                continue
+            for item in items:
+                if isinstance(item, ast.StrategySetting):
+                    uses.extend(
+                        (f.name.span, "factor") for f in item.factors if f.name.text == "quality"
+                    )
+                elif isinstance(item, ast.ValueSetting) and item.key.text == "min_quality":
+                    uses.append((item.span, "floor"))
+                elif isinstance(item, ast.Require | ast.DegradedSetting):
+                    uses.extend(
+                        (p.span, "condition")
+                        for p in paths_in(item.condition)
+                        if p.parts in (("model", "quality"), ("model", "quality", "overall"))
+                    )
+    return uses
+
+
+_QUALITY_EFFECT = {
+    "condition": "every comparison with it is false but `== null`",
+    "floor": "`min_quality` drops every model",
+    "factor": "the `quality` factor scores every model 0",
+}
+
+
+def _quality(run: _Analysis, files: Sequence[ast.PolicyFile]) -> None:
+    """W0509: quality read over a catalog that scores no model; W0512: a `quality` factor
+    over candidates some of which have no score (they score 0 on it)."""
+    catalog = run.program.catalog
+    scored = [m for m in catalog.models if m.quality is not None and m.quality.overall is not None]
+    if not scored:
+        uses = _quality_uses(files)
+        if uses:
+            span, kind = uses[0]
+            more = len(uses) - 1
+            run.warn(
+                "W0509",
+                "the catalog has no quality scores; `model.quality` is null for every model",
+                span,
+                f"{_QUALITY_EFFECT[kind]}"
+                + (f" (and {more} more use{'s' if more > 1 else ''} of quality)" if more else "")
+                + ": give models `quality: {overall: …, source: …}` in the catalog"
+                " (docs/catalog.md)",
+                None,
+            )
+        return
+    routes = {r.name.text: r for f in files for r in f.statements if isinstance(r, ast.Route)}
+    # the factor's place (file, offset) -> its span, and (whose, candidates, unscored)
+    by_factor: dict[tuple[int, int], tuple[Span, list[tuple[str, int, list[str]]]]] = {}
+    for comp in (*run.program.routes, run.program.default_route):
+        settings = comp.settings
+        if settings.strategy != "weighted" or "quality" not in dict(settings.factors):
+            continue
+        missing = [m.key for m in comp.candidates if m.quality is None or m.quality.overall is None]
+        route = routes.get(comp.name) if comp is not run.program.default_route else None
+        span = _factor_span(route, files)
+        if missing and span is not None:
+            where = "the defaults" if route is None else f"route `{comp.name}`"
+            place = (id(span.source), span.start)
+            by_factor.setdefault(place, (span, []))[1].append(
+                (where, len(comp.candidates), missing)
+            )
+    for span, found in by_factor.values():
+        keys = list(dict.fromkeys(k for _, _, missing in found for k in missing))
+        shown = ", ".join(f"`{k}`" for k in keys[:3]) + (", …" if len(keys) > 3 else "")
+        counts = "; ".join(_share(len(missing), n, where) for where, n, missing in found)
+        one = len(keys) == 1
+        run.warn(
+            "W0512",
+            "the `quality` factor ranks models without a quality score",
+            span,
+            f"{shown} ({counts}) {'scores' if one else 'score'} 0 on it: give"
+            f" {'it' if one else 'them'} a score in the catalog, or exclude"
+            f" {'it' if one else 'them'}",
+            None,
+        )
+
+
+def _share(part: int, whole: int, where: str) -> str:
+    if part == whole:
+        return f"the one model of {where}" if whole == 1 else f"all {whole} models of {where}"
+    return f"{part} of the {whole} models of {where}"
+
+
+def _factor_span(route: ast.Route | None, files: Sequence[ast.PolicyFile]) -> Span | None:
+    """The `quality` factor a route ranks by: its own `strategy` line's, else the defaults'
+    (a bare `strategy weighted` keeps the defaults' factors)."""
+    blocks: list[tuple[ast.RouteItem, ...]] = []
+    if route is not None:
+        blocks.append(route.items)
+    blocks += [s.settings for f in files for s in f.statements if isinstance(s, ast.Defaults)]
+    for items in blocks:
+        for item in items:
+            if isinstance(item, ast.StrategySetting) and item.factors:
+                return next((f.name.span for f in item.factors if f.name.text == "quality"), None)
+    return None
 
 
 # ---------------------------------------------------------------- limits

@@ -47,6 +47,7 @@ _SETTING_UNITS = {
     "min_success_rate": Unit.PERCENT,
     "min_samples": Unit.COUNT,
     "window": Unit.DURATION,
+    "min_quality": Unit.COUNT,  # a quality score, 0-1 (as `model.quality`)
 }
 
 
@@ -299,7 +300,9 @@ class Checker:
                 "E0220",
                 f"`{key}` is {_article(want)}, not {_article(value.unit)}",
                 value.span,
-                _setting_hint(want, value),
+                f"a quality score is a number from 0 to 1: write `{_plain(float(value.value))}`"  # type: ignore[arg-type]
+                if key == "min_quality" and value.unit is Unit.PERCENT
+                else _setting_hint(want, value),
             )
             return
         number = float(value.value)  # type: ignore[arg-type]
@@ -316,6 +319,14 @@ class Checker:
                 "`min_samples` must be a whole number",
                 value.span,
                 "for example `min_samples 100`",
+            )
+        elif key == "min_quality" and not 0.0 <= number <= 1.0:
+            self.error(
+                "E0228",
+                "`min_quality` must be between 0 and 1",
+                value.span,
+                "quality scores are numbers from 0 to 1, as the catalog gives them:"
+                " for example `min_quality 0.8`",
             )
         elif key == "window" and number <= 0:
             self.error(

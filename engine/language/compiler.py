@@ -27,6 +27,7 @@ from engine.language.program import (
     Pred,
     Program,
     Settings,
+    quality_problem,
 )
 from engine.language.schema import MEASURED_ATTRS, QUALITY
 from engine.strategies import STRATEGIES
@@ -320,6 +321,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 values["min_success_rate"] = number
             elif key == "min_samples":
                 values["min_samples"] = int(number)
+            elif key == "min_quality":
+                values["min_quality"] = number
             else:
                 values["window_ms"] = number
         elif isinstance(item, ast.FallbackSetting):
@@ -505,6 +508,10 @@ def _compile_route(
         if failed is not None:
             dropped.append((model, f"fails `require {failed}`"))
             continue
+        short = _below_floor(model, settings, f"route `{route.name.text}`'s")
+        if short is not None:
+            dropped.append((model, short))
+            continue
         kept.append(model)
     kept, policy_dropped = _bind(kept, folded(policy), attrs)
     dropped += [(m, r.drop_reason) for m, r in policy_dropped]
@@ -525,6 +532,14 @@ def _compile_route(
         policy_requires=policy,
         policy_dropped=tuple(policy_dropped),
     )
+
+
+def _below_floor(model: Model, settings: Settings, whose: str) -> str | None:
+    """Why the route's quality floor (`min_quality`, its own or the defaults') drops a model."""
+    if settings.min_quality is None:
+        return None
+    score = None if model.quality is None else model.quality.overall
+    return quality_problem(score, settings.min_quality, whose)
 
 
 def _prefer_order(route: ast.Route, preferred: list[Model]) -> tuple[str, ...]:
@@ -604,7 +619,10 @@ def compile_program(
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)
     )
-    kept, policy_dropped = _bind(catalog.models, folded(requires), attrs)
+    floored = [(m, _below_floor(m, base, "the defaults'")) for m in catalog.models]
+    kept, policy_dropped = _bind(
+        [m for m, short in floored if short is None], folded(requires), attrs
+    )
     default_route = _with_variants(
         CompiledRoute(
             name="default",
@@ -613,7 +631,10 @@ def compile_program(
             when_text=None,
             candidates=tuple(kept),
             weights={},
-            dropped=tuple((m, r.drop_reason) for m, r in policy_dropped),
+            dropped=(
+                *((m, short) for m, short in floored if short is not None),
+                *((m, r.drop_reason) for m, r in policy_dropped),
+            ),
             requires=(),
             settings=base,
             provider_rank=_provider_rank(base, catalog),

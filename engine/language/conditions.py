@@ -45,7 +45,9 @@ _NUMBERS: dict[str, tuple[bool, bool, float, bool]] = {
     "images": (True, False, 0.0, False),
     "max_cost": (False, True, 0.0, False),
     "max_latency_ms": (False, True, 0.0, True),
+    "min_quality": (False, True, 0.0, False),
 }
+_UPPER = {"min_quality": 1.0}  # numeric request fields with a closed upper bound
 _ALIASES = {"max_latency": "max_latency_ms"}  # one request field, two names in policies
 _STRINGS = ("id", "user", "model", "region")
 BOOLS = tuple(f for f, t in REQUEST_FIELDS.items() if t[0] is Unit.BOOL)
@@ -65,6 +67,9 @@ def domain(dim: str) -> ValueSet:
     name = dim.removeprefix("request.")
     if name in _NUMBERS:
         integer, nullable, lo, lo_open = _NUMBERS[name]
+        hi = _UPPER.get(name)
+        if hi is not None:
+            return NumSet((Interval(lo, hi, lo_open, False),), nullable, integer)
         return NumSet((Interval(lo, INF, lo_open, True),), nullable, integer)
     if name in BOOLS:
         return _BOOL_DOMAIN
@@ -341,7 +346,7 @@ def environment(request: Mapping[str, Any]) -> dict[str, Any]:
     env["input_tokens"] = tokens
     env["cached_tokens"] = min(float(request.get("cached_tokens", 0)), tokens)
     env["images"] = float(request.get("images", 0))
-    for name in ("max_tokens", "max_cost", "max_latency_ms"):
+    for name in ("max_tokens", "max_cost", "max_latency_ms", "min_quality"):
         value = request.get(name)
         env[name] = None if value is None else float(value)
     env["max_latency"] = env["max_latency_ms"]

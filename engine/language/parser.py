@@ -66,8 +66,8 @@ _TERMINAL_NAMES = {
 _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny")
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
-    "strategy", "min_success_rate", "min_samples", "window", "fallback", "cooldown",
-    "on_store_error", "degraded",
+    "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
+    "cooldown", "on_store_error", "degraded",
 )  # fmt: skip
 _ROUTE_ONLY = ("prefer", "exclude", "require")
 # words a misspelling of which is most likely meant (statements, settings, route items)

@@ -83,12 +83,23 @@ class Settings:
     cooldown_failures: int = 0  # 0: no cooldown
     cooldown_ms: float = 0.0
     on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
+    min_quality: float | None = None  # `min_quality 0.8`: the route's quality floor
     degraded: HealthRule | None = None  # `degraded when …`
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
         """`weighted`: the (latency, cost, success) weights."""
         return factor_weights(self.factors)
+
+
+def quality_problem(score: float | None, floor: float, whose: str) -> str | None:
+    """Why a model is not eligible under a quality floor (`min_quality`), or None when its
+    overall score reaches it; `whose` names the floor ("the request's", "route `x`'s")."""
+    if score is None:
+        return f"has no quality score ({whose} min_quality {floor:g})"
+    if score < floor:
+        return f"quality {score:g} is under {whose} min_quality {floor:g}"
+    return None
 
 
 # what a request can require, and its bit in a model row's `supports_mask`
@@ -117,6 +128,7 @@ class ModelRow:
     output_price: float  # USD per 1M tokens
     latency_prior_ms: float
     index: int
+    quality: float | None = None  # the catalog's overall score (0-1), None without one
 
 
 def model_row(model: Model) -> ModelRow:
@@ -134,6 +146,7 @@ def model_row(model: Model) -> ModelRow:
         output_price=model.output_price,
         latency_prior_ms=model.latency_p95_ms,
         index=model.index,
+        quality=None if model.quality is None else model.quality.overall,
     )
 
 
@@ -152,6 +165,9 @@ class RouteTable:
     output_prices: tuple[float, ...]  # USD per 1M tokens
     default_output_costs: tuple[float, ...]  # min(DEFAULT_OUTPUT_TOKENS, max_tokens) * price
     latency_priors: tuple[float, ...]
+    # the overall quality scores, a model without one as -inf (below every floor)
+    qualities: tuple[float, ...]
+    lowest_quality: float  # the smallest of `qualities` (inf when there are none)
     model_keys: tuple[str, ...]  # the catalog model each serves (a deployment's model)
     min_tier_above: float  # smallest price-tier threshold over the candidates (inf: none)
     next_retirement: float  # earliest `retires` over the candidates (inf: none)
@@ -195,6 +211,7 @@ def route_table(route: CompiledRoute) -> RouteTable:
             providers=tuple(row.provider for row in rows),
             indexes=tuple(row.index for row in rows),
             latency_priors=priors,
+            qualities=tuple(row.quality for row in rows),
             factors=route.settings.factors,
             preferred=route.weights,
             fallback_order=route.fallback_order,
@@ -202,6 +219,7 @@ def route_table(route: CompiledRoute) -> RouteTable:
         )
     )
     order = route.provider_order
+    qualities = tuple(-math.inf if row.quality is None else row.quality for row in rows)
     retiring = sorted(
         (row.model.retires_at, p) for p, row in enumerate(rows) if row.model.retires_at is not None
     )
@@ -218,6 +236,8 @@ def route_table(route: CompiledRoute) -> RouteTable:
             min(DEFAULT_OUTPUT_TOKENS, row.max_tokens) * row.output_price for row in rows
         ),
         latency_priors=priors,
+        qualities=qualities,
+        lowest_quality=min(qualities, default=math.inf),
         model_keys=tuple(row.model.model_key for row in rows),
         min_tier_above=min(
             (row.model.tiers[0].above for row in rows if row.model.tiers), default=math.inf

@@ -33,6 +33,7 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "max_cost": (Unit.MONEY, None),
     "max_latency": (Unit.DURATION, None),
     "max_latency_ms": (Unit.DURATION, None),
+    "min_quality": (Unit.COUNT, None),  # a quality floor (0-1) the client asks for, or null
     "region": (Unit.STRING, None),
     "tags": (Unit.LIST, Unit.STRING),
     "format": (Unit.STRING, None),  # "native", "openai-chat", … (engine.wire.FORMATS)

@@ -109,6 +109,8 @@ _PART = r'(?:"(?:[^"\\\n]|\\.)*"|[A-Za-z0-9_][\w.\-]*)'
 _PATH_AT = re.compile(r"\b(request|model)\.((?:\w+\.)*)(\w*)$")
 _MODEL_AT = re.compile(rf"\b(prefer|exclude|fallback)\s+(?:{_PART}(?:/{_PART})?\s*,\s*)*(\S*)$")
 _STRATEGY_AT = re.compile(r"\bstrategy\s+([\w-]*)$")
+# a factor's name: after `strategy NAME(` or a `,` inside its parentheses
+_FACTOR_AT = re.compile(r"\bstrategy\s+([\w-]+)\s*\(([^()]*,)?\s*(\w*)$")
 _CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
 _LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
 
@@ -132,6 +134,15 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
         start = line_start + found.start(2) + (len(provider) + 1 if slash else 0)
         items = _model_completions(typed, catalog, found.group(1) != "prefer")
         return Completions(start, tuple(items))
+    if found := _FACTOR_AT.search(before):
+        spec = STRATEGIES.get(found.group(1))
+        given = set(re.findall(r"(\w+)\s*:", found.group(2) or ""))
+        items = [
+            Completion(f, "factor", f"factor of `{spec.name}`", f"{f}: ")
+            for f in (spec.factors if spec is not None else ())
+            if f not in given
+        ]
+        return Completions(line_start + found.start(3), tuple(items))
     if found := _STRATEGY_AT.search(before):
         items = [Completion(n, "strategy", _strategy_detail(n), n) for n in STRATEGIES]
         return Completions(line_start + found.start(1), tuple(items))

@@ -30,6 +30,7 @@ _COMPLETION_KIND = {
     "model": lsp.CompletionItemKind.Value,
     "provider": lsp.CompletionItemKind.Module,
     "strategy": lsp.CompletionItemKind.Function,
+    "factor": lsp.CompletionItemKind.Property,
     "capability": lsp.CompletionItemKind.EnumMember,
     "scope": lsp.CompletionItemKind.EnumMember,
 }

@@ -11,6 +11,7 @@ Order of work for one request:
    one on measurements through the snapshot's columns, one reading the request model by
    model;
 3. capability filtering, always: vision/tools/json/streaming, context window, max_tokens,
+   the request's `min_quality` (the route's own floor dropped its models at compile time),
    the request's max_cost and max_latency as hard limits on the estimate, and health
    (success rate under the threshold or `degraded when` with enough samples, or cooldown);
 4. the route's strategy ranks what is left; the first wins;
@@ -45,6 +46,7 @@ from engine.language.program import (
     PolicyRequire,
     Program,
     RouteTable,
+    quality_problem,
 )
 from engine.limits.limiter import Limiter, Verdict
 from engine.limits.records import UNATTRIBUTED
@@ -362,6 +364,8 @@ def _eligible(
     priced_simply = not images and not input_tokens > table.min_tier_above
     retiring = now >= table.next_retirement
     min_samples = settings.min_samples
+    min_quality = env["min_quality"]
+    qualities = table.qualities
     pos: list[int] = []
     costs: list[float] = []
     lats: list[float] = []
@@ -382,6 +386,8 @@ def _eligible(
             problem = None
         if problem is None and retiring and row.model.retired(now):
             problem = f"retired on {format_day(row.model.retires_at)}"  # type: ignore[arg-type]
+        if problem is None and min_quality is not None and qualities[position] < min_quality:
+            problem = quality_problem(row.quality, min_quality, "the request's")
         if problem is None and route.requires:
             attrs = program.model_attrs[row.key]
             if route.measured and measuring:
@@ -478,7 +484,8 @@ def _eligible_fast(
     `require` reads the request: no reasons, no per-model objects. The same tests as
     `_eligible`, on the route's flat columns; `latencies` by position (measured, else the
     priors: `Measured.lats`), `unhealthy` the positions a health rule or a `require` on
-    measurements drops now; the retired are dropped the same way."""
+    measurements drops now; the retired are dropped the same way, and the models under the
+    request's `min_quality` (`RouteTable.lowest_quality`: none when every model reaches it)."""
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
@@ -531,6 +538,13 @@ def _eligible_fast(
         lats = [priors[i] for i in pos]
     if unhealthy:
         keep = [s for s, p in enumerate(pos) if p not in unhealthy]
+        pos = [pos[s] for s in keep]
+        costs = [costs[s] for s in keep]
+        lats = [lats[s] for s in keep]
+    min_quality = env["min_quality"]
+    if min_quality is not None and min_quality > table.lowest_quality:
+        qualities = table.qualities
+        keep = [s for s, p in enumerate(pos) if not qualities[p] < min_quality]
         pos = [pos[s] for s in keep]
         costs = [costs[s] for s in keep]
         lats = [lats[s] for s in keep]

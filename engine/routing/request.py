@@ -77,6 +77,11 @@ class Request(BaseModel):
     max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(
         None, description="hard limit on the estimated (p95) latency, milliseconds"
     )
+    min_quality: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="quality floor: only models whose catalog quality score (0-1) is at"
+        " least this are eligible (a model without a score is not)",
+    )
     region: str | None = None
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Scalar] = Field(default_factory=dict)
@@ -351,6 +356,9 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     max_latency = get("max_latency_ms")
     if max_latency is not None and (not _number(max_latency) or not max_latency > 0):
         return None
+    min_quality = get("min_quality")
+    if min_quality is not None and (not _number(min_quality) or not 0 <= min_quality <= 1):
+        return None
     tags = get("tags", ())
     if tags:
         if type(tags) is not list:
@@ -418,6 +426,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "max_cost": None if max_cost is None else float(max_cost),
         "max_latency": None if max_latency is None else float(max_latency),
         "max_latency_ms": None if max_latency is None else float(max_latency),
+        "min_quality": None if min_quality is None else float(min_quality),
         "region": get("region"),
         "tags": list(tags),
         "metadata": dict(metadata),
@@ -533,6 +542,7 @@ def _wire_env(
         "max_cost": None,
         "max_latency": None,
         "max_latency_ms": None,
+        "min_quality": None,
         "region": None,
         "tags": [],
         "metadata": read.metadata,
@@ -565,6 +575,7 @@ def to_env(request: Request) -> dict[str, Any]:
         "max_cost": None if request.max_cost is None else float(request.max_cost),
         "max_latency": None if request.max_latency_ms is None else float(request.max_latency_ms),
         "max_latency_ms": None if request.max_latency_ms is None else float(request.max_latency_ms),
+        "min_quality": None if request.min_quality is None else float(request.min_quality),
         "region": request.region,
         "tags": list(request.tags),
         "metadata": dict(request.metadata),

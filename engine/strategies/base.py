@@ -29,6 +29,7 @@ class RouteFacts:
     providers: tuple[str, ...]
     indexes: tuple[int, ...]  # catalog positions, for ties
     latency_priors: tuple[float, ...]  # the catalog p95 priors
+    qualities: tuple[float | None, ...]  # the catalog's overall quality scores (None: none)
     factors: tuple[tuple[str, float], ...]  # normalised factor weights, in policy order
     preferred: Mapping[str, float]  # model key -> `prefer … weight` (empty: no prefer list)
     fallback_order: Mapping[str, int]  # model key -> place among `fallback provider/model`

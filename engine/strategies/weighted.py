@@ -1,10 +1,13 @@
-"""`strategy weighted(latency: 60%, cost: 40%)`: the best weighted score of latency, cost and
-success rate, each in 0-1 (1 for the fastest, the cheapest, always successful)."""
+"""`strategy weighted(latency: 60%, cost: 40%)`: the best weighted score of latency, cost,
+success rate and quality, each in 0-1 (1 for the fastest, the cheapest, always successful,
+a quality score of 1). Quality is the catalog's score as it is (`quality.overall`, 0-1; a
+model without one scores 0 on it, and `check` says so, W0512)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from engine.strategies.base import (
@@ -17,7 +20,7 @@ from engine.strategies.base import (
     view_fields,
 )
 
-FACTORS = ("latency", "cost", "success")
+FACTORS = ("latency", "cost", "success", "quality")
 DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
 
 # id(view) -> (view, latencies, success rates, bases): the score bases of a route's
@@ -32,17 +35,31 @@ def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float
     return (w.get("latency", 0.0), w.get("cost", 0.0), w.get("success", 0.0))
 
 
+def quality_weight(factors: tuple[tuple[str, float], ...]) -> float:
+    """The `quality` weight of normalised factors; 0 when it is not given."""
+    return dict(factors).get("quality", 0.0)
+
+
 def bases(
-    lat: Sequence[float], succ: Sequence[float] | None, weights: tuple[float, float, float]
+    lat: Sequence[float],
+    succ: Sequence[float] | None,
+    weights: tuple[float, float, float],
+    quality: Sequence[float] | None = None,
 ) -> list[float]:
     """Each candidate's score before its cost: w_latency * (1 - latency / max latency) +
-    w_cost + w_success * success rate (1 when nothing is measured)."""
+    w_cost + w_success * success rate (1 when nothing is measured) + its quality term
+    (`quality[slot]`, already weighted; None when quality has no weight)."""
     w_latency, w_cost, w_success = weights
     max_latency = max(lat, default=0.0)
     rates = succ if succ is not None else [1.0] * len(lat)
+    if quality is None:
+        return [
+            w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r
+            for x, r in zip(lat, rates, strict=True)
+        ]
     return [
-        w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r
-        for x, r in zip(lat, rates, strict=True)
+        w_latency * (1.0 - x / max_latency if max_latency > 0 else 1.0) + w_cost + w_success * r + q
+        for x, r, q in zip(lat, rates, quality, strict=True)
     ]
 
 
@@ -50,17 +67,25 @@ def bases(
 class WeightedView(RouteView):
     factors: tuple[tuple[str, float], ...]  # normalised weights, in policy order
     factor_weights: tuple[float, float, float]  # (latency, cost, success)
+    qualities: tuple[float | None, ...]  # every position's quality score (None: none)
+    # every position's weighted quality term, w_quality * score (0 without a score); None
+    # when quality has no weight
+    quality_terms: tuple[float, ...] | None
     # every position's score before its cost when the priors stand for all (`bases`)
     prior_bases: tuple[float, ...]
 
 
 def weighted_view(facts: RouteFacts) -> WeightedView:
     weights = factor_weights(facts.factors)
+    w_quality = quality_weight(facts.factors)
+    terms = tuple(w_quality * (q or 0.0) for q in facts.qualities) if w_quality > 0 else None
     return WeightedView(
         **view_fields(facts),
         factors=facts.factors,
         factor_weights=weights,
-        prior_bases=tuple(bases(facts.latency_priors, None, weights)),
+        qualities=facts.qualities,
+        quality_terms=terms,
+        prior_bases=tuple(bases(facts.latency_priors, None, weights, terms)),
     )
 
 
@@ -98,12 +123,17 @@ def weighted(pool: Pool) -> Ranking:
                 view,
                 lat,
                 succ,
-                bases(lat, succ, view.factor_weights),
+                bases(lat, succ, view.factor_weights, view.quality_terms),
             )
         totals = [b - k * c for b, c in zip(found[3], costs, strict=True)]
     else:
+        terms = view.quality_terms
+        pos = pool.pos
+        if terms is not None and type(pos) is not range:
+            terms = [terms[pos[0]]] if len(pos) == 1 else itemgetter(*pos)(terms)
         totals = [
-            b - k * c for b, c in zip(bases(lat, succ, view.factor_weights), costs, strict=True)
+            b - k * c
+            for b, c in zip(bases(lat, succ, view.factor_weights, terms), costs, strict=True)
         ]
     order = sorted(by_index(pool), key=totals.__getitem__, reverse=True)
     best = order[0]
@@ -111,6 +141,7 @@ def weighted(pool: Pool) -> Ranking:
         "latency": 1.0 - lat[best] / max_latency if max_latency > 0 else 1.0,
         "cost": 1.0 - costs[best] / max_cost if max_cost > 0 else 1.0,
         "success": succ[best] if succ is not None else 1.0,
+        "quality": view.qualities[pool.pos[best]] or 0.0,
     }
     detail = ", ".join(f"{name} {parts[name]:.2f}" for name, _ in view.factors)
     return (
