@@ -158,6 +158,24 @@ class Require:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """`90%: route stable`: an experiment arm, its share and the route it sends to."""
+
+    share: Literal
+    route: Name
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """`split by request.user { 90%: route a  10%: route b }`: a sticky experiment."""
+
+    key: Path
+    arms: tuple[Arm, ...]
+    span: Span
+
+
 Setting = (
     StrategySetting
     | ValueSetting
@@ -166,7 +184,7 @@ Setting = (
     | StoreErrorSetting
     | DegradedSetting
 )
-RouteItem = Setting | Prefer | Exclude | Require
+RouteItem = Setting | Prefer | Exclude | Require | Split
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from engine.language import ast
 from engine.language.program import (
     CompiledLimit,
     CompiledRoute,
+    CompiledSplit,
     Env,
     Fn,
     HealthRule,
@@ -364,8 +365,45 @@ def resolve_ref(ref: ast.ModelRef, catalog: Catalog) -> list[Model]:
     return list(catalog.resolve(ref.provider.text, ref.model.text))
 
 
+def _arms_of(files: list[ast.PolicyFile]) -> dict[str, tuple[str, ...]]:
+    """Route name -> the experiments (splitting routes) it is an arm of."""
+    found: dict[str, list[str]] = {}
+    for policy in files:
+        for stmt in policy.statements:
+            if isinstance(stmt, ast.Route):
+                for item in stmt.items:
+                    if isinstance(item, ast.Split):
+                        for arm in item.arms:
+                            found.setdefault(arm.route.text, []).append(stmt.name.text)
+    return {name: tuple(experiments) for name, experiments in found.items()}
+
+
+def compile_split(route: ast.Route) -> CompiledSplit | None:
+    """The route's `split`, its shares as cumulative bounds (None: the route does not split)."""
+    split = next((item for item in route.items if isinstance(item, ast.Split)), None)
+    if split is None:
+        return None
+    bounds: list[float] = []
+    total = 0.0
+    for arm in split.arms:
+        total += float(arm.share.value)  # type: ignore[arg-type]
+        bounds.append(total)
+    bounds[-1] = 1.0
+    return CompiledSplit(
+        experiment=route.name.text,
+        key=_path_getter(split.key),
+        key_text=split.key.dotted,
+        bounds=tuple(bounds),
+        arms=tuple(arm.route.text for arm in split.arms),
+    )
+
+
 def _compile_route(
-    route: ast.Route, base: Settings, catalog: Catalog, attrs: Mapping[str, Mapping[str, Any]]
+    route: ast.Route,
+    base: Settings,
+    catalog: Catalog,
+    attrs: Mapping[str, Mapping[str, Any]],
+    arm_of: tuple[str, ...] = (),
 ) -> CompiledRoute:
     settings = _merge_settings(base, route.items, catalog)
     weights: dict[str, float] = {}
@@ -423,6 +461,8 @@ def _compile_route(
         measured=measured,
         measured_requires=tuple(on_measurements),
         attrs=tuple(attrs[m.key] for m in kept),
+        split=compile_split(route),
+        arm_of=arm_of,
     )
 
 
@@ -484,8 +524,9 @@ def compile_program(
         for stmt in policy.statements:
             if isinstance(stmt, ast.Defaults):
                 base = _merge_settings(base, stmt.settings, catalog)
+    arms_of = _arms_of(files)
     routes = tuple(
-        _compile_route(stmt, base, catalog, attrs)
+        _compile_route(stmt, base, catalog, attrs, arms_of.get(stmt.name.text, ()))
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)

@@ -279,7 +279,7 @@ def measured_columns(snapshot: MetricsSnapshot, route: CompiledRoute) -> Measure
 
 
 def _route_for(program: Program, env: Mapping[str, Any], trace: list[dict[str, Any]] | None):
-    for route in program.routes:
+    for route in program.dispatch:
         matched = route.when is None or route.when(env, None)
         if trace is not None:
             trace.append(
@@ -529,6 +529,15 @@ def evaluate(
             }
         )
     route = _route_for(program, env, trace)
+    experiment: str | None = None
+    split = route.split
+    if split is not None:  # an experiment: one hash picks the arm route
+        experiment = route.name
+        route = program.arm_routes[experiment][split.arm_index(env)]
+        if trace is not None:
+            trace.append(
+                {"step": "split", "experiment": experiment, "by": split.key_text, "arm": route.name}
+            )
     settings = route.settings
     if trace is not None:
         for model, because in route.dropped:
@@ -585,7 +594,7 @@ def evaluate(
             program, route, env, stats_of, measuring, now, trace, only
         )
         if not pos:
-            return _no_eligible_model(program, env, route, dropped, trace)
+            return _armed(_no_eligible_model(program, env, route, dropped, trace), experiment)
 
     turn = 0
     strategy = settings.strategy
@@ -618,7 +627,7 @@ def evaluate(
         )
         statuses = verdict.statuses
         if verdict.option is None:
-            return _rate_limited(program, env, route, verdict, trace)
+            return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
             skip = verdict.option
             skipped = [pos[s] for s in order[:skip]]
@@ -662,7 +671,7 @@ def evaluate(
         Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
         for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
     ]
-    return Decision(
+    decision = Decision(
         request_id=env["id"],
         allowed=True,
         provider=chosen.provider,
@@ -681,6 +690,18 @@ def evaluate(
         trace=trace,
         input_format=env.get("format", NATIVE),
     )
+    if experiment is not None:
+        decision.experiment = experiment
+        decision.arm = route.name
+    return decision
+
+
+def _armed(decision: Decision, experiment: str | None) -> Decision:
+    """A denial inside an experiment still names its arm (the route it was decided on)."""
+    if experiment is not None:
+        decision.experiment = experiment
+        decision.arm = decision.route
+    return decision
 
 
 def _fallbacks(
