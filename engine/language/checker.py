@@ -427,14 +427,13 @@ class Checker:
                 )
                 continue
             if target.when is not None or any(isinstance(i, ast.Split) for i in target.items):
+                own = "`when`" if target.when is not None else "`split`"
                 self.error(
                     "E0266",
-                    f"arm route `{name}` has its own "
-                    + ("`when`" if target.when is not None else "`split`"),
+                    f"arm route `{name}` has its own {own}",
                     arm.route.span,
-                    f"an arm route is reached only through the split; the split's route chooses"
-                    f" the requests: remove the {'`when`' if target.when is not None else '`split`'}"
-                    f" of `{name}` at {target.name.span.location()}",
+                    "an arm route is reached only through the split, which chooses the requests:"
+                    f" remove the {own} of `{name}` at {target.name.span.location()}",
                 )
         if shares_ok and split.arms and abs(total - 1.0) > 1e-9:
             self.error(
