@@ -180,3 +180,94 @@ def test_the_same_user_gets_the_same_arm_across_processes(tmp_path: Path) -> Non
         assert first["arm"] == second["arm"]
     assert _eval_in_subprocess(tmp_path, "grace", "three")["arm"] == "candidate"
     assert _eval_in_subprocess(tmp_path, "alice", "four")["arm"] == "stable"
+
+
+def _policyctl(tmp_path: Path, *args: str, stdin: str = "") -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=tmp_path, env=env, input=stdin,
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def test_metrics_show_by_arm_joins_outcomes_by_request_id(tmp_path: Path) -> None:
+    requests = "".join(
+        json.dumps({"id": f"{u}-{i}", "user": u, "prompt": "hi", "stream": True}) + "\n"
+        for u in ("alice", "grace", "bob")
+        for i in (1, 2)
+    )
+    (tmp_path / "requests.jsonl").write_text(requests)
+    state = str(tmp_path / "state.duckdb")
+    _policyctl(tmp_path, "eval", "--policy", str(EXAMPLE), "--state", state, "requests.jsonl")
+    outcomes = [
+        ("alice-1", "openai", "gpt-5-nano", 1000, True, 0.001),
+        ("alice-2", "openai", "gpt-5-nano", 3000, False, 0.003),
+        ("grace-1", "anthropic", "claude-haiku-5-5", 500, True, 0.002),
+    ]
+    (tmp_path / "outcomes.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "request_id": r,
+                    "provider": p,
+                    "model": m,
+                    "latency_ms": ms,
+                    "success": ok,
+                    "input_tokens": 10,
+                    "output_tokens": 10,
+                    "cost": c,
+                }
+            )
+            + "\n"
+            for r, p, m, ms, ok, c in outcomes
+        )
+    )
+    _policyctl(tmp_path, "metrics", "import", "outcomes.jsonl", "--state", state,
+               "--policy", str(EXAMPLE))  # fmt: skip
+    shown = json.loads(
+        _policyctl(tmp_path, "metrics", "show", "--by", "arm", "--state", state, "--format", "json")
+    )
+    arms = {row["arm"]: row for row in shown["arms"]}
+    assert set(arms) == {"stable", "candidate"}
+    assert arms["stable"]["decisions"] == 4 and arms["candidate"]["decisions"] == 2
+    assert arms["stable"]["outcomes"] == 2 and arms["candidate"]["outcomes"] == 1
+    assert arms["stable"]["success_rate"] == 0.5 and arms["candidate"]["success_rate"] == 1.0
+    assert arms["stable"]["p50_ms"] == 2000.0
+    assert arms["stable"]["cost"] == pytest.approx(0.004)
+    table = _policyctl(tmp_path, "metrics", "show", "--by", "arm", "--state", state)
+    assert table.splitlines()[0].split()[:5] == ["EXPERIMENT", "ARM", "DECISIONS", "ALLOWED",
+                                                  "OUTCOMES"]  # fmt: skip
+
+
+def test_an_older_state_file_gains_the_arm_columns(tmp_path: Path) -> None:
+    import duckdb
+
+    from engine.analytics import schema
+
+    path = tmp_path / "old.duckdb"
+    old = schema.SCHEMA.replace(
+        "    policy_version VARCHAR NOT NULL,\n    experiment VARCHAR,",
+        "    policy_version VARCHAR NOT NULL",
+    )
+    old = old[: old.index("    arm VARCHAR")] + old[old.index(");", old.index("    arm VARCHAR")) :]
+    con = duckdb.connect(str(path))
+    con.execute(old)
+    columns = [r[0] for r in con.execute("DESCRIBE decisions").fetchall()]
+    assert "arm" not in columns and "experiment" not in columns
+    con.execute(
+        "INSERT INTO decisions VALUES (now()::TIMESTAMP, 'r', true, 'default', 'cost', 'p',"
+        " 'm', 0.1, 10, NULL, NULL, 'v')"
+    )
+    con.close()
+    shown = json.loads(
+        _policyctl(
+            tmp_path, "metrics", "show", "--by", "arm", "--state", str(path), "--format", "json"
+        )
+    )
+    assert shown["arms"] == []
+    con = duckdb.connect(str(path))
+    columns = [r[0] for r in con.execute("DESCRIBE decisions").fetchall()]
+    assert columns[-2:] == ["experiment", "arm"]
+    con.close()

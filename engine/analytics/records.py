@@ -38,6 +38,8 @@ class DecisionRow(NamedTuple):
     denied_scope: str | None  # the limit's scope, or the reason (`no_eligible_model`)
     denied_key: str | None
     policy_version: str
+    experiment: str | None = None  # the route whose `split` chose the arm (added later)
+    arm: str | None = None  # the arm route (added later: `schema.ADDED_COLUMNS`)
 
 
 class OutcomeRow(NamedTuple):

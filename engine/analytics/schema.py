@@ -82,7 +82,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     estimated_latency_ms DOUBLE,
     denied_scope VARCHAR,
     denied_key VARCHAR,
-    policy_version VARCHAR NOT NULL
+    policy_version VARCHAR NOT NULL,
+    experiment VARCHAR,              -- added later: `ADDED_COLUMNS`
+    arm VARCHAR                      -- the arm route of an experiment (`split`), else NULL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     recorded_at TIMESTAMP NOT NULL,
@@ -135,7 +137,11 @@ CREATE OR REPLACE VIEW recent_violations AS
 # Columns added to a table after files were written without them: `ensure_schema` adds
 # them to an older file (at the end, where a new file has them too), so old state and
 # analytics files stay readable and writable. Their rows hold NULL there.
-ADDED_COLUMNS = (("outcomes", "cached_tokens", "BIGINT"),)
+ADDED_COLUMNS = (
+    ("outcomes", "cached_tokens", "BIGINT"),
+    ("decisions", "experiment", "VARCHAR"),
+    ("decisions", "arm", "VARCHAR"),
+)
 
 
 def ensure_schema(con: Any) -> None:

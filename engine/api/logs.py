@@ -78,6 +78,7 @@ class EngineLogs:
             decision.strategy, decision.provider, decision.model,
             decision.estimated_cost, decision.estimated_latency_ms,
             denied_scope, denied_key, decision.policy_version,
+            decision.experiment, decision.arm,
         ))  # fmt: skip
         if self.writer is not None:  # written in the background, in batches
             self.writer.submit_decision(row)
