@@ -271,3 +271,16 @@ def test_an_older_state_file_gains_the_arm_columns(tmp_path: Path) -> None:
     columns = [r[0] for r in con.execute("DESCRIBE decisions").fetchall()]
     assert columns[-2:] == ["experiment", "arm"]
     con.close()
+
+
+def test_the_language_server_completes_arm_routes() -> None:
+    from engine.lsp.knowledge import completions, keywords
+
+    assert {"split", "by"} <= set(keywords())
+    text = POLICY.replace("10%: route c", "10%: route ")
+    offset = text.index("10%: route ") + len("10%: route ")
+    found = completions(text, offset, None)
+    labels = [c.label for c in found.items]
+    assert {"a", "b", "c", "chat"} <= set(labels)
+    assert all(c.kind == "route" for c in found.items)
+    assert found.start == offset

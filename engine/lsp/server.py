@@ -32,6 +32,7 @@ _COMPLETION_KIND = {
     "strategy": lsp.CompletionItemKind.Function,
     "capability": lsp.CompletionItemKind.EnumMember,
     "scope": lsp.CompletionItemKind.EnumMember,
+    "route": lsp.CompletionItemKind.Reference,
 }
 _SYMBOL_KIND = {
     "route": lsp.SymbolKind.Function,
