@@ -284,3 +284,9 @@ def test_the_language_server_completes_arm_routes() -> None:
     assert {"a", "b", "c", "chat"} <= set(labels)
     assert all(c.kind == "route" for c in found.items)
     assert found.start == offset
+
+
+def test_arm_routes_after_a_catch_all_are_not_reported_unreachable() -> None:
+    from engine.language.loader import load_policy
+
+    assert load_policy(EXAMPLE).warnings == ()
