@@ -290,3 +290,25 @@ def test_arm_routes_after_a_catch_all_are_not_reported_unreachable() -> None:
     from engine.language.loader import load_policy
 
     assert load_policy(EXAMPLE).warnings == ()
+
+
+def test_policytest_checks_the_arm_and_names_an_unknown_one(tmp_path: Path) -> None:
+    (tmp_path / "exp.policy").write_text(EXAMPLE.read_text())
+    (tmp_path / "exp.tests.yaml").write_text(
+        "tests:\n"
+        "  - name: grace is a candidate\n"
+        "    request: {id: r, user: grace, prompt: hi, stream: true}\n"
+        "    expect: {arm: stable}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    run = [sys.executable, "-m", "engine", "test", str(tmp_path)]
+    done = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "arm" in done.stdout + done.stderr and "candidate" in done.stdout + done.stderr
+    (tmp_path / "exp.tests.yaml").write_text(
+        (tmp_path / "exp.tests.yaml").read_text().replace("arm: stable", "arm: stabel")
+    )
+    done = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "E0903" in done.stdout + done.stderr
+    assert "did you mean `stable`?" in done.stdout + done.stderr
