@@ -269,7 +269,7 @@ def test_an_older_state_file_gains_the_arm_columns(tmp_path: Path) -> None:
     assert shown["arms"] == []
     con = duckdb.connect(str(path))
     columns = [r[0] for r in con.execute("DESCRIBE decisions").fetchall()]
-    assert columns[-2:] == ["experiment", "arm"]
+    assert columns[-4:] == ["experiment", "arm", "shadow", "shadow_of"]
     con.close()
 
 
@@ -312,3 +312,114 @@ def test_policytest_checks_the_arm_and_names_an_unknown_one(tmp_path: Path) -> N
     done = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert "E0903" in done.stdout + done.stderr
     assert "did you mean `stable`?" in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- shadow routes
+
+SHADOW = """
+limit user 2 per 1m
+limit provider "anthropic" 1 per 1h
+route chat {
+    strategy cost
+    prefer openai
+    shadow route candidate
+}
+route candidate {
+    strategy cost
+    prefer anthropic
+}
+"""
+
+
+def _limited(text: str):
+    from engine.limits.limiter import Limiter
+    from engine.limits.stores.memory import MemoryStore
+
+    return _program(text), Limiter(MemoryStore(), clock=lambda: 1_000_000.0)
+
+
+def test_a_shadow_decision_is_made_but_never_served_nor_consumes_limits() -> None:
+    program, limiter = _limited(SHADOW)
+    plain, plain_limiter = _limited(SHADOW.replace("    shadow route candidate\n", ""))
+    served = []
+    for i in range(3):
+        env = env_of({"id": f"r{i}", "user": "bob", "prompt": "hi"})
+        decision = evaluate(program, env, limiter=limiter, now=1_000_000.0)
+        same = evaluate(plain, env, limiter=plain_limiter, now=1_000_000.0)
+        served.append(decision)
+        assert decision.to_dict() | {"policy_version": ""} == same.to_dict() | {
+            "policy_version": ""
+        }
+        assert "shadow" not in decision.to_dict()
+        shadow = decision.shadow
+        assert shadow is not None and shadow.route == "candidate"
+        assert shadow.provider == "anthropic" or not shadow.allowed
+    # the user limit: the shadow's dry runs took nothing (2 per minute: the third is denied
+    # by the served decisions alone)
+    assert [d.allowed for d in served] == [True, True, False]
+    # the shadow is checked after the served decision took its share: the second request's
+    # shadow finds bob's bucket empty; the first chose anthropic (1 per hour) without taking it
+    first = served[0].shadow
+    assert first is not None and first.allowed and first.provider == "anthropic"
+    assert served[1].shadow is not None and not served[1].shadow.allowed
+    # nothing tallied for the shadow either: the same violations and daily counts
+    assert len(limiter.violations) == len(plain_limiter.violations) == 1
+    assert limiter.allowed_tallies == plain_limiter.allowed_tallies
+    assert limiter.denied_tallies == plain_limiter.denied_tallies
+    # a real request on anthropic still has its whole hour
+    direct = _program(SHADOW.replace("prefer openai", "prefer anthropic"))
+    env = env_of({"id": "x", "user": "carol", "prompt": "hi"})
+    decision = evaluate(direct, env, limiter=limiter, now=1_000_000.0)
+    assert decision.allowed and decision.provider == "anthropic"
+
+
+def test_shadow_rows_in_the_decision_log(tmp_path: Path) -> None:
+    import duckdb
+
+    policy = tmp_path / "shadow.policy"
+    policy.write_text(SHADOW.replace("limit user 2 per 1m\n", ""))
+    requests = "".join(
+        json.dumps({"id": f"r{i}", "user": "bob", "prompt": "hi"}) + "\n" for i in range(2)
+    )
+    (tmp_path / "requests.jsonl").write_text(requests)
+    state = str(tmp_path / "state.duckdb")
+    out = _policyctl(tmp_path, "eval", "--policy", str(policy), "--state", state,
+                     "requests.jsonl")  # fmt: skip
+    assert all(json.loads(line)["route"] == "chat" for line in out.splitlines())
+    con = duckdb.connect(state)
+    rows = con.execute(
+        "SELECT request_id, route, provider, shadow, shadow_of FROM decisions"
+        " ORDER BY decided_at, shadow NULLS LAST"
+    ).fetchall()
+    con.close()
+    served = [r for r in rows if r[3] is None]
+    shadows = [r for r in rows if r[3]]
+    assert [(r[0], r[1]) for r in served] == [("r0", "chat"), ("r1", "chat")]
+    assert sorted((r[0], r[1], r[4]) for r in shadows) == [
+        ("r0", "candidate", "r0"),
+        ("r1", "candidate", "r1"),
+    ]
+    # the shadow's dry runs left anthropic's 1 per hour whole for a served request
+    policy.write_text(SHADOW.replace("limit user 2 per 1m\n", "").replace(
+        "prefer openai", "prefer anthropic"))  # fmt: skip
+    out = _policyctl(tmp_path, "eval", "--policy", str(policy), "--state", state, "-",
+                     stdin=json.dumps({"id": "d", "user": "x", "prompt": "hi"}))  # fmt: skip
+    assert json.loads(out)["provider"] == "anthropic"
+
+
+@pytest.mark.parametrize(
+    "text,code",
+    [
+        (SHADOW.replace("shadow route candidate", "shadow route candidat"), "E0267"),
+        (SHADOW.replace("shadow route candidate", "shadow route chat"), "E0267"),
+        (
+            SHADOW.replace("shadow route candidate", "shadow route candidate\n shadow route chat"),
+            "E0268",
+        ),
+        (SHADOW.replace("prefer anthropic", "shadow route chat"), "E0269"),
+    ],
+)
+def test_shadow_checker_errors(text: str, code: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        _program(text)
+    assert code in str(err.value)

@@ -168,6 +168,7 @@ def _route_shape(route: CompiledRoute) -> tuple[Any, ...]:
         if route.split is None
         else (route.split.experiment, route.split.key_text, route.split.bounds, route.split.arms),
         route.arm_of,
+        route.shadow,
     )
 
 

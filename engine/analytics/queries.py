@@ -88,7 +88,7 @@ ArmSummary = tuple[
 ARM_SQL = """
     WITH d AS (
         SELECT experiment, arm, request_id, allowed, estimated_cost FROM decisions
-        WHERE arm IS NOT NULL{since}
+        WHERE arm IS NOT NULL AND shadow IS NOT TRUE{since}
     ),
     counts AS (
         SELECT experiment, arm, count(*) AS decisions,

@@ -84,7 +84,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     denied_key VARCHAR,
     policy_version VARCHAR NOT NULL,
     experiment VARCHAR,              -- added later: `ADDED_COLUMNS`
-    arm VARCHAR                      -- the arm route of an experiment (`split`), else NULL
+    arm VARCHAR,                     -- the arm route of an experiment (`split`), else NULL
+    shadow BOOLEAN,                  -- true: a shadow route's decision, never served
+    shadow_of VARCHAR                -- its served decision's request id
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     recorded_at TIMESTAMP NOT NULL,
@@ -141,6 +143,8 @@ ADDED_COLUMNS = (
     ("outcomes", "cached_tokens", "BIGINT"),
     ("decisions", "experiment", "VARCHAR"),
     ("decisions", "arm", "VARCHAR"),
+    ("decisions", "shadow", "BOOLEAN"),
+    ("decisions", "shadow_of", "VARCHAR"),
 )
 
 

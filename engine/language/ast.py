@@ -176,6 +176,14 @@ class Split:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """`shadow route b`: route b decides each request too, logged and never served."""
+
+    route: Name
+    span: Span
+
+
 Setting = (
     StrategySetting
     | ValueSetting
@@ -184,7 +192,7 @@ Setting = (
     | StoreErrorSetting
     | DegradedSetting
 )
-RouteItem = Setting | Prefer | Exclude | Require | Split
+RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,8 +362,46 @@ class Checker:
                 self._condition(item.condition, allow_model=True)
             elif isinstance(item, ast.Split):
                 self._split(route, item)
+            elif isinstance(item, ast.Shadow):
+                self._shadow(route, item)
 
     # experiments -----------------------------------------------------------
+
+    def _shadow(self, route: ast.Route, shadow: ast.Shadow) -> None:
+        """`shadow route b` (E0267–E0269)."""
+        first = next(i for i in route.items if isinstance(i, ast.Shadow))
+        if first is not shadow:
+            self.error(
+                "E0268",
+                f"route `{route.name.text}` has more than one `shadow`",
+                shadow.span,
+                f"the first is at {first.span.location()}; a route has one shadow route",
+            )
+            return
+        name = shadow.route.text
+        target = self.route_nodes.get(name)
+        if target is None or target is route:
+            guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
+            self.error(
+                "E0267",
+                f"route `{name}` shadows itself"
+                if target is route
+                else f"unknown route `{name}` in a shadow",
+                shadow.route.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else "a shadow names another route of the policy: `route " + name + " { … }`",
+            )
+            return
+        if any(isinstance(i, ast.Split | ast.Shadow) for i in target.items):
+            self.error(
+                "E0269",
+                f"shadow route `{name}` splits or has a shadow of its own",
+                shadow.route.span,
+                "a shadow route decides the request as it is; shadow one of the arms instead"
+                if any(isinstance(i, ast.Split) for i in target.items)
+                else "shadows do not chain: shadow each route from the served one",
+            )
 
     def _split(self, route: ast.Route, split: ast.Split) -> None:
         """`split by request.KEY { 90%: route a  10%: route b }` (E0260–E0266)."""

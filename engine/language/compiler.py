@@ -463,6 +463,7 @@ def _compile_route(
         attrs=tuple(attrs[m.key] for m in kept),
         split=compile_split(route),
         arm_of=arm_of,
+        shadow=next((i.route.text for i in route.items if isinstance(i, ast.Shadow)), None),
     )
 
 

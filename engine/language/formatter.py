@@ -132,6 +132,8 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm) -> _Line:
             return _Line(code=head, align="prefer")
         cells = (head, f"weight {item.weight.text}")
         return _Line(code=" ".join(cells), cells=cells, align="prefer")
+    if isinstance(item, ast.Shadow):
+        return _Line(code=f"shadow route {item.route.text}")
     if isinstance(item, ast.Arm):
         return _Line(code=f"{item.share.text}: route {item.route.text}")
     raise AssertionError(f"not a one-line item: {type(item).__name__}")  # pragma: no cover

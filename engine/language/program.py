@@ -252,6 +252,7 @@ class CompiledRoute:
     attrs: tuple[Mapping[str, Any], ...] = ()  # the candidates' `model.<attr>` tables
     split: CompiledSplit | None = None  # an experiment: the request goes to one arm route
     arm_of: tuple[str, ...] = ()  # the experiments this route is an arm of (not tried itself)
+    shadow: str | None = None  # `shadow route b`: decided too, logged, never served
     prior_failing: frozenset[int] = field(init=False, repr=False, compare=False)
     table: RouteTable = field(init=False, repr=False, compare=False)  # rows as flat tuples
 
@@ -307,8 +308,12 @@ class Program:
         init=False, repr=False, compare=False
     )
 
+    # every route by name (a shadow route's decision is made on it)
+    by_name: Mapping[str, CompiledRoute] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         by_name = {route.name: route for route in self.routes}
+        object.__setattr__(self, "by_name", by_name)
         object.__setattr__(
             self, "dispatch", tuple(route for route in self.routes if not route.arm_of)
         )

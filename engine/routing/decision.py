@@ -82,6 +82,8 @@ class Decision:
     input_format: str = "native"  # the request's format (engine.wire.FORMATS)
     experiment: str | None = None  # the route whose `split` chose the arm
     arm: str | None = None  # the arm route the experiment sent the request to
+    # `shadow route b`: b's decision of the same request, logged, never served (not in JSON)
+    shadow: Decision | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The decision's JSON fields (what `to_json()` encodes), integral numbers as ints."""

@@ -517,7 +517,36 @@ def evaluate(
 ) -> Decision:
     """`only`: the keys (`provider/id`) of the catalog entries the caller can send this
     request to (a gateway's own deployments); every other model is dropped as not offered.
-    None: the whole route."""
+    None: the whole route.
+
+    A served route with a `shadow route b` has b decide the request too, on the same
+    metrics, its limits checked dry (nothing consumed, nothing tallied), no round-robin turn
+    taken: that decision is `decision.shadow`, logged beside the served one, never served."""
+    decision = _evaluate(program, env, metrics, state, explain, limiter, consume, now, only)
+    served = program.by_name.get(decision.route)
+    shadow = served.shadow if served is not None else None
+    if shadow is not None:
+        decision.shadow = _evaluate(
+            program, env, metrics, None, False, limiter, False, now, only,
+            forced=program.by_name[shadow], record=False,
+        )  # fmt: skip
+    return decision
+
+
+def _evaluate(
+    program: Program,
+    env: Mapping[str, Any],
+    metrics: MetricsView | None,
+    state: EvalState | None,
+    explain: bool,
+    limiter: Limiter | None,
+    consume: bool,
+    now: float,
+    only: frozenset[str] | None,
+    *,
+    forced: CompiledRoute | None = None,
+    record: bool = True,
+) -> Decision:
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -528,7 +557,7 @@ def evaluate(
                 "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
-    route = _route_for(program, env, trace)
+    route = _route_for(program, env, trace) if forced is None else forced
     experiment: str | None = None
     split = route.split
     if split is not None:  # an experiment: one hash picks the arm route
@@ -624,6 +653,7 @@ def evaluate(
             ((providers[p], model_keys[p], costs[s]) for s in order for p in (pos[s],)),
             consume=consume,
             on_store_error=settings.on_store_error,
+            record=record,
         )
         statuses = verdict.statuses
         if verdict.option is None:
