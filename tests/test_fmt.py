@@ -164,6 +164,11 @@ def _route_shape(route: CompiledRoute) -> tuple[Any, ...]:
         dict(route.provider_rank),
         route.provider_order,
         dict(route.fallback_order),
+        None
+        if route.split is None
+        else (route.split.experiment, route.split.key_text, route.split.bounds, route.split.arms),
+        route.arm_of,
+        route.shadow,
     )
 
 

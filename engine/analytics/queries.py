@@ -79,6 +79,51 @@ def model_summary(con: Any, since_us: int | None, provider: str | None) -> list[
     return list(con.execute(SUMMARY_SQL.format(where=where), params).fetchall())
 
 
+# (experiment, arm, decisions, allowed, outcomes, [p50, p95, p99] ms or None, success rate
+# or None, total outcome cost or None, average estimated cost or None)
+ArmSummary = tuple[
+    str, str, int, int, int, list[float] | None, float | None, float | None, float | None
+]
+
+ARM_SQL = """
+    WITH d AS (
+        SELECT experiment, arm, request_id, allowed, estimated_cost FROM decisions
+        WHERE arm IS NOT NULL AND shadow IS NOT TRUE{since}
+    ),
+    counts AS (
+        SELECT experiment, arm, count(*) AS decisions,
+               count(*) FILTER (WHERE allowed) AS allowed,
+               avg(estimated_cost) AS avg_estimated_cost
+        FROM d GROUP BY experiment, arm
+    ),
+    requests AS (
+        SELECT DISTINCT experiment, arm, request_id FROM d WHERE request_id IS NOT NULL
+    ),
+    measured AS (
+        SELECT r.experiment, r.arm, count(*) AS outcomes,
+               quantile_cont(o.latency_ms, [0.5, 0.95, 0.99]) AS q,
+               avg(CASE WHEN o.success THEN 1.0 ELSE 0.0 END) AS success_rate,
+               sum(o.cost) AS cost
+        FROM requests r JOIN outcomes o ON o.request_id = r.request_id
+        GROUP BY r.experiment, r.arm
+    )
+    SELECT c.experiment, c.arm, c.decisions, c.allowed, coalesce(m.outcomes, 0), m.q,
+           m.success_rate, m.cost, c.avg_estimated_cost
+    FROM counts c LEFT JOIN measured m ON m.experiment = c.experiment AND m.arm = c.arm
+    ORDER BY c.experiment, c.arm
+"""
+
+
+def arm_summary(con: Any, since_us: int | None) -> list[ArmSummary]:
+    """Per experiment arm, from the decision log since `since_us` (epoch µs; None: all):
+    decisions and allowed ones, and from the outcomes of those requests (joined by request
+    id) their count, exact p50/p95/p99, success rate and total cost (`metrics show --by
+    arm`). A decision without a request id has no outcome to join."""
+    since = "" if since_us is None else " AND decided_at >= make_timestamp(?::BIGINT)"
+    params = [] if since_us is None else [since_us]
+    return list(con.execute(ARM_SQL.format(since=since), params).fetchall())
+
+
 def export_outcomes(
     con: Any, out: Path, fmt: str, since_us: int | None, provider: str | None
 ) -> int:

@@ -38,6 +38,10 @@ class DecisionRow(NamedTuple):
     denied_scope: str | None  # the limit's scope, or the reason (`no_eligible_model`)
     denied_key: str | None
     policy_version: str
+    experiment: str | None = None  # the route whose `split` chose the arm (added later)
+    arm: str | None = None  # the arm route (added later: `schema.ADDED_COLUMNS`)
+    shadow: bool | None = None  # a shadow route's decision: logged, never served
+    shadow_of: str | None = None  # for a shadow decision: the served decision's request id
 
 
 class OutcomeRow(NamedTuple):

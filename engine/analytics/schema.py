@@ -82,7 +82,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     estimated_latency_ms DOUBLE,
     denied_scope VARCHAR,
     denied_key VARCHAR,
-    policy_version VARCHAR NOT NULL
+    policy_version VARCHAR NOT NULL,
+    experiment VARCHAR,              -- added later: `ADDED_COLUMNS`
+    arm VARCHAR,                     -- the arm route of an experiment (`split`), else NULL
+    shadow BOOLEAN,                  -- true: a shadow route's decision, never served
+    shadow_of VARCHAR                -- its served decision's request id
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     recorded_at TIMESTAMP NOT NULL,
@@ -135,7 +139,13 @@ CREATE OR REPLACE VIEW recent_violations AS
 # Columns added to a table after files were written without them: `ensure_schema` adds
 # them to an older file (at the end, where a new file has them too), so old state and
 # analytics files stay readable and writable. Their rows hold NULL there.
-ADDED_COLUMNS = (("outcomes", "cached_tokens", "BIGINT"),)
+ADDED_COLUMNS = (
+    ("outcomes", "cached_tokens", "BIGINT"),
+    ("decisions", "experiment", "VARCHAR"),
+    ("decisions", "arm", "VARCHAR"),
+    ("decisions", "shadow", "BOOLEAN"),
+    ("decisions", "shadow_of", "VARCHAR"),
+)
 
 
 def ensure_schema(con: Any) -> None:

@@ -66,6 +66,14 @@ class EngineLogs:
 
     def decision(self, decision: Decision, at: float) -> None:
         """Log one decision (the hot path: one row, no I/O but a flush every so often)."""
+        shadow = decision.shadow
+        if shadow is not None:  # logged first, marked, with the served decision's id
+            self._row(shadow, at, True, decision.request_id)
+        self._row(decision, at, None, None)
+
+    def _row(
+        self, decision: Decision, at: float, shadow: bool | None, shadow_of: str | None
+    ) -> None:
         denied = decision.denied_by
         if denied is None:
             denied_scope = denied_key = None
@@ -78,6 +86,8 @@ class EngineLogs:
             decision.strategy, decision.provider, decision.model,
             decision.estimated_cost, decision.estimated_latency_ms,
             denied_scope, denied_key, decision.policy_version,
+            decision.experiment, decision.arm,
+            shadow, shadow_of,
         ))  # fmt: skip
         if self.writer is not None:  # written in the background, in batches
             self.writer.submit_decision(row)

@@ -344,6 +344,7 @@ def _vertical(d: Decision) -> str:
         ("provider/model", f"{d.provider}/{d.model}" if d.allowed else None),
         *([("format", d.input_format)] if d.input_format != NATIVE else []),
         *([("deployment of", d.deployment_of)] if d.deployment_of else []),
+        *([("arm", f"{d.experiment} → {d.arm}")] if d.experiment is not None else []),
         ("reason", d.reason),
         ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
         ("est p95", f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms else None),
@@ -384,6 +385,13 @@ def _vertical(d: Decision) -> str:
                 # the condition is the policy's own text: its line breaks are kept (each line
                 # escaped below); everything else a row shows is printed on one line
                 rows.append(("trace", PolicyLines(f"route {step['route']}{when}: {verdict}")))
+            elif step["step"] == "split":
+                rows.append(
+                    (
+                        "trace",
+                        f"split {step['experiment']} by {step['by']}: arm {step['arm']}",
+                    )
+                )
             elif step["step"] == "drop":
                 rows.append(
                     ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")

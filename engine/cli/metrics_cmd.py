@@ -115,6 +115,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add_window(show, DEFAULT_WINDOW)
     show.add_argument("--provider", help="only this provider")
+    show.add_argument(
+        "--by",
+        choices=("model", "arm"),
+        default="model",
+        help="model: per provider and model (the default); arm: per experiment arm (`split`),"
+        " its decisions and the outcomes of its requests",
+    )
     _add_state(show)
     add_format(show, default="table")
     show.set_defaults(run=run_show)
@@ -266,7 +273,81 @@ def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict
     return rows
 
 
+def arm_rows(con: Any, since_us: int | None) -> list[dict[str, Any]]:
+    """Per experiment arm: decisions, allowed, and the outcomes of its requests."""
+    from engine.analytics import queries
+
+    rows = []
+    for (
+        experiment,
+        arm,
+        decisions,
+        allowed,
+        outcomes,
+        q,
+        rate,
+        cost,
+        estimated,
+    ) in queries.arm_summary(con, since_us):
+        rows.append(
+            {
+                "experiment": experiment,
+                "arm": arm,
+                "decisions": int(decisions),
+                "allowed": int(allowed),
+                "outcomes": int(outcomes),
+                "p50_ms": None if q is None else q[0],
+                "p95_ms": None if q is None else q[1],
+                "p99_ms": None if q is None else q[2],
+                "success_rate": None if rate is None else float(rate),
+                "cost": None if cost is None else float(cost),
+                "avg_estimated_cost": None if estimated is None else float(estimated),
+            }
+        )
+    return rows
+
+
+def run_show_arms(args: argparse.Namespace) -> int:
+    """`metrics show --by arm`."""
+    if args.provider is not None:
+        raise UsageError("--provider is for `--by model`; an arm spans providers")
+    state = _state_path(args.state)
+    window_s = parse_duration_s(args.window, error=UsageError)
+    now = cli_clock()()
+    con = _open(state, create=False)
+    try:
+        rows = arm_rows(con, _since(window_s, now))
+    finally:
+        con.close()
+    since = format_timestamp(now - window_s, timespec="seconds")
+    window = args.window.strip()
+    if args.format == "json":
+        dump_json({"state": state, "window": window, "since": since, "arms": rows})
+        return EXIT_OK
+    if not rows:
+        print(f"no experiment decisions in the last {window} (state: {state})")
+        return EXIT_OK
+    table = [
+        (
+            r["experiment"], r["arm"], r["decisions"], r["allowed"], r["outcomes"],
+            *(None if r[k] is None else _ms(r[k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
+            None if r["success_rate"] is None else f"{100 * r['success_rate']:.1f}%",
+            None if r["cost"] is None else money(r["cost"]),
+        )
+        for r in rows
+    ]  # fmt: skip
+    headers = (
+        "experiment", "arm", "decisions", "allowed", "outcomes", "p50", "p95", "p99",
+        "success", "cost",
+    )  # fmt: skip
+    print(render_table(headers, table))
+    print(f"(last {window}, since {since}; outcomes joined to decisions by request id)")
+    return EXIT_OK
+
+
 def run_show(args: argparse.Namespace) -> int:
+    if getattr(args, "by", "model") == "arm":
+        return run_show_arms(args)
     state = _state_path(args.state)
     window_s = parse_duration_s(args.window, error=UsageError)
     now = cli_clock()()

@@ -174,7 +174,9 @@ def _example(boxes: Iterable[Box], accept: Callable[[Witness], bool]) -> dict[st
 
 
 def _routes(run: _Analysis, routes: list[ast.Route]) -> None:
-    compiled = run.program.routes
+    # the routes tried in file order: an experiment's arms are reached only through it
+    routes = [r for r, c in zip(routes, run.program.routes, strict=True) if not c.arm_of]
+    compiled = run.program.dispatch
     tested = [dims_of(r.when) for r in routes]
     covers: list[Box] = []  # requests an earlier route surely takes
     owners: list[tuple[ast.Route, list[Box]]] = []
@@ -194,7 +196,7 @@ def _routes(run: _Analysis, routes: list[ast.Route]) -> None:
                 left = None
         if left == []:
             _shadowed(run, route, i, over or [], under, owners)
-        else:
+        elif comp.split is None:  # a splitting route has no models of its own
             region = left if left is not None else (over or [])
             reaches = _reaches(compiled, i)
             _unservable(run, route, comp, region, reaches)
@@ -218,7 +220,7 @@ def _shadowed(
     owners: list[tuple[ast.Route, list[Box]]],
 ) -> None:
     """W0500: every request the route matches is taken by an earlier route."""
-    compiled = run.program.routes
+    compiled = run.program.dispatch
     takers: list[ast.Route] = []
     alone: ast.Route | None = None
     rest: list[Box] = list(over)

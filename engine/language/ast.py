@@ -158,6 +158,32 @@ class Require:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """`90%: route stable`: an experiment arm, its share and the route it sends to."""
+
+    share: Literal
+    route: Name
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """`split by request.user { 90%: route a  10%: route b }`: a sticky experiment."""
+
+    key: Path
+    arms: tuple[Arm, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """`shadow route b`: route b decides each request too, logged and never served."""
+
+    route: Name
+    span: Span
+
+
 Setting = (
     StrategySetting
     | ValueSetting
@@ -166,7 +192,7 @@ Setting = (
     | StoreErrorSetting
     | DegradedSetting
 )
-RouteItem = Setting | Prefer | Exclude | Require
+RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ class Checker:
     catalog: Catalog
     now: float | None = None  # epoch seconds: the clock retirement warnings are judged by
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    route_nodes: dict[str, ast.Route] = field(default_factory=dict)  # by name, the first
 
     # reporting -------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Checker:
                         )
                     else:
                         routes[stmt.name.text] = stmt
+        self.route_nodes = routes
 
     # settings --------------------------------------------------------------
 
@@ -373,6 +375,126 @@ class Checker:
                     self._model_ref(ref)
             elif isinstance(item, ast.Require):
                 self._condition(item.condition, allow_model=True)
+            elif isinstance(item, ast.Split):
+                self._split(route, item)
+            elif isinstance(item, ast.Shadow):
+                self._shadow(route, item)
+
+    # experiments -----------------------------------------------------------
+
+    def _shadow(self, route: ast.Route, shadow: ast.Shadow) -> None:
+        """`shadow route b` (E0267–E0269)."""
+        first = next(i for i in route.items if isinstance(i, ast.Shadow))
+        if first is not shadow:
+            self.error(
+                "E0268",
+                f"route `{route.name.text}` has more than one `shadow`",
+                shadow.span,
+                f"the first is at {first.span.location()}; a route has one shadow route",
+            )
+            return
+        name = shadow.route.text
+        target = self.route_nodes.get(name)
+        if target is None or target is route:
+            guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
+            self.error(
+                "E0267",
+                f"route `{name}` shadows itself"
+                if target is route
+                else f"unknown route `{name}` in a shadow",
+                shadow.route.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else "a shadow names another route of the policy: `route " + name + " { … }`",
+            )
+            return
+        if any(isinstance(i, ast.Split | ast.Shadow) for i in target.items):
+            self.error(
+                "E0269",
+                f"shadow route `{name}` splits or has a shadow of its own",
+                shadow.route.span,
+                "a shadow route decides the request as it is; shadow one of the arms instead"
+                if any(isinstance(i, ast.Split) for i in target.items)
+                else "shadows do not chain: shadow each route from the served one",
+            )
+
+    def _split(self, route: ast.Route, split: ast.Split) -> None:
+        """`split by request.KEY { 90%: route a  10%: route b }` (E0260–E0266)."""
+        others = [item for item in route.items if item is not split]
+        splits = [item for item in route.items if isinstance(item, ast.Split)]
+        if others and split is splits[0]:  # said once, at the first split
+            first = others[0]
+            self.error(
+                "E0265",
+                f"route `{route.name.text}` splits, so it holds nothing but its `split`",
+                first.span,
+                "put the settings, `prefer` and `require` lines in the arm routes",
+            )
+        key = split.key
+        if key.parts[0] != "request" or len(key.parts) < 2:
+            self.error(
+                "E0263",
+                f"a split is keyed by a request field, not `{key.dotted}`",
+                key.span,
+                "for example `split by request.user` or `split by request.metadata.team`",
+            )
+        else:
+            self._path_type(key, allow_model=False)
+        total = 0.0
+        seen: dict[str, Span] = {}
+        shares_ok = True
+        for arm in split.arms:
+            share = arm.share
+            if share.unit is not Unit.PERCENT or float(share.value) <= 0:  # type: ignore[arg-type]
+                shares_ok = False
+                self.error(
+                    "E0264",
+                    f"an arm's share is a percentage above zero, not `{share.text}`",
+                    share.span,
+                    "write `10%: route candidate`",
+                )
+            else:
+                total += float(share.value)  # type: ignore[arg-type]
+            name = arm.route.text
+            if name in seen:
+                self.error(
+                    "E0262",
+                    f"route `{name}` is an arm of this split twice",
+                    arm.route.span,
+                    f"the first is at {seen[name].location()}; add their shares into one arm",
+                )
+                continue
+            seen[name] = arm.route.span
+            target = self.route_nodes.get(name)
+            if target is None or target is route:
+                guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
+                self.error(
+                    "E0261",
+                    f"route `{name}` splits into itself"
+                    if target is route
+                    else f"unknown route `{name}` in a split",
+                    arm.route.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "an arm names a route defined in the policy: `route " + name + " { … }`",
+                )
+                continue
+            if target.when is not None or any(isinstance(i, ast.Split) for i in target.items):
+                own = "`when`" if target.when is not None else "`split`"
+                self.error(
+                    "E0266",
+                    f"arm route `{name}` has its own {own}",
+                    arm.route.span,
+                    "an arm route is reached only through the split, which chooses the requests:"
+                    f" remove the {own} of `{name}` at {target.name.span.location()}",
+                )
+        if shares_ok and split.arms and abs(total - 1.0) > 1e-9:
+            self.error(
+                "E0260",
+                f"the shares of a split add up to {_plain(round(total * 100, 6))}%, not 100%",
+                split.span,
+                "every request goes to one arm: make the shares add up to exactly 100%",
+            )
 
     # policy-wide constraints -----------------------------------------------
 

@@ -19,6 +19,7 @@ from engine.language import ast
 from engine.language.program import (
     CompiledLimit,
     CompiledRoute,
+    CompiledSplit,
     DenyRule,
     Env,
     Fn,
@@ -460,12 +461,46 @@ def _with_variants(
     return replace(route, variants=variants)
 
 
+def _arms_of(files: list[ast.PolicyFile]) -> dict[str, tuple[str, ...]]:
+    """Route name -> the experiments (splitting routes) it is an arm of."""
+    found: dict[str, list[str]] = {}
+    for policy in files:
+        for stmt in policy.statements:
+            if isinstance(stmt, ast.Route):
+                for item in stmt.items:
+                    if isinstance(item, ast.Split):
+                        for arm in item.arms:
+                            found.setdefault(arm.route.text, []).append(stmt.name.text)
+    return {name: tuple(experiments) for name, experiments in found.items()}
+
+
+def compile_split(route: ast.Route) -> CompiledSplit | None:
+    """The route's `split`, its shares as cumulative bounds (None: the route does not split)."""
+    split = next((item for item in route.items if isinstance(item, ast.Split)), None)
+    if split is None:
+        return None
+    bounds: list[float] = []
+    total = 0.0
+    for arm in split.arms:
+        total += float(arm.share.value)  # type: ignore[arg-type]
+        bounds.append(total)
+    bounds[-1] = 1.0
+    return CompiledSplit(
+        experiment=route.name.text,
+        key=_path_getter(split.key),
+        key_text=split.key.dotted,
+        bounds=tuple(bounds),
+        arms=tuple(arm.route.text for arm in split.arms),
+    )
+
+
 def _compile_route(
     route: ast.Route,
     base: Settings,
     catalog: Catalog,
     attrs: Mapping[str, Mapping[str, Any]],
     policy: tuple[PolicyRequire, ...] = (),
+    arm_of: tuple[str, ...] = (),
 ) -> CompiledRoute:
     settings = _merge_settings(base, route.items, catalog)
     weights: dict[str, float] = {}
@@ -531,6 +566,9 @@ def _compile_route(
         attrs=tuple(attrs[m.key] for m in kept),
         policy_requires=policy,
         policy_dropped=tuple(policy_dropped),
+        split=compile_split(route),
+        arm_of=arm_of,
+        shadow=next((i.route.text for i in route.items if isinstance(i, ast.Shadow)), None),
     )
 
 
@@ -613,8 +651,14 @@ def compile_program(
         if isinstance(stmt, ast.Deny)
     )
     bits = _variant_bits(requires)
+    arms_of = _arms_of(files)
     routes = tuple(
-        _with_variants(_compile_route(stmt, base, catalog, attrs, requires), requires, bits, attrs)
+        _with_variants(
+            _compile_route(stmt, base, catalog, attrs, requires, arms_of.get(stmt.name.text, ())),
+            requires,
+            bits,
+            attrs,
+        )
         for policy in files
         for stmt in policy.statements
         if isinstance(stmt, ast.Route)

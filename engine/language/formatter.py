@@ -108,7 +108,7 @@ def _refs(refs: tuple[ast.ModelRef, ...]) -> str:
     return ", ".join(_ref(r) for r in refs)
 
 
-def _one_line(item: ast.RouteItem | ast.CatalogStmt) -> _Line:
+def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm) -> _Line:
     """A statement or block item that is always one line (all but `require`)."""
     if isinstance(item, ast.CatalogStmt):
         return _Line(code=f"catalog {item.path.text}")
@@ -132,6 +132,10 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt) -> _Line:
             return _Line(code=head, align="prefer")
         cells = (head, f"weight {item.weight.text}")
         return _Line(code=" ".join(cells), cells=cells, align="prefer")
+    if isinstance(item, ast.Shadow):
+        return _Line(code=f"shadow route {item.route.text}")
+    if isinstance(item, ast.Arm):
+        return _Line(code=f"{item.share.text}: route {item.route.text}")
     raise AssertionError(f"not a one-line item: {type(item).__name__}")  # pragma: no cover
 
 
@@ -205,7 +209,7 @@ class _Printer:
     def region(
         self,
         out: list[_Line],
-        items: tuple[ast.Statement, ...] | tuple[ast.RouteItem, ...],
+        items: tuple[ast.Statement, ...] | tuple[ast.RouteItem, ...] | tuple[ast.Arm, ...],
         lo: int,
         hi: int,
         depth: int,
@@ -217,7 +221,7 @@ class _Printer:
         or the end, and always one between a block and the statement beside it (top)."""
         pos = lo
         first = True
-        previous: ast.Statement | ast.RouteItem | None = None
+        previous: ast.Statement | ast.RouteItem | ast.Arm | None = None
         for item in items:
             block = isinstance(item, ast.Route | ast.Defaults)
             blank_due = top and previous is not None and (block or _is_block(previous))
@@ -245,7 +249,9 @@ class _Printer:
             pos = c.span.end
         return pos, first, blank_due
 
-    def statement(self, out: list[_Line], item: ast.Statement | ast.RouteItem, depth: int) -> None:
+    def statement(
+        self, out: list[_Line], item: ast.Statement | ast.RouteItem | ast.Arm, depth: int
+    ) -> None:
         lines: list[_Line] = []
         if isinstance(item, ast.Route | ast.Defaults):
             self.block(lines, item, depth)
@@ -255,6 +261,8 @@ class _Printer:
             self.require(lines, item, depth)
         elif isinstance(item, ast.PolicyRequire | ast.Deny):
             self.policy_rule(lines, item, depth)
+        elif isinstance(item, ast.Split):
+            self.split(lines, item, depth)
         else:
             lines.append(replace(_one_line(item), depth=depth))
         # comments the statement's parts did not place (inside a one-line part) go before
@@ -278,6 +286,18 @@ class _Printer:
             lines[-1] = replace(lines[-1], code=lines[-1].code + "}")
             return
         self.region(lines, body, brace + 1, close, depth + 1)
+        lines.append(_Line(depth, "}"))
+
+    def split(self, lines: list[_Line], item: ast.Split, depth: int) -> None:
+        """`split by request.KEY {` and its arms, one a line."""
+        brace = self.brace_after(item.key.span.end)
+        lines.append(_Line(depth, f"split by {item.key.dotted} {{"))
+        close = item.span.end - 1
+        assert self.text[close] == "}", "a split's span ends at its `}`"
+        if not item.arms and not self.any_in(brace + 1, close):
+            lines[-1] = replace(lines[-1], code=lines[-1].code + "}")
+            return
+        self.region(lines, item.arms, brace + 1, close, depth + 1)
         lines.append(_Line(depth, "}"))
 
     def route_header(self, lines: list[_Line], route: ast.Route, depth: int) -> None:
@@ -433,7 +453,7 @@ def _first_leaf_end(e: ast.Expr) -> int:
     return e.span.end
 
 
-def _is_block(item: ast.Statement | ast.RouteItem) -> bool:
+def _is_block(item: ast.Statement | ast.RouteItem | ast.Arm) -> bool:
     return isinstance(item, ast.Route | ast.Defaults)
 
 

@@ -69,7 +69,7 @@ _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
     "cooldown", "on_store_error", "degraded",
 )  # fmt: skip
-_ROUTE_ONLY = ("prefer", "exclude", "require")
+_ROUTE_ONLY = ("prefer", "exclude", "require", "split", "shadow")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
     *_STATEMENT_KEYWORDS, *_SETTINGS, "prefer", "exclude", "when", "burst", "until", "per",
@@ -310,6 +310,20 @@ class _Builder(Transformer[Token, Any]):
             None if when is None else self._expr(when),
             self._span_meta(meta),
         )
+
+    @v_args(meta=True)
+    def split(self, meta: Any, children: list[Any]) -> ast.Split:
+        key, *arms = children
+        return ast.Split(key, tuple(arms), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def shadow(self, meta: Any, children: list[Any]) -> ast.Shadow:
+        return ast.Shadow(self._name(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def arm(self, meta: Any, children: list[Any]) -> ast.Arm:
+        share, route = children
+        return ast.Arm(self._literal(share), self._name(route), self._span_meta(meta))
 
     @v_args(meta=True)
     def model_ref(self, meta: Any, children: list[Any]) -> ast.ModelRef:

@@ -6,6 +6,7 @@ precomputed columns); the compile logic is `engine.language.compiler`.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -261,6 +262,32 @@ def route_table(route: CompiledRoute) -> RouteTable:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledSplit:
+    """`split by request.KEY { … }`: a sticky experiment. The arm of a request is fixed by
+    a stable hash (blake2b) of the experiment's name and the key's value (the request's key
+    when the field is missing), so the same value gets the same arm in every process."""
+
+    experiment: str  # the splitting route's name
+    key: Fn  # reads the field from the request
+    key_text: str  # `request.user`
+    bounds: tuple[float, ...]  # cumulative shares, the last 1.0
+    arms: tuple[str, ...]  # the arm routes' names, in the split's order
+
+    def bucket(self, value: object) -> float:
+        """A number in [0, 1) fixed by the experiment and the key's value."""
+        text = f"{self.experiment}\x1f{value}".encode()
+        digest = hashlib.blake2b(text, digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
+    def arm_index(self, env: Env) -> int:
+        value = self.key(env, None)
+        if value is None:
+            value = env["key"]  # no such field: split by the request's id
+        at = bisect.bisect_right(self.bounds, self.bucket(value))
+        return at if at < len(self.arms) else len(self.arms) - 1
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
     location: str  # file:line:col of the route, or "defaults"
@@ -290,6 +317,9 @@ class CompiledRoute:
     # that have a `when`: this route with the models they drop folded out, for a request
     # that meets those `when`s (empty when there are none, or too many to compile)
     variants: Mapping[int, CompiledRoute] = field(default_factory=dict, repr=False, compare=False)
+    split: CompiledSplit | None = None  # an experiment: the request goes to one arm route
+    arm_of: tuple[str, ...] = ()  # the experiments this route is an arm of (not tried itself)
+    shadow: str | None = None  # `shadow route b`: decided too, logged, never served
     prior_failing: frozenset[int] = field(init=False, repr=False, compare=False)
     # by policy-wide `require`: the positions it drops on the catalog (a measured one: on
     # the priors; the evaluator's `Measured` has them per snapshot); none for one that reads
@@ -366,3 +396,28 @@ class Program:
     live_requires: tuple[int, ...] = ()
     # the index of each policy-wide `require` a route has variants for -> its bit
     variant_bits: Mapping[int, int] = field(default_factory=dict)
+    # the routes tried in file order: every route but the arms of a split
+    dispatch: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
+    # an experiment's arm routes by name, in its split's order
+    arm_routes: Mapping[str, tuple[CompiledRoute, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    # every route by name (a shadow route's decision is made on it)
+    by_name: Mapping[str, CompiledRoute] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {route.name: route for route in self.routes}
+        object.__setattr__(self, "by_name", by_name)
+        object.__setattr__(
+            self, "dispatch", tuple(route for route in self.routes if not route.arm_of)
+        )
+        object.__setattr__(
+            self,
+            "arm_routes",
+            {
+                route.name: tuple(by_name[arm] for arm in route.split.arms)
+                for route in self.routes
+                if route.split is not None
+            },
+        )

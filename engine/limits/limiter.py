@@ -377,7 +377,9 @@ class Limiter:
         *,
         consume: bool = True,
         on_store_error: str = "open",
+        record: bool = True,
     ) -> Verdict:
+        """`record` false (a shadow route's dry run): no tallies, no violations either."""
         known, plan = self._plan
         if known is not limits or plan is None:
             plan = self._plan_for(limits)
@@ -446,7 +448,7 @@ class Limiter:
                 )
             except StoreUnavailableError as err:
                 return self._store_down(err, on_store_error, now_s)
-            return self._verdict(result, shared_info, None, env, now_s)
+            return self._verdict(result, shared_info, None, env, now_s, record)
         # One option per candidate, in ranking order, built as the store asks for them.
         option_info: list[list[tuple[Applied, str]]] = []
         option_buckets: list[list[Bucket]] = []  # for a denial: which option fits first
@@ -496,7 +498,7 @@ class Limiter:
             result, option_info = self._first_to_fit(
                 result, len(shared), option_info, option_buckets, now
             )
-        return self._verdict(result, shared_info, option_info, env, now_s)
+        return self._verdict(result, shared_info, option_info, env, now_s, record)
 
     def _first_to_fit(
         self,
@@ -667,6 +669,7 @@ class Limiter:
         option_info: list[list[tuple[Applied, str]]] | None,
         env: Mapping[str, Any],
         now_s: float,
+        record: bool = True,
     ) -> Verdict:
         option, outcomes, failed = result
         if option_info:
@@ -683,7 +686,8 @@ class Limiter:
             for (applied, key), outcome in zip(info, outcomes, strict=False)
         ]
         if option is not None:
-            self._tally(info, now_s)
+            if record:
+                self._tally(info, now_s)
             return _new_verdict((option, statuses, None))
         day = self._day(now_s)
         index = next((i for i, o in enumerate(outcomes) if o is failed), len(info) - 1)
@@ -693,6 +697,8 @@ class Limiter:
         denied_by = LimitDenial(
             applied.scope, key or None, applied.unit, statuses[index].retry_after_ms
         )
+        if not record:
+            return _new_verdict((None, statuses, denied_by))
         with self._lock:
             self.violations.append(
                 Violation(

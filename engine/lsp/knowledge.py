@@ -30,7 +30,7 @@ from engine.vocabulary import STANDARD_SCOPES
 @dataclass(frozen=True, slots=True)
 class Completion:
     label: str
-    kind: str  # keyword, field, model, provider, strategy, capability, scope
+    kind: str  # keyword, field, model, provider, strategy, capability, scope, route
     detail: str
     insert: str  # the text inserted (a model id that is not a name is quoted)
 
@@ -113,6 +113,7 @@ _STRATEGY_AT = re.compile(r"\bstrategy\s+([\w-]*)$")
 _FACTOR_AT = re.compile(r"\bstrategy\s+([\w-]+)\s*\(([^()]*,)?\s*(\w*)$")
 _CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
 _LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
+_ARM_AT = re.compile(r"[0-9][\w.]*%?\s*:\s*route\s+([\w.\-]*)$")  # `10%: route cand…`
 
 
 def _line_before(text: str, offset: int) -> str:
@@ -151,6 +152,10 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
         return Completions(line_start + found.start(1), tuple(items))
     if found := _LIMIT_AT.search(before):
         items = [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _ARM_AT.search(before):  # an experiment's arm: the routes of the file
+        names = sorted({m.group(1) for m in _ROUTE_LINE.finditer(text)})
+        items = [Completion(n, "route", "arm route", n) for n in names]
         return Completions(line_start + found.start(1), tuple(items))
     word = re.search(r"[A-Za-z_]*$", before)
     start = line_start + (word.start() if word is not None else len(before))

@@ -33,6 +33,7 @@ _COMPLETION_KIND = {
     "factor": lsp.CompletionItemKind.Property,
     "capability": lsp.CompletionItemKind.EnumMember,
     "scope": lsp.CompletionItemKind.EnumMember,
+    "route": lsp.CompletionItemKind.Reference,
 }
 _SYMBOL_KIND = {
     "route": lsp.SymbolKind.Function,

@@ -288,6 +288,10 @@ class Coverage:
             route.hits += 1
         elif decision.route == "default" and self.default_item is not None:
             self.default_item.hits += 1
+        if decision.experiment is not None:  # the splitting route matched too
+            splitting = self.route_items.get(decision.experiment)
+            if splitting is not None:
+                splitting.hits += 1
         for require in self.require_items.get(decision.route or "", ()):
             require.hits += 1
         if not decision.allowed and not isinstance(denied, LimitDenial):

@@ -202,6 +202,8 @@ def check_expect(expect: Expect, decision: Decision, program: Program) -> list[M
         miss("allowed", str(expect.allowed).lower(), str(decision.allowed).lower())
     if expect.route is not None and decision.route not in expect.route:
         miss("route", _one_of(expect.route), str(decision.route))
+    if expect.arm is not None and decision.arm not in expect.arm:
+        miss("arm", _one_of(expect.arm), decision.arm or "none (not in an experiment)")
     if expect.provider is not None and decision.provider not in expect.provider:
         miss("provider", _one_of(expect.provider), decision.provider or "none (denied)")
     if expect.model is not None:

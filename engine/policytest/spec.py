@@ -93,6 +93,7 @@ def _denied_by(value: Any) -> Any:
 
 class _Expect(_Strict):
     route: Names | None = None
+    arm: Names | None = None  # the arm route an experiment (`split`) sent the request to
     provider: Names | None = None
     model: Names | None = None
     strategy: str | None = None
@@ -153,6 +154,7 @@ class Expect:
     strategy: str | None = None
     allowed: bool | None = None
     denied_by: DeniedBy | None = None
+    arm: tuple[str, ...] | None = None
     cost_at_most: float | None = None
     cost_at_least: float | None = None
     places: Mapping[str, Span] | None = None
@@ -290,6 +292,7 @@ def _expect(spec: _Expect | None, source: Source, positions: Positions, path: st
     denied = spec.denied_by
     return Expect(
         route=spec.route,
+        arm=spec.arm,
         provider=spec.provider,
         model=spec.model,
         strategy=spec.strategy,
@@ -462,6 +465,7 @@ def names_problems(tests: TestFile, program: Program) -> list[Diagnostic]:
     """Expectations naming a route, provider, model or limit scope the policy does not
     have (E0903): such a test could never pass."""
     routes = [r.name for r in program.routes] + ["default"]
+    arms = sorted({r.name for r in program.routes if r.arm_of})
     catalog = program.catalog
     providers = sorted({m.provider for m in catalog.models})
     keys = [m.key for m in catalog.models]
@@ -484,6 +488,9 @@ def names_problems(tests: TestFile, program: Program) -> list[Diagnostic]:
             for name in e.route or ():
                 if name not in routes:
                     bad(e, "route", name, routes, "route of the policy")
+            for name in e.arm or ():
+                if name not in arms:
+                    bad(e, "arm", name, arms, "arm route of an experiment of the policy")
             for name in e.provider or ():
                 if name not in providers:
                     bad(e, "provider", name, providers, "provider of the catalog")

@@ -124,6 +124,10 @@ class Decision:
     trace: list[dict[str, Any]] | None = None
     deployment_of: str | None = None  # the catalog model, when `model` is one of its deployments
     input_format: str = "native"  # the request's format (engine.wire.FORMATS)
+    experiment: str | None = None  # the route whose `split` chose the arm
+    arm: str | None = None  # the arm route the experiment sent the request to
+    # `shadow route b`: b's decision of the same request, logged, never served (not in JSON)
+    shadow: Decision | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The decision's JSON fields (what `to_json()` encodes), integral numbers as ints."""
@@ -153,6 +157,9 @@ class Decision:
         }
         if self.deployment_of is not None:
             out["deployment_of"] = self.deployment_of
+        if self.experiment is not None:
+            out["experiment"] = self.experiment
+            out["arm"] = self.arm
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:

@@ -103,6 +103,10 @@ class DecisionSchema(BaseModel):
     input_format: str | None = Field(
         None, description="the request's wire format, when it was not a native request"
     )
+    experiment: str | None = Field(
+        None, description="the route whose `split` chose the arm, when the request is in one"
+    )
+    arm: str | None = Field(None, description="the arm route the experiment sent the request to")
     denied_by: (
         _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None
     )

@@ -322,7 +322,7 @@ def measured_columns(snapshot: MetricsSnapshot, route: CompiledRoute) -> Measure
 
 
 def _route_for(program: Program, env: Mapping[str, Any], trace: list[dict[str, Any]] | None):
-    for route in program.routes:
+    for route in program.dispatch:
         matched = route.when is None or route.when(env, None)
         if trace is not None:
             trace.append(
@@ -582,7 +582,36 @@ def evaluate(
 ) -> Decision:
     """`only`: the keys (`provider/id`) of the catalog entries the caller can send this
     request to (a gateway's own deployments); every other model is dropped as not offered.
-    None: the whole route."""
+    None: the whole route.
+
+    A served route with a `shadow route b` has b decide the request too, on the same
+    metrics, its limits checked dry (nothing consumed, nothing tallied), no round-robin turn
+    taken: that decision is `decision.shadow`, logged beside the served one, never served."""
+    decision = _evaluate(program, env, metrics, state, explain, limiter, consume, now, only)
+    served = program.by_name.get(decision.route)
+    shadow = served.shadow if served is not None else None
+    if shadow is not None:
+        decision.shadow = _evaluate(
+            program, env, metrics, None, False, limiter, False, now, only,
+            forced=program.by_name[shadow], record=False,
+        )  # fmt: skip
+    return decision
+
+
+def _evaluate(
+    program: Program,
+    env: Mapping[str, Any],
+    metrics: MetricsView | None,
+    state: EvalState | None,
+    explain: bool,
+    limiter: Limiter | None,
+    consume: bool,
+    now: float,
+    only: frozenset[str] | None,
+    *,
+    forced: CompiledRoute | None = None,
+    record: bool = True,
+) -> Decision:
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -597,7 +626,16 @@ def evaluate(
         for rule in program.denies:  # before routing: no route, no limit is consumed
             if rule.when(env, None):
                 return _denied_by_rule(program, env, rule, trace)
-    route = _route_for(program, env, trace)
+    route = _route_for(program, env, trace) if forced is None else forced
+    experiment: str | None = None
+    split = route.split
+    if split is not None:  # an experiment: one hash picks the arm route
+        experiment = route.name
+        route = program.arm_routes[experiment][split.arm_index(env)]
+        if trace is not None:
+            trace.append(
+                {"step": "split", "experiment": experiment, "by": split.key_text, "arm": route.name}
+            )
     # the policy-wide `require`s this request meets and the route has not folded in (a
     # static one with a `when` is folded into one of the route's variants), and their
     # indexes in `program.requires`
@@ -672,7 +710,7 @@ def evaluate(
             program, route, env, stats_of, measuring, now, trace, only, policy
         )
         if not pos:
-            return _no_eligible_model(program, env, route, dropped, trace)
+            return _armed(_no_eligible_model(program, env, route, dropped, trace), experiment)
 
     turn = 0
     strategy = settings.strategy
@@ -702,10 +740,11 @@ def evaluate(
             ((providers[p], model_keys[p], costs[s]) for s in order for p in (pos[s],)),
             consume=consume,
             on_store_error=settings.on_store_error,
+            record=record,
         )
         statuses = verdict.statuses
         if verdict.option is None:
-            return _rate_limited(program, env, route, verdict, trace)
+            return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
             skip = verdict.option
             skipped = [pos[s] for s in order[:skip]]
@@ -749,7 +788,7 @@ def evaluate(
         Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
         for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
     ]
-    return Decision(
+    decision = Decision(
         request_id=env["id"],
         allowed=True,
         provider=chosen.provider,
@@ -768,6 +807,18 @@ def evaluate(
         trace=trace,
         input_format=env.get("format", NATIVE),
     )
+    if experiment is not None:
+        decision.experiment = experiment
+        decision.arm = route.name
+    return decision
+
+
+def _armed(decision: Decision, experiment: str | None) -> Decision:
+    """A denial inside an experiment still names its arm (the route it was decided on)."""
+    if experiment is not None:
+        decision.experiment = experiment
+        decision.arm = decision.route
+    return decision
 
 
 def _fallbacks(
