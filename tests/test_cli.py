@@ -734,8 +734,9 @@ def test_schema_request_and_decision(workdir: Path) -> None:
     spec_fields = {"request_id", "allowed", "provider", "model", "route", "strategy", "reason",
                    "estimated_cost", "estimated_latency_ms", "confidence", "alternatives",
                    "fallbacks", "rate_limits", "denied_by", "policy_version", "trace",
-                   "deployment_of", "input_format", "experiment", "arm"}  # fmt: skip
+                   "deployment_of", "input_format", "experiment", "arm", "shadow"}  # fmt: skip
     assert set(decision["properties"]) == spec_fields
+    assert "shadow" not in decision["required"]  # with --explain, for a shadowed route only
     assert "trace" not in decision["required"]
     assert "deployment_of" not in decision["required"]  # present for a deployment only
     assert "input_format" not in decision["required"]  # present for a wire body only

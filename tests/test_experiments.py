@@ -407,6 +407,30 @@ def test_shadow_rows_in_the_decision_log(tmp_path: Path) -> None:
     assert json.loads(out)["provider"] == "anthropic"
 
 
+def test_explain_shows_the_shadow_decision(tmp_path: Path) -> None:
+    """`--explain` adds the shadow's decision (JSON: `shadow`, with its own trace; table: a
+    `shadow` row); without it the answer is the served decision alone."""
+    policy = tmp_path / "shadow.policy"
+    policy.write_text(SHADOW.replace("limit user 2 per 1m\n", ""))
+    request = json.dumps({"id": "r", "user": "bob", "prompt": "hi"})
+    args = ("eval", "--policy", str(policy), "--state", "memory://")
+    plain = json.loads(_policyctl(tmp_path, *args, "-", stdin=request))
+    assert "shadow" not in plain and "trace" not in plain
+    explained = json.loads(_policyctl(tmp_path, *args, "--explain", "-", stdin=request))
+    shadow = explained["shadow"]
+    assert explained["route"] == "chat" and explained["provider"] == "openai"
+    assert shadow["route"] == "candidate" and shadow["provider"] == "anthropic"
+    assert shadow["request_id"] == "r" and "shadow" not in shadow
+    assert [s["step"] for s in shadow["trace"]][-1] == "choose"
+    DecisionSchema.model_validate(explained)
+    table = _policyctl(tmp_path, *args, "--explain", "--format", "table", "-", stdin=request)
+    row = next(line for line in table.splitlines() if line.startswith("shadow "))
+    assert f"candidate → anthropic/{shadow['model']} (" in row
+    assert row.endswith("; logged, not served)")
+    table = _policyctl(tmp_path, *args, "--format", "table", "-", stdin=request)
+    assert not any(line.startswith("shadow ") for line in table.splitlines())
+
+
 @pytest.mark.parametrize(
     "text,code",
     [

@@ -333,6 +333,15 @@ def _count(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _shadow_row(s: Decision) -> str:
+    """`candidate → anthropic/claude-haiku-4-5 ($0.0012, 900ms)`, or the shadow's denial."""
+    if not s.allowed:
+        return f"{s.route}: denied ({s.reason})"
+    cost = money(s.estimated_cost) if s.estimated_cost is not None else "-"
+    p95 = f"{s.estimated_latency_ms:.0f}ms" if s.estimated_latency_ms is not None else "-"
+    return f"{s.route} → {s.provider}/{s.model} ({cost}, {p95}; logged, not served)"
+
+
 def _vertical(d: Decision) -> str:
     alternatives = ", ".join(f"{a.provider}/{a.model} ({a.score:.2f})" for a in d.alternatives)
     fallbacks = " → ".join(f"{f['provider']}/{f['model']}" for f in d.fallbacks)
@@ -372,6 +381,8 @@ def _vertical(d: Decision) -> str:
     if isinstance(d.denied_by, NoEligibleModel | DeniedByPolicyRequire):
         for c in d.denied_by.candidates:
             rows.append(("dropped", f"{c.provider}/{c.model}: {c.dropped_because}"))
+    if d.trace is not None and d.shadow is not None:
+        rows.append(("shadow", _shadow_row(d.shadow)))
     if d.trace is not None:
         for step in d.trace:
             if step["step"] == "request":

@@ -126,7 +126,8 @@ class Decision:
     input_format: str = "native"  # the request's format (engine.wire.FORMATS)
     experiment: str | None = None  # the route whose `split` chose the arm
     arm: str | None = None  # the arm route the experiment sent the request to
-    # `shadow route b`: b's decision of the same request, logged, never served (not in JSON)
+    # `shadow route b`: b's decision of the same request, logged, never served (in JSON
+    # only with the trace, `--explain`)
     shadow: Decision | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +165,8 @@ class Decision:
             out["input_format"] = self.input_format
         if self.trace is not None:
             out["trace"] = _integral_tree(self.trace)
+            if self.shadow is not None:
+                out["shadow"] = self.shadow.to_dict()
         return out
 
     def to_json(self) -> bytes:

@@ -82,10 +82,10 @@ class _PolicyRequireSchema(BaseModel):
     candidates: list[_DroppedSchema]
 
 
-class DecisionSchema(BaseModel):
-    """A routing decision, as `policyctl eval` prints it."""
+class _DecisionFields(BaseModel):
+    """The fields of a decision: the served one's and its shadow's."""
 
-    model_config = ConfigDict(extra="forbid", title="policyctl decision")
+    model_config = ConfigDict(extra="forbid")
     request_id: str | None
     allowed: bool
     provider: str | None
@@ -112,3 +112,18 @@ class DecisionSchema(BaseModel):
     )
     policy_version: str
     trace: list[dict[str, Any]] | None = None
+
+
+class _ShadowDecisionSchema(_DecisionFields):
+    """A shadow route's decision of the same request: logged, never served."""
+
+
+class DecisionSchema(_DecisionFields):
+    """A routing decision, as `policyctl eval` prints it."""
+
+    model_config = ConfigDict(extra="forbid", title="policyctl decision")
+    shadow: _ShadowDecisionSchema | None = Field(
+        None,
+        description="with `--explain`, the decision of the served route's `shadow route`"
+        " (logged, never served)",
+    )

@@ -586,13 +586,14 @@ def evaluate(
 
     A served route with a `shadow route b` has b decide the request too, on the same
     metrics, its limits checked dry (nothing consumed, nothing tallied), no round-robin turn
-    taken: that decision is `decision.shadow`, logged beside the served one, never served."""
+    taken: that decision is `decision.shadow`, logged beside the served one, never served
+    (with `explain`, it has its own trace)."""
     decision = _evaluate(program, env, metrics, state, explain, limiter, consume, now, only)
     served = program.by_name.get(decision.route)
     shadow = served.shadow if served is not None else None
     if shadow is not None:
         decision.shadow = _evaluate(
-            program, env, metrics, None, False, limiter, False, now, only,
+            program, env, metrics, None, explain, limiter, False, now, only,
             forced=program.by_name[shadow], record=False,
         )  # fmt: skip
     return decision
