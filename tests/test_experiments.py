@@ -447,3 +447,16 @@ def test_shadow_checker_errors(text: str, code: str) -> None:
     with pytest.raises(PolicyError) as err:
         _program(text)
     assert code in str(err.value)
+
+
+def test_the_language_server_explains_split_and_shadow() -> None:
+    from engine.lsp import knowledge
+
+    text = POLICY + "\nroute other {\n    shadow route candidate\n}\n"
+    shown = knowledge.hover(text, text.index("split") + 2, None)
+    assert shown is not None and "sticky experiment" in shown.markdown
+    assert (shown.start, shown.end) == (text.index("split"), text.index("split") + 5)
+    shown = knowledge.hover(text, text.index("shadow"), None)
+    assert shown is not None and "never served" in shown.markdown
+    # a word inside a string or another word is not the keyword
+    assert knowledge.hover('deny "split" when request.user == "x"', 7, None) is None

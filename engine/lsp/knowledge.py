@@ -239,17 +239,29 @@ _KEYWORD_HOVER = {
         " block (`require CONDITION [when REQUEST-CONDITION]`), every route, `defaults`"
         " and the whole fallback chain must, and a request it leaves no model for is denied"
     ),
+    "split": (
+        "`split by request.FIELD { SHARE%: route NAME … }`: a sticky experiment; a stable"
+        " hash of the route's name and the field's value (the request id when it has none)"
+        " sends each request to one arm route, the same user always to the same arm; the"
+        " decision and the decision log name the experiment and the arm"
+    ),
+    "shadow": (
+        "`shadow route NAME`: that route decides every request this route serves too, for"
+        " comparison; its decision is logged (and shown by `--explain`), never served, and"
+        " consumes no limit"
+    ),
 }
+_KEYWORD = re.compile(rf"\b({'|'.join(_KEYWORD_HOVER)})\b")
 
 
 def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
-    """A model reference's prices and capabilities; a field's type; what `deny` and
-    `require` mean."""
+    """A model reference's prices and capabilities; a field's type; what `deny`,
+    `require`, `split` and `shadow` mean."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line = text[line_start : len(text) if line_end < 0 else line_end]
     at = offset - line_start
-    for found in re.finditer(r"\b(deny|require)\b", _outside_strings(line)):
+    for found in _KEYWORD.finditer(_outside_strings(line)):
         if found.start() <= at <= found.end():
             shown = _KEYWORD_HOVER[found.group(1)]
             return Hover(shown, line_start + found.start(), line_start + found.end())
