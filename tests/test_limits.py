@@ -125,6 +125,34 @@ def test_dry_run_consumes_nothing(make_store: StoreFactory) -> None:
     ]
 
 
+def test_a_dry_run_changes_no_state(make_store: StoreFactory) -> None:
+    """A dry run is a what-if: no bucket, no daily tally, no violation, no round-robin
+    turn; the real requests after it go exactly as if it had not been made."""
+    policy = "limit user 1 per 1m\nroute rr { strategy round-robin }\n"
+    dry = engine_with(policy, make_store(), FakeClock())
+    plain = engine_with(policy, make_store(), FakeClock())
+    for i in range(2):  # the second is denied: a dry run reports it, and records nothing
+        first, second = (dry.evaluate({"id": f"d{i}", "user": "u"}, dry_run=True) for _ in "ab")
+        assert first.model == second.model  # the turn is only peeked at
+        dry_first = first.model
+    assert dry.limiter.daily_stats() == {} and list(dry.limiter.violations) == []
+    dry.evaluate({"id": "x", "user": "u"}, dry_run=True)
+    real = {
+        name: [
+            (d.allowed, d.model)
+            for d in (engine.evaluate({"id": f"r{i}", "user": f"u{i % 2}"}) for i in range(4))
+        ]
+        for name, engine in (("dry", dry), ("plain", plain))
+    }
+    assert real["dry"] == real["plain"]
+    first, second = (model for _, model in real["dry"][:2])
+    assert first == dry_first and second != first  # the turns start where no dry run was
+    assert dry.limiter.daily_stats() == plain.limiter.daily_stats() != {}
+    assert len(dry.limiter.violations) == len(plain.limiter.violations) == 2
+    dry.close()
+    plain.close()
+
+
 def test_allowed_decision_reports_remaining_and_reset(make_store: StoreFactory) -> None:
     clock = FakeClock()
     engine = engine_with(USER_LIMIT, make_store(), clock)

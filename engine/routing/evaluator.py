@@ -584,11 +584,16 @@ def evaluate(
     request to (a gateway's own deployments); every other model is dropped as not offered.
     None: the whole route.
 
+    `consume` false (a dry run) changes no state: no bucket, no daily tally, no violation,
+    no round-robin turn; the decision is the one a real request would get now.
+
     A served route with a `shadow route b` has b decide the request too, on the same
     metrics, its limits checked dry (nothing consumed, nothing tallied), no round-robin turn
     taken: that decision is `decision.shadow`, logged beside the served one, never served
     (with `explain`, it has its own trace)."""
-    decision = _evaluate(program, env, metrics, state, explain, limiter, consume, now, only)
+    decision = _evaluate(
+        program, env, metrics, state, explain, limiter, consume, now, only, record=consume
+    )
     served = program.by_name.get(decision.route)
     shadow = served.shadow if served is not None else None
     if shadow is not None:
@@ -717,7 +722,7 @@ def _evaluate(
     strategy = settings.strategy
     if table.takes_turns:
         turn = state.turns.get(route.name, 0) if state is not None else 0
-        if state is not None:
+        if state is not None and record:  # a dry run peeks at the turn
             state.turns[route.name] = turn + 1
     pool = Pool(
         table.view,
