@@ -18,6 +18,7 @@ COMMANDS = (
     ("check", "check_cmd"),
     ("fmt", "fmt_cmd"),
     ("test", "test_cmd"),
+    ("diff", "diff_cmd"),
     ("schema", "schema_cmd"),
     ("serve", "serve_cmd"),
     ("simulate", "simulate_cmd"),

@@ -30,6 +30,7 @@ from engine.resources import default_catalog_path, default_policy_dir
 class Loaded:
     program: Program
     warnings: tuple[Diagnostic, ...]
+    files: tuple[ast.PolicyFile, ...] = ()  # the parsed files, in load order
 
 
 def policy_files(path: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
@@ -165,7 +166,7 @@ def compile_sources(
     program = compile_program(parsed, catalog, list(sources))
     diagnostics.extend(analyse(parsed, program))
     warnings = sorted((d for d in diagnostics if d.severity != "error"), key=Diagnostic.sort_key)
-    return Loaded(program, tuple(warnings))
+    return Loaded(program, tuple(warnings), tuple(parsed))
 
 
 def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = None) -> Loaded:
