@@ -55,6 +55,9 @@ class CLI:
         env = {k: v for k, v in os.environ.items() if k != "POLICYCTL_STATE"}
         env["HOME"] = str(tmp_path / "home")
         env["XDG_STATE_HOME"] = str(tmp_path / "xdg-state")
+        # the commands' clock is the one the records were stamped by: a window ("the last
+        # 30m") then means the same whether this test runs 1 or 40 minutes into the suite
+        env["POLICYCTL_NOW"] = repr(NOW)
         self.env = env
 
     def run(
