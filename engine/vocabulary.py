@@ -34,6 +34,9 @@ STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
 SCOPE_KEY_FIELD = {"user": "user", "ip": "ip"}
 # what a limit counts: `limit user 100 per 1m`, `… tokens …`, `… spend $5 per 1d`
 LIMIT_UNITS = ("requests", "tokens", "spend")
+# what the decision log keeps of each request (`--log-requests`): nothing, the routing
+# features (never the prompt text), or the features and the body as received
+LOG_REQUESTS = ("off", "features", "full")
 
 # the output tokens a request is estimated to produce when it gives no `max_tokens`, in
 # routing's cost estimate, the token limits and the simulator's templates

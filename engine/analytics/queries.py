@@ -143,6 +143,39 @@ def export_outcomes(
     return int(result[0]) if result else 0
 
 
+DECISION_LOG_SQL = """
+    SELECT d.*,
+           o.recorded_at AS outcome_at, o.latency_ms AS outcome_latency_ms,
+           o.success AS outcome_success, o.input_tokens AS outcome_input_tokens,
+           o.output_tokens AS outcome_output_tokens, o.cached_tokens AS outcome_cached_tokens,
+           o.cost AS outcome_cost
+    FROM decisions d
+    LEFT JOIN (
+        SELECT * FROM outcomes WHERE request_id IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY recorded_at DESC) = 1
+    ) o ON o.request_id = d.request_id AND d.shadow IS NULL
+    {where}
+    ORDER BY d.decided_at
+"""
+
+
+def export_decisions(con: Any, out: Path, fmt: str, since_us: int | None) -> int:
+    """Write the decision log (oldest first), each served decision with the last outcome
+    recorded for its request id, to `out` as `parquet` or `csv` (`log export`); how many.
+    A file DuckDB cannot write raises ExportError."""
+    import duckdb
+
+    where = "" if since_us is None else f"WHERE d.decided_at >= make_timestamp({int(since_us)})"
+    options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    try:
+        result = con.execute(
+            f"COPY ({DECISION_LOG_SQL.format(where=where)}) TO {_literal(str(out))} ({options})"
+        ).fetchone()
+    except duckdb.Error as err:
+        raise ExportError(str(err).splitlines()[0]) from None
+    return int(result[0]) if result else 0
+
+
 # ----------------------------------------------------------------------------- rate limits
 
 

@@ -42,6 +42,7 @@ class DecisionRow(NamedTuple):
     arm: str | None = None  # the arm route (added later: `schema.ADDED_COLUMNS`)
     shadow: bool | None = None  # a shadow route's decision: logged, never served
     shadow_of: str | None = None  # for a shadow decision: the served decision's request id
+    request: str | None = None  # the request's features as JSON (`--log-requests`), else None
 
 
 class OutcomeRow(NamedTuple):

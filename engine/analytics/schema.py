@@ -9,6 +9,7 @@ writes them in one transaction (`write_batch`), never one row per decision.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,7 +87,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     experiment VARCHAR,              -- added later: `ADDED_COLUMNS`
     arm VARCHAR,                     -- the arm route of an experiment (`split`), else NULL
     shadow BOOLEAN,                  -- true: a shadow route's decision, never served
-    shadow_of VARCHAR                -- its served decision's request id
+    shadow_of VARCHAR,               -- its served decision's request id
+    request VARCHAR                  -- the request's features as JSON (--log-requests)
+);
+CREATE TABLE IF NOT EXISTS installation (
+    name VARCHAR PRIMARY KEY,        -- `key_salt`: the salt of hashed user and IP keys
+    value VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     recorded_at TIMESTAMP NOT NULL,
@@ -145,6 +151,7 @@ ADDED_COLUMNS = (
     ("decisions", "arm", "VARCHAR"),
     ("decisions", "shadow", "BOOLEAN"),
     ("decisions", "shadow_of", "VARCHAR"),
+    ("decisions", "request", "VARCHAR"),
 )
 
 
@@ -155,6 +162,18 @@ def ensure_schema(con: Any) -> None:
     con.execute(SCHEMA)
     for table, column, kind in ADDED_COLUMNS:
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+
+
+def key_salt(con: Any) -> bytes:
+    """This installation's salt for hashed user and IP keys: made once (16 random bytes),
+    kept in the state file, so the same user hashes alike across restarts and processes
+    that share the file, and differently in another installation."""
+    con.execute(
+        "INSERT INTO installation VALUES ('key_salt', ?) ON CONFLICT DO NOTHING",
+        [secrets.token_hex(16)],
+    )
+    (value,) = con.execute("SELECT value FROM installation WHERE name = 'key_salt'").fetchone()
+    return bytes.fromhex(value)
 
 
 def write_configs(con: Any, rows: Iterable[ConfigRow]) -> None:

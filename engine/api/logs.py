@@ -64,15 +64,21 @@ class EngineLogs:
         self._held_decisions: list[DecisionRow] = []
         self._failure_logged = -LOG_FAILURES_EVERY_S
 
-    def decision(self, decision: Decision, at: float) -> None:
-        """Log one decision (the hot path: one row, no I/O but a flush every so often)."""
+    def decision(self, decision: Decision, at: float, request: str | None = None) -> None:
+        """Log one decision (the hot path: one row, no I/O but a flush every so often);
+        `request`: what the log keeps of the request (`RequestLog`), on both rows."""
         shadow = decision.shadow
         if shadow is not None:  # logged first, marked, with the served decision's id
-            self._row(shadow, at, True, decision.request_id)
-        self._row(decision, at, None, None)
+            self._row(shadow, at, True, decision.request_id, request)
+        self._row(decision, at, None, None, request)
 
     def _row(
-        self, decision: Decision, at: float, shadow: bool | None, shadow_of: str | None
+        self,
+        decision: Decision,
+        at: float,
+        shadow: bool | None,
+        shadow_of: str | None,
+        request: str | None,
     ) -> None:
         denied = decision.denied_by
         if denied is None:
@@ -87,7 +93,7 @@ class EngineLogs:
             decision.estimated_cost, decision.estimated_latency_ms,
             denied_scope, denied_key, decision.policy_version,
             decision.experiment, decision.arm,
-            shadow, shadow_of,
+            shadow, shadow_of, request,
         ))  # fmt: skip
         if self.writer is not None:  # written in the background, in batches
             self.writer.submit_decision(row)
@@ -182,7 +188,7 @@ class AnalyticsLogs(EngineLogs):
         self._cursor = connection.cursor()  # its own connection to the analytics database
         self._lock = threading.Lock()
 
-    def decision(self, decision: Decision, at: float) -> None:
+    def decision(self, decision: Decision, at: float, request: str | None = None) -> None:
         """Count one decision (no row): a flush every so often, as `EngineLogs` does."""
         if self._timer is not None:  # the timer writes; wake it before violations drop
             if len(self.limiter.violations) >= VIOLATIONS_FLUSH_AT:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.analytics.records import bad_value, cached_problem, new_outcome_row, unknown_model
 from engine.analytics.salvage import StateWriteError
-from engine.analytics.schema import recent_outcomes
+from engine.analytics.schema import key_salt, recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.api.files import file_state
 from engine.api.logs import AnalyticsLogs, EngineLogs, limit_config_rows
@@ -43,7 +43,8 @@ from engine.routing.metrics import (
     RecordingMetrics,
 )
 from engine.routing.request import Request, env_of
-from engine.vocabulary import SHARED_HEALTH_URL_PREFIXES
+from engine.routing.request_log import RequestLog
+from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
 
 if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
@@ -68,6 +69,8 @@ class PolicyEngine:
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
+        log_requests: str = "features",
+        hash_keys: bool = False,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -83,13 +86,16 @@ class PolicyEngine:
         `state` keeps no logs (memory, Redis); a DuckDB state file keeps its own.
         `metrics_refresh_ms`: a decision routes on live measurements at most this old (the
         in-memory window's snapshot; 0: every outcome recorded before it, docs/metrics.md).
+        `log_requests`: what the decision log (a DuckDB state file) keeps of each request:
+        `off`, `features` (what routing read, never the prompt text) or `full` (the body too);
+        `hash_keys`: user and IP keys in it hashed with the state file's salt.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
-            outcome_queue, analytics, metrics_refresh_ms,
+            outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys,
         )  # fmt: skip
 
     @classmethod
@@ -106,6 +112,8 @@ class PolicyEngine:
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
+        log_requests: str = "features",
+        hash_keys: bool = False,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
@@ -114,7 +122,7 @@ class PolicyEngine:
         engine._setup(
             compile_sources([(name, text)], now=clock()),
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
-            metrics_refresh_ms,
+            metrics_refresh_ms, log_requests, hash_keys,
         )  # fmt: skip
         return engine
 
@@ -129,7 +137,11 @@ class PolicyEngine:
         outcome_queue: int = DEFAULT_OUTCOME_QUEUE,
         analytics: str | None = None,
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
+        log_requests: str = "features",
+        hash_keys: bool = False,
     ) -> None:
+        if log_requests not in LOG_REQUESTS:
+            raise ValueError(f"log_requests must be one of {', '.join(LOG_REQUESTS)}")
         if not (isinstance(flush_interval_s, int | float) and 0 < flush_interval_s < INF):
             raise ValueError(f"flush_interval_s must be positive, got {flush_interval_s!r}")
         self._program = loaded.program
@@ -189,6 +201,11 @@ class PolicyEngine:
                     raise
             log_connection = self._analytics_connection or connection  # one file: shared
             self._logs = self.analytics = AnalyticsLogs(self.store, self.limiter, log_connection)
+        # what the decision log keeps of each request: only where decisions are logged
+        self._request_log: RequestLog | None = None
+        if log_requests != "off" and isinstance(self._logs, EngineLogs) and self.analytics is None:
+            salt = key_salt(self.store.connection) if hash_keys else None  # type: ignore[attr-defined]
+            self._request_log = RequestLog(log_requests, self._program.request_paths, salt)
         if connection is not None:
             self._warm_start(connection, window_s)
             self.outcome_log = OutcomeWriter(
@@ -245,6 +262,9 @@ class PolicyEngine:
                     f"{window_ms:.0f}",
                 )
             self._program = loaded.program  # one reference: evaluations read one snapshot
+            kept = self._request_log
+            if kept is not None:  # the metadata keys the new policy reads
+                self._request_log = RequestLog(kept.mode, loaded.program.request_paths, kept.salt)
             self.warnings = loaded.warnings
             self.last_reload_error = None
             self.loaded_at = self.clock()
@@ -402,7 +422,9 @@ class PolicyEngine:
             only=only,
         )
         if self._logs is not None and not dry_run:
-            self._logs.decision(decision, self.clock())
+            kept = self._request_log
+            request_text = None if kept is None else kept.encode(env, request)
+            self._logs.decision(decision, self.clock(), request_text)
         return decision
 
     def record(

@@ -23,6 +23,7 @@ COMMANDS = (
     ("serve", "serve_cmd"),
     ("simulate", "simulate_cmd"),
     ("metrics", "metrics_cmd"),
+    ("log", "log_cmd"),
     ("ratelimit", "ratelimit_cmd"),
     ("catalog", "catalog_cmd"),
     ("migrate", "migrate_cmd"),

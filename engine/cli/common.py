@@ -21,7 +21,7 @@ from engine.errors import EXIT_ERROR as EXIT_ERROR
 from engine.errors import EXIT_OK as EXIT_OK
 from engine.errors import PolicyctlError
 from engine.units import iso_timestamp_s
-from engine.vocabulary import STORE_URL_PREFIXES, unknown_store_message
+from engine.vocabulary import LOG_REQUESTS, STORE_URL_PREFIXES, unknown_store_message
 
 
 class UsageError(PolicyctlError):
@@ -49,6 +49,23 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a .policy file or a directory of them (default: ./policies if it exists,"
         " else the packaged default set)",
+    )
+
+
+def add_request_log(parser: argparse.ArgumentParser) -> None:
+    """`--log-requests` and `--hash-keys`: what the decision log keeps of each request."""
+    parser.add_argument(
+        "--log-requests",
+        choices=LOG_REQUESTS,
+        default="features",
+        help="what the decision log (a DuckDB state file) keeps of each request: nothing, the"
+        " routing features (never the prompt text), or the body too (default %(default)s;"
+        " docs/metrics.md)",
+    )
+    parser.add_argument(
+        "--hash-keys",
+        action="store_true",
+        help="keep user and IP keys in the decision log hashed with the state file's salt",
     )
 
 

@@ -17,6 +17,7 @@ from engine.cli.common import (
     EXIT_OK,
     add_format,
     add_policy,
+    add_request_log,
     check_state_url,
     cli_clock,
     default_policy_path,
@@ -101,6 +102,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the request streams, for a format that says so outside the body (Gemini)",
     )
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
+    add_request_log(p)
     add_format(p)
     p.set_defaults(run=run)
 
@@ -208,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         state=args.state if args.state is not None else default_state_url(),
         clock=cli_clock(),
         analytics=args.analytics,
+        log_requests=args.log_requests,
+        hash_keys=args.hash_keys,
     )
     try:
         return _evaluate_all(engine, args, name, text)

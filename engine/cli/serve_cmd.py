@@ -13,7 +13,14 @@ from engine.api.policy_engine import (
     DEFAULT_REFRESH_MS,
     PolicyEngine,
 )
-from engine.cli.common import EXIT_OK, UsageError, add_policy, cli_clock, default_policy_path
+from engine.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_policy,
+    add_request_log,
+    cli_clock,
+    default_policy_path,
+)
 from engine.limits.stores import default_analytics, default_state_url
 from engine.limits.stores.base import StoreBusyError
 
@@ -96,6 +103,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--backlog", type=int, metavar="N", default=BACKLOG,
         help="connections the kernel may queue before they are accepted (default %(default)d)",
     )  # fmt: skip
+    add_request_log(p)
     p.add_argument("--format", choices=("json", "table"), default="table", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
@@ -130,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         "outcome_queue": args.outcome_queue,
         "metrics_refresh_ms": args.metrics_refresh,
         "clock": cli_clock(),
+        "log_requests": args.log_requests,
+        "hash_keys": args.hash_keys,
     }
     try:
         engine = PolicyEngine(policy, state=state, analytics=analytics, **options)

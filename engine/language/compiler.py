@@ -8,6 +8,7 @@ Every closure has the signature `(request_env, model_attrs) -> value`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import operator
 from collections.abc import Iterable, Iterator, Mapping
@@ -15,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from engine.catalog.model import Catalog, Model
+from engine.diagnostics import Span
 from engine.language import ast
 from engine.language.program import (
     CompiledLimit,
@@ -709,4 +711,23 @@ def compile_program(
         denies=denies,
         live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
         variant_bits=bits,
+        request_paths=frozenset(request_paths(files)),
     )
+
+
+def request_paths(files: list[ast.PolicyFile]) -> Iterator[str]:
+    """Every `request.…` path the policy set reads, dotted (`request.metadata.team`)."""
+    for node in _nodes(files):
+        if isinstance(node, ast.Path) and node.parts[0] == "request":
+            yield ".".join(node.parts)
+
+
+def _nodes(value: object) -> Iterator[object]:
+    """Every AST node under a value, depth first (spans and sources are not looked into)."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _nodes(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, Span | type):
+        yield value
+        for f in dataclasses.fields(value):
+            yield from _nodes(getattr(value, f.name))

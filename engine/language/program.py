@@ -396,6 +396,9 @@ class Program:
     live_requires: tuple[int, ...] = ()
     # the index of each policy-wide `require` a route has variants for -> its bit
     variant_bits: Mapping[int, int] = field(default_factory=dict)
+    # every `request.…` path the policy set reads, dotted: what the decision log keeps of a
+    # request's metadata (`--log-requests features`)
+    request_paths: frozenset[str] = frozenset()
     # the routes tried in file order: every route but the arms of a split
     dispatch: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
     # an experiment's arm routes by name, in its split's order
