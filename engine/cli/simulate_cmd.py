@@ -29,6 +29,7 @@ examples:
   policyctl simulate examples/simulations/design.yaml
   policyctl simulate examples/simulations/calibrated.yaml
   policyctl simulate examples/simulations/outage.yaml --plot outage.png
+  policyctl simulate examples/simulations/ab.yaml
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
@@ -37,7 +38,8 @@ rate, true quality per template, optional drift, outage or degradation), a traff
 seed and the strategies to compare; see docs/simulate.md. Each strategy runs a fresh
 engine on a fake clock with outcomes fed back; three baselines (uniform random, always
 Claude 3.5 Sonnet, and an oracle that knows the world) run on the same traffic, and each
-row's regret against the oracle is reported.
+row's regret against the oracle is reported. When the policy has a `split`, each strategy
+also gets its arms' figures with 95% confidence intervals, and each arm against the first.
 
 exit codes: 0 done, 2 bad scenario or flags
 """
