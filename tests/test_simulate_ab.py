@@ -411,6 +411,9 @@ def test_too_few_samples_gives_no_interval(tmp_path: Path) -> None:
     for arm in summary.arms:
         assert arm.figures["cost_per_request"] is None
     assert {d.verdict for d in summary.differences} == {TOO_FEW}
+    [found] = simulate(load_scenario(path)).to_dict()["experiments"]
+    assert [a["cost_per_request"] for a in found["arms"]] == [None, None]
+    assert {(d["value"], d["low"], d["high"]) for d in found["differences"]} == {(None, None, None)}
 
 
 def test_cli_table_and_json(tmp_path: Path) -> None:

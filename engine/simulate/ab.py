@@ -126,7 +126,10 @@ class ExperimentSummary:
                     "metric": d.metric,
                     "arm": d.arm,
                     "against": d.against,
-                    **(_interval(d.interval, digits[d.metric]) or {"value": None}),
+                    **(
+                        _interval(d.interval, digits[d.metric])
+                        or dict.fromkeys(("value", "low", "high"))
+                    ),
                     "verdict": d.verdict,
                 }
                 for d in self.differences
