@@ -21,6 +21,7 @@ from engine.simulate import (
     simulate,
     split_strategies,
 )
+from engine.simulate.ab import METRICS as AB_METRICS
 from engine.units import format_money as money
 
 EXAMPLE = """\
@@ -28,6 +29,7 @@ examples:
   policyctl simulate examples/simulations/design.yaml
   policyctl simulate examples/simulations/calibrated.yaml
   policyctl simulate examples/simulations/outage.yaml --plot outage.png
+  policyctl simulate examples/simulations/ab.yaml
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
@@ -36,7 +38,8 @@ rate, true quality per template, optional drift, outage or degradation), a traff
 seed and the strategies to compare; see docs/simulate.md. Each strategy runs a fresh
 engine on a fake clock with outcomes fed back; three baselines (uniform random, always
 Claude 3.5 Sonnet, and an oracle that knows the world) run on the same traffic, and each
-row's regret against the oracle is reported.
+row's regret against the oracle is reported. When the policy has a `split`, each strategy
+also gets its arms' figures with 95% confidence intervals, and each arm against the first.
 
 exit codes: 0 done, 2 bad scenario or flags
 """
@@ -238,4 +241,67 @@ def render(data: Mapping[str, Any]) -> str:
                 rows,
             )
         )
+    lines += _experiment_lines(data.get("experiments", ()))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the A/B section
+
+
+def _ab_value(metric: str, value: float, signed: bool = False) -> str:
+    """One figure of the A/B table: money, milliseconds, or a rate (a difference of rates
+    in percentage points)."""
+    if metric == "cost_per_request":
+        return _signed_money(value) if signed else money(value)
+    if metric.endswith("_ms"):
+        return f"{value:+,.0f}" if signed else f"{value:,.0f}"
+    return f"{value * 100:+.1f}" if signed else f"{value * 100:.1f}%"
+
+
+def _ab_cell(metric: str, found: Mapping[str, float] | None, signed: bool = False) -> str:
+    """`value [low, high]`, with the unit once: `797 ms [782, 813]`, `+0.3 pp [-0.3, +1.0]`."""
+    if found is None or found.get("value") is None:
+        return "-"
+    value, low, high = (_ab_value(metric, found[k], signed) for k in ("value", "low", "high"))
+    if metric.endswith("_ms"):
+        return f"{value} ms [{low}, {high}]"
+    if metric.endswith("_rate"):
+        if signed:
+            return f"{value} pp [{low}, {high}]"
+        return f"{value} [{low}, {high}]"
+    return f"{value} [{low}, {high}]"
+
+
+def _experiment_lines(experiments: Any) -> list[str]:
+    """Per strategy run and experiment: a table of the figures per arm (95% confidence
+    intervals), and each arm after the first against the first, with a verdict."""
+    lines: list[str] = []
+    for e in experiments:
+        arms = e["arms"]
+        control = arms[0]["arm"]
+        others = [a["arm"] for a in arms[1:]]
+        total = sum(a["requests"] for a in arms)
+        lines += [
+            "",
+            f"experiment {e['experiment']} (split by {e['key']}), strategy {e['name']}:"
+            " per arm, with 95% confidence intervals",
+        ]
+        headers = ["metric", *(a["arm"] for a in arms)]
+        for other in others:
+            headers += [f"{other} − {control}", "verdict"]
+        share = [
+            f"{a['requests']:,}" + (f" ({a['requests'] / total * 100:.1f}%)" if total else "")
+            for a in arms
+        ]
+        rows: list[tuple[Any, ...]] = [("requests", *share, *([""] * 2 * len(others)))]
+        if any(a["denials"] for a in arms):
+            denials = [f"{a['denials']:,}" for a in arms]
+            rows.append(("denials", *denials, *([""] * 2 * len(others))))
+        for metric, label in ((m.name, m.label) for m in AB_METRICS):
+            cells = [_ab_cell(metric, a[metric]) for a in arms]
+            for other in others:
+                [d] = [d for d in e["differences"] if d["metric"] == metric and d["arm"] == other]
+                cells += [_ab_cell(metric, d, signed=True), d["verdict"]]
+            rows.append((label, *cells))
+        lines.append(render_table(headers, rows))
+    return lines

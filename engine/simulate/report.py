@@ -6,6 +6,8 @@ uniform random, cost against always Sonnet, and the regret against the oracle (e
 per request, extra mean latency, extra bad answers). For each provider outage and
 degradation, how each run met it: calls during it, how soon it routed away, how soon it
 came back. For traffic with a `region`, how many requests each run served outside it.
+When the policy has a `split`, each strategy run's figures per experiment and arm, with
+confidence intervals, and each arm against the first (`ab`).
 `--plot` draws latency and cost over simulated time (matplotlib, the `policyctl[plot]`
 extra).
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import PolicyctlError
+from engine.simulate.ab import ExperimentSummary, summarize
 from engine.simulate.run import (
     ORACLE_ROW,
     RANDOM_ROW,
@@ -82,6 +85,7 @@ class Report:
             "outages": self.outages(),
             "degradations": self.degradations(),
             "residency": self.residency(),
+            **self._experiments_field(),
         }
 
     def outages(self) -> list[dict[str, Any]]:
@@ -148,6 +152,17 @@ class Report:
                 }
             )
         return {"requests": len(regional), "rows": rows}
+
+    def experiments(self) -> list[ExperimentSummary]:
+        """Per strategy run and per experiment of the policy (a `split`): the figures of
+        each arm with their confidence intervals, and each arm against the first."""
+        return [e for run in self.runs if run.kind == "strategy" for e in summarize(run)]
+
+    def _experiments_field(self) -> dict[str, Any]:
+        """`experiments` in the JSON, only when the policy splits (so a report without a
+        split is what it was before experiments existed)."""
+        found = self.experiments()
+        return {"experiments": [e.to_dict() for e in found]} if found else {}
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:

@@ -62,6 +62,10 @@ class Run:
     # request numbers whose decision's fallback chain held a model outside the request's
     # region (strategy runs only; baselines have no chain)
     fallbacks_outside: list[int] = field(default_factory=list)
+    # the policy's experiments, in file order (strategy runs only; empty without a split)
+    experiments: tuple[Experiment, ...] = ()
+    # per request: the index of its (experiment, arm) in `arm_keys`, -1 outside every split
+    arm: array[int] = field(default_factory=lambda: array("i"))
 
     def summary(self) -> dict[str, Any]:
         served = [lat for lat in self.latency_ms if lat == lat]
@@ -91,6 +95,20 @@ class Run:
             "top_share": round(top[0][1] / n, 4) if top else None,
             "models": dict(sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """A `split` of the run's policy: the splitting route, its key, its arm routes."""
+
+    name: str
+    key: str  # `request.user`
+    arms: tuple[str, ...]  # in the split's order: the first is the control (A)
+
+
+def arm_keys(experiments: tuple[Experiment, ...]) -> list[tuple[str, str]]:
+    """(experiment, arm) for every arm of every experiment: what `Run.arm` indexes."""
+    return [(e.name, arm) for e in experiments for arm in e.arms]
 
 
 def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
@@ -252,6 +270,14 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
     engine = PolicyEngine.from_text(
         text, name, clock=clock, state="memory://", metrics_refresh_ms=0
     )
+    run.experiments = tuple(
+        Experiment(route.name, route.split.key_text, route.split.arms)
+        for route in engine.program.routes
+        if route.split is not None
+    )
+    arm_index = {key: i for i, key in enumerate(arm_keys(run.experiments))}
+    if arm_index:
+        run.arm = array("i", [-1]) * scenario.requests
     index_of = {key: i for i, key in enumerate(scenario.providers)}
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
@@ -282,7 +308,11 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
             t = a.template
             request = dict(t.fields)
             request["id"] = f"sim-{seed}-{a.index}"
+            if a.user is not None:
+                request["user"] = a.user
             decision = evaluate(request, explain=explain)
+            if decision.experiment is not None:
+                run.arm[a.index] = arm_index[(decision.experiment, decision.arm)]
             if explain and decision.trace:
                 for step in decision.trace:
                     if (

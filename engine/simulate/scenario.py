@@ -15,7 +15,7 @@ import os
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +42,9 @@ DEFAULT_STRATEGIES = (
     "failover",
 )
 MAX_REQUESTS = 1_000_000
+MAX_USERS = 1_000_000
+# a pool of users: a whole number (`users: true` is not one, so no lax conversion)
+Users = Annotated[int, Field(ge=1, le=MAX_USERS, strict=True)]
 MAX_SCENARIO_BYTES = 1 << 20
 _STRATEGY_TEXT = re.compile(r"^[A-Za-z][A-Za-z-]*(\s*\([^(){}\n#]*\))?$")
 _STRATEGY_LINE = re.compile(r"^\s*strategy\b")
@@ -74,6 +77,7 @@ class _TrafficSpec(BaseModel):
     weight: Annotated[float, Field(gt=0)] = 1.0
     output_tokens: Annotated[int, Field(ge=0)] | None = None  # what the model writes
     min_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # a good answer's quality
+    users: Users | None = None  # this template's pool of users (instead of the scenario's)
 
 
 class _ScenarioSpec(BaseModel):
@@ -91,6 +95,7 @@ class _ScenarioSpec(BaseModel):
     limits: str = ""
     catalog: str | None = None  # relative to the scenario file; default: the packaged one
     default_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # models without one
+    users: Users | None = None  # each request's `user` drawn from u000 … u(N-1)
 
 
 # ---------------------------------------------------------------- the validated scenario
@@ -343,6 +348,11 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
     if "id" in fields:
         errors.append(f"{where}.id`: ids are given per simulated request; remove it")
         return None, errors
+    if "user" in fields and "users" in own:
+        errors.append(
+            f"{where}.users`: the template gives one `user`; remove `user` to draw users"
+            " from a pool, or `users` to keep that one"
+        )
     try:
         env = env_of({**fields, "id": "template"})
     except RequestError as err:
@@ -392,6 +402,7 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
             region=env["region"],
             max_cost=env["max_cost"],
             max_latency_ms=env["max_latency_ms"],
+            users=spec.users,
         ),
         [],
     )
@@ -570,6 +581,11 @@ def load_scenario(
                 )
     if errors or spec is None:
         raise ScenarioError(errors)
+    if spec.users is not None:  # the scenario's pool, for templates without a user or pool
+        templates = [
+            t if t.users is not None or "user" in t.fields else replace(t, users=spec.users)
+            for t in templates
+        ]
 
     scenario = Scenario(
         path=source,

@@ -242,6 +242,12 @@ class Template:
     region: str | None = None  # the request's `region`
     max_cost: float | None = None  # the request's limits, which the oracle honours too
     max_latency_ms: float | None = None
+    users: int | None = None  # draw each request's `user` from a pool of this many
+
+
+def user_name(number: int, users: int) -> str:
+    """User `number` of a pool of `users`: `u007` (zero-padded, at least three digits)."""
+    return f"u{number:0{max(3, len(str(users - 1)))}d}"
 
 
 def capable(model: Model, template: Template) -> bool:
@@ -259,13 +265,17 @@ class Arrival:
     index: int
     at: float  # epoch seconds on the fake clock
     template: Template
+    user: str | None = None  # drawn from the template's pool of `users` (None: no pool)
 
 
 def draw_arrivals(
     seed: int, requests: int, rate_per_s: float, traffic: Sequence[Template]
 ) -> list[Arrival]:
-    """The same arrivals for every run: templates by weight, Poisson arrival times."""
+    """The same arrivals for every run: templates by weight, Poisson arrival times, and a
+    user drawn uniformly from the template's pool when it has `users` (from a generator of
+    its own, so a pool changes neither the templates nor the times)."""
     rng = random.Random(f"{seed}:traffic")
+    users_rng = random.Random(f"{seed}:users")
     cumulative: list[float] = []
     total = 0.0
     for t in traffic:
@@ -277,7 +287,10 @@ def draw_arrivals(
     for i in range(requests):
         now += rng.expovariate(rate_per_s)
         pick = min(bisect.bisect_right(cumulative, rng.random() * total), last)
-        out.append(Arrival(i, now, traffic[pick]))
+        template = traffic[pick]
+        pool = template.users
+        user = None if pool is None else user_name(int(users_rng.random() * pool), pool)
+        out.append(Arrival(i, now, template, user))
     return out
 
 
