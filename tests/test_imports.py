@@ -331,7 +331,7 @@ LAYERS: list[set[str]] = [
     {"engine.routing"},
     {"engine.api"},
     {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate",
-     "engine.lsp", "engine.policytest", "engine.policydiff"},
+     "engine.lsp", "engine.policytest", "engine.policydiff", "engine.replay"},
     {"engine.cli", "engine.__main__", "engine"},
 ]  # fmt: skip
 # what a top room may also use beside it: the command line drives the service and simulator

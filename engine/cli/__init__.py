@@ -19,6 +19,7 @@ COMMANDS = (
     ("fmt", "fmt_cmd"),
     ("test", "test_cmd"),
     ("diff", "diff_cmd"),
+    ("replay", "replay_cmd"),
     ("schema", "schema_cmd"),
     ("serve", "serve_cmd"),
     ("simulate", "simulate_cmd"),

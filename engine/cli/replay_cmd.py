@@ -1,0 +1,78 @@
+"""`policyctl replay`: logged traffic decided again under a new policy set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.cli.common import EXIT_OK, UsageError, dump_json
+from engine.limits.stores import default_state_url
+from engine.units import parse_timestamp_s
+
+EXAMPLE = """\
+examples:
+  policyctl replay --policy new-policies/                       # the default state file's log
+  policyctl replay --policy new.policy --baseline old.policy --from state.duckdb
+  policyctl replay --policy new.policy --from 'logs/*.parquet' --since 2026-11-24 --format json
+
+Every logged request (its features: --log-requests on eval and serve) is decided again
+under --policy, in time order, on fresh memory buckets and the live measurements rebuilt
+from the log's outcomes; with --baseline, under that set too, else compared with the
+logged decision. Nothing is written and no real limit is consumed. A decision changed
+when allowed/denied, the provider or the model differ. Cost and latency are projected
+from each model's measured mean over the log's outcomes (a model never measured: its
+estimate, marked *). See docs/replay.md.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="decide logged traffic again under a new policy: what would change",
+        description="Replay the decision log under a new policy set and report what changes.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--policy", metavar="PATH", required=True, help="the new policy set")
+    p.add_argument(
+        "--baseline", metavar="PATH", help="the policy set to compare with (default: the log)"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="SOURCE",
+        help="a DuckDB state file, or Parquet files from `policyctl log export` (a glob);"
+        " default: $POLICYCTL_STATE, else the default state file",
+    )
+    p.add_argument("--since", metavar="TIME", help="only traffic from this date or time (UTC)")
+    p.add_argument("--until", metavar="TIME", help="only traffic before this date or time")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="the report")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.analytics.decision_log import read_decision_log
+    from engine.replay.report import as_json, text
+    from engine.replay.run import replay
+
+    since = (
+        None if args.since is None else parse_timestamp_s(args.since, "--since", error=UsageError)
+    )
+    until = (
+        None if args.until is None else parse_timestamp_s(args.until, "--until", error=UsageError)
+    )
+    if since is not None and until is not None and until <= since:
+        raise UsageError("`--until` must come after `--since`")
+    source = args.source if args.source is not None else default_state_url()
+    for flag, path in (("--policy", args.policy), ("--baseline", args.baseline)):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"`{flag}`: no such file or directory `{path}`")
+    log = read_decision_log(source, since, until)
+    report = replay(
+        log, Path(args.policy), Path(args.baseline) if args.baseline is not None else None
+    )
+    if args.format == "json":
+        dump_json(as_json(report))
+    else:
+        print(text(report))
+    return EXIT_OK

@@ -1,0 +1,96 @@
+"""`policyctl replay`'s report: a table for people, JSON for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.replay.run import ReplayReport, Totals
+from engine.units import format_money
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def _mean(total: float, n: int) -> float | None:
+    return total / n if n else None
+
+
+def text(r: ReplayReport) -> str:
+    lines = [
+        f"replayed {r.replayed:,} of {r.requests:,} logged requests against {r.baseline}",
+    ]
+    if r.no_features:
+        lines.append(
+            f"  {r.no_features:,} not replayable: the log kept no features of them"
+            " (--log-requests off, or logged before features were kept)"
+        )
+    if r.hashed_keys:
+        lines.append(
+            f"  {r.hashed_keys:,} with hashed user or IP keys: conditions and keyed limits on"
+            " a literal user or IP could not be decided for them"
+        )
+    lines.append(f"changed: {r.changed:,} ({_share(r.changed, r.replayed)})")
+    if r.by_route:
+        lines.append("by route (after):")
+        lines += [f"  {route:30} {n:>8,}" for route, n in r.by_route.most_common()]
+    if r.by_pair:
+        lines.append("by model (before → after), with example request ids:")
+        for (a, b), n in r.by_pair.most_common():
+            ids = ", ".join(r.examples.get((a, b), []))
+            lines.append(f"  {a} → {b}: {n:,}" + (f"  e.g. {ids}" if ids else ""))
+    for title, counts in (
+        ("denials added", r.denials_added),
+        ("denials removed", r.denials_removed),
+    ):
+        if counts:
+            lines.append(f"{title}: " + ", ".join(f"{k} {n:,}" for k, n in counts.most_common()))
+    if r.newly_no_model:
+        lines.append(f"newly no eligible model: {r.newly_no_model:,}")
+    lines.append("projected (measured per-model means of the log's outcomes; * from estimates):")
+    for name, t in (("before", r.before), ("after", r.after)):
+        lines.append(f"  {name:7} {_totals(t)}")
+    cost = r.after.cost - r.before.cost
+    lines.append(f"  change  cost {'+' if cost >= 0 else '-'}{format_money(abs(cost))}")
+    return "\n".join(lines)
+
+
+def _totals(t: Totals) -> str:
+    latency = _mean(t.latency_ms, t.served)
+    shown = "-" if latency is None else f"{latency:,.0f} ms"
+    priors = f" ({t.from_priors:,}*)" if t.from_priors else ""
+    return (
+        f"served {t.served:,}{priors}, denied {t.denied:,}, cost {format_money(t.cost)},"
+        f" mean latency {shown}"
+    )
+
+
+def as_json(r: ReplayReport) -> dict[str, Any]:
+    def totals(t: Totals) -> dict[str, Any]:
+        return {
+            "served": t.served,
+            "denied": t.denied,
+            "cost": t.cost,
+            "mean_latency_ms": _mean(t.latency_ms, t.served),
+            "from_priors": t.from_priors,
+        }
+
+    return {
+        "requests": r.requests,
+        "replayed": r.replayed,
+        "not_replayable": r.no_features,
+        "hashed_keys": r.hashed_keys,
+        "baseline": r.baseline,
+        "changed": r.changed,
+        "changed_share": r.changed / r.replayed if r.replayed else None,
+        "by_route": dict(r.by_route.most_common()),
+        "by_model": [
+            {"before": a, "after": b, "count": n, "examples": r.examples.get((a, b), [])}
+            for (a, b), n in r.by_pair.most_common()
+        ],
+        "denials_added": dict(r.denials_added),
+        "denials_removed": dict(r.denials_removed),
+        "newly_no_eligible_model": r.newly_no_model,
+        "before": totals(r.before),
+        "after": totals(r.after),
+    }

@@ -1,0 +1,243 @@
+"""Past traffic decided again: each logged request under the new policy set (and a
+baseline set, or else the logged decision), in time order.
+
+Each side is a `PolicyEngine` on its own memory state with a clock that reads the logged
+time, so its buckets start empty and fill as the log's traffic did; the logged outcomes
+are recorded into both sides at their own times, so the live measurements are rebuilt
+as they were (a model the log never used has none: its catalog priors). Nothing is
+written and no real limit is consumed.
+
+A request the log kept no features for (`--log-requests off`, or a file written before
+them) cannot be decided again: it is counted, never read as an empty request. A request
+whose user or IP key was hashed (`--hash-keys`) replays its limits per key, but a
+condition or keyed limit on a literal user or IP cannot be decided from it: such
+requests are counted and flagged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.analytics.decision_log import DecisionLog, LoggedDecision, LoggedOutcome
+from engine.api.policy_engine import PolicyEngine
+from engine.limits.records import LimitDenial
+from engine.routing.decision import Decision
+from engine.routing.request_log import HASHED_PREFIX
+
+EXAMPLES = 3  # example request ids kept per kind of change
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one side decided for a request, as far as the replay compares."""
+
+    allowed: bool
+    route: str
+    target: str | None  # provider/model
+    denied: str | None  # a limit's scope, or the reason
+    cost: float | None  # projected: the model's measured mean cost, else the estimate
+    latency_ms: float | None  # projected: the model's measured mean latency, else the estimate
+    measured: bool  # the projection is measured (False: the catalog's estimate)
+
+    def label(self) -> str:
+        return self.target if self.allowed and self.target else f"denied ({self.denied})"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    request_id: str | None
+    route: str  # the new side's route
+    before: Verdict
+    after: Verdict
+
+
+@dataclass
+class Totals:
+    """A side's projected totals over the replayed requests."""
+
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    served: int = 0
+    denied: int = 0
+    from_priors: int = 0  # served decisions projected from catalog estimates
+
+    def add(self, v: Verdict) -> None:
+        if not v.allowed:
+            self.denied += 1
+            return
+        self.served += 1
+        self.cost += v.cost or 0.0
+        self.latency_ms += v.latency_ms or 0.0
+        self.from_priors += not v.measured
+
+
+@dataclass
+class ReplayReport:
+    requests: int = 0  # logged decisions in the window
+    replayed: int = 0
+    no_features: int = 0  # not replayable: the log kept nothing of the request
+    hashed_keys: int = 0  # replayed, but literal user/IP conditions cannot be decided
+    changed: int = 0
+    by_route: Counter[str] = field(default_factory=Counter)
+    by_pair: Counter[tuple[str, str]] = field(default_factory=Counter)
+    examples: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    denials_added: Counter[str] = field(default_factory=Counter)
+    denials_removed: Counter[str] = field(default_factory=Counter)
+    newly_no_model: int = 0
+    before: Totals = field(default_factory=Totals)
+    after: Totals = field(default_factory=Totals)
+    baseline: str = "the logged decisions"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class _Measured:
+    """Mean cost and latency per model over the log's outcomes (what projections use)."""
+
+    cost: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, o: LoggedOutcome) -> None:
+        key = f"{o.provider}/{o.model}"
+        self.latency[key].append(o.latency_ms)
+        if o.cost is not None:
+            self.cost[key].append(o.cost)
+
+    def verdict(self, d: Decision) -> Verdict:
+        denied = None
+        if d.denied_by is not None:
+            denied = (
+                d.denied_by.scope if isinstance(d.denied_by, LimitDenial) else d.denied_by.reason
+            )
+        key = f"{d.provider}/{d.model}" if d.allowed else None
+        return self._projected(d.allowed, d.route, key, denied, d.estimated_cost,
+                               d.estimated_latency_ms)  # fmt: skip
+
+    def logged(self, d: LoggedDecision) -> Verdict:
+        key = f"{d.provider}/{d.model}" if d.allowed else None
+        return self._projected(d.allowed, d.route, key, d.denied_scope, d.estimated_cost,
+                               d.estimated_latency_ms)  # fmt: skip
+
+    def _projected(
+        self, allowed: bool, route: str, key: str | None, denied: str | None,
+        cost: float | None, latency: float | None,
+    ) -> Verdict:  # fmt: skip
+        costs, latencies = self.cost.get(key or ""), self.latency.get(key or "")
+        measured = bool(costs and latencies)
+        if costs:
+            cost = sum(costs) / len(costs)
+        if latencies:
+            latency = sum(latencies) / len(latencies)
+        return Verdict(allowed, route, key, denied, cost, latency, measured)
+
+
+def _side(policy: Path, clock: _Clock) -> PolicyEngine:
+    return PolicyEngine(policy, state="memory://", clock=clock)
+
+
+def _events(log: DecisionLog) -> Iterator[LoggedDecision | LoggedOutcome]:
+    """Decisions and outcomes merged by time (at the same time, the decision first: an
+    outcome follows the decision it reports on)."""
+    outcomes = iter(log.outcomes)
+    pending = next(outcomes, None)
+    for d in log.decisions:
+        while pending is not None and pending.at < d.at:
+            yield pending
+            pending = next(outcomes, None)
+        yield d
+    while pending is not None:
+        yield pending
+        pending = next(outcomes, None)
+
+
+def _reads_literal_keys(engine: PolicyEngine) -> bool:
+    program = engine.program
+    keyed = any(lim.key is not None and lim.key_field in ("user", "ip") for lim in program.limits)
+    return keyed or bool({"request.user", "request.ip"} & program.request_paths)
+
+
+def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = None) -> ReplayReport:
+    """Every logged request decided again under `new_policy` (and `baseline_policy`, or
+    compared with what was logged), in time order; the report of what changed."""
+    clock = _Clock()
+    new = _side(new_policy, clock)
+    base = _side(baseline_policy, clock) if baseline_policy is not None else None
+    sides = [e for e in (new, base) if e is not None]
+    literal = any(_reads_literal_keys(e) for e in sides)
+    measured = _Measured()
+    for o in log.outcomes:
+        measured.add(o)
+    report = ReplayReport()
+    if baseline_policy is not None:
+        report.baseline = str(baseline_policy)
+    try:
+        for event in _events(log):
+            clock.now = event.at
+            if isinstance(event, LoggedOutcome):
+                for engine in sides:
+                    _record(engine, event)
+                continue
+            report.requests += 1
+            if event.request is None:
+                report.no_features += 1
+                continue
+            features = json.loads(event.request)
+            request = {k: v for k, v in features.items() if k not in ("format", "body")}
+            if event.request_id is not None:
+                request["id"] = event.request_id
+            if literal and any(
+                str(request.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")
+            ):
+                report.hashed_keys += 1
+            after = measured.verdict(new.evaluate(request))
+            if base is not None:
+                before = measured.verdict(base.evaluate(request))
+            else:
+                before = measured.logged(event)
+            _count(report, event.request_id, before, after)
+    finally:
+        for engine in sides:
+            engine.close()
+    return report
+
+
+def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
+    try:
+        engine.record_outcome(
+            o.provider, o.model, latency_ms=o.latency_ms, success=o.success,
+            output_tokens=o.output_tokens, input_tokens=o.input_tokens, cost=o.cost, at=o.at,
+        )  # fmt: skip
+    except ValueError:  # a model this side's catalog lacks: nothing to measure here
+        return
+
+
+def _count(report: ReplayReport, request_id: str | None, before: Verdict, after: Verdict) -> None:
+    report.replayed += 1
+    report.before.add(before)
+    report.after.add(after)
+    differs = (before.allowed, before.target) != (after.allowed, after.target)
+    if not differs:
+        return
+    report.changed += 1
+    report.by_route[after.route or "(denied before routing)"] += 1
+    pair = (before.label(), after.label())
+    report.by_pair[pair] += 1
+    if len(report.examples[pair]) < EXAMPLES and request_id is not None:
+        report.examples[pair].append(request_id)
+    if after.denied is not None and before.denied != after.denied:
+        report.denials_added[after.denied] += 1
+        if after.denied == "no_eligible_model":
+            report.newly_no_model += 1
+    if before.denied is not None and before.denied != after.denied:
+        report.denials_removed[before.denied] += 1
