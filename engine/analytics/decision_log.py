@@ -31,6 +31,8 @@ class LoggedDecision:
     estimated_latency_ms: float | None
     denied_scope: str | None  # a limit's scope, or the reason (`no_eligible_model`, …)
     request: str | None  # the request's features as JSON (`--log-requests`), None if not kept
+    raw: bool = False  # `request` is a request as a client sent it (a JSONL source): no
+    # decision was logged for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +123,32 @@ def read_decision_log(
 
 def _floats(row: tuple[Any, ...], index: int) -> tuple[Any, ...]:
     return (float(row[index]), *row[index + 1 :])
+
+
+def read_requests_jsonl(source: str) -> DecisionLog:
+    """A JSONL file of requests in any accepted format (native or a wire body), one a line,
+    as a log without decisions or outcomes: the requests come one a second, in file order
+    (a line's `id` is its request id when it has one). Blank lines are skipped; a line
+    that is not a JSON object is an error naming it."""
+    import json
+
+    path = Path(source)
+    if not path.is_file():
+        raise LogSourceError(f"`{source}`: no such file")
+    decisions: list[LoggedDecision] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                body = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LogSourceError(f"{source}:{number}: not JSON: {err.msg}") from None
+            if not isinstance(body, dict):
+                raise LogSourceError(f"{source}:{number}: a request is a JSON object")
+            rid = body.get("id") if isinstance(body.get("id"), str) else f"line-{number}"
+            logged = LoggedDecision(
+                float(number), rid, False, "", None, None, None, None, None, line.strip(), True
+            )
+            decisions.append(logged)
+    return DecisionLog(tuple(decisions), ())

@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--from",
         dest="source",
         metavar="SOURCE",
-        help="a DuckDB state file, or Parquet files from `policyctl log export` (a glob);"
-        " default: $POLICYCTL_STATE, else the default state file",
+        help="a DuckDB state file, Parquet files from `policyctl log export` (a glob), or a"
+        " .jsonl file of requests in any accepted format (needs --baseline); default:"
+        " $POLICYCTL_STATE, else the default state file",
     )
     p.add_argument("--since", metavar="TIME", help="only traffic from this date or time (UTC)")
     p.add_argument("--until", metavar="TIME", help="only traffic before this date or time")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.analytics.decision_log import read_decision_log
+    from engine.analytics.decision_log import read_decision_log, read_requests_jsonl
     from engine.replay.report import as_json, text
     from engine.replay.run import replay
 
@@ -67,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--policy", args.policy), ("--baseline", args.baseline)):
         if path is not None and not Path(path).exists():
             raise UsageError(f"`{flag}`: no such file or directory `{path}`")
-    log = read_decision_log(source, since, until)
+    if source.endswith(".jsonl"):
+        if since is not None or until is not None:
+            raise UsageError("`--since` and `--until` read the log's times; a JSONL file has none")
+        log = read_requests_jsonl(source)
+    else:
+        log = read_decision_log(source, since, until)
     report = replay(
         log, Path(args.policy), Path(args.baseline) if args.baseline is not None else None
     )

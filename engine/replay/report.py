@@ -18,13 +18,15 @@ def _mean(total: float, n: int) -> float | None:
 
 def text(r: ReplayReport) -> str:
     lines = [
-        f"replayed {r.replayed:,} of {r.requests:,} logged requests against {r.baseline}",
+        f"replayed {r.replayed:,} of {r.requests:,} requests against {r.baseline}",
     ]
     if r.no_features:
         lines.append(
             f"  {r.no_features:,} not replayable: the log kept no features of them"
             " (--log-requests off, or logged before features were kept)"
         )
+    if r.invalid:
+        lines.append(f"  {r.invalid:,} lines that are not a valid request (left out)")
     if r.hashed_keys:
         lines.append(
             f"  {r.hashed_keys:,} with hashed user or IP keys: conditions and keyed limits on"
@@ -79,6 +81,7 @@ def as_json(r: ReplayReport) -> dict[str, Any]:
         "requests": r.requests,
         "replayed": r.replayed,
         "not_replayable": r.no_features,
+        "invalid": r.invalid,
         "hashed_keys": r.hashed_keys,
         "baseline": r.baseline,
         "changed": r.changed,

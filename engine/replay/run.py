@@ -21,14 +21,21 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.analytics.decision_log import DecisionLog, LoggedDecision, LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
+from engine.errors import EXIT_BAD_INPUT, PolicyctlError
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
+from engine.routing.request import RequestError
 from engine.routing.request_log import HASHED_PREFIX
 
 EXAMPLES = 3  # example request ids kept per kind of change
+
+
+class ReplayError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
+    """A replay that cannot be made as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,7 @@ class ReplayReport:
     requests: int = 0  # logged decisions in the window
     replayed: int = 0
     no_features: int = 0  # not replayable: the log kept nothing of the request
+    invalid: int = 0  # a JSONL source's lines that are not a valid request
     hashed_keys: int = 0  # replayed, but literal user/IP conditions cannot be decided
     changed: int = 0
     by_route: Counter[str] = field(default_factory=Counter)
@@ -169,7 +177,10 @@ def _reads_literal_keys(engine: PolicyEngine) -> bool:
 
 def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = None) -> ReplayReport:
     """Every logged request decided again under `new_policy` (and `baseline_policy`, or
-    compared with what was logged), in time order; the report of what changed."""
+    compared with what was logged), in time order; the report of what changed. A JSONL
+    source's requests (no logged decision) need a baseline."""
+    if baseline_policy is None and any(d.raw for d in log.decisions):
+        raise ReplayError("a JSONL file of requests has no logged decisions: give --baseline")
     clock = _Clock()
     new = _side(new_policy, clock)
     base = _side(baseline_policy, clock) if baseline_policy is not None else None
@@ -192,17 +203,24 @@ def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = No
             if event.request is None:
                 report.no_features += 1
                 continue
-            features = json.loads(event.request)
-            request = {k: v for k, v in features.items() if k not in ("format", "body")}
-            if event.request_id is not None:
-                request["id"] = event.request_id
+            if event.raw:  # a request as a client sent it: its own format, its own id
+                request = json.loads(event.request)
+                if not _valid(new, request, event.request_id):
+                    report.invalid += 1
+                    continue
+            else:
+                features = json.loads(event.request)
+                request = {k: v for k, v in features.items() if k not in ("format", "body")}
+                if event.request_id is not None:
+                    request["id"] = event.request_id
             if literal and any(
                 str(request.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")
             ):
                 report.hashed_keys += 1
-            after = measured.verdict(new.evaluate(request))
+            rid = event.request_id if event.raw else None
+            after = measured.verdict(new.evaluate(request, request_id=rid))
             if base is not None:
-                before = measured.verdict(base.evaluate(request))
+                before = measured.verdict(base.evaluate(request, request_id=rid))
             else:
                 before = measured.logged(event)
             _count(report, event.request_id, before, after)
@@ -210,6 +228,14 @@ def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = No
         for engine in sides:
             engine.close()
     return report
+
+
+def _valid(engine: PolicyEngine, request: dict[str, Any], request_id: str | None) -> bool:
+    try:
+        engine.evaluate(request, dry_run=True, request_id=request_id)
+    except RequestError:
+        return False
+    return True
 
 
 def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
