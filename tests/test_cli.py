@@ -734,7 +734,8 @@ def test_schema_request_and_decision(workdir: Path) -> None:
     spec_fields = {"request_id", "allowed", "provider", "model", "route", "strategy", "reason",
                    "estimated_cost", "estimated_latency_ms", "confidence", "alternatives",
                    "fallbacks", "rate_limits", "denied_by", "policy_version", "trace",
-                   "deployment_of", "input_format", "experiment", "arm"}  # fmt: skip
+                   "deployment_of", "input_format", "experiment", "arm",
+                   "explored"}  # fmt: skip
     assert set(decision["properties"]) == spec_fields
     assert "trace" not in decision["required"]
     assert "deployment_of" not in decision["required"]  # present for a deployment only
