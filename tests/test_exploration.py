@@ -25,6 +25,7 @@ from engine.routing.decision import DecisionSchema
 from engine.routing.evaluator import EvalState, evaluate
 from engine.routing.metrics import LiveMetrics
 from engine.routing.request import env_of
+from engine.simulate import ScenarioError, load_scenario, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "examples" / "simulations" / "calibrated-models.yaml"
@@ -422,3 +423,71 @@ def test_fmt_round_trips_the_setting() -> None:
         for t in (text, formatted)
     ]
     assert programs[0] == programs[1]
+
+
+# ---------------------------------------------------------------- the simulator
+
+SCENARIO = ROOT / "examples" / "simulations" / "exploration.yaml"
+
+
+@pytest.fixture(scope="module")
+def simulated() -> dict[str, dict[str, object]]:
+    report = simulate(load_scenario(SCENARIO)).to_dict()
+    assert report["explore"] == "5% budget $0.05 per 1h"
+    return {row["name"]: row for row in report["rows"]}
+
+
+def test_without_exploration_latency_starves_the_truly_fastest_model(
+    simulated: dict[str, dict[str, object]],
+) -> None:
+    plain = simulated["latency"]
+    assert plain["explored"] == 0
+    assert plain["models"] == {"gemini/gemini-2.5-flash-lite": 6_000}  # gpt-5-nano: never
+
+
+def test_with_exploration_latency_finds_it_at_a_bounded_cost(
+    simulated: dict[str, dict[str, object]],
+) -> None:
+    plain, explored = simulated["latency"], simulated["latency + explore"]
+    models = explored["models"]
+    assert isinstance(models, dict)
+    # three models under min_samples 20 are measured, 20 explored requests each
+    assert explored["explored"] == 60
+    assert models["openai/gpt-5-nano"] / 6_000 > 0.75
+    assert explored["top_model"] == "openai/gpt-5-nano"
+    assert explored["mean_ms"] < 0.75 * plain["mean_ms"]  # type: ignore[operator]
+    # what exploring cost: within the budget of its 20-minute run ($0.05 an hour)
+    assert 0 < explored["explored_cost"] <= 0.05  # type: ignore[operator]
+    # failover explores as much, and gains nothing: it ranks by order, not measurements
+    failover = simulated["failover + explore"]
+    assert failover["explored"] == 60
+    assert failover["top_model"] == "gemini/gemini-2.5-flash-lite"
+
+
+def test_the_scenario_field_is_checked_as_the_setting(tmp_path: Path) -> None:
+    text = SCENARIO.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        text.replace("calibrated-models.yaml", CATALOG.as_posix()).replace(
+            "explore: 5% budget $0.05 per 1h", "explore: 5%"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(bad)
+    assert err.value.messages == [
+        f"{bad}: field `explore`: `explore` needs a budget: what exploring may cost per window"
+        " (write `explore 5% budget $2 per 1h`: once the requests explored in the current hour"
+        " are estimated to cost $2, requests route normally)"
+    ]
+    bad.write_text(
+        text.replace("calibrated-models.yaml", CATALOG.as_posix()).replace(
+            "min_samples 20", "min_samples 20\n  explore 5% budget $1 per 1h"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(bad)
+    assert err.value.messages == [
+        f"{bad}: field `explore`: `policy` sets `explore` already; keep one of them"
+    ]
