@@ -105,11 +105,15 @@ def test_the_same_request_id_explores_alike_in_every_engine() -> None:
     assert explored == set(exploring_ids(0.20, 200))
 
 
-def test_with_nothing_measured_the_first_candidate_is_the_fewest() -> None:
-    """Every model at 0 samples: the tie goes to the first in `prefer` order, which is the
-    strategy's own choice here, so nothing explores until it has samples."""
+def test_with_nothing_measured_the_strategys_choice_is_not_explored() -> None:
+    """Every model at 0 samples: the strategy's own choice gets the other requests, so an
+    exploring one goes to the next in `prefer` order with the fewest samples."""
     e = engine()
-    assert not any(e.evaluate(request(i)).explored for i in range(100))
+    decisions = [e.evaluate(request(i)) for i in range(200)]
+    explored = [d for d in decisions if d.explored]
+    assert {d.model for d in explored} == {"gpt-4o-mini"}  # no outcome is recorded here
+    assert {d.model for d in decisions if not d.explored} == {"gemini-2.5-flash-lite"}
+    assert len(explored) == len(exploring_ids(0.20, 200))
 
 
 def test_exploration_is_independent_of_a_split_on_the_same_key() -> None:
@@ -491,3 +495,15 @@ def test_the_scenario_field_is_checked_as_the_setting(tmp_path: Path) -> None:
     assert err.value.messages == [
         f"{bad}: field `explore`: `policy` sets `explore` already; keep one of them"
     ]
+
+
+def test_the_editors_and_the_language_server_know_explore() -> None:
+    from engine.editors.words import words
+    from engine.lsp import knowledge
+
+    assert {"explore", "budget"} <= words().keywords
+    assert {"explore", "budget"} <= set(knowledge.keywords())
+    text = "defaults {\n    explore 5% budget $2 per 1h\n}\n"
+    shown = knowledge.hover(text, text.index("explore") + 2, None)
+    assert shown is not None and shown.markdown.startswith("`explore N% budget $X per DURATION`")
+    assert "min_samples" in shown.markdown and "instance" in shown.markdown

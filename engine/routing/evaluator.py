@@ -114,18 +114,19 @@ def _explore(
     state: EvalState | None,
     now: float,
 ) -> _Explored | None:
-    """Where an exploring request goes: the eligible candidate (a slot of the pool) with the
+    """Where an exploring request goes: of the eligible candidates (slots of the pool) but
+    the strategy's own choice (`first`, which the other requests measure), the one with the
     fewest samples, fewer than `min_samples` (ties: the earlier route position, so the
-    `prefer` order, then the catalog's), unless it is the strategy's own choice (`first`) or
-    its estimated cost would take the window's spending past the budget. None: the request
-    routes normally. Nothing is spent here (`_spend`, once the decision stands)."""
+    `prefer` order, then the catalog's), unless its estimated cost would take the window's
+    spending past the budget. None: the request routes normally. Nothing is spent here
+    (`_spend`, once the decision stands)."""
     fewest = route.settings.min_samples
     slot = -1
     for s in range(len(costs)):
         n = samples[s] if samples is not None else 0
-        if n < fewest:
+        if n < fewest and s != first:
             fewest, slot = n, s
-    if slot < 0 or slot == first:
+    if slot < 0:
         return None
     length = explore.window_ms
     start = (now * 1000.0 // length) * length / 1000.0
@@ -801,10 +802,10 @@ def _evaluate(
     models, keys, providers = table.models, table.keys, table.providers
     explored: _Explored | None = None
     explore = settings.explore
+    ranked = order  # the strategy's ranking, as the trace shows it
     if explore is not None and len(pos) > 1 and explore.selects(env["key"]):
         explored = _explore(route, explore, order[0], costs, samples, state, now)
         if explored is not None:  # first, the strategy's ranking after it
-            ranked = order
             order = [explored.slot, *(s for s in ranked if s != explored.slot)]
             reason = _explore_reason(route, explore, models[pos[explored.slot]], explored)
     model_keys = table.model_keys
@@ -868,7 +869,7 @@ def _evaluate(
                         "model": models[pos[s]].id,
                         "score": round(score(skip + i, s), 4),
                     }
-                    for i, s in enumerate(order)
+                    for i, s in enumerate(order if explored is None else ranked)
                 ],
             }
         )
