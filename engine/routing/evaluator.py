@@ -140,8 +140,12 @@ def _explore(
 
 
 def _spend(route: CompiledRoute, explored: _Explored, state: EvalState) -> None:
-    before = explored.window
-    state.explored[route.name] = ExploreWindow(before.start, before.spent + explored.cost)
+    """Add the decision's cost to its window, as the window stands now (another thread may
+    have spent in it since `_explore` read it)."""
+    start = explored.window.start
+    now = state.explored.get(route.name)
+    spent = now.spent if now is not None and now.start == start else 0.0
+    state.explored[route.name] = ExploreWindow(start, spent + explored.cost)
 
 
 def _explore_reason(route: CompiledRoute, explore: Exploration, model: Model, e: _Explored) -> str:
