@@ -358,6 +358,7 @@ def _vertical(d: Decision) -> str:
         *([("format", d.input_format)] if d.input_format != NATIVE else []),
         *([("deployment of", d.deployment_of)] if d.deployment_of else []),
         *([("arm", f"{d.experiment} → {d.arm}")] if d.experiment is not None else []),
+        *([("explored", True)] if d.explored else []),
         ("reason", d.reason),
         ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
         ("est p95", f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms else None),
@@ -410,6 +411,15 @@ def _vertical(d: Decision) -> str:
             elif step["step"] == "drop":
                 rows.append(
                     ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")
+                )
+            elif step["step"] == "explore":
+                rows.append(
+                    (
+                        "trace",
+                        f"explore {step['provider']}/{step['model']}: {step['samples']} of"
+                        f" {step['min_samples']} samples, {money(step['cost'])}"
+                        f" ({money(step['budget_left'])} of the budget left)",
+                    )
                 )
             elif step["step"] == "policy-require":
                 when = f" when {step['when']}" if step["when"] else ""

@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 REGRET_HEADERS = ("strategy", "bad answers", "extra cost/request", "extra mean latency",
                   "extra bad answers")  # fmt: skip
+EXPLORE_HEADERS = ("strategy", "explored requests", "their cost", "of the run's cost",
+                   "run's cost")  # fmt: skip
 RESIDENCY_HEADERS = ("strategy", "served", "denied", "served outside region",
                      "fallback chains leaving region")  # fmt: skip
 
@@ -227,6 +229,18 @@ def render(data: Mapping[str, Any]) -> str:
                 _window_rows(slow["rows"], "calls_during", slow["to_s"] is None),
             ),
         ]
+    strategies = [r for r in data["rows"] if r["kind"] == "strategy"]
+    if data["explore"] is not None or any(r["explored"] for r in strategies):
+        lines += ["", "exploration: requests sent to a model with few samples, and what they cost"]
+        rows = []
+        for r in strategies:
+            share = r["explored"] / data["requests"] if data["requests"] else 0.0
+            total = r["total_cost"]
+            part = r["explored_cost"] / total if total else 0.0
+            rows.append((r["name"], f"{r['explored']:,} ({share * 100:.1f}%)",
+                         money(r["explored_cost"]), f"{part * 100:.1f}%",
+                         money(total)))  # fmt: skip
+        lines.append(render_table(EXPLORE_HEADERS, rows))
     residency = data["residency"]
     if residency is not None:
         lines += ["", f"residency: {residency['requests']:,} requests with a region"]

@@ -140,6 +140,17 @@ class DegradedSetting:
 
 
 @dataclass(frozen=True, slots=True)
+class ExploreSetting:
+    """`explore 5% budget $2 per 1h`: a share of requests sent to measure the models with
+    few samples, what they may cost per window bounding it."""
+
+    share: Literal
+    budget: Literal | None  # None only in a policy the checker refuses (E0270)
+    window: Literal | None  # given with the budget
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -191,6 +202,7 @@ Setting = (
     | CooldownSetting
     | StoreErrorSetting
     | DegradedSetting
+    | ExploreSetting
 )
 RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 

@@ -160,6 +160,8 @@ class Checker:
                 self._cooldown(item)
             elif isinstance(item, ast.DegradedSetting):
                 self._degraded(item)
+            elif isinstance(item, ast.ExploreSetting):
+                self._explore(item)
             elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
                 "open",
                 "closed",
@@ -187,6 +189,57 @@ class Checker:
             )
             return
         self._condition(item.condition, allow_model=True)
+
+    def _explore(self, item: ast.ExploreSetting) -> None:
+        """`explore N% budget $X per DURATION` (E0270–E0273)."""
+        share = item.share
+        value = float(share.value)  # type: ignore[arg-type]
+        share_ok = share.unit is Unit.PERCENT and 0.0 < value <= 0.5
+        shown = share.text if share_ok else "5%"
+        if not share_ok:
+            if share.unit is not Unit.PERCENT:
+                why = "a share of requests is a percentage"
+            elif value <= 0:
+                why = "to explore no request, leave `explore` out"
+            else:
+                why = (
+                    "exploring requests leave the strategy's choice to measure other models;"
+                    " past half of the traffic the strategy would be the exception"
+                )
+            self.error(
+                "E0271",
+                f"`explore` takes a share of requests above 0% and at most 50%, not `{share.text}`",
+                share.span,
+                f"{why}: for example `explore 5% budget $2 per 1h`",
+            )
+        budget, window = item.budget, item.window
+        if budget is None or window is None:
+            self.error(
+                "E0270",
+                "`explore` needs a budget: what exploring may cost per window",
+                item.span,
+                f"write `explore {shown} budget $2 per 1h`: once the requests explored in"
+                " the current hour are estimated to cost $2, requests route normally",
+            )
+            return
+        if budget.unit is not Unit.MONEY or float(budget.value) <= 0:  # type: ignore[arg-type]
+            self.error(
+                "E0272",
+                f"an exploration budget is an amount of money above zero, not `{budget.text}`",
+                budget.span,
+                f"write `explore {shown} budget $2 per 1h`",
+            )
+        length = float(window.value)  # type: ignore[arg-type]
+        if window.unit is not Unit.DURATION or length <= 0:
+            self.error(
+                "E0273",
+                "an exploration budget's window is a duration longer than zero,"
+                f" not `{window.text}`",
+                window.span,
+                _setting_hint(Unit.DURATION, window)
+                if window.unit is Unit.COUNT and length > 0
+                else "write `per 1h` or `per 1d`",
+            )
 
     def _cooldown(self, item: ast.CooldownSetting) -> None:
         failures, duration = item.failures, item.duration
@@ -1108,6 +1161,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "on_store_error"
     if isinstance(item, ast.DegradedSetting):
         return "degraded"
+    if isinstance(item, ast.ExploreSetting):
+        return "explore"
     return None
 
 

@@ -24,6 +24,7 @@ from engine.language.program import (
     CompiledSplit,
     DenyRule,
     Env,
+    Exploration,
     Fn,
     HealthRule,
     PolicyRequire,
@@ -347,6 +348,13 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 compile_condition(item.condition),
                 " ".join(item.condition.span.text().split()),
                 measured_reads(item.condition),
+            )
+        elif isinstance(item, ast.ExploreSetting):
+            assert item.budget is not None and item.window is not None  # E0270 otherwise
+            values["explore"] = Exploration(
+                share=float(item.share.value),  # type: ignore[arg-type]
+                budget=float(item.budget.value),  # type: ignore[arg-type]
+                window_ms=float(item.window.value),  # type: ignore[arg-type]
             )
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]

@@ -124,6 +124,11 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm) -> _Line:
         return _Line(code=f"cooldown after {item.failures.text} {word} for {item.duration.text}")
     if isinstance(item, ast.StoreErrorSetting):
         return _Line(code=f"on_store_error {item.mode.text}")
+    if isinstance(item, ast.ExploreSetting):
+        code = f"explore {item.share.text}"
+        if item.budget is not None and item.window is not None:
+            code += f" budget {item.budget.text} per {item.window.text}"
+        return _Line(code=code)
     if isinstance(item, ast.Exclude):
         return _Line(code=f"exclude {_refs(item.refs)}")
     if isinstance(item, ast.Prefer):

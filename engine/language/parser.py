@@ -67,13 +67,13 @@ _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
-    "cooldown", "on_store_error", "degraded",
+    "cooldown", "on_store_error", "degraded", "explore",
 )  # fmt: skip
 _ROUTE_ONLY = ("prefer", "exclude", "require", "split", "shadow")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
     *_STATEMENT_KEYWORDS, *_SETTINGS, "prefer", "exclude", "when", "burst", "until", "per",
-    "weight",
+    "weight", "budget",
 )  # fmt: skip
 
 
@@ -278,6 +278,16 @@ class _Builder(Transformer[Token, Any]):
     @v_args(meta=True)
     def degraded_setting(self, meta: Any, children: list[Any]) -> ast.DegradedSetting:
         return ast.DegradedSetting(self._expr(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
+    def explore_setting(self, meta: Any, children: list[Any]) -> ast.ExploreSetting:
+        share, budget, window = children
+        return ast.ExploreSetting(
+            self._literal(share),
+            None if budget is None else self._literal(budget),
+            None if window is None else self._literal(window),
+            self._span_meta(meta),
+        )
 
     @v_args(meta=True)
     def prefer(self, meta: Any, children: list[Any]) -> ast.Prefer:

@@ -72,6 +72,39 @@ class DenyRule:
     location: str  # file:line
 
 
+def stable_fraction(text: str) -> float:
+    """A number in [0, 1) fixed by `text` (blake2b, the same in every process): the one
+    hash behind a split's arm, exploration's share and a strategy's draw."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def bucket(salt: str, value: object) -> float:
+    """A number in [0, 1) fixed by `salt` and `value`: two salts give independent
+    numbers for the same value (a split's experiment name, `EXPLORE_SALT`)."""
+    return stable_fraction(f"{salt}\x1f{value}")
+
+
+# exploration's salt: no route name (a split's salt) starts with `#`, so a request's
+# exploration and its arm in any split are independent draws
+EXPLORE_SALT = "#explore"
+
+
+@dataclass(frozen=True, slots=True)
+class Exploration:
+    """`explore 5% budget $2 per 1h`: the share of requests (by a hash of their id) sent to
+    the candidate with the fewest samples under `min_samples`, while what those decisions
+    are estimated to cost in the current fixed window stays within the budget."""
+
+    share: float  # a fraction, above 0 and at most 0.5
+    budget: float  # USD per window
+    window_ms: float  # the budget's fixed windows
+
+    def selects(self, key: str) -> bool:
+        """Whether the request with this key (its id) is in the exploring share."""
+        return bucket(EXPLORE_SALT, key) < self.share
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     strategy: str = DEFAULT_STRATEGY
@@ -86,6 +119,7 @@ class Settings:
     on_store_error: str = "open"  # open: allow while the limit store is down; closed: deny
     min_quality: float | None = None  # `min_quality 0.8`: the route's quality floor
     degraded: HealthRule | None = None  # `degraded when …`
+    explore: Exploration | None = None  # `explore N% budget $X per D`
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -275,9 +309,7 @@ class CompiledSplit:
 
     def bucket(self, value: object) -> float:
         """A number in [0, 1) fixed by the experiment and the key's value."""
-        text = f"{self.experiment}\x1f{value}".encode()
-        digest = hashlib.blake2b(text, digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2.0**64
+        return bucket(self.experiment, value)
 
     def arm_index(self, env: Env) -> int:
         value = self.key(env, None)

@@ -227,8 +227,15 @@ _REF = re.compile(rf"(?<![\w\"./-]){_PART}/{_PART}")
 _FIELD = re.compile(r"\b(request|model)\.(\w+(?:\.\w+)*)")
 
 
-# what the policy-wide words mean (docs/language.md, Policy-wide constraints)
+# what the policy-wide words and `explore` mean (docs/language.md)
 _KEYWORD_HOVER = {
+    "explore": (
+        "`explore N% budget $X per DURATION`: in `defaults` or a route, N% of requests (by a"
+        " hash of their id) go to the eligible model with the fewest samples, while it has"
+        " fewer than `min_samples`, so a model the strategy never picks gets measured;"
+        " once those requests are estimated to cost $X in the current window (fixed"
+        " windows of DURATION, counted by this instance), requests route normally"
+    ),
     "deny": (
         '`deny "reason" when CONDITION`: outside any block, a request for which the'
         " condition holds is denied with this reason, before routing (no limit is"
@@ -256,7 +263,7 @@ _KEYWORD = re.compile(rf"\b({'|'.join(_KEYWORD_HOVER)})\b")
 
 def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
     """A model reference's prices and capabilities; a field's type; what `deny`,
-    `require`, `split` and `shadow` mean."""
+    `require`, `split`, `shadow` and `explore` mean."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line = text[line_start : len(text) if line_end < 0 else line_end]

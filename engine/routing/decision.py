@@ -126,6 +126,7 @@ class Decision:
     input_format: str = "native"  # the request's format (engine.wire.FORMATS)
     experiment: str | None = None  # the route whose `split` chose the arm
     arm: str | None = None  # the arm route the experiment sent the request to
+    explored: bool = False  # `explore`: sent to a model with few samples, to measure it
     # `shadow route b`: b's decision of the same request, logged, never served (in JSON
     # only with the trace, `--explain`)
     shadow: Decision | None = None
@@ -161,6 +162,8 @@ class Decision:
         if self.experiment is not None:
             out["experiment"] = self.experiment
             out["arm"] = self.arm
+        if self.explored:
+            out["explored"] = True
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:

@@ -107,6 +107,11 @@ class _DecisionFields(BaseModel):
         None, description="the route whose `split` chose the arm, when the request is in one"
     )
     arm: str | None = Field(None, description="the arm route the experiment sent the request to")
+    explored: bool | None = Field(
+        None,
+        description="true when `explore` sent the request to a model with few samples"
+        " instead of the strategy's choice (absent otherwise)",
+    )
     denied_by: (
         _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None
     )

@@ -29,7 +29,6 @@ once per metrics snapshot, not per decision.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -41,12 +40,14 @@ from engine.language.program import (
     CAPABILITY_BITS,
     CompiledRoute,
     DenyRule,
+    Exploration,
     HealthRule,
     ModelRow,
     PolicyRequire,
     Program,
     RouteTable,
     quality_problem,
+    stable_fraction,
 )
 from engine.limits.limiter import Limiter, Verdict
 from engine.limits.records import UNATTRIBUTED
@@ -61,7 +62,7 @@ from engine.routing.decision import (
 )
 from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
 from engine.strategies import Pool
-from engine.units import format_day, format_exact_money, format_money
+from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
 
@@ -76,17 +77,91 @@ MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloade
 general_path_calls = 0
 
 
+@dataclass(slots=True)
+class ExploreWindow:
+    """What a route's exploration spent in one of its budget's fixed windows."""
+
+    start: float  # epoch seconds: the window's start (a multiple of its length)
+    spent: float  # USD: the estimated cost of the decisions explored in it
+
+
 @dataclass
 class EvalState:
-    """The little mutable state routing keeps between decisions (round-robin turns)."""
+    """The little mutable state routing keeps between decisions, in this process: the
+    round-robin turns, and what exploration spent per route in its current window (an
+    instance's own: two engines, or two service processes, each spend their budget)."""
 
     turns: dict[str, int] = field(default_factory=dict)
+    explored: dict[str, ExploreWindow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Explored:
+    """An exploring decision: the slot it sends the request to, and the budget it reads."""
+
+    slot: int
+    samples: int  # the explored model's samples in the metrics window
+    cost: float  # its estimated cost, what exploring it spends
+    window: ExploreWindow  # the budget's window as it stands before this decision
+
+
+def _explore(
+    route: CompiledRoute,
+    explore: Exploration,
+    first: int,
+    costs: Sequence[float],
+    samples: Sequence[int] | None,
+    state: EvalState | None,
+    now: float,
+) -> _Explored | None:
+    """Where an exploring request goes: of the eligible candidates (slots of the pool) but
+    the strategy's own choice (`first`, which the other requests measure), the one with the
+    fewest samples, fewer than `min_samples` (ties: the earlier route position, so the
+    `prefer` order, then the catalog's), unless its estimated cost would take the window's
+    spending past the budget. None: the request routes normally. Nothing is spent here
+    (`_spend`, once the decision stands)."""
+    fewest = route.settings.min_samples
+    slot = -1
+    for s in range(len(costs)):
+        n = samples[s] if samples is not None else 0
+        if n < fewest and s != first:
+            fewest, slot = n, s
+    if slot < 0:
+        return None
+    length = explore.window_ms
+    start = (now * 1000.0 // length) * length / 1000.0
+    window = state.explored.get(route.name) if state is not None else None
+    if window is None or window.start != start:
+        window = ExploreWindow(start, 0.0)
+    cost = costs[slot]
+    if window.spent + cost > explore.budget:
+        return None
+    return _Explored(slot, fewest, cost, window)
+
+
+def _spend(route: CompiledRoute, explored: _Explored, state: EvalState) -> None:
+    """Add the decision's cost to its window, as the window stands now (another thread may
+    have spent in it since `_explore` read it)."""
+    start = explored.window.start
+    now = state.explored.get(route.name)
+    spent = now.spent if now is not None and now.start == start else 0.0
+    state.explored[route.name] = ExploreWindow(start, spent + explored.cost)
+
+
+def _explore_reason(route: CompiledRoute, explore: Exploration, model: Model, e: _Explored) -> str:
+    """`explore: gpt-5-nano has 3 of 20 samples (5% of requests explore; $0.41 of $2 budget
+    left this 1h)`."""
+    left = explore.budget - e.window.spent - e.cost
+    return (
+        f"explore: {model.id} has {e.samples} of {route.settings.min_samples} samples"
+        f" ({explore.share * 100:g}% of requests explore; {format_money(left)} of"
+        f" {format_money(explore.budget)} budget left this {format_duration(explore.window_ms)})"
+    )
 
 
 def draw(key: str) -> float:
     """A number in [0, 1) fixed by the request key: random picks are reproducible."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
+    return stable_fraction(key)
 
 
 def _needs_mask(env: Mapping[str, Any]) -> int:
@@ -735,6 +810,14 @@ def _evaluate(
     )
     order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
+    explored: _Explored | None = None
+    explore = settings.explore
+    ranked = order  # the strategy's ranking, as the trace shows it
+    if explore is not None and len(pos) > 1 and explore.selects(env["key"]):
+        explored = _explore(route, explore, order[0], costs, samples, state, now)
+        if explored is not None:  # first, the strategy's ranking after it
+            order = [explored.slot, *(s for s in ranked if s != explored.slot)]
+            reason = _explore_reason(route, explore, models[pos[explored.slot]], explored)
     model_keys = table.model_keys
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
@@ -752,6 +835,7 @@ def _evaluate(
         if verdict.option is None:
             return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
+            explored = None  # the explored model is at a rate limit: routed normally
             skip = verdict.option
             skipped = [pos[s] for s in order[:skip]]
             limited = {providers[p] for p in skipped}
@@ -767,6 +851,23 @@ def _evaluate(
             order = order[skip:]  # the skipped are neither alternatives nor fallbacks
     best = order[0]
     chosen = models[pos[best]]
+    if explored is not None:
+        if state is not None and consume and record:  # a dry run or a shadow spends nothing
+            _spend(route, explored, state)
+        if trace is not None:
+            left = explore.budget - explored.window.spent - explored.cost  # type: ignore[union-attr]
+            trace.append(
+                {
+                    "step": "explore",
+                    "provider": chosen.provider,
+                    "model": chosen.id,
+                    "samples": explored.samples,
+                    "min_samples": settings.min_samples,
+                    "share": explore.share,  # type: ignore[union-attr]
+                    "cost": round(explored.cost, 10),
+                    "budget_left": round(left, 10),
+                }
+            )
     if trace is not None:
         trace.append(
             {
@@ -778,7 +879,7 @@ def _evaluate(
                         "model": models[pos[s]].id,
                         "score": round(score(skip + i, s), 4),
                     }
-                    for i, s in enumerate(order)
+                    for i, s in enumerate(order if explored is None else ranked)
                 ],
             }
         )
@@ -816,6 +917,8 @@ def _evaluate(
     if experiment is not None:
         decision.experiment = experiment
         decision.arm = route.name
+    if explored is not None:
+        decision.explored = True
     return decision
 
 

@@ -3,7 +3,8 @@
 A scenario (YAML, validated with pydantic) gives a synthetic provider per catalog model
 (latency lognormal from a mean and a p95 or a sigma, a failure rate, and optionally a
 `drift` or an `outage` starting at a request number), a traffic mix (request templates
-with weights), an arrival rate, a seed, and the strategies to compare. For each strategy a
+with weights), an arrival rate, a seed, and the strategies to compare (each also run with
+an `explore` setting when the scenario gives one). For each strategy a
 fresh engine runs with `defaults { strategy X … }` plus the scenario's `policy` settings and
 `limits`, on a fake clock that the arrivals advance (nothing sleeps). Each allowed request
 draws its outcome from the chosen model's provider, and the outcome is fed back with

@@ -72,6 +72,7 @@ class Report:
             "rate_per_s": s.rate_per_s,
             "duration_s": round(duration, 3),
             "strategies": list(s.strategies),
+            "explore": s.explore,
             "traffic": {
                 "templates": {t.name: mix.get(t.name, 0) for t in s.traffic},
                 "mean_input_tokens": round(
@@ -220,7 +221,7 @@ def simulate(scenario: Scenario) -> Report:
         run_always(scenario, arrivals),
         run_oracle(scenario, arrivals),
     ]
-    runs += [run_strategy(scenario, arrivals, s) for s in scenario.strategies]
+    runs += [run_strategy(scenario, arrivals, s, explore) for s, explore in scenario.runs()]
     return Report(scenario, arrivals, runs)
 
 

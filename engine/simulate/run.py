@@ -66,6 +66,7 @@ class Run:
     experiments: tuple[Experiment, ...] = ()
     # per request: the index of its (experiment, arm) in `arm_keys`, -1 outside every split
     arm: array[int] = field(default_factory=lambda: array("i"))
+    explored: bytearray = field(default_factory=bytearray)  # 1: the decision explored
 
     def summary(self) -> dict[str, Any]:
         served = [lat for lat in self.latency_ms if lat == lat]
@@ -78,6 +79,7 @@ class Run:
         picks = Counter(self.keys[c] for c in self.chosen if c >= 0)
         ordered = sorted(served)
         top = picks.most_common(1)
+        explored = [i for i, flag in enumerate(self.explored) if flag]
         return {
             "name": self.name,
             "kind": self.kind,
@@ -94,6 +96,8 @@ class Run:
             "top_model": top[0][0] if top else None,
             "top_share": round(top[0][1] / n, 4) if top else None,
             "models": dict(sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "explored": len(explored),
+            "explored_cost": round(math.fsum(self.cost[i] for i in explored), 10),
         }
 
 
@@ -122,6 +126,7 @@ def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
         cost=array("d", [0.0]) * n,
         ok=bytearray(n),
         bad=bytearray(n),
+        explored=bytearray(n),
     )
 
 
@@ -260,11 +265,19 @@ def run_oracle(scenario: Scenario, arrivals: list[Arrival]) -> Run:
     return _run_baseline(scenario, arrivals, ORACLE_ROW, pick)
 
 
-def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> Run:
-    """A fresh engine on a fake clock; outcomes are recorded when each call completes."""
-    run = _new_run(strategy, "strategy", scenario)
+def run_name(strategy: str, explore: str | None) -> str:
+    """A strategy run's row name: the strategy, `+ explore` when the run adds it."""
+    return strategy if explore is None else f"{strategy} + explore"
+
+
+def run_strategy(
+    scenario: Scenario, arrivals: list[Arrival], strategy: str, explore: str | None = None
+) -> Run:
+    """A fresh engine on a fake clock; outcomes are recorded when each call completes.
+    `explore`: the `explore` setting the run adds to its defaults (the scenario's field)."""
+    run = _new_run(run_name(strategy, explore), "strategy", scenario)
     clock = _Clock(START)
-    name, text = scenario.policy_text(strategy)
+    name, text = scenario.policy_text(strategy, explore)
     # every outcome counts from the next decision on (no snapshot age): what a simulation
     # shows does not hang on how the simulated arrivals fall against the refresh interval
     engine = PolicyEngine.from_text(
@@ -338,6 +351,7 @@ def run_strategy(scenario: Scenario, arrivals: list[Arrival], strategy: str) -> 
             run.ok[a.index] = ok
             run.bad[a.index] = ok and bad[t][index]
             run.cost[a.index] = cost
+            run.explored[a.index] = decision.explored
             done = a.at + latency / 1000.0
             heapq.heappush(
                 pending, (done, a.index, decision, latency, ok, cost, t.input_tokens, out_tokens)

@@ -96,6 +96,8 @@ class _ScenarioSpec(BaseModel):
     catalog: str | None = None  # relative to the scenario file; default: the packaged one
     default_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # models without one
     users: Users | None = None  # each request's `user` drawn from u000 … u(N-1)
+    # `5% budget $0.50 per 1h`: each strategy runs twice, as written and with `explore …`
+    explore: str | None = None
 
 
 # ---------------------------------------------------------------- the validated scenario
@@ -131,13 +133,23 @@ class Scenario:
     embedded: _Embedded | None = field(default=None, repr=False)
     routes: str = ""
     default_quality: float | None = None  # the true quality of a model without one
+    explore: str | None = None  # `5% budget $0.50 per 1h`: each strategy also runs with it
+
+    def runs(self) -> tuple[tuple[str, str | None], ...]:
+        """The engine runs, in order: (strategy, the `explore` setting it adds or None);
+        with `explore`, each strategy as written and then with it."""
+        variants = (None,) if self.explore is None else (None, self.explore)
+        return tuple((s, e) for s in self.strategies for e in variants)
 
     def quality(self, key: str, template: Template) -> float | None:
         """The true quality of model `key`'s answers to `template` (None: not known)."""
         return self.providers[key].quality_for(template.name, self.default_quality)
 
-    def policy_text(self, strategy: str) -> tuple[str, str]:
-        """(source name, policy text) for one strategy's run."""
+    def policy_text(self, strategy: str, explore: str | None = None) -> tuple[str, str]:
+        """(source name, policy text) for one strategy's run, with `explore EXPLORE` in its
+        defaults when given."""
+        if explore is not None:
+            strategy = f"{strategy} explore {explore}"  # on the same line: `defaults` closes it
         catalog = f"catalog {json.dumps(self.catalog_path.as_posix())}"
         emb = self.embedded
         texts = {"policy": self.policy, "routes": self.routes, "limits": self.limits}
@@ -299,6 +311,24 @@ def _parse_strategies(
             continue
         out.append(text)
     return out, errors
+
+
+def _explore_errors(source: str, explore: str, policy: str, catalog_path: Path) -> list[str]:
+    """The `explore` field: what follows `explore` in a policy (`5% budget $0.50 per 1h`),
+    checked as the setting is; not also set in `policy`."""
+    where = f"{source}: field `explore`"
+    if any(line.split("#", 1)[0].split()[:1] == ["explore"] for line in policy.splitlines()):
+        return [f"{where}: `policy` sets `explore` already; keep one of them"]
+    if "\n" in explore or "#" in explore or "}" in explore:
+        return [f"{where}: write the setting on one line, e.g. `5% budget $0.50 per 1h`"]
+    text = f"defaults {{ explore {explore} }}\ncatalog {json.dumps(catalog_path.as_posix())}"
+    try:
+        PolicyEngine.from_text(text, "<explore>").close()
+    except PolicyError as err:
+        first = err.diagnostics[0]
+        hint = f" ({first.help})" if first.help else ""
+        return [f"{where}: {first.message}{hint}"]
+    return []
 
 
 def split_strategies(text: str) -> list[str]:
@@ -579,6 +609,8 @@ def load_scenario(
                     f"{source}: field `{block}` (line {number}): `strategy` is set per run"
                     " from `strategies`; remove it here"
                 )
+    if spec is not None and spec.explore is not None:
+        errors += _explore_errors(source, spec.explore, spec.policy, catalog_path)
     if errors or spec is None:
         raise ScenarioError(errors)
     if spec.users is not None:  # the scenario's pool, for templates without a user or pool
@@ -603,7 +635,8 @@ def load_scenario(
         embedded=_embedded(text),
         routes=spec.routes,
         default_quality=spec.default_quality,
+        explore=spec.explore,
     )
-    name, policy = scenario.policy_text(chosen[0])
+    name, policy = scenario.policy_text(chosen[0], spec.explore)
     PolicyEngine.from_text(policy, name).close()  # a policy that does not check fails here
     return scenario
