@@ -29,6 +29,7 @@ from engine.simulate import ScenarioError
 
 # every error class a user can meet, and the exit code `policyctl` ends with when it does
 EXIT_CODES: dict[str, int] = {
+    "engine.analytics.decision_log.LogSourceError": EXIT_BAD_INPUT,
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
     "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
     "engine.analytics.salvage.StateWriteError": EXIT_ERROR,
@@ -49,6 +50,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.migrate.config.ConfigError": EXIT_BAD_INPUT,
     "engine.policytest.run.TestInputError": EXIT_BAD_INPUT,
     "engine.policytest.spec.TestFileError": EXIT_BAD_INPUT,
+    "engine.replay.run.ReplayError": EXIT_BAD_INPUT,
     "engine.routing.request.RequestError": EXIT_BAD_INPUT,
     "engine.service.admin_routes.AdminCallError": EXIT_BAD_INPUT,
     "engine.service.body.BodyError": EXIT_BAD_INPUT,
