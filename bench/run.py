@@ -44,6 +44,7 @@ SCRIPTS = (
     ("Encoding and JSONL batches", "encode_bench.py"),
     ("Policy tests (a thousand tests in under a second)", "policytest_bench.py"),
     ("Static analysis (`policyctl check`)", "analysis_bench.py"),
+    ("Request features in the decision log, and replay", "replay_bench.py"),
 )
 
 
