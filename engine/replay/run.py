@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,18 +109,20 @@ class _Clock:
         return self.now
 
 
-@dataclass
 class _Measured:
-    """Mean cost and latency per model over the log's outcomes (what projections use)."""
+    """Mean cost and latency per model over the log's outcomes (what projections use),
+    computed once before the replay."""
 
-    cost: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-
-    def add(self, o: LoggedOutcome) -> None:
-        key = f"{o.provider}/{o.model}"
-        self.latency[key].append(o.latency_ms)
-        if o.cost is not None:
-            self.cost[key].append(o.cost)
+    def __init__(self, outcomes: Iterable[LoggedOutcome]) -> None:
+        costs: dict[str, list[float]] = defaultdict(list)
+        latencies: dict[str, list[float]] = defaultdict(list)
+        for o in outcomes:
+            key = f"{o.provider}/{o.model}"
+            latencies[key].append(o.latency_ms)
+            if o.cost is not None:
+                costs[key].append(o.cost)
+        self.cost = {k: sum(v) / len(v) for k, v in costs.items()}
+        self.latency = {k: sum(v) / len(v) for k, v in latencies.items()}
 
     def verdict(self, d: Decision) -> Verdict:
         denied = None
@@ -141,12 +143,12 @@ class _Measured:
         self, allowed: bool, route: str, key: str | None, denied: str | None,
         cost: float | None, latency: float | None,
     ) -> Verdict:  # fmt: skip
-        costs, latencies = self.cost.get(key or ""), self.latency.get(key or "")
-        measured = bool(costs and latencies)
-        if costs:
-            cost = sum(costs) / len(costs)
-        if latencies:
-            latency = sum(latencies) / len(latencies)
+        mean_cost, mean_latency = self.cost.get(key or ""), self.latency.get(key or "")
+        measured = mean_cost is not None and mean_latency is not None
+        if mean_cost is not None:
+            cost = mean_cost
+        if mean_latency is not None:
+            latency = mean_latency
         return Verdict(allowed, route, key, denied, cost, latency, measured)
 
 
@@ -186,9 +188,7 @@ def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = No
     base = _side(baseline_policy, clock) if baseline_policy is not None else None
     sides = [e for e in (new, base) if e is not None]
     literal = any(_reads_literal_keys(e) for e in sides)
-    measured = _Measured()
-    for o in log.outcomes:
-        measured.add(o)
+    measured = _Measured(log.outcomes)
     report = ReplayReport()
     if baseline_policy is not None:
         report.baseline = str(baseline_policy)
