@@ -129,15 +129,18 @@ def export_outcomes(
 ) -> int:
     """Write the outcomes (oldest first) to `out` as `parquet` or `csv` (`metrics export`);
     how many. A file DuckDB cannot write raises ExportError."""
+    where, _ = _where(since_us, provider, inline=True)
+    return _copy(con, f"SELECT * FROM outcomes{where} ORDER BY recorded_at", out, fmt)
+
+
+def _copy(con: Any, query: str, out: Path, fmt: str) -> int:
+    """`COPY (query) TO out` as `parquet` or `csv`; how many rows. A file DuckDB cannot
+    write raises ExportError."""
     import duckdb
 
-    where, _ = _where(since_us, provider, inline=True)
     options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
     try:
-        result = con.execute(
-            f"COPY (SELECT * FROM outcomes{where} ORDER BY recorded_at)"
-            f" TO {_literal(str(out))} ({options})"
-        ).fetchone()
+        result = con.execute(f"COPY ({query}) TO {_literal(str(out))} ({options})").fetchone()
     except duckdb.Error as err:
         raise ExportError(str(err).splitlines()[0]) from None
     return int(result[0]) if result else 0
@@ -163,17 +166,8 @@ def export_decisions(con: Any, out: Path, fmt: str, since_us: int | None) -> int
     """Write the decision log (oldest first), each served decision with the last outcome
     recorded for its request id, to `out` as `parquet` or `csv` (`log export`); how many.
     A file DuckDB cannot write raises ExportError."""
-    import duckdb
-
     where = "" if since_us is None else f"WHERE d.decided_at >= make_timestamp({int(since_us)})"
-    options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
-    try:
-        result = con.execute(
-            f"COPY ({DECISION_LOG_SQL.format(where=where)}) TO {_literal(str(out))} ({options})"
-        ).fetchone()
-    except duckdb.Error as err:
-        raise ExportError(str(err).splitlines()[0]) from None
-    return int(result[0]) if result else 0
+    return _copy(con, DECISION_LOG_SQL.format(where=where), out, fmt)
 
 
 # ----------------------------------------------------------------------------- rate limits

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from engine.cli.common import EXIT_OK, UsageError, cli_clock
-from engine.cli.metrics_cmd import _add_state, _add_window, _open, _since, _state_path
-from engine.cli.metrics_cmd import export_format as export_format
-from engine.units import parse_duration_s
+from engine.cli.metrics_cmd import _add_state, _add_window, export_rows
 
 EXAMPLE = """\
 examples:
@@ -56,21 +52,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from engine.analytics import queries
 
-    state = _state_path(args.state)
-    fmt = export_format(args.output, args.format)
-    window_s = None if args.window is None else parse_duration_s(args.window, error=UsageError)
-    out = Path(args.output).expanduser()
-    if out.is_dir():
-        raise UsageError(f"cannot write `{args.output}`: it is a directory")
-    if not out.parent.is_dir():
-        raise UsageError(f"cannot write `{args.output}`: no such directory `{out.parent}`")
-    since = _since(window_s, cli_clock()())
-    con = _open(state, create=False)
-    try:
-        count = queries.export_decisions(con, out, fmt, since)
-    except queries.ExportError as err:
-        raise UsageError(f"cannot write `{args.output}`: {err}") from None
-    finally:
-        con.close()
-    print(f"exported {count} decisions to {args.output} ({fmt})")
-    return EXIT_OK
+    return export_rows(args, queries.export_decisions, "decisions")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -412,6 +413,22 @@ def export_format(output: str, given: str | None) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from engine.analytics import queries
 
+    def write(con: Any, out: Path, fmt: str, since: int | None) -> int:
+        return queries.export_outcomes(con, out, fmt, since, args.provider)
+
+    return export_rows(args, write, "outcomes")
+
+
+def export_rows(
+    args: argparse.Namespace,
+    write: Callable[[Any, Path, str, int | None], int],
+    noun: str,
+) -> int:
+    """`--output FILE [--format] [--window] [--state]`: checks the flags, opens the state
+    file, has `write(con, out, fmt, since_us)` write the rows and says how many (`metrics
+    export`, `log export`)."""
+    from engine.analytics import queries
+
     state = _state_path(args.state)
     fmt = export_format(args.output, args.format)
     window_s = None if args.window is None else parse_duration_s(args.window, error=UsageError)
@@ -423,10 +440,10 @@ def run_export(args: argparse.Namespace) -> int:
     since = _since(window_s, cli_clock()())
     con = _open(state, create=False)
     try:
-        count = queries.export_outcomes(con, out, fmt, since, args.provider)
+        count = write(con, out, fmt, since)
     except queries.ExportError as err:
         raise UsageError(f"cannot write `{args.output}`: {err}") from None
     finally:
         con.close()
-    print(f"exported {count} outcomes to {args.output} ({fmt})")
+    print(f"exported {count} {noun} to {args.output} ({fmt})")
     return EXIT_OK

@@ -447,19 +447,11 @@ class Checker:
             )
             return
         name = shadow.route.text
-        target = self.route_nodes.get(name)
-        if target is None or target is route:
-            guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
-            self.error(
-                "E0267",
-                f"route `{name}` shadows itself"
-                if target is route
-                else f"unknown route `{name}` in a shadow",
-                shadow.route.span,
-                f"did you mean `{guess}`?"
-                if guess
-                else "a shadow names another route of the policy: `route " + name + " { … }`",
-            )
+        target = self._other_route(
+            route, shadow.route, "E0267", "shadows itself", "in a shadow",
+            "a shadow names another route of the policy",
+        )  # fmt: skip
+        if target is None:
             return
         if any(isinstance(i, ast.Split | ast.Shadow) for i in target.items):
             self.error(
@@ -470,6 +462,24 @@ class Checker:
                 if any(isinstance(i, ast.Split) for i in target.items)
                 else "shadows do not chain: shadow each route from the served one",
             )
+
+    def _other_route(
+        self, route: ast.Route, named: ast.Name, code: str, itself: str, where: str, hint: str
+    ) -> ast.Route | None:
+        """The route a `shadow` or a split's arm names, if it is another route of the set;
+        else the error `code` (`route `x` ITSELF`, or `unknown route `x` WHERE`) and None."""
+        name = named.text
+        target = self.route_nodes.get(name)
+        if target is not None and target is not route:
+            return target
+        guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
+        self.error(
+            code,
+            f"route `{name}` {itself}" if target is route else f"unknown route `{name}` {where}",
+            named.span,
+            f"did you mean `{guess}`?" if guess else f"{hint}: `route {name} {{ … }}`",
+        )
+        return None
 
     def _split(self, route: ast.Route, split: ast.Split) -> None:
         """`split by request.KEY { 90%: route a  10%: route b }` (E0260–E0266)."""
@@ -518,19 +528,11 @@ class Checker:
                 )
                 continue
             seen[name] = arm.route.span
-            target = self.route_nodes.get(name)
-            if target is None or target is route:
-                guess = did_you_mean(name, [n for n in self.route_nodes if n != route.name.text])
-                self.error(
-                    "E0261",
-                    f"route `{name}` splits into itself"
-                    if target is route
-                    else f"unknown route `{name}` in a split",
-                    arm.route.span,
-                    f"did you mean `{guess}`?"
-                    if guess
-                    else "an arm names a route defined in the policy: `route " + name + " { … }`",
-                )
+            target = self._other_route(
+                route, arm.route, "E0261", "splits into itself", "in a split",
+                "an arm names a route defined in the policy",
+            )  # fmt: skip
+            if target is None:
                 continue
             if target.when is not None or any(isinstance(i, ast.Split) for i in target.items):
                 own = "`when`" if target.when is not None else "`split`"
