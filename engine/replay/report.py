@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.replay.run import ReplayReport, Totals
-from engine.units import format_money
+from engine.units import format_money, format_timestamp
 
 
 def _share(part: int, whole: int) -> str:
@@ -67,16 +67,19 @@ def _totals(t: Totals) -> str:
     )
 
 
-def as_json(r: ReplayReport) -> dict[str, Any]:
-    def totals(t: Totals) -> dict[str, Any]:
-        return {
-            "served": t.served,
-            "denied": t.denied,
-            "cost": t.cost,
-            "mean_latency_ms": _mean(t.latency_ms, t.served),
-            "from_priors": t.from_priors,
-        }
+def _totals_json(t: Totals) -> dict[str, Any]:
+    return {
+        "served": t.served,
+        "denied": t.denied,
+        "cost": t.cost,
+        "mean_latency_ms": _mean(t.latency_ms, t.served),
+        "latency_ms_total": t.latency_ms,
+        "from_priors": t.from_priors,
+    }
 
+
+def as_json(r: ReplayReport) -> dict[str, Any]:
+    totals = _totals_json
     return {
         "requests": r.requests,
         "replayed": r.replayed,
@@ -96,4 +99,16 @@ def as_json(r: ReplayReport) -> dict[str, Any]:
         "newly_no_eligible_model": r.newly_no_model,
         "before": totals(r.before),
         "after": totals(r.after),
+        "hours": [
+            {
+                "hour": format_timestamp(start, "seconds"),
+                "before": totals(h.before),
+                "after": totals(h.after),
+            }
+            for start, h in sorted(r.hours.items())
+        ],
+        "models": {
+            "before": dict(r.models_before.most_common()),
+            "after": dict(r.models_after.most_common()),
+        },
     }

@@ -83,6 +83,17 @@ class Totals:
 
 
 @dataclass
+class Hour:
+    """Both sides' projected totals over one hour of the log (the HTML report's charts)."""
+
+    before: Totals = field(default_factory=Totals)
+    after: Totals = field(default_factory=Totals)
+
+
+HOUR_S = 3600
+
+
+@dataclass
 class ReplayReport:
     requests: int = 0  # logged decisions in the window
     replayed: int = 0
@@ -98,6 +109,9 @@ class ReplayReport:
     newly_no_model: int = 0
     before: Totals = field(default_factory=Totals)
     after: Totals = field(default_factory=Totals)
+    hours: dict[int, Hour] = field(default_factory=dict)  # by the hour's start (epoch s)
+    models_before: Counter[str] = field(default_factory=Counter)  # served decisions by
+    models_after: Counter[str] = field(default_factory=Counter)  # provider/model
     baseline: str = "the logged decisions"
 
 
@@ -223,7 +237,7 @@ def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = No
                 before = measured.verdict(base.evaluate(request, request_id=rid))
             else:
                 before = measured.logged(event)
-            _count(report, event.request_id, before, after)
+            _count(report, event.at, event.request_id, before, after)
     finally:
         for engine in sides:
             engine.close()
@@ -248,10 +262,22 @@ def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
         return
 
 
-def _count(report: ReplayReport, request_id: str | None, before: Verdict, after: Verdict) -> None:
+def _count(
+    report: ReplayReport, at: float, request_id: str | None, before: Verdict, after: Verdict
+) -> None:
     report.replayed += 1
     report.before.add(before)
     report.after.add(after)
+    start = int(at // HOUR_S) * HOUR_S
+    hour = report.hours.get(start)
+    if hour is None:
+        hour = report.hours[start] = Hour()
+    hour.before.add(before)
+    hour.after.add(after)
+    if before.allowed and before.target:
+        report.models_before[before.target] += 1
+    if after.allowed and after.target:
+        report.models_after[after.target] += 1
     differs = (before.allowed, before.target) != (after.allowed, after.target)
     if not differs:
         return
