@@ -269,7 +269,7 @@ def test_an_older_state_file_gains_the_arm_columns(tmp_path: Path) -> None:
     assert shown["arms"] == []
     con = duckdb.connect(str(path))
     columns = [r[0] for r in con.execute("DESCRIBE decisions").fetchall()]
-    assert columns[-5:] == ["experiment", "arm", "shadow", "shadow_of", "request"]
+    assert columns[-6:] == ["experiment", "arm", "shadow", "shadow_of", "request", "explored"]
     con.close()
 
 

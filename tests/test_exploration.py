@@ -507,3 +507,23 @@ def test_the_editors_and_the_language_server_know_explore() -> None:
     shown = knowledge.hover(text, text.index("explore") + 2, None)
     assert shown is not None and shown.markdown.startswith("`explore N% budget $X per DURATION`")
     assert "min_samples" in shown.markdown and "instance" in shown.markdown
+
+
+def test_the_decision_log_marks_explored_decisions(tmp_path: Path) -> None:
+    """A persistent engine logs `explored` true for exactly the decisions that explored
+    (NULL for the others), so an operator can count and cost them in DuckDB."""
+    import duckdb
+
+    policy = tmp_path / "explore.policy"
+    policy.write_text(POLICY)
+    state = tmp_path / "state.duckdb"
+    with PolicyEngine(policy, state=str(state), clock=Clock(), metrics_refresh_ms=0) as e:
+        feed(e, "gemini/gemini-2.5-flash-lite", 30)
+        explored = {f"req-{i}" for i in range(200) if e.evaluate(request(i)).explored}
+    assert explored  # the setting explores some of these ids
+    con = duckdb.connect(str(state), read_only=True)
+    rows = con.execute("SELECT request_id, explored FROM decisions").fetchall()
+    con.close()
+    assert len(rows) == 200
+    assert {rid for rid, flag in rows if flag} == explored
+    assert all(flag is None for rid, flag in rows if rid not in explored)

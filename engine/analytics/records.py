@@ -43,6 +43,7 @@ class DecisionRow(NamedTuple):
     shadow: bool | None = None  # a shadow route's decision: logged, never served
     shadow_of: str | None = None  # for a shadow decision: the served decision's request id
     request: str | None = None  # the request's features as JSON (`--log-requests`), else None
+    explored: bool | None = None  # `explore` sent it to a model with few samples (else NULL)
 
 
 class OutcomeRow(NamedTuple):

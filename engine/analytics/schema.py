@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     arm VARCHAR,                     -- the arm route of an experiment (`split`), else NULL
     shadow BOOLEAN,                  -- true: a shadow route's decision, never served
     shadow_of VARCHAR,               -- its served decision's request id
-    request VARCHAR                  -- the request's features as JSON (--log-requests)
+    request VARCHAR,                 -- the request's features as JSON (--log-requests)
+    explored BOOLEAN                 -- true: `explore` sent it to a little-measured model
 );
 CREATE TABLE IF NOT EXISTS installation (
     name VARCHAR PRIMARY KEY,        -- `key_salt`: the salt of hashed user and IP keys
@@ -152,6 +153,7 @@ ADDED_COLUMNS = (
     ("decisions", "shadow", "BOOLEAN"),
     ("decisions", "shadow_of", "VARCHAR"),
     ("decisions", "request", "VARCHAR"),
+    ("decisions", "explored", "BOOLEAN"),
 )
 
 

@@ -93,7 +93,7 @@ class EngineLogs:
             decision.estimated_cost, decision.estimated_latency_ms,
             denied_scope, denied_key, decision.policy_version,
             decision.experiment, decision.arm,
-            shadow, shadow_of, request,
+            shadow, shadow_of, request, decision.explored or None,
         ))  # fmt: skip
         if self.writer is not None:  # written in the background, in batches
             self.writer.submit_decision(row)
