@@ -1,4 +1,5 @@
-"""Suite-wide guards: no test may read or write the operator's own policyctl state."""
+"""Suite-wide guards: no test may read or write the operator's own policyctl state; and the
+fixtures several test files share (`browser`: headless chromium, tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import browser as browser  # the headless chromium fixture, for every test
 
 
 @pytest.fixture(scope="session", autouse=True)

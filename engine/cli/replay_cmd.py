@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine.cli.common import EXIT_OK, UsageError, dump_json
@@ -14,6 +15,7 @@ examples:
   policyctl replay --policy new-policies/                       # the default state file's log
   policyctl replay --policy new.policy --baseline old.policy --from state.duckdb
   policyctl replay --policy new.policy --from 'logs/*.parquet' --since 2026-11-24 --format json
+  policyctl replay --policy new.policy --format html > report.html    # one file, opens offline
 
 Every logged request (its features: --log-requests on eval and serve) is decided again
 under --policy, in time order, on fresh memory buckets and the live measurements rebuilt
@@ -47,7 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--since", metavar="TIME", help="only traffic from this date or time (UTC)")
     p.add_argument("--until", metavar="TIME", help="only traffic before this date or time")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="the report")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "html"),
+        default="table",
+        help="the report (html: one self-contained page with charts)",
+    )
     p.set_defaults(run=run)
 
 
@@ -79,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.format == "json":
         dump_json(as_json(report))
+    elif args.format == "html":
+        from engine.replay.html import render
+
+        sys.stdout.flush()
+        sys.stdout.buffer.write(render(as_json(report)).encode("utf-8"))
     else:
         print(text(report))
     return EXIT_OK
