@@ -240,3 +240,84 @@ def test_a_jsonl_of_requests_in_any_format_against_a_baseline(tmp_path: Path) ->
         text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "broken.jsonl:2: a request is a JSON object" in done.stderr
+
+
+def _without_floats(report: dict) -> dict:
+    """A report with its float totals left out (compared with approx apart) and what only
+    a shard or a merge carries."""
+    out = {k: v for k, v in report.items() if k not in ("shard", "merged_from", "hours")}
+    for side in ("before", "after"):
+        out[side] = {k: v for k, v in report[side].items()
+                     if k not in ("cost", "mean_latency_ms", "latency_ms_total")}  # fmt: skip
+    return out
+
+
+def test_shards_of_a_per_user_log_merge_to_the_unsharded_report(tmp_path: Path) -> None:
+    state = _write_log(tmp_path)
+    whole = _replay(tmp_path, "--policy", "new.policy", "--from", str(state))
+    assert whole["changed"] > 0 and whole["after"]["denied"] > 0
+    names = []
+    for k in (1, 2, 3):
+        part = _replay(tmp_path, "--policy", "new.policy", "--from", str(state),
+                       "--shard", f"{k}/3")  # fmt: skip
+        assert part["shard"] == {"index": k, "count": 3}
+        assert part["approximate"] == []  # only a per-user limit: every bucket whole
+        assert 0 < part["requests"] < whole["requests"]
+        (tmp_path / f"{k}.json").write_text(json.dumps(part))
+        names.append(f"{k}.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "merge", *reversed(names), "--format",
+         "json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)
+    assert merged["merged_from"] == 3
+    assert _without_floats(merged) == _without_floats(whole)
+    for side in ("before", "after"):
+        for key in ("cost", "mean_latency_ms", "latency_ms_total"):
+            assert merged[side][key] == pytest.approx(whole[side][key], rel=1e-9)
+    assert [h["hour"] for h in merged["hours"]] == [h["hour"] for h in whole["hours"]]
+    for got, want in zip(merged["hours"], whole["hours"], strict=True):
+        assert got["after"]["served"] == want["after"]["served"]
+        assert got["after"]["cost"] == pytest.approx(want["after"]["cost"], rel=1e-9)
+    # the table of a merge says what it is
+    table = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "merge", *names], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0 and "(merged from 3 shards)" in table.stdout
+
+
+def test_shards_mark_limits_they_split_and_merge_refuses_a_partial_set(tmp_path: Path) -> None:
+    state = _write_log(tmp_path, n=80)
+    (tmp_path / "global.policy").write_text(NEW + "limit global 100 per 1m\n")
+    part = _replay(tmp_path, "--policy", "global.policy", "--from", str(state),
+                   "--shard", "1/2")  # fmt: skip
+    assert part["approximate"] == ["global"]
+    (tmp_path / "1.json").write_text(json.dumps(part))
+    (tmp_path / "whole.json").write_text(
+        json.dumps(_replay(tmp_path, "--policy", "global.policy", "--from", str(state)))
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine", "replay", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    done = run("merge", "1.json")
+    assert done.returncode == 2 and "shards missing: 2/2" in done.stderr
+    done = run("merge", "1.json", "1.json")
+    assert done.returncode == 2 and "are both shard 1/2" in done.stderr
+    done = run("merge", "whole.json")
+    assert done.returncode == 2 and "not the JSON report of a sharded replay" in done.stderr
+    done = run("merge", "absent.json")
+    assert done.returncode == 2 and "`absent.json`:" in done.stderr
+    done = run("--policy", "global.policy", "--from", str(state), "--shard", "3/2")
+    assert done.returncode == 2 and "`--shard` is K/N with 1 ≤ K ≤ N" in done.stderr
+    done = run("--from", str(state))
+    assert done.returncode == 2 and "`--policy` is required" in done.stderr
+    done = run("--policy", "global.policy", "--from", str(state), "--shard", "1/2")
+    assert "approximate: these limits are not kept per user" in done.stdout

@@ -2,12 +2,15 @@
 request, and the outcomes of the same period, from a DuckDB state file or from Parquet
 files written by `policyctl log export` (a glob: the logs of many instances).
 
-Shadow decisions are left out (they were never served). Rows come oldest first.
+Shadow decisions are left out (they were never served). Rows come oldest first, streamed
+in batches: DuckDB sorts a log larger than its memory limit on disk, in a temporary
+directory removed on close.
 """
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,19 +51,89 @@ class LoggedOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelMeans:
+    """A model's mean latency and cost over the log's outcomes (what a replay projects with)."""
+
+    target: str  # provider/model
+    latency_ms: float
+    cost: float | None  # None: no outcome of it carried a cost
+
+
+BATCH_ROWS = 10_000  # rows fetched from DuckDB at a time
+MEMORY_LIMIT = "256MB"  # DuckDB's: a larger log's time-ordered sort spills to a temp directory
+
+
 class DecisionLog:
-    decisions: tuple[LoggedDecision, ...]
-    outcomes: tuple[LoggedOutcome, ...]
+    """A decision log read as streams, oldest first: the decisions (with what they kept of
+    each request) and the outcomes of the same period, in batches, so a replay's memory
+    stays flat in the log's size. Close it (or use it as a context manager)."""
+
+    raw = False  # the decisions are requests as clients sent them (a JSONL file)
+
+    def decisions(self) -> Iterator[LoggedDecision]:
+        raise NotImplementedError
+
+    def outcomes(self) -> Iterator[LoggedOutcome]:
+        raise NotImplementedError
+
+    def means(self) -> list[ModelMeans]:
+        """Each model's mean latency and cost over the window's outcomes."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _DECISION_COLUMNS = (
     "epoch_us(decided_at) / 1e6, request_id, allowed, route, provider, model,"
     " estimated_cost, estimated_latency_ms, denied_scope, request"
 )
-_OUTCOME_COLUMNS = (
-    "epoch_us(recorded_at) / 1e6, provider, model, latency_ms, success, cost,"
-    " input_tokens, output_tokens"
-)
+
+
+@dataclass(frozen=True, slots=True)
+class _Queries:
+    decisions: str
+    outcomes: str
+    means: str
+
+
+class _DuckDBLog(DecisionLog):
+    def __init__(self, source: str, con: Any, queries: _Queries, spill: Any) -> None:
+        self._source, self._con, self._queries, self._spill = source, con, queries, spill
+
+    def _rows(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        import duckdb
+
+        cursor = self._con.cursor()
+        try:
+            cursor.execute(sql)
+            while batch := cursor.fetchmany(BATCH_ROWS):
+                yield from batch
+        except duckdb.Error as err:
+            raise LogSourceError(f"`{self._source}`: {str(err).splitlines()[0]}") from None
+        finally:
+            cursor.close()
+
+    def decisions(self) -> Iterator[LoggedDecision]:
+        for row in self._rows(self._queries.decisions):
+            yield LoggedDecision(float(row[0]), *row[1:])
+
+    def outcomes(self) -> Iterator[LoggedOutcome]:
+        for row in self._rows(self._queries.outcomes):
+            yield LoggedOutcome(float(row[0]), *row[1:])
+
+    def means(self) -> list[ModelMeans]:
+        return [ModelMeans(*row) for row in self._rows(self._queries.means)]
+
+    def close(self) -> None:
+        self._con.close()
+        self._spill.cleanup()
 
 
 def _window(column: str, since_s: float | None, until_s: float | None) -> str:
@@ -72,83 +145,108 @@ def _window(column: str, since_s: float | None, until_s: float | None) -> str:
     return " AND ".join(clauses) or "TRUE"
 
 
+def _state_queries(since_s: float | None, until_s: float | None) -> _Queries:
+    outcomes = f"FROM outcomes WHERE {_window('recorded_at', since_s, until_s)}"
+    return _Queries(
+        f"SELECT {_DECISION_COLUMNS} FROM decisions"
+        f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
+        " ORDER BY decided_at",
+        "SELECT epoch_us(recorded_at) / 1e6, provider, model, latency_ms, success, cost,"
+        f" input_tokens, output_tokens {outcomes} ORDER BY recorded_at",
+        f"SELECT provider || '/' || model, avg(latency_ms), avg(cost) {outcomes} GROUP BY ALL",
+    )
+
+
+def _parquet_queries(table: str, since_s: float | None, until_s: float | None) -> _Queries:
+    outcomes = (
+        f"FROM {table} WHERE outcome_at IS NOT NULL AND shadow IS NULL"
+        f" AND {_window('outcome_at', since_s, until_s)}"
+    )
+    return _Queries(
+        f"SELECT {_DECISION_COLUMNS} FROM {table}"
+        f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
+        " ORDER BY decided_at",
+        "SELECT epoch_us(outcome_at) / 1e6, provider, model, outcome_latency_ms,"
+        " outcome_success, outcome_cost, outcome_input_tokens, outcome_output_tokens"
+        f" {outcomes} ORDER BY outcome_at",
+        "SELECT provider || '/' || model, avg(outcome_latency_ms), avg(outcome_cost)"
+        f" {outcomes} GROUP BY ALL",
+    )
+
+
 def read_decision_log(
     source: str, since_s: float | None = None, until_s: float | None = None
 ) -> DecisionLog:
     """The log of a DuckDB state file, or of Parquet files (`*.parquet`, a glob), between
-    `since_s` and `until_s` (epoch seconds; decisions and outcomes alike)."""
+    `since_s` and `until_s` (epoch seconds; decisions and outcomes alike), streamed."""
+    import tempfile
+
     import duckdb
 
     parquet = source.endswith(".parquet") or any(ch in source for ch in "*?[")
+    if parquet:
+        files = sorted(glob.glob(source))
+        if not files:
+            raise LogSourceError(f"`{source}`: no Parquet file matches")
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        queries = _parquet_queries(
+            f"read_parquet([{listed}], union_by_name = true)", since_s, until_s
+        )
+    elif not Path(source).is_file():
+        raise LogSourceError(f"`{source}`: no such state file")
+    else:
+        queries = _state_queries(since_s, until_s)
+    spill = tempfile.TemporaryDirectory(prefix="policyctl-replay-")
     try:
-        if parquet:
-            files = sorted(glob.glob(source))
-            if not files:
-                raise LogSourceError(f"`{source}`: no Parquet file matches")
-            con = duckdb.connect()
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            table = f"read_parquet([{listed}], union_by_name = true)"
-            decisions = con.execute(
-                f"SELECT {_DECISION_COLUMNS} FROM {table}"
-                f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
-                " ORDER BY decided_at"
-            ).fetchall()
-            outcomes = con.execute(
-                "SELECT epoch_us(outcome_at) / 1e6, provider, model, outcome_latency_ms,"
-                " outcome_success, outcome_cost, outcome_input_tokens, outcome_output_tokens"
-                f" FROM {table} WHERE outcome_at IS NOT NULL AND shadow IS NULL"
-                f" AND {_window('outcome_at', since_s, until_s)} ORDER BY outcome_at"
-            ).fetchall()
-        else:
-            if not Path(source).is_file():
-                raise LogSourceError(f"`{source}`: no such state file")
-            con = duckdb.connect(source, read_only=True)
-            decisions = con.execute(
-                f"SELECT {_DECISION_COLUMNS} FROM decisions"
-                f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
-                " ORDER BY decided_at"
-            ).fetchall()
-            outcomes = con.execute(
-                f"SELECT {_OUTCOME_COLUMNS} FROM outcomes"
-                f" WHERE {_window('recorded_at', since_s, until_s)} ORDER BY recorded_at"
-            ).fetchall()
-        con.close()
+        con = duckdb.connect() if parquet else duckdb.connect(source, read_only=True)
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute("SET temp_directory = ?", [spill.name])
+        con.execute(f"SELECT 1 FROM ({queries.decisions}) LIMIT 0")  # the columns are there
     except duckdb.Error as err:
+        spill.cleanup()
         raise LogSourceError(f"`{source}`: {str(err).splitlines()[0]}") from None
-    return DecisionLog(
-        tuple(LoggedDecision(*_floats(row, 0)) for row in decisions),
-        tuple(LoggedOutcome(*_floats(row, 0)) for row in outcomes),
-    )
+    return _DuckDBLog(source, con, queries, spill)
 
 
-def _floats(row: tuple[Any, ...], index: int) -> tuple[Any, ...]:
-    return (float(row[index]), *row[index + 1 :])
+class _JsonlLog(DecisionLog):
+    raw = True
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def decisions(self) -> Iterator[LoggedDecision]:
+        import json
+
+        source = str(self._path)
+        with self._path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    body = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise LogSourceError(f"{source}:{number}: not JSON: {err.msg}") from None
+                if not isinstance(body, dict):
+                    raise LogSourceError(f"{source}:{number}: a request is a JSON object")
+                rid = body.get("id") if isinstance(body.get("id"), str) else f"line-{number}"
+                yield LoggedDecision(
+                    float(number), rid, False, "", None, None, None, None, None, line.strip(),
+                    True,
+                )  # fmt: skip
+
+    def outcomes(self) -> Iterator[LoggedOutcome]:
+        return iter(())
+
+    def means(self) -> list[ModelMeans]:
+        return []
 
 
 def read_requests_jsonl(source: str) -> DecisionLog:
     """A JSONL file of requests in any accepted format (native or a wire body), one a line,
     as a log without decisions or outcomes: the requests come one a second, in file order
     (a line's `id` is its request id when it has one). Blank lines are skipped; a line
-    that is not a JSON object is an error naming it."""
-    import json
-
+    that is not a JSON object is an error naming it (raised when the stream reaches it)."""
     path = Path(source)
     if not path.is_file():
         raise LogSourceError(f"`{source}`: no such file")
-    decisions: list[LoggedDecision] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                body = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LogSourceError(f"{source}:{number}: not JSON: {err.msg}") from None
-            if not isinstance(body, dict):
-                raise LogSourceError(f"{source}:{number}: a request is a JSON object")
-            rid = body.get("id") if isinstance(body.get("id"), str) else f"line-{number}"
-            logged = LoggedDecision(
-                float(number), rid, False, "", None, None, None, None, None, line.strip(), True
-            )
-            decisions.append(logged)
-    return DecisionLog(tuple(decisions), ())
+    return _JsonlLog(path)

@@ -18,8 +18,15 @@ def _mean(total: float, n: int) -> float | None:
 
 def text(r: ReplayReport) -> str:
     lines = [
-        f"replayed {r.replayed:,} of {r.requests:,} requests against {r.baseline}",
+        f"replayed {r.replayed:,} of {r.requests:,} requests against {r.baseline}"
+        + ("" if r.shard is None else f" (shard {r.shard.index} of {r.shard.count})")
+        + (f" (merged from {r.merged_from} shards)" if r.merged_from else ""),
     ]
+    if r.approximate:
+        lines.append(
+            "  approximate: these limits are not kept per user, so the shards split their"
+            " buckets: " + ", ".join(r.approximate)
+        )
     if r.no_features:
         lines.append(
             f"  {r.no_features:,} not replayable: the log kept no features of them"
@@ -39,7 +46,7 @@ def text(r: ReplayReport) -> str:
     if r.by_pair:
         lines.append("by model (before → after), with example request ids:")
         for (a, b), n in r.by_pair.most_common():
-            ids = ", ".join(r.examples.get((a, b), []))
+            ids = ", ".join(rid for _, rid in r.examples.get((a, b), []))
             lines.append(f"  {a} → {b}: {n:,}" + (f"  e.g. {ids}" if ids else ""))
     for title, counts in (
         ("denials added", r.denials_added),
@@ -86,12 +93,22 @@ def as_json(r: ReplayReport) -> dict[str, Any]:
         "not_replayable": r.no_features,
         "invalid": r.invalid,
         "hashed_keys": r.hashed_keys,
+        "policy": r.policy,
         "baseline": r.baseline,
+        "shard": None if r.shard is None else {"index": r.shard.index, "count": r.shard.count},
+        "approximate": r.approximate,
+        "merged_from": r.merged_from or None,
         "changed": r.changed,
         "changed_share": r.changed / r.replayed if r.replayed else None,
         "by_route": dict(r.by_route.most_common()),
         "by_model": [
-            {"before": a, "after": b, "count": n, "examples": r.examples.get((a, b), [])}
+            {
+                "before": a,
+                "after": b,
+                "count": n,
+                "examples": [rid for _, rid in r.examples.get((a, b), [])],
+                "examples_at": [at for at, _ in r.examples.get((a, b), [])],
+            }
             for (a, b), n in r.by_pair.most_common()
         ],
         "denials_added": dict(r.denials_added),

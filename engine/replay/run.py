@@ -17,18 +17,24 @@ requests are counted and flagged.
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.analytics.decision_log import DecisionLog, LoggedDecision, LoggedOutcome
+from engine.analytics.decision_log import (
+    DecisionLog,
+    LoggedDecision,
+    LoggedOutcome,
+    ModelMeans,
+)
 from engine.api.policy_engine import PolicyEngine
 from engine.errors import EXIT_BAD_INPUT, PolicyctlError
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
-from engine.routing.request import RequestError
+from engine.routing.request import RequestError, env_of
 from engine.routing.request_log import HASHED_PREFIX
 
 EXAMPLES = 3  # example request ids kept per kind of change
@@ -103,7 +109,10 @@ class ReplayReport:
     changed: int = 0
     by_route: Counter[str] = field(default_factory=Counter)
     by_pair: Counter[tuple[str, str]] = field(default_factory=Counter)
-    examples: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    # up to EXAMPLES (time, request id) of each pair, the earliest first
+    examples: dict[tuple[str, str], list[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     denials_added: Counter[str] = field(default_factory=Counter)
     denials_removed: Counter[str] = field(default_factory=Counter)
     newly_no_model: int = 0
@@ -113,6 +122,10 @@ class ReplayReport:
     models_before: Counter[str] = field(default_factory=Counter)  # served decisions by
     models_after: Counter[str] = field(default_factory=Counter)  # provider/model
     baseline: str = "the logged decisions"
+    policy: str = ""
+    shard: Shard | None = None  # this report covers one shard of the log (`--shard K/N`)
+    approximate: list[str] = field(default_factory=list)  # limits a shard splits (names)
+    merged_from: int = 0  # the number of shards merged into this report (`replay merge`)
 
 
 class _Clock:
@@ -125,18 +138,11 @@ class _Clock:
 
 class _Measured:
     """Mean cost and latency per model over the log's outcomes (what projections use),
-    computed once before the replay."""
+    computed by the log's source before the replay."""
 
-    def __init__(self, outcomes: Iterable[LoggedOutcome]) -> None:
-        costs: dict[str, list[float]] = defaultdict(list)
-        latencies: dict[str, list[float]] = defaultdict(list)
-        for o in outcomes:
-            key = f"{o.provider}/{o.model}"
-            latencies[key].append(o.latency_ms)
-            if o.cost is not None:
-                costs[key].append(o.cost)
-        self.cost = {k: sum(v) / len(v) for k, v in costs.items()}
-        self.latency = {k: sum(v) / len(v) for k, v in latencies.items()}
+    def __init__(self, means: Iterable[ModelMeans]) -> None:
+        self.cost = {m.target: m.cost for m in means if m.cost is not None}
+        self.latency = {m.target: m.latency_ms for m in means}
 
     def verdict(self, d: Decision) -> Verdict:
         denied = None
@@ -166,16 +172,49 @@ class _Measured:
         return Verdict(allowed, route, key, denied, cost, latency, measured)
 
 
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """`--shard K/N`: the requests whose shard key (the user, else the IP, else the request
+    id) hashes to K of N (CRC-32: the same split on every machine and Python)."""
+
+    index: int  # 1 … count
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        k, slash, n = text.partition("/")
+        if not (slash and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            raise ReplayError(f"`--shard` is K/N with 1 ≤ K ≤ N (like `2/8`), not `{text}`")
+        return cls(int(k), int(n))
+
+    def owns(self, key: str) -> bool:
+        return zlib.crc32(key.encode()) % self.count == self.index - 1
+
+
+def shard_key(request: Mapping[str, Any], request_id: str | None) -> str:
+    for name in ("user", "ip"):
+        value = request.get(name)
+        if isinstance(value, str) and value:
+            return f"{name}:{value}"
+    return f"id:{request_id or ''}"
+
+
+def approximate_limits(engine: PolicyEngine) -> list[str]:
+    """The limits a shard cannot replay whole: every limit not kept per user (global,
+    provider, model, IP, a named scope), whose buckets the shards split between them."""
+    return [lim.name for lim in engine.program.limits if lim.key_field != "user"]
+
+
 def _side(policy: Path, clock: _Clock) -> PolicyEngine:
     return PolicyEngine(policy, state="memory://", clock=clock)
 
 
 def _events(log: DecisionLog) -> Iterator[LoggedDecision | LoggedOutcome]:
     """Decisions and outcomes merged by time (at the same time, the decision first: an
-    outcome follows the decision it reports on)."""
-    outcomes = iter(log.outcomes)
+    outcome follows the decision it reports on), both streamed."""
+    outcomes = log.outcomes()
     pending = next(outcomes, None)
-    for d in log.decisions:
+    for d in log.decisions():
         while pending is not None and pending.at < d.at:
             yield pending
             pending = next(outcomes, None)
@@ -191,21 +230,32 @@ def _reads_literal_keys(engine: PolicyEngine) -> bool:
     return keyed or bool({"request.user", "request.ip"} & program.request_paths)
 
 
-def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = None) -> ReplayReport:
+def replay(
+    log: DecisionLog,
+    new_policy: Path,
+    baseline_policy: Path | None = None,
+    shard: Shard | None = None,
+) -> ReplayReport:
     """Every logged request decided again under `new_policy` (and `baseline_policy`, or
     compared with what was logged), in time order; the report of what changed. A JSONL
-    source's requests (no logged decision) need a baseline."""
-    if baseline_policy is None and any(d.raw for d in log.decisions):
+    source's requests (no logged decision) need a baseline. With `shard`, only the
+    requests it owns are decided (every outcome is still recorded: the measurements are
+    the whole log's)."""
+    if baseline_policy is None and log.raw:
         raise ReplayError("a JSONL file of requests has no logged decisions: give --baseline")
     clock = _Clock()
     new = _side(new_policy, clock)
     base = _side(baseline_policy, clock) if baseline_policy is not None else None
     sides = [e for e in (new, base) if e is not None]
     literal = any(_reads_literal_keys(e) for e in sides)
-    measured = _Measured(log.outcomes)
-    report = ReplayReport()
+    measured = _Measured(log.means())
+    report = ReplayReport(policy=str(new_policy))
     if baseline_policy is not None:
         report.baseline = str(baseline_policy)
+    if shard is not None:
+        report.shard = shard
+        if shard.count > 1:
+            report.approximate = sorted({name for e in sides for name in approximate_limits(e)})
     try:
         for event in _events(log):
             clock.now = event.at
@@ -213,43 +263,54 @@ def replay(log: DecisionLog, new_policy: Path, baseline_policy: Path | None = No
                 for engine in sides:
                     _record(engine, event)
                 continue
-            report.requests += 1
-            if event.request is None:
-                report.no_features += 1
-                continue
-            if event.raw:  # a request as a client sent it: its own format, its own id
-                request = json.loads(event.request)
-                if not _valid(new, request, event.request_id):
-                    report.invalid += 1
-                    continue
-            else:
-                features = json.loads(event.request)
-                request = {k: v for k, v in features.items() if k not in ("format", "body")}
-                if event.request_id is not None:
-                    request["id"] = event.request_id
-            if literal and any(
-                str(request.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")
-            ):
-                report.hashed_keys += 1
-            rid = event.request_id if event.raw else None
-            after = measured.verdict(new.evaluate(request, request_id=rid))
-            if base is not None:
-                before = measured.verdict(base.evaluate(request, request_id=rid))
-            else:
-                before = measured.logged(event)
-            _count(report, event.at, event.request_id, before, after)
+            _decide_again(report, event, new, base, measured, shard, literal)
     finally:
         for engine in sides:
             engine.close()
     return report
 
 
-def _valid(engine: PolicyEngine, request: dict[str, Any], request_id: str | None) -> bool:
-    try:
-        engine.evaluate(request, dry_run=True, request_id=request_id)
-    except RequestError:
-        return False
-    return True
+def _decide_again(
+    report: ReplayReport,
+    event: LoggedDecision,
+    new: PolicyEngine,
+    base: PolicyEngine | None,
+    measured: _Measured,
+    shard: Shard | None,
+    literal: bool,
+) -> None:
+    if event.request is None:
+        if shard is None or shard.owns(shard_key({}, event.request_id)):
+            report.requests += 1
+            report.no_features += 1
+        return
+    rid = event.request_id if event.raw else None
+    if event.raw:  # a request as a client sent it: its own format, its own id
+        request = json.loads(event.request)
+        try:
+            keys: Mapping[str, Any] = env_of(request, request_id=rid)
+        except RequestError:
+            if shard is None or shard.owns(shard_key({}, event.request_id)):
+                report.requests += 1
+                report.invalid += 1
+            return
+    else:
+        features = json.loads(event.request)
+        request = {k: v for k, v in features.items() if k not in ("format", "body")}
+        if event.request_id is not None:
+            request["id"] = event.request_id
+        keys = request
+    if shard is not None and not shard.owns(shard_key(keys, event.request_id)):
+        return
+    report.requests += 1
+    if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
+        report.hashed_keys += 1
+    after = measured.verdict(new.evaluate(request, request_id=rid))
+    if base is not None:
+        before = measured.verdict(base.evaluate(request, request_id=rid))
+    else:
+        before = measured.logged(event)
+    _count(report, event.at, event.request_id, before, after)
 
 
 def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
@@ -286,7 +347,7 @@ def _count(
     pair = (before.label(), after.label())
     report.by_pair[pair] += 1
     if len(report.examples[pair]) < EXAMPLES and request_id is not None:
-        report.examples[pair].append(request_id)
+        report.examples[pair].append((at, request_id))
     if after.denied is not None and before.denied != after.denied:
         report.denials_added[after.denied] += 1
         if after.denied == "no_eligible_model":
