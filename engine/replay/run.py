@@ -16,13 +16,14 @@ requests are counted and flagged.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from engine.analytics.decision_log import (
     DecisionLog,
@@ -270,6 +271,9 @@ def replay(
     return report
 
 
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
 def _decide_again(
     report: ReplayReport,
     event: LoggedDecision,
@@ -286,7 +290,7 @@ def _decide_again(
         return
     rid = event.request_id if event.raw else None
     if event.raw:  # a request as a client sent it: its own format, its own id
-        request = json.loads(event.request)
+        request = _decode(event.request)
         try:
             keys: Mapping[str, Any] = env_of(request, request_id=rid)
         except RequestError:
@@ -295,8 +299,9 @@ def _decide_again(
                 report.invalid += 1
             return
     else:
-        features = json.loads(event.request)
-        request = {k: v for k, v in features.items() if k not in ("format", "body")}
+        request = _decode(event.request)
+        request.pop("format", None)
+        request.pop("body", None)
         if event.request_id is not None:
             request["id"] = event.request_id
         keys = request
