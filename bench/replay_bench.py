@@ -233,7 +233,7 @@ def main() -> None:
         print()
         print("\n".join(replay_rows(n, max(3, args.pairs // 5), directory)))
         print()
-        sizes = (2_000, 20_000) if args.quick else (20_000, 200_000)
+        sizes = (1_000, 10_000) if args.quick else (20_000, 200_000)
         print("\n".join(memory_rows(sizes, directory)))
 
 

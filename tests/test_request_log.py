@@ -131,6 +131,23 @@ def test_hashed_keys_are_stable_per_state_file(tmp_path: Path) -> None:
     assert "alice" not in json.dumps([first, second, other])
 
 
+def test_remembered_hashes_equal_fresh_ones_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.routing import request_log
+
+    monkeypatch.setattr(request_log, "HASHES_KEPT", 8)
+    salt = b"s" * 16
+    kept = request_log.RequestLog("features", frozenset(), salt)
+    keys = [f"user-{i}" for i in range(20)] * 2
+    remembered = [kept.hashed(k) for k in keys]
+    # a fresh log (nothing remembered) hashes every key alike
+    assert remembered == [request_log.RequestLog("features", frozenset(), salt).hashed(k)
+                          for k in keys]  # fmt: skip
+    assert len(kept._hashes) <= 8
+    assert kept.hashed("user-19") is kept.hashed("user-19")  # the second call: remembered
+
+
 def _policyctl(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
     env["XDG_STATE_HOME"] = str(tmp_path / "xdg")

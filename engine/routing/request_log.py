@@ -28,6 +28,7 @@ _FLAGS = (
 )  # fmt: skip
 _OPTIONAL = ("model", "max_cost", "max_latency_ms", "min_quality", "region")
 HASHED_PREFIX = "h:"  # a hashed key: `h:` and 16 hex digits
+HASHES_KEPT = 65_536  # hashed keys remembered (about 10 MB at most)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -41,16 +42,25 @@ class RequestLog:
             raise ValueError(f"log_requests must be one of {choices}, got {mode!r}")
         self.mode = mode
         self.salt = salt  # None: user and IP keys are kept as sent
+        self._hashes: dict[str, str] = {}  # key -> hashed key, for the keys seen lately
         prefix = "request.metadata."
         self.metadata_keys = frozenset(
             p.removeprefix(prefix).split(".", 1)[0] for p in request_paths if p.startswith(prefix)
         )
 
     def hashed(self, key: str) -> str:
-        """The key under this installation's salt: the same key, the same text."""
+        """The key under this installation's salt: the same key, the same text (kept for
+        the last HASHES_KEPT keys: a returning user costs a dict lookup, not an HMAC)."""
+        found = self._hashes.get(key)
+        if found is not None:
+            return found
         assert self.salt is not None
         digest = hmac.new(self.salt, key.encode("utf-8", "surrogatepass"), hashlib.blake2b)
-        return HASHED_PREFIX + digest.hexdigest()[:16]
+        text = HASHED_PREFIX + digest.hexdigest()[:16]
+        if len(self._hashes) >= HASHES_KEPT:
+            self._hashes.clear()  # a new generation: bounded, and no per-call bookkeeping
+        self._hashes[key] = text
+        return text
 
     def features(self, env: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
