@@ -98,6 +98,7 @@ def test_the_same_policy_changes_nothing_and_reproduces_the_denials(tmp_path: Pa
     report = _replay(tmp_path, "--policy", "old.policy", "--from", str(state))
     assert report["requests"] == report["replayed"] == 400
     assert report["changed"] == 0 and report["by_model"] == []
+    assert report["limit_warmup"] == 0  # no --since: the log is all the traffic there was
     assert report["after"]["denied"] == report["before"]["denied"] == denied
     assert report["denials_added"] == report["denials_removed"] == {}
     # the projected cost: each served decision at its model's measured mean cost
@@ -321,3 +322,39 @@ def test_shards_mark_limits_they_split_and_merge_refuses_a_partial_set(tmp_path:
     assert done.returncode == 2 and "`--policy` is required" in done.stderr
     done = run("--policy", "global.policy", "--from", str(state), "--shard", "1/2")
     assert "approximate: these limits are not kept per user" in done.stdout
+
+
+def test_a_window_is_warmed_by_the_outcomes_before_it(tmp_path: Path) -> None:
+    """Every decision's model answers in 5 s, so the live measurements push the latency
+    strategy from model to model as the log goes on. Replayed from the middle, the same
+    policy decides as the original only because the outcomes before `--since` warm it."""
+    (tmp_path / "latency.policy").write_text("defaults { strategy latency }\n")
+    state = tmp_path / "moving.duckdb"
+    clock = _Clock()
+    with PolicyEngine(tmp_path / "latency.policy", state=str(state), clock=clock) as engine:
+        for i in range(300):
+            clock.now += 0.5
+            d = engine.evaluate({"id": f"m{i}", "prompt": "hello there"})
+            engine.record(d, latency_ms=5000.0, success=True)
+    decisions, _ = _logged(state)
+    since = "2027-01-15T08:01:15Z"  # START + 75 s
+    assert len({(d[3], d[4]) for d in decisions[149:]}) > 1  # still moving after it
+    assert (decisions[149][3], decisions[149][4]) != (decisions[0][3], decisions[0][4])
+    report = _replay(tmp_path, "--policy", "latency.policy", "--from", str(state),
+                     "--since", since)  # fmt: skip
+    assert report["requests"] == 151  # request i is at START + 0.5 (i + 1): i = 149 … 299
+    assert report["changed"] == 0
+    assert report["limit_warmup"] == 0  # no limit: nothing starts cold
+
+
+def test_limits_near_the_start_of_a_window_are_flagged(tmp_path: Path) -> None:
+    state = _write_log(tmp_path, n=400)
+    since_s = START + 100
+    report = _replay(tmp_path, "--policy", "old.policy", "--from", str(state),
+                     "--since", "2027-01-15T08:01:40Z")  # fmt: skip
+    # `limit user 5 per 1m`: the requests of the first minute are flagged (0.5 s apart)
+    assert report["limit_window_s"] == 60.0
+    assert report["limit_warmup"] == 120
+    # the same policy differs from the log there first: its buckets started full
+    first = min(at for pair in report["by_model"] for at in pair["examples_at"])
+    assert since_s <= first < since_s + 60

@@ -69,16 +69,24 @@ class DecisionLog:
     stays flat in the log's size. Close it (or use it as a context manager)."""
 
     raw = False  # the decisions are requests as clients sent them (a JSONL file)
+    since_s: float | None = None  # the window's start, when one was given
 
     def decisions(self) -> Iterator[LoggedDecision]:
         raise NotImplementedError
 
-    def outcomes(self) -> Iterator[LoggedOutcome]:
+    def outcomes(self, warm_s: float = 0.0) -> Iterator[LoggedOutcome]:
+        """The outcomes of the window, and of the `warm_s` seconds before its start (to
+        warm live measurements: a window with no start has nothing before it)."""
         raise NotImplementedError
 
     def means(self) -> list[ModelMeans]:
         """Each model's mean latency and cost over the window's outcomes."""
         raise NotImplementedError
+
+    def traffic_before(self, window_s: float) -> bool:
+        """Whether the log holds decisions in the `window_s` before the window's start (none
+        without a start: the log is all the traffic there was)."""
+        return False
 
     def close(self) -> None:
         return None
@@ -97,15 +105,57 @@ _DECISION_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class _Queries:
-    decisions: str
-    outcomes: str
-    means: str
+class _Source:
+    """The SQL of one source: the state file's tables, or the Parquet files' rows."""
+
+    parquet: str | None  # the `read_parquet(…)` table; None: a state file
+    since_s: float | None
+    until_s: float | None
+
+    def decisions(self) -> str:
+        table = self.parquet or "decisions"
+        return (
+            f"SELECT {_DECISION_COLUMNS} FROM {table}"
+            f" WHERE shadow IS NULL AND {_window('decided_at', self.since_s, self.until_s)}"
+            " ORDER BY decided_at"
+        )
+
+    def _outcomes(self, since_s: float | None) -> tuple[str, str]:
+        """(the FROM … WHERE of the outcomes since `since_s`, their time column)"""
+        if self.parquet is None:
+            where = _window("recorded_at", since_s, self.until_s)
+            return f"FROM outcomes WHERE {where}", "recorded_at"
+        where = _window("outcome_at", since_s, self.until_s)
+        return (
+            f"FROM {self.parquet} WHERE outcome_at IS NOT NULL AND shadow IS NULL AND {where}",
+            "outcome_at",
+        )
+
+    def outcomes(self, warm_s: float) -> str:
+        since = None if self.since_s is None else self.since_s - warm_s
+        rows, at = self._outcomes(since)
+        if self.parquet is None:
+            columns = "provider, model, latency_ms, success, cost, input_tokens, output_tokens"
+        else:
+            columns = (
+                "provider, model, outcome_latency_ms, outcome_success, outcome_cost,"
+                " outcome_input_tokens, outcome_output_tokens"
+            )
+        return f"SELECT epoch_us({at}) / 1e6, {columns} {rows} ORDER BY {at}"
+
+    def means(self) -> str:
+        rows, _ = self._outcomes(self.since_s)
+        prefix = "" if self.parquet is None else "outcome_"
+        return (
+            f"SELECT provider || '/' || model, avg({prefix}latency_ms), avg({prefix}cost)"
+            f" {rows} GROUP BY ALL"
+        )
 
 
 class _DuckDBLog(DecisionLog):
-    def __init__(self, source: str, con: Any, queries: _Queries, spill: Any) -> None:
-        self._source, self._con, self._queries, self._spill = source, con, queries, spill
+    def __init__(self, source: str, con: Any, sql: _Source, spill: Any) -> None:
+        self._source, self._con, self._sql, self._spill = source, con, sql, spill
+        self.since_s = sql.since_s
 
     def _rows(self, sql: str) -> Iterator[tuple[Any, ...]]:
         import duckdb
@@ -121,15 +171,26 @@ class _DuckDBLog(DecisionLog):
             cursor.close()
 
     def decisions(self) -> Iterator[LoggedDecision]:
-        for row in self._rows(self._queries.decisions):
+        for row in self._rows(self._sql.decisions()):
             yield LoggedDecision(float(row[0]), *row[1:])
 
-    def outcomes(self) -> Iterator[LoggedOutcome]:
-        for row in self._rows(self._queries.outcomes):
+    def outcomes(self, warm_s: float = 0.0) -> Iterator[LoggedOutcome]:
+        for row in self._rows(self._sql.outcomes(warm_s)):
             yield LoggedOutcome(float(row[0]), *row[1:])
 
     def means(self) -> list[ModelMeans]:
-        return [ModelMeans(*row) for row in self._rows(self._queries.means)]
+        return [ModelMeans(*row) for row in self._rows(self._sql.means())]
+
+    def traffic_before(self, window_s: float) -> bool:
+        since = self._sql.since_s
+        if since is None or window_s <= 0:
+            return False
+        table = self._sql.parquet or "decisions"
+        sql = (
+            f"SELECT count(*) FROM {table}"
+            f" WHERE shadow IS NULL AND {_window('decided_at', since - window_s, since)}"
+        )
+        return any(count for (count,) in self._rows(sql))
 
     def close(self) -> None:
         self._con.close()
@@ -145,40 +206,12 @@ def _window(column: str, since_s: float | None, until_s: float | None) -> str:
     return " AND ".join(clauses) or "TRUE"
 
 
-def _state_queries(since_s: float | None, until_s: float | None) -> _Queries:
-    outcomes = f"FROM outcomes WHERE {_window('recorded_at', since_s, until_s)}"
-    return _Queries(
-        f"SELECT {_DECISION_COLUMNS} FROM decisions"
-        f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
-        " ORDER BY decided_at",
-        "SELECT epoch_us(recorded_at) / 1e6, provider, model, latency_ms, success, cost,"
-        f" input_tokens, output_tokens {outcomes} ORDER BY recorded_at",
-        f"SELECT provider || '/' || model, avg(latency_ms), avg(cost) {outcomes} GROUP BY ALL",
-    )
-
-
-def _parquet_queries(table: str, since_s: float | None, until_s: float | None) -> _Queries:
-    outcomes = (
-        f"FROM {table} WHERE outcome_at IS NOT NULL AND shadow IS NULL"
-        f" AND {_window('outcome_at', since_s, until_s)}"
-    )
-    return _Queries(
-        f"SELECT {_DECISION_COLUMNS} FROM {table}"
-        f" WHERE shadow IS NULL AND {_window('decided_at', since_s, until_s)}"
-        " ORDER BY decided_at",
-        "SELECT epoch_us(outcome_at) / 1e6, provider, model, outcome_latency_ms,"
-        " outcome_success, outcome_cost, outcome_input_tokens, outcome_output_tokens"
-        f" {outcomes} ORDER BY outcome_at",
-        "SELECT provider || '/' || model, avg(outcome_latency_ms), avg(outcome_cost)"
-        f" {outcomes} GROUP BY ALL",
-    )
-
-
 def read_decision_log(
     source: str, since_s: float | None = None, until_s: float | None = None
 ) -> DecisionLog:
     """The log of a DuckDB state file, or of Parquet files (`*.parquet`, a glob), between
-    `since_s` and `until_s` (epoch seconds; decisions and outcomes alike), streamed."""
+    `since_s` and `until_s` (epoch seconds; decisions and outcomes alike, and outcomes
+    from before `since_s` when asked to warm), streamed."""
     import tempfile
 
     import duckdb
@@ -189,23 +222,21 @@ def read_decision_log(
         if not files:
             raise LogSourceError(f"`{source}`: no Parquet file matches")
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        queries = _parquet_queries(
-            f"read_parquet([{listed}], union_by_name = true)", since_s, until_s
-        )
+        sql = _Source(f"read_parquet([{listed}], union_by_name = true)", since_s, until_s)
     elif not Path(source).is_file():
         raise LogSourceError(f"`{source}`: no such state file")
     else:
-        queries = _state_queries(since_s, until_s)
+        sql = _Source(None, since_s, until_s)
     spill = tempfile.TemporaryDirectory(prefix="policyctl-replay-")
     try:
         con = duckdb.connect() if parquet else duckdb.connect(source, read_only=True)
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET temp_directory = ?", [spill.name])
-        con.execute(f"SELECT 1 FROM ({queries.decisions}) LIMIT 0")  # the columns are there
+        con.execute(f"SELECT 1 FROM ({sql.decisions()}) LIMIT 0")  # the columns are there
     except duckdb.Error as err:
         spill.cleanup()
         raise LogSourceError(f"`{source}`: {str(err).splitlines()[0]}") from None
-    return _DuckDBLog(source, con, queries, spill)
+    return _DuckDBLog(source, con, sql, spill)
 
 
 class _JsonlLog(DecisionLog):
@@ -234,7 +265,7 @@ class _JsonlLog(DecisionLog):
                     True,
                 )  # fmt: skip
 
-    def outcomes(self) -> Iterator[LoggedOutcome]:
+    def outcomes(self, warm_s: float = 0.0) -> Iterator[LoggedOutcome]:
         return iter(())
 
     def means(self) -> list[ModelMeans]:

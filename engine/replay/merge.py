@@ -20,6 +20,7 @@ _COUNTS = (
     ("no_features", "not_replayable"),
     ("invalid", "invalid"),
     ("hashed_keys", "hashed_keys"),
+    ("limit_warmup", "limit_warmup"),
     ("changed", "changed"),
     ("newly_no_model", "newly_no_eligible_model"),
 )
@@ -52,6 +53,7 @@ def merge(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> ReplayRepo
         baseline=str(reports[0].get("baseline", "")),
         shard=None,
         approximate=sorted({n for r in reports for n in r.get("approximate", [])}),
+        limit_window_s=max(float(r.get("limit_window_s", 0.0)) for r in reports),
     )
     merged.merged_from = count
     for r, name in zip(reports, names, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.replay.run import ReplayReport, Totals
-from engine.units import format_money, format_timestamp
+from engine.units import format_duration, format_money, format_timestamp
 
 
 def _share(part: int, whole: int) -> str:
@@ -38,6 +38,12 @@ def text(r: ReplayReport) -> str:
         lines.append(
             f"  {r.hashed_keys:,} with hashed user or IP keys: conditions and keyed limits on"
             " a literal user or IP could not be decided for them"
+        )
+    if r.limit_warmup:
+        lines.append(
+            f"  {r.limit_warmup:,} in the first {format_duration(r.limit_window_s * 1000)} of"
+            " the window: their limits' buckets start full here, where the original's may"
+            " have been drained by the traffic before it"
         )
     lines.append(f"changed: {r.changed:,} ({_share(r.changed, r.replayed)})")
     if r.by_route:
@@ -93,6 +99,8 @@ def as_json(r: ReplayReport) -> dict[str, Any]:
         "not_replayable": r.no_features,
         "invalid": r.invalid,
         "hashed_keys": r.hashed_keys,
+        "limit_warmup": r.limit_warmup,
+        "limit_window_s": r.limit_window_s,
         "policy": r.policy,
         "baseline": r.baseline,
         "shard": None if r.shard is None else {"index": r.shard.index, "count": r.shard.count},

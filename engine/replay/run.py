@@ -16,6 +16,7 @@ requests are counted and flagged.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -107,6 +108,8 @@ class ReplayReport:
     no_features: int = 0  # not replayable: the log kept nothing of the request
     invalid: int = 0  # a JSONL source's lines that are not a valid request
     hashed_keys: int = 0  # replayed, but literal user/IP conditions cannot be decided
+    limit_warmup: int = 0  # decided within the longest limit window of the log's start
+    limit_window_s: float = 0.0  # that window
     changed: int = 0
     by_route: Counter[str] = field(default_factory=Counter)
     by_pair: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -210,10 +213,11 @@ def _side(policy: Path, clock: _Clock) -> PolicyEngine:
     return PolicyEngine(policy, state="memory://", clock=clock)
 
 
-def _events(log: DecisionLog) -> Iterator[LoggedDecision | LoggedOutcome]:
+def _events(log: DecisionLog, warm_s: float) -> Iterator[LoggedDecision | LoggedOutcome]:
     """Decisions and outcomes merged by time (at the same time, the decision first: an
-    outcome follows the decision it reports on), both streamed."""
-    outcomes = log.outcomes()
+    outcome follows the decision it reports on), both streamed; the outcomes of the
+    `warm_s` before the window come first."""
+    outcomes = log.outcomes(warm_s)
     pending = next(outcomes, None)
     for d in log.decisions():
         while pending is not None and pending.at < d.at:
@@ -250,7 +254,16 @@ def replay(
     sides = [e for e in (new, base) if e is not None]
     literal = any(_reads_literal_keys(e) for e in sides)
     measured = _Measured(log.means())
-    report = ReplayReport(policy=str(new_policy))
+    # live measurements: warmed by the outcomes of one metrics window before the log's
+    warm_s = max(e.program.default_route.settings.window_ms for e in sides) / 1000.0
+    # limits: the buckets start full; when the log holds traffic in the longest limit
+    # window before `--since`, the original's may have been drained by it then
+    limit_window_s = max((lim.window_ms for e in sides for lim in e.program.limits), default=0)
+    limit_window_s /= 1000.0
+    warm_until = -math.inf
+    if log.since_s is not None and log.traffic_before(limit_window_s):
+        warm_until = log.since_s + limit_window_s
+    report = ReplayReport(policy=str(new_policy), limit_window_s=limit_window_s)
     if baseline_policy is not None:
         report.baseline = str(baseline_policy)
     if shard is not None:
@@ -258,13 +271,14 @@ def replay(
         if shard.count > 1:
             report.approximate = sorted({name for e in sides for name in approximate_limits(e)})
     try:
-        for event in _events(log):
+        for event in _events(log, warm_s):
             clock.now = event.at
             if isinstance(event, LoggedOutcome):
                 for engine in sides:
                     _record(engine, event)
                 continue
-            _decide_again(report, event, new, base, measured, shard, literal)
+            warming = event.at < warm_until
+            _decide_again(report, event, new, base, measured, shard, literal, warming)
     finally:
         for engine in sides:
             engine.close()
@@ -282,6 +296,7 @@ def _decide_again(
     measured: _Measured,
     shard: Shard | None,
     literal: bool,
+    warming: bool,
 ) -> None:
     if event.request is None:
         if shard is None or shard.owns(shard_key({}, event.request_id)):
@@ -308,6 +323,7 @@ def _decide_again(
     if shard is not None and not shard.owns(shard_key(keys, event.request_id)):
         return
     report.requests += 1
+    report.limit_warmup += warming
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
     after = measured.verdict(new.evaluate(request, request_id=rid))
