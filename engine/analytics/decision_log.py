@@ -9,11 +9,12 @@ directory removed on close.
 
 from __future__ import annotations
 
+import functools
 import glob
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import EXIT_BAD_INPUT, PolicyctlError
 
@@ -22,8 +23,7 @@ class LogSourceError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
     """A replay source that cannot be read as a decision log."""
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedDecision:
+class LoggedDecision(NamedTuple):
     at: float  # epoch seconds
     request_id: str | None
     allowed: bool
@@ -38,8 +38,7 @@ class LoggedDecision:
     # decision was logged for it
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedOutcome:
+class LoggedOutcome(NamedTuple):
     at: float  # epoch seconds
     provider: str
     model: str
@@ -100,7 +99,7 @@ class DecisionLog:
 
 _DECISION_COLUMNS = (
     "epoch_us(decided_at) / 1e6, request_id, allowed, route, provider, model,"
-    " estimated_cost, estimated_latency_ms, denied_scope, request"
+    " estimated_cost, estimated_latency_ms, denied_scope, request, false"
 )
 
 
@@ -152,6 +151,12 @@ class _Source:
         )
 
 
+# rows come from DuckDB in the records' field order (times already epoch seconds as
+# DOUBLE): made as tuples, not through the generated constructors (several times slower)
+_new_decision = functools.partial(tuple.__new__, LoggedDecision)
+_new_outcome = functools.partial(tuple.__new__, LoggedOutcome)
+
+
 class _DuckDBLog(DecisionLog):
     def __init__(self, source: str, con: Any, sql: _Source, spill: Any) -> None:
         self._source, self._con, self._sql, self._spill = source, con, sql, spill
@@ -171,12 +176,10 @@ class _DuckDBLog(DecisionLog):
             cursor.close()
 
     def decisions(self) -> Iterator[LoggedDecision]:
-        for row in self._rows(self._sql.decisions()):
-            yield LoggedDecision(float(row[0]), *row[1:])
+        return map(_new_decision, self._rows(self._sql.decisions()))
 
     def outcomes(self, warm_s: float = 0.0) -> Iterator[LoggedOutcome]:
-        for row in self._rows(self._sql.outcomes(warm_s)):
-            yield LoggedOutcome(float(row[0]), *row[1:])
+        return map(_new_outcome, self._rows(self._sql.outcomes(warm_s)))
 
     def means(self) -> list[ModelMeans]:
         return [ModelMeans(*row) for row in self._rows(self._sql.means())]
