@@ -37,6 +37,7 @@ from engine.limits.stores.base import (
     Store,
     StoreUnavailableError,
     available,
+    consumed,
     uses_one_pass,
 )
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -288,6 +289,22 @@ _PENDING_MAX = 4096  # allowed decisions kept uncounted, at most
 _CACHE_MAX = 4096  # keys per cache: candidates come from the catalog, so this is generous
 
 
+def _part_key(part: _Part, env: Mapping[str, Any]) -> str | None:
+    """The request's key for one part (`""` for global; None: the request has none). What
+    `Limiter.check` does inline, on its hot path."""
+    if part.is_global:
+        return ""
+    if part.key_field is not None:
+        value = env[part.key_field]
+    elif part.key_fn is not None:
+        value = part.key_fn(env, None)
+    else:
+        return None
+    if value is None or value == "":
+        return None
+    return value if type(value) is str else _key_text(value)
+
+
 def _key_text(value: Any) -> str:
     """A scope key read from the request that is not a string (a metadata value)."""
     if isinstance(value, bool):
@@ -500,6 +517,41 @@ class Limiter:
             )
         return self._verdict(result, shared_info, option_info, env, now_s, record)
 
+    def peek_shared(
+        self, limits: tuple[CompiledLimit, ...], env: Mapping[str, Any]
+    ) -> list[LimitStatus]:
+        """Every shared limit that applies to the request (not `provider`, `model` or
+        `spend`: those depend on the candidate), as `check` would report it, read from the
+        store without consuming or counting anything. A refused check stops at the limit
+        that refused; the service's RateLimit fields of a refused request read the others
+        here (one store read per bucket: never on the hot path). Raises
+        `StoreUnavailableError`."""
+        known, plan = self._plan
+        if known is not limits or plan is None:
+            plan = self._plan_for(limits)
+        now_s = self.clock()
+        now = now_s * 1000.0
+        max_tokens = env["max_tokens"]
+        tokens = env["input_tokens"] + (
+            max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+        )
+        quotas = self._quotas(now_s)
+        statuses: list[LimitStatus] = []
+        for part in plan.shared:
+            key = _part_key(part, env)
+            if key is None or part.spend:
+                continue
+            quota = quotas.get((part.scope, key)) if part.requests else None
+            cost = 1.0 if part.requests else tokens
+            for a in applicable(part, key, quota, env, now_s):
+                spec = Spec(a.prefix + key, a.capacity, a.rate, cost)
+                full_at = self.store.peek(spec.key)
+                have = available(full_at, a.capacity, a.rate, now)
+                fits = have + EPSILON >= cost
+                after = consumed(full_at, a.rate, cost, now) if fits else (full_at or now)
+                statuses.append(_status(a, key, Outcome(spec, have, fits, after)))
+        return statuses
+
     def _first_to_fit(
         self,
         result: AcquireResult,
@@ -626,6 +678,7 @@ class Limiter:
                 LimitStatus(
                     applied.scope, key or None, applied.unit, True,
                     remaining if remaining > 0 else 0, applied.limit, full_at / 1000.0, None,
+                    applied.window_ms,
                 )
             )  # fmt: skip
         self._tally(info, now_s)
@@ -768,4 +821,5 @@ def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
         applied.limit,
         full_at / 1000.0,
         retry,
+        applied.window_ms,
     )

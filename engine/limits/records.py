@@ -1,8 +1,9 @@
 """What the limiter reports, as typed records; standard library only.
 
-`LimitStatus` is one bucket's state after a decision (`Decision.rate_limits`). The denial
-records say why a request was denied (`Decision.denied_by`): `LimitDenial` is made here, by
-the limiter; the routing denial (`NoEligibleModel`) lives in
+`LimitStatus` is one bucket's state after a decision (`Decision.rate_limits`), with its
+limit's window (`window_ms`, not in its JSON: the service's RateLimit headers read it). The
+denial records say why a request was denied (`Decision.denied_by`): `LimitDenial` is made
+here, by the limiter; the routing denial (`NoEligibleModel`) lives in
 `engine.routing.decision` on the same base. Read a record's attributes; `to_dict()` is its
 JSON, as `Decision.to_dict()` shows it.
 """
@@ -73,6 +74,7 @@ class LimitStatus:
 
     __slots__ = (
         "allowed", "key", "limit", "remaining", "reset_at", "retry_after_ms", "scope", "unit",
+        "window_ms",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +87,7 @@ class LimitStatus:
         limit: float,
         reset_at: float | None,  # epoch seconds when the bucket is full again
         retry_after_ms: float | None,
+        window_ms: float | None = None,  # the limit's window (not in the JSON: for headers)
     ) -> None:
         self.scope = scope
         self.key = key
@@ -94,6 +97,7 @@ class LimitStatus:
         self.limit = limit
         self.reset_at = reset_at
         self.retry_after_ms = retry_after_ms
+        self.window_ms = window_ms
 
     def __repr__(self) -> str:
         return f"LimitStatus({self.to_dict()!r})"

@@ -2,6 +2,9 @@
 
     POST /v1/eval          a request (native or a wire body) -> a decision (?explain=true,
                            ?dry_run=true, ?format=, ?request_id=, ?model=, ?stream=)
+    POST /v1/enforce       as /v1/eval, a denial answered 429/403 with RateLimit headers
+    POST /v1/eval/batch    a JSON array or JSON Lines of requests -> their decisions, in order
+                           (see `engine.service.enforce`)
     POST /v1/outcomes      one outcome or a list -> {"recorded": n}
     GET  /v1/policy        serving version, files, last reload error
     GET  /healthz          liveness
@@ -37,7 +40,7 @@ from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets
-from engine.routing.decision import Denial
+from engine.routing.decision import Decision, Denial
 from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
@@ -48,6 +51,7 @@ from engine.service.body import (
     problem,
     wire_options,
 )
+from engine.service.enforce import enforce_openapi_paths, enforce_routes
 from engine.wire import FORMATS
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
@@ -205,7 +209,7 @@ def openapi_document() -> dict[str, Any]:
             for c in codes
         }
 
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "policyctl", "version": "1"},
         "paths": {
@@ -315,6 +319,9 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }
+    paths = document["paths"]
+    paths.update(enforce_openapi_paths(paths["/v1/eval"]["post"]))
+    return document
 
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
@@ -371,6 +378,11 @@ def create_app(
         )
         return Response(decision.to_json(), media_type="application/json")
 
+    def observe(decision: Decision, seconds: float) -> None:  # /v1/enforce, /v1/eval/batch
+        telemetry.observe(
+            decision.route, decision.provider, decision.allowed, decision.denied_by, seconds
+        )
+
     async def outcomes(request: HttpRequest) -> Response:
         body = await json_body(request)
         items = body if isinstance(body, list) else [body]
@@ -422,6 +434,7 @@ def create_app(
 
     routes = [
         Route("/v1/eval", guarded(evaluate), methods=["POST"]),
+        *enforce_routes(engine, guard=guarded, observe=observe),
         Route("/v1/outcomes", guarded(outcomes), methods=["POST"]),
         Route("/v1/policy", policy, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
