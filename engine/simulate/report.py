@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,17 +212,30 @@ def _window_row(
     return row
 
 
-def simulate(scenario: Scenario) -> Report:
-    """Run the baselines and every strategy of the scenario on the same traffic."""
+def simulate(
+    scenario: Scenario, progress: Callable[[int, int | None], None] | None = None
+) -> Report:
+    """Run the baselines and every strategy of the scenario on the same traffic.
+    `progress(requests done, requests to do)`: over all runs (each run's requests count),
+    told after each baseline and every `PROGRESS_EVERY` requests of a strategy run."""
     arrivals = draw_arrivals(
         scenario.seed, scenario.requests, scenario.rate_per_s, scenario.traffic
     )
-    runs = [
-        run_random(scenario, arrivals),
-        run_always(scenario, arrivals),
-        run_oracle(scenario, arrivals),
-    ]
-    runs += [run_strategy(scenario, arrivals, s, explore) for s, explore in scenario.runs()]
+    strategies = scenario.runs()
+    n = scenario.requests
+    total = n * (3 + len(strategies))
+    runs: list[Run] = []
+
+    def tell(done: int) -> None:
+        if progress is not None:
+            progress(len(runs) * n + done, total)
+
+    for baseline in (run_random, run_always, run_oracle):
+        tell(0)
+        runs.append(baseline(scenario, arrivals))
+    for s, explore in strategies:
+        runs.append(run_strategy(scenario, arrivals, s, explore, tell))
+    tell(0)
     return Report(scenario, arrivals, runs)
 
 
