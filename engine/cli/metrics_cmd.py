@@ -216,7 +216,7 @@ def run_import(args: argparse.Namespace) -> int:
     catalog = load_policy(policy).program.catalog
     con = _open(state, create=True)
     try:  # an OutcomeImportError is a PolicyctlError: `main` prints it, exit 2
-        with progress.task(f"importing {name}", unit="%") as bar:
+        with progress.task(f"importing {Path(name).name}", unit="%") as bar:
             with progress.duckdb_query(con, bar):
                 report = import_outcomes(
                     con, args.input, catalog, now_s=cli_clock()(), format=args.input_format,

@@ -63,10 +63,14 @@ class Bar:
     def _start(self, total: int | None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self._progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
+            TextColumn(
+                "{task.description}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", max_width=DESCRIPTION),
+            ),
             BarColumn(bar_width=30),
             _count_column(self.unit),
             TimeElapsedColumn(),
@@ -113,6 +117,7 @@ class WarmStart(Bar):
             self.finish()
 
 
+DESCRIPTION = 32  # characters of a bar's description, at most (then `…`)
 WARM_SHOWN = 50_000  # a warm start on fewer outcomes takes well under a second: no bar
 
 
