@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--plot",
         metavar="OUT.png",
-        help="draw latency and cost over time per strategy (needs policyctl[plot])",
+        help="draw latency and cost over time per strategy, and failures when a provider"
+        " has an outage; .png, .svg or .pdf (needs policyctl[plot])",
     )
     add_format(p, default="table")
     p.set_defaults(run=run)

@@ -8,8 +8,8 @@ degradation, how each run met it: calls during it, how soon it routed away, how 
 came back. For traffic with a `region`, how many requests each run served outside it.
 When the policy has a `split`, each strategy run's figures per experiment and arm, with
 confidence intervals, and each arm against the first (`ab`).
-`--plot` draws latency and cost over simulated time (matplotlib, the `policyctl[plot]`
-extra).
+`--plot` draws latency, cost and (with an outage) failures over simulated time, every row
+distinguishable (`figure`; matplotlib, the `policyctl[plot]` extra).
 """
 
 from __future__ import annotations
