@@ -256,3 +256,22 @@ def test_replay_shows_a_bar_and_a_summary_on_a_terminal(replay_log: Path, tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout == out
     assert done.stderr == ""
+
+
+def test_warm_start_tells_its_callback_every_65536_outcomes(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    state = tmp_path / "state.duckdb"
+    csv = _outcomes_csv(tmp_path / "outcomes.csv", 70_000)
+    assert (
+        piped(["metrics", "import", "--state", str(state), str(csv)], tmp_path, env).returncode == 0
+    )
+    calls: list[tuple[int, int | None]] = []
+    engine = PolicyEngine(
+        state=str(state), clock=lambda: NOW, warm_progress=lambda d, t: calls.append((d, t))
+    )
+    try:
+        assert calls == [(0, 70_000), (65_536, 70_000), (70_000, 70_000)]
+        stats = engine.metrics.stats("anthropic/claude-haiku-4-5")
+        assert stats is not None and stats.samples > 0
+    finally:
+        engine.close()
