@@ -71,6 +71,7 @@ class PolicyEngine:
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
         log_requests: str = "features",
         hash_keys: bool = False,
+        warm_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -89,13 +90,15 @@ class PolicyEngine:
         `log_requests`: what the decision log (a DuckDB state file) keeps of each request:
         `off`, `features` (what routing read, never the prompt text) or `full` (the body too);
         `hash_keys`: user and IP keys in it hashed with the state file's salt.
+        `warm_progress`: called as `(outcomes read, outcomes to read)` while the live window
+        is warmed from the outcome log (the CLI's progress bar; the engine prints nothing).
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
-            outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys,
+            outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
 
     @classmethod
@@ -114,6 +117,7 @@ class PolicyEngine:
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
         log_requests: str = "features",
         hash_keys: bool = False,
+        warm_progress: Callable[[int, int | None], None] | None = None,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
@@ -122,7 +126,7 @@ class PolicyEngine:
         engine._setup(
             compile_sources([(name, text)], now=clock()),
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
-            metrics_refresh_ms, log_requests, hash_keys,
+            metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
         return engine
 
@@ -139,6 +143,7 @@ class PolicyEngine:
         metrics_refresh_ms: float = DEFAULT_REFRESH_MS,
         log_requests: str = "features",
         hash_keys: bool = False,
+        warm_progress: Callable[[int, int | None], None] | None = None,
     ) -> None:
         if log_requests not in LOG_REQUESTS:
             raise ValueError(f"log_requests must be one of {', '.join(LOG_REQUESTS)}")
@@ -207,7 +212,7 @@ class PolicyEngine:
             salt = key_salt(self.store.connection) if hash_keys else None  # type: ignore[attr-defined]
             self._request_log = RequestLog(log_requests, self._program.request_paths, salt)
         if connection is not None:
-            self._warm_start(connection, window_s)
+            self._warm_start(connection, window_s, warm_progress)
             self.outcome_log = OutcomeWriter(
                 connection, max_queue=outcome_queue, interval_s=flush_interval_s / 2, label=label
             )
@@ -216,18 +221,28 @@ class PolicyEngine:
         if self._logs is not None:
             self._logs.start(flush_interval_s)
 
-    def _warm_start(self, connection: Any, window_s: float) -> None:
-        """Fill the live window from the outcome log (what happened in the last window)."""
+    def _warm_start(
+        self,
+        connection: Any,
+        window_s: float,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        """Fill the live window from the outcome log (what happened in the last window).
+        `progress(done, total)`: told once the rows are read, then every 65,536 rows."""
         if not isinstance(self.metrics, RecordingMetrics):
             return
         record = self.metrics.record
         catalog = self._program.catalog
-        for at, provider, model, latency, success, cost in recent_outcomes(
-            connection, self.clock() - window_s
-        ):
+        rows = recent_outcomes(connection, self.clock() - window_s)
+        total = len(rows)
+        for n, (at, provider, model, latency, success, cost) in enumerate(rows):
+            if progress is not None and not n & 0xFFFF:
+                progress(n, total)
             found = catalog.find(provider, model)
             if found is not None:
                 record(found.key, latency, bool(success), cost, at)
+        if progress is not None:
+            progress(total, total)
 
     # ------------------------------------------------------------------ reload
 

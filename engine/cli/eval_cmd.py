@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from engine.api.policy_engine import PolicyEngine
+from engine.cli import progress
 from engine.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_DENIED,
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         analytics=args.analytics,
         log_requests=args.log_requests,
         hash_keys=args.hash_keys,
+        warm_progress=progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
     )
     try:
         return _evaluate_all(engine, args, name, text)

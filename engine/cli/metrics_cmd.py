@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.cli import progress
 from engine.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -215,9 +216,13 @@ def run_import(args: argparse.Namespace) -> int:
     catalog = load_policy(policy).program.catalog
     con = _open(state, create=True)
     try:  # an OutcomeImportError is a PolicyctlError: `main` prints it, exit 2
-        report = import_outcomes(
-            con, args.input, catalog, now_s=cli_clock()(), format=args.input_format, name=name
-        )
+        with progress.task(f"importing {Path(name).name}", unit="%") as bar:
+            with progress.duckdb_query(con, bar):
+                report = import_outcomes(
+                    con, args.input, catalog, now_s=cli_clock()(), format=args.input_format,
+                    name=name,
+                )  # fmt: skip
+            bar.summary = f"imported {report.imported:,} outcome rows"
     finally:
         con.close()
     more = report.rejected - MAX_SHOWN_REJECTS

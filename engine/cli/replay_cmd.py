@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.cli import progress
 from engine.cli.common import EXIT_OK, UsageError, dump_json
 from engine.limits.stores import default_state_url
 from engine.units import parse_timestamp_s
@@ -155,12 +156,14 @@ def run(args: argparse.Namespace) -> int:
         log = read_requests_jsonl(source)
     else:
         log = read_decision_log(source, since, until)
-    with log:
+    with log, progress.task("replaying", unit="requests") as bar:
         report = replay(
             log,
             Path(args.policy),
             Path(args.baseline) if args.baseline is not None else None,
             shard,
+            lambda done: bar(done, None),
         )
+        bar.summary = f"replayed {report.replayed:,} requests"
     _show(report, args.format)
     return EXIT_OK

@@ -13,6 +13,7 @@ from engine.api.policy_engine import (
     DEFAULT_REFRESH_MS,
     PolicyEngine,
 )
+from engine.cli import progress
 from engine.cli.common import (
     EXIT_OK,
     UsageError,
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "clock": cli_clock(),
         "log_requests": args.log_requests,
         "hash_keys": args.hash_keys,
+        "warm_progress": progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
     }
     try:
         engine = PolicyEngine(policy, state=state, analytics=analytics, **options)

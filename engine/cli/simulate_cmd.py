@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+from engine.cli import progress
 from engine.cli.common import (
     EXIT_OK,
     UsageError,
@@ -69,7 +70,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--plot",
         metavar="OUT.png",
-        help="draw latency and cost over time per strategy (needs policyctl[plot])",
+        help="draw latency and cost over time per strategy, and failures when a provider"
+        " has an outage; .png, .svg or .pdf (needs policyctl[plot])",
     )
     add_format(p, default="table")
     p.set_defaults(run=run)
@@ -88,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(  # ScenarioError: every problem, one line each
         args.scenario, strategies=strategies, seed=args.seed, requests=args.requests
     )
-    report = simulate(scenario)
+    runs = 3 + len(scenario.runs())
+    with progress.task(f"simulating {runs} runs, requests", unit="requests") as bar:
+        report = simulate(scenario, bar)
+        bar.summary = f"simulated {scenario.requests:,} requests × {runs} runs"
     data = report.to_dict()
     if args.format == "json":
         dump_json(data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from engine.routing.request import RequestError, env_of
 from engine.routing.request_log import HASHED_PREFIX
 
 EXAMPLES = 3  # example request ids kept per kind of change
+PROGRESS_EVERY = 4096  # logged requests between two calls of replay's `progress`
 
 
 class ReplayError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
@@ -240,12 +241,13 @@ def replay(
     new_policy: Path,
     baseline_policy: Path | None = None,
     shard: Shard | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Every logged request decided again under `new_policy` (and `baseline_policy`, or
     compared with what was logged), in time order; the report of what changed. A JSONL
     source's requests (no logged decision) need a baseline. With `shard`, only the
     requests it owns are decided (every outcome is still recorded: the measurements are
-    the whole log's)."""
+    the whole log's). `progress(logged requests read)`: told every `PROGRESS_EVERY`."""
     if baseline_policy is None and log.raw:
         raise ReplayError("a JSONL file of requests has no logged decisions: give --baseline")
     clock = _Clock()
@@ -270,6 +272,7 @@ def replay(
         report.shard = shard
         if shard.count > 1:
             report.approximate = sorted({name for e in sides for name in approximate_limits(e)})
+    read = 0
     try:
         for event in _events(log, warm_s):
             clock.now = event.at
@@ -277,6 +280,9 @@ def replay(
                 for engine in sides:
                     _record(engine, event)
                 continue
+            read += 1
+            if progress is not None and not read % PROGRESS_EVERY:
+                progress(read)
             warming = event.at < warm_until
             _decide_again(report, event, new, base, measured, shard, literal, warming)
     finally:

@@ -8,15 +8,17 @@ degradation, how each run met it: calls during it, how soon it routed away, how 
 came back. For traffic with a `region`, how many requests each run served outside it.
 When the policy has a `split`, each strategy run's figures per experiment and arm, with
 confidence intervals, and each arm against the first (`ab`).
-`--plot` draws latency and cost over simulated time (matplotlib, the `policyctl[plot]`
-extra).
+`--plot` draws latency, cost and (with an outage) failures over simulated time, every row
+distinguishable (`figure`; matplotlib, the `policyctl[plot]` extra).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,17 +213,30 @@ def _window_row(
     return row
 
 
-def simulate(scenario: Scenario) -> Report:
-    """Run the baselines and every strategy of the scenario on the same traffic."""
+def simulate(
+    scenario: Scenario, progress: Callable[[int, int | None], None] | None = None
+) -> Report:
+    """Run the baselines and every strategy of the scenario on the same traffic.
+    `progress(requests done, requests to do)`: over all runs (each run's requests count),
+    told after each baseline and every `PROGRESS_EVERY` requests of a strategy run."""
     arrivals = draw_arrivals(
         scenario.seed, scenario.requests, scenario.rate_per_s, scenario.traffic
     )
-    runs = [
-        run_random(scenario, arrivals),
-        run_always(scenario, arrivals),
-        run_oracle(scenario, arrivals),
-    ]
-    runs += [run_strategy(scenario, arrivals, s, explore) for s, explore in scenario.runs()]
+    strategies = scenario.runs()
+    n = scenario.requests
+    total = n * (3 + len(strategies))
+    runs: list[Run] = []
+
+    def tell(done: int) -> None:
+        if progress is not None:
+            progress(len(runs) * n + done, total)
+
+    for baseline in (run_random, run_always, run_oracle):
+        tell(0)
+        runs.append(baseline(scenario, arrivals))
+    for s, explore in strategies:
+        runs.append(run_strategy(scenario, arrivals, s, explore, tell))
+    tell(0)
     return Report(scenario, arrivals, runs)
 
 
@@ -237,62 +252,201 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def plot(report: Report, path: str | os.PathLike[str]) -> None:
-    """Latency and cost per request over simulated time, one line per row (rolling means)."""
-    require_matplotlib()
-    import matplotlib
+# one style per row: a colour, a line style and a marker, so that no two rows look alike
+# even where their lines coincide (10 colours and 7 markers: 70 rows before a pair repeats,
+# and the line style moves on after them)
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")  # fmt: skip
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = {"baseline": ("--", "-."), "strategy": ("-", ":")}
+MARKS = 12  # markers per line, staggered between rows
+DODGE_PT = 3.0  # rows whose lines coincide in a panel are drawn this far apart (points)
+COINCIDE = 0.01  # ... when they differ by at most this share of the panel's range
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """How one row is drawn in every panel."""
+
+    label: str
+    color: str
+    linestyle: str
+    marker: str
+
+
+def styles(runs: list[Run]) -> list[Style]:
+    """One distinct (colour, line style, marker) per row, in the rows' order."""
+    out = []
+    for i, run in enumerate(runs):
+        label = f"{run.name} (baseline)" if run.kind == "baseline" else run.name
+        dashes = LINESTYLES.get(run.kind, LINESTYLES["strategy"])
+        span = len(COLORS) * len(MARKERS)
+        out.append(
+            Style(
+                label,
+                COLORS[i % len(COLORS)],
+                dashes[(i // span) % len(dashes)],
+                MARKERS[i % len(MARKERS)],
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks:
+    """A row's means over consecutive blocks of requests (served ones only), at each block's
+    middle: latency, cost, and the share of served calls that failed."""
+
+    xs: list[float]
+    latency_ms: list[float]
+    cost: list[float]
+    failure_rate: list[float]
+
+
+def has_failure_panel(report: Report) -> bool:
+    """The plot has a failure panel when a provider of the scenario has an outage."""
+    return any(p.outage is not None for p in report.scenario.providers.values())
+
+
+def figure(report: Report) -> Any:
+    """The plot as a matplotlib `Figure` (no pyplot, no global state): latency and cost per
+    request over simulated time, and the failure rate when the scenario has an outage; one
+    line per row, each with its own colour, line style and marker (`styles`), rows whose
+    lines coincide drawn a little apart (and named in the panel), outages shaded red,
+    degradations orange, drifts marked, and one legend naming every row."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
 
     at = [a.at - START for a in report.arrivals]
     n = len(at)
     window = max(1, n // 60)
-    fig, (ax_latency, ax_cost) = plt.subplots(2, 1, sharex=True, figsize=(12, 7))
-    for run in report.runs:
-        xs, lat, cost = _rolling(at, run, window)
-        style = "--" if run.kind == "baseline" else "-"
-        label = f"{run.name} (baseline)" if run.kind == "baseline" else run.name
-        ax_latency.plot(xs, lat, style, label=label, linewidth=1.2)
-        ax_cost.plot(xs, cost, style, label=label, linewidth=1.2)
+    failures = has_failure_panel(report)
+    rows = 3 if failures else 2
+    height = 3.2 * rows + 0.9  # inches
+    fig = Figure(figsize=(13, height))
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    ax_latency, ax_cost = axes[0], axes[1]
+    ax_cost.set_yscale("log")
+    blocks = [_blocks(at, run, window) for run in report.runs]
+    looks = styles(report.runs)
+    panels: list[tuple[Any, str]] = [(ax_latency, "latency_ms"), (ax_cost, "cost")]
+    if failures:
+        panels.append((axes[2], "failure_rate"))
+    for ax, field_name in panels:
+        series = [(b.xs, getattr(b, field_name)) for b in blocks]
+        _draw(fig, ax, series, looks, log=ax.get_yscale() == "log")
+    _mark_events(report, at, axes)
+    ax_latency.set_ylabel(f"latency, ms (mean of {window})")
+    ax_cost.set_ylabel(f"cost per request, USD (mean of {window})")
+    if failures:
+        axes[2].set_ylabel(f"failed calls, % of served (of {window})")
+        axes[2].yaxis.set_major_formatter(_percent())
+    axes[-1].set_xlabel("simulated time, s")
+    ax_latency.set_title(f"{report.scenario.name}: {n:,} requests, seed {report.scenario.seed}")
+    handles = ax_latency.get_lines()[: len(looks)]
+    # the right margin: the legend, and under it each panel's note on coinciding rows
+    fig.subplots_adjust(left=0.07, right=0.76, top=1 - 0.35 / height,
+                        bottom=0.55 / height, hspace=0.08)  # fmt: skip
+    fig.legend(handles, [s.label for s in looks], fontsize=8, loc="upper left",
+               bbox_to_anchor=(0.77, 1 - 0.35 / height), frameon=True)  # fmt: skip
+    return fig
+
+
+def plot(report: Report, path: str | os.PathLike[str]) -> None:
+    """`figure(report)` written to `path` (PNG, SVG or PDF, by its extension)."""
+    figure(report).savefig(os.fspath(path), dpi=120)
+
+
+def _percent() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0, decimals=0)
+
+
+def _draw(
+    fig: Any, ax: Any, series: list[tuple[list[float], list[float]]], looks: list[Style],
+    log: bool,
+) -> None:  # fmt: skip
+    """One line per row; the rows whose lines coincide with an earlier row's are drawn
+    `DODGE_PT` points apart from it (the data is not changed) and named in the panel."""
+    from matplotlib.transforms import offset_copy
+
+    groups = _coinciding(series, log)
+    dodge = {j: k for group in groups for k, j in enumerate(group)}
+    for i, ((xs, ys), look) in enumerate(zip(series, looks, strict=True)):
+        step = max(1, len(xs) // MARKS)
+        transform = ax.transData
+        if dodge.get(i):
+            transform = offset_copy(ax.transData, fig=fig, y=DODGE_PT * dodge[i], units="points")
+        ax.plot(xs, ys, color=look.color, linestyle=look.linestyle, marker=look.marker,
+                markersize=4, markevery=(i % step, step), linewidth=1.2, label=look.label,
+                transform=transform)  # fmt: skip
+    if groups:  # in the margin on the right of the panel, under the legend
+        lines = [f"drawn {DODGE_PT:g} pt apart here, as they coincide:"]
+        for group in groups:
+            text = " = ".join(looks[j].label for j in group)
+            lines += textwrap.wrap(text, 44, initial_indent="• ", subsequent_indent="  ")
+        ax.text(1.01, 0.0, "\n".join(lines), transform=ax.transAxes, fontsize=7,
+                va="bottom", ha="left")  # fmt: skip
+
+
+def _coinciding(series: list[tuple[list[float], list[float]]], log: bool) -> list[list[int]]:
+    """Groups of rows (two or more, by index) whose lines coincide: the same blocks, values
+    within `COINCIDE` of the panel's range (of its logarithm on a log scale)."""
+
+    def scaled(ys: list[float]) -> list[float]:
+        return [math.log10(y) for y in ys] if log else list(ys)
+
+    values = [scaled(ys) for _, ys in series]
+    flat = [v for vs in values for v in vs]
+    spread = (max(flat) - min(flat)) if flat else 0.0
+    tolerance = COINCIDE * spread if spread > 0 else 1e-12
+    groups: list[list[int]] = []
+    for j, (xs, _) in enumerate(series):
+        for group in groups:
+            lead = group[0]
+            if series[lead][0] == xs and all(
+                abs(a - b) <= tolerance for a, b in zip(values[lead], values[j], strict=True)
+            ):
+                group.append(j)
+                break
+        else:
+            groups.append([j])
+    return [g for g in groups if len(g) > 1]
+
+
+def _mark_events(report: Report, at: list[float], axes: Any) -> None:
+    """Outages shaded red, degradations orange, drifts a dotted line, on every panel."""
+    n = len(at)
+    top = axes[0]
     for key, provider in report.scenario.providers.items():
         if provider.outage is not None and provider.outage.from_request < n:
             lo = at[provider.outage.from_request]
             hi = at[min(provider.outage.to_request, n) - 1]
-            for ax in (ax_latency, ax_cost):
+            for ax in axes:
                 ax.axvspan(lo, hi, color="red", alpha=0.08)
-            ax_latency.annotate(f"outage {key}", (lo, 0.97), xycoords=("data", "axes fraction"),
-                                fontsize=8, va="top")  # fmt: skip
+            top.annotate(f"outage {key}", (lo, 0.97), xycoords=("data", "axes fraction"),
+                         fontsize=8, va="top")  # fmt: skip
         slow = provider.degradation
         if slow is not None and slow.from_request < n:
             lo, hi = at[slow.from_request], at[min(slow.to_request, n) - 1]
-            for ax in (ax_latency, ax_cost):
+            for ax in axes:
                 ax.axvspan(lo, hi, color="orange", alpha=0.08)
             label = f"{slow.latency_factor:g}× slower {key}"
-            ax_latency.annotate(label, (lo, 0.92), xycoords=("data", "axes fraction"),
-                                fontsize=8, va="top")  # fmt: skip
+            top.annotate(label, (lo, 0.92), xycoords=("data", "axes fraction"),
+                         fontsize=8, va="top")  # fmt: skip
         if provider.drift is not None and provider.drift.at_request < n:
             x = at[provider.drift.at_request]
-            for ax in (ax_latency, ax_cost):
+            for ax in axes:
                 ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-    ax_latency.set_ylabel(f"latency, ms (mean of {window})")
-    ax_cost.set_ylabel(f"cost per request, USD (mean of {window})")
-    ax_cost.set_xlabel("simulated time, s")
-    ax_cost.set_yscale("log")
-    ax_latency.set_title(f"{report.scenario.name}: {n:,} requests, seed {report.scenario.seed}")
-    ax_latency.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(os.fspath(path), dpi=120)
-    plt.close(fig)
 
 
-def _rolling(
-    at: list[float], run: Run, window: int
-) -> tuple[list[float], list[float], list[float]]:
+def _blocks(at: list[float], run: Run, window: int) -> Blocks:
     """Means over consecutive blocks of `window` requests (served ones only)."""
     xs: list[float] = []
     lat: list[float] = []
     cost: list[float] = []
+    failed: list[float] = []
     for lo in range(0, len(at), window):
         hi = min(lo + window, len(at))
         served = [i for i in range(lo, hi) if run.chosen[i] >= 0]
@@ -301,4 +455,5 @@ def _rolling(
         xs.append(at[(lo + hi - 1) // 2])
         lat.append(math.fsum(run.latency_ms[i] for i in served) / len(served))
         cost.append(max(math.fsum(run.cost[i] for i in served) / len(served), 1e-9))
-    return xs, lat, cost
+        failed.append(sum(1 for i in served if not run.ok[i]) / len(served))
+    return Blocks(xs, lat, cost, failed)

@@ -33,6 +33,7 @@ SONNETS = (SONNET, "anthropic/claude-sonnet-4-6")
 RANDOM_ROW = "random"
 SONNET_ROW = "always sonnet"
 ORACLE_ROW = "oracle"
+PROGRESS_EVERY = 1000  # a strategy run tells its `progress` callback this often (requests)
 _HEALTH_DROPS = ("in cooldown", "success rate", "degraded")  # the evaluator's health reasons
 
 
@@ -271,10 +272,15 @@ def run_name(strategy: str, explore: str | None) -> str:
 
 
 def run_strategy(
-    scenario: Scenario, arrivals: list[Arrival], strategy: str, explore: str | None = None
+    scenario: Scenario,
+    arrivals: list[Arrival],
+    strategy: str,
+    explore: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Run:
     """A fresh engine on a fake clock; outcomes are recorded when each call completes.
-    `explore`: the `explore` setting the run adds to its defaults (the scenario's field)."""
+    `explore`: the `explore` setting the run adds to its defaults (the scenario's field).
+    `progress(requests done)`: told every `PROGRESS_EVERY` requests."""
     run = _new_run(run_name(strategy, explore), "strategy", scenario)
     clock = _Clock(START)
     name, text = scenario.policy_text(strategy, explore)
@@ -305,6 +311,8 @@ def run_strategy(
     seed = scenario.seed
     try:
         for a in arrivals:
+            if progress is not None and not a.index % PROGRESS_EVERY:
+                progress(a.index)
             while pending and pending[0][0] <= a.at:
                 done, _, decision, latency, ok, cost, tokens_in, tokens_out = heapq.heappop(pending)
                 clock.now = done
