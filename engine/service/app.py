@@ -48,6 +48,7 @@ from engine.service.body import (
     problem,
     wire_options,
 )
+from engine.service.dashboard import Dashboard
 from engine.wire import FORMATS
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
@@ -330,6 +331,7 @@ def create_app(
     """The app. Admin calls that change state need `Bearer admin_token`; with no token they
     are refused unless `open_admin`."""
     telemetry = Telemetry()
+    dashboard = Dashboard(engine, admin_token=admin_token)  # /dashboard (its module)
 
     def guarded(handler: Handler) -> Handler:
         async def run(request: HttpRequest) -> Response:
@@ -369,6 +371,7 @@ def create_app(
             decision.denied_by,
             time.perf_counter() - start,
         )
+        dashboard.count(decision)
         return Response(decision.to_json(), media_type="application/json")
 
     async def outcomes(request: HttpRequest) -> Response:
@@ -433,6 +436,7 @@ def create_app(
             open_admin=open_admin,
             count_error=count_error,
         ),
+        *dashboard.routes(),
         *(extra_routes or []),
     ]
 
@@ -461,6 +465,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.telemetry = telemetry
+    app.state.dashboard = dashboard
     app.state.admin_token = admin_token
     app.state.open_admin = open_admin
     return app
