@@ -10,7 +10,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const W = 600;
   const H = 220;
-  const PAD = { left: 54, right: 12, top: 12, bottom: 26 };
+  const PAD = { left: 6, right: 12, top: 22, bottom: 26 };  // y labels sit above their lines
   const MODEL_CLASSES = 6;
 
   const $ = (id) => document.getElementById(id);
@@ -257,9 +257,8 @@
       svg("line", { class: "axis", x1: PAD.left, y1: H - PAD.bottom, x2: W - PAD.right, y2: H - PAD.bottom }),
       svg("line", { class: "grid", x1: PAD.left, y1: y(top), x2: W - PAD.right, y2: y(top) }),
       svg("line", { class: "grid", x1: PAD.left, y1: y(top / 2), x2: W - PAD.right, y2: y(top / 2) }),
-      svg("text", { x: PAD.left - 6, y: y(top) + 4, "text-anchor": "end" }, options.format(top)),
-      svg("text", { x: PAD.left - 6, y: y(top / 2) + 4, "text-anchor": "end" }, options.format(top / 2)),
-      svg("text", { x: PAD.left - 6, y: y(0) + 4, "text-anchor": "end" }, options.format(0)),
+      svg("text", { x: PAD.left, y: y(top) - 4 }, options.format(top)),
+      svg("text", { x: PAD.left, y: y(top / 2) - 4 }, options.format(top / 2)),
       svg("text", { x: PAD.left, y: H - 6 }, `−${Math.round(state.historyS / 60)} min`),
       svg("text", { x: W - PAD.right, y: H - 6, "text-anchor": "end" }, "now"),
     );
