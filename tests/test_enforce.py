@@ -476,3 +476,16 @@ def test_openapi_lists_both_paths_with_their_headers(client: httpx.Client) -> No
         MAX_BATCH_ITEMS
     )
     assert "413" in batch["responses"]
+
+
+def test_batch_and_enforce_decisions_reach_the_dashboard(client: httpx.Client) -> None:
+    def total() -> int:
+        snapshot = client.get("/dashboard/snapshot.json")
+        assert snapshot.status_code == 200, snapshot.text
+        return int(snapshot.json()["decisions"]["total"])
+
+    before = total()
+    batch = [{"user": f"dash-{i}", "prompt": "hi"} for i in range(3)]
+    assert client.post("/v1/eval/batch", json=batch).status_code == 200
+    assert client.post("/v1/enforce", json={"user": "dash-9", "prompt": "hi"}).status_code == 200
+    assert total() == before + 4

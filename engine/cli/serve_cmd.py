@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             engine.watch(quiet_ms=args.reload_quiet)
         app = create_app(engine, admin_token=token, open_admin=args.open_admin)
         print(f"policyctl serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        serve(app, host=args.host, port=args.port, limits=limits)
+        serve(app, host=args.host, port=args.port, limits=limits, on_stop=app.state.dashboard.stop)
     finally:
         engine.close()
     return EXIT_OK

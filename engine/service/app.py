@@ -51,6 +51,7 @@ from engine.service.body import (
     problem,
     wire_options,
 )
+from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
 from engine.wire import FORMATS
 
@@ -337,6 +338,7 @@ def create_app(
     """The app. Admin calls that change state need `Bearer admin_token`; with no token they
     are refused unless `open_admin`."""
     telemetry = Telemetry()
+    dashboard = Dashboard(engine, admin_token=admin_token)  # /dashboard (its module)
 
     def guarded(handler: Handler) -> Handler:
         async def run(request: HttpRequest) -> Response:
@@ -376,12 +378,14 @@ def create_app(
             decision.denied_by,
             time.perf_counter() - start,
         )
+        dashboard.count(decision)
         return Response(decision.to_json(), media_type="application/json")
 
     def observe(decision: Decision, seconds: float) -> None:  # /v1/enforce, /v1/eval/batch
         telemetry.observe(
             decision.route, decision.provider, decision.allowed, decision.denied_by, seconds
         )
+        dashboard.count(decision)
 
     async def outcomes(request: HttpRequest) -> Response:
         body = await json_body(request)
@@ -446,6 +450,7 @@ def create_app(
             open_admin=open_admin,
             count_error=count_error,
         ),
+        *dashboard.routes(),
         *(extra_routes or []),
     ]
 
@@ -474,6 +479,7 @@ def create_app(
     )
     app.state.engine = engine
     app.state.telemetry = telemetry
+    app.state.dashboard = dashboard
     app.state.admin_token = admin_token
     app.state.open_admin = open_admin
     return app

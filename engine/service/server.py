@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from types import FrameType
 
 import h11
 import uvicorn
@@ -74,7 +75,14 @@ def _protocol(read_timeout_s: float) -> type[H11Protocol]:
 
 class _Server(uvicorn.Server):
     """uvicorn, but SIGTERM ends `run()` normally (uvicorn re-raises the signal, which
-    would skip flushing the logs)."""
+    would skip flushing the logs), and `on_stop` hears of the stop when it begins."""
+
+    on_stop: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_stop is not None:  # open streams end: the shutdown need not wait for them
+            self.on_stop()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -83,8 +91,16 @@ class _Server(uvicorn.Server):
         yield
 
 
-def serve(app: ASGIApp, *, host: str, port: int, limits: Limits) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return."""
+def serve(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    limits: Limits,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return.
+    `on_stop()` runs when the stop begins (the dashboard ends its event streams)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -96,4 +112,6 @@ def serve(app: ASGIApp, *, host: str, port: int, limits: Limits) -> None:
         limit_concurrency=limits.limit_concurrency,
         backlog=limits.backlog,
     )
-    _Server(config).run()
+    server = _Server(config)
+    server.on_stop = on_stop
+    server.run()
