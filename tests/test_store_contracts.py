@@ -167,6 +167,22 @@ class TestStore:
         assert store.peek("a") == pytest.approx(NOW + 1000.0)
         assert store.peek("b") == pytest.approx(NOW + 1000.0)
 
+    def test_exactly_n_fit_a_bucket_of_n_at_any_epoch(self, make_store: StoreFactory) -> None:
+        """A full-at time is epoch ms (~1e12, where a float's step is ~1e-4 ms) and every
+        consumption adds to it, rounding: without slack in time, a burst at one instant
+        got N - 1 of N at about half of all epochs (`limit user 7 per 1m` at 1e9 s: 6)."""
+        rng = random.Random(7)
+        store = _claimed(make_store, "Store")
+        cases = [(1e12, 7, 60_000.0)] + [
+            (rng.uniform(1e12, 4e12), rng.choice((3, 7, 13, 100)),
+             rng.choice((1_000.0, 60_000.0, 3_600_000.0)))
+            for _ in range(40)
+        ]  # fmt: skip
+        for i, (now, n, window_ms) in enumerate(cases):
+            spec = Spec(f"burst/{i}", float(n), n / window_ms, 1.0)
+            admitted = sum(store.acquire([spec], (), now).option == 0 for _ in range(n + 2))
+            assert admitted == n, (now, n, window_ms)
+
     def test_the_first_option_with_room_is_consumed(self, make_store: StoreFactory) -> None:
         store = _claimed(make_store, "Store")
         shared = [_spec("g", 10.0)]

@@ -30,6 +30,7 @@ from engine.language.program import CompiledLimit
 from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial, LimitStatus
 from engine.limits.stores.base import (
     EPSILON,
+    TIME_SLACK_MS,
     AcquireResult,
     Outcome,
     Quota,
@@ -547,7 +548,7 @@ class Limiter:
                 spec = Spec(a.prefix + key, a.capacity, a.rate, cost)
                 full_at = self.store.peek(spec.key)
                 have = available(full_at, a.capacity, a.rate, now)
-                fits = have + EPSILON >= cost
+                fits = have + EPSILON + a.rate * TIME_SLACK_MS >= cost
                 after = consumed(full_at, a.rate, cost, now) if fits else (full_at or now)
                 statuses.append(_status(a, key, Outcome(spec, have, fits, after)))
         return statuses
@@ -580,7 +581,7 @@ class Limiter:
                         levels[key] = self.store.peek(key)
                     full_at = levels[key]
                     have = available(full_at, capacity, rate, now)
-                    fits = have + EPSILON >= cost
+                    fits = have + EPSILON + rate * TIME_SLACK_MS >= cost
                     outcome = Outcome(
                         Spec(*bucket),
                         have,

@@ -28,6 +28,7 @@ from itertools import chain, islice
 
 from engine.limits.stores.base import (
     EPSILON,
+    TIME_SLACK_MS,
     AcquireResult,
     BucketCounts,
     ConfigurationError,
@@ -134,7 +135,7 @@ class MemoryStore:
                         start = full_at
                     else:
                         start = now
-                    if have + EPSILON >= spec[3]:
+                    if have + EPSILON + spec[2] * TIME_SLACK_MS >= spec[3]:
                         if full_at is None:
                             self._since_evict += NEW_KEY_DEBT
                         else:
@@ -183,7 +184,7 @@ class MemoryStore:
                 have = spec[1]
                 if full_at is not None and full_at > now:
                     have -= (full_at - now) * spec[2]
-                if not have + EPSILON >= spec[3]:
+                if not have + EPSILON + spec[2] * TIME_SLACK_MS >= spec[3]:
                     return None
                 haves.append(have)
             fulls: list[float] = []
@@ -250,7 +251,8 @@ class MemoryStore:
                 full_at = now
             else:
                 have -= (full_at - now) * spec[2]
-            outcome = _outcome((spec, have, have + EPSILON >= spec[3], full_at))
+            fits = have + EPSILON + spec[2] * TIME_SLACK_MS >= spec[3]
+            outcome = _outcome((spec, have, fits, full_at))
             out.append(outcome)
             if not outcome[2]:
                 return out, outcome

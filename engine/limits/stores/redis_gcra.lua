@@ -31,7 +31,8 @@ local function check(i)
   else
     have = capacity - (full_at - now) * rate
   end
-  return { have, have + 1e-9 >= cost, full_at }
+  -- slack: 1e-9 tokens, and 0.01 ms of refill (TIME_SLACK_MS in stores/base.py)
+  return { have, have + 1e-9 + rate * 0.01 >= cost, full_at }
 end
 
 local function take(i)
