@@ -81,8 +81,8 @@ def check_state_url(url: str) -> str:
 LOCK_WAIT_ENV = "POLICYCTL_LOCK_WAIT"
 DEFAULT_LOCK_WAIT_S = 10.0
 # what a locked state file's error suggests: the admin commands can ask the server instead
-ASK_THE_SERVER = "ask the server that holds it instead: --server URL (or $POLICYCTL_SERVER)"
-WAIT_LONGER = f"wait longer for it: --lock-wait SECONDS (or ${LOCK_WAIT_ENV})"
+ASK_THE_SERVER = "ask the server that holds it: --server URL (or $POLICYCTL_SERVER)"
+WAIT_LONGER = f"wait longer: --lock-wait SECONDS (or ${LOCK_WAIT_ENV})"
 
 
 def add_lock_wait(parser: argparse.ArgumentParser) -> None:

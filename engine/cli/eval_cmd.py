@@ -44,8 +44,8 @@ from engine.wire import FORMATS, NATIVE
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
 MEMORY = MEMORY_URLS[0]  # the default state: eval is a query
 QUERY_INSTEAD = (
-    "leave --state out (and $POLICYCTL_STATE unset) to decide on fresh in-memory state, or"
-    " send the requests to the server that holds the file (POST /v1/eval)"
+    "leave --state out for a query on fresh in-memory state (the server that holds the file"
+    " decides on POST /v1/eval)"
 )
 
 EXAMPLE = """\

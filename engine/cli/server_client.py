@@ -103,9 +103,12 @@ _OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({
 
 
 def _refusal(url: str, status: int, body: bytes) -> PolicyctlError:
-    if status in (401, 403):
+    message = _problem(body)
+    if status == 401 or (status == 403 and message is None):
         return ServerRefusedToken(REFUSED)
-    message = _problem(body) or "no problem message"
+    if status == 403:  # no token configured there: what to do is the server's to say
+        return ServerRefusedToken(f"{REFUSED} (the server says: {message})")
+    message = message or "no problem message"
     text = f"the server at {url} answered {status}: {message}"
     return ServerRejected(text) if status < 500 else ServerFailed(text)
 
