@@ -41,7 +41,7 @@ from _pairs import pairs_option, ratio_cell, ratios, rounds
 from engine import PolicyEngine
 from engine.analytics.importer import import_outcomes
 from engine.analytics.schema import ensure_schema
-from engine.cli.metrics_cmd import show_rows
+from engine.analytics.summary import model_rows as show_rows
 from engine.language.loader import load_policy
 
 BARE_QUANTILES = """

@@ -443,6 +443,8 @@ def test_state_memory_is_accepted_and_writes_no_file(workdir: Path) -> None:
 
 
 def test_default_state_lives_under_xdg_state_home(workdir: Path) -> None:
+    """The persistent default (the admin commands', `serve`'s) is under $XDG_STATE_HOME;
+    `eval` without --state or $POLICYCTL_STATE is a query on memory and writes nothing."""
     chat = str(EXAMPLES / "chat.json")
     env = cli_env(workdir) | {"POLICYCTL_STATE": str(workdir / "mine.duckdb")}
     default, from_env = parallel(
@@ -453,8 +455,11 @@ def test_default_state_lives_under_xdg_state_home(workdir: Path) -> None:
     )
     assert default.code == 0, default.err
     assert from_env.code == 0, from_env.err
-    assert (workdir / "xdg-state" / "policyctl" / "state.duckdb").is_file()
+    assert not (workdir / "xdg-state").exists()
     assert (workdir / "mine.duckdb").is_file()
+    admin = policyctl(workdir, "ratelimit", "status", "--user", "alice")
+    assert admin.code == 0, admin.err
+    assert (workdir / "xdg-state" / "policyctl" / "state.duckdb").is_file()
 
 
 def test_unknown_state_scheme_quotes_the_url(workdir: Path) -> None:

@@ -209,7 +209,9 @@ def test_a_state_file_another_process_holds_is_an_error_before_any_decision(
             assert (run.returncode, stdout) == (4, ""), (mode, stderr)
             assert stderr == (
                 f"policyctl: error: state file `{state}` is in use by another process;"
-                " waited 10 s (set a longer wait, or use another --state)\n"
+                " waited 10 s\nhelp: wait longer: --lock-wait SECONDS (or $POLICYCTL_LOCK_WAIT);"
+                " or leave --state out for a query on fresh in-memory state (the server that"
+                " holds the file decides on POST /v1/eval)\n"
             )
     finally:
         holder.communicate("", timeout=60)

@@ -10,7 +10,8 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,6 +21,7 @@ from engine.errors import EXIT_DENIED as EXIT_DENIED
 from engine.errors import EXIT_ERROR as EXIT_ERROR
 from engine.errors import EXIT_OK as EXIT_OK
 from engine.errors import PolicyctlError
+from engine.limits.stores.base import StoreBusyError
 from engine.units import iso_timestamp_s
 from engine.vocabulary import LOG_REQUESTS, STORE_URL_PREFIXES, unknown_store_message
 
@@ -74,6 +76,50 @@ def check_state_url(url: str) -> str:
     if "://" in url and not url.startswith(STORE_URL_PREFIXES):
         raise UsageError(unknown_store_message(url))
     return url
+
+
+LOCK_WAIT_ENV = "POLICYCTL_LOCK_WAIT"
+DEFAULT_LOCK_WAIT_S = 10.0
+# what a locked state file's error suggests: the admin commands can ask the server instead
+ASK_THE_SERVER = "ask the server that holds it: --server URL (or $POLICYCTL_SERVER)"
+WAIT_LONGER = f"wait longer: --lock-wait SECONDS (or ${LOCK_WAIT_ENV})"
+
+
+def add_lock_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-wait",
+        metavar="SECONDS",
+        help="how long to wait for a DuckDB state file another process (a running `policyctl"
+        f" serve`) holds, then exit 4 (default: ${LOCK_WAIT_ENV}, else"
+        f" {DEFAULT_LOCK_WAIT_S:g})",
+    )
+
+
+def lock_wait_s(args: argparse.Namespace) -> float:
+    """`--lock-wait`, else `$POLICYCTL_LOCK_WAIT`, else 10 s: seconds, 0 or more."""
+    given, where = args.lock_wait, "--lock-wait"
+    if given is None:
+        given, where = os.environ.get(LOCK_WAIT_ENV, "").strip() or None, f"${LOCK_WAIT_ENV}"
+    if given is None:
+        return DEFAULT_LOCK_WAIT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"`{where}` must be a number of seconds, 0 or more, got `{given}`")
+    return seconds
+
+
+@contextmanager
+def lock_help(*suggestions: str) -> Iterator[None]:
+    """A locked state file's error, with a `help:` line of what to do instead."""
+    try:
+        yield
+    except StoreBusyError as err:
+        if not err.locked:
+            raise
+        raise StoreBusyError(f"{err}\nhelp: {'; or '.join(suggestions)}", locked=True) from None
 
 
 def dump_json(data: Any, out: TextIO = sys.stdout) -> None:

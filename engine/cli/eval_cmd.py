@@ -16,17 +16,21 @@ from engine.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_DENIED,
     EXIT_OK,
+    WAIT_LONGER,
     add_format,
+    add_lock_wait,
     add_policy,
     add_request_log,
     check_state_url,
     cli_clock,
     default_policy_path,
+    lock_help,
+    lock_wait_s,
     printable,
     render_table,
 )
 from engine.diagnostics import Diagnostic, Source, Span
-from engine.limits.stores import default_state_url
+from engine.limits.stores import Store, default_state_url, open_store
 from engine.routing.decision import (
     Decision,
     DeniedByPolicyRequire,
@@ -35,9 +39,15 @@ from engine.routing.decision import (
 )
 from engine.routing.request import RequestError, json_limit
 from engine.units import format_money as money
+from engine.vocabulary import MEMORY_URLS
 from engine.wire import FORMATS, NATIVE
 
 MAX_REQUEST_BYTES = 1 << 20  # one request (one JSON document or one JSONL line)
+MEMORY = MEMORY_URLS[0]  # the default state: eval is a query
+QUERY_INSTEAD = (
+    "leave --state out for a query on fresh in-memory state (the server that holds the file"
+    " decides on POST /v1/eval)"
+)
 
 EXAMPLE = """\
 examples:
@@ -46,6 +56,11 @@ examples:
   policyctl eval examples/requests/openai-chat.json   (OpenAI, Anthropic, Gemini bodies as-is)
   policyctl eval --input gemini --model gemini-2.5-flash examples/requests/gemini.json
   cat requests.jsonl | policyctl eval - > decisions.jsonl
+  policyctl eval --state ./state.duckdb examples/requests/chat.json   (limits persist)
+
+Without --state (or $POLICYCTL_STATE) eval is a query: it decides on fresh in-memory
+state, consumes no limit that outlives the command and writes no file. With a state file
+it consumes its limits, logs its decisions and routes on its recorded outcomes.
 
 exit codes: 0 allowed, 3 denied (at least one), 2 bad input, 4 state store busy
 """
@@ -69,9 +84,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--state",
         metavar="URL",
-        help="rate-limit state: memory://, a DuckDB file path (default: $POLICYCTL_STATE, else"
-        " ~/.local/state/policyctl/state.duckdb)",
+        help="rate-limit state: memory://, a DuckDB file path, redis://… (default:"
+        " $POLICYCTL_STATE, else memory://: fresh in-memory state, nothing written)",
     )
+    add_lock_wait(p)
     p.add_argument(
         "--analytics",
         metavar="PATH",
@@ -206,15 +222,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    engine = PolicyEngine(
-        args.policy if args.policy is not None else default_policy_path(),
-        state=args.state if args.state is not None else default_state_url(),
-        clock=cli_clock(),
-        analytics=args.analytics,
-        log_requests=args.log_requests,
-        hash_keys=args.hash_keys,
-        warm_progress=progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
-    )
+    wait_s = lock_wait_s(args)
+    state: str | Store = args.state if args.state is not None else default_state_url(MEMORY)
+    with lock_help(WAIT_LONGER, QUERY_INSTEAD):
+        if "://" not in state:  # a DuckDB file: opened here, with the lock wait asked for
+            state = open_store(state, lock_timeout_s=wait_s)
+        try:
+            engine = PolicyEngine(
+                args.policy if args.policy is not None else default_policy_path(),
+                state=state,
+                clock=cli_clock(),
+                analytics=args.analytics,
+                log_requests=args.log_requests,
+                hash_keys=args.hash_keys,
+                warm_progress=progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
+            )
+        except BaseException:
+            if not isinstance(state, str):
+                state.close()
+            raise
     try:
         return _evaluate_all(engine, args, name, text)
     finally:

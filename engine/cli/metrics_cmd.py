@@ -8,22 +8,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.analytics.summary import BY, SUMMARY_PATH, SummaryQuery, since_us, summary
 from engine.cli import progress
 from engine.cli.common import (
+    ASK_THE_SERVER,
     EXIT_BAD_INPUT,
     EXIT_OK,
+    WAIT_LONGER,
     UsageError,
     add_format,
+    add_lock_wait,
     add_policy,
     check_state_url,
     cli_clock,
     default_policy_path,
     dump_json,
+    lock_help,
+    lock_wait_s,
     render_table,
 )
+from engine.cli.server_client import add_server, server_client
 from engine.limits.stores import default_state_url
 from engine.units import format_money as money
-from engine.units import format_timestamp, parse_duration_s
+from engine.units import parse_duration_s
 from engine.vocabulary import MEMORY_URLS
 
 MAX_SHOWN_REJECTS = 50
@@ -61,9 +68,13 @@ SHOW_EXAMPLE = """\
 examples:
   policyctl metrics show
   policyctl metrics show --window 1h --provider gemini --format json
+  policyctl metrics show --server http://127.0.0.1:8080   (a running `policyctl serve`)
 
 Per provider and model over the window: exact p50/p95/p99 latency (DuckDB quantile_cont,
 linear interpolation), success rate, average cost and the number of outcomes.
+While `policyctl serve` holds the state file, ask it with --server URL (or
+$POLICYCTL_SERVER; the token from $POLICYCTL_ADMIN_TOKEN): the same output, the server's
+numbers.
 """
 
 EXPORT_EXAMPLE = """\
@@ -119,12 +130,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("--provider", help="only this provider")
     show.add_argument(
         "--by",
-        choices=("model", "arm"),
+        choices=BY,
         default="model",
         help="model: per provider and model (the default); arm: per experiment arm (`split`),"
         " its decisions and the outcomes of its requests",
     )
     _add_state(show)
+    add_server(show)
     add_format(show, default="table")
     show.set_defaults(run=run_show)
 
@@ -154,6 +166,7 @@ def _add_state(parser: argparse.ArgumentParser) -> None:
         help="the DuckDB state file holding the outcome log (default: $POLICYCTL_STATE, else"
         " ~/.local/state/policyctl/state.duckdb)",
     )
+    add_lock_wait(parser)
 
 
 def _add_window(parser: argparse.ArgumentParser, default: str | None) -> None:
@@ -182,23 +195,24 @@ def _state_path(url: str | None) -> str:
     return state
 
 
-def _open(state: str, *, create: bool) -> Any:
-    """The state file's connection (waiting for its lock); for a file that does not exist yet
-    and `create` false, an empty in-memory database with the same schema."""
+def _open(state: str, args: argparse.Namespace, *, create: bool, server: bool = False) -> Any:
+    """The state file's connection (waiting `--lock-wait` for its lock); for a file that does
+    not exist yet and `create` false, an empty in-memory database with the same schema.
+    `server`: the command takes --server, which a locked file's error suggests."""
     from engine.analytics import queries
     from engine.limits.stores import open_analytics
 
     path = Path(state).expanduser()
     if path.is_dir():
         raise UsageError(f"the state file `{state}` is a directory")
-    con: Any = open_analytics(state) if create or path.exists() else queries.empty_log()
+    wait_s = lock_wait_s(args)
+    if not (create or path.exists()):
+        con: Any = queries.empty_log()
+    else:
+        with lock_help(*((ASK_THE_SERVER,) if server else ()), WAIT_LONGER):
+            con = open_analytics(state, lock_timeout_s=wait_s)
     queries.quiet(con)
     return con
-
-
-def _since(window_s: float | None, now: float) -> int | None:
-    """The window's start in epoch microseconds (None: everything)."""
-    return None if window_s is None else round((now - window_s) * 1e6)
 
 
 # ---------------------------------------------------------------- import
@@ -214,7 +228,7 @@ def run_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read `{args.input}`: no such file")
     policy = args.policy if args.policy is not None else default_policy_path()
     catalog = load_policy(policy).program.catalog
-    con = _open(state, create=True)
+    con = _open(state, args, create=True)
     try:  # an OutcomeImportError is a PolicyctlError: `main` prints it, exit 2
         with progress.task(f"importing {Path(name).name}", unit="%") as bar:
             with progress.duckdb_query(con, bar):
@@ -256,83 +270,40 @@ def run_import(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- show
 
 
-def show_rows(con: Any, since_us: int | None, provider: str | None) -> list[dict[str, Any]]:
-    """Per provider/model: samples, exact p50/p95/p99 (quantile_cont), success rate, cost."""
-    from engine.analytics import queries
-
-    rows = []
-    for prov, model, samples, q, success_rate, avg_cost in queries.model_summary(
-        con, since_us, provider
-    ):
-        rows.append(
-            {
-                "provider": prov,
-                "model": model,
-                "samples": int(samples),
-                "p50_ms": q[0],
-                "p95_ms": q[1],
-                "p99_ms": q[2],
-                "success_rate": float(success_rate),
-                "avg_cost": None if avg_cost is None else float(avg_cost),
-            }
-        )
-    return rows
-
-
-def arm_rows(con: Any, since_us: int | None) -> list[dict[str, Any]]:
-    """Per experiment arm: decisions, allowed, and the outcomes of its requests."""
-    from engine.analytics import queries
-
-    rows = []
-    for (
-        experiment,
-        arm,
-        decisions,
-        allowed,
-        outcomes,
-        q,
-        rate,
-        cost,
-        estimated,
-    ) in queries.arm_summary(con, since_us):
-        rows.append(
-            {
-                "experiment": experiment,
-                "arm": arm,
-                "decisions": int(decisions),
-                "allowed": int(allowed),
-                "outcomes": int(outcomes),
-                "p50_ms": None if q is None else q[0],
-                "p95_ms": None if q is None else q[1],
-                "p99_ms": None if q is None else q[2],
-                "success_rate": None if rate is None else float(rate),
-                "cost": None if cost is None else float(cost),
-                "avg_estimated_cost": None if estimated is None else float(estimated),
-            }
-        )
-    return rows
-
-
-def run_show_arms(args: argparse.Namespace) -> int:
-    """`metrics show --by arm`."""
-    if args.provider is not None:
+def run_show(args: argparse.Namespace) -> int:
+    """`metrics show`: the summary of the state file's log, or of a running server's."""
+    if args.by == "arm" and args.provider is not None:
         raise UsageError("--provider is for `--by model`; an arm spans providers")
-    state = _state_path(args.state)
+    client = server_client(args)
+    state = _state_path(args.state) if client is None else None
     window_s = parse_duration_s(args.window, error=UsageError)
-    now = cli_clock()()
-    con = _open(state, create=False)
-    try:
-        rows = arm_rows(con, _since(window_s, now))
-    finally:
-        con.close()
-    since = format_timestamp(now - window_s, timespec="seconds")
-    window = args.window.strip()
+    if client is not None:
+        params = {"window": args.window.strip(), "by": args.by}
+        if args.provider is not None:
+            params["provider"] = args.provider
+        report: dict[str, Any] = client.get(SUMMARY_PATH, params)
+    else:
+        assert state is not None
+        query = SummaryQuery(args.window.strip(), window_s, cli_clock()(), args.provider, args.by)
+        con = _open(state, args, create=False, server=True)
+        try:
+            report = summary(con, state, query)
+        finally:
+            con.close()
     if args.format == "json":
-        dump_json({"state": state, "window": window, "since": since, "arms": rows})
-        return EXIT_OK
+        dump_json(report)
+    elif args.by == "arm":
+        print(_arms_table(report))
+    else:
+        print(_models_table(report))
+    return EXIT_OK
+
+
+def _arms_table(report: dict[str, Any]) -> str:
+    """`metrics show --by arm` for people."""
+    rows, window, since = report["arms"], report["window"], report["since"]
     if not rows:
-        print(f"no experiment decisions in the last {window} (state: {state})")
-        return EXIT_OK
+        return f"no experiment decisions in the last {window} (state: {report['state']})"
     table = [
         (
             r["experiment"], r["arm"], r["decisions"], r["allowed"], r["outcomes"],
@@ -346,39 +317,18 @@ def run_show_arms(args: argparse.Namespace) -> int:
         "experiment", "arm", "decisions", "allowed", "outcomes", "p50", "p95", "p99",
         "success", "cost",
     )  # fmt: skip
-    print(render_table(headers, table))
-    print(f"(last {window}, since {since}; outcomes joined to decisions by request id)")
-    return EXIT_OK
+    return (
+        render_table(headers, table)
+        + f"\n(last {window}, since {since}; outcomes joined to decisions by request id)"
+    )
 
 
-def run_show(args: argparse.Namespace) -> int:
-    if getattr(args, "by", "model") == "arm":
-        return run_show_arms(args)
-    state = _state_path(args.state)
-    window_s = parse_duration_s(args.window, error=UsageError)
-    now = cli_clock()()
-    con = _open(state, create=False)
-    try:
-        rows = show_rows(con, _since(window_s, now), args.provider)
-    finally:
-        con.close()
-    since = format_timestamp(now - window_s, timespec="seconds")
-    if args.format == "json":
-        dump_json(
-            {
-                "state": state,
-                "window": args.window.strip(),
-                "since": since,
-                "provider": args.provider,
-                "models": rows,
-            }
-        )
-        return EXIT_OK
-    window = args.window.strip()
+def _models_table(report: dict[str, Any]) -> str:
+    """`metrics show` for people."""
+    rows, window, provider = report["models"], report["window"], report["provider"]
     if not rows:
-        who = f" for provider `{args.provider}`" if args.provider else ""
-        print(f"no outcomes{who} in the last {window} (state: {state})")
-        return EXIT_OK
+        who = f" for provider `{provider}`" if provider else ""
+        return f"no outcomes{who} in the last {window} (state: {report['state']})"
     table = [
         (
             r["provider"], r["model"], r["samples"], _ms(r["p50_ms"]), _ms(r["p95_ms"]),
@@ -388,9 +338,7 @@ def run_show(args: argparse.Namespace) -> int:
         for r in rows
     ]  # fmt: skip
     headers = ("provider", "model", "samples", "p50", "p95", "p99", "success", "avg cost")
-    print(render_table(headers, table))
-    print(f"(last {window}, since {since})")
-    return EXIT_OK
+    return render_table(headers, table) + f"\n(last {window}, since {report['since']})"
 
 
 def _ms(value: float) -> str:
@@ -442,8 +390,8 @@ def export_rows(
         raise UsageError(f"cannot write `{args.output}`: it is a directory")
     if not out.parent.is_dir():
         raise UsageError(f"cannot write `{args.output}`: no such directory `{out.parent}`")
-    since = _since(window_s, cli_clock()())
-    con = _open(state, create=False)
+    since = since_us(window_s, cli_clock()())
+    con = _open(state, args, create=False)
     try:
         count = write(con, out, fmt, since)
     except queries.ExportError as err:

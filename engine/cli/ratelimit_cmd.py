@@ -3,31 +3,42 @@
 Operator commands over the rate-limit state (thin over `engine.limits.admin.RateLimitAdmin`).
 Each one checks every flag first, then opens the engine on the state, does its one thing
 and closes it (which writes back): a command that fails on its input never touches the
-state. Output is a table by default (these are commands for people); `--format json` gives
-one JSON document for scripts.
+state. With `--server URL` (or `$POLICYCTL_SERVER`) the same calls go to a running
+`policyctl serve` (`/v1/ratelimit/…`, engine.service.admin_routes) and its JSON answer is
+printed by the same code. Output is a table by default (these are commands for people);
+`--format json` gives one JSON document for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from engine.api.policy_engine import PolicyEngine
 from engine.cli.common import (
+    ASK_THE_SERVER,
     EXIT_OK,
+    WAIT_LONGER,
+    UsageError,
     add_format,
+    add_lock_wait,
     add_policy,
     check_state_url,
     cli_clock,
     default_policy_path,
     dump_json,
+    lock_help,
+    lock_wait_s,
     render_table,
 )
+from engine.cli.server_client import ServerClient, add_server, server_client
 from engine.language.program import Program
 from engine.limits.admin import (
+    DEFAULT_IDLE_MS,
     DEFAULT_VIOLATIONS,
     AdminError,
     RateLimitAdmin,
@@ -35,7 +46,7 @@ from engine.limits.admin import (
     check_quota,
     check_scope,
 )
-from engine.limits.stores import default_analytics, default_state_url
+from engine.limits.stores import Store, default_analytics, default_state_url, open_store
 from engine.units import format_timestamp as iso
 from engine.units import parse_count, parse_day, parse_timestamp_s, parse_window_ms
 
@@ -46,8 +57,13 @@ examples:
   policyctl ratelimit reset --ip 203.0.113.7
   policyctl ratelimit violations --key alice --limit 10 --format json
 
+  policyctl ratelimit status --server http://127.0.0.1:8080   (a running `policyctl serve`)
+
 Windows are durations (`250ms`, `30s`, `1m`, `1h`, `1d`) or plain milliseconds (`60000`).
-Every action takes --state URL, --policy PATH and --format table|json (default: table).
+Every action takes --state URL, --policy PATH, --lock-wait SECONDS and --format table|json
+(default: table). While `policyctl serve` holds the state file, ask it instead: --server
+URL (or $POLICYCTL_SERVER), with the token from $POLICYCTL_ADMIN_TOKEN; the output is the
+same.
 """
 
 SCOPE_FLAGS = (("user", "ID"), ("provider", "NAME"), ("ip", "ADDRESS"))
@@ -207,6 +223,8 @@ def _action(
         help="rate-limit state: memory://, a DuckDB file path, redis://… (default:"
         " $POLICYCTL_STATE, else ~/.local/state/policyctl/state.duckdb)",
     )
+    add_lock_wait(p)
+    add_server(p)
     add_format(p, default="table")
     p.set_defaults(run=run, analytics=None, reads_logs=False)
     return p
@@ -236,22 +254,168 @@ def _policy(args: argparse.Namespace) -> Any:
     return args.policy if args.policy is not None else default_policy_path()
 
 
-def _program(args: argparse.Namespace) -> Program:
-    """The policy alone (no state opened), for checks that need it."""
+def _program(args: argparse.Namespace) -> Program | None:
+    """The policy alone (no state opened), for checks that need it; None with a server,
+    which checks against its own policy."""
     from engine.language.loader import load_policy
 
+    if _server(args) is not None:
+        return None
     return load_policy(_policy(args)).program
 
 
-def _run(args: argparse.Namespace, action: Callable[[RateLimitAdmin], int]) -> int:
-    """Open the engine on the state, do one thing, close (which writes back)."""
+class Admin(Protocol):
+    """The calls the actions make: `RateLimitAdmin` on the state, or `_Remote` on a server."""
+
+    def status(
+        self, scope: str | None = None, key: str | None = None, verbose: bool = False
+    ) -> list[dict[str, Any]]: ...
+    def set_quota(
+        self,
+        scope: str = "user",
+        key: str = "",
+        limit: str | float = 0,
+        window_ms: str | float = 0,
+        burst: str | float = 0,
+        expires_at: str | float | dt.date | None = None,
+    ) -> dict[str, Any]: ...
+    def reset(self, scope: str, key: str | None = None) -> int: ...
+    def remove_quota(self, scope: str, key: str) -> bool: ...
+    def config(self, verbose: bool = False) -> dict[str, Any]: ...
+    def stats(
+        self,
+        start: str | dt.date | None = None,
+        end: str | dt.date | None = None,
+        scope: str | None = None,
+    ) -> list[dict[str, Any]]: ...
+    def violations(
+        self, key: str | None = None, limit: int = DEFAULT_VIOLATIONS, scope: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    def buckets(self, scope: str | None = None) -> list[dict[str, Any]]: ...
+    def cleanup(self, idle_ms: str | float = ...) -> int: ...
+
+
+class _Remote:
+    """The admin calls over HTTP (`/v1/ratelimit/…`): the server answers what
+    `RateLimitAdmin` returns, as JSON."""
+
+    BASE = "/v1/ratelimit"
+
+    def __init__(self, client: ServerClient) -> None:
+        self.client = client
+
+    def _get(self, action: str, params: dict[str, str | None]) -> Any:
+        return self.client.get(
+            f"{self.BASE}/{action}", {k: v for k, v in params.items() if v is not None}
+        )
+
+    def _post(self, action: str, body: dict[str, Any]) -> Any:
+        return self.client.post(f"{self.BASE}/{action}", body)
+
+    def status(
+        self, scope: str | None = None, key: str | None = None, verbose: bool = False
+    ) -> list[dict[str, Any]]:
+        params = _scope_params(scope, key)
+        params["verbose"] = "true" if verbose else None
+        rows: list[dict[str, Any]] = self._get("status", params)
+        return rows
+
+    def set_quota(
+        self,
+        scope: str = "user",
+        key: str = "",
+        limit: str | float = 0,
+        window_ms: str | float = 0,
+        burst: str | float = 0,
+        expires_at: str | float | dt.date | None = None,
+    ) -> dict[str, Any]:
+        assert scope == "user"  # the only scope `ratelimit set` takes
+        body = {"user": key, "limit": limit, "window": window_ms, "burst": burst}
+        if expires_at is not None:
+            body["expires"] = str(expires_at)
+        quota: dict[str, Any] = self._post("set", body)
+        return quota
+
+    def reset(self, scope: str, key: str | None = None) -> int:
+        body: dict[str, Any] = {"global": True} if scope == "global" else {scope: key}
+        return int(self._post("reset", body)["reset"])
+
+    def remove_quota(self, scope: str, key: str) -> bool:
+        return bool(self._post("remove", {scope: key})["removed"])
+
+    def config(self, verbose: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = self._get("config", {"verbose": "true" if verbose else None})
+        return data
+
+    def stats(
+        self,
+        start: str | dt.date | None = None,
+        end: str | dt.date | None = None,
+        scope: str | None = None,
+    ) -> list[dict[str, Any]]:
+        params = {"start": start, "end": end, "type": scope}
+        rows: list[dict[str, Any]] = self._get(
+            "stats", {k: None if v is None else str(v) for k, v in params.items()}
+        )
+        return rows
+
+    def violations(
+        self, key: str | None = None, limit: int = DEFAULT_VIOLATIONS, scope: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._get(
+            "violations", {"key": key, "limit": str(limit), "type": scope}
+        )
+        return rows
+
+    def buckets(self, scope: str | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._get("buckets", {"type": scope})
+        return rows
+
+    def cleanup(self, idle_ms: str | float = DEFAULT_IDLE_MS) -> int:
+        return int(self._post("cleanup", {"idle": idle_ms})["deleted"])
+
+
+def _scope_params(scope: str | None, key: str | None) -> dict[str, str | None]:
+    if scope is None:
+        return {}
+    return {"global": "true"} if scope == "global" else {scope: key}
+
+
+def _server(args: argparse.Namespace) -> ServerClient | None:
+    """The server to ask (`--server`, `$POLICYCTL_SERVER`); None for the state."""
+    client = server_client(args)
+    if client is not None and args.policy is not None:
+        raise UsageError(
+            "--policy is for the state file: a server (--server or $POLICYCTL_SERVER)"
+            " answers with its own policy"
+        )
+    return client
+
+
+def _run(args: argparse.Namespace, action: Callable[[Admin], int]) -> int:
+    """Ask the server; or open the engine on the state, do one thing, close (which writes
+    back)."""
+    client = _server(args)
+    if client is not None:
+        return action(_Remote(client))
     if args.state is not None:
         check_state_url(args.state)
-    state = args.state if args.state is not None else default_state_url()
+    wait_s = lock_wait_s(args)
+    state: str | Store = args.state if args.state is not None else default_state_url()
     analytics = args.analytics  # stats and violations: where memory or Redis state logs
     if analytics is None and args.reads_logs:
         analytics = default_analytics(state)
-    engine = PolicyEngine(_policy(args), state=state, analytics=analytics, clock=cli_clock())
+    with lock_help(ASK_THE_SERVER, WAIT_LONGER):
+        if "://" not in state:  # a DuckDB file: opened here, with the lock wait asked for
+            state = open_store(state, lock_timeout_s=wait_s)
+        try:
+            engine = PolicyEngine(
+                _policy(args), state=state, analytics=analytics, clock=cli_clock()
+            )
+        except BaseException:
+            if not isinstance(state, str):
+                state.close()
+            raise
     try:
         return action(RateLimitAdmin(engine))
     finally:
@@ -296,7 +460,7 @@ def _who(scope: str, key: str | None) -> str:
 def run_status(args: argparse.Namespace) -> int:
     scope, key = _chosen_scope(args)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         rows = admin.status(scope, key, verbose=args.verbose)
         if args.format == "json":
             dump_json(rows)
@@ -342,9 +506,11 @@ def run_set(args: argparse.Namespace) -> int:
     parse_count(args.burst, "--burst", allow_zero=True, error=AdminError)
     if args.expires is not None:
         parse_timestamp_s(args.expires, "--expires", error=AdminError)
-    check_quota(_program(args), now_s=cli_clock()(), **fields)
+    program = _program(args)
+    if program is not None:  # a server checks the quota against its own policy
+        check_quota(program, now_s=cli_clock()(), **fields)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         quota = admin.set_quota(**fields)
         if args.format == "json":
             dump_json(quota)
@@ -364,7 +530,7 @@ def run_reset(args: argparse.Namespace) -> int:
     scope, key = _chosen_scope(args)
     assert scope is not None  # the flag group is required
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         count = admin.reset(scope, key or None)
         if args.format == "json":
             dump_json({"scope": scope, "key": key or None, "reset": count})
@@ -379,7 +545,7 @@ def run_reset(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     key = check_key("user", args.user)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         removed = admin.remove_quota("user", key)
         if args.format == "json":
             dump_json({"scope": "user", "key": key, "removed": removed})
@@ -393,7 +559,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         data = admin.config(verbose=args.verbose)
         if args.format == "json":
             dump_json(data)
@@ -438,10 +604,11 @@ def run_stats(args: argparse.Namespace) -> int:
     end = parse_day(args.end, "--end", error=AdminError)
     if start is not None and end is not None and start > end:
         raise AdminError(f"`--start` {start} is after `--end` {end}")
-    if args.type is not None:
-        check_scope(_program(args), args.type)
+    program = _program(args) if args.type is not None else None
+    if program is not None:  # a server checks the scope against its own policy
+        check_scope(program, args.type)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         rows = admin.stats(start, end, args.type)
         if args.format == "json":
             dump_json(rows)
@@ -464,7 +631,7 @@ def run_violations(args: argparse.Namespace) -> int:
     if args.key is not None and not args.key.strip():
         raise AdminError("`--key` must not be empty")
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         rows = admin.violations(args.key, count)
         if args.format == "json":
             dump_json(rows)
@@ -484,10 +651,11 @@ def run_violations(args: argparse.Namespace) -> int:
 
 
 def run_buckets(args: argparse.Namespace) -> int:
-    if args.type is not None:
-        check_scope(_program(args), args.type)
+    program = _program(args) if args.type is not None else None
+    if program is not None:  # a server checks the scope against its own policy
+        check_scope(program, args.type)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         rows = admin.buckets(args.type)
         if args.format == "json":
             dump_json(rows)
@@ -511,7 +679,7 @@ def run_buckets(args: argparse.Namespace) -> int:
 def run_cleanup(args: argparse.Namespace) -> int:
     idle = parse_window_ms(args.idle, "--idle", allow_zero=True, error=AdminError)
 
-    def action(admin: RateLimitAdmin) -> int:
+    def action(admin: Admin) -> int:
         deleted = admin.cleanup(idle)
         if args.format == "json":
             dump_json({"deleted": deleted, "idle_ms": int(idle) if idle.is_integer() else idle})

@@ -56,7 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8181, help="port (default 8181; 0 picks one)")
     add_policy(p)
-    p.add_argument("--state", metavar="URL", help="rate-limit state (default: $POLICYCTL_STATE)")
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="rate-limit state, kept (unlike eval's default): memory://, a DuckDB file,"
+        " redis://… (default: $POLICYCTL_STATE, else ~/.local/state/policyctl/state.duckdb)",
+    )
     p.add_argument(
         "--analytics",
         metavar="PATH",

@@ -9,9 +9,11 @@
     POST /v1/ratelimit/reset       {"user"|"provider"|"ip"|"model": key} or {"global": true}
     POST /v1/ratelimit/remove      {"user"}
     POST /v1/ratelimit/cleanup     {"idle"?: "24h"}
+    GET  /v1/metrics/summary       ?window=24h&provider=…&by=model|arm
 
-Each answers the JSON `policyctl ratelimit ACTION --format json` prints, through the same
-`RateLimitAdmin`. The POST calls change state: with a token configured they need
+Each answers the JSON `policyctl ratelimit ACTION --format json` (`metrics show --format
+json`) prints, through the same `RateLimitAdmin` (`engine.analytics.summary`): the
+commands' `--server URL` asks these. The POST calls change state: with a token configured they need
 `Authorization: Bearer TOKEN` (else 401); with none they are refused (403) unless the
 server was opened with `open_admin`. Bad parameters are a 422 naming the field; unknown
 parameters are errors, not ignored.
@@ -28,10 +30,12 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.analytics.summary import BY, SUMMARY_PATH, SummaryQuery, summary
 from engine.errors import PolicyctlError
 from engine.limits.admin import AdminError, RateLimitAdmin
+from engine.limits.stores.base import SQLQueries
 from engine.service.body import BodyError, SafeJSONResponse, json_body, problem
-from engine.units import parse_window_ms
+from engine.units import UnitError, parse_duration_s, parse_window_ms
 
 Handler = Callable[[HttpRequest], Awaitable[Response]]
 Guard = Callable[[Handler], Handler]
@@ -48,11 +52,13 @@ NOT_OPEN = (
 
 
 class AdminCallError(PolicyctlError):
-    """A parameter problem: 422 with the field it concerns."""
+    """A parameter problem: 422 with the field it concerns (409 with `conflict`: the call
+    does not apply to this server)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, conflict: bool = False) -> None:
         self.field = field
         self.message = message
+        self.conflict = conflict
 
 
 def _admin_problem(err: AdminError) -> tuple[str, str]:
@@ -189,6 +195,8 @@ def admin_routes(
             except RecursionError:
                 return refuse(400, "malformed JSON: nested too deeply")
             except AdminCallError as err:
+                if err.conflict:
+                    return refuse(409, err.message)
                 return refuse(422, "invalid admin call", [{"field": err.field,
                                                            "message": err.message}])  # fmt: skip
             except AdminError as err:
@@ -260,6 +268,31 @@ def admin_routes(
         deleted = admin.cleanup(idle_ms)
         return {"deleted": deleted, "idle_ms": int(idle_ms) if idle_ms.is_integer() else idle_ms}
 
+    async def metrics_summary(request: HttpRequest) -> Any:
+        params = _query(request, ("window", "provider", "by"))
+        window = params.get("window", "24h").strip()
+        try:
+            window_s = parse_duration_s(window, error=UnitError)
+        except UnitError as err:
+            raise AdminCallError("window", str(err).replace("--window", "`window`")) from None
+        by = params.get("by", "model")
+        if by not in BY:
+            raise AdminCallError("by", f"`by` must be one of {_list(BY)}, got `{by}`")
+        provider = params.get("provider")
+        if by == "arm" and provider is not None:
+            raise AdminCallError("provider", "`provider` is for `by=model`; an arm spans providers")
+        engine = admin.engine
+        store = engine.store
+        if not isinstance(store, SQLQueries):
+            raise AdminCallError(
+                "", f"this server keeps no outcome log: its state `{store.url}` is not a DuckDB"
+                " file", conflict=True,
+            )  # fmt: skip
+        if engine.outcome_log is not None:
+            engine.outcome_log.flush()  # what was recorded before the call is in the answer
+        query = SummaryQuery(window, window_s, engine.clock(), provider, by)
+        return store.read(lambda con: summary(con, store.url, query))
+
     base = "/v1/ratelimit"
     return [
         Route(f"{base}/status", call(status, mutating=False), methods=["GET"]),
@@ -271,6 +304,7 @@ def admin_routes(
         Route(f"{base}/reset", call(reset, mutating=True), methods=["POST"]),
         Route(f"{base}/remove", call(remove, mutating=True), methods=["POST"]),
         Route(f"{base}/cleanup", call(cleanup, mutating=True), methods=["POST"]),
+        Route(SUMMARY_PATH, call(metrics_summary, mutating=False), methods=["GET"]),
     ]
 
 
@@ -365,4 +399,25 @@ def admin_openapi_paths() -> dict[str, Any]:
         "/v1/ratelimit/cleanup": post(
             "Delete full buckets idle for `idle` (default 24h)", {"idle": amount}, []
         ),
+        SUMMARY_PATH: {
+            "get": {
+                "summary": "Per-model (or per-arm) latency percentiles, success rate and cost"
+                " over a window: `policyctl metrics show`",
+                "parameters": [
+                    _query_param("window", text, "a duration such as 30m, 1h, 24h (default 24h)"),
+                    _query_param("provider", text, "only this provider (by=model)"),
+                    _query_param("by", {"type": "string", "enum": list(BY)}, "model or arm"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the same JSON as `policyctl metrics show --format json`"
+                    },
+                    "409": {
+                        "description": "the server's state is not a DuckDB file (no log)",
+                        "content": {"application/json": {"schema": error}},
+                    },
+                    "422": answers(False)["422"],
+                },
+            }
+        },
     }

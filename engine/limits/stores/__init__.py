@@ -26,12 +26,16 @@ __all__ = [
 ]
 
 
-def default_state_url() -> str:
-    """`$POLICYCTL_STATE`, else `$XDG_STATE_HOME/policyctl/state.duckdb` (~/.local/state)."""
-    env = os.environ.get("POLICYCTL_STATE")
+STATE_ENV = "POLICYCTL_STATE"
+
+
+def default_state_url(fallback: str | None = None) -> str:
+    """`$POLICYCTL_STATE`, else `fallback` (`policyctl eval`: `memory://`), else
+    `$XDG_STATE_HOME/policyctl/state.duckdb` (~/.local/state)."""
+    env = os.environ.get(STATE_ENV)
     if env:
         return env
-    return default_state_file()
+    return fallback if fallback is not None else default_state_file()
 
 
 def default_state_file() -> str:

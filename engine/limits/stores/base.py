@@ -69,7 +69,12 @@ class ConfigurationError(PolicyctlError, ValueError):
 
 
 class StoreBusyError(PolicyctlError, RuntimeError, exit_code=EXIT_BUSY):
-    """The state is locked by another process and the wait timed out."""
+    """The state is locked by another process and the wait timed out (`locked`), or its
+    file could not be opened for another reason."""
+
+    def __init__(self, message: str, *, locked: bool = False) -> None:
+        super().__init__(message)
+        self.locked = locked
 
 
 class StoreUnavailableError(PolicyctlError, RuntimeError, exit_code=EXIT_ERROR):

@@ -52,8 +52,8 @@ def _connect(path: str, timeout_s: float) -> Any:
                 raise StoreBusyError(f"cannot open state file `{path}`: {err}") from None
             if time.monotonic() >= deadline:
                 raise StoreBusyError(
-                    f"state file `{path}` is in use by another process; waited {timeout_s:g} s"
-                    " (set a longer wait, or use another --state)"
+                    f"state file `{path}` is in use by another process; waited {timeout_s:g} s",
+                    locked=True,
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
