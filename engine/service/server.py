@@ -84,12 +84,15 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: ASGIApp, *, host: str, port: int, limits: Limits) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return."""
+    """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return.
+    Logging is `engine.service.logconfig`'s: uvicorn's own configuration is not applied."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        log_level="warning",
+        log_config=None,
+        log_level=None,
+        access_log=False,
         lifespan="off",
         http=_protocol(limits.read_timeout_s),
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
