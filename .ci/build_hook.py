@@ -1,5 +1,5 @@
 """The hatchling build hook (`[tool.hatch.build.hooks.custom]` in pyproject.toml): records
-the commit a wheel or sdist is built from in `engine/_build_info.py`, which
+the commit a wheel or sdist is built from in `engine/_data/commit`, which
 `engine.build.commit()` reads at run time (`policyctl --version`, `/metrics`).
 
 The file is written to a temporary directory and force-included, so the source tree is
@@ -20,8 +20,8 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-TARGET = "engine/_build_info.py"
-RECORDED = re.compile(r'^COMMIT = "([0-9a-f]+|unknown)"$', re.M)
+TARGET = "engine/_data/commit"
+RECORDED = re.compile(r"[0-9a-f]{4,40}|unknown")
 
 
 def _commit(root: Path) -> str:
@@ -33,9 +33,9 @@ def _commit(root: Path) -> str:
     spec.loader.exec_module(build)
     commit = str(build.git_commit(root))
     if commit == build.UNKNOWN and (root / TARGET).is_file():
-        found = RECORDED.search((root / TARGET).read_text(encoding="utf-8"))
-        if found:
-            return found.group(1)
+        recorded = (root / TARGET).read_text(encoding="utf-8").strip()
+        if RECORDED.fullmatch(recorded):
+            return recorded
     return commit
 
 
@@ -47,13 +47,8 @@ class CommitHook(BuildHookInterface):  # type: ignore[misc]
             return
         commit = _commit(Path(self.root))
         self._dir = tempfile.mkdtemp(prefix="policyctl-build-")
-        generated = Path(self._dir) / "_build_info.py"
-        generated.write_text(
-            '"""Written by the build (.ci/build_hook.py): the commit this copy was built'
-            ' from."""\n\n'
-            f'COMMIT = "{commit}"\n',
-            encoding="utf-8",
-        )
+        generated = Path(self._dir) / "commit"
+        generated.write_text(f"{commit}\n", encoding="utf-8")
         build_data["force_include"][str(generated)] = TARGET
 
     def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:

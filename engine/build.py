@@ -1,7 +1,7 @@
-"""Which commit this copy of policyctl was built from (`policyctl --version`, and
-`policyctl_build_info` in `GET /metrics`).
+"""The version of policyctl (`engine.__version__`) and the commit this copy was built from
+(`policyctl --version`, and `policyctl_build_info` in `GET /metrics`).
 
-A wheel carries it in `engine/_build_info.py`, which the build hook (`.ci/build_hook.py`)
+A wheel carries it in `engine/_data/commit`, which the build hook (`.ci/build_hook.py`)
 writes at build time and which is never in the source tree. A source checkout (the
 tests' `PYTHONPATH`, an editable install) asks git, so the answer follows `HEAD`.
 Anything else, a build outside git or git missing, is `unknown`.
@@ -13,8 +13,11 @@ import functools
 import subprocess
 from pathlib import Path
 
+VERSION = "0.1.0"  # pyproject.toml's `version` (tests/test_cli.py checks they agree)
 UNKNOWN = "unknown"
-_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when this is one
+_PACKAGE = Path(__file__).resolve().parent
+_ROOT = _PACKAGE.parent  # the checkout, when this is one
+RECORD = "_data/commit"  # in the package: the commit a wheel was built from, one line
 GIT_TIMEOUT_S = 5.0
 
 
@@ -46,7 +49,7 @@ def commit() -> str:
     if (_ROOT / "pyproject.toml").is_file() and (_ROOT / ".git").exists():
         return git_commit(_ROOT)
     try:
-        from engine._build_info import COMMIT  # type: ignore[import-not-found]
-    except ImportError:
+        recorded = (_PACKAGE / RECORD).read_text(encoding="utf-8").strip()
+    except OSError:
         return UNKNOWN
-    return str(COMMIT) or UNKNOWN
+    return recorded or UNKNOWN

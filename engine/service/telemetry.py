@@ -33,9 +33,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import __version__
 from engine.api.policy_engine import PolicyEngine
-from engine.build import commit
+from engine.build import VERSION, commit
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets
 from engine.routing.decision import Denial
@@ -64,7 +63,7 @@ class Telemetry:
         # (path, method, status) -> request counts per bucket of REQUEST_BUCKETS_S, then +Inf
         self.requests: dict[tuple[str, str, int], list[int]] = {}
         self.request_seconds: Counter[tuple[str, str, int]] = Counter()
-        self.build = {"version": __version__, "commit": commit()}
+        self.build = {"version": VERSION, "commit": commit()}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
