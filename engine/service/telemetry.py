@@ -16,10 +16,10 @@ user, key or request id.
 from __future__ import annotations
 
 import logging
-import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
+from time import perf_counter
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -57,12 +57,12 @@ class Telemetry:
         self.engine = engine
         self.decisions: Counter[tuple[str, str, str]] = Counter()  # route, provider, outcome
         self.denials: Counter[str] = Counter()  # scope (or no_eligible_model, deny_rule, …)
-        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one: past every bound
+        self.buckets = [0.0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one: past every bound
         self.latency_sum = 0.0
         self.bad_requests: Counter[int] = Counter()
-        # (path, method, status) -> request counts per bucket of REQUEST_BUCKETS_S, then +Inf
-        self.requests: dict[tuple[str, str, int], list[int]] = {}
-        self.request_seconds: Counter[tuple[str, str, int]] = Counter()
+        # (path, method, status) -> request counts per bucket of REQUEST_BUCKETS_S, the +Inf
+        # bucket's, then the seconds they took in all
+        self.requests: dict[tuple[str, str, int], list[float]] = {}
         self.build = {"version": VERSION, "commit": commit()}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -70,7 +70,7 @@ class Telemetry:
         self.registry.register(self)
 
     @property
-    def latency_count(self) -> int:
+    def latency_count(self) -> float:
         return sum(self.buckets)
 
     def observe(
@@ -91,11 +91,11 @@ class Telemetry:
     def observe_request(self, path: str, method: str, status: int, s: float) -> None:
         """One HTTP request, answered `status` after `s` seconds."""
         key = (path, method if method in METHODS else "other", status)
-        counts = self.requests.get(key)
-        if counts is None:
-            counts = self.requests[key] = [0] * (len(REQUEST_BUCKETS_S) + 1)
-        counts[bisect_left(REQUEST_BUCKETS_S, s)] += 1
-        self.request_seconds[key] += s
+        row = self.requests.get(key)
+        if row is None:
+            row = self.requests[key] = [0.0] * (len(REQUEST_BUCKETS_S) + 2)
+        row[bisect_left(REQUEST_BUCKETS_S, s)] += 1
+        row[-1] += s
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The registry rendered as the `Accept` header asks (Prometheus text 0.0.4 unless
@@ -167,22 +167,19 @@ class Telemetry:
             )
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
-            "HTTP requests by route template, method and status: from the first byte of the"
-            " body read to the last byte of the answer.",
+            "HTTP requests by route template, method and status: from the app's start on the"
+            " request (its headers in) to the last byte of the answer.",
             labels=("path", "method", "status"),
         )
-        for key, counts in sorted(self.requests.items()):
-            path, method, status = key
+        for (path, method, status), row in sorted(self.requests.items()):
             requests.add_metric(
-                (path, method, str(status)),
-                _cumulative(REQUEST_BUCKETS_S, counts),
-                self.request_seconds[key],
+                (path, method, str(status)), _cumulative(REQUEST_BUCKETS_S, row[:-1]), row[-1]
             )
         yield requests
 
 
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    running = 0
+def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:
+    running = 0.0
     out: list[tuple[str, float]] = []
     for bound, n in zip((*bounds, float("inf")), counts, strict=True):
         running += n
@@ -192,7 +189,7 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
 
 class RequestTimer:
     """ASGI middleware: each HTTP request into `telemetry`'s per-path histogram and, when
-    `access_log` is on, one line to the `policyctl.access` logger (at INFO; the path
+    `log_access` is on, one line to the `policyctl.access` logger (at INFO; the path
     without its query string, as the client sent it)."""
 
     def __init__(self, app: ASGIApp, *, telemetry: Telemetry, log_access: bool) -> None:
@@ -204,7 +201,7 @@ class RequestTimer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = perf_counter()
         status = 500  # unless an answer starts: an exception's 500 is sent outside
 
         async def send_status(message: Message) -> None:
@@ -216,7 +213,7 @@ class RequestTimer:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            s = time.perf_counter() - start
+            s = perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", None) or UNMATCHED
             self.telemetry.observe_request(path, scope["method"], status, s)
