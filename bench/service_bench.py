@@ -286,7 +286,7 @@ def server_decide_us(port: int) -> tuple[float, int]:
     client.close()
     text = data.decode()
     total = re.search(r"^policyctl_decision_seconds_sum (\S+)$", text, re.M)
-    count = re.search(r"^policyctl_decision_seconds_count (\d+)$", text, re.M)
+    count = re.search(r"^policyctl_decision_seconds_count (\d+)\.0$", text, re.M)
     if status != 200 or total is None or count is None or int(count.group(1)) == 0:
         return float("nan"), 0
     return float(total.group(1)) / int(count.group(1)) * 1e6, int(count.group(1))

@@ -1,6 +1,7 @@
 """policyctl: a declarative policy engine for LLM traffic. The public API."""
 
 from engine.api.policy_engine import PolicyEngine
+from engine.build import VERSION
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.errors import PolicyctlError
@@ -14,7 +15,7 @@ from engine.routing.decision import (
 )
 from engine.routing.request import Request, RequestError
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "CatalogError",

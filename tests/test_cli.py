@@ -170,8 +170,12 @@ def read_example(name: str) -> dict[str, Any]:
 def test_version_matches_the_package_and_pyproject(workdir: Path) -> None:
     run = policyctl(workdir, "--version")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    commit = head.stdout.strip() if head.returncode == 0 else "unknown"  # a checkout: git's
     assert run.code == 0
-    assert run.out == f"policyctl {engine.__version__}\n"
+    assert run.out == f"policyctl {engine.__version__} (commit {commit})\n"
     assert engine.__version__ == project["version"]
     assert run.err == ""
 

@@ -155,8 +155,8 @@ def test_the_service_shows_held_and_dropped_buckets(tmp_path: Path) -> None:
         text = client.get("/metrics").text
     assert "# TYPE policyctl_buckets_held gauge" in text
     assert "# TYPE policyctl_buckets_dropped_total counter" in text
-    held = re.search(r"^policyctl_buckets_held (\d+)$", text, re.M)
-    dropped = re.search(r"^policyctl_buckets_dropped_total (\d+)$", text, re.M)
+    held = re.search(r"^policyctl_buckets_held (\d+)\.0$", text, re.M)
+    dropped = re.search(r"^policyctl_buckets_dropped_total (\d+)\.0$", text, re.M)
     assert held is not None and dropped is not None
     assert int(held.group(1)) == 4
     assert int(dropped.group(1)) >= 4  # two decisions' user and IP buckets, at least

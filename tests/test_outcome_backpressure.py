@@ -41,7 +41,7 @@ def test_post_outcomes_answers_503_and_records_none_of_it(tmp_path: Path) -> Non
         fits = client.post("/v1/outcomes", json=[{**item, "request_id": f"y{i}"} for i in range(5)])
         assert (fits.status_code, fits.json()) == (202, {"recorded": 5})
         metrics = client.get("/metrics").text
-        assert "policyctl_outcomes_dropped_total 6\n" in metrics
+        assert "policyctl_outcomes_dropped_total 6.0\n" in metrics
         openapi = client.get("/openapi.json").json()
         assert "503" in openapi["paths"]["/v1/outcomes"]["post"]["responses"]
     con = duckdb.connect(str(server.state), read_only=True)

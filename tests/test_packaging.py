@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import PolicyEngine
+from engine import PolicyEngine, __version__
+from engine.build import UNKNOWN, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGED_DATA = (
@@ -65,6 +66,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
             source = ROOT / data.removeprefix("engine/_data/")
             assert archive.read(data) == source.read_bytes(), data
         assert "engine/__init__.py" in names
+        # the build hook's record of the commit, and not the hook itself
+        assert archive.read("engine/_data/commit").decode() == f"{_git_head()}\n"
+        assert not any("build_hook" in n for n in names)
         assert not any(n.startswith(("tests/", "bench/", ".ci/")) for n in names)
         (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "policyctl = engine.cli:run" in archive.read(entry_points).decode()
@@ -87,6 +91,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    version = _run([str(policyctl), "--version"], cwd=empty, env=env, timeout=120)
+    assert (version.returncode, version.stderr) == (0, "")
+    assert version.stdout == f"policyctl {__version__} (commit {_git_head()})\n"
     request = ROOT / "examples" / "requests" / "chat.json"
     shutil.copy(request, empty / "request.json")
 
@@ -152,6 +159,63 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert sorted(p.name for p in empty.iterdir()) == ["request.json"]
 
     _every_command_the_docs_show(policyctl, tmp_path, env)
+    _a_build_outside_git_says_unknown(python, policyctl, tmp_path, env)
+
+
+def _git_head() -> str:
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert head.returncode == 0, f"the tests run from a git checkout: {head.stderr}"
+    return head.stdout.strip()
+
+
+def _a_build_outside_git_says_unknown(
+    python: Path, policyctl: Path, tmp: Path, env: dict[str, str]
+) -> None:
+    """A wheel built from a copy of the sources without `.git` (as from a tarball),
+    installed over the first one: `--version` says the commit is unknown."""
+    copy = tmp / "copy"
+    copy.mkdir()
+    for name in ("pyproject.toml", "README.md", ".gitignore"):
+        shutil.copy(ROOT / name, copy / name)
+    skip = shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc")
+    for name in ("engine", "grammar", "policies", ".ci"):
+        shutil.copytree(ROOT / name, copy / name, ignore=skip)
+    wheels = tmp / "wheels-copy"
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(copy)],
+        cwd=tmp,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = wheels.glob("policyctl-*.whl")
+    installed = _run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+         "--force-reinstall", str(wheel)],
+        cwd=tmp,
+        env=env,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    version = _run([str(policyctl), "--version"], cwd=tmp / "empty", env=env, timeout=120)
+    assert version.stdout == f"policyctl {__version__} (commit unknown)\n", version.stderr
+
+
+def test_the_commit_comes_from_the_checkouts_own_git(tmp_path: Path) -> None:
+    """`engine.build.git_commit`, which the build hook and a checkout both use: git's
+    answer for the checkout; `unknown` for a tree without `.git` (even one inside another
+    repository) and when git cannot be run."""
+    assert git_commit(ROOT) == _git_head()
+    nested = ROOT / "tests"  # inside the checkout, but not its root
+    assert git_commit(nested) == UNKNOWN
+    assert git_commit(tmp_path) == UNKNOWN
+    no_git = _run(
+        [sys.executable, "-c", "import sys; from engine.build import git_commit;"
+         " print(git_commit(__import__('pathlib').Path(sys.argv[1])))", str(ROOT)],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )  # fmt: skip
+    assert (no_git.returncode, no_git.stdout) == (0, f"{UNKNOWN}\n"), no_git.stderr
 
 
 def _every_command_the_docs_show(policyctl: Path, tmp: Path, env: dict[str, str]) -> None:

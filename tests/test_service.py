@@ -30,6 +30,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.language.loader import load_policy
 
@@ -613,7 +614,7 @@ def test_a_broken_edit_keeps_serving_the_last_good_policy(
         assert decision.json()["allowed"] is True
         assert decision.json()["policy_version"] == before["version"]
         metrics = client.get("/metrics").text
-        errors = re.search(r"^policyctl_policy_reload_errors_total (\d+)$", metrics, re.M)
+        errors = re.search(r"^policyctl_policy_reload_errors_total (\d+)\.0$", metrics, re.M)
         assert errors is not None and int(errors.group(1)) >= 1
     finally:
         path.write_text(original, encoding="utf-8")
@@ -694,28 +695,31 @@ def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    decisions = re.findall(
-        r'^policyctl_decisions_total\{route="([^"]*)",provider="([^"]*)",'
-        r'outcome="(allowed|denied)"\} (\d+)$',
-        text,
-        re.M,
-    )
-    labels = {(route, provider, outcome) for route, provider, outcome, _ in decisions}
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    decisions = families["policyctl_decisions"]  # the parser drops a counter's `_total`
+    assert decisions.type == "counter"
+    assert "# TYPE policyctl_decisions_total counter" in text
+    labels = {(s.labels["route"], s.labels["provider"], s.labels["outcome"]): s.value
+              for s in decisions.samples if s.name == "policyctl_decisions_total"}  # fmt: skip
+    assert {outcome for *_, outcome in labels} <= {"allowed", "denied"}
     assert ("default", "gemini", "allowed") in labels
     assert ("budget", "", "denied") in labels
-    assert "# TYPE policyctl_decisions_total counter" in text
-    assert "# TYPE policyctl_decision_seconds histogram" in text
-    buckets = re.findall(r'^policyctl_decision_seconds_bucket\{le="([^"]+)"\} (\d+)$', text, re.M)
+    seconds = families["policyctl_decision_seconds"]
+    assert seconds.type == "histogram"
+    buckets = [(s.labels["le"], s.value) for s in seconds.samples if s.name.endswith("_bucket")]
     assert buckets[-1][0] == "+Inf"
-    counts = [int(n) for _, n in buckets]
+    counts = [n for _, n in buckets]
     assert counts == sorted(counts), "histogram buckets are cumulative"
-    count = re.search(r"^policyctl_decision_seconds_count (\d+)$", text, re.M)
-    assert count is not None and int(count.group(1)) == counts[-1]
-    assert counts[-1] >= sum(int(n) for *_, n in decisions) > 0
-    assert re.search(r"^policyctl_decision_seconds_sum [0-9.]+$", text, re.M)
-    assert re.search(r"^policyctl_policy_reloads_total \d+$", text, re.M)
-    assert re.search(r'^policyctl_bad_requests_total\{status="400"\} [1-9]\d*$', text, re.M)
-    assert re.search(r"^policyctl_denials_total\{scope=", text, re.M)
+    (count,) = (s.value for s in seconds.samples if s.name == "policyctl_decision_seconds_count")
+    assert count == counts[-1]
+    assert counts[-1] >= sum(labels.values()) > 0
+    (total,) = (s.value for s in seconds.samples if s.name == "policyctl_decision_seconds_sum")
+    assert total > 0
+    (reloads,) = families["policyctl_policy_reloads"].samples
+    assert reloads.value >= 0
+    bad = {s.labels["status"]: s.value for s in families["policyctl_bad_requests"].samples}
+    assert bad["400"] >= 1
+    assert families["policyctl_denials"].samples[0].labels.keys() == {"scope"}
     for line in text.splitlines():  # every sample line is `name{labels} value`
         if line and not line.startswith("#"):
             assert re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? \S+', line)

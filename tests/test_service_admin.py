@@ -254,7 +254,7 @@ def test_refusals_are_counted_in_metrics(client: httpx.Client) -> None:
         text = client.get("/metrics").text
         prefix = f'policyctl_bad_requests_total{{status="{status}"}} '
         lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
-        return int(lines[0].removeprefix(prefix)) if lines else 0
+        return int(float(lines[0].removeprefix(prefix))) if lines else 0
 
     before = count(401)
     client.post("/v1/ratelimit/reset", json={"global": True})

@@ -43,6 +43,20 @@ Run `policyctl COMMAND --help` for a command's flags and examples.
 """
 
 
+class _Version(argparse.Action):
+    """`--version`: `policyctl 0.1.0 (commit abc1234)`. The commit is looked up only when
+    asked (from a checkout it runs git), not each time the parser is built."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from engine.build import commit
+
+        print(f"policyctl {__version__} (commit {commit()})")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -58,7 +72,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"policyctl {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, module in COMMANDS:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 
 from engine.api.policy_engine import (
     DEFAULT_FLUSH_INTERVAL_S,
@@ -25,6 +25,12 @@ from engine.cli.common import (
 from engine.limits.stores import default_analytics, default_state_url
 from engine.limits.stores.base import StoreBusyError
 
+log = logging.getLogger("policyctl.service")
+# engine.service.logconfig's (a test checks they agree): importing it here would load the
+# service package, and every `policyctl` run that builds this parser would pay for it
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
 # the server's limits by default (docs/service.md, "Slow and idle clients")
 READ_TIMEOUT_S = 10.0  # a request's headers and body, from its first byte
 KEEP_ALIVE_S = 5.0  # an idle kept-alive connection
@@ -41,7 +47,8 @@ Policies are watched and hot-reloaded; a broken edit keeps the last good policy 
 (see GET /v1/policy). Admin calls under /v1/ratelimit/ that change state need
 `Authorization: Bearer TOKEN` when --admin-token (or $POLICYCTL_ADMIN_TOKEN) is set, and
 are refused without one unless --open-admin is given. SIGTERM finishes in-flight requests
-and flushes the logs.
+and flushes the logs. Logs go to stderr; --access-log adds a line per request (off by
+default), --log-format json makes every line a JSON object.
 """
 
 
@@ -109,6 +116,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--backlog", type=int, metavar="N", default=BACKLOG,
         help="connections the kernel may queue before they are accepted (default %(default)d)",
     )  # fmt: skip
+    p.add_argument(
+        "--access-log", action="store_true",
+        help="log each request (method, path, status, duration, client) to stderr",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info",
+        help="the least severe messages logged (default %(default)s, as uvicorn's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="text lines, or one JSON object a line (default %(default)s)",
+    )  # fmt: skip
     add_request_log(p)
     p.add_argument("--format", choices=("json", "table"), default="table", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -133,8 +152,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"`{flag}` must be 0 or more, got `{getattr(args, name)}`")
     # imported here: eval and check never pay for the server
     from engine.service.app import create_app
+    from engine.service.logconfig import Logging, configure_logging
     from engine.service.server import Limits, serve
 
+    configure_logging(Logging(args.log_level, args.log_format, args.access_log))
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
     state = args.state if args.state is not None else default_state_url()
@@ -153,18 +174,20 @@ def run(args: argparse.Namespace) -> int:
     except StoreBusyError:
         if args.analytics is not None:
             raise
-        print(  # another server on this host has the default file: run without one
-            f"policyctl: warning: `{analytics}` is in use by another process; this server"
-            " records no violations or stats (give it its own --analytics PATH)",
-            file=sys.stderr,
+        log.warning(  # another server on this host has the default file: run without one
+            "`%s` is in use by another process; this server records no violations or stats"
+            " (give it its own --analytics PATH)",
+            analytics,
         )
         engine = PolicyEngine(policy, state=state, **options)
     limits = Limits(args.read_timeout, args.keep_alive, args.limit_concurrency, args.backlog)
     try:
         if not args.no_watch:
             engine.watch(quiet_ms=args.reload_quiet)
-        app = create_app(engine, admin_token=token, open_admin=args.open_admin)
-        print(f"policyctl serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        app = create_app(
+            engine, admin_token=token, open_admin=args.open_admin, access_log=args.access_log
+        )
+        log.info("policyctl serving on http://%s:%d", args.host, args.port)
         serve(app, host=args.host, port=args.port, limits=limits, on_stop=app.state.dashboard.stop)
     finally:
         engine.close()

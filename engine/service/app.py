@@ -8,7 +8,7 @@
     POST /v1/outcomes      one outcome or a list -> {"recorded": n}
     GET  /v1/policy        serving version, files, last reload error
     GET  /healthz          liveness
-    GET  /metrics          Prometheus text
+    GET  /metrics          Prometheus text (or OpenMetrics, when asked): `telemetry`
     GET  /openapi.json     the OpenAPI document
     /v1/ratelimit/…        the `policyctl ratelimit` calls (see `engine.service.admin_routes`)
 
@@ -19,14 +19,14 @@ client sends produces a 500.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.analytics.records import (
@@ -38,9 +38,7 @@ from engine.analytics.records import (
 )
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.admin import RateLimitAdmin
-from engine.limits.records import LimitDenial
-from engine.limits.stores.base import HeldBuckets
-from engine.routing.decision import Decision, Denial
+from engine.routing.decision import Decision
 from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
@@ -53,106 +51,10 @@ from engine.service.body import (
 )
 from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
+from engine.service.telemetry import RequestTimer, Telemetry
 from engine.wire import FORMATS
 
 OUTCOMES_RETRY_AFTER_S = "1"  # seconds: the writer commits a full batch well within this
-LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
-
-
-class Telemetry:
-    """Counters behind /metrics (Prometheus text format)."""
-
-    def __init__(self) -> None:
-        self.decisions: Counter[tuple[str, str, str]] = Counter()  # route, provider, outcome
-        self.denials: Counter[str] = Counter()  # scope (or no_eligible_model, deny_rule, …)
-        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-        self.bad_requests: Counter[int] = Counter()
-
-    def observe(
-        self,
-        route: str,
-        provider: str | None,
-        allowed: bool,
-        denied: Denial | None,
-        s: float,
-    ) -> None:
-        self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1
-        if not allowed and denied is not None:
-            self.denials[denied.scope if isinstance(denied, LimitDenial) else denied.reason] += 1
-        for i, bound in enumerate(LATENCY_BUCKETS_S):
-            if s <= bound:
-                self.buckets[i] += 1
-                break
-        else:
-            self.buckets[-1] += 1
-        self.latency_sum += s
-        self.latency_count += 1
-
-    def render(self, engine: PolicyEngine) -> str:
-        lines = [
-            "# HELP policyctl_decisions_total Decisions by route, provider and outcome.",
-            "# TYPE policyctl_decisions_total counter",
-        ]
-        for (route, provider, outcome), n in sorted(self.decisions.items()):
-            lines.append(
-                f'policyctl_decisions_total{{route="{_esc(route)}",provider="{_esc(provider)}",'
-                f'outcome="{outcome}"}} {n}'
-            )
-        lines += [
-            "# HELP policyctl_denials_total Denied decisions by the scope that denied them.",
-            "# TYPE policyctl_denials_total counter",
-        ]
-        for scope, n in sorted(self.denials.items()):
-            lines.append(f'policyctl_denials_total{{scope="{_esc(scope)}"}} {n}')
-        lines += [
-            "# HELP policyctl_decision_seconds Time to decide, in the service.",
-            "# TYPE policyctl_decision_seconds histogram",
-        ]
-        running = 0
-        for bound, n in zip(LATENCY_BUCKETS_S, self.buckets, strict=False):
-            running += n
-            lines.append(f'policyctl_decision_seconds_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'policyctl_decision_seconds_bucket{{le="+Inf"}} {self.latency_count}')
-        lines.append(f"policyctl_decision_seconds_sum {self.latency_sum:.9f}")
-        lines.append(f"policyctl_decision_seconds_count {self.latency_count}")
-        lines += [
-            "# HELP policyctl_policy_reloads_total Policy reloads that swapped a new version in.",
-            "# TYPE policyctl_policy_reloads_total counter",
-            f"policyctl_policy_reloads_total {engine.reloads}",
-            "# HELP policyctl_policy_reload_errors_total Reloads refused (last good kept).",
-            "# TYPE policyctl_policy_reload_errors_total counter",
-            f"policyctl_policy_reload_errors_total {engine.reload_errors}",
-            "# HELP policyctl_bad_requests_total Client errors by HTTP status.",
-            "# TYPE policyctl_bad_requests_total counter",
-        ]
-        for status, n in sorted(self.bad_requests.items()):
-            lines.append(f'policyctl_bad_requests_total{{status="{status}"}} {n}')
-        dropped = engine.outcome_log.dropped if engine.outcome_log is not None else 0
-        lines += [
-            "# HELP policyctl_outcomes_dropped_total Outcomes the full log queue dropped.",
-            "# TYPE policyctl_outcomes_dropped_total counter",
-            f"policyctl_outcomes_dropped_total {dropped}",
-        ]
-        if isinstance(engine.store, HeldBuckets):  # memory or DuckDB state: buckets held here
-            held = engine.store.bucket_counts()
-            lines += [
-                "# HELP policyctl_buckets_held Rate-limit buckets held in memory.",
-                "# TYPE policyctl_buckets_held gauge",
-                f"policyctl_buckets_held {held.held}",
-                "# HELP policyctl_buckets_dropped_total Buckets not yet full dropped past"
-                " max_keys (their used quota handed back).",
-                "# TYPE policyctl_buckets_dropped_total counter",
-                f"policyctl_buckets_dropped_total {held.dropped_partial}",
-            ]
-        return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number"}
 _OUTCOME_NOTES = {
     "latency_ms": "milliseconds",
@@ -334,10 +236,12 @@ def create_app(
     admin_token: str | None = None,
     open_admin: bool = False,
     extra_routes: list[Route] | None = None,
+    access_log: bool = False,
 ) -> Starlette:
     """The app. Admin calls that change state need `Bearer admin_token`; with no token they
-    are refused unless `open_admin`."""
-    telemetry = Telemetry()
+    are refused unless `open_admin`. With `access_log`, each request is a line of the
+    `policyctl.access` logger."""
+    telemetry = Telemetry(engine)
     dashboard = Dashboard(engine, admin_token=admin_token)  # /dashboard (its module)
 
     def guarded(handler: Handler) -> Handler:
@@ -426,7 +330,8 @@ def create_app(
         return JSONResponse({"status": "ok", "version": engine.version})
 
     async def metrics(request: HttpRequest) -> Response:
-        return PlainTextResponse(telemetry.render(engine), media_type="text/plain; version=0.0.4")
+        body, content_type = telemetry.exposition(request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
 
     document = openapi_document()
 
@@ -476,6 +381,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         exception_handlers={Exception: internal_error, HTTPException: http_error},
+        middleware=[Middleware(RequestTimer, telemetry=telemetry, log_access=access_log)],
     )
     app.state.engine = engine
     app.state.telemetry = telemetry

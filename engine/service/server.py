@@ -100,12 +100,15 @@ def serve(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return.
-    `on_stop()` runs when the stop begins (the dashboard ends its event streams)."""
+    `on_stop()` runs when the stop begins (the dashboard ends its event streams). Logging
+    is `engine.service.logconfig`'s: uvicorn's own configuration is not applied."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        log_level="warning",
+        log_config=None,
+        log_level=None,
+        access_log=False,
         lifespan="off",
         http=_protocol(limits.read_timeout_s),
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]

@@ -1,0 +1,241 @@
+"""What `GET /metrics` shows, and the access log.
+
+The hot path only counts: a decision adds to a few plain counters (`Telemetry.observe`), a
+request to its path's histogram (`RequestTimer`). `prometheus_client` turns them into
+metric families when `/metrics` is scraped (`Telemetry.collect`, a custom collector on the
+app's own `CollectorRegistry`, beside the process and platform collectors), and renders
+them in the format the scraper asks for. Everything runs on the event loop's thread, so
+the counters need no lock.
+
+Labels are bounded: routes, providers and denial scopes come from the policy and its
+catalog, paths are the app's route templates (`unmatched` for a 404), methods the HTTP
+ones (`other` for the rest), statuses the codes the app answers. Nothing is labelled by
+user, key or request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterator
+from time import perf_counter
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.api.policy_engine import PolicyEngine
+from engine.build import VERSION, commit
+from engine.limits.records import LimitDenial
+from engine.limits.stores.base import HeldBuckets
+from engine.routing.decision import Denial
+
+# seconds: the decision inside the service, and a whole request (body read to last byte)
+LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+REQUEST_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+UNMATCHED = "unmatched"  # the path label of a request no route matched (a 404)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+access_log = logging.getLogger("policyctl.access")
+
+
+class Telemetry:
+    """The counters behind /metrics, and the collector that reports them."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # route, provider, outcome
+        self.denials: Counter[str] = Counter()  # scope (or no_eligible_model, deny_rule, …)
+        self.buckets = [0.0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one: past every bound
+        self.latency_sum = 0.0
+        self.bad_requests: Counter[int] = Counter()
+        # (path, method, status) -> request counts per bucket of REQUEST_BUCKETS_S, the +Inf
+        # bucket's, then the seconds they took in all
+        self.requests: dict[tuple[str, str, int], list[float]] = {}
+        self.build = {"version": VERSION, "commit": commit()}
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(self)
+
+    @property
+    def latency_count(self) -> float:
+        return sum(self.buckets)
+
+    def observe(
+        self,
+        route: str,
+        provider: str | None,
+        allowed: bool,
+        denied: Denial | None,
+        s: float,
+    ) -> None:
+        """One decision that took `s` seconds."""
+        self.decisions[(route, provider or "", "allowed" if allowed else "denied")] += 1
+        if not allowed and denied is not None:
+            self.denials[denied.scope if isinstance(denied, LimitDenial) else denied.reason] += 1
+        self.buckets[bisect_left(LATENCY_BUCKETS_S, s)] += 1
+        self.latency_sum += s
+
+    def observe_request(self, path: str, method: str, status: int, s: float) -> None:
+        """One HTTP request, answered `status` after `s` seconds."""
+        key = (path, method if method in METHODS else "other", status)
+        row = self.requests.get(key)
+        if row is None:
+            row = self.requests[key] = [0.0] * (len(REQUEST_BUCKETS_S) + 2)
+        row[bisect_left(REQUEST_BUCKETS_S, s)] += 1
+        row[-1] += s
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The registry rendered as the `Accept` header asks (Prometheus text 0.0.4 unless
+        it asks for OpenMetrics), and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def describe(self) -> list[Metric]:
+        return []  # the registry need not collect to learn the names
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, read from the counters and the engine when scraped."""
+        engine = self.engine
+        yield InfoMetricFamily(
+            "policyctl_build", "The policyctl version and the commit it was built from.",
+            value=self.build,
+        )  # fmt: skip
+        decisions = CounterMetricFamily(
+            "policyctl_decisions_total",
+            "Decisions by route, provider and outcome.",
+            labels=("route", "provider", "outcome"),
+        )
+        for labels, n in sorted(self.decisions.items()):
+            decisions.add_metric(labels, n)
+        yield decisions
+        denials = CounterMetricFamily(
+            "policyctl_denials_total",
+            "Denied decisions by the scope that denied them.",
+            labels=("scope",),
+        )
+        for scope, n in sorted(self.denials.items()):
+            denials.add_metric((scope,), n)
+        yield denials
+        seconds = HistogramMetricFamily(
+            "policyctl_decision_seconds", "Time to decide, in the service."
+        )
+        seconds.add_metric((), _cumulative(LATENCY_BUCKETS_S, self.buckets), self.latency_sum)
+        yield seconds
+        yield CounterMetricFamily(
+            "policyctl_policy_reloads_total",
+            "Policy reloads that swapped a new version in.",
+            value=engine.reloads,
+        )
+        yield CounterMetricFamily(
+            "policyctl_policy_reload_errors_total",
+            "Reloads refused (last good kept).",
+            value=engine.reload_errors,
+        )
+        bad = CounterMetricFamily(
+            "policyctl_bad_requests_total", "Client errors by HTTP status.", labels=("status",)
+        )
+        for status, n in sorted(self.bad_requests.items()):
+            bad.add_metric((str(status),), n)
+        yield bad
+        yield CounterMetricFamily(
+            "policyctl_outcomes_dropped_total",
+            "Outcomes the full log queue dropped.",
+            value=engine.outcome_log.dropped if engine.outcome_log is not None else 0,
+        )
+        if isinstance(engine.store, HeldBuckets):  # memory or DuckDB state: buckets held here
+            held = engine.store.bucket_counts()
+            yield GaugeMetricFamily(
+                "policyctl_buckets_held", "Rate-limit buckets held in memory.", value=held.held
+            )
+            yield CounterMetricFamily(
+                "policyctl_buckets_dropped_total",
+                "Buckets not yet full dropped past max_keys (their used quota handed back).",
+                value=held.dropped_partial,
+            )
+        requests = HistogramMetricFamily(
+            "policyctl_http_request_duration_seconds",
+            "HTTP requests by route template, method and status: from the app's start on the"
+            " request (its headers in) to the last byte of the answer.",
+            labels=("path", "method", "status"),
+        )
+        for (path, method, status), row in sorted(self.requests.items()):
+            requests.add_metric(
+                (path, method, str(status)), _cumulative(REQUEST_BUCKETS_S, row[:-1]), row[-1]
+            )
+        yield requests
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:
+    running = 0.0
+    out: list[tuple[str, float]] = []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        running += n
+        out.append((floatToGoString(bound), running))
+    return out
+
+
+class RequestTimer:
+    """ASGI middleware: each HTTP request into `telemetry`'s per-path histogram and, when
+    `log_access` is on, one line to the `policyctl.access` logger (at INFO; the path
+    without its query string, as the client sent it)."""
+
+    def __init__(self, app: ASGIApp, *, telemetry: Telemetry, log_access: bool) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.log_access = log_access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = perf_counter()
+        status = 500  # unless an answer starts: an exception's 500 is sent outside
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            s = perf_counter() - start
+            route = scope.get("route")
+            path = getattr(route, "path", None) or UNMATCHED
+            self.telemetry.observe_request(path, scope["method"], status, s)
+            if self.log_access:
+                _log_access(scope, status, s)
+
+
+def _log_access(scope: Scope, status: int, s: float) -> None:
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    raw = scope.get("raw_path")  # as sent: percent-escapes kept, so no newline gets in
+    path = raw.decode("latin-1") if raw else scope["path"]
+    ms = round(s * 1000, 3)
+    fields = {
+        "method": scope["method"],
+        "path": path,
+        "status": status,
+        "duration_ms": ms,
+        "client": where,
+    }
+    access_log.info(
+        '%s - "%s %s HTTP/%s" %d %.3fms',
+        where, scope["method"], path, scope.get("http_version", "1.1"), status, ms,
+        extra={"access": fields},
+    )  # fmt: skip

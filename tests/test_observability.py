@@ -1,0 +1,253 @@
+"""What an operator watches: `GET /metrics` scraped from a real `policyctl serve` and
+parsed by prometheus_client's own parsers, and the server's logs (`--access-log`,
+`--log-level`, `--log-format json`) read from its stderr.
+
+Each test starts its own server, so the counts it checks are exactly the requests it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from test_service import DEADLINE_S, copy_policies, free_port, wait_until_serving
+
+import engine
+from engine.cli import serve_cmd
+from engine.service import logconfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Served:
+    url: str
+    stdout: Path
+    stderr: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=DEADLINE_S)
+
+
+@contextmanager
+def serve(workdir: Path, *flags: str) -> Iterator[Served]:
+    """`policyctl serve FLAGS` on memory state, its stdout and stderr in files apart; on
+    the way out it is stopped with SIGTERM and must exit 0 (its logs are then complete)."""
+    port = free_port()
+    policies = copy_policies(workdir / "policies")
+    out, err = workdir / "stdout.log", workdir / "stderr.log"
+    command = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port",
+               str(port), "--policy", str(policies), "--state", "memory://", "--no-watch",
+               *flags]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(command, cwd=workdir, stdout=stdout, stderr=stderr, env=env)
+    served = Served(f"http://127.0.0.1:{port}", out, err)
+    try:
+        wait_until_serving(proc, served.url, lambda: err.read_text(errors="replace"))
+        yield served
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE_S) == 0, err.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _git_head() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def _samples(families: dict[str, Any], family: str, name: str | None = None) -> list[Sample]:
+    return [s for s in families[family].samples if name is None or s.name == name]
+
+
+# ----------------------------------------------------------------------------- /metrics
+
+
+def test_a_scrape_has_process_build_and_request_metrics(tmp_path: Path) -> None:
+    users = ["scrape-alice", "scrape-bob", "scrape-carol"]
+    with serve(tmp_path) as served, served.client() as client:
+        assert client.get("/metrics").status_code == 200
+        for i, user in enumerate(users):
+            sent = client.post("/v1/eval", json={"id": f"req-{i}", "user": user, "prompt": "hi"})
+            assert sent.status_code == 200
+        denied = client.post("/v1/eval", json={"id": "req-x", "user": "u", "max_cost": 0})
+        assert denied.json()["allowed"] is False
+        assert client.post("/v1/eval", content=b"{bad").status_code == 400
+        assert client.get("/nope/req-secret", params={"user": "mallory"}).status_code == 404
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = response.text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    # the process and platform collectors
+    for name in ("process_cpu_seconds", "process_resident_memory_bytes",
+                 "process_start_time_seconds", "process_open_fds"):  # fmt: skip
+        assert name in families, f"{name} is missing"
+    (cpu,) = families["process_cpu_seconds"].samples
+    assert cpu.value > 0
+    (python,) = families["python_info"].samples
+    assert python.labels["major"] == str(sys.version_info.major)
+
+    # the build: this checkout's version and commit
+    (build,) = _samples(families, "policyctl_build_info")  # an info is a gauge in this format
+    assert build.labels == {"version": engine.__version__, "commit": _git_head()}
+    assert build.value == 1
+
+    # decisions: exactly the four sent, by outcome
+    decided = _samples(families, "policyctl_decisions", "policyctl_decisions_total")
+    by_outcome = {o: sum(s.value for s in decided if s.labels["outcome"] == o)
+                  for o in ("allowed", "denied")}  # fmt: skip
+    assert by_outcome == {"allowed": 3, "denied": 1}
+    (decision_count,) = _samples(
+        families, "policyctl_decision_seconds", "policyctl_decision_seconds_count"
+    )
+    assert decision_count.value == 4
+
+    # requests: one histogram per path template, method and status
+    requests = families["policyctl_http_request_duration_seconds"]
+    assert requests.type == "histogram"
+
+    def series(path: str, method: str, status: str) -> tuple[list[tuple[str, float]], float]:
+        labels = {"path": path, "method": method, "status": status}
+        rows = [s for s in requests.samples if {k: s.labels.get(k) for k in labels} == labels]
+        buckets = [(s.labels["le"], s.value) for s in rows if s.name.endswith("_bucket")]
+        (count,) = (s.value for s in rows if s.name.endswith("_count"))
+        return buckets, count
+
+    buckets, count = series("/v1/eval", "POST", "200")
+    assert count == 4  # three allowed and one denied: a denial is a 200
+    assert buckets[-1] == ("+Inf", 4)
+    assert [n for _, n in buckets] == sorted(n for _, n in buckets)
+    assert len(buckets) > 10 and float(buckets[0][0]) < 0.001
+    assert series("/v1/eval", "POST", "400")[1] == 1
+    assert series("unmatched", "GET", "404")[1] == 1
+    # a scrape is counted once answered: the first one is in, this one is not yet
+    assert series("/metrics", "GET", "200")[1] == 1
+    assert series("/healthz", "GET", "200")[1] >= 1  # the polls that waited for the server
+
+    # bounded labels: no user, request id or raw URL is a label value anywhere
+    values = {v for f in families.values() for s in f.samples for v in s.labels.values()}
+    for secret in (*users, "mallory", "req-0", "req-x", "/nope/req-secret"):
+        assert not any(secret in v for v in values), secret
+    assert {s.labels["path"] for s in requests.samples} <= {
+        "/v1/eval", "/metrics", "/healthz", "unmatched",
+    }  # fmt: skip
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(tmp_path: Path) -> None:
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    with serve(tmp_path) as served, served.client() as client:
+        client.post("/v1/eval", json={"id": "om", "user": "om", "prompt": "hi"})
+        response = client.get("/metrics", headers={"Accept": accept})
+    assert response.headers["content-type"].startswith("application/openmetrics-text;")
+    assert response.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(response.text)}
+    assert families["policyctl_build"].type == "info"
+    assert families["policyctl_decisions"].type == "counter"
+    (created,) = [s for s in families["policyctl_decisions"].samples]  # no `_created` series
+    assert (created.name, created.value) == ("policyctl_decisions_total", 1)
+    assert families["policyctl_http_request_duration_seconds"].type == "histogram"
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+        assert entry["time"].endswith("Z") and "T" in entry["time"]
+    return entries
+
+
+def test_access_log_as_json_lines_on_stderr(tmp_path: Path) -> None:
+    flags = ("--access-log", "--log-format", "json")
+    with serve(tmp_path, *flags) as served, served.client() as client:
+        sent = [
+            client.post("/v1/eval", json={"id": "a1", "user": "al", "prompt": "hi"}),
+            client.post("/v1/eval?dry_run=true", content=b"{bad"),
+            client.get("/nope"),
+            client.post("/v1/eval", json={"id": "a2", "user": "al", "nope": 1}),
+        ]
+    assert [r.status_code for r in sent] == [200, 400, 404, 422]
+    assert served.stdout.read_text() == ""
+    entries = _json_lines(served.stderr)
+    access = [e for e in entries if e["logger"] == "policyctl.access"]
+    # the readiness polls of /healthz come first; then one line per request, in order
+    asked = [e for e in access if e["path"] != "/healthz"]
+    assert [(e["method"], e["path"], e["status"]) for e in asked] == [
+        ("POST", "/v1/eval", 200),
+        ("POST", "/v1/eval", 400),
+        ("GET", "/nope", 404),
+        ("POST", "/v1/eval", 422),
+    ]
+    for entry in access:
+        assert entry["level"] == "info"
+        assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] > 0
+        host, port = entry["client"].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        assert (
+            f'"{entry["method"]} {entry["path"]} HTTP/1.1" {entry["status"]}' in (entry["message"])
+        )
+    # uvicorn's lines and the engine's own (`policyctl.*`) come out as JSON too
+    assert any(e["logger"] == "uvicorn.error" and "Started server process" in e["message"]
+               for e in entries)  # fmt: skip
+    assert any(e["logger"] == "policyctl.service" and e["message"].startswith(
+        "policyctl serving on http://127.0.0.1:") for e in entries)  # fmt: skip
+
+
+def test_no_access_log_by_default(tmp_path: Path) -> None:
+    with serve(tmp_path) as served, served.client() as client:
+        assert client.post("/v1/eval", json={"id": "d1", "user": "d", "prompt": "hi"}).is_success
+        assert client.get("/nope").status_code == 404
+    stderr = served.stderr.read_text()
+    assert "/v1/eval" not in stderr and "/nope" not in stderr and "/healthz" not in stderr
+    # the default level is info (uvicorn's): its start and stop lines are there, as text
+    assert "INFO:     Started server process" in stderr
+    assert "INFO:     policyctl serving on http://127.0.0.1:" in stderr
+    assert "Finished server process" in stderr
+
+
+def test_log_level_warning_keeps_info_out_but_not_the_access_log(tmp_path: Path) -> None:
+    flags = ("--log-level", "warning", "--access-log")
+    with serve(tmp_path, *flags) as served, served.client() as client:
+        assert client.get("/v1/policy").status_code == 200
+    lines = served.stderr.read_text().splitlines()
+    assert not any("Started server process" in line or "serving on" in line for line in lines)
+    policy = [line for line in lines if '"GET /v1/policy HTTP/1.1" 200' in line]
+    assert len(policy) == 1 and policy[0].startswith("INFO:     127.0.0.1:")
+
+
+def test_the_command_line_offers_the_levels_and_formats_the_server_knows() -> None:
+    assert serve_cmd.LOG_LEVELS == logconfig.LOG_LEVELS
+    assert serve_cmd.LOG_FORMATS == logconfig.LOG_FORMATS
+
+
+def test_a_bad_log_level_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--log-level", "loud"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "argument --log-level: invalid choice: 'loud'" in done.stderr
