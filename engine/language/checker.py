@@ -671,7 +671,9 @@ class Checker:
     def _alert(self, alert: ast.Alert) -> None:
         """`alert "NAME" when SIGNAL OP THRESHOLD [per|over D] [for D] [to "URL"]`
         (E0700–E0708)."""
+        before = len(self.diagnostics)
         spec = self._signal(alert.signal)
+        signal_ok = spec is not None and len(self.diagnostics) == before
         if alert.op not in OPERATORS:
             self.error(
                 "E0705",
@@ -681,7 +683,7 @@ class Checker:
                 " trouble, e.g. `p95(provider) > 3s`",
             )
         split = None if spec is None else split_word(alert.signal, spec, self.named_scopes)
-        self._alert_name(alert, split)
+        self._alert_name(alert, split, known=signal_ok)
         if spec is not None:
             self._threshold(alert, spec)
             self._alert_window(alert, spec)
@@ -721,12 +723,17 @@ class Checker:
         if spec.catalog:
             if ref.model is None and ref.provider.text not in self.catalog.providers:
                 guess = did_you_mean(ref.provider.text, (*words, *self.catalog.providers))
-                if guess in words:  # `p95(provder)`: a per-key word misspelt
+                if guess is None or guess in words:  # `p95(provder)`, `p95(user)`
                     self.error(
                         "E0701",
                         f"`{name}` cannot be split by `{ref.provider.text}`",
                         ref.span,
-                        f"did you mean `{guess}`?",
+                        f"did you mean `{guess}`?"
+                        if guess
+                        else f"`{name}` is split by "
+                        + " or ".join(f"`{w}`" for w in words)
+                        + f", or names a provider (`{name}({reference(self.catalog.providers[0])})`)"
+                        " or a model of the catalog",
                     )
                     return spec
             self._model_ref(ref)
@@ -741,7 +748,7 @@ class Checker:
         )
         return spec
 
-    def _alert_name(self, alert: ast.Alert, split: str | None) -> None:
+    def _alert_name(self, alert: ast.Alert, split: str | None, *, known: bool) -> None:
         name = str(alert.name.value)
         if not name.strip():
             self.error(
@@ -760,7 +767,7 @@ class Checker:
                 "`{key}` is the provider, model, user or other key of an alert split by"
                 ' one: `alert "slow {key}" when p95(provider) > 3s`',
             )
-        elif KEY_PLACEHOLDER in name and split is None:
+        elif KEY_PLACEHOLDER in name and split is None and known:
             self.error(
                 "E0708",
                 f"alert {alert.name.text} has `{{key}}` in its name but one series",
