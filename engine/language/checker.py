@@ -694,7 +694,8 @@ class Checker:
             if not url.startswith(("http://", "https://")) or len(url.split("//", 1)[1]) == 0:
                 self.error(
                     "E0707",
-                    f"an alert's webhook is an `http://` or `https://` URL, not {alert.webhook.text}",
+                    "an alert's webhook is an `http://` or `https://` URL,"
+                    f" not {alert.webhook.text}",
                     alert.webhook.span,
                     'write `to "https://hooks.example.com/policyctl"`, or leave `to` out to'
                     " post to the server's `--alert-webhook`",
@@ -723,6 +724,7 @@ class Checker:
         if spec.catalog:
             if ref.model is None and ref.provider.text not in self.catalog.providers:
                 guess = did_you_mean(ref.provider.text, (*words, *self.catalog.providers))
+                example = reference(self.catalog.providers[0]) if self.catalog.providers else "…"
                 if guess is None or guess in words:  # `p95(provder)`, `p95(user)`
                     self.error(
                         "E0701",
@@ -732,8 +734,8 @@ class Checker:
                         if guess
                         else f"`{name}` is split by "
                         + " or ".join(f"`{w}`" for w in words)
-                        + f", or names a provider (`{name}({reference(self.catalog.providers[0])})`)"
-                        " or a model of the catalog",
+                        + f", or names a provider (`{name}({example})`) or a model of the"
+                        " catalog",
                     )
                     return spec
             self._model_ref(ref)
