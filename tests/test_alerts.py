@@ -398,3 +398,25 @@ def test_serve_refuses_an_alert_webhook_that_is_not_http() -> None:
     )
     assert done.returncode == 2
     assert "`--alert-webhook` is an http:// or https:// URL, got `ftp://x`" in done.stderr
+
+
+# ---------------------------------------------------------------- the language server
+
+
+def test_the_language_server_completes_signals_and_subjects_and_explains_them() -> None:
+    from engine.lsp.knowledge import completions, hover, symbols
+
+    text = 'alert "slow {key}" when p9'
+    assert {"p95", "violations", "spend"} <= {
+        c.label for c in completions(text, len(text), None).items
+    }
+    text = 'alert "slow {key}" when p95(pro'
+    found = completions(text, len(text), None)
+    assert found.start == len(text) - 3 and [c.label for c in found.items] == ["provider", "model"]
+    text = 'alert "slow {key}" when p95(provider) > 3s for 5m'
+    shown = hover(text, text.index("p95") + 1, None)
+    assert shown is not None and shown.markdown.startswith("`p95`: the 95th latency percentile")
+    keyword = hover(text, 2, None)
+    assert keyword is not None and keyword.markdown.startswith('`alert "NAME" when SIGNAL')
+    (symbol,) = symbols(Path("a.policy"), text)
+    assert (symbol.name, symbol.kind) == ('alert "slow {key}"', "alert")
