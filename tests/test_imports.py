@@ -330,6 +330,7 @@ LAYERS: list[set[str]] = [
     {"engine.analytics"},
     {"engine.limits"},
     {"engine.routing"},
+    {"engine.alerts"},
     {"engine.api"},
     {"engine.service", "engine.simulate", "engine.integrations", "engine.migrate",
      "engine.lsp", "engine.policytest", "engine.policydiff", "engine.replay"},

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.alerts.monitor import AlertMonitor
+from engine.alerts.records import AlertStatus
 from engine.analytics.records import bad_value, cached_problem, new_outcome_row, unknown_model
 from engine.analytics.salvage import StateWriteError
 from engine.analytics.schema import key_salt, recent_outcomes
@@ -174,6 +176,8 @@ class PolicyEngine:
             self.metrics.record if isinstance(self.metrics, RecordingMetrics) else None
         )
         self._state = EvalState()
+        # the `alert` statements, evaluated by `alert_monitor.tick` (off the hot path)
+        self.alert_monitor = AlertMonitor(self._program.alerts, self._program.version)
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
@@ -277,6 +281,7 @@ class PolicyEngine:
                     f"{window_ms:.0f}",
                 )
             self._program = loaded.program  # one reference: evaluations read one snapshot
+            self.alert_monitor.load(loaded.program.alerts, loaded.program.version)
             kept = self._request_log
             if kept is not None:  # the metadata keys the new policy reads
                 self._request_log = RequestLog(kept.mode, loaded.program.request_paths, kept.salt)
@@ -348,11 +353,24 @@ class PolicyEngine:
         if self._logs is not None:
             self._logs.flush()
 
+    def alerts(self) -> tuple[AlertStatus, ...]:
+        """The state of every `alert` of the policy (per key for one split by a key), as of
+        the last `alert_monitor.tick`: what the dashboard and `/metrics` show."""
+        return self.alert_monitor.statuses()
+
+    def start_alerts(self, webhook: str | None = None, interval_s: float = 1.0) -> None:
+        """Evaluate the alerts every `interval_s` seconds in a background thread, on this
+        engine's clock; `webhook`: where alerts without `to "URL"` are posted (None: the
+        log only). `close()` stops it. Tests call `alert_monitor.tick(now)` instead."""
+        self.alert_monitor.configure(webhook)
+        self.alert_monitor.start(self.clock, interval_s)
+
     def close(self) -> None:
         """Stop watching, flush the logs (outcomes included) and close the state store.
         Everything is closed even when a write fails; then the first `StateWriteError`
         is raised (what could not be written is lost)."""
         self.stop()
+        self.alert_monitor.close()
         if self._logs is not None:
             self._logs.stop()
         writes: list[Callable[[], None]] = []
@@ -436,6 +454,8 @@ class PolicyEngine:
             now=self.clock(),
             only=only,
         )
+        if not decision.allowed and not dry_run and self.alert_monitor.takes_denials:
+            self.alert_monitor.denied(decision, self.clock())
         if self._logs is not None and not dry_run:
             kept = self._request_log
             request_text = None if kept is None else kept.encode(env, request)
@@ -557,6 +577,10 @@ class PolicyEngine:
         ):  # fmt: skip
             return False  # the queue is full: counted, and nothing recorded
         record(found.key, latency_ms, success, cost, at)
+        monitor = self.alert_monitor
+        if monitor.takes_outcomes:
+            monitor.outcome(found.provider, found.key, latency_ms, success, cost,
+                            self.clock() if at is None else at)  # fmt: skip
         return True
 
     def outcome_room(self, count: int) -> bool:

@@ -129,6 +129,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="text lines, or one JSON object a line (default %(default)s)",
     )  # fmt: skip
     add_request_log(p)
+    p.add_argument(
+        "--alert-webhook", metavar="URL",
+        help="POST the policy's alerts here when they fire and resolve, unless an alert"
+        " names its own (`to \"URL\"`) (default: $POLICYCTL_ALERT_WEBHOOK; none: the log only)",
+    )  # fmt: skip
     p.add_argument("--format", choices=("json", "table"), default="table", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
@@ -141,11 +146,19 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise UsageError(f"`{flag}` must be a positive number, got `{value}`")
 
 
+def _alert_webhook(args: argparse.Namespace) -> str | None:
+    url = args.alert_webhook or os.environ.get("POLICYCTL_ALERT_WEBHOOK") or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise UsageError(f"`--alert-webhook` is an http:// or https:// URL, got `{url}`")
+    return url
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"`--port` must be between 0 and 65535, got `{args.port}`")
     _positive(args, "flush_interval", "outcome_queue", "read_timeout", "keep_alive")
     _positive(args, "limit_concurrency", "backlog")
+    webhook = _alert_webhook(args)
     for name in ("reload_quiet", "metrics_refresh"):
         if not 0 <= getattr(args, name) < float("inf"):
             flag = "--" + name.replace("_", "-")
@@ -184,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.no_watch:
             engine.watch(quiet_ms=args.reload_quiet)
+        engine.start_alerts(webhook)
         app = create_app(
             engine, admin_token=token, open_admin=args.open_admin, access_log=args.access_log
         )

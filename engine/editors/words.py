@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.resources import grammar_path
 
-STATEMENTS = frozenset({"catalog", "defaults", "route", "limit", "deny"})
+STATEMENTS = frozenset({"catalog", "defaults", "route", "limit", "deny", "alert"})
 OPERATORS = frozenset({"and", "or", "not", "in", "contains"})
 CONSTANTS = frozenset({"true", "false", "null"})
 ROOTS = ("request", "model")  # the records a condition reads: `request.region`

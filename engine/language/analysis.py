@@ -14,7 +14,7 @@ can serve, W0505 requests a route takes and cannot serve, W0506 a limit that nev
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
 route excludes, W0509 quality read over a catalog with no quality scores, W0511 a `deny`
 rule that denies every request, W0512 a quality factor over models of which some have no
-score.
+score, W0513 an alert that can never fire, W0514 an alert on models no route can choose.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from engine.language.conditions import (
     witness,
 )
 from engine.language.domain import Box, Budget, FinSet, TooComplex, box_and, subtract
-from engine.language.program import CompiledLimit, CompiledRoute, Program
+from engine.language.program import AlertRule, CompiledLimit, CompiledRoute, Program
 from engine.language.schema import NEEDS
+from engine.language.signals import SIGNALS
 
 BUDGET = 4000  # boxes one question may hold at a time
 WORK = 20_000  # box operations one analysis may spend in all (then it says no more)
@@ -87,7 +88,58 @@ def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnosti
     _routes(run, routes)
     _limits(run, limits)
     _quality(run, files)
+    alerts = [s for f in files for s in f.statements if isinstance(s, ast.Alert)]
+    for node, rule in zip(alerts, program.alerts, strict=True):
+        _alert(run, node, rule)
     return run.found
+
+
+def _alert(run: _Analysis, node: ast.Alert, rule: AlertRule) -> None:
+    """W0513: an alert that can never fire; W0514: one on models no route can choose."""
+    spec = SIGNALS[rule.signal]
+    t = rule.threshold
+    out_of_range = (
+        (rule.op == ">" and t >= spec.highest)
+        or (rule.op == ">=" and t > spec.highest)
+        or (rule.op == "<" and t <= spec.lowest)
+        or (rule.op == "<=" and t < spec.lowest)
+    )
+    if out_of_range:
+        run.warn(
+            "W0513",
+            f"alert {node.name.text} can never fire",
+            node.threshold.span,
+            f"`{rule.signal}` is never {rule.op} {rule.threshold_text}",
+            None,
+        )
+        return
+    if rule.signal == "violations":
+        scopes = {limit.scope for limit in run.program.limits}
+        scope = rule.split_by if rule.split_by is not None else None
+        if not scopes or (scope is not None and scope not in scopes):
+            what = "no `limit`" if scope is None else f"no `limit {scope} …`"
+            run.warn(
+                "W0513",
+                f"alert {node.name.text} can never fire",
+                node.signal.span,
+                f"the policy set has {what}: nothing counts as a violation",
+                None,
+            )
+        return
+    if rule.models:
+        program = run.program
+        chosen = {m.key for route in program.routes for m in route.candidates}
+        if not any(route.when is None for route in program.dispatch):  # `default` is reached
+            chosen |= {m.key for m in program.default_route.candidates}
+        if not rule.models & chosen:
+            run.warn(
+                "W0514",
+                f"alert {node.name.text} watches `{rule.subject}`, which no route can choose",
+                node.signal.subject.span if node.signal.subject is not None else node.span,
+                "it has no outcomes to measure: alert on a model a route prefers, or on"
+                " `provider` or `model` to watch each one",
+                None,
+            )
 
 
 # ---------------------------------------------------------------- W0503

@@ -259,7 +259,34 @@ class Deny:
     span: Span
 
 
-Statement = CatalogStmt | Defaults | Route | Limit | PolicyRequire | Deny
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """`p95(provider)`, `violations(user)`, `spend`: what an alert watches. `subject` is a
+    per-key word (`provider`, `user`, a limit scope) or a catalog reference (`openai`,
+    `openai/gpt-4o`); the checker tells them apart (docs/language.md, Alerts)."""
+
+    name: Path  # one part when valid; `provider.p95` is a mistake the checker names
+    subject: ModelRef | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """`alert "NAME" when SIGNAL OP THRESHOLD [per|over D] [for D] [to "URL"]`."""
+
+    name: Literal  # a string; `{key}` in it is the key of a per-key alert
+    signal: Signal
+    op: str  # > >= < <= (others are refused by the checker)
+    op_span: Span
+    threshold: Literal
+    window_word: str | None  # `per` (a count over the window) or `over` (a measurement)
+    window: Literal | None
+    hold: Literal | None  # `for 5m`: how long the condition must hold before it fires
+    webhook: Literal | None  # `to "https://…"`
+    span: Span
+
+
+Statement = CatalogStmt | Defaults | Route | Limit | PolicyRequire | Deny | Alert
 
 
 @dataclass(frozen=True, slots=True)

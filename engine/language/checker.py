@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
-from engine.language.compiler import paths_in
+from engine.language.compiler import limit_scopes, paths_in, split_word
 from engine.language.parser import reference
 from engine.language.schema import (
     MEASURED_ATTRS,
@@ -25,6 +25,14 @@ from engine.language.schema import (
     QUALITY_TASK,
     REQUEST_FIELDS,
     FieldType,
+)
+from engine.language.signals import (
+    KEY_PLACEHOLDER,
+    MAX_WINDOW_MS,
+    OPERATORS,
+    SIGNALS,
+    SignalSpec,
+    subject_words,
 )
 from engine.strategies import STRATEGIES
 from engine.units import format_day
@@ -73,6 +81,7 @@ class Checker:
     now: float | None = None  # epoch seconds: the clock retirement warnings are judged by
     diagnostics: list[Diagnostic] = field(default_factory=list)
     route_nodes: dict[str, ast.Route] = field(default_factory=dict)  # by name, the first
+    named_scopes: tuple[str, ...] = ()  # the limits' named scopes (`team`)
 
     # reporting -------------------------------------------------------------
 
@@ -99,6 +108,8 @@ class Checker:
                     self._policy_require(stmt)
                 elif isinstance(stmt, ast.Deny):
                     self._deny(stmt)
+                elif isinstance(stmt, ast.Alert):
+                    self._alert(stmt)
         self._lint(files)
         return self.diagnostics
 
@@ -107,9 +118,22 @@ class Checker:
     def _structure(self, files: list[ast.PolicyFile]) -> None:
         defaults_at: ast.Defaults | None = None
         routes: dict[str, ast.Route] = {}
+        alerts: dict[str, ast.Alert] = {}
+        self.named_scopes = limit_scopes(files)
         for policy in files:
             for stmt in policy.statements:
-                if isinstance(stmt, ast.Defaults):
+                if isinstance(stmt, ast.Alert):
+                    first_alert = alerts.setdefault(str(stmt.name.value), stmt)
+                    if first_alert is not stmt:
+                        self.error(
+                            "E0706",
+                            f"alert {stmt.name.text} is defined twice",
+                            stmt.name.span,
+                            f"the first is at {first_alert.name.span.location()}; an alert's"
+                            " name is what its notifications and its state are known by:"
+                            " rename one",
+                        )
+                elif isinstance(stmt, ast.Defaults):
                     if defaults_at is not None:
                         self.error(
                             "E0201",
@@ -641,6 +665,192 @@ class Checker:
             )
             return []
         return list(models)
+
+    # alerts ----------------------------------------------------------------
+
+    def _alert(self, alert: ast.Alert) -> None:
+        """`alert "NAME" when SIGNAL OP THRESHOLD [per|over D] [for D] [to "URL"]`
+        (E0700–E0708)."""
+        before = len(self.diagnostics)
+        spec = self._signal(alert.signal)
+        signal_ok = spec is not None and len(self.diagnostics) == before
+        if alert.op not in OPERATORS:
+            self.error(
+                "E0705",
+                f"an alert compares its signal with `>`, `>=`, `<` or `<=`, not `{alert.op}`",
+                alert.op_span,
+                "a signal is a measurement or a count: say which side of the threshold is"
+                " trouble, e.g. `p95(provider) > 3s`",
+            )
+        split = None if spec is None else split_word(alert.signal, spec, self.named_scopes)
+        self._alert_name(alert, split, known=signal_ok)
+        if spec is not None:
+            self._threshold(alert, spec)
+            self._alert_window(alert, spec)
+        if alert.hold is not None:
+            self._duration(alert.hold, "`for`", allow_zero=True)
+        if alert.webhook is not None:
+            url = str(alert.webhook.value)
+            if not url.startswith(("http://", "https://")) or len(url.split("//", 1)[1]) == 0:
+                self.error(
+                    "E0707",
+                    "an alert's webhook is an `http://` or `https://` URL,"
+                    f" not {alert.webhook.text}",
+                    alert.webhook.span,
+                    'write `to "https://hooks.example.com/policyctl"`, or leave `to` out to'
+                    " post to the server's `--alert-webhook`",
+                )
+
+    def _signal(self, signal: ast.Signal) -> SignalSpec | None:
+        name = signal.name.dotted
+        spec = SIGNALS.get(name)
+        if spec is None:
+            parts = signal.name.parts
+            if len(parts) == 2 and parts[1] in SIGNALS and signal.subject is None:
+                hint = f"write `{parts[1]}({parts[0]})`: the subject goes in parentheses"
+            else:
+                guess = did_you_mean(name, tuple(SIGNALS))
+                hint = (
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "signals: " + ", ".join(f"`{s}`" for s in SIGNALS)
+                )
+            self.error("E0700", f"unknown alert signal `{name}`", signal.name.span, hint)
+            return None
+        ref = signal.subject
+        if ref is None or split_word(signal, spec, self.named_scopes) is not None:
+            return spec
+        words = subject_words(spec, self.named_scopes)
+        if spec.catalog:
+            if ref.model is None and ref.provider.text not in self.catalog.providers:
+                guess = did_you_mean(ref.provider.text, (*words, *self.catalog.providers))
+                example = reference(self.catalog.providers[0]) if self.catalog.providers else "…"
+                if guess is None or guess in words:  # `p95(provder)`, `p95(user)`
+                    self.error(
+                        "E0701",
+                        f"`{name}` cannot be split by `{ref.provider.text}`",
+                        ref.span,
+                        f"did you mean `{guess}`?"
+                        if guess
+                        else f"`{name}` is split by "
+                        + " or ".join(f"`{w}`" for w in words)
+                        + f", or names a provider (`{name}({example})`) or a model of the"
+                        " catalog",
+                    )
+                    return spec
+            self._model_ref(ref)
+            return spec
+        guess = did_you_mean(ref.text, words)
+        shown = ", ".join(f"`{w}`" for w in words)
+        self.error(
+            "E0701",
+            f"`{name}` cannot be split by `{ref.text}`",
+            ref.span,
+            f"did you mean `{guess}`?" if guess else f"`{name}` is split by one of {shown}",
+        )
+        return spec
+
+    def _alert_name(self, alert: ast.Alert, split: str | None, *, known: bool) -> None:
+        name = str(alert.name.value)
+        if not name.strip():
+            self.error(
+                "E0708",
+                "an alert needs a name",
+                alert.name.span,
+                'the name is what its notifications say: `alert "slow {key}" when …`',
+            )
+            return
+        rest = name.replace(KEY_PLACEHOLDER, "")
+        if "{" in rest or "}" in rest:
+            self.error(
+                "E0708",
+                f"an alert's name may hold `{{key}}` and no other placeholder: {alert.name.text}",
+                alert.name.span,
+                "`{key}` is the provider, model, user or other key of an alert split by"
+                ' one: `alert "slow {key}" when p95(provider) > 3s`',
+            )
+        elif KEY_PLACEHOLDER in name and split is None and known:
+            self.error(
+                "E0708",
+                f"alert {alert.name.text} has `{{key}}` in its name but one series",
+                alert.name.span,
+                "split its signal to have a key: `p95(provider)`, `violations(user)`;"
+                " or drop `{key}`",
+            )
+
+    def _threshold(self, alert: ast.Alert, spec: SignalSpec) -> None:
+        lit = alert.threshold
+        if lit.unit is spec.unit:
+            return
+        if spec.unit is Unit.DURATION and lit.unit is Unit.COUNT:
+            hint = _setting_hint(Unit.DURATION, lit)
+        elif spec.unit is Unit.MONEY and lit.unit is Unit.COUNT:
+            hint = f"spend is money: write `${_plain(float(lit.value))}`"  # type: ignore[arg-type]
+        elif spec.unit is Unit.PERCENT and lit.unit is Unit.COUNT and float(lit.value) <= 1:  # type: ignore[arg-type]
+            hint = f"write it as a percentage: `{_plain(float(lit.value) * 100)}%`"  # type: ignore[arg-type]
+        else:
+            hint = f"`{spec.name}` is {_article(spec.unit)}: write it like {_EXAMPLES[spec.unit]}"
+        self.error(
+            "E0702",
+            f"unit mismatch: `{spec.name}` is {_article(spec.unit)}, `{lit.text}` is"
+            f" {_article(lit.unit)}",
+            lit.span,
+            hint,
+        )
+
+    def _alert_window(self, alert: ast.Alert, spec: SignalSpec) -> None:
+        word = alert.window_word
+        if word is None:
+            if spec.counted:
+                self.error(
+                    "E0703",
+                    f"`{spec.name}` is a count: it needs the window it is counted in",
+                    Span(alert.span.source, alert.signal.span.start, alert.threshold.span.end),
+                    f"write `… {alert.threshold.text} per 1m`",
+                )
+            return
+        assert alert.window is not None
+        if word != spec.window_word:
+            if spec.counted:
+                why = f"`{spec.name}` is a count: it is counted `per` a window"
+            else:
+                why = f"`{spec.name}` is a measurement: it is measured `over` a window"
+            where = Span(alert.span.source, alert.window.span.start - len(word) - 1,
+                         alert.window.span.end)  # fmt: skip
+            if alert.span.source.text[where.start : where.start + len(word)] != word:
+                where = alert.window.span
+            self.error(
+                "E0703",
+                f"`{spec.name}` takes `{spec.window_word} D`, not `{word} D`",
+                where,
+                f"{why}: write `{spec.window_word} {alert.window.text}`",
+            )
+            return
+        self._duration(alert.window, f"`{word}`", allow_zero=False)
+
+    def _duration(self, lit: ast.Literal, what: str, *, allow_zero: bool) -> None:
+        value = float(lit.value)  # type: ignore[arg-type]
+        if lit.unit is not Unit.DURATION:
+            self.error(
+                "E0704",
+                f"{what} takes a duration, not {_article(lit.unit)}",
+                lit.span,
+                _setting_hint(Unit.DURATION, lit),
+            )
+        elif value <= 0 and not allow_zero:
+            self.error(
+                "E0704",
+                f"{what} takes a duration longer than zero",
+                lit.span,
+                f"write {what[:-1]} 1m`",
+            )
+        elif value > MAX_WINDOW_MS and what != "`for`":
+            self.error(
+                "E0704",
+                f"an alert's window is at most a day, not `{lit.text}`",
+                lit.span,
+                "the window is held in memory: write `per 1d` or shorter",
+            )
 
     # expressions -----------------------------------------------------------
 

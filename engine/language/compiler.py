@@ -19,6 +19,7 @@ from engine.catalog.model import Catalog, Model
 from engine.diagnostics import Span
 from engine.language import ast
 from engine.language.program import (
+    AlertRule,
     CompiledLimit,
     CompiledRoute,
     CompiledSplit,
@@ -34,6 +35,7 @@ from engine.language.program import (
     quality_problem,
 )
 from engine.language.schema import MEASURED_ATTRS, QUALITY
+from engine.language.signals import DEFAULT_OVER_MS, SIGNALS, SignalSpec, subject_words
 from engine.strategies import STRATEGIES
 from engine.vocabulary import SCOPE_KEY_FIELD, Unit
 
@@ -625,6 +627,55 @@ def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
     )
 
 
+def split_word(signal: ast.Signal, spec: SignalSpec, named_scopes: tuple[str, ...]) -> str | None:
+    """The per-key word of an alert's subject (`provider` in `p95(provider)`), or None when
+    the subject is a catalog reference or absent. A quoted subject is always a reference
+    (`p95("model")` is a provider named `model`)."""
+    ref = signal.subject
+    if ref is None or ref.model is not None or ref.provider.span.text().startswith('"'):
+        return None
+    word = ref.provider.text
+    return word if word in subject_words(spec, named_scopes) else None
+
+
+def limit_scopes(files: Iterable[ast.PolicyFile]) -> tuple[str, ...]:
+    """The named scopes of the limits of a policy set (`team` of `limit team = …`)."""
+    found = {
+        stmt.scope.text
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Limit) and stmt.key_expr is not None
+    }
+    return tuple(sorted(found))
+
+
+def _compile_alert(alert: ast.Alert, catalog: Catalog, named_scopes: tuple[str, ...]) -> AlertRule:
+    spec = SIGNALS[alert.signal.name.dotted]
+    split_by = split_word(alert.signal, spec, named_scopes)
+    ref = alert.signal.subject
+    subject: str | None = None
+    models: frozenset[str] = frozenset()
+    if ref is not None and split_by is None:
+        subject = ref.text
+        models = frozenset(m.key for m in resolve_ref(ref, catalog))
+    window = DEFAULT_OVER_MS if alert.window is None else float(alert.window.value)  # type: ignore[arg-type]
+    return AlertRule(
+        name=str(alert.name.value),
+        signal=spec.name,
+        split_by=split_by,
+        subject=subject,
+        models=models,
+        op=alert.op,
+        threshold=float(alert.threshold.value),  # type: ignore[arg-type]
+        threshold_text=alert.threshold.text,
+        window_ms=window,
+        for_ms=0.0 if alert.hold is None else float(alert.hold.value),  # type: ignore[arg-type]
+        webhook=None if alert.webhook is None else str(alert.webhook.value),
+        location=_line(alert.span),
+        text=" ".join(alert.span.text().split()),
+    )
+
+
 def policy_version(texts: Iterable[tuple[str, str]], catalog: Catalog) -> str:
     """A content hash: file base names (not where they were loaded from), texts, catalog."""
     digest = hashlib.sha256()
@@ -707,6 +758,13 @@ def compile_program(
         for stmt in policy.statements
         if isinstance(stmt, ast.Limit)
     )
+    named_scopes = limit_scopes(files)
+    alerts = tuple(
+        _compile_alert(stmt, catalog, named_scopes)
+        for policy in files
+        for stmt in policy.statements
+        if isinstance(stmt, ast.Alert)
+    )
     return Program(
         catalog=catalog,
         routes=routes,
@@ -720,6 +778,7 @@ def compile_program(
         live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
         variant_bits=bits,
         request_paths=frozenset(request_paths(files)),
+        alerts=alerts,
     )
 
 

@@ -108,8 +108,24 @@ def _refs(refs: tuple[ast.ModelRef, ...]) -> str:
     return ", ".join(_ref(r) for r in refs)
 
 
-def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm) -> _Line:
+def _alert(alert: ast.Alert) -> str:
+    signal = alert.signal.name.dotted
+    if alert.signal.subject is not None:
+        signal += f"({_ref(alert.signal.subject)})"
+    code = f"alert {alert.name.text} when {signal} {alert.op} {alert.threshold.text}"
+    if alert.window is not None:
+        code += f" {alert.window_word} {alert.window.text}"
+    if alert.hold is not None:
+        code += f" for {alert.hold.text}"
+    if alert.webhook is not None:
+        code += f" to {alert.webhook.text}"
+    return code
+
+
+def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm | ast.Alert) -> _Line:
     """A statement or block item that is always one line (all but `require`)."""
+    if isinstance(item, ast.Alert):
+        return _Line(code=_alert(item))
     if isinstance(item, ast.CatalogStmt):
         return _Line(code=f"catalog {item.path.text}")
     if isinstance(item, ast.StrategySetting):

@@ -63,7 +63,7 @@ _TERMINAL_NAMES = {
     "NULL": "`null`",
     "$END": "the end of the file",
 }
-_STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny")
+_STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny", "alert")
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
@@ -73,7 +73,7 @@ _ROUTE_ONLY = ("prefer", "exclude", "require", "split", "shadow")
 # words a misspelling of which is most likely meant (statements, settings, route items)
 _KEYWORDS = (
     *_STATEMENT_KEYWORDS, *_SETTINGS, "prefer", "exclude", "when", "burst", "until", "per",
-    "weight", "budget",
+    "weight", "budget", "over",
 )  # fmt: skip
 
 
@@ -359,6 +359,34 @@ class _Builder(Transformer[Token, Any]):
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
         )
+
+    @v_args(meta=True)
+    def alert_stmt(self, meta: Any, children: list[Any]) -> ast.Alert:
+        name, signal, op, threshold, window, hold, webhook = children
+        word, length = (None, None) if window is None else window
+        return ast.Alert(
+            name=self._literal(name),
+            signal=signal,
+            op=str(op),
+            op_span=self._span_tok(op),
+            threshold=self._literal(threshold),
+            window_word=word,
+            window=None if length is None else self._literal(length),
+            hold=None if hold is None else self._literal(hold),
+            webhook=None if webhook is None else self._literal(webhook),
+            span=self._span_meta(meta),
+        )
+
+    @v_args(meta=True)
+    def signal(self, meta: Any, children: list[Any]) -> ast.Signal:
+        name, subject = children
+        return ast.Signal(name, subject, self._span_meta(meta))
+
+    def per_window(self, children: list[Any]) -> tuple[str, Token]:
+        return ("per", children[0])
+
+    def over_window(self, children: list[Any]) -> tuple[str, Token]:
+        return ("over", children[0])
 
     def key_expr(self, children: list[Any]) -> ast.Path:
         return children[0]

@@ -413,6 +413,35 @@ class CompiledLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRule:
+    """`alert "NAME" when SIGNAL OP THRESHOLD …` compiled: what the alert monitor
+    (`engine.alerts`) evaluates every tick. Values in the units' base: ms, USD, fractions."""
+
+    name: str  # as written; `{key}` in it is the key of a per-key alert
+    signal: str  # a name of `engine.language.signals.SIGNALS`
+    split_by: str | None  # `provider`, `model`, `user`, a limit scope…: one series per key
+    subject: str | None  # `openai` or `openai/gpt-4o`, as written: that entry only
+    models: frozenset[str]  # the catalog keys (`provider/id`) `subject` covers
+    op: str  # > >= < <=
+    threshold: float
+    threshold_text: str  # as written: `3s`, `5%`, `$20`
+    window_ms: float  # the sliding window it is measured over or counted per
+    for_ms: float  # how long it must hold before it fires (0: at once)
+    webhook: str | None  # `to "URL"`; None: the monitor's default
+    location: str  # file:line
+    text: str  # the statement on one line
+
+    def holds(self, value: float) -> bool:
+        if self.op == ">":
+            return value > self.threshold
+        if self.op == ">=":
+            return value >= self.threshold
+        if self.op == "<":
+            return value < self.threshold
+        return value <= self.threshold
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     catalog: Catalog
     routes: tuple[CompiledRoute, ...]
@@ -431,6 +460,7 @@ class Program:
     # every `request.…` path the policy set reads, dotted: what the decision log keeps of a
     # request's metadata (`--log-requests features`)
     request_paths: frozenset[str] = frozenset()
+    alerts: tuple[AlertRule, ...] = ()  # `alert` statements, in file order
     # the routes tried in file order: every route but the arms of a split
     dispatch: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
     # an experiment's arm routes by name, in its split's order

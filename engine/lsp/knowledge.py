@@ -21,6 +21,7 @@ from engine.diagnostics import PolicyError, Span
 from engine.language import ast
 from engine.language.parser import parse
 from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, QUALITY, REQUEST_FIELDS, FieldType
+from engine.language.signals import SIGNALS, subject_words
 from engine.resources import grammar_path
 from engine.strategies import STRATEGIES
 from engine.units import format_duration, format_money
@@ -30,7 +31,7 @@ from engine.vocabulary import STANDARD_SCOPES
 @dataclass(frozen=True, slots=True)
 class Completion:
     label: str
-    kind: str  # keyword, field, model, provider, strategy, capability, scope, route
+    kind: str  # keyword, field, model, provider, strategy, capability, scope, route, signal
     detail: str
     insert: str  # the text inserted (a model id that is not a name is quoted)
 
@@ -62,7 +63,7 @@ class Place:
 @dataclass(frozen=True, slots=True)
 class Symbol:
     name: str
-    kind: str  # route, limit, defaults, catalog, require (policy-wide), deny
+    kind: str  # route, limit, defaults, catalog, require (policy-wide), deny, alert
     start: int  # the whole statement
     end: int
     name_start: int  # its name (a route's, a limit's scope)
@@ -113,6 +114,9 @@ _STRATEGY_AT = re.compile(r"\bstrategy\s+([\w-]*)$")
 _FACTOR_AT = re.compile(r"\bstrategy\s+([\w-]+)\s*\(([^()]*,)?\s*(\w*)$")
 _CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
 _LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
+_ALERT_HEAD = r'\balert\s+"(?:[^"\\\n]|\\.)*"\s+when\s+'
+_SIGNAL_AT = re.compile(_ALERT_HEAD + r"(\w*)$")  # `alert "x" when p9…`
+_SUBJECT_AT = re.compile(_ALERT_HEAD + r"(\w+)\(\s*([\w.-]*)$")  # `… when p95(prov…`
 _ARM_AT = re.compile(r"[0-9][\w.]*%?\s*:\s*route\s+([\w.\-]*)$")  # `10%: route cand…`
 
 
@@ -153,6 +157,16 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
     if found := _LIMIT_AT.search(before):
         items = [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
         return Completions(line_start + found.start(1), tuple(items))
+    if found := _SIGNAL_AT.search(before):
+        items = [Completion(n, "signal", _signal_detail(n), n) for n in SIGNALS]
+        return Completions(line_start + found.start(1), tuple(items))
+    if found := _SUBJECT_AT.search(before):
+        spec = SIGNALS.get(found.group(1))
+        words = subject_words(spec) if spec is not None else ()
+        items = [Completion(w, "scope", f"one `{found.group(1)}` per {w}", w) for w in words]
+        if spec is not None and spec.catalog:
+            items += _model_completions(found.group(2), catalog, True)
+        return Completions(line_start + found.start(2), tuple(items))
     if found := _ARM_AT.search(before):  # an experiment's arm: the routes of the file
         names = sorted({m.group(1) for m in _ROUTE_LINE.finditer(text)})
         items = [Completion(n, "route", "arm route", n) for n in names]
@@ -216,6 +230,11 @@ def _model_detail(m: Model) -> str:
     return f"{format_money(m.input_price)} in / {format_money(m.output_price)} out per 1M tokens"
 
 
+def _signal_detail(name: str) -> str:
+    spec = SIGNALS[name]
+    return f"alert signal, {spec.unit.value}, `{spec.window_word} D`"
+
+
 def _strategy_detail(name: str) -> str:
     spec = STRATEGIES[name]
     return f"strategy, factors: {', '.join(spec.factors)}" if spec.factors else "strategy"
@@ -252,6 +271,14 @@ _KEYWORD_HOVER = {
         " sends each request to one arm route, the same user always to the same arm; the"
         " decision and the decision log name the experiment and the arm"
     ),
+    "alert": (
+        '`alert "NAME" when SIGNAL OP THRESHOLD [per|over D] [for D] [to "URL"]`: outside'
+        " any block, watches a signal (`p95(provider)`, `error_rate(openai)`,"
+        " `violations(user)`, `spend`, `denials`); once the comparison has held for `for D`"
+        " it fires (one notification, a log line and a POST to the webhook), and it resolves"
+        " (one more) when it stops holding. Split by a key, each key is its own alert and"
+        " `{key}` in the name names it"
+    ),
     "shadow": (
         "`shadow route NAME`: that route decides every request this route serves too, for"
         " comparison; its decision is logged (and shown by `--explain`), never served, and"
@@ -272,6 +299,18 @@ def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
         if found.start() <= at <= found.end():
             shown = _KEYWORD_HOVER[found.group(1)]
             return Hover(shown, line_start + found.start(), line_start + found.end())
+    if re.match(r"\s*alert\b", line):
+        blanked = re.sub(r'"(?:[^"\\\n]|\\.)*"?', lambda m: " " * len(m.group()), line)
+        for found in re.finditer(r"\b(\w+)\s*(?=\(|[<>])", blanked):
+            spec = SIGNALS.get(found.group(1))
+            if spec is not None and found.start(1) <= at <= found.end(1):
+                shown = (
+                    f"`{spec.name}`: {spec.doc}; {spec.unit.value}, written `{spec.window_word}"
+                    f" D`. Split by: {', '.join(f'`{w}`' for w in spec.keys)}"
+                    + (", or a limit's named scope" if spec.named_scopes else "")
+                    + ("; or one provider or model of the catalog" if spec.catalog else "")
+                )
+                return Hover(shown, line_start + found.start(1), line_start + found.end(1))
     for found in _FIELD.finditer(line):
         if found.start() <= at <= found.end():
             shown = _field_hover(found.group(1), found.group(2), catalog)
@@ -411,6 +450,9 @@ def symbols(path: Path, text: str) -> list[Symbol]:
         elif isinstance(s, ast.Deny):
             label = f"deny {s.reason.text}"
             out.append(Symbol(label, "deny", s.span.start, s.span.end, *_ends(s.reason.span)))
+        elif isinstance(s, ast.Alert):
+            label = f"alert {s.name.text}"
+            out.append(Symbol(label, "alert", s.span.start, s.span.end, *_ends(s.name.span)))
         elif isinstance(s, ast.Defaults):
             out.append(Symbol("defaults", "defaults", s.span.start, s.span.end, *_ends(s.span)))
         elif isinstance(s, ast.CatalogStmt):

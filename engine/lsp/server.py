@@ -34,6 +34,7 @@ _COMPLETION_KIND = {
     "capability": lsp.CompletionItemKind.EnumMember,
     "scope": lsp.CompletionItemKind.EnumMember,
     "route": lsp.CompletionItemKind.Reference,
+    "signal": lsp.CompletionItemKind.Function,
 }
 _SYMBOL_KIND = {
     "route": lsp.SymbolKind.Function,
@@ -42,6 +43,7 @@ _SYMBOL_KIND = {
     "catalog": lsp.SymbolKind.File,
     "require": lsp.SymbolKind.Property,
     "deny": lsp.SymbolKind.Event,
+    "alert": lsp.SymbolKind.Event,
 }
 
 

@@ -242,7 +242,11 @@ def create_app(
     are refused unless `open_admin`. With `access_log`, each request is a line of the
     `policyctl.access` logger."""
     telemetry = Telemetry(engine)
-    dashboard = Dashboard(engine, admin_token=admin_token)  # /dashboard (its module)
+    dashboard = Dashboard(  # /dashboard (its module)
+        engine,
+        admin_token=admin_token,
+        alerts=lambda: [status.to_dict() for status in engine.alerts()],
+    )
 
     def guarded(handler: Handler) -> Handler:
         async def run(request: HttpRequest) -> Response:

@@ -165,6 +165,7 @@ class Telemetry:
                 "Buckets not yet full dropped past max_keys (their used quota handed back).",
                 value=held.dropped_partial,
             )
+        yield from _alert_families(engine)
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
             "HTTP requests by route template, method and status: from the app's start on the"
@@ -176,6 +177,34 @@ class Telemetry:
                 (path, method, str(status)), _cumulative(REQUEST_BUCKETS_S, row[:-1]), row[-1]
             )
         yield requests
+
+
+ALERT_STATES = ("inactive", "pending", "firing", "resolved")
+
+
+def _alert_families(engine: PolicyEngine) -> Iterator[Metric]:
+    """The policy's alerts at the last tick: 1 for each alert (and key: a split alert's keys
+    are capped by the monitor) in its state; and the webhook's deliveries."""
+    firing = GaugeMetricFamily(
+        "policyctl_alert_state",
+        "The policy's alerts: 1 in the state each alert (per key, when split) is in.",
+        labels=("alert", "key", "state"),
+    )
+    for status in engine.alerts():
+        for state in ALERT_STATES:
+            firing.add_metric(
+                (status.message, status.key or "", state), 1.0 if status.state == state else 0.0
+            )
+    yield firing
+    sent = engine.alert_monitor.deliveries()
+    deliveries = CounterMetricFamily(
+        "policyctl_alert_notifications_total",
+        "Alert notifications by what became of them (sent to the webhook, failed, dropped).",
+        labels=("result",),
+    )
+    for result in ("sent", "failed", "dropped"):
+        deliveries.add_metric((result,), float(getattr(sent, result)))
+    yield deliveries
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:

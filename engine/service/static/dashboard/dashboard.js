@@ -135,10 +135,11 @@
       const row = el("tr", null, { "data-field": "alert", "data-key": String(i),
                                   "data-value": JSON.stringify(alert) });
       row.append(
-        el("td", alert.name),
+        el("td", alert.message || alert.name),
         el("td", alert.state, { class: "alert-" + String(alert.state).replace(/[^a-z]/g, "") }),
         el("td", typeof alert.since === "number" ? dateTime(alert.since) : alert.since),
-        el("td", typeof alert.value === "number" ? number(alert.value, 3) : alert.value,
+        el("td", alert.value_text != null ? alert.value_text
+                 : typeof alert.value === "number" ? number(alert.value, 3) : alert.value,
            { class: "num" }),
       );
       body.append(row);
