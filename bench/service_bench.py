@@ -14,8 +14,9 @@ million, so every request runs the four limits but none binds), then:
    body of the same size as a decision, both loaded by `wrk` (8 connections; installed
    with apt-get when missing and this runs as root) in interleaved pairs of equal
    duration, the order alternating; the ratio of requests/s and of p99 latency per pair,
-   median and min–max over ≥ 15 pairs. The same for the DuckDB state file and for decision
-   logs on (`--analytics`), full run only. The bare app's own requests/s is the stack's ceiling here
+   median and min–max over ≥ 15 pairs. The same for the DuckDB state file, for decision
+   logs on (`--analytics`) and for access logs on (`--access-log`, text and JSON lines,
+   to a file), full run only. The bare app's own requests/s is the stack's ceiling here
    (wrk takes its share of the two cores);
 1. load: a fixed number of POST /v1/eval requests (chat bodies, each from a distinct user
    and IP; JSON decisions back, as in every row) from a
@@ -251,13 +252,19 @@ class Client:
 
 
 def start_server(
-    policy_dir: Path, port: int, extra: list[str] | None = None
+    policy_dir: Path, port: int, extra: list[str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
+    """`policyctl serve` on `port`; its stderr to `log` when given (an access log fills an
+    unread pipe and stalls the server), else to a pipe read on failure."""
     command = [sys.executable, "-m", "engine", "serve", "--host", HOST, "--port", str(port)]
     command += ["--policy", str(policy_dir)]
     command += extra if extra and "--state" in extra else ["--state", "memory://", *(extra or [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
+    if log is not None:
+        with log.open("ab") as sink:
+            proc = subprocess.Popen(command, env=env, cwd=ROOT, stderr=sink)
+    else:
+        proc = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE)
     wait_healthy(proc, port)
     return proc
 
@@ -266,7 +273,8 @@ def wait_healthy(proc: subprocess.Popen[bytes], port: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            said = proc.stderr.read().decode() if proc.stderr is not None else "(see its log)"
+            raise RuntimeError(f"the server exited: {said}")
         try:
             with socket.create_connection((HOST, port), timeout=0.2):
                 pass
@@ -450,17 +458,24 @@ def near_its_stack(
             " (median), wrk on the same 2 cores"
         )
         if not others:
-            lines.append("DuckDB state file, decision logs on: not run in --quick (full run only)")
+            lines.append(
+                "DuckDB state file, decision logs on, access logs on: not run in --quick"
+                " (full run only)"
+            )
             return lines
         few = pairs
         with tempfile.TemporaryDirectory(prefix="policyctl-bench-state-") as tmp:
-            for label, extra in (
-                ("DuckDB state file", ["--state", str(Path(tmp) / "state.duckdb")]),
+            for label, extra, log in (
+                ("DuckDB state file", ["--state", str(Path(tmp) / "state.duckdb")], None),
                 ("memory state, decision logs on (--analytics)",
-                 ["--analytics", str(Path(tmp) / "analytics.duckdb")]),
+                 ["--analytics", str(Path(tmp) / "analytics.duckdb")], None),
+                ("memory state, access log on (--access-log, to a file)",
+                 ["--access-log"], Path(tmp) / "access.log"),
+                ("memory state, access log on, JSON lines",
+                 ["--access-log", "--log-format", "json"], Path(tmp) / "access.jsonl"),
             ):  # fmt: skip
                 other = free_port()
-                proc = start_server(policy_dir, other, extra)
+                proc = start_server(policy_dir, other, extra, log)
                 try:
                     wrk_for(other, 1)
                     a, b = ab_pairs(other, bare_port, few, seconds)
