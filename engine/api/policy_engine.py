@@ -36,7 +36,7 @@ from engine.limits.stores import ConfigurationError, Store, open_analytics, open
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
-from engine.routing.evaluator import EvalState, evaluate
+from engine.routing.evaluator import DEFAULT_MAX_PINS, EvalState, PinTable, evaluate
 from engine.routing.metrics import (
     DEFAULT_REFRESH_MS,
     ClosableMetrics,
@@ -74,6 +74,7 @@ class PolicyEngine:
         log_requests: str = "features",
         hash_keys: bool = False,
         warm_progress: Callable[[int, int | None], None] | None = None,
+        affinity_pins: int = DEFAULT_MAX_PINS,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -94,6 +95,8 @@ class PolicyEngine:
         `hash_keys`: user and IP keys in it hashed with the state file's salt.
         `warm_progress`: called as `(outcomes read, outcomes to read)` while the live window
         is warmed from the outcome log (the CLI's progress bar; the engine prints nothing).
+        `affinity_pins`: the `affinity` pins kept in memory, at most (the least recently
+        used are dropped first).
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
@@ -102,6 +105,7 @@ class PolicyEngine:
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
             outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
+        self._state.pins = PinTable(affinity_pins)
 
     @classmethod
     def from_text(
@@ -120,6 +124,7 @@ class PolicyEngine:
         log_requests: str = "features",
         hash_keys: bool = False,
         warm_progress: Callable[[int, int | None], None] | None = None,
+        affinity_pins: int = DEFAULT_MAX_PINS,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         engine = cls.__new__(cls)
@@ -130,6 +135,7 @@ class PolicyEngine:
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
             metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
+        engine._state.pins = PinTable(affinity_pins)
         return engine
 
     def _setup(

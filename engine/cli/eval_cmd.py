@@ -374,6 +374,17 @@ def _shadow_row(s: Decision) -> str:
     return f"{s.route} → {s.provider}/{s.model} ({cost}, {p95}; logged, not served)"
 
 
+def _affinity_row(d: Decision) -> str:
+    a = d.affinity
+    assert a is not None
+    if a.key_hash is None:
+        return "no key"
+    if a.pinned:
+        cached = f", {_count(a.cached_tokens)} input tokens at the cache-read price"
+        return "pinned" + (cached if a.cached_tokens else "")
+    return f"broken ({a.broken})" if a.broken else "not pinned"
+
+
 def _vertical(d: Decision) -> str:
     alternatives = ", ".join(f"{a.provider}/{a.model} ({a.score:.2f})" for a in d.alternatives)
     fallbacks = " → ".join(f"{f['provider']}/{f['model']}" for f in d.fallbacks)
@@ -387,6 +398,7 @@ def _vertical(d: Decision) -> str:
         *([("deployment of", d.deployment_of)] if d.deployment_of else []),
         *([("arm", f"{d.experiment} → {d.arm}")] if d.experiment is not None else []),
         *([("explored", True)] if d.explored else []),
+        *([("affinity", _affinity_row(d))] if d.affinity is not None else []),
         ("reason", d.reason),
         ("est cost", money(d.estimated_cost) if d.estimated_cost is not None else None),
         ("est p95", f"{d.estimated_latency_ms:.0f}ms" if d.estimated_latency_ms else None),
@@ -440,6 +452,17 @@ def _vertical(d: Decision) -> str:
                 rows.append(
                     ("trace", f"drop {step['provider']}/{step['model']}: {step['because']}")
                 )
+            elif step["step"] == "affinity":
+                pin = step["pin"]
+                if step["pinned"]:
+                    shown = f"pinned to {pin}"
+                elif step["broken"] is not None:
+                    shown = f"pin to {pin} broken ({step['broken']})"
+                elif step["key_hash"] is None:
+                    shown = "no key in this request"
+                else:
+                    shown = "no live pin: the strategy chooses"
+                rows.append(("trace", f"affinity by {step['by']}: {shown}"))
             elif step["step"] == "explore":
                 rows.append(
                     (

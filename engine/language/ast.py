@@ -151,6 +151,16 @@ class ExploreSetting:
 
 
 @dataclass(frozen=True, slots=True)
+class AffinitySetting:
+    """`affinity by request.metadata.session_id for 30m`: requests with the same key go to
+    the model the last one went to, within the duration of it, while it stays eligible."""
+
+    key: Path
+    duration: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -203,6 +213,7 @@ Setting = (
     | StoreErrorSetting
     | DegradedSetting
     | ExploreSetting
+    | AffinitySetting
 )
 RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 

@@ -186,6 +186,8 @@ class Checker:
                 self._degraded(item)
             elif isinstance(item, ast.ExploreSetting):
                 self._explore(item)
+            elif isinstance(item, ast.AffinitySetting):
+                self._affinity(item)
             elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
                 "open",
                 "closed",
@@ -263,6 +265,38 @@ class Checker:
                 _setting_hint(Unit.DURATION, window)
                 if window.unit is Unit.COUNT and length > 0
                 else "write `per 1h` or `per 1d`",
+            )
+
+    def _affinity(self, item: ast.AffinitySetting) -> None:
+        """`affinity by request.KEY for DURATION` (E0280, E0281)."""
+        key = item.key
+        if key.parts[0] != "request" or len(key.parts) < 2:
+            self.error(
+                "E0280",
+                f"affinity is keyed by a request field, not `{key.dotted}`",
+                key.span,
+                "for example `affinity by request.metadata.session_id for 30m`",
+            )
+        else:
+            found = self._path_type(key, allow_model=False)
+            if found is not None and found[0] is Unit.LIST:
+                self.error(
+                    "E0280",
+                    f"affinity is keyed by one value, and `{key.dotted}` is {describe(found)}",
+                    key.span,
+                    "key it by a field that names the session: `request.user` or"
+                    " `request.metadata.session_id`",
+                )
+        duration = item.duration
+        length = float(duration.value)  # type: ignore[arg-type]
+        if duration.unit is not Unit.DURATION or length <= 0:
+            self.error(
+                "E0281",
+                f"an affinity lasts a duration longer than zero, not `{duration.text}`",
+                duration.span,
+                _setting_hint(Unit.DURATION, duration)
+                if duration.unit is Unit.COUNT and length > 0
+                else "for example `for 30m`: a session quiet for longer starts afresh",
             )
 
     def _cooldown(self, item: ast.CooldownSetting) -> None:
@@ -966,6 +1000,13 @@ class Checker:
         if dotted in table:
             return table[dotted]
         guess = did_you_mean(dotted, names)
+        if (  # `request.metdata.team`
+            guess is None
+            and root == "request"
+            and len(rest) == 2
+            and did_you_mean(rest[0], [METADATA_FIELD]) is not None
+        ):
+            guess = f"{METADATA_FIELD}.{rest[1]}"
         self.error(
             "E0324",
             f"unknown field `{path.dotted}`",
@@ -1375,6 +1416,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "degraded"
     if isinstance(item, ast.ExploreSetting):
         return "explore"
+    if isinstance(item, ast.AffinitySetting):
+        return "affinity"
     return None
 
 

@@ -19,6 +19,7 @@ from engine.catalog.model import Catalog, Model
 from engine.diagnostics import Span
 from engine.language import ast
 from engine.language.program import (
+    Affinity,
     AlertRule,
     CompiledLimit,
     CompiledRoute,
@@ -357,6 +358,12 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 share=float(item.share.value),  # type: ignore[arg-type]
                 budget=float(item.budget.value),  # type: ignore[arg-type]
                 window_ms=float(item.window.value),  # type: ignore[arg-type]
+            )
+        elif isinstance(item, ast.AffinitySetting):
+            values["affinity"] = Affinity(
+                key=_path_getter(item.key),
+                key_text=item.key.dotted,
+                ttl_ms=float(item.duration.value),  # type: ignore[arg-type]
             )
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]

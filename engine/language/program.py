@@ -106,6 +106,17 @@ class Exploration:
 
 
 @dataclass(frozen=True, slots=True)
+class Affinity:
+    """`affinity by request.KEY for D`: a request goes to the model the previous request
+    with the same key went to, if that was less than D ago and the model is still eligible
+    and within its limits (the evaluator's `PinTable` keeps the pins)."""
+
+    key: Fn  # reads the field from the request (None: no key, no affinity)
+    key_text: str  # `request.metadata.session_id`
+    ttl_ms: float  # how long a quiet session keeps its model
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     strategy: str = DEFAULT_STRATEGY
     factors: tuple[tuple[str, float], ...] = DEFAULT_FACTORS
@@ -120,6 +131,7 @@ class Settings:
     min_quality: float | None = None  # `min_quality 0.8`: the route's quality floor
     degraded: HealthRule | None = None  # `degraded when …`
     explore: Exploration | None = None  # `explore N% budget $X per D`
+    affinity: Affinity | None = None  # `affinity by request.KEY for D`
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:

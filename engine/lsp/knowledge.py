@@ -248,6 +248,15 @@ _FIELD = re.compile(r"\b(request|model)\.(\w+(?:\.\w+)*)")
 
 # what the policy-wide words and `explore` mean (docs/language.md)
 _KEYWORD_HOVER = {
+    "affinity": (
+        "`affinity by request.FIELD for DURATION`: in `defaults` or a route, a request goes"
+        " to the model the previous request with the same value of the field went to, if"
+        " that was less than DURATION ago and the model is still eligible, healthy and"
+        " within its limits (else the strategy chooses and the pin moves), so the"
+        " provider's prompt cache stays warm; the estimated cost then prices the part of the"
+        " prompt the session already sent at the cache-read price. Pins are kept in this"
+        " instance's memory"
+    ),
     "explore": (
         "`explore N% budget $X per DURATION`: in `defaults` or a route, N% of requests (by a"
         " hash of their id) go to the eligible model with the fewest samples, while it has"
@@ -290,7 +299,7 @@ _KEYWORD = re.compile(rf"\b({'|'.join(_KEYWORD_HOVER)})\b")
 
 def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
     """A model reference's prices and capabilities; a field's type; what `deny`,
-    `require`, `split`, `shadow` and `explore` mean."""
+    `require`, `split`, `shadow`, `explore` and `affinity` mean."""
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = text.find("\n", offset)
     line = text[line_start : len(text) if line_end < 0 else line_end]

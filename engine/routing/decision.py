@@ -104,6 +104,25 @@ class DeniedByPolicyRequire(DenialRecord):
 Denial = LimitDenial | NoEligibleModel | DeniedByRule | DeniedByPolicyRequire
 
 
+@dataclass(frozen=True, slots=True)
+class AffinityOutcome:
+    """What `affinity by request.KEY for D` did for a decision of its route."""
+
+    key_hash: str | None  # a hash of the key's value (None: the request has no such field)
+    pinned: bool  # sent to the model the key's previous request went to
+    broken: str | None  # why a live pin was not followed: health, ineligible or limit
+    cached_tokens: float = 0.0  # input tokens priced at the cache-read price (pinned only)
+
+    def to_dict(self) -> dict[str, Any]:
+        cached = self.cached_tokens
+        return {
+            "key_hash": self.key_hash,
+            "pinned": self.pinned,
+            "broken": self.broken,
+            "cached_tokens": int(cached) if cached.is_integer() else cached,
+        }
+
+
 @dataclass(slots=True)
 class Decision:
     request_id: str | None
@@ -127,6 +146,7 @@ class Decision:
     experiment: str | None = None  # the route whose `split` chose the arm
     arm: str | None = None  # the arm route the experiment sent the request to
     explored: bool = False  # `explore`: sent to a model with few samples, to measure it
+    affinity: AffinityOutcome | None = None  # the route has `affinity`: what it did
     # `shadow route b`: b's decision of the same request, logged, never served (in JSON
     # only with the trace, `--explain`)
     shadow: Decision | None = None
@@ -164,6 +184,8 @@ class Decision:
             out["arm"] = self.arm
         if self.explored:
             out["explored"] = True
+        if self.affinity is not None:
+            out["affinity"] = self.affinity.to_dict()
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:

@@ -82,6 +82,23 @@ class _PolicyRequireSchema(BaseModel):
     candidates: list[_DroppedSchema]
 
 
+class _AffinitySchema(BaseModel):
+    """What the route's `affinity by request.KEY for D` did."""
+
+    model_config = ConfigDict(extra="forbid")
+    key_hash: str | None = Field(
+        description="a hash of the key's value; null when the request has no such field"
+    )
+    pinned: bool = Field(description="sent to the model the key's previous request went to")
+    broken: Literal["health", "ineligible", "limit"] | None = Field(
+        description="why a live pin was not followed: the model is unhealthy, cannot serve"
+        " this request, or is at a rate limit (the pin then moves to the model chosen)"
+    )
+    cached_tokens: float = Field(
+        description="input tokens the estimated cost prices at the cache-read price"
+    )
+
+
 class _DecisionFields(BaseModel):
     """The fields of a decision: the served one's and its shadow's."""
 
@@ -111,6 +128,11 @@ class _DecisionFields(BaseModel):
         None,
         description="true when `explore` sent the request to a model with few samples"
         " instead of the strategy's choice (absent otherwise)",
+    )
+    affinity: _AffinitySchema | None = Field(
+        None,
+        description="present when the route has `affinity`: whether the request went to"
+        " its key's pinned model, and why a live pin was broken",
     )
     denied_by: (
         _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None

@@ -29,8 +29,11 @@ once per metrics snapshot, not per decision.
 
 from __future__ import annotations
 
+import hashlib
 import operator
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,7 @@ from typing import Any
 from engine.catalog.model import Model
 from engine.language.program import (
     CAPABILITY_BITS,
+    Affinity,
     CompiledRoute,
     DenyRule,
     Exploration,
@@ -52,6 +56,7 @@ from engine.language.program import (
 from engine.limits.limiter import Limiter, Verdict
 from engine.limits.records import UNATTRIBUTED
 from engine.routing.decision import (
+    AffinityOutcome,
     Alternative,
     Decision,
     DeniedByPolicyRequire,
@@ -85,14 +90,64 @@ class ExploreWindow:
     spent: float  # USD: the estimated cost of the decisions explored in it
 
 
+DEFAULT_MAX_PINS = 100_000  # affinity pins kept per engine, least recently used dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Where the last request of an affinity key went, and when."""
+
+    model: str  # the model's key (`provider/id`)
+    at: float  # epoch seconds: the key's last request
+    expires: float  # epoch seconds: `at` plus the route's affinity duration
+    input_tokens: float  # that request's input tokens: what the provider may have cached
+
+
+class PinTable:
+    """The affinity pins of one engine, by (route, key value): bounded (the least recently
+    used go first past `max_entries`, and expired ones at the front as new pins come), in
+    this process's memory only (two service processes each keep their own)."""
+
+    __slots__ = ("_lock", "_pins", "max_entries")
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_PINS) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._pins: OrderedDict[tuple[str, Hashable], Pin] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    def get(self, key: tuple[str, Hashable]) -> Pin | None:
+        """The pin of a key, expired or not (a read: a dry run changes nothing)."""
+        return self._pins.get(key)
+
+    def put(self, key: tuple[str, Hashable], pin: Pin) -> None:
+        pins = self._pins
+        with self._lock:
+            pins[key] = pin
+            pins.move_to_end(key)
+            while len(pins) > self.max_entries:
+                pins.popitem(last=False)
+            while pins:  # the least recently used first: drop those that have expired
+                oldest = next(iter(pins.values()))
+                if oldest.expires >= pin.at:
+                    break
+                pins.popitem(last=False)
+
+
 @dataclass
 class EvalState:
     """The little mutable state routing keeps between decisions, in this process: the
-    round-robin turns, and what exploration spent per route in its current window (an
-    instance's own: two engines, or two service processes, each spend their budget)."""
+    round-robin turns, what exploration spent per route in its current window (an
+    instance's own: two engines, or two service processes, each spend their budget), and
+    the affinity pins."""
 
     turns: dict[str, int] = field(default_factory=dict)
     explored: dict[str, ExploreWindow] = field(default_factory=dict)
+    pins: PinTable = field(default_factory=PinTable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +212,95 @@ def _explore_reason(route: CompiledRoute, explore: Exploration, model: Model, e:
         f" ({explore.share * 100:g}% of requests explore; {format_money(left)} of"
         f" {format_money(explore.budget)} budget left this {format_duration(explore.window_ms)})"
     )
+
+
+@dataclass(slots=True)
+class _Pinning:
+    """A decision of a route with `affinity`: its key, the pin it read, and what came of it."""
+
+    key: tuple[str, Hashable] | None  # (route, key value); None: the request has no key
+    key_hash: str | None
+    pin: Pin | None  # the key's live pin (None: a new or expired session)
+    slot: int = -1  # the pinned model's slot in the pool, when it is eligible
+    broken: str | None = None  # "health", "ineligible" or "limit"
+    cached: float = 0.0  # the input tokens estimated to be read from the prompt cache
+
+
+def _pinning(
+    route: CompiledRoute,
+    affinity: Affinity,
+    env: Mapping[str, Any],
+    state: EvalState | None,
+    pos: Sequence[int],
+    stats_of: Any,
+    measuring: bool,
+    now: float,
+) -> _Pinning:
+    """The request's affinity key and its pin: the slot of the pinned model when it is
+    still eligible, else why it is not (`health`: a cooldown, an unhealthy success rate or
+    `degraded when`; `ineligible`: anything else that dropped it for this request)."""
+    value = affinity.key(env, None)
+    if value is None:
+        return _Pinning(None, None, None)
+    key = (route.name, value)
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8).hexdigest()
+    pin = state.pins.get(key) if state is not None else None
+    if pin is None or (now - pin.at) * 1000.0 > affinity.ttl_ms:
+        return _Pinning(key, digest, None)
+    p = route.table.position_of.get(pin.model)
+    if p is not None and p in pos:
+        return _Pinning(key, digest, pin, pos.index(p))
+    stats = stats_of(pin.model) if measuring and p is not None else None
+    unhealthy = stats is not None and _unhealthy(route, p, stats, now)  # type: ignore[arg-type]
+    return _Pinning(key, digest, pin, broken="health" if unhealthy else "ineligible")
+
+
+def _unhealthy(route: CompiledRoute, position: int, stats: ModelStats, now: float) -> bool:
+    """Whether a health rule drops the model at `now` (the tests of `_eligible`)."""
+    settings = route.settings
+    if (
+        settings.cooldown_failures
+        and stats.consecutive_failures >= settings.cooldown_failures
+        and (now - stats.last_failure_at) * 1000.0 < settings.cooldown_ms
+    ):
+        return True
+    if stats.samples < settings.min_samples:
+        return False
+    if (now - stats.last_outcome_at) * 1000.0 >= (settings.cooldown_ms or HEALTH_PROBE_MS):
+        return False
+    rule = settings.degraded
+    return stats.success_rate < settings.min_success_rate or (
+        rule is not None and _degraded(rule, route, position, stats)
+    )
+
+
+def _cached_cost(
+    route: CompiledRoute, position: int, env: Mapping[str, Any], previous: float
+) -> tuple[float, float] | None:
+    """(cached tokens, cost) of a pinned request whose model has a cache-read price and
+    which states no `cached_tokens` of its own: the part of its prompt the session's
+    previous request sent, at most, is taken as read from the provider's cache (an
+    estimate: the prompt is assumed to extend the previous one). None: no such price."""
+    row = route.rows[position]
+    model = row.model
+    if model.cached_input_price is None and not any(
+        t.cached_input is not None for t in model.tiers
+    ):
+        return None
+    input_tokens = env["input_tokens"]
+    cached = min(previous, input_tokens)
+    if cached <= 0:
+        return None
+    max_tokens = env["max_tokens"]
+    output = max_tokens if max_tokens is not None else min(DEFAULT_OUTPUT_TOKENS, row.max_tokens)
+    return cached, model.cost(input_tokens, output, cached, 0.0, env["images"])
+
+
+_BROKEN = {
+    "health": "is unhealthy",
+    "ineligible": "cannot serve this request",
+    "limit": "is at a rate limit",
+}
 
 
 def draw(key: str) -> float:
@@ -818,6 +962,25 @@ def _evaluate(
         if explored is not None:  # first, the strategy's ranking after it
             order = [explored.slot, *(s for s in ranked if s != explored.slot)]
             reason = _explore_reason(route, explore, models[pos[explored.slot]], explored)
+    pinning: _Pinning | None = None
+    affinity = settings.affinity
+    if affinity is not None:
+        pinning = _pinning(route, affinity, env, state, pos, stats_of, measuring, now)
+        slot = pinning.slot
+        if slot >= 0:  # the session's model, first; exploring would cool its cache
+            explored = None
+            order = [slot, *(s for s in ranked if s != slot)]
+            pin = pinning.pin
+            reason = (
+                f"Pinned by affinity on {affinity.key_text}: the key's last request went"
+                f" here {format_duration((now - pin.at) * 1000.0)} ago"  # type: ignore[union-attr]
+            )
+            if not env["cached_tokens"]:
+                found = _cached_cost(route, pos[slot], env, pin.input_tokens)  # type: ignore[union-attr]
+                if found is not None:
+                    pinning.cached, cost = found
+                    costs = list(costs)
+                    costs[slot] = cost
     model_keys = table.model_keys
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
@@ -851,6 +1014,29 @@ def _evaluate(
             order = order[skip:]  # the skipped are neither alternatives nor fallbacks
     best = order[0]
     chosen = models[pos[best]]
+    if pinning is not None:
+        if pinning.slot >= 0 and skip:  # the pinned model is at a limit: the pin moves
+            pinning.broken, pinning.slot, pinning.cached = "limit", -1, 0.0
+        if pinning.key is not None and state is not None and consume and record:
+            expires = now + affinity.ttl_ms / 1000.0  # type: ignore[union-attr]
+            state.pins.put(pinning.key, Pin(keys[pos[best]], now, expires, env["input_tokens"]))
+        if pinning.broken is not None:
+            reason += (
+                f" (affinity on {affinity.key_text} broken: {pinning.pin.model}"  # type: ignore[union-attr]
+                f" {_BROKEN[pinning.broken]})"
+            )
+        if trace is not None:
+            trace.append(
+                {
+                    "step": "affinity",
+                    "by": affinity.key_text,  # type: ignore[union-attr]
+                    "key_hash": pinning.key_hash,
+                    "pinned": pinning.slot >= 0,
+                    "broken": pinning.broken,
+                    "pin": None if pinning.pin is None else pinning.pin.model,
+                    "cached_tokens": pinning.cached,
+                }
+            )
     if explored is not None:
         if state is not None and consume and record:  # a dry run or a shadow spends nothing
             _spend(route, explored, state)
@@ -919,6 +1105,10 @@ def _evaluate(
         decision.arm = route.name
     if explored is not None:
         decision.explored = True
+    if pinning is not None:
+        decision.affinity = AffinityOutcome(
+            pinning.key_hash, pinning.slot >= 0, pinning.broken, pinning.cached
+        )
     return decision
 
 
