@@ -344,3 +344,27 @@ def test_affinity_twice_in_a_block_is_refused(catalog: str) -> None:
     with pytest.raises(PolicyError) as err:
         compile_sources([("p", catalog + text)])
     assert [d.code for d in err.value.diagnostics] == ["E0203"]
+
+
+def test_eval_shows_the_affinity_row_and_trace(catalog: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    policy = tmp_path / "a.policy"
+    policy.write_text(catalog + ROUTE, encoding="utf-8")
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"id": "r", "metadata": {"session_id": "s"}}))
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", "--policy", str(policy), "--state",
+         "memory://", "--format", "table", "--explain", str(request)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()
+    assert any(r.split() == ["affinity", "not", "pinned"] for r in rows), out.stdout
+    assert any("affinity by request.metadata.session_id: no live pin" in r for r in rows), (
+        out.stdout
+    )
