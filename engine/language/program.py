@@ -399,9 +399,9 @@ class CompiledLimit:
     key: str | None  # a keyed limit applies to this key only
     key_fn: Fn | None  # named scope: how to read the key from the request
     key_field: str | None  # standard scopes keyed by a request field (user, ip)
-    unit: str  # requests | tokens | spend
+    unit: str  # requests | tokens | spend | concurrent
     amount: float
-    window_ms: float
+    window_ms: float  # `concurrent`: the lease (a slot's longest hold)
     burst: float
     when: Pred | None
     until: float | None  # epoch seconds
