@@ -276,3 +276,13 @@ def test_three_processes_on_one_redis_never_exceed_n_in_flight(redis_server: Any
     assert left.inflight(0.0) == []  # every slot returned by its outcome
     left.close()
     client.close()
+
+
+def test_lsp_hover_explains_concurrent_and_lease() -> None:
+    from engine.lsp import knowledge
+
+    text = 'limit model "openai/gpt-4o" concurrent 8 lease 5m'
+    shown = knowledge.hover(text, text.index("concurrent") + 2, None)
+    assert shown is not None and "in-flight" in shown.markdown
+    shown = knowledge.hover(text, text.index("lease") + 1, None)
+    assert shown is not None and "outcome never comes" in shown.markdown

@@ -279,6 +279,16 @@ _KEYWORD_HOVER = {
         " (one more) when it stops holding. Split by a key, each key is its own alert and"
         " `{key}` in the name names it"
     ),
+    "concurrent": (
+        "`limit SCOPE concurrent N [lease D]`: an in-flight cap; an allowed decision takes a"
+        " slot of it, which the decision's outcome (by its request id) gives back, or the"
+        " lease (default 10m) when no outcome comes; past N requests in flight it denies (a"
+        " full provider or model cap makes routing take the next candidate)"
+    ),
+    "lease": (
+        "`concurrent N lease D`: how long an in-flight slot is held at most when the"
+        " decision's outcome never comes (default 10m)"
+    ),
     "shadow": (
         "`shadow route NAME`: that route decides every request this route serves too, for"
         " comparison; its decision is logged (and shown by `--explain`), never served, and"
