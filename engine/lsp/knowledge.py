@@ -177,7 +177,8 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
 
 
 def _outside_strings(line: str) -> str:
-    return re.sub(r'"(?:[^"\\\n]|\\.)*"?', '""', line)
+    """The line with its strings blanked, same length (hover offsets stay right)."""
+    return re.sub(r'"(?:[^"\\\n]|\\.)*"?', lambda m: " " * len(m.group()), line)
 
 
 def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[Completion]:
