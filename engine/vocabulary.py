@@ -33,7 +33,11 @@ STANDARD_SCOPES = ("global", "user", "ip", "provider", "model")
 # which request field keys each standard scope (provider/model come from the decision)
 SCOPE_KEY_FIELD = {"user": "user", "ip": "ip"}
 # what a limit counts: `limit user 100 per 1m`, `… tokens …`, `… spend $5 per 1d`
-LIMIT_UNITS = ("requests", "tokens", "spend")
+LIMIT_UNITS = ("requests", "tokens", "spend", "concurrent")
+# `limit model "x" concurrent 8 [lease D]`: an in-flight cap; a slot not released by the
+# decision's outcome within its lease is released anyway (docs/ratelimits.md, In-flight)
+CONCURRENT = "concurrent"
+DEFAULT_LEASE_MS = 600_000.0  # 10m
 # what the decision log keeps of each request (`--log-requests`): nothing, the routing
 # features (never the prompt text), or the features and the body as received
 LOG_REQUESTS = ("off", "features", "full")

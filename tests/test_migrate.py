@@ -607,11 +607,12 @@ def test_deployment_keys_that_are_routing_facts_are_listed(tmp_path: Path) -> No
     )
     assert set(_notes(migration)) == {
         "model_list[0].litellm_params.tags",
-        "model_list[0].litellm_params.max_parallel_requests",
         "model_list[0].model_info.access_groups",
         "model_list[0].extra_key",
     }
     assert migration.report.left == (("api_base", 1), ("timeout", 1))
+    # max_parallel_requests is an in-flight cap
+    assert 'limit model "openai/gpt-4o-mini" concurrent 10' in migration.policy
     assert "#   openai/gpt-4o-mini = model_list[0] (model_info.id dep-1)\n" in migration.policy
 
 

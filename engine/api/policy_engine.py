@@ -582,6 +582,8 @@ class PolicyEngine:
             ))
         ):  # fmt: skip
             return False  # the queue is full: counted, and nothing recorded
+        if request_id is not None:  # the decision's in-flight slots, if it holds any
+            self.limiter.release(request_id)
         record(found.key, latency_ms, success, cost, at)
         monitor = self.alert_monitor
         if monitor.takes_outcomes:

@@ -243,13 +243,14 @@ class Limit:
     scope: Name  # global user ip provider model, or a named scope
     key_expr: Path | None  # `limit team = request.metadata.team ...`
     key: Literal | None  # `limit user "vip-user" ...`
-    unit: Name | None  # requests (default) / tokens / spend
+    unit: Name | None  # requests (default) / tokens / spend / concurrent
     amount: Literal
-    window: Literal
+    window: Literal | None  # None only for `concurrent` (which refuses one: E0414)
     burst: Literal | None
     when: Expr | None
     until: Literal | None
     span: Span
+    lease: Literal | None = None  # `concurrent 8 lease 10m`: a slot's longest hold
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from engine.language.signals import (
 )
 from engine.strategies import STRATEGIES
 from engine.units import format_day
-from engine.vocabulary import LIMIT_UNITS, STANDARD_SCOPES, Unit
+from engine.vocabulary import CONCURRENT, LIMIT_UNITS, STANDARD_SCOPES, Unit
 
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
@@ -1256,11 +1256,17 @@ class Checker:
                 )
         unit = limit.unit.text if limit.unit else "requests"
         assert unit in LIMIT_UNITS
+        if unit == CONCURRENT:
+            self._inflight(limit)
+            if limit.when is not None:
+                self._condition(limit.when, allow_model=False)
+            return
         want = Unit.MONEY if unit == "spend" else Unit.COUNT
         self._amount(limit.amount, want, unit, "limit")
         if limit.burst is not None:
             self._amount(limit.burst, want, unit, "burst", allow_zero=True)
         w = limit.window
+        assert w is not None  # the grammar requires `per` but for `concurrent`
         if w.unit is not Unit.DURATION:
             self.error(
                 "E0410",
@@ -1277,6 +1283,41 @@ class Checker:
             )
         if limit.when is not None:
             self._condition(limit.when, allow_model=False)
+
+    def _inflight(self, limit: ast.Limit) -> None:
+        """`limit … concurrent N [lease D]`: a whole number of slots, no window, no burst."""
+        self._amount(limit.amount, Unit.COUNT, CONCURRENT, "limit")
+        value = limit.amount.value
+        if limit.amount.unit is Unit.COUNT and float(value) > 0 and not float(value).is_integer():  # type: ignore[arg-type]
+            self.error(
+                "E0416",
+                "a `concurrent` limit is a whole number of requests in flight,"
+                f" not `{limit.amount.text}`",
+                limit.amount.span,
+                f"write `concurrent {max(1, int(float(value)))}`",  # type: ignore[arg-type]
+            )
+        if limit.window is not None:
+            self.error(
+                "E0414",
+                "a `concurrent` limit has no window: it counts requests in flight, not per time",
+                limit.window.span,
+                "remove `per …`; to bound how long a slot is held, write `lease 10m`",
+            )
+        if limit.burst is not None:
+            self.error(
+                "E0415",
+                "a `concurrent` limit has no burst",
+                limit.burst.span,
+                "remove `burst …`; raise the limit to allow more requests in flight",
+            )
+        lease = limit.lease
+        if lease is not None and (lease.unit is not Unit.DURATION or float(lease.value) <= 0):  # type: ignore[arg-type]
+            self.error(
+                "E0417",
+                "a lease is a duration longer than zero",
+                lease.span,
+                "write `lease 10m` (a slot whose outcome never comes is released after it)",
+            )
 
     def _amount(
         self, lit: ast.Literal, want: Unit, unit: str, what: str, allow_zero: bool = False

@@ -38,7 +38,7 @@ from engine.language.program import (
 from engine.language.schema import MEASURED_ATTRS, QUALITY
 from engine.language.signals import DEFAULT_OVER_MS, SIGNALS, SignalSpec, subject_words
 from engine.strategies import STRATEGIES
-from engine.vocabulary import SCOPE_KEY_FIELD, Unit
+from engine.vocabulary import DEFAULT_LEASE_MS, SCOPE_KEY_FIELD, Unit
 
 # ---------------------------------------------------------------- expressions
 
@@ -626,12 +626,21 @@ def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
         key_field=SCOPE_KEY_FIELD.get(scope),
         unit=unit,
         amount=float(limit.amount.value),  # type: ignore[arg-type]
-        window_ms=float(limit.window.value),  # type: ignore[arg-type]
+        # an in-flight limit's "window" is its lease: how long a slot is held at most
+        window_ms=_window_ms(limit),
         burst=0.0 if limit.burst is None else float(limit.burst.value),  # type: ignore[arg-type]
         when=None if limit.when is None else compile_condition(limit.when),
         until=None if limit.until is None else float(limit.until.value),  # type: ignore[arg-type]
         location=limit.span.location(),
     )
+
+
+def _window_ms(limit: ast.Limit) -> float:
+    if limit.window is not None:
+        return float(limit.window.value)  # type: ignore[arg-type]
+    if limit.lease is not None:
+        return float(limit.lease.value)  # type: ignore[arg-type]
+    return DEFAULT_LEASE_MS  # `concurrent` without `lease`
 
 
 def split_word(signal: ast.Signal, spec: SignalSpec, named_scopes: tuple[str, ...]) -> str | None:

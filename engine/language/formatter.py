@@ -171,7 +171,11 @@ def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
         head += f" {limit.key.text}"
     if limit.unit is not None:
         head += f" {limit.unit.text}"
-    rest = f"{limit.amount.text} per {limit.window.text}"
+    rest = limit.amount.text
+    if limit.lease is not None:  # `concurrent 8 lease 10m`
+        rest += f" lease {limit.lease.text}"
+    if limit.window is not None:  # absent only for `concurrent`
+        rest += f" per {limit.window.text}"
     if limit.burst is not None:
         rest += f" burst {limit.burst.text}"
     return head, rest
@@ -403,7 +407,7 @@ class _Printer:
             cells = (head, f"{rest} {until}".rstrip())
             lines.append(_aligned_limit(depth, cells, limit))
             return
-        lo = (limit.burst or limit.window).span.end
+        lo = (limit.burst or limit.window or limit.lease or limit.amount).span.end
         hi = limit.span.end if limit.until is None else limit.until.span.start
         cells = (head, f"{rest} when {_flat(limit.when)} {until}".rstrip())
         if _fits(depth, " ".join(cells)) and not self.any_in(lo, hi):

@@ -366,6 +366,23 @@ class _Builder(Transformer[Token, Any]):
         )
 
     @v_args(meta=True)
+    def inflight_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
+        scope, key_expr, key, unit, amount, lease, window, burst, when, until = children
+        return ast.Limit(
+            scope=self._name(scope),
+            key_expr=key_expr,
+            key=None if key is None else self._literal(key),
+            unit=self._name(unit),
+            amount=self._literal(amount),
+            window=None if window is None else self._literal(window),
+            burst=None if burst is None else self._literal(burst),
+            when=None if when is None else self._expr(when),
+            until=None if until is None else self._literal(until),
+            span=self._span_meta(meta),
+            lease=None if lease is None else self._literal(lease),
+        )
+
+    @v_args(meta=True)
     def alert_stmt(self, meta: Any, children: list[Any]) -> ast.Alert:
         name, signal, op, threshold, window, hold, webhook = children
         word, length = (None, None) if window is None else window

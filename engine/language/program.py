@@ -111,7 +111,8 @@ class Affinity:
     with the same key went to, if that was less than D ago and the model is still eligible
     and within its limits (the evaluator's `PinTable` keeps the pins)."""
 
-    key: Fn  # reads the field from the request (None: no key, no affinity)
+    # reads the field from the request (None: no key, no affinity); compared by its text
+    key: Fn = field(compare=False)
     key_text: str  # `request.metadata.session_id`
     ttl_ms: float  # how long a quiet session keeps its model
 
@@ -411,9 +412,9 @@ class CompiledLimit:
     key: str | None  # a keyed limit applies to this key only
     key_fn: Fn | None  # named scope: how to read the key from the request
     key_field: str | None  # standard scopes keyed by a request field (user, ip)
-    unit: str  # requests | tokens | spend
+    unit: str  # requests | tokens | spend | concurrent
     amount: float
-    window_ms: float
+    window_ms: float  # `concurrent`: the lease (a slot's longest hold)
     burst: float
     when: Pred | None
     until: float | None  # epoch seconds

@@ -32,8 +32,11 @@ from engine.limits.stores.base import (
     EPSILON,
     TIME_SLACK_MS,
     AcquireResult,
+    Gauge,
+    InFlightSlots,
     Outcome,
     Quota,
+    Slots,
     Spec,
     Store,
     StoreUnavailableError,
@@ -41,7 +44,7 @@ from engine.limits.stores.base import (
     consumed,
     uses_one_pass,
 )
-from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+from engine.vocabulary import CONCURRENT, DEFAULT_OUTPUT_TOKENS
 
 log = logging.getLogger("policyctl.limits")
 
@@ -278,10 +281,13 @@ class _Part:
 class _Plan:
     """A policy's limits, grouped and split: the shared ones, the per-candidate ones."""
 
-    __slots__ = ("per_candidate", "shared")
+    __slots__ = ("inflight", "per_candidate", "shared")
 
     def __init__(self, groups: tuple[_Group, ...]) -> None:
         parts = [_Part(group) for group in groups]
+        # `concurrent` limits: gauges, taken around the buckets (`Limiter._check_inflight`)
+        self.inflight = tuple(p for p in parts if p.unit == CONCURRENT)
+        parts = [p for p in parts if p.unit != CONCURRENT]
         self.shared = tuple(p for p in parts if p.scope not in PER_CANDIDATE_SCOPES)
         self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
 
@@ -355,9 +361,15 @@ class Limiter:
 
     # ... and its `acquire` without the one-pass attempt, for when `_consume_all` failed
     _acquire_stepwise: Callable[..., AcquireResult] | None = None
+    # the store's in-flight gauges (None: it keeps none, and `concurrent` limits are off);
+    # `_gauged`: a policy with `concurrent` limits was seen (outcomes then release slots)
+    _slots: InFlightSlots | None = None
+    _gauged: bool = False
 
     def __post_init__(self) -> None:
         store = self.store
+        if isinstance(store, InFlightSlots):
+            self._slots = store
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
             self._consume_all = store.consume_all
             self._acquire_stepwise = store.acquire_stepwise
@@ -371,6 +383,8 @@ class Limiter:
 
     def _plan_for(self, limits: tuple[CompiledLimit, ...]) -> _Plan:
         plan = _Plan(group_limits(limits))
+        if plan.inflight:
+            self._gauged = True
         self._plan = (limits, plan)  # one policy at a time
         return plan
 
@@ -396,11 +410,17 @@ class Limiter:
         consume: bool = True,
         on_store_error: str = "open",
         record: bool = True,
+        gauges: bool = True,
     ) -> Verdict:
-        """`record` false (a shadow route's dry run): no tallies, no violations either."""
+        """`record` false (a shadow route's dry run): no tallies, no violations either.
+        `gauges` false: the buckets alone (what `_check_inflight` asks between its gauges)."""
         known, plan = self._plan
         if known is not limits or plan is None:
             plan = self._plan_for(limits)
+        if plan.inflight and gauges and self._slots is not None:
+            return self._check_inflight(
+                plan, limits, env, candidates, consume, on_store_error, record
+            )
         now_s = self.clock()
         now = now_s * 1000.0
         max_tokens = env["max_tokens"]
@@ -517,6 +537,167 @@ class Limiter:
                 result, len(shared), option_info, option_buckets, now
             )
         return self._verdict(result, shared_info, option_info, env, now_s, record)
+
+    # ------------------------------------------------------------------ in-flight slots
+
+    def _check_inflight(
+        self,
+        plan: _Plan,
+        limits: tuple[CompiledLimit, ...],
+        env: Mapping[str, Any],
+        candidates: Iterable[tuple[str, str, float]],
+        consume: bool,
+        on_store_error: str,
+        record: bool,
+    ) -> Verdict:
+        """`check` with `concurrent` limits: a slot of every gauge that applies, taken before
+        the buckets under the request id and given back when they deny, so a denial by any
+        limit holds nothing. Shared gauges (global, user, named scopes) are taken once;
+        with provider or model gauges, candidates are tried in ranked order: one whose gauge
+        is full, or whose own buckets deny, gives way to the next. A dry run only looks."""
+        slots = self._slots
+        assert slots is not None
+        now_s = self.clock()
+        now = now_s * 1000.0
+        lease = str(env["id"])
+        shared: list[tuple[Applied, str]] = []
+        per_parts: list[_Part] = []
+        for part in plan.inflight:
+            if part.scope in PER_CANDIDATE_SCOPES:
+                per_parts.append(part)
+                continue
+            key = _part_key(part, env)
+            if key is not None:
+                shared += [(a, key) for a in applicable(part, key, None, env, now_s)]
+        # with no provider or model gauge, one pass: the buckets get every candidate
+        ranked = list(candidates) if per_parts else [("", "", 0.0)]
+        denied: Verdict | None = None
+        for index, candidate in enumerate(ranked):
+            held = list(shared)
+            for part in per_parts:
+                key = candidate[0] if part.is_provider else candidate[1]
+                held += [(a, key) for a in applicable(part, key, None, env, now_s)]
+            if not held:
+                taken = Slots((), None, None)
+            else:
+                wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in held]
+                try:
+                    taken = slots.take_slots(wanted, lease, now, consume=consume)
+                except StoreUnavailableError as err:
+                    return self._store_down(err, on_store_error, now_s)
+            if taken.failed is not None:
+                denied = self._slot_denial(held, taken, now, env, now_s, record)
+                if taken.failed < len(shared):
+                    return denied  # a shared gauge is full: every candidate would be
+                continue
+            # the buckets; a violation is recorded by the last attempt only (one per decision)
+            last = not per_parts or index == len(ranked) - 1
+            verdict = self.check(
+                limits, env, [candidate] if per_parts else candidates, consume=consume,
+                on_store_error=on_store_error, record=record and last, gauges=False,
+            )  # fmt: skip
+            allowed = verdict.option is not None
+            gauge_statuses = [
+                LimitStatus(
+                    a.scope, k or None, CONCURRENT, allowed,
+                    max(0, int(a.limit) - n - (1 if allowed else 0)), a.limit, None, None, None,
+                )
+                for (a, k), n in zip(held, taken.held, strict=True)
+            ]  # fmt: skip
+            if not allowed:
+                if consume and held:
+                    self._release(lease)
+                by = verdict.denied_by
+                if (
+                    not per_parts
+                    or by is None
+                    or (by.scope not in PER_CANDIDATE_SCOPES and by.unit != "spend")
+                ):
+                    return verdict  # a shared bucket: every candidate would be denied
+                denied = verdict
+                continue
+            if record:  # the scopes the buckets' check did not count
+                counted = {st.scope for st in verdict.statuses} if last else set()
+                self._tally_scopes(
+                    [st.scope for st in (*verdict.statuses, *gauge_statuses)
+                     if st.scope not in counted],
+                    now_s,
+                )  # fmt: skip
+            option = index if per_parts else verdict.option
+            return _new_verdict((option, verdict.statuses + gauge_statuses, None))
+        if denied is None:  # no candidate at all
+            return self.check(
+                limits, env, (), consume=consume, on_store_error=on_store_error,
+                record=record, gauges=False,
+            )  # fmt: skip
+        return denied
+
+    def _tally_scopes(self, scopes: list[str], now_s: float) -> None:
+        """`_tally` for scopes named by their statuses (an in-flight decision's)."""
+        if not scopes:
+            return
+        if int(now_s // 86_400) != self._day_number:
+            self._day(now_s)
+        self._pending.append((self._day_text, tuple(scopes)))
+        if len(self._pending) >= _PENDING_MAX:
+            with self._lock:
+                self._count_pending()
+
+    def _slot_denial(
+        self,
+        held: list[tuple[Applied, str]],
+        taken: Slots,
+        now: float,
+        env: Mapping[str, Any],
+        now_s: float,
+        record: bool,
+    ) -> Verdict:
+        """A full gauge's denial: `concurrent`, its scope and key, and a retry estimate (its
+        soonest lease expiry; None when unknown)."""
+        assert taken.failed is not None
+        applied, key = held[taken.failed]
+        retry = None if taken.free_at is None else max(0, math.ceil(taken.free_at - now))
+        statuses = [
+            LimitStatus(
+                a.scope, k or None, CONCURRENT, i != taken.failed,
+                max(0, int(a.limit) - n), a.limit, None, retry if i == taken.failed else None,
+                None,
+            )
+            for i, ((a, k), n) in enumerate(zip(held, taken.held, strict=False))
+        ]  # fmt: skip
+        denial = LimitDenial(applied.scope, key or None, CONCURRENT, retry)
+        if record:
+            day = self._day(now_s)
+            with self._lock:
+                self.violations.append(
+                    Violation(now_s, applied.scope, key, CONCURRENT, 1.0, 0.0, env["id"])
+                )
+                self.denied_tallies[(day, applied.scope)] += 1
+        return _new_verdict((None, statuses, denial))
+
+    def release(self, request_id: str | None) -> int:
+        """The outcome of the decision `request_id` came: free the in-flight slots it holds
+        (once: a second outcome frees nothing). How many were freed; 0 when the policy has
+        no `concurrent` limit (no store call then)."""
+        if not self._gauged or request_id is None:
+            return 0
+        return self._release(str(request_id))
+
+    def _release(self, lease: str) -> int:
+        slots = self._slots
+        if slots is None:
+            return 0
+        try:
+            return slots.release_slots(lease)
+        except StoreUnavailableError as err:  # the lease runs out instead
+            log.warning("could not release in-flight slots of `%s`: %s", lease, err)
+            return 0
+
+    def inflight(self) -> list[tuple[str, int]]:
+        """(gauge key, slots held now) of every gauge holding any."""
+        if self._slots is None:
+            return []
+        return self._slots.inflight(self.clock() * 1000.0)
 
     def peek_shared(
         self, limits: tuple[CompiledLimit, ...], env: Mapping[str, Any]

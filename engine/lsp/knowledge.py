@@ -177,7 +177,8 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
 
 
 def _outside_strings(line: str) -> str:
-    return re.sub(r'"(?:[^"\\\n]|\\.)*"?', '""', line)
+    """The line with its strings blanked, same length (hover offsets stay right)."""
+    return re.sub(r'"(?:[^"\\\n]|\\.)*"?', lambda m: " " * len(m.group()), line)
 
 
 def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[Completion]:
@@ -287,6 +288,16 @@ _KEYWORD_HOVER = {
         " it fires (one notification, a log line and a POST to the webhook), and it resolves"
         " (one more) when it stops holding. Split by a key, each key is its own alert and"
         " `{key}` in the name names it"
+    ),
+    "concurrent": (
+        "`limit SCOPE concurrent N [lease D]`: an in-flight cap; an allowed decision takes a"
+        " slot of it, which the decision's outcome (by its request id) gives back, or the"
+        " lease (default 10m) when no outcome comes; past N requests in flight it denies (a"
+        " full provider or model cap makes routing take the next candidate)"
+    ),
+    "lease": (
+        "`concurrent N lease D`: how long an in-flight slot is held at most when the"
+        " decision's outcome never comes (default 10m)"
     ),
     "shadow": (
         "`shadow route NAME`: that route decides every request this route serves too, for"

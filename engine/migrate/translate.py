@@ -83,10 +83,10 @@ SETTING_NOTES: dict[str, str] = {
 # litellm_params keys that are routing facts policyctl cannot express
 PARAM_NOTES: dict[str, str] = {
     "tags": 'tag-based routing: write a route `when "TAG" in request.tags` by hand',
-    "max_parallel_requests": "policyctl limits rates, not requests in flight",
     "adaptive_router_config": "LiteLLM's adaptive router has no policyctl equivalent",
     "order": "deployment priority: use `strategy failover` and the `prefer` order by hand",
 }
+PARALLEL = "max_parallel_requests"  # a deployment's in-flight cap: `concurrent N`
 # model_info keys read here (the importer reads the LiteLLM price-table fields)
 INFO_KEYS = ("id", "base_model")
 _BEDROCK_ROUTES = ("converse/", "invoke/")
@@ -628,6 +628,8 @@ def _deployment_keys(d: Deployment, notes: _Notes) -> None:
         else:
             notes.untranslated(value, "no policyctl equivalent", name)
     for name, value in d.params:
+        if name == PARALLEL:  # translated: `limit model … concurrent N` (`_limits`)
+            continue
         if name in PARAM_NOTES:
             notes.untranslated(value, PARAM_NOTES[name], f"litellm_params.{name}")
         else:
@@ -775,6 +777,15 @@ def _limits(models: list[_Model], notes: _Notes) -> list[str]:
                 )
                 continue
             lines.append((f"limit model {key} {unit}{_number(amount)} per 1m", metric.where.path))
+        parallel = next((v for k, v in m.deployment.params if k == PARALLEL), None)
+        if parallel is not None:
+            count = None if parallel.from_environment else _positive(parallel)
+            if count is None or not float(count).is_integer():
+                notes.untranslated(
+                    parallel, "not a positive whole number", f"litellm_params.{PARALLEL}"
+                )
+            else:  # LiteLLM's cap per worker; a `concurrent` limit holds across instances
+                lines.append((f"limit model {key} concurrent {int(count)}", parallel.where.path))
     width = max((len(text) for text, _ in lines), default=0)
     return [f"{text:<{width}}  # {path}" for text, path in lines]
 

@@ -26,6 +26,7 @@ implements `Store` and claims any of the others by having their members:
 | `BucketInspection` | bucket_details, cleanup                     | DuckDB                |
 | `SQLQueries`       | read                                        | DuckDB                |
 | `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
+| `InFlightSlots`    | take_slots, release_slots, inflight         | memory, DuckDB, Redis |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -40,6 +41,12 @@ implements `Store` and claims any of the others by having their members:
 - `SQLQueries`: `read(fn)` runs `fn(connection)` under the store's lock, so the admin's
   stats and violations queries (`engine.analytics.queries`) never meet a write on another
   thread.
+- `InFlightSlots`: gauges for `concurrent` limits (docs/ratelimits.md, In-flight limits):
+  a gauge is a set of leases, each with its expiry (ms); `take_slots` takes one slot of
+  every gauge given, all-or-nothing, under one lease id (the decision's request id), and
+  `release_slots` frees every slot that lease holds, once (a second call frees nothing). A
+  slot whose lease ran out counts as free. Memory and DuckDB keep them in memory (never
+  written to the DuckDB file: leases are short), Redis in a sorted set per gauge.
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -103,6 +110,24 @@ class AcquireResult(NamedTuple):
     option: int | None  # the option consumed, or None when denied
     outcomes: tuple[Outcome, ...]  # shared buckets, then the chosen (or last tried) option's
     failed: Outcome | None  # the first bucket without room, when denied
+
+
+class Gauge(NamedTuple):
+    """One in-flight gauge to take a slot of for one request."""
+
+    key: str  # e.g. `model/concurrent/600000/openai/gpt-4o`
+    limit: int  # slots
+    expires_at: float  # ms: when a slot taken now is released with no outcome (the lease)
+
+
+class Slots(NamedTuple):
+    """What `take_slots` found: the slots held per gauge before this request (up to the full
+    one), the full gauge's index (None: every slot taken, or free on a dry run), and the
+    full gauge's soonest lease expiry (ms; None when unknown)."""
+
+    held: tuple[int, ...]
+    failed: int | None
+    free_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +281,27 @@ class HeldBuckets(Store, Protocol):
 
     def bucket_counts(self) -> BucketCounts:
         """Buckets held, the bound, and the buckets let go (the service's /metrics)."""
+        ...
+
+
+@runtime_checkable
+class InFlightSlots(Store, Protocol):
+    """A store that keeps in-flight gauges (`concurrent` limits)."""
+
+    def take_slots(
+        self, gauges: Sequence[Gauge], lease: str, now: float, *, consume: bool = True
+    ) -> Slots:
+        """A slot of every gauge under `lease`, all-or-nothing: a gauge is full when it holds
+        `limit` live leases or already holds `lease`. `consume` false: only look."""
+        ...
+
+    def release_slots(self, lease: str) -> int:
+        """Free every slot `lease` holds; how many (0 the second time)."""
+        ...
+
+    def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
+        """(gauge key, live slots) of every gauge holding any, whose key starts with
+        `prefix`."""
         ...
 
 

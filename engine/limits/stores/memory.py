@@ -21,6 +21,7 @@ Memory tracks the keys active within their refill time, not every key ever seen:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Iterable, Sequence
@@ -32,8 +33,10 @@ from engine.limits.stores.base import (
     AcquireResult,
     BucketCounts,
     ConfigurationError,
+    Gauge,
     Outcome,
     Quota,
+    Slots,
     Spec,
 )
 
@@ -87,6 +90,9 @@ class MemoryStore:
         # key -> full_at, least recently used first (a bucket consumed from moves last)
         self._full_at: dict[str, float] = {}
         self._quotas: dict[tuple[str, str], Quota] = {}
+        # in-flight gauges: key -> {lease: expires_at ms}; lease -> the gauge keys it holds
+        self._slots: dict[str, dict[str, float]] = {}
+        self._leases: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._since_evict = 0  # eviction work owed (see EVICT_EVERY)
         self._evict_cursor: list[str] = []  # keys left to examine, least recent last
@@ -321,6 +327,60 @@ class MemoryStore:
             for key in partial[: excess - dropped]:
                 del table[key]
             self.dropped_partial += min(len(partial), excess - dropped)
+
+    # ------------------------------------------------------------------ in-flight slots
+
+    def _live(self, key: str, now: float) -> dict[str, float]:
+        """A gauge's leases, the expired ones dropped (the caller holds the lock)."""
+        held = self._slots.get(key)
+        if held is None:
+            return {}
+        expired = [lease for lease, at in held.items() if at <= now]
+        for lease in expired:
+            del held[lease]
+            keys = self._leases.get(lease)
+            if keys is not None:
+                with contextlib.suppress(ValueError):
+                    keys.remove(key)
+                if not keys:
+                    del self._leases[lease]
+        if not held:
+            del self._slots[key]
+        return held
+
+    def take_slots(
+        self, gauges: Sequence[Gauge], lease: str, now: float, *, consume: bool = True
+    ) -> Slots:
+        with self._lock:
+            counts: list[int] = []
+            for index, gauge in enumerate(gauges):
+                held = self._live(gauge[0], now)
+                counts.append(len(held))
+                if len(held) >= gauge[1] or lease in held:
+                    return Slots(tuple(counts), index, min(held.values(), default=None))
+            if consume:
+                keys = self._leases.setdefault(lease, [])
+                for gauge in gauges:
+                    self._slots.setdefault(gauge[0], {})[lease] = gauge[2]
+                    keys.append(gauge[0])
+            return Slots(tuple(counts), None, None)
+
+    def release_slots(self, lease: str) -> int:
+        with self._lock:
+            keys = self._leases.pop(lease, None)
+            released = 0
+            for key in keys or ():
+                held = self._slots.get(key)
+                if held is not None and held.pop(lease, None) is not None:
+                    released += 1
+                    if not held:
+                        del self._slots[key]
+            return released
+
+    def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
+        with self._lock:
+            keys = [k for k in self._slots if k.startswith(prefix)]
+            return sorted((k, n) for k in keys if (n := len(self._live(k, now))))
 
     def bucket_counts(self) -> BucketCounts:
         """How many buckets are held, the bound, and what went to keep it."""

@@ -23,8 +23,10 @@ from urllib.parse import parse_qs, urlsplit
 from engine.limits.stores.base import (
     AcquireResult,
     ConfigurationError,
+    Gauge,
     Outcome,
     Quota,
+    Slots,
     Spec,
     StoreUnavailableError,
 )
@@ -33,6 +35,10 @@ PREFIX = "{policyctl}:"
 BUCKETS = PREFIX + "b:"
 QUOTAS = PREFIX + "quotas"
 SCRIPT = (Path(__file__).with_name("redis_gcra.lua")).read_text(encoding="utf-8")
+# in-flight gauges (`concurrent` limits): a sorted set per gauge, a set per lease
+GAUGES = PREFIX + "g:"
+LEASES = PREFIX + "l:"
+INFLIGHT_SCRIPT = (Path(__file__).with_name("redis_inflight.lua")).read_text(encoding="utf-8")
 
 
 class RedisStore:
@@ -69,6 +75,7 @@ class RedisStore:
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self._response_error = redis.ResponseError
         self._script = self._redis.register_script(SCRIPT)
+        self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
         self.round_trips = 0
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,6 +156,37 @@ class RedisStore:
 
     def evict(self, now: float) -> int:
         return 0  # idle buckets expire by their TTL
+
+    # ------------------------------------------------------------------ in-flight slots
+
+    def take_slots(
+        self, gauges: Sequence[Gauge], lease: str, now: float, *, consume: bool = True
+    ) -> Slots:
+        keys = [GAUGES + g[0] for g in gauges] + [LEASES + lease]
+        argv: list[Any] = ["take", repr(float(now)), "1" if consume else "0", lease]
+        for gauge in gauges:
+            argv.extend((int(gauge[1]), repr(float(gauge[2]))))
+        reply = self._call(self._inflight_script, keys=keys, args=argv)
+        failed = int(reply[0])
+        free_at = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        return Slots(
+            tuple(int(v) for v in reply[2:]),
+            failed - 1 if failed else None,
+            float(free_at) if failed and free_at else None,
+        )
+
+    def release_slots(self, lease: str) -> int:
+        script = self._inflight_script
+        return int(self._call(script, keys=[LEASES + lease], args=["release", lease]))
+
+    def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
+        found = []
+        for key in self._scan(GAUGES + prefix):
+            count = int(self._call(self._redis.zcount, key, f"({now!r}", "+inf"))
+            if count:
+                name = key.decode() if isinstance(key, bytes) else key
+                found.append((name[len(GAUGES) :], count))
+        return sorted(found)
 
     # ------------------------------------------------------------------ quotas
 

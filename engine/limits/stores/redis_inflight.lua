@@ -1,0 +1,56 @@
+-- policyctl: in-flight slots (`concurrent` limits), atomically (all-or-nothing).
+-- The same algorithm as MemoryStore.take_slots / release_slots (the reference): a gauge is
+-- a sorted set of leases scored by their expiry (ms); an expired lease is a free slot.
+--
+-- take: KEYS: every gauge key, then the lease's record (the set of gauges it holds).
+--       ARGV: "take", now_ms, consume (0/1), lease, then per gauge: limit, expires_at.
+--       Returns: { failed (0: none, else 1-based gauge), soonest expiry of the full gauge
+--                  ("" when none), then the slots each gauge held before, up to the full one }
+-- release: KEYS: the lease's record. ARGV: "release", lease. Returns the slots freed.
+
+if ARGV[1] == "release" then
+  local record = KEYS[1]
+  local lease = ARGV[2]
+  local freed = 0
+  for _, key in ipairs(redis.call("SMEMBERS", record)) do
+    freed = freed + redis.call("ZREM", key, lease)
+  end
+  redis.call("DEL", record)
+  return freed
+end
+
+local now = tonumber(ARGV[2])
+local consume = ARGV[3] == "1"
+local lease = ARGV[4]
+local n = #KEYS - 1
+local held = {}
+for i = 1, n do
+  local key = KEYS[i]
+  redis.call("ZREMRANGEBYSCORE", key, "-inf", ARGV[2])  -- expired: score <= now
+  local count = redis.call("ZCARD", key)
+  held[#held + 1] = tostring(count)
+  local limit = tonumber(ARGV[4 + (i - 1) * 2 + 1])
+  if count >= limit or redis.call("ZSCORE", key, lease) then
+    local first = redis.call("ZRANGE", key, 0, 0, "WITHSCORES")
+    local result = { tostring(i), first[2] or "" }
+    for j = 1, #held do result[#result + 1] = held[j] end
+    return result
+  end
+end
+if consume then
+  local record = KEYS[n + 1]
+  local longest = now
+  for i = 1, n do
+    local expires = tonumber(ARGV[4 + (i - 1) * 2 + 2])
+    if expires > longest then longest = expires end
+    redis.call("ZADD", KEYS[i], ARGV[4 + (i - 1) * 2 + 2], lease)
+    -- the set outlives its longest lease (an idle gauge goes by itself)
+    local ttl = math.ceil(expires - now) + 1000
+    if redis.call("PTTL", KEYS[i]) < ttl then redis.call("PEXPIRE", KEYS[i], ttl) end
+    redis.call("SADD", record, KEYS[i])
+  end
+  redis.call("PEXPIRE", record, math.ceil(longest - now) + 1000)
+end
+local result = { "0", "" }
+for j = 1, #held do result[#result + 1] = held[j] end
+return result
