@@ -239,6 +239,7 @@ class Limit:
     when: Expr | None
     until: Literal | None
     span: Span
+    shadow: bool = False  # `shadow limit …`: counted and logged, never denying
 
 
 @dataclass(frozen=True, slots=True)

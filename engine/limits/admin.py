@@ -99,7 +99,9 @@ def check_quota(
     )
     if expires is not None and expires <= now_s:
         raise AdminError(f"`--expires` must be in the future, got `{expires_at}`")
-    if not any(lim.scope == scope and lim.unit == "requests" for lim in program.limits):
+    if not any(
+        lim.scope == scope and lim.unit == "requests" and not lim.shadow for lim in program.limits
+    ):
         raise AdminError(
             f"the policy has no `limit {scope} …` on requests, so a quota for"
             f" `--{scope}` would never apply"
@@ -311,6 +313,8 @@ class RateLimitAdmin:
             "reset_at": _seconds(full_at) if full_at is not None and full_at > now else None,
             "source": own_name(applied.source),
         }
+        if applied.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
+            row["shadow"] = True
         if verbose:
             cost = 1.0 if applied.unit == "requests" else None
             retry = None
@@ -429,6 +433,8 @@ class RateLimitAdmin:
             "expired": limit.until is not None and limit.until <= now_s,
             "source": own_name(limit.location),
         }
+        if limit.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
+            row["shadow"] = True
         if verbose:
             row["rate_per_s"] = _sig(limit.amount / limit.window_ms * 1000.0)
             row["keyed_by"] = limit.key_field or (

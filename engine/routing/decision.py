@@ -130,6 +130,8 @@ class Decision:
     # `shadow route b`: b's decision of the same request, logged, never served (in JSON
     # only with the trace, `--explain`)
     shadow: Decision | None = None
+    # `shadow limit …`s that would have denied this (allowed) decision: reported, not applied
+    shadow_denials: tuple[LimitDenial, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The decision's JSON fields (what `to_json()` encodes), integral numbers as ints."""
@@ -164,6 +166,8 @@ class Decision:
             out["arm"] = self.arm
         if self.explored:
             out["explored"] = True
+        if self.shadow_denials:
+            out["shadow_denials"] = [d.to_dict() for d in self.shadow_denials]
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:

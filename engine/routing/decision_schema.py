@@ -112,6 +112,11 @@ class _DecisionFields(BaseModel):
         description="true when `explore` sent the request to a model with few samples"
         " instead of the strategy's choice (absent otherwise)",
     )
+    shadow_denials: list[_LimitDenialSchema] | None = Field(
+        None,
+        description="the `shadow limit`s that would have denied this allowed decision"
+        " (reported, never applied; absent when none would have)",
+    )
     denied_by: (
         _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None
     )

@@ -50,7 +50,7 @@ from engine.language.program import (
     stable_fraction,
 )
 from engine.limits.limiter import Limiter, Verdict
-from engine.limits.records import UNATTRIBUTED
+from engine.limits.records import UNATTRIBUTED, LimitDenial
 from engine.routing.decision import (
     Alternative,
     Decision,
@@ -822,6 +822,7 @@ def _evaluate(
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     skip = 0
+    shadow_denials: tuple[LimitDenial, ...] = ()  # `shadow limit …`s that would have denied
     if limiter is not None and program.limits:
         verdict = limiter.check(
             program.limits,
@@ -832,6 +833,7 @@ def _evaluate(
             record=record,
         )
         statuses = verdict.statuses
+        shadow_denials = verdict.shadow_denials
         if verdict.option is None:
             return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
@@ -919,6 +921,8 @@ def _evaluate(
         decision.arm = route.name
     if explored is not None:
         decision.explored = True
+    if shadow_denials:
+        decision.shadow_denials = shadow_denials
     return decision
 
 
