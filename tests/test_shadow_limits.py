@@ -245,3 +245,17 @@ def test_the_language_server_explains_a_shadow_limit() -> None:
     on_route = hover(text, text.index("shadow route") + 2, None)
     assert on_limit is not None and "report-only" in on_limit.markdown
     assert on_route is not None and "shadow route NAME" in on_route.markdown
+
+
+def test_ratelimit_violations_filters_the_shadow_scope(store: Store) -> None:
+    from engine.limits.admin import RateLimitAdmin
+
+    engine = from_design("limit ip 5 per 1m\n" + SHADOW_3, state=store, clock=FakeClock())
+    _run(engine, 6)
+    admin = RateLimitAdmin(engine)
+    shadow = admin.violations(scope="shadow:user")
+    assert [(v["scope"], v["request_id"]) for v in shadow] == [
+        ("shadow:user", "r4"),
+        ("shadow:user", "r3"),
+    ]
+    assert [v["scope"] for v in admin.violations(scope="ip")] == ["ip"]

@@ -22,7 +22,13 @@ from typing import Any, Protocol, TypeVar
 from engine.analytics import queries
 from engine.errors import PolicyctlError
 from engine.language.program import CompiledLimit, Program
-from engine.limits.limiter import Applied, applicable, group_limits, quota_applied
+from engine.limits.limiter import (
+    SHADOW_MARK,
+    Applied,
+    applicable,
+    group_limits,
+    quota_applied,
+)
 from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import (
     format_duration,
@@ -505,7 +511,7 @@ class RateLimitAdmin:
         count = int(parse_count(limit, "--limit", integer=True, error=AdminError))
         if key is not None and not str(key).strip():
             raise AdminError("`--key` must not be empty")
-        self._check_scope(scope)
+        self._check_scope(scope.removeprefix(SHADOW_MARK) if scope else scope)  # `shadow:user`
         found: list[tuple[float, int, dict[str, Any]]] = []
         logs = self._logs()
         if logs is not None:
