@@ -744,7 +744,7 @@ def test_schema_request_and_decision(workdir: Path) -> None:
                    "estimated_cost", "estimated_latency_ms", "confidence", "alternatives",
                    "fallbacks", "rate_limits", "denied_by", "policy_version", "trace",
                    "deployment_of", "input_format", "experiment", "arm", "shadow",
-                   "explored", "affinity"}  # fmt: skip
+                   "explored", "affinity", "shadow_denials"}  # fmt: skip
     assert set(decision["properties"]) == spec_fields
     assert "shadow" not in decision["required"]  # with --explain, for a shadowed route only
     assert "trace" not in decision["required"]

@@ -480,7 +480,7 @@ def _status_table(rows: Sequence[dict[str, Any]], verbose: bool) -> str:
         headers += ["fill %", "retry ms", "rate/s", "bucket"]
     table = []
     for r in rows:
-        line = [r["scope"], r["key"], r["unit"], _n(r["limit"]), r["window"], _n(r["burst"]),
+        line = [_scope(r), r["key"], r["unit"], _n(r["limit"]), r["window"], _n(r["burst"]),
                 _n(r["capacity"]), _n(r["tokens"]), iso(r["reset_at"]) or "full",
                 r["source"]]  # fmt: skip
         if verbose:
@@ -488,6 +488,11 @@ def _status_table(rows: Sequence[dict[str, Any]], verbose: bool) -> str:
                      r["bucket"]]  # fmt: skip
         table.append(line)
     return render_table(headers, table)
+
+
+def _scope(row: dict[str, Any]) -> str:
+    """A limit's scope as the tables show it: `user (shadow)` for a `shadow limit`."""
+    return f"{row['scope']} (shadow)" if row.get("shadow") else str(row["scope"])
 
 
 def run_set(args: argparse.Namespace) -> int:
@@ -573,7 +578,7 @@ def run_config(args: argparse.Namespace) -> int:
             until = iso(r["until"])
             if until is not None and r["expired"]:
                 until += " (expired)"
-            row = [r["scope"], r["key"], r["unit"], _n(r["limit"]), r["window"],
+            row = [_scope(r), r["key"], r["unit"], _n(r["limit"]), r["window"],
                    _n(r["burst"]), _n(r["capacity"]), r["when"], until, r["source"]]  # fmt: skip
             if args.verbose:
                 row += [_n(r["rate_per_s"]), r["statement"]]

@@ -552,10 +552,15 @@ def _limits(run: _Analysis, limits: list[ast.Limit]) -> None:
             if tighter is not None:
                 run.warn(
                     "W0506",
-                    f"limit `{comp.name}` is never reached",
+                    f"{'shadow ' if comp.shadow else ''}limit `{comp.name}` is never reached",
                     lim.span,
                     f"the limit at {tighter.span.location()} applies to the same requests,"
-                    " holds no more and refills no faster, so it always denies first",
+                    " holds no more and refills no faster, so it always denies first"
+                    + (
+                        ": this shadow limit never sees a request it would deny"
+                        if comp.shadow
+                        else ""
+                    ),
                     None,
                 )
     _replaced(run, pairs)
@@ -582,13 +587,17 @@ def _tighter(comp: CompiledLimit, pairs: list[tuple[ast.Limit, CompiledLimit]]) 
     """A different limit that always applies with `comp` and never lets more through."""
     own = next(lim for lim, c in pairs if c is comp)
     for lim, other in pairs:
-        if other is comp or not _same_reach(other, lim, comp, own):
+        if other is comp or (other.shadow and not comp.shadow):
+            continue  # a shadow limit denies nothing: it never makes an enforced one idle
+        if not _same_reach(other, lim, comp, own):
             continue
         rate, own_rate = other.amount / other.window_ms, comp.amount / comp.window_ms
         if other.capacity <= comp.capacity and rate <= own_rate:
             strictly = other.capacity < comp.capacity or rate < own_rate
             earlier = pairs.index((lim, other)) < pairs.index((own, comp))
-            if strictly or earlier:  # two equal limits: the later one is the idle one
+            # two equal limits: the later one is the idle one (a shadow one beside an
+            # enforced one wherever it is: the enforced one denies first)
+            if strictly or earlier or comp.shadow > other.shadow:
                 return lim
     return None
 
@@ -609,6 +618,7 @@ def _replaced(run: _Analysis, pairs: list[tuple[ast.Limit, CompiledLimit]]) -> N
             for _, c in pairs
             if c.scope == comp.scope
             and c.unit == comp.unit
+            and c.shadow == comp.shadow
             and c.key is not None
             and c.when is None
             and c.until is None

@@ -251,6 +251,7 @@ class Limit:
     until: Literal | None
     span: Span
     lease: Literal | None = None  # `concurrent 8 lease 10m`: a slot's longest hold
+    shadow: bool = False  # `shadow limit …`: counted and logged, never denying
 
 
 @dataclass(frozen=True, slots=True)

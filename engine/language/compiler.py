@@ -632,6 +632,7 @@ def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
         when=None if limit.when is None else compile_condition(limit.when),
         until=None if limit.until is None else float(limit.until.value),  # type: ignore[arg-type]
         location=limit.span.location(),
+        shadow=limit.shadow,
     )
 
 

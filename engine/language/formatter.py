@@ -164,7 +164,7 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm | ast.Alert) -> _L
 
 def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
     """`limit user "vip"` and `100 per 1m burst 10`: the head, and what its column holds."""
-    head = f"limit {limit.scope.text}"
+    head = f"{'shadow ' if limit.shadow else ''}limit {limit.scope.text}"
     if limit.key_expr is not None:
         head += f" = {limit.key_expr.dotted}"
     if limit.key is not None:

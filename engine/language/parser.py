@@ -351,7 +351,7 @@ class _Builder(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def limit_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
-        scope, key_expr, key, unit, amount, window, burst, when, until = children
+        shadow, scope, key_expr, key, unit, amount, window, burst, when, until = children
         return ast.Limit(
             scope=self._name(scope),
             key_expr=key_expr,
@@ -363,7 +363,11 @@ class _Builder(Transformer[Token, Any]):
             when=None if when is None else self._expr(when),
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
+            shadow=shadow is not None,
         )
+
+    def shadow_mark(self, children: list[Any]) -> bool:
+        return True
 
     @v_args(meta=True)
     def inflight_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
@@ -669,6 +673,13 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = misplaced
         if inside == "defaults":
             message = f"unexpected `{tok}` in `defaults`"
+    elif _word_before(source, span.start) == "shadow" and str(tok) in ("route", "limit"):
+        hint = (
+            "`shadow route NAME` goes inside a route; outside, `shadow` marks a limit:"
+            " `shadow limit user 100 per 1m`"
+            if str(tok) == "route"
+            else "`shadow limit …` is a statement of its own, outside any block"
+        )
     elif str(tok) in ("if", "where") and "_WHEN" in expected:
         hint = f"a condition follows `when`, not `{tok}`: `route NAME when … {{`"
     elif "NUMBER" in expected and _word_before(source, span.start) == "per":

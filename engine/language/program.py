@@ -419,6 +419,7 @@ class CompiledLimit:
     when: Pred | None
     until: float | None  # epoch seconds
     location: str
+    shadow: bool = False  # `shadow limit …`: counted and logged, never denying
 
     @property
     def capacity(self) -> float:

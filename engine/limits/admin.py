@@ -22,7 +22,13 @@ from typing import Any, Protocol, TypeVar
 from engine.analytics import queries
 from engine.errors import PolicyctlError
 from engine.language.program import CompiledLimit, Program
-from engine.limits.limiter import Applied, applicable, group_limits, quota_applied
+from engine.limits.limiter import (
+    SHADOW_MARK,
+    Applied,
+    applicable,
+    group_limits,
+    quota_applied,
+)
 from engine.limits.stores.base import BucketInspection, Quota, Spec, SQLQueries, available
 from engine.units import (
     format_duration,
@@ -99,7 +105,9 @@ def check_quota(
     )
     if expires is not None and expires <= now_s:
         raise AdminError(f"`--expires` must be in the future, got `{expires_at}`")
-    if not any(lim.scope == scope and lim.unit == "requests" for lim in program.limits):
+    if not any(
+        lim.scope == scope and lim.unit == "requests" and not lim.shadow for lim in program.limits
+    ):
         raise AdminError(
             f"the policy has no `limit {scope} …` on requests, so a quota for"
             f" `--{scope}` would never apply"
@@ -311,6 +319,8 @@ class RateLimitAdmin:
             "reset_at": _seconds(full_at) if full_at is not None and full_at > now else None,
             "source": own_name(applied.source),
         }
+        if applied.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
+            row["shadow"] = True
         if verbose:
             cost = 1.0 if applied.unit == "requests" else None
             retry = None
@@ -429,6 +439,8 @@ class RateLimitAdmin:
             "expired": limit.until is not None and limit.until <= now_s,
             "source": own_name(limit.location),
         }
+        if limit.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
+            row["shadow"] = True
         if verbose:
             row["rate_per_s"] = _sig(limit.amount / limit.window_ms * 1000.0)
             row["keyed_by"] = limit.key_field or (
@@ -499,7 +511,7 @@ class RateLimitAdmin:
         count = int(parse_count(limit, "--limit", integer=True, error=AdminError))
         if key is not None and not str(key).strip():
             raise AdminError("`--key` must not be empty")
-        self._check_scope(scope)
+        self._check_scope(scope.removeprefix(SHADOW_MARK) if scope else scope)  # `shadow:user`
         found: list[tuple[float, int, dict[str, Any]]] = []
         logs = self._logs()
         if logs is not None:

@@ -11,6 +11,13 @@ estimated cost); `when` and `until`; a keyed limit replaces the scope's default 
 that key, an expired one is ignored; a runtime quota replaces both for its key until it
 expires. Provider and model limits, and spend limits (whose cost depends on the model), are
 checked per candidate: an exhausted one makes routing take the next candidate.
+
+A `shadow limit` (docs/ratelimits.md, Shadow limits) never denies: the policy's plan keeps
+its shadow limits apart (`_Plan.shadow`, None without any: one attribute check), and once
+the enforced limits admitted a decision, its shadow buckets are checked and consumed in a
+second all-or-nothing store call (as if they were enforced, for the candidate the enforced
+limits chose); one without room consumes nothing, and is reported in the verdict
+(`shadow_denials`), the violations and daily stats (scope `shadow:<scope>`) and a counter.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ log = logging.getLogger("policyctl.limits")
 _spec = functools.partial(tuple.__new__, Spec)
 
 PER_CANDIDATE_SCOPES = frozenset({"provider", "model"})
+SHADOW_MARK = "shadow:"  # a shadow limit's scope in the violations and daily stats
 MAX_VIOLATIONS_KEPT = 10_000
 
 
@@ -67,8 +75,8 @@ def bucket_key(scope: str, unit: str, window_ms: float, key: str) -> str:
 class Applied:
     """One limit as it applies to requests: what to report about its buckets."""
 
-    __slots__ = ("burst", "capacity", "limit", "prefix", "rate", "scope", "source", "unit",
-                 "until", "when", "window_ms")  # fmt: skip
+    __slots__ = ("burst", "capacity", "limit", "prefix", "rate", "scope", "shadow", "source",
+                 "unit", "until", "when", "window_ms")  # fmt: skip
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class Applied:
         self.capacity = limit + burst
         self.rate = limit / window_ms  # tokens per millisecond
         self.prefix = f"{scope}/{unit}/{window_text(window_ms)}/"
+        self.shadow = False  # `shadow limit …`: never denies
 
     def active(self, env: Mapping[str, Any] | None, now_s: float) -> bool:
         """Not expired, and its `when` holds for the request (without one, `env` None: a
@@ -116,6 +125,10 @@ def _applied_from(limit: CompiledLimit, ordinal: int) -> Applied:
     )  # fmt: skip
     if ordinal:  # a second limit with the same scope, unit and window gets its own bucket
         applied.prefix = f"{limit.scope}/{limit.unit}/{window_text(limit.window_ms)}#{ordinal + 1}/"
+    if limit.shadow:  # its own buckets, never an enforced limit's: `…/60000#shadow/alice`
+        applied.shadow = True
+        mark = f"#shadow{ordinal + 1 if ordinal else ''}"
+        applied.prefix = f"{limit.scope}/{limit.unit}/{window_text(limit.window_ms)}{mark}/"
     return applied
 
 
@@ -129,12 +142,16 @@ class _Group:
     key_fn: Any  # named scopes: the compiled key expression
     conditional: bool  # some default has `when` or `until`
     keyed_fixed: bool  # no keyed limit has `when` or `until`: a key's list is all active
+    shadow: bool = False  # `shadow limit …`s (kept apart: a shadow keyed limit never
+    # replaces an enforced default)
 
 
 class Verdict(NamedTuple):
     option: int | None  # the candidate consumed (index into the ranking), None if denied
     statuses: list[LimitStatus]
     denied_by: LimitDenial | None
+    # the shadow limits that would have denied an allowed decision (`shadow limit …`)
+    shadow_denials: tuple[LimitDenial, ...] = ()
 
 
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)
@@ -153,18 +170,18 @@ class Violation:
 
 
 def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
-    order: list[tuple[str, str]] = []
-    members: dict[tuple[str, str], list[CompiledLimit]] = {}
+    order: list[tuple[str, str, bool]] = []
+    members: dict[tuple[str, str, bool], list[CompiledLimit]] = {}
     for limit in limits:
-        ident = (limit.scope, limit.unit)
+        ident = (limit.scope, limit.unit, limit.shadow)
         if ident not in members:
             order.append(ident)
             members[ident] = []
         members[ident].append(limit)
-    seen: Counter[tuple[str, str, float, str | None]] = Counter()
+    seen: Counter[tuple[str, str, float, str | None, bool]] = Counter()
     ordinals: dict[int, int] = {}
     for limit in limits:
-        ident4 = (limit.scope, limit.unit, limit.window_ms, limit.key)
+        ident4 = (limit.scope, limit.unit, limit.window_ms, limit.key, limit.shadow)
         ordinals[id(limit)] = seen[ident4]
         seen[ident4] += 1
     groups = []
@@ -188,6 +205,7 @@ def group_limits(limits: Sequence[CompiledLimit]) -> tuple[_Group, ...]:
                 keyed_fixed=all(
                     a.when is None and a.until is None for k in keyed.values() for a in k
                 ),
+                shadow=ident[2],
             )
         )
     return tuple(groups)
@@ -279,17 +297,19 @@ class _Part:
 
 
 class _Plan:
-    """A policy's limits, grouped and split: the shared ones, the per-candidate ones."""
+    """A policy's limits, grouped and split: the shared ones, the per-candidate ones, and
+    the shadow limits' own plan (None: the policy has none)."""
 
-    __slots__ = ("inflight", "per_candidate", "shared")
+    __slots__ = ("inflight", "per_candidate", "shadow", "shared")
 
-    def __init__(self, groups: tuple[_Group, ...]) -> None:
-        parts = [_Part(group) for group in groups]
+    def __init__(self, groups: tuple[_Group, ...], shadow: bool = False) -> None:
+        parts = [_Part(group) for group in groups if group.shadow == shadow]
         # `concurrent` limits: gauges, taken around the buckets (`Limiter._check_inflight`)
         self.inflight = tuple(p for p in parts if p.unit == CONCURRENT)
         parts = [p for p in parts if p.unit != CONCURRENT]
         self.shared = tuple(p for p in parts if p.scope not in PER_CANDIDATE_SCOPES)
         self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
+        self.shadow = _Plan(groups, True) if not shadow and any(g.shadow for g in groups) else None
 
 
 _PENDING_MAX = 4096  # allowed decisions kept uncounted, at most
@@ -340,6 +360,8 @@ class Limiter:
     # (day, scopes that applied) -> allowed decisions; (day, scope) -> denials by that scope
     allowed_tallies: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     denied_tallies: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # scope -> the decisions a shadow limit of it would have denied, since the start
+    shadow_denied: Counter[str] = field(default_factory=Counter)
     _groups: dict[int, tuple[_Group, ...]] = field(default_factory=dict)
     _quota_cache: tuple[float, dict[tuple[str, str], Quota]] = (0.0, {})
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -411,12 +433,18 @@ class Limiter:
         on_store_error: str = "open",
         record: bool = True,
         gauges: bool = True,
+        shadow: bool = True,
     ) -> Verdict:
         """`record` false (a shadow route's dry run): no tallies, no violations either.
+        `shadow` false: the enforced limits only (the policy's shadow limits are not asked);
         `gauges` false: the buckets alone (what `_check_inflight` asks between its gauges)."""
         known, plan = self._plan
         if known is not limits or plan is None:
             plan = self._plan_for(limits)
+        if plan.shadow is not None and shadow:
+            return self._with_shadow(
+                plan.shadow, limits, env, list(candidates), consume, on_store_error, record
+            )
         if plan.inflight and gauges and self._slots is not None:
             return self._check_inflight(
                 plan, limits, env, candidates, consume, on_store_error, record
@@ -473,7 +501,7 @@ class Limiter:
         consume_all = self._consume_all if consume else None
         if not per_candidate and not spend:
             if not shared:
-                return _new_verdict((0, [], None))
+                return _new_verdict((0, [], None, ()))
             acquire = self.store.acquire
             if consume_all is not None:
                 taken = consume_all(shared, now)
@@ -594,7 +622,7 @@ class Limiter:
             last = not per_parts or index == len(ranked) - 1
             verdict = self.check(
                 limits, env, [candidate] if per_parts else candidates, consume=consume,
-                on_store_error=on_store_error, record=record and last, gauges=False,
+                on_store_error=on_store_error, record=record and last, gauges=False, shadow=False,
             )  # fmt: skip
             allowed = verdict.option is not None
             gauge_statuses = [
@@ -624,11 +652,11 @@ class Limiter:
                     now_s,
                 )  # fmt: skip
             option = index if per_parts else verdict.option
-            return _new_verdict((option, verdict.statuses + gauge_statuses, None))
+            return _new_verdict((option, verdict.statuses + gauge_statuses, None, ()))
         if denied is None:  # no candidate at all
             return self.check(
                 limits, env, (), consume=consume, on_store_error=on_store_error,
-                record=record, gauges=False,
+                record=record, gauges=False, shadow=False,
             )  # fmt: skip
         return denied
 
@@ -673,7 +701,7 @@ class Limiter:
                     Violation(now_s, applied.scope, key, CONCURRENT, 1.0, 0.0, env["id"])
                 )
                 self.denied_tallies[(day, applied.scope)] += 1
-        return _new_verdict((None, statuses, denial))
+        return _new_verdict((None, statuses, denial, ()))
 
     def release(self, request_id: str | None) -> int:
         """The outcome of the decision `request_id` came: free the in-flight slots it holds
@@ -698,6 +726,87 @@ class Limiter:
         if self._slots is None:
             return []
         return self._slots.inflight(self.clock() * 1000.0)
+
+    def _with_shadow(
+        self,
+        plan: _Plan,
+        limits: tuple[CompiledLimit, ...],
+        env: Mapping[str, Any],
+        ranked: list[tuple[str, str, float]],
+        consume: bool,
+        on_store_error: str,
+        record: bool,
+    ) -> Verdict:
+        """The enforced limits' verdict; when it allows, the shadow limits (`plan`) checked
+        and consumed for the candidate it chose, in one more store call, all-or-nothing as
+        if they were enforced: one without room consumes nothing, and its denial is
+        reported and recorded, never applied. A store error there is ignored (counted)."""
+        verdict = self.check(
+            limits, env, ranked, consume=consume, on_store_error=on_store_error,
+            record=record, shadow=False,
+        )  # fmt: skip
+        option = verdict.option
+        if option is None:
+            return verdict  # denied: enforcement would not have reached the shadow limits
+        now_s = self.clock()
+        now = now_s * 1000.0
+        max_tokens = env["max_tokens"]
+        tokens = env["input_tokens"] + (
+            max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+        )
+        buckets: list[Bucket] = []
+        info: list[tuple[Applied, str]] = []
+        spend: list[tuple[Applied, str]] = []
+        for part in plan.shared:  # runtime quotas replace enforced limits only
+            key = _part_key(part, env)
+            if key is None:
+                continue
+            applied = applicable(part, key, None, env, now_s)
+            if part.spend:
+                spend += [(a, key) for a in applied]
+                continue
+            cost = 1.0 if part.requests else tokens
+            for a in applied:
+                buckets.append((a.prefix + key, a.capacity, a.rate, cost))
+                info.append((a, key))
+        if option < len(ranked):
+            more, more_info = self._option(plan, spend, ranked[option], tokens, env, now_s, {})
+            buckets += more
+            info += more_info
+        if not buckets:
+            return verdict
+        try:
+            result = self.store.acquire(_specs(buckets), (), now, consume=consume)
+        except StoreUnavailableError:
+            with self._lock:
+                self.store_errors += 1
+            return verdict
+        allowed, outcomes, failed = result
+        if allowed is not None:
+            if record:  # counted as allowed by each shadow scope (as `_tally` counts)
+                self._pending.append(
+                    (self._day(now_s), tuple([SHADOW_MARK + a.scope for a, _ in info]))
+                )
+            return verdict
+        index = next((i for i, o in enumerate(outcomes) if o is failed), -1)
+        if failed is None or index < 0:
+            return verdict  # nothing to blame: cannot happen with a real store
+        applied, key = info[index]
+        status = _status(applied, key, failed)
+        denial = LimitDenial(applied.scope, key or None, applied.unit, status.retry_after_ms)
+        if record:
+            day = self._day(now_s)
+            scope = SHADOW_MARK + applied.scope
+            with self._lock:
+                self.violations.append(
+                    Violation(
+                        now_s, scope, key, applied.unit, failed[0][3],
+                        max(0.0, failed.available), env["id"],
+                    )
+                )  # fmt: skip
+                self.denied_tallies[(day, scope)] += 1
+                self.shadow_denied[applied.scope] += 1
+        return _new_verdict((option, verdict.statuses, verdict.denied_by, (denial,)))
 
     def peek_shared(
         self, limits: tuple[CompiledLimit, ...], env: Mapping[str, Any]
@@ -864,7 +973,7 @@ class Limiter:
                 )
             )  # fmt: skip
         self._tally(info, now_s)
-        return _new_verdict((0, statuses, None))
+        return _new_verdict((0, statuses, None, ()))
 
     def _tally(self, info: list[tuple[Applied, str]], now_s: float) -> None:
         """Count an allowed decision for every scope that applied to it: one append to the
@@ -923,7 +1032,7 @@ class Limiter:
         if option is not None:
             if record:
                 self._tally(info, now_s)
-            return _new_verdict((option, statuses, None))
+            return _new_verdict((option, statuses, None, ()))
         day = self._day(now_s)
         index = next((i for i, o in enumerate(outcomes) if o is failed), len(info) - 1)
         if index < 0 or failed is None:  # nothing to blame: cannot happen with a real store
@@ -933,7 +1042,7 @@ class Limiter:
             applied.scope, key or None, applied.unit, statuses[index].retry_after_ms
         )
         if not record:
-            return _new_verdict((None, statuses, denied_by))
+            return _new_verdict((None, statuses, denied_by, ()))
         with self._lock:
             self.violations.append(
                 Violation(
@@ -942,13 +1051,19 @@ class Limiter:
                 )
             )  # fmt: skip
             self.denied_tallies[(day, applied.scope)] += 1
-        return _new_verdict((None, statuses, denied_by))
+        return _new_verdict((None, statuses, denied_by, ()))
 
     def daily_stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(day, scope) -> (allowed, denied): what `rate_limit_stats` holds."""
         with self._lock:
             self._count_pending()
             return _daily_stats(self.allowed_tallies, self.denied_tallies)
+
+    def shadow_denials(self) -> dict[str, int]:
+        """scope -> the decisions a shadow limit of it would have denied, since the start
+        (`policyctl_shadow_denials_total`)."""
+        with self._lock:
+            return dict(self.shadow_denied)
 
     def take_logs(self) -> tuple[list[Violation], dict[tuple[str, str], tuple[int, int]]]:
         """The violations and daily stats kept so far, emptied in one step (for a flush on

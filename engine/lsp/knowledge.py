@@ -305,6 +305,14 @@ _KEYWORD_HOVER = {
         " consumes no limit"
     ),
 }
+# `shadow limit …` (the same word before `limit`, outside any block)
+_SHADOW_LIMIT_HOVER = (
+    "`shadow limit SCOPE … per D`: a limit in report-only mode; its buckets are checked and"
+    " consumed as if it were enforced (for the requests the enforced limits allow), but it"
+    " never denies: a request it would have denied is allowed, listed in the decision's"
+    " `shadow_denials`, logged as a violation of scope `shadow:SCOPE` and counted in"
+    " `policyctl_shadow_denials_total`. Drop the word `shadow` to enforce it"
+)
 _KEYWORD = re.compile(rf"\b({'|'.join(_KEYWORD_HOVER)})\b")
 
 
@@ -318,6 +326,8 @@ def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
     for found in _KEYWORD.finditer(_outside_strings(line)):
         if found.start() <= at <= found.end():
             shown = _KEYWORD_HOVER[found.group(1)]
+            if found.group(1) == "shadow" and re.match(r"\s+limit\b", line[found.end() :]):
+                shown = _SHADOW_LIMIT_HOVER
             return Hover(shown, line_start + found.start(), line_start + found.end())
     if re.match(r"\s*alert\b", line):
         blanked = re.sub(r'"(?:[^"\\\n]|\\.)*"?', lambda m: " " * len(m.group()), line)
@@ -463,6 +473,7 @@ def symbols(path: Path, text: str) -> list[Symbol]:
             out.append(Symbol(name.text, "route", s.span.start, s.span.end, *_ends(name.span)))
         elif isinstance(s, ast.Limit):
             label = s.scope.text + (f" {s.key.text}" if s.key is not None else "")
+            label = f"shadow {label}" if s.shadow else label
             out.append(Symbol(label, "limit", s.span.start, s.span.end, *_ends(s.scope.span)))
         elif isinstance(s, ast.PolicyRequire):
             label = f"require {' '.join(s.condition.span.text().split())}"

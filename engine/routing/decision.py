@@ -150,6 +150,8 @@ class Decision:
     # `shadow route b`: b's decision of the same request, logged, never served (in JSON
     # only with the trace, `--explain`)
     shadow: Decision | None = None
+    # `shadow limit …`s that would have denied this (allowed) decision: reported, not applied
+    shadow_denials: tuple[LimitDenial, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The decision's JSON fields (what `to_json()` encodes), integral numbers as ints."""
@@ -186,6 +188,8 @@ class Decision:
             out["explored"] = True
         if self.affinity is not None:
             out["affinity"] = self.affinity.to_dict()
+        if self.shadow_denials:
+            out["shadow_denials"] = [d.to_dict() for d in self.shadow_denials]
         if self.input_format != "native":
             out["input_format"] = self.input_format
         if self.trace is not None:

@@ -134,6 +134,11 @@ class _DecisionFields(BaseModel):
         description="present when the route has `affinity`: whether the request went to"
         " its key's pinned model, and why a live pin was broken",
     )
+    shadow_denials: list[_LimitDenialSchema] | None = Field(
+        None,
+        description="the `shadow limit`s that would have denied this allowed decision"
+        " (reported, never applied; absent when none would have)",
+    )
     denied_by: (
         _LimitDenialSchema | _NoEligibleModelSchema | _DenyRuleSchema | _PolicyRequireSchema | None
     )

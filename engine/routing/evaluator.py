@@ -54,7 +54,7 @@ from engine.language.program import (
     stable_fraction,
 )
 from engine.limits.limiter import Limiter, Verdict
-from engine.limits.records import UNATTRIBUTED
+from engine.limits.records import UNATTRIBUTED, LimitDenial
 from engine.routing.decision import (
     AffinityOutcome,
     Alternative,
@@ -985,6 +985,7 @@ def _evaluate(
     statuses: list[LimitStatus] = []
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     skip = 0
+    shadow_denials: tuple[LimitDenial, ...] = ()  # `shadow limit …`s that would have denied
     if limiter is not None and program.limits:
         verdict = limiter.check(
             program.limits,
@@ -995,6 +996,7 @@ def _evaluate(
             record=record,
         )
         statuses = verdict.statuses
+        shadow_denials = verdict.shadow_denials
         if verdict.option is None:
             return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
@@ -1109,6 +1111,8 @@ def _evaluate(
         decision.affinity = AffinityOutcome(
             pinning.key_hash, pinning.slot >= 0, pinning.broken, pinning.cached
         )
+    if shadow_denials:
+        decision.shadow_denials = shadow_denials
     return decision
 
 

@@ -129,6 +129,14 @@ class Telemetry:
         for scope, n in sorted(self.denials.items()):
             denials.add_metric((scope,), n)
         yield denials
+        shadow = CounterMetricFamily(
+            "policyctl_shadow_denials_total",
+            "Allowed decisions a `shadow limit` of the scope would have denied.",
+            labels=("scope",),
+        )
+        for scope, n in sorted(engine.limiter.shadow_denials().items()):
+            shadow.add_metric((scope,), n)
+        yield shadow
         seconds = HistogramMetricFamily(
             "policyctl_decision_seconds", "Time to decide, in the service."
         )
