@@ -259,3 +259,24 @@ def test_ratelimit_violations_filters_the_shadow_scope(store: Store) -> None:
         ("shadow:user", "r3"),
     ]
     assert [v["scope"] for v in admin.violations(scope="ip")] == ["ip"]
+
+
+def test_a_shadow_limit_beside_an_in_flight_cap() -> None:
+    """Both kinds at once: the cap denies the third request in flight, the shadow limit
+    reports (never applies) the second allowed one, and the outcome frees a slot."""
+    now = [1_800_000_000.0]
+    engine = PolicyEngine.from_text(
+        "limit global concurrent 2\nshadow limit user 1 per 1m\n", "both.policy",
+        state="memory://", clock=lambda: now[0],
+    )  # fmt: skip
+    first = engine.evaluate({"id": "a", "user": "u", "prompt": "hi"})
+    second = engine.evaluate({"id": "b", "user": "u", "prompt": "hi"})
+    third = engine.evaluate({"id": "c", "user": "u", "prompt": "hi"})
+    assert first.allowed and not first.shadow_denials
+    assert second.allowed and [d.scope for d in second.shadow_denials] == ["user"]
+    assert not third.allowed and third.denied_by is not None
+    assert third.denied_by.unit == "concurrent"
+    engine.record(first, latency_ms=100.0, success=True)
+    fourth = engine.evaluate({"id": "d", "user": "u", "prompt": "hi"})
+    assert fourth.allowed and [d.scope for d in fourth.shadow_denials] == ["user"]
+    engine.close()
