@@ -112,7 +112,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
         expected.model,
     )
     assert decision["policy_version"] == expected.policy_version
-    # the default state went to $XDG_STATE_HOME, not into the working directory
+    # `eval` is a query: no state file anywhere; the commands that keep state put the
+    # default one in $XDG_STATE_HOME, not into the working directory
+    assert not (tmp_path / "state" / "policyctl" / "state.duckdb").exists()
+    assert list(empty.iterdir()) == [empty / "request.json"]
+    status = _run([str(policyctl), "ratelimit", "status"], cwd=empty, env=env, timeout=120)
+    assert status.returncode == 0, status.stderr
     assert (tmp_path / "state" / "policyctl" / "state.duckdb").is_file()
 
     checked = _run([str(policyctl), "check"], cwd=empty, env=env, timeout=120)
