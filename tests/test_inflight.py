@@ -286,3 +286,24 @@ def test_lsp_hover_explains_concurrent_and_lease() -> None:
     assert shown is not None and "in-flight" in shown.markdown
     shown = knowledge.hover(text, text.index("lease") + 1, None)
     assert shown is not None and "outcome never comes" in shown.markdown
+
+
+def test_metrics_show_slots_per_model_and_summed_per_user() -> None:
+    """`policyctl_inflight`: a model gauge by its key, users summed (never a label)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.service.telemetry import Telemetry
+
+    engine = engine_for("limit user concurrent 5\nlimit global concurrent 9\n")
+    for i, user in enumerate(("alice", "bob", "bob")):
+        assert engine.evaluate({"id": f"m{i}", "user": user, "prompt": "hi"}).allowed
+    registry = CollectorRegistry()
+    registry.register(Telemetry(engine))
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    samples = {(s.labels["scope"], s.labels["key"]): s.value
+               for s in families["policyctl_inflight"].samples}  # fmt: skip
+    assert samples == {("global", ""): 3.0, ("user", ""): 3.0}
+    engine.close()

@@ -174,6 +174,7 @@ class Telemetry:
                 value=held.dropped_partial,
             )
         yield from _alert_families(engine)
+        yield _inflight_family(engine)
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
             "HTTP requests by route template, method and status: from the app's start on the"
@@ -188,6 +189,27 @@ class Telemetry:
 
 
 ALERT_STATES = ("inactive", "pending", "firing", "resolved")
+KEYED_GAUGES = ("global", "provider", "model")  # in-flight keys from the catalog: bounded
+
+
+def _inflight_family(engine: PolicyEngine) -> Metric:
+    """The slots held now by the policy's in-flight (`concurrent`) limits: per provider or
+    model (keys from the catalog), summed over the keys of every other scope (users, IPs
+    and named scopes never become labels)."""
+    family = GaugeMetricFamily(
+        "policyctl_inflight",
+        "Requests in flight (allowed, no outcome yet) held by in-flight limits, by scope and"
+        " (provider and model only) key.",
+        labels=("scope", "key"),
+    )
+    held: Counter[tuple[str, str]] = Counter()
+    for gauge, n in engine.limiter.inflight():  # `scope/concurrent/WINDOW/key`
+        scope, _, rest = gauge.partition("/")
+        key = rest.split("/", 2)[-1] if scope in KEYED_GAUGES and rest.count("/") >= 2 else ""
+        held[(scope, key)] += n
+    for (scope, key), n in sorted(held.items()):
+        family.add_metric((scope, key), float(n))
+    return family
 
 
 def _alert_families(engine: PolicyEngine) -> Iterator[Metric]:
