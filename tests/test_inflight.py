@@ -307,3 +307,21 @@ def test_metrics_show_slots_per_model_and_summed_per_user() -> None:
                for s in families["policyctl_inflight"].samples}  # fmt: skip
     assert samples == {("global", ""): 3.0, ("user", ""): 3.0}
     engine.close()
+
+
+def test_ratelimit_status_shows_free_slots_and_the_lease() -> None:
+    from engine.cli.ratelimit_cmd import _status_table
+    from engine.limits.admin import RateLimitAdmin
+
+    engine = engine_for("limit user concurrent 2\nlimit global concurrent 5 lease 5m\n")
+    for i in range(2):
+        assert engine.evaluate({"id": f"s{i}", "user": "al", "prompt": "hi"}).allowed
+    rows = RateLimitAdmin(engine).status(verbose=True)
+    shown = {(r["scope"], r["key"]): (r["window"], r["tokens"], r["in_flight"]) for r in rows}
+    assert shown == {("global", None): ("lease 5m", 3, 2), ("user", "al"): ("lease 10m", 0, 2)}
+    assert "2 in flight" in _status_table(rows, verbose=True)
+    engine.record(engine.evaluate({"id": "s2", "user": "bo", "prompt": "hi"}), latency_ms=1.0,
+                  success=True)  # fmt: skip
+    (user_row,) = [r for r in RateLimitAdmin(engine).status("user", "al")]
+    assert user_row["in_flight"] == 2  # another user's outcome frees none of al's
+    engine.close()

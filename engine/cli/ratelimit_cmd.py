@@ -481,13 +481,19 @@ def _status_table(rows: Sequence[dict[str, Any]], verbose: bool) -> str:
     table = []
     for r in rows:
         line = [_scope(r), r["key"], r["unit"], _n(r["limit"]), r["window"], _n(r["burst"]),
-                _n(r["capacity"]), _n(r["tokens"]), iso(r["reset_at"]) or "full",
-                r["source"]]  # fmt: skip
+                _n(r["capacity"]), _n(r["tokens"]), _full_at(r), r["source"]]  # fmt: skip
         if verbose:
             line += [_n(r["fill_percent"]), _n(r["retry_after_ms"]), _n(r["rate_per_s"]),
                      r["bucket"]]  # fmt: skip
         table.append(line)
     return render_table(headers, table)
+
+
+def _full_at(row: dict[str, Any]) -> str:
+    """When the bucket is full again; for an in-flight limit, the slots held now."""
+    if "in_flight" in row:
+        return f"{row['in_flight']} in flight"
+    return iso(row["reset_at"]) or "full"
 
 
 def _scope(row: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from engine.units import (
     parse_timestamp_s,
     parse_window_ms,
 )
-from engine.vocabulary import STANDARD_SCOPES
+from engine.vocabulary import CONCURRENT, STANDARD_SCOPES
 
 DAY_MS = 86_400_000.0
 DEFAULT_IDLE_MS = DAY_MS  # `cleanup`: full buckets unused for 24 h
@@ -290,6 +290,7 @@ class RateLimitAdmin:
         if scope == "global":
             return [""]
         keys = {split_bucket(b)[3] for b, _ in self.engine.store.buckets(f"{scope}/")}
+        keys.update(split_bucket(g)[3] for g, _ in self.engine.limiter.inflight(f"{scope}/"))
         for group in groups:
             keys.update(group.keyed)
         keys.update(k for s, k in self._quotas() if s == scope)
@@ -321,6 +322,22 @@ class RateLimitAdmin:
         }
         if applied.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
             row["shadow"] = True
+        if applied.unit == CONCURRENT:  # a gauge: slots free now, its lease as the window
+            held = sum(n for k, n in self.engine.limiter.inflight(bucket) if k == bucket)
+            row.update(
+                tokens=_num(max(0, int(applied.limit) - held)),
+                in_flight=held,
+                window=f"lease {format_duration(applied.window_ms)}",
+                reset_at=None,
+            )
+            if verbose:
+                free = max(0, int(applied.limit) - held)
+                row.update(
+                    bucket=bucket, rate_per_s=None, retry_after_ms=None,
+                    fill_percent=round(100.0 * free / applied.limit, 1),
+                    when=applied.when is not None, until=applied.until, last_used=None,
+                )  # fmt: skip
+            return row
         if verbose:
             cost = 1.0 if applied.unit == "requests" else None
             retry = None

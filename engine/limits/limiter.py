@@ -721,11 +721,12 @@ class Limiter:
             log.warning("could not release in-flight slots of `%s`: %s", lease, err)
             return 0
 
-    def inflight(self) -> list[tuple[str, int]]:
-        """(gauge key, slots held now) of every gauge holding any."""
+    def inflight(self, prefix: str = "") -> list[tuple[str, int]]:
+        """(gauge key, slots held now) of every gauge holding any (whose key starts with
+        `prefix`)."""
         if self._slots is None:
             return []
-        return self._slots.inflight(self.clock() * 1000.0)
+        return self._slots.inflight(self.clock() * 1000.0, prefix)
 
     def _with_shadow(
         self,
