@@ -383,8 +383,14 @@ def test_serve_ticks_the_alerts_and_posts_to_the_alert_webhook(
         assert [(b["alert"], b["state"]) for b in bodies] == [("denied", "firing")]
         # the same state on /metrics and on the dashboard
         base = f"http://127.0.0.1:{port}"
-        with urllib.request.urlopen(f"{base}/metrics", timeout=30) as answer:
-            scraped = answer.read().decode()
+        sent = 'policyctl_alert_notifications_total{result="sent"} 1.0'
+        deadline = time.monotonic() + 60
+        while True:  # the sender counts a delivery once the receiver has answered it
+            with urllib.request.urlopen(f"{base}/metrics", timeout=30) as answer:
+                scraped = answer.read().decode()
+            if sent in scraped or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert 'policyctl_alert_state{alert="denied",key="",state="firing"} 1.0' in scraped
         assert 'policyctl_alert_state{alert="denied",key="",state="inactive"} 0.0' in scraped
         assert 'policyctl_alert_notifications_total{result="sent"} 1.0' in scraped
