@@ -31,7 +31,7 @@ from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
-from engine.limits.limiter import Limiter
+from engine.limits.limiter import DEFAULT_SETTLE_WITHIN_S, Limiter
 from engine.limits.stores import ConfigurationError, Store, open_analytics, open_store
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
@@ -75,6 +75,7 @@ class PolicyEngine:
         hash_keys: bool = False,
         warm_progress: Callable[[int, int | None], None] | None = None,
         affinity_pins: int = DEFAULT_MAX_PINS,
+        settle_within_s: float = DEFAULT_SETTLE_WITHIN_S,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -97,15 +98,20 @@ class PolicyEngine:
         is warmed from the outcome log (the CLI's progress bar; the engine prints nothing).
         `affinity_pins`: the `affinity` pins kept in memory, at most (the least recently
         used are dropped first).
+        `settle_within_s`: a token or spend reservation whose outcome has not come by then
+        (on `clock`) expires, and its estimate stands (docs/ratelimits.md, Reserve, then
+        settle).
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
+        settle_within_s = _settle_within(settle_within_s)  # before anything is opened
         self._policy_path = None if policy is None else Path(policy)
         self._setup(
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
             outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
         self._state.pins = PinTable(affinity_pins)
+        self.limiter.settle_within_s = settle_within_s
 
     @classmethod
     def from_text(
@@ -125,8 +131,10 @@ class PolicyEngine:
         hash_keys: bool = False,
         warm_progress: Callable[[int, int | None], None] | None = None,
         affinity_pins: int = DEFAULT_MAX_PINS,
+        settle_within_s: float = DEFAULT_SETTLE_WITHIN_S,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
+        settle_within_s = _settle_within(settle_within_s)  # before anything is opened
         engine = cls.__new__(cls)
         engine._policy_path = None
         engine._from_text = True
@@ -136,6 +144,7 @@ class PolicyEngine:
             metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
         engine._state.pins = PinTable(affinity_pins)
+        engine.limiter.settle_within_s = settle_within_s
         return engine
 
     def _setup(
@@ -568,6 +577,8 @@ class PolicyEngine:
             problem = cached_problem(input_tokens, cached_tokens)
             if problem is not None:
                 raise ValueError(problem)
+        # what settles the decision's spend reservation: a cost given, or one from both counts
+        settle_cost = cost is not None or (input_tokens is not None and output_tokens is not None)
         if cost is None:
             cost = found.cost(input_tokens or 0, output_tokens or 0, cached_tokens or 0)
         record = self._record_metric
@@ -584,6 +595,11 @@ class PolicyEngine:
             return False  # the queue is full: counted, and nothing recorded
         if request_id is not None:  # the decision's in-flight slots, if it holds any
             self.limiter.release(request_id)
+            # ... and its token and spend reservations: refund or charge the difference
+            self.limiter.settle(
+                request_id, input_tokens=input_tokens, output_tokens=output_tokens,
+                cost=cost if settle_cost else None,
+            )  # fmt: skip
         record(found.key, latency_ms, success, cost, at)
         monitor = self.alert_monitor
         if monitor.takes_outcomes:
@@ -599,3 +615,9 @@ class PolicyEngine:
 
 
 INF = float("inf")
+
+
+def _settle_within(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < INF:
+        raise ValueError(f"settle_within_s must be positive seconds, got {value!r}")
+    return float(value)

@@ -39,10 +39,12 @@ from engine.limits.stores.base import (
     EPSILON,
     TIME_SLACK_MS,
     AcquireResult,
+    Adjustment,
     Gauge,
     InFlightSlots,
     Outcome,
     Quota,
+    Settles,
     Slots,
     Spec,
     Store,
@@ -350,6 +352,43 @@ def _as_is(buckets: list[Bucket]) -> list[Bucket]:
     return buckets
 
 
+class Reserved(NamedTuple):
+    """One bucket a decision's estimate took (reserve-then-settle)."""
+
+    key: str
+    capacity: float
+    rate: float
+    estimate: float  # tokens, or dollars for spend
+    spend: bool
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What one decision's estimates took, until its outcome settles them or it expires."""
+
+    buckets: list[Reserved]
+    input_tokens: float  # the request's, for an outcome that reports output tokens only
+    expires_at: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementCounts:
+    """Reserve-then-settle since the start: reservations settled by an outcome, expired
+    unsettled, outstanding now; per unit (`tokens`, `spend`), the amounts refunded and
+    charged, summed over the buckets adjusted."""
+
+    settled: int
+    expired: int
+    outstanding: int
+    refunded: dict[str, float]
+    charged: dict[str, float]
+
+
+DEFAULT_SETTLE_WITHIN_S = 600.0  # a reservation not settled by then expires (the estimate stands)
+MAX_RESERVATIONS = 100_000  # kept at most; past it the oldest go (counted as expired)
+_RESERVED_UNITS = frozenset({"tokens", "spend"})
+
+
 @dataclass
 class Limiter:
     """Checks and consumes a decision's limits in one store call, and keeps the tallies."""
@@ -387,11 +426,25 @@ class Limiter:
     # `_gauged`: a policy with `concurrent` limits was seen (outcomes then release slots)
     _slots: InFlightSlots | None = None
     _gauged: bool = False
+    # reserve-then-settle (docs/ratelimits.md): request id -> what its estimates took, oldest
+    # first; `_reserving`: the policy has token or spend limits and the store settles
+    settle_within_s: float = DEFAULT_SETTLE_WITHIN_S
+    _reservations: dict[str, Reservation] = field(default_factory=dict)
+    _reserve_lock: threading.Lock = field(default_factory=threading.Lock)
+    _settles: Settles | None = None
+    _reserving: bool = False
+    reservations_settled: int = 0
+    reservations_expired: int = 0
+    # per unit (`tokens`, `spend`), summed over the buckets adjusted
+    refunded: Counter[str] = field(default_factory=Counter)
+    charged: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         store = self.store
         if isinstance(store, InFlightSlots):
             self._slots = store
+        if isinstance(store, Settles):
+            self._settles = store
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
             self._consume_all = store.consume_all
             self._acquire_stepwise = store.acquire_stepwise
@@ -407,6 +460,9 @@ class Limiter:
         plan = _Plan(group_limits(limits))
         if plan.inflight:
             self._gauged = True
+        self._reserving = self._settles is not None and any(
+            limit.unit in _RESERVED_UNITS for limit in limits
+        )
         self._plan = (limits, plan)  # one policy at a time
         return plan
 
@@ -506,7 +562,7 @@ class Limiter:
             if consume_all is not None:
                 taken = consume_all(shared, now)
                 if taken is not None:
-                    return self._allowed(shared, shared_info, taken, now_s)
+                    return self._allowed(shared, shared_info, taken, now_s, env)
                 acquire = self._acquire_stepwise  # type: ignore[assignment]
             try:
                 result = acquire(
@@ -514,7 +570,7 @@ class Limiter:
                 )
             except StoreUnavailableError as err:
                 return self._store_down(err, on_store_error, now_s)
-            return self._verdict(result, shared_info, None, env, now_s, record)
+            return self._verdict(result, shared_info, None, env, now_s, record, consume)
         # One option per candidate, in ranking order, built as the store asks for them.
         option_info: list[list[tuple[Applied, str]]] = []
         option_buckets: list[list[Bucket]] = []  # for a denial: which option fits first
@@ -531,11 +587,11 @@ class Limiter:
                 buckets = shared + first
                 taken = consume_all(buckets, now)
                 if taken is not None:
-                    return self._allowed(buckets, shared_info + info, taken, now_s)
+                    return self._allowed(buckets, shared_info + info, taken, now_s, env)
             else:
                 taken = consume_all(shared, now)
                 if taken is not None:
-                    return self._allowed(shared, shared_info, taken, now_s)
+                    return self._allowed(shared, shared_info, taken, now_s, env)
 
         # A memory store reads specs by position: plain tuples do; other stores get `Spec`s.
         as_specs: Callable[[list[Bucket]], Sequence[Bucket]] = (
@@ -564,7 +620,7 @@ class Limiter:
             result, option_info = self._first_to_fit(
                 result, len(shared), option_info, option_buckets, now
             )
-        return self._verdict(result, shared_info, option_info, env, now_s, record)
+        return self._verdict(result, shared_info, option_info, env, now_s, record, consume)
 
     # ------------------------------------------------------------------ in-flight slots
 
@@ -721,6 +777,117 @@ class Limiter:
             log.warning("could not release in-flight slots of `%s`: %s", lease, err)
             return 0
 
+    # ------------------------------------------------------------------ reserve, then settle
+
+    def _reserve(
+        self,
+        env: Mapping[str, Any],
+        buckets: Sequence[Bucket],
+        info: list[tuple[Applied, str]],
+        now_s: float,
+    ) -> None:
+        """An allowed decision consumed its estimates: keep what its token and spend buckets
+        took under its request id, until its outcome settles them (`settle`) or
+        `settle_within_s` passes. Merged with what the id already holds (its shadow limits'
+        buckets, taken in a second store call)."""
+        request_id = env["id"]
+        if request_id is None:
+            return
+        taken = [
+            Reserved(b[0], b[1], b[2], b[3], a.unit == "spend")
+            for (a, _), b in zip(info, buckets, strict=False)
+            if a.unit in _RESERVED_UNITS
+        ]
+        if not taken:
+            return
+        rid = str(request_id)
+        with self._reserve_lock:
+            table = self._reservations
+            found = table.get(rid)
+            if found is not None and found.expires_at > now_s:
+                found.buckets.extend(taken)
+                return
+            if found is not None:  # an expired one under a reused id
+                del table[rid]
+                self.reservations_expired += 1
+            table[rid] = Reservation(taken, env["input_tokens"], now_s + self.settle_within_s)
+            self._sweep(now_s)
+
+    def _sweep(self, now_s: float) -> None:
+        """Forget expired reservations, and the oldest past `MAX_RESERVATIONS` (the caller
+        holds `_reserve_lock`). Oldest first: they expire in the order they were made."""
+        table = self._reservations
+        while table:
+            oldest = next(iter(table))
+            if table[oldest].expires_at > now_s and len(table) <= MAX_RESERVATIONS:
+                return
+            del table[oldest]
+            self.reservations_expired += 1
+
+    def settle(
+        self,
+        request_id: str | None,
+        *,
+        input_tokens: float | None = None,
+        output_tokens: float | None = None,
+        cost: float | None = None,
+    ) -> list[tuple[str, float]]:
+        """The outcome of decision `request_id` came: settle what its estimates took, once.
+        Token buckets by the tokens used (`input_tokens`, default the request's, plus
+        `output_tokens`; unsettled without `output_tokens`), spend buckets by `cost`
+        (unsettled when None). (bucket key, delta applied: > 0 charged, < 0 refunded) per
+        bucket adjusted; [] when nothing is reserved under the id (never reserved, settled
+        already, or expired)."""
+        if request_id is None or not self._reservations or self._settles is None:
+            return []
+        now_s = self.clock()
+        with self._reserve_lock:
+            found = self._reservations.pop(str(request_id), None)
+            if found is not None and found.expires_at <= now_s:
+                self.reservations_expired += 1
+                found = None
+        if found is None:
+            return []
+        tokens = None
+        if output_tokens is not None:
+            tokens = (found.input_tokens if input_tokens is None else input_tokens) + output_tokens
+        adjustments: list[Adjustment] = []
+        units: list[str] = []
+        for bucket in found.buckets:
+            actual = cost if bucket.spend else tokens
+            if actual is not None and actual != bucket.estimate:
+                adjustments.append(
+                    Adjustment(bucket.key, bucket.capacity, bucket.rate, actual - bucket.estimate)
+                )
+                units.append("spend" if bucket.spend else "tokens")
+        applied: list[float] = []
+        if adjustments:
+            try:
+                applied = self._settles.settle(adjustments, now_s * 1000.0)
+            except StoreUnavailableError as err:  # the estimate stands
+                log.warning("could not settle the reservation of `%s`: %s", request_id, err)
+                with self._lock:
+                    self.store_errors += 1
+                return []
+        with self._reserve_lock:
+            self.reservations_settled += 1
+            for unit, delta in zip(units, applied, strict=True):
+                if delta < 0:
+                    self.refunded[unit] += -delta
+                elif delta > 0:
+                    self.charged[unit] += delta
+        return [(a[0], d) for a, d in zip(adjustments, applied, strict=True)]
+
+    def settlement_counts(self) -> SettlementCounts:
+        """The reservations' counters since the start (`/metrics`); expired ones forgotten
+        first."""
+        with self._reserve_lock:
+            self._sweep(self.clock())
+            return SettlementCounts(
+                self.reservations_settled, self.reservations_expired, len(self._reservations),
+                dict(self.refunded), dict(self.charged),
+            )  # fmt: skip
+
     def inflight(self, prefix: str = "") -> list[tuple[str, int]]:
         """(gauge key, slots held now) of every gauge holding any (whose key starts with
         `prefix`)."""
@@ -784,6 +951,8 @@ class Limiter:
             return verdict
         allowed, outcomes, failed = result
         if allowed is not None:
+            if consume and self._reserving:  # settled with the enforced limits' buckets
+                self._reserve(env, buckets, info, now_s)
             if record:  # counted as allowed by each shadow scope (as `_tally` counts)
                 self._pending.append(
                     (self._day(now_s), tuple([SHADOW_MARK + a.scope for a, _ in info]))
@@ -955,6 +1124,7 @@ class Limiter:
         info: list[tuple[Applied, str]],
         taken: tuple[list[float], list[float]],
         now_s: float,
+        env: Mapping[str, Any],
     ) -> Verdict:
         """The verdict when the first option (or the shared buckets alone) had room:
         what `_verdict` makes of an all-allowed result, without the outcomes."""
@@ -974,6 +1144,8 @@ class Limiter:
                 )
             )  # fmt: skip
         self._tally(info, now_s)
+        if self._reserving:
+            self._reserve(env, buckets, info, now_s)
         return _new_verdict((0, statuses, None, ()))
 
     def _tally(self, info: list[tuple[Applied, str]], now_s: float) -> None:
@@ -1015,6 +1187,7 @@ class Limiter:
         env: Mapping[str, Any],
         now_s: float,
         record: bool = True,
+        consume: bool = True,
     ) -> Verdict:
         option, outcomes, failed = result
         if option_info:
@@ -1033,6 +1206,8 @@ class Limiter:
         if option is not None:
             if record:
                 self._tally(info, now_s)
+            if consume and self._reserving:
+                self._reserve(env, [o[0] for o in outcomes], info, now_s)
             return _new_verdict((option, statuses, None, ()))
         day = self._day(now_s)
         index = next((i for i, o in enumerate(outcomes) if o is failed), len(info) - 1)

@@ -175,6 +175,7 @@ class Telemetry:
             )
         yield from _alert_families(engine)
         yield _inflight_family(engine)
+        yield from _settlement_families(engine)
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
             "HTTP requests by route template, method and status: from the app's start on the"
@@ -210,6 +211,36 @@ def _inflight_family(engine: PolicyEngine) -> Metric:
     for (scope, key), n in sorted(held.items()):
         family.add_metric((scope, key), float(n))
     return family
+
+
+def _settlement_families(engine: PolicyEngine) -> Iterator[Metric]:
+    """Reserve-then-settle (docs/ratelimits.md): reservations by how they ended, those
+    waiting for their outcome, and the tokens and dollars refunded and charged."""
+    counts = engine.limiter.settlement_counts()
+    ended = CounterMetricFamily(
+        "policyctl_reservations_total",
+        "Token and spend reservations, by how they ended: settled by their outcome, or"
+        " expired unsettled (the estimate stands).",
+        labels=("result",),
+    )
+    ended.add_metric(("settled",), counts.settled)
+    ended.add_metric(("expired",), counts.expired)
+    yield ended
+    yield GaugeMetricFamily(
+        "policyctl_reservations_outstanding",
+        "Token and spend reservations waiting for their outcome.",
+        value=counts.outstanding,
+    )
+    settled = CounterMetricFamily(
+        "policyctl_settled_total",
+        "Amounts settled (tokens; dollars for spend), summed over the buckets adjusted:"
+        " refunded (actual below the estimate) or charged (above it).",
+        labels=("unit", "direction"),
+    )
+    for unit in ("tokens", "spend"):
+        settled.add_metric((unit, "refunded"), counts.refunded.get(unit, 0.0))
+        settled.add_metric((unit, "charged"), counts.charged.get(unit, 0.0))
+    yield settled
 
 
 def _alert_families(engine: PolicyEngine) -> Iterator[Metric]:

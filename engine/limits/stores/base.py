@@ -27,6 +27,7 @@ implements `Store` and claims any of the others by having their members:
 | `SQLQueries`       | read                                        | DuckDB                |
 | `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
 | `InFlightSlots`    | take_slots, release_slots, inflight         | memory, DuckDB, Redis |
+| `Settles`          | settle                                      | memory, DuckDB, Redis |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -47,6 +48,10 @@ implements `Store` and claims any of the others by having their members:
   `release_slots` frees every slot that lease holds, once (a second call frees nothing). A
   slot whose lease ran out counts as free. Memory and DuckDB keep them in memory (never
   written to the DuckDB file: leases are short), Redis in a sorted set per gauge.
+- `Settles`: `settle` applies a decision's reserve-then-settle adjustments (docs/ratelimits.md,
+  Reserve, then settle) in one step: per bucket, the difference between what the decision's
+  estimate took and what it used; a refund never makes a bucket more than full (`settled`).
+  Memory and DuckDB under the store's lock, Redis in one script (`redis_settle.lua`).
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -130,6 +135,15 @@ class Slots(NamedTuple):
     free_at: float | None
 
 
+class Adjustment(NamedTuple):
+    """One bucket's settlement: what the decision really used less what its estimate took."""
+
+    key: str
+    capacity: float  # limit + burst (a DuckDB store writes it with the bucket)
+    rate: float  # tokens per millisecond
+    delta: float  # tokens (dollars for spend): > 0 charges more, < 0 refunds
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     """A limit set at run time for one key; overrides the policy until it expires."""
@@ -170,6 +184,19 @@ def available(full_at: float | None, capacity: float, rate: float, now: float) -
 def consumed(full_at: float | None, rate: float, cost: float, now: float) -> float:
     start = now if full_at is None or full_at < now else full_at
     return start + cost / rate
+
+
+def settled(
+    full_at: float | None, rate: float, delta: float, now: float
+) -> tuple[float | None, float]:
+    """A bucket after adjusting it by `delta` tokens (> 0 takes more, < 0 gives back): its new
+    `full_at` (None: full, so absent) and the delta applied. A refund stops at full: only the
+    tokens missing at `now` come back (a bucket never holds more than its capacity)."""
+    start = now if full_at is None or full_at < now else full_at
+    new = start + delta / rate
+    if new <= now:
+        return None, (now - start) * rate
+    return new, delta
 
 
 @runtime_checkable
@@ -302,6 +329,16 @@ class InFlightSlots(Store, Protocol):
     def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
         """(gauge key, live slots) of every gauge holding any, whose key starts with
         `prefix`."""
+        ...
+
+
+@runtime_checkable
+class Settles(Store, Protocol):
+    """A store that settles reservations (every store here)."""
+
+    def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
+        """Apply every adjustment (one decision's) in one atomic step; the delta applied to
+        each (a refund past full is cut short)."""
         ...
 
 

@@ -29,7 +29,13 @@ from typing import Any, TypeVar
 from engine.analytics import schema as analytics
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.analytics.salvage import StateWriteError, in_transaction, write_salvaging
-from engine.limits.stores.base import BucketCounts, Outcome, Quota, StoreBusyError
+from engine.limits.stores.base import (
+    Adjustment,
+    BucketCounts,
+    Outcome,
+    Quota,
+    StoreBusyError,
+)
 from engine.limits.stores.memory import MemoryStore
 
 FLUSH_EVERY = 10_000  # acquires between write-backs in a long run
@@ -109,6 +115,19 @@ class DuckDBStore(MemoryStore):
         self._deleted.discard(spec.key)
         self._acquires += 1
         return taken
+
+    def _settle(self, adjustment: Adjustment, now: float) -> float:
+        applied = super()._settle(adjustment, now)
+        key = adjustment[0]
+        if key in self._full_at:  # written back with the next flush
+            used = self._meta.get(key, (0.0, 0.0, now))[2]
+            self._meta[key] = (adjustment[1], adjustment[2], used)
+            self._dirty.add(key)
+            self._deleted.discard(key)
+        else:  # refunded to full: as if absent
+            self._dirty.discard(key)
+            self._deleted.add(key)
+        return applied
 
     def _maybe_evict(self, now: float) -> None:
         # under the buckets' lock: flush only if no other thread is writing (never wait for

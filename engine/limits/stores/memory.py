@@ -31,6 +31,7 @@ from engine.limits.stores.base import (
     EPSILON,
     TIME_SLACK_MS,
     AcquireResult,
+    Adjustment,
     BucketCounts,
     ConfigurationError,
     Gauge,
@@ -38,6 +39,7 @@ from engine.limits.stores.base import (
     Quota,
     Slots,
     Spec,
+    settled,
 )
 
 # tuple.__new__ makes these named tuples without a Python-level __new__ call (hot path)
@@ -381,6 +383,22 @@ class MemoryStore:
         with self._lock:
             keys = [k for k in self._slots if k.startswith(prefix)]
             return sorted((k, n) for k in keys if (n := len(self._live(k, now))))
+
+    # ------------------------------------------------------------------ settlement
+
+    def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
+        with self._lock:
+            return [self._settle(adjustment, now) for adjustment in adjustments]
+
+    def _settle(self, adjustment: Adjustment, now: float) -> float:
+        """One bucket adjusted (the caller holds the lock); the delta applied."""
+        key = adjustment[0]
+        new, applied = settled(self._full_at.get(key), adjustment[2], adjustment[3], now)
+        if new is None:
+            self._full_at.pop(key, None)
+        else:
+            self._full_at[key] = new
+        return applied
 
     def bucket_counts(self) -> BucketCounts:
         """How many buckets are held, the bound, and what went to keep it."""

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from engine.limits.stores.base import (
     AcquireResult,
+    Adjustment,
     ConfigurationError,
     Gauge,
     Outcome,
@@ -39,6 +40,8 @@ SCRIPT = (Path(__file__).with_name("redis_gcra.lua")).read_text(encoding="utf-8"
 GAUGES = PREFIX + "g:"
 LEASES = PREFIX + "l:"
 INFLIGHT_SCRIPT = (Path(__file__).with_name("redis_inflight.lua")).read_text(encoding="utf-8")
+# reserve-then-settle: one decision's adjustments in one script
+SETTLE_SCRIPT = (Path(__file__).with_name("redis_settle.lua")).read_text(encoding="utf-8")
 
 
 class RedisStore:
@@ -76,6 +79,7 @@ class RedisStore:
         self._response_error = redis.ResponseError
         self._script = self._redis.register_script(SCRIPT)
         self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
+        self._settle_script = self._redis.register_script(SETTLE_SCRIPT)
         self.round_trips = 0
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -156,6 +160,16 @@ class RedisStore:
 
     def evict(self, now: float) -> int:
         return 0  # idle buckets expire by their TTL
+
+    def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
+        if not adjustments:
+            return []
+        argv: list[Any] = [repr(float(now))]
+        for adjustment in adjustments:
+            argv.extend((repr(float(adjustment[2])), repr(float(adjustment[3]))))
+        keys = [BUCKETS + a[0] for a in adjustments]
+        reply = self._call(self._settle_script, keys=keys, args=argv)
+        return [float(v) for v in reply]
 
     # ------------------------------------------------------------------ in-flight slots
 
