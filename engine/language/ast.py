@@ -252,6 +252,7 @@ class Limit:
     span: Span
     lease: Literal | None = None  # `concurrent 8 lease 10m`: a slot's longest hold
     shadow: bool = False  # `shadow limit …`: counted and logged, never denying
+    wait: Literal | None = None  # `wait up to 2s`: how long a denied request may wait
 
 
 @dataclass(frozen=True, slots=True)

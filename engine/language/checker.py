@@ -1281,8 +1281,29 @@ class Checker:
                 w.span,
                 "write `per 1m`, `per 1h` or `per 1d`",
             )
+        if limit.wait is not None:
+            self._wait(limit)
         if limit.when is not None:
             self._condition(limit.when, allow_model=False)
+
+    def _wait(self, limit: ast.Limit) -> None:
+        """`wait up to D` (E0420, E0421): a duration longer than zero, within the window."""
+        wait, window = limit.wait, limit.window
+        assert wait is not None and window is not None
+        if wait.unit is not Unit.DURATION or float(wait.value) <= 0:  # type: ignore[arg-type]
+            self.error(
+                "E0420",
+                "a limit's wait is a duration longer than zero",
+                wait.span,
+                "write `wait up to 2s` (how long a denied request may wait for its tokens)",
+            )
+        elif window.unit is Unit.DURATION and float(wait.value) > float(window.value):  # type: ignore[arg-type]
+            self.error(
+                "E0421",
+                f"a limit's wait (`{wait.text}`) is longer than its window (`{window.text}`)",
+                wait.span,
+                f"the bucket refills within `per {window.text}`: wait at most `{window.text}`",
+            )
 
     def _inflight(self, limit: ast.Limit) -> None:
         """`limit … concurrent N [lease D]`: a whole number of slots, no window, no burst."""

@@ -633,6 +633,7 @@ def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
         until=None if limit.until is None else float(limit.until.value),  # type: ignore[arg-type]
         location=limit.span.location(),
         shadow=limit.shadow,
+        wait_ms=None if limit.wait is None else float(limit.wait.value),  # type: ignore[arg-type]
     )
 
 

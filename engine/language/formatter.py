@@ -178,6 +178,8 @@ def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
         rest += f" per {limit.window.text}"
     if limit.burst is not None:
         rest += f" burst {limit.burst.text}"
+    if limit.wait is not None:
+        rest += f" wait up to {limit.wait.text}"
     return head, rest
 
 

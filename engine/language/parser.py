@@ -351,7 +351,7 @@ class _Builder(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def limit_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
-        shadow, scope, key_expr, key, unit, amount, window, burst, when, until = children
+        shadow, scope, key_expr, key, unit, amount, window, burst, wait, when, until = children
         return ast.Limit(
             scope=self._name(scope),
             key_expr=key_expr,
@@ -364,7 +364,11 @@ class _Builder(Transformer[Token, Any]):
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
             shadow=shadow is not None,
+            wait=None if wait is None else self._literal(wait),
         )
+
+    def wait_clause(self, children: list[Any]) -> Any:
+        return children[0]  # the NUMBER token of `wait up to D`
 
     def shadow_mark(self, children: list[Any]) -> bool:
         return True

@@ -420,6 +420,7 @@ class CompiledLimit:
     until: float | None  # epoch seconds
     location: str
     shadow: bool = False  # `shadow limit …`: counted and logged, never denying
+    wait_ms: float | None = None  # `wait up to D`: a denied request may wait this long
 
     @property
     def capacity(self) -> float:
