@@ -247,15 +247,15 @@ async def test_the_service_holds_a_request_until_it_is_admitted() -> None:
         bad = await client.post("/v1/eval", json={"user": "u"}, headers={"X-Priority": "high"})
         assert bad.status_code == 422
         text = (await client.get("/metrics")).text
-    assert "policyctl_waiting_requests 0" in text
-    assert "policyctl_waited_total 2" in text
-    assert "policyctl_wait_seconds_total 3" in text
+    assert "policyctl_waiting_requests 0.0" in text
+    assert 'policyctl_waited_total{outcome="admitted"} 2.0' in text
+    assert "policyctl_wait_seconds_total 3.0" in text
 
 
 def test_telemetry_counts_the_waiters() -> None:
     engine, _ = _engine()
     lines = Telemetry(engine).exposition("")[0].decode()
-    assert "policyctl_waiting_requests 0" in lines
+    assert "policyctl_waiting_requests 0.0" in lines
 
 
 # ----------------------------------------------------------------------------- language
