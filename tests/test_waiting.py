@@ -252,6 +252,23 @@ async def test_the_service_holds_a_request_until_it_is_admitted() -> None:
     assert "policyctl_wait_seconds_total 3.0" in text
 
 
+@pytest.mark.asyncio
+async def test_enforce_holds_a_request_then_answers_429_when_the_wait_runs_out() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 1s\n")
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        first = asyncio.create_task(client.post("/v1/enforce", json={"id": "a", "user": "u"}))
+        await _turn()
+        second = asyncio.create_task(client.post("/v1/enforce", json={"id": "b", "user": "u"}))
+        await _turn()
+        assert engine.waiters.depth() == 2
+        clock.now += 1.0  # one token: `a` is admitted, `b`'s second has run out
+        engine.waiters.wake(clock.now)
+        assert (await first).status_code == 200
+        late = await second
+    assert late.status_code == 429 and late.headers["retry-after"] == "1"
+
+
 def test_telemetry_counts_the_waiters() -> None:
     engine, _ = _engine()
     lines = Telemetry(engine).exposition("")[0].decode()
