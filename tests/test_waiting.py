@@ -315,6 +315,53 @@ def test_nonsense_waits_are_refused(text: str, code: str) -> None:
     assert [d.code for d in err.value.diagnostics] == [code]
 
 
+ROUTE_WAITS = """defaults {
+    wait up to 3s
+}
+
+route batch when request.priority < 0 {
+    strategy cost
+    wait up to 1s
+}
+
+route fast when request.priority > 5 {
+    strategy cost
+}
+
+limit user         60 per 1m
+limit user tokens  1M per 1m wait up to 500ms
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_route_wait_lets_its_limits_denials_wait() -> None:
+    assert format_text(ROUTE_WAITS) == ROUTE_WAITS
+    program = compile_sources([("p.policy", ROUTE_WAITS)]).program
+    assert program.by_name["batch"].settings.wait_ms == 1000
+    assert program.by_name["fast"].settings.wait_ms == 3000  # from `defaults`
+    engine, clock = _engine(ROUTE_WAITS)
+    # `batch` waits up to 1s: enough for the next token
+    task = asyncio.create_task(engine.acquire({"id": "b", "user": "u", "priority": -1}))
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    assert (await task).allowed
+    # `fast` waits too (3s, from `defaults`)
+    ahead = asyncio.create_task(engine.acquire({"id": "f1", "user": "u", "priority": 9}))
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    assert (await ahead).allowed
+
+
+def test_a_route_wait_of_zero_is_refused() -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", "route r {\n    wait up to 0s\n}\n")])
+    assert [d.code for d in err.value.diagnostics] == ["E0420"]
+
+
 def test_a_policy_without_wait_has_no_waiters() -> None:
     engine = PolicyEngine.from_text("limit user 1 per 1m\n")
     assert isinstance(engine.waiters, WaitQueues) and engine.waiters.next_due() is None

@@ -85,8 +85,10 @@ def wait_budget(program: Program, decision: Decision) -> tuple[str, float] | Non
         or not program.limits
     ):
         return None
+    route = program.by_name.get(decision.route or "", program.default_route)
+    default = None if route is None else route.settings.wait_ms  # the route's `wait up to D`
     waits = [
-        lim.wait_ms
+        default if lim.wait_ms is None else lim.wait_ms
         for s in decision.rate_limits
         if not s.allowed
         for lim in program.limits
@@ -99,7 +101,12 @@ def wait_budget(program: Program, decision: Decision) -> tuple[str, float] | Non
 
 
 def has_waits(program: Program) -> bool:
-    return any(lim.wait_ms for lim in program.limits)
+    """Whether any limit or route of the program lets a request wait (`wait up to D`)."""
+    return program.limits != () and (
+        any(lim.wait_ms for lim in program.limits)
+        or program.default_route.settings.wait_ms is not None
+        or any(route.settings.wait_ms for route in program.by_name.values())
+    )
 
 
 class WaitQueues:

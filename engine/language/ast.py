@@ -161,6 +161,14 @@ class AffinitySetting:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitSetting:
+    """`wait up to 2s` in a route or `defaults`: a request its limits deny may wait."""
+
+    duration: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -214,6 +222,7 @@ Setting = (
     | DegradedSetting
     | ExploreSetting
     | AffinitySetting
+    | WaitSetting
 )
 RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 

@@ -365,6 +365,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 key_text=item.key.dotted,
                 ttl_ms=float(item.duration.value),  # type: ignore[arg-type]
             )
+        elif isinstance(item, ast.WaitSetting):
+            values["wait_ms"] = float(item.duration.value)  # type: ignore[arg-type]
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]
             values["cooldown_ms"] = float(item.duration.value)  # type: ignore[arg-type]

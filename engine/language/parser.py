@@ -67,7 +67,7 @@ _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
-    "cooldown", "on_store_error", "degraded", "explore", "affinity",
+    "cooldown", "on_store_error", "degraded", "explore", "affinity", "wait",
 )  # fmt: skip
 _ROUTE_ONLY = ("prefer", "exclude", "require", "split", "shadow")
 # words a misspelling of which is most likely meant (statements, settings, route items)
@@ -288,6 +288,10 @@ class _Builder(Transformer[Token, Any]):
             None if window is None else self._literal(window),
             self._span_meta(meta),
         )
+
+    @v_args(meta=True)
+    def wait_setting(self, meta: Any, children: list[Any]) -> ast.WaitSetting:
+        return ast.WaitSetting(self._literal(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
     def affinity_setting(self, meta: Any, children: list[Any]) -> ast.AffinitySetting:

@@ -133,6 +133,7 @@ class Settings:
     degraded: HealthRule | None = None  # `degraded when …`
     explore: Exploration | None = None  # `explore N% budget $X per D`
     affinity: Affinity | None = None  # `affinity by request.KEY for D`
+    wait_ms: float | None = None  # `wait up to D`: its limits' denials may wait this long
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
