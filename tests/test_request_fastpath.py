@@ -52,6 +52,7 @@ fields: dict[str, Any] = {
     "max_latency_ms": scalars,
     "min_quality": st.one_of(scalars, st.sampled_from([0, 0.5, 1, 1.0, -0.0, 1.0000001])),
     "region": scalars,
+    "priority": st.one_of(scalars, st.sampled_from([0, 5, -1000, 1000, 1001, -1001, 2.0])),
     "tags": tags,
     "metadata": metadata,
     "messages": st.one_of(

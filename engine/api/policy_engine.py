@@ -27,6 +27,7 @@ from engine.analytics.schema import key_salt, recent_outcomes
 from engine.analytics.writer import OutcomeWriter
 from engine.api.files import file_state
 from engine.api.logs import AnalyticsLogs, EngineLogs, limit_config_rows
+from engine.api.waiting import Waiter, WaitQueues, has_waits
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language.loader import Loaded, compile_sources, load_policy
@@ -454,10 +455,21 @@ class PolicyEngine:
         deployments; the others are dropped as "not offered by the caller" (None: every
         model of the route). Raises `RequestError` naming the fields of a bad request.
         """
-        program = self._program  # one snapshot per evaluation
         env = env_of(
             request, input_format=input_format, request_id=request_id, model=model, stream=stream
         )
+        return self._decide(env, dry_run, only, explain, request)
+
+    def _decide(
+        self,
+        env: dict[str, Any],
+        dry_run: bool,
+        only: frozenset[str] | None,
+        explain: bool,
+        request: Mapping[str, Any] | Request | None = None,
+    ) -> Decision:
+        """One decision on an evaluation environment (`evaluate`, and the waiters)."""
+        program = self._program  # one snapshot per evaluation
         decision = evaluate(
             program,
             env,
@@ -473,9 +485,77 @@ class PolicyEngine:
             self.alert_monitor.denied(decision, self.clock())
         if self._logs is not None and not dry_run:
             kept = self._request_log
-            request_text = None if kept is None else kept.encode(env, request)
+            request_text = None if kept is None or request is None else kept.encode(env, request)
             self._logs.decision(decision, self.clock(), request_text)
         return decision
+
+    @property
+    def waiters(self) -> WaitQueues:
+        """The requests waiting for a limit's tokens (`wait up to D`; engine.api.waiting)."""
+        queues: WaitQueues | None = getattr(self, "_waiters", None)
+        if queues is None:
+            queues = self._waiters = WaitQueues(
+                lambda env, dry, only, explain: self._decide(dict(env), dry, only, explain),
+                lambda: self._program,
+                self.clock,
+            )
+        return queues
+
+    def _enter(
+        self,
+        request: Mapping[str, Any] | Request,
+        timeout_s: float | None,
+        priority: int | None,
+        notify: Callable[[], None],
+        options: dict[str, Any],
+    ) -> Decision | Waiter:
+        only = options.pop("only", None)
+        explain = options.pop("explain", False)
+        env = env_of(request, **options)
+        if priority is not None:
+            env["priority"] = float(priority)
+        if not has_waits(self._program) or (timeout_s is not None and timeout_s <= 0):
+            return self._decide(env, False, only, explain, request)  # nothing waits
+        return self.waiters.enter(env, timeout_s, only, explain, notify)
+
+    async def acquire(
+        self,
+        request: Mapping[str, Any] | Request,
+        *,
+        timeout_s: float | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Decision:
+        """`evaluate`, but a request denied only by limits with `wait up to D` waits (on the
+        running loop, no thread) for its tokens, up to D and `timeout_s`, in `priority`
+        order (higher first; None: the request's own), and is then admitted or denied as
+        usual. `options`: `evaluate`'s keywords (`explain`, `input_format`, `request_id`,
+        `model`, `stream`, `only`; never `dry_run`)."""
+        import asyncio  # only for the callers that wait on a loop
+
+        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        entered = self._enter(
+            request, timeout_s, priority, lambda: loop.call_soon_threadsafe(event.set), options
+        )
+        if isinstance(entered, Decision):
+            return entered
+        return await self.waiters.wait_async(entered, event)
+
+    def acquire_blocking(
+        self,
+        request: Mapping[str, Any] | Request,
+        *,
+        timeout_s: float | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Decision:
+        """`acquire`, blocking the calling thread while the request waits."""
+        event = threading.Event()
+        entered = self._enter(request, timeout_s, priority, event.set, options)
+        if isinstance(entered, Decision):
+            return entered
+        return self.waiters.wait_blocking(entered, event)
 
     def record(
         self,

@@ -161,6 +161,14 @@ class AffinitySetting:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitSetting:
+    """`wait up to 2s` in a route or `defaults`: a request its limits deny may wait."""
+
+    duration: Literal
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Prefer:
     ref: ModelRef
     weight: Literal | None
@@ -214,6 +222,7 @@ Setting = (
     | DegradedSetting
     | ExploreSetting
     | AffinitySetting
+    | WaitSetting
 )
 RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 
@@ -252,6 +261,7 @@ class Limit:
     span: Span
     lease: Literal | None = None  # `concurrent 8 lease 10m`: a slot's longest hold
     shadow: bool = False  # `shadow limit …`: counted and logged, never denying
+    wait: Literal | None = None  # `wait up to 2s`: how long a denied request may wait
 
 
 @dataclass(frozen=True, slots=True)

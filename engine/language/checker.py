@@ -188,6 +188,8 @@ class Checker:
                 self._explore(item)
             elif isinstance(item, ast.AffinitySetting):
                 self._affinity(item)
+            elif isinstance(item, ast.WaitSetting):
+                self._wait_duration(item.duration, "a route's wait")
             elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
                 "open",
                 "closed",
@@ -1281,8 +1283,36 @@ class Checker:
                 w.span,
                 "write `per 1m`, `per 1h` or `per 1d`",
             )
+        if limit.wait is not None:
+            self._wait(limit)
         if limit.when is not None:
             self._condition(limit.when, allow_model=False)
+
+    def _wait(self, limit: ast.Limit) -> None:
+        """`wait up to D` (E0420, E0421): a duration longer than zero, within the window."""
+        wait, window = limit.wait, limit.window
+        assert wait is not None and window is not None
+        if not self._wait_duration(wait, "a limit's wait"):
+            pass
+        elif window.unit is Unit.DURATION and float(wait.value) > float(window.value):  # type: ignore[arg-type]
+            self.error(
+                "E0421",
+                f"a limit's wait (`{wait.text}`) is longer than its window (`{window.text}`)",
+                wait.span,
+                f"the bucket refills within `per {window.text}`: wait at most `{window.text}`",
+            )
+
+    def _wait_duration(self, wait: ast.Literal, what: str) -> bool:
+        """`wait up to D` is a duration longer than zero (E0420)."""
+        if wait.unit is not Unit.DURATION or float(wait.value) <= 0:  # type: ignore[arg-type]
+            self.error(
+                "E0420",
+                f"{what} is a duration longer than zero",
+                wait.span,
+                "write `wait up to 2s` (how long a denied request may wait for its tokens)",
+            )
+            return False
+        return True
 
     def _inflight(self, limit: ast.Limit) -> None:
         """`limit … concurrent N [lease D]`: a whole number of slots, no window, no burst."""
@@ -1459,6 +1489,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "explore"
     if isinstance(item, ast.AffinitySetting):
         return "affinity"
+    if isinstance(item, ast.WaitSetting):
+        return "wait"
     return None
 
 

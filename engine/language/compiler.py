@@ -365,6 +365,8 @@ def _merge_settings(base: Settings, items: Iterable[ast.RouteItem], catalog: Cat
                 key_text=item.key.dotted,
                 ttl_ms=float(item.duration.value),  # type: ignore[arg-type]
             )
+        elif isinstance(item, ast.WaitSetting):
+            values["wait_ms"] = float(item.duration.value)  # type: ignore[arg-type]
         elif isinstance(item, ast.CooldownSetting):
             values["cooldown_failures"] = int(float(item.failures.value))  # type: ignore[arg-type]
             values["cooldown_ms"] = float(item.duration.value)  # type: ignore[arg-type]
@@ -633,6 +635,7 @@ def _compile_limit(limit: ast.Limit, catalog: Catalog) -> CompiledLimit:
         until=None if limit.until is None else float(limit.until.value),  # type: ignore[arg-type]
         location=limit.span.location(),
         shadow=limit.shadow,
+        wait_ms=None if limit.wait is None else float(limit.wait.value),  # type: ignore[arg-type]
     )
 
 

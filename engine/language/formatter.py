@@ -145,6 +145,8 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm | ast.Alert) -> _L
         if item.budget is not None and item.window is not None:
             code += f" budget {item.budget.text} per {item.window.text}"
         return _Line(code=code)
+    if isinstance(item, ast.WaitSetting):
+        return _Line(code=f"wait up to {item.duration.text}")
     if isinstance(item, ast.AffinitySetting):
         return _Line(code=f"affinity by {item.key.dotted} for {item.duration.text}")
     if isinstance(item, ast.Exclude):
@@ -178,6 +180,8 @@ def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
         rest += f" per {limit.window.text}"
     if limit.burst is not None:
         rest += f" burst {limit.burst.text}"
+    if limit.wait is not None:
+        rest += f" wait up to {limit.wait.text}"
     return head, rest
 
 

@@ -67,7 +67,7 @@ _STATEMENT_KEYWORDS = ("catalog", "defaults", "route", "limit", "require", "deny
 # settings, which `defaults` and routes take, and the items only a route takes
 _SETTINGS = (
     "strategy", "min_success_rate", "min_samples", "window", "min_quality", "fallback",
-    "cooldown", "on_store_error", "degraded", "explore", "affinity",
+    "cooldown", "on_store_error", "degraded", "explore", "affinity", "wait",
 )  # fmt: skip
 _ROUTE_ONLY = ("prefer", "exclude", "require", "split", "shadow")
 # words a misspelling of which is most likely meant (statements, settings, route items)
@@ -290,6 +290,10 @@ class _Builder(Transformer[Token, Any]):
         )
 
     @v_args(meta=True)
+    def wait_setting(self, meta: Any, children: list[Any]) -> ast.WaitSetting:
+        return ast.WaitSetting(self._literal(children[0]), self._span_meta(meta))
+
+    @v_args(meta=True)
     def affinity_setting(self, meta: Any, children: list[Any]) -> ast.AffinitySetting:
         key, duration = children
         return ast.AffinitySetting(key, self._literal(duration), self._span_meta(meta))
@@ -351,7 +355,7 @@ class _Builder(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def limit_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
-        shadow, scope, key_expr, key, unit, amount, window, burst, when, until = children
+        shadow, scope, key_expr, key, unit, amount, window, burst, wait, when, until = children
         return ast.Limit(
             scope=self._name(scope),
             key_expr=key_expr,
@@ -364,7 +368,11 @@ class _Builder(Transformer[Token, Any]):
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
             shadow=shadow is not None,
+            wait=None if wait is None else self._literal(wait),
         )
+
+    def wait_clause(self, children: list[Any]) -> Any:
+        return children[0]  # the NUMBER token of `wait up to D`
 
     def shadow_mark(self, children: list[Any]) -> bool:
         return True

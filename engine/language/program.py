@@ -133,6 +133,7 @@ class Settings:
     degraded: HealthRule | None = None  # `degraded when …`
     explore: Exploration | None = None  # `explore N% budget $X per D`
     affinity: Affinity | None = None  # `affinity by request.KEY for D`
+    wait_ms: float | None = None  # `wait up to D`: its limits' denials may wait this long
 
     @property
     def factor_weights(self) -> tuple[float, float, float]:
@@ -420,6 +421,7 @@ class CompiledLimit:
     until: float | None  # epoch seconds
     location: str
     shadow: bool = False  # `shadow limit …`: counted and logged, never denying
+    wait_ms: float | None = None  # `wait up to D`: a denied request may wait this long
 
     @property
     def capacity(self) -> float:

@@ -35,6 +35,7 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "max_latency_ms": (Unit.DURATION, None),
     "min_quality": (Unit.COUNT, None),  # a quality floor (0-1) the client asks for, or null
     "region": (Unit.STRING, None),
+    "priority": (Unit.COUNT, None),  # the order of waiters for a limit's tokens
     "tags": (Unit.LIST, Unit.STRING),
     "format": (Unit.STRING, None),  # "native", "openai-chat", … (engine.wire.FORMATS)
 }

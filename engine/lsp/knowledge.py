@@ -299,6 +299,12 @@ _KEYWORD_HOVER = {
         "`concurrent N lease D`: how long an in-flight slot is held at most when the"
         " decision's outcome never comes (default 10m)"
     ),
+    "wait": (
+        "`limit … per D wait up to W`: a request this limit denies waits up to W for its"
+        " tokens instead of an immediate denial (`engine.acquire`, the service's /v1/eval"
+        " and /v1/enforce; `policyctl eval` never waits); waiters are admitted by request"
+        " `priority` (higher first), then arrival, from a bounded queue per bucket key"
+    ),
     "shadow": (
         "`shadow route NAME`: that route decides every request this route serves too, for"
         " comparison; its decision is logged (and shown by `--explain`), never served, and"

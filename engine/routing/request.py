@@ -24,6 +24,7 @@ from engine.units import MAX_TOKENS
 from engine.wire import NATIVE
 
 Scalar = str | int | float | bool
+MAX_PRIORITY = 1000  # a request's `priority` is a whole number in -1000..1000 (0 by default)
 
 
 class Message(BaseModel):
@@ -83,6 +84,11 @@ class Request(BaseModel):
         " least this are eligible (a model without a score is not)",
     )
     region: str | None = None
+    priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
+        0,
+        description="the order of requests waiting for a limit's tokens (`wait up to D`):"
+        " higher first, then arrival; also the X-Priority header",
+    )
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Scalar] = Field(default_factory=dict)
 
@@ -356,6 +362,9 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     max_latency = get("max_latency_ms")
     if max_latency is not None and (not _number(max_latency) or not max_latency > 0):
         return None
+    priority = get("priority", 0)
+    if type(priority) is not int or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        return None
     min_quality = get("min_quality")
     if min_quality is not None and (not _number(min_quality) or not 0 <= min_quality <= 1):
         return None
@@ -428,6 +437,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "max_latency_ms": None if max_latency is None else float(max_latency),
         "min_quality": None if min_quality is None else float(min_quality),
         "region": get("region"),
+        "priority": float(priority),
         "tags": list(tags),
         "metadata": dict(metadata),
         "format": NATIVE,
@@ -544,6 +554,7 @@ def _wire_env(
         "max_latency_ms": None,
         "min_quality": None,
         "region": None,
+        "priority": 0.0,  # a wire body has none: the X-Priority header (`env_of`)
         "tags": [],
         "metadata": read.metadata,
         "format": fmt,
@@ -577,6 +588,7 @@ def to_env(request: Request) -> dict[str, Any]:
         "max_latency_ms": None if request.max_latency_ms is None else float(request.max_latency_ms),
         "min_quality": None if request.min_quality is None else float(request.min_quality),
         "region": request.region,
+        "priority": float(request.priority),
         "tags": list(request.tags),
         "metadata": dict(request.metadata),
         "format": NATIVE,

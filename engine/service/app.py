@@ -44,6 +44,7 @@ from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
+    decide,
     flag,
     json_body,
     problem,
@@ -270,14 +271,8 @@ def create_app(
         body = await json_body(request, check_strings=False)  # the request validator checks
         start = time.perf_counter()
         options = wire_options(request)
-        decision = engine.evaluate(
-            body,
-            explain=flag(request, "explain"),
-            dry_run=flag(request, "dry_run"),
-            input_format=options.input_format,
-            request_id=options.request_id,
-            model=options.model,
-            stream=options.stream,
+        decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
+            engine, body, request, options, flag(request, "explain"), flag(request, "dry_run")
         )
         telemetry.observe(
             decision.route,

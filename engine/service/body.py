@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
+from engine.api.waiting import has_waits
 from engine.errors import PolicyctlError
-from engine.routing.request import json_limit, unstorable
+from engine.routing.request import MAX_PRIORITY, json_limit, unstorable
 from engine.wire import FORMATS
+
+if TYPE_CHECKING:
+    from engine.api.policy_engine import PolicyEngine
+    from engine.routing.decision import Decision
 
 MAX_BODY_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark is allowed, as json.loads(bytes) allows it
@@ -188,3 +193,44 @@ def wire_options(request: HttpRequest) -> WireOptions:
         model=query.get("model"),
         stream=None if stream is None else stream.lower() in ("1", "true", "yes"),
     )
+
+
+async def decide(
+    engine: PolicyEngine, body: Any, request: HttpRequest, options: WireOptions, explain: bool,
+    dry_run: bool,
+) -> Decision:  # fmt: skip
+    """The decision on `body`: with a policy that has `wait up to D` limits (and without
+    `?dry_run` or `?wait=false`), a request those limits deny waits for its tokens (an
+    `await`, no thread), in the order of its `priority` (the `X-Priority` header wins)."""
+    wire = dict(
+        explain=explain, input_format=options.input_format, request_id=options.request_id,
+        model=options.model, stream=options.stream,
+    )  # fmt: skip
+    if dry_run or not has_waits(engine.program) or _no_wait(request):
+        return engine.evaluate(body, dry_run=dry_run, **wire)  # type: ignore[arg-type]
+    return await engine.acquire(body, priority=priority_header(request), **wire)
+
+
+def _no_wait(request: HttpRequest) -> bool:
+    if not request.scope.get("query_string"):
+        return False
+    return request.query_params.get("wait", "").lower() in ("0", "false", "no")
+
+
+def priority_header(request: HttpRequest) -> int | None:
+    """`X-Priority: 5`: the request's priority (a whole number in -1000..1000), or None."""
+    text = request.headers.get("x-priority")
+    if text is None:
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = MAX_PRIORITY + 1
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise BodyError(
+            422,
+            "invalid request",
+            [{"field": "X-Priority", "message": f"`{text}` is not a whole number in"
+              f" -{MAX_PRIORITY}..{MAX_PRIORITY}"}],
+        )  # fmt: skip
+    return value

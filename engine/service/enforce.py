@@ -49,6 +49,7 @@ from engine.routing.request import RequestError, env_of
 from engine.service.body import (
     BodyError,
     WireOptions,
+    decide,
     flag,
     json_body,
     parse_json,
@@ -302,14 +303,8 @@ def enforce_routes(
         body = await json_body(request, check_strings=False)  # the request validator checks
         start = time.perf_counter()
         options = wire_options(request)
-        decision = engine.evaluate(
-            body,
-            explain=flag(request, "explain"),
-            dry_run=flag(request, "dry_run"),
-            input_format=options.input_format,
-            request_id=options.request_id,
-            model=options.model,
-            stream=options.stream,
+        decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
+            engine, body, request, options, flag(request, "explain"), flag(request, "dry_run")
         )
         observe(decision, time.perf_counter() - start)
         statuses = decision.rate_limits

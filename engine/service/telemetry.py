@@ -176,6 +176,7 @@ class Telemetry:
         yield from _alert_families(engine)
         yield _inflight_family(engine)
         yield from _settlement_families(engine)
+        yield from _waiting_families(engine)
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
             "HTTP requests by route template, method and status: from the app's start on the"
@@ -191,6 +192,31 @@ class Telemetry:
 
 ALERT_STATES = ("inactive", "pending", "firing", "resolved")
 KEYED_GAUGES = ("global", "provider", "model")  # in-flight keys from the catalog: bounded
+
+
+def _waiting_families(engine: PolicyEngine) -> Iterator[Metric]:
+    """The requests waiting for a `wait up to D` limit's tokens, and those that waited."""
+    stats = engine.waiters.stats()
+    yield GaugeMetricFamily(
+        "policyctl_waiting_requests",
+        "Requests waiting now for a limit's tokens (`wait up to D`), over every bucket key.",
+        value=stats.waiting,
+    )
+    waited = CounterMetricFamily(
+        "policyctl_waited",
+        "Requests that waited for a limit's tokens, by how it ended (admitted, timed_out)"
+        " or denied at once because their key's queue was full (queue_full).",
+        labels=("outcome",),
+    )
+    waited.add_metric(("admitted",), stats.admitted)
+    waited.add_metric(("timed_out",), stats.timed_out)
+    waited.add_metric(("queue_full",), stats.queue_full)
+    yield waited
+    yield CounterMetricFamily(
+        "policyctl_wait_seconds",
+        "Time the requests that waited spent waiting (engine clock), summed.",
+        value=stats.wait_seconds,
+    )
 
 
 def _inflight_family(engine: PolicyEngine) -> Metric:

@@ -1,0 +1,367 @@
+"""Waiting instead of refusing (`limit … wait up to D`, request `priority`): the waiters of a
+bucket key are admitted in priority order as the engine's (fake) clock reaches the bucket's
+retry time; a wait that runs out is the usual denial; a full queue is a clear denial;
+`evaluate` never waits. Time moves only through the fake clock and `engine.waiters.wake`;
+nothing sleeps (`_turn` only lets the event loop run the tasks that are ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from engine import PolicyEngine
+from engine.api.waiting import WaitQueues
+from engine.diagnostics import PolicyError
+from engine.language.formatter import format_text
+from engine.language.loader import compile_sources
+from engine.routing.request import RequestError, validate
+from engine.service.app import create_app
+from engine.service.telemetry import Telemetry
+
+START = 1_800_000_000.0
+# one token a second, 60 in the bucket: drained, a request waits 1s per waiter ahead of it
+WAITING = "limit user 60 per 1m wait up to 5s\n"
+
+
+class FakeClock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _engine(text: str = WAITING) -> tuple[PolicyEngine, FakeClock]:
+    clock = FakeClock()
+    engine = PolicyEngine.from_text(text, clock=clock)
+    for i in range(60):  # drain the bucket
+        assert engine.evaluate({"id": f"d{i}", "user": "u"}).allowed
+    return engine, clock
+
+
+async def _turn() -> None:
+    """Let the ready tasks run (a turn of the loop, not a sleep: no time passes)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# ----------------------------------------------------------------------------- priority
+
+
+@pytest.mark.asyncio
+async def test_waiters_are_admitted_by_priority_as_the_clock_advances() -> None:
+    engine, clock = _engine()
+    admitted: list[int] = []
+
+    async def one(priority: int) -> None:
+        decision = await engine.acquire({"id": f"p{priority}", "user": "u", "priority": priority})
+        assert decision.allowed, decision.reason
+        admitted.append(priority)
+
+    tasks = [asyncio.create_task(one(p)) for p in (1, 5, 3)]
+    await _turn()
+    assert engine.waiters.depth() == 3 and admitted == []
+    for expected in ([5], [5, 3], [5, 3, 1]):
+        clock.now += 1.0  # one token
+        assert engine.waiters.wake(clock.now) == 1
+        await _turn()
+        assert admitted == expected
+    await asyncio.gather(*tasks)
+    stats = engine.waiters.stats()
+    assert (stats.waiting, stats.admitted, stats.timed_out) == (0, 3, 0)
+    assert stats.wait_seconds == 1.0 + 2.0 + 3.0
+
+
+@pytest.mark.asyncio
+async def test_a_later_higher_priority_request_goes_first() -> None:
+    engine, clock = _engine()
+    order: list[str] = []
+
+    async def one(rid: str, priority: int) -> None:
+        assert (await engine.acquire({"id": rid, "user": "u"}, priority=priority)).allowed
+        order.append(rid)
+
+    first = asyncio.create_task(one("early-low", 0))
+    await _turn()
+    second = asyncio.create_task(one("late-high", 9))  # the `priority=` of X-Priority
+    await _turn()
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    await _turn()
+    assert order == ["late-high"]
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    await asyncio.gather(first, second)
+    assert order == ["late-high", "early-low"]
+
+
+@pytest.mark.asyncio
+async def test_before_the_retry_time_nobody_is_admitted() -> None:
+    engine, clock = _engine()
+    task = asyncio.create_task(engine.acquire({"id": "w", "user": "u"}))
+    await _turn()
+    clock.now += 0.999
+    assert engine.waiters.wake(clock.now) == 0
+    assert engine.waiters.next_due() == START + 1.0
+    clock.now = START + 1.0
+    assert engine.waiters.wake(clock.now) == 1
+    assert (await task).allowed
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+@pytest.mark.asyncio
+async def test_a_wait_that_runs_out_is_the_usual_denial_with_retry_after() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 2s\n")
+    admitted: list[str] = []
+
+    async def one(rid: str) -> None:
+        decision = await engine.acquire({"id": rid, "user": "u"})
+        admitted.append(rid if decision.allowed else f"denied {rid}")
+        if not decision.allowed:
+            assert decision.denied_by is not None and decision.denied_by.retry_after_ms == 1000
+            assert "Rate limited by user `u` (requests): retry after 1000 ms" in decision.reason
+
+    tasks = [asyncio.create_task(one(f"r{i}")) for i in range(3)]
+    await _turn()
+    assert engine.waiters.depth() == 3
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    await _turn()
+    clock.now += 1.0  # r1 admitted; r2's 2s have run out, with no token left for it
+    engine.waiters.wake(clock.now)
+    await asyncio.gather(*tasks)
+    assert admitted == ["r0", "r1", "denied r2"]
+    assert engine.waiters.stats().timed_out == 1
+
+
+@pytest.mark.asyncio
+async def test_a_retry_longer_than_the_wait_is_denied_at_once() -> None:
+    engine, _ = _engine("limit user 60 per 1m wait up to 500ms\n")
+    decision = await engine.acquire({"id": "x", "user": "u"})  # needs 1000 ms
+    assert not decision.allowed and decision.denied_by.retry_after_ms == 1000  # type: ignore[union-attr]
+    assert engine.waiters.depth() == 0
+
+
+@pytest.mark.asyncio
+async def test_timeout_s_shortens_the_wait_and_zero_never_waits() -> None:
+    engine, _ = _engine()
+    assert not (await engine.acquire({"id": "a", "user": "u"}, timeout_s=0.5)).allowed
+    assert not (await engine.acquire({"id": "b", "user": "u"}, timeout_s=0)).allowed
+    assert engine.waiters.depth() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_limit_without_wait_denies_at_once() -> None:
+    engine, _ = _engine("limit user 60 per 1m\n")
+    decision = await engine.acquire({"id": "x", "user": "u"})
+    assert not decision.allowed and engine.waiters.depth() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_denial_by_a_limit_that_does_not_wait_is_not_waited_out() -> None:
+    engine, clock = _engine(WAITING + "limit ip 1 per 1h\n")
+    assert engine.evaluate({"id": "first", "user": "v", "ip": "10.0.0.1"}).allowed
+    decision = await engine.acquire({"id": "x", "user": "v", "ip": "10.0.0.1"})
+    assert not decision.allowed and decision.denied_by.scope == "ip"  # type: ignore[union-attr]
+    # denied by the user limit first (the limiter stops at the first bucket that denies): it
+    # waits, and when its user token comes the ip limit denies it, at once, as usual
+    both = asyncio.create_task(engine.acquire({"id": "y", "user": "u", "ip": "10.0.0.1"}))
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0
+    assert engine.waiters.wake(clock.now) == 1
+    decision = await both
+    assert not decision.allowed and decision.denied_by.scope == "ip"  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_is_a_clear_denial() -> None:
+    engine, clock = _engine()
+    engine.waiters.max_waiters = 2
+    tasks = [asyncio.create_task(engine.acquire({"id": f"r{i}", "user": "u"})) for i in range(2)]
+    await _turn()
+    decision = await engine.acquire({"id": "third", "user": "u"})
+    assert not decision.allowed
+    assert decision.reason.endswith("the wait queue of `user/requests/u` is full (2 waiting)")
+    assert engine.waiters.stats().queue_full == 1
+    clock.now += 2.0
+    engine.waiters.wake(clock.now)
+    assert all(d.allowed for d in await asyncio.gather(*tasks))
+
+
+def test_evaluate_never_waits() -> None:
+    engine, _ = _engine()
+    decision = engine.evaluate({"id": "x", "user": "u"})
+    assert not decision.allowed and decision.denied_by.retry_after_ms == 1000  # type: ignore[union-attr]
+    assert engine.waiters.depth() == 0
+
+
+def test_acquire_blocking_waits_on_its_thread() -> None:
+    engine, clock = _engine()
+    got: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: got.append(engine.acquire_blocking({"id": "b", "user": "u"}).allowed)
+    )
+    thread.start()
+    assert engine.waiters.until_depth(1, timeout_s=10)
+    clock.now += 1.0
+    assert engine.waiters.wake(clock.now) == 1
+    thread.join(10)
+    assert got == [True]
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+@pytest.mark.asyncio
+async def test_the_service_holds_a_request_until_it_is_admitted() -> None:
+    engine, clock = _engine()
+    app = create_app(engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        low = asyncio.create_task(
+            client.post("/v1/eval", json={"id": "low", "user": "u"}, headers={"X-Priority": "1"})
+        )
+        await _turn()
+        high = asyncio.create_task(
+            client.post("/v1/eval", json={"id": "high", "user": "u"}, headers={"X-Priority": "7"})
+        )
+        await _turn()
+        assert engine.waiters.depth() == 2 and not low.done() and not high.done()
+        clock.now += 1.0
+        engine.waiters.wake(clock.now)
+        answer = await high
+        assert answer.status_code == 200 and answer.json()["allowed"] is True
+        assert not low.done()
+        clock.now += 1.0
+        engine.waiters.wake(clock.now)
+        assert (await low).json()["allowed"] is True
+        # ?wait=false: the answer at once
+        denied = await client.post("/v1/eval?wait=false", json={"id": "now", "user": "u"})
+        assert denied.json()["allowed"] is False and engine.waiters.depth() == 0
+        bad = await client.post("/v1/eval", json={"user": "u"}, headers={"X-Priority": "high"})
+        assert bad.status_code == 422
+        text = (await client.get("/metrics")).text
+    assert "policyctl_waiting_requests 0.0" in text
+    assert 'policyctl_waited_total{outcome="admitted"} 2.0' in text
+    assert "policyctl_wait_seconds_total 3.0" in text
+
+
+@pytest.mark.asyncio
+async def test_enforce_holds_a_request_then_answers_429_when_the_wait_runs_out() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 1s\n")
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        first = asyncio.create_task(client.post("/v1/enforce", json={"id": "a", "user": "u"}))
+        await _turn()
+        second = asyncio.create_task(client.post("/v1/enforce", json={"id": "b", "user": "u"}))
+        await _turn()
+        assert engine.waiters.depth() == 2
+        clock.now += 1.0  # one token: `a` is admitted, `b`'s second has run out
+        engine.waiters.wake(clock.now)
+        assert (await first).status_code == 200
+        late = await second
+    assert late.status_code == 429 and late.headers["retry-after"] == "1"
+
+
+def test_telemetry_counts_the_waiters() -> None:
+    engine, _ = _engine()
+    lines = Telemetry(engine).exposition("")[0].decode()
+    assert "policyctl_waiting_requests 0.0" in lines
+
+
+# ----------------------------------------------------------------------------- language
+
+
+def test_priority_is_a_whole_number_within_bounds() -> None:
+    assert validate({"priority": 3}).priority == 3
+    for bad in (1001, -1001, 2.5, "high", True):
+        with pytest.raises(RequestError):
+            validate({"priority": bad})
+
+
+def test_request_priority_can_be_read_by_a_condition() -> None:
+    engine = PolicyEngine.from_text('deny "batch" when request.priority < 0\n')
+    assert not engine.evaluate({"priority": -1}).allowed
+    assert engine.evaluate({"priority": 0}).allowed
+
+
+def test_wait_parses_compiles_and_formats() -> None:
+    text = 'limit user "vip" tokens 100k per 1h burst 10k wait up to 30s when request.stream\n'
+    (limit,) = compile_sources([("p.policy", text)]).program.limits
+    assert limit.wait_ms == 30_000
+    assert format_text(text) == text
+    assert format_text("limit user 10 per 1m   wait up   to 2s\n") == (
+        "limit user 10 per 1m wait up to 2s\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("limit user 10 per 1m wait up to 0s\n", "E0420"),
+        ("limit user 10 per 1m wait up to 3\n", "E0420"),
+        ("limit ip 10 per 1s wait up to 2s\n", "E0421"),
+    ],
+)
+def test_nonsense_waits_are_refused(text: str, code: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", text)])
+    assert [d.code for d in err.value.diagnostics] == [code]
+
+
+ROUTE_WAITS = """defaults {
+    wait up to 3s
+}
+
+route batch when request.priority < 0 {
+    strategy cost
+    wait up to 1s
+}
+
+route fast when request.priority > 5 {
+    strategy cost
+}
+
+limit user         60 per 1m
+limit user tokens  1M per 1m wait up to 500ms
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_route_wait_lets_its_limits_denials_wait() -> None:
+    assert format_text(ROUTE_WAITS) == ROUTE_WAITS
+    program = compile_sources([("p.policy", ROUTE_WAITS)]).program
+    assert program.by_name["batch"].settings.wait_ms == 1000
+    assert program.by_name["fast"].settings.wait_ms == 3000  # from `defaults`
+    engine, clock = _engine(ROUTE_WAITS)
+    # `batch` waits up to 1s: enough for the next token
+    task = asyncio.create_task(engine.acquire({"id": "b", "user": "u", "priority": -1}))
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    assert (await task).allowed
+    # `fast` waits too (3s, from `defaults`)
+    ahead = asyncio.create_task(engine.acquire({"id": "f1", "user": "u", "priority": 9}))
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    assert (await ahead).allowed
+
+
+def test_a_route_wait_of_zero_is_refused() -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", "route r {\n    wait up to 0s\n}\n")])
+    assert [d.code for d in err.value.diagnostics] == ["E0420"]
+
+
+def test_a_policy_without_wait_has_no_waiters() -> None:
+    engine = PolicyEngine.from_text("limit user 1 per 1m\n")
+    assert isinstance(engine.waiters, WaitQueues) and engine.waiters.next_due() is None
