@@ -147,7 +147,9 @@ def write_config(dest: Path, module: Module) -> None:
         'source_paths = ["engine"]\n'
         f"only_mutate = {toml_list(module.files)}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(module.tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x"]\n'
+        # `-n 0`: in one process (the suite's addopts spread it over every core, and mutmut
+        # sees only the tests of its own process)
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-n", "0"]\n'
         f"also_copy = {toml_list(ALSO_COPY)}\n"
     )
     with (dest / "pyproject.toml").open("a") as f:
