@@ -44,11 +44,15 @@ from engine.limits.stores.base import (
     InFlightSlots,
     Outcome,
     Quota,
+    ReservationCounts,
     Settles,
+    SharedReservations,
     Slots,
     Spec,
     Store,
     StoreUnavailableError,
+    Ticket,
+    Usage,
     available,
     consumed,
     uses_one_pass,
@@ -433,6 +437,12 @@ class Limiter:
     _reserve_lock: threading.Lock = field(default_factory=threading.Lock)
     _settles: Settles | None = None
     _reserving: bool = False
+    # ... or, on a store that keeps them (Redis), there: written by the admission's own store
+    # call, settled by whichever instance the outcome reaches (`_reserve_in_store`: the
+    # policy reserves and the store does)
+    _shared: SharedReservations | None = None
+    _reserve_in_store: bool = False
+    _last_outstanding: int = 0  # the store's count, kept for when it cannot be asked
     reservations_settled: int = 0
     reservations_expired: int = 0
     # per unit (`tokens`, `spend`), summed over the buckets adjusted
@@ -445,6 +455,8 @@ class Limiter:
             self._slots = store
         if isinstance(store, Settles):
             self._settles = store
+        if isinstance(store, SharedReservations):
+            self._shared = store
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
             self._consume_all = store.consume_all
             self._acquire_stepwise = store.acquire_stepwise
@@ -463,6 +475,7 @@ class Limiter:
         self._reserving = self._settles is not None and any(
             limit.unit in _RESERVED_UNITS for limit in limits
         )
+        self._reserve_in_store = self._reserving and self._shared is not None
         self._plan = (limits, plan)  # one policy at a time
         return plan
 
@@ -565,9 +578,13 @@ class Limiter:
                     return self._allowed(shared, shared_info, taken, now_s, env)
                 acquire = self._acquire_stepwise  # type: ignore[assignment]
             try:
-                result = acquire(
-                    shared if consume_all is not None else _specs(shared), (), now, consume=consume
-                )
+                if consume and self._reserve_in_store:
+                    result = self._acquire_reserving(_specs(shared), [], [shared_info], env, now)
+                else:
+                    result = acquire(
+                        shared if consume_all is not None else _specs(shared), (), now,
+                        consume=consume,
+                    )  # fmt: skip
             except StoreUnavailableError as err:
                 return self._store_down(err, on_store_error, now_s)
             return self._verdict(result, shared_info, None, env, now_s, record, consume)
@@ -613,7 +630,13 @@ class Limiter:
         # the stores' own `acquire`; a one-pass store's without the pass that just failed
         acquire = self._acquire_stepwise if consume_all is not None else self.store.acquire
         try:
-            result = acquire(as_specs(shared), options(), now, consume=consume)
+            if consume and self._reserve_in_store:  # every option built: the ticket names them
+                listed = list(options())
+                result = self._acquire_reserving(
+                    _specs(shared), listed, [shared_info, *option_info], env, now
+                )
+            else:
+                result = acquire(as_specs(shared), options(), now, consume=consume)
         except StoreUnavailableError as err:
             return self._store_down(err, on_store_error, now_s)
         if result[0] is None and len(option_buckets) > 1 and len(result[1]) > len(shared):
@@ -789,9 +812,10 @@ class Limiter:
         """An allowed decision consumed its estimates: keep what its token and spend buckets
         took under its request id, until its outcome settles them (`settle`) or
         `settle_within_s` passes. Merged with what the id already holds (its shadow limits'
-        buckets, taken in a second store call)."""
+        buckets, taken in a second store call). On a store that keeps reservations, its
+        admission call wrote the record already (`_acquire_reserving`)."""
         request_id = env["id"]
-        if request_id is None:
+        if request_id is None or self._shared is not None:
             return
         taken = [
             Reserved(b[0], b[1], b[2], b[3], a.unit == "spend")
@@ -812,6 +836,32 @@ class Limiter:
                 self.reservations_expired += 1
             table[rid] = Reservation(taken, env["input_tokens"], now_s + self.settle_within_s)
             self._sweep(now_s)
+
+    def _acquire_reserving(
+        self,
+        shared: Sequence[Spec],
+        options: Sequence[Sequence[Bucket]],
+        infos: Sequence[list[tuple[Applied, str]]],
+        env: Mapping[str, Any],
+        now: float,
+    ) -> AcquireResult:
+        """The consuming store call on a store that keeps reservations: its record written
+        in the same call when the decision is admitted (one round trip). `infos`: the
+        owners of the buckets of `shared` and of every option, whose token and spend
+        buckets the ticket names (a bucket's key is its limit's prefix and the key)."""
+        store = self._shared
+        assert store is not None
+        specs = [_specs(option) for option in options]
+        request_id = env["id"]
+        units = {
+            a.prefix + key: a.unit for info in infos for a, key in info if a.unit in _RESERVED_UNITS
+        }
+        if request_id is None or not units:
+            return store.acquire(shared, specs, now)
+        expires_at = now + self.settle_within_s * 1000.0
+        return store.acquire_reserving(
+            shared, specs, now, Ticket(str(request_id), env["input_tokens"], expires_at, units)
+        )
 
     def _sweep(self, now_s: float) -> None:
         """Forget expired reservations, and the oldest past `MAX_RESERVATIONS` (the caller
@@ -838,6 +888,8 @@ class Limiter:
         (unsettled when None). (bucket key, delta applied: > 0 charged, < 0 refunded) per
         bucket adjusted; [] when nothing is reserved under the id (never reserved, settled
         already, or expired)."""
+        if self._shared is not None:
+            return self._settle_in_store(request_id, Usage(input_tokens, output_tokens, cost))
         if request_id is None or not self._reservations or self._settles is None:
             return []
         now_s = self.clock()
@@ -878,9 +930,51 @@ class Limiter:
                     self.charged[unit] += delta
         return [(a[0], d) for a, d in zip(adjustments, applied, strict=True)]
 
+    def _settle_in_store(self, request_id: str | None, usage: Usage) -> list[tuple[str, float]]:
+        """`settle` on a store that keeps reservations: whichever instance made it, one
+        store call takes the record out and applies it (the same rules, in the store).
+        Asked for every outcome with a request id, unless this instance's policy is known
+        to reserve nothing (an instance that only receives outcomes still settles)."""
+        store = self._shared
+        assert store is not None
+        if request_id is None or (self._plan[1] is not None and not self._reserving):
+            return []
+        try:
+            found = store.settle_reservation(str(request_id), usage, self.clock() * 1000.0)
+        except StoreUnavailableError as err:  # the estimate stands
+            log.warning("could not settle the reservation of `%s`: %s", request_id, err)
+            with self._lock:
+                self.store_errors += 1
+            return []
+        if found.state != "settled":
+            return []  # absent, or expired (counted by the instance that made it)
+        with self._reserve_lock:
+            self.reservations_settled += 1
+            for bucket in found.applied:
+                if bucket.delta < 0:
+                    self.refunded[bucket.unit] += -bucket.delta
+                elif bucket.delta > 0:
+                    self.charged[bucket.unit] += bucket.delta
+        return [(bucket.key, bucket.delta) for bucket in found.applied]
+
     def settlement_counts(self) -> SettlementCounts:
         """The reservations' counters since the start (`/metrics`); expired ones forgotten
-        first."""
+        first. On a store that keeps reservations: `settled` and the amounts are the
+        outcomes this instance settled (whoever made them), `expired` and `outstanding` the
+        reservations this instance made (one store call; its last answer when the store
+        cannot be asked)."""
+        if self._shared is not None:
+            try:
+                found = self._shared.reservation_counts(self.clock() * 1000.0)
+            except StoreUnavailableError:
+                found = ReservationCounts(self._last_outstanding, 0)
+            with self._reserve_lock:
+                self.reservations_expired += found.expired
+                self._last_outstanding = found.outstanding
+                return SettlementCounts(
+                    self.reservations_settled, self.reservations_expired, found.outstanding,
+                    dict(self.refunded), dict(self.charged),
+                )  # fmt: skip
         with self._reserve_lock:
             self._sweep(self.clock())
             return SettlementCounts(
@@ -944,7 +1038,10 @@ class Limiter:
         if not buckets:
             return verdict
         try:
-            result = self.store.acquire(_specs(buckets), (), now, consume=consume)
+            if consume and self._reserve_in_store:
+                result = self._acquire_reserving(_specs(buckets), [], [info], env, now)
+            else:
+                result = self.store.acquire(_specs(buckets), (), now, consume=consume)
         except StoreUnavailableError:
             with self._lock:
                 self.store_errors += 1

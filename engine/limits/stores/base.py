@@ -28,6 +28,8 @@ implements `Store` and claims any of the others by having their members:
 | `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
 | `InFlightSlots`    | take_slots, release_slots, inflight         | memory, DuckDB, Redis |
 | `Settles`          | settle                                      | memory, DuckDB, Redis |
+| `SharedReservations` | acquire_reserving, settle_reservation,    | Redis                 |
+|                    | reservation_counts                          |                       |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -52,6 +54,16 @@ implements `Store` and claims any of the others by having their members:
   Reserve, then settle) in one step: per bucket, the difference between what the decision's
   estimate took and what it used; a refund never makes a bucket more than full (`settled`).
   Memory and DuckDB under the store's lock, Redis in one script (`redis_settle.lua`).
+- `SharedReservations`: the reservation records themselves live in the store, so the outcome
+  may reach any instance sharing it (memory and DuckDB stores have one process: the limiter
+  keeps their records in its own table). `acquire_reserving` is `acquire` (consuming) that,
+  when it admits, writes the decision's record in the same atomic step (a `Ticket`: the
+  request id, its input tokens, the expiry on the engine's clock, and which bucket keys are
+  reserved); `settle_reservation` takes the record out atomically (once: a second call on
+  any instance finds nothing), computes the adjustments from a `Usage` with the limiter's
+  rules (`Limiter.settle`) and applies them, all in one step; `reservation_counts` is this
+  store object's own reservations still outstanding, and those expired since it last asked.
+  Redis: one script per call (`redis_gcra.lua` writes, `redis_settle.lua` takes).
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -59,7 +71,7 @@ implements `Store` and claims any of the others by having their members:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checkable
 
@@ -142,6 +154,50 @@ class Adjustment(NamedTuple):
     capacity: float  # limit + burst (a DuckDB store writes it with the bucket)
     rate: float  # tokens per millisecond
     delta: float  # tokens (dollars for spend): > 0 charges more, < 0 refunds
+
+
+class Ticket(NamedTuple):
+    """What an admission reserves if it is allowed (`SharedReservations.acquire_reserving`):
+    every consumed bucket whose key is in `units`, with the cost it took as the estimate."""
+
+    request_id: str
+    input_tokens: float  # the request's (an outcome with output tokens only settles by them)
+    expires_at: float  # ms on the engine's clock: later, an outcome settles nothing
+    units: Mapping[str, str]  # bucket key -> `tokens` or `spend`: the buckets reserved
+
+
+class Usage(NamedTuple):
+    """What an outcome reports, for settling (None: not reported)."""
+
+    input_tokens: float | None
+    output_tokens: float | None
+    cost: float | None
+
+
+class Settled(NamedTuple):
+    """One bucket a settlement adjusted: its key, unit and the delta applied (> 0 charged,
+    < 0 refunded; a refund past full is cut short)."""
+
+    key: str
+    unit: str
+    delta: float
+
+
+class Settlement(NamedTuple):
+    """What `settle_reservation` found: `settled` (and the buckets it adjusted), `expired`
+    (the record was past its expiry: taken out, nothing applied), or `absent` (never
+    reserved, or settled already)."""
+
+    state: str
+    applied: tuple[Settled, ...] = ()
+
+
+class ReservationCounts(NamedTuple):
+    """A store object's own reservations: outstanding now (neither settled anywhere nor
+    expired), and those that expired unsettled since the last call."""
+
+    outstanding: int
+    expired: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +395,31 @@ class Settles(Store, Protocol):
     def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
         """Apply every adjustment (one decision's) in one atomic step; the delta applied to
         each (a refund past full is cut short)."""
+        ...
+
+
+@runtime_checkable
+class SharedReservations(Settles, Protocol):
+    """A store that keeps reservation records itself, for every instance sharing it (Redis)."""
+
+    def acquire_reserving(
+        self,
+        shared: Sequence[Spec],
+        options: Sequence[Sequence[Spec]],
+        now: float,
+        ticket: Ticket,
+    ) -> AcquireResult:
+        """`acquire` (consuming); when it admits, the reservation record of `ticket` is
+        written in the same atomic step (merged into a live one under the same id)."""
+        ...
+
+    def settle_reservation(self, request_id: str, usage: Usage, now: float) -> Settlement:
+        """Take the record of `request_id` out and apply its adjustments, atomically."""
+        ...
+
+    def reservation_counts(self, now: float) -> ReservationCounts:
+        """This store object's reservations outstanding at `now`, and expired since the
+        last call."""
         ...
 
 

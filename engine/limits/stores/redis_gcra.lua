@@ -8,6 +8,17 @@
 -- Returns: { option index (-1: denied), failed position (0: none, else 1-based in the
 --            returned outcomes), then per returned bucket: available, allowed (0/1),
 --            full_at } with numbers as strings (Lua floats would be truncated).
+--
+-- Reserve-then-settle (`RedisStore.acquire_reserving`): three more KEYS after the buckets
+-- (the reservation record, this store's set of outstanding reservations, its mailbox of
+-- expired ones) and, after the specs' ARGV: request id, input tokens, expires_at (ms, the
+-- engine's clock), keep (ms of PEXPIRE past expires_at, cleanup only), and one character per
+-- spec in KEYS order: `t` (a tokens bucket), `s` (spend) or `-` (not reserved). When the
+-- decision is admitted (and consumes), its reserved buckets are written to the record, a
+-- list: expires_at, input tokens, the outstanding set's key, then per bucket: key, rate,
+-- estimate (its cost), unit; a live record under the same id gets them appended (a shadow
+-- limit's second call). The outstanding set (request id scored by expires_at) is swept
+-- first: the expired ones are counted into the mailbox (`redis_settle.lua` `count` reads it).
 
 local now = tonumber(ARGV[1])
 local consume = ARGV[2] == "1"
@@ -16,6 +27,9 @@ local n_options = tonumber(ARGV[4])
 local sizes = {}
 for i = 1, n_options do sizes[i] = tonumber(ARGV[4 + i]) end
 local base = 4 + n_options
+local n_specs = n_shared
+for i = 1, n_options do n_specs = n_specs + sizes[i] end
+local reserving = consume and #KEYS > n_specs
 
 local function spec(i)
   local a = base + (i - 1) * 3
@@ -43,6 +57,42 @@ local function take(i)
   local new = start + cost / rate
   redis.call("SET", key, string.format("%.17g", new), "PX", math.max(1, math.ceil(new - now) + 1000))
   return new
+end
+
+local function reserve(positions)
+  local t = base + 3 * n_specs
+  local flags = ARGV[t + 5]
+  local items = {}
+  for j = 1, #positions do
+    local i = positions[j]
+    local unit = string.sub(flags, i, i)
+    if unit ~= "-" then
+      local a = base + (i - 1) * 3
+      items[#items + 1] = KEYS[i]
+      items[#items + 1] = ARGV[a + 2]  -- rate
+      items[#items + 1] = ARGV[a + 3]  -- the estimate: the cost it took
+      items[#items + 1] = unit
+    end
+  end
+  if #items == 0 then return end
+  local record, outstanding, mailbox = KEYS[n_specs + 1], KEYS[n_specs + 2], KEYS[n_specs + 3]
+  local expires_at = ARGV[t + 3]
+  local ttl = math.max(1, math.ceil(tonumber(expires_at) - now)) + tonumber(ARGV[t + 4])
+  local swept = redis.call("ZREMRANGEBYSCORE", outstanding, "-inf", ARGV[1])  -- score <= now
+  if swept > 0 then
+    redis.call("INCRBY", mailbox, swept)
+    redis.call("PEXPIRE", mailbox, ttl)
+  end
+  local live = tonumber(redis.call("LINDEX", record, 0))
+  if live ~= nil and live > now then
+    redis.call("RPUSH", record, unpack(items))
+  else  -- none, or an expired one under a reused id (its maker counts it expired)
+    redis.call("DEL", record)
+    redis.call("RPUSH", record, expires_at, ARGV[t + 2], outstanding, unpack(items))
+    redis.call("ZADD", outstanding, expires_at, ARGV[t + 1])
+    if redis.call("PTTL", outstanding) < ttl then redis.call("PEXPIRE", outstanding, ttl) end
+  end
+  if redis.call("PTTL", record) < ttl then redis.call("PEXPIRE", record, ttl) end
 end
 
 local out = {}
@@ -82,6 +132,7 @@ for o = 1, n_options do
   if failed == 0 then
     if consume then
       for j = 1, #out do out[j][3] = take(positions[j]) end
+      if reserving then reserve(positions) end
     end
     return reply(o - 1)
   end
@@ -91,6 +142,7 @@ end
 if n_options == 0 then
   if consume then
     for j = 1, #out do out[j][3] = take(positions[j]) end
+    if reserving then reserve(positions) end
   end
   return reply(0)
 end

@@ -10,11 +10,20 @@ live in one slot and a Redis Cluster can run it.
 A Redis that is down or slow (the socket timeout, default 50 ms, `?timeout=0.2` to change)
 raises `StoreUnavailableError`; the limiter then applies the policy's `on_store_error`.
 redis-py reconnects on the next call, so the store recovers on its own.
+
+Reservations (reserve-then-settle, docs/ratelimits.md) live here too, so an outcome may reach
+any instance: the admission's script writes the record `{policyctl}:r:<request id>` (a list:
+expires_at, input tokens, its maker's outstanding set, then per bucket key, rate, estimate,
+unit), and `settle_reservation` takes it out and applies it in one script. Each store object
+has an id of its own: its outstanding reservations are the sorted set
+`{policyctl}:ro:<id>` (request id scored by expires_at), and the ones that expired unsettled
+are counted into `{policyctl}:rx:<id>` until `reservation_counts` reads them.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +36,14 @@ from engine.limits.stores.base import (
     Gauge,
     Outcome,
     Quota,
+    ReservationCounts,
+    Settled,
+    Settlement,
     Slots,
     Spec,
     StoreUnavailableError,
+    Ticket,
+    Usage,
 )
 
 PREFIX = "{policyctl}:"
@@ -42,6 +56,21 @@ LEASES = PREFIX + "l:"
 INFLIGHT_SCRIPT = (Path(__file__).with_name("redis_inflight.lua")).read_text(encoding="utf-8")
 # reserve-then-settle: one decision's adjustments in one script
 SETTLE_SCRIPT = (Path(__file__).with_name("redis_settle.lua")).read_text(encoding="utf-8")
+# reservation records, and per store object its outstanding set and expired mailbox
+RESERVATIONS = PREFIX + "r:"
+OUTSTANDING = PREFIX + "ro:"
+EXPIRED = PREFIX + "rx:"
+KEEP_MS = 3_600_000  # a record outlives its expiry by an hour in Redis (cleanup only)
+_UNIT_FLAGS = {"tokens": "t", "spend": "s"}
+_FLAG_UNITS = {"t": "tokens", "s": "spend"}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _optional(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
 
 
 class RedisStore:
@@ -81,6 +110,10 @@ class RedisStore:
         self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
         self._settle_script = self._redis.register_script(SETTLE_SCRIPT)
         self.round_trips = 0
+        # this store object's own reservations (reserve-then-settle)
+        self.instance = uuid.uuid4().hex
+        self._outstanding = OUTSTANDING + self.instance
+        self._expired = EXPIRED + self.instance
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.round_trips += 1
@@ -99,6 +132,25 @@ class RedisStore:
         *,
         consume: bool = True,
     ) -> AcquireResult:
+        return self._acquire(shared, options, now, consume, None)
+
+    def acquire_reserving(
+        self,
+        shared: Sequence[Spec],
+        options: Sequence[Sequence[Spec]],
+        now: float,
+        ticket: Ticket,
+    ) -> AcquireResult:
+        return self._acquire(shared, options, now, True, ticket)
+
+    def _acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        consume: bool,
+        ticket: Ticket | None,
+    ) -> AcquireResult:
         option_list = [list(option) for option in options]
         specs: list[Spec] = list(shared)
         for option in option_list:
@@ -108,6 +160,14 @@ class RedisStore:
         argv.extend(len(option) for option in option_list)
         for spec in specs:
             argv.extend((repr(float(spec[1])), repr(float(spec[2])), repr(float(spec[3]))))
+        if ticket is not None:
+            units = ticket.units
+            flags = "".join(_UNIT_FLAGS.get(units.get(spec[0], ""), "-") for spec in specs)
+            keys.extend((RESERVATIONS + ticket.request_id, self._outstanding, self._expired))
+            argv.extend((
+                ticket.request_id, repr(float(ticket.input_tokens)),
+                repr(float(ticket.expires_at)), KEEP_MS, flags,
+            ))  # fmt: skip
         reply = self._call(self._script, keys=keys, args=argv)
         option = int(reply[0])
         failed_at = int(reply[1])
@@ -164,12 +224,35 @@ class RedisStore:
     def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
         if not adjustments:
             return []
-        argv: list[Any] = [repr(float(now))]
+        argv: list[Any] = ["adjust", repr(float(now))]
         for adjustment in adjustments:
             argv.extend((repr(float(adjustment[2])), repr(float(adjustment[3]))))
         keys = [BUCKETS + a[0] for a in adjustments]
         reply = self._call(self._settle_script, keys=keys, args=argv)
         return [float(v) for v in reply]
+
+    def settle_reservation(self, request_id: str, usage: Usage, now: float) -> Settlement:
+        argv = [
+            "take", repr(float(now)), request_id, _optional(usage.input_tokens),
+            _optional(usage.output_tokens), _optional(usage.cost),
+        ]  # fmt: skip
+        reply = self._call(self._settle_script, keys=[RESERVATIONS + request_id], args=argv)
+        state = _text(reply[0])
+        values = reply[1:]
+        applied = tuple(
+            Settled(
+                _text(values[i])[len(BUCKETS) :],
+                _FLAG_UNITS[_text(values[i + 1])],
+                float(values[i + 2]),
+            )
+            for i in range(0, len(values), 3)
+        )
+        return Settlement(state, applied)
+
+    def reservation_counts(self, now: float) -> ReservationCounts:
+        keys = [self._outstanding, self._expired]
+        reply = self._call(self._settle_script, keys=keys, args=["count", repr(float(now))])
+        return ReservationCounts(int(reply[0]), int(reply[1]))
 
     # ------------------------------------------------------------------ in-flight slots
 
