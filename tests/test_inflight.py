@@ -325,3 +325,22 @@ def test_ratelimit_status_shows_free_slots_and_the_lease() -> None:
     (user_row,) = [r for r in RateLimitAdmin(engine).status("user", "al")]
     assert user_row["in_flight"] == 2  # another user's outcome frees none of al's
     engine.close()
+
+
+def test_an_instance_that_never_decided_releases_the_slots_of_another(redis_server: Any) -> None:
+    """Two engines on one Redis (a load balancer sends the outcome elsewhere): the outcome
+    reaching an instance that has made no decision yet still frees the slot."""
+    clock = Clock()
+    text = "limit global concurrent 1\n"
+    deciding = engine_for(text, clock, fresh(redis_server, 13))
+    receiving = engine_for(text, clock, fresh(redis_server, 13))
+    first = deciding.evaluate({"id": "a", "prompt": "hi"})
+    assert first.allowed
+    assert not deciding.evaluate({"id": "b", "prompt": "hi"}).allowed  # the one slot is held
+    assert receiving.record_outcome(
+        first.provider, first.model, latency_ms=100.0, success=True, request_id="a"
+    )
+    assert held(deciding) == 0
+    assert deciding.evaluate({"id": "c", "prompt": "hi"}).allowed
+    deciding.close()
+    receiving.close()

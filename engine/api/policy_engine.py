@@ -197,6 +197,7 @@ class PolicyEngine:
         self.store: Store = open_store(state) if isinstance(state, str) else state
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
+        self.limiter.prepare(self._program.limits)
         self._logs = EngineLogs(self.store, self.limiter) if self.store.persistent else None
         self.analytics: AnalyticsLogs | None = None  # where violations and stats go instead
         if analytics is not None and self.store.persistent:
@@ -297,6 +298,7 @@ class PolicyEngine:
                     f"{window_ms:.0f}",
                 )
             self._program = loaded.program  # one reference: evaluations read one snapshot
+            self.limiter.prepare(loaded.program.limits)
             self.alert_monitor.load(loaded.program.alerts, loaded.program.version)
             kept = self._request_log
             if kept is not None:  # the metadata keys the new policy reads

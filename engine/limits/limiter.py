@@ -468,6 +468,14 @@ class Limiter:
             self._groups = {id(limits): cached}  # one policy at a time
         return cached
 
+    def prepare(self, limits: tuple[CompiledLimit, ...]) -> None:
+        """Know the serving policy's limits before its first decision (the engine calls this
+        when a policy is loaded): an instance that only receives outcomes (another instance
+        on the same Redis decided) then releases in-flight slots and settles reservations."""
+        known, plan = self._plan
+        if known is not limits or plan is None:
+            self._plan_for(limits)
+
     def _plan_for(self, limits: tuple[CompiledLimit, ...]) -> _Plan:
         plan = _Plan(group_limits(limits))
         if plan.inflight:
