@@ -28,6 +28,7 @@ implements `Store` and claims any of the others by having their members:
 | `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
 | `InFlightSlots`    | take_slots, release_slots, inflight         | memory, DuckDB, Redis |
 | `Settles`          | settle                                      | memory, DuckDB, Redis |
+| `AffinityPins`     | swap_pin, set_pin                           | Redis                 |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -52,6 +53,10 @@ implements `Store` and claims any of the others by having their members:
   Reserve, then settle) in one step: per bucket, the difference between what the decision's
   estimate took and what it used; a refund never makes a bucket more than full (`settled`).
   Memory and DuckDB under the store's lock, Redis in one script (`redis_settle.lua`).
+- `AffinityPins`: `affinity` pins every instance shares (docs/language.md, Session
+  affinity): `swap_pin` reads a key's pin and writes this decision's in one round trip
+  (`redis_pin.lua`); the engine's clock decides whether a pin is live, the store's expiry
+  only cleans up. Memory and DuckDB state keep pins in the engine (`PinTable`).
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -339,6 +344,40 @@ class Settles(Store, Protocol):
     def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
         """Apply every adjustment (one decision's) in one atomic step; the delta applied to
         each (a refund past full is cut short)."""
+        ...
+
+
+class PinRecord(NamedTuple):
+    """An affinity pin as a shared store keeps it."""
+
+    model: str  # the model's key, `provider/id`
+    at: float  # epoch seconds (the engine's clock): the key's last request
+    input_tokens: float  # that request's input tokens
+
+
+@runtime_checkable
+class AffinityPins(Store, Protocol):
+    """A store that keeps `affinity` pins for every instance on it (Redis)."""
+
+    def swap_pin(
+        self,
+        key: str,
+        now: float,
+        ttl_ms: float,
+        keep_ms: float,
+        input_tokens: float,
+        default: str,
+        eligible: Sequence[str],
+        write: bool,
+    ) -> tuple[PinRecord | None, str | None]:
+        """In one atomic step: the pin of `key` if it is live at `now` (epoch seconds: within
+        `ttl_ms` of its `at`), and, with `write`, `key` pinned at `now` to that pin's model
+        when it is in `eligible`, else to `default`, kept `keep_ms`. Returns (the live pin,
+        the model written or None)."""
+        ...
+
+    def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
+        """Pin `key` as `pin` says, kept `keep_ms`."""
         ...
 
 

@@ -26,6 +26,7 @@ from engine.limits.stores.base import (
     ConfigurationError,
     Gauge,
     Outcome,
+    PinRecord,
     Quota,
     Slots,
     Spec,
@@ -42,6 +43,9 @@ LEASES = PREFIX + "l:"
 INFLIGHT_SCRIPT = (Path(__file__).with_name("redis_inflight.lua")).read_text(encoding="utf-8")
 # reserve-then-settle: one decision's adjustments in one script
 SETTLE_SCRIPT = (Path(__file__).with_name("redis_settle.lua")).read_text(encoding="utf-8")
+# affinity pins (`affinity by … for D`): one string per route and key hash
+PINS = PREFIX + "p:"
+PIN_SCRIPT = (Path(__file__).with_name("redis_pin.lua")).read_text(encoding="utf-8")
 
 
 class RedisStore:
@@ -80,6 +84,7 @@ class RedisStore:
         self._script = self._redis.register_script(SCRIPT)
         self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
         self._settle_script = self._redis.register_script(SETTLE_SCRIPT)
+        self._pin_script = self._redis.register_script(PIN_SCRIPT)
         self.round_trips = 0
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -202,6 +207,40 @@ class RedisStore:
                 found.append((name[len(GAUGES) :], count))
         return sorted(found)
 
+    # ------------------------------------------------------------------ affinity pins
+
+    def swap_pin(
+        self,
+        key: str,
+        now: float,
+        ttl_ms: float,
+        keep_ms: float,
+        input_tokens: float,
+        default: str,
+        eligible: Sequence[str],
+        write: bool,
+    ) -> tuple[PinRecord | None, str | None]:
+        argv: list[Any] = [
+            repr(float(now)), repr(float(ttl_ms)), max(1, int(keep_ms)), "1" if write else "0",
+            repr(float(input_tokens)), default, *eligible,
+        ]  # fmt: skip
+        old, live, model = self._pin_call(self._pin_script, keys=[PINS + key], args=argv)
+        pin = _pin_record(old) if live in (b"1", "1") else None
+        written = model.decode() if isinstance(model, bytes) else model
+        return pin, written or None
+
+    def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
+        value = f"{pin.at!r}|{float(pin.input_tokens)!r}|{pin.model}"
+        self._pin_call(self._redis.set, PINS + key, value, px=max(1, int(keep_ms)))
+
+    def _pin_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_call`, with any error of the server's (a read-only replica, out of memory) also
+        a `StoreUnavailableError`: a pin never fails a decision."""
+        try:
+            return self._call(fn, *args, **kwargs)
+        except self._response_error as err:
+            raise StoreUnavailableError(f"redis at `{self.url}`: {err}") from None
+
     # ------------------------------------------------------------------ quotas
 
     def quotas(self) -> list[Quota]:
@@ -234,3 +273,15 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _pin_record(value: bytes | str) -> PinRecord | None:
+    """A pin's stored string, `at|input_tokens|model`; None if it is not one."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split("|", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return PinRecord(parts[2], float(parts[0]), float(parts[1]))
+    except ValueError:
+        return None
