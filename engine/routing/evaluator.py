@@ -33,7 +33,7 @@ import hashlib
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ from engine.language.program import (
     stable_fraction,
 )
 from engine.limits.limiter import Limiter, Verdict
-from engine.limits.records import UNATTRIBUTED, LimitDenial
+from engine.limits.records import UNATTRIBUTED, LimitDenial, PinWrite
 from engine.routing.decision import (
     AffinityOutcome,
     Alternative,
@@ -152,6 +152,11 @@ class Pins(Protocol):
         pins the key as `PinAsk` says, in the same call, when `ask.write`."""
         ...
 
+    def fold(self, ask: PinAsk, models: Callable[[], Sequence[str]]) -> PinWrite | None:
+        """The pin for the limits' store call to write for the candidate it admits (None:
+        this store does not; `models()`: the candidates' keys in ranking order)."""
+        ...
+
     def settle(self, ask: PinAsk, pin: Pin | None, model: str | None, written: bool) -> None:
         """The decision is made (with `ask.write`): it went to `model` (None: denied), and
         `pin` is what `swap` read. The key is pinned to `model`, unless `written` (the
@@ -197,6 +202,9 @@ class PinTable:
 
     def swap(self, ask: PinAsk) -> Pin | None:
         return ask.live(self._pins.get(ask.key))
+
+    def fold(self, ask: PinAsk, models: Callable[[], Sequence[str]]) -> PinWrite | None:
+        return None
 
     def settle(self, ask: PinAsk, pin: Pin | None, model: str | None, written: bool) -> None:
         if model is not None:  # a denied request leaves the pins as they were
@@ -1063,7 +1071,12 @@ def _evaluate(
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     skip = 0
     shadow_denials: tuple[LimitDenial, ...] = ()  # `shadow limit …`s that would have denied
+    fold: PinWrite | None = None
     if limiter is not None and program.limits:
+        if pinning is not None and pinning.ask is not None and pinning.ask.write:
+            fold = state.pins.fold(  # type: ignore[union-attr]
+                pinning.ask, lambda: [keys[pos[s]] for s in order]
+            )
         verdict = limiter.check(
             program.limits,
             env,
@@ -1071,6 +1084,7 @@ def _evaluate(
             consume=consume,
             on_store_error=settings.on_store_error,
             record=record,
+            pin=fold,
         )
         statuses = verdict.statuses
         shadow_denials = verdict.shadow_denials
@@ -1099,7 +1113,8 @@ def _evaluate(
         if pinning.slot >= 0 and skip:  # the pinned model is at a limit: the pin moves
             pinning.broken, pinning.slot, pinning.cached = "limit", -1, 0.0
         if pinning.ask is not None and pinning.ask.write:
-            state.pins.settle(pinning.ask, pinning.pin, keys[pos[best]], False)  # type: ignore[union-attr]
+            written = fold is not None and fold.written
+            state.pins.settle(pinning.ask, pinning.pin, keys[pos[best]], written)  # type: ignore[union-attr]
         if pinning.broken is not None:
             reason += (
                 f" (affinity on {affinity.key_text} broken: {pinning.pin.model}"  # type: ignore[union-attr]

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine.limits.records import PinWrite
 from engine.limits.stores.base import AffinityPins, PinRecord, StoreUnavailableError
 from engine.routing.evaluator import Pin, PinAsk, PinTable
 
@@ -64,6 +66,12 @@ class SharedPins:
         if record is None:
             return None
         return Pin(record.model, record.at, record.at + ask.ttl_ms / 1000.0, record.input_tokens)
+
+    def fold(self, ask: PinAsk, models: Callable[[], Sequence[str]]) -> PinWrite | None:
+        if getattr(self._thread, "failed", None) is ask:
+            return None  # Redis failed this decision: the limits' call meets it on its own
+        prefix = f"{ask.now!r}|{float(ask.input_tokens)!r}|"
+        return PinWrite(_key(ask), prefix, ask.ttl_ms * KEEP_FACTOR, models())
 
     def settle(self, ask: PinAsk, pin: Pin | None, model: str | None, written: bool) -> None:
         if getattr(self._thread, "failed", None) is ask:  # Redis failed: this instance's own

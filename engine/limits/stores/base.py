@@ -28,7 +28,7 @@ implements `Store` and claims any of the others by having their members:
 | `HeldBuckets`      | bucket_counts                               | memory, DuckDB        |
 | `InFlightSlots`    | take_slots, release_slots, inflight         | memory, DuckDB, Redis |
 | `Settles`          | settle                                      | memory, DuckDB, Redis |
-| `AffinityPins`     | swap_pin, set_pin                           | Redis                 |
+| `AffinityPins`     | swap_pin, set_pin, acquire(pin=)            | Redis                 |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -55,8 +55,9 @@ implements `Store` and claims any of the others by having their members:
   Memory and DuckDB under the store's lock, Redis in one script (`redis_settle.lua`).
 - `AffinityPins`: `affinity` pins every instance shares (docs/language.md, Session
   affinity): `swap_pin` reads a key's pin and writes this decision's in one round trip
-  (`redis_pin.lua`); the engine's clock decides whether a pin is live, the store's expiry
-  only cleans up. Memory and DuckDB state keep pins in the engine (`PinTable`).
+  (`redis_pin.lua`), and `acquire(…, pin=)` moves it to the candidate the limits admit in
+  their own call (`redis_pin_fold.lua`); the engine's clock decides whether a pin is live,
+  the store's expiry only cleans up. Memory and DuckDB state keep pins in the engine (`PinTable`).
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -70,6 +71,7 @@ from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checka
 
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
+from engine.limits.records import PinWrite
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 # ... and slack in time: a bucket's full-at time is epoch milliseconds (about 1.8e12, where
@@ -378,6 +380,19 @@ class AffinityPins(Store, Protocol):
 
     def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
         """Pin `key` as `pin` says, kept `keep_ms`."""
+        ...
+
+    def acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+        pin: PinWrite | None = None,
+    ) -> AcquireResult:
+        """`Store.acquire`; with `pin` (consuming), the key pinned to the model of the
+        candidate admitted (the first of `pin.models` with no options), in the same call."""
         ...
 
 

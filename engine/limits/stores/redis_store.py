@@ -27,6 +27,7 @@ from engine.limits.stores.base import (
     Gauge,
     Outcome,
     PinRecord,
+    PinWrite,
     Quota,
     Slots,
     Spec,
@@ -46,6 +47,12 @@ SETTLE_SCRIPT = (Path(__file__).with_name("redis_settle.lua")).read_text(encodin
 # affinity pins (`affinity by … for D`): one string per route and key hash
 PINS = PREFIX + "p:"
 PIN_SCRIPT = (Path(__file__).with_name("redis_pin.lua")).read_text(encoding="utf-8")
+# ... and the check-and-consume script with a pin written for the candidate it admits
+PIN_FOLD_SCRIPT = (
+    (Path(__file__).with_name("redis_pin_fold.lua"))
+    .read_text(encoding="utf-8")
+    .replace("--[[redis_gcra.lua]]", SCRIPT)
+)
 
 
 class RedisStore:
@@ -85,6 +92,7 @@ class RedisStore:
         self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
         self._settle_script = self._redis.register_script(SETTLE_SCRIPT)
         self._pin_script = self._redis.register_script(PIN_SCRIPT)
+        self._pin_fold_script = self._redis.register_script(PIN_FOLD_SCRIPT)
         self.round_trips = 0
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -103,7 +111,10 @@ class RedisStore:
         now: float,
         *,
         consume: bool = True,
+        pin: PinWrite | None = None,
     ) -> AcquireResult:
+        """`pin` (a decision on a route with `affinity`, consuming): the key is pinned to
+        the admitted candidate's model in the same script (`redis_pin_fold.lua`)."""
         option_list = [list(option) for option in options]
         specs: list[Spec] = list(shared)
         for option in option_list:
@@ -113,8 +124,15 @@ class RedisStore:
         argv.extend(len(option) for option in option_list)
         for spec in specs:
             argv.extend((repr(float(spec[1])), repr(float(spec[2])), repr(float(spec[3]))))
-        reply = self._call(self._script, keys=keys, args=argv)
+        script = self._script
+        if pin is not None and consume:
+            script = self._pin_fold_script
+            keys.append(PINS + pin.key)
+            argv += [pin.prefix, max(1, int(pin.keep_ms)), *pin.models, len(pin.models) + 2]
+        reply = self._call(script, keys=keys, args=argv)
         option = int(reply[0])
+        if script is not self._script and 0 <= option < len(pin.models):  # type: ignore[union-attr]
+            pin.written = True  # type: ignore[union-attr]
         failed_at = int(reply[1])
         values = reply[2:]
         count = len(values) // 3
