@@ -47,7 +47,7 @@ from engine.routing.metrics import (
 )
 from engine.routing.request import Request, env_of
 from engine.routing.request_log import RequestLog
-from engine.routing.shared_pins import shared_pins
+from engine.routing.shared_pins import SharedPins, shared_pins
 from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
 
 if TYPE_CHECKING:
@@ -434,6 +434,13 @@ class PolicyEngine:
     @property
     def version(self) -> str:
         return self._program.version
+
+    @property
+    def pin_errors(self) -> int:
+        """Store calls for a shared affinity pin that failed (Redis state), each decision
+        then routed on this instance's own pins (docs/redis.md)."""
+        pins = self._state.pins
+        return pins.errors if isinstance(pins, SharedPins) else 0
 
     def evaluate(
         self,
