@@ -215,7 +215,8 @@ def test_an_affinity_decision_costs_one_round_trip_and_a_plain_one_none(
     catalog: str, redis_server: Any
 ) -> None:
     clock = Clock()
-    (e,) = engines(catalog + ROUTE, url_of(redis_server, 10), clock, 1)
+    url = url_of(redis_server, 10)
+    (e,) = engines(catalog + ROUTE, url, clock, 1)
     before = trips(e)
     ask(e, None, 0)  # the route without affinity, no limits: Redis is not asked
     assert trips(e) == before
@@ -226,6 +227,11 @@ def test_an_affinity_decision_costs_one_round_trip_and_a_plain_one_none(
     before = trips(e)
     e.evaluate({"id": "dry", "metadata": {"session_id": "s"}}, dry_run=True)
     assert trips(e) == before + 1  # a dry run reads
+    dry = e.evaluate({"id": "dry", "metadata": {"session_id": "new"}}, dry_run=True)
+    client = redis.Redis.from_url(url.split("?")[0])
+    assert len(client.keys(PINS + "*")) == 1  # ... and neither creates nor moves a pin
+    assert not client.exists(f"{PINS}agents:{affinity(dry)['key_hash']}")
+    client.close()
     close(e)
 
 
