@@ -47,6 +47,7 @@ from engine.routing.metrics import (
 )
 from engine.routing.request import Request, env_of
 from engine.routing.request_log import RequestLog
+from engine.routing.shared_pins import SharedPins, shared_pins
 from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ class PolicyEngine:
         `warm_progress`: called as `(outcomes read, outcomes to read)` while the live window
         is warmed from the outcome log (the CLI's progress bar; the engine prints nothing).
         `affinity_pins`: the `affinity` pins kept in memory, at most (the least recently
-        used are dropped first).
+        used are dropped first). On Redis state the pins are shared by every instance on
+        it, and those kept in memory are this instance's fallback while Redis fails.
         `settle_within_s`: a token or spend reservation whose outcome has not come by then
         (on `clock`) expires, and its estimate stands (docs/ratelimits.md, Reserve, then
         settle).
@@ -111,7 +113,7 @@ class PolicyEngine:
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
             outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
-        self._state.pins = PinTable(affinity_pins)
+        self._state.pins = shared_pins(self.store, PinTable(affinity_pins))
         self.limiter.settle_within_s = settle_within_s
 
     @classmethod
@@ -144,7 +146,7 @@ class PolicyEngine:
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
             metrics_refresh_ms, log_requests, hash_keys, warm_progress,
         )  # fmt: skip
-        engine._state.pins = PinTable(affinity_pins)
+        engine._state.pins = shared_pins(engine.store, PinTable(affinity_pins))
         engine.limiter.settle_within_s = settle_within_s
         return engine
 
@@ -434,6 +436,13 @@ class PolicyEngine:
     @property
     def version(self) -> str:
         return self._program.version
+
+    @property
+    def pin_errors(self) -> int:
+        """Store calls for a shared affinity pin that failed (Redis state), each decision
+        then routed on this instance's own pins (docs/redis.md)."""
+        pins = self._state.pins
+        return pins.errors if isinstance(pins, SharedPins) else 0
 
     def evaluate(
         self,

@@ -40,9 +40,11 @@ from engine.limits.stores.base import (
     TIME_SLACK_MS,
     AcquireResult,
     Adjustment,
+    AffinityPins,
     Gauge,
     InFlightSlots,
     Outcome,
+    PinWrite,
     Quota,
     ReservationCounts,
     Settles,
@@ -448,6 +450,8 @@ class Limiter:
     # per unit (`tokens`, `spend`), summed over the buckets adjusted
     refunded: Counter[str] = field(default_factory=Counter)
     charged: Counter[str] = field(default_factory=Counter)
+    # the store writes an affinity pin in its bucket call (`acquire(…, pin=)`: Redis)
+    _pins_in_acquire: bool = False
 
     def __post_init__(self) -> None:
         store = self.store
@@ -457,6 +461,7 @@ class Limiter:
             self._settles = store
         if isinstance(store, SharedReservations):
             self._shared = store
+        self._pins_in_acquire = isinstance(store, AffinityPins)
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
             self._consume_all = store.consume_all
             self._acquire_stepwise = store.acquire_stepwise
@@ -511,20 +516,25 @@ class Limiter:
         record: bool = True,
         gauges: bool = True,
         shadow: bool = True,
+        pin: PinWrite | None = None,
     ) -> Verdict:
         """`record` false (a shadow route's dry run): no tallies, no violations either.
         `shadow` false: the enforced limits only (the policy's shadow limits are not asked);
-        `gauges` false: the buckets alone (what `_check_inflight` asks between its gauges)."""
+        `gauges` false: the buckets alone (what `_check_inflight` asks between its gauges).
+        `pin`: an affinity pin the store writes for the candidate its bucket call admits
+        (`pin.models`: the candidates' model keys in order), when it can (Redis); then
+        `pin.written` is set."""
+        pins = {"pin": pin} if pin is not None and self._pins_in_acquire else None
         known, plan = self._plan
         if known is not limits or plan is None:
             plan = self._plan_for(limits)
         if plan.shadow is not None and shadow:
             return self._with_shadow(
-                plan.shadow, limits, env, list(candidates), consume, on_store_error, record
+                plan.shadow, limits, env, list(candidates), consume, on_store_error, record, pin
             )
         if plan.inflight and gauges and self._slots is not None:
             return self._check_inflight(
-                plan, limits, env, candidates, consume, on_store_error, record
+                plan, limits, env, candidates, consume, on_store_error, record, pin
             )
         now_s = self.clock()
         now = now_s * 1000.0
@@ -587,11 +597,13 @@ class Limiter:
                 acquire = self._acquire_stepwise  # type: ignore[assignment]
             try:
                 if consume and self._reserve_in_store:
-                    result = self._acquire_reserving(_specs(shared), [], [shared_info], env, now)
+                    result = self._acquire_reserving(
+                        _specs(shared), [], [shared_info], env, now, pins
+                    )
                 else:
                     result = acquire(
                         shared if consume_all is not None else _specs(shared), (), now,
-                        consume=consume,
+                        consume=consume, **(pins or {}),
                     )  # fmt: skip
             except StoreUnavailableError as err:
                 return self._store_down(err, on_store_error, now_s)
@@ -641,10 +653,10 @@ class Limiter:
             if consume and self._reserve_in_store:  # every option built: the ticket names them
                 listed = list(options())
                 result = self._acquire_reserving(
-                    _specs(shared), listed, [shared_info, *option_info], env, now
+                    _specs(shared), listed, [shared_info, *option_info], env, now, pins
                 )
             else:
-                result = acquire(as_specs(shared), options(), now, consume=consume)
+                result = acquire(as_specs(shared), options(), now, consume=consume, **(pins or {}))
         except StoreUnavailableError as err:
             return self._store_down(err, on_store_error, now_s)
         if result[0] is None and len(option_buckets) > 1 and len(result[1]) > len(shared):
@@ -664,6 +676,7 @@ class Limiter:
         consume: bool,
         on_store_error: str,
         record: bool,
+        pin: PinWrite | None = None,
     ) -> Verdict:
         """`check` with `concurrent` limits: a slot of every gauge that applies, taken before
         the buckets under the request id and given back when they deny, so a denial by any
@@ -707,10 +720,16 @@ class Limiter:
                 continue
             # the buckets; a violation is recorded by the last attempt only (one per decision)
             last = not per_parts or index == len(ranked) - 1
+            one = pin
+            if pin is not None and per_parts:  # this candidate's model alone
+                one = PinWrite(pin.key, pin.prefix, pin.keep_ms, pin.models[index : index + 1])
             verdict = self.check(
                 limits, env, [candidate] if per_parts else candidates, consume=consume,
                 on_store_error=on_store_error, record=record and last, gauges=False, shadow=False,
+                pin=one,
             )  # fmt: skip
+            if one is not None and one.written:
+                pin.written = True  # type: ignore[union-attr]
             allowed = verdict.option is not None
             gauge_statuses = [
                 LimitStatus(
@@ -852,6 +871,7 @@ class Limiter:
         infos: Sequence[list[tuple[Applied, str]]],
         env: Mapping[str, Any],
         now: float,
+        pins: dict[str, PinWrite] | None = None,
     ) -> AcquireResult:
         """The consuming store call on a store that keeps reservations: its record written
         in the same call when the decision is admitted (one round trip). `infos`: the
@@ -865,11 +885,10 @@ class Limiter:
             a.prefix + key: a.unit for info in infos for a, key in info if a.unit in _RESERVED_UNITS
         }
         if request_id is None or not units:
-            return store.acquire(shared, specs, now)
+            return store.acquire(shared, specs, now, **(pins or {}))
         expires_at = now + self.settle_within_s * 1000.0
-        return store.acquire_reserving(
-            shared, specs, now, Ticket(str(request_id), env["input_tokens"], expires_at, units)
-        )
+        ticket = Ticket(str(request_id), env["input_tokens"], expires_at, units)
+        return store.acquire_reserving(shared, specs, now, ticket, **(pins or {}))
 
     def _sweep(self, now_s: float) -> None:
         """Forget expired reservations, and the oldest past `MAX_RESERVATIONS` (the caller
@@ -1006,6 +1025,7 @@ class Limiter:
         consume: bool,
         on_store_error: str,
         record: bool,
+        pin: PinWrite | None = None,
     ) -> Verdict:
         """The enforced limits' verdict; when it allows, the shadow limits (`plan`) checked
         and consumed for the candidate it chose, in one more store call, all-or-nothing as
@@ -1013,7 +1033,7 @@ class Limiter:
         reported and recorded, never applied. A store error there is ignored (counted)."""
         verdict = self.check(
             limits, env, ranked, consume=consume, on_store_error=on_store_error,
-            record=record, shadow=False,
+            record=record, shadow=False, pin=pin,
         )  # fmt: skip
         option = verdict.option
         if option is None:

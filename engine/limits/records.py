@@ -10,7 +10,7 @@ JSON, as `Decision.to_dict()` shows it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +118,16 @@ class LimitStatus:
             "reset_at": None if self.reset_at is None else round(self.reset_at, 3),
             "retry_after_ms": self.retry_after_ms,
         }
+
+
+@dataclass(slots=True)
+class PinWrite:
+    """An affinity pin for the limits' store call to write: the key pinned to the model of
+    the candidate the call admits (`written` then set), as a store that shares pins does
+    (`AffinityPins.acquire` in engine.limits.stores.base)."""
+
+    key: str  # as `swap_pin` takes it
+    prefix: str  # the stored value up to its model: `at|input_tokens|`
+    keep_ms: float
+    models: Sequence[str]  # each candidate's model key (`provider/id`), in ranking order
+    written: bool = False

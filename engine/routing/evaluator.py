@@ -33,10 +33,10 @@ import hashlib
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from engine.catalog.model import Model
 from engine.language.program import (
@@ -54,7 +54,7 @@ from engine.language.program import (
     stable_fraction,
 )
 from engine.limits.limiter import Limiter, Verdict
-from engine.limits.records import UNATTRIBUTED, LimitDenial
+from engine.limits.records import UNATTRIBUTED, LimitDenial, PinWrite
 from engine.routing.decision import (
     AffinityOutcome,
     Alternative,
@@ -103,6 +103,69 @@ class Pin:
     input_tokens: float  # that request's input tokens: what the provider may have cached
 
 
+@dataclass(frozen=True, slots=True)
+class PinAsk:
+    """One decision's question to the pins: the key's live pin, and (with `write`) the key
+    pinned at `now` to that pin's model when it is still eligible, else to `default` (where
+    the strategy sends the request)."""
+
+    route: str
+    value: Hashable  # the key's value: a local table's key, never sent anywhere
+    key_hash: str  # what a shared store keys the pin by (and the decision shows)
+    now: float  # epoch seconds, the engine's clock
+    ttl_ms: float  # the route's affinity duration: a pin is live within it of its `at`
+    input_tokens: float
+    default: str  # the model's key (`provider/id`) the request goes to unpinned
+    table: RouteTable
+    pos: Sequence[int]  # the eligible positions
+    write: bool  # false: a dry run (or a shadow) reads only
+
+    @property
+    def key(self) -> tuple[str, Hashable]:
+        return (self.route, self.value)
+
+    def eligible(self, model: str) -> bool:
+        p = self.table.position_of.get(model)
+        return p is not None and p in self.pos
+
+    def eligible_keys(self) -> list[str]:
+        keys = self.table.keys
+        return [keys[p] for p in self.pos]
+
+    def live(self, pin: Pin | None) -> Pin | None:
+        """`pin` if it is live at `now` (the same test a shared store's script makes)."""
+        if pin is None or (self.now - pin.at) * 1000.0 > self.ttl_ms:
+            return None
+        return pin
+
+    def pin(self, model: str) -> Pin:
+        """The pin this decision leaves for `model`."""
+        return Pin(model, self.now, self.now + self.ttl_ms / 1000.0, self.input_tokens)
+
+
+class Pins(Protocol):
+    """Where the affinity pins live: this process (`PinTable`) or a store every instance
+    shares (`engine.routing.shared_pins`)."""
+
+    def swap(self, ask: PinAsk) -> Pin | None:
+        """The key's live pin (None: none, or expired at `ask.now`). A shared store also
+        pins the key as `PinAsk` says, in the same call, when `ask.write`."""
+        ...
+
+    def fold(self, ask: PinAsk, models: Callable[[], Sequence[str]]) -> PinWrite | None:
+        """The pin for the limits' store call to write for the candidate it admits (None:
+        this store does not; `models()`: the candidates' keys in ranking order)."""
+        ...
+
+    def settle(self, ask: PinAsk, pin: Pin | None, model: str | None, written: bool) -> None:
+        """The decision is made (with `ask.write`): it went to `model` (None: denied), and
+        `pin` is what `swap` read. The key is pinned to `model`, unless `written` (the
+        limits' store call did it) or `swap` already did."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
 class PinTable:
     """The affinity pins of one engine, by (route, key value): bounded (the least recently
     used go first past `max_entries`, and expired ones at the front as new pins come), in
@@ -137,6 +200,16 @@ class PinTable:
                     break
                 pins.popitem(last=False)
 
+    def swap(self, ask: PinAsk) -> Pin | None:
+        return ask.live(self._pins.get(ask.key))
+
+    def fold(self, ask: PinAsk, models: Callable[[], Sequence[str]]) -> PinWrite | None:
+        return None
+
+    def settle(self, ask: PinAsk, pin: Pin | None, model: str | None, written: bool) -> None:
+        if model is not None:  # a denied request leaves the pins as they were
+            self.put(ask.key, ask.pin(model))
+
 
 @dataclass
 class EvalState:
@@ -147,7 +220,7 @@ class EvalState:
 
     turns: dict[str, int] = field(default_factory=dict)
     explored: dict[str, ExploreWindow] = field(default_factory=dict)
-    pins: PinTable = field(default_factory=PinTable)
+    pins: Pins = field(default_factory=PinTable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +291,7 @@ def _explore_reason(route: CompiledRoute, explore: Exploration, model: Model, e:
 class _Pinning:
     """A decision of a route with `affinity`: its key, the pin it read, and what came of it."""
 
-    key: tuple[str, Hashable] | None  # (route, key value); None: the request has no key
+    ask: PinAsk | None  # None: the request has no key
     key_hash: str | None
     pin: Pin | None  # the key's live pin (None: a new or expired session)
     slot: int = -1  # the pinned model's slot in the pool, when it is eligible
@@ -232,27 +305,36 @@ def _pinning(
     env: Mapping[str, Any],
     state: EvalState | None,
     pos: Sequence[int],
+    first: int,
+    write: bool,
     stats_of: Any,
     measuring: bool,
     now: float,
 ) -> _Pinning:
     """The request's affinity key and its pin: the slot of the pinned model when it is
     still eligible, else why it is not (`health`: a cooldown, an unhealthy success rate or
-    `degraded when`; `ineligible`: anything else that dropped it for this request)."""
+    `degraded when`; `ineligible`: anything else that dropped it for this request).
+    `first`: the slot the request goes to unpinned."""
     value = affinity.key(env, None)
     if value is None:
         return _Pinning(None, None, None)
-    key = (route.name, value)
     digest = hashlib.blake2b(str(value).encode(), digest_size=8).hexdigest()
-    pin = state.pins.get(key) if state is not None else None
-    if pin is None or (now - pin.at) * 1000.0 > affinity.ttl_ms:
-        return _Pinning(key, digest, None)
-    p = route.table.position_of.get(pin.model)
+    if state is None:
+        return _Pinning(None, digest, None)
+    table = route.table
+    ask = PinAsk(
+        route.name, value, digest, now, affinity.ttl_ms, env["input_tokens"],
+        table.keys[pos[first]], table, pos, write,
+    )  # fmt: skip
+    pin = state.pins.swap(ask)
+    if pin is None:
+        return _Pinning(ask, digest, None)
+    p = table.position_of.get(pin.model)
     if p is not None and p in pos:
-        return _Pinning(key, digest, pin, pos.index(p))
+        return _Pinning(ask, digest, pin, pos.index(p))
     stats = stats_of(pin.model) if measuring and p is not None else None
     unhealthy = stats is not None and _unhealthy(route, p, stats, now)  # type: ignore[arg-type]
-    return _Pinning(key, digest, pin, broken="health" if unhealthy else "ineligible")
+    return _Pinning(ask, digest, pin, broken="health" if unhealthy else "ineligible")
 
 
 def _unhealthy(route: CompiledRoute, position: int, stats: ModelStats, now: float) -> bool:
@@ -965,7 +1047,10 @@ def _evaluate(
     pinning: _Pinning | None = None
     affinity = settings.affinity
     if affinity is not None:
-        pinning = _pinning(route, affinity, env, state, pos, stats_of, measuring, now)
+        write = consume and record  # a dry run or a shadow neither creates nor moves pins
+        pinning = _pinning(
+            route, affinity, env, state, pos, order[0], write, stats_of, measuring, now
+        )
         slot = pinning.slot
         if slot >= 0:  # the session's model, first; exploring would cool its cache
             explored = None
@@ -986,7 +1071,12 @@ def _evaluate(
     limited: set[str] = set()  # providers skipped at a rate limit: not fallbacks either
     skip = 0
     shadow_denials: tuple[LimitDenial, ...] = ()  # `shadow limit …`s that would have denied
+    fold: PinWrite | None = None
     if limiter is not None and program.limits:
+        if pinning is not None and pinning.ask is not None and pinning.ask.write:
+            fold = state.pins.fold(  # type: ignore[union-attr]
+                pinning.ask, lambda: [keys[pos[s]] for s in order]
+            )
         verdict = limiter.check(
             program.limits,
             env,
@@ -994,10 +1084,13 @@ def _evaluate(
             consume=consume,
             on_store_error=settings.on_store_error,
             record=record,
+            pin=fold,
         )
         statuses = verdict.statuses
         shadow_denials = verdict.shadow_denials
         if verdict.option is None:
+            if pinning is not None and pinning.ask is not None and pinning.ask.write:
+                state.pins.settle(pinning.ask, pinning.pin, None, False)  # type: ignore[union-attr]
             return _armed(_rate_limited(program, env, route, verdict, trace), experiment)
         if verdict.option:
             explored = None  # the explored model is at a rate limit: routed normally
@@ -1019,9 +1112,9 @@ def _evaluate(
     if pinning is not None:
         if pinning.slot >= 0 and skip:  # the pinned model is at a limit: the pin moves
             pinning.broken, pinning.slot, pinning.cached = "limit", -1, 0.0
-        if pinning.key is not None and state is not None and consume and record:
-            expires = now + affinity.ttl_ms / 1000.0  # type: ignore[union-attr]
-            state.pins.put(pinning.key, Pin(keys[pos[best]], now, expires, env["input_tokens"]))
+        if pinning.ask is not None and pinning.ask.write:
+            written = fold is not None and fold.written
+            state.pins.settle(pinning.ask, pinning.pin, keys[pos[best]], written)  # type: ignore[union-attr]
         if pinning.broken is not None:
             reason += (
                 f" (affinity on {affinity.key_text} broken: {pinning.pin.model}"  # type: ignore[union-attr]

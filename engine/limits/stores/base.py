@@ -30,6 +30,7 @@ implements `Store` and claims any of the others by having their members:
 | `Settles`          | settle                                      | memory, DuckDB, Redis |
 | `SharedReservations` | acquire_reserving, settle_reservation,    | Redis                 |
 |                    | reservation_counts                          |                       |
+| `AffinityPins`     | swap_pin, set_pin, acquire(pin=)            | Redis                 |
 
 - `OnePassCheck`: the limiter may call `consume_all` in place of `acquire` (and then
   `acquire_stepwise` when a bucket lacks room), with plain tuples as specs. The claim is
@@ -64,6 +65,11 @@ implements `Store` and claims any of the others by having their members:
   rules (`Limiter.settle`) and applies them, all in one step; `reservation_counts` is this
   store object's own reservations still outstanding, and those expired since it last asked.
   Redis: one script per call (`redis_gcra.lua` writes, `redis_settle.lua` takes).
+- `AffinityPins`: `affinity` pins every instance shares (docs/language.md, Session
+  affinity): `swap_pin` reads a key's pin and writes this decision's in one round trip
+  (`redis_pin.lua`), and `acquire(…, pin=)` moves it to the candidate the limits admit in
+  their own call (`redis_pin_fold.lua`); the engine's clock decides whether a pin is live,
+  the store's expiry only cleans up. Memory and DuckDB state keep pins in the engine (`PinTable`).
 - `HeldBuckets`: the buckets live in this process (`BucketCounts`: how many, the memory
   store's `max_keys` bound, and how many were evicted or dropped past it); the service's
   `/metrics` shows them.
@@ -77,6 +83,7 @@ from typing import Any, NamedTuple, Protocol, TypeGuard, TypeVar, runtime_checka
 
 from engine.analytics.records import ConfigRow, DecisionRow, ViolationRow
 from engine.errors import EXIT_BUSY, EXIT_ERROR, PolicyctlError
+from engine.limits.records import PinWrite
 
 EPSILON = 1e-9  # float slack so that exactly-refilled tokens count
 # ... and slack in time: a bucket's full-at time is epoch milliseconds (about 1.8e12, where
@@ -398,6 +405,53 @@ class Settles(Store, Protocol):
         ...
 
 
+class PinRecord(NamedTuple):
+    """An affinity pin as a shared store keeps it."""
+
+    model: str  # the model's key, `provider/id`
+    at: float  # epoch seconds (the engine's clock): the key's last request
+    input_tokens: float  # that request's input tokens
+
+
+@runtime_checkable
+class AffinityPins(Store, Protocol):
+    """A store that keeps `affinity` pins for every instance on it (Redis)."""
+
+    def swap_pin(
+        self,
+        key: str,
+        now: float,
+        ttl_ms: float,
+        keep_ms: float,
+        input_tokens: float,
+        default: str,
+        eligible: Sequence[str],
+        write: bool,
+    ) -> tuple[PinRecord | None, str | None]:
+        """In one atomic step: the pin of `key` if it is live at `now` (epoch seconds: within
+        `ttl_ms` of its `at`), and, with `write`, `key` pinned at `now` to that pin's model
+        when it is in `eligible`, else to `default`, kept `keep_ms`. Returns (the live pin,
+        the model written or None)."""
+        ...
+
+    def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
+        """Pin `key` as `pin` says, kept `keep_ms`."""
+        ...
+
+    def acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+        pin: PinWrite | None = None,
+    ) -> AcquireResult:
+        """`Store.acquire`; with `pin` (consuming), the key pinned to the model of the
+        candidate admitted (the first of `pin.models` with no options), in the same call."""
+        ...
+
+
 @runtime_checkable
 class SharedReservations(Settles, Protocol):
     """A store that keeps reservation records itself, for every instance sharing it (Redis)."""
@@ -408,9 +462,12 @@ class SharedReservations(Settles, Protocol):
         options: Sequence[Sequence[Spec]],
         now: float,
         ticket: Ticket,
+        *,
+        pin: PinWrite | None = None,
     ) -> AcquireResult:
         """`acquire` (consuming); when it admits, the reservation record of `ticket` is
-        written in the same atomic step (merged into a live one under the same id)."""
+        written in the same atomic step (merged into a live one under the same id); `pin`
+        as `acquire`'s on a store that is also `AffinityPins`."""
         ...
 
     def settle_reservation(self, request_id: str, usage: Usage, now: float) -> Settlement:

@@ -35,6 +35,8 @@ from engine.limits.stores.base import (
     ConfigurationError,
     Gauge,
     Outcome,
+    PinRecord,
+    PinWrite,
     Quota,
     ReservationCounts,
     Settled,
@@ -73,6 +75,17 @@ def _optional(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
+# affinity pins (`affinity by … for D`): one string per route and key hash
+PINS = PREFIX + "p:"
+PIN_SCRIPT = (Path(__file__).with_name("redis_pin.lua")).read_text(encoding="utf-8")
+# ... and the check-and-consume script with a pin written for the candidate it admits
+PIN_FOLD_SCRIPT = (
+    (Path(__file__).with_name("redis_pin_fold.lua"))
+    .read_text(encoding="utf-8")
+    .replace("--[[redis_gcra.lua]]", SCRIPT)
+)
+
+
 class RedisStore:
     persistent = False
 
@@ -109,6 +122,8 @@ class RedisStore:
         self._script = self._redis.register_script(SCRIPT)
         self._inflight_script = self._redis.register_script(INFLIGHT_SCRIPT)
         self._settle_script = self._redis.register_script(SETTLE_SCRIPT)
+        self._pin_script = self._redis.register_script(PIN_SCRIPT)
+        self._pin_fold_script = self._redis.register_script(PIN_FOLD_SCRIPT)
         self.round_trips = 0
         # this store object's own reservations (reserve-then-settle)
         self.instance = uuid.uuid4().hex
@@ -131,8 +146,11 @@ class RedisStore:
         now: float,
         *,
         consume: bool = True,
+        pin: PinWrite | None = None,
     ) -> AcquireResult:
-        return self._acquire(shared, options, now, consume, None)
+        """`pin` (a decision on a route with `affinity`, consuming): the key is pinned to
+        the admitted candidate's model in the same script (`redis_pin_fold.lua`)."""
+        return self._acquire(shared, options, now, consume, None, pin)
 
     def acquire_reserving(
         self,
@@ -140,8 +158,10 @@ class RedisStore:
         options: Sequence[Sequence[Spec]],
         now: float,
         ticket: Ticket,
+        *,
+        pin: PinWrite | None = None,
     ) -> AcquireResult:
-        return self._acquire(shared, options, now, True, ticket)
+        return self._acquire(shared, options, now, True, ticket, pin)
 
     def _acquire(
         self,
@@ -150,6 +170,7 @@ class RedisStore:
         now: float,
         consume: bool,
         ticket: Ticket | None,
+        pin: PinWrite | None,
     ) -> AcquireResult:
         option_list = [list(option) for option in options]
         specs: list[Spec] = list(shared)
@@ -168,8 +189,15 @@ class RedisStore:
                 ticket.request_id, repr(float(ticket.input_tokens)),
                 repr(float(ticket.expires_at)), KEEP_MS, flags,
             ))  # fmt: skip
-        reply = self._call(self._script, keys=keys, args=argv)
+        script = self._script
+        if pin is not None and consume:  # after the ticket's: taken off before gcra runs
+            script = self._pin_fold_script
+            keys.append(PINS + pin.key)
+            argv += [pin.prefix, max(1, int(pin.keep_ms)), *pin.models, len(pin.models) + 2]
+        reply = self._call(script, keys=keys, args=argv)
         option = int(reply[0])
+        if script is not self._script and 0 <= option < len(pin.models):  # type: ignore[union-attr]
+            pin.written = True  # type: ignore[union-attr]
         failed_at = int(reply[1])
         values = reply[2:]
         count = len(values) // 3
@@ -285,6 +313,40 @@ class RedisStore:
                 found.append((name[len(GAUGES) :], count))
         return sorted(found)
 
+    # ------------------------------------------------------------------ affinity pins
+
+    def swap_pin(
+        self,
+        key: str,
+        now: float,
+        ttl_ms: float,
+        keep_ms: float,
+        input_tokens: float,
+        default: str,
+        eligible: Sequence[str],
+        write: bool,
+    ) -> tuple[PinRecord | None, str | None]:
+        argv: list[Any] = [
+            repr(float(now)), repr(float(ttl_ms)), max(1, int(keep_ms)), "1" if write else "0",
+            repr(float(input_tokens)), default, *eligible,
+        ]  # fmt: skip
+        old, live, model = self._pin_call(self._pin_script, keys=[PINS + key], args=argv)
+        pin = _pin_record(old) if live in (b"1", "1") else None
+        written = model.decode() if isinstance(model, bytes) else model
+        return pin, written or None
+
+    def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
+        value = f"{pin.at!r}|{float(pin.input_tokens)!r}|{pin.model}"
+        self._pin_call(self._redis.set, PINS + key, value, px=max(1, int(keep_ms)))
+
+    def _pin_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_call`, with any error of the server's (a read-only replica, out of memory) also
+        a `StoreUnavailableError`: a pin never fails a decision."""
+        try:
+            return self._call(fn, *args, **kwargs)
+        except self._response_error as err:
+            raise StoreUnavailableError(f"redis at `{self.url}`: {err}") from None
+
     # ------------------------------------------------------------------ quotas
 
     def quotas(self) -> list[Quota]:
@@ -317,3 +379,15 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _pin_record(value: bytes | str) -> PinRecord | None:
+    """A pin's stored string, `at|input_tokens|model`; None if it is not one."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split("|", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return PinRecord(parts[2], float(parts[0]), float(parts[1]))
+    except ValueError:
+        return None
