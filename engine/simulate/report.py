@@ -234,8 +234,12 @@ def simulate(
     for baseline in (run_random, run_always, run_oracle):
         tell(0)
         runs.append(baseline(scenario, arrivals))
-    for s, explore in strategies:
-        runs.append(run_strategy(scenario, arrivals, s, explore, tell))
+    for spec in strategies:
+        runs.append(
+            run_strategy(
+                scenario, arrivals, spec.strategy, spec.explore, tell, spec.affinity, spec.settle
+            )
+        )
     tell(0)
     return Report(scenario, arrivals, runs)
 
