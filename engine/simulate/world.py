@@ -370,7 +370,7 @@ class PromptCache:
     price and saw the session's prompt at most its `cache_ttl_s` before; a successful
     call writes (refreshes) the entry. Deterministic: no draw is made."""
 
-    __slots__ = ("_entries", "_ttl", "_caches")
+    __slots__ = ("_caches", "_entries", "_ttl")
 
     def __init__(self, providers: Sequence[Provider], models: Sequence[Model]) -> None:
         self._entries: dict[tuple[str, int], tuple[float, int]] = {}
