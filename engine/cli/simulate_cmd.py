@@ -31,6 +31,8 @@ examples:
   policyctl simulate examples/simulations/calibrated.yaml
   policyctl simulate examples/simulations/outage.yaml --plot outage.png
   policyctl simulate examples/simulations/ab.yaml
+  policyctl simulate examples/simulations/agent.yaml
+  policyctl simulate examples/simulations/tpm.yaml
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
@@ -41,6 +43,9 @@ engine on a fake clock with outcomes fed back; three baselines (uniform random, 
 Claude 3.5 Sonnet, and an oracle that knows the world) run on the same traffic, and each
 row's regret against the oracle is reported. When the policy has a `split`, each strategy
 also gets its arms' figures with 95% confidence intervals, and each arm against the first.
+Agent sessions (a template's `session`) add each row's prompt-cache hit rate, and the
+scenario's `affinity` runs each strategy with it too; token and spend limits add their real
+usage per window, and `compare_settlement: true` runs each strategy unsettled too.
 
 exit codes: 0 done, 2 bad scenario or flags
 """
@@ -261,7 +266,67 @@ def render(data: Mapping[str, Any]) -> str:
             )
         )
     lines += _experiment_lines(data.get("experiments", ()))
+    lines += _prompt_cache_lines(data.get("prompt_cache"))
+    lines += _limit_usage_lines(data.get("limit_usage", ()))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- prompt caches and limits
+
+CACHE_HEADERS = ("strategy", "cache hit rate", "turns moved", "cost",
+                 "Δ cost vs without affinity")  # fmt: skip
+USAGE_HEADERS = ("strategy", "mean per window", "busiest window", "denied",
+                 "refused, would have fit")  # fmt: skip
+
+
+def _prompt_cache_lines(cache: Mapping[str, Any] | None) -> list[str]:
+    """Per row: the share of input tokens read from a provider's cache, the session turns
+    sent to another model than their previous turn, the run's cost, and with `affinity`
+    the cost against the same run without it."""
+    if cache is None:
+        return []
+    lines = [
+        "",
+        f"prompt caches: {cache['turns']:,} turns in {cache['sessions']:,} agent sessions;"
+        " a cached prompt is billed at the catalog's cached-input price",
+    ]
+    rows = []
+    for r in cache["rows"]:
+        rate = "-" if r["hit_rate"] is None else f"{r['hit_rate'] * 100:.1f}%"
+        moved = f"{r['turns_moved']:,} of {r['later_turns']:,}"
+        rows.append((_name(r), rate, moved, money(r["total_cost"]),
+                     _pct(r["cost_vs_without_affinity"])))  # fmt: skip
+    lines.append(render_table(CACHE_HEADERS, rows))
+    return lines
+
+
+def _usage_amount(unit: str, value: float | None, share: float | None) -> str:
+    if value is None:
+        return "-"
+    shown = money(value) if unit == "spend" else f"{value:,.0f}"
+    return f"{shown} ({_pct(share)})"
+
+
+def _limit_usage_lines(usage: Any) -> list[str]:
+    """Per token or spend limit: the real usage it admitted per window against the limit,
+    its denials, and those a limiter knowing the real usage would have admitted."""
+    lines: list[str] = []
+    for u in usage:
+        windows = u["rows"][0]["windows"] if u["rows"] else 0
+        what = "real tokens" if u["unit"] == "tokens" else "real spend"
+        lines += [
+            "",
+            f"{u['limit']}: {what} admitted per window, against the limit"
+            f" ({windows:,} windows; the first, when the bucket starts full, left out)",
+        ]
+        rows = []
+        for r in u["rows"]:
+            fit = "-" if r["would_have_fit"] is None else f"{r['would_have_fit']:,}"
+            rows.append((r["name"], _usage_amount(u["unit"], r["mean_per_window"],
+                         r["mean_vs_limit"]), _usage_amount(u["unit"], r["max_per_window"],
+                         r["max_vs_limit"]), f"{r['denials']:,}", fit))  # fmt: skip
+        lines.append(render_table(USAGE_HEADERS, rows))
+    return lines
 
 
 # ---------------------------------------------------------------- the A/B section

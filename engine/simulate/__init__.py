@@ -25,14 +25,19 @@ other (a subset of strategies gives the same rows) and compare on common random 
     report = simulate(load_scenario("examples/simulations/design.yaml"))
     report.to_dict()["rows"]
 
+Templates with a `session` are agents (turns with growing prompts, read from the
+providers' prompt caches); `affinity` and `compare_settlement` run each strategy again with
+the scenario's affinity, and with outcomes that settle no reservation.
+
 With a `split` in the policy (and `users: N` in the scenario to key it by user), each
 strategy run also reports every arm's figures with 95% confidence intervals, and each arm
 against the first.
 
 The rooms, in import order: `world` (synthetic providers, their draws, the traffic and its
 users), `scenario` (the YAML file, validated), `run` (strategies against the engine,
-baselines), `stats` (confidence intervals), `ab` (per-arm figures of a split), `report`
-(`simulate`, the report's rows and the plot).
+baselines), `stats` (confidence intervals), `ab` (per-arm figures of a split), `usage` (prompt
+caches, and the real usage of token and spend limits), `report` (`simulate`, the report's
+rows and the plot).
 """
 
 from engine.simulate.report import PlotUnavailable, Report, plot, require_matplotlib, simulate

@@ -7,7 +7,9 @@ per request, extra mean latency, extra bad answers). For each provider outage an
 degradation, how each run met it: calls during it, how soon it routed away, how soon it
 came back. For traffic with a `region`, how many requests each run served outside it.
 When the policy has a `split`, each strategy run's figures per experiment and arm, with
-confidence intervals, and each arm against the first (`ab`).
+confidence intervals, and each arm against the first (`ab`). With agent sessions, each
+row's prompt-cache hit rate; with token or spend limits, their real usage per window
+(`usage`).
 `--plot` draws latency, cost and (with an outage) failures over simulated time, every row
 distinguishable (`figure`; matplotlib, the `policyctl[plot]` extra).
 """
@@ -35,6 +37,7 @@ from engine.simulate.run import (
     run_strategy,
 )
 from engine.simulate.scenario import Scenario
+from engine.simulate.usage import has_sessions, limit_usage, prompt_cache
 from engine.simulate.world import START, Arrival, draw_arrivals
 
 
@@ -77,9 +80,7 @@ class Report:
             "explore": s.explore,
             "traffic": {
                 "templates": {t.name: mix.get(t.name, 0) for t in s.traffic},
-                "mean_input_tokens": round(
-                    math.fsum(a.template.input_tokens for a in self.arrivals) / n, 3
-                ),
+                "mean_input_tokens": round(math.fsum(a.input_tokens for a in self.arrivals) / n, 3),
                 "mean_output_tokens": round(
                     math.fsum(a.template.output_tokens for a in self.arrivals) / n, 3
                 ),
@@ -89,7 +90,19 @@ class Report:
             "degradations": self.degradations(),
             "residency": self.residency(),
             **self._experiments_field(),
+            **self._usage_fields(),
         }
+
+    def _usage_fields(self) -> dict[str, Any]:
+        """`prompt_cache` when the traffic has agent sessions, `limit_usage` when the policy
+        has token or spend limits it measures (absent otherwise, as before they existed)."""
+        out: dict[str, Any] = {}
+        if has_sessions(self.arrivals):
+            out["prompt_cache"] = prompt_cache(self.runs, self.arrivals)
+        usage = limit_usage(self.runs, self.arrivals)
+        if usage:
+            out["limit_usage"] = usage
+        return out
 
     def outages(self) -> list[dict[str, Any]]:
         out = []
@@ -234,8 +247,12 @@ def simulate(
     for baseline in (run_random, run_always, run_oracle):
         tell(0)
         runs.append(baseline(scenario, arrivals))
-    for s, explore in strategies:
-        runs.append(run_strategy(scenario, arrivals, s, explore, tell))
+    for spec in strategies:
+        runs.append(
+            run_strategy(
+                scenario, arrivals, spec.strategy, spec.explore, tell, spec.affinity, spec.settle
+            )
+        )
     tell(0)
     return Report(scenario, arrivals, runs)
 

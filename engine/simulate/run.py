@@ -10,6 +10,10 @@ engine: uniform random over the models that can serve each request, always Claud
 Sonnet, and the oracle, which knows the world (true latency, quality, outages) and takes
 the cheapest model that serves each request well (`run_oracle`). Every run marks its bad answers:
 successful calls to a model whose true quality is under the template's `min_quality`.
+Agent sessions read their earlier prompt from the providers' prompt caches (`PromptCache`):
+every run's cost counts the cached tokens at the catalog's cached-input price. A run may add
+`affinity` to its defaults, and may record its outcomes without the decision's request id
+(`settle=False`): then no token or spend reservation settles and the estimates stand.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.api.policy_engine import PolicyEngine
-from engine.simulate.scenario import Scenario
-from engine.simulate.world import START, Arrival, Template, capable, outcome_rng
+from engine.language.program import CompiledLimit
+from engine.limits.records import LimitDenial
+from engine.simulate.scenario import RunSpec, Scenario
+from engine.simulate.world import START, Arrival, PromptCache, Template, capable, outcome_rng
 
 # the "always sonnet" baseline: the design's Claude 3.5 Sonnet, else today's Sonnet
 SONNET = "claude/claude-3-5-sonnet-20241022"
@@ -68,6 +74,12 @@ class Run:
     # per request: the index of its (experiment, arm) in `arm_keys`, -1 outside every split
     arm: array[int] = field(default_factory=lambda: array("i"))
     explored: bytearray = field(default_factory=bytearray)  # 1: the decision explored
+    cached: array[int] = field(default_factory=lambda: array("q"))  # tokens read from cache
+    # strategy runs: the denials by a limit, request number -> (scope, bucket key, unit)
+    denials: dict[int, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    limits: tuple[CompiledLimit, ...] = ()  # strategy runs: the policy's limits
+    affinity: bool = False  # the run added the scenario's `affinity` to its defaults
+    settled: bool = True  # False: its outcomes carried no request id (nothing settled)
 
     def summary(self) -> dict[str, Any]:
         served = [lat for lat in self.latency_ms if lat == lat]
@@ -99,6 +111,7 @@ class Run:
             "models": dict(sorted(picks.items(), key=lambda kv: (-kv[1], kv[0]))),
             "explored": len(explored),
             "explored_cost": round(math.fsum(self.cost[i] for i in explored), 10),
+            "cached_tokens": sum(self.cached),
         }
 
 
@@ -128,6 +141,7 @@ def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
         ok=bytearray(n),
         bad=bytearray(n),
         explored=bytearray(n),
+        cached=array("q", [0]) * n,
     )
 
 
@@ -154,6 +168,7 @@ def _run_baseline(
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
     bad = bad_answers(scenario)
+    cache = PromptCache(providers, models)
     for a in arrivals:
         z, u = rng.gauss(0.0, 1.0), rng.random()
         index = pick(a)
@@ -165,13 +180,21 @@ def _run_baseline(
         run.latency_ms[a.index] = latency
         run.ok[a.index] = ok
         run.bad[a.index] = ok and bad[t][index]
-        run.cost[a.index] = models[index].cost(t.input_tokens, t.output_tokens) if ok else 0.0
+        if ok:
+            cached = cache.read(a, index)
+            cache.write(a, index)
+            run.cached[a.index] = cached
+            run.cost[a.index] = models[index].cost(a.input_tokens, t.output_tokens, cached)
     return run
 
 
 def _capable_sets(scenario: Scenario) -> dict[Template, list[int]]:
     return {
-        t: [i for i, m in enumerate(scenario.catalog.models) if capable(m, t)]
+        t: [
+            i
+            for i, m in enumerate(scenario.catalog.models)
+            if capable(m, t, t.largest_input)  # every turn of a session
+        ]
         for t in scenario.traffic
     }
 
@@ -268,7 +291,7 @@ def run_oracle(scenario: Scenario, arrivals: list[Arrival]) -> Run:
 
 def run_name(strategy: str, explore: str | None) -> str:
     """A strategy run's row name: the strategy, `+ explore` when the run adds it."""
-    return strategy if explore is None else f"{strategy} + explore"
+    return RunSpec(strategy, explore).name
 
 
 def run_strategy(
@@ -277,18 +300,26 @@ def run_strategy(
     strategy: str,
     explore: str | None = None,
     progress: Callable[[int], None] | None = None,
+    affinity: str | None = None,
+    settle: bool = True,
 ) -> Run:
     """A fresh engine on a fake clock; outcomes are recorded when each call completes.
-    `explore`: the `explore` setting the run adds to its defaults (the scenario's field).
+    `explore`, `affinity`: the settings the run adds to its defaults (the scenario's
+    fields). `settle=False`: outcomes are recorded without the decision's request id, so
+    no reservation settles (nor an in-flight slot is released but by its lease).
     `progress(requests done)`: told every `PROGRESS_EVERY` requests."""
-    run = _new_run(run_name(strategy, explore), "strategy", scenario)
+    spec = RunSpec(strategy, explore, affinity, settle)
+    run = _new_run(spec.name, "strategy", scenario)
+    run.affinity = affinity is not None
+    run.settled = settle
     clock = _Clock(START)
-    name, text = scenario.policy_text(strategy, explore)
+    name, text = scenario.policy_text(strategy, explore, affinity)
     # every outcome counts from the next decision on (no snapshot age): what a simulation
     # shows does not hang on how the simulated arrivals fall against the refresh interval
     engine = PolicyEngine.from_text(
         text, name, clock=clock, state="memory://", metrics_refresh_ms=0
     )
+    run.limits = engine.program.limits
     run.experiments = tuple(
         Experiment(route.name, route.split.key_text, route.split.arms)
         for route in engine.program.routes
@@ -305,8 +336,10 @@ def run_strategy(
     bad = bad_answers(scenario)
     regions = {m.key: m.regions for m in models}
     rng = outcome_rng(scenario.seed)
-    pending: list[tuple[float, int, Any, float, bool, float, int, int]] = []
+    cache = PromptCache(providers, models)
+    pending: list[tuple[float, int, Any, float, bool, float, int, int, int]] = []
     record = engine.record
+    record_outcome = engine.record_outcome
     evaluate = engine.evaluate
     seed = scenario.seed
     try:
@@ -314,16 +347,32 @@ def run_strategy(
             if progress is not None and not a.index % PROGRESS_EVERY:
                 progress(a.index)
             while pending and pending[0][0] <= a.at:
-                done, _, decision, latency, ok, cost, tokens_in, tokens_out = heapq.heappop(pending)
-                clock.now = done
-                record(
-                    decision,
-                    latency_ms=latency,
-                    success=ok,
-                    input_tokens=tokens_in,
-                    output_tokens=tokens_out,
-                    cost=cost,
+                done, _, decision, latency, ok, cost, tokens_in, tokens_out, cached = heapq.heappop(
+                    pending
                 )
+                clock.now = done
+                if settle:
+                    record(
+                        decision,
+                        latency_ms=latency,
+                        success=ok,
+                        input_tokens=tokens_in,
+                        output_tokens=tokens_out,
+                        cost=cost,
+                        cached_tokens=cached,
+                    )
+                else:  # the same outcome without the decision's request id: nothing settles
+                    record_outcome(
+                        decision.provider,
+                        decision.model,
+                        latency_ms=latency,
+                        success=ok,
+                        input_tokens=tokens_in,
+                        output_tokens=tokens_out,
+                        cost=cost,
+                        cached_tokens=cached,
+                        route=decision.route,
+                    )
             clock.now = a.at
             z, u = rng.gauss(0.0, 1.0), rng.random()
             t = a.template
@@ -331,6 +380,9 @@ def run_strategy(
             request["id"] = f"sim-{seed}-{a.index}"
             if a.user is not None:
                 request["user"] = a.user
+            if a.session is not None:
+                request["input_tokens"] = a.input_tokens
+                request["metadata"] = {**(request.get("metadata") or {}), "session_id": a.session}
             decision = evaluate(request, explain=explain)
             if decision.experiment is not None:
                 run.arm[a.index] = arm_index[(decision.experiment, decision.arm)]
@@ -344,11 +396,19 @@ def run_strategy(
                         key = f"{step['provider']}/{step['model']}"
                         run.health_drops.setdefault(key, []).append(a.index)
             if not decision.allowed:
+                denial = decision.denied_by
+                if isinstance(denial, LimitDenial):
+                    run.denials[a.index] = (denial.scope, denial.key, denial.unit)
                 continue
             index = index_of[f"{decision.provider}/{decision.model}"]
             latency, ok = providers[index].outcome(a.index, z, u)
             out_tokens = t.output_tokens if ok else 0
-            cost = models[index].cost(t.input_tokens, out_tokens) if ok else 0.0
+            tokens_in = a.input_tokens
+            cached = 0
+            if ok:
+                cached = cache.read(a, index)
+                cache.write(a, index)
+            cost = models[index].cost(tokens_in, out_tokens, cached) if ok else 0.0
             if t.region is not None and any(
                 t.region not in regions.get(f"{f['provider']}/{f['model']}", ())
                 for f in decision.fallbacks
@@ -359,10 +419,12 @@ def run_strategy(
             run.ok[a.index] = ok
             run.bad[a.index] = ok and bad[t][index]
             run.cost[a.index] = cost
+            run.cached[a.index] = cached
             run.explored[a.index] = decision.explored
             done = a.at + latency / 1000.0
             heapq.heappush(
-                pending, (done, a.index, decision, latency, ok, cost, t.input_tokens, out_tokens)
+                pending,
+                (done, a.index, decision, latency, ok, cost, tokens_in, out_tokens, cached),
             )
     finally:
         engine.close()

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,7 @@ from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
 from engine.resources import default_catalog_path
 from engine.routing.request import Request, RequestError, env_of
-from engine.simulate.world import Provider, ProviderSpec, Template, capable
+from engine.simulate.world import Provider, ProviderSpec, SessionSpec, Template, capable
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 
@@ -78,6 +78,7 @@ class _TrafficSpec(BaseModel):
     output_tokens: Annotated[int, Field(ge=0)] | None = None  # what the model writes
     min_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # a good answer's quality
     users: Users | None = None  # this template's pool of users (instead of the scenario's)
+    session: SessionSpec | None = None  # an agent: each draw starts a session of turns
 
 
 class _ScenarioSpec(BaseModel):
@@ -98,6 +99,10 @@ class _ScenarioSpec(BaseModel):
     users: Users | None = None  # each request's `user` drawn from u000 … u(N-1)
     # `5% budget $0.50 per 1h`: each strategy runs twice, as written and with `explore …`
     explore: str | None = None
+    # `by request.metadata.session_id for 30m`: each run also runs with `affinity …`
+    affinity: str | None = None
+    # each run also runs with outcomes that carry no request id (nothing settles)
+    compare_settlement: Annotated[bool, Field(strict=True)] = False
 
 
 # ---------------------------------------------------------------- the validated scenario
@@ -114,6 +119,26 @@ class _Embedded:
 
 
 _BLOCKS = ("policy", "routes", "limits")
+
+
+class RunSpec(NamedTuple):
+    """One engine run of a scenario: the strategy, and what the run adds to it."""
+
+    strategy: str
+    explore: str | None = None  # the `explore` setting it adds to its defaults
+    affinity: str | None = None  # the `affinity` setting it adds to its defaults
+    settle: bool = True  # False: its outcomes carry no request id, so nothing settles
+
+    @property
+    def name(self) -> str:
+        """The row's name: `latency`, `latency + explore`, `latency + affinity`,
+        `latency (unsettled)`."""
+        out = self.strategy
+        if self.explore is not None:
+            out += " + explore"
+        if self.affinity is not None:
+            out += " + affinity"
+        return out if self.settle else f"{out} (unsettled)"
 
 
 @dataclass(frozen=True)
@@ -134,22 +159,37 @@ class Scenario:
     routes: str = ""
     default_quality: float | None = None  # the true quality of a model without one
     explore: str | None = None  # `5% budget $0.50 per 1h`: each strategy also runs with it
+    affinity: str | None = None  # `by request.KEY for D`: each run also runs with it
+    compare_settlement: bool = False  # each run also runs unsettled
 
-    def runs(self) -> tuple[tuple[str, str | None], ...]:
-        """The engine runs, in order: (strategy, the `explore` setting it adds or None);
-        with `explore`, each strategy as written and then with it."""
-        variants = (None,) if self.explore is None else (None, self.explore)
-        return tuple((s, e) for s in self.strategies for e in variants)
+    def runs(self) -> tuple[RunSpec, ...]:
+        """The engine runs, in order: each strategy as written, then with `explore` (when
+        the scenario gives it), each of those without and then with `affinity` (when
+        given), and each of those settled and then unsettled (`compare_settlement`)."""
+        explores = (None,) if self.explore is None else (None, self.explore)
+        affinities = (None,) if self.affinity is None else (None, self.affinity)
+        settles = (True, False) if self.compare_settlement else (True,)
+        return tuple(
+            RunSpec(s, e, a, settle)
+            for s in self.strategies
+            for e in explores
+            for a in affinities
+            for settle in settles
+        )
 
     def quality(self, key: str, template: Template) -> float | None:
         """The true quality of model `key`'s answers to `template` (None: not known)."""
         return self.providers[key].quality_for(template.name, self.default_quality)
 
-    def policy_text(self, strategy: str, explore: str | None = None) -> tuple[str, str]:
-        """(source name, policy text) for one strategy's run, with `explore EXPLORE` in its
-        defaults when given."""
+    def policy_text(
+        self, strategy: str, explore: str | None = None, affinity: str | None = None
+    ) -> tuple[str, str]:
+        """(source name, policy text) for one strategy's run, with `explore EXPLORE` and
+        `affinity AFFINITY` in its defaults when given."""
         if explore is not None:
             strategy = f"{strategy} explore {explore}"  # on the same line: `defaults` closes it
+        if affinity is not None:
+            strategy = f"{strategy} affinity {affinity}"
         catalog = f"catalog {json.dumps(self.catalog_path.as_posix())}"
         emb = self.embedded
         texts = {"policy": self.policy, "routes": self.routes, "limits": self.limits}
@@ -331,6 +371,26 @@ def _explore_errors(source: str, explore: str, policy: str, catalog_path: Path) 
     return []
 
 
+def _affinity_errors(source: str, affinity: str, policy: str, catalog_path: Path) -> list[str]:
+    """The `affinity` field: what follows `affinity` in a policy (`by
+    request.metadata.session_id for 30m`), checked as the setting is; not also in `policy`."""
+    where = f"{source}: field `affinity`"
+    if any(line.split("#", 1)[0].split()[:1] == ["affinity"] for line in policy.splitlines()):
+        return [f"{where}: `policy` sets `affinity` already; keep one of them"]
+    if "\n" in affinity or "#" in affinity or "}" in affinity:
+        return [
+            f"{where}: write the setting on one line, e.g. `by request.metadata.session_id for 30m`"
+        ]
+    text = f"defaults {{ affinity {affinity} }}\ncatalog {json.dumps(catalog_path.as_posix())}"
+    try:
+        PolicyEngine.from_text(text, "<affinity>").close()
+    except PolicyError as err:
+        first = err.diagnostics[0]
+        hint = f" ({first.help})" if first.help else ""
+        return [f"{where}: {first.message}{hint}"]
+    return []
+
+
 def split_strategies(text: str) -> list[str]:
     """`latency,weighted(latency: 60%, cost: 40%)` → two entries (commas in parentheses stay)."""
     items: list[str] = []
@@ -378,6 +438,11 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
     if "id" in fields:
         errors.append(f"{where}.id`: ids are given per simulated request; remove it")
         return None, errors
+    metadata = fields.get("metadata")
+    if "session" in own and isinstance(metadata, dict) and "session_id" in metadata:
+        errors.append(
+            f"{where}.metadata.session_id`: given per session by the simulator; remove it"
+        )
     if "user" in fields and "users" in own:
         errors.append(
             f"{where}.users`: the template gives one `user`; remove `user` to draw users"
@@ -433,6 +498,7 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
             max_cost=env["max_cost"],
             max_latency_ms=env["max_latency_ms"],
             users=spec.users,
+            session=spec.session,
         ),
         [],
     )
@@ -611,6 +677,8 @@ def load_scenario(
                 )
     if spec is not None and spec.explore is not None:
         errors += _explore_errors(source, spec.explore, spec.policy, catalog_path)
+    if spec is not None and spec.affinity is not None:
+        errors += _affinity_errors(source, spec.affinity, spec.policy, catalog_path)
     if errors or spec is None:
         raise ScenarioError(errors)
     if spec.users is not None:  # the scenario's pool, for templates without a user or pool
@@ -636,7 +704,9 @@ def load_scenario(
         routes=spec.routes,
         default_quality=spec.default_quality,
         explore=spec.explore,
+        affinity=spec.affinity,
+        compare_settlement=spec.compare_settlement,
     )
-    name, policy = scenario.policy_text(chosen[0], spec.explore)
+    name, policy = scenario.policy_text(chosen[0], spec.explore, spec.affinity)
     PolicyEngine.from_text(policy, name).close()  # a policy that does not check fails here
     return scenario

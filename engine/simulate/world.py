@@ -8,11 +8,18 @@ and it may `drift` from a request number on, or have an `outage` (every call fai
 The traffic is a list of request templates drawn by weight, arriving as a Poisson process
 on a fake clock that starts at `START`. Every draw comes from a generator seeded from the
 scenario's seed, so a run is reproducible and runs compare on common random numbers.
+
+A template with a `session` is an agent: each draw starts a session of `turns` requests,
+`gap_s` apart on average, each turn's prompt the previous one's plus `grows_by` tokens and
+the same `metadata.session_id`. Providers model prompt caching (`PromptCache`): a turn sent
+to a deployment that was sent the session's earlier prompt, within its `cache_ttl_s`, reads
+that prefix at the catalog's cached-input price.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -24,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.catalog.model import Model
 
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
+DEFAULT_CACHE_TTL_S = 300.0  # a provider's prompt cache: 5 minutes (Anthropic's, OpenAI's least)
+MAX_TURNS = 100_000
 START = 1_750_000_000.0  # the fake clock's epoch: fixed, so runs never depend on today
 
 # ---------------------------------------------------------------- a provider's YAML shape
@@ -68,6 +77,16 @@ class Degradation(_Window):
     latency_factor: Annotated[float, Field(gt=0)]
 
 
+class SessionSpec(BaseModel):
+    """An agent session: `turns` requests, `gap_s` apart on average (exponential gaps),
+    each prompt the previous one's plus `grows_by` tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    turns: Annotated[int, Field(ge=1, le=MAX_TURNS, strict=True)]
+    grows_by: Annotated[int, Field(ge=0, strict=True)] = 0
+    gap_s: Annotated[float, Field(gt=0)]
+
+
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mean_ms: Annotated[float, Field(gt=0)] | None = None  # None: the catalog prior
@@ -80,6 +99,8 @@ class ProviderSpec(BaseModel):
     # true quality: one score for every template, or per template name (checked by the
     # scenario against its templates)
     quality: float | dict[str, float] | None = None
+    # how long the provider keeps a prompt it was sent (a model with a cached-input price)
+    cache_ttl_s: Annotated[float, Field(ge=0)] = DEFAULT_CACHE_TTL_S
 
     @field_validator("quality", mode="before")
     @classmethod
@@ -137,6 +158,7 @@ class Provider:
     outage: Outage | None = None
     degradation: Degradation | None = None
     quality: float | Mapping[str, float] | None = None
+    cache_ttl_s: float = DEFAULT_CACHE_TTL_S
 
     @classmethod
     def from_spec(cls, model: Model, spec: ProviderSpec) -> Provider:
@@ -153,6 +175,7 @@ class Provider:
             spec.outage,
             spec.degradation,
             spec.quality,
+            spec.cache_ttl_s,
         )
 
     @classmethod
@@ -173,6 +196,7 @@ class Provider:
             spec.outage,
             spec.degradation,
             spec.quality,
+            spec.cache_ttl_s,
         )
 
     @classmethod
@@ -243,6 +267,13 @@ class Template:
     max_cost: float | None = None  # the request's limits, which the oracle honours too
     max_latency_ms: float | None = None
     users: int | None = None  # draw each request's `user` from a pool of this many
+    session: SessionSpec | None = None  # an agent: each draw starts a session of turns
+
+    @property
+    def largest_input(self) -> int:
+        """The input tokens of its largest request (a session's last turn)."""
+        s = self.session
+        return self.input_tokens if s is None else self.input_tokens + (s.turns - 1) * s.grows_by
 
 
 def user_name(number: int, users: int) -> str:
@@ -250,14 +281,16 @@ def user_name(number: int, users: int) -> str:
     return f"u{number:0{max(3, len(str(users - 1)))}d}"
 
 
-def capable(model: Model, template: Template) -> bool:
-    """What a capability filter checks: features, context window and max_tokens."""
+def capable(model: Model, template: Template, input_tokens: int | None = None) -> bool:
+    """What a capability filter checks: features, context window and max_tokens (for a
+    request of `input_tokens`, by default the template's)."""
     if not template.needs <= model.supports:
         return False
     max_tokens = template.max_tokens
     if max_tokens is not None and max_tokens > model.max_tokens:
         return False
-    return template.input_tokens + (max_tokens or 0) <= model.context_window
+    size = template.input_tokens if input_tokens is None else input_tokens
+    return size + (max_tokens or 0) <= model.context_window
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +299,14 @@ class Arrival:
     at: float  # epoch seconds on the fake clock
     template: Template
     user: str | None = None  # drawn from the template's pool of `users` (None: no pool)
+    session: str | None = None  # an agent session's id (`metadata.session_id`)
+    turn: int = 0  # the turn of the session, from 0
+
+    @property
+    def input_tokens(self) -> int:
+        """The prompt's tokens: the template's, plus `grows_by` per earlier turn."""
+        t = self.template
+        return t.input_tokens + (self.turn * t.session.grows_by if t.session else 0)
 
 
 def draw_arrivals(
@@ -273,25 +314,82 @@ def draw_arrivals(
 ) -> list[Arrival]:
     """The same arrivals for every run: templates by weight, Poisson arrival times, and a
     user drawn uniformly from the template's pool when it has `users` (from a generator of
-    its own, so a pool changes neither the templates nor the times)."""
+    its own, so a pool changes neither the templates nor the times).
+
+    A draw of a template with a `session` starts a session (`s0`, `s1`, … in order of
+    start) whose turns follow at exponential gaps of mean `gap_s` (from a generator of
+    their own), with the session's user; every turn counts as a request. Without sessions
+    the arrivals are exactly what they were before sessions existed."""
     rng = random.Random(f"{seed}:traffic")
     users_rng = random.Random(f"{seed}:users")
+    gaps_rng = random.Random(f"{seed}:sessions")
     cumulative: list[float] = []
     total = 0.0
     for t in traffic:
         total += t.weight
         cumulative.append(total)
-    out = []
+    out: list[Arrival] = []
     now = START
     last = len(cumulative) - 1
-    for i in range(requests):
-        now += rng.expovariate(rate_per_s)
+    sessions = 0
+    # turns due: (time, order, template, user, session, turn)
+    due: list[tuple[float, int, Template, str | None, str | None, int]] = []
+    order = 0
+    next_draw: float | None = None
+    while len(out) < requests:
+        if next_draw is None:
+            now += rng.expovariate(rate_per_s)
+            next_draw = now
+        if due and due[0][0] <= next_draw:
+            at, _, template, user, session, turn = heapq.heappop(due)
+            out.append(Arrival(len(out), at, template, user, session, turn))
+            spec = template.session
+            if spec is not None and turn + 1 < spec.turns:
+                gap = gaps_rng.expovariate(1.0 / spec.gap_s)
+                heapq.heappush(due, (at + gap, order, template, user, session, turn + 1))
+                order += 1
+            continue
         pick = min(bisect.bisect_right(cumulative, rng.random() * total), last)
         template = traffic[pick]
         pool = template.users
         user = None if pool is None else user_name(int(users_rng.random() * pool), pool)
-        out.append(Arrival(i, now, template, user))
+        next_draw = None
+        if template.session is None:
+            out.append(Arrival(len(out), now, template, user))
+            continue
+        heapq.heappush(due, (now, order, template, user, f"s{sessions}", 0))
+        order += 1
+        sessions += 1
     return out
+
+
+class PromptCache:
+    """The providers' prompt caches in one run: per (session, deployment), the prompt
+    the deployment was last sent by the session, and when. A turn reads the earlier
+    prompt from the cache (a prefix of its own) when its deployment has a cached-input
+    price and saw the session's prompt at most its `cache_ttl_s` before; a successful
+    call writes (refreshes) the entry. Deterministic: no draw is made."""
+
+    __slots__ = ("_caches", "_entries", "_ttl")
+
+    def __init__(self, providers: Sequence[Provider], models: Sequence[Model]) -> None:
+        self._entries: dict[tuple[str, int], tuple[float, int]] = {}
+        self._ttl = [p.cache_ttl_s for p in providers]
+        self._caches = [m.cached_input_price is not None for m in models]
+
+    def read(self, arrival: Arrival, index: int) -> int:
+        """The tokens of `arrival`'s prompt read from model `index`'s cache (0: none)."""
+        if arrival.session is None or not self._caches[index]:
+            return 0
+        found = self._entries.get((arrival.session, index))
+        if found is None or arrival.at - found[0] > self._ttl[index]:
+            return 0
+        return min(found[1], arrival.input_tokens)
+
+    def write(self, arrival: Arrival, index: int) -> None:
+        """Model `index` served `arrival`: it now holds the session's prompt."""
+        if arrival.session is not None and self._caches[index]:
+            self._entries[(arrival.session, index)] = (arrival.at, arrival.input_tokens)
 
 
 def outcome_rng(seed: int) -> random.Random:
