@@ -458,6 +458,11 @@ class PolicyEngine:
         env = env_of(
             request, input_format=input_format, request_id=request_id, model=model, stream=stream
         )
+        waiters: WaitQueues | None = self.__dict__.get("_waiters")
+        if not dry_run and waiters is not None and waiters.busy:  # never without `wait`
+            refused = waiters.check(env, only, explain)  # no jumping the queue
+            if refused is not None:
+                return refused
         return self._decide(env, dry_run, only, explain, request)
 
     def _decide(
@@ -515,6 +520,11 @@ class PolicyEngine:
         if priority is not None:
             env["priority"] = float(priority)
         if not has_waits(self._program) or (timeout_s is not None and timeout_s <= 0):
+            waiters: WaitQueues | None = self.__dict__.get("_waiters")
+            if waiters is not None and waiters.busy:  # no jumping the queue
+                refused = waiters.check(env, only, explain)
+                if refused is not None:
+                    return refused
             return self._decide(env, False, only, explain, request)  # nothing waits
         return self.waiters.enter(env, timeout_s, only, explain, notify)
 
