@@ -322,6 +322,10 @@ def test_wait_parses_compiles_and_formats() -> None:
         ("limit user 10 per 1m wait up to 0s\n", "E0420"),
         ("limit user 10 per 1m wait up to 3\n", "E0420"),
         ("limit ip 10 per 1s wait up to 2s\n", "E0421"),
+        ("shadow limit user 10 per 1m wait up to 2s\n", "E0422"),
+        ("shadow limit user 10 per 1m wait up to 0s\n", "E0422"),
+        ('limit model "openai/gpt-4o" concurrent 8 wait up to 2s\n', "E0423"),
+        ("limit user concurrent 2 lease 5m wait up to 2s when request.stream\n", "E0423"),
     ],
 )
 def test_nonsense_waits_are_refused(text: str, code: str) -> None:
