@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 
@@ -528,3 +530,30 @@ def test_evaluate_without_wait_never_touches_the_queues() -> None:
     assert engine.evaluate({"id": "a", "user": "u"}).allowed
     assert not engine.evaluate({"id": "b", "user": "u"}).allowed
     assert "_waiters" not in vars(engine)  # no queues made: nothing was asked of them
+
+
+@pytest.mark.asyncio
+async def test_a_denial_made_by_the_queue_is_in_the_decision_log(tmp_path: Path) -> None:
+    clock = FakeClock()
+    policy = tmp_path / "p.policy"
+    policy.write_text(WAITING)
+    state = str(tmp_path / "state.duckdb")
+    engine = PolicyEngine(policy, state=state, clock=clock)
+    for i in range(60):
+        assert engine.evaluate({"id": f"d{i}", "user": "u"}).allowed
+    task = asyncio.create_task(engine.acquire({"id": "w", "user": "u"}))
+    await _turn()
+    clock.now += 1.0  # the token is `w`'s: `late` is denied by the queue, not the bucket
+    assert not engine.evaluate({"id": "late", "user": "u"}).allowed
+    engine.waiters.wake(clock.now)
+    assert (await task).allowed
+    engine.close()
+    con = duckdb.connect(state)
+    rows = con.execute(
+        "SELECT request_id, allowed FROM decisions WHERE request_id IN ('w', 'late')"
+        " ORDER BY request_id"
+    ).fetchall()
+    violations = con.execute("SELECT count(*) FROM rate_limit_violations").fetchone()
+    con.close()
+    assert rows == [("late", False), ("w", True)]
+    assert violations == (0,)  # the bucket had the token: no violation of it

@@ -503,8 +503,17 @@ class PolicyEngine:
                 lambda env, dry, only, explain: self._decide(dict(env), dry, only, explain),
                 lambda: self._program,
                 self.clock,
+                denied=self._queue_denied,
             )
         return queues
+
+    def _queue_denied(self, decision: Decision) -> None:
+        """A denial the wait queues made (the tokens were the waiters'): logged and
+        alerted on as `_decide` does a real one."""
+        if self.alert_monitor.takes_denials:
+            self.alert_monitor.denied(decision, self.clock())
+        if self._logs is not None:
+            self._logs.decision(decision, self.clock(), None)
 
     def _enter(
         self,

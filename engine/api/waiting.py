@@ -210,8 +210,11 @@ class WaitQueues:
         program: Callable[[], Program],
         clock: Callable[[], float],
         max_waiters: int = DEFAULT_MAX_WAITERS,
+        denied: Callable[[Decision], None] | None = None,
     ) -> None:
         self._decide = decide
+        # a denial made here (the tokens are the waiters'), for the decision log and alerts
+        self._denied = denied
         self._program = program
         self._clock = clock
         self.max_waiters = max_waiters
@@ -297,7 +300,10 @@ class WaitQueues:
         `retry_after_ms` then counts them), else the dry run made a denial (the tokens it
         saw are the waiters')."""
         if probe.allowed:
-            return queued_denial(probe, status, key, turn_ms, ahead)
+            denial = queued_denial(probe, status, key, turn_ms, ahead)
+            if self._denied is not None:
+                self._denied(denial)
+            return denial
         real = self._decide(env, False, only, explain)
         if real.allowed or not ahead:
             return real
