@@ -120,6 +120,30 @@ def test_pygments_tells_the_kinds_of_words_apart() -> None:
     assert kinds["# the best"] not in Name
 
 
+# the words issue 20 added: in-flight caps, leases, shadow limits, waiting, affinity, priority
+LLM_TRAFFIC = (
+    "shadow limit user 100 per 1m\n"
+    "limit user 60 per 1m wait up to 5s\n"
+    'limit model "openai/gpt-4o" concurrent 8 lease 10m\n'
+    "route agents when request.priority > 0 {\n"
+    "    affinity by request.session for 30m\n"
+    "    wait up to 2s\n"
+    "}\n"
+)
+LLM_TRAFFIC_WORDS = ("shadow", "concurrent", "lease", "wait", "up", "to", "affinity", "by", "for")
+
+
+def test_pygments_highlights_the_words_of_llm_traffic_limits() -> None:
+    kinds = dict((value, kind) for kind, value in _tokens(LLM_TRAFFIC))
+    assert {w: kinds[w] in Keyword for w in LLM_TRAFFIC_WORDS} == dict.fromkeys(
+        LLM_TRAFFIC_WORDS, True
+    )
+    assert kinds["limit"] in Keyword.Declaration and kinds["route"] in Keyword.Declaration
+    assert kinds["priority"] in Name.Attribute and kinds["session"] in Name.Attribute
+    assert kinds["10m"] in Number and kinds["5s"] in Number
+    assert not [value for kind, value in _tokens(LLM_TRAFFIC) if kind in Error]
+
+
 def test_pygments_finds_the_lexer_by_the_entry_point_pyproject_declares(tmp_path: Path) -> None:
     """A distribution whose entry points are pyproject's, on the path of a fresh interpreter:
     Pygments' own plugin lookup (`get_lexer_by_name`) must find the lexer by it."""
@@ -197,6 +221,17 @@ def test_textmate_marks_what_the_language_does_not_have(node_modules: Path) -> N
     assert scopes["route"] == "keyword.declaration.policy"
     assert scopes["request"] == "variable.language.policy"
     assert scopes["region"] == "variable.other.member.policy"
+
+
+def test_textmate_highlights_the_words_of_llm_traffic_limits(node_modules: Path) -> None:
+    (result,) = _textmate({"traffic": LLM_TRAFFIC}).values()
+    assert result["illegal"] == []
+    scopes = dict(result["tokens"])  # type: ignore[arg-type]
+    assert {w: scopes[w] for w in LLM_TRAFFIC_WORDS} == dict.fromkeys(
+        LLM_TRAFFIC_WORDS, "keyword.other.policy"
+    )
+    assert scopes["limit"] == "keyword.declaration.policy"
+    assert scopes["priority"] == "variable.other.member.policy"
 
 
 def _alternatives(pattern: str) -> set[str]:

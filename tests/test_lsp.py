@@ -325,6 +325,95 @@ async def test_hover_on_a_model_shows_its_prices_and_capabilities(
     assert field.contents.value == "`request.max_cost`: money"
 
 
+LLM_TRAFFIC = """\
+catalog "models.yaml"
+
+shadow limit user 100 per 1m
+limit user 60 per 1m wait up to 5s
+limit model "openai/gpt-4o" concurrent 8 lease 10m
+
+route agents when request.priority > 0 {
+    affinity by request.session for 30m
+}
+"""
+
+
+@on_server
+async def test_completion_and_hover_of_the_words_of_llm_traffic_limits(
+    client: LanguageClient, workdir: Path
+) -> None:
+    """Typed in a real session: the limit's unit, what follows its window (`wait up to`,
+    not on a shadow limit), `lease` after `concurrent N`, `affinity by request.… for`; and
+    the hover of `wait up to`, `affinity … for` and `request.priority`."""
+    typing = (
+        'catalog "models.yaml"\n'
+        "limit user \n"
+        "limit user 10 per 1m \n"
+        "shadow limit user 10 per 1m \n"
+        'limit model "openai/gpt-4o" concurrent 8 \n'
+        "limit user 10 per 1m wait \n"
+        "shadow \n"
+        "route r {\n"
+        "    affinity \n"
+        "    affinity by \n"
+        "    affinity by request.session \n"
+        "}\n"
+    )
+    folder = _folder(workdir, "traffic", {"t.policy": LLM_TRAFFIC, "typing.policy": typing})
+    uri = await _open(client, folder / "typing.policy")
+
+    async def items(line: int) -> list[lsp.CompletionItem]:
+        end = len(typing.splitlines()[line])
+        result = await client.text_document_completion_async(
+            lsp.CompletionParams(
+                text_document=lsp.TextDocumentIdentifier(uri=uri),
+                position=lsp.Position(line=line, character=end),
+            )
+        )
+        assert isinstance(result, lsp.CompletionList)
+        return list(result.items)
+
+    async def labels(line: int) -> list[str]:
+        return [item.label for item in await items(line)]
+
+    assert await labels(1) == ["requests", "tokens", "spend", "concurrent"]
+    assert await labels(2) == ["burst", "wait up to", "when", "until"]
+    assert await labels(3) == ["burst", "when", "until"]  # a shadow limit never waits
+    assert await labels(4) == ["lease", "when", "until"]  # nor does an in-flight cap
+    assert await labels(5) == ["up to"]
+    assert await labels(6) == ["limit"]
+    (by,) = await items(8)
+    assert (by.label, by.text_edit.new_text) == ("by request.", "by request.")  # type: ignore[union-attr]
+    assert await labels(9) == ["request."]
+    assert await labels(10) == ["for"]
+
+    traffic = await _open(client, folder / "t.policy")
+
+    async def shown(needle: str, after: int) -> tuple[str, lsp.Range | None]:
+        result = await client.text_document_hover_async(
+            lsp.HoverParams(
+                text_document=lsp.TextDocumentIdentifier(uri=traffic),
+                position=_at(LLM_TRAFFIC, needle, after),
+            )
+        )
+        assert result is not None and isinstance(result.contents, lsp.MarkupContent)
+        return result.contents.value, result.range
+
+    text, where = await shown("wait up to", len("wait u"))  # on `up`: the phrase's hover
+    assert text.startswith("`limit … per D wait up to W`") and "E0422" in text
+    assert where == lsp.Range(
+        start=_at(LLM_TRAFFIC, "wait up to"), end=_at(LLM_TRAFFIC, "wait up to", 10)
+    )
+    text, _ = await shown("session for", len("session f"))
+    assert text.startswith("`affinity by request.FIELD for DURATION`")
+    text, _ = await shown("request.priority", len("request.pr"))
+    assert text.startswith("`request.priority`: number; the order of the waiters")
+    text, _ = await shown("concurrent 8", 2)
+    assert text.startswith("`limit SCOPE concurrent N [lease D]`")
+    text, _ = await shown("shadow limit", 2)
+    assert text.startswith("`shadow limit SCOPE … per D`")
+
+
 @on_server
 async def test_definition_of_a_route_from_a_sibling_file(
     client: LanguageClient, workdir: Path
@@ -455,6 +544,63 @@ def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str)
     found = knowledge.completions(line, len(line), _design())
     assert line[found.start :] == typed
     assert found.items
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("limit user ", ["requests", "tokens", "spend", "concurrent"]),
+        ('limit user "vip" to', ["requests", "tokens", "spend", "concurrent"]),
+        ("limit team = request.metadata.team ", ["requests", "tokens", "spend", "concurrent"]),
+        ("shadow limit ip ", ["requests", "tokens", "spend"]),
+        ("limit user tokens 100k ", ["per"]),
+        ("limit user spend $5 p", ["per"]),
+        ("limit user 10 per 1m burst 2 ", ["wait up to", "when", "until"]),
+        ("limit user 10 per 1m wait up to 2s ", ["when", "until"]),
+        ("limit user concurrent 2 lease 5m ", ["when", "until"]),
+        ("route r {\n    wait ", ["up to"]),
+        ("route r {\n    shadow ", ["route"]),
+        ("route r {\n    affinity by request.user ", ["for"]),
+    ],
+)
+def test_completion_of_the_words_of_a_limit_and_affinity(line: str, expected: list[str]) -> None:
+    assert _labels(line) == expected
+
+
+def test_the_completed_limit_words_parse() -> None:
+    """What the completions insert, joined, is a policy the parser accepts."""
+    text = "".join(
+        [
+            "limit user ", "tokens", " 100k ", "per ", "1m ", "burst ", "10k ",
+            "wait up to ", "2s\n", "route r {\n    affinity ", "by request.", "session ",
+            "for ", "30m\n}\n", "shadow ", "limit ", "ip 5 per 1m\n",
+        ]
+    )  # fmt: skip
+    policy = parse(text, "t.policy")
+    assert len(policy.statements) == 3
+    for typed, offered in [
+        ("limit user ", "tokens"), ("limit user tokens 100k ", "per "),
+        ("limit user tokens 100k per 1m ", "burst "),
+        ("limit user tokens 100k per 1m burst 10k ", "wait up to "),
+        ("route r {\n    affinity ", "by request."),
+        ("route r {\n    affinity by request.session ", "for "),
+        ("shadow ", "limit "),
+    ]:  # fmt: skip
+        found = knowledge.completions(typed, len(typed), None)
+        assert offered in [item.insert for item in found.items], typed
+
+
+def test_hover_on_the_words_of_a_phrase_shows_the_phrase() -> None:
+    line = "limit user 60 per 1m wait up to 5s"
+    for word in ("wait", "up", "to"):
+        found = knowledge.hover(line, line.index(f" {word} ") + 2, None)
+        assert found is not None and "a bounded queue per bucket key" in found.markdown
+    assert knowledge.hover(line, line.index("5s"), None) is None
+    affinity = "    affinity by request.session for 30m"
+    found = knowledge.hover(affinity, affinity.index("for") + 1, None)
+    assert found is not None and found.markdown.startswith("`affinity by request.FIELD")
+    priority = knowledge.hover("route r when request.priority < 0 {", 20, None)
+    assert priority is not None and "`X-Priority`" in priority.markdown
 
 
 def test_completion_inside_weighted_lists_the_factors_not_yet_given() -> None:

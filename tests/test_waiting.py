@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 
@@ -116,27 +118,38 @@ async def test_before_the_retry_time_nobody_is_admitted() -> None:
 
 @pytest.mark.asyncio
 async def test_a_wait_that_runs_out_is_the_usual_denial_with_retry_after() -> None:
-    engine, clock = _engine("limit user 60 per 1m wait up to 2s\n")
-    admitted: list[str] = []
-
-    async def one(rid: str) -> None:
-        decision = await engine.acquire({"id": rid, "user": "u"})
-        admitted.append(rid if decision.allowed else f"denied {rid}")
-        if not decision.allowed:
-            assert decision.denied_by is not None and decision.denied_by.retry_after_ms == 1000
-            assert "Rate limited by user `u` (requests): retry after 1000 ms" in decision.reason
-
-    tasks = [asyncio.create_task(one(f"r{i}")) for i in range(3)]
+    engine, clock = _engine("limit user 60 per 1m wait up to 1500ms\n")
+    task = asyncio.create_task(engine.acquire({"id": "w", "user": "u"}))
     await _turn()
-    assert engine.waiters.depth() == 3
-    clock.now += 1.0
-    engine.waiters.wake(clock.now)
-    await _turn()
-    clock.now += 1.0  # r1 admitted; r2's 2s have run out, with no token left for it
-    engine.waiters.wake(clock.now)
-    await asyncio.gather(*tasks)
-    assert admitted == ["r0", "r1", "denied r2"]
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0  # the token comes; a request of a higher priority takes it first
+    assert engine.evaluate({"id": "vip", "user": "u", "priority": 9}).allowed
+    assert engine.waiters.wake(clock.now) == 0
+    clock.now += 0.5  # w's 1.5s have run out, half a token short
+    assert engine.waiters.wake(clock.now) == 1
+    decision = await task
+    assert not decision.allowed
+    assert decision.denied_by is not None and decision.denied_by.retry_after_ms == 500
+    assert decision.reason == "Rate limited by user `u` (requests): retry after 500 ms"
     assert engine.waiters.stats().timed_out == 1
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_whose_turn_is_past_its_wait_is_denied_at_once() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 2s\n")
+    tasks = [asyncio.create_task(engine.acquire({"id": f"r{i}", "user": "u"})) for i in range(2)]
+    await _turn()
+    assert engine.waiters.depth() == 2  # turns at 1s and 2s
+    decision = await engine.acquire({"id": "r2", "user": "u"})  # its turn: 3s
+    assert not decision.allowed and engine.waiters.depth() == 2
+    assert decision.denied_by is not None and decision.denied_by.retry_after_ms == 3000
+    assert decision.reason == (
+        "Rate limited by user `u` (requests): retry after 3000 ms"
+        " (2 requests wait ahead in the queue of `user/requests/u`)"
+    )
+    clock.now += 2.0
+    engine.waiters.wake(clock.now)
+    assert all(d.allowed for d in await asyncio.gather(*tasks))
 
 
 @pytest.mark.asyncio
@@ -259,13 +272,17 @@ async def test_enforce_holds_a_request_then_answers_429_when_the_wait_runs_out()
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         first = asyncio.create_task(client.post("/v1/enforce", json={"id": "a", "user": "u"}))
         await _turn()
-        second = asyncio.create_task(client.post("/v1/enforce", json={"id": "b", "user": "u"}))
-        await _turn()
-        assert engine.waiters.depth() == 2
-        clock.now += 1.0  # one token: `a` is admitted, `b`'s second has run out
-        engine.waiters.wake(clock.now)
-        assert (await first).status_code == 200
-        late = await second
+        # `b`'s turn (2s, behind `a`) is past its 1s: answered at once, Retry-After counts `a`
+        second = await client.post("/v1/enforce", json={"id": "b", "user": "u"})
+        assert second.status_code == 429 and second.headers["retry-after"] == "2"
+        assert engine.waiters.depth() == 1
+        clock.now += 1.0  # the token comes, and a request of a higher priority takes it
+        vip = await client.post(
+            "/v1/eval?wait=false", json={"id": "vip", "user": "u"}, headers={"X-Priority": "9"}
+        )
+        assert vip.json()["allowed"] is True
+        engine.waiters.wake(clock.now)  # `a`'s second has run out, with no token left for it
+        late = await first
     assert late.status_code == 429 and late.headers["retry-after"] == "1"
 
 
@@ -307,6 +324,10 @@ def test_wait_parses_compiles_and_formats() -> None:
         ("limit user 10 per 1m wait up to 0s\n", "E0420"),
         ("limit user 10 per 1m wait up to 3\n", "E0420"),
         ("limit ip 10 per 1s wait up to 2s\n", "E0421"),
+        ("shadow limit user 10 per 1m wait up to 2s\n", "E0422"),
+        ("shadow limit user 10 per 1m wait up to 0s\n", "E0422"),
+        ('limit model "openai/gpt-4o" concurrent 8 wait up to 2s\n', "E0423"),
+        ("limit user concurrent 2 lease 5m wait up to 2s when request.stream\n", "E0423"),
     ],
 )
 def test_nonsense_waits_are_refused(text: str, code: str) -> None:
@@ -365,3 +386,174 @@ def test_a_route_wait_of_zero_is_refused() -> None:
 def test_a_policy_without_wait_has_no_waiters() -> None:
     engine = PolicyEngine.from_text("limit user 1 per 1m\n")
     assert isinstance(engine.waiters, WaitQueues) and engine.waiters.next_due() is None
+
+
+# ----------------------------------------------------------------------------- fairness
+
+
+@pytest.mark.asyncio
+async def test_waiters_of_one_priority_are_admitted_in_arrival_order() -> None:
+    engine, clock = _engine()
+    admitted: list[str] = []
+
+    async def one(rid: str) -> None:
+        assert (await engine.acquire({"id": rid, "user": "u", "priority": 2})).allowed
+        admitted.append(rid)
+
+    tasks = []
+    for rid in ("a", "b", "c", "d"):
+        tasks.append(asyncio.create_task(one(rid)))
+        await _turn()  # each arrives after the one before
+    assert engine.waiters.depth() == 4
+    for n in range(1, 5):
+        clock.now += 1.0
+        assert engine.waiters.wake(clock.now) == 1
+        await _turn()
+        assert admitted == ["a", "b", "c", "d"][:n]
+    await asyncio.gather(*tasks)
+
+
+@pytest.mark.asyncio
+async def test_a_newcomer_queues_behind_waiters_even_when_the_tokens_are_there() -> None:
+    engine, clock = _engine()
+    admitted: list[str] = []
+
+    async def one(rid: str, priority: int = 0) -> None:
+        decision = await engine.acquire({"id": rid, "user": "u", "priority": priority})
+        assert decision.allowed, decision.reason
+        admitted.append(rid)
+
+    first = asyncio.create_task(one("first"))
+    await _turn()
+    clock.now += 1.0  # the token is in the bucket; nobody has woken the queue yet
+    # `evaluate` (which never waits) does not take it: denied, its retry counting `first`
+    denied = engine.evaluate({"id": "eval", "user": "u"})
+    assert not denied.allowed and denied.denied_by is not None
+    assert denied.denied_by.retry_after_ms == 1000  # `first` now, then its own in 1s
+    assert denied.reason == (
+        "Rate limited by user `u` (requests): retry after 1000 ms"
+        " (1 request waits ahead in the queue of `user/requests/u`)"
+    )
+    # nor an `acquire` with no time to wait, of the same or a lower priority
+    for priority in (0, -1):
+        now = await engine.acquire({"id": "no", "user": "u", "priority": priority}, timeout_s=0)
+        assert not now.allowed and now.denied_by.retry_after_ms == 1000  # type: ignore[union-attr]
+    assert engine.waiters.depth() == 1 and admitted == []
+    # a newcomer that waits queues behind `first` (and, the time being due, wakes the queue)
+    late = asyncio.create_task(one("late"))
+    await _turn()
+    assert admitted == ["first"] and engine.waiters.depth() == 1
+    clock.now += 1.0
+    assert engine.waiters.wake(clock.now) == 1
+    await asyncio.gather(first, late)
+    assert admitted == ["first", "late"]
+
+
+@pytest.mark.asyncio
+async def test_a_higher_priority_newcomer_takes_free_tokens_at_once() -> None:
+    engine, clock = _engine()
+    task = asyncio.create_task(engine.acquire({"id": "batch", "user": "u", "priority": -5}))
+    await _turn()
+    clock.now += 1.0
+    # higher than every waiter of the key: it would be the head of the queue, so it goes
+    vip = engine.evaluate({"id": "vip", "user": "u", "priority": 5})
+    assert vip.allowed
+    assert engine.waiters.wake(clock.now) == 0  # the token went to `vip`
+    assert engine.waiters.next_due() == START + 2.0
+    clock.now += 1.0
+    engine.waiters.wake(clock.now)
+    assert (await task).allowed
+
+
+@pytest.mark.asyncio
+async def test_a_small_request_does_not_take_tokens_a_large_waiter_is_gathering() -> None:
+    # 1,000 tokens a second, 60,000 in the bucket: drained
+    clock = FakeClock()
+    engine = PolicyEngine.from_text("limit user tokens 60k per 1m wait up to 10s\n", clock=clock)
+    big = {"user": "u", "input_tokens": 2999, "max_tokens": 1}
+    small = {"user": "u", "input_tokens": 9, "max_tokens": 1}
+    for i in range(20):  # 60,000 tokens taken: drained
+        assert engine.evaluate({"id": f"d{i}", **big}).allowed
+    task = asyncio.create_task(engine.acquire({"id": "big", **big}))  # needs 3s of refill
+    await _turn()
+    assert engine.waiters.depth() == 1
+    clock.now += 1.0  # 1,000 tokens in the bucket: enough for `small`, not for `big`
+    denied = engine.evaluate({"id": "small", **small})
+    assert not denied.allowed and denied.denied_by is not None
+    assert denied.denied_by.retry_after_ms == 2010  # `big`'s 2s left, then its own 10 tokens
+    waiting = asyncio.create_task(engine.acquire({"id": "small-waits", **small}))
+    await _turn()
+    assert engine.waiters.depth() == 2
+    clock.now += 2.0
+    assert engine.waiters.wake(clock.now) == 1 and (await task).allowed
+    clock.now += 0.01
+    assert engine.waiters.wake(clock.now) == 1 and (await waiting).allowed
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_pushed_past_its_wait_by_a_higher_priority_is_answered_at_once() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 2s\n")
+    early = asyncio.create_task(engine.acquire({"id": "a", "user": "u"}))
+    await _turn()
+    low = asyncio.create_task(engine.acquire({"id": "low", "user": "u"}))  # turn 2s: fits
+    await _turn()
+    high = asyncio.create_task(engine.acquire({"id": "high", "user": "u", "priority": 3}))
+    await _turn()
+    # `high` goes first (1s), `a` second (2s): `low`'s turn moved to 3s, past its 2s
+    assert low.done() and engine.waiters.depth() == 2
+    decision = low.result()
+    assert not decision.allowed and decision.denied_by.retry_after_ms == 3000  # type: ignore[union-attr]
+    assert engine.waiters.stats().timed_out == 1
+    clock.now += 2.0
+    engine.waiters.wake(clock.now)
+    assert (await high).allowed and (await early).allowed
+
+
+@pytest.mark.asyncio
+async def test_the_bounded_queue_still_denies_behind_a_fair_line() -> None:
+    engine, clock = _engine("limit user 60 per 1m wait up to 10s\n")
+    engine.waiters.max_waiters = 3
+    tasks = [asyncio.create_task(engine.acquire({"id": f"r{i}", "user": "u"})) for i in range(3)]
+    await _turn()
+    clock.now += 1.0  # a token is there, but three wait for it: the fourth is refused
+    decision = await engine.acquire({"id": "fourth", "user": "u"})
+    assert not decision.allowed and decision.denied_by.retry_after_ms == 3000  # type: ignore[union-attr]
+    assert decision.reason.endswith("the wait queue of `user/requests/u` is full (3 waiting)")
+    assert engine.waiters.stats().queue_full == 1
+    clock.now += 2.0
+    engine.waiters.wake(clock.now)
+    assert all(d.allowed for d in await asyncio.gather(*tasks))
+
+
+def test_evaluate_without_wait_never_touches_the_queues() -> None:
+    engine = PolicyEngine.from_text("limit user 1 per 1m\n")
+    assert engine.evaluate({"id": "a", "user": "u"}).allowed
+    assert not engine.evaluate({"id": "b", "user": "u"}).allowed
+    assert "_waiters" not in vars(engine)  # no queues made: nothing was asked of them
+
+
+@pytest.mark.asyncio
+async def test_a_denial_made_by_the_queue_is_in_the_decision_log(tmp_path: Path) -> None:
+    clock = FakeClock()
+    policy = tmp_path / "p.policy"
+    policy.write_text(WAITING)
+    state = str(tmp_path / "state.duckdb")
+    engine = PolicyEngine(policy, state=state, clock=clock)
+    for i in range(60):
+        assert engine.evaluate({"id": f"d{i}", "user": "u"}).allowed
+    task = asyncio.create_task(engine.acquire({"id": "w", "user": "u"}))
+    await _turn()
+    clock.now += 1.0  # the token is `w`'s: `late` is denied by the queue, not the bucket
+    assert not engine.evaluate({"id": "late", "user": "u"}).allowed
+    engine.waiters.wake(clock.now)
+    assert (await task).allowed
+    engine.close()
+    con = duckdb.connect(state)
+    rows = con.execute(
+        "SELECT request_id, allowed FROM decisions WHERE request_id IN ('w', 'late')"
+        " ORDER BY request_id"
+    ).fetchall()
+    violations = con.execute("SELECT count(*) FROM rate_limit_violations").fetchone()
+    con.close()
+    assert rows == [("late", False), ("w", True)]
+    assert violations == (0,)  # the bucket had the token: no violation of it

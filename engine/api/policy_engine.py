@@ -469,6 +469,11 @@ class PolicyEngine:
         env = env_of(
             request, input_format=input_format, request_id=request_id, model=model, stream=stream
         )
+        waiters: WaitQueues | None = self.__dict__.get("_waiters")
+        if not dry_run and waiters is not None and waiters.busy:  # never without `wait`
+            refused = waiters.check(env, only, explain)  # no jumping the queue
+            if refused is not None:
+                return refused
         return self._decide(env, dry_run, only, explain, request)
 
     def _decide(
@@ -509,8 +514,17 @@ class PolicyEngine:
                 lambda env, dry, only, explain: self._decide(dict(env), dry, only, explain),
                 lambda: self._program,
                 self.clock,
+                denied=self._queue_denied,
             )
         return queues
+
+    def _queue_denied(self, decision: Decision) -> None:
+        """A denial the wait queues made (the tokens were the waiters'): logged and
+        alerted on as `_decide` does a real one."""
+        if self.alert_monitor.takes_denials:
+            self.alert_monitor.denied(decision, self.clock())
+        if self._logs is not None:
+            self._logs.decision(decision, self.clock(), None)
 
     def _enter(
         self,
@@ -526,6 +540,11 @@ class PolicyEngine:
         if priority is not None:
             env["priority"] = float(priority)
         if not has_waits(self._program) or (timeout_s is not None and timeout_s <= 0):
+            waiters: WaitQueues | None = self.__dict__.get("_waiters")
+            if waiters is not None and waiters.busy:  # no jumping the queue
+                refused = waiters.check(env, only, explain)
+                if refused is not None:
+                    return refused
             return self._decide(env, False, only, explain, request)  # nothing waits
         return self.waiters.enter(env, timeout_s, only, explain, notify)
 

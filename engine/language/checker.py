@@ -1260,6 +1260,7 @@ class Checker:
         assert unit in LIMIT_UNITS
         if unit == CONCURRENT:
             self._inflight(limit)
+            self._wait_refused(limit)
             if limit.when is not None:
                 self._condition(limit.when, allow_model=False)
             return
@@ -1288,11 +1289,41 @@ class Checker:
         if limit.when is not None:
             self._condition(limit.when, allow_model=False)
 
+    def _wait_refused(self, limit: ast.Limit) -> bool:
+        """`wait up to D` where nothing could wait: on a `shadow` limit (E0422), which never
+        denies, or a `concurrent` one (E0423), whose slots come back with outcomes, not by
+        the clock the waiters run on. True when refused."""
+        wait = limit.wait
+        if wait is None:
+            return False
+        if limit.unit is not None and limit.unit.text == CONCURRENT:
+            self.error(
+                "E0423",
+                "a `concurrent` limit cannot wait: its slots come back with outcomes,"
+                " not with time",
+                wait.span,
+                "drop `wait up to "
+                f"{wait.text}`: a request that finds every slot taken is denied at once"
+                " (retry after the soonest lease runs out)",
+            )
+            return True
+        if limit.shadow:
+            self.error(
+                "E0422",
+                "a shadow limit cannot wait",
+                wait.span,
+                f"a shadow limit never denies, so nothing waits: drop `wait up to {wait.text}`,"
+                " or drop `shadow`",
+            )
+            return True
+        return False
+
     def _wait(self, limit: ast.Limit) -> None:
-        """`wait up to D` (E0420, E0421): a duration longer than zero, within the window."""
+        """`wait up to D` (E0420, E0421): a duration longer than zero, within the window;
+        on a limit that can deny by time (E0422)."""
         wait, window = limit.wait, limit.window
         assert wait is not None and window is not None
-        if not self._wait_duration(wait, "a limit's wait"):
+        if self._wait_refused(limit) or not self._wait_duration(wait, "a limit's wait"):
             pass
         elif window.unit is Unit.DURATION and float(wait.value) > float(window.value):  # type: ignore[arg-type]
             self.error(

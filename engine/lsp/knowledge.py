@@ -118,6 +118,33 @@ _ALERT_HEAD = r'\balert\s+"(?:[^"\\\n]|\\.)*"\s+when\s+'
 _SIGNAL_AT = re.compile(_ALERT_HEAD + r"(\w*)$")  # `alert "x" when p9…`
 _SUBJECT_AT = re.compile(_ALERT_HEAD + r"(\w+)\(\s*([\w.-]*)$")  # `… when p95(prov…`
 _ARM_AT = re.compile(r"[0-9][\w.]*%?\s*:\s*route\s+([\w.\-]*)$")  # `10%: route cand…`
+# a limit's head typed so far: `[shadow] limit SCOPE [= request.PATH] ["KEY"]`
+_LIMIT_HEAD = r'^\s*(shadow\s+)?limit\s+\w+(?:\s*=\s*request\.[\w.]+)?(?:\s+"(?:[^"\\\n]|\\.)*")?'
+_UNIT_AT = re.compile(_LIMIT_HEAD + r"\s+([A-Za-z_]*)$")  # `limit user tok…`
+# after a rate limit's window (`per 1m [burst 10] `) and an in-flight cap's count
+_LIMIT_TAIL_AT = re.compile(_LIMIT_HEAD + r"\s+(?:\w+\s+)?\S+\s+per\s+\S+(.*?)\s+([A-Za-z_]*)$")
+_INFLIGHT_TAIL_AT = re.compile(_LIMIT_HEAD + r"\s+concurrent\s+\S+(.*?)\s+([A-Za-z_]*)$")
+_PER_AT = re.compile(_LIMIT_HEAD + r"\s+(?:\w+\s+)?[0-9$]\S*\s+([A-Za-z_]*)$")  # `… 100 p`
+_WAIT_AT = re.compile(r"\bwait\s+([A-Za-z_]*)$")  # `wait up to D`, a limit's or a route's
+_SHADOW_AT = re.compile(r"^(\s*)shadow\s+([A-Za-z_]*)$")
+_AFFINITY_AT = re.compile(r"^\s*affinity\s+(?:(by)\s+(?:(request\.[\w.]+)\s+)?)?([A-Za-z_]*)$")
+
+# the words of a limit (docs/language.md), for completion
+_UNITS = (
+    Completion("requests", "keyword", "limit unit: one per request (the default)", "requests"),
+    Completion("tokens", "keyword", "limit unit: the request's token estimate", "tokens"),
+    Completion("spend", "keyword", "limit unit: the estimated cost, in `$`", "spend"),
+    Completion("concurrent", "keyword", "in-flight cap: `concurrent N [lease D]`", "concurrent"),
+)
+_WAIT_UP_TO = Completion(
+    "wait up to", "keyword", "a denied request waits up to D for its tokens", "wait up to "
+)
+_UP_TO = Completion("up to", "keyword", "`wait up to D`", "up to ")
+_BURST = Completion("burst", "keyword", "tokens beyond the limit, at once", "burst ")
+_PER = Completion("per", "keyword", "the window: `per 1m`, `per 1h`, `per 1d`", "per ")
+_LEASE = Completion("lease", "keyword", "a slot's longest hold (default 10m)", "lease ")
+_WHEN = Completion("when", "keyword", "the limit applies when the condition holds", "when ")
+_UNTIL = Completion("until", "keyword", "the limit ends at this date", "until ")
 
 
 def _line_before(text: str, offset: int) -> str:
@@ -157,6 +184,29 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
     if found := _LIMIT_AT.search(before):
         items = [Completion(s, "scope", "limit scope", s) for s in STANDARD_SCOPES]
         return Completions(line_start + found.start(1), tuple(items))
+    if found := _limit_words(before):
+        return Completions(line_start + found[0], found[1])
+    if found := _SHADOW_AT.search(before):  # in a block `shadow route`, outside `shadow limit`
+        word = "route" if found.group(1) else "limit"
+        detail = (
+            "a route that decides too, never served"
+            if found.group(1)
+            else ("a limit in report-only mode: counted, never denying")
+        )
+        items = (Completion(word, "keyword", detail, f"{word} "),)
+        return Completions(line_start + found.start(2), items)
+    if found := _AFFINITY_AT.search(before):
+        if found.group(1) is None:
+            item = Completion(
+                "by request.", "keyword", "`affinity by request.FIELD for D`", "by request."
+            )
+        elif found.group(2) is None:
+            item = Completion(
+                "request.", "keyword", "the request field that keys a pin", "request."
+            )
+        else:
+            item = Completion("for", "keyword", "how long a pin lasts: `for 30m`", "for ")
+        return Completions(line_start + found.start(3), (item,))
     if found := _SIGNAL_AT.search(before):
         items = [Completion(n, "signal", _signal_detail(n), n) for n in SIGNALS]
         return Completions(line_start + found.start(1), tuple(items))
@@ -174,6 +224,33 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
     word = re.search(r"[A-Za-z_]*$", before)
     start = line_start + (word.start() if word is not None else len(before))
     return Completions(start, tuple(Completion(k, "keyword", "keyword", k) for k in keywords()))
+
+
+def _limit_words(before: str) -> tuple[int, tuple[Completion, ...]] | None:
+    """In a limit (and after `wait`): what may follow what is written, and where the word
+    being typed starts on the line; None elsewhere."""
+    if found := _WAIT_AT.search(before):
+        return found.start(1), (_UP_TO,)
+    if found := _INFLIGHT_TAIL_AT.search(before):
+        rest = found.group(2)
+        if re.search(r"\b(when|until)\b", rest):
+            return None  # a condition or a date: not a word of the limit's
+        items = ([] if re.search(r"\blease\b", rest) else [_LEASE]) + [_WHEN, _UNTIL]
+        return found.start(3), tuple(items)
+    if found := _LIMIT_TAIL_AT.search(before):
+        rest = found.group(2)
+        if re.search(r"\b(when|until)\b", rest):
+            return None
+        items = [] if re.search(r"\b(burst|wait)\b", rest) else [_BURST]
+        if found.group(1) is None and not re.search(r"\bwait\b", rest):
+            items.append(_WAIT_UP_TO)  # not on a shadow limit (E0422)
+        return found.start(3), (*items, _WHEN, _UNTIL)
+    if found := _PER_AT.search(before):
+        return found.start(2), (_PER,)
+    if found := _UNIT_AT.search(before):
+        units = _UNITS[:3] if found.group(1) else _UNITS  # no shadow in-flight cap
+        return found.start(2), units
+    return None
 
 
 def _outside_strings(line: str) -> str:
@@ -300,10 +377,15 @@ _KEYWORD_HOVER = {
         " decision's outcome never comes (default 10m)"
     ),
     "wait": (
-        "`limit … per D wait up to W`: a request this limit denies waits up to W for its"
-        " tokens instead of an immediate denial (`engine.acquire`, the service's /v1/eval"
-        " and /v1/enforce; `policyctl eval` never waits); waiters are admitted by request"
-        " `priority` (higher first), then arrival, from a bounded queue per bucket key"
+        "`limit … per D wait up to W` (or `wait up to W` in a route or `defaults`, for its"
+        " limits): a request the limit denies waits up to W for its tokens instead of an"
+        " immediate denial (`engine.acquire`, the service's /v1/eval and /v1/enforce;"
+        " `evaluate` and `policyctl eval` never wait); waiters are admitted by request"
+        " `priority` (higher first), then arrival, from a bounded queue per bucket key. The"
+        " queue is fair: a newcomer waits behind the waiters of its priority or higher, and a"
+        " request whose turn (the tokens the waiters ahead need, at the bucket's rate) comes"
+        " after W is denied at once, its `retry_after_ms` counting them. Not on a `shadow`"
+        " limit (E0422) nor a `concurrent` one (E0423)"
     ),
     "shadow": (
         "`shadow route NAME`: that route decides every request this route serves too, for"
@@ -320,6 +402,20 @@ _SHADOW_LIMIT_HOVER = (
     " `policyctl_shadow_denials_total`. Drop the word `shadow` to enforce it"
 )
 _KEYWORD = re.compile(rf"\b({'|'.join(_KEYWORD_HOVER)})\b")
+# the other words of a phrase, shown as its first word's hover: `wait up to`, `affinity by
+# request.FIELD for D`
+_PHRASES = (
+    (re.compile(r"\bwait\s+up\s+to\b"), "wait"),
+    (re.compile(r"\baffinity\s+by\s+request\.[\w.]+\s+for\b"), "affinity"),
+)
+# what some request fields do beyond conditions
+_FIELD_NOTES = {
+    "priority": (
+        "the order of the waiters for a limit's tokens (`wait up to D`): higher first, then"
+        " arrival; a whole number from -1000 to 1000, default 0; the service's `X-Priority`"
+        " header sets it"
+    ),
+}
 
 
 def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
@@ -335,6 +431,11 @@ def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
             if found.group(1) == "shadow" and re.match(r"\s+limit\b", line[found.end() :]):
                 shown = _SHADOW_LIMIT_HOVER
             return Hover(shown, line_start + found.start(), line_start + found.end())
+    for pattern, word in _PHRASES:
+        for found in pattern.finditer(_outside_strings(line)):
+            if found.start() <= at <= found.end():
+                shown = _KEYWORD_HOVER[word]
+                return Hover(shown, line_start + found.start(), line_start + found.end())
     if re.match(r"\s*alert\b", line):
         blanked = re.sub(r'"(?:[^"\\\n]|\\.)*"?', lambda m: " " * len(m.group()), line)
         for found in re.finditer(r"\b(\w+)\s*(?=\(|[<>])", blanked):
@@ -375,7 +476,10 @@ def _field_hover(root: str, name: str, catalog: Catalog | None) -> str | None:
         if name.startswith(METADATA_FIELD + "."):
             return f"`request.{name}`: any scalar, from the request's metadata"
         field = REQUEST_FIELDS.get(name)
-        return None if field is None else f"`request.{name}`: {_type(field)}"
+        if field is None:
+            return None
+        note = _FIELD_NOTES.get(name)
+        return f"`request.{name}`: {_type(field)}" + ("" if note is None else f"; {note}")
     attr = MODEL_ATTRS.get(name)
     if attr is not None:
         return f"`model.{name}`: {_type(attr)}"

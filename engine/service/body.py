@@ -206,9 +206,13 @@ async def decide(
         explain=explain, input_format=options.input_format, request_id=options.request_id,
         model=options.model, stream=options.stream,
     )  # fmt: skip
-    if dry_run or not has_waits(engine.program) or _no_wait(request):
+    if dry_run or not has_waits(engine.program):
         return engine.evaluate(body, dry_run=dry_run, **wire)  # type: ignore[arg-type]
-    return await engine.acquire(body, priority=priority_header(request), **wire)
+    # `?wait=false`: at once, but in the place of its priority (no jumping the queue)
+    timeout_s = 0.0 if _no_wait(request) else None
+    return await engine.acquire(
+        body, timeout_s=timeout_s, priority=priority_header(request), **wire
+    )
 
 
 def _no_wait(request: HttpRequest) -> bool:
