@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from engine.analytics.records import WaitRow
 from engine.language.program import Program
+from engine.limits.limiter import LimitEvents
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
 
@@ -129,6 +131,7 @@ class WaitQueues:
         self._changed = threading.Condition(self._lock)
         self._waited = self._admitted = self._timed_out = self._queue_full = 0
         self._wait_seconds = 0.0
+        self.events: LimitEvents | None = None  # the analytics tables' (`rate_limit_waits`)
 
     # entering -----------------------------------------------------------------
 
@@ -160,6 +163,11 @@ class WaitQueues:
                 denial = self._decide(env, False, only, explain)
                 if denial.allowed:  # the tokens came just now
                     return denial
+                if self.events is not None:
+                    self.events.submit_event(
+                        WaitRow(now, env.get("id"), key, float(env.get("priority") or 0.0),
+                                0.0, "queue_full")
+                    )  # fmt: skip
                 return replace(
                     denial,
                     reason=f"{denial.reason}; the wait queue of `{key}` is full"
@@ -231,6 +239,14 @@ class WaitQueues:
             self._admitted += 1
         else:
             self._timed_out += 1
+        if self.events is not None:
+            self.events.submit_event(
+                WaitRow(
+                    now, waiter.env.get("id"), waiter.key, waiter.priority,
+                    max(0.0, now - waiter.since_s) * 1000.0,
+                    "admitted" if decision.allowed else "timed_out",
+                )
+            )  # fmt: skip
         waiter.notify()
         return 1
 
