@@ -88,6 +88,53 @@ class ConfigRow(NamedTuple):
     burst: float
     until: float | None  # epoch seconds; a TIMESTAMP column
     source: str  # policy file:line:col
+    shadow: bool = False  # `shadow limit …`: counted, never denying (added later)
+    lease_ms: float | None = None  # an in-flight limit's lease (unit `concurrent`), else None
+
+
+class SettlementRow(NamedTuple):
+    """One bucket of a reservation, settled by its decision's outcome or expired unsettled,
+    as `rate_limit_settlements` holds it (written off the hot path, in batches)."""
+
+    settled_at: float  # epoch seconds: the outcome's time, or when the reservation expired
+    request_id: str
+    bucket_key: str  # e.g. `user/tokens/60000/alice`
+    scope: str
+    unit: str  # tokens | spend
+    estimate: float  # what the decision's estimate took (tokens, or dollars)
+    actual: float | None  # what the outcome says was used; None: not reported, or expired
+    delta: float  # applied to the bucket: > 0 charged, < 0 refunded (a refund stops at full)
+    result: str  # settled | unreported | expired | store_error (`SETTLEMENT_RESULTS`)
+
+
+class WaitRow(NamedTuple):
+    """One request that waited for a limit's tokens (or found the wait queue full), as
+    `rate_limit_waits` holds it."""
+
+    finished_at: float  # epoch seconds
+    request_id: str | None
+    bucket_key: str  # the queue's key, `scope/unit/key`: `user/requests/alice`
+    priority: float
+    waited_ms: float  # 0 for `queue_full`
+    outcome: str  # admitted | timed_out | queue_full (`WAIT_OUTCOMES`)
+
+
+class InFlightRow(NamedTuple):
+    """One in-flight slot given back, by its decision's outcome or by its lease running
+    out, as `rate_limit_inflight` holds it."""
+
+    released_at: float  # epoch seconds (a lease: when it ran out)
+    gauge_key: str  # e.g. `model/concurrent/600000/openai/gpt-4o`
+    scope: str
+    request_id: str
+    held_ms: float  # from the decision that took it to its release
+    released_by: str  # outcome | lease (`RELEASED_BY`)
+
+
+SETTLEMENT_RESULTS = ("settled", "unreported", "expired", "store_error")
+WAIT_OUTCOMES = ("admitted", "timed_out", "queue_full")
+RELEASED_BY = ("outcome", "lease")
+LimitEventRow = SettlementRow | WaitRow | InFlightRow
 
 
 # tuple.__new__ builds the named tuple without a Python-level __new__ call (hot path)

@@ -1,8 +1,10 @@
 """The DuckDB schema (the design's table and view names) and the queries behind the CLI.
 
 Tables: rate_limit_configs, rate_limit_buckets, rate_limit_violations, user_quotas,
-rate_limit_stats, decisions, outcomes. Views: rate_limit_summary, active_buckets,
-recent_violations, provider_metrics (exact `quantile_cont` percentiles over 24 h).
+rate_limit_stats, rate_limit_settlements, rate_limit_waits, rate_limit_inflight, decisions,
+outcomes. Views: rate_limit_summary, active_buckets, recent_violations, settled_deltas,
+wait_summary, inflight_summary, provider_metrics (exact `quantile_cont` percentiles over
+24 h).
 Writers batch: a process collects violations, daily tallies and decisions in memory and
 writes them in one transaction (`write_batch`), never one row per decision.
 """
@@ -16,8 +18,12 @@ from typing import Any
 from engine.analytics.records import (
     ConfigRow,
     DecisionRow,
+    InFlightRow,
+    LimitEventRow,
     OutcomeRow,
+    SettlementRow,
     ViolationRow,
+    WaitRow,
     sql_types,
 )
 
@@ -32,7 +38,9 @@ CREATE TABLE IF NOT EXISTS rate_limit_configs (
     burst DOUBLE NOT NULL,
     until TIMESTAMP,
     source VARCHAR NOT NULL,         -- policy file:line:col
-    enabled BOOLEAN NOT NULL DEFAULT TRUE
+    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    shadow BOOLEAN,                  -- `shadow limit`: never denies (added later: NULL in old rows)
+    lease_ms DOUBLE                  -- unit `concurrent`: the slot's lease, else NULL
 );
 CREATE TABLE IF NOT EXISTS rate_limit_buckets (
     bucket_key VARCHAR PRIMARY KEY,  -- scope/unit/window_ms/key
@@ -91,6 +99,33 @@ CREATE TABLE IF NOT EXISTS decisions (
     request VARCHAR,                 -- the request's features as JSON (--log-requests)
     explored BOOLEAN                 -- true: `explore` sent it to a little-measured model
 );
+CREATE TABLE IF NOT EXISTS rate_limit_settlements (
+    settled_at TIMESTAMP NOT NULL,   -- the outcome's time, or when the reservation expired
+    request_id VARCHAR NOT NULL,
+    bucket_key VARCHAR NOT NULL,     -- scope/unit/window_ms/key
+    scope VARCHAR NOT NULL,
+    unit VARCHAR NOT NULL,           -- tokens | spend
+    estimate DOUBLE NOT NULL,        -- what the estimate took
+    actual DOUBLE,                   -- what the outcome reported; NULL: not reported, expired
+    delta DOUBLE NOT NULL,           -- applied: > 0 charged, < 0 refunded
+    result VARCHAR NOT NULL          -- settled | unreported | expired | store_error
+);
+CREATE TABLE IF NOT EXISTS rate_limit_waits (
+    finished_at TIMESTAMP NOT NULL,
+    request_id VARCHAR,
+    bucket_key VARCHAR NOT NULL,     -- the wait queue: scope/unit/key
+    priority DOUBLE NOT NULL,
+    waited_ms DOUBLE NOT NULL,
+    outcome VARCHAR NOT NULL         -- admitted | timed_out | queue_full
+);
+CREATE TABLE IF NOT EXISTS rate_limit_inflight (
+    released_at TIMESTAMP NOT NULL,
+    gauge_key VARCHAR NOT NULL,      -- scope/concurrent/lease_ms/key
+    scope VARCHAR NOT NULL,
+    request_id VARCHAR NOT NULL,
+    held_ms DOUBLE NOT NULL,
+    released_by VARCHAR NOT NULL     -- outcome | lease
+);
 CREATE TABLE IF NOT EXISTS installation (
     name VARCHAR PRIMARY KEY,        -- `key_salt`: the salt of hashed user and IP keys
     value VARCHAR NOT NULL
@@ -137,6 +172,27 @@ CREATE OR REPLACE VIEW active_buckets AS
                * rate_per_ms) / capacity, 1) AS fill_percent,
            make_timestamp(CAST(last_used_ms * 1000 AS BIGINT)) AS last_used
     FROM rate_limit_buckets WHERE full_at_ms > epoch_ms(now());
+CREATE OR REPLACE VIEW settled_deltas AS
+    SELECT CAST(settled_at AS DATE) AS day, scope, unit,
+           count(DISTINCT request_id) AS reservations,
+           count(*) FILTER (WHERE result = 'settled') AS buckets_settled,
+           count(*) FILTER (WHERE result = 'expired') AS buckets_expired,
+           coalesce(sum(-delta) FILTER (WHERE delta < 0), 0) AS refunded,
+           coalesce(sum(delta) FILTER (WHERE delta > 0), 0) AS charged,
+           coalesce(sum(delta), 0) AS net_delta
+    FROM rate_limit_settlements GROUP BY ALL;
+CREATE OR REPLACE VIEW wait_summary AS
+    SELECT CAST(finished_at AS DATE) AS day, bucket_key, outcome,
+           count(*) AS requests,
+           avg(waited_ms) AS avg_waited_ms,
+           max(waited_ms) AS max_waited_ms
+    FROM rate_limit_waits GROUP BY ALL;
+CREATE OR REPLACE VIEW inflight_summary AS
+    SELECT CAST(released_at AS DATE) AS day, gauge_key, released_by,
+           count(*) AS releases,
+           avg(held_ms) AS avg_held_ms,
+           max(held_ms) AS max_held_ms
+    FROM rate_limit_inflight GROUP BY ALL;
 CREATE OR REPLACE VIEW recent_violations AS
     SELECT * FROM rate_limit_violations
     WHERE violated_at >= now()::TIMESTAMP - INTERVAL 24 HOUR ORDER BY violated_at DESC;
@@ -154,6 +210,8 @@ ADDED_COLUMNS = (
     ("decisions", "shadow_of", "VARCHAR"),
     ("decisions", "request", "VARCHAR"),
     ("decisions", "explored", "BOOLEAN"),
+    ("rate_limit_configs", "shadow", "BOOLEAN"),
+    ("rate_limit_configs", "lease_ms", "DOUBLE"),
 )
 
 
@@ -176,6 +234,22 @@ def key_salt(con: Any) -> bytes:
     )
     (value,) = con.execute("SELECT value FROM installation WHERE name = 'key_salt'").fetchone()
     return bytes.fromhex(value)
+
+
+def write_limit_events(con: Any, rows: Sequence[LimitEventRow]) -> None:
+    """Append rate-limit event rows (settlements, waits, in-flight releases), each to its
+    table, in the order given within a table."""
+    for row_type, table in LIMIT_EVENT_TABLES.items():
+        found = [row for row in rows if type(row) is row_type]
+        if found:
+            insert_records(con, table, row_type, found)
+
+
+LIMIT_EVENT_TABLES: dict[type[tuple[Any, ...]], str] = {
+    SettlementRow: "rate_limit_settlements",
+    WaitRow: "rate_limit_waits",
+    InFlightRow: "rate_limit_inflight",
+}
 
 
 def write_configs(con: Any, rows: Iterable[ConfigRow]) -> None:

@@ -1,23 +1,25 @@
-"""The durable logs of a running engine: outcomes and decisions, written by a background
-thread in batches.
+"""The durable logs of a running engine: outcomes, decisions and rate-limit events
+(settlements, waits, in-flight releases), written by a background thread in batches.
 
-`submit` (an outcome row) and `submit_decision` (a decision row) never block the caller and
-take no lock: they append to a bounded deque. When it is full the row is not taken:
-`submit` returns False (the caller says so: `record()` returns False, `POST /v1/outcomes`
-answers 503) and the row is counted (`dropped`, `dropped_decisions`). The writer thread
+`submit` (an outcome row), `submit_decision` (a decision row) and `submit_event` (a
+`SettlementRow`, `WaitRow` or `InFlightRow`) never block the caller and take no lock: they
+append to a bounded deque. When it is full the row is not taken: `submit` returns False
+(the caller says so: `record()` returns False, `POST /v1/outcomes` answers 503) and the row
+is counted (`dropped`, `dropped_decisions`, `dropped_events`). The writer thread
 wakes every `poll_s` (or at once when a deque reaches `batch` rows, or on `flush`/`close`),
 and commits what it holds when it has `batch` rows or its oldest row has waited
 `interval_s`: a row submitted at t is committed by about t + interval_s + poll_s, however
 steady the traffic. Each batch is one transaction and one columnar INSERT per table, so a
 process killed mid-stream leaves every committed batch intact. A batch DuckDB refuses is
 retried in halves down to single rows (`engine.analytics.salvage`): only the rows it
-refuses are lost, counted in `refused` and `refused_decisions` and logged. A batch the
-disk refuses (no row's fault: `salvage` says `StateWriteError`) goes back to the front of
-the queue, whole, and is tried again an `interval_s` later (counted in `failed_writes`,
-logged at most every 10 s): while it cannot be written the queue fills, and `submit`
-refuses rows past `max_queue` as always. `flush` blocks until everything submitted before it is
-written, and raises `StateWriteError` if the disk refused it; `close` drains everything,
-joins the thread, and raises `StateWriteError` if rows are left unwritten.
+refuses are lost, counted in `refused`, `refused_decisions` and `refused_events` and
+logged. A batch the disk refuses (no row's fault: `salvage` says `StateWriteError`) goes
+back to the front of the queue, whole, and is tried again an `interval_s` later (counted
+in `failed_writes`, logged at most every 10 s): while it cannot be written the queue
+fills, and `submit` refuses rows past `max_queue` as always. `flush` blocks until
+everything submitted before it is written, and raises `StateWriteError` if the disk
+refused it; `close` drains everything, joins the thread, and raises `StateWriteError` if
+rows are left unwritten.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from collections import deque
 from typing import Any, TypeVar
 
 from engine.analytics import schema as analytics
-from engine.analytics.records import DecisionRow, OutcomeRow
+from engine.analytics.records import DecisionRow, LimitEventRow, OutcomeRow
 from engine.analytics.salvage import StateWriteError, in_transaction, write_salvaging
 
 log = logging.getLogger("policyctl.outcomes")
 LOG_FAILURES_EVERY_S = 10.0
-Row = TypeVar("Row", OutcomeRow, DecisionRow)
+Row = TypeVar("Row")
 
 
 class OutcomeWriter:
@@ -52,6 +54,8 @@ class OutcomeWriter:
         self._label = label  # the file, in errors: "the state file `…`"
         self._outcomes: deque[OutcomeRow] = deque()
         self._decisions: deque[DecisionRow] = deque()
+        # rate-limit events: settlements, waits, in-flight releases (`submit_event`)
+        self._events: deque[LimitEventRow] = deque()
         self._max = max_queue
         self._batch = batch
         self._interval_s = interval_s
@@ -61,11 +65,14 @@ class OutcomeWriter:
         self._stopping = False
         self.dropped = 0
         self.dropped_decisions = 0
+        self.dropped_events = 0
         self.written = 0
         self.written_decisions = 0
+        self.written_events = 0
         self.failed_batches = 0  # batches DuckDB refused whole (then salvaged row by row)
         self.refused = 0  # outcome rows DuckDB refused
         self.refused_decisions = 0
+        self.refused_events = 0
         self.failed_writes = 0  # batches the disk refused (kept, tried again)
         self._failure: StateWriteError | None = None  # of the last write, if it failed
         self._failure_logged = -LOG_FAILURES_EVERY_S
@@ -103,10 +110,21 @@ class OutcomeWriter:
         if len(queued) == self._batch:
             self._wake.set()
 
+    def submit_event(self, row: LimitEventRow) -> None:
+        """One rate-limit event row (`SettlementRow`, `WaitRow`, `InFlightRow`); past
+        `max_queue` it is not taken, and counted (`dropped_events`)."""
+        queued = self._events
+        if len(queued) >= self._max:
+            self.dropped_events += 1
+            return
+        queued.append(row)
+        if len(queued) == self._batch:
+            self._wake.set()
+
     @property
     def queued(self) -> int:
         """Rows submitted and not yet taken by the writer."""
-        return len(self._outcomes) + len(self._decisions)
+        return len(self._outcomes) + len(self._decisions) + len(self._events)
 
     def flush(self) -> None:
         """Block until everything submitted so far is written."""
@@ -137,6 +155,7 @@ class OutcomeWriter:
     def _run(self) -> None:
         outcomes: list[OutcomeRow] = []
         decisions: list[DecisionRow] = []
+        events: list[LimitEventRow] = []
         oldest = 0.0  # when the oldest row held now was taken
         retry_at = 0.0  # after a write the disk refused: not before (but for flush/close)
         while True:
@@ -146,9 +165,13 @@ class OutcomeWriter:
             flushes = []
             while self._flushes:  # taken before draining: their rows are already queued
                 flushes.append(self._flushes.popleft())
-            moved = _drain(self._outcomes, outcomes) + _drain(self._decisions, decisions)
+            moved = (
+                _drain(self._outcomes, outcomes)
+                + _drain(self._decisions, decisions)
+                + _drain(self._events, events)
+            )
             now = time.monotonic()
-            held = len(outcomes) + len(decisions)
+            held = len(outcomes) + len(decisions) + len(events)
             if moved and held == moved:
                 oldest = now
             if (
@@ -157,8 +180,8 @@ class OutcomeWriter:
                 or (now >= retry_at and held >= self._batch)
                 or (held and now - oldest >= self._interval_s)
             ):
-                self._write(outcomes, decisions)
-                outcomes, decisions = [], []
+                self._write(outcomes, decisions, events)
+                outcomes, decisions, events = [], [], []
                 if self._failure is not None:
                     retry_at = now + self._interval_s
             for done in flushes:
@@ -166,13 +189,20 @@ class OutcomeWriter:
             if stopping:
                 return
 
-    def _write(self, outcomes: list[OutcomeRow], decisions: list[DecisionRow]) -> None:
-        if not outcomes and not decisions:
+    def _write(
+        self,
+        outcomes: list[OutcomeRow],
+        decisions: list[DecisionRow],
+        events: list[LimitEventRow] | None = None,
+    ) -> None:
+        events = events or []
+        if not outcomes and not decisions and not events:
             return
 
         def both(cursor: Any) -> None:
             analytics.write_outcomes(cursor, outcomes)
             analytics.write_decisions(cursor, decisions)
+            analytics.write_limit_events(cursor, events)
 
         failed = in_transaction(self._cursor, both)
         if isinstance(failed, StateWriteError):  # kept whole, at the front: tried again
@@ -180,6 +210,7 @@ class OutcomeWriter:
             self.failed_writes += 1
             self._outcomes.extendleft(reversed(outcomes))
             self._decisions.extendleft(reversed(decisions))
+            self._events.extendleft(reversed(events))
             now = time.monotonic()
             if now - self._failure_logged >= LOG_FAILURES_EVERY_S:
                 self._failure_logged = now
@@ -195,8 +226,15 @@ class OutcomeWriter:
             bad_decisions, err2 = write_salvaging(
                 self._cursor, analytics.write_decisions, decisions
             )
+            bad_events, err3 = write_salvaging(self._cursor, analytics.write_limit_events, events)
             self.refused += len(bad_outcomes)
             self.refused_decisions += len(bad_decisions)
+            self.refused_events += len(bad_events)
+            if bad_events:
+                log.warning(
+                    "could not write %d of %d rate-limit events: %s",
+                    len(bad_events), len(events), err3,
+                )  # fmt: skip
             if bad_outcomes or bad_decisions:  # a failed batch is counted, never raised here
                 log.warning(
                     "could not write %d of %d outcomes and %d of %d decisions: %s",
@@ -205,9 +243,11 @@ class OutcomeWriter:
                 )  # fmt: skip
             self.written += len(outcomes) - len(bad_outcomes)
             self.written_decisions += len(decisions) - len(bad_decisions)
+            self.written_events += len(events) - len(bad_events)
             return
         self.written += len(outcomes)
         self.written_decisions += len(decisions)
+        self.written_events += len(events)
 
 
 def _drain(source: deque[Row], into: list[Row]) -> int:

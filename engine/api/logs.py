@@ -39,6 +39,7 @@ from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
 from engine.limits.records import LimitDenial
 from engine.limits.stores import Store
 from engine.routing.decision import Decision
+from engine.vocabulary import CONCURRENT
 
 LOG_FLUSH_EVERY = 10_000  # persistent decisions between writes of stats, violations, buckets
 VIOLATIONS_FLUSH_AT = MAX_VIOLATIONS_KEPT // 2
@@ -114,6 +115,7 @@ class EngineLogs:
         """Hand violations, daily stats (and decisions kept here) to the store; when the
         disk refuses them (`StateWriteError`, raised), keep them for the next flush."""
         with self._flushing:
+            self.limiter.sweep_events()  # expired reservations and leases: their rows
             taken, stats = self.limiter.take_logs()
             held_violations, held_stats = self._held
             violations = held_violations + [
@@ -241,6 +243,8 @@ def limit_config_rows(program: Program) -> list[ConfigRow]:
             burst=limit.burst,
             until=limit.until,
             source=limit.location,
+            shadow=limit.shadow,
+            lease_ms=limit.window_ms if limit.unit == CONCURRENT else None,
         )
         for limit in program.limits
     ]

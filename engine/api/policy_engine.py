@@ -241,6 +241,22 @@ class PolicyEngine:
             )
             if self._logs is not None:
                 self._logs.writer = self.outcome_log
+        # the rate-limit events (settlements, waits, in-flight releases) go where the
+        # violations go: the state file, else the analytics file (none: no events made)
+        self._event_log: OutcomeWriter | None = None  # a writer of their own, if needed
+        events_at = self.store.connection if isinstance(self.store, Persistence) else None
+        label = f"the state file `{self.store.url}`"
+        if self.analytics is not None:
+            events_at = self._analytics_connection or connection
+            label = f"the analytics file `{analytics}`"
+        if events_at is not None:
+            if self.outcome_log is not None and events_at is connection:
+                self.limiter.events = self.outcome_log
+            else:
+                self.limiter.events = self._event_log = OutcomeWriter(
+                    events_at, max_queue=outcome_queue, interval_s=flush_interval_s / 2,
+                    label=label,
+                )  # fmt: skip
         if self._logs is not None:
             self._logs.start(flush_interval_s)
 
@@ -368,8 +384,11 @@ class PolicyEngine:
     def flush(self) -> None:
         """Write the batched logs (decisions, outcomes, violations, daily stats) and the
         buckets to a persistent store; returns when they are committed."""
+        self.limiter.sweep_events()  # expired reservations and leases: their rows first
         if self.outcome_log is not None:
             self.outcome_log.flush()
+        if self._event_log is not None:
+            self._event_log.flush()
         if self._logs is not None:
             self._logs.flush()
 
@@ -394,8 +413,12 @@ class PolicyEngine:
         if self._logs is not None:
             self._logs.stop()
         writes: list[Callable[[], None]] = []
+        self.limiter.sweep_events()  # expired reservations and leases: their rows first
+        self.limiter.events = None  # ... and no more rows: the writers close below
         if self.outcome_log is not None:
             writes.append(self.outcome_log.close)
+        if self._event_log is not None:
+            writes.append(self._event_log.close)
         if self._logs is not None:
             writes.append(self._logs.flush)
         failed: list[StateWriteError] = []
@@ -516,6 +539,7 @@ class PolicyEngine:
                 self.clock,
                 denied=self._queue_denied,
             )
+            queues.events = self.limiter.events  # `rate_limit_waits` (None: no analytics)
         return queues
 
     def _queue_denied(self, decision: Decision) -> None:

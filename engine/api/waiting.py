@@ -34,7 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from engine.analytics.records import WaitRow
 from engine.language.program import Program
+from engine.limits.limiter import LimitEvents
 from engine.limits.records import LimitDenial, LimitStatus
 from engine.routing.decision import Decision
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -224,6 +226,7 @@ class WaitQueues:
         self._changed = threading.Condition(self._lock)
         self._waited = self._admitted = self._timed_out = self._queue_full = 0
         self._wait_seconds = 0.0
+        self.events: LimitEvents | None = None  # the analytics tables' (`rate_limit_waits`)
 
     @property
     def busy(self) -> bool:
@@ -362,6 +365,8 @@ class WaitQueues:
         denial = self._refuse(env, only, explain, probe, status, key, turn_ms, len(ahead))
         if denial.allowed:  # the tokens came just now
             return denial
+        if self.events is not None:
+            self.events.submit_event(WaitRow(now, env.get("id"), key, priority, 0.0, "queue_full"))
         return replace(
             denial,
             reason=f"{denial.reason}; the wait queue of `{key}` is full"
@@ -466,6 +471,14 @@ class WaitQueues:
             self._admitted += 1
         else:
             self._timed_out += 1
+        if self.events is not None:
+            self.events.submit_event(
+                WaitRow(
+                    now, waiter.env.get("id"), waiter.key, waiter.priority,
+                    max(0.0, now - waiter.since_s) * 1000.0,
+                    "admitted" if decision.allowed else "timed_out",
+                )
+            )  # fmt: skip
         waiter.notify()
         return 1
 

@@ -458,8 +458,12 @@ class RateLimitAdmin:
         }
         if limit.shadow:  # `shadow limit …`: counted, never denying (absent otherwise)
             row["shadow"] = True
+        if limit.unit == CONCURRENT:  # a gauge: its lease as the window (as `status`)
+            row["window"] = f"lease {format_duration(limit.window_ms)}"
         if verbose:
-            row["rate_per_s"] = _sig(limit.amount / limit.window_ms * 1000.0)
+            row["rate_per_s"] = (
+                None if limit.unit == CONCURRENT else _sig(limit.amount / limit.window_ms * 1000.0)
+            )  # a gauge has no refill rate
             row["keyed_by"] = limit.key_field or (
                 "expression" if limit.key_fn is not None else None
             )

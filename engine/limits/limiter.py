@@ -31,8 +31,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
+from engine.analytics.records import InFlightRow, LimitEventRow, SettlementRow
 from engine.language.program import CompiledLimit
 from engine.limits.records import STORE_DOWN, UNATTRIBUTED, LimitDenial, LimitStatus
 from engine.limits.stores.base import (
@@ -390,6 +391,22 @@ class SettlementCounts:
     charged: dict[str, float]
 
 
+class LimitEvents(Protocol):
+    """Where the limiter hands its events for the analytics tables (settlements, in-flight
+    releases): `engine.analytics.writer.OutcomeWriter`, a bounded queue written off the
+    hot path. None on the limiter (a memory-only engine): no event is made."""
+
+    def submit_event(self, row: LimitEventRow) -> None: ...
+
+
+def _event_scope(key: str) -> str:
+    """The scope of a bucket or gauge key (`user/tokens/60000/alice`): `shadow:user` for a
+    shadow limit's (`…/60000#shadow/…`), as the violations name it."""
+    parts = key.split("/", 3)
+    scope = parts[0]
+    return SHADOW_MARK + scope if len(parts) > 2 and "#shadow" in parts[2] else scope
+
+
 DEFAULT_SETTLE_WITHIN_S = 600.0  # a reservation not settled by then expires (the estimate stands)
 MAX_RESERVATIONS = 100_000  # kept at most; past it the oldest go (counted as expired)
 _RESERVED_UNITS = frozenset({"tokens", "spend"})
@@ -452,6 +469,11 @@ class Limiter:
     charged: Counter[str] = field(default_factory=Counter)
     # the store writes an affinity pin in its bucket call (`acquire(…, pin=)`: Redis)
     _pins_in_acquire: bool = False
+    # the analytics tables' events (None: no analytics, nothing made); with them, the
+    # slots each allowed decision took: lease -> (taken at, [(gauge key, lease ends at)])
+    events: LimitEvents | None = None
+    _leases: dict[str, tuple[float, list[tuple[str, float]]]] = field(default_factory=dict)
+    untracked_leases: int = 0  # past `MAX_RESERVATIONS` held: their releases go unlogged
 
     def __post_init__(self) -> None:
         store = self.store
@@ -758,6 +780,8 @@ class Limiter:
                     now_s,
                 )  # fmt: skip
             option = index if per_parts else verdict.option
+            if consume and held and self.events is not None:
+                self._took_slots(lease, held, now_s)
             return _new_verdict((option, verdict.statuses + gauge_statuses, None, ()))
         if denied is None:  # no candidate at all
             return self.check(
@@ -815,7 +839,10 @@ class Limiter:
         no `concurrent` limit (no store call then)."""
         if not self._gauged or request_id is None:
             return 0
-        return self._release(str(request_id))
+        released = self._release(str(request_id))
+        if self.events is not None:
+            self._released(str(request_id), self.clock())
+        return released
 
     def _release(self, lease: str) -> int:
         slots = self._slots
@@ -861,6 +888,8 @@ class Limiter:
             if found is not None:  # an expired one under a reused id
                 del table[rid]
                 self.reservations_expired += 1
+                if self.events is not None:
+                    self._expired(rid, found, now_s)
             table[rid] = Reservation(taken, env["input_tokens"], now_s + self.settle_within_s)
             self._sweep(now_s)
 
@@ -898,8 +927,10 @@ class Limiter:
             oldest = next(iter(table))
             if table[oldest].expires_at > now_s and len(table) <= MAX_RESERVATIONS:
                 return
-            del table[oldest]
+            gone = table.pop(oldest)
             self.reservations_expired += 1
+            if self.events is not None:
+                self._expired(oldest, gone, now_s)
 
     def settle(
         self,
@@ -924,6 +955,8 @@ class Limiter:
             found = self._reservations.pop(str(request_id), None)
             if found is not None and found.expires_at <= now_s:
                 self.reservations_expired += 1
+                if self.events is not None:
+                    self._expired(str(request_id), found, now_s)
                 found = None
         if found is None:
             return []
@@ -947,6 +980,8 @@ class Limiter:
                 log.warning("could not settle the reservation of `%s`: %s", request_id, err)
                 with self._lock:
                     self.store_errors += 1
+                if self.events is not None:
+                    self._settled(str(request_id), found, tokens, cost, None, now_s)
                 return []
         with self._reserve_lock:
             self.reservations_settled += 1
@@ -955,6 +990,8 @@ class Limiter:
                     self.refunded[unit] += -delta
                 elif delta > 0:
                     self.charged[unit] += delta
+        if self.events is not None:
+            self._settled(str(request_id), found, tokens, cost, applied, now_s)
         return [(a[0], d) for a, d in zip(adjustments, applied, strict=True)]
 
     def _settle_in_store(self, request_id: str | None, usage: Usage) -> list[tuple[str, float]]:
@@ -983,6 +1020,117 @@ class Limiter:
                 elif bucket.delta > 0:
                     self.charged[bucket.unit] += bucket.delta
         return [(bucket.key, bucket.delta) for bucket in found.applied]
+
+    # ------------------------------------------------------------------ analytics events
+
+    def _settled(
+        self,
+        request_id: str,
+        found: Reservation,
+        tokens: float | None,
+        cost: float | None,
+        applied: list[float] | None,
+        now_s: float,
+    ) -> None:
+        """A settled reservation's rows, one per bucket (`applied`: the deltas the store
+        applied to the buckets adjusted, in order; None: the store was unavailable)."""
+        events = self.events
+        assert events is not None
+        deltas = iter(applied or ())
+        for bucket in found.buckets:
+            actual = cost if bucket.spend else tokens
+            delta = 0.0
+            if applied is None:
+                result = "store_error"
+            elif actual is None:
+                result = "unreported"
+            else:
+                result = "settled"
+                if actual != bucket.estimate:
+                    delta = next(deltas, 0.0)
+            events.submit_event(
+                SettlementRow(
+                    now_s, request_id, bucket.key, _event_scope(bucket.key),
+                    "spend" if bucket.spend else "tokens", bucket.estimate, actual, delta, result,
+                )
+            )  # fmt: skip
+
+    def _expired(self, request_id: str, found: Reservation, now_s: float) -> None:
+        """An expired reservation's rows, one per bucket: the estimate stands."""
+        events = self.events
+        assert events is not None
+        at = min(found.expires_at, now_s)
+        for bucket in found.buckets:
+            events.submit_event(
+                SettlementRow(
+                    at, request_id, bucket.key, _event_scope(bucket.key),
+                    "spend" if bucket.spend else "tokens", bucket.estimate, None, 0.0, "expired",
+                )
+            )  # fmt: skip
+
+    def _took_slots(self, lease: str, held: list[tuple[Applied, str]], now_s: float) -> None:
+        """An allowed decision took these slots: kept until its outcome or its lease."""
+        gauges = [(a.prefix + k, now_s + a.window_ms / 1000.0) for a, k in held]
+        with self._reserve_lock:
+            table = self._leases
+            found = table.get(lease)
+            if found is not None:
+                found[1].extend(gauges)
+                return
+            if len(table) >= MAX_RESERVATIONS:
+                self._sweep_leases(now_s)
+                while len(table) >= MAX_RESERVATIONS:
+                    del table[next(iter(table))]
+                    self.untracked_leases += 1
+            table[lease] = (now_s, gauges)
+
+    def _released(self, lease: str, now_s: float) -> None:
+        """The outcome of the decision `lease` came: one row per slot it took (a slot whose
+        lease ran out before is a `lease` release, at its lease's end)."""
+        with self._reserve_lock:
+            found = self._leases.pop(lease, None)
+        if found is not None:
+            self._slot_rows(lease, found[0], found[1], now_s)
+
+    def _slot_rows(
+        self, lease: str, taken_s: float, gauges: list[tuple[str, float]], now_s: float
+    ) -> None:
+        events = self.events
+        assert events is not None
+        for key, ends_s in gauges:
+            if ends_s > now_s:
+                row = InFlightRow(
+                    now_s, key, _event_scope(key), lease, (now_s - taken_s) * 1000.0, "outcome"
+                )
+            else:
+                row = InFlightRow(
+                    ends_s, key, _event_scope(key), lease, (ends_s - taken_s) * 1000.0, "lease"
+                )
+            events.submit_event(row)
+
+    def _sweep_leases(self, now_s: float) -> None:
+        """The slots whose lease ran out with no outcome: their rows (the caller holds
+        `_reserve_lock`)."""
+        table = self._leases
+        for lease in [k for k, (_, g) in table.items() if any(e <= now_s for _, e in g)]:
+            taken_s, gauges = table[lease]
+            ended = [g for g in gauges if g[1] <= now_s]
+            self._slot_rows(lease, taken_s, ended, now_s)
+            left = [g for g in gauges if g[1] > now_s]
+            if left:
+                table[lease] = (taken_s, left)
+            else:
+                del table[lease]
+
+    def sweep_events(self) -> None:
+        """Expired reservations and leases that ran out, into the analytics events now
+        (the engine's flush calls this before its writer writes; off the hot path)."""
+        if self.events is None:
+            return
+        now_s = self.clock()
+        with self._reserve_lock:
+            self._sweep(now_s)
+            self._sweep_leases(now_s)
 
     def settlement_counts(self) -> SettlementCounts:
         """The reservations' counters since the start (`/metrics`); expired ones forgotten
