@@ -170,23 +170,29 @@ async def _turn() -> None:
 async def test_waits_admitted_timed_out_and_queue_full(setup: Setup, tmp_path: Path) -> None:
     where, path = setup(tmp_path)
     clock = Clock()
-    # one token a second, 60 in the bucket; a waiter waits 2 s at most
-    engine = PolicyEngine.from_text("limit user 60 per 1m wait up to 2s\n", clock=clock, **where)
+    # one token a second, 60 in the bucket; p1 waits 2.5 s at most, the others 10 s
+    engine = PolicyEngine.from_text("limit user 60 per 1m wait up to 10s\n", clock=clock, **where)
     for i in range(60):
         assert engine.evaluate({"id": f"drain{i}", "user": "u"}).allowed
     engine.waiters.max_waiters = 3
     tasks = {
-        p: asyncio.create_task(engine.acquire({"id": f"p{p}", "user": "u"}, priority=p))
-        for p in (1, 5, 3)
+        p: asyncio.create_task(
+            engine.acquire({"id": f"p{p}", "user": "u"}, priority=p, timeout_s=timeout)
+        )
+        for p, timeout in ((1, 2.5), (5, None), (3, None))
     }
     await _turn()
-    assert engine.waiters.depth() == 3
+    await _turn()  # p1's answer, given as p3 queued, reaches its task
+    # fair queues: p5 and p3 go ahead of p1, whose turn (3 s) is then past its 2.5 s
+    assert engine.waiters.depth() == 2
+    assert tasks[1].done() and not tasks[1].result().allowed
+    engine.waiters.max_waiters = 2
     full = await engine.acquire({"id": "full", "user": "u"}, priority=7)
     assert not full.allowed
     clock.now = START + 1  # p5 admitted
     engine.waiters.wake(clock.now)
     await _turn()
-    clock.now = START + 2  # p3 admitted; p1's 2 s have run out with no token for it
+    clock.now = START + 2  # p3 admitted
     engine.waiters.wake(clock.now)
     results = {p: (await task).allowed for p, task in tasks.items()}
     assert results == {1: False, 5: True, 3: True}
@@ -198,8 +204,8 @@ async def test_waits_admitted_timed_out_and_queue_full(setup: Setup, tmp_path: P
     )
     assert rows == [
         (at(0), "full", "user/requests/u", 7.0, 0.0, "queue_full"),
+        (at(0), "p1", "user/requests/u", 1.0, 0.0, "timed_out"),
         (at(1), "p5", "user/requests/u", 5.0, 1000.0, "admitted"),
-        (at(2), "p1", "user/requests/u", 1.0, 2000.0, "timed_out"),
         (at(2), "p3", "user/requests/u", 3.0, 2000.0, "admitted"),
     ]
     summary = query(
@@ -209,7 +215,7 @@ async def test_waits_admitted_timed_out_and_queue_full(setup: Setup, tmp_path: P
     assert summary == [
         ("admitted", 2, 1500.0, 2000.0),
         ("queue_full", 1, 0.0, 0.0),
-        ("timed_out", 1, 2000.0, 2000.0),
+        ("timed_out", 1, 0.0, 0.0),
     ]
 
 
