@@ -1,0 +1,567 @@
+"""Prompt features: what a request asks, derived from its text when a policy reads them.
+
+A request's evaluation environment carries its conversation (`Conversation`: the format and
+a reference to the body as received, never a copy of its text). A policy reads a feature as
+`request.text.NAME` (the names and types: `engine.language.schema.PROMPT_FEATURES`); the
+compiled condition asks the conversation, which derives that one feature on first use and
+keeps it for the rest of the decision. A policy that reads no feature derives none:
+`derivations()` counts every feature derived, for the test that holds that to 0.
+
+`request.complexity` (0-1) is a weighted sum over terms made from the features, clamped to
+1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
+weights), and `complexity_parts` says how a score was made (`--explain`).
+
+How the text is read: the conversation is walked as turns (system, user, assistant, tool)
+whose texts are references into the body; every check is a C-level pass (`in`, `re.search`
+with bounds, `bytes.translate`), never a join of the conversation. The content checks
+(code outside a fence, math, multi-step wording) read the last turn, and at most the first
+and last `SCAN` characters of each of its texts. Heuristics only, no model: docs/requests.md
+says, feature by feature, what is looked for.
+
+Standard library only (and `engine.tokens`): the router calls this per request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.tokens import estimate_text_tokens
+from engine.wire.record import ANTHROPIC, GEMINI, NATIVE, OPENAI_CHAT, OPENAI_RESPONSES
+
+SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
+SCAN = 8192  # characters read at each end of a last-turn text by the content checks
+
+FeatureValue = int | bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation: who speaks, its texts (references into the body), and
+    whether it carries a tool's result."""
+
+    role: str  # SYSTEM, USER, ASSISTANT or TOOL
+    texts: tuple[str, ...]
+    tool_result: bool = False
+
+
+# ------------------------------------------------------------------ derivation counter
+
+_derived: dict[str, int] = {}
+
+
+def derivations() -> int:
+    """How many feature values were derived in this process (every request, every feature)."""
+    return sum(_derived.values())
+
+
+def derivations_of(name: str) -> int:
+    return _derived.get(name, 0)
+
+
+# ------------------------------------------------------------------ the conversation
+
+
+class Conversation:
+    """A request's conversation as received, read on demand. Two conversations are equal
+    when their turns are (a native request read by the fast path or by pydantic)."""
+
+    __slots__ = ("_turns", "body", "format", "values")
+
+    def __init__(self, fmt: str, body: Any) -> None:
+        self.format = fmt
+        self.body = body  # a body dict, or a validated native `Request`
+        self._turns: tuple[Turn, ...] | None = None
+        self.values: dict[Any, Any] = {}  # feature name (or complexity key) -> value
+
+    def turns(self) -> tuple[Turn, ...]:
+        if self._turns is None:
+            self._turns = tuple(_WALKERS.get(self.format, _native)(self.body))
+        return self._turns
+
+    def feature(self, name: str) -> FeatureValue:
+        """The feature `name` (one of DERIVE), derived once."""
+        values = self.values
+        if name in values:
+            return values[name]
+        value = DERIVE[name](self)
+        values[name] = value
+        _derived[name] = _derived.get(name, 0) + 1
+        return value
+
+    def complexity(self, weights: Weights) -> float:
+        """`request.complexity` under `weights` (derived once per weights)."""
+        key = ("complexity", weights)
+        values = self.values
+        if key in values:
+            return values[key]
+        total = 0.0
+        for term, weight in weights:
+            if weight:
+                total += weight * COMPLEXITY_TERMS[term].value(self)
+        score = min(1.0, round(total, 6))
+        values[key] = score
+        _derived["complexity"] = _derived.get("complexity", 0) + 1
+        return score
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Conversation) and self.turns() == other.turns()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:  # never the text: a log line or a test failure may show it
+        return f"Conversation({self.format}, {len(self.turns())} turn(s))"
+
+
+EMPTY = Conversation(NATIVE, {})
+
+
+def conversation_of(env: Mapping[str, Any]) -> Conversation:
+    """The conversation an evaluation environment carries (an empty one when it has none:
+    an environment made for a witness or a test)."""
+    found = env.get("conversation")
+    return found if found is not None else EMPTY
+
+
+# ------------------------------------------------------------------ walking each format
+
+
+def _role(role: Any) -> str:
+    if role == "system" or role == "developer":
+        return SYSTEM
+    if role == "assistant" or role == "model":
+        return ASSISTANT
+    if role == "tool" or role == "function":
+        return TOOL
+    return USER
+
+
+def _get(item: Any, key: str) -> Any:
+    if type(item) is dict or isinstance(item, Mapping):
+        return item.get(key)
+    return getattr(item, key, None)
+
+
+def _part_texts(content: Any, kinds: tuple[str, ...] = ("text",)) -> tuple[str, ...]:
+    """The texts of a content given as a string or as a list of parts."""
+    if type(content) is str:
+        return (content,) if content else ()
+    if type(content) is not list:
+        return ()
+    found: list[str] = []
+    for part in content:
+        if type(part) is str:
+            found.append(part)
+            continue
+        text = _get(part, "text")
+        if type(text) is str and text and (_get(part, "type") in kinds or "type" not in part):
+            found.append(text)
+    return tuple(found)
+
+
+def _native(body: Any) -> Iterator[Turn]:
+    prompt = _get(body, "prompt")
+    for message in _get(body, "messages") or ():
+        role = _role(_get(message, "role") or "user")
+        yield Turn(role, _part_texts(_get(message, "content")), role == TOOL)
+    if type(prompt) is str and prompt:
+        yield Turn(USER, (prompt,))
+
+
+_CHAT_PARTS = ("text", "refusal")
+
+
+def _openai_chat(body: Mapping[str, Any]) -> Iterator[Turn]:
+    for message in body.get("messages") or ():
+        if not isinstance(message, Mapping):
+            continue
+        role = _role(message.get("role"))
+        content = message.get("content")
+        texts = _part_texts(content, _CHAT_PARTS)
+        if type(content) is list:
+            refusals = tuple(
+                p["refusal"]
+                for p in content
+                if isinstance(p, Mapping) and type(p.get("refusal")) is str and p["refusal"]
+            )
+            texts += refusals
+        yield Turn(role, texts, role == TOOL)
+
+
+_RESPONSES_PARTS = ("input_text", "output_text", "text")
+
+
+def _openai_responses(body: Mapping[str, Any]) -> Iterator[Turn]:
+    instructions = body.get("instructions")
+    if type(instructions) is str and instructions:
+        yield Turn(SYSTEM, (instructions,))
+    given = body.get("input")
+    if type(given) is str:
+        yield Turn(USER, (given,) if given else ())
+        return
+    for item in given or ():
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type")
+        if kind in (None, "message") and "role" in item:
+            yield Turn(_role(item.get("role")), _part_texts(item.get("content"), _RESPONSES_PARTS))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            output = item.get("output")
+            yield Turn(TOOL, (output,) if type(output) is str and output else (), True)
+
+
+_ANTHROPIC_TEXT = ("text",)
+
+
+def _anthropic_blocks(content: Any) -> tuple[tuple[str, ...], bool]:
+    """(texts, a tool result among the blocks) of a message's content."""
+    if type(content) is str:
+        return ((content,) if content else ()), False
+    texts: list[str] = []
+    tool = False
+    for block in content if type(content) is list else ():
+        if not isinstance(block, Mapping):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            if type(text) is str and text:
+                texts.append(text)
+        elif kind == "tool_result":
+            tool = True
+            texts.extend(_part_texts(block.get("content"), _ANTHROPIC_TEXT))
+        elif kind == "document":
+            source = block.get("source")
+            if isinstance(source, Mapping) and type(source.get("data")) is str:
+                if source.get("type") == "text" and source["data"]:
+                    texts.append(source["data"])
+    return tuple(texts), tool
+
+
+def _anthropic(body: Mapping[str, Any]) -> Iterator[Turn]:
+    system = body.get("system")
+    if system:
+        yield Turn(SYSTEM, _part_texts(system, _ANTHROPIC_TEXT))
+    for message in body.get("messages") or ():
+        if not isinstance(message, Mapping):
+            continue
+        texts, tool = _anthropic_blocks(message.get("content"))
+        yield Turn(_role(message.get("role")), texts, tool)
+
+
+def _gemini_parts(content: Any) -> tuple[tuple[str, ...], bool]:
+    if type(content) is str:
+        return ((content,) if content else ()), False
+    if not isinstance(content, Mapping):
+        return (), False
+    parts = content.get("parts")
+    if isinstance(parts, Mapping):
+        parts = [parts]
+    texts: list[str] = []
+    tool = False
+    for part in parts if type(parts) is list else ():
+        if type(part) is str:
+            if part:
+                texts.append(part)
+            continue
+        if not isinstance(part, Mapping):
+            continue
+        text = part.get("text")
+        if type(text) is str and text:
+            texts.append(text)
+        if part.get("functionResponse") is not None or part.get("function_response") is not None:
+            tool = True
+    return tuple(texts), tool
+
+
+def _gemini(body: Mapping[str, Any]) -> Iterator[Turn]:
+    system = body.get("systemInstruction")
+    if system is None:
+        system = body.get("system_instruction")
+    if system is not None:
+        yield Turn(SYSTEM, _gemini_parts(system)[0])
+    contents = body.get("contents")
+    if isinstance(contents, Mapping):
+        contents = [contents]
+    for content in contents if type(contents) is list else ():
+        texts, tool = _gemini_parts(content)
+        role = _role(content.get("role") if isinstance(content, Mapping) else "user")
+        yield Turn(TOOL if tool and role == USER and not texts else role, texts, tool)
+
+
+_WALKERS: dict[str, Callable[[Any], Iterator[Turn]]] = {
+    NATIVE: _native,
+    OPENAI_CHAT: _openai_chat,
+    OPENAI_RESPONSES: _openai_responses,
+    ANTHROPIC: _anthropic,
+    GEMINI: _gemini,
+}
+
+
+# ------------------------------------------------------------------ the checks
+
+_FENCES = ("```", "~~~")
+_CODE_LINE = re.compile(
+    r"^[ \t]*(?:def \w+\s*\(|class \w+\s*[:(]|import \w|from [\w.]+ import |#include\s*[<\"]"
+    r"|function\s*\w*\s*\(|(?:const|let|var)\s+\w+\s*=|public\s+(?:static\s+)?[\w<>\[\]]+\s+\w+"
+    r"\s*\(|fn \w+\s*\(|func \w+\s*\(|package \w+|SELECT\s.+\sFROM\s|<\?php|#!/)"
+    r"|(?:[{}]|\);)[ \t]*$",
+    re.MULTILINE,
+)
+_MATH = re.compile(
+    r"\$[^$\n]*[\\^_=][^$\n]*\$"
+    r"|\\(?:frac|int|sum|prod|sqrt|lim|begin\{|cdot|times|alpha|beta|theta|pi|infty|partial)\b"
+    r"|\\\(|\\\[|[∫∑∏√∞≤≥≠≈∂∇]"
+    r"|\d\s*[-+*/×÷^]\s*\(?\d[\d.]*\)?\s*="
+    r"|\b[a-z]\s*\^\s*\d|\b\d*[a-z]\s*[-+]\s*\d+\s*=\s*-?\d"
+    r"|\b(?:integral|integrate|derivative|differentiate|equation|theorem|lemma|eigen\w*|matrix"
+    r"|matrices|polynomial|probability|irrational|prime numbers?|logarithm|calculus|solve for"
+    r"|modulo|factorial|combinatorics)\b",
+    re.IGNORECASE,
+)
+_MULTI_STEP = re.compile(
+    r"\b(?:step[- ]by[- ]step|prove|proof|derive|derivation|design|architect\w*|implement"
+    r"|refactor|debug|optimi[sz]e|analy[sz]e|analysis|compare and contrast|trade-?offs?"
+    r"|explain why|justify|algorithm|walk me through|reason through|pros and cons|evaluate"
+    r"|critique|in depth|detailed plan)\b",
+    re.IGNORECASE,
+)
+_REASONING = re.compile(
+    r"step[- ]by[- ]step|\bthink (?:carefully|hard|deeply|through|before)|\breason(?:ing)?\b"
+    r"|chain[- ]of[- ]thought|show your (?:work|reasoning)|explain your reasoning|let'?s think",
+    re.IGNORECASE,
+)
+_JSON = re.compile(r"\bjson\b", re.IGNORECASE)
+
+
+def _search(pattern: re.Pattern[str], text: str) -> bool:
+    """A match in the first or last SCAN characters of `text` (bounds, not slices)."""
+    size = len(text)
+    if size <= 2 * SCAN:
+        return pattern.search(text) is not None
+    return pattern.search(text, 0, SCAN) is not None or pattern.search(text, size - SCAN) is not None
+
+
+def _last(conv: Conversation) -> Turn | None:
+    for turn in reversed(conv.turns()):
+        if turn.role != SYSTEM:
+            return turn
+    return None
+
+
+def _tokens(conv: Conversation) -> int:
+    return sum(estimate_text_tokens(t) for turn in conv.turns() for t in turn.texts)
+
+
+def _last_tokens(conv: Conversation) -> int:
+    last = _last(conv)
+    return 0 if last is None else sum(estimate_text_tokens(t) for t in last.texts)
+
+
+def _turns(conv: Conversation) -> int:
+    return sum(1 for turn in conv.turns() if turn.role != SYSTEM)
+
+
+def _code(conv: Conversation) -> bool:
+    for turn in conv.turns():
+        if turn.role != SYSTEM:
+            for text in turn.texts:
+                if "```" in text or "~~~" in text:
+                    return True
+    last = _last(conv)
+    return last is not None and any(_search(_CODE_LINE, t) for t in last.texts)
+
+
+def _in_last(pattern: re.Pattern[str]) -> Callable[[Conversation], bool]:
+    def check(conv: Conversation) -> bool:
+        last = _last(conv)
+        return last is not None and any(_search(pattern, t) for t in last.texts)
+
+    return check
+
+
+def _in_system(pattern: re.Pattern[str]) -> Callable[[Conversation], bool]:
+    def check(conv: Conversation) -> bool:
+        return any(
+            _search(pattern, t) for turn in conv.turns() if turn.role == SYSTEM for t in turn.texts
+        )
+
+    return check
+
+
+def _tool_results(conv: Conversation) -> bool:
+    return any(turn.tool_result for turn in conv.turns())
+
+
+# ------------------------------------------------------------------ the dominant script
+
+SCRIPTS = (
+    "latin", "greek", "cyrillic", "hebrew", "arabic", "indic", "thai", "cjk", "hangul", "other",
+)  # fmt: skip
+NO_SCRIPT = "none"  # no letter at all
+# each script's class byte, and the UTF-8 lead bytes (a character's block) that are it
+_SCRIPT_LEADS: dict[str, tuple[bytes, tuple[tuple[int, int], ...]]] = {
+    "latin": (b"L", ((0xC3, 0xCB),)),  # Latin-1 letters, Latin Extended A/B, IPA
+    "greek": (b"G", ((0xCE, 0xCF),)),
+    "cyrillic": (b"C", ((0xD0, 0xD4),)),
+    "hebrew": (b"H", ((0xD6, 0xD7),)),
+    "arabic": (b"R", ((0xD8, 0xDB), (0xDD, 0xDD))),
+    "indic": (b"I", ((0xE0, 0xE0),)),  # U+0800-0FFF: Devanagari … Tibetan (Thai below)
+    "cjk": (b"J", ((0xE3, 0xE9),)),  # kana, CJK punctuation, ideographs
+    "hangul": (b"K", ((0xEA, 0xED),)),
+    "other": (b"O", ((0xD5, 0xD5), (0xDC, 0xDC), (0xDE, 0xDF), (0xE1, 0xE1))),
+}
+_LETTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _script_table() -> tuple[bytes, bytes]:
+    table = bytearray(range(256))
+    keep = set(_LETTERS)
+    for letter in _LETTERS:
+        table[letter] = ord("L")
+    for cls, ranges in _SCRIPT_LEADS.values():
+        for first, last in ranges:
+            for byte in range(first, last + 1):
+                table[byte] = cls[0]
+                keep.add(byte)
+    return bytes(table), bytes(b for b in range(256) if b not in keep)
+
+
+_SCRIPT_TABLE, _NOT_LETTER = _script_table()
+_ASCII_NOT_LETTER = bytes(b for b in range(128) if b not in set(_LETTERS))
+
+
+def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(SCRIPTS, 0)
+    for text in texts:
+        piece = text if len(text) <= 2 * SCAN else text[:SCAN]  # a bounded copy at most
+        if piece.isascii():
+            counts["latin"] += len(piece.encode().translate(None, _ASCII_NOT_LETTER))
+            continue
+        raw = piece.encode("utf-8", "surrogatepass")
+        classes = raw.translate(_SCRIPT_TABLE, _NOT_LETTER)
+        for script, (cls, _) in _SCRIPT_LEADS.items():
+            counts[script] += classes.count(cls)
+        thai = raw.count(b"\xe0\xb8") + raw.count(b"\xe0\xb9")  # U+0E00-0E7F
+        counts["thai"] += thai
+        counts["indic"] -= thai
+    return counts
+
+
+def _script(conv: Conversation) -> str:
+    last = _last(conv)
+    texts = last.texts if last is not None else ()
+    if not texts:  # no user text: the system prompt's script
+        texts = tuple(t for turn in conv.turns() if turn.role == SYSTEM for t in turn.texts)
+    counts = _script_counts(texts)
+    best = max(SCRIPTS, key=lambda s: counts[s])  # ties: the first in SCRIPTS
+    return best if counts[best] > 0 else NO_SCRIPT
+
+
+# ------------------------------------------------------------------ the registry
+
+# feature name -> how it is derived (the names and types the checker knows are
+# `engine.language.schema.PROMPT_FEATURES`; a test holds the two to the same names)
+DERIVE: dict[str, Callable[[Conversation], FeatureValue]] = {
+    "tokens": _tokens,
+    "last_tokens": _last_tokens,
+    "turns": _turns,
+    "code": _code,
+    "math": _in_last(_MATH),
+    "multi_step": _in_last(_MULTI_STEP),
+    "tool_results": _tool_results,
+    "script": _script,
+    "system_reasoning": _in_system(_REASONING),
+    "system_json": _in_system(_JSON),
+}
+
+
+# ------------------------------------------------------------------ complexity
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One term of the complexity score: what it reads, and its value (0-1)."""
+
+    reads: str  # the feature it is made from
+    doc: str
+    value: Callable[[Conversation], float]
+
+
+def _flag(name: str) -> Callable[[Conversation], float]:
+    return lambda conv: 1.0 if conv.feature(name) else 0.0
+
+
+LENGTH_SCALE = 1000  # last-turn tokens at which `length` reaches 1
+TURNS_SCALE = 10  # turns after the first at which `turns` reaches 1
+
+COMPLEXITY_TERMS: dict[str, Term] = {
+    "code": Term("code", "1 when the conversation has code", _flag("code")),
+    "math": Term("math", "1 when the last turn has math", _flag("math")),
+    "multi_step": Term(
+        "multi_step", "1 when the last turn asks for multi-step work", _flag("multi_step")
+    ),
+    "reasoning": Term(
+        "system_reasoning",
+        "1 when the system prompt asks for reasoning",
+        _flag("system_reasoning"),
+    ),
+    "tool_results": Term(
+        "tool_results", "1 when a tool's result is in the conversation", _flag("tool_results")
+    ),
+    "length": Term(
+        "last_tokens",
+        f"the last turn's tokens / {LENGTH_SCALE:,}, at most 1",
+        lambda conv: min(1.0, int(conv.feature("last_tokens")) / LENGTH_SCALE),
+    ),
+    "turns": Term(
+        "turns",
+        f"(turns - 1) / {TURNS_SCALE}, at most 1",
+        lambda conv: min(1.0, max(0, int(conv.feature("turns")) - 1) / TURNS_SCALE),
+    ),
+}
+Weights = tuple[tuple[str, float], ...]  # (term, weight), in COMPLEXITY_TERMS order
+DEFAULT_WEIGHTS: Weights = (
+    ("code", 0.5),
+    ("math", 0.5),
+    ("multi_step", 0.4),
+    ("reasoning", 0.3),
+    ("tool_results", 0.2),
+    ("length", 0.3),
+    ("turns", 0.1),
+)
+MAX_WEIGHT = 1.0  # one term at weight 1 makes a score of 1 on its own
+
+
+def weights_with(overrides: Mapping[str, float]) -> Weights:
+    """The default weights with some replaced (names already checked)."""
+    return tuple((term, float(overrides.get(term, weight))) for term, weight in DEFAULT_WEIGHTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One term of a score as `--explain` shows it."""
+
+    term: str
+    value: float
+    weight: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"term": self.term, "value": self.value, "weight": self.weight}
+
+
+def complexity_parts(conv: Conversation, weights: Weights) -> list[Part]:
+    """Each term with a weight: its value and weight (the score is their products' sum,
+    at most 1)."""
+    return [
+        Part(term, round(COMPLEXITY_TERMS[term].value(conv), 4), weight)
+        for term, weight in weights
+        if weight
+    ]
+
+
+def reads_of(weights: Weights) -> frozenset[str]:
+    """The features a complexity score under `weights` derives."""
+    return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
