@@ -18,12 +18,12 @@ from engine.language import ast
 from engine.language.compiler import limit_scopes, paths_in, split_word
 from engine.language.parser import reference
 from engine.language.schema import (
+    DERIVED_FIELDS,
     MEASURED_ATTRS,
     METADATA_FIELD,
     MODEL_ATTRS,
     QUALITY,
     QUALITY_TASK,
-    DERIVED_FIELDS,
     REQUEST_FIELDS,
     FieldType,
 )
@@ -161,9 +161,7 @@ class Checker:
 
     # settings --------------------------------------------------------------
 
-    def _settings(
-        self, settings: Iterable[ast.RouteItem], route: ast.Route | None = None
-    ) -> None:
+    def _settings(self, settings: Iterable[ast.RouteItem], route: ast.Route | None = None) -> None:
         seen: dict[str, Span] = {}
         for item in settings:
             key = _setting_key(item)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import operator
-from contextvars import ContextVar
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 

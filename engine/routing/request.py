@@ -2,8 +2,9 @@
 
 `to_env` returns the evaluation environment: every key of `schema.REQUEST_FIELDS` plus
 `metadata` (a dict) and `conversation` (the body, read for prompt features only when a
-policy reads them: `engine.wire.features`), values normalised to the units the language uses (milliseconds for
-durations, USD for money), and `input_tokens` estimated when the request does not say.
+policy reads them: `engine.wire.features`), values normalised to the units the language
+uses (milliseconds for durations, USD for money), and `input_tokens` estimated when the
+request does not say.
 """
 
 from __future__ import annotations

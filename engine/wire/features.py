@@ -234,9 +234,9 @@ def _anthropic_blocks(content: Any) -> tuple[tuple[str, ...], bool]:
             texts.extend(_part_texts(block.get("content"), _ANTHROPIC_TEXT))
         elif kind == "document":
             source = block.get("source")
-            if isinstance(source, Mapping) and type(source.get("data")) is str:
-                if source.get("type") == "text" and source["data"]:
-                    texts.append(source["data"])
+            data = source.get("data") if isinstance(source, Mapping) else None
+            if type(data) is str and data and source.get("type") == "text":
+                texts.append(data)
     return tuple(texts), tool
 
 
@@ -341,7 +341,9 @@ def _search(pattern: re.Pattern[str], text: str) -> bool:
     size = len(text)
     if size <= 2 * SCAN:
         return pattern.search(text) is not None
-    return pattern.search(text, 0, SCAN) is not None or pattern.search(text, size - SCAN) is not None
+    return (
+        pattern.search(text, 0, SCAN) is not None or pattern.search(text, size - SCAN) is not None
+    )
 
 
 def _last(conv: Conversation) -> Turn | None:
