@@ -207,6 +207,8 @@ def _openai_responses(body: Mapping[str, Any]) -> Iterator[Turn]:
         kind = item.get("type")
         if kind in (None, "message") and "role" in item:
             yield Turn(_role(item.get("role")), _part_texts(item.get("content"), _RESPONSES_PARTS))
+        elif kind in ("function_call", "custom_tool_call"):
+            yield Turn(ASSISTANT, ())  # the model's call: a turn without text
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             yield Turn(TOOL, (output,) if type(output) is str and output else (), True)
@@ -325,7 +327,10 @@ _MULTI_STEP = re.compile(
     r"\b(?:step[- ]by[- ]step|prove|proof|derive|derivation|design|architect\w*|implement"
     r"|refactor|debug|optimi[sz]e|analy[sz]e|analysis|compare and contrast|trade-?offs?"
     r"|explain why|justify|algorithm|walk me through|reason through|pros and cons|evaluate"
-    r"|critique|in depth|detailed plan)\b",
+    r"|critique|in depth|detailed plan|investigate|troubleshoot|diagnose"
+    r"|write (?:an? |the )?(?:\w+ )?(?:function|script|program|query|class|regex|parser|tests?)"
+    r"|доказ\w*|реализ\w*|алгоритм\w*|оптимиз\w*|проанализ\w*)\b"
+    r"|証明|実装|設計|最適化|证明|实现|设计|优化|调试|算法|分析",
     re.IGNORECASE,
 )
 _REASONING = re.compile(
@@ -528,7 +533,7 @@ Weights = tuple[tuple[str, float], ...]  # (term, weight), in COMPLEXITY_TERMS o
 DEFAULT_WEIGHTS: Weights = (
     ("code", 0.5),
     ("math", 0.5),
-    ("multi_step", 0.4),
+    ("multi_step", 0.5),
     ("reasoning", 0.3),
     ("tool_results", 0.2),
     ("length", 0.3),
