@@ -18,6 +18,7 @@ from engine.language import ast
 from engine.language.compiler import limit_scopes, paths_in, split_word
 from engine.language.parser import reference
 from engine.language.schema import (
+    COMPLEXITY_FIELD,
     DERIVED_FIELDS,
     MEASURED_ATTRS,
     METADATA_FIELD,
@@ -25,6 +26,7 @@ from engine.language.schema import (
     QUALITY,
     QUALITY_TASK,
     REQUEST_FIELDS,
+    TEXT_FIELD,
     FieldType,
 )
 from engine.language.signals import (
@@ -1065,7 +1067,7 @@ class Checker:
             path.span,
             f"did you mean `{root}.{guess}`?"
             if guess
-            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in names),
+            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in _shown_fields(names)),
         )
         return None
 
@@ -1520,6 +1522,15 @@ def _setting_hint(want: Unit, value: ast.Literal) -> str:
     if want is Unit.DURATION and value.unit is Unit.COUNT:
         return f"durations carry a unit: write `{value.text}h`, `{value.text}m` or `{value.text}s`"
     return f"write it like {_EXAMPLES[want]}"
+
+
+def _shown_fields(names: list[str]) -> list[str]:
+    """Field names for a help line: the prompt features as one `text.<feature>`."""
+    prefix = f"{TEXT_FIELD}."
+    shown = [n for n in names if not n.startswith(prefix)]
+    if len(shown) < len(names):
+        shown.insert(shown.index(COMPLEXITY_FIELD), f"{prefix}<feature>")
+    return shown
 
 
 def _setting_key(item: ast.RouteItem) -> str | None:
