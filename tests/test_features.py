@@ -277,6 +277,13 @@ def test_the_content_checks_read_the_ends_of_a_long_last_turn() -> None:
     assert Conversation("native", {"prompt": middle + "\\frac{1}{2}"}).feature("math") is True
 
 
+def test_the_fence_check_reads_the_last_turns() -> None:
+    fenced = {"role": "user", "content": "```\nx = 1\n```"}
+    plain = [{"role": r, "content": "ok"} for r in ("assistant", "user") * 2]
+    assert Conversation("native", {"messages": [fenced, *plain[1:]]}).feature("code") is True
+    assert Conversation("native", {"messages": [fenced, *plain]}).feature("code") is False
+
+
 def test_the_native_fast_path_and_pydantic_read_the_same_conversation() -> None:
     from engine.routing.request import fast_env, to_env, validate
 

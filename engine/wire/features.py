@@ -12,11 +12,12 @@ keeps it for the rest of the decision. A policy that reads no feature derives no
 weights), and `complexity_parts` says how a score was made (`--explain`).
 
 How the text is read: the conversation is walked as turns (system, user, assistant, tool)
-whose texts are references into the body; every check is a C-level pass (`in`, `re.search`
-with bounds, `bytes.translate`), never a join of the conversation. The content checks
-(code outside a fence, math, multi-step wording) read the last turn, and at most the first
-and last `SCAN` characters of each of its texts. Heuristics only, no model: docs/requests.md
-says, feature by feature, what is looked for.
+whose texts are references into the body; every check is a C-level pass (`in`, `re.search`,
+`bytes.translate`, set intersections), never a join of the conversation. The content checks
+read one turn (the last; the system prompts), at most the first and last `SCAN` characters
+of each of its texts, lower-cased and split into words once (`_View`); the fence check reads
+the last `RECENT` turns. Heuristics only, no model: docs/requests.md says, feature by
+feature, what is looked for.
 
 Standard library only (and `engine.tokens`): the router calls this per request.
 """
@@ -37,14 +38,10 @@ SCAN = 8192  # characters read at each end of a last-turn text by the content ch
 FeatureValue = int | bool | str
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One message of a conversation: who speaks, its texts (references into the body), and
-    whether it carries a tool's result."""
-
-    role: str  # SYSTEM, USER, ASSISTANT or TOOL
-    texts: tuple[str, ...]
-    tool_result: bool = False
+# One message of a conversation: who speaks (SYSTEM, USER, ASSISTANT or TOOL), its texts
+# (references into the body), and whether it carries a tool's result. A plain tuple: a
+# request makes one per message, and a tuple is the cheapest record Python builds.
+Turn = tuple[str, tuple[str, ...], bool]
 
 
 # ------------------------------------------------------------------ derivation counter
@@ -128,14 +125,22 @@ def conversation_of(env: Mapping[str, Any]) -> Conversation:
 # ------------------------------------------------------------------ walking each format
 
 
+_ROLES = {
+    "system": SYSTEM,
+    "developer": SYSTEM,
+    "assistant": ASSISTANT,
+    "model": ASSISTANT,
+    "tool": TOOL,
+    "function": TOOL,
+}
+
+
 def _role(role: Any) -> str:
-    if role == "system" or role == "developer":
-        return SYSTEM
-    if role == "assistant" or role == "model":
-        return ASSISTANT
-    if role == "tool" or role == "function":
-        return TOOL
-    return USER
+    return _ROLES.get(role, USER) if type(role) is str else USER
+
+
+def _is_map(item: Any) -> bool:
+    return type(item) is dict or isinstance(item, Mapping)  # (the ABC check is slow)
 
 
 def _get(item: Any, key: str) -> Any:
@@ -165,29 +170,33 @@ def _native(body: Any) -> Iterator[Turn]:
     prompt = _get(body, "prompt")
     for message in _get(body, "messages") or ():
         role = _role(_get(message, "role") or "user")
-        yield Turn(role, _part_texts(_get(message, "content")), role == TOOL)
+        yield (role, _part_texts(_get(message, "content")), role == TOOL)
     if type(prompt) is str and prompt:
-        yield Turn(USER, (prompt,))
+        yield (USER, (prompt,), False)
 
 
 _CHAT_PARTS = ("text", "refusal")
 
 
 def _openai_chat(body: Mapping[str, Any]) -> Iterator[Turn]:
+    roles = _ROLES
     for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             continue
-        role = _role(message.get("role"))
+        role = roles.get(message.get("role"), USER)
         content = message.get("content")
+        if type(content) is str:
+            yield (role, (content,) if content else (), role == TOOL)
+            continue
         texts = _part_texts(content, _CHAT_PARTS)
         if type(content) is list:
             refusals = tuple(
                 p["refusal"]
                 for p in content
-                if isinstance(p, Mapping) and type(p.get("refusal")) is str and p["refusal"]
+                if _is_map(p) and type(p.get("refusal")) is str and p["refusal"]
             )
             texts += refusals
-        yield Turn(role, texts, role == TOOL)
+        yield (role, texts, role == TOOL)
 
 
 _RESPONSES_PARTS = ("input_text", "output_text", "text")
@@ -196,22 +205,23 @@ _RESPONSES_PARTS = ("input_text", "output_text", "text")
 def _openai_responses(body: Mapping[str, Any]) -> Iterator[Turn]:
     instructions = body.get("instructions")
     if type(instructions) is str and instructions:
-        yield Turn(SYSTEM, (instructions,))
+        yield (SYSTEM, (instructions,), False)
     given = body.get("input")
     if type(given) is str:
-        yield Turn(USER, (given,) if given else ())
+        yield (USER, (given,) if given else (), False)
         return
     for item in given or ():
-        if not isinstance(item, Mapping):
+        if not _is_map(item):
             continue
         kind = item.get("type")
         if kind in (None, "message") and "role" in item:
-            yield Turn(_role(item.get("role")), _part_texts(item.get("content"), _RESPONSES_PARTS))
+            role = _role(item.get("role"))
+            yield (role, _part_texts(item.get("content"), _RESPONSES_PARTS), False)
         elif kind in ("function_call", "custom_tool_call"):
-            yield Turn(ASSISTANT, ())  # the model's call: a turn without text
+            yield (ASSISTANT, (), False)  # the model's call: a turn without text
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
-            yield Turn(TOOL, (output,) if type(output) is str and output else (), True)
+            yield (TOOL, (output,) if type(output) is str and output else (), True)
 
 
 _ANTHROPIC_TEXT = ("text",)
@@ -224,7 +234,7 @@ def _anthropic_blocks(content: Any) -> tuple[tuple[str, ...], bool]:
     texts: list[str] = []
     tool = False
     for block in content if type(content) is list else ():
-        if not isinstance(block, Mapping):
+        if not _is_map(block):
             continue
         kind = block.get("type")
         if kind == "text":
@@ -245,12 +255,12 @@ def _anthropic_blocks(content: Any) -> tuple[tuple[str, ...], bool]:
 def _anthropic(body: Mapping[str, Any]) -> Iterator[Turn]:
     system = body.get("system")
     if system:
-        yield Turn(SYSTEM, _part_texts(system, _ANTHROPIC_TEXT))
+        yield (SYSTEM, _part_texts(system, _ANTHROPIC_TEXT), False)
     for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
+        if not _is_map(message):
             continue
         texts, tool = _anthropic_blocks(message.get("content"))
-        yield Turn(_role(message.get("role")), texts, tool)
+        yield (_role(message.get("role")), texts, tool)
 
 
 def _gemini_parts(content: Any) -> tuple[tuple[str, ...], bool]:
@@ -268,7 +278,7 @@ def _gemini_parts(content: Any) -> tuple[tuple[str, ...], bool]:
             if part:
                 texts.append(part)
             continue
-        if not isinstance(part, Mapping):
+        if not _is_map(part):
             continue
         text = part.get("text")
         if type(text) is str and text:
@@ -283,14 +293,14 @@ def _gemini(body: Mapping[str, Any]) -> Iterator[Turn]:
     if system is None:
         system = body.get("system_instruction")
     if system is not None:
-        yield Turn(SYSTEM, _gemini_parts(system)[0])
+        yield (SYSTEM, _gemini_parts(system)[0], False)
     contents = body.get("contents")
     if isinstance(contents, Mapping):
         contents = [contents]
     for content in contents if type(contents) is list else ():
         texts, tool = _gemini_parts(content)
         role = _role(content.get("role") if isinstance(content, Mapping) else "user")
-        yield Turn(TOOL if tool and role == USER and not texts else role, texts, tool)
+        yield (TOOL if tool and role == USER and not texts else role, texts, tool)
 
 
 _WALKERS: dict[str, Callable[[Any], Iterator[Turn]]] = {
@@ -304,102 +314,188 @@ _WALKERS: dict[str, Callable[[Any], Iterator[Turn]]] = {
 
 # ------------------------------------------------------------------ the checks
 
-_FENCES = ("```", "~~~")
+RECENT = 4  # the turns (not system prompts) the fence check reads, from the last back
 _CODE_LINE = re.compile(
     r"^[ \t]*(?:def \w+\s*\(|class \w+\s*[:(]|import \w|from [\w.]+ import |#include\s*[<\"]"
     r"|function\s*\w*\s*\(|(?:const|let|var)\s+\w+\s*=|public\s+(?:static\s+)?[\w<>\[\]]+\s+\w+"
-    r"\s*\(|fn \w+\s*\(|func \w+\s*\(|package \w+|SELECT\s.+\sFROM\s|<\?php|#!/)"
+    r"\s*\(|fn \w+\s*\(|func \w+\s*\(|package \w+|select\s.+\sfrom\s|<\?php|#!/)"
     r"|(?:[{}]|\);)[ \t]*$",
     re.MULTILINE,
 )
+# a character without which no code line matches, and the words that start one without it
+_CODE_HINT = re.compile(r"[{}();#<=]")
+_CODE_WORDS = frozenset({b"import", b"package", b"select"})
+# math: symbols, LaTeX and equations (only read when one of their characters is there)
+_MATH_HINT = re.compile(r"[$\\^=∫∑∏√∞≤≥≠≈∂∇]")
 _MATH = re.compile(
     r"\$[^$\n]*[\\^_=][^$\n]*\$"
     r"|\\(?:frac|int|sum|prod|sqrt|lim|begin\{|cdot|times|alpha|beta|theta|pi|infty|partial)\b"
     r"|\\\(|\\\[|[∫∑∏√∞≤≥≠≈∂∇]"
     r"|\d\s*[-+*/×÷^]\s*\(?\d[\d.]*\)?\s*="
     r"|\b[a-z]\s*\^\s*\d|\b\d*[a-z]\s*[-+]\s*\d+\s*=\s*-?\d"
-    r"|\b(?:integral|integrate|derivative|differentiate|equation|theorem|lemma|eigen\w*|matrix"
-    r"|matrices|polynomial|probability|irrational|prime numbers?|logarithm|calculus|solve for"
-    r"|modulo|factorial|combinatorics)\b",
-    re.IGNORECASE,
 )
-_MULTI_STEP = re.compile(
-    r"\b(?:step[- ]by[- ]step|prove|proof|derive|derivation|design|architect\w*|implement"
-    r"|refactor|debug|optimi[sz]e|analy[sz]e|analysis|compare and contrast|trade-?offs?"
-    r"|explain why|justify|algorithm|walk me through|reason through|pros and cons|evaluate"
-    r"|critique|in depth|detailed plan|investigate|troubleshoot|diagnose"
-    r"|write (?:an? |the )?(?:\w+ )?(?:function|script|program|query|class|regex|parser|tests?)"
-    r"|доказ\w*|реализ\w*|алгоритм\w*|оптимиз\w*|проанализ\w*)\b"
-    r"|証明|実装|設計|最適化|证明|实现|设计|优化|调试|算法|分析",
-    re.IGNORECASE,
+_MATH_WORDS = frozenset(w.encode() for w in (
+    "integral", "integrate", "derivative", "differentiate", "equation", "equations", "theorem",
+    "lemma", "eigenvalue", "eigenvalues", "eigenvector", "eigenvectors", "matrix", "matrices",
+    "polynomial", "probability", "irrational", "logarithm", "calculus", "modulo", "factorial",
+    "combinatorics",
+))  # fmt: skip
+_MATH_PHRASES = ("prime number", "solve for")
+_MULTI_WORDS = frozenset(w.encode() for w in (
+    "prove", "proof", "derive", "derivation", "design", "architecture", "architect",
+    "implement", "refactor", "debug", "optimise", "optimize", "analyse", "analyze", "analysis",
+    "justify", "algorithm", "evaluate", "critique", "investigate", "troubleshoot", "diagnose",
+    "tradeoff", "tradeoffs",
+))  # fmt: skip
+_MULTI_PHRASES = (
+    "step by step", "step-by-step", "compare and contrast", "trade-off", "explain why",
+    "walk me through", "reason through", "pros and cons", "in depth", "detailed plan",
+)  # fmt: skip
+_WRITE_CODE = re.compile(
+    r"\bwrite (?:an? |the )?(?:\w+ )?(?:function|script|program|query|class|regex|parser|tests?)\b"
 )
-_REASONING = re.compile(
-    r"step[- ]by[- ]step|\bthink (?:carefully|hard|deeply|through|before)|\breason(?:ing)?\b"
-    r"|chain[- ]of[- ]thought|show your (?:work|reasoning)|explain your reasoning|let'?s think",
-    re.IGNORECASE,
-)
-_JSON = re.compile(r"\bjson\b", re.IGNORECASE)
+# beyond ASCII: stems and words (no word boundaries in Chinese and Japanese)
+_MULTI_NON_ASCII = (
+    "доказ", "реализ", "алгоритм", "оптимиз", "проанализ",
+    "証明", "実装", "設計", "最適化", "证明", "实现", "设计", "优化", "调试", "算法", "分析",
+)  # fmt: skip
+_REASONING_PHRASES = (
+    "step by step", "step-by-step", "think carefully", "think hard", "think deeply",
+    "think through", "think before", "chain of thought", "chain-of-thought", "show your work",
+    "show your reasoning", "explain your reasoning", "let's think", "lets think",
+)  # fmt: skip
+_REASONING_WORDS = frozenset({b"reason", b"reasoning"})
+# the words one of the phrases above starts with: without one, no phrase is looked for
+_MULTI_GATE = frozenset(p.split(" ")[0].split("-")[0].encode() for p in _MULTI_PHRASES)
+_MATH_GATE = frozenset(p.split(" ")[0].encode() for p in _MATH_PHRASES)
+_REASONING_GATE = frozenset(p.split(" ")[0].split("-")[0].encode() for p in _REASONING_PHRASES)
+_WRITE = b"write"
 
 
-def _search(pattern: re.Pattern[str], text: str) -> bool:
-    """A match in the first or last SCAN characters of `text` (bounds, not slices)."""
-    size = len(text)
-    if size <= 2 * SCAN:
-        return pattern.search(text) is not None
-    return (
-        pattern.search(text, 0, SCAN) is not None or pattern.search(text, size - SCAN) is not None
-    )
+def _bounded(text: str) -> str:
+    """`text`, or its first and last SCAN characters (a bounded copy) when it is longer."""
+    if len(text) <= 2 * SCAN:
+        return text
+    return text[:SCAN] + "\n" + text[-SCAN:]
+
+
+# ASCII punctuation -> space, for splitting words without a regular expression
+_SPACES = bytes(
+    32 if chr(b) in '!"#$%&()*+,-./:;<=>?@[\\]^`{|}~\t\n\r\x0b\x0c' else b for b in range(256)
+)
+
+
+class _View:
+    """The texts of a turn (each bounded), lower-cased once, and their words (ASCII
+    punctuation splits them; as UTF-8 bytes, which is what the word lists are)."""
+
+    __slots__ = ("lower", "pieces", "words")
+
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
+            self.pieces = texts
+            self.lower = texts[0].lower()
+        else:
+            self.pieces = tuple(_bounded(t) for t in texts)
+            self.lower = "\n".join(self.pieces).lower()
+        self.words = frozenset(
+            self.lower.encode("utf-8", "surrogatepass").translate(_SPACES).split()
+        )
 
 
 def _last(conv: Conversation) -> Turn | None:
     for turn in reversed(conv.turns()):
-        if turn.role != SYSTEM:
+        if turn[0] != SYSTEM:
             return turn
     return None
 
 
+def _view(conv: Conversation) -> _View:
+    """The last turn, read once for every content check (memoised with the features)."""
+    found = conv.values.get(_View)
+    if found is None:
+        last = _last(conv)
+        found = conv.values[_View] = _View(last[1] if last is not None else ())
+    return found
+
+
+def _system_view(conv: Conversation) -> _View:
+    found = conv.values.get(_system_view)
+    if found is None:
+        texts = tuple(t for role, texts, _ in conv.turns() if role == SYSTEM for t in texts)
+        found = conv.values[_system_view] = _View(texts)
+    return found
+
+
 def _tokens(conv: Conversation) -> int:
-    return sum(estimate_text_tokens(t) for turn in conv.turns() for t in turn.texts)
+    return sum(estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts)
 
 
 def _last_tokens(conv: Conversation) -> int:
     last = _last(conv)
-    return 0 if last is None else sum(estimate_text_tokens(t) for t in last.texts)
+    return 0 if last is None else sum(estimate_text_tokens(t) for t in last[1])
 
 
 def _turns(conv: Conversation) -> int:
-    return sum(1 for turn in conv.turns() if turn.role != SYSTEM)
+    return sum(1 for turn in conv.turns() if turn[0] != SYSTEM)
 
 
 def _code(conv: Conversation) -> bool:
-    for turn in conv.turns():
-        if turn.role != SYSTEM:
-            for text in turn.texts:
-                if "```" in text or "~~~" in text:
-                    return True
-    last = _last(conv)
-    return last is not None and any(_search(_CODE_LINE, t) for t in last.texts)
+    seen = 0
+    for role, texts, _ in reversed(conv.turns()):
+        if role == SYSTEM:
+            continue
+        for text in texts:
+            if "```" in text or "~~~" in text:
+                return True
+        seen += 1
+        if seen == RECENT:
+            break
+    view = _view(conv)
+    if _CODE_HINT.search(view.lower) is None and view.words.isdisjoint(_CODE_WORDS):
+        return False
+    return _CODE_LINE.search(view.lower) is not None
 
 
-def _in_last(pattern: re.Pattern[str]) -> Callable[[Conversation], bool]:
-    def check(conv: Conversation) -> bool:
-        last = _last(conv)
-        return last is not None and any(_search(pattern, t) for t in last.texts)
+def _math(conv: Conversation) -> bool:
+    view = _view(conv)
+    lower = view.lower
+    words = view.words
+    if not words.isdisjoint(_MATH_WORDS):
+        return True
+    if not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES):
+        return True
+    return _MATH_HINT.search(lower) is not None and _MATH.search(lower) is not None
 
-    return check
+
+def _multi_step(conv: Conversation) -> bool:
+    view = _view(conv)
+    lower, words = view.lower, view.words
+    if not words.isdisjoint(_MULTI_WORDS):
+        return True
+    if not words.isdisjoint(_MULTI_GATE) and any(p in lower for p in _MULTI_PHRASES):
+        return True
+    if _WRITE in words and _WRITE_CODE.search(lower) is not None:
+        return True
+    return not lower.isascii() and any(w in lower for w in _MULTI_NON_ASCII)
 
 
-def _in_system(pattern: re.Pattern[str]) -> Callable[[Conversation], bool]:
-    def check(conv: Conversation) -> bool:
-        return any(
-            _search(pattern, t) for turn in conv.turns() if turn.role == SYSTEM for t in turn.texts
-        )
+def _system_reasoning(conv: Conversation) -> bool:
+    view = _system_view(conv)
+    words = view.words
+    if not words.isdisjoint(_REASONING_WORDS):
+        return True
+    return not words.isdisjoint(_REASONING_GATE) and any(
+        p in view.lower for p in _REASONING_PHRASES
+    )
 
-    return check
+
+def _system_json(conv: Conversation) -> bool:
+    return b"json" in _system_view(conv).words
 
 
 def _tool_results(conv: Conversation) -> bool:
-    return any(turn.tool_result for turn in conv.turns())
+    return any(turn[2] for turn in conv.turns())
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -443,7 +539,7 @@ _ASCII_NOT_LETTER = bytes(b for b in range(128) if b not in set(_LETTERS))
 def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
     counts = dict.fromkeys(SCRIPTS, 0)
     for text in texts:
-        piece = text if len(text) <= 2 * SCAN else text[:SCAN]  # a bounded copy at most
+        piece = text  # (bounded: a view's piece)
         if piece.isascii():
             counts["latin"] += len(piece.encode().translate(None, _ASCII_NOT_LETTER))
             continue
@@ -458,10 +554,9 @@ def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
 
 
 def _script(conv: Conversation) -> str:
-    last = _last(conv)
-    texts = last.texts if last is not None else ()
+    texts = _view(conv).pieces
     if not texts:  # no user text: the system prompt's script
-        texts = tuple(t for turn in conv.turns() if turn.role == SYSTEM for t in turn.texts)
+        texts = _system_view(conv).pieces
     counts = _script_counts(texts)
     best = max(SCRIPTS, key=lambda s: counts[s])  # ties: the first in SCRIPTS
     return best if counts[best] > 0 else NO_SCRIPT
@@ -476,12 +571,12 @@ DERIVE: dict[str, Callable[[Conversation], FeatureValue]] = {
     "last_tokens": _last_tokens,
     "turns": _turns,
     "code": _code,
-    "math": _in_last(_MATH),
-    "multi_step": _in_last(_MULTI_STEP),
+    "math": _math,
+    "multi_step": _multi_step,
     "tool_results": _tool_results,
     "script": _script,
-    "system_reasoning": _in_system(_REASONING),
-    "system_json": _in_system(_JSON),
+    "system_reasoning": _system_reasoning,
+    "system_json": _system_json,
 }
 
 
