@@ -47,6 +47,7 @@ Turn = tuple[str, tuple[str, ...], bool]
 # ------------------------------------------------------------------ derivation counter
 
 _derived: dict[str, int] = {}
+_MISSING = object()
 
 
 def derivations() -> int:
@@ -80,26 +81,25 @@ class Conversation:
 
     def feature(self, name: str) -> FeatureValue:
         """The feature `name` (one of DERIVE), derived once."""
-        values = self.values
-        if name in values:
-            return values[name]
-        value = DERIVE[name](self)
-        values[name] = value
-        _derived[name] = _derived.get(name, 0) + 1
-        return value
+        value = self.values.get(name, _MISSING)
+        if value is _MISSING:
+            value = self.values[name] = DERIVE[name](self)
+            _derived[name] = _derived.get(name, 0) + 1
+        return value  # type: ignore[return-value]
 
     def complexity(self, weights: Weights) -> float:
-        """`request.complexity` under `weights` (derived once per weights)."""
-        key = ("complexity", weights)
-        values = self.values
-        if key in values:
-            return values[key]
+        """`request.complexity` under `weights` (derived once per weights object: a
+        program's)."""
+        found = self.values.get(id(weights))
+        if found is not None and found[0] is weights:
+            return found[1]
         total = 0.0
+        terms = COMPLEXITY_TERMS
         for term, weight in weights:
             if weight:
-                total += weight * COMPLEXITY_TERMS[term].value(self)
+                total += weight * terms[term].value(self)
         score = min(1.0, round(total, 6))
-        values[key] = score
+        self.values[id(weights)] = (weights, score)
         _derived["complexity"] = _derived.get("complexity", 0) + 1
         return score
 
@@ -593,7 +593,7 @@ class Term:
 
 
 def _flag(name: str) -> Callable[[Conversation], float]:
-    return lambda conv: 1.0 if conv.feature(name) else 0.0
+    return lambda conv: 1.0 if conv.feature(name) is True else 0.0
 
 
 LENGTH_SCALE = 1000  # last-turn tokens at which `length` reaches 1
