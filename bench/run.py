@@ -45,6 +45,7 @@ SCRIPTS = (
     ("Policy tests (a thousand tests in under a second)", "policytest_bench.py"),
     ("Static analysis (`policyctl check`)", "analysis_bench.py"),
     ("Request features in the decision log, and replay", "replay_bench.py"),
+    ("Prompt features and complexity (vs a policy that reads none)", "features_bench.py"),
 )
 
 

@@ -76,3 +76,14 @@ def test_wire_bench_quick_runs() -> None:
     assert out.returncode == 0, out.stderr
     assert "read: 4-message chat (openai-chat)" in out.stdout
     assert "read: 200 KB base64 image (anthropic)" in out.stdout
+
+
+def test_features_bench_quick_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "features_bench.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "4-message chat (openai-chat)" in out.stdout
+    assert "100 KB conversation (openai-chat)" in out.stdout
+    assert "features derived for a policy that reads none: 0" in out.stdout

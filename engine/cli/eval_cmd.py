@@ -365,6 +365,21 @@ def _count(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _feature_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
+    """The prompt features a policy read (`request.text.*`), and how the complexity score
+    was made: each term's value × weight."""
+    rows: list[tuple[str, str]] = []
+    for name, value in step["values"].items():
+        shown = "yes" if value is True else "no" if value is False else str(value)
+        rows.append(("feature", f"request.text.{name} = {shown}"))
+    made = step["complexity"]
+    if made is not None:
+        terms = " + ".join(f"{p['term']} {p['value']:g} × {p['weight']:g}" for p in made["parts"])
+        capped = " (at most 1)" if made["score"] >= 1 else ""
+        rows.append(("complexity", f"{made['score']:.2f} = {terms or '0'}{capped}"))
+    return rows
+
+
 def _shadow_row(s: Decision) -> str:
     """`candidate → anthropic/claude-haiku-4-5 ($0.0012, 900ms)`, or the shadow's denial."""
     if not s.allowed:
@@ -435,6 +450,8 @@ def _vertical(d: Decision) -> str:
                     value = derived["value"]
                     shown = "yes" if value is True else str(value)
                     rows.append(("derived", f"{derived['field']} = {shown} ← {derived['from']}"))
+            elif step["step"] == "features":
+                rows.extend(_feature_rows(step))
             elif step["step"] == "route":
                 verdict = "matched" if step["matched"] else "no match"
                 when = f" when {step['when']}" if step["when"] else ""

@@ -213,6 +213,14 @@ class Shadow:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class ComplexitySetting:
+    """`complexity(code: 0.6, length: 0.2)`: weights of `request.complexity` (in `defaults`)."""
+
+    weights: tuple[Factor, ...]
+    span: Span
+
+
 Setting = (
     StrategySetting
     | ValueSetting
@@ -223,6 +231,7 @@ Setting = (
     | ExploreSetting
     | AffinitySetting
     | WaitSetting
+    | ComplexitySetting
 )
 RouteItem = Setting | Prefer | Exclude | Require | Split | Shadow
 

@@ -18,12 +18,15 @@ from engine.language import ast
 from engine.language.compiler import limit_scopes, paths_in, split_word
 from engine.language.parser import reference
 from engine.language.schema import (
+    COMPLEXITY_FIELD,
+    DERIVED_FIELDS,
     MEASURED_ATTRS,
     METADATA_FIELD,
     MODEL_ATTRS,
     QUALITY,
     QUALITY_TASK,
     REQUEST_FIELDS,
+    TEXT_FIELD,
     FieldType,
 )
 from engine.language.signals import (
@@ -37,6 +40,7 @@ from engine.language.signals import (
 from engine.strategies import STRATEGIES
 from engine.units import format_day
 from engine.vocabulary import CONCURRENT, LIMIT_UNITS, STANDARD_SCOPES, Unit
+from engine.wire.features import COMPLEXITY_TERMS, MAX_WEIGHT
 
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
@@ -50,6 +54,7 @@ _EXAMPLES = {
 _ORDERED = {Unit.DURATION, Unit.MONEY, Unit.PERCENT, Unit.COUNT, Unit.DATE, Unit.STRING, Unit.ANY}
 _ANY: FieldType = (Unit.ANY, None)
 _BOOL: FieldType = (Unit.BOOL, None)
+_REQUEST_TABLE: dict[str, FieldType] = {**REQUEST_FIELDS, **DERIVED_FIELDS}
 
 _SETTING_UNITS = {
     "min_success_rate": Unit.PERCENT,
@@ -158,7 +163,7 @@ class Checker:
 
     # settings --------------------------------------------------------------
 
-    def _settings(self, settings: Iterable[ast.RouteItem]) -> None:
+    def _settings(self, settings: Iterable[ast.RouteItem], route: ast.Route | None = None) -> None:
         seen: dict[str, Span] = {}
         for item in settings:
             key = _setting_key(item)
@@ -190,6 +195,8 @@ class Checker:
                 self._affinity(item)
             elif isinstance(item, ast.WaitSetting):
                 self._wait_duration(item.duration, "a route's wait")
+            elif isinstance(item, ast.ComplexitySetting):
+                self._complexity(item, route)
             elif isinstance(item, ast.StoreErrorSetting) and item.mode.text not in (
                 "open",
                 "closed",
@@ -324,6 +331,51 @@ class Checker:
                 "for example `cooldown after 3 failures for 30s`",
             )
 
+    def _complexity(self, item: ast.ComplexitySetting, route: ast.Route | None) -> None:
+        """`complexity(term: weight, …)` in `defaults` (E0290–E0292)."""
+        if route is not None:
+            self.error(
+                "E0290",
+                f"`complexity` weights are set in `defaults`, not in route `{route.name.text}`",
+                Span(item.span.source, item.span.start, item.span.start + len("complexity")),
+                "`request.complexity` is one score per request, read before a route is"
+                " chosen: move the line into `defaults`",
+            )
+            return
+        seen: dict[str, Span] = {}
+        for factor in item.weights:
+            term = factor.name.text
+            if term not in COMPLEXITY_TERMS:
+                guess = did_you_mean(term, COMPLEXITY_TERMS)
+                self.error(
+                    "E0291",
+                    f"unknown complexity term `{term}`",
+                    factor.name.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else "terms: " + ", ".join(f"`{t}`" for t in COMPLEXITY_TERMS),
+                )
+            elif term in seen:
+                self.error(
+                    "E0291",
+                    f"complexity term `{term}` is given twice",
+                    factor.name.span,
+                    f"the first is at {seen[term].location()}; keep one",
+                )
+            else:
+                seen[term] = factor.name.span
+            weight = factor.weight
+            value = float(weight.value)  # type: ignore[arg-type]
+            if weight.unit is not Unit.COUNT or not 0 <= value <= MAX_WEIGHT:
+                self.error(
+                    "E0292",
+                    f"a complexity weight is a plain number from 0 to {MAX_WEIGHT:g},"
+                    f" not `{weight.text}`",
+                    weight.span,
+                    "each term is 0-1 and the score is their weighted sum, at most 1:"
+                    f" write `{term}: 0.4`; 0 leaves the term out",
+                )
+
     def _strategy(self, item: ast.StrategySetting) -> None:
         name = item.name.text
         spec = STRATEGIES.get(name)
@@ -453,7 +505,7 @@ class Checker:
     def _route(self, route: ast.Route) -> None:
         if route.when is not None:
             self._condition(route.when, allow_model=False)
-        self._settings(route.items)
+        self._settings(route.items, route)
         preferred: dict[str, Span] = {}
         for item in route.items:
             if isinstance(item, ast.Prefer):
@@ -991,8 +1043,8 @@ class Checker:
                     "metadata values are strings, numbers or booleans",
                 )
                 return None
-            table: dict[str, FieldType] = REQUEST_FIELDS
-            names = [*REQUEST_FIELDS, "metadata"]
+            table = _REQUEST_TABLE  # the request's own fields and the derived ones
+            names = [*REQUEST_FIELDS, "metadata", *DERIVED_FIELDS]
         else:
             if len(rest) == 2 and rest[0] == QUALITY:
                 return self._quality_task(path, rest[1])
@@ -1015,7 +1067,7 @@ class Checker:
             path.span,
             f"did you mean `{root}.{guess}`?"
             if guess
-            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in names),
+            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in _shown_fields(names)),
         )
         return None
 
@@ -1503,6 +1555,15 @@ def _setting_hint(want: Unit, value: ast.Literal) -> str:
     return f"write it like {_EXAMPLES[want]}"
 
 
+def _shown_fields(names: list[str]) -> list[str]:
+    """Field names for a help line: the prompt features as one `text.<feature>`."""
+    prefix = f"{TEXT_FIELD}."
+    shown = [n for n in names if not n.startswith(prefix)]
+    if len(shown) < len(names):
+        shown.insert(shown.index(COMPLEXITY_FIELD), f"{prefix}<feature>")
+    return shown
+
+
 def _setting_key(item: ast.RouteItem) -> str | None:
     if isinstance(item, ast.StrategySetting):
         return "strategy"
@@ -1522,6 +1583,8 @@ def _setting_key(item: ast.RouteItem) -> str | None:
         return "affinity"
     if isinstance(item, ast.WaitSetting):
         return "wait"
+    if isinstance(item, ast.ComplexitySetting):
+        return "complexity"
     return None
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import operator
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
@@ -35,10 +36,21 @@ from engine.language.program import (
     Settings,
     quality_problem,
 )
-from engine.language.schema import MEASURED_ATTRS, QUALITY
+from engine.language.schema import (
+    COMPLEXITY_FIELD,
+    MEASURED_ATTRS,
+    PROMPT_FEATURES,
+    QUALITY,
+    TEXT_FIELD,
+)
 from engine.language.signals import DEFAULT_OVER_MS, SIGNALS, SignalSpec, subject_words
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_LEASE_MS, SCOPE_KEY_FIELD, Unit
+from engine.wire.features import DEFAULT_WEIGHTS, Weights, conversation_of, reads_of, weights_with
+
+# the complexity weights `request.complexity` is compiled with: the policy's (its `defaults`
+# `complexity(…)`) while `compile_program` runs, the defaults for any other compilation
+COMPLEXITY_WEIGHTS: ContextVar[Weights] = ContextVar("complexity_weights", default=DEFAULT_WEIGHTS)
 
 # ---------------------------------------------------------------- expressions
 
@@ -89,6 +101,12 @@ def _path_getter(path: ast.Path) -> Fn:
     if rest[0] == "metadata":
         mkey = rest[1]
         return lambda r, m: r["metadata"].get(mkey)
+    if rest[0] == TEXT_FIELD and len(rest) == 2:  # a prompt feature, derived on first read
+        feature = rest[1]
+        return lambda r, m: conversation_of(r).feature(feature)
+    if rest[0] == COMPLEXITY_FIELD:
+        weights = COMPLEXITY_WEIGHTS.get()
+        return lambda r, m: conversation_of(r).complexity(weights)
     rkey = rest[0]
     return lambda r, m: r[rkey]
 
@@ -207,7 +225,7 @@ def _eq_path_const(path: ast.Path, value: Any) -> Pred:
     if isinstance(value, bool):  # True == 1 in Python: compare identity for booleans
         get = _path_getter(path)
         return lambda r, m: get(r, m) is value
-    if root == "request" and rest[0] != "metadata":
+    if root == "request" and rest[0] not in ("metadata", TEXT_FIELD, COMPLEXITY_FIELD):
         key = rest[0]
         return lambda r, m: r[key] == value
     get = _path_getter(path)
@@ -712,6 +730,42 @@ def compile_program(
     files: list[ast.PolicyFile], catalog: Catalog, texts: list[tuple[str, str]]
 ) -> Program:
     """Compile a policy set that checked clean."""
+    weights = complexity_weights(files)
+    token = COMPLEXITY_WEIGHTS.set(weights)
+    try:
+        return _compile_program(files, catalog, texts, weights)
+    finally:
+        COMPLEXITY_WEIGHTS.reset(token)
+
+
+def complexity_weights(files: list[ast.PolicyFile]) -> Weights:
+    """The weights of `request.complexity`: the defaults, less what `defaults { complexity(…) }`
+    sets (checked: known terms, plain numbers)."""
+    given: dict[str, float] = {}
+    for policy in files:
+        for stmt in policy.statements:
+            if isinstance(stmt, ast.Defaults):
+                for item in stmt.settings:
+                    if isinstance(item, ast.ComplexitySetting):
+                        for factor in item.weights:
+                            given[factor.name.text] = float(factor.weight.value)  # type: ignore[arg-type]
+    return weights_with(given) if given else DEFAULT_WEIGHTS
+
+
+def prompt_features(paths: frozenset[str], weights: Weights) -> tuple[frozenset[str], bool]:
+    """The prompt features a policy reading `paths` derives, and whether it reads
+    `request.complexity`."""
+    prefix = f"request.{TEXT_FIELD}."
+    found = {p.removeprefix(prefix) for p in paths if p.startswith(prefix)}
+    reads = f"request.{COMPLEXITY_FIELD}" in paths
+    if reads:
+        found |= reads_of(weights)
+    return frozenset(f for f in found if f in PROMPT_FEATURES), reads
+
+
+def _compile_program(
+    files: list[ast.PolicyFile], catalog: Catalog, texts: list[tuple[str, str]], weights: Weights
+) -> Program:
     tasks = catalog.quality_tasks()
     attrs = {m.key: model_attributes(m, tasks) for m in catalog.models}
     base = Settings()
@@ -785,6 +839,8 @@ def compile_program(
         for stmt in policy.statements
         if isinstance(stmt, ast.Alert)
     )
+    paths = frozenset(request_paths(files))
+    features, reads_complexity = prompt_features(paths, weights)
     return Program(
         catalog=catalog,
         routes=routes,
@@ -797,8 +853,11 @@ def compile_program(
         denies=denies,
         live_requires=tuple(i for i, r in enumerate(requires) if not any(r is f for f in static)),
         variant_bits=bits,
-        request_paths=frozenset(request_paths(files)),
+        request_paths=paths,
         alerts=alerts,
+        prompt_features=features,
+        complexity_weights=weights,
+        reads_complexity=reads_complexity,
     )
 
 

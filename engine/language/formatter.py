@@ -147,6 +147,9 @@ def _one_line(item: ast.RouteItem | ast.CatalogStmt | ast.Arm | ast.Alert) -> _L
         return _Line(code=code)
     if isinstance(item, ast.WaitSetting):
         return _Line(code=f"wait up to {item.duration.text}")
+    if isinstance(item, ast.ComplexitySetting):
+        weights = ", ".join(f"{f.name.text}: {f.weight.text}" for f in item.weights)
+        return _Line(code=f"complexity({weights})")
     if isinstance(item, ast.AffinitySetting):
         return _Line(code=f"affinity by {item.key.dotted} for {item.duration.text}")
     if isinstance(item, ast.Exclude):

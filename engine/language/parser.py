@@ -294,6 +294,10 @@ class _Builder(Transformer[Token, Any]):
         return ast.WaitSetting(self._literal(children[0]), self._span_meta(meta))
 
     @v_args(meta=True)
+    def complexity_setting(self, meta: Any, children: list[Any]) -> ast.ComplexitySetting:
+        return ast.ComplexitySetting(tuple(children), self._span_meta(meta))
+
+    @v_args(meta=True)
     def affinity_setting(self, meta: Any, children: list[Any]) -> ast.AffinitySetting:
         key, duration = children
         return ast.AffinitySetting(key, self._literal(duration), self._span_meta(meta))

@@ -16,6 +16,7 @@ from engine.catalog.model import Catalog, Model
 from engine.strategies import DEFAULT_STRATEGY, STRATEGIES, Rank, RouteFacts, RouteView
 from engine.strategies.weighted import DEFAULT_FACTORS, factor_weights
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+from engine.wire.features import DEFAULT_WEIGHTS, Weights
 
 Env = Mapping[str, Any]
 Fn = Callable[[Env, Mapping[str, Any] | None], Any]
@@ -477,6 +478,12 @@ class Program:
     # request's metadata (`--log-requests features`)
     request_paths: frozenset[str] = frozenset()
     alerts: tuple[AlertRule, ...] = ()  # `alert` statements, in file order
+    # the prompt features (`request.text.*`) the policy set reads, those `request.complexity`
+    # is made of included (when it reads the score); empty: no request derives any
+    prompt_features: frozenset[str] = frozenset()
+    # the weights `request.complexity` is compiled with, and whether the policy reads it
+    complexity_weights: Weights = DEFAULT_WEIGHTS
+    reads_complexity: bool = False
     # the routes tried in file order: every route but the arms of a split
     dispatch: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
     # an experiment's arm routes by name, in its split's order

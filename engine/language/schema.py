@@ -52,6 +52,31 @@ NEEDS: dict[str, str] = {
 # `request.metadata.<key>`: any scalar, known only when a request arrives.
 METADATA_FIELD = "metadata"
 
+# Derived request fields: not in the environment a request is read into, but derived from
+# its text when a condition reads them (`engine.wire.features`, which holds how each is
+# derived under the same names). One registry of the names and their types: a classifier
+# plugin's `request.features.NAME` joins it under its own prefix.
+# `request.text.<feature>`: a prompt feature (docs/requests.md, Prompt features)
+TEXT_FIELD = "text"
+PROMPT_FEATURES: dict[str, FieldType] = {
+    "tokens": (Unit.COUNT, None),  # the conversation's text, in tokens
+    "last_tokens": (Unit.COUNT, None),  # the last turn's text, in tokens
+    "turns": (Unit.COUNT, None),  # messages other than system prompts
+    "code": (Unit.BOOL, None),  # a code block or code lines
+    "math": (Unit.BOOL, None),  # math in the last turn
+    "multi_step": (Unit.BOOL, None),  # the last turn asks for multi-step work
+    "tool_results": (Unit.BOOL, None),  # a tool's result in the conversation
+    "script": (Unit.STRING, None),  # the last turn's dominant script: "latin", "cjk", …
+    "system_reasoning": (Unit.BOOL, None),  # a system prompt asks for reasoning
+    "system_json": (Unit.BOOL, None),  # a system prompt asks for JSON
+}
+# `request.complexity`: 0-1, a weighted sum over the prompt features (docs/language.md)
+COMPLEXITY_FIELD = "complexity"
+DERIVED_FIELDS: dict[str, FieldType] = {
+    **{f"{TEXT_FIELD}.{name}": t for name, t in PROMPT_FEATURES.items()},
+    COMPLEXITY_FIELD: (Unit.COUNT, None),
+}
+
 MODEL_ATTRS: dict[str, FieldType] = {
     "id": (Unit.STRING, None),
     "provider": (Unit.STRING, None),

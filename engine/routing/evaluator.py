@@ -70,6 +70,7 @@ from engine.strategies import Pool
 from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
+from engine.wire.features import complexity_parts, conversation_of
 
 MAX_ALTERNATIVES = 3
 NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
@@ -929,6 +930,8 @@ def _evaluate(
                 "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
+    if trace is not None and program.prompt_features:
+        trace.append(_features_step(program, env))
     if program.denies:
         for rule in program.denies:  # before routing: no route, no limit is consumed
             if rule.when(env, None):
@@ -1207,6 +1210,24 @@ def _evaluate(
     if shadow_denials:
         decision.shadow_denials = shadow_denials
     return decision
+
+
+def _features_step(program: Program, env: Mapping[str, Any]) -> dict[str, Any]:
+    """The prompt features the policy reads, and how `request.complexity` was made (each
+    term's value × weight) when it reads the score: `--explain` only."""
+    conv = conversation_of(env)
+    step: dict[str, Any] = {
+        "step": "features",
+        "values": {name: conv.feature(name) for name in sorted(program.prompt_features)},
+        "complexity": None,
+    }
+    if program.reads_complexity:
+        weights = program.complexity_weights
+        step["complexity"] = {
+            "score": conv.complexity(weights),
+            "parts": [p.to_dict() for p in complexity_parts(conv, weights)],
+        }
+    return step
 
 
 def _armed(decision: Decision, experiment: str | None) -> Decision:

@@ -1,8 +1,10 @@
 """Requests at the edge: pydantic validation once, then a plain dict for the evaluator.
 
 `to_env` returns the evaluation environment: every key of `schema.REQUEST_FIELDS` plus
-`metadata` (a dict), values normalised to the units the language uses (milliseconds for
-durations, USD for money), and `input_tokens` estimated when the request does not say.
+`metadata` (a dict) and `conversation` (the body, read for prompt features only when a
+policy reads them: `engine.wire.features`), values normalised to the units the language
+uses (milliseconds for durations, USD for money), and `input_tokens` estimated when the
+request does not say.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from engine import wire
 from engine.errors import PolicyctlError
 from engine.units import MAX_TOKENS
 from engine.wire import NATIVE
+from engine.wire.features import Conversation
 
 Scalar = str | int | float | bool
 MAX_PRIORITY = 1000  # a request's `priority` is a whole number in -1000..1000 (0 by default)
@@ -441,6 +444,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "tags": list(tags),
         "metadata": dict(metadata),
         "format": NATIVE,
+        "conversation": Conversation(NATIVE, data),  # read only when a policy asks
     }
 
 
@@ -558,6 +562,7 @@ def _wire_env(
         "tags": [],
         "metadata": read.metadata,
         "format": fmt,
+        "conversation": Conversation(fmt, data),  # the prompt features, read on demand
         "wire": read,  # what was read, for the explain trace (`WireRequest.derivations`)
     }
 
@@ -592,4 +597,5 @@ def to_env(request: Request) -> dict[str, Any]:
         "tags": list(request.tags),
         "metadata": dict(request.metadata),
         "format": NATIVE,
+        "conversation": Conversation(NATIVE, request),
     }

@@ -1,0 +1,458 @@
+"""Prompt features (`request.text.*`) and `request.complexity`: each feature on a body that
+has it and one that has not, in every accepted format (the wire bodies as the real SDKs send
+them); the score on a hand-labelled set (tests/data/complexity); a policy that reads no
+feature derives none; the checker's errors for the weights; the decision log keeps no text."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _sdk_bodies import anthropic_messages, gemini_generate, openai_chat, openai_responses
+
+from engine import PolicyEngine
+from engine.diagnostics import PolicyError
+from engine.language.loader import compile_sources
+from engine.language.schema import PROMPT_FEATURES
+from engine.routing.evaluator import evaluate
+from engine.routing.request import env_of
+from engine.tokens import estimate_text_tokens
+from engine.wire import features
+from engine.wire.features import (
+    COMPLEXITY_TERMS,
+    DEFAULT_WEIGHTS,
+    DERIVE,
+    Conversation,
+    complexity_parts,
+    derivations,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data" / "complexity" / "prompts.jsonl"
+
+SYSTEM_YES = "You are a careful assistant. Think step by step and answer in JSON."
+SYSTEM_NO = "You are a friendly assistant."
+# the last turn of the positive bodies: a code fence, math, multi-step wording, Chinese
+QUESTION_YES = (
+    "请证明下面的函数总是返回非负数，并实现一个更快的版本：\n"
+    "```python\ndef f(x):\n    return x**2\n```\n"
+    "然后求方程 $x^2 + 1 = 0$ 在复数范围内的所有解，写出完整的推导过程。"
+)
+QUESTION_NO = "What is the capital of France?"
+TOOL_OUTPUT = "sunny, 21 degrees"
+MODEL = "gpt-4o-mini"
+
+
+def _chat(yes: bool) -> dict[str, Any]:
+    if not yes:
+        return openai_chat(
+            model=MODEL,
+            messages=[
+                {"role": "system", "content": SYSTEM_NO},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": QUESTION_NO},
+            ],
+        )
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    return openai_chat(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": SYSTEM_YES},
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": TOOL_OUTPUT},
+            {"role": "user", "content": [{"type": "text", "text": QUESTION_YES}]},
+        ],
+    )
+
+
+def _responses(yes: bool) -> dict[str, Any]:
+    if not yes:
+        return openai_responses(
+            model=MODEL,
+            instructions=SYSTEM_NO,
+            input=[
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": [{"type": "input_text", "text": QUESTION_NO}]},
+            ],
+        )
+    return openai_responses(
+        model=MODEL,
+        instructions=SYSTEM_YES,
+        input=[
+            {"role": "user", "content": "What is the weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": TOOL_OUTPUT},
+            {"role": "user", "content": [{"type": "input_text", "text": QUESTION_YES}]},
+        ],
+    )
+
+
+def _anthropic(yes: bool) -> dict[str, Any]:
+    if not yes:
+        return anthropic_messages(
+            model="claude-3-5-haiku-latest",
+            max_tokens=100,
+            system=SYSTEM_NO,
+            messages=[
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": QUESTION_NO},
+            ],
+        )
+    use = {"type": "tool_use", "id": "t1", "name": "weather", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": TOOL_OUTPUT}
+    return anthropic_messages(
+        model="claude-3-5-haiku-latest",
+        max_tokens=100,
+        system=[{"type": "text", "text": SYSTEM_YES}],
+        messages=[
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [result]},
+            {"role": "assistant", "content": "It is sunny."},
+            {"role": "user", "content": [{"type": "text", "text": QUESTION_YES}]},
+        ],
+    )
+
+
+def _gemini(yes: bool) -> dict[str, Any]:
+    from google.genai import types
+
+    def text(role: str, value: str) -> types.Content:
+        return types.Content(role=role, parts=[types.Part.from_text(text=value)])
+
+    if not yes:
+        contents = [text("user", "Hello"), text("model", "Hi! How can I help?")]
+        contents.append(text("user", QUESTION_NO))
+        config = types.GenerateContentConfig(system_instruction=SYSTEM_NO)
+    else:
+        call = types.Part.from_function_call(name="weather", args={})
+        answer = types.Part.from_function_response(name="weather", response={"r": TOOL_OUTPUT})
+        contents = [
+            text("user", "What is the weather?"),
+            types.Content(role="model", parts=[call]),
+            types.Content(role="user", parts=[answer]),
+            text("model", "It is sunny."),
+            text("user", QUESTION_YES),
+        ]
+        config = types.GenerateContentConfig(system_instruction=SYSTEM_YES)
+    return gemini_generate("gemini-2.5-flash", contents, config).body
+
+
+def _native(yes: bool) -> dict[str, Any]:
+    if not yes:
+        return {
+            "id": "n0",
+            "messages": [
+                {"role": "system", "content": SYSTEM_NO},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi! How can I help?"},
+                {"role": "user", "content": QUESTION_NO},
+            ],
+        }
+    return {
+        "id": "n1",
+        "messages": [
+            {"role": "system", "content": SYSTEM_YES},
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "tool", "content": TOOL_OUTPUT},
+            {"role": "user", "content": [{"type": "text", "text": QUESTION_YES}]},
+        ],
+    }
+
+
+BUILDERS = {
+    "native": _native,
+    "openai-chat": _chat,
+    "openai-responses": _responses,
+    "anthropic": _anthropic,
+    "gemini": _gemini,
+}
+# turns other than system prompts in the positive / negative body of each format
+TURNS = {
+    "native": (3, 3),
+    "openai-chat": (4, 3),
+    "openai-responses": (4, 3),
+    "anthropic": (5, 3),
+    "gemini": (5, 3),
+}
+
+
+@cache
+def _body(fmt: str, yes: bool) -> str:
+    return json.dumps(BUILDERS[fmt](yes))
+
+
+def _conversation(fmt: str, yes: bool) -> Conversation:
+    env = env_of(json.loads(_body(fmt, yes)))
+    assert env["format"] == fmt
+    return env["conversation"]
+
+
+def test_the_registry_and_the_checker_know_the_same_features() -> None:
+    assert set(DERIVE) == set(PROMPT_FEATURES)
+    assert {t.reads for t in COMPLEXITY_TERMS.values()} <= set(PROMPT_FEATURES)
+    assert [t for t, _ in DEFAULT_WEIGHTS] == list(COMPLEXITY_TERMS)
+
+
+@pytest.mark.parametrize("fmt", list(BUILDERS))
+def test_every_feature_on_a_body_that_has_it(fmt: str) -> None:
+    conv = _conversation(fmt, True)
+    assert conv.feature("code") is True
+    assert conv.feature("math") is True
+    assert conv.feature("multi_step") is True
+    assert conv.feature("tool_results") is True
+    assert conv.feature("script") == "cjk"
+    assert conv.feature("system_reasoning") is True
+    assert conv.feature("system_json") is True
+    assert conv.feature("turns") == TURNS[fmt][0]
+    assert conv.feature("last_tokens") == estimate_text_tokens(QUESTION_YES)
+    assert conv.feature("tokens") > conv.feature("last_tokens") + estimate_text_tokens(SYSTEM_YES)
+    assert conv.complexity(DEFAULT_WEIGHTS) == 1.0
+
+
+@pytest.mark.parametrize("fmt", list(BUILDERS))
+def test_every_feature_on_a_body_that_has_it_not(fmt: str) -> None:
+    conv = _conversation(fmt, False)
+    assert conv.feature("code") is False
+    assert conv.feature("math") is False
+    assert conv.feature("multi_step") is False
+    assert conv.feature("tool_results") is False
+    assert conv.feature("script") == "latin"
+    assert conv.feature("system_reasoning") is False
+    assert conv.feature("system_json") is False
+    assert conv.feature("turns") == TURNS[fmt][1]
+    assert conv.feature("last_tokens") == estimate_text_tokens(QUESTION_NO)
+    expected = sum(
+        estimate_text_tokens(t) for t in (SYSTEM_NO, "Hello", "Hi! How can I help?", QUESTION_NO)
+    )
+    assert conv.feature("tokens") == expected
+    assert conv.complexity(DEFAULT_WEIGHTS) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("text", "feature", "expected"),
+    [
+        ("def area(r):\n    return 3.14 * r * r", "code", True),
+        ("int main() {\n  return 0;\n}", "code", True),
+        ("SELECT name FROM users WHERE id = 3", "code", True),
+        ("I defined my goals; then I went home.", "code", False),
+        ("Use {curly braces} in prose", "code", False),
+        ("What is \\frac{1}{2} of 10?", "math", True),
+        ("Is 7 × 8 = 56?", "math", True),
+        ("I paid $5 and then $10 more", "math", False),
+        ("Explain the Pythagorean theorem", "math", True),
+        ("Write a haiku about spring", "multi_step", False),
+        ("Write a function that reverses a list", "multi_step", True),
+        ("Здравствуйте, как дела?", "script", "cyrillic"),
+        ("مرحبا كيف حالك", "script", "arabic"),
+        ("안녕하세요 반갑습니다", "script", "hangul"),
+        ("สวัสดีครับ", "script", "thai"),
+        ("नमस्ते आप कैसे हैं", "script", "indic"),
+        ("Καλημέρα σας", "script", "greek"),
+        ("שלום עולם", "script", "hebrew"),
+        ("こんにちは、元気ですか", "script", "cjk"),
+        ("Café au lait, s'il vous plaît", "script", "latin"),
+        ("1234 + 5678", "script", "none"),
+    ],
+)
+def test_a_feature_on_one_prompt(text: str, feature: str, expected: object) -> None:
+    assert Conversation("native", {"prompt": text}).feature(feature) == expected
+
+
+def test_the_content_checks_read_the_ends_of_a_long_last_turn() -> None:
+    middle = "word " * 10_000
+    assert (
+        Conversation("native", {"prompt": middle + "\\frac{1}{2}" + middle}).feature("math")
+        is False
+    )  # beyond the first and last SCAN characters: not read
+    assert Conversation("native", {"prompt": middle + "\\frac{1}{2}"}).feature("math") is True
+
+
+def test_the_fence_check_reads_the_last_turns() -> None:
+    fenced = {"role": "user", "content": "```\nx = 1\n```"}
+    plain = [{"role": r, "content": "ok"} for r in ("assistant", "user") * 2]
+    assert Conversation("native", {"messages": [fenced, *plain[1:]]}).feature("code") is True
+    assert Conversation("native", {"messages": [fenced, *plain]}).feature("code") is False
+
+
+def test_the_native_fast_path_and_pydantic_read_the_same_conversation() -> None:
+    from engine.routing.request import fast_env, to_env, validate
+
+    body = _native(True)
+    body["messages"][-1]["content"] = QUESTION_YES  # a string: the fast path takes it
+    fast = fast_env(body)
+    assert fast is not None
+    assert fast["conversation"] == to_env(validate(body))["conversation"]
+    assert fast["conversation"].feature("code") is True
+
+
+# ------------------------------------------------------------------ the hand-labelled set
+
+
+def _labelled() -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
+    return [(row["prompt"], row["label"]) for row in rows]
+
+
+def test_the_score_separates_the_hand_labelled_prompts() -> None:
+    """Accuracy and Cohen's kappa of `complexity >= 0.5` against the labels (README.md
+    beside the data: how they were made). Floors set below what was measured (42/42, the
+    weights were set with this set in view): a broken scorer falls through them."""
+    rows = _labelled()
+    assert 30 <= len(rows) <= 60
+    hard = [
+        Conversation("native", {"prompt": p}).complexity(DEFAULT_WEIGHTS) >= 0.5 for p, _ in rows
+    ]
+    truth = [label == "hard" for _, label in rows]
+    n = len(rows)
+    agree = sum(h == t for h, t in zip(hard, truth, strict=True)) / n
+    p_hard = (sum(hard) / n) * (sum(truth) / n) + (1 - sum(hard) / n) * (1 - sum(truth) / n)
+    kappa = (agree - p_hard) / (1 - p_hard)
+    print(f"complexity on {n} labelled prompts: accuracy {agree:.2f}, Cohen's kappa {kappa:.2f}")
+    assert agree >= 0.9
+    assert kappa >= 0.8
+
+
+# ------------------------------------------------------------------ policies
+
+
+POLICY = """
+defaults {
+    strategy cost
+    complexity(code: 0.6, turns: 0)
+}
+route big when request.complexity >= 0.5 {
+    prefer openai/gpt-4o
+}
+route cjk when request.text.script == "cjk" {
+    prefer openai/gpt-4o
+}
+route small {
+    prefer openai/gpt-4o-mini
+}
+"""
+PLAIN = """
+route eu when request.region == "eu" {
+    prefer openai/gpt-4o
+}
+route small {
+    prefer openai/gpt-4o-mini
+}
+"""
+
+
+def test_a_policy_that_reads_no_feature_derives_none() -> None:
+    program = compile_sources([("plain.policy", PLAIN)]).program
+    assert program.prompt_features == frozenset()
+    before = derivations()
+    for fmt in BUILDERS:
+        for yes in (True, False):
+            evaluate(program, env_of(json.loads(_body(fmt, yes))), explain=True)
+    assert derivations() == before
+
+
+def test_a_policy_derives_only_what_it_reads_once_per_request() -> None:
+    program = compile_sources([("p.policy", POLICY)]).program
+    assert program.reads_complexity
+    assert "turns" not in program.prompt_features  # weight 0: not read
+    assert {"code", "math", "script"} <= program.prompt_features
+    env = env_of(json.loads(_body("openai-chat", False)))
+    before = features.derivations_of("code")
+    decision = evaluate(program, env)
+    evaluate(program, env)
+    assert decision.route == "small"
+    assert features.derivations_of("code") == before + 1  # memoised in the request's env
+    assert "turns" not in env["conversation"].values  # its weight is 0
+    hard = evaluate(program, env_of(json.loads(_body("anthropic", True))))
+    assert hard.route == "big"
+
+
+def test_explain_shows_how_the_score_was_made() -> None:
+    program = compile_sources([("p.policy", POLICY)]).program
+    decision = evaluate(program, env_of(json.loads(_body("native", False))), explain=True)
+    assert decision.trace is not None
+    step = next(s for s in decision.trace if s["step"] == "features")
+    assert step["values"]["script"] == "latin"
+    made = step["complexity"]
+    assert [p["term"] for p in made["parts"]] == [t for t, w in program.complexity_weights if w]
+    assert made["score"] == pytest.approx(
+        min(1.0, sum(p["value"] * p["weight"] for p in made["parts"])), abs=1e-4
+    )
+    weights = dict(program.complexity_weights)
+    assert weights["code"] == 0.6 and weights["turns"] == 0.0 and weights["math"] == 0.5
+
+
+def test_complexity_parts_are_value_times_weight() -> None:
+    conv = Conversation("native", {"prompt": "Prove that 2 + 2 = 4 step by step"})
+    parts = {p.term: p for p in complexity_parts(conv, DEFAULT_WEIGHTS)}
+    assert parts["math"].value == 1.0 and parts["multi_step"].value == 1.0
+    assert parts["code"].value == 0.0
+    assert conv.complexity(DEFAULT_WEIGHTS) == 1.0
+
+
+def test_eval_explain_prints_the_features_and_the_score(tmp_path: Path) -> None:
+    (tmp_path / "p.policy").write_text(POLICY, encoding="utf-8")
+    (tmp_path / "r.json").write_text(_body("openai-chat", True), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", "--policy", str(tmp_path / "p.policy"),
+         str(tmp_path / "r.json"), "--explain", "--format", "table"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    assert "request.text.code = yes" in out
+    assert "complexity      1.00 = code 1 × 0.6 + math 1 × 0.5" in out
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ("complexity(cod: 0.5)", "E0291"),
+        ("complexity(code: 0.5, code: 0.2)", "E0291"),
+        ("complexity(code: 50%)", "E0292"),
+        ("complexity(code: 2)", "E0292"),
+    ],
+)
+def test_the_checker_refuses_bad_weights(line: str, code: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", f"defaults {{\n    {line}\n}}\n")])
+    assert [d.code for d in err.value.diagnostics] == [code]
+
+
+def test_weights_belong_in_defaults() -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", "route r {\n    complexity(code: 0.5)\n}\n")])
+    assert [d.code for d in err.value.diagnostics] == ["E0290"]
+
+
+def test_a_typo_in_a_feature_gets_a_did_you_mean() -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_sources([("p.policy", 'route r when request.text.scirpt == "cjk" {\n}\n')])
+    assert "did you mean `request.text.script`?" in str(err.value)
+
+
+def test_the_decision_log_keeps_no_prompt_text(tmp_path: Path) -> None:
+    policy = tmp_path / "p.policy"
+    policy.write_text(POLICY, encoding="utf-8")
+    state = tmp_path / "state.duckdb"
+    engine = PolicyEngine(policy, state=str(state), log_requests="features")
+    try:
+        for fmt in BUILDERS:
+            engine.evaluate(json.loads(_body(fmt, True)))
+    finally:
+        engine.close()
+    import duckdb
+
+    with duckdb.connect(str(state), read_only=True) as db:
+        logged = [row[0] for row in db.execute("select request from decisions").fetchall()]
+    assert len(logged) == len(BUILDERS)
+    for text in logged:
+        assert "证明" not in text and "python" not in text and TOOL_OUTPUT not in text
+        assert "step by step" not in text
