@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api.policy_engine import PolicyEngine
 from engine.build import VERSION, commit
+from engine.limits.limiter import event_scope
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets
 from engine.routing.decision import Denial
@@ -225,15 +226,15 @@ def _inflight_family(engine: PolicyEngine) -> Metric:
     and named scopes never become labels)."""
     family = GaugeMetricFamily(
         "policyctl_inflight",
-        "Requests in flight (allowed, no outcome yet) held by in-flight limits, by scope and"
-        " (provider and model only) key.",
+        "Requests in flight (allowed, no outcome yet) held by in-flight limits, by scope"
+        " (`shadow:SCOPE` for a shadow limit's) and (provider and model only) key.",
         labels=("scope", "key"),
     )
     held: Counter[tuple[str, str]] = Counter()
     for gauge, n in engine.limiter.inflight():  # `scope/concurrent/WINDOW/key`
         scope, _, rest = gauge.partition("/")
         key = rest.split("/", 2)[-1] if scope in KEYED_GAUGES and rest.count("/") >= 2 else ""
-        held[(scope, key)] += n
+        held[(event_scope(gauge), key)] += n  # a shadow limit's gauge: `shadow:user`
     for (scope, key), n in sorted(held.items()):
         family.add_metric((scope, key), float(n))
     return family
