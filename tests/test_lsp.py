@@ -552,7 +552,7 @@ def test_a_completion_replaces_what_was_typed_of_the_word(line: str, typed: str)
         ("limit user ", ["requests", "tokens", "spend", "concurrent"]),
         ('limit user "vip" to', ["requests", "tokens", "spend", "concurrent"]),
         ("limit team = request.metadata.team ", ["requests", "tokens", "spend", "concurrent"]),
-        ("shadow limit ip ", ["requests", "tokens", "spend"]),
+        ("shadow limit ip ", ["requests", "tokens", "spend", "concurrent"]),
         ("limit user tokens 100k ", ["per"]),
         ("limit user spend $5 p", ["per"]),
         ("limit user 10 per 1m burst 2 ", ["wait up to", "when", "until"]),

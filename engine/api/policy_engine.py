@@ -467,6 +467,13 @@ class PolicyEngine:
         pins = self._state.pins
         return pins.errors if isinstance(pins, SharedPins) else 0
 
+    @property
+    def events_dropped(self) -> int:
+        """Rate-limit analytics events (settlements, waits, in-flight releases) the full
+        writer queue dropped (0 without analytics)."""
+        writers = {id(w): w for w in (self.outcome_log, self._event_log) if w is not None}
+        return sum(w.dropped_events for w in writers.values())
+
     def evaluate(
         self,
         request: Mapping[str, Any] | Request,

@@ -40,6 +40,7 @@ from engine.language.domain import Box, Budget, FinSet, TooComplex, box_and, sub
 from engine.language.program import AlertRule, CompiledLimit, CompiledRoute, Program
 from engine.language.schema import NEEDS
 from engine.language.signals import SIGNALS
+from engine.vocabulary import CONCURRENT
 
 BUDGET = 4000  # boxes one question may hold at a time
 WORK = 20_000  # box operations one analysis may spend in all (then it says no more)
@@ -555,7 +556,12 @@ def _limits(run: _Analysis, limits: list[ast.Limit]) -> None:
                     f"{'shadow ' if comp.shadow else ''}limit `{comp.name}` is never reached",
                     lim.span,
                     f"the limit at {tighter.span.location()} applies to the same requests,"
-                    " holds no more and refills no faster, so it always denies first"
+                    + (
+                        " holds no more slots and keeps them no shorter (lease)"
+                        if comp.unit == CONCURRENT
+                        else " holds no more and refills no faster"
+                    )
+                    + ", so it always denies first"
                     + (
                         ": this shadow limit never sees a request it would deny"
                         if comp.shadow
@@ -591,9 +597,14 @@ def _tighter(comp: CompiledLimit, pairs: list[tuple[ast.Limit, CompiledLimit]]) 
             continue  # a shadow limit denies nothing: it never makes an enforced one idle
         if not _same_reach(other, lim, comp, own):
             continue
-        rate, own_rate = other.amount / other.window_ms, comp.amount / comp.window_ms
-        if other.capacity <= comp.capacity and rate <= own_rate:
+        if comp.unit == CONCURRENT:  # gauges: no more slots, held at least as long (lease)
+            tight = other.amount <= comp.amount and other.window_ms >= comp.window_ms
+            strictly = other.amount < comp.amount or other.window_ms > comp.window_ms
+        else:
+            rate, own_rate = other.amount / other.window_ms, comp.amount / comp.window_ms
+            tight = other.capacity <= comp.capacity and rate <= own_rate
             strictly = other.capacity < comp.capacity or rate < own_rate
+        if tight:
             earlier = pairs.index((lim, other)) < pairs.index((own, comp))
             # two equal limits: the later one is the idle one (a shadow one beside an
             # enforced one wherever it is: the enforced one denies first)

@@ -383,7 +383,9 @@ class _Builder(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def inflight_stmt(self, meta: Any, children: list[Any]) -> ast.Limit:
-        scope, key_expr, key, unit, amount, lease, window, burst, wait, when, until = children
+        shadow, scope, key_expr, key, unit, amount, lease, window, burst, wait, when, until = (
+            children
+        )
         return ast.Limit(
             scope=self._name(scope),
             key_expr=key_expr,
@@ -396,6 +398,7 @@ class _Builder(Transformer[Token, Any]):
             until=None if until is None else self._literal(until),
             span=self._span_meta(meta),
             lease=None if lease is None else self._literal(lease),
+            shadow=shadow is not None,
             wait=None if wait is None else self._literal(wait),
         )
 

@@ -16,7 +16,9 @@ A `shadow limit` (docs/ratelimits.md, Shadow limits) never denies: the policy's 
 its shadow limits apart (`_Plan.shadow`, None without any: one attribute check), and once
 the enforced limits admitted a decision, its shadow buckets are checked and consumed in a
 second all-or-nothing store call (as if they were enforced, for the candidate the enforced
-limits chose); one without room consumes nothing, and is reported in the verdict
+limits chose; a shadow `concurrent` limit takes a slot of its own gauge, under the lease
+`<request id>#shadow`, given back with the enforced slots by the outcome or by its lease);
+one without room consumes nothing, and is reported in the verdict
 (`shadow_denials`), the violations and daily stats (scope `shadow:<scope>`) and a counter.
 """
 
@@ -48,6 +50,7 @@ from engine.limits.stores.base import (
     PinWrite,
     Quota,
     ReservationCounts,
+    Settlement,
     Settles,
     SharedReservations,
     Slots,
@@ -69,6 +72,7 @@ _spec = functools.partial(tuple.__new__, Spec)
 
 PER_CANDIDATE_SCOPES = frozenset({"provider", "model"})
 SHADOW_MARK = "shadow:"  # a shadow limit's scope in the violations and daily stats
+SHADOW_LEASE = "#shadow"  # a decision's shadow slots are held under `<request id>#shadow`
 MAX_VIOLATIONS_KEPT = 10_000
 
 
@@ -399,7 +403,7 @@ class LimitEvents(Protocol):
     def submit_event(self, row: LimitEventRow) -> None: ...
 
 
-def _event_scope(key: str) -> str:
+def event_scope(key: str) -> str:
     """The scope of a bucket or gauge key (`user/tokens/60000/alice`): `shadow:user` for a
     shadow limit's (`…/60000#shadow/…`), as the violations name it."""
     parts = key.split("/", 3)
@@ -449,6 +453,7 @@ class Limiter:
     # `_gauged`: a policy with `concurrent` limits was seen (outcomes then release slots)
     _slots: InFlightSlots | None = None
     _gauged: bool = False
+    _shadow_gauged: bool = False  # ... and `shadow limit … concurrent` ones
     # reserve-then-settle (docs/ratelimits.md): request id -> what its estimates took, oldest
     # first; `_reserving`: the policy has token or spend limits and the store settles
     settle_within_s: float = DEFAULT_SETTLE_WITHIN_S
@@ -507,6 +512,8 @@ class Limiter:
         plan = _Plan(group_limits(limits))
         if plan.inflight:
             self._gauged = True
+        if plan.shadow is not None and plan.shadow.inflight:
+            self._gauged = self._shadow_gauged = True
         self._reserving = self._settles is not None and any(
             limit.unit in _RESERVED_UNITS for limit in limits
         )
@@ -840,6 +847,8 @@ class Limiter:
         if not self._gauged or request_id is None:
             return 0
         released = self._release(str(request_id))
+        if self._shadow_gauged:  # the shadow slots' own lease
+            released += self._release(str(request_id) + SHADOW_LEASE)
         if self.events is not None:
             self._released(str(request_id), self.clock())
         return released
@@ -1010,8 +1019,10 @@ class Limiter:
             with self._lock:
                 self.store_errors += 1
             return []
-        if found.state != "settled":
-            return []  # absent, or expired (counted by the instance that made it)
+        if found.state != "settled":  # absent, or expired (counted by the instance that made it)
+            if found.state == "expired" and self.events is not None:
+                self._store_rows(str(request_id), found, self.clock())
+            return []
         with self._reserve_lock:
             self.reservations_settled += 1
             for bucket in found.applied:
@@ -1019,6 +1030,8 @@ class Limiter:
                     self.refunded[bucket.unit] += -bucket.delta
                 elif bucket.delta > 0:
                     self.charged[bucket.unit] += bucket.delta
+        if self.events is not None:
+            self._store_rows(str(request_id), found, self.clock())
         return [(bucket.key, bucket.delta) for bucket in found.applied]
 
     # ------------------------------------------------------------------ analytics events
@@ -1050,8 +1063,28 @@ class Limiter:
                     delta = next(deltas, 0.0)
             events.submit_event(
                 SettlementRow(
-                    now_s, request_id, bucket.key, _event_scope(bucket.key),
+                    now_s, request_id, bucket.key, event_scope(bucket.key),
                     "spend" if bucket.spend else "tokens", bucket.estimate, actual, delta, result,
+                )
+            )  # fmt: skip
+
+    def _store_rows(self, request_id: str, found: Settlement, now_s: float) -> None:
+        """A reservation kept in the store (Redis), settled or found expired by this
+        instance's outcome: the same rows `_settled` and `_expired` write, one per bucket."""
+        events = self.events
+        assert events is not None
+        expired = found.state == "expired"
+        at = now_s
+        if expired and found.expires_at is not None:
+            at = min(found.expires_at / 1000.0, now_s)
+        for bucket in found.buckets:
+            result = (
+                "expired" if expired else "settled" if bucket.actual is not None else "unreported"
+            )
+            events.submit_event(
+                SettlementRow(
+                    at, request_id, bucket.key, event_scope(bucket.key), bucket.unit,
+                    bucket.estimate, bucket.actual, bucket.delta, result,
                 )
             )  # fmt: skip
 
@@ -1063,7 +1096,7 @@ class Limiter:
         for bucket in found.buckets:
             events.submit_event(
                 SettlementRow(
-                    at, request_id, bucket.key, _event_scope(bucket.key),
+                    at, request_id, bucket.key, event_scope(bucket.key),
                     "spend" if bucket.spend else "tokens", bucket.estimate, None, 0.0, "expired",
                 )
             )  # fmt: skip
@@ -1100,11 +1133,11 @@ class Limiter:
         for key, ends_s in gauges:
             if ends_s > now_s:
                 row = InFlightRow(
-                    now_s, key, _event_scope(key), lease, (now_s - taken_s) * 1000.0, "outcome"
+                    now_s, key, event_scope(key), lease, (now_s - taken_s) * 1000.0, "outcome"
                 )
             else:
                 row = InFlightRow(
-                    ends_s, key, _event_scope(key), lease, (ends_s - taken_s) * 1000.0, "lease"
+                    ends_s, key, event_scope(key), lease, (ends_s - taken_s) * 1000.0, "lease"
                 )
             events.submit_event(row)
 
@@ -1207,12 +1240,48 @@ class Limiter:
             for a in applied:
                 buckets.append((a.prefix + key, a.capacity, a.rate, cost))
                 info.append((a, key))
-        if option < len(ranked):
-            more, more_info = self._option(plan, spend, ranked[option], tokens, env, now_s, {})
+        chosen = ranked[option] if option < len(ranked) else None
+        if chosen is not None:
+            more, more_info = self._option(plan, spend, chosen, tokens, env, now_s, {})
             buckets += more
             info += more_info
-        if not buckets:
+        # `shadow limit … concurrent N`: a slot of each shadow gauge, under a lease of its own
+        # (given back alone when a shadow bucket has no room; with the enforced ones by the
+        # outcome, `release`)
+        gauges: list[tuple[Applied, str]] = []
+        if self._slots is not None:
+            for part in plan.inflight:
+                if part.scope in PER_CANDIDATE_SCOPES:
+                    if chosen is None:
+                        continue
+                    key = chosen[0] if part.is_provider else chosen[1]
+                else:
+                    key = _part_key(part, env)
+                    if key is None:
+                        continue
+                gauges += [(a, key) for a in applicable(part, key, None, env, now_s)]
+        if not buckets and not gauges:
             return verdict
+        lease = str(env["id"])
+        if gauges:
+            assert self._slots is not None
+            wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in gauges]
+            try:
+                taken = self._slots.take_slots(wanted, lease + SHADOW_LEASE, now, consume=consume)
+            except StoreUnavailableError:
+                with self._lock:
+                    self.store_errors += 1
+                return verdict
+            if taken.failed is not None:
+                applied, key = gauges[taken.failed]
+                free_at = taken.free_at
+                retry = None if free_at is None else max(0, math.ceil(free_at - now))
+                return self._shadow_denied(
+                    verdict, LimitDenial(applied.scope, key or None, CONCURRENT, retry),
+                    1.0, 0.0, env, now_s, record,
+                )  # fmt: skip
+        if not buckets:
+            return self._shadow_allowed(verdict, gauges, lease, env, now_s, consume, record)
         try:
             if consume and self._reserve_in_store:
                 result = self._acquire_reserving(_specs(buckets), [], [info], env, now)
@@ -1221,35 +1290,77 @@ class Limiter:
         except StoreUnavailableError:
             with self._lock:
                 self.store_errors += 1
+            if consume and gauges:
+                self._release(lease + SHADOW_LEASE)
             return verdict
         allowed, outcomes, failed = result
         if allowed is not None:
             if consume and self._reserving:  # settled with the enforced limits' buckets
                 self._reserve(env, buckets, info, now_s)
-            if record:  # counted as allowed by each shadow scope (as `_tally` counts)
-                self._pending.append(
-                    (self._day(now_s), tuple([SHADOW_MARK + a.scope for a, _ in info]))
-                )
-            return verdict
+            return self._shadow_allowed(verdict, info + gauges, lease, env, now_s, consume, record)
+        if consume and gauges:  # all-or-nothing: the shadow slots go back
+            self._release(lease + SHADOW_LEASE)
         index = next((i for i, o in enumerate(outcomes) if o is failed), -1)
         if failed is None or index < 0:
             return verdict  # nothing to blame: cannot happen with a real store
         applied, key = info[index]
         status = _status(applied, key, failed)
         denial = LimitDenial(applied.scope, key or None, applied.unit, status.retry_after_ms)
+        requested, have = failed[0][3], max(0.0, failed.available)
+        return self._shadow_denied(verdict, denial, requested, have, env, now_s, record)
+
+    def _shadow_allowed(
+        self,
+        verdict: Verdict,
+        taken: list[tuple[Applied, str]],
+        lease: str,
+        env: Mapping[str, Any],
+        now_s: float,
+        consume: bool,
+        record: bool,
+    ) -> Verdict:
+        """The shadow limits had room: counted as allowed by each shadow scope (as `_tally`
+        counts), and the shadow slots taken kept for the analytics rows."""
+        if record:
+            self._pending.append(
+                (self._day(now_s), tuple([SHADOW_MARK + a.scope for a, _ in taken]))
+            )
+        if consume and self.events is not None:
+            slots = [(a, k) for a, k in taken if a.unit == CONCURRENT]
+            if slots:
+                self._took_slots(lease, slots, now_s)
+        return verdict
+
+    def _shadow_denied(
+        self,
+        verdict: Verdict,
+        denial: LimitDenial,
+        requested: float,
+        have: float,
+        env: Mapping[str, Any],
+        now_s: float,
+        record: bool,
+    ) -> Verdict:
+        """A shadow limit would have denied the allowed `verdict`: listed in it, and recorded
+        (a `shadow:SCOPE` violation, the daily stats, the counter), never applied."""
         if record:
             day = self._day(now_s)
-            scope = SHADOW_MARK + applied.scope
+            scope = SHADOW_MARK + denial.scope
             with self._lock:
                 self.violations.append(
                     Violation(
-                        now_s, scope, key, applied.unit, failed[0][3],
-                        max(0.0, failed.available), env["id"],
+                        now_s,
+                        scope,
+                        denial.key or "",
+                        denial.unit or "",
+                        requested,
+                        have,
+                        env["id"],
                     )
-                )  # fmt: skip
+                )
                 self.denied_tallies[(day, scope)] += 1
-                self.shadow_denied[applied.scope] += 1
-        return _new_verdict((option, verdict.statuses, verdict.denied_by, (denial,)))
+                self.shadow_denied[denial.scope] += 1
+        return _new_verdict((verdict.option, verdict.statuses, verdict.denied_by, (denial,)))
 
     def peek_shared(
         self, limits: tuple[CompiledLimit, ...], env: Mapping[str, Any]

@@ -248,8 +248,7 @@ def _limit_words(before: str) -> tuple[int, tuple[Completion, ...]] | None:
     if found := _PER_AT.search(before):
         return found.start(2), (_PER,)
     if found := _UNIT_AT.search(before):
-        units = _UNITS[:3] if found.group(1) else _UNITS  # no shadow in-flight cap
-        return found.start(2), units
+        return found.start(2), _UNITS
     return None
 
 
@@ -395,8 +394,9 @@ _KEYWORD_HOVER = {
 }
 # `shadow limit …` (the same word before `limit`, outside any block)
 _SHADOW_LIMIT_HOVER = (
-    "`shadow limit SCOPE … per D`: a limit in report-only mode; its buckets are checked and"
-    " consumed as if it were enforced (for the requests the enforced limits allow), but it"
+    "`shadow limit SCOPE … per D` (or `… concurrent N`): a limit in report-only mode; its"
+    " buckets (or in-flight gauge) are checked and consumed as if it were enforced (for"
+    " the requests the enforced limits allow), but it"
     " never denies: a request it would have denied is allowed, listed in the decision's"
     " `shadow_denials`, logged as a violation of scope `shadow:SCOPE` and counted in"
     " `policyctl_shadow_denials_total`. Drop the word `shadow` to enforce it"

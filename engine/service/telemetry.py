@@ -35,8 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api.policy_engine import PolicyEngine
 from engine.build import VERSION, commit
+from engine.limits.limiter import event_scope
 from engine.limits.records import LimitDenial
-from engine.limits.stores.base import HeldBuckets
+from engine.limits.stores.base import HeldBuckets, StoreUnavailableError
 from engine.routing.decision import Denial
 
 # seconds: the decision inside the service, and a whole request (body read to last byte)
@@ -173,6 +174,18 @@ class Telemetry:
                 "Buckets not yet full dropped past max_keys (their used quota handed back).",
                 value=held.dropped_partial,
             )
+        yield CounterMetricFamily(
+            "policyctl_pin_errors_total",
+            "Store calls for a shared affinity pin that failed (Redis state); the decision"
+            " routed on this instance's own pins.",
+            value=engine.pin_errors,
+        )
+        yield CounterMetricFamily(
+            "policyctl_limit_events_dropped_total",
+            "Rate-limit analytics events (settlements, waits, in-flight releases) the full"
+            " writer queue dropped.",
+            value=engine.events_dropped,
+        )
         yield from _alert_families(engine)
         yield _inflight_family(engine)
         yield from _settlement_families(engine)
@@ -225,15 +238,19 @@ def _inflight_family(engine: PolicyEngine) -> Metric:
     and named scopes never become labels)."""
     family = GaugeMetricFamily(
         "policyctl_inflight",
-        "Requests in flight (allowed, no outcome yet) held by in-flight limits, by scope and"
-        " (provider and model only) key.",
+        "Requests in flight (allowed, no outcome yet) held by in-flight limits, by scope"
+        " (`shadow:SCOPE` for a shadow limit's) and (provider and model only) key.",
         labels=("scope", "key"),
     )
     held: Counter[tuple[str, str]] = Counter()
-    for gauge, n in engine.limiter.inflight():  # `scope/concurrent/WINDOW/key`
+    try:
+        gauges = engine.limiter.inflight()
+    except StoreUnavailableError:  # Redis down: no sample (unknown, not zero); the scrape goes on
+        return family
+    for gauge, n in gauges:  # `scope/concurrent/WINDOW/key`
         scope, _, rest = gauge.partition("/")
         key = rest.split("/", 2)[-1] if scope in KEYED_GAUGES and rest.count("/") >= 2 else ""
-        held[(scope, key)] += n
+        held[(event_scope(gauge), key)] += n  # a shadow limit's gauge: `shadow:user`
     for (scope, key), n in sorted(held.items()):
         family.add_metric((scope, key), float(n))
     return family

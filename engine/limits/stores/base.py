@@ -182,21 +182,28 @@ class Usage(NamedTuple):
 
 
 class Settled(NamedTuple):
-    """One bucket a settlement adjusted: its key, unit and the delta applied (> 0 charged,
-    < 0 refunded; a refund past full is cut short)."""
+    """One bucket of a settled reservation: its key, unit and the delta applied (> 0
+    charged, < 0 refunded; a refund past full is cut short; 0 when not adjusted), what the
+    estimate took and what the outcome reported (None: not reported)."""
 
     key: str
     unit: str
     delta: float
+    estimate: float = 0.0
+    actual: float | None = None
+    adjusted: bool = True  # False: the actual was not reported, or equals the estimate
 
 
 class Settlement(NamedTuple):
     """What `settle_reservation` found: `settled` (and the buckets it adjusted), `expired`
     (the record was past its expiry: taken out, nothing applied), or `absent` (never
-    reserved, or settled already)."""
+    reserved, or settled already). `buckets`: every bucket of the record, adjusted or not
+    (for the analytics rows)."""
 
     state: str
     applied: tuple[Settled, ...] = ()
+    buckets: tuple[Settled, ...] = ()
+    expires_at: float | None = None  # ms: the record's expiry (None: absent)
 
 
 class ReservationCounts(NamedTuple):

@@ -10,8 +10,10 @@
 --         `Limiter.settle`: tokens used = (input tokens, default the request's) + output
 --         tokens (none without output tokens); a spend bucket settles by the cost; each
 --         bucket whose actual differs from its estimate is adjusted by the difference.
---         Returns { "absent" } | { "expired" } | { "settled", then per bucket adjusted: key,
---         unit (t/s), delta applied }.
+--         Returns { "absent" } | { "expired" | "settled", the record's expires_at, then per
+--         bucket of the record: key, unit (t/s), estimate, actual ("": not reported, or
+--         expired), delta applied ("": not adjusted) } (every bucket, adjusted or not: the
+--         settling instance writes the analytics rows from them).
 -- count:  this store's outstanding reservations. KEYS: its outstanding set, its mailbox of
 --         expired ones. ARGV: "count", now_ms. Sweeps the set (expired: score <= now) and
 --         empties the mailbox. Returns { outstanding, expired since the last count }.
@@ -43,7 +45,17 @@ if mode == "take" then
   local record = redis.call("LRANGE", KEYS[1], 0, -1)
   if #record == 0 then return { "absent" } end
   redis.call("DEL", KEYS[1])
-  if tonumber(record[1]) <= now then return { "expired" } end
+  if tonumber(record[1]) <= now then
+    local out = { "expired", record[1] }
+    for i = 4, #record, 4 do
+      out[#out + 1] = record[i]
+      out[#out + 1] = record[i + 3]
+      out[#out + 1] = record[i + 2]
+      out[#out + 1] = ""
+      out[#out + 1] = ""
+    end
+    return out
+  end
   redis.call("ZREM", record[3], ARGV[3])  -- no longer outstanding at its maker
   local input = tonumber(ARGV[4])
   local output = tonumber(ARGV[5])
@@ -53,15 +65,23 @@ if mode == "take" then
     if input == nil then input = tonumber(record[2]) end
     tokens = input + output
   end
-  local out = { "settled" }
+  local out = { "settled", record[1] }
   for i = 4, #record, 4 do
     local key, rate, estimate, unit = record[i], tonumber(record[i + 1]), tonumber(record[i + 2]), record[i + 3]
     local actual = tokens
     if unit == "s" then actual = cost end
+    out[#out + 1] = key
+    out[#out + 1] = unit
+    out[#out + 1] = record[i + 2]
+    if actual == nil then
+      out[#out + 1] = ""
+    else
+      out[#out + 1] = string.format("%.17g", actual)
+    end
     if actual ~= nil and actual ~= estimate then
-      out[#out + 1] = key
-      out[#out + 1] = unit
       out[#out + 1] = adjust(key, rate, actual - estimate)
+    else
+      out[#out + 1] = ""
     end
   end
   return out

@@ -266,16 +266,24 @@ class RedisStore:
         ]  # fmt: skip
         reply = self._call(self._settle_script, keys=[RESERVATIONS + request_id], args=argv)
         state = _text(reply[0])
-        values = reply[1:]
-        applied = tuple(
-            Settled(
-                _text(values[i])[len(BUCKETS) :],
-                _FLAG_UNITS[_text(values[i + 1])],
-                float(values[i + 2]),
+        if state == "absent":
+            return Settlement(state)
+        values = reply[2:]
+        buckets = []
+        for i in range(0, len(values), 5):
+            actual, delta = _text(values[i + 3]), _text(values[i + 4])
+            buckets.append(
+                Settled(
+                    _text(values[i])[len(BUCKETS) :],
+                    _FLAG_UNITS[_text(values[i + 1])],
+                    float(delta) if delta else 0.0,
+                    float(values[i + 2]),
+                    float(actual) if actual else None,
+                    bool(delta),
+                )
             )
-            for i in range(0, len(values), 3)
-        )
-        return Settlement(state, applied)
+        applied = tuple(b for b in buckets if b.adjusted)
+        return Settlement(state, applied, tuple(buckets), float(reply[1]))
 
     def reservation_counts(self, now: float) -> ReservationCounts:
         keys = [self._outstanding, self._expired]
