@@ -15,7 +15,9 @@ from engine.strategies.base import (
     Ranking,
     RouteFacts,
     RouteView,
+    Vectors,
     by_index,
+    descending,
     strategy,
     view_fields,
 )
@@ -27,6 +29,11 @@ DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
 # measured columns (the evaluator's, one pair of objects per metrics snapshot), computed on
 # the snapshot's first decision that has every candidate eligible
 _MEASURED: dict[int, tuple[Any, Any, Any, list[float]]] = {}
+# id(view) -> (view, latencies, success rates, bases): the same for a big pool's numpy
+# columns (the route's priors, or a snapshot's measured columns), all candidates eligible
+_VECTOR_BASES: dict[int, tuple[Any, Any, Any, Any]] = {}
+# id(view) -> (view, its quality terms as an array)
+_VECTOR_TERMS: dict[int, tuple[Any, Any]] = {}
 
 
 def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float, float]:
@@ -63,6 +70,23 @@ def bases(
     ]
 
 
+def vector_bases(
+    lat: Any, succ: Any, weights: tuple[float, float, float], quality: Any = None
+) -> Any:
+    """`bases` on float64 arrays: the same operations in the same order, element by element."""
+    import numpy as np
+
+    w_latency, w_cost, w_success = weights
+    max_latency = float(lat.max()) if len(lat) else 0.0
+    if max_latency > 0:
+        out = w_latency * (1.0 - lat / max_latency)
+    else:
+        out = np.full(len(lat), w_latency * 1.0)
+    out = out + w_cost
+    out = out + (w_success * succ if succ is not None else w_success * 1.0)
+    return out if quality is None else out + quality
+
+
 @dataclass(frozen=True, slots=True)
 class WeightedView(RouteView):
     factors: tuple[tuple[str, float], ...]  # normalised weights, in policy order
@@ -97,6 +121,10 @@ def weighted_view(facts: RouteFacts) -> WeightedView:
     example="weighted(latency: 60%, cost: 40%)",
 )
 def weighted(pool: Pool) -> Ranking:
+    if pool.vectors is not None:
+        found = _weighted_vectors(pool, pool.vectors)
+        if found is not None:
+            return found
     lat, costs, succ = pool.lat, pool.cost, pool.succ
     view: WeightedView = pool.view
     max_latency = max(lat)
@@ -136,6 +164,15 @@ def weighted(pool: Pool) -> Ranking:
             for b, c in zip(bases(lat, succ, view.factor_weights, terms), costs, strict=True)
         ]
     order = sorted(by_index(pool), key=totals.__getitem__, reverse=True)
+    return _ranking(pool, order, totals.__getitem__, max_latency, max_cost)
+
+
+def _ranking(
+    pool: Pool, order: list[int], total: Any, max_latency: float, max_cost: float
+) -> Ranking:
+    """The ranking of the slots `order` with their scores `total(slot)`."""
+    lat, costs, succ = pool.lat, pool.cost, pool.succ
+    view: WeightedView = pool.view
     best = order[0]
     parts = {
         "latency": 1.0 - lat[best] / max_latency if max_latency > 0 else 1.0,
@@ -146,6 +183,46 @@ def weighted(pool: Pool) -> Ranking:
     detail = ", ".join(f"{name} {parts[name]:.2f}" for name, _ in view.factors)
     return (
         order,
-        lambda rank, slot: totals[slot],
-        f"Best weighted score: {totals[best]:.2f} ({detail})",
+        lambda rank, slot: total(slot),
+        f"Best weighted score: {total(best):.2f} ({detail})",
     )
+
+
+def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
+    """`weighted` on a big pool's numpy columns: the same arithmetic as the lists' path
+    (every score `base - k * cost`), element by element; None when a score is NaN."""
+    view: WeightedView = pool.view
+    lat, costs, succ = vectors.lat, vectors.cost, vectors.succ
+    max_latency = float(lat.max())
+    max_cost = float(costs.max())
+    w_cost = view.factor_weights[1]
+    k = w_cost / max_cost if max_cost > 0 else 0.0
+    terms: Any = None
+    if view.quality_terms is not None:
+        known = _VECTOR_TERMS.get(id(view))
+        if known is None or known[0] is not view:
+            import numpy as np
+
+            if len(_VECTOR_TERMS) >= 256:
+                _VECTOR_TERMS.clear()
+            known = _VECTOR_TERMS[id(view)] = (view, np.array(view.quality_terms))
+        terms = known[1] if vectors.pos is None else known[1][vectors.pos]
+    if vectors.pos is None:  # every candidate: the route's or the snapshot's own arrays
+        found = _VECTOR_BASES.get(id(view))
+        if found is None or found[0] is not view or found[1] is not lat or found[2] is not succ:
+            if len(_VECTOR_BASES) >= 256:
+                _VECTOR_BASES.clear()
+            found = _VECTOR_BASES[id(view)] = (
+                view,
+                lat,
+                succ,
+                vector_bases(lat, succ, view.factor_weights, terms),
+            )
+        base = found[3]
+    else:
+        base = vector_bases(lat, succ, view.factor_weights, terms)
+    totals = base - k * costs
+    order = descending(totals, pool, vectors)
+    if order is None:
+        return None
+    return _ranking(pool, order, lambda slot: float(totals[slot]), max_latency, max_cost)
