@@ -269,10 +269,16 @@ class TableVectors:
     latency_priors: Any
     qualities: Any  # -inf for a model without a score
     indexes: Any  # ndarray[int64], catalog positions (the strategy's view), for ties
+    providers: Any  # ndarray[int64], each position's provider as its code
+    provider_codes: Mapping[str, int]  # provider -> code
 
 
 def table_vectors(table: RouteTable) -> TableVectors:
     import numpy as np  # only big routes pay its import
+
+    codes: dict[str, int] = {}
+    for provider in table.providers:
+        codes.setdefault(provider, len(codes))
 
     def ints(values: tuple[int, ...]) -> Any:
         return np.array(values, dtype=np.int64)
@@ -290,6 +296,8 @@ def table_vectors(table: RouteTable) -> TableVectors:
         latency_priors=floats(table.latency_priors),
         qualities=floats(table.qualities),
         indexes=ints(table.view.indexes),
+        providers=ints(tuple(codes[p] for p in table.providers)),
+        provider_codes=codes,
     )
 
 

@@ -67,6 +67,7 @@ from engine.routing.decision import (
 )
 from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
 from engine.strategies import Pool, Vectors
+from engine.strategies.base import RankedSlots
 from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
@@ -81,7 +82,7 @@ MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloade
 # A route with at least this many candidates filters and ranks on numpy arrays on the
 # shortcut (`_eligible_vectors`; measured crossover: below it numpy's per-call overhead costs
 # more than the Python loops it replaces). The decisions are the same either way.
-VECTOR_MIN_CANDIDATES = 256
+VECTOR_MIN_CANDIDATES = 128
 
 # Calls of the general path (`_eligible`) and of the vectorised shortcut
 # (`_eligible_vectors`), counted so tests can check which path ran.
@@ -1284,6 +1285,19 @@ def _fallbacks(
                     best[provider] = models[p]
                     if not left:
                         break
+        elif type(order) is RankedSlots:  # ranked on arrays: look providers up on them
+            positions = order.positions
+            vectors = table.vectors()
+            ranked_providers = vectors.providers[positions]
+            codes = vectors.provider_codes
+            for provider in wanted:
+                code = codes.get(provider)
+                if code is None:
+                    continue
+                hits = ranked_providers == code
+                at = int(hits.argmax())
+                if hits[at]:  # else no eligible model of that provider
+                    best[provider] = models[int(positions[at])]
         else:  # a long ranking: look each provider up in C rather than walk it
             ranked = order if type(pos) is range else operator.itemgetter(*order)(pos)
             in_order = operator.itemgetter(*ranked)(providers)

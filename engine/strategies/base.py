@@ -203,6 +203,18 @@ def relative(values: Sequence[float], best: float) -> Callable[[int, int], float
 # ---------------------------------------------------------------- on numpy columns
 
 
+class RankedSlots(list[int]):
+    """A ranking on a big pool's arrays: the slots best first (a list, as every ranking),
+    and `positions`, the same ranking as route positions in a numpy array (the evaluator's
+    fallback chain looks providers up in it)."""
+
+    __slots__ = ("positions",)
+
+    def __init__(self, order: Any, vectors: Vectors) -> None:
+        super().__init__(order.tolist())
+        self.positions = order if vectors.pos is None else vectors.pos[order]
+
+
 def _slot_indexes(pool: Pool, vectors: Vectors) -> Any:
     """Each slot's catalog index (ties break by it), or None when slots are in that order."""
     if pool.view.index_sorted:
@@ -210,7 +222,7 @@ def _slot_indexes(pool: Pool, vectors: Vectors) -> Any:
     return vectors.indexes if vectors.pos is None else vectors.indexes[vectors.pos]
 
 
-def descending(values: Any, pool: Pool, vectors: Vectors) -> list[int] | None:
+def descending(values: Any, pool: Pool, vectors: Vectors) -> RankedSlots | None:
     """`sorted(by_index(pool), key=values.__getitem__, reverse=True)` on a float64 array:
     highest first, ties in catalog order (Python's reverse sort keeps ties in input order).
     None when a value is NaN (Python's order of those is its own: the lists decide)."""
@@ -221,11 +233,11 @@ def descending(values: Any, pool: Pool, vectors: Vectors) -> list[int] | None:
         return None
     indexes = _slot_indexes(pool, vectors)
     if indexes is None:
-        return np.argsort(negated, kind="stable").tolist()
-    return np.lexsort((indexes, negated)).tolist()
+        return RankedSlots(np.argsort(negated, kind="stable"), vectors)
+    return RankedSlots(np.lexsort((indexes, negated)), vectors)
 
 
-def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> list[int] | None:
+def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> RankedSlots | None:
     """`by(first, second, pool)` on float64 arrays: slots by (first, second, catalog order).
     None when a value is NaN."""
     import numpy as np
@@ -234,5 +246,5 @@ def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> list[
         return None
     indexes = _slot_indexes(pool, vectors)
     if indexes is None:  # lexsort is stable: ties keep slot order, which is catalog order
-        return np.lexsort((second, first)).tolist()
-    return np.lexsort((indexes, second, first)).tolist()
+        return RankedSlots(np.lexsort((second, first)), vectors)
+    return RankedSlots(np.lexsort((indexes, second, first)), vectors)

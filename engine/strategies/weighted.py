@@ -164,16 +164,18 @@ def weighted(pool: Pool) -> Ranking:
             for b, c in zip(bases(lat, succ, view.factor_weights, terms), costs, strict=True)
         ]
     order = sorted(by_index(pool), key=totals.__getitem__, reverse=True)
-    return _ranking(pool, order, totals.__getitem__, max_latency, max_cost)
+    best = order[0]
+    return (
+        order,
+        lambda rank, slot: totals[slot],
+        _reason(pool, best, totals[best], max_latency, max_cost),
+    )
 
 
-def _ranking(
-    pool: Pool, order: list[int], total: Any, max_latency: float, max_cost: float
-) -> Ranking:
-    """The ranking of the slots `order` with their scores `total(slot)`."""
+def _reason(pool: Pool, best: int, total: float, max_latency: float, max_cost: float) -> str:
+    """Why the slot `best` (score `total`) won."""
     lat, costs, succ = pool.lat, pool.cost, pool.succ
     view: WeightedView = pool.view
-    best = order[0]
     parts = {
         "latency": 1.0 - lat[best] / max_latency if max_latency > 0 else 1.0,
         "cost": 1.0 - costs[best] / max_cost if max_cost > 0 else 1.0,
@@ -181,11 +183,7 @@ def _ranking(
         "quality": view.qualities[pool.pos[best]] or 0.0,
     }
     detail = ", ".join(f"{name} {parts[name]:.2f}" for name, _ in view.factors)
-    return (
-        order,
-        lambda rank, slot: total(slot),
-        f"Best weighted score: {total(best):.2f} ({detail})",
-    )
+    return f"Best weighted score: {total:.2f} ({detail})"
 
 
 def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
@@ -225,4 +223,9 @@ def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
     order = descending(totals, pool, vectors)
     if order is None:
         return None
-    return _ranking(pool, order, lambda slot: float(totals[slot]), max_latency, max_cost)
+    best = order[0]
+    return (
+        order,
+        lambda rank, slot: float(totals[slot]),
+        _reason(pool, best, float(totals[best]), max_latency, max_cost),
+    )
