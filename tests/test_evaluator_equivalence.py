@@ -862,3 +862,50 @@ def test_a_small_route_stays_on_the_lists(programs: Programs) -> None:
         decision = evaluate(program, env_of({"id": "small"}), state=EvalState())
         assert decision.allowed
     assert evaluator_module.vector_path_calls == before
+
+
+def absurd_catalog(directory: Path, name: str, price: float, every: int) -> Path:
+    """`copies_catalog(300)` with the input price of every `every`-th model set to `price`
+    (every other price 0 when `price` is below 1)."""
+    models = yaml.safe_load(copies_catalog(directory, 300).read_text())["models"]
+    for i, model in enumerate(models):
+        if price < 1:
+            model["pricing"] = {"input": 0.0, "output": 0.0}
+        if i % every == 3:
+            model["pricing"]["input"] = price
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+def test_absurd_prices_give_way_to_the_lists(tmp_path: Path) -> None:
+    """Prices so high that a cost overflows to infinity would make `weighted` scores NaN
+    (0 × inf), which Python's sort and numpy's order differently: such a request stays on
+    the lists (and ordinary ones on the same route on the arrays)."""
+    path = absurd_catalog(tmp_path, "absurd", 1e306, 7)
+    compared = 0
+    for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
+        program = from_design(policy_text(path, s)).program
+        for n in range(12):
+            tokens = 1000 + n if n % 2 else n // 2  # overflows; fits (1e306 × 5 / 1e6)
+            env = env_of({"id": f"a{n}", "input_tokens": tokens, "metadata": {"tier": "free"}})
+            out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
+            texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
+            assert len(texts) == 1
+            assert out[0]["allowed"] and took == (0 if n % 2 else 1)
+            compared += 1
+    assert compared == 36
+
+
+def test_tiny_prices_give_way_to_the_lists_in_weighted(tmp_path: Path) -> None:
+    """Costs so tiny (subnormal) that w_cost / the highest is inf would make `weighted`
+    scores NaN (inf × 0) for the free models: it ranks on the lists then."""
+    path = absurd_catalog(tmp_path, "tiny", 1e-318, 5)
+    program = from_design(policy_text(path, "weighted(latency: 60%, cost: 40%)")).program
+    for n in range(8):
+        env = env_of({"id": f"t{n}", "input_tokens": 1000 * n, "metadata": {"tier": "free"}})
+        out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
+        texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
+        assert len(texts) == 1
+        assert out[0]["allowed"] and took == 1
+        assert ("NaN" in texts.pop()) == (n > 0)  # no cost at all for no tokens

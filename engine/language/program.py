@@ -271,6 +271,10 @@ class TableVectors:
     indexes: Any  # ndarray[int64], catalog positions (the strategy's view), for ties
     providers: Any  # ndarray[int64], each position's provider as its code
     provider_codes: Mapping[str, int]  # provider -> code
+    # the highest prices (a request whose cost could overflow to inf stays on the lists)
+    max_input_price: float
+    max_output_price: float
+    max_default_output_cost: float
 
 
 def table_vectors(table: RouteTable) -> TableVectors:
@@ -298,6 +302,9 @@ def table_vectors(table: RouteTable) -> TableVectors:
         indexes=ints(table.view.indexes),
         providers=ints(tuple(codes[p] for p in table.providers)),
         provider_codes=codes,
+        max_input_price=max(table.input_prices, default=0.0),
+        max_output_price=max(table.output_prices, default=0.0),
+        max_default_output_cost=max(table.default_output_costs, default=0.0),
     )
 
 

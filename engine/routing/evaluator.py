@@ -30,6 +30,7 @@ once per metrics snapshot, not per decision.
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import threading
 from collections import OrderedDict
@@ -826,23 +827,30 @@ def _eligible_vectors(
     now: float,
     columns: Measured | None,
     unhealthy: AbstractSet[int] | None,
-) -> tuple[Sequence[int], list[float], Sequence[float], Vectors | None]:
+) -> tuple[Sequence[int], list[float], Sequence[float], Vectors | None] | None:
     """`_eligible_fast` for a big route, on the table's numpy columns (`RouteTable.vectors`):
     the same tests, the same costs (the same IEEE operations in the same order), and the
     columns also as arrays for the strategy (`Pool.vectors`). `columns`: the snapshot's
-    measured columns (None: the priors stand)."""
+    measured columns (None: the priors stand). None when a cost could overflow to inf
+    (absurd prices: the strategies' scores could be NaN, which Python's sort and numpy's
+    order differently): `_eligible_fast` decides."""
     global vector_path_calls
     input_tokens = env["input_tokens"]
     max_tokens = env["max_tokens"]
     if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
         return (), [], (), None  # cache, image or tier prices: the general path
+    vec = table.vectors()
+    most = input_tokens * vec.max_input_price + (
+        vec.max_default_output_cost if max_tokens is None else max_tokens * vec.max_output_price
+    )
+    if not most < math.inf:  # (the costs are no higher, each rounded as it is)
+        return None
     vector_path_calls += 1
     if now >= table.next_retirement:  # the retired go as the unhealthy go
         retired = table.retired(now)
         unhealthy = retired if not unhealthy else unhealthy | retired
     import numpy as np
 
-    vec = table.vectors()
     if max_tokens is None:
         cost = (input_tokens * vec.input_prices + vec.default_output_costs) / 1e6
     else:
@@ -1019,12 +1027,15 @@ def _evaluate(
                 out = columns.failing if not out else out | columns.failing
             if applied:
                 out = _policy_drops(out, columns.policy_failing, applied)
-        if len(table.keys) >= VECTOR_MIN_CANDIDATES:
-            pos, costs, lats, vectors = _eligible_vectors(table, env, now, columns, out)
-        else:
+        if (
+            len(table.keys) < VECTOR_MIN_CANDIDATES
+            or (found := _eligible_vectors(table, env, now, columns, out)) is None
+        ):
             pos, costs, lats = _eligible_fast(
                 table, env, now, None if columns is None else columns.lats, out
             )
+        else:
+            pos, costs, lats, vectors = found
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
                 position_of = table.position_of

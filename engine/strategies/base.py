@@ -222,28 +222,24 @@ def _slot_indexes(pool: Pool, vectors: Vectors) -> Any:
     return vectors.indexes if vectors.pos is None else vectors.indexes[vectors.pos]
 
 
-def descending(values: Any, pool: Pool, vectors: Vectors) -> RankedSlots | None:
-    """`sorted(by_index(pool), key=values.__getitem__, reverse=True)` on a float64 array:
-    highest first, ties in catalog order (Python's reverse sort keeps ties in input order).
-    None when a value is NaN (Python's order of those is its own: the lists decide)."""
+def descending(values: Any, pool: Pool, vectors: Vectors) -> RankedSlots:
+    """`sorted(by_index(pool), key=values.__getitem__, reverse=True)` on a float64 array
+    without NaN: highest first, ties in catalog order (Python's reverse sort keeps ties in
+    input order)."""
     import numpy as np
 
     negated = -values  # exact; -0.0 and 0.0 tie, as they do in Python
-    if np.isnan(negated).any():
-        return None
     indexes = _slot_indexes(pool, vectors)
     if indexes is None:
         return RankedSlots(np.argsort(negated, kind="stable"), vectors)
     return RankedSlots(np.lexsort((indexes, negated)), vectors)
 
 
-def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> RankedSlots | None:
-    """`by(first, second, pool)` on float64 arrays: slots by (first, second, catalog order).
-    None when a value is NaN."""
+def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> RankedSlots:
+    """`by(first, second, pool)` on float64 arrays without NaN: slots by (first, second,
+    catalog order)."""
     import numpy as np
 
-    if np.isnan(first).any() or np.isnan(second).any():
-        return None
     indexes = _slot_indexes(pool, vectors)
     if indexes is None:  # lexsort is stable: ties keep slot order, which is catalog order
         return RankedSlots(np.lexsort((second, first)), vectors)

@@ -10,8 +10,9 @@ from engine.units import format_money
 def cost(pool: Pool) -> Ranking:
     costs = pool.cost
     vectors = pool.vectors
-    order = None if vectors is None else ascending_by(vectors.cost, vectors.lat, pool, vectors)
-    if order is None:
+    if vectors is None:
         order = by(costs, pool.lat, pool)
+    else:
+        order = ascending_by(vectors.cost, vectors.lat, pool, vectors)
     best = costs[order[0]]
     return order, relative(costs, best), f"Lowest estimated cost: {format_money(best)}"

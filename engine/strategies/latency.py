@@ -9,8 +9,9 @@ from engine.strategies.base import Pool, Ranking, ascending_by, by, relative, st
 def latency(pool: Pool) -> Ranking:
     lat = pool.lat
     vectors = pool.vectors
-    order = None if vectors is None else ascending_by(vectors.lat, vectors.cost, pool, vectors)
-    if order is None:
+    if vectors is None:
         order = by(lat, pool.cost, pool)
+    else:
+        order = ascending_by(vectors.lat, vectors.cost, pool, vectors)
     best = lat[order[0]]
     return order, relative(lat, best), f"Lowest P95 latency: {best:.0f}ms"

@@ -5,6 +5,7 @@ model without one scores 0 on it, and `check` says so, W0512)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -121,10 +122,8 @@ def weighted_view(facts: RouteFacts) -> WeightedView:
     example="weighted(latency: 60%, cost: 40%)",
 )
 def weighted(pool: Pool) -> Ranking:
-    if pool.vectors is not None:
-        found = _weighted_vectors(pool, pool.vectors)
-        if found is not None:
-            return found
+    if pool.vectors is not None and (ranked := _weighted_vectors(pool, pool.vectors)) is not None:
+        return ranked
     lat, costs, succ = pool.lat, pool.cost, pool.succ
     view: WeightedView = pool.view
     max_latency = max(lat)
@@ -188,13 +187,17 @@ def _reason(pool: Pool, best: int, total: float, max_latency: float, max_cost: f
 
 def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
     """`weighted` on a big pool's numpy columns: the same arithmetic as the lists' path
-    (every score `base - k * cost`), element by element; None when a score is NaN."""
+    (every score `base - k * cost`), element by element. None when k overflows (a highest
+    cost so tiny that w_cost / it is inf: scores could be NaN, which Python's sort and
+    numpy's order differently; the lists decide)."""
     view: WeightedView = pool.view
     lat, costs, succ = vectors.lat, vectors.cost, vectors.succ
     max_latency = float(lat.max())
     max_cost = float(costs.max())
     w_cost = view.factor_weights[1]
     k = w_cost / max_cost if max_cost > 0 else 0.0
+    if not k < math.inf:
+        return None
     terms: Any = None
     if view.quality_terms is not None:
         known = _VECTOR_TERMS.get(id(view))
@@ -221,8 +224,6 @@ def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
         base = vector_bases(lat, succ, view.factor_weights, terms)
     totals = base - k * costs
     order = descending(totals, pool, vectors)
-    if order is None:
-        return None
     best = order[0]
     return (
         order,
