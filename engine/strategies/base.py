@@ -10,11 +10,10 @@ decision shows), and a sentence saying why the first won. The checker, the compi
 evaluator and the simulator read the registry; none of them names a strategy.
 
 A big pool (a route of `engine.routing.evaluator.VECTOR_MIN_CANDIDATES` models or more, on
-the evaluator's shortcut)
-also carries its columns as numpy arrays (`Pool.vectors`); a strategy may rank on them
-(`descending`, `ascending_by` below), with the same IEEE operations in the same order and
-the same tie order, so the ranking is the one the lists give; one that does not reads the
-lists, as for any pool.
+the evaluator's shortcut) also carries its columns as numpy arrays (`Pool.vectors`, finite
+values only); a strategy may rank on them (`descending`, `ascending_by` below) with the
+same IEEE operations in the same order and the same tie order, so that the ranking is the
+one the lists give; one that does not reads the lists, as on any pool.
 
 Ties are broken by catalog order, so a ranking is always deterministic.
 """
