@@ -909,3 +909,37 @@ def test_tiny_prices_give_way_to_the_lists_in_weighted(tmp_path: Path) -> None:
         assert len(texts) == 1
         assert out[0]["allowed"] and took == 1
         assert ("NaN" in texts.pop()) == (n > 0)  # no cost at all for no tokens
+
+
+def test_a_big_route_under_model_limits_and_exploring_decides_as_on_lists(
+    tmp_path: Path,
+) -> None:
+    """`limit model 1 per 1m` (each decision skips one more model at its limit, so the
+    fallback chain leaves out the skipped providers) and `explore` (an explored model goes
+    first): engines on the arrays, on the lists and explaining, fed the same requests on a
+    frozen clock, make the same decisions one by one."""
+    path = copies_catalog(tmp_path, 600)
+    compared = explored = skipped = 0
+    for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
+        text = policy_text(path, s).replace(
+            "    fallback gemini", "    explore 20% budget $1 per 1h\n    fallback gemini", 1
+        )
+        text += "\nlimit model 1 per 1m\n"
+        engines = [from_design(text, clock=lambda: BIG_BEFORE) for _ in range(3)]
+        for n in range(40):
+            request = {"id": f"l{n}", "input_tokens": 100 * n, "metadata": {"tier": "free"}}
+            before = evaluator_module.vector_path_calls
+            on_arrays = engines[0].evaluate(request)
+            assert evaluator_module.vector_path_calls == before + 1
+            with OnLists():
+                on_lists = engines[1].evaluate(request)
+            explained = engines[2].evaluate(request, explain=True)
+            out = [d.to_dict() for d in (on_arrays, on_lists, explained)]
+            out[2].pop("trace")
+            assert out[0] == out[1] == out[2]
+            assert on_arrays.allowed
+            compared += 1
+            explored += bool(on_arrays.explored)
+            skipped += on_arrays.reason.startswith("Ranked #")
+    assert compared == 120
+    assert explored > 0 and skipped > 0
