@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from engine.routing import evaluator as evaluator_module
 from engine.routing.evaluator import EvalState, draw, evaluate, measured_columns
 from engine.routing.metrics import LiveMetrics, ModelStats
 from engine.routing.request import env_of
+from engine.strategies import Pool, Ranking, Strategy, register, unregister
+from engine.strategies.base import by_index
 
 REPO = Path(__file__).resolve().parent.parent
 # docs/language.md: "output is the request's `max_tokens`, else min(256, the model's
@@ -643,3 +646,300 @@ def test_policy_wide_requires_decide_alike_with_live_metrics(
         assert out[0] == out[1] == out[2]
         if fast.allowed and not reads_request:  # the policy-wide sets keep the shortcut
             assert took_general == 0
+
+
+# ------------------------------------------------------------------ big routes, on arrays
+
+# A route of `VECTOR_MIN_CANDIDATES` models or more filters and ranks on numpy arrays on the
+# shortcut. Over a 2,000-model catalog of copies (ties everywhere, quality scores with gaps,
+# retirements) each decision is taken three ways and must be the same as parsed JSON: on
+# the arrays, on the Python lists (the threshold out of reach), and on the general path.
+
+BIG = 2000
+BIG_RETIRES = "2030-01-01"  # every 13th model retires that day
+BIG_BEFORE = 1_800_000_000.0  # 2027: before it
+BIG_AFTER = 1_900_000_000.0  # 2030-03: after it
+
+
+def big_catalog(directory: Path) -> Path:
+    path = quality_catalog(directory, BIG)
+    models = yaml.safe_load(path.read_text())["models"]
+    for i, model in enumerate(models):
+        if i % 13 == 5:
+            model["retires"] = BIG_RETIRES
+    path = directory / "big.json"  # (JSON: the fastest catalog to load)
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+class OnLists:
+    """Inside: every route, however big, filters and ranks on the Python lists."""
+
+    def __enter__(self) -> None:
+        self.threshold = evaluator_module.VECTOR_MIN_CANDIDATES
+        evaluator_module.VECTOR_MIN_CANDIDATES = 10**9
+
+    def __exit__(self, *exc: object) -> None:
+        evaluator_module.VECTOR_MIN_CANDIDATES = self.threshold
+
+
+def success_first(pool: Pool) -> Ranking:
+    """A registered toy strategy reading the lists only: success rate, then cost × latency,
+    then catalog order."""
+    succ = pool.succ if pool.succ is not None else [1.0] * len(pool.cost)
+    order = sorted(by_index(pool), key=lambda s: pool.cost[s] * pool.lat[s])
+    order.sort(key=succ.__getitem__, reverse=True)
+    return order, lambda rank, slot: succ[slot], f"Most successful of {len(order)}"
+
+
+TOY = "success-first"
+BIG_STRATEGIES = (*STRATEGY_VALUES, TOY)
+
+
+@pytest.fixture(scope="module")
+def big_programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
+    """Each strategy on the big catalog, with the health rules and without; the `picky`
+    route's candidates are not in catalog order (its prefer lists)."""
+    path = big_catalog(tmp_path_factory.mktemp("big_catalog"))
+    register(Strategy(TOY, success_first))
+    try:
+        out = Programs()
+        for s in BIG_STRATEGIES:
+            for health in ("", HEALTH + DEGRADED):
+                text = quality_policy_text(path, s)
+                text = text.replace(f"strategy {s}\n", f"strategy {s}{health}\n")
+                out.append(from_design(text).program)
+    finally:
+        unregister(TOY)
+    for program in out:
+        for route in (*program.routes, program.default_route):
+            assert len(route.table.keys) >= evaluator_module.VECTOR_MIN_CANDIDATES
+    picky = out[0].routes[0].table.view
+    assert not picky.index_sorted
+    return out
+
+
+def offered(program: Program, every: int | None) -> frozenset[str] | None:
+    """`only`: None, or every `every`-th model of the catalog."""
+    if every is None:
+        return None
+    return frozenset(m.key for m in program.catalog.models[::every])
+
+
+def three_ways(
+    program: Program,
+    env: Any,
+    metrics: Any,
+    general_metrics: Any,
+    now: float,
+    only: frozenset[str] | None,
+    turn: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """The decision on the arrays, on the lists, on the general path (traced), as dicts
+    without the trace; and how many times the arrays' shortcut ran."""
+
+    def decide(explain: bool = False, with_metrics: Any = metrics) -> dict[str, Any]:
+        state = EvalState()
+        state.turns = {r.name: turn for r in (*program.routes, program.default_route)}
+        decision = evaluate(
+            program, env, metrics=with_metrics, state=state, explain=explain, now=now, only=only
+        )
+        out = decision.to_dict()
+        out.pop("trace", None)
+        return out
+
+    before = evaluator_module.vector_path_calls
+    on_arrays = decide()
+    took = evaluator_module.vector_path_calls - before
+    with OnLists():
+        on_lists = decide()
+    return [on_arrays, on_lists, decide(with_metrics=general_metrics), decide(True)], took
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request=requests,
+    which=st.integers(min_value=0, max_value=100),
+    turn=st.integers(0, 5000),
+    now=st.sampled_from([BIG_BEFORE, BIG_AFTER]),
+    every=st.sampled_from([None, None, 3, 700]),
+)
+def test_a_big_route_decides_on_arrays_as_on_lists_and_the_general_path(
+    big_programs: Programs,
+    request: dict[str, Any],
+    which: int,
+    turn: int,
+    now: float,
+    every: int | None,
+) -> None:
+    program = big_programs[which % len(big_programs)]
+    only = offered(program, every)
+    env = env_of(request)
+    out, took = three_ways(program, env, None, MeasuredNothing(), now, only, turn)
+    assert out[0] == out[1] == out[2] == out[3]
+    if out[0]["allowed"]:  # a request some model can serve: the arrays' shortcut, once
+        assert took == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request=requests,
+    which=st.integers(min_value=0, max_value=100),
+    history=st.lists(
+        st.one_of(
+            st.none(),
+            st.tuples(
+                st.integers(0, BIG - 1) | st.integers(0, 30),  # a few models, many samples
+                st.sampled_from([80.0, 400.0, 900.0, 2000.0, 9000.0]),
+                st.booleans(),
+                st.sampled_from([0.0, 0.1, 2.0, 6.0]),
+            ),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    refresh_ms=st.sampled_from([0.0, 1e9]),
+    every=st.sampled_from([None, None, 3]),
+)
+def test_a_big_route_decides_on_arrays_as_on_lists_with_live_metrics(
+    big_programs: Programs,
+    request: dict[str, Any],
+    which: int,
+    history: list[Any],
+    refresh_ms: float,
+    every: int | None,
+) -> None:
+    """Measured latencies and success rates, unhealthy models and cooldowns (the health
+    programs), ties broken by measurements: the same decisions every way."""
+    program = big_programs[which % len(big_programs)]
+    only = offered(program, every)
+    keys = [m.key for m in program.catalog.models]
+    clock = Clock()
+    live = LiveMetrics(3600.0, clock, refresh_ms)
+    env = env_of(request)
+    compared = 0
+    for event in [*history, None]:
+        if event is not None:
+            slot, latency, success, later = event
+            for _ in range(3):  # min_samples 3: measured
+                live.record(keys[slot], latency, success)
+            clock.now += later
+            continue
+        out, took = three_ways(program, env, live, SnapshotStats(live), clock.now, only)
+        assert out[0] == out[1] == out[2] == out[3]
+        if out[0]["allowed"]:
+            assert took == 1
+        compared += 1
+    assert compared >= 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=requests, which=st.integers(min_value=0, max_value=100))
+def test_a_big_route_on_arrays_picks_the_plain_reference_ranking(
+    big_programs: Programs, request: dict[str, Any], which: int
+) -> None:
+    """The chosen model and the alternatives on the arrays are the plain reference's first
+    four (before the retirements, on priors)."""
+    program = big_programs[which % len(big_programs)]
+    if program.default_route.settings.strategy == TOY:
+        program = big_programs[0]
+    env = env_of(request)
+    before = evaluator_module.vector_path_calls
+    decision = evaluate(program, env, state=EvalState(), now=BIG_BEFORE)
+    if not decision.allowed:
+        return
+    assert evaluator_module.vector_path_calls == before + 1
+    route = next(r for r in (*program.routes, program.default_route) if r.name == decision.route)
+    expected = reference_ranking(route, dict(env), 0)
+    assert (decision.provider, decision.model) == expected[0][:2]
+    assert [(a.provider, a.model, a.score) for a in decision.alternatives] == expected[1:4]
+
+
+def test_a_small_route_stays_on_the_lists(programs: Programs) -> None:
+    """Under the threshold the shortcut never builds arrays (numpy's overhead is not paid)."""
+    before = evaluator_module.vector_path_calls
+    for program in programs:
+        decision = evaluate(program, env_of({"id": "small"}), state=EvalState())
+        assert decision.allowed
+    assert evaluator_module.vector_path_calls == before
+
+
+def absurd_catalog(directory: Path, name: str, price: float, every: int) -> Path:
+    """`copies_catalog(300)` with the input price of every `every`-th model set to `price`
+    (every other price 0 when `price` is below 1)."""
+    models = yaml.safe_load(copies_catalog(directory, 300).read_text())["models"]
+    for i, model in enumerate(models):
+        if price < 1:
+            model["pricing"] = {"input": 0.0, "output": 0.0}
+        if i % every == 3:
+            model["pricing"]["input"] = price
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+def test_absurd_prices_give_way_to_the_lists(tmp_path: Path) -> None:
+    """Prices so high that a cost overflows to infinity would make `weighted` scores NaN
+    (0 × inf), which Python's sort and numpy's order differently: such a request stays on
+    the lists (and ordinary ones on the same route on the arrays)."""
+    path = absurd_catalog(tmp_path, "absurd", 1e306, 7)
+    compared = 0
+    for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
+        program = from_design(policy_text(path, s)).program
+        for n in range(12):
+            tokens = 1000 + n if n % 2 else n // 2  # overflows; fits (1e306 × 5 / 1e6)
+            env = env_of({"id": f"a{n}", "input_tokens": tokens, "metadata": {"tier": "free"}})
+            out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
+            texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
+            assert len(texts) == 1
+            assert out[0]["allowed"] and took == (0 if n % 2 else 1)
+            compared += 1
+    assert compared == 36
+
+
+def test_tiny_prices_give_way_to_the_lists_in_weighted(tmp_path: Path) -> None:
+    """Costs so tiny (subnormal) that w_cost / the highest is inf would make `weighted`
+    scores NaN (inf × 0) for the free models: it ranks on the lists then."""
+    path = absurd_catalog(tmp_path, "tiny", 1e-318, 5)
+    program = from_design(policy_text(path, "weighted(latency: 60%, cost: 40%)")).program
+    for n in range(8):
+        env = env_of({"id": f"t{n}", "input_tokens": 1000 * n, "metadata": {"tier": "free"}})
+        out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
+        texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
+        assert len(texts) == 1
+        assert out[0]["allowed"] and took == 1
+        assert ("NaN" in texts.pop()) == (n > 0)  # no cost at all for no tokens
+
+
+def test_a_big_route_under_model_limits_and_exploring_decides_as_on_lists(
+    tmp_path: Path,
+) -> None:
+    """`limit model 1 per 1m` (each decision skips one more model at its limit, so the
+    fallback chain leaves out the skipped providers) and `explore` (an explored model goes
+    first): engines on the arrays, on the lists and explaining, fed the same requests on a
+    frozen clock, make the same decisions one by one."""
+    path = copies_catalog(tmp_path, 600)
+    compared = explored = skipped = 0
+    for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
+        text = policy_text(path, s).replace(
+            "    fallback gemini", "    explore 20% budget $1 per 1h\n    fallback gemini", 1
+        )
+        text += "\nlimit model 1 per 1m\n"
+        engines = [from_design(text, clock=lambda: BIG_BEFORE) for _ in range(3)]
+        for n in range(40):
+            request = {"id": f"l{n}", "input_tokens": 100 * n, "metadata": {"tier": "free"}}
+            before = evaluator_module.vector_path_calls
+            on_arrays = engines[0].evaluate(request)
+            assert evaluator_module.vector_path_calls == before + 1
+            with OnLists():
+                on_lists = engines[1].evaluate(request)
+            explained = engines[2].evaluate(request, explain=True)
+            out = [d.to_dict() for d in (on_arrays, on_lists, explained)]
+            out[2].pop("trace")
+            assert out[0] == out[1] == out[2]
+            assert on_arrays.allowed
+            compared += 1
+            explored += bool(on_arrays.explored)
+            skipped += on_arrays.reason.startswith("Ranked #")
+    assert compared == 120
+    assert explored > 0 and skipped > 0

@@ -237,6 +237,8 @@ class RouteTable:
     takes_turns: bool  # the strategy reads the route's turn
     # how many have retired -> their positions (a handful of entries over a catalog's life)
     _retired: dict[int, frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
+    # the columns as numpy arrays (`vectors()`), built on a big route's first decision
+    _vectors: list[TableVectors] = field(default_factory=list, repr=False, compare=False)
 
     def retired(self, now: float) -> frozenset[int]:
         """The positions of the candidates retired at `now` (epoch seconds)."""
@@ -245,6 +247,66 @@ class RouteTable:
         if found is None:
             found = self._retired[n] = frozenset(self.retire_positions[:n])
         return found
+
+    def vectors(self) -> TableVectors:
+        """The columns the eligibility and ranking of a big route read, as numpy arrays
+        (built once, on first use: numpy is imported only by routes that use it)."""
+        if not self._vectors:
+            self._vectors.append(table_vectors(self))
+        return self._vectors[0]
+
+
+@dataclass(frozen=True, slots=True)
+class TableVectors:
+    """A `RouteTable`'s columns as numpy arrays, by position, the same values: float64 for
+    prices, costs, latencies and qualities, int64 for masks, windows and catalog indexes."""
+
+    masks: Any  # ndarray[int64]
+    context_windows: Any  # ndarray[int64]
+    max_tokens: Any  # ndarray[int64]
+    input_prices: Any  # ndarray[float64]
+    output_prices: Any
+    default_output_costs: Any
+    latency_priors: Any
+    qualities: Any  # -inf for a model without a score
+    indexes: Any  # ndarray[int64], catalog positions (the strategy's view), for ties
+    providers: Any  # ndarray[int64], each position's provider as its code
+    provider_codes: Mapping[str, int]  # provider -> code
+    # the highest prices (a request whose cost could overflow to inf stays on the lists)
+    max_input_price: float
+    max_output_price: float
+    max_default_output_cost: float
+
+
+def table_vectors(table: RouteTable) -> TableVectors:
+    import numpy as np  # only big routes pay its import
+
+    codes: dict[str, int] = {}
+    for provider in table.providers:
+        codes.setdefault(provider, len(codes))
+
+    def ints(values: tuple[int, ...]) -> Any:
+        return np.array(values, dtype=np.int64)
+
+    def floats(values: tuple[float, ...]) -> Any:
+        return np.array(values, dtype=np.float64)
+
+    return TableVectors(
+        masks=ints(table.masks),
+        context_windows=ints(table.context_windows),
+        max_tokens=ints(table.max_tokens),
+        input_prices=floats(table.input_prices),
+        output_prices=floats(table.output_prices),
+        default_output_costs=floats(table.default_output_costs),
+        latency_priors=floats(table.latency_priors),
+        qualities=floats(table.qualities),
+        indexes=ints(table.view.indexes),
+        providers=ints(tuple(codes[p] for p in table.providers)),
+        provider_codes=codes,
+        max_input_price=max(table.input_prices, default=0.0),
+        max_output_price=max(table.output_prices, default=0.0),
+        max_default_output_cost=max(table.default_output_costs, default=0.0),
+    )
 
 
 def route_table(route: CompiledRoute) -> RouteTable:

@@ -30,6 +30,7 @@ once per metrics snapshot, not per decision.
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import threading
 from collections import OrderedDict
@@ -66,7 +67,8 @@ from engine.routing.decision import (
     NoEligibleModel,
 )
 from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
-from engine.strategies import Pool
+from engine.strategies import Pool, Vectors
+from engine.strategies.base import RankedSlots
 from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
@@ -79,8 +81,15 @@ HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long i
 _NO_METRICS = NoMetrics()
 MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloaded programs)
 
-# Calls of the general path (`_eligible`), counted so tests can check which path ran.
+# A route with at least this many candidates filters and ranks on numpy arrays on the
+# shortcut (`_eligible_vectors`; measured crossover: below it numpy's per-call overhead costs
+# more than the Python loops it replaces). The decisions are the same either way.
+VECTOR_MIN_CANDIDATES = 128
+
+# Calls of the general path (`_eligible`) and of the vectorised shortcut
+# (`_eligible_vectors`), counted so tests can check which path ran.
 general_path_calls = 0
+vector_path_calls = 0
 
 
 @dataclass(slots=True)
@@ -515,7 +524,16 @@ class Measured:
     may drop, with their stats and whether `degraded when` holds for them (whether a rule
     drops them depends on the decision's time)."""
 
-    __slots__ = ("failing", "lats", "policy_failing", "rates", "route", "samples", "watch")
+    __slots__ = (
+        "_arrays",
+        "failing",
+        "lats",
+        "policy_failing",
+        "rates",
+        "route",
+        "samples",
+        "watch",
+    )
 
     def __init__(self, route: CompiledRoute, stats: Mapping[str, ModelStats]) -> None:
         settings = route.settings
@@ -555,6 +573,21 @@ class Measured:
         self.watch = tuple(watch)
         self.failing = _failing(route, stats)
         self.policy_failing = _policy_failing(route, stats)
+        self._arrays: tuple[Any, Any] | None = None
+
+    def arrays(self) -> tuple[Any, Any]:
+        """(latencies, success rates or None) as numpy arrays, for a big route: built once
+        per snapshot (the table's priors array when none is measured)."""
+        if self._arrays is None:
+            import numpy as np
+
+            table = self.route.table
+            lats = table.vectors().latency_priors if self.lats is table.latency_priors else None
+            self._arrays = (
+                np.array(self.lats, dtype=np.float64) if lats is None else lats,
+                None if self.rates is None else np.array(self.rates, dtype=np.float64),
+            )
+        return self._arrays
 
     def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
         """These columns for a snapshot whose only changes are the failure counts and times
@@ -584,6 +617,7 @@ class Measured:
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
         new.failing = self.failing  # the measurements a `require` reads did not change
         new.policy_failing = self.policy_failing
+        new._arrays = self._arrays
         new.watch = tuple(watch)
         return new
 
@@ -870,6 +904,89 @@ def _eligible_fast(
     return pos, costs, lats
 
 
+def _eligible_vectors(
+    table: RouteTable,
+    env: Mapping[str, Any],
+    now: float,
+    columns: Measured | None,
+    unhealthy: AbstractSet[int] | None,
+) -> tuple[Sequence[int], list[float], Sequence[float], Vectors | None] | None:
+    """`_eligible_fast` for a big route, on the table's numpy columns (`RouteTable.vectors`):
+    the same tests, the same costs (the same IEEE operations in the same order), and the
+    columns also as arrays for the strategy (`Pool.vectors`). `columns`: the snapshot's
+    measured columns (None: the priors stand). None when a cost could overflow to inf
+    (absurd prices: the strategies' scores could be NaN, which Python's sort and numpy's
+    order differently): `_eligible_fast` decides."""
+    global vector_path_calls
+    input_tokens = env["input_tokens"]
+    max_tokens = env["max_tokens"]
+    if env["cached_tokens"] or env["images"] or input_tokens > table.min_tier_above:
+        return (), [], (), None  # cache, image or tier prices: the general path
+    vec = table.vectors()
+    most = input_tokens * vec.max_input_price + (
+        vec.max_default_output_cost if max_tokens is None else max_tokens * vec.max_output_price
+    )
+    if not most < math.inf:  # (the costs are no higher, each rounded as it is)
+        return None
+    vector_path_calls += 1
+    if now >= table.next_retirement:  # the retired go as the unhealthy go
+        retired = table.retired(now)
+        unhealthy = retired if not unhealthy else unhealthy | retired
+    import numpy as np
+
+    if max_tokens is None:
+        cost = (input_tokens * vec.input_prices + vec.default_output_costs) / 1e6
+    else:
+        cost = (input_tokens * vec.input_prices + max_tokens * vec.output_prices) / 1e6
+    if columns is None:
+        lats: Sequence[float] = table.latency_priors
+        lat, succ = vec.latency_priors, None
+    else:
+        lats = columns.lats
+        lat, succ = columns.arrays()
+    keep: Any = None  # the eligible positions as a boolean mask; None: all of them
+    needs = _needs_mask(env)
+    context_needed = input_tokens + (max_tokens or 0)
+    if (
+        needs & ~table.common_mask
+        or context_needed > table.min_context_window
+        or (max_tokens is not None and max_tokens > table.min_max_tokens)
+    ):  # some candidate cannot serve it
+        keep = (vec.masks & needs) == needs
+        keep &= ~(context_needed > vec.context_windows)
+        if max_tokens is not None:
+            keep &= ~(max_tokens > vec.max_tokens)
+    if unhealthy:
+        if keep is None:
+            keep = np.ones(len(lats), dtype=bool)
+        keep[np.fromiter(unhealthy, dtype=np.int64, count=len(unhealthy))] = False
+    min_quality = env["min_quality"]
+    if min_quality is not None and min_quality > table.lowest_quality:
+        fails = vec.qualities < min_quality
+        keep = ~fails if keep is None else keep & ~fails
+    max_cost = env["max_cost"]
+    if max_cost is not None:
+        fails = cost > max_cost
+        keep = ~fails if keep is None else keep & ~fails
+    max_latency = env["max_latency"]
+    if max_latency is not None:
+        fails = lat > max_latency
+        keep = ~fails if keep is None else keep & ~fails
+    if keep is None or keep.all():
+        return range(len(lats)), cost.tolist(), lats, Vectors(cost, lat, succ, None, vec.indexes)
+    at = np.flatnonzero(keep)
+    if not len(at):
+        return (), [], (), None
+    cost, lat = cost[at], lat[at]
+    vectors = Vectors(cost, lat, None if succ is None else succ[at], at, vec.indexes)
+    return at.tolist(), cost.tolist(), lat.tolist(), vectors
+
+
+def _picked(column: Sequence[Any], pos: Sequence[int]) -> list[Any]:
+    """`[column[p] for p in pos]`, in C (a big pool's columns)."""
+    return [column[pos[0]]] if len(pos) == 1 else list(operator.itemgetter(*pos)(column))
+
+
 def evaluate(
     program: Program,
     env: Mapping[str, Any],
@@ -966,6 +1083,7 @@ def _evaluate(
     measuring = metrics.has_data
     stats_of = metrics.stats
     columns: Measured | None = None
+    vectors: Vectors | None = None  # a big pool's columns as arrays, for its strategy
     if measuring:
         take = getattr(metrics, "snapshot", None)
         if take is not None:
@@ -988,14 +1106,21 @@ def _evaluate(
             out = route.prior_failing
             if applied:  # and the positions the policy-wide `require`s that apply drop
                 out = _policy_drops(out, route.policy_failing, applied)
-            pos, costs, lats = _eligible_fast(table, env, now, None, out)
         else:
             out = columns.dropped(now) if columns.watch else None
             if columns.failing:  # a `require` on measurements drops them in this snapshot
                 out = columns.failing if not out else out | columns.failing
             if applied:
                 out = _policy_drops(out, columns.policy_failing, applied)
-            pos, costs, lats = _eligible_fast(table, env, now, columns.lats, out)
+        if (
+            len(table.keys) < VECTOR_MIN_CANDIDATES
+            or (found := _eligible_vectors(table, env, now, columns, out)) is None
+        ):
+            pos, costs, lats = _eligible_fast(
+                table, env, now, None if columns is None else columns.lats, out
+            )
+        else:
+            pos, costs, lats, vectors = found
         if only is not None and pos:
             if type(pos) is range:  # every model eligible: slots are positions
                 position_of = table.position_of
@@ -1007,14 +1132,24 @@ def _evaluate(
                 pos = [pos[s] for s in keep]
                 costs = [costs[s] for s in keep]
                 lats = [lats[s] for s in keep]
+                if vectors is not None:
+                    vectors = vectors.take(keep) if keep else None
         if pos and columns is not None:
             column = columns.rates
             if column is not None:
-                rates = column if type(pos) is range else [column[p] for p in pos]
+                if type(pos) is range:
+                    rates = column
+                elif vectors is not None:
+                    rates = vectors.succ.tolist()
+                else:
+                    rates = [column[p] for p in pos]
             if columns.samples is not None:
-                samples = (
-                    columns.samples if type(pos) is range else [columns.samples[p] for p in pos]
-                )
+                if type(pos) is range:
+                    samples = columns.samples
+                elif vectors is not None:
+                    samples = _picked(columns.samples, pos)
+                else:
+                    samples = [columns.samples[p] for p in pos]
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
             program, route, env, stats_of, measuring, now, trace, only, policy
@@ -1036,6 +1171,7 @@ def _evaluate(
         rates,
         draw(env["key"]) if table.draws else 0.0,
         turn,
+        vectors,
     )
     order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
@@ -1274,6 +1410,19 @@ def _fallbacks(
                     best[provider] = models[p]
                     if not left:
                         break
+        elif type(order) is RankedSlots:  # ranked on arrays: look providers up on them
+            positions = order.positions
+            vectors = table.vectors()
+            ranked_providers = vectors.providers[positions]
+            codes = vectors.provider_codes
+            for provider in wanted:
+                code = codes.get(provider)
+                if code is None:
+                    continue
+                hits = ranked_providers == code
+                at = int(hits.argmax())
+                if hits[at]:  # else no eligible model of that provider
+                    best[provider] = models[int(positions[at])]
         else:  # a long ranking: look each provider up in C rather than walk it
             ranked = order if type(pos) is range else operator.itemgetter(*order)(pos)
             in_order = operator.itemgetter(*ranked)(providers)

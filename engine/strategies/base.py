@@ -9,6 +9,12 @@ ranked best first, the unrounded score in 0-1 of a ranked slot (computed only fo
 decision shows), and a sentence saying why the first won. The checker, the compiler, the
 evaluator and the simulator read the registry; none of them names a strategy.
 
+A big pool (a route of `engine.routing.evaluator.VECTOR_MIN_CANDIDATES` models or more, on
+the evaluator's shortcut) also carries its columns as numpy arrays (`Pool.vectors`, finite
+values only); a strategy may rank on them (`descending`, `ascending_by` below) with the
+same IEEE operations in the same order and the same tie order, so that the ranking is the
+one the lists give; one that does not reads the lists, as on any pool.
+
 Ties are broken by catalog order, so a ranking is always deterministic.
 """
 
@@ -62,13 +68,38 @@ def route_view(facts: RouteFacts) -> RouteView:
     return RouteView(**view_fields(facts))
 
 
+@dataclass(frozen=True, slots=True)
+class Vectors:
+    """A big pool's columns also as numpy arrays, slot for slot the values of its lists."""
+
+    cost: Any  # ndarray[float64]
+    lat: Any  # ndarray[float64]
+    succ: Any  # ndarray[float64], None when the pool's `succ` is None
+    pos: Any  # ndarray[int64] of route positions; None when slots are positions (all)
+    indexes: Any  # ndarray[int64], the route's catalog indexes by position (for ties)
+
+    def take(self, slots: Sequence[int]) -> Vectors:
+        """These columns for the given slots only, in that order."""
+        import numpy as np
+
+        at = np.asarray(slots, dtype=np.int64)
+        return Vectors(
+            self.cost[at],
+            self.lat[at],
+            None if self.succ is None else self.succ[at],
+            at if self.pos is None else self.pos[at],
+            self.indexes,
+        )
+
+
 class Pool:
     """The eligible models of one request as parallel columns, one slot per model, in route
     order: `pos[s]` is the route position of slot s, `cost[s]` its estimated USD, `lat[s]` its
     estimated p95 (measured with enough samples, else the prior), `succ[s]` its measured
-    success rate (None: 1.0 for every slot)."""
+    success rate (None: 1.0 for every slot). `vectors`: the same columns as numpy arrays for
+    a big pool (None otherwise)."""
 
-    __slots__ = ("cost", "draw", "lat", "pos", "succ", "turn", "view")
+    __slots__ = ("cost", "draw", "lat", "pos", "succ", "turn", "vectors", "view")
 
     def __init__(
         self,
@@ -79,6 +110,7 @@ class Pool:
         succ: Sequence[float] | None,
         draw: float = 0.0,
         turn: int = 0,
+        vectors: Vectors | None = None,
     ) -> None:
         self.view = view
         self.pos = pos
@@ -87,6 +119,7 @@ class Pool:
         self.succ = succ
         self.draw = draw  # strategies that draw: in [0, 1), deterministic per request id
         self.turn = turn  # strategies that take turns: how many decisions this route made
+        self.vectors = vectors
 
 
 # (slots best first, score of (rank, slot) in 0-1 unrounded, why the first won)
@@ -164,3 +197,49 @@ def relative(values: Sequence[float], best: float) -> Callable[[int, int], float
         return best / value if value > 0 else 1.0
 
     return score
+
+
+# ---------------------------------------------------------------- on numpy columns
+
+
+class RankedSlots(list[int]):
+    """A ranking on a big pool's arrays: the slots best first (a list, as every ranking),
+    and `positions`, the same ranking as route positions in a numpy array (the evaluator's
+    fallback chain looks providers up in it)."""
+
+    __slots__ = ("positions",)
+
+    def __init__(self, order: Any, vectors: Vectors) -> None:
+        super().__init__(order.tolist())
+        self.positions = order if vectors.pos is None else vectors.pos[order]
+
+
+def _slot_indexes(pool: Pool, vectors: Vectors) -> Any:
+    """Each slot's catalog index (ties break by it), or None when slots are in that order."""
+    if pool.view.index_sorted:
+        return None  # positions in catalog order, and slots keep position order
+    return vectors.indexes if vectors.pos is None else vectors.indexes[vectors.pos]
+
+
+def descending(values: Any, pool: Pool, vectors: Vectors) -> RankedSlots:
+    """`sorted(by_index(pool), key=values.__getitem__, reverse=True)` on a float64 array
+    without NaN: highest first, ties in catalog order (Python's reverse sort keeps ties in
+    input order)."""
+    import numpy as np
+
+    negated = -values  # exact; -0.0 and 0.0 tie, as they do in Python
+    indexes = _slot_indexes(pool, vectors)
+    if indexes is None:
+        return RankedSlots(np.argsort(negated, kind="stable"), vectors)
+    return RankedSlots(np.lexsort((indexes, negated)), vectors)
+
+
+def ascending_by(first: Any, second: Any, pool: Pool, vectors: Vectors) -> RankedSlots:
+    """`by(first, second, pool)` on float64 arrays without NaN: slots by (first, second,
+    catalog order)."""
+    import numpy as np
+
+    indexes = _slot_indexes(pool, vectors)
+    if indexes is None:  # lexsort is stable: ties keep slot order, which is catalog order
+        return RankedSlots(np.lexsort((second, first)), vectors)
+    return RankedSlots(np.lexsort((indexes, second, first)), vectors)

@@ -5,6 +5,7 @@ model without one scores 0 on it, and `check` says so, W0512)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -15,7 +16,9 @@ from engine.strategies.base import (
     Ranking,
     RouteFacts,
     RouteView,
+    Vectors,
     by_index,
+    descending,
     strategy,
     view_fields,
 )
@@ -27,6 +30,11 @@ DEFAULT_FACTORS = (("latency", 0.6), ("cost", 0.4))
 # measured columns (the evaluator's, one pair of objects per metrics snapshot), computed on
 # the snapshot's first decision that has every candidate eligible
 _MEASURED: dict[int, tuple[Any, Any, Any, list[float]]] = {}
+# id(view) -> (view, latencies, success rates, bases): the same for a big pool's numpy
+# columns (the route's priors, or a snapshot's measured columns), all candidates eligible
+_VECTOR_BASES: dict[int, tuple[Any, Any, Any, Any]] = {}
+# id(view) -> (view, its quality terms as an array)
+_VECTOR_TERMS: dict[int, tuple[Any, Any]] = {}
 
 
 def factor_weights(factors: tuple[tuple[str, float], ...]) -> tuple[float, float, float]:
@@ -63,6 +71,23 @@ def bases(
     ]
 
 
+def vector_bases(
+    lat: Any, succ: Any, weights: tuple[float, float, float], quality: Any = None
+) -> Any:
+    """`bases` on float64 arrays: the same operations in the same order, element by element."""
+    import numpy as np
+
+    w_latency, w_cost, w_success = weights
+    max_latency = float(lat.max()) if len(lat) else 0.0
+    if max_latency > 0:
+        out = w_latency * (1.0 - lat / max_latency)
+    else:
+        out = np.full(len(lat), w_latency * 1.0)
+    out = out + w_cost
+    out = out + (w_success * succ if succ is not None else w_success * 1.0)
+    return out if quality is None else out + quality
+
+
 @dataclass(frozen=True, slots=True)
 class WeightedView(RouteView):
     factors: tuple[tuple[str, float], ...]  # normalised weights, in policy order
@@ -97,6 +122,8 @@ def weighted_view(facts: RouteFacts) -> WeightedView:
     example="weighted(latency: 60%, cost: 40%)",
 )
 def weighted(pool: Pool) -> Ranking:
+    if pool.vectors is not None and (ranked := _weighted_vectors(pool, pool.vectors)) is not None:
+        return ranked
     lat, costs, succ = pool.lat, pool.cost, pool.succ
     view: WeightedView = pool.view
     max_latency = max(lat)
@@ -137,6 +164,17 @@ def weighted(pool: Pool) -> Ranking:
         ]
     order = sorted(by_index(pool), key=totals.__getitem__, reverse=True)
     best = order[0]
+    return (
+        order,
+        lambda rank, slot: totals[slot],
+        _reason(pool, best, totals[best], max_latency, max_cost),
+    )
+
+
+def _reason(pool: Pool, best: int, total: float, max_latency: float, max_cost: float) -> str:
+    """Why the slot `best` (score `total`) won."""
+    lat, costs, succ = pool.lat, pool.cost, pool.succ
+    view: WeightedView = pool.view
     parts = {
         "latency": 1.0 - lat[best] / max_latency if max_latency > 0 else 1.0,
         "cost": 1.0 - costs[best] / max_cost if max_cost > 0 else 1.0,
@@ -144,8 +182,51 @@ def weighted(pool: Pool) -> Ranking:
         "quality": view.qualities[pool.pos[best]] or 0.0,
     }
     detail = ", ".join(f"{name} {parts[name]:.2f}" for name, _ in view.factors)
+    return f"Best weighted score: {total:.2f} ({detail})"
+
+
+def _weighted_vectors(pool: Pool, vectors: Vectors) -> Ranking | None:
+    """`weighted` on a big pool's numpy columns: the same arithmetic as the lists' path
+    (every score `base - k * cost`), element by element. None when k overflows (a highest
+    cost so tiny that w_cost / it is inf: scores could be NaN, which Python's sort and
+    numpy's order differently; the lists decide)."""
+    view: WeightedView = pool.view
+    lat, costs, succ = vectors.lat, vectors.cost, vectors.succ
+    max_latency = float(lat.max())
+    max_cost = float(costs.max())
+    w_cost = view.factor_weights[1]
+    k = w_cost / max_cost if max_cost > 0 else 0.0
+    if not k < math.inf:
+        return None
+    terms: Any = None
+    if view.quality_terms is not None:
+        known = _VECTOR_TERMS.get(id(view))
+        if known is None or known[0] is not view:
+            import numpy as np
+
+            if len(_VECTOR_TERMS) >= 256:
+                _VECTOR_TERMS.clear()
+            known = _VECTOR_TERMS[id(view)] = (view, np.array(view.quality_terms))
+        terms = known[1] if vectors.pos is None else known[1][vectors.pos]
+    if vectors.pos is None:  # every candidate: the route's or the snapshot's own arrays
+        found = _VECTOR_BASES.get(id(view))
+        if found is None or found[0] is not view or found[1] is not lat or found[2] is not succ:
+            if len(_VECTOR_BASES) >= 256:
+                _VECTOR_BASES.clear()
+            found = _VECTOR_BASES[id(view)] = (
+                view,
+                lat,
+                succ,
+                vector_bases(lat, succ, view.factor_weights, terms),
+            )
+        base = found[3]
+    else:
+        base = vector_bases(lat, succ, view.factor_weights, terms)
+    totals = base - k * costs
+    order = descending(totals, pool, vectors)
+    best = order[0]
     return (
         order,
-        lambda rank, slot: totals[slot],
-        f"Best weighted score: {totals[best]:.2f} ({detail})",
+        lambda rank, slot: float(totals[slot]),
+        _reason(pool, best, float(totals[best]), max_latency, max_cost),
     )
