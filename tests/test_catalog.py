@@ -102,6 +102,16 @@ def test_digest_changes_with_the_text() -> None:
             " than or equal to 0",
         ),
         (
+            GOOD.replace("input: 1.0", "input: 1.0e+308"),  # a cost would overflow
+            "c.yaml: model `m1` (models[0]): field `pricing.input`: input should be less"
+            " than or equal to 1000000",
+        ),
+        (
+            GOOD.replace("input: 1.0", "input: 1.0e-300"),  # 1 / the dearest cost would
+            "c.yaml: model `m1` (models[0]): field `pricing.input`: a price"
+            " above 0 is at least 1e-09 USD per 1M tokens (or 0)",
+        ),
+        (
             GOOD.replace("p50: 100", "p50: 300"),
             "c.yaml: model `m1` (models[0]): field `latency_prior_ms`: p50 (300) is greater"
             " than p95 (200)",

@@ -98,7 +98,11 @@ def v1_catalogs() -> list[Path]:
 
     def is_catalog(path: Path) -> bool:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return isinstance(doc, dict) and isinstance(doc.get("models"), list)
+        return (
+            isinstance(doc, dict)
+            and isinstance(doc.get("models"), list)
+            and doc.get("version", 1) == 1  # a `version: 2` catalog may use v2 fields
+        )
 
     return sorted(p for p in found if is_catalog(p))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.catalog.model import CAPABILITIES, Catalog, CatalogError, Model, PriceTier, Quality
 from engine.diagnostics import did_you_mean
@@ -58,7 +58,23 @@ except AttributeError:  # pragma: no cover
 Capability = Literal[CAPABILITIES]  # the names in engine.catalog.model
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# USD per 1M tokens. Bounded so every cost and score stays a finite number: at most
+# MAX_PRICE (no model costs a million dollars per million tokens; above ~1e302 a cost
+# overflows to infinity), and a price above 0 at least MIN_PRICE (a smaller one makes the
+# weighted strategy's cost factor, 1 / the dearest cost, overflow).
+MAX_PRICE = 1_000_000.0
+MIN_PRICE = 1e-9
+
+
+def _price_in_range(value: float) -> float:
+    if 0 < value < MIN_PRICE:
+        raise ValueError(f"a price above 0 is at least {MIN_PRICE:g} USD per 1M tokens (or 0)")
+    return value
+
+
+Price = Annotated[
+    float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False), AfterValidator(_price_in_range)
+]
 Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Day = Annotated[date, Field(strict=False)]  # a YAML date, or "YYYY-MM-DD" in JSON
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
