@@ -54,13 +54,16 @@ STORE_SCHEMES: dict[str, str] = {
     "redis": "redis",
     "rediss": "redis",
     "unix": "redis",  # a Redis unix socket: `unix:///path.sock`
+    "redis+cluster": "redis",  # a Redis Cluster: `redis+cluster://host:port[,host:port…]`
 }
 STORE_URL_PREFIXES = tuple(f"{scheme}://" for scheme in STORE_SCHEMES)
 # the spellings of the per-process store
 MEMORY_URLS = ("memory://", "memory:", "memory")
 REDIS_URL_PREFIXES = tuple(f"{s}://" for s, store in STORE_SCHEMES.items() if store == "redis")
 # Redis over TCP also shares model health between processes (not over a unix socket)
-SHARED_HEALTH_URL_PREFIXES = ("redis://", "rediss://")
+SHARED_HEALTH_URL_PREFIXES = ("redis://", "rediss://", "redis+cluster://")
+# ... and over a Redis Cluster: state sharded by key (engine/limits/stores/redis_cluster_store.py)
+REDIS_CLUSTER_URL_PREFIX = "redis+cluster://"
 
 
 def unknown_store_message(url: str) -> str:

@@ -58,6 +58,7 @@ CONCRETE_STORES = {
     "engine.limits.stores.memory",
     "engine.limits.stores.duckdb_store",
     "engine.limits.stores.redis_store",
+    "engine.limits.stores.redis_cluster_store",
 }
 
 
@@ -396,7 +397,14 @@ def test_rooms_import_only_lower_layers() -> None:
         ("lsprotocol", {"engine.lsp.server"}),
         ("pygls", {"engine.lsp.server"}),
         ("prometheus_client", {"engine.service.telemetry"}),
-        ("redis", {"engine.limits.stores.redis_store", "engine.routing.shared_health"}),
+        (
+            "redis",
+            {
+                "engine.limits.stores.redis_store",
+                "engine.limits.stores.redis_cluster_store",
+                "engine.routing.shared_health",
+            },
+        ),
         ("starlette", {"engine.service"}),
         ("uvicorn", {"engine.service"}),
         ("watchdog", {"engine.api.watch"}),

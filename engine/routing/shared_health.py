@@ -19,13 +19,57 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from engine.routing.metrics import MetricsSnapshot, ModelStats, bucket_of, quantiles
+from engine.vocabulary import REDIS_CLUSTER_URL_PREFIX
 
 log = logging.getLogger("policyctl.shared_metrics")
 
 PREFIX = "{policyctl}:m:"
 SLICES = 24
+
+
+def _client(url: str) -> Any:
+    """A client for the state URL: `redis://`, `rediss://`, or a Redis Cluster
+    (`redis+cluster://host:port,…`: every key here carries the tag `{policyctl}`, so the
+    pipelines go to the one master that owns that slot). The cluster client reads the slot
+    map lazily, at the first cycle: a cluster down at start is an error of that cycle."""
+    import redis
+
+    if url.startswith(REDIS_CLUSTER_URL_PREFIX):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        from engine.limits.stores.redis_cluster_store import parse_cluster_url
+
+        nodes, _ = parse_cluster_url(url)
+        return _LazyCluster(
+            lambda: RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
+        )
+    return redis.Redis.from_url(
+        url.split("?", 1)[0], socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+
+
+class _LazyCluster:
+    """A `RedisCluster` made on first use (its constructor connects)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return self._client.pipeline(transaction=transaction)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 class SharedMetrics:
@@ -42,10 +86,14 @@ class SharedMetrics:
         import redis
 
         self.url = url
-        self._redis = redis.Redis.from_url(
-            url.split("?", 1)[0], socket_timeout=1.0, socket_connect_timeout=1.0
+        self._redis = _client(url)
+        self._errors = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            redis.exceptions.ClusterError,  # a Redis Cluster that is down or failing over
+            redis.exceptions.RedisClusterException,
+            OSError,
         )
-        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.models = list(models)
         self.window_s = window_s
         self.slice_s = max(1, round(window_s / SLICES))  # whole seconds: keys line up

@@ -1,8 +1,8 @@
 """Rate-limit state stores, chosen by URL: `memory://` (`memory://?max_keys=N` bounds the
-buckets it holds), a DuckDB file path, `redis://…` (the schemes are declared in
+buckets it holds), a DuckDB file path, `redis://…`, `redis+cluster://…` (the schemes are declared in
 `engine.vocabulary.STORE_SCHEMES`).
 
-Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `redis://`.
+Drivers are imported lazily: `duckdb` only for a file path, `redis` only for `redis://` and `redis+cluster://`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ import stat
 from pathlib import Path
 
 from engine.limits.stores.base import ConfigurationError, Store
-from engine.vocabulary import MEMORY_URLS, REDIS_URL_PREFIXES, unknown_store_message
+from engine.vocabulary import (
+    MEMORY_URLS,
+    REDIS_CLUSTER_URL_PREFIX,
+    REDIS_URL_PREFIXES,
+    unknown_store_message,
+)
 
 __all__ = [
     "ConfigurationError",
@@ -51,6 +56,10 @@ def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
         from engine.limits.stores.memory import MemoryStore
 
         return MemoryStore(url)
+    if url.startswith(REDIS_CLUSTER_URL_PREFIX):
+        from engine.limits.stores.redis_cluster_store import RedisClusterStore
+
+        return RedisClusterStore(url)
     if url.startswith(REDIS_URL_PREFIXES):
         from engine.limits.stores.redis_store import RedisStore
 

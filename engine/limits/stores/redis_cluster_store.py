@@ -1,0 +1,560 @@
+"""`redis+cluster://host:port[,host:port…][?timeout=…]`: limits shared by many app instances
+on a Redis Cluster, state sharded by key (docs/redis.md, Cluster).
+
+The single-node store (`redis_store.RedisStore`) tags every key `{policyctl}`: one slot, so
+one shard carries every decision. Here a bucket's hash tag is its own key's: a `user`
+bucket `{u:<user>}`, an `ip` bucket `{ip:<ip>}`, a named scope's `{k:<scope>:<key>}`, and
+the scopes everyone shares (global, provider, model) the shared slot `{policyctl}`
+(`bucket_tag`). A key with a brace in it is tagged by its hash, so a tag never holds one.
+
+A decision's buckets are grouped by slot, and each slot costs one call of the same
+`redis_gcra.lua` (check-and-consume of that slot's buckets, atomically). The calls run in
+a fixed order, per-key slots first (sorted), the shared slot last; a later slot that denies
+refunds what the earlier ones took (`redis_settle.lua` adjust), so no scope keeps a token
+unless every scope admitted. Which candidate is taken is settled by the first call whose
+slot holds a candidate's buckets; a later slot that denies that candidate's own buckets
+sends the decision back to the next candidate (the earlier slots refunded first).
+
+Reservations (reserve-then-settle): each slot's call writes its part of the record,
+`{TAG}:r:<request id>`; one more call writes the directory `{policyctl}:rd:<request id>`
+(`redis_cluster_directory.lua`) that names the parts, so an outcome reaching any instance
+finds them. In-flight gauges, affinity pins and quotas stay in the shared slot as on one
+node (their keys are `{policyctl}:…`: they work on a cluster unchanged).
+
+This module is the seam for shared limits served by leases (issue 22's second half): the
+shared slot's buckets are asked for in one place, `_shared_call`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from engine.limits.stores.base import (
+    AcquireResult,
+    Adjustment,
+    ConfigurationError,
+    Outcome,
+    PinWrite,
+    Settled,
+    Settlement,
+    Spec,
+    StoreUnavailableError,
+    Ticket,
+    Usage,
+    available,
+)
+from engine.limits.stores.redis_store import (
+    _FLAG_UNITS,
+    _UNIT_FLAGS,
+    EXPIRED,
+    INFLIGHT_SCRIPT,
+    KEEP_MS,
+    OUTSTANDING,
+    PIN_FOLD_SCRIPT,
+    PIN_SCRIPT,
+    PINS,
+    SCRIPT,
+    SETTLE_SCRIPT,
+    RedisStore,
+    _optional,
+    _text,
+)
+
+CLUSTER_SCHEME = "redis+cluster://"
+SHARED_TAG = "policyctl"  # global, provider and model buckets, and everything not a bucket
+SHARED_SCOPES = frozenset({"global", "provider", "model"})
+DIRECTORY = "{" + SHARED_TAG + "}:rd:"
+DIRECTORY_SCRIPT = (Path(__file__).with_name("redis_cluster_directory.lua")).read_text(
+    encoding="utf-8"
+)
+_SCRIPTS = {
+    "_script": SCRIPT,
+    "_inflight_script": INFLIGHT_SCRIPT,
+    "_settle_script": SETTLE_SCRIPT,
+    "_pin_script": PIN_SCRIPT,
+    "_pin_fold_script": PIN_FOLD_SCRIPT,
+    "_directory_script": DIRECTORY_SCRIPT,
+}
+
+
+def _safe(key: str) -> str:
+    """A key as it may stand in a hash tag: as is, unless it holds a brace (then hashed)."""
+    if "{" in key or "}" in key:
+        return "h" + hashlib.sha1(key.encode()).hexdigest()[:20]
+    return key
+
+
+def bucket_tag(bucket: str) -> str:
+    """The hash tag (without braces) of a bucket key `scope/unit/window/key`: its slot."""
+    scope, _, rest = bucket.partition("/")
+    parts = rest.split("/", 2)
+    if scope in SHARED_SCOPES or len(parts) < 3:
+        return SHARED_TAG
+    key = parts[2]
+    if scope == "user":
+        return "u:" + _safe(key)
+    if scope == "ip":
+        return "ip:" + _safe(key)
+    return f"k:{_safe(scope)}:{_safe(key)}"
+
+
+def bucket_redis_key(bucket: str) -> str:
+    return "{" + bucket_tag(bucket) + "}:b:" + bucket
+
+
+def _bucket_of(redis_key: str) -> str:
+    """The bucket key a Redis key holds (a tag never has a `}`)."""
+    return redis_key.split("}:b:", 1)[1]
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], float]:
+    """The startup nodes and socket timeout of a `redis+cluster://` URL; a ConfigurationError
+    saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    unknown = sorted(set(query) - {"timeout"})
+    if unknown:
+        raise ConfigurationError(
+            f"state store `{url}`: unknown option `{unknown[0]}` (a cluster URL takes `timeout`)"
+        )
+    try:
+        timeout = float(query.get("timeout", ["0.05"])[0])
+    except ValueError:
+        raise ConfigurationError(f"state store `{url}`: `timeout` must be seconds") from None
+    if not timeout > 0:
+        raise ConfigurationError(f"state store `{url}`: `timeout` must be more than 0 seconds")
+    hosts = url[len(CLUSTER_SCHEME) :].split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    if "@" in hosts or "/" in hosts:
+        raise ConfigurationError(
+            f"state store `{url}`: a cluster URL is `redis+cluster://host:port[,host:port…]`"
+            " (no user, password or database)"
+        )
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"state store `{url}`: `{item.strip()}` is not host:port (a cluster URL is"
+                " `redis+cluster://host:port[,host:port…]`)"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes, timeout
+
+
+class _Call:
+    """One slot's check-and-consume, as sent: its specs in KEYS order (shared ones, then
+    each option's), and where each came from in the decision."""
+
+    __slots__ = ("option_base", "options", "shared", "tag")
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.shared: list[tuple[int, Spec]] = []  # (position in the decision's shared, spec)
+        self.options: list[list[tuple[int, Spec]]] = []  # per option given: (index in it, spec)
+        self.option_base = 0  # the decision's option index of options[0]
+
+
+class RedisClusterStore(RedisStore):
+    """`RedisStore` with its buckets and reservations sharded by key over a Redis Cluster."""
+
+    def __init__(self, url: str) -> None:  # the base's __init__ opens a single-node client
+        try:
+            import redis
+            import redis.cluster
+        except ImportError:  # pragma: no cover - redis is a dependency of the redis extra
+            raise ConfigurationError(
+                f"state store `{url}` needs the redis client: pip install 'policyctl[redis]'"
+            ) from None
+        self.url = url
+        self._nodes, self._timeout = parse_cluster_url(url)
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        exceptions = redis.exceptions
+        self._errors = (
+            exceptions.ConnectionError,
+            exceptions.TimeoutError,
+            exceptions.ClusterError,  # CLUSTERDOWN, MASTERDOWN
+            exceptions.TryAgainError,
+            exceptions.RedisClusterException,  # no node reachable, a slot not covered
+            OSError,
+        )
+        self._response_error = exceptions.ResponseError
+        self.round_trips = 0
+        self.instance = uuid.uuid4().hex
+        self._outstanding = "{" + SHARED_TAG + "}:" + OUTSTANDING[len("{policyctl}:") :]
+        self._outstanding += self.instance
+        self._expired = "{" + SHARED_TAG + "}:" + EXPIRED[len("{policyctl}:") :] + self.instance
+
+    # ------------------------------------------------------------------ the client
+
+    @property
+    def _redis(self) -> Any:
+        """The cluster client, made on first use (it reads the slot map then): a cluster
+        that cannot be reached is a `StoreUnavailableError`, never a crash at start."""
+        if self._client is None:
+            from redis.backoff import NoBackoff
+            from redis.cluster import ClusterNode, RedisCluster
+            from redis.retry import Retry
+
+            try:
+                client = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in self._nodes],
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),  # a decision never waits on retries
+                    health_check_interval=0,
+                )
+            except self._errors as err:
+                raise StoreUnavailableError(f"redis cluster at `{self.url}`: {err}") from None
+            self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
+            self._client = client
+        return self._client
+
+    def _registered(self, name: str) -> Any:
+        if self._client is None:
+            self._redis  # noqa: B018 - connects, registers the scripts
+        return self._scripts[name]
+
+    _script = property(lambda self: self._registered("_script"))
+    _inflight_script = property(lambda self: self._registered("_inflight_script"))
+    _settle_script = property(lambda self: self._registered("_settle_script"))
+    _pin_script = property(lambda self: self._registered("_pin_script"))
+    _pin_fold_script = property(lambda self: self._registered("_pin_fold_script"))
+    _directory_script = property(lambda self: self._registered("_directory_script"))
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.round_trips += 1
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as err:
+            raise StoreUnavailableError(f"redis cluster at `{self.url}`: {err}") from None
+
+    # ------------------------------------------------------------------ buckets
+
+    def _acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        consume: bool,
+        ticket: Ticket | None,
+        pin: PinWrite | None,
+    ) -> AcquireResult:
+        shared_list = [Spec(*s) for s in shared]
+        option_list = [[Spec(*s) for s in option] for option in options]
+        n = len(option_list)
+        tags = {bucket_tag(s[0]) for s in shared_list}
+        option_tags = {bucket_tag(s[0]) for option in option_list for s in option}
+        every = tags | option_tags
+        # per-key slots first (in a fixed order), the shared slot last
+        order = sorted(every - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in every else [])
+        if not order:
+            return AcquireResult(0, (), None)  # nothing to check: every option fits
+        start = 0
+        while True:
+            fixed: int | None = None if n else 0
+            taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
+            reserved: list[str] = []  # tags whose call wrote a reservation part
+            known: dict[tuple[int, int], Outcome] = {}  # (-1, i) shared, (k, j) option k
+            folded = False
+            for tag in order:
+                call = _Call(tag)
+                call.shared = [(i, s) for i, s in enumerate(shared_list) if bucket_tag(s[0]) == tag]
+                resolving = fixed is None and tag in option_tags
+                if resolving:
+                    call.option_base = start
+                    call.options = [
+                        [(j, s) for j, s in enumerate(option_list[k]) if bucket_tag(s[0]) == tag]
+                        for k in range(start, n)
+                    ]
+                elif fixed is not None and n:
+                    call.option_base = fixed
+                    call.options = [
+                        [
+                            (j, s)
+                            for j, s in enumerate(option_list[fixed])
+                            if bucket_tag(s[0]) == tag
+                        ]
+                    ]
+                if not call.shared and not any(call.options):
+                    continue  # nothing of this decision's here (the candidate skipped it)
+                fold = (
+                    pin
+                    if (pin is not None and consume and resolving and tag == SHARED_TAG)
+                    else None
+                )
+                if fold is not None:
+                    fold_models = pin.models[start:]  # type: ignore[union-attr]
+                    fold = PinWrite(pin.key, pin.prefix, pin.keep_ms, fold_models)  # type: ignore[union-attr]
+                option, failed, outcomes, wrote = self._slot_call(call, now, consume, ticket, fold)
+                if fold is not None and fold.written:
+                    folded = pin.written = True  # type: ignore[union-attr]
+                for place, outcome in outcomes:
+                    known[place] = outcome
+                if failed is None:
+                    if consume:
+                        taken.append((tag, [o[0] for _, o in outcomes]))
+                        if wrote:
+                            reserved.append(tag)
+                    if resolving:
+                        fixed = start + (option or 0)
+                    continue
+                # denied here: hand back what the earlier slots took
+                self._refund(taken, now)
+                for _, specs in taken:
+                    for spec in specs:
+                        for place, outcome in list(known.items()):
+                            if outcome[0] is spec:
+                                known[place] = _before(outcome, now)
+                failed_place = failed
+                retry = (
+                    failed_place[0] >= 0 and not resolving and fixed is not None and fixed + 1 < n
+                )
+                if retry and ticket is not None and reserved:
+                    self._drop_parts(reserved, ticket.request_id)
+                if retry:
+                    start = fixed + 1  # type: ignore[operator]
+                    break
+                return self._denial(shared_list, option_list, known, failed_place, now)
+            else:
+                if fixed is None:
+                    fixed = start  # no slot held a candidate's bucket: the first one fits
+                if ticket is not None and reserved:
+                    self._note(ticket, reserved, now)
+                if pin is not None and consume and not folded and fixed < len(pin.models):
+                    self._write_pin(pin, pin.models[fixed])
+                chosen = option_list[fixed] if n else []
+                outcomes = [known[(-1, i)] for i in range(len(shared_list))]
+                outcomes += [known[(fixed, j)] for j in range(len(chosen))]
+                return AcquireResult(fixed, tuple(outcomes), None)
+
+    def _slot_call(
+        self,
+        call: _Call,
+        now: float,
+        consume: bool,
+        ticket: Ticket | None,
+        pin: PinWrite | None,
+    ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
+        """One slot's `redis_gcra.lua`: (the option it took relative to those given, or None;
+        the place of the bucket that denied, or None; (place, outcome) per bucket it reports;
+        whether it wrote a reservation part)."""
+        specs = [s for _, s in call.shared]
+        for option in call.options:
+            specs.extend(s for _, s in option)
+        prefix = "{" + call.tag + "}:"
+        keys = [prefix + "b:" + s[0] for s in specs]
+        argv: list[Any] = [
+            repr(float(now)), "1" if consume else "0", len(call.shared), len(call.options),
+        ]  # fmt: skip
+        argv.extend(len(option) for option in call.options)
+        for spec in specs:
+            argv.extend((repr(float(spec[1])), repr(float(spec[2])), repr(float(spec[3]))))
+        writes = False
+        if ticket is not None and consume:
+            flags = "".join(_UNIT_FLAGS.get(ticket.units.get(s[0], ""), "-") for s in specs)
+            writes = flags.strip("-") != ""
+            if writes:
+                keys.extend((prefix + "r:" + ticket.request_id, prefix + "ro", prefix + "rx"))
+                argv.extend((
+                    ticket.request_id, repr(float(ticket.input_tokens)),
+                    repr(float(ticket.expires_at)), KEEP_MS, flags,
+                ))  # fmt: skip
+        script = self._script
+        if pin is not None:
+            script = self._pin_fold_script
+            keys.append(PINS + pin.key)
+            argv += [pin.prefix, max(1, int(pin.keep_ms)), *pin.models, len(pin.models) + 2]
+        reply = self._call(script, keys=keys, args=argv)
+        option = int(reply[0])
+        if pin is not None and 0 <= option < len(pin.models):
+            pin.written = True
+        failed_at = int(reply[1])
+        values = reply[2:]
+        count = len(values) // 3
+        places: list[tuple[tuple[int, int], Spec]] = [((-1, i), s) for i, s in call.shared]
+        if call.options:
+            if option >= 0:
+                chosen = call.options[option]
+                k = call.option_base + option
+            else:
+                chosen = call.options[-1]
+                k = call.option_base + len(call.options) - 1
+            places += [((k, j), s) for j, s in chosen]
+        outcomes = [
+            (
+                places[i][0],
+                Outcome(
+                    places[i][1],
+                    float(values[3 * i]),
+                    values[3 * i + 1] in (b"1", "1"),
+                    float(values[3 * i + 2]),
+                ),
+            )
+            for i in range(count)
+        ]
+        failed = outcomes[failed_at - 1][0] if failed_at > 0 else None
+        return (option if option >= 0 else None), failed, outcomes, writes and failed is None
+
+    def _refund(self, taken: list[tuple[str, list[Spec]]], now: float) -> None:
+        """Hands back, slot by slot, the tokens a decision took before a later slot denied
+        it (the GCRA time moved back by cost / rate: exactly what the take moved it)."""
+        for tag, specs in taken:
+            if specs:
+                self._adjust(tag, [(s[0], s[2], -s[3]) for s in specs], now)
+
+    def _drop_parts(self, tags: list[str], request_id: str) -> None:
+        for tag in tags:
+            self._call(self._redis.delete, "{" + tag + "}:r:" + request_id)
+
+    def _note(self, ticket: Ticket, tags: list[str], now: float) -> None:
+        keys = [DIRECTORY + ticket.request_id, self._outstanding, self._expired]
+        argv: list[Any] = [
+            "note", repr(float(now)), ticket.request_id, repr(float(ticket.expires_at)),
+            KEEP_MS, *tags,
+        ]  # fmt: skip
+        self._call(self._directory_script, keys=keys, args=argv)
+
+    def _write_pin(self, pin: PinWrite, model: str) -> None:
+        try:
+            self._call(
+                self._redis.set, PINS + pin.key, pin.prefix + model, px=max(1, int(pin.keep_ms))
+            )
+        except StoreUnavailableError:
+            return  # the decision stands; the pin stays where `swap_pin` wrote it
+        pin.written = True
+
+    def _denial(
+        self,
+        shared: list[Spec],
+        options: list[list[Spec]],
+        known: dict[tuple[int, int], Outcome],
+        failed: tuple[int, int],
+        now: float,
+    ) -> AcquireResult:
+        """A denied decision's outcomes as one node reports them: the shared buckets, then
+        the last candidate's, up to the first without room. Buckets of slots not asked (the
+        denial came first) are read (one MGET: a denial path only)."""
+        places = [(-1, i) for i in range(len(shared))]
+        if failed[0] >= 0:
+            places += [(failed[0], j) for j in range(len(options[failed[0]]))]
+        end = places.index(failed)
+        places = places[: end + 1]
+        missing = [p for p in places if p not in known]
+        if missing:
+            specs = [shared[p[1]] if p[0] < 0 else options[p[0]][p[1]] for p in missing]
+            try:
+                levels = self._call(
+                    self._redis.mget_nonatomic, [bucket_redis_key(s[0]) for s in specs]
+                )
+            except StoreUnavailableError:
+                levels = [None] * len(specs)  # the denial stands; these read as full
+            for place, spec, level in zip(missing, specs, levels, strict=True):
+                full_at = None if level is None else float(level)
+                have = available(full_at, spec[1], spec[2], now)
+                fits = have + 1e-9 + spec[2] * 0.01 >= spec[3]
+                at = now if full_at is None or full_at < now else full_at
+                known[place] = Outcome(spec, have, fits, at)
+        outcomes: list[Outcome] = []
+        for place in places:
+            outcome = known[place]
+            outcomes.append(outcome)
+            if not outcome[2]:
+                return AcquireResult(None, tuple(outcomes), outcome)
+        return AcquireResult(None, tuple(outcomes), outcomes[-1])  # pragma: no cover
+
+    def peek(self, key: str) -> float | None:
+        value = self._call(self._redis.get, bucket_redis_key(key))
+        return None if value is None else float(value)
+
+    def buckets(self, prefix: str = "") -> list[tuple[str, float]]:
+        keys = [k for k in self._scan_buckets(prefix) if k]
+        if not keys:
+            return []
+        values = self._call(self._redis.mget_nonatomic, keys)
+        found = []
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                found.append((_bucket_of(_text(key)), float(value)))
+        return sorted(found)
+
+    def _scan_buckets(self, prefix: str) -> list[Any]:
+        pattern = "{*}:b:" + prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
+        return list(
+            self._call(lambda: list(self._redis.scan_iter(match=pattern + "*", count=1000)))
+        )
+
+    def reset(self, prefix: str) -> int:
+        keys = self._scan_buckets(prefix)
+        if not keys:
+            return 0
+        return int(self._call(self._redis.delete, *keys))
+
+    def settle(self, adjustments: Sequence[Adjustment], now: float) -> list[float]:
+        if not adjustments:
+            return []
+        by_tag: dict[str, list[int]] = {}
+        for index, adjustment in enumerate(adjustments):
+            by_tag.setdefault(bucket_tag(adjustment[0]), []).append(index)
+        applied = [0.0] * len(adjustments)
+        for tag, indexes in by_tag.items():
+            items = [(adjustments[i][0], adjustments[i][2], adjustments[i][3]) for i in indexes]
+            for index, value in zip(indexes, self._adjust(tag, items, now), strict=True):
+                applied[index] = value
+        return applied
+
+    def _adjust(self, tag: str, items: list[tuple[str, float, float]], now: float) -> list[float]:
+        """`redis_settle.lua` adjust on one slot: (bucket key, rate, delta) per bucket."""
+        argv: list[Any] = ["adjust", repr(float(now))]
+        for _, rate, delta in items:
+            argv.extend((repr(float(rate)), repr(float(delta))))
+        keys = ["{" + tag + "}:b:" + key for key, _, _ in items]
+        reply = self._call(self._settle_script, keys=keys, args=argv)
+        return [float(v) for v in reply]
+
+    def settle_reservation(self, request_id: str, usage: Usage, now: float) -> Settlement:
+        """The directory taken out (once, on any instance), then each part settled in its
+        own slot by `redis_settle.lua` take."""
+        reply = self._call(
+            self._directory_script,
+            keys=[DIRECTORY + request_id],
+            args=["take", repr(float(now)), request_id],
+        )
+        state = _text(reply[0])
+        if state != "settled":
+            return Settlement(state)
+        argv = [
+            "take", repr(float(now)), request_id, _optional(usage.input_tokens),
+            _optional(usage.output_tokens), _optional(usage.cost),
+        ]  # fmt: skip
+        applied: list[Settled] = []
+        for tag in sorted(_text(t) for t in reply[1:]):
+            part = self._call(
+                self._settle_script, keys=["{" + tag + "}:r:" + request_id], args=argv
+            )
+            values = part[1:]
+            applied.extend(
+                Settled(
+                    _bucket_of(_text(values[i])),
+                    _FLAG_UNITS[_text(values[i + 1])],
+                    float(values[i + 2]),
+                )
+                for i in range(0, len(values), 3)
+            )
+        return Settlement("settled", tuple(applied))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _before(outcome: Outcome, now: float) -> Outcome:
+    """A consumed bucket's outcome as it was before (its consumption was refunded)."""
+    spec = outcome[0]
+    full_at = now + (spec[1] - outcome[1]) / spec[2] if outcome[1] < spec[1] else now
+    return Outcome(spec, outcome[1], outcome[2], full_at)
