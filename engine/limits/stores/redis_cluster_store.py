@@ -49,7 +49,6 @@ from engine.limits.stores.base import (
     available,
 )
 from engine.limits.stores.redis_store import (
-    _FLAG_UNITS,
     _UNIT_FLAGS,
     EXPIRED,
     INFLIGHT_SCRIPT,
@@ -63,6 +62,7 @@ from engine.limits.stores.redis_store import (
     RedisStore,
     _optional,
     _text,
+    taken_buckets,
 )
 
 CLUSTER_SCHEME = "redis+cluster://"
@@ -532,21 +532,18 @@ class RedisClusterStore(RedisStore):
             "take", repr(float(now)), request_id, _optional(usage.input_tokens),
             _optional(usage.output_tokens), _optional(usage.cost),
         ]  # fmt: skip
-        applied: list[Settled] = []
+        buckets: list[Settled] = []
+        expires_at: float | None = None
         for tag in sorted(_text(t) for t in reply[1:]):
             part = self._call(
                 self._settle_script, keys=["{" + tag + "}:r:" + request_id], args=argv
             )
-            values = part[1:]
-            applied.extend(
-                Settled(
-                    _bucket_of(_text(values[i])),
-                    _FLAG_UNITS[_text(values[i + 1])],
-                    float(values[i + 2]),
-                )
-                for i in range(0, len(values), 3)
-            )
-        return Settlement("settled", tuple(applied))
+            if _text(part[0]) == "absent":  # this slot's part expired by Redis's cleanup
+                continue
+            expires_at = float(part[1])
+            buckets.extend(taken_buckets(part, _bucket_of))
+        applied = tuple(b for b in buckets if b.adjusted)
+        return Settlement("settled", applied, tuple(buckets), expires_at)
 
     def close(self) -> None:
         if self._client is not None:

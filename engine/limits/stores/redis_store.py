@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -69,6 +69,27 @@ _FLAG_UNITS = {"t": "tokens", "s": "spend"}
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def taken_buckets(reply: Sequence[Any], bucket_of: Callable[[str], str]) -> tuple[Settled, ...]:
+    """The buckets of a reservation `redis_settle.lua` take returned (after its state and
+    expiry: per bucket its Redis key, unit flag, estimate, actual and the delta applied;
+    `bucket_of` maps a Redis key to the bucket key)."""
+    values = reply[2:]
+    buckets = []
+    for i in range(0, len(values), 5):
+        actual, delta = _text(values[i + 3]), _text(values[i + 4])
+        buckets.append(
+            Settled(
+                bucket_of(_text(values[i])),
+                _FLAG_UNITS[_text(values[i + 1])],
+                float(delta) if delta else 0.0,
+                float(values[i + 2]),
+                float(actual) if actual else None,
+                bool(delta),
+            )
+        )
+    return tuple(buckets)
 
 
 def _optional(value: float | None) -> str:
@@ -268,22 +289,9 @@ class RedisStore:
         state = _text(reply[0])
         if state == "absent":
             return Settlement(state)
-        values = reply[2:]
-        buckets = []
-        for i in range(0, len(values), 5):
-            actual, delta = _text(values[i + 3]), _text(values[i + 4])
-            buckets.append(
-                Settled(
-                    _text(values[i])[len(BUCKETS) :],
-                    _FLAG_UNITS[_text(values[i + 1])],
-                    float(delta) if delta else 0.0,
-                    float(values[i + 2]),
-                    float(actual) if actual else None,
-                    bool(delta),
-                )
-            )
+        buckets = taken_buckets(reply, lambda key: key[len(BUCKETS) :])
         applied = tuple(b for b in buckets if b.adjusted)
-        return Settlement(state, applied, tuple(buckets), float(reply[1]))
+        return Settlement(state, applied, buckets, float(reply[1]))
 
     def reservation_counts(self, now: float) -> ReservationCounts:
         keys = [self._outstanding, self._expired]
