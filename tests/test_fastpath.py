@@ -198,3 +198,25 @@ def test_the_fast_path_writes_the_same_access_lines(caplog: pytest.LogCaptureFix
     assert lines[0] == lines[1] == {
         "method": "POST", "path": "/v1/enforce", "status": 200, "client": "127.0.0.1:5000"
     }  # fmt: skip
+
+
+def test_middleware_an_embedder_adds_is_not_skipped() -> None:
+    app = create_app(_engine())
+
+    class Tag:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            async def tagged(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message["headers"], (b"x-embedder", b"1")]
+                await send(message)
+
+            await self.inner(scope, receive, tagged)
+
+    app.add_middleware(Tag)
+    call = Call("POST", "/v1/eval", chunks=(b'{"id": "x", "user": "u", "prompt": "hi"}',))
+    sent, raised = asyncio.run(_call(app, call))
+    assert raised is None and sent[0]["status"] == 200
+    assert (b"x-embedder", b"1") in sent[0]["headers"]

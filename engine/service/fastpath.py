@@ -7,7 +7,9 @@ does itself what the middleware stack would do for them: the request's timing an
 log line (`RequestTimer`'s, through `Telemetry.observe_request` and `log_request`), and a
 500 problem for an error no handler answered, re-raised for the server's log
 (`ServerErrorMiddleware`'s). Every other request, and these paths under another method
-or a `root_path`, goes through Starlette as before.
+or a `root_path` (the app mounted inside another), goes through Starlette as before; so
+does everything once middleware is added to the app after `create_app` (an embedding
+application's own, which the fast path would skip).
 
 What it skips per request: four middleware layers and the send wrappers they add to each
 message, the router's match over the route list, and Starlette's per-route request and
@@ -39,17 +41,19 @@ class ServiceApp(Starlette):
     fast: Mapping[str, Handler] = {}
     telemetry: Telemetry | None = None
     log_access: bool = False
+    own_middleware = 0  # the app's own middleware (`RequestTimer`): with more, no fast path
 
     def serve_fast(self, handlers: Mapping[str, Handler], telemetry: Telemetry, *,
                    log_access: bool) -> None:  # fmt: skip
         self.fast = dict(handlers)
         self.telemetry = telemetry
         self.log_access = log_access
+        self.own_middleware = len(self.user_middleware)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             handler = self.fast.get(scope["path"])
-            if handler is not None:
+            if handler is not None and len(self.user_middleware) == self.own_middleware:
                 await self._fast(handler, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
