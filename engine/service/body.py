@@ -24,6 +24,7 @@ from engine.wire import FORMATS
 
 if TYPE_CHECKING:
     from engine.api.policy_engine import PolicyEngine
+    from engine.language.program import Program
     from engine.routing.decision import Decision
 
 MAX_BODY_BYTES = 1 << 20
@@ -216,9 +217,25 @@ async def decide(
         explain=explain, input_format=options.input_format, request_id=options.request_id,
         model=options.model, stream=options.stream,
     )  # fmt: skip
-    if dry_run or not has_waits(engine.program) or _no_wait(request):
+    if dry_run or not _waits(engine.program) or _no_wait(request):
         return engine.evaluate(body, dry_run=dry_run, **wire)  # type: ignore[arg-type]
     return await engine.acquire(body, priority=priority_header(request), **wire)
+
+
+class _WaitsOf:
+    """`has_waits(program)`, worked out once per program (a reload brings a new one)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Program | None, bool] = (None, False)  # one assignment: no race
+
+    def __call__(self, program: Program) -> bool:
+        last = self.last
+        if last[0] is not program:
+            last = self.last = (program, has_waits(program))
+        return last[1]
+
+
+_waits = _WaitsOf()
 
 
 def _no_wait(request: HttpRequest) -> bool:
