@@ -10,14 +10,14 @@ temporary copy of the packaged default policy with its limit amounts multiplied 
 million, so every request runs the four limits but none binds), then:
 
 0. near its stack (A/B): `policyctl serve` against a bare Starlette + uvicorn app (same
-   uvicorn, same protocol and loop) that parses the same JSON body and answers a constant
-   body of the same size as a decision, both loaded by `wrk` (8 connections; installed
-   with apt-get when missing and this runs as root) in interleaved pairs of equal
-   duration, the order alternating; the ratio of requests/s and of p99 latency per pair,
-   median and min–max over ≥ 15 pairs. The same for the DuckDB state file, for decision
-   logs on (`--analytics`) and for access logs on (`--access-log`, text and JSON lines,
-   to a file), full run only. The bare app's own requests/s is the stack's ceiling here
-   (wrk takes its share of the two cores);
+   uvicorn, same protocol and loop, no access log) that parses the same JSON body and
+   answers a constant body of the same size as a decision, both loaded by `wrk` (8
+   connections; installed with apt-get when missing and this runs as root) in interleaved
+   pairs of equal duration, the order alternating; the ratio of requests/s and of p99
+   latency per pair, median and min–max over ≥ 15 pairs. The same for the DuckDB state
+   file, for decision logs on (`--analytics`) and for access logs on (`--access-log`, text
+   and JSON lines, to a file), full run only. The bare app's own requests/s is the stack's
+   ceiling here (wrk takes its share of the two cores);
 1. load: a fixed number of POST /v1/eval requests (chat bodies, each from a distinct user
    and IP; JSON decisions back, as in every row) from a
    second process — `wrk` with a Lua script that stops each thread after its share, when
@@ -304,9 +304,11 @@ def server_decide_us(port: int) -> tuple[float, int]:
 
 
 def bare_app_main(port: int, size: int) -> None:
-    """The peer: Starlette + uvicorn as `policyctl serve` runs them (h11 as uvicorn picks
-    it here, asyncio, logs at warning), one route that parses the JSON body and answers a
-    constant body of `size` bytes."""
+    """The peer: Starlette + uvicorn as `policyctl serve` runs them (h11 and asyncio, named
+    rather than left to uvicorn's `auto`, which would take httptools or uvloop where they
+    are installed and ours does not; no access log, as ours without --access-log; logs at
+    warning), one route that parses the JSON body and answers a constant body of `size`
+    bytes."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -327,7 +329,10 @@ def bare_app_main(port: int, size: int) -> None:
     app = Starlette(
         routes=[Route("/v1/eval", evaluate, methods=["POST"]), Route("/healthz", healthz)]
     )
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", lifespan="off")
+    uvicorn.run(
+        app, host=HOST, port=port, log_level="warning", lifespan="off", http="h11",
+        loop="asyncio", access_log=False,
+    )  # fmt: skip
 
 
 def start_bare(port: int, size: int) -> subprocess.Popen[bytes]:

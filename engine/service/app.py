@@ -52,6 +52,7 @@ from engine.service.body import (
 )
 from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
+from engine.service.fastpath import FAST_PATHS, ServiceApp
 from engine.service.telemetry import RequestTimer, Telemetry
 from engine.wire import FORMATS
 
@@ -238,10 +239,13 @@ def create_app(
     open_admin: bool = False,
     extra_routes: list[Route] | None = None,
     access_log: bool = False,
+    fast: bool = True,
 ) -> Starlette:
     """The app. Admin calls that change state need `Bearer admin_token`; with no token they
     are refused unless `open_admin`. With `access_log`, each request is a line of the
-    `policyctl.access` logger."""
+    `policyctl.access` logger. `fast`: POST /v1/eval and /v1/enforce skip Starlette's
+    middleware and router (`engine.service.fastpath`); off, every request goes through
+    them (the tests compare the two)."""
     telemetry = Telemetry(engine)
     dashboard = Dashboard(  # /dashboard (its module)
         engine,
@@ -377,11 +381,17 @@ def create_app(
         return problem(status, str(getattr(exc, "detail", "error")))
 
     known_paths = sorted({route.path for route in routes})
-    app = Starlette(
+    app = ServiceApp(
         routes=routes,
         exception_handlers={Exception: internal_error, HTTPException: http_error},
         middleware=[Middleware(RequestTimer, telemetry=telemetry, log_access=access_log)],
     )
+    if fast:
+        app.serve_fast(
+            {r.path: r.endpoint for r in routes if isinstance(r, Route) and r.path in FAST_PATHS},
+            telemetry,
+            log_access=access_log,
+        )
     app.state.engine = engine
     app.state.telemetry = telemetry
     app.state.dashboard = dashboard

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
@@ -25,6 +24,7 @@ from engine.wire import FORMATS
 
 if TYPE_CHECKING:
     from engine.api.policy_engine import PolicyEngine
+    from engine.language.program import Program
     from engine.routing.decision import Decision
 
 MAX_BODY_BYTES = 1 << 20
@@ -83,27 +83,38 @@ def parse_json(raw: bytes) -> Any:
 
 
 async def _read(request: HttpRequest) -> bytes:
+    """The body from the ASGI messages themselves (as `request.stream()` reads them, without
+    its generator); a body that came in one message is returned as it came, uncopied."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BodyError(413, "request body is larger than 1 MiB")
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 raise BodyError(413, "request body is larger than 1 MiB")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        log.warning(
-            "client %s disconnected before sending the whole body of %s %s (%d bytes read)",
-            request.client.host if request.client else "?",
-            request.method,
-            request.url.path,
-            size,
-        )
-        raise BodyError(400, "the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
+            more = message.get("more_body", False)
+            if not more and not chunks:
+                return chunk
+            if chunk:
+                chunks.append(chunk)
+            if not more:
+                return b"".join(chunks)
+        elif kind == "http.disconnect":
+            log.warning(
+                "client %s disconnected before sending the whole body of %s %s (%d bytes read)",
+                request.client.host if request.client else "?",
+                request.method,
+                request.url.path,
+                size,
+            )
+            raise BodyError(400, "the client disconnected before sending the whole body")
 
 
 _decode = msgspec.json.Decoder().decode
@@ -206,13 +217,29 @@ async def decide(
         explain=explain, input_format=options.input_format, request_id=options.request_id,
         model=options.model, stream=options.stream,
     )  # fmt: skip
-    if dry_run or not has_waits(engine.program):
+    if dry_run or not _waits(engine.program):
         return engine.evaluate(body, dry_run=dry_run, **wire)  # type: ignore[arg-type]
     # `?wait=false`: at once, but in the place of its priority (no jumping the queue)
     timeout_s = 0.0 if _no_wait(request) else None
     return await engine.acquire(
         body, timeout_s=timeout_s, priority=priority_header(request), **wire
     )
+
+
+class _WaitsOf:
+    """`has_waits(program)`, worked out once per program (a reload brings a new one)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[Program | None, bool] = (None, False)  # one assignment: no race
+
+    def __call__(self, program: Program) -> bool:
+        last = self.last
+        if last[0] is not program:
+            last = self.last = (program, has_waits(program))
+        return last[1]
+
+
+_waits = _WaitsOf()
 
 
 def _no_wait(request: HttpRequest) -> bool:

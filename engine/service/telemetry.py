@@ -351,10 +351,11 @@ class RequestTimer:
             path = getattr(route, "path", None) or UNMATCHED
             self.telemetry.observe_request(path, scope["method"], status, s)
             if self.log_access:
-                _log_access(scope, status, s)
+                log_request(scope, status, s)
 
 
-def _log_access(scope: Scope, status: int, s: float) -> None:
+def log_request(scope: Scope, status: int, s: float) -> None:
+    """One request's line to the `policyctl.access` logger (at INFO)."""
     client = scope.get("client")
     where = f"{client[0]}:{client[1]}" if client else "-"
     raw = scope.get("raw_path")  # as sent: percent-escapes kept, so no newline gets in
