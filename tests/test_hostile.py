@@ -39,6 +39,7 @@ from engine.errors import PolicyctlError
 from engine.language.parser import parse
 from engine.routing.request import env_of
 from engine.service.body import json_body
+from engine.wire.features import Conversation
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 MANIFEST: dict[str, Any] = json.loads((HOSTILE / "manifest.json").read_text(encoding="utf-8"))
@@ -280,7 +281,11 @@ def test_request_reader_raises_only_policyctl_errors(data: Any) -> None:
         env = env_of(data)
     except PolicyctlError:
         return
-    json.dumps(env, ensure_ascii=False).encode("utf-8")  # what it accepts can be stored
+    # what it accepts can be stored; the conversation is a reference to the body (as
+    # received or validated), read for prompt features on demand, not a copy of its text
+    assert isinstance(env["conversation"], Conversation)
+    stored = {k: v for k, v in env.items() if k != "conversation"}
+    json.dumps(stored, ensure_ascii=False).encode("utf-8")
 
 
 _hostile_lines = st.sampled_from(["[" * 100_000, "9" * 4_400, '{"a": ' * 5_000, "\ufeff{}"])
