@@ -33,6 +33,7 @@ examples:
   policyctl simulate examples/simulations/ab.yaml
   policyctl simulate examples/simulations/agent.yaml
   policyctl simulate examples/simulations/tpm.yaml
+  policyctl simulate examples/simulations/content.yaml
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 

@@ -634,11 +634,11 @@ def _unknown_quality(
                 else (f"{len(unknown)} models that can serve it have")
             )
             if default == "catalog":
-                models = models.replace(" no ", " no catalog `quality` and no ")
                 out.append(
                     f"{source}: field `default_quality`: template `{t.name}` sets"
-                    f" `min_quality` and {models} no `quality` for it ({shown}{more}); give"
-                    " them one under `providers`, or a score in the catalog"
+                    f" `min_quality` and {models} no catalog `quality` and no `quality` for"
+                    f" it ({shown}{more}); give them one under `providers`, or a score in"
+                    " the catalog"
                 )
                 continue
             out.append(
