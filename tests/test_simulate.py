@@ -146,7 +146,12 @@ def test_design_reductions_meet_the_design_claims(design: dict) -> None:
     assert [by[n]["failures"] for n in by] == [17, 11, 25, 25, 25, 25, 17, 26, 11]
     # the oracle: the cheapest model that serves each request (no quality needs here)
     assert by["oracle"]["models"] == {"gemini/gemini-1.5-flash-latest": 3000}
-    assert by["cost"]["regret"] == {"cost_per_request": 0.0, "mean_ms": 0.0, "bad_answers": 0}
+    assert by["cost"]["regret"] == {
+        "cost_per_request": 0.0,
+        "mean_ms": 0.0,
+        "bad_answers": 0,
+        "bad_answer_rate": 0.0,
+    }
     # the same model on the same traffic gives the same numbers: common random numbers
     same = ("served", "mean_ms", "p95_ms", "cost_per_request", "failures")
     assert [by["failover"][k] for k in same] == [by["always sonnet"][k] for k in same]

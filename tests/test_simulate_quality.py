@@ -83,7 +83,12 @@ def test_bad_answers_by_hand(tmp_path: Path) -> None:
     assert oracle["models"] == {LITE: 20}
     assert (oracle["bad_answers"], oracle["mean_ms"]) == (0, 500.0)
     assert oracle["cost_per_request"] == pytest.approx(0.00005)
-    assert oracle["regret"] == {"cost_per_request": 0.0, "mean_ms": 0.0, "bad_answers": 0}
+    assert oracle["regret"] == {
+        "cost_per_request": 0.0,
+        "mean_ms": 0.0,
+        "bad_answers": 0,
+        "bad_answer_rate": 0.0,
+    }
     # regret: cost is $0.000005 cheaper than the oracle, 1,500 ms slower, 20 bad answers more
     assert cost["regret"]["cost_per_request"] == pytest.approx(-0.000005)
     assert cost["regret"]["mean_ms"] == 1500.0
@@ -112,7 +117,12 @@ def test_templates_without_min_quality_have_no_bad_answers(tmp_path: Path) -> No
     assert by["oracle"]["models"] == by["cost"]["models"] == {NANO: 20}
     same = ("served", "mean_ms", "p95_ms", "cost_per_request", "failures")
     assert [by["oracle"][k] for k in same] == [by["cost"][k] for k in same]
-    assert by["cost"]["regret"] == {"cost_per_request": 0.0, "mean_ms": 0.0, "bad_answers": 0}
+    assert by["cost"]["regret"] == {
+        "cost_per_request": 0.0,
+        "mean_ms": 0.0,
+        "bad_answers": 0,
+        "bad_answer_rate": 0.0,
+    }
 
 
 # ---------------------------------------------------------------- the oracle
@@ -126,7 +136,12 @@ def calibrated() -> dict:
 def test_oracle_has_no_regret_against_itself(calibrated: dict) -> None:
     oracle = rows(calibrated)["oracle"]
     assert oracle["kind"] == "baseline"
-    assert oracle["regret"] == {"cost_per_request": 0.0, "mean_ms": 0.0, "bad_answers": 0}
+    assert oracle["regret"] == {
+        "cost_per_request": 0.0,
+        "mean_ms": 0.0,
+        "bad_answers": 0,
+        "bad_answer_rate": 0.0,
+    }
     assert oracle["bad_answers"] == 0
 
 

@@ -33,6 +33,7 @@ examples:
   policyctl simulate examples/simulations/ab.yaml
   policyctl simulate examples/simulations/agent.yaml
   policyctl simulate examples/simulations/tpm.yaml
+  policyctl simulate examples/simulations/content.yaml
   policyctl simulate my.yaml --strategies "latency,weighted(latency: 70%, cost: 30%)" \\
       --seed 3 --requests 10000 --format json
 
@@ -143,7 +144,7 @@ def _signed_ms(value: float | None) -> str:
 
 
 def _name(r: Mapping[str, Any]) -> str:
-    return f"{r['name']} (baseline)" if r["kind"] == "baseline" else r["name"]
+    return f"{r['name']} ({r['kind']})" if r["kind"] in ("baseline", "policy") else r["name"]
 
 
 def _requests(count: int, seconds: float | None) -> str:
@@ -239,7 +240,7 @@ def render(data: Mapping[str, Any]) -> str:
                 _window_rows(slow["rows"], "calls_during", slow["to_s"] is None),
             ),
         ]
-    strategies = [r for r in data["rows"] if r["kind"] == "strategy"]
+    strategies = [r for r in data["rows"] if r["kind"] != "baseline"]
     if data["explore"] is not None or any(r["explored"] for r in strategies):
         lines += ["", "exploration: requests sent to a model with few samples, and what they cost"]
         rows = []
@@ -247,7 +248,7 @@ def render(data: Mapping[str, Any]) -> str:
             share = r["explored"] / data["requests"] if data["requests"] else 0.0
             total = r["total_cost"]
             part = r["explored_cost"] / total if total else 0.0
-            rows.append((r["name"], f"{r['explored']:,} ({share * 100:.1f}%)",
+            rows.append((_name(r), f"{r['explored']:,} ({share * 100:.1f}%)",
                          money(r["explored_cost"]), f"{part * 100:.1f}%",
                          money(total)))  # fmt: skip
         lines.append(render_table(EXPLORE_HEADERS, rows))

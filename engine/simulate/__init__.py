@@ -33,11 +33,15 @@ With a `split` in the policy (and `users: N` in the scenario to key it by user),
 strategy run also reports every arm's figures with 95% confidence intervals, and each arm
 against the first.
 
-The rooms, in import order: `world` (synthetic providers, their draws, the traffic and its
-users), `scenario` (the YAML file, validated), `run` (strategies against the engine,
-baselines), `stats` (confidence intervals), `ab` (per-arm figures of a split), `usage` (prompt
-caches, and the real usage of token and spend limits), `report` (`simulate`, the report's
-rows and the plot).
+A template's `content` makes its requests carry generated conversations with the prompt
+features it claims (`content`), and a scenario's `policies` runs whole policy files as
+rows: content-aware routing against the strategies, on bad answers and regret.
+
+The rooms, in import order: `content` (prompt bodies), `world` (synthetic providers, their
+draws, the traffic and its users), `scenario` (the YAML file, validated), `run`
+(strategies against the engine, baselines), `stats` (confidence intervals), `ab` (per-arm
+figures of a split), `usage` (prompt caches, and the real usage of token and spend
+limits), `report` (`simulate`, the report's rows and the plot).
 """
 
 from engine.simulate.report import PlotUnavailable, Report, plot, require_matplotlib, simulate

@@ -65,6 +65,7 @@ class Report:
                 "cost_per_request": _minus(row["cost_per_request"], oracle["cost_per_request"], 12),
                 "mean_ms": _minus(row["mean_ms"], oracle["mean_ms"], 3),
                 "bad_answers": row["bad_answers"] - oracle["bad_answers"],
+                "bad_answer_rate": _minus(row["bad_answer_rate"], oracle["bad_answer_rate"], 4),
             }
         duration = self.arrivals[-1].at - START if self.arrivals else 0.0
         n = max(len(self.arrivals), 1)
@@ -77,6 +78,7 @@ class Report:
             "rate_per_s": s.rate_per_s,
             "duration_s": round(duration, 3),
             "strategies": list(s.strategies),
+            "policies": {p.name: p.path for p in s.policies},
             "explore": s.explore,
             "traffic": {
                 "templates": {t.name: mix.get(t.name, 0) for t in s.traffic},
@@ -163,7 +165,7 @@ class Report:
                     "outside": len(outside),
                     "first_outside": outside[0] if outside else None,
                     "fallbacks_outside": (
-                        len(run.fallbacks_outside) if run.kind == "strategy" else None
+                        len(run.fallbacks_outside) if run.kind != "baseline" else None
                     ),
                 }
             )
@@ -172,7 +174,7 @@ class Report:
     def experiments(self) -> list[ExperimentSummary]:
         """Per strategy run and per experiment of the policy (a `split`): the figures of
         each arm with their confidence intervals, and each arm against the first."""
-        return [e for run in self.runs if run.kind == "strategy" for e in summarize(run)]
+        return [e for run in self.runs if run.kind != "baseline" for e in summarize(run)]
 
     def _experiments_field(self) -> dict[str, Any]:
         """`experiments` in the JSON, only when the policy splits (so a report without a
@@ -237,7 +239,7 @@ def simulate(
     )
     strategies = scenario.runs()
     n = scenario.requests
-    total = n * (3 + len(strategies))
+    total = n * (3 + len(strategies) + len(scenario.policies))
     runs: list[Run] = []
 
     def tell(done: int) -> None:
@@ -253,6 +255,8 @@ def simulate(
                 scenario, arrivals, spec.strategy, spec.explore, tell, spec.affinity, spec.settle
             )
         )
+    for policy in scenario.policies:
+        runs.append(run_strategy(scenario, arrivals, "", progress=tell, policy=policy))
     tell(0)
     return Report(scenario, arrivals, runs)
 

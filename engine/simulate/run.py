@@ -30,15 +30,28 @@ from typing import Any
 from engine.api.policy_engine import PolicyEngine
 from engine.language.program import CompiledLimit
 from engine.limits.records import LimitDenial
-from engine.simulate.scenario import RunSpec, Scenario
-from engine.simulate.world import START, Arrival, PromptCache, Template, capable, outcome_rng
+from engine.simulate.scenario import (
+    ORACLE_ROW,
+    RANDOM_ROW,
+    SONNET_ROW,
+    PolicyRun,
+    RunSpec,
+    Scenario,
+)
+from engine.simulate.world import (
+    START,
+    Arrival,
+    PromptCache,
+    Template,
+    answer_rng,
+    bad_chance,
+    capable,
+    outcome_rng,
+)
 
 # the "always sonnet" baseline: the design's Claude 3.5 Sonnet, else today's Sonnet
 SONNET = "claude/claude-3-5-sonnet-20241022"
 SONNETS = (SONNET, "anthropic/claude-sonnet-4-6")
-RANDOM_ROW = "random"
-SONNET_ROW = "always sonnet"
-ORACLE_ROW = "oracle"
 PROGRESS_EVERY = 1000  # a strategy run tells its `progress` callback this often (requests)
 _HEALTH_DROPS = ("in cooldown", "success rate", "degraded")  # the evaluator's health reasons
 
@@ -58,7 +71,7 @@ class Run:
     """One row's per-request record (index -1: denied)."""
 
     name: str
-    kind: str  # "baseline" | "strategy"
+    kind: str  # "baseline" | "strategy" | "policy" (a whole policy of the scenario's)
     keys: tuple[str, ...]  # model index -> provider/model
     chosen: array[int]
     latency_ms: array[float]  # nan when denied
@@ -145,19 +158,17 @@ def _new_run(name: str, kind: str, scenario: Scenario) -> Run:
     )
 
 
-def bad_answers(scenario: Scenario) -> dict[Template, bytes]:
-    """Per template, per model index: 1 when the model's true quality is under the
-    template's `min_quality` (its answers are bad), else 0."""
+def bad_answers(scenario: Scenario) -> dict[Template, list[float]]:
+    """Per template, per model index: the chance that the model's answer is bad
+    (`bad_chance`: 0 when its true quality meets the template's `min_quality`; under it,
+    1, or with the scenario's `quality_spread` a logistic in the gap). A run draws one
+    uniform u per request (`answer_rng`) and an answer is bad when u < the chance."""
     keys = list(scenario.providers)
-    out = {}
-    for t in scenario.traffic:
-        row = bytearray(len(keys))
-        if t.min_quality is not None:
-            for i, key in enumerate(keys):
-                q = scenario.quality(key, t)
-                row[i] = q is not None and q < t.min_quality
-        out[t] = bytes(row)
-    return out
+    spread = scenario.quality_spread
+    return {
+        t: [bad_chance(scenario.quality(key, t), t.min_quality, spread) for key in keys]
+        for t in scenario.traffic
+    }
 
 
 def _run_baseline(
@@ -168,9 +179,11 @@ def _run_baseline(
     providers = list(scenario.providers.values())
     models = scenario.catalog.models
     bad = bad_answers(scenario)
+    answers = answer_rng(scenario.seed)
     cache = PromptCache(providers, models)
     for a in arrivals:
         z, u = rng.gauss(0.0, 1.0), rng.random()
+        v = answers.random()
         index = pick(a)
         if index < 0:
             continue
@@ -179,7 +192,7 @@ def _run_baseline(
         run.chosen[a.index] = index
         run.latency_ms[a.index] = latency
         run.ok[a.index] = ok
-        run.bad[a.index] = ok and bad[t][index]
+        run.bad[a.index] = ok and v < bad[t][index]
         if ok:
             cached = cache.read(a, index)
             cache.write(a, index)
@@ -269,7 +282,7 @@ def run_oracle(scenario: Scenario, arrivals: list[Arrival]) -> Run:
             p = providers[i]
             return p.failure_rate_at(request) < 1.0 and (cap is None or p.p95_ms_at(request) <= cap)
 
-        is_bad = bad[t]
+        is_bad = [chance > 0 for chance in bad[t]]  # not good enough
         for n, (cost, i) in enumerate(ordered[t]):
             if is_bad[i] or not serves(i):
                 continue
@@ -302,18 +315,23 @@ def run_strategy(
     progress: Callable[[int], None] | None = None,
     affinity: str | None = None,
     settle: bool = True,
+    policy: PolicyRun | None = None,
 ) -> Run:
     """A fresh engine on a fake clock; outcomes are recorded when each call completes.
     `explore`, `affinity`: the settings the run adds to its defaults (the scenario's
     fields). `settle=False`: outcomes are recorded without the decision's request id, so
     no reservation settles (nor an in-flight slot is released but by its lease).
-    `progress(requests done)`: told every `PROGRESS_EVERY` requests."""
-    spec = RunSpec(strategy, explore, affinity, settle)
-    run = _new_run(spec.name, "strategy", scenario)
+    `progress(requests done)`: told every `PROGRESS_EVERY` requests. `policy`: run that
+    whole policy instead (a row of kind `policy`; `strategy` and the settings unused)."""
+    if policy is None:
+        run = _new_run(RunSpec(strategy, explore, affinity, settle).name, "strategy", scenario)
+        name, text = scenario.policy_text(strategy, explore, affinity)
+    else:
+        run = _new_run(policy.name, "policy", scenario)
+        name, text = policy.path, policy.text
     run.affinity = affinity is not None
     run.settled = settle
     clock = _Clock(START)
-    name, text = scenario.policy_text(strategy, explore, affinity)
     # every outcome counts from the next decision on (no snapshot age): what a simulation
     # shows does not hang on how the simulated arrivals fall against the refresh interval
     engine = PolicyEngine.from_text(
@@ -336,6 +354,7 @@ def run_strategy(
     bad = bad_answers(scenario)
     regions = {m.key: m.regions for m in models}
     rng = outcome_rng(scenario.seed)
+    answers = answer_rng(scenario.seed)
     cache = PromptCache(providers, models)
     pending: list[tuple[float, int, Any, float, bool, float, int, int, int]] = []
     record = engine.record
@@ -375,8 +394,11 @@ def run_strategy(
                     )
             clock.now = a.at
             z, u = rng.gauss(0.0, 1.0), rng.random()
+            v = answers.random()
             t = a.template
             request = dict(t.fields)
+            if a.variant >= 0:
+                request["messages"] = list(t.bodies[a.variant])
             request["id"] = f"sim-{seed}-{a.index}"
             if a.user is not None:
                 request["user"] = a.user
@@ -417,7 +439,7 @@ def run_strategy(
             run.chosen[a.index] = index
             run.latency_ms[a.index] = latency
             run.ok[a.index] = ok
-            run.bad[a.index] = ok and bad[t][index]
+            run.bad[a.index] = ok and v < bad[t][index]
             run.cost[a.index] = cost
             run.cached[a.index] = cached
             run.explored[a.index] = decision.explored

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,6 +29,7 @@ from engine.diagnostics import PolicyError, did_you_mean
 from engine.errors import PolicyctlError
 from engine.resources import default_catalog_path
 from engine.routing.request import Request, RequestError, env_of
+from engine.simulate.content import ContentError, ContentSpec, bodies
 from engine.simulate.world import Provider, ProviderSpec, SessionSpec, Template, capable
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
@@ -41,6 +42,10 @@ DEFAULT_STRATEGIES = (
     "round-robin",
     "failover",
 )
+# the baselines' rows (run.py runs them; a policy row may not take their names)
+RANDOM_ROW = "random"
+SONNET_ROW = "always sonnet"
+ORACLE_ROW = "oracle"
 MAX_REQUESTS = 1_000_000
 MAX_USERS = 1_000_000
 # a pool of users: a whole number (`users: true` is not one, so no lax conversion)
@@ -79,6 +84,7 @@ class _TrafficSpec(BaseModel):
     min_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # a good answer's quality
     users: Users | None = None  # this template's pool of users (instead of the scenario's)
     session: SessionSpec | None = None  # an agent: each draw starts a session of turns
+    content: ContentSpec | None = None  # prompt content: bodies with these features
 
 
 class _ScenarioSpec(BaseModel):
@@ -95,7 +101,12 @@ class _ScenarioSpec(BaseModel):
     routes: str = ""  # routes (any top-level statements), after `defaults`
     limits: str = ""
     catalog: str | None = None  # relative to the scenario file; default: the packaged one
-    default_quality: Annotated[float, Field(ge=0, le=1)] | None = None  # models without one
+    # the true quality of models without one: a score, or `catalog` (their catalog score)
+    default_quality: Annotated[float, Field(ge=0, le=1)] | Literal["catalog"] | None = None
+    # the logistic scale of bad answers under the need (0: every one under it is bad)
+    quality_spread: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # whole policies to run as rows, by name: a policy file, relative to the scenario
+    policies: dict[str, str] = {}
     users: Users | None = None  # each request's `user` drawn from u000 … u(N-1)
     # `5% budget $0.50 per 1h`: each strategy runs twice, as written and with `explore …`
     explore: str | None = None
@@ -119,6 +130,48 @@ class _Embedded:
 
 
 _BLOCKS = ("policy", "routes", "limits")
+
+
+def run_specs(
+    strategies: Sequence[str], explore: str | None, affinity: str | None, settlement: bool
+) -> tuple[RunSpec, ...]:
+    """The engine runs, in order: each strategy as written, then with `explore` (when
+    given), each of those without and then with `affinity` (when given), and each of those
+    settled and then unsettled (`settlement`: compare_settlement)."""
+    explores = (None,) if explore is None else (None, explore)
+    affinities = (None,) if affinity is None else (None, affinity)
+    settles = (True, False) if settlement else (True,)
+    return tuple(
+        RunSpec(s, e, a, settle)
+        for s in strategies
+        for e in explores
+        for a in affinities
+        for settle in settles
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRun:
+    """A whole policy run as a row: its name in the report, its file, and its text with
+    the scenario's `catalog` added (on a line of its own after the file's last)."""
+
+    name: str
+    path: str  # as the scenario names it, relative to the scenario file
+    text: str
+
+
+def true_quality(
+    provider: Provider, model: Any, template: str, default: float | str | None
+) -> float | None:
+    """A model's true quality for `template`: its provider's `quality`, else the default
+    (`catalog`: its catalog score for a task named as the template, else its overall)."""
+    if default != "catalog":
+        return provider.quality_for(template, default if isinstance(default, float) else None)
+    found = provider.quality_for(template, None)
+    if found is not None or model is None or model.quality is None:
+        return found
+    task = model.quality.score(template)
+    return task if task is not None else model.quality.overall
 
 
 class RunSpec(NamedTuple):
@@ -157,29 +210,25 @@ class Scenario:
     catalog_path: Path
     embedded: _Embedded | None = field(default=None, repr=False)
     routes: str = ""
-    default_quality: float | None = None  # the true quality of a model without one
+    # the true quality of a model without one: a score, or "catalog" (its catalog score)
+    default_quality: float | str | None = None
     explore: str | None = None  # `5% budget $0.50 per 1h`: each strategy also runs with it
     affinity: str | None = None  # `by request.KEY for D`: each run also runs with it
     compare_settlement: bool = False  # each run also runs unsettled
+    quality_spread: float = 0.0  # the logistic scale of bad answers (world.bad_chance)
+    policies: tuple[PolicyRun, ...] = ()  # whole policies run as rows, after the strategies
 
     def runs(self) -> tuple[RunSpec, ...]:
         """The engine runs, in order: each strategy as written, then with `explore` (when
         the scenario gives it), each of those without and then with `affinity` (when
         given), and each of those settled and then unsettled (`compare_settlement`)."""
-        explores = (None,) if self.explore is None else (None, self.explore)
-        affinities = (None,) if self.affinity is None else (None, self.affinity)
-        settles = (True, False) if self.compare_settlement else (True,)
-        return tuple(
-            RunSpec(s, e, a, settle)
-            for s in self.strategies
-            for e in explores
-            for a in affinities
-            for settle in settles
-        )
+        return run_specs(self.strategies, self.explore, self.affinity, self.compare_settlement)
 
     def quality(self, key: str, template: Template) -> float | None:
         """The true quality of model `key`'s answers to `template` (None: not known)."""
-        return self.providers[key].quality_for(template.name, self.default_quality)
+        provider, _, name = key.partition("/")
+        model = self.catalog.find(provider, name)
+        return true_quality(self.providers[key], model, template.name, self.default_quality)
 
     def policy_text(
         self, strategy: str, explore: str | None = None, affinity: str | None = None
@@ -423,8 +472,9 @@ def _unknown_model(key: str, catalog: Catalog) -> str:
     return f"unknown model; {provider} models: " + ", ".join(f"`{m.id}`" for m in models)
 
 
-def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str]]:
-    """A traffic entry: the simulator's fields, and request fields checked as a request."""
+def _template(source: str, i: int, item: Any, seed: Any = 0) -> tuple[Template | None, list[str]]:
+    """A traffic entry: the simulator's fields, and request fields checked as a request.
+    With `content`, its bodies are written (seeded by the scenario's `seed`)."""
     where = f"{source}: field `traffic[{i}]"
     if not isinstance(item, dict):
         return None, [f"{where}`: expected a mapping of fields"]
@@ -443,6 +493,14 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
         errors.append(
             f"{where}.metadata.session_id`: given per session by the simulator; remove it"
         )
+    if "content" in own:
+        for name in ("messages", "prompt", "input_tokens"):
+            if name in fields:
+                errors.append(
+                    f"{where}.{name}`: `content` writes the prompt and its size; remove one"
+                )
+        if "session" in own:
+            errors.append(f"{where}.content`: a template with a `session` has no `content`")
     if "user" in fields and "users" in own:
         errors.append(
             f"{where}.users`: the template gives one `user`; remove `user` to draw users"
@@ -468,6 +526,18 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
         return None, errors
     if errors:
         return None, errors
+    written: tuple[Any, ...] = ()
+    tokens: tuple[int, ...] = ()
+    if spec.content is not None:
+        try:
+            written = bodies(spec.content, f"{seed}:{spec.name or i}")
+        except ContentError as err:
+            return None, [f"{where}.content`: cannot write prompts with these features: {err}"]
+        tokens = tuple(
+            int(env_of({**fields, "id": "template", "messages": list(b)})["input_tokens"])
+            for b in written
+        )
+        env = {**env, "input_tokens": max(tokens)}
     needs = {
         name
         for name, flag in (
@@ -499,6 +569,8 @@ def _template(source: str, i: int, item: Any) -> tuple[Template | None, list[str
             max_latency_ms=env["max_latency_ms"],
             users=spec.users,
             session=spec.session,
+            bodies=written,
+            body_tokens=tokens,
         ),
         [],
     )
@@ -539,9 +611,11 @@ def _unknown_quality(
     templates: Sequence[Template],
     catalog: Catalog,
     providers: Mapping[str, Provider],
+    default: str | None = None,
 ) -> list[str]:
     """A template with `min_quality` needs the true quality of every model that can serve
-    it: from the model's `quality`, else the scenario's `default_quality`."""
+    it: from the model's `quality`, else the scenario's `default_quality` (`catalog`: the
+    model's catalog score)."""
     out = []
     for t in templates:
         if t.min_quality is None:
@@ -549,7 +623,7 @@ def _unknown_quality(
         unknown = [
             m.key
             for m in catalog.models
-            if capable(m, t) and providers[m.key].quality_for(t.name, None) is None
+            if capable(m, t) and true_quality(providers[m.key], m, t.name, default) is None
         ]
         if unknown:
             shown = ", ".join(f"`{k}`" for k in unknown[:3])
@@ -559,6 +633,14 @@ def _unknown_quality(
                 if len(unknown) == 1
                 else (f"{len(unknown)} models that can serve it have")
             )
+            if default == "catalog":
+                out.append(
+                    f"{source}: field `default_quality`: template `{t.name}` sets"
+                    f" `min_quality` and {models} no catalog `quality` and no `quality` for"
+                    f" it ({shown}{more}); give them one under `providers`, or a score in"
+                    " the catalog"
+                )
+                continue
             out.append(
                 f"{source}: field `default_quality`: missing: template `{t.name}` sets"
                 f" `min_quality` and {models} no `quality` for it ({shown}{more}); give"
@@ -622,7 +704,7 @@ def load_scenario(
     templates: list[Template] = []
     raw_traffic = raw.get("traffic")
     for i, item in enumerate(raw_traffic if isinstance(raw_traffic, list) else ()):
-        template, problems = _template(source, i, item)
+        template, problems = _template(source, i, item, raw.get("seed", 0))
         errors += problems
         if template is not None:
             templates.append(template)
@@ -651,8 +733,13 @@ def load_scenario(
     for model in catalog.models:
         providers.setdefault(model.key, Provider.from_prior(model))
     providers = {m.key: providers[m.key] for m in catalog.models}  # catalog order
-    if spec is not None and spec.default_quality is None and len(errors) == before_providers:
-        errors += _unknown_quality(source, templates, catalog, providers)
+    if (
+        spec is not None
+        and spec.default_quality in (None, "catalog")
+        and len(errors) == before_providers
+    ):
+        default = spec.default_quality if isinstance(spec.default_quality, str) else None
+        errors += _unknown_quality(source, templates, catalog, providers, default)
 
     raw_strategies = raw.get("strategies")
     if strategies is not None:
@@ -679,6 +766,16 @@ def load_scenario(
         errors += _explore_errors(source, spec.explore, spec.policy, catalog_path)
     if spec is not None and spec.affinity is not None:
         errors += _affinity_errors(source, spec.affinity, spec.policy, catalog_path)
+    policies: list[PolicyRun] = []
+    if spec is not None:
+        specs = run_specs(chosen, spec.explore, spec.affinity, spec.compare_settlement)
+        taken = {*(r.name for r in specs), RANDOM_ROW, SONNET_ROW, ORACLE_ROW}
+        for name, named_path in spec.policies.items():
+            found, problems = _policy_run(source, p, name, named_path, catalog_path, taken)
+            errors += problems
+            if found is not None:
+                policies.append(found)
+                taken.add(name)
     if errors or spec is None:
         raise ScenarioError(errors)
     if spec.users is not None:  # the scenario's pool, for templates without a user or pool
@@ -706,7 +803,47 @@ def load_scenario(
         explore=spec.explore,
         affinity=spec.affinity,
         compare_settlement=spec.compare_settlement,
+        quality_spread=spec.quality_spread,
+        policies=tuple(policies),
     )
     name, policy = scenario.policy_text(chosen[0], spec.explore, spec.affinity)
     PolicyEngine.from_text(policy, name).close()  # a policy that does not check fails here
+    for run in policies:
+        PolicyEngine.from_text(run.text, run.path).close()
     return scenario
+
+
+_CATALOG_LINE = re.compile(r"^[ \t]*catalog\b", re.MULTILINE)
+
+
+def _policy_run(
+    source: str,
+    scenario_path: Path,
+    name: str,
+    named_path: str,
+    catalog_path: Path,
+    taken: set[str],
+) -> tuple[PolicyRun | None, list[str]]:
+    """`policies.NAME: FILE`: a policy file run as a row over the scenario's catalog."""
+    where = f"{source}: field `policies.{name}`"
+    if not name.strip() or name != name.strip():
+        return None, [f"{where}: a row name without spaces around it"]
+    if name in taken:
+        return None, [f"{where}: `{name}` is already a row of the report; name it otherwise"]
+    path = Path(os.path.normpath(scenario_path.parent / named_path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, [f"{where}: cannot read `{path}`: not UTF-8 text"]
+    except OSError as err:
+        return None, [f"{where}: cannot read `{path}`: {err.strerror}"]
+    found = _CATALOG_LINE.search(text)
+    if found is not None:
+        line = text.count("\n", 0, found.start()) + 1
+        return None, [
+            f"{where}: `{path}` names its own `catalog` (line {line}); a policy runs over"
+            " the scenario's catalog: remove the line, or give it as the scenario's `catalog`"
+        ]
+    body = text if text.endswith("\n") else text + "\n"
+    body += f"catalog {json.dumps(catalog_path.as_posix())}\n"
+    return PolicyRun(name, str(path), body), []

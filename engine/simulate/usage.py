@@ -113,7 +113,7 @@ def limit_usage(runs: Sequence[Run], arrivals: Sequence[Arrival]) -> list[dict[s
     """Per token or spend limit (by its text, in policy order): one row per strategy run."""
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
-        if run.kind != "strategy":
+        if run.kind == "baseline":
             continue
         limits = reported_limits(run)
         keyed = {(lim.scope, lim.unit, lim.key) for lim in limits if lim.key is not None}

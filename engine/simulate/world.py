@@ -268,6 +268,10 @@ class Template:
     max_latency_ms: float | None = None
     users: int | None = None  # draw each request's `user` from a pool of this many
     session: SessionSpec | None = None  # an agent: each draw starts a session of turns
+    # prompt content: the native `messages` bodies each arrival draws one of, and the
+    # input tokens the engine estimates for each (empty without `content`)
+    bodies: tuple[tuple[dict[str, str], ...], ...] = ()
+    body_tokens: tuple[int, ...] = ()
 
     @property
     def largest_input(self) -> int:
@@ -301,11 +305,15 @@ class Arrival:
     user: str | None = None  # drawn from the template's pool of `users` (None: no pool)
     session: str | None = None  # an agent session's id (`metadata.session_id`)
     turn: int = 0  # the turn of the session, from 0
+    variant: int = -1  # the template's body it sends (`Template.bodies`; -1: none)
 
     @property
     def input_tokens(self) -> int:
-        """The prompt's tokens: the template's, plus `grows_by` per earlier turn."""
+        """The prompt's tokens: its body's, else the template's plus `grows_by` per
+        earlier turn."""
         t = self.template
+        if self.variant >= 0:
+            return t.body_tokens[self.variant]
         return t.input_tokens + (self.turn * t.session.grows_by if t.session else 0)
 
 
@@ -316,12 +324,16 @@ def draw_arrivals(
     user drawn uniformly from the template's pool when it has `users` (from a generator of
     its own, so a pool changes neither the templates nor the times).
 
+    A template with prompt `content` sends one of its bodies, drawn uniformly from a
+    generator of its own (again, nothing else changes).
+
     A draw of a template with a `session` starts a session (`s0`, `s1`, … in order of
     start) whose turns follow at exponential gaps of mean `gap_s` (from a generator of
     their own), with the session's user; every turn counts as a request. Without sessions
     the arrivals are exactly what they were before sessions existed."""
     rng = random.Random(f"{seed}:traffic")
     users_rng = random.Random(f"{seed}:users")
+    bodies_rng = random.Random(f"{seed}:bodies")
     gaps_rng = random.Random(f"{seed}:sessions")
     cumulative: list[float] = []
     total = 0.0
@@ -355,7 +367,8 @@ def draw_arrivals(
         user = None if pool is None else user_name(int(users_rng.random() * pool), pool)
         next_draw = None
         if template.session is None:
-            out.append(Arrival(len(out), now, template, user))
+            variant = int(bodies_rng.random() * len(template.bodies)) if template.bodies else -1
+            out.append(Arrival(len(out), now, template, user, variant=variant))
             continue
         heapq.heappush(due, (now, order, template, user, f"s{sessions}", 0))
         order += 1
@@ -396,3 +409,22 @@ def outcome_rng(seed: int) -> random.Random:
     """A run's own generator for outcome draws: one latency and one failure draw per request
     whatever the route, seeded alike for every run (common random numbers)."""
     return random.Random(f"{seed}:outcomes")
+
+
+def bad_chance(quality: float | None, needed: float | None, spread: float) -> float:
+    """The chance that an answer of true quality `quality` to a request that needs `needed`
+    is bad: 0 when it meets the need (or either is unknown); under it, with `spread` 0
+    (the default), 1; with a `spread` s > 0, a logistic in the gap g = needed − quality,
+    shifted and doubled so that it starts at 0 where the model meets the need:
+    2 / (1 + e^(−g/s)) − 1 (= tanh(g / 2s)): 46% at g = s, 76% at 2s, 96% at 4s."""
+    if quality is None or needed is None or quality >= needed:
+        return 0.0
+    if spread <= 0:
+        return 1.0
+    return 2.0 / (1.0 + math.exp(-(needed - quality) / spread)) - 1.0
+
+
+def answer_rng(seed: int) -> random.Random:
+    """A run's own generator for the bad-answer draws: one per request whatever the route,
+    seeded alike for every run (two runs that send a request to the same model agree)."""
+    return random.Random(f"{seed}:answers")
