@@ -72,6 +72,15 @@ PROMPT_FEATURES: dict[str, FieldType] = {
 }
 # `request.complexity`: 0-1, a weighted sum over the prompt features (docs/language.md)
 COMPLEXITY_FIELD = "complexity"
+# `request.features.<name>`: a classifier plugin's value (`engine.wire.plugins`; its type is
+# the plugin's registration: `PLUGIN_TYPES` maps the Python type it declares)
+FEATURES_FIELD = "features"
+PLUGIN_TYPES: dict[type, FieldType] = {
+    bool: (Unit.BOOL, None),
+    int: (Unit.COUNT, None),
+    float: (Unit.COUNT, None),
+    str: (Unit.STRING, None),
+}
 DERIVED_FIELDS: dict[str, FieldType] = {
     **{f"{TEXT_FIELD}.{name}": t for name, t in PROMPT_FEATURES.items()},
     COMPLEXITY_FIELD: (Unit.COUNT, None),
