@@ -36,6 +36,7 @@ from time import perf_counter_ns
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from engine.errors import PolicyctlError
 from engine.wire.features import EMPTY, SYSTEM, Conversation, FeatureValue, Turn, conversation_of
 
 GROUP = "policyctl.features"  # the entry point group plugins register under
@@ -54,8 +55,9 @@ Value = bool | int | float | str
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class FeatureDeclarationError(TypeError):
-    """`@feature(…)` with a type, timeout or fallback it cannot take (raised at import)."""
+class FeatureDeclarationError(PolicyctlError, TypeError):
+    """`@feature(…)` with a type, timeout or fallback it cannot take (raised when the
+    plugin's module is imported: the checker reports it as E0294)."""
 
 
 @dataclass(frozen=True, slots=True)
