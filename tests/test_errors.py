@@ -61,6 +61,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.simulate.report.PlotUnavailable": EXIT_BAD_INPUT,
     "engine.simulate.scenario.ScenarioError": EXIT_BAD_INPUT,
     "engine.units.UnitError": EXIT_BAD_INPUT,
+    "engine.wire.plugins.FeatureDeclarationError": EXIT_BAD_INPUT,
     "engine.wire.record.WireError": EXIT_BAD_INPUT,
     "engine.yaml_positions.YamlSyntaxError": EXIT_BAD_INPUT,
 }
@@ -84,6 +85,7 @@ OTHER_BASES: dict[str, type[Exception]] = {
     "engine.limits.stores.base.StoreUnavailableError": RuntimeError,
     "engine.routing.request.RequestError": ValueError,
     "engine.units.UnitError": ValueError,
+    "engine.wire.plugins.FeatureDeclarationError": TypeError,
     "engine.wire.record.WireError": ValueError,
 }
 

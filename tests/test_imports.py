@@ -327,7 +327,7 @@ LAYERS: list[set[str]] = [
      "engine.resources", "engine.tokens", "engine.build"},
     {"engine.catalog", "engine.strategies", "engine.wire", "engine.editors",
      "engine.yaml_positions"},
-    {"engine.language"},
+    {"engine.language", "engine.features"},
     {"engine.analytics"},
     {"engine.limits"},
     {"engine.routing"},

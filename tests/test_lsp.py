@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ from engine.catalog.load import load_catalog
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.language import ast
 from engine.language.parser import parse
-from engine.language.schema import REQUEST_FIELDS
+from engine.language.schema import PROMPT_FEATURES, REQUEST_FIELDS
 from engine.lsp import knowledge
+from engine.wire.features import COMPLEXITY_TERMS
+from engine.wire.plugins import GROUP, Registry, using
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60.0  # the longest a test waits for the server's diagnostics
@@ -688,3 +691,63 @@ def test_without_pygls_lsp_names_the_extra_and_exits_2(tmp_path: Path) -> None:
     )
     assert helped.returncode == 0
     assert "pip install 'policyctl[lsp]'" in helped.stdout
+
+
+def test_completion_and_hover_of_the_prompt_features_and_complexity() -> None:
+    labels = _labels("route r when request.")
+    assert {"text", "complexity", "features", "metadata"} <= set(labels)
+    found = knowledge.completions("route r when request.text.", 27, None).items
+    by_label = {c.label: c.detail for c in found}
+    assert list(by_label) == list(PROMPT_FEATURES)
+    assert by_label["code"] == "boolean: a code block or code lines in the recent turns"
+    assert by_label["script"].startswith("string: the last turn's dominant script")
+    assert _labels("route r when request.text.co") == list(PROMPT_FEATURES)
+    line = "route r when request.text.multi_step and request.complexity > 0.5 {"
+    shown = knowledge.hover(line, line.index("multi_step"), None)
+    assert shown is not None
+    assert shown.markdown.startswith("`request.text.multi_step`: boolean, a prompt feature:")
+    shown = knowledge.hover(line, line.index("complexity"), None)
+    assert shown is not None and shown.markdown.startswith("`request.complexity`: number (0-1)")
+
+
+def test_completion_of_the_complexity_terms_not_yet_given() -> None:
+    assert _labels("    complexity(") == list(COMPLEXITY_TERMS)
+    assert _labels("    complexity(code: 0.6, len") == [t for t in COMPLEXITY_TERMS if t != "code"]
+    found = knowledge.completions("    complexity(ma", 17, None)
+    assert found.start == 15
+    assert "math: " in [c.insert for c in found.items]
+    assert {c.detail for c in found.items if c.label == "length"} == {
+        f"complexity term: {COMPLEXITY_TERMS['length'].doc}"
+    }
+
+
+def test_completion_and_hover_of_the_registered_plugins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lsp_plugins.py").write_text(
+        "from engine.features import feature\n\n"
+        "@feature(type=str, fallback='general')\n"
+        "def topic(request):\n"
+        '    """A coarse topic of the last message."""\n'
+        "    return 'general'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [
+        EntryPoint("topic", "lsp_plugins:topic", GROUP),
+        EntryPoint("gone", "lsp_no_such_module:f", GROUP),
+    ]
+    with using(Registry(points)):
+        found = knowledge.completions("route r when request.features.", 30, None).items
+        by_label = {c.label: c.detail for c in found}
+        assert list(by_label) == ["gone", "topic"]
+        assert by_label["topic"] == (
+            "string: A coarse topic of the last message. (plugin `lsp_plugins:topic`)"
+        )
+        assert by_label["gone"].startswith("cannot be used: ModuleNotFoundError")
+        line = 'route r when request.features.topic == "law" {'
+        shown = knowledge.hover(line, line.index("topic"), None)
+        assert shown is not None and shown.markdown.startswith(
+            "`request.features.topic`: string: A coarse topic"
+        )
+    sys.modules.pop("lsp_plugins", None)
+    assert _labels("route r when request.features.") == []  # none installed here

@@ -372,6 +372,17 @@ def _feature_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
     for name, value in step["values"].items():
         shown = "yes" if value is True else "no" if value is False else str(value)
         rows.append(("feature", f"request.text.{name} = {shown}"))
+    for called in step.get("plugins", ()):
+        value = called["value"]
+        shown = "yes" if value is True else "no" if value is False else str(value)
+        why = f", fallback: {called['error']} {called['detail'] or ''}".rstrip()
+        rows.append(
+            (
+                "plugin",
+                f"request.features.{called['name']} = {shown}"
+                f" ({called['us']:g}µs{why if called['error'] else ''})",
+            )
+        )
     made = step["complexity"]
     if made is not None:
         terms = " + ".join(f"{p['term']} {p['value']:g} × {p['weight']:g}" for p in made["parts"])

@@ -20,9 +20,11 @@ from engine.language.parser import reference
 from engine.language.schema import (
     COMPLEXITY_FIELD,
     DERIVED_FIELDS,
+    FEATURES_FIELD,
     MEASURED_ATTRS,
     METADATA_FIELD,
     MODEL_ATTRS,
+    PLUGIN_TYPES,
     QUALITY,
     QUALITY_TASK,
     REQUEST_FIELDS,
@@ -41,6 +43,7 @@ from engine.strategies import STRATEGIES
 from engine.units import format_day
 from engine.vocabulary import CONCURRENT, LIMIT_UNITS, STANDARD_SCOPES, Unit
 from engine.wire.features import COMPLEXITY_TERMS, MAX_WEIGHT
+from engine.wire.plugins import GROUP, Broken, active
 
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
@@ -1043,6 +1046,8 @@ class Checker:
                     "metadata values are strings, numbers or booleans",
                 )
                 return None
+            if rest[0] == FEATURES_FIELD:
+                return self._plugin(path, rest)
             table = _REQUEST_TABLE  # the request's own fields and the derived ones
             names = [*REQUEST_FIELDS, "metadata", *DERIVED_FIELDS]
         else:
@@ -1070,6 +1075,42 @@ class Checker:
             else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in _shown_fields(names)),
         )
         return None
+
+    def _plugin(self, path: ast.Path, rest: tuple[str, ...]) -> FieldType | None:
+        """`request.features.<name>`: a registered classifier plugin, typed by its
+        registration (E0293 unknown, E0294 registered but unusable)."""
+        registry = active()
+        names = registry.names()
+        if len(rest) != 2:
+            self.error(
+                "E0293",
+                "a classifier plugin is read by its name: `request.features.<name>`",
+                path.span,
+                _plugins_help(names),
+            )
+            return None
+        name = rest[1]
+        found = registry.get(name)
+        if found is None:
+            guess = did_you_mean(name, names)
+            self.error(
+                "E0293",
+                f"no classifier plugin `{name}` is registered",
+                path.span,
+                f"did you mean `request.features.{guess}`?" if guess else _plugins_help(names),
+            )
+            return None
+        if isinstance(found, Broken):
+            self.error(
+                "E0294",
+                f"classifier plugin `{name}` (entry point `{name} = {found.entry}`) cannot be"
+                f" used: {found.error}",
+                path.span,
+                "fix or reinstall the plugin's package (docs/features.md), or stop reading"
+                f" `request.features.{name}`",
+            )
+            return None
+        return PLUGIN_TYPES[found.spec.type]
 
     def _quality_task(self, path: ast.Path, task: str) -> FieldType | None:
         """`model.quality.<task>`: a task some catalog model has a score for (null on the
@@ -1553,6 +1594,15 @@ def _setting_hint(want: Unit, value: ast.Literal) -> str:
     if want is Unit.DURATION and value.unit is Unit.COUNT:
         return f"durations carry a unit: write `{value.text}h`, `{value.text}m` or `{value.text}s`"
     return f"write it like {_EXAMPLES[want]}"
+
+
+def _plugins_help(names: list[str]) -> str:
+    if not names:
+        return (
+            f"no plugin is registered under the entry point group `{GROUP}`;"
+            " docs/features.md shows how to write one"
+        )
+    return "registered plugins: " + ", ".join(f"`{n}`" for n in names)
 
 
 def _shown_fields(names: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ from engine.language.program import (
 )
 from engine.language.schema import (
     COMPLEXITY_FIELD,
+    FEATURES_FIELD,
     MEASURED_ATTRS,
     PROMPT_FEATURES,
     QUALITY,
@@ -47,6 +48,7 @@ from engine.language.signals import DEFAULT_OVER_MS, SIGNALS, SignalSpec, subjec
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_LEASE_MS, SCOPE_KEY_FIELD, Unit
 from engine.wire.features import DEFAULT_WEIGHTS, Weights, conversation_of, reads_of, weights_with
+from engine.wire.plugins import Plugin, active
 
 # the complexity weights `request.complexity` is compiled with: the policy's (its `defaults`
 # `complexity(…)`) while `compile_program` runs, the defaults for any other compilation
@@ -104,11 +106,29 @@ def _path_getter(path: ast.Path) -> Fn:
     if rest[0] == TEXT_FIELD and len(rest) == 2:  # a prompt feature, derived on first read
         feature = rest[1]
         return lambda r, m: conversation_of(r).feature(feature)
+    if rest[0] == FEATURES_FIELD:  # a classifier plugin, run on first read (checked: loaded)
+        return plugin(rest[1]).read
     if rest[0] == COMPLEXITY_FIELD:
         weights = COMPLEXITY_WEIGHTS.get()
         return lambda r, m: conversation_of(r).complexity(weights)
     rkey = rest[0]
     return lambda r, m: r[rkey]
+
+
+def plugin(name: str) -> Plugin:
+    """The loaded classifier plugin `name` of the active registry (the checker refused a
+    policy reading one that is missing or broken)."""
+    found = active().get(name)
+    if not isinstance(found, Plugin):
+        raise LookupError(f"classifier plugin `{name}` is not loaded")  # the checker's E0293
+    return found
+
+
+def plugins_read(paths: frozenset[str]) -> tuple[Plugin, ...]:
+    """The classifier plugins a policy reading `paths` runs (`request.features.*`), by name."""
+    prefix = f"request.{FEATURES_FIELD}."
+    names = sorted(p.removeprefix(prefix) for p in paths if p.startswith(prefix))
+    return tuple(plugin(n) for n in names)
 
 
 def _literal_value(expr: ast.Expr) -> tuple[bool, Any]:
@@ -225,7 +245,12 @@ def _eq_path_const(path: ast.Path, value: Any) -> Pred:
     if isinstance(value, bool):  # True == 1 in Python: compare identity for booleans
         get = _path_getter(path)
         return lambda r, m: get(r, m) is value
-    if root == "request" and rest[0] not in ("metadata", TEXT_FIELD, COMPLEXITY_FIELD):
+    if root == "request" and rest[0] not in (
+        "metadata",
+        TEXT_FIELD,
+        COMPLEXITY_FIELD,
+        FEATURES_FIELD,
+    ):
         key = rest[0]
         return lambda r, m: r[key] == value
     get = _path_getter(path)
@@ -856,6 +881,7 @@ def _compile_program(
         request_paths=paths,
         alerts=alerts,
         prompt_features=features,
+        plugins=plugins_read(paths),
         complexity_weights=weights,
         reads_complexity=reads_complexity,
     )

@@ -17,6 +17,7 @@ from engine.strategies import DEFAULT_STRATEGY, STRATEGIES, Rank, RouteFacts, Ro
 from engine.strategies.weighted import DEFAULT_FACTORS, factor_weights
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire.features import DEFAULT_WEIGHTS, Weights
+from engine.wire.plugins import Plugin
 
 Env = Mapping[str, Any]
 Fn = Callable[[Env, Mapping[str, Any] | None], Any]
@@ -546,6 +547,8 @@ class Program:
     # the weights `request.complexity` is compiled with, and whether the policy reads it
     complexity_weights: Weights = DEFAULT_WEIGHTS
     reads_complexity: bool = False
+    # the classifier plugins (`request.features.*`) the policy set reads, by name
+    plugins: tuple[Plugin, ...] = ()
     # the routes tried in file order: every route but the arms of a split
     dispatch: tuple[CompiledRoute, ...] = field(init=False, repr=False, compare=False)
     # an experiment's arm routes by name, in its split's order

@@ -70,8 +70,30 @@ PROMPT_FEATURES: dict[str, FieldType] = {
     "system_reasoning": (Unit.BOOL, None),  # a system prompt asks for reasoning
     "system_json": (Unit.BOOL, None),  # a system prompt asks for JSON
 }
+# what each prompt feature means, in one line (editor hovers and completions)
+PROMPT_FEATURE_DOCS: dict[str, str] = {
+    "tokens": "the conversation's text, in tokens",
+    "last_tokens": "the last turn's text, in tokens",
+    "turns": "the messages other than system prompts",
+    "code": "a code block or code lines in the recent turns",
+    "math": "math in the last turn (symbols, LaTeX, equations, math words)",
+    "multi_step": "the last turn asks for multi-step work (prove, design, step by step, …)",
+    "tool_results": "a tool's result is in the conversation",
+    "script": 'the last turn\'s dominant script: "latin", "cjk", "cyrillic", … or "none"',
+    "system_reasoning": "a system prompt asks for reasoning (step by step, …)",
+    "system_json": "a system prompt asks for JSON",
+}
 # `request.complexity`: 0-1, a weighted sum over the prompt features (docs/language.md)
 COMPLEXITY_FIELD = "complexity"
+# `request.features.<name>`: a classifier plugin's value (`engine.wire.plugins`; its type is
+# the plugin's registration: `PLUGIN_TYPES` maps the Python type it declares)
+FEATURES_FIELD = "features"
+PLUGIN_TYPES: dict[type, FieldType] = {
+    bool: (Unit.BOOL, None),
+    int: (Unit.COUNT, None),
+    float: (Unit.COUNT, None),
+    str: (Unit.STRING, None),
+}
 DERIVED_FIELDS: dict[str, FieldType] = {
     **{f"{TEXT_FIELD}.{name}": t for name, t in PROMPT_FEATURES.items()},
     COMPLEXITY_FIELD: (Unit.COUNT, None),

@@ -20,12 +20,26 @@ from engine.catalog.views import day
 from engine.diagnostics import PolicyError, Span
 from engine.language import ast
 from engine.language.parser import parse
-from engine.language.schema import METADATA_FIELD, MODEL_ATTRS, QUALITY, REQUEST_FIELDS, FieldType
+from engine.language.schema import (
+    COMPLEXITY_FIELD,
+    FEATURES_FIELD,
+    METADATA_FIELD,
+    MODEL_ATTRS,
+    PLUGIN_TYPES,
+    PROMPT_FEATURE_DOCS,
+    PROMPT_FEATURES,
+    QUALITY,
+    REQUEST_FIELDS,
+    TEXT_FIELD,
+    FieldType,
+)
 from engine.language.signals import SIGNALS, subject_words
 from engine.resources import grammar_path
 from engine.strategies import STRATEGIES
 from engine.units import format_duration, format_money
 from engine.vocabulary import STANDARD_SCOPES
+from engine.wire.features import COMPLEXITY_TERMS
+from engine.wire.plugins import Broken, active
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,8 @@ _MODEL_AT = re.compile(rf"\b(prefer|exclude|fallback)\s+(?:{_PART}(?:/{_PART})?\
 _STRATEGY_AT = re.compile(r"\bstrategy\s+([\w-]*)$")
 # a factor's name: after `strategy NAME(` or a `,` inside its parentheses
 _FACTOR_AT = re.compile(r"\bstrategy\s+([\w-]+)\s*\(([^()]*,)?\s*(\w*)$")
+# a complexity term: after `complexity(` or a `,` inside its parentheses (in `defaults`)
+_TERM_AT = re.compile(r"\bcomplexity\s*\(([^()]*,)?\s*(\w*)$")
 _CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
 _LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
 _ALERT_HEAD = r'\balert\s+"(?:[^"\\\n]|\\.)*"\s+when\s+'
@@ -175,6 +191,14 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
             if f not in given
         ]
         return Completions(line_start + found.start(3), tuple(items))
+    if found := _TERM_AT.search(before):
+        given = set(re.findall(r"(\w+)\s*:", found.group(1) or ""))
+        items = [
+            Completion(t, "factor", f"complexity term: {term.doc}", f"{t}: ")
+            for t, term in COMPLEXITY_TERMS.items()
+            if t not in given
+        ]
+        return Completions(line_start + found.start(2), tuple(items))
     if found := _STRATEGY_AT.search(before):
         items = [Completion(n, "strategy", _strategy_detail(n), n) for n in STRATEGIES]
         return Completions(line_start + found.start(1), tuple(items))
@@ -259,11 +283,25 @@ def _outside_strings(line: str) -> str:
 
 def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[Completion]:
     if root == "request":
+        if middle == f"{TEXT_FIELD}.":
+            return [
+                Completion(n, "field", f"{_type(t)}: {PROMPT_FEATURE_DOCS[n]}", n)
+                for n, t in PROMPT_FEATURES.items()
+            ]
+        if middle == f"{FEATURES_FIELD}.":
+            return [Completion(n, "field", _plugin_detail(n), n) for n in active().names()]
         if middle:
             return []  # `request.metadata.<key>`: any key
         fields = [Completion(name, "field", _type(t), name) for name, t in REQUEST_FIELDS.items()]
         metadata = Completion(METADATA_FIELD, "field", "request.metadata.<key>", "metadata.")
-        return [*fields, metadata]
+        derived = [
+            Completion(TEXT_FIELD, "field", "request.text.<feature>: a prompt feature", "text."),
+            Completion(COMPLEXITY_FIELD, "field", _COMPLEXITY_DOC, COMPLEXITY_FIELD),
+            Completion(
+                FEATURES_FIELD, "field", "request.features.<name>: a classifier plugin", "features."
+            ),
+        ]
+        return [*fields, metadata, *derived]
     if middle == f"{QUALITY}.":
         tasks = catalog.quality_tasks() if catalog is not None else ()
         return [Completion(t, "field", "number (0-1)", t) for t in tasks]
@@ -278,6 +316,20 @@ def _path_completions(root: str, middle: str, catalog: Catalog | None) -> list[C
         items = [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
         return [*items, group]
     return [Completion(name, "field", _type(t), name) for name, t in attrs.items()]
+
+
+_COMPLEXITY_DOC = "number (0-1): how hard the request looks, a weighted sum of prompt features"
+
+
+def _plugin_detail(name: str) -> str:
+    """A registered plugin's type and meaning (its registration's), or why it is unusable."""
+    found = active().get(name)
+    if found is None:
+        return "not registered"
+    if isinstance(found, Broken):
+        return f"cannot be used: {found.error}"
+    doc = f": {found.spec.doc}" if found.spec.doc else ""
+    return f"{_type(PLUGIN_TYPES[found.spec.type])}{doc} (plugin `{found.entry}`)"
 
 
 def _model_completions(typed: str, catalog: Catalog | None, bare: bool) -> list[Completion]:
@@ -475,6 +527,17 @@ def _field_hover(root: str, name: str, catalog: Catalog | None) -> str | None:
     if root == "request":
         if name.startswith(METADATA_FIELD + "."):
             return f"`request.{name}`: any scalar, from the request's metadata"
+        head, _, rest = name.partition(".")
+        if head == TEXT_FIELD and rest in PROMPT_FEATURES:
+            return (
+                f"`request.{name}`: {_type(PROMPT_FEATURES[rest])}, a prompt feature:"
+                f" {PROMPT_FEATURE_DOCS[rest]}"
+            )
+        if head == FEATURES_FIELD and rest and "." not in rest:
+            return f"`request.{name}`: {_plugin_detail(rest)}"
+        if name == COMPLEXITY_FIELD:
+            weights = "`defaults { complexity(…) }` sets the weights"
+            return f"`request.{name}`: {_COMPLEXITY_DOC}; {weights}"
         field = REQUEST_FIELDS.get(name)
         if field is None:
             return None

@@ -73,6 +73,7 @@ from engine.units import format_day, format_duration, format_exact_money, format
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
 from engine.wire.features import complexity_parts, conversation_of
+from engine.wire.plugins import Outcome
 
 MAX_ALTERNATIVES = 3
 NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
@@ -1047,7 +1048,7 @@ def _evaluate(
                 "derived": [d.to_dict() for d in env["wire"].derivations()],
             }
         )
-    if trace is not None and program.prompt_features:
+    if trace is not None and (program.prompt_features or program.plugins):
         trace.append(_features_step(program, env))
     if program.denies:
         for rule in program.denies:  # before routing: no route, no limit is consumed
@@ -1356,6 +1357,7 @@ def _features_step(program: Program, env: Mapping[str, Any]) -> dict[str, Any]:
         "step": "features",
         "values": {name: conv.feature(name) for name in sorted(program.prompt_features)},
         "complexity": None,
+        "plugins": [_plugin_entry(p.name, p.outcome(env)) for p in program.plugins],
     }
     if program.reads_complexity:
         weights = program.complexity_weights
@@ -1364,6 +1366,18 @@ def _features_step(program: Program, env: Mapping[str, Any]) -> dict[str, Any]:
             "parts": [p.to_dict() for p in complexity_parts(conv, weights)],
         }
     return step
+
+
+def _plugin_entry(name: str, outcome: Outcome) -> dict[str, Any]:
+    """One classifier plugin's call in the features step: its value, µs, and why its
+    fallback was used (null: its own value)."""
+    return {
+        "name": name,
+        "value": outcome.value,
+        "us": outcome.us,
+        "error": outcome.error,
+        "detail": outcome.detail or None,
+    }
 
 
 def _armed(decision: Decision, experiment: str | None) -> Decision:

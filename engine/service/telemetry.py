@@ -39,6 +39,7 @@ from engine.limits.limiter import event_scope
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets, StoreUnavailableError
 from engine.routing.decision import Denial
+from engine.wire.plugins import BUCKETS_S as PLUGIN_BUCKETS_S
 
 # seconds: the decision inside the service, and a whole request (body read to last byte)
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
@@ -190,6 +191,7 @@ class Telemetry:
         yield _inflight_family(engine)
         yield from _settlement_families(engine)
         yield from _waiting_families(engine)
+        yield from _plugin_families(engine)
         requests = HistogramMetricFamily(
             "policyctl_http_request_duration_seconds",
             "HTTP requests by route template, method and status: from the app's start on the"
@@ -309,6 +311,34 @@ def _alert_families(engine: PolicyEngine) -> Iterator[Metric]:
     for result in ("sent", "failed", "dropped"):
         deliveries.add_metric((result,), float(getattr(sent, result)))
     yield deliveries
+
+
+def _plugin_families(engine: PolicyEngine) -> Iterator[Metric]:
+    """The classifier plugins the loaded policy reads: their calls' seconds and the calls
+    that gave the fallback, by reason (labels: the plugin names the policy reads, and the
+    three reasons)."""
+    seconds = HistogramMetricFamily(
+        "policyctl_feature_seconds",
+        "Calls of a classifier plugin (request.features.NAME), in seconds, since the start.",
+        labels=("feature",),
+    )
+    errors = CounterMetricFamily(
+        "policyctl_feature_errors_total",
+        "Classifier plugin calls that gave the fallback value: error (raised), type (a"
+        " value of another type), timeout (over its timeout_ms).",
+        labels=("feature", "reason"),
+    )
+    for plugin in engine.program.plugins:
+        stats = plugin.stats
+        seconds.add_metric(
+            [plugin.name],
+            _cumulative(PLUGIN_BUCKETS_S, [float(n) for n in stats.buckets]),
+            stats.seconds,
+        )
+        for reason, n in stats.errors.items():
+            errors.add_metric([plugin.name, reason], n)
+    yield seconds
+    yield errors
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:

@@ -1,0 +1,412 @@
+"""Classifier plugins: `request.features.NAME`, a user's Python function over a request.
+
+A plugin is a function registered under the entry point group `policyctl.features` (one
+entry per feature, `NAME = "module:function"`) and marked by `@feature(type=…)` (the public
+import is `engine.features`), which declares its value's type, its time budget and the
+value it falls back to. docs/features.md is the user's guide.
+
+- Discovery: the entry points are listed once per process, when a checked policy first
+  reads `request.features.*` (`installed()`); a plugin is imported when a policy first
+  reads it (`Registry.get`). A plugin that fails to import, or is not a `@feature`, is kept
+  as a `Broken` entry: a policy that reads it is refused at load (the checker's E0294
+  names the entry point and the exception), a policy that does not still loads.
+- Per request: the compiled condition calls `Plugin.read`, which runs the function at most
+  once per request (the value is kept in the request's `Conversation` with the prompt
+  features) and only when a condition (or `--explain`) reads it.
+- Failure: a plugin that raises, returns a value of another type, or overruns its
+  `timeout_ms` gives its fallback value and counts an error (`PluginStats.errors`, reason
+  `error`, `type` or `timeout`); a decision never fails for it. The timeout is measured, not
+  enforced: the call runs inline (no thread per call), and a value that came too late is
+  replaced by the fallback, so a slow plugin is visible and does not steer routing.
+
+Standard library only: the router calls this per request.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from time import perf_counter_ns
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from engine.errors import PolicyctlError
+from engine.wire.features import EMPTY, SYSTEM, Conversation, FeatureValue, Turn, conversation_of
+
+GROUP = "policyctl.features"  # the entry point group plugins register under
+ATTRIBUTE = "__policyctl_feature__"  # where `@feature` puts a function's `FeatureSpec`
+DEFAULT_TIMEOUT_MS = 50.0
+TYPES: tuple[type, ...] = (bool, int, float, str)
+DEFAULT_FALLBACK: dict[type, FeatureValue] = {bool: False, int: 0, float: 0.0, str: ""}
+NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# the reasons an error is counted under (`policyctl_feature_errors_total{reason}`)
+ERROR, WRONG_TYPE, TIMEOUT = "error", "type", "timeout"
+REASONS = (ERROR, WRONG_TYPE, TIMEOUT)
+# seconds: the histogram of plugin calls (`policyctl_feature_seconds`)
+BUCKETS_S = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
+
+Value = bool | int | float | str
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FeatureDeclarationError(PolicyctlError, TypeError):
+    """`@feature(…)` with a type, timeout or fallback it cannot take (raised when the
+    plugin's module is imported: the checker reports it as E0294)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What `@feature` declares about a plugin function."""
+
+    type: type  # bool, int, float or str
+    timeout_ms: float
+    fallback: Value
+    doc: str  # one line: what the value means (the function's docstring's first line)
+
+
+def feature(
+    *,
+    type: type,  # the decorator's public keyword (shadows the builtin here)
+    timeout_ms: float = DEFAULT_TIMEOUT_MS,
+    fallback: Value | None = None,
+    doc: str | None = None,
+) -> Callable[[F], F]:
+    """Mark `function(request: RequestView) -> value` as a classifier plugin.
+
+    `type` is bool, int, float or str (what `request.features.NAME` is in a condition);
+    `timeout_ms` the call's budget; `fallback` the value when the call raises, returns
+    another type or overruns its budget (default: False, 0, 0.0 or "").
+    """
+    if type not in TYPES:
+        raise FeatureDeclarationError(
+            f"@feature(type={getattr(type, '__name__', type)!r}): the type is one of"
+            " bool, int, float, str"
+        )
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int | float) or timeout_ms <= 0:
+        raise FeatureDeclarationError(
+            f"@feature(timeout_ms={timeout_ms!r}): a positive number of milliseconds"
+        )
+    value = DEFAULT_FALLBACK[type] if fallback is None else fallback
+    checked = conform(type, value)
+    if checked is None:
+        raise FeatureDeclarationError(
+            f"@feature(type={type.__name__}, fallback={fallback!r}): the fallback is a"
+            f" {type.__name__}"
+        )
+
+    def mark(function: F) -> F:
+        line = doc
+        if line is None:
+            lines = (function.__doc__ or "").strip().splitlines()
+            line = lines[0].strip() if lines else ""
+        setattr(function, ATTRIBUTE, FeatureSpec(type, float(timeout_ms), checked, line))
+        return function
+
+    return mark
+
+
+def conform(kind: type, value: Any) -> Value | None:
+    """`value` as a `kind` (an int is a float's too), or None when it is not one."""
+    if kind is bool:
+        return value if value is True or value is False else None
+    if isinstance(value, bool):
+        return None
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    if kind is int and isinstance(value, int):
+        return int(value)
+    if kind is str and isinstance(value, str):
+        return str(value)
+    return None
+
+
+# ------------------------------------------------------------------ what a plugin reads
+
+_INTERNAL = frozenset({"conversation", "wire"})
+
+
+class RequestView:
+    """What a plugin function gets: a read-only view of one request.
+
+    - `fields`: the request's normalised fields, the names a policy reads as `request.NAME`
+      (`model`, `user`, `input_tokens`, `max_tokens`, `tags`, `format`, …) with their
+      values in the language's units; `metadata` is itself a read-only mapping, lists are
+      tuples.
+    - `format`: the wire format the body came in (`native`, `openai-chat`, …).
+    - `turns`: the conversation, each message as `(role, texts, tool_result)`: role one of
+      `system`, `user`, `assistant`, `tool`; texts a tuple of the message's text parts
+      (the strings of the body, not copies); tool_result whether it carries a tool's result.
+    - `last_text` / `system_text`: the last non-system message's texts, the system prompts'
+      texts, each joined by newlines (made on first use).
+    - `text(name)`: a prompt feature (`request.text.NAME`), derived once for the request.
+
+    The body itself is not given: a plugin cannot change what is routed.
+    """
+
+    __slots__ = ("_conv", "_env", "_fields")
+
+    def __init__(self, env: Mapping[str, Any], conv: Conversation) -> None:
+        self._env = env
+        self._conv = conv
+        self._fields: Mapping[str, Any] | None = None
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        if self._fields is None:
+            shown: dict[str, Any] = {}
+            for key, value in self._env.items():
+                if key in _INTERNAL:
+                    continue
+                if isinstance(value, Mapping):
+                    value = MappingProxyType(dict(value))
+                elif isinstance(value, list):
+                    value = tuple(value)
+                shown[key] = value
+            self._fields = MappingProxyType(shown)
+        return self._fields
+
+    @property
+    def format(self) -> str:
+        found = self._env.get("format")
+        return found if isinstance(found, str) else self._conv.format
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return self._conv.turns()
+
+    @property
+    def last_text(self) -> str:
+        for role, texts, _ in reversed(self._conv.turns()):
+            if role != SYSTEM:
+                return "\n".join(texts)
+        return ""
+
+    @property
+    def system_text(self) -> str:
+        return "\n".join(
+            t for role, texts, _ in self._conv.turns() if role == SYSTEM for t in texts
+        )
+
+    def text(self, name: str) -> FeatureValue:
+        return self._conv.feature(name)
+
+    def __repr__(self) -> str:  # never the text
+        return f"RequestView({self.format}, {len(self.turns)} turn(s))"
+
+
+# ------------------------------------------------------------------ one plugin
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One call of a plugin: the value a condition reads, what the call took, and why the
+    fallback was used (None: the function's own value)."""
+
+    value: Value
+    ns: int
+    error: str | None = None
+    detail: str = ""  # the exception or the wrong value's type, for --explain
+
+    @property
+    def us(self) -> float:
+        return round(self.ns / 1000, 1)
+
+
+@dataclass(slots=True)
+class PluginStats:
+    """A plugin's calls since the process started (for /metrics)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_S) + 1))
+    seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+
+    @property
+    def calls(self) -> int:
+        return sum(self.buckets)
+
+    def add(self, outcome: Outcome) -> None:
+        s = outcome.ns / 1e9
+        i = 0
+        while i < len(BUCKETS_S) and s > BUCKETS_S[i]:
+            i += 1
+        self.buckets[i] += 1
+        self.seconds += s
+        if outcome.error is not None:
+            self.errors[outcome.error] += 1
+
+
+class Plugin:
+    """A loaded plugin: its function and declaration, run at most once per request."""
+
+    __slots__ = ("_key", "clock", "entry", "function", "name", "spec", "stats")
+
+    def __init__(
+        self,
+        name: str,
+        entry: str,
+        function: Callable[[RequestView], Any],
+        spec: FeatureSpec,
+        clock: Callable[[], int] = perf_counter_ns,
+    ) -> None:
+        self.name = name
+        self.entry = entry  # "module:function", as registered
+        self.function = function
+        self.spec = spec
+        self.clock = clock
+        self.stats = PluginStats()
+        self._key = (GROUP, name)  # its place among a conversation's memoised values
+
+    def outcome(self, env: Mapping[str, Any]) -> Outcome:
+        """This request's call (made on the first read, kept for the rest of the decision;
+        an environment without a conversation, made for a test, calls it every time)."""
+        conv = conversation_of(env)
+        if conv is EMPTY:
+            return self.run(RequestView(env, conv))
+        found = conv.values.get(self._key)
+        if found is None:
+            view = conv.values.get(RequestView)
+            if view is None:
+                view = conv.values[RequestView] = RequestView(env, conv)
+            found = conv.values[self._key] = self.run(view)
+        return found  # type: ignore[no-any-return]
+
+    def read(self, env: Mapping[str, Any], model: Any = None) -> Value:
+        """The value a condition reads (a compiled path's getter)."""
+        return self.outcome(env).value
+
+    def run(self, view: RequestView) -> Outcome:
+        spec = self.spec
+        clock = self.clock
+        start = clock()
+        try:
+            raw = self.function(view)
+        except Exception as exc:  # a plugin's failure is counted, never raised
+            outcome = Outcome(spec.fallback, clock() - start, ERROR, type(exc).__name__)
+        else:
+            ns = clock() - start
+            value = conform(spec.type, raw)
+            if value is None:
+                outcome = Outcome(spec.fallback, ns, WRONG_TYPE, type(raw).__name__)
+            elif ns > spec.timeout_ms * 1e6:
+                outcome = Outcome(spec.fallback, ns, TIMEOUT, f"over {spec.timeout_ms:g}ms")
+            else:
+                outcome = Outcome(value, ns)
+        self.stats.add(outcome)
+        return outcome
+
+    def __repr__(self) -> str:
+        return f"Plugin({self.name} = {self.entry}, {self.spec.type.__name__})"
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """A registered entry point that cannot be used: why, as the checker reports it."""
+
+    name: str
+    entry: str
+    error: str  # `ModuleNotFoundError: No module named 'x'`, or what is wrong with it
+
+
+# ------------------------------------------------------------------ the registry
+
+
+class Registry:
+    """The plugins registered under `policyctl.features`: given as entry points (from
+    `discover()`, or a test's list), each loaded when first asked for."""
+
+    def __init__(
+        self, points: Iterable[EntryPoint] = (), clock: Callable[[], int] = perf_counter_ns
+    ) -> None:
+        self.clock = clock
+        self._points: dict[str, EntryPoint] = {}
+        self._loaded: dict[str, Plugin | Broken] = {}
+        self._lock = threading.Lock()
+        for point in points:
+            first = self._points.get(point.name)
+            if first is not None and first.value != point.value:
+                self._loaded[point.name] = Broken(
+                    point.name,
+                    point.value,
+                    f"registered twice: `{first.value}` and `{point.value}`",
+                )
+            self._points.setdefault(point.name, point)
+
+    def names(self) -> list[str]:
+        return sorted(self._points)
+
+    def get(self, name: str) -> Plugin | Broken | None:
+        """The plugin `name` (imported on the first ask), or None when none is registered."""
+        found = self._loaded.get(name)
+        if found is not None:
+            return found
+        point = self._points.get(name)
+        if point is None:
+            return None
+        with self._lock:
+            found = self._loaded.get(name)
+            if found is None:
+                found = self._loaded[name] = self._load(point)
+        return found
+
+    def _load(self, point: EntryPoint) -> Plugin | Broken:
+        if not NAME.fullmatch(point.name):
+            return Broken(
+                point.name,
+                point.value,
+                "a feature's name is lower-case letters, digits and `_`",
+            )
+        try:
+            function = point.load()
+        except Exception as exc:  # reported by the checker, with the entry point
+            return Broken(point.name, point.value, f"{type(exc).__name__}: {exc}")
+        spec = getattr(function, ATTRIBUTE, None)
+        if not isinstance(spec, FeatureSpec) or not callable(function):
+            return Broken(
+                point.name,
+                point.value,
+                "not a classifier: decorate it with `@feature(type=…)` from `engine.features`",
+            )
+        return Plugin(point.name, point.value, function, spec, self.clock)
+
+    def __iter__(self) -> Iterator[Plugin | Broken]:
+        for name in self.names():
+            found = self.get(name)
+            if found is not None:
+                yield found
+
+
+def discover(group: str = GROUP) -> list[EntryPoint]:
+    """The entry points installed distributions register under `group`."""
+    return list(entry_points(group=group))
+
+
+@cache
+def installed() -> Registry:
+    """The installed plugins, discovered once per process (a restart sees a new one)."""
+    return Registry(discover())
+
+
+_ACTIVE: ContextVar[Registry | None] = ContextVar("feature_registry", default=None)
+
+
+def active() -> Registry:
+    """The registry policies are checked and compiled against: `using()`'s, else the
+    installed plugins."""
+    found = _ACTIVE.get()
+    return found if found is not None else installed()
+
+
+@contextmanager
+def using(registry: Registry) -> Iterator[Registry]:
+    """Check and compile policies against `registry` inside the block (tests, embedders)."""
+    token = _ACTIVE.set(registry)
+    try:
+        yield registry
+    finally:
+        _ACTIVE.reset(token)
