@@ -66,12 +66,15 @@ class Conversation:
     """A request's conversation as received, read on demand. Two conversations are equal
     when their turns are (a native request read by the fast path or by pydantic)."""
 
-    __slots__ = ("_turns", "body", "format", "values")
+    __slots__ = ("_last", "_shape", "_system", "_turns", "body", "format", "values")
 
     def __init__(self, fmt: str, body: Any) -> None:
         self.format = fmt
         self.body = body  # a body dict, or a validated native `Request`
         self._turns: tuple[Turn, ...] | None = None
+        self._shape: Shape | None = None  # one walk: what every structural feature reads
+        self._last: _View | None = None  # the last turn, read once by the content checks
+        self._system: _View | None = None  # the system prompts, likewise
         self.values: dict[Any, Any] = {}  # feature name (or complexity key) -> value
 
     def turns(self) -> tuple[Turn, ...]:
@@ -79,28 +82,46 @@ class Conversation:
             self._turns = tuple(_WALKERS.get(self.format, _native)(self.body))
         return self._turns
 
+    def shape(self) -> Shape:
+        """The conversation's `Shape`, walked once (the first feature read walks it)."""
+        shape = self._shape
+        if shape is None:
+            fast = _SHAPERS.get(self.format)
+            shape = fast(self.body) if fast is not None else None
+            if shape is None:
+                shape = _shape_of(self.turns())
+            self._shape = shape
+        return shape
+
     def feature(self, name: str) -> FeatureValue:
         """The feature `name` (one of DERIVE), derived once."""
         value = self.values.get(name, _MISSING)
         if value is _MISSING:
             value = self.values[name] = DERIVE[name](self)
-            _derived[name] = _derived.get(name, 0) + 1
+            _derived[name] += 1
         return value  # type: ignore[return-value]
 
     def complexity(self, weights: Weights) -> float:
         """`request.complexity` under `weights` (derived once per weights object: a
-        program's)."""
-        found = self.values.get(id(weights))
+        program's). The terms are read from the weights' plan (`_plan`): each feature a
+        term with a weight reads, derived here without a call per term."""
+        values = self.values
+        found = values.get(id(weights))
         if found is not None and found[0] is weights:
-            return found[1]
+            return found[1]  # type: ignore[no-any-return]
         total = 0.0
-        terms = COMPLEXITY_TERMS
-        for term, weight in weights:
-            if weight:
-                total += weight * terms[term].value(self)
+        for name, weight, scale, offset in _plan(weights):
+            value = values.get(name, _MISSING)
+            if value is _MISSING:
+                value = values[name] = DERIVE[name](self)
+                _derived[name] += 1
+            if scale:
+                total += weight * min(1.0, max(0, value - offset) / scale)
+            elif value is True:
+                total += weight  # (× 1.0; a false flag adds 0.0)
         score = min(1.0, round(total, 6))
-        self.values[id(weights)] = (weights, score)
-        _derived["complexity"] = _derived.get("complexity", 0) + 1
+        values[id(weights)] = (weights, score)
+        _derived["complexity"] += 1
         return score
 
     def __eq__(self, other: object) -> bool:
@@ -178,25 +199,28 @@ def _native(body: Any) -> Iterator[Turn]:
 _CHAT_PARTS = ("text", "refusal")
 
 
+def _chat_texts(content: Any) -> tuple[str, ...]:
+    """The texts of an OpenAI chat message's content (a string, or text and refusal parts)."""
+    if type(content) is str:
+        return (content,) if content else ()
+    texts = _part_texts(content, _CHAT_PARTS)
+    if type(content) is list:
+        refusals = tuple(
+            p["refusal"]
+            for p in content
+            if _is_map(p) and type(p.get("refusal")) is str and p["refusal"]
+        )
+        texts += refusals
+    return texts
+
+
 def _openai_chat(body: Mapping[str, Any]) -> Iterator[Turn]:
     roles = _ROLES
     for message in body.get("messages") or ():
         if type(message) is not dict and not isinstance(message, Mapping):
             continue
         role = roles.get(message.get("role"), USER)
-        content = message.get("content")
-        if type(content) is str:
-            yield (role, (content,) if content else (), role == TOOL)
-            continue
-        texts = _part_texts(content, _CHAT_PARTS)
-        if type(content) is list:
-            refusals = tuple(
-                p["refusal"]
-                for p in content
-                if _is_map(p) and type(p.get("refusal")) is str and p["refusal"]
-            )
-            texts += refusals
-        yield (role, texts, role == TOOL)
+        yield (role, _chat_texts(message.get("content")), role == TOOL)
 
 
 _RESPONSES_PARTS = ("input_text", "output_text", "text")
@@ -312,9 +336,94 @@ _WALKERS: dict[str, Callable[[Any], Iterator[Turn]]] = {
 }
 
 
-# ------------------------------------------------------------------ the checks
+# ------------------------------------------------------------------ one walk: the shape
 
 RECENT = 4  # the turns (not system prompts) the fence check reads, from the last back
+
+
+class Shape:
+    """What the structural features read, from one walk of the conversation: the turns that
+    are not system prompts (`turns`), whether a tool's result is among them (`tool`), the
+    system prompts' texts (`system`, in order), and the texts of the last RECENT turns that
+    are not system prompts (`recent`, oldest first: the last turn is `recent[-1]`)."""
+
+    __slots__ = ("recent", "system", "tool", "turns")
+
+    def __init__(
+        self, turns: int, tool: bool, system: tuple[str, ...], recent: tuple[tuple[str, ...], ...]
+    ) -> None:
+        self.turns = turns
+        self.tool = tool
+        self.system = system
+        self.recent = recent
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shape) and (
+            (self.turns, self.tool, self.system, self.recent)
+            == (other.turns, other.tool, other.system, other.recent)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:  # never the text
+        return f"Shape({self.turns} turn(s), tool={self.tool})"
+
+
+def _shape_of(turns: tuple[Turn, ...]) -> Shape:
+    """The shape of a conversation walked as turns (every format)."""
+    system: list[str] = []
+    others: list[tuple[str, ...]] = []
+    tool = False
+    for role, texts, is_tool in turns:
+        if is_tool:
+            tool = True
+        if role == SYSTEM:
+            system += texts
+        else:
+            others.append(texts)
+    return Shape(len(others), tool, tuple(system), tuple(others[-RECENT:]))
+
+
+def _chat_shape(body: Any) -> Shape | None:
+    """The shape of an OpenAI chat body, read from its messages' roles without making a turn
+    of each (C-level passes: a list of the roles, counts, index): only the system prompts'
+    and the last RECENT turns' texts are taken. None when the messages are not a list of
+    dicts: then the turns are walked."""
+    if type(body) is not dict:
+        return None
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return None if messages else Shape(0, False, (), ())
+    get = _ROLES.get
+    roles = [get(m.get("role"), USER) if type(m) is dict else None for m in messages]
+    if None in roles:
+        return None
+    count = len(roles)
+    system: list[str] = []
+    systems = roles.count(SYSTEM)
+    at = -1
+    for _ in range(systems):
+        at = roles.index(SYSTEM, at + 1)
+        system += _chat_texts(messages[at].get("content"))
+    recent: list[tuple[str, ...]] = []
+    at = count
+    while at and len(recent) < RECENT:
+        at -= 1
+        if roles[at] != SYSTEM:
+            content = messages[at].get("content")
+            recent.append(
+                ((content,) if content else ()) if type(content) is str else _chat_texts(content)
+            )
+    recent.reverse()
+    return Shape(count - systems, TOOL in roles, tuple(system), tuple(recent))
+
+
+# the formats whose shape is read without walking turns (the others: `_shape_of`)
+_SHAPERS: dict[str, Callable[[Any], Shape | None]] = {OPENAI_CHAT: _chat_shape}
+
+
+# ------------------------------------------------------------------ the checks
+
 _CODE_LINE = re.compile(
     r"^[ \t]*(?:def \w+\s*\(|class \w+\s*[:(]|import \w|from [\w.]+ import |#include\s*[<\"]"
     r"|function\s*\w*\s*\(|(?:const|let|var)\s+\w+\s*=|public\s+(?:static\s+)?[\w<>\[\]]+\s+\w+"
@@ -372,11 +481,34 @@ _REASONING_GATE = frozenset(p.split(" ")[0].split("-")[0].encode() for p in _REA
 _WRITE = b"write"
 
 
+# every word a check looks for (the word lists, the phrases' first words, json): a view
+# keeps only those of its words
+_LISTED = frozenset().union(
+    _CODE_WORDS, _MATH_WORDS, _MATH_GATE, _MULTI_WORDS, _MULTI_GATE, _REASONING_WORDS,
+    _REASONING_GATE, {_WRITE, b"json"},
+)  # fmt: skip
+# the ASCII characters the code lines and the math patterns need one of (the code check's
+# `{}();#<=`, the math check's `$\^=`): a view keeps those of its characters
+_HINTS = b"{}();#<=$\\^"
+_NOT_HINT = bytes(b for b in range(256) if b not in _HINTS)
+_MATH_ONLY = b"$\\^"  # hints that are not code hints
+_CODE_ONLY = b"{}();#<"  # hints that are not math hints ("=" is both)
+_MATH_SYMBOL = re.compile(r"[∫∑∏√∞≤≥≠≈∂∇]")
+
+
 def _bounded(text: str) -> str:
     """`text`, or its first and last SCAN characters (a bounded copy) when it is longer."""
     if len(text) <= 2 * SCAN:
         return text
     return text[:SCAN] + "\n" + text[-SCAN:]
+
+
+def _pieces(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """The texts, each bounded (the same tuple when none is long)."""
+    for text in texts:
+        if len(text) > 2 * SCAN:
+            return tuple(_bounded(t) for t in texts)
+    return texts
 
 
 # ASCII punctuation -> space, for splitting words without a regular expression
@@ -386,45 +518,37 @@ _SPACES = bytes(
 
 
 class _View:
-    """The texts of a turn (each bounded), lower-cased once, and their words (ASCII
-    punctuation splits them; as UTF-8 bytes, which is what the word lists are)."""
+    """The texts of a turn (each bounded), lower-cased once; which of the listed words
+    (`_LISTED`) are among its words (ASCII punctuation and whitespace split them; as UTF-8
+    bytes, which is what the word lists are); which hint characters (`_HINTS`) it has; and
+    whether it is all ASCII. Three C-level passes over the bytes: translate and split, set
+    intersection, translate."""
 
-    __slots__ = ("lower", "pieces", "words")
+    __slots__ = ("ascii", "hints", "lower", "pieces", "words")
 
     def __init__(self, texts: tuple[str, ...]) -> None:
-        if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
-            self.pieces = texts
-            self.lower = texts[0].lower()
-        else:
-            self.pieces = tuple(_bounded(t) for t in texts)
-            self.lower = "\n".join(self.pieces).lower()
-        self.words = frozenset(
-            self.lower.encode("utf-8", "surrogatepass").translate(_SPACES).split()
-        )
-
-
-def _last(conv: Conversation) -> Turn | None:
-    for turn in reversed(conv.turns()):
-        if turn[0] != SYSTEM:
-            return turn
-    return None
+        self.pieces = pieces = _pieces(texts)
+        self.lower = lower = pieces[0].lower() if len(pieces) == 1 else "\n".join(pieces).lower()
+        raw = lower.encode("utf-8", "surrogatepass")
+        self.ascii = len(raw) == len(lower)
+        self.words = _LISTED.intersection(raw.translate(_SPACES).split())
+        self.hints = raw.translate(None, _NOT_HINT)
 
 
 def _view(conv: Conversation) -> _View:
-    """The last turn, read once for every content check (memoised with the features)."""
-    found = conv.values.get(_View)
-    if found is None:
-        last = _last(conv)
-        found = conv.values[_View] = _View(last[1] if last is not None else ())
-    return found
+    """The last turn that is not a system prompt, read once for every content check."""
+    view = conv._last
+    if view is None:
+        recent = conv.shape().recent
+        view = conv._last = _View(recent[-1] if recent else ())
+    return view
 
 
 def _system_view(conv: Conversation) -> _View:
-    found = conv.values.get(_system_view)
-    if found is None:
-        texts = tuple(t for role, texts, _ in conv.turns() if role == SYSTEM for t in texts)
-        found = conv.values[_system_view] = _View(texts)
-    return found
+    view = conv._system
+    if view is None:
+        view = conv._system = _View(conv.shape().system)
+    return view
 
 
 def _tokens(conv: Conversation) -> int:
@@ -432,57 +556,63 @@ def _tokens(conv: Conversation) -> int:
 
 
 def _last_tokens(conv: Conversation) -> int:
-    last = _last(conv)
-    return 0 if last is None else sum(estimate_text_tokens(t) for t in last[1])
+    recent = conv.shape().recent
+    if not recent:
+        return 0
+    texts = recent[-1]
+    if len(texts) == 1:
+        return estimate_text_tokens(texts[0])
+    return sum(estimate_text_tokens(t) for t in texts)
 
 
 def _turns(conv: Conversation) -> int:
-    return sum(1 for turn in conv.turns() if turn[0] != SYSTEM)
+    return conv.shape().turns
 
 
 def _code(conv: Conversation) -> bool:
-    seen = 0
-    for role, texts, _ in reversed(conv.turns()):
-        if role == SYSTEM:
-            continue
-        for text in texts:
-            if "```" in text or "~~~" in text:
+    for texts in conv.shape().recent:
+        for text in texts:  # (a one-character `in` is a memchr: most have no ` or ~ at all)
+            if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
                 return True
-        seen += 1
-        if seen == RECENT:
-            break
     view = _view(conv)
-    if _CODE_HINT.search(view.lower) is None and view.words.isdisjoint(_CODE_WORDS):
+    hinted = view.hints and view.hints.translate(None, _MATH_ONLY)
+    if not hinted and view.words.isdisjoint(_CODE_WORDS):
         return False
     return _CODE_LINE.search(view.lower) is not None
 
 
 def _math(conv: Conversation) -> bool:
     view = _view(conv)
-    lower = view.lower
     words = view.words
-    if not words.isdisjoint(_MATH_WORDS):
-        return True
-    if not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES):
-        return True
-    return _MATH_HINT.search(lower) is not None and _MATH.search(lower) is not None
+    if words:
+        if not words.isdisjoint(_MATH_WORDS):
+            return True
+        if not words.isdisjoint(_MATH_GATE) and any(p in view.lower for p in _MATH_PHRASES):
+            return True
+    hinted = (view.hints and view.hints.translate(None, _CODE_ONLY)) or (
+        not view.ascii and _MATH_SYMBOL.search(view.lower) is not None
+    )
+    return bool(hinted) and _MATH.search(view.lower) is not None
 
 
 def _multi_step(conv: Conversation) -> bool:
     view = _view(conv)
-    lower, words = view.lower, view.words
-    if not words.isdisjoint(_MULTI_WORDS):
-        return True
-    if not words.isdisjoint(_MULTI_GATE) and any(p in lower for p in _MULTI_PHRASES):
-        return True
-    if _WRITE in words and _WRITE_CODE.search(lower) is not None:
-        return True
-    return not lower.isascii() and any(w in lower for w in _MULTI_NON_ASCII)
+    words = view.words
+    if words:
+        if not words.isdisjoint(_MULTI_WORDS):
+            return True
+        if not words.isdisjoint(_MULTI_GATE) and any(p in view.lower for p in _MULTI_PHRASES):
+            return True
+        if _WRITE in words and _WRITE_CODE.search(view.lower) is not None:
+            return True
+    return not view.ascii and any(w in view.lower for w in _MULTI_NON_ASCII)
 
 
 def _system_reasoning(conv: Conversation) -> bool:
     view = _system_view(conv)
     words = view.words
+    if not words:
+        return False
     if not words.isdisjoint(_REASONING_WORDS):
         return True
     return not words.isdisjoint(_REASONING_GATE) and any(
@@ -495,7 +625,7 @@ def _system_json(conv: Conversation) -> bool:
 
 
 def _tool_results(conv: Conversation) -> bool:
-    return any(turn[2] for turn in conv.turns())
+    return conv.shape().tool
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -554,9 +684,10 @@ def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
 
 
 def _script(conv: Conversation) -> str:
-    texts = _view(conv).pieces
+    shape = conv.shape()
+    texts = _pieces(shape.recent[-1]) if shape.recent else ()
     if not texts:  # no user text: the system prompt's script
-        texts = _system_view(conv).pieces
+        texts = _pieces(shape.system)
     counts = _script_counts(texts)
     best = max(SCRIPTS, key=lambda s: counts[s])  # ties: the first in SCRIPTS
     return best if counts[best] > 0 else NO_SCRIPT
@@ -580,49 +711,45 @@ DERIVE: dict[str, Callable[[Conversation], FeatureValue]] = {
 }
 
 
+_derived.update(dict.fromkeys((*DERIVE, "complexity"), 0))
+
 # ------------------------------------------------------------------ complexity
 
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    """One term of the complexity score: what it reads, and its value (0-1)."""
+    """One term of the complexity score: the feature it reads, and how that makes its value
+    (0-1): a flag (`scale` 0) is 1 when the feature is true; a count is
+    min(1, max(0, feature - offset) / scale)."""
 
     reads: str  # the feature it is made from
     doc: str
-    value: Callable[[Conversation], float]
+    scale: int = 0
+    offset: int = 0
 
+    def of(self, feature: FeatureValue) -> float:
+        """The term's value when its feature is `feature`."""
+        if not self.scale:
+            return 1.0 if feature is True else 0.0
+        return min(1.0, max(0, int(feature) - self.offset) / self.scale)
 
-def _flag(name: str) -> Callable[[Conversation], float]:
-    return lambda conv: 1.0 if conv.feature(name) is True else 0.0
+    def value(self, conv: Conversation) -> float:
+        return self.of(conv.feature(self.reads))
 
 
 LENGTH_SCALE = 1000  # last-turn tokens at which `length` reaches 1
 TURNS_SCALE = 10  # turns after the first at which `turns` reaches 1
 
 COMPLEXITY_TERMS: dict[str, Term] = {
-    "code": Term("code", "1 when the conversation has code", _flag("code")),
-    "math": Term("math", "1 when the last turn has math", _flag("math")),
-    "multi_step": Term(
-        "multi_step", "1 when the last turn asks for multi-step work", _flag("multi_step")
-    ),
-    "reasoning": Term(
-        "system_reasoning",
-        "1 when the system prompt asks for reasoning",
-        _flag("system_reasoning"),
-    ),
-    "tool_results": Term(
-        "tool_results", "1 when a tool's result is in the conversation", _flag("tool_results")
-    ),
+    "code": Term("code", "1 when the conversation has code"),
+    "math": Term("math", "1 when the last turn has math"),
+    "multi_step": Term("multi_step", "1 when the last turn asks for multi-step work"),
+    "reasoning": Term("system_reasoning", "1 when the system prompt asks for reasoning"),
+    "tool_results": Term("tool_results", "1 when a tool's result is in the conversation"),
     "length": Term(
-        "last_tokens",
-        f"the last turn's tokens / {LENGTH_SCALE:,}, at most 1",
-        lambda conv: min(1.0, int(conv.feature("last_tokens")) / LENGTH_SCALE),
+        "last_tokens", f"the last turn's tokens / {LENGTH_SCALE:,}, at most 1", LENGTH_SCALE
     ),
-    "turns": Term(
-        "turns",
-        f"(turns - 1) / {TURNS_SCALE}, at most 1",
-        lambda conv: min(1.0, max(0, int(conv.feature("turns")) - 1) / TURNS_SCALE),
-    ),
+    "turns": Term("turns", f"(turns - 1) / {TURNS_SCALE}, at most 1", TURNS_SCALE, 1),
 }
 Weights = tuple[tuple[str, float], ...]  # (term, weight), in COMPLEXITY_TERMS order
 DEFAULT_WEIGHTS: Weights = (
@@ -667,3 +794,24 @@ def complexity_parts(conv: Conversation, weights: Weights) -> list[Part]:
 def reads_of(weights: Weights) -> frozenset[str]:
     """The features a complexity score under `weights` derives."""
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
+
+
+# a score's plan: per term with a weight, (the feature it reads, weight, scale, offset);
+# made once per weights object (a program's) and kept by its id, with the weights
+_PLANS: dict[int, tuple[Weights, tuple[tuple[str, float, int, int], ...]]] = {}
+
+
+def _plan(weights: Weights) -> tuple[tuple[str, float, int, int], ...]:
+    found = _PLANS.get(id(weights))
+    if found is not None and found[0] is weights:
+        return found[1]
+    terms = COMPLEXITY_TERMS
+    plan = tuple(
+        (terms[term].reads, weight, terms[term].scale, terms[term].offset)
+        for term, weight in weights
+        if weight
+    )
+    if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
+        _PLANS.clear()
+    _PLANS[id(weights)] = (weights, plan)
+    return plan
