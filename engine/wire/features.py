@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +47,22 @@ Turn = tuple[str, tuple[str, ...], bool]
 
 # ------------------------------------------------------------------ derivation counter
 
-_derived: dict[str, int] = {}
+# how many times each set of features was derived together (a frozenset keeps its hash:
+# one dict update per derivation, whatever it derives), and how many scores were made
+_derived: dict[frozenset[str], int] = {}
+_scores = [0]
 _MISSING = object()
 
 
 def derivations() -> int:
     """How many feature values were derived in this process (every request, every feature)."""
-    return sum(_derived.values())
+    return sum(len(names) * count for names, count in list(_derived.items())) + _scores[0]
 
 
 def derivations_of(name: str) -> int:
-    return _derived.get(name, 0)
+    if name == "complexity":
+        return _scores[0]
+    return sum(count for names, count in list(_derived.items()) if name in names)
 
 
 # ------------------------------------------------------------------ the conversation
@@ -73,8 +79,8 @@ class Conversation:
         self.body = body  # a body dict, or a validated native `Request`
         self._turns: tuple[Turn, ...] | None = None
         self._shape: Shape | None = None  # one walk: what every structural feature reads
-        self._last: _View | None = None  # the last turn, read once by the content checks
-        self._system: _View | None = None  # the system prompts, likewise
+        self._last: Read | None = None  # the last turn, read once by the content checks
+        self._system: Read | None = None  # the system prompts, likewise
         self.values: dict[Any, Any] = {}  # feature name (or complexity key) -> value
 
     def turns(self) -> tuple[Turn, ...]:
@@ -97,31 +103,31 @@ class Conversation:
         """The feature `name` (one of DERIVE), derived once."""
         value = self.values.get(name, _MISSING)
         if value is _MISSING:
-            value = self.values[name] = DERIVE[name](self)
-            _derived[name] += 1
-        return value  # type: ignore[return-value]
+            _derive(self, _ONE[name])
+            value = self.values[name]
+        return value  # type: ignore[no-any-return]
 
     def complexity(self, weights: Weights) -> float:
         """`request.complexity` under `weights` (derived once per weights object: a
-        program's). The terms are read from the weights' plan (`_plan`): each feature a
-        term with a weight reads, derived here without a call per term."""
+        program's). The weights' plan (`_plan`) names every feature a term with a weight
+        reads: those not yet derived are derived together, in one pass."""
         values = self.values
         found = values.get(id(weights))
         if found is not None and found[0] is weights:
             return found[1]  # type: ignore[no-any-return]
+        reads, terms = _plan(weights)
+        missing = reads.difference(values) if values else reads
+        if missing:
+            _derive(self, missing)
         total = 0.0
-        for name, weight, scale, offset in _plan(weights):
-            value = values.get(name, _MISSING)
-            if value is _MISSING:
-                value = values[name] = DERIVE[name](self)
-                _derived[name] += 1
+        for name, weight, scale, offset in terms:
             if scale:
-                total += weight * min(1.0, max(0, value - offset) / scale)
-            elif value is True:
+                total += weight * min(1.0, max(0, values[name] - offset) / scale)
+            elif values[name] is True:
                 total += weight  # (× 1.0; a false flag adds 0.0)
         score = min(1.0, round(total, 6))
         values[id(weights)] = (weights, score)
-        _derived["complexity"] += 1
+        _scores[0] += 1
         return score
 
     def __eq__(self, other: object) -> bool:
@@ -384,6 +390,9 @@ def _shape_of(turns: tuple[Turn, ...]) -> Shape:
     return Shape(len(others), tool, tuple(system), tuple(others[-RECENT:]))
 
 
+_SKIP = "(not a message)"
+
+
 def _chat_shape(body: Any) -> Shape | None:
     """The shape of an OpenAI chat body, read from its messages' roles without making a turn
     of each (C-level passes: a list of the roles, counts, index): only the system prompts'
@@ -395,8 +404,8 @@ def _chat_shape(body: Any) -> Shape | None:
     if type(messages) is not list:
         return None if messages else Shape(0, False, (), ())
     get = _ROLES.get
-    roles = [get(m.get("role"), USER) if type(m) is dict else None for m in messages]
-    if None in roles:
+    roles = [get(m.get("role"), USER) if type(m) is dict else _SKIP for m in messages]
+    if _SKIP in roles:
         return None
     count = len(roles)
     system: list[str] = []
@@ -405,17 +414,17 @@ def _chat_shape(body: Any) -> Shape | None:
     for _ in range(systems):
         at = roles.index(SYSTEM, at + 1)
         system += _chat_texts(messages[at].get("content"))
-    recent: list[tuple[str, ...]] = []
-    at = count
-    while at and len(recent) < RECENT:
-        at -= 1
-        if roles[at] != SYSTEM:
-            content = messages[at].get("content")
-            recent.append(
-                ((content,) if content else ()) if type(content) is str else _chat_texts(content)
-            )
-    recent.reverse()
-    return Shape(count - systems, TOOL in roles, tuple(system), tuple(recent))
+    others = count - systems
+    take = RECENT if others > RECENT else others
+    if at < count - take:  # no system prompt among the last `take` messages (the usual)
+        tail = messages[count - take :] if take else []
+    else:
+        tail = [messages[i] for i in range(count) if roles[i] != SYSTEM][-RECENT:]
+    recent = []
+    for message in tail:
+        content = message.get("content")
+        recent.append((content,) if type(content) is str and content else _chat_texts(content))
+    return Shape(others, TOOL in roles, tuple(system), tuple(recent))
 
 
 # the formats whose shape is read without walking turns (the others: `_shape_of`)
@@ -517,115 +526,106 @@ _SPACES = bytes(
 )
 
 
-class _View:
-    """The texts of a turn (each bounded), lower-cased once; which of the listed words
-    (`_LISTED`) are among its words (ASCII punctuation and whitespace split them; as UTF-8
-    bytes, which is what the word lists are); which hint characters (`_HINTS`) it has; and
-    whether it is all ASCII. Three C-level passes over the bytes: translate and split, set
-    intersection, translate."""
-
-    __slots__ = ("ascii", "hints", "lower", "pieces", "words")
-
-    def __init__(self, texts: tuple[str, ...]) -> None:
-        self.pieces = pieces = _pieces(texts)
-        self.lower = lower = pieces[0].lower() if len(pieces) == 1 else "\n".join(pieces).lower()
-        raw = lower.encode("utf-8", "surrogatepass")
-        self.ascii = len(raw) == len(lower)
-        self.words = _LISTED.intersection(raw.translate(_SPACES).split())
-        self.hints = raw.translate(None, _NOT_HINT)
+Read = tuple[str, frozenset[bytes], bytes]  # (lower-cased text, listed words, its UTF-8)
 
 
-def _view(conv: Conversation) -> _View:
-    """The last turn that is not a system prompt, read once for every content check."""
-    view = conv._last
-    if view is None:
-        recent = conv.shape().recent
-        view = conv._last = _View(recent[-1] if recent else ())
-    return view
+def _read(texts: tuple[str, ...]) -> Read:
+    """A turn's texts (each bounded) as the content checks read them: lower-cased once,
+    the listed words (`_LISTED`) among its words (ASCII punctuation and whitespace split
+    them; as UTF-8 bytes, which is what the word lists are), and its UTF-8 bytes."""
+    if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
+        lower = texts[0].lower()
+    else:
+        lower = "\n".join(_pieces(texts)).lower()
+    raw = lower.encode("utf-8", "surrogatepass")
+    return lower, _LISTED.intersection(raw.translate(_SPACES).split()), raw
 
 
-def _system_view(conv: Conversation) -> _View:
-    view = conv._system
-    if view is None:
-        view = conv._system = _View(conv.shape().system)
-    return view
+def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
+    """Derive the features `names` into `conv.values`, in one pass: the conversation's
+    shape is walked once, each text is read once (the last turn's and the system prompts'
+    reads are kept on the conversation for a later call), and each check runs only for a
+    feature asked for. The one home of every heuristic (docs/requests.md says them)."""
+    values = conv.values
+    shape = conv.shape()
+    recent = shape.recent
+    if "turns" in names:
+        values["turns"] = shape.turns
+    if "tool_results" in names:
+        values["tool_results"] = shape.tool
+    if "last_tokens" in names:
+        last = recent[-1] if recent else ()
+        values["last_tokens"] = (
+            estimate_text_tokens(last[0])
+            if len(last) == 1
+            else sum(map(estimate_text_tokens, last))
+        )
+    if "tokens" in names:
+        values["tokens"] = sum(
+            estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
+        )
+    if not names.isdisjoint(_LAST_CHECKS):
+        read = conv._last
+        if read is None:
+            read = conv._last = _read(recent[-1] if recent else ())
+        lower, words, raw = read
+        hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
+        if "code" in names:
+            code = False
+            for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
+                for text in texts:
+                    if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
+                        code = True
+            if not code and (
+                (hints and hints.translate(None, _MATH_ONLY)) or not words.isdisjoint(_CODE_WORDS)
+            ):
+                code = _CODE_LINE.search(lower) is not None
+            values["code"] = code
+        if "math" in names:
+            math = bool(words) and (
+                not words.isdisjoint(_MATH_WORDS)
+                or (not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES))
+            )
+            if not math and (
+                (hints and hints.translate(None, _CODE_ONLY))
+                or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
+            ):
+                math = _MATH.search(lower) is not None
+            values["math"] = math
+        if "multi_step" in names:
+            values["multi_step"] = (
+                bool(words)
+                and (
+                    not words.isdisjoint(_MULTI_WORDS)
+                    or (
+                        not words.isdisjoint(_MULTI_GATE)
+                        and any(p in lower for p in _MULTI_PHRASES)
+                    )
+                    or (_WRITE in words and _WRITE_CODE.search(lower) is not None)
+                )
+            ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
+    if not names.isdisjoint(_SYSTEM_CHECKS):
+        read = conv._system
+        if read is None:
+            read = conv._system = _read(shape.system)
+        lower, words, _ = read
+        if "system_reasoning" in names:
+            values["system_reasoning"] = bool(words) and (
+                not words.isdisjoint(_REASONING_WORDS)
+                or (
+                    not words.isdisjoint(_REASONING_GATE)
+                    and any(p in lower for p in _REASONING_PHRASES)
+                )
+            )
+        if "system_json" in names:
+            values["system_json"] = b"json" in words
+    if "script" in names:
+        values["script"] = _script(shape)
+    _derived[names] = _derived.get(names, 0) + 1
 
 
-def _tokens(conv: Conversation) -> int:
-    return sum(estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts)
-
-
-def _last_tokens(conv: Conversation) -> int:
-    recent = conv.shape().recent
-    if not recent:
-        return 0
-    texts = recent[-1]
-    if len(texts) == 1:
-        return estimate_text_tokens(texts[0])
-    return sum(estimate_text_tokens(t) for t in texts)
-
-
-def _turns(conv: Conversation) -> int:
-    return conv.shape().turns
-
-
-def _code(conv: Conversation) -> bool:
-    for texts in conv.shape().recent:
-        for text in texts:  # (a one-character `in` is a memchr: most have no ` or ~ at all)
-            if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
-                return True
-    view = _view(conv)
-    hinted = view.hints and view.hints.translate(None, _MATH_ONLY)
-    if not hinted and view.words.isdisjoint(_CODE_WORDS):
-        return False
-    return _CODE_LINE.search(view.lower) is not None
-
-
-def _math(conv: Conversation) -> bool:
-    view = _view(conv)
-    words = view.words
-    if words:
-        if not words.isdisjoint(_MATH_WORDS):
-            return True
-        if not words.isdisjoint(_MATH_GATE) and any(p in view.lower for p in _MATH_PHRASES):
-            return True
-    hinted = (view.hints and view.hints.translate(None, _CODE_ONLY)) or (
-        not view.ascii and _MATH_SYMBOL.search(view.lower) is not None
-    )
-    return bool(hinted) and _MATH.search(view.lower) is not None
-
-
-def _multi_step(conv: Conversation) -> bool:
-    view = _view(conv)
-    words = view.words
-    if words:
-        if not words.isdisjoint(_MULTI_WORDS):
-            return True
-        if not words.isdisjoint(_MULTI_GATE) and any(p in view.lower for p in _MULTI_PHRASES):
-            return True
-        if _WRITE in words and _WRITE_CODE.search(view.lower) is not None:
-            return True
-    return not view.ascii and any(w in view.lower for w in _MULTI_NON_ASCII)
-
-
-def _system_reasoning(conv: Conversation) -> bool:
-    view = _system_view(conv)
-    words = view.words
-    if not words:
-        return False
-    if not words.isdisjoint(_REASONING_WORDS):
-        return True
-    return not words.isdisjoint(_REASONING_GATE) and any(
-        p in view.lower for p in _REASONING_PHRASES
-    )
-
-
-def _system_json(conv: Conversation) -> bool:
-    return b"json" in _system_view(conv).words
-
-
-def _tool_results(conv: Conversation) -> bool:
-    return conv.shape().tool
+_LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
+_SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -683,8 +683,7 @@ def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
     return counts
 
 
-def _script(conv: Conversation) -> str:
-    shape = conv.shape()
+def _script(shape: Shape) -> str:
     texts = _pieces(shape.recent[-1]) if shape.recent else ()
     if not texts:  # no user text: the system prompt's script
         texts = _pieces(shape.system)
@@ -695,23 +694,13 @@ def _script(conv: Conversation) -> str:
 
 # ------------------------------------------------------------------ the registry
 
-# feature name -> how it is derived (the names and types the checker knows are
+# the features `_derive` derives (the names and types the checker knows are
 # `engine.language.schema.PROMPT_FEATURES`; a test holds the two to the same names)
-DERIVE: dict[str, Callable[[Conversation], FeatureValue]] = {
-    "tokens": _tokens,
-    "last_tokens": _last_tokens,
-    "turns": _turns,
-    "code": _code,
-    "math": _math,
-    "multi_step": _multi_step,
-    "tool_results": _tool_results,
-    "script": _script,
-    "system_reasoning": _system_reasoning,
-    "system_json": _system_json,
-}
-
-
-_derived.update(dict.fromkeys((*DERIVE, "complexity"), 0))
+DERIVE: frozenset[str] = frozenset({
+    "tokens", "last_tokens", "turns", "code", "math", "multi_step", "tool_results", "script",
+    "system_reasoning", "system_json",
+})  # fmt: skip
+_ONE = {name: frozenset((name,)) for name in DERIVE}  # what a single read derives
 
 # ------------------------------------------------------------------ complexity
 
@@ -796,20 +785,25 @@ def reads_of(weights: Weights) -> frozenset[str]:
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
 
 
-# a score's plan: per term with a weight, (the feature it reads, weight, scale, offset);
-# made once per weights object (a program's) and kept by its id, with the weights
-_PLANS: dict[int, tuple[Weights, tuple[tuple[str, float, int, int], ...]]] = {}
+# a score's plan: the features its terms with a weight read, and per such term (the
+# feature, weight, scale, offset); made once per weights object (a program's) and kept by
+# its id, with the weights
+Plan = tuple[frozenset[str], tuple[tuple[str, float, int, int], ...]]
+_PLANS: dict[int, tuple[Weights, Plan]] = {}
 
 
-def _plan(weights: Weights) -> tuple[tuple[str, float, int, int], ...]:
+def _plan(weights: Weights) -> Plan:
     found = _PLANS.get(id(weights))
     if found is not None and found[0] is weights:
         return found[1]
     terms = COMPLEXITY_TERMS
-    plan = tuple(
-        (terms[term].reads, weight, terms[term].scale, terms[term].offset)
-        for term, weight in weights
-        if weight
+    plan = (
+        reads_of(weights),
+        tuple(
+            (terms[term].reads, weight, terms[term].scale, terms[term].offset)
+            for term, weight in weights
+            if weight
+        ),
     )
     if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
         _PLANS.clear()
