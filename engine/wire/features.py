@@ -9,15 +9,19 @@ keeps it for the rest of the decision. A policy that reads no feature derives no
 
 `request.complexity` (0-1) is a weighted sum over terms made from the features, clamped to
 1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
-weights), and `complexity_parts` says how a score was made (`--explain`).
+weights), and `complexity_parts` says how a score was made (`--explain`). The weights' plan
+(`_plan`, made once per program's weights) names the features the score reads: they are
+derived together, in one pass (`_derive`, the one home of every heuristic).
 
-How the text is read: the conversation is walked as turns (system, user, assistant, tool)
-whose texts are references into the body; every check is a C-level pass (`in`, `re.search`,
-`bytes.translate`, set intersections), never a join of the conversation. The content checks
-read one turn (the last; the system prompts), at most the first and last `SCAN` characters
-of each of its texts, lower-cased and split into words once (`_View`); the fence check reads
-the last `RECENT` turns. Heuristics only, no model: docs/requests.md says, feature by
-feature, what is looked for.
+How the text is read: the conversation is walked once into its `Shape` (the turns that are
+not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
+turns' texts; an OpenAI chat body from its messages' roles, without making a turn of
+each); every check is a C-level pass (`in`, `re.search`, `bytes.translate`, set
+intersections), never a join of the conversation. The content checks read one turn (the
+last; the system prompts), at most the first and last `SCAN` characters of each of its
+texts, lower-cased and split into words once (`_read`); the fence check reads the last
+RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
+looked for. What it costs: bench/features_bench.py.
 
 Standard library only (and `engine.tokens`): the router calls this per request.
 """
