@@ -295,6 +295,27 @@ def test_the_native_fast_path_and_pydantic_read_the_same_conversation() -> None:
     assert fast["conversation"].feature("code") is True
 
 
+@pytest.mark.parametrize("yes", [True, False])
+def test_an_openai_chat_body_has_the_shape_its_turns_have(yes: bool) -> None:
+    body = json.loads(_body("openai-chat", yes))
+    walked = features._shape_of(Conversation("openai-chat", body).turns())
+    assert features._chat_shape(body) == walked
+    assert walked.turns == TURNS["openai-chat"][0 if yes else 1]
+    body["messages"].append({"role": "system", "content": "Answer in JSON."})  # a system last
+    assert features._chat_shape(body) == features._shape_of(
+        Conversation("openai-chat", body).turns()
+    )
+
+
+def test_the_score_derives_its_features_in_one_pass_without_walking_turns() -> None:
+    conv = _conversation("openai-chat", True)
+    before = derivations()
+    assert conv.complexity(DEFAULT_WEIGHTS) == 1.0
+    assert conv.feature("code") is True  # derived with the score: not again
+    assert derivations() - before == len(features.reads_of(DEFAULT_WEIGHTS)) + 1  # + the score
+    assert conv._turns is None  # the shape came from the messages' roles: no turn was made
+
+
 # ------------------------------------------------------------------ the hand-labelled set
 
 

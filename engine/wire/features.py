@@ -9,15 +9,19 @@ keeps it for the rest of the decision. A policy that reads no feature derives no
 
 `request.complexity` (0-1) is a weighted sum over terms made from the features, clamped to
 1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
-weights), and `complexity_parts` says how a score was made (`--explain`).
+weights), and `complexity_parts` says how a score was made (`--explain`). The weights' plan
+(`_plan`, made once per program's weights) names the features the score reads: they are
+derived together, in one pass (`_derive`, the one home of every heuristic).
 
-How the text is read: the conversation is walked as turns (system, user, assistant, tool)
-whose texts are references into the body; every check is a C-level pass (`in`, `re.search`,
-`bytes.translate`, set intersections), never a join of the conversation. The content checks
-read one turn (the last; the system prompts), at most the first and last `SCAN` characters
-of each of its texts, lower-cased and split into words once (`_View`); the fence check reads
-the last `RECENT` turns. Heuristics only, no model: docs/requests.md says, feature by
-feature, what is looked for.
+How the text is read: the conversation is walked once into its `Shape` (the turns that are
+not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
+turns' texts; an OpenAI chat body from its messages' roles, without making a turn of
+each); every check is a C-level pass (`in`, `re.search`, `bytes.translate`, set
+intersections), never a join of the conversation. The content checks read one turn (the
+last; the system prompts), at most the first and last `SCAN` characters of each of its
+texts, lower-cased and split into words once (`_read`); the fence check reads the last
+RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
+looked for. What it costs: bench/features_bench.py.
 
 Standard library only (and `engine.tokens`): the router calls this per request.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +51,22 @@ Turn = tuple[str, tuple[str, ...], bool]
 
 # ------------------------------------------------------------------ derivation counter
 
-_derived: dict[str, int] = {}
+# how many times each set of features was derived together (a frozenset keeps its hash:
+# one dict update per derivation, whatever it derives), and how many scores were made
+_derived: dict[frozenset[str], int] = {}
+_scores = [0]
 _MISSING = object()
 
 
 def derivations() -> int:
     """How many feature values were derived in this process (every request, every feature)."""
-    return sum(_derived.values())
+    return sum(len(names) * count for names, count in list(_derived.items())) + _scores[0]
 
 
 def derivations_of(name: str) -> int:
-    return _derived.get(name, 0)
+    if name == "complexity":
+        return _scores[0]
+    return sum(count for names, count in list(_derived.items()) if name in names)
 
 
 # ------------------------------------------------------------------ the conversation
@@ -66,12 +76,15 @@ class Conversation:
     """A request's conversation as received, read on demand. Two conversations are equal
     when their turns are (a native request read by the fast path or by pydantic)."""
 
-    __slots__ = ("_turns", "body", "format", "values")
+    __slots__ = ("_last", "_shape", "_system", "_turns", "body", "format", "values")
 
     def __init__(self, fmt: str, body: Any) -> None:
         self.format = fmt
         self.body = body  # a body dict, or a validated native `Request`
         self._turns: tuple[Turn, ...] | None = None
+        self._shape: Shape | None = None  # one walk: what every structural feature reads
+        self._last: Read | None = None  # the last turn, read once by the content checks
+        self._system: Read | None = None  # the system prompts, likewise
         self.values: dict[Any, Any] = {}  # feature name (or complexity key) -> value
 
     def turns(self) -> tuple[Turn, ...]:
@@ -79,28 +92,46 @@ class Conversation:
             self._turns = tuple(_WALKERS.get(self.format, _native)(self.body))
         return self._turns
 
+    def shape(self) -> Shape:
+        """The conversation's `Shape`, walked once (the first feature read walks it)."""
+        shape = self._shape
+        if shape is None:
+            fast = _SHAPERS.get(self.format)
+            shape = fast(self.body) if fast is not None else None
+            if shape is None:
+                shape = _shape_of(self.turns())
+            self._shape = shape
+        return shape
+
     def feature(self, name: str) -> FeatureValue:
         """The feature `name` (one of DERIVE), derived once."""
         value = self.values.get(name, _MISSING)
         if value is _MISSING:
-            value = self.values[name] = DERIVE[name](self)
-            _derived[name] = _derived.get(name, 0) + 1
-        return value  # type: ignore[return-value]
+            _derive(self, _ONE[name])
+            value = self.values[name]
+        return value  # type: ignore[no-any-return]
 
     def complexity(self, weights: Weights) -> float:
         """`request.complexity` under `weights` (derived once per weights object: a
-        program's)."""
-        found = self.values.get(id(weights))
+        program's). The weights' plan (`_plan`) names every feature a term with a weight
+        reads: those not yet derived are derived together, in one pass."""
+        values = self.values
+        found = values.get(id(weights))
         if found is not None and found[0] is weights:
-            return found[1]
+            return found[1]  # type: ignore[no-any-return]
+        reads, terms = _plan(weights)
+        missing = reads.difference(values) if values else reads
+        if missing:
+            _derive(self, missing)
         total = 0.0
-        terms = COMPLEXITY_TERMS
-        for term, weight in weights:
-            if weight:
-                total += weight * terms[term].value(self)
+        for name, weight, scale, offset in terms:
+            if scale:
+                total += weight * min(1.0, max(0, values[name] - offset) / scale)
+            elif values[name] is True:
+                total += weight  # (× 1.0; a false flag adds 0.0)
         score = min(1.0, round(total, 6))
-        self.values[id(weights)] = (weights, score)
-        _derived["complexity"] = _derived.get("complexity", 0) + 1
+        values[id(weights)] = (weights, score)
+        _scores[0] += 1
         return score
 
     def __eq__(self, other: object) -> bool:
@@ -178,25 +209,28 @@ def _native(body: Any) -> Iterator[Turn]:
 _CHAT_PARTS = ("text", "refusal")
 
 
+def _chat_texts(content: Any) -> tuple[str, ...]:
+    """The texts of an OpenAI chat message's content (a string, or text and refusal parts)."""
+    if type(content) is str:
+        return (content,) if content else ()
+    texts = _part_texts(content, _CHAT_PARTS)
+    if type(content) is list:
+        refusals = tuple(
+            p["refusal"]
+            for p in content
+            if _is_map(p) and type(p.get("refusal")) is str and p["refusal"]
+        )
+        texts += refusals
+    return texts
+
+
 def _openai_chat(body: Mapping[str, Any]) -> Iterator[Turn]:
     roles = _ROLES
     for message in body.get("messages") or ():
         if type(message) is not dict and not isinstance(message, Mapping):
             continue
         role = roles.get(message.get("role"), USER)
-        content = message.get("content")
-        if type(content) is str:
-            yield (role, (content,) if content else (), role == TOOL)
-            continue
-        texts = _part_texts(content, _CHAT_PARTS)
-        if type(content) is list:
-            refusals = tuple(
-                p["refusal"]
-                for p in content
-                if _is_map(p) and type(p.get("refusal")) is str and p["refusal"]
-            )
-            texts += refusals
-        yield (role, texts, role == TOOL)
+        yield (role, _chat_texts(message.get("content")), role == TOOL)
 
 
 _RESPONSES_PARTS = ("input_text", "output_text", "text")
@@ -312,9 +346,97 @@ _WALKERS: dict[str, Callable[[Any], Iterator[Turn]]] = {
 }
 
 
-# ------------------------------------------------------------------ the checks
+# ------------------------------------------------------------------ one walk: the shape
 
 RECENT = 4  # the turns (not system prompts) the fence check reads, from the last back
+
+
+class Shape:
+    """What the structural features read, from one walk of the conversation: the turns that
+    are not system prompts (`turns`), whether a tool's result is among them (`tool`), the
+    system prompts' texts (`system`, in order), and the texts of the last RECENT turns that
+    are not system prompts (`recent`, oldest first: the last turn is `recent[-1]`)."""
+
+    __slots__ = ("recent", "system", "tool", "turns")
+
+    def __init__(
+        self, turns: int, tool: bool, system: tuple[str, ...], recent: tuple[tuple[str, ...], ...]
+    ) -> None:
+        self.turns = turns
+        self.tool = tool
+        self.system = system
+        self.recent = recent
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shape) and (
+            (self.turns, self.tool, self.system, self.recent)
+            == (other.turns, other.tool, other.system, other.recent)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:  # never the text
+        return f"Shape({self.turns} turn(s), tool={self.tool})"
+
+
+def _shape_of(turns: tuple[Turn, ...]) -> Shape:
+    """The shape of a conversation walked as turns (every format)."""
+    system: list[str] = []
+    others: list[tuple[str, ...]] = []
+    tool = False
+    for role, texts, is_tool in turns:
+        if is_tool:
+            tool = True
+        if role == SYSTEM:
+            system += texts
+        else:
+            others.append(texts)
+    return Shape(len(others), tool, tuple(system), tuple(others[-RECENT:]))
+
+
+_SKIP = "(not a message)"
+
+
+def _chat_shape(body: Any) -> Shape | None:
+    """The shape of an OpenAI chat body, read from its messages' roles without making a turn
+    of each (C-level passes: a list of the roles, counts, index): only the system prompts'
+    and the last RECENT turns' texts are taken. None when the messages are not a list of
+    dicts: then the turns are walked."""
+    if type(body) is not dict:
+        return None
+    messages = body.get("messages")
+    if type(messages) is not list:
+        return None if messages else Shape(0, False, (), ())
+    get = _ROLES.get
+    roles = [get(m.get("role"), USER) if type(m) is dict else _SKIP for m in messages]
+    if _SKIP in roles:
+        return None
+    count = len(roles)
+    system: list[str] = []
+    systems = roles.count(SYSTEM)
+    at = -1
+    for _ in range(systems):
+        at = roles.index(SYSTEM, at + 1)
+        system += _chat_texts(messages[at].get("content"))
+    others = count - systems
+    take = RECENT if others > RECENT else others
+    if at < count - take:  # no system prompt among the last `take` messages (the usual)
+        tail = messages[count - take :] if take else []
+    else:
+        tail = [messages[i] for i in range(count) if roles[i] != SYSTEM][-RECENT:]
+    recent = []
+    for message in tail:
+        content = message.get("content")
+        recent.append((content,) if type(content) is str and content else _chat_texts(content))
+    return Shape(others, TOOL in roles, tuple(system), tuple(recent))
+
+
+# the formats whose shape is read without walking turns (the others: `_shape_of`)
+_SHAPERS: dict[str, Callable[[Any], Shape | None]] = {OPENAI_CHAT: _chat_shape}
+
+
+# ------------------------------------------------------------------ the checks
+
 _CODE_LINE = re.compile(
     r"^[ \t]*(?:def \w+\s*\(|class \w+\s*[:(]|import \w|from [\w.]+ import |#include\s*[<\"]"
     r"|function\s*\w*\s*\(|(?:const|let|var)\s+\w+\s*=|public\s+(?:static\s+)?[\w<>\[\]]+\s+\w+"
@@ -372,11 +494,34 @@ _REASONING_GATE = frozenset(p.split(" ")[0].split("-")[0].encode() for p in _REA
 _WRITE = b"write"
 
 
+# every word a check looks for (the word lists, the phrases' first words, json): a view
+# keeps only those of its words
+_LISTED = frozenset().union(
+    _CODE_WORDS, _MATH_WORDS, _MATH_GATE, _MULTI_WORDS, _MULTI_GATE, _REASONING_WORDS,
+    _REASONING_GATE, {_WRITE, b"json"},
+)  # fmt: skip
+# the ASCII characters the code lines and the math patterns need one of (the code check's
+# `{}();#<=`, the math check's `$\^=`): a view keeps those of its characters
+_HINTS = b"{}();#<=$\\^"
+_NOT_HINT = bytes(b for b in range(256) if b not in _HINTS)
+_MATH_ONLY = b"$\\^"  # hints that are not code hints
+_CODE_ONLY = b"{}();#<"  # hints that are not math hints ("=" is both)
+_MATH_SYMBOL = re.compile(r"[∫∑∏√∞≤≥≠≈∂∇]")
+
+
 def _bounded(text: str) -> str:
     """`text`, or its first and last SCAN characters (a bounded copy) when it is longer."""
     if len(text) <= 2 * SCAN:
         return text
     return text[:SCAN] + "\n" + text[-SCAN:]
+
+
+def _pieces(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """The texts, each bounded (the same tuple when none is long)."""
+    for text in texts:
+        if len(text) > 2 * SCAN:
+            return tuple(_bounded(t) for t in texts)
+    return texts
 
 
 # ASCII punctuation -> space, for splitting words without a regular expression
@@ -385,117 +530,106 @@ _SPACES = bytes(
 )
 
 
-class _View:
-    """The texts of a turn (each bounded), lower-cased once, and their words (ASCII
-    punctuation splits them; as UTF-8 bytes, which is what the word lists are)."""
+Read = tuple[str, frozenset[bytes], bytes]  # (lower-cased text, listed words, its UTF-8)
 
-    __slots__ = ("lower", "pieces", "words")
 
-    def __init__(self, texts: tuple[str, ...]) -> None:
-        if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
-            self.pieces = texts
-            self.lower = texts[0].lower()
-        else:
-            self.pieces = tuple(_bounded(t) for t in texts)
-            self.lower = "\n".join(self.pieces).lower()
-        self.words = frozenset(
-            self.lower.encode("utf-8", "surrogatepass").translate(_SPACES).split()
+def _read(texts: tuple[str, ...]) -> Read:
+    """A turn's texts (each bounded) as the content checks read them: lower-cased once,
+    the listed words (`_LISTED`) among its words (ASCII punctuation and whitespace split
+    them; as UTF-8 bytes, which is what the word lists are), and its UTF-8 bytes."""
+    if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
+        lower = texts[0].lower()
+    else:
+        lower = "\n".join(_pieces(texts)).lower()
+    raw = lower.encode("utf-8", "surrogatepass")
+    return lower, _LISTED.intersection(raw.translate(_SPACES).split()), raw
+
+
+def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
+    """Derive the features `names` into `conv.values`, in one pass: the conversation's
+    shape is walked once, each text is read once (the last turn's and the system prompts'
+    reads are kept on the conversation for a later call), and each check runs only for a
+    feature asked for. The one home of every heuristic (docs/requests.md says them)."""
+    values = conv.values
+    shape = conv.shape()
+    recent = shape.recent
+    if "turns" in names:
+        values["turns"] = shape.turns
+    if "tool_results" in names:
+        values["tool_results"] = shape.tool
+    if "last_tokens" in names:
+        last = recent[-1] if recent else ()
+        values["last_tokens"] = (
+            estimate_text_tokens(last[0])
+            if len(last) == 1
+            else sum(map(estimate_text_tokens, last))
         )
+    if "tokens" in names:
+        values["tokens"] = sum(
+            estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
+        )
+    if not names.isdisjoint(_LAST_CHECKS):
+        read = conv._last
+        if read is None:
+            read = conv._last = _read(recent[-1] if recent else ())
+        lower, words, raw = read
+        hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
+        if "code" in names:
+            code = False
+            for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
+                for text in texts:
+                    if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
+                        code = True
+            if not code and (
+                (hints and hints.translate(None, _MATH_ONLY)) or not words.isdisjoint(_CODE_WORDS)
+            ):
+                code = _CODE_LINE.search(lower) is not None
+            values["code"] = code
+        if "math" in names:
+            math = bool(words) and (
+                not words.isdisjoint(_MATH_WORDS)
+                or (not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES))
+            )
+            if not math and (
+                (hints and hints.translate(None, _CODE_ONLY))
+                or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
+            ):
+                math = _MATH.search(lower) is not None
+            values["math"] = math
+        if "multi_step" in names:
+            values["multi_step"] = (
+                bool(words)
+                and (
+                    not words.isdisjoint(_MULTI_WORDS)
+                    or (
+                        not words.isdisjoint(_MULTI_GATE)
+                        and any(p in lower for p in _MULTI_PHRASES)
+                    )
+                    or (_WRITE in words and _WRITE_CODE.search(lower) is not None)
+                )
+            ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
+    if not names.isdisjoint(_SYSTEM_CHECKS):
+        read = conv._system
+        if read is None:
+            read = conv._system = _read(shape.system)
+        lower, words, _ = read
+        if "system_reasoning" in names:
+            values["system_reasoning"] = bool(words) and (
+                not words.isdisjoint(_REASONING_WORDS)
+                or (
+                    not words.isdisjoint(_REASONING_GATE)
+                    and any(p in lower for p in _REASONING_PHRASES)
+                )
+            )
+        if "system_json" in names:
+            values["system_json"] = b"json" in words
+    if "script" in names:
+        values["script"] = _script(shape)
+    _derived[names] = _derived.get(names, 0) + 1
 
 
-def _last(conv: Conversation) -> Turn | None:
-    for turn in reversed(conv.turns()):
-        if turn[0] != SYSTEM:
-            return turn
-    return None
-
-
-def _view(conv: Conversation) -> _View:
-    """The last turn, read once for every content check (memoised with the features)."""
-    found = conv.values.get(_View)
-    if found is None:
-        last = _last(conv)
-        found = conv.values[_View] = _View(last[1] if last is not None else ())
-    return found
-
-
-def _system_view(conv: Conversation) -> _View:
-    found = conv.values.get(_system_view)
-    if found is None:
-        texts = tuple(t for role, texts, _ in conv.turns() if role == SYSTEM for t in texts)
-        found = conv.values[_system_view] = _View(texts)
-    return found
-
-
-def _tokens(conv: Conversation) -> int:
-    return sum(estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts)
-
-
-def _last_tokens(conv: Conversation) -> int:
-    last = _last(conv)
-    return 0 if last is None else sum(estimate_text_tokens(t) for t in last[1])
-
-
-def _turns(conv: Conversation) -> int:
-    return sum(1 for turn in conv.turns() if turn[0] != SYSTEM)
-
-
-def _code(conv: Conversation) -> bool:
-    seen = 0
-    for role, texts, _ in reversed(conv.turns()):
-        if role == SYSTEM:
-            continue
-        for text in texts:
-            if "```" in text or "~~~" in text:
-                return True
-        seen += 1
-        if seen == RECENT:
-            break
-    view = _view(conv)
-    if _CODE_HINT.search(view.lower) is None and view.words.isdisjoint(_CODE_WORDS):
-        return False
-    return _CODE_LINE.search(view.lower) is not None
-
-
-def _math(conv: Conversation) -> bool:
-    view = _view(conv)
-    lower = view.lower
-    words = view.words
-    if not words.isdisjoint(_MATH_WORDS):
-        return True
-    if not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES):
-        return True
-    return _MATH_HINT.search(lower) is not None and _MATH.search(lower) is not None
-
-
-def _multi_step(conv: Conversation) -> bool:
-    view = _view(conv)
-    lower, words = view.lower, view.words
-    if not words.isdisjoint(_MULTI_WORDS):
-        return True
-    if not words.isdisjoint(_MULTI_GATE) and any(p in lower for p in _MULTI_PHRASES):
-        return True
-    if _WRITE in words and _WRITE_CODE.search(lower) is not None:
-        return True
-    return not lower.isascii() and any(w in lower for w in _MULTI_NON_ASCII)
-
-
-def _system_reasoning(conv: Conversation) -> bool:
-    view = _system_view(conv)
-    words = view.words
-    if not words.isdisjoint(_REASONING_WORDS):
-        return True
-    return not words.isdisjoint(_REASONING_GATE) and any(
-        p in view.lower for p in _REASONING_PHRASES
-    )
-
-
-def _system_json(conv: Conversation) -> bool:
-    return b"json" in _system_view(conv).words
-
-
-def _tool_results(conv: Conversation) -> bool:
-    return any(turn[2] for turn in conv.turns())
+_LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
+_SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -553,10 +687,10 @@ def _script_counts(texts: tuple[str, ...]) -> dict[str, int]:
     return counts
 
 
-def _script(conv: Conversation) -> str:
-    texts = _view(conv).pieces
+def _script(shape: Shape) -> str:
+    texts = _pieces(shape.recent[-1]) if shape.recent else ()
     if not texts:  # no user text: the system prompt's script
-        texts = _system_view(conv).pieces
+        texts = _pieces(shape.system)
     counts = _script_counts(texts)
     best = max(SCRIPTS, key=lambda s: counts[s])  # ties: the first in SCRIPTS
     return best if counts[best] > 0 else NO_SCRIPT
@@ -564,65 +698,51 @@ def _script(conv: Conversation) -> str:
 
 # ------------------------------------------------------------------ the registry
 
-# feature name -> how it is derived (the names and types the checker knows are
+# the features `_derive` derives (the names and types the checker knows are
 # `engine.language.schema.PROMPT_FEATURES`; a test holds the two to the same names)
-DERIVE: dict[str, Callable[[Conversation], FeatureValue]] = {
-    "tokens": _tokens,
-    "last_tokens": _last_tokens,
-    "turns": _turns,
-    "code": _code,
-    "math": _math,
-    "multi_step": _multi_step,
-    "tool_results": _tool_results,
-    "script": _script,
-    "system_reasoning": _system_reasoning,
-    "system_json": _system_json,
-}
-
+DERIVE: frozenset[str] = frozenset({
+    "tokens", "last_tokens", "turns", "code", "math", "multi_step", "tool_results", "script",
+    "system_reasoning", "system_json",
+})  # fmt: skip
+_ONE = {name: frozenset((name,)) for name in DERIVE}  # what a single read derives
 
 # ------------------------------------------------------------------ complexity
 
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    """One term of the complexity score: what it reads, and its value (0-1)."""
+    """One term of the complexity score: the feature it reads, and how that makes its value
+    (0-1): a flag (`scale` 0) is 1 when the feature is true; a count is
+    min(1, max(0, feature - offset) / scale)."""
 
     reads: str  # the feature it is made from
     doc: str
-    value: Callable[[Conversation], float]
+    scale: int = 0
+    offset: int = 0
 
+    def of(self, feature: FeatureValue) -> float:
+        """The term's value when its feature is `feature`."""
+        if not self.scale:
+            return 1.0 if feature is True else 0.0
+        return min(1.0, max(0, int(feature) - self.offset) / self.scale)
 
-def _flag(name: str) -> Callable[[Conversation], float]:
-    return lambda conv: 1.0 if conv.feature(name) is True else 0.0
+    def value(self, conv: Conversation) -> float:
+        return self.of(conv.feature(self.reads))
 
 
 LENGTH_SCALE = 1000  # last-turn tokens at which `length` reaches 1
 TURNS_SCALE = 10  # turns after the first at which `turns` reaches 1
 
 COMPLEXITY_TERMS: dict[str, Term] = {
-    "code": Term("code", "1 when the conversation has code", _flag("code")),
-    "math": Term("math", "1 when the last turn has math", _flag("math")),
-    "multi_step": Term(
-        "multi_step", "1 when the last turn asks for multi-step work", _flag("multi_step")
-    ),
-    "reasoning": Term(
-        "system_reasoning",
-        "1 when the system prompt asks for reasoning",
-        _flag("system_reasoning"),
-    ),
-    "tool_results": Term(
-        "tool_results", "1 when a tool's result is in the conversation", _flag("tool_results")
-    ),
+    "code": Term("code", "1 when the conversation has code"),
+    "math": Term("math", "1 when the last turn has math"),
+    "multi_step": Term("multi_step", "1 when the last turn asks for multi-step work"),
+    "reasoning": Term("system_reasoning", "1 when the system prompt asks for reasoning"),
+    "tool_results": Term("tool_results", "1 when a tool's result is in the conversation"),
     "length": Term(
-        "last_tokens",
-        f"the last turn's tokens / {LENGTH_SCALE:,}, at most 1",
-        lambda conv: min(1.0, int(conv.feature("last_tokens")) / LENGTH_SCALE),
+        "last_tokens", f"the last turn's tokens / {LENGTH_SCALE:,}, at most 1", LENGTH_SCALE
     ),
-    "turns": Term(
-        "turns",
-        f"(turns - 1) / {TURNS_SCALE}, at most 1",
-        lambda conv: min(1.0, max(0, int(conv.feature("turns")) - 1) / TURNS_SCALE),
-    ),
+    "turns": Term("turns", f"(turns - 1) / {TURNS_SCALE}, at most 1", TURNS_SCALE, 1),
 }
 Weights = tuple[tuple[str, float], ...]  # (term, weight), in COMPLEXITY_TERMS order
 DEFAULT_WEIGHTS: Weights = (
@@ -667,3 +787,29 @@ def complexity_parts(conv: Conversation, weights: Weights) -> list[Part]:
 def reads_of(weights: Weights) -> frozenset[str]:
     """The features a complexity score under `weights` derives."""
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
+
+
+# a score's plan: the features its terms with a weight read, and per such term (the
+# feature, weight, scale, offset); made once per weights object (a program's) and kept by
+# its id, with the weights
+Plan = tuple[frozenset[str], tuple[tuple[str, float, int, int], ...]]
+_PLANS: dict[int, tuple[Weights, Plan]] = {}
+
+
+def _plan(weights: Weights) -> Plan:
+    found = _PLANS.get(id(weights))
+    if found is not None and found[0] is weights:
+        return found[1]
+    terms = COMPLEXITY_TERMS
+    plan = (
+        reads_of(weights),
+        tuple(
+            (terms[term].reads, weight, terms[term].scale, terms[term].offset)
+            for term, weight in weights
+            if weight
+        ),
+    )
+    if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
+        _PLANS.clear()
+    _PLANS[id(weights)] = (weights, plan)
+    return plan
