@@ -30,6 +30,8 @@ from _design import design_engine, from_design
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.catalog.load import MAX_PRICE, MIN_PRICE
+from engine.errors import PolicyctlError
 from engine.language.program import CompiledRoute, Program
 from engine.routing import evaluator as evaluator_module
 from engine.routing.evaluator import EvalState, draw, evaluate, measured_columns
@@ -878,37 +880,33 @@ def absurd_catalog(directory: Path, name: str, price: float, every: int) -> Path
     return path
 
 
-def test_absurd_prices_give_way_to_the_lists(tmp_path: Path) -> None:
-    """Prices so high that a cost overflows to infinity would make `weighted` scores NaN
-    (0 × inf), which Python's sort and numpy's order differently: such a request stays on
-    the lists (and ordinary ones on the same route on the arrays)."""
-    path = absurd_catalog(tmp_path, "absurd", 1e306, 7)
+def test_prices_past_the_catalogs_bounds_are_refused(tmp_path: Path) -> None:
+    """A price so high that a cost overflows to infinity, or so tiny (subnormal) that
+    `weighted`'s cost factor (1 / the dearest cost) does, would make scores NaN, which
+    Python's sort and numpy's order differently: the catalog refuses both."""
+    for name, price in (("absurd", 1e306), ("tiny", 1e-318)):
+        path = absurd_catalog(tmp_path, name, price, 7)
+        with pytest.raises(PolicyctlError, match=r"pricing\.input"):
+            from_design(policy_text(path, "weighted(latency: 60%, cost: 40%)"))
+
+
+def test_prices_at_the_catalogs_bounds_decide_the_same_three_ways(tmp_path: Path) -> None:
+    """At the bounds (the highest price with a huge prompt, the smallest price above 0
+    beside free models) every score is a number and the arrays, the lists and the
+    explaining path agree."""
     compared = 0
-    for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
-        program = from_design(policy_text(path, s)).program
-        for n in range(12):
-            tokens = 1000 + n if n % 2 else n // 2  # overflows; fits (1e306 × 5 / 1e6)
-            env = env_of({"id": f"a{n}", "input_tokens": tokens, "metadata": {"tier": "free"}})
-            out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
-            texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
-            assert len(texts) == 1
-            assert out[0]["allowed"] and took == (0 if n % 2 else 1)
-            compared += 1
+    for name, price, every in (("dear", MAX_PRICE, 7), ("cheap", MIN_PRICE, 5)):
+        path = absurd_catalog(tmp_path, name, price, every)
+        for s in ("weighted(latency: 60%, cost: 40%)", "latency", "cost"):
+            program = from_design(policy_text(path, s)).program
+            for n in range(6):
+                tokens = (1000 * n + 1) if price < 1 else 100_000 * (n + 1)
+                env = env_of({"id": f"b{n}", "input_tokens": tokens, "metadata": {"tier": "free"}})
+                out, _ = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
+                texts = {json.dumps(d, sort_keys=True, allow_nan=False) for d in out}
+                assert len(texts) == 1 and out[0]["allowed"]
+                compared += 1
     assert compared == 36
-
-
-def test_tiny_prices_give_way_to_the_lists_in_weighted(tmp_path: Path) -> None:
-    """Costs so tiny (subnormal) that w_cost / the highest is inf would make `weighted`
-    scores NaN (inf × 0) for the free models: it ranks on the lists then."""
-    path = absurd_catalog(tmp_path, "tiny", 1e-318, 5)
-    program = from_design(policy_text(path, "weighted(latency: 60%, cost: 40%)")).program
-    for n in range(8):
-        env = env_of({"id": f"t{n}", "input_tokens": 1000 * n, "metadata": {"tier": "free"}})
-        out, took = three_ways(program, env, None, MeasuredNothing(), 0.0, None)
-        texts = {json.dumps(d, sort_keys=True) for d in out}  # (NaN scores: as text)
-        assert len(texts) == 1
-        assert out[0]["allowed"] and took == 1
-        assert ("NaN" in texts.pop()) == (n > 0)  # no cost at all for no tokens
 
 
 def test_a_big_route_under_model_limits_and_exploring_decides_as_on_lists(
