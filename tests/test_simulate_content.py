@@ -165,7 +165,7 @@ def test_content_aware_policy_against_cost_quality_and_oracle() -> None:
     by = rows(data)
     assert data["policies"] == {
         "complexity": str(ROOT / "examples" / "policies" / "complexity.policy"),
-        "content-aware": str(ROOT / "examples" / "policies" / "content.policy"),
+        "content-aware": str(ROOT / "examples" / "simulations" / "content.policy"),
     }
     cost, best = by["cost"], by["weighted(quality: 100%)"]
     aware, complexity, oracle = by["content-aware"], by["complexity"], by["oracle"]

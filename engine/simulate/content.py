@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.errors import PolicyctlError
 from engine.tokens import estimate_text_tokens
 from engine.wire import NATIVE
 from engine.wire.features import Conversation
@@ -31,7 +32,7 @@ Message = dict[str, str]
 Body = tuple[Message, ...]
 
 
-class ContentError(ValueError):
+class ContentError(PolicyctlError, ValueError):
     """No body with the claimed features could be written (a claim the word banks cannot
     meet, such as CJK prose that must outweigh a long code block in a few tokens)."""
 
