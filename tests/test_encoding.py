@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cli.eval_cmd import _loads
-from engine.routing.decision import Alternative, Decision
+from engine.limits.records import LimitDenial
+from engine.routing.decision import (
+    AffinityOutcome,
+    Alternative,
+    Decision,
+    DroppedCandidate,
+    NoEligibleModel,
+    _round3,
+)
 from engine.service.body import BodyError, _parse
 from tests._design import design_engine, from_design
 
@@ -139,6 +149,58 @@ def test_no_number_anywhere_in_a_decision_is_an_integral_float() -> None:
             assert not (isinstance(value, float) and value.is_integer()), value
         floats_in_traces += sum(isinstance(n, float) for n in _numbers(decision.trace or []))
     assert floats_in_traces > 0  # the traces carry numbers, so the walk had work to do
+
+
+def test_to_json_is_the_bytes_of_to_dict_encoded() -> None:
+    """`to_json()` encodes a struct built from the decision, not `to_dict()`: the bytes
+    are those of `to_dict()` encoded, key order and integral numbers included."""
+    encode = msgspec.json.Encoder().encode
+    for decision in DECISIONS:
+        assert decision.to_json() == encode(decision.to_dict())
+
+
+def test_every_optional_field_encodes_as_to_dict_has_it() -> None:
+    base = next(d for d in DECISIONS if d.allowed and d.rate_limits and d.alternatives)
+    trace: list[dict[str, Any]] = [
+        {"step": "choose", "ranking": [{"model": "m", "score": 2.0}, {"score": 0.25}]},
+        {"step": "x", "nested": [[1.0, (3.0, "a")], {"deep": {"n": -4.0, "b": True}}]},
+    ]
+    shadow = replace(base, request_id="shadow", trace=list(trace), estimated_cost=3.0)
+    full = replace(
+        base,
+        deployment_of="catalog-model",
+        experiment="exp",
+        arm=None,
+        explored=True,
+        affinity=AffinityOutcome("h", True, None, 12.0),
+        shadow_denials=(LimitDenial("user", "u", "requests", 1000),),
+        input_format="openai",
+        trace=trace,
+        shadow=shadow,
+        denied_by=NoEligibleModel((DroppedCandidate("p", "m", "health"),)),
+    )
+    encode = msgspec.json.Encoder().encode
+    for decision in (full, replace(full, trace=None), replace(full, experiment=None)):
+        assert decision.to_json() == encode(decision.to_dict())
+    fields = json.loads(full.to_json())
+    assert list(fields)[-9:] == [
+        "deployment_of", "experiment", "arm", "explored", "affinity", "shadow_denials",
+        "input_format", "trace", "shadow",
+    ]  # fmt: skip
+    assert fields["trace"][1]["nested"] == [[1, [3, "a"]], {"deep": {"n": -4, "b": True}}]
+    assert fields["shadow"]["estimated_cost"] == 3
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=1e13)
+    | st.integers(0, 2 * 10**12).map(lambda n: n / 1000)
+    | st.integers(0, 2 * 10**12).map(lambda n: (n + 0.5) / 1000)  # ties and near ties
+    | st.integers(0, 2 * 10**12).map(lambda n: math.nextafter((n + 0.5) / 1000, math.inf))
+    | st.integers(0, 2 * 10**9)
+)
+def test_a_status_reset_at_is_rounded_as_round_does(x: float) -> None:
+    assert repr(_round3(x)) == repr(round(x, 3))
 
 
 def test_a_lone_surrogate_falls_back_to_escaped_json() -> None:
