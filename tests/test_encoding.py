@@ -26,7 +26,10 @@ from engine.routing.decision import (
     Decision,
     DroppedCandidate,
     NoEligibleModel,
+    _integral_float_in,
+    _integral_tree,
     _round3,
+    _trace_json,
 )
 from engine.service.body import BodyError, _parse
 from tests._design import design_engine, from_design
@@ -291,6 +294,28 @@ def test_the_service_reads_bodies_as_json_loads_does(text: str) -> None:
         assert _same(ours[1], theirs[1])
     else:
         assert ours[1] == 400
+
+
+@settings(max_examples=500, deadline=None)
+@given(_values)
+def test_a_trace_encoded_as_it_is_only_when_the_walk_would_change_no_byte(value: Any) -> None:
+    """`to_json` skips the trace walk when the check finds no integral float in msgspec's
+    bytes: whenever it does, the walked copy encodes to the same bytes."""
+    encode = msgspec.json.Encoder().encode
+    try:
+        raw = encode(value)
+    except (ValueError, TypeError):  # a lone surrogate: to_json's fallback
+        return
+    if not _integral_float_in(raw):
+        assert encode(_integral_tree(value)) == raw
+    for x in (1.0, -0.0, 1e16, 2.5e20, 1e308):
+        assert _integral_float_in(encode([value, x]))
+
+
+def test_the_decisions_take_both_trace_paths() -> None:
+    traced = [_trace_json(d.trace) for d in DECISIONS if d.trace]
+    assert any(isinstance(t, msgspec.Raw) for t in traced)
+    assert any(not isinstance(t, msgspec.Raw) for t in traced)
 
 
 @pytest.mark.parametrize("digits", [19, 20, 40, 4000])
