@@ -5,7 +5,7 @@ named by its dotted path and resolved when the configuration is applied.
 
 The access log is written off the event loop: the loop only puts each line's record on a
 bounded queue (`AccessWriter`, the standard library's `QueueHandler`); a writer thread (its
-`QueueListener`), under load waking about every 50 ms, formats what queued up meanwhile and
+`QueueListener`), under load waking about every 10 ms, formats what queued up meanwhile and
 writes it to stderr with one write and one flush. A full queue drops the line and counts
 it (`access_lines_dropped()`, `policyctl_access_log_dropped_total`); the writer is stopped
 at exit, after the server's last request, and writes every line queued before it returns.
