@@ -14,10 +14,12 @@ million, so every request runs the four limits but none binds), then:
    answers a constant body of the same size as a decision, both loaded by `wrk` (8
    connections; installed with apt-get when missing and this runs as root) in interleaved
    pairs of equal duration, the order alternating; the ratio of requests/s and of p99
-   latency per pair, median and min–max over ≥ 15 pairs. The same for the DuckDB state
-   file, for decision logs on (`--analytics`) and for access logs on (`--access-log`, text
-   and JSON lines, to a file), full run only. The bare app's own requests/s is the stack's
-   ceiling here (wrk takes its share of the two cores);
+   latency per pair, median and min–max over ≥ 15 pairs, and each server's CPU time per
+   request (its user and system time from /proc/PID/stat over each wrk run, divided by
+   the requests: steadier than requests/s when the machine is busy) with their ratio.
+   The same for the DuckDB state file, for decision logs on (`--analytics`) and for access
+   logs on (`--access-log`, text and JSON lines, to a file), full run only. The bare
+   app's own requests/s is the stack's ceiling here (wrk takes its share of the two cores);
 1. load: a fixed number of POST /v1/eval requests (chat bodies, each from a distinct user
    and IP; JSON decisions back, as in every row) from a
    second process — `wrk` with a Lua script that stops each thread after its share, when
@@ -362,8 +364,22 @@ def wrk_env() -> dict[str, str]:
     return {**os.environ, "BENCH_PROMPT": PROMPT, "BENCH_RUN": str(next(_wrk_runs))}
 
 
-def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
-    """wrk for `seconds` against POST /v1/eval (the script's bodies), one result."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far, user and system, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after `(comm)`: fields 3 onwards
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def wrk_for(
+    port: int, seconds: float, connections: int = 8, pid: int | None = None
+) -> dict[str, Any]:
+    """wrk for `seconds` against POST /v1/eval (the script's bodies), one result; with the
+    server's `pid`, its CPU time per request over the run (`cpu_us`: the server's user and
+    system time, from /proc/PID/stat before and after, over the requests wrk completed)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT)
         script = f.name
@@ -371,13 +387,16 @@ def wrk_for(port: int, seconds: float, connections: int = 8) -> dict[str, Any]:
         command = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:g}s"]
         command += ["--timeout", "10s", "-s", script, f"http://{HOST}:{port}/v1/eval"]
         env = wrk_env()
+        cpu_before = cpu_seconds(pid) if pid is not None else 0.0
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        cpu = cpu_seconds(pid) - cpu_before if pid is not None else float("nan")
     finally:
         os.unlink(script)
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
             result["rate"] = result["requests"] / result["duration_s"]
+            result["cpu_us"] = cpu / max(result["requests"], 1) * 1e6
             return result
     raise RuntimeError(f"wrk failed:\n{done.stdout}\n{done.stderr}")
 
@@ -398,18 +417,19 @@ def decision_size(port: int) -> int:
 
 
 def ab_pairs(
-    ours: int, bare: int, pairs: int, seconds: float
+    ours: tuple[int, int], bare: tuple[int, int], pairs: int, seconds: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """`pairs` interleaved wrk runs on each side, the order alternating pair by pair."""
+    """`pairs` interleaved wrk runs on each side (port, server pid), the order alternating
+    pair by pair."""
     a: list[dict[str, Any]] = []
     b: list[dict[str, Any]] = []
     for i in range(pairs):
         if i % 2 == 0:
-            a.append(wrk_for(ours, seconds))
-            b.append(wrk_for(bare, seconds))
+            a.append(wrk_for(ours[0], seconds, pid=ours[1]))
+            b.append(wrk_for(bare[0], seconds, pid=bare[1]))
         else:
-            b.append(wrk_for(bare, seconds))
-            a.append(wrk_for(ours, seconds))
+            b.append(wrk_for(bare[0], seconds, pid=bare[1]))
+            a.append(wrk_for(ours[0], seconds, pid=ours[1]))
     return a, b
 
 
@@ -423,6 +443,7 @@ def spread(values: list[float], fmt: str) -> str:
 def report_ab(title: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[str]:
     rate = [x["rate"] / y["rate"] for x, y in zip(a, b, strict=True)]
     p99 = [x["p99_ms"] / y["p99_ms"] for x, y in zip(a, b, strict=True)]
+    cpu = [y["cpu_us"] / x["cpu_us"] for x, y in zip(a, b, strict=True)]
     bad = sum(x["non_200"] + x["errors"] for x in a)
     rate_ok = "met" if statistics.median(rate) >= 0.8 else "NOT met"
     p99_ok = "met" if statistics.median(p99) <= 1.5 else "NOT met"
@@ -434,12 +455,21 @@ def report_ab(title: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> l
         f"  policyctl p99         {spread([x['p99_ms'] for x in a], '.2f')} ms",
         f"  bare app p99          {spread([y['p99_ms'] for y in b], '.2f')} ms",
         f"  ratio p99             {spread(p99, '.2f')}×  (target ≤ 1.5×: {p99_ok})",
+        f"  policyctl server CPU  {spread([x['cpu_us'] for x in a], '.0f')} µs per request",
+        f"  bare app server CPU   {spread([y['cpu_us'] for y in b], '.0f')} µs per request",
+        f"  ratio CPU bare/ours   {spread(cpu, '.2f')}×  (steadier under load than requests/s;"
+        f" beside the requests/s ratio {statistics.median(rate):.2f}×)",
         f"  non-200 / errors      {bad}",
     ]
 
 
 def near_its_stack(
-    policy_dir: Path, port: int, pairs: int, seconds: float, others: bool = True
+    policy_dir: Path,
+    port: int,
+    pairs: int,
+    seconds: float,
+    others: bool = True,
+    pid: int | None = None,
 ) -> list[str]:
     """The A/B rows: memory state with logs off (against the bare app), then (`others`) the
     DuckDB state file and decision logs on (--analytics), each against the bare app again,
@@ -455,7 +485,7 @@ def near_its_stack(
     try:
         wrk_for(bare_port, 1)  # warm both
         wrk_for(port, 1)
-        a, b = ab_pairs(port, bare_port, pairs, seconds)
+        a, b = ab_pairs((port, pid), (bare_port, bare.pid), pairs, seconds)
         lines += report_ab(f"memory state, logs off: {pairs} pairs", a, b)
         ceiling = statistics.median(r["rate"] for r in b)
         lines.append(
@@ -483,7 +513,7 @@ def near_its_stack(
                 proc = start_server(policy_dir, other, extra, log)
                 try:
                     wrk_for(other, 1)
-                    a, b = ab_pairs(other, bare_port, few, seconds)
+                    a, b = ab_pairs((other, proc.pid), (bare_port, bare.pid), few, seconds)
                     lines += report_ab(f"{label}: {few} pairs", a, b)
                 finally:
                     stop(proc)
@@ -636,7 +666,9 @@ def main() -> int:
                 "limit amounts x1,000,000 (4 limits checked, none binds)",
             ]
             if have_wrk:
-                lines += near_its_stack(policy_dir, port, pairs, seconds, others=not args.quick)
+                lines += near_its_stack(
+                    policy_dir, port, pairs, seconds, others=not args.quick, pid=proc.pid
+                )
             else:
                 lines.append("near its stack: not measured (wrk is not installed)")
             print("\n".join(lines), flush=True)

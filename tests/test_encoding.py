@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cli.eval_cmd import _loads
-from engine.routing.decision import Alternative, Decision
+from engine.limits.records import LimitDenial
+from engine.routing.decision import (
+    AffinityOutcome,
+    Alternative,
+    Decision,
+    DroppedCandidate,
+    NoEligibleModel,
+    _integral_float_in,
+    _integral_tree,
+    _round3,
+    _trace_json,
+)
 from engine.service.body import BodyError, _parse
 from tests._design import design_engine, from_design
 
@@ -141,6 +154,58 @@ def test_no_number_anywhere_in_a_decision_is_an_integral_float() -> None:
     assert floats_in_traces > 0  # the traces carry numbers, so the walk had work to do
 
 
+def test_to_json_is_the_bytes_of_to_dict_encoded() -> None:
+    """`to_json()` encodes a struct built from the decision, not `to_dict()`: the bytes
+    are those of `to_dict()` encoded, key order and integral numbers included."""
+    encode = msgspec.json.Encoder().encode
+    for decision in DECISIONS:
+        assert decision.to_json() == encode(decision.to_dict())
+
+
+def test_every_optional_field_encodes_as_to_dict_has_it() -> None:
+    base = next(d for d in DECISIONS if d.allowed and d.rate_limits and d.alternatives)
+    trace: list[dict[str, Any]] = [
+        {"step": "choose", "ranking": [{"model": "m", "score": 2.0}, {"score": 0.25}]},
+        {"step": "x", "nested": [[1.0, (3.0, "a")], {"deep": {"n": -4.0, "b": True}}]},
+    ]
+    shadow = replace(base, request_id="shadow", trace=list(trace), estimated_cost=3.0)
+    full = replace(
+        base,
+        deployment_of="catalog-model",
+        experiment="exp",
+        arm=None,
+        explored=True,
+        affinity=AffinityOutcome("h", True, None, 12.0),
+        shadow_denials=(LimitDenial("user", "u", "requests", 1000),),
+        input_format="openai",
+        trace=trace,
+        shadow=shadow,
+        denied_by=NoEligibleModel((DroppedCandidate("p", "m", "health"),)),
+    )
+    encode = msgspec.json.Encoder().encode
+    for decision in (full, replace(full, trace=None), replace(full, experiment=None)):
+        assert decision.to_json() == encode(decision.to_dict())
+    fields = json.loads(full.to_json())
+    assert list(fields)[-9:] == [
+        "deployment_of", "experiment", "arm", "explored", "affinity", "shadow_denials",
+        "input_format", "trace", "shadow",
+    ]  # fmt: skip
+    assert fields["trace"][1]["nested"] == [[1, [3, "a"]], {"deep": {"n": -4, "b": True}}]
+    assert fields["shadow"]["estimated_cost"] == 3
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(min_value=0, max_value=1e13)
+    | st.integers(0, 2 * 10**12).map(lambda n: n / 1000)
+    | st.integers(0, 2 * 10**12).map(lambda n: (n + 0.5) / 1000)  # ties and near ties
+    | st.integers(0, 2 * 10**12).map(lambda n: math.nextafter((n + 0.5) / 1000, math.inf))
+    | st.integers(0, 2 * 10**9)
+)
+def test_a_status_reset_at_is_rounded_as_round_does(x: float) -> None:
+    assert repr(_round3(x)) == repr(round(x, 3))
+
+
 def test_a_lone_surrogate_falls_back_to_escaped_json() -> None:
     decision = Decision(
         request_id="\ud800",
@@ -229,6 +294,28 @@ def test_the_service_reads_bodies_as_json_loads_does(text: str) -> None:
         assert _same(ours[1], theirs[1])
     else:
         assert ours[1] == 400
+
+
+@settings(max_examples=500, deadline=None)
+@given(_values)
+def test_a_trace_encoded_as_it_is_only_when_the_walk_would_change_no_byte(value: Any) -> None:
+    """`to_json` skips the trace walk when the check finds no integral float in msgspec's
+    bytes: whenever it does, the walked copy encodes to the same bytes."""
+    encode = msgspec.json.Encoder().encode
+    try:
+        raw = encode(value)
+    except (ValueError, TypeError):  # a lone surrogate: to_json's fallback
+        return
+    if not _integral_float_in(raw):
+        assert encode(_integral_tree(value)) == raw
+    for x in (1.0, -0.0, 1e16, 2.5e20, 1e308):
+        assert _integral_float_in(encode([value, x]))
+
+
+def test_the_decisions_take_both_trace_paths() -> None:
+    traced = [_trace_json(d.trace) for d in DECISIONS if d.trace]
+    assert any(isinstance(t, msgspec.Raw) for t in traced)
+    assert any(not isinstance(t, msgspec.Raw) for t in traced)
 
 
 @pytest.mark.parametrize("digits", [19, 20, 40, 4000])

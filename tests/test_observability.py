@@ -7,12 +7,16 @@ Each test starts its own server, so the counts it checks are exactly the request
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +241,94 @@ def test_log_level_warning_keeps_info_out_but_not_the_access_log(tmp_path: Path)
     assert not any("Started server process" in line or "serving on" in line for line in lines)
     policy = [line for line in lines if '"GET /v1/policy HTTP/1.1" 200' in line]
     assert len(policy) == 1 and policy[0].startswith("INFO:     127.0.0.1:")
+
+
+def test_no_access_line_is_lost_on_sigterm(tmp_path: Path) -> None:
+    """The access log is written by a thread from a queue. Its stderr is a pipe nobody
+    reads during the burst: the writer blocks once the pipe is full, so lines are still
+    queued when SIGTERM comes at once after the last answer, and still when the server has
+    stopped (read a second later; at `warning` the server itself writes nothing then):
+    every request's line is there after the exit all the same, and the queue dropped
+    none."""
+    per_client, clients = 150, 4  # 600 JSON lines, far more than a pipe holds (64 KiB)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port",
+               str(port), "--policy", str(copy_policies(tmp_path / "policies")), "--state",
+               "memory://", "--no-watch", "--access-log", "--log-format", "json",
+               "--log-level", "warning"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)  # fmt: skip
+
+    def burst(n: int) -> list[int]:
+        with httpx.Client(base_url=url, timeout=DEADLINE_S) as client:
+            body = {"user": f"u{n}", "prompt": "hi"}
+            return [client.post("/v1/eval", json=dict(body, id=f"s{n}-{i}")).status_code
+                    for i in range(per_client)]  # fmt: skip
+
+    try:
+        wait_until_serving(proc, url, lambda: "(stderr is read after the exit)")
+        with ThreadPoolExecutor(clients) as pool:
+            codes = [c for got in pool.map(burst, range(clients)) for c in got]
+        with httpx.Client(base_url=url, timeout=DEADLINE_S) as client:
+            metrics = client.get("/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the server stops meanwhile; its lines must wait for the reader
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    assert codes == [200] * (per_client * clients)
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    (dropped,) = _samples(families, "policyctl_access_log_dropped")
+    assert dropped.value == 0
+    entries = [json.loads(line) for line in err.decode().splitlines()]
+    access = [e for e in entries if e["logger"] == "policyctl.access"]
+    evals = [e for e in access if e["path"] == "/v1/eval"]
+    assert len(evals) == per_client * clients
+    assert all(e["status"] == 200 for e in evals)
+
+
+def _record(logger: str, n: int) -> logging.LogRecord:
+    return logging.LogRecord(logger, logging.INFO, __file__, 1, "line %d", (n,), None)
+
+
+class _CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_access_writer_batches_its_writes_and_counts_what_a_full_queue_drops() -> None:
+    stream = _CountingStream()
+    name = "policyctl.test_access_writer"
+    writer = logconfig.start_access_writer(
+        logging.Formatter("%(message)s"), logger=name, size=3, stream=stream
+    )
+    try:
+        writer.listener.stop()  # the thread stopped: the queue fills and stays full
+        log = logging.getLogger(name)
+        log.setLevel(logging.INFO)
+        for n in range(5):
+            log.info("line %d", n)
+        assert writer.handler.dropped == 2  # a full queue drops, counted, and never blocks
+        assert writer.listener.queue.qsize() == 3
+        assert stream.getvalue() == ""
+        for n in range(5, 7):  # queued, as a burst would be, before the thread picks up
+            writer.listener.queue.get_nowait()
+            writer.handler.handle(_record(name, n))
+        writer.listener.start()
+        writer.stop()  # the lines queued are written before it returns
+    finally:
+        logging.getLogger(name).handlers = []
+    assert stream.getvalue() == "line 2\nline 5\nline 6\n"
+    assert stream.writes == 1  # one write for the batch
+    assert writer.handler.dropped == 2
 
 
 def test_the_command_line_offers_the_levels_and_formats_the_server_knows() -> None:

@@ -12,6 +12,7 @@ every emitted decision against the published schema.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -199,18 +200,154 @@ class Decision:
         return out
 
     def to_json(self) -> bytes:
-        """`to_dict()` as compact UTF-8 JSON, in one pass. A string msgspec cannot encode
-        (a lone surrogate has no UTF-8 form: request validation refuses one, but an
-        embedding app builds decisions too) sends the decision through the standard
-        library instead, non-ASCII escaped, so encoding never fails on a string."""
-        fields = self.to_dict()
+        """`to_dict()` as compact UTF-8 JSON, the same bytes, in one pass: the fields go to
+        msgspec as a `_DecisionJSON` struct (fields in order, the optional ones left unset
+        when absent), not as dicts built first. A string msgspec cannot encode (a lone
+        surrogate has no UTF-8 form: request validation refuses one, but an embedding app
+        builds decisions too) sends the decision through the standard library instead,
+        non-ASCII escaped, so encoding never fails on a string."""
         try:
-            return _encode(fields)
+            return _encode(self._wire())
         except (ValueError, TypeError):  # UnicodeEncodeError: a lone surrogate
+            fields = self.to_dict()
             return json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+    def _wire(self) -> _DecisionJSON:
+        """`to_dict()`'s fields as the struct msgspec encodes (integral numbers as ints)."""
+        cost, latency, confidence = self.estimated_cost, self.estimated_latency_ms, self.confidence
+        out = _DecisionJSON(
+            self.request_id,
+            self.allowed,
+            self.provider,
+            self.model,
+            self.route,
+            self.strategy,
+            self.reason,
+            int(cost) if cost.__class__ is float and cost.is_integer() else cost,  # type: ignore[union-attr]
+            int(latency) if latency.__class__ is float and latency.is_integer() else latency,  # type: ignore[union-attr]
+            (
+                int(confidence)
+                if confidence.__class__ is float and confidence.is_integer()
+                else confidence
+            ),
+            [_alternative_json(a) for a in self.alternatives],
+            self.fallbacks,  # dicts of strings: encoded as they are
+            [_status_json(r) for r in self.rate_limits],
+            None if self.denied_by is None else self.denied_by.to_dict(),
+            self.policy_version,
+        )
+        if self.deployment_of is not None:
+            out.deployment_of = self.deployment_of
+        if self.experiment is not None:
+            out.experiment = self.experiment
+            out.arm = self.arm
+        if self.explored:
+            out.explored = True
+        if self.affinity is not None:
+            out.affinity = self.affinity.to_dict()
+        if self.shadow_denials:
+            out.shadow_denials = [d.to_dict() for d in self.shadow_denials]
+        if self.input_format != "native":
+            out.input_format = self.input_format
+        if self.trace is not None:
+            out.trace = _trace_json(self.trace)
+            if self.shadow is not None:
+                out.shadow = self.shadow._wire()
+        return out
+
+
+class _DecisionJSON(msgspec.Struct, omit_defaults=True):
+    """A decision's JSON as msgspec encodes it: `Decision.to_dict()`'s keys in its order
+    (tests/test_encoding.py holds the two to the same bytes); an optional field left
+    `UNSET` is not written."""
+
+    request_id: str | None
+    allowed: bool
+    provider: str | None
+    model: str | None
+    route: str
+    strategy: str
+    reason: str
+    estimated_cost: float | None
+    estimated_latency_ms: float | None
+    confidence: float
+    alternatives: list[_AlternativeJSON]
+    fallbacks: list[dict[str, str]]
+    rate_limits: list[_StatusJSON]
+    denied_by: dict[str, Any] | None
+    policy_version: str
+    deployment_of: str | msgspec.UnsetType = msgspec.UNSET
+    experiment: str | msgspec.UnsetType = msgspec.UNSET
+    arm: str | msgspec.UnsetType | None = msgspec.UNSET
+    explored: bool | msgspec.UnsetType = msgspec.UNSET
+    affinity: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    shadow_denials: list[dict[str, Any]] | msgspec.UnsetType = msgspec.UNSET
+    input_format: str | msgspec.UnsetType = msgspec.UNSET
+    trace: Any = msgspec.UNSET
+    shadow: _DecisionJSON | msgspec.UnsetType = msgspec.UNSET
+
+
+class _AlternativeJSON(msgspec.Struct):
+    """`Alternative.to_dict()`, as msgspec encodes it."""
+
+    provider: str
+    model: str
+    score: float
+
+
+class _StatusJSON(msgspec.Struct):
+    """`LimitStatus.to_dict()` with integral numbers as ints, as msgspec encodes it."""
+
+    scope: str
+    key: str | None
+    unit: str
+    allowed: bool
+    remaining: float
+    limit: float
+    reset_at: float | None
+    retry_after_ms: float | None
+
+
+def _alternative_json(a: Alternative) -> _AlternativeJSON:
+    score = a.score
+    if score.__class__ is float and score.is_integer():
+        score = int(score)
+    return _AlternativeJSON(a.provider, a.model, score)
+
+
+def _status_json(r: LimitStatus) -> _StatusJSON:
+    remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
+    if reset_at is not None:
+        reset_at = _round3(reset_at)
+        if reset_at.__class__ is float and reset_at.is_integer():
+            reset_at = int(reset_at)
+    return _StatusJSON(
+        r.scope,
+        r.key,
+        r.unit,
+        r.allowed,
+        int(remaining) if remaining.__class__ is float and remaining.is_integer() else remaining,
+        int(limit) if limit.__class__ is float and limit.is_integer() else limit,
+        reset_at,
+        int(retry) if retry.__class__ is float and retry.is_integer() else retry,  # type: ignore[union-attr]
+    )
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _round3(x: float) -> float:
+    """`round(x, 3)`, the same float, without its decimal conversion (a third of a status's
+    encoding): `x * 1000` rounded to an integer is the correctly rounded decimal whenever
+    the product is not within its rounding error of a half (below 2**42 its error is under
+    0.001; a tie or a near one, a larger or non-positive value takes `round`), and that
+    integer over 1000 is the nearest float to the decimal, as `round` returns it."""
+    y = x * 1000.0
+    if 0.0 < y < 4398046511104.0 and x.__class__ is float:  # 2**42
+        r = round(y)
+        if -0.498 < y - r < 0.498:
+            return r / 1000.0
+    return round(x, 3)
 
 
 _STATUS_NUMBERS = ("remaining", "limit", "reset_at", "retry_after_ms")
@@ -225,16 +362,70 @@ def _integral_numbers(status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def _trace_json(trace: list[dict[str, Any]]) -> Any:
+    """The explain trace for `_DecisionJSON`: encoded as it is when msgspec wrote no
+    integral float in it (then `_integral_tree` would change nothing that shows: the bytes
+    are the same), else `_integral_tree`'s copy. A look for `.0` in the bytes costs far
+    less than walking a trace of hundreds of rankings; a string that happens to hold `.0`
+    only sends the trace the slow way."""
+    try:
+        raw = _encode(trace)
+    except (ValueError, TypeError):  # a lone surrogate: `to_json`'s fallback takes it
+        return _integral_tree(trace)
+    if _integral_float_in(raw):
+        return _integral_tree(trace)
+    return msgspec.Raw(raw)
+
+
+def _integral_float_in(raw: bytes) -> bool:
+    """Whether msgspec's `raw` may hold an integral float: `109.0` (a `.0` no digit
+    follows) or, from 1e16 up, an exponent (`1e16`, `2.5e20`, `1e40`: an `e` then a digit).
+    Strings included: a `.0` or `e1` in one is a false alarm, never a miss. Byte searches
+    (a regex led by a character class scans ten times slower)."""
+    at = raw.find(b".0")
+    while at >= 0:
+        if not raw[at + 2 : at + 3].isdigit():
+            return True
+        at = raw.find(b".0", at + 2)
+    return _EXPONENT.search(raw) is not None
+
+
+_EXPONENT = re.compile(rb"e[1-9]")  # a positive exponent (`1e-7` is not integral)
+
+
 def _integral_tree(value: Any) -> Any:
     """The explain trace with integral floats as ints, at any depth (a copy: `--explain`
-    only, off the hot path)."""
-    if value.__class__ is float:
+    only, off the hot path). A trace is mostly flat dicts of strings and numbers (a
+    ranking of every candidate): their leaves are converted in the loop, not by a call
+    each."""
+    cls = value.__class__
+    if cls is dict:
+        return _integral_dict(value)
+    if cls is list or cls is tuple:
+        return [_integral_tree(v) for v in value]
+    if cls is float:
         return int(value) if value.is_integer() else value
     if isinstance(value, dict):
-        return {k: _integral_tree(v) for k, v in value.items()}
+        return _integral_dict(value)
     if isinstance(value, list | tuple):
         return [_integral_tree(v) for v in value]
     return value
+
+
+_LEAVES = frozenset((str, int, bool, type(None)))  # kept as they are
+
+
+def _integral_dict(value: dict[Any, Any]) -> dict[Any, Any]:
+    out = {}
+    for k, v in value.items():
+        cls = v.__class__
+        if cls in _LEAVES:
+            out[k] = v
+        elif cls is float:
+            out[k] = int(v) if v.is_integer() else v
+        else:
+            out[k] = _integral_tree(v)
+    return out
 
 
 def __getattr__(name: str) -> Any:

@@ -2,16 +2,28 @@
 access log's) on stderr, as text (uvicorn's layout) or one JSON object a line. The
 standard library only, so `serve --help` loads no server: uvicorn's text formatter is
 named by its dotted path and resolved when the configuration is applied.
+
+The access log is written off the event loop: the loop only puts each line's record on a
+bounded queue (`AccessWriter`, the standard library's `QueueHandler`); a writer thread (its
+`QueueListener`), under load waking about every 10 ms, formats what queued up meanwhile and
+writes it to stderr with one write and one flush. A full queue drops the line and counts
+it (`access_lines_dropped()`, `policyctl_access_log_dropped_total`); the writer is stopped
+at exit, after the server's last request, and writes every line queued before it returns.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import logging.config
+import queue
+import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from logging.handlers import QueueHandler, QueueListener
+from typing import Any, Literal, TextIO
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
@@ -81,11 +93,137 @@ def log_config(options: Logging) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "propagate": False},
             "policyctl": {"handlers": ["stderr"], "level": level, "propagate": False},
             # written when asked, whatever the level (its records propagate to `policyctl`)
-            "policyctl.access": {"level": "INFO" if options.access_log else "CRITICAL"},
+            "policyctl.access": {
+                "level": "INFO" if options.access_log else "CRITICAL",
+                "propagate": True,  # unless the access writer takes its records
+            },
         },
         "root": {"handlers": ["stderr"], "level": level},
     }
 
 
+ACCESS_QUEUE = 10_000  # access lines waiting for the writer thread, at most
+BATCH_S = 0.01  # a line is written at most about this late (under load: one write per batch)
+
+
+class _DroppingQueueHandler(QueueHandler):
+    """Puts a record on the bounded queue as it is (formatted on the writer thread: an
+    access record's arguments are strings and numbers); a full queue drops it, counted."""
+
+    def __init__(self, into: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(into)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _BatchStream(logging.StreamHandler):  # type: ignore[type-arg]
+    """The writer thread's handler: lines gathered, then written with one write and one
+    flush when the queue is empty (`flush`)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pending.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self.pending:
+                text, self.pending = "".join(self.pending), []
+                self.stream.write(text)
+            self.stream.flush()
+
+
+class _BatchListener(QueueListener):
+    """A `QueueListener` that, finding the queue empty, flushes its handlers (one write),
+    then sleeps `BATCH_S` before it waits for the next record: under load it wakes about
+    every `BATCH_S` and takes all that queued meanwhile, rather than waking (and taking the
+    interpreter from the event loop) for each line; idle, it waits without waking. Its
+    stop waits for room in a full queue rather than failing."""
+
+    def dequeue(self, block: bool) -> logging.LogRecord | None:
+        if block and self.queue.empty():
+            for handler in self.handlers:
+                handler.flush()
+            time.sleep(BATCH_S)
+        record: logging.LogRecord | None = self.queue.get(block)
+        return record
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # blocks while full: the thread is emptying it
+
+    def stop(self) -> None:
+        super().stop()
+        for handler in self.handlers:
+            handler.flush()
+
+
+@dataclass
+class AccessWriter:
+    """The access log's queue and writer thread, once `configure_logging` started them."""
+
+    handler: _DroppingQueueHandler
+    listener: _BatchListener
+    running: bool = True
+
+    def stop(self) -> None:
+        """Write every queued line, then stop the thread (at exit; idempotent)."""
+        if self.running:
+            self.running = False
+            self.listener.stop()
+
+
+_writer: AccessWriter | None = None
+
+
+def access_lines_dropped() -> int:
+    """Access lines the full queue dropped since the writer started (0 without one)."""
+    return 0 if _writer is None else _writer.handler.dropped
+
+
 def configure_logging(options: Logging) -> None:
+    global _writer
+    if _writer is not None:  # configured again (tests): the previous writer's lines out
+        _writer.stop()
+        _writer = None
     logging.config.dictConfig(log_config(options))
+    # no format here shows a record's thread or process: not looked up for each record
+    # (about 2 µs of an access line's record, made on the event loop)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    if options.access_log:
+        _writer = start_access_writer(logging.getLogger("policyctl").handlers[0].formatter)
+
+
+def start_access_writer(
+    formatter: logging.Formatter | None,
+    *,
+    logger: str = "policyctl.access",
+    size: int = ACCESS_QUEUE,
+    stream: TextIO | None = None,
+) -> AccessWriter:
+    """`logger`'s records onto a queue of `size`, written to `stream` (stderr) by a thread
+    with `formatter`, stopped (its lines written) at exit."""
+    lines: queue.Queue[logging.LogRecord | None] = queue.Queue(size)
+    batch = _BatchStream(sys.stderr if stream is None else stream)
+    batch.setFormatter(formatter)
+    handler = _DroppingQueueHandler(lines)
+    access = logging.getLogger(logger)
+    access.handlers = [handler]
+    access.propagate = False
+    listener = _BatchListener(lines, batch)
+    listener.start()
+    writer = AccessWriter(handler, listener)
+    atexit.register(writer.stop)
+    return writer

@@ -39,6 +39,7 @@ from engine.limits.limiter import event_scope
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets, StoreUnavailableError
 from engine.routing.decision import Denial
+from engine.service.logconfig import access_lines_dropped
 from engine.wire.plugins import BUCKETS_S as PLUGIN_BUCKETS_S
 
 # seconds: the decision inside the service, and a whole request (body read to last byte)
@@ -164,6 +165,11 @@ class Telemetry:
             "policyctl_outcomes_dropped_total",
             "Outcomes the full log queue dropped.",
             value=engine.outcome_log.dropped if engine.outcome_log is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "policyctl_access_log_dropped_total",
+            "Access log lines the full queue of the log's writer thread dropped.",
+            value=access_lines_dropped(),
         )
         if isinstance(engine.store, HeldBuckets):  # memory or DuckDB state: buckets held here
             held = engine.store.bucket_counts()
@@ -385,7 +391,9 @@ class RequestTimer:
 
 
 def log_request(scope: Scope, status: int, s: float) -> None:
-    """One request's line to the `policyctl.access` logger (at INFO)."""
+    """One request's line to the `policyctl.access` logger (at INFO): under `policyctl
+    serve`, a record put on the access writer's queue (`engine.service.logconfig`), formatted
+    and written by its thread, not here."""
     client = scope.get("client")
     where = f"{client[0]}:{client[1]}" if client else "-"
     raw = scope.get("raw_path")  # as sent: percent-escapes kept, so no newline gets in
