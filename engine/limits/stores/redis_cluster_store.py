@@ -162,6 +162,8 @@ class _Call:
 class RedisClusterStore(RedisStore):
     """`RedisStore` with its buckets and reservations sharded by key over a Redis Cluster."""
 
+    KIND = "redis cluster"
+
     def __init__(self, url: str) -> None:  # the base's __init__ opens a single-node client
         try:
             import redis
@@ -226,13 +228,6 @@ class RedisClusterStore(RedisStore):
     _pin_script = property(lambda self: self._registered("_pin_script"))
     _pin_fold_script = property(lambda self: self._registered("_pin_fold_script"))
     _directory_script = property(lambda self: self._registered("_directory_script"))
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        self.round_trips += 1
-        try:
-            return fn(*args, **kwargs)
-        except self._errors as err:
-            raise StoreUnavailableError(f"redis cluster at `{self.url}`: {err}") from None
 
     # ------------------------------------------------------------------ buckets
 

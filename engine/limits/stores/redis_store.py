@@ -109,6 +109,7 @@ PIN_FOLD_SCRIPT = (
 
 class RedisStore:
     persistent = False
+    KIND = "redis"  # what errors call the server
 
     def __init__(self, url: str) -> None:
         try:
@@ -156,7 +157,7 @@ class RedisStore:
         try:
             return fn(*args, **kwargs)
         except self._errors as err:
-            raise StoreUnavailableError(f"redis at `{self.url}`: {err}") from None
+            raise StoreUnavailableError(f"{self.KIND} at `{self.url}`: {err}") from None
 
     # ------------------------------------------------------------------ buckets
 
