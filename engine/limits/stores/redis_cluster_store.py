@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -186,6 +187,9 @@ class RedisClusterStore(RedisStore):
         self._nodes, self._timeout = parse_cluster_url(url)
         self.leases = LeaseBook(parse_lease_options(url, urlsplit(url).query))
         self._last_now = 0.0
+        self._lease_lock = (
+            threading.Lock()
+        )  # the lease book is this instance's, one thread at a time
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         exceptions = redis.exceptions
@@ -277,7 +281,8 @@ class RedisClusterStore(RedisStore):
         self._last_now = max(self._last_now, now)  # the engine's clock, for `close`
         leasing = self._leasing(shared_list, option_list, consume, ticket)
         if leasing:  # an empty lease that cannot renew denies before any per-key call
-            denied = self._lease_precheck(shared_list, option_list, now)
+            with self._lease_lock:
+                denied = self._lease_precheck(shared_list, option_list, now)
             if denied is not None:
                 return denied
         start = 0
@@ -324,7 +329,8 @@ class RedisClusterStore(RedisStore):
                     fold_models = pin.models[start:]  # type: ignore[union-attr]
                     fold = PinWrite(pin.key, pin.prefix, pin.keep_ms, fold_models)  # type: ignore[union-attr]
                 if leased:
-                    option, failed, outcomes, wrote = self._leased_call(call, now)
+                    with self._lease_lock:
+                        option, failed, outcomes, wrote = self._leased_call(call, now)
                 else:
                     option, failed, outcomes, wrote = self._slot_call(
                         call, now, consume, ticket, fold
@@ -476,10 +482,13 @@ class RedisClusterStore(RedisStore):
     def return_leases(self) -> None:
         """Hands back every lease's unspent tokens (one call), on the engine's clock as the
         last decision saw it."""
-        held = self.leases.held()
-        if held:
-            self._send_leases(held, self._last_now)
-        self.leases.returned()
+        with self._lease_lock:
+            held = self.leases.held()
+            try:
+                if held:
+                    self._send_leases(held, self._last_now)
+            finally:
+                self.leases.returned()
 
     def _slot_call(
         self,
@@ -697,10 +706,8 @@ class RedisClusterStore(RedisStore):
         """Leases handed back first (a cluster that does not answer keeps them until their
         bucket refills), then the client closed."""
         if self._client is not None:
-            try:
+            with contextlib.suppress(StoreUnavailableError):
                 self.return_leases()
-            except StoreUnavailableError:
-                self.leases.returned()
             self._client.close()
 
 
