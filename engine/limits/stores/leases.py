@@ -112,6 +112,7 @@ class Lease:
     period_start: float = 0.0
     spent: float = 0.0  # in the current lease period
     spent_before: float = 0.0  # in the previous one
+    retry_at: float = 0.0  # ms: a renewal short of its batch is not asked again before this
 
 
 @dataclass
@@ -164,6 +165,16 @@ class LeaseBook:
     def must_renew(self, specs: list[Spec], now: float) -> bool:
         return any(not self.has_room(spec, now) for spec in specs)
 
+    def dry(self, specs: list[Spec], now: float) -> bool:
+        """Some bucket lacks room here, and its last renewal found too few tokens for a
+        batch so recently that the bucket cannot have refilled one yet (at most `lease_ms`
+        ago): deny without asking (an overloaded limit costs no round trip per denial)."""
+        for spec in specs:
+            lease = self.leases.get(spec.key)
+            if lease is not None and not self.has_room(spec, now) and now < lease.retry_at:
+                return True
+        return False
+
     def apply(self, renewals: list[Renewal], replies: list[Granted], now: float) -> None:
         """A `redis_lease.lua` reply taken in: what was handed back is gone, the grant held."""
         for renewal, reply in zip(renewals, replies, strict=True):
@@ -171,6 +182,12 @@ class LeaseBook:
             lease.tokens = lease.batch = reply.granted
             lease.full_at = reply.full_at
             lease.available = max(0.0, reply.available - reply.granted)
+            short = renewal.want - reply.granted
+            if renewal.want > 0 and short > 0:  # the bucket refills the rest first
+                wait = (short - lease.available) / renewal.rate if renewal.rate > 0 else 0.0
+                lease.retry_at = now + min(self.config.lease_ms, max(0.0, wait))
+            else:
+                lease.retry_at = 0.0
             if reply.granted > 0:
                 lease.expires_at = now + self.config.lease_ms
             if lease.tokens <= 0 and renewal.want == 0:

@@ -433,7 +433,8 @@ class RedisClusterStore(RedisStore):
         specs = [s for s in shared if bucket_tag(s[0]) == SHARED_TAG]
         if not specs or not self.leases.must_renew(specs, now):
             return None
-        self._renew(specs, now)
+        if not self.leases.dry(specs, now):
+            self._renew(specs, now)
         for i, spec in enumerate(shared):
             if bucket_tag(spec[0]) == SHARED_TAG and not self.leases.has_room(spec, now):
                 known = {
@@ -459,7 +460,9 @@ class RedisClusterStore(RedisStore):
             places: list[tuple[tuple[int, int], Spec]] = [((-1, i), s) for i, s in call.shared]
             places += [((call.option_base + index, j), s) for j, s in option]
             specs = [s for _, s in places]
-            if self.leases.must_renew(specs, now):
+            if self.leases.dry(specs, now):
+                pass  # asked too recently to find a batch: denied below, no call
+            elif self.leases.must_renew(specs, now):
                 self._renew(specs, now)
             else:
                 with contextlib.suppress(StoreUnavailableError):
