@@ -208,9 +208,9 @@ def test_an_empty_lease_that_cannot_renew_denies_before_any_per_key_call(
     # yet; the user's level is read for the denial's record (one MGET): no call that
     # consumes on the user's shard, and so nothing to refund
     assert store.round_trips - before == 1
+    assert store.peek("user/requests/3600000/late") is None  # the user's bucket untouched
     clock.now += 3600  # the bucket refilled: asked again, and admitted
     assert engine.evaluate({"id": "later", "user": "late"}).allowed
-    assert store.peek("user/requests/3600000/late") is None  # the user's bucket untouched
     engine.close()
 
 
