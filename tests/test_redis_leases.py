@@ -298,3 +298,31 @@ def test_an_expired_lease_is_handed_back_at_the_next_call(redis_cluster: RedisCl
     got = level(url, key, 100, HOUR_MS, clock.now)
     assert got == pytest.approx(min(100, 100 - 2 - new + refill), abs=1e-6)
     engine.close()
+
+
+def test_a_candidate_whose_lease_is_empty_moves_on(redis_cluster: RedisCluster) -> None:
+    """Per-user spend (the user's slot, asked first) and per-model limits (leased): the
+    first candidate's model lease is empty and cannot renew, so the decision takes the
+    second, and the user's spend bucket holds the second's estimate only; with both empty,
+    the denial is the model's and the user's spend is handed back."""
+    url = fresh(redis_cluster, "lease=auto&lease_max=0.5")
+    policy = (
+        "limit user spend $1 per 1d\nlimit model 1 per 1h\n"
+        "route r {\n prefer gemini/gemini-1.5-flash-latest\n"
+        " prefer claude/claude-3-haiku-20240307\n}\n"
+    )
+    engine = from_design(policy, state=url, clock=Clock())
+    first = engine.evaluate({"id": "1", "user": "a", "input_tokens": 100, "max_tokens": 10})
+    second = engine.evaluate({"id": "2", "user": "a", "input_tokens": 100, "max_tokens": 10})
+    assert first.allowed and second.allowed
+    assert first.model == "gemini-1.5-flash-latest"
+    assert second.model == "claude-3-haiku-20240307"
+    spent = 1 - level(url, "user/spend/86400000/a", 1, 86_400_000)
+    assert spent == pytest.approx(first.estimated_cost + second.estimated_cost, rel=1e-9)
+    third = engine.evaluate({"id": "3", "user": "a", "input_tokens": 100, "max_tokens": 10})
+    assert not third.allowed and third.denied_by["scope"] == "model"
+    assert 1 - level(url, "user/spend/86400000/a", 1, 86_400_000) == pytest.approx(spent)
+    store = engine.store
+    assert isinstance(store, RedisClusterStore)
+    assert sorted(k.split("/")[3] for k in store.leases.leases) == ["claude", "gemini"]
+    engine.close()
