@@ -87,3 +87,19 @@ def test_features_bench_quick_runs() -> None:
     assert "4-message chat (openai-chat)" in out.stdout
     assert "100 KB conversation (openai-chat)" in out.stdout
     assert "features derived for a policy that reads none: 0" in out.stdout
+
+
+def test_cluster_bench_quick_runs() -> None:
+    """`bench/cluster_bench.py --quick` starts its 3-master cluster, runs every design and
+    both phases, and says for each target whether it is met (quick figures: not asserted)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cluster_bench.py"), "--quick", "--instances", "20"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("| single slot (redis://) |", "| strict (lease=strict) |", "| leased (lease=auto"):
+        assert row in out.stdout
+    assert out.stdout.count("target ") >= 5
+    assert "target per-user-only round trips = 1: met" in out.stdout
+    assert "target strict within capacity + rate·W: met" in out.stdout
+    assert "target leased within the bound: met" in out.stdout

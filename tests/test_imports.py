@@ -58,6 +58,7 @@ CONCRETE_STORES = {
     "engine.limits.stores.memory",
     "engine.limits.stores.duckdb_store",
     "engine.limits.stores.redis_store",
+    "engine.limits.stores.leases",
     "engine.limits.stores.redis_cluster_store",
 }
 

@@ -27,7 +27,9 @@ shared slot's buckets are asked for in one place, `_shared_call`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,6 +49,14 @@ from engine.limits.stores.base import (
     Ticket,
     Usage,
     available,
+)
+from engine.limits.stores.leases import (
+    LEASE_OPTIONS,
+    Granted,
+    LeaseBook,
+    LeaseConfig,
+    Renewal,
+    parse_lease_options,
 )
 from engine.limits.stores.redis_store import (
     _UNIT_FLAGS,
@@ -72,6 +82,7 @@ DIRECTORY = "{" + SHARED_TAG + "}:rd:"
 DIRECTORY_SCRIPT = (Path(__file__).with_name("redis_cluster_directory.lua")).read_text(
     encoding="utf-8"
 )
+LEASE_SCRIPT = (Path(__file__).with_name("redis_lease.lua")).read_text(encoding="utf-8")
 _SCRIPTS = {
     "_script": SCRIPT,
     "_inflight_script": INFLIGHT_SCRIPT,
@@ -79,6 +90,7 @@ _SCRIPTS = {
     "_pin_script": PIN_SCRIPT,
     "_pin_fold_script": PIN_FOLD_SCRIPT,
     "_directory_script": DIRECTORY_SCRIPT,
+    "_lease_script": LEASE_SCRIPT,
 }
 
 
@@ -114,13 +126,14 @@ def _bucket_of(redis_key: str) -> str:
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], float]:
     """The startup nodes and socket timeout of a `redis+cluster://` URL; a ConfigurationError
-    saying what is wrong otherwise."""
+    saying what is wrong otherwise (the lease options: `cluster_lease_config`)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    unknown = sorted(set(query) - {"timeout"})
+    unknown = sorted(set(query) - {"timeout"} - LEASE_OPTIONS)
     if unknown:
         raise ConfigurationError(
-            f"state store `{url}`: unknown option `{unknown[0]}` (a cluster URL takes `timeout`)"
+            f"state store `{url}`: unknown option `{unknown[0]}` (a cluster URL takes"
+            " `timeout`, `lease`, `lease_max` and `lease_ms`)"
         )
     try:
         timeout = float(query.get("timeout", ["0.05"])[0])
@@ -174,6 +187,11 @@ class RedisClusterStore(RedisStore):
             ) from None
         self.url = url
         self._nodes, self._timeout = parse_cluster_url(url)
+        self.leases = LeaseBook(parse_lease_options(url, urlsplit(url).query))
+        self._last_now = 0.0
+        self._lease_lock = (
+            threading.Lock()
+        )  # the lease book is this instance's, one thread at a time
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         exceptions = redis.exceptions
@@ -228,6 +246,11 @@ class RedisClusterStore(RedisStore):
     _pin_script = property(lambda self: self._registered("_pin_script"))
     _pin_fold_script = property(lambda self: self._registered("_pin_fold_script"))
     _directory_script = property(lambda self: self._registered("_directory_script"))
+    _lease_script = property(lambda self: self._registered("_lease_script"))
+
+    @property
+    def lease_config(self) -> LeaseConfig:
+        return self.leases.config
 
     # ------------------------------------------------------------------ buckets
 
@@ -250,6 +273,13 @@ class RedisClusterStore(RedisStore):
         order = sorted(every - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in every else [])
         if not order:
             return AcquireResult(0, (), None)  # nothing to check: every option fits
+        self._last_now = max(self._last_now, now)  # the engine's clock, for `close`
+        leasing = self._leasing(shared_list, option_list, consume, ticket)
+        if leasing:  # an empty lease that cannot renew denies before any per-key call
+            with self._lease_lock:
+                denied = self._lease_precheck(shared_list, option_list, now)
+            if denied is not None:
+                return denied
         start = 0
         while True:
             fixed: int | None = None if n else 0
@@ -278,21 +308,34 @@ class RedisClusterStore(RedisStore):
                     ]
                 if not call.shared and not any(call.options):
                     continue  # nothing of this decision's here (the candidate skipped it)
+                leased = leasing and tag == SHARED_TAG  # spent from this instance's leases
                 fold = (
                     pin
-                    if (pin is not None and consume and resolving and tag == SHARED_TAG)
+                    if (
+                        pin is not None
+                        and consume
+                        and resolving
+                        and tag == SHARED_TAG
+                        and not leased
+                    )
                     else None
                 )
                 if fold is not None:
                     fold_models = pin.models[start:]  # type: ignore[union-attr]
                     fold = PinWrite(pin.key, pin.prefix, pin.keep_ms, fold_models)  # type: ignore[union-attr]
-                option, failed, outcomes, wrote = self._slot_call(call, now, consume, ticket, fold)
+                if leased:
+                    with self._lease_lock:
+                        option, failed, outcomes, wrote = self._leased_call(call, now)
+                else:
+                    option, failed, outcomes, wrote = self._slot_call(
+                        call, now, consume, ticket, fold
+                    )
                 if fold is not None and fold.written:
                     folded = pin.written = True  # type: ignore[union-attr]
                 for place, outcome in outcomes:
                     known[place] = outcome
                 if failed is None:
-                    if consume:
+                    if consume and not leased:  # (the shared slot is last: never refunded)
                         taken.append((tag, [o[0] for _, o in outcomes]))
                         if wrote:
                             reserved.append(tag)
@@ -327,6 +370,123 @@ class RedisClusterStore(RedisStore):
                 outcomes = [known[(-1, i)] for i in range(len(shared_list))]
                 outcomes += [known[(fixed, j)] for j in range(len(chosen))]
                 return AcquireResult(fixed, tuple(outcomes), None)
+
+    # ------------------------------------------------------------------ leases
+
+    def _leasing(
+        self,
+        shared: list[Spec],
+        options: list[list[Spec]],
+        consume: bool,
+        ticket: Ticket | None,
+    ) -> bool:
+        """Whether this decision's shared-slot buckets are spent from leases: `lease=auto`,
+        consuming (a dry run asks the bucket), and no shared bucket reserved for settling
+        (a token or spend limit on a shared scope with reserve-then-settle asks the bucket,
+        which writes the reservation's part in the same call)."""
+        if not (self.leases.config.leased and consume):
+            return False
+        if ticket is not None and ticket.units:
+            every = shared + [s for option in options for s in option]
+            if any(bucket_tag(s[0]) == SHARED_TAG and s[0] in ticket.units for s in every):
+                return False
+        return True
+
+    def _renew(self, specs: list[Spec], now: float) -> None:
+        """One `redis_lease.lua` call: the renewals these specs need, and the expired leases
+        of other buckets handed back (nothing to send: no call)."""
+        renewals = self.leases.renewals(specs, now)
+        if renewals:
+            self._send_leases(renewals, now)
+
+    def _send_leases(self, renewals: list[Renewal], now: float) -> None:
+        argv: list[Any] = [repr(float(now))]
+        for r in renewals:
+            argv.extend(repr(float(v)) for v in (r.capacity, r.rate, r.give_back, r.want, r.need))
+        keys = [bucket_redis_key(r.key) for r in renewals]
+        reply = self._call(self._lease_script, keys=keys, args=argv)
+        grants = [
+            Granted(float(reply[i]), float(reply[i + 1]), float(reply[i + 2]))
+            for i in range(0, len(reply), 3)
+        ]
+        self.leases.apply(renewals, grants, now)
+
+    def _lease_outcome(self, spec: Spec, allowed: bool, now: float) -> Outcome:
+        """A leased bucket's outcome: available = this instance's lease and the bucket's
+        tokens outside every lease as its last call saw them."""
+        lease = self.leases.leases.get(spec.key)
+        live = self.leases.live(spec.key, now)
+        if lease is None:
+            return Outcome(spec, live, allowed, now)
+        return Outcome(spec, live + lease.available, allowed, max(now, lease.full_at))
+
+    def _lease_precheck(
+        self, shared: list[Spec], options: list[list[Spec]], now: float
+    ) -> AcquireResult | None:
+        """The decision's shared-slot buckets (not a candidate's) renewed first when their
+        lease lacks the cost: still short, the decision is denied before any per-key call."""
+        specs = [s for s in shared if bucket_tag(s[0]) == SHARED_TAG]
+        if not specs or not self.leases.must_renew(specs, now):
+            return None
+        if not self.leases.dry(specs, now):
+            self._renew(specs, now)
+        for i, spec in enumerate(shared):
+            if bucket_tag(spec[0]) == SHARED_TAG and not self.leases.has_room(spec, now):
+                known = {
+                    (-1, j): self._lease_outcome(s, self.leases.has_room(s, now), now)
+                    for j, s in enumerate(shared)
+                    if bucket_tag(s[0]) == SHARED_TAG
+                }
+                return self._denial(shared, options, known, (-1, i), now)
+        return None
+
+    def _leased_call(
+        self, call: _Call, now: float
+    ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
+        """The shared slot's check-and-consume from this instance's leases, in the shape of
+        `_slot_call`: the first candidate whose buckets (with the shared ones) the leases
+        cover is spent locally; a lease short of the cost renews first (one call for every
+        bucket of that candidate), and a renewal that is only due (under the low mark)
+        rides along or, when the cluster does not answer, waits for the next decision."""
+        attempts: list[list[tuple[int, Spec]]] = call.options if call.options else [[]]
+        outcomes: list[tuple[tuple[int, int], Outcome]] = []
+        failed: tuple[int, int] | None = None
+        for index, option in enumerate(attempts):
+            places: list[tuple[tuple[int, int], Spec]] = [((-1, i), s) for i, s in call.shared]
+            places += [((call.option_base + index, j), s) for j, s in option]
+            specs = [s for _, s in places]
+            if self.leases.dry(specs, now):
+                pass  # asked too recently to find a batch: denied below, no call
+            elif self.leases.must_renew(specs, now):
+                self._renew(specs, now)
+            else:
+                with contextlib.suppress(StoreUnavailableError):
+                    self._renew(specs, now)  # due only: the lease still covers this one
+            outcomes, failed = [], None
+            for place, spec in places:
+                fits = self.leases.has_room(spec, now)
+                outcomes.append((place, self._lease_outcome(spec, fits, now)))
+                if not fits:
+                    failed = place
+                    break
+            if failed is None:
+                for _, spec in places:
+                    self.leases.spend(spec, now)
+                return index, None, outcomes, False
+            if failed[0] < 0:
+                break  # a shared bucket: no candidate can fit
+        return None, failed, outcomes, False
+
+    def return_leases(self) -> None:
+        """Hands back every lease's unspent tokens (one call), on the engine's clock as the
+        last decision saw it."""
+        with self._lease_lock:
+            held = self.leases.held()
+            try:
+                if held:
+                    self._send_leases(held, self._last_now)
+            finally:
+                self.leases.returned()
 
     def _slot_call(
         self,
@@ -541,7 +701,11 @@ class RedisClusterStore(RedisStore):
         return Settlement("settled", applied, tuple(buckets), expires_at)
 
     def close(self) -> None:
+        """Leases handed back first (a cluster that does not answer keeps them until their
+        bucket refills), then the client closed."""
         if self._client is not None:
+            with contextlib.suppress(StoreUnavailableError):
+                self.return_leases()
             self._client.close()
 
 
