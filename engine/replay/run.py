@@ -36,6 +36,7 @@ from engine.api.policy_engine import PolicyEngine
 from engine.errors import EXIT_BAD_INPUT, PolicyctlError
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
+from engine.routing.evaluator import Lean
 from engine.routing.request import RequestError, env_of
 from engine.routing.request_log import HASHED_PREFIX
 
@@ -159,6 +160,11 @@ class _Measured:
         return self._projected(d.allowed, d.route, key, denied, d.estimated_cost,
                                d.estimated_latency_ms)  # fmt: skip
 
+    def lean(self, d: Lean) -> Verdict:
+        key = f"{d.provider}/{d.model}" if d.allowed else None
+        return self._projected(d.allowed, d.route, key, d.denied, d.estimated_cost,
+                               d.estimated_latency_ms)  # fmt: skip
+
     def logged(self, d: LoggedDecision) -> Verdict:
         key = f"{d.provider}/{d.model}" if d.allowed else None
         return self._projected(d.allowed, d.route, key, d.denied_scope, d.estimated_cost,
@@ -242,6 +248,7 @@ def replay(
     baseline_policy: Path | None = None,
     shard: Shard | None = None,
     progress: Callable[[int], None] | None = None,
+    batch: bool = True,
 ) -> ReplayReport:
     """Every logged request decided again under `new_policy` (and `baseline_policy`, or
     compared with what was logged), in time order; the report of what changed. A JSONL
@@ -284,7 +291,7 @@ def replay(
             if progress is not None and not read % PROGRESS_EVERY:
                 progress(read)
             warming = event.at < warm_until
-            _decide_again(report, event, new, base, measured, shard, literal, warming)
+            _decide_again(report, event, new, base, measured, shard, literal, warming, batch)
     finally:
         for engine in sides:
             engine.close()
@@ -303,6 +310,7 @@ def _decide_again(
     shard: Shard | None,
     literal: bool,
     warming: bool,
+    lean: bool = False,
 ) -> None:
     if event.request is None:
         if shard is None or shard.owns(shard_key({}, event.request_id)):
@@ -332,8 +340,13 @@ def _decide_again(
     report.limit_warmup += warming
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
-    after = measured.verdict(new.evaluate(request, request_id=rid))
-    if base is not None:
+    if lean:
+        after = measured.lean(new.evaluate_lean(request, request_id=rid))
+    else:
+        after = measured.verdict(new.evaluate(request, request_id=rid))
+    if base is not None and lean:
+        before = measured.lean(base.evaluate_lean(request, request_id=rid))
+    elif base is not None:
         before = measured.verdict(base.evaluate(request, request_id=rid))
     else:
         before = measured.logged(event)
