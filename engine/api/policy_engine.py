@@ -543,6 +543,16 @@ class PolicyEngine:
             self._logs.decision(decision, self.clock(), request_text)
         return decision
 
+    @property
+    def decides_lean(self) -> bool:
+        """Whether `evaluate_lean` skips the full path: no decision log, no alert on
+        denials, no waiters (what the full path would keep of a decision)."""
+        return (
+            self._logs is None
+            and not self.alert_monitor.takes_denials
+            and self.__dict__.get("_waiters") is None
+        )
+
     def evaluate_lean(
         self, request: Mapping[str, Any] | Request, *, request_id: str | None = None
     ) -> Lean:
@@ -551,11 +561,7 @@ class PolicyEngine:
         alternatives, fallbacks, confidence or a shadow route's decision. An engine that
         logs its decisions (a DuckDB state file), with an alert on denials, or with requests
         waiting for a limit takes the full path (`evaluate`), so nothing it keeps is skipped."""
-        if (
-            self._logs is not None
-            or self.alert_monitor.takes_denials
-            or self.__dict__.get("_waiters") is not None
-        ):
+        if not self.decides_lean:
             return lean_of(self.evaluate(request, request_id=request_id))
         return evaluate_lean(
             self._program,
