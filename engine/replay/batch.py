@@ -7,8 +7,9 @@ A chunk goes through three phases, each in the log's time order where order matt
    metrics snapshot it would have met (taken at its time, exactly when the per-request
    path takes one, so the refreshes fall where they fell); its route is chosen;
 2. **rank**: the requests whose route ranks on nothing that changes within the chunk
-   (`batchable`) are ranked together, per (route, snapshot): eligibility, cost and
-   latency as a [requests × models] numpy matrix, each row's order by one `lexsort`
+   are ranked together, per route: eligibility, cost and
+   latency as a [requests × models] numpy matrix (each row's latencies its snapshot's),
+   each row's order by one `lexsort`
    (the strategy's keys, then the catalog order, as `strategies.base.by` sorts);
 3. **limits**: each request's ranked models go through the limiter at its time, in order
    (the buckets are order-dependent), and its lean decision is made.
@@ -22,13 +23,13 @@ snapshots are immutable once taken.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.analytics.decision_log import LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
-from engine.language.program import CompiledRoute
+from engine.language.program import CompiledRoute, RouteTable
 from engine.routing.evaluator import (
     VECTOR_MIN_CANDIDATES,
     Lean,
@@ -48,6 +49,7 @@ from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
 
 CHUNK = 4096  # requests ranked together at most
+HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost")}
 
@@ -76,6 +78,27 @@ class _Row:
     costs: list[float] | None = None  # by rank
     lats: list[float] | None = None
     lean: Lean | None = None  # decided in the rank phase (no eligible model)
+    # the matrix's rows past the first HEAD of `ranked`: (order, costs, lats, eligible count)
+    rest: tuple[Any, Any, Any, int] | None = None
+
+    def options(self, table: RouteTable) -> Iterator[tuple[str, str, float]]:
+        """(provider, model key, cost) of each ranked model, best first, for the limiter;
+        the matrix's rows past the head are read only if the limiter gets that far."""
+        providers, model_keys = table.providers, table.model_keys
+        ranked, costs = self.ranked, self.costs
+        assert ranked is not None and costs is not None
+        for p, c in zip(ranked, costs, strict=True):
+            yield providers[p], model_keys[p], c
+        if self.rest is not None:
+            order, cost, lat, count = self.rest
+            self.rest = None
+            tail = order[HEAD:count]
+            more, more_costs = tail.tolist(), cost[tail].tolist()
+            ranked.extend(more)
+            costs.extend(more_costs)
+            self.lats.extend(lat[tail].tolist())  # type: ignore[union-attr]
+            for p, c in zip(more, more_costs, strict=True):
+                yield providers[p], model_keys[p], c
 
 
 class BatchSide:
@@ -188,7 +211,7 @@ class BatchSide:
         groups: dict[tuple[int, int], list[_Row]] = {}
         for row in rows:
             if row.matrix:
-                groups.setdefault((id(row.route), id(row.columns)), []).append(row)
+                groups.setdefault(id(row.route), []).append(row)
             else:
                 self._rank_one(row)
         for group in groups.values():
@@ -211,11 +234,10 @@ class BatchSide:
             k = 0
             if limits:
                 self.set_now(row.at)
-                providers, model_keys = table.providers, table.model_keys
                 verdict = limiter.check(
                     limits,
                     row.env,
-                    ((providers[p], model_keys[p], c) for p, c in zip(ranked, costs, strict=True)),
+                    row.options(table),
                     consume=True,
                     on_store_error=route.settings.on_store_error,
                     record=True,
@@ -259,13 +281,12 @@ class BatchSide:
 
 
 def _ranked(group: list[_Row]) -> bool:
-    """Rank a group of rows (one route, one snapshot) on a [rows × models] matrix; False
+    """Rank a group of rows (one route) on a [rows × models] matrix; False
     (nothing set) when a cost or latency is not finite (NaN and inf sort differently in
     numpy and in Python's sort: the rows are ranked one by one)."""
     import numpy as np
 
-    first = group[0]
-    route, columns = first.route, first.columns
+    route = group[0].route
     table = route.table
     vec = table.vectors()
     envs = [row.env for row in group]
@@ -278,17 +299,34 @@ def _ranked(group: list[_Row]) -> bool:
         return False  # ints a float cannot hold exactly: Python's int * float rounds once
     output = np.where(has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs)
     cost = (inp[:, None] * vec.input_prices + output) / 1e6
-    lat_row = vec.latency_priors if columns is None else np.asarray(columns.lats, dtype=np.float64)
-    if not np.isfinite(cost).all() or not np.isfinite(lat_row).all():
+    # each row's latencies: its snapshot's measured columns (rows share a few), else priors
+    rows_of: dict[int, int] = {}
+    distinct: list[Any] = []
+    which = []
+    for row in group:
+        columns = row.columns
+        key = id(columns)
+        at = rows_of.get(key)
+        if at is None:
+            at = rows_of[key] = len(distinct)
+            distinct.append(table.latency_priors if columns is None else columns.lats)
+        which.append(at)
+    lat = np.array(distinct, dtype=np.float64)[np.array(which)]
+    if not np.isfinite(cost).all() or not np.isfinite(lat).all():
         return False
-    lat = np.broadcast_to(lat_row, cost.shape)
     needs = np.fromiter((_needs_mask(e) for e in envs), dtype=np.int64, count=n)
-    keep = (vec.masks & needs[:, None]) == needs[:, None]
-    context = np.fromiter(
-        (e["input_tokens"] + (e["max_tokens"] or 0) for e in envs), dtype=np.float64, count=n
-    )
-    keep &= ~(context[:, None] > vec.context_windows)
-    keep &= ~(has_max[:, None] & (most[:, None] > vec.max_tokens))
+    context = inp + most  # exact: both are integers under 2**53
+    keep = np.ones(cost.shape, dtype=bool)
+    # the rows some candidate cannot serve (as `_eligible_fast` asks of one request)
+    some = ((needs & ~table.common_mask) != 0) | (context > table.min_context_window)
+    some |= has_max & (most > table.min_max_tokens)
+    if some.any():
+        at = np.flatnonzero(some)
+        need = needs[at, None]
+        fits = (vec.masks & need) == need
+        fits &= ~(context[at, None] > vec.context_windows)
+        fits &= ~(has_max[at, None] & (most[at, None] > vec.max_tokens))
+        keep[at] = fits
     for i, row in enumerate(group):
         if row.out:
             keep[i, list(row.out)] = False
@@ -305,15 +343,21 @@ def _ranked(group: list[_Row]) -> bool:
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(lat > cap[:, None])
     major, minor = (cost, lat) if RANKED[route.settings.strategy][0] == "cost" else (lat, cost)
-    width = len(table.keys)
-    position = np.broadcast_to(np.arange(width), cost.shape)
-    catalog = np.broadcast_to(vec.indexes, cost.shape)
-    # ineligible last; then the strategy's keys; ties by catalog order, then route order
-    order = np.lexsort((position, catalog, minor, major, ~keep), axis=-1)
+    # ineligible last (every cost and latency is finite: inf sorts after them); then the
+    # strategy's keys; ties by catalog order, then route order (lexsort is stable: a route
+    # whose positions are in catalog order needs neither key)
+    major = np.where(keep, major, np.inf)
+    if table.view.index_sorted:
+        order = np.lexsort((minor, major), axis=-1)
+    else:
+        catalog = np.broadcast_to(vec.indexes, cost.shape)
+        order = np.lexsort((catalog, minor, major), axis=-1)
     counts = keep.sum(axis=1).tolist()
-    orders = order.tolist()
-    ranked_costs = np.take_along_axis(cost, order, axis=1).tolist()
-    ranked_lats = np.take_along_axis(lat, order, axis=1).tolist()
+    # the first HEAD of each row as lists (the limiter seldom reads further), the rest kept
+    head = order[:, :HEAD]
+    orders = head.tolist()
+    ranked_costs = np.take_along_axis(cost, head, axis=1).tolist()
+    ranked_lats = np.take_along_axis(lat, head, axis=1).tolist()
     for i, row in enumerate(group):
         count = counts[i]
         if not count:  # left None: the side asks the general path why (`_rank_one`)
@@ -321,4 +365,6 @@ def _ranked(group: list[_Row]) -> bool:
         row.ranked = orders[i][:count]
         row.costs = ranked_costs[i][:count]
         row.lats = ranked_lats[i][:count]
+        if count > HEAD:
+            row.rest = (order[i], cost[i], lat[i], count)
     return True

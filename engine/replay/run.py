@@ -16,6 +16,7 @@ requests are counted and flagged.
 
 from __future__ import annotations
 
+import gc
 import math
 import zlib
 from collections import Counter, defaultdict
@@ -280,6 +281,9 @@ def replay(
         report.shard = shard
         if shard.count > 1:
             report.approximate = sorted({name for e in sides for name in approximate_limits(e)})
+    # what exists now (the engines, their catalogs, the modules) is not garbage: kept out
+    # of the cyclic collector's scans while the replay allocates (a chunk's requests)
+    gc.freeze()
     try:
         if batch and all(e.decides_lean for e in sides):
             _batched(report, log, warm_s, warm_until, clock, new, base, measured, shard,
@@ -288,6 +292,7 @@ def replay(
             _one_by_one(report, log, warm_s, warm_until, clock, new, base, measured, shard,
                         literal, progress, batch)  # fmt: skip
     finally:
+        gc.unfreeze()
         for engine in sides:
             engine.close()
     return report
