@@ -168,3 +168,94 @@ def test_the_cli_replays_on_either_path(tmp_path: Path, flag: list[str]) -> None
     with read_decision_log(str(state)) as log:
         direct = json.loads(json.dumps(as_json(replay(log, tmp_path / "new.policy", batch=False))))
     assert report == direct and report["replayed"] == 120
+
+
+MATRIX_POLICY = """
+route cheap when request.metadata.tier == "cheap" {
+    strategy cost
+}
+route fast when request.metadata.tier == "fast" {
+    strategy latency
+    prefer anthropic
+}
+"""
+
+
+def _rows_ranked(engine: PolicyEngine, clock: _SimClock, requests: list[dict]) -> list[tuple]:
+    """Each request's ranking (positions, costs, latencies, or the no-model reason) on the
+    matrix and one by one, as pairs."""
+    from engine.replay.batch import Asked, BatchSide, _ranked
+
+    side = BatchSide(engine, lambda at: setattr(clock, "now", at))
+    rows = []
+    for i, request in enumerate(requests):
+        row = side._read(Asked(clock.now, request, None), i)
+        if row is not None:  # not a request the fast path prices (tier prices)
+            assert row.matrix
+            rows.append(row)
+    assert len(rows) > len(requests) * 0.6
+    by_route: dict[str, list] = {}
+    for row in rows:
+        by_route.setdefault(row.route.name, []).append(row)
+    pairs = []
+    for group in by_route.values():
+        assert _ranked(group)
+        for row in group:
+            if row.rest is not None:  # the whole ranking, as the limiter would read it
+                list(row.options(row.route.table))
+            if row.ranked is None:
+                side._rank_one(row)
+                pairs.append((row.lean, row.lean))
+                continue
+            got = (list(row.ranked), list(row.costs), list(row.lats))
+            row.ranked = row.costs = row.lats = None
+            side._rank_one(row)
+            pairs.append((got, (row.ranked, row.costs, row.lats)))
+    return pairs
+
+
+def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
+    (tmp_path / "m.policy").write_text(MATRIX_POLICY)
+    clock = _SimClock(1_800_000_000.0)
+    engine = PolicyEngine(tmp_path / "m.policy", clock=clock)
+    rng = random.Random(3)
+    routes = {r.name: r for r in engine.program.routes}
+    assert len(routes["cheap"].table.keys) > 50
+
+    def requests(n: int) -> list[dict]:
+        out = []
+        for i in range(n):
+            request: dict = {
+                "id": f"m{i}",
+                "prompt": "word " * rng.choice((1, 10, 400)),
+                "metadata": {"tier": rng.choice(("cheap", "fast"))},
+            }
+            if rng.random() < 0.3:
+                request["input_tokens"] = rng.choice((10, 150_000, 900_000, 3_000_000))
+            for name, values in (
+                ("max_tokens", (None, 50, 5000, 60_000, 200_000)),
+                ("requires_tools", (None, True)),
+                ("requires_vision", (None, True)),
+                ("min_quality", (None, 0.5, 0.8, 0.95)),
+                ("max_cost", (None, 0.0001, 0.01)),
+                ("max_latency_ms", (None, 800, 2000)),
+            ):
+                value = rng.choice(values)
+                if value is not None:
+                    request[name] = value
+            out.append(request)
+        return out
+
+    pairs = _rows_ranked(engine, clock, requests(400))  # on the catalog's priors
+    for model in list(routes["fast"].table.keys)[:40]:  # measured latencies, some failing
+        provider, _, name = model.partition("/")
+        for _ in range(3):
+            engine.record_outcome(provider, name, latency_ms=rng.uniform(100, 3000),
+                                  success=rng.random() > 0.2)  # fmt: skip
+    clock.now += 5
+    pairs += _rows_ranked(engine, clock, requests(400))
+    assert all(got == want for got, want in pairs)
+    kinds = {type(got) for got, _ in pairs}
+    assert tuple in kinds  # ranked rows, and rows with no eligible model
+    assert any(got is not None and type(got) is not tuple for got, _ in pairs)
+    assert any(type(got) is tuple and len(got[0]) > 4 for got, _ in pairs)  # past the head
