@@ -178,7 +178,14 @@ route fast when request.metadata.tier == "fast" {
     strategy latency
     prefer anthropic
 }
+route balanced when request.metadata.tier == "balanced" {
+    strategy weighted(latency: 10%, cost: 10%, success: 70%, quality: 10%)
+    min_samples 10
+}
 """
+
+
+ranked_routes: set[str] = set()  # the routes `_rows_ranked` ranked on the matrix
 
 
 def _rows_ranked(engine: PolicyEngine, clock: _SimClock, requests: list[dict]) -> list[tuple]:
@@ -197,6 +204,7 @@ def _rows_ranked(engine: PolicyEngine, clock: _SimClock, requests: list[dict]) -
     by_route: dict[str, list] = {}
     for row in rows:
         by_route.setdefault(row.route.name, []).append(row)
+    ranked_routes.update(by_route)
     pairs = []
     for group in by_route.values():
         assert _ranked(group)
@@ -228,7 +236,7 @@ def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
             request: dict = {
                 "id": f"m{i}",
                 "prompt": "word " * rng.choice((1, 10, 400)),
-                "metadata": {"tier": rng.choice(("cheap", "fast"))},
+                "metadata": {"tier": rng.choice(("cheap", "fast", "balanced", "default"))},
             }
             if rng.random() < 0.3:
                 request["input_tokens"] = rng.choice((10, 150_000, 900_000, 3_000_000))
@@ -247,11 +255,12 @@ def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
         return out
 
     pairs = _rows_ranked(engine, clock, requests(400))  # on the catalog's priors
-    for model in list(routes["fast"].table.keys)[:40]:  # measured latencies, some failing
+    for n, model in enumerate(list(routes["fast"].table.keys)[::3]):  # measured
         provider, _, name = model.partition("/")
-        for _ in range(3):
+        failures = (0, 2, 4, 8)[n % 4]  # success rates 1, 0.95, 0.9 and 0.8 (the failures
+        for i in range(40):  # first: no model ends in a cooldown)
             engine.record_outcome(provider, name, latency_ms=rng.uniform(100, 3000),
-                                  success=rng.random() > 0.2)  # fmt: skip
+                                  success=i >= failures)  # fmt: skip
     clock.now += 5
     pairs += _rows_ranked(engine, clock, requests(400))
     assert all(got == want for got, want in pairs)
@@ -259,3 +268,4 @@ def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
     assert tuple in kinds  # ranked rows, and rows with no eligible model
     assert any(got is not None and type(got) is not tuple for got, _ in pairs)
     assert any(type(got) is tuple and len(got[0]) > 4 for got, _ in pairs)  # past the head
+    assert len({row_route for row_route in ranked_routes}) == 4

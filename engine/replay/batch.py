@@ -51,7 +51,7 @@ from engine.strategies.base import Pool
 CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
-RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost")}
+RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,16 +342,22 @@ def _ranked(group: list[_Row]) -> bool:
     if any(c is not None for c in caps):
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(lat > cap[:, None])
-    major, minor = (cost, lat) if RANKED[route.settings.strategy][0] == "cost" else (lat, cost)
-    # ineligible last (every cost and latency is finite: inf sorts after them); then the
+    strategy = route.settings.strategy
+    if strategy == "weighted":
+        scores = _weighted(group, keep, cost, lat)
+        if scores is None:
+            return False
+        keys: tuple[Any, ...] = (np.where(keep, -scores, np.inf),)  # -x is exact
+    else:
+        major, minor = (cost, lat) if RANKED[strategy][0] == "cost" else (lat, cost)
+        keys = (minor, np.where(keep, major, np.inf))
+    # ineligible last (every key of the eligible is finite: inf sorts after them); then the
     # strategy's keys; ties by catalog order, then route order (lexsort is stable: a route
     # whose positions are in catalog order needs neither key)
-    major = np.where(keep, major, np.inf)
     if table.view.index_sorted:
-        order = np.lexsort((minor, major), axis=-1)
+        order = np.lexsort(keys, axis=-1)
     else:
-        catalog = np.broadcast_to(vec.indexes, cost.shape)
-        order = np.lexsort((catalog, minor, major), axis=-1)
+        order = np.lexsort((np.broadcast_to(vec.indexes, cost.shape), *keys), axis=-1)
     counts = keep.sum(axis=1).tolist()
     # the first HEAD of each row as lists (the limiter seldom reads further), the rest kept
     head = order[:, :HEAD]
@@ -368,3 +374,43 @@ def _ranked(group: list[_Row]) -> bool:
         if count > HEAD:
             row.rest = (order[i], cost[i], lat[i], count)
     return True
+
+
+def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any) -> Any:
+    """`strategies.weighted`'s scores of each row's eligible models (the same arithmetic in
+    the same order: `bases` over the row's eligible models, less k * cost), or None when
+    one is not finite (the rows are ranked one by one)."""
+    import numpy as np
+
+    route = group[0].route
+    view = route.table.view
+    w_latency, w_cost, w_success = view.factor_weights
+    eligible = keep.any(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        max_latency = np.where(keep, lat, -np.inf).max(axis=1)
+        max_cost = np.where(keep, cost, -np.inf).max(axis=1)
+        k = np.where(max_cost > 0, w_cost / max_cost, 0.0)
+        if not np.isfinite(k[eligible]).all():
+            return None
+        spread = max_latency[:, None]
+        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
+        base = w_latency * term + w_cost
+        rates_of: dict[int, int] = {}
+        distinct: list[Any] = []
+        which = []
+        for row in group:  # each row's success rates: its snapshot's, else 1.0
+            columns = row.columns
+            rates = None if columns is None else columns.rates
+            at = rates_of.get(id(rates))
+            if at is None:
+                at = rates_of[id(rates)] = len(distinct)
+                distinct.append([1.0] * len(view.keys) if rates is None else rates)
+            which.append(at)
+        succ = np.array(distinct, dtype=np.float64)[np.array(which)]
+        base = base + w_success * succ
+        if view.quality_terms is not None:
+            base = base + np.array(view.quality_terms, dtype=np.float64)
+        scores = base - k[:, None] * cost
+    if not np.isfinite(scores[keep]).all():
+        return None
+    return scores
