@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.analytics.decision_log import LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
@@ -54,8 +54,7 @@ HEAD = 4  # ranked models per request made Python lists up front (the rest if a 
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
 
 
-@dataclass(frozen=True, slots=True)
-class Asked:
+class Asked(NamedTuple):
     """A logged request, ready to be decided: its time, its request and its request id."""
 
     at: float
