@@ -269,3 +269,16 @@ def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
     assert any(got is not None and type(got) is not tuple for got, _ in pairs)
     assert any(type(got) is tuple and len(got[0]) > 4 for got, _ in pairs)  # past the head
     assert len({row_route for row_route in ranked_routes}) == 4
+
+
+def test_a_shadow_route_changes_nothing_the_lean_paths_skip(tmp_path: Path) -> None:
+    """The full path decides a served route's shadow (a dry limit check, no round-robin
+    turn); the lean paths do not: the same report."""
+    state = _write_log(tmp_path)
+    shadowed = tmp_path / "shadow.policy"
+    shadowed.write_text(
+        OLD.replace("prefer openai\n}", "prefer anthropic\n    shadow route rr\n}")
+        + 'route rr when request.region == "never" {\n    strategy round-robin\n}\n'
+    )
+    report = _both(str(state), shadowed)
+    assert report["changed"] > 0 and report["before"]["denied"] > 0
