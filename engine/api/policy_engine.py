@@ -37,7 +37,15 @@ from engine.limits.stores import ConfigurationError, Store, open_analytics, open
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
-from engine.routing.evaluator import DEFAULT_MAX_PINS, EvalState, PinTable, evaluate
+from engine.routing.evaluator import (
+    DEFAULT_MAX_PINS,
+    EvalState,
+    Lean,
+    PinTable,
+    evaluate,
+    evaluate_lean,
+    lean_of,
+)
 from engine.routing.metrics import (
     DEFAULT_REFRESH_MS,
     ClosableMetrics,
@@ -534,6 +542,35 @@ class PolicyEngine:
             request_text = None if kept is None or request is None else kept.encode(env, request)
             self._logs.decision(decision, self.clock(), request_text)
         return decision
+
+    @property
+    def decides_lean(self) -> bool:
+        """Whether `evaluate_lean` skips the full path: no decision log, no alert on
+        denials, no waiters (what the full path would keep of a decision)."""
+        return (
+            self._logs is None
+            and not self.alert_monitor.takes_denials
+            and self.__dict__.get("_waiters") is None
+        )
+
+    def evaluate_lean(
+        self, request: Mapping[str, Any] | Request, *, request_id: str | None = None
+    ) -> Lean:
+        """`evaluate` as far as a replay compares it (`engine.replay`): the same choice and
+        the same state changes (limits consumed), returned as a small `Lean` record, without
+        alternatives, fallbacks, confidence or a shadow route's decision. An engine that
+        logs its decisions (a DuckDB state file), with an alert on denials, or with requests
+        waiting for a limit takes the full path (`evaluate`), so nothing it keeps is skipped."""
+        if not self.decides_lean:
+            return lean_of(self.evaluate(request, request_id=request_id))
+        return evaluate_lean(
+            self._program,
+            env_of(request, request_id=request_id),
+            metrics=self.metrics,
+            state=self._state,
+            limiter=self.limiter,
+            now=self.clock(),
+        )
 
     @property
     def waiters(self) -> WaitQueues:

@@ -82,6 +82,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="replay shard K of N only (split by user key); merge the JSON reports with"
         " `policyctl replay merge`",
     )
+    p.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="decide every request through the full per-request path (`evaluate`), not the"
+        " lean batch path: the same report, slower (docs/replay.md)",
+    )
     p.set_defaults(run=run)
     actions = p.add_subparsers(dest="replay_action", metavar="{merge}")
     m = actions.add_parser(
@@ -163,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.baseline) if args.baseline is not None else None,
             shard,
             lambda done: bar(done, None),
+            batch=not args.no_batch,
         )
         bar.summary = f"replayed {report.replayed:,} requests"
     _show(report, args.format)

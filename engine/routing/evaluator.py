@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from engine.catalog.model import Model
 from engine.language.program import (
@@ -1011,17 +1011,57 @@ def evaluate(
     metrics, its limits checked dry (nothing consumed, nothing tallied), no round-robin turn
     taken: that decision is `decision.shadow`, logged beside the served one, never served
     (with `explain`, it has its own trace)."""
-    decision = _evaluate(
+    decision: Decision = _evaluate(  # type: ignore[assignment]  # not lean: a Decision
         program, env, metrics, state, explain, limiter, consume, now, only, record=consume
     )
     served = program.by_name.get(decision.route)
     shadow = served.shadow if served is not None else None
     if shadow is not None:
-        decision.shadow = _evaluate(
+        decision.shadow = _evaluate(  # type: ignore[assignment]
             program, env, metrics, None, explain, limiter, False, now, only,
             forced=program.by_name[shadow], record=False,
         )  # fmt: skip
     return decision
+
+
+class Lean(NamedTuple):
+    """A served or denied decision as far as a replay compares it (`evaluate_lean`): the
+    `Decision`'s fields of the same names, with `denied` the limit's scope or the denial's
+    reason."""
+
+    allowed: bool
+    route: str
+    provider: str | None
+    model: str | None
+    denied: str | None
+    estimated_cost: float | None
+    estimated_latency_ms: float | None
+
+
+def lean_of(decision: Decision) -> Lean:
+    denied = decision.denied_by
+    return Lean(
+        decision.allowed, decision.route, decision.provider, decision.model,
+        None if denied is None else denied.scope if isinstance(denied, LimitDenial)
+        else denied.reason, decision.estimated_cost, decision.estimated_latency_ms,
+    )  # fmt: skip
+
+
+def evaluate_lean(
+    program: Program,
+    env: Mapping[str, Any],
+    *,
+    metrics: MetricsView | None = None,
+    state: EvalState | None = None,
+    limiter: Limiter | None = None,
+    now: float = 0.0,
+) -> Lean:
+    """`evaluate` (consuming, no trace) as far as a replay compares it: the same choice, the
+    same state changes (buckets, round-robin turns, pins, exploration budgets), without the
+    alternatives, fallbacks, confidence or `Decision`. A `shadow route`'s decision is not
+    made: it is never served and changes no state."""
+    out = _evaluate(program, env, metrics, state, False, limiter, True, now, None, lean=True)
+    return out if type(out) is Lean else lean_of(out)  # type: ignore[arg-type]
 
 
 def _evaluate(
@@ -1037,7 +1077,8 @@ def _evaluate(
     *,
     forced: CompiledRoute | None = None,
     record: bool = True,
-) -> Decision:
+    lean: bool = False,
+) -> Decision | Lean:
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -1304,6 +1345,11 @@ def _evaluate(
                 ],
             }
         )
+    if lean:  # what a replay compares: no alternatives, fallbacks or confidence
+        return Lean(
+            True, route.name, chosen.provider, chosen.id, None,
+            round(costs[best], 10), round(lats[best], 3),
+        )  # fmt: skip
     taken = samples[best] if samples is not None else 0
     min_samples = settings.min_samples
     if taken <= 0:  # catalog priors only

@@ -1,0 +1,415 @@
+"""The replay's batch path: one side's requests decided a chunk at a time, the same
+decisions as `PolicyEngine.evaluate` one by one (`--no-batch`).
+
+A chunk goes through three phases, each in the log's time order where order matters:
+
+1. **read**: the logged outcomes are recorded at their times, and each request meets the
+   metrics snapshot it would have met (taken at its time, exactly when the per-request
+   path takes one, so the refreshes fall where they fell); its route is chosen;
+2. **rank**: the requests whose route ranks on nothing that changes within the chunk
+   are ranked together, per route: eligibility, cost and
+   latency as a [requests × models] numpy matrix (each row's latencies its snapshot's),
+   each row's order by one `lexsort`
+   (the strategy's keys, then the catalog order, as `strategies.base.by` sorts);
+3. **limits**: each request's ranked models go through the limiter at its time, in order
+   (the buckets are order-dependent), and its lean decision is made.
+
+A request the chunk cannot batch (see `batchable`) ends the chunk: the chunk's requests
+are ranked and limited, then that request is decided by `PolicyEngine.evaluate_lean` at its
+turn, on the outcomes recorded up to it. Outcomes reported without a request id change no
+limit, so recording a chunk's outcomes before its limits are applied changes nothing;
+snapshots are immutable once taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from engine.analytics.decision_log import LoggedOutcome
+from engine.api.policy_engine import PolicyEngine
+from engine.language.program import CompiledRoute, RouteTable
+from engine.routing.evaluator import (
+    VECTOR_MIN_CANDIDATES,
+    Lean,
+    Measured,
+    _eligible,
+    _eligible_fast,
+    _needs_mask,
+    _no_eligible_model,
+    _rate_limited,
+    _route_for,
+    draw,
+    lean_of,
+    measured_columns,
+)
+from engine.routing.request import env_of
+from engine.strategies import STRATEGIES
+from engine.strategies.base import Pool
+
+CHUNK = 4096  # requests ranked together at most
+HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
+# the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
+RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
+
+
+class Asked(NamedTuple):
+    """A logged request, ready to be decided: its time, its request and its request id."""
+
+    at: float
+    request: Mapping[str, Any]
+    request_id: str | None
+
+
+@dataclass(slots=True)
+class _Row:
+    at: float
+    env: dict[str, Any]
+    route: CompiledRoute
+    columns: Measured | None  # the snapshot's measured columns (None: the priors)
+    stats_of: Any  # model key -> ModelStats | None (the general path's)
+    measuring: bool
+    out: Any  # positions dropped now (health, `require` on measurements, retired), or None
+    slot: int  # its place in the chunk's results
+    matrix: bool  # its strategy is ranked on the matrix (else one by one, `_rank_one`)
+    ranked: list[int] | None = None  # route positions, best first
+    costs: list[float] | None = None  # by rank
+    lats: list[float] | None = None
+    lean: Lean | None = None  # decided in the rank phase (no eligible model)
+    # the matrix's rows past the first HEAD of `ranked`: (order, costs, lats, eligible count)
+    rest: tuple[Any, Any, Any, int] | None = None
+
+    def options(self, table: RouteTable) -> Iterator[tuple[str, str, float]]:
+        """(provider, model key, cost) of each ranked model, best first, for the limiter;
+        the matrix's rows past the head are read only if the limiter gets that far."""
+        providers, model_keys = table.providers, table.model_keys
+        ranked, costs = self.ranked, self.costs
+        assert ranked is not None and costs is not None
+        for p, c in zip(ranked, costs, strict=True):
+            yield providers[p], model_keys[p], c
+        if self.rest is not None:
+            order, cost, lat, count = self.rest
+            self.rest = None
+            tail = order[HEAD:count]
+            more, more_costs = tail.tolist(), cost[tail].tolist()
+            ranked.extend(more)
+            costs.extend(more_costs)
+            self.lats.extend(lat[tail].tolist())  # type: ignore[union-attr]
+            for p, c in zip(more, more_costs, strict=True):
+                yield providers[p], model_keys[p], c
+
+
+class BatchSide:
+    """One side of a replay (its engine and the shared clock) on the batch path."""
+
+    def __init__(self, engine: PolicyEngine, set_now: Callable[[float], None]) -> None:
+        self.engine = engine
+        self.set_now = set_now
+        self.ranks = {name: STRATEGIES[name].rank for name in RANKED}
+        self.batched = 0  # requests ranked on the matrix
+        self.single = 0  # requests decided one by one (`evaluate_lean`)
+
+    def decide(
+        self,
+        events: Sequence[LoggedOutcome | Asked],
+        record: Callable[[PolicyEngine, LoggedOutcome], None],
+    ) -> list[Lean]:
+        """Each asked request's lean decision, in order; the outcomes recorded at their
+        times between them."""
+        out: list[Lean | None] = []
+        rows: list[_Row] = []
+        engine = self.engine
+        for event in events:
+            self.set_now(event.at)
+            if type(event) is LoggedOutcome:
+                record(engine, event)
+                continue
+            assert isinstance(event, Asked)
+            row = self._read(event, len(out))
+            if row is None:
+                self._finish(rows, out)
+                rows = []
+                self.set_now(event.at)
+                out.append(engine.evaluate_lean(event.request, request_id=event.request_id))
+                self.single += 1
+            else:
+                rows.append(row)
+                out.append(None)
+        self._finish(rows, out)
+        return out  # type: ignore[return-value]  # every slot is filled
+
+    # ------------------------------------------------------------------ read
+
+    def _read(self, asked: Asked, slot: int) -> _Row | None:
+        """The request read at its time (the clock is there), or None when it is not
+        batchable: a deny rule that fires, an experiment, a route that reads state that
+        changes per decision or requires per model, a request the fast path does not price
+        (cached tokens, images, price tiers), a big route (the evaluator's numpy path)."""
+        engine = self.engine
+        program = engine.program
+        if program.live_requires:
+            return None
+        env = env_of(asked.request, request_id=asked.request_id)
+        for rule in program.denies:
+            if rule.when(env, None):
+                return None
+        route = _route_for(program, env, None)
+        split = route.split
+        if split is not None:  # an experiment: one hash of the request picks the arm
+            route = program.arm_routes[route.name][split.arm_index(env)]
+        table = route.table
+        settings = route.settings
+        if (
+            route.requires
+            or settings.explore is not None
+            or settings.affinity is not None
+            or table.takes_turns
+            or env["cached_tokens"]
+            or env["images"]
+            or env["input_tokens"] > table.min_tier_above
+            or len(table.keys) >= VECTOR_MIN_CANDIDATES
+            or not table.keys
+        ):
+            return None
+        metrics = engine.metrics
+        now = asked.at
+        measuring = metrics.has_data
+        stats_of = metrics.stats
+        columns: Measured | None = None
+        if measuring:  # as `_evaluate` takes it: once, at the request's time
+            take = getattr(metrics, "snapshot", None)
+            if take is None:
+                return None
+            snapshot = take()
+            if snapshot.stats:
+                stats_of = snapshot.stats.get
+                columns = snapshot.routes.get(id(route))
+                if columns is None or columns.route is not route:
+                    columns = measured_columns(snapshot, route)
+            else:
+                measuring = False
+        if columns is None:
+            out = route.prior_failing
+        else:
+            out = columns.dropped(now) if columns.watch else None
+            if columns.failing:
+                out = columns.failing if not out else out | columns.failing
+        if now >= table.next_retirement:
+            retired = table.retired(now)
+            out = retired if not out else out | retired
+        strategy = settings.strategy
+        matrix = strategy in RANKED and table.rank is self.ranks[strategy]
+        return _Row(now, env, route, columns, stats_of, measuring, out, slot, matrix)
+
+    # ------------------------------------------------------------------ rank, limits
+
+    def _finish(self, rows: list[_Row], out: list[Lean | None]) -> None:
+        if not rows:
+            return
+        groups: dict[tuple[int, int], list[_Row]] = {}
+        for row in rows:
+            if row.matrix:
+                groups.setdefault(id(row.route), []).append(row)
+            else:
+                self._rank_one(row)
+        for group in groups.values():
+            matrix = _ranked(group)
+            for row in group:
+                if not matrix or row.ranked is None:
+                    self._rank_one(row)
+        engine = self.engine
+        program = engine.program
+        limiter = engine.limiter
+        limits = program.limits
+        for row in rows:
+            self.batched += 1
+            if row.lean is not None:
+                out[row.slot] = row.lean
+                continue
+            route, ranked, costs = row.route, row.ranked, row.costs
+            assert ranked is not None and costs is not None and row.lats is not None
+            table = route.table
+            k = 0
+            if limits:
+                self.set_now(row.at)
+                verdict = limiter.check(
+                    limits,
+                    row.env,
+                    row.options(table),
+                    consume=True,
+                    on_store_error=route.settings.on_store_error,
+                    record=True,
+                )
+                if verdict.option is None:
+                    out[row.slot] = lean_of(_rate_limited(program, row.env, route, verdict, None))
+                    continue
+                k = verdict.option
+            model = table.models[ranked[k]]
+            out[row.slot] = Lean(
+                True, route.name, model.provider, model.id, None,
+                round(costs[k], 10), round(row.lats[k], 3),
+            )  # fmt: skip
+
+    def _rank_one(self, row: _Row) -> None:
+        """One request ranked as `_evaluate` ranks it (the reference the matrix matches)."""
+        route, env, columns = row.route, row.env, row.columns
+        table = route.table
+        pos, costs, lats = _eligible_fast(
+            table, env, row.at, None if columns is None else columns.lats, row.out
+        )
+        general = None
+        slow = not pos
+        if slow:
+            program = self.engine.program
+            pos, costs, lats, general, _, dropped = _eligible(
+                program, route, env, row.stats_of, row.measuring, row.at, None
+            )
+            if not pos:
+                row.lean = lean_of(_no_eligible_model(program, env, route, dropped, None))
+                return
+        rates = general  # the general path's, when it decided; else the snapshot's
+        if not slow and columns is not None and columns.rates is not None:
+            column = columns.rates
+            rates = column if type(pos) is range else [column[p] for p in pos]
+        drawn = draw(env["key"]) if table.draws else 0.0
+        order, _, _ = table.rank(Pool(table.view, pos, costs, lats, rates, drawn))
+        row.ranked = [pos[s] for s in order]
+        row.costs = [costs[s] for s in order]
+        row.lats = [lats[s] for s in order]
+
+
+def _ranked(group: list[_Row]) -> bool:
+    """Rank a group of rows (one route) on a [rows × models] matrix; False
+    (nothing set) when a cost or latency is not finite (NaN and inf sort differently in
+    numpy and in Python's sort: the rows are ranked one by one)."""
+    import numpy as np
+
+    route = group[0].route
+    table = route.table
+    vec = table.vectors()
+    envs = [row.env for row in group]
+    n = len(envs)
+    inp = np.fromiter((e["input_tokens"] for e in envs), dtype=np.float64, count=n)
+    given = [e["max_tokens"] for e in envs]
+    has_max = np.fromiter((m is not None for m in given), dtype=bool, count=n)
+    most = np.fromiter((m or 0 for m in given), dtype=np.float64, count=n)
+    if not (np.abs(inp) < 2.0**53).all() or not (np.abs(most) < 2.0**53).all():
+        return False  # ints a float cannot hold exactly: Python's int * float rounds once
+    output = np.where(has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs)
+    cost = (inp[:, None] * vec.input_prices + output) / 1e6
+    # each row's latencies: its snapshot's measured columns (rows share a few), else priors
+    rows_of: dict[int, int] = {}
+    distinct: list[Any] = []
+    which = []
+    for row in group:
+        columns = row.columns
+        key = id(columns)
+        at = rows_of.get(key)
+        if at is None:
+            at = rows_of[key] = len(distinct)
+            distinct.append(table.latency_priors if columns is None else columns.lats)
+        which.append(at)
+    lat = np.array(distinct, dtype=np.float64)[np.array(which)]
+    if not np.isfinite(cost).all() or not np.isfinite(lat).all():
+        return False
+    needs = np.fromiter((_needs_mask(e) for e in envs), dtype=np.int64, count=n)
+    context = inp + most  # exact: both are integers under 2**53
+    keep = np.ones(cost.shape, dtype=bool)
+    # the rows some candidate cannot serve (as `_eligible_fast` asks of one request)
+    some = ((needs & ~table.common_mask) != 0) | (context > table.min_context_window)
+    some |= has_max & (most > table.min_max_tokens)
+    if some.any():
+        at = np.flatnonzero(some)
+        need = needs[at, None]
+        fits = (vec.masks & need) == need
+        fits &= ~(context[at, None] > vec.context_windows)
+        fits &= ~(has_max[at, None] & (most[at, None] > vec.max_tokens))
+        keep[at] = fits
+    for i, row in enumerate(group):
+        if row.out:
+            keep[i, list(row.out)] = False
+    floors = [e["min_quality"] for e in envs]
+    if any(f is not None for f in floors):
+        floor = np.array([-np.inf if f is None else f for f in floors], dtype=np.float64)
+        keep &= ~(vec.qualities < floor[:, None])
+    caps = [e["max_cost"] for e in envs]
+    if any(c is not None for c in caps):
+        cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
+        keep &= ~(cost > cap[:, None])
+    caps = [e["max_latency"] for e in envs]
+    if any(c is not None for c in caps):
+        cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
+        keep &= ~(lat > cap[:, None])
+    strategy = route.settings.strategy
+    if strategy == "weighted":
+        scores = _weighted(group, keep, cost, lat)
+        if scores is None:
+            return False
+        keys: tuple[Any, ...] = (np.where(keep, -scores, np.inf),)  # -x is exact
+    else:
+        major, minor = (cost, lat) if RANKED[strategy][0] == "cost" else (lat, cost)
+        keys = (minor, np.where(keep, major, np.inf))
+    # ineligible last (every key of the eligible is finite: inf sorts after them); then the
+    # strategy's keys; ties by catalog order, then route order (lexsort is stable: a route
+    # whose positions are in catalog order needs neither key)
+    if table.view.index_sorted:
+        order = np.lexsort(keys, axis=-1)
+    else:
+        order = np.lexsort((np.broadcast_to(vec.indexes, cost.shape), *keys), axis=-1)
+    counts = keep.sum(axis=1).tolist()
+    # the first HEAD of each row as lists (the limiter seldom reads further), the rest kept
+    head = order[:, :HEAD]
+    orders = head.tolist()
+    ranked_costs = np.take_along_axis(cost, head, axis=1).tolist()
+    ranked_lats = np.take_along_axis(lat, head, axis=1).tolist()
+    for i, row in enumerate(group):
+        count = counts[i]
+        if not count:  # left None: the side asks the general path why (`_rank_one`)
+            continue
+        row.ranked = orders[i][:count]
+        row.costs = ranked_costs[i][:count]
+        row.lats = ranked_lats[i][:count]
+        if count > HEAD:
+            row.rest = (order[i], cost[i], lat[i], count)
+    return True
+
+
+def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any) -> Any:
+    """`strategies.weighted`'s scores of each row's eligible models (the same arithmetic in
+    the same order: `bases` over the row's eligible models, less k * cost), or None when
+    one is not finite (the rows are ranked one by one)."""
+    import numpy as np
+
+    route = group[0].route
+    view = route.table.view
+    w_latency, w_cost, w_success = view.factor_weights
+    eligible = keep.any(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        max_latency = np.where(keep, lat, -np.inf).max(axis=1)
+        max_cost = np.where(keep, cost, -np.inf).max(axis=1)
+        k = np.where(max_cost > 0, w_cost / max_cost, 0.0)
+        if not np.isfinite(k[eligible]).all():
+            return None
+        spread = max_latency[:, None]
+        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
+        base = w_latency * term + w_cost
+        rates_of: dict[int, int] = {}
+        distinct: list[Any] = []
+        which = []
+        for row in group:  # each row's success rates: its snapshot's, else 1.0
+            columns = row.columns
+            rates = None if columns is None else columns.rates
+            at = rates_of.get(id(rates))
+            if at is None:
+                at = rates_of[id(rates)] = len(distinct)
+                distinct.append([1.0] * len(view.keys) if rates is None else rates)
+            which.append(at)
+        succ = np.array(distinct, dtype=np.float64)[np.array(which)]
+        base = base + w_success * succ
+        if view.quality_terms is not None:
+            base = base + np.array(view.quality_terms, dtype=np.float64)
+        scores = base - k[:, None] * cost
+    if not np.isfinite(scores[keep]).all():
+        return None
+    return scores

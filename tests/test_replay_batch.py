@@ -1,0 +1,284 @@
+"""The replay's batch path (`replay(batch=True)`, the default) against the per-request path
+(`--no-batch`): the same JSON report, parsed, on the replay tests' logs and on a log whose
+traffic the simulator draws (users, templates, Poisson arrivals, agent sessions) and whose
+outcomes its providers draw, written by a real engine on a DuckDB state file under a
+policy with limits that deny, metrics-driven routing, round-robin and affinity."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import PolicyEngine
+from engine.analytics.decision_log import read_decision_log, read_requests_jsonl
+from engine.replay.report import as_json
+from engine.replay.run import Shard, replay
+from engine.routing.evaluator import Lean, lean_of
+from engine.simulate.scenario import load_scenario
+from engine.simulate.world import draw_arrivals
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_replay import OLD, _write_log  # noqa: E402
+
+SIM_OLD = """
+route code when request.requires_tools {
+    strategy latency
+    min_samples 5
+    window 10m
+}
+route summary when request.max_tokens <= 512 {
+    strategy round-robin
+}
+route chat when request.stream {
+    strategy cost
+    affinity by request.user for 10m
+}
+limit user 6 per 1m
+limit global 40 per 10s
+"""
+# moves the code route to cost and the chat route's affinity off
+SIM_NEW = SIM_OLD.replace("strategy latency", "strategy cost").replace(
+    "    affinity by request.user for 10m\n", ""
+)
+
+
+def _both(log_source: str, policy: Path, baseline: Path | None = None, **kw: object) -> dict:
+    """The JSON report of both paths, checked equal; the batch one returned."""
+    reports = []
+    for batch in (True, False):
+        with read_decision_log(log_source) as log:
+            report = replay(log, policy, baseline, batch=batch, **kw)  # type: ignore[arg-type]
+        reports.append(json.loads(json.dumps(as_json(report))))
+    assert reports[0] == reports[1]
+    return reports[0]
+
+
+def test_the_replay_tests_logs_give_the_same_report_on_both_paths(tmp_path: Path) -> None:
+    state = _write_log(tmp_path)
+    new, old = tmp_path / "new.policy", tmp_path / "old.policy"
+    same = _both(str(state), old)
+    assert same["replayed"] == 400 and same["changed"] == 0
+    assert same["denials_added"] == {} and same["before"]["denied"] > 0  # limits denied
+    moved = _both(str(state), new)
+    assert moved["changed"] > 0
+    against = _both(str(state), new, old)
+    assert against["changed"] == moved["changed"]
+    for k in (1, 2):
+        _both(str(state), new, shard=Shard(k, 2))
+
+
+def test_a_simulated_log_with_limits_metrics_round_robin_and_affinity(tmp_path: Path) -> None:
+    scenario = load_scenario(ROOT / "examples" / "simulations" / "ab.yaml", requests=1500)
+    arrivals = draw_arrivals(scenario.seed, scenario.requests, 20.0, scenario.traffic)
+    (tmp_path / "old.policy").write_text(SIM_OLD)
+    (tmp_path / "new.policy").write_text(SIM_NEW)
+    state = tmp_path / "sim.duckdb"
+    clock = _SimClock(arrivals[0].at)
+    rng = random.Random(7)
+    routes: set[str] = set()
+    with PolicyEngine(tmp_path / "old.policy", state=str(state), clock=clock) as engine:
+        for a in arrivals:
+            clock.now = a.at
+            request = dict(a.template.fields)
+            request["id"] = f"sim-{a.index}"
+            if a.user is not None:
+                request["user"] = a.user
+            decision = engine.evaluate(request)
+            routes.add(decision.route)
+            if not decision.allowed:
+                continue
+            provider = scenario.providers.get(f"{decision.provider}/{decision.model}")
+            if provider is not None:
+                latency, ok = provider.outcome(a.index, rng.gauss(0.0, 1.0), rng.random())
+            else:
+                latency, ok = rng.uniform(300, 3000), rng.random() > 0.02
+            clock.now = a.at + latency / 1000.0 / 50  # before the next arrivals, mostly
+            engine.record(decision, latency_ms=latency, success=ok,
+                          output_tokens=a.template.output_tokens if ok else 0)  # fmt: skip
+    assert {"code", "summary", "chat"} <= routes
+    old, new = tmp_path / "old.policy", tmp_path / "new.policy"
+    same = _both(str(state), old)
+    assert same["replayed"] == 1500 and same["changed"] == 0
+    assert same["before"]["denied"] > 0  # the limits deny some
+    moved = _both(str(state), new)
+    assert moved["changed"] > 0
+    assert set(moved["by_route"]) <= {"code", "chat", "(denied before routing)"}
+    _both(str(state), new, old)
+
+
+class _SimClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_jsonl_source_gives_the_same_report_on_both_paths(tmp_path: Path) -> None:
+    source = ROOT / "examples" / "requests" / "replay.jsonl"
+    after, before = ROOT / "examples" / "diff" / "after", ROOT / "examples" / "diff" / "before"
+    reports = []
+    for batch in (True, False):
+        with read_requests_jsonl(str(source)) as log:
+            reports.append(json.loads(json.dumps(as_json(replay(log, after, before, batch=batch)))))
+    assert reports[0] == reports[1] and reports[0]["changed"] == 2
+
+
+def test_a_lean_decision_is_the_decision_it_stands_for(tmp_path: Path) -> None:
+    (tmp_path / "p.policy").write_text(OLD.replace("limit user 5 per 1m", "limit user 2 per 1m"))
+    clock = _SimClock(1_800_000_000.0)
+    full = PolicyEngine(tmp_path / "p.policy", clock=clock)
+    lean = PolicyEngine(tmp_path / "p.policy", clock=clock)
+    requests = [
+        {"id": "a", "user": "u1", "prompt": "hi"},
+        {"id": "b", "user": "u1", "prompt": "hi", "requires_tools": True},
+        {"id": "c", "user": "u1", "prompt": "hi", "region": "eu"},  # the limit denies it
+        {"id": "d", "user": "u2", "prompt": "hi", "max_tokens": 10**9},  # no eligible model
+    ]
+    kinds = set()
+    for request in requests:
+        clock.now += 1
+        got = lean.evaluate_lean(request)
+        want = lean_of(full.evaluate(request))
+        assert isinstance(got, Lean) and got == want
+        kinds.add(got.denied)
+    assert kinds == {None, "user", "no_eligible_model"}
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-batch"]])
+def test_the_cli_replays_on_either_path(tmp_path: Path, flag: list[str]) -> None:
+    state = _write_log(tmp_path, 120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "--format", "json", "--policy",
+         str(tmp_path / "new.policy"), "--from", str(state), *flag],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    with read_decision_log(str(state)) as log:
+        direct = json.loads(json.dumps(as_json(replay(log, tmp_path / "new.policy", batch=False))))
+    assert report == direct and report["replayed"] == 120
+
+
+MATRIX_POLICY = """
+route cheap when request.metadata.tier == "cheap" {
+    strategy cost
+}
+route fast when request.metadata.tier == "fast" {
+    strategy latency
+    prefer anthropic
+}
+route balanced when request.metadata.tier == "balanced" {
+    strategy weighted(latency: 10%, cost: 10%, success: 70%, quality: 10%)
+    min_samples 10
+}
+"""
+
+
+ranked_routes: set[str] = set()  # the routes `_rows_ranked` ranked on the matrix
+
+
+def _rows_ranked(engine: PolicyEngine, clock: _SimClock, requests: list[dict]) -> list[tuple]:
+    """Each request's ranking (positions, costs, latencies, or the no-model reason) on the
+    matrix and one by one, as pairs."""
+    from engine.replay.batch import Asked, BatchSide, _ranked
+
+    side = BatchSide(engine, lambda at: setattr(clock, "now", at))
+    rows = []
+    for i, request in enumerate(requests):
+        row = side._read(Asked(clock.now, request, None), i)
+        if row is not None:  # not a request the fast path prices (tier prices)
+            assert row.matrix
+            rows.append(row)
+    assert len(rows) > len(requests) * 0.6
+    by_route: dict[str, list] = {}
+    for row in rows:
+        by_route.setdefault(row.route.name, []).append(row)
+    ranked_routes.update(by_route)
+    pairs = []
+    for group in by_route.values():
+        assert _ranked(group)
+        for row in group:
+            if row.rest is not None:  # the whole ranking, as the limiter would read it
+                list(row.options(row.route.table))
+            if row.ranked is None:
+                side._rank_one(row)
+                pairs.append((row.lean, row.lean))
+                continue
+            got = (list(row.ranked), list(row.costs), list(row.lats))
+            row.ranked = row.costs = row.lats = None
+            side._rank_one(row)
+            pairs.append((got, (row.ranked, row.costs, row.lats)))
+    return pairs
+
+
+def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
+    (tmp_path / "m.policy").write_text(MATRIX_POLICY)
+    clock = _SimClock(1_800_000_000.0)
+    engine = PolicyEngine(tmp_path / "m.policy", clock=clock)
+    rng = random.Random(3)
+    routes = {r.name: r for r in engine.program.routes}
+    assert len(routes["cheap"].table.keys) > 50
+
+    def requests(n: int) -> list[dict]:
+        out = []
+        for i in range(n):
+            request: dict = {
+                "id": f"m{i}",
+                "prompt": "word " * rng.choice((1, 10, 400)),
+                "metadata": {"tier": rng.choice(("cheap", "fast", "balanced", "default"))},
+            }
+            if rng.random() < 0.3:
+                request["input_tokens"] = rng.choice((10, 150_000, 900_000, 3_000_000))
+            for name, values in (
+                ("max_tokens", (None, 50, 5000, 60_000, 200_000)),
+                ("requires_tools", (None, True)),
+                ("requires_vision", (None, True)),
+                ("min_quality", (None, 0.5, 0.8, 0.95)),
+                ("max_cost", (None, 0.0001, 0.01)),
+                ("max_latency_ms", (None, 800, 2000)),
+            ):
+                value = rng.choice(values)
+                if value is not None:
+                    request[name] = value
+            out.append(request)
+        return out
+
+    pairs = _rows_ranked(engine, clock, requests(400))  # on the catalog's priors
+    for n, model in enumerate(list(routes["fast"].table.keys)[::3]):  # measured
+        provider, _, name = model.partition("/")
+        failures = (0, 2, 4, 8)[n % 4]  # success rates 1, 0.95, 0.9 and 0.8 (the failures
+        for i in range(40):  # first: no model ends in a cooldown)
+            engine.record_outcome(provider, name, latency_ms=rng.uniform(100, 3000),
+                                  success=i >= failures)  # fmt: skip
+    clock.now += 5
+    pairs += _rows_ranked(engine, clock, requests(400))
+    assert all(got == want for got, want in pairs)
+    kinds = {type(got) for got, _ in pairs}
+    assert tuple in kinds  # ranked rows, and rows with no eligible model
+    assert any(got is not None and type(got) is not tuple for got, _ in pairs)
+    assert any(type(got) is tuple and len(got[0]) > 4 for got, _ in pairs)  # past the head
+    assert len({row_route for row_route in ranked_routes}) == 4
+
+
+def test_a_shadow_route_changes_nothing_the_lean_paths_skip(tmp_path: Path) -> None:
+    """The full path decides a served route's shadow (a dry limit check, no round-robin
+    turn); the lean paths do not: the same report."""
+    state = _write_log(tmp_path)
+    shadowed = tmp_path / "shadow.policy"
+    shadowed.write_text(
+        OLD.replace("prefer openai\n}", "prefer anthropic\n    shadow route rr\n}")
+        + 'route rr when request.region == "never" {\n    strategy round-robin\n}\n'
+    )
+    report = _both(str(state), shadowed)
+    assert report["changed"] > 0 and report["before"]["denied"] > 0
