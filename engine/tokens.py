@@ -188,6 +188,20 @@ WEIGHTS: Final[tuple[float, ...]] = (
 )
 
 _ASCII_WEIGHTS: Final = WEIGHTS[: len(ASCII_FEATURES)]
+(
+    _W_ONE,
+    _W_CHARS,
+    _W_NEWLINES,
+    _W_PUNCT,
+    _W_PUNCT_TAIL,
+    _W_DIGITS,
+    _W_UPPER,
+    _W_WORDS,
+    _W_NUMBERS,
+    _W_PUNCT_RUNS,
+    _W_SPACE_RUNS,
+    _W_LONG_WORDS,
+) = _ASCII_WEIGHTS  # (named for the inline ASCII estimate; ASCII_FEATURES' order)
 _NO_SCRIPT: Final = (0,) * len(SCRIPT_FEATURES)
 
 # OpenAI's chat accounting, as litellm.token_counter(messages=...) and OpenAI's cookbook do
@@ -254,9 +268,34 @@ def estimate_text_tokens(text: str) -> int:
     """About as many tokens as `o200k_base` counts in `text` (0 for an empty text)."""
     if not text:
         return 0
-    if text.isascii():
+    if not text.isascii():
+        return max(1, int(sum(map(mul, WEIGHTS, features(text))) + 0.5))
+    if len(text) > _CHUNK:
         bits = text.encode().translate(_ASCII_BITS)
-        total = sum(map(mul, _ASCII_WEIGHTS, _ascii_features(bits)))
-    else:
-        total = sum(map(mul, WEIGHTS, features(text)))
+        return max(1, int(sum(map(mul, _ASCII_WEIGHTS, _ascii_features(bits))) + 0.5))
+    # (the usual case, inline: `_ascii_features` dotted with the weights, term by term in
+    # the order `sum` adds them, without the features' tuple; a test holds the two equal)
+    x = int.from_bytes(text.encode().translate(_ASCII_BITS), "little")
+    before = x << 8
+    starts = x & ~before
+    two = x & before
+    four = two & (two << 16)
+    six = four & (four << 16)
+    punct = (x & _M_PUNCT).bit_count()
+    punct_deep = (six & _M_PUNCT).bit_count()
+    total = (
+        0.0
+        + _W_ONE
+        + _W_CHARS * len(text)
+        + _W_NEWLINES * (x & _M_NEWLINE).bit_count()
+        + _W_PUNCT * (punct - punct_deep)
+        + _W_PUNCT_TAIL * punct_deep
+        + _W_DIGITS * (x & _M_DIGIT).bit_count()
+        + _W_UPPER * (x & _M_UPPER).bit_count()
+        + _W_WORDS * (starts & _M_LETTER).bit_count()
+        + _W_NUMBERS * (starts & _M_DIGIT).bit_count()
+        + _W_PUNCT_RUNS * (starts & _M_PUNCT).bit_count()
+        + _W_SPACE_RUNS * ((two & _M_SPACE).bit_count() - (four & _M_SPACE).bit_count())
+        + _W_LONG_WORDS * (six & _M_LETTER).bit_count()
+    )
     return max(1, int(total + 0.5))

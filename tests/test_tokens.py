@@ -63,6 +63,14 @@ def test_the_estimate_is_the_weighted_features(row: dict[str, str]) -> None:
     assert estimate_text_tokens(text) == max(1, int(total + 0.5))
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=400))
+def test_the_inline_ascii_estimate_is_the_weighted_features(text: str) -> None:
+    """ASCII text up to a chunk is estimated inline (no features' tuple): the same sum."""
+    total = sum(w * f for w, f in zip(WEIGHTS, features(text), strict=True))
+    assert estimate_text_tokens(text) == (max(1, int(total + 0.5)) if text else 0)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=300), st.text(min_size=1, max_size=60))
 def test_appending_text_never_lowers_the_estimate(text: str, more: str) -> None:
