@@ -394,41 +394,45 @@ def _shape_of(turns: tuple[Turn, ...]) -> Shape:
     return Shape(len(others), tool, tuple(system), tuple(others[-RECENT:]))
 
 
-_SKIP = "(not a message)"
-
-
 def _chat_shape(body: Any) -> Shape | None:
     """The shape of an OpenAI chat body, read from its messages' roles without making a turn
-    of each (C-level passes: a list of the roles, counts, index): only the system prompts'
-    and the last RECENT turns' texts are taken. None when the messages are not a list of
-    dicts: then the turns are walked."""
+    of each (one loop over the messages, a dict lookup each): only the system prompts' and
+    the last RECENT turns' texts are taken. None when the messages are not a list of dicts:
+    then the turns are walked."""
     if type(body) is not dict:
         return None
     messages = body.get("messages")
     if type(messages) is not list:
         return None if messages else Shape(0, False, (), ())
     get = _ROLES.get
-    roles = [get(m.get("role"), USER) if type(m) is dict else _SKIP for m in messages]
-    if _SKIP in roles:
-        return None
-    count = len(roles)
-    system: list[str] = []
-    systems = roles.count(SYSTEM)
+    system: tuple[str, ...] = ()
+    tool = False
+    others = 0
+    last_system = -1  # the index of the last system prompt
     at = -1
-    for _ in range(systems):
-        at = roles.index(SYSTEM, at + 1)
-        system += _chat_texts(messages[at].get("content"))
-    others = count - systems
+    for message in messages:
+        at += 1
+        if type(message) is not dict:
+            return None
+        role = get(message.get("role"))  # (None: a user's)
+        if role is SYSTEM:
+            system += _chat_texts(message.get("content"))
+            last_system = at
+            continue
+        others += 1
+        if role is TOOL:
+            tool = True
+    count = at + 1
     take = RECENT if others > RECENT else others
-    if at < count - take:  # no system prompt among the last `take` messages (the usual)
+    if last_system < count - take:  # no system prompt among the last `take` messages (the usual)
         tail = messages[count - take :] if take else []
     else:
-        tail = [messages[i] for i in range(count) if roles[i] != SYSTEM][-RECENT:]
+        tail = [m for m in messages if get(m.get("role")) is not SYSTEM][-RECENT:]
     recent = []
     for message in tail:
         content = message.get("content")
         recent.append((content,) if type(content) is str and content else _chat_texts(content))
-    return Shape(others, TOOL in roles, tuple(system), tuple(recent))
+    return Shape(others, tool, system, tuple(recent))
 
 
 # the formats whose shape is read without walking turns (the others: `_shape_of`)
