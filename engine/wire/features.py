@@ -51,22 +51,24 @@ Turn = tuple[str, tuple[str, ...], bool]
 
 # ------------------------------------------------------------------ derivation counter
 
-# how many times each set of features was derived together (a frozenset keeps its hash:
-# one dict update per derivation, whatever it derives), and how many scores were made
-_derived: dict[frozenset[str], int] = {}
+# per set of features derived together: what `_derive` does for it (`Work`, decided once
+# per set: a frozenset keeps its hash) and how many times it was derived (one list item
+# update per derivation, whatever it derives); and how many scores were made
+_derived: dict[frozenset[str], tuple[Work, list[int]]] = {}
 _scores = [0]
 _MISSING = object()
 
 
 def derivations() -> int:
     """How many feature values were derived in this process (every request, every feature)."""
-    return sum(len(names) * count for names, count in list(_derived.items())) + _scores[0]
+    found = list(_derived.items())
+    return sum(len(names) * count[0] for names, (_, count) in found) + _scores[0]
 
 
 def derivations_of(name: str) -> int:
     if name == "complexity":
         return _scores[0]
-    return sum(count for names, count in list(_derived.items()) if name in names)
+    return sum(count[0] for names, (_, count) in list(_derived.items()) if name in names)
 
 
 # ------------------------------------------------------------------ the conversation
@@ -116,21 +118,26 @@ class Conversation:
         program's). The weights' plan (`_plan`) names every feature a term with a weight
         reads: those not yet derived are derived together, in one pass."""
         values = self.values
-        found = values.get(id(weights))
+        key = id(weights)
+        found = values.get(key)
         if found is not None and found[0] is weights:
             return found[1]  # type: ignore[no-any-return]
-        reads, terms = _plan(weights)
+        plan = _PLANS.get(key)
+        reads, terms = plan[1] if plan is not None and plan[0] is weights else _plan(weights)
         missing = reads.difference(values) if values else reads
         if missing:
             _derive(self, missing)
         total = 0.0
         for name, weight, scale, offset in terms:
-            if scale:
-                total += weight * min(1.0, max(0, values[name] - offset) / scale)
-            elif values[name] is True:
+            value = values[name]
+            if scale:  # weight × min(1, max(0, value - offset) / scale), without the calls
+                value -= offset
+                if value > 0:  # (else it adds 0.0)
+                    total += weight * (value / scale if value < scale else 1.0)
+            elif value is True:
                 total += weight  # (× 1.0; a false flag adds 0.0)
         score = min(1.0, round(total, 6))
-        values[id(weights)] = (weights, score)
+        values[key] = (weights, score)
         _scores[0] += 1
         return score
 
@@ -554,31 +561,49 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
     shape is walked once, each text is read once (the last turn's and the system prompts'
     reads are kept on the conversation for a later call), and each check runs only for a
     feature asked for. The one home of every heuristic (docs/requests.md says them)."""
+    found = _derived.get(names)  # type: ignore[call-overload]
+    if found is None:
+        found = _derived[frozenset(names)] = (_work(names), [0])
+    (
+        turns,
+        tool_results,
+        last_tokens,
+        tokens,
+        last_checks,
+        code,
+        math,
+        multi_step,
+        system_checks,
+        system_reasoning,
+        system_json,
+        script,
+    ) = found[0]
+    found[1][0] += 1
     values = conv.values
-    shape = conv.shape()
+    shape = conv._shape or conv.shape()
     recent = shape.recent
-    if "turns" in names:
+    if turns:
         values["turns"] = shape.turns
-    if "tool_results" in names:
+    if tool_results:
         values["tool_results"] = shape.tool
-    if "last_tokens" in names:
+    if last_tokens:
         last = recent[-1] if recent else ()
         values["last_tokens"] = (
             estimate_text_tokens(last[0])
             if len(last) == 1
             else sum(map(estimate_text_tokens, last))
         )
-    if "tokens" in names:
+    if tokens:
         values["tokens"] = sum(
             estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
         )
-    if not names.isdisjoint(_LAST_CHECKS):
+    if last_checks:
         read = conv._last
         if read is None:
             read = conv._last = _read(recent[-1] if recent else ())
         lower, words, raw = read
         hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
-        if "code" in names:
+        if code:
             code = False
             for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
                 for text in texts:
@@ -589,7 +614,7 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
             ):
                 code = _CODE_LINE.search(lower) is not None
             values["code"] = code
-        if "math" in names:
+        if math:
             math = bool(words) and (
                 not words.isdisjoint(_MATH_WORDS)
                 or (not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES))
@@ -600,7 +625,7 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
             ):
                 math = _MATH.search(lower) is not None
             values["math"] = math
-        if "multi_step" in names:
+        if multi_step:
             values["multi_step"] = (
                 bool(words)
                 and (
@@ -612,12 +637,12 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
                     or (_WRITE in words and _WRITE_CODE.search(lower) is not None)
                 )
             ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
-    if not names.isdisjoint(_SYSTEM_CHECKS):
+    if system_checks:
         read = conv._system
         if read is None:
             read = conv._system = _read(shape.system)
         lower, words, _ = read
-        if "system_reasoning" in names:
+        if system_reasoning:
             values["system_reasoning"] = bool(words) and (
                 not words.isdisjoint(_REASONING_WORDS)
                 or (
@@ -625,15 +650,34 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
                     and any(p in lower for p in _REASONING_PHRASES)
                 )
             )
-        if "system_json" in names:
+        if system_json:
             values["system_json"] = b"json" in words
-    if "script" in names:
+    if script:
         values["script"] = _script(shape)
-    _derived[names] = _derived.get(names, 0) + 1
 
 
 _LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
 _SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
+
+# what `_derive` does for a set of features: a flag per step, in its order
+Work = tuple[bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool]
+
+
+def _work(names: AbstractSet[str]) -> Work:
+    return (
+        "turns" in names,
+        "tool_results" in names,
+        "last_tokens" in names,
+        "tokens" in names,
+        not names.isdisjoint(_LAST_CHECKS),
+        "code" in names,
+        "math" in names,
+        "multi_step" in names,
+        not names.isdisjoint(_SYSTEM_CHECKS),
+        "system_reasoning" in names,
+        "system_json" in names,
+        "script" in names,
+    )
 
 
 # ------------------------------------------------------------------ the dominant script
