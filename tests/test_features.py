@@ -361,6 +361,22 @@ route small {
     prefer openai/gpt-4o-mini
 }
 """
+TURNS_POLICY = """
+route long when request.text.turns >= 2 {
+    prefer openai/gpt-4o
+}
+route small {
+    prefer openai/gpt-4o-mini
+}
+"""
+CODE_POLICY = """
+route big when request.complexity >= 0.5 or request.text.code {
+    prefer openai/gpt-4o
+}
+route small {
+    prefer openai/gpt-4o-mini
+}
+"""
 PLAIN = """
 route eu when request.region == "eu" {
     prefer openai/gpt-4o
@@ -395,6 +411,36 @@ def test_a_policy_derives_only_what_it_reads_once_per_request() -> None:
     assert "turns" not in env["conversation"].values  # its weight is 0
     hard = evaluate(program, env_of(json.loads(_body("anthropic", True))))
     assert hard.route == "big"
+
+
+def test_a_policy_reading_only_the_turns_reads_no_text() -> None:
+    """One pass, over the messages' roles: no text is read (no token estimate, no content
+    check, no script), no turn is made, and the second decision derives nothing."""
+    program = compile_sources([("t.policy", TURNS_POLICY)]).program
+    assert program.prompt_features == {"turns"}
+    env = env_of(json.loads(_body("openai-chat", True)))
+    before = ({n: features.derivations_of(n) for n in DERIVE}, features.passes())
+    assert evaluate(program, env).route == "long"
+    evaluate(program, env)
+    after = ({n: features.derivations_of(n) for n in DERIVE}, features.passes())
+    assert {n: after[0][n] - before[0][n] for n in DERIVE} == {n: int(n == "turns") for n in DERIVE}
+    assert after[1] == before[1] + 1
+    conv = env["conversation"]
+    assert conv.values == {"turns": TURNS["openai-chat"][0]}
+    assert conv._last is None and conv._system is None and conv._turns is None
+
+
+def test_the_score_and_code_are_one_pass() -> None:
+    """A typical policy (the score and `request.text.code`): one pass derives the score's
+    seven features, `code` among them; a second decision on the request makes none."""
+    program = compile_sources([("c.policy", CODE_POLICY)]).program
+    env = env_of(json.loads(_body("openai-chat", False)))
+    before = (features.passes(), derivations())
+    assert evaluate(program, env).route == "small"
+    evaluate(program, env)
+    assert features.passes() == before[0] + 1
+    assert derivations() == before[1] + len(features.reads_of(DEFAULT_WEIGHTS)) + 1
+    assert "script" not in env["conversation"].values and "tokens" not in env["conversation"].values
 
 
 def test_explain_shows_how_the_score_was_made() -> None:

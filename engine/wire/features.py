@@ -5,7 +5,8 @@ a reference to the body as received, never a copy of its text). A policy reads a
 `request.text.NAME` (the names and types: `engine.language.schema.PROMPT_FEATURES`); the
 compiled condition asks the conversation, which derives that one feature on first use and
 keeps it for the rest of the decision. A policy that reads no feature derives none:
-`derivations()` counts every feature derived, for the test that holds that to 0.
+`derivations()` counts every feature derived, for the test that holds that to 0, and
+`passes()` the passes that derived them.
 
 `request.complexity` (0-1) is a weighted sum over terms made from the features, clamped to
 1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
@@ -69,6 +70,11 @@ def derivations_of(name: str) -> int:
     if name == "complexity":
         return _scores[0]
     return sum(count[0] for names, (_, count) in list(_derived.items()) if name in names)
+
+
+def passes() -> int:
+    """How many derivation passes were made (`_derive` calls: one per set derived together)."""
+    return sum(count[0] for _, count in list(_derived.values()))
 
 
 # ------------------------------------------------------------------ the conversation
