@@ -511,12 +511,21 @@ _REASONING_GATE = frozenset(p.split(" ")[0].split("-")[0].encode() for p in _REA
 _WRITE = b"write"
 
 
-# every word a check looks for (the word lists, the phrases' first words, json): a view
-# keeps only those of its words
-_LISTED = frozenset().union(
+# every word a check looks for (the word lists, the phrases' first words, json), and the
+# lists each is in, as bits: a text's listed words make one mask, each check tests its bits
+_KINDS = (
     _CODE_WORDS, _MATH_WORDS, _MATH_GATE, _MULTI_WORDS, _MULTI_GATE, _REASONING_WORDS,
-    _REASONING_GATE, {_WRITE, b"json"},
+    _REASONING_GATE, frozenset({_WRITE}), frozenset({b"json"}),
 )  # fmt: skip
+(
+    _K_CODE, _K_MATH, _K_MATH_GATE, _K_MULTI, _K_MULTI_GATE, _K_REASONING, _K_REASONING_GATE,
+    _K_WRITE, _K_JSON,
+) = (1 << k for k in range(len(_KINDS)))  # fmt: skip
+_LISTED: dict[bytes, int] = {
+    word: sum(1 << k for k, words in enumerate(_KINDS) if word in words)
+    for word in frozenset().union(*_KINDS)
+}
+_LISTED_WORDS = frozenset(_LISTED)
 # the ASCII characters the code lines and the math patterns need one of (the code check's
 # `{}();#<=`, the math check's `$\^=`): a view keeps those of its characters
 _HINTS = b"{}();#<=$\\^"
@@ -547,19 +556,22 @@ _SPACES = bytes(
 )
 
 
-Read = tuple[str, frozenset[bytes], bytes]  # (lower-cased text, listed words, its UTF-8)
+Read = tuple[str, int, bytes]  # (lower-cased text, its listed words' lists, its UTF-8)
 
 
 def _read(texts: tuple[str, ...]) -> Read:
     """A turn's texts (each bounded) as the content checks read them: lower-cased once,
-    the listed words (`_LISTED`) among its words (ASCII punctuation and whitespace split
-    them; as UTF-8 bytes, which is what the word lists are), and its UTF-8 bytes."""
+    the lists (`_KINDS`, as bits) its listed words are in (ASCII punctuation and whitespace
+    split words; as UTF-8 bytes, which is what the word lists are), and its UTF-8 bytes."""
     if len(texts) == 1 and len(texts[0]) <= 2 * SCAN:
         lower = texts[0].lower()
     else:
         lower = "\n".join(_pieces(texts)).lower()
     raw = lower.encode("utf-8", "surrogatepass")
-    return lower, _LISTED.intersection(raw.translate(_SPACES).split()), raw
+    kinds = 0
+    for word in _LISTED_WORDS.intersection(raw.translate(_SPACES).split()):  # (mostly none)
+        kinds |= _LISTED[word]
+    return lower, kinds, raw
 
 
 def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
@@ -607,7 +619,7 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
         read = conv._last
         if read is None:
             read = conv._last = _read(recent[-1] if recent else ())
-        lower, words, raw = read
+        lower, kinds, raw = read
         hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
         if code:
             code = False
@@ -615,15 +627,12 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
                 for text in texts:
                     if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
                         code = True
-            if not code and (
-                (hints and hints.translate(None, _MATH_ONLY)) or not words.isdisjoint(_CODE_WORDS)
-            ):
+            if not code and ((hints and hints.translate(None, _MATH_ONLY)) or kinds & _K_CODE):
                 code = _CODE_LINE.search(lower) is not None
             values["code"] = code
         if math:
-            math = bool(words) and (
-                not words.isdisjoint(_MATH_WORDS)
-                or (not words.isdisjoint(_MATH_GATE) and any(p in lower for p in _MATH_PHRASES))
+            math = bool(
+                kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
             )
             if not math and (
                 (hints and hints.translate(None, _CODE_ONLY))
@@ -632,32 +641,23 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
                 math = _MATH.search(lower) is not None
             values["math"] = math
         if multi_step:
-            values["multi_step"] = (
-                bool(words)
-                and (
-                    not words.isdisjoint(_MULTI_WORDS)
-                    or (
-                        not words.isdisjoint(_MULTI_GATE)
-                        and any(p in lower for p in _MULTI_PHRASES)
-                    )
-                    or (_WRITE in words and _WRITE_CODE.search(lower) is not None)
-                )
+            values["multi_step"] = bool(
+                kinds & _K_MULTI
+                or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
+                or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
             ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
     if system_checks:
         read = conv._system
         if read is None:
             read = conv._system = _read(shape.system)
-        lower, words, _ = read
+        lower, kinds, _ = read
         if system_reasoning:
-            values["system_reasoning"] = bool(words) and (
-                not words.isdisjoint(_REASONING_WORDS)
-                or (
-                    not words.isdisjoint(_REASONING_GATE)
-                    and any(p in lower for p in _REASONING_PHRASES)
-                )
+            values["system_reasoning"] = bool(
+                kinds & _K_REASONING
+                or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
             )
         if system_json:
-            values["system_json"] = b"json" in words
+            values["system_json"] = bool(kinds & _K_JSON)
     if script:
         values["script"] = _script(shape)
 
