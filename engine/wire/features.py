@@ -142,7 +142,9 @@ class Conversation:
                     total += weight * (value / scale if value < scale else 1.0)
             elif value is True:
                 total += weight  # (× 1.0; a false flag adds 0.0)
-        score = min(1.0, round(total, 6))
+        score = round(total, 6)
+        if score > 1.0:  # (at most 1)
+            score = 1.0
         values[key] = (weights, score)
         _scores[0] += 1
         return score
