@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -108,6 +109,30 @@ def peek(request: RequestView) -> int:
 
 def undecorated(request: RequestView) -> bool:
     return True
+
+
+import threading
+
+GATE = threading.Event()  # `hang` waits for it (a test sets it: the plugin recovers)
+STARTED = []
+
+
+@feature(type=bool, timeout_ms=20, fallback=False)
+def hang(request: RequestView) -> bool:
+    """Hangs until the test lets it go."""
+    STARTED.append(1)
+    GATE.wait(60)
+    return True
+
+
+@feature(type=str, fallback="")
+def thread(request: RequestView) -> str:
+    return threading.current_thread().name
+
+
+@feature(type=str, fallback="", inline=True)
+def thread_inline(request: RequestView) -> str:
+    return threading.current_thread().name
 '''
 
 POLICY = """
@@ -334,6 +359,81 @@ def test_a_slow_plugin_gives_its_fallback_by_the_clock(module: str) -> None:
     quick = _registry(module, "slow", clock=StepClock(1_000_000))
     program = _compile(quick, "route fast when request.features.slow {\n}\n")
     assert evaluate(program, env_of(PLAIN)).route == "fast"
+
+
+def _workers(name: str) -> int:
+    return sum(t.name == f"policyctl-feature-{name}" for t in threading.enumerate())
+
+
+def _called(decision: Any) -> dict[str, Any]:
+    (step,) = [s for s in decision.to_dict()["trace"] if s["step"] == "features"]
+    (called,) = step["plugins"]
+    return called  # type: ignore[no-any-return]
+
+
+def test_a_hanging_plugin_gives_its_fallback_and_holds_nothing(module: str, tmp_path: Path) -> None:
+    """The timeout is enforced: the decision does not wait for a call that hangs, later
+    calls do not queue behind it (nor start a thread), and it recovers once it returns."""
+    from engine.service.telemetry import Telemetry
+
+    registry = _registry(module, "hang")
+    plugins = sys.modules.get(module) or __import__(module)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.policy").write_text(POLICY.replace("features.legal", "features.hang"))
+    with using(registry), PolicyEngine(policy=policies, state="memory://") as engine:
+        hang = _only(registry, "hang")
+        assert hang.worker_thread is None and _workers("hang") == 0  # started lazily
+        first = engine.evaluate(LEGAL, dry_run=True, explain=True)
+        assert (first.allowed, first.route) == (True, "rest")  # the fallback, False
+        called = _called(first)
+        assert (called["value"], called["error"], called["detail"]) == (
+            False,
+            "timeout",
+            "over 20ms",
+        )
+        assert plugins.STARTED == [1] and _workers("hang") == 1
+        # while the call hangs: the fallback at once, the function not called again
+        for _ in range(3):
+            later = engine.evaluate(PLAIN, dry_run=True, explain=True)
+            assert later.route == "rest"
+            assert (_called(later)["error"], _called(later)["detail"]) == ("timeout", "busy")
+        assert plugins.STARTED == [1] and _workers("hang") == 1
+        assert hang.stats.errors == {"error": 0, "type": 0, "timeout": 4}
+        text, _ = Telemetry(engine).exposition("text/plain")
+        shown = text.decode()
+        assert 'policyctl_feature_errors_total{feature="hang",reason="timeout"} 4.0' in shown
+        assert 'policyctl_feature_seconds_count{feature="hang"} 4.0' in shown
+        # it returns: the plugin is called again, and its value routes
+        plugins.GATE.set()
+        worker = hang.worker_thread
+        assert worker is not None
+        for _ in range(600):  # (a generous wait for the worker to see the gate open)
+            if not hang._worker.late:  # type: ignore[union-attr]
+                break
+            threading.Event().wait(0.05)
+        recovered = engine.evaluate(LEGAL, dry_run=True, explain=True)
+        assert recovered.route == "law", _called(recovered)
+        assert (_called(recovered)["value"], _called(recovered)["error"]) == (True, None)
+        assert plugins.STARTED == [1, 1] and _workers("hang") == 1
+        assert hang.worker_thread is worker and hang.stats.errors["timeout"] == 4
+
+
+def test_a_plugin_runs_on_its_worker_unless_declared_inline(module: str) -> None:
+    registry = _registry(module, "thread", "thread_inline")
+    program = _compile(
+        registry,
+        'route r when request.features.thread == "x" or request.features.thread_inline == "y"'
+        " {\n}\n",
+    )
+    decision = evaluate(program, env_of(PLAIN), explain=True)
+    (step,) = [s for s in decision.to_dict()["trace"] if s["step"] == "features"]
+    shown = {c["name"]: c["value"] for c in step["plugins"]}
+    assert shown == {
+        "thread": "policyctl-feature-thread",
+        "thread_inline": threading.current_thread().name,
+    }
+    assert _only(registry, "thread_inline").worker_thread is None
 
 
 def test_the_plugin_gets_a_read_only_view(module: str) -> None:
