@@ -279,6 +279,35 @@ def test_a_plugin_that_fails_to_import_is_an_error_only_where_it_is_read(module:
     assert isinstance(registry.get("gone"), Broken)
 
 
+def test_an_unknown_field_names_the_registered_plugins(module: str) -> None:
+    """E0324's help (pinned): `request.<plugin>` is read as `request.features.<plugin>`,
+    and the field list ends with `features.<name>` and the registered plugins."""
+    registry = _registry(module, "legal", "topic")
+    text = 'route a when request.legal {\n}\nroute b when request.country == "de" {\n}\n'
+    with pytest.raises(PolicyError) as err:
+        _compile(registry, text)
+    assert str(err.value) == (
+        "p.policy:1:14: error[E0324]: unknown field `request.legal`\n"
+        "  |\n"
+        "1 | route a when request.legal {\n"
+        "  |              ^^^^^^^^^^^^^\n"
+        "  = help: did you mean `request.features.legal`?\n"
+        "\n"
+        "p.policy:3:14: error[E0324]: unknown field `request.country`\n"
+        "  |\n"
+        '3 | route b when request.country == "de" {\n'
+        "  |              ^^^^^^^^^^^^^^^\n"
+        "  = help: `request` fields: `id`, `user`, `ip`, `model`, `prompt`, `input_tokens`,"
+        " `max_tokens`, `cached_tokens`, `images`, `requires_vision`, `requires_tools`,"
+        " `requires_json`, `requires_json_schema`, `requires_pdf`, `requires_audio`, `stream`,"
+        " `max_cost`, `max_latency`, `max_latency_ms`, `min_quality`, `region`, `priority`,"
+        " `tags`, `format`, `metadata`, `text.<feature>`, `complexity`, `features.<name>`"
+        " (a classifier plugin: `legal`, `topic`)\n"
+        "\n"
+        "2 errors occurred"
+    )
+
+
 def test_two_packages_registering_one_name_differently_is_broken(module: str) -> None:
     points = [
         EntryPoint("legal", f"{module}:legal", GROUP),
