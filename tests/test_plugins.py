@@ -40,6 +40,7 @@ from engine.wire.plugins import (
     Plugin,
     Registry,
     feature,
+    installed,
     using,
 )
 
@@ -528,6 +529,98 @@ def test_the_engine_counts_plugin_calls_for_metrics(module: str, tmp_path: Path)
     assert 'policyctl_feature_seconds_count{feature="failing"} 1.0' in shown
     assert 'policyctl_feature_errors_total{feature="failing",reason="error"} 1.0' in shown
     assert 'policyctl_feature_errors_total{feature="legal",reason="error"} 0.0' in shown
+
+
+# ------------------------------------------------------------------ rediscovery on reload
+
+EARLY = """
+from engine.features import RequestView, feature
+
+
+@feature(type=bool, inline=True)
+def early(request: RequestView) -> bool:
+    return "contract" in request.last_text
+"""
+
+LATE = """
+from engine.features import RequestView, feature
+
+
+@feature(type=str, fallback="none", inline=True)
+def late(request: RequestView) -> str:
+    return "installed later"
+"""
+
+
+def _install(site: Path, dist: str, module: str, text: str, points: dict[str, str]) -> None:
+    """A distribution as an installer leaves it: its module and its `.dist-info` (with the
+    entry points) in a directory on sys.path, where importlib.metadata finds it."""
+    (site / f"{module}.py").write_text(text)
+    info = site / f"{dist}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    lines = "".join(f"{name} = {value}\n" for name, value in points.items())
+    (info / "entry_points.txt").write_text(f"[{GROUP}]\n{lines}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on sys.path, and the process's installed plugins listed afresh before
+    and after (the registry is per process)."""
+    where = tmp_path / "site"
+    where.mkdir()
+    monkeypatch.syspath_prepend(str(where))
+    installed.cache_clear()
+    yield where
+    installed.cache_clear()
+    for name in ("early_plugin", "late_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_a_plugin_installed_after_start_is_found_on_reload(site: Path, tmp_path: Path) -> None:
+    _install(site, "early_dist", "early_plugin", EARLY, {"early": "early_plugin:early"})
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    policy = policies / "p.policy"
+    policy.write_text(POLICY.replace("features.legal", "features.early"))
+    reads_late = (
+        'route late when request.features.early and request.features.late == "installed later"'
+        " {\n    prefer openai/gpt-4o\n}\n" + POLICY.replace("features.legal", "features.early")
+    )
+    with PolicyEngine(policy=policies, state="memory://") as engine:
+        assert engine.evaluate(LEGAL, dry_run=True).route == "law"
+        early = _only(installed(), "early")
+        assert early.stats.calls == 1
+        # a policy reading a plugin no package registers yet: refused, the last one serves
+        policy.write_text(reads_late)
+        assert engine.reload() is False
+        assert "error[E0293]: no classifier plugin `late` is registered" in str(
+            engine.last_reload_error
+        )
+        # the package is installed while the engine runs: the next reload finds it
+        _install(site, "late_dist", "late_plugin", LATE, {"late": "late_plugin:late"})
+        assert engine.reload() is True
+        assert engine.evaluate(LEGAL, dry_run=True).route == "late"
+        assert {"early", "late"} <= set(installed().names())
+        assert _only(installed(), "early") is early  # kept: the same object, its stats
+        assert early.stats.calls == 2
+        assert _only(installed(), "late").stats.calls == 1
+
+
+def test_a_refresh_keeps_loaded_plugins_and_retries_broken_ones(module: str) -> None:
+    registry = Registry([EntryPoint("legal", f"{module}:legal", GROUP),
+                         EntryPoint("gone", f"{module}_missing:gone", GROUP)])  # fmt: skip
+    legal = _only(registry, "legal")
+    assert isinstance(registry.get("gone"), Broken)
+    # `legal` now names another function, `gone` an importable one, `topic` is new
+    added = registry.refresh([EntryPoint("legal", f"{module}:topic", GROUP),
+                              EntryPoint("gone", f"{module}:score", GROUP),
+                              EntryPoint("topic", f"{module}:topic", GROUP)])  # fmt: skip
+    assert added == ["topic"]
+    assert registry.get("legal") is legal  # loaded: kept until a restart
+    assert isinstance(registry.get("gone"), Plugin)  # tried again: it imports now
+    assert isinstance(registry.get("topic"), Plugin)
+    assert registry.names() == ["gone", "legal", "topic"]
 
 
 # ------------------------------------------------------------------ the real mechanism

@@ -57,6 +57,7 @@ from engine.routing.request import Request, env_of
 from engine.routing.request_log import RequestLog
 from engine.routing.shared_pins import SharedPins, shared_pins
 from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
+from engine.wire.plugins import rediscover
 
 if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
@@ -294,7 +295,8 @@ class PolicyEngine:
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> bool:
-        """Compile the policy set again, aside; swap it in only if it checks.
+        """Compile the policy set again, aside; swap it in only if it checks. The installed
+        classifier plugins are listed again first (`engine.wire.plugins.rediscover`).
 
         A broken edit keeps the last good policy serving: the error (file:line:col and
         message) is kept in `last_reload_error`, logged, and counted. Returns True on a swap.
@@ -304,6 +306,9 @@ class PolicyEngine:
         with self._reload_lock:
             directories = self._policy_directories()
             before = file_state(directories)
+            added = rediscover()  # classifier plugins installed since: no restart needed
+            if added:
+                log.info("classifier plugins found: %s", ", ".join(added))
             try:
                 loaded = load_policy(self._policy_path, self.clock())
             except (PolicyError, CatalogError) as err:

@@ -5,11 +5,13 @@ entry per feature, `NAME = "module:function"`) and marked by `@feature(type=…)
 import is `engine.features`), which declares its value's type, its time budget and the
 value it falls back to. docs/features.md is the user's guide.
 
-- Discovery: the entry points are listed once per process, when a checked policy first
-  reads `request.features.*` (`installed()`); a plugin is imported when a policy first
-  reads it (`Registry.get`). A plugin that fails to import, or is not a `@feature`, is kept
-  as a `Broken` entry: a policy that reads it is refused at load (the checker's E0294
-  names the entry point and the exception), a policy that does not still loads.
+- Discovery: the entry points are listed when a checked policy first reads
+  `request.features.*` (`installed()`), and again on every policy reload (`rediscover()`:
+  new names added, loaded plugins kept with their stats); a plugin is imported when a
+  policy first reads it (`Registry.get`). A plugin that fails to import, or is not a
+  `@feature`, is kept as a `Broken` entry: a policy that reads it is refused at load (the
+  checker's E0294 names the entry point and the exception), a policy that does not still
+  loads.
 - Per request: the compiled condition calls `Plugin.read`, which runs the function at most
   once per request (the value is kept in the request's `Conversation` with the prompt
   features) and only when a condition (or `--explain`) reads it.
@@ -32,6 +34,7 @@ Standard library only: the router calls this per request.
 
 from __future__ import annotations
 
+import importlib
 import re
 import threading
 from _thread import allocate_lock
@@ -460,18 +463,26 @@ class Registry:
         self, points: Iterable[EntryPoint] = (), clock: Callable[[], int] = perf_counter_ns
     ) -> None:
         self.clock = clock
-        self._points: dict[str, EntryPoint] = {}
-        self._loaded: dict[str, Plugin | Broken] = {}
         self._lock = threading.Lock()
-        for point in points:
-            first = self._points.get(point.name)
-            if first is not None and first.value != point.value:
-                self._loaded[point.name] = Broken(
-                    point.name,
-                    point.value,
-                    f"registered twice: `{first.value}` and `{point.value}`",
-                )
-            self._points.setdefault(point.name, point)
+        self._points, self._loaded = _indexed(points)
+
+    def refresh(self, points: Iterable[EntryPoint]) -> list[str]:
+        """Take the entry points listed again (a policy reload): a new name is added, a
+        loaded plugin is kept (its function, its stats, its worker) even if its package is
+        gone or now names another function (a restart imports that), and an entry that
+        could not be used is tried again. Returns the names added."""
+        points_now, broken_now = _indexed(points)
+        with self._lock:
+            merged = dict(points_now)
+            loaded: dict[str, Plugin | Broken] = {}
+            for name, found in self._loaded.items():
+                if isinstance(found, Plugin):  # kept as it is
+                    loaded[name] = found
+                    merged[name] = self._points[name]
+            loaded.update((n, b) for n, b in broken_now.items() if n not in loaded)
+            added = sorted(set(merged) - set(self._points))
+            self._points, self._loaded = merged, loaded  # swapped whole: readers see one
+        return added
 
     def names(self) -> list[str]:
         return sorted(self._points)
@@ -517,6 +528,22 @@ class Registry:
                 yield found
 
 
+def _indexed(points: Iterable[EntryPoint]) -> tuple[dict[str, EntryPoint], dict[str, Broken]]:
+    """The entry points by name, and the names registered twice differently (`Broken`)."""
+    by_name: dict[str, EntryPoint] = {}
+    broken: dict[str, Broken] = {}
+    for point in points:
+        first = by_name.get(point.name)
+        if first is not None and first.value != point.value:
+            broken[point.name] = Broken(
+                point.name,
+                point.value,
+                f"registered twice: `{first.value}` and `{point.value}`",
+            )
+        by_name.setdefault(point.name, point)
+    return by_name, broken
+
+
 def discover(group: str = GROUP) -> list[EntryPoint]:
     """The entry points installed distributions register under `group`."""
     return list(entry_points(group=group))
@@ -524,8 +551,19 @@ def discover(group: str = GROUP) -> list[EntryPoint]:
 
 @cache
 def installed() -> Registry:
-    """The installed plugins, discovered once per process (a restart sees a new one)."""
+    """The installed plugins, discovered on first use (and again by `rediscover`)."""
     return Registry(discover())
+
+
+def rediscover() -> list[str]:
+    """List the installed entry points again (`PolicyEngine.reload`, which the service's
+    hot reload calls), so that a package installed since is seen without a restart;
+    the plugins already loaded are kept with their stats. Returns the names added (none
+    when nothing was discovered yet: the first use discovers)."""
+    if not installed.cache_info().currsize:
+        return []
+    importlib.invalidate_caches()  # a module written since into a directory on sys.path
+    return installed().refresh(discover())
 
 
 _ACTIVE: ContextVar[Registry | None] = ContextVar("feature_registry", default=None)
