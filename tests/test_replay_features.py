@@ -189,3 +189,72 @@ def test_the_log_keeps_the_plugins_the_decision_ran_and_reads_them_back() -> Non
     with pytest.raises(Unlogged) as err:
         back.feature("math")
     assert err.value.field == "request.text.math"
+
+
+PLUGIN = """
+from engine.features import RequestView, feature
+
+CALLS = []
+
+
+@feature(type=bool, inline=True)
+def legal(request: RequestView) -> bool:
+    CALLS.append(1)
+    return "contract" in request.last_text
+
+
+@feature(type=str, fallback="none", inline=True)
+def topic(request: RequestView) -> str:
+    return "other"
+"""
+ON_LEGAL = """
+route law when request.features.legal {
+    prefer openai/gpt-4o
+}
+
+route rest {
+    prefer openai/gpt-4o-mini
+}
+"""
+
+
+def test_a_plugin_value_is_replayed_from_the_log_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (the plugin registered through `using`): the logged value decides, the
+    plugin is not called by the replay, and a plugin the log has no value for is flagged."""
+    from importlib.metadata import EntryPoint
+
+    from engine.analytics.decision_log import read_decision_log
+    from engine.replay.run import replay
+    from engine.wire.plugins import Registry, using
+
+    name = f"replay_plugins_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry([EntryPoint(n, f"{name}:{n}", GROUP) for n in ("legal", "topic")])
+    (tmp_path / "legal.policy").write_text(ON_LEGAL)
+    (tmp_path / "topic.policy").write_text(
+        ON_LEGAL.replace("request.features.legal", 'request.features.topic == "law"')
+    )
+    state = tmp_path / "log.duckdb"
+    clock = _Clock()
+    questions = ["Review this contract, please.", "What is 2 + 2?"] * 10
+    with using(registry):
+        with PolicyEngine(tmp_path / "legal.policy", state=str(state), clock=clock) as engine:
+            for i, question in enumerate(questions):
+                clock.now += 0.5
+                body = {"messages": [{"role": "user", "content": question}]}
+                assert engine.evaluate(body, request_id=f"r{i}").allowed
+        calls = sys.modules[name].CALLS
+        assert len(calls) == 20
+        for batch in (True, False):
+            with read_decision_log(str(state)) as log:
+                same = replay(log, tmp_path / "legal.policy", batch=batch)
+            assert (same.replayed, same.changed, sum(same.unlogged.values())) == (20, 0, 0)
+            assert same.models_after["openai/gpt-4o"] == 10
+            with read_decision_log(str(state)) as log:
+                other = replay(log, tmp_path / "topic.policy", batch=batch)
+            assert (other.replayed, dict(other.unlogged)) == (0, {"request.features.topic": 20})
+        assert len(calls) == 20  # the replays read the logged values: not one call
+    sys.modules.pop(name, None)
