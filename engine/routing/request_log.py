@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from engine.errors import PolicyctlError
 from engine.vocabulary import LOG_REQUESTS
 from engine.wire.features import Conversation, FeatureValue, reads_of
 from engine.wire.plugins import GROUP, Outcome
@@ -140,8 +141,9 @@ class RequestLog:
 # ------------------------------------------------------------------ read back (replay)
 
 
-class Unlogged(Exception):
-    """A replayed decision read a prompt feature or plugin the log did not keep."""
+class Unlogged(PolicyctlError, LookupError):
+    """A replayed decision read a prompt feature or plugin the log did not keep (the
+    replay catches it and counts the request: it never reaches a user)."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"`{field}` was not logged")
