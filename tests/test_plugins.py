@@ -607,6 +607,32 @@ def test_a_plugin_installed_after_start_is_found_on_reload(site: Path, tmp_path:
         assert _only(installed(), "late").stats.calls == 1
 
 
+def test_a_hot_reload_finds_a_plugin_installed_while_serving(site: Path, tmp_path: Path) -> None:
+    """The watcher's reload (what `policyctl serve` runs): a policy saved after its plugin's
+    package was installed reloads, without a restart."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    policy = policies / "p.policy"
+    policy.write_text("route rest {\n    prefer openai/gpt-4o-mini\n}\n")
+    with PolicyEngine(policy=policies, state="memory://") as engine:
+        installed()  # listed at start, as a served policy reading a plugin would have
+        engine.watch(quiet_ms=20)
+        _install(site, "late_dist", "late_plugin", LATE, {"late": "late_plugin:late"})
+        renamed = policies / "p.policy.tmp"
+        renamed.write_text(
+            'route late when request.features.late == "installed later" {\n'
+            "    prefer openai/gpt-4o\n}\n"
+        )
+        renamed.rename(policy)
+        for _ in range(1200):  # (a generous wait for the watcher's reload)
+            if engine.reloads or engine.reload_errors:
+                break
+            threading.Event().wait(0.05)
+        assert engine.reload_errors == 0, engine.last_reload_error
+        assert engine.reloads >= 1
+        assert engine.evaluate(PLAIN, dry_run=True).route == "late"
+
+
 def test_a_refresh_keeps_loaded_plugins_and_retries_broken_ones(module: str) -> None:
     registry = Registry([EntryPoint("legal", f"{module}:legal", GROUP),
                          EntryPoint("gone", f"{module}_missing:gone", GROUP)])  # fmt: skip

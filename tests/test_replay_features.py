@@ -24,7 +24,12 @@ import pytest
 
 from engine import PolicyEngine
 from engine.routing.request import env_of
-from engine.routing.request_log import LoggedConversation, RequestLog, Unlogged
+from engine.routing.request_log import (
+    LoggedConversation,
+    RequestLog,
+    Unlogged,
+    logged_conversation,
+)
 from engine.wire.plugins import GROUP, Outcome
 
 START = 1_780_000_000.0  # (2026-05-28: before the catalog retires these models)
@@ -258,3 +263,15 @@ def test_a_plugin_value_is_replayed_from_the_log_not_run_again(
             assert (other.replayed, dict(other.unlogged)) == (0, {"request.features.topic": 20})
         assert len(calls) == 20  # the replays read the logged values: not one call
     sys.modules.pop(name, None)
+
+
+def test_a_full_log_derives_what_it_did_not_keep_from_the_body() -> None:
+    body = {"messages": [{"role": "user", "content": "Solve for x: 2x = 6"}]}
+    env = env_of(body)
+    log = RequestLog("full", frozenset(), None, frozenset({"code"}), ())
+    kept = json.loads(log.encode(env, body) or "")
+    assert kept["text"] == {"code": False} and kept["body"] == body
+    conv = logged_conversation(kept)
+    assert not isinstance(conv, LoggedConversation)
+    assert (conv.feature("code"), conv.feature("math")) == (False, True)  # math: the body's
+    assert not {"text", "features", "body", "format"} & set(kept)  # taken out: a native request
