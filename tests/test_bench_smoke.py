@@ -89,6 +89,17 @@ def test_features_bench_quick_runs() -> None:
     assert "features derived for a policy that reads none: 0" in out.stdout
 
 
+def test_plugins_bench_quick_runs() -> None:
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plugins_bench.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "handoff B - A" in ran.stdout
+
+
 def test_cluster_bench_quick_runs() -> None:
     """`bench/cluster_bench.py --quick` starts its 3-master cluster, runs every design and
     both phases, and says for each target whether it is met (quick figures: not asserted)."""

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -39,6 +40,7 @@ from engine.wire.plugins import (
     Plugin,
     Registry,
     feature,
+    installed,
     using,
 )
 
@@ -108,6 +110,30 @@ def peek(request: RequestView) -> int:
 
 def undecorated(request: RequestView) -> bool:
     return True
+
+
+import threading
+
+GATE = threading.Event()  # `hang` waits for it (a test sets it: the plugin recovers)
+STARTED = []
+
+
+@feature(type=bool, timeout_ms=20, fallback=False)
+def hang(request: RequestView) -> bool:
+    """Hangs until the test lets it go."""
+    STARTED.append(1)
+    GATE.wait(60)
+    return True
+
+
+@feature(type=str, fallback="")
+def thread(request: RequestView) -> str:
+    return threading.current_thread().name
+
+
+@feature(type=str, fallback="", inline=True)
+def thread_inline(request: RequestView) -> str:
+    return threading.current_thread().name
 '''
 
 POLICY = """
@@ -254,6 +280,35 @@ def test_a_plugin_that_fails_to_import_is_an_error_only_where_it_is_read(module:
     assert isinstance(registry.get("gone"), Broken)
 
 
+def test_an_unknown_field_names_the_registered_plugins(module: str) -> None:
+    """E0324's help (pinned): `request.<plugin>` is read as `request.features.<plugin>`,
+    and the field list ends with `features.<name>` and the registered plugins."""
+    registry = _registry(module, "legal", "topic")
+    text = 'route a when request.legal {\n}\nroute b when request.country == "de" {\n}\n'
+    with pytest.raises(PolicyError) as err:
+        _compile(registry, text)
+    assert str(err.value) == (
+        "p.policy:1:14: error[E0324]: unknown field `request.legal`\n"
+        "  |\n"
+        "1 | route a when request.legal {\n"
+        "  |              ^^^^^^^^^^^^^\n"
+        "  = help: did you mean `request.features.legal`?\n"
+        "\n"
+        "p.policy:3:14: error[E0324]: unknown field `request.country`\n"
+        "  |\n"
+        '3 | route b when request.country == "de" {\n'
+        "  |              ^^^^^^^^^^^^^^^\n"
+        "  = help: `request` fields: `id`, `user`, `ip`, `model`, `prompt`, `input_tokens`,"
+        " `max_tokens`, `cached_tokens`, `images`, `requires_vision`, `requires_tools`,"
+        " `requires_json`, `requires_json_schema`, `requires_pdf`, `requires_audio`, `stream`,"
+        " `max_cost`, `max_latency`, `max_latency_ms`, `min_quality`, `region`, `priority`,"
+        " `tags`, `format`, `metadata`, `text.<feature>`, `complexity`, `features.<name>`"
+        " (a classifier plugin: `legal`, `topic`)\n"
+        "\n"
+        "2 errors occurred"
+    )
+
+
 def test_two_packages_registering_one_name_differently_is_broken(module: str) -> None:
     points = [
         EntryPoint("legal", f"{module}:legal", GROUP),
@@ -336,6 +391,81 @@ def test_a_slow_plugin_gives_its_fallback_by_the_clock(module: str) -> None:
     assert evaluate(program, env_of(PLAIN)).route == "fast"
 
 
+def _workers(name: str) -> int:
+    return sum(t.name == f"policyctl-feature-{name}" for t in threading.enumerate())
+
+
+def _called(decision: Any) -> dict[str, Any]:
+    (step,) = [s for s in decision.to_dict()["trace"] if s["step"] == "features"]
+    (called,) = step["plugins"]
+    return called  # type: ignore[no-any-return]
+
+
+def test_a_hanging_plugin_gives_its_fallback_and_holds_nothing(module: str, tmp_path: Path) -> None:
+    """The timeout is enforced: the decision does not wait for a call that hangs, later
+    calls do not queue behind it (nor start a thread), and it recovers once it returns."""
+    from engine.service.telemetry import Telemetry
+
+    registry = _registry(module, "hang")
+    plugins = sys.modules.get(module) or __import__(module)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.policy").write_text(POLICY.replace("features.legal", "features.hang"))
+    with using(registry), PolicyEngine(policy=policies, state="memory://") as engine:
+        hang = _only(registry, "hang")
+        assert hang.worker_thread is None and _workers("hang") == 0  # started lazily
+        first = engine.evaluate(LEGAL, dry_run=True, explain=True)
+        assert (first.allowed, first.route) == (True, "rest")  # the fallback, False
+        called = _called(first)
+        assert (called["value"], called["error"], called["detail"]) == (
+            False,
+            "timeout",
+            "over 20ms",
+        )
+        assert plugins.STARTED == [1] and _workers("hang") == 1
+        # while the call hangs: the fallback at once, the function not called again
+        for _ in range(3):
+            later = engine.evaluate(PLAIN, dry_run=True, explain=True)
+            assert later.route == "rest"
+            assert (_called(later)["error"], _called(later)["detail"]) == ("timeout", "busy")
+        assert plugins.STARTED == [1] and _workers("hang") == 1
+        assert hang.stats.errors == {"error": 0, "type": 0, "timeout": 4}
+        text, _ = Telemetry(engine).exposition("text/plain")
+        shown = text.decode()
+        assert 'policyctl_feature_errors_total{feature="hang",reason="timeout"} 4.0' in shown
+        assert 'policyctl_feature_seconds_count{feature="hang"} 4.0' in shown
+        # it returns: the plugin is called again, and its value routes
+        plugins.GATE.set()
+        worker = hang.worker_thread
+        assert worker is not None
+        for _ in range(600):  # (a generous wait for the worker to see the gate open)
+            if not hang._worker.late:  # type: ignore[union-attr]
+                break
+            threading.Event().wait(0.05)
+        recovered = engine.evaluate(LEGAL, dry_run=True, explain=True)
+        assert recovered.route == "law", _called(recovered)
+        assert (_called(recovered)["value"], _called(recovered)["error"]) == (True, None)
+        assert plugins.STARTED == [1, 1] and _workers("hang") == 1
+        assert hang.worker_thread is worker and hang.stats.errors["timeout"] == 4
+
+
+def test_a_plugin_runs_on_its_worker_unless_declared_inline(module: str) -> None:
+    registry = _registry(module, "thread", "thread_inline")
+    program = _compile(
+        registry,
+        'route r when request.features.thread == "x" or request.features.thread_inline == "y"'
+        " {\n}\n",
+    )
+    decision = evaluate(program, env_of(PLAIN), explain=True)
+    (step,) = [s for s in decision.to_dict()["trace"] if s["step"] == "features"]
+    shown = {c["name"]: c["value"] for c in step["plugins"]}
+    assert shown == {
+        "thread": "policyctl-feature-thread",
+        "thread_inline": threading.current_thread().name,
+    }
+    assert _only(registry, "thread_inline").worker_thread is None
+
+
 def test_the_plugin_gets_a_read_only_view(module: str) -> None:
     registry = _registry(module, "peek")
     program = _compile(registry, "route r when request.features.peek == 1008 {\n}\n")
@@ -399,6 +529,124 @@ def test_the_engine_counts_plugin_calls_for_metrics(module: str, tmp_path: Path)
     assert 'policyctl_feature_seconds_count{feature="failing"} 1.0' in shown
     assert 'policyctl_feature_errors_total{feature="failing",reason="error"} 1.0' in shown
     assert 'policyctl_feature_errors_total{feature="legal",reason="error"} 0.0' in shown
+
+
+# ------------------------------------------------------------------ rediscovery on reload
+
+EARLY = """
+from engine.features import RequestView, feature
+
+
+@feature(type=bool, inline=True)
+def early(request: RequestView) -> bool:
+    return "contract" in request.last_text
+"""
+
+LATE = """
+from engine.features import RequestView, feature
+
+
+@feature(type=str, fallback="none", inline=True)
+def late(request: RequestView) -> str:
+    return "installed later"
+"""
+
+
+def _install(site: Path, dist: str, module: str, text: str, points: dict[str, str]) -> None:
+    """A distribution as an installer leaves it: its module and its `.dist-info` (with the
+    entry points) in a directory on sys.path, where importlib.metadata finds it."""
+    (site / f"{module}.py").write_text(text)
+    info = site / f"{dist}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    lines = "".join(f"{name} = {value}\n" for name, value in points.items())
+    (info / "entry_points.txt").write_text(f"[{GROUP}]\n{lines}")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on sys.path, and the process's installed plugins listed afresh before
+    and after (the registry is per process)."""
+    where = tmp_path / "site"
+    where.mkdir()
+    monkeypatch.syspath_prepend(str(where))
+    installed.cache_clear()
+    yield where
+    installed.cache_clear()
+    for name in ("early_plugin", "late_plugin"):
+        sys.modules.pop(name, None)
+
+
+def test_a_plugin_installed_after_start_is_found_on_reload(site: Path, tmp_path: Path) -> None:
+    _install(site, "early_dist", "early_plugin", EARLY, {"early": "early_plugin:early"})
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    policy = policies / "p.policy"
+    policy.write_text(POLICY.replace("features.legal", "features.early"))
+    reads_late = (
+        'route late when request.features.early and request.features.late == "installed later"'
+        " {\n    prefer openai/gpt-4o\n}\n" + POLICY.replace("features.legal", "features.early")
+    )
+    with PolicyEngine(policy=policies, state="memory://") as engine:
+        assert engine.evaluate(LEGAL, dry_run=True).route == "law"
+        early = _only(installed(), "early")
+        assert early.stats.calls == 1
+        # a policy reading a plugin no package registers yet: refused, the last one serves
+        policy.write_text(reads_late)
+        assert engine.reload() is False
+        assert "error[E0293]: no classifier plugin `late` is registered" in str(
+            engine.last_reload_error
+        )
+        # the package is installed while the engine runs: the next reload finds it
+        _install(site, "late_dist", "late_plugin", LATE, {"late": "late_plugin:late"})
+        assert engine.reload() is True
+        assert engine.evaluate(LEGAL, dry_run=True).route == "late"
+        assert {"early", "late"} <= set(installed().names())
+        assert _only(installed(), "early") is early  # kept: the same object, its stats
+        assert early.stats.calls == 2
+        assert _only(installed(), "late").stats.calls == 1
+
+
+def test_a_hot_reload_finds_a_plugin_installed_while_serving(site: Path, tmp_path: Path) -> None:
+    """The watcher's reload (what `policyctl serve` runs): a policy saved after its plugin's
+    package was installed reloads, without a restart."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    policy = policies / "p.policy"
+    policy.write_text("route rest {\n    prefer openai/gpt-4o-mini\n}\n")
+    with PolicyEngine(policy=policies, state="memory://") as engine:
+        installed()  # listed at start, as a served policy reading a plugin would have
+        engine.watch(quiet_ms=20)
+        _install(site, "late_dist", "late_plugin", LATE, {"late": "late_plugin:late"})
+        renamed = policies / "p.policy.tmp"
+        renamed.write_text(
+            'route late when request.features.late == "installed later" {\n'
+            "    prefer openai/gpt-4o\n}\n"
+        )
+        renamed.rename(policy)
+        for _ in range(1200):  # (a generous wait for the watcher's reload)
+            if engine.reloads or engine.reload_errors:
+                break
+            threading.Event().wait(0.05)
+        assert engine.reload_errors == 0, engine.last_reload_error
+        assert engine.reloads >= 1
+        assert engine.evaluate(PLAIN, dry_run=True).route == "late"
+
+
+def test_a_refresh_keeps_loaded_plugins_and_retries_broken_ones(module: str) -> None:
+    registry = Registry([EntryPoint("legal", f"{module}:legal", GROUP),
+                         EntryPoint("gone", f"{module}_missing:gone", GROUP)])  # fmt: skip
+    legal = _only(registry, "legal")
+    assert isinstance(registry.get("gone"), Broken)
+    # `legal` now names another function, `gone` an importable one, `topic` is new
+    added = registry.refresh([EntryPoint("legal", f"{module}:topic", GROUP),
+                              EntryPoint("gone", f"{module}:score", GROUP),
+                              EntryPoint("topic", f"{module}:topic", GROUP)])  # fmt: skip
+    assert added == ["topic"]
+    assert registry.get("legal") is legal  # loaded: kept until a restart
+    assert isinstance(registry.get("gone"), Plugin)  # tried again: it imports now
+    assert isinstance(registry.get("topic"), Plugin)
+    assert registry.names() == ["gone", "legal", "topic"]
 
 
 # ------------------------------------------------------------------ the real mechanism

@@ -57,6 +57,8 @@ from engine.routing.request import Request, env_of
 from engine.routing.request_log import RequestLog
 from engine.routing.shared_pins import SharedPins, shared_pins
 from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
+from engine.wire.features import Conversation
+from engine.wire.plugins import rediscover
 
 if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
@@ -241,7 +243,7 @@ class PolicyEngine:
         self._request_log: RequestLog | None = None
         if log_requests != "off" and isinstance(self._logs, EngineLogs) and self.analytics is None:
             salt = key_salt(self.store.connection) if hash_keys else None  # type: ignore[attr-defined]
-            self._request_log = RequestLog(log_requests, self._program.request_paths, salt)
+            self._request_log = _request_log(log_requests, self._program, salt)
         if connection is not None:
             self._warm_start(connection, window_s, warm_progress)
             self.outcome_log = OutcomeWriter(
@@ -294,7 +296,8 @@ class PolicyEngine:
     # ------------------------------------------------------------------ reload
 
     def reload(self) -> bool:
-        """Compile the policy set again, aside; swap it in only if it checks.
+        """Compile the policy set again, aside; swap it in only if it checks. The installed
+        classifier plugins are listed again first (`engine.wire.plugins.rediscover`).
 
         A broken edit keeps the last good policy serving: the error (file:line:col and
         message) is kept in `last_reload_error`, logged, and counted. Returns True on a swap.
@@ -304,6 +307,9 @@ class PolicyEngine:
         with self._reload_lock:
             directories = self._policy_directories()
             before = file_state(directories)
+            added = rediscover()  # classifier plugins installed since: no restart needed
+            if added:
+                log.info("classifier plugins found: %s", ", ".join(added))
             try:
                 loaded = load_policy(self._policy_path, self.clock())
             except (PolicyError, CatalogError) as err:
@@ -327,8 +333,8 @@ class PolicyEngine:
             self.limiter.prepare(loaded.program.limits)
             self.alert_monitor.load(loaded.program.alerts, loaded.program.version)
             kept = self._request_log
-            if kept is not None:  # the metadata keys the new policy reads
-                self._request_log = RequestLog(kept.mode, loaded.program.request_paths, kept.salt)
+            if kept is not None:  # the metadata keys and prompt features the new policy reads
+                self._request_log = _request_log(kept.mode, loaded.program, kept.salt)
             self.warnings = loaded.warnings
             self.last_reload_error = None
             self.loaded_at = self.clock()
@@ -493,6 +499,7 @@ class PolicyEngine:
         model: str | None = None,
         stream: bool | None = None,
         only: frozenset[str] | None = None,
+        conversation: Conversation | None = None,
     ) -> Decision:
         """Route one request and consume its rate limits (none with `dry_run`).
 
@@ -502,11 +509,15 @@ class PolicyEngine:
         format keeps outside its body (a header, Gemini's URL). `only`: the catalog entries
         (`provider/id` keys) the caller can send the request to, such as a gateway's own
         deployments; the others are dropped as "not offered by the caller" (None: every
-        model of the route). Raises `RequestError` naming the fields of a bad request.
+        model of the route). `conversation`: what its prompt features are read from instead
+        of the request's own (a replay's logged values, `engine.routing.request_log`).
+        Raises `RequestError` naming the fields of a bad request.
         """
         env = env_of(
             request, input_format=input_format, request_id=request_id, model=model, stream=stream
         )
+        if conversation is not None:
+            env["conversation"] = conversation
         waiters: WaitQueues | None = self.__dict__.get("_waiters")
         if not dry_run and waiters is not None and waiters.busy:  # never without `wait`
             refused = waiters.check(env, only, explain)  # no jumping the queue
@@ -554,7 +565,11 @@ class PolicyEngine:
         )
 
     def evaluate_lean(
-        self, request: Mapping[str, Any] | Request, *, request_id: str | None = None
+        self,
+        request: Mapping[str, Any] | Request,
+        *,
+        request_id: str | None = None,
+        conversation: Conversation | None = None,
     ) -> Lean:
         """`evaluate` as far as a replay compares it (`engine.replay`): the same choice and
         the same state changes (limits consumed), returned as a small `Lean` record, without
@@ -562,10 +577,13 @@ class PolicyEngine:
         logs its decisions (a DuckDB state file), with an alert on denials, or with requests
         waiting for a limit takes the full path (`evaluate`), so nothing it keeps is skipped."""
         if not self.decides_lean:
-            return lean_of(self.evaluate(request, request_id=request_id))
+            return lean_of(self.evaluate(request, request_id=request_id, conversation=conversation))
+        env = env_of(request, request_id=request_id)
+        if conversation is not None:
+            env["conversation"] = conversation
         return evaluate_lean(
             self._program,
-            env_of(request, request_id=request_id),
+            env,
             metrics=self.metrics,
             state=self._state,
             limiter=self.limiter,
@@ -799,3 +817,15 @@ def _settle_within(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < INF:
         raise ValueError(f"settle_within_s must be positive seconds, got {value!r}")
     return float(value)
+
+
+def _request_log(mode: str, program: Program, salt: bytes | None) -> RequestLog:
+    """What the decision log keeps of a request under `program` (`--log-requests`): the
+    metadata keys, prompt features and plugins it reads."""
+    return RequestLog(
+        mode,
+        program.request_paths,
+        salt,
+        program.prompt_features,
+        tuple(p.name for p in program.plugins),
+    )

@@ -1059,21 +1059,21 @@ class Checker:
         if dotted in table:
             return table[dotted]
         guess = did_you_mean(dotted, names)
-        if (  # `request.metdata.team`
-            guess is None
-            and root == "request"
-            and len(rest) == 2
-            and did_you_mean(rest[0], [METADATA_FIELD]) is not None
-        ):
-            guess = f"{METADATA_FIELD}.{rest[1]}"
-        self.error(
-            "E0324",
-            f"unknown field `{path.dotted}`",
-            path.span,
-            f"did you mean `{root}.{guess}`?"
-            if guess
-            else f"`{root}` fields: " + ", ".join(f"`{n}`" for n in _shown_fields(names)),
-        )
+        plugins = active().names() if root == "request" else []
+        if guess is None and root == "request" and len(rest) == 2:
+            if did_you_mean(rest[0], [METADATA_FIELD]) is not None:  # `request.metdata.team`
+                guess = f"{METADATA_FIELD}.{rest[1]}"
+            elif did_you_mean(rest[0], [FEATURES_FIELD]) is not None:  # `request.feature.x`
+                guess = f"{FEATURES_FIELD}.{rest[1]}"
+        if root == "request" and len(rest) == 1 and rest[0] in plugins:  # `request.topic`
+            guess = f"{FEATURES_FIELD}.{rest[0]}"
+        if guess:
+            hint = f"did you mean `{root}.{guess}`?"
+        else:
+            hint = f"`{root}` fields: " + ", ".join(f"`{n}`" for n in _shown_fields(names))
+            if root == "request":
+                hint += f", `{FEATURES_FIELD}.<name>` ({_features_help(plugins)})"
+        self.error("E0324", f"unknown field `{path.dotted}`", path.span, hint)
         return None
 
     def _plugin(self, path: ast.Path, rest: tuple[str, ...]) -> FieldType | None:
@@ -1603,6 +1603,17 @@ def _plugins_help(names: list[str]) -> str:
             " docs/features.md shows how to write one"
         )
     return "registered plugins: " + ", ".join(f"`{n}`" for n in names)
+
+
+def _features_help(names: list[str]) -> str:
+    """What `request.features.<name>` can read: the registered classifier plugins, or how
+    to register one (E0324's help)."""
+    if names:
+        return "a classifier plugin: " + ", ".join(f"`{n}`" for n in names)
+    return (
+        "a classifier plugin; none is registered: a package registers one under the entry"
+        f" point group `{GROUP}`, docs/features.md"
+    )
 
 
 def _shown_fields(names: list[str]) -> list[str]:

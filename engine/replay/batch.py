@@ -45,8 +45,10 @@ from engine.routing.evaluator import (
     measured_columns,
 )
 from engine.routing.request import env_of
+from engine.routing.request_log import Unlogged
 from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
+from engine.wire.features import Conversation
 
 CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
@@ -60,6 +62,7 @@ class Asked(NamedTuple):
     at: float
     request: Mapping[str, Any]
     request_id: str | None
+    conversation: Conversation | None = None  # its logged prompt features (None: its own)
 
 
 @dataclass(slots=True)
@@ -114,10 +117,11 @@ class BatchSide:
         self,
         events: Sequence[LoggedOutcome | Asked],
         record: Callable[[PolicyEngine, LoggedOutcome], None],
-    ) -> list[Lean]:
-        """Each asked request's lean decision, in order; the outcomes recorded at their
-        times between them."""
-        out: list[Lean | None] = []
+    ) -> list[Lean | Unlogged]:
+        """Each asked request's lean decision, in order (`Unlogged` for one that reads a
+        prompt feature the log did not keep); the outcomes recorded at their times between
+        them."""
+        out: list[Lean | Unlogged | None] = []
         rows: list[_Row] = []
         engine = self.engine
         for event in events:
@@ -126,16 +130,25 @@ class BatchSide:
                 record(engine, event)
                 continue
             assert isinstance(event, Asked)
-            row = self._read(event, len(out))
-            if row is None:
-                self._finish(rows, out)
-                rows = []
-                self.set_now(event.at)
-                out.append(engine.evaluate_lean(event.request, request_id=event.request_id))
-                self.single += 1
-            else:
-                rows.append(row)
-                out.append(None)
+            try:
+                row = self._read(event, len(out))
+                if row is None:
+                    self._finish(rows, out)
+                    rows = []
+                    self.set_now(event.at)
+                    out.append(
+                        engine.evaluate_lean(
+                            event.request,
+                            request_id=event.request_id,
+                            conversation=event.conversation,
+                        )
+                    )
+                    self.single += 1
+                else:
+                    rows.append(row)
+                    out.append(None)
+            except Unlogged as unlogged:  # it reads what the log did not keep: not decided
+                out.append(unlogged)
         self._finish(rows, out)
         return out  # type: ignore[return-value]  # every slot is filled
 
@@ -151,6 +164,8 @@ class BatchSide:
         if program.live_requires:
             return None
         env = env_of(asked.request, request_id=asked.request_id)
+        if asked.conversation is not None:
+            env["conversation"] = asked.conversation
         for rule in program.denies:
             if rule.when(env, None):
                 return None
@@ -204,7 +219,7 @@ class BatchSide:
 
     # ------------------------------------------------------------------ rank, limits
 
-    def _finish(self, rows: list[_Row], out: list[Lean | None]) -> None:
+    def _finish(self, rows: list[_Row], out: list[Lean | Unlogged | None]) -> None:
         if not rows:
             return
         groups: dict[tuple[int, int], list[_Row]] = {}

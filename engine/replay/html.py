@@ -143,6 +143,14 @@ def _summary(r: dict[str, Any]) -> str:
             " features of them (<code>--log-requests off</code>, or logged before features"
             " were kept)"
         )
+    if _int(r.get("unlogged")):
+        fields = r.get("unlogged_fields") or {}
+        notes.append(
+            f"{_num('unlogged', r['unlogged'])} not replayable: they read a field the log"
+            " never kept ("
+            + ", ".join(f"<code>{escape(str(k))}</code> {_int(n):,}" for k, n in fields.items())
+            + ")"
+        )
     if _int(r.get("invalid")):
         notes.append(
             f"{_num('invalid', r['invalid'])} lines that are not a valid request (left out)"

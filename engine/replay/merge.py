@@ -85,6 +85,7 @@ def _add(merged: ReplayReport, r: dict[str, Any]) -> None:
             zip(map(float, entry.get("examples_at", [])), entry["examples"], strict=True)
         )
         merged.examples[pair] = sorted(examples)[:EXAMPLES]
+    merged.unlogged.update({k: int(v) for k, v in r.get("unlogged_fields", {}).items()})
     merged.denials_added.update({k: int(v) for k, v in r["denials_added"].items()})
     merged.denials_removed.update({k: int(v) for k, v in r["denials_removed"].items()})
     _add_totals(merged.before, r["before"])

@@ -32,6 +32,11 @@ def text(r: ReplayReport) -> str:
             f"  {r.no_features:,} not replayable: the log kept no features of them"
             " (--log-requests off, or logged before features were kept)"
         )
+    if r.unlogged:
+        lines.append(
+            f"  {sum(r.unlogged.values()):,} not replayable: they read a field the log never"
+            " kept: " + ", ".join(f"{k} {n:,}" for k, n in r.unlogged.most_common())
+        )
     if r.invalid:
         lines.append(f"  {r.invalid:,} lines that are not a valid request (left out)")
     if r.hashed_keys:
@@ -97,6 +102,8 @@ def as_json(r: ReplayReport) -> dict[str, Any]:
         "requests": r.requests,
         "replayed": r.replayed,
         "not_replayable": r.no_features,
+        "unlogged": sum(r.unlogged.values()),
+        "unlogged_fields": dict(r.unlogged.most_common()),
         "invalid": r.invalid,
         "hashed_keys": r.hashed_keys,
         "limit_warmup": r.limit_warmup,

@@ -8,7 +8,11 @@ as they were (a model the log never used has none: its catalog priors). Nothing 
 written and no real limit is consumed.
 
 A request the log kept no features for (`--log-requests off`, or a file written before
-them) cannot be decided again: it is counted, never read as an empty request. A request
+them) cannot be decided again: it is counted, never read as an empty request. A logged
+request's prompt features are its logged ones (`engine.routing.request_log`: the prompt
+features and plugin values the logging policy read): a decision that reads one the log
+did not keep is not made; the request is counted under that field (`unlogged`), never
+decided on an empty conversation. A request
 whose user or IP key was hashed (`--hash-keys`) replays its limits per key, but a
 condition or keyed limit on a literal user or IP cannot be decided from it: such
 requests are counted and flagged.
@@ -40,7 +44,7 @@ from engine.replay.batch import CHUNK, Asked, BatchSide
 from engine.routing.decision import Decision
 from engine.routing.evaluator import Lean
 from engine.routing.request import RequestError, env_of
-from engine.routing.request_log import HASHED_PREFIX
+from engine.routing.request_log import HASHED_PREFIX, Unlogged, logged_conversation
 
 EXAMPLES = 3  # example request ids kept per kind of change
 PROGRESS_EVERY = 4096  # logged requests between two calls of replay's `progress`
@@ -112,6 +116,9 @@ class ReplayReport:
     no_features: int = 0  # not replayable: the log kept nothing of the request
     invalid: int = 0  # a JSONL source's lines that are not a valid request
     hashed_keys: int = 0  # replayed, but literal user/IP conditions cannot be decided
+    # not replayed: they read a prompt feature or plugin the log never kept (by the first
+    # such field a decision read)
+    unlogged: Counter[str] = field(default_factory=Counter)
     limit_warmup: int = 0  # decided within the longest limit window of the log's start
     limit_window_s: float = 0.0  # that window
     changed: int = 0
@@ -318,17 +325,23 @@ def _one_by_one(
         asked = _asked(report, event, shard, literal, event.at < warm_until)
         if asked is None:
             continue
-        request, rid = asked.request, asked.request_id
-        if lean:
-            after = measured.lean(new.evaluate_lean(request, request_id=rid))
-        else:
-            after = measured.verdict(new.evaluate(request, request_id=rid))
-        if base is not None and lean:
-            before = measured.lean(base.evaluate_lean(request, request_id=rid))
-        elif base is not None:
-            before = measured.verdict(base.evaluate(request, request_id=rid))
-        else:
-            before = measured.logged(event)
+        request, rid, conv = asked.request, asked.request_id, asked.conversation
+        try:
+            if lean:
+                after = measured.lean(new.evaluate_lean(request, request_id=rid, conversation=conv))
+            else:
+                after = measured.verdict(new.evaluate(request, request_id=rid, conversation=conv))
+            if base is not None and lean:
+                before = measured.lean(
+                    base.evaluate_lean(request, request_id=rid, conversation=conv)
+                )
+            elif base is not None:
+                before = measured.verdict(base.evaluate(request, request_id=rid, conversation=conv))
+            else:
+                before = measured.logged(event)
+        except Unlogged as unlogged:  # a field the log never kept: counted, not decided
+            report.unlogged[unlogged.field] += 1
+            continue
         _count(report, event.at, event.request_id, before, after)
 
 
@@ -352,8 +365,15 @@ def _batched(
         afters = after_side.decide(events, _record)
         befores = None if before_side is None else before_side.decide(events, _record)
         for i, event in enumerate(asked):
-            after = measured.lean(afters[i])
-            before = measured.logged(event) if befores is None else measured.lean(befores[i])
+            made = afters[i] if befores is None else (afters[i], befores[i])
+            unlogged = _unlogged(made)
+            if unlogged is not None:  # a field the log never kept: counted, not decided
+                report.unlogged[unlogged.field] += 1
+                continue
+            after = measured.lean(afters[i])  # type: ignore[arg-type]
+            before = (
+                measured.logged(event) if befores is None else measured.lean(befores[i])  # type: ignore[arg-type]
+            )
             _count(report, event.at, event.request_id, before, after)
         events.clear()
         asked.clear()
@@ -375,6 +395,14 @@ def _batched(
     flush()
 
 
+def _unlogged(made: Any) -> Unlogged | None:
+    """The first side's `Unlogged` among a request's decisions (a decision, or a pair)."""
+    for one in made if type(made) is tuple else (made,):
+        if isinstance(one, Unlogged):
+            return one
+    return None
+
+
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -393,6 +421,7 @@ def _asked(
             report.no_features += 1
         return None
     rid = event.request_id if event.raw else None
+    conversation = None
     if event.raw:  # a request as a client sent it: its own format, its own id
         request = _decode(event.request)
         try:
@@ -402,10 +431,9 @@ def _asked(
                 report.requests += 1
                 report.invalid += 1
             return None
-    else:
+    else:  # its features: the prompt's as logged (`text`, `features`), never an empty one
         request = _decode(event.request)
-        request.pop("format", None)
-        request.pop("body", None)
+        conversation = logged_conversation(request)
         if event.request_id is not None:
             request["id"] = event.request_id
         keys = request
@@ -415,7 +443,7 @@ def _asked(
     report.limit_warmup += warming
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
-    return Asked(event.at, request, rid)
+    return Asked(event.at, request, rid, None if event.raw else conversation)
 
 
 def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:

@@ -5,33 +5,46 @@ entry per feature, `NAME = "module:function"`) and marked by `@feature(type=…)
 import is `engine.features`), which declares its value's type, its time budget and the
 value it falls back to. docs/features.md is the user's guide.
 
-- Discovery: the entry points are listed once per process, when a checked policy first
-  reads `request.features.*` (`installed()`); a plugin is imported when a policy first
-  reads it (`Registry.get`). A plugin that fails to import, or is not a `@feature`, is kept
-  as a `Broken` entry: a policy that reads it is refused at load (the checker's E0294
-  names the entry point and the exception), a policy that does not still loads.
+- Discovery: the entry points are listed when a checked policy first reads
+  `request.features.*` (`installed()`), and again on every policy reload (`rediscover()`:
+  new names added, loaded plugins kept with their stats); a plugin is imported when a
+  policy first reads it (`Registry.get`). A plugin that fails to import, or is not a
+  `@feature`, is kept as a `Broken` entry: a policy that reads it is refused at load (the
+  checker's E0294 names the entry point and the exception), a policy that does not still
+  loads.
 - Per request: the compiled condition calls `Plugin.read`, which runs the function at most
   once per request (the value is kept in the request's `Conversation` with the prompt
   features) and only when a condition (or `--explain`) reads it.
 - Failure: a plugin that raises, returns a value of another type, or overruns its
   `timeout_ms` gives its fallback value and counts an error (`PluginStats.errors`, reason
-  `error`, `type` or `timeout`); a decision never fails for it. The timeout is measured, not
-  enforced: the call runs inline (no thread per call), and a value that came too late is
-  replaced by the fallback, so a slow plugin is visible and does not steer routing.
+  `error`, `type` or `timeout`); a decision never fails for it.
+- Timeout, enforced: each plugin's calls run on its own worker thread (`_Worker`, started
+  on the plugin's first call, one per plugin, never one per call); the deciding thread
+  waits at most `timeout_ms` for the value, then goes on with the fallback. While a call the
+  deciding thread stopped waiting for still runs, the plugin's later calls give the
+  fallback at once (reason `timeout`, detail `busy`) instead of queueing behind it; once it
+  returns, the plugin is called again. A value that came back but too late (by the
+  plugin's clock) is replaced by the fallback too, so a slow plugin never steers routing.
+  The handoff costs tens of µs (bench/plugins_bench.py): a plugin that cannot hang (pure
+  Python, no I/O) may declare `inline=True` and run on the deciding thread, its timeout
+  then measured as above but not enforced.
 
 Standard library only: the router calls this per request.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import threading
+from _thread import allocate_lock
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from queue import SimpleQueue
 from time import perf_counter_ns
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -48,6 +61,7 @@ NAME = re.compile(r"[a-z_][a-z0-9_]*")
 # the reasons an error is counted under (`policyctl_feature_errors_total{reason}`)
 ERROR, WRONG_TYPE, TIMEOUT = "error", "type", "timeout"
 REASONS = (ERROR, WRONG_TYPE, TIMEOUT)
+BUSY = "busy"  # a `timeout`'s detail: the call before it overran and still runs
 # seconds: the histogram of plugin calls (`policyctl_feature_seconds`)
 BUCKETS_S = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
@@ -68,6 +82,7 @@ class FeatureSpec:
     timeout_ms: float
     fallback: Value
     doc: str  # one line: what the value means (the function's docstring's first line)
+    inline: bool = False  # run on the deciding thread: the timeout measured, not enforced
 
 
 def feature(
@@ -76,12 +91,16 @@ def feature(
     timeout_ms: float = DEFAULT_TIMEOUT_MS,
     fallback: Value | None = None,
     doc: str | None = None,
+    inline: bool = False,
 ) -> Callable[[F], F]:
     """Mark `function(request: RequestView) -> value` as a classifier plugin.
 
     `type` is bool, int, float or str (what `request.features.NAME` is in a condition);
     `timeout_ms` the call's budget; `fallback` the value when the call raises, returns
     another type or overruns its budget (default: False, 0, 0.0 or "").
+    `inline=True`: the call runs on the deciding thread (no handoff to the plugin's worker,
+    which costs tens of µs), for a function that cannot hang (pure Python over the
+    request, no I/O): its timeout is then measured, not enforced.
     """
     if type not in TYPES:
         raise FeatureDeclarationError(
@@ -105,7 +124,8 @@ def feature(
         if line is None:
             lines = (function.__doc__ or "").strip().splitlines()
             line = lines[0].strip() if lines else ""
-        setattr(function, ATTRIBUTE, FeatureSpec(type, float(timeout_ms), checked, line))
+        spec = FeatureSpec(type, float(timeout_ms), checked, line, inline is True)
+        setattr(function, ATTRIBUTE, spec)
         return function
 
     return mark
@@ -244,7 +264,7 @@ class PluginStats:
 class Plugin:
     """A loaded plugin: its function and declaration, run at most once per request."""
 
-    __slots__ = ("_key", "clock", "entry", "function", "name", "spec", "stats")
+    __slots__ = ("_key", "_worker", "clock", "entry", "function", "name", "spec", "stats")
 
     def __init__(
         self,
@@ -261,6 +281,7 @@ class Plugin:
         self.clock = clock
         self.stats = PluginStats()
         self._key = (GROUP, name)  # its place among a conversation's memoised values
+        self._worker: _Worker | None = None  # its calls' thread, started on the first call
 
     def outcome(self, env: Mapping[str, Any]) -> Outcome:
         """This request's call (made on the first read, kept for the rest of the decision;
@@ -281,6 +302,40 @@ class Plugin:
         return self.outcome(env).value
 
     def run(self, view: RequestView) -> Outcome:
+        """One call, on the plugin's worker, waited for at most `timeout_ms` (or inline)."""
+        spec = self.spec
+        if spec.inline:
+            return self._inline(view)
+        clock = self.clock
+        start = clock()
+        worker = self._worker
+        if worker is None:
+            worker = self._start()
+        call = worker.submit(view)
+        if call is None:  # a call the deciders stopped waiting for still runs: no queueing
+            outcome = Outcome(spec.fallback, clock() - start, TIMEOUT, BUSY)
+        elif not worker.wait(call, spec.timeout_ms / 1000.0):
+            outcome = Outcome(
+                spec.fallback, clock() - start, TIMEOUT, f"over {spec.timeout_ms:g}ms"
+            )
+        elif call.failed is not None:
+            outcome = Outcome(spec.fallback, clock() - start, ERROR, call.failed)
+        else:
+            ns = clock() - start
+            raw = call.value
+            value = conform(spec.type, raw)
+            if value is None:
+                outcome = Outcome(spec.fallback, ns, WRONG_TYPE, type(raw).__name__)
+            elif ns > spec.timeout_ms * 1e6:
+                outcome = Outcome(spec.fallback, ns, TIMEOUT, f"over {spec.timeout_ms:g}ms")
+            else:
+                outcome = Outcome(value, ns)
+        self.stats.add(outcome)
+        return outcome
+
+    def _inline(self, view: RequestView) -> Outcome:
+        """One call on the deciding thread (`inline=True`): a value that came too late is
+        replaced by the fallback, but the call is not stopped."""
         spec = self.spec
         clock = self.clock
         start = clock()
@@ -300,8 +355,92 @@ class Plugin:
         self.stats.add(outcome)
         return outcome
 
+    def _start(self) -> _Worker:
+        with _STARTING:
+            worker = self._worker
+            if worker is None:
+                worker = self._worker = _Worker(self.name, self.function)
+        return worker
+
+    @property
+    def worker_thread(self) -> threading.Thread | None:
+        """The plugin's worker thread (None until its first call)."""
+        worker = self._worker
+        return None if worker is None else worker.thread
+
     def __repr__(self) -> str:
         return f"Plugin({self.name} = {self.entry}, {self.spec.type.__name__})"
+
+
+# ------------------------------------------------------------------ the worker thread
+
+_STARTING = threading.Lock()  # two first calls start one worker
+
+
+class _Call:
+    """One call handed to a worker: the view in, the value (or the exception's name) out;
+    `done` is released by the worker when the call returns."""
+
+    __slots__ = ("abandoned", "done", "failed", "finished", "value", "view")
+
+    def __init__(self, view: RequestView) -> None:
+        self.view = view
+        self.done = allocate_lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.failed: str | None = None
+        self.finished = False
+        self.abandoned = False  # the decider stopped waiting for it
+
+
+class _Worker:
+    """A plugin's own daemon thread: its calls run there one at a time, so that the deciding
+    thread can stop waiting for one (`wait`'s timeout). `late` counts the calls given up on
+    that still run or wait to; while it is not 0, `submit` refuses new calls."""
+
+    def __init__(self, name: str, function: Callable[[RequestView], Any]) -> None:
+        self.function = function
+        self.late = 0
+        self._lock = threading.Lock()  # `late` and each call's finished/abandoned
+        self._calls: SimpleQueue[_Call] = SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._serve, name=f"policyctl-feature-{name}", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, view: RequestView) -> _Call | None:
+        """The call handed over, or None when a call given up on still runs."""
+        if self.late:
+            return None
+        call = _Call(view)
+        self._calls.put(call)
+        return call
+
+    def wait(self, call: _Call, timeout_s: float) -> bool:
+        """Whether the call returned within `timeout_s` (if not, it is given up on)."""
+        if call.done.acquire(timeout=timeout_s):
+            return True
+        with self._lock:
+            if call.finished:  # it returned as the wait ended: too late all the same
+                return False
+            call.abandoned = True
+            self.late += 1
+        return False
+
+    def _serve(self) -> None:
+        function = self.function
+        while True:
+            call = self._calls.get()
+            if not call.abandoned:  # (one given up on while it queued is not run)
+                try:
+                    call.value = function(call.view)
+                except Exception as exc:  # a plugin's failure is counted, never raised
+                    call.failed = type(exc).__name__
+            with self._lock:
+                call.finished = True
+                if call.abandoned:
+                    self.late -= 1
+            call.done.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,18 +463,26 @@ class Registry:
         self, points: Iterable[EntryPoint] = (), clock: Callable[[], int] = perf_counter_ns
     ) -> None:
         self.clock = clock
-        self._points: dict[str, EntryPoint] = {}
-        self._loaded: dict[str, Plugin | Broken] = {}
         self._lock = threading.Lock()
-        for point in points:
-            first = self._points.get(point.name)
-            if first is not None and first.value != point.value:
-                self._loaded[point.name] = Broken(
-                    point.name,
-                    point.value,
-                    f"registered twice: `{first.value}` and `{point.value}`",
-                )
-            self._points.setdefault(point.name, point)
+        self._points, self._loaded = _indexed(points)
+
+    def refresh(self, points: Iterable[EntryPoint]) -> list[str]:
+        """Take the entry points listed again (a policy reload): a new name is added, a
+        loaded plugin is kept (its function, its stats, its worker) even if its package is
+        gone or now names another function (a restart imports that), and an entry that
+        could not be used is tried again. Returns the names added."""
+        points_now, broken_now = _indexed(points)
+        with self._lock:
+            merged = dict(points_now)
+            loaded: dict[str, Plugin | Broken] = {}
+            for name, found in self._loaded.items():
+                if isinstance(found, Plugin):  # kept as it is
+                    loaded[name] = found
+                    merged[name] = self._points[name]
+            loaded.update((n, b) for n, b in broken_now.items() if n not in loaded)
+            added = sorted(set(merged) - set(self._points))
+            self._points, self._loaded = merged, loaded  # swapped whole: readers see one
+        return added
 
     def names(self) -> list[str]:
         return sorted(self._points)
@@ -381,6 +528,22 @@ class Registry:
                 yield found
 
 
+def _indexed(points: Iterable[EntryPoint]) -> tuple[dict[str, EntryPoint], dict[str, Broken]]:
+    """The entry points by name, and the names registered twice differently (`Broken`)."""
+    by_name: dict[str, EntryPoint] = {}
+    broken: dict[str, Broken] = {}
+    for point in points:
+        first = by_name.get(point.name)
+        if first is not None and first.value != point.value:
+            broken[point.name] = Broken(
+                point.name,
+                point.value,
+                f"registered twice: `{first.value}` and `{point.value}`",
+            )
+        by_name.setdefault(point.name, point)
+    return by_name, broken
+
+
 def discover(group: str = GROUP) -> list[EntryPoint]:
     """The entry points installed distributions register under `group`."""
     return list(entry_points(group=group))
@@ -388,8 +551,19 @@ def discover(group: str = GROUP) -> list[EntryPoint]:
 
 @cache
 def installed() -> Registry:
-    """The installed plugins, discovered once per process (a restart sees a new one)."""
+    """The installed plugins, discovered on first use (and again by `rediscover`)."""
     return Registry(discover())
+
+
+def rediscover() -> list[str]:
+    """List the installed entry points again (`PolicyEngine.reload`, which the service's
+    hot reload calls), so that a package installed since is seen without a restart;
+    the plugins already loaded are kept with their stats. Returns the names added (none
+    when nothing was discovered yet: the first use discovers)."""
+    if not installed.cache_info().currsize:
+        return []
+    importlib.invalidate_caches()  # a module written since into a directory on sys.path
+    return installed().refresh(discover())
 
 
 _ACTIVE: ContextVar[Registry | None] = ContextVar("feature_registry", default=None)
