@@ -141,9 +141,12 @@ def compile_sources(
     sources: Sequence[tuple[str, str]],
     paths: Sequence[Path | None] | None = None,
     now: float | None = None,
+    *,
+    cache: bool = False,
 ) -> Loaded:
     """Parse, check and compile named policy texts. Raises PolicyError with every error.
-    `now` (epoch seconds) also warns of routes that can only reach retired models."""
+    `now` (epoch seconds) also warns of routes that can only reach retired models; `cache`
+    (texts just read from their files): their parses are cached (`parser.parse`)."""
     paths = list(paths) if paths is not None else [None] * len(sources)
     unreadable = [d for name, text in sources if (d := _surrogate(name, text)) is not None]
     if unreadable:
@@ -153,7 +156,7 @@ def compile_sources(
     parsed_paths: list[Path | None] = []
     for (name, text), path in zip(sources, paths, strict=True):
         try:
-            parsed.append(parse(text, name))
+            parsed.append(parse(text, name, cache=cache))
             parsed_paths.append(path)
         except PolicyError as err:
             diagnostics.extend(err.diagnostics)
@@ -183,7 +186,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = 
             errors.extend(err.diagnostics)
     if errors:
         raise PolicyError(errors)
-    return compile_sources(sources, files, now)
+    return compile_sources(sources, files, now, cache=True)
 
 
 def read_policy_file(path: Path) -> tuple[str, str]:
