@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import pickle
 import re
 import sys
 import threading
@@ -24,7 +22,14 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
 from engine.language import ast
 from engine.language.ast import Unit
-from engine.resources import cache_dir, grammar_path
+from engine.resources import (
+    cache_dir,
+    cache_file,
+    code_digest,
+    grammar_path,
+    read_cached,
+    write_cached,
+)
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
 MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
@@ -723,48 +728,15 @@ def _end_of_file(source: Source, expected: set[str]) -> Diagnostic:
     return Diagnostic("E0013", "unexpected end of file", span, hint, notes=notes)
 
 
-MAX_PARSED = 64  # parsed files kept in the cache directory
-
-# The modules whose code decides what `parse` returns: a parse cached by another version of
-# any of them is not read back (the grammar is hashed with them).
+# The modules whose code decides what `parse` returns (with the grammar): a parse cached
+# by another version of any of them is not read back.
 _PARSE_CODE = ("language/parser.py", "language/ast.py", "diagnostics.py", "units.py",
                "vocabulary.py")  # fmt: skip
 
 
-@functools.cache
-def _code_digest() -> str | None:
-    """The hash of the grammar, the code in `_PARSE_CODE` and Python's version; None when
-    one cannot be read (then nothing is cached)."""
-    digest = hashlib.sha256(repr(sys.version_info[:2]).encode("ascii"))
-    package = Path(__file__).resolve().parent.parent
-    try:
-        digest.update(grammar_path().read_bytes())
-        for relative in _PARSE_CODE:
-            digest.update((package / relative).read_bytes())
-    except OSError:
-        return None
-    return digest.hexdigest()
-
-
-def _parsed_path(text: str, name: str) -> Path | None:
-    """`cache_dir()/parsed-<hash>.pickle`, the hash over the file's name and text and
-    `_code_digest()`; None when there is no cache directory or no digest."""
-    code = _code_digest()
-    directory = cache_dir()
-    if code is None or directory is None:
-        return None
-    key = hashlib.sha256(f"{code}\0{name}\0".encode("utf-8", "surrogatepass"))
-    key.update(text.encode("utf-8", "surrogatepass"))
-    return directory / f"parsed-{key.hexdigest()[:32]}.pickle"
-
-
 def _read_parsed(path: Path, text: str, name: str) -> ast.PolicyFile | None:
     """The cached parse of this very text, or None (missing, damaged, or not this file's)."""
-    try:
-        with open(path, "rb") as f:
-            policy = pickle.load(f)
-    except Exception:  # missing, truncated, written by other code: parsed again
-        return None
+    policy = read_cached(path)
     if (
         not isinstance(policy, ast.PolicyFile)
         or policy.span.source.text != text
@@ -774,38 +746,28 @@ def _read_parsed(path: Path, text: str, name: str) -> ast.PolicyFile | None:
     return policy
 
 
-def _write_parsed(path: Path, policy: ast.PolicyFile) -> None:
-    """Best effort, atomic (a temporary file renamed), in the 0700 cache directory."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as f:
-            pickle.dump(policy, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temporary, path)
-        kept = sorted(path.parent.glob("parsed-*.pickle"), key=lambda p: p.stat().st_mtime)
-        for old in kept[:-MAX_PARSED]:  # the least recently written first
-            old.unlink(missing_ok=True)
-    except (OSError, pickle.PicklingError, RecursionError):
-        return
-
-
 def parse(text: str, name: str = "<policy>", *, cache: bool = False) -> ast.PolicyFile:
     """Parse one policy file. Raises PolicyError with every diagnostic found.
 
     With `cache` (the loader, for files read from disk) a file parsed without errors is
     kept in the cache directory, keyed by its name, its text and the parser's code: the
     next process to load the same file reads its AST back instead of building the LALR
-    parser and parsing (a `policyctl eval` starts faster). At most `MAX_PARSED` are kept."""
+    parser and parsing (a `policyctl eval` starts faster). `MAX_CACHED` are kept."""
     if not cache or getattr(_comment_sink, "tokens", None) is not None:
         return _parse(text, name)  # (the formatter reads the tokens as they are lexed)
-    path = _parsed_path(text, name)
+    path = cache_file(
+        "parsed",
+        code_digest(*_PARSE_CODE),
+        name.encode("utf-8", "surrogatepass"),
+        text.encode("utf-8", "surrogatepass"),
+    )
     if path is not None:
         cached = _read_parsed(path, text, name)
         if cached is not None:
             return cached
     policy = _parse(text, name)
     if path is not None:
-        _write_parsed(path, policy)
+        write_cached(path, policy)
     return policy
 
 
