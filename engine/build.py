@@ -10,7 +10,6 @@ Anything else, a build outside git or git missing, is `unknown`.
 from __future__ import annotations
 
 import functools
-import subprocess
 from pathlib import Path
 
 VERSION = "0.1.0"  # pyproject.toml's `version` (tests/test_cli.py checks they agree)
@@ -27,6 +26,8 @@ def git_commit(root: Path) -> str:
     own `.git` counts: a tree inside another repository is not that repository's commit."""
     if not (root / ".git").exists():
         return UNKNOWN
+    import subprocess  # only when asked (`--version`, /metrics): not on every start
+
     try:
         done = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -435,3 +438,48 @@ def test_golden_catalog_errors(case: str) -> None:
         expected.write_text(got, encoding="utf-8")
         return
     assert got == expected.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- catalog cache
+
+CATALOG_PROBE = """\
+import sys
+from engine.language.loader import load_policy
+loaded = load_policy(sys.argv[1])
+catalog = loaded.program.catalog
+print(catalog.digest, len(catalog.models), repr(catalog.models[0]))
+print("validated:", "engine.catalog.load" in sys.modules, "yaml" in sys.modules)
+"""
+
+
+def _load_in_subprocess(tmp_path: Path, policy: Path, cache: Path) -> tuple[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", CATALOG_PROBE, str(policy)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "POLICYCTL_CACHE_DIR": str(cache)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shown, validated = done.stdout.rstrip("\n").rsplit("\n", 1)
+    return shown, validated
+
+
+def test_an_unchanged_catalog_is_read_back_without_validating_it(tmp_path: Path) -> None:
+    """The second process to load the same catalog file reads the validated catalog from
+    the cache directory: the same catalog, and neither the validation models nor YAML are
+    imported; a changed file (or a damaged cache file) is validated again."""
+    models = tmp_path / "models.yaml"
+    models.write_text(GOOD, encoding="utf-8")
+    policy = tmp_path / "p.policy"
+    policy.write_text('catalog "models.yaml"\nroute r { prefer acme/m1 }\n', encoding="utf-8")
+    cache = tmp_path / "cache"
+    first, validated = _load_in_subprocess(tmp_path, policy, cache)
+    assert validated == "validated: True True"
+    assert len(list(cache.glob("catalog-*"))) == 1
+    assert _load_in_subprocess(tmp_path, policy, cache) == (first, "validated: False False")
+    models.write_text(models.read_text(encoding="utf-8").replace("1000", "9000"), "utf-8")
+    changed, validated = _load_in_subprocess(tmp_path, policy, cache)
+    assert changed != first and "9000" in changed and validated == "validated: True True"
+    assert _load_in_subprocess(tmp_path, policy, cache) == (changed, "validated: False False")
+    for damaged in cache.glob("catalog-*"):
+        damaged.write_bytes(b"not a pickle\n")
+    assert _load_in_subprocess(tmp_path, policy, cache) == (changed, "validated: True True")

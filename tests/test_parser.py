@@ -728,6 +728,67 @@ def _parse_in_subprocess(tmp_path: Path, cache: str) -> str:
     return done.stdout
 
 
+PARSED_PROBE = """\
+import sys
+from engine.language import parser
+text = open(sys.argv[1], encoding="utf-8").read()
+if len(sys.argv) > 2:
+    text += sys.argv[2]
+policy = parser.parse(text, "p.policy", cache=True)
+print(repr(policy))
+print("parser built:", parser._lark.cache_info().misses)
+"""
+
+
+def _parsed_in_subprocess(tmp_path: Path, cache: str, extra: str = "") -> tuple[str, str]:
+    policy = REPO / "examples" / "policies" / "tour.policy"
+    done = subprocess.run(
+        [sys.executable, "-c", PARSED_PROBE, str(policy), *([extra] if extra else [])],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "POLICYCTL_CACHE_DIR": cache},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    shown, built = done.stdout.rsplit("\n", 2)[:2]
+    return shown, built
+
+
+def test_a_parsed_file_is_read_back_without_building_the_parser(tmp_path: Path) -> None:
+    """The second process to parse the same text reads its AST from the cache directory:
+    the same AST, and the LALR parser is never built; another text (or a damaged file) is
+    parsed again."""
+    cache = tmp_path / "cache"
+    uncached, built = _parsed_in_subprocess(tmp_path, "")
+    assert built == "parser built: 1"
+    assert _parsed_in_subprocess(tmp_path, str(cache)) == (uncached, "parser built: 1")
+    (parsed,) = cache.glob("parsed-*")
+    assert _parsed_in_subprocess(tmp_path, str(cache)) == (uncached, "parser built: 0")
+    changed, built = _parsed_in_subprocess(tmp_path, str(cache), "\n# another text\n")
+    assert built == "parser built: 1" and len(list(cache.glob("parsed-*"))) == 2
+    assert changed != uncached
+    assert _parsed_in_subprocess(tmp_path, str(cache), "\n# another text\n")[1].endswith("0")
+    parsed.write_bytes(b"not a pickle\n")
+    assert _parsed_in_subprocess(tmp_path, str(cache)) == (uncached, "parser built: 1")
+    assert _parsed_in_subprocess(tmp_path, str(cache)) == (uncached, "parser built: 0")
+
+
+def test_the_formatter_reads_comments_with_a_parse_cached(tmp_path: Path) -> None:
+    text = "# a comment\nlimit global 10 per 1m  # another\n"
+    env = {**os.environ, "POLICYCTL_CACHE_DIR": str(tmp_path / "cache")}
+    probe = (
+        "import sys\nfrom engine.language import parser\n"
+        "parser.parse(sys.argv[1], 'p.policy', cache=True)\n"
+        "print(len(parser.parse_with_comments(sys.argv[1], 'p.policy')[1]))\n"
+    )
+    for _ in range(2):  # the second run has the parse cached
+        done = subprocess.run(
+            [sys.executable, "-c", probe, text], capture_output=True, text=True,
+            timeout=120, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "2\n"
+
+
 def test_the_parser_cache_is_written_once_read_after_and_survives_damage(tmp_path: Path) -> None:
     """The first run writes the parser's tables to the cache directory (0700); the next
     runs read them and parse exactly as a run with no cache; a damaged or foreign file in

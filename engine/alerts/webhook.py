@@ -9,10 +9,13 @@ import json
 import logging
 import queue
 import threading
-import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.alerts.records import DeliveryStats
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger("policyctl.alerts")
 
@@ -48,7 +51,7 @@ class WebhookSender:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener: urllib.request.OpenerDirector | None = None  # built by the thread
         self.sent = self.failed = self.dropped = self.retried = 0
 
     def submit(self, url: str, payload: dict[str, object], what: str) -> bool:
@@ -98,7 +101,13 @@ class WebhookSender:
         log.warning("alert webhook %s failed for %s: %s", _shown(post.url), post.what, error)
 
     def _post(self, post: _Post) -> str | None:
-        """One attempt: None on a 2xx answer, else what went wrong."""
+        """One attempt: None on a 2xx answer, else what went wrong. `urllib.request` is
+        imported here, by the sending thread: a run that sends nothing never loads it."""
+        import urllib.error
+        import urllib.request
+
+        if self._opener is None:
+            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         request = urllib.request.Request(
             post.url,
             data=post.body,

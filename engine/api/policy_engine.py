@@ -780,7 +780,8 @@ class PolicyEngine:
         record = self._record_metric
         if record is None:
             raise TypeError("this engine's metrics source does not take outcomes")
-        cost = float(cost)
+        if cost.__class__ is not float:
+            cost = float(cost)
         if self.outcome_log is not None and not self.outcome_log.submit(
             new_outcome_row((
                 self.clock() if at is None else at, found.provider, found.id,

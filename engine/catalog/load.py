@@ -32,11 +32,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.catalog.model import CAPABILITIES, Catalog, CatalogError, Model, PriceTier, Quality
+from engine.catalog.model import (
+    CAPABILITIES,
+    MAX_CATALOG_BYTES,
+    Catalog,
+    CatalogError,
+    Model,
+    PriceTier,
+    Quality,
+)
 from engine.diagnostics import did_you_mean
 from engine.units import MAX_TOKENS
 
-MAX_CATALOG_BYTES = 8 << 20  # 8 MiB
 MAX_NESTING = 64  # a catalog needs 6 levels
 VERSIONS = (1, 2)
 # `generated`: free text saying where a catalog came from (what `catalog import` writes)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from engine.errors import PolicyctlError
 
 # what a model can do; the first four are also what a request can ask for
+MAX_CATALOG_BYTES = 8 << 20  # 8 MiB: a larger catalog file is refused
+
 CAPABILITIES = (
     "streaming",
     "tools",

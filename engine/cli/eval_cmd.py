@@ -252,6 +252,9 @@ def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, tex
     bad = denied = False
     as_json = args.format == "json"
     out = _Output()
+    evaluate = engine.evaluate
+    explain, dry_run, input_format = args.explain, args.dry_run, args.input_format
+    request_id, model, stream = args.request_id, args.model, args.stream
     for line, item in _items(name, text):
         if isinstance(item, _BadItem):
             bad = True
@@ -261,14 +264,14 @@ def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, tex
                 out.error(line, item.message.splitlines()[0])
             continue
         try:
-            decision = engine.evaluate(
+            decision = evaluate(
                 item,
-                explain=args.explain,
-                dry_run=args.dry_run,
-                input_format=args.input_format,
-                request_id=args.request_id,
-                model=args.model,
-                stream=args.stream,
+                explain=explain,
+                dry_run=dry_run,
+                input_format=input_format,
+                request_id=request_id,
+                model=model,
+                stream=stream,
             )
         except RequestError as err:
             bad = True

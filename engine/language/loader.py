@@ -7,6 +7,7 @@ policy file), else the packaged default catalog.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -14,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog.load import load_catalog
-from engine.catalog.model import Catalog, CatalogError
+from engine.catalog.model import MAX_CATALOG_BYTES, Catalog, CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import ast
 from engine.language.analysis import analyse
@@ -23,7 +23,14 @@ from engine.language.checker import check
 from engine.language.compiler import compile_program
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
 from engine.language.program import Program
-from engine.resources import default_catalog_path, default_policy_dir
+from engine.resources import (
+    cache_file,
+    code_digest,
+    default_catalog_path,
+    default_policy_dir,
+    read_cached,
+    write_cached,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +119,7 @@ def _catalog_for(
         target = chosen[1]
         stmt_span = chosen[0].path.span
     try:
-        return load_catalog(target, _display(target))
+        return _load_catalog(target, _display(target))
     except CatalogError as err:
         if stmt_span is not None and not target.exists():
             diagnostics.append(
@@ -128,6 +135,38 @@ def _catalog_for(
         return None
 
 
+# The modules whose code decides what `load_catalog` makes of a file: a catalog cached by
+# another version of any of them is not read back.
+_CATALOG_CODE = ("catalog/load.py", "catalog/model.py", "units.py", "vocabulary.py",
+                 "diagnostics.py")  # fmt: skip
+
+
+def _load_catalog(target: Path, shown: str) -> Catalog:
+    """`load_catalog(target, shown)`, kept in the cache directory once it loaded without
+    errors, keyed by the file's bytes, `shown` and the catalog code: a command that loads
+    an unchanged catalog validates nothing and imports neither the validation models nor
+    YAML (`engine.catalog.load` is imported on a miss only)."""
+    path = None
+    data = b""
+    try:
+        info = target.stat()
+        if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_CATALOG_BYTES:
+            data = target.read_bytes()
+            path = cache_file("catalog", code_digest(*_CATALOG_CODE), shown.encode(), data)
+    except (OSError, UnicodeEncodeError):  # load_catalog says what is wrong
+        path = None
+    if path is not None:
+        found = read_cached(path)
+        if isinstance(found, Catalog) and found.source == shown:
+            return found
+    from engine.catalog.load import load_catalog
+
+    catalog = load_catalog(target, shown)
+    if path is not None and catalog.digest == hashlib.sha256(data).hexdigest():
+        write_cached(path, catalog)  # (the bytes it read: the file did not change between)
+    return catalog
+
+
 def _catalog_diagnostic(line: str, name: str) -> Diagnostic:
     """A catalog problem as a diagnostic, its place (`models.yaml:3:5`) before the code."""
     if line.startswith(name):
@@ -141,9 +180,12 @@ def compile_sources(
     sources: Sequence[tuple[str, str]],
     paths: Sequence[Path | None] | None = None,
     now: float | None = None,
+    *,
+    cache: bool = False,
 ) -> Loaded:
     """Parse, check and compile named policy texts. Raises PolicyError with every error.
-    `now` (epoch seconds) also warns of routes that can only reach retired models."""
+    `now` (epoch seconds) also warns of routes that can only reach retired models; `cache`
+    (texts just read from their files): their parses are cached (`parser.parse`)."""
     paths = list(paths) if paths is not None else [None] * len(sources)
     unreadable = [d for name, text in sources if (d := _surrogate(name, text)) is not None]
     if unreadable:
@@ -153,7 +195,7 @@ def compile_sources(
     parsed_paths: list[Path | None] = []
     for (name, text), path in zip(sources, paths, strict=True):
         try:
-            parsed.append(parse(text, name))
+            parsed.append(parse(text, name, cache=cache))
             parsed_paths.append(path)
         except PolicyError as err:
             diagnostics.extend(err.diagnostics)
@@ -183,7 +225,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = 
             errors.extend(err.diagnostics)
     if errors:
         raise PolicyError(errors)
-    return compile_sources(sources, files, now)
+    return compile_sources(sources, files, now, cache=True)
 
 
 def read_policy_file(path: Path) -> tuple[str, str]:

@@ -22,7 +22,14 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
 from engine.language import ast
 from engine.language.ast import Unit
-from engine.resources import cache_dir, grammar_path
+from engine.resources import (
+    cache_dir,
+    cache_file,
+    code_digest,
+    grammar_path,
+    read_cached,
+    write_cached,
+)
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
 MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
@@ -721,8 +728,50 @@ def _end_of_file(source: Source, expected: set[str]) -> Diagnostic:
     return Diagnostic("E0013", "unexpected end of file", span, hint, notes=notes)
 
 
-def parse(text: str, name: str = "<policy>") -> ast.PolicyFile:
-    """Parse one policy file. Raises PolicyError with every diagnostic found."""
+# The modules whose code decides what `parse` returns (with the grammar): a parse cached
+# by another version of any of them is not read back.
+_PARSE_CODE = ("language/parser.py", "language/ast.py", "diagnostics.py", "units.py",
+               "vocabulary.py")  # fmt: skip
+
+
+def _read_parsed(path: Path, text: str, name: str) -> ast.PolicyFile | None:
+    """The cached parse of this very text, or None (missing, damaged, or not this file's)."""
+    policy = read_cached(path)
+    if (
+        not isinstance(policy, ast.PolicyFile)
+        or policy.span.source.text != text
+        or policy.span.source.name != name
+    ):
+        return None
+    return policy
+
+
+def parse(text: str, name: str = "<policy>", *, cache: bool = False) -> ast.PolicyFile:
+    """Parse one policy file. Raises PolicyError with every diagnostic found.
+
+    With `cache` (the loader, for files read from disk) a file parsed without errors is
+    kept in the cache directory, keyed by its name, its text and the parser's code: the
+    next process to load the same file reads its AST back instead of building the LALR
+    parser and parsing (a `policyctl eval` starts faster). `MAX_CACHED` are kept."""
+    if not cache or getattr(_comment_sink, "tokens", None) is not None:
+        return _parse(text, name)  # (the formatter reads the tokens as they are lexed)
+    path = cache_file(
+        "parsed",
+        code_digest(*_PARSE_CODE),
+        name.encode("utf-8", "surrogatepass"),
+        text.encode("utf-8", "surrogatepass"),
+    )
+    if path is not None:
+        cached = _read_parsed(path, text, name)
+        if cached is not None:
+            return cached
+    policy = _parse(text, name)
+    if path is not None:
+        write_cached(path, policy)
+    return policy
+
+
+def _parse(text: str, name: str) -> ast.PolicyFile:
     source = Source(name, text)
     too_big = _check_size(source)
     if too_big is not None:

@@ -380,16 +380,13 @@ def _trace_json(trace: list[dict[str, Any]]) -> Any:
 def _integral_float_in(raw: bytes) -> bool:
     """Whether msgspec's `raw` may hold an integral float: `109.0` (a `.0` no digit
     follows) or, from 1e16 up, an exponent (`1e16`, `2.5e20`, `1e40`: an `e` then a digit).
-    Strings included: a `.0` or `e1` in one is a false alarm, never a miss. Byte searches
-    (a regex led by a character class scans ten times slower)."""
-    at = raw.find(b".0")
-    while at >= 0:
-        if not raw[at + 2 : at + 3].isdigit():
-            return True
-        at = raw.find(b".0", at + 2)
-    return _EXPONENT.search(raw) is not None
+    Strings included: a `.0` or `e1` in one is a false alarm, never a miss. Two regex
+    searches, each led by a literal (`.0`, `e`): a character class first scans ten times
+    slower, and a loop of `bytes.find` six times."""
+    return _DOT_ZERO.search(raw) is not None or _EXPONENT.search(raw) is not None
 
 
+_DOT_ZERO = re.compile(rb"\.0(?![0-9])")  # `109.0`, also at the very end
 _EXPONENT = re.compile(rb"e[1-9]")  # a positive exponent (`1e-7` is not integral)
 
 

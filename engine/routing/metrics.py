@@ -143,7 +143,7 @@ def value_of(bucket: int) -> float:
     return 2 * GAMMA**bucket / (GAMMA + 1)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slice:
     start: float  # epoch seconds
     counts: dict[int, int] = field(default_factory=dict)
@@ -152,7 +152,7 @@ class _Slice:
     cost: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Series:
     slices: deque[_Slice] = field(default_factory=deque)
     counts: dict[int, int] = field(default_factory=dict)  # window totals
@@ -239,20 +239,21 @@ class LiveMetrics:
             if series is None:
                 series = self._series[model_key] = _Series()
             slices = series.slices
-            if not slices or slices[-1].start < start:
+            current = slices[-1] if slices else None
+            if current is None or current.start < start:
                 slices.append(_Slice(start))
                 self._expire(series, now)
                 current = slices[-1]
-            elif slices[-1].start == start:
-                current = slices[-1]
-            else:  # an outcome from the past (an import): find or make its slice
+            elif current.start != start:  # an outcome from the past (an import)
                 if now < self.clock() - self.window_s:
                     return  # older than the window: nothing to count
                 current = self._slice_for(series, start)
-            current.counts[bucket] = current.counts.get(bucket, 0) + 1
+            counts = current.counts
+            counts[bucket] = counts.get(bucket, 0) + 1
             current.n += 1
             current.cost += cost
-            series.counts[bucket] = series.counts.get(bucket, 0) + 1
+            counts = series.counts
+            counts[bucket] = counts.get(bucket, 0) + 1
             series.n += 1
             series.cost += cost
             if success:
@@ -264,10 +265,12 @@ class LiveMetrics:
                     self._health_dirty = True
             else:
                 series.consecutive_failures += 1
-                series.last_failure_at = max(series.last_failure_at, now)
+                if now > series.last_failure_at:
+                    series.last_failure_at = now
                 self._health_keys.add(model_key)
                 self._health_dirty = True
-            series.last_outcome_at = max(series.last_outcome_at, now)
+            if now > series.last_outcome_at:
+                series.last_outcome_at = now
             series.dirty = True
             self._dirty = True
 

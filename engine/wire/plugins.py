@@ -43,14 +43,16 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from queue import SimpleQueue
 from time import perf_counter_ns
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.errors import PolicyctlError
 from engine.wire.features import EMPTY, SYSTEM, Conversation, FeatureValue, Turn, conversation_of
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 GROUP = "policyctl.features"  # the entry point group plugins register under
 ATTRIBUTE = "__policyctl_feature__"  # where `@feature` puts a function's `FeatureSpec`
@@ -546,6 +548,8 @@ def _indexed(points: Iterable[EntryPoint]) -> tuple[dict[str, EntryPoint], dict[
 
 def discover(group: str = GROUP) -> list[EntryPoint]:
     """The entry points installed distributions register under `group`."""
+    from importlib.metadata import entry_points  # only when asked: a slow import
+
     return list(entry_points(group=group))
 
 
