@@ -25,9 +25,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -35,7 +37,8 @@ from _design import from_design
 
 from engine import Decision, PolicyEngine
 from engine.analytics.salvage import StateWriteError
-from engine.limits.stores.duckdb_store import DuckDBStore
+from engine.limits.stores.base import Spec
+from engine.limits.stores.duckdb_store import FLUSH_EVERY, DuckDBStore
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = 1_800_000_000.0
@@ -217,3 +220,51 @@ def test_a_state_file_another_process_holds_is_an_error_before_any_decision(
         holder.communicate("", timeout=60)
     assert holder.returncode == 0
     assert rows(state, "SELECT count(*) FROM duckdb_tables()") == [(0,)]  # never written
+
+
+def test_a_running_engine_writes_on_its_timer_never_on_the_deciding_thread(
+    tmp_path: Path,
+) -> None:
+    """FLUSH_EVERY acquires wake the flush timer (a timer that would otherwise not fire in
+    the test) rather than flushing on the thread that decides: a service's event loop never
+    writes the state file. Without a timer (the store alone), the deciding thread flushes."""
+    state = tmp_path / "state.duckdb"
+    engine = from_design(
+        "limit user 1000000 per 1h\n", state=str(state), clock=lambda: NOW,
+        flush_interval_s=3600.0,
+    )  # fmt: skip
+    store = store_of(engine)
+    flushed_on: list[str] = []
+    flush = store.flush
+
+    def counted(**logs: Any) -> None:
+        flushed_on.append(threading.current_thread().name)
+        flush(**logs)
+
+    store.flush = counted  # type: ignore[method-assign]
+    try:
+        for i in range(FLUSH_EVERY + 10):  # one acquire each, a user each
+            assert engine.evaluate({"id": f"r{i}", "user": f"u{i}"}).allowed
+        wait_for(lambda: engine._logs is not None and engine._logs.timer_flushes >= 1, "a flush")
+        assert threading.current_thread().name not in flushed_on
+        assert flushed_on and set(flushed_on) == {"policyctl-flush"}
+    finally:
+        engine.close()
+    assert rows(state, "SELECT count(*) FROM rate_limit_buckets") == [(FLUSH_EVERY + 10,)]
+
+    alone = DuckDBStore(str(tmp_path / "alone.duckdb"))
+    alone_on: list[str] = []
+    alone_flush = alone.flush
+
+    def alone_counted(**logs: Any) -> None:
+        alone_on.append(threading.current_thread().name)
+        alone_flush(**logs)
+
+    alone.flush = alone_counted  # type: ignore[method-assign]
+    try:
+        spec = Spec("user/requests/3600000/x", capacity=1e9, rate=1.0, cost=1.0)
+        for _ in range(FLUSH_EVERY):
+            alone.acquire_stepwise([spec], (), NOW * 1000)
+        assert alone_on == [threading.current_thread().name]
+    finally:
+        alone.close()

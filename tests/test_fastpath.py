@@ -220,3 +220,109 @@ def test_middleware_an_embedder_adds_is_not_skipped() -> None:
     sent, raised = asyncio.run(_call(app, call))
     assert raised is None and sent[0]["status"] == 200
     assert (b"x-embedder", b"1") in sent[0]["headers"]
+
+
+def test_the_fast_path_builds_no_starlette_request_and_parses_each_body_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted: on the fast path a decision builds no Starlette `Request` (nor `Response`)
+    and decodes its body once; through the router (`fast=False`) the same calls build
+    them."""
+    import starlette.requests
+    import starlette.responses
+
+    import engine.service.body as body_module
+
+    counts = {"request": 0, "response": 0, "decode": 0}
+    request_init = starlette.requests.Request.__init__
+    response_init = starlette.responses.Response.__init__
+    decode = body_module._decode
+
+    def counted_request(self: Any, *args: Any, **kwargs: Any) -> None:
+        counts["request"] += 1
+        request_init(self, *args, **kwargs)
+
+    def counted_response(self: Any, *args: Any, **kwargs: Any) -> None:
+        counts["response"] += 1
+        response_init(self, *args, **kwargs)
+
+    def counted_decode(raw: bytes) -> Any:
+        counts["decode"] += 1
+        return decode(raw)
+
+    monkeypatch.setattr(starlette.requests.Request, "__init__", counted_request)
+    monkeypatch.setattr(starlette.responses.Response, "__init__", counted_response)
+    monkeypatch.setattr(body_module, "_decode", counted_decode)
+    fast, slow = _pair()
+    native = _json({"id": "n1", "user": "alice", "ip": "10.0.0.1", "prompt": PROMPT})
+    chat = _json(
+        {"model": "gpt-4o", "user": "bob", "messages": [{"role": "user", "content": PROMPT}]}
+    )
+    calls = [
+        Call("POST", "/v1/eval", chunks=(native,)),
+        Call("POST", "/v1/eval", chunks=(chat[:9], chat[9:])),
+        Call("POST", "/v1/eval", b"explain=true", chunks=(native,)),
+        Call("POST", "/v1/eval", chunks=(chat,), headers=((b"x-request-id", b"c1"),)),
+    ]
+    for call in calls:
+        sent, raised = asyncio.run(_call(fast, call))
+        assert raised is None and sent[0]["status"] == 200
+    assert counts == {"request": 0, "response": 0, "decode": len(calls)}
+    for call in calls:
+        asyncio.run(_call(slow, call))
+    assert counts["request"] >= len(calls) and counts["response"] == len(calls)
+    assert counts["decode"] == 2 * len(calls)  # once per body there too
+
+
+def test_a_served_response_is_one_write() -> None:
+    """uvicorn writes a response's head and body apart; the server's protocol gathers
+    them (`GatheredWrites`): one `write` per response on the connection's transport, over
+    a real socket on 127.0.0.1, keep-alive requests in a row."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from engine.service.server import GatheredWrites, _protocol
+
+    app = create_app(_engine())
+    config = uvicorn.Config(app, http=_protocol(10.0), lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    protocols: list[Any] = []
+
+    def protocol() -> Any:
+        made = config.http_protocol_class(config=config, server_state=state, app_state={})
+        protocols.append(made)
+        return made
+
+    async def exchange(n: int) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        bodies = []
+        try:
+            for i in range(n):
+                body = _json({"id": f"w{i}", "user": "dave", "prompt": PROMPT})
+                writer.write(
+                    b"POST /v1/eval HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                bodies.append(await reader.readexactly(length))
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+        return bodies
+
+    bodies = asyncio.run(exchange(3))
+    assert [json.loads(b)["request_id"] for b in bodies] == ["w0", "w1", "w2"]
+    (served,) = protocols
+    assert isinstance(served.transport, GatheredWrites)
+    assert served.transport.writes == 3

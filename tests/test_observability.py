@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -343,3 +345,54 @@ def test_a_bad_log_level_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "argument --log-level: invalid choice: 'loud'" in done.stderr
+
+
+def test_under_the_access_writer_an_access_line_becomes_a_record_on_its_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the access writer the only way out of `policyctl.access` (as `serve
+    --access-log` sets it up), a request's line is queued as it is and its `LogRecord` is
+    made on the writer's thread (counted by thread); with another handler on the logger,
+    the line is logged as usual, its record made by the caller."""
+    from engine.service.telemetry import log_request
+
+    access = logging.getLogger("policyctl.access")
+    monkeypatch.setattr(access, "handlers", [])
+    monkeypatch.setattr(access, "propagate", False)
+    level = access.level
+    made_on: list[str] = []
+    init = logging.LogRecord.__init__
+
+    def counted(self: logging.LogRecord, *args: Any, **kwargs: Any) -> None:
+        made_on.append(threading.current_thread().name)
+        init(self, *args, **kwargs)
+
+    stream = _CountingStream()
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/eval", "raw_path": b"/v1/eval",
+        "http_version": "1.1", "client": ("127.0.0.1", 5000), "headers": [],
+    }  # fmt: skip
+    access.setLevel(logging.INFO)
+    try:
+        writer = logconfig.start_access_writer(
+            logging.Formatter("%(name)s %(levelname)s %(message)s %(access)s"), stream=stream
+        )
+        monkeypatch.setattr(logconfig, "_writer", writer)
+        monkeypatch.setattr(logging.LogRecord, "__init__", counted)
+        for status in (200, 429, 400):
+            log_request(scope, status, 0.0015)
+        writer.stop()
+        assert len(made_on) == 3 and threading.current_thread().name not in made_on
+        fields = "'method': 'POST', 'path': '/v1/eval', 'status': {}, 'duration_ms': 1.5"
+        assert stream.getvalue().splitlines() == [
+            f'policyctl.access INFO 127.0.0.1:5000 - "POST /v1/eval HTTP/1.1" {status} 1.500ms'
+            f" {{{fields.format(status)}, 'client': '127.0.0.1:5000'}}"
+            for status in (200, 429, 400)
+        ]
+        made_on.clear()
+        other = logging.NullHandler()
+        access.addHandler(other)  # another way out: no lane, logged as usual
+        log_request(scope, 200, 0.0015)
+        assert made_on == [threading.current_thread().name]
+    finally:
+        access.setLevel(level)

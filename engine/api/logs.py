@@ -38,6 +38,7 @@ from engine.language.program import Program
 from engine.limits.limiter import MAX_VIOLATIONS_KEPT, Limiter
 from engine.limits.records import LimitDenial
 from engine.limits.stores import Store
+from engine.limits.stores.duckdb_store import DuckDBStore
 from engine.routing.decision import Decision
 from engine.vocabulary import CONCURRENT
 
@@ -155,6 +156,8 @@ class EngineLogs:
             target=self._every, args=(interval_s,), name="policyctl-flush", daemon=True
         )
         self._timer.start()
+        if isinstance(self.store, DuckDBStore):  # its FLUSH_EVERY acquires wake this timer
+            self.store.flush_due = self._wake.set
 
     def _every(self, interval_s: float) -> None:
         while True:
@@ -176,6 +179,8 @@ class EngineLogs:
     def stop(self) -> None:
         """End the timer (a flush in progress finishes first)."""
         timer, self._timer = self._timer, None
+        if isinstance(self.store, DuckDBStore):
+            self.store.flush_due = None
         if timer is not None:
             self._stopping = True
             self._wake.set()

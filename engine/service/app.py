@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from engine.analytics.records import (
     OUTCOME_REQUIRED,
@@ -44,15 +45,24 @@ from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
     BodyError,
+    checked_json,
     decide,
-    flag,
+    flag_in,
     json_body,
     problem,
-    wire_options,
+    read_body,
+    wire_options_of,
 )
 from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
-from engine.service.fastpath import FAST_PATHS, ServiceApp
+from engine.service.fastpath import (
+    FAST_PATHS,
+    Answer,
+    FastRoute,
+    JsonAnswer,
+    RawHandler,
+    ServiceApp,
+)
 from engine.service.telemetry import RequestTimer, Telemetry
 from engine.wire import FORMATS
 
@@ -253,30 +263,44 @@ def create_app(
         alerts=lambda: [status.to_dict() for status in engine.alerts()],
     )
 
+    def client_error(err: BodyError | RecursionError | RequestError) -> Response:
+        """A handler's client error as its problem, counted."""
+        if isinstance(err, BodyError):
+            telemetry.bad_requests[err.status] += 1
+            return problem(err.status, err.error, err.detail)
+        if isinstance(err, RecursionError):
+            telemetry.bad_requests[400] += 1
+            return problem(400, "malformed JSON: nested too deeply")
+        telemetry.bad_requests[422] += 1
+        detail = [{"field": f.strip("`").removeprefix("field `"), "message": m}
+                  for f, m in err.problems]  # fmt: skip
+        return problem(422, "invalid request", detail)
+
     def guarded(handler: Handler) -> Handler:
         async def run(request: HttpRequest) -> Response:
             try:
                 return await handler(request)
-            except BodyError as err:
-                telemetry.bad_requests[err.status] += 1
-                return problem(err.status, err.error, err.detail)
-            except RecursionError:
-                telemetry.bad_requests[400] += 1
-                return problem(400, "malformed JSON: nested too deeply")
-            except RequestError as err:
-                telemetry.bad_requests[422] += 1
-                detail = [{"field": f.strip("`").removeprefix("field `"), "message": m}
-                          for f, m in err.problems]  # fmt: skip
-                return problem(422, "invalid request", detail)
+            except (BodyError, RecursionError, RequestError) as err:
+                return client_error(err)
 
         return run
 
-    async def evaluate(request: HttpRequest) -> Response:
-        body = await json_body(request, check_strings=False)  # the request validator checks
+    def guarded_raw(handler: RawHandler) -> RawHandler:
+        async def run(scope: Scope, receive: Receive) -> Answer:
+            try:
+                return await handler(scope, receive)
+            except (BodyError, RecursionError, RequestError) as err:
+                return client_error(err)
+
+        return run
+
+    async def evaluate(scope: Scope, receive: Receive) -> Answer:
+        # parsed once; the request validator checks the strings
+        body = checked_json(await read_body(scope, receive), check_strings=False)
         start = time.perf_counter()
-        options = wire_options(request)
+        options = wire_options_of(scope)
         decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
-            engine, body, request, options, flag(request, "explain"), flag(request, "dry_run")
+            engine, body, scope, options, flag_in(scope, "explain"), flag_in(scope, "dry_run")
         )
         telemetry.observe(
             decision.route,
@@ -286,7 +310,7 @@ def create_app(
             time.perf_counter() - start,
         )
         dashboard.count(decision)
-        return Response(decision.to_json(), media_type="application/json")
+        return JsonAnswer(decision.to_json())
 
     def observe(decision: Decision, seconds: float) -> None:  # /v1/enforce, /v1/eval/batch
         telemetry.observe(
@@ -345,8 +369,8 @@ def create_app(
         return JSONResponse(document)
 
     routes = [
-        Route("/v1/eval", guarded(evaluate), methods=["POST"]),
-        *enforce_routes(engine, guard=guarded, observe=observe),
+        FastRoute("/v1/eval", guarded_raw(evaluate)),
+        *enforce_routes(engine, guard=guarded, guard_raw=guarded_raw, observe=observe),
         Route("/v1/outcomes", guarded(outcomes), methods=["POST"]),
         Route("/v1/policy", policy, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -388,7 +412,7 @@ def create_app(
     )
     if fast:
         app.serve_fast(
-            {r.path: r.endpoint for r in routes if isinstance(r, Route) and r.path in FAST_PATHS},
+            {r.path: r.raw for r in routes if isinstance(r, FastRoute) and r.path in FAST_PATHS},
             telemetry,
             log_access=access_log,
         )

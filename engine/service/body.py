@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from starlette.datastructures import QueryParams
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope
 
 from engine.api.waiting import has_waits
 from engine.errors import PolicyctlError
@@ -62,7 +64,12 @@ async def json_body(
     """The body as JSON; with `allow_empty`, an empty body is `{}`. A string that cannot be
     stored (a lone surrogate, `"\\ud800"`, is legal JSON) is a 422 naming its field, unless
     `check_strings` is off because the caller's validator runs the same check."""
-    body = _parse(await _read(request), allow_empty)
+    return checked_json(await _read(request), allow_empty=allow_empty, check_strings=check_strings)
+
+
+def checked_json(raw: bytes, *, allow_empty: bool = False, check_strings: bool = True) -> Any:
+    """`raw` parsed once, with `json_body`'s errors and checks."""
+    body = _parse(raw, allow_empty)
     if check_strings:
         problems = unstorable(body)
         if problems:
@@ -83,12 +90,16 @@ def parse_json(raw: bytes) -> Any:
 
 
 async def _read(request: HttpRequest) -> bytes:
+    return await read_body(request.scope, request.receive)
+
+
+async def read_body(scope: Scope, receive: Receive) -> bytes:
     """The body from the ASGI messages themselves (as `request.stream()` reads them, without
-    its generator); a body that came in one message is returned as it came, uncopied."""
-    declared = request.headers.get("content-length")
+    its generator or a `Request`); a body that came in one message is returned as it came,
+    uncopied."""
+    declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BodyError(413, "request body is larger than 1 MiB")
-    receive = request.receive
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -107,6 +118,7 @@ async def _read(request: HttpRequest) -> bytes:
             if not more:
                 return b"".join(chunks)
         elif kind == "http.disconnect":
+            request = HttpRequest(scope)  # for the log line only: the client and the path
             log.warning(
                 "client %s disconnected before sending the whole body of %s %s (%d bytes read)",
                 request.client.host if request.client else "?",
@@ -115,6 +127,14 @@ async def _read(request: HttpRequest) -> bytes:
                 size,
             )
             raise BodyError(400, "the client disconnected before sending the whole body")
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first `name` header (lower-case), Latin-1, as `request.headers.get` reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 _decode = msgspec.json.Decoder().decode
@@ -154,16 +174,21 @@ def _parse(raw: bytes, allow_empty: bool) -> Any:
 
 
 def flag(request: HttpRequest, name: str) -> bool:
-    if not request.scope.get("query_string"):  # most requests: no query to parse
+    return flag_in(request.scope, name)
+
+
+def flag_in(scope: Scope, name: str) -> bool:
+    """`?name=1` (or `true`, `yes`) in the request's query."""
+    if not scope.get("query_string"):  # most requests: no query to parse
         return False
-    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+    return QueryParams(scope["query_string"]).get(name, "").lower() in ("1", "true", "yes")
 
 
-def _wire_headers(request: HttpRequest) -> tuple[str | None, str | None]:
+def _wire_headers(scope: Scope) -> tuple[str | None, str | None]:
     """`X-Input-Format` and `X-Request-Id` in one pass over the raw headers (the first of
     each, Latin-1, as `request.headers.get` reads them; the server lower-cases names)."""
     fmt = request_id = None
-    for name, value in request.scope["headers"]:
+    for name, value in scope["headers"]:
         if name == b"x-input-format" and fmt is None:
             fmt = value.decode("latin-1")
         elif name == b"x-request-id" and request_id is None:
@@ -187,8 +212,19 @@ _NO_QUERY: dict[str, str] = {}
 
 
 def wire_options(request: HttpRequest) -> WireOptions:
-    query = request.query_params if request.scope.get("query_string") else _NO_QUERY
-    header_format, header_id = _wire_headers(request)
+    return wire_options_of(request.scope)
+
+
+_NO_OPTIONS = WireOptions(None, None, None, None)
+
+
+def wire_options_of(scope: Scope) -> WireOptions:
+    """The request's `WireOptions`, from its query and headers."""
+    query_string = scope.get("query_string")
+    header_format, header_id = _wire_headers(scope)
+    if not query_string and header_format is None and header_id is None:
+        return _NO_OPTIONS  # most requests: nothing to read
+    query = QueryParams(query_string) if query_string else _NO_QUERY
     fmt = query.get("format") or header_format
     if fmt is not None and fmt not in FORMATS:
         raise BodyError(
@@ -207,23 +243,28 @@ def wire_options(request: HttpRequest) -> WireOptions:
 
 
 async def decide(
-    engine: PolicyEngine, body: Any, request: HttpRequest, options: WireOptions, explain: bool,
+    engine: PolicyEngine, body: Any, scope: Scope, options: WireOptions, explain: bool,
     dry_run: bool,
 ) -> Decision:  # fmt: skip
-    """The decision on `body`: with a policy that has `wait up to D` limits (and without
-    `?dry_run` or `?wait=false`), a request those limits deny waits for its tokens (an
-    `await`, no thread), in the order of its `priority` (the `X-Priority` header wins)."""
-    wire = dict(
-        explain=explain, input_format=options.input_format, request_id=options.request_id,
-        model=options.model, stream=options.stream,
-    )  # fmt: skip
+    """The decision on `body` (the request's `scope` gives its query and headers): with a
+    policy that has `wait up to D` limits (and without `?dry_run` or `?wait=false`), a
+    request those limits deny waits for its tokens (an `await`, no thread), in the order of
+    its `priority` (the `X-Priority` header wins)."""
     if dry_run or not _waits(engine.program):
-        return engine.evaluate(body, dry_run=dry_run, **wire)  # type: ignore[arg-type]
+        if options is _NO_OPTIONS and not explain:  # most requests: no keywords to pass
+            return engine.evaluate(body)
+        return engine.evaluate(
+            body, dry_run=dry_run, explain=explain, input_format=options.input_format,  # type: ignore[arg-type]
+            request_id=options.request_id, model=options.model, stream=options.stream,
+        )  # fmt: skip
     # `?wait=false`: at once, but in the place of its priority (no jumping the queue)
+    request = HttpRequest(scope)
     timeout_s = 0.0 if _no_wait(request) else None
     return await engine.acquire(
-        body, timeout_s=timeout_s, priority=priority_header(request), **wire
-    )
+        body, timeout_s=timeout_s, priority=priority_header(request), explain=explain,
+        input_format=options.input_format, request_id=options.request_id,  # type: ignore[arg-type]
+        model=options.model, stream=options.stream,
+    )  # fmt: skip
 
 
 class _WaitsOf:

@@ -40,6 +40,7 @@ from typing import Any
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from engine.api.policy_engine import PolicyEngine
 from engine.limits.records import LimitDenial, LimitStatus
@@ -49,13 +50,17 @@ from engine.routing.request import RequestError, env_of
 from engine.service.body import (
     BodyError,
     WireOptions,
+    checked_json,
     decide,
     flag,
-    json_body,
+    flag_in,
     parse_json,
     raw_body,
+    read_body,
     wire_options,
+    wire_options_of,
 )
+from engine.service.fastpath import Answer, FastRoute, RawHandler
 from engine.units import format_duration
 
 MAX_BATCH_ITEMS = 1000
@@ -292,6 +297,7 @@ def enforce_routes(
     engine: PolicyEngine,
     *,
     guard: Callable[[Handler], Handler],
+    guard_raw: Callable[[RawHandler], RawHandler],
     observe: Callable[[Decision, float], None],
     max_batch: int = MAX_BATCH_ITEMS,
 ) -> list[Route]:
@@ -299,12 +305,13 @@ def enforce_routes(
     own, so they are counted as `/v1/eval`'s are); `observe` counts a decision and how long
     it took."""
 
-    async def enforce(request: HttpRequest) -> Response:
-        body = await json_body(request, check_strings=False)  # the request validator checks
+    async def enforce(scope: Scope, receive: Receive) -> Answer:
+        # parsed once; the request validator checks the strings
+        body = checked_json(await read_body(scope, receive), check_strings=False)
         start = time.perf_counter()
-        options = wire_options(request)
+        options = wire_options_of(scope)
         decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
-            engine, body, request, options, flag(request, "explain"), flag(request, "dry_run")
+            engine, body, scope, options, flag_in(scope, "explain"), flag_in(scope, "dry_run")
         )
         observe(decision, time.perf_counter() - start)
         statuses = decision.rate_limits
@@ -372,7 +379,7 @@ def enforce_routes(
         return Response(b"[" + b",".join(parts) + b"]", media_type="application/json")
 
     return [
-        Route("/v1/enforce", guard(enforce), methods=["POST"]),
+        FastRoute("/v1/enforce", guard_raw(enforce)),
         Route("/v1/eval/batch", guard(batch), methods=["POST"]),
     ]
 

@@ -12,38 +12,87 @@ does everything once middleware is added to the app after `create_app` (an embed
 application's own, which the fast path would skip).
 
 What it skips per request: four middleware layers and the send wrappers they add to each
-message, the router's match over the route list, and Starlette's per-route request and
-exception wrappers.
+message, the router's match over the route list, Starlette's per-route request and
+exception wrappers, and (for `/v1/eval`'s decisions) the `Request` and `Response` objects:
+a fast route's handler is raw (`FastRoute`: the scope and the receive channel in, an
+`Answer` out), the body read from the ASGI messages and parsed once, the query parsed only
+when there is one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.service.body import problem
 from engine.service.telemetry import Telemetry, log_request
 
-Handler = Callable[[HttpRequest], Awaitable[Response]]
 FAST_PATHS = ("/v1/eval", "/v1/enforce")  # POST only
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+class Answer(Protocol):
+    """What a raw handler answers: a `Response` with a body (no background task, no
+    stream), or a `JsonAnswer`."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]: ...
+    @property
+    def body(self) -> bytes | memoryview: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JsonAnswer:
+    """A JSON body answered 200, with the headers `Response(body, media_type=
+    "application/json")` would send, without building the `Response`."""
+
+    body: bytes
+    status_code: int = 200
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"content-length", b"%d" % len(self.body)), JSON_TYPE]
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status_code, media_type="application/json")
+
+
+RawHandler = Callable[[Scope, Receive], Awaitable[Answer]]
+
+
+class FastRoute(Route):
+    """A POST route whose handler is raw (the request's scope and receive, no Starlette
+    `Request`): the router calls it through a `Request`, the fast path directly."""
+
+    def __init__(self, path: str, raw: RawHandler) -> None:
+        async def endpoint(request: HttpRequest) -> Response:
+            answer = await raw(request.scope, request.receive)
+            return answer.response() if isinstance(answer, JsonAnswer) else answer  # type: ignore[return-value]
+
+        super().__init__(path, endpoint, methods=["POST"])
+        self.raw = raw
 
 
 class ServiceApp(Starlette):
-    """A Starlette app whose `fast` handlers (path -> the route's own handler, POST only)
-    are called without the middleware stack; set by `serve_fast`."""
+    """A Starlette app whose `fast` handlers (path -> the route's own raw handler, POST
+    only) are called without the middleware stack; set by `serve_fast`."""
 
-    fast: Mapping[str, Handler] = {}
+    fast: Mapping[str, RawHandler] = {}
     telemetry: Telemetry | None = None
     log_access: bool = False
     own_middleware = 0  # the app's own middleware (`RequestTimer`): with more, no fast path
 
-    def serve_fast(self, handlers: Mapping[str, Handler], telemetry: Telemetry, *,
+    def serve_fast(self, handlers: Mapping[str, RawHandler], telemetry: Telemetry, *,
                    log_access: bool) -> None:  # fmt: skip
         self.fast = dict(handlers)
         self.telemetry = telemetry
@@ -58,18 +107,18 @@ class ServiceApp(Starlette):
                 return
         await super().__call__(scope, receive, send)
 
-    async def _fast(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _fast(self, handler: RawHandler, scope: Scope, receive: Receive, send: Send) -> None:
         start = perf_counter()
         scope["app"] = self
         status = 500  # unless an answer starts, as `RequestTimer` counts an error
         try:
             try:
-                response = await handler(HttpRequest(scope, receive))
+                answer = await handler(scope, receive)
             except Exception:  # as ServerErrorMiddleware: a 500, then the server logs it
                 await _send(problem(500, "internal error"), send)
                 raise
-            status = response.status_code
-            await _send(response, send)
+            status = answer.status_code
+            await _send(answer, send)
         finally:
             s = perf_counter() - start
             telemetry = self.telemetry
@@ -79,12 +128,9 @@ class ServiceApp(Starlette):
                 log_request(scope, status, s)
 
 
-async def _send(response: Response, send: Send) -> None:
-    """A response with a body and no background task, as `Response.__call__` sends it."""
-    start: dict[str, Any] = {
-        "type": "http.response.start",
-        "status": response.status_code,
-        "headers": response.raw_headers,
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": response.body})
+async def _send(answer: Answer, send: Send) -> None:
+    """An answer, as `Response.__call__` sends it."""
+    await send(
+        {"type": "http.response.start", "status": answer.status_code, "headers": answer.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": answer.body})

@@ -38,8 +38,65 @@ class Limits:
 READ_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
 
+class GatheredWrites:
+    """A connection's transport whose writes within one step of the event loop go out as
+    one: uvicorn writes a response's head and its body apart (two `send` calls, two TCP
+    segments with `TCP_NODELAY`); gathered, a response is one call. The first write of a
+    step is held and a flush is scheduled for the end of the step (`call_soon`); a second
+    write in the same step (the body, right after the head) sends both at once. `close`
+    sends what is held first; everything else is the transport's own."""
+
+    __slots__ = ("_held", "_loop", "_transport", "writes")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self.writes = 0  # calls of the transport's `write`: what gathering saves, counted
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._held = None
+            self.writes += 1
+            self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.writes += 1
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def __getattr__(self, name: str) -> object:  # the rest: the transport's own
+        return getattr(self._transport, name)
+
+
 class _ReadTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on reading each request.
+    """uvicorn's h11 protocol with a deadline on reading each request, and its writes
+    gathered (`GatheredWrites`).
 
     One timer per connection at most: a request's deadline is a number set when its first
     byte arrives (cleared when it is in), and the timer, when it fires, closes the
@@ -52,6 +109,7 @@ class _ReadTimeoutProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = GatheredWrites(transport, self.loop)  # type: ignore[assignment]
         self._deadline = self.loop.time() + self.read_timeout_s
         self._arm(self._deadline)
 
@@ -63,6 +121,13 @@ class _ReadTimeoutProtocol(H11Protocol):
             self._deadline = self.loop.time() + self.read_timeout_s
             if self._timer is None:
                 self._arm(self._deadline)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        transport = self.transport
+        if isinstance(transport, GatheredWrites):  # the WebSocket protocol takes the transport
+            transport.flush()
+            self.transport = transport._transport
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = None

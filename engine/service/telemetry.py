@@ -19,7 +19,7 @@ import logging
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
-from time import perf_counter
+from time import perf_counter, time
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -39,7 +39,7 @@ from engine.limits.limiter import event_scope
 from engine.limits.records import LimitDenial
 from engine.limits.stores.base import HeldBuckets, StoreUnavailableError
 from engine.routing.decision import Denial
-from engine.service.logconfig import access_lines_dropped
+from engine.service.logconfig import ACCESS_FORMAT, AccessLine, access_lane, access_lines_dropped
 from engine.wire.plugins import BUCKETS_S as PLUGIN_BUCKETS_S
 
 # seconds: the decision inside the service, and a whole request (body read to last byte)
@@ -406,8 +406,9 @@ def log_request(scope: Scope, status: int, s: float) -> None:
         "duration_ms": ms,
         "client": where,
     }
-    access_log.info(
-        '%s - "%s %s HTTP/%s" %d %.3fms',
-        where, scope["method"], path, scope.get("http_version", "1.1"), status, ms,
-        extra={"access": fields},
-    )  # fmt: skip
+    args = (where, scope["method"], path, scope.get("http_version", "1.1"), status, ms)
+    lane = access_lane(access_log)
+    if lane is not None:  # `policyctl serve --access-log`: the record is made off the loop
+        lane.enqueue(AccessLine(time(), args, fields))
+        return
+    access_log.info(ACCESS_FORMAT, *args, extra={"access": fields})

@@ -6,13 +6,16 @@ clear error — and can never over-admit. While it holds the lock, the buckets l
 (the memory store's algorithm, so both agree decision by decision) and are written back in
 one transaction with the batched logs on `flush`/`close`: nothing is half-written, and a
 failed command leaves the file as it was. A running engine calls `flush` on a timer (its
-`flush_interval_s`), so a killed process loses at most that much state.
+`flush_interval_s`), so a killed process loses at most that much state; without a timer
+(a long CLI run), the deciding thread flushes every `FLUSH_EVERY` acquires, and with one it
+only wakes the timer then (`flush_due`): a service's event loop never writes.
 
-`flush` copies the dirty buckets under the buckets' lock (a few microseconds: deciding
-threads wait no longer than that) and writes them under a separate I/O lock, so a decision
-never waits for the disk. If DuckDB refuses the batch (a key it cannot encode), the rows
-are written again in halves (`engine.analytics.salvage`): only the refused rows are lost,
-counted in `refused_rows` and logged. If the disk refuses the commit (no row's fault),
+`flush` copies the dirty buckets' values under the buckets' lock (one list comprehension:
+deciding threads wait no longer than that), builds the rows outside it and writes them
+under a separate I/O lock, so a decision never waits for the disk. If DuckDB refuses the
+batch (a key it cannot encode), the rows are written again in halves
+(`engine.analytics.salvage`): only the refused rows are lost, counted in `refused_rows`
+and logged. If the disk refuses the commit (no row's fault),
 `flush` raises `StateWriteError` (counted in `write_errors`) and the buckets it held are
 dirty again: the next flush writes them. Decisions never wait for, nor depend on, a write.
 """
@@ -85,6 +88,10 @@ class DuckDBStore(MemoryStore):
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._acquires = 0
+        # set by a flush timer (`EngineLogs.start`): called, instead of flushing on the
+        # deciding thread, when FLUSH_EVERY acquires are due; once until the next flush
+        self.flush_due: Callable[[], None] | None = None
+        self._due_told = False
         self._io = threading.RLock()  # the connection: one transaction at a time
         self.refused_rows = 0  # rows DuckDB refused on a flush (logged)
         self.write_errors = 0  # flushes the disk refused (raised; their rows kept)
@@ -130,10 +137,17 @@ class DuckDBStore(MemoryStore):
         return applied
 
     def _maybe_evict(self, now: float) -> None:
+        if self._acquires < FLUSH_EVERY:
+            return
+        if self.flush_due is not None:  # a timer writes: woken, it flushes on its thread
+            if not self._due_told:
+                self._due_told = True
+                self.flush_due()
+            return
         # under the buckets' lock: flush only if no other thread is writing (never wait for
         # the I/O lock while holding the buckets' lock: the timer's flush takes them the
         # other way round)
-        if self._acquires >= FLUSH_EVERY and self._io.acquire(blocking=False):
+        if self._io.acquire(blocking=False):
             try:
                 self.flush()
             finally:
@@ -245,18 +259,20 @@ class DuckDBStore(MemoryStore):
             if self._con is None:
                 return
             with self._lock:  # a copy of what changed: decisions wait only for this
-                rows = []
-                for key in self._dirty:
-                    full_at = self._full_at.get(key)
-                    if full_at is None:
-                        continue
-                    capacity, rate, used = self._meta[key]
-                    scope, unit, _window, name = [*key.split("/", 3), "", "", ""][:4]
-                    rows.append((key, scope, unit, name, capacity, rate, full_at, used))
+                full_at, meta = self._full_at, self._meta
+                changed = [(key, full_at.get(key), meta.get(key)) for key in self._dirty]
                 deleted = list(self._deleted)
-                self._dirty.clear()
-                self._deleted.clear()
+                self._dirty = set()
+                self._deleted = set()
                 self._acquires = 0
+                self._due_told = False
+            rows = []  # built outside the lock: deciding threads do not wait for it
+            for key, full, kept in changed:
+                if full is None or kept is None:
+                    continue
+                capacity, rate, used = kept
+                scope, unit, _window, name = [*key.split("/", 3), "", "", ""][:4]
+                rows.append((key, scope, unit, name, capacity, rate, full, used))
             if rows or deleted or violations or stats or decisions:
                 try:
                     self._write_back(rows, deleted, violations, stats or {}, decisions)
