@@ -48,6 +48,7 @@ from engine.routing.request_log import HASHED_PREFIX, Unlogged, logged_conversat
 
 EXAMPLES = 3  # example request ids kept per kind of change
 PROGRESS_EVERY = 4096  # logged requests between two calls of replay's `progress`
+KEPT_VERDICTS = 4096  # measured verdicts remembered (by decision) at most
 
 
 class ReplayError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
@@ -158,6 +159,9 @@ class _Measured:
     def __init__(self, means: Iterable[ModelMeans]) -> None:
         self.cost = {m.target: m.cost for m in means if m.cost is not None}
         self.latency = {m.target: m.latency_ms for m in means}
+        # (allowed, route, provider, model, denied) -> its verdict, for the served models
+        # measured in both (their verdicts read no estimate)
+        self.known: dict[tuple[Any, ...], Verdict] = {}
 
     def verdict(self, d: Decision) -> Verdict:
         denied = None
@@ -170,14 +174,28 @@ class _Measured:
                                d.estimated_latency_ms)  # fmt: skip
 
     def lean(self, d: Lean) -> Verdict:
+        known = self.known.get(d[:5])
+        if known is not None:
+            return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._projected(d.allowed, d.route, key, d.denied, d.estimated_cost,
-                               d.estimated_latency_ms)  # fmt: skip
+        return self._kept(d[:5], self._projected(
+            d.allowed, d.route, key, d.denied, d.estimated_cost, d.estimated_latency_ms
+        ))  # fmt: skip
 
     def logged(self, d: LoggedDecision) -> Verdict:
+        known = self.known.get(d[2:6] + d[8:9])
+        if known is not None:
+            return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._projected(d.allowed, d.route, key, d.denied_scope, d.estimated_cost,
-                               d.estimated_latency_ms)  # fmt: skip
+        return self._kept(d[2:6] + d[8:9], self._projected(
+            d.allowed, d.route, key, d.denied_scope, d.estimated_cost, d.estimated_latency_ms
+        ))  # fmt: skip
+
+    def _kept(self, key: tuple[Any, ...], verdict: Verdict) -> Verdict:
+        """The verdict, remembered by `key` when it reads no estimate (a measured model)."""
+        if verdict.measured and len(self.known) < KEPT_VERDICTS:
+            self.known[key] = verdict
+        return verdict
 
     def _projected(
         self, allowed: bool, route: str, key: str | None, denied: str | None,
