@@ -43,6 +43,7 @@ from engine.limits.records import LimitDenial
 from engine.replay.batch import CHUNK, Asked, BatchSide
 from engine.routing.decision import Decision
 from engine.routing.evaluator import Lean
+from engine.routing.metrics import LiveMetrics
 from engine.routing.request import RequestError, env_of
 from engine.routing.request_log import HASHED_PREFIX, Unlogged, logged_conversation
 
@@ -374,14 +375,16 @@ def _batched(
         clock.now = at
 
     after_side = BatchSide(new, set_now)
+    record_after = _recorder(new)
+    record_before = _record if base is None else _recorder(base)
     before_side = None if base is None else BatchSide(base, set_now)
     events: list[LoggedOutcome | Asked] = []
     asked: list[LoggedDecision] = []
     read = 0
 
     def flush() -> None:
-        afters = after_side.decide(events, _record)
-        befores = None if before_side is None else before_side.decide(events, _record)
+        afters = after_side.decide(events, record_after)
+        befores = None if before_side is None else before_side.decide(events, record_before)
         for i, event in enumerate(asked):
             made = afters[i] if befores is None else (afters[i], befores[i])
             unlogged = _unlogged(made)
@@ -462,6 +465,46 @@ def _asked(
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
     return Asked(event.at, request, rid, None if event.raw else conversation)
+
+
+def _recorder(engine: PolicyEngine) -> Callable[[PolicyEngine, LoggedOutcome], None]:
+    """`_record` for one side, made cheaper where that changes nothing: an outcome with a
+    plain latency and success, on a side whose outcomes go to its live metrics alone (no
+    outcome log, no alert reading outcomes), is recorded as `PolicyEngine.record_outcome`
+    records it (the catalog entry found once per model, the cost from the tokens when the
+    log has none); any other outcome, and every one of another side, goes through
+    `record_outcome`."""
+    metrics = engine.metrics
+    if (
+        engine.outcome_log is not None
+        or engine.alert_monitor.takes_outcomes
+        or not isinstance(metrics, LiveMetrics)
+    ):
+        return _record
+    find = engine.program.catalog.find
+    found: dict[tuple[str, str], Any] = {}
+    record = metrics.record
+
+    def recorded(side: PolicyEngine, o: LoggedOutcome) -> None:
+        latency = o.latency_ms
+        entry = found.get((o.provider, o.model))
+        if entry is None:
+            entry = found[(o.provider, o.model)] = find(o.provider, o.model) or False
+        if (
+            side is not engine
+            or not entry
+            or type(latency) is not float
+            or not 0.0 <= latency < math.inf
+            or type(o.success) is not bool
+        ):
+            _record(side, o)
+            return
+        cost = o.cost
+        if cost is None:
+            cost = entry.cost(o.input_tokens or 0, o.output_tokens or 0, 0)
+        record(entry.key, latency, o.success, float(cost), o.at)
+
+    return recorded
 
 
 def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
