@@ -125,6 +125,8 @@ class BatchSide:
         # condition signature -> the route its requests take (None: a deny rule fires)
         self.routes: dict[tuple[Any, ...], CompiledRoute | None] = {}
         self.conditions = 0  # times the deny rules and route conditions were evaluated
+        # a route's name -> (the route, `_kind` of it), found once
+        self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
 
     def decide(
         self,
@@ -186,17 +188,14 @@ class BatchSide:
         if split is not None:  # an experiment: one hash of the request picks the arm
             route = program.arm_routes[route.name][split.arm_index(env)]
         table = route.table
-        settings = route.settings
+        kind = self.kinds.get(route.name)
+        if kind is None or kind[0] is not route:
+            kind = self.kinds[route.name] = (route, *self._kind(route))
         if (
-            route.requires
-            or settings.explore is not None
-            or settings.affinity is not None
-            or table.takes_turns
+            not kind[1]
             or env["cached_tokens"]
             or env["images"]
             or env["input_tokens"] > table.min_tier_above
-            or len(table.keys) >= VECTOR_MIN_CANDIDATES
-            or not table.keys
         ):
             return None
         metrics = engine.metrics
@@ -225,9 +224,23 @@ class BatchSide:
         if now >= table.next_retirement:
             retired = table.retired(now)
             out = retired if not out else out | retired
+        return _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+
+    def _kind(self, route: CompiledRoute) -> tuple[bool, bool]:
+        """(whether the route's requests can be batched at all: no state that changes per
+        decision, no `require` per model, not a big route (the evaluator's numpy path);
+        whether its strategy is ranked on the matrix)"""
+        table, settings = route.table, route.settings
+        batchable = not (
+            route.requires
+            or settings.explore is not None
+            or settings.affinity is not None
+            or table.takes_turns
+            or len(table.keys) >= VECTOR_MIN_CANDIDATES
+            or not table.keys
+        )
         strategy = settings.strategy
-        matrix = strategy in RANKED and table.rank is self.ranks[strategy]
-        return _Row(now, env, route, columns, stats_of, measuring, out, slot, matrix)
+        return batchable, strategy in RANKED and table.rank is self.ranks[strategy]
 
     def _route(self, env: dict[str, Any]) -> CompiledRoute | None:
         """The route a request takes, before any split (None: a deny rule fires), the
