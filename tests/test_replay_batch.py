@@ -282,3 +282,76 @@ def test_a_shadow_route_changes_nothing_the_lean_paths_skip(tmp_path: Path) -> N
     )
     report = _both(str(state), shadowed)
     assert report["changed"] > 0 and report["before"]["denied"] > 0
+
+
+MEMO_POLICY = """
+deny "blocked region" when request.region == "blocked"
+route flagged when request.metadata.flag == true { strategy latency }
+route numbered when request.metadata.flag == 1 { strategy cost }
+route tools when request.requires_tools { strategy cost }
+"""
+
+
+def _memo_requests(n: int) -> list[dict]:
+    rng = random.Random(11)
+    out = []
+    for i in range(n):
+        request: dict = {
+            "id": f"q{i}",
+            "user": f"u{i}",
+            "prompt": "word " * rng.randrange(1, 50),
+            "metadata": {"flag": rng.choice((True, 1, 1.0, "1", False))},
+        }
+        if rng.random() < 0.3:
+            request["requires_tools"] = True
+        if rng.random() < 0.1:
+            request["region"] = "blocked"
+        out.append(request)
+    return out
+
+
+def _signatures(requests: list[dict]) -> set[tuple]:
+    return {
+        (type(r["metadata"]["flag"]), r["metadata"]["flag"], r.get("region"),
+         r.get("requires_tools", False))
+        for r in requests
+    }  # fmt: skip
+
+
+def _decided(policy: Path, requests: list[dict]) -> tuple[list[Lean], list[Lean], object]:
+    """The batch side's lean decisions and `evaluate_lean`'s one by one, and the side."""
+    from engine.replay.batch import Asked, BatchSide
+
+    clock = _SimClock(1_800_000_000.0)
+    batch = PolicyEngine(policy, clock=clock)
+    single = PolicyEngine(policy, clock=clock)
+    side = BatchSide(batch, lambda at: setattr(clock, "now", at))
+    got = side.decide([Asked(clock.now, dict(r), None) for r in requests], lambda e, o: None)
+    want = [single.evaluate_lean(dict(r)) for r in requests]
+    return got, want, side
+
+
+def test_route_conditions_are_evaluated_once_per_distinct_signature(tmp_path: Path) -> None:
+    """The deny rules and route conditions run once per distinct tuple of the request
+    fields the policy reads (typed: `true`, `1`, `1.0` and `"1"` are four), with the same
+    decisions as one by one."""
+    policy = tmp_path / "memo.policy"
+    policy.write_text(MEMO_POLICY)
+    requests = _memo_requests(600)
+    got, want, side = _decided(policy, requests)
+    assert got == want
+    assert {lean.route for lean in got} >= {"flagged", "numbered", "tools", "default"}
+    assert any(not lean.allowed for lean in got)  # the deny rule fired
+    distinct = _signatures(requests)
+    assert side.conditions == len(distinct) < len(requests)  # type: ignore[attr-defined]
+
+
+def test_conditions_on_prompt_features_are_evaluated_per_request(tmp_path: Path) -> None:
+    """A policy whose conditions read a prompt feature memoises nothing: the conditions run
+    for every request."""
+    policy = tmp_path / "text.policy"
+    policy.write_text(MEMO_POLICY + "route long when request.text.tokens > 30 { strategy cost }\n")
+    requests = _memo_requests(200)
+    got, want, side = _decided(policy, requests)
+    assert got == want
+    assert side.reads is None and side.conditions == len(requests)  # type: ignore[attr-defined]

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 
 from engine.analytics.decision_log import LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
-from engine.language.program import CompiledRoute, RouteTable
+from engine.language.program import CompiledRoute, Program, RouteTable
+from engine.language.schema import COMPLEXITY_FIELD, FEATURES_FIELD, TEXT_FIELD
 from engine.routing.evaluator import (
     VECTOR_MIN_CANDIDATES,
     Lean,
@@ -52,6 +53,7 @@ from engine.wire.features import Conversation
 
 CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
+ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
 
@@ -80,8 +82,11 @@ class _Row:
     costs: list[float] | None = None  # by rank
     lats: list[float] | None = None
     lean: Lean | None = None  # decided in the rank phase (no eligible model)
-    # the matrix's rows past the first HEAD of `ranked`: (order, costs, lats, eligible count)
-    rest: tuple[Any, Any, Any, int] | None = None
+    # what ranks the models past the first HEAD of `ranked`: its group's matrices (the
+    # lexsort keys, costs, lats; its row `index`), and its eligible count
+    rest: tuple[Any, Any, Any] | None = None
+    index: int = 0  # its row in its group's matrices
+    count: int = 0
 
     def options(self, table: RouteTable) -> Iterator[tuple[str, str, float]]:
         """(provider, model key, cost) of each ranked model, best first, for the limiter;
@@ -92,9 +97,13 @@ class _Row:
         for p, c in zip(ranked, costs, strict=True):
             yield providers[p], model_keys[p], c
         if self.rest is not None:
-            order, cost, lat, count = self.rest
+            import numpy as np
+
+            keys, costs_of, lats_of = self.rest
             self.rest = None
-            tail = order[HEAD:count]
+            i = self.index
+            cost, lat = costs_of[i], lats_of[i]
+            tail = np.lexsort(tuple(k[i] for k in keys))[HEAD : self.count]
             more, more_costs = tail.tolist(), cost[tail].tolist()
             ranked.extend(more)
             costs.extend(more_costs)
@@ -112,6 +121,12 @@ class BatchSide:
         self.ranks = {name: STRATEGIES[name].rank for name in RANKED}
         self.batched = 0  # requests ranked on the matrix
         self.single = 0  # requests decided one by one (`evaluate_lean`)
+        self.reads = _signature_reads(engine.program)
+        # condition signature -> the route its requests take (None: a deny rule fires)
+        self.routes: dict[tuple[Any, ...], CompiledRoute | None] = {}
+        self.conditions = 0  # times the deny rules and route conditions were evaluated
+        # a route's name -> (the route, `_kind` of it), found once
+        self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
 
     def decide(
         self,
@@ -166,25 +181,21 @@ class BatchSide:
         env = env_of(asked.request, request_id=asked.request_id)
         if asked.conversation is not None:
             env["conversation"] = asked.conversation
-        for rule in program.denies:
-            if rule.when(env, None):
-                return None
-        route = _route_for(program, env, None)
+        route = self._route(env)
+        if route is None:
+            return None
         split = route.split
         if split is not None:  # an experiment: one hash of the request picks the arm
             route = program.arm_routes[route.name][split.arm_index(env)]
         table = route.table
-        settings = route.settings
+        kind = self.kinds.get(route.name)
+        if kind is None or kind[0] is not route:
+            kind = self.kinds[route.name] = (route, *self._kind(route))
         if (
-            route.requires
-            or settings.explore is not None
-            or settings.affinity is not None
-            or table.takes_turns
+            not kind[1]
             or env["cached_tokens"]
             or env["images"]
             or env["input_tokens"] > table.min_tier_above
-            or len(table.keys) >= VECTOR_MIN_CANDIDATES
-            or not table.keys
         ):
             return None
         metrics = engine.metrics
@@ -213,9 +224,48 @@ class BatchSide:
         if now >= table.next_retirement:
             retired = table.retired(now)
             out = retired if not out else out | retired
+        return _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+
+    def _kind(self, route: CompiledRoute) -> tuple[bool, bool]:
+        """(whether the route's requests can be batched at all: no state that changes per
+        decision, no `require` per model, not a big route (the evaluator's numpy path);
+        whether its strategy is ranked on the matrix)"""
+        table, settings = route.table, route.settings
+        batchable = not (
+            route.requires
+            or settings.explore is not None
+            or settings.affinity is not None
+            or table.takes_turns
+            or len(table.keys) >= VECTOR_MIN_CANDIDATES
+            or not table.keys
+        )
         strategy = settings.strategy
-        matrix = strategy in RANKED and table.rank is self.ranks[strategy]
-        return _Row(now, env, route, columns, stats_of, measuring, out, slot, matrix)
+        return batchable, strategy in RANKED and table.rank is self.ranks[strategy]
+
+    def _route(self, env: dict[str, Any]) -> CompiledRoute | None:
+        """The route a request takes, before any split (None: a deny rule fires), the
+        conditions evaluated once per distinct signature (`_signature`): they are pure
+        functions of the request fields the policy reads."""
+        reads = self.reads
+        key = None
+        if reads is not None:
+            key = _signature(reads, env)
+            known = self.routes.get(key, self)
+            if known is not self:
+                return known  # type: ignore[return-value]
+        self.conditions += 1
+        program = self.engine.program
+        route: CompiledRoute | None = None
+        for rule in program.denies:
+            if rule.when(env, None):
+                break
+        else:
+            route = _route_for(program, env, None)
+        if key is not None:
+            if len(self.routes) >= ROUTES_KEPT:
+                self.routes.clear()
+            self.routes[key] = route
+        return route
 
     # ------------------------------------------------------------------ rank, limits
 
@@ -294,6 +344,46 @@ class BatchSide:
         row.lats = [lats[s] for s in order]
 
 
+def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
+    """What a request's condition signature is made of: (metadata?, field) per
+    `request.…` path the policy set reads, or None when a condition may read more than
+    fields (a prompt feature, a classifier, the complexity score): then nothing is memoised."""
+    reads: set[tuple[bool, str]] = set()
+    for path in program.request_paths:
+        rest = path.split(".")[1:]
+        if not rest or rest[0] in (TEXT_FIELD, FEATURES_FIELD, COMPLEXITY_FIELD):
+            return None
+        if rest[0] == "metadata" and len(rest) > 1:
+            reads.add((True, rest[1]))
+        else:
+            reads.add((False, rest[0]))
+    return tuple(sorted(reads))
+
+
+def _signature(reads: tuple[tuple[bool, str], ...], env: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of the fields the policy reads, each with its type (`True`, `1` and `1.0`
+    are equal keys in a dict, not to a condition); lists and dicts made hashable."""
+    metadata = env["metadata"]
+    out: list[Any] = []
+    for meta, name in reads:
+        value = metadata.get(name) if meta else env.get(name)
+        kind = type(value)
+        if kind is list or kind is dict:
+            value = _frozen(value)
+        out.append(kind)
+        out.append(value)
+    return tuple(out)
+
+
+def _frozen(value: Any) -> Any:
+    kind = type(value)
+    if kind is list:
+        return (list, tuple(_frozen(v) for v in value))
+    if kind is dict:
+        return (dict, tuple((k, _frozen(v)) for k, v in sorted(value.items())))
+    return (kind, value)
+
+
 def _ranked(group: list[_Row]) -> bool:
     """Rank a group of rows (one route) on a [rows × models] matrix; False
     (nothing set) when a cost or latency is not finite (NaN and inf sort differently in
@@ -341,9 +431,21 @@ def _ranked(group: list[_Row]) -> bool:
         fits &= ~(context[at, None] > vec.context_windows)
         fits &= ~(has_max[at, None] & (most[at, None] > vec.max_tokens))
         keep[at] = fits
+    # the positions dropped now (health, retired): rows mostly share their snapshot's set
+    dropping: dict[frozenset[int], list[int]] = {}
     for i, row in enumerate(group):
-        if row.out:
-            keep[i, list(row.out)] = False
+        out = row.out
+        if out:
+            key = out if type(out) is frozenset else frozenset(out)
+            at = dropping.get(key)
+            if at is None:
+                dropping[key] = [i]
+            else:
+                at.append(i)
+    for out, at in dropping.items():
+        stays = np.ones(cost.shape[1], dtype=bool)
+        stays[list(out)] = False
+        keep[at] &= stays
     floors = [e["min_quality"] for e in envs]
     if any(f is not None for f in floors):
         floor = np.array([-np.inf if f is None else f for f in floors], dtype=np.float64)
@@ -367,26 +469,36 @@ def _ranked(group: list[_Row]) -> bool:
         keys = (minor, np.where(keep, major, np.inf))
     # ineligible last (every key of the eligible is finite: inf sorts after them); then the
     # strategy's keys; ties by catalog order, then route order (lexsort is stable: a route
-    # whose positions are in catalog order needs neither key)
-    if table.view.index_sorted:
-        order = np.lexsort(keys, axis=-1)
-    else:
-        order = np.lexsort((np.broadcast_to(vec.indexes, cost.shape), *keys), axis=-1)
-    counts = keep.sum(axis=1).tolist()
-    # the first HEAD of each row as lists (the limiter seldom reads further), the rest kept
-    head = order[:, :HEAD]
-    orders = head.tolist()
-    ranked_costs = np.take_along_axis(cost, head, axis=1).tolist()
-    ranked_lats = np.take_along_axis(lat, head, axis=1).tolist()
-    for i, row in enumerate(group):
-        count = counts[i]
+    # whose positions are in catalog order needs neither key). Only each row's first HEAD
+    # are sorted here: the candidates whose first key is at most the row's HEAD-th smallest
+    # (every one of the first HEAD is among them), one flat lexsort grouped by row
+    if not table.view.index_sorted:
+        keys = (np.broadcast_to(vec.indexes, cost.shape), *keys)
+    major = keys[-1]
+    counts = keep.sum(axis=1)
+    pick = keep
+    if major.shape[1] > HEAD:
+        kth = np.partition(major, HEAD - 1, axis=-1)[:, HEAD - 1]
+        pick = keep & (major <= kth[:, None])
+    at_row, at_col = np.nonzero(pick)  # row by row, each row's positions ascending
+    flat = np.lexsort((*(k[at_row, at_col] for k in keys), at_row))
+    at_row, at_col = at_row[flat], at_col[flat]
+    cols = at_col.tolist()
+    ranked_costs = cost[at_row, at_col].tolist()
+    ranked_lats = lat[at_row, at_col].tolist()
+    starts = np.concatenate(([0], np.cumsum(pick.sum(axis=1))[:-1])).tolist()
+    whole = (keys, cost, lat)  # a row's whole order is sorted if the limiter reads past HEAD
+    for i, (row, count, start) in enumerate(zip(group, counts.tolist(), starts, strict=True)):
         if not count:  # left None: the side asks the general path why (`_rank_one`)
             continue
-        row.ranked = orders[i][:count]
-        row.costs = ranked_costs[i][:count]
-        row.lats = ranked_lats[i][:count]
+        end = start + (count if count < HEAD else HEAD)
+        row.ranked = cols[start:end]
+        row.costs = ranked_costs[start:end]
+        row.lats = ranked_lats[start:end]
         if count > HEAD:
-            row.rest = (order[i], cost[i], lat[i], count)
+            row.rest = whole
+            row.index = i
+            row.count = count
     return True
 
 

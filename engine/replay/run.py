@@ -43,11 +43,13 @@ from engine.limits.records import LimitDenial
 from engine.replay.batch import CHUNK, Asked, BatchSide
 from engine.routing.decision import Decision
 from engine.routing.evaluator import Lean
+from engine.routing.metrics import LiveMetrics
 from engine.routing.request import RequestError, env_of
 from engine.routing.request_log import HASHED_PREFIX, Unlogged, logged_conversation
 
 EXAMPLES = 3  # example request ids kept per kind of change
 PROGRESS_EVERY = 4096  # logged requests between two calls of replay's `progress`
+KEPT_VERDICTS = 4096  # measured verdicts remembered (by decision) at most
 
 
 class ReplayError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
@@ -158,6 +160,9 @@ class _Measured:
     def __init__(self, means: Iterable[ModelMeans]) -> None:
         self.cost = {m.target: m.cost for m in means if m.cost is not None}
         self.latency = {m.target: m.latency_ms for m in means}
+        # (allowed, route, provider, model, denied) -> its verdict, for the served models
+        # measured in both (their verdicts read no estimate)
+        self.known: dict[tuple[Any, ...], Verdict] = {}
 
     def verdict(self, d: Decision) -> Verdict:
         denied = None
@@ -170,14 +175,28 @@ class _Measured:
                                d.estimated_latency_ms)  # fmt: skip
 
     def lean(self, d: Lean) -> Verdict:
+        known = self.known.get(d[:5])
+        if known is not None:
+            return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._projected(d.allowed, d.route, key, d.denied, d.estimated_cost,
-                               d.estimated_latency_ms)  # fmt: skip
+        return self._kept(d[:5], self._projected(
+            d.allowed, d.route, key, d.denied, d.estimated_cost, d.estimated_latency_ms
+        ))  # fmt: skip
 
     def logged(self, d: LoggedDecision) -> Verdict:
+        known = self.known.get(d[2:6] + d[8:9])
+        if known is not None:
+            return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._projected(d.allowed, d.route, key, d.denied_scope, d.estimated_cost,
-                               d.estimated_latency_ms)  # fmt: skip
+        return self._kept(d[2:6] + d[8:9], self._projected(
+            d.allowed, d.route, key, d.denied_scope, d.estimated_cost, d.estimated_latency_ms
+        ))  # fmt: skip
+
+    def _kept(self, key: tuple[Any, ...], verdict: Verdict) -> Verdict:
+        """The verdict, remembered by `key` when it reads no estimate (a measured model)."""
+        if verdict.measured and len(self.known) < KEPT_VERDICTS:
+            self.known[key] = verdict
+        return verdict
 
     def _projected(
         self, allowed: bool, route: str, key: str | None, denied: str | None,
@@ -356,14 +375,16 @@ def _batched(
         clock.now = at
 
     after_side = BatchSide(new, set_now)
+    record_after = _recorder(new)
+    record_before = _record if base is None else _recorder(base)
     before_side = None if base is None else BatchSide(base, set_now)
     events: list[LoggedOutcome | Asked] = []
     asked: list[LoggedDecision] = []
     read = 0
 
     def flush() -> None:
-        afters = after_side.decide(events, _record)
-        befores = None if before_side is None else before_side.decide(events, _record)
+        afters = after_side.decide(events, record_after)
+        befores = None if before_side is None else before_side.decide(events, record_before)
         for i, event in enumerate(asked):
             made = afters[i] if befores is None else (afters[i], befores[i])
             unlogged = _unlogged(made)
@@ -444,6 +465,46 @@ def _asked(
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
     return Asked(event.at, request, rid, None if event.raw else conversation)
+
+
+def _recorder(engine: PolicyEngine) -> Callable[[PolicyEngine, LoggedOutcome], None]:
+    """`_record` for one side, made cheaper where that changes nothing: an outcome with a
+    plain latency and success, on a side whose outcomes go to its live metrics alone (no
+    outcome log, no alert reading outcomes), is recorded as `PolicyEngine.record_outcome`
+    records it (the catalog entry found once per model, the cost from the tokens when the
+    log has none); any other outcome, and every one of another side, goes through
+    `record_outcome`."""
+    metrics = engine.metrics
+    if (
+        engine.outcome_log is not None
+        or engine.alert_monitor.takes_outcomes
+        or not isinstance(metrics, LiveMetrics)
+    ):
+        return _record
+    find = engine.program.catalog.find
+    found: dict[tuple[str, str], Any] = {}
+    record = metrics.record
+
+    def recorded(side: PolicyEngine, o: LoggedOutcome) -> None:
+        latency = o.latency_ms
+        entry = found.get((o.provider, o.model))
+        if entry is None:
+            entry = found[(o.provider, o.model)] = find(o.provider, o.model) or False
+        if (
+            side is not engine
+            or not entry
+            or type(latency) is not float
+            or not 0.0 <= latency < math.inf
+            or type(o.success) is not bool
+        ):
+            _record(side, o)
+            return
+        cost = o.cost
+        if cost is None:
+            cost = entry.cost(o.input_tokens or 0, o.output_tokens or 0, 0)
+        record(entry.key, latency, o.success, float(cost), o.at)
+
+    return recorded
 
 
 def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
