@@ -18,8 +18,12 @@ sends the decision back to the next candidate (the earlier slots refunded first)
 Reservations (reserve-then-settle): each slot's call writes its part of the record,
 `{TAG}:r:<request id>`; one more call writes the directory `{policyctl}:rd:<request id>`
 (`redis_cluster_directory.lua`) that names the parts, so an outcome reaching any instance
-finds them. In-flight gauges, affinity pins and quotas stay in the shared slot as on one
-node (their keys are `{policyctl}:…`: they work on a cluster unchanged).
+finds them. In-flight gauges are tagged like buckets (a per-user gauge on its user's shard,
+global and provider ones in the shared slot), taken slot by slot in the same order with a
+full gauge handing back the earlier slots' takes; a lease holding per-key gauges notes their
+slots in its directory `{l:<lease>}:ld:<lease>` (the lease's own slot) for a release on any
+instance. An affinity pin lives in its own slot, `{p:<route:keyhash>}:p:…`. Quotas and
+provider health stay in the shared slot as on one node.
 
 This module is the seam for shared limits served by leases (issue 22's second half): the
 shared slot's buckets are asked for in one place, `_shared_call`.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -40,10 +45,12 @@ from engine.limits.stores.base import (
     AcquireResult,
     Adjustment,
     ConfigurationError,
+    Gauge,
     Outcome,
     PinWrite,
     Settled,
     Settlement,
+    Slots,
     Spec,
     StoreUnavailableError,
     Ticket,
@@ -61,10 +68,11 @@ from engine.limits.stores.leases import (
 from engine.limits.stores.redis_store import (
     _UNIT_FLAGS,
     EXPIRED,
+    GAUGES,
     INFLIGHT_SCRIPT,
     KEEP_MS,
+    LEASES,
     OUTSTANDING,
-    PIN_FOLD_SCRIPT,
     PIN_SCRIPT,
     PINS,
     SCRIPT,
@@ -88,7 +96,6 @@ _SCRIPTS = {
     "_inflight_script": INFLIGHT_SCRIPT,
     "_settle_script": SETTLE_SCRIPT,
     "_pin_script": PIN_SCRIPT,
-    "_pin_fold_script": PIN_FOLD_SCRIPT,
     "_directory_script": DIRECTORY_SCRIPT,
     "_lease_script": LEASE_SCRIPT,
 }
@@ -117,6 +124,29 @@ def bucket_tag(bucket: str) -> str:
 
 def bucket_redis_key(bucket: str) -> str:
     return "{" + bucket_tag(bucket) + "}:b:" + bucket
+
+
+def gauge_redis_key(gauge: str) -> str:
+    """An in-flight gauge (`user/concurrent/600000/<user>`): tagged as a bucket would be, so
+    a per-user gauge lives on its user's shard and a global or provider one in the shared
+    slot."""
+    return "{" + bucket_tag(gauge) + "}:" + GAUGES[len("{policyctl}:") :] + gauge
+
+
+def lease_record(tag: str, lease: str) -> str:
+    """The slots a lease holds in one slot's gauges (`redis_inflight.lua` take/release)."""
+    return "{" + tag + "}:" + LEASES[len("{policyctl}:") :] + lease
+
+
+def lease_directory(lease: str) -> str:
+    """Where a lease whose gauges span per-key slots lists those slots: the lease's own
+    slot, so these spread over the masters too."""
+    return "{l:" + _safe(lease) + "}:ld:" + lease
+
+
+def pin_redis_key(key: str) -> str:
+    """An affinity pin (`route:keyhash`): its own slot, so pins spread over the masters."""
+    return "{p:" + _safe(key) + "}:" + PINS[len("{policyctl}:") :] + key
 
 
 def _bucket_of(redis_key: str) -> str:
@@ -244,7 +274,6 @@ class RedisClusterStore(RedisStore):
     _inflight_script = property(lambda self: self._registered("_inflight_script"))
     _settle_script = property(lambda self: self._registered("_settle_script"))
     _pin_script = property(lambda self: self._registered("_pin_script"))
-    _pin_fold_script = property(lambda self: self._registered("_pin_fold_script"))
     _directory_script = property(lambda self: self._registered("_directory_script"))
     _lease_script = property(lambda self: self._registered("_lease_script"))
 
@@ -286,7 +315,6 @@ class RedisClusterStore(RedisStore):
             taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
             reserved: list[str] = []  # tags whose call wrote a reservation part
             known: dict[tuple[int, int], Outcome] = {}  # (-1, i) shared, (k, j) option k
-            folded = False
             for tag in order:
                 call = _Call(tag)
                 call.shared = [(i, s) for i, s in enumerate(shared_list) if bucket_tag(s[0]) == tag]
@@ -309,29 +337,11 @@ class RedisClusterStore(RedisStore):
                 if not call.shared and not any(call.options):
                     continue  # nothing of this decision's here (the candidate skipped it)
                 leased = leasing and tag == SHARED_TAG  # spent from this instance's leases
-                fold = (
-                    pin
-                    if (
-                        pin is not None
-                        and consume
-                        and resolving
-                        and tag == SHARED_TAG
-                        and not leased
-                    )
-                    else None
-                )
-                if fold is not None:
-                    fold_models = pin.models[start:]  # type: ignore[union-attr]
-                    fold = PinWrite(pin.key, pin.prefix, pin.keep_ms, fold_models)  # type: ignore[union-attr]
                 if leased:
                     with self._lease_lock:
                         option, failed, outcomes, wrote = self._leased_call(call, now)
                 else:
-                    option, failed, outcomes, wrote = self._slot_call(
-                        call, now, consume, ticket, fold
-                    )
-                if fold is not None and fold.written:
-                    folded = pin.written = True  # type: ignore[union-attr]
+                    option, failed, outcomes, wrote = self._slot_call(call, now, consume, ticket)
                 for place, outcome in outcomes:
                     known[place] = outcome
                 if failed is None:
@@ -364,7 +374,7 @@ class RedisClusterStore(RedisStore):
                     fixed = start  # no slot held a candidate's bucket: the first one fits
                 if ticket is not None and reserved:
                     self._note(ticket, reserved, now)
-                if pin is not None and consume and not folded and fixed < len(pin.models):
+                if pin is not None and consume and fixed < len(pin.models):  # the pin's own slot
                     self._write_pin(pin, pin.models[fixed])
                 chosen = option_list[fixed] if n else []
                 outcomes = [known[(-1, i)] for i in range(len(shared_list))]
@@ -494,7 +504,6 @@ class RedisClusterStore(RedisStore):
         now: float,
         consume: bool,
         ticket: Ticket | None,
-        pin: PinWrite | None,
     ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
         """One slot's `redis_gcra.lua`: (the option it took relative to those given, or None;
         the place of the bucket that denied, or None; (place, outcome) per bucket it reports;
@@ -520,15 +529,8 @@ class RedisClusterStore(RedisStore):
                     ticket.request_id, repr(float(ticket.input_tokens)),
                     repr(float(ticket.expires_at)), KEEP_MS, flags,
                 ))  # fmt: skip
-        script = self._script
-        if pin is not None:
-            script = self._pin_fold_script
-            keys.append(PINS + pin.key)
-            argv += [pin.prefix, max(1, int(pin.keep_ms)), *pin.models, len(pin.models) + 2]
-        reply = self._call(script, keys=keys, args=argv)
+        reply = self._call(self._script, keys=keys, args=argv)
         option = int(reply[0])
-        if pin is not None and 0 <= option < len(pin.models):
-            pin.written = True
         failed_at = int(reply[1])
         values = reply[2:]
         count = len(values) // 3
@@ -578,8 +580,9 @@ class RedisClusterStore(RedisStore):
     def _write_pin(self, pin: PinWrite, model: str) -> None:
         try:
             self._call(
-                self._redis.set, PINS + pin.key, pin.prefix + model, px=max(1, int(pin.keep_ms))
-            )
+                self._redis.set, self._pin_key(pin.key), pin.prefix + model,
+                px=max(1, int(pin.keep_ms)),
+            )  # fmt: skip
         except StoreUnavailableError:
             return  # the decision stands; the pin stays where `swap_pin` wrote it
         pin.written = True
@@ -622,6 +625,109 @@ class RedisClusterStore(RedisStore):
             if not outcome[2]:
                 return AcquireResult(None, tuple(outcomes), outcome)
         return AcquireResult(None, tuple(outcomes), outcomes[-1])  # pragma: no cover
+
+    # ------------------------------------------------------------------ in-flight slots
+
+    def take_slots(
+        self, gauges: Sequence[Gauge], lease: str, now: float, *, consume: bool = True
+    ) -> Slots:
+        """One `redis_inflight.lua` take per slot the gauges fall in, per-key slots first
+        (sorted), the shared slot last, each all-or-nothing with its own record of the lease;
+        a slot that finds a gauge full releases what the earlier ones took. A lease that took
+        slots of a per-key gauge is noted in its directory (one more call, in the lease's own
+        slot) so that a release on any instance finds them; gauges of the shared slot only
+        need no directory (one call, as on one node)."""
+        by_tag: dict[str, list[int]] = {}
+        for index, gauge in enumerate(gauges):
+            by_tag.setdefault(bucket_tag(gauge[0]), []).append(index)
+        order = sorted(set(by_tag) - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in by_tag else [])
+        held: dict[int, int] = {}
+        taken: list[str] = []
+        for tag in order:
+            indexes = by_tag[tag]
+            failed, free_at = self._take_in(tag, indexes, gauges, lease, now, consume, held)
+            if failed is None:
+                if consume:
+                    taken.append(tag)
+                continue
+            self._release_in(taken, lease)
+            # a gauge listed before the full one, in a slot not asked yet: read it (a denial
+            # path only), so the first full gauge in the decision's order is the one reported
+            for other in order[order.index(tag) + 1 :]:
+                earlier = [i for i in by_tag[other] if i < failed]
+                if earlier:
+                    first, soonest = self._take_in(other, earlier, gauges, lease, now, False, held)
+                    if first is not None and first < failed:
+                        failed, free_at = first, soonest
+            return Slots(tuple(held[i] for i in range(failed + 1)), failed, free_at)
+        if taken and taken != [SHARED_TAG]:
+            keep = max(1, math.ceil(max(g[2] for g in gauges) - now)) + 1000
+            try:
+                self._call(
+                    self._inflight_script, keys=[lease_directory(lease)],
+                    args=["note", keep, *taken],
+                )  # fmt: skip
+            except StoreUnavailableError:
+                with contextlib.suppress(StoreUnavailableError):
+                    self._release_in(taken, lease)
+                raise
+        return Slots(tuple(held[i] for i in range(len(gauges))), None, None)
+
+    def _take_in(
+        self,
+        tag: str,
+        indexes: list[int],
+        gauges: Sequence[Gauge],
+        lease: str,
+        now: float,
+        consume: bool,
+        held: dict[int, int],
+    ) -> tuple[int | None, float | None]:
+        """One slot's take of `gauges[i] for i in indexes`: the slots each held before go
+        into `held`; (the decision's index of the full gauge, when it frees) or (None, None)."""
+        keys = [gauge_redis_key(gauges[i][0]) for i in indexes] + [lease_record(tag, lease)]
+        argv: list[Any] = ["take", repr(float(now)), "1" if consume else "0", lease]
+        for i in indexes:
+            argv.extend((int(gauges[i][1]), repr(float(gauges[i][2]))))
+        reply = self._call(self._inflight_script, keys=keys, args=argv)
+        for i, value in zip(indexes, reply[2:], strict=False):
+            held[i] = int(value)
+        failed = int(reply[0])
+        if not failed:
+            return None, None
+        free_at = _text(reply[1])
+        return indexes[failed - 1], float(free_at) if free_at else None
+
+    def _release_in(self, tags: list[str], lease: str) -> int:
+        freed = 0
+        for tag in tags:
+            record = lease_record(tag, lease)
+            reply = self._call(self._inflight_script, keys=[record], args=["release", lease])
+            freed += int(reply)
+        return freed
+
+    def release_slots(self, lease: str) -> int:
+        """The lease's directory taken out (once, on any instance), then each slot's record
+        released; no directory: the shared slot's record alone (two calls)."""
+        reply = self._call(self._inflight_script, keys=[lease_directory(lease)], args=["where"])
+        tags = sorted(_text(t) for t in reply) or [SHARED_TAG]
+        return self._release_in(tags, lease)
+
+    def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
+        found = []
+        marker = "}:" + GAUGES[len("{policyctl}:") :]
+        escaped = prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
+        pattern = "{*" + marker + escaped + "*"
+        for key in self._call(lambda: list(self._redis.scan_iter(match=pattern, count=1000))):
+            count = int(self._call(self._redis.zcount, key, f"({now!r}", "+inf"))
+            if count:
+                found.append((_text(key).split(marker, 1)[1], count))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ affinity pins
+
+    def _pin_key(self, key: str) -> str:
+        return pin_redis_key(key)
 
     def peek(self, key: str) -> float | None:
         value = self._call(self._redis.get, bucket_redis_key(key))
