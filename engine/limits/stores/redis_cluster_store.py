@@ -25,8 +25,9 @@ slots in its directory `{l:<lease>}:ld:<lease>` (the lease's own slot) for a rel
 instance. An affinity pin lives in its own slot, `{p:<route:keyhash>}:p:…`. Quotas and
 provider health stay in the shared slot as on one node.
 
-This module is the seam for shared limits served by leases (issue 22's second half): the
-shared slot's buckets are asked for in one place, `_shared_call`.
+With `?lease=auto` the shared slot's buckets, and those of per-key slots hot on this
+instance (`lease_hot`), are spent from this instance's leases (`leases.py`): the exact
+slots are asked first, the leased ones checked last, so a leased denial refunds them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from engine.limits.stores.base import (
 from engine.limits.stores.leases import (
     LEASE_OPTIONS,
     Granted,
+    Heat,
     LeaseBook,
     LeaseConfig,
     Renewal,
@@ -163,7 +165,7 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], float]:
     if unknown:
         raise ConfigurationError(
             f"state store `{url}`: unknown option `{unknown[0]}` (a cluster URL takes"
-            " `timeout`, `lease`, `lease_max` and `lease_ms`)"
+            " `timeout`, `lease`, `lease_max`, `lease_ms` and `lease_hot`)"
         )
     try:
         timeout = float(query.get("timeout", ["0.05"])[0])
@@ -218,6 +220,7 @@ class RedisClusterStore(RedisStore):
         self.url = url
         self._nodes, self._timeout = parse_cluster_url(url)
         self.leases = LeaseBook(parse_lease_options(url, urlsplit(url).query))
+        self.heat = Heat(self.leases.config)  # which per-key slots are hot here (`lease_hot`)
         self._last_now = 0.0
         self._lease_lock = (
             threading.Lock()
@@ -298,15 +301,27 @@ class RedisClusterStore(RedisStore):
         tags = {bucket_tag(s[0]) for s in shared_list}
         option_tags = {bucket_tag(s[0]) for option in option_list for s in option}
         every = tags | option_tags
-        # per-key slots first (in a fixed order), the shared slot last
-        order = sorted(every - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in every else [])
-        if not order:
+        if not every:
             return AcquireResult(0, (), None)  # nothing to check: every option fits
         self._last_now = max(self._last_now, now)  # the engine's clock, for `close`
         leasing = self._leasing(shared_list, option_list, consume, ticket)
-        if leasing:  # an empty lease that cannot renew denies before any per-key call
+        # spent from this instance's leases: the shared slot, and the per-key slots whose
+        # key is hot here (`lease_hot`; never one holding a candidate's or a reserved bucket)
+        leased_tags = {SHARED_TAG} if leasing else set()
+        if leasing and self.leases.config.lease_hot > 0:
             with self._lease_lock:
-                denied = self._lease_precheck(shared_list, option_list, now)
+                leased_tags |= self._hot(
+                    shared_list, tags - option_tags - {SHARED_TAG}, now, ticket
+                )
+        # per-key slots asked first (in a fixed order), then the leased ones, the shared slot
+        # last: a leased check denying hands back what the asked slots took
+        asked = sorted(every - leased_tags - {SHARED_TAG})
+        order = asked + ([SHARED_TAG] if SHARED_TAG in every - leased_tags else [])
+        order += sorted(leased_tags & every - {SHARED_TAG})
+        order += [SHARED_TAG] if SHARED_TAG in every & leased_tags else []
+        if leased_tags:  # an empty lease that cannot renew denies before any per-key call
+            with self._lease_lock:
+                denied = self._lease_precheck(shared_list, option_list, now, leased_tags)
             if denied is not None:
                 return denied
         start = 0
@@ -315,6 +330,7 @@ class RedisClusterStore(RedisStore):
             taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
             reserved: list[str] = []  # tags whose call wrote a reservation part
             known: dict[tuple[int, int], Outcome] = {}  # (-1, i) shared, (k, j) option k
+            spent: list[Spec] = []  # spent from leases this pass
             for tag in order:
                 call = _Call(tag)
                 call.shared = [(i, s) for i, s in enumerate(shared_list) if bucket_tag(s[0]) == tag]
@@ -336,7 +352,7 @@ class RedisClusterStore(RedisStore):
                     ]
                 if not call.shared and not any(call.options):
                     continue  # nothing of this decision's here (the candidate skipped it)
-                leased = leasing and tag == SHARED_TAG  # spent from this instance's leases
+                leased = tag in leased_tags
                 if leased:
                     with self._lease_lock:
                         option, failed, outcomes, wrote = self._leased_call(call, now)
@@ -345,7 +361,9 @@ class RedisClusterStore(RedisStore):
                 for place, outcome in outcomes:
                     known[place] = outcome
                 if failed is None:
-                    if consume and not leased:  # (the shared slot is last: never refunded)
+                    if leased:
+                        spent += [o[0] for _, o in outcomes]
+                    elif consume:  # (the shared slot is last: never refunded)
                         taken.append((tag, [o[0] for _, o in outcomes]))
                         if wrote:
                             reserved.append(tag)
@@ -354,6 +372,10 @@ class RedisClusterStore(RedisStore):
                     continue
                 # denied here: hand back what the earlier slots took
                 self._refund(taken, now)
+                if spent:
+                    with self._lease_lock:
+                        for spec in spent:
+                            self.leases.unspend(spec)
                 for _, specs in taken:
                     for spec in specs:
                         for place, outcome in list(known.items()):
@@ -402,12 +424,41 @@ class RedisClusterStore(RedisStore):
                 return False
         return True
 
+    def _hot(
+        self, shared: list[Spec], tags: set[str], now: float, ticket: Ticket | None
+    ) -> set[str]:
+        """The per-key slots of this decision whose key is hot on this instance (counted
+        here, once per decision), less those holding a bucket reserved for settling."""
+        reserved = set(ticket.units) if ticket is not None else set()
+        hot = {tag for tag in sorted(tags) if self.heat.count(tag, now)}
+        for spec in shared:
+            if spec[0] in reserved:
+                hot.discard(bucket_tag(spec[0]))
+        # a key gone cold: its expired lease handed back now (once), not parked until close
+        back = [
+            Renewal(s[0], lease.capacity, lease.rate, lease.tokens, 0.0, 0.0)
+            for s in shared
+            if bucket_tag(s[0]) in tags - hot
+            and (lease := self.leases.leases.get(s[0])) is not None
+            and lease.tokens > 0
+            and now >= lease.expires_at
+        ]
+        for tag in sorted({bucket_tag(r.key) for r in back}):  # one call per slot
+            with contextlib.suppress(StoreUnavailableError):  # kept: handed back on close
+                self._send_leases([r for r in back if bucket_tag(r.key) == tag], now)
+        return hot
+
     def _renew(self, specs: list[Spec], now: float) -> None:
-        """One `redis_lease.lua` call: the renewals these specs need, and the expired leases
-        of other buckets handed back (nothing to send: no call)."""
-        renewals = self.leases.renewals(specs, now)
-        if renewals:
-            self._send_leases(renewals, now)
+        """One `redis_lease.lua` call per slot: the renewals these specs need, and the
+        expired leases of other buckets of that slot handed back (nothing to send: no
+        call)."""
+        by_tag: dict[str, list[Spec]] = {}
+        for spec in specs:
+            by_tag.setdefault(bucket_tag(spec[0]), []).append(spec)
+        for tag, group in by_tag.items():
+            renewals = self.leases.renewals(group, now, lambda key, t=tag: bucket_tag(key) == t)
+            if renewals:
+                self._send_leases(renewals, now)
 
     def _send_leases(self, renewals: list[Renewal], now: float) -> None:
         argv: list[Any] = [repr(float(now))]
@@ -431,21 +482,21 @@ class RedisClusterStore(RedisStore):
         return Outcome(spec, live + lease.available, allowed, max(now, lease.full_at))
 
     def _lease_precheck(
-        self, shared: list[Spec], options: list[list[Spec]], now: float
+        self, shared: list[Spec], options: list[list[Spec]], now: float, leased: set[str]
     ) -> AcquireResult | None:
-        """The decision's shared-slot buckets (not a candidate's) renewed first when their
-        lease lacks the cost: still short, the decision is denied before any per-key call."""
-        specs = [s for s in shared if bucket_tag(s[0]) == SHARED_TAG]
+        """The decision's leased buckets (not a candidate's) renewed first when their lease
+        lacks the cost: still short, the decision is denied before any per-key call."""
+        specs = [s for s in shared if bucket_tag(s[0]) in leased]
         if not specs or not self.leases.must_renew(specs, now):
             return None
         if not self.leases.dry(specs, now):
             self._renew(specs, now)
         for i, spec in enumerate(shared):
-            if bucket_tag(spec[0]) == SHARED_TAG and not self.leases.has_room(spec, now):
+            if bucket_tag(spec[0]) in leased and not self.leases.has_room(spec, now):
                 known = {
                     (-1, j): self._lease_outcome(s, self.leases.has_room(s, now), now)
                     for j, s in enumerate(shared)
-                    if bucket_tag(s[0]) == SHARED_TAG
+                    if bucket_tag(s[0]) in leased
                 }
                 return self._denial(shared, options, known, (-1, i), now)
         return None
@@ -491,9 +542,11 @@ class RedisClusterStore(RedisStore):
         """Hands back every lease's unspent tokens (one call), on the engine's clock as the
         last decision saw it."""
         with self._lease_lock:
-            held = self.leases.held()
+            by_tag: dict[str, list[Renewal]] = {}
+            for renewal in self.leases.held():
+                by_tag.setdefault(bucket_tag(renewal.key), []).append(renewal)
             try:
-                if held:
+                for held in by_tag.values():  # one call per slot
                     self._send_leases(held, self._last_now)
             finally:
                 self.leases.returned()
