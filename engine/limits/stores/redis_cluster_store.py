@@ -698,7 +698,12 @@ class RedisClusterStore(RedisStore):
         taken: list[str] = []
         for tag in order:
             indexes = by_tag[tag]
-            failed, free_at = self._take_in(tag, indexes, gauges, lease, now, consume, held)
+            try:
+                failed, free_at = self._take_in(tag, indexes, gauges, lease, now, consume, held)
+            except StoreUnavailableError:  # the earlier slots' takes handed back if it can
+                with contextlib.suppress(StoreUnavailableError):
+                    self._release_in(taken, lease)
+                raise
             if failed is None:
                 if consume:
                     taken.append(tag)
