@@ -18,10 +18,14 @@ Phase 1, under the limit (`user 100 per 1m` and `global 25000 per 1s`, the fleet
 and per-user-only decisions on the leased store. Reported: round trips per decision (the
 store's count of calls), and decisions/s two ways: what this one client process reached,
 and what the cluster can serve: the busiest master's work per decision (its calls, counted
-by Redis's INFO commandstats, and its CPU time from /proc, less what it burns idle), since
-the busiest shard is the fleet's ceiling and this 2-core machine cannot run a client fast
-enough to saturate three masters; the leased/single-slot ratio is taken on the worse of
-the two.
+by Redis's INFO commandstats, and its CPU time from schedstat, less what it burns idle),
+since the busiest shard is the fleet's ceiling and this 2-core machine cannot run a client
+fast enough to saturate three masters. Each run counts no warm-up (half as many decisions
+first: connections made, leases grown) and its window stays open until the keys it wrote
+have expired; the designs run in interleaved rounds (`--rounds`), and the leased/single-
+slot ratio is the worse of calls and the median per-round CPU ratio. CPU per call depends
+on how densely calls arrive (docs/redis.md, Leases): one client drives the single slot's
+master far harder than each cluster master, so the CPU ratio understates capacity.
 
 Phase 2, overloaded (`global 5000 per 1s`, the fleet asking 10000/s, global only): the most
 admitted in any 1 s window, against what strict mode admits (capacity + rate × 1 s) and the
