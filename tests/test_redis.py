@@ -102,6 +102,10 @@ def test_one_round_trip_per_decision(redis_server: Any) -> None:
         assert engine.evaluate({"id": str(i), "user": "u", "ip": "10.0.0.1"}).allowed
     stats = client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 50  # Redis' own count: one script per decision
+    # four buckets, each read once and written once per decision (the take starts from what
+    # the check read)
+    assert stats["cmdstat_get"]["calls"] == 50 * 4
+    assert stats["cmdstat_set"]["calls"] == 50 * 4
     # nothing else reached the server but the script's own GET/SET and this test's calls
     assert set(stats) <= {"cmdstat_evalsha", "cmdstat_get", "cmdstat_set",
                           "cmdstat_config|resetstat", "cmdstat_info"}  # fmt: skip

@@ -136,6 +136,10 @@ def trips(engine: PolicyEngine, requests: list[dict[str, Any]]) -> list[int]:
         ("limit user 100 per 1m\nlimit ip 100 per 1m\nlimit global 1000 per 1m\n", 3),
         ("limit user tokens 100000 per 1h\n", 2),  # reserving: + the directory's note
         ("limit user tokens 100000 per 1h\nlimit global 1000 per 1m\n", 3),
+        # a per-user gauge on the user's shard, plus its lease's directory; a global one
+        # in the shared slot (no directory)
+        ("limit user concurrent 100\nlimit user 100 per 1m\n", 3),
+        ("limit global concurrent 100\nlimit user 100 per 1m\n", 2),
     ],
 )
 def test_round_trips_per_decision(redis_cluster: RedisCluster, policy: str, expected: int) -> None:

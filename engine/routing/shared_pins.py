@@ -9,7 +9,8 @@ call. A dry run only reads. So a session whose requests land on different instan
 round-robin load balancer) stays on one deployment.
 
 A pin is keyed by the route and the hash of the key's value (never the value itself), as
-`{policyctl}:p:ROUTE:KEYHASH` (the store's hash tag: one Cluster slot with the buckets).
+`{policyctl}:p:ROUTE:KEYHASH` on one node (on a Redis Cluster, in the pin's own slot,
+`{p:ROUTE:KEYHASH}:p:ROUTE:KEYHASH`, so pins spread over the masters).
 Whether a pin is live is decided on the engine's clock, against the last request's time
 kept in the pin; the key's expiry (twice the duration) only cleans up.
 

@@ -2,6 +2,10 @@
 of a shared bucket's tokens in one call, spends them locally with no round trip, renews
 before it runs out, and hands back what is left when the lease expires or the store closes.
 
+Hot keys (`lease_hot`): a per-key limit (user, ip, named scope) whose key this instance
+sees in more than `lease_hot` decisions per second is leased the same way (`Heat` counts
+them per lease period); cold keys stay exact.
+
 This module is the lease book only (no I/O): what an instance holds per bucket, how big the
 next batch is, which renewals a decision needs. The store (`redis_cluster_store`) sends the
 renewals in one `redis_lease.lua` call and feeds the replies back (`LeaseBook.apply`).
@@ -20,6 +24,7 @@ bucket admits in strict mode) + what every instance held at the window's start, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import parse_qs
@@ -29,7 +34,7 @@ from engine.limits.stores.base import EPSILON, TIME_SLACK_MS, ConfigurationError
 MODES = ("strict", "auto")
 FACTOR = 2.0  # a batch is this many times what the last lease period spent
 LOW_MARK = 0.25  # renew before the lease falls under this share of its last batch
-LEASE_OPTIONS = frozenset({"lease", "lease_max", "lease_ms"})
+LEASE_OPTIONS = frozenset({"lease", "lease_max", "lease_ms", "lease_hot"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class LeaseConfig:
     mode: str = "strict"
     lease_max: float = 0.01  # the cap of one instance's batch, a share of the capacity
     lease_ms: float = 1000.0  # how long a batch is held before it is handed back
+    # a per-key limit (user, ip, named scope) whose key this instance sees more than this
+    # many decisions per second of is leased too (0: per-key limits are never leased)
+    lease_hot: float = 0.0
 
     @property
     def leased(self) -> bool:
@@ -64,10 +72,11 @@ def parse_lease_options(url: str, query: str) -> LeaseConfig:
     try:
         lease_max = float(values.get("lease_max", "0.01"))
         lease_ms = float(values.get("lease_ms", "1000"))
+        lease_hot = float(values.get("lease_hot", "0"))
     except ValueError:
         raise ConfigurationError(
-            f"state store `{url}`: `lease_max` (a share of a limit, 0 to 1) and `lease_ms`"
-            " (milliseconds) must be numbers"
+            f"state store `{url}`: `lease_max` (a share of a limit, 0 to 1), `lease_ms`"
+            " (milliseconds) and `lease_hot` (decisions per second) must be numbers"
         ) from None
     if not 0 < lease_max <= 1:
         raise ConfigurationError(
@@ -76,7 +85,13 @@ def parse_lease_options(url: str, query: str) -> LeaseConfig:
         )
     if not lease_ms > 0:
         raise ConfigurationError(f"state store `{url}`: `lease_ms` must be more than 0")
-    return LeaseConfig(mode, lease_max, lease_ms)
+    if not lease_hot >= 0 or lease_hot == float("inf"):
+        raise ConfigurationError(
+            f"state store `{url}`: `lease_hot` must be decisions per second, 0 or more"
+        )
+    if lease_hot and mode != "auto":
+        raise ConfigurationError(f"state store `{url}`: `lease_hot` needs `lease=auto`")
+    return LeaseConfig(mode, lease_max, lease_ms, lease_hot)
 
 
 class Renewal(NamedTuple):
@@ -140,9 +155,12 @@ class LeaseBook:
     def has_room(self, spec: Spec, now: float) -> bool:
         return self.live(spec.key, now) + EPSILON + spec.rate * TIME_SLACK_MS >= spec.cost
 
-    def renewals(self, specs: list[Spec], now: float) -> list[Renewal]:
+    def renewals(
+        self, specs: list[Spec], now: float, same_slot: Callable[[str], bool] = lambda _: True
+    ) -> list[Renewal]:
         """What a decision spending `specs` must (no room) or should (under the low mark)
-        renew, plus the expired leases of other buckets handed back in the same call."""
+        renew, plus the expired leases of other buckets of the same slot (`same_slot`)
+        handed back in the same call."""
         out: list[Renewal] = []
         asked: set[str] = set()
         for spec in specs:
@@ -158,7 +176,7 @@ class LeaseBook:
             out.append(Renewal(spec.key, spec.capacity, spec.rate, lease.tokens, want, spec.cost))
             asked.add(spec.key)
         for key, lease in self.leases.items():
-            if key not in asked and lease.tokens > 0 and now >= lease.expires_at:
+            if key not in asked and lease.tokens > 0 and now >= lease.expires_at and same_slot(key):
                 out.append(Renewal(key, lease.capacity, lease.rate, lease.tokens, 0.0, 0.0))
         return out
 
@@ -201,6 +219,13 @@ class LeaseBook:
         lease.spent += spec.cost
         return before
 
+    def unspend(self, spec: Spec) -> None:
+        """Puts back what `spend` took (a later check of the same decision denied it)."""
+        lease = self.leases.get(spec.key)
+        if lease is not None:
+            lease.tokens += spec.cost
+            lease.spent = max(0.0, lease.spent - spec.cost)
+
     def held(self) -> list[Renewal]:
         """Every lease's unspent tokens, as returns (`close`)."""
         return [
@@ -211,3 +236,28 @@ class LeaseBook:
 
     def returned(self) -> None:
         self.leases.clear()
+
+
+class Heat:
+    """How many decisions this instance sent per per-key slot in the current and the last
+    lease period (`lease_ms`, on the engine's clock): a slot whose count passes `lease_hot`
+    decisions per second in either is hot, and its buckets are leased like the shared ones.
+    The counts are per period only: a period's table holds the slots it saw."""
+
+    def __init__(self, config: LeaseConfig) -> None:
+        self.period_ms = config.lease_ms
+        self.threshold = config.lease_hot * config.lease_ms / 1000.0
+        self.period_start = float("-inf")
+        self.current: dict[str, int] = {}
+        self.before: dict[str, int] = {}
+
+    def count(self, tag: str, now: float) -> bool:
+        """Counts one decision on `tag`; whether it is hot."""
+        elapsed = now - self.period_start
+        if elapsed >= self.period_ms:
+            self.before = self.current if elapsed < 2 * self.period_ms else {}
+            self.current = {}
+            self.period_start = now
+        seen = self.current.get(tag, 0) + 1
+        self.current[tag] = seen
+        return max(seen, self.before.get(tag, 0)) > self.threshold

@@ -18,17 +18,23 @@ sends the decision back to the next candidate (the earlier slots refunded first)
 Reservations (reserve-then-settle): each slot's call writes its part of the record,
 `{TAG}:r:<request id>`; one more call writes the directory `{policyctl}:rd:<request id>`
 (`redis_cluster_directory.lua`) that names the parts, so an outcome reaching any instance
-finds them. In-flight gauges, affinity pins and quotas stay in the shared slot as on one
-node (their keys are `{policyctl}:…`: they work on a cluster unchanged).
+finds them. In-flight gauges are tagged like buckets (a per-user gauge on its user's shard,
+global and provider ones in the shared slot), taken slot by slot in the same order with a
+full gauge handing back the earlier slots' takes; a lease holding per-key gauges notes their
+slots in its directory `{l:<lease>}:ld:<lease>` (the lease's own slot) for a release on any
+instance. An affinity pin lives in its own slot, `{p:<route:keyhash>}:p:…`. Quotas and
+provider health stay in the shared slot as on one node.
 
-This module is the seam for shared limits served by leases (issue 22's second half): the
-shared slot's buckets are asked for in one place, `_shared_call`.
+With `?lease=auto` the shared slot's buckets, and those of per-key slots hot on this
+instance (`lease_hot`), are spent from this instance's leases (`leases.py`): the exact
+slots are asked first, the leased ones checked last, so a leased denial refunds them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -40,10 +46,12 @@ from engine.limits.stores.base import (
     AcquireResult,
     Adjustment,
     ConfigurationError,
+    Gauge,
     Outcome,
     PinWrite,
     Settled,
     Settlement,
+    Slots,
     Spec,
     StoreUnavailableError,
     Ticket,
@@ -53,6 +61,7 @@ from engine.limits.stores.base import (
 from engine.limits.stores.leases import (
     LEASE_OPTIONS,
     Granted,
+    Heat,
     LeaseBook,
     LeaseConfig,
     Renewal,
@@ -61,10 +70,11 @@ from engine.limits.stores.leases import (
 from engine.limits.stores.redis_store import (
     _UNIT_FLAGS,
     EXPIRED,
+    GAUGES,
     INFLIGHT_SCRIPT,
     KEEP_MS,
+    LEASES,
     OUTSTANDING,
-    PIN_FOLD_SCRIPT,
     PIN_SCRIPT,
     PINS,
     SCRIPT,
@@ -88,7 +98,6 @@ _SCRIPTS = {
     "_inflight_script": INFLIGHT_SCRIPT,
     "_settle_script": SETTLE_SCRIPT,
     "_pin_script": PIN_SCRIPT,
-    "_pin_fold_script": PIN_FOLD_SCRIPT,
     "_directory_script": DIRECTORY_SCRIPT,
     "_lease_script": LEASE_SCRIPT,
 }
@@ -119,6 +128,29 @@ def bucket_redis_key(bucket: str) -> str:
     return "{" + bucket_tag(bucket) + "}:b:" + bucket
 
 
+def gauge_redis_key(gauge: str) -> str:
+    """An in-flight gauge (`user/concurrent/600000/<user>`): tagged as a bucket would be, so
+    a per-user gauge lives on its user's shard and a global or provider one in the shared
+    slot."""
+    return "{" + bucket_tag(gauge) + "}:" + GAUGES[len("{policyctl}:") :] + gauge
+
+
+def lease_record(tag: str, lease: str) -> str:
+    """The slots a lease holds in one slot's gauges (`redis_inflight.lua` take/release)."""
+    return "{" + tag + "}:" + LEASES[len("{policyctl}:") :] + lease
+
+
+def lease_directory(lease: str) -> str:
+    """Where a lease whose gauges span per-key slots lists those slots: the lease's own
+    slot, so these spread over the masters too."""
+    return "{l:" + _safe(lease) + "}:ld:" + lease
+
+
+def pin_redis_key(key: str) -> str:
+    """An affinity pin (`route:keyhash`): its own slot, so pins spread over the masters."""
+    return "{p:" + _safe(key) + "}:" + PINS[len("{policyctl}:") :] + key
+
+
 def _bucket_of(redis_key: str) -> str:
     """The bucket key a Redis key holds (a tag never has a `}`)."""
     return redis_key.split("}:b:", 1)[1]
@@ -133,7 +165,7 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], float]:
     if unknown:
         raise ConfigurationError(
             f"state store `{url}`: unknown option `{unknown[0]}` (a cluster URL takes"
-            " `timeout`, `lease`, `lease_max` and `lease_ms`)"
+            " `timeout`, `lease`, `lease_max`, `lease_ms` and `lease_hot`)"
         )
     try:
         timeout = float(query.get("timeout", ["0.05"])[0])
@@ -188,6 +220,7 @@ class RedisClusterStore(RedisStore):
         self.url = url
         self._nodes, self._timeout = parse_cluster_url(url)
         self.leases = LeaseBook(parse_lease_options(url, urlsplit(url).query))
+        self.heat = Heat(self.leases.config)  # which per-key slots are hot here (`lease_hot`)
         self._last_now = 0.0
         self._lease_lock = (
             threading.Lock()
@@ -244,7 +277,6 @@ class RedisClusterStore(RedisStore):
     _inflight_script = property(lambda self: self._registered("_inflight_script"))
     _settle_script = property(lambda self: self._registered("_settle_script"))
     _pin_script = property(lambda self: self._registered("_pin_script"))
-    _pin_fold_script = property(lambda self: self._registered("_pin_fold_script"))
     _directory_script = property(lambda self: self._registered("_directory_script"))
     _lease_script = property(lambda self: self._registered("_lease_script"))
 
@@ -269,15 +301,27 @@ class RedisClusterStore(RedisStore):
         tags = {bucket_tag(s[0]) for s in shared_list}
         option_tags = {bucket_tag(s[0]) for option in option_list for s in option}
         every = tags | option_tags
-        # per-key slots first (in a fixed order), the shared slot last
-        order = sorted(every - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in every else [])
-        if not order:
+        if not every:
             return AcquireResult(0, (), None)  # nothing to check: every option fits
         self._last_now = max(self._last_now, now)  # the engine's clock, for `close`
         leasing = self._leasing(shared_list, option_list, consume, ticket)
-        if leasing:  # an empty lease that cannot renew denies before any per-key call
+        # spent from this instance's leases: the shared slot, and the per-key slots whose
+        # key is hot here (`lease_hot`; never one holding a candidate's or a reserved bucket)
+        leased_tags = {SHARED_TAG} if leasing else set()
+        if leasing and self.leases.config.lease_hot > 0:
             with self._lease_lock:
-                denied = self._lease_precheck(shared_list, option_list, now)
+                leased_tags |= self._hot(
+                    shared_list, tags - option_tags - {SHARED_TAG}, now, ticket
+                )
+        # per-key slots asked first (in a fixed order), then the leased ones, the shared slot
+        # last: a leased check denying hands back what the asked slots took
+        asked = sorted(every - leased_tags - {SHARED_TAG})
+        order = asked + ([SHARED_TAG] if SHARED_TAG in every - leased_tags else [])
+        order += sorted(leased_tags & every - {SHARED_TAG})
+        order += [SHARED_TAG] if SHARED_TAG in every & leased_tags else []
+        if leased_tags:  # an empty lease that cannot renew denies before any per-key call
+            with self._lease_lock:
+                denied = self._lease_precheck(shared_list, option_list, now, leased_tags)
             if denied is not None:
                 return denied
         start = 0
@@ -286,7 +330,7 @@ class RedisClusterStore(RedisStore):
             taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
             reserved: list[str] = []  # tags whose call wrote a reservation part
             known: dict[tuple[int, int], Outcome] = {}  # (-1, i) shared, (k, j) option k
-            folded = False
+            spent: list[Spec] = []  # spent from leases this pass
             for tag in order:
                 call = _Call(tag)
                 call.shared = [(i, s) for i, s in enumerate(shared_list) if bucket_tag(s[0]) == tag]
@@ -308,34 +352,18 @@ class RedisClusterStore(RedisStore):
                     ]
                 if not call.shared and not any(call.options):
                     continue  # nothing of this decision's here (the candidate skipped it)
-                leased = leasing and tag == SHARED_TAG  # spent from this instance's leases
-                fold = (
-                    pin
-                    if (
-                        pin is not None
-                        and consume
-                        and resolving
-                        and tag == SHARED_TAG
-                        and not leased
-                    )
-                    else None
-                )
-                if fold is not None:
-                    fold_models = pin.models[start:]  # type: ignore[union-attr]
-                    fold = PinWrite(pin.key, pin.prefix, pin.keep_ms, fold_models)  # type: ignore[union-attr]
+                leased = tag in leased_tags
                 if leased:
                     with self._lease_lock:
                         option, failed, outcomes, wrote = self._leased_call(call, now)
                 else:
-                    option, failed, outcomes, wrote = self._slot_call(
-                        call, now, consume, ticket, fold
-                    )
-                if fold is not None and fold.written:
-                    folded = pin.written = True  # type: ignore[union-attr]
+                    option, failed, outcomes, wrote = self._slot_call(call, now, consume, ticket)
                 for place, outcome in outcomes:
                     known[place] = outcome
                 if failed is None:
-                    if consume and not leased:  # (the shared slot is last: never refunded)
+                    if leased:
+                        spent += [o[0] for _, o in outcomes]
+                    elif consume:  # (the shared slot is last: never refunded)
                         taken.append((tag, [o[0] for _, o in outcomes]))
                         if wrote:
                             reserved.append(tag)
@@ -344,6 +372,10 @@ class RedisClusterStore(RedisStore):
                     continue
                 # denied here: hand back what the earlier slots took
                 self._refund(taken, now)
+                if spent:
+                    with self._lease_lock:
+                        for spec in spent:
+                            self.leases.unspend(spec)
                 for _, specs in taken:
                     for spec in specs:
                         for place, outcome in list(known.items()):
@@ -364,7 +396,7 @@ class RedisClusterStore(RedisStore):
                     fixed = start  # no slot held a candidate's bucket: the first one fits
                 if ticket is not None and reserved:
                     self._note(ticket, reserved, now)
-                if pin is not None and consume and not folded and fixed < len(pin.models):
+                if pin is not None and consume and fixed < len(pin.models):  # the pin's own slot
                     self._write_pin(pin, pin.models[fixed])
                 chosen = option_list[fixed] if n else []
                 outcomes = [known[(-1, i)] for i in range(len(shared_list))]
@@ -392,12 +424,41 @@ class RedisClusterStore(RedisStore):
                 return False
         return True
 
+    def _hot(
+        self, shared: list[Spec], tags: set[str], now: float, ticket: Ticket | None
+    ) -> set[str]:
+        """The per-key slots of this decision whose key is hot on this instance (counted
+        here, once per decision), less those holding a bucket reserved for settling."""
+        reserved = set(ticket.units) if ticket is not None else set()
+        hot = {tag for tag in sorted(tags) if self.heat.count(tag, now)}
+        for spec in shared:
+            if spec[0] in reserved:
+                hot.discard(bucket_tag(spec[0]))
+        # a key gone cold: its expired lease handed back now (once), not parked until close
+        back = [
+            Renewal(s[0], lease.capacity, lease.rate, lease.tokens, 0.0, 0.0)
+            for s in shared
+            if bucket_tag(s[0]) in tags - hot
+            and (lease := self.leases.leases.get(s[0])) is not None
+            and lease.tokens > 0
+            and now >= lease.expires_at
+        ]
+        for tag in sorted({bucket_tag(r.key) for r in back}):  # one call per slot
+            with contextlib.suppress(StoreUnavailableError):  # kept: handed back on close
+                self._send_leases([r for r in back if bucket_tag(r.key) == tag], now)
+        return hot
+
     def _renew(self, specs: list[Spec], now: float) -> None:
-        """One `redis_lease.lua` call: the renewals these specs need, and the expired leases
-        of other buckets handed back (nothing to send: no call)."""
-        renewals = self.leases.renewals(specs, now)
-        if renewals:
-            self._send_leases(renewals, now)
+        """One `redis_lease.lua` call per slot: the renewals these specs need, and the
+        expired leases of other buckets of that slot handed back (nothing to send: no
+        call)."""
+        by_tag: dict[str, list[Spec]] = {}
+        for spec in specs:
+            by_tag.setdefault(bucket_tag(spec[0]), []).append(spec)
+        for tag, group in by_tag.items():
+            renewals = self.leases.renewals(group, now, lambda key, t=tag: bucket_tag(key) == t)
+            if renewals:
+                self._send_leases(renewals, now)
 
     def _send_leases(self, renewals: list[Renewal], now: float) -> None:
         argv: list[Any] = [repr(float(now))]
@@ -421,21 +482,21 @@ class RedisClusterStore(RedisStore):
         return Outcome(spec, live + lease.available, allowed, max(now, lease.full_at))
 
     def _lease_precheck(
-        self, shared: list[Spec], options: list[list[Spec]], now: float
+        self, shared: list[Spec], options: list[list[Spec]], now: float, leased: set[str]
     ) -> AcquireResult | None:
-        """The decision's shared-slot buckets (not a candidate's) renewed first when their
-        lease lacks the cost: still short, the decision is denied before any per-key call."""
-        specs = [s for s in shared if bucket_tag(s[0]) == SHARED_TAG]
+        """The decision's leased buckets (not a candidate's) renewed first when their lease
+        lacks the cost: still short, the decision is denied before any per-key call."""
+        specs = [s for s in shared if bucket_tag(s[0]) in leased]
         if not specs or not self.leases.must_renew(specs, now):
             return None
         if not self.leases.dry(specs, now):
             self._renew(specs, now)
         for i, spec in enumerate(shared):
-            if bucket_tag(spec[0]) == SHARED_TAG and not self.leases.has_room(spec, now):
+            if bucket_tag(spec[0]) in leased and not self.leases.has_room(spec, now):
                 known = {
                     (-1, j): self._lease_outcome(s, self.leases.has_room(s, now), now)
                     for j, s in enumerate(shared)
-                    if bucket_tag(s[0]) == SHARED_TAG
+                    if bucket_tag(s[0]) in leased
                 }
                 return self._denial(shared, options, known, (-1, i), now)
         return None
@@ -481,9 +542,11 @@ class RedisClusterStore(RedisStore):
         """Hands back every lease's unspent tokens (one call), on the engine's clock as the
         last decision saw it."""
         with self._lease_lock:
-            held = self.leases.held()
+            by_tag: dict[str, list[Renewal]] = {}
+            for renewal in self.leases.held():
+                by_tag.setdefault(bucket_tag(renewal.key), []).append(renewal)
             try:
-                if held:
+                for held in by_tag.values():  # one call per slot
                     self._send_leases(held, self._last_now)
             finally:
                 self.leases.returned()
@@ -494,7 +557,6 @@ class RedisClusterStore(RedisStore):
         now: float,
         consume: bool,
         ticket: Ticket | None,
-        pin: PinWrite | None,
     ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
         """One slot's `redis_gcra.lua`: (the option it took relative to those given, or None;
         the place of the bucket that denied, or None; (place, outcome) per bucket it reports;
@@ -520,15 +582,8 @@ class RedisClusterStore(RedisStore):
                     ticket.request_id, repr(float(ticket.input_tokens)),
                     repr(float(ticket.expires_at)), KEEP_MS, flags,
                 ))  # fmt: skip
-        script = self._script
-        if pin is not None:
-            script = self._pin_fold_script
-            keys.append(PINS + pin.key)
-            argv += [pin.prefix, max(1, int(pin.keep_ms)), *pin.models, len(pin.models) + 2]
-        reply = self._call(script, keys=keys, args=argv)
+        reply = self._call(self._script, keys=keys, args=argv)
         option = int(reply[0])
-        if pin is not None and 0 <= option < len(pin.models):
-            pin.written = True
         failed_at = int(reply[1])
         values = reply[2:]
         count = len(values) // 3
@@ -578,8 +633,9 @@ class RedisClusterStore(RedisStore):
     def _write_pin(self, pin: PinWrite, model: str) -> None:
         try:
             self._call(
-                self._redis.set, PINS + pin.key, pin.prefix + model, px=max(1, int(pin.keep_ms))
-            )
+                self._redis.set, self._pin_key(pin.key), pin.prefix + model,
+                px=max(1, int(pin.keep_ms)),
+            )  # fmt: skip
         except StoreUnavailableError:
             return  # the decision stands; the pin stays where `swap_pin` wrote it
         pin.written = True
@@ -622,6 +678,114 @@ class RedisClusterStore(RedisStore):
             if not outcome[2]:
                 return AcquireResult(None, tuple(outcomes), outcome)
         return AcquireResult(None, tuple(outcomes), outcomes[-1])  # pragma: no cover
+
+    # ------------------------------------------------------------------ in-flight slots
+
+    def take_slots(
+        self, gauges: Sequence[Gauge], lease: str, now: float, *, consume: bool = True
+    ) -> Slots:
+        """One `redis_inflight.lua` take per slot the gauges fall in, per-key slots first
+        (sorted), the shared slot last, each all-or-nothing with its own record of the lease;
+        a slot that finds a gauge full releases what the earlier ones took. A lease that took
+        slots of a per-key gauge is noted in its directory (one more call, in the lease's own
+        slot) so that a release on any instance finds them; gauges of the shared slot only
+        need no directory (one call, as on one node)."""
+        by_tag: dict[str, list[int]] = {}
+        for index, gauge in enumerate(gauges):
+            by_tag.setdefault(bucket_tag(gauge[0]), []).append(index)
+        order = sorted(set(by_tag) - {SHARED_TAG}) + ([SHARED_TAG] if SHARED_TAG in by_tag else [])
+        held: dict[int, int] = {}
+        taken: list[str] = []
+        for tag in order:
+            indexes = by_tag[tag]
+            try:
+                failed, free_at = self._take_in(tag, indexes, gauges, lease, now, consume, held)
+            except StoreUnavailableError:  # the earlier slots' takes handed back if it can
+                with contextlib.suppress(StoreUnavailableError):
+                    self._release_in(taken, lease)
+                raise
+            if failed is None:
+                if consume:
+                    taken.append(tag)
+                continue
+            self._release_in(taken, lease)
+            # a gauge listed before the full one, in a slot not asked yet: read it (a denial
+            # path only), so the first full gauge in the decision's order is the one reported
+            for other in order[order.index(tag) + 1 :]:
+                earlier = [i for i in by_tag[other] if i < failed]
+                if earlier:
+                    first, soonest = self._take_in(other, earlier, gauges, lease, now, False, held)
+                    if first is not None and first < failed:
+                        failed, free_at = first, soonest
+            return Slots(tuple(held[i] for i in range(failed + 1)), failed, free_at)
+        if taken and taken != [SHARED_TAG]:
+            keep = max(1, math.ceil(max(g[2] for g in gauges) - now)) + 1000
+            try:
+                self._call(
+                    self._inflight_script, keys=[lease_directory(lease)],
+                    args=["note", keep, *taken],
+                )  # fmt: skip
+            except StoreUnavailableError:
+                with contextlib.suppress(StoreUnavailableError):
+                    self._release_in(taken, lease)
+                raise
+        return Slots(tuple(held[i] for i in range(len(gauges))), None, None)
+
+    def _take_in(
+        self,
+        tag: str,
+        indexes: list[int],
+        gauges: Sequence[Gauge],
+        lease: str,
+        now: float,
+        consume: bool,
+        held: dict[int, int],
+    ) -> tuple[int | None, float | None]:
+        """One slot's take of `gauges[i] for i in indexes`: the slots each held before go
+        into `held`; (the decision's index of the full gauge, when it frees) or (None, None)."""
+        keys = [gauge_redis_key(gauges[i][0]) for i in indexes] + [lease_record(tag, lease)]
+        argv: list[Any] = ["take", repr(float(now)), "1" if consume else "0", lease]
+        for i in indexes:
+            argv.extend((int(gauges[i][1]), repr(float(gauges[i][2]))))
+        reply = self._call(self._inflight_script, keys=keys, args=argv)
+        for i, value in zip(indexes, reply[2:], strict=False):
+            held[i] = int(value)
+        failed = int(reply[0])
+        if not failed:
+            return None, None
+        free_at = _text(reply[1])
+        return indexes[failed - 1], float(free_at) if free_at else None
+
+    def _release_in(self, tags: list[str], lease: str) -> int:
+        freed = 0
+        for tag in tags:
+            record = lease_record(tag, lease)
+            reply = self._call(self._inflight_script, keys=[record], args=["release", lease])
+            freed += int(reply)
+        return freed
+
+    def release_slots(self, lease: str) -> int:
+        """The lease's directory taken out (once, on any instance), then each slot's record
+        released; no directory: the shared slot's record alone (two calls)."""
+        reply = self._call(self._inflight_script, keys=[lease_directory(lease)], args=["where"])
+        tags = sorted(_text(t) for t in reply) or [SHARED_TAG]
+        return self._release_in(tags, lease)
+
+    def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
+        found = []
+        marker = "}:" + GAUGES[len("{policyctl}:") :]
+        escaped = prefix.replace("[", "\\[").replace("?", "\\?").replace("*", "\\*")
+        pattern = "{*" + marker + escaped + "*"
+        for key in self._call(lambda: list(self._redis.scan_iter(match=pattern, count=1000))):
+            count = int(self._call(self._redis.zcount, key, f"({now!r}", "+inf"))
+            if count:
+                found.append((_text(key).split(marker, 1)[1], count))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ affinity pins
+
+    def _pin_key(self, key: str) -> str:
+        return pin_redis_key(key)
 
     def peek(self, key: str) -> float | None:
         value = self._call(self._redis.get, bucket_redis_key(key))

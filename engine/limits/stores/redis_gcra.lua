@@ -36,9 +36,20 @@ local function spec(i)
   return KEYS[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
 end
 
+-- each key is read once: what `check` read (or `take` wrote) is what `take` starts from
+local seen = {}
+local function level(key)
+  local value = seen[key]
+  if value == nil then
+    value = redis.call("GET", key)
+    seen[key] = value
+  end
+  return tonumber(value)
+end
+
 local function check(i)
   local key, capacity, rate, cost = spec(i)
-  local full_at = tonumber(redis.call("GET", key))
+  local full_at = level(key)
   local have = capacity
   if full_at == nil or full_at <= now then
     full_at = now  -- full: as if absent (the memory store evicts such buckets)
@@ -51,11 +62,13 @@ end
 
 local function take(i)
   local key, capacity, rate, cost = spec(i)
-  local full_at = tonumber(redis.call("GET", key))
+  local full_at = level(key)
   local start = now
   if full_at ~= nil and full_at >= now then start = full_at end
   local new = start + cost / rate
-  redis.call("SET", key, string.format("%.17g", new), "PX", math.max(1, math.ceil(new - now) + 1000))
+  local text = string.format("%.17g", new)
+  redis.call("SET", key, text, "PX", math.max(1, math.ceil(new - now) + 1000))
+  seen[key] = text
   return new
 end
 

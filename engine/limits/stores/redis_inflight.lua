@@ -7,6 +7,24 @@
 --       Returns: { failed (0: none, else 1-based gauge), soonest expiry of the full gauge
 --                  ("" when none), then the slots each gauge held before, up to the full one }
 -- release: KEYS: the lease's record. ARGV: "release", lease. Returns the slots freed.
+--
+-- On a Redis Cluster (redis_cluster_store.py) a lease's gauges may span slots, one record
+-- per slot; its directory (a set of those slots' tags, in the lease's own slot) says where:
+-- note: KEYS: the directory. ARGV: "note", keep_ms (PEXPIRE), then every tag. Returns 1.
+-- where: KEYS: the directory. ARGV: "where". Takes it out (deleted: a second call finds
+--        nothing). Returns the tags.
+
+if ARGV[1] == "note" then
+  redis.call("SADD", KEYS[1], unpack(ARGV, 3))
+  local keep = tonumber(ARGV[2])
+  if redis.call("PTTL", KEYS[1]) < keep then redis.call("PEXPIRE", KEYS[1], keep) end
+  return 1
+end
+if ARGV[1] == "where" then
+  local tags = redis.call("SMEMBERS", KEYS[1])
+  redis.call("DEL", KEYS[1])
+  return tags
+end
 
 if ARGV[1] == "release" then
   local record = KEYS[1]

@@ -347,14 +347,18 @@ class RedisStore:
             repr(float(now)), repr(float(ttl_ms)), max(1, int(keep_ms)), "1" if write else "0",
             repr(float(input_tokens)), default, *eligible,
         ]  # fmt: skip
-        old, live, model = self._pin_call(self._pin_script, keys=[PINS + key], args=argv)
+        old, live, model = self._pin_call(self._pin_script, keys=[self._pin_key(key)], args=argv)
         pin = _pin_record(old) if live in (b"1", "1") else None
         written = model.decode() if isinstance(model, bytes) else model
         return pin, written or None
 
     def set_pin(self, key: str, pin: PinRecord, keep_ms: float) -> None:
         value = f"{pin.at!r}|{float(pin.input_tokens)!r}|{pin.model}"
-        self._pin_call(self._redis.set, PINS + key, value, px=max(1, int(keep_ms)))
+        self._pin_call(self._redis.set, self._pin_key(key), value, px=max(1, int(keep_ms)))
+
+    def _pin_key(self, key: str) -> str:
+        """The Redis key of a pin (`route:keyhash`): in the shared slot on one node."""
+        return PINS + key
 
     def _pin_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """`_call`, with any error of the server's (a read-only replica, out of memory) also
