@@ -92,6 +92,32 @@ VECTOR_MIN_CANDIDATES = 128
 general_path_calls = 0
 vector_path_calls = 0
 
+# The cost column of a request every candidate of a route can serve depends on the route's
+# prices and the request's (input tokens, max_tokens) only: it is kept per route table for
+# the last MAX_COST_COLUMNS pairs seen (`CostColumn`), and so is the strategy's ranking on
+# it (`CostColumn.ranked`), while the latency and success columns it was ranked on are the
+# same objects (the priors, or one metrics snapshot's: a refresh ranks again). Counted so
+# tests can check what was reused and what was rebuilt.
+MAX_COST_COLUMNS = 1024
+cost_column_builds = 0  # cost columns computed
+ranking_builds = 0  # rankings computed on a kept cost column (first use, or new columns)
+ranking_hits = 0  # rankings reused
+# id(table) -> (table, (input tokens, max_tokens) -> its cost column)
+_COST_COLUMNS: dict[int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn]]] = {}
+
+
+class CostColumn(list[float]):
+    """A route's cost column for one (input tokens, max_tokens), every candidate eligible
+    (kept: never mutated), with the last ranking made on it: (latencies, success rates, its
+    `Ranking`, and the decision parts that follow from it: (route, alternatives as
+    (provider, model, rounded score), fallbacks as (provider, model)) when made)."""
+
+    __slots__ = ("ranked",)
+
+    def __init__(self, values: Any) -> None:
+        super().__init__(values)
+        self.ranked: Any = None
+
 
 @dataclass(slots=True)
 class ExploreWindow:
@@ -839,17 +865,7 @@ def _eligible_fast(
         and (max_tokens is None or not max_tokens > table.min_max_tokens)
     ):  # every candidate can serve it
         pos = range(len(table.keys))
-        prices = table.input_prices
-        if max_tokens is None:
-            costs = [
-                (input_tokens * a + b) / 1e6
-                for a, b in zip(prices, table.default_output_costs, strict=True)
-            ]
-        else:
-            costs = [
-                (input_tokens * a + max_tokens * b) / 1e6
-                for a, b in zip(prices, table.output_prices, strict=True)
-            ]
+        costs = _cost_column(table, input_tokens, max_tokens)
         lats: Sequence[float] = table.latency_priors if latencies is None else latencies
     else:
         masks, windows = table.masks, table.context_windows
@@ -903,6 +919,40 @@ def _eligible_fast(
             costs = [costs[s] for s in keep]
             lats = [lats[s] for s in keep]
     return pos, costs, lats
+
+
+def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | None) -> CostColumn:
+    """Every candidate's estimated cost (simple prices), kept per (input, max) tokens."""
+    global cost_column_builds
+    found = _COST_COLUMNS.get(id(table))
+    if found is None or found[0] is not table:
+        if len(_COST_COLUMNS) >= MAX_CACHED_ROUTES:
+            _COST_COLUMNS.clear()
+        found = _COST_COLUMNS[id(table)] = (table, {})
+    kept = found[1]
+    costs = kept.get((input_tokens, max_tokens))
+    if costs is not None:
+        return costs
+    cost_column_builds += 1
+    prices = table.input_prices
+    if max_tokens is None:
+        costs = CostColumn(
+            [
+                (input_tokens * a + b) / 1e6
+                for a, b in zip(prices, table.default_output_costs, strict=True)
+            ]
+        )
+    else:
+        costs = CostColumn(
+            [
+                (input_tokens * a + max_tokens * b) / 1e6
+                for a, b in zip(prices, table.output_prices, strict=True)
+            ]
+        )
+    if len(kept) >= MAX_COST_COLUMNS:
+        kept.clear()
+    kept[input_tokens, max_tokens] = costs
+    return costs
 
 
 def _eligible_vectors(
@@ -1079,6 +1129,7 @@ def _evaluate(
     record: bool = True,
     lean: bool = False,
 ) -> Decision | Lean:
+    global ranking_builds, ranking_hits
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -1205,17 +1256,28 @@ def _evaluate(
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None and record:  # a dry run peeks at the turn
             state.turns[route.name] = turn + 1
-    pool = Pool(
-        table.view,
-        pos,
-        costs,
-        lats,
-        rates,
-        draw(env["key"]) if table.draws else 0.0,
-        turn,
-        vectors,
-    )
-    order, score, reason = table.rank(pool)  # the route's strategy
+    kept = None  # the ranking kept on this cost column (`CostColumn`), when it applies
+    if type(costs) is CostColumn and not table.draws and not table.takes_turns:
+        kept = costs.ranked
+        if kept is None or kept[0] is not lats or kept[1] is not rates:
+            ranking_builds += 1
+            ranking = table.rank(Pool(table.view, pos, costs, lats, rates, 0.0, 0, vectors))
+            kept = costs.ranked = [lats, rates, ranking, None]
+        else:
+            ranking_hits += 1
+        order, score, reason = kept[2]
+    else:
+        pool = Pool(
+            table.view,
+            pos,
+            costs,
+            lats,
+            rates,
+            draw(env["key"]) if table.draws else 0.0,
+            turn,
+            vectors,
+        )
+        order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
     explored: _Explored | None = None
     explore = settings.explore
@@ -1358,10 +1420,26 @@ def _evaluate(
         confidence = 1.0
     else:
         confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
-    alternatives = [
-        Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
-        for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
-    ]
+    parts = None  # (alternatives, fallbacks) as kept with the ranking, when it stands as is
+    if kept is not None and order is kept[2][0] and not limited:
+        parts = kept[3]
+        if parts is None or parts[0] is not route:
+            parts = kept[3] = (
+                route,
+                [
+                    ((model := models[pos[s]]).provider, model.id, round(score(i, s), 4))
+                    for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
+                ],
+                [(f["provider"], f["model"]) for f in _fallbacks(route, order, pos, limited)],
+            )
+        alternatives = [Alternative(*a) for a in parts[1]]
+        fallbacks = [{"provider": p, "model": m} for p, m in parts[2]]
+    else:
+        alternatives = [
+            Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
+            for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
+        ]
+        fallbacks = _fallbacks(route, order, pos, limited)
     decision = Decision(
         request_id=env["id"],
         allowed=True,
@@ -1375,7 +1453,7 @@ def _evaluate(
         estimated_latency_ms=round(lats[best], 3),
         confidence=round(confidence, 4),
         alternatives=alternatives,
-        fallbacks=_fallbacks(route, order, pos, limited),
+        fallbacks=fallbacks,
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,
