@@ -68,7 +68,7 @@ from engine.routing.decision import (
 )
 from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
 from engine.strategies import Pool, Vectors
-from engine.strategies.base import RankedSlots
+from engine.strategies.base import KeptOrder, RankedSlots
 from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
@@ -109,8 +109,7 @@ _COST_COLUMNS: dict[int, tuple[RouteTable, dict[tuple[float, float | None], Cost
 class CostColumn(list[float]):
     """A route's cost column for one (input tokens, max_tokens), every candidate eligible
     (kept: never mutated), with the last ranking made on it: (latencies, success rates, its
-    `Ranking`, and the decision parts that follow from it: (route, alternatives as
-    (provider, model, rounded score), fallbacks as (provider, model)) when made)."""
+    `Ranking` with the order as a `KeptOrder`)."""
 
     __slots__ = ("ranked",)
 
@@ -1256,13 +1255,16 @@ def _evaluate(
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None and record:  # a dry run peeks at the turn
             state.turns[route.name] = turn + 1
-    kept = None  # the ranking kept on this cost column (`CostColumn`), when it applies
     if type(costs) is CostColumn and not table.draws and not table.takes_turns:
         kept = costs.ranked
         if kept is None or kept[0] is not lats or kept[1] is not rates:
             ranking_builds += 1
-            ranking = table.rank(Pool(table.view, pos, costs, lats, rates, 0.0, 0, vectors))
-            kept = costs.ranked = [lats, rates, ranking, None]
+            order, score, reason = table.rank(
+                Pool(table.view, pos, costs, lats, rates, 0.0, 0, vectors)
+            )
+            if type(order) is not KeptOrder:
+                order = KeptOrder(order)
+            kept = costs.ranked = (lats, rates, (order, score, reason))
         else:
             ranking_hits += 1
         order, score, reason = kept[2]
@@ -1420,11 +1422,10 @@ def _evaluate(
         confidence = 1.0
     else:
         confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
-    parts = None  # (alternatives, fallbacks) as kept with the ranking, when it stands as is
-    if kept is not None and order is kept[2][0] and not limited:
-        parts = kept[3]
+    if type(order) is KeptOrder and not limited:  # a kept ranking, as it stands
+        parts = order.parts  # (route, alternatives, fallbacks) as kept with it
         if parts is None or parts[0] is not route:
-            parts = kept[3] = (
+            parts = order.parts = (
                 route,
                 [
                     ((model := models[pos[s]]).provider, model.id, round(score(i, s), 4))

@@ -21,7 +21,7 @@ Ties are broken by catalog order, so a ranking is always deterministic.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,18 @@ class Pool:
         self.draw = draw  # strategies that draw: in [0, 1), deterministic per request id
         self.turn = turn  # strategies that take turns: how many decisions this route made
         self.vectors = vectors
+
+
+class KeptOrder(list[int]):
+    """A ranking's slots, best first, that its strategy keeps and returns again for pools
+    with the same columns (and the same scores): the evaluator keeps what follows from it
+    on it (`parts`: the alternatives and fallbacks it shows). Never mutated."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, order: Iterable[int]) -> None:
+        super().__init__(order)
+        self.parts: Any = None
 
 
 # (slots best first, score of (rank, slot) in 0-1 unrounded, why the first won)

@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from engine.strategies.base import (
+    KeptOrder,
     Pool,
     Ranking,
     RouteFacts,
@@ -69,7 +70,8 @@ def model_specific(pool: Pool) -> Ranking:
         ranking = view.kept.get(chosen)
         if ranking is None:
             kept_builds += 1
-            ranking = view.kept[chosen] = _rank(pool, chosen, list(static), total, uniform)
+            order, score, reason = _rank(pool, chosen, list(static), total, uniform)
+            ranking = view.kept[chosen] = (KeptOrder(order), score, reason)
         return ranking
     weights = list(static) if len(static) == n else [static[p] for p in pool.pos]
     total = sum(weights)
