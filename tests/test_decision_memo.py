@@ -66,16 +66,16 @@ def test_one_cost_column_and_one_ranking_per_token_pair_then_hits() -> None:
     before = counts()
     first = decided(engine, request)
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (1, 1, 0)
+    assert (columns, rankings, hits) == (1, 0, 0)  # a column used once keeps no ranking
     for i in range(20):
         assert decided(engine, {**request, "id": f"r{i}"})["model"] == first["model"]
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (1, 1, 20)
-    # another token count: a column and a ranking of its own; the first is still kept
+    assert (columns, rankings, hits) == (1, 1, 19)  # kept on its second use
+    # another token count: a column of its own; the first is still kept
     decided(engine, {**request, "id": "b", "max_tokens": 301})
     decided(engine, {**request, "id": "c"})
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (2, 2, 21)
+    assert (columns, rankings, hits) == (2, 1, 20)
 
 
 def test_a_metrics_refresh_ranks_again_and_the_decision_follows_it() -> None:

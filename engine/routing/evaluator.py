@@ -106,16 +106,19 @@ ranking_hits = 0  # rankings reused
 _COST_COLUMNS: dict[int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn]]] = {}
 
 
+# `CostColumn.ranked` of a column used once (its ranking was not kept)
+_USED_ONCE: tuple[Any, Any, Any] = (None, None, None)
+
+
 class CostColumn(list[float]):
     """A route's cost column for one (input tokens, max_tokens), every candidate eligible
     (kept: never mutated), with the last ranking made on it: (latencies, success rates, its
-    `Ranking` with the order as a `KeptOrder`)."""
+    `Ranking` with the order as a `KeptOrder`); None before its first use, `_USED_ONCE`
+    after it (a column that is used once keeps no ranking: a request's token count that no
+    other request has costs no more than without a kept column). Set `ranked` on creation."""
 
     __slots__ = ("ranked",)
-
-    def __init__(self, values: Any) -> None:
-        super().__init__(values)
-        self.ranked: Any = None
+    ranked: tuple[Any, Any, Any] | None
 
 
 @dataclass(slots=True)
@@ -948,6 +951,7 @@ def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | Non
                 for a, b in zip(prices, table.output_prices, strict=True)
             ]
         )
+    costs.ranked = None
     if len(kept) >= MAX_COST_COLUMNS:
         kept.clear()
     kept[input_tokens, max_tokens] = costs
@@ -1255,20 +1259,23 @@ def _evaluate(
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None and record:  # a dry run peeks at the turn
             state.turns[route.name] = turn + 1
-    if type(costs) is CostColumn and not table.draws and not table.takes_turns:
-        kept = costs.ranked
-        if kept is None or kept[0] is not lats or kept[1] is not rates:
+    kept = costs.ranked if type(costs) is CostColumn else None
+    if kept is not None and not table.draws and not table.takes_turns:
+        # a cost column used before: its ranking is kept (a column used once keeps none)
+        if kept[0] is not lats or kept[1] is not rates:
             ranking_builds += 1
             order, score, reason = table.rank(
                 Pool(table.view, pos, costs, lats, rates, 0.0, 0, vectors)
             )
-            if type(order) is not KeptOrder:
-                order = KeptOrder(order)
-            kept = costs.ranked = (lats, rates, (order, score, reason))
+            kept_order = KeptOrder(order)
+            kept_order.parts = None
+            kept = costs.ranked = (lats, rates, (kept_order, score, reason))
         else:
             ranking_hits += 1
         order, score, reason = kept[2]
     else:
+        if type(costs) is CostColumn:
+            costs.ranked = _USED_ONCE
         pool = Pool(
             table.view,
             pos,

@@ -21,7 +21,7 @@ Ties are broken by catalog order, so a ranking is always deterministic.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,10 +128,7 @@ class KeptOrder(list[int]):
     on it (`parts`: the alternatives and fallbacks it shows). Never mutated."""
 
     __slots__ = ("parts",)
-
-    def __init__(self, order: Iterable[int]) -> None:
-        super().__init__(order)
-        self.parts: Any = None
+    parts: Any  # set on creation (None)
 
 
 # (slots best first, score of (rank, slot) in 0-1 unrounded, why the first won)

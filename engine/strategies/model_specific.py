@@ -71,7 +71,9 @@ def model_specific(pool: Pool) -> Ranking:
         if ranking is None:
             kept_builds += 1
             order, score, reason = _rank(pool, chosen, list(static), total, uniform)
-            ranking = view.kept[chosen] = (KeptOrder(order), score, reason)
+            kept_order = KeptOrder(order)
+            kept_order.parts = None
+            ranking = view.kept[chosen] = (kept_order, score, reason)
         return ranking
     weights = list(static) if len(static) == n else [static[p] for p in pool.pos]
     total = sum(weights)
