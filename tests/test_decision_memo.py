@@ -66,16 +66,18 @@ def test_one_cost_column_and_one_ranking_per_token_pair_then_hits() -> None:
     before = counts()
     first = decided(engine, request)
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (1, 0, 0)  # a column used once keeps no ranking
+    assert (columns, rankings, hits) == (0, 0, 0)  # a pair seen once is only noted
     for i in range(20):
         assert decided(engine, {**request, "id": f"r{i}"})["model"] == first["model"]
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (1, 1, 19)  # kept on its second use
-    # another token count: a column of its own; the first is still kept
+    assert (columns, rankings, hits) == (1, 1, 19)  # kept on its second request
+    # another token count, once: noted only; the first is still kept
     decided(engine, {**request, "id": "b", "max_tokens": 301})
     decided(engine, {**request, "id": "c"})
     columns, rankings, hits = (a - b for a, b in zip(counts(), before, strict=True))
-    assert (columns, rankings, hits) == (2, 1, 20)
+    assert (columns, rankings, hits) == (1, 1, 20)
+    decided(engine, {**request, "id": "d", "max_tokens": 301})
+    assert counts()[0] - before[0] == 2
 
 
 def test_a_metrics_refresh_ranks_again_and_the_decision_follows_it() -> None:
@@ -120,6 +122,7 @@ def test_a_reload_builds_from_the_new_policy(tmp_path: Path) -> None:
     route = "route r {\n    prefer openai/gpt-4o\n    prefer openai/gpt-4\n}\n"
     (directory / "p.policy").write_text(text + route, encoding="utf-8")
     assert engine.reload()
+    decided(engine, {**request, "id": "b0"})
     after = decided(engine, {**request, "id": "b"})
     assert (after["route"], after["provider"]) == ("r", "openai")
     assert counts()[0] == builds + 1  # the new route's table has columns of its own
@@ -132,7 +135,8 @@ def test_the_kept_columns_are_bounded(monkeypatch: Any) -> None:
     table = engine.program.default_route.table
     before = counts()[0]
     for i in range(10):
-        decided(engine, {"id": f"r{i}", "prompt": "x" * (4 * (i + 1))})
+        for twice in range(2):
+            decided(engine, {"id": f"r{i}-{twice}", "prompt": "x" * (4 * (i + 1))})
     assert counts()[0] == before + 10
     kept = evaluator_module._COST_COLUMNS[id(table)][1]
     assert 1 <= len(kept) <= 4

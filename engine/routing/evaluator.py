@@ -94,28 +94,31 @@ vector_path_calls = 0
 
 # The cost column of a request every candidate of a route can serve depends on the route's
 # prices and the request's (input tokens, max_tokens) only: it is kept per route table for
-# the last MAX_COST_COLUMNS pairs seen (`CostColumn`), and so is the strategy's ranking on
-# it (`CostColumn.ranked`), while the latency and success columns it was ranked on are the
-# same objects (the priors, or one metrics snapshot's: a refresh ranks again). Counted so
-# tests can check what was reused and what was rebuilt.
-MAX_COST_COLUMNS = 1024
-cost_column_builds = 0  # cost columns computed
-ranking_builds = 0  # rankings computed on a kept cost column (first use, or new columns)
+# up to MAX_COST_COLUMNS pairs (`CostColumn`; a pair seen once is only noted, its column is
+# kept from its second request on), and so is the strategy's ranking on it
+# (`CostColumn.ranked`) while the latency and success columns it was ranked on are the same
+# objects (the priors, or one metrics snapshot's: a refresh ranks again). Counted so tests
+# can check what was reused and what was rebuilt.
+MAX_COST_COLUMNS = 256
+cost_column_builds = 0  # cost columns kept
+ranking_builds = 0  # rankings kept on a cost column (its first, or on new columns)
 ranking_hits = 0  # rankings reused
-# id(table) -> (table, (input tokens, max_tokens) -> its cost column)
-_COST_COLUMNS: dict[int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn]]] = {}
+# id(table) -> (table, (input tokens, max_tokens) -> its cost column, None: seen once)
+_COST_COLUMNS: dict[
+    int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn | None]]
+] = {}
 
 
-# `CostColumn.ranked` of a column used once (its ranking was not kept)
+# `CostColumn.ranked` of a column with no ranking kept yet
 _USED_ONCE: tuple[Any, Any, Any] = (None, None, None)
+_UNSEEN: Any = object()  # a (input, max) tokens pair not seen yet
 
 
 class CostColumn(list[float]):
     """A route's cost column for one (input tokens, max_tokens), every candidate eligible
     (kept: never mutated), with the last ranking made on it: (latencies, success rates, its
-    `Ranking` with the order as a `KeptOrder`); None before its first use, `_USED_ONCE`
-    after it (a column that is used once keeps no ranking: a request's token count that no
-    other request has costs no more than without a kept column). Set `ranked` on creation."""
+    `Ranking` with the order as a `KeptOrder`); `_USED_ONCE` until the first ranking is
+    kept on it (set on creation)."""
 
     __slots__ = ("ranked",)
     ranked: tuple[Any, Any, Any] | None
@@ -923,8 +926,10 @@ def _eligible_fast(
     return pos, costs, lats
 
 
-def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | None) -> CostColumn:
-    """Every candidate's estimated cost (simple prices), kept per (input, max) tokens."""
+def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | None) -> list[float]:
+    """Every candidate's estimated cost (simple prices). The column of a pair of (input,
+    max) tokens seen before is kept (`CostColumn`); a pair seen for the first time is only
+    noted, its column a plain list: a token count no other request has keeps no memory."""
     global cost_column_builds
     found = _COST_COLUMNS.get(id(table))
     if found is None or found[0] is not table:
@@ -932,29 +937,30 @@ def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | Non
             _COST_COLUMNS.clear()
         found = _COST_COLUMNS[id(table)] = (table, {})
     kept = found[1]
-    costs = kept.get((input_tokens, max_tokens))
-    if costs is not None:
+    key = (input_tokens, max_tokens)
+    costs = kept.get(key, _UNSEEN)
+    if costs is not None and costs is not _UNSEEN:
         return costs
-    cost_column_builds += 1
     prices = table.input_prices
     if max_tokens is None:
-        costs = CostColumn(
-            [
-                (input_tokens * a + b) / 1e6
-                for a, b in zip(prices, table.default_output_costs, strict=True)
-            ]
-        )
+        column = [
+            (input_tokens * a + b) / 1e6
+            for a, b in zip(prices, table.default_output_costs, strict=True)
+        ]
     else:
-        costs = CostColumn(
-            [
-                (input_tokens * a + max_tokens * b) / 1e6
-                for a, b in zip(prices, table.output_prices, strict=True)
-            ]
-        )
-    costs.ranked = None
+        column = [
+            (input_tokens * a + max_tokens * b) / 1e6
+            for a, b in zip(prices, table.output_prices, strict=True)
+        ]
     if len(kept) >= MAX_COST_COLUMNS:
         kept.clear()
-    kept[input_tokens, max_tokens] = costs
+    if costs is _UNSEEN:  # the first time: noted only
+        kept[key] = None
+        return column
+    cost_column_builds += 1  # the second time: kept, and its ranking from now on
+    costs = CostColumn(column)
+    costs.ranked = _USED_ONCE
+    kept[key] = costs
     return costs
 
 
@@ -1274,8 +1280,6 @@ def _evaluate(
             ranking_hits += 1
         order, score, reason = kept[2]
     else:
-        if type(costs) is CostColumn:
-            costs.ranked = _USED_ONCE
         pool = Pool(
             table.view,
             pos,
