@@ -1,5 +1,5 @@
-"""What a decision keeps between requests (docs/performance.md, "What a decision reuses"),
-counted, and never stale.
+"""What a decision keeps between requests (docs/metrics.md §2, "What a decision reuses
+between requests"), counted, and never stale.
 
 A route's cost column for one (input tokens, max_tokens) is kept, and so is the strategy's
 ranking on it while the latency and success columns are the same objects (the priors, or
