@@ -163,3 +163,21 @@ route r {
     # a request not every model can serve ranks its own pool, keeping nothing
     decided(engine, {"id": "big", "prompt": "hello", "max_tokens": 16_000})
     assert model_specific_module.kept_builds - before == 3
+
+
+def test_the_columns_kept_over_all_routes_are_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(evaluator_module, "MAX_KEPT_COLUMNS", 3)
+    engines = [from_design(POLICY), from_design(POLICY.replace("50%", "60%").replace("30%", "20%"))]
+    tables = [e.program.default_route.table for e in engines]
+    for i in range(4):  # two pairs kept per engine: the fourth drops everything kept
+        for engine in engines[: 1 + i % 2]:
+            for twice in range(2):
+                decided(engine, {"id": f"r{i}-{twice}", "prompt": "x" * (4 * (i // 2 + 1))})
+    kept = [
+        sum(c is not None for c in evaluator_module._COST_COLUMNS[id(t)][1].values())
+        for t in tables
+    ]
+    assert sum(kept) <= 3
+    assert sum(kept) == 2  # without the bound: 4
+    # what was dropped decides as the general path again (`decided` compares)
+    decided(engines[0], {"id": "again", "prompt": "x" * 4})

@@ -99,7 +99,8 @@ vector_path_calls = 0
 # (`CostColumn.ranked`) while the latency and success columns it was ranked on are the same
 # objects (the priors, or one metrics snapshot's: a refresh ranks again). Counted so tests
 # can check what was reused and what was rebuilt.
-MAX_COST_COLUMNS = 256
+MAX_COST_COLUMNS = 256  # pairs noted or kept per route
+MAX_KEPT_COLUMNS = 1024  # columns kept over all routes (a few MB at most), then all dropped
 cost_column_builds = 0  # cost columns kept
 ranking_builds = 0  # rankings kept on a cost column (its first, or on new columns)
 ranking_hits = 0  # rankings reused
@@ -112,6 +113,7 @@ _COST_COLUMNS: dict[
 # `CostColumn.ranked` of a column with no ranking kept yet
 _USED_ONCE: tuple[Any, Any, Any] = (None, None, None)
 _UNSEEN: Any = object()  # a (input, max) tokens pair not seen yet
+_kept_since = [0]  # `cost_column_builds` when every kept column was last dropped
 
 
 class CostColumn(list[float]):
@@ -958,6 +960,10 @@ def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | Non
         kept[key] = None
         return column
     cost_column_builds += 1  # the second time: kept, and its ranking from now on
+    if cost_column_builds - _kept_since[0] >= MAX_KEPT_COLUMNS:
+        _kept_since[0] = cost_column_builds
+        for _, other in _COST_COLUMNS.values():
+            other.clear()
     costs = CostColumn(column)
     costs.ranked = _USED_ONCE
     kept[key] = costs
