@@ -68,7 +68,7 @@ from engine.routing.decision import (
 )
 from engine.routing.metrics import MetricsSnapshot, MetricsView, ModelStats, NoMetrics
 from engine.strategies import Pool, Vectors
-from engine.strategies.base import RankedSlots
+from engine.strategies.base import KeptOrder, RankedSlots
 from engine.units import format_day, format_duration, format_exact_money, format_money
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
 from engine.wire import NATIVE
@@ -91,6 +91,39 @@ VECTOR_MIN_CANDIDATES = 128
 # (`_eligible_vectors`), counted so tests can check which path ran.
 general_path_calls = 0
 vector_path_calls = 0
+
+# The cost column of a request every candidate of a route can serve depends on the route's
+# prices and the request's (input tokens, max_tokens) only: it is kept per route table for
+# up to MAX_COST_COLUMNS pairs (`CostColumn`; a pair seen once is only noted, its column is
+# kept from its second request on), and so is the strategy's ranking on it
+# (`CostColumn.ranked`) while the latency and success columns it was ranked on are the same
+# objects (the priors, or one metrics snapshot's: a refresh ranks again). Counted so tests
+# can check what was reused and what was rebuilt.
+MAX_COST_COLUMNS = 256  # pairs noted or kept per route
+MAX_KEPT_COLUMNS = 1024  # columns kept over all routes (a few MB at most), then all dropped
+cost_column_builds = 0  # cost columns kept
+ranking_builds = 0  # rankings kept on a cost column (its first, or on new columns)
+ranking_hits = 0  # rankings reused
+# id(table) -> (table, (input tokens, max_tokens) -> its cost column, None: seen once)
+_COST_COLUMNS: dict[
+    int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn | None]]
+] = {}
+
+
+# `CostColumn.ranked` of a column with no ranking kept yet
+_USED_ONCE: tuple[Any, Any, Any] = (None, None, None)
+_UNSEEN: Any = object()  # a (input, max) tokens pair not seen yet
+_kept_since = [0]  # `cost_column_builds` when every kept column was last dropped
+
+
+class CostColumn(list[float]):
+    """A route's cost column for one (input tokens, max_tokens), every candidate eligible
+    (kept: never mutated), with the last ranking made on it: (latencies, success rates, its
+    `Ranking` with the order as a `KeptOrder`); `_USED_ONCE` until the first ranking is
+    kept on it (set on creation)."""
+
+    __slots__ = ("ranked",)
+    ranked: tuple[Any, Any, Any] | None
 
 
 @dataclass(slots=True)
@@ -839,17 +872,7 @@ def _eligible_fast(
         and (max_tokens is None or not max_tokens > table.min_max_tokens)
     ):  # every candidate can serve it
         pos = range(len(table.keys))
-        prices = table.input_prices
-        if max_tokens is None:
-            costs = [
-                (input_tokens * a + b) / 1e6
-                for a, b in zip(prices, table.default_output_costs, strict=True)
-            ]
-        else:
-            costs = [
-                (input_tokens * a + max_tokens * b) / 1e6
-                for a, b in zip(prices, table.output_prices, strict=True)
-            ]
+        costs = _cost_column(table, input_tokens, max_tokens)
         lats: Sequence[float] = table.latency_priors if latencies is None else latencies
     else:
         masks, windows = table.masks, table.context_windows
@@ -903,6 +926,48 @@ def _eligible_fast(
             costs = [costs[s] for s in keep]
             lats = [lats[s] for s in keep]
     return pos, costs, lats
+
+
+def _cost_column(table: RouteTable, input_tokens: float, max_tokens: float | None) -> list[float]:
+    """Every candidate's estimated cost (simple prices). The column of a pair of (input,
+    max) tokens seen before is kept (`CostColumn`); a pair seen for the first time is only
+    noted, its column a plain list: a token count no other request has keeps no memory."""
+    global cost_column_builds
+    found = _COST_COLUMNS.get(id(table))
+    if found is None or found[0] is not table:
+        if len(_COST_COLUMNS) >= MAX_CACHED_ROUTES:
+            _COST_COLUMNS.clear()
+        found = _COST_COLUMNS[id(table)] = (table, {})
+    kept = found[1]
+    key = (input_tokens, max_tokens)
+    costs = kept.get(key, _UNSEEN)
+    if costs is not None and costs is not _UNSEEN:
+        return costs
+    prices = table.input_prices
+    if max_tokens is None:
+        column = [
+            (input_tokens * a + b) / 1e6
+            for a, b in zip(prices, table.default_output_costs, strict=True)
+        ]
+    else:
+        column = [
+            (input_tokens * a + max_tokens * b) / 1e6
+            for a, b in zip(prices, table.output_prices, strict=True)
+        ]
+    if len(kept) >= MAX_COST_COLUMNS:
+        kept.clear()
+    if costs is _UNSEEN:  # the first time: noted only
+        kept[key] = None
+        return column
+    cost_column_builds += 1  # the second time: kept, and its ranking from now on
+    if cost_column_builds - _kept_since[0] >= MAX_KEPT_COLUMNS:
+        _kept_since[0] = cost_column_builds
+        for _, other in _COST_COLUMNS.values():
+            other.clear()
+    costs = CostColumn(column)
+    costs.ranked = _USED_ONCE
+    kept[key] = costs
+    return costs
 
 
 def _eligible_vectors(
@@ -1079,6 +1144,7 @@ def _evaluate(
     record: bool = True,
     lean: bool = False,
 ) -> Decision | Lean:
+    global ranking_builds, ranking_hits
     metrics = metrics or _NO_METRICS
     trace: list[dict[str, Any]] | None = [] if explain else None
     if trace is not None and env.get("wire") is not None:
@@ -1205,17 +1271,32 @@ def _evaluate(
         turn = state.turns.get(route.name, 0) if state is not None else 0
         if state is not None and record:  # a dry run peeks at the turn
             state.turns[route.name] = turn + 1
-    pool = Pool(
-        table.view,
-        pos,
-        costs,
-        lats,
-        rates,
-        draw(env["key"]) if table.draws else 0.0,
-        turn,
-        vectors,
-    )
-    order, score, reason = table.rank(pool)  # the route's strategy
+    kept = costs.ranked if type(costs) is CostColumn else None
+    if kept is not None and not table.draws and not table.takes_turns:
+        # a cost column used before: its ranking is kept (a column used once keeps none)
+        if kept[0] is not lats or kept[1] is not rates:
+            ranking_builds += 1
+            order, score, reason = table.rank(
+                Pool(table.view, pos, costs, lats, rates, 0.0, 0, vectors)
+            )
+            kept_order = KeptOrder(order)
+            kept_order.parts = None
+            kept = costs.ranked = (lats, rates, (kept_order, score, reason))
+        else:
+            ranking_hits += 1
+        order, score, reason = kept[2]
+    else:
+        pool = Pool(
+            table.view,
+            pos,
+            costs,
+            lats,
+            rates,
+            draw(env["key"]) if table.draws else 0.0,
+            turn,
+            vectors,
+        )
+        order, score, reason = table.rank(pool)  # the route's strategy
     models, keys, providers = table.models, table.keys, table.providers
     explored: _Explored | None = None
     explore = settings.explore
@@ -1358,10 +1439,25 @@ def _evaluate(
         confidence = 1.0
     else:
         confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
-    alternatives = [
-        Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
-        for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
-    ]
+    if type(order) is KeptOrder and not limited:  # a kept ranking, as it stands
+        parts = order.parts  # (route, alternatives, fallbacks) as kept with it
+        if parts is None or parts[0] is not route:
+            parts = order.parts = (
+                route,
+                [
+                    ((model := models[pos[s]]).provider, model.id, round(score(i, s), 4))
+                    for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
+                ],
+                [(f["provider"], f["model"]) for f in _fallbacks(route, order, pos, limited)],
+            )
+        alternatives = [Alternative(*a) for a in parts[1]]
+        fallbacks = [{"provider": p, "model": m} for p, m in parts[2]]
+    else:
+        alternatives = [
+            Alternative((model := models[pos[s]]).provider, model.id, round(score(skip + i, s), 4))
+            for i, s in enumerate(order[1 : 1 + MAX_ALTERNATIVES], 1)
+        ]
+        fallbacks = _fallbacks(route, order, pos, limited)
     decision = Decision(
         request_id=env["id"],
         allowed=True,
@@ -1375,7 +1471,7 @@ def _evaluate(
         estimated_latency_ms=round(lats[best], 3),
         confidence=round(confidence, 4),
         alternatives=alternatives,
-        fallbacks=_fallbacks(route, order, pos, limited),
+        fallbacks=fallbacks,
         rate_limits=statuses,
         policy_version=program.version,
         trace=trace,

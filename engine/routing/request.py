@@ -291,22 +291,17 @@ _BOOL_FIELDS = (
 _FIELDS = frozenset(Request.model_fields)
 
 
-_DIGITS = frozenset("0123456789")
+# a dotted quad already canonical: four ASCII decimal octets 0-255, no leading zeros
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_CANONICAL_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}").fullmatch
 
 
 def _normal_ip(value: str) -> str | None:
     """The address in its canonical text, None when it is not one. A dotted quad already
     canonical (four ASCII decimal octets 0-255, no leading zeros) is returned as it is,
     without `ipaddress`: distinct client IPs would otherwise miss the cache every time."""
-    parts = value.split(".")
-    if len(parts) == 4:
-        for part in parts:
-            if not (0 < len(part) <= 3 and _DIGITS.issuperset(part)) or (
-                len(part) > 1 and (part[0] == "0" or int(part) > 255)
-            ):
-                break
-        else:
-            return value
+    if _CANONICAL_QUAD(value) is not None:
+        return value
     return _parsed_ip(value)
 
 
@@ -331,6 +326,8 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     """
     if type(data) is not dict or not _FIELDS.issuperset(data):
         return None
+    if _RARE_FIELDS.isdisjoint(data):
+        return _common_env(data)
     get = data.get
     for name in _STR_FIELDS:
         value = get(name)
@@ -450,6 +447,85 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
 
 _EMPTY: dict[str, Any] = {}
 _MESSAGE_KEYS = frozenset({"role", "content"})
+# the fields most requests leave out: a request with none of them takes `_common_env`
+_RARE_FIELDS = _FIELDS - {"id", "user", "ip", "model", "prompt", "max_tokens", "messages"}
+
+
+def _common_env(data: dict[str, Any]) -> dict[str, Any] | None:
+    """`fast_env` of a request with none of `_RARE_FIELDS`: the same checks on the fields
+    it can have, every other field at its default."""
+    get = data.get
+    request_id = get("id")
+    if type(request_id) is not str:
+        return None  # (None: the content-hash key needs the canonical dump)
+    user = get("user")
+    model = get("model")
+    prompt = get("prompt")
+    for value in (request_id, user, model, prompt):
+        if value is not None and (
+            type(value) is not str or (not value.isascii() and _SURROGATE.search(value))
+        ):
+            return None
+    ip = get("ip")
+    if ip is not None:
+        if type(ip) is not str:
+            return None
+        ip = _normal_ip(ip)
+        if ip is None:
+            return None
+    max_tokens = get("max_tokens")
+    if max_tokens is not None and (
+        type(max_tokens) is not int or not 1 <= max_tokens <= MAX_TOKENS
+    ):
+        return None
+    chars = len(prompt) if prompt else 0
+    per_message = 0
+    messages = get("messages")
+    if messages is not None:  # role and string content only; anything else: pydantic
+        if type(messages) is not list:
+            return None
+        for message in messages:
+            if type(message) is not dict or not _MESSAGE_KEYS.issuperset(message):
+                return None
+            role = message.get("role", "user")
+            content = message.get("content", "")
+            if type(role) is not str or type(content) is not str:
+                return None
+            if not (role.isascii() and content.isascii()) and (
+                _SURROGATE.search(role) or _SURROGATE.search(content)
+            ):
+                return None
+            chars += len(content)
+        per_message = 4 * len(messages)  # estimate_tokens: role and separators
+    return {
+        "id": request_id,
+        "key": request_id,
+        "user": user,
+        "ip": ip,
+        "model": model,
+        "prompt": prompt,
+        "input_tokens": float(math.ceil(chars / 4) + per_message),
+        "max_tokens": None if max_tokens is None else float(max_tokens),
+        "cached_tokens": 0.0,
+        "images": 0.0,
+        "requires_vision": False,
+        "requires_tools": False,
+        "requires_json": False,
+        "requires_json_schema": False,
+        "requires_pdf": False,
+        "requires_audio": False,
+        "stream": False,
+        "max_cost": None,
+        "max_latency": None,
+        "max_latency_ms": None,
+        "min_quality": None,
+        "region": None,
+        "priority": 0.0,
+        "tags": [],
+        "metadata": {},
+        "format": NATIVE,
+        "conversation": Conversation(NATIVE, data),  # read only when a policy asks
+    }
 
 
 def env_of(

@@ -122,6 +122,15 @@ class Pool:
         self.vectors = vectors
 
 
+class KeptOrder(list[int]):
+    """A ranking's slots, best first, that its strategy keeps and returns again for pools
+    with the same columns (and the same scores): the evaluator keeps what follows from it
+    on it (`parts`: the alternatives and fallbacks it shows). Never mutated."""
+
+    __slots__ = ("parts",)
+    parts: Any  # set on creation (None)
+
+
 # (slots best first, score of (rank, slot) in 0-1 unrounded, why the first won)
 Ranking = tuple[list[int], Callable[[int, int], float], str]
 Rank = Callable[[Pool], Ranking]
