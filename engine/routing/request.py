@@ -396,21 +396,11 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
     chars = len(prompt) if prompt else 0
     per_message = 0
     messages = get("messages")
-    if messages is not None:  # role and string content only; anything else: pydantic
-        if type(messages) is not list:
+    if messages is not None:
+        counted = _messages_chars(messages)
+        if counted is None:
             return None
-        for message in messages:
-            if type(message) is not dict or not _MESSAGE_KEYS.issuperset(message):
-                return None
-            role = message.get("role", "user")
-            content = message.get("content", "")
-            if type(role) is not str or type(content) is not str:
-                return None
-            if not (role.isascii() and content.isascii()) and (
-                _SURROGATE.search(role) or _SURROGATE.search(content)
-            ):
-                return None
-            chars += len(content)
+        chars += counted
         per_message = 4 * len(messages)  # estimate_tokens: role and separators
     if input_tokens is None:
         input_tokens = math.ceil(chars / 4) + per_message
@@ -447,6 +437,30 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
 
 _EMPTY: dict[str, Any] = {}
 _MESSAGE_KEYS = frozenset({"role", "content"})
+
+
+def _messages_chars(messages: Any) -> int | None:
+    """The characters of `messages`' contents when every message is a dict of a string
+    `role` and `content` and nothing else (no lone surrogate); None otherwise (pydantic then
+    validates the request)."""
+    if type(messages) is not list:
+        return None
+    chars = 0
+    for message in messages:
+        if type(message) is not dict or not _MESSAGE_KEYS.issuperset(message):
+            return None
+        role = message.get("role", "user")
+        content = message.get("content", "")
+        if type(role) is not str or type(content) is not str:
+            return None
+        if not (role.isascii() and content.isascii()) and (
+            _SURROGATE.search(role) or _SURROGATE.search(content)
+        ):
+            return None
+        chars += len(content)
+    return chars
+
+
 # the fields most requests leave out: a request with none of them takes `_common_env`
 _RARE_FIELDS = _FIELDS - {"id", "user", "ip", "model", "prompt", "max_tokens", "messages"}
 
@@ -481,21 +495,11 @@ def _common_env(data: dict[str, Any]) -> dict[str, Any] | None:
     chars = len(prompt) if prompt else 0
     per_message = 0
     messages = get("messages")
-    if messages is not None:  # role and string content only; anything else: pydantic
-        if type(messages) is not list:
+    if messages is not None:
+        counted = _messages_chars(messages)
+        if counted is None:
             return None
-        for message in messages:
-            if type(message) is not dict or not _MESSAGE_KEYS.issuperset(message):
-                return None
-            role = message.get("role", "user")
-            content = message.get("content", "")
-            if type(role) is not str or type(content) is not str:
-                return None
-            if not (role.isascii() and content.isascii()) and (
-                _SURROGATE.search(role) or _SURROGATE.search(content)
-            ):
-                return None
-            chars += len(content)
+        chars += counted
         per_message = 4 * len(messages)  # estimate_tokens: role and separators
     return {
         "id": request_id,

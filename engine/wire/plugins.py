@@ -323,15 +323,7 @@ class Plugin:
         elif call.failed is not None:
             outcome = Outcome(spec.fallback, clock() - start, ERROR, call.failed)
         else:
-            ns = clock() - start
-            raw = call.value
-            value = conform(spec.type, raw)
-            if value is None:
-                outcome = Outcome(spec.fallback, ns, WRONG_TYPE, type(raw).__name__)
-            elif ns > spec.timeout_ms * 1e6:
-                outcome = Outcome(spec.fallback, ns, TIMEOUT, f"over {spec.timeout_ms:g}ms")
-            else:
-                outcome = Outcome(value, ns)
+            outcome = _judged(spec, call.value, clock() - start)
         self.stats.add(outcome)
         return outcome
 
@@ -346,14 +338,7 @@ class Plugin:
         except Exception as exc:  # a plugin's failure is counted, never raised
             outcome = Outcome(spec.fallback, clock() - start, ERROR, type(exc).__name__)
         else:
-            ns = clock() - start
-            value = conform(spec.type, raw)
-            if value is None:
-                outcome = Outcome(spec.fallback, ns, WRONG_TYPE, type(raw).__name__)
-            elif ns > spec.timeout_ms * 1e6:
-                outcome = Outcome(spec.fallback, ns, TIMEOUT, f"over {spec.timeout_ms:g}ms")
-            else:
-                outcome = Outcome(value, ns)
+            outcome = _judged(spec, raw, clock() - start)
         self.stats.add(outcome)
         return outcome
 
@@ -528,6 +513,17 @@ class Registry:
             found = self.get(name)
             if found is not None:
                 yield found
+
+
+def _judged(spec: FeatureSpec, raw: object, ns: int) -> Outcome:
+    """The outcome of a call that returned `raw` after `ns`: its value, or the fallback
+    when the value is not of the declared type or came later than the timeout."""
+    value = conform(spec.type, raw)
+    if value is None:
+        return Outcome(spec.fallback, ns, WRONG_TYPE, type(raw).__name__)
+    if ns > spec.timeout_ms * 1e6:
+        return Outcome(spec.fallback, ns, TIMEOUT, f"over {spec.timeout_ms:g}ms")
+    return Outcome(value, ns)
 
 
 def _indexed(points: Iterable[EntryPoint]) -> tuple[dict[str, EntryPoint], dict[str, Broken]]:
