@@ -1,4 +1,9 @@
-"""policyctl: a declarative policy engine for LLM traffic. The public API."""
+"""policyctl: a declarative policy engine for LLM traffic. The public API.
+
+`Request` (the pydantic model) is imported on first use: `import engine` and a
+`policyctl eval` of plain requests do not load pydantic."""
+
+from typing import Any
 
 from engine.api.policy_engine import PolicyEngine
 from engine.build import VERSION
@@ -13,9 +18,18 @@ from engine.routing.decision import (
     DroppedCandidate,
     NoEligibleModel,
 )
-from engine.routing.request import Request, RequestError
+from engine.routing.request import RequestError
 
 __version__ = VERSION
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Request":
+        from engine.routing.request_model import Request
+
+        return Request
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CatalogError",

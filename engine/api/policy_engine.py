@@ -53,7 +53,7 @@ from engine.routing.metrics import (
     MetricsView,
     RecordingMetrics,
 )
-from engine.routing.request import Request, env_of
+from engine.routing.request import env_of
 from engine.routing.request_log import RequestLog
 from engine.routing.shared_pins import SharedPins, shared_pins
 from engine.vocabulary import LOG_REQUESTS, SHARED_HEALTH_URL_PREFIXES
@@ -62,6 +62,7 @@ from engine.wire.plugins import rediscover
 
 if TYPE_CHECKING:
     from engine.api.watch import PolicyWatcher
+    from engine.routing.request_model import Request
 
 log = logging.getLogger("policyctl")
 DEFAULT_FLUSH_INTERVAL_S = 1.0  # state, violations and stats reach the file this often

@@ -16,7 +16,6 @@ from engine.catalog.model import CAPABILITIES, Catalog
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.language import ast
 from engine.language.compiler import limit_scopes, paths_in, split_word
-from engine.language.parser import reference
 from engine.language.schema import (
     COMPLEXITY_FIELD,
     DERIVED_FIELDS,
@@ -1706,3 +1705,11 @@ def check(
     """Every error and warning in a policy set, sorted by place; `now` (epoch seconds)
     also warns of routes that can only reach retired models."""
     return sorted(Checker(catalog, now).check(files), key=Diagnostic.sort_key)
+
+
+def reference(provider: str, model: str | None = None) -> str:
+    """`parser.reference`, imported when a message needs it: checking a policy does not
+    import the parser (and Lark) when its parse was cached."""
+    from engine.language.parser import reference as written
+
+    return written(provider, model)

@@ -21,7 +21,7 @@ from engine.language import ast
 from engine.language.analysis import analyse
 from engine.language.checker import check
 from engine.language.compiler import compile_program
-from engine.language.parser import MAX_SOURCE_BYTES, describe_size, parse
+from engine.language.parse_cache import MAX_SOURCE_BYTES, describe_size, parsed
 from engine.language.program import Program
 from engine.resources import (
     cache_file,
@@ -185,30 +185,38 @@ def compile_sources(
 ) -> Loaded:
     """Parse, check and compile named policy texts. Raises PolicyError with every error.
     `now` (epoch seconds) also warns of routes that can only reach retired models; `cache`
-    (texts just read from their files): their parses are cached (`parser.parse`)."""
+    (texts just read from their files): their parses are cached (`parse_cache.parsed`)."""
     paths = list(paths) if paths is not None else [None] * len(sources)
     unreadable = [d for name, text in sources if (d := _surrogate(name, text)) is not None]
     if unreadable:
         raise PolicyError(unreadable)
     diagnostics: list[Diagnostic] = []
-    parsed: list[ast.PolicyFile] = []
+    parsed_files: list[ast.PolicyFile] = []
     parsed_paths: list[Path | None] = []
     for (name, text), path in zip(sources, paths, strict=True):
         try:
-            parsed.append(parse(text, name, cache=cache))
+            parsed_files.append(parsed(text, name, _parse) if cache else _parse(text, name))
             parsed_paths.append(path)
         except PolicyError as err:
             diagnostics.extend(err.diagnostics)
-    catalog = _catalog_for(parsed, parsed_paths, diagnostics)
+    catalog = _catalog_for(parsed_files, parsed_paths, diagnostics)
     if catalog is not None:
-        diagnostics.extend(check(parsed, catalog, now))
+        diagnostics.extend(check(parsed_files, catalog, now))
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors or catalog is None:
         raise PolicyError(diagnostics)
-    program = compile_program(parsed, catalog, list(sources))
-    diagnostics.extend(analyse(parsed, program))
+    program = compile_program(parsed_files, catalog, list(sources))
+    diagnostics.extend(analyse(parsed_files, program))
     warnings = sorted((d for d in diagnostics if d.severity != "error"), key=Diagnostic.sort_key)
-    return Loaded(program, tuple(warnings), tuple(parsed))
+    return Loaded(program, tuple(warnings), tuple(parsed_files))
+
+
+def _parse(text: str, name: str) -> ast.PolicyFile:
+    """`parser.parse`, imported when a text is not in the parse cache: a run on an
+    unchanged policy does not import the parser (and Lark)."""
+    from engine.language.parser import parse
+
+    return parse(text, name)
 
 
 def load_policy(path: str | os.PathLike[str] | None = None, now: float | None = None) -> Loaded:

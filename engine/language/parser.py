@@ -22,17 +22,12 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
 from engine.language import ast
 from engine.language.ast import Unit
-from engine.resources import (
-    cache_dir,
-    cache_file,
-    code_digest,
-    grammar_path,
-    read_cached,
-    write_cached,
-)
+from engine.language.parse_cache import MAX_SOURCE_BYTES as MAX_SOURCE_BYTES
+from engine.language.parse_cache import describe_size as describe_size
+from engine.language.parse_cache import parsed
+from engine.resources import cache_dir, grammar_path
 from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
 
-MAX_SOURCE_BYTES = 1 << 20  # 1 MiB per policy file
 MAX_NESTING = 64  # nested `not`, lists, `and`/`or` groups and comparisons (parentheses alone
 # build no nodes, so any depth of them is fine)
 
@@ -487,11 +482,6 @@ def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
-def describe_size(size: int) -> str:
-    mib = size / (1 << 20)
-    return f"{mib:.1f} MiB" if mib >= 1.05 else f"{size:,} bytes"
-
-
 def _check_size(source: Source) -> Diagnostic | None:
     size = len(source.text.encode("utf-8", "surrogatepass"))
     if size > MAX_SOURCE_BYTES:
@@ -728,24 +718,6 @@ def _end_of_file(source: Source, expected: set[str]) -> Diagnostic:
     return Diagnostic("E0013", "unexpected end of file", span, hint, notes=notes)
 
 
-# The modules whose code decides what `parse` returns (with the grammar): a parse cached
-# by another version of any of them is not read back.
-_PARSE_CODE = ("language/parser.py", "language/ast.py", "diagnostics.py", "units.py",
-               "vocabulary.py")  # fmt: skip
-
-
-def _read_parsed(path: Path, text: str, name: str) -> ast.PolicyFile | None:
-    """The cached parse of this very text, or None (missing, damaged, or not this file's)."""
-    policy = read_cached(path)
-    if (
-        not isinstance(policy, ast.PolicyFile)
-        or policy.span.source.text != text
-        or policy.span.source.name != name
-    ):
-        return None
-    return policy
-
-
 def parse(text: str, name: str = "<policy>", *, cache: bool = False) -> ast.PolicyFile:
     """Parse one policy file. Raises PolicyError with every diagnostic found.
 
@@ -755,20 +727,7 @@ def parse(text: str, name: str = "<policy>", *, cache: bool = False) -> ast.Poli
     parser and parsing (a `policyctl eval` starts faster). `MAX_CACHED` are kept."""
     if not cache or getattr(_comment_sink, "tokens", None) is not None:
         return _parse(text, name)  # (the formatter reads the tokens as they are lexed)
-    path = cache_file(
-        "parsed",
-        code_digest(*_PARSE_CODE),
-        name.encode("utf-8", "surrogatepass"),
-        text.encode("utf-8", "surrogatepass"),
-    )
-    if path is not None:
-        cached = _read_parsed(path, text, name)
-        if cached is not None:
-            return cached
-    policy = _parse(text, name)
-    if path is not None:
-        write_cached(path, policy)
-    return policy
+    return parsed(text, name, _parse)
 
 
 def _parse(text: str, name: str) -> ast.PolicyFile:

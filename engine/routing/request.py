@@ -1,5 +1,9 @@
 """Requests at the edge: pydantic validation once, then a plain dict for the evaluator.
 
+The pydantic models (`Request`, `Message`) live in `engine.routing.request_model`, imported
+the first time a request needs them (a body the fast path cannot take, a `Request` asked
+for by name): `policyctl eval` on plain requests never imports pydantic.
+
 `to_env` returns the evaluation environment: every key of `schema.REQUEST_FIELDS` plus
 `metadata` (a dict) and `conversation` (the body, read for prompt features only when a
 policy reads them: `engine.wire.features`), values normalised to the units the language
@@ -15,10 +19,9 @@ import ipaddress
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
-from typing import Annotated, Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import TYPE_CHECKING, Any
 
 from engine import wire
 from engine.errors import PolicyctlError
@@ -26,84 +29,11 @@ from engine.units import MAX_TOKENS
 from engine.wire import NATIVE
 from engine.wire.features import Conversation
 
+if TYPE_CHECKING:
+    from engine.routing.request_model import Request
+
 Scalar = str | int | float | bool
 MAX_PRIORITY = 1000  # a request's `priority` is a whole number in -1000..1000 (0 by default)
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    role: str = "user"
-    content: str | list[dict[str, Any]] = ""
-
-
-class Request(BaseModel):
-    """A request to route. Unknown fields are an error that names them."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        json_schema_extra={"title": "policyctl request"},
-    )
-
-    id: str | None = Field(None, description="request id; random picks are deterministic by id")
-    user: str | None = Field(None, description="the end user, for per-user limits")
-    ip: str | None = Field(None, description="client IP address (IPv4 or IPv6)")
-    model: str | None = Field(None, description="the model the client asked for (a hint)")
-    prompt: str | None = Field(None, description="prompt text, used to estimate input tokens")
-    messages: list[Message] | None = Field(None, description="chat messages, for the estimate")
-    input_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(
-        None, description="input tokens; estimated from prompt/messages (4 chars/token) if absent"
-    )
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = Field(
-        None, description="maximum output tokens"
-    )
-    cached_tokens: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = Field(
-        0,
-        description="input tokens expected from the provider's prompt cache (part of the"
-        " input; priced at the model's cached-input price)",
-    )
-    images: Annotated[int, Field(ge=0, le=MAX_TOKENS)] = Field(
-        0, description="input images (priced at the model's per-image price)"
-    )
-    requires_vision: bool = False
-    requires_tools: bool = False
-    requires_json: bool = Field(False, description="JSON mode (any JSON object)")
-    requires_json_schema: bool = Field(
-        False, description="structured output: JSON that follows a given schema"
-    )
-    requires_pdf: bool = Field(False, description="PDF or other document input")
-    requires_audio: bool = Field(False, description="audio input or output")
-    stream: bool = False
-    max_cost: Annotated[float, Field(ge=0)] | None = Field(
-        None, description="hard limit on the estimated cost, USD"
-    )
-    max_latency_ms: Annotated[float, Field(gt=0)] | None = Field(
-        None, description="hard limit on the estimated (p95) latency, milliseconds"
-    )
-    min_quality: Annotated[float, Field(ge=0, le=1)] | None = Field(
-        None,
-        description="quality floor: only models whose catalog quality score (0-1) is at"
-        " least this are eligible (a model without a score is not)",
-    )
-    region: str | None = None
-    priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
-        0,
-        description="the order of requests waiting for a limit's tokens (`wait up to D`):"
-        " higher first, then arrival; also the X-Priority header",
-    )
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Scalar] = Field(default_factory=dict)
-
-    @field_validator("ip")
-    @classmethod
-    def _valid_ip(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        normal = _normal_ip(value)
-        if normal is None:
-            raise ValueError(f"`{value}` is not an IPv4 or IPv6 address")
-        return normal
 
 
 class RequestError(PolicyctlError, ValueError):
@@ -114,69 +44,37 @@ class RequestError(PolicyctlError, ValueError):
         super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
-def _explain(err: ValidationError) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    reported: set[str] = set()
-    for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
-        if len(loc) >= 3 and loc[0] == "metadata":  # one problem per key, not per type tried
-            name = _field_name(loc[:2])
-            if name not in reported:
-                reported.add(name)
-                problems.append(
-                    (f"field `{name}`", "metadata values are strings, numbers or booleans")
-                )
-            continue
-        if len(loc) >= 4 and loc[0] == "messages" and loc[2] == "content":
-            name = _field_name(loc[:3])
-            if name not in reported:
-                reported.add(name)
-                problems.append((f"field `{name}`", "content is a string or a list of parts"))
-            continue
-        name = _field_name(loc)
-        if e["type"] == "extra_forbidden":
-            message = f"unknown field `{_short(name)}`"
-            from engine.diagnostics import did_you_mean  # stdlib-only module
-
-            guess = did_you_mean(name, Request.model_fields)
-            if guess:
-                message += f" (did you mean `{guess}`?)"
-            problems.append(("", message))
-            continue
-        msg = str(e["msg"])
-        msg = msg.removeprefix("Value error, ")
-        msg = msg[:1].lower() + msg[1:]
-        problems.append((f"field `{name}`", msg))
-    return problems
-
-
 def _short(name: str, limit: int = 80) -> str:
     """A field name a client made up, cut for a message (it may be 100,000 characters)."""
     return name if len(name) <= limit else f"{name[:limit]}… ({len(name):,} characters)"
 
 
+def __getattr__(name: str) -> Any:
+    """`Request` and `Message`, from `engine.routing.request_model` on first use."""
+    if name in ("Request", "Message"):
+        from engine.routing import request_model
+
+        return getattr(request_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_model(data: Any) -> bool:
+    """`data` is a `Request` (there is none before its module is imported)."""
+    models = sys.modules.get("engine.routing.request_model")
+    return models is not None and isinstance(data, models.Request)
+
+
 def validate(data: Any) -> Request:
-    if isinstance(data, Request):
-        return data
+    if _is_model(data):
+        return data  # type: ignore[no-any-return]
     if not isinstance(data, Mapping):
         raise RequestError([("", f"a request is a JSON object, not {_json_kind(data)}")])
     bad_strings = unstorable(data)
     if bad_strings:
         raise RequestError([(f"field `{path}`", message) for path, message in bad_strings])
-    try:
-        return Request.model_validate(data)
-    except ValidationError as err:
-        raise RequestError(_explain(err)) from None
+    from engine.routing.request_model import validated
+
+    return validated(data)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -288,7 +186,12 @@ _BOOL_FIELDS = (
     "requires_audio",
     "stream",
 )
-_FIELDS = frozenset(Request.model_fields)
+# `Request`'s fields, in its order (`request_model` checks it on import)
+FIELDS = ("id", "user", "ip", "model", "prompt", "messages", "input_tokens", "max_tokens",
+          "cached_tokens", "images", "requires_vision", "requires_tools", "requires_json",
+          "requires_json_schema", "requires_pdf", "requires_audio", "stream", "max_cost",
+          "max_latency_ms", "min_quality", "region", "priority", "tags", "metadata")  # fmt: skip
+_FIELDS = frozenset(FIELDS)
 
 
 # a dotted quad already canonical: four ASCII decimal octets 0-255, no leading zeros
@@ -546,7 +449,7 @@ def env_of(
     `request_id` is its id when it has none)."""
     if input_format is None and type(data) is dict:
         fmt = format_of(data)
-    elif isinstance(data, Request):
+    elif _is_model(data):
         fmt = NATIVE
     else:
         fmt = _chosen_format(data, input_format)
