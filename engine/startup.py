@@ -31,12 +31,14 @@ _exec = builtins.exec
 
 
 def table_path() -> Path | None:
-    """Where the table lives for this interpreter (its cache tag in the name)."""
+    """Where the table lives for this interpreter (its cache tag and optimization level
+    in the name, as a `.pyc` file's)."""
     tag = sys.implementation.cache_tag
     if tag is None:
         return None
     pyc = Path(importlib.util.cache_from_source(str(_PACKAGE_INIT)))
-    return pyc.with_name(f"dataclasses.{tag}.marshal")
+    level = f".opt-{sys.flags.optimize}" if sys.flags.optimize else ""  # as `.pyc` names
+    return pyc.with_name(f"dataclasses.{tag}{level}.marshal")
 
 
 class _Table:
