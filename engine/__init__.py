@@ -5,23 +5,20 @@
 
 from typing import Any
 
-from engine.startup import compiled_dataclasses
-
-with compiled_dataclasses():  # the pipeline's dataclasses, their methods compiled once
-    from engine.api.policy_engine import PolicyEngine
-    from engine.build import VERSION
-    from engine.catalog.model import CatalogError
-    from engine.diagnostics import Diagnostic, PolicyError
-    from engine.errors import PolicyctlError
-    from engine.limits.records import LimitDenial
-    from engine.routing.decision import (
-        Decision,
-        DeniedByPolicyRequire,
-        DeniedByRule,
-        DroppedCandidate,
-        NoEligibleModel,
-    )
-    from engine.routing.request import RequestError
+from engine.api.policy_engine import PolicyEngine
+from engine.build import VERSION
+from engine.catalog.model import CatalogError
+from engine.diagnostics import Diagnostic, PolicyError
+from engine.errors import PolicyctlError
+from engine.limits.records import LimitDenial
+from engine.routing.decision import (
+    Decision,
+    DeniedByPolicyRequire,
+    DeniedByRule,
+    DroppedCandidate,
+    NoEligibleModel,
+)
+from engine.routing.request import RequestError
 
 __version__ = VERSION
 

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 from browser import browser as browser  # the headless chromium fixture, for every test
+from hypothesis import settings
+
+# Hypothesis' default 200 ms deadline per example is a wall-clock assertion: on a loaded
+# 2-core machine a property test then fails for being slow, not wrong. No deadline.
+settings.register_profile("policyctl", deadline=None)
+settings.load_profile("policyctl")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,8 @@
 """What a plain `policyctl eval` loads and does per request, counted (never timed): a
 second run on an unchanged policy builds no parser, validates no catalog and imports no
 storage, schema, validation-model or network module it does not use (neither pydantic nor
-Lark); a body the fast path cannot take still gets pydantic's messages; the dataclasses'
-methods are compiled once per install; each decision is encoded once."""
+Lark); a body the fast path cannot take still gets pydantic's messages; each decision is
+encoded once."""
 
 from __future__ import annotations
 
@@ -119,54 +119,6 @@ def test_pydantic_is_imported_for_a_body_the_fast_path_cannot_take(tmp_path: Pat
         "r.jsonl:2: field `id`: input should be a valid string\n"
         "r.jsonl:2: unknown field `promt` (did you mean `prompt`?)\n"
     )
-
-
-STARTUP_PROBE = """\
-import contextlib, json, os, sys
-from engine.cli import main
-from engine import startup
-with contextlib.redirect_stdout(open(os.devnull, "w")):
-    code = main(["eval", "--explain", sys.argv[1]])
-print(json.dumps({"code": code, "from table": startup.last_run[0] > 0,
-                  "compiled": startup.last_run[1]}))
-"""
-
-
-def _startup_in_subprocess(tmp_path: Path, request: Path, **env: str) -> dict[str, object]:
-    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    done = subprocess.run(
-        [sys.executable, "-c", STARTUP_PROBE, str(request)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**environ, "POLICYCTL_CACHE_DIR": str(tmp_path / "cache"),
-             "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PYTHONPATH": str(REPO), **env},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
-
-
-def test_dataclass_methods_are_compiled_once_per_install(tmp_path: Path) -> None:
-    """The first `import engine` compiles the dataclasses' methods and keeps them beside
-    the byte code; the next compiles none; a damaged table is compiled again, silently;
-    with PYTHONDONTWRITEBYTECODE none is written."""
-    request = tmp_path / "r.jsonl"
-    request.write_text(json.dumps({"id": "a", "prompt": "hello", "user": "u"}) + "\n")
-    first = _startup_in_subprocess(tmp_path, request)
-    assert first["code"] == 0 and first["compiled"] > 100  # about 120 classes, 600 methods
-    (table,) = (tmp_path / "pycache").rglob("dataclasses.*.marshal")
-    assert _startup_in_subprocess(tmp_path, request) == {
-        "code": 0,
-        "from table": True,
-        "compiled": 0,
-    }
-    table.write_bytes(b"not marshal data")
-    assert _startup_in_subprocess(tmp_path, request)["compiled"] == first["compiled"]
-    assert _startup_in_subprocess(tmp_path, request)["compiled"] == 0
-    table.unlink()
-    for _ in range(2):
-        ran = _startup_in_subprocess(tmp_path, request, PYTHONDONTWRITEBYTECODE="1")
-        assert ran["compiled"] == first["compiled"]
-    assert not table.exists()
 
 
 def _count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
