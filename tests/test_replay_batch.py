@@ -355,3 +355,68 @@ def test_conditions_on_prompt_features_are_evaluated_per_request(tmp_path: Path)
     got, want, side = _decided(policy, requests)
     assert got == want
     assert side.reads is None and side.conditions == len(requests)  # type: ignore[attr-defined]
+
+
+def _features(n: int, rng: random.Random) -> list[dict]:
+    """Logged request features (as a replay reads them back): a few shapes, each request
+    its own id, user, IP and token estimate."""
+    out = []
+    for i in range(n):
+        request: dict = {
+            "user": f"user-{rng.randrange(50)}",
+            "ip": f"10.0.{rng.randrange(4)}.{rng.randrange(256)}",
+            "input_tokens": rng.randrange(1, 5000),
+            "metadata": {"flag": rng.choice((True, 1, 1.0, "1"))},
+            "id": f"f{i}",
+        }
+        if rng.random() < 0.5:
+            request["max_tokens"] = 256
+        if rng.random() < 0.3:
+            request["requires_tools"] = True
+        out.append(request)
+    return out
+
+
+def _shape(request: dict) -> tuple:
+    rest = {k: v for k, v in request.items() if k not in ("id", "user", "ip", "input_tokens")}
+    return tuple((k, type(v), json.dumps(v)) for k, v in rest.items())
+
+
+def test_an_environment_is_built_once_per_distinct_shape() -> None:
+    """`fast_env` runs once per distinct shape of a logged request (its fields but the id,
+    user, IP and token estimate, each value with its type); every environment equals
+    `env_of`'s of the request; a request whose own fields fail a check, or with a null
+    field, goes through `env_of` whole."""
+    from engine.replay.batch import _Envs
+    from engine.routing.request import RequestError, env_of
+
+    requests = _features(800, random.Random(8))
+    envs = _Envs()
+    for request in requests:
+        got, want = envs.env(dict(request), None), env_of(dict(request))
+        assert got.pop("conversation").body == want.pop("conversation").body == request
+        assert got == want
+    distinct = {_shape(r) for r in requests}
+    assert 8 <= len(distinct) < 30
+    assert envs.built == len(distinct) and envs.whole == 0
+    odd = [
+        {"id": "a", "ip": "010.1.1.1", "input_tokens": 3},  # an IP fast_env does not take
+        {"id": "b", "ip": "10.1.1.1", "input_tokens": 3},  # a new shape: a template
+        {"id": "c", "user": "\ud800", "input_tokens": 3},  # a lone surrogate
+        {"id": "d", "input_tokens": -1},
+        {"id": "e", "input_tokens": 3, "metadata": {"flag": None}},
+        {"id": "f", "input_tokens": 3.0},
+        {"id": "g", "prompt": "no estimate"},
+    ]
+    for request in odd:
+        try:
+            want = env_of(dict(request))
+        except RequestError as err:
+            with pytest.raises(RequestError) as raised:
+                envs.env(dict(request), None)
+            assert str(raised.value) == str(err)
+            continue
+        got = envs.env(dict(request), None)
+        assert got.pop("conversation").body == want.pop("conversation").body
+        assert got == want
+    assert envs.whole == len(odd) - 1  # all but `b`

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgspec
+
 from engine.analytics.decision_log import LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
 from engine.language.program import CompiledRoute, Program, RouteTable
@@ -45,15 +47,19 @@ from engine.routing.evaluator import (
     lean_of,
     measured_columns,
 )
-from engine.routing.request import env_of
+from engine.routing.request import _SURROGATE, _normal_ip, env_of, fast_env
 from engine.routing.request_log import Unlogged
 from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
+from engine.units import MAX_TOKENS
+from engine.wire import NATIVE
 from engine.wire.features import Conversation
 
 CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then forgotten)
+_encode = msgspec.json.Encoder().encode
+SHAPES_KEPT = 1 << 12  # environment templates remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
 
@@ -127,6 +133,7 @@ class BatchSide:
         self.conditions = 0  # times the deny rules and route conditions were evaluated
         # a route's name -> (the route, `_kind` of it), found once
         self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
+        self.envs = _Envs()
 
     def decide(
         self,
@@ -178,9 +185,12 @@ class BatchSide:
         program = engine.program
         if program.live_requires:
             return None
-        env = env_of(asked.request, request_id=asked.request_id)
-        if asked.conversation is not None:
-            env["conversation"] = asked.conversation
+        if asked.request_id is None:
+            env = self.envs.env(asked.request, asked.conversation)
+        else:
+            env = env_of(asked.request, request_id=asked.request_id)
+            if asked.conversation is not None:
+                env["conversation"] = asked.conversation
         route = self._route(env)
         if route is None:
             return None
@@ -342,6 +352,88 @@ class BatchSide:
         row.ranked = [pos[s] for s in order]
         row.costs = [costs[s] for s in order]
         row.lats = [lats[s] for s in order]
+
+
+class _Envs:
+    """Evaluation environments of logged requests, one template per distinct shape.
+
+    A logged request's features differ from one request to the next in a few fields
+    (its id, user, IP and token estimate); the rest (the requested model, the limits it
+    set, its requirements, the metadata the policy reads) take a few distinct values over
+    a log (a shape: their JSON text). `fast_env` checks each field on its own, so a request
+    whose other fields (each with its type) equal a template's, and whose own fields pass the checks
+    `fast_env` makes of them, has the template's environment with its own fields in it:
+    `fast_env` runs once per distinct shape (`built`), not once per request. A request with
+    no `input_tokens` (the estimate then reads the prompt), a request `fast_env` does not
+    take, or a field that fails a check, goes through `env_of` as it is."""
+
+    def __init__(self) -> None:
+        self.templates: dict[bytes, dict[str, Any] | None] = {}
+        self.built = 0  # templates made (`fast_env` calls)
+        self.whole = 0  # requests given to `env_of` as they are
+
+    def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
+        """The request's environment, its conversation `conversation` (None: its own)."""
+        if type(request) is not dict:
+            return self._whole(request, conversation)
+        rest = request.copy()
+        pop = rest.pop
+        request_id, user = pop("id", None), pop("user", None)
+        ip, tokens = pop("ip", None), pop("input_tokens", None)
+        if (
+            type(request_id) is not str
+            or type(tokens) is not int
+            or not 0 <= tokens <= MAX_TOKENS
+            or (user is not None and type(user) is not str)
+            or (ip is not None and type(ip) is not str)
+        ):
+            return self._whole(request, conversation)
+        # the shape: the other fields as JSON (each value's type shows: `true`, `1`, `1.0`,
+        # `"1"`), unless one is null (None, NaN and inf all are): then no template
+        try:
+            key = _encode(rest)
+        except (TypeError, ValueError):
+            return self._whole(request, conversation)
+        if b":null" in key or b"[null" in key or b",null" in key:
+            return self._whole(request, conversation)
+        templates = self.templates
+        template = templates.get(key, self)
+        if template is self:
+            self.built += 1
+            # made of the shape alone (None: `env_of` takes each request of it whole)
+            template = fast_env({**rest, "id": "", "input_tokens": 0})
+            if len(templates) >= SHAPES_KEPT:
+                templates.clear()
+            templates[key] = template
+        if template is None:
+            return self._whole(request, conversation)
+        for text in (request_id, user):
+            if text is not None and not text.isascii() and _SURROGATE.search(text):
+                return self._whole(request, conversation)
+        if ip is not None:
+            ip = _normal_ip(ip)
+            if ip is None:
+                return self._whole(request, conversation)
+        env = template.copy()
+        env["id"] = env["key"] = request_id
+        env["user"] = user
+        env["ip"] = ip
+        env["input_tokens"] = float(tokens)
+        env["metadata"] = dict(template["metadata"])
+        env["tags"] = list(template["tags"])
+        env["conversation"] = (
+            Conversation(NATIVE, request) if conversation is None else conversation
+        )
+        return env
+
+    def _whole(
+        self, request: Mapping[str, Any], conversation: Conversation | None
+    ) -> dict[str, Any]:
+        self.whole += 1
+        env = env_of(request)
+        if conversation is not None:
+            env["conversation"] = conversation
+        return env
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
