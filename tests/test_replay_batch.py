@@ -420,3 +420,44 @@ def test_an_environment_is_built_once_per_distinct_shape() -> None:
         assert got.pop("conversation").body == want.pop("conversation").body
         assert got == want
     assert envs.whole == len(odd) - 1  # all but `b`
+
+
+@pytest.mark.parametrize(
+    ("limits", "fast"),
+    [
+        ("limit user 20 per 1m\nlimit global 60 per 10s\n", True),
+        ("limit user tokens 20000 per 1m\n", False),  # tokens: the limiter, every time
+    ],
+)
+def test_request_limits_admitted_by_the_store_alone(
+    tmp_path: Path, limits: str, fast: bool
+) -> None:
+    """Plain request-count limits: a request whose buckets all have room is admitted by the
+    memory store's `consume_all` without the limiter's verdict (`fast_limits` of them, all
+    the allowed); a denied one is asked of the limiter; the decisions, in time order, are
+    `evaluate_lean`'s one by one. Other limits are the limiter's alone."""
+    from engine.replay.batch import Asked, BatchSide
+
+    policy = tmp_path / "limits.policy"
+    policy.write_text(MEMO_POLICY + limits)
+    rng = random.Random(4)
+    requests = _memo_requests(500)
+    times = [1_800_000_000.0 + i * 0.05 for i in range(len(requests))]
+    for request in requests:
+        request["user"] = f"u{rng.randrange(12)}"
+    clock = _SimClock(times[0])
+    side = BatchSide(PolicyEngine(policy, clock=clock), lambda at: setattr(clock, "now", at))
+    got = side.decide(
+        [Asked(at, dict(r), None) for at, r in zip(times, requests, strict=True)],
+        lambda e, o: None,
+    )
+    single = PolicyEngine(policy, clock=clock)
+    want = []
+    for at, request in zip(times, requests, strict=True):
+        clock.now = at
+        want.append(single.evaluate_lean(dict(request)))
+    assert got == want
+    allowed = sum(lean.allowed for lean in got)
+    limited = sum(lean.denied not in (None, "blocked region") for lean in got)
+    assert limited > 10 and allowed > 100
+    assert side.fast_limits == (allowed if fast else 0)

@@ -134,6 +134,8 @@ class BatchSide:
         # a route's name -> (the route, `_kind` of it), found once
         self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
         self.envs = _Envs()
+        self.fast: _FastLimits | None = None  # (None: not yet asked of this policy's limits)
+        self.fast_limits = 0  # requests admitted by `_FastLimits` (the limiter not asked)
 
     def decide(
         self,
@@ -297,6 +299,9 @@ class BatchSide:
         program = engine.program
         limiter = engine.limiter
         limits = program.limits
+        fast = self.fast
+        if fast is None or fast.limits is not limits:
+            fast = self.fast = _FastLimits.of(limiter, limits)
         for row in rows:
             self.batched += 1
             if row.lean is not None:
@@ -308,6 +313,14 @@ class BatchSide:
             k = 0
             if limits:
                 self.set_now(row.at)
+                if fast is not None and fast.took(row.env, row.at):
+                    self.fast_limits += 1
+                    model = table.models[ranked[0]]
+                    out[row.slot] = Lean(
+                        True, route.name, model.provider, model.id, None,
+                        round(costs[0], 10), round(row.lats[0], 3),
+                    )  # fmt: skip
+                    continue
                 verdict = limiter.check(
                     limits,
                     row.env,
@@ -352,6 +365,70 @@ class BatchSide:
         row.ranked = [pos[s] for s in order]
         row.costs = [costs[s] for s in order]
         row.lats = [lats[s] for s in order]
+
+
+class _FastLimits:
+    """The limiter's check of a request every bucket of which has room, when the policy's
+    limits are plain request counts keyed by a request field (or global) on a plain memory
+    store: the same buckets (`Limiter.check`'s, in its order) consumed by the store's
+    `consume_all`, without the verdict's statuses and the allowed tallies (a replay reads
+    neither). A request a bucket has no room for is asked of `Limiter.check` (nothing has
+    changed then), as is every request of any other policy (`of` gives None)."""
+
+    __slots__ = ("consume_all", "limits", "parts")
+
+    def __init__(
+        self,
+        limits: tuple[Any, ...],
+        consume_all: Any,
+        parts: list[tuple[str | None, list[tuple[str, float, float]]]],
+    ) -> None:
+        self.limits = limits
+        self.consume_all = consume_all
+        self.parts = parts  # (the key's request field, None: global; (prefix, capacity, rate))
+
+    @classmethod
+    def of(cls, limiter: Any, limits: tuple[Any, ...]) -> _FastLimits | None:
+        from engine.limits.limiter import _Plan, group_limits
+
+        consume_all = limiter._consume_all
+        if (
+            not limits
+            or consume_all is None
+            or limiter._reserving
+            or limiter.events is not None
+            or limiter.store.quotas()
+        ):
+            return None
+        plan = _Plan(group_limits(limits))
+        if plan.shadow is not None or plan.inflight or plan.per_candidate:
+            return None
+        parts: list[tuple[str | None, list[tuple[str, float, float]]]] = []
+        for part in plan.shared:
+            if not (part.requests and part.plain and (part.is_global or part.key_field)):
+                return None
+            buckets = [(a.prefix, a.capacity, a.rate) for a in part.defaults]
+            parts.append((None if part.is_global else part.key_field, buckets))
+        return cls(limits, consume_all, parts)
+
+    def took(self, env: Mapping[str, Any], at: float) -> bool:
+        """Whether the request's buckets all had room and are consumed (False: nothing
+        consumed; ask the limiter)."""
+        buckets: list[tuple[str, float, float, float]] = []
+        for field, specs in self.parts:
+            if field is None:
+                key = ""
+            else:
+                key = env[field]
+                if key is None or key == "":
+                    continue
+                if type(key) is not str:
+                    return False
+            for prefix, capacity, rate in specs:
+                buckets.append((prefix + key, capacity, rate, 1.0))
+        if not buckets:
+            return False
+        return self.consume_all(buckets, at * 1000.0) is not None
 
 
 class _Envs:
