@@ -461,3 +461,36 @@ def test_request_limits_admitted_by_the_store_alone(
     limited = sum(lean.denied not in (None, "blocked region") for lean in got)
     assert limited > 10 and allowed > 100
     assert side.fast_limits == (allowed if fast else 0)
+
+
+def test_a_chunk_is_counted_as_its_decisions_one_by_one() -> None:
+    """`_count_all` (a chunk's verdicts folded) makes the report `_count` makes of them one
+    by one: the same sums to the last bit (added in the same order), hours, model counts,
+    changes and examples; in time order and out of it."""
+    from engine.analytics.decision_log import LoggedDecision
+    from engine.replay.run import ReplayReport, Verdict, _count, _count_all
+
+    rng = random.Random(6)
+    verdicts = [
+        Verdict(True, "r", f"p/m{i}", None, rng.random() / 7, rng.uniform(100, 900), i % 3 > 0)
+        for i in range(4)
+    ] + [Verdict(False, "r", None, "user", None, None, False)]
+    for shuffled in (False, True):
+        ats = sorted(1_800_000_000.0 + rng.uniform(0, 4 * 3600) for _ in range(3000))
+        if shuffled:
+            rng.shuffle(ats)
+        decisions = [
+            LoggedDecision(at, f"d{i}", True, "r", None, None, None, None, None, None)
+            for i, at in enumerate(ats)
+        ]
+        befores = [rng.choice(verdicts) for _ in ats]
+        afters = [rng.choice((b, *verdicts)) for b in befores]
+        one, folded = ReplayReport(), ReplayReport()
+        for d, before, after in zip(decisions, befores, afters, strict=True):
+            _count(one, d.at, d.request_id, before, after)
+        for start in range(0, len(ats), 700):  # chunks
+            end = start + 700
+            _count_all(folded, decisions[start:end], befores[start:end], afters[start:end])
+        assert len(one.hours) >= 4 and one.changed > 100
+        assert folded == one
+        assert list(folded.hours) == list(one.hours)
