@@ -494,3 +494,31 @@ def test_a_chunk_is_counted_as_its_decisions_one_by_one() -> None:
         assert len(one.hours) >= 4 and one.changed > 100
         assert folded == one
         assert list(folded.hours) == list(one.hours)
+
+
+@pytest.mark.parametrize(
+    "extra", ["", 'route vip when request.user == "user-3" { strategy cost }\n']
+)
+def test_a_shapes_route_is_chosen_once(tmp_path: Path, extra: str) -> None:
+    """Logged requests whose conditions read only fields of their shape take the route
+    chosen for the shape's first request (a route per shape, no signature built per
+    request); a policy that reads the user chooses per signature. The decisions are
+    `evaluate_lean`'s one by one."""
+    from engine.replay.batch import Asked, BatchSide
+
+    policy = tmp_path / "shapes.policy"
+    policy.write_text(MEMO_POLICY + extra)
+    requests = _features(600, random.Random(9))
+    clock = _SimClock(1_800_000_000.0)
+    side = BatchSide(PolicyEngine(policy, clock=clock), lambda at: setattr(clock, "now", at))
+    got = side.decide([Asked(clock.now, dict(r), None) for r in requests], lambda e, o: None)
+    single = PolicyEngine(policy, clock=clock)
+    assert got == [single.evaluate_lean(dict(r)) for r in requests]
+    shapes = {_shape(r) for r in requests}
+    assert side.envs.built == len(shapes) and side.envs.whole == 0
+    if extra:
+        assert side.shape_routes is None
+        assert {lean.route for lean in got} >= {"vip", "flagged", "numbered"}
+    else:
+        assert side.shape_routes is not None and len(side.shape_routes) == len(shapes)
+        assert side.conditions < len(shapes)  # shapes of one signature share its route

@@ -59,6 +59,8 @@ CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then forgotten)
 _encode = msgspec.json.Encoder().encode
+# the fields of a logged request `_Envs` keeps out of its shape (and those made of them)
+PER_ROW = frozenset({"id", "key", "user", "ip", "input_tokens"})
 SHAPES_KEPT = 1 << 12  # environment templates remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
@@ -134,6 +136,12 @@ class BatchSide:
         # a route's name -> (the route, `_kind` of it), found once
         self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
         self.envs = _Envs()
+        # a shape's route (`_Envs`), when the conditions read no field a shape leaves out
+        self.shape_routes: dict[bytes, CompiledRoute | None] | None = None
+        if self.reads is not None and not any(
+            not meta and name in PER_ROW for meta, name in self.reads
+        ):
+            self.shape_routes = {}
         self.fast: _FastLimits | None = None  # (None: not yet asked of this policy's limits)
         self.fast_limits = 0  # requests admitted by `_FastLimits` (the limiter not asked)
 
@@ -187,13 +195,23 @@ class BatchSide:
         program = engine.program
         if program.live_requires:
             return None
+        shape = None
         if asked.request_id is None:
             env = self.envs.env(asked.request, asked.conversation)
+            shape = self.envs.shape
         else:
             env = env_of(asked.request, request_id=asked.request_id)
             if asked.conversation is not None:
                 env["conversation"] = asked.conversation
-        route = self._route(env)
+        by_shape = self.shape_routes
+        if shape is None or by_shape is None:
+            route = self._route(env)
+        else:  # the fields the conditions read are the shape's: its route is theirs
+            route = by_shape.get(shape, self)  # type: ignore[arg-type]
+            if route is self:
+                if len(by_shape) >= ROUTES_KEPT:
+                    by_shape.clear()
+                route = by_shape[shape] = self._route(env)
         if route is None:
             return None
         split = route.split
@@ -448,9 +466,11 @@ class _Envs:
         self.templates: dict[bytes, dict[str, Any] | None] = {}
         self.built = 0  # templates made (`fast_env` calls)
         self.whole = 0  # requests given to `env_of` as they are
+        self.shape: bytes | None = None  # the last request's shape (None: taken whole)
 
     def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
         """The request's environment, its conversation `conversation` (None: its own)."""
+        self.shape = None
         if type(request) is not dict:
             return self._whole(request, conversation)
         rest = request.copy()
@@ -501,6 +521,7 @@ class _Envs:
         env["conversation"] = (
             Conversation(NATIVE, request) if conversation is None else conversation
         )
+        self.shape = key
         return env
 
     def _whole(
