@@ -62,9 +62,13 @@ def _both(log_source: str, policy: Path, baseline: Path | None = None, **kw: obj
 
 
 def test_the_replay_tests_logs_give_the_same_report_on_both_paths(tmp_path: Path) -> None:
+    import gc
+
     state = _write_log(tmp_path)
     new, old = tmp_path / "new.policy", tmp_path / "old.policy"
+    thresholds = gc.get_threshold()
     same = _both(str(state), old)
+    assert gc.get_threshold() == thresholds  # the replay's own, restored
     assert same["replayed"] == 400 and same["changed"] == 0
     assert same["denials_added"] == {} and same["before"]["denied"] > 0  # limits denied
     moved = _both(str(state), new)
