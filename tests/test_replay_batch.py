@@ -62,9 +62,13 @@ def _both(log_source: str, policy: Path, baseline: Path | None = None, **kw: obj
 
 
 def test_the_replay_tests_logs_give_the_same_report_on_both_paths(tmp_path: Path) -> None:
+    import gc
+
     state = _write_log(tmp_path)
     new, old = tmp_path / "new.policy", tmp_path / "old.policy"
+    thresholds = gc.get_threshold()
     same = _both(str(state), old)
+    assert gc.get_threshold() == thresholds  # the replay's own, restored
     assert same["replayed"] == 400 and same["changed"] == 0
     assert same["denials_added"] == {} and same["before"]["denied"] > 0  # limits denied
     moved = _both(str(state), new)
@@ -355,3 +359,170 @@ def test_conditions_on_prompt_features_are_evaluated_per_request(tmp_path: Path)
     got, want, side = _decided(policy, requests)
     assert got == want
     assert side.reads is None and side.conditions == len(requests)  # type: ignore[attr-defined]
+
+
+def _features(n: int, rng: random.Random) -> list[dict]:
+    """Logged request features (as a replay reads them back): a few shapes, each request
+    its own id, user, IP and token estimate."""
+    out = []
+    for i in range(n):
+        request: dict = {
+            "user": f"user-{rng.randrange(50)}",
+            "ip": f"10.0.{rng.randrange(4)}.{rng.randrange(256)}",
+            "input_tokens": rng.randrange(1, 5000),
+            "metadata": {"flag": rng.choice((True, 1, 1.0, "1"))},
+            "id": f"f{i}",
+        }
+        if rng.random() < 0.5:
+            request["max_tokens"] = 256
+        if rng.random() < 0.3:
+            request["requires_tools"] = True
+        out.append(request)
+    return out
+
+
+def _shape(request: dict) -> tuple:
+    rest = {k: v for k, v in request.items() if k not in ("id", "user", "ip", "input_tokens")}
+    return tuple((k, type(v), json.dumps(v)) for k, v in rest.items())
+
+
+def test_an_environment_is_built_once_per_distinct_shape() -> None:
+    """`fast_env` runs once per distinct shape of a logged request (its fields but the id,
+    user, IP and token estimate, each value with its type); every environment equals
+    `env_of`'s of the request; a request whose own fields fail a check, or with a null
+    field, goes through `env_of` whole."""
+    from engine.replay.batch import _Envs
+    from engine.routing.request import RequestError, env_of
+
+    requests = _features(800, random.Random(8))
+    envs = _Envs()
+    for request in requests:
+        got, want = envs.env(dict(request), None), env_of(dict(request))
+        assert got.pop("conversation").body == want.pop("conversation").body == request
+        assert got == want
+    distinct = {_shape(r) for r in requests}
+    assert 8 <= len(distinct) < 30
+    assert envs.built == len(distinct) and envs.whole == 0
+    odd = [
+        {"id": "a", "ip": "010.1.1.1", "input_tokens": 3},  # an IP fast_env does not take
+        {"id": "b", "ip": "10.1.1.1", "input_tokens": 3},  # a new shape: a template
+        {"id": "c", "user": "\ud800", "input_tokens": 3},  # a lone surrogate
+        {"id": "d", "input_tokens": -1},
+        {"id": "e", "input_tokens": 3, "metadata": {"flag": None}},
+        {"id": "f", "input_tokens": 3.0},
+        {"id": "g", "prompt": "no estimate"},
+    ]
+    for request in odd:
+        try:
+            want = env_of(dict(request))
+        except RequestError as err:
+            with pytest.raises(RequestError) as raised:
+                envs.env(dict(request), None)
+            assert str(raised.value) == str(err)
+            continue
+        got = envs.env(dict(request), None)
+        assert got.pop("conversation").body == want.pop("conversation").body
+        assert got == want
+    assert envs.whole == len(odd) - 1  # all but `b`
+
+
+@pytest.mark.parametrize(
+    ("limits", "fast"),
+    [
+        ("limit user 20 per 1m\nlimit global 60 per 10s\n", True),
+        ("limit user tokens 20000 per 1m\n", False),  # tokens: the limiter, every time
+    ],
+)
+def test_request_limits_admitted_by_the_store_alone(
+    tmp_path: Path, limits: str, fast: bool
+) -> None:
+    """Plain request-count limits: a request whose buckets all have room is admitted by the
+    memory store's `consume_all` without the limiter's verdict (`fast_limits` of them, all
+    the allowed); a denied one is asked of the limiter; the decisions, in time order, are
+    `evaluate_lean`'s one by one. Other limits are the limiter's alone."""
+    from engine.replay.batch import Asked, BatchSide
+
+    policy = tmp_path / "limits.policy"
+    policy.write_text(MEMO_POLICY + limits)
+    rng = random.Random(4)
+    requests = _memo_requests(500)
+    times = [1_800_000_000.0 + i * 0.05 for i in range(len(requests))]
+    for request in requests:
+        request["user"] = f"u{rng.randrange(12)}"
+    clock = _SimClock(times[0])
+    side = BatchSide(PolicyEngine(policy, clock=clock), lambda at: setattr(clock, "now", at))
+    got = side.decide(
+        [Asked(at, dict(r), None) for at, r in zip(times, requests, strict=True)],
+        lambda e, o: None,
+    )
+    single = PolicyEngine(policy, clock=clock)
+    want = []
+    for at, request in zip(times, requests, strict=True):
+        clock.now = at
+        want.append(single.evaluate_lean(dict(request)))
+    assert got == want
+    allowed = sum(lean.allowed for lean in got)
+    limited = sum(lean.denied not in (None, "blocked region") for lean in got)
+    assert limited > 10 and allowed > 100
+    assert side.fast_limits == (allowed if fast else 0)
+
+
+def test_a_chunk_is_counted_as_its_decisions_one_by_one() -> None:
+    """`_count_all` (a chunk's verdicts folded) makes the report `_count` makes of them one
+    by one: the same sums to the last bit (added in the same order), hours, model counts,
+    changes and examples; in time order and out of it."""
+    from engine.analytics.decision_log import LoggedDecision
+    from engine.replay.run import ReplayReport, Verdict, _count, _count_all
+
+    rng = random.Random(6)
+    verdicts = [
+        Verdict(True, "r", f"p/m{i}", None, rng.random() / 7, rng.uniform(100, 900), i % 3 > 0)
+        for i in range(4)
+    ] + [Verdict(False, "r", None, "user", None, None, False)]
+    for shuffled in (False, True):
+        ats = sorted(1_800_000_000.0 + rng.uniform(0, 4 * 3600) for _ in range(3000))
+        if shuffled:
+            rng.shuffle(ats)
+        decisions = [
+            LoggedDecision(at, f"d{i}", True, "r", None, None, None, None, None, None)
+            for i, at in enumerate(ats)
+        ]
+        befores = [rng.choice(verdicts) for _ in ats]
+        afters = [rng.choice((b, *verdicts)) for b in befores]
+        one, folded = ReplayReport(), ReplayReport()
+        for d, before, after in zip(decisions, befores, afters, strict=True):
+            _count(one, d.at, d.request_id, before, after)
+        for start in range(0, len(ats), 700):  # chunks
+            end = start + 700
+            _count_all(folded, decisions[start:end], befores[start:end], afters[start:end])
+        assert len(one.hours) >= 4 and one.changed > 100
+        assert folded == one
+        assert list(folded.hours) == list(one.hours)
+
+
+@pytest.mark.parametrize(
+    "extra", ["", 'route vip when request.user == "user-3" { strategy cost }\n']
+)
+def test_a_shapes_route_is_chosen_once(tmp_path: Path, extra: str) -> None:
+    """Logged requests whose conditions read only fields of their shape take the route
+    chosen for the shape's first request (a route per shape, no signature built per
+    request); a policy that reads the user chooses per signature. The decisions are
+    `evaluate_lean`'s one by one."""
+    from engine.replay.batch import Asked, BatchSide
+
+    policy = tmp_path / "shapes.policy"
+    policy.write_text(MEMO_POLICY + extra)
+    requests = _features(600, random.Random(9))
+    clock = _SimClock(1_800_000_000.0)
+    side = BatchSide(PolicyEngine(policy, clock=clock), lambda at: setattr(clock, "now", at))
+    got = side.decide([Asked(clock.now, dict(r), None) for r in requests], lambda e, o: None)
+    single = PolicyEngine(policy, clock=clock)
+    assert got == [single.evaluate_lean(dict(r)) for r in requests]
+    shapes = {_shape(r) for r in requests}
+    assert side.envs.built == len(shapes) and side.envs.whole == 0
+    if extra:
+        assert side.shape_routes is None
+        assert {lean.route for lean in got} >= {"vip", "flagged", "numbered"}
+    else:
+        assert side.shape_routes is not None and len(side.shape_routes) == len(shapes)
+        assert side.conditions < len(shapes)  # shapes of one signature share its route

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgspec
+
 from engine.analytics.decision_log import LoggedOutcome
 from engine.api.policy_engine import PolicyEngine
 from engine.language.program import CompiledRoute, Program, RouteTable
@@ -45,15 +47,21 @@ from engine.routing.evaluator import (
     lean_of,
     measured_columns,
 )
-from engine.routing.request import env_of
+from engine.routing.request import _SURROGATE, _normal_ip, env_of, fast_env
 from engine.routing.request_log import Unlogged
 from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
+from engine.units import MAX_TOKENS
+from engine.wire import NATIVE
 from engine.wire.features import Conversation
 
 CHUNK = 4096  # requests ranked together at most
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then forgotten)
+_encode = msgspec.json.Encoder().encode
+# the fields of a logged request `_Envs` keeps out of its shape (and those made of them)
+PER_ROW = frozenset({"id", "key", "user", "ip", "input_tokens"})
+SHAPES_KEPT = 1 << 12  # environment templates remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
 
@@ -127,6 +135,15 @@ class BatchSide:
         self.conditions = 0  # times the deny rules and route conditions were evaluated
         # a route's name -> (the route, `_kind` of it), found once
         self.kinds: dict[str, tuple[CompiledRoute, bool, bool]] = {}
+        self.envs = _Envs()
+        # a shape's route (`_Envs`), when the conditions read no field a shape leaves out
+        self.shape_routes: dict[bytes, CompiledRoute | None] | None = None
+        if self.reads is not None and not any(
+            not meta and name in PER_ROW for meta, name in self.reads
+        ):
+            self.shape_routes = {}
+        self.fast: _FastLimits | None = None  # (None: not yet asked of this policy's limits)
+        self.fast_limits = 0  # requests admitted by `_FastLimits` (the limiter not asked)
 
     def decide(
         self,
@@ -178,10 +195,23 @@ class BatchSide:
         program = engine.program
         if program.live_requires:
             return None
-        env = env_of(asked.request, request_id=asked.request_id)
-        if asked.conversation is not None:
-            env["conversation"] = asked.conversation
-        route = self._route(env)
+        shape = None
+        if asked.request_id is None:
+            env = self.envs.env(asked.request, asked.conversation)
+            shape = self.envs.shape
+        else:
+            env = env_of(asked.request, request_id=asked.request_id)
+            if asked.conversation is not None:
+                env["conversation"] = asked.conversation
+        by_shape = self.shape_routes
+        if shape is None or by_shape is None:
+            route = self._route(env)
+        else:  # the fields the conditions read are the shape's: its route is theirs
+            route = by_shape.get(shape, self)  # type: ignore[arg-type]
+            if route is self:
+                if len(by_shape) >= ROUTES_KEPT:
+                    by_shape.clear()
+                route = by_shape[shape] = self._route(env)
         if route is None:
             return None
         split = route.split
@@ -287,6 +317,9 @@ class BatchSide:
         program = engine.program
         limiter = engine.limiter
         limits = program.limits
+        fast = self.fast
+        if fast is None or fast.limits is not limits:
+            fast = self.fast = _FastLimits.of(limiter, limits)
         for row in rows:
             self.batched += 1
             if row.lean is not None:
@@ -298,6 +331,14 @@ class BatchSide:
             k = 0
             if limits:
                 self.set_now(row.at)
+                if fast is not None and fast.took(row.env, row.at):
+                    self.fast_limits += 1
+                    model = table.models[ranked[0]]
+                    out[row.slot] = Lean(
+                        True, route.name, model.provider, model.id, None,
+                        round(costs[0], 10), round(row.lats[0], 3),
+                    )  # fmt: skip
+                    continue
                 verdict = limiter.check(
                     limits,
                     row.env,
@@ -342,6 +383,155 @@ class BatchSide:
         row.ranked = [pos[s] for s in order]
         row.costs = [costs[s] for s in order]
         row.lats = [lats[s] for s in order]
+
+
+class _FastLimits:
+    """The limiter's check of a request every bucket of which has room, when the policy's
+    limits are plain request counts keyed by a request field (or global) on a plain memory
+    store: the same buckets (`Limiter.check`'s, in its order) consumed by the store's
+    `consume_all`, without the verdict's statuses and the allowed tallies (a replay reads
+    neither). A request a bucket has no room for is asked of `Limiter.check` (nothing has
+    changed then), as is every request of any other policy (`of` gives None)."""
+
+    __slots__ = ("consume_all", "limits", "parts")
+
+    def __init__(
+        self,
+        limits: tuple[Any, ...],
+        consume_all: Any,
+        parts: list[tuple[str | None, list[tuple[str, float, float]]]],
+    ) -> None:
+        self.limits = limits
+        self.consume_all = consume_all
+        self.parts = parts  # (the key's request field, None: global; (prefix, capacity, rate))
+
+    @classmethod
+    def of(cls, limiter: Any, limits: tuple[Any, ...]) -> _FastLimits | None:
+        from engine.limits.limiter import _Plan, group_limits
+
+        consume_all = limiter._consume_all
+        if (
+            not limits
+            or consume_all is None
+            or limiter._reserving
+            or limiter.events is not None
+            or limiter.store.quotas()
+        ):
+            return None
+        plan = _Plan(group_limits(limits))
+        if plan.shadow is not None or plan.inflight or plan.per_candidate:
+            return None
+        parts: list[tuple[str | None, list[tuple[str, float, float]]]] = []
+        for part in plan.shared:
+            if not (part.requests and part.plain and (part.is_global or part.key_field)):
+                return None
+            buckets = [(a.prefix, a.capacity, a.rate) for a in part.defaults]
+            parts.append((None if part.is_global else part.key_field, buckets))
+        return cls(limits, consume_all, parts)
+
+    def took(self, env: Mapping[str, Any], at: float) -> bool:
+        """Whether the request's buckets all had room and are consumed (False: nothing
+        consumed; ask the limiter)."""
+        buckets: list[tuple[str, float, float, float]] = []
+        for field, specs in self.parts:
+            if field is None:
+                key = ""
+            else:
+                key = env[field]
+                if key is None or key == "":
+                    continue
+                if type(key) is not str:
+                    return False
+            for prefix, capacity, rate in specs:
+                buckets.append((prefix + key, capacity, rate, 1.0))
+        if not buckets:
+            return False
+        return self.consume_all(buckets, at * 1000.0) is not None
+
+
+class _Envs:
+    """Evaluation environments of logged requests, one template per distinct shape.
+
+    A logged request's features differ from one request to the next in a few fields
+    (its id, user, IP and token estimate); the rest (the requested model, the limits it
+    set, its requirements, the metadata the policy reads) take a few distinct values over
+    a log (a shape: their JSON text). `fast_env` checks each field on its own, so a request
+    whose other fields (each with its type) equal a template's, and whose own fields pass the checks
+    `fast_env` makes of them, has the template's environment with its own fields in it:
+    `fast_env` runs once per distinct shape (`built`), not once per request. A request with
+    no `input_tokens` (the estimate then reads the prompt), a request `fast_env` does not
+    take, or a field that fails a check, goes through `env_of` as it is."""
+
+    def __init__(self) -> None:
+        self.templates: dict[bytes, dict[str, Any] | None] = {}
+        self.built = 0  # templates made (`fast_env` calls)
+        self.whole = 0  # requests given to `env_of` as they are
+        self.shape: bytes | None = None  # the last request's shape (None: taken whole)
+
+    def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
+        """The request's environment, its conversation `conversation` (None: its own)."""
+        self.shape = None
+        if type(request) is not dict:
+            return self._whole(request, conversation)
+        rest = request.copy()
+        pop = rest.pop
+        request_id, user = pop("id", None), pop("user", None)
+        ip, tokens = pop("ip", None), pop("input_tokens", None)
+        if (
+            type(request_id) is not str
+            or type(tokens) is not int
+            or not 0 <= tokens <= MAX_TOKENS
+            or (user is not None and type(user) is not str)
+            or (ip is not None and type(ip) is not str)
+        ):
+            return self._whole(request, conversation)
+        # the shape: the other fields as JSON (each value's type shows: `true`, `1`, `1.0`,
+        # `"1"`), unless one is null (None, NaN and inf all are): then no template
+        try:
+            key = _encode(rest)
+        except (TypeError, ValueError):
+            return self._whole(request, conversation)
+        if b":null" in key or b"[null" in key or b",null" in key:
+            return self._whole(request, conversation)
+        templates = self.templates
+        template = templates.get(key, self)
+        if template is self:
+            self.built += 1
+            # made of the shape alone (None: `env_of` takes each request of it whole)
+            template = fast_env({**rest, "id": "", "input_tokens": 0})
+            if len(templates) >= SHAPES_KEPT:
+                templates.clear()
+            templates[key] = template
+        if template is None:
+            return self._whole(request, conversation)
+        for text in (request_id, user):
+            if text is not None and not text.isascii() and _SURROGATE.search(text):
+                return self._whole(request, conversation)
+        if ip is not None:
+            ip = _normal_ip(ip)
+            if ip is None:
+                return self._whole(request, conversation)
+        env = template.copy()
+        env["id"] = env["key"] = request_id
+        env["user"] = user
+        env["ip"] = ip
+        env["input_tokens"] = float(tokens)
+        env["metadata"] = dict(template["metadata"])
+        env["tags"] = list(template["tags"])
+        env["conversation"] = (
+            Conversation(NATIVE, request) if conversation is None else conversation
+        )
+        self.shape = key
+        return env
+
+    def _whole(
+        self, request: Mapping[str, Any], conversation: Conversation | None
+    ) -> dict[str, Any]:
+        self.whole += 1
+        env = env_of(request)
+        if conversation is not None:
+            env["conversation"] = conversation
+        return env
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:

@@ -20,8 +20,11 @@ requests are counted and flagged.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import gc
 import math
+import operator
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,6 +53,7 @@ from engine.routing.request_log import HASHED_PREFIX, Unlogged, logged_conversat
 EXAMPLES = 3  # example request ids kept per kind of change
 PROGRESS_EVERY = 4096  # logged requests between two calls of replay's `progress`
 KEPT_VERDICTS = 4096  # measured verdicts remembered (by decision) at most
+GC_YOUNG = 50_000  # allocations between two scans of the youngest GC generation, replaying
 
 
 class ReplayError(PolicyctlError, exit_code=EXIT_BAD_INPUT):
@@ -308,8 +312,13 @@ def replay(
         if shard.count > 1:
             report.approximate = sorted({name for e in sides for name in approximate_limits(e)})
     # what exists now (the engines, their catalogs, the modules) is not garbage: kept out
-    # of the cyclic collector's scans while the replay allocates (a chunk's requests)
+    # of the cyclic collector's scans while the replay allocates (a chunk's requests);
+    # and the youngest generation scanned every GC_YOUNG allocations, not every 700 (a
+    # chunk's requests, environments and rows are thousands of short-lived containers):
+    # bounded, so memory stays flat, and restored after
+    thresholds = gc.get_threshold()
     gc.freeze()
+    gc.set_threshold(max(thresholds[0], GC_YOUNG), *thresholds[1:])
     try:
         if batch and all(e.decides_lean for e in sides):
             _batched(report, log, warm_s, warm_until, clock, new, base, measured, shard,
@@ -318,6 +327,7 @@ def replay(
             _one_by_one(report, log, warm_s, warm_until, clock, new, base, measured, shard,
                         literal, progress, batch)  # fmt: skip
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
         for engine in sides:
             engine.close()
@@ -385,17 +395,27 @@ def _batched(
     def flush() -> None:
         afters = after_side.decide(events, record_after)
         befores = None if before_side is None else before_side.decide(events, record_before)
+        kept: list[LoggedDecision] = []
+        after_verdicts: list[Verdict] = []
+        before_verdicts: list[Verdict] = []
+        lean, logged = measured.lean, measured.logged
         for i, event in enumerate(asked):
-            made = afters[i] if befores is None else (afters[i], befores[i])
-            unlogged = _unlogged(made)
-            if unlogged is not None:  # a field the log never kept: counted, not decided
-                report.unlogged[unlogged.field] += 1
-                continue
-            after = measured.lean(afters[i])  # type: ignore[arg-type]
-            before = (
-                measured.logged(event) if befores is None else measured.lean(befores[i])  # type: ignore[arg-type]
+            after_lean = afters[i]
+            before_lean = None if befores is None else befores[i]
+            if type(after_lean) is not Lean or (
+                before_lean is not None and type(before_lean) is not Lean
+            ):
+                made = after_lean if befores is None else (after_lean, before_lean)
+                unlogged = _unlogged(made)
+                if unlogged is not None:  # a field the log never kept: counted, not decided
+                    report.unlogged[unlogged.field] += 1
+                    continue
+            kept.append(event)
+            after_verdicts.append(lean(after_lean))  # type: ignore[arg-type]
+            before_verdicts.append(
+                logged(event) if before_lean is None else lean(before_lean)  # type: ignore[arg-type]
             )
-            _count(report, event.at, event.request_id, before, after)
+        _count_all(report, kept, before_verdicts, after_verdicts)
         events.clear()
         asked.clear()
 
@@ -517,6 +537,54 @@ def _record(engine: PolicyEngine, o: LoggedOutcome) -> None:
         return
 
 
+def _count_all(
+    report: ReplayReport,
+    decisions: list[LoggedDecision],
+    befores: list[Verdict],
+    afters: list[Verdict],
+) -> None:
+    """`_count` of each decision (its verdicts before and after), in order, folded: the
+    same totals (each sum added to in the same order), hours, model counts and changes."""
+    n = len(decisions)
+    if not n:
+        return
+    report.replayed += n
+    ats = [d.at for d in decisions]
+    _add_all(report.before, befores)
+    _add_all(report.after, afters)
+    hours = [int(at // HOUR_S) * HOUR_S for at in ats]
+    start = 0
+    while start < n:  # runs of one hour (the log is in time order: a few runs per chunk)
+        first = hours[start]
+        end = bisect.bisect_right(hours, first, start)
+        if end <= start or hours[start:end].count(first) != end - start:
+            end = start + 1  # out of time order here: one at a time
+        hour = report.hours.get(first)
+        if hour is None:
+            hour = report.hours[first] = Hour()
+        _add_all(hour.before, befores[start:end])
+        _add_all(hour.after, afters[start:end])
+        start = end
+    report.models_before.update([v.target for v in befores if v.allowed and v.target])
+    report.models_after.update([v.target for v in afters if v.allowed and v.target])
+    for i, (before, after) in enumerate(zip(befores, afters, strict=True)):
+        if before is after or (before.allowed == after.allowed and before.target == after.target):
+            continue
+        _changed(report, ats[i], decisions[i].request_id, before, after)
+
+
+def _add_all(totals: Totals, verdicts: list[Verdict]) -> None:
+    """`Totals.add` of each verdict, in order (the sums added to one by one, in order)."""
+    served = [v for v in verdicts if v.allowed]
+    totals.denied += len(verdicts) - len(served)
+    totals.served += len(served)
+    totals.cost = functools.reduce(operator.add, [v.cost or 0.0 for v in served], totals.cost)
+    totals.latency_ms = functools.reduce(
+        operator.add, [v.latency_ms or 0.0 for v in served], totals.latency_ms
+    )
+    totals.from_priors += sum([not v.measured for v in served])
+
+
 def _count(
     report: ReplayReport, at: float, request_id: str | None, before: Verdict, after: Verdict
 ) -> None:
@@ -534,8 +602,13 @@ def _count(
     if after.allowed and after.target:
         report.models_after[after.target] += 1
     differs = (before.allowed, before.target) != (after.allowed, after.target)
-    if not differs:
-        return
+    if differs:
+        _changed(report, at, request_id, before, after)
+
+
+def _changed(
+    report: ReplayReport, at: float, request_id: str | None, before: Verdict, after: Verdict
+) -> None:
     report.changed += 1
     report.by_route[after.route or "(denied before routing)"] += 1
     pair = (before.label(), after.label())
