@@ -30,6 +30,7 @@ Standard library only (and `engine.tokens`): the router calls this per request.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -129,22 +130,11 @@ class Conversation:
         if found is not None and found[0] is weights:
             return found[1]  # type: ignore[no-any-return]
         plan = _PLANS.get(key)
-        reads, terms = plan[1] if plan is not None and plan[0] is weights else _plan(weights)
+        reads, score_of = plan[1] if plan is not None and plan[0] is weights else _plan(weights)
         missing = reads.difference(values) if values else reads
         if missing:
             _derive(self, missing)
-        total = 0.0
-        for name, weight, scale, offset in terms:
-            value = values[name]
-            if scale:  # weight × min(1, max(0, value - offset) / scale), without the calls
-                value -= offset
-                if value > 0:  # (else it adds 0.0)
-                    total += weight * (value / scale if value < scale else 1.0)
-            elif value is True:
-                total += weight  # (× 1.0; a false flag adds 0.0)
-        score = round(total, 6)
-        if score > 1.0:  # (at most 1)
-            score = 1.0
+        score = score_of(values)
         values[key] = (weights, score)
         _scores[0] += 1
         return score
@@ -580,112 +570,119 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
     """Derive the features `names` into `conv.values`, in one pass: the conversation's
     shape is walked once, each text is read once (the last turn's and the system prompts'
     reads are kept on the conversation for a later call), and each check runs only for a
-    feature asked for. The one home of every heuristic (docs/requests.md says them)."""
+    feature asked for: the pass is a function made once per set of features (`_work`)."""
     found = _derived.get(names)  # type: ignore[call-overload]
     if found is None:
         found = _derived[frozenset(names)] = (_work(names), [0])
-    (
-        turns,
-        tool_results,
-        last_tokens,
-        tokens,
-        last_checks,
-        code,
-        math,
-        multi_step,
-        system_checks,
-        system_reasoning,
-        system_json,
-        script,
-    ) = found[0]
     found[1][0] += 1
-    values = conv.values
-    shape = conv._shape or conv.shape()
-    recent = shape.recent
-    if turns:
-        values["turns"] = shape.turns
-    if tool_results:
-        values["tool_results"] = shape.tool
-    if last_tokens:
-        last = recent[-1] if recent else ()
-        values["last_tokens"] = (
-            estimate_text_tokens(last[0])
-            if len(last) == 1
-            else sum(map(estimate_text_tokens, last))
-        )
-    if tokens:
-        values["tokens"] = sum(
-            estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
-        )
-    if last_checks:
-        read = conv._last
-        if read is None:
-            read = conv._last = _read(recent[-1] if recent else ())
-        lower, kinds, raw = read
-        hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
-        if code:
-            code = False
-            for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
-                for text in texts:
-                    if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
-                        code = True
-            if not code and ((hints and hints.translate(None, _MATH_ONLY)) or kinds & _K_CODE):
-                code = _CODE_LINE.search(lower) is not None
-            values["code"] = code
-        if math:
-            math = bool(
-                kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
-            )
-            if not math and (
-                (hints and hints.translate(None, _CODE_ONLY))
-                or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
-            ):
-                math = _MATH.search(lower) is not None
-            values["math"] = math
-        if multi_step:
-            values["multi_step"] = bool(
-                kinds & _K_MULTI
-                or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
-                or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
-            ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
-    if system_checks:
-        read = conv._system
-        if read is None:
-            read = conv._system = _read(shape.system)
-        lower, kinds, _ = read
-        if system_reasoning:
-            values["system_reasoning"] = bool(
-                kinds & _K_REASONING
-                or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
-            )
-        if system_json:
-            values["system_json"] = bool(kinds & _K_JSON)
-    if script:
-        values["script"] = _script(shape)
+    found[0](conv, conv.values, conv._shape or conv.shape())
 
 
 _LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
 _SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
 
-# what `_derive` does for a set of features: a flag per step, in its order
-Work = tuple[bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool]
+# what a pass does for a set of features: a function `(conv, values, shape) -> None`
+Work = Callable[["Conversation", dict[Any, Any], Shape], None]
+
+# The one home of every heuristic (docs/requests.md says them): each step of a pass, in
+# order, as the source of the function `_work` makes for a set of features, with the
+# features that need it. A pass holds only the steps its features need, so a set pays for
+# no check it does not ask for and no test of whether to make one (like a compiled condition).
+_STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
+    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent"),
+    ({"turns"}, "values['turns'] = shape.turns"),
+    ({"tool_results"}, "values['tool_results'] = shape.tool"),
+    (
+        {"last_tokens"},
+        """
+        last = recent[-1] if recent else ()
+        values['last_tokens'] = (
+            estimate_text_tokens(last[0]) if len(last) == 1 else sum(map(estimate_text_tokens, last))
+        )""",
+    ),
+    (
+        {"tokens"},
+        """
+        values['tokens'] = sum(
+            estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
+        )""",
+    ),
+    (
+        _LAST_CHECKS,
+        """
+        read = conv._last
+        if read is None:
+            read = conv._last = _read(recent[-1] if recent else ())
+        lower, kinds, raw = read""",
+    ),
+    ({"code", "math"}, "hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)"),
+    (
+        {"code"},
+        """
+        code = False
+        for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
+            for text in texts:
+                if ('`' in text and '```' in text) or ('~' in text and '~~~' in text):
+                    code = True
+                    break
+        if not code and ((hints and hints.translate(None, _MATH_ONLY)) or kinds & _K_CODE):
+            code = _CODE_LINE.search(lower) is not None
+        values['code'] = code""",
+    ),
+    (
+        {"math"},
+        """
+        math = bool(
+            kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
+        )
+        if not math and (
+            (hints and hints.translate(None, _CODE_ONLY))
+            or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
+        ):
+            math = _MATH.search(lower) is not None
+        values['math'] = math""",
+    ),
+    (
+        {"multi_step"},
+        """
+        values['multi_step'] = bool(
+            kinds & _K_MULTI
+            or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
+            or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
+        ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
+    ),
+    (
+        _SYSTEM_CHECKS,
+        """
+        read = conv._system
+        if read is None:
+            read = conv._system = _read(shape.system)
+        lower, kinds, _ = read""",
+    ),
+    (
+        {"system_reasoning"},
+        """
+        values['system_reasoning'] = bool(
+            kinds & _K_REASONING
+            or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
+        )""",
+    ),
+    ({"system_json"}, "values['system_json'] = bool(kinds & _K_JSON)"),
+    ({"script"}, "values['script'] = _script(shape)"),
+)
 
 
 def _work(names: AbstractSet[str]) -> Work:
-    return (
-        "turns" in names,
-        "tool_results" in names,
-        "last_tokens" in names,
-        "tokens" in names,
-        not names.isdisjoint(_LAST_CHECKS),
-        "code" in names,
-        "math" in names,
-        "multi_step" in names,
-        not names.isdisjoint(_SYSTEM_CHECKS),
-        "system_reasoning" in names,
-        "system_json" in names,
-        "script" in names,
-    )
+    """The pass that derives `names`: the steps they need, as one function."""
+    body = [
+        textwrap.indent(textwrap.dedent(code).strip(), "    ")
+        for needed, code in _STEPS
+        if not names.isdisjoint(needed)
+    ]
+    source = "def work(conv, values, shape):\n" + "\n".join(body) + "\n"
+    space: dict[str, Any] = dict(globals())
+    exec(compile(source, f"<features pass {','.join(sorted(names))}>", "exec"), space)  # noqa: S102
+    return space["work"]  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -845,26 +842,45 @@ def reads_of(weights: Weights) -> frozenset[str]:
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
 
 
-# a score's plan: the features its terms with a weight read, and per such term (the
-# feature, weight, scale, offset); made once per weights object (a program's) and kept by
-# its id, with the weights
-Plan = tuple[frozenset[str], tuple[tuple[str, float, int, int], ...]]
+# a score's plan: the features its terms with a weight read, and the function that makes
+# the score from their values (`_scorer`); made once per weights object (a program's) and
+# kept by its id, with the weights
+Plan = tuple[frozenset[str], Callable[[Mapping[Any, Any]], float]]
 _PLANS: dict[int, tuple[Weights, Plan]] = {}
+
+
+def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
+    """The score under `weights` from the features' values, as one function made for these
+    weights (each term with a weight inlined, its weight, scale and offset as constants):
+    the sum of weight × term in `weights`' order (a flag: weight when it is true; a count:
+    weight × min(1, max(0, value - offset) / scale)), rounded to 6 places, at most 1."""
+    lines = ["def score(values):", "    total = 0.0"]
+    for term, weight in weights:
+        if not weight:
+            continue
+        made = COMPLEXITY_TERMS[term]
+        lines.append(f"    value = values[{made.reads!r}]")
+        if made.scale:  # (without min/max calls; a value at most the offset adds 0.0)
+            if made.offset:
+                lines.append(f"    value -= {made.offset!r}")
+            lines.append("    if value > 0:")
+            lines.append(
+                f"        total += {weight!r} * (value / {made.scale!r}"
+                f" if value < {made.scale!r} else 1.0)"
+            )
+        else:  # (× 1.0; a false flag adds 0.0)
+            lines.append(f"    if value is True:\n        total += {weight!r}")
+    lines += ["    score = round(total, 6)", "    return 1.0 if score > 1.0 else score", ""]
+    space: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<complexity score>", "exec"), space)  # noqa: S102
+    return space["score"]  # type: ignore[no-any-return]
 
 
 def _plan(weights: Weights) -> Plan:
     found = _PLANS.get(id(weights))
     if found is not None and found[0] is weights:
         return found[1]
-    terms = COMPLEXITY_TERMS
-    plan = (
-        reads_of(weights),
-        tuple(
-            (terms[term].reads, weight, terms[term].scale, terms[term].offset)
-            for term, weight in weights
-            if weight
-        ),
-    )
+    plan = (reads_of(weights), _scorer(weights))
     if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
         _PLANS.clear()
     _PLANS[id(weights)] = (weights, plan)
