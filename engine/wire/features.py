@@ -36,7 +36,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from engine.tokens import estimate_text_tokens
+from engine.tokens import estimate_text_tokens  # noqa: F401 (the passes `_work` makes call it)
 from engine.wire.record import ANTHROPIC, GEMINI, NATIVE, OPENAI_CHAT, OPENAI_RESPONSES
 
 SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
@@ -597,7 +597,9 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         """
         last = recent[-1] if recent else ()
         values['last_tokens'] = (
-            estimate_text_tokens(last[0]) if len(last) == 1 else sum(map(estimate_text_tokens, last))
+            estimate_text_tokens(last[0])
+            if len(last) == 1
+            else sum(map(estimate_text_tokens, last))
         )""",
     ),
     (
@@ -680,9 +682,9 @@ def _work(names: AbstractSet[str]) -> Work:
         if not names.isdisjoint(needed)
     ]
     source = "def work(conv, values, shape):\n" + "\n".join(body) + "\n"
-    space: dict[str, Any] = dict(globals())
-    exec(compile(source, f"<features pass {','.join(sorted(names))}>", "exec"), space)  # noqa: S102
-    return space["work"]  # type: ignore[no-any-return]
+    made: dict[str, Any] = {}  # (the function reads this module's names as they are then)
+    exec(compile(source, f"<features pass {','.join(sorted(names))}>", "exec"), globals(), made)
+    return made["work"]  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -872,7 +874,7 @@ def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
             lines.append(f"    if value is True:\n        total += {weight!r}")
     lines += ["    score = round(total, 6)", "    return 1.0 if score > 1.0 else score", ""]
     space: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<complexity score>", "exec"), space)  # noqa: S102
+    exec(compile("\n".join(lines), "<complexity score>", "exec"), space)
     return space["score"]  # type: ignore[no-any-return]
 
 
