@@ -298,4 +298,5 @@ def estimate_text_tokens(text: str) -> int:
         + _W_SPACE_RUNS * ((two & _M_SPACE).bit_count() - (four & _M_SPACE).bit_count())
         + _W_LONG_WORDS * (six & _M_LETTER).bit_count()
     )
-    return max(1, int(total + 0.5))
+    count = int(total + 0.5)
+    return count if count > 1 else 1  # (max(1, count) without the call)
