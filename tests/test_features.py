@@ -580,3 +580,28 @@ def test_the_hint_kinds_are_the_hint_characters(text: str) -> None:
     math_hints = {c for c in raw if c in b"$\\^="}
     assert (features._H_CODE in kinds or features._H_BOTH in kinds) == bool(code_hints)
     assert (features._H_MATH in kinds or features._H_BOTH in kinds) == bool(math_hints)
+
+
+def test_the_reasoning_check_alone_agrees_with_the_full_read() -> None:
+    """`system_reasoning` read alone skips the word split when no needle is there: on
+    prompts with and without each phrase and word, in any case, it says what the read says
+    (the read made with `system_json`, which always splits)."""
+    rng = random.Random(5)
+    asks = [*features._REASONING_PHRASES, "reason", "reasoning", "Reasoning:", "REASON"]
+    near = ["treason", "stepping", "thinking", "chains", "showcase", "let", "a", "json", ""]
+    said = {True: 0, False: 0}
+    for _ in range(2_000):
+        words = [rng.choice(near) for _ in range(rng.randrange(0, 6))]
+        if rng.random() < 0.5:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(asks))
+        text = rng.choice((" ", ", ", "\n")).join(words)
+        text = "".join(c.upper() if rng.random() < 0.2 else c for c in text)
+        body = {
+            "messages": [{"role": "system", "content": text}, {"role": "user", "content": "hi"}]
+        }
+        alone, both = Conversation("openai-chat", body), Conversation("openai-chat", body)
+        features._derive(both, frozenset({"system_reasoning", "system_json"}))
+        expected = both.values["system_reasoning"]
+        assert alone.feature("system_reasoning") is expected, text
+        said[expected] += 1
+    assert said[True] > 100 and said[False] > 100

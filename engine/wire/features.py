@@ -567,6 +567,23 @@ def _read(texts: tuple[str, ...]) -> Read:
     return lower, kinds, raw
 
 
+# what every way the reasoning check says yes has in it: "reason" (the words) or a
+# phrase's first word (each phrase has it)
+_REASON_NEEDLES = ("reason", *sorted({g.decode() for g in _REASONING_GATE}))
+
+
+def _may_reason(texts: tuple[str, ...]) -> bool:
+    """False when the system prompts cannot ask for reasoning: none of their bounded pieces
+    (what `_read` reads) has a `_REASON_NEEDLES` string, lower-cased. A few `in` tests, no
+    split into words: most system prompts are told apart without being read."""
+    for text in _pieces(texts):
+        lower = text.lower()
+        for needle in _REASON_NEEDLES:
+            if needle in lower:
+                return True
+    return False
+
+
 def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
     """Derive the features `names` into `conv.values`, in one pass: the conversation's
     shape is walked once, each text is read once (the last turn's and the system prompts'
@@ -580,7 +597,6 @@ def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
 
 
 _LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
-_SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
 
 # what a pass does for a set of features: a function `(conv, values, shape) -> None`
 Work = Callable[["Conversation", dict[Any, Any], Shape], None]
@@ -656,22 +672,29 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
     ),
     (
-        _SYSTEM_CHECKS,
+        {"system_json"},  # (with or without system_reasoning: the system prompts are read)
         """
         read = conv._system
         if read is None:
             read = conv._system = _read(shape.system)
-        lower, kinds, _ = read""",
+        lower, kinds, _ = read
+        values['system_json'] = bool(kinds & _K_JSON)""",
     ),
     (
         {"system_reasoning"},
         """
-        values['system_reasoning'] = bool(
-            kinds & _K_REASONING
-            or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
-        )""",
+        read = conv._system
+        if read is None and not _may_reason(shape.system):  # (the usual system prompt)
+            values['system_reasoning'] = False
+        else:
+            if read is None:
+                read = conv._system = _read(shape.system)
+            lower, kinds, _ = read
+            values['system_reasoning'] = bool(
+                kinds & _K_REASONING
+                or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
+            )""",
     ),
-    ({"system_json"}, "values['system_json'] = bool(kinds & _K_JSON)"),
     ({"script"}, "values['script'] = _script(shape)"),
 )
 
