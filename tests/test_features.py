@@ -605,3 +605,21 @@ def test_the_reasoning_check_alone_agrees_with_the_full_read() -> None:
         assert alone.feature("system_reasoning") is expected, text
         said[expected] += 1
     assert said[True] > 100 and said[False] > 100
+
+
+@pytest.mark.parametrize("fmt", list(BUILDERS))
+@pytest.mark.parametrize("yes", [True, False])
+def test_the_first_read_pass_scores_as_the_feature_by_feature_path(fmt: str, yes: bool) -> None:
+    """The score's first read (one pass that derives and scores) and a score made after each
+    feature was read alone (the scorer over stored values) agree, value for value, on every
+    format, on the hand-labelled prompts and under other weights."""
+    weights = features.weights_with({"length": 1.0, "turns": 0.05, "math": 0.0})
+    bodies = [json.loads(_body(fmt, yes))] + [{"prompt": p} for p, _ in _labelled()]
+    for body in bodies:
+        kind = fmt if body is bodies[0] else "native"
+        for w in (DEFAULT_WEIGHTS, weights):
+            first, alone = Conversation(kind, body), Conversation(kind, body)
+            for name in sorted(features.reads_of(w)):
+                alone.feature(name)
+            assert first.complexity(w) == alone.complexity(w)
+            assert first.values == alone.values

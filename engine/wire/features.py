@@ -130,8 +130,14 @@ class Conversation:
         if found is not None and found[0] is weights:
             return found[1]  # type: ignore[no-any-return]
         plan = _PLANS.get(key)
-        reads, score_of = plan[1] if plan is not None and plan[0] is weights else _plan(weights)
-        missing = reads.difference(values) if values else reads
+        reads, score_of, first, passes = (
+            plan[1] if plan is not None and plan[0] is weights else _plan(weights)
+        )
+        if not values and reads:  # the first read: one pass derives them and makes the score
+            passes[0] += 1
+            _scores[0] += 1
+            return first(self, values, self._shape or self.shape(), weights)  # type: ignore[no-any-return]
+        missing = reads.difference(values)
         if missing:
             _derive(self, missing)
         score = score_of(values)
@@ -603,17 +609,19 @@ Work = Callable[["Conversation", dict[Any, Any], Shape], None]
 
 # The one home of every heuristic (docs/requests.md says them): each step of a pass, in
 # order, as the source of the function `_work` makes for a set of features, with the
-# features that need it. A pass holds only the steps its features need, so a set pays for
-# no check it does not ask for and no test of whether to make one (like a compiled condition).
+# features that need it; a step sets `v_NAME` for each feature NAME it derives, and the pass
+# stores them all in one update at its end. A pass holds only the steps its features need,
+# so a set pays for no check it does not ask for and no test of whether to make one (like a
+# compiled condition).
 _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent"),
-    ({"turns"}, "values['turns'] = shape.turns"),
-    ({"tool_results"}, "values['tool_results'] = shape.tool"),
+    ({"turns"}, "v_turns = shape.turns"),
+    ({"tool_results"}, "v_tool_results = shape.tool"),
     (
         {"last_tokens"},
         """
         last = recent[-1] if recent else ()
-        values['last_tokens'] = (
+        v_last_tokens = (
             estimate_text_tokens(last[0])
             if len(last) == 1
             else sum(map(estimate_text_tokens, last))
@@ -622,7 +630,7 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     (
         {"tokens"},
         """
-        values['tokens'] = sum(
+        v_tokens = sum(
             estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
         )""",
     ),
@@ -646,7 +654,7 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
                     break
         if not code and (_H_CODE in hints or _H_BOTH in hints or kinds & _K_CODE):
             code = _CODE_LINE.search(lower) is not None
-        values['code'] = code""",
+        v_code = code""",
     ),
     (
         {"math"},
@@ -660,12 +668,12 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
             or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
         ):
             math = _MATH.search(lower) is not None
-        values['math'] = math""",
+        v_math = math""",
     ),
     (
         {"multi_step"},
         """
-        values['multi_step'] = bool(
+        v_multi_step = bool(
             kinds & _K_MULTI
             or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
             or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
@@ -678,35 +686,44 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         if read is None:
             read = conv._system = _read(shape.system)
         lower, kinds, _ = read
-        values['system_json'] = bool(kinds & _K_JSON)""",
+        v_system_json = bool(kinds & _K_JSON)""",
     ),
     (
         {"system_reasoning"},
         """
         read = conv._system
         if read is None and not _may_reason(shape.system):  # (the usual system prompt)
-            values['system_reasoning'] = False
+            v_system_reasoning = False
         else:
             if read is None:
                 read = conv._system = _read(shape.system)
             lower, kinds, _ = read
-            values['system_reasoning'] = bool(
+            v_system_reasoning = bool(
                 kinds & _K_REASONING
                 or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
             )""",
     ),
-    ({"script"}, "values['script'] = _script(shape)"),
+    ({"script"}, "v_script = _script(shape)"),
 )
 
 
-def _work(names: AbstractSet[str]) -> Work:
-    """The pass that derives `names`: the steps they need, as one function."""
+def _work(names: AbstractSet[str], weights: Weights | None = None) -> Work:
+    """The pass that derives `names`: the steps they need, as one function. With `weights`
+    (their features are `names`: `_plan`), the pass also makes the score under them from
+    the values it derived (`_score_lines`), keeps it with them and returns it."""
     body = [
         textwrap.indent(textwrap.dedent(code).strip(), "    ")
         for needed, code in _STEPS
         if not names.isdisjoint(needed)
     ]
-    source = "def work(conv, values, shape):\n" + "\n".join(body) + "\n"
+    kept = [f"{name!r}: v_{name}" for name in sorted(names)]
+    if weights is not None:
+        body += _score_lines(weights, "v_{}".format)
+        kept.append(f"{id(weights)!r}: (weights, score)")
+    body.append(f"    values.update({{{', '.join(kept)}}})")  # (one presized dict)
+    if weights is not None:
+        body.append("    return score")
+    source = "def work(conv, values, shape, weights=None):\n" + "\n".join(body) + "\n"
     made: dict[str, Any] = {}  # (the function reads this module's names as they are then)
     exec(compile(source, f"<features pass {','.join(sorted(names))}>", "exec"), globals(), made)
     return made["work"]  # type: ignore[no-any-return]
@@ -869,10 +886,12 @@ def reads_of(weights: Weights) -> frozenset[str]:
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
 
 
-# a score's plan: the features its terms with a weight read, and the function that makes
-# the score from their values (`_scorer`); made once per weights object (a program's) and
-# kept by its id, with the weights
-Plan = tuple[frozenset[str], Callable[[Mapping[Any, Any]], float]]
+# a score's plan: the features its terms with a weight read, the function that makes the
+# score from their values (`_scorer`), the pass that derives them all and makes the score
+# (`_work` with the weights: a conversation's first read), and the count of passes over
+# those features (`_derived`'s); made once per weights object (a program's) and kept by
+# its id, with the weights
+Plan = tuple[frozenset[str], Callable[[Mapping[Any, Any]], float], Callable[..., float], list[int]]
 _PLANS: dict[int, tuple[Weights, Plan]] = {}
 
 
@@ -890,17 +909,18 @@ def _round6(total: float) -> float:
     return round(total, 6)
 
 
-def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
-    """The score under `weights` from the features' values, as one function made for these
-    weights (each term with a weight inlined, its weight, scale and offset as constants):
-    the sum of weight × term in `weights`' order (a flag: weight when it is true; a count:
-    weight × min(1, max(0, value - offset) / scale)), rounded to 6 places, at most 1."""
-    lines = ["def score(values):", "    total = 0.0"]
+def _score_lines(weights: Weights, feature: Callable[[str], str]) -> list[str]:
+    """The lines (in a function's body) that set `score`, the score under `weights`, from
+    the features' values (`feature(name)`: the expression that reads one): each term with a
+    weight inlined, its weight, scale and offset as constants; the sum of weight × term in
+    `weights`' order (a flag: weight when it is true; a count: weight × min(1, max(0, value
+    - offset) / scale)), rounded to 6 places (`_round6`), at most 1."""
+    lines = ["    total = 0.0"]
     for term, weight in weights:
         if not weight:
             continue
         made = COMPLEXITY_TERMS[term]
-        lines.append(f"    value = values[{made.reads!r}]")
+        lines.append(f"    value = {feature(made.reads)}")
         if made.scale:  # (without min/max calls; a value at most the offset adds 0.0)
             if made.offset:
                 lines.append(f"    value -= {made.offset!r}")
@@ -911,18 +931,28 @@ def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
             )
         else:  # (× 1.0; a false flag adds 0.0)
             lines.append(f"    if value is True:\n        total += {weight!r}")
-    lines += [
-        "    scaled = total * 1e6",  # (round(total, 6) without its decimal conversion: `_round6`)
+    return [
+        *lines,
+        "    scaled = total * 1e6",  # (`_round6`, inline)
         "    whole = int(scaled + 0.5)",
         "    if -0.4999 < scaled - whole < 0.4999 and 0.0 <= total < 1e6:",
         "        score = whole / 1e6",
         "    else:",
         "        score = round(total, 6)",
-        "    return 1.0 if score > 1.0 else score",
-        "",
+        "    if score > 1.0:",
+        "        score = 1.0",
+    ]
+
+
+def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
+    """The score under `weights` from derived values, as one function made for them."""
+    lines = [
+        "def score(values):",
+        *_score_lines(weights, "values[{!r}]".format),
+        "    return score",
     ]
     space: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<complexity score>", "exec"), space)
+    exec(compile("\n".join(lines) + "\n", "<complexity score>", "exec"), space)
     return space["score"]  # type: ignore[no-any-return]
 
 
@@ -930,7 +960,11 @@ def _plan(weights: Weights) -> Plan:
     found = _PLANS.get(id(weights))
     if found is not None and found[0] is weights:
         return found[1]
-    plan = (reads_of(weights), _scorer(weights))
+    reads = reads_of(weights)
+    derived = _derived.get(reads)
+    if derived is None:
+        derived = _derived[reads] = (_work(reads), [0])
+    plan = (reads, _scorer(weights), _work(reads, weights), derived[1])
     if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
         _PLANS.clear()
     _PLANS[id(weights)] = (weights, plan)
