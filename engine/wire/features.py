@@ -12,13 +12,22 @@ keeps it for the rest of the decision. A policy that reads no feature derives no
 1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
 weights), and `complexity_parts` says how a score was made (`--explain`). The weights' plan
 (`_plan`, made once per program's weights) names the features the score reads: they are
-derived together, in one pass (`_derive`, the one home of every heuristic).
+derived together, in one pass.
+
+A pass is a function made once per set of features derived together (`_work`, from the
+steps `_STEPS`, the one home of every heuristic), like a compiled condition: it holds only
+the steps its features need, keeps the values in locals and stores them in one update. The
+score's plan has one more: the pass over its features that also makes the score from those
+locals (`_score_lines`: the terms with a weight inlined), taken on a conversation's first
+read; later reads take the stored values (`_scorer`).
 
 How the text is read: the conversation is walked once into its `Shape` (the turns that are
 not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
 turns' texts; an OpenAI chat body from its messages' roles, without making a turn of
 each); every check is a C-level pass (`in`, `re.search`, `bytes.translate`, set
-intersections), never a join of the conversation. The content checks read one turn (the
+intersections), never a join of the conversation; the cheap ones first (a translate table
+and one-byte `in` for the code and math characters; a few `in` tests before the system
+prompts are split into words for `system_reasoning` alone). The content checks read one turn (the
 last; the system prompts), at most the first and last `SCAN` characters of each of its
 texts, lower-cased and split into words once (`_read`); the fence check reads the last
 RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
