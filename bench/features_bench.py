@@ -13,8 +13,12 @@ thread's CPU time (on a shared machine the wall clock also counts the time other
 run: the CPU time is the steadier figure, and the one held to the target): median and
 min–max over the pairs. The last two rows time the derivation alone (CPU), on requests
 already read: A takes each request's conversation, B derives the same features from it.
-A last line counts the features derived by the A policy: 0 (it pays nothing for them).
-Nothing leaves the machine.
+Two rows say where the rest of the extra in a decision goes, beside the derivation (CPU, A/B
+on requests already read): the conditions' evaluation once the features are derived (A
+decides the A policy, B the B policy, on requests whose features B already derived), and
+freeing what a derivation made (A drops requests that derived nothing, B requests that
+derived the B policy's features). A last line counts the features derived by the A policy:
+0 (it pays nothing for them). Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -156,6 +160,48 @@ def alone(label: str, body: dict[str, Any], target_us: float, pairs: int, block:
     )
 
 
+def rest_of_extra(body: dict[str, Any], pairs: int, block: int) -> list[str]:
+    """Where the extra of a decision goes beside the derivation (CPU, µs, B − A per pair):
+    the conditions' evaluation once the features are derived, and freeing what a
+    derivation made."""
+    plain = compile_sources([("plain.policy", PLAIN)]).program
+    reading = compile_sources([("features.policy", FEATURES)]).program
+    weights = reading.complexity_weights
+
+    def read(count: int, derive: bool) -> list[dict[str, Any]]:
+        envs = [env_of(b) for b in fresh(body, count)]
+        for env in envs if derive else ():
+            conversation_of(env).complexity(weights)
+            conversation_of(env).feature("code")
+        return envs
+
+    def freeing(name: str, cpu: list[float]) -> Callable[[dict[str, list[Any]]], float]:
+        def side(envs: dict[str, list[Any]]) -> float:  # (this side's requests, freed)
+            count, start = len(envs[name]), time.thread_time_ns()
+            envs[name].clear()
+            cpu.append((time.thread_time_ns() - start) / count)
+            return cpu[-1]
+
+        return side
+
+    cond: dict[str, list[float]] = {"plain": [], "features": []}
+    sides = {
+        "plain": timed(lambda env: evaluate(plain, env), cond["plain"]),
+        "features": timed(lambda env: evaluate(reading, env), cond["features"]),
+    }
+    rounds(pairs, sides, lambda i: read(block, True))
+    free: dict[str, list[float]] = {"plain": [], "features": []}
+    frees = {name: freeing(name, cpu) for name, cpu in free.items()}
+    rounds(pairs, frees, lambda i: {"plain": read(block, False), "features": read(block, True)})
+    return [
+        f"{label:34} {'':>9} {'':>24} {show(spread(cpu['plain'], cpu['features'])):>24}"
+        for label, cpu in (
+            ("  conditions, features derived", cond),
+            ("  freeing what a derivation made", free),
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller blocks")
@@ -170,6 +216,8 @@ def main() -> None:
     print(row("100 KB conversation (openai-chat)", long_conversation(), 50.0, args.pairs, large))
     print(alone("  derivation alone, 4-message chat", CHAT, 5.0, args.pairs, small))
     print(alone("  derivation alone, 100 KB", long_conversation(), 50.0, args.pairs, large))
+    for line in rest_of_extra(CHAT, args.pairs, small):
+        print(line)
     plain = compile_sources([("plain.policy", PLAIN)]).program
     before = derivations()
     for body in fresh(CHAT, 1) + fresh(long_conversation(), 1):

@@ -275,27 +275,30 @@ def estimate_text_tokens(text: str) -> int:
         return max(1, int(sum(map(mul, _ASCII_WEIGHTS, _ascii_features(bits))) + 0.5))
     # (the usual case, inline: `_ascii_features` dotted with the weights, term by term in
     # the order `sum` adds them, without the features' tuple; a test holds the two equal)
-    x = int.from_bytes(text.encode().translate(_ASCII_BITS), "little")
-    before = x << 8
-    starts = x & ~before
-    two = x & before
+    bits = text.encode().translate(_ASCII_BITS)
+    x = int.from_bytes(bits, "little")
+    two = x & (x << 8)
+    starts = x ^ two  # (x & ~(x << 8): the bits a character has and the one before it has not)
     four = two & (two << 16)
     six = four & (four << 16)
-    punct = (x & _M_PUNCT).bit_count()
+    # (an ASCII character's bit byte is one value per class: a class's characters are a
+    # one-byte count, a memchr, where the bit string's `&` and `bit_count` would do the same)
+    punct = bits.count(_PUNCT)
     punct_deep = (six & _M_PUNCT).bit_count()
     total = (
         0.0
         + _W_ONE
         + _W_CHARS * len(text)
-        + _W_NEWLINES * (x & _M_NEWLINE).bit_count()
+        + _W_NEWLINES * bits.count(_SPACE | _NEWLINE)
         + _W_PUNCT * (punct - punct_deep)
         + _W_PUNCT_TAIL * punct_deep
-        + _W_DIGITS * (x & _M_DIGIT).bit_count()
-        + _W_UPPER * (x & _M_UPPER).bit_count()
+        + _W_DIGITS * bits.count(_DIGIT)
+        + _W_UPPER * bits.count(_LETTER | _UPPER)
         + _W_WORDS * (starts & _M_LETTER).bit_count()
         + _W_NUMBERS * (starts & _M_DIGIT).bit_count()
         + _W_PUNCT_RUNS * (starts & _M_PUNCT).bit_count()
         + _W_SPACE_RUNS * ((two & _M_SPACE).bit_count() - (four & _M_SPACE).bit_count())
         + _W_LONG_WORDS * (six & _M_LETTER).bit_count()
     )
-    return max(1, int(total + 0.5))
+    count = int(total + 0.5)
+    return count if count > 1 else 1  # (max(1, count) without the call)

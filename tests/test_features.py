@@ -6,6 +6,8 @@ feature derives none; the checker's errors for the weights; the decision log kee
 from __future__ import annotations
 
 import json
+import math
+import random
 import subprocess
 import sys
 from functools import cache
@@ -523,3 +525,101 @@ def test_the_decision_log_keeps_no_prompt_text(tmp_path: Path) -> None:
     for text in logged:
         assert "证明" not in text and "python" not in text and TOOL_OUTPUT not in text
         assert "step by step" not in text
+
+
+# ------------------------------------------------------------------ the fast paths agree
+
+
+def _reference_score(values: dict[str, Any], weights: Any) -> float:
+    """The score as docs/features.md states it: Σ weight × term, rounded to 6 places, ≤ 1."""
+    total = 0.0
+    for term, weight in weights:
+        if weight:
+            total += weight * COMPLEXITY_TERMS[term].of(values[COMPLEXITY_TERMS[term].reads])
+    return min(1.0, round(total, 6))
+
+
+def test_round6_is_round_to_six_places() -> None:
+    rng = random.Random(21)
+    cases = [0.0, 1.0, 0.0245, 0.1 + 0.2, 7.0, 0.0000005, 0.0000015, 0.0000025, 2.5e-7, 1e6, -0.1]
+    cases += [rng.random() * rng.choice((1.0, 3.0, 1e-3)) for _ in range(20_000)]
+    # at (and one ulp either side of) ties: the fast path must step aside for `round`
+    for _ in range(2_000):
+        tie = (rng.randrange(0, 3_000_000) + 0.5) / 1e6
+        cases += [tie, math.nextafter(tie, 0.0), math.nextafter(tie, 9.0)]
+    slow = 0
+    for total in cases:
+        assert features._round6(total) == round(total, 6), total
+        scaled = total * 1e6
+        slow += not (-0.4999 < scaled - int(scaled + 0.5) < 0.4999 and 0.0 <= total < 1e6)
+    assert 0 < slow < len(cases) // 2  # both paths were taken
+
+
+def test_the_made_scorer_is_the_documented_sum() -> None:
+    rng = random.Random(7)
+    flags = ("code", "math", "multi_step", "system_reasoning", "tool_results")
+    for _ in range(3_000):
+        weights = features.weights_with(
+            {t: rng.choice((0.0, 0.05, 0.1, 0.3, 1 / 3, 0.5, 1.0)) for t in COMPLEXITY_TERMS}
+        )
+        values: dict[str, Any] = {f: rng.random() < 0.3 for f in flags}
+        values["last_tokens"] = rng.choice((0, 1, 7, 999, 1000, 5000, rng.randrange(2000)))
+        values["turns"] = rng.choice((0, 1, 2, 11, 40, rng.randrange(20)))
+        score = features._scorer(weights)(values)
+        assert score == _reference_score(values, weights), (weights, values)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain prose.", "x = 1", "f(x)", "$a^2$", "a\\b", "{", "<b>", "# hi", "é = ∑", "", "^"],
+)
+def test_the_hint_kinds_are_the_hint_characters(text: str) -> None:
+    raw = text.lower().encode()
+    kinds = raw.translate(features._HINT_KINDS)
+    code_hints = {c for c in raw if c in b"{}();#<="}
+    math_hints = {c for c in raw if c in b"$\\^="}
+    assert (features._H_CODE in kinds or features._H_BOTH in kinds) == bool(code_hints)
+    assert (features._H_MATH in kinds or features._H_BOTH in kinds) == bool(math_hints)
+
+
+def test_the_reasoning_check_alone_agrees_with_the_full_read() -> None:
+    """`system_reasoning` read alone skips the word split when no needle is there: on
+    prompts with and without each phrase and word, in any case, it says what the read says
+    (the read made with `system_json`, which always splits)."""
+    rng = random.Random(5)
+    asks = [*features._REASONING_PHRASES, "reason", "reasoning", "Reasoning:", "REASON"]
+    near = ["treason", "stepping", "thinking", "chains", "showcase", "let", "a", "json", ""]
+    said = {True: 0, False: 0}
+    for _ in range(2_000):
+        words = [rng.choice(near) for _ in range(rng.randrange(0, 6))]
+        if rng.random() < 0.5:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(asks))
+        text = rng.choice((" ", ", ", "\n")).join(words)
+        text = "".join(c.upper() if rng.random() < 0.2 else c for c in text)
+        body = {
+            "messages": [{"role": "system", "content": text}, {"role": "user", "content": "hi"}]
+        }
+        alone, both = Conversation("openai-chat", body), Conversation("openai-chat", body)
+        features._derive(both, frozenset({"system_reasoning", "system_json"}))
+        expected = both.values["system_reasoning"]
+        assert alone.feature("system_reasoning") is expected, text
+        said[expected] += 1
+    assert said[True] > 100 and said[False] > 100
+
+
+@pytest.mark.parametrize("fmt", list(BUILDERS))
+@pytest.mark.parametrize("yes", [True, False])
+def test_the_first_read_pass_scores_as_the_feature_by_feature_path(fmt: str, yes: bool) -> None:
+    """The score's first read (one pass that derives and scores) and a score made after each
+    feature was read alone (the scorer over stored values) agree, value for value, on every
+    format, on the hand-labelled prompts and under other weights."""
+    weights = features.weights_with({"length": 1.0, "turns": 0.05, "math": 0.0})
+    bodies = [json.loads(_body(fmt, yes))] + [{"prompt": p} for p, _ in _labelled()]
+    for body in bodies:
+        kind = fmt if body is bodies[0] else "native"
+        for w in (DEFAULT_WEIGHTS, weights):
+            first, alone = Conversation(kind, body), Conversation(kind, body)
+            for name in sorted(features.reads_of(w)):
+                alone.feature(name)
+            assert first.complexity(w) == alone.complexity(w)
+            assert first.values == alone.values

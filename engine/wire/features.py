@@ -12,13 +12,22 @@ keeps it for the rest of the decision. A policy that reads no feature derives no
 1 (`COMPLEXITY_TERMS`, `DEFAULT_WEIGHTS`; a policy's `defaults { complexity(…) }` overrides
 weights), and `complexity_parts` says how a score was made (`--explain`). The weights' plan
 (`_plan`, made once per program's weights) names the features the score reads: they are
-derived together, in one pass (`_derive`, the one home of every heuristic).
+derived together, in one pass.
+
+A pass is a function made once per set of features derived together (`_work`, from the
+steps `_STEPS`, the one home of every heuristic), like a compiled condition: it holds only
+the steps its features need, keeps the values in locals and stores them in one update. The
+score's plan has one more: the pass over its features that also makes the score from those
+locals (`_score_lines`: the terms with a weight inlined), taken on a conversation's first
+read; later reads take the stored values (`_scorer`).
 
 How the text is read: the conversation is walked once into its `Shape` (the turns that are
 not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
 turns' texts; an OpenAI chat body from its messages' roles, without making a turn of
 each); every check is a C-level pass (`in`, `re.search`, `bytes.translate`, set
-intersections), never a join of the conversation. The content checks read one turn (the
+intersections), never a join of the conversation; the cheap ones first (a translate table
+and one-byte `in` for the code and math characters; a few `in` tests before the system
+prompts are split into words for `system_reasoning` alone). The content checks read one turn (the
 last; the system prompts), at most the first and last `SCAN` characters of each of its
 texts, lower-cased and split into words once (`_read`); the fence check reads the last
 RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
@@ -30,12 +39,13 @@ Standard library only (and `engine.tokens`): the router calls this per request.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from engine.tokens import estimate_text_tokens
+from engine.tokens import estimate_text_tokens  # noqa: F401 (the passes `_work` makes call it)
 from engine.wire.record import ANTHROPIC, GEMINI, NATIVE, OPENAI_CHAT, OPENAI_RESPONSES
 
 SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
@@ -129,22 +139,17 @@ class Conversation:
         if found is not None and found[0] is weights:
             return found[1]  # type: ignore[no-any-return]
         plan = _PLANS.get(key)
-        reads, terms = plan[1] if plan is not None and plan[0] is weights else _plan(weights)
-        missing = reads.difference(values) if values else reads
+        reads, score_of, first, passes = (
+            plan[1] if plan is not None and plan[0] is weights else _plan(weights)
+        )
+        if not values and reads:  # the first read: one pass derives them and makes the score
+            passes[0] += 1
+            _scores[0] += 1
+            return first(self, values, self._shape or self.shape(), weights)  # type: ignore[no-any-return]
+        missing = reads.difference(values)
         if missing:
             _derive(self, missing)
-        total = 0.0
-        for name, weight, scale, offset in terms:
-            value = values[name]
-            if scale:  # weight × min(1, max(0, value - offset) / scale), without the calls
-                value -= offset
-                if value > 0:  # (else it adds 0.0)
-                    total += weight * (value / scale if value < scale else 1.0)
-            elif value is True:
-                total += weight  # (× 1.0; a false flag adds 0.0)
-        score = round(total, 6)
-        if score > 1.0:  # (at most 1)
-            score = 1.0
+        score = score_of(values)
         values[key] = (weights, score)
         _scores[0] += 1
         return score
@@ -463,11 +468,9 @@ _CODE_LINE = re.compile(
     r"|(?:[{}]|\);)[ \t]*$",
     re.MULTILINE,
 )
-# a character without which no code line matches, and the words that start one without it
-_CODE_HINT = re.compile(r"[{}();#<=]")
+# the words that start a code line without a hint character (`_HINT_KINDS`)
 _CODE_WORDS = frozenset({b"import", b"package", b"select"})
 # math: symbols, LaTeX and equations (only read when one of their characters is there)
-_MATH_HINT = re.compile(r"[$\\^=∫∑∏√∞≤≥≠≈∂∇]")
 _MATH = re.compile(
     r"\$[^$\n]*[\\^_=][^$\n]*\$"
     r"|\\(?:frac|int|sum|prod|sqrt|lim|begin\{|cdot|times|alpha|beta|theta|pi|infty|partial)\b"
@@ -529,11 +532,14 @@ _LISTED: dict[bytes, int] = {
 }
 _LISTED_WORDS = frozenset(_LISTED)
 # the ASCII characters the code lines and the math patterns need one of (the code check's
-# `{}();#<=`, the math check's `$\^=`): a view keeps those of its characters
-_HINTS = b"{}();#<=$\\^"
-_NOT_HINT = bytes(b for b in range(256) if b not in _HINTS)
-_MATH_ONLY = b"$\\^"  # hints that are not code hints
-_CODE_ONLY = b"{}();#<"  # hints that are not math hints ("=" is both)
+# `{}();#<=`, the math check's `$\\^=`): a text's bytes map to their kind (a `bytes.translate`
+# by table, then a one-byte `in`, a memchr): 1 a code hint only, 2 a math hint only, 3 both
+# ("="), 0 any other byte
+_H_CODE, _H_MATH, _H_BOTH = 1, 2, 3
+_HINT_KINDS = bytes(
+    _H_CODE if b in b"{}();#<" else _H_MATH if b in b"$\\^" else _H_BOTH if b == 61 else 0
+    for b in range(256)
+)
 _MATH_SYMBOL = re.compile(r"[∫∑∏√∞≤≥≠≈∂∇]")
 
 
@@ -576,116 +582,160 @@ def _read(texts: tuple[str, ...]) -> Read:
     return lower, kinds, raw
 
 
+# what every way the reasoning check says yes has in it: "reason" (the words) or a
+# phrase's first word (each phrase has it)
+_REASON_NEEDLES = ("reason", *sorted({g.decode() for g in _REASONING_GATE}))
+
+
+def _may_reason(texts: tuple[str, ...]) -> bool:
+    """False when the system prompts cannot ask for reasoning: none of their bounded pieces
+    (what `_read` reads) has a `_REASON_NEEDLES` string, lower-cased. A few `in` tests, no
+    split into words: most system prompts are told apart without being read."""
+    for text in _pieces(texts):
+        lower = text.lower()
+        for needle in _REASON_NEEDLES:
+            if needle in lower:
+                return True
+    return False
+
+
 def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
     """Derive the features `names` into `conv.values`, in one pass: the conversation's
     shape is walked once, each text is read once (the last turn's and the system prompts'
     reads are kept on the conversation for a later call), and each check runs only for a
-    feature asked for. The one home of every heuristic (docs/requests.md says them)."""
+    feature asked for: the pass is a function made once per set of features (`_work`)."""
     found = _derived.get(names)  # type: ignore[call-overload]
     if found is None:
         found = _derived[frozenset(names)] = (_work(names), [0])
-    (
-        turns,
-        tool_results,
-        last_tokens,
-        tokens,
-        last_checks,
-        code,
-        math,
-        multi_step,
-        system_checks,
-        system_reasoning,
-        system_json,
-        script,
-    ) = found[0]
     found[1][0] += 1
-    values = conv.values
-    shape = conv._shape or conv.shape()
-    recent = shape.recent
-    if turns:
-        values["turns"] = shape.turns
-    if tool_results:
-        values["tool_results"] = shape.tool
-    if last_tokens:
+    found[0](conv, conv.values, conv._shape or conv.shape())
+
+
+_LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
+
+# what a pass does for a set of features: a function `(conv, values, shape) -> None`
+Work = Callable[["Conversation", dict[Any, Any], Shape], None]
+
+# The one home of every heuristic (docs/requests.md says them): each step of a pass, in
+# order, as the source of the function `_work` makes for a set of features, with the
+# features that need it; a step sets `v_NAME` for each feature NAME it derives, and the pass
+# stores them all in one update at its end. A pass holds only the steps its features need,
+# so a set pays for no check it does not ask for and no test of whether to make one (like a
+# compiled condition).
+_STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
+    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent"),
+    ({"turns"}, "v_turns = shape.turns"),
+    ({"tool_results"}, "v_tool_results = shape.tool"),
+    (
+        {"last_tokens"},
+        """
         last = recent[-1] if recent else ()
-        values["last_tokens"] = (
+        v_last_tokens = (
             estimate_text_tokens(last[0])
             if len(last) == 1
             else sum(map(estimate_text_tokens, last))
-        )
-    if tokens:
-        values["tokens"] = sum(
+        )""",
+    ),
+    (
+        {"tokens"},
+        """
+        v_tokens = sum(
             estimate_text_tokens(t) for _, texts, _ in conv.turns() for t in texts
-        )
-    if last_checks:
+        )""",
+    ),
+    (
+        _LAST_CHECKS,
+        """
         read = conv._last
         if read is None:
             read = conv._last = _read(recent[-1] if recent else ())
-        lower, kinds, raw = read
-        hints = raw.translate(None, _NOT_HINT)  # (mostly empty: prose has none)
-        if code:
-            code = False
-            for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
-                for text in texts:
-                    if ("`" in text and "```" in text) or ("~" in text and "~~~" in text):
-                        code = True
-            if not code and ((hints and hints.translate(None, _MATH_ONLY)) or kinds & _K_CODE):
-                code = _CODE_LINE.search(lower) is not None
-            values["code"] = code
-        if math:
-            math = bool(
-                kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
-            )
-            if not math and (
-                (hints and hints.translate(None, _CODE_ONLY))
-                or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
-            ):
-                math = _MATH.search(lower) is not None
-            values["math"] = math
-        if multi_step:
-            values["multi_step"] = bool(
-                kinds & _K_MULTI
-                or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
-                or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
-            ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
-    if system_checks:
+        lower, kinds, raw = read""",
+    ),
+    ({"code", "math"}, "hints = raw.translate(_HINT_KINDS)  # (mostly all 0: prose has none)"),
+    (
+        {"code"},
+        """
+        code = False
+        for texts in recent:  # (a one-character `in` is a memchr: most have no ` or ~)
+            for text in texts:
+                if ('`' in text and '```' in text) or ('~' in text and '~~~' in text):
+                    code = True
+                    break
+        if not code and (_H_CODE in hints or _H_BOTH in hints or kinds & _K_CODE):
+            code = _CODE_LINE.search(lower) is not None
+        v_code = code""",
+    ),
+    (
+        {"math"},
+        """
+        math = bool(
+            kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
+        )
+        if not math and (
+            _H_MATH in hints
+            or _H_BOTH in hints
+            or (len(raw) != len(lower) and _MATH_SYMBOL.search(lower) is not None)
+        ):
+            math = _MATH.search(lower) is not None
+        v_math = math""",
+    ),
+    (
+        {"multi_step"},
+        """
+        v_multi_step = bool(
+            kinds & _K_MULTI
+            or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
+            or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
+        ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
+    ),
+    (
+        {"system_json"},  # (with or without system_reasoning: the system prompts are read)
+        """
         read = conv._system
         if read is None:
             read = conv._system = _read(shape.system)
         lower, kinds, _ = read
-        if system_reasoning:
-            values["system_reasoning"] = bool(
+        v_system_json = bool(kinds & _K_JSON)""",
+    ),
+    (
+        {"system_reasoning"},
+        """
+        read = conv._system
+        if read is None and not _may_reason(shape.system):  # (the usual system prompt)
+            v_system_reasoning = False
+        else:
+            if read is None:
+                read = conv._system = _read(shape.system)
+            lower, kinds, _ = read
+            v_system_reasoning = bool(
                 kinds & _K_REASONING
                 or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
-            )
-        if system_json:
-            values["system_json"] = bool(kinds & _K_JSON)
-    if script:
-        values["script"] = _script(shape)
+            )""",
+    ),
+    ({"script"}, "v_script = _script(shape)"),
+)
 
 
-_LAST_CHECKS = frozenset({"code", "math", "multi_step"})  # they read the last turn's text
-_SYSTEM_CHECKS = frozenset({"system_reasoning", "system_json"})  # the system prompts'
-
-# what `_derive` does for a set of features: a flag per step, in its order
-Work = tuple[bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool, bool]
-
-
-def _work(names: AbstractSet[str]) -> Work:
-    return (
-        "turns" in names,
-        "tool_results" in names,
-        "last_tokens" in names,
-        "tokens" in names,
-        not names.isdisjoint(_LAST_CHECKS),
-        "code" in names,
-        "math" in names,
-        "multi_step" in names,
-        not names.isdisjoint(_SYSTEM_CHECKS),
-        "system_reasoning" in names,
-        "system_json" in names,
-        "script" in names,
-    )
+def _work(names: AbstractSet[str], weights: Weights | None = None) -> Work:
+    """The pass that derives `names`: the steps they need, as one function. With `weights`
+    (their features are `names`: `_plan`), the pass also makes the score under them from
+    the values it derived (`_score_lines`), keeps it with them and returns it."""
+    body = [
+        textwrap.indent(textwrap.dedent(code).strip(), "    ")
+        for needed, code in _STEPS
+        if not names.isdisjoint(needed)
+    ]
+    kept = [f"{name!r}: v_{name}" for name in sorted(names)]
+    if weights is not None:
+        body += _score_lines(weights, "v_{}".format)
+        kept.append(f"{id(weights)!r}: (weights, score)")
+    body.append(f"    values.update({{{', '.join(kept)}}})")  # (one presized dict)
+    if weights is not None:
+        body.append("    return score")
+    source = "def work(conv, values, shape, weights=None):\n" + "\n".join(body) + "\n"
+    made: dict[str, Any] = {}  # (the function reads this module's names as they are then)
+    exec(compile(source, f"<features pass {','.join(sorted(names))}>", "exec"), globals(), made)
+    return made["work"]  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------ the dominant script
@@ -845,26 +895,85 @@ def reads_of(weights: Weights) -> frozenset[str]:
     return frozenset(COMPLEXITY_TERMS[term].reads for term, weight in weights if weight)
 
 
-# a score's plan: the features its terms with a weight read, and per such term (the
-# feature, weight, scale, offset); made once per weights object (a program's) and kept by
+# a score's plan: the features its terms with a weight read, the function that makes the
+# score from their values (`_scorer`), the pass that derives them all and makes the score
+# (`_work` with the weights: a conversation's first read), and the count of passes over
+# those features (`_derived`'s); made once per weights object (a program's) and kept by
 # its id, with the weights
-Plan = tuple[frozenset[str], tuple[tuple[str, float, int, int], ...]]
+Plan = tuple[frozenset[str], Callable[[Mapping[Any, Any]], float], Callable[..., float], list[int]]
 _PLANS: dict[int, tuple[Weights, Plan]] = {}
+
+
+def _round6(total: float) -> float:
+    """`round(total, 6)`, fast: `round` with digits converts through a decimal string (about
+    0.5 µs); away from a tie, the nearest integer to total × 10⁶ (its error, at most half a
+    unit in the last place of a number under 10⁶, is far below the 10⁻⁴ kept from a tie)
+    divided by 10⁶ (a correctly rounded division of two exact numbers) is the double nearest
+    the decimal `round` makes, which is what `round` returns. Near a tie, or out of range,
+    `round` itself. The scorer `_scorer` makes inlines these lines."""
+    scaled = total * 1e6
+    whole = int(scaled + 0.5)
+    if -0.4999 < scaled - whole < 0.4999 and 0.0 <= total < 1e6:
+        return whole / 1e6
+    return round(total, 6)
+
+
+def _score_lines(weights: Weights, feature: Callable[[str], str]) -> list[str]:
+    """The lines (in a function's body) that set `score`, the score under `weights`, from
+    the features' values (`feature(name)`: the expression that reads one): each term with a
+    weight inlined, its weight, scale and offset as constants; the sum of weight × term in
+    `weights`' order (a flag: weight when it is true; a count: weight × min(1, max(0, value
+    - offset) / scale)), rounded to 6 places (`_round6`), at most 1."""
+    lines = ["    total = 0.0"]
+    for term, weight in weights:
+        if not weight:
+            continue
+        made = COMPLEXITY_TERMS[term]
+        lines.append(f"    value = {feature(made.reads)}")
+        if made.scale:  # (without min/max calls; a value at most the offset adds 0.0)
+            if made.offset:
+                lines.append(f"    value -= {made.offset!r}")
+            lines.append("    if value > 0:")
+            lines.append(
+                f"        total += {weight!r} * (value / {made.scale!r}"
+                f" if value < {made.scale!r} else 1.0)"
+            )
+        else:  # (× 1.0; a false flag adds 0.0)
+            lines.append(f"    if value is True:\n        total += {weight!r}")
+    return [
+        *lines,
+        "    scaled = total * 1e6",  # (`_round6`, inline)
+        "    whole = int(scaled + 0.5)",
+        "    if -0.4999 < scaled - whole < 0.4999 and 0.0 <= total < 1e6:",
+        "        score = whole / 1e6",
+        "    else:",
+        "        score = round(total, 6)",
+        "    if score > 1.0:",
+        "        score = 1.0",
+    ]
+
+
+def _scorer(weights: Weights) -> Callable[[Mapping[Any, Any]], float]:
+    """The score under `weights` from derived values, as one function made for them."""
+    lines = [
+        "def score(values):",
+        *_score_lines(weights, "values[{!r}]".format),
+        "    return score",
+    ]
+    space: dict[str, Any] = {}
+    exec(compile("\n".join(lines) + "\n", "<complexity score>", "exec"), space)
+    return space["score"]  # type: ignore[no-any-return]
 
 
 def _plan(weights: Weights) -> Plan:
     found = _PLANS.get(id(weights))
     if found is not None and found[0] is weights:
         return found[1]
-    terms = COMPLEXITY_TERMS
-    plan = (
-        reads_of(weights),
-        tuple(
-            (terms[term].reads, weight, terms[term].scale, terms[term].offset)
-            for term, weight in weights
-            if weight
-        ),
-    )
+    reads = reads_of(weights)
+    derived = _derived.get(reads)
+    if derived is None:
+        derived = _derived[reads] = (_work(reads), [0])
+    plan = (reads, _scorer(weights), _work(reads, weights), derived[1])
     if len(_PLANS) >= 64:  # weights made per call (a test, a tool): keep the table small
         _PLANS.clear()
     _PLANS[id(weights)] = (weights, plan)
