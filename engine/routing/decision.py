@@ -230,9 +230,9 @@ class Decision:
                 if confidence.__class__ is float and confidence.is_integer()
                 else confidence
             ),
-            [_alternative_json(a) for a in self.alternatives],
+            _alternatives_json(self.alternatives),
             self.fallbacks,  # dicts of strings: encoded as they are
-            [_status_json(r) for r in self.rate_limits],
+            _statuses_json(self.rate_limits),
             None if self.denied_by is None else self.denied_by.to_dict(),
             self.policy_version,
         )
@@ -271,7 +271,7 @@ class _DecisionJSON(msgspec.Struct, omit_defaults=True):
     estimated_cost: float | None
     estimated_latency_ms: float | None
     confidence: float
-    alternatives: list[_AlternativeJSON]
+    alternatives: list[msgspec.Raw]  # each `_ALTERNATIVES`' encoded object
     fallbacks: list[dict[str, str]]
     rate_limits: list[_StatusJSON]
     denied_by: dict[str, Any] | None
@@ -308,32 +308,98 @@ class _StatusJSON(msgspec.Struct):
     retry_after_ms: float | None
 
 
-def _alternative_json(a: Alternative) -> _AlternativeJSON:
-    score = a.score
-    if score.__class__ is float and score.is_integer():
-        score = int(score)
-    return _AlternativeJSON(a.provider, a.model, score)
+class _Fragments:
+    """The encoded alternatives `Decision.to_json()` splices in: an alternative (provider,
+    model, score) repeats from decision to decision of a route (its ranking is kept while
+    the catalog and the measurements stand), so it is encoded once, kept by what it shows
+    (a new catalog or score is a new key: nothing to invalidate on a reload) and bounded
+    (emptied at `_CACHED` entries). `made` counts the encodings: after a route's first
+    decisions it stops growing, whatever the number of requests (tests/test_encoding.py)."""
+
+    __slots__ = ("made", "table")
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[Any, ...], msgspec.Raw] = {}
+        self.made = 0
+
+    def alternative(self, key: tuple[Any, ...]) -> msgspec.Raw:
+        provider, model, _, score = key
+        if score.__class__ is float and score.is_integer():
+            score = int(score)
+        raw = msgspec.Raw(_encode(_AlternativeJSON(provider, model, score)))
+        if len(self.table) >= _CACHED:
+            self.table.clear()
+        self.table[key] = raw
+        self.made += 1
+        return raw
 
 
-def _status_json(r: LimitStatus) -> _StatusJSON:
-    remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
-    if reset_at is not None:
-        reset_at = _round3(reset_at)
-        if reset_at.__class__ is float and reset_at.is_integer():
-            reset_at = int(reset_at)
-    return _StatusJSON(
-        r.scope,
-        r.key,
-        r.unit,
-        r.allowed,
-        int(remaining) if remaining.__class__ is float and remaining.is_integer() else remaining,
-        int(limit) if limit.__class__ is float and limit.is_integer() else limit,
-        reset_at,
-        int(retry) if retry.__class__ is float and retry.is_integer() else retry,  # type: ignore[union-attr]
-    )
+_CACHED = 4096
+
+
+def _alternatives_json(alternatives: list[Alternative]) -> list[msgspec.Raw]:
+    """Each alternative's encoded object, from `_ALTERNATIVES` (the score's type is in the
+    key: `1` and `1.0` show alike, but `True` would not)."""
+    table = _ALTERNATIVES.table
+    out = []
+    for a in alternatives:
+        score = a.score
+        key = (a.provider, a.model, score.__class__, score)
+        raw = table.get(key)
+        out.append(_ALTERNATIVES.alternative(key) if raw is None else raw)
+    return out
+
+
+def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
+    """`LimitStatus.to_dict()` of each, integral numbers as ints, as `_StatusJSON`s. A
+    decision's limits are checked within microseconds, so their `reset_at`s mostly round
+    to the same ms: `_last_reset` keeps the last one's range (those within 0.49 ms of the
+    rounded value, where `_round3` is exact) and its shown value."""
+    out = []
+    lo, hi, shown = _last_reset
+    for r in statuses:
+        remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
+        if reset_at.__class__ is float:
+            if lo < reset_at < hi:  # type: ignore[operator]
+                reset_at = shown
+            else:
+                reset_at = _reset_shown(reset_at)  # type: ignore[arg-type]
+                lo, hi, shown = _last_reset
+        elif reset_at is not None:
+            reset_at = round(reset_at, 3)
+        if remaining.__class__ is float and remaining.is_integer():
+            remaining = int(remaining)
+        if limit.__class__ is float and limit.is_integer():
+            limit = int(limit)
+        if retry.__class__ is float and retry.is_integer():  # type: ignore[union-attr]
+            retry = int(retry)  # type: ignore[arg-type]
+        out.append(
+            _StatusJSON(r.scope, r.key, r.unit, r.allowed, remaining, limit, reset_at, retry)
+        )
+    return out
+
+
+def _reset_shown(reset_at: float) -> float:
+    """`round(reset_at, 3)`, an int when integral; kept in `_last_reset` with the range of
+    values that round to it surely (within 0.49 ms: `_round3` takes its fast path there,
+    whose float error below 2**42 ms is under a µs)."""
+    global _last_reset
+    value = _round3(reset_at)
+    if value.__class__ is float and value.is_integer():
+        value = int(value)
+    ms = reset_at * 1000.0
+    if 1.0 < ms < 4398046511104.0:  # 2**42, as `_round3` (and above 0 whole)
+        whole = round(ms)
+        if -0.49 < ms - whole < 0.49:
+            _last_reset = ((whole - 0.49) / 1000.0, (whole + 0.49) / 1000.0, value)
+    return value
+
+
+_last_reset: tuple[float, float, float | int] = (0.0, 0.0, 0)  # (above, below, shown)
 
 
 _encode = msgspec.json.Encoder().encode
+_ALTERNATIVES = _Fragments()
 
 
 def _round3(x: float) -> float:
