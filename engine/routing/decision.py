@@ -304,7 +304,7 @@ class _StatusJSON(msgspec.Struct):
     allowed: bool
     remaining: float
     limit: float
-    reset_at: float | None
+    reset_at: msgspec.Raw | float | None  # `_reset_shown`'s, encoded
     retry_after_ms: float | None
 
 
@@ -354,7 +354,7 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
     """`LimitStatus.to_dict()` of each, integral numbers as ints, as `_StatusJSON`s. A
     decision's limits are checked within microseconds, so their `reset_at`s mostly round
     to the same ms: `_last_reset` keeps the last one's range (those within 0.49 ms of the
-    rounded value, where `_round3` is exact) and its shown value."""
+    rounded value, where `_round3` is exact) and its encoded value."""
     out = []
     lo, hi, shown = _last_reset
     for r in statuses:
@@ -379,14 +379,15 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
     return out
 
 
-def _reset_shown(reset_at: float) -> float:
-    """`round(reset_at, 3)`, an int when integral; kept in `_last_reset` with the range of
-    values that round to it surely (within 0.49 ms: `_round3` takes its fast path there,
-    whose float error below 2**42 ms is under a µs)."""
+def _reset_shown(reset_at: float) -> msgspec.Raw:
+    """`round(reset_at, 3)`, an int when integral, encoded; kept in `_last_reset` with the
+    range of values that round to it surely (within 0.49 ms: `_round3` takes its fast path
+    there, whose float error below 2**42 ms is under a µs)."""
     global _last_reset
-    value = _round3(reset_at)
-    if value.__class__ is float and value.is_integer():
-        value = int(value)
+    rounded = _round3(reset_at)
+    if rounded.__class__ is float and rounded.is_integer():
+        rounded = int(rounded)
+    value = msgspec.Raw(_encode(rounded))
     ms = reset_at * 1000.0
     if 1.0 < ms < 4398046511104.0:  # 2**42, as `_round3` (and above 0 whole)
         whole = round(ms)
@@ -395,7 +396,7 @@ def _reset_shown(reset_at: float) -> float:
     return value
 
 
-_last_reset: tuple[float, float, float | int] = (0.0, 0.0, 0)  # (above, below, shown)
+_last_reset: tuple[float, float, msgspec.Raw] = (0.0, 0.0, msgspec.Raw(b"0"))  # (above, below)
 
 
 _encode = msgspec.json.Encoder().encode
