@@ -340,14 +340,9 @@ _CACHED = 4096
 def _alternatives_json(alternatives: list[Alternative]) -> list[msgspec.Raw]:
     """Each alternative's encoded object, from `_ALTERNATIVES` (the score's type is in the
     key: `1` and `1.0` show alike, but `True` would not)."""
-    table = _ALTERNATIVES.table
-    out = []
-    for a in alternatives:
-        score = a.score
-        key = (a.provider, a.model, score.__class__, score)
-        raw = table.get(key)
-        out.append(_ALTERNATIVES.alternative(key) if raw is None else raw)
-    return out
+    get, miss = _ALTERNATIVES.table.get, _ALTERNATIVES.alternative
+    keys = [(a.provider, a.model, a.score.__class__, a.score) for a in alternatives]
+    return [get(key) or miss(key) for key in keys]  # a fragment is never empty
 
 
 def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
