@@ -304,7 +304,7 @@ class _StatusJSON(msgspec.Struct):
     allowed: bool
     remaining: float
     limit: float
-    reset_at: msgspec.Raw | float | None  # `_reset_shown`'s, encoded
+    reset_at: float | None
     retry_after_ms: float | None
 
 
@@ -349,7 +349,7 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
     """`LimitStatus.to_dict()` of each, integral numbers as ints, as `_StatusJSON`s. A
     decision's limits are checked within microseconds, so their `reset_at`s mostly round
     to the same ms: `_last_reset` keeps the last one's range (those within 0.49 ms of the
-    rounded value, where `_round3` is exact) and its encoded value."""
+    rounded value, where `_round3` is exact) and its shown value."""
     out = []
     lo, hi, shown = _last_reset
     for r in statuses:
@@ -374,24 +374,25 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
     return out
 
 
-def _reset_shown(reset_at: float) -> msgspec.Raw:
-    """`round(reset_at, 3)`, an int when integral, encoded; kept in `_last_reset` with the
-    range of values that round to it surely (within 0.49 ms: `_round3` takes its fast path
-    there, whose float error below 2**42 ms is under a µs)."""
+def _reset_shown(reset_at: float) -> float | int:
+    """`round(reset_at, 3)`, an int when integral (`_round3`'s fast path, inline: the ms
+    nearest `reset_at * 1000`, over 1000); kept in `_last_reset` with the range of values
+    that round to it surely: within 0.49 ms of it (the product's float error below 2**42
+    ms is under a µs). A tie or a near one, or a value out of that range, takes
+    `_round3` and is not kept."""
     global _last_reset
-    rounded = _round3(reset_at)
-    if rounded.__class__ is float and rounded.is_integer():
-        rounded = int(rounded)
-    value = msgspec.Raw(_encode(rounded))
     ms = reset_at * 1000.0
-    if 1.0 < ms < 4398046511104.0:  # 2**42, as `_round3` (and above 0 whole)
+    if 1.0 < ms < 4398046511104.0:  # 2**42, as `_round3` (and a whole ms above 0)
         whole = round(ms)
         if -0.49 < ms - whole < 0.49:
+            value = whole // 1000 if whole % 1000 == 0 else whole / 1000.0
             _last_reset = ((whole - 0.49) / 1000.0, (whole + 0.49) / 1000.0, value)
-    return value
+            return value
+    rounded = _round3(reset_at)
+    return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
 
 
-_last_reset: tuple[float, float, msgspec.Raw] = (0.0, 0.0, msgspec.Raw(b"0"))  # (above, below)
+_last_reset: tuple[float, float, float | int] = (0.0, 0.0, 0)  # (above, below, shown)
 
 
 _encode = msgspec.json.Encoder().encode
