@@ -348,18 +348,21 @@ def _alternatives_json(alternatives: list[Alternative]) -> list[msgspec.Raw]:
 def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
     """`LimitStatus.to_dict()` of each, integral numbers as ints, as `_StatusJSON`s. A
     decision's limits are checked within microseconds, so their `reset_at`s mostly round
-    to the same ms: `_last_reset` keeps the last one's range (those within 0.49 ms of the
-    rounded value, where `_round3` is exact) and its shown value."""
+    to the same ms: `_last_reset` keeps the last two ranges (those within 0.49 ms of a
+    rounded value, where `_round3` is exact) and their shown values (two: a drained
+    bucket's reset is later than the others', decision after decision)."""
     out = []
-    lo, hi, shown = _last_reset
+    lo, hi, shown, lo2, hi2, shown2 = _last_reset
     for r in statuses:
         remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
         if reset_at.__class__ is float:
             if lo < reset_at < hi:  # type: ignore[operator]
                 reset_at = shown
+            elif lo2 < reset_at < hi2:  # type: ignore[operator]
+                reset_at = shown2
             else:
                 reset_at = _reset_shown(reset_at)  # type: ignore[arg-type]
-                lo, hi, shown = _last_reset
+                lo, hi, shown, lo2, hi2, shown2 = _last_reset
         elif reset_at is not None:
             reset_at = round(reset_at, 3)
         if remaining.__class__ is float and remaining.is_integer():
@@ -376,7 +379,7 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
 
 def _reset_shown(reset_at: float) -> float | int:
     """`round(reset_at, 3)`, an int when integral (`_round3`'s fast path, inline: the ms
-    nearest `reset_at * 1000`, over 1000); kept in `_last_reset` with the range of values
+    nearest `reset_at * 1000`, over 1000); kept first in `_last_reset` with the range of values
     that round to it surely: within 0.49 ms of it (the product's float error below 2**42
     ms is under a µs). A tie or a near one, or a value out of that range, takes
     `_round3` and is not kept."""
@@ -386,13 +389,22 @@ def _reset_shown(reset_at: float) -> float | int:
         whole = round(ms)
         if -0.49 < ms - whole < 0.49:
             value = whole // 1000 if whole % 1000 == 0 else whole / 1000.0
-            _last_reset = ((whole - 0.49) / 1000.0, (whole + 0.49) / 1000.0, value)
+            last = _last_reset  # kept second
+            _last_reset = ((whole - 0.49) / 1000.0, (whole + 0.49) / 1000.0, value, *last[:3])
             return value
     rounded = _round3(reset_at)
     return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
 
 
-_last_reset: tuple[float, float, float | int] = (0.0, 0.0, 0)  # (above, below, shown)
+# (above, below, shown) of the last `reset_at` kept, then of the one before
+_last_reset: tuple[float, float, float | int, float, float, float | int] = (
+    0.0,
+    0.0,
+    0,
+    0.0,
+    0.0,
+    0,
+)
 
 
 _encode = msgspec.json.Encoder().encode
