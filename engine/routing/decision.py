@@ -2,7 +2,8 @@
 
 `Decision.to_json()` is its JSON, as the CLI prints it and the service answers it: the
 fields of `to_dict()` encoded by msgspec (compact, UTF-8), numbers with no fraction
-written as integers (`109`, not `109.0`).
+written as integers (`109`, not `109.0`); what repeats from decision to decision (an
+alternative's object) is encoded once and spliced in.
 
 `DecisionSchema` (`decision_schema`, built on first use) is the pydantic mirror used only
 for `policyctl schema decision`, the service's OpenAPI document and for tests that check
@@ -202,10 +203,12 @@ class Decision:
     def to_json(self) -> bytes:
         """`to_dict()` as compact UTF-8 JSON, the same bytes, in one pass: the fields go to
         msgspec as a `_DecisionJSON` struct (fields in order, the optional ones left unset
-        when absent), not as dicts built first. A string msgspec cannot encode (a lone
-        surrogate has no UTF-8 form: request validation refuses one, but an embedding app
-        builds decisions too) sends the decision through the standard library instead,
-        non-ASCII escaped, so encoding never fails on a string."""
+        when absent), not as dicts built first; each alternative is a fragment encoded
+        once (`_ALTERNATIVES`), each limit a `_StatusJSON` whose `reset_at` rounding the
+        decision's other limits mostly share (`_last_reset`). A string msgspec cannot
+        encode (a lone surrogate has no UTF-8 form: request validation refuses one, but an
+        embedding app builds decisions too) sends the decision through the standard
+        library instead, non-ASCII escaped, so encoding never fails on a string."""
         try:
             return _encode(self._wire())
         except (ValueError, TypeError):  # UnicodeEncodeError: a lone surrogate
@@ -256,10 +259,11 @@ class Decision:
         return out
 
 
-class _DecisionJSON(msgspec.Struct, omit_defaults=True):
+class _DecisionJSON(msgspec.Struct, omit_defaults=True, gc=False):
     """A decision's JSON as msgspec encodes it: `Decision.to_dict()`'s keys in its order
     (tests/test_encoding.py holds the two to the same bytes); an optional field left
-    `UNSET` is not written."""
+    `UNSET` is not written. `gc=False` (here and on the structs it holds): made and
+    dropped within `to_json`, never in a cycle, so the collector need not track them."""
 
     request_id: str | None
     allowed: bool
@@ -287,7 +291,7 @@ class _DecisionJSON(msgspec.Struct, omit_defaults=True):
     shadow: _DecisionJSON | msgspec.UnsetType = msgspec.UNSET
 
 
-class _AlternativeJSON(msgspec.Struct):
+class _AlternativeJSON(msgspec.Struct, gc=False):
     """`Alternative.to_dict()`, as msgspec encodes it."""
 
     provider: str
@@ -295,7 +299,7 @@ class _AlternativeJSON(msgspec.Struct):
     score: float
 
 
-class _StatusJSON(msgspec.Struct):
+class _StatusJSON(msgspec.Struct, gc=False):
     """`LimitStatus.to_dict()` with integral numbers as ints, as msgspec encodes it."""
 
     scope: str
@@ -379,9 +383,9 @@ def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
 
 def _reset_shown(reset_at: float) -> float | int:
     """`round(reset_at, 3)`, an int when integral (`_round3`'s fast path, inline: the ms
-    nearest `reset_at * 1000`, over 1000); kept first in `_last_reset` with the range of values
-    that round to it surely: within 0.49 ms of it (the product's float error below 2**42
-    ms is under a µs). A tie or a near one, or a value out of that range, takes
+    nearest `reset_at * 1000`, over 1000); kept first in `_last_reset` with the range of
+    values that round to it surely: within 0.49 ms of it (the product's float error below
+    2**42 ms is under a µs). A tie or a near one, or a value out of that range, takes
     `_round3` and is not kept."""
     global _last_reset
     ms = reset_at * 1000.0
