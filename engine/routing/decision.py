@@ -330,7 +330,7 @@ class _Fragments:
         provider, model, _, score = key
         if score.__class__ is float and score.is_integer():
             score = int(score)
-        raw = msgspec.Raw(_encode(_AlternativeJSON(provider, model, score)))
+        raw = msgspec.Raw(_encode_fragment(_AlternativeJSON(provider, model, score)))
         if len(self.table) >= _CACHED:
             self.table.clear()
         self.table[key] = raw
@@ -412,6 +412,8 @@ _last_reset: tuple[float, float, float | int, float, float, float | int] = (
 
 
 _encode = msgspec.json.Encoder().encode
+# a fragment's own encoder: once per fragment, not per decision (`_encode` is, and is counted)
+_encode_fragment = msgspec.json.Encoder().encode
 _ALTERNATIVES = _Fragments()
 
 
