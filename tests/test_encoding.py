@@ -19,16 +19,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.cli.eval_cmd import _loads
-from engine.limits.records import LimitDenial
+from engine.limits.records import LimitDenial, LimitStatus
+from engine.routing import decision as decision_module
 from engine.routing.decision import (
+    _ALTERNATIVES,
+    _CACHED,
     AffinityOutcome,
     Alternative,
     Decision,
     DroppedCandidate,
     NoEligibleModel,
+    _alternatives_json,
     _integral_float_in,
+    _integral_numbers,
     _integral_tree,
     _round3,
+    _statuses_json,
     _trace_json,
 )
 from engine.service.body import BodyError, _parse
@@ -204,6 +210,94 @@ def test_every_optional_field_encodes_as_to_dict_has_it() -> None:
 )
 def test_a_status_reset_at_is_rounded_as_round_does(x: float) -> None:
     assert repr(_round3(x)) == repr(round(x, 3))
+
+
+def test_an_alternative_is_encoded_once_not_per_decision() -> None:
+    """The alternatives of a route's decisions are spliced from fragments encoded once:
+    after the first decisions, hundreds more (distinct ids, users, IPs, prompts) encode
+    none, and a second engine on the same policy and catalog (a reload) finds them too."""
+    requests = [
+        {
+            "id": f"c{i}",
+            "user": f"user-{i}",
+            "ip": f"10.1.{i % 250}.{i % 7}",
+            "prompt": "hi " * (i % 5),
+        }
+        for i in range(300)
+    ]
+    for attempt in range(2):  # the second engine: the fragments it needs are kept
+        engine = design_engine(state="memory://")
+        try:
+            for request in requests[:20]:
+                engine.evaluate(dict(request)).to_json()
+            warm = _ALTERNATIVES.made
+            encoded = []
+            for request in requests[20:]:
+                decision = engine.evaluate(dict(request))
+                encoded.append(decision.to_json())
+                assert decision.alternatives
+                assert encoded[-1] == msgspec.json.encode(decision.to_dict())
+            assert _ALTERNATIVES.made == warm, attempt  # 280 decisions, no alternative encoded
+        finally:
+            engine.close()
+
+
+def test_the_fragments_stay_bounded_and_right_past_their_bound() -> None:
+    alternatives = [Alternative("p", f"m{i}", i / 7) for i in range(_CACHED + 50)]
+    for a in alternatives:
+        (raw,) = _alternatives_json([a])
+        assert json.loads(bytes(raw)) == a.to_dict()
+        assert len(_ALTERNATIVES.table) <= _CACHED
+    # the score's type is part of the key: a bool never reads an int's fragment
+    for score in (1, 1.0, True):
+        (raw,) = _alternatives_json([Alternative("p", "m", score)])  # type: ignore[arg-type]
+        assert bytes(raw) == msgspec.json.encode(Alternative("p", "m", score).to_dict())  # type: ignore[arg-type]
+
+
+_near = (
+    st.integers(1, 4 * 10**12).map(lambda n: n / 1000)
+    | st.integers(1, 4 * 10**9).map(float)  # whole seconds: shown as ints
+    | st.floats(1e-3, 1e13)
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    _near,
+    st.lists(
+        st.floats(-1.0, 1.0) | st.sampled_from([0.4899, 0.49, 0.4901, 0.5, -0.49, -0.5]),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_a_status_reset_at_kept_from_the_last_is_the_one_to_dict_shows(
+    base: float, offsets_ms: list[float]
+) -> None:
+    """`_statuses_json` reuses the last `reset_at`'s rounding for values within 0.49 ms
+    of it: each status still encodes as its `to_dict()` does, ties and near ties included,
+    whatever the previous example left kept."""
+    statuses = [
+        LimitStatus("user", "u", "requests", True, 3.0, 5.0, base + off / 1000, None)
+        for off in [0.0, *offsets_ms]
+    ]
+    encode = msgspec.json.Encoder().encode
+    for status, row in zip(statuses, _statuses_json(statuses), strict=True):
+        assert encode(row) == encode(_integral_numbers(status.to_dict()))
+
+
+def test_a_decision_s_limits_share_one_reset_at_rounding() -> None:
+    """Limits checked microseconds apart round to the same ms: the first computes it, the
+    others find it kept (their values lie in the kept range) and show the same value."""
+    base = 1796226278.7495822
+    statuses = [
+        LimitStatus("user", "u", "requests", True, 3.0, 5.0, base + i * 4e-7, None)
+        for i in range(4)
+    ]
+    rows = _statuses_json(statuses)
+    lo, hi, shown = decision_module._last_reset[:3]
+    assert all(lo < s.reset_at < hi for s in statuses)  # type: ignore[operator]
+    assert all(row.reset_at is shown for row in rows)  # the one kept value, four times
+    assert shown == 1796226278.75
 
 
 def test_a_lone_surrogate_falls_back_to_escaped_json() -> None:

@@ -2,7 +2,8 @@
 
 `Decision.to_json()` is its JSON, as the CLI prints it and the service answers it: the
 fields of `to_dict()` encoded by msgspec (compact, UTF-8), numbers with no fraction
-written as integers (`109`, not `109.0`).
+written as integers (`109`, not `109.0`); what repeats from decision to decision (an
+alternative's object) is encoded once and spliced in.
 
 `DecisionSchema` (`decision_schema`, built on first use) is the pydantic mirror used only
 for `policyctl schema decision`, the service's OpenAPI document and for tests that check
@@ -202,10 +203,12 @@ class Decision:
     def to_json(self) -> bytes:
         """`to_dict()` as compact UTF-8 JSON, the same bytes, in one pass: the fields go to
         msgspec as a `_DecisionJSON` struct (fields in order, the optional ones left unset
-        when absent), not as dicts built first. A string msgspec cannot encode (a lone
-        surrogate has no UTF-8 form: request validation refuses one, but an embedding app
-        builds decisions too) sends the decision through the standard library instead,
-        non-ASCII escaped, so encoding never fails on a string."""
+        when absent), not as dicts built first; each alternative is a fragment encoded
+        once (`_ALTERNATIVES`), each limit a `_StatusJSON` whose `reset_at` rounding the
+        decision's other limits mostly share (`_last_reset`). A string msgspec cannot
+        encode (a lone surrogate has no UTF-8 form: request validation refuses one, but an
+        embedding app builds decisions too) sends the decision through the standard
+        library instead, non-ASCII escaped, so encoding never fails on a string."""
         try:
             return _encode(self._wire())
         except (ValueError, TypeError):  # UnicodeEncodeError: a lone surrogate
@@ -230,9 +233,9 @@ class Decision:
                 if confidence.__class__ is float and confidence.is_integer()
                 else confidence
             ),
-            [_alternative_json(a) for a in self.alternatives],
+            _alternatives_json(self.alternatives),
             self.fallbacks,  # dicts of strings: encoded as they are
-            [_status_json(r) for r in self.rate_limits],
+            _statuses_json(self.rate_limits),
             None if self.denied_by is None else self.denied_by.to_dict(),
             self.policy_version,
         )
@@ -256,10 +259,11 @@ class Decision:
         return out
 
 
-class _DecisionJSON(msgspec.Struct, omit_defaults=True):
+class _DecisionJSON(msgspec.Struct, omit_defaults=True, gc=False):
     """A decision's JSON as msgspec encodes it: `Decision.to_dict()`'s keys in its order
     (tests/test_encoding.py holds the two to the same bytes); an optional field left
-    `UNSET` is not written."""
+    `UNSET` is not written. `gc=False` (here and on the structs it holds): made and
+    dropped within `to_json`, never in a cycle, so the collector need not track them."""
 
     request_id: str | None
     allowed: bool
@@ -271,7 +275,7 @@ class _DecisionJSON(msgspec.Struct, omit_defaults=True):
     estimated_cost: float | None
     estimated_latency_ms: float | None
     confidence: float
-    alternatives: list[_AlternativeJSON]
+    alternatives: list[msgspec.Raw]  # each `_ALTERNATIVES`' encoded object
     fallbacks: list[dict[str, str]]
     rate_limits: list[_StatusJSON]
     denied_by: dict[str, Any] | None
@@ -287,7 +291,7 @@ class _DecisionJSON(msgspec.Struct, omit_defaults=True):
     shadow: _DecisionJSON | msgspec.UnsetType = msgspec.UNSET
 
 
-class _AlternativeJSON(msgspec.Struct):
+class _AlternativeJSON(msgspec.Struct, gc=False):
     """`Alternative.to_dict()`, as msgspec encodes it."""
 
     provider: str
@@ -295,7 +299,7 @@ class _AlternativeJSON(msgspec.Struct):
     score: float
 
 
-class _StatusJSON(msgspec.Struct):
+class _StatusJSON(msgspec.Struct, gc=False):
     """`LimitStatus.to_dict()` with integral numbers as ints, as msgspec encodes it."""
 
     scope: str
@@ -308,32 +312,109 @@ class _StatusJSON(msgspec.Struct):
     retry_after_ms: float | None
 
 
-def _alternative_json(a: Alternative) -> _AlternativeJSON:
-    score = a.score
-    if score.__class__ is float and score.is_integer():
-        score = int(score)
-    return _AlternativeJSON(a.provider, a.model, score)
+class _Fragments:
+    """The encoded alternatives `Decision.to_json()` splices in: an alternative (provider,
+    model, score) repeats from decision to decision of a route (its ranking is kept while
+    the catalog and the measurements stand), so it is encoded once, kept by what it shows
+    (a new catalog or score is a new key: nothing to invalidate on a reload) and bounded
+    (emptied at `_CACHED` entries). `made` counts the encodings: after a route's first
+    decisions it stops growing, whatever the number of requests (tests/test_encoding.py)."""
+
+    __slots__ = ("made", "table")
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[Any, ...], msgspec.Raw] = {}
+        self.made = 0
+
+    def alternative(self, key: tuple[Any, ...]) -> msgspec.Raw:
+        provider, model, _, score = key
+        if score.__class__ is float and score.is_integer():
+            score = int(score)
+        raw = msgspec.Raw(_encode_fragment(_AlternativeJSON(provider, model, score)))
+        if len(self.table) >= _CACHED:
+            self.table.clear()
+        self.table[key] = raw
+        self.made += 1
+        return raw
 
 
-def _status_json(r: LimitStatus) -> _StatusJSON:
-    remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
-    if reset_at is not None:
-        reset_at = _round3(reset_at)
-        if reset_at.__class__ is float and reset_at.is_integer():
-            reset_at = int(reset_at)
-    return _StatusJSON(
-        r.scope,
-        r.key,
-        r.unit,
-        r.allowed,
-        int(remaining) if remaining.__class__ is float and remaining.is_integer() else remaining,
-        int(limit) if limit.__class__ is float and limit.is_integer() else limit,
-        reset_at,
-        int(retry) if retry.__class__ is float and retry.is_integer() else retry,  # type: ignore[union-attr]
-    )
+_CACHED = 4096
+
+
+def _alternatives_json(alternatives: list[Alternative]) -> list[msgspec.Raw]:
+    """Each alternative's encoded object, from `_ALTERNATIVES` (the score's type is in the
+    key: `1` and `1.0` show alike, but `True` would not)."""
+    get, miss = _ALTERNATIVES.table.get, _ALTERNATIVES.alternative
+    keys = [(a.provider, a.model, a.score.__class__, a.score) for a in alternatives]
+    return [get(key) or miss(key) for key in keys]  # a fragment is never empty
+
+
+def _statuses_json(statuses: list[LimitStatus]) -> list[_StatusJSON]:
+    """`LimitStatus.to_dict()` of each, integral numbers as ints, as `_StatusJSON`s. A
+    decision's limits are checked within microseconds, so their `reset_at`s mostly round
+    to the same ms: `_last_reset` keeps the last two ranges (those within 0.49 ms of a
+    rounded value, where `_round3` is exact) and their shown values (two: a drained
+    bucket's reset is later than the others', decision after decision)."""
+    out = []
+    lo, hi, shown, lo2, hi2, shown2 = _last_reset
+    for r in statuses:
+        remaining, limit, reset_at, retry = r.remaining, r.limit, r.reset_at, r.retry_after_ms
+        if reset_at.__class__ is float:
+            if lo < reset_at < hi:  # type: ignore[operator]
+                reset_at = shown
+            elif lo2 < reset_at < hi2:  # type: ignore[operator]
+                reset_at = shown2
+            else:
+                reset_at = _reset_shown(reset_at)  # type: ignore[arg-type]
+                lo, hi, shown, lo2, hi2, shown2 = _last_reset
+        elif reset_at is not None:
+            reset_at = round(reset_at, 3)
+        if remaining.__class__ is float and remaining.is_integer():
+            remaining = int(remaining)
+        if limit.__class__ is float and limit.is_integer():
+            limit = int(limit)
+        if retry.__class__ is float and retry.is_integer():  # type: ignore[union-attr]
+            retry = int(retry)  # type: ignore[arg-type]
+        out.append(
+            _StatusJSON(r.scope, r.key, r.unit, r.allowed, remaining, limit, reset_at, retry)
+        )
+    return out
+
+
+def _reset_shown(reset_at: float) -> float | int:
+    """`round(reset_at, 3)`, an int when integral (`_round3`'s fast path, inline: the ms
+    nearest `reset_at * 1000`, over 1000); kept first in `_last_reset` with the range of
+    values that round to it surely: within 0.49 ms of it (the product's float error below
+    2**42 ms is under a µs). A tie or a near one, or a value out of that range, takes
+    `_round3` and is not kept."""
+    global _last_reset
+    ms = reset_at * 1000.0
+    if 1.0 < ms < 4398046511104.0:  # 2**42, as `_round3` (and a whole ms above 0)
+        whole = round(ms)
+        if -0.49 < ms - whole < 0.49:
+            value = whole // 1000 if whole % 1000 == 0 else whole / 1000.0
+            last = _last_reset  # kept second
+            _last_reset = ((whole - 0.49) / 1000.0, (whole + 0.49) / 1000.0, value, *last[:3])
+            return value
+    rounded = _round3(reset_at)
+    return int(rounded) if rounded.__class__ is float and rounded.is_integer() else rounded
+
+
+# (above, below, shown) of the last `reset_at` kept, then of the one before
+_last_reset: tuple[float, float, float | int, float, float, float | int] = (
+    0.0,
+    0.0,
+    0,
+    0.0,
+    0.0,
+    0,
+)
 
 
 _encode = msgspec.json.Encoder().encode
+# a fragment's own encoder: once per fragment, not per decision (`_encode` is, and is counted)
+_encode_fragment = msgspec.json.Encoder().encode
+_ALTERNATIVES = _Fragments()
 
 
 def _round3(x: float) -> float:
