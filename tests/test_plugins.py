@@ -4,6 +4,9 @@ In-process: the registry is given real `importlib.metadata.EntryPoint`s (the dis
 function's output) naming real modules written to a temporary directory, which the
 registry imports as it would an installed package's. Failing, slow (an injected clock) and
 wrong-type plugins give their fallback and a counted error, never a failed decision.
+Plugins whose test is not about time have a 10 s budget (a loaded machine can hold a worker
+thread past the 50 ms default); `slow` runs inline, judged by the injected clock alone;
+`hang` times out on the real clock.
 
 Through the real entry-point mechanism: a tiny distribution with
 `[project.entry-points."policyctl.features"]` is built and `pip install`ed into a fresh
@@ -52,42 +55,42 @@ from engine.features import RequestView, feature
 CALLS = []
 
 
-@feature(type=bool, timeout_ms=50, fallback=False)
+@feature(type=bool, timeout_ms=10_000, fallback=False)
 def legal(request: RequestView) -> bool:
     """The last message reads like a legal question."""
     CALLS.append("legal")
     return "contract" in request.last_text.lower()
 
 
-@feature(type=str, fallback="general")
+@feature(type=str, timeout_ms=10_000, fallback="general")
 def topic(request: RequestView) -> str:
     """A coarse topic from the last message."""
     text = request.last_text.lower()
     return "code" if request.text("code") else "law" if "contract" in text else "general"
 
 
-@feature(type=float, fallback=0.0)
+@feature(type=float, timeout_ms=10_000, fallback=0.0)
 def score(request: RequestView) -> float:
     """An int is a float's value too."""
     return len(request.turns)
 
 
-@feature(type=int, fallback=-1)
+@feature(type=int, timeout_ms=10_000, fallback=-1)
 def failing(request: RequestView) -> int:
     raise RuntimeError("the model is not loaded")
 
 
-@feature(type=int, fallback=7)
+@feature(type=int, timeout_ms=10_000, fallback=7)
 def wrong(request: RequestView) -> int:
     return "seven"
 
 
-@feature(type=bool, timeout_ms=5, fallback=False)
+@feature(type=bool, timeout_ms=5, fallback=False, inline=True)
 def slow(request: RequestView) -> bool:
     return True
 
 
-@feature(type=int, fallback=0)
+@feature(type=int, timeout_ms=10_000, fallback=0)
 def peek(request: RequestView) -> int:
     """What a plugin sees: the fields are read-only."""
     fields = request.fields
@@ -126,7 +129,7 @@ def hang(request: RequestView) -> bool:
     return True
 
 
-@feature(type=str, fallback="")
+@feature(type=str, timeout_ms=10_000, fallback="")
 def thread(request: RequestView) -> str:
     return threading.current_thread().name
 
@@ -384,7 +387,7 @@ def test_a_slow_plugin_gives_its_fallback_by_the_clock(module: str) -> None:
     shown = {c["name"]: (c["value"], c["us"], c["error"]) for c in step["plugins"]}
     assert shown == {"legal": (False, 6000.0, None), "slow": (False, 6000.0, "timeout")}
     assert _only(registry, "slow").stats.errors["timeout"] == 1
-    assert _only(registry, "legal").stats.errors["timeout"] == 0  # 6 ms is within 50 ms
+    assert _only(registry, "legal").stats.errors["timeout"] == 0  # 6 ms is within its 10 s
     # the same call on a clock that moves 1 ms: in time, its own value
     quick = _registry(module, "slow", clock=StepClock(1_000_000))
     program = _compile(quick, "route fast when request.features.slow {\n}\n")
