@@ -326,3 +326,51 @@ def test_a_served_response_is_one_write() -> None:
     (served,) = protocols
     assert isinstance(served.transport, GatheredWrites)
     assert served.transport.writes == 3
+
+
+class _CountedHeaders(list):  # type: ignore[type-arg]
+    """A request's header list that counts the passes over it."""
+
+    passes = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        _CountedHeaders.passes += 1
+        return super().__iter__()
+
+
+def test_a_decision_reads_the_headers_in_one_pass() -> None:
+    """Counted: `/v1/eval` reads the body's length and both wire headers in one pass over
+    the request's headers (they were two), with and without a query; the answers still
+    carry the request id and the decision's length."""
+    fast, _ = _pair()
+    chat = _json(
+        {"model": "gpt-4o", "user": "bob", "messages": [{"role": "user", "content": PROMPT}]}
+    )
+    queries = (b"", b"explain=true", b"format=openai-chat&request_id=q1")
+    for n, query in enumerate(queries):
+        headers = _CountedHeaders(
+            [(b"host", b"127.0.0.1:8181"), (b"content-length", b"%d" % len(chat)),
+             (b"x-request-id", b"r%d" % n)]
+        )  # fmt: skip
+        sent: list[dict[str, Any]] = []
+        messages = [{"type": "http.request", "body": chat, "more_body": False}]
+
+        async def receive(messages: list[dict[str, Any]] = messages) -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/eval", "raw_path": b"/v1/eval",
+            "root_path": "", "query_string": query, "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8181), "headers": headers,
+        }  # fmt: skip
+        _CountedHeaders.passes = 0
+        asyncio.run(fast(scope, receive, send))
+        assert _CountedHeaders.passes == 1, query
+        assert sent[0]["status"] == 200
+        assert dict(sent[0]["headers"])[b"content-length"] == b"%d" % len(sent[1]["body"])
+        request_id = "q1" if b"request_id" in query else f"r{n}"
+        assert json.loads(sent[1]["body"])["request_id"] == request_id

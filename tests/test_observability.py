@@ -396,3 +396,41 @@ def test_under_the_access_writer_an_access_line_becomes_a_record_on_its_thread(
         assert made_on == [threading.current_thread().name]
     finally:
         access.setLevel(level)
+
+
+class _HeldStream(io.StringIO):
+    """A stream whose first flush waits until released: the writer thread stands still."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def flush(self) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        super().flush()
+
+
+def test_the_access_queue_holds_size_lines_and_counts_the_rest_dropped() -> None:
+    """Counted: with the writer thread held, a queue of 5 takes 5 lines and drops (and
+    counts) the other 7; released, the 5 are written, in order."""
+    from engine.service.logconfig import start_access_writer
+
+    name = "policyctl.test-access-bound"
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    stream = _HeldStream()
+    writer = start_access_writer(logging.Formatter("%(message)s"), logger=name, size=5,
+                                 stream=stream)  # fmt: skip
+    try:
+        assert stream.entered.wait(30)  # the thread is in its first (empty) flush
+        for n in range(12):
+            logger.info("line %d", n)
+        assert writer.handler.dropped == 7
+    finally:
+        stream.release.set()
+        writer.stop()
+        logger.handlers = []
+    assert stream.getvalue().splitlines() == [f"line {n}" for n in range(5)]

@@ -12,6 +12,7 @@ writes them in one transaction (`write_batch`), never one row per decision.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -327,6 +328,9 @@ def insert_records(
     insert_rows(con, f"INSERT INTO {table} ({', '.join(fields)})", sql_types(row), rows, select)
 
 
+INSERT_CELLS = 2048  # values bound per statement: rows x columns (256 rows of 8 columns)
+
+
 def insert_rows(
     con: Any,
     insert: str,
@@ -334,16 +338,28 @@ def insert_rows(
     rows: Sequence[Sequence[Any]],
     select: str,
 ) -> None:
-    """`insert` (e.g. `INSERT INTO t`) the rows in one statement: each column goes in as one
-    typed list parameter and comes out through `unnest` as `c0`, `c1`, … for `select`.
-    DuckDB's `executemany` runs one statement per row (about 100x slower)."""
+    """`insert` (e.g. `INSERT INTO t`) the rows, a statement per `INSERT_CELLS` values: each
+    column goes in as one typed list parameter and comes out through `unnest` as `c0`,
+    `c1`, … for `select`. DuckDB's `executemany` runs one statement per row (about 100x
+    slower). DuckDB binds the lists holding the GIL, and a writer thread runs this beside
+    the event loop: one statement for thousands of rows stalled every request for tens of
+    milliseconds, so the rows go in chunks and the GIL is offered between them (the caller's
+    transaction holds them all)."""
     if not rows:
         return
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    if len(columns) != len(types):
-        raise ValueError(f"{insert}: rows have {len(columns)} columns, expected {len(types)}")
+    if len(rows[0]) != len(types):
+        raise ValueError(f"{insert}: rows have {len(rows[0])} columns, expected {len(types)}")
     unnests = ", ".join(f"unnest(?::{t}[]) AS c{i}" for i, t in enumerate(types))
-    con.execute(f"{insert} SELECT {select} FROM (SELECT {unnests})", columns)
+    statement = f"{insert} SELECT {select} FROM (SELECT {unnests})"
+    step = max(1, INSERT_CELLS // len(types))
+    for at in range(0, len(rows), step):
+        if at:
+            time.sleep(0)  # the GIL offered: a thread waiting for it runs now
+        chunk = rows[at : at + step]
+        columns = [list(column) for column in zip(*chunk, strict=True)]
+        if len(columns) != len(types):
+            raise ValueError(f"{insert}: rows have {len(columns)} columns, expected {len(types)}")
+        con.execute(statement, columns)
 
 
 def recent_outcomes(con: Any, since_epoch_s: float) -> list[tuple[Any, ...]]:

@@ -44,14 +44,13 @@ from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
+    NO_OPTIONS,
     BodyError,
-    checked_json,
     decide,
-    flag_in,
     json_body,
     problem,
-    read_body,
-    wire_options_of,
+    read_eval,
+    waits,
 )
 from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
@@ -59,7 +58,6 @@ from engine.service.fastpath import (
     FAST_PATHS,
     Answer,
     FastRoute,
-    JsonAnswer,
     RawHandler,
     ServiceApp,
 )
@@ -294,14 +292,16 @@ def create_app(
 
         return run
 
-    async def evaluate(scope: Scope, receive: Receive) -> Answer:
-        # parsed once; the request validator checks the strings
-        body = checked_json(await read_body(scope, receive), check_strings=False)
-        start = time.perf_counter()
-        options = wire_options_of(scope)
-        decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
-            engine, body, scope, options, flag_in(scope, "explain"), flag_in(scope, "dry_run")
-        )
+    async def evaluate(scope: Scope, receive: Receive) -> Answer | bytes:
+        try:
+            body, options, explain, dry_run = await read_eval(scope, receive)
+            start = time.perf_counter()
+            if options is NO_OPTIONS and not waits(engine.program):  # most requests
+                decision = engine.evaluate(body)
+            else:  # waits for `wait up to D` limits' tokens (engine.acquire)
+                decision = await decide(engine, body, scope, options, explain, dry_run)
+        except (BodyError, RecursionError, RequestError) as err:  # `guarded_raw`, inline
+            return client_error(err)
         telemetry.observe(
             decision.route,
             decision.provider,
@@ -310,7 +310,7 @@ def create_app(
             time.perf_counter() - start,
         )
         dashboard.count(decision)
-        return JsonAnswer(decision.to_json())
+        return decision.to_json()  # a JSON answer (fastpath.JsonAnswer)
 
     def observe(decision: Decision, seconds: float) -> None:  # /v1/enforce, /v1/eval/batch
         telemetry.observe(
@@ -369,7 +369,7 @@ def create_app(
         return JSONResponse(document)
 
     routes = [
-        FastRoute("/v1/eval", guarded_raw(evaluate)),
+        FastRoute("/v1/eval", evaluate),
         *enforce_routes(engine, guard=guarded, guard_raw=guarded_raw, observe=observe),
         Route("/v1/outcomes", guarded(outcomes), methods=["POST"]),
         Route("/v1/policy", policy, methods=["GET"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import msgspec
 from starlette.datastructures import QueryParams
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope
 
 from engine.api.waiting import has_waits
 from engine.errors import PolicyctlError
@@ -129,6 +130,63 @@ async def read_body(scope: Scope, receive: Receive) -> bytes:
             raise BodyError(400, "the client disconnected before sending the whole body")
 
 
+async def read_eval(scope: Scope, receive: Receive) -> tuple[Any, WireOptions, bool, bool]:
+    """What `POST /v1/eval` and `/v1/enforce` read: the body parsed (as `checked_json(…,
+    check_strings=False)`: the request validator checks the strings), the `WireOptions`,
+    and the `?explain` and `?dry_run` flags; the headers read in one pass, and a body that
+    came in one message taken as it came (`read_body`'s bounds and errors). Without a query
+    string or a wire header the options are `NO_OPTIONS` (and both flags off)."""
+    declared = fmt = request_id = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if declared is None:
+                declared = value
+        elif name == b"x-input-format":
+            if fmt is None:
+                fmt = value.decode("latin-1")
+        elif name == b"x-request-id" and request_id is None:
+            request_id = value.decode("latin-1")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyError(413, "request body is larger than 1 MiB")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        raw = message.get("body", b"")
+        if len(raw) > MAX_BODY_BYTES:
+            raise BodyError(413, "request body is larger than 1 MiB")
+    else:
+        raw = await _rest_of_body(scope, receive, message)
+    try:
+        body = _decode(raw)  # as `_parse`: the common case first
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        body = _parse(raw, False)
+    query_string = scope.get("query_string")
+    if not query_string:
+        if fmt is None and request_id is None:
+            return body, NO_OPTIONS, False, False
+        return body, _options(_NO_QUERY, fmt, request_id), False, False
+    query = QueryParams(query_string)
+    return (
+        body,
+        _options(query, fmt, request_id),
+        query.get("explain", "").lower() in _YES,
+        query.get("dry_run", "").lower() in _YES,
+    )
+
+
+async def _rest_of_body(scope: Scope, receive: Receive, first: Message) -> bytes:
+    """`read_body` after its first message (`first`), already received."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first
+        return await receive()
+
+    return await read_body(scope, again)
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first `name` header (lower-case), Latin-1, as `request.headers.get` reads it."""
     for key, value in scope["headers"]:
@@ -181,7 +239,10 @@ def flag_in(scope: Scope, name: str) -> bool:
     """`?name=1` (or `true`, `yes`) in the request's query."""
     if not scope.get("query_string"):  # most requests: no query to parse
         return False
-    return QueryParams(scope["query_string"]).get(name, "").lower() in ("1", "true", "yes")
+    return QueryParams(scope["query_string"]).get(name, "").lower() in _YES
+
+
+_YES = ("1", "true", "yes")
 
 
 def _wire_headers(scope: Scope) -> tuple[str | None, str | None]:
@@ -215,7 +276,7 @@ def wire_options(request: HttpRequest) -> WireOptions:
     return wire_options_of(request.scope)
 
 
-_NO_OPTIONS = WireOptions(None, None, None, None)
+NO_OPTIONS = WireOptions(None, None, None, None)  # no query, no wire header
 
 
 def wire_options_of(scope: Scope) -> WireOptions:
@@ -223,8 +284,14 @@ def wire_options_of(scope: Scope) -> WireOptions:
     query_string = scope.get("query_string")
     header_format, header_id = _wire_headers(scope)
     if not query_string and header_format is None and header_id is None:
-        return _NO_OPTIONS  # most requests: nothing to read
-    query = QueryParams(query_string) if query_string else _NO_QUERY
+        return NO_OPTIONS  # most requests: nothing to read
+    return _options(QueryParams(query_string) if query_string else _NO_QUERY, header_format,
+                    header_id)  # fmt: skip
+
+
+def _options(
+    query: Mapping[str, str], header_format: str | None, header_id: str | None
+) -> WireOptions:
     fmt = query.get("format") or header_format
     if fmt is not None and fmt not in FORMATS:
         raise BodyError(
@@ -250,8 +317,8 @@ async def decide(
     policy that has `wait up to D` limits (and without `?dry_run` or `?wait=false`), a
     request those limits deny waits for its tokens (an `await`, no thread), in the order of
     its `priority` (the `X-Priority` header wins)."""
-    if dry_run or not _waits(engine.program):
-        if options is _NO_OPTIONS and not explain:  # most requests: no keywords to pass
+    if dry_run or not waits(engine.program):
+        if options is NO_OPTIONS and not explain:  # most requests: no keywords to pass
             return engine.evaluate(body)
         return engine.evaluate(
             body, dry_run=dry_run, explain=explain, input_format=options.input_format,  # type: ignore[arg-type]
@@ -280,7 +347,7 @@ class _WaitsOf:
         return last[1]
 
 
-_waits = _WaitsOf()
+waits = _WaitsOf()  # `has_waits(program)`, cached per program
 
 
 def _no_wait(request: HttpRequest) -> bool:

@@ -48,17 +48,16 @@ from engine.limits.stores.base import StoreUnavailableError
 from engine.routing.decision import Decision
 from engine.routing.request import RequestError, env_of
 from engine.service.body import (
+    NO_OPTIONS,
     BodyError,
     WireOptions,
-    checked_json,
     decide,
     flag,
-    flag_in,
     parse_json,
     raw_body,
-    read_body,
+    read_eval,
+    waits,
     wire_options,
-    wire_options_of,
 )
 from engine.service.fastpath import Answer, FastRoute, RawHandler
 from engine.units import format_duration
@@ -307,12 +306,12 @@ def enforce_routes(
 
     async def enforce(scope: Scope, receive: Receive) -> Answer:
         # parsed once; the request validator checks the strings
-        body = checked_json(await read_body(scope, receive), check_strings=False)
+        body, options, explain, dry_run = await read_eval(scope, receive)
         start = time.perf_counter()
-        options = wire_options_of(scope)
-        decision = await decide(  # waits for `wait up to D` limits' tokens (engine.acquire)
-            engine, body, scope, options, flag_in(scope, "explain"), flag_in(scope, "dry_run")
-        )
+        if options is NO_OPTIONS and not waits(engine.program):  # most requests
+            decision = engine.evaluate(body)
+        else:  # waits for `wait up to D` limits' tokens (engine.acquire)
+            decision = await decide(engine, body, scope, options, explain, dry_run)
         observe(decision, time.perf_counter() - start)
         statuses = decision.rate_limits
         if enforce_status(decision) == 429:
