@@ -55,9 +55,11 @@ print(json.dumps({
 """
 
 
-def _eval_in_subprocess(tmp_path: Path, request: Path) -> dict[str, object]:
+def _probe(tmp_path: Path, probe: str, *args: str) -> dict[str, object]:
+    """`probe` run by a fresh interpreter in `tmp_path` (its own policyctl cache): the JSON
+    it prints."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, str(request), json.dumps(NOT_NEEDED)],
+        [sys.executable, "-c", probe, *args],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env={**os.environ, "POLICYCTL_CACHE_DIR": str(tmp_path / "cache"),
              "PYTHONPATH": str(REPO)},
@@ -65,6 +67,10 @@ def _eval_in_subprocess(tmp_path: Path, request: Path) -> dict[str, object]:
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
+
+
+def _eval_in_subprocess(tmp_path: Path, request: Path) -> dict[str, object]:
+    return _probe(tmp_path, PROBE, str(request), json.dumps(NOT_NEEDED))
 
 
 def test_a_second_eval_loads_only_what_it_uses(tmp_path: Path) -> None:
@@ -92,15 +98,7 @@ print(json.dumps({"code": code, "stderr": err.getvalue(), "pydantic": "pydantic"
 def _bad_body_in_subprocess(tmp_path: Path, lines: list[object]) -> dict[str, object]:
     request = tmp_path / "r.jsonl"
     request.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    done = subprocess.run(
-        [sys.executable, "-c", BAD_BODY_PROBE, request.name],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**os.environ, "POLICYCTL_CACHE_DIR": str(tmp_path / "cache"),
-             "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
+    return _probe(tmp_path, BAD_BODY_PROBE, request.name)
 
 
 def test_pydantic_is_imported_for_a_body_the_fast_path_cannot_take(tmp_path: Path) -> None:

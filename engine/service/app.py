@@ -18,7 +18,6 @@ client sends produces a 500.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,13 +43,10 @@ from engine.routing.decision_schema import DecisionSchema
 from engine.routing.request import Request, RequestError
 from engine.service.admin_routes import admin_openapi_paths, admin_routes
 from engine.service.body import (
-    NO_OPTIONS,
     BodyError,
-    decide,
     json_body,
     problem,
-    read_eval,
-    waits,
+    read_and_decide,
 )
 from engine.service.dashboard import Dashboard
 from engine.service.enforce import enforce_openapi_paths, enforce_routes
@@ -294,20 +290,11 @@ def create_app(
 
     async def evaluate(scope: Scope, receive: Receive) -> Answer | bytes:
         try:
-            body, options, explain, dry_run = await read_eval(scope, receive)
-            start = time.perf_counter()
-            if options is NO_OPTIONS and not waits(engine.program):  # most requests
-                decision = engine.evaluate(body)
-            else:  # waits for `wait up to D` limits' tokens (engine.acquire)
-                decision = await decide(engine, body, scope, options, explain, dry_run)
+            _, _, decision, seconds = await read_and_decide(engine, scope, receive)
         except (BodyError, RecursionError, RequestError) as err:  # `guarded_raw`, inline
             return client_error(err)
         telemetry.observe(
-            decision.route,
-            decision.provider,
-            decision.allowed,
-            decision.denied_by,
-            time.perf_counter() - start,
+            decision.route, decision.provider, decision.allowed, decision.denied_by, seconds
         )
         dashboard.count(decision)
         return decision.to_json()  # a JSON answer (fastpath.JsonAnswer)

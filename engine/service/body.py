@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -332,6 +333,21 @@ async def decide(
         input_format=options.input_format, request_id=options.request_id,  # type: ignore[arg-type]
         model=options.model, stream=options.stream,
     )  # fmt: skip
+
+
+async def read_and_decide(
+    engine: PolicyEngine, scope: Scope, receive: Receive
+) -> tuple[Any, WireOptions, Decision, float]:
+    """`POST /v1/eval`'s and `/v1/enforce`'s common part: the body and options read
+    (`read_eval`), the decision (`decide`; a plain request straight to `evaluate`), and the
+    seconds it took (read excluded)."""
+    body, options, explain, dry_run = await read_eval(scope, receive)
+    start = time.perf_counter()
+    if options is NO_OPTIONS and not waits(engine.program):  # most requests
+        decision = engine.evaluate(body)
+    else:  # waits for `wait up to D` limits' tokens (engine.acquire)
+        decision = await decide(engine, body, scope, options, explain, dry_run)
+    return body, options, decision, time.perf_counter() - start
 
 
 class _WaitsOf:

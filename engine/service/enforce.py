@@ -48,15 +48,12 @@ from engine.limits.stores.base import StoreUnavailableError
 from engine.routing.decision import Decision
 from engine.routing.request import RequestError, env_of
 from engine.service.body import (
-    NO_OPTIONS,
     BodyError,
     WireOptions,
-    decide,
     flag,
     parse_json,
     raw_body,
-    read_eval,
-    waits,
+    read_and_decide,
     wire_options,
 )
 from engine.service.fastpath import Answer, FastRoute, RawHandler
@@ -306,13 +303,8 @@ def enforce_routes(
 
     async def enforce(scope: Scope, receive: Receive) -> Answer:
         # parsed once; the request validator checks the strings
-        body, options, explain, dry_run = await read_eval(scope, receive)
-        start = time.perf_counter()
-        if options is NO_OPTIONS and not waits(engine.program):  # most requests
-            decision = engine.evaluate(body)
-        else:  # waits for `wait up to D` limits' tokens (engine.acquire)
-            decision = await decide(engine, body, scope, options, explain, dry_run)
-        observe(decision, time.perf_counter() - start)
+        body, options, decision, seconds = await read_and_decide(engine, scope, receive)
+        observe(decision, seconds)
         statuses = decision.rate_limits
         if enforce_status(decision) == 429:
             statuses = _every_limit(engine, body, options, decision)
