@@ -22,9 +22,10 @@ Routing reads a `MetricsSnapshot`: every model's `ModelStats` at one time, rebui
 every `refresh_ms` of the clock (`DEFAULT_REFRESH_MS`, 250 ms), so a decision may see
 measurements up to that old; `refresh_ms=0` rebuilds whenever anything changed (always
 fresh). A rebuild recomputes only the models with outcomes (or expired slices) since the
-last one, each in one walk of its sorted histogram for all three percentiles. Failure counts are the exception: a failure, or a success ending a
-run of failures, reaches the next decision's snapshot at once (cooldown never waits), the
-model's other figures staying as they were. `stats(key)` and `refresh()` are the exact
+last one, each in one walk of its sorted histogram for all three percentiles. Failure
+counts are the exception: a failure, or a success ending a run of failures, reaches the
+next decision's snapshot at once (cooldown never waits), the model's other figures staying
+as they were. `stats(key)` and `refresh()` are the exact
 reads: they rebuild first if anything changed.
 """
 
