@@ -172,3 +172,53 @@ def test_decisions_with_live_outcomes_take_the_shortcut_and_walk_no_histogram() 
     assert decision.confidence == 1.0  # measured: samples ≥ min_samples
     engine.evaluate({"id": "traced"}, explain=True)
     assert evaluator_module.general_path_calls == general + 1  # a trace takes the general path
+
+
+def test_the_window_matches_a_recount_of_its_outcomes() -> None:
+    """Successes wait in their slice to be bucketed in bulk, the newest slice joins the
+    totals only when a newer one starts, past outcomes go to their own slice: whatever the
+    order, the stats are those of the outcomes still in the window, recounted from scratch."""
+    import random
+
+    rng = random.Random(15)
+    clock = FakeClock()
+    window = 3600.0
+    slice_s = window / metrics_module.SLICES
+    metrics = LiveMetrics(window, clock, 0)
+    kept: dict[str, list[tuple[float, float, bool, float]]] = {k: [] for k in MODELS[:2]}
+    for step in range(6000):
+        key = MODELS[step % 2]
+        clock.now += rng.expovariate(1 / 3.0)  # about 20 minutes of traffic per 400 steps
+        latency = rng.lognormvariate(5, 1)
+        success = rng.random() > 0.1
+        cost = rng.random() / 1000
+        at = None
+        if rng.random() < 0.05:  # an import from the past, some older than the window
+            at = clock.now - rng.uniform(0, 1.2 * window)
+        metrics.record(key, latency, success, cost, at)
+        when = clock.now if at is None else at
+        if when >= clock.now - window or at is None:
+            kept[key].append((when, latency, success, cost))
+        if step % 997 == 0 or step == 5999:
+            for model, outcomes in kept.items():
+                if not outcomes:
+                    continue
+                horizon = clock.now - window
+                inside = [o for o in outcomes if o[0] - o[0] % slice_s + slice_s > horizon]
+                got = metrics.stats(model)
+                assert got is not None
+                counts: dict[int, int] = {}
+                for o in inside:
+                    bucket = metrics_module.bucket_of(o[1])
+                    counts[bucket] = counts.get(bucket, 0) + 1
+                n = len(inside)
+                assert got.samples == n
+                assert (got.p50_ms, got.p95_ms, got.p99_ms) == metrics_module.quantiles(counts, n)
+                assert got.success_rate == sum(o[2] for o in inside) / n
+                assert got.avg_cost == pytest.approx(sum(o[3] for o in inside) / n)
+                run = 0
+                for o in reversed(outcomes):  # in the order they were recorded
+                    if o[2]:
+                        break
+                    run += 1
+                assert got.consecutive_failures == run

@@ -9,6 +9,11 @@
   not a multiple of the mean;
 - the window is cut into `SLICES` time slices; an outcome updates its slice and the running
   window totals in O(1); a slice that leaves the window is subtracted whole;
+- `record()` of the usual outcome (a success in the newest slice, ending no run of
+  failures) appends its latency to its model's pending list and adds its cost, nothing
+  more: pending latencies are bucketed in bulk (`PENDING_LATENCIES` at a time, or when the
+  model's stats are computed or a slice starts or leaves), so the hot path computes no
+  logarithm and touches no histogram;
 - success rate, average cost and count come from the same totals;
 - consecutive failures and the time of the last one, for cooldown (the evaluator decides,
   with the route's `cooldown after N failures for D`).
@@ -17,11 +22,11 @@ Routing reads a `MetricsSnapshot`: every model's `ModelStats` at one time, rebui
 every `refresh_ms` of the clock (`DEFAULT_REFRESH_MS`, 250 ms), so a decision may see
 measurements up to that old; `refresh_ms=0` rebuilds whenever anything changed (always
 fresh). A rebuild recomputes only the models with outcomes (or expired slices) since the
-last one, each in one walk of its sorted histogram for all three percentiles; `record()`
-only marks its model. Failure counts are the exception: a failure, or a success ending a
-run of failures, reaches the next decision's snapshot at once (cooldown never waits), the
-model's other figures staying as they were. `stats(key)` and `refresh()` are the exact
-reads: they rebuild first if anything changed.
+last one, each in one walk of its histogram for all three percentiles (its buckets' sorted
+order kept until a bucket appears or empties). Failure counts are the exception: a
+failure, or a success ending a run of failures, reaches the next decision's snapshot at
+once (cooldown never waits), the model's other figures staying as they were. `stats(key)`
+and `refresh()` are the exact reads: they rebuild first if anything changed.
 """
 
 from __future__ import annotations
@@ -41,8 +46,11 @@ _ceil = math.ceil
 _log = math.log
 MIN_LATENCY_MS = 0.01  # smaller values share the lowest bucket
 SLICES = 24
+PENDING_LATENCIES = 16  # successes noted per newest slice before they are bucketed in bulk
 DEFAULT_REFRESH_MS = 250.0  # a decision reads measurements at most this old (docs/metrics.md)
 PERCENTILES = (0.50, 0.95, 0.99)  # what ModelStats reports, ascending
+_NOTHING_YET = -math.inf  # the time of the empty snapshot a window starts with
+_NO_SLICE = math.nan  # a series' `start` while it has no slice (equal to no start)
 
 # Walks of a histogram for percentiles (one per model per rebuild), counted so tests can
 # check that a decision does not sort histograms (`quantiles`).
@@ -148,31 +156,69 @@ class _Slice:
     start: float  # epoch seconds
     counts: dict[int, int] = field(default_factory=dict)
     n: int = 0
-    ok: int = 0
+    failed: int = 0
     cost: float = 0.0
 
 
 @dataclass(slots=True)
 class _Series:
+    """One model's window: its slices, oldest first, and their totals. The successes
+    `record()` took in the newest slice since the last `_settle` wait in `pending` (their
+    latencies) and `pending_cost`, in neither the slice nor the totals yet."""
+
     slices: deque[_Slice] = field(default_factory=deque)
     counts: dict[int, int] = field(default_factory=dict)  # window totals
     n: int = 0
-    ok: int = 0
+    failed: int = 0
     cost: float = 0.0
     consecutive_failures: int = 0
     last_failure_at: float = 0.0
     last_outcome_at: float = 0.0
     dirty: bool = True  # outcomes (or an expired slice) since its stats were computed
+    start: float = _NO_SLICE  # the newest slice's start (`_NO_SLICE`: none)
+    pending: list[float] = field(default_factory=list)
+    pending_cost: float = 0.0
+    buckets: list[int] | None = None  # `counts`' buckets sorted (None: to sort again)
+
+
+def _settle(series: _Series) -> None:
+    """The pending successes into the newest slice and the totals, in one loop."""
+    pending = series.pending
+    if not pending:
+        return
+    newest = series.slices[-1]
+    totals, counts = series.counts, newest.counts
+    known = len(totals)
+    log, ceil, log_gamma, least = _log, _ceil, _LOG_GAMMA, MIN_LATENCY_MS
+    for latency in pending:
+        bucket = ceil(log(latency if latency > least else least) / log_gamma)  # `bucket_of`
+        totals[bucket] = totals.get(bucket, 0) + 1
+        counts[bucket] = counts.get(bucket, 0) + 1
+    if len(totals) != known:
+        series.buckets = None
+    taken = len(pending)
+    newest.n += taken
+    series.n += taken
+    newest.cost += series.pending_cost
+    series.cost += series.pending_cost
+    series.pending_cost = 0.0
+    pending.clear()
+    series.dirty = True
 
 
 def quantiles(
-    counts: dict[int, int], n: int, qs: tuple[float, ...] = PERCENTILES
+    counts: dict[int, int],
+    n: int,
+    qs: tuple[float, ...] = PERCENTILES,
+    buckets: list[int] | None = None,
 ) -> tuple[float, ...]:
     """The values at ranks ceil(q·n) (1-based) of a histogram for each q of `qs` (ascending),
-    within the relative accuracy: one walk of the sorted buckets for all of them."""
+    within the relative accuracy: one walk of the sorted buckets for all of them. `buckets`:
+    `sorted(counts)`, if the caller kept it."""
     global percentile_passes
     percentile_passes += 1
-    buckets = sorted(counts)
+    if buckets is None:
+        buckets = sorted(counts)
     running = list(accumulate(map(counts.__getitem__, buckets)))  # outcomes up to each bucket
     last = len(buckets) - 1
     # the first bucket whose running count reaches the rank (the last, should rank exceed n)
@@ -184,9 +230,6 @@ def quantiles(
 def quantile(counts: dict[int, int], n: int, q: float) -> float:
     """The value at rank ceil(q·n) (1-based) of a histogram, within the relative accuracy."""
     return quantiles(counts, n, (q,))[0]
-
-
-_NOTHING_YET = -math.inf  # the time of the empty snapshot a window starts with
 
 
 class LiveMetrics:
@@ -232,49 +275,85 @@ class LiveMetrics:
     ) -> None:
         now = self.clock() if at is None else at
         start = now - now % self.slice_s
-        floor = latency_ms if latency_ms > MIN_LATENCY_MS else MIN_LATENCY_MS
-        bucket = _ceil(_log(floor) / _LOG_GAMMA)  # bucket_of, inlined: the hot path
         with self._lock:
             series = self._series.get(model_key)
-            if series is None:
-                series = self._series[model_key] = _Series()
-            slices = series.slices
-            current = slices[-1] if slices else None
-            if current is None or current.start < start:
-                slices.append(_Slice(start))
-                self._expire(series, now)
-                current = slices[-1]
-            elif current.start != start:  # an outcome from the past (an import)
-                if now < self.clock() - self.window_s:
-                    return  # older than the window: nothing to count
-                current = self._slice_for(series, start)
-            counts = current.counts
-            counts[bucket] = counts.get(bucket, 0) + 1
-            current.n += 1
-            current.cost += cost
-            counts = series.counts
-            counts[bucket] = counts.get(bucket, 0) + 1
-            series.n += 1
-            series.cost += cost
-            if success:
-                current.ok += 1
-                series.ok += 1
-                if series.consecutive_failures:  # the circuit closes: no waiting for it
-                    series.consecutive_failures = 0
-                    self._health_keys.add(model_key)
-                    self._health_dirty = True
-            else:
-                series.consecutive_failures += 1
-                if now > series.last_failure_at:
-                    series.last_failure_at = now
+            if (
+                success
+                and series is not None
+                and series.start == start
+                and not series.consecutive_failures
+            ):  # the usual outcome: a success in the newest slice, ending no run of failures
+                pending = series.pending
+                pending.append(latency_ms)  # bucketed in bulk (`_settle`)
+                series.pending_cost += cost
+                if now > series.last_outcome_at:
+                    series.last_outcome_at = now
+                self._dirty = True
+                if len(pending) >= PENDING_LATENCIES:
+                    _settle(series)
+                return
+            self._add(model_key, series, now, start, latency_ms, success, cost)
+
+    def _add(
+        self,
+        model_key: str,
+        series: _Series | None,
+        now: float,
+        start: float,
+        latency_ms: float,
+        success: bool,
+        cost: float,
+    ) -> None:
+        """`record` of any other outcome (the lock held): a new model or slice, a past slice,
+        a failure or a success ending a run of failures."""
+        if series is None:
+            series = self._series[model_key] = _Series()
+        else:
+            _settle(series)
+        slices = series.slices
+        current = slices[-1] if slices else None
+        if current is None or current.start < start:
+            slices.append(_Slice(start))
+            series.start = start
+            self._expire(series, now)
+            current = slices[-1]
+        elif current.start != start:  # an outcome from the past (an import)
+            if now < self.clock() - self.window_s:
+                return  # older than the window: nothing to count
+            current = self._slice_for(series, start)
+        bucket = _ceil(
+            _log(latency_ms if latency_ms > MIN_LATENCY_MS else MIN_LATENCY_MS) / _LOG_GAMMA
+        )
+        counts = current.counts
+        counts[bucket] = counts.get(bucket, 0) + 1
+        current.n += 1
+        current.cost += cost
+        counts = series.counts
+        if bucket not in counts:
+            series.buckets = None
+        counts[bucket] = counts.get(bucket, 0) + 1
+        series.n += 1
+        series.cost += cost
+        if success:
+            if series.consecutive_failures:  # the circuit closes: no waiting for it
+                series.consecutive_failures = 0
                 self._health_keys.add(model_key)
                 self._health_dirty = True
-            if now > series.last_outcome_at:
-                series.last_outcome_at = now
-            series.dirty = True
-            self._dirty = True
+        else:
+            current.failed += 1
+            series.failed += 1
+            series.consecutive_failures += 1
+            if now > series.last_failure_at:
+                series.last_failure_at = now
+            self._health_keys.add(model_key)
+            self._health_dirty = True
+        if now > series.last_outcome_at:
+            series.last_outcome_at = now
+        series.dirty = True
+        self._dirty = True
 
     def _slice_for(self, series: _Series, start: float) -> _Slice:
+        """The slice starting at `start`, older than the newest (made if there is none)."""
         for item in series.slices:
             if item.start == start:
                 return item
@@ -284,20 +363,28 @@ class LiveMetrics:
         return made
 
     def _expire(self, series: _Series, now: float) -> None:
+        """Slices older than the window leave it (the pending successes settled first)."""
         horizon = now - self.window_s
         slices = series.slices
+        if not slices or slices[0].start + self.slice_s > horizon:
+            return
+        _settle(series)
+        totals = series.counts
         while slices and slices[0].start + self.slice_s <= horizon:
             old = slices.popleft()
             for bucket, count in old.counts.items():
-                left = series.counts[bucket] - count
+                left = totals[bucket] - count
                 if left:
-                    series.counts[bucket] = left
+                    totals[bucket] = left
                 else:
-                    del series.counts[bucket]
+                    del totals[bucket]
+                    series.buckets = None
             series.n -= old.n
-            series.ok -= old.ok
+            series.failed -= old.failed
             series.cost -= old.cost
             series.dirty = True
+        if not slices:
+            series.start = _NO_SLICE
 
     def snapshot(self) -> MetricsSnapshot:
         """What a decision reads: the last snapshot while it is less than `refresh_ms` old
@@ -325,9 +412,7 @@ class LiveMetrics:
                     continue
                 old = stats.get(key)
                 if old is None:
-                    stats[key] = self._stats_of(series)
-                    series.dirty = False
-                    self.recomputed += 1
+                    stats[key] = self._computed(series)
                     whole = True
                 else:
                     stats[key] = ModelStats(
@@ -362,31 +447,35 @@ class LiveMetrics:
                 return snap
             stats = dict(snap.stats)
             for key, series in self._series.items():
-                if series.dirty:
-                    stats[key] = self._stats_of(series)
-                    series.dirty = False
-                    self.recomputed += 1
+                if series.dirty or series.pending:
+                    stats[key] = self._computed(series)
             self._dirty = self._health_dirty = False
             self._health_keys.clear()
             self.rebuilds += 1
             snap = self._snapshot = MetricsSnapshot(stats, now)
             return snap
 
-    @staticmethod
-    def _stats_of(series: _Series) -> ModelStats:
+    def _computed(self, series: _Series) -> ModelStats:
+        """A model's stats over its window (the lock held), pending successes settled."""
+        _settle(series)
+        self.recomputed += 1
+        series.dirty = False
         n = series.n
         if n <= 0:
             return ModelStats(
                 0, 0.0, 0.0, 0.0, 1.0, 0.0,
                 series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
             )  # fmt: skip
-        p50, p95, p99 = quantiles(series.counts, n)
+        buckets = series.buckets
+        if buckets is None:
+            buckets = series.buckets = sorted(series.counts)
+        p50, p95, p99 = quantiles(series.counts, n, PERCENTILES, buckets)
         return ModelStats(
             samples=n,
             p50_ms=p50,
             p95_ms=p95,
             p99_ms=p99,
-            success_rate=series.ok / n,
+            success_rate=(n - series.failed) / n,
             avg_cost=series.cost / n,
             consecutive_failures=series.consecutive_failures,
             last_failure_at=series.last_failure_at,
