@@ -30,6 +30,15 @@ master far harder than each cluster master, so the CPU ratio understates capacit
 Phase 2, overloaded (`global 5000 per 1s`, the fleet asking 10000/s, global only): the most
 admitted in any 1 s window, against what strict mode admits (capacity + rate × 1 s) and the
 documented bound (instances × lease_max × capacity more).
+
+Phase 3, a hot key (`lease_hot`): one IP far above `lease_hot=20` on every instance (the
+fleet asks it 10000/s, 100/s per instance) next to cold IPs seen a few times each
+(`lease=auto&lease_max=0.01&lease_ms=1000&lease_hot=20`). Under its limit (`ip 20000 per
+1s`): round trips per hot decision amortised (target ≤ 0.05) and per cold one (1 each);
+the cold IPs (`ip 3 per 1m`, 2000 of them, asked past their limit) admitted exactly as a
+memory store replaying the same decisions admits. Then overloaded (the hot IP limited to
+2000 per 1s, asked 10000/s): the most admitted in any 1 s against strict mode's capacity +
+rate × 1 s and the documented bound (instances × lease_max × capacity more).
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ from _redis_cluster import RedisCluster  # noqa: E402
 
 from engine.limits.stores.base import Spec  # noqa: E402
 from engine.limits.stores.leases import LeaseConfig  # noqa: E402
+from engine.limits.stores.memory import MemoryStore  # noqa: E402
 from engine.limits.stores.redis_cluster_store import RedisClusterStore  # noqa: E402
 from engine.limits.stores.redis_store import RedisStore  # noqa: E402
 
@@ -213,6 +223,73 @@ def run(
     return Load(decisions, trips, seconds, calls, usec), admitted
 
 
+HOT = "lease=auto&lease_max=0.01&lease_ms=1000&lease_hot=20"
+
+
+@dataclass
+class HotRun:
+    """Phase 3's counted decisions: hot and cold, their round trips, and the virtual times
+    (s) the hot one was admitted at; the cold decisions as (time ms, key, admitted)."""
+
+    hot: int
+    hot_trips: int
+    cold: int
+    cold_trips: int
+    hot_admitted: list[float]
+    cold_seen: list[tuple[float, str, bool]]
+
+
+def hot_run(
+    cluster: RedisCluster, url: str, instances: int, decisions: int, hot: Spec, seed: int = 3
+) -> HotRun:
+    """`decisions` at 20000 per virtual second from `instances` leased stores, half of them
+    on the hot IP and half on 2000 cold ones (`ip 3 per 1m`), after as many not counted
+    (the hot key found hot on every instance, its leases grown)."""
+    stores = [RedisClusterStore(url + "&" + HOT) for _ in range(instances)]
+    for store in stores:  # connect, read the slot map: not counted
+        store.peek("bench/warm/1000/x")
+    _reset(cluster)
+    rng = random.Random(seed)
+    step = 1000.0 / 20000
+    result = HotRun(0, 0, 0, 0, [], [])
+    for i in range(2 * decisions):
+        now = START_MS + i * step
+        store = stores[rng.randrange(instances)]
+        counted = i >= decisions
+        if rng.random() < 0.5:
+            spec = hot
+        else:
+            key = f"ip/requests/60000/198.51.{rng.randrange(2000)}"
+            spec = Spec(key, 3, 3 / 60000, 1)
+        before = store.round_trips
+        admitted = store.acquire([spec], (), now).option is not None
+        trips = store.round_trips - before
+        if spec is hot:
+            if counted:
+                result.hot += 1
+                result.hot_trips += trips
+            if admitted:
+                result.hot_admitted.append(now / 1000.0)
+        else:
+            if counted:
+                result.cold += 1
+                result.cold_trips += trips
+            result.cold_seen.append((now, spec.key, admitted))
+    for store in stores:
+        store.close()
+    return result
+
+
+def exact_cold(seen: list[tuple[float, str, bool]]) -> int:
+    """How many cold decisions a memory store, replaying them, decides otherwise."""
+    memory = MemoryStore()
+    wrong = 0
+    for now, key, admitted in seen:
+        spec = Spec(key, 3, 3 / 60000, 1)
+        wrong += (memory.acquire([spec], (), now).option is not None) != admitted
+    return wrong
+
+
 def most_in_window(times: list[float], window_s: float) -> int:
     times = sorted(times)
     return max(
@@ -331,12 +408,46 @@ def main() -> int:
                   f" leased over-admission measured {max(0.0, over):g}, documented bound"
                   f" {bound:g} (instances × lease_max × capacity)")  # fmt: skip
 
+            # phase 3: a hot key next to cold ones
+            hot_n = 1500 if args.quick else 10000
+            under = hot_run(
+                cluster, url, instances, hot_n, Spec("ip/requests/1000/hot", 20000, 20, 1)
+            )
+            hot_over = Spec("ip/requests/1000/hot", 2000, 2, 1)
+            over_run = hot_run(cluster, url, instances, hot_n * 2, hot_over, seed=4)
+            hot_trips = under.hot_trips / under.hot
+            cold_trips = under.cold_trips / under.cold
+            wrong = exact_cold(under.cold_seen) + exact_cold(over_run.cold_seen)
+            refused = sum(1 for _, _, ok in under.cold_seen + over_run.cold_seen if not ok)
+            hot_config = LeaseConfig("auto", 0.01, 1000.0)
+            hot_strict = hot_over.capacity + hot_over.rate * 1000
+            hot_bound = hot_config.bound(hot_over, instances)
+            counted_from = START_MS / 1000 + hot_n * 2 / 20000  # the overloaded run's count
+            most_hot = most_in_window([t for t in over_run.hot_admitted if t >= counted_from], 1.0)
+            print(f"\nphase 3: a hot IP (half of the fleet's 20000/s) next to 2000 cold IPs,"
+                  f" {HOT}; {hot_n} decisions counted after as many not")  # fmt: skip
+            print("| decisions | round trips / decision |")
+            print("|---|---|")
+            print(f"| hot IP, under its limit (ip 20000/1s) | {hot_trips:.4f} |")
+            print(f"| hot IP, overloaded (ip 2000/1s) | {over_run.hot_trips / over_run.hot:.4f} |")
+            print(f"| cold IPs (ip 3/1m) | {cold_trips:.4f} |")
+            print(
+                f"cold decisions decided otherwise than a memory store replaying them: {wrong}"
+                f" of {len(under.cold_seen) + len(over_run.cold_seen)} ({refused} denied)"
+            )
+            print(f"hot IP overloaded: most admitted in any 1 s {most_hot}; strict mode at most"
+                  f" {hot_strict:g}, documented bound {hot_strict + hot_bound:g} (+ instances ×"
+                  " lease_max × capacity)")  # fmt: skip
+
             met = {
                 "per-user-only round trips = 1": abs(user.per_decision - 1) < 0.01,
                 "leased round trips ≤ 0.05": leased_trips <= TARGET_TRIPS_LEASED,
                 "capacity ≥ 2.5× single slot": cap["single"] >= TARGET_SPEEDUP,
                 "strict within capacity + rate·W": results["strict"][1] <= strict_max + 1,
                 "leased within the bound": results["leased"][1] <= strict_max + bound + 1,
+                "hot key round trips ≤ 0.05": hot_trips <= TARGET_TRIPS_LEASED,
+                "cold keys 1 call and exact": abs(cold_trips - 1) < 1e-9 and wrong == 0,
+                "hot key within the bound": most_hot <= hot_strict + hot_bound + 1,
             }
             print()
             for what, ok in met.items():

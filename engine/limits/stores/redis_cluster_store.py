@@ -38,6 +38,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -215,14 +216,16 @@ class _Call:
         self.option_base = 0  # the decision's option index of options[0]
 
 
-class _GaugeFull(Exception):
-    """A folded gauge was full (`redis_gauge_fold.lua`): the decision's index of it, and
-    when it frees."""
+@dataclass(slots=True)
+class _Folded:
+    """One slot's gauges in its bucket call (`redis_gauge_fold.lua`): the decision's indexes
+    of them, where the slots each held go, and, when one was full (nothing taken then),
+    its index and when it frees."""
 
-    def __init__(self, index: int, free_at: float | None) -> None:
-        super().__init__(index)
-        self.index = index
-        self.free_at = free_at
+    take: SlotTake
+    indexes: list[int]
+    held: dict[int, int]
+    full: tuple[int, float | None] | None = None
 
 
 class RedisClusterStore(RedisStore):
@@ -392,8 +395,11 @@ class RedisClusterStore(RedisStore):
             with self._lease_lock:
                 denied = self._lease_precheck(shared_list, option_list, now, leased_tags)
             if denied is not None:
+                if take is not None:  # nothing asked, nothing taken
+                    take.slots = Slots((0,) * len(take.gauges), None, None)
                 return denied
         start = 0
+        flushed = False  # pending directories written once, when a folded gauge is full
         while True:
             fixed: int | None = None if n else 0
             taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
@@ -427,21 +433,30 @@ class RedisClusterStore(RedisStore):
                         option, failed, outcomes, wrote = self._leased_call(call, now)
                 elif tag in gauge_at:
                     assert take is not None
+                    folded = _Folded(take, gauge_at[tag], held)
                     try:
                         option, failed, outcomes, wrote = self._slot_call(
-                            call, now, consume, ticket, (take, gauge_at[tag], held)
+                            call, now, consume, ticket, folded
                         )
-                    except _GaugeFull as full:  # nothing taken in this slot
-                        self._refund(taken, now)
-                        self._release_in(gauged, take.lease)
-                        if ticket is not None and reserved:
-                            self._drop_parts(reserved, ticket.request_id)
-                        take.slots = self._full(take, order, gauge_at, tag, full, now, held)
-                        return AcquireResult(None, (), None)
                     except StoreUnavailableError:
                         with contextlib.suppress(StoreUnavailableError):
                             self._release_in(gauged, take.lease)
                         raise
+                    if folded.full is not None:  # nothing taken in this slot
+                        self._refund(taken, now)
+                        self._release_in(gauged, take.lease)
+                        gauged = []
+                        if ticket is not None and reserved:
+                            self._drop_parts(reserved, ticket.request_id)
+                        # a slot another instance released before this one wrote its
+                        # directory is freed by writing it: then asked again, once
+                        if not flushed and self._pending:
+                            flushed = True
+                            with contextlib.suppress(StoreUnavailableError):
+                                if self.flush_notes(now)[1]:
+                                    break
+                        take.slots = self._full(take, order, gauge_at, tag, folded.full, now, held)
+                        return AcquireResult(None, (), None)
                     if failed is None and consume:
                         gauged.append(tag)
                 else:
@@ -663,13 +678,13 @@ class RedisClusterStore(RedisStore):
         now: float,
         consume: bool,
         ticket: Ticket | None,
-        gauges: tuple[SlotTake, list[int], dict[int, int]] | None = None,
+        gauges: _Folded | None = None,
     ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
         """One slot's `redis_gcra.lua`: (the option it took relative to those given, or None;
         the place of the bucket that denied, or None; (place, outcome) per bucket it reports;
-        whether it wrote a reservation part). With `gauges` (the take, the indexes of its
-        gauges in this slot, where the slots each held go): `redis_gauge_fold.lua`, those
-        gauges taken in the same call; a full one raises `_GaugeFull` (nothing taken)."""
+        whether it wrote a reservation part). With `gauges`: `redis_gauge_fold.lua`, this
+        slot's gauges taken in the same call; a full one sets `gauges.full` (nothing taken,
+        the rest of the reply empty)."""
         specs = [s for _, s in call.shared]
         for option in call.options:
             specs.extend(s for _, s in option)
@@ -693,7 +708,7 @@ class RedisClusterStore(RedisStore):
                 ))  # fmt: skip
         script = self._script
         if gauges is not None:
-            take, indexes, held = gauges
+            take, indexes, held = gauges.take, gauges.indexes, gauges.held
             script = self._gauge_fold_script
             keys.extend(gauge_redis_key(take.gauges[i][0]) for i in indexes)
             keys.append(lease_record(call.tag, take.lease))
@@ -708,7 +723,9 @@ class RedisClusterStore(RedisStore):
                 for i, value in zip(indexes, reply[3:], strict=False):
                     held[i] = int(value)
                 free_at = _text(reply[2])
-                raise _GaugeFull(indexes[int(reply[1]) - 1], float(free_at) if free_at else None)
+                index = indexes[int(reply[1]) - 1]
+                gauges.full = (index, float(free_at) if free_at else None)
+                return None, None, [], False
             g = int(reply[-1])
             for i, value in zip(indexes, reply[-1 - g : -1], strict=True):
                 held[i] = int(value)
@@ -773,13 +790,13 @@ class RedisClusterStore(RedisStore):
         order: list[str],
         gauge_at: dict[str, list[int]],
         tag: str,
-        full: _GaugeFull,
+        full: tuple[int, float | None],
         now: float,
         held: dict[int, int],
     ) -> Slots:
         """A folded gauge was full: the first full gauge in the decision's order (those
         listed before it in slots not asked yet are read: a denial path only)."""
-        failed, free_at = full.index, full.free_at
+        failed, free_at = full
         for other in order[order.index(tag) + 1 :]:
             earlier = [i for i in gauge_at.get(other, ()) if i < failed]
             if earlier:
@@ -807,11 +824,12 @@ class RedisClusterStore(RedisStore):
             with contextlib.suppress(StoreUnavailableError):  # kept: written with the next
                 self.flush_notes(now)
 
-    def flush_notes(self, now: float | None = None) -> int:
+    def flush_notes(self, now: float | None = None) -> tuple[int, int]:
         """Writes the pending lease directories (one pipeline: a round trip per master that
         holds one), so an outcome reaching another instance finds the slots. A directory
         that finds a release already asked for (`redis_inflight.lua` note: another instance
-        got the outcome first) has its slots released here. How many were written."""
+        got the outcome first) has its slots released here. (How many were written, how many
+        of those released.)"""
         with self._notes_lock:
             batch = list(self._pending.items())
             self._pending.clear()
@@ -822,7 +840,7 @@ class RedisClusterStore(RedisStore):
                         break
                     del self._held_tags[lease]
         if not batch:
-            return 0
+            return 0, 0
         client = self._redis
         sha = self._inflight_script.sha
         pipe = client.pipeline(transaction=False)
@@ -853,12 +871,14 @@ class RedisClusterStore(RedisStore):
                     self._pending.setdefault(lease, note)
             raise
         self.notes_written += len(batch)
+        released = 0
         for (lease, (_, tags, _)), reply in zip(batch, replies, strict=True):
             if int(reply) == 0:  # released already, on another instance
                 with self._notes_lock:
                     self._held_tags.pop(lease, None)
                 self._release_in(tags, lease)
-        return len(batch)
+                released += 1
+        return len(batch), released
 
     def _refund(self, taken: list[tuple[str, list[Spec]]], now: float) -> None:
         """Hands back, slot by slot, the tokens a decision took before a later slot denied
