@@ -749,7 +749,7 @@ class Limiter:
                 taken = Slots((), None, None)
             elif self._slots_in_acquire:  # taken in the buckets' call (below)
                 wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in held]
-                folded = SlotTake(wanted, lease, consume)
+                folded = SlotTake(wanted, lease)
                 taken = Slots((), None, None)
             else:
                 wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in held]
@@ -773,8 +773,10 @@ class Limiter:
                 pin=one, slot_take=folded,
             )  # fmt: skip
             if folded is not None:
-                if folded.slots is None:  # no bucket call ran (none applies, or the store is
-                    try:  # down): the gauges alone, nothing consumed yet
+                if folded.slots is None and folded.asked:
+                    return verdict  # the store is down: `on_store_error` said, nothing taken
+                if folded.slots is None:  # no bucket call ran (none applies): the gauges
+                    try:  # alone, nothing consumed yet
                         folded.slots = slots.take_slots(folded.gauges, lease, now, consume=consume)
                     except StoreUnavailableError as err:
                         return self._store_down(err, on_store_error, now_s)

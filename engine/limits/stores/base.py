@@ -161,12 +161,13 @@ class SlotTake:
     script call of its key's buckets). All-or-nothing with the buckets: a full gauge
     denies with no bucket consumed (`slots.failed` set, the bucket result empty), a bucket
     denial leaves no gauge taken. `slots` is what the gauges found, set by the store when
-    its bucket call ran (None: it did not run, so nothing was taken)."""
+    its bucket call ran (None: it did not run, so nothing was taken); `asked`, set by the
+    store when it was asked at all (asked with no `slots`: it failed, `StoreUnavailableError`)."""
 
     gauges: Sequence[Gauge]
     lease: str
-    consume: bool
     slots: Slots | None = None
+    asked: bool = False
 
 
 class Adjustment(NamedTuple):

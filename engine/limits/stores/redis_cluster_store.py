@@ -356,6 +356,8 @@ class RedisClusterStore(RedisStore):
         pin: PinWrite | None,
         take: SlotTake | None = None,
     ) -> AcquireResult:
+        if take is not None:
+            take.asked = True
         shared_list = [Spec(*s) for s in shared]
         option_list = [[Spec(*s) for s in option] for option in options]
         n = len(option_list)
