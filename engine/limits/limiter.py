@@ -54,6 +54,7 @@ from engine.limits.stores.base import (
     Settles,
     SharedReservations,
     Slots,
+    SlotTake,
     Spec,
     Store,
     StoreUnavailableError,
@@ -474,6 +475,8 @@ class Limiter:
     charged: Counter[str] = field(default_factory=Counter)
     # the store writes an affinity pin in its bucket call (`acquire(…, pin=)`: Redis)
     _pins_in_acquire: bool = False
+    # the store takes per-key in-flight gauges in its bucket call (`acquire(…, slots=)`)
+    _slots_in_acquire: bool = False
     # the analytics tables' events (None: no analytics, nothing made); with them, the
     # slots each allowed decision took: lease -> (taken at, [(gauge key, lease ends at)])
     events: LimitEvents | None = None
@@ -489,6 +492,7 @@ class Limiter:
         if isinstance(store, SharedReservations):
             self._shared = store
         self._pins_in_acquire = isinstance(store, AffinityPins)
+        self._slots_in_acquire = getattr(store, "folds_slots", False) is True
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
             self._consume_all = store.consume_all
             self._acquire_stepwise = store.acquire_stepwise
@@ -546,14 +550,20 @@ class Limiter:
         gauges: bool = True,
         shadow: bool = True,
         pin: PinWrite | None = None,
+        slot_take: SlotTake | None = None,
     ) -> Verdict:
         """`record` false (a shadow route's dry run): no tallies, no violations either.
         `shadow` false: the enforced limits only (the policy's shadow limits are not asked);
         `gauges` false: the buckets alone (what `_check_inflight` asks between its gauges).
         `pin`: an affinity pin the store writes for the candidate its bucket call admits
         (`pin.models`: the candidates' model keys in order), when it can (Redis); then
-        `pin.written` is set."""
-        pins = {"pin": pin} if pin is not None and self._pins_in_acquire else None
+        `pin.written` is set. `slot_take`: in-flight gauges the store takes in its bucket call
+        (`_check_inflight`, on a store with `folds_slots`)."""
+        pins: dict[str, Any] | None = (
+            {"pin": pin} if pin is not None and self._pins_in_acquire else None
+        )
+        if slot_take is not None:
+            pins = {**(pins or {}), "slots": slot_take}
         known, plan = self._plan
         if known is not limits or plan is None:
             plan = self._plan_for(limits)
@@ -734,7 +744,12 @@ class Limiter:
             for part in per_parts:
                 key = candidate[0] if part.is_provider else candidate[1]
                 held += [(a, key) for a in applicable(part, key, None, env, now_s)]
+            folded: SlotTake | None = None
             if not held:
+                taken = Slots((), None, None)
+            elif self._slots_in_acquire:  # taken in the buckets' call (below)
+                wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in held]
+                folded = SlotTake(wanted, lease)
                 taken = Slots((), None, None)
             else:
                 wanted = [Gauge(a.prefix + k, int(a.limit), now + a.window_ms) for a, k in held]
@@ -755,8 +770,24 @@ class Limiter:
             verdict = self.check(
                 limits, env, [candidate] if per_parts else candidates, consume=consume,
                 on_store_error=on_store_error, record=record and last, gauges=False, shadow=False,
-                pin=one,
+                pin=one, slot_take=folded,
             )  # fmt: skip
+            if folded is not None:
+                if folded.slots is None and folded.asked:
+                    return verdict  # the store is down: `on_store_error` said, nothing taken
+                if folded.slots is None:  # no bucket call ran (none applies): the gauges
+                    try:  # alone, nothing consumed yet
+                        folded.slots = slots.take_slots(folded.gauges, lease, now, consume=consume)
+                    except StoreUnavailableError as err:
+                        return self._store_down(err, on_store_error, now_s)
+                    if folded.slots.failed is None and verdict.option is None and consume:
+                        self._release(lease)
+                taken = folded.slots
+                if taken.failed is not None:
+                    denied = self._slot_denial(held, taken, now, env, now_s, record)
+                    if taken.failed < len(shared):
+                        return denied
+                    continue
             if one is not None and one.written:
                 pin.written = True  # type: ignore[union-attr]
             allowed = verdict.option is not None
@@ -768,7 +799,7 @@ class Limiter:
                 for (a, k), n in zip(held, taken.held, strict=True)
             ]  # fmt: skip
             if not allowed:
-                if consume and held:
+                if consume and held and folded is None:  # (a folding store released them)
                     self._release(lease)
                 by = verdict.denied_by
                 if (
@@ -909,7 +940,7 @@ class Limiter:
         infos: Sequence[list[tuple[Applied, str]]],
         env: Mapping[str, Any],
         now: float,
-        pins: dict[str, PinWrite] | None = None,
+        pins: dict[str, Any] | None = None,
     ) -> AcquireResult:
         """The consuming store call on a store that keeps reservations: its record written
         in the same call when the decision is admitted (one round trip). `infos`: the

@@ -154,6 +154,22 @@ class Slots(NamedTuple):
     free_at: float | None
 
 
+@dataclass(slots=True)
+class SlotTake:
+    """In-flight gauges for a store to take in its bucket call (`acquire(…, slots=)` on a
+    store whose `folds_slots` is true: a Redis Cluster, where a per-key gauge rides in the
+    script call of its key's buckets). All-or-nothing with the buckets: a full gauge
+    denies with no bucket consumed (`slots.failed` set, the bucket result empty), a bucket
+    denial leaves no gauge taken. `slots` is what the gauges found, set by the store when
+    its bucket call ran (None: it did not run, so nothing was taken); `asked`, set by the
+    store when it was asked at all (asked with no `slots`: it failed, `StoreUnavailableError`)."""
+
+    gauges: Sequence[Gauge]
+    lease: str
+    slots: Slots | None = None
+    asked: bool = False
+
+
 class Adjustment(NamedTuple):
     """One bucket's settlement: what the decision really used less what its estimate took."""
 

@@ -38,6 +38,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,6 +53,7 @@ from engine.limits.stores.base import (
     Settled,
     Settlement,
     Slots,
+    SlotTake,
     Spec,
     StoreUnavailableError,
     Ticket,
@@ -93,6 +95,15 @@ DIRECTORY_SCRIPT = (Path(__file__).with_name("redis_cluster_directory.lua")).rea
     encoding="utf-8"
 )
 LEASE_SCRIPT = (Path(__file__).with_name("redis_lease.lua")).read_text(encoding="utf-8")
+# a slot's check-and-consume with that slot's in-flight gauges taken in the same call
+GAUGE_FOLD_SCRIPT = (
+    (Path(__file__).with_name("redis_gauge_fold.lua"))
+    .read_text(encoding="utf-8")
+    .replace("--[[redis_gcra.lua]]", SCRIPT)
+)
+NOTE_BATCH = 32  # lease directories pending before they are written (one pipeline)
+NOTE_MS = 50.0  # ... or the oldest pending this long (the engine's clock)
+TOMBSTONE_MS = 600_000  # a release asked before its directory was written waits this long
 _SCRIPTS = {
     "_script": SCRIPT,
     "_inflight_script": INFLIGHT_SCRIPT,
@@ -100,6 +111,7 @@ _SCRIPTS = {
     "_pin_script": PIN_SCRIPT,
     "_directory_script": DIRECTORY_SCRIPT,
     "_lease_script": LEASE_SCRIPT,
+    "_gauge_fold_script": GAUGE_FOLD_SCRIPT,
 }
 
 
@@ -204,10 +216,23 @@ class _Call:
         self.option_base = 0  # the decision's option index of options[0]
 
 
+@dataclass(slots=True)
+class _Folded:
+    """One slot's gauges in its bucket call (`redis_gauge_fold.lua`): the decision's indexes
+    of them, where the slots each held go, and, when one was full (nothing taken then),
+    its index and when it frees."""
+
+    take: SlotTake
+    indexes: list[int]
+    held: dict[int, int]
+    full: tuple[int, float | None] | None = None
+
+
 class RedisClusterStore(RedisStore):
     """`RedisStore` with its buckets and reservations sharded by key over a Redis Cluster."""
 
     KIND = "redis cluster"
+    folds_slots = True  # per-key in-flight gauges ride in their slot's bucket call
 
     def __init__(self, url: str) -> None:  # the base's __init__ opens a single-node client
         try:
@@ -242,6 +267,14 @@ class RedisClusterStore(RedisStore):
         self._outstanding = "{" + SHARED_TAG + "}:" + OUTSTANDING[len("{policyctl}:") :]
         self._outstanding += self.instance
         self._expired = "{" + SHARED_TAG + "}:" + EXPIRED[len("{policyctl}:") :] + self.instance
+        # leases whose per-key gauges were taken in a bucket call: their directories wait
+        # here (lease -> noted at, tags, keep ms) to be written in batches (`flush_notes`),
+        # and this instance remembers their slots (lease -> tags, expires at) to release
+        # them in one call
+        self._notes_lock = threading.Lock()
+        self._pending: dict[str, tuple[float, list[str], int]] = {}
+        self._held_tags: dict[str, tuple[list[str], float]] = {}
+        self.notes_written = 0  # directories written by `flush_notes`
 
     # ------------------------------------------------------------------ the client
 
@@ -279,12 +312,39 @@ class RedisClusterStore(RedisStore):
     _pin_script = property(lambda self: self._registered("_pin_script"))
     _directory_script = property(lambda self: self._registered("_directory_script"))
     _lease_script = property(lambda self: self._registered("_lease_script"))
+    _gauge_fold_script = property(lambda self: self._registered("_gauge_fold_script"))
 
     @property
     def lease_config(self) -> LeaseConfig:
         return self.leases.config
 
     # ------------------------------------------------------------------ buckets
+
+    def acquire(
+        self,
+        shared: Sequence[Spec],
+        options: Iterable[Sequence[Spec]],
+        now: float,
+        *,
+        consume: bool = True,
+        pin: PinWrite | None = None,
+        slots: SlotTake | None = None,
+    ) -> AcquireResult:
+        """`RedisStore.acquire`; with `slots`, their gauges taken in the same calls
+        (`SlotTake`)."""
+        return self._acquire(shared, options, now, consume, None, pin, slots)
+
+    def acquire_reserving(
+        self,
+        shared: Sequence[Spec],
+        options: Sequence[Sequence[Spec]],
+        now: float,
+        ticket: Ticket,
+        *,
+        pin: PinWrite | None = None,
+        slots: SlotTake | None = None,
+    ) -> AcquireResult:
+        return self._acquire(shared, options, now, True, ticket, pin, slots)
 
     def _acquire(
         self,
@@ -294,14 +354,17 @@ class RedisClusterStore(RedisStore):
         consume: bool,
         ticket: Ticket | None,
         pin: PinWrite | None,
+        take: SlotTake | None = None,
     ) -> AcquireResult:
+        if take is not None:
+            take.asked = True
         shared_list = [Spec(*s) for s in shared]
         option_list = [[Spec(*s) for s in option] for option in options]
         n = len(option_list)
         tags = {bucket_tag(s[0]) for s in shared_list}
         option_tags = {bucket_tag(s[0]) for option in option_list for s in option}
         every = tags | option_tags
-        if not every:
+        if not every and take is None:
             return AcquireResult(0, (), None)  # nothing to check: every option fits
         self._last_now = max(self._last_now, now)  # the engine's clock, for `close`
         leasing = self._leasing(shared_list, option_list, consume, ticket)
@@ -319,12 +382,26 @@ class RedisClusterStore(RedisStore):
         order = asked + ([SHARED_TAG] if SHARED_TAG in every - leased_tags else [])
         order += sorted(leased_tags & every - {SHARED_TAG})
         order += [SHARED_TAG] if SHARED_TAG in every & leased_tags else []
+        # in-flight gauges: folded into the calls of the per-key slots that hold this
+        # decision's own buckets; any other (a shared gauge, a key with no bucket here, a
+        # hot one) and they are all taken first, on their own, as `take_slots` does
+        gauge_at: dict[str, list[int]] = {}
+        if take is not None:
+            for index, gauge in enumerate(take.gauges):
+                gauge_at.setdefault(bucket_tag(gauge[0]), []).append(index)
+            if not set(gauge_at) <= (set(asked) & tags) - option_tags:
+                return self._gauges_first(take, shared_list, option_list, now, consume, ticket, pin)
+        held: dict[int, int] = {}
+        gauged: list[str] = []  # slots whose gauges this pass took
         if leased_tags:  # an empty lease that cannot renew denies before any per-key call
             with self._lease_lock:
                 denied = self._lease_precheck(shared_list, option_list, now, leased_tags)
             if denied is not None:
+                if take is not None:  # nothing asked, nothing taken
+                    take.slots = Slots((0,) * len(take.gauges), None, None)
                 return denied
         start = 0
+        flushed = False  # pending directories written once, when a folded gauge is full
         while True:
             fixed: int | None = None if n else 0
             taken: list[tuple[str, list[Spec]]] = []  # consumed this pass: (tag, specs)
@@ -356,8 +433,44 @@ class RedisClusterStore(RedisStore):
                 if leased:
                     with self._lease_lock:
                         option, failed, outcomes, wrote = self._leased_call(call, now)
+                elif tag in gauge_at:
+                    assert take is not None
+                    folded = _Folded(take, gauge_at[tag], held)
+                    try:
+                        option, failed, outcomes, wrote = self._slot_call(
+                            call, now, consume, ticket, folded
+                        )
+                    except StoreUnavailableError:
+                        with contextlib.suppress(StoreUnavailableError):
+                            self._release_in(gauged, take.lease)
+                        raise
+                    if folded.full is not None:  # nothing taken in this slot
+                        self._refund(taken, now)
+                        self._release_in(gauged, take.lease)
+                        gauged = []
+                        if ticket is not None and reserved:
+                            self._drop_parts(reserved, ticket.request_id)
+                        # a slot another instance released before this one wrote its
+                        # directory is freed by writing it: then asked again, once
+                        if not flushed and self._pending:
+                            flushed = True
+                            with contextlib.suppress(StoreUnavailableError):
+                                if self.flush_notes(now)[1]:
+                                    break
+                        take.slots = self._full(take, order, gauge_at, tag, folded.full, now, held)
+                        return AcquireResult(None, (), None)
+                    if failed is None and consume:
+                        gauged.append(tag)
                 else:
-                    option, failed, outcomes, wrote = self._slot_call(call, now, consume, ticket)
+                    try:
+                        option, failed, outcomes, wrote = self._slot_call(
+                            call, now, consume, ticket
+                        )
+                    except StoreUnavailableError:
+                        if take is not None:
+                            with contextlib.suppress(StoreUnavailableError):
+                                self._release_in(gauged, take.lease)
+                        raise
                 for place, outcome in outcomes:
                     known[place] = outcome
                 if failed is None:
@@ -372,6 +485,9 @@ class RedisClusterStore(RedisStore):
                     continue
                 # denied here: hand back what the earlier slots took
                 self._refund(taken, now)
+                if take is not None:
+                    self._release_in(gauged, take.lease)
+                    gauged = []
                 if spent:
                     with self._lease_lock:
                         for spec in spent:
@@ -390,6 +506,9 @@ class RedisClusterStore(RedisStore):
                 if retry:
                     start = fixed + 1  # type: ignore[operator]
                     break
+                if take is not None:  # (a denial's statuses do not report the gauges)
+                    count = len(take.gauges)
+                    take.slots = Slots(tuple(held.get(i, 0) for i in range(count)), None, None)
                 return self._denial(shared_list, option_list, known, failed_place, now)
             else:
                 if fixed is None:
@@ -398,6 +517,10 @@ class RedisClusterStore(RedisStore):
                     self._note(ticket, reserved, now)
                 if pin is not None and consume and fixed < len(pin.models):  # the pin's own slot
                     self._write_pin(pin, pin.models[fixed])
+                if take is not None:
+                    take.slots = Slots(tuple(held[i] for i in range(len(take.gauges))), None, None)
+                    if gauged:
+                        self._noted(take, gauged, now)
                 chosen = option_list[fixed] if n else []
                 outcomes = [known[(-1, i)] for i in range(len(shared_list))]
                 outcomes += [known[(fixed, j)] for j in range(len(chosen))]
@@ -557,10 +680,13 @@ class RedisClusterStore(RedisStore):
         now: float,
         consume: bool,
         ticket: Ticket | None,
+        gauges: _Folded | None = None,
     ) -> tuple[int | None, tuple[int, int] | None, list[tuple[tuple[int, int], Outcome]], bool]:
         """One slot's `redis_gcra.lua`: (the option it took relative to those given, or None;
         the place of the bucket that denied, or None; (place, outcome) per bucket it reports;
-        whether it wrote a reservation part)."""
+        whether it wrote a reservation part). With `gauges`: `redis_gauge_fold.lua`, this
+        slot's gauges taken in the same call; a full one sets `gauges.full` (nothing taken,
+        the rest of the reply empty)."""
         specs = [s for _, s in call.shared]
         for option in call.options:
             specs.extend(s for _, s in option)
@@ -582,8 +708,30 @@ class RedisClusterStore(RedisStore):
                     ticket.request_id, repr(float(ticket.input_tokens)),
                     repr(float(ticket.expires_at)), KEEP_MS, flags,
                 ))  # fmt: skip
-        reply = self._call(self._script, keys=keys, args=argv)
+        script = self._script
+        if gauges is not None:
+            take, indexes, held = gauges.take, gauges.indexes, gauges.held
+            script = self._gauge_fold_script
+            keys.extend(gauge_redis_key(take.gauges[i][0]) for i in indexes)
+            keys.append(lease_record(call.tag, take.lease))
+            argv.append(take.lease)
+            for i in indexes:
+                argv.extend((int(take.gauges[i][1]), repr(float(take.gauges[i][2]))))
+            argv.append(len(indexes))
+        reply = self._call(script, keys=keys, args=argv)
         option = int(reply[0])
+        if gauges is not None:
+            if option == -2:  # a gauge full: nothing read or taken past it
+                for i, value in zip(indexes, reply[3:], strict=False):
+                    held[i] = int(value)
+                free_at = _text(reply[2])
+                index = indexes[int(reply[1]) - 1]
+                gauges.full = (index, float(free_at) if free_at else None)
+                return None, None, [], False
+            g = int(reply[-1])
+            for i, value in zip(indexes, reply[-1 - g : -1], strict=True):
+                held[i] = int(value)
+            reply = reply[: -1 - g]
         failed_at = int(reply[1])
         values = reply[2:]
         count = len(values) // 3
@@ -610,6 +758,129 @@ class RedisClusterStore(RedisStore):
         ]
         failed = outcomes[failed_at - 1][0] if failed_at > 0 else None
         return (option if option >= 0 else None), failed, outcomes, writes and failed is None
+
+    def _gauges_first(
+        self,
+        take: SlotTake,
+        shared: list[Spec],
+        options: list[list[Spec]],
+        now: float,
+        consume: bool,
+        ticket: Ticket | None,
+        pin: PinWrite | None,
+    ) -> AcquireResult:
+        """Gauges that cannot ride in a bucket call: taken first (`take_slots`), then the
+        buckets; a bucket denial (or a store error) releases them."""
+        take.slots = self.take_slots(take.gauges, take.lease, now, consume=consume)
+        if take.slots.failed is not None:
+            return AcquireResult(None, (), None)
+        try:
+            result = self._acquire(shared, options, now, consume, ticket, pin)
+        except StoreUnavailableError:
+            if consume:
+                with contextlib.suppress(StoreUnavailableError):
+                    self.release_slots(take.lease)
+            raise
+        if result.option is None and consume:
+            with contextlib.suppress(StoreUnavailableError):  # else they run out at expiry
+                self.release_slots(take.lease)
+        return result
+
+    def _full(
+        self,
+        take: SlotTake,
+        order: list[str],
+        gauge_at: dict[str, list[int]],
+        tag: str,
+        full: tuple[int, float | None],
+        now: float,
+        held: dict[int, int],
+    ) -> Slots:
+        """A folded gauge was full: the first full gauge in the decision's order (those
+        listed before it in slots not asked yet are read: a denial path only)."""
+        failed, free_at = full
+        for other in order[order.index(tag) + 1 :]:
+            earlier = [i for i in gauge_at.get(other, ()) if i < failed]
+            if earlier:
+                first, soonest = self._take_in(
+                    other, earlier, take.gauges, take.lease, now, False, held
+                )
+                if first is not None and first < failed:
+                    failed, free_at = first, soonest
+        return Slots(tuple(held.get(i, 0) for i in range(failed + 1)), failed, free_at)
+
+    def _noted(self, take: SlotTake, tags: list[str], now: float) -> None:
+        """A lease whose gauges were taken in bucket calls: its slots remembered here, and
+        its directory queued, written with others (`flush_notes`) when the batch is full or
+        its oldest note is `NOTE_MS` old."""
+        expires = max(g[2] for g in take.gauges)
+        keep = max(1, math.ceil(expires - now)) + 1000
+        with self._notes_lock:
+            self._pending[take.lease] = (now, tags, keep)
+            self._held_tags[take.lease] = (tags, expires)
+            due = (
+                len(self._pending) >= NOTE_BATCH
+                or now - next(iter(self._pending.values()))[0] >= NOTE_MS
+            )
+        if due:
+            with contextlib.suppress(StoreUnavailableError):  # kept: written with the next
+                self.flush_notes(now)
+
+    def flush_notes(self, now: float | None = None) -> tuple[int, int]:
+        """Writes the pending lease directories (one pipeline: a round trip per master that
+        holds one), so an outcome reaching another instance finds the slots. A directory
+        that finds a release already asked for (`redis_inflight.lua` note: another instance
+        got the outcome first) has its slots released here. (How many were written, how many
+        of those released.)"""
+        with self._notes_lock:
+            batch = list(self._pending.items())
+            self._pending.clear()
+            if now is not None:  # forget the slots of leases past their expiry
+                while self._held_tags:
+                    lease, (_, expires) = next(iter(self._held_tags.items()))
+                    if expires > now:
+                        break
+                    del self._held_tags[lease]
+        if not batch:
+            return 0, 0
+        client = self._redis
+        sha = self._inflight_script.sha
+        pipe = client.pipeline(transaction=False)
+        for lease, (_, tags, keep) in batch:
+            pipe.execute_command("EVALSHA", sha, 1, lease_directory(lease), "note", keep, *tags)
+        nodes = {client.get_node_from_key(lease_directory(lease)).name for lease, _ in batch}
+        self.round_trips += len(nodes)
+        try:
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except self._errors as err:
+                raise StoreUnavailableError(f"{self.KIND} at `{self.url}`: {err}") from None
+            if any(isinstance(r, self._response_error) for r in replies):  # not loaded yet
+                self._call(client.script_load, INFLIGHT_SCRIPT)
+                pipe = client.pipeline(transaction=False)
+                for lease, (_, tags, keep) in batch:
+                    pipe.execute_command(
+                        "EVALSHA", sha, 1, lease_directory(lease), "note", keep, *tags
+                    )
+                self.round_trips += len(nodes)
+                try:
+                    replies = pipe.execute()
+                except self._errors as err:
+                    raise StoreUnavailableError(f"{self.KIND} at `{self.url}`: {err}") from None
+        except StoreUnavailableError:
+            with self._notes_lock:  # written with the next batch
+                for lease, note in batch:
+                    self._pending.setdefault(lease, note)
+            raise
+        self.notes_written += len(batch)
+        released = 0
+        for (lease, (_, tags, _)), reply in zip(batch, replies, strict=True):
+            if int(reply) == 0:  # released already, on another instance
+                with self._notes_lock:
+                    self._held_tags.pop(lease, None)
+                self._release_in(tags, lease)
+                released += 1
+        return len(batch), released
 
     def _refund(self, taken: list[tuple[str, list[Spec]]], now: float) -> None:
         """Hands back, slot by slot, the tokens a decision took before a later slot denied
@@ -765,11 +1036,28 @@ class RedisClusterStore(RedisStore):
         return freed
 
     def release_slots(self, lease: str) -> int:
-        """The lease's directory taken out (once, on any instance), then each slot's record
-        released; no directory: the shared slot's record alone (two calls)."""
+        """A lease this instance took in bucket calls: its slots released (one call per
+        slot, its directory, if written, left to expire). Another's: the lease's directory
+        taken out (once, on any instance), then each slot's record released; no directory:
+        the shared slot's record (two calls), and when that held nothing either, a release
+        left for the directory still to come (`flush_notes` on its maker; a third call)."""
+        with self._notes_lock:
+            mine = self._held_tags.pop(lease, None)
+            self._pending.pop(lease, None)
+        if mine is not None:
+            return self._release_in(mine[0], lease)
         reply = self._call(self._inflight_script, keys=[lease_directory(lease)], args=["where"])
-        tags = sorted(_text(t) for t in reply) or [SHARED_TAG]
-        return self._release_in(tags, lease)
+        tags = sorted(_text(t) for t in reply)
+        if tags:
+            return self._release_in(tags, lease)
+        freed = self._release_in([SHARED_TAG], lease)
+        if not freed:
+            reply = self._call(
+                self._inflight_script, keys=[lease_directory(lease)],
+                args=["mark", TOMBSTONE_MS],
+            )  # fmt: skip
+            freed = self._release_in(sorted(_text(t) for t in reply), lease)
+        return freed
 
     def inflight(self, now: float, prefix: str = "") -> list[tuple[str, int]]:
         found = []
@@ -870,6 +1158,8 @@ class RedisClusterStore(RedisStore):
         if self._client is not None:
             with contextlib.suppress(StoreUnavailableError):
                 self.return_leases()
+            with contextlib.suppress(StoreUnavailableError):
+                self.flush_notes()
             self._client.close()
 
 

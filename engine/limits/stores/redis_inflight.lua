@@ -9,20 +9,37 @@
 -- release: KEYS: the lease's record. ARGV: "release", lease. Returns the slots freed.
 --
 -- On a Redis Cluster (redis_cluster_store.py) a lease's gauges may span slots, one record
--- per slot; its directory (a set of those slots' tags, in the lease's own slot) says where:
--- note: KEYS: the directory. ARGV: "note", keep_ms (PEXPIRE), then every tag. Returns 1.
+-- per slot; its directory (a set of those slots' tags, in the lease's own slot) says where.
+-- A directory may be written after the decision (per-key gauges taken in the bucket call,
+-- their directories written in batches): a release that comes first leaves a mark, `!`.
+-- note: KEYS: the directory. ARGV: "note", keep_ms (PEXPIRE), then every tag. Returns 1;
+--       0 when a release was marked first (the directory is gone: the caller releases).
 -- where: KEYS: the directory. ARGV: "where". Takes it out (deleted: a second call finds
---        nothing). Returns the tags.
+--        nothing). Returns the tags (none while only a mark is there).
+-- mark: KEYS: the directory. ARGV: "mark", keep_ms. A directory written since: taken out,
+--       its tags returned; else the mark left for its note, and nothing returned.
 
 if ARGV[1] == "note" then
+  if redis.call("SISMEMBER", KEYS[1], "!") == 1 then
+    redis.call("DEL", KEYS[1])
+    return 0
+  end
   redis.call("SADD", KEYS[1], unpack(ARGV, 3))
   local keep = tonumber(ARGV[2])
   if redis.call("PTTL", KEYS[1]) < keep then redis.call("PEXPIRE", KEYS[1], keep) end
   return 1
 end
-if ARGV[1] == "where" then
+if ARGV[1] == "where" or ARGV[1] == "mark" then
   local tags = redis.call("SMEMBERS", KEYS[1])
-  redis.call("DEL", KEYS[1])
+  for _, tag in ipairs(tags) do
+    if tag == "!" then return {} end
+  end
+  if #tags > 0 then
+    redis.call("DEL", KEYS[1])
+  elseif ARGV[1] == "mark" then
+    redis.call("SADD", KEYS[1], "!")
+    redis.call("PEXPIRE", KEYS[1], tonumber(ARGV[2]))
+  end
   return tags
 end
 
