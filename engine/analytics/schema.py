@@ -328,7 +328,7 @@ def insert_records(
     insert_rows(con, f"INSERT INTO {table} ({', '.join(fields)})", sql_types(row), rows, select)
 
 
-INSERT_CELLS = 2048  # values bound per statement: rows x columns (256 rows of 8 columns)
+INSERT_CELLS = 16384  # values bound per statement: rows x columns (2,048 rows of 8 columns)
 
 
 def insert_rows(
