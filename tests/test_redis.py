@@ -286,3 +286,44 @@ def test_provider_health_is_shared_between_instances(redis_server: Any) -> None:
     )
     one.close()
     two.close()
+
+
+def test_a_shared_metrics_outage_is_logged_once_then_its_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from _redis import RedisServer
+
+    from engine.routing.shared_health import SharedMetrics
+
+    server = RedisServer(tmp_path)
+    server.start()
+    metrics = SharedMetrics(server.url + "?timeout=0.2", ["openai/gpt-4o"], background=False)
+    try:
+        caplog.set_level(logging.WARNING, logger="policyctl.shared_metrics")
+        metrics.refresh()
+        assert caplog.messages == []
+        server.stop()  # killed: every refresh now fails
+        for _ in range(5):
+            metrics.record("openai/gpt-4o", 120.0, True)
+            metrics.refresh()
+        assert metrics.errors == 5
+        unavailable = [m for m in caplog.messages if "unavailable" in m]
+        assert len(unavailable) == 1, caplog.messages
+        assert unavailable[0].startswith(
+            "shared metrics unavailable (1 failed refreshes in this outage, 1 in all): "
+        )
+        server.start()  # back on the same port: the client reconnects by itself
+        metrics.refresh()
+        metrics.refresh()
+        assert caplog.messages[-1] == "shared metrics available again after 5 failed refreshes"
+        assert len(caplog.messages) == 2
+        server.stop()  # a second outage is logged again, counted on its own
+        metrics.refresh()
+        assert caplog.messages[-1].startswith(
+            "shared metrics unavailable (1 failed refreshes in this outage, 6 in all): "
+        )
+    finally:
+        metrics.close()
+        server.stop()

@@ -28,6 +28,7 @@ log = logging.getLogger("policyctl.shared_metrics")
 
 PREFIX = "{policyctl}:m:"
 SLICES = 24
+OUTAGE_LOG_EVERY_S = 60.0  # while Redis is down, one "unavailable" log line per minute
 
 
 def _client(url: str) -> Any:
@@ -102,6 +103,8 @@ class SharedMetrics:
         self._snapshot = MetricsSnapshot({}, 0.0)
         self.dropped = 0
         self.errors = 0
+        self._outage_errors = 0  # failed refreshes since the outage began
+        self._outage_logged_at: float | None = None  # monotonic time of its last log line
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -144,14 +147,39 @@ class SharedMetrics:
     # ------------------------------------------------------------------ the cycle
 
     def refresh(self) -> None:
-        """Write what is queued, then read every model's window (one pipeline each way)."""
+        """Write what is queued, then read every model's window (one pipeline each way).
+
+        An outage is logged once when it starts, then at most once per
+        `OUTAGE_LOG_EVERY_S` with the count so far, and once when Redis answers again:
+        a refresh every second against a Redis that is down must not flood the log.
+        """
         with self._lock:
             try:
                 self._write()
                 self._read()
             except self._errors as err:
                 self.errors += 1
-                log.warning("shared metrics unavailable (%d so far): %s", self.errors, err)
+                self._outage_errors += 1
+                now = time.monotonic()
+                if self._outage_logged_at is None or (
+                    now - self._outage_logged_at >= OUTAGE_LOG_EVERY_S
+                ):
+                    self._outage_logged_at = now
+                    log.warning(
+                        "shared metrics unavailable (%d failed refreshes in this outage, "
+                        "%d in all): %s",
+                        self._outage_errors,
+                        self.errors,
+                        err,
+                    )
+                return
+            if self._outage_logged_at is not None:
+                log.warning(
+                    "shared metrics available again after %d failed refreshes",
+                    self._outage_errors,
+                )
+                self._outage_logged_at = None
+                self._outage_errors = 0
 
     def _write(self) -> None:
         items: list[tuple[str, float, bool, float, float]] = []
