@@ -752,16 +752,8 @@ class PolicyEngine:
         found = catalog.find(provider, model)
         if found is None:
             raise ValueError(unknown_model(catalog, provider, model))
-        if latency_ms.__class__ is not float:
-            if (
-                isinstance(latency_ms, bool)
-                or not isinstance(latency_ms, int | float)
-                or not latency_ms >= 0
-            ):
-                raise ValueError(bad_value("latency_ms", latency_ms))
-            latency_ms = float(latency_ms)
-        if not latency_ms >= 0 or latency_ms == INF:
-            raise ValueError(bad_value("latency_ms", latency_ms))
+        if latency_ms.__class__ is not float or not 0.0 <= latency_ms < INF:  # (NaN: False)
+            latency_ms = _latency(latency_ms)
         if success is not True and success is not False:
             raise ValueError(bad_value("success", success))
         if cached_tokens is not None:
@@ -774,8 +766,7 @@ class PolicyEngine:
             problem = cached_problem(input_tokens, cached_tokens)
             if problem is not None:
                 raise ValueError(problem)
-        # what settles the decision's spend reservation: a cost given, or one from both counts
-        settle_cost = cost is not None or (input_tokens is not None and output_tokens is not None)
+        given = cost
         if cost is None:
             cost = found.cost(input_tokens or 0, output_tokens or 0, cached_tokens or 0)
         record = self._record_metric
@@ -791,12 +782,16 @@ class PolicyEngine:
             ))
         ):  # fmt: skip
             return False  # the queue is full: counted, and nothing recorded
-        if request_id is not None:  # the decision's in-flight slots, if it holds any
-            self.limiter.release(request_id)
+        limiter = self.limiter
+        if request_id is not None and limiter.takes_outcomes:
+            limiter.release(request_id)  # the decision's in-flight slots, if it holds any
             # ... and its token and spend reservations: refund or charge the difference
-            self.limiter.settle(
+            # (spend settles by a cost given, or by one computed from both counts)
+            limiter.settle(
                 request_id, input_tokens=input_tokens, output_tokens=output_tokens,
-                cost=cost if settle_cost else None,
+                cost=cost
+                if given is not None or (input_tokens is not None and output_tokens is not None)
+                else None,
             )  # fmt: skip
         record(found.key, latency_ms, success, cost, at)
         monitor = self.alert_monitor
@@ -813,6 +808,17 @@ class PolicyEngine:
 
 
 INF = float("inf")
+
+
+def _latency(value: object) -> float:
+    """An outcome's `latency_ms` that is not a float from 0 up (excluded: infinity, NaN):
+    an int or a float subclass as a float, else the error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(bad_value("latency_ms", value))
+    latency_ms = float(value)
+    if latency_ms == INF:
+        raise ValueError(bad_value("latency_ms", latency_ms))
+    return latency_ms
 
 
 def _settle_within(value: float) -> float:

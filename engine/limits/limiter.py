@@ -467,6 +467,12 @@ class Limiter:
     # policy reserves and the store does)
     _shared: SharedReservations | None = None
     _reserve_in_store: bool = False
+    # whether an outcome may have anything to release or settle: while False, `release` and
+    # `settle` return at once, and the engine skips both calls. In-flight slots once the
+    # policy has `concurrent` limits (`_gauged`); reservations kept here once it reserved
+    # (they outlive a reload); on a store that keeps them, while the policy reserves or
+    # is not known yet (`_settle_in_store`)
+    takes_outcomes: bool = False
     _last_outstanding: int = 0  # the store's count, kept for when it cannot be asked
     reservations_settled: int = 0
     reservations_expired: int = 0
@@ -491,6 +497,7 @@ class Limiter:
             self._settles = store
         if isinstance(store, SharedReservations):
             self._shared = store
+            self.takes_outcomes = True  # settled in the store until the policy is known
         self._pins_in_acquire = isinstance(store, AffinityPins)
         self._slots_in_acquire = getattr(store, "folds_slots", False) is True
         if uses_one_pass(store):  # decided once: the hot path reads `_consume_all`
@@ -522,6 +529,11 @@ class Limiter:
             limit.unit in _RESERVED_UNITS for limit in limits
         )
         self._reserve_in_store = self._reserving and self._shared is not None
+        self.takes_outcomes = (
+            self._gauged
+            or self._reserving
+            or (self._shared is None and self._settles is not None and self.takes_outcomes)
+        )
         self._plan = (limits, plan)  # one policy at a time
         return plan
 
