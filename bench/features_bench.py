@@ -17,8 +17,12 @@ Two rows say where the rest of the extra in a decision goes, beside the derivati
 on requests already read): the conditions' evaluation once the features are derived (A
 decides the A policy, B the B policy, on requests whose features B already derived), and
 freeing what a derivation made (A drops requests that derived nothing, B requests that
-derived the B policy's features). A last line counts the features derived by the A policy:
-0 (it pays nothing for them). Nothing leaves the machine.
+derived the B policy's features). Four rows split a decision on the plain policy, request by
+request, into reading the body (`env_of`), deriving (A: nothing, B: the B policy's features),
+deciding and freeing the request, each timed on the thread's CPU clock (B − A per pair: what
+a derivation costs there, and what it makes the rest of the decision cost beside it). A last
+line counts the features derived by the A policy: 0 (it pays nothing for them). Nothing
+leaves the machine.
 """
 
 from __future__ import annotations
@@ -202,6 +206,53 @@ def rest_of_extra(body: dict[str, Any], pairs: int, block: int) -> list[str]:
     ]
 
 
+def around(body: dict[str, Any], pairs: int, block: int) -> list[str]:
+    """A decision on the plain policy in four timed parts (CPU, µs, B − A per pair): reading
+    the body, deriving (A: taking the conversation, B: the B policy's features), deciding,
+    freeing the request. The clock calls cost both sides alike."""
+    plain = compile_sources([("plain.policy", PLAIN)]).program
+    weights = compile_sources([("features.policy", FEATURES)]).program.complexity_weights
+    parts = ("reading the body", "deriving", "deciding", "freeing the request")
+
+    def derive(env: dict[str, Any]) -> None:
+        conv = conversation_of(env)
+        conv.complexity(weights)
+        conv.feature("code")
+
+    def split(op: Callable[[dict[str, Any]], Any], cpu: list[list[float]]) -> Callable[..., float]:
+        def side(items: list[dict[str, Any]]) -> float:
+            clock = time.thread_time_ns
+            spent = [0, 0, 0, 0]
+            for item in items:
+                t0 = clock()
+                env = env_of(item)
+                t1 = clock()
+                op(env)
+                t2 = clock()
+                evaluate(plain, env)
+                t3 = clock()
+                del env
+                t4 = clock()
+                spent[0] += t1 - t0
+                spent[1] += t2 - t1
+                spent[2] += t3 - t2
+                spent[3] += t4 - t3
+            for i, total in enumerate(spent):
+                cpu[i].append(total / len(items))
+            return sum(spent) / len(items)
+
+        return side
+
+    cpu: dict[str, list[list[float]]] = {"take": [[], [], [], []], "derive": [[], [], [], []]}
+    sides = {"take": split(conversation_of, cpu["take"]), "derive": split(derive, cpu["derive"])}
+    rounds(pairs, sides, lambda i: fresh(body, block))
+    return [
+        f"{'  in a decision: ' + part:34} {'':>9} {'':>24}"
+        f" {show(spread(cpu['take'][i], cpu['derive'][i])):>24}"
+        for i, part in enumerate(parts)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller blocks")
@@ -217,6 +268,8 @@ def main() -> None:
     print(alone("  derivation alone, 4-message chat", CHAT, 5.0, args.pairs, small))
     print(alone("  derivation alone, 100 KB", long_conversation(), 50.0, args.pairs, large))
     for line in rest_of_extra(CHAT, args.pairs, small):
+        print(line)
+    for line in around(CHAT, args.pairs, small):
         print(line)
     plain = compile_sources([("plain.policy", PLAIN)]).program
     before = derivations()
