@@ -1,7 +1,7 @@
 """What prompt features cost a decision (issue 21's targets: deriving the features a typical
 policy reads costs ≤ 5 µs on a 4-message chat body and ≤ 50 µs on a 100 KB conversation).
 
-    python bench/features_bench.py [--quick] [--pairs N]
+    python bench/features_bench.py [--quick] [--pairs N] [--against DIR]
 
 Each row interleaves A/B pairs (bench/_pairs.py, at least 15): A decides a body on a
 policy that reads no prompt feature, B on the same routes reading `request.complexity`
@@ -21,13 +21,17 @@ derived the B policy's features). Four rows split a decision on the plain policy
 request, into reading the body (`env_of`), deriving (A: nothing, B: the B policy's features),
 deciding and freeing the request, each timed on the thread's CPU clock (B − A per pair: what
 a derivation costs there, and what it makes the rest of the decision cost beside it). A last
-line counts the features derived by the A policy: 0 (it pays nothing for them). Nothing
-leaves the machine.
+line counts the features derived by the A policy: 0 (it pays nothing for them). With
+`--against DIR` (another checkout, say main's), two more rows time the derivation alone with
+that checkout's `engine/wire/features.py` and `engine/tokens.py` (A) against this one's (B),
+both loaded in this process and alternating block by block on the same read bodies: B / A per
+pair, median and min–max. Nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -40,11 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _pairs import pairs_option, rounds  # noqa: E402
+from _pairs import pairs_option, ratio_cell, ratios, rounds  # noqa: E402
 
 from engine.language.loader import compile_sources  # noqa: E402
 from engine.routing.evaluator import evaluate  # noqa: E402
 from engine.routing.request import env_of  # noqa: E402
+from engine.wire import features  # noqa: E402
 from engine.wire.features import conversation_of, derivations  # noqa: E402
 
 ROUTES = """
@@ -253,10 +258,66 @@ def around(body: dict[str, Any], pairs: int, block: int) -> list[str]:
     ]
 
 
+def load_features(checkout: Path) -> Any:
+    """`checkout`'s `engine/wire/features.py` as a module of its own, reading `checkout`'s
+    `engine/tokens.py` (the rest of the engine is this one's)."""
+
+    def load(name: str, path: Path) -> Any:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    ours = sys.modules["engine.tokens"]
+    sys.modules["engine.tokens"] = load("other_tokens", checkout / "engine" / "tokens.py")
+    try:
+        return load("other_features", checkout / "engine" / "wire" / "features.py")
+    finally:
+        sys.modules["engine.tokens"] = ours
+
+
+def against(checkout: Path, pairs: int, small: int, large: int) -> list[str]:
+    """The derivation alone (CPU), `checkout`'s engine (A) against this one's (B): B / A."""
+    other = load_features(checkout)
+    weights = compile_sources([("features.policy", FEATURES)]).program.complexity_weights
+    lines = []
+    for label, body, block in (
+        ("4-message chat", CHAT, small),
+        ("100 KB", long_conversation(), large),
+    ):
+        cpu: dict[str, list[float]] = {"theirs": [], "ours": []}
+
+        def side(module: Any, spent: list[float]) -> Callable[[list[dict[str, Any]]], float]:
+            def run(envs: list[dict[str, Any]]) -> float:
+                convs = [
+                    module.Conversation(env["format"], env["conversation"].body) for env in envs
+                ]
+                start = time.thread_time_ns()
+                for conv in convs:
+                    conv.complexity(weights)
+                    conv.feature("code")
+                spent.append((time.thread_time_ns() - start) / len(convs))
+                return spent[-1]
+
+            return run
+
+        sides = {"theirs": side(other, cpu["theirs"]), "ours": side(features, cpu["ours"])}
+        rounds(pairs, sides, lambda i, b=body, n=block: [env_of(x) for x in fresh(b, n)])
+        lines.append(
+            f"{'  derivation alone, ' + label:34} {statistics.median(cpu['theirs']) / 1000:>9.2f}"
+            f" {statistics.median(cpu['ours']) / 1000:>9.2f}"
+            f"  {ratio_cell(ratios(cpu['ours'], cpu['theirs']), 3)}"
+        )
+    return [f"{'against ' + str(checkout) + ':':34} {'A cpu µs':>9} {'B cpu µs':>9}  B / A", *lines]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller blocks")
     pairs_option(parser)
+    parser.add_argument("--against", type=Path, help="another checkout: its derivation as A")
     args = parser.parse_args()
     small, large = (50, 5) if args.quick else (400, 40)
     print(
@@ -276,6 +337,9 @@ def main() -> None:
     for body in fresh(CHAT, 1) + fresh(long_conversation(), 1):
         evaluate(plain, env_of(body), explain=True)
     print(f"features derived for a policy that reads none: {derivations() - before}")
+    if args.against is not None:
+        for line in against(args.against, args.pairs, small, large):
+            print(line)
 
 
 if __name__ == "__main__":

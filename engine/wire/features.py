@@ -19,7 +19,8 @@ steps `_STEPS`, the one home of every heuristic), like a compiled condition: it 
 the steps its features need, keeps the values in locals and stores them in one update. The
 score's plan has one more: the pass over its features that also makes the score from those
 locals (`_score_lines`: the terms with a weight inlined), taken on a conversation's first
-read; later reads take the stored values (`_scorer`).
+read (its values still empty: the pass makes them one dict, score included); later reads
+take the stored values (`_scorer`).
 
 How the text is read: the conversation is walked once into its `Shape` (the turns that are
 not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
