@@ -1,7 +1,7 @@
 """What prompt features cost a decision (issue 21's targets: deriving the features a typical
 policy reads costs ≤ 5 µs on a 4-message chat body and ≤ 50 µs on a 100 KB conversation).
 
-    python bench/features_bench.py [--quick] [--pairs N]
+    python bench/features_bench.py [--quick] [--pairs N] [--against DIR]
 
 Each row interleaves A/B pairs (bench/_pairs.py, at least 15): A decides a body on a
 policy that reads no prompt feature, B on the same routes reading `request.complexity`
@@ -17,13 +17,21 @@ Two rows say where the rest of the extra in a decision goes, beside the derivati
 on requests already read): the conditions' evaluation once the features are derived (A
 decides the A policy, B the B policy, on requests whose features B already derived), and
 freeing what a derivation made (A drops requests that derived nothing, B requests that
-derived the B policy's features). A last line counts the features derived by the A policy:
-0 (it pays nothing for them). Nothing leaves the machine.
+derived the B policy's features). Four rows split a decision on the plain policy, request by
+request, into reading the body (`env_of`), deriving (A: nothing, B: the B policy's features),
+deciding and freeing the request, each timed on the thread's CPU clock (B − A per pair: what
+a derivation costs there, and what it makes the rest of the decision cost beside it). A last
+line counts the features derived by the A policy: 0 (it pays nothing for them). With
+`--against DIR` (another checkout, say main's), two more rows time the derivation alone with
+that checkout's `engine/wire/features.py` and `engine/tokens.py` (A) against this one's (B),
+both loaded in this process and alternating block by block on the same read bodies: B / A per
+pair, median and min–max. Nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -36,11 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _pairs import pairs_option, rounds  # noqa: E402
+from _pairs import pairs_option, ratio_cell, ratios, rounds  # noqa: E402
 
 from engine.language.loader import compile_sources  # noqa: E402
 from engine.routing.evaluator import evaluate  # noqa: E402
 from engine.routing.request import env_of  # noqa: E402
+from engine.wire import features  # noqa: E402
 from engine.wire.features import conversation_of, derivations  # noqa: E402
 
 ROUTES = """
@@ -202,10 +211,113 @@ def rest_of_extra(body: dict[str, Any], pairs: int, block: int) -> list[str]:
     ]
 
 
+def around(body: dict[str, Any], pairs: int, block: int) -> list[str]:
+    """A decision on the plain policy in four timed parts (CPU, µs, B − A per pair): reading
+    the body, deriving (A: taking the conversation, B: the B policy's features), deciding,
+    freeing the request. The clock calls cost both sides alike."""
+    plain = compile_sources([("plain.policy", PLAIN)]).program
+    weights = compile_sources([("features.policy", FEATURES)]).program.complexity_weights
+    parts = ("reading the body", "deriving", "deciding", "freeing the request")
+
+    def derive(env: dict[str, Any]) -> None:
+        conv = conversation_of(env)
+        conv.complexity(weights)
+        conv.feature("code")
+
+    def split(op: Callable[[dict[str, Any]], Any], cpu: list[list[float]]) -> Callable[..., float]:
+        def side(items: list[dict[str, Any]]) -> float:
+            clock = time.thread_time_ns
+            spent = [0, 0, 0, 0]
+            for item in items:
+                t0 = clock()
+                env = env_of(item)
+                t1 = clock()
+                op(env)
+                t2 = clock()
+                evaluate(plain, env)
+                t3 = clock()
+                del env
+                t4 = clock()
+                spent[0] += t1 - t0
+                spent[1] += t2 - t1
+                spent[2] += t3 - t2
+                spent[3] += t4 - t3
+            for i, total in enumerate(spent):
+                cpu[i].append(total / len(items))
+            return sum(spent) / len(items)
+
+        return side
+
+    cpu: dict[str, list[list[float]]] = {"take": [[], [], [], []], "derive": [[], [], [], []]}
+    sides = {"take": split(conversation_of, cpu["take"]), "derive": split(derive, cpu["derive"])}
+    rounds(pairs, sides, lambda i: fresh(body, block))
+    return [
+        f"{'  in a decision: ' + part:34} {'':>9} {'':>24}"
+        f" {show(spread(cpu['take'][i], cpu['derive'][i])):>24}"
+        for i, part in enumerate(parts)
+    ]
+
+
+def load_features(checkout: Path) -> Any:
+    """`checkout`'s `engine/wire/features.py` as a module of its own, reading `checkout`'s
+    `engine/tokens.py` (the rest of the engine is this one's)."""
+
+    def load(name: str, path: Path) -> Any:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    ours = sys.modules["engine.tokens"]
+    sys.modules["engine.tokens"] = load("other_tokens", checkout / "engine" / "tokens.py")
+    try:
+        return load("other_features", checkout / "engine" / "wire" / "features.py")
+    finally:
+        sys.modules["engine.tokens"] = ours
+
+
+def against(checkout: Path, pairs: int, small: int, large: int) -> list[str]:
+    """The derivation alone (CPU), `checkout`'s engine (A) against this one's (B): B / A."""
+    other = load_features(checkout)
+    weights = compile_sources([("features.policy", FEATURES)]).program.complexity_weights
+    lines = []
+    for label, body, block in (
+        ("4-message chat", CHAT, small),
+        ("100 KB", long_conversation(), large),
+    ):
+        cpu: dict[str, list[float]] = {"theirs": [], "ours": []}
+
+        def side(module: Any, spent: list[float]) -> Callable[[list[dict[str, Any]]], float]:
+            def run(envs: list[dict[str, Any]]) -> float:
+                convs = [
+                    module.Conversation(env["format"], env["conversation"].body) for env in envs
+                ]
+                start = time.thread_time_ns()
+                for conv in convs:
+                    conv.complexity(weights)
+                    conv.feature("code")
+                spent.append((time.thread_time_ns() - start) / len(convs))
+                return spent[-1]
+
+            return run
+
+        sides = {"theirs": side(other, cpu["theirs"]), "ours": side(features, cpu["ours"])}
+        rounds(pairs, sides, lambda i, b=body, n=block: [env_of(x) for x in fresh(b, n)])
+        lines.append(
+            f"{'  derivation alone, ' + label:34} {statistics.median(cpu['theirs']) / 1000:>9.2f}"
+            f" {statistics.median(cpu['ours']) / 1000:>9.2f}"
+            f"  {ratio_cell(ratios(cpu['ours'], cpu['theirs']), 3)}"
+        )
+    return [f"{'against ' + str(checkout) + ':':34} {'A cpu µs':>9} {'B cpu µs':>9}  B / A", *lines]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller blocks")
     pairs_option(parser)
+    parser.add_argument("--against", type=Path, help="another checkout: its derivation as A")
     args = parser.parse_args()
     small, large = (50, 5) if args.quick else (400, 40)
     print(
@@ -218,11 +330,16 @@ def main() -> None:
     print(alone("  derivation alone, 100 KB", long_conversation(), 50.0, args.pairs, large))
     for line in rest_of_extra(CHAT, args.pairs, small):
         print(line)
+    for line in around(CHAT, args.pairs, small):
+        print(line)
     plain = compile_sources([("plain.policy", PLAIN)]).program
     before = derivations()
     for body in fresh(CHAT, 1) + fresh(long_conversation(), 1):
         evaluate(plain, env_of(body), explain=True)
     print(f"features derived for a policy that reads none: {derivations() - before}")
+    if args.against is not None:
+        for line in against(args.against, args.pairs, small, large):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -276,24 +276,26 @@ def estimate_text_tokens(text: str) -> int:
     # (the usual case, inline: `_ascii_features` dotted with the weights, term by term in
     # the order `sum` adds them, without the features' tuple; a test holds the two equal)
     bits = text.encode().translate(_ASCII_BITS)
-    x = int.from_bytes(bits, "little")
-    two = x & (x << 8)
-    starts = x ^ two  # (x & ~(x << 8): the bits a character has and the one before it has not)
-    four = two & (two << 16)
-    six = four & (four << 16)
-    # (an ASCII character's bit byte is one value per class: a class's characters are a
-    # one-byte count, a memchr, where the bit string's `&` and `bit_count` would do the same)
-    punct = bits.count(_PUNCT)
+    # (big-endian, the default: a character's byte sits above the next one's, so `x >> 8`
+    # puts each character's bits on the character after it, as `x << 8` does little-endian)
+    x = int.from_bytes(bits)
+    two = x & (x >> 8)
+    starts = x ^ two  # (x & ~(x >> 8): the bits a character has and the one before it has not)
+    four = two & (two >> 16)
+    six = four & (four >> 16)
+    # (an ASCII character's bit byte is one value per class, so a class's characters are
+    # those with its bit: one `&` and `bit_count`, cheaper than a `bytes.count` call)
+    punct = (x & _M_PUNCT).bit_count()
     punct_deep = (six & _M_PUNCT).bit_count()
     total = (
         0.0
         + _W_ONE
         + _W_CHARS * len(text)
-        + _W_NEWLINES * bits.count(_SPACE | _NEWLINE)
+        + _W_NEWLINES * (x & _M_NEWLINE).bit_count()
         + _W_PUNCT * (punct - punct_deep)
         + _W_PUNCT_TAIL * punct_deep
-        + _W_DIGITS * bits.count(_DIGIT)
-        + _W_UPPER * bits.count(_LETTER | _UPPER)
+        + _W_DIGITS * (x & _M_DIGIT).bit_count()
+        + _W_UPPER * (x & _M_UPPER).bit_count()
         + _W_WORDS * (starts & _M_LETTER).bit_count()
         + _W_NUMBERS * (starts & _M_DIGIT).bit_count()
         + _W_PUNCT_RUNS * (starts & _M_PUNCT).bit_count()

@@ -87,6 +87,19 @@ def test_features_bench_quick_runs() -> None:
     assert "4-message chat (openai-chat)" in out.stdout
     assert "100 KB conversation (openai-chat)" in out.stdout
     assert "features derived for a policy that reads none: 0" in out.stdout
+    assert "in a decision: deriving" in out.stdout
+    assert "in a decision: freeing the request" in out.stdout
+
+
+def test_features_bench_against_another_checkout_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "features_bench.py"), "--quick", "--against",
+         str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"against {ROOT}:" in out.stdout
+    assert "derivation alone, 4-message chat" in out.stdout.split("against")[-1]
 
 
 def test_plugins_bench_quick_runs() -> None:

@@ -19,7 +19,8 @@ steps `_STEPS`, the one home of every heuristic), like a compiled condition: it 
 the steps its features need, keeps the values in locals and stores them in one update. The
 score's plan has one more: the pass over its features that also makes the score from those
 locals (`_score_lines`: the terms with a weight inlined), taken on a conversation's first
-read; later reads take the stored values (`_scorer`).
+read (its values still empty: the pass makes them one dict, score included); later reads
+take the stored values (`_scorer`).
 
 How the text is read: the conversation is walked once into its `Shape` (the turns that are
 not system prompts, whether a tool answered, the system prompts' texts, the last RECENT
@@ -591,8 +592,8 @@ def _may_reason(texts: tuple[str, ...]) -> bool:
     """False when the system prompts cannot ask for reasoning: none of their bounded pieces
     (what `_read` reads) has a `_REASON_NEEDLES` string, lower-cased. A few `in` tests, no
     split into words: most system prompts are told apart without being read."""
-    for text in _pieces(texts):
-        lower = text.lower()
+    for text in texts:  # (each bounded as `_pieces` bounds it)
+        lower = (text if len(text) <= 2 * SCAN else _bounded(text)).lower()
         for needle in _REASON_NEEDLES:
             if needle in lower:
                 return True
@@ -729,8 +730,10 @@ def _work(names: AbstractSet[str], weights: Weights | None = None) -> Work:
     if weights is not None:
         body += _score_lines(weights, "v_{}".format)
         kept.append(f"{id(weights)!r}: (weights, score)")
-    body.append(f"    values.update({{{', '.join(kept)}}})")  # (one presized dict)
-    if weights is not None:
+    if weights is None:
+        body.append(f"    values.update({{{', '.join(kept)}}})")  # (one presized dict)
+    else:  # (a conversation's first read, its values empty: they become the one dict made)
+        body.append(f"    conv.values = {{{', '.join(kept)}}}")
         body.append("    return score")
     source = "def work(conv, values, shape, weights=None):\n" + "\n".join(body) + "\n"
     made: dict[str, Any] = {}  # (the function reads this module's names as they are then)
@@ -939,7 +942,7 @@ def _score_lines(weights: Weights, feature: Callable[[str], str]) -> list[str]:
                 f" if value < {made.scale!r} else 1.0)"
             )
         else:  # (× 1.0; a false flag adds 0.0)
-            lines.append(f"    if value is True:\n        total += {weight!r}")
+            lines[-1] = f"    if {feature(made.reads)} is True:\n        total += {weight!r}"
     return [
         *lines,
         "    scaled = total * 1e6",  # (`_round6`, inline)
