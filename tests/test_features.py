@@ -623,3 +623,34 @@ def test_the_first_read_pass_scores_as_the_feature_by_feature_path(fmt: str, yes
                 alone.feature(name)
             assert first.complexity(w) == alone.complexity(w)
             assert first.values == alone.values
+
+
+def _with_roles(value: Any, role: Any) -> Any:
+    """`value` with every `role` it holds, at any depth, replaced by `role`."""
+    if isinstance(value, dict):
+        return {k: role if k == "role" else _with_roles(v, role) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_roles(v, role) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("role", [["user"], {"name": "user"}, 7, True])
+@pytest.mark.parametrize("fmt", sorted(BUILDERS))
+def test_a_role_that_is_not_a_string_is_a_field_error_or_a_user_turn(fmt: str, role: Any) -> None:
+    """A hostile `role` is never an exception while deriving features: the readers that
+    check it say which field; the others read the turn as a user's."""
+    from engine.errors import PolicyctlError
+
+    body = _with_roles(json.loads(_body(fmt, True)), role)
+    try:
+        env = env_of(body)
+    except PolicyctlError as err:
+        assert "role" in str(err), err
+        if fmt == "openai-chat":
+            assert "field `messages[0].role`: expected a string" in str(err)
+        return
+    assert fmt != "openai-chat"  # its reader checks every message's role
+    conversation = env["conversation"]
+    for name in sorted(DERIVE):
+        conversation.feature(name)
+    assert 0.0 <= conversation.complexity(DEFAULT_WEIGHTS) <= 1.0

@@ -86,6 +86,8 @@ def read_chat(body: Mapping[str, Any], request: WireRequest) -> None:
         elif content is not None:
             raise fail(f"messages[{i}].content", "content is a string or a list of parts")
         role = message.get("role")
+        if role is not None and type(role) is not str:
+            role = string(message, "role", f"messages[{i}].")  # raises: not a string
         if role == "tool" or role == "function":
             request.need("tools", f"messages[{i}].role ({role})")
         if "tool_calls" in message or "function_call" in message:
