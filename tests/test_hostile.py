@@ -39,7 +39,7 @@ from engine.errors import PolicyctlError
 from engine.language.parser import parse
 from engine.routing.request import env_of
 from engine.service.body import json_body
-from engine.wire.features import Conversation
+from engine.wire.features import DEFAULT_WEIGHTS, DERIVE, Conversation
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 MANIFEST: dict[str, Any] = json.loads((HOSTILE / "manifest.json").read_text(encoding="utf-8"))
@@ -255,9 +255,23 @@ _requests = st.fixed_dictionaries(  # mostly well-typed, so the check after pyda
         "max_cost": st.floats(),
         "tags": st.lists(_text, max_size=3),
         "metadata": st.dictionaries(_text, _scalar, max_size=3),
-        "messages": st.lists(st.fixed_dictionaries({"role": _text, "content": _text}), max_size=2),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": _text | _json, "content": _text | _json}), max_size=2
+        ),
         "stream": _scalar,
     },
+)
+
+
+_chat = st.fixed_dictionaries(  # an OpenAI chat body: its reader, not pydantic, checks it
+    {
+        "model": _text,
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": _text | _json, "content": _text | _json}),
+            min_size=1,
+            max_size=3,
+        ),
+    }
 )
 
 
@@ -275,7 +289,7 @@ def test_parser_raises_only_policyctl_errors(text: str) -> None:
 
 
 @_PROPERTY
-@given(_requests | _json)
+@given(_requests | _chat | _json)
 def test_request_reader_raises_only_policyctl_errors(data: Any) -> None:
     try:
         env = env_of(data)
@@ -284,8 +298,14 @@ def test_request_reader_raises_only_policyctl_errors(data: Any) -> None:
     # what it accepts can be stored; the conversation is a reference to the body (as
     # received or validated), read for prompt features on demand, not a copy of its text
     assert isinstance(env["conversation"], Conversation)
-    stored = {k: v for k, v in env.items() if k != "conversation"}
+    for name in sorted(DERIVE):  # every prompt feature derives from what was accepted
+        env["conversation"].feature(name)
+    assert 0.0 <= env["conversation"].complexity(DEFAULT_WEIGHTS) <= 1.0
+    stored = {k: v for k, v in env.items() if k not in ("conversation", "wire")}
     json.dumps(stored, ensure_ascii=False).encode("utf-8")
+    if "wire" in env:  # a wire body's derivation record, shown by --explain
+        derivations = [d.to_dict() for d in env["wire"].derivations()]
+        json.dumps(derivations, ensure_ascii=False).encode("utf-8")
 
 
 _hostile_lines = st.sampled_from(["[" * 100_000, "9" * 4_400, '{"a": ' * 5_000, "\ufeff{}"])
