@@ -78,7 +78,7 @@ class Asked(NamedTuple):
 @dataclass(slots=True)
 class _Row:
     at: float
-    env: dict[str, Any]
+    env: dict[str, Any]  # its environment, or (`own` set) its shape's template
     route: CompiledRoute
     columns: Measured | None  # the snapshot's measured columns (None: the priors)
     stats_of: Any  # model key -> ModelStats | None (the general path's)
@@ -95,6 +95,31 @@ class _Row:
     rest: tuple[Any, Any, Any] | None = None
     index: int = 0  # its row in its group's matrices
     count: int = 0
+    own: _Own | None = None  # its own fields, when `env` is its shape's template
+    tokens: float = 0.0  # its `input_tokens`
+
+    def full(self) -> dict[str, Any]:
+        """Its environment (made of its template and own fields the first time asked)."""
+        own = self.own
+        if own is not None:
+            self.env = _filled(self.env, own)
+            self.own = None
+        return self.env
+
+    def field(self, name: str) -> Any:
+        """Its environment's `name`, without making the environment."""
+        own = self.own
+        if own is None:
+            return self.env[name]
+        if name == "user":
+            return own.user
+        if name == "ip":
+            return own.ip
+        if name == "id" or name == "key":
+            return own.request_id
+        if name == "input_tokens":
+            return own.tokens
+        return self.env[name]
 
     def options(self, table: RouteTable) -> Iterator[tuple[str, str, float]]:
         """(provider, model key, cost) of each ranked model, best first, for the limiter;
@@ -195,15 +220,18 @@ class BatchSide:
         program = engine.program
         if program.live_requires:
             return None
-        shape = None
+        shape = own = None
         if asked.request_id is None:
-            env = self.envs.env(asked.request, asked.conversation)
-            shape = self.envs.shape
+            envs = self.envs
+            env = envs.read(asked.request, asked.conversation)  # `own` set: the template
+            shape, own = envs.shape, envs.own
         else:
             env = env_of(asked.request, request_id=asked.request_id)
             if asked.conversation is not None:
                 env["conversation"] = asked.conversation
         by_shape = self.shape_routes
+        if own is not None and by_shape is None:  # the conditions read its own fields
+            env, own = _filled(env, own), None
         if shape is None or by_shape is None:
             route = self._route(env)
         else:  # the fields the conditions read are the shape's: its route is theirs
@@ -216,6 +244,8 @@ class BatchSide:
             return None
         split = route.split
         if split is not None:  # an experiment: one hash of the request picks the arm
+            if own is not None:
+                env, own = _filled(env, own), None
             route = program.arm_routes[route.name][split.arm_index(env)]
         table = route.table
         kind = self.kinds.get(route.name)
@@ -225,7 +255,7 @@ class BatchSide:
             not kind[1]
             or env["cached_tokens"]
             or env["images"]
-            or env["input_tokens"] > table.min_tier_above
+            or (env["input_tokens"] if own is None else own.tokens) > table.min_tier_above
         ):
             return None
         metrics = engine.metrics
@@ -254,7 +284,12 @@ class BatchSide:
         if now >= table.next_retirement:
             retired = table.retired(now)
             out = retired if not out else out | retired
-        return _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+        row = _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+        if own is None:
+            row.tokens = env["input_tokens"]
+        else:
+            row.own, row.tokens = own, own.tokens
+        return row
 
     def _kind(self, route: CompiledRoute) -> tuple[bool, bool]:
         """(whether the route's requests can be batched at all: no state that changes per
@@ -331,7 +366,7 @@ class BatchSide:
             k = 0
             if limits:
                 self.set_now(row.at)
-                if fast is not None and fast.took(row.env, row.at):
+                if fast is not None and fast.took(row, row.at):
                     self.fast_limits += 1
                     model = table.models[ranked[0]]
                     out[row.slot] = Lean(
@@ -341,14 +376,16 @@ class BatchSide:
                     continue
                 verdict = limiter.check(
                     limits,
-                    row.env,
+                    row.full(),
                     row.options(table),
                     consume=True,
                     on_store_error=route.settings.on_store_error,
                     record=True,
                 )
                 if verdict.option is None:
-                    out[row.slot] = lean_of(_rate_limited(program, row.env, route, verdict, None))
+                    out[row.slot] = lean_of(
+                        _rate_limited(program, row.full(), route, verdict, None)
+                    )
                     continue
                 k = verdict.option
             model = table.models[ranked[k]]
@@ -359,7 +396,7 @@ class BatchSide:
 
     def _rank_one(self, row: _Row) -> None:
         """One request ranked as `_evaluate` ranks it (the reference the matrix matches)."""
-        route, env, columns = row.route, row.env, row.columns
+        route, env, columns = row.route, row.full(), row.columns
         table = route.table
         pos, costs, lats = _eligible_fast(
             table, env, row.at, None if columns is None else columns.lats, row.out
@@ -429,7 +466,7 @@ class _FastLimits:
             parts.append((None if part.is_global else part.key_field, buckets))
         return cls(limits, consume_all, parts)
 
-    def took(self, env: Mapping[str, Any], at: float) -> bool:
+    def took(self, row: _Row, at: float) -> bool:
         """Whether the request's buckets all had room and are consumed (False: nothing
         consumed; ask the limiter)."""
         buckets: list[tuple[str, float, float, float]] = []
@@ -437,7 +474,7 @@ class _FastLimits:
             if field is None:
                 key = ""
             else:
-                key = env[field]
+                key = row.field(field)
                 if key is None or key == "":
                     continue
                 if type(key) is not str:
@@ -467,10 +504,19 @@ class _Envs:
         self.built = 0  # templates made (`fast_env` calls)
         self.whole = 0  # requests given to `env_of` as they are
         self.shape: bytes | None = None  # the last request's shape (None: taken whole)
+        self.own: _Own | None = None  # the last request's own fields (None: taken whole)
 
     def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
         """The request's environment, its conversation `conversation` (None: its own)."""
-        self.shape = None
+        env = self.read(request, conversation)
+        own = self.own
+        return env if own is None else _filled(env, own)
+
+    def read(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
+        """The request's shape's template, its own fields in `own` (`_filled` makes its
+        environment of them, when one is asked for); or, taken whole, its environment
+        (`own` None)."""
+        self.shape = self.own = None
         if type(request) is not dict:
             return self._whole(request, conversation)
         rest = request.copy()
@@ -511,18 +557,9 @@ class _Envs:
             ip = _normal_ip(ip)
             if ip is None:
                 return self._whole(request, conversation)
-        env = template.copy()
-        env["id"] = env["key"] = request_id
-        env["user"] = user
-        env["ip"] = ip
-        env["input_tokens"] = float(tokens)
-        env["metadata"] = dict(template["metadata"])
-        env["tags"] = list(template["tags"])
-        env["conversation"] = (
-            Conversation(NATIVE, request) if conversation is None else conversation
-        )
+        self.own = _Own(request_id, user, ip, float(tokens), conversation, request)
         self.shape = key
-        return env
+        return template  # type: ignore[no-any-return]
 
     def _whole(
         self, request: Mapping[str, Any], conversation: Conversation | None
@@ -532,6 +569,34 @@ class _Envs:
         if conversation is not None:
             env["conversation"] = conversation
         return env
+
+
+class _Own(NamedTuple):
+    """A templated request's own fields (`_Envs.read`): what its environment has that its
+    shape's template does not."""
+
+    request_id: str
+    user: str | None
+    ip: str | None  # normalised
+    tokens: float
+    conversation: Conversation | None  # its logged conversation (None: its own)
+    request: Mapping[str, Any]
+
+
+def _filled(template: dict[str, Any], own: _Own) -> dict[str, Any]:
+    """The environment of a request of the template's shape, its own fields `own`."""
+    env = template.copy()
+    env["id"] = env["key"] = own.request_id
+    env["user"] = own.user
+    env["ip"] = own.ip
+    env["input_tokens"] = own.tokens
+    env["metadata"] = dict(template["metadata"])
+    env["tags"] = list(template["tags"])
+    conversation = own.conversation
+    env["conversation"] = (
+        Conversation(NATIVE, own.request) if conversation is None else conversation
+    )
+    return env
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
@@ -583,9 +648,9 @@ def _ranked(group: list[_Row]) -> bool:
     route = group[0].route
     table = route.table
     vec = table.vectors()
-    envs = [row.env for row in group]
+    envs = [row.env for row in group]  # read for their shape's fields alone
     n = len(envs)
-    inp = np.fromiter((e["input_tokens"] for e in envs), dtype=np.float64, count=n)
+    inp = np.fromiter([row.tokens for row in group], dtype=np.float64, count=n)
     given = [e["max_tokens"] for e in envs]
     has_max = np.fromiter((m is not None for m in given), dtype=bool, count=n)
     most = np.fromiter((m or 0 for m in given), dtype=np.float64, count=n)
