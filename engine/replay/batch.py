@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 import msgspec
@@ -670,10 +671,19 @@ def _ranked(group: list[_Row]) -> bool:
             at = rows_of[key] = len(distinct)
             distinct.append(table.latency_priors if columns is None else columns.lats)
         which.append(at)
-    lat = np.array(distinct, dtype=np.float64)[np.array(which)]
-    if not np.isfinite(cost).all() or not np.isfinite(lat).all():
+    width = len(table.keys)
+    lats = np.fromiter(chain.from_iterable(distinct), dtype=np.float64, count=len(distinct) * width)
+    lats = lats.reshape(len(distinct), width)
+    if not np.isfinite(cost).all() or not np.isfinite(lats).all():
         return False
-    needs = np.fromiter((_needs_mask(e) for e in envs), dtype=np.int64, count=n)
+    lat = lats[np.array(which)]
+    # each row's capabilities asked: once per distinct environment (a shape's rows share
+    # its template)
+    masks: dict[int, int] = {}
+    for e in envs:
+        if id(e) not in masks:
+            masks[id(e)] = _needs_mask(e)
+    needs = np.fromiter([masks[id(e)] for e in envs], dtype=np.int64, count=n)
     context = inp + most  # exact: both are integers under 2**53
     keep = np.ones(cost.shape, dtype=bool)
     # the rows some candidate cannot serve (as `_eligible_fast` asks of one request)
