@@ -49,7 +49,7 @@ from engine.routing.evaluator import (
     measured_columns,
 )
 from engine.routing.request import _SURROGATE, _normal_ip, env_of, fast_env
-from engine.routing.request_log import Unlogged
+from engine.routing.request_log import Unlogged, logged_conversation
 from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
 from engine.units import MAX_TOKENS
@@ -62,6 +62,8 @@ ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then 
 _encode = msgspec.json.Encoder().encode
 # the fields of a logged request `_Envs` keeps out of its shape (and those made of them)
 PER_ROW = frozenset({"id", "key", "user", "ip", "input_tokens"})
+# the fields of a logged request `logged_conversation` takes out (its prompt, as logged)
+LOGGED_PROMPT = ("format", "text", "features", "body")
 SHAPES_KEPT = 1 << 12  # environment templates remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
@@ -74,6 +76,15 @@ class Asked(NamedTuple):
     request: Mapping[str, Any]
     request_id: str | None
     conversation: Conversation | None = None  # its logged prompt features (None: its own)
+    # its logged prompt fields (`LOGGED_PROMPT`) are still in `request`: its conversation is
+    # `logged_conversation` of them, made only when its environment is (`conversation` None)
+    logged: bool = False
+
+    def taken_conversation(self) -> Conversation | None:
+        """Its conversation, its logged prompt fields taken out of `request` (`logged`)."""
+        if self.logged:
+            return logged_conversation(self.request)  # type: ignore[arg-type]
+        return self.conversation
 
 
 @dataclass(slots=True)
@@ -99,11 +110,11 @@ class _Row:
     own: _Own | None = None  # its own fields, when `env` is its shape's template
     tokens: float = 0.0  # its `input_tokens`
 
-    def full(self) -> dict[str, Any]:
+    def full(self, envs: _Envs) -> dict[str, Any]:
         """Its environment (made of its template and own fields the first time asked)."""
         own = self.own
         if own is not None:
-            self.env = _filled(self.env, own)
+            self.env = envs.filled(self.env, own)
             self.own = None
         return self.env
 
@@ -194,11 +205,12 @@ class BatchSide:
                     self._finish(rows, out)
                     rows = []
                     self.set_now(event.at)
+                    conversation = event.taken_conversation()
                     out.append(
                         engine.evaluate_lean(
                             event.request,
                             request_id=event.request_id,
-                            conversation=event.conversation,
+                            conversation=conversation,
                         )
                     )
                     self.single += 1
@@ -224,7 +236,7 @@ class BatchSide:
         shape = own = None
         if asked.request_id is None:
             envs = self.envs
-            env = envs.read(asked.request, asked.conversation)  # `own` set: the template
+            env = envs.read(asked.request, asked.conversation, asked.logged)  # `own`: template
             shape, own = envs.shape, envs.own
         else:
             env = env_of(asked.request, request_id=asked.request_id)
@@ -232,7 +244,7 @@ class BatchSide:
                 env["conversation"] = asked.conversation
         by_shape = self.shape_routes
         if own is not None and by_shape is None:  # the conditions read its own fields
-            env, own = _filled(env, own), None
+            env, own = self.envs.filled(env, own), None
         if shape is None or by_shape is None:
             route = self._route(env)
         else:  # the fields the conditions read are the shape's: its route is theirs
@@ -246,7 +258,7 @@ class BatchSide:
         split = route.split
         if split is not None:  # an experiment: one hash of the request picks the arm
             if own is not None:
-                env, own = _filled(env, own), None
+                env, own = self.envs.filled(env, own), None
             route = program.arm_routes[route.name][split.arm_index(env)]
         table = route.table
         kind = self.kinds.get(route.name)
@@ -377,7 +389,7 @@ class BatchSide:
                     continue
                 verdict = limiter.check(
                     limits,
-                    row.full(),
+                    row.full(self.envs),
                     row.options(table),
                     consume=True,
                     on_store_error=route.settings.on_store_error,
@@ -385,7 +397,7 @@ class BatchSide:
                 )
                 if verdict.option is None:
                     out[row.slot] = lean_of(
-                        _rate_limited(program, row.full(), route, verdict, None)
+                        _rate_limited(program, row.full(self.envs), route, verdict, None)
                     )
                     continue
                 k = verdict.option
@@ -397,7 +409,7 @@ class BatchSide:
 
     def _rank_one(self, row: _Row) -> None:
         """One request ranked as `_evaluate` ranks it (the reference the matrix matches)."""
-        route, env, columns = row.route, row.full(), row.columns
+        route, env, columns = row.route, row.full(self.envs), row.columns
         table = route.table
         pos, costs, lats = _eligible_fast(
             table, env, row.at, None if columns is None else columns.lats, row.out
@@ -504,26 +516,34 @@ class _Envs:
         self.templates: dict[bytes, dict[str, Any] | None] = {}
         self.built = 0  # templates made (`fast_env` calls)
         self.whole = 0  # requests given to `env_of` as they are
+        self.made = 0  # environments made of a template (`filled`: asked for one)
+        self.conversations = 0  # logged conversations made (of `Asked.logged` requests)
         self.shape: bytes | None = None  # the last request's shape (None: taken whole)
         self.own: _Own | None = None  # the last request's own fields (None: taken whole)
 
     def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
         """The request's environment, its conversation `conversation` (None: its own)."""
-        env = self.read(request, conversation)
+        env = self.read(request, conversation, False)
         own = self.own
-        return env if own is None else _filled(env, own)
+        return env if own is None else self.filled(env, own)
 
-    def read(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
-        """The request's shape's template, its own fields in `own` (`_filled` makes its
+    def read(
+        self, request: Mapping[str, Any], conversation: Conversation | None, logged: bool
+    ) -> dict[str, Any]:
+        """The request's shape's template, its own fields in `own` (`filled` makes its
         environment of them, when one is asked for); or, taken whole, its environment
-        (`own` None)."""
+        (`own` None). `logged`: its logged prompt fields are still in it (`Asked.logged`):
+        they are its own fields too (`request` is left as it is)."""
         self.shape = self.own = None
         if type(request) is not dict:
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         rest = request.copy()
         pop = rest.pop
         request_id, user = pop("id", None), pop("user", None)
         ip, tokens = pop("ip", None), pop("input_tokens", None)
+        prompt = None
+        if logged:
+            prompt = {name: pop(name) for name in LOGGED_PROMPT if name in rest}
         if (
             type(request_id) is not str
             or type(tokens) is not int
@@ -531,15 +551,15 @@ class _Envs:
             or (user is not None and type(user) is not str)
             or (ip is not None and type(ip) is not str)
         ):
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         # the shape: the other fields as JSON (each value's type shows: `true`, `1`, `1.0`,
         # `"1"`), unless one is null (None, NaN and inf all are): then no template
         try:
             key = _encode(rest)
         except (TypeError, ValueError):
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         if b":null" in key or b"[null" in key or b",null" in key:
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         templates = self.templates
         template = templates.get(key, self)
         if template is self:
@@ -550,22 +570,45 @@ class _Envs:
                 templates.clear()
             templates[key] = template
         if template is None:
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         for text in (request_id, user):
             if text is not None and not text.isascii() and _SURROGATE.search(text):
-                return self._whole(request, conversation)
+                return self._whole(request, conversation, logged)
         if ip is not None:
             ip = _normal_ip(ip)
             if ip is None:
-                return self._whole(request, conversation)
-        self.own = _Own(request_id, user, ip, float(tokens), conversation, request)
+                return self._whole(request, conversation, logged)
+        self.own = _Own(request_id, user, ip, float(tokens), conversation, request, prompt)
         self.shape = key
         return template  # type: ignore[no-any-return]
 
+    def filled(self, template: dict[str, Any], own: _Own) -> dict[str, Any]:
+        """The environment of a request of the template's shape, its own fields `own`."""
+        self.made += 1
+        env = template.copy()
+        env["id"] = env["key"] = own.request_id
+        env["user"] = own.user
+        env["ip"] = own.ip
+        env["input_tokens"] = own.tokens
+        env["metadata"] = dict(template["metadata"])
+        env["tags"] = list(template["tags"])
+        if own.prompt is not None:  # its logged conversation, made now
+            self.conversations += 1
+            env["conversation"] = logged_conversation(dict(own.prompt))
+        elif own.conversation is None:
+            env["conversation"] = Conversation(NATIVE, own.request)
+        else:
+            env["conversation"] = own.conversation
+        return env
+
     def _whole(
-        self, request: Mapping[str, Any], conversation: Conversation | None
+        self, request: Mapping[str, Any], conversation: Conversation | None, logged: bool
     ) -> dict[str, Any]:
         self.whole += 1
+        if logged:  # its prompt fields taken out of a copy (the request is left as it is)
+            request = dict(request)
+            conversation = logged_conversation(request)  # type: ignore[arg-type]
+            self.conversations += 1
         env = env_of(request)
         if conversation is not None:
             env["conversation"] = conversation
@@ -582,22 +625,7 @@ class _Own(NamedTuple):
     tokens: float
     conversation: Conversation | None  # its logged conversation (None: its own)
     request: Mapping[str, Any]
-
-
-def _filled(template: dict[str, Any], own: _Own) -> dict[str, Any]:
-    """The environment of a request of the template's shape, its own fields `own`."""
-    env = template.copy()
-    env["id"] = env["key"] = own.request_id
-    env["user"] = own.user
-    env["ip"] = own.ip
-    env["input_tokens"] = own.tokens
-    env["metadata"] = dict(template["metadata"])
-    env["tags"] = list(template["tags"])
-    conversation = own.conversation
-    env["conversation"] = (
-        Conversation(NATIVE, own.request) if conversation is None else conversation
-    )
-    return env
+    prompt: dict[str, Any] | None  # its logged prompt fields (`Asked.logged`), else None
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
