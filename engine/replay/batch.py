@@ -542,8 +542,9 @@ class _Envs:
         request_id, user = pop("id", None), pop("user", None)
         ip, tokens = pop("ip", None), pop("input_tokens", None)
         prompt = None
-        if logged:
-            prompt = {name: pop(name) for name in LOGGED_PROMPT if name in rest}
+        if logged:  # (a field absent and a null one are the same to `logged_conversation`)
+            prompt = (pop("format", None), pop("text", None), pop("features", None))
+            prompt += (pop("body", None),)
         if (
             type(request_id) is not str
             or type(tokens) is not int
@@ -571,9 +572,10 @@ class _Envs:
             templates[key] = template
         if template is None:
             return self._whole(request, conversation, logged)
-        for text in (request_id, user):
-            if text is not None and not text.isascii() and _SURROGATE.search(text):
-                return self._whole(request, conversation, logged)
+        if not request_id.isascii() and _SURROGATE.search(request_id):
+            return self._whole(request, conversation, logged)
+        if user is not None and not user.isascii() and _SURROGATE.search(user):
+            return self._whole(request, conversation, logged)
         if ip is not None:
             ip = _normal_ip(ip)
             if ip is None:
@@ -594,7 +596,9 @@ class _Envs:
         env["tags"] = list(template["tags"])
         if own.prompt is not None:  # its logged conversation, made now
             self.conversations += 1
-            env["conversation"] = logged_conversation(dict(own.prompt))
+            env["conversation"] = logged_conversation(
+                dict(zip(LOGGED_PROMPT, own.prompt, strict=True))
+            )
         elif own.conversation is None:
             env["conversation"] = Conversation(NATIVE, own.request)
         else:
@@ -625,7 +629,7 @@ class _Own(NamedTuple):
     tokens: float
     conversation: Conversation | None  # its logged conversation (None: its own)
     request: Mapping[str, Any]
-    prompt: dict[str, Any] | None  # its logged prompt fields (`Asked.logged`), else None
+    prompt: tuple[Any, ...] | None  # its `LOGGED_PROMPT` fields (`Asked.logged`), else None
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
@@ -685,8 +689,17 @@ def _ranked(group: list[_Row]) -> bool:
     most = np.fromiter((m or 0 for m in given), dtype=np.float64, count=n)
     if not (np.abs(inp) < 2.0**53).all() or not (np.abs(most) < 2.0**53).all():
         return False  # ints a float cannot hold exactly: Python's int * float rounds once
-    output = np.where(has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs)
-    cost = (inp[:, None] * vec.input_prices + output) / 1e6
+    if has_max.all():  # (the same IEEE operations as one expression, fewer temporaries)
+        output = most[:, None] * vec.output_prices
+    elif has_max.any():
+        output = np.where(
+            has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs
+        )
+    else:
+        output = vec.default_output_costs
+    cost = inp[:, None] * vec.input_prices
+    cost += output
+    cost /= 1e6
     # each row's latencies: its snapshot's measured columns (rows share a few), else priors
     rows_of: dict[int, int] = {}
     distinct: list[Any] = []
