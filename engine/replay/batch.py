@@ -368,44 +368,43 @@ class BatchSide:
         fast = self.fast
         if fast is None or fast.limits is not limits:
             fast = self.fast = _FastLimits.of(limiter, limits)
+        took = None if fast is None else fast.took
+        set_now, envs = self.set_now, self.envs
+        admitted = 0  # by the store's fast check
+        self.batched += len(rows)
         for row in rows:
-            self.batched += 1
             if row.lean is not None:
                 out[row.slot] = row.lean
                 continue
-            route, ranked, costs = row.route, row.ranked, row.costs
-            assert ranked is not None and costs is not None and row.lats is not None
-            table = route.table
+            route, ranked, costs, lats = row.route, row.ranked, row.costs, row.lats
+            assert ranked is not None and costs is not None and lats is not None
             k = 0
             if limits:
-                self.set_now(row.at)
-                if fast is not None and fast.took(row, row.at):
-                    self.fast_limits += 1
-                    model = table.models[ranked[0]]
-                    out[row.slot] = Lean(
-                        True, route.name, model.provider, model.id, None,
-                        round(costs[0], 10), round(row.lats[0], 3),
-                    )  # fmt: skip
-                    continue
-                verdict = limiter.check(
-                    limits,
-                    row.full(self.envs),
-                    row.options(table),
-                    consume=True,
-                    on_store_error=route.settings.on_store_error,
-                    record=True,
-                )
-                if verdict.option is None:
-                    out[row.slot] = lean_of(
-                        _rate_limited(program, row.full(self.envs), route, verdict, None)
+                at = row.at
+                set_now(at)
+                if took is not None and took(row, at):
+                    admitted += 1
+                else:
+                    verdict = limiter.check(
+                        limits,
+                        row.full(envs),
+                        row.options(route.table),
+                        consume=True,
+                        on_store_error=route.settings.on_store_error,
+                        record=True,
                     )
-                    continue
-                k = verdict.option
-            model = table.models[ranked[k]]
+                    if verdict.option is None:
+                        out[row.slot] = lean_of(
+                            _rate_limited(program, row.full(envs), route, verdict, None)
+                        )
+                        continue
+                    k = verdict.option
+            model = route.table.models[ranked[k]]
             out[row.slot] = Lean(
                 True, route.name, model.provider, model.id, None,
-                round(costs[k], 10), round(row.lats[k], 3),
+                round(costs[k], 10), round(lats[k], 3),
             )  # fmt: skip
+        self.fast_limits += admitted
 
     def _rank_one(self, row: _Row) -> None:
         """One request ranked as `_evaluate` ranks it (the reference the matrix matches)."""
