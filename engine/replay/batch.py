@@ -442,7 +442,7 @@ class _FastLimits:
     neither). A request a bucket has no room for is asked of `Limiter.check` (nothing has
     changed then), as is every request of any other policy (`of` gives None)."""
 
-    __slots__ = ("consume_all", "limits", "parts")
+    __slots__ = ("consume_all", "limits", "one", "parts")
 
     def __init__(
         self,
@@ -453,6 +453,11 @@ class _FastLimits:
         self.limits = limits
         self.consume_all = consume_all
         self.parts = parts  # (the key's request field, None: global; (prefix, capacity, rate))
+        # a policy of one bucket keyed by a request field (`limit user N per …`): its field
+        # and bucket, checked without the loops
+        self.one: tuple[str, str, float, float] | None = None
+        if len(parts) == 1 and parts[0][0] is not None and len(parts[0][1]) == 1:
+            self.one = (parts[0][0], *parts[0][1][0])
 
     @classmethod
     def of(cls, limiter: Any, limits: tuple[Any, ...]) -> _FastLimits | None:
@@ -481,6 +486,13 @@ class _FastLimits:
     def took(self, row: _Row, at: float) -> bool:
         """Whether the request's buckets all had room and are consumed (False: nothing
         consumed; ask the limiter)."""
+        one = self.one
+        if one is not None:
+            field, prefix, capacity, rate = one
+            key = row.field(field)
+            if key is None or key == "" or type(key) is not str:
+                return False
+            return self.consume_all([(prefix + key, capacity, rate, 1.0)], at * 1000.0) is not None
         buckets: list[tuple[str, float, float, float]] = []
         for field, specs in self.parts:
             if field is None:
