@@ -526,3 +526,44 @@ def test_a_shapes_route_is_chosen_once(tmp_path: Path, extra: str) -> None:
     else:
         assert side.shape_routes is not None and len(side.shape_routes) == len(shapes)
         assert side.conditions < len(shapes)  # shapes of one signature share its route
+
+
+def test_an_environment_is_made_only_when_asked(tmp_path: Path) -> None:
+    """A logged request of a known shape is ranked and admitted on its template and its own
+    fields: its environment (and its logged conversation) is made only when something asks
+    for it whole: the limiter's check of a request the store's fast check did not admit, a
+    denial. The decisions are `evaluate_lean`'s one by one, on the conversation
+    `logged_conversation` makes; `logged_conversation` takes out `LOGGED_PROMPT` alone."""
+    from engine.replay.batch import LOGGED_PROMPT, Asked, BatchSide
+    from engine.routing.request_log import logged_conversation
+
+    fields = {name: {} for name in LOGGED_PROMPT} | {"format": "native", "other": 1}
+    logged_conversation(fields)
+    assert fields == {"other": 1}
+    policy = tmp_path / "made.policy"
+    policy.write_text(MEMO_POLICY + "limit user 8 per 1m\n")
+    requests = _features(600, random.Random(12))
+    for request in requests:
+        request["format"] = "native"
+        request["text"] = {"chars": len(request["id"])}
+    times = [1_800_000_000.0 + i * 0.05 for i in range(len(requests))]
+    clock = _SimClock(times[0])
+    side = BatchSide(PolicyEngine(policy, clock=clock), lambda at: setattr(clock, "now", at))
+    got = side.decide(
+        [Asked(at, dict(r), None, logged=True) for at, r in zip(times, requests, strict=True)],
+        lambda e, o: None,
+    )
+    single = PolicyEngine(policy, clock=clock)
+    want = []
+    for at, request in zip(times, requests, strict=True):
+        clock.now = at
+        one = dict(request)
+        conversation = logged_conversation(one)
+        want.append(single.evaluate_lean(one, conversation=conversation))
+    assert got == want
+    envs = side.envs
+    limited = sum(lean.denied == "user" for lean in got)
+    assert limited > 50 and side.fast_limits > 300
+    assert side.single == 0 and envs.whole == 0
+    # the rows the fast check did not admit (the limiter asked: the denials) and nothing else
+    assert envs.made == envs.conversations == len(requests) - side.fast_limits

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 import msgspec
@@ -48,7 +49,7 @@ from engine.routing.evaluator import (
     measured_columns,
 )
 from engine.routing.request import _SURROGATE, _normal_ip, env_of, fast_env
-from engine.routing.request_log import Unlogged
+from engine.routing.request_log import Unlogged, logged_conversation
 from engine.strategies import STRATEGIES
 from engine.strategies.base import Pool
 from engine.units import MAX_TOKENS
@@ -61,6 +62,8 @@ ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then 
 _encode = msgspec.json.Encoder().encode
 # the fields of a logged request `_Envs` keeps out of its shape (and those made of them)
 PER_ROW = frozenset({"id", "key", "user", "ip", "input_tokens"})
+# the fields of a logged request `logged_conversation` takes out (its prompt, as logged)
+LOGGED_PROMPT = ("format", "text", "features", "body")
 SHAPES_KEPT = 1 << 12  # environment templates remembered per side at most (then forgotten)
 # the strategies ranked as a matrix: (the first key, the second), each "cost" or "lat"
 RANKED = {"cost": ("cost", "lat"), "latency": ("lat", "cost"), "weighted": ("score", "")}
@@ -73,12 +76,21 @@ class Asked(NamedTuple):
     request: Mapping[str, Any]
     request_id: str | None
     conversation: Conversation | None = None  # its logged prompt features (None: its own)
+    # its logged prompt fields (`LOGGED_PROMPT`) are still in `request`: its conversation is
+    # `logged_conversation` of them, made only when its environment is (`conversation` None)
+    logged: bool = False
+
+    def taken_conversation(self) -> Conversation | None:
+        """Its conversation, its logged prompt fields taken out of `request` (`logged`)."""
+        if self.logged:
+            return logged_conversation(self.request)  # type: ignore[arg-type]
+        return self.conversation
 
 
 @dataclass(slots=True)
 class _Row:
     at: float
-    env: dict[str, Any]
+    env: dict[str, Any]  # its environment, or (`own` set) its shape's template
     route: CompiledRoute
     columns: Measured | None  # the snapshot's measured columns (None: the priors)
     stats_of: Any  # model key -> ModelStats | None (the general path's)
@@ -95,6 +107,31 @@ class _Row:
     rest: tuple[Any, Any, Any] | None = None
     index: int = 0  # its row in its group's matrices
     count: int = 0
+    own: _Own | None = None  # its own fields, when `env` is its shape's template
+    tokens: float = 0.0  # its `input_tokens`
+
+    def full(self, envs: _Envs) -> dict[str, Any]:
+        """Its environment (made of its template and own fields the first time asked)."""
+        own = self.own
+        if own is not None:
+            self.env = envs.filled(self.env, own)
+            self.own = None
+        return self.env
+
+    def field(self, name: str) -> Any:
+        """Its environment's `name`, without making the environment."""
+        own = self.own
+        if own is None:
+            return self.env[name]
+        if name == "user":
+            return own.user
+        if name == "ip":
+            return own.ip
+        if name == "id" or name == "key":
+            return own.request_id
+        if name == "input_tokens":
+            return own.tokens
+        return self.env[name]
 
     def options(self, table: RouteTable) -> Iterator[tuple[str, str, float]]:
         """(provider, model key, cost) of each ranked model, best first, for the limiter;
@@ -168,11 +205,12 @@ class BatchSide:
                     self._finish(rows, out)
                     rows = []
                     self.set_now(event.at)
+                    conversation = event.taken_conversation()
                     out.append(
                         engine.evaluate_lean(
                             event.request,
                             request_id=event.request_id,
-                            conversation=event.conversation,
+                            conversation=conversation,
                         )
                     )
                     self.single += 1
@@ -195,15 +233,18 @@ class BatchSide:
         program = engine.program
         if program.live_requires:
             return None
-        shape = None
+        shape = own = None
         if asked.request_id is None:
-            env = self.envs.env(asked.request, asked.conversation)
-            shape = self.envs.shape
+            envs = self.envs
+            env = envs.read(asked.request, asked.conversation, asked.logged)  # `own`: template
+            shape, own = envs.shape, envs.own
         else:
             env = env_of(asked.request, request_id=asked.request_id)
             if asked.conversation is not None:
                 env["conversation"] = asked.conversation
         by_shape = self.shape_routes
+        if own is not None and by_shape is None:  # the conditions read its own fields
+            env, own = self.envs.filled(env, own), None
         if shape is None or by_shape is None:
             route = self._route(env)
         else:  # the fields the conditions read are the shape's: its route is theirs
@@ -216,6 +257,8 @@ class BatchSide:
             return None
         split = route.split
         if split is not None:  # an experiment: one hash of the request picks the arm
+            if own is not None:
+                env, own = self.envs.filled(env, own), None
             route = program.arm_routes[route.name][split.arm_index(env)]
         table = route.table
         kind = self.kinds.get(route.name)
@@ -225,7 +268,7 @@ class BatchSide:
             not kind[1]
             or env["cached_tokens"]
             or env["images"]
-            or env["input_tokens"] > table.min_tier_above
+            or (env["input_tokens"] if own is None else own.tokens) > table.min_tier_above
         ):
             return None
         metrics = engine.metrics
@@ -254,7 +297,12 @@ class BatchSide:
         if now >= table.next_retirement:
             retired = table.retired(now)
             out = retired if not out else out | retired
-        return _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+        row = _Row(now, env, route, columns, stats_of, measuring, out, slot, kind[2])
+        if own is None:
+            row.tokens = env["input_tokens"]
+        else:
+            row.own, row.tokens = own, own.tokens
+        return row
 
     def _kind(self, route: CompiledRoute) -> tuple[bool, bool]:
         """(whether the route's requests can be batched at all: no state that changes per
@@ -320,46 +368,47 @@ class BatchSide:
         fast = self.fast
         if fast is None or fast.limits is not limits:
             fast = self.fast = _FastLimits.of(limiter, limits)
+        took = None if fast is None else fast.took
+        set_now, envs = self.set_now, self.envs
+        admitted = 0  # by the store's fast check
+        self.batched += len(rows)
         for row in rows:
-            self.batched += 1
             if row.lean is not None:
                 out[row.slot] = row.lean
                 continue
-            route, ranked, costs = row.route, row.ranked, row.costs
-            assert ranked is not None and costs is not None and row.lats is not None
-            table = route.table
+            route, ranked, costs, lats = row.route, row.ranked, row.costs, row.lats
+            assert ranked is not None and costs is not None and lats is not None
             k = 0
             if limits:
-                self.set_now(row.at)
-                if fast is not None and fast.took(row.env, row.at):
-                    self.fast_limits += 1
-                    model = table.models[ranked[0]]
-                    out[row.slot] = Lean(
-                        True, route.name, model.provider, model.id, None,
-                        round(costs[0], 10), round(row.lats[0], 3),
-                    )  # fmt: skip
-                    continue
-                verdict = limiter.check(
-                    limits,
-                    row.env,
-                    row.options(table),
-                    consume=True,
-                    on_store_error=route.settings.on_store_error,
-                    record=True,
-                )
-                if verdict.option is None:
-                    out[row.slot] = lean_of(_rate_limited(program, row.env, route, verdict, None))
-                    continue
-                k = verdict.option
-            model = table.models[ranked[k]]
+                at = row.at
+                set_now(at)
+                if took is not None and took(row, at):
+                    admitted += 1
+                else:
+                    verdict = limiter.check(
+                        limits,
+                        row.full(envs),
+                        row.options(route.table),
+                        consume=True,
+                        on_store_error=route.settings.on_store_error,
+                        record=True,
+                    )
+                    if verdict.option is None:
+                        out[row.slot] = lean_of(
+                            _rate_limited(program, row.full(envs), route, verdict, None)
+                        )
+                        continue
+                    k = verdict.option
+            model = route.table.models[ranked[k]]
             out[row.slot] = Lean(
                 True, route.name, model.provider, model.id, None,
-                round(costs[k], 10), round(row.lats[k], 3),
+                round(costs[k], 10), round(lats[k], 3),
             )  # fmt: skip
+        self.fast_limits += admitted
 
     def _rank_one(self, row: _Row) -> None:
         """One request ranked as `_evaluate` ranks it (the reference the matrix matches)."""
-        route, env, columns = row.route, row.env, row.columns
+        route, env, columns = row.route, row.full(self.envs), row.columns
         table = route.table
         pos, costs, lats = _eligible_fast(
             table, env, row.at, None if columns is None else columns.lats, row.out
@@ -393,7 +442,7 @@ class _FastLimits:
     neither). A request a bucket has no room for is asked of `Limiter.check` (nothing has
     changed then), as is every request of any other policy (`of` gives None)."""
 
-    __slots__ = ("consume_all", "limits", "parts")
+    __slots__ = ("consume_all", "limits", "one", "parts")
 
     def __init__(
         self,
@@ -404,6 +453,11 @@ class _FastLimits:
         self.limits = limits
         self.consume_all = consume_all
         self.parts = parts  # (the key's request field, None: global; (prefix, capacity, rate))
+        # a policy of one bucket keyed by a request field (`limit user N per …`): its field
+        # and bucket, checked without the loops
+        self.one: tuple[str, str, float, float] | None = None
+        if len(parts) == 1 and parts[0][0] is not None and len(parts[0][1]) == 1:
+            self.one = (parts[0][0], *parts[0][1][0])
 
     @classmethod
     def of(cls, limiter: Any, limits: tuple[Any, ...]) -> _FastLimits | None:
@@ -429,15 +483,22 @@ class _FastLimits:
             parts.append((None if part.is_global else part.key_field, buckets))
         return cls(limits, consume_all, parts)
 
-    def took(self, env: Mapping[str, Any], at: float) -> bool:
+    def took(self, row: _Row, at: float) -> bool:
         """Whether the request's buckets all had room and are consumed (False: nothing
         consumed; ask the limiter)."""
+        one = self.one
+        if one is not None:
+            field, prefix, capacity, rate = one
+            key = row.field(field)
+            if key is None or key == "" or type(key) is not str:
+                return False
+            return self.consume_all([(prefix + key, capacity, rate, 1.0)], at * 1000.0) is not None
         buckets: list[tuple[str, float, float, float]] = []
         for field, specs in self.parts:
             if field is None:
                 key = ""
             else:
-                key = env[field]
+                key = row.field(field)
                 if key is None or key == "":
                     continue
                 if type(key) is not str:
@@ -466,17 +527,35 @@ class _Envs:
         self.templates: dict[bytes, dict[str, Any] | None] = {}
         self.built = 0  # templates made (`fast_env` calls)
         self.whole = 0  # requests given to `env_of` as they are
+        self.made = 0  # environments made of a template (`filled`: asked for one)
+        self.conversations = 0  # logged conversations made (of `Asked.logged` requests)
         self.shape: bytes | None = None  # the last request's shape (None: taken whole)
+        self.own: _Own | None = None  # the last request's own fields (None: taken whole)
 
     def env(self, request: Mapping[str, Any], conversation: Conversation | None) -> dict[str, Any]:
         """The request's environment, its conversation `conversation` (None: its own)."""
-        self.shape = None
+        env = self.read(request, conversation, False)
+        own = self.own
+        return env if own is None else self.filled(env, own)
+
+    def read(
+        self, request: Mapping[str, Any], conversation: Conversation | None, logged: bool
+    ) -> dict[str, Any]:
+        """The request's shape's template, its own fields in `own` (`filled` makes its
+        environment of them, when one is asked for); or, taken whole, its environment
+        (`own` None). `logged`: its logged prompt fields are still in it (`Asked.logged`):
+        they are its own fields too (`request` is left as it is)."""
+        self.shape = self.own = None
         if type(request) is not dict:
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         rest = request.copy()
         pop = rest.pop
         request_id, user = pop("id", None), pop("user", None)
         ip, tokens = pop("ip", None), pop("input_tokens", None)
+        prompt = None
+        if logged:  # (a field absent and a null one are the same to `logged_conversation`)
+            prompt = (pop("format", None), pop("text", None), pop("features", None))
+            prompt += (pop("body", None),)
         if (
             type(request_id) is not str
             or type(tokens) is not int
@@ -484,15 +563,15 @@ class _Envs:
             or (user is not None and type(user) is not str)
             or (ip is not None and type(ip) is not str)
         ):
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         # the shape: the other fields as JSON (each value's type shows: `true`, `1`, `1.0`,
         # `"1"`), unless one is null (None, NaN and inf all are): then no template
         try:
             key = _encode(rest)
         except (TypeError, ValueError):
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         if b":null" in key or b"[null" in key or b",null" in key:
-            return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
         templates = self.templates
         template = templates.get(key, self)
         if template is self:
@@ -503,35 +582,65 @@ class _Envs:
                 templates.clear()
             templates[key] = template
         if template is None:
-            return self._whole(request, conversation)
-        for text in (request_id, user):
-            if text is not None and not text.isascii() and _SURROGATE.search(text):
-                return self._whole(request, conversation)
+            return self._whole(request, conversation, logged)
+        if not request_id.isascii() and _SURROGATE.search(request_id):
+            return self._whole(request, conversation, logged)
+        if user is not None and not user.isascii() and _SURROGATE.search(user):
+            return self._whole(request, conversation, logged)
         if ip is not None:
             ip = _normal_ip(ip)
             if ip is None:
-                return self._whole(request, conversation)
+                return self._whole(request, conversation, logged)
+        self.own = _Own(request_id, user, ip, float(tokens), conversation, request, prompt)
+        self.shape = key
+        return template  # type: ignore[no-any-return]
+
+    def filled(self, template: dict[str, Any], own: _Own) -> dict[str, Any]:
+        """The environment of a request of the template's shape, its own fields `own`."""
+        self.made += 1
         env = template.copy()
-        env["id"] = env["key"] = request_id
-        env["user"] = user
-        env["ip"] = ip
-        env["input_tokens"] = float(tokens)
+        env["id"] = env["key"] = own.request_id
+        env["user"] = own.user
+        env["ip"] = own.ip
+        env["input_tokens"] = own.tokens
         env["metadata"] = dict(template["metadata"])
         env["tags"] = list(template["tags"])
-        env["conversation"] = (
-            Conversation(NATIVE, request) if conversation is None else conversation
-        )
-        self.shape = key
+        if own.prompt is not None:  # its logged conversation, made now
+            self.conversations += 1
+            env["conversation"] = logged_conversation(
+                dict(zip(LOGGED_PROMPT, own.prompt, strict=True))
+            )
+        elif own.conversation is None:
+            env["conversation"] = Conversation(NATIVE, own.request)
+        else:
+            env["conversation"] = own.conversation
         return env
 
     def _whole(
-        self, request: Mapping[str, Any], conversation: Conversation | None
+        self, request: Mapping[str, Any], conversation: Conversation | None, logged: bool
     ) -> dict[str, Any]:
         self.whole += 1
+        if logged:  # its prompt fields taken out of a copy (the request is left as it is)
+            request = dict(request)
+            conversation = logged_conversation(request)  # type: ignore[arg-type]
+            self.conversations += 1
         env = env_of(request)
         if conversation is not None:
             env["conversation"] = conversation
         return env
+
+
+class _Own(NamedTuple):
+    """A templated request's own fields (`_Envs.read`): what its environment has that its
+    shape's template does not."""
+
+    request_id: str
+    user: str | None
+    ip: str | None  # normalised
+    tokens: float
+    conversation: Conversation | None  # its logged conversation (None: its own)
+    request: Mapping[str, Any]
+    prompt: tuple[Any, ...] | None  # its `LOGGED_PROMPT` fields (`Asked.logged`), else None
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
@@ -583,16 +692,25 @@ def _ranked(group: list[_Row]) -> bool:
     route = group[0].route
     table = route.table
     vec = table.vectors()
-    envs = [row.env for row in group]
+    envs = [row.env for row in group]  # read for their shape's fields alone
     n = len(envs)
-    inp = np.fromiter((e["input_tokens"] for e in envs), dtype=np.float64, count=n)
+    inp = np.fromiter([row.tokens for row in group], dtype=np.float64, count=n)
     given = [e["max_tokens"] for e in envs]
     has_max = np.fromiter((m is not None for m in given), dtype=bool, count=n)
     most = np.fromiter((m or 0 for m in given), dtype=np.float64, count=n)
     if not (np.abs(inp) < 2.0**53).all() or not (np.abs(most) < 2.0**53).all():
         return False  # ints a float cannot hold exactly: Python's int * float rounds once
-    output = np.where(has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs)
-    cost = (inp[:, None] * vec.input_prices + output) / 1e6
+    if has_max.all():  # (the same IEEE operations as one expression, fewer temporaries)
+        output = most[:, None] * vec.output_prices
+    elif has_max.any():
+        output = np.where(
+            has_max[:, None], most[:, None] * vec.output_prices, vec.default_output_costs
+        )
+    else:
+        output = vec.default_output_costs
+    cost = inp[:, None] * vec.input_prices
+    cost += output
+    cost /= 1e6
     # each row's latencies: its snapshot's measured columns (rows share a few), else priors
     rows_of: dict[int, int] = {}
     distinct: list[Any] = []
@@ -605,10 +723,19 @@ def _ranked(group: list[_Row]) -> bool:
             at = rows_of[key] = len(distinct)
             distinct.append(table.latency_priors if columns is None else columns.lats)
         which.append(at)
-    lat = np.array(distinct, dtype=np.float64)[np.array(which)]
-    if not np.isfinite(cost).all() or not np.isfinite(lat).all():
+    width = len(table.keys)
+    lats = np.fromiter(chain.from_iterable(distinct), dtype=np.float64, count=len(distinct) * width)
+    lats = lats.reshape(len(distinct), width)
+    if not np.isfinite(cost).all() or not np.isfinite(lats).all():
         return False
-    needs = np.fromiter((_needs_mask(e) for e in envs), dtype=np.int64, count=n)
+    lat = lats[np.array(which)]
+    # each row's capabilities asked: once per distinct environment (a shape's rows share
+    # its template)
+    masks: dict[int, int] = {}
+    for e in envs:
+        if id(e) not in masks:
+            masks[id(e)] = _needs_mask(e)
+    needs = np.fromiter([masks[id(e)] for e in envs], dtype=np.int64, count=n)
     context = inp + most  # exact: both are integers under 2**53
     keep = np.ones(cost.shape, dtype=bool)
     # the rows some candidate cannot serve (as `_eligible_fast` asks of one request)

@@ -426,7 +426,7 @@ def _batched(
         read += 1
         if progress is not None and not read % PROGRESS_EVERY:
             progress(read)
-        one = _asked(report, event, shard, literal, event.at < warm_until)
+        one = _asked(report, event, shard, literal, event.at < warm_until, deferred=True)
         if one is None:
             continue
         events.append(one)
@@ -453,9 +453,12 @@ def _asked(
     shard: Shard | None,
     literal: bool,
     warming: bool,
+    deferred: bool = False,
 ) -> Asked | None:
     """The request to decide again, counted (None: it is not this shard's, or it is
-    counted as not replayable or invalid)."""
+    counted as not replayable or invalid). `deferred`: a logged request's conversation is
+    left to the batch path to make, when it makes the request's environment
+    (`Asked.logged`)."""
     if event.request is None:
         if shard is None or shard.owns(shard_key({}, event.request_id)):
             report.requests += 1
@@ -474,7 +477,8 @@ def _asked(
             return None
     else:  # its features: the prompt's as logged (`text`, `features`), never an empty one
         request = _decode(event.request)
-        conversation = logged_conversation(request)
+        if not deferred:
+            conversation = logged_conversation(request)
         if event.request_id is not None:
             request["id"] = event.request_id
         keys = request
@@ -484,7 +488,7 @@ def _asked(
     report.limit_warmup += warming
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
-    return Asked(event.at, request, rid, None if event.raw else conversation)
+    return Asked(event.at, request, rid, conversation, deferred and not event.raw)
 
 
 def _recorder(engine: PolicyEngine) -> Callable[[PolicyEngine, LoggedOutcome], None]:
