@@ -78,6 +78,7 @@ from engine.wire.plugins import Outcome
 MAX_ALTERNATIVES = 3
 NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
+_PRIOR_SHOWN = round(PRIOR_CONFIDENCE, 4)  # as a `Decision` shows it
 HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
 _NO_METRICS = NoMetrics()
 MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloaded programs)
@@ -659,8 +660,11 @@ class Measured:
         settings = route.settings
         failures = settings.cooldown_failures
         min_samples, min_rate = settings.min_samples, settings.min_success_rate
-        position_of, table_keys = route.table.position_of, route.table.keys
-        watch = [w for w in self.watch if table_keys[w[0]] not in keys]
+        position_of = route.table.position_of
+        watch = self.watch
+        if watch:  # those of them that were watched leave it, to be checked again
+            table_keys = route.table.keys
+            watch = [w for w in watch if table_keys[w[0]] not in keys]
         same = len(watch) == len(self.watch)  # none of them was watched
         rule = settings.degraded
         for key in keys:
@@ -675,7 +679,7 @@ class Measured:
                 or (measured and found.success_rate < min_rate)
                 or degraded
             ):
-                watch.append((p, found, measured, degraded))
+                watch = [*watch, (p, found, measured, degraded)]
                 same = False
         global columns_patched
         if same:  # nothing a health rule reads moved for this route
@@ -1288,7 +1292,7 @@ def _evaluate(
                 else:
                     rates = [column[p] for p in pos]
             if columns.samples is not None:
-                confidences = columns.confidences()
+                confidences = columns._confidences or columns.confidences()
                 if type(pos) is range:
                     samples = columns.samples
                 elif vectors is not None:
@@ -1470,8 +1474,10 @@ def _evaluate(
         )  # fmt: skip
     if confidences:  # the shortcut on measured columns: kept per snapshot, by position
         confidence = confidences[pos[best]]
+    elif samples is None:  # catalog priors only
+        confidence = _PRIOR_SHOWN
     else:
-        confidence = _confidence(samples[best] if samples is not None else 0, settings.min_samples)
+        confidence = _confidence(samples[best], settings.min_samples)
     if type(order) is KeptOrder and not limited:  # a kept ranking, as it stands
         parts = order.parts  # (route, alternatives, fallbacks) as kept with it
         if parts is None or parts[0] is not route:

@@ -399,32 +399,33 @@ class LiveMetrics:
 
     def _health_update(self) -> MetricsSnapshot:
         """The snapshot with the failure counts and times of now (cooldown never waits for a
-        refresh), the rest as it was; a model new since then gets its stats whole."""
+        refresh), the rest as it was; a model new since then gets its stats whole. Only the
+        models whose counts moved get new stats: the others' are the same objects."""
         with self._lock:
             snap = self._snapshot
-            stats = dict(snap.stats)
-            keys = frozenset(self._health_keys)
-            self._health_keys.clear()
-            whole = False  # a model's stats computed whole: nothing to patch from
+            stats = snap.stats.copy()
+            keys = self._health_keys
+            self._health_keys = set()
+            self._health_dirty = False
+            self.health_updates += 1
+            parent: MetricsSnapshot | None = snap  # None: a model's stats computed whole
+            found = self._series.get
             for key in keys:  # only the models whose failure counts moved
-                series = self._series.get(key)
+                series = found(key)
                 if series is None:
                     continue
                 old = stats.get(key)
                 if old is None:
                     stats[key] = self._computed(series)
-                    whole = True
+                    parent = None
                 else:
                     stats[key] = ModelStats(
                         old.samples, old.p50_ms, old.p95_ms, old.p99_ms, old.success_rate,
                         old.avg_cost, series.consecutive_failures, series.last_failure_at,
                         series.last_outcome_at,
                     )  # fmt: skip
-            self._health_dirty = False
-            self.health_updates += 1
-            parent = None if whole else snap
             snap.parent = None  # one generation back at most: no chain of old snapshots
-            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, keys)
+            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, frozenset(keys))
             return snap
 
     def refresh(self, now: float | None = None) -> MetricsSnapshot:
