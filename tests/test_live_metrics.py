@@ -215,6 +215,35 @@ def test_a_failure_under_every_threshold_patches_no_columns() -> None:
     assert engine.evaluate({"id": "f3"}, explain=True).model == cooled.model
 
 
+def test_a_bucket_that_appears_is_inserted_not_sorted_again() -> None:
+    """A model's sorted buckets are kept between rebuilds: one whole sort per model, a bucket
+    that appears later is inserted; one that leaves with its slice has them sorted again. The
+    percentiles are those of the histogram sorted from scratch, every time."""
+    import random
+
+    rng = random.Random(15)
+    clock = FakeClock()
+    metrics = LiveMetrics(3600.0, clock, 0)
+    for step in range(4000):  # new buckets all along: a wide log-normal
+        metrics.record(MODELS[step % 2], rng.lognormvariate(6, 1.5), True)
+        if step % 97 == 1:
+            metrics.refresh()
+            for key in MODELS[:2]:
+                series = metrics._series[key]
+                assert series.buckets == sorted(series.counts)
+                want = metrics_module.quantiles(series.counts, series.n)
+                got = metrics.snapshot().stats[key]
+                assert (got.p50_ms, got.p95_ms, got.p99_ms) == want
+    assert metrics.bucket_sorts == 2  # one whole sort per model
+    assert len(metrics._series[MODELS[0]].counts) > 100
+    clock.now += 2 * 3600.0  # every slice leaves: buckets empty
+    metrics.record(MODELS[0], 100.0, True)
+    assert metrics.stats(MODELS[0]).samples == 1  # type: ignore[union-attr]
+    assert metrics.bucket_sorts == 3 and metrics._series[MODELS[0]].buckets == [
+        metrics_module.bucket_of(100.0)
+    ]
+
+
 def test_the_window_matches_a_recount_of_its_outcomes() -> None:
     """Successes wait in their slice to be bucketed in bulk, the newest slice joins the
     totals only when a newer one starts, past outcomes go to their own slice: whatever the
