@@ -1292,13 +1292,14 @@ def _evaluate(
                 else:
                     rates = [column[p] for p in pos]
             if columns.samples is not None:
-                confidences = columns._confidences or columns.confidences()
-                if type(pos) is range:
-                    samples = columns.samples
-                elif vectors is not None:
-                    samples = _picked(columns.samples, pos)
-                else:
-                    samples = [columns.samples[p] for p in pos]
+                confidences = columns._confidences or columns.confidences()  # by position
+                if settings.explore is not None:  # only exploring reads the pool's samples
+                    if type(pos) is range:
+                        samples = columns.samples
+                    elif vectors is not None:
+                        samples = _picked(columns.samples, pos)
+                    else:
+                        samples = [columns.samples[p] for p in pos]
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
             program, route, env, stats_of, measuring, now, trace, only, policy
