@@ -174,6 +174,76 @@ def test_decisions_with_live_outcomes_take_the_shortcut_and_walk_no_histogram() 
     assert evaluator_module.general_path_calls == general + 1  # a trace takes the general path
 
 
+def test_a_failure_under_every_threshold_patches_no_columns() -> None:
+    """A failure reaches the next decision's snapshot at once; while its model's count stays
+    under the route's `cooldown after 3 failures` (and its success rate above the floor), the
+    route's measured columns stay the very same object: none built, none patched. The third
+    failure puts the model in the watch list: one patch, and it is dropped."""
+    clock = FakeClock()
+    engine = from_design(POLICY, clock=clock)
+    metrics = engine.metrics
+    decision = engine.evaluate({"id": "warm"})
+    for i in range(60):
+        engine.record(decision, latency_ms=300.0 + i, success=True)
+    clock.now += 1.0
+    first = engine.evaluate({"id": "r0"})
+    chosen = (first.provider, first.model)
+    snapshot = metrics.snapshot()  # type: ignore[attr-defined]
+    (columns,) = snapshot.routes.values()
+    patched = evaluator_module.columns_patched
+    updates = metrics.health_updates  # type: ignore[attr-defined]
+    for n in (1, 2):
+        engine.record(first, latency_ms=300.0, success=False)
+        clock.now += 0.001
+        again = engine.evaluate({"id": f"f{n}"})
+        assert (again.provider, again.model) == chosen  # 2 failures: no cooldown yet
+        now = metrics.snapshot()  # type: ignore[attr-defined]
+        assert (
+            now is not snapshot and now.stats[f"{chosen[0]}/{chosen[1]}"].consecutive_failures == n
+        )
+        assert list(now.routes.values()) == [columns]  # the same columns, not a copy
+        snapshot = now
+    assert metrics.health_updates - updates == 2  # type: ignore[attr-defined]
+    assert evaluator_module.columns_patched == patched
+    engine.record(first, latency_ms=300.0, success=False)  # the third: cooldown
+    clock.now += 0.001
+    cooled = engine.evaluate({"id": "f3"})
+    assert (cooled.provider, cooled.model) != chosen
+    assert evaluator_module.columns_patched == patched + 1
+    (after,) = metrics.snapshot().routes.values()  # type: ignore[attr-defined]
+    assert after is not columns and len(after.watch) == 1
+    assert engine.evaluate({"id": "f3"}, explain=True).model == cooled.model
+
+
+def test_a_bucket_that_appears_is_inserted_not_sorted_again() -> None:
+    """A model's sorted buckets are kept between rebuilds: one whole sort per model, a bucket
+    that appears later is inserted; one that leaves with its slice has them sorted again. The
+    percentiles are those of the histogram sorted from scratch, every time."""
+    import random
+
+    rng = random.Random(15)
+    clock = FakeClock()
+    metrics = LiveMetrics(3600.0, clock, 0)
+    for step in range(4000):  # new buckets all along: a wide log-normal
+        metrics.record(MODELS[step % 2], rng.lognormvariate(6, 1.5), True)
+        if step % 97 == 1:
+            metrics.refresh()
+            for key in MODELS[:2]:
+                series = metrics._series[key]
+                assert series.buckets == sorted(series.counts)
+                want = metrics_module.quantiles(series.counts, series.n)
+                got = metrics.snapshot().stats[key]
+                assert (got.p50_ms, got.p95_ms, got.p99_ms) == want
+    assert metrics.bucket_sorts == 2  # one whole sort per model
+    assert len(metrics._series[MODELS[0]].counts) > 100
+    clock.now += 2 * 3600.0  # every slice leaves: buckets empty
+    metrics.record(MODELS[0], 100.0, True)
+    assert metrics.stats(MODELS[0]).samples == 1  # type: ignore[union-attr]
+    assert metrics.bucket_sorts == 3 and metrics._series[MODELS[0]].buckets == [
+        metrics_module.bucket_of(100.0)
+    ]
+
+
 def test_the_window_matches_a_recount_of_its_outcomes() -> None:
     """Successes wait in their slice to be bucketed in bulk, the newest slice joins the
     totals only when a newer one starts, past outcomes go to their own slice: whatever the

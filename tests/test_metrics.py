@@ -184,3 +184,21 @@ def test_record_rejects_bad_outcomes() -> None:
     denied = from_design("defaults { strategy cost }").evaluate({"id": "d", "max_cost": 0.0})
     with pytest.raises(ValueError, match="only an allowed decision"):
         engine.record(denied, latency_ms=1, success=True)
+
+
+def test_a_rebuilds_percentiles_are_those_of_the_general_walk() -> None:
+    """`_percentiles` (what a rebuild computes per model) gives `quantiles`' values for p50,
+    p95 and p99, float for float, over histograms of every shape, n at or under the total."""
+    from engine.routing import metrics as metrics_module
+
+    rng = random.Random(15)
+    for case in range(2000):
+        counts: dict[int, int] = {}
+        for _ in range(rng.randint(1, 300)):
+            latency = rng.lognormvariate(rng.uniform(-5, 10), rng.uniform(0.01, 2.0))
+            bucket = metrics_module.bucket_of(latency)
+            counts[bucket] = counts.get(bucket, 0) + rng.randint(1, 4)
+        n = max(1, sum(counts.values()) - (rng.randint(0, 3) if case % 3 == 0 else 0))
+        buckets = sorted(counts)
+        general = metrics_module.quantiles(counts, n, metrics_module.PERCENTILES, buckets)
+        assert metrics_module._percentiles(counts, n, buckets) == general

@@ -78,6 +78,7 @@ from engine.wire.plugins import Outcome
 MAX_ALTERNATIVES = 3
 NOT_OFFERED = "not offered by the caller"  # outside `only`: the caller cannot send it there
 PRIOR_CONFIDENCE = 0.25  # confidence while only catalog priors stand
+_PRIOR_SHOWN = round(PRIOR_CONFIDENCE, 4)  # as a `Decision` shows it
 HEALTH_PROBE_MS = 60_000.0  # an unhealthy model with no outcome for this long is probed
 _NO_METRICS = NoMetrics()
 MAX_CACHED_ROUTES = 256  # measured columns kept per snapshot (routes of reloaded programs)
@@ -104,6 +105,8 @@ MAX_KEPT_COLUMNS = 1024  # columns kept over all routes (a few MB at most), then
 cost_column_builds = 0  # cost columns kept
 ranking_builds = 0  # rankings kept on a cost column (its first, or on new columns)
 ranking_hits = 0  # rankings reused
+# measured columns a health update made anew (`Measured.patched`; one left as it was: none)
+columns_patched = 0
 # id(table) -> (table, (input tokens, max_tokens) -> its cost column, None: seen once)
 _COST_COLUMNS: dict[
     int, tuple[RouteTable, dict[tuple[float, float | None], CostColumn | None]]
@@ -541,6 +544,17 @@ def _policy_failing(
     return tuple(out)
 
 
+def _confidence(taken: float, min_samples: int) -> float:
+    """A decision's confidence in a model with `taken` samples, rounded as shown."""
+    if taken <= 0:  # catalog priors only
+        confidence = PRIOR_CONFIDENCE
+    elif min_samples <= 0:
+        confidence = 1.0
+    else:
+        confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
+    return round(confidence, 4)
+
+
 def _degraded_reason(rule: HealthRule, stats: ModelStats) -> str:
     figures = {
         "p50": f"p50 {stats.p50_ms:,.0f} ms",
@@ -560,6 +574,7 @@ class Measured:
 
     __slots__ = (
         "_arrays",
+        "_confidences",
         "failing",
         "lats",
         "policy_failing",
@@ -608,6 +623,7 @@ class Measured:
         self.failing = _failing(route, stats)
         self.policy_failing = _policy_failing(route, stats)
         self._arrays: tuple[Any, Any] | None = None
+        self._confidences: tuple[float, ...] | None = None
 
     def arrays(self) -> tuple[Any, Any]:
         """(latencies, success rates or None) as numpy arrays, for a big route: built once
@@ -623,16 +639,33 @@ class Measured:
             )
         return self._arrays
 
+    def confidences(self) -> tuple[float, ...]:
+        """A decision's confidence by route position, rounded as a `Decision` shows it (the
+        priors' `PRIOR_CONFIDENCE` without samples, then up to 1.0 at `min_samples`): built
+        on first use, kept for the snapshot (and by `patched`: the samples do not move)."""
+        found = self._confidences
+        if found is None:
+            min_samples = self.route.settings.min_samples
+            found = self._confidences = tuple(
+                _confidence(taken, min_samples) for taken in self.samples or ()
+            )
+        return found
+
     def patched(self, stats: Mapping[str, ModelStats], keys: frozenset[str]) -> Measured:
         """These columns for a snapshot whose only changes are the failure counts and times
         of `keys` (`MetricsSnapshot.health_keys`): the same columns, the watch list redone
-        for those models."""
+        for those models; these very columns when none of them is watched, before or after
+        (the usual failure: a count still under every threshold)."""
         route = self.route
         settings = route.settings
         failures = settings.cooldown_failures
         min_samples, min_rate = settings.min_samples, settings.min_success_rate
-        position_of, table_keys = route.table.position_of, route.table.keys
-        watch = [w for w in self.watch if table_keys[w[0]] not in keys]
+        position_of = route.table.position_of
+        watch = self.watch
+        if watch:  # those of them that were watched leave it, to be checked again
+            table_keys = route.table.keys
+            watch = [w for w in watch if table_keys[w[0]] not in keys]
+        same = len(watch) == len(self.watch)  # none of them was watched
         rule = settings.degraded
         for key in keys:
             p = position_of.get(key)
@@ -646,12 +679,18 @@ class Measured:
                 or (measured and found.success_rate < min_rate)
                 or degraded
             ):
-                watch.append((p, found, measured, degraded))
+                watch = [*watch, (p, found, measured, degraded)]
+                same = False
+        global columns_patched
+        if same:  # nothing a health rule reads moved for this route
+            return self
+        columns_patched += 1
         new = Measured.__new__(Measured)
         new.route, new.lats, new.rates, new.samples = route, self.lats, self.rates, self.samples
         new.failing = self.failing  # the measurements a `require` reads did not change
         new.policy_failing = self.policy_failing
         new._arrays = self._arrays
+        new._confidences = self._confidences
         new.watch = tuple(watch)
         return new
 
@@ -1191,6 +1230,7 @@ def _evaluate(
     measuring = metrics.has_data
     stats_of = metrics.stats
     columns: Measured | None = None
+    confidences: tuple[float, ...] = ()  # by position (`Measured.confidences`)
     vectors: Vectors | None = None  # a big pool's columns as arrays, for its strategy
     if measuring:
         take = getattr(metrics, "snapshot", None)
@@ -1252,12 +1292,14 @@ def _evaluate(
                 else:
                     rates = [column[p] for p in pos]
             if columns.samples is not None:
-                if type(pos) is range:
-                    samples = columns.samples
-                elif vectors is not None:
-                    samples = _picked(columns.samples, pos)
-                else:
-                    samples = [columns.samples[p] for p in pos]
+                confidences = columns._confidences or columns.confidences()  # by position
+                if settings.explore is not None:  # only exploring reads the pool's samples
+                    if type(pos) is range:
+                        samples = columns.samples
+                    elif vectors is not None:
+                        samples = _picked(columns.samples, pos)
+                    else:
+                        samples = [columns.samples[p] for p in pos]
     if not pos:  # the general path, also to say why each model was dropped
         pos, costs, lats, rates, samples, dropped = _eligible(
             program, route, env, stats_of, measuring, now, trace, only, policy
@@ -1431,14 +1473,12 @@ def _evaluate(
             True, route.name, chosen.provider, chosen.id, None,
             round(costs[best], 10), round(lats[best], 3),
         )  # fmt: skip
-    taken = samples[best] if samples is not None else 0
-    min_samples = settings.min_samples
-    if taken <= 0:  # catalog priors only
-        confidence = PRIOR_CONFIDENCE
-    elif min_samples <= 0:
-        confidence = 1.0
+    if confidences:  # the shortcut on measured columns: kept per snapshot, by position
+        confidence = confidences[pos[best]]
+    elif samples is None:  # catalog priors only
+        confidence = _PRIOR_SHOWN
     else:
-        confidence = PRIOR_CONFIDENCE + (1 - PRIOR_CONFIDENCE) * min(1.0, taken / min_samples)
+        confidence = _confidence(samples[best], settings.min_samples)
     if type(order) is KeptOrder and not limited:  # a kept ranking, as it stands
         parts = order.parts  # (route, alternatives, fallbacks) as kept with it
         if parts is None or parts[0] is not route:
@@ -1469,7 +1509,7 @@ def _evaluate(
         reason=reason,
         estimated_cost=round(costs[best], 10),
         estimated_latency_ms=round(lats[best], 3),
-        confidence=round(confidence, 4),
+        confidence=confidence,
         alternatives=alternatives,
         fallbacks=fallbacks,
         rate_limits=statuses,

@@ -23,20 +23,21 @@ every `refresh_ms` of the clock (`DEFAULT_REFRESH_MS`, 250 ms), so a decision ma
 measurements up to that old; `refresh_ms=0` rebuilds whenever anything changed (always
 fresh). A rebuild recomputes only the models with outcomes (or expired slices) since the
 last one, each in one walk of its histogram for all three percentiles (its buckets' sorted
-order kept until a bucket appears or empties). Failure counts are the exception: a
-failure, or a success ending a run of failures, reaches the next decision's snapshot at
-once (cooldown never waits), the model's other figures staying as they were. `stats(key)`
-and `refresh()` are the exact reads: they rebuild first if anything changed.
+order kept: a bucket that appears is inserted in it; one that empties has them sorted
+again). Failure counts are the exception: a failure, or a success ending a run of
+failures, reaches the next decision's snapshot at once (cooldown never waits), the model's
+other figures staying as they were. `stats(key)` and `refresh()` are the exact reads: they
+rebuild first if anything changed.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any, Protocol, runtime_checkable
 
 RELATIVE_ACCURACY = 0.01
@@ -178,7 +179,10 @@ class _Series:
     start: float = _NO_SLICE  # the newest slice's start (`_NO_SLICE`: none)
     pending: list[float] = field(default_factory=list)
     pending_cost: float = 0.0
-    buckets: list[int] | None = None  # `counts`' buckets sorted (None: to sort again)
+    # the first len(buckets) of `counts`' buckets (in its order) sorted: a bucket that
+    # appears joins the dict's end, to be merged in when the stats are next computed (None:
+    # to sort again, as after a bucket left)
+    buckets: list[int] | None = None
 
 
 def _settle(series: _Series) -> None:
@@ -188,14 +192,11 @@ def _settle(series: _Series) -> None:
         return
     newest = series.slices[-1]
     totals, counts = series.counts, newest.counts
-    known = len(totals)
     log, ceil, log_gamma, least = _log, _ceil, _LOG_GAMMA, MIN_LATENCY_MS
     for latency in pending:
         bucket = ceil(log(latency if latency > least else least) / log_gamma)  # `bucket_of`
         totals[bucket] = totals.get(bucket, 0) + 1
         counts[bucket] = counts.get(bucket, 0) + 1
-    if len(totals) != known:
-        series.buckets = None
     taken = len(pending)
     newest.n += taken
     series.n += taken
@@ -225,6 +226,24 @@ def quantiles(
     return tuple(
         value_of(buckets[min(bisect_left(running, max(1, _ceil(q * n))), last)]) for q in qs
     )
+
+
+_P50, _P95, _P99 = PERCENTILES
+
+
+def _percentiles(counts: dict[int, int], n: int, buckets: list[int]) -> tuple[float, float, float]:
+    """`quantiles(counts, n, PERCENTILES, buckets)`, the same values, in one walk with the
+    three ranks spelled out (a rebuild does this for every model with new outcomes)."""
+    global percentile_passes
+    percentile_passes += 1
+    running = list(accumulate(map(counts.__getitem__, buckets)))  # outcomes up to each bucket
+    last = len(buckets) - 1
+    ceil, gamma = _ceil, GAMMA
+    a = buckets[min(bisect_left(running, max(1, ceil(_P50 * n))), last)]
+    b = buckets[min(bisect_left(running, max(1, ceil(_P95 * n))), last)]
+    c = buckets[min(bisect_left(running, max(1, ceil(_P99 * n))), last)]
+    # `value_of` of each, the same operations
+    return (2 * gamma**a / (gamma + 1), 2 * gamma**b / (gamma + 1), 2 * gamma**c / (gamma + 1))
 
 
 def quantile(counts: dict[int, int], n: int, q: float) -> float:
@@ -263,6 +282,7 @@ class LiveMetrics:
         self._health_keys: set[str] = set()  # the models those outcomes were for
         self.rebuilds = 0  # snapshots built with something new in them
         self.recomputed = 0  # models whose stats a rebuild computed again
+        self.bucket_sorts = 0  # histograms whose buckets a computation sorted whole
         self.health_updates = 0  # snapshots given fresh failure counts between rebuilds
 
     def record(
@@ -333,8 +353,6 @@ class LiveMetrics:
         current.n += 1
         current.cost += cost
         counts = series.counts
-        if bucket not in counts:
-            series.buckets = None
         counts[bucket] = counts.get(bucket, 0) + 1
         series.n += 1
         series.cost += cost
@@ -403,32 +421,33 @@ class LiveMetrics:
 
     def _health_update(self) -> MetricsSnapshot:
         """The snapshot with the failure counts and times of now (cooldown never waits for a
-        refresh), the rest as it was; a model new since then gets its stats whole."""
+        refresh), the rest as it was; a model new since then gets its stats whole. Only the
+        models whose counts moved get new stats: the others' are the same objects."""
         with self._lock:
             snap = self._snapshot
-            stats = dict(snap.stats)
-            keys = frozenset(self._health_keys)
-            self._health_keys.clear()
-            whole = False  # a model's stats computed whole: nothing to patch from
+            stats = snap.stats.copy()
+            keys = self._health_keys
+            self._health_keys = set()
+            self._health_dirty = False
+            self.health_updates += 1
+            parent: MetricsSnapshot | None = snap  # None: a model's stats computed whole
+            found = self._series.get
             for key in keys:  # only the models whose failure counts moved
-                series = self._series.get(key)
+                series = found(key)
                 if series is None:
                     continue
                 old = stats.get(key)
                 if old is None:
                     stats[key] = self._computed(series)
-                    whole = True
+                    parent = None
                 else:
                     stats[key] = ModelStats(
                         old.samples, old.p50_ms, old.p95_ms, old.p99_ms, old.success_rate,
                         old.avg_cost, series.consecutive_failures, series.last_failure_at,
                         series.last_outcome_at,
                     )  # fmt: skip
-            self._health_dirty = False
-            self.health_updates += 1
-            parent = None if whole else snap
             snap.parent = None  # one generation back at most: no chain of old snapshots
-            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, keys)
+            snap = self._snapshot = MetricsSnapshot(stats, snap.taken_at, parent, frozenset(keys))
             return snap
 
     def refresh(self, now: float | None = None) -> MetricsSnapshot:
@@ -470,21 +489,19 @@ class LiveMetrics:
                 0, 0.0, 0.0, 0.0, 1.0, 0.0,
                 series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
             )  # fmt: skip
+        counts = series.counts
         buckets = series.buckets
         if buckets is None:
-            buckets = series.buckets = sorted(series.counts)
-        p50, p95, p99 = quantiles(series.counts, n, PERCENTILES, buckets)
+            buckets = series.buckets = sorted(counts)
+            self.bucket_sorts += 1
+        elif len(buckets) != len(counts):  # buckets appeared: the dict's last ones
+            for bucket in islice(counts, len(buckets), None):
+                insort(buckets, bucket)
+        p50, p95, p99 = _percentiles(counts, n, buckets)
         return ModelStats(
-            samples=n,
-            p50_ms=p50,
-            p95_ms=p95,
-            p99_ms=p99,
-            success_rate=(n - series.failed) / n,
-            avg_cost=series.cost / n,
-            consecutive_failures=series.consecutive_failures,
-            last_failure_at=series.last_failure_at,
-            last_outcome_at=series.last_outcome_at,
-        )
+            n, p50, p95, p99, (n - series.failed) / n, series.cost / n,
+            series.consecutive_failures, series.last_failure_at, series.last_outcome_at,
+        )  # fmt: skip
 
     def stats(self, model_key: str) -> ModelStats | None:
         """The exact read (not the decision's): every outcome recorded so far counts."""
