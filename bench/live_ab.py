@@ -45,9 +45,12 @@ def child(root: str, strategy: str, pairs: int) -> float:
             start = cpu()
             decision = evaluate(request)
             total += cpu() - start
+            # both sides draw the outcome (the bench's own work between decisions, as in
+            # live_bench.time_cold); only the live side records it
+            key = f"{decision.provider}/{decision.model}"
+            ms, ok = world.latency(key), world.success()
             if record:
-                key = f"{decision.provider}/{decision.model}"
-                recorded(decision, latency_ms=world.latency(key), success=world.success())
+                recorded(decision, latency_ms=ms, success=ok)
         return total / len(requests)
 
     ratios = []

@@ -16,7 +16,10 @@ of fresh requests per side per pair, the collector off inside a block:
 - "live / no metrics": a decision with live outcomes against the same decision on an
   engine that has measured nothing (target ≤ 1.1×). Decisions are timed one by one (the
   `record()` after each is outside the timer; its own cost is the `+ record` row), on both
-  sides, so the timer's overhead is the same;
+  sides, so the timer's overhead is the same; both sides draw an outcome for the model
+  chosen after each decision (untimed), the no-metrics side without recording it, so the
+  bench's own work between decisions (which slows the next decision by a few percent:
+  caches) weighs on both and the ratio is what the live metrics cost;
 - "live vs LiteLLM": LiteLLM's async pick (`Router.async_get_available_deployment`, no
   network, `LITELLM_LOCAL_MODEL_COST_MAP`) over the same catalog, as in
   bench/eval_bench.py, against our live decision: latency vs latency-based-routing, cost vs
@@ -98,15 +101,19 @@ def warmed(strategy_value: str, seed: int) -> tuple[PolicyEngine, Outcomes]:
     return engine, world
 
 
-def time_cold(engine: PolicyEngine, requests: list[dict[str, Any]]) -> float:
-    """ns per decision, each timed alone."""
+def time_cold(engine: PolicyEngine, world: Outcomes, requests: list[dict[str, Any]]) -> float:
+    """ns per decision, each timed alone, and followed (untimed) by the same outcome draws
+    the live side makes between its decisions, but no `record()`: the bench's own work
+    between decisions is on both sides, so the ratio is what the live metrics cost."""
     clock = time.perf_counter_ns
     evaluate = engine.evaluate
+    latency, success = world.latency, world.success
     total = 0
     for request in requests:
         start = clock()
-        evaluate(request)
+        decision = evaluate(request)
         total += clock() - start
+        latency(f"{decision.provider}/{decision.model}"), success()
     return total / len(requests)
 
 
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (value, _) in eval_bench.STRATEGIES.items():
         cold = engine_for(value)
         live, world = warmed(value, seed=hash(name) & 0xFFFF)
+        cold_world = Outcomes(cold, seed=hash(name) & 0xFFFF)  # its draws, never recorded
         for warm in (cold, live):  # first-call costs out of the pairs
             for r in eval_bench.make_requests(-1, 300):
                 warm.evaluate(r)
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(pairs):
             a = eval_bench.make_requests(2 * i, OURS_BLOCK)
             b = eval_bench.make_requests(2 * i + 1, OURS_BLOCK)
-            run_cold = functools.partial(time_cold, cold, a)
+            run_cold = functools.partial(time_cold, cold, cold_world, a)
             run_live = functools.partial(time_live, live, world, b)
             if i % 2:
                 x, y = gc_off(run_live)

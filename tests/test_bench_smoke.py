@@ -127,3 +127,15 @@ def test_cluster_bench_quick_runs() -> None:
     assert "target per-user-only round trips = 1: met" in out.stdout
     assert "target strict within capacity + rate·W: met" in out.stdout
     assert "target leased within the bound: met" in out.stdout
+
+
+def test_live_bench_quick_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "live_bench.py"), "--quick", "--pairs", "1",
+         "--no-litellm"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for strategy in ("model-specific", "latency", "cost", "weighted", "round-robin", "failover"):
+        assert f"\n{strategy} " in out.stdout, out.stdout
+    assert "failure-count updates" in out.stdout
