@@ -616,7 +616,7 @@ class Measured:
         # the priors' own tuple when none is measured: strategies spot it (weighted)
         self.lats: Sequence[float] = priors if lats == list(priors) else tuple(lats)
         self.rates: tuple[float, ...] | None = (
-            None if all(r == 1.0 for r in rates) else tuple(rates)
+            None if rates.count(1.0) == len(rates) else tuple(rates)
         )
         self.samples: tuple[int, ...] | None = tuple(samples) if any(samples) else None
         self.watch = tuple(watch)
