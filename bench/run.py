@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'          # LiteLLM, limits, redis (the peers)
     python bench/run.py [--quick]      # --quick: about a minute or two
+    python bench/run.py --cli-only     # only the command-line rows, printed
 
 It runs each bench script in this folder (a fresh process each), adds the command-line
 rows (cold `policyctl eval` against `import litellm`; a JSONL batch's requests per second),
@@ -162,7 +163,15 @@ def main() -> None:
     parser.add_argument(
         "--output", default=str(ROOT / "docs" / "performance.md"), help="the report to write"
     )
+    parser.add_argument(
+        "--cli-only",
+        action="store_true",
+        help="only the command-line rows, printed (docs/performance.md is not written)",
+    )
     args = parser.parse_args()
+    if args.cli_only:
+        print(cli_rows(args.quick))
+        return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sections = []
     failed = 0
