@@ -328,6 +328,82 @@ def test_a_served_response_is_one_write() -> None:
     assert served.transport.writes == 3
 
 
+class _TimerCountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the timers armed on it (`call_later` arms through
+    `call_at`)."""
+
+    timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_kept_alive_requests_arm_no_timer_each_and_an_idle_connection_closes() -> None:
+    """The keep-alive timeout is an idle deadline on the connection's one timer (uvicorn's
+    own protocol arms a timer per response): counted over a real socket on 127.0.0.1, 40
+    keep-alive requests in a row arm a handful of timers, not one each; requests spaced
+    by less than the keep-alive timeout (but longer than it in all) are answered on the
+    same connection, and an idle connection is closed after it."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from engine.service.server import _protocol
+
+    keep_alive_s = 1.0
+    app = create_app(_engine())
+    config = uvicorn.Config(
+        app, http=_protocol(10.0), lifespan="off", log_config=None,
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+    )  # fmt: skip
+    config.load()
+    state = ServerState()
+
+    def protocol() -> Any:
+        return config.http_protocol_class(config=config, server_state=state, app_state={})
+
+    async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> bytes:
+        body = _json({"id": f"k{i}", "user": "erin", "prompt": PROMPT})
+        writer.write(
+            b"POST /v1/eval HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return await reader.readexactly(length)
+
+    async def exchange() -> tuple[int, list[bytes], bytes]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, _TimerCountingLoop)
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            before = loop.timers
+            bodies = [await ask(reader, writer, i) for i in range(40)]
+            timers = loop.timers - before
+            for i in range(6):  # 1.5 s in all, at most 0.25 s idle at a time
+                await asyncio.sleep(keep_alive_s / 4)
+                bodies.append(await ask(reader, writer, 40 + i))
+            rest = await asyncio.wait_for(reader.read(), timeout=30)  # idle: closed
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+        return timers, bodies, rest
+
+    with asyncio.Runner(loop_factory=_TimerCountingLoop) as runner:
+        timers, bodies, rest = runner.run(exchange())
+    assert [json.loads(b)["request_id"] for b in bodies] == [f"k{i}" for i in range(46)]
+    assert rest == b""  # the server closed the idle connection
+    assert timers <= 5  # the connection's timer, re-armed a few times; not 40
+
+
 class _CountedHeaders(list):  # type: ignore[type-arg]
     """A request's header list that counts the passes over it."""
 

@@ -101,32 +101,55 @@ class GatheredWrites:
 
 
 class _ReadTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on reading each request, and its writes
-    gathered (`GatheredWrites`).
+    """uvicorn's h11 protocol with a deadline on reading each request, its keep-alive
+    timeout on the same timer, and its writes gathered (`GatheredWrites`).
 
     One timer per connection at most: a request's deadline is a number set when its first
-    byte arrives (cleared when it is in), and the timer, when it fires, closes the
-    connection only if the deadline it finds has passed, else re-arms itself for it. A
-    kept-alive connection's requests create no timer each."""
+    byte arrives (cleared when it is in), the idle deadline (`--keep-alive`) one set when a
+    response is complete (cleared by the next bytes, as uvicorn cancels its timer), and the
+    timer, when it fires, closes the connection only if a deadline it finds has passed,
+    else re-arms itself for the earlier one. A kept-alive connection's requests create no
+    timer each (uvicorn's own protocol arms a keep-alive timer per response and cancels it
+    on the next request's first bytes)."""
 
     read_timeout_s = 10.0  # set by `_protocol`
     _deadline: float | None = None  # loop time by which the request being read must be in
+    _idle_deadline: float | None = None  # loop time by which the next request must begin
     _timer: asyncio.TimerHandle | None = None
+    _timer_at = 0.0  # when `_timer` fires
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = GatheredWrites(transport, self.loop)  # type: ignore[assignment]
         self._deadline = self.loop.time() + self.read_timeout_s
-        self._arm(self._deadline)
+        self._arm_by(self._deadline)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        super().data_received(data)  # clears the idle deadline (`_unset_keepalive_if_required`)
         if self.conn.their_state in READ_DONE:  # the request is in: the handler takes over
             self._deadline = None
         elif self._deadline is None:  # the first bytes of the next request
             self._deadline = self.loop.time() + self.read_timeout_s
-            if self._timer is None:
-                self._arm(self._deadline)
+            self._arm_by(self._deadline)
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_deadline = None
+        super()._unset_keepalive_if_required()  # a timer uvicorn armed itself (none here)
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive timeout an idle deadline on the connection's one
+        timer rather than a timer armed per response (and cancelled by the next request)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self._idle_deadline = self.loop.time() + self.timeout_keep_alive
+        self._arm_by(self._idle_deadline)
+        self.flow.resume_reading()
+        conn = self.conn  # unblock any pipelined request
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.handle_events()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         transport = self.transport
@@ -142,18 +165,29 @@ class _ReadTimeoutProtocol(H11Protocol):
             self._timer = None
         super().connection_lost(exc)
 
-    def _arm(self, at: float) -> None:
+    def _arm_by(self, at: float) -> None:
+        """The timer fires by `at`: armed if there is none, re-armed if it fires later."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= at:
+                return
+            timer.cancel()
+        self._timer_at = at
         self._timer = self.loop.call_at(at, self._check)
 
     def _check(self) -> None:
         self._timer = None
-        deadline = self._deadline
-        if deadline is None:  # no request being read: the next one re-arms
-            return
-        if self.loop.time() < deadline:  # a later request's deadline
-            self._arm(deadline)
-        elif not self.transport.is_closing():
-            self.transport.close()  # a handler waiting for the body sees a disconnect
+        now = self.loop.time()
+        deadline, idle = self._deadline, self._idle_deadline
+        if deadline is not None and now >= deadline:
+            if not self.transport.is_closing():
+                self.transport.close()  # a handler waiting for the body sees a disconnect
+        elif idle is not None and now >= idle:
+            self._idle_deadline = None
+            self.timeout_keep_alive_handler()  # uvicorn's: the connection closed, idle
+        elif deadline is not None or idle is not None:  # later deadlines: re-armed for them
+            self._arm_by(min(d for d in (deadline, idle) if d is not None))
+        # none: nothing being read, no response waiting for the next request; they re-arm
 
 
 def _protocol(read_timeout_s: float) -> type[H11Protocol]:
