@@ -311,7 +311,8 @@ def bare_app_main(port: int, size: int) -> None:
     does not; the loop uvicorn's `auto` picks, as ours: uvloop where it is installed; no
     access log, as ours without --access-log; logs at warning), one route that parses the
     JSON body and answers a constant body of `size` bytes. Not the same: ours gathers a
-    response's head and body into one socket write (`engine.service.server`), and sets the
+    response's head and body into one socket write (`engine.service.server`), sends a
+    decision's answer on the loop's next turn (`engine.service.fastpath`), and sets the
     GIL's switch interval; the peer is stock."""
     import uvicorn
     from starlette.applications import Starlette

@@ -328,6 +328,59 @@ def test_a_served_response_is_one_write() -> None:
     assert served.transport.writes == 3
 
 
+def test_requests_ready_together_are_decided_before_any_is_answered() -> None:
+    """Requests ready in the same turn of the event loop are decided one after the other,
+    then answered (the fast path sends an answer on the loop's next turn), and each is
+    answered as when they come one at a time: the order of the decisions and the answers,
+    logged, for four requests at once on /v1/eval and four on /v1/enforce."""
+    log: list[str] = []
+
+    def logging_app() -> Starlette:
+        engine = _engine()
+        evaluate = engine.evaluate
+
+        def logged(request: Any, **options: Any) -> Any:  # the engine's, logged
+            log.append(f"decide {request['id']}")
+            return evaluate(request, **options)
+
+        engine.evaluate = logged  # type: ignore[method-assign]
+        return create_app(engine)
+
+    for path in ("/v1/eval", "/v1/enforce"):
+        app = logging_app()
+        calls = [
+            Call("POST", path, chunks=(_json({"id": f"t{i}", "user": f"u{i}", "prompt": PROMPT}),))
+            for i in range(4)
+        ]
+
+        async def answered(call: Call, app: Starlette = app) -> list[dict[str, Any]]:
+            sent, raised = await _call(app, call)
+            assert raised is None
+            log.append(f"answer {json.loads(sent[1]['body'])['request_id']}")
+            return sent
+
+        async def together(calls: list[Call] = calls) -> list[list[dict[str, Any]]]:
+            return list(await asyncio.gather(*(answered(call) for call in calls)))
+
+        log.clear()
+        sent = asyncio.run(together())
+        assert log == [f"decide t{i}" for i in range(4)] + [f"answer t{i}" for i in range(4)]
+        assert [s[0]["status"] for s in sent] == [200] * 4
+        alone = create_app(_engine())  # the same requests, one at a time
+        assert [asyncio.run(_call(alone, call)) for call in calls] == [(s, None) for s in sent]
+
+
+class _TimerCountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the timers armed on it (`call_later` arms through
+    `call_at`)."""
+
+    timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
 class _CountedHeaders(list):  # type: ignore[type-arg]
     """A request's header list that counts the passes over it."""
 

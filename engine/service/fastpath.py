@@ -11,6 +11,16 @@ or a `root_path` (the app mounted inside another), goes through Starlette as bef
 does everything once middleware is added to the app after `create_app` (an embedding
 application's own, which the fast path would skip).
 
+A fast route's answer is sent on the event loop's next turn, not as soon as it is made
+(`await sleep(0)` between the handler and the send): the requests whose bodies arrived
+in the same turn are decided one after the other, then answered one after the other.
+Between two decisions the CPU otherwise runs the first one's answer (uvicorn and h11
+framing it, the socket write): a decision measured 35–37 µs in a loop of decisions and
+45–51 µs with one h11 request and response between them (its code and data out of the
+caches); under `wrk` the server's CPU per request fell by about 10 µs, the extra turn
+(3–4 µs for a request alone) included. The bytes, the status and the counters are the
+same.
+
 What it skips per request: four middleware layers and the send wrappers they add to each
 message, the router's match over the route list, Starlette's per-route request and
 exception wrappers, and (for `/v1/eval`'s decisions) the `Request` and `Response` objects:
@@ -21,6 +31,7 @@ when there is one.
 
 from __future__ import annotations
 
+from asyncio import sleep
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -120,6 +131,9 @@ class ServiceApp(Starlette):
             except Exception:  # as ServerErrorMiddleware: a 500, then the server logs it
                 await _send(problem(500, "internal error"), send)
                 raise
+            # the answer goes out on the loop's next turn: the requests that are ready now
+            # are decided first, back to back, then answered (the module's docstring)
+            await sleep(0)
             if answer.__class__ is bytes:  # a JSON 200, as `JsonAnswer` sends it
                 status = 200
                 await send(
