@@ -713,8 +713,8 @@ class _BlockTail(NamedTuple):
     keep: Any  # [blocks × models]
     block: list[int]  # each row's block
     tokens: list[float]  # each row's input tokens
-    most: list[float]  # each row's `max_tokens` (0.0: none)
-    has_max: list[bool]
+    most: list[float]  # each block's `max_tokens` (0.0: none)
+    has_max: list[bool]  # by block
     index_sorted: bool  # route order is catalog order (no index key)
 
     def row(self, i: int) -> tuple[tuple[Any, ...], Any, Any]:
@@ -722,7 +722,7 @@ class _BlockTail(NamedTuple):
         import numpy as np
 
         vec, b = self.vec, self.block[i]
-        output = self.most[i] * vec.output_prices if self.has_max[i] else vec.default_output_costs
+        output = self.most[b] * vec.output_prices if self.has_max[b] else vec.default_output_costs
         cost = self.tokens[i] * vec.input_prices
         cost += output
         cost /= 1e6
@@ -809,6 +809,7 @@ def _by_blocks(group: list[_Row]) -> list[_Row]:
         return group  # the matrix ranks none of them either (one by one)
     lat = lats[np.array(sources)]
     keep = np.ones((n_blocks, width), dtype=bool)
+    drops: dict[int, Any] = {}  # id(a set of positions dropped) -> the positions kept
     for b, row in enumerate(firsts):  # a block's eligibility, as `_matrix` makes a row's
         env = row.env
         has_max, most, _ = shapes[id(env)]
@@ -818,9 +819,11 @@ def _by_blocks(group: list[_Row]) -> list[_Row]:
         if has_max and most > table.min_max_tokens:
             keep[b] &= ~(most > vec.max_tokens)
         out = row.out
-        if out:
-            stays = np.ones(width, dtype=bool)
-            stays[list(out)] = False
+        if out:  # (blocks mostly share their snapshot's set)
+            stays = drops.get(id(out))
+            if stays is None:
+                stays = drops[id(out)] = np.ones(width, dtype=bool)
+                stays[list(out)] = False
             keep[b] &= stays
         floor = env["min_quality"]
         if floor is not None:
@@ -849,16 +852,16 @@ def _by_blocks(group: list[_Row]) -> list[_Row]:
     at = np.arange(int(per_row.sum())) + np.repeat(block_start[blk] - row_start, per_row)
     at_col = cand[at]
     tokens = [row.tokens for row in rows]
-    has_max = [shapes[id(row.env)][0] for row in rows]
-    most = [shapes[id(row.env)][1] for row in rows]
+    has_max = [shapes[id(row.env)][0] for row in firsts]  # by block
+    most = [shapes[id(row.env)][1] for row in firsts]
     inp = np.array(tokens, dtype=np.float64)[at_row]
     cost = inp * vec.input_prices[at_col]  # (the matrix's IEEE operations, on these alone)
     if all(has_max):
-        cost += np.array(most, dtype=np.float64)[at_row] * vec.output_prices[at_col]
+        cost += np.array(most, dtype=np.float64)[blk][at_row] * vec.output_prices[at_col]
     elif any(has_max):
         cost += np.where(
-            np.array(has_max)[at_row],
-            np.array(most, dtype=np.float64)[at_row] * vec.output_prices[at_col],
+            np.array(has_max)[blk][at_row],
+            np.array(most, dtype=np.float64)[blk][at_row] * vec.output_prices[at_col],
             vec.default_output_costs[at_col],
         )
     else:
