@@ -4,6 +4,7 @@
     python bench/replay_bench.py --quick    # blocks and logs a fifth of the size
     python bench/replay_bench.py --replay-only [--log N]   # the replay rows alone
     python bench/replay_bench.py --replay-only --cpu       # timed by the process's CPU time
+    python bench/replay_bench.py --replay-only --cpu --requests 200000   # and a 200k log
 
 Rows:
 - **features in the decision log** (A/B pairs, bench/_pairs.py): `PolicyEngine.evaluate`
@@ -21,6 +22,9 @@ Rows:
   log); both paths' changed counts must agree;
   With `--cpu` the replay rows are timed by the process's CPU time (`time.process_time_ns`:
   every thread's, DuckDB's too), not the wall clock: steadier on a shared machine;
+  with `--requests N` the replay rows are run again on a log of N decisions (after the
+  20k log's): the steady rate, where the fixed costs of each replay (opening the engine
+  and the log) weigh 1/N as much; the issue's log is 1M requests;
 - **memory**: the peak RSS of `policyctl replay` in a subprocess on logs of two sizes,
   10× apart: flat when the log is streamed.
 Nothing here touches the network.
@@ -160,7 +164,9 @@ def replay_rows(n: int, pairs: int, directory: Path, cpu: bool = False) -> list[
     old, new = directory / "old.policy", directory / "new.policy"
     old.write_text(POLICY)
     new.write_text(POLICY.replace("prefer openai", "prefer anthropic"))
-    state = _write_log(n, directory, "log.duckdb")
+    written = time.perf_counter()
+    state = _write_log(n, directory, f"log-{n}.duckdb")
+    written = time.perf_counter() - written
     requests = _logged_requests(state)
     changed: dict[bool, list[int]] = {True: [], False: []}
     clock = time.process_time_ns if cpu else time.perf_counter_ns
@@ -197,7 +203,7 @@ def replay_rows(n: int, pairs: int, directory: Path, cpu: bool = False) -> list[
     return [
         f"replay of a {n:,}-decision log with its outcomes, one side ({changed[True][0]:,}"
         f" changed), {pairs} rounds (the three rotated in each)"
-        f"{', CPU time' if cpu else ''}:",
+        f"{', CPU time' if cpu else ''}; the log written in {written:.0f} s:",
         *(f"  {label:42} {_rate(rps[name]):>28} requests/s" for name, label in (
             ("per-request", "replay, per-request path (--no-batch)"),
             ("batch", "replay, batch path (the default)"),
@@ -252,6 +258,9 @@ def main() -> None:
     parser.add_argument("--replay-only", action="store_true", help="the replay rows alone")
     parser.add_argument("--log", type=int, metavar="N", help="the replayed log's decisions")
     parser.add_argument("--cpu", action="store_true", help="replay rows timed by CPU time")
+    parser.add_argument(
+        "--requests", type=int, metavar="N", help="the replay rows again on an N-decision log"
+    )
     args = parser.parse_args()
     block = 400 if args.quick else 2_000
     n = args.log or (4_000 if args.quick else 20_000)
@@ -261,6 +270,9 @@ def main() -> None:
             print("\n".join(feature_rows(args.pairs, block, directory)))
             print()
         print("\n".join(replay_rows(n, max(3, args.pairs // 5), directory, args.cpu)))
+        if args.requests:
+            print()
+            print("\n".join(replay_rows(args.requests, 3, directory, args.cpu)))
         if args.replay_only:
             return
         print()

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,95 @@ def test_the_matrix_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
     assert any(got is not None and type(got) is not tuple for got, _ in pairs)
     assert any(type(got) is tuple and len(got[0]) > 4 for got, _ in pairs)  # past the head
     assert len({row_route for row_route in ranked_routes}) == 4
+
+
+BLOCK_POLICY = """
+route fast when request.metadata.tier == "fast" {
+    strategy latency
+    min_samples 5
+}
+"""
+
+
+def test_a_latency_route_ranked_by_blocks_ranks_as_the_evaluator_ranks(tmp_path: Path) -> None:
+    """Templated requests of a few shapes (their `max_tokens`, requirements, quality floor,
+    latency cap) with their own token counts, on the catalog's priors (ties of latency at
+    the HEAD-th: each row's costs break them) and on measured latencies: `_by_blocks` ranks
+    them all, in blocks of many rows, each row as `_rank_one` ranks it (the whole order too,
+    as the limiter reads it past the head)."""
+    from engine.replay.batch import HEAD, Asked, BatchSide, _by_blocks
+
+    (tmp_path / "b.policy").write_text(BLOCK_POLICY)
+    clock = _SimClock(1_800_000_000.0)
+    engine = PolicyEngine(tmp_path / "b.policy", clock=clock)
+    rng = random.Random(7)
+    shapes = [
+        {},
+        {"max_tokens": 50},
+        {"max_tokens": 5000, "requires_tools": True},
+        {"min_quality": 0.8},
+        {"max_latency_ms": 1500, "max_tokens": 300},
+        {"requires_vision": True},
+    ]
+
+    def rows_of(n: int) -> list:
+        side = BatchSide(engine, lambda at: setattr(clock, "now", at))
+        rows = []
+        for i in range(n):
+            request = {
+                "id": f"b{i}",
+                "input_tokens": rng.choice((1, 7, 120, 999, 4000, 33_333)),
+                "metadata": {"tier": "fast"},
+                **rng.choice(shapes),
+            }
+            row = side._read(Asked(clock.now, request, None), i)
+            assert row is not None and row.own is not None  # a template's row
+            rows.append(row)
+        return rows
+
+    def check(rows: list) -> tuple[int, int, int]:
+        side = BatchSide(engine, lambda at: setattr(clock, "now", at))
+        window = rows[0].route.table.min_context_window
+        big = [r for r in rows if r.tokens + (r.env["max_tokens"] or 0) > window]
+        assert big and _by_blocks(rows) == big  # left to the matrix: some window is short
+        assert all(r.ranked is None for r in big)
+        rows = [r for r in rows if r not in big]
+        blocks = len({(id(r.env), id(r.columns)) for r in rows})
+        ties = past = 0
+        for row in rows:
+            if row.ranked is None:
+                side._rank_one(row)
+                assert row.lean is not None
+                continue
+            if row.rest is not None:  # the whole ranking, as the limiter would read it
+                list(row.options(row.route.table))
+                past += 1
+            got = (list(row.ranked), list(row.costs), list(row.lats))
+            lats = got[2][: HEAD + 1]  # a tie of latency in the head or at its edge
+            ties += any(a == b for a, b in pairwise(lats))
+            row.ranked = row.costs = row.lats = None
+            side._rank_one(row)
+            assert got == (row.ranked, row.costs, row.lats)
+        return blocks, ties, past
+
+    rows = rows_of(300)  # on the catalog's priors
+    blocks, ties, past = check(rows)
+    assert blocks < len(rows) / 10 and ties > 0 and past > 0
+    table = engine.program.routes[0].table
+    # measured: eight models tied at the fastest latency, in an order of cost that is not
+    # their route order (the dearest first), the rest slower
+    dearest = sorted(range(len(table.keys)), key=lambda p: -table.input_prices[p])[:8]
+    assert dearest != sorted(dearest)
+    for p, model in enumerate(table.keys):
+        provider, _, name = model.partition("/")
+        latency = 300 if p in dearest else (900, 1200)[p % 2]
+        for _ in range(10):
+            engine.record_outcome(provider, name, latency_ms=latency, success=True)
+    clock.now += 5
+    rows = rows_of(300)
+    assert all(row.columns is not None for row in rows)
+    blocks, ties, past = check(rows)
+    assert blocks < len(rows) / 10 and ties > 0 and past > 0
 
 
 def test_a_shadow_route_changes_nothing_the_lean_paths_skip(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ A chunk goes through three phases, each in the log's time order where order matt
    are ranked together, per route: eligibility, cost and
    latency as a [requests × models] numpy matrix (each row's latencies its snapshot's),
    each row's order by one `lexsort`
-   (the strategy's keys, then the catalog order, as `strategies.base.by` sorts);
+   (the strategy's keys, then the catalog order, as `strategies.base.by` sorts); a
+   `latency` route's rows by blocks of one shape and snapshot (`_by_blocks`);
 3. **limits**: each request's ranked models go through the limiter at its time, in order
    (the buckets are order-dependent), and its lean decision is made.
 
@@ -102,10 +103,10 @@ class _Row:
     costs: list[float] | None = None  # by rank
     lats: list[float] | None = None
     lean: Lean | None = None  # decided in the rank phase (no eligible model)
-    # what ranks the models past the first HEAD of `ranked`: its group's matrices (the
-    # lexsort keys, costs, lats; its row `index`), and its eligible count
-    rest: tuple[Any, Any, Any] | None = None
-    index: int = 0  # its row in its group's matrices
+    # what ranks the models past the first HEAD of `ranked` (`_Whole` or `_BlockTail`, its
+    # row `index` in it), and its eligible count
+    rest: _Whole | _BlockTail | None = None
+    index: int = 0  # its row in `rest`
     count: int = 0
     own: _Own | None = None  # its own fields, when `env` is its shape's template
     tokens: float = 0.0  # its `input_tokens`
@@ -144,11 +145,9 @@ class _Row:
         if self.rest is not None:
             import numpy as np
 
-            keys, costs_of, lats_of = self.rest
+            keys, cost, lat = self.rest.row(self.index)
             self.rest = None
-            i = self.index
-            cost, lat = costs_of[i], lats_of[i]
-            tail = np.lexsort(tuple(k[i] for k in keys))[HEAD : self.count]
+            tail = np.lexsort(keys)[HEAD : self.count]
             more, more_costs = tail.tolist(), cost[tail].tolist()
             ranked.extend(more)
             costs.extend(more_costs)
@@ -357,9 +356,9 @@ class BatchSide:
             else:
                 self._rank_one(row)
         for group in groups.values():
-            matrix = _ranked(group)
+            _ranked(group)
             for row in group:
-                if not matrix or row.ranked is None:
+                if row.ranked is None:  # not ranked on the matrix, or no model eligible
                     self._rank_one(row)
         engine = self.engine
         program = engine.program
@@ -684,6 +683,217 @@ def _frozen(value: Any) -> Any:
 
 
 def _ranked(group: list[_Row]) -> bool:
+    """Rank a group of rows (one route): a `latency` route's by blocks (`_by_blocks`), the
+    rest on a [rows × models] matrix (`_matrix`); False when the matrix gave up (its rows
+    unranked). A row left unranked (`ranked` None) is ranked one by one."""
+    if group[0].route.settings.strategy == "latency":
+        group = _by_blocks(group)
+    return _matrix(group) if group else True
+
+
+class _Whole(NamedTuple):
+    """A group's matrices (`_matrix`): each row's whole order is sorted of them if the
+    limiter reads past its first HEAD."""
+
+    keys: tuple[Any, ...]  # the lexsort keys, [rows × models] each
+    cost: Any
+    lat: Any
+
+    def row(self, i: int) -> tuple[tuple[Any, ...], Any, Any]:
+        """Row `i`'s lexsort keys, costs and latencies (by route position)."""
+        return tuple(k[i] for k in self.keys), self.cost[i], self.lat[i]
+
+
+class _BlockTail(NamedTuple):
+    """A `latency` route's blocks (`_by_blocks`): a row's whole order is sorted of its
+    block's latencies and eligibility and its own costs if the limiter reads past its
+    first HEAD (the matrix's keys, the same values)."""
+
+    vec: Any  # the route's `TableVectors`
+    lat: Any  # [blocks × models]
+    keep: Any  # [blocks × models]
+    block: list[int]  # each row's block
+    tokens: list[float]  # each row's input tokens
+    most: list[float]  # each block's `max_tokens` (0.0: none)
+    has_max: list[bool]  # by block
+    index_sorted: bool  # route order is catalog order (no index key)
+
+    def row(self, i: int) -> tuple[tuple[Any, ...], Any, Any]:
+        """Row `i`'s lexsort keys, costs and latencies (by route position)."""
+        import numpy as np
+
+        vec, b = self.vec, self.block[i]
+        output = self.most[b] * vec.output_prices if self.has_max[b] else vec.default_output_costs
+        cost = self.tokens[i] * vec.input_prices
+        cost += output
+        cost /= 1e6
+        lat = self.lat[b]
+        keys: tuple[Any, ...] = (cost, np.where(self.keep[b], lat, np.inf))
+        if not self.index_sorted:
+            keys = (vec.indexes, *keys)
+        return keys, cost, lat
+
+
+def _by_blocks(group: list[_Row]) -> list[_Row]:
+    """Rank a `latency` route's rows by blocks, the rows it leaves (to `_matrix`).
+
+    A block is the rows of one shape (its template: `max_tokens`, requirements, quality
+    floor, latency cap), one snapshot's latencies and one set of positions dropped: their
+    eligibility and latencies are the same, their costs differ (their input tokens). When a
+    block's eligible latencies have no tie among its first HEAD (and the next), each row's
+    first HEAD are the block's, in its order, whatever the costs (the cost only breaks ties):
+    the block is sorted once, each row's costs are computed for its HEAD models alone. A row
+    with a `max_cost`, a context that some model's window does not hold, or a number a float
+    does not hold exactly, and each row of a block with a tie, is left to the matrix."""
+    import numpy as np
+
+    table = group[0].route.table
+    vec = table.vectors()
+    big = 2.0**53
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = (
+            big * np.abs(vec.input_prices).max()
+            + big * np.abs(vec.output_prices).max()
+            + np.abs(vec.default_output_costs).max()
+        )
+    if not bound < 1e300:  # a cost could be inf or NaN: the matrix checks each
+        return group
+    shapes: dict[int, tuple[bool, float, bool]] = {}  # id(env) -> (has_max, most, blockable)
+    blocks: dict[tuple[int, int, Any], int] = {}
+    firsts: list[_Row] = []  # each block's first row
+    rows: list[_Row] = []
+    which: list[int] = []
+    left: list[_Row] = []
+    limit = table.min_context_window
+    for row in group:
+        env = row.env
+        shape = shapes.get(id(env))
+        if shape is None:
+            m = env["max_tokens"]
+            most = float(m or 0)
+            shape = shapes[id(env)] = (
+                m is not None,
+                most,
+                env["max_cost"] is None and abs(most) < big,
+            )
+        tokens = row.tokens
+        if not shape[2] or not abs(tokens) < big or tokens + shape[1] > limit:
+            left.append(row)
+            continue
+        out = row.out
+        out = (out if type(out) is frozenset else frozenset(out)) if out else None
+        key = (id(env), id(row.columns), out)
+        at = blocks.get(key)
+        if at is None:
+            at = blocks[key] = len(firsts)
+            firsts.append(row)
+        rows.append(row)
+        which.append(at)
+    if not rows:
+        return left
+    # each block's latencies: its snapshot's measured columns (blocks share a few)
+    width = len(table.keys)
+    n_blocks = len(firsts)
+    lats_of: dict[int, int] = {}
+    distinct: list[Any] = []
+    sources = []
+    for row in firsts:
+        columns = row.columns
+        at = lats_of.get(id(columns))
+        if at is None:
+            at = lats_of[id(columns)] = len(distinct)
+            distinct.append(table.latency_priors if columns is None else columns.lats)
+        sources.append(at)
+    lats = np.fromiter(chain.from_iterable(distinct), dtype=np.float64, count=len(distinct) * width)
+    lats = lats.reshape(len(distinct), width)
+    if not np.isfinite(lats).all():
+        return group  # the matrix ranks none of them either (one by one)
+    lat = lats[np.array(sources)]
+    keep = np.ones((n_blocks, width), dtype=bool)
+    drops: dict[int, Any] = {}  # id(a set of positions dropped) -> the positions kept
+    for b, row in enumerate(firsts):  # a block's eligibility, as `_matrix` makes a row's
+        env = row.env
+        has_max, most, _ = shapes[id(env)]
+        need = _needs_mask(env)
+        if need & ~table.common_mask:
+            keep[b] &= (vec.masks & need) == need
+        if has_max and most > table.min_max_tokens:
+            keep[b] &= ~(most > vec.max_tokens)
+        out = row.out
+        if out:  # (blocks mostly share their snapshot's set)
+            stays = drops.get(id(out))
+            if stays is None:
+                stays = drops[id(out)] = np.ones(width, dtype=bool)
+                stays[list(out)] = False
+            keep[b] &= stays
+        floor = env["min_quality"]
+        if floor is not None:
+            keep[b] &= ~(vec.qualities < np.float64(floor))
+        cap = env["max_latency"]
+        if cap is not None:
+            keep[b] &= ~(lat[b] > np.float64(cap))
+    # each block's candidates for its rows' first HEAD, as `_matrix` picks a row's: the
+    # eligible whose latency is at most the block's HEAD-th smallest (a tie at the HEAD-th
+    # is broken by each row's costs, among them)
+    major = np.where(keep, lat, np.inf)
+    counts = keep.sum(axis=1)
+    pick = keep
+    if width > HEAD:
+        kth = np.partition(major, HEAD - 1, axis=-1)[:, HEAD - 1]
+        pick = keep & (major <= kth[:, None])
+    _, cand = np.nonzero(pick)  # block by block, each block's positions ascending
+    per_block = pick.sum(axis=1)
+    block_start = np.cumsum(per_block) - per_block
+    # each row's candidates (its block's), row by row, in `_matrix`'s order
+    n = len(rows)
+    blk = np.array(which)
+    per_row = per_block[blk]
+    row_start = np.cumsum(per_row) - per_row
+    at_row = np.repeat(np.arange(n), per_row)
+    at = np.arange(int(per_row.sum())) + np.repeat(block_start[blk] - row_start, per_row)
+    at_col = cand[at]
+    tokens = [row.tokens for row in rows]
+    has_max = [shapes[id(row.env)][0] for row in firsts]  # by block
+    most = [shapes[id(row.env)][1] for row in firsts]
+    inp = np.array(tokens, dtype=np.float64)[at_row]
+    cost = inp * vec.input_prices[at_col]  # (the matrix's IEEE operations, on these alone)
+    if all(has_max):
+        cost += np.array(most, dtype=np.float64)[blk][at_row] * vec.output_prices[at_col]
+    elif any(has_max):
+        cost += np.where(
+            np.array(has_max)[blk][at_row],
+            np.array(most, dtype=np.float64)[blk][at_row] * vec.output_prices[at_col],
+            vec.default_output_costs[at_col],
+        )
+    else:
+        cost += vec.default_output_costs[at_col]
+    cost /= 1e6
+    lat_at = lat[blk[at_row], at_col]
+    keys: tuple[Any, ...] = (cost, lat_at)  # (the picked are eligible: no inf)
+    if not table.view.index_sorted:
+        keys = (vec.indexes[at_col], *keys)
+    flat = np.lexsort((*keys, at_row))
+    cols = at_col[flat].tolist()
+    ranked_costs = cost[flat].tolist()
+    ranked_lats = lat_at[flat].tolist()
+    starts = row_start.tolist()
+    row_counts = counts[blk].tolist()
+    tail = _BlockTail(vec, lat, keep, which, tokens, most, has_max, table.view.index_sorted)
+    for i, (row, count, start) in enumerate(zip(rows, row_counts, starts, strict=True)):
+        if not count:  # left None: the side asks the general path why (`_rank_one`)
+            continue
+        end = start + (count if count < HEAD else HEAD)
+        row.ranked = cols[start:end]
+        row.costs = ranked_costs[start:end]
+        row.lats = ranked_lats[start:end]
+        if count > HEAD:
+            row.rest = tail
+            row.index = i
+            row.count = count
+    return left
+
+
+def _matrix(group: list[_Row]) -> bool:
     """Rank a group of rows (one route) on a [rows × models] matrix; False
     (nothing set) when a cost or latency is not finite (NaN and inf sort differently in
     numpy and in Python's sort: the rows are ranked one by one)."""
@@ -804,7 +1014,7 @@ def _ranked(group: list[_Row]) -> bool:
     ranked_costs = cost[at_row, at_col].tolist()
     ranked_lats = lat[at_row, at_col].tolist()
     starts = np.concatenate(([0], np.cumsum(pick.sum(axis=1))[:-1])).tolist()
-    whole = (keys, cost, lat)  # a row's whole order is sorted if the limiter reads past HEAD
+    whole = _Whole(keys, cost, lat)
     for i, (row, count, start) in enumerate(zip(group, counts.tolist(), starts, strict=True)):
         if not count:  # left None: the side asks the general path why (`_rank_one`)
             continue
