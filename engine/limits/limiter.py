@@ -90,7 +90,7 @@ class Applied:
     """One limit as it applies to requests: what to report about its buckets."""
 
     __slots__ = ("burst", "capacity", "limit", "prefix", "rate", "scope", "shadow", "source",
-                 "unit", "until", "when", "window_ms")  # fmt: skip
+                 "unit", "until", "when", "whole", "window_ms")  # fmt: skip
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class Applied:
     ) -> None:
         self.scope = scope
         self.unit = unit
+        self.whole = unit == "requests"  # counted in whole requests: `remaining` rounded down
         self.limit = limit
         self.window_ms = window_ms
         self.burst = burst
@@ -265,9 +266,9 @@ Bucket = tuple[str, float, float, float]  # a `Spec` as a plain tuple: key, capa
 class _Part:
     """One group of limits, ready for the hot path (built once per policy)."""
 
-    __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "key_field",
-                 "key_fn", "keyed", "keyed_fixed", "plain", "requests", "scope", "spend",
-                 "static", "unit")  # fmt: skip
+    __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "items",
+                 "key_field", "key_fn", "keyed", "keyed_fixed", "plain", "requests", "scope",
+                 "spend", "static", "unit")  # fmt: skip
 
     def __init__(self, group: _Group) -> None:
         self.scope = group.scope
@@ -292,6 +293,8 @@ class _Part:
         )
         # no keyed limits, no `when`/`until`: the defaults apply to every key (unless a quota)
         self.plain = not group.keyed and not group.conditional
+        # a plain part's buckets for a key, but the key: (prefix, capacity, rate, owner)
+        self.items = tuple((a.prefix, a.capacity, a.rate, a) for a in group.defaults)
         # static parts: key -> its buckets and their owners
         self.cache: dict[str, tuple[list[Bucket], list[tuple[Applied, str]]]] = {}
 
@@ -622,6 +625,12 @@ class Limiter:
                     found = part.static_buckets(key)
                 shared += found[0]
                 shared_info += found[1]
+                continue
+            elif part.plain and not part.spend:
+                cost = 1.0 if part.requests else tokens
+                for prefix, capacity, rate, a in part.items:
+                    shared.append((prefix + key, capacity, rate, cost))
+                    shared_info.append((a, key))
                 continue
             elif part.plain:
                 applied = part.defaults
@@ -1558,19 +1567,31 @@ class Limiter:
         haves, fulls = taken
         statuses: list[LimitStatus] = []
         append = statuses.append
+        scopes: list[str] = []  # for the tally, read here once
+        seen = scopes.append
         floor = math.floor
-        for (applied, key), bucket, have, full_at in zip(info, buckets, haves, fulls):  # noqa: B905
-            remaining = have - bucket[3]
-            if applied.unit == "requests":
+        i = 0
+        for applied, key in info:
+            remaining = haves[i] - buckets[i][3]
+            if applied.whole:
                 remaining = floor(remaining + 1e-9)
+            scope = applied.scope
+            seen(scope)
             append(
                 LimitStatus(
-                    applied.scope, key or None, applied.unit, True,
-                    remaining if remaining > 0 else 0, applied.limit, full_at / 1000.0, None,
-                    applied.window_ms,
+                    scope, key or None, applied.unit, True, remaining if remaining > 0 else 0,
+                    applied.limit, fulls[i] / 1000.0, None, applied.window_ms,
                 )
             )  # fmt: skip
-        self._tally(info, now_s)
+            i += 1  # noqa: SIM113
+        # `_tally`, with the scopes read above
+        if int(now_s // 86_400) != self._day_number:
+            self._day(now_s)
+        pending = self._pending
+        pending.append((self._day_text, tuple(scopes)))
+        if len(pending) >= _PENDING_MAX:
+            with self._lock:
+                self._count_pending()
         if self._reserving:
             self._reserve(env, buckets, info, now_s)
         return _new_verdict((0, statuses, None, ()))
@@ -1710,7 +1731,7 @@ def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
     else:
         remaining = available
         retry = None if cost > spec[1] else math.ceil((cost - available) / spec[2] - 1e-9)
-    if applied.unit == "requests":
+    if applied.whole:
         remaining = math.floor(remaining + 1e-9)
     return LimitStatus(
         applied.scope,
