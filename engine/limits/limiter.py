@@ -317,7 +317,7 @@ class _Plan:
     """A policy's limits, grouped and split: the shared ones, the per-candidate ones, and
     the shadow limits' own plan (None: the policy has none)."""
 
-    __slots__ = ("inflight", "per_candidate", "shadow", "shared")
+    __slots__ = ("inflight", "lone_static", "per_candidate", "shadow", "shared")
 
     def __init__(self, groups: tuple[_Group, ...], shadow: bool = False) -> None:
         parts = [_Part(group) for group in groups if group.shadow == shadow]
@@ -326,6 +326,12 @@ class _Plan:
         parts = [p for p in parts if p.unit != CONCURRENT]
         self.shared = tuple(p for p in parts if p.scope not in PER_CANDIDATE_SCOPES)
         self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
+        # the one per-candidate part, when there is one and it is static (the common case)
+        self.lone_static = (
+            self.per_candidate[0]
+            if len(self.per_candidate) == 1 and self.per_candidate[0].static
+            else None
+        )
         self.shadow = _Plan(groups, True) if not shadow and any(g.shadow for g in groups) else None
 
 
@@ -615,8 +621,10 @@ class Limiter:
                 if value is None or value == "":
                     continue
                 key = value if type(value) is str else _key_text(value)
-            if quotas is None:
-                quotas = self._quotas(now_s)  # cached for a second
+            if quotas is None:  # cached for a second (`_quotas`, its test inline)
+                loaded_at, quotas = self._quota_cache
+                if now_s - loaded_at > 1.0 or loaded_at == 0.0:
+                    quotas = self._quotas(now_s)
             if quotas and part.requests and (part.scope, key) in quotas:
                 applied = applicable(part, key, quotas[part.scope, key], env, now_s)
             elif part.static:
@@ -678,13 +686,30 @@ class Limiter:
             if candidate is not None:
                 if quotas is None and per_candidate:
                     quotas = self._quotas(now_s)  # cached for a second
-                first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
+                # `_option`'s case of one static part, no spend limits, no quota: its cache
+                lone = plan.lone_static
+                found = None
+                if lone is not None and not spend:
+                    key = candidate[0] if lone.is_provider else candidate[1]
+                    if not (quotas and (lone.scope, key) in quotas):
+                        found = lone.cache.get(key)
+                        if found is None:
+                            found = lone.static_buckets(key)
+                if found is not None:
+                    first, info = found  # the part's cached lists: copied if kept below
+                    buckets = shared + first
+                    taken = consume_all(buckets, now)
+                    if taken is not None:
+                        return self._allowed(buckets, shared_info + info, taken, now_s, env)
+                    first, info = list(first), list(info)
+                else:
+                    first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
+                    buckets = shared + first
+                    taken = consume_all(buckets, now)
+                    if taken is not None:
+                        return self._allowed(buckets, shared_info + info, taken, now_s, env)
                 option_info.append(info)
                 option_buckets.append(first)
-                buckets = shared + first
-                taken = consume_all(buckets, now)
-                if taken is not None:
-                    return self._allowed(buckets, shared_info + info, taken, now_s, env)
             else:
                 taken = consume_all(shared, now)
                 if taken is not None:
