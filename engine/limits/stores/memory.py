@@ -209,8 +209,9 @@ class MemoryStore:
                     full_at = now
                 table[key] = new = full_at + cost / rate
                 keep(new)
-            self._since_evict += 1 + fresh * NEW_KEY_DEBT
-            if self._since_evict >= EVICT_EVERY:
+            owed = self._since_evict + 1 + fresh * NEW_KEY_DEBT
+            self._since_evict = owed
+            if owed >= EVICT_EVERY:
                 self._evict_slice(now)
             elif fresh and len(table) > self.max_keys:
                 self._trim(now)
