@@ -139,3 +139,17 @@ def test_live_bench_quick_runs() -> None:
     for strategy in ("model-specific", "latency", "cost", "weighted", "round-robin", "failover"):
         assert f"\n{strategy} " in out.stdout, out.stdout
     assert "failure-count updates" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limiter", [False, True])
+def test_limits_ab_runs_against_its_own_checkout(limiter: bool) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "limits_ab.py"), str(ROOT), str(ROOT),
+         "--pairs", "2", "--block", "50", *(["--limiter"] if limiter else [])],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    what = "Limiter.check calls replayed" if limiter else "decisions"
+    assert f"2 pairs of 50 {what}" in out.stdout
+    assert "B/A: median" in out.stdout

@@ -90,3 +90,39 @@ def test_a_new_policy_gets_a_new_plan() -> None:
         env = {"id": "x", "user": "u", "input_tokens": 1.0, "max_tokens": None}
         verdict = limiter.check(program.limits, env, [("gemini", "gemini/x", 0.0)])
         assert [s.limit for s in verdict.statuses] == [expected]
+
+
+def test_the_first_candidates_cached_buckets_agree_with_acquire_and_stay_as_cached() -> None:
+    """One static per-candidate part (`limit provider`): its first candidate's buckets come
+    from the part's cache. Through denials (the next candidate) and a run-time quota on a
+    provider, decisions equal those of a store the limiter must call `acquire` on, and the
+    cached buckets are never changed."""
+    from engine.limits.stores.base import Quota
+
+    t = [START]
+    fast_store, slow_store = MemoryStore(), CountingStore()
+    fast = from_design(POLICY, state=fast_store, clock=lambda: t[0])
+    slow = from_design(POLICY, state=slow_store, clock=lambda: t[0])
+    _, plan = fast.limiter._plan
+    assert plan is not None and plan.lone_static is not None
+    rng = random.Random(5)
+    cached: dict[str, tuple[list[Any], list[Any]]] = {}
+    denied = moved = 0  # denials; decisions routed past a provider at its limit
+    for i in range(300):
+        t[0] += rng.random() * 0.5
+        if i == 150:
+            for store in (fast_store, slow_store):
+                store.set_quota(Quota("provider", "gemini", 3, 10_000, 0, None))
+            t[0] += 1.5  # the quotas are read again
+        request = {"id": f"r{i}", "user": rng.choice("abcdefgh"), "ip": f"10.0.0.{i % 7}"}
+        one, two = fast.evaluate(request), slow.evaluate(request)
+        assert one.to_dict() == two.to_dict()
+        denied += not one.allowed
+        moved += one.allowed and "rate limit" in one.reason
+        for key, (buckets, info) in plan.lone_static.cache.items():
+            snapshot = ([*buckets], [*info])
+            assert cached.setdefault(key, snapshot) == snapshot
+    assert denied and moved  # both cases were met
+    assert fast.limiter.daily_stats() == slow.limiter.daily_stats()
+    assert list(fast.limiter.violations) == list(slow.limiter.violations)
+    assert slow_store.calls == 300

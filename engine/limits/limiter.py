@@ -90,7 +90,7 @@ class Applied:
     """One limit as it applies to requests: what to report about its buckets."""
 
     __slots__ = ("burst", "capacity", "limit", "prefix", "rate", "scope", "shadow", "source",
-                 "unit", "until", "when", "window_ms")  # fmt: skip
+                 "unit", "until", "when", "whole", "window_ms")  # fmt: skip
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class Applied:
     ) -> None:
         self.scope = scope
         self.unit = unit
+        self.whole = unit == "requests"  # counted in whole requests: `remaining` rounded down
         self.limit = limit
         self.window_ms = window_ms
         self.burst = burst
@@ -265,9 +266,9 @@ Bucket = tuple[str, float, float, float]  # a `Spec` as a plain tuple: key, capa
 class _Part:
     """One group of limits, ready for the hot path (built once per policy)."""
 
-    __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "key_field",
-                 "key_fn", "keyed", "keyed_fixed", "plain", "requests", "scope", "spend",
-                 "static", "unit")  # fmt: skip
+    __slots__ = ("cache", "conditional", "defaults", "is_global", "is_provider", "items",
+                 "key_field", "key_fn", "keyed", "keyed_fixed", "plain", "requests", "scope",
+                 "spend", "static", "unit")  # fmt: skip
 
     def __init__(self, group: _Group) -> None:
         self.scope = group.scope
@@ -292,6 +293,8 @@ class _Part:
         )
         # no keyed limits, no `when`/`until`: the defaults apply to every key (unless a quota)
         self.plain = not group.keyed and not group.conditional
+        # a plain part's buckets for a key, but the key: (prefix, capacity, rate, owner)
+        self.items = tuple((a.prefix, a.capacity, a.rate, a) for a in group.defaults)
         # static parts: key -> its buckets and their owners
         self.cache: dict[str, tuple[list[Bucket], list[tuple[Applied, str]]]] = {}
 
@@ -314,7 +317,7 @@ class _Plan:
     """A policy's limits, grouped and split: the shared ones, the per-candidate ones, and
     the shadow limits' own plan (None: the policy has none)."""
 
-    __slots__ = ("inflight", "per_candidate", "shadow", "shared")
+    __slots__ = ("inflight", "lone_static", "per_candidate", "shadow", "shared")
 
     def __init__(self, groups: tuple[_Group, ...], shadow: bool = False) -> None:
         parts = [_Part(group) for group in groups if group.shadow == shadow]
@@ -323,6 +326,12 @@ class _Plan:
         parts = [p for p in parts if p.unit != CONCURRENT]
         self.shared = tuple(p for p in parts if p.scope not in PER_CANDIDATE_SCOPES)
         self.per_candidate = tuple(p for p in parts if p.scope in PER_CANDIDATE_SCOPES)
+        # the one per-candidate part, when there is one and it is static (the common case)
+        self.lone_static = (
+            self.per_candidate[0]
+            if len(self.per_candidate) == 1 and self.per_candidate[0].static
+            else None
+        )
         self.shadow = _Plan(groups, True) if not shadow and any(g.shadow for g in groups) else None
 
 
@@ -612,8 +621,10 @@ class Limiter:
                 if value is None or value == "":
                     continue
                 key = value if type(value) is str else _key_text(value)
-            if quotas is None:
-                quotas = self._quotas(now_s)  # cached for a second
+            if quotas is None:  # cached for a second (`_quotas`, its test inline)
+                loaded_at, quotas = self._quota_cache
+                if now_s - loaded_at > 1.0 or loaded_at == 0.0:
+                    quotas = self._quotas(now_s)
             if quotas and part.requests and (part.scope, key) in quotas:
                 applied = applicable(part, key, quotas[part.scope, key], env, now_s)
             elif part.static:
@@ -622,6 +633,12 @@ class Limiter:
                     found = part.static_buckets(key)
                 shared += found[0]
                 shared_info += found[1]
+                continue
+            elif part.plain and not part.spend:
+                cost = 1.0 if part.requests else tokens
+                for prefix, capacity, rate, a in part.items:
+                    shared.append((prefix + key, capacity, rate, cost))
+                    shared_info.append((a, key))
                 continue
             elif part.plain:
                 applied = part.defaults
@@ -669,13 +686,30 @@ class Limiter:
             if candidate is not None:
                 if quotas is None and per_candidate:
                     quotas = self._quotas(now_s)  # cached for a second
-                first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
+                # `_option`'s case of one static part, no spend limits, no quota: its cache
+                lone = plan.lone_static
+                found = None
+                if lone is not None and not spend:
+                    key = candidate[0] if lone.is_provider else candidate[1]
+                    if not (quotas and (lone.scope, key) in quotas):
+                        found = lone.cache.get(key)
+                        if found is None:
+                            found = lone.static_buckets(key)
+                if found is not None:
+                    first, info = found  # the part's cached lists: copied if kept below
+                    buckets = shared + first
+                    taken = consume_all(buckets, now)
+                    if taken is not None:
+                        return self._allowed(buckets, shared_info + info, taken, now_s, env)
+                    first, info = list(first), list(info)
+                else:
+                    first, info = self._option(plan, spend, candidate, tokens, env, now_s, quotas)
+                    buckets = shared + first
+                    taken = consume_all(buckets, now)
+                    if taken is not None:
+                        return self._allowed(buckets, shared_info + info, taken, now_s, env)
                 option_info.append(info)
                 option_buckets.append(first)
-                buckets = shared + first
-                taken = consume_all(buckets, now)
-                if taken is not None:
-                    return self._allowed(buckets, shared_info + info, taken, now_s, env)
             else:
                 taken = consume_all(shared, now)
                 if taken is not None:
@@ -1558,19 +1592,31 @@ class Limiter:
         haves, fulls = taken
         statuses: list[LimitStatus] = []
         append = statuses.append
+        scopes: list[str] = []  # for the tally, read here once
+        seen = scopes.append
         floor = math.floor
-        for (applied, key), bucket, have, full_at in zip(info, buckets, haves, fulls):  # noqa: B905
-            remaining = have - bucket[3]
-            if applied.unit == "requests":
+        i = 0
+        for applied, key in info:
+            remaining = haves[i] - buckets[i][3]
+            if applied.whole:
                 remaining = floor(remaining + 1e-9)
+            scope = applied.scope
+            seen(scope)
             append(
                 LimitStatus(
-                    applied.scope, key or None, applied.unit, True,
-                    remaining if remaining > 0 else 0, applied.limit, full_at / 1000.0, None,
-                    applied.window_ms,
+                    scope, key or None, applied.unit, True, remaining if remaining > 0 else 0,
+                    applied.limit, fulls[i] / 1000.0, None, applied.window_ms,
                 )
             )  # fmt: skip
-        self._tally(info, now_s)
+            i += 1  # noqa: SIM113
+        # `_tally`, with the scopes read above
+        if int(now_s // 86_400) != self._day_number:
+            self._day(now_s)
+        pending = self._pending
+        pending.append((self._day_text, tuple(scopes)))
+        if len(pending) >= _PENDING_MAX:
+            with self._lock:
+                self._count_pending()
         if self._reserving:
             self._reserve(env, buckets, info, now_s)
         return _new_verdict((0, statuses, None, ()))
@@ -1710,7 +1756,7 @@ def _status(applied: Applied, key: str, outcome: Outcome) -> LimitStatus:
     else:
         remaining = available
         retry = None if cost > spec[1] else math.ceil((cost - available) / spec[2] - 1e-9)
-    if applied.unit == "requests":
+    if applied.whole:
         remaining = math.floor(remaining + 1e-9)
     return LimitStatus(
         applied.scope,

@@ -185,21 +185,21 @@ class MemoryStore:
         it directly on a plain memory store (`one_pass`), with plain tuples as specs."""
         table = self._full_at
         get = table.get
+        pop = table.pop
         with self._lock:
             haves: list[float] = []
-            for spec in specs:
-                full_at = get(spec[0])
-                have = spec[1]
+            keep = haves.append
+            for key, have, rate, cost in specs:  # `have`: the capacity, less what is used
+                full_at = get(key)
                 if full_at is not None and full_at > now:
-                    have -= (full_at - now) * spec[2]
-                if not have + EPSILON + spec[2] * TIME_SLACK_MS >= spec[3]:
+                    have -= (full_at - now) * rate
+                if not have + EPSILON + rate * TIME_SLACK_MS >= cost:
                     return None
-                haves.append(have)
+                keep(have)
             fulls: list[float] = []
-            pop = table.pop
+            keep = fulls.append
             fresh = 0
-            for spec in specs:
-                key = spec[0]
+            for key, _, rate, cost in specs:
                 # read again (the same bucket may come twice), and out: it goes back last
                 full_at = pop(key, None)
                 if full_at is None:
@@ -207,10 +207,11 @@ class MemoryStore:
                     full_at = now
                 elif full_at < now:
                     full_at = now
-                table[key] = new = full_at + spec[3] / spec[2]
-                fulls.append(new)
-            self._since_evict += 1 + fresh * NEW_KEY_DEBT
-            if self._since_evict >= EVICT_EVERY:
+                table[key] = new = full_at + cost / rate
+                keep(new)
+            owed = self._since_evict + 1 + fresh * NEW_KEY_DEBT
+            self._since_evict = owed
+            if owed >= EVICT_EVERY:
                 self._evict_slice(now)
             elif fresh and len(table) > self.max_keys:
                 self._trim(now)
