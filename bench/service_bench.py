@@ -567,7 +567,9 @@ def time_reloads(port: int, policy_file: Path, edits: int) -> list[float]:
 def reload_under_load(
     generator: str, port: int, policy_file: Path, requests: int, threads: int, rate: float
 ) -> tuple[dict[str, Any], int]:
-    """Edit the policy every ~50 ms while the generator runs; count the reloads."""
+    """Edit the policy while the generator runs, each edit once the previous one is live
+    (so every edit is a reload that lands under load, none coalesced or superseded: a new
+    edit every 50–150 ms kept some runs from landing any); count the reloads."""
     original = policy_file.read_text(encoding="utf-8")
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
@@ -587,8 +589,11 @@ def reload_under_load(
         while runner.is_alive():
             i += 1
             text = original.replace("burst 1000\n", f"burst {2000 + i}\n", 1)
+            assert text != original, "the global limit's `burst 1000` is not in the policy"
+            live = control.json("GET", "/v1/policy")["reloads"]
             policy_file.write_text(text, encoding="utf-8")
-            runner.join(timeout=0.05 + 0.1 * (i % 2))  # 50 or 150 ms: some edits coalesce
+            while runner.is_alive() and live == control.json("GET", "/v1/policy")["reloads"]:
+                runner.join(timeout=0.01)  # until this edit is live (or the load is over)
     finally:
         runner.join()
         policy_file.write_text(original, encoding="utf-8")
@@ -711,11 +716,12 @@ def main() -> int:
                 generator, port, policy_file, max(requests // 4, 1_000), args.threads, rate
             )
             bad = during["non_200"] + during["errors"]
+            verdict = "met" if bad == 0 and swapped > 0 else "NOT met"
             lines.append(
                 f"reload under load: {swapped} reloads during {during['requests']:,} requests:"
-                f" {bad} failed (target 0: {'met' if bad == 0 else 'NOT met'})"
+                f" {bad} failed (target 0 failed, at least one reload: {verdict})"
             )
-            failed |= bad > 0
+            failed |= bad > 0 or swapped == 0
             print("\n".join(lines), flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
