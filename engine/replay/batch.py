@@ -879,17 +879,7 @@ def _by_blocks(group: list[_Row]) -> list[_Row]:
     starts = row_start.tolist()
     row_counts = counts[blk].tolist()
     tail = _BlockTail(vec, lat, keep, which, tokens, most, has_max, table.view.index_sorted)
-    for i, (row, count, start) in enumerate(zip(rows, row_counts, starts, strict=True)):
-        if not count:  # left None: the side asks the general path why (`_rank_one`)
-            continue
-        end = start + (count if count < HEAD else HEAD)
-        row.ranked = cols[start:end]
-        row.costs = ranked_costs[start:end]
-        row.lats = ranked_lats[start:end]
-        if count > HEAD:
-            row.rest = tail
-            row.index = i
-            row.count = count
+    _heads(rows, row_counts, starts, cols, ranked_costs, ranked_lats, tail)
     return left
 
 
@@ -1014,19 +1004,33 @@ def _matrix(group: list[_Row]) -> bool:
     ranked_costs = cost[at_row, at_col].tolist()
     ranked_lats = lat[at_row, at_col].tolist()
     starts = np.concatenate(([0], np.cumsum(pick.sum(axis=1))[:-1])).tolist()
-    whole = _Whole(keys, cost, lat)
-    for i, (row, count, start) in enumerate(zip(group, counts.tolist(), starts, strict=True)):
+    _heads(group, counts.tolist(), starts, cols, ranked_costs, ranked_lats, _Whole(keys, cost, lat))
+    return True
+
+
+def _heads(
+    rows: list[_Row],
+    counts: list[int],
+    starts: list[int],
+    cols: list[int],
+    costs: list[float],
+    lats: list[float],
+    rest: _Whole | _BlockTail,
+) -> None:
+    """Each row's first `HEAD` ranked models (columns, costs, latencies) out of the flat
+    ranking, where row i's `counts[i]` candidates start at `starts[i]`; `rest` orders a
+    row's candidates past its head when the limiter reads that far."""
+    for i, (row, count, start) in enumerate(zip(rows, counts, starts, strict=True)):
         if not count:  # left None: the side asks the general path why (`_rank_one`)
             continue
         end = start + (count if count < HEAD else HEAD)
         row.ranked = cols[start:end]
-        row.costs = ranked_costs[start:end]
-        row.lats = ranked_lats[start:end]
+        row.costs = costs[start:end]
+        row.lats = lats[start:end]
         if count > HEAD:
-            row.rest = whole
+            row.rest = rest
             row.index = i
             row.count = count
-    return True
 
 
 def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any) -> Any:
