@@ -2,7 +2,7 @@
 
     python bench/limits_ab.py /work/main .                     # 12 pairs of 2,000 decisions
     python bench/limits_ab.py /work/main . --pairs 20 --block 2000 --strategy cost
-    python bench/limits_ab.py /work/main . --limiter            # `Limiter.check` alone
+    python bench/limits_ab.py /work/main . --limiter            # the limiter alone
 
 One child process per checkout (its own `engine`), each with the engine of
 `bench/eval_bench.py` (the packaged catalog, one strategy, its four limits: global, user,
@@ -13,9 +13,15 @@ jobs on a shared machine is not counted), the collector collected before and off
 the block; the order within a pair alternates (A B, then B A). A pair's ratio is B's mean
 over A's; the row shows the median ratio and its min–max.
 
-`--limiter`: the limiter's share alone. Each child records the `Limiter.check` calls its
-engine makes for a block's requests (the engine's own arguments: limits, request, ranked
-candidates), then times replaying them on a fresh `Limiter` over a fresh memory store.
+`--first-limit`: the first limit's marginal cost in a decision, as `bench/limits_bench.py`
+measures it (the design's 11-model catalog, model-specific, every request from its own user
+and IP): each child times a block of decisions with one `limit user` and the same block with
+no limit, back to back (the order alternating), and answers the difference per decision.
+
+`--limiter`: the limiter's share alone. Each child records the `Limiter.check_plain` and
+`Limiter.check` calls its engine makes for a block's requests (the engine's own arguments:
+limits, request, first or ranked candidates), then times replaying them on a fresh
+`Limiter` over a fresh memory store, per decision.
 """
 
 from __future__ import annotations
@@ -28,6 +34,36 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def first_limit_child(root: str) -> None:
+    """Serve blocks on `root`: read `tag n`, answer the first limit's ns per decision."""
+    sys.path[:0] = [root, str(Path(root) / "bench")]
+    import limits_bench
+
+    from engine import PolicyEngine
+
+    catalog = Path(root) / "examples" / "policies" / "models.yaml"
+    head = f'catalog "{catalog}"\ndefaults {{ strategy model-specific }}\n'
+    plain = PolicyEngine.from_text(head).evaluate
+    limited = PolicyEngine.from_text(head + limits_bench.LIMIT_LINES[0]).evaluate
+    requests = limits_bench.distinct_requests()
+    users = len(requests)
+    clock = time.process_time_ns
+    for line in sys.stdin:
+        tag, n = (int(x) for x in line.split())
+        start = (tag * n) % users
+        block = [requests[(start + i) % users] for i in range(n)]
+        spent = {}
+        gc.collect()
+        gc.disable()
+        for side in (plain, limited) if tag % 2 else (limited, plain):
+            began = clock()
+            for request in block:
+                side(request)
+            spent[side] = clock() - began
+        gc.enable()
+        print((spent[limited] - spent[plain]) / n, flush=True)
 
 
 def child(root: str, strategy: str, limiter: bool) -> None:
@@ -57,35 +93,53 @@ def child(root: str, strategy: str, limiter: bool) -> None:
 
 
 def replay_checks(engine: Any, requests: list[dict[str, Any]]) -> float:
-    """ns per `Limiter.check` call, replaying the calls `engine` makes for `requests`."""
+    """ns per decision in the limiter, replaying the `Limiter.check_plain` and
+    `Limiter.check` calls `engine` makes for `requests` (a checkout without `check_plain`
+    makes `check` calls alone)."""
     from engine.limits.limiter import Limiter
     from engine.limits.stores.memory import MemoryStore
 
-    calls: list[tuple[Any, Any, list[Any], dict[str, Any]]] = []
+    calls: list[tuple[bool, tuple[Any, ...], dict[str, Any]]] = []
     own = engine.limiter
     check = own.check
+    plain = getattr(own, "check_plain", None)
 
     def record(limits: Any, env: Any, candidates: Any, **options: Any) -> Any:
         ranked = list(candidates)
-        calls.append((limits, env, ranked, options))
+        calls.append((False, (limits, env, ranked), options))
         return check(limits, env, iter(ranked), **options)
 
+    def record_plain(*args: Any) -> Any:
+        calls.append((True, args, {}))
+        return plain(*args)  # type: ignore[misc]
+
     own.check = record  # this engine's instance only
+    if plain is not None:
+        own.check_plain = record_plain
     try:
         for request in requests:
             engine.evaluate(request)
     finally:
         del own.check
-    fresh = Limiter(MemoryStore()).check
+        if plain is not None:
+            del own.check_plain
+    fresh = Limiter(MemoryStore())
+    fresh_check, fresh_plain = fresh.check, getattr(fresh, "check_plain", None)
+    if calls and hasattr(fresh, "prepare"):
+        fresh.prepare(calls[0][1][0])  # as the engine does when it loads the policy
     gc.collect()
     gc.disable()
     clock = time.process_time_ns
     start = clock()
-    for limits, env, ranked, options in calls:
-        fresh(limits, env, iter(ranked), **options)
+    for is_plain, args, options in calls:
+        if is_plain:
+            fresh_plain(*args)  # type: ignore[misc]
+        else:
+            limits, env, ranked = args
+            fresh_check(limits, env, iter(ranked), **options)
     elapsed = clock() - start
     gc.enable()
-    return elapsed / len(calls)
+    return elapsed / len(requests)
 
 
 def main() -> None:
@@ -96,10 +150,16 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=2000)
     parser.add_argument("--strategy", default="model-specific")
     parser.add_argument("--limiter", action="store_true", help="time `Limiter.check` alone")
+    parser.add_argument(
+        "--first-limit", action="store_true", help="the first limit's marginal cost"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.strategy, args.limiter)
+        if args.first_limit:
+            first_limit_child(args.child)
+        else:
+            child(args.child, args.strategy, args.limiter)
         return
     roots = [str(Path(args.a).resolve()), str(Path(args.b).resolve())]
     procs = [
@@ -114,6 +174,7 @@ def main() -> None:
                 "--child",
                 root,
                 *(["--limiter"] if args.limiter else []),
+                *(["--first-limit"] if args.first_limit else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -145,14 +206,20 @@ def main() -> None:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait()
-    what = "Limiter.check calls replayed" if args.limiter else "decisions"
-    print(
-        f"{args.pairs} pairs of {args.block:,} {what} ({args.strategy}, 4 limits, memory),"
-        " process CPU time"
-    )
+    if args.first_limit:
+        what = "decisions with `limit user` and without (the 11-model catalog, model-specific"
+        each = "the first limit's marginal cost"
+        print(f"{args.pairs} pairs of {args.block:,} {what}, memory), process CPU time")
+    else:
+        what = "decisions' limiter calls replayed" if args.limiter else "decisions"
+        each = "each"
+        print(
+            f"{args.pairs} pairs of {args.block:,} {what} ({args.strategy}, 4 limits, memory),"
+            " process CPU time"
+        )
     for name, root, values in (("A", roots[0], means[0]), ("B", roots[1], means[1])):
         print(
-            f"  {name} {root}: median {statistics.median(values) / 1000:.2f} µs each"
+            f"  {name} {root}: median {statistics.median(values) / 1000:.2f} µs {each}"
             f" (min {min(values) / 1000:.2f}, max {max(values) / 1000:.2f})"
         )
     print(

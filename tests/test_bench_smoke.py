@@ -142,14 +142,18 @@ def test_live_bench_quick_runs() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("limiter", [False, True])
-def test_limits_ab_runs_against_its_own_checkout(limiter: bool) -> None:
+@pytest.mark.parametrize("mode", ["", "--limiter", "--first-limit"])
+def test_limits_ab_runs_against_its_own_checkout(mode: str) -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "limits_ab.py"), str(ROOT), str(ROOT),
-         "--pairs", "2", "--block", "50", *(["--limiter"] if limiter else [])],
+         "--pairs", "2", "--block", "50", *([mode] if mode else [])],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    what = "Limiter.check calls replayed" if limiter else "decisions"
+    what = {
+        "": "decisions (",
+        "--limiter": "decisions' limiter calls replayed",
+        "--first-limit": "decisions with `limit user` and without",
+    }[mode]
     assert f"2 pairs of 50 {what}" in out.stdout
     assert "B/A: median" in out.stdout

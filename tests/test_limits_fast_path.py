@@ -13,6 +13,7 @@ from _design import from_design
 from engine.limits.stores.base import AcquireResult
 from engine.limits.stores.duckdb_store import DuckDBStore
 from engine.limits.stores.memory import MemoryStore
+from engine.routing.request import env_of
 
 START = 1_800_000_000.0
 POLICY = (
@@ -126,3 +127,118 @@ def test_the_first_candidates_cached_buckets_agree_with_acquire_and_stay_as_cach
     assert fast.limiter.daily_stats() == slow.limiter.daily_stats()
     assert list(fast.limiter.violations) == list(slow.limiter.violations)
     assert slow_store.calls == 300
+
+
+def _state(engine: Any) -> tuple[Any, ...]:
+    """What a check can change: the buckets, the uncounted tallies, the violations."""
+    limiter = engine.limiter
+    return (
+        dict(limiter.store._full_at),
+        list(limiter._pending),
+        dict(limiter.allowed_tallies),
+        list(limiter.violations),
+    )
+
+
+def _env(user: str, ip: str = "10.0.0.1") -> dict[str, Any]:
+    return env_of({"id": "x", "user": user, "ip": ip, "prompt": "hello"})
+
+
+def test_check_plain_agrees_with_check_on_a_twin_limiter() -> None:
+    """`check_plain` (the evaluator's first call) gives the verdict `check` gives, bucket for
+    bucket, and leaves the same state, on the design's shape: shared plain limits and one
+    static provider part with a keyed value."""
+    t = [START]
+    plain = from_design(POLICY, clock=lambda: t[0])
+    full = from_design(POLICY, clock=lambda: t[0])
+    limits = plain.program.limits
+    full.limiter.check(limits, _env("warm"), [])  # both plans known
+    plain.limiter.check(limits, _env("warm"), [])
+    _, plan = plain.limiter._plan
+    assert plan is not None and plan.plain is not None and plan.lone_static is not None
+    taken = 0
+    for i in range(40):
+        t[0] += 0.3
+        provider = ("gemini", "openai")[i % 2]
+        model = f"{provider}/m"
+        env = _env(f"u{i % 3}", f"10.0.0.{i % 2}")
+        one = plain.limiter.check_plain(limits, env, provider, model)
+        if one is None:  # a bucket without room: nothing changed, `check` reports it
+            continue
+        taken += 1
+        two = full.limiter.check(limits, env, [(provider, model, 0.0)])
+        assert (one.option, one.denied_by, one.shadow_denials) == (0, None, ())
+        assert [s.to_dict() for s in one.statuses] == [s.to_dict() for s in two.statuses]
+        assert [s.window_ms for s in one.statuses] == [s.window_ms for s in two.statuses]
+        assert _state(plain) == _state(full)
+    assert 0 < taken < 40  # both cases met
+    assert plain.limiter.daily_stats() == full.limiter.daily_stats()
+
+
+def test_check_plain_changes_nothing_when_it_declines() -> None:
+    """A bucket without room, a quota on one of the request's keys, or a policy of another
+    shape: `check_plain` answers None and the store, the tallies and the violations are as
+    they were (the caller's `check` then decides and counts)."""
+    from engine.limits.stores.base import Quota
+
+    t = [START]
+    engine = from_design(POLICY, clock=lambda: t[0])
+    limiter, limits = engine.limiter, engine.program.limits
+    limiter.check(limits, _env("warm"), [])
+    assert limiter.check_plain(limits, _env("a"), "openai", "openai/m") is not None
+    for _ in range(5):  # user a: 5 per 10s burst 1, one taken above
+        limiter.check_plain(limits, _env("a"), "openai", "openai/m")
+    before = _state(engine)
+    assert limiter.check_plain(limits, _env("a"), "openai", "openai/m") is None
+    assert _state(engine) == before
+    # the first candidate's own bucket without room (gemini: 2 per 10s)
+    for i in range(2):
+        assert limiter.check_plain(limits, _env(f"g{i}", "10.0.1.1"), "gemini", "gemini/m")
+    before = _state(engine)
+    assert limiter.check_plain(limits, _env("g9", "10.0.1.2"), "gemini", "gemini/m") is None
+    assert _state(engine) == before
+    # a quota on the user's key: `check` applies it
+    engine.limiter.store.set_quota(Quota("user", "b", 100, 10_000, 0, None))
+    t[0] += 2.0  # the quotas are read again
+    before = _state(engine)
+    assert limiter.check_plain(limits, _env("b", "10.0.2.1"), "openai", "openai/m") is None
+    assert _state(engine) == before
+    # other shapes: a `when`, a spend limit, a shadow limit, a second per-candidate part
+    for policy in (
+        'limit user 5 per 1m when request.metadata.tier == "free"\n',
+        "limit user spend $1 per 1d\n",
+        "shadow limit user 5 per 1m\nlimit ip 5 per 1m\n",
+        "limit provider 5 per 1m\nlimit model 5 per 1m\n",
+    ):
+        other = from_design(policy, clock=lambda: t[0])
+        other.limiter.check(other.program.limits, _env("warm"), [("openai", "openai/m", 0.0)])
+        before = _state(other)
+        assert (
+            other.limiter.check_plain(other.program.limits, _env("c"), "openai", "openai/m") is None
+        )
+        assert _state(other) == before
+
+
+def test_the_evaluator_calls_check_only_for_what_check_plain_declines() -> None:
+    """Decisions the common shape admits on their first candidate take `check_plain` alone
+    (the engine made the plan when it loaded the policy); `check` is called for a denial
+    and for a decision routed past a candidate at its limit, and for nothing else."""
+    t = [START]
+    engine = from_design(POLICY, clock=lambda: t[0])
+    calls = [0]
+    check = engine.limiter.check
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return check(*args, **kwargs)
+
+    engine.limiter.check = counted  # type: ignore[method-assign]
+    declined = 0
+    rng = random.Random(11)
+    for i in range(200):
+        t[0] += rng.random()
+        request = {"id": f"r{i}", "user": rng.choice("abc"), "ip": f"10.0.0.{i % 9}"}
+        decision = engine.evaluate(request)
+        declined += not decision.allowed or "rate limit" in decision.reason
+    assert calls[0] == declined
+    assert 10 < declined < 190  # both paths were taken

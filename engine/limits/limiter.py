@@ -317,7 +317,8 @@ class _Plan:
     """A policy's limits, grouped and split: the shared ones, the per-candidate ones, and
     the shadow limits' own plan (None: the policy has none)."""
 
-    __slots__ = ("inflight", "lone_static", "per_candidate", "shadow", "shared")
+    __slots__ = ("inflight", "lone_scopes", "lone_static", "per_candidate", "plain", "scopes",
+                 "shadow", "shared")  # fmt: skip
 
     def __init__(self, groups: tuple[_Group, ...], shadow: bool = False) -> None:
         parts = [_Part(group) for group in groups if group.shadow == shadow]
@@ -333,6 +334,21 @@ class _Plan:
             else None
         )
         self.shadow = _Plan(groups, True) if not shadow and any(g.shadow for g in groups) else None
+        # `Limiter.check_plain`'s plan: the shared parts, each a plain one on requests (no
+        # keyed limits, no `when`/`until`), and at most the lone static per-candidate part;
+        # None: another shape
+        self.plain = (
+            self.shared
+            if (not self.per_candidate or self.lone_static is not None)
+            and not self.inflight
+            and self.shadow is None
+            and all(p.plain and p.requests for p in self.shared)
+            else None
+        )
+        # ... and the scopes its decisions are tallied under when every shared part applies
+        # (and no per-candidate one)
+        self.scopes = tuple(item[3].scope for p in self.plain or () for item in p.items)
+        self.lone_scopes: dict[str, tuple[str, ...]] = {}  # ... and a candidate's, by its key
 
 
 _PENDING_MAX = 4096  # allowed decisions kept uncounted, at most
@@ -457,6 +473,9 @@ class Limiter:
         Callable[[Sequence[Bucket], float], tuple[list[float], list[float]] | None] | None
     ) = None
 
+    # whether `check_plain` may take a plain plan (`_Plan.plain`): the store has
+    # `_consume_all` and the policy reserves nothing (else it leaves every call to `check`)
+    _plain: bool = False
     # ... and its `acquire` without the one-pass attempt, for when `_consume_all` failed
     _acquire_stepwise: Callable[..., AcquireResult] | None = None
     # the store's in-flight gauges (None: it keeps none, and `concurrent` limits are off);
@@ -538,6 +557,7 @@ class Limiter:
             limit.unit in _RESERVED_UNITS for limit in limits
         )
         self._reserve_in_store = self._reserving and self._shared is not None
+        self._plain = self._consume_all is not None and not self._reserving
         self.takes_outcomes = (
             self._gauged
             or self._reserving
@@ -558,6 +578,98 @@ class Limiter:
 
     def refresh_quotas(self) -> None:
         self._quota_cache = (0.0, {})
+
+    def check_plain(
+        self, limits: tuple[CompiledLimit, ...], env: Mapping[str, Any], provider: str, model: str
+    ) -> Verdict | None:
+        """`check` (consumed, recorded, no pin) when the first ranked candidate (`provider`,
+        `model`: its `provider/id` key) has room, for a policy of the common shape
+        (`_Plan.plain`: shared limits that are all plain ones on requests, such as user, ip,
+        global or team limits without keyed values, `when` or `until`, and at most one static
+        provider or model part) on a one-pass memory store: the decision's buckets built
+        from each part's precomputed items and taken in one `consume_all`. None when the
+        policy is not of that shape, a quota applies to one of its keys, or a bucket lacks
+        room: then nothing was consumed or counted, and the caller asks `check`, which
+        reports it."""
+        known, plan = self._plan
+        if known is not limits or plan is None or not self._plain or plan.plain is None:
+            return None
+        parts = plan.plain
+        now_s = self.clock()
+        loaded_at, quotas = self._quota_cache  # cached for a second (`_quotas`)
+        if now_s - loaded_at > 1.0 or loaded_at == 0.0:
+            quotas = self._quotas(now_s)
+        buckets: list[Bucket] = []
+        info: list[tuple[Applied, str]] = []
+        whole = True  # every part applied: the tally's scopes are the plan's
+        for part in parts:
+            if part.is_global:
+                key = ""
+            else:
+                if part.key_field is not None:
+                    value = env[part.key_field]
+                elif part.key_fn is not None:
+                    value = part.key_fn(env, None)
+                else:
+                    value = None
+                if value is None or value == "":
+                    whole = False
+                    continue
+                key = value if type(value) is str else _key_text(value)
+            if quotas and (part.scope, key) in quotas:
+                return None  # the quota stands for the part's limits: `check` applies it
+            for prefix, capacity, rate, applied in part.items:
+                buckets.append((prefix + key, capacity, rate, 1.0))
+                info.append((applied, key))
+        scopes = plan.scopes
+        lone = plan.lone_static
+        if lone is not None:  # the first candidate's buckets: the part's cache
+            key = provider if lone.is_provider else model
+            if quotas and (lone.scope, key) in quotas:
+                return None
+            found = lone.cache.get(key)
+            if found is None:
+                found = lone.static_buckets(key)
+            if found[1]:
+                buckets += found[0]
+                info += found[1]
+                if whole:  # the shared parts' scopes and the candidate's
+                    scopes = plan.lone_scopes.get(key)  # type: ignore[assignment]
+                    if scopes is None:
+                        scopes = plan.scopes + tuple([a.scope for a, _ in found[1]])
+                        if len(plan.lone_scopes) >= _CACHE_MAX:
+                            plan.lone_scopes.clear()
+                        plan.lone_scopes[key] = scopes
+        if not buckets:
+            return _new_verdict((0, [], None, ()))
+        taken = self._consume_all(buckets, now_s * 1000.0)  # type: ignore[misc]
+        if taken is None:
+            return None
+        # `_allowed`, with the plan's scopes for the tally when every part applied
+        # (every bucket here is on requests, one each: `remaining` in whole requests)
+        haves, fulls = taken
+        statuses: list[LimitStatus] = []
+        append = statuses.append
+        floor = math.floor
+        i = 0
+        for applied, key in info:
+            remaining = floor(haves[i] - 1.0 + 1e-9)
+            append(
+                LimitStatus(
+                    applied.scope, key or None, "requests", True,
+                    remaining if remaining > 0 else 0, applied.limit, fulls[i] / 1000.0, None,
+                    applied.window_ms,
+                )
+            )  # fmt: skip
+            i += 1  # noqa: SIM113
+        if int(now_s // 86_400) != self._day_number:
+            self._day(now_s)
+        pending = self._pending
+        pending.append((self._day_text, scopes if whole else tuple([a.scope for a, _ in info])))
+        if len(pending) >= _PENDING_MAX:
+            with self._lock:
+                self._count_pending()
+        return _new_verdict((0, statuses, None, ()))
 
     def check(
         self,

@@ -1381,14 +1381,22 @@ def _evaluate(
             fold = state.pins.fold(  # type: ignore[union-attr]
                 pinning.ask, lambda: [keys[pos[s]] for s in order]
             )
-        verdict = limiter.check(
-            program.limits,
-            env,
-            ((providers[p], model_keys[p], costs[s]) for s in order for p in (pos[s],)),
-            consume=consume,
-            on_store_error=settings.on_store_error,
-            record=record,
-            pin=fold,
+        plain = None
+        if consume and record and fold is None and order:  # the common case, in one call
+            top = pos[order[0]]
+            plain = limiter.check_plain(program.limits, env, providers[top], model_keys[top])
+        verdict = (
+            plain
+            if plain is not None
+            else limiter.check(
+                program.limits,
+                env,
+                ((providers[p], model_keys[p], costs[s]) for s in order for p in (pos[s],)),
+                consume=consume,
+                on_store_error=settings.on_store_error,
+                record=record,
+                pin=fold,
+            )
         )
         statuses = verdict.statuses
         shadow_denials = verdict.shadow_denials
