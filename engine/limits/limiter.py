@@ -12,6 +12,12 @@ that key, an expired one is ignored; a runtime quota replaces both for its key u
 expires. Provider and model limits, and spend limits (whose cost depends on the model), are
 checked per candidate: an exhausted one makes routing take the next candidate.
 
+The evaluator asks `Limiter.check_plain` first: for the common shape (shared limits that
+are plain ones on requests, at most one static provider or model part, a one-pass memory
+store) it builds the first candidate's buckets from precomputed parts and takes them in one
+`consume_all`; when a bucket lacks room or a quota applies it consumes nothing and answers
+None, and `check`, the general path, decides and reports.
+
 A `shadow limit` (docs/ratelimits.md, Shadow limits) never denies: the policy's plan keeps
 its shadow limits apart (`_Plan.shadow`, None without any: one attribute check), and once
 the enforced limits admitted a decision, its shadow buckets are checked and consumed in a
