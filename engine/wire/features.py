@@ -31,8 +31,10 @@ and one-byte `in` for the code and math characters; a few `in` tests before the 
 prompts are split into words for `system_reasoning` alone). The content checks read one turn (the
 last; the system prompts), at most the first and last `SCAN` characters of each of its
 texts, lower-cased and split into words once (`_read`); the fence check reads the last
-RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
-looked for. What it costs: bench/features_bench.py.
+RECENT turns. The system-prompt checks' answers are kept across requests by the prompt's
+text (a bounded table, `_keep`: apps send the same system prompt with every request), so a
+system prompt seen before is not read again. Heuristics only, no model: docs/requests.md
+says, feature by feature, what is looked for. What it costs: bench/features_bench.py.
 
 Standard library only (and `engine.tokens`): the router calls this per request.
 """
@@ -600,6 +602,23 @@ def _may_reason(texts: tuple[str, ...]) -> bool:
     return False
 
 
+# What the system-prompt checks said, kept across requests by the system prompt's text
+# (apps send the same one with every request: a hit costs its hash and one compare, no
+# read). Only a conversation with one system prompt text of at most _KEPT_CHARS characters
+# is kept (no long text is hashed); a table that reaches _KEPT entries is emptied (a
+# system prompt made per request, with a date or a name in it, only ever misses).
+_KEPT = 256
+_KEPT_CHARS = 2 * SCAN
+_SYSTEM_REASONING: dict[str | None, bool] = {}
+_SYSTEM_JSON: dict[str | None, bool] = {}
+
+
+def _keep(table: dict[str | None, bool], key: str, value: bool) -> None:
+    if len(table) >= _KEPT:
+        table.clear()
+    table[key] = value
+
+
 def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
     """Derive the features `names` into `conv.values`, in one pass: the conversation's
     shape is walked once, each text is read once (the last turn's and the system prompts'
@@ -690,28 +709,41 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
     ),
     (
+        {"system_json", "system_reasoning"},
+        """
+        system = shape.system  # (its checks' answers are kept by its text: `_keep`)
+        key = system[0] if len(system) == 1 and len(system[0]) <= _KEPT_CHARS else None""",
+    ),
+    (
         {"system_json"},  # (with or without system_reasoning: the system prompts are read)
         """
-        read = conv._system
-        if read is None:
-            read = conv._system = _read(shape.system)
-        lower, kinds, _ = read
-        v_system_json = bool(kinds & _K_JSON)""",
+        v_system_json = _SYSTEM_JSON.get(key)  # (the usual system prompt: seen before)
+        if v_system_json is None:
+            read = conv._system
+            if read is None:
+                read = conv._system = _read(system)
+            v_system_json = bool(read[1] & _K_JSON)
+            if key is not None:
+                _keep(_SYSTEM_JSON, key, v_system_json)""",
     ),
     (
         {"system_reasoning"},
         """
-        read = conv._system
-        if read is None and not _may_reason(shape.system):  # (the usual system prompt)
-            v_system_reasoning = False
-        else:
-            if read is None:
-                read = conv._system = _read(shape.system)
-            lower, kinds, _ = read
-            v_system_reasoning = bool(
-                kinds & _K_REASONING
-                or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
-            )""",
+        v_system_reasoning = _SYSTEM_REASONING.get(key)  # (the usual system prompt: seen before)
+        if v_system_reasoning is None:
+            read = conv._system
+            if read is None and not _may_reason(system):  # (most system prompts)
+                v_system_reasoning = False
+            else:
+                if read is None:
+                    read = conv._system = _read(system)
+                lower, kinds, _ = read
+                v_system_reasoning = bool(
+                    kinds & _K_REASONING
+                    or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
+                )
+            if key is not None:
+                _keep(_SYSTEM_REASONING, key, v_system_reasoning)""",
     ),
     ({"script"}, "v_script = _script(shape)"),
 )
