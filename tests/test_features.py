@@ -718,3 +718,31 @@ def test_the_kept_answers_are_bounded() -> None:
         assert conv.feature("system_reasoning") is (body is not two)
         assert conv._system is not None or body is two  # (read again: not kept)
     assert not features._SYSTEM_REASONING
+
+
+def test_the_chat_shape_is_the_walked_shape_on_any_roles_and_contents() -> None:
+    """The chat shape (one loop over the messages' roles) is the shape of the walked turns:
+    random conversations of every role (system prompts anywhere, tools, unknown and missing
+    roles) and content (strings, empty, parts, refusals, none), up to twice RECENT long."""
+    rng = random.Random(21)
+    roles = ["system", "developer", "user", "assistant", "tool", "function", "model", "x", None]
+    contents: list[Any] = [
+        "hi",
+        "",
+        None,
+        "```\nx = 1\n```",
+        [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "u"}}],
+        [{"type": "refusal", "refusal": "no"}],
+        [],
+    ]
+    for _ in range(3_000):
+        messages = []
+        for _ in range(rng.randrange(0, 2 * features.RECENT + 2)):
+            message: dict[str, Any] = {"content": rng.choice(contents)}
+            role = rng.choice(roles)
+            if role is not None:
+                message["role"] = role
+            messages.append(message)
+        body = {"messages": messages}
+        shape = features._chat_shape(body)
+        assert shape == features._shape_of(Conversation("openai-chat", body).turns()), messages

@@ -419,9 +419,9 @@ def _shape_of(turns: tuple[Turn, ...]) -> Shape:
 
 def _chat_shape(body: Any) -> Shape | None:
     """The shape of an OpenAI chat body, read from its messages' roles without making a turn
-    of each (one loop over the messages, a dict lookup each): only the system prompts' and
-    the last RECENT turns' texts are taken. None when the messages are not a list of dicts:
-    then the turns are walked."""
+    of each (one loop over the messages, a dict lookup each, keeping the content of each that
+    is not a system prompt): only the system prompts' and the last RECENT turns' texts are
+    taken. None when the messages are not a list of dicts: then the turns are walked."""
     if type(body) is not dict:
         return None
     messages = body.get("messages")
@@ -430,32 +430,22 @@ def _chat_shape(body: Any) -> Shape | None:
     get = _ROLES.get
     system: tuple[str, ...] = ()
     tool = False
-    others = 0
-    last_system = -1  # the index of the last system prompt
-    at = -1
+    contents = []  # of the messages that are not system prompts
     for message in messages:
-        at += 1
         if type(message) is not dict:
             return None
         role = get(message.get("role"))  # (None: a user's)
         if role is SYSTEM:
-            system += _chat_texts(message.get("content"))
-            last_system = at
+            content = message.get("content")
+            system += (content,) if type(content) is str and content else _chat_texts(content)
             continue
-        others += 1
+        contents.append(message.get("content"))
         if role is TOOL:
             tool = True
-    count = at + 1
-    take = RECENT if others > RECENT else others
-    if last_system < count - take:  # no system prompt among the last `take` messages (the usual)
-        tail = messages[count - take :] if take else []
-    else:
-        tail = [m for m in messages if get(m.get("role")) is not SYSTEM][-RECENT:]
     recent = []
-    for message in tail:
-        content = message.get("content")
+    for content in contents[-RECENT:]:
         recent.append((content,) if type(content) is str and content else _chat_texts(content))
-    return Shape(others, tool, system, tuple(recent))
+    return Shape(len(contents), tool, system, tuple(recent))
 
 
 # the formats whose shape is read without walking turns (the others: `_shape_of`)
