@@ -138,9 +138,10 @@ class Conversation:
         reads: those not yet derived are derived together, in one pass."""
         values = self.values
         key = id(weights)
-        found = values.get(key)
-        if found is not None and found[0] is weights:
-            return found[1]  # type: ignore[no-any-return]
+        if values:  # (empty: nothing derived yet, the usual first read)
+            found = values.get(key)
+            if found is not None and found[0] is weights:
+                return found[1]  # type: ignore[no-any-return]
         plan = _PLANS.get(key)
         reads, score_of, first, passes = (
             plan[1] if plan is not None and plan[0] is weights else _plan(weights)
@@ -568,7 +569,7 @@ def _read(texts: tuple[str, ...]) -> Read:
         lower = texts[0].lower()
     else:
         lower = "\n".join(_pieces(texts)).lower()
-    raw = lower.encode("utf-8", "surrogatepass")
+    raw = lower.encode() if lower.isascii() else lower.encode("utf-8", "surrogatepass")
     kinds = 0
     for word in _LISTED_WORDS.intersection(raw.translate(_SPACES).split()):  # (mostly none)
         kinds |= _LISTED[word]
@@ -633,13 +634,12 @@ Work = Callable[["Conversation", dict[Any, Any], Shape], None]
 # so a set pays for no check it does not ask for and no test of whether to make one (like a
 # compiled condition).
 _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
-    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent"),
+    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent\nlast = recent[-1] if recent else ()"),
     ({"turns"}, "v_turns = shape.turns"),
     ({"tool_results"}, "v_tool_results = shape.tool"),
     (
         {"last_tokens"},
         """
-        last = recent[-1] if recent else ()
         v_last_tokens = (
             estimate_text_tokens(last[0])
             if len(last) == 1
@@ -658,7 +658,7 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         """
         read = conv._last
         if read is None:
-            read = conv._last = _read(recent[-1] if recent else ())
+            read = conv._last = _read(last)
         lower, kinds, raw = read""",
     ),
     ({"code", "math"}, "hints = raw.translate(_HINT_KINDS)  # (mostly all 0: prose has none)"),
@@ -678,8 +678,8 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     (
         {"math"},
         """
-        math = bool(
-            kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
+        math = kinds & _K_MATH != 0 or (
+            kinds & _K_MATH_GATE != 0 and any(p in lower for p in _MATH_PHRASES)
         )
         if not math and (
             _H_MATH in hints
@@ -692,11 +692,12 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     (
         {"multi_step"},
         """
-        v_multi_step = bool(
-            kinds & _K_MULTI
-            or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
-            or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
-        ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
+        v_multi_step = (
+            kinds & _K_MULTI != 0
+            or (kinds & _K_MULTI_GATE != 0 and any(p in lower for p in _MULTI_PHRASES))
+            or (kinds & _K_WRITE != 0 and _WRITE_CODE.search(lower) is not None)
+            or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
+        )""",
     ),
     (
         {"system_json", "system_reasoning"},
