@@ -284,22 +284,22 @@ def estimate_text_tokens(text: str) -> int:
     four = two & (two >> 16)
     six = four & (four >> 16)
     # (an ASCII character's bit byte is one value per class, so a class's characters are
-    # those with its bit: one `&` and `bit_count`, cheaper than a `bytes.count` call)
-    punct = (x & _M_PUNCT).bit_count()
-    punct_deep = (six & _M_PUNCT).bit_count()
+    # those with its bit: one `&` and `bit_count`, cheaper than a `bytes.count` call; `six`
+    # is within `four`, within `two`, within `x`, so `a ^ b` is the bits of `a` not in `b`:
+    # the shallow punctuation and the space runs' count are one `bit_count` each)
     total = (
-        0.0
-        + _W_ONE
+        _W_ONE  # (`sum` starts at 0: 0 + w is w)
         + _W_CHARS * len(text)
         + _W_NEWLINES * (x & _M_NEWLINE).bit_count()
-        + _W_PUNCT * (punct - punct_deep)
-        + _W_PUNCT_TAIL * punct_deep
+        + _W_PUNCT * ((x ^ six) & _M_PUNCT).bit_count()
+        # (punct_tail's weight is 0.0: its term adds 0.0 and is left out; the test holding
+        # this sum to the weighted features fails if a fit gives it a weight)
         + _W_DIGITS * (x & _M_DIGIT).bit_count()
         + _W_UPPER * (x & _M_UPPER).bit_count()
         + _W_WORDS * (starts & _M_LETTER).bit_count()
         + _W_NUMBERS * (starts & _M_DIGIT).bit_count()
         + _W_PUNCT_RUNS * (starts & _M_PUNCT).bit_count()
-        + _W_SPACE_RUNS * ((two & _M_SPACE).bit_count() - (four & _M_SPACE).bit_count())
+        + _W_SPACE_RUNS * ((two ^ four) & _M_SPACE).bit_count()
         + _W_LONG_WORDS * (six & _M_LETTER).bit_count()
     )
     count = int(total + 0.5)

@@ -602,6 +602,7 @@ def test_the_reasoning_check_alone_agrees_with_the_full_read() -> None:
         alone, both = Conversation("openai-chat", body), Conversation("openai-chat", body)
         features._derive(both, frozenset({"system_reasoning", "system_json"}))
         expected = both.values["system_reasoning"]
+        features._SYSTEM_REASONING.clear()  # (else `alone` takes the answer `both` kept)
         assert alone.feature("system_reasoning") is expected, text
         said[expected] += 1
     assert said[True] > 100 and said[False] > 100
@@ -654,3 +655,94 @@ def test_a_role_that_is_not_a_string_is_a_field_error_or_a_user_turn(fmt: str, r
     for name in sorted(DERIVE):
         conversation.feature(name)
     assert 0.0 <= conversation.complexity(DEFAULT_WEIGHTS) <= 1.0
+
+
+def _system_body(system: str, question: str = "hi") -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ]
+    }
+
+
+def test_a_kept_system_prompt_answer_is_a_fresh_derivation() -> None:
+    """The system-prompt checks' answers kept across requests (by the prompt's text) are the
+    answers a derivation from nothing makes: on prompts with and without each phrase, seen
+    again in new bodies (new strings, as a service parses them), every feature and the score
+    are those derived with the tables emptied; and a request whose system prompt was seen
+    reads no system prompt text."""
+    rng = random.Random(11)
+    asks = [*features._REASONING_PHRASES, "reason", "JSON", "json", "Reasoning:"]
+    near = ["treason", "jsonl", "thinking", "a", "answer", "step", "by", ""]
+    prompts = []
+    for _ in range(300):
+        words = [rng.choice(near) for _ in range(rng.randrange(0, 6))]
+        for _ in range(rng.randrange(0, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(asks))
+        prompts.append(rng.choice((" ", ", ", "\n")).join(words))
+    names = frozenset({"system_reasoning", "system_json"})
+    kept = {True: 0, False: 0}
+    for weights in (DEFAULT_WEIGHTS, features.weights_with({"reasoning": 1.0})):
+        for system in prompts * 2:
+            body = json.dumps(_system_body(system))
+            features._SYSTEM_REASONING.clear()
+            features._SYSTEM_JSON.clear()
+            fresh = [Conversation("openai-chat", json.loads(body)) for _ in range(3)]
+            fresh[0].complexity(weights)
+            features._derive(fresh[1], names)
+            fresh[2].feature("system_json")
+            seen = [Conversation("openai-chat", json.loads(body)) for _ in range(3)]
+            seen[0].complexity(weights)
+            features._derive(seen[1], names)
+            seen[2].feature("system_json")
+            for new, old in zip(seen, fresh, strict=True):
+                assert new.values == old.values, system
+                assert new._system is None or not system  # (kept answers: no text read)
+            kept[fresh[1].values["system_reasoning"] or fresh[1].values["system_json"]] += 1
+    assert kept[True] > 100 and kept[False] > 100
+
+
+def test_the_kept_answers_are_bounded() -> None:
+    """At most `_KEPT` system prompts are kept, and none longer than `_KEPT_CHARS`
+    characters (nor a conversation with two system prompts): those are read every time."""
+    features._SYSTEM_REASONING.clear()
+    for i in range(features._KEPT * 2 + 5):
+        Conversation("openai-chat", _system_body(f"prompt {i}")).feature("system_reasoning")
+        assert len(features._SYSTEM_REASONING) <= features._KEPT
+    features._SYSTEM_REASONING.clear()
+    long = "Reason it out. " + "x" * features._KEPT_CHARS
+    two = {"messages": [{"role": "system", "content": "a"}, *_system_body("b")["messages"]]}
+    for body in (_system_body(long), two, _system_body(long), two):
+        conv = Conversation("openai-chat", body)
+        assert conv.feature("system_reasoning") is (body is not two)
+        assert conv._system is not None or body is two  # (read again: not kept)
+    assert not features._SYSTEM_REASONING
+
+
+def test_the_chat_shape_is_the_walked_shape_on_any_roles_and_contents() -> None:
+    """The chat shape (one loop over the messages' roles) is the shape of the walked turns:
+    random conversations of every role (system prompts anywhere, tools, unknown and missing
+    roles) and content (strings, empty, parts, refusals, none), up to twice RECENT long."""
+    rng = random.Random(21)
+    roles = ["system", "developer", "user", "assistant", "tool", "function", "model", "x", None]
+    contents: list[Any] = [
+        "hi",
+        "",
+        None,
+        "```\nx = 1\n```",
+        [{"type": "text", "text": "part"}, {"type": "image_url", "image_url": {"url": "u"}}],
+        [{"type": "refusal", "refusal": "no"}],
+        [],
+    ]
+    for _ in range(3_000):
+        messages = []
+        for _ in range(rng.randrange(0, 2 * features.RECENT + 2)):
+            message: dict[str, Any] = {"content": rng.choice(contents)}
+            role = rng.choice(roles)
+            if role is not None:
+                message["role"] = role
+            messages.append(message)
+        body = {"messages": messages}
+        shape = features._chat_shape(body)
+        assert shape == features._shape_of(Conversation("openai-chat", body).turns()), messages

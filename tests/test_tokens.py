@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine import tokens
@@ -63,10 +63,19 @@ def test_the_estimate_is_the_weighted_features(row: dict[str, str]) -> None:
     assert estimate_text_tokens(text) == max(1, int(total + 0.5))
 
 
+def test_the_inline_ascii_estimate_may_leave_out_punct_tail() -> None:
+    """The inline estimate leaves out `punct_tail`'s term (it adds 0.0): a fit that weighs
+    it must put the term back (`estimate_text_tokens`)."""
+    assert WEIGHTS[FEATURES.index("punct_tail")] == 0.0
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=400))
+@example("---------- ###### x!!!!!!!y ...... end")  # (deep punctuation: `punct_tail`)
+@example("a  b   c\n\n\n\td \t \n e")  # (space runs of every length)
 def test_the_inline_ascii_estimate_is_the_weighted_features(text: str) -> None:
-    """ASCII text up to a chunk is estimated inline (no features' tuple): the same sum."""
+    """ASCII text up to a chunk is estimated inline (no features' tuple): the same sum,
+    `punct_tail`'s term left out while its weight is 0.0."""
     total = sum(w * f for w, f in zip(WEIGHTS, features(text), strict=True))
     assert estimate_text_tokens(text) == (max(1, int(total + 0.5)) if text else 0)
 

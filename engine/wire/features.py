@@ -31,8 +31,10 @@ and one-byte `in` for the code and math characters; a few `in` tests before the 
 prompts are split into words for `system_reasoning` alone). The content checks read one turn (the
 last; the system prompts), at most the first and last `SCAN` characters of each of its
 texts, lower-cased and split into words once (`_read`); the fence check reads the last
-RECENT turns. Heuristics only, no model: docs/requests.md says, feature by feature, what is
-looked for. What it costs: bench/features_bench.py.
+RECENT turns. The system-prompt checks' answers are kept across requests by the prompt's
+text (a bounded table, `_keep`: apps send the same system prompt with every request), so a
+system prompt seen before is not read again. Heuristics only, no model: docs/requests.md
+says, feature by feature, what is looked for. What it costs: bench/features_bench.py.
 
 Standard library only (and `engine.tokens`): the router calls this per request.
 """
@@ -136,9 +138,10 @@ class Conversation:
         reads: those not yet derived are derived together, in one pass."""
         values = self.values
         key = id(weights)
-        found = values.get(key)
-        if found is not None and found[0] is weights:
-            return found[1]  # type: ignore[no-any-return]
+        if values:  # (empty: nothing derived yet, the usual first read)
+            found = values.get(key)
+            if found is not None and found[0] is weights:
+                return found[1]  # type: ignore[no-any-return]
         plan = _PLANS.get(key)
         reads, score_of, first, passes = (
             plan[1] if plan is not None and plan[0] is weights else _plan(weights)
@@ -417,9 +420,9 @@ def _shape_of(turns: tuple[Turn, ...]) -> Shape:
 
 def _chat_shape(body: Any) -> Shape | None:
     """The shape of an OpenAI chat body, read from its messages' roles without making a turn
-    of each (one loop over the messages, a dict lookup each): only the system prompts' and
-    the last RECENT turns' texts are taken. None when the messages are not a list of dicts:
-    then the turns are walked."""
+    of each (one loop over the messages, a dict lookup each, keeping the content of each that
+    is not a system prompt): only the system prompts' and the last RECENT turns' texts are
+    taken. None when the messages are not a list of dicts: then the turns are walked."""
     if type(body) is not dict:
         return None
     messages = body.get("messages")
@@ -428,32 +431,22 @@ def _chat_shape(body: Any) -> Shape | None:
     get = _ROLES.get
     system: tuple[str, ...] = ()
     tool = False
-    others = 0
-    last_system = -1  # the index of the last system prompt
-    at = -1
+    contents = []  # of the messages that are not system prompts
     for message in messages:
-        at += 1
         if type(message) is not dict:
             return None
         role = get(message.get("role"))  # (None: a user's)
         if role is SYSTEM:
-            system += _chat_texts(message.get("content"))
-            last_system = at
+            content = message.get("content")
+            system += (content,) if type(content) is str and content else _chat_texts(content)
             continue
-        others += 1
+        contents.append(message.get("content"))
         if role is TOOL:
             tool = True
-    count = at + 1
-    take = RECENT if others > RECENT else others
-    if last_system < count - take:  # no system prompt among the last `take` messages (the usual)
-        tail = messages[count - take :] if take else []
-    else:
-        tail = [m for m in messages if get(m.get("role")) is not SYSTEM][-RECENT:]
     recent = []
-    for message in tail:
-        content = message.get("content")
+    for content in contents[-RECENT:]:
         recent.append((content,) if type(content) is str and content else _chat_texts(content))
-    return Shape(others, tool, system, tuple(recent))
+    return Shape(len(contents), tool, system, tuple(recent))
 
 
 # the formats whose shape is read without walking turns (the others: `_shape_of`)
@@ -576,7 +569,7 @@ def _read(texts: tuple[str, ...]) -> Read:
         lower = texts[0].lower()
     else:
         lower = "\n".join(_pieces(texts)).lower()
-    raw = lower.encode("utf-8", "surrogatepass")
+    raw = lower.encode() if lower.isascii() else lower.encode("utf-8", "surrogatepass")
     kinds = 0
     for word in _LISTED_WORDS.intersection(raw.translate(_SPACES).split()):  # (mostly none)
         kinds |= _LISTED[word]
@@ -598,6 +591,23 @@ def _may_reason(texts: tuple[str, ...]) -> bool:
             if needle in lower:
                 return True
     return False
+
+
+# What the system-prompt checks said, kept across requests by the system prompt's text
+# (apps send the same one with every request: a hit costs its hash and one compare, no
+# read). Only a conversation with one system prompt text of at most _KEPT_CHARS characters
+# is kept (no long text is hashed); a table that reaches _KEPT entries is emptied (a
+# system prompt made per request, with a date or a name in it, only ever misses).
+_KEPT = 256
+_KEPT_CHARS = 2 * SCAN
+_SYSTEM_REASONING: dict[str | None, bool] = {}
+_SYSTEM_JSON: dict[str | None, bool] = {}
+
+
+def _keep(table: dict[str | None, bool], key: str, value: bool) -> None:
+    if len(table) >= _KEPT:
+        table.clear()
+    table[key] = value
 
 
 def _derive(conv: Conversation, names: AbstractSet[str]) -> None:
@@ -624,13 +634,12 @@ Work = Callable[["Conversation", dict[Any, Any], Shape], None]
 # so a set pays for no check it does not ask for and no test of whether to make one (like a
 # compiled condition).
 _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
-    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent"),
+    ({"last_tokens", *_LAST_CHECKS}, "recent = shape.recent\nlast = recent[-1] if recent else ()"),
     ({"turns"}, "v_turns = shape.turns"),
     ({"tool_results"}, "v_tool_results = shape.tool"),
     (
         {"last_tokens"},
         """
-        last = recent[-1] if recent else ()
         v_last_tokens = (
             estimate_text_tokens(last[0])
             if len(last) == 1
@@ -649,7 +658,7 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
         """
         read = conv._last
         if read is None:
-            read = conv._last = _read(recent[-1] if recent else ())
+            read = conv._last = _read(last)
         lower, kinds, raw = read""",
     ),
     ({"code", "math"}, "hints = raw.translate(_HINT_KINDS)  # (mostly all 0: prose has none)"),
@@ -669,8 +678,8 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     (
         {"math"},
         """
-        math = bool(
-            kinds & _K_MATH or (kinds & _K_MATH_GATE and any(p in lower for p in _MATH_PHRASES))
+        math = kinds & _K_MATH != 0 or (
+            kinds & _K_MATH_GATE != 0 and any(p in lower for p in _MATH_PHRASES)
         )
         if not math and (
             _H_MATH in hints
@@ -683,35 +692,49 @@ _STEPS: tuple[tuple[AbstractSet[str], str], ...] = (
     (
         {"multi_step"},
         """
-        v_multi_step = bool(
-            kinds & _K_MULTI
-            or (kinds & _K_MULTI_GATE and any(p in lower for p in _MULTI_PHRASES))
-            or (kinds & _K_WRITE and _WRITE_CODE.search(lower) is not None)
-        ) or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))""",
+        v_multi_step = (
+            kinds & _K_MULTI != 0
+            or (kinds & _K_MULTI_GATE != 0 and any(p in lower for p in _MULTI_PHRASES))
+            or (kinds & _K_WRITE != 0 and _WRITE_CODE.search(lower) is not None)
+            or (len(raw) != len(lower) and any(w in lower for w in _MULTI_NON_ASCII))
+        )""",
+    ),
+    (
+        {"system_json", "system_reasoning"},
+        """
+        system = shape.system  # (its checks' answers are kept by its text: `_keep`)
+        key = system[0] if len(system) == 1 and len(system[0]) <= _KEPT_CHARS else None""",
     ),
     (
         {"system_json"},  # (with or without system_reasoning: the system prompts are read)
         """
-        read = conv._system
-        if read is None:
-            read = conv._system = _read(shape.system)
-        lower, kinds, _ = read
-        v_system_json = bool(kinds & _K_JSON)""",
+        v_system_json = _SYSTEM_JSON.get(key)  # (the usual system prompt: seen before)
+        if v_system_json is None:
+            read = conv._system
+            if read is None:
+                read = conv._system = _read(system)
+            v_system_json = bool(read[1] & _K_JSON)
+            if key is not None:
+                _keep(_SYSTEM_JSON, key, v_system_json)""",
     ),
     (
         {"system_reasoning"},
         """
-        read = conv._system
-        if read is None and not _may_reason(shape.system):  # (the usual system prompt)
-            v_system_reasoning = False
-        else:
-            if read is None:
-                read = conv._system = _read(shape.system)
-            lower, kinds, _ = read
-            v_system_reasoning = bool(
-                kinds & _K_REASONING
-                or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
-            )""",
+        v_system_reasoning = _SYSTEM_REASONING.get(key)  # (the usual system prompt: seen before)
+        if v_system_reasoning is None:
+            read = conv._system
+            if read is None and not _may_reason(system):  # (most system prompts)
+                v_system_reasoning = False
+            else:
+                if read is None:
+                    read = conv._system = _read(system)
+                lower, kinds, _ = read
+                v_system_reasoning = bool(
+                    kinds & _K_REASONING
+                    or (kinds & _K_REASONING_GATE and any(p in lower for p in _REASONING_PHRASES))
+                )
+            if key is not None:
+                _keep(_SYSTEM_REASONING, key, v_system_reasoning)""",
     ),
     ({"script"}, "v_script = _script(shape)"),
 )
