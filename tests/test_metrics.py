@@ -186,6 +186,57 @@ def test_record_rejects_bad_outcomes() -> None:
         engine.record(denied, latency_ms=1, success=True)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("output_tokens", -5, "-5"),
+        ("output_tokens", "abc", "abc"),
+        ("output_tokens", 2.5, "2.5"),
+        ("input_tokens", True, "true"),
+        ("input_tokens", 2**62, str(2**62)),
+        ("cost", float("nan"), "nan"),
+        ("cost", -1.0, "-1.0"),
+        ("cost", float("inf"), "inf"),
+        ("cost", "abc", "abc"),
+        ("cached_tokens", -1, "-1"),
+    ],
+)
+def test_record_rejects_bad_counts_and_costs_and_records_nothing(
+    field: str, value: object, shown: str
+) -> None:
+    """What `POST /v1/outcomes` refuses, the library refuses with the same message, and the
+    live metrics are left as they were (a NaN or negative cost would skew every figure)."""
+    engine = from_design("defaults { strategy cost }")
+    decision = engine.evaluate({"id": "a"})
+    before = engine.metrics.snapshot().stats
+    must = "must be a number >= 0" if field == "cost" else "must be a whole number >= 0"
+    with pytest.raises(ValueError) as raised:
+        engine.record(decision, latency_ms=1, success=True, **{"input_tokens": 10, field: value})
+    assert str(raised.value) == f"{field} {must}, got `{shown}`"
+    assert engine.metrics.snapshot().stats == before
+    assert not engine.metrics.has_data
+
+
+def test_record_takes_integer_types_and_int_costs() -> None:
+    """Counts of any integer type (a numpy integer has `__index__`) and a cost given as an
+    int are recorded, as ints and a float."""
+    engine = from_design("defaults { strategy cost }")
+    decision = engine.evaluate({"id": "a"})
+
+    class Count:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __index__(self) -> int:
+            return self.n
+
+    assert engine.record(
+        decision, latency_ms=1, success=True, input_tokens=Count(12), output_tokens=Count(3),  # type: ignore[arg-type]
+        cost=0,
+    )  # fmt: skip
+    assert engine.metrics.has_data
+
+
 def test_a_rebuilds_percentiles_are_those_of_the_general_walk() -> None:
     """`_percentiles` (what a rebuild computes per model) gives `quantiles`' values for p50,
     p95 and p99, float for float, over histograms of every shape, n at or under the total."""

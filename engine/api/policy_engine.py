@@ -12,6 +12,7 @@ reload can swap it with one reference assignment.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -756,13 +757,18 @@ class PolicyEngine:
             latency_ms = _latency(latency_ms)
         if success is not True and success is not False:
             raise ValueError(bad_value("success", success))
+        if input_tokens is not None and (
+            input_tokens.__class__ is not int or not 0 <= input_tokens < _MAX_COUNT
+        ):
+            input_tokens = _count("input_tokens", input_tokens)
+        if output_tokens is not None and (
+            output_tokens.__class__ is not int or not 0 <= output_tokens < _MAX_COUNT
+        ):
+            output_tokens = _count("output_tokens", output_tokens)
+        if cost is not None and (cost.__class__ is not float or not 0.0 <= cost < INF):
+            cost = _cost(cost)
         if cached_tokens is not None:
-            if (
-                isinstance(cached_tokens, bool)
-                or not isinstance(cached_tokens, int)
-                or not 0 <= cached_tokens < 2**62
-            ):
-                raise ValueError(bad_value("cached_tokens", cached_tokens))
+            cached_tokens = _count("cached_tokens", cached_tokens)
             problem = cached_problem(input_tokens, cached_tokens)
             if problem is not None:
                 raise ValueError(problem)
@@ -819,6 +825,32 @@ def _latency(value: object) -> float:
     if latency_ms == INF:
         raise ValueError(bad_value("latency_ms", latency_ms))
     return latency_ms
+
+
+_MAX_COUNT = 2**62  # an outcome's token counts are below this (as the HTTP body's are)
+
+
+def _count(name: str, value: object) -> int:
+    """An outcome's token count given to `record`: an int from 0 up, not a bool (an integer
+    type such as numpy's as an int), else the error `POST /v1/outcomes` gives."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(bad_value(name, value))
+    count = operator.index(value)  # type: ignore[arg-type]
+    if not 0 <= count < _MAX_COUNT:
+        raise ValueError(bad_value(name, value))
+    return count
+
+
+def _cost(value: object) -> float:
+    """An outcome's `cost` given to `record`: a finite number from 0 up, as a float, else
+    the error `POST /v1/outcomes` gives (a NaN or a negative cost would skew every cost
+    figure the live metrics keep)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(bad_value("cost", value))
+    cost = float(value)
+    if not 0.0 <= cost < INF:
+        raise ValueError(bad_value("cost", value))
+    return cost
 
 
 def _settle_within(value: float) -> float:
