@@ -24,6 +24,7 @@ snapshots are immutable once taken.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -404,10 +405,10 @@ class BatchSide:
                         continue
                     k = verdict.option
             model = route.table.models[ranked[k]]
-            out[row.slot] = Lean(
+            out[row.slot] = _new_lean((
                 True, route.name, model.provider, model.id, None,
                 round(costs[k], 10), round(lats[k], 3),
-            )  # fmt: skip
+            ))  # fmt: skip
         self.fast_limits += admitted
 
     def _rank_one(self, row: _Row) -> None:
@@ -574,8 +575,8 @@ class _Envs:
             key = _encode(rest)
         except (TypeError, ValueError):
             return self._whole(request, conversation, logged)
-        if b":null" in key or b"[null" in key or b",null" in key:
-            return self._whole(request, conversation, logged)
+        if b"null" in key and (b":null" in key or b"[null" in key or b",null" in key):
+            return self._whole(request, conversation, logged)  # (one search when none is)
         templates = self.templates
         template = templates.get(key, self)
         if template is self:
@@ -595,7 +596,7 @@ class _Envs:
             ip = _normal_ip(ip)
             if ip is None:
                 return self._whole(request, conversation, logged)
-        self.own = _Own(request_id, user, ip, float(tokens), conversation, request, prompt)
+        self.own = _new_own((request_id, user, ip, float(tokens), conversation, request, prompt))
         self.shape = key
         return template  # type: ignore[no-any-return]
 
@@ -645,6 +646,12 @@ class _Own(NamedTuple):
     conversation: Conversation | None  # its logged conversation (None: its own)
     request: Mapping[str, Any]
     prompt: tuple[Any, ...] | None  # its `LOGGED_PROMPT` fields (`Asked.logged`), else None
+
+
+# made as tuples, not through the generated constructors (a few times slower): a chunk
+# makes one of each per request
+_new_own = functools.partial(tuple.__new__, _Own)
+_new_lean = functools.partial(tuple.__new__, Lean)
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
