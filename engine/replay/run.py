@@ -157,6 +157,11 @@ class _Clock:
         return self.now
 
 
+# a logged decision's (allowed, route, provider, model, denied_scope): what its verdict
+# is made of, with its estimates (a measured model's verdict reads none)
+_verdict_fields = operator.itemgetter(2, 3, 4, 5, 8)
+
+
 class _Measured:
     """Mean cost and latency per model over the log's outcomes (what projections use),
     computed by the log's source before the replay."""
@@ -188,11 +193,12 @@ class _Measured:
         ))  # fmt: skip
 
     def logged(self, d: LoggedDecision) -> Verdict:
-        known = self.known.get(d[2:6] + d[8:9])
+        fields = _verdict_fields(d)
+        known = self.known.get(fields)
         if known is not None:
             return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._kept(d[2:6] + d[8:9], self._projected(
+        return self._kept(fields, self._projected(
             d.allowed, d.route, key, d.denied_scope, d.estimated_cost, d.estimated_latency_ms
         ))  # fmt: skip
 
