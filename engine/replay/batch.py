@@ -926,6 +926,7 @@ def _matrix(group: list[_Row]) -> bool:
     # each row's latencies: its snapshot's measured columns (rows share a few), else priors
     rows_of: dict[int, int] = {}
     distinct: list[Any] = []
+    sources: list[Measured | None] = []  # each distinct row of `lats`: its columns
     which = []
     for row in group:
         columns = row.columns
@@ -934,6 +935,7 @@ def _matrix(group: list[_Row]) -> bool:
         if at is None:
             at = rows_of[key] = len(distinct)
             distinct.append(table.latency_priors if columns is None else columns.lats)
+            sources.append(columns)
         which.append(at)
     width = len(table.keys)
     lats = np.fromiter(chain.from_iterable(distinct), dtype=np.float64, count=len(distinct) * width)
@@ -971,25 +973,34 @@ def _matrix(group: list[_Row]) -> bool:
                 dropping[key] = [i]
             else:
                 at.append(i)
-    for out, at in dropping.items():
-        stays = np.ones(cost.shape[1], dtype=bool)
-        stays[list(out)] = False
-        keep[at] &= stays
+    # each row's set dropped (0: none, k: the k-th row of `stays`)
+    drops = np.zeros(n, dtype=np.int64)
+    stays = np.ones((len(dropping) + 1, cost.shape[1]), dtype=bool)
+    for k, (out, at) in enumerate(dropping.items(), 1):
+        stays[k, list(out)] = False
+        keep[at] &= stays[k]
+        drops[at] = k
+    # the rows whose eligibility is their set dropped alone (`_weighted`'s blocks)
+    plain = ~some
     floors = [e["min_quality"] for e in envs]
     if any(f is not None for f in floors):
         floor = np.array([-np.inf if f is None else f for f in floors], dtype=np.float64)
         keep &= ~(vec.qualities < floor[:, None])
+        plain &= floor == -np.inf
     caps = [e["max_cost"] for e in envs]
     if any(c is not None for c in caps):
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(cost > cap[:, None])
+        plain &= cap == np.inf
     caps = [e["max_latency"] for e in envs]
     if any(c is not None for c in caps):
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(lat > cap[:, None])
+        plain &= cap == np.inf
     strategy = route.settings.strategy
     if strategy == "weighted":
-        scores = _weighted(group, keep, cost, lat)
+        blocks = _Blocks(lats, sources, np.array(which), stays, drops, plain)
+        scores = _weighted(group, keep, cost, lat, blocks)
         if scores is None:
             return False
         keys: tuple[Any, ...] = (np.where(keep, -scores, np.inf),)  # -x is exact
@@ -1045,40 +1056,75 @@ def _heads(
             row.count = count
 
 
-def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any) -> Any:
+class _Blocks(NamedTuple):
+    """A weighted group's rows by block (`_matrix`): the rows of one snapshot's columns and
+    one set of positions dropped, whose eligibility is that set's alone (`plain`), have
+    the same eligible latencies and success rates: their scores but the cost term are the
+    same, computed once per block."""
+
+    lats: Any  # [distinct columns × models]
+    sources: list[Measured | None]  # each distinct row's columns
+    which: Any  # each row's distinct columns
+    stays: Any  # [sets dropped × models] (row 0: none dropped)
+    drops: Any  # each row's set dropped
+    plain: Any  # each row: its eligibility is its set's alone
+
+
+def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any, blocks: _Blocks) -> Any:
     """`strategies.weighted`'s scores of each row's eligible models (the same arithmetic in
     the same order: `bases` over the row's eligible models, less k * cost), or None when
-    one is not finite (the rows are ranked one by one)."""
+    one is not finite (the rows are ranked one by one). The bases of the plain rows are
+    computed per block (the same values: the same operations on the same numbers)."""
     import numpy as np
 
     route = group[0].route
     view = route.table.view
     w_latency, w_cost, w_success = view.factor_weights
+    width = len(view.keys)
     eligible = keep.any(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    quality = None
+    if view.quality_terms is not None:
+        quality = np.array(view.quality_terms, dtype=np.float64)
+    # each distinct columns' success rates: measured, else 1.0
+    rates = np.array(
+        [
+            [1.0] * width if columns is None or columns.rates is None else columns.rates
+            for columns in blocks.sources
+        ],
+        dtype=np.float64,
+    )
+
+    def bases(keep: Any, lat: Any, succ: Any) -> Any:
         max_latency = np.where(keep, lat, -np.inf).max(axis=1)
+        spread = max_latency[:, None]
+        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
+        base = w_latency * term + w_cost
+        base = base + w_success * succ
+        if quality is not None:
+            base = base + quality
+        return base
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         max_cost = np.where(keep, cost, -np.inf).max(axis=1)
         k = np.where(max_cost > 0, w_cost / max_cost, 0.0)
         if not np.isfinite(k[eligible]).all():
             return None
-        spread = max_latency[:, None]
-        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
-        base = w_latency * term + w_cost
-        rates_of: dict[int, int] = {}
-        distinct: list[Any] = []
-        which = []
-        for row in group:  # each row's success rates: its snapshot's, else 1.0
-            columns = row.columns
-            rates = None if columns is None else columns.rates
-            at = rates_of.get(id(rates))
-            if at is None:
-                at = rates_of[id(rates)] = len(distinct)
-                distinct.append([1.0] * len(view.keys) if rates is None else rates)
-            which.append(at)
-        succ = np.array(distinct, dtype=np.float64)[np.array(which)]
-        base = base + w_success * succ
-        if view.quality_terms is not None:
-            base = base + np.array(view.quality_terms, dtype=np.float64)
+        plain = blocks.plain
+        at = None if plain.all() else np.flatnonzero(plain)  # (None: every row)
+        which, drops = blocks.which, blocks.drops
+        if at is not None:
+            which, drops = which[at], drops[at]
+        # the plain rows' blocks: (distinct columns, set dropped)
+        codes, block = np.unique(which * len(blocks.stays) + drops, return_inverse=True)
+        of_columns, of_drops = np.divmod(codes, len(blocks.stays))
+        by_block = bases(blocks.stays[of_drops], blocks.lats[of_columns], rates[of_columns])
+        if at is None:
+            base = by_block[block]
+        else:
+            base = np.empty(cost.shape, dtype=np.float64)
+            base[at] = by_block[block]
+            rest = np.flatnonzero(~plain)
+            base[rest] = bases(keep[rest], lat[rest], rates[blocks.which[rest]])
         scores = base - k[:, None] * cost
     if not np.isfinite(scores[keep]).all():
         return None
