@@ -11,7 +11,9 @@ A chunk goes through three phases, each in the log's time order where order matt
    latency as a [requests × models] numpy matrix (each row's latencies its snapshot's),
    each row's order by one `lexsort`
    (the strategy's keys, then the catalog order, as `strategies.base.by` sorts); a
-   `latency` route's rows by blocks of one shape and snapshot (`_by_blocks`);
+   `latency` route's rows by blocks of one shape and snapshot (`_by_blocks`); a
+   `weighted` route's scores but their cost term once per block of one snapshot and one
+   set of positions dropped (`_Blocks`);
 3. **limits**: each request's ranked models go through the limiter at its time, in order
    (the buckets are order-dependent), and its lean decision is made.
 
