@@ -657,3 +657,74 @@ def test_an_environment_is_made_only_when_asked(tmp_path: Path) -> None:
     assert side.single == 0 and envs.whole == 0
     # the rows the fast check did not admit (the limiter asked: the denials) and nothing else
     assert envs.made == envs.conversations == len(requests) - side.fast_limits
+
+
+def test_measured_columns_read_by_position_equal_the_walk_of_every_model(tmp_path: Path) -> None:
+    """`Measured` reads a snapshot with fewer models than the route by position, and one
+    with as many or more model by model: the same columns either way (a snapshot's models
+    outside the route change nothing)."""
+    from engine.routing.evaluator import Measured
+    from engine.routing.metrics import ModelStats
+
+    (tmp_path / "m.policy").write_text(
+        "route r {\n    strategy weighted\n    min_samples 5\n"
+        "    degraded when model.p95 > 1500ms\n}\n"
+    )
+    route = PolicyEngine(tmp_path / "m.policy").program.routes[0]
+    keys = route.table.keys
+    assert len(keys) > 20
+    rng = random.Random(11)
+    watched = 0
+    for _ in range(20):
+        stats = {}
+        for key in rng.sample(keys, 8):  # in no particular order
+            samples = rng.choice((0, 3, 5, 40))
+            stats[key] = ModelStats(
+                samples, 400.0, rng.uniform(200, 3000), 3100.0, rng.choice((1.0, 0.99, 0.3)),
+                0.001, rng.choice((0, 1, 5)), 1_800_000_000.0, 1_800_000_000.0,
+            )  # fmt: skip
+        any_stats = next(iter(stats.values()))
+        padded = {f"elsewhere/{i}": any_stats for i in range(len(keys))} | stats
+        assert len(stats) < len(keys) <= len(padded)
+        by_position, walked = Measured(route, stats), Measured(route, padded)
+        for name in ("lats", "rates", "samples", "watch", "failing", "policy_failing"):
+            assert getattr(by_position, name) == getattr(walked, name), name
+        watched += bool(by_position.watch)
+    assert watched  # models watched (degraded, failing or past their failures) were compared
+
+
+def test_a_weighted_route_with_models_in_cooldown_ranks_as_the_evaluator_ranks(
+    tmp_path: Path,
+) -> None:
+    """A `weighted` route's bases are computed per block (one snapshot, one set of models
+    dropped): with the slowest measured models in cooldown (dropped, so the latency spread
+    is the eligible models' alone) and rows with a latency cap of their own (ranked apart
+    from the blocks), each row ranks as `_rank_one` ranks it."""
+    (tmp_path / "w.policy").write_text(
+        "route balanced {\n    strategy weighted(latency: 50%, cost: 20%, success: 30%)\n"
+        "    min_samples 2\n    cooldown after 2 failures for 1m\n}\n"
+    )
+    clock = _SimClock(1_800_000_000.0)
+    engine = PolicyEngine(tmp_path / "w.policy", clock=clock)
+    rng = random.Random(5)
+    keys = list(engine.program.routes[0].table.keys)
+    for n, model in enumerate(keys[::4]):
+        provider, _, name = model.partition("/")
+        slow = n % 3 == 0  # the slowest, ending in two failures: in cooldown
+        for i in range(6):
+            latency = 9000.0 + i if slow else rng.uniform(100, 3000)
+            engine.record_outcome(provider, name, latency_ms=latency, success=not slow or i < 4)
+    clock.now += 5
+
+    def requests(n: int) -> list[dict]:
+        out = []
+        for i in range(n):
+            request: dict = {"id": f"w{i}", "prompt": "word " * rng.choice((1, 10, 400))}
+            if rng.random() < 0.3:  # its own eligibility: not its block's
+                request["max_latency_ms"] = rng.choice((1500, 2500))
+            out.append(request)
+        return out
+
+    pairs = _rows_ranked(engine, clock, requests(300))
+    assert all(got == want for got, want in pairs)
+    assert sum(type(got) is tuple for got, _ in pairs) > 200

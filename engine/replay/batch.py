@@ -11,7 +11,9 @@ A chunk goes through three phases, each in the log's time order where order matt
    latency as a [requests × models] numpy matrix (each row's latencies its snapshot's),
    each row's order by one `lexsort`
    (the strategy's keys, then the catalog order, as `strategies.base.by` sorts); a
-   `latency` route's rows by blocks of one shape and snapshot (`_by_blocks`);
+   `latency` route's rows by blocks of one shape and snapshot (`_by_blocks`); a
+   `weighted` route's scores but their cost term once per block of one snapshot and one
+   set of positions dropped (`_Blocks`);
 3. **limits**: each request's ranked models go through the limiter at its time, in order
    (the buckets are order-dependent), and its lean decision is made.
 
@@ -24,6 +26,7 @@ snapshots are immutable once taken.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -57,7 +60,12 @@ from engine.units import MAX_TOKENS
 from engine.wire import NATIVE
 from engine.wire.features import Conversation
 
-CHUNK = 4096  # requests ranked together at most
+# requests ranked together at most: a chunk's live containers (its events, requests,
+# environments and rows, a dozen or so a request) stay under the replay's GC_YOUNG
+# (engine.replay.run), so a scan of the youngest GC generation, when one comes, finds
+# few of them alive (at 4096, a scan came every chunk or so and walked tens of
+# thousands of live containers: ~7% of a replay)
+CHUNK = 2048
 HEAD = 4  # ranked models per request made Python lists up front (the rest if a limit asks)
 ROUTES_KEPT = 1 << 16  # condition signatures remembered per side at most (then forgotten)
 _encode = msgspec.json.Encoder().encode
@@ -399,10 +407,10 @@ class BatchSide:
                         continue
                     k = verdict.option
             model = route.table.models[ranked[k]]
-            out[row.slot] = Lean(
+            out[row.slot] = _new_lean((
                 True, route.name, model.provider, model.id, None,
                 round(costs[k], 10), round(lats[k], 3),
-            )  # fmt: skip
+            ))  # fmt: skip
         self.fast_limits += admitted
 
     def _rank_one(self, row: _Row) -> None:
@@ -569,8 +577,8 @@ class _Envs:
             key = _encode(rest)
         except (TypeError, ValueError):
             return self._whole(request, conversation, logged)
-        if b":null" in key or b"[null" in key or b",null" in key:
-            return self._whole(request, conversation, logged)
+        if b"null" in key and (b":null" in key or b"[null" in key or b",null" in key):
+            return self._whole(request, conversation, logged)  # (one search when none is)
         templates = self.templates
         template = templates.get(key, self)
         if template is self:
@@ -590,7 +598,7 @@ class _Envs:
             ip = _normal_ip(ip)
             if ip is None:
                 return self._whole(request, conversation, logged)
-        self.own = _Own(request_id, user, ip, float(tokens), conversation, request, prompt)
+        self.own = _new_own((request_id, user, ip, float(tokens), conversation, request, prompt))
         self.shape = key
         return template  # type: ignore[no-any-return]
 
@@ -640,6 +648,12 @@ class _Own(NamedTuple):
     conversation: Conversation | None  # its logged conversation (None: its own)
     request: Mapping[str, Any]
     prompt: tuple[Any, ...] | None  # its `LOGGED_PROMPT` fields (`Asked.logged`), else None
+
+
+# made as tuples, not through the generated constructors (a few times slower): a chunk
+# makes one of each per request
+_new_own = functools.partial(tuple.__new__, _Own)
+_new_lean = functools.partial(tuple.__new__, Lean)
 
 
 def _signature_reads(program: Program) -> tuple[tuple[bool, str], ...] | None:
@@ -914,6 +928,7 @@ def _matrix(group: list[_Row]) -> bool:
     # each row's latencies: its snapshot's measured columns (rows share a few), else priors
     rows_of: dict[int, int] = {}
     distinct: list[Any] = []
+    sources: list[Measured | None] = []  # each distinct row of `lats`: its columns
     which = []
     for row in group:
         columns = row.columns
@@ -922,6 +937,7 @@ def _matrix(group: list[_Row]) -> bool:
         if at is None:
             at = rows_of[key] = len(distinct)
             distinct.append(table.latency_priors if columns is None else columns.lats)
+            sources.append(columns)
         which.append(at)
     width = len(table.keys)
     lats = np.fromiter(chain.from_iterable(distinct), dtype=np.float64, count=len(distinct) * width)
@@ -959,25 +975,34 @@ def _matrix(group: list[_Row]) -> bool:
                 dropping[key] = [i]
             else:
                 at.append(i)
-    for out, at in dropping.items():
-        stays = np.ones(cost.shape[1], dtype=bool)
-        stays[list(out)] = False
-        keep[at] &= stays
+    # each row's set dropped (0: none, k: the k-th row of `stays`)
+    drops = np.zeros(n, dtype=np.int64)
+    stays = np.ones((len(dropping) + 1, cost.shape[1]), dtype=bool)
+    for k, (out, at) in enumerate(dropping.items(), 1):
+        stays[k, list(out)] = False
+        keep[at] &= stays[k]
+        drops[at] = k
+    # the rows whose eligibility is their set dropped alone (`_weighted`'s blocks)
+    plain = ~some
     floors = [e["min_quality"] for e in envs]
     if any(f is not None for f in floors):
         floor = np.array([-np.inf if f is None else f for f in floors], dtype=np.float64)
         keep &= ~(vec.qualities < floor[:, None])
+        plain &= floor == -np.inf
     caps = [e["max_cost"] for e in envs]
     if any(c is not None for c in caps):
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(cost > cap[:, None])
+        plain &= cap == np.inf
     caps = [e["max_latency"] for e in envs]
     if any(c is not None for c in caps):
         cap = np.array([np.inf if c is None else c for c in caps], dtype=np.float64)
         keep &= ~(lat > cap[:, None])
+        plain &= cap == np.inf
     strategy = route.settings.strategy
     if strategy == "weighted":
-        scores = _weighted(group, keep, cost, lat)
+        blocks = _Blocks(lats, sources, np.array(which), stays, drops, plain)
+        scores = _weighted(group, keep, cost, lat, blocks)
         if scores is None:
             return False
         keys: tuple[Any, ...] = (np.where(keep, -scores, np.inf),)  # -x is exact
@@ -1033,40 +1058,75 @@ def _heads(
             row.count = count
 
 
-def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any) -> Any:
+class _Blocks(NamedTuple):
+    """A weighted group's rows by block (`_matrix`): the rows of one snapshot's columns and
+    one set of positions dropped, whose eligibility is that set's alone (`plain`), have
+    the same eligible latencies and success rates: their scores but the cost term are the
+    same, computed once per block."""
+
+    lats: Any  # [distinct columns × models]
+    sources: list[Measured | None]  # each distinct row's columns
+    which: Any  # each row's distinct columns
+    stays: Any  # [sets dropped × models] (row 0: none dropped)
+    drops: Any  # each row's set dropped
+    plain: Any  # each row: its eligibility is its set's alone
+
+
+def _weighted(group: list[_Row], keep: Any, cost: Any, lat: Any, blocks: _Blocks) -> Any:
     """`strategies.weighted`'s scores of each row's eligible models (the same arithmetic in
     the same order: `bases` over the row's eligible models, less k * cost), or None when
-    one is not finite (the rows are ranked one by one)."""
+    one is not finite (the rows are ranked one by one). The bases of the plain rows are
+    computed per block (the same values: the same operations on the same numbers)."""
     import numpy as np
 
     route = group[0].route
     view = route.table.view
     w_latency, w_cost, w_success = view.factor_weights
+    width = len(view.keys)
     eligible = keep.any(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    quality = None
+    if view.quality_terms is not None:
+        quality = np.array(view.quality_terms, dtype=np.float64)
+    # each distinct columns' success rates: measured, else 1.0
+    rates = np.array(
+        [
+            [1.0] * width if columns is None or columns.rates is None else columns.rates
+            for columns in blocks.sources
+        ],
+        dtype=np.float64,
+    )
+
+    def bases(keep: Any, lat: Any, succ: Any) -> Any:
         max_latency = np.where(keep, lat, -np.inf).max(axis=1)
+        spread = max_latency[:, None]
+        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
+        base = w_latency * term + w_cost
+        base = base + w_success * succ
+        if quality is not None:
+            base = base + quality
+        return base
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         max_cost = np.where(keep, cost, -np.inf).max(axis=1)
         k = np.where(max_cost > 0, w_cost / max_cost, 0.0)
         if not np.isfinite(k[eligible]).all():
             return None
-        spread = max_latency[:, None]
-        term = np.where(spread > 0, 1.0 - lat / spread, 1.0)
-        base = w_latency * term + w_cost
-        rates_of: dict[int, int] = {}
-        distinct: list[Any] = []
-        which = []
-        for row in group:  # each row's success rates: its snapshot's, else 1.0
-            columns = row.columns
-            rates = None if columns is None else columns.rates
-            at = rates_of.get(id(rates))
-            if at is None:
-                at = rates_of[id(rates)] = len(distinct)
-                distinct.append([1.0] * len(view.keys) if rates is None else rates)
-            which.append(at)
-        succ = np.array(distinct, dtype=np.float64)[np.array(which)]
-        base = base + w_success * succ
-        if view.quality_terms is not None:
-            base = base + np.array(view.quality_terms, dtype=np.float64)
+        plain = blocks.plain
+        at = None if plain.all() else np.flatnonzero(plain)  # (None: every row)
+        which, drops = blocks.which, blocks.drops
+        if at is not None:
+            which, drops = which[at], drops[at]
+        # the plain rows' blocks: (distinct columns, set dropped)
+        codes, block = np.unique(which * len(blocks.stays) + drops, return_inverse=True)
+        of_columns, of_drops = np.divmod(codes, len(blocks.stays))
+        by_block = bases(blocks.stays[of_drops], blocks.lats[of_columns], rates[of_columns])
+        if at is None:
+            base = by_block[block]
+        else:
+            base = np.empty(cost.shape, dtype=np.float64)
+            base[at] = by_block[block]
+            rest = np.flatnonzero(~plain)
+            base[rest] = bases(keep[rest], lat[rest], rates[blocks.which[rest]])
         scores = base - k[:, None] * cost
     if not np.isfinite(scores[keep]).all():
         return None

@@ -157,6 +157,11 @@ class _Clock:
         return self.now
 
 
+# a logged decision's (allowed, route, provider, model, denied_scope): what its verdict
+# is made of, with its estimates (a measured model's verdict reads none)
+_verdict_fields = operator.itemgetter(2, 3, 4, 5, 8)
+
+
 class _Measured:
     """Mean cost and latency per model over the log's outcomes (what projections use),
     computed by the log's source before the replay."""
@@ -188,11 +193,12 @@ class _Measured:
         ))  # fmt: skip
 
     def logged(self, d: LoggedDecision) -> Verdict:
-        known = self.known.get(d[2:6] + d[8:9])
+        fields = _verdict_fields(d)
+        known = self.known.get(fields)
         if known is not None:
             return known
         key = f"{d.provider}/{d.model}" if d.allowed else None
-        return self._kept(d[2:6] + d[8:9], self._projected(
+        return self._kept(fields, self._projected(
             d.allowed, d.route, key, d.denied_scope, d.estimated_cost, d.estimated_latency_ms
         ))  # fmt: skip
 
@@ -488,7 +494,10 @@ def _asked(
     report.limit_warmup += warming
     if literal and any(str(keys.get(k, "")).startswith(HASHED_PREFIX) for k in ("user", "ip")):
         report.hashed_keys += 1
-    return Asked(event.at, request, rid, conversation, deferred and not event.raw)
+    return _new_asked((event.at, request, rid, conversation, deferred and not event.raw))
+
+
+_new_asked = functools.partial(tuple.__new__, Asked)  # (the generated constructor is slower)
 
 
 def _recorder(engine: PolicyEngine) -> Callable[[PolicyEngine, LoggedOutcome], None]:
@@ -554,8 +563,6 @@ def _count_all(
         return
     report.replayed += n
     ats = [d.at for d in decisions]
-    _add_all(report.before, befores)
-    _add_all(report.after, afters)
     hours = [int(at // HOUR_S) * HOUR_S for at in ats]
     start = 0
     while start < n:  # runs of one hour (the log is in time order: a few runs per chunk)
@@ -566,8 +573,9 @@ def _count_all(
         hour = report.hours.get(first)
         if hour is None:
             hour = report.hours[first] = Hour()
-        _add_all(hour.before, befores[start:end])
-        _add_all(hour.after, afters[start:end])
+        # the run's sums added to the hour's and, run after run, to the whole log's
+        _add_all(befores[start:end], hour.before, report.before)
+        _add_all(afters[start:end], hour.after, report.after)
         start = end
     report.models_before.update([v.target for v in befores if v.allowed and v.target])
     report.models_after.update([v.target for v in afters if v.allowed and v.target])
@@ -577,16 +585,19 @@ def _count_all(
         _changed(report, ats[i], decisions[i].request_id, before, after)
 
 
-def _add_all(totals: Totals, verdicts: list[Verdict]) -> None:
-    """`Totals.add` of each verdict, in order (the sums added to one by one, in order)."""
+def _add_all(verdicts: list[Verdict], *into: Totals) -> None:
+    """`Totals.add` of each verdict, in order, to each of `into` (each one's sums added to
+    one by one, in order); the verdicts' figures read once for all of them."""
     served = [v for v in verdicts if v.allowed]
-    totals.denied += len(verdicts) - len(served)
-    totals.served += len(served)
-    totals.cost = functools.reduce(operator.add, [v.cost or 0.0 for v in served], totals.cost)
-    totals.latency_ms = functools.reduce(
-        operator.add, [v.latency_ms or 0.0 for v in served], totals.latency_ms
-    )
-    totals.from_priors += sum([not v.measured for v in served])
+    costs = [v.cost or 0.0 for v in served]
+    latencies = [v.latency_ms or 0.0 for v in served]
+    priors = sum([not v.measured for v in served])
+    for totals in into:
+        totals.denied += len(verdicts) - len(served)
+        totals.served += len(served)
+        totals.cost = functools.reduce(operator.add, costs, totals.cost)
+        totals.latency_ms = functools.reduce(operator.add, latencies, totals.latency_ms)
+        totals.from_priors += priors
 
 
 def _count(

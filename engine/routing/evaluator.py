@@ -596,10 +596,19 @@ class Measured:
         samples = [0] * len(priors)
         rule = settings.degraded
         watch: list[tuple[int, ModelStats, bool, bool]] = []
-        for p, key in enumerate(table.keys):
-            found = stats.get(key)
-            if found is None:
-                continue
+        keys, position_of = table.keys, table.position_of
+        if len(stats) < len(keys) and len(position_of) == len(keys):  # (keys distinct)
+            # the measured models of the route, by position: fewer than its models
+            found_at = sorted(
+                (p, found)
+                for key, found in stats.items()
+                if (p := position_of.get(key)) is not None
+            )
+        else:
+            found_at = [
+                (p, found) for p, key in enumerate(keys) if (found := stats.get(key)) is not None
+            ]
+        for p, found in found_at:
             samples[p] = found.samples
             measured = found.samples >= min_samples
             if measured:
