@@ -140,8 +140,9 @@ def _state(engine: Any) -> tuple[Any, ...]:
     )
 
 
-def _env(user: str, ip: str = "10.0.0.1") -> dict[str, Any]:
-    return env_of({"id": "x", "user": user, "ip": ip, "prompt": "hello"})
+def _env(user: str, ip: str = "10.0.0.1", team: object = None) -> dict[str, Any]:
+    metadata = {} if team is None else {"team": team}
+    return env_of({"id": "x", "user": user, "ip": ip, "prompt": "hello", "metadata": metadata})
 
 
 def test_check_plain_agrees_with_check_on_a_twin_limiter() -> None:
@@ -149,8 +150,9 @@ def test_check_plain_agrees_with_check_on_a_twin_limiter() -> None:
     bucket, and leaves the same state, on the design's shape: shared plain limits and one
     static provider part with a keyed value."""
     t = [START]
-    plain = from_design(POLICY, clock=lambda: t[0])
-    full = from_design(POLICY, clock=lambda: t[0])
+    policy = POLICY + "limit team = request.metadata.team 3 per 10s\n"  # a key path's value
+    plain = from_design(policy, clock=lambda: t[0])
+    full = from_design(policy, clock=lambda: t[0])
     limits = plain.program.limits
     full.limiter.check(limits, _env("warm"), [])  # both plans known
     plain.limiter.check(limits, _env("warm"), [])
@@ -161,7 +163,7 @@ def test_check_plain_agrees_with_check_on_a_twin_limiter() -> None:
         t[0] += 0.3
         provider = ("gemini", "openai")[i % 2]
         model = f"{provider}/m"
-        env = _env(f"u{i % 3}", f"10.0.0.{i % 2}")
+        env = _env(f"u{i % 3}", f"10.0.0.{i % 2}", (None, 7, 7.0, True, "", "t")[i % 6])
         one = plain.limiter.check_plain(limits, env, provider, model)
         if one is None:  # a bucket without room: nothing changed, `check` reports it
             continue
@@ -172,6 +174,8 @@ def test_check_plain_agrees_with_check_on_a_twin_limiter() -> None:
         assert [s.window_ms for s in one.statuses] == [s.window_ms for s in two.statuses]
         assert _state(plain) == _state(full)
     assert 0 < taken < 40  # both cases met
+    teams = {k for k in plain.limiter.store._full_at if k.startswith("team/")}
+    assert teams == {"team/requests/10000/7", "team/requests/10000/true", "team/requests/10000/t"}
     assert plain.limiter.daily_stats() == full.limiter.daily_stats()
 
 
