@@ -363,7 +363,8 @@ _CACHE_MAX = 4096  # keys per cache: candidates come from the catalog, so this i
 
 def _part_key(part: _Part, env: Mapping[str, Any]) -> str | None:
     """The request's key for one part (`""` for global; None: the request has none). What
-    `Limiter.check` does inline, on its hot path."""
+    `Limiter.check` and `Limiter.check_plain` do inline, on their hot path (a call per part
+    there costs more than the lines)."""
     if part.is_global:
         return ""
     if part.key_field is not None:
