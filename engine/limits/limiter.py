@@ -1762,14 +1762,15 @@ class Limiter:
         taken = pending[:n]
         del pending[:n]
         tallies, sets = self.allowed_tallies, self._scope_sets
-        for day, seen in taken:
+        # (most entries repeat a few (day, scopes): counted alike first, in C, by `Counter`)
+        for (day, seen), count in Counter(taken).items():
             scopes = sets.get(seen)
             if scopes is None:
                 scopes = tuple(dict.fromkeys(seen))
                 if len(sets) >= _CACHE_MAX:
                     sets.clear()
                 sets[seen] = scopes
-            tallies[day, scopes] += 1
+            tallies[day, scopes] += count
 
     def _verdict(
         self,
