@@ -652,31 +652,7 @@ class Limiter:
         taken = self._consume_all(buckets, now_s * 1000.0)  # type: ignore[misc]
         if taken is None:
             return None
-        # `_allowed`, with the plan's scopes for the tally when every part applied
-        # (every bucket here is on requests, one each: `remaining` in whole requests)
-        haves, fulls = taken
-        statuses: list[LimitStatus] = []
-        append = statuses.append
-        floor = math.floor
-        i = 0
-        for applied, key in info:
-            remaining = floor(haves[i] - 1.0 + 1e-9)
-            append(
-                LimitStatus(
-                    applied.scope, key or None, "requests", True,
-                    remaining if remaining > 0 else 0, applied.limit, fulls[i] / 1000.0, None,
-                    applied.window_ms,
-                )
-            )  # fmt: skip
-            i += 1  # noqa: SIM113
-        if int(now_s // 86_400) != self._day_number:
-            self._day(now_s)
-        pending = self._pending
-        pending.append((self._day_text, scopes if whole else tuple([a.scope for a, _ in info])))
-        if len(pending) >= _PENDING_MAX:
-            with self._lock:
-                self._count_pending()
-        return _new_verdict((0, statuses, None, ()))
+        return self._allowed(buckets, info, taken, now_s, env, scopes if whole else None)
 
     def check(
         self,
@@ -1705,34 +1681,35 @@ class Limiter:
         taken: tuple[list[float], list[float]],
         now_s: float,
         env: Mapping[str, Any],
+        scopes: tuple[str, ...] | None = None,
     ) -> Verdict:
         """The verdict when the first option (or the shared buckets alone) had room:
-        what `_verdict` makes of an all-allowed result, without the outcomes."""
+        what `_verdict` makes of an all-allowed result, without the outcomes. `scopes`: the
+        tally's, when the caller knows them (`check_plain`: its plan's); else read here."""
         haves, fulls = taken
         statuses: list[LimitStatus] = []
         append = statuses.append
-        scopes: list[str] = []  # for the tally, read here once
-        seen = scopes.append
         floor = math.floor
         i = 0
         for applied, key in info:
             remaining = haves[i] - buckets[i][3]
             if applied.whole:
                 remaining = floor(remaining + 1e-9)
-            scope = applied.scope
-            seen(scope)
             append(
                 LimitStatus(
-                    scope, key or None, applied.unit, True, remaining if remaining > 0 else 0,
-                    applied.limit, fulls[i] / 1000.0, None, applied.window_ms,
+                    applied.scope, key or None, applied.unit, True,
+                    remaining if remaining > 0 else 0, applied.limit, fulls[i] / 1000.0, None,
+                    applied.window_ms,
                 )
             )  # fmt: skip
             i += 1  # noqa: SIM113
-        # `_tally`, with the scopes read above
+        # `_tally`, with the scopes given or read here
+        if scopes is None:
+            scopes = tuple([applied.scope for applied, _ in info])
         if int(now_s // 86_400) != self._day_number:
             self._day(now_s)
         pending = self._pending
-        pending.append((self._day_text, tuple(scopes)))
+        pending.append((self._day_text, scopes))
         if len(pending) >= _PENDING_MAX:
             with self._lock:
                 self._count_pending()
