@@ -58,7 +58,9 @@ class Bar:
                 if total is not None and total < self.min_total:
                     return
                 self._start(total)
-            self._progress.update(self._task, completed=done, total=total)
+            # drawn at once: callers report in coarse steps (every few thousand requests, a
+            # tenth of a second), and a fast run would end before the timer drew the first
+            self._progress.update(self._task, completed=done, total=total, refresh=True)
 
     def _start(self, total: int | None) -> None:
         from rich.console import Console
