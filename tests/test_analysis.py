@@ -265,11 +265,139 @@ def test_every_place_a_capability_is_named_is_checked(require: str) -> None:
 def test_many_overlapping_routes_stay_within_the_budget_and_claim_nothing_false() -> None:
     """300 routes over four ranges: the analysis runs out of budget (it would need far more
     boxes), then says nothing more about shadowing; the one contradiction it finds is real
-    (`request.max_cost < $0` with costs from $0)."""
+    (`request.max_cost < $0` with costs from $0, `request.input_tokens < 0` with counts from
+    0: two tests their ranges decide, W0515, which W0503 does not repeat for the condition
+    they are in)."""
     text = "".join(
         f"route r{i} when request.max_tokens > {i} and request.max_cost < ${i / 1000}"
         f" and request.input_tokens < {i * 3} and request.images > {i % 7} {{\n}}\n"
         for i in range(300)
     )
     loaded = compile_sources([("t.policy", text)])
-    assert [(d.code, d.span.line) for d in loaded.warnings] == [("W0503", 1)]
+    assert [(d.code, d.span.line) for d in loaded.warnings] == [("W0515", 1), ("W0515", 1)]
+
+
+# ---------------------------------------------------------------- W0515 and E0344
+
+# a numeric field: its range (low, high, integer, nullable), and tests just outside it
+RANGES = {
+    "request.complexity": ((0.0, 1.0, False, False), ["< 0", "> 1"]),
+    "request.text.turns": ((0, None, True, False), ["< 0"]),
+    "request.min_quality": ((0.0, 1.0, False, True), ["> 1"]),
+    "request.max_tokens": ((1, None, True, True), ["< 1"]),
+}
+LITERALS = [0, 0.5, 1, 2, 50]
+
+
+def _holds(value: float | None, op: str, literal: float) -> bool:
+    """The evaluator's rule: a missing field compares false."""
+    if value is None:
+        return False
+    return {
+        "<": value < literal,
+        "<=": value <= literal,
+        ">": value > literal,
+        ">=": value >= literal,
+        "==": value == literal,
+        "!=": value != literal,
+    }[op]
+
+
+def _samples(field: str) -> list[float | None]:
+    """Values the field can take where a test against LITERALS changes its answer: the
+    range's ends, each literal inside it and its neighbours, far beyond, null if it can be
+    missing (a test's answer only changes at its literal)."""
+    (low, high, integer, nullable), _ = RANGES[field]
+    step = 1 if integer else 0.001
+    near = [v + d for v in (*LITERALS, low) for d in (-step, 0, step)]
+    found: list[float | None] = [
+        v
+        for v in sorted({*near, 10**6, *([] if high is None else [high])})
+        if v >= low and (high is None or v <= high) and (not integer or float(v).is_integer())
+    ]
+    return [*found, None] if nullable else found
+
+
+@pytest.mark.parametrize("field", sorted(RANGES))
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">=", "==", "!=", "flipped >"])
+@pytest.mark.parametrize("literal", LITERALS)
+def test_a_range_verdict_agrees_with_the_values_the_field_takes(
+    field: str, op: str, literal: float
+) -> None:
+    """W0515 says "never true" exactly when no value the field takes passes the test, and
+    "always true" exactly when every one does."""
+    flipped = op.startswith("flipped")
+    op = op.removeprefix("flipped ")
+    test = f"{literal} {op} {field}" if flipped else f"{field} {op} {literal}"
+    loaded = compile_sources([("t.policy", f"route r when {test} {{\n}}\nroute rest {{\n}}\n")])
+    verdicts = [d.message for d in loaded.warnings if d.code == "W0515"]
+    reverse = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+    passes = [_holds(v, reverse[op] if flipped else op, literal) for v in _samples(field)]
+    if not any(passes):
+        assert len(verdicts) == 1 and verdicts[0].startswith(f"`{test}` is never true: ")
+    elif all(passes):
+        assert len(verdicts) == 1 and verdicts[0].startswith(f"`{test}` is always true: ")
+    else:
+        assert verdicts == []
+
+
+@pytest.mark.parametrize("field", sorted(RANGES))
+def test_a_field_never_leaves_the_range_w0515_gives_it(field: str) -> None:
+    """The ranges are the engine's: a test just outside one is never true, on the example
+    requests and on bodies made to push each derived field to its ends (every complexity
+    term at weight 1)."""
+    from engine.routing.evaluator import evaluate
+    from engine.routing.request import env_of
+
+    bodies = [
+        json.loads(p.read_text()) for p in sorted((ROOT / "examples/requests").glob("*.json"))
+    ]
+    heavy = "```python\nprint(1)\n```\nprove that x^2 = 4 step by step " + "word " * 3000
+    bodies += [
+        {"messages": []},
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": heavy}] * 30},
+    ]
+    for outside in RANGES[field][1]:
+        text = (
+            "defaults {\n    complexity(code: 1, math: 1, multi_step: 1, reasoning: 1,"
+            " tool_results: 1, length: 1, turns: 1)\n}\n"
+            f"route r when {field} {outside} {{\n}}\nroute rest {{\n}}\n"
+        )
+        loaded = compile_sources([("t.policy", text)])
+        assert [d.code for d in loaded.warnings] == ["W0515"]
+        for body in bodies:
+            assert evaluate(loaded.program, env_of(body)).route == "rest", (field, body)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        'request.text.script == "cyrilic"',
+        '"cyrilic" == request.text.script',
+        'request.text.script != "cyrilic"',
+        'request.text.script in ["latin", "cyrilic"]',
+        'request.text.script not in ["cyrilic"]',
+        'not (request.text.script == "cyrilic") and request.stream',
+    ],
+)
+def test_every_place_a_script_is_named_is_checked(condition: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        compile_sources([("t.policy", f"route r when {condition} {{\n}}\n")])
+    (found,) = info.value.diagnostics
+    assert (found.code, found.span.text(), found.help) == (
+        "E0344",
+        '"cyrilic"',
+        "did you mean `cyrillic`?",
+    )
+
+
+def test_every_format_and_script_the_engine_gives_is_accepted() -> None:
+    """The closed sets are the engine's own: every wire format and script compiles, and a
+    request of each format reads as that format."""
+    from engine.wire.features import NO_SCRIPT, SCRIPTS
+    from engine.wire.record import FORMATS
+
+    tests = [f'request.format == "{f}"' for f in FORMATS]
+    tests += [f'request.text.script == "{s}"' for s in (*SCRIPTS, NO_SCRIPT)]
+    loaded = compile_sources([("t.policy", f"route r when {' or '.join(tests)} {{\n}}\n")])
+    assert [d.code for d in loaded.warnings if d.code.startswith("E")] == []

@@ -14,7 +14,8 @@ can serve, W0505 requests a route takes and cannot serve, W0506 a limit that nev
 scope's default limit that keyed limits always replace, W0508 a fallback naming what the
 route excludes, W0509 quality read over a catalog with no quality scores, W0511 a `deny`
 rule that denies every request, W0512 a quality factor over models of which some have no
-score, W0513 an alert that can never fire, W0514 an alert on models no route can choose.
+score, W0513 an alert that can never fire, W0514 an alert on models no route can choose,
+W0515 a test its field's range decides (`request.complexity > 1.5`).
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ from engine.language import ast
 from engine.language.compiler import paths_in, resolve_ref
 from engine.language.conditions import (
     DOMAINS,
+    RangeTest,
     Witness,
     admits,
     dims_of,
     environment,
+    range_test,
     witness,
 )
 from engine.language.domain import Box, Budget, FinSet, TooComplex, box_and, subtract
 from engine.language.program import AlertRule, CompiledLimit, CompiledRoute, Program
-from engine.language.schema import NEEDS
+from engine.language.schema import NEEDS, REQUEST_FIELDS
 from engine.language.signals import SIGNALS
-from engine.vocabulary import CONCURRENT
+from engine.vocabulary import CONCURRENT, Unit
 
 BUDGET = 4000  # boxes one question may hold at a time
 WORK = 20_000  # box operations one analysis may spend in all (then it says no more)
@@ -78,12 +81,14 @@ def analyse(files: Sequence[ast.PolicyFile], program: Program) -> list[Diagnosti
     policy_wide = [
         s for f in files for s in f.statements if isinstance(s, ast.Deny | ast.PolicyRequire)
     ]
-    for node in [r.when for r in routes] + [lim.when for lim in limits]:
+    conditions = [r.when for r in routes] + [lim.when for lim in limits]
+    conditions += [rule.when for rule in policy_wide]
+    decided = [_decided(run, node) for node in conditions if node is not None]
+    never = {id(test) for tests in decided for test in tests}
+    for node in conditions:
         if node is not None:
-            _contradictions(run, node)
+            _contradictions(run, node, never)
     for rule in policy_wide:
-        if rule.when is not None:
-            _contradictions(run, rule.when)
         if isinstance(rule, ast.Deny):
             _denies_all(run, rule)
     _routes(run, routes)
@@ -143,11 +148,69 @@ def _alert(run: _Analysis, node: ast.Alert, rule: AlertRule) -> None:
             )
 
 
+# ---------------------------------------------------------------- W0515
+
+
+def _tests(expr: ast.Expr) -> Iterable[ast.Compare]:
+    """The comparisons of a condition, at any depth."""
+    if isinstance(expr, ast.BoolOp):
+        for operand in expr.operands:
+            yield from _tests(operand)
+    elif isinstance(expr, ast.Not):
+        yield from _tests(expr.operand)
+    elif isinstance(expr, ast.Compare):
+        yield expr
+
+
+def _decided(run: _Analysis, expr: ast.Expr) -> list[ast.Compare]:
+    """W0515: the tests of a number field that its range alone decides (never true, or
+    true for every request). Returns the ones never true (W0503 does not repeat them)."""
+    never: list[ast.Compare] = []
+    for test in _tests(expr):
+        found = range_test(test)
+        if found is None:
+            continue
+        if found.never():
+            never.append(test)
+            verdict = "never true"
+        elif found.always():
+            verdict = "always true"
+        else:
+            continue
+        field = found.field.dotted
+        run.warn(
+            "W0515",
+            f"`{' '.join(test.span.text().split())}` is {verdict}: `{field}` is"
+            f" {_range_text(found)}",
+            test.span,
+            f"no request has such a `{field}`: compare it with a value inside that range"
+            if verdict == "never true"
+            else "every request passes it: drop the test, or compare with a value that splits"
+            " the range",
+            None,
+        )
+    return never
+
+
+def _range_text(found: RangeTest) -> str:
+    """'from 0 to 1', '0 or more', 'more than 0': a field's range, as a policy writes it."""
+    (part,) = found.domain.parts
+    kind = REQUEST_FIELDS.get(found.field.parts[1], (Unit.COUNT, None))[0]
+    form = {Unit.MONEY: "${:g}", Unit.DURATION: "{:g}ms"}.get(kind, "{:g}")
+    low = form.format(part.lo)
+    if part.hi != float("inf"):
+        text = f"from {low} to {form.format(part.hi)}"
+    else:
+        text = f"more than {low}" if part.lo_open else f"{low} or more"
+    return f"{text}, or missing" if found.domain.null else text
+
+
 # ---------------------------------------------------------------- W0503
 
 
-def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
-    """W0503: the outermost parts of a condition that no request satisfies."""
+def _contradictions(run: _Analysis, expr: ast.Expr, never: set[int]) -> None:
+    """W0503: the outermost parts of a condition that no request satisfies (unless a test
+    in it is never true on its own: W0515 says so)."""
     if not isinstance(expr, ast.BoolOp | ast.Not):
         return  # one test alone (`x in []`) says what it means; W0503 is about parts
     try:
@@ -155,10 +218,12 @@ def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
     except TooComplex:
         return
     if empty:
+        if any(id(test) in never for test in _tests(expr)):
+            return
         for part in _parts(expr):
             try:
                 if not admits(part, over=True, budget=BUDGET):
-                    _contradictions(run, part)  # the smallest part that cannot hold
+                    _contradictions(run, part, never)  # the smallest part that cannot hold
                     return
             except TooComplex:
                 break
@@ -173,7 +238,7 @@ def _contradictions(run: _Analysis, expr: ast.Expr) -> None:
         )
         return
     for part in _parts(expr):
-        _contradictions(run, part)
+        _contradictions(run, part, never)
 
 
 def _denies_all(run: _Analysis, rule: ast.Deny) -> None:

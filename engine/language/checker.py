@@ -41,8 +41,16 @@ from engine.language.signals import (
 from engine.strategies import STRATEGIES
 from engine.units import format_day
 from engine.vocabulary import CONCURRENT, LIMIT_UNITS, STANDARD_SCOPES, Unit
-from engine.wire.features import COMPLEXITY_TERMS, MAX_WEIGHT
+from engine.wire.features import COMPLEXITY_TERMS, MAX_WEIGHT, NO_SCRIPT, SCRIPTS
 from engine.wire.plugins import GROUP, Broken, active
+from engine.wire.record import FORMATS
+
+# the string fields whose values are a closed set (their homes: the wire formats, the
+# scripts `engine.wire.features` tells apart): a literal outside it is an error (E0344)
+CLOSED_VALUES: dict[str, tuple[str, ...]] = {
+    "request.format": FORMATS,
+    "request.text.script": (*SCRIPTS, NO_SCRIPT),
+}
 
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
@@ -1148,6 +1156,29 @@ class Checker:
         else:
             self._binary(expr, lt, rt)
         self._capability_names(expr)
+        self._closed_values(expr)
+
+    def _closed_values(self, expr: ast.Compare) -> None:
+        """`request.text.script == "klingon"`: a value a field with a closed set never has."""
+        for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
+            if not isinstance(side, ast.Path) or side.dotted not in CLOSED_VALUES:
+                continue
+            values = CLOSED_VALUES[side.dotted]
+            items = other.items if isinstance(other, ast.ListLit) else (other,)
+            for item in items:
+                if not isinstance(item, ast.Literal) or not isinstance(item.value, str):
+                    continue
+                if item.value in values:
+                    continue
+                guess = did_you_mean(item.value, values)
+                self.error(
+                    "E0344",
+                    f"`{side.dotted}` is never `{item.value}`",
+                    item.span,
+                    f"did you mean `{guess}`?"
+                    if guess
+                    else f"`{side.dotted}` is one of " + ", ".join(f"`{v}`" for v in values),
+                )
 
     def _capability_names(self, expr: ast.Compare) -> None:
         """`model.supports contains "vison"`: a capability no catalog can have."""

@@ -47,7 +47,17 @@ _NUMBERS: dict[str, tuple[bool, bool, float, bool]] = {
     "max_latency_ms": (False, True, 0.0, True),
     "min_quality": (False, True, 0.0, False),
 }
-_UPPER = {"min_quality": 1.0}  # numeric request fields with a closed upper bound
+# derived numeric fields (`engine.wire.features` makes them when a condition reads them): a
+# prompt feature's count and the complexity score; the same form, never null. They are not
+# dimensions of a box (no request field sets them: `witness` could not write one), only
+# ranges a test is held to (`range_test`)
+_DERIVED_NUMBERS: dict[str, tuple[bool, bool, float, bool]] = {
+    "text.tokens": (True, False, 0.0, False),
+    "text.last_tokens": (True, False, 0.0, False),
+    "text.turns": (True, False, 0.0, False),
+    "complexity": (False, False, 0.0, False),
+}
+_UPPER = {"min_quality": 1.0, "complexity": 1.0}  # numeric fields with a closed upper bound
 _ALIASES = {"max_latency": "max_latency_ms"}  # one request field, two names in policies
 _STRINGS = ("id", "user", "model", "region")
 BOOLS = tuple(f for f, t in REQUEST_FIELDS.items() if t[0] is Unit.BOOL)
@@ -66,14 +76,18 @@ def domain(dim: str) -> ValueSet:
         return _ANY_STRING
     name = dim.removeprefix("request.")
     if name in _NUMBERS:
-        integer, nullable, lo, lo_open = _NUMBERS[name]
-        hi = _UPPER.get(name)
-        if hi is not None:
-            return NumSet((Interval(lo, hi, lo_open, False),), nullable, integer)
-        return NumSet((Interval(lo, INF, lo_open, True),), nullable, integer)
+        return _range(name, _NUMBERS[name])
     if name in BOOLS:
         return _BOOL_DOMAIN
     return _ANY_STRING
+
+
+def _range(name: str, number: tuple[bool, bool, float, bool]) -> NumSet:
+    integer, nullable, lo, lo_open = number
+    hi = _UPPER.get(name)
+    if hi is not None:
+        return NumSet((Interval(lo, hi, lo_open, False),), nullable, integer)
+    return NumSet((Interval(lo, INF, lo_open, True),), nullable, integer)
 
 
 class Domains(dict[str, ValueSet]):
@@ -164,20 +178,65 @@ def atom(expr: ast.Expr) -> _Atom | None:
     if isinstance(d, NumSet):
         v = _number(value)
         assert v is not None
-        ivs = {
-            "==": (Interval(v, v),),
-            "!=": (Interval(-INF, v, True, True), Interval(v, INF, True, True)),
-            "<": (Interval(-INF, v, True, True),),
-            "<=": (Interval(-INF, v, True, False),),
-            ">": (Interval(v, INF, True, True),),
-            ">=": (Interval(v, INF, False, True),),
-        }[op]
-        return _Atom(dim, NumSet(ivs, False, d.integer).intersect(d))
+        return _Atom(dim, _compared(op, v, d))
     if op == "==":
         return _Atom(dim, FinSet(frozenset({value}), False, False))
     if op == "!=":
         return _Atom(dim, FinSet(frozenset({value}), True, False).intersect(d))  # type: ignore[arg-type]
     return None  # an order on strings or metadata: unknown
+
+
+def _compared(op: str, v: float, d: NumSet) -> NumSet:
+    """The values of `d` (null never) for which `value op v` holds."""
+    ivs = {
+        "==": (Interval(v, v),),
+        "!=": (Interval(-INF, v, True, True), Interval(v, INF, True, True)),
+        "<": (Interval(-INF, v, True, True),),
+        "<=": (Interval(-INF, v, True, False),),
+        ">": (Interval(v, INF, True, True),),
+        ">=": (Interval(v, INF, False, True),),
+    }[op]
+    return NumSet(ivs, False, d.integer).intersect(d)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeTest:
+    """A number compared with a numeric field (a request field or a derived one): the
+    field, every value it can take (`domain`, null included when it can be missing) and
+    the values the test holds for (`holds`)."""
+
+    field: ast.Path
+    domain: NumSet
+    holds: NumSet
+
+    def never(self) -> bool:
+        return self.holds.is_empty()
+
+    def always(self) -> bool:
+        """True for every request: every value holds and the field is never missing."""
+        return not self.domain.null and self.holds.complement(self.domain).is_empty()
+
+
+def range_test(expr: ast.Compare) -> RangeTest | None:
+    """`expr` as a test of a numeric field against a number, or None (anything else)."""
+    op, left, right = expr.op, expr.left, expr.right
+    if op not in _FLIP:
+        return None
+    if isinstance(left, ast.Literal) and isinstance(right, ast.Path):
+        left, right, op = right, left, _FLIP[op]
+    if not (isinstance(left, ast.Path) and isinstance(right, ast.Literal)):
+        return None
+    v = _number(right.value)
+    parts = left.parts
+    if v is None or parts[0] != "request" or len(parts) < 2:
+        return None
+    name = ".".join(parts[1:])
+    name = _ALIASES.get(name, name)
+    number = _NUMBERS.get(name) or _DERIVED_NUMBERS.get(name)
+    if number is None:
+        return None
+    d = _range(name, number)
+    return RangeTest(left, d, _compared(op, v, d))
 
 
 def _membership(expr: ast.Compare) -> _Atom | None:
