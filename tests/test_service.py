@@ -295,7 +295,15 @@ def test_malformed_json_is_a_400(client: httpx.Client) -> None:
 def test_invalid_utf8_is_a_400(client: httpx.Client) -> None:
     response = client.post("/v1/eval", content=b'{"id": "\xff\xfe"}')
     assert response.status_code == 400
-    assert response.json() == {"error": "request body is not UTF-8"}
+    assert response.json() == {"error": "request body is not UTF-8", "detail": {"byte": 8}}
+
+
+def test_a_body_after_a_byte_order_mark_counts_its_bad_byte_from_the_body_start(
+    client: httpx.Client,
+) -> None:
+    response = client.post("/v1/eval", content=b'\xef\xbb\xbf{"id": "\xc3"}')
+    assert response.status_code == 400
+    assert response.json() == {"error": "request body is not UTF-8", "detail": {"byte": 11}}
 
 
 def test_a_2mib_body_with_content_length_is_a_413(client: httpx.Client) -> None:

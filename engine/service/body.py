@@ -199,6 +199,16 @@ def header(scope: Scope, name: bytes) -> str | None:
 _decode = msgspec.json.Decoder().decode
 
 
+def _first_bad_byte(raw: bytes) -> int:
+    """The offset in the body (from its first byte, a byte order mark included) of the
+    first byte that is not UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start
+    return 0  # (not reached: called after the body failed to decode)
+
+
 def _parse(raw: bytes, allow_empty: bool) -> Any:
     if allow_empty and not raw.strip():
         return {}
@@ -213,7 +223,7 @@ def _parse(raw: bytes, allow_empty: bool) -> Any:
         # decoded here, strictly: json.loads(bytes) would also take UTF-16 and UTF-32
         return json.loads(raw.decode("utf-8-sig" if raw.startswith(_BOM) else "utf-8"))
     except UnicodeDecodeError:
-        raise BodyError(400, "request body is not UTF-8") from None
+        raise BodyError(400, "request body is not UTF-8", {"byte": _first_bad_byte(raw)}) from None
     except RecursionError as err:
         raise BodyError(400, f"malformed JSON: {json_limit(err)}") from None
     except ValueError as err:
