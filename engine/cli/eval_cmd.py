@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -30,6 +30,7 @@ from engine.cli.common import (
     render_table,
 )
 from engine.diagnostics import Diagnostic, Source, Span
+from engine.limits.records import LimitStatus
 from engine.limits.stores import Store, default_state_url, open_store
 from engine.routing.decision import (
     Decision,
@@ -38,6 +39,7 @@ from engine.routing.decision import (
     NoEligibleModel,
 )
 from engine.routing.request import RequestError, json_limit
+from engine.units import format_duration
 from engine.units import format_money as money
 from engine.vocabulary import MEMORY_URLS
 from engine.wire import FORMATS, NATIVE
@@ -403,6 +405,15 @@ def _shadow_row(s: Decision) -> str:
     return f"{s.route} → {s.provider}/{s.model} ({cost}, {p95}; logged, not served)"
 
 
+def _capacity(status: LimitStatus, amount: Callable[[float], str]) -> str:
+    """'100 per 1m': a limit and its window; '+ burst' when more than the limit is left (the
+    bucket holds the limit and its burst)."""
+    text = f"limit {amount(status.limit)}"
+    if status.window_ms:
+        text = f"{amount(status.limit)} per {format_duration(status.window_ms)}"
+    return f"{text} + burst" if status.remaining > status.limit else text
+
+
 def _affinity_row(d: Decision) -> str:
     a = d.affinity
     assert a is not None
@@ -442,7 +453,7 @@ def _vertical(d: Decision) -> str:
             who += f" ({status.unit})"
         amount = money if status.unit == "spend" else _count
         if status.allowed:
-            left = f"{amount(status.remaining)} left (limit {amount(status.limit)})"
+            left = f"{amount(status.remaining)} left ({_capacity(status, amount)})"
             rows.append(("limit", f"{who}: {left}"))
         elif status.retry_after_ms is None:
             rows.append(("limit", f"{who}: the request is larger than the limit"))
