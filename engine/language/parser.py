@@ -612,6 +612,9 @@ def _misplaced(word: str, inside: str | None) -> str | None:
     return None
 
 
+_COMMENT = "comments start with `#` and run to the end of the line: `# …`, not `//` or `/*`"
+
+
 def _character_hint(ch: str, source: Source, pos: int) -> str | None:
     """What a person who typed this character most likely meant, if it is a known habit."""
     after = source.text[pos + 1 : pos + 2]
@@ -621,6 +624,8 @@ def _character_hint(ch: str, source: Source, pos: int) -> str | None:
         return 'strings take double quotes: `"eu"`'
     if ch == ";":
         return "a statement or setting ends at the line break: drop the `;`"
+    if ch == "/" and after in ("/", "*"):
+        return _COMMENT
     return None
 
 
@@ -693,6 +698,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
             if str(tok) == "route"
             else "`shadow limit …` is a statement of its own, outside any block"
         )
+    elif str(tok) == "/" and source.text[span.end : span.end + 1] in ("/", "*"):
+        hint = _COMMENT
     elif str(tok) in ("if", "where") and "_WHEN" in expected:
         hint = f"a condition follows `when`, not `{tok}`: `route NAME when … {{`"
     elif "NUMBER" in expected and _word_before(source, span.start) == "per":
