@@ -26,6 +26,8 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 from engine.catalog.load import load_catalog
 from engine.catalog.model import CAPABILITIES, Catalog
 from engine.language import ast
+from engine.language.checker import CLOSED_VALUES
+from engine.language.loader import compile_sources
 from engine.language.parser import parse
 from engine.language.schema import PROMPT_FEATURES, REQUEST_FIELDS
 from engine.lsp import knowledge
@@ -751,3 +753,25 @@ def test_completion_and_hover_of_the_registered_plugins(
         )
     sys.modules.pop("lsp_plugins", None)
     assert _labels("route r when request.features.") == []  # none installed here
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "typed"),
+    [
+        ('route r when request.text.script == "cy', "request.text.script", "cy"),
+        ('route r when request.text.script != "', "request.text.script", ""),
+        ('route r when request.format in ["anthropic", "op', "request.format", "op"),
+        ('route r when request.text.script not in ["', "request.text.script", ""),
+    ],
+)
+def test_completion_of_a_closed_fields_values_lists_every_value_it_takes(
+    line: str, field: str, typed: str
+) -> None:
+    """The values the checker accepts (E0344 refuses any other), from where the value
+    being typed starts; each completed line compiles."""
+    found = knowledge.completions(line, len(line), None)
+    assert [c.label for c in found.items] == list(CLOSED_VALUES[field])
+    assert found.start == len(line) - len(typed)
+    for item in found.items:
+        text = line[: found.start] + item.insert + '"' + ("]" if "[" in line else "") + " {\n}\n"
+        compile_sources([("t.policy", text)])

@@ -19,6 +19,7 @@ from engine.catalog.model import CAPABILITIES, Catalog, Model
 from engine.catalog.views import day
 from engine.diagnostics import PolicyError, Span
 from engine.language import ast
+from engine.language.checker import CLOSED_VALUES
 from engine.language.parser import parse
 from engine.language.schema import (
     COMPLEXITY_FIELD,
@@ -129,6 +130,11 @@ _FACTOR_AT = re.compile(r"\bstrategy\s+([\w-]+)\s*\(([^()]*,)?\s*(\w*)$")
 # a complexity term: after `complexity(` or a `,` inside its parentheses (in `defaults`)
 _TERM_AT = re.compile(r"\bcomplexity\s*\(([^()]*,)?\s*(\w*)$")
 _CAPABILITY_AT = re.compile(r'\bcontains\s+"(\w*)$')
+# a closed field's value being typed: `request.text.script == "cy`, `request.format in ["an`,
+# `"openai-chat", "an` (the field, then the value typed so far)
+_VALUE_AT = re.compile(
+    r'\b(request\.[\w.]+)\s*(?:==|!=|(?:not\s+)?in\s*\[(?:\s*"[\w-]*"\s*,)*)\s*"([\w-]*)$'
+)
 _LIMIT_AT = re.compile(r"\blimit\s+(\w*)$")
 _ALERT_HEAD = r'\balert\s+"(?:[^"\\\n]|\\.)*"\s+when\s+'
 _SIGNAL_AT = re.compile(_ALERT_HEAD + r"(\w*)$")  # `alert "x" when p9…`
@@ -202,6 +208,12 @@ def completions(text: str, offset: int, catalog: Catalog | None) -> Completions:
     if found := _STRATEGY_AT.search(before):
         items = [Completion(n, "strategy", _strategy_detail(n), n) for n in STRATEGIES]
         return Completions(line_start + found.start(1), tuple(items))
+    if (found := _VALUE_AT.search(before)) and found.group(1) in CLOSED_VALUES:
+        items = [
+            Completion(v, "value", f"a `{found.group(1)}`", v)
+            for v in CLOSED_VALUES[found.group(1)]
+        ]
+        return Completions(line_start + found.start(2), tuple(items))
     if found := _CAPABILITY_AT.search(before):
         items = [Completion(c, "capability", "capability", c) for c in CAPABILITIES]
         return Completions(line_start + found.start(1), tuple(items))

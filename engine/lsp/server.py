@@ -33,6 +33,7 @@ _COMPLETION_KIND = {
     "factor": lsp.CompletionItemKind.Property,
     "capability": lsp.CompletionItemKind.EnumMember,
     "scope": lsp.CompletionItemKind.EnumMember,
+    "value": lsp.CompletionItemKind.EnumMember,
     "route": lsp.CompletionItemKind.Reference,
     "signal": lsp.CompletionItemKind.Function,
 }
