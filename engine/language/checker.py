@@ -52,6 +52,21 @@ CLOSED_VALUES: dict[str, tuple[str, ...]] = {
     "request.text.script": (*SCRIPTS, NO_SCRIPT),
 }
 
+
+def _strings_compared(
+    expr: ast.Compare, fields: Iterable[str]
+) -> Iterable[tuple[str, ast.Literal]]:
+    """The string literals `expr` compares with one of `fields` (either side, `==`, `!=`,
+    `in`, `contains`, a list's items), each with the field."""
+    for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
+        if not isinstance(side, ast.Path) or side.dotted not in fields:
+            continue
+        items = other.items if isinstance(other, ast.ListLit) else (other,)
+        for item in items:
+            if isinstance(item, ast.Literal) and isinstance(item.value, str):
+                yield side.dotted, item
+
+
 _EXAMPLES = {
     Unit.DURATION: "`2s` or `250ms`",
     Unit.MONEY: "`$0.01`",
@@ -1160,46 +1175,34 @@ class Checker:
 
     def _closed_values(self, expr: ast.Compare) -> None:
         """`request.text.script == "klingon"`: a value a field with a closed set never has."""
-        for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
-            if not isinstance(side, ast.Path) or side.dotted not in CLOSED_VALUES:
+        for name, item in _strings_compared(expr, CLOSED_VALUES):
+            values = CLOSED_VALUES[name]
+            if item.value in values:
                 continue
-            values = CLOSED_VALUES[side.dotted]
-            items = other.items if isinstance(other, ast.ListLit) else (other,)
-            for item in items:
-                if not isinstance(item, ast.Literal) or not isinstance(item.value, str):
-                    continue
-                if item.value in values:
-                    continue
-                guess = did_you_mean(item.value, values)
-                self.error(
-                    "E0344",
-                    f"`{side.dotted}` is never `{item.value}`",
-                    item.span,
-                    f"did you mean `{guess}`?"
-                    if guess
-                    else f"`{side.dotted}` is one of " + ", ".join(f"`{v}`" for v in values),
-                )
+            guess = did_you_mean(str(item.value), values)
+            self.error(
+                "E0344",
+                f"`{name}` is never `{item.value}`",
+                item.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else f"`{name}` is one of " + ", ".join(f"`{v}`" for v in values),
+            )
 
     def _capability_names(self, expr: ast.Compare) -> None:
         """`model.supports contains "vison"`: a capability no catalog can have."""
-        for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
-            if not (isinstance(side, ast.Path) and side.dotted == "model.supports"):
+        for _, item in _strings_compared(expr, ("model.supports",)):
+            if item.value in CAPABILITIES:
                 continue
-            items = other.items if isinstance(other, ast.ListLit) else (other,)
-            for item in items:
-                if not isinstance(item, ast.Literal) or not isinstance(item.value, str):
-                    continue
-                if item.value in CAPABILITIES:
-                    continue
-                guess = did_you_mean(item.value, CAPABILITIES)
-                self.error(
-                    "E0343",
-                    f"unknown capability `{item.value}`",
-                    item.span,
-                    f"did you mean `{guess}`?"
-                    if guess
-                    else "capabilities: " + ", ".join(f"`{c}`" for c in CAPABILITIES),
-                )
+            guess = did_you_mean(str(item.value), CAPABILITIES)
+            self.error(
+                "E0343",
+                f"unknown capability `{item.value}`",
+                item.span,
+                f"did you mean `{guess}`?"
+                if guess
+                else "capabilities: " + ", ".join(f"`{c}`" for c in CAPABILITIES),
+            )
 
     def _binary(self, expr: ast.Compare, lt: FieldType, rt: FieldType) -> None:
         op = expr.op
