@@ -12,7 +12,8 @@ Rows:
   requests from distinct users and IPs with metadata the policy reads), and with
   `--hash-keys`: what keeping each request's routing features costs a logged decision;
 - **replay**: a log of N decisions with their outcomes, written by a real engine on a
-  DuckDB file (a fake clock, before the timing), replayed under a policy that moves one
+  DuckDB file (a fake clock, before the timing; prompts of log-normal lengths, so their
+  token counts are as many as a real log's), replayed under a policy that moves one
   route (`policyctl replay`'s `read_decision_log` + `replay`, streamed), in requests per
   second, against the issue's 50k/s target: the per-request path (`--no-batch`: one
   `PolicyEngine.evaluate` per request) and the batch path (the default,
@@ -69,6 +70,20 @@ class _Clock:
         return self.now
 
 
+_WORDS = (
+    "summarise", "the", "attached", "notes", "in", "two", "sentences", "and", "keep", "every",
+    "name", "date", "and", "figure", "exact", "then", "list", "what", "is", "still", "open",
+    "for", "the", "team",
+)  # fmt: skip
+
+
+def _prompt_words(rng: random.Random) -> int:
+    """A prompt's length in words, log-normal like real traffic's (median about 33, one in
+    twenty over 200, at most 4,000): its token counts many, as a real log's are, not a few a
+    cache of rankings by token count would find again and again."""
+    return min(4000, 3 + int(rng.lognormvariate(3.5, 1.1)))
+
+
 def _requests(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -77,7 +92,7 @@ def _requests(n: int, seed: int) -> list[dict]:
             "id": f"r{seed}-{i}",
             "user": f"user-{rng.randrange(10**6)}",
             "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
-            "prompt": "Summarise the attached notes in two sentences. " * rng.randrange(1, 8),
+            "prompt": " ".join(rng.choices(_WORDS, k=_prompt_words(rng))),
             "max_tokens": 256,
             "metadata": {"team": rng.choice(("research", "support")), "email": "x@example.com"},
         }
