@@ -439,7 +439,23 @@ def test_show_on_a_state_file_that_does_not_exist_creates_nothing(cli: CLI) -> N
     proc = cli.run("metrics", "show")
     assert proc.returncode == 0
     assert proc.stdout.startswith("no outcomes in the last 24h")
+    assert f"no state file at `{cli.state}` yet" in proc.stderr
     assert not Path(cli.state).exists()
+
+
+@pytest.mark.parametrize("command", [("metrics", "export"), ("log", "export")])
+def test_an_export_from_a_state_file_that_does_not_exist_says_so(
+    cli: CLI, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A mistyped --state must not pass for an empty log: the export still writes its (empty)
+    file, and stderr names the state file that was not there."""
+    missing = tmp_path / "typo" / "stat.duckdb"
+    out = tmp_path / "out.csv"
+    proc = cli.run(*command, "--state", str(missing), "--output", str(out), state=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("exported 0 ")
+    assert f"no state file at `{missing}` yet" in proc.stderr
+    assert out.exists() and not missing.exists()
 
 
 def test_the_default_state_is_in_the_xdg_state_directory(cli: CLI, tmp_path: Path) -> None:

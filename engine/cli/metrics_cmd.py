@@ -207,6 +207,13 @@ def _open(state: str, args: argparse.Namespace, *, create: bool, server: bool = 
         raise UsageError(f"the state file `{state}` is a directory")
     wait_s = lock_wait_s(args)
     if not (create or path.exists()):
+        # (not an error: a fresh install has recorded nothing yet; but a mistyped --state
+        # would look just like it, so say which file was not there)
+        print(
+            f"policyctl: note: no state file at `{state}` yet: nothing recorded there"
+            " (check --state or $POLICYCTL_STATE)",
+            file=sys.stderr,
+        )
         con: Any = queries.empty_log()
     else:
         with lock_help(*((ASK_THE_SERVER,) if server else ()), WAIT_LONGER):
