@@ -603,6 +603,31 @@ def test_every_action_has_help_with_an_example(env: Env) -> None:
     assert not env.state.exists()
 
 
+@pytest.mark.parametrize("action", ["status", "stats", "violations", "buckets"])
+def test_reading_a_state_file_that_does_not_exist_creates_none_and_says_so(
+    env: Env, action: str
+) -> None:
+    """A mistyped --state must not leave an empty state file behind: a command that only
+    reads shows what a new file holds (every bucket full, nothing logged) and names the
+    file that was not there."""
+    assert not env.state.exists()
+    run = env.run("ratelimit", action, "--format", "json")
+    assert run.code == 0, run.err
+    assert run.err == (
+        f"policyctl: note: no state file at `{env.state}` yet: nothing recorded there"
+        " (check --state or $POLICYCTL_STATE)\n"
+    )
+    assert not env.state.exists()
+    if action == "status":
+        assert json.loads(run.out)[0]["tokens"] == 11000
+
+
+def test_a_command_that_writes_creates_the_state_file(env: Env) -> None:
+    run = env.run("ratelimit", "reset", "--user", "bob")
+    assert (run.code, run.err) == (0, "")
+    assert env.state.exists()
+
+
 def test_memory_state_works_and_writes_no_file(env: Env) -> None:
     run = env.run("ratelimit", "status", "--global", "--state", "memory://", "--format", "json")
     assert run.code == 0, run.err

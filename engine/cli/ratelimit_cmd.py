@@ -16,6 +16,7 @@ import datetime as dt
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from engine.api.policy_engine import PolicyEngine
@@ -49,6 +50,7 @@ from engine.limits.admin import (
 from engine.limits.stores import Store, default_analytics, default_state_url, open_store
 from engine.units import format_timestamp as iso
 from engine.units import parse_count, parse_day, parse_timestamp_s, parse_window_ms
+from engine.vocabulary import MEMORY_URLS
 
 EXAMPLE = """\
 examples:
@@ -113,6 +115,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "policyctl ratelimit set --user vip --limit 1000 --window 1m --burst 100\n"
         "  policyctl ratelimit set --user trial-42 --limit 10 --window 1h --expires 2026-12-31",
     )  # fmt: skip
+    set_.set_defaults(writes=True)
     set_.add_argument("--user", metavar="ID", required=True, help="the user to give a quota")
     set_.add_argument(
         "--limit", metavar="N", required=True, help="requests per window (> 0; `1.5k` is fine)"
@@ -134,6 +137,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " global buckets.",
         "policyctl ratelimit reset --user alice\n  policyctl ratelimit reset --global",
     )  # fmt: skip
+    reset.set_defaults(writes=True)
     _scope_flags(reset, required=True)
 
     remove = _action(
@@ -142,6 +146,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Remove a quota set with `ratelimit set`; the user's policy limits apply again.",
         "policyctl ratelimit remove --user vip",
     )  # fmt: skip
+    remove.set_defaults(writes=True)
     remove.add_argument("--user", metavar="ID", required=True, help="whose quota to remove")
 
     config = _action(
@@ -150,6 +155,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "List the limits of the policy (in file order) and the quotas set at run time.",
         "policyctl ratelimit config\n  policyctl ratelimit config --verbose --format json",
     )  # fmt: skip
+    config.set_defaults(writes=True)  # (it records the policy's limits: rate_limit_configs)
     config.add_argument(
         "--verbose", action="store_true", help="add refill rates and each limit's statement"
     )
@@ -195,6 +201,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         " bucket is the same as no bucket, so this changes no decision.",
         "policyctl ratelimit cleanup\n  policyctl ratelimit cleanup --idle 1h",
     )  # fmt: skip
+    cleanup.set_defaults(writes=True)
     cleanup.add_argument(
         "--idle", metavar="DURATION", default="24h",
         help="only buckets unused this long (default: 24h)",
@@ -226,7 +233,8 @@ def _action(
     add_lock_wait(p)
     add_server(p)
     add_format(p, default="table")
-    p.set_defaults(run=run, analytics=None, reads_logs=False)
+    # (`writes`: set, reset, remove, cleanup and config; the others only read the state)
+    p.set_defaults(run=run, analytics=None, reads_logs=False, writes=False)
     return p
 
 
@@ -405,6 +413,16 @@ def _run(args: argparse.Namespace, action: Callable[[Admin], int]) -> int:
     analytics = args.analytics  # stats and violations: where memory or Redis state logs
     if analytics is None and args.reads_logs:
         analytics = default_analytics(state)
+    file = Path(state).expanduser()
+    if "://" not in state and not args.writes and file.parent.is_dir() and not file.exists():
+        # (reading a file that is not there would create it: a mistyped --state would leave
+        # an empty state file behind and show every bucket full, as a fresh one does)
+        print(
+            f"policyctl: note: no state file at `{state}` yet: nothing recorded there"
+            " (check --state or $POLICYCTL_STATE)",
+            file=sys.stderr,
+        )
+        state = MEMORY_URLS[0]  # (buckets full, nothing logged: what a new file holds)
     with lock_help(ASK_THE_SERVER, WAIT_LONGER):
         if "://" not in state:  # a DuckDB file: opened here, with the lock wait asked for
             state = open_store(state, lock_timeout_s=wait_s)
