@@ -795,6 +795,19 @@ def test_cli_writes_both_files_that_check_and_refuses_to_overwrite(tmp_path: Pat
     assert json.loads(decided.stdout)["route"] == "gpt-4o"
 
 
+def test_cli_makes_an_output_dir_that_does_not_exist_and_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(EXAMPLE.read_text())
+    done = _policyctl(tmp_path, "migrate", "litellm", "config.yaml", "--output-dir", "new/dir")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "wrote new/dir/config.policy and new/dir/config.models.json\n"
+    check = _policyctl(tmp_path, "check", "new/dir/config.policy")
+    assert (check.returncode, check.stderr) == (0, "")
+    (tmp_path / "a-file").write_text("")
+    refused = _policyctl(tmp_path, "migrate", "litellm", "config.yaml", "--output-dir", "a-file")
+    assert refused.returncode == 2
+    assert refused.stderr == "policyctl: error: --output-dir: `a-file` is not a directory\n"
+
+
 def test_cli_writes_nothing_when_nothing_translates(tmp_path: Path) -> None:
     (tmp_path / "wild.yaml").write_text(
         'model_list:\n  - model_name: "*"\n    litellm_params: {model: "openai/*"}\n'

@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--output-dir",
         metavar="DIR",
         default=".",
-        help="where to write STEM.policy and STEM.models.json (default: the current directory)",
+        help="where to write STEM.policy and STEM.models.json, made if it does not exist"
+        " (default: the current directory)",
     )
     p.add_argument("--force", action="store_true", help="overwrite files that exist")
     p.add_argument(
@@ -156,7 +157,7 @@ def _verify_and_move(
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.output_dir)
-    if not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output-dir: `{args.output_dir}` is not a directory")
     stem = Path(args.config).stem
     names = (f"{stem}.policy", f"{stem}.models.{args.catalog_format}")
@@ -187,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
     if migration.catalog is not None:
         header = _header(args.config, table, len(report.translated))
         render = render_json if args.catalog_format == "json" else render_yaml
+        try:  # (a new --output-dir is made, as the files are: only once they translated)
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot make `{folder}`: {err.strerror or err}") from None
         _verify_and_move(migration, folder, names, render(migration.catalog, header))
         files = [str(folder / n) for n in names]
     if args.format == "json":
