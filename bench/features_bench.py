@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _machine import machine_line  # noqa: E402
 from _pairs import pairs_option, ratio_cell, ratios, rounds  # noqa: E402
 
 from engine.language.loader import compile_sources  # noqa: E402
@@ -319,6 +320,7 @@ def main() -> None:
     pairs_option(parser)
     parser.add_argument("--against", type=Path, help="another checkout: its derivation as A")
     args = parser.parse_args()
+    print(machine_line(), flush=True)
     small, large = (50, 5) if args.quick else (400, 40)
     print(
         f"{'features a typical policy reads':34} {'cpu µs':>9} {'extra wall µs (min–max)':>24}"

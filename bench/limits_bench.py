@@ -42,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _machine import machine_line
 from _pairs import pairs_option, ratio_cell, ratios, rounds, us
 
 from engine import PolicyEngine
@@ -280,6 +281,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=None, help="keys for the memory rows")
     pairs_option(parser)
     args = parser.parse_args()
+    print(machine_line(), flush=True)
     block = 2_000 if args.quick else 20_000  # raw calls per side per round
     keys = args.keys or (100_000 if args.quick else 1_000_000)
     pairs = args.pairs

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _machine import machine_line  # noqa: E402
 from _pairs import pairs_option, per_op_ns, ratio_cell, ratios, rounds  # noqa: E402
 
 from engine import PolicyEngine  # noqa: E402
@@ -277,6 +278,7 @@ def main() -> None:
         "--requests", type=int, metavar="N", help="the replay rows again on an N-decision log"
     )
     args = parser.parse_args()
+    print(machine_line(), flush=True)
     block = 400 if args.quick else 2_000
     n = args.log or (4_000 if args.quick else 20_000)
     with tempfile.TemporaryDirectory() as tmp:

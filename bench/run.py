@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
+from _machine import calibration_us, machine  # noqa: E402
 from _pairs import MIN_PAIRS, ratio_cell, ratios, rounds  # noqa: E402
 
 SCRIPTS = (
@@ -142,21 +142,6 @@ def cli_rows(quick: bool) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{platform.platform()}, {os.cpu_count()} CPUs{', ' + cpu if cpu else ''};"
-        f" Python {platform.python_version()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short pass (smoke test)")
@@ -190,7 +175,8 @@ def main() -> None:
         "# Performance",
         "",
         f"Measured {started} on {machine()}, {mode}, with `python bench/run.py"
-        f"{' --quick' if args.quick else ''}`.",
+        f"{' --quick' if args.quick else ''}`; plain Python there: `sum(range(1000))` took"
+        f" {calibration_us():.1f} µs (bench/_machine.py: compare it to compare machines).",
         "",
         "How to read this: every target in SPEC §8 is a ratio to a peer measured in the same"
         " run (LiteLLM's Router, the `limits` library, DuckDB's bare query, plain Python), so"
