@@ -1,4 +1,5 @@
-"""Every ```console example in README.md and docs/*.md runs, and prints what it shows.
+"""Every ```console example in README.md and docs/*.md runs, and prints what it shows;
+every ```python example runs.
 
 A console block is a list of `$ COMMAND` lines, each followed by the output it shows. The
 block runs in a fresh temporary directory holding copies of the repository's `examples/`
@@ -24,6 +25,11 @@ A block that talks to a server says so in its info string (words split as a shel
   `127.0.0.1:N` and `--port N` in its commands is replaced by the free port, so the docs
   show the default port. A block with `port=N` but no `serve` starts its own server.
 `curl` must be installed (`.ci/run` installs it); without it these blocks fail saying so.
+
+Every ```python example runs too (`test_python_example`), in a directory made the same way,
+and must exit 0; one that cannot run alone says why in its info string: ```` ```python
+fragment: why ```` (it continues an earlier block, is a `>>>` session, or serves until
+stopped), and is not collected.
 
 Besides hashes, two timings are normalised (`TIMINGS`), and nothing else: the value of each
 `policyctl_decision_seconds_bucket` and `policyctl_decision_seconds_sum` line of
@@ -389,6 +395,76 @@ def test_examples_named_by_the_docs_are_shipped() -> None:
         named |= set(re.findall(r"\bexamples/[\w./-]+\w", page.read_text(encoding="utf-8")))
     missing = sorted(n for n in named if not (ROOT / n).exists())
     assert missing == []
+
+
+@dataclass(frozen=True)
+class PythonBlock:
+    page: str
+    line: int
+    text: str
+    fragment: str | None  # why it cannot run alone (```` ```python fragment: why ````)
+
+    def __str__(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+def python_blocks(page: Path) -> list[PythonBlock]:
+    """The page's ```python blocks."""
+    found: list[PythonBlock] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    start: tuple[int, str] | None = None
+    body: list[str] = []
+    for number, line in enumerate(lines, 1):
+        fence = FENCE.match(line)
+        if start is None:
+            if fence:
+                start, body = (number, fence.group(1) + " " + fence.group(2)), []
+        elif line.startswith("```"):
+            number_at, info = start
+            lang, _, options = info.partition(" ")
+            if lang == "python":
+                fragment = (
+                    options.removeprefix("fragment:").strip()
+                    if options.startswith("fragment:")
+                    else None
+                )
+                name = str(page.relative_to(ROOT))
+                found.append(PythonBlock(name, number_at, "\n".join(body) + "\n", fragment))
+            start = None
+        else:
+            body.append(line)
+    return found
+
+
+PYTHON_BLOCKS = [block for page in PAGES for block in python_blocks(page)]
+
+
+@pytest.mark.parametrize("block", [b for b in PYTHON_BLOCKS if b.fragment is None], ids=str)
+def test_python_example(block: PythonBlock, tmp_path: Path) -> None:
+    """Every ```python example runs to the end (exit 0) in a fresh directory like a console
+    block's (copies of `examples/` and `policies/`, its own state, the fixed clock for the
+    commands it runs), unless its info string says why it is a fragment (not collected):
+    it continues an earlier block, shows a session at the `>>>` prompt, or serves until it
+    is stopped."""
+    work, env = _workdir(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", block.text],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"{block} failed:\n{done.stderr[-3000:]}"
+
+
+def test_every_python_example_is_found_and_every_fragment_says_why() -> None:
+    counted = sum(page.read_text(encoding="utf-8").count("```python") for page in PAGES)
+    assert counted == len(PYTHON_BLOCKS)
+    fragments = [b for b in PYTHON_BLOCKS if b.fragment is not None]
+    assert all(b.fragment for b in fragments), "a fragment says why it cannot run alone"
+    assert len(fragments) < len(PYTHON_BLOCKS) / 2  # (most examples run as they are)
 
 
 def test_the_readme_embedding_example_is_the_shipped_file() -> None:
