@@ -568,6 +568,31 @@ def test_a_far_future_timestamp_is_no_500(client: httpx.Client, ahead_s: float) 
     assert response.status_code in (202, 422), (response.status_code, response.text)
 
 
+@pytest.mark.parametrize(
+    ("stamp", "message"),
+    [
+        (
+            "2099-01-01T00:00:00Z",
+            "timestamp is in the future, got `2099-01-01T00:00:00Z` (at most 5 minutes ahead"
+            " of the server's clock)",
+        ),
+        (-86_400, "timestamp is before 1970, got `-86400`"),
+        (
+            "yesterday",
+            "timestamp must be ISO 8601 (2024-05-01T12:00:00Z) or epoch seconds, got `yesterday`",
+        ),
+    ],
+)
+def test_a_timestamp_out_of_range_says_which_way(
+    client: httpx.Client, stamp: object, message: str
+) -> None:
+    """A well-formed timestamp days ahead (or before 1970) is refused for what it is, not
+    as a value that does not parse."""
+    response = client.post("/v1/outcomes", json=[outcome(), outcome(timestamp=stamp)])
+    assert response.status_code == 422
+    assert response.json()["detail"] == [{"index": 1, "field": "timestamp", "message": message}]
+
+
 def test_a_future_outcome_does_not_erase_health(tmp_path: Path) -> None:
     """An outcome stamped days ahead must not push the live window forward and expire
     what was measured: it is refused (422), or recorded without erasing the window."""

@@ -351,19 +351,31 @@ def outcome_problems(item: object) -> list[tuple[str, str]]:
     return problems
 
 
+CLOCK_SKEW_S = 300  # how far ahead of the server's clock an outcome's timestamp may be
+
+
 def check_outcome(
     item: dict[str, object], catalog: _Catalog, now_s: float
 ) -> list[tuple[str, str]]:
-    """The checks after `outcome_problems` passed: a timestamp that parses and is not in the
-    future (5 minutes of clock skew allowed), and a model the catalog knows."""
+    """The checks after `outcome_problems` passed: a timestamp that parses, is not before
+    1970 and is not in the future (`CLOCK_SKEW_S` of clock skew allowed), and a model the
+    catalog knows."""
     problems = []
     value = item.get("timestamp")
     try:
         at = parse_timestamp(value)
-        if at is not None and not (0 <= at <= now_s + 300):
-            raise ValueError("out of range")
+        if at is not None and at != at:  # NaN
+            raise ValueError("not a number")
     except (ValueError, OverflowError):
         problems.append(("timestamp", bad_value("timestamp", value)))
+    else:
+        if at is not None and at > now_s + CLOCK_SKEW_S:
+            problems.append(
+                ("timestamp", f"timestamp is in the future, got {shown(value)} (at most"
+                 f" {CLOCK_SKEW_S // 60} minutes ahead of the server's clock)")
+            )  # fmt: skip
+        elif at is not None and at < 0:
+            problems.append(("timestamp", f"timestamp is before 1970, got {shown(value)}"))
     provider, model = str(item["provider"]), str(item["model"])
     if catalog.find(provider, model) is None:
         problems.append(("model", unknown_model(catalog, provider, model)))
