@@ -391,6 +391,17 @@ def test_every_place_a_script_is_named_is_checked(condition: str) -> None:
     )
 
 
+def test_a_substring_of_a_closed_field_is_not_a_value_to_check() -> None:
+    """`"openai" in request.format` is true for two formats: a substring is not one of the
+    values, and is not refused."""
+    text = (
+        'route r when "openai" in request.format or request.format contains "chat"'
+        ' or request.text.script contains "l" {\n}\n'
+    )
+    loaded = compile_sources([("t.policy", text)])
+    assert [d.code for d in loaded.warnings] == []
+
+
 def test_every_format_and_script_the_engine_gives_is_accepted() -> None:
     """The closed sets are the engine's own: every wire format and script compiles, and a
     request of each format reads as that format."""

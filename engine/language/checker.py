@@ -1174,7 +1174,11 @@ class Checker:
         self._closed_values(expr)
 
     def _closed_values(self, expr: ast.Compare) -> None:
-        """`request.text.script == "klingon"`: a value a field with a closed set never has."""
+        """`request.text.script == "klingon"`: a value a field with a closed set never has
+        (`==`, `!=`, `in` and `not in` a list: `"openai" in request.format` is a substring
+        test, and any substring may be meant)."""
+        if not (expr.op in ("==", "!=") or isinstance(expr.right, ast.ListLit)):
+            return
         for name, item in _strings_compared(expr, CLOSED_VALUES):
             values = CLOSED_VALUES[name]
             if item.value in values:
