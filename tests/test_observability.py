@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,3 +435,71 @@ def test_the_access_queue_holds_size_lines_and_counts_the_rest_dropped() -> None
         writer.stop()
         logger.handlers = []
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(5)]
+
+
+# ----------------------------------------------------------------------------- the address
+
+
+def test_an_address_in_use_is_an_error_before_anything_loads(tmp_path: Path) -> None:
+    """The port is bound before the engine starts: one in use is exit 2 with the reason and
+    what to do, and no `serving on` line claims otherwise."""
+    with serve(tmp_path) as served:
+        port = served.url.rsplit(":", 1)[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "serve", "--port", port, "--state", "memory://",
+             "--no-watch"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE_S,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"policyctl: error: cannot listen on 127.0.0.1:{port}: address already in use: another"
+        " process listens there (stop it, or pick another --port; 0 picks a free one)\n"
+    )
+
+
+def test_an_address_this_machine_does_not_have_is_an_error(tmp_path: Path) -> None:
+    """(192.0.2.1 is a documentation address, on no interface; a name would ask a resolver,
+    and nothing here leaves the machine.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--host", "192.0.2.1", "--port", "0",
+         "--state", "memory://", "--no-watch"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == (
+        "policyctl: error: cannot listen on 192.0.2.1:0: cannot assign requested address:"
+        " --host is an address or a name of this machine (127.0.0.1, 0.0.0.0, …)\n"
+    )
+
+
+def test_port_0_logs_the_port_it_serves_on(tmp_path: Path) -> None:
+    """`--port 0` picks a free port; the `serving on` line names it, and it answers there."""
+    policies = copy_policies(tmp_path / "policies")
+    err = tmp_path / "stderr.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--port", "0", "--policy", str(policies),
+             "--state", "memory://", "--no-watch"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        found = None
+        while found is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"serving on http://127\.0\.0\.1:(\d+)", err.read_text())
+            time.sleep(0.05)
+        assert found is not None, err.read_text()
+        port = int(found.group(1))
+        assert port != 0
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(proc, url, lambda: err.read_text(errors="replace"))
+        assert httpx.get(f"{url}/healthz", timeout=DEADLINE_S).json()["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE_S) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
+from collections.abc import Callable
 
 from engine.api.policy_engine import (
     DEFAULT_FLUSH_INTERVAL_S,
@@ -166,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     # imported here: eval and check never pay for the server
     from engine.service.app import create_app
     from engine.service.logconfig import Logging, configure_logging
-    from engine.service.server import Limits, serve
+    from engine.service.server import Limits, listening, serve
 
+    sock = _listening(listening, args.host, args.port)  # (before the engine's warm start)
     configure_logging(Logging(args.log_level, args.log_format, args.access_log))
     token = args.admin_token or os.environ.get("POLICYCTL_ADMIN_TOKEN") or None
     policy = args.policy if args.policy is not None else default_policy_path()
@@ -183,16 +187,10 @@ def run(args: argparse.Namespace) -> int:
         "warm_progress": progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
     }
     try:
-        engine = PolicyEngine(policy, state=state, analytics=analytics, **options)
-    except StoreBusyError:
-        if args.analytics is not None:
-            raise
-        log.warning(  # another server on this host has the default file: run without one
-            "`%s` is in use by another process; this server records no violations or stats"
-            " (give it its own --analytics PATH)",
-            analytics,
-        )
-        engine = PolicyEngine(policy, state=state, **options)
+        engine = _engine(policy, state, analytics, args.analytics is not None, options)
+    except BaseException:
+        sock.close()
+        raise
     limits = Limits(args.read_timeout, args.keep_alive, args.limit_concurrency, args.backlog)
     try:
         if not args.no_watch:
@@ -201,8 +199,43 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(
             engine, admin_token=token, open_admin=args.open_admin, access_log=args.access_log
         )
-        log.info("policyctl serving on http://%s:%d", args.host, args.port)
-        serve(app, host=args.host, port=args.port, limits=limits, on_stop=app.state.dashboard.stop)
+        host, port = sock.getsockname()[:2]
+        log.info("policyctl serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+        serve(app, sock=sock, limits=limits, on_stop=app.state.dashboard.stop)
     finally:
         engine.close()
+        sock.close()
     return EXIT_OK
+
+
+def _engine(
+    policy: str, state: str, analytics: str | None, asked: bool, options: dict[str, object]
+) -> PolicyEngine:
+    """The served engine; without its default analytics file when another server holds it
+    (`asked`: the file was given with --analytics, and its being busy is an error)."""
+    try:
+        return PolicyEngine(policy, state=state, analytics=analytics, **options)  # type: ignore[arg-type]
+    except StoreBusyError:
+        if asked:
+            raise
+        log.warning(  # another server on this host has the default file: run without one
+            "`%s` is in use by another process; this server records no violations or stats"
+            " (give it its own --analytics PATH)",
+            analytics,
+        )
+        return PolicyEngine(policy, state=state, **options)  # type: ignore[arg-type]
+
+
+def _listening(listen: Callable[[str, int], socket.socket], host: str, port: int) -> socket.socket:
+    """The server's socket, or a usage error that says why it cannot listen there."""
+    try:
+        return listen(host, port)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        hint = ""
+        if err.errno == errno.EADDRINUSE:
+            hint = ": another process listens there (stop it, or pick another --port; 0 picks"
+            hint += " a free one)"
+        elif isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+            hint = ": --host is an address or a name of this machine (127.0.0.1, 0.0.0.0, …)"
+        raise UsageError(f"cannot listen on {host}:{port}: {reason.lower()}{hint}") from None

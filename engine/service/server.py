@@ -1,4 +1,4 @@
-"""Run the HTTP app under uvicorn: `serve(app, host=…, port=…)`. The one module that
+"""Run the HTTP app under uvicorn: `serve(app, sock=listening(host, port), …)`. The one module that
 imports uvicorn; `policyctl serve` imports it only when it serves.
 
 A client cannot hold a connection open for nothing: each request must arrive whole (its
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 import sys
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -178,17 +179,35 @@ class _Server(uvicorn.Server):
         yield
 
 
+def listening(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (port 0: a free one), made before the server
+    starts, so that a host that does not resolve or an address in use is the caller's error
+    to report (`OSError`), and the address served is known (`getsockname()`)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as uvicorn binds)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(
     app: ASGIApp,
     *,
-    host: str,
-    port: int,
+    sock: socket.socket,
     limits: Limits,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then finish in-flight requests and return.
-    `on_stop()` runs when the stop begins (the dashboard ends its event streams). Logging
-    is `engine.service.logconfig`'s: uvicorn's own configuration is not applied."""
+    """Serve `app` on `sock` (`listening`) until SIGINT or SIGTERM, then finish in-flight
+    requests and return. `on_stop()` runs when the stop begins (the dashboard ends its
+    event streams). Logging is `engine.service.logconfig`'s: uvicorn's own configuration is
+    not applied."""
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
@@ -210,4 +229,4 @@ def serve(
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    server.run()
+    server.run(sockets=[sock])
