@@ -509,6 +509,41 @@ def test_cli_import_json_and_stdout(tmp_path: Path) -> None:
     assert doc["version"] == 2 and len(doc["models"]) == 258
 
 
+def test_cli_import_of_no_importable_entry_writes_nothing_and_names_the_broken_ones(
+    tmp_path: Path,
+) -> None:
+    """A table none of whose entries can be imported is an error: no catalog of no model is
+    written (`catalog show` itself could not read it), and each broken entry is named with
+    what is wrong with it (the first three of a reason, then how many more)."""
+    chat = {"litellm_provider": "openai", "mode": "chat", "max_input_tokens": 1000}
+    table = {
+        "gpt-9": {**chat, "input_cost_per_token": "free", "output_cost_per_token": 1e-6},
+        **{
+            f"gpt-9-{n}": {**chat, "input_cost_per_token": -1e-6, "output_cost_per_token": 1e-6}
+            for n in range(4)
+        },
+        "text-embedding-9": {"litellm_provider": "openai", "mode": "embedding"},
+    }
+    (tmp_path / "prices.json").write_text(json.dumps(table))
+    done = _policyctl(
+        tmp_path, "catalog", "import", "litellm", "prices.json", "--output", "models.yaml"
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "prices.json: imported 0 models from 6 entries",
+        "skipped 6:",
+        "  1  mode: not a chat or responses model (embedding 1)",
+        "  5  bad-value: a price, limit or flag that is not a valid number or boolean",
+        "      gpt-9: `input_cost_per_token` is 'free'",
+        "      gpt-9-0: `input_cost_per_token` is -1e-06",
+        "      gpt-9-1: `input_cost_per_token` is -1e-06",
+        "      … and 2 more",
+        "policyctl: error: `prices.json`: no entry could be imported, so nothing was written"
+        " (see the reasons above)",
+    ]
+    assert not (tmp_path / "models.yaml").exists()
+
+
 def test_cli_import_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     done = _policyctl(tmp_path, "catalog", "import", "litellm", "bad.json")

@@ -175,6 +175,11 @@ SKIP_REASONS: dict[str, str] = {
     "retired": "its deprecation_date has passed (`--current`)",
 }
 
+# the reasons that mean an entry is broken (a value of the wrong kind, a name the catalog
+# cannot hold), not left out by design: the report names the first BROKEN_SHOWN of each
+BROKEN_REASONS = frozenset({"bad-value", "bad-provider", "bad-id"})
+BROKEN_SHOWN = 3
+
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
@@ -224,6 +229,11 @@ class ImportReport:
                     shown = [f"{m} {n:,}" for m, n in sorted(modes.items(), key=_by_count)]
                     line += " (" + ", ".join(shown) + ")"
                 out.append(line)
+                if reason in BROKEN_REASONS:  # a broken entry: say which, and what is wrong
+                    broken = [s for s in self.skipped if s.reason == reason]
+                    out.extend(f"      {s.key}: {s.detail}" for s in broken[:BROKEN_SHOWN])
+                    if len(broken) > BROKEN_SHOWN:
+                        out.append(f"      … and {len(broken) - BROKEN_SHOWN:,} more")
         if self.unmapped:
             out.append(f"unmapped fields ({len(self.unmapped):,}; imported entries carrying each):")
             # a no-break space holds each name to its count; wrapped, it is a space again

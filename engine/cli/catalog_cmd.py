@@ -203,6 +203,13 @@ def run_import(args: argparse.Namespace) -> int:
     table = read_table(args.file) if args.file is not None else bundled_table()
     today = datetime.fromtimestamp(cli_clock()(), UTC).date() if args.current else None
     result = convert(table.data, providers, priors, default_prior, today)
+    if not result.report.imported:  # a catalog of no model routes nothing: write none
+        print(f"{table.source}: " + "\n".join(result.report.lines()), file=sys.stderr)
+        where = f" of {', '.join(providers)}" if providers else ""
+        raise UsageError(
+            f"`{table.source}`: no entry{where} could be imported, so nothing was written"
+            " (see the reasons above)"
+        )
     if args.output is not None and args.output.endswith(".json"):
         text = render_json(result.document, _header(table, result, providers))
     else:
