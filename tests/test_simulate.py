@@ -338,29 +338,29 @@ def test_bad_fields_are_all_reported_with_file_and_field(
     )
     assert messages == [
         "bad.yaml: field `requests`: missing",
-        "bad.yaml: field `rate_per_s`: input should be greater than 0",
-        "bad.yaml: field `request`: unknown field (did you mean `requests`?)",
-        "bad.yaml: field `traffic[0].weight`: input should be greater than 0",
-        "bad.yaml: field `traffic[0].input_tokens`: input should be greater than or equal to 0",
-        "bad.yaml: field `traffic[0].max_tokn`: unknown field (did you mean `max_tokens`?)",
-        "bad.yaml: field `traffic[1]`: expected a mapping of fields",
-        "bad.yaml: field `providers.gemini/gemini-1.5-flash.failure_rate`: input should be less"
-        " than or equal to 1",
-        "bad.yaml: field `providers.gemini/flash`: unknown model; gemini models:"
+        "bad.yaml:2:1: field `rate_per_s`: input should be greater than 0",
+        "bad.yaml:1:1: field `request`: unknown field (did you mean `requests`?)",
+        "bad.yaml:4:38: field `traffic[0].weight`: input should be greater than 0",
+        "bad.yaml:4:6: field `traffic[0].input_tokens`: input should be greater than or equal to 0",
+        "bad.yaml:4:24: field `traffic[0].max_tokn`: unknown field (did you mean `max_tokens`?)",
+        "bad.yaml:5:5: field `traffic[1]`: expected a mapping of fields",
+        "bad.yaml:7:56: field `providers.gemini/gemini-1.5-flash.failure_rate`: input should be"
+        " less than or equal to 1",
+        "bad.yaml:8:3: field `providers.gemini/flash`: unknown model; gemini models:"
         " `gemini-1.5-pro-latest`, `gemini-1.5-flash-latest`, `gemini-1.0-pro`",
-        "bad.yaml: field `providers.claude/claude-3-haiku`: p95_ms (400) must be greater than"
+        "bad.yaml:9:3: field `providers.claude/claude-3-haiku`: p95_ms (400) must be greater than"
         " mean_ms (500)",
-        "bad.yaml: field `providers.claude/claude-3-opus.drift.at_request`: missing",
-        "bad.yaml: field `providers.claude/claude-3-opus.drift.at`: unknown field",
-        "bad.yaml: field `providers.openai/gpt-4o.outage`: to_request (3) must be greater than"
-        " from_request (5)",
-        "bad.yaml: field `providers.gpt-4o`: unknown model: write `provider/model`, e.g."
+        "bad.yaml:10:65: field `providers.claude/claude-3-opus.drift.at_request`: missing",
+        "bad.yaml:10:73: field `providers.claude/claude-3-opus.drift.at`: unknown field",
+        "bad.yaml:11:45: field `providers.openai/gpt-4o.outage`: to_request (3) must be greater"
+        " than from_request (5)",
+        "bad.yaml:12:3: field `providers.gpt-4o`: unknown model: write `provider/model`, e.g."
         " `claude/claude-3-5-sonnet-20241022`",
-        "bad.yaml: field `strategies[0]`: unknown strategy `fastest` (strategies: `latency`,"
+        "bad.yaml:13:14: field `strategies[0]`: unknown strategy `fastest` (strategies: `latency`,"
         " `cost`, `weighted`, `model-specific`, `round-robin`, `failover`)",
-        "bad.yaml: field `strategies[1]`: factor weights add up to 110%, not 100% (make the"
+        "bad.yaml:13:23: field `strategies[1]`: factor weights add up to 110%, not 100% (make the"
         " percentages add up to 100%)",
-        "bad.yaml: field `strategies[2]`: strategy `cost` takes no factors (only"
+        "bad.yaml:13:60: field `strategies[2]`: strategy `cost` takes no factors (only"
         " `weighted(latency: 60%, cost: 40%)` takes factors)",
     ]
 
@@ -381,10 +381,10 @@ def test_unquoted_factors_and_duplicates(tmp_path: Path, monkeypatch: pytest.Mon
         monkeypatch,
     )
     assert messages == [
-        "bad.yaml: field `strategies[1]`: a strategy is a string; quote one with factors:"
+        "bad.yaml:6:5: field `strategies[1]`: a strategy is a string; quote one with factors:"
         ' "weighted(latency: 60%, cost: 40%)"',
-        "bad.yaml: field `strategies[2]`: `cost` is listed twice",
-        "bad.yaml: field `strategies[3]`: not a strategy: 'latency } route x {'",
+        "bad.yaml:7:5: field `strategies[2]`: `cost` is listed twice",
+        "bad.yaml:8:5: field `strategies[3]`: not a strategy: 'latency } route x {'",
     ]
 
 
@@ -405,10 +405,10 @@ def test_outage_and_policy_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch,
     )
     assert messages == [
-        "bad.yaml: field `traffic[0].id`: ids are given per simulated request; remove it",
-        "bad.yaml: field `providers.openai/gpt-4`: p95_ms (2000) is too far above mean_ms (500)"
+        "bad.yaml:3:29: field `traffic[0].id`: ids are given per simulated request; remove it",
+        "bad.yaml:5:3: field `providers.openai/gpt-4`: p95_ms (2000) is too far above mean_ms (500)"
         " for a lognormal: keep it under 3.87× the mean",
-        "bad.yaml: field `providers.openai/gpt-4o`: give the latency spread as `p95_ms` or as"
+        "bad.yaml:6:3: field `providers.openai/gpt-4o`: give the latency spread as `p95_ms` or as"
         " `sigma`, not both",
         "bad.yaml: field `policy` (line 2): `strategy` is set per run from `strategies`;"
         " remove it here",
@@ -422,21 +422,22 @@ def test_outage_and_policy_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ("- 1\n", "bad.yaml: not a scenario: expected a mapping of fields"),
         (
             "requests: 5\nrate_per_s: 1\ntraffic: []\n",
-            "bad.yaml: field `traffic`: list should have at least 1 item after validation, not 0",
+            "bad.yaml:3:1: field `traffic`: list should have at least 1 item after validation,"
+            " not 0",
         ),
         (
             "requests: 5\nrate_per_s: 1\ntraffic: [{}]\nstrategies: []\n",
-            "bad.yaml: field `strategies`: list at least one strategy",
+            "bad.yaml:4:1: field `strategies`: list at least one strategy",
         ),
         (
             "requests: 5\nrate_per_s: 1\ntraffic: [{output_token: 3}]\n",
-            "bad.yaml: field `traffic[0].output_token`: unknown field (did you mean"
+            "bad.yaml:3:12: field `traffic[0].output_token`: unknown field (did you mean"
             " `output_tokens`?)",
         ),
         (
             "requests: 5\nrate_per_s: 1\ntraffic: [{}]\nproviders: {nope/x: {mean_ms: 1,"
             " sigma: 0}}\n",
-            "bad.yaml: field `providers.nope/x`: unknown provider; providers: `claude`,"
+            "bad.yaml:4:13: field `providers.nope/x`: unknown provider; providers: `claude`,"
             " `gemini`, `openai`",
         ),
     ],
@@ -588,7 +589,8 @@ def test_cli_bad_scenario_exits_2(tmp_path: Path) -> None:
     done = cli("bad.yaml", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == (
-        "policyctl: error: bad.yaml: field `requests`: input should be greater than or equal to 1\n"
+        "policyctl: error: bad.yaml:1:1: field `requests`: input should be greater than or equal"
+        " to 1\n"
     )
     assert done.stdout == ""
 

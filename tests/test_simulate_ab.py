@@ -368,12 +368,12 @@ def test_users_validation(tmp_path: Path) -> None:
         load_scenario(path)
     source = str(path)
     assert err.value.messages == [
-        f"{source}: field `users`: input should be greater than or equal to 1",
-        f"{source}: field `traffic[0].users`: input should be a valid integer",
-        f"{source}: field `traffic[1].users`: input should be a valid integer",
-        f"{source}: field `traffic[2].users`: input should be a valid integer",
-        f"{source}: field `traffic[3].users`: input should be less than or equal to 1000000",
-        f"{source}: field `traffic[4].users`: the template gives one `user`; remove `user`"
+        f"{source}:3:1: field `users`: input should be greater than or equal to 1",
+        f"{source}:5:33: field `traffic[0].users`: input should be a valid integer",
+        f"{source}:6:33: field `traffic[1].users`: input should be a valid integer",
+        f"{source}:7:33: field `traffic[2].users`: input should be a valid integer",
+        f"{source}:8:33: field `traffic[3].users`: input should be less than or equal to 1000000",
+        f"{source}:9:46: field `traffic[4].users`: the template gives one `user`; remove `user`"
         " to draw users from a pool, or `users` to keep that one",
     ]
     top = write(
@@ -389,7 +389,7 @@ def test_users_validation(tmp_path: Path) -> None:
     )
     with pytest.raises(ScenarioError) as err:
         load_scenario(top)
-    assert err.value.messages == [f"{top}: field `users`: input should be a valid integer"]
+    assert err.value.messages == [f"{top}:3:1: field `users`: input should be a valid integer"]
 
 
 def test_too_few_samples_gives_no_interval(tmp_path: Path) -> None:

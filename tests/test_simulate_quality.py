@@ -373,21 +373,22 @@ def test_bad_quality_and_degradation_fields(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
-        "policyctl: error: bad.yaml: field `traffic[0].min_quality`: input should be less than"
+        "policyctl: error: bad.yaml:4:36: field `traffic[0].min_quality`: input should be less than"
         " or equal to 1",
-        "policyctl: error: bad.yaml: field `providers.openai/gpt-5-nano.quality.cod`: unknown"
+        "policyctl: error: bad.yaml:7:44: field `providers.openai/gpt-5-nano.quality.cod`: unknown"
         " template (did you mean `code`?)",
-        "policyctl: error: bad.yaml: field `providers.openai/gpt-4o-mini.quality`: expected a"
+        "policyctl: error: bad.yaml:8:24: field `providers.openai/gpt-4o-mini.quality`: expected a"
         " score from 0 to 1, or a mapping of template names to scores (`{chat: 0.8, code:"
         " 0.6}`)",
-        "policyctl: error: bad.yaml: field `providers.openai/gpt-5-mini.quality`: `chat`:"
+        "policyctl: error: bad.yaml:9:23: field `providers.openai/gpt-5-mini.quality`: `chat`:"
         " 'high' is not a score from 0 to 1",
-        "policyctl: error: bad.yaml: field"
+        "policyctl: error: bad.yaml:10:34: field"
         " `providers.gemini/gemini-2.5-flash-lite.degradation.latency_factor`: missing",
-        "policyctl: error: bad.yaml: field `providers.anthropic/claude-haiku-4-5`: give"
+        "policyctl: error: bad.yaml:11:3: field `providers.anthropic/claude-haiku-4-5`: give"
         " `mean_ms` with `p95_ms` or `sigma`",
-        "policyctl: error: bad.yaml: field `providers.anthropic/claude-sonnet-4-6.degradation`:"
-        " to_request (2) must be greater than from_request (5)",
+        "policyctl: error: bad.yaml:13:5: field"
+        " `providers.anthropic/claude-sonnet-4-6.degradation`: to_request (2) must be greater than"
+        " from_request (5)",
         "policyctl: error: bad.yaml: field `routes` (line 2): `strategy` is set per run from"
         " `strategies`; remove it here",
     ]

@@ -33,6 +33,7 @@ from engine.simulate.content import ContentError, ContentSpec, bodies
 from engine.simulate.world import Provider, ProviderSpec, SessionSpec, Template, capable
 from engine.strategies import STRATEGIES
 from engine.vocabulary import DEFAULT_OUTPUT_TOKENS
+from engine.yaml_positions import YamlSyntaxError, load_positioned
 
 DEFAULT_STRATEGIES = (
     "latency",
@@ -664,6 +665,50 @@ def load_scenario(
     p = Path(path)
     source = str(path)
     text = _read(p)
+    try:
+        return _load_scenario(p, source, text, strategies, seed, requests)
+    except ScenarioError as err:
+        raise ScenarioError(_placed(err.messages, source, text)) from None
+
+
+_FIELD_MESSAGE = re.compile(r"field `([^`]+)`")
+
+
+def _placed(messages: list[str], source: str, text: str) -> list[str]:
+    """The messages that name a field of the file (`SOURCE: field `PATH`: …`) with the line
+    and column it was written at (`SOURCE:LINE:COL: field …`, as every file error reads): of
+    the field, or of the nearest enclosing one written (a missing field: its mapping's). A
+    top-level field that is missing has no place, and a message that gives a line already
+    (a policy block's) keeps its own."""
+    head = f"{source}: field `"
+    if not any(m.startswith(head) for m in messages):
+        return messages
+    try:
+        _, positions = load_positioned(text, source, fast=True)
+    except YamlSyntaxError:  # pragma: no cover - the data load reported it
+        return messages
+    out = []
+    for message in messages:
+        found = _FIELD_MESSAGE.match(message, len(source) + 2)
+        if message.startswith(head) and found is not None and "(line " not in message:
+            path = found.group(1)
+            while path and path not in positions.at:
+                path = path[: max(path.rfind("."), path.rfind("["), 0)]
+            if path:
+                line, col = positions.at[path]
+                message = f"{source}:{line}:{col}: {message[len(source) + 2 :]}"
+        out.append(message)
+    return out
+
+
+def _load_scenario(
+    p: Path,
+    source: str,
+    text: str,
+    strategies: Sequence[str] | None,
+    seed: int | None,
+    requests: int | None,
+) -> Scenario:
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
