@@ -16,7 +16,7 @@ TOPICS = {
 
 # keywords over the request's text cannot hang: `inline=True` runs it on the deciding
 # thread, without the handoff to a worker that enforcing its timeout costs
-@feature(type=str, timeout_ms=5, fallback="general", inline=True)
+@feature(type=str, timeout_ms=50, fallback="general", inline=True)
 def topic(request: RequestView) -> str:
     """The last message's topic: "code", "legal", "medical" or "general"."""
     if request.text("code"):  # a prompt feature, derived once for the request
