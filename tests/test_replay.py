@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from engine import PolicyEngine
+from engine.units import format_money
 
 START = 1_800_000_000.0
 OLD = """
@@ -137,6 +138,30 @@ def test_moving_one_route_changes_exactly_its_traffic(tmp_path: Path) -> None:
         tmp_path, "--policy", "new.policy", "--from", str(tmp_path / "part-*.parquet")
     )
     assert parquet == report
+
+
+def test_the_table_gives_the_projected_cost_and_latency_change_of_the_json(
+    tmp_path: Path,
+) -> None:
+    """The table's `change` line says how the projected cost and the mean latency move,
+    with the figures of the JSON report of the same replay."""
+    state = _write_log(tmp_path)
+    report = _replay(tmp_path, "--policy", "new.policy", "--from", str(state))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
+    table = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "--policy", "new.policy", "--from",
+         str(state)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    before, after = report["before"], report["after"]
+    cost = after["cost"] - before["cost"]
+    latency = after["mean_latency_ms"] - before["mean_latency_ms"]
+    assert latency != 0  # anthropic's estimates are not openai's measured means
+    sign = "+" if cost >= 0 else "-"
+    assert table.stdout.splitlines()[-1] == (
+        f"  change  cost {sign}{format_money(abs(cost))}, mean latency {latency:+,.0f} ms"
+    )
 
 
 def test_a_window_and_what_cannot_be_replayed(tmp_path: Path) -> None:

@@ -71,7 +71,14 @@ def text(r: ReplayReport) -> str:
     for name, t in (("before", r.before), ("after", r.after)):
         lines.append(f"  {name:7} {_totals(t)}")
     cost = r.after.cost - r.before.cost
-    lines.append(f"  change  cost {'+' if cost >= 0 else '-'}{format_money(abs(cost))}")
+    change = f"  change  cost {'+' if cost >= 0 else '-'}{format_money(abs(cost))}"
+    before, after = (
+        _mean(r.before.latency_ms, r.before.served),
+        _mean(r.after.latency_ms, r.after.served),
+    )
+    if before is not None and after is not None:
+        change += f", mean latency {after - before:+,.0f} ms"
+    lines.append(change)
     return "\n".join(lines)
 
 
