@@ -356,17 +356,28 @@ def test_no_eligible_deployment_is_a_429_without_a_retry_time(
 
 
 def test_an_unmapped_deployment_is_a_clear_error_at_install(tmp_path: Path) -> None:
-    router = Router(model_list=[*CHAT, _deployment("chat", "openai/gpt-9", "x")])
+    router = Router(model_list=[*CHAT, _deployment("chat", "openai/my-finetune-v2", "x")])
     with pytest.raises(UnmappedDeployment) as caught:
         install(router, _engine(tmp_path))
     text = str(caught.value)
     assert re.fullmatch(
-        r"LiteLLM deployment `openai/gpt-9` \(model group `chat`, id `\w+`\) is not in the"
-        r" catalog `.*models\.yaml` \(looked for `openai/gpt-9`\): add it to the catalog, or"
-        r" name the entry it serves in the deployment's model_info, e.g\."
+        r"LiteLLM deployment `openai/my-finetune-v2` \(model group `chat`, id `\w+`\) is not in"
+        r" the catalog `.*models\.yaml` \(looked for `openai/my-finetune-v2`\): add it to the"
+        r" catalog, or name the entry it serves in the deployment's model_info, e.g\."
         r' "model_info": \{"policyctl_model": "openai/gpt-4o"\}',
         text,
     ), text
+
+
+def test_a_misspelt_deployment_gets_the_entry_it_likely_means(tmp_path: Path) -> None:
+    """A typo in a deployment's model is an error with the checker's did-you-mean (among the
+    provider's entries), and the model_info example names that entry."""
+    router = Router(model_list=[*CHAT, _deployment("chat", "openai/gpt-4o-mnii", "x")])
+    with pytest.raises(UnmappedDeployment) as caught:
+        install(router, _engine(tmp_path))
+    text = str(caught.value)
+    assert "(looked for `openai/gpt-4o-mnii`; did you mean `openai/gpt-4o-mini`?)" in text, text
+    assert text.endswith('e.g. "model_info": {"policyctl_model": "openai/gpt-4o-mini"}'), text
 
 
 def test_model_info_names_the_catalog_entry(tmp_path: Path, installed: list[Any]) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from engine.api.policy_engine import PolicyEngine
 from engine.catalog.model import Catalog, Model
+from engine.diagnostics import did_you_mean
 from engine.errors import PolicyctlError
 from engine.limits.records import LimitDenial
 from engine.routing.decision import Decision
@@ -125,12 +126,24 @@ def catalog_entry(catalog: Catalog, deployment: Mapping[str, Any]) -> Model:
             else:
                 tried.append(candidate)
     group = deployment.get("model_name")
+    guess = next((found for t in tried if (found := _guess(catalog, t))), None)
+    looked = ", ".join(f"`{t}`" for t in tried) + (f"; did you mean `{guess}`?" if guess else "")
     raise UnmappedDeployment(
         f"LiteLLM deployment `{model}` (model group `{group}`, id `{info.get('id')}`) is not"
-        f" in the catalog `{catalog.source}` (looked for {', '.join(f'`{t}`' for t in tried)}):"
+        f" in the catalog `{catalog.source}` (looked for {looked}):"
         f" add it to the catalog, or name the entry it serves in the deployment's model_info,"
-        f' e.g. "model_info": {{"{MAPPING_KEY}": "openai/gpt-4o"}}'
+        f' e.g. "model_info": {{"{MAPPING_KEY}": "{guess or "openai/gpt-4o"}"}}'
     )
+
+
+def _guess(catalog: Catalog, tried: str) -> str | None:
+    """The catalog entry `provider/name` was likely meant to be (the checker's did-you-mean
+    for an unknown model: among the names of the same provider)."""
+    provider, name = _split(tried)
+    if provider is None:
+        return None
+    found = did_you_mean(name, catalog.names(provider))
+    return None if found is None else f"{provider}/{found}"
 
 
 def _provider_of(model: str) -> str | None:
