@@ -5,7 +5,7 @@
 
 from typing import Any
 
-from engine.api.policy_engine import PolicyEngine
+from engine.api.policy_engine import EngineClosedError, PolicyEngine
 from engine.build import VERSION
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
@@ -38,6 +38,7 @@ __all__ = [
     "DeniedByRule",
     "Diagnostic",
     "DroppedCandidate",
+    "EngineClosedError",
     "LimitDenial",
     "NoEligibleModel",
     "PolicyEngine",

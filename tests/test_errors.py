@@ -33,6 +33,7 @@ EXIT_CODES: dict[str, int] = {
     "engine.analytics.importer.OutcomeImportError": EXIT_BAD_INPUT,
     "engine.analytics.queries.ExportError": EXIT_BAD_INPUT,
     "engine.analytics.salvage.StateWriteError": EXIT_ERROR,
+    "engine.api.policy_engine.EngineClosedError": EXIT_ERROR,
     "engine.catalog.litellm.LiteLLMMissing": EXIT_BAD_INPUT,
     "engine.catalog.model.CatalogError": EXIT_BAD_INPUT,
     "engine.cli.common.UsageError": EXIT_BAD_INPUT,
@@ -79,6 +80,7 @@ LOCATED = {
 # the errors that existing `except ValueError` / `except RuntimeError` callers rely on
 OTHER_BASES: dict[str, type[Exception]] = {
     "engine.analytics.salvage.StateWriteError": RuntimeError,
+    "engine.api.policy_engine.EngineClosedError": RuntimeError,
     "engine.integrations.litellm.UnmappedDeployment": LookupError,
     "engine.language.explain.UnknownCode": LookupError,
     "engine.limits.admin.AdminError": ValueError,

@@ -31,6 +31,7 @@ from engine.api.logs import AnalyticsLogs, EngineLogs, limit_config_rows
 from engine.api.waiting import Waiter, WaitQueues, has_waits
 from engine.catalog.model import CatalogError
 from engine.diagnostics import Diagnostic, PolicyError
+from engine.errors import EXIT_ERROR, PolicyctlError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
 from engine.limits.limiter import DEFAULT_SETTLE_WITHIN_S, Limiter
@@ -70,6 +71,18 @@ DEFAULT_FLUSH_INTERVAL_S = 1.0  # state, violations and stats reach the file thi
 DEFAULT_OUTCOME_QUEUE = 100_000  # outcomes waiting to be written, at most
 DEFAULT_QUIET_MS = 100.0  # a changed policy file must keep still this long before a reload
 REDIS_SCHEMES = SHARED_HEALTH_URL_PREFIXES  # health shared through Redis
+
+
+class EngineClosedError(PolicyctlError, RuntimeError, exit_code=EXIT_ERROR):
+    """A decision or an outcome asked of a closed `PolicyEngine`: its logs and state store
+    are shut, so what it decided or was told could not be kept (as a closed file refuses a
+    write)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(
+            f"cannot {action}: this PolicyEngine is closed (its logs and state are written"
+            " and shut); make a new one"
+        )
 
 
 class PolicyEngine:
@@ -185,6 +198,7 @@ class PolicyEngine:
         self.warnings: tuple[Diagnostic, ...] = loaded.warnings
         self.loaded_at = clock()
         self.last_reload_error: str | None = None
+        self.closed = False  # `close()` sets it: no decision or outcome is taken after
         self.reloads = 0
         self.reload_errors = 0
         self._reload_lock = threading.Lock()
@@ -423,7 +437,10 @@ class PolicyEngine:
     def close(self) -> None:
         """Stop watching, flush the logs (outcomes included) and close the state store.
         Everything is closed even when a write fails; then the first `StateWriteError`
-        is raised (what could not be written is lost)."""
+        is raised (what could not be written is lost). A closed engine takes no decision
+        or outcome (`EngineClosedError`): they could no longer be logged. Closing twice
+        does nothing more."""
+        self.closed = True
         self.stop()
         self.alert_monitor.close()
         if self._logs is not None:
@@ -536,6 +553,8 @@ class PolicyEngine:
         request: Mapping[str, Any] | Request | None = None,
     ) -> Decision:
         """One decision on an evaluation environment (`evaluate`, and the waiters)."""
+        if self.closed:
+            raise EngineClosedError("decide")
         program = self._program  # one snapshot per evaluation
         decision = evaluate(
             program,
@@ -578,6 +597,8 @@ class PolicyEngine:
         alternatives, fallbacks, confidence or a shadow route's decision. An engine that
         logs its decisions (a DuckDB state file), with an alert on denials, or with requests
         waiting for a limit takes the full path (`evaluate`), so nothing it keeps is skipped."""
+        if self.closed:
+            raise EngineClosedError("decide")
         if not self.decides_lean:
             return lean_of(self.evaluate(request, request_id=request_id, conversation=conversation))
         env = env_of(request, request_id=request_id)
@@ -749,6 +770,8 @@ class PolicyEngine:
     ) -> bool:
         """`record_outcome` with positional arguments: the hot path (no I/O, no lock but the
         window's)."""
+        if self.closed:
+            raise EngineClosedError("record an outcome")
         catalog = self._program.catalog
         found = catalog.find(provider, model)
         if found is None:
