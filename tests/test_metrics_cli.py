@@ -600,6 +600,11 @@ def test_eval_routes_away_from_a_model_made_slow_by_imported_outcomes(
          " --format csv (or name it .parquet or .csv)"),
         (("metrics", "export", "--output", "no/such/dir/out.csv"),
          "cannot write `no/such/dir/out.csv`: no such directory `no/such/dir`"),
+        # (it wrote a file named `-` and said `exported 0 outcomes to -`)
+        (("metrics", "export", "--output", "-", "--format", "csv"),
+         "`--output -`: the export is written to a file, not to standard output"),
+        (("log", "export", "-o", "-", "--format", "csv"),
+         "`--output -`: the export is written to a file, not to standard output"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_exit_2(cli: CLI, args: tuple[str, ...], message: str) -> None:
