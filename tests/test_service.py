@@ -962,6 +962,21 @@ def test_sigterm_finishes_and_flushes(tmp_path: Path) -> None:
     assert decision_count(server.state) == 3
 
 
+def test_sighup_stops_as_sigterm_does(tmp_path: Path) -> None:
+    """A closed terminal or a `kill -HUP`: exit 0 with everything written. (SIGHUP's
+    default ended the process on the spot, exit 129: acknowledged outcomes not yet written
+    were lost; `--flush-interval 60` keeps the writer from saving them before the stop.)"""
+    with serving(tmp_path, "--no-watch", "--flush-interval", "60") as server, server.client() as c:
+        assert c.post("/v1/eval", json={"id": "h", "user": "bob"}).status_code == 200
+        batch = [outcome(request_id=f"hup-{i}", latency_ms=100 + i) for i in range(3)]
+        assert c.post("/v1/outcomes", json=batch).json() == {"recorded": 3}
+        server.proc.send_signal(signal.SIGHUP)
+        code = server.proc.wait(timeout=DEADLINE_S)
+        assert code == 0, server.output()
+    assert sorted(outcome_rows(server.state)) == ["hup-0", "hup-1", "hup-2"]
+    assert decision_count(server.state) == 1
+
+
 def test_a_rejected_batch_records_nothing(tmp_path: Path) -> None:
     """All or nothing: a batch with one bad item changes nothing — neither the live health
     the router uses nor the outcome log — while the same batch without it does both.
