@@ -281,3 +281,20 @@ def test_server_flags_are_checked_before_anything_is_asked(tmp_path: Path) -> No
         run = policyctl(tmp_path, *args)
         assert (run.code, run.out, run.err) == (2, "", f"policyctl: error: {message}\n"), args
     assert files_under(tmp_path / "xdg") == []
+
+
+def test_a_state_file_that_is_not_duckdb_is_bad_input_not_busy(tmp_path: Path) -> None:
+    """Exit 4 is for a state file another process holds (docs/decisions.md §4); a file that
+    is not a DuckDB database is the --state given: exit 2, saying so, at once (it was 4)."""
+    state = tmp_path / "state.duckdb"
+    state.write_text("not a database\n", encoding="utf-8")
+    message = f"policyctl: error: cannot open state file `{state}`: IO Error: The file"
+    for args in (
+        ("serve", "--port", "0", "--no-watch"),
+        ("ratelimit", "status", "--user", "a"),
+        ("metrics", "show"),
+        ("eval", "--policy", str(REPO / "policies"), "-"),
+    ):
+        run = policyctl(tmp_path, *args, "--state", str(state), POLICYCTL_NOW=NOW)
+        assert run.code == 2, (args, run.err)
+        assert run.err.startswith(message) and "is not a valid DuckDB database" in run.err

@@ -160,6 +160,35 @@ def test_jsonl_import_reports_every_bad_row_by_line_and_keeps_the_good(
     assert recorded == pytest.approx(NOW - 30, abs=0.01)
 
 
+def test_a_timestamp_in_the_future_or_before_1970_is_a_bad_row(cli: CLI, tmp_path: Path) -> None:
+    """As `POST /v1/outcomes` refuses them (`CLOCK_SKEW_S`, 5 minutes of skew allowed):
+    a future outcome would sit in every window until its time came, skewing the figures.
+    They were imported as good rows."""
+    skew_s = 300
+    path = write_jsonl(
+        tmp_path / "outcomes.jsonl",
+        [
+            good(1, timestamp=NOW + skew_s - 1),  # 1 good: within the skew
+            good(2, timestamp=NOW + skew_s + 60),  # 2 future, epoch seconds
+            good(3, timestamp=iso(-86400)),  # 3 future, ISO 8601 (a day ahead)
+            good(4, timestamp="1969-12-31T23:59:59Z"),  # 4 before 1970
+            good(5, timestamp=-1),  # 5 before 1970, epoch seconds
+            good(6, timestamp=0),  # 6 good: 1970 itself
+        ],
+    )
+    proc = cli.run("metrics", "import", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == "imported 2 outcomes, rejected 4\n"
+    ahead = " (at most 5 minutes ahead of this machine's clock)"
+    assert proc.stderr.splitlines() == [
+        f"{path}:2: timestamp is in the future, got `{NOW + skew_s + 60!r}`{ahead}",
+        f"{path}:3: timestamp is in the future, got `{iso(-86400)}`{ahead}",
+        f"{path}:4: timestamp is before 1970, got `1969-12-31T23:59:59Z`",
+        f"{path}:5: timestamp is before 1970, got `-1`",
+    ]
+    assert sorted(cli.query("SELECT latency_ms FROM outcomes")) == [(101.0,), (106.0,)]
+
+
 def test_csv_import_counts_the_header_as_line_1(cli: CLI, tmp_path: Path) -> None:
     path = tmp_path / "outcomes.csv"
     path.write_text(
@@ -571,6 +600,11 @@ def test_eval_routes_away_from_a_model_made_slow_by_imported_outcomes(
          " --format csv (or name it .parquet or .csv)"),
         (("metrics", "export", "--output", "no/such/dir/out.csv"),
          "cannot write `no/such/dir/out.csv`: no such directory `no/such/dir`"),
+        # (it wrote a file named `-` and said `exported 0 outcomes to -`)
+        (("metrics", "export", "--output", "-", "--format", "csv"),
+         "`--output -`: the export is written to a file, not to standard output"),
+        (("log", "export", "-o", "-", "--format", "csv"),
+         "`--output -`: the export is written to a file, not to standard output"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_and_exit_2(cli: CLI, args: tuple[str, ...], message: str) -> None:

@@ -474,6 +474,29 @@ def test_an_address_this_machine_does_not_have_is_an_error(tmp_path: Path) -> No
     )
 
 
+def test_a_state_file_another_process_holds_is_one_error(tmp_path: Path) -> None:
+    """A DuckDB --state held by another process: exit 4 naming the file, after one lock
+    wait. (It was taken for a busy default analytics file: a warning naming `None`, a
+    second wait, then the error.)"""
+    import duckdb
+
+    state = tmp_path / "state.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    holder = duckdb.connect(str(state))  # this process holds the file's lock
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "serve", "--port", "0", "--state", str(state),
+             "--no-watch"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE_S,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert done.returncode == 4
+    assert done.stderr == (
+        f"policyctl: error: state file `{state}` is in use by another process; waited 10 s\n"
+    )
+
+
 def test_port_0_logs_the_port_it_serves_on(tmp_path: Path) -> None:
     """`--port 0` picks a free port; the `serving on` line names it, and it answers there."""
     policies = copy_policies(tmp_path / "policies")

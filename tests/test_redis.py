@@ -327,3 +327,40 @@ def test_a_shared_metrics_outage_is_logged_once_then_its_recovery(
     finally:
         metrics.close()
         server.stop()
+
+
+def test_admin_reads_on_a_served_redis_that_is_down_are_503_then_recover(tmp_path: Path) -> None:
+    """A real `policyctl serve` on Redis state: with Redis killed, the admin `GET`s that
+    read the store answer 503 saying so (they were a 500 `internal error` and a traceback
+    in the log); decisions keep failing open, counted in `policyctl_store_errors_total`;
+    once Redis is back they answer again."""
+    import httpx
+    from _redis import RedisServer
+    from test_service import serving
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        state = server.url + "?timeout=0.2"
+        with serving(tmp_path, "--analytics", str(tmp_path / "a.duckdb"), state=state) as served:
+            status = f"{served.url}/v1/ratelimit/status?user=bob"
+            assert httpx.get(status, timeout=20).status_code == 200
+            server.stop()
+            for path in ("status?user=bob", "config", "buckets"):
+                down = httpx.get(f"{served.url}/v1/ratelimit/{path}", timeout=20)
+                assert down.status_code == 503, (path, down.text)
+                assert down.json()["error"].startswith(f"redis at `{state}`: "), down.text
+                assert down.headers["retry-after"] == "1"
+            decided = httpx.post(f"{served.url}/v1/eval", json={"id": "r", "user": "bob"})
+            assert decided.status_code == 200 and decided.json()["allowed"] is True
+            # the failing open is in /metrics, not only in the log
+            scraped = httpx.get(f"{served.url}/metrics", timeout=20).text
+            errors = [line for line in scraped.splitlines()
+                      if line.startswith("policyctl_store_errors_total ")]  # fmt: skip
+            assert len(errors) == 1 and float(errors[0].split()[1]) >= 1, errors
+            server.start()
+            back = httpx.get(status, timeout=20)
+            assert back.status_code == 200 and back.json()[0]["key"] == "bob"
+            assert "Traceback" not in served.output()
+    finally:
+        server.stop()

@@ -251,6 +251,33 @@ def test_dry_run_consumes_nothing(client: httpx.Client) -> None:
     assert user_remaining(dry_run="yes") == first - 1
 
 
+@pytest.mark.parametrize(
+    ("path", "flag"),
+    [("/v1/eval", "dry_run"), ("/v1/eval", "explain"), ("/v1/enforce", "dry_run"),
+     ("/v1/eval/batch", "dry_run"), ("/v1/eval", "stream")],
+)  # fmt: skip
+def test_a_flag_that_is_neither_true_nor_false_is_refused(
+    client: httpx.Client, path: str, flag: str
+) -> None:
+    """`?dry_run=ture` was read as no flag: a real decision that consumed quota. A value
+    that is neither true nor false is a 422 naming the parameter, and consumes nothing."""
+    user = unique("flag")
+    body = {"id": "f", "user": user, "prompt": "hi"}
+    sent: Any = [body] if path.endswith("batch") else body
+    response = client.post(path, params={flag: "ture"}, json=sent)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid request",
+        "detail": [{"field": flag, "message": f"`{flag}` must be true or false (1/0, yes/no),"
+                    " got `ture`"}],
+    }  # fmt: skip
+    left = client.post("/v1/eval", params={"dry_run": "TRUE"}, json=body)
+    assert remaining(left.json(), "user") == 109  # nothing consumed: 100 + burst 10, less one
+    for value in ("0", "false", "no", ""):
+        kept = client.post(path, params={flag: value}, json=sent)
+        assert kept.status_code in (200, 429), (value, kept.text)
+
+
 def test_a_denial_is_a_200(client: httpx.Client) -> None:
     body = {"id": "cheap", "user": unique("u"), "prompt": "hi", "max_cost": 0}
     response = client.post("/v1/eval", json=body)
@@ -933,6 +960,21 @@ def test_sigterm_finishes_and_flushes(tmp_path: Path) -> None:
     for i in range(5):
         assert rows.get(f"term-{i}") == ("gemini", "gemini-1.5-flash-latest", 100.0 + i, True)
     assert decision_count(server.state) == 3
+
+
+def test_sighup_stops_as_sigterm_does(tmp_path: Path) -> None:
+    """A closed terminal or a `kill -HUP`: exit 0 with everything written. (SIGHUP's
+    default ended the process on the spot, exit 129: acknowledged outcomes not yet written
+    were lost; `--flush-interval 60` keeps the writer from saving them before the stop.)"""
+    with serving(tmp_path, "--no-watch", "--flush-interval", "60") as server, server.client() as c:
+        assert c.post("/v1/eval", json={"id": "h", "user": "bob"}).status_code == 200
+        batch = [outcome(request_id=f"hup-{i}", latency_ms=100 + i) for i in range(3)]
+        assert c.post("/v1/outcomes", json=batch).json() == {"recorded": 3}
+        server.proc.send_signal(signal.SIGHUP)
+        code = server.proc.wait(timeout=DEADLINE_S)
+        assert code == 0, server.output()
+    assert sorted(outcome_rows(server.state)) == ["hup-0", "hup-1", "hup-2"]
+    assert decision_count(server.state) == 1
 
 
 def test_a_rejected_batch_records_nothing(tmp_path: Path) -> None:

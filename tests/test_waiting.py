@@ -257,6 +257,10 @@ async def test_the_service_holds_a_request_until_it_is_admitted() -> None:
         # ?wait=false: the answer at once
         denied = await client.post("/v1/eval?wait=false", json={"id": "now", "user": "u"})
         assert denied.json()["allowed"] is False and engine.waiters.depth() == 0
+        # a value that is neither true nor false is refused, not taken for "wait"
+        typo = await client.post("/v1/eval?wait=flase", json={"id": "typo", "user": "u"})
+        assert typo.status_code == 422 and engine.waiters.depth() == 0
+        assert typo.json()["detail"][0]["field"] == "wait"
         bad = await client.post("/v1/eval", json={"user": "u"}, headers={"X-Priority": "high"})
         assert bad.status_code == 422
         text = (await client.get("/metrics")).text

@@ -41,8 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.analytics.records import (
+    BEFORE_1970,
     CACHED_OVER_INPUT,
     CACHED_WITHOUT_INPUT,
+    CLOCK_SKEW_S,
+    FUTURE,
     MISSING,
     NOT_AN_OBJECT,
     OUTCOME_ALIASES,
@@ -50,6 +53,7 @@ from engine.analytics.records import (
     OUTCOME_REQUIRED,
     SHOWN,
     OutcomeRow,
+    ahead_of,
     must_prefix,
     unknown_model,
 )
@@ -60,6 +64,7 @@ REQUIRED = OUTCOME_REQUIRED  # the outcome record's fields: engine.analytics.rec
 FIELDS = OUTCOME_FIELDS
 ALIASES = OUTCOME_ALIASES
 
+IMPORT_CLOCK = "this machine's clock"  # what a timestamp in the future is ahead of
 CSV_SUFFIXES = (".csv", ".tsv")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSED = (".gz", ".zst")
@@ -277,6 +282,7 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
     `2024-…`), so good rows never pay for a failed cast.
     """
     now_us = round(now_s * 1e6)
+    latest = f"make_timestamp({now_us + CLOCK_SKEW_S * 1_000_000}::BIGINT)"
     lookup = _CatalogLookup(_catalog_rows(catalog))
     tokens = ("input_tokens_d", "output_tokens_d", "cached_tokens_d")
     cost = lookup.cost(*(f"coalesce({column}, 0)" for column in tokens))
@@ -290,7 +296,9 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
                AND (raw_cached_tokens IS NULL OR {_whole_ok("cached_tokens_d")}
                     AND input_tokens_d IS NOT NULL AND cached_tokens_d <= input_tokens_d)
                AND (raw_cost IS NULL OR coalesce(isfinite(cost_d) AND cost_d >= 0, false))
-               AND recorded_at IS NOT NULL AS ok,
+               AND recorded_at IS NOT NULL AND recorded_at <= {latest}
+               AND recorded_at >= TIMESTAMP '1970-01-01' AS ok,
+               coalesce(recorded_at > {latest}, false) AS ahead,
                coalesce(cost_d, CASE WHEN input_tokens_d IS NOT NULL
                                        OR output_tokens_d IS NOT NULL
                    THEN {cost} END) AS cost
@@ -299,7 +307,7 @@ def _typed_sql(fields_sql: str, now_s: float, catalog: Catalog) -> str:
                    CASE WHEN raw_timestamp IS NULL THEN make_timestamp({now_us}::BIGINT)
                         WHEN iso THEN CASE WHEN isfinite(ts_tz)
                                            THEN make_timestamp(epoch_us(ts_tz)) END
-                        WHEN isfinite(ts_d) AND ts_d >= 0 AND ts_d < 253402300800
+                        WHEN isfinite(ts_d) AND ts_d >= -62135596800 AND ts_d < 253402300800
                         THEN make_timestamp(CAST(round(ts_d * 1e6) AS BIGINT))
                    END AS recorded_at
             FROM (
@@ -369,7 +377,13 @@ def _problems_sql() -> str:
         "CASE WHEN raw_cost IS NOT NULL AND NOT coalesce(isfinite(cost_d) AND cost_d >= 0,"
         f" false) THEN {_sql_text(must_prefix('cost'))} || " + _quoted("raw_cost") + " END",
         "CASE WHEN raw_timestamp IS NOT NULL AND recorded_at IS NULL THEN"
-        f" {_sql_text(must_prefix('timestamp'))} || " + _quoted("raw_timestamp") + " END",
+        f" {_sql_text(must_prefix('timestamp'))} || "
+        + _quoted("raw_timestamp")
+        + f" WHEN ahead THEN {_sql_text(FUTURE)} || "
+        + _quoted("raw_timestamp")
+        + f" || {_sql_text(ahead_of(IMPORT_CLOCK))}"
+        " WHEN recorded_at < TIMESTAMP '1970-01-01' THEN"
+        f" {_sql_text(BEFORE_1970)} || " + _quoted("raw_timestamp") + " END",
     ]
     return f"coalesce(structural, nullif(concat_ws('; ', {', '.join(checks)}), ''))"
 

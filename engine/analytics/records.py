@@ -352,6 +352,13 @@ def outcome_problems(item: object) -> list[tuple[str, str]]:
 
 
 CLOCK_SKEW_S = 300  # how far ahead of the server's clock an outcome's timestamp may be
+FUTURE = "timestamp is in the future, got "  # then the value, then `ahead_of(clock)`
+BEFORE_1970 = "timestamp is before 1970, got "  # then the value
+
+
+def ahead_of(clock: str) -> str:
+    """The end of a future timestamp's reason: how far ahead of `clock` one may be."""
+    return f" (at most {CLOCK_SKEW_S // 60} minutes ahead of {clock})"
 
 
 def check_outcome(
@@ -370,12 +377,9 @@ def check_outcome(
         problems.append(("timestamp", bad_value("timestamp", value)))
     else:
         if at is not None and at > now_s + CLOCK_SKEW_S:
-            problems.append(
-                ("timestamp", f"timestamp is in the future, got {shown(value)} (at most"
-                 f" {CLOCK_SKEW_S // 60} minutes ahead of the server's clock)")
-            )  # fmt: skip
+            problems.append(("timestamp", FUTURE + shown(value) + ahead_of("the server's clock")))
         elif at is not None and at < 0:
-            problems.append(("timestamp", f"timestamp is before 1970, got {shown(value)}"))
+            problems.append(("timestamp", BEFORE_1970 + shown(value)))
     provider, model = str(item["provider"]), str(item["model"])
     if catalog.find(provider, model) is None:
         problems.append(("model", unknown_model(catalog, provider, model)))

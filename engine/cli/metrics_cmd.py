@@ -390,6 +390,8 @@ def export_rows(
     from engine.analytics import queries
 
     state = _state_path(args.state)
+    if args.output == "-":  # (import reads `-` as stdin; export would make a file named `-`)
+        raise UsageError("`--output -`: the export is written to a file, not to standard output")
     fmt = export_format(args.output, args.format)
     window_s = None if args.window is None else parse_duration_s(args.window, error=UsageError)
     out = Path(args.output).expanduser()

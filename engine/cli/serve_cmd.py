@@ -212,11 +212,13 @@ def _engine(
     policy: str, state: str, analytics: str | None, asked: bool, options: dict[str, object]
 ) -> PolicyEngine:
     """The served engine; without its default analytics file when another server holds it
-    (`asked`: the file was given with --analytics, and its being busy is an error)."""
+    (`asked`: the file was given with --analytics, and its being busy is an error). A busy
+    state file is an error too: with no analytics file (a DuckDB state keeps its own), the
+    file that is busy is the state's."""
     try:
         return PolicyEngine(policy, state=state, analytics=analytics, **options)  # type: ignore[arg-type]
     except StoreBusyError:
-        if asked:
+        if asked or analytics is None:
             raise
         log.warning(  # another server on this host has the default file: run without one
             "`%s` is in use by another process; this server records no violations or stats"

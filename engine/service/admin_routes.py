@@ -33,7 +33,7 @@ from starlette.routing import Route
 from engine.analytics.summary import BY, SUMMARY_PATH, SummaryQuery, summary
 from engine.errors import PolicyctlError
 from engine.limits.admin import AdminError, RateLimitAdmin
-from engine.limits.stores.base import SQLQueries
+from engine.limits.stores.base import SQLQueries, StoreUnavailableError
 from engine.service.body import BodyError, SafeJSONResponse, json_body, problem
 from engine.units import UnitError, parse_duration_s, parse_window_ms
 
@@ -202,6 +202,10 @@ def admin_routes(
             except AdminError as err:
                 field, message = _admin_problem(err)
                 return refuse(422, "invalid admin call", [{"field": field, "message": message}])
+            except StoreUnavailableError as err:  # Redis down: the server's, not the caller's
+                response = problem(503, str(err))
+                response.headers["Retry-After"] = "1"
+                return response
 
         return run
 
@@ -326,6 +330,8 @@ def admin_openapi_paths() -> dict[str, Any]:
         out: dict[str, Any] = {
             "200": {"description": "the same JSON as `policyctl ratelimit … --format json`"},
             "422": {"description": "a bad parameter, named",
+                    "content": {"application/json": {"schema": error}}},
+            "503": {"description": "the rate-limit store (Redis) cannot be reached",
                     "content": {"application/json": {"schema": error}}},
         }  # fmt: skip
         if mutating:

@@ -169,8 +169,8 @@ async def read_eval(scope: Scope, receive: Receive) -> tuple[Any, WireOptions, b
     return (
         body,
         _options(query, fmt, request_id),
-        query.get("explain", "").lower() in _YES,
-        query.get("dry_run", "").lower() in _YES,
+        query_flag(query, "explain"),
+        query_flag(query, "dry_run"),
     )
 
 
@@ -247,13 +247,30 @@ def flag(request: HttpRequest, name: str) -> bool:
 
 
 def flag_in(scope: Scope, name: str) -> bool:
-    """`?name=1` (or `true`, `yes`) in the request's query."""
+    """`?name=1` (or `true`, `yes`) in the request's query (`query_flag`)."""
     if not scope.get("query_string"):  # most requests: no query to parse
         return False
-    return QueryParams(scope["query_string"]).get(name, "").lower() in _YES
+    return query_flag(QueryParams(scope["query_string"]), name)
 
 
 _YES = ("1", "true", "yes")
+_NO = ("", "0", "false", "no")
+
+
+def query_flag(query: Mapping[str, str], name: str) -> bool:
+    """`?name=1` (`true`, `yes`, any case) is True; absent, empty, `0`, `false` or `no`
+    False; any other value a 422 naming the parameter: a mistyped `?dry_run=ture` must not
+    decide for real (and consume quota) as if no flag were given."""
+    value = query.get(name)
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in _YES:
+        return True
+    if lowered in _NO:
+        return False
+    message = f"`{name}` must be true or false (1/0, yes/no), got `{value[:40]}`"
+    raise BodyError(422, "invalid request", [{"field": name, "message": message}])
 
 
 def _wire_headers(scope: Scope) -> tuple[str | None, str | None]:
@@ -311,12 +328,11 @@ def _options(
             [{"field": "format", "message": "unknown input format; the formats are "
               + ", ".join(FORMATS)}],
         )  # fmt: skip
-    stream = query.get("stream")
     return WireOptions(
         input_format=fmt,
         request_id=query.get("request_id") or header_id,
         model=query.get("model"),
-        stream=None if stream is None else stream.lower() in ("1", "true", "yes"),
+        stream=None if query.get("stream") is None else query_flag(query, "stream"),
     )
 
 
@@ -379,7 +395,8 @@ waits = _WaitsOf()  # `has_waits(program)`, cached per program
 def _no_wait(request: HttpRequest) -> bool:
     if not request.scope.get("query_string"):
         return False
-    return request.query_params.get("wait", "").lower() in ("0", "false", "no")
+    wait = request.query_params.get("wait")
+    return bool(wait) and not query_flag(request.query_params, "wait")
 
 
 def priority_header(request: HttpRequest) -> int | None:

@@ -163,7 +163,8 @@ def _protocol(read_timeout_s: float) -> type[H11Protocol]:
 
 class _Server(uvicorn.Server):
     """uvicorn, but SIGTERM ends `run()` normally (uvicorn re-raises the signal, which
-    would skip flushing the logs), and `on_stop` hears of the stop when it begins."""
+    would skip flushing the logs), SIGHUP stops as SIGTERM does, and `on_stop` hears of
+    the stop when it begins."""
 
     on_stop: Callable[[], None] | None = None
 
@@ -174,7 +175,9 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too (a closed terminal, an ssh session gone, a `kill -HUP`): its default
+        # ends the process on the spot, losing the acknowledged outcomes not yet written
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self.handle_exit)
         yield
 
@@ -203,7 +206,7 @@ def serve(
     limits: Limits,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve `app` on `sock` (`listening`) until SIGINT or SIGTERM, then finish in-flight
+    """Serve `app` on `sock` (`listening`) until SIGINT, SIGTERM or SIGHUP, then finish in-flight
     requests and return. `on_stop()` runs when the stop begins (the dashboard ends its
     event streams). Logging is `engine.service.logconfig`'s: uvicorn's own configuration is
     not applied."""

@@ -182,6 +182,18 @@ class Telemetry:
                 value=held.dropped_partial,
             )
         yield CounterMetricFamily(
+            "policyctl_store_errors_total",
+            "Rate-limit store calls that failed (Redis down or slow); each decision failed"
+            " open or closed as the policy's on_store_error says.",
+            value=engine.limiter.store_errors,
+        )
+        yield CounterMetricFamily(
+            "policyctl_state_write_errors_total",
+            "Writes of outcomes and decisions to the DuckDB state file that failed (a full"
+            " disk); the rows are kept and written again.",
+            value=engine.outcome_log.failed_writes if engine.outcome_log is not None else 0,
+        )
+        yield CounterMetricFamily(
             "policyctl_pin_errors_total",
             "Store calls for a shared affinity pin that failed (Redis state); the decision"
             " routed on this instance's own pins.",

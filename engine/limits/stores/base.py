@@ -100,8 +100,8 @@ class ConfigurationError(PolicyctlError, ValueError):
 
 
 class StoreBusyError(PolicyctlError, RuntimeError, exit_code=EXIT_BUSY):
-    """The state is locked by another process and the wait timed out (`locked`), or its
-    file could not be opened for another reason."""
+    """The state is locked by another process and the wait timed out (`locked`). A file
+    that cannot be opened for another reason (not a DuckDB file) is a ConfigurationError."""
 
     def __init__(self, message: str, *, locked: bool = False) -> None:
         super().__init__(message)

@@ -35,6 +35,7 @@ from engine.analytics.salvage import StateWriteError, in_transaction, write_salv
 from engine.limits.stores.base import (
     Adjustment,
     BucketCounts,
+    ConfigurationError,
     Outcome,
     Quota,
     StoreBusyError,
@@ -57,8 +58,8 @@ def _connect(path: str, timeout_s: float) -> Any:
         try:
             return duckdb.connect(path)
         except duckdb.IOException as err:
-            if "lock" not in str(err).lower():
-                raise StoreBusyError(f"cannot open state file `{path}`: {err}") from None
+            if "lock" not in str(err).lower():  # not a DuckDB file, cannot be created, …
+                raise ConfigurationError(f"cannot open state file `{path}`: {err}") from None
             if time.monotonic() >= deadline:
                 raise StoreBusyError(
                     f"state file `{path}` is in use by another process; waited {timeout_s:g} s",
