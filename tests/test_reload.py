@@ -113,6 +113,37 @@ def test_an_edit_is_picked_up(
     assert engine.last_reload_error is None
 
 
+@pytest.mark.parametrize("save", [write_in_place, rename_over], ids=["in-place", "rename-over"])
+def test_an_edit_of_a_symlinked_file_elsewhere_is_picked_up(
+    tmp_path: Path, policy_dir: Path, original: str, save: Callable[[Path, str], None]
+) -> None:
+    """A policy file that is a symlink to a file in another directory (a shared policy kept
+    elsewhere) changes there: the engine watches that directory too."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "default.policy"
+    target.write_text(original, encoding="utf-8")
+    (policy_dir / "default.policy").unlink()
+    (policy_dir / "default.policy").symlink_to(target)
+    with PolicyEngine(policy_dir) as engine:
+        engine.watch()
+        assert user_limit(engine) == 100
+        save(target, with_user_limit(original, 150))
+        expected = version_of(policy_dir)
+        wait_for(lambda: engine.version == expected, f"version {expected}")
+        assert user_limit(engine) == 150
+
+
+def test_the_watched_directories_are_each_watched_once(
+    policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy directory given relative and the catalog's found absolute are one
+    directory: watched once (two watches would see every event twice)."""
+    monkeypatch.chdir(policy_dir.parent)
+    with PolicyEngine(Path("policies")) as engine:
+        assert engine._policy_directories() == [Path("policies")]
+
+
 def test_delete_then_recreate(engine: PolicyEngine, policy_dir: Path, original: str) -> None:
     path = policy_dir / "default.policy"
     before, errors = engine.version, engine.reload_errors

@@ -366,11 +366,20 @@ class PolicyEngine:
         return False  # the watcher sees the change and reloads once the files are quiet
 
     def _policy_directories(self) -> list[Path]:
-        """The directories whose `.policy`/`.yaml` files make the policy set."""
+        """The directories whose `.policy`/`.yaml` files make the policy set: the policy's,
+        the catalog's, and the directory outside the policy's that a file really is in (a
+        symlink to a file elsewhere: it changes there, where a watch on the policy directory
+        sees nothing; a link within it, as a Kubernetes ConfigMap's `..data`, is seen)."""
         policy = self._policy_path if self._policy_path is not None else default_policy_dir()
-        directories = {policy if policy.is_dir() else policy.parent}
-        directories.add(Path(self._program.catalog.source).resolve().parent)
-        return sorted(directories)
+        home = policy if policy.is_dir() else policy.parent
+        inside = home.resolve()
+        directories = {inside: home}  # each directory once, by where it really is
+        directories.setdefault(Path(self._program.catalog.source).resolve().parent, None)
+        for name in self._program.files:
+            real = Path(name).resolve().parent
+            if not real.is_relative_to(inside):
+                directories.setdefault(real, None)
+        return sorted(given or real for real, given in directories.items())
 
     def policy_status(self) -> dict[str, Any]:
         """What `GET /v1/policy` shows: the serving version, its files, the last error."""
