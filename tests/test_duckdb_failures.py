@@ -222,6 +222,42 @@ def test_a_state_file_another_process_holds_is_an_error_before_any_decision(
     assert rows(state, "SELECT count(*) FROM duckdb_tables()") == [(0,)]  # never written
 
 
+def test_an_analytics_file_another_process_holds_waits_as_long_as_lock_wait_says(
+    tmp_path: Path,
+) -> None:
+    """`--lock-wait` is how long every DuckDB file a command opens waits, the analytics file
+    of a memory or Redis state too (the engine opened it with a fixed 10 s wait: `ratelimit
+    stats --lock-wait 0.5` waited 10 s and said so)."""
+    analytics = tmp_path / "analytics.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
+         " print('locked', flush=True); sys.stdin.read()", str(analytics)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "POLICYCTL_NOW": str(NOW)}
+        (tmp_path / "r.json").write_text('{"id": "r1", "user": "u"}', encoding="utf-8")
+        for command in (
+            ["eval", "--state", "memory://", "r.json"],
+            ["ratelimit", "stats", "--state", "memory://"],
+        ):
+            run = subprocess.run(
+                [sys.executable, "-m", "engine", *command, "--analytics", str(analytics),
+                 "--lock-wait", "0.5"],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert (run.returncode, run.stdout) == (4, ""), (command, run.stderr)
+            first = run.stderr.splitlines()[0]
+            assert first == (
+                f"policyctl: error: state file `{analytics}` is in use by another process;"
+                " waited 0.5 s"
+            ), command
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+
+
 def test_a_running_engine_writes_on_its_timer_never_on_the_deciding_thread(
     tmp_path: Path,
 ) -> None:

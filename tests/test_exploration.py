@@ -482,9 +482,9 @@ def test_the_scenario_field_is_checked_as_the_setting(tmp_path: Path) -> None:
     lines = bad.read_text(encoding="utf-8").splitlines()
     at = next(n for n, line in enumerate(lines, 1) if line.startswith("explore:"))
     assert err.value.messages == [
-        f"{bad}:{at}:1: field `explore`: `explore` needs a budget: what exploring may cost per window"
-        " (write `explore 5% budget $2 per 1h`: once the requests explored in the current hour"
-        " are estimated to cost $2, requests route normally)"
+        f"{bad}:{at}:1: field `explore`: `explore` needs a budget: what exploring may cost per"
+        " window (write `explore 5% budget $2 per 1h`: once the requests explored in the current"
+        " hour are estimated to cost $2, requests route normally)"
     ]
     bad.write_text(
         text.replace("calibrated-models.yaml", CATALOG.as_posix()).replace(

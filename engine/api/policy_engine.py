@@ -35,7 +35,13 @@ from engine.errors import EXIT_ERROR, PolicyctlError
 from engine.language.loader import Loaded, compile_sources, load_policy
 from engine.language.program import Program
 from engine.limits.limiter import DEFAULT_SETTLE_WITHIN_S, Limiter
-from engine.limits.stores import ConfigurationError, Store, open_analytics, open_store
+from engine.limits.stores import (
+    DEFAULT_LOCK_WAIT_S,
+    ConfigurationError,
+    Store,
+    open_analytics,
+    open_store,
+)
 from engine.limits.stores.base import Persistence
 from engine.resources import default_policy_dir
 from engine.routing.decision import Decision
@@ -103,6 +109,7 @@ class PolicyEngine:
         warm_progress: Callable[[int, int | None], None] | None = None,
         affinity_pins: int = DEFAULT_MAX_PINS,
         settle_within_s: float = DEFAULT_SETTLE_WITHIN_S,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     ) -> None:
         """`policy`: a `.policy` file or a directory of them; None for the packaged defaults.
         `state`: where rate-limit buckets live (`memory://`, a DuckDB file, or a Store).
@@ -129,6 +136,8 @@ class PolicyEngine:
         `settle_within_s`: a token or spend reservation whose outcome has not come by then
         (on `clock`) expires, and its estimate stands (docs/ratelimits.md, Reserve, then
         settle).
+        `lock_wait_s`: how long opening a DuckDB file (the state, `outcomes`, `analytics`)
+        that another process holds waits for it before `StoreBusyError`.
 
         Raises `PolicyError` (every diagnostic, rendered in `str(err)`) if it does not check.
         """
@@ -137,6 +146,7 @@ class PolicyEngine:
         self._setup(
             load_policy(policy, clock()), state, clock, metrics, outcomes, flush_interval_s,
             outcome_queue, analytics, metrics_refresh_ms, log_requests, hash_keys, warm_progress,
+            lock_wait_s,
         )  # fmt: skip
         self._state.pins = shared_pins(self.store, PinTable(affinity_pins))
         self.limiter.settle_within_s = settle_within_s
@@ -160,6 +170,7 @@ class PolicyEngine:
         warm_progress: Callable[[int, int | None], None] | None = None,
         affinity_pins: int = DEFAULT_MAX_PINS,
         settle_within_s: float = DEFAULT_SETTLE_WITHIN_S,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     ) -> PolicyEngine:
         """An engine from policy text (a `catalog` path is relative to the working directory)."""
         settle_within_s = _settle_within(settle_within_s)  # before anything is opened
@@ -169,7 +180,7 @@ class PolicyEngine:
         engine._setup(
             compile_sources([(name, text)], now=clock()),
             state, clock, metrics, outcomes, flush_interval_s, outcome_queue, analytics,
-            metrics_refresh_ms, log_requests, hash_keys, warm_progress,
+            metrics_refresh_ms, log_requests, hash_keys, warm_progress, lock_wait_s,
         )  # fmt: skip
         engine._state.pins = shared_pins(engine.store, PinTable(affinity_pins))
         engine.limiter.settle_within_s = settle_within_s
@@ -189,6 +200,7 @@ class PolicyEngine:
         log_requests: str = "features",
         hash_keys: bool = False,
         warm_progress: Callable[[int, int | None], None] | None = None,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
     ) -> None:
         if log_requests not in LOG_REQUESTS:
             raise ValueError(f"log_requests must be one of {', '.join(LOG_REQUESTS)}")
@@ -222,7 +234,9 @@ class PolicyEngine:
         self._state = EvalState()
         # the `alert` statements, evaluated by `alert_monitor.tick` (off the hot path)
         self.alert_monitor = AlertMonitor(self._program.alerts, self._program.version)
-        self.store: Store = open_store(state) if isinstance(state, str) else state
+        self.store: Store = (
+            open_store(state, lock_timeout_s=lock_wait_s) if isinstance(state, str) else state
+        )
         self.clock = clock
         self.limiter = Limiter(self.store, clock)
         self.limiter.prepare(self._program.limits)
@@ -241,13 +255,15 @@ class PolicyEngine:
         connection = self.store.connection if isinstance(self.store, Persistence) else None
         label = f"the state file `{self.store.url}`"
         if outcomes is not None:
-            self._own_connection = connection = open_analytics(outcomes)
+            self._own_connection = connection = open_analytics(outcomes, lock_timeout_s=lock_wait_s)
             label = f"the outcome log `{outcomes}`"
         self._analytics_connection: Any = None
         if analytics is not None:
             if analytics != outcomes:
                 try:
-                    self._analytics_connection = open_analytics(analytics)
+                    self._analytics_connection = open_analytics(
+                        analytics, lock_timeout_s=lock_wait_s
+                    )
                 except BaseException:  # busy or unreadable: nothing stays open
                     self._close_state()
                     if self._own_connection is not None:

@@ -21,6 +21,7 @@ from engine.errors import EXIT_DENIED as EXIT_DENIED
 from engine.errors import EXIT_ERROR as EXIT_ERROR
 from engine.errors import EXIT_OK as EXIT_OK
 from engine.errors import PolicyctlError
+from engine.limits.stores import DEFAULT_LOCK_WAIT_S
 from engine.limits.stores.base import StoreBusyError
 from engine.units import iso_timestamp_s
 from engine.vocabulary import LOG_REQUESTS, STORE_URL_PREFIXES, unknown_store_message
@@ -79,7 +80,6 @@ def check_state_url(url: str) -> str:
 
 
 LOCK_WAIT_ENV = "POLICYCTL_LOCK_WAIT"
-DEFAULT_LOCK_WAIT_S = 10.0
 # what a locked state file's error suggests: the admin commands can ask the server instead
 ASK_THE_SERVER = "ask the server that holds it: --server URL (or $POLICYCTL_SERVER)"
 WAIT_LONGER = f"wait longer: --lock-wait SECONDS (or ${LOCK_WAIT_ENV})"

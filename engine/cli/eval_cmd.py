@@ -238,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
                 log_requests=args.log_requests,
                 hash_keys=args.hash_keys,
                 warm_progress=progress.WarmStart(),  # a bar on a terminal, from 50,000 outcomes
+                lock_wait_s=wait_s,
             )
         except BaseException:
             if not isinstance(state, str):

@@ -428,7 +428,11 @@ def _run(args: argparse.Namespace, action: Callable[[Admin], int]) -> int:
             state = open_store(state, lock_timeout_s=wait_s)
         try:
             engine = PolicyEngine(
-                _policy(args), state=state, analytics=analytics, clock=cli_clock()
+                _policy(args),
+                state=state,
+                analytics=analytics,
+                clock=cli_clock(),
+                lock_wait_s=wait_s,
             )
         except BaseException:
             if not isinstance(state, str):

@@ -43,6 +43,11 @@ def default_state_url(fallback: str | None = None) -> str:
     return fallback if fallback is not None else default_state_file()
 
 
+# how long opening a DuckDB file another process holds waits for it, then fails
+# (`StoreBusyError`): `--lock-wait`, `PolicyEngine(lock_wait_s=…)`
+DEFAULT_LOCK_WAIT_S = 10.0
+
+
 def default_state_file() -> str:
     """`$XDG_STATE_HOME/policyctl/state.duckdb` (~/.local/state): the default DuckDB file,
     also where a server on memory or Redis state writes its violations and stats."""
@@ -50,7 +55,7 @@ def default_state_file() -> str:
     return str(Path(base) / "policyctl" / "state.duckdb")
 
 
-def open_store(url: str, *, lock_timeout_s: float = 10.0) -> Store:
+def open_store(url: str, *, lock_timeout_s: float = DEFAULT_LOCK_WAIT_S) -> Store:
     """A store for a URL. An unknown scheme is a ConfigurationError that quotes the URL."""
     if url in MEMORY_URLS or url.startswith(MEMORY_URLS[0] + "?"):  # `memory://?max_keys=N`
         from engine.limits.stores.memory import MemoryStore
@@ -106,7 +111,7 @@ def default_analytics(state_url: str) -> str | None:
     return default_state_file() if state_url.startswith(REDIS_URL_PREFIXES) else None
 
 
-def open_analytics(path: str, *, lock_timeout_s: float = 10.0) -> object:
+def open_analytics(path: str, *, lock_timeout_s: float = DEFAULT_LOCK_WAIT_S) -> object:
     """A DuckDB connection with the analytics schema (for an outcome log beside memory state)."""
     from engine.analytics import schema as analytics
     from engine.limits.stores.duckdb_store import _connect
