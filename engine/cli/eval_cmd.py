@@ -134,11 +134,15 @@ class _BadItem:
 
 def _read_input(path: str) -> tuple[str, str]:
     """The input's name and text; raises UnicodeDecodeError for bytes that are not UTF-8
-    (standard input is read as bytes: its text layer would turn them into lone surrogates)."""
+    (standard input is read as bytes: its text layer would turn them into lone surrogates).
+    A UTF-8 byte order mark in front (Windows editors write one) is dropped, as the
+    service drops it from a body."""
     if path == "-":
-        return "<stdin>", sys.stdin.buffer.read().decode("utf-8")
-    with open(path, "rb") as f:
-        return path, f.read().decode("utf-8")
+        name, raw = "<stdin>", sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            name, raw = path, f.read()
+    return name, raw.decode("utf-8").removeprefix("\ufeff")  # (the byte of an error: the file's)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:

@@ -65,6 +65,7 @@ def _anthropic(body: Mapping[str, Any]) -> bool:
             content = message.get("content") if is_map(message) else None
             if type(content) is list:
                 for block in content:
-                    if is_map(block) and block.get("type") in ANTHROPIC_BLOCKS:
+                    kind = block.get("type") if is_map(block) else None
+                    if type(kind) is str and kind in ANTHROPIC_BLOCKS:
                         return True
     return False

@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.wire import images
-from engine.wire.common import fail, image, is_map, items, mapping, media, structure, text
+from engine.wire.common import (
+    image,
+    is_map,
+    items,
+    mapping,
+    media,
+    output_budget,
+    structure,
+    text,
+)
 from engine.wire.record import GEMINI, WireError, WireRequest
 
 RULE = images.gemini_tokens
@@ -50,12 +59,9 @@ def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None
 
 def _generation_config(request: WireRequest, config: Mapping[str, Any]) -> None:
     where = "generationConfig."
-    budget = _get(config, "max_output_tokens", "maxOutputTokens")
-    if budget is not None:
-        if type(budget) is not int or budget < 1:
-            raise fail(where + "maxOutputTokens", "expected a whole number from 1")
-        request.max_tokens = budget
-        request.note("max_tokens", budget, where + "maxOutputTokens")
+    # the same range as every other format's budget (a number past a float is refused here)
+    key = "maxOutputTokens" if config.get("maxOutputTokens") is not None else "max_output_tokens"
+    output_budget(request, config, (key,), where)
     schema = None
     for snake, camel in (
         ("response_schema", "responseSchema"),

@@ -1,0 +1,103 @@
+"""Hostile wire bodies and inputs, through the real `policyctl eval` (a subprocess) and the
+real HTTP service: each is refused with the field it is about (exit 2, a 422), never a
+traceback, and the other lines of a JSONL file are still decided."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def eval_cli(
+    path: Path, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYCTL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "eval", "--dry-run", *args, str(path)],
+        capture_output=True, input=stdin, env=env, timeout=120, check=False, cwd=path.parent,
+    )  # fmt: skip
+    out = subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_malformed_routing_fields_are_refused_by_line_and_field(tmp_path: Path) -> None:
+    """A content part whose `type` is a list or an object (it crashed the format detection),
+    and a Gemini output budget past a float (it crashed the conversion) or past the range
+    every other format has, are errors naming the field; the good lines are decided."""
+    gemini = {"contents": [{"parts": [{"text": "hi"}]}]}
+    bodies = [
+        CHAT,
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": ["text"], "text": "hi"}]}]},
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": {}, "text": "hi"}]}]},
+        {**gemini, "generationConfig": {"maxOutputTokens": 10**400}},
+        {**gemini, "generationConfig": {"maxOutputTokens": 10**20}},
+        {**gemini, "generation_config": {"max_output_tokens": 0}},
+        {**gemini, "generationConfig": {"maxOutputTokens": 512}},
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(body) for body in bodies) + "\n")
+    out = eval_cli(path, "--model", "gemini-2.5-flash")
+    assert out.returncode == 2, out.stderr
+    found = lines(out.stdout)
+    assert [d.get("line") for d in found] == [None, None, None, 4, 5, 6, None]
+    assert all(d["allowed"] for d in (found[0], found[1], found[2], found[6]))
+    assert found[1]["input_format"] == "openai-chat"  # an unknown part type is ignored
+    budget = "expected a whole number from 1 to 1,000,000,000,000,000"
+    assert found[3]["error"] == f"field `generationConfig.maxOutputTokens`: {budget}"
+    assert found[4]["error"] == f"field `generationConfig.maxOutputTokens`: {budget}"
+    assert found[5]["error"] == f"field `generationConfig.max_output_tokens`: {budget}"
+    assert f"requests.jsonl:4: field `generationConfig.maxOutputTokens`: {budget}" in out.stderr
+
+
+def test_http_service_refuses_them_with_a_422(tmp_path: Path) -> None:
+    from test_service import serving
+
+    with serving(tmp_path) as server, server.client() as client:
+        typed = {**CHAT, "messages": [{"role": "user", "content": [{"type": ["x"]}]}]}
+        answer = client.post("/v1/eval?dry_run=true", json=typed)
+        assert answer.status_code == 200, answer.text
+        huge = '{"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {%s}}'
+        answer = client.post(
+            "/v1/eval?dry_run=true&model=gemini-2.5-flash",
+            content=huge % f'"maxOutputTokens": 1{"0" * 400}',
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["field"] == "generationConfig.maxOutputTokens"
+
+
+def test_a_utf8_byte_order_mark_is_read_as_the_service_reads_it(tmp_path: Path) -> None:
+    """Windows editors start a file with a BOM; the service takes such a body, so eval does,
+    from a file, JSONL and stdin. A byte that is not UTF-8 is still named by its offset in
+    the file (the BOM counted)."""
+    bom = b"\xef\xbb\xbf"
+    one = tmp_path / "one.json"
+    one.write_bytes(bom + json.dumps(CHAT).encode())
+    out = eval_cli(one)
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout)[0]["input_format"] == "openai-chat"
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(bom + b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n')
+    out = eval_cli(many)
+    assert out.returncode == 0, out.stderr
+    assert [d["request_id"] for d in lines(out.stdout)] == ["a", "b"]
+    out = eval_cli(Path("-"), stdin=bom + json.dumps(CHAT).encode())
+    assert out.returncode == 0, out.stderr
+    out = eval_cli(Path("-"), stdin=bom + b'{"id": "a", "prompt": "\xff"}')
+    assert out.returncode == 2
+    assert "is not UTF-8 text (byte 26)" in out.stderr
