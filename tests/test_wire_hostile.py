@@ -101,3 +101,42 @@ def test_a_utf8_byte_order_mark_is_read_as_the_service_reads_it(tmp_path: Path) 
     out = eval_cli(Path("-"), stdin=bom + b'{"id": "a", "prompt": "\xff"}')
     assert out.returncode == 2
     assert "is not UTF-8 text (byte 26)" in out.stderr
+
+
+def test_an_empty_model_or_request_id_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(CHAT))
+    for flag, what in (("--model", "a model name"), ("--request-id", "an id")):
+        for empty in ("", "  "):
+            out = eval_cli(path, flag, empty)
+            assert out.returncode == 2, out.stdout
+            assert out.stdout == ""
+            assert f"policyctl: error: {flag} is empty: give {what}" in out.stderr
+
+
+POLICY = """\
+route streamed when request.model == "gpt-4o" and request.stream {
+    strategy cost
+}
+route rest {
+    strategy cost
+}
+"""
+
+
+def test_model_and_stream_options_fill_a_native_request(tmp_path: Path) -> None:
+    """`--model` and `--stream` were dropped without a word for a native body: they fill
+    what it leaves out (as `--request-id` fills its id); a body that sets them keeps its own."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "main.policy").write_text(POLICY)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"prompt": "hi"}))
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"prompt": "hi", "model": "gpt-5", "stream": False}))
+    routes = []
+    for path, args in ((bare, ()), (bare, ("--model", "gpt-4o", "--stream")),
+                       (own, ("--model", "gpt-4o", "--stream"))):  # fmt: skip
+        out = eval_cli(path, *args)
+        assert out.returncode == 0, out.stderr
+        routes.append(lines(out.stdout)[0]["route"])
+    assert routes == ["rest", "streamed", "rest"]

@@ -17,6 +17,7 @@ from engine.cli.common import (
     EXIT_DENIED,
     EXIT_OK,
     WAIT_LONGER,
+    UsageError,
     add_format,
     add_lock_wait,
     add_policy,
@@ -217,6 +218,10 @@ def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
 def run(args: argparse.Namespace) -> int:
     if args.state is not None:
         check_state_url(args.state)
+    for flag, value, what in (("--model", args.model, "a model name"),
+                              ("--request-id", args.request_id, "an id")):  # fmt: skip
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: give {what}, or leave the flag out")
     try:
         name, text = _read_input(args.input)
     except OSError as err:
