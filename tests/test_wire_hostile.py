@@ -140,3 +140,31 @@ def test_model_and_stream_options_fill_a_native_request(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         routes.append(lines(out.stdout)[0]["route"])
     assert routes == ["rest", "streamed", "rest"]
+
+
+def test_jsonl_on_stdin_is_read_line_by_line(tmp_path: Path) -> None:
+    """`cat requests.jsonl | policyctl eval -` (the documented batch) was refused whole past
+    1 MiB ('request is larger than 1 MiB': the limit is per request), and a broken first
+    line made the input one broken document: no other line was decided."""
+    prompt = "word " * 800
+    batch = "".join(json.dumps({"id": f"r{i}", "prompt": prompt}) + "\n" for i in range(300))
+    assert len(batch) > 1 << 20
+    out = eval_cli(Path("-"), stdin=batch.encode())
+    assert out.returncode == 0, out.stderr
+    assert [d["request_id"] for d in lines(out.stdout)] == [f"r{i}" for i in range(300)]
+    broken = '{"id": "a", "prompt": "x"\n{"id": "b", "prompt": "y"}\n\n{"id": "c", "prompt": "z"}\n'
+    out = eval_cli(Path("-"), stdin=broken.encode())
+    assert out.returncode == 2
+    found = lines(out.stdout)
+    assert [d.get("request_id", d.get("line")) for d in found] == [1, "b", "c"]
+    assert "<stdin>:1:26: error[E0600]: invalid JSON: expecting ',' delimiter" in out.stderr
+    # one pretty-printed document with a mistake is still one error, at its place
+    pretty = '{\n  "id": "a",\n  "prompt": "x"\n  "user": "u"\n}\n'
+    out = eval_cli(Path("-"), stdin=pretty.encode())
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.startswith("<stdin>:4:3: error[E0600]: invalid JSON: expecting ','")
+    single = tmp_path / "big.json"
+    single.write_text(json.dumps({"id": "a", "prompt": "x" * (1 << 20)}, indent=2))
+    out = eval_cli(single)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert "big.json: request is larger than 1 MiB" in out.stderr

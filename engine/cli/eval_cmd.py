@@ -174,33 +174,61 @@ def _loads(text: str) -> Any:
         return json.loads(text)
 
 
-def _first_line_is_json(text: str) -> bool:
-    """Several documents one per line (JSONL), not one document with junk after it."""
-    first = next((line for _, line in _lines(text) if line.strip()), "")
+def _leading_lines(text: str, count: int) -> list[str]:
+    """The first `count` lines that are not blank (split as `_lines` splits)."""
+    found: list[str] = []
+    start = 0
+    while len(found) < count and start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].removesuffix("\r")
+        if line and not line.isspace():
+            found.append(line)
+        start = end + 1
+    return found
+
+
+def _is_json(line: str, object_only: bool = False) -> bool:
     try:
-        json.loads(first)
+        value = json.loads(line)
     except (ValueError, RecursionError):
         return False
-    return True
+    return not object_only or isinstance(value, dict)
+
+
+def _several_documents(text: str) -> bool:
+    """Several documents one per line (JSONL), not one document: its first line is JSON by
+    itself, or (that line broken) its second is a JSON object by itself, which no line after
+    a pretty-printed document's first is (`"key": value,`)."""
+    first_two = _leading_lines(text, 2)
+    if len(first_two) < 2:
+        return False
+    return _is_json(first_two[0]) or _is_json(first_two[1], object_only=True)
 
 
 def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
     """(line, parsed JSON) per request, or (line, _BadItem). One JSON document, or JSONL
-    (a `.jsonl` name, or several documents one per line)."""
+    (a `.jsonl` name, or several documents one per line: `_several_documents`). The 1 MiB
+    limit is per request: per line of JSONL, whatever the input's name."""
     if not name.endswith(".jsonl"):
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES:
-            yield None, _BadItem(None, f"{name}: request is larger than 1 MiB")
-            return
-        try:
-            yield None, json.loads(text)
-            return
-        except json.JSONDecodeError as err:
-            if err.msg != "Extra data" or not _first_line_is_json(text):
-                yield None, _BadItem(None, _json_error(name, text, err))
+        if len(text) > MAX_REQUEST_BYTES // 4 and (
+            len(text.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES
+        ):
+            if not _several_documents(text):
+                yield None, _BadItem(None, f"{name}: request is larger than 1 MiB")
                 return
-        except (ValueError, RecursionError) as err:
-            yield None, _BadItem(None, f"{name}: invalid JSON: {json_limit(err)}")
-            return
+        else:
+            try:
+                yield None, json.loads(text)
+                return
+            except json.JSONDecodeError as err:
+                if not _several_documents(text):
+                    yield None, _BadItem(None, _json_error(name, text, err))
+                    return
+            except (ValueError, RecursionError) as err:
+                if not _several_documents(text):
+                    yield None, _BadItem(None, f"{name}: invalid JSON: {json_limit(err)}")
+                    return
     for number, line in _lines(text):
         if not line or line.isspace():  # (`isspace`: `strip`'s whitespace, no copy)
             continue
