@@ -137,6 +137,24 @@ def test_assistant_tool_call_turn_with_null_content() -> None:
                                     messages=[{"role": "user", "content": "hi"}]),
          "anthropic"),
         (lambda: gemini_generate("gemini-2.5-flash", "hi").body, "gemini"),
+        # `thinking` and `top_k` are Anthropic's, but OpenAI-compatible gateways take them
+        # (LiteLLM, vLLM): with an OpenAI-only sign the body is OpenAI's (its image was lost)
+        (lambda: anthropic_messages(model="claude-sonnet-4-6", max_tokens=2048,
+                                    thinking={"type": "enabled", "budget_tokens": 1024},
+                                    messages=[{"role": "user", "content": "hi"}]),
+         "anthropic"),
+        (lambda: openai_chat(model="anthropic/claude-sonnet-4-6", messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}],
+            extra_body={"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+         "openai-chat"),
+        (lambda: openai_chat(model="llama", messages=[{"role": "system", "content": "brief"},
+                                                      {"role": "user", "content": "hi"}],
+                             extra_body={"top_k": 40}),
+         "openai-chat"),
+        (lambda: openai_chat(model="llama", messages=[{"role": "user", "content": "hi"}],
+                             tools=[{"type": "function", "function": {"name": "f"}}],
+                             extra_body={"top_k": 40}),
+         "openai-chat"),
     ],
 )  # fmt: skip
 def test_format_detected_from_the_shape(make: Any, fmt: str) -> None:
