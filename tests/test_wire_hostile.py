@@ -168,3 +168,17 @@ def test_jsonl_on_stdin_is_read_line_by_line(tmp_path: Path) -> None:
     out = eval_cli(single)
     assert (out.returncode, out.stdout) == (2, "")
     assert "big.json: request is larger than 1 MiB" in out.stderr
+
+
+def test_one_request_id_is_not_given_to_every_line_of_a_batch(tmp_path: Path) -> None:
+    """`--request-id X` on JSONL gave every line the id X (one id, many decisions in the
+    log): a usage error before anything is decided, as /v1/eval/batch does not read one."""
+    path = tmp_path / "two.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n" + json.dumps({**CHAT, "user": "bob"}) + "\n")
+    out = eval_cli(path, "--request-id", "X")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.startswith(f"policyctl: error: --request-id names one request, and {path}")
+    out = eval_cli(path)
+    assert out.returncode == 0, out.stderr
+    ids = [d["request_id"] for d in lines(out.stdout)]
+    assert len(set(ids)) == 2 and all(i.startswith("sha256:") for i in ids)

@@ -295,6 +295,11 @@ def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, tex
     explain, dry_run, input_format = args.explain, args.dry_run, args.input_format
     request_id, model, stream = args.request_id, args.model, args.stream
     for line, item in _items(name, text):
+        if line is not None and request_id is not None:  # (before anything is decided)
+            raise UsageError(
+                f"--request-id names one request, and {name} is JSONL (one request per line):"
+                " leave it out (a line's id is its own `id`, else a hash of its body)"
+            )
         if isinstance(item, _BadItem):
             bad = True
             out.flush()  # the decisions before it come first, as the error to stderr does
