@@ -182,3 +182,21 @@ def test_one_request_id_is_not_given_to_every_line_of_a_batch(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     ids = [d["request_id"] for d in lines(out.stdout)]
     assert len(set(ids)) == 2 and all(i.startswith("sha256:") for i in ids)
+
+
+def test_explain_is_kept_for_a_batch_in_a_table(tmp_path: Path) -> None:
+    """`--explain --format table` on JSONL printed the one-row-per-decision table: every
+    trace was dropped. Each decision is shown whole instead, a blank line between two."""
+    path = tmp_path / "two.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n" + json.dumps({**CHAT, "user": "bob"}) + "\n")
+    out = eval_cli(path, "--explain", "--format", "table")
+    assert out.returncode == 0, out.stderr
+    blocks = out.stdout.rstrip("\n").split("\n\n")
+    assert len(blocks) == 2
+    for block in blocks:
+        assert block.startswith("request         sha256:")
+        assert "\nderived         model = gpt-4o ← model\n" in block
+        assert "\ntrace           route default: matched\n" in block
+    assert "derived         user = bob ← user" in blocks[1]
+    plain = eval_cli(path, "--format", "table")
+    assert plain.stdout.startswith("REQUEST ") and len(plain.stdout.splitlines()) == 3

@@ -387,8 +387,10 @@ class _Output:
 
 
 def _table(decisions: list[tuple[int | None, Decision]]) -> str:
-    if len(decisions) == 1:
-        return _vertical(decisions[0][1])
+    """One decision, or a batch with `--explain` (a row has no room for the trace): each
+    decision's rows, a blank line between two; else a batch is one row per decision."""
+    if len(decisions) == 1 or decisions[0][1].trace is not None:
+        return "\n\n".join(_vertical(decision) for _, decision in decisions)
     rows = [
         (
             d.request_id if d.request_id is not None else f"line {line}",
