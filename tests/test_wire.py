@@ -475,6 +475,39 @@ def test_image_tokens_per_format() -> None:
     assert chat["images"] == claude["images"] == gemini["images"] == 1
 
 
+def test_an_image_a_tool_returns_is_an_image() -> None:
+    """A screenshot a tool returns (a Responses `function_call_output` with content parts, a
+    Gemini multimodal `functionResponse`) is an image: vision, its tokens by size. Its base64
+    was counted as text (a 100 KB screenshot: about 60,000 tokens) and no vision asked."""
+    shot = png(800, 600) + bytes(range(256)) * 400  # a 100 KB payload behind the header
+    call = {"type": "function_call", "call_id": "c1", "name": "screenshot", "arguments": "{}"}
+    responses = env_of(openai_responses(model="gpt-5.4", input=[
+        {"role": "user", "content": "take a screenshot"}, call,
+        {"type": "function_call_output", "call_id": "c1", "output": [
+            {"type": "input_text", "text": "done"},
+            {"type": "input_image", "image_url": data_url(shot)}]}]))  # fmt: skip
+    from google.genai import types
+
+    response = types.Part.from_function_response(
+        name="screenshot", response={"ok": True},
+        parts=[types.FunctionResponsePart.from_bytes(data=shot, mime_type="image/png")],
+    )  # fmt: skip
+    gemini = env_of(gemini_body([
+        types.Content(role="user", parts=[types.Part.from_text(text="take a screenshot")]),
+        types.Content(role="model", parts=[types.Part.from_function_call(name="screenshot", args={})]),
+        types.Content(role="user", parts=[response])]), model="gemini-3.1-pro-preview")  # fmt: skip
+    assert derived(responses)["requires_vision"][1] == "input[2].output[1]"
+    assert derived(responses)["image_tokens"][0] == 765
+    assert responses["input_tokens"] < 800 and responses["images"] == 1
+    where = "contents[2].parts[0].functionResponse.parts[0].inlineData"
+    assert derived(gemini)["requires_vision"][1] == where
+    assert derived(gemini)["image_tokens"][0] == 2 * 258
+    assert gemini["input_tokens"] < 600 and gemini["images"] == 1
+    assert responses["requires_tools"] and gemini["requires_tools"]
+    # the prompt features read the text parts of the tool's output as its turn's text
+    assert ("tool", ("done",), True) in responses["conversation"].turns()
+
+
 # ------------------------------------------------------------------ routing on derived values
 
 

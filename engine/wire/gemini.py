@@ -115,7 +115,13 @@ def _part(request: WireRequest, part: Any, where: str) -> None:
         call = _get(part, snake, camel)
         if call is not None:
             request.need("tools", f"{where}.{camel}")
-            structure(request, call)
+            inner = call.get("parts") if is_map(call) else None
+            if inner is None:
+                structure(request, call)
+                continue
+            # a multimodal function response: its parts (a screenshot) are read as parts
+            structure(request, {key: value for key, value in call.items() if key != "parts"})
+            _content(request, call, f"{where}.{camel}")
 
 
 _CALLS = (("function_call", "functionCall"), ("function_response", "functionResponse"))
