@@ -417,6 +417,19 @@ def test_user(make: Any, user: str, source: str) -> None:
     assert derived(env)["user"] == (user, source)
 
 
+def test_gemini_model_in_the_body_is_read() -> None:
+    """A `GenerateContentRequest` may carry the model (`models/…`, a batch's requests): it
+    was dropped, and a policy on `request.model` saw none. The option still wins."""
+    body = {**gemini_body(["hi"]), "model": "models/gemini-2.5-pro"}
+    assert env_of(body)["model"] == "gemini-2.5-pro"
+    assert derived(env_of(body))["model"] == ("gemini-2.5-pro", "model")
+    assert env_of(body, model="gemini-3.1-pro-preview")["model"] == "gemini-3.1-pro-preview"
+    assert env_of({**body, "model": "gemini-2.5-flash"})["model"] == "gemini-2.5-flash"
+    with pytest.raises(RequestError) as err:
+        env_of({**body, "model": 5})
+    assert err.value.problems == [("field `model`", "expected a string, got a number")]
+
+
 def test_gemini_model_and_stream_come_as_options() -> None:
     captured = gemini_generate("gemini-2.5-flash", "hi")
     assert "model" not in captured.body

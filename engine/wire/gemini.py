@@ -17,6 +17,7 @@ from engine.wire.common import (
     mapping,
     media,
     output_budget,
+    string,
     structure,
     text,
 )
@@ -32,6 +33,11 @@ def _get(body: Mapping[str, Any], snake: str, camel: str) -> Any:
 
 def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None:
     request.format = GEMINI
+    # the URL's model, as a `GenerateContentRequest` may carry it too (a batch's requests):
+    # `models/gemini-2.5-flash`, read as `gemini-2.5-flash`; the option wins
+    model = string(body, "model")
+    if model:
+        request.model = model.rpartition("models/")[2] or model
     tools = body.get("tools")
     if tools:
         items(tools, "tools", "tools")
