@@ -113,13 +113,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--model",
         metavar="MODEL",
-        help="the requested model, for a format that keeps it outside the body (Gemini)",
+        help="the requested model, for a format that keeps it outside the body (Gemini); it"
+        " wins over a wire body's, and a native request without one takes it",
     )
     p.add_argument(
         "--stream",
         action="store_true",
         default=None,
-        help="the request streams, for a format that says so outside the body (Gemini)",
+        help="the request streams, for a format that says so outside the body (Gemini); it"
+        " wins over a wire body's, and a native request that does not say takes it",
     )
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
     add_request_log(p)
