@@ -519,6 +519,16 @@ def test_an_image_a_tool_returns_is_an_image() -> None:
     assert responses["requires_tools"] and gemini["requires_tools"]
     # the prompt features read the text parts of the tool's output as its turn's text
     assert ("tool", ("done",), True) in responses["conversation"].turns()
+    # a computer-use step's screenshot: it was not read at all (no vision, no tokens)
+    computer = env_of(openai_responses(model="computer-use-preview", truncation="auto", input=[
+        {"role": "user", "content": "open the settings"},
+        {"type": "computer_call", "call_id": "c1", "id": "cu_1", "status": "completed",
+         "action": {"type": "click", "button": "left", "x": 10, "y": 20}, "pending_safety_checks": []},
+        {"type": "computer_call_output", "call_id": "c1",
+         "output": {"type": "computer_screenshot", "image_url": data_url(shot)}}]))  # fmt: skip
+    assert derived(computer)["requires_tools"][1] == "input[1].type (computer_call)"
+    assert derived(computer)["requires_vision"][1] == "input[2].output"
+    assert derived(computer)["image_tokens"][0] == 765
 
 
 # ------------------------------------------------------------------ routing on derived values

@@ -225,6 +225,15 @@ def _responses_item(request: WireRequest, item: Mapping[str, Any], where: str) -
                 _responses_part(request, mapping(part, at), at)
         else:
             structure(request, output)
+    elif kind == "computer_call":
+        request.need("tools", f"{where}.type ({kind})")
+        structure(request, item.get("action"))
+    elif kind == "computer_call_output":  # the screenshot of a computer-use step
+        request.need("tools", f"{where}.type ({kind})")
+        shot = item.get("output")
+        if is_map(shot) and shot.get("type") == "computer_screenshot":
+            at = f"{where}.output"
+            _image_url(request, string(shot, "image_url", at + "."), shot.get("detail"), at)
     elif kind == "reasoning":
         for part in item.get("summary") or ():
             if is_map(part) and type(part.get("text")) is str:
