@@ -137,6 +137,24 @@ def test_assistant_tool_call_turn_with_null_content() -> None:
                                     messages=[{"role": "user", "content": "hi"}]),
          "anthropic"),
         (lambda: gemini_generate("gemini-2.5-flash", "hi").body, "gemini"),
+        # `thinking` and `top_k` are Anthropic's, but OpenAI-compatible gateways take them
+        # (LiteLLM, vLLM): with an OpenAI-only sign the body is OpenAI's (its image was lost)
+        (lambda: anthropic_messages(model="claude-sonnet-4-6", max_tokens=2048,
+                                    thinking={"type": "enabled", "budget_tokens": 1024},
+                                    messages=[{"role": "user", "content": "hi"}]),
+         "anthropic"),
+        (lambda: openai_chat(model="anthropic/claude-sonnet-4-6", messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}],
+            extra_body={"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+         "openai-chat"),
+        (lambda: openai_chat(model="llama", messages=[{"role": "system", "content": "brief"},
+                                                      {"role": "user", "content": "hi"}],
+                             extra_body={"top_k": 40}),
+         "openai-chat"),
+        (lambda: openai_chat(model="llama", messages=[{"role": "user", "content": "hi"}],
+                             tools=[{"type": "function", "function": {"name": "f"}}],
+                             extra_body={"top_k": 40}),
+         "openai-chat"),
     ],
 )  # fmt: skip
 def test_format_detected_from_the_shape(make: Any, fmt: str) -> None:
@@ -399,6 +417,19 @@ def test_user(make: Any, user: str, source: str) -> None:
     assert derived(env)["user"] == (user, source)
 
 
+def test_gemini_model_in_the_body_is_read() -> None:
+    """A `GenerateContentRequest` may carry the model (`models/…`, a batch's requests): it
+    was dropped, and a policy on `request.model` saw none. The option still wins."""
+    body = {**gemini_body(["hi"]), "model": "models/gemini-2.5-pro"}
+    assert env_of(body)["model"] == "gemini-2.5-pro"
+    assert derived(env_of(body))["model"] == ("gemini-2.5-pro", "model")
+    assert env_of(body, model="gemini-3.1-pro-preview")["model"] == "gemini-3.1-pro-preview"
+    assert env_of({**body, "model": "gemini-2.5-flash"})["model"] == "gemini-2.5-flash"
+    with pytest.raises(RequestError) as err:
+        env_of({**body, "model": 5})
+    assert err.value.problems == [("field `model`", "expected a string, got a number")]
+
+
 def test_gemini_model_and_stream_come_as_options() -> None:
     captured = gemini_generate("gemini-2.5-flash", "hi")
     assert "model" not in captured.body
@@ -455,6 +486,49 @@ def test_image_tokens_per_format() -> None:
     assert derived(claude)["image_tokens"][0] == 1640
     assert derived(gemini)["image_tokens"][0] == 6 * 258
     assert chat["images"] == claude["images"] == gemini["images"] == 1
+
+
+def test_an_image_a_tool_returns_is_an_image() -> None:
+    """A screenshot a tool returns (a Responses `function_call_output` with content parts, a
+    Gemini multimodal `functionResponse`) is an image: vision, its tokens by size. Its base64
+    was counted as text (a 100 KB screenshot: about 60,000 tokens) and no vision asked."""
+    shot = png(800, 600) + bytes(range(256)) * 400  # a 100 KB payload behind the header
+    call = {"type": "function_call", "call_id": "c1", "name": "screenshot", "arguments": "{}"}
+    responses = env_of(openai_responses(model="gpt-5.4", input=[
+        {"role": "user", "content": "take a screenshot"}, call,
+        {"type": "function_call_output", "call_id": "c1", "output": [
+            {"type": "input_text", "text": "done"},
+            {"type": "input_image", "image_url": data_url(shot)}]}]))  # fmt: skip
+    from google.genai import types
+
+    response = types.Part.from_function_response(
+        name="screenshot", response={"ok": True},
+        parts=[types.FunctionResponsePart.from_bytes(data=shot, mime_type="image/png")],
+    )  # fmt: skip
+    gemini = env_of(gemini_body([
+        types.Content(role="user", parts=[types.Part.from_text(text="take a screenshot")]),
+        types.Content(role="model", parts=[types.Part.from_function_call(name="screenshot", args={})]),
+        types.Content(role="user", parts=[response])]), model="gemini-3.1-pro-preview")  # fmt: skip
+    assert derived(responses)["requires_vision"][1] == "input[2].output[1]"
+    assert derived(responses)["image_tokens"][0] == 765
+    assert responses["input_tokens"] < 800 and responses["images"] == 1
+    where = "contents[2].parts[0].functionResponse.parts[0].inlineData"
+    assert derived(gemini)["requires_vision"][1] == where
+    assert derived(gemini)["image_tokens"][0] == 2 * 258
+    assert gemini["input_tokens"] < 600 and gemini["images"] == 1
+    assert responses["requires_tools"] and gemini["requires_tools"]
+    # the prompt features read the text parts of the tool's output as its turn's text
+    assert ("tool", ("done",), True) in responses["conversation"].turns()
+    # a computer-use step's screenshot: it was not read at all (no vision, no tokens)
+    computer = env_of(openai_responses(model="computer-use-preview", truncation="auto", input=[
+        {"role": "user", "content": "open the settings"},
+        {"type": "computer_call", "call_id": "c1", "id": "cu_1", "status": "completed",
+         "action": {"type": "click", "button": "left", "x": 10, "y": 20}, "pending_safety_checks": []},
+        {"type": "computer_call_output", "call_id": "c1",
+         "output": {"type": "computer_screenshot", "image_url": data_url(shot)}}]))  # fmt: skip
+    assert derived(computer)["requires_tools"][1] == "input[1].type (computer_call)"
+    assert derived(computer)["requires_vision"][1] == "input[2].output"
+    assert derived(computer)["image_tokens"][0] == 765
 
 
 # ------------------------------------------------------------------ routing on derived values

@@ -17,6 +17,7 @@ from engine.cli.common import (
     EXIT_DENIED,
     EXIT_OK,
     WAIT_LONGER,
+    UsageError,
     add_format,
     add_lock_wait,
     add_policy,
@@ -112,13 +113,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--model",
         metavar="MODEL",
-        help="the requested model, for a format that keeps it outside the body (Gemini)",
+        help="the requested model, for a format that keeps it outside the body (Gemini); it"
+        " wins over a wire body's, and a native request without one takes it",
     )
     p.add_argument(
         "--stream",
         action="store_true",
         default=None,
-        help="the request streams, for a format that says so outside the body (Gemini)",
+        help="the request streams, for a format that says so outside the body (Gemini); it"
+        " wins over a wire body's, and a native request that does not say takes it",
     )
     p.add_argument("--explain", action="store_true", help="add the trace of routes and drops")
     add_request_log(p)
@@ -134,11 +137,15 @@ class _BadItem:
 
 def _read_input(path: str) -> tuple[str, str]:
     """The input's name and text; raises UnicodeDecodeError for bytes that are not UTF-8
-    (standard input is read as bytes: its text layer would turn them into lone surrogates)."""
+    (standard input is read as bytes: its text layer would turn them into lone surrogates).
+    A UTF-8 byte order mark in front (Windows editors write one) is dropped, as the
+    service drops it from a body."""
     if path == "-":
-        return "<stdin>", sys.stdin.buffer.read().decode("utf-8")
-    with open(path, "rb") as f:
-        return path, f.read().decode("utf-8")
+        name, raw = "<stdin>", sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            name, raw = path, f.read()
+    return name, raw.decode("utf-8").removeprefix("\ufeff")  # (the byte of an error: the file's)
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -169,33 +176,61 @@ def _loads(text: str) -> Any:
         return json.loads(text)
 
 
-def _first_line_is_json(text: str) -> bool:
-    """Several documents one per line (JSONL), not one document with junk after it."""
-    first = next((line for _, line in _lines(text) if line.strip()), "")
+def _leading_lines(text: str, count: int) -> list[str]:
+    """The first `count` lines that are not blank (split as `_lines` splits)."""
+    found: list[str] = []
+    start = 0
+    while len(found) < count and start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].removesuffix("\r")
+        if line and not line.isspace():
+            found.append(line)
+        start = end + 1
+    return found
+
+
+def _is_json(line: str, object_only: bool = False) -> bool:
     try:
-        json.loads(first)
+        value = json.loads(line)
     except (ValueError, RecursionError):
         return False
-    return True
+    return not object_only or isinstance(value, dict)
+
+
+def _several_documents(text: str) -> bool:
+    """Several documents one per line (JSONL), not one document: its first line is JSON by
+    itself, or (that line broken) its second is a JSON object by itself, which no line after
+    a pretty-printed document's first is (`"key": value,`)."""
+    first_two = _leading_lines(text, 2)
+    if len(first_two) < 2:
+        return False
+    return _is_json(first_two[0]) or _is_json(first_two[1], object_only=True)
 
 
 def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
     """(line, parsed JSON) per request, or (line, _BadItem). One JSON document, or JSONL
-    (a `.jsonl` name, or several documents one per line)."""
+    (a `.jsonl` name, or several documents one per line: `_several_documents`). The 1 MiB
+    limit is per request: per line of JSONL, whatever the input's name."""
     if not name.endswith(".jsonl"):
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES:
-            yield None, _BadItem(None, f"{name}: request is larger than 1 MiB")
-            return
-        try:
-            yield None, json.loads(text)
-            return
-        except json.JSONDecodeError as err:
-            if err.msg != "Extra data" or not _first_line_is_json(text):
-                yield None, _BadItem(None, _json_error(name, text, err))
+        if len(text) > MAX_REQUEST_BYTES // 4 and (
+            len(text.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES
+        ):
+            if not _several_documents(text):
+                yield None, _BadItem(None, f"{name}: request is larger than 1 MiB")
                 return
-        except (ValueError, RecursionError) as err:
-            yield None, _BadItem(None, f"{name}: invalid JSON: {json_limit(err)}")
-            return
+        else:
+            try:
+                yield None, json.loads(text)
+                return
+            except json.JSONDecodeError as err:
+                if not _several_documents(text):
+                    yield None, _BadItem(None, _json_error(name, text, err))
+                    return
+            except (ValueError, RecursionError) as err:
+                if not _several_documents(text):
+                    yield None, _BadItem(None, f"{name}: invalid JSON: {json_limit(err)}")
+                    return
     for number, line in _lines(text):
         if not line or line.isspace():  # (`isspace`: `strip`'s whitespace, no copy)
             continue
@@ -213,6 +248,10 @@ def _items(name: str, text: str) -> Iterator[tuple[int | None, Any]]:
 def run(args: argparse.Namespace) -> int:
     if args.state is not None:
         check_state_url(args.state)
+    for flag, value, what in (("--model", args.model, "a model name"),
+                              ("--request-id", args.request_id, "an id")):  # fmt: skip
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty: give {what}, or leave the flag out")
     try:
         name, text = _read_input(args.input)
     except OSError as err:
@@ -259,6 +298,11 @@ def _evaluate_all(engine: PolicyEngine, args: argparse.Namespace, name: str, tex
     explain, dry_run, input_format = args.explain, args.dry_run, args.input_format
     request_id, model, stream = args.request_id, args.model, args.stream
     for line, item in _items(name, text):
+        if line is not None and request_id is not None:  # (before anything is decided)
+            raise UsageError(
+                f"--request-id names one request, and {name} is JSONL (one request per line):"
+                " leave it out (a line's id is its own `id`, else a hash of its body)"
+            )
         if isinstance(item, _BadItem):
             bad = True
             out.flush()  # the decisions before it come first, as the error to stderr does
@@ -346,8 +390,10 @@ class _Output:
 
 
 def _table(decisions: list[tuple[int | None, Decision]]) -> str:
-    if len(decisions) == 1:
-        return _vertical(decisions[0][1])
+    """One decision, or a batch with `--explain` (a row has no room for the trace): each
+    decision's rows, a blank line between two; else a batch is one row per decision."""
+    if len(decisions) == 1 or decisions[0][1].trace is not None:
+        return "\n\n".join(_vertical(decision) for _, decision in decisions)
     rows = [
         (
             d.request_id if d.request_id is not None else f"line {line}",

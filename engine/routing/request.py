@@ -446,7 +446,7 @@ def env_of(
     """Validate a request, native or wire, and return its evaluation environment (raises
     RequestError). `input_format` overrides detection (`format_of`); `request_id`, `model`
     and `stream` are what a wire format keeps outside its body (for a native request,
-    `request_id` is its id when it has none)."""
+    they are its `id`, `model` and `stream` when it has none)."""
     if input_format is None and type(data) is dict:
         fmt = format_of(data)
     elif _is_model(data):
@@ -455,8 +455,11 @@ def env_of(
         fmt = _chosen_format(data, input_format)
     if fmt != NATIVE:
         return _wire_env(data, fmt, request_id, model, stream)
-    if request_id is not None and isinstance(data, Mapping) and data.get("id") is None:
-        data = {**data, "id": request_id}
+    if (request_id, model, stream) != (None, None, None) and isinstance(data, Mapping):
+        given = {"id": request_id, "model": model, "stream": stream}
+        missing = {k: v for k, v in given.items() if v is not None and data.get(k) is None}
+        if missing:  # the options fill what the native body leaves out
+            data = {**data, **missing}
     if type(data) is dict:
         env = fast_env(data)
         if env is not None:

@@ -14,8 +14,6 @@ ANTHROPIC_FIELDS = frozenset(
     {
         "system",
         "stop_sequences",
-        "top_k",
-        "thinking",
         "anthropic_version",
         "anthropic_beta",
         "container",
@@ -30,6 +28,17 @@ ANTHROPIC_BLOCKS = frozenset(
     {"image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking",
      "server_tool_use", "search_result", "container_upload"}
 )  # fmt: skip
+# Anthropic's fields that OpenAI-compatible gateways take in a Chat Completions body too
+# (LiteLLM's `thinking`, vLLM's and OpenRouter's `top_k`): Anthropic only when nothing in
+# the body is OpenAI-only (`_openai_only`)
+SHARED_FIELDS = frozenset({"thinking", "top_k"})
+# what only a Chat Completions body has: top-level fields, message roles, content parts
+OPENAI_FIELDS = frozenset(
+    {"response_format", "max_completion_tokens", "reasoning_effort", "functions",
+     "function_call", "modalities", "audio", "stream_options", "parallel_tool_calls"}
+)  # fmt: skip
+OPENAI_ROLES = frozenset({"system", "developer", "tool", "function"})
+OPENAI_PARTS = frozenset({"image_url", "input_audio", "file"})
 # top-level fields of OpenAI's Responses API (a body with `input` or `instructions`)
 RESPONSES_FIELDS = frozenset({"input", "instructions", "previous_response_id", "conversation"})
 
@@ -65,6 +74,30 @@ def _anthropic(body: Mapping[str, Any]) -> bool:
             content = message.get("content") if is_map(message) else None
             if type(content) is list:
                 for block in content:
-                    if is_map(block) and block.get("type") in ANTHROPIC_BLOCKS:
+                    kind = block.get("type") if is_map(block) else None
+                    if type(kind) is str and kind in ANTHROPIC_BLOCKS:
                         return True
+    return not SHARED_FIELDS.isdisjoint(body) and not _openai_only(body)
+
+
+def _openai_only(body: Mapping[str, Any]) -> bool:
+    """A sign that only a Chat Completions body has: a field, a `system`/`developer`/`tool`
+    message, a tool call, an `image_url`/`input_audio`/`file` part, a `function` tool."""
+    if not OPENAI_FIELDS.isdisjoint(body):
+        return True
+    tools = body.get("tools")
+    if type(tools) is list and any(is_map(tool) and "function" in tool for tool in tools):
+        return True
+    messages = body.get("messages")
+    for message in messages if type(messages) is list else ():
+        if not is_map(message):
+            continue
+        role = message.get("role")
+        if (type(role) is str and role in OPENAI_ROLES) or "tool_calls" in message:
+            return True
+        content = message.get("content")
+        for part in content if type(content) is list else ():
+            kind = part.get("type") if is_map(part) else None
+            if type(kind) is str and kind in OPENAI_PARTS:
+                return True
     return False

@@ -278,8 +278,7 @@ def _openai_responses(body: Mapping[str, Any]) -> Iterator[Turn]:
         elif kind in ("function_call", "custom_tool_call"):
             yield (ASSISTANT, (), False)  # the model's call: a turn without text
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            output = item.get("output")
-            yield (TOOL, (output,) if type(output) is str and output else (), True)
+            yield (TOOL, _part_texts(item.get("output"), _RESPONSES_PARTS), True)
 
 
 _ANTHROPIC_TEXT = ("text",)

@@ -10,7 +10,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.wire import images
-from engine.wire.common import fail, image, is_map, items, mapping, media, structure, text
+from engine.wire.common import (
+    image,
+    is_map,
+    items,
+    mapping,
+    media,
+    output_budget,
+    string,
+    structure,
+    text,
+)
 from engine.wire.record import GEMINI, WireError, WireRequest
 
 RULE = images.gemini_tokens
@@ -23,6 +33,11 @@ def _get(body: Mapping[str, Any], snake: str, camel: str) -> Any:
 
 def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None:
     request.format = GEMINI
+    # the URL's model, as a `GenerateContentRequest` may carry it too (a batch's requests):
+    # `models/gemini-2.5-flash`, read as `gemini-2.5-flash`; the option wins
+    model = string(body, "model")
+    if model:
+        request.model = model.rpartition("models/")[2] or model
     tools = body.get("tools")
     if tools:
         items(tools, "tools", "tools")
@@ -50,12 +65,9 @@ def read_generate_content(body: Mapping[str, Any], request: WireRequest) -> None
 
 def _generation_config(request: WireRequest, config: Mapping[str, Any]) -> None:
     where = "generationConfig."
-    budget = _get(config, "max_output_tokens", "maxOutputTokens")
-    if budget is not None:
-        if type(budget) is not int or budget < 1:
-            raise fail(where + "maxOutputTokens", "expected a whole number from 1")
-        request.max_tokens = budget
-        request.note("max_tokens", budget, where + "maxOutputTokens")
+    # the same range as every other format's budget (a number past a float is refused here)
+    key = "maxOutputTokens" if config.get("maxOutputTokens") is not None else "max_output_tokens"
+    output_budget(request, config, (key,), where)
     schema = None
     for snake, camel in (
         ("response_schema", "responseSchema"),
@@ -109,7 +121,13 @@ def _part(request: WireRequest, part: Any, where: str) -> None:
         call = _get(part, snake, camel)
         if call is not None:
             request.need("tools", f"{where}.{camel}")
-            structure(request, call)
+            inner = call.get("parts") if is_map(call) else None
+            if inner is None:
+                structure(request, call)
+                continue
+            # a multimodal function response: its parts (a screenshot) are read as parts
+            structure(request, {key: value for key, value in call.items() if key != "parts"})
+            _content(request, call, f"{where}.{camel}")
 
 
 _CALLS = (("function_call", "functionCall"), ("function_response", "functionResponse"))

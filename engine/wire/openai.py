@@ -218,7 +218,22 @@ def _responses_item(request: WireRequest, item: Mapping[str, Any], where: str) -
         structure(request, item.get("arguments") or item.get("input"))
     elif kind in ("function_call_output", "custom_tool_call_output"):
         request.need("tools", f"{where}.type ({kind})")
-        structure(request, item.get("output"))
+        output = item.get("output")
+        if type(output) is list:  # content parts: a screenshot is an image, not base64 text
+            for j, part in enumerate(output):
+                at = f"{where}.output[{j}]"
+                _responses_part(request, mapping(part, at), at)
+        else:
+            structure(request, output)
+    elif kind == "computer_call":
+        request.need("tools", f"{where}.type ({kind})")
+        structure(request, item.get("action"))
+    elif kind == "computer_call_output":  # the screenshot of a computer-use step
+        request.need("tools", f"{where}.type ({kind})")
+        shot = item.get("output")
+        if is_map(shot) and shot.get("type") == "computer_screenshot":
+            at = f"{where}.output"
+            _image_url(request, string(shot, "image_url", at + "."), shot.get("detail"), at)
     elif kind == "reasoning":
         for part in item.get("summary") or ():
             if is_map(part) and type(part.get("text")) is str:
