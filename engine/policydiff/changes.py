@@ -2,8 +2,9 @@
 
 Routes are matched by name, limits by what they limit (scope, key and unit), policy-wide
 `require`s by their text and `deny` rules by their reason. A statement's content is
-compared as its items' texts with the spacing normalised, so a `policyctl fmt` run alone
-changes nothing. `examples.py` then looks for a request that each change affects.
+compared as its items' texts in `policyctl fmt`'s layout, without comments, so a
+`policyctl fmt` run alone changes nothing. `examples.py` then looks for a request that
+each change affects.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from engine.catalog.views import CatalogDiff
 from engine.catalog.views import diff as catalog_diff
 from engine.language import ast
+from engine.language.formatter import limit_terms, one_line
 from engine.language.program import Program
 
 # what a change is about, in the order the report lists them
@@ -53,11 +55,14 @@ class PolicySet:
             yield from f.statements
 
 
-def normalised(node: ast.Expr | ast.Statement | ast.RouteItem | ast.Setting | None) -> str:
-    """A node's text on one line, its spacing normalised (None: the empty text)."""
+def normalised(
+    node: ast.Expr | ast.RouteItem | ast.Limit | ast.PolicyRequire | ast.Deny | None,
+) -> str:
+    """A node's text on one line in the canonical layout, without comments (None: the
+    empty text): how it was written (spacing, comments, parentheses) does not count."""
     if node is None:
         return ""
-    return " ".join(node.span.text().split())
+    return one_line(node)
 
 
 def structural_changes(old: PolicySet, new: PolicySet) -> list[Change]:
@@ -253,15 +258,9 @@ def limit_name(limit: ast.Limit) -> str:
 
 
 def _limit_text(limit: ast.Limit) -> str:
-    """The limit's terms after what it limits: `100 per 1m burst 10 when …`."""
-    text = f"{limit.amount.text} per {limit.window.text}"
-    if limit.burst is not None:
-        text += f" burst {limit.burst.text}"
-    if limit.when is not None:
-        text += f" when {normalised(limit.when)}"
-    if limit.until is not None:
-        text += f" until {limit.until.text}"
-    return text
+    """The limit's terms after what it limits: `100 per 1m burst 10 when …`, `8 lease 5m`,
+    led by `shadow` for a shadow limit (which enforcing changes)."""
+    return ("shadow " if limit.shadow else "") + limit_terms(limit)
 
 
 def _limits(old: PolicySet, new: PolicySet) -> list[Change]:
