@@ -15,6 +15,7 @@ Standard library only.
 from __future__ import annotations
 
 import bisect
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -144,8 +145,25 @@ def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
         lo = max(0, col - 100)
         shown = shown[lo : lo + 200]
         col -= lo
-    marks = f"{' ' * (col - 1)}{mark * min(width, 200)}" + (f" {label}" if label else "")
+    # the marks go under the characters as a terminal shows them: a wide character (CJK,
+    # most emoji) takes two columns, a combining mark none
+    lead = _display_width(shown[: col - 1])
+    under = max(1, _display_width(shown[col - 1 : col - 1 + width]))
+    marks = f"{' ' * lead}{mark * min(under, 200)}" + (f" {label}" if label else "")
     return [f"{line:>{digits}} | {shown}", f"{' ' * digits} | {marks}"]
+
+
+def _display_width(text: str) -> int:
+    """The columns a terminal gives `text`: two for a wide or fullwidth character, none for
+    a combining mark or a format character (a zero-width joiner), one for any other."""
+    if text.isascii():
+        return len(text)
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
 
 
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:

@@ -301,3 +301,17 @@ def test_verbose_lists_the_passing_tests() -> None:
     ]
     passed = [line.split(": ", 1)[1] for line in run.out.splitlines() if line.startswith("PASS ")]
     assert passed == names
+
+
+def test_a_policy_saved_with_a_byte_order_mark_is_tested_with_coverage(tmp_path: Path) -> None:
+    """Windows editors may start a UTF-8 file with a byte order mark: the policy loads (it
+    was `unexpected character '\\ufeff'`) and coverage reads the same text."""
+    policy = tmp_path / "bom.policy"
+    policy.write_bytes(b"\xef\xbb\xbfroute a when request.stream {\n    strategy cost\n}\n")
+    (tmp_path / "bom.tests.yaml").write_text(
+        "tests:\n  - name: a stream\n    request: {stream: true}\n    expect: {route: a}\n"
+    )
+    run = policyctl("--coverage", str(policy), cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert run.out.endswith("1 passed, 0 failed\n")
+    assert "1:14  condition  `request.stream`  never false" in run.out

@@ -73,7 +73,8 @@ def _read(path: Path) -> str:
                     )
                 ]
             )
-        return path.read_text(encoding="utf-8")
+        # a byte order mark (Windows editors write one) is no part of the text
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         raise PolicyError(
             [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=_display(path))]
