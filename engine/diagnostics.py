@@ -166,6 +166,23 @@ def _display_width(text: str) -> int:
     return width
 
 
+def not_utf8(name: str, err: UnicodeDecodeError, code: str = "E0005") -> Diagnostic:
+    """E0005 (or a test file's E0900) at the line and column of the first byte that is not
+    UTF-8, shown as `�`."""
+    data: bytes = err.object  # type: ignore[assignment]
+    before = data[: err.start].decode("utf-8")  # valid: the first error is at err.start
+    text = before + data[err.start :].decode("utf-8", "replace")
+    if text.startswith("\ufeff"):  # a byte order mark is no part of the text (`_read`)
+        before, text = before[1:], text[1:]
+    source = Source(name, text)
+    return Diagnostic(
+        code,
+        f"not UTF-8 text (byte {err.start})",
+        source.span(len(before), len(before) + 1),
+        'save the file as UTF-8 (an editor\'s "Save with encoding")',
+    )
+
+
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:
     items = sorted(diagnostics, key=Diagnostic.sort_key)
     errors = sum(1 for d in items if d.severity == "error")

@@ -315,3 +315,12 @@ def test_a_policy_saved_with_a_byte_order_mark_is_tested_with_coverage(tmp_path:
     assert run.code == 0, run.err
     assert run.out.endswith("1 passed, 0 failed\n")
     assert "1:14  condition  `request.stream`  never false" in run.out
+
+
+def test_a_test_file_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    (tmp_path / "x.policy").write_text("route a when request.stream {\n    strategy cost\n}\n")
+    (tmp_path / "x.tests.yaml").write_bytes(b"tests:\n  - name: caf\xe9\n")
+    run = policyctl(str(tmp_path / "x.policy"), cwd=tmp_path)
+    assert run.code == 2
+    assert f"{tmp_path / 'x.tests.yaml'}:2:14: error[E0900]: not UTF-8 text (byte 20)" in run.err
+    assert "2 |   - name: caf\ufffd\n  |              ^\n" in run.err
