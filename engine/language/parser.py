@@ -12,6 +12,7 @@ import hashlib
 import re
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -643,6 +644,27 @@ def _word_before(source: Source, at: int) -> str:
     return found.group(1) if found else ""
 
 
+# a number in exponent notation (`1e5`, `$1e-6`), which the lexer reads as `1e` and `5`
+_EXPONENT = re.compile(r"(\$?)(\d[\d_]*(?:\.\d+)?)[eE]([+-]?\d+)")
+
+
+def _exponent_hint(source: Source, pos: int) -> str | None:
+    """The number in exponent notation around `pos`, if the error is in one, written out."""
+    line_start = source.text.rfind("\n", 0, pos) + 1
+    for found in _EXPONENT.finditer(source.text, line_start, pos + 32):
+        if found.start() < pos < found.end():
+            dollar, mantissa, exponent = found.groups()
+            plain = ""
+            if len(exponent.lstrip("+-")) <= 2:  # else past what a number may hold anyway
+                plain = f"{Decimal(mantissa.replace('_', '')).scaleb(int(exponent)):f}"
+                if "." in plain:
+                    plain = plain.rstrip("0").rstrip(".")
+            if not plain or len(plain) > 20:
+                return "numbers have no exponent: write them out (`100000`, `100k`, `0.001`)"
+            return f"numbers have no exponent: write `{found.group()}` as `{dollar}{plain}`"
+    return None
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -665,7 +687,7 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         expected = _expected(set(err.allowed or ()))
         if ch == "@" and pos > 0 and _NAME_CHAR.match(source.text[pos - 1]):
             expected = _QUOTE_NAME
-        expected = _character_hint(ch, source, pos) or expected
+        expected = _character_hint(ch, source, pos) or _exponent_hint(source, pos) or expected
         return Diagnostic("E0012", f"unexpected character `{shown}`", span, expected or None)
     if isinstance(err, UnexpectedEOF) or (
         isinstance(err, UnexpectedToken) and err.token.type == "$END"
@@ -685,6 +707,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     ):
         notes = _unclosed(source, span.start, expected)
         hint = f"close the block with `}}` before this `{tok}`"
+    elif (exponent := _exponent_hint(source, span.start)) is not None:
+        hint = exponent
     elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):
         hint = _equals_hint(source, tok)
     elif (misplaced := _misplaced(str(tok), inside := _enclosing(source, span.start))) is not None:
