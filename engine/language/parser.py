@@ -183,8 +183,26 @@ class _Builder(Transformer[Token, Any]):
 
     def _name(self, tok: Token) -> ast.Name:
         if tok.type == "STRING":  # a quoted model id: `bedrock/"…-v1:0"`
-            return ast.Name(_unquote(str(tok)), self._span_tok(tok))
+            return ast.Name(self._string(tok), self._span_tok(tok))
         return ast.Name(str(tok), self._span_tok(tok))
+
+    def _string(self, tok: Token) -> str:
+        """A STRING token's value; an escape the language has not (`\\u00e9`, `\\d`, a
+        Windows path's `\\m`) is E0015, not the character after the backslash."""
+        text = str(tok)
+        for found in _ESCAPE.finditer(text, 1, len(text) - 1):
+            if found.group(1) not in _ESCAPES:
+                start = (tok.start_pos or 0) + found.start()
+                self.errors.append(
+                    Diagnostic(
+                        "E0015",
+                        f"unknown escape `{found.group()}` in a string",
+                        Span(self.source, start, start + len(found.group())),
+                        'a string knows `\\"`, `\\\\`, `\\n` and `\\t`: write a backslash'
+                        " as `\\\\`",
+                    )
+                )
+        return _unquote(text)
 
     def _literal(self, tok: Token | ast.Literal) -> ast.Literal:
         if isinstance(tok, ast.Literal):
@@ -207,7 +225,7 @@ class _Builder(Transformer[Token, Any]):
                 self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
                 return ast.Literal(0.0, Unit.MONEY, span, text)
         if kind == "STRING":
-            return ast.Literal(_unquote(text), Unit.STRING, span, text)
+            return ast.Literal(self._string(tok), Unit.STRING, span, text)
         if kind in ("TRUE", "FALSE"):
             return ast.Literal(kind == "TRUE", Unit.BOOL, span, text)
         if kind == "NULL":
@@ -479,8 +497,11 @@ class _Builder(Transformer[Token, Any]):
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 
 
+_ESCAPE = re.compile(r"\\(.)")
+
+
 def _unquote(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
 def _check_size(source: Source) -> Diagnostic | None:
