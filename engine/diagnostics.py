@@ -57,7 +57,7 @@ class Source:
 
     def end_span(self) -> Span:
         """A span at the end of the text (for "unexpected end of file")."""
-        end = len(self.text.rstrip("\n"))
+        end = len(self.text.rstrip("\r\n"))  # CRLF text (from_text, an editor's buffer) too
         return Span(self, end, end)
 
 
