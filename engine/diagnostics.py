@@ -140,7 +140,7 @@ def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
     end_line, end_col = source.line_col(span.end)
     width = (end_col - col) if end_line == line else len(text) - col + 1
     width = max(1, width)
-    shown = text.expandtabs(1)
+    shown = text.expandtabs(1).translate(_CONTROL_PICTURES)
     if len(shown) > 200:  # keep huge one-line files readable
         lo = max(0, col - 100)
         shown = shown[lo : lo + 200]
@@ -151,6 +151,13 @@ def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
     under = max(1, _display_width(shown[col - 1 : col - 1 + width]))
     marks = f"{' ' * lead}{mark * min(under, 200)}" + (f" {label}" if label else "")
     return [f"{line:>{digits}} | {shown}", f"{' ' * digits} | {marks}"]
+
+
+# a control character in a source line is shown as its picture (`␛`, `␀`), one column
+# wide: written raw, an escape sequence in a policy would act on the terminal or CI log
+_CONTROL_PICTURES = {**{c: 0x2400 + c for c in range(0x20)}, 0x7F: 0x2421} | {
+    c: 0xFFFD for c in range(0x80, 0xA0)
+}
 
 
 def _display_width(text: str) -> int:
