@@ -277,3 +277,30 @@ def test_in_flight_shadow_and_waiting_limits_are_compared(tmp_path: Path) -> Non
         ("changed", "ip (requests)"): ["5 per 1m wait up to 5s → 5 per 1m"],
     }
     assert _policyctl("diff", str(old), str(old)).stdout == "no changes\n"
+
+
+def test_alerts_are_compared_by_name(tmp_path: Path) -> None:
+    """An alert is a statement like the others: a changed threshold, a new alert and a
+    removed one are changes (diff said 'no changes'); its layout is not."""
+    old = tmp_path / "old.policy"
+    old.write_text(
+        'alert "spend" when spend > $50 per 1h\nalert "errors" when error_rate > 5% over 10m\n'
+    )
+    new = tmp_path / "new.policy"
+    new.write_text(
+        'alert "spend"  when spend > $500 per 1h  # finance\nalert "slow" when p95 > 3s\n'
+    )
+    done = _policyctl("diff", str(old), str(new))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f'~ alert "spend"  ({old}:1:1 → {new}:1:1)\n'
+        "    when spend > $50 per 1h → when spend > $500 per 1h\n"
+        f'+ alert "slow"  ({new}:2:1)\n'
+        "    when p95 > 3s\n"
+        f'- alert "errors"  ({old}:2:1)\n'
+        "    when error_rate > 5% over 10m\n"
+        "3 changes (alert: 1 changed, 1 added, 1 removed)\n"
+    )
+    formatted = tmp_path / "formatted.policy"
+    formatted.write_text(format_text(new.read_text()))
+    assert _policyctl("diff", str(new), str(formatted)).stdout == "no changes\n"

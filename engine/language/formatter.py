@@ -189,7 +189,7 @@ def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
 
 
 def one_line(
-    node: ast.Expr | ast.RouteItem | ast.Arm | ast.Limit | ast.PolicyRequire | ast.Deny,
+    node: ast.Expr | ast.RouteItem | ast.Arm | ast.Limit | ast.PolicyRequire | ast.Deny | ast.Alert,
 ) -> str:
     """A node in the canonical layout on one line, without comments: what it says, with
     nothing of how it was written (spacing, line breaks, comments, redundant parentheses,

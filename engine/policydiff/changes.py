@@ -20,7 +20,7 @@ from engine.language.formatter import limit_terms, one_line
 from engine.language.program import Program
 
 # what a change is about, in the order the report lists them
-WHATS = ("catalog", "defaults", "deny", "require", "route", "limit")
+WHATS = ("catalog", "defaults", "deny", "require", "route", "limit", "alert")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,7 @@ def structural_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     changes += _requires(old, new)
     changes += _routes(old, new)
     changes += _limits(old, new)
+    changes += _alerts(old, new)
     return changes
 
 
@@ -286,4 +287,33 @@ def _limits(old: PolicySet, new: PolicySet) -> list[Change]:
             out.append(Change("limit", "added", name, None, now[b].span.location(), (b,)))
         for a in gone[len(came) :]:
             out.append(Change("limit", "removed", name, was[a].span.location(), None, (a,)))
+    return out
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def _alerts(old: PolicySet, new: PolicySet) -> list[Change]:
+    """Alerts matched by name (unique in a set: E0706); what follows the name compared."""
+
+    def by_name(s: PolicySet) -> dict[str, ast.Alert]:
+        return {str(a.name.value): a for a in s.statements() if isinstance(a, ast.Alert)}
+
+    def terms(alert: ast.Alert) -> str:  # `when p95 > 3s over 5m for 5m`
+        return one_line(alert).removeprefix(f"alert {alert.name.text} ")
+
+    before, after = by_name(old), by_name(new)
+    out: list[Change] = []
+    for name, alert in after.items():
+        at, shown = alert.span.location(), f'"{name}"'
+        if name not in before:
+            out.append(Change("alert", "added", shown, None, at, (terms(alert),)))
+        elif terms(before[name]) != terms(alert):
+            detail = f"{terms(before[name])} → {terms(alert)}"
+            out.append(Change("alert", "changed", shown, before[name].span.location(), at,
+                              (detail,)))  # fmt: skip
+    for name, alert in before.items():
+        if name not in after:
+            out.append(Change("alert", "removed", f'"{name}"', alert.span.location(), None,
+                              (terms(alert),)))  # fmt: skip
     return out
