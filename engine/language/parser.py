@@ -730,6 +730,15 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         hint = f"close the block with `}}` before this `{tok}`"
     elif (exponent := _exponent_hint(source, span.start)) is not None:
         hint = exponent
+    elif (
+        str(tok) == "when"
+        and _enclosing(source, span.start) == "route"
+        and re.search(r"(?:^|[\n{])[ \t]*require\b[^{}\n]*\Z", source.text[: span.start])
+    ):
+        hint = (
+            "a route's `require` has no `when`: the route's own `when` picks its requests;"
+            " a `require … when …` for every route goes outside any block"
+        )
     elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):
         hint = _equals_hint(source, tok)
     elif (misplaced := _misplaced(str(tok), inside := _enclosing(source, span.start))) is not None:
