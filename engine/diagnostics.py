@@ -15,6 +15,7 @@ Standard library only.
 from __future__ import annotations
 
 import bisect
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,7 +57,7 @@ class Source:
 
     def end_span(self) -> Span:
         """A span at the end of the text (for "unexpected end of file")."""
-        end = len(self.text.rstrip("\n"))
+        end = len(self.text.rstrip("\r\n"))  # CRLF text (from_text, an editor's buffer) too
         return Span(self, end, end)
 
 
@@ -139,13 +140,54 @@ def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
     end_line, end_col = source.line_col(span.end)
     width = (end_col - col) if end_line == line else len(text) - col + 1
     width = max(1, width)
-    shown = text.expandtabs(1)
+    shown = text.expandtabs(1).translate(_CONTROL_PICTURES)
     if len(shown) > 200:  # keep huge one-line files readable
         lo = max(0, col - 100)
         shown = shown[lo : lo + 200]
         col -= lo
-    marks = f"{' ' * (col - 1)}{mark * min(width, 200)}" + (f" {label}" if label else "")
+    # the marks go under the characters as a terminal shows them: a wide character (CJK,
+    # most emoji) takes two columns, a combining mark none
+    lead = _display_width(shown[: col - 1])
+    under = max(1, _display_width(shown[col - 1 : col - 1 + width]))
+    marks = f"{' ' * lead}{mark * min(under, 200)}" + (f" {label}" if label else "")
     return [f"{line:>{digits}} | {shown}", f"{' ' * digits} | {marks}"]
+
+
+# a control character in a source line is shown as its picture (`␛`, `␀`), one column
+# wide: written raw, an escape sequence in a policy would act on the terminal or CI log
+_CONTROL_PICTURES = {**{c: 0x2400 + c for c in range(0x20)}, 0x7F: 0x2421} | {
+    c: 0xFFFD for c in range(0x80, 0xA0)
+}
+
+
+def _display_width(text: str) -> int:
+    """The columns a terminal gives `text`: two for a wide or fullwidth character, none for
+    a combining mark or a format character (a zero-width joiner), one for any other."""
+    if text.isascii():
+        return len(text)
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def not_utf8(name: str, err: UnicodeDecodeError, code: str = "E0005") -> Diagnostic:
+    """E0005 (or a test file's E0900) at the line and column of the first byte that is not
+    UTF-8, shown as `�`."""
+    data: bytes = err.object  # type: ignore[assignment]
+    before = data[: err.start].decode("utf-8")  # valid: the first error is at err.start
+    text = before + data[err.start :].decode("utf-8", "replace")
+    if text.startswith("\ufeff"):  # a byte order mark is no part of the text (`_read`)
+        before, text = before[1:], text[1:]
+    source = Source(name, text)
+    return Diagnostic(
+        code,
+        f"not UTF-8 text (byte {err.start})",
+        source.span(len(before), len(before) + 1),
+        'save the file as UTF-8 (an editor\'s "Save with encoding")',
+    )
 
 
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:

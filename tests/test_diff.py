@@ -212,3 +212,95 @@ def test_no_examples_flag(fmt: str) -> None:
             "6 changes (deny: 1 added; route: 1 changed, 1 removed; "
             "limit: 1 changed, 1 added, 1 removed)"
         )
+
+
+def test_a_set_against_its_formatted_text_ignores_comments_parentheses_and_quotes(
+    tmp_path: Path,
+) -> None:
+    """Comments inside an item or a condition, parentheses the meaning does not need, quotes
+    a name does not need and `1 failures` are how a policy is written, not what it says:
+    `fmt` changes them, `diff` sees no change (it compared the source text)."""
+    messy = CATALOG_LINE + (
+        "defaults {\n"
+        "    fallback claude,  # first\n"
+        "        gemini\n"
+        "    cooldown after 1 failures for 30s\n"
+        "}\n"
+        'deny "no"  when (request.user == "mallory")\n'
+        "require (model.context_window >= 8k) when ((request.stream))\n"
+        "route b when request.metadata.x not  # between the words\n"
+        '    in ["a", "b"] {\n'
+        '    prefer "gemini"/"gemini-1.5-flash"  weight 2\n'
+        "    require (model.pricing.input <= $3)\n"
+        "}\n"
+        "route d when (((request.stream))) {\n"
+        "    split by request.user { 50%: route e  # half\n"
+        "        50%: route f }\n"
+        "}\n"
+        "route e {}\n"
+        "route f {}\n"
+        "limit user 100 per 1m when (request.stream)  # a limit\n"
+    )
+    old = tmp_path / "old.policy"
+    old.write_text(messy)
+    new = tmp_path / "new.policy"
+    new.write_text(format_text(old.read_text(), "new.policy"))
+    assert new.read_text() != old.read_text()
+    done = _policyctl("diff", str(old), str(new))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "no changes\n"
+
+
+def test_in_flight_shadow_and_waiting_limits_are_compared(tmp_path: Path) -> None:
+    """A `concurrent` limit has no window (diff crashed on it); `shadow`, `wait up to` and
+    `lease` are terms of a limit like its amount (enforcing a shadow limit was no change)."""
+    old = tmp_path / "old.policy"
+    old.write_text(
+        'limit model "openai/gpt-4o" concurrent 8 lease 5m\n'
+        "limit user concurrent 2\n"
+        "shadow limit user 50 per 1m\n"
+        "limit ip 5 per 1m wait up to 5s\n"
+    )
+    new = tmp_path / "new.policy"
+    new.write_text(
+        'limit model "openai/gpt-4o" concurrent 8 lease 10m\n'
+        "limit user 50 per 1m\n"
+        "limit ip 5 per 1m\n"
+    )
+    done = _policyctl("diff", "--format", "json", str(old), str(new))
+    assert done.returncode == 0, done.stderr
+    got = {(c["kind"], c["name"]): c["details"] for c in json.loads(done.stdout)["changes"]}
+    assert got == {
+        ("changed", 'model "openai/gpt-4o" (concurrent)'): ["8 lease 5m → 8 lease 10m"],
+        ("removed", "user (concurrent)"): ["2"],
+        ("changed", "user (requests)"): ["shadow 50 per 1m → 50 per 1m"],
+        ("changed", "ip (requests)"): ["5 per 1m wait up to 5s → 5 per 1m"],
+    }
+    assert _policyctl("diff", str(old), str(old)).stdout == "no changes\n"
+
+
+def test_alerts_are_compared_by_name(tmp_path: Path) -> None:
+    """An alert is a statement like the others: a changed threshold, a new alert and a
+    removed one are changes (diff said 'no changes'); its layout is not."""
+    old = tmp_path / "old.policy"
+    old.write_text(
+        'alert "spend" when spend > $50 per 1h\nalert "errors" when error_rate > 5% over 10m\n'
+    )
+    new = tmp_path / "new.policy"
+    new.write_text(
+        'alert "spend"  when spend > $500 per 1h  # finance\nalert "slow" when p95 > 3s\n'
+    )
+    done = _policyctl("diff", str(old), str(new))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f'~ alert "spend"  ({old}:1:1 → {new}:1:1)\n'
+        "    when spend > $50 per 1h → when spend > $500 per 1h\n"
+        f'+ alert "slow"  ({new}:2:1)\n'
+        "    when p95 > 3s\n"
+        f'- alert "errors"  ({old}:2:1)\n'
+        "    when error_rate > 5% over 10m\n"
+        "3 changes (alert: 1 changed, 1 added, 1 removed)\n"
+    )
+    formatted = tmp_path / "formatted.policy"
+    formatted.write_text(format_text(new.read_text()))
+    assert _policyctl("diff", str(new), str(formatted)).stdout == "no changes\n"

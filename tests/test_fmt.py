@@ -496,7 +496,20 @@ def test_bad_input_exits_2(work: Path) -> None:
     (work / "latin1.policy").write_bytes(b"# caf\xe9\n")
     latin1 = policyctl(work, "fmt", "latin1.policy")
     assert latin1.code == 2
-    assert "latin1.policy: error[E0005]: not UTF-8 text (byte 5)" in latin1.err
+    assert (
+        "latin1.policy:1:6: error[E0005]: not UTF-8 text (byte 5)\n"
+        "  |\n1 | # caf\ufffd\n  |      ^\n"
+    ) in latin1.err
+
+
+def test_a_byte_order_mark_is_read_as_check_reads_it(work: Path) -> None:
+    """A UTF-8 byte order mark (Windows editors) is no part of the text, from a file or from
+    standard input (it was `unexpected character '\ufeff'`)."""
+    (work / "bom.policy").write_bytes(b"\xef\xbb\xbf" + MESSY.encode())
+    from_file = policyctl(work, "fmt", "bom.policy")
+    from_stdin = policyctl(work, "fmt", "-", stdin="\ufeff" + MESSY)
+    assert from_file.code == from_stdin.code == 0, from_file.err + from_stdin.err
+    assert from_file.out == from_stdin.out == format_text(MESSY)
 
 
 def test_with_no_policies_directory_the_packaged_set_is_read_never_written(

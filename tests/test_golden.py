@@ -61,12 +61,28 @@ def _crlf() -> str:
     return 'route eu_only when request.regoin == "eu" {\r\n    strategy cost\r\n}\r\n'
 
 
+def _bom() -> str:
+    """A UTF-8 byte order mark, as Windows editors write one: no part of the text, so the
+    columns of line 1 are what the editor shows."""
+    return '\ufeffroute eu_only when request.regoin == "eu" {\n    strategy cost\n}\n'
+
+
+def _control_characters() -> str:
+    """An escape sequence, a bell and a NUL in a string: the excerpt shows their pictures
+    (`␛`, `␇`, `␀`), so the sequence does not act on the terminal or the CI log."""
+    return (
+        'route clear when request.metadata.x == "\x1b[2J\x07\x00" and request.regoin == "eu" {}\n'
+    )
+
+
 GENERATED: dict[str, Callable[[], str]] = {
     "e0001_too_large": _too_large,
     "e0002_not_nesting": _deep_not,
     "e0002_paren_nesting": _deep_parens,  # checks clean: parentheses only group
     "e0002_list_nesting": _deep_list,
     "e0324_crlf_line_endings": _crlf,  # generated so that git cannot change the line endings
+    "e0324_byte_order_mark": _bom,  # generated so that no editor drops the mark
+    "e0324_control_characters": _control_characters,  # generated: no raw escapes committed
 }
 
 CASES = sorted([p.stem for p in GOLDEN.glob("*.policy")] + list(GENERATED))

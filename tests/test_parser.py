@@ -817,3 +817,18 @@ def test_no_cache_when_the_directory_cannot_be_made(tmp_path: Path) -> None:
     blocker.write_text("x")
     expected = _parse_in_subprocess(tmp_path, "")
     assert _parse_in_subprocess(tmp_path, str(blocker / "sub")) == expected
+
+
+@pytest.mark.parametrize("blank_lines", [0, 2])
+def test_end_of_file_in_crlf_text_is_placed_as_in_lf_text(blank_lines: int) -> None:
+    """Text with CRLF line ends (`from_text`, an editor's buffer) is not newline-translated
+    as a file is: the end of file is still after the last character, not after a `\\r` or
+    on a blank line at the end (it was `2:19`, and `4:2` with blank lines after)."""
+    body = "route a when request.stream {\n    strategy cost\n" + "\n" * blank_lines
+    rendered = []
+    for text in (body, body.replace("\n", "\r\n")):
+        with pytest.raises(PolicyError) as info:
+            parse(text, "x.policy")
+        rendered.append(str(info.value))
+    assert rendered[0].startswith("x.policy:2:18: error[E0013]: unexpected end of file")
+    assert rendered[1] == rendered[0]

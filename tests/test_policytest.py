@@ -301,3 +301,26 @@ def test_verbose_lists_the_passing_tests() -> None:
     ]
     passed = [line.split(": ", 1)[1] for line in run.out.splitlines() if line.startswith("PASS ")]
     assert passed == names
+
+
+def test_a_policy_saved_with_a_byte_order_mark_is_tested_with_coverage(tmp_path: Path) -> None:
+    """Windows editors may start a UTF-8 file with a byte order mark: the policy loads (it
+    was `unexpected character '\\ufeff'`) and coverage reads the same text."""
+    policy = tmp_path / "bom.policy"
+    policy.write_bytes(b"\xef\xbb\xbfroute a when request.stream {\n    strategy cost\n}\n")
+    (tmp_path / "bom.tests.yaml").write_text(
+        "tests:\n  - name: a stream\n    request: {stream: true}\n    expect: {route: a}\n"
+    )
+    run = policyctl("--coverage", str(policy), cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert run.out.endswith("1 passed, 0 failed\n")
+    assert "1:14  condition  `request.stream`  never false" in run.out
+
+
+def test_a_test_file_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    (tmp_path / "x.policy").write_text("route a when request.stream {\n    strategy cost\n}\n")
+    (tmp_path / "x.tests.yaml").write_bytes(b"tests:\n  - name: caf\xe9\n")
+    run = policyctl(str(tmp_path / "x.policy"), cwd=tmp_path)
+    assert run.code == 2
+    assert f"{tmp_path / 'x.tests.yaml'}:2:14: error[E0900]: not UTF-8 text (byte 20)" in run.err
+    assert "2 |   - name: caf\ufffd\n  |              ^\n" in run.err

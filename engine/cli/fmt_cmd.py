@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.cli.common import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, UsageError, default_policy_path
-from engine.diagnostics import Diagnostic, PolicyError, render_all
+from engine.diagnostics import Diagnostic, PolicyError, not_utf8, render_all
 from engine.errors import PolicyctlError
 from engine.language.formatter import format_text
 from engine.language.loader import policy_files, read_policy_file
@@ -107,11 +107,9 @@ def _targets(paths: list[str], write: bool) -> list[Path | None]:
 def _read_stdin() -> str:
     data = sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # as `check` reads a file
     except UnicodeDecodeError as err:
-        raise PolicyError(
-            [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=STDIN_NAME)]
-        ) from None
+        raise PolicyError([not_utf8(STDIN_NAME, err)]) from None
 
 
 def format_targets(targets: list[Path | None]) -> list[Formatted]:

@@ -188,6 +188,46 @@ def _limit_parts(limit: ast.Limit) -> tuple[str, str]:
     return head, rest
 
 
+def one_line(
+    node: ast.Expr | ast.RouteItem | ast.Arm | ast.Limit | ast.PolicyRequire | ast.Deny | ast.Alert,
+) -> str:
+    """A node in the canonical layout on one line, without comments: what it says, with
+    nothing of how it was written (spacing, line breaks, comments, redundant parentheses,
+    quotes a name does not need). `policyctl diff` compares statements by it."""
+    if isinstance(node, ast.Literal | ast.ListLit | ast.Path | ast.Compare | ast.BoolOp | ast.Not):
+        return _flat(node)
+    if isinstance(node, ast.Require):
+        return f"require {_flat(node.condition)}"
+    if isinstance(node, ast.DegradedSetting):
+        return f"degraded when {_flat(node.condition)}"
+    if isinstance(node, ast.PolicyRequire):
+        when = "" if node.when is None else f" when {_flat(node.when)}"
+        return f"require {_flat(node.condition)}{when}"
+    if isinstance(node, ast.Deny):
+        when = "" if node.when is None else f" when {_flat(node.when)}"
+        return f"deny {node.reason.text}{when}"
+    if isinstance(node, ast.Split):
+        arms = " ".join(one_line(arm) for arm in node.arms)
+        return (
+            f"split by {node.key.dotted} {{ {arms} }}"
+            if arms
+            else f"split by {node.key.dotted} {{}}"
+        )
+    if isinstance(node, ast.Limit):
+        return f"{_limit_parts(node)[0]} {limit_terms(node)}"
+    return _one_line(node).code
+
+
+def limit_terms(limit: ast.Limit) -> str:
+    """A limit's terms after what it limits, on one line: `100 per 1m burst 10 when …`."""
+    code = _limit_parts(limit)[1]
+    if limit.when is not None:
+        code += f" when {_flat(limit.when)}"
+    if limit.until is not None:
+        code += f" until {limit.until.text}"
+    return code
+
+
 class _Printer:
     """Prints statements into lines, taking each comment once from the pool it holds."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.catalog.model import MAX_CATALOG_BYTES, Catalog, CatalogError
-from engine.diagnostics import Diagnostic, PolicyError
+from engine.diagnostics import Diagnostic, PolicyError, not_utf8
 from engine.language import ast
 from engine.language.analysis import analyse
 from engine.language.checker import check
@@ -73,11 +73,10 @@ def _read(path: Path) -> str:
                     )
                 ]
             )
-        return path.read_text(encoding="utf-8")
+        # a byte order mark (Windows editors write one) is no part of the text
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise PolicyError(
-            [Diagnostic("E0005", f"not UTF-8 text (byte {err.start})", None, file=_display(path))]
-        ) from None
+        raise PolicyError([not_utf8(_display(path), err)]) from None
     except OSError as err:
         raise PolicyError(
             [Diagnostic("E0006", f"cannot read: {err.strerror}", None, file=_display(path))]

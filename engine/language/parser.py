@@ -12,6 +12,7 @@ import hashlib
 import re
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,26 @@ class _Builder(Transformer[Token, Any]):
 
     def _name(self, tok: Token) -> ast.Name:
         if tok.type == "STRING":  # a quoted model id: `bedrock/"…-v1:0"`
-            return ast.Name(_unquote(str(tok)), self._span_tok(tok))
+            return ast.Name(self._string(tok), self._span_tok(tok))
         return ast.Name(str(tok), self._span_tok(tok))
+
+    def _string(self, tok: Token) -> str:
+        """A STRING token's value; an escape the language has not (`\\u00e9`, `\\d`, a
+        Windows path's `\\m`) is E0015, not the character after the backslash."""
+        text = str(tok)
+        for found in _ESCAPE.finditer(text, 1, len(text) - 1):
+            if found.group(1) not in _ESCAPES:
+                start = (tok.start_pos or 0) + found.start()
+                self.errors.append(
+                    Diagnostic(
+                        "E0015",
+                        f"unknown escape `{found.group()}` in a string",
+                        Span(self.source, start, start + len(found.group())),
+                        'a string knows `\\"`, `\\\\`, `\\n` and `\\t`: write a backslash'
+                        " as `\\\\`",
+                    )
+                )
+        return _unquote(text)
 
     def _literal(self, tok: Token | ast.Literal) -> ast.Literal:
         if isinstance(tok, ast.Literal):
@@ -206,7 +225,7 @@ class _Builder(Transformer[Token, Any]):
                 self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
                 return ast.Literal(0.0, Unit.MONEY, span, text)
         if kind == "STRING":
-            return ast.Literal(_unquote(text), Unit.STRING, span, text)
+            return ast.Literal(self._string(tok), Unit.STRING, span, text)
         if kind in ("TRUE", "FALSE"):
             return ast.Literal(kind == "TRUE", Unit.BOOL, span, text)
         if kind == "NULL":
@@ -478,8 +497,11 @@ class _Builder(Transformer[Token, Any]):
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 
 
+_ESCAPE = re.compile(r"\\(.)")
+
+
 def _unquote(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
 def _check_size(source: Source) -> Diagnostic | None:
@@ -643,6 +665,27 @@ def _word_before(source: Source, at: int) -> str:
     return found.group(1) if found else ""
 
 
+# a number in exponent notation (`1e5`, `$1e-6`), which the lexer reads as `1e` and `5`
+_EXPONENT = re.compile(r"(\$?)(\d[\d_]*(?:\.\d+)?)[eE]([+-]?\d+)")
+
+
+def _exponent_hint(source: Source, pos: int) -> str | None:
+    """The number in exponent notation around `pos`, if the error is in one, written out."""
+    line_start = source.text.rfind("\n", 0, pos) + 1
+    for found in _EXPONENT.finditer(source.text, line_start, pos + 32):
+        if found.start() < pos < found.end():
+            dollar, mantissa, exponent = found.groups()
+            plain = ""
+            if len(exponent.lstrip("+-")) <= 2:  # else past what a number may hold anyway
+                plain = f"{Decimal(mantissa.replace('_', '')).scaleb(int(exponent)):f}"
+                if "." in plain:
+                    plain = plain.rstrip("0").rstrip(".")
+            if not plain or len(plain) > 20:
+                return "numbers have no exponent: write them out (`100000`, `100k`, `0.001`)"
+            return f"numbers have no exponent: write `{found.group()}` as `{dollar}{plain}`"
+    return None
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -665,7 +708,7 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
         expected = _expected(set(err.allowed or ()))
         if ch == "@" and pos > 0 and _NAME_CHAR.match(source.text[pos - 1]):
             expected = _QUOTE_NAME
-        expected = _character_hint(ch, source, pos) or expected
+        expected = _character_hint(ch, source, pos) or _exponent_hint(source, pos) or expected
         return Diagnostic("E0012", f"unexpected character `{shown}`", span, expected or None)
     if isinstance(err, UnexpectedEOF) or (
         isinstance(err, UnexpectedToken) and err.token.type == "$END"
@@ -685,6 +728,17 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> Diagnostic:
     ):
         notes = _unclosed(source, span.start, expected)
         hint = f"close the block with `}}` before this `{tok}`"
+    elif (exponent := _exponent_hint(source, span.start)) is not None:
+        hint = exponent
+    elif (
+        str(tok) == "when"
+        and _enclosing(source, span.start) == "route"
+        and re.search(r"(?:^|[\n{])[ \t]*require\b[^{}\n]*\Z", source.text[: span.start])
+    ):
+        hint = (
+            "a route's `require` has no `when`: the route's own `when` picks its requests;"
+            " a `require … when …` for every route goes outside any block"
+        )
     elif str(tok) == "=" and ("COMP_OP" in expected or source.text[span.start - 1] == "="):
         hint = _equals_hint(source, tok)
     elif (misplaced := _misplaced(str(tok), inside := _enclosing(source, span.start))) is not None:

@@ -16,7 +16,12 @@ from pathlib import Path
 from engine.catalog.model import Catalog
 from engine.diagnostics import Diagnostic, PolicyError
 from engine.language import ast
-from engine.language.loader import catalog_in_use, compile_sources, policy_files
+from engine.language.loader import (
+    catalog_in_use,
+    compile_sources,
+    policy_files,
+    read_policy_file,
+)
 from engine.language.parser import parse
 
 
@@ -46,8 +51,8 @@ def _text(path: Path, buffers: Mapping[Path, str]) -> str | None:
     if path in buffers:
         return buffers[path]
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_policy_file(path)[1]
+    except PolicyError:
         return None  # left out; `policyctl check` reports it when run on the directory
 
 

@@ -2,8 +2,9 @@
 
 Routes are matched by name, limits by what they limit (scope, key and unit), policy-wide
 `require`s by their text and `deny` rules by their reason. A statement's content is
-compared as its items' texts with the spacing normalised, so a `policyctl fmt` run alone
-changes nothing. `examples.py` then looks for a request that each change affects.
+compared as its items' texts in `policyctl fmt`'s layout, without comments, so a
+`policyctl fmt` run alone changes nothing. `examples.py` then looks for a request that
+each change affects.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from engine.catalog.views import CatalogDiff
 from engine.catalog.views import diff as catalog_diff
 from engine.language import ast
+from engine.language.formatter import limit_terms, one_line
 from engine.language.program import Program
 
 # what a change is about, in the order the report lists them
-WHATS = ("catalog", "defaults", "deny", "require", "route", "limit")
+WHATS = ("catalog", "defaults", "deny", "require", "route", "limit", "alert")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +55,14 @@ class PolicySet:
             yield from f.statements
 
 
-def normalised(node: ast.Expr | ast.Statement | ast.RouteItem | ast.Setting | None) -> str:
-    """A node's text on one line, its spacing normalised (None: the empty text)."""
+def normalised(
+    node: ast.Expr | ast.RouteItem | ast.Limit | ast.PolicyRequire | ast.Deny | None,
+) -> str:
+    """A node's text on one line in the canonical layout, without comments (None: the
+    empty text): how it was written (spacing, comments, parentheses) does not count."""
     if node is None:
         return ""
-    return " ".join(node.span.text().split())
+    return one_line(node)
 
 
 def structural_changes(old: PolicySet, new: PolicySet) -> list[Change]:
@@ -69,6 +74,7 @@ def structural_changes(old: PolicySet, new: PolicySet) -> list[Change]:
     changes += _requires(old, new)
     changes += _routes(old, new)
     changes += _limits(old, new)
+    changes += _alerts(old, new)
     return changes
 
 
@@ -253,15 +259,9 @@ def limit_name(limit: ast.Limit) -> str:
 
 
 def _limit_text(limit: ast.Limit) -> str:
-    """The limit's terms after what it limits: `100 per 1m burst 10 when …`."""
-    text = f"{limit.amount.text} per {limit.window.text}"
-    if limit.burst is not None:
-        text += f" burst {limit.burst.text}"
-    if limit.when is not None:
-        text += f" when {normalised(limit.when)}"
-    if limit.until is not None:
-        text += f" until {limit.until.text}"
-    return text
+    """The limit's terms after what it limits: `100 per 1m burst 10 when …`, `8 lease 5m`,
+    led by `shadow` for a shadow limit (which enforcing changes)."""
+    return ("shadow " if limit.shadow else "") + limit_terms(limit)
 
 
 def _limits(old: PolicySet, new: PolicySet) -> list[Change]:
@@ -287,4 +287,33 @@ def _limits(old: PolicySet, new: PolicySet) -> list[Change]:
             out.append(Change("limit", "added", name, None, now[b].span.location(), (b,)))
         for a in gone[len(came) :]:
             out.append(Change("limit", "removed", name, was[a].span.location(), None, (a,)))
+    return out
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def _alerts(old: PolicySet, new: PolicySet) -> list[Change]:
+    """Alerts matched by name (unique in a set: E0706); what follows the name compared."""
+
+    def by_name(s: PolicySet) -> dict[str, ast.Alert]:
+        return {str(a.name.value): a for a in s.statements() if isinstance(a, ast.Alert)}
+
+    def terms(alert: ast.Alert) -> str:  # `when p95 > 3s over 5m for 5m`
+        return one_line(alert).removeprefix(f"alert {alert.name.text} ")
+
+    before, after = by_name(old), by_name(new)
+    out: list[Change] = []
+    for name, alert in after.items():
+        at, shown = alert.span.location(), f'"{name}"'
+        if name not in before:
+            out.append(Change("alert", "added", shown, None, at, (terms(alert),)))
+        elif terms(before[name]) != terms(alert):
+            detail = f"{terms(before[name])} → {terms(alert)}"
+            out.append(Change("alert", "changed", shown, before[name].span.location(), at,
+                              (detail,)))  # fmt: skip
+    for name, alert in before.items():
+        if name not in after:
+            out.append(Change("alert", "removed", f'"{name}"', alert.span.location(), None,
+                              (terms(alert),)))  # fmt: skip
     return out

@@ -164,7 +164,7 @@ def find_example(
 ) -> Example | None:
     """A candidate request decided differently in a way that involves the change; of the
     first few found, one that some set allows, if any (a denial on both sides shows less)."""
-    if change.what == "limit":
+    if change.what in ("limit", "alert"):  # neither decides a request differently here
         return None
     seen: set[str] = set()
     found: list[tuple[Outcome, Outcome, dict[str, Any]]] = []

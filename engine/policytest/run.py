@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.diagnostics import Diagnostic, PolicyError, render_all
 from engine.errors import PolicyctlError
-from engine.language.loader import load_policy, policy_files
+from engine.language.loader import load_policy, policy_files, read_policy_file
 from engine.language.parser import parse
 from engine.language.program import Program
 from engine.limits.limiter import Limiter
@@ -287,7 +287,7 @@ def _coverage_of(target: Path, program: Program) -> Coverage:
     paths = policy_files(target)
     files = []
     for path, name in zip(paths, program.files, strict=True):
-        files.append(parse(path.read_text(encoding="utf-8"), name))
+        files.append(parse(read_policy_file(path)[1], name))
     return Coverage.of(program, files)
 
 

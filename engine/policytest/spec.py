@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from engine.diagnostics import Diagnostic, Source, Span, did_you_mean, render_all
+from engine.diagnostics import Diagnostic, Source, Span, did_you_mean, not_utf8, render_all
 from engine.errors import PolicyctlError
 from engine.language.parser import MAX_SOURCE_BYTES, describe_size
 from engine.language.program import Program
@@ -448,9 +448,7 @@ def read_test_file(path: Path, name: str | None = None) -> TestFile:
             raise TestFileError([Diagnostic("E0900", message, None, file=shown)])
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise TestFileError(
-            [Diagnostic("E0900", f"not UTF-8 text (byte {err.start})", None, file=shown)]
-        ) from None
+        raise TestFileError([not_utf8(shown, err, "E0900")]) from None
     except OSError as err:
         raise TestFileError(
             [Diagnostic("E0900", f"cannot read: {err.strerror}", None, file=shown)]
