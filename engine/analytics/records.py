@@ -116,7 +116,7 @@ class WaitRow(NamedTuple):
     bucket_key: str  # the queue's key, `scope/unit/key`: `user/requests/alice`
     priority: float
     waited_ms: float  # 0 for `queue_full`
-    outcome: str  # admitted | timed_out | queue_full (`WAIT_OUTCOMES`)
+    outcome: str  # admitted | timed_out | shutdown | queue_full (`WAIT_OUTCOMES`)
 
 
 class InFlightRow(NamedTuple):
@@ -132,7 +132,7 @@ class InFlightRow(NamedTuple):
 
 
 SETTLEMENT_RESULTS = ("settled", "unreported", "expired", "store_error")
-WAIT_OUTCOMES = ("admitted", "timed_out", "queue_full")
+WAIT_OUTCOMES = ("admitted", "timed_out", "shutdown", "queue_full")
 RELEASED_BY = ("outcome", "lease")
 LimitEventRow = SettlementRow | WaitRow | InFlightRow
 

@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS rate_limit_waits (
     bucket_key VARCHAR NOT NULL,     -- the wait queue: scope/unit/key
     priority DOUBLE NOT NULL,
     waited_ms DOUBLE NOT NULL,
-    outcome VARCHAR NOT NULL         -- admitted | timed_out | queue_full
+    outcome VARCHAR NOT NULL         -- admitted | timed_out | shutdown | queue_full
 );
 CREATE TABLE IF NOT EXISTS rate_limit_inflight (
     released_at TIMESTAMP NOT NULL,

@@ -463,8 +463,13 @@ class PolicyEngine:
         """Stop watching, flush the logs (outcomes included) and close the state store.
         Everything is closed even when a write fails; then the first `StateWriteError`
         is raised (what could not be written is lost). A closed engine takes no decision
-        or outcome (`EngineClosedError`): they could no longer be logged. Closing twice
-        does nothing more."""
+        or outcome (`EngineClosedError`): they could no longer be logged. The requests
+        waiting for a limit's tokens are answered first (`WaitQueues.release`: the denial
+        they would get had their wait run out), so none waits on a closed engine. Closing
+        twice does nothing more."""
+        waiters: WaitQueues | None = self.__dict__.get("_waiters")
+        if waiters is not None and not self.closed:  # their decisions, while it still decides
+            waiters.release()
         self.closed = True
         self.stop()
         self.alert_monitor.close()

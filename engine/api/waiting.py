@@ -79,6 +79,7 @@ class WaitStats:
     waited: int  # requests that waited, finished
     admitted: int  # … admitted after waiting
     timed_out: int  # … whose wait ran out (denied, the usual denial)
+    shutdown: int  # … denied because the engine stopped (`release`: the usual denial)
     queue_full: int  # requests denied at once because their key's queue was full
     wait_seconds: float  # total time the finished waiters waited (engine clock)
 
@@ -224,7 +225,8 @@ class WaitQueues:
         self._seq = itertools.count()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._waited = self._admitted = self._timed_out = self._queue_full = 0
+        self._waited = self._admitted = self._timed_out = self._queue_full = self._shutdown = 0
+        self._released = False  # `release()`: nobody waits from then on
         self._wait_seconds = 0.0
         self.events: LimitEvents | None = None  # the analytics tables' (`rate_limit_waits`)
 
@@ -341,7 +343,7 @@ class WaitQueues:
             ahead = [] if queue is None else queue.ahead_of(priority)
             turn_ms = own_ms if queue is None else queue.turn_ms(ahead, need, own_ms, now)
             full = queue is not None and len(queue.heap) >= self.max_waiters
-            if wait_s > 0 and turn_ms / 1000.0 <= wait_s and not full:
+            if wait_s > 0 and turn_ms / 1000.0 <= wait_s and not full and not self._released:
                 if queue is None:
                     queue = self._queues[key] = _Queue()
                 if not ahead:  # at the head: the bucket's retry time is its own
@@ -463,20 +465,53 @@ class WaitQueues:
             return self._decide(waiter.env, False, waiter.only, waiter.explain)
         return self._behind(queue, waiter, ahead, now)
 
-    def _finish(self, waiter: Waiter, decision: Decision, now: float) -> int:
+    def release(self) -> int:
+        """Answer every waiter at once, each with the decision it would get had its wait run
+        out now (the usual denial with its `retry_after_ms`; admission if its tokens are
+        there just then), in priority order, and let no request wait from now on (each is
+        decided at once): for a stop, so that no request waits on a server or an engine
+        about to close (`policyctl serve` calls it when a signal stops it, and
+        `PolicyEngine.close()` before it closes). A waiter denied so counts as `shutdown`,
+        not `timed_out`: its wait did not run out. Returns how many waiters were answered."""
+        now = self._clock()
+        done = 0
+        with self._lock:
+            self._released = True
+            queues, self._queues = self._queues, {}
+            line = sorted((w for q in queues.values() for _, w in q.heap), key=Waiter.order)
+            for queue in queues.values():
+                queue.heap = []
+            for waiter in line:  # no one ahead now: the real decision, as when a wait runs out
+                decision = self._decide(waiter.env, False, waiter.only, waiter.explain)
+                done += self._finish(waiter, decision, now, "shutdown")
+            self._changed.notify_all()
+        return done
+
+    @property
+    def released(self) -> bool:
+        """Whether `release()` was called (no request waits)."""
+        return self._released
+
+    def _finish(
+        self, waiter: Waiter, decision: Decision, now: float, denied: str = "timed_out"
+    ) -> int:
+        """Give `waiter` its `decision`; counted as `admitted`, else as `denied` (`timed_out`,
+        or `shutdown` for `release`)."""
         waiter.result = decision
         self._waited += 1
         self._wait_seconds += max(0.0, now - waiter.since_s)
-        if decision.allowed:
+        outcome = "admitted" if decision.allowed else denied
+        if outcome == "admitted":
             self._admitted += 1
+        elif outcome == "shutdown":
+            self._shutdown += 1
         else:
             self._timed_out += 1
         if self.events is not None:
             self.events.submit_event(
                 WaitRow(
                     now, waiter.env.get("id"), waiter.key, waiter.priority,
-                    max(0.0, now - waiter.since_s) * 1000.0,
-                    "admitted" if decision.allowed else "timed_out",
+                    max(0.0, now - waiter.since_s) * 1000.0, outcome,
                 )
             )  # fmt: skip
         waiter.notify()
@@ -534,5 +569,5 @@ class WaitQueues:
         with self._lock:
             return WaitStats(
                 self.depth(), len(self._queues), self._waited, self._admitted,
-                self._timed_out, self._queue_full, self._wait_seconds,
+                self._timed_out, self._shutdown, self._queue_full, self._wait_seconds,
             )  # fmt: skip

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.api.policy_engine import (
     DEFAULT_FLUSH_INTERVAL_S,
@@ -27,6 +28,9 @@ from engine.cli.common import (
 )
 from engine.limits.stores import default_analytics, default_state_url
 from engine.limits.stores.base import StoreBusyError
+
+if TYPE_CHECKING:  # the server's modules load only when it serves
+    from starlette.applications import Starlette
 
 log = logging.getLogger("policyctl.service")
 # engine.service.logconfig's (a test checks they agree): importing it here would load the
@@ -201,11 +205,21 @@ def run(args: argparse.Namespace) -> int:
         )
         host, port = sock.getsockname()[:2]
         log.info("policyctl serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-        serve(app, sock=sock, limits=limits, on_stop=app.state.dashboard.stop)
+        serve(app, sock=sock, limits=limits, on_stop=lambda: _stopping(engine, app))
     finally:
         engine.close()
         sock.close()
     return EXIT_OK
+
+
+def _stopping(engine: PolicyEngine, app: Starlette) -> None:
+    """The stop has begun: the dashboard's event streams end, and the requests waiting for
+    a limit's tokens (`wait up to D`, maybe minutes) are answered now, each with the denial
+    it would get had its wait run out, so that the stop waits only for responses."""
+    app.state.dashboard.stop()
+    released = engine.waiters.release()
+    if released:
+        log.info("stopping: answered %d request(s) waiting for a limit's tokens", released)
 
 
 def _engine(

@@ -164,13 +164,26 @@ def _protocol(read_timeout_s: float) -> type[H11Protocol]:
 class _Server(uvicorn.Server):
     """uvicorn, but SIGTERM ends `run()` normally (uvicorn re-raises the signal, which
     would skip flushing the logs), SIGHUP stops as SIGTERM does, and `on_stop` hears of
-    the stop when it begins."""
+    the stop when it begins, on the event loop."""
 
     on_stop: Callable[[], None] | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _stopped = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        if self.on_stop is not None:  # open streams end: the shutdown need not wait for them
+        if self.on_stop is None or self._stopped:
+            return
+        self._stopped = True
+        # a signal handler runs between any two bytecodes of the loop's thread, maybe inside
+        # a lock `on_stop` takes (the wait queues'): it runs as the loop's next callback
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self.on_stop)
+        else:
             self.on_stop()
 
     @contextlib.contextmanager
@@ -207,8 +220,9 @@ def serve(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Serve `app` on `sock` (`listening`) until SIGINT, SIGTERM or SIGHUP, then finish in-flight
-    requests and return. `on_stop()` runs when the stop begins (the dashboard ends its
-    event streams). Logging is `engine.service.logconfig`'s: uvicorn's own configuration is
+    requests and return. `on_stop()` runs on the event loop when the stop begins, before the
+    in-flight requests are waited for: the dashboard ends its event streams, and the
+    requests waiting for a limit's tokens are answered (`WaitQueues.release`). Logging is `engine.service.logconfig`'s: uvicorn's own configuration is
     not applied."""
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(

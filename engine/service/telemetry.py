@@ -237,12 +237,14 @@ def _waiting_families(engine: PolicyEngine) -> Iterator[Metric]:
     )
     waited = CounterMetricFamily(
         "policyctl_waited",
-        "Requests that waited for a limit's tokens, by how it ended (admitted, timed_out)"
-        " or denied at once because their key's queue was full (queue_full).",
+        "Requests that waited for a limit's tokens, by how it ended (admitted, timed_out,"
+        " shutdown: denied when the server stopped) or denied at once because their key's"
+        " queue was full (queue_full).",
         labels=("outcome",),
     )
     waited.add_metric(("admitted",), stats.admitted)
     waited.add_metric(("timed_out",), stats.timed_out)
+    waited.add_metric(("shutdown",), stats.shutdown)
     waited.add_metric(("queue_full",), stats.queue_full)
     yield waited
     yield CounterMetricFamily(
