@@ -219,11 +219,12 @@ def serve(
     limits: Limits,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve `app` on `sock` (`listening`) until SIGINT, SIGTERM or SIGHUP, then finish in-flight
-    requests and return. `on_stop()` runs on the event loop when the stop begins, before the
-    in-flight requests are waited for: the dashboard ends its event streams, and the
-    requests waiting for a limit's tokens are answered (`WaitQueues.release`). Logging is `engine.service.logconfig`'s: uvicorn's own configuration is
-    not applied."""
+    """Serve `app` on `sock` (`listening`) until SIGINT, SIGTERM or SIGHUP, then finish
+    in-flight requests and return. `on_stop()` runs on the event loop when the stop begins,
+    before the in-flight requests are waited for (`policyctl serve`: the dashboard ends its
+    event streams, and the requests waiting for a limit's tokens are answered,
+    `WaitQueues.release`). Logging is `engine.service.logconfig`'s: uvicorn's own
+    configuration is not applied."""
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
