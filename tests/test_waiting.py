@@ -561,3 +561,93 @@ async def test_a_denial_made_by_the_queue_is_in_the_decision_log(tmp_path: Path)
     con.close()
     assert rows == [("late", False), ("w", True)]
     assert violations == (0,)  # the bucket had the token: no violation of it
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+@pytest.mark.asyncio
+async def test_release_answers_every_waiter_with_the_denial_of_a_wait_run_out_now() -> None:
+    """A stop does not wait out the waits (`wait up to 1m`): each waiter gets at once what
+    its wait running out now would give, the usual denial with its `retry_after_ms`, in
+    priority order; counted as `shutdown`, not `timed_out`; and nobody waits afterwards."""
+    engine, clock = _engine("limit user 60 per 1m wait up to 1m\n")
+    tasks = [
+        asyncio.create_task(engine.acquire({"id": f"w{i}", "user": "u", "priority": i}))
+        for i in range(3)
+    ]
+    await _turn()
+    assert engine.waiters.depth() == 3
+    clock.now += 0.5  # half a token: no one's turn yet
+    assert engine.waiters.release() == 3
+    decisions = [await task for task in tasks]
+    assert [d.allowed for d in decisions] == [False, False, False]
+    for decision in decisions:
+        assert decision.denied_by is not None and decision.denied_by.retry_after_ms == 500
+        assert decision.reason == "Rate limited by user `u` (requests): retry after 500 ms"
+    stats = engine.waiters.stats()
+    assert (stats.waiting, stats.shutdown, stats.timed_out, stats.admitted) == (0, 3, 0, 0)
+    assert stats.wait_seconds == 1.5
+    # from now on nobody waits: a request the limit denies is answered at once
+    later = asyncio.create_task(engine.acquire({"id": "later", "user": "u"}))
+    await _turn()
+    assert later.done() and not later.result().allowed
+    assert engine.waiters.depth() == 0 and engine.waiters.released
+
+
+@pytest.mark.asyncio
+async def test_release_admits_a_waiter_whose_tokens_are_there() -> None:
+    """The answer a wait running out now gives: the head's token has come, so it is
+    admitted (`admitted`); the one behind it is denied (`shutdown`)."""
+    engine, clock = _engine("limit user 60 per 1m wait up to 1m\n")
+    first = asyncio.create_task(engine.acquire({"id": "first", "user": "u"}))
+    await _turn()
+    second = asyncio.create_task(engine.acquire({"id": "second", "user": "u"}))
+    await _turn()
+    clock.now += 1.0  # `first`'s token, not yet handed over (no `wake`)
+    assert engine.waiters.release() == 2
+    assert (await first).allowed and not (await second).allowed
+    stats = engine.waiters.stats()
+    assert (stats.admitted, stats.shutdown) == (1, 1)
+
+
+def test_close_answers_a_blocked_waiter_with_its_denial_not_engine_closed(
+    tmp_path: Path,
+) -> None:
+    """`PolicyEngine.close()` with a thread blocked in `acquire_blocking`: the thread gets
+    its denial (decided before the engine closes, not `EngineClosedError`), and the
+    `rate_limit_waits` row says `shutdown`."""
+    clock = FakeClock()
+    policy = tmp_path / "p.policy"
+    policy.write_text("limit user 60 per 1m wait up to 1m\n")
+    state = str(tmp_path / "state.duckdb")
+    engine = PolicyEngine(policy, state=state, clock=clock)
+    for i in range(60):
+        assert engine.evaluate({"id": f"d{i}", "user": "u"}).allowed
+    got: list[object] = []
+
+    def wait() -> None:
+        try:
+            got.append(engine.acquire_blocking({"id": "held", "user": "u"}))
+        except Exception as err:  # noqa: BLE001 - the test asserts on what came back
+            got.append(err)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    assert engine.waiters.until_depth(1, timeout_s=10)
+    clock.now += 0.25
+    engine.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    [decision] = got
+    assert not isinstance(decision, BaseException), decision
+    assert not decision.allowed  # type: ignore[attr-defined]
+    assert decision.denied_by.retry_after_ms == 750  # type: ignore[attr-defined]
+    con = duckdb.connect(state, read_only=True)
+    waits = con.execute(
+        "SELECT request_id, bucket_key, waited_ms, outcome FROM rate_limit_waits"
+    ).fetchall()
+    logged = con.execute("SELECT allowed FROM decisions WHERE request_id = 'held'").fetchall()
+    con.close()
+    assert waits == [("held", "user/requests/u", 250.0, "shutdown")]
+    assert logged == [(False,)]
