@@ -104,11 +104,16 @@ def wait_until_serving(proc: subprocess.Popen[bytes], url: str, output: Callable
 
 @contextmanager
 def serving(
-    workdir: Path, *extra: str, state: str | None = None, env: dict[str, str] | None = None
+    workdir: Path,
+    *extra: str,
+    state: str | None = None,
+    env: dict[str, str] | None = None,
+    user_limit: str = SERVED_USER_LIMIT,
 ) -> Iterator[Server]:
     """`policyctl serve` in a subprocess; stopped (and reaped) on the way out. State is a
-    DuckDB file in `workdir` unless `state` says otherwise; `env` adds variables."""
-    policy_dir = copy_policies(workdir / "policies")
+    DuckDB file in `workdir` unless `state` says otherwise; `env` adds variables;
+    `user_limit` is the policy's per-user limit line."""
+    policy_dir = copy_policies(workdir / "policies", user_limit=user_limit)
     state_file = workdir / "state.duckdb"
     log = workdir / "serve.log"
     port = free_port()
@@ -975,6 +980,58 @@ def test_sighup_stops_as_sigterm_does(tmp_path: Path) -> None:
         assert code == 0, server.output()
     assert sorted(outcome_rows(server.state)) == ["hup-0", "hup-1", "hup-2"]
     assert decision_count(server.state) == 1
+
+
+def test_sigterm_answers_the_requests_waiting_for_a_limit_at_once(tmp_path: Path) -> None:
+    """Requests held by `wait up to 10m` do not hold the stop for minutes (under Kubernetes,
+    past the grace period, a SIGKILL): SIGTERM answers each with the denial its wait running
+    out would give (a 429 with Retry-After from /v1/enforce, a denial from /v1/eval), the
+    process exits 0, and their rows (`rate_limit_waits`, outcome `shutdown`; the decisions)
+    are in the state file."""
+    held = 3
+    # 10 a user per 10 minutes, one token a minute: drained, waiters' turns are 1, 2, 3 min
+    limit = "limit user 10 per 10m wait up to 10m"
+    with serving(tmp_path, "--no-watch", user_limit=limit) as server, server.client() as c:
+        for i in range(10):
+            assert c.post("/v1/eval", json={"id": f"d{i}", "user": "w"}).json()["allowed"]
+        answers: dict[str, httpx.Response] = {}
+
+        def ask(path: str, request_id: str) -> None:
+            with httpx.Client(base_url=server.url, timeout=120) as own:
+                answers[request_id] = own.post(path, json={"id": request_id, "user": "w"})
+
+        paths = {"held-0": "/v1/enforce", "held-1": "/v1/enforce", "held-2": "/v1/eval"}
+        threads = [threading.Thread(target=ask, args=(p, i), daemon=True) for i, p in paths.items()]
+        for thread in threads:
+            thread.start()
+
+        def waiting() -> bool:
+            return f"policyctl_waiting_requests {held}.0" in c.get("/metrics").text
+
+        wait_for(waiting, f"{held} requests to wait")
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=60)  # not minutes: the waits are not waited out
+        assert code == 0, server.output()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(answers) == sorted(paths), server.output()
+    for request_id in ("held-0", "held-1"):
+        answer = answers[request_id]
+        assert answer.status_code == 429, answer.text
+        assert 0 < int(answer.headers["retry-after"]) <= 60
+    evaluated = answers["held-2"]
+    assert evaluated.status_code == 200 and evaluated.json()["allowed"] is False
+    assert evaluated.json()["reason"].startswith("Rate limited by user `w` (requests)")
+    with duckdb.connect(str(server.state), read_only=True) as con:
+        waits = con.execute(
+            "SELECT request_id, bucket_key, outcome FROM rate_limit_waits ORDER BY 1"
+        ).fetchall()
+        decided = con.execute(
+            "SELECT request_id, allowed FROM decisions WHERE request_id LIKE 'held-%' ORDER BY 1"
+        ).fetchall()
+    assert waits == [(i, "user/requests/w", "shutdown") for i in sorted(paths)]
+    assert decided == [(i, False) for i in sorted(paths)]
+    assert "answered 3 request(s) waiting for a limit's tokens" in server.output()
 
 
 def test_a_rejected_batch_records_nothing(tmp_path: Path) -> None:
