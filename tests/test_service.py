@@ -283,6 +283,35 @@ def test_a_flag_that_is_neither_true_nor_false_is_refused(
         assert kept.status_code in (200, 429), (value, kept.text)
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "what"),
+    [("/v1/eval", "model", "a model name"), ("/v1/enforce", "model", "a model name"),
+     ("/v1/eval/batch", "model", "a model name"), ("/v1/eval", "request_id", "an id"),
+     ("/v1/enforce", "request_id", "an id")],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_model_or_request_id_in_the_query_is_refused(
+    client: httpx.Client, path: str, name: str, what: str, value: str
+) -> None:
+    """`?model=` overrode a wire body's model with "" (and `?request_id=` fell back to the
+    header): a 422 naming the parameter, as the CLI's `--model ""` is exit 2; nothing is
+    consumed."""
+    user = unique("empty")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "user": user}
+    sent: Any = [body] if path.endswith("batch") else body
+    response = client.post(path, params={name: value}, json=sent)
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid request",
+        "detail": [{"field": name,
+                    "message": f"`{name}` is empty: give {what}, or leave the parameter out"}],
+    }  # fmt: skip
+    left = client.post("/v1/eval", params={"dry_run": "true"}, json=body)
+    assert remaining(left.json(), "user") == 109  # nothing consumed: 100 + burst 10, less one
+    named = client.post(path, params={name: "gpt-4o" if name == "model" else "r9"}, json=sent)
+    assert named.status_code in (200, 429), named.text
+
+
 def test_a_denial_is_a_200(client: httpx.Client) -> None:
     body = {"id": "cheap", "user": unique("u"), "prompt": "hi", "max_cost": 0}
     response = client.post("/v1/eval", json=body)

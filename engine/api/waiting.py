@@ -23,6 +23,10 @@ waiter `await`s an `asyncio.Event` with a timeout until `next_due`, a blocking o
 `threading.Event`), so no thread is started per waiter and tests drive time with a fake
 clock and `wake(now)`. `PolicyEngine.evaluate` comes here only while some key has a waiter
 (`busy`), and a policy without `wait` never has one.
+
+A stop does not wait out the waits: `release()` answers every waiter at once, as if its
+wait ran out then, and lets nobody wait afterwards (`policyctl serve` on a signal,
+`PolicyEngine.close()`).
 """
 
 from __future__ import annotations

@@ -139,15 +139,15 @@ def openapi_document() -> dict[str, Any]:
                             "name": "request_id",
                             "in": "query",
                             "description": "the request id for a body without one; also the"
-                            " X-Request-Id header",
-                            "schema": {"type": "string"},
+                            " X-Request-Id header (empty or blank: a 422)",
+                            "schema": {"type": "string", "minLength": 1, "pattern": r"\S"},
                         },
                         {
                             "name": "model",
                             "in": "query",
                             "description": "the requested model, for a format that keeps it"
-                            " in the URL (Gemini)",
-                            "schema": {"type": "string"},
+                            " in the URL (Gemini; empty or blank: a 422)",
+                            "schema": {"type": "string", "minLength": 1, "pattern": r"\S"},
                         },
                         {
                             "name": "stream",

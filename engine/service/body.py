@@ -328,10 +328,16 @@ def _options(
             [{"field": "format", "message": "unknown input format; the formats are "
               + ", ".join(FORMATS)}],
         )  # fmt: skip
+    model, request_id = query.get("model"), query.get("request_id")
+    for name, value, what in (("model", model, "a model name"),
+                              ("request_id", request_id, "an id")):  # fmt: skip
+        if value is not None and not value.strip():  # as the CLI's `--model ""` (exit 2)
+            message = f"`{name}` is empty: give {what}, or leave the parameter out"
+            raise BodyError(422, "invalid request", [{"field": name, "message": message}])
     return WireOptions(
         input_format=fmt,
-        request_id=query.get("request_id") or header_id,
-        model=query.get("model"),
+        request_id=request_id or header_id,
+        model=model,
         stream=None if query.get("stream") is None else query_flag(query, "stream"),
     )
 
