@@ -53,8 +53,9 @@ examples:
 Policies are watched and hot-reloaded; a broken edit keeps the last good policy serving
 (see GET /v1/policy). Admin calls under /v1/ratelimit/ that change state need
 `Authorization: Bearer TOKEN` when --admin-token (or $POLICYCTL_ADMIN_TOKEN) is set, and
-are refused without one unless --open-admin is given. SIGTERM finishes in-flight requests
-and flushes the logs. Logs go to stderr; --access-log adds a line per request (off by
+are refused without one unless --open-admin is given. SIGTERM answers the requests
+waiting on a `wait up to` limit at once (their denial), finishes in-flight requests and
+flushes the logs. Logs go to stderr; --access-log adds a line per request (off by
 default), --log-format json makes every line a JSON object.
 """
 
