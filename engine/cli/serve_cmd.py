@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from engine.api.policy_engine import (
     DEFAULT_FLUSH_INTERVAL_S,
@@ -28,9 +27,6 @@ from engine.cli.common import (
 )
 from engine.limits.stores import default_analytics, default_state_url
 from engine.limits.stores.base import StoreBusyError
-
-if TYPE_CHECKING:  # the server's modules load only when it serves
-    from starlette.applications import Starlette
 
 log = logging.getLogger("policyctl.service")
 # engine.service.logconfig's (a test checks they agree): importing it here would load the
@@ -206,18 +202,23 @@ def run(args: argparse.Namespace) -> int:
         )
         host, port = sock.getsockname()[:2]
         log.info("policyctl serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-        serve(app, sock=sock, limits=limits, on_stop=lambda: _stopping(engine, app))
+        serve(
+            app,
+            sock=sock,
+            limits=limits,
+            on_stop=lambda: _stopping(engine, app.state.dashboard.stop),
+        )
     finally:
         engine.close()
         sock.close()
     return EXIT_OK
 
 
-def _stopping(engine: PolicyEngine, app: Starlette) -> None:
+def _stopping(engine: PolicyEngine, stop_dashboard: Callable[[], None]) -> None:
     """The stop has begun: the dashboard's event streams end, and the requests waiting for
     a limit's tokens (`wait up to D`, maybe minutes) are answered now, each with the denial
     it would get had its wait run out, so that the stop waits only for responses."""
-    app.state.dashboard.stop()
+    stop_dashboard()
     released = engine.waiters.release()
     if released:
         log.info("stopping: answered %d request(s) waiting for a limit's tokens", released)
