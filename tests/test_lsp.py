@@ -151,6 +151,33 @@ async def test_diagnostics_on_open_then_cleared_by_a_change(
 
 
 @on_server
+async def test_a_text_direction_control_is_an_error_at_the_character(
+    client: LanguageClient, workdir: Path
+) -> None:
+    """E0016, as `check` says it: an unsaved buffer whose string holds a right-to-left
+    override and whose comment a pop isolate, one diagnostic each, at the character."""
+    text = FIXED.replace("<= $0.01", '<= $0.01 and request.user != "a\u202eb"').replace(
+        "{\n", "{  # \u2069x\n", 1
+    )
+    folder = _folder(workdir, "bidi", {"b.policy": FIXED})
+    uri = await _open(client, folder / "b.policy", text)
+    found = sorted(
+        client.diagnostics[uri], key=lambda d: (d.range.start.line, d.range.start.character)
+    )
+    assert [d.code for d in found] == ["E0016", "E0016"]
+    assert found[0].message.startswith(
+        "text direction control character `\\u202e` (RIGHT-TO-LEFT OVERRIDE)"
+    )
+    assert "remove it; write the text without direction overrides" in found[0].message
+    assert found[1].message.startswith("text direction control character `\\u2069`")
+    for diagnostic, ch in zip(found, "\u202e\u2069", strict=True):
+        start = _at(text, ch)
+        assert diagnostic.range == lsp.Range(
+            start=start, end=lsp.Position(line=start.line, character=start.character + 1)
+        )
+
+
+@on_server
 async def test_ranges_count_utf16_code_units(client: LanguageClient, workdir: Path) -> None:
     """The protocol's default position encoding: 😀 is two UTF-16 code units."""
     text = BROKEN.replace("when request", 'when request.user != "😀" and request')

@@ -12,6 +12,7 @@ import hashlib
 import re
 import sys
 import threading
+import unicodedata
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,15 @@ import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
+from engine.diagnostics import (
+    BIDI_CONTROLS,
+    Diagnostic,
+    Note,
+    PolicyError,
+    Source,
+    Span,
+    did_you_mean,
+)
 from engine.language import ast
 from engine.language.ast import Unit
 from engine.language.parse_cache import MAX_SOURCE_BYTES as MAX_SOURCE_BYTES
@@ -517,6 +526,32 @@ def _check_size(source: Source) -> Diagnostic | None:
     return None
 
 
+_BIDI = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
+MAX_BIDI_REPORTED = 20  # E0016s for one file; the last says how many more it holds
+
+
+def _check_direction(source: Source) -> list[Diagnostic]:
+    """E0016 at each text direction control (`\\u202e`) anywhere in the file: a comment, a
+    string or the code. The text an operator reads would differ from what the parser reads
+    ("Trojan Source"), so the file is refused before it is parsed."""
+    found = [m.start() for m in _BIDI.finditer(source.text)]
+    errors: list[Diagnostic] = []
+    for n, pos in enumerate(found[:MAX_BIDI_REPORTED], 1):
+        ch = source.text[pos]
+        hint = "remove it; write the text without direction overrides"
+        if n == MAX_BIDI_REPORTED and len(found) > n:
+            hint += f" (this file holds {len(found) - n:,} more)"
+        errors.append(
+            Diagnostic(
+                "E0016",
+                f"text direction control character `\\u{ord(ch):04x}` ({unicodedata.name(ch)})",
+                Span(source, pos, pos + 1),
+                hint,
+            )
+        )
+    return errors
+
+
 def _check_depth(tree: Tree[Token], source: Source) -> Diagnostic | None:
     """Iteratively find nesting deeper than MAX_NESTING (lark trees can be that deep)."""
     stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
@@ -796,6 +831,8 @@ def _parse(text: str, name: str) -> ast.PolicyFile:
     too_big = _check_size(source)
     if too_big is not None:
         raise PolicyError([too_big])
+    if misdirected := _check_direction(source):
+        raise PolicyError(misdirected)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as err:
