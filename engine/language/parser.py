@@ -36,7 +36,14 @@ from engine.language.parse_cache import MAX_SOURCE_BYTES as MAX_SOURCE_BYTES
 from engine.language.parse_cache import describe_size as describe_size
 from engine.language.parse_cache import parsed
 from engine.resources import cache_dir, grammar_path
-from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
+from engine.units import (
+    UNIT_HELP,
+    TooManyDigitsError,
+    UnitError,
+    read_date,
+    read_money,
+    read_number,
+)
 
 MAX_NESTING = 64  # nested `not`, lists, `and`/`or` groups and comparisons (parentheses alone
 # build no nodes, so any depth of them is fine)
@@ -223,15 +230,15 @@ class _Builder(Transformer[Token, Any]):
             try:
                 value, unit = read_number(text)
             except UnitError as err:
-                help_text = "numbers have at most 18 digits" if "large" in str(err) else UNIT_HELP
+                help_text = err.help if isinstance(err, TooManyDigitsError) else UNIT_HELP
                 self.errors.append(Diagnostic("E0102", str(err), span, help_text))
                 return ast.Literal(0.0, Unit.COUNT, span, text)
             return ast.Literal(value, unit, span, text)
         if kind == "MONEY":
             try:
                 return ast.Literal(read_money(text), Unit.MONEY, span, text)
-            except UnitError as err:
-                self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
+            except TooManyDigitsError as err:
+                self.errors.append(Diagnostic("E0102", str(err), span, err.help))
                 return ast.Literal(0.0, Unit.MONEY, span, text)
         if kind == "STRING":
             return ast.Literal(self._string(tok), Unit.STRING, span, text)
