@@ -218,7 +218,7 @@ class _Builder(Transformer[Token, Any]):
                         " as `\\\\`",
                     )
                 )
-        return _unquote(text)
+        return unquote(text)
 
     def _literal(self, tok: Token | ast.Literal) -> ast.Literal:
         if isinstance(tok, ast.Literal):
@@ -516,7 +516,12 @@ _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 _ESCAPE = re.compile(r"\\(.)")
 
 
-def _unquote(text: str) -> str:
+def unquote(text: str) -> str:
+    """A quoted string's value as the parser reads it (`\\"`, `\\\\`, `\\n`, `\\t`; an
+    unknown escape, E0015 to the parser, gives the character after the backslash); a bare
+    name (`gpt-4o`) is itself. The one reading of a string: the LSP's hover uses it too."""
+    if len(text) < 2 or not text[0] == text[-1] == '"':
+        return text
     return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
@@ -604,7 +609,7 @@ def written(name: str) -> str:
     return f'"{name}"'
 
 
-# how `written` escapes a name it quotes (what `_unquote` reads back); backslash first
+# how `written` escapes a name it quotes (what `unquote` reads back); backslash first
 _QUOTED = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"))
 
 
