@@ -546,6 +546,8 @@ def _check_direction(source: Source) -> list[Diagnostic]:
     """E0016 at each text direction control (`\\u202e`) anywhere in the file: a comment, a
     string or the code. The text an operator reads would differ from what the parser reads
     ("Trojan Source"), so the file is refused before it is parsed."""
+    if not any(ch in source.text for ch in BIDI_CONTROLS):  # (none in ASCII text, at once)
+        return []
     found = [m.start() for m in _BIDI.finditer(source.text)]
     errors: list[Diagnostic] = []
     for n, pos in enumerate(found[:MAX_BIDI_REPORTED], 1):
