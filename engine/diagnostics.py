@@ -153,11 +153,22 @@ def _excerpt(span: Span, mark: str, digits: int, label: str = "") -> list[str]:
     return [f"{line:>{digits}} | {shown}", f"{' ' * digits} | {marks}"]
 
 
+# The characters that change the direction text is shown in (embeddings, overrides,
+# isolates and the implicit marks): in a policy they make the text a reviewer reads differ
+# from the text the parser reads ("Trojan Source", CVE-2021-42574), so a policy holding
+# one is refused (E0016) and a source line shows each as `�`.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
 # a control character in a source line is shown as its picture (`␛`, `␀`), one column
 # wide: written raw, an escape sequence in a policy would act on the terminal or CI log
-_CONTROL_PICTURES = {**{c: 0x2400 + c for c in range(0x20)}, 0x7F: 0x2421} | {
-    c: 0xFFFD for c in range(0x80, 0xA0)
-}
+# (and a direction control would reorder the line shown)
+_CONTROL_PICTURES = (
+    {**{c: 0x2400 + c for c in range(0x20)}, 0x7F: 0x2421}
+    | {c: 0xFFFD for c in range(0x80, 0xA0)}
+    | {ord(c): 0xFFFD for c in BIDI_CONTROLS}
+)
 
 
 def _display_width(text: str) -> int:

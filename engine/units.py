@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from decimal import Decimal
 
 from engine.errors import PolicyctlError
 from engine.vocabulary import Unit
@@ -31,15 +32,64 @@ class UnitError(PolicyctlError, ValueError):
     """A number with a suffix that is not a unit."""
 
 
+# A literal is written with at most this many characters of digits and decimal point (`_`
+# not counted): `999999999999999999` is the largest number, `0.0000000000000001` (16
+# decimals) the smallest above 0.
+MAX_LITERAL_CHARS = 18
+
+
+class TooManyDigitsError(UnitError):
+    """A literal written with more than MAX_LITERAL_CHARS digits and point; `help` says
+    what may be written instead."""
+
+    def __init__(self, message: str, help: str) -> None:
+        super().__init__(message)
+        self.help = help
+
+
+def _check_length(text: str, digits: str, what: str, prefix: str = "", suffix: str = "") -> None:
+    """TooManyDigitsError when `digits` (`_` removed) is longer than MAX_LITERAL_CHARS:
+    too large (its whole part does not fit), too small (a digit only past the 16th
+    decimal), written with leading zeros, or with more decimals than fit after its whole
+    part (the help rounds it)."""
+    if len(digits) <= MAX_LITERAL_CHARS:
+        return
+    whole, _, decimals = digits.partition(".")
+    whole = whole.lstrip("0") or "0"
+    limit = f"{what}s have at most {MAX_LITERAL_CHARS} digits, the decimal point included"
+    value = Decimal(digits)
+    room = max(0, MAX_LITERAL_CHARS - len(whole) - 1)  # the decimals that fit after `whole.`
+    rounded = (
+        "" if len(whole) > MAX_LITERAL_CHARS else f"{value.quantize(Decimal(1).scaleb(-room)):f}"
+    )
+    if "." in rounded:
+        rounded = rounded.rstrip("0").rstrip(".")
+    if not rounded or len(rounded) > MAX_LITERAL_CHARS:
+        raise TooManyDigitsError(f"{what} `{text}` is too large", limit)
+    finest = MAX_LITERAL_CHARS - 2  # the decimals after `0.`
+    if value and value.adjusted() < -finest:
+        smallest = f"{prefix}0.{'0' * (finest - 1)}1{suffix}"
+        message = f"{what} `{text}` is too small: the smallest above 0 is `{smallest}`"
+        raise TooManyDigitsError(message, limit)
+    if not value or len(decimals) <= room:
+        zeros = "the zeros" if not value else "the leading zeros"
+        message = f"{what} `{text}` has more digits than fit: drop {zeros}"
+        raise TooManyDigitsError(message, f"{limit}: write `{prefix}{rounded}{suffix}`")
+    fit = f"at most {room} after `{whole}.`" if room else f"none after `{whole}`"
+    raise TooManyDigitsError(
+        f"{what} `{text}` has more decimals than fit ({len(decimals)}; {fit})",
+        f"{limit}: round it to `{prefix}{rounded}{suffix}`",
+    )
+
+
 def read_number(text: str) -> tuple[float, Unit]:
     """`2s` -> (2000.0, DURATION); `80%` -> (0.8, PERCENT); `200k` -> (200000.0, COUNT)."""
     i = 0
     while i < len(text) and (text[i].isdigit() or text[i] in "._"):
         i += 1
     digits, suffix = text[:i].replace("_", ""), text[i:]
+    _check_length(text, digits, "number", suffix=suffix)
     value = float(digits)
-    if len(digits) > 18 or value > 1e18:
-        raise UnitError(f"number `{text}` is too large")
     if suffix in DURATION_MS:
         return value * DURATION_MS[suffix], Unit.DURATION
     if suffix == "%":
@@ -51,8 +101,7 @@ def read_number(text: str) -> tuple[float, Unit]:
 
 def read_money(text: str) -> float:
     digits = text.lstrip("$").replace("_", "")
-    if len(digits) > 18:
-        raise UnitError(f"amount `{text}` is too large")
+    _check_length(text, digits, "amount", "$")
     return float(digits)
 
 

@@ -483,6 +483,24 @@ def test_a_parse_error_is_reported_as_check_does_and_nothing_is_written(work: Pa
         assert (run.code, run.out, run.err) == (2, "", check.err)
 
 
+def test_a_text_direction_control_is_refused_and_the_file_kept(work: Path) -> None:
+    """A right-to-left override in a comment (E0016): fmt must not rewrite the file, not
+    even to drop the character, so a reviewer sees the file as the parser would read it."""
+    text = MESSY.replace("\n", "  # \u202ereview me\n", 1)
+    messy = work / "policies" / "team" / "messy.policy"
+    messy.write_text(text, encoding="utf-8")
+    check = policyctl(work, "check", "policies/team/messy.policy")
+    assert check.code == 2
+    assert (
+        "policies/team/messy.policy:1:49: error[E0016]: text direction control character `\\u202e`"
+        in check.err
+    )
+    for flags in (("-w",), ("--check",), ("--diff",), ()):
+        run = policyctl(work, "fmt", *flags)
+        assert (run.code, run.out, run.err) == (2, "", check.err)
+    assert messy.read_text(encoding="utf-8") == text
+
+
 def test_bad_input_exits_2(work: Path) -> None:
     missing = policyctl(work, "fmt", "nowhere.policy")
     assert missing.code == 2

@@ -75,6 +75,26 @@ def _control_characters() -> str:
     )
 
 
+def _text_direction() -> str:
+    """ "Trojan Source" (CVE-2021-42574): direction controls make the string look closed and
+    the rest of line 1 look like a comment; a right-to-left mark in a comment of a route that
+    is otherwise fine. Each is E0016, shown as `�` in the source line."""
+    return (
+        'route admins when request.metadata.role == "user\u202e \u2066# admins only'
+        '\u2069 \u2066" {\n'
+        "    strategy cost\n"
+        "}\n"
+        "route rest {\n"
+        "    strategy cost  # \u200fcheapest\n"
+        "}\n"
+    )
+
+
+def _text_direction_many() -> str:
+    """25 direction controls: the first 20 are reported, the 20th says how many more."""
+    return "# " + "\u2067x" * 25 + "\nroute rest {\n    strategy cost\n}\n"
+
+
 GENERATED: dict[str, Callable[[], str]] = {
     "e0001_too_large": _too_large,
     "e0002_not_nesting": _deep_not,
@@ -83,6 +103,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "e0324_crlf_line_endings": _crlf,  # generated so that git cannot change the line endings
     "e0324_byte_order_mark": _bom,  # generated so that no editor drops the mark
     "e0324_control_characters": _control_characters,  # generated: no raw escapes committed
+    "e0016_text_direction": _text_direction,  # generated: no raw direction controls committed
+    "e0016_text_direction_many": _text_direction_many,
 }
 
 CASES = sorted([p.stem for p in GOLDEN.glob("*.policy")] + list(GENERATED))

@@ -25,10 +25,12 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 from engine.catalog.load import load_catalog
 from engine.catalog.model import CAPABILITIES, Catalog
+from engine.diagnostics import PolicyError
 from engine.language import ast
 from engine.language.checker import CLOSED_VALUES
 from engine.language.loader import compile_sources
 from engine.language.parser import parse
+from engine.language.parser import unquote as parser_unquote
 from engine.language.schema import PROMPT_FEATURES, REQUEST_FIELDS
 from engine.lsp import knowledge
 from engine.wire.features import COMPLEXITY_TERMS
@@ -148,6 +150,33 @@ async def test_diagnostics_on_open_then_cleared_by_a_change(
 
     await _change(client, uri, FIXED, 2)
     assert list(client.diagnostics[uri]) == []
+
+
+@on_server
+async def test_a_text_direction_control_is_an_error_at_the_character(
+    client: LanguageClient, workdir: Path
+) -> None:
+    """E0016, as `check` says it: an unsaved buffer whose string holds a right-to-left
+    override and whose comment a pop isolate, one diagnostic each, at the character."""
+    text = FIXED.replace("<= $0.01", '<= $0.01 and request.user != "a\u202eb"').replace(
+        "{\n", "{  # \u2069x\n", 1
+    )
+    folder = _folder(workdir, "bidi", {"b.policy": FIXED})
+    uri = await _open(client, folder / "b.policy", text)
+    found = sorted(
+        client.diagnostics[uri], key=lambda d: (d.range.start.line, d.range.start.character)
+    )
+    assert [d.code for d in found] == ["E0016", "E0016"]
+    assert found[0].message.startswith(
+        "text direction control character `\\u202e` (RIGHT-TO-LEFT OVERRIDE)"
+    )
+    assert "remove it; write the text without direction overrides" in found[0].message
+    assert found[1].message.startswith("text direction control character `\\u2069`")
+    for diagnostic, ch in zip(found, "\u202e\u2069", strict=True):
+        start = _at(text, ch)
+        assert diagnostic.range == lsp.Range(
+            start=start, end=lsp.Position(line=start.line, character=start.character + 1)
+        )
 
 
 @on_server
@@ -507,7 +536,7 @@ def test_keywords_are_the_grammars() -> None:
     ["gpt-4o", "gemini-1.5-flash-latest", "anthropic.claude-3-haiku-20240307-v1:0", "a/b", 'q"x'],
 )
 def test_a_completed_model_id_parses_back_to_itself(model_id: str) -> None:
-    written = knowledge.as_name(model_id)
+    written = knowledge.written(model_id)
     policy = parse(f"route r {{ prefer bedrock/{written} }}", "t.policy")
     (route,) = policy.statements
     assert isinstance(route, ast.Route)
@@ -633,6 +662,27 @@ def test_hover_on_a_quoted_reference_and_a_family() -> None:
     assert shown is not None and shown.markdown.startswith("**openai/gpt-4**")
     assert (shown.start, shown.end) == (text.index('"openai"'), len(text))
     assert knowledge.hover("prefer openai/no-such-model", 10, catalog) is None
+
+
+@pytest.mark.parametrize("literal", ['"a\\"b"', '"C:\\\\x"', '"tab\\there"', '"two\\nlines"'])
+def test_the_hover_reads_a_string_as_the_parser_does(literal: str) -> None:
+    """The hover's reading of a quoted name is the parser's: `"a\\"b"` is `a"b`,
+    `"C:\\\\x"` is `C:\\x`, and `\\t` a tab (its own copy made `"tab\\there"`
+    `tabthere`); a bare name (`gpt-4o`) is itself."""
+    (route,) = parse(f"route r when request.user == {literal} {{\n}}\n").statements
+    assert isinstance(route, ast.Route) and isinstance(route.when, ast.Compare)
+    assert isinstance(route.when.right, ast.Literal)
+    assert knowledge.unquote(literal) == route.when.right.value
+    assert knowledge.unquote("gpt-4o") == "gpt-4o"
+
+
+def test_the_hover_and_the_parser_read_an_unknown_escape_alike() -> None:
+    """`"\\u00e9"` is E0015 to the parser, which reads on as `u00e9`: so does the hover."""
+    assert knowledge.unquote is parser_unquote
+    assert parser_unquote('"\\u00e9"') == "u00e9"
+    with pytest.raises(PolicyError) as info:
+        parse('route r when request.user == "\\u00e9" {\n}\n')
+    assert [d.code for d in info.value.diagnostics] == ["E0015"]
 
 
 # ----------------------------------------------------------------------------- no extra

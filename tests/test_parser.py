@@ -832,3 +832,37 @@ def test_end_of_file_in_crlf_text_is_placed_as_in_lf_text(blank_lines: int) -> N
         rendered.append(str(info.value))
     assert rendered[0].startswith("x.policy:2:18: error[E0013]: unexpected end of file")
     assert rendered[1] == rendered[0]
+
+
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@pytest.mark.parametrize("ch", BIDI)
+@pytest.mark.parametrize(
+    "where",
+    [
+        'route r when request.user == "a{}b" {{\n}}\n',  # in a string
+        "route r {{\n    strategy cost # a{}b\n}}\n",  # in a comment
+        "route r{} {{\n}}\n",  # in the code
+    ],
+)
+def test_a_text_direction_control_anywhere_is_e0016_at_it(ch: str, where: str) -> None:
+    """ "Trojan Source": each of the direction controls, in a string, a comment or the code,
+    is E0016 at the character, named escaped; the file is not parsed further."""
+    text = where.format(ch)
+    with pytest.raises(PolicyError) as info:
+        parse(text)
+    (found,) = info.value.diagnostics
+    assert found.code == "E0016"
+    assert found.message.startswith(f"text direction control character `\\u{ord(ch):04x}` (")
+    assert found.span is not None
+    assert (found.span.start, found.span.end) == (text.index(ch), text.index(ch) + 1)
+    assert found.help == "remove it; write the text without direction overrides"
+    assert ch not in found.render()  # the source line shows `�`, not the control itself
+
+
+def test_text_without_direction_controls_but_right_to_left_words_parses() -> None:
+    """Hebrew and Arabic letters carry their own direction: no control is needed, none is
+    refused."""
+    policy = parse('route r when request.metadata.team == "צוות" or request.user == "فريق" {\n}\n')
+    assert len(policy.statements) == 1

@@ -13,6 +13,7 @@ from engine.language.loader import compile_sources
 from engine.limits.admin import AdminError
 from engine.limits.stores import ConfigurationError, open_store
 from engine.units import (
+    TooManyDigitsError,
     UnitError,
     format_exact_money,
     format_money,
@@ -23,6 +24,7 @@ from engine.units import (
     parse_timestamp_s,
     parse_window_ms,
     read_date,
+    read_money,
     read_number,
 )
 from engine.vocabulary import (
@@ -154,3 +156,80 @@ def test_a_bad_count_says_which_flag_in_the_callers_error() -> None:
         parse_count("1.5k", "--limit", integer=True)
     with pytest.raises(UnitError, match=r"^`--burst` must be zero or more, got `-1`"):
         parse_count("-1", "--burst", allow_zero=True)
+
+
+@pytest.mark.parametrize(
+    ("literal", "message", "help_text"),
+    [
+        (  # a digit only past the 16th decimal: below the smallest amount, not above a limit
+            "$0.0000000000000000001",
+            "amount `$0.0000000000000000001` is too small: the smallest above 0 is"
+            " `$0.0000000000000001`",
+            "amounts have at most 18 digits, the decimal point included",
+        ),
+        (
+            "$0.12345678901234567",
+            "amount `$0.12345678901234567` has more decimals than fit (17; at most 16 after `0.`)",
+            "amounts have at most 18 digits, the decimal point included: round it to"
+            " `$0.1234567890123457`",
+        ),
+        (
+            "$1_000.000000000000001",
+            "amount `$1_000.000000000000001` has more decimals than fit (15; at most 13 after"
+            " `1000.`)",
+            "amounts have at most 18 digits, the decimal point included: round it to `$1000`",
+        ),
+        (
+            "$000.000000000000001",
+            "amount `$000.000000000000001` has more digits than fit: drop the leading zeros",
+            "amounts have at most 18 digits, the decimal point included: write"
+            " `$0.000000000000001`",
+        ),
+        (
+            "$1234567890123456789",
+            "amount `$1234567890123456789` is too large",
+            "amounts have at most 18 digits, the decimal point included",
+        ),
+        (
+            "$999999999999999999.5",  # rounds to 19 digits
+            "amount `$999999999999999999.5` is too large",
+            "amounts have at most 18 digits, the decimal point included",
+        ),
+        (
+            "0.1234567890123456789s",
+            "number `0.1234567890123456789s` has more decimals than fit (19; at most 16 after"
+            " `0.`)",
+            "numbers have at most 18 digits, the decimal point included: round it to"
+            " `0.1234567890123457s`",
+        ),
+        (
+            "0.0000000000000000001",
+            "number `0.0000000000000000001` is too small: the smallest above 0 is"
+            " `0.0000000000000001`",
+            "numbers have at most 18 digits, the decimal point included",
+        ),
+    ],
+)
+def test_a_literal_with_too_many_digits_says_which_way(
+    literal: str, message: str, help_text: str
+) -> None:
+    """A literal has at most 18 digits and point: one past it is too large, too small, or
+    has more decimals than fit (or leading zeros), and the help says what fits."""
+    read = read_money if literal.startswith("$") else read_number
+    with pytest.raises(TooManyDigitsError) as info:
+        read(literal)
+    assert (str(info.value), info.value.help) == (message, help_text)
+
+
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [
+        ("$0.0000000000000001", 1e-16),  # the smallest: 16 decimals
+        ("$999999999999999999", 1e18),  # the largest: 18 digits
+        ("$1_000_000.0000000001", 1_000_000.0000000001),  # `_` not counted
+        ("0.0000000000000001", 1e-16),
+    ],
+)
+def test_a_literal_of_18_digits_and_point_reads(literal: str, value: float) -> None:
+    read = read_money if literal.startswith("$") else (lambda t: read_number(t)[0])
+    assert read(literal) == value

@@ -12,6 +12,7 @@ import hashlib
 import re
 import sys
 import threading
+import unicodedata
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,29 @@ import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from engine.diagnostics import Diagnostic, Note, PolicyError, Source, Span, did_you_mean
+from engine.diagnostics import (
+    BIDI_CONTROLS,
+    Diagnostic,
+    Note,
+    PolicyError,
+    Source,
+    Span,
+    did_you_mean,
+)
 from engine.language import ast
 from engine.language.ast import Unit
 from engine.language.parse_cache import MAX_SOURCE_BYTES as MAX_SOURCE_BYTES
 from engine.language.parse_cache import describe_size as describe_size
 from engine.language.parse_cache import parsed
 from engine.resources import cache_dir, grammar_path
-from engine.units import UNIT_HELP, UnitError, read_date, read_money, read_number
+from engine.units import (
+    UNIT_HELP,
+    TooManyDigitsError,
+    UnitError,
+    read_date,
+    read_money,
+    read_number,
+)
 
 MAX_NESTING = 64  # nested `not`, lists, `and`/`or` groups and comparisons (parentheses alone
 # build no nodes, so any depth of them is fine)
@@ -202,7 +218,7 @@ class _Builder(Transformer[Token, Any]):
                         " as `\\\\`",
                     )
                 )
-        return _unquote(text)
+        return unquote(text)
 
     def _literal(self, tok: Token | ast.Literal) -> ast.Literal:
         if isinstance(tok, ast.Literal):
@@ -214,15 +230,15 @@ class _Builder(Transformer[Token, Any]):
             try:
                 value, unit = read_number(text)
             except UnitError as err:
-                help_text = "numbers have at most 18 digits" if "large" in str(err) else UNIT_HELP
+                help_text = err.help if isinstance(err, TooManyDigitsError) else UNIT_HELP
                 self.errors.append(Diagnostic("E0102", str(err), span, help_text))
                 return ast.Literal(0.0, Unit.COUNT, span, text)
             return ast.Literal(value, unit, span, text)
         if kind == "MONEY":
             try:
                 return ast.Literal(read_money(text), Unit.MONEY, span, text)
-            except UnitError as err:
-                self.errors.append(Diagnostic("E0102", str(err), span, UNIT_HELP))
+            except TooManyDigitsError as err:
+                self.errors.append(Diagnostic("E0102", str(err), span, err.help))
                 return ast.Literal(0.0, Unit.MONEY, span, text)
         if kind == "STRING":
             return ast.Literal(self._string(tok), Unit.STRING, span, text)
@@ -500,7 +516,12 @@ _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
 _ESCAPE = re.compile(r"\\(.)")
 
 
-def _unquote(text: str) -> str:
+def unquote(text: str) -> str:
+    """A quoted string's value as the parser reads it (`\\"`, `\\\\`, `\\n`, `\\t`; an
+    unknown escape, E0015 to the parser, gives the character after the backslash); a bare
+    name (`gpt-4o`) is itself. The one reading of a string: the LSP's hover uses it too."""
+    if len(text) < 2 or not text[0] == text[-1] == '"':
+        return text
     return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
 
 
@@ -515,6 +536,34 @@ def _check_size(source: Source) -> Diagnostic | None:
             file=source.name,
         )
     return None
+
+
+_BIDI = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]")
+MAX_BIDI_REPORTED = 20  # E0016s for one file; the last says how many more it holds
+
+
+def _check_direction(source: Source) -> list[Diagnostic]:
+    """E0016 at each text direction control (`\\u202e`) anywhere in the file: a comment, a
+    string or the code. The text an operator reads would differ from what the parser reads
+    ("Trojan Source"), so the file is refused before it is parsed."""
+    if not any(ch in source.text for ch in BIDI_CONTROLS):  # (none in ASCII text, at once)
+        return []
+    found = [m.start() for m in _BIDI.finditer(source.text)]
+    errors: list[Diagnostic] = []
+    for n, pos in enumerate(found[:MAX_BIDI_REPORTED], 1):
+        ch = source.text[pos]
+        hint = "remove it; write the text without direction overrides"
+        if n == MAX_BIDI_REPORTED and len(found) > n:
+            hint += f" (this file holds {len(found) - n:,} more)"
+        errors.append(
+            Diagnostic(
+                "E0016",
+                f"text direction control character `\\u{ord(ch):04x}` ({unicodedata.name(ch)})",
+                Span(source, pos, pos + 1),
+                hint,
+            )
+        )
+    return errors
 
 
 def _check_depth(tree: Tree[Token], source: Source) -> Diagnostic | None:
@@ -562,7 +611,7 @@ def written(name: str) -> str:
     return f'"{name}"'
 
 
-# how `written` escapes a name it quotes (what `_unquote` reads back); backslash first
+# how `written` escapes a name it quotes (what `unquote` reads back); backslash first
 _QUOTED = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"))
 
 
@@ -796,6 +845,8 @@ def _parse(text: str, name: str) -> ast.PolicyFile:
     too_big = _check_size(source)
     if too_big is not None:
         raise PolicyError([too_big])
+    if misdirected := _check_direction(source):
+        raise PolicyError(misdirected)
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as err:

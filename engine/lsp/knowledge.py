@@ -20,7 +20,7 @@ from engine.catalog.views import day
 from engine.diagnostics import PolicyError, Span
 from engine.language import ast
 from engine.language.checker import CLOSED_VALUES
-from engine.language.parser import parse
+from engine.language.parser import parse, unquote, written
 from engine.language.schema import (
     COMPLEXITY_FIELD,
     FEATURES_FIELD,
@@ -97,21 +97,6 @@ def _grammar() -> str:
 def keywords() -> tuple[str, ...]:
     """Every keyword the grammar spells out (`route`, `prefer`, `per`, `contains`, …)."""
     return tuple(sorted(set(re.findall(r'"([a-z_]+)"', _grammar()))))
-
-
-@cache
-def _name() -> re.Pattern[str]:
-    """The grammar's WORD: a provider, model, route or strategy name written bare."""
-    found = re.search(r"^WORD:\s*/(.+)/\s*$", _grammar(), re.MULTILINE)
-    assert found is not None, "grammar/policy.lark defines WORD"
-    return re.compile(found.group(1))
-
-
-def as_name(text: str) -> str:
-    """`text` as a policy writes it: bare when it is a name, else a quoted string."""
-    if _name().fullmatch(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _type(field: FieldType) -> str:
@@ -353,15 +338,15 @@ def _model_completions(typed: str, catalog: Catalog | None, bare: bool) -> list[
     if slash:
         name = provider.strip('"')
         return [
-            Completion(m.id, "model", _model_detail(m), as_name(m.id))
+            Completion(m.id, "model", _model_detail(m), written(m.id))
             for m in catalog.by_provider(name)
         ]
     refs = [
-        Completion(m.key, "model", _model_detail(m), f"{as_name(m.provider)}/{as_name(m.id)}")
+        Completion(m.key, "model", _model_detail(m), f"{written(m.provider)}/{written(m.id)}")
         for m in catalog.models
     ]
     providers = [
-        Completion(p, "provider", f"provider ({len(catalog.by_provider(p))} models)", as_name(p))
+        Completion(p, "provider", f"provider ({len(catalog.by_provider(p))} models)", written(p))
         for p in catalog.providers
     ]
     return [*providers, *refs] if bare else [*refs, *providers]
@@ -522,17 +507,11 @@ def hover(text: str, offset: int, catalog: Catalog | None) -> Hover | None:
     for found in _REF.finditer(line):
         if found.start() <= at <= found.end():
             provider, _, name = found.group().partition("/")
-            models = catalog.resolve(_unquote(provider), _unquote(name))
+            models = catalog.resolve(unquote(provider), unquote(name))
             if models:
                 shown = "\n\n---\n\n".join(describe(m) for m in models)
                 return Hover(shown, line_start + found.start(), line_start + found.end())
     return None
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
-    return text
 
 
 def _field_hover(root: str, name: str, catalog: Catalog | None) -> str | None:
