@@ -155,6 +155,8 @@ def test_list_equality_compares_the_element_types(cond: str, message: str) -> No
         "request.stream == true",
         "request.stream != request.requires_json",
         "not request.stream and (request.requires_tools or request.requires_json)",
+        "request.requires_reasoning",
+        "request.requires_reasoning and request.input_tokens > 10k",
     ],
 )
 def test_units_that_agree(cond: str) -> None:
@@ -170,6 +172,8 @@ def test_units_that_agree(cond: str) -> None:
         ("request.max_cost > 10%", "E0333"),
         ('request.region == ["eu"]', "E0333"),
         ("request.stream < true", "E0332"),
+        ("request.requires_reasoning == 1", "E0333"),
+        ("request.requires_reasoning < true", "E0332"),
         ('request.tags < ["a"]', "E0332"),
         ('request.metadata.team < ["a"]', "E0331"),
         ('"x" in request.input_tokens', "E0340"),

@@ -736,6 +736,9 @@ def test_schema_request_and_decision(workdir: Path) -> None:
                    "region", "tags", "metadata"}  # fmt: skip
     assert spec_fields <= set(request["properties"])
     assert set(request["properties"]) == set(Request.model_fields)
+    reasoning = request["properties"]["requires_reasoning"]
+    assert (reasoning["type"], reasoning["default"]) == ("boolean", False)
+    assert "reasoning" in reasoning["description"]
 
     decision = json.loads(decision_run.out)
     assert decision["$schema"] == "https://json-schema.org/draft/2020-12/schema"

@@ -515,3 +515,51 @@ def test_the_docs_switch_over_example_runs(capsys: pytest.CaptureFixture[str]) -
         _wait(lambda: strategy.callback.recorded == 1)
     finally:
         strategy.uninstall()
+
+
+REASONING_CATALOG = """\
+version: 2
+models:
+  - {id: gpt-4o-mini, provider: openai, context_window: 128000, max_tokens: 16384,
+     supports: [streaming, tools, json], pricing: {input: 0.15, output: 0.6},
+     latency_prior_ms: {p50: 600, p95: 1700}}
+  - {id: claude-sonnet-4-5, provider: anthropic, context_window: 200000, max_tokens: 64000,
+     supports: [streaming, tools, json, reasoning], pricing: {input: 3.0, output: 15.0},
+     latency_prior_ms: {p50: 1100, p95: 2400}}
+"""
+
+
+@pytest.mark.parametrize(
+    "reasoning",
+    [
+        {"reasoning_effort": "high"},
+        {"reasoning_effort": "minimal"},
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+    ],
+)
+def test_a_reasoning_call_goes_to_a_deployment_that_reasons(
+    tmp_path: Path, installed: list[Any], reasoning: dict[str, Any]
+) -> None:
+    """A Router call's reasoning_effort (or the `thinking` LiteLLM passes on) reaches the
+    engine: the cheaper deployment without `reasoning` is not picked for it."""
+    (tmp_path / "models.yaml").write_text(REASONING_CATALOG)
+    (tmp_path / "p.policy").write_text(COST)
+    engine = PolicyEngine(tmp_path / "p.policy")
+    model_list = [
+        _deployment("deep", "openai/gpt-4o-mini", "from gpt-4o-mini"),
+        _deployment("deep", "anthropic/claude-sonnet-4-5", "from claude"),
+    ]
+    router, _ = _router(engine, model_list, installed)
+    assert _answer(router.completion(model="deep", messages=HELLO)) == "from gpt-4o-mini"
+    assert _answer(router.completion(model="deep", messages=HELLO, **reasoning)) == "from claude"
+    body, fmt = wire_body("deep", HELLO, None, reasoning)
+    assert fmt == "openai-chat" and body == {"model": "deep", "messages": HELLO, **reasoning}
+
+
+def test_a_responses_call_keeps_its_reasoning_effort() -> None:
+    assert wire_body("g", None, "text", {"reasoning_effort": "low"}) == (
+        {"model": "g", "input": "text", "reasoning": {"effort": "low"}},
+        "openai-responses",
+    )
+    given = {"reasoning": {"effort": "high", "summary": "auto"}, "reasoning_effort": "low"}
+    assert wire_body("g", None, "text", given)[0]["reasoning"] == given["reasoning"]

@@ -256,6 +256,7 @@ async def test_completion_after_request_lists_the_request_fields(
     assert "route" not in labels  # fields, not keywords
     by_label = {item.label: item for item in result.items}
     assert by_label["max_cost"].detail == "money"
+    assert by_label["requires_reasoning"].detail == "boolean"
 
 
 @on_server

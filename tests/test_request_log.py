@@ -98,6 +98,29 @@ def test_features_keep_no_text_and_decide_as_the_original(tmp_path: Path) -> Non
         assert replay["input_tokens"] == env_of(body, input_format=fmt)["input_tokens"]
 
 
+def test_the_reasoning_requirement_is_kept_and_replays(tmp_path: Path) -> None:
+    """A body's `thinking` is logged as `requires_reasoning`: the logged request takes the
+    route that reads it, and its models, without the body."""
+    policy = tmp_path / "p.policy"
+    policy.write_text(
+        "route deep when request.requires_reasoning {\n    strategy cost\n    prefer openai\n}\n"
+    )
+    body = anthropic_messages(model="claude-haiku-4-5", max_tokens=2048, system="s",
+                              thinking={"type": "enabled", "budget_tokens": 1024},
+                              messages=[{"role": "user", "content": SECRET}])  # fmt: skip
+    state = tmp_path / "state.duckdb"
+    with PolicyEngine(policy, state=str(state)) as engine:
+        decision = engine.evaluate(body, request_id="r1")
+        program = engine.program
+    assert decision.route == "deep"
+    ((_, text),) = _rows(state)
+    logged = json.loads(text)
+    assert logged["requires_reasoning"] is True
+    replay = {k: v for k, v in logged.items() if k != "format"}
+    again = evaluate(program, env_of({**replay, "id": "r1"}))
+    assert (again.route, again.provider, again.model) == ("deep", "openai", decision.model)
+
+
 def test_off_full_and_dry_runs(tmp_path: Path) -> None:
     state = tmp_path / "state.duckdb"
     request = {"id": "f1", "user": "bob", "prompt": SECRET}

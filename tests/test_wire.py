@@ -91,6 +91,7 @@ def test_sampling_parameters_and_sdk_fields_are_accepted_and_ignored() -> None:
     assert env["model"] == "gpt-4o"
     for flag in ("vision", "tools", "json", "json_schema", "pdf", "audio"):
         assert env["requires_" + flag] is False
+    assert env["requires_reasoning"] is True  # reasoning_effort: a reasoning model's parameter
 
 
 def test_assistant_tool_call_turn_with_null_content() -> None:
@@ -307,13 +308,43 @@ TEXT = {"type": "text", "text": "what is this?"}
             response_mime_type="application/json",
             response_schema={"type": "OBJECT", "properties": {"a": {"type": "STRING"}}})).body,
          "json_schema", "generationConfig.responseSchema"),
+        # reasoning: any reasoning effort, thinking not disabled, a thinking budget but 0
+        (lambda: openai_chat(model="o4-mini", messages=[{"role": "user", "content": "hi"}],
+                             reasoning_effort="high"),
+         "reasoning", "reasoning_effort"),
+        (lambda: openai_chat(model="gpt-5", messages=[{"role": "user", "content": "hi"}],
+                             reasoning_effort="minimal"),
+         "reasoning", "reasoning_effort"),
+        (lambda: openai_chat(model="claude", messages=[  # LiteLLM passes `thinking` on
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            extra_body={"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+         "reasoning", "thinking.type"),
+        (lambda: openai_responses(model="gpt-5", input="hi", reasoning={"effort": "high"}),
+         "reasoning", "reasoning.effort"),
+        (lambda: openai_responses(model="gpt-5", input="hi", reasoning={"summary": "auto"}),
+         "reasoning", "reasoning.summary"),
+        (lambda: anthropic_messages(model="claude-sonnet-4-6", max_tokens=2048, messages=[
+            {"role": "user", "content": "hi"}], thinking={"type": "enabled", "budget_tokens": 1024}),
+         "reasoning", "thinking.type"),
+        (lambda: gemini_generate("gemini-2.5-flash", "hi", gemini_config(
+            thinking_config={"thinking_budget": 1024})).body,
+         "reasoning", "generationConfig.thinkingConfig.thinkingBudget"),
+        (lambda: gemini_generate("gemini-2.5-flash", "hi", gemini_config(
+            thinking_config={"thinking_budget": -1})).body,
+         "reasoning", "generationConfig.thinkingConfig.thinkingBudget"),
+        (lambda: gemini_generate("gemini-3-pro", "hi", gemini_config(
+            thinking_config={"thinking_level": "high"})).body,
+         "reasoning", "generationConfig.thinkingConfig.thinkingLevel"),
+        (lambda: {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],  # snake_case
+                  "generation_config": {"thinking_config": {"thinking_budget": 512}}},
+         "reasoning", "generationConfig.thinkingConfig.thinkingBudget"),
     ],
 )  # fmt: skip
 def test_requirement_derived(make: Any, requirement: str, source: str) -> None:
     env = env_of(make())
     assert env["requires_" + requirement] is True
     assert derived(env)["requires_" + requirement] == (True, source)
-    others = {"vision", "tools", "json", "json_schema", "pdf", "audio"} - {requirement}
+    others = {"vision", "tools", "json", "json_schema", "pdf", "audio", "reasoning"} - {requirement}
     assert [o for o in others if env["requires_" + o]] == []
 
 
@@ -336,9 +367,46 @@ def test_requirement_derived(make: Any, requirement: str, source: str) -> None:
 )  # fmt: skip
 def test_no_requirement_from_plain_bodies(make: Any) -> None:
     env = env_of(make())
-    for flag in ("vision", "tools", "json", "json_schema", "pdf", "audio"):
+    for flag in ("vision", "tools", "json", "json_schema", "pdf", "audio", "reasoning"):
         assert env["requires_" + flag] is False, flag
     assert env["images"] == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: openai_chat(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                            reasoning_effort=None),
+        lambda: openai_chat(model="claude", messages=[{"role": "user", "content": "hi"}],
+                            extra_body={"thinking": {"type": "disabled"}}),
+        lambda: openai_responses(model="gpt-4o", input="hi", reasoning=None),
+        lambda: openai_responses(model="gpt-4o", input="hi", reasoning={}),
+        lambda: anthropic_messages(model="claude-sonnet-4-6", max_tokens=50, messages=[
+            {"role": "user", "content": "hi"}], thinking={"type": "disabled"}),
+        lambda: gemini_generate("gemini-2.5-flash", "hi", gemini_config(
+            thinking_config={"thinking_budget": 0})).body,
+        lambda: gemini_generate("gemini-2.5-flash", "hi", gemini_config(
+            thinking_config={"include_thoughts": False})).body,
+        lambda: {"contents": [{"parts": [{"text": "hi"}]}],
+                 "generation_config": {"thinking_config": {"thinking_budget": 0}}},
+    ],
+)  # fmt: skip
+def test_no_reasoning_requirement(make: Any) -> None:
+    """Thinking turned off (a `disabled` type, a budget of 0) or a reasoning setting left
+    unset asks for no reasoning model."""
+    env = env_of(make())
+    assert env["requires_reasoning"] is False
+    assert "requires_reasoning" not in derived(env)
+
+
+def test_a_thinking_budget_that_is_not_a_number_is_an_error() -> None:
+    body = {"contents": [{"parts": [{"text": "hi"}]}],
+            "generationConfig": {"thinkingConfig": {"thinkingBudget": "lots"}}}  # fmt: skip
+    with pytest.raises(RequestError) as caught:
+        env_of(body)
+    assert caught.value.problems == [
+        ("field `generationConfig.thinkingConfig.thinkingBudget`", "expected a number of tokens")
+    ]
 
 
 WEATHER_TOOL = {
@@ -550,7 +618,7 @@ def test_an_image_is_not_sent_to_a_model_without_vision() -> None:
     assert decision.to_dict()["input_format"] == "openai-chat"
 
 
-@pytest.mark.parametrize("requirement", ["json_schema", "pdf", "audio"])
+@pytest.mark.parametrize("requirement", ["json_schema", "pdf", "audio", "reasoning"])
 def test_new_requirements_filter_models(requirement: str) -> None:
     engine = PolicyEngine(clock=clock)  # today's catalog has the capabilities
     native = {"id": "n", f"requires_{requirement}": True, "prompt": "hi"}
@@ -563,6 +631,40 @@ def test_new_requirements_filter_models(requirement: str) -> None:
     explained = engine.evaluate(native, dry_run=True, explain=True)
     drops = [s for s in explained.trace if s["step"] == "drop"]
     assert any(f"does not support {requirement}" in s["because"] for s in drops)
+
+
+REASONING_ROUTES = """\
+route deep when request.requires_reasoning {
+    prefer openai/gpt-4o-mini
+    prefer openai/gpt-5-mini
+    strategy cost
+}
+route rest {
+    prefer openai/gpt-4o-mini
+    strategy cost
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: openai_chat(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                            reasoning_effort="high"),
+        lambda: openai_responses(model="gpt-4o-mini", input="hi", reasoning={"effort": "low"}),
+        lambda: {"id": "n", "prompt": "hi", "requires_reasoning": True},
+    ],
+)  # fmt: skip
+def test_reasoning_traffic_never_reaches_a_model_without_reasoning(make: Any) -> None:
+    """gpt-4o-mini (no `reasoning` in the catalog) refuses `reasoning_effort` at the
+    provider: the request drops it, and a policy routes on the requirement."""
+    engine = PolicyEngine.from_text(REASONING_ROUTES, clock=lambda: 1_780_000_000.0)
+    plain = openai_chat(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert (engine.evaluate(plain).route, engine.evaluate(plain).model) == ("rest", "gpt-4o-mini")
+    decision = engine.evaluate(make(), explain=True)
+    assert (decision.route, decision.model) == ("deep", "gpt-5-mini")
+    drops = [(s["model"], s["because"]) for s in decision.trace if s["step"] == "drop"]
+    assert drops == [("gpt-4o-mini", "does not support reasoning")]
 
 
 def test_requested_model_in_conditions() -> None:

@@ -53,7 +53,7 @@ INJECTED_PREFIXES = ("_", "litellm_", "user_api_key")
 # what the engine reads from a call's keywords (the wire readers take these fields)
 CALL_KEYS = (
     "tools", "functions", "response_format", "max_tokens", "max_completion_tokens", "user",
-    "stream", "modalities", "audio",
+    "stream", "modalities", "audio", "reasoning_effort", "thinking", "reasoning",
 )  # fmt: skip
 
 
@@ -189,10 +189,11 @@ def wire_body(
     """The body of one LiteLLM call as the engine reads it, and its wire format: an OpenAI
     Chat Completions body (`openai-chat`) built from the model group, the messages and
     the call's keywords (tools, functions, response_format, max_tokens,
-    max_completion_tokens, user, stream, and the scalar values of `metadata` less the
-    keys LiteLLM's Router adds); a call with `input` and no messages (responses,
-    embeddings) is an OpenAI Responses body (`openai-responses`). Nothing is copied but
-    the metadata."""
+    max_completion_tokens, user, stream, modalities, audio, reasoning_effort, thinking, and
+    the scalar values of `metadata` less the keys LiteLLM's Router adds); a call with `input`
+    and no messages (responses, embeddings) is an OpenAI Responses body (`openai-responses`),
+    whose `reasoning_effort` is its `reasoning.effort` (unless it has a `reasoning`).
+    Nothing is copied but the metadata."""
     body: dict[str, Any] = {"model": group}
     fmt = OPENAI_CHAT
     if messages is not None:
@@ -212,8 +213,12 @@ def wire_body(
         value = kwargs.get(key)
         if value is not None:
             body[key] = _response_format(value) if key == "response_format" else value
-    if fmt == OPENAI_RESPONSES and "max_tokens" in body:
-        body["max_output_tokens"] = body.pop("max_tokens")
+    if fmt == OPENAI_RESPONSES:
+        if "max_tokens" in body:
+            body["max_output_tokens"] = body.pop("max_tokens")
+        if "reasoning_effort" in body:
+            effort = body.pop("reasoning_effort")
+            body.setdefault("reasoning", {"effort": effort})
     metadata = kwargs.get("metadata")
     if isinstance(metadata, Mapping):
         scalars = _scalar_metadata(metadata)

@@ -162,6 +162,7 @@ CAPABILITY_BITS = {
     "json_schema": 16,
     "pdf": 32,
     "audio": 64,
+    "reasoning": 128,
 }
 
 

@@ -29,6 +29,7 @@ REQUEST_FIELDS: dict[str, FieldType] = {
     "requires_json_schema": (Unit.BOOL, None),
     "requires_pdf": (Unit.BOOL, None),
     "requires_audio": (Unit.BOOL, None),
+    "requires_reasoning": (Unit.BOOL, None),
     "stream": (Unit.BOOL, None),
     "max_cost": (Unit.MONEY, None),
     "max_latency": (Unit.DURATION, None),
@@ -47,6 +48,7 @@ NEEDS: dict[str, str] = {
     "requires_json_schema": "json_schema",
     "requires_pdf": "pdf",
     "requires_audio": "audio",
+    "requires_reasoning": "reasoning",
     "stream": "streaming",
 }
 # `request.metadata.<key>`: any scalar, known only when a request arrives.

@@ -453,6 +453,8 @@ def _needs_mask(env: Mapping[str, Any]) -> int:
         mask |= 32
     if env["requires_audio"]:
         mask |= 64
+    if env["requires_reasoning"]:
+        mask |= 128
     return mask
 
 

@@ -184,13 +184,15 @@ _BOOL_FIELDS = (
     "requires_json_schema",
     "requires_pdf",
     "requires_audio",
+    "requires_reasoning",
     "stream",
 )
 # `Request`'s fields, in its order (`request_model` checks it on import)
 FIELDS = ("id", "user", "ip", "model", "prompt", "messages", "input_tokens", "max_tokens",
           "cached_tokens", "images", "requires_vision", "requires_tools", "requires_json",
-          "requires_json_schema", "requires_pdf", "requires_audio", "stream", "max_cost",
-          "max_latency_ms", "min_quality", "region", "priority", "tags", "metadata")  # fmt: skip
+          "requires_json_schema", "requires_pdf", "requires_audio", "requires_reasoning",
+          "stream", "max_cost", "max_latency_ms", "min_quality", "region", "priority", "tags",
+          "metadata")  # fmt: skip
 _FIELDS = frozenset(FIELDS)
 
 
@@ -324,6 +326,7 @@ def fast_env(data: Mapping[str, Any]) -> dict[str, Any] | None:
         "requires_json_schema": get("requires_json_schema", False),
         "requires_pdf": get("requires_pdf", False),
         "requires_audio": get("requires_audio", False),
+        "requires_reasoning": get("requires_reasoning", False),
         "stream": get("stream", False),
         "max_cost": None if max_cost is None else float(max_cost),
         "max_latency": None if max_latency is None else float(max_latency),
@@ -421,6 +424,7 @@ def _common_env(data: dict[str, Any]) -> dict[str, Any] | None:
         "requires_json_schema": False,
         "requires_pdf": False,
         "requires_audio": False,
+        "requires_reasoning": False,
         "stream": False,
         "max_cost": None,
         "max_latency": None,
@@ -538,6 +542,7 @@ def _wire_env(
         "requires_json_schema": read.requires_json_schema,
         "requires_pdf": read.requires_pdf,
         "requires_audio": read.requires_audio,
+        "requires_reasoning": read.requires_reasoning,
         "stream": read.stream,
         "max_cost": None,
         "max_latency": None,
@@ -573,6 +578,7 @@ def to_env(request: Request) -> dict[str, Any]:
         "requires_json_schema": request.requires_json_schema,
         "requires_pdf": request.requires_pdf,
         "requires_audio": request.requires_audio,
+        "requires_reasoning": request.requires_reasoning,
         "stream": request.stream,
         "max_cost": None if request.max_cost is None else float(request.max_cost),
         "max_latency": None if request.max_latency_ms is None else float(request.max_latency_ms),

@@ -37,7 +37,7 @@ from engine.wire.plugins import GROUP, Outcome
 _NUMBERS = ("input_tokens", "max_tokens", "cached_tokens", "images")
 _FLAGS = (
     "requires_vision", "requires_tools", "requires_json", "requires_json_schema",
-    "requires_pdf", "requires_audio", "stream",
+    "requires_pdf", "requires_audio", "requires_reasoning", "stream",
 )  # fmt: skip
 _OPTIONAL = ("model", "max_cost", "max_latency_ms", "min_quality", "region")
 HASHED_PREFIX = "h:"  # a hashed key: `h:` and 16 hex digits

@@ -63,6 +63,11 @@ class Request(BaseModel):
     )
     requires_pdf: bool = Field(False, description="PDF or other document input")
     requires_audio: bool = Field(False, description="audio input or output")
+    requires_reasoning: bool = Field(
+        False,
+        description="a reasoning model: the request sets a reasoning effort, thinking or a"
+        " thinking budget, which a model without reasoning refuses",
+    )
     stream: bool = False
     max_cost: Annotated[float, Field(ge=0)] | None = Field(
         None, description="hard limit on the estimated cost, USD"

@@ -19,6 +19,7 @@ from engine.wire.common import (
     string,
     structure,
     text,
+    thinking,
 )
 from engine.wire.record import ANTHROPIC, WireRequest
 
@@ -30,6 +31,7 @@ def read_messages(body: Mapping[str, Any], request: WireRequest) -> None:
     request.model = string(body, "model")
     request.stream = flag(body, "stream")
     output_budget(request, body, ("max_tokens",))
+    thinking(request, body)
     metadata = body.get("metadata")
     if is_map(metadata):
         user = metadata.get("user_id")

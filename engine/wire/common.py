@@ -89,6 +89,14 @@ def output_budget(request: WireRequest, body: Mapping[str, Any], keys: tuple[str
             return
 
 
+def thinking(request: WireRequest, body: Mapping[str, Any]) -> None:
+    """Anthropic's `thinking` (also in an OpenAI-compatible body: LiteLLM passes it on): a
+    reasoning model unless its `type` is `disabled` (`enabled` with a budget, `adaptive`)."""
+    config = body.get("thinking")
+    if is_map(config) and config.get("type", "enabled") != "disabled":
+        request.need("reasoning", "thinking.type")
+
+
 def image(
     request: WireRequest,
     rule: ImageRule,

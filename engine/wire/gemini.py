@@ -84,6 +84,23 @@ def _generation_config(request: WireRequest, config: Mapping[str, Any]) -> None:
     modalities = _get(config, "response_modalities", "responseModalities")
     if type(modalities) is list and any(str(m).upper() == "AUDIO" for m in modalities):
         request.need("audio", where + "responseModalities")
+    thinking = _get(config, "thinking_config", "thinkingConfig")
+    if is_map(thinking):
+        _thinking_config(request, thinking, where + "thinkingConfig.")
+
+
+def _thinking_config(request: WireRequest, config: Mapping[str, Any], where: str) -> None:
+    """A thinking budget other than 0 (-1 is dynamic) or a thinking level: a reasoning model
+    (a budget of 0 turns thinking off)."""
+    budget = _get(config, "thinking_budget", "thinkingBudget")
+    if budget is not None:
+        if type(budget) is not int and type(budget) is not float:
+            raise WireError([(f"field `{where}thinkingBudget`", "expected a number of tokens")])
+        if budget != 0:
+            request.need("reasoning", where + "thinkingBudget")
+            return
+    if _get(config, "thinking_level", "thinkingLevel") is not None:
+        request.need("reasoning", where + "thinkingLevel")
 
 
 def _content(request: WireRequest, content: Mapping[str, Any], where: str) -> None:

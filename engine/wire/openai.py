@@ -21,6 +21,7 @@ from engine.wire.common import (
     string,
     structure,
     text,
+    thinking,
 )
 from engine.wire.record import OPENAI_CHAT, OPENAI_RESPONSES, WireRequest
 
@@ -64,6 +65,9 @@ def read_chat(body: Mapping[str, Any], request: WireRequest) -> None:
     request.format = OPENAI_CHAT
     _common(request, body)
     output_budget(request, body, ("max_completion_tokens", "max_tokens"))
+    if body.get("reasoning_effort") is not None:  # any effort: only reasoning models take it
+        request.need("reasoning", "reasoning_effort")
+    thinking(request, body)
     response_format = body.get("response_format")
     if is_map(response_format):
         kind = response_format.get("type")
@@ -176,6 +180,13 @@ def read_responses(body: Mapping[str, Any], request: WireRequest) -> None:
     request.format = OPENAI_RESPONSES
     _common(request, body)
     output_budget(request, body, ("max_output_tokens",))
+    reasoning = body.get("reasoning")
+    if is_map(reasoning):  # only reasoning models take it: any effort or summary
+        for key in ("effort", "summary", "generate_summary"):
+            if reasoning.get(key) is not None:
+                request.need("reasoning", "reasoning." + key)
+                break
+    thinking(request, body)
     text_config = body.get("text")
     if is_map(text_config):
         fmt = text_config.get("format")

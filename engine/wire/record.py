@@ -58,6 +58,7 @@ class WireRequest:
     requires_json_schema: bool = False
     requires_pdf: bool = False
     requires_audio: bool = False
+    requires_reasoning: bool = False
     metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
     # (field, value, source) as read; `derivations()` makes the records (explain only)
     derived: list[tuple[str, Any, str]] = field(default_factory=list)
