@@ -690,6 +690,29 @@ def test_capability_lint_is_quiet(cond: str, body: str) -> None:
     program(route(cond, body))
 
 
+@pytest.mark.parametrize(
+    ("field", "model", "warned"),
+    [
+        ("requires_json_schema", "openai/gpt-audio", True),
+        ("requires_pdf", "openai/gpt-audio", True),
+        ("requires_reasoning", "openai/gpt-audio", True),
+        ("requires_audio", "openai/o3", True),
+        ("requires_audio", "openai/gpt-audio", False),
+        ("requires_reasoning", "openai/o3", False),
+    ],
+)
+def test_capability_lint_knows_every_required_capability(
+    field: str, model: str, warned: bool
+) -> None:
+    """W0501 reads the request fields' capabilities from the schema's one list (`NEEDS`):
+    pdf, audio, json_schema and reasoning too, not only vision, tools, json and stream (on
+    the packaged catalog, whose models differ in them)."""
+    packaged = Path(__file__).resolve().parent.parent / "policies" / "models.json"
+    text = f'catalog "{packaged.as_posix()}"\n' + route(f"request.{field}", f"prefer {model}")
+    loaded = compile_sources([("t.policy", text)])
+    assert [d.code for d in loaded.warnings] == (["W0501"] if warned else [])
+
+
 def test_warnings_do_not_block_and_errors_keep_them() -> None:
     text = route("request.requires_vision", "prefer openai/gpt-3.5-turbo")
     assert [d.code for d in compile_sources([("t.policy", text)]).warnings] == ["W0501"]

@@ -23,6 +23,7 @@ from engine.language.schema import (
     MEASURED_ATTRS,
     METADATA_FIELD,
     MODEL_ATTRS,
+    NEEDS,
     PLUGIN_TYPES,
     QUALITY,
     QUALITY_TASK,
@@ -1708,14 +1709,6 @@ def _always_true(expr: ast.Expr) -> bool:
     return isinstance(expr, ast.Literal) and expr.value is True
 
 
-_CAPABILITY_FIELDS = {
-    "requires_vision": "vision",
-    "requires_tools": "tools",
-    "requires_json": "json",
-    "stream": "streaming",
-}
-
-
 def _required_capabilities(expr: ast.Expr) -> frozenset[str]:
     """Capabilities implied by a `when`: `request.requires_vision` as a top-level conjunct."""
     terms = expr.operands if isinstance(expr, ast.BoolOp) and expr.op == "and" else (expr,)
@@ -1731,9 +1724,9 @@ def _required_capabilities(expr: ast.Expr) -> frozenset[str]:
             isinstance(term, ast.Path)
             and len(term.parts) == 2
             and term.parts[0] == "request"
-            and term.parts[1] in _CAPABILITY_FIELDS
+            and term.parts[1] in NEEDS
         ):
-            needs.add(_CAPABILITY_FIELDS[term.parts[1]])
+            needs.add(NEEDS[term.parts[1]])
     return frozenset(needs)
 
 
