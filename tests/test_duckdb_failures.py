@@ -27,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,19 +185,30 @@ def test_a_state_that_cannot_be_written_at_close_is_an_error(tmp_path: Path, mod
     engine.close()  # closed: a second close does nothing
 
 
+@contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Another process holds the DuckDB file `path` (its write lock) while the block runs,
+    and ends cleanly after."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
+         " print('locked', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+
+
 def test_a_state_file_another_process_holds_is_an_error_before_any_decision(
     tmp_path: Path,
 ) -> None:
     """`policyctl eval` waits 10 s for the lock, then stops with exit code 4 and decides
     nothing, whatever the policy's fail mode (both modes run at once: one wait)."""
     state = tmp_path / "state.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
-         " print('locked', flush=True); sys.stdin.read()", str(state)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with _held(state):
         env = {**os.environ, "PYTHONPATH": str(REPO), "POLICYCTL_NOW": str(NOW)}
         runs = {}
         for mode in MODES:
@@ -216,9 +228,6 @@ def test_a_state_file_another_process_holds_is_an_error_before_any_decision(
                 " or leave --state out for a query on fresh in-memory state (the server that"
                 " holds the file decides on POST /v1/eval)\n"
             )
-    finally:
-        holder.communicate("", timeout=60)
-    assert holder.returncode == 0
     assert rows(state, "SELECT count(*) FROM duckdb_tables()") == [(0,)]  # never written
 
 
@@ -229,13 +238,7 @@ def test_an_analytics_file_another_process_holds_waits_as_long_as_lock_wait_says
     of a memory or Redis state too (the engine opened it with a fixed 10 s wait: `ratelimit
     stats --lock-wait 0.5` waited 10 s and said so)."""
     analytics = tmp_path / "analytics.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
-         " print('locked', flush=True); sys.stdin.read()", str(analytics)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with _held(analytics):
         env = {**os.environ, "PYTHONPATH": str(REPO), "POLICYCTL_NOW": str(NOW)}
         (tmp_path / "r.json").write_text('{"id": "r1", "user": "u"}', encoding="utf-8")
         for command in (
@@ -253,9 +256,6 @@ def test_an_analytics_file_another_process_holds_waits_as_long_as_lock_wait_says
                 f"policyctl: error: state file `{analytics}` is in use by another process;"
                 " waited 0.5 s"
             ), command
-    finally:
-        holder.communicate("", timeout=60)
-    assert holder.returncode == 0
 
 
 def test_a_running_engine_writes_on_its_timer_never_on_the_deciding_thread(
